@@ -1,0 +1,30 @@
+"""membound: a memory-bound-aware compiler for transformer inference.
+
+The public surface: ``compile``, ``explain``, ``default_pipeline`` and the helpers to extend it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["CompiledModel", "compile", "default_pipeline", "explain", "insert_after", "insert_before",
+           "register_pass"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily so that `import membound` stays cheap and the CLI starts fast.
+    if name in ("compile", "CompiledModel"):
+        from membound import api
+
+        return getattr(api, name)
+    if name in ("default_pipeline", "register_pass", "insert_before", "insert_after"):
+        import membound.passes as passes
+
+        return getattr(passes, name)
+    if name == "explain":
+        from membound.explain import explain
+
+        return explain
+    raise AttributeError(f"module 'membound' has no attribute {name!r}")

@@ -1,0 +1,192 @@
+"""The op registry: every IR op is declared exactly once, here or in a sibling module.
+
+A declaration (:class:`OpDef`) holds the op's signature (inputs and attributes with defaults), its
+type rule, its cost (FLOPs and bytes as sympy expressions of the dims) and a torch reference
+implementation. The verifier, the reference backend and the cost model all read that one entry.
+
+    define_op(
+        "silu", inputs=("x",), kind="elementwise",
+        infer=same_as_input,
+        reference=lambda x: torch.nn.functional.silu(x),
+        flops=per_output(4),
+    )
+
+Input names ending in ``?`` are optional (trailing); one input name starting with ``*`` takes any
+number of values (``cat``). Attribute defaults of ``REQUIRED`` must be given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import sympy
+import torch
+
+from membound.ir.types import TensorType, as_dim
+
+REQUIRED = object()
+
+InferFn = Callable[..., Union[TensorType, Sequence[TensorType]]]
+CostFn = Callable[[Sequence[TensorType], Sequence[TensorType], dict[str, Any]], sympy.Expr]
+
+KINDS = ("elementwise", "reduction", "view", "matmul", "attention", "memory", "index", "creation",
+         "routing", "state", "quant", "moe", "opaque", "composite")
+
+
+def default_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """Each input read once and each output written once: the unfused lower bound."""
+    total: sympy.Expr = sympy.Integer(0)
+    for t in list(ins) + list(outs):
+        total += t.nbytes()
+    return total
+
+
+def zero_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    return sympy.Integer(0)
+
+
+def per_output(k: int) -> CostFn:
+    """FLOPs = k per output element (elementwise ops)."""
+
+    def flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+        return k * outs[0].numel()
+
+    return flops
+
+
+def per_input(k: int) -> CostFn:
+    """FLOPs = k per element of the first input (reductions)."""
+
+    def flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+        return k * ins[0].numel()
+
+    return flops
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    inputs: tuple[str, ...]
+    attrs: dict[str, Any]
+    infer: InferFn
+    reference: Callable[..., Any]
+    kind: str
+    flops: CostFn = zero_flops
+    bytes: CostFn = default_bytes
+    doc: str = ""
+    # ops with effects (state writes) are never removed by DCE or merged by CSE
+    side_effects: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- signature ----------------------------------------------------------------------------
+    @property
+    def variadic(self) -> bool:
+        return any(n.startswith("*") for n in self.inputs)
+
+    def arity(self) -> tuple[int, Optional[int]]:
+        """(min, max) number of inputs; max None when variadic."""
+        if self.variadic:
+            fixed = [n for n in self.inputs if not n.startswith("*")]
+            return len(fixed), None
+        required = [n for n in self.inputs if not n.endswith("?")]
+        return len(required), len(self.inputs)
+
+    def check_arity(self, n: int) -> None:
+        lo, hi = self.arity()
+        if n < lo or (hi is not None and n > hi):
+            want = f"{lo}" if lo == hi else f"{lo}..{hi if hi is not None else 'n'}"
+            raise TypeError(f"op {self.name} takes {want} inputs ({', '.join(self.inputs)}), got {n}")
+
+    def normalize_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise TypeError(f"op {self.name} has no attribute(s) {sorted(unknown)}; "
+                            f"it takes {sorted(self.attrs) or 'none'}")
+        out: dict[str, Any] = {}
+        for k, default in self.attrs.items():
+            if k in attrs:
+                out[k] = freeze_attr(attrs[k])
+            elif default is REQUIRED:
+                raise TypeError(f"op {self.name} needs attribute {k!r}")
+            else:
+                out[k] = default
+        return out
+
+    def infer_types(self, in_types: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        self.check_arity(len(in_types))
+        res = self.infer(*in_types, **attrs)
+        if isinstance(res, TensorType):
+            return [res]
+        return list(res)
+
+    def cost(self, in_types: Sequence[TensorType], out_types: Sequence[TensorType],
+             attrs: dict[str, Any]) -> tuple[sympy.Expr, sympy.Expr]:
+        """(FLOPs, bytes) as sympy expressions of the dims."""
+        return sympy.sympify(self.flops(in_types, out_types, attrs)), sympy.sympify(
+            self.bytes(in_types, out_types, attrs))
+
+
+def freeze_attr(v: Any) -> Any:
+    """Attributes are immutable and printable: lists become tuples, SymInts/ints in dims stay ints."""
+    if isinstance(v, list):
+        return tuple(freeze_attr(x) for x in v)
+    if isinstance(v, tuple):
+        return tuple(freeze_attr(x) for x in v)
+    if isinstance(v, sympy.Expr):
+        return int(v) if v.is_Integer else as_dim(v)
+    return v
+
+
+_REGISTRY: dict[str, OpDef] = {}
+
+
+def define_op(name: str, *, inputs: Sequence[str], infer: InferFn, reference: Callable[..., Any], kind: str,
+              attrs: Optional[dict[str, Any]] = None, flops: CostFn = zero_flops, bytes: CostFn = default_bytes,
+              doc: str = "", side_effects: bool = False, **extra: Any) -> OpDef:
+    """Declare an op. Declaring the same name twice is an error (one op, one place)."""
+    if name in _REGISTRY:
+        raise ValueError(f"op {name!r} is already declared")
+    if kind not in KINDS:
+        raise ValueError(f"op {name!r}: unknown kind {kind!r}; expected one of {KINDS}")
+    od = OpDef(name, tuple(inputs), dict(attrs or {}), infer, reference, kind, flops, bytes, doc, side_effects,
+               dict(extra))
+    _REGISTRY[name] = od
+    return od
+
+
+def get_op(name: str) -> OpDef:
+    _load_families()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown IR op {name!r}") from None
+
+
+def has_op(name: str) -> bool:
+    _load_families()
+    return name in _REGISTRY
+
+
+def all_ops() -> dict[str, OpDef]:
+    _load_families()
+    return dict(_REGISTRY)
+
+
+_loaded = False
+
+
+def _load_families() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+
+    for mod in _FAMILIES:
+        importlib.import_module(f"membound.ir.ops.{mod}")
+
+
+# one module per op family; each calls define_op at import time
+_FAMILIES = ("elementwise", "reduce", "matmul", "attention", "memory", "creation", "index", "routing",
+             "kv_cache", "opaque")
