@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="membound", description="memory-bound-aware compiler for transformer inference")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="compile a built-in Llama, show the pipeline, check against eager")
-    d.add_argument("--model", default="demo-llama")
+    d.add_argument("--model", default="llama-tiny")
     d.add_argument("--dump-dir", default="membound-demo-ir")
     d.set_defaults(func=cmd_demo)
     di = sub.add_parser("dump-ir", help="write the IR after every pass for a built-in model")

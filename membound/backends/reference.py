@@ -25,6 +25,8 @@ def _has_expr(v: Any) -> bool:
         return True
     if isinstance(v, tuple):
         return any(_has_expr(x) for x in v)
+    if isinstance(v, dict):
+        return any(_has_expr(x) for x in v.values())
     return False
 
 
@@ -33,6 +35,8 @@ def _concretize(v: Any, bindings: dict[sympy.Symbol, int]) -> Any:
         return eval_dim(v, bindings)
     if isinstance(v, tuple):
         return tuple(_concretize(x, bindings) for x in v)
+    if isinstance(v, dict):
+        return {k: _concretize(x, bindings) for k, x in v.items()}
     return v
 
 

@@ -103,6 +103,8 @@ class Graph:
     outputs: list[Value] = field(default_factory=list)
     # name -> tensor for params and state buffers (by reference)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    # facts passes record for the runtime (e.g. the KV-cache layout); never affects semantics
+    meta: dict[str, Any] = field(default_factory=dict)
     _names: set[str] = field(default_factory=set, repr=False)
     _counter: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
@@ -266,4 +268,40 @@ class Graph:
             for a, b in zip(n.results, new.results):
                 vmap[id(a)] = b
         g.outputs = [vmap[id(v)] for v in self.outputs]
+        g.meta = dict(self.meta)
+        return g
+
+    def specialized(self, bindings: dict[sympy.Symbol, Any]) -> "Graph":
+        """A copy with some dim symbols replaced (``{S: 1}`` turns a step graph into a decode graph)."""
+        from membound.ir.types import as_dim
+
+        repl = {k: as_dim(v) for k, v in bindings.items()}
+
+        def sub_type(t: TensorType) -> TensorType:
+            return TensorType(t.dtype, [sympy.simplify(d.xreplace(repl)) for d in t.shape])
+
+        def sub_attr(a: Any) -> Any:
+            if isinstance(a, sympy.Expr):
+                e = sympy.simplify(a.xreplace(repl))
+                return int(e) if e.is_Integer else e
+            if isinstance(a, tuple):
+                return tuple(sub_attr(x) for x in a)
+            return a
+
+        g = Graph(self.name)
+        vmap: dict[int, Value] = {}
+        for kind, vals in (("input", self.inputs), ("param", self.params), ("state", self.state)):
+            for v in vals:
+                add = {"input": g.add_input, "param": g.add_param, "state": g.add_state}[kind]
+                vmap[id(v)] = add(v.name, sub_type(v.type)) if kind == "input" else \
+                    add(v.name, sub_type(v.type), self.tensors.get(v.name))
+        for n in self.nodes:
+            new = g.create_node(n.op, [vmap[id(v)] for v in n.inputs], {k: sub_attr(a) for k, a in n.attrs.items()},
+                                [sub_type(r.type) for r in n.results], [r.name for r in n.results])
+            new.meta = dict(n.meta)
+            g.append(new)
+            for a, b in zip(n.results, new.results):
+                vmap[id(a)] = b
+        g.outputs = [vmap[id(v)] for v in self.outputs]
+        g.meta = dict(self.meta)
         return g

@@ -1,0 +1,125 @@
+"""State ops for a static KV cache: explicit writes into state buffers and attention that reads them.
+
+A cache is a graph *state* value ``[B, Hkv, T, D]`` (``T`` = cache capacity). Writes are ops with side
+effects that return the written cache, so every reader depends on the write it must see:
+
+    %kc = cache_write(%cache.k.0, %k, %positions) {dim=2} : f32[B, 2, T, 16]
+    %o  = cached_attention(%q, %kc, %vc, %positions) : f32[B, 4, S, 16]
+
+``positions`` holds each new token's slot: ``[S]`` (shared by every row, as Hugging Face's
+``cache_position``) or ``[B, S]`` (per row, so rows of different lengths decode together).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import sympy
+import torch
+import torch.nn.functional as F
+
+from membound.ir.ops import define_op
+from membound.ir.ops._common import fail, require_index, require_same_dim, same_dtype
+from membound.ir.types import T, TensorType
+
+
+def _check_positions(op: str, positions: TensorType, b: sympy.Expr, s: sympy.Expr) -> None:
+    require_index(op, positions, "positions")
+    if positions.rank == 1:
+        require_same_dim(op, positions.shape[0], s, f"positions {positions} vs {s} new tokens")
+    elif positions.rank == 2:
+        require_same_dim(op, positions.shape[0], b, f"positions {positions} batch vs {b}")
+        require_same_dim(op, positions.shape[1], s, f"positions {positions} vs {s} new tokens")
+    else:
+        fail(op, f"positions must be [S] or [B, S], got {positions}")
+
+
+# ---------------------------------------------------------------------------------------------
+# cache_write(cache[B, H, T, D], values[B, H, S, D], positions) {dim=2} -> cache
+# ---------------------------------------------------------------------------------------------
+def _infer_write(cache: TensorType, values: TensorType, positions: TensorType, *, dim: int) -> TensorType:
+    op = "cache_write"
+    same_dtype(op, ("cache", cache), ("values", values))
+    if cache.rank != values.rank:
+        fail(op, f"values {values} must have the cache's rank ({cache})")
+    d = dim % cache.rank
+    for i, (a, b) in enumerate(zip(cache.shape, values.shape)):
+        if i != d:
+            require_same_dim(op, a, b, f"values {values} vs cache {cache} at dim {i}")
+    _check_positions(op, positions, values.shape[0], values.shape[d])
+    return cache
+
+
+def _write(cache: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, *, dim: int) -> torch.Tensor:
+    d = dim % cache.dim()
+    if positions.dim() == 1:
+        cache.index_copy_(d, positions, values)
+    else:
+        # per-row slots: positions[b, s] is where row b's s-th new token goes along ``dim``
+        shape = [1] * values.dim()
+        shape[0], shape[d] = positions.shape
+        index = positions.reshape(shape).expand(values.shape)
+        cache.scatter_(d, index, values)
+    return cache
+
+
+def _write_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """Only the new entries move: read values and positions, write the same number of cache elements."""
+    return 2 * ins[1].nbytes() + ins[2].nbytes()
+
+
+define_op("cache_write", inputs=("cache", "values", "positions"), attrs={"dim": 2}, kind="state",
+          infer=_infer_write, reference=_write, bytes=_write_bytes, side_effects=True,
+          doc="write values into the state buffer cache at positions along dim (in place); returns the cache")
+
+
+# ---------------------------------------------------------------------------------------------
+# cached_attention(q[B, Hq, S, D], k[B, Hkv, T, D], v[B, Hkv, T, Dv], positions) -> [B, Hq, S, Dv]
+# ---------------------------------------------------------------------------------------------
+def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: TensorType, *,
+                  scale: Optional[float]) -> TensorType:
+    op = "cached_attention"
+    dtype = same_dtype(op, ("q", q), ("k", k), ("v", v))
+    if q.rank != 4 or k.rank != 4 or v.rank != 4:
+        fail(op, f"needs q[B, Hq, S, D] and caches [B, Hkv, T, D]; got q {q}, k {k}, v {v}")
+    b, hq, s, d = q.shape
+    require_same_dim(op, k.shape[0], b, f"k cache {k} batch vs q {q}")
+    require_same_dim(op, k.shape[3], d, f"k cache {k} head dim vs q {q}")
+    require_same_dim(op, v.shape[1], k.shape[1], f"v cache {v} heads vs k cache {k}")
+    require_same_dim(op, v.shape[2], k.shape[2], f"v cache {v} capacity vs k cache {k}")
+    if (hq % k.shape[1]) != 0 and isinstance(hq % k.shape[1], sympy.Integer):
+        fail(op, f"query heads {hq} must be a multiple of kv heads {k.shape[1]}")
+    _check_positions(op, positions, b, s)
+    return TensorType(dtype, (b, hq, s, v.shape[3]))
+
+
+def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, *,
+            scale: Optional[float]) -> torch.Tensor:
+    # only the filled prefix of the cache is read: slots 0 .. max(position)
+    length = int(positions.max()) + 1
+    k, v = k[:, :, :length], v[:, :, :length]
+    pos = positions if positions.dim() == 2 else positions[None, :]
+    # query at position p sees slots j <= p: causal, bottom-right aligned per row
+    mask = torch.arange(length, device=q.device)[None, None, :] <= pos[:, :, None]  # [B|1, S, L]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _cached_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """Each new query attends over the filled cache, whose length is the symbol T."""
+    q, v = ins[0], ins[2]
+    b, hq, s, d = q.shape
+    return 2 * b * hq * s * T * (d + v.shape[3])
+
+
+def _cached_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """q and the output once, plus K and V for the T filled slots (at Hkv heads): linear in T."""
+    q, k, v, pos = ins
+    b, hkv, _, d = k.shape
+    per_slot = b * hkv * (d + v.shape[3]) * (k.nbytes() / k.numel())
+    return q.nbytes() + outs[0].nbytes() + pos.nbytes() + per_slot * T
+
+
+define_op("cached_attention", inputs=("q", "k", "v", "positions"), attrs={"scale": None}, kind="attention",
+          infer=_infer_cached, reference=_cached, flops=_cached_flops, bytes=_cached_bytes,
+          doc="attention of new queries over a KV cache; the query at position p sees cache slots 0..p")

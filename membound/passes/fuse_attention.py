@@ -1,0 +1,150 @@
+"""fuse-attention: turn hand-written ``softmax(q @ k.T * scale + mask) @ v`` into one ``attention`` op.
+
+```
+// before (GPT-2 "eager" attention)
+%kt = transpose(%k) {dim0=-1, dim1=-2} : f32[B, 4, 8, S]
+%s  = matmul(%q, %kt) : f32[B, 4, S, S]
+%c  = constant() {value=0.3535, dtype=f32} : f32[]
+%ss = mul(%s, %c) : f32[B, 4, S, S]
+%sm = add(%ss, %mask) : f32[B, 4, S, S]
+%p  = softmax(%sm) {dim=-1, dtype=none} : f32[B, 4, S, S]
+%o  = matmul(%p, %v) : f32[B, 4, S, 8]
+// after
+%o  = attention(%q, %k, %v, %mask) {causal=false, scale=0.3535} : f32[B, 4, S, 8]
+```
+
+When it fires: always, for the shapes it matches (rank-4 q/k/v, softmax over the last dim, scale a
+compile-time scalar). The cost model's answer is fixed: the unfused form writes and re-reads the
+``[B, H, S, L]`` score matrix several times (matmul, scale, mask, softmax), the fused op never
+materialises it, so bytes drop by ``O(B·H·S·L)`` and FLOPs stay the same. Masks written as
+``where(fill, -inf, scores)`` (``masked_fill``) become the boolean mask ``not fill``. A ``repeat_kv``
+(``expand`` + ``reshape`` of k/v to the query heads) feeding the fused op is folded into GQA, so a
+KV cache built later holds kv heads, not query heads.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import sympy
+
+from membound.ir import Graph, Value
+from membound.passes.manager import PassContext, register_pass
+from membound.passes.pattern import Alt, Any_, Const, Match, Opt, Pat, Rule, rewrite_to_fixpoint
+
+
+def _is_last_two(node) -> bool:  # transpose swapping the last two dims of a rank-4 tensor
+    r = node.inputs[0].rank
+    return r == 4 and {node.attrs["dim0"] % r, node.attrs["dim1"] % r} == {2, 3}
+
+
+def _is_last_two_perm(node) -> bool:
+    return tuple(node.attrs["dims"]) == (0, 1, 3, 2)
+
+
+_KT = Alt(Pat("transpose", Any_("k"), predicate=_is_last_two), Pat("permute", Any_("k"), predicate=_is_last_two_perm))
+_SCORES = Pat("matmul", Any_("q"), _KT)
+_SCALED = Alt(Pat("mul", _SCORES, Const(name="scale")), Pat("div", _SCORES, Const(name="inv_scale")), _SCORES)
+
+
+def _very_negative(v: object) -> bool:
+    return isinstance(v, (int, float)) and v <= -1e4
+
+
+_MASKED = Alt(
+    Pat("add", _SCALED, Any_("add_mask")),
+    Pat("where", Any_("fill"), Const(_very_negative), _SCALED),   # masked_fill(fill, -inf)
+    Pat("where", Any_("keep"), _SCALED, Const(_very_negative)),
+    _SCALED,
+)
+_SOFTMAX = Pat("softmax", _MASKED, name="probs", attrs={"dim": lambda d: d in (-1, 3)})
+_ATTN = Pat("matmul", Opt("cast", _SOFTMAX), Any_("v"))
+
+
+def _fuse(m: Match) -> Optional[Value]:
+    # matmul(softmax(scale * q @ k.T + mask), v) -> attention(q, k, v, mask) {scale}
+    q, k, v = m["q"], m["k"], m["v"]
+    if not (q.rank == k.rank == v.rank == 4) or not (q.dtype == k.dtype == v.dtype):
+        m.note("q/k/v are not rank-4 tensors of one dtype")
+        return None
+    probs = m["probs"]
+    if probs.dtype != q.dtype or m.value.dtype != q.dtype:
+        m.note(f"softmax runs in {probs.dtype} while q is {q.dtype}: fusing would change numerics")
+        return None
+    scale = 1.0
+    if "scale" in m:
+        scale = float(m["scale"].producer.attrs["value"])
+    elif "inv_scale" in m:
+        scale = 1.0 / float(m["inv_scale"].producer.attrs["value"])
+    b = m.builder
+    mask: Optional[Value] = None
+    if "add_mask" in m:
+        mask = m["add_mask"]
+        if mask.dtype != q.dtype:
+            mask = b.call("cast", mask, dtype=q.dtype)
+    elif "fill" in m:
+        mask = b.call("logical_not", m["fill"])
+    elif "keep" in m:
+        mask = m["keep"]
+    k, v = _unrepeat(k), _unrepeat(v)
+    if k.shape[1] != v.shape[1]:
+        k, v = m["k"], m["v"]
+    inputs = [q, k, v] + ([mask] if mask is not None else [])
+    out = b.call("attention", *inputs, causal=False, scale=scale)
+    if not out.type.equivalent(m.value.type):
+        return None
+    return out
+
+
+def _unrepeat(x: Value) -> Value:
+    """``reshape(expand(unsqueeze(kv, 2)))`` from [B, Hkv, L, D] to [B, Hkv*n, L, D] -> kv (GQA)."""
+    r = x.producer
+    if r is None or r.op != "reshape":
+        return x
+    e = r.inputs[0].producer
+    if e is None or e.op != "expand" or e.inputs[0].rank != 5:
+        return x
+    u = e.inputs[0].producer
+    if u is None or u.op != "unsqueeze" or u.attrs["dim"] % 5 != 2:
+        return x
+    kv = u.inputs[0]
+    b, hkv, seq, d = kv.shape
+    out_shape = x.shape
+    if out_shape[0] != b or out_shape[2] != seq or out_shape[3] != d:
+        return x
+    n = sympy.simplify(out_shape[1] / hkv)
+    if not n.is_Integer:
+        return x
+    return kv
+
+
+def _fold_repeat_kv(m: Match) -> Optional[Value]:
+    # attention(q, repeat(k), repeat(v)) -> attention(q, k, v): GQA reads kv heads once
+    node = m.root
+    k, v = node.inputs[1], node.inputs[2]
+    k2, v2 = _unrepeat(k), _unrepeat(v)
+    if (k2 is k and v2 is v) or k2.shape[1] != v2.shape[1]:
+        return None
+    return m.builder.call("attention", node.inputs[0], k2, v2, *node.inputs[3:], **node.attrs)
+
+
+RULES = [
+    # matmul(softmax(mul(matmul(q, transpose(k)), c) + mask), v) -> attention(q, k, v, mask) {scale=c}
+    Rule(_ATTN, _fuse, name="fuse-softmax-attention"),
+    # attention(q, reshape(expand(unsqueeze(k))), ...) -> attention(q, k, ...)   (repeat_kv into GQA)
+    Rule(Pat("attention", Any_(), Any_(), Any_(), ...), _fold_repeat_kv, name="fold-repeat-kv"),
+]
+
+
+@register_pass("fuse-attention")
+def fuse_attention(graph: Graph, ctx: PassContext) -> bool:
+    """Fuse softmax attention written with matmuls into ``attention``; fold repeat_kv into GQA."""
+    notes: list[str] = []
+    counts: dict[str, int] = {}
+    changed = rewrite_to_fixpoint(graph, RULES, notes=notes, counts=counts)
+    for n in notes:
+        ctx.note(n)
+    if counts:
+        ctx.note(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return changed
+

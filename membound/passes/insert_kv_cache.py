@@ -1,0 +1,431 @@
+"""insert-kv-cache: turn a cache-less causal decoder into a *step* graph over a static KV cache.
+
+Research models (and the built-in ones) recompute the whole sequence for every new token. This pass
+rewrites the full-sequence graph into a step graph whose ``S`` means "new tokens this step": each
+causal self-attention writes its new K/V into a state buffer and attends over the cache, positions
+come from an input, and the logits are computed only for one position per row.
+
+```
+// before (one layer, after canonicalize + fuse-attention)
+graph @llama(%ids: i64[B, S]) params(...) {
+  %p = arange() {start=0, end=S, step=1, dtype=f32} : f32[S]
+  ...  rope tables from %p, q/k/v from %ids ...
+  %o = attention(%q, %k, %v) {causal=true, scale=none} : f32[B, 4, S, 16]
+  ...
+  return %logits                                              // f32[B, S, V]
+}
+// after
+graph @llama(%ids: i64[B, S], %positions: i64[B, S], %last_index: i64[B]) params(...)
+    state(%cache.k.0: f32[B, 2, T, 16], %cache.v.0: f32[B, 2, T, 16]) {
+  %p  = cast(%positions) {dtype=f32} : f32[B, S]              // was arange(S): per-row positions
+  ...
+  %kc = cache_write(%cache.k.0, %k, %positions) {dim=2} : f32[B, 2, T, 16]
+  %vc = cache_write(%cache.v.0, %v, %positions) {dim=2} : f32[B, 2, T, 16]
+  %o  = cached_attention(%q, %kc, %vc, %positions) {scale=none} : f32[B, 4, S, 16]
+  ...
+  %h1 = index(%h, %rows, %last_index) {dims=[0, 1]} : f32[B, 64]   // only the position we sample
+  return %logits                                              // f32[B, 1, V]
+}
+```
+
+Prefill is this graph with the prompt (``S`` = prompt length, positions ``0..len-1``); decode is the
+same graph specialised to ``S = 1`` (``Graph.specialized({S: 1})``), so one decode step costs O(1)
+recompute: its bytes are the weights plus K/V for ``T`` cached positions, linear in ``T``.
+
+When it fires: when it can prove the model is causal and position-consistent, else it leaves the
+graph unchanged and says why in the pass log:
+- every attention is self-attention over ``S`` and causal (``causal=true``, or a mask that does not
+  depend on the inputs and evaluates to the lower triangle at several sizes);
+- no op on the data path mixes sequence positions other than attention (no reduction, softmax, sort
+  or matmul contraction over a dim containing ``S``; routing ops over the flattened token axis
+  ``B*S`` — MoE dispatch — are token-wise and allowed);
+- positions enter only as ``arange(0, S)`` (RoPE tables, learned position embeddings).
+This is not a cost-model decision: caching is what makes a token cost O(1) instead of O(S).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import sympy
+import torch
+
+from membound.ir import Graph, Node, Value, get_op
+from membound.ir.types import B, S, T, TensorType
+from membound.passes.manager import PassContext, register_pass
+
+
+class NotCacheable(Exception):
+    """The model cannot be proven causal and position-consistent; the message says why."""
+
+
+@dataclass
+class _Plan:
+    attentions: list[Node]
+    data: set[int]                       # ids of nodes on the data path (reachable from graph inputs)
+    sources: dict[int, str]              # id(node) -> kind of position source
+    notes: list[str] = field(default_factory=list)
+
+
+def _dims_reduced(node: Node) -> list[int]:
+    a, x = node.attrs, node.inputs[0]
+    r = x.rank
+    if node.op in ("sum", "mean", "amax", "amin"):
+        dims = a["dims"] or tuple(range(r))
+        return [d % r for d in dims]
+    if node.op in ("softmax", "log_softmax", "cumsum", "argmax", "topk", "sort"):
+        return [a["dim"] % r] if r else []
+    if node.op == "layer_norm":
+        return list(range(r - a["ndim"], r))
+    if node.op == "rms_norm":
+        return [r - 1]
+    return []
+
+
+def _analyze(g: Graph) -> _Plan:
+    seq_inputs = [v for v in g.inputs if v.rank >= 2 and v.shape[0] == B and v.shape[1] == S]
+    if not seq_inputs:
+        raise NotCacheable(f"no graph input has shape [B, S, ...] (inputs: {[str(v) for v in g.inputs]})")
+    data: set[int] = set()
+    for n in g.nodes:
+        if any(v.kind == "input" or (v.producer is not None and id(v.producer) in data) for v in n.inputs):
+            data.add(id(n))
+    attentions = [n for n in g.nodes if n.op == "attention"]
+    if not attentions:
+        raise NotCacheable("no attention op (after fuse-attention): nothing to cache")
+    plan = _Plan(attentions, data, {})
+    for i, a in enumerate(attentions):
+        q, k, v = a.inputs[:3]
+        if not (q.shape[2] == S and k.shape[2] == S and v.shape[2] == S):
+            raise NotCacheable(f"attention #{i} is not self-attention over the sequence S "
+                               f"(q {q.type}, k {k.type}): cross-attention is not cached")
+        if a.attrs["causal"] and len(a.inputs) == 3:
+            continue
+        if len(a.inputs) == 3:
+            raise NotCacheable(f"attention #{i} is bidirectional (causal=false, no mask): a token would see "
+                               f"later tokens, so a KV cache would change the result")
+        mask = a.inputs[3]
+        if mask.producer is not None and id(mask.producer) in data or mask.kind == "input":
+            raise NotCacheable(f"attention #{i}: its mask depends on the inputs (a padding mask?); "
+                               f"pass no attention_mask and let generate() handle lengths")
+        if not _mask_is_causal(g, mask):
+            raise NotCacheable(f"attention #{i}: its mask is not the causal lower triangle "
+                               f"(bidirectional or windowed attention)")
+    attention_ids = {id(a) for a in attentions}
+    for n in g.nodes:
+        if id(n) not in data or id(n) in attention_ids:
+            continue
+        x = n.inputs[0] if n.inputs else None
+        for d in _dims_reduced(n):
+            dim = x.shape[d]
+            if S in dim.free_symbols:
+                if n.op in ("sort", "topk", "argmax") and B in dim.free_symbols:
+                    plan.notes.append(f"{n.op} over the flattened token axis {dim} treated as token-wise routing")
+                    continue
+                raise NotCacheable(f"{n.op} at %{n.results[0].name} reduces over the sequence dim ({dim}): a "
+                                   f"sequence-wide op, so the model is not position-consistent")
+        if n.op == "matmul" and S in n.inputs[0].shape[-1].free_symbols:
+            raise NotCacheable(f"matmul at %{n.results[0].name} contracts over the sequence dim "
+                               f"({n.inputs[0].shape[-1]}): tokens are mixed outside attention")
+    for n in g.nodes:
+        if id(n) in data:
+            continue
+        if n.op == "arange" and n.attrs["start"] == 0 and n.attrs["step"] == 1 and n.attrs["end"] == S:
+            plan.sources[id(n)] = "arange"
+    return plan
+
+
+def _backward_slice(g: Graph, outputs: list[Value]) -> Graph:
+    """A copy of ``g`` computing only ``outputs`` (the nodes they depend on)."""
+    c = g.copy()
+    names = {v.name for v in outputs}
+    c.outputs = [v for v in c.values() if v.name in names]
+    from membound.passes.dce import dead_code_elimination
+
+    dead_code_elimination(c, PassContext())
+    return c
+
+
+def _mask_is_causal(g: Graph, mask: Value) -> bool:
+    """Evaluate the (input-independent) mask at a few sizes and compare with the lower triangle."""
+    from membound.ir.ops import get_op as _get
+    from membound.ir.types import eval_dim
+
+    sub = _backward_slice(g, [mask])
+    for b, s in ((1, 1), (2, 3), (3, 6)):
+        bind = {B: b, S: s}
+        try:
+            ins = [torch.zeros([eval_dim(d, bind) for d in v.shape], dtype=v.dtype) for v in sub.inputs]
+            env: dict[int, Any] = {id(v): t for v, t in zip(sub.inputs, ins)}
+            for p in list(sub.params) + list(sub.state):
+                env[id(p)] = sub.tensors[p.name].detach().cpu()
+            for n in sub.nodes:
+                attrs = {k: _concrete(a, bind) for k, a in n.attrs.items()}
+                res = _get(n.op).reference(*[env[id(v)] for v in n.inputs], **attrs)
+                for r, t in zip(n.results, res if len(n.results) > 1 else [res]):
+                    env[id(r)] = t
+            m = env[id(sub.outputs[0])]
+        except Exception:  # a mask we cannot evaluate is not proven causal
+            return False
+        keep = m if m.dtype == torch.bool else (m > -1e4)
+        if m.dtype != torch.bool and not torch.all((m == 0) | (m <= -1e4)):
+            return False
+        tril = torch.ones(s, s, dtype=torch.bool).tril()
+        try:
+            keep = keep.expand(b, keep.shape[-3] if keep.dim() >= 3 else 1, s, s)
+        except RuntimeError:
+            return False
+        if not torch.equal(keep, tril.expand_as(keep)):
+            return False
+    return True
+
+
+def _concrete(a: Any, bind: dict[sympy.Symbol, int]) -> Any:
+    if isinstance(a, sympy.Expr):
+        return int(a.xreplace({k: sympy.Integer(v) for k, v in bind.items()}))
+    if isinstance(a, tuple):
+        return tuple(_concrete(x, bind) for x in a)
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# rebuilding: position-derived values are "lifted" (an extra leading B dim: per-row positions)
+# ---------------------------------------------------------------------------------------------
+_SHIFT_DIM_ATTRS = ("dim", "dim0", "dim1")
+
+
+class _Builder:
+    def __init__(self, old: Graph, plan: _Plan, prune_logits: bool) -> None:
+        self.old, self.plan, self.prune = old, plan, prune_logits
+        self.g = Graph(old.name)
+        self.map: dict[int, Value] = {}
+        self.lifted: set[int] = set()   # ids of NEW values that carry an extra leading B dim
+
+    def call(self, op: str, *inputs: Value, **attrs: Any) -> Value:
+        return self.g.call(op, *inputs, **attrs)
+
+    # -- helpers on lifted values ---------------------------------------------------------------
+    def unsqueeze_at1(self, v: Value, times: int) -> Value:
+        for _ in range(times):
+            v = self.call("unsqueeze", v, dim=1)
+        return v
+
+    def to_batch(self, new: Value, old: Value, rank: int, where: str) -> Value:
+        """Merge a lifted value into a normal one of ``rank`` whose dim 0 is the batch."""
+        ro = old.rank
+        if ro < rank:
+            return self.unsqueeze_at1(new, rank - ro - 1)
+        if ro == rank and old.shape[0] == 1:
+            return self.call("squeeze", new, dims=(1,))
+        raise NotCacheable(f"position-dependent %{old.name}: {old.type} meets the batch at {where} in a way "
+                           f"per-row positions cannot express")
+
+    def lift_plain(self, new: Value, rank_old: int) -> Value:
+        """A position-independent value broadcast up to a lifted one (for cat and friends)."""
+        v = self.call("unsqueeze", new, dim=0)
+        return self.call("expand", v, shape=(B,) + tuple(new.shape))
+
+    # -- the walk -------------------------------------------------------------------------------
+    def build(self) -> Graph:
+        old, g = self.old, self.g
+        for v in old.inputs:
+            self.map[id(v)] = g.add_input(v.name, v.type)
+        positions = g.add_input("positions", TensorType(torch.int64, [B, S]))
+        last_index = g.add_input("last_index", TensorType(torch.int64, [B])) if self.prune else None
+        for v in old.params:
+            self.map[id(v)] = g.add_param(v.name, v.type, old.tensors.get(v.name))
+        for v in old.state:
+            self.map[id(v)] = g.add_state(v.name, v.type, old.tensors.get(v.name))
+        caches = []
+        for i, a in enumerate(self.plan.attentions):
+            k, v = a.inputs[1], a.inputs[2]
+            kt = TensorType(k.dtype, [B, k.shape[1], T, k.shape[3]])
+            vt = TensorType(v.dtype, [B, v.shape[1], T, v.shape[3]])
+            caches.append((g.add_state(f"cache.k.{i}", kt), g.add_state(f"cache.v.{i}", vt)))
+        attention_index = {id(a): i for i, a in enumerate(self.plan.attentions)}
+        for n in old.nodes:
+            if id(n) in attention_index:
+                kc, vc = caches[attention_index[id(n)]]
+                q, k, v = (self.normal(x, n) for x in n.inputs[:3])
+                kw = self.call("cache_write", kc, k, positions, dim=2)
+                vw = self.call("cache_write", vc, v, positions, dim=2)
+                self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, scale=n.attrs["scale"])
+            elif self.plan.sources.get(id(n)) == "arange":
+                p = positions if n.result.dtype == torch.int64 else self.call("cast", positions, dtype=n.result.dtype)
+                self.map[id(n.result)] = p
+                self.lifted.add(id(p))
+            else:
+                self.emit(n)
+        outs = [self.normal(v, None) for v in old.outputs]
+        logits = [o for o in outs if o.rank == 3 and o.shape[0] == B and o.shape[1] == S and o.dtype.is_floating_point]
+        if not logits:
+            raise NotCacheable(f"no output of shape [B, S, V] to sample from (outputs: {[str(o.type) for o in outs]})")
+        out = logits[0]
+        if last_index is not None:
+            out = _sink_last_token(g, out, last_index)
+        g.set_outputs([out])
+        g.meta["kv_cache"] = {
+            "caches": [(k.name, v.name) for k, v in caches],
+            "token_input": old.inputs[0].name,
+            "positions_input": "positions",
+            "last_index_input": last_index.name if last_index is not None else None,
+            "max_positions": self._max_positions(),
+        }
+        return g
+
+    def _max_positions(self) -> Optional[int]:
+        """Rows of a learned position table indexed by positions (GPT-2's wpe), else None (RoPE)."""
+        rows = None
+        for n in self.g.nodes:
+            if n.op == "embedding" and id(n.inputs[1]) in self.lifted and n.inputs[0].kind == "param":
+                r = int(n.inputs[0].shape[0])
+                rows = r if rows is None else min(rows, r)
+        return rows
+
+    def normal(self, old_v: Value, consumer: Optional[Node]) -> Value:
+        new = self.map[id(old_v)]
+        if id(new) in self.lifted:
+            rank = consumer.results[0].rank if consumer is not None else old_v.rank
+            return self.to_batch(new, old_v, max(rank, old_v.rank), consumer.op if consumer else "the output")
+        return new
+
+    def emit(self, n: Node) -> None:
+        ins_new = [self.map[id(v)] for v in n.inputs]
+        any_lifted = any(id(v) in self.lifted for v in ins_new)
+        if not any_lifted:
+            attrs = self.fix_shape_attrs(n, ins_new)
+            node = self.g.append(self.g.create_node(n.op, ins_new, attrs))
+            for a, b in zip(n.results, node.results):
+                self.map[id(a)] = b
+            return
+        if id(n) in self.plan.data:
+            # the boundary: position values meet the batch; merge the extra B into dim 0
+            ins = [self.normal(v, n) for v in n.inputs]
+            node = self.g.append(self.g.create_node(n.op, ins, self.fix_shape_attrs(n, ins)))
+            for a, b in zip(n.results, node.results):
+                self.map[id(a)] = b
+            return
+        self.emit_lifted(n, ins_new)
+
+    def fix_shape_attrs(self, n: Node, ins_new: list[Value]) -> dict[str, Any]:
+        """reshape/expand of a value whose broadcast dim 0 became B (after a merge) follow it."""
+        attrs = dict(n.attrs)
+        if n.op in ("reshape", "expand") and ins_new and ins_new[0].rank >= 1 and n.inputs[0].rank >= 1:
+            old_d0, new_d0 = n.inputs[0].shape[0], ins_new[0].shape[0]
+            if old_d0 == 1 and new_d0 != 1 and attrs["shape"] and attrs["shape"][0] == 1:
+                attrs["shape"] = (new_d0,) + tuple(attrs["shape"][1:])
+        return attrs
+
+    def emit_lifted(self, n: Node, ins_new: list[Value]) -> None:
+        op, attrs = n.op, dict(n.attrs)
+        kind = get_op(op).kind
+        r_out = n.results[0].rank
+        if kind == "elementwise" or op == "matmul":
+            ins = []
+            for old_v, new_v in zip(n.inputs, ins_new):
+                if id(new_v) in self.lifted:
+                    new_v = self.unsqueeze_at1(new_v, r_out - old_v.rank)
+                ins.append(new_v)
+            out = self.g.append(self.g.create_node(op, ins, attrs)).result
+        elif op == "embedding" and id(ins_new[1]) in self.lifted and id(ins_new[0]) not in self.lifted:
+            out = self.call(op, *ins_new)
+        elif op in ("unsqueeze", "squeeze", "transpose", "permute", "slice", "select", "softmax", "log_softmax",
+                    "cumsum", "sum", "mean", "amax", "amin", "cat", "split", "reshape", "expand"):
+            if op == "cat":
+                ins_new = [v if id(v) in self.lifted else self.lift_plain(v, v.rank) for v in ins_new]
+            attrs = _shift_attrs(op, attrs, n.inputs[0].rank, r_out)
+            node = self.g.append(self.g.create_node(op, ins_new, attrs))
+            for a, b in zip(n.results, node.results):
+                self.map[id(a)] = b
+                self.lifted.add(id(b))
+            return
+        else:
+            raise NotCacheable(f"{op} at %{n.results[0].name} computes on positions in a way this pass cannot "
+                               f"make per-row")
+        self.map[id(n.result)] = out
+        self.lifted.add(id(out))
+
+
+def _shift_attrs(op: str, attrs: dict[str, Any], rank_in: int, rank_out: int) -> dict[str, Any]:
+    """Attributes of an op applied to a lifted value: non-negative dims move right by one."""
+    out = dict(attrs)
+    for k in _SHIFT_DIM_ATTRS:
+        if k in out and isinstance(out[k], int) and out[k] >= 0:
+            out[k] = out[k] + 1
+    if op in ("sum", "mean", "amax", "amin", "squeeze"):
+        dims = out["dims"] or (tuple(range(rank_in)) if op != "squeeze" else ())
+        out["dims"] = tuple(d + 1 if d >= 0 else d for d in dims)
+    if op == "permute":
+        out["dims"] = (0,) + tuple(d % rank_in + 1 for d in out["dims"])
+    if op in ("reshape", "expand"):
+        out["shape"] = (B,) + tuple(out["shape"])
+    return out
+
+
+_SINKABLE = frozenset({"linear", "rms_norm", "layer_norm", "cast", "neg", "exp", "tanh", "relu", "silu", "gelu",
+                       "sigmoid"})
+_SINKABLE_BINARY = frozenset({"add", "mul", "sub", "div"})
+
+
+def _sink_last_token(g: Graph, out: Value, last_index: Value) -> Value:
+    """Pick each row's last position *before* the position-wise tail (final norm, LM head).
+
+    Walks up from the logits through ops that act on each position alone and have one user, then
+    gathers ``[B, S, D] -> [B, 1, D]`` there and replays the tail on one position per row.
+    """
+    chain: list[Node] = []
+    cur = out
+    while cur.producer is not None:
+        p = cur.producer
+        if len({id(u) for u in p.inputs[0].users}) != 1 or p.inputs[0].rank != 3:
+            break
+        others = p.inputs[1:]
+        if p.op in _SINKABLE and all(S not in o.type.free_symbols() for o in others):
+            pass
+        elif p.op in _SINKABLE_BINARY and all(o.rank <= 1 for o in others):
+            pass
+        else:
+            break
+        chain.append(p)
+        cur = p.inputs[0]
+    rows = g.create_node("arange", [], {"end": B})
+    sel = g.create_node("index", [cur, rows.result, last_index], {"dims": (0, 1)})
+    one = g.create_node("unsqueeze", [sel.result], {"dim": 1})
+    new_nodes = [rows, sel, one]
+    v = one.result
+    for p in reversed(chain):
+        node = g.create_node(p.op, [v, *p.inputs[1:]], p.attrs)
+        new_nodes.append(node)
+        v = node.result
+    # before the tail's last op: every input of the replayed tail is defined by then
+    pos = g.nodes.index(chain[0]) if chain else len(g.nodes)
+    for i, node in enumerate(new_nodes):
+        g._link(node)
+        g.nodes.insert(pos + i, node)
+    return v
+
+
+def _swap_into(target: Graph, new: Graph) -> None:
+    for n in new.nodes:
+        n.graph = target
+    target.__dict__.update(new.__dict__)
+
+
+@register_pass("insert-kv-cache")
+def insert_kv_cache(graph: Graph, ctx: PassContext) -> bool:
+    """Rewrite a full-sequence causal decoder into a step graph over a static KV cache (see module doc)."""
+    try:
+        plan = _analyze(graph)
+        new = _Builder(graph, plan, prune_logits=True).build()
+    except NotCacheable as e:
+        ctx.note(f"left unchanged: {e}")
+        return False
+    for note in plan.notes:
+        ctx.note(note)
+    from membound.passes.dce import dead_code_elimination
+
+    dead_code_elimination(new, PassContext())
+    _swap_into(graph, new)
+    ctx.note(f"cached {len(plan.attentions)} attention(s); positions and last_index are inputs now")
+    return True
