@@ -9,13 +9,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CompiledModel", "compile", "default_pipeline", "explain", "insert_after", "insert_before",
+__all__ = ["CompiledModel", "compile", "default_pipeline", "explain", "generate", "insert_after", "insert_before",
            "register_pass"]
 
 
 def __getattr__(name: str) -> Any:
     # Imported lazily so that `import membound` stays cheap and the CLI starts fast.
-    if name in ("compile", "CompiledModel"):
+    if name in ("compile", "CompiledModel", "generate"):
         from membound import api
 
         return getattr(api, name)

@@ -26,6 +26,8 @@ from membound.frontends import Capture, capture_export
 from membound.ir.graph import Graph
 from membound.passes import PassContext, PassManager, default_pipeline
 from membound.passes.instruments import DumpIR
+import membound.passes.fuse_attention  # noqa: F401  (registers the pass)
+import membound.passes.insert_kv_cache  # noqa: F401  (registers the pass)
 
 PipelineLike = Sequence[Union[str, Callable[..., bool]]]
 
@@ -156,3 +158,80 @@ def compile(model_or_fn: Optional[Callable[..., Any]] = None, *, example_inputs:
     if model_or_fn is None:
         return lambda fn: CompiledModel(fn, **options)
     return CompiledModel(model_or_fn, **options)
+
+
+class KVCacheError(RuntimeError):
+    """generate() could not turn the model into a cached step graph; the message says why."""
+
+
+def _accepts_kwarg(fn: Callable[..., Any], name: str) -> bool:
+    import inspect
+
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
+    """Capture the model once more for decoding: pipeline + fuse-attention + insert-kv-cache.
+
+    The result (a ``KVProgram``: prefill step graph, its S=1 decode specialisation, their executables
+    and a static cache) is kept on ``compiled`` and reused by later ``generate`` calls.
+    """
+    from membound.ir.types import S
+    from membound.runtime.generate import KVProgram
+    from membound.runtime.kv_cache import StaticKVCache
+
+    existing = getattr(compiled, "_kv_program", None)
+    if existing is not None and existing.cache.device == input_ids.device:
+        return existing
+    # an example with batch and sequence >= 2 keeps both dims symbolic (export specialises size 1)
+    example = torch.zeros(max(2, input_ids.shape[0]), max(2, input_ids.shape[1]), dtype=input_ids.dtype,
+                          device=input_ids.device)
+    kwargs = {"use_cache": False} if _accepts_kwarg(compiled.fn, "use_cache") else {}
+    capture = capture_export(compiled.fn, (example,), kwargs, dynamic=True, fallback=compiled.fallback)
+    base = compiled.pipeline if compiled.pipeline is not None else default_pipeline()
+    pipeline = list(base) + ["fuse-attention", "insert-kv-cache", "canonicalize", "dead-code-elimination"]
+    instruments = [DumpIR(Path(compiled.dump_ir) / "kv-prefill")] if compiled.dump_ir else []
+    ctx = PassContext()
+    manager = PassManager(pipeline, instruments=instruments)
+    step = manager.run(capture.graph, ctx)
+    if "kv_cache" not in step.meta:
+        reasons = "; ".join(line for line in ctx.log if "insert-kv-cache" in line or "left unchanged" in line)
+        raise KVCacheError(f"cannot decode {type(compiled.fn).__name__} with a KV cache: "
+                           f"{reasons or 'insert-kv-cache did not fire'}. Use generate(..., kv_cache=False) to "
+                           f"decode by full recomputation instead.")
+    decode = step.specialized({S: 1})
+    decode = PassManager(["canonicalize", "dead-code-elimination"]).run(decode, PassContext())
+    program = KVProgram(step, decode, compile_graph(step, compiled.backend), compile_graph(decode, compiled.backend),
+                        StaticKVCache(step, input_ids.device))
+    compiled._kv_program = program
+    return program
+
+
+def generate(model_or_compiled: Any, input_ids: torch.Tensor, max_new_tokens: int = 32, *,
+             attention_mask: Optional[torch.Tensor] = None, temperature: float = 0.0, top_k: Optional[int] = None,
+             top_p: Optional[float] = None, eos_token_id: Any = None, pad_token_id: Optional[int] = None,
+             max_cache_len: Optional[int] = None, stream: Optional[Callable[[torch.Tensor], None]] = None,
+             generator: Optional[torch.Generator] = None, kv_cache: bool = True) -> torch.Tensor:
+    """Decode ``max_new_tokens`` after ``input_ids``; returns the prompt followed by the new tokens.
+
+    A cache-less model is turned into a prefill graph and an S=1 decode graph over a static KV cache
+    (the ``insert-kv-cache`` pass), compiled once and reused across calls. Greedy when ``temperature``
+    is 0 (default), else sampled with ``top_k`` / ``top_p``. Rows may have different prompt lengths:
+    pass ``attention_mask`` (left or right padding). ``stream(tokens[B])`` is called for every step.
+    ``kv_cache=False`` recomputes the whole sequence for each token (a baseline; O(S) per token).
+    """
+    from membound.runtime.generate import decode_loop, recompute_loop
+
+    compiled = model_or_compiled if isinstance(model_or_compiled, CompiledModel) else CompiledModel(model_or_compiled)
+    options = dict(attention_mask=attention_mask, temperature=temperature, top_k=top_k, top_p=top_p,
+                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, stream=stream, generator=generator)
+    with torch.no_grad():
+        if not kv_cache:
+            return recompute_loop(compiled, input_ids, max_new_tokens, **options)
+        program = build_kv_program(compiled, input_ids)
+        return decode_loop(program, input_ids, max_new_tokens, max_cache_len=max_cache_len, **options)

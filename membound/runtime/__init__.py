@@ -1,0 +1,1 @@
+"""Runtime: the static KV cache and the decode loop that drives compiled step graphs."""

@@ -1,0 +1,167 @@
+"""Autoregressive decoding over a step graph with a static KV cache.
+
+The step graph (from the ``insert-kv-cache`` pass) takes ``(tokens[B, S], positions[B, S],
+last_index[B])`` and returns the logits of one position per row, ``[B, 1, V]``, writing K/V into the
+cache as a side effect. ``decode_loop`` runs it once on the prompt (prefill, S = longest prompt) and
+then once per new token (decode, S = 1), with per-row positions so rows of different lengths decode
+together: row ``i`` writes and reads cache slots ``0 .. len_i + t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from membound.backends import Executable
+from membound.ir.graph import Graph
+from membound.runtime.kv_cache import CacheCapacityError, StaticKVCache, capacity_limit
+
+
+@dataclass
+class KVProgram:
+    """What ``generate`` runs: the step graph (prefill), its ``S = 1`` specialisation (decode)."""
+
+    prefill_graph: Graph
+    decode_graph: Graph
+    prefill: Executable
+    decode: Executable
+    cache: StaticKVCache
+
+    @property
+    def meta(self) -> dict:
+        return self.prefill_graph.meta["kv_cache"]
+
+
+def split_prompts(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    """Each row's real tokens (left or right padding removed according to ``attention_mask``)."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        return list(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids "
+                         f"{tuple(input_ids.shape)}")
+    rows = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask)]
+    for i, r in enumerate(rows):
+        if r.numel() == 0:
+            raise ValueError(f"row {i} of attention_mask selects no tokens")
+    return rows
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float],
+           generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Next token per row from ``logits [B, V]``: greedy when temperature is 0, else sampled."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def decode_loop(program: KVProgram, input_ids: torch.Tensor, max_new_tokens: int, *,
+                attention_mask: Optional[torch.Tensor] = None, temperature: float = 0.0,
+                top_k: Optional[int] = None, top_p: Optional[float] = None,
+                eos_token_id: Optional[Union[int, Sequence[int]]] = None, pad_token_id: Optional[int] = None,
+                max_cache_len: Optional[int] = None, stream: Optional[Callable[[torch.Tensor], None]] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` per row; returns ``cat([input_ids, new_tokens], dim=1)``."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    device = input_ids.device
+    prompts = split_prompts(input_ids, attention_mask)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    batch, longest = len(prompts), int(lengths.max())
+    needed = longest + max_new_tokens
+    limit, why = capacity_limit(program.prefill_graph, max_cache_len)
+    if limit is not None and needed > limit:
+        raise CacheCapacityError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = {needed} "
+                                 f"positions exceed the limit of {limit}: {why}")
+    if max_new_tokens == 0:
+        return input_ids
+    program.cache.ensure(batch, needed)
+    state = program.cache.views(batch)
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+
+    # prefill: prompts right-padded to the longest; each row's junk slots beyond its length are
+    # overwritten by its own decode steps before any query can see them (query p reads slots <= p)
+    tokens = torch.full((batch, longest), pad, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        tokens[i, :len(p)] = p
+    positions = torch.arange(longest, device=device).expand(batch, longest).contiguous()
+    logits = _run(program.prefill, program.prefill_graph, [tokens, positions, lengths - 1], state)
+
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    zeros = torch.zeros(batch, dtype=torch.long, device=device)
+    out = []
+    pos = lengths.clone()
+    for step in range(max_new_tokens):
+        nxt = sample(logits[:, -1], temperature, top_k, top_p, generator)
+        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        out.append(nxt)
+        if stream is not None:
+            stream(nxt)
+        if eos:
+            finished |= torch.isin(nxt, torch.tensor(sorted(eos), device=device))
+            if bool(finished.all()):
+                break
+        if step == max_new_tokens - 1:
+            break
+        logits = _run(program.decode, program.decode_graph, [nxt[:, None], pos[:, None], zeros], state)
+        pos += 1
+    return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
+
+
+def _run(executable: Executable, graph: Graph, inputs: list[torch.Tensor], state: dict[str, torch.Tensor]
+         ) -> torch.Tensor:
+    graph.tensors.update(state)  # state values bind to this call's cache views (by reference)
+    (logits,) = executable(inputs)
+    return logits
+
+
+def recompute_loop(model: Callable[..., object], input_ids: torch.Tensor, max_new_tokens: int, *,
+                   attention_mask: Optional[torch.Tensor] = None, temperature: float = 0.0,
+                   top_k: Optional[int] = None, top_p: Optional[float] = None,
+                   eos_token_id: Optional[Union[int, Sequence[int]]] = None, pad_token_id: Optional[int] = None,
+                   stream: Optional[Callable[[torch.Tensor], None]] = None,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Full recomputation per token, row by row (the O(S)-per-token baseline and the test oracle)."""
+    prompts = split_prompts(input_ids, attention_mask)
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+    rows = [p.clone() for p in prompts]
+    done = [False] * len(rows)
+    out: list[list[int]] = [[] for _ in rows]
+    for _ in range(max_new_tokens):
+        step = []
+        for i, r in enumerate(rows):
+            if done[i]:
+                step.append(pad)
+                continue
+            res = model(r[None])
+            logits = res if isinstance(res, torch.Tensor) else res.logits
+            tok = int(sample(logits[:, -1], temperature, top_k, top_p, generator)[0])
+            step.append(tok)
+            rows[i] = torch.cat([r, r.new_tensor([tok])])
+            done[i] = tok in eos
+        for i, t in enumerate(step):
+            out[i].append(t)
+        if stream is not None:
+            stream(torch.tensor(step, device=input_ids.device))
+        if eos and all(done):
+            break
+    new = torch.tensor(out, dtype=input_ids.dtype, device=input_ids.device)
+    return torch.cat([input_ids, new], dim=1)
