@@ -1,0 +1,256 @@
+"""canonicalize: rewrite equivalent spellings to one canonical form, so later passes match one shape.
+
+```
+// before                                              // after
+graph @f(%x: bf16[B, S, 64]) params(%g: bf16[64]) {    graph @f(%x: bf16[B, S, 64]) params(%g: bf16[64]) {
+  %0 = cast(%x) {dtype=f32} : f32[B, S, 64]              %9 = rms_norm(%x, %g) {eps=1e-05} : bf16[B, S, 64]
+  %1 = constant() {value=2, dtype=i64} : i64[]           return %9
+  %2 = pow(%0, %1) : f32[B, S, 64]                     }
+  %3 = mean(%2) {dims=[-1], keepdim=true, dtype=none} : f32[B, S, 1]
+  %4 = constant() {value=1e-05, dtype=f32} : f32[]
+  %5 = add(%3, %4) : f32[B, S, 1]
+  %6 = rsqrt(%5) : f32[B, S, 1]
+  %7 = mul(%0, %6) : f32[B, S, 64]
+  %8 = cast(%7) {dtype=bf16} : bf16[B, S, 64]
+  %9 = mul(%g, %8) : bf16[B, S, 64]
+  return %9
+}
+```
+
+The rules (``RULES`` below, each with a ``# before -> after`` comment) fold view chains and identity
+views, drop no-op casts, apply algebraic identities with constants, normalise matmul forms to
+``linear`` and recognise ``rms_norm``. Every rule keeps the exact numerics of the graph it rewrites:
+an ``rms_norm`` chain computed in low precision without the f32 casts is left alone, because
+``rms_norm`` computes in f32. No cost question: each rule removes ops or keeps their number.
+Rules run to a fixpoint (``pattern.rewrite_to_fixpoint``); the nodes they orphan are erased.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from membound.ir import Graph, Node, Value
+from membound.ir.types import dims_equal, promote
+from membound.passes.manager import PassContext, register_pass
+from membound.passes.pattern import Alt, Any_, Const, Match, Opt, Pat, Rule, rewrite_to_fixpoint
+
+_RESHAPE_LIKE = ("reshape", "squeeze", "unsqueeze")  # views that keep the row-major element order
+_PERMUTE_LIKE = ("permute", "transpose")
+_LOW_FLOAT = (torch.float16, torch.bfloat16)
+
+
+def _same_shape(a: Value, b: Value) -> bool:
+    return a.rank == b.rank and all(dims_equal(x, y) for x, y in zip(a.shape, b.shape))
+
+
+def _norm_dim(d: int, rank: int) -> int:
+    return d % rank if rank else 0
+
+
+def _permutation(node: Node) -> tuple[int, ...]:
+    """The permutation a permute/transpose applies: result dim i is input dim perm[i]."""
+    rank = node.inputs[0].rank
+    if node.op == "permute":
+        return tuple(_norm_dim(d, rank) for d in node.attrs["dims"])
+    perm = list(range(rank))
+    a, b = _norm_dim(node.attrs["dim0"], rank), _norm_dim(node.attrs["dim1"], rank)
+    perm[a], perm[b] = perm[b], perm[a]
+    return tuple(perm)
+
+
+# ---------------------------------------------------------------------------------------------
+# views
+# ---------------------------------------------------------------------------------------------
+def reshape_of_reshape(m: Match) -> Optional[Value]:
+    x = m["x"]
+    if _same_shape(m.value, x):
+        return x
+    return m.builder.call("reshape", x, shape=m.root.attrs["shape"])
+
+
+def squeeze_unsqueeze_round_trip(m: Match) -> Optional[Value]:
+    # only size-1 dims moved, so equal shapes mean equal tensors
+    return m["x"] if _same_shape(m.value, m["x"]) else None
+
+
+def view_to_same_shape(m: Match) -> Optional[Value]:
+    x, node = m["x"], m.root
+    if not _same_shape(m.value, x):
+        return None
+    if node.op == "slice":
+        size = x.shape[_norm_dim(node.attrs["dim"], x.rank)]
+        if node.attrs["start"] != 0 or (node.attrs["step"] != 1 and size != 1):
+            return None
+    return x
+
+
+def identity_permutation(m: Match) -> Optional[Value]:
+    perm = _permutation(m.root)
+    return m["x"] if perm == tuple(range(len(perm))) else None
+
+
+def compose_permutations(m: Match) -> Optional[Value]:
+    inner = _permutation(m["inner"].producer)  # type: ignore[union-attr]
+    outer = _permutation(m.root)
+    composed = tuple(inner[i] for i in outer)
+    if composed == tuple(range(len(composed))):
+        return m["x"]
+    return m.builder.call("permute", m["x"], dims=composed)
+
+
+# ---------------------------------------------------------------------------------------------
+# casts and algebraic identities
+# ---------------------------------------------------------------------------------------------
+def cast_to_same_dtype(m: Match) -> Optional[Value]:
+    return m["x"] if m["x"].dtype == m.value.dtype else None
+
+
+# (from, to) pairs where every value of ``from`` survives ``to`` exactly, so casting back is identity
+_LOSSLESS = {
+    torch.float16: (torch.float32, torch.float64), torch.bfloat16: (torch.float32, torch.float64),
+    torch.float32: (torch.float64,), torch.int8: (torch.int16, torch.int32, torch.int64),
+    torch.uint8: (torch.int16, torch.int32, torch.int64), torch.int16: (torch.int32, torch.int64),
+    torch.int32: (torch.int64,),
+}
+
+
+def cast_round_trip(m: Match) -> Optional[Value]:
+    x, wide = m["x"], m["wide"]
+    if m.value.dtype == x.dtype and wide.dtype in _LOSSLESS.get(x.dtype, ()):
+        return x
+    return None
+
+
+def identity_if_same_type(m: Match) -> Optional[Value]:
+    # x * 1, x + 0 ... are x only when broadcasting and promotion leave x's type alone
+    return m["x"] if m.value.type.equivalent(m["x"].type) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# matmul forms
+# ---------------------------------------------------------------------------------------------
+def _is_2d_param(v: Value) -> bool:
+    return v.kind == "param" and v.rank == 2
+
+
+def matmul_to_linear(m: Match) -> Optional[Value]:
+    x, w = m["x"], m["w"]
+    if _permutation(m["wt"].producer) != (1, 0):  # type: ignore[arg-type]
+        return None
+    if x.dtype != w.dtype or not x.dtype.is_floating_point:
+        return None
+    return m.builder.call("linear", x, w)
+
+
+def fold_bias_into_linear(m: Match) -> Optional[Value]:
+    lin, b = m["lin"], m["b"]
+    w = lin.producer.inputs[1]  # type: ignore[union-attr]
+    if b.rank != 1 or not dims_equal(b.shape[0], w.shape[0]) or b.dtype != lin.dtype:
+        return None
+    return m.builder.call("linear", m["x"], w, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# rms_norm
+# ---------------------------------------------------------------------------------------------
+def _number(v: Value) -> Optional[float]:
+    value = v.producer.attrs["value"] if v.producer is not None else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def form_rms_norm(m: Match) -> Optional[Value]:
+    """``[cast f32] -> x*x -> mean(-1, keepdim) -> + eps -> rsqrt -> x * r -> [cast back]`` -> rms_norm(x)."""
+    xf, mean = m["xf"], m["mean"].producer
+    assert mean is not None
+    if xf.dtype != torch.float32 or xf.rank == 0:
+        return None
+    if tuple(_norm_dim(d, xf.rank) for d in mean.attrs["dims"]) != (xf.rank - 1,):
+        return None
+    eps = _number(m["eps"])
+    if eps is None:
+        return None
+    cast_back = m.get("cast_back")
+    src = xf.producer
+    if src is not None and src.op == "cast" and src.inputs[0].dtype in _LOW_FLOAT:
+        x = src.inputs[0]
+        if cast_back is None or cast_back.dtype != x.dtype:
+            if not any(u.op == "cast" and u.results[0].dtype == x.dtype for u in m.value.users):
+                m.note(f"not formed at %{m.value.name}: the f32 chain over {x.type} is not cast back to "
+                       f"{x.type.dtype}, and rms_norm rounds to the input dtype before the weight")
+            return None
+        return m.builder.call("rms_norm", x, eps=eps)
+    if cast_back is not None:
+        return None  # the inner mul was (or will be) rewritten; the cast stays around the rms_norm
+    return m.builder.call("rms_norm", xf, eps=eps)
+
+
+def fold_rms_norm_weight(m: Match) -> Optional[Value]:
+    x, w = m["x"], m["w"]
+    if w.rank != 1 or not dims_equal(w.shape[0], x.shape[-1]):
+        return None
+    if promote((x.dtype, x.rank), (w.dtype, 1)) != m.value.dtype:
+        return None
+    return m.builder.call("rms_norm", x, w, eps=m["norm"].producer.attrs["eps"])  # type: ignore[union-attr]
+
+
+_XF = Any_("xf")
+_SQUARE = Alt(Pat("pow", _XF, Const(2, splat=False)), Pat("mul", _XF, _XF))
+_MEAN = Pat("mean", _SQUARE, name="mean", attrs={"keepdim": True, "dtype": None})
+_INV_RMS = Pat("rsqrt", Pat("add", _MEAN, Const(name="eps", splat=False)))
+_RMS_CHAIN = Opt("cast", Pat("mul", _XF, _INV_RMS), name="cast_back")
+
+RULES: list[Rule] = [
+    # reshape(reshape|squeeze|unsqueeze(x)) -> reshape(x), or x when the shape comes back
+    Rule(Pat("reshape", Pat(_RESHAPE_LIKE, Any_("x"))), reshape_of_reshape),
+    # unsqueeze(squeeze(x)) -> x, squeeze(unsqueeze(x)) -> x    when the shape comes back
+    Rule(Pat(("squeeze", "unsqueeze"), Pat(("squeeze", "unsqueeze"), Any_("x"))), squeeze_unsqueeze_round_trip),
+    # reshape|expand|squeeze|slice(x) to x's own shape -> x
+    Rule(Pat(("reshape", "expand", "squeeze", "slice"), Any_("x")), view_to_same_shape),
+    # cat(x) of one input -> x
+    Rule(Pat("cat", Any_("x")), view_to_same_shape, name="cat-of-one"),
+    # permute(x, identity) -> x;  transpose(x, d, d) -> x
+    Rule(Pat(_PERMUTE_LIKE, Any_("x")), identity_permutation),
+    # permute|transpose(permute|transpose(x)) -> permute(x, composed), or x when they cancel
+    Rule(Pat(_PERMUTE_LIKE, Pat(_PERMUTE_LIKE, Any_("x"), name="inner")), compose_permutations),
+    # cast(x) to x's own dtype -> x
+    Rule(Pat("cast", Any_("x")), cast_to_same_dtype),
+    # cast(cast(x, wider), x.dtype) -> x      (a lossless round trip, e.g. bf16 -> f32 -> bf16)
+    Rule(Pat("cast", Pat("cast", Any_("x"), name="wide")), cast_round_trip),
+    # mul(x, 1) -> x      (either operand order)
+    Rule(Pat("mul", Any_("x"), Const(1)), identity_if_same_type, name="mul-by-one"),
+    # add(x, 0) -> x      (either operand order)
+    Rule(Pat("add", Any_("x"), Const(0)), identity_if_same_type, name="add-zero"),
+    # sub(x, 0) -> x
+    Rule(Pat("sub", Any_("x"), Const(0)), identity_if_same_type, name="sub-zero"),
+    # div(x, 1) -> x      (true division only: floor(x / 1) is not x)
+    Rule(Pat("div", Any_("x"), Const(1), attrs={"rounding_mode": None}), identity_if_same_type, name="div-by-one"),
+    # logical_and(x, true) -> x;  logical_or(x, false) -> x      (either operand order, x bool)
+    Rule(Pat("logical_and", Any_("x"), Const(True)), identity_if_same_type, name="and-true"),
+    Rule(Pat("logical_or", Any_("x"), Const(False)), identity_if_same_type, name="or-false"),
+    # matmul(x, transpose(w, -1, -2)) -> linear(x, w)      (w a 2-D param; matmul(x, w) stays matmul)
+    Rule(Pat("matmul", Any_("x"), Pat(_PERMUTE_LIKE, Any_("w", _is_2d_param), name="wt")), matmul_to_linear),
+    # add(linear(x, w), b[N]) -> linear(x, w, b)      (the linear has no other user)
+    Rule(Pat("add", Pat("linear", Any_("x"), Any_("w"), name="lin", one_use=True), Any_("b")),
+         fold_bias_into_linear),
+    # [cast(x, f32) ->] x*x -> mean(-1, keepdim) -> + eps -> rsqrt -> x * r [-> cast back]  ->  rms_norm(x)
+    Rule(_RMS_CHAIN, form_rms_norm),
+    # mul(rms_norm(x), w[D]) -> rms_norm(x, w)      (either operand order; the rms_norm has no other user)
+    Rule(Pat("mul", Pat("rms_norm", Any_("x"), name="norm", one_use=True), Any_("w")), fold_rms_norm_weight),
+]
+
+
+@register_pass("canonicalize")
+def canonicalize(graph: Graph, ctx: PassContext) -> bool:
+    """Apply ``RULES`` to a fixpoint; the log says which rules fired and why some declined."""
+    notes: list[str] = []
+    counts: dict[str, int] = {}
+    changed = rewrite_to_fixpoint(graph, RULES, notes=notes, counts=counts)
+    for line in notes:
+        ctx.note(line)
+    if counts:
+        ctx.note("fired " + ", ".join(f"{name} x{n}" for name, n in sorted(counts.items())))
+    return changed
