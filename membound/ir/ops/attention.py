@@ -1,0 +1,89 @@
+"""Scaled dot-product attention with grouped-query heads.
+
+``attention(q[B, Hq, S, D], k[B, Hkv, L, D], v[B, Hkv, L, Dv], mask?) -> [B, Hq, S, Dv]`` where each
+group of ``Hq / Hkv`` query heads shares one k/v head. ``mask`` is bool (True = attend) or an additive
+float mask of q's dtype, broadcastable to ``[B, Hq, S, L]``. ``causal`` is torch SDPA's (top-left
+aligned) and, as in torch, cannot be combined with an explicit mask. ``scale=None`` means 1/sqrt(D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sympy
+import torch
+import torch.nn.functional as F
+
+from membound.ir.ops import default_bytes, define_op
+from membound.ir.ops._common import fail, provably_different, require_float, require_same_dim, same_dtype
+from membound.ir.types import TensorType, broadcast_shapes, dims_equal
+
+_OP = "attention"
+
+
+def _check_mask(mask: TensorType, q: TensorType, scores: tuple[sympy.Expr, ...]) -> None:
+    if mask.dtype != torch.bool and mask.dtype != q.dtype:
+        fail(_OP, f"mask must be bool or q's dtype {q.dtype} (additive), got {mask}", TypeError)
+    if mask.rank > 4:
+        fail(_OP, f"mask {mask} has rank > 4; it must broadcast to [B, Hq, S, L]")
+    try:
+        out = broadcast_shapes(mask.shape, scores)
+    except ValueError:
+        out = None
+    if out is None or not all(dims_equal(a, b) for a, b in zip(out, scores)):
+        fail(_OP, f"mask {mask} does not broadcast to the scores shape [{', '.join(map(str, scores))}]")
+
+
+def _infer_attention(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None = None, *,
+                     causal: bool, scale: float | None) -> TensorType:
+    dtype = same_dtype(_OP, ("q", q), ("k", k), ("v", v))
+    require_float(_OP, q, "q")
+    if q.rank != 4 or k.rank != 4 or v.rank != 4:
+        fail(_OP, f"needs q[B, Hq, S, D], k[B, Hkv, L, D], v[B, Hkv, L, Dv]; got q {q}, k {k}, v {v}")
+    b, hq, s, d = q.shape
+    _, hkv, seq_kv, _ = k.shape
+    require_same_dim(_OP, k.shape[0], b, f"k {k} batch vs q {q}")
+    require_same_dim(_OP, v.shape[0], b, f"v {v} batch vs q {q}")
+    require_same_dim(_OP, k.shape[3], d, f"k {k} head dim vs q {q}")
+    require_same_dim(_OP, v.shape[1], hkv, f"v {v} heads vs k {k}")
+    require_same_dim(_OP, v.shape[2], seq_kv, f"v {v} length vs k {k}")
+    if provably_different(sympy.Mod(hq, hkv), sympy.Integer(0)):
+        fail(_OP, f"query heads Hq={hq} must be a multiple of kv heads Hkv={hkv} (q {q}, k {k})")
+    if not isinstance(causal, bool):
+        fail(_OP, f"attribute causal must be a bool, got {causal!r}", TypeError)
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        fail(_OP, f"attribute scale must be None or a float, got {scale!r}", TypeError)
+    if mask is not None:
+        if causal:
+            fail(_OP, "causal=True cannot be combined with an explicit mask (as in torch SDPA); fold causality "
+                 "into the mask")
+        _check_mask(mask, q, (b, hq, s, seq_kv))
+    return TensorType(dtype, (b, hq, s, v.shape[3]))
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
+               causal: bool, scale: float | None) -> torch.Tensor:
+    gqa = q.shape[1] != k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
+
+
+def _attention_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """QK^T (2*S*L*D) plus PV (2*S*L*Dv) per query head; causal square attention does half the work."""
+    q, k, v = ins[0], ins[1], ins[2]
+    b, hq, s, d = q.shape
+    seq_kv, dv = k.shape[2], v.shape[3]
+    flops = 2 * b * hq * s * seq_kv * (d + dv)
+    if attrs.get("causal") and dims_equal(s, seq_kv):
+        flops = flops / 2
+    return flops
+
+
+def _attention_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """A fused kernel reads q, k, v (at Hkv heads, not expanded) and the mask once and writes out once."""
+    return default_bytes(ins, outs, attrs)
+
+
+define_op(_OP, inputs=("q", "k", "v", "mask?"), attrs={"causal": False, "scale": None}, kind="attention",
+          infer=_infer_attention, reference=_attention, flops=_attention_flops, bytes=_attention_bytes,
+          doc="softmax(q @ k.T * scale + mask) @ v with GQA (Hq % Hkv == 0); causal is top-left aligned")

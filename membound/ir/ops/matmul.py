@@ -1,0 +1,122 @@
+"""Matrix products: ``linear`` (x @ W.T + b), batched ``matmul`` and ``grouped_mm`` (MoE experts).
+
+All operands of one product share a dtype (torch requires it; quantized weights are their own ops).
+FLOPs count a multiply-add as 2: ``linear`` = 2*M*N*K (+ M*N for the bias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sympy
+import torch
+
+from membound.ir.ops import define_op
+from membound.ir.ops._common import (
+    fail,
+    numel,
+    require_float,
+    require_index,
+    require_same_dim,
+    same_dtype,
+    shape_str,
+)
+from membound.ir.types import TensorType, broadcast_shapes
+
+# ---------------------------------------------------------------------------------------------
+# linear: x[..., K] @ weight[N, K].T (+ bias[N]) -> [..., N]
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_linear(x: TensorType, weight: TensorType, bias: TensorType | None = None) -> TensorType:
+    named = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
+    dtype = same_dtype("linear", *named)
+    require_float("linear", x, "x")
+    if x.rank < 1 or weight.rank != 2:
+        fail("linear", f"needs x[..., K] and weight[N, K], got x {x} and weight {weight}")
+    n, k = weight.shape
+    require_same_dim("linear", x.shape[-1], k, f"x {x} and weight {weight} disagree on K")
+    if bias is not None:
+        if bias.rank != 1:
+            fail("linear", f"bias must be [N] = [{n}], got {bias}")
+        require_same_dim("linear", bias.shape[0], n, f"bias {bias} vs weight {weight} N")
+    return TensorType(dtype, x.shape[:-1] + (n,))
+
+
+def _linear_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    x, weight = ins[0], ins[1]
+    m = numel(x.shape[:-1])
+    n, k = weight.shape
+    flops = 2 * m * n * k
+    if len(ins) > 2:
+        flops += m * n
+    return flops
+
+
+define_op("linear", inputs=("x", "weight", "bias?"), kind="matmul", infer=_infer_linear,
+          reference=torch.nn.functional.linear, flops=_linear_flops,
+          doc="x[..., K] @ weight[N, K].T (+ bias[N]) -> [..., N]")
+
+
+# ---------------------------------------------------------------------------------------------
+# matmul: a[..., M, K] @ b[..., K, N], batch dims broadcast (rank >= 2 each)
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_matmul(a: TensorType, b: TensorType) -> TensorType:
+    dtype = same_dtype("matmul", ("a", a), ("b", b))
+    if a.rank < 2 or b.rank < 2:
+        fail("matmul", f"needs operands of rank >= 2 (reshape vectors first), got a {a} and b {b}")
+    require_same_dim("matmul", a.shape[-1], b.shape[-2], f"a {a} and b {b} disagree on K")
+    try:
+        batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError as e:
+        fail("matmul", f"batch dims {shape_str(a.shape[:-2])} and {shape_str(b.shape[:-2])} do not broadcast ({e})")
+    return TensorType(dtype, batch + (a.shape[-2], b.shape[-1]))
+
+
+def _matmul_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    k = ins[0].shape[-1]
+    return 2 * outs[0].numel() * k
+
+
+define_op("matmul", inputs=("a", "b"), kind="matmul", infer=_infer_matmul, reference=torch.matmul,
+          flops=_matmul_flops, doc="torch.matmul for rank >= 2: [..., M, K] @ [..., K, N], batch dims broadcast")
+
+
+# ---------------------------------------------------------------------------------------------
+# grouped_mm: rows of x sorted by group; group e = rows [offsets[e-1], offsets[e]) times w[e]
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_grouped_mm(x: TensorType, w: TensorType, offsets: TensorType) -> TensorType:
+    dtype = same_dtype("grouped_mm", ("x", x), ("w", w))
+    require_float("grouped_mm", x, "x")
+    if x.rank != 2 or w.rank != 3 or offsets.rank != 1:
+        fail("grouped_mm", f"needs x[N, K], w[E, K, M], offsets[E]; got x {x}, w {w}, offsets {offsets}")
+    require_index("grouped_mm", offsets, "offsets")
+    require_same_dim("grouped_mm", x.shape[1], w.shape[1], f"x {x} and w {w} disagree on K")
+    require_same_dim("grouped_mm", offsets.shape[0], w.shape[0], f"offsets {offsets} and w {w} disagree on E")
+    return TensorType(dtype, (x.shape[0], w.shape[2]))
+
+
+def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows past ``offsets[-1]`` belong to no group and stay zero (as transformers' fallback)."""
+    out = torch.zeros(x.shape[0], w.shape[2], dtype=x.dtype, device=x.device)
+    start = 0
+    for e, end in enumerate(offsets.tolist()):
+        if end > start:
+            out[start:end] = x[start:end] @ w[e]
+        start = end
+    return out
+
+
+def _grouped_mm_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    x, w = ins[0], ins[1]
+    return 2 * x.shape[0] * x.shape[1] * w.shape[2]  # each row meets one expert
+
+
+define_op("grouped_mm", inputs=("x", "w", "offsets"), kind="matmul", infer=_infer_grouped_mm,
+          reference=_grouped_mm, flops=_grouped_mm_flops,
+          doc="x[N, K] rows grouped by cumulative ends offsets[E]; group e times w[e][K, M] -> [N, M]")

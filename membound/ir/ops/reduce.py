@@ -1,0 +1,219 @@
+"""Reductions and row-wise normalisations: sum/mean/amax/amin, argmax, softmax/log_softmax, cumsum,
+layer_norm and the composite rms_norm.
+
+Result dtypes follow torch: ``sum``/``cumsum`` of integers or bools accumulate in i64, ``mean`` and
+``softmax`` need a floating input (or a floating ``dtype`` attribute, which casts the input first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sympy
+import torch
+import torch.nn.functional as F
+
+from membound.ir.ops import REQUIRED, define_op, per_input
+from membound.ir.ops._common import (
+    attr_dtype,
+    fail,
+    is_float,
+    norm_dim,
+    norm_dims,
+    promote_types,
+    require_float,
+    require_same_dim,
+    shape_str,
+)
+from membound.ir.types import TensorType
+
+# ---------------------------------------------------------------------------------------------
+# sum / mean / amax / amin over a tuple of dims (empty = all)
+# ---------------------------------------------------------------------------------------------
+
+
+def _reduced_shape(op: str, x: TensorType, dims: Any, keepdim: bool, attr: str = "dims") -> tuple[sympy.Expr, ...]:
+    axes = norm_dims(op, dims, x.rank, attr) or tuple(range(x.rank))
+    if keepdim:
+        return tuple(sympy.Integer(1) if i in axes else d for i, d in enumerate(x.shape))
+    return tuple(d for i, d in enumerate(x.shape) if i not in axes)
+
+
+def _all_dims(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(dims) if dims else tuple(range(x.dim()))
+
+
+def _accumulate_dtype(x: TensorType, dtype: torch.dtype | None) -> torch.dtype:
+    """sum/cumsum: an explicit dtype wins; integers and bools accumulate in i64 (torch)."""
+    if dtype is not None:
+        return dtype
+    return x.dtype if is_float(x.dtype) else torch.int64
+
+
+def _infer_sum(x: TensorType, *, dims: Any, keepdim: bool, dtype: Any) -> TensorType:
+    return TensorType(_accumulate_dtype(x, attr_dtype("sum", dtype)), _reduced_shape("sum", x, dims, keepdim))
+
+
+def _sum(x: torch.Tensor, *, dims: tuple[int, ...], keepdim: bool, dtype: Any) -> torch.Tensor:
+    return torch.sum(x, dim=_all_dims(x, dims), keepdim=keepdim, dtype=attr_dtype("sum", dtype))
+
+
+def _infer_mean(x: TensorType, *, dims: Any, keepdim: bool, dtype: Any) -> TensorType:
+    out = attr_dtype("mean", dtype) or x.dtype
+    if not is_float(out):
+        fail("mean", f"needs a floating input or a floating dtype attribute, got {x} (dtype={dtype})", TypeError)
+    return TensorType(out, _reduced_shape("mean", x, dims, keepdim))
+
+
+def _mean(x: torch.Tensor, *, dims: tuple[int, ...], keepdim: bool, dtype: Any) -> torch.Tensor:
+    return torch.mean(x, dim=_all_dims(x, dims), keepdim=keepdim, dtype=attr_dtype("mean", dtype))
+
+
+def _extreme_infer(op: str) -> Callable[..., TensorType]:
+    def infer(x: TensorType, *, dims: Any, keepdim: bool) -> TensorType:
+        return TensorType(x.dtype, _reduced_shape(op, x, dims, keepdim))
+
+    return infer
+
+
+def _extreme_ref(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def reference(x: torch.Tensor, *, dims: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+        return fn(x, dim=_all_dims(x, dims), keepdim=keepdim)
+
+    return reference
+
+
+_RED = {"dims": (), "keepdim": False}
+define_op("sum", inputs=("x",), attrs={**_RED, "dtype": None}, kind="reduction", infer=_infer_sum, reference=_sum,
+          flops=per_input(1), doc="sum over dims (empty = all); ints/bools accumulate in i64")
+define_op("mean", inputs=("x",), attrs={**_RED, "dtype": None}, kind="reduction", infer=_infer_mean,
+          reference=_mean, flops=per_input(1), doc="mean over dims (empty = all); floating only")
+define_op("amax", inputs=("x",), attrs=dict(_RED), kind="reduction", infer=_extreme_infer("amax"),
+          reference=_extreme_ref(torch.amax), flops=per_input(1), doc="max over dims (empty = all)")
+define_op("amin", inputs=("x",), attrs=dict(_RED), kind="reduction", infer=_extreme_infer("amin"),
+          reference=_extreme_ref(torch.amin), flops=per_input(1), doc="min over dims (empty = all)")
+
+
+# ---------------------------------------------------------------------------------------------
+# argmax: one dim (None = over all elements, as torch)
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_argmax(x: TensorType, *, dim: int | None, keepdim: bool) -> TensorType:
+    if dim is None:
+        shape = (sympy.Integer(1),) * x.rank if keepdim else ()
+        return TensorType(torch.int64, shape)
+    return TensorType(torch.int64, _reduced_shape("argmax", x, (dim,), keepdim, "dim"))
+
+
+def _argmax(x: torch.Tensor, *, dim: int | None, keepdim: bool) -> torch.Tensor:
+    return torch.argmax(x, dim=dim, keepdim=keepdim)
+
+
+define_op("argmax", inputs=("x",), attrs={"dim": REQUIRED, "keepdim": False}, kind="reduction",
+          infer=_infer_argmax, reference=_argmax, flops=per_input(1),
+          doc="index (i64) of the first maximum along dim; dim=None flattens")
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax / log_softmax / cumsum: one dim, shape preserved
+# ---------------------------------------------------------------------------------------------
+
+
+def _softmax_infer(op: str) -> Callable[..., TensorType]:
+    def infer(x: TensorType, *, dim: int, dtype: Any) -> TensorType:
+        norm_dim(op, dim, x.rank)
+        out = attr_dtype(op, dtype) or x.dtype
+        if not is_float(out):
+            fail(op, f"needs a floating input or a floating dtype attribute, got {x} (dtype={dtype})", TypeError)
+        return TensorType(out, x.shape)
+
+    return infer
+
+
+def _softmax_ref(fn: Callable[..., torch.Tensor], op: str) -> Callable[..., torch.Tensor]:
+    def reference(x: torch.Tensor, *, dim: int, dtype: Any) -> torch.Tensor:
+        return fn(x, dim, dtype=attr_dtype(op, dtype))
+
+    return reference
+
+
+define_op("softmax", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction",
+          infer=_softmax_infer("softmax"), reference=_softmax_ref(torch.softmax, "softmax"), flops=per_input(5),
+          doc="exp(x - max) / sum(exp(x - max)) along dim (in dtype when given)")
+define_op("log_softmax", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction",
+          infer=_softmax_infer("log_softmax"), reference=_softmax_ref(torch.log_softmax, "log_softmax"),
+          flops=per_input(5), doc="log(softmax(x)) along dim, computed stably")
+
+
+def _infer_cumsum(x: TensorType, *, dim: int, dtype: Any) -> TensorType:
+    norm_dim("cumsum", dim, x.rank)
+    return TensorType(_accumulate_dtype(x, attr_dtype("cumsum", dtype)), x.shape)
+
+
+def _cumsum(x: torch.Tensor, *, dim: int, dtype: Any) -> torch.Tensor:
+    return torch.cumsum(x, dim, dtype=attr_dtype("cumsum", dtype))
+
+
+define_op("cumsum", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction", infer=_infer_cumsum,
+          reference=_cumsum, flops=per_input(1), doc="inclusive prefix sum along dim; ints/bools accumulate in i64")
+
+
+# ---------------------------------------------------------------------------------------------
+# layer_norm, rms_norm
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_affine(op: str, x: TensorType, p: TensorType | None, ndim: int, what: str) -> None:
+    if p is None:
+        return
+    require_float(op, p, what)
+    want = x.shape[x.rank - ndim:]
+    if p.rank != ndim:
+        fail(op, f"{what} must have the normalised shape {shape_str(want)}, got {p}")
+    for a, b in zip(p.shape, want):
+        require_same_dim(op, a, b, f"{what} shape {shape_str(p.shape)} vs normalised shape {shape_str(want)}")
+
+
+def _infer_layer_norm(x: TensorType, weight: TensorType | None = None, bias: TensorType | None = None, *,
+                      ndim: int, eps: float) -> TensorType:
+    require_float("layer_norm", x, "x")
+    if isinstance(ndim, bool) or not isinstance(ndim, int) or not 1 <= ndim <= x.rank:
+        fail("layer_norm", f"attribute ndim={ndim!r} must be an int in [1, rank of x = {x.rank}]")
+    _check_affine("layer_norm", x, weight, ndim, "weight")
+    _check_affine("layer_norm", x, bias, ndim, "bias")
+    return TensorType(x.dtype, x.shape)
+
+
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
+                ndim: int, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[x.dim() - ndim:], weight, bias, eps)
+
+
+define_op("layer_norm", inputs=("x", "weight?", "bias?"), attrs={"ndim": 1, "eps": 1e-5}, kind="reduction",
+          infer=_infer_layer_norm, reference=_layer_norm, flops=per_input(5),
+          doc="(x - mean) / sqrt(var + eps) * weight + bias over the trailing ndim dims; result dtype of x")
+
+
+def _infer_rms_norm(x: TensorType, weight: TensorType | None = None, *, eps: float) -> TensorType:
+    require_float("rms_norm", x, "x")
+    if x.rank == 0:
+        fail("rms_norm", f"needs an input of rank >= 1, got {x}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        fail("rms_norm", f"attribute eps must be a float, got {eps!r}", TypeError)
+    if weight is None:
+        return TensorType(x.dtype, x.shape)
+    _check_affine("rms_norm", x, weight, 1, "weight")
+    return TensorType(promote_types(x, weight), x.shape)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, *, eps: float) -> torch.Tensor:
+    xf = x.float()
+    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return y if weight is None else y * weight
+
+
+define_op("rms_norm", inputs=("x", "weight?"), attrs={"eps": REQUIRED}, kind="reduction", infer=_infer_rms_norm,
+          reference=_rms_norm, flops=per_input(5), composite=True,
+          doc="(x.float() * rsqrt(mean(x.float()**2, -1) + eps)).to(x.dtype) * weight; formed by canonicalize")
