@@ -1,11 +1,11 @@
 """canonicalize: rewrite equivalent spellings to one canonical form, so later passes match one shape.
 
 ```
-// before                                              // after
-graph @f(%x: bf16[B, S, 64]) params(%g: bf16[64]) {    graph @f(%x: bf16[B, S, 64]) params(%g: bf16[64]) {
-  %0 = cast(%x) {dtype=f32} : f32[B, S, 64]              %9 = rms_norm(%x, %g) {eps=1e-05} : bf16[B, S, 64]
-  %1 = constant() {value=2, dtype=i64} : i64[]           return %9
-  %2 = pow(%0, %1) : f32[B, S, 64]                     }
+// before: Hugging Face LlamaRMSNorm as torch.export spells it
+graph @f(%x: bf16[B, S, 64]) params(%g: bf16[64]) {
+  %0 = cast(%x) {dtype=f32} : f32[B, S, 64]
+  %1 = constant() {value=2, dtype=i64} : i64[]
+  %2 = pow(%0, %1) : f32[B, S, 64]
   %3 = mean(%2) {dims=[-1], keepdim=true, dtype=none} : f32[B, S, 1]
   %4 = constant() {value=1e-05, dtype=f32} : f32[]
   %5 = add(%3, %4) : f32[B, S, 1]
@@ -13,6 +13,11 @@ graph @f(%x: bf16[B, S, 64]) params(%g: bf16[64]) {    graph @f(%x: bf16[B, S, 6
   %7 = mul(%0, %6) : f32[B, S, 64]
   %8 = cast(%7) {dtype=bf16} : bf16[B, S, 64]
   %9 = mul(%g, %8) : bf16[B, S, 64]
+  return %9
+}
+// after
+graph @f(%x: bf16[B, S, 64]) params(%g: bf16[64]) {
+  %9 = rms_norm(%x, %g) {eps=1e-05} : bf16[B, S, 64]
   return %9
 }
 ```

@@ -1,14 +1,21 @@
 """constant-fold: evaluate at compile time the nodes whose inputs are all compile-time constants.
 
 ```
-// before                                          // after
-graph @f(%x: f32[B, 4]) {                          graph @f(%x: f32[B, 4]) params(%const.0: f32[4]) {
-  %0 = constant() {value=2.0, dtype=f32} : f32[]     %5 = add(%x, %const.0) : f32[B, 4]
-  %1 = constant() {value=3.0, dtype=f32} : f32[]     %6 = mul(%5, %4) : f32[B, 4]
-  %2 = arange() {start=0, end=4, ...} : f32[4]       return %6
-  %3 = mul(%2, %0) : f32[4]                        }
-  %4 = mul(%0, %1) : f32[]                         // with %4 = constant() {value=6.0, dtype=f32} : f32[]
+// before
+graph @f(%x: f32[B, 4]) {
+  %0 = constant() {value=2.0, dtype=f32} : f32[]
+  %1 = constant() {value=3.0, dtype=f32} : f32[]
+  %2 = arange() {start=0, end=4, dtype=f32} : f32[4]
+  %3 = mul(%2, %0) : f32[4]
+  %4 = mul(%0, %1) : f32[]
   %5 = add(%x, %3) : f32[B, 4]
+  %6 = mul(%5, %4) : f32[B, 4]
+  return %6
+}
+// after: [0, 2, 4, 6] is baked into the param const.0, 2 * 3 into a constant
+graph @f(%x: f32[B, 4]) params(%const.0: f32[4]) {
+  %4 = constant() {value=6.0, dtype=f32} : f32[]
+  %5 = add(%x, %const.0) : f32[B, 4]
   %6 = mul(%5, %4) : f32[B, 4]
   return %6
 }

@@ -1,12 +1,18 @@
 """common-subexpression-elimination: merge nodes that compute the same thing from the same values.
 
 ```
-// before                                        // after
-graph @f(%x: f32[B, 8]) {                        graph @f(%x: f32[B, 8]) {
-  %0 = exp(%x) : f32[B, 8]                         %0 = exp(%x) : f32[B, 8]
-  %1 = exp(%x) : f32[B, 8]                         %2 = add(%0, %0) : f32[B, 8]
-  %2 = add(%0, %1) : f32[B, 8]                     return %2
-  return %2                                      }
+// before
+graph @f(%x: f32[B, 8]) {
+  %0 = exp(%x) : f32[B, 8]
+  %1 = exp(%x) : f32[B, 8]
+  %2 = add(%0, %1) : f32[B, 8]
+  return %2
+}
+// after
+graph @f(%x: f32[B, 8]) {
+  %0 = exp(%x) : f32[B, 8]
+  %2 = add(%0, %0) : f32[B, 8]
+  return %2
 }
 ```
 

@@ -1,11 +1,16 @@
 """dead-code-elimination: remove nodes whose results nobody uses, and parameters nobody reads.
 
 ```
-// before                                        // after
-graph @f(%x: f32[B, 8]) params(%w: f32[8, 8]) {  graph @f(%x: f32[B, 8]) {
-  %0 = exp(%x) : f32[B, 8]                         %1 = relu(%x) : f32[B, 8]
-  %1 = relu(%x) : f32[B, 8]                        return %1
-  %2 = linear(%0, %w) : f32[B, 8]                }
+// before
+graph @f(%x: f32[B, 8]) params(%w: f32[8, 8]) {
+  %0 = exp(%x) : f32[B, 8]
+  %1 = relu(%x) : f32[B, 8]
+  %2 = linear(%0, %w) : f32[B, 8]
+  return %1
+}
+// after
+graph @f(%x: f32[B, 8]) {
+  %1 = relu(%x) : f32[B, 8]
   return %1
 }
 ```

@@ -220,9 +220,10 @@ def test_ir(case: str) -> None:
     check_rewrite(CANON, *CASES[case])
 
 
+@pytest.mark.parametrize("sizes", [{"B": 3, "S": 5}, {"B": 1, "S": 1}], ids=["B3-S5", "B1-S1"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_numerics(case: str) -> None:
-    check_numerics(CANON, CASES[case][0])
+def test_numerics(case: str, sizes: dict[str, int]) -> None:
+    check_numerics(CANON, CASES[case][0], bindings=sizes)
 
 
 UNCHANGED = {

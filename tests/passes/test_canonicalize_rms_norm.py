@@ -78,10 +78,11 @@ def test_ir(case: str) -> None:
     check_rewrite(CANON, *MATCHED[case])
 
 
+@pytest.mark.parametrize("sizes", [{"B": 3, "S": 5}, {"B": 1, "S": 1}], ids=["B3-S5", "B1-S1"])
 @pytest.mark.parametrize("case", sorted(MATCHED))
-def test_numerics(case: str) -> None:
+def test_numerics(case: str, sizes: dict[str, int]) -> None:
     # the fused op runs the same f32 arithmetic as the chain: equal to fp32 rounding in every dtype
-    check_numerics(CANON, MATCHED[case][0], rtol=1e-6, atol=1e-6)
+    check_numerics(CANON, MATCHED[case][0], bindings=sizes, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-6), (torch.bfloat16, 0.0)])
