@@ -1,0 +1,267 @@
+"""The roofline cost of one node or one kernel (a partition of nodes), symbolic or at concrete dims.
+
+    time = max(FLOPs / peak(precision), bytes / bandwidth) + launch overhead
+
+FLOPs and bytes come from the op declarations (``OpDef.cost``), never from here. A partition (any
+object with ``nodes``, e.g. a fused kernel) may report its own ``flops``/``bytes``; otherwise its bytes
+are what a fused kernel moves: values read from outside it once, values used outside it written once.
+
+    cost = RooflineCost(Hardware.named("a100-80gb"))
+    est = cost.estimate(linear_node, {"B": 1})       # Estimate(flops, bytes, time_s, bound, intensity)
+    cost.crossover(linear_node, "B")                  # batch size where the layer turns compute-bound
+
+The precision that sets the FLOP rate: matmul and attention ops run on tensor cores at their dtype
+(bf16, fp16, int8, fp8; fp32 at the fp32 rate unless ``fp32_matmul="tf32"``); every other op runs at
+the fp32 CUDA-core rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import sympy
+import torch
+
+from membound.cost.hardware import Hardware
+from membound.ir.graph import Node
+from membound.ir.ops import get_op
+from membound.ir.types import TensorType, as_dim, sym
+
+DimBindings = Mapping[Union[str, sympy.Symbol], int]
+
+TENSOR_CORE_KINDS = ("matmul", "attention", "quant", "moe")
+_TENSOR_CORE_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.int8: "int8",
+                          torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The roofline verdict for one node or kernel at concrete dims. Times in seconds.
+
+    ``bound`` is ``"memory"`` or ``"compute"`` (which floor is higher), or ``"free"`` for nodes that
+    launch no kernel (views, scalar constants).
+    """
+
+    flops: float
+    bytes: float
+    time_s: float
+    bound: str
+    intensity: float
+    compute_s: float = 0.0
+    memory_s: float = 0.0
+    launch_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SymbolicCost:
+    """FLOPs, bytes and the two floors as sympy expressions of the dims (``B``, ``S``, ``T``, ...)."""
+
+    flops: sympy.Expr
+    bytes: sympy.Expr
+    compute_s: sympy.Expr
+    memory_s: sympy.Expr
+    launch_s: float
+    free: bool = False
+
+    @property
+    def time_s(self) -> sympy.Expr:
+        return sympy.Max(self.compute_s, self.memory_s) + self.launch_s
+
+    @property
+    def intensity(self) -> sympy.Expr:
+        return self.flops / self.bytes
+
+    def at(self, dims: DimBindings, what: str = "cost") -> Estimate:
+        """The concrete estimate with every symbol bound (an error names the unbound ones)."""
+        if self.free:
+            return Estimate(0.0, 0.0, 0.0, "free", 0.0)
+        subs = bindings(dims)
+        flops, nbytes, compute, memory = (evaluate(e, subs, what) for e in
+                                          (self.flops, self.bytes, self.compute_s, self.memory_s))
+        intensity = flops / nbytes if nbytes > 0 else math.inf
+        bound = "compute" if compute > memory else "memory"
+        return Estimate(flops, nbytes, max(compute, memory) + self.launch_s, bound, intensity, compute, memory,
+                        self.launch_s)
+
+
+def bindings(dims: Optional[DimBindings]) -> dict[sympy.Symbol, sympy.Integer]:
+    """``{"B": 4}`` or ``{B: 4}`` -> ``{B: Integer(4)}`` over membound's dim symbols."""
+    out: dict[sympy.Symbol, sympy.Integer] = {}
+    for k, v in (dims or {}).items():
+        s = sym(k) if isinstance(k, str) else as_dim(k)
+        if not isinstance(s, sympy.Symbol):
+            raise TypeError(f"dims keys must be symbol names or symbols, got {k!r}")
+        out[s] = sympy.Integer(int(v))
+    return out
+
+
+def evaluate(expr: sympy.Expr, subs: Mapping[sympy.Symbol, sympy.Expr], what: str = "cost") -> float:
+    """A float from an expression whose symbols are all bound."""
+    value = sympy.sympify(expr).xreplace(dict(subs))
+    if value.free_symbols:
+        missing = sorted(s.name for s in value.free_symbols)
+        raise ValueError(f"{what}: dims {missing} are not bound; pass them in dims (e.g. dims={{'B': 1, 'S': 128}})")
+    return float(value)
+
+
+def rate(per_second: float) -> sympy.Integer:
+    """A rate as an exact integer, so symbolic results stay readable (``156*H/(H - 312)``, not floats)."""
+    return sympy.Integer(round(per_second))
+
+
+def precision_of(op_kind: str, dtype: torch.dtype, fp32_matmul: str = "fp32") -> str:
+    """The FLOP-rate class of an op: tensor-core precision for matmul-like kinds, else the fp32 vector rate."""
+    if op_kind in TENSOR_CORE_KINDS:
+        if dtype == torch.float32:
+            return fp32_matmul
+        return _TENSOR_CORE_PRECISION.get(dtype, "fp32")
+    return "fp32"
+
+
+def is_free(node: Node) -> bool:
+    """Nodes that launch no kernel: views (0 bytes, folded into indexing) and scalar constants."""
+    opdef = get_op(node.op)
+    if opdef.kind == "view":
+        return True
+    return opdef.kind == "creation" and all(r.rank == 0 for r in node.results)
+
+
+def node_types(node: Node) -> tuple[list[TensorType], list[TensorType]]:
+    return [v.type for v in node.inputs], [r.type for r in node.results]
+
+
+class RooflineCost:
+    """The cost model passes ask (``ctx.cost.estimate(node_or_partition, dims)``)."""
+
+    def __init__(self, hardware: Hardware, *, fp32_matmul: str = "fp32") -> None:
+        self.hardware = hardware
+        self.fp32_matmul = fp32_matmul
+
+    def __repr__(self) -> str:
+        return f"RooflineCost({self.hardware.describe()})"
+
+    # ---- one node -------------------------------------------------------------------------------
+    def node_cost(self, node: Node, in_types: Optional[Sequence[TensorType]] = None,
+                  out_types: Optional[Sequence[TensorType]] = None, attrs: Optional[dict[str, Any]] = None
+                  ) -> SymbolicCost:
+        """Symbolic cost of ``node``; pass other types/attrs to cost it at another shape (decode analysis)."""
+        if is_free(node):
+            zero = sympy.Integer(0)
+            return SymbolicCost(zero, zero, zero, zero, 0.0, free=True)
+        ins, outs = node_types(node)
+        ins = list(in_types) if in_types is not None else ins
+        outs = list(out_types) if out_types is not None else outs
+        opdef = get_op(node.op)
+        flops, nbytes = opdef.cost(ins, outs, attrs if attrs is not None else node.attrs)
+        dtype = (ins or outs)[0].dtype
+        peak = rate(self.hardware.peak_flops(precision_of(opdef.kind, dtype, self.fp32_matmul)))
+        return SymbolicCost(flops, nbytes, flops / peak, nbytes / rate(self.hardware.bandwidth),
+                            self.hardware.launch_overhead)
+
+    # ---- a node or a partition ------------------------------------------------------------------
+    def symbolic(self, item: Union[Node, Any]) -> SymbolicCost:
+        """Symbolic cost of a node or of a partition (one kernel: one launch)."""
+        if isinstance(item, Node):
+            return self.node_cost(item)
+        nodes: list[Node] = list(getattr(item, "nodes", None) or [])
+        if not nodes and getattr(item, "flops", None) is None:
+            raise TypeError(f"cost: expected an IR Node or a partition with .nodes, got {type(item).__name__}")
+        parts = [self.node_cost(n) for n in nodes]
+        kernel = [p for p in parts if not p.free]
+        own_flops = getattr(item, "flops", None)
+        own_bytes = getattr(item, "bytes", None)
+        if not kernel and own_flops is None and own_bytes is None:
+            zero = sympy.Integer(0)
+            return SymbolicCost(zero, zero, zero, zero, 0.0, free=True)
+        if own_flops is not None:
+            flops = sympy.sympify(own_flops)
+            compute = flops / rate(self._partition_peak(nodes))
+        else:
+            flops = sum((p.flops for p in kernel), sympy.Integer(0))
+            compute = sum((p.compute_s for p in kernel), sympy.Integer(0))
+        if own_bytes is not None:
+            nbytes = sympy.sympify(own_bytes)
+        elif len(kernel) == 1 and len(nodes) == 1:
+            nbytes = kernel[0].bytes
+        else:
+            nbytes = boundary_bytes(nodes)
+        return SymbolicCost(flops, nbytes, compute, nbytes / rate(self.hardware.bandwidth),
+                            self.hardware.launch_overhead)
+
+    def estimate(self, item: Union[Node, Any], dims: Optional[DimBindings] = None) -> Estimate:
+        """Concrete estimate for a node or partition; ``dims`` binds every symbol in its types."""
+        what = item.op if isinstance(item, Node) else type(item).__name__
+        return self.symbolic(item).at(dims or {}, what)
+
+    def crossover(self, item: Union[Node, Any, SymbolicCost], symbol: Union[str, sympy.Symbol] = "B",
+                  dims: Optional[DimBindings] = None) -> Optional[float]:
+        """The value of ``symbol`` where compute time reaches memory time (other symbols bound by ``dims``).
+
+        Returns the smallest positive solution, or None when the item never turns compute-bound.
+        """
+        cost = item if isinstance(item, SymbolicCost) else self.symbolic(item)
+        return solve_crossover(cost.compute_s, cost.memory_s, symbol, dims)
+
+    def _partition_peak(self, nodes: Iterable[Node]) -> float:
+        """The FLOP rate of a partition that reports its own FLOPs: that of its tensor-core op, if any."""
+        precision = "fp32"
+        for n in nodes:
+            opdef = get_op(n.op)
+            if opdef.kind in TENSOR_CORE_KINDS and n.inputs:
+                precision = precision_of(opdef.kind, n.inputs[0].dtype, self.fp32_matmul)
+                break
+        return self.hardware.peak_flops(precision)
+
+
+def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
+    """Bytes a fused kernel over ``nodes`` moves: each outside value read once, each escaping result written once.
+
+    A result escapes when a node outside the partition uses it or it is a graph output. Intermediate
+    values stay on chip. (A kernel that reads less of an input than its whole, e.g. a slice, should
+    report its own ``bytes``.)
+    """
+    inside = {id(n) for n in nodes}
+    produced = {id(r) for n in nodes for r in n.results}
+    total: sympy.Expr = sympy.Integer(0)
+    seen: set[int] = set()
+    for n in nodes:
+        for v in n.inputs:
+            if id(v) not in produced and id(v) not in seen:
+                seen.add(id(v))
+                total += v.type.nbytes()
+        for r in n.results:
+            outputs = n.graph.outputs if n.graph is not None else []
+            if any(id(u) not in inside for u in r.users) or any(o is r for o in outputs):
+                total += r.type.nbytes()
+    return total
+
+
+def solve_crossover(compute_s: sympy.Expr, memory_s: sympy.Expr, symbol: Union[str, sympy.Symbol] = "B",
+                    dims: Optional[DimBindings] = None) -> Optional[float]:
+    """Smallest positive ``symbol`` with compute_s == memory_s (None if there is none)."""
+    s = sym(symbol) if isinstance(symbol, str) else symbol
+    subs = bindings(dims)
+    subs.pop(s, None)
+    diff = sympy.sympify(compute_s - memory_s).xreplace(subs)
+    others = diff.free_symbols - {s}
+    if others:
+        raise ValueError(f"crossover in {s}: bind {sorted(x.name for x in others)} in dims")
+    positive = [float(r) for r in _solve_real(diff, s) if r.is_real and float(r) > 0]
+    return min(positive) if positive else None
+
+
+def crossover_expr(compute_s: sympy.Expr, memory_s: sympy.Expr, symbol: Union[str, sympy.Symbol] = "B"
+                   ) -> list[sympy.Expr]:
+    """The crossover of ``symbol`` as expressions of the remaining symbols (e.g. ``156*H/(H - 312)``)."""
+    s = sym(symbol) if isinstance(symbol, str) else symbol
+    return [sympy.simplify(r) for r in _solve_real(compute_s - memory_s, s)]
+
+
+def _solve_real(expr: sympy.Expr, s: sympy.Symbol) -> list[sympy.Expr]:
+    """Roots of ``expr == 0`` in ``s`` taken as a positive real: dim symbols are integers, but a
+    crossover batch size of 168.9 is a fine answer."""
+    x = sympy.Symbol(f"{s.name}_real", positive=True)
+    return sympy.solve(sympy.together(sympy.sympify(expr).xreplace({s: x})), x)
+

@@ -1,0 +1,106 @@
+"""``membound.explain`` and ``membound explain``: tables with every column, the summary, the PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from membound.cost import Hardware
+from membound.cost.report import COLUMNS
+from membound.explain import Explanation, explain, explain_cli
+from membound.ir.graph import Graph
+from membound.ir.types import B, S, TensorType
+from membound.models import build_model
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+H100 = Hardware.named("h100-sxm")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Explanation, Path]:
+    out = tmp_path_factory.mktemp("explain")
+    model = build_model("llama-tiny", dtype=torch.bfloat16)
+    ids = torch.randint(0, 256, (2, 9))
+    return explain(model, (ids,), hardware=H100, batch=3, seq_len=33, cache_len=100, out=out, measure=False), out
+
+
+def test_tables_before_and_after_for_both_phases(tiny: tuple[Explanation, Path]) -> None:
+    report, _ = tiny
+    assert set(report.tables) == {(stage, phase) for stage in ("before", "after") for phase in ("prefill", "decode")}
+    for rows in report.tables.values():
+        assert rows and sum(r.share for r in rows) == pytest.approx(1.0)
+        assert all(r.estimate.bound in ("memory", "compute") for r in rows)
+    # the pipeline does not make the step slower
+    before = sum(r.predicted_s for r in report.tables[("before", "decode")])
+    after = sum(r.predicted_s for r in report.tables[("after", "decode")])
+    assert after <= before
+
+
+def test_decode_rows_are_at_one_token_over_the_cache(tiny: tuple[Explanation, Path]) -> None:
+    report, _ = tiny
+    attention = [r for r in report.tables[("before", "decode")] if r.op == "attention"]
+    assert len(attention) == 2  # two layers
+    assert attention[0].shape == "bf16[3, 4, 1, 16]"  # B=3, 4 query heads, one token, head dim 16
+    # q and out at one token, k and v of 2 kv heads over T=100 positions
+    assert attention[0].bytes == 2 * (2 * 3 * 4 * 16 + 2 * 3 * 2 * 100 * 16)
+
+
+def test_printed_report_has_every_column_and_the_summary(tiny: tuple[Explanation, Path]) -> None:
+    report, _ = tiny
+    text = str(report)
+    header = next(line for line in text.splitlines() if line.startswith("op "))
+    for column in COLUMNS[:-1]:  # no measured column without a GPU
+        assert column in header
+    assert "meas us" not in header
+    for phase in ("before prefill", "before decode", "after prefill", "after decode"):
+        assert phase in text
+    assert "KV cache: 256B per token" in text  # 2 layers * 2 kv heads * head dim 16 * (k, v) * 2 bytes
+    assert "linear %" in text and "memory" in text
+
+
+def test_plot_is_a_png_named_after_the_model(tiny: tuple[Explanation, Path]) -> None:
+    report, out = tiny
+    assert report.plot_path == out / "roofline-llama.png"
+    assert report.plot_path.read_bytes()[:8] == PNG_MAGIC
+    assert report.plot_path.stat().st_size > 10_000
+
+
+def test_measured_times_sit_beside_predictions(tmp_path: Path) -> None:
+    g = Graph("mlp")
+    x = g.add_input("x", TensorType(torch.float32, [B, S, 24]))
+    w = g.add_param("w", TensorType(torch.float32, [40, 24]))
+    y = g.call("silu", g.call("linear", x, w))
+    g.set_outputs([y])
+    report = explain(g, hardware=Hardware.detect("cpu"), batch=2, seq_len=5, measure=True, show="prefill")
+    rows = report.tables[("before", "prefill")]
+    assert [r.op for r in rows] == ["linear", "silu"]
+    assert all(r.measured_s is not None and r.measured_s > 0 for r in rows)
+    text = str(report)
+    assert "meas us" in text and "'after' is not shown" in text
+    assert ("after", "prefill") not in report.tables
+
+
+def test_explain_of_an_uncompiled_model_says_what_to_do() -> None:
+    import membound
+
+    compiled = membound.compile(build_model("llama-tiny"))
+    with pytest.raises(RuntimeError, match="example_inputs"):
+        explain(compiled)
+
+
+def test_explain_rejects_what_it_cannot_explain() -> None:
+    with pytest.raises(TypeError, match="CompiledModel"):
+        explain(42)
+    with pytest.raises(ValueError, match="show"):
+        explain(Graph("g"), show="training")
+
+
+def test_cli_prints_the_table_and_writes_the_plot_into_out_dir(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = explain_cli("llama-tiny", str(tmp_path))
+    assert Path(path) == tmp_path / "roofline-llama-tiny.png"
+    assert Path(path).read_bytes()[:8] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert "== llama-tiny: decode step" in printed and "FLOP/B" in printed and "after decode" in printed

@@ -1,0 +1,145 @@
+"""Per-op and per-kernel roofline estimates on hand-built IR, and the linear-layer crossover batch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+import sympy
+import torch
+
+from membound.cost.hardware import Hardware
+from membound.cost.roofline import RooflineCost, crossover_expr
+from membound.ir.graph import Graph, Node
+from membound.ir.types import B, S, TensorType, sym
+
+bf16, f32 = torch.bfloat16, torch.float32
+H = sym("H")
+
+# the blog-level A100: 312 bf16 TFLOP/s, 2.0 TB/s -> ridge point 156 FLOP/byte
+A100_BLOG = Hardware.named("a100-80gb").replace(bandwidth=2.0e12)
+
+
+def linear_graph(k: object, n: object, dtype: torch.dtype = bf16) -> tuple[Graph, Node]:
+    g = Graph("linear")
+    x = g.add_input("x", TensorType(dtype, [B, k]))
+    w = g.add_param("w", TensorType(dtype, [n, k]))
+    y = g.call("linear", x, w)
+    g.set_outputs([y])
+    return g, y.producer
+
+
+def test_linear_crossover_is_the_ridge_point_for_large_layers() -> None:
+    # a [B, H] x [H, H] linear in IR; sympy solves FLOPs/peak == bytes/bandwidth for B
+    _, node = linear_graph(H, H)
+    cost = RooflineCost(A100_BLOG).symbolic(node)
+    (crossover,) = crossover_expr(cost.compute_s, cost.memory_s, "B")
+    # activations add 2*B*H bytes each way, so the crossover is 156*H/(H - 312), -> 156 as H grows
+    assert sympy.simplify(crossover - 156 * H / (H - 312)) == 0
+    assert sympy.limit(crossover, H, sympy.oo) == 156
+    # a Llama-7B-sized layer sits within 10% of the blog's 156
+    at_4096 = RooflineCost(A100_BLOG).crossover(node, "B", {"H": 4096})
+    assert at_4096 == pytest.approx(156 * 4096 / (4096 - 312))
+    assert 156 < at_4096 < 1.1 * 156
+
+
+def test_crossover_of_an_odd_sized_layer_follows_its_own_shape() -> None:
+    _, node = linear_graph(1000, 3001)
+    got = RooflineCost(A100_BLOG).crossover(node, "B")
+    # 2*B*N*K/312e12 == 2*(N*K + B*K + B*N)/2e12  ->  B = 156*N*K / (N*K - 156*(N + K))
+    n, k = 3001, 1000
+    assert got == pytest.approx(156 * n * k / (n * k - 156 * (n + k)))
+
+
+def test_elementwise_is_never_compute_bound() -> None:
+    hw = Hardware.named("h100-sxm")
+    g = Graph("ew")
+    x = g.add_input("x", TensorType(bf16, [B, S, 4097]))
+    y = g.call("silu", x)
+    est = RooflineCost(hw).estimate(y.producer, {"B": 3, "S": 1})
+    assert est.bound == "memory"
+    assert est.bytes == 2 * 2 * 3 * 4097  # read once, written once
+    assert est.intensity == pytest.approx(est.flops / est.bytes) and est.intensity < 5
+    assert est.time_s == pytest.approx(est.bytes / hw.bandwidth + hw.launch_overhead)
+
+
+def test_big_gemm_is_compute_bound_and_gemv_memory_bound() -> None:
+    hw = Hardware.named("h100-sxm")
+    _, node = linear_graph(8192, 8192)
+    cost = RooflineCost(hw)
+    gemm = cost.estimate(node, {"B": 8192})
+    gemv = cost.estimate(node, {"B": 1})
+    assert gemm.bound == "compute" and gemv.bound == "memory"
+    assert gemm.flops == 2 * 8192**3
+    assert gemm.time_s == pytest.approx(gemm.flops / hw.peak_flops("bf16") + hw.launch_overhead)
+    assert gemv.bytes == 2 * (8192 * 8192 + 8192 + 8192)
+
+
+def test_fp32_matmul_uses_the_fp32_rate_unless_tf32_is_asked() -> None:
+    hw = Hardware.named("a100-40gb")
+    _, node = linear_graph(4096, 4096, f32)
+    dims = {"B": 4096}
+    plain = RooflineCost(hw).estimate(node, dims)
+    tf32 = RooflineCost(hw, fp32_matmul="tf32").estimate(node, dims)
+    assert plain.compute_s == pytest.approx(plain.flops / 19.5e12)
+    assert tf32.compute_s == pytest.approx(plain.flops / 156e12)
+
+
+def test_views_and_scalar_constants_are_free() -> None:
+    g = Graph("views")
+    x = g.add_input("x", TensorType(bf16, [B, 6, 5]))
+    r = g.call("reshape", x, shape=(B, 30))
+    c = g.call("constant", value=0.5, dtype=bf16)
+    cost = RooflineCost(Hardware.named("h100-sxm"))
+    for value in (r, c):
+        est = cost.estimate(value.producer, {"B": 7})
+        assert est.bound == "free" and est.time_s == 0.0 and est.bytes == 0.0
+
+
+def test_unbound_dims_are_named_in_the_error() -> None:
+    _, node = linear_graph(64, 32)
+    with pytest.raises(ValueError, match=r"\['B'\]"):
+        RooflineCost(Hardware.named("l4")).estimate(node, {})
+
+
+@dataclass
+class Kernel:
+    nodes: list[Node]
+    flops: Optional[int] = None
+    bytes: Optional[int] = None
+
+
+def swiglu_graph() -> tuple[Graph, list[Node]]:
+    g = Graph("swiglu")
+    gate = g.add_input("gate", TensorType(bf16, [B, 11]))
+    up = g.add_input("up", TensorType(bf16, [B, 11]))
+    act = g.call("silu", gate)
+    out = g.call("mul", act, up)
+    g.set_outputs([out])
+    return g, [act.producer, out.producer]
+
+
+def test_a_fused_partition_moves_only_its_boundary() -> None:
+    hw = Hardware.named("h100-sxm")
+    cost = RooflineCost(hw)
+    _, nodes = swiglu_graph()
+    dims = {"B": 5}
+    fused = cost.estimate(Kernel(nodes), dims)
+    separate = [cost.estimate(n, dims) for n in nodes]
+    # fused: read gate and up, write out; separately silu's result is also written and read back
+    assert fused.bytes == 3 * 5 * 11 * 2
+    assert sum(e.bytes for e in separate) == fused.bytes + 2 * 5 * 11 * 2
+    assert fused.flops == sum(e.flops for e in separate)
+    assert fused.launch_s == hw.launch_overhead  # one kernel, one launch
+
+
+def test_a_partition_may_report_its_own_bytes_and_flops() -> None:
+    _, nodes = swiglu_graph()
+    est = RooflineCost(Hardware.named("h100-sxm")).estimate(Kernel(nodes, flops=1000, bytes=4000), {"B": 5})
+    assert (est.flops, est.bytes) == (1000, 4000)
+
+
+def test_cost_rejects_objects_that_are_not_nodes_or_partitions() -> None:
+    with pytest.raises(TypeError, match="partition"):
+        RooflineCost(Hardware.named("h100-sxm")).estimate(object(), {})
