@@ -24,7 +24,7 @@ import torch
 from membound.cost.hardware import Hardware
 from membound.cost.measure import measure_node
 from membound.cost.phases import PhaseCost, Phases, analyze, decode_signature
-from membound.cost.report import Row, format_table, make_rows, plot_roofline, si
+from membound.cost.report import Row, format_table, make_rows, plot_roofline, seconds, si
 from membound.cost.roofline import RooflineCost, bindings
 from membound.ir.graph import Graph, Node
 from membound.ir.types import TensorType
@@ -73,7 +73,7 @@ class Explanation:
             at = ", ".join(f"{k}={v}" for k, v in d.items())
             unit = "prompt" if phase == "prefill" else "token"
             lines.append(f"  {key} ({at}): {si(t['flops'])}FLOP, {si(t['bytes'])}B, {t['kernels']} kernels, "
-                         f"predicted {t['time_s'] * 1e3:.3f} ms (roofline floor {t['roofline_s'] * 1e3:.3f} ms, "
+                         f"predicted {seconds(t['time_s'])} (roofline floor {seconds(t['roofline_s'])}, "
                          f"{t['bound']}-bound), {t['tokens_per_s']:.0f} tok/s")
             lines.append(f"      per {unit}: FLOPs = {_expr(t['flops_per_unit'])}; "
                          f"bytes = {_expr(t['bytes_per_unit'])}")
@@ -228,7 +228,7 @@ def _name_of(obj: Any, graph: Graph) -> str:
 def _shape(node: Node, phase: str, dims: dict[str, int]) -> str:
     """The node's result type(s) in this phase at the explained dims (``bf16[1, 1, 4096]``)."""
     types = [r.type for r in node.results] if phase == "prefill" else decode_signature(node)[1]
-    subs = bindings({**dims, "S": 1} if phase == "decode" else dims)
+    subs = bindings({**dims, "S": 1} if phase == "decode" else {**dims, "T": dims["S"]})  # prefill fills T = S
     return ", ".join(str(TensorType(t.dtype, [d.xreplace(subs) for d in t.shape])) for t in types)
 
 

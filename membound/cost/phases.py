@@ -1,7 +1,8 @@
 """Symbolic analysis of a whole graph: FLOPs, bytes and time of prefill and of one decode step.
 
 **Prefill** is the captured graph as it is: costs are expressions of ``B`` and ``S``; divided by ``B``
-they are per prompt.
+they are per prompt. In a step graph over a KV cache (from the insert-kv-cache pass) the prompt
+fills the cache, so its length ``T`` is ``S`` there.
 
 **Decode** is one step that produces one token per sequence while attending to ``T`` cached
 positions. Until the KV-cache pass produces a real decode graph, it is modelled on the full graph:
@@ -117,7 +118,8 @@ class Phases:
 
 def analyze(graph: Graph, cost: RooflineCost) -> Phases:
     """Prefill and decode costs of ``graph`` (see the module docstring for the decode model)."""
-    prefill = PhaseCost("prefill", "prompt", [(n, cost.node_cost(n)) for n in graph.nodes])
+    fills_cache = {T: S} if T in graph.symbols() else {}
+    prefill = PhaseCost("prefill", "prompt", [(n, cost.node_cost(n).subs(fills_cache)) for n in graph.nodes])
     decode = PhaseCost("decode", "token", [(n, decode_node_cost(n, cost)) for n in graph.nodes])
     return Phases(prefill, decode, kv_cache_bytes_per_token(graph))
 

@@ -66,6 +66,15 @@ def si(x: float, unit: str = "") -> str:
     return f"{x:.3g}{unit}"
 
 
+def seconds(t: float) -> str:
+    """``0.000384 -> '384 us'``, ``0.0126 -> '12.6 ms'``."""
+    if t >= 1:
+        return f"{t:.3g} s"
+    if t >= 1e-3:
+        return f"{t * 1e3:.3g} ms"
+    return f"{t * 1e6:.3g} us"
+
+
 def format_table(rows: Sequence[Row], title: str, *, free_count: int = 0, max_rows: Optional[int] = None) -> str:
     """A fixed-width text table; with ``max_rows`` only the slowest rows are listed and the rest summed."""
     shown = list(rows)
@@ -95,10 +104,10 @@ def format_table(rows: Sequence[Row], title: str, *, free_count: int = 0, max_ro
     out = [title, line(cols), line(["-" * w for w in widths])]
     out += [line(b) for b in body]
     total = sum(r.predicted_s for r in rows)
-    notes = [f"{len(rows)} kernels, predicted {total * 1e6:.1f} us"]
+    notes = [f"{len(rows)} kernels, predicted {seconds(total)}"]
     if has_measured:
         meas = [r.measured_s for r in rows if r.measured_s is not None]
-        notes.append(f"measured {sum(meas) * 1e6:.1f} us over {len(meas)} of them")
+        notes.append(f"measured {seconds(sum(meas))} over {len(meas)} of them")
     if len(shown) < len(rows):
         rest = [r for r in rows if r not in shown]
         notes.append(f"{len(rest)} faster rows not shown ({sum(r.share for r in rest) * 100:.1f}% of the step)")

@@ -73,6 +73,12 @@ class SymbolicCost:
     def intensity(self) -> sympy.Expr:
         return self.flops / self.bytes
 
+    def subs(self, mapping: Mapping[sympy.Symbol, sympy.Expr]) -> "SymbolicCost":
+        """The same cost with symbols replaced (``{T: S}``)."""
+        m = dict(mapping)
+        return SymbolicCost(self.flops.xreplace(m), self.bytes.xreplace(m), self.compute_s.xreplace(m),
+                            self.memory_s.xreplace(m), self.launch_s, self.free)
+
     def at(self, dims: DimBindings, what: str = "cost") -> Estimate:
         """The concrete estimate with every symbol bound (an error names the unbound ones)."""
         if self.free:

@@ -125,5 +125,8 @@ def test_an_explicit_cache_graph_is_costed_as_it_is() -> None:
     vc = g.add_state("vc", TensorType(bf16, [B, HKV, T, DH]))
     g.set_outputs([g.call("cached_attention", q, kc, vc, pos)])
     assert kv_cache_bytes_per_token(g) == KV_PER_TOKEN
-    got = analyze(g, RooflineCost(A100)).decode.at({"B": 2, "T": 64})
+    phases = analyze(g, RooflineCost(A100))
+    got = phases.decode.at({"B": 2, "T": 64})
     assert got["flops"] == 4 * 2 * HQ * 64 * DH
+    # in prefill the prompt fills the cache: T is S
+    assert sympy.expand(phases.prefill.flops - 4 * B * HQ * S * S * DH) == 0
