@@ -168,16 +168,20 @@ def explain_cli(model_name: str, out_dir: str, *, hardware: Optional[Hardware] =
     ``roofline-<model>.png`` into ``out_dir`` and return its path.
 
     The model is built on the meta device in bf16 (the IR needs only types, so even the 8B shape costs
-    no memory); on a CUDA machine each op is also measured.
+    no memory). On a CUDA machine the card is calibrated first and each op is measured too, so
+    predictions sit beside measurements made on the same card.
     """
+    from membound.cost.measure import calibrate
     from membound.models import get_config, model_from_config
 
     config = get_config(model_name)
     with torch.device("meta"):
         model = model_from_config(config).to(torch.bfloat16).eval()
     ids = torch.randint(0, config.vocab_size, (2, 16), device="meta")
-    report = explain(model, (ids,), hardware=hardware, out=out_dir, name=model_name, max_rows=max_rows,
-                     measure="auto")
+    if hardware is None:
+        hardware = calibrate() if torch.cuda.is_available() else Hardware.detect()
+    report = explain(model, (ids,), hardware=hardware, out=Path(out_dir).resolve(), name=model_name,
+                     max_rows=max_rows, measure="auto")
     print(report)
     assert report.plot_path is not None
     return str(report.plot_path)

@@ -100,7 +100,18 @@ def test_explain_rejects_what_it_cannot_explain() -> None:
 def test_cli_prints_the_table_and_writes_the_plot_into_out_dir(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     path = explain_cli("llama-tiny", str(tmp_path))
-    assert Path(path) == tmp_path / "roofline-llama-tiny.png"
+    assert Path(path) == tmp_path.resolve() / "roofline-llama-tiny.png"
     assert Path(path).read_bytes()[:8] == PNG_MAGIC
     printed = capsys.readouterr().out
     assert "== llama-tiny: decode step" in printed and "FLOP/B" in printed and "after decode" in printed
+
+
+def test_membound_explain_command_writes_into_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from membound.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", "llama-tiny"]) == 0
+    assert (tmp_path / "roofline-llama-tiny.png").read_bytes()[:8] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert str(tmp_path / "roofline-llama-tiny.png") in printed and "summary on" in printed
