@@ -23,7 +23,7 @@ import torch
 
 from membound.cost.hardware import Hardware
 from membound.cost.measure import measure_node
-from membound.cost.phases import PhaseCost, Phases, analyze, decode_signature
+from membound.cost.phases import ATTENTION_OPS, PhaseCost, Phases, analyze, decode_signature
 from membound.cost.report import Row, format_table, make_rows, plot_roofline, seconds, si
 from membound.cost.roofline import RooflineCost, bindings
 from membound.ir.graph import Graph, Node
@@ -154,6 +154,11 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
     explanation = Explanation(name, hardware, phase_dims, phases, tables, free, show, max_rows)
     if "after" not in graphs:
         explanation.notes.append("no pipeline ran (an IR graph was given): 'after' is not shown")
+    for stage, graph in graphs.items():
+        if graph.nodes and not any(n.op in ATTENTION_OPS for n in graph.nodes):
+            explanation.notes.append(f"the {stage} graph has no attention op (attention written out as "
+                                     f"matmul/softmax/matmul?): decode is costed at one key position and its "
+                                     f"KV-cache reads are missing; the fuse-attention pass forms the op")
     if out is not None:
         path = Path(out)
         if path.suffix.lower() != ".png":

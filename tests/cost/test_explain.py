@@ -57,6 +57,7 @@ def test_printed_report_has_every_column_and_the_summary(tiny: tuple[Explanation
     for phase in ("before prefill", "before decode", "after prefill", "after decode"):
         assert phase in text
     assert "KV cache: 256B per token" in text  # 2 layers * 2 kv heads * head dim 16 * (k, v) * 2 bytes
+    assert "no attention op" not in text
     assert "linear %" in text and "memory" in text
 
 
@@ -79,6 +80,7 @@ def test_measured_times_sit_beside_predictions(tmp_path: Path) -> None:
     assert all(r.measured_s is not None and r.measured_s > 0 for r in rows)
     text = str(report)
     assert "meas us" in text and "'after' is not shown" in text
+    assert "no attention op" in text  # so decode's KV-cache reads are not counted, and the report says so
     assert ("after", "prefill") not in report.tables
 
 
