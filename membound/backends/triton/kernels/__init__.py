@@ -1,0 +1,46 @@
+"""The Triton kernel library: hand-written kernels for the ops that decode spends its time in.
+
+``LIBRARY`` maps an IR op name to a launcher with the op's semantics (its torch reference,
+``membound.ir.get_op(name).reference``):
+
+    fn(*input_tensors, out: Optional[Tensor] = None, **attrs) -> Tensor
+
+Every launcher checks shapes and dtypes (a mismatch raises, naming the op and the argument) and runs
+the op's torch reference for the cases its kernel does not cover (each module's docstring lists
+them; CPU tensors run the kernels only under ``TRITON_INTERPRET=1``). ``trace()`` records which path
+each call took. Launchers that need more than the IR op gives take extra keyword arguments, all
+optional: ``cached_attention(..., max_len=)`` (a host-known bound of the filled cache length) and
+``config=`` (tile overrides) on ``linear`` and ``cached_attention``.
+
+``FUSED`` holds launchers for op combinations that are not one IR op (``add_rms_norm``: the residual
+add fused into the norm, returning both).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from membound.backends.triton.kernels._launch import trace
+from membound.backends.triton.kernels.cache_write import cache_write, cache_write_bytes
+from membound.backends.triton.kernels.decode_attention import DecodeConfig, cached_attention, cached_attention_bytes
+from membound.backends.triton.kernels.embedding import embedding
+from membound.backends.triton.kernels.linear import SMALL_M, LinearConfig, linear, linear_bytes
+from membound.backends.triton.kernels.norm import add_rms_norm, rms_norm, rms_norm_bytes
+
+LIBRARY: dict[str, Callable] = {
+    "linear": linear,
+    "cached_attention": cached_attention,
+    "cache_write": cache_write,
+    "rms_norm": rms_norm,
+    "embedding": embedding,
+}
+
+FUSED: dict[str, Callable] = {
+    "add_rms_norm": add_rms_norm,
+}
+
+__all__ = [
+    "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "LinearConfig", "add_rms_norm", "cache_write", "cache_write_bytes",
+    "cached_attention", "cached_attention_bytes", "embedding", "linear", "linear_bytes", "rms_norm",
+    "rms_norm_bytes", "trace",
+]

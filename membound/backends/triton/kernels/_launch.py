@@ -1,0 +1,134 @@
+"""What every library kernel wrapper shares: can a Triton kernel run here, which path ran, ``out=``.
+
+A Triton kernel runs on CUDA tensors, or on CPU tensors under the Triton interpreter (the tests).
+The interpreter must be switched on with ``TRITON_INTERPRET=1`` *before* ``triton`` is first
+imported: ``triton.jit`` decides at decoration time, for Triton's own library functions too. The
+launchers check both the variable and that the decoration happened in interpreter mode, and
+otherwise run the op's torch reference, saying why (CPU tensors, mixed devices, a dtype without a
+kernel...).
+
+``trace()`` records which path each launcher call took, so tests and ``explain`` can tell a kernel
+from a fallback:
+
+    with trace() as calls:
+        linear(x, w)
+    calls == [("linear", "kernel")]      # or ("linear", "fallback: <reason>")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+_TRACE: Optional[list[tuple[str, str]]] = None
+
+
+@triton.jit
+def _probe(x_ptr):
+    # never launched: its type tells whether triton.jit was in interpreter mode when the kernels were made
+    tl.store(x_ptr, tl.load(x_ptr))
+
+
+def interpreting() -> bool:
+    """True when ``TRITON_INTERPRET=1`` is set now (kernels then run on CPU tensors, slowly)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def interpreter_ready() -> bool:
+    """True when triton.jit made interpreted functions (ours and Triton's own ``tl.zeros`` & co.)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_probe, InterpretedFunction) and isinstance(tl.zeros, InterpretedFunction)
+
+
+def unsupported_device(*tensors: torch.Tensor) -> Optional[str]:
+    """None when a Triton kernel can run on ``tensors``, else why it cannot (for the fallback reason)."""
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        return f"tensors on several devices {sorted(str(d) for d in devices)}"
+    device = next(iter(devices))
+    if device.type == "cuda":
+        return None
+    if device.type != "cpu" or not interpreting():
+        return f"tensors on {device}: Triton kernels need a CUDA device (or TRITON_INTERPRET=1 for CPU tensors)"
+    if not interpreter_ready():
+        return ("TRITON_INTERPRET=1 was set after triton was imported; set it before the first `import triton` "
+                "to run the kernels on CPU")
+    return None
+
+
+def unsupported_dtype(op: str, *tensors: torch.Tensor) -> Optional[str]:
+    for t in tensors:
+        if t.dtype not in SUPPORTED_FLOATS:
+            return f"{op}: dtype {t.dtype} has no kernel (fp16, bf16, fp32 do)"
+    return None
+
+
+def launchable(kernel: Any, device: torch.device) -> Any:
+    """The kernel to launch on ``device``: on CPU it must be the interpreted one (``interpreter_ready``)."""
+    if device.type != "cuda" and not interpreter_ready():
+        raise RuntimeError(f"{kernel}: CPU tensors need the Triton interpreter; set TRITON_INTERPRET=1 before "
+                           f"importing triton")
+    return kernel
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors on ``device`` (a small number for the CPU interpreter, to keep grids small)."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def note(op: str, path: str) -> None:
+    """Record ``(op, path)`` when tracing; ``path`` is ``"kernel"`` or ``"fallback: <reason>"``."""
+    if _TRACE is not None:
+        _TRACE.append((op, path))
+
+
+@contextlib.contextmanager
+def trace() -> Iterator[list[tuple[str, str]]]:
+    """Collect ``(op, path)`` for every library call made inside the block."""
+    global _TRACE
+    previous, _TRACE = _TRACE, []
+    try:
+        yield _TRACE
+    finally:
+        _TRACE = previous
+
+
+def check_out(op: str, out: Optional[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype,
+              device: torch.device) -> torch.Tensor:
+    """``out`` checked against the result's shape/dtype/device (and contiguity), or a fresh tensor."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != device:
+        raise ValueError(f"{op}: out has shape {tuple(out.shape)}, {out.dtype} on {out.device}; the result is "
+                         f"{tuple(shape)}, {dtype} on {device}")
+    if not out.is_contiguous():
+        raise ValueError(f"{op}: out must be contiguous (got strides {out.stride()}); pass out=None to allocate")
+    return out
+
+
+def fallback(op: str, reason: str, result: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    """Finish a call that ran the torch reference: record why, honour ``out``."""
+    note(op, f"fallback: {reason}")
+    if out is None:
+        return result
+    check_out(op, out, tuple(result.shape), result.dtype, result.device)
+    out.copy_(result)
+    return out

@@ -1,0 +1,281 @@
+"""``cached_attention`` by flash-decoding: new queries attend over the filled prefix of a static KV cache.
+
+Shapes: q ``[B, Hq, S, D]``, caches ``[B, Hkv, T, D]`` / ``[B, Hkv, T, Dv]`` (T = capacity), positions
+``[S]`` or ``[B, S]``; the query of row b at position p sees slots ``0..p`` (the IR op's semantics).
+
+Decode reads the whole cache prefix for one query token, so the time is the time to stream K and V.
+Two things make that fast at batch 1:
+
+- **GQA sharing.** The ``G = Hq / Hkv`` query heads of one kv head (times the S new tokens) form the
+  rows of one ``[BLOCK_Q, D]`` block, so each K/V tile is loaded once for all of them and the scores
+  come from one ``tl.dot`` (rows padded to 16; the padding costs FLOPs, never bytes).
+- **Split-K over the cache length.** ``B * Hkv`` programs cannot fill 132 SMs, so the slots are cut
+  into chunks of ``CHUNK`` and each (row block, chunk) program computes an online-softmax partial
+  (running max ``m``, sum ``l`` and unnormalised ``acc``, in base 2). ``_flash_decoding_combine``
+  merges the partials of each row: ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s``.
+
+Only the filled prefix is read: each program loads its rows' positions on the device and stops at
+``max(position) + 1``; chunks past it do nothing and are never read back. No host synchronisation,
+so the op is CUDA-graph safe. The grid is sized from ``max_len`` (an upper bound of
+``max(positions) + 1`` that the caller knows, e.g. the CUDA-graph cache-length bucket) or else from
+the capacity T with small chunks.
+
+Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, head dims over 256, CPU
+tensors without ``TRITON_INTERPRET=1``. Any strides work (a transposed q or cache is read in place).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from membound.backends.triton.kernels._launch import (
+    cdiv,
+    check_out,
+    fallback,
+    launchable,
+    next_pow2,
+    note,
+    sm_count,
+    unsupported_device,
+    unsupported_dtype,
+)
+from membound.ir.ops import get_op
+
+LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 256
+
+
+@triton.jit
+def _flash_decoding_split(
+    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr,
+    HKV, G, S, T, D, DV, CHUNK, N_QBLOCKS, N_SPLITS, qk_scale,
+    sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
+    BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
+                     "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
+    pid_split = tl.program_id(0)
+    pid_row = tl.program_id(1)
+    # which (batch, kv head, block of query rows) this program serves
+    qb = pid_row % N_QBLOCKS
+    kvh = (pid_row // N_QBLOCKS) % HKV
+    b = (pid_row // (N_QBLOCKS * HKV)).to(tl.int64)  # 64-bit offsets for big caches
+    # rows are (group member g, new token s): query head kvh * G + g shares this kv head
+    rq = tl.arange(0, BLOCK_Q)
+    rows = qb * BLOCK_Q + rq
+    row_ok = rows < G * S
+    s = rows % S
+    h = kvh * G + rows // S
+    ds = tl.arange(0, BLOCK_D)
+    dvs = tl.arange(0, BLOCK_DV)
+    d_ok = ds < D
+    dv_ok = dvs < DV
+    # each row's position, read on the device: row r sees slots 0..pos[r]; padded rows see nothing
+    pos = tl.load(pos_ptr + b * spb + s * sps, mask=row_ok, other=-1)
+    chunk_start = pid_split * CHUNK
+    # only the filled prefix: stop at the largest position among our rows
+    chunk_end = tl.minimum(tl.minimum(chunk_start + CHUNK, tl.max(pos, axis=0) + 1), T)
+    if chunk_start < chunk_end:
+        # q stays in registers for the whole chunk
+        q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        m_i = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros((BLOCK_Q,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
+        k_base = k_ptr + b * skb + kvh * skh
+        v_base = v_ptr + b * svb + kvh * svh
+        for t0 in range(chunk_start, chunk_end, BLOCK_T):
+            ts = t0 + tl.arange(0, BLOCK_T)
+            t_ok = ts < chunk_end
+            # one K tile, loaded once for every query row of the kv group: K^T [BLOCK_D, BLOCK_T]
+            k_t = tl.load(k_base + ts[None, :] * skt + ds[:, None] * skd, mask=t_ok[None, :] & d_ok[:, None],
+                          other=0.0)
+            scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_Q, BLOCK_T], log2 units
+            visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
+            scores = tl.where(visible, scores, float("-inf"))
+            # online softmax; a row with nothing visible yet keeps m = -inf, so shift by 0 instead (no NaN)
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(scores - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_base + ts[:, None] * svt + dvs[None, :] * svd, mask=t_ok[:, None] & dv_ok[None, :],
+                        other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+            m_i = m_new
+        if ONE_SPLIT:
+            # the whole prefix was ours: normalise and write the result directly
+            o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+            tl.store(o_ptr + b * sob + h[:, None] * soh + s[:, None] * sos + dvs[None, :] * sod,
+                     o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+        else:
+            # the partial (m, l, acc) of this chunk; partials are [rows programs, N_SPLITS, BLOCK_Q(, BLOCK_DV)]
+            slot = (pid_row * N_SPLITS + pid_split) * BLOCK_Q + rq
+            tl.store(m_ptr + slot, m_i)
+            tl.store(l_ptr + slot, l_i)
+            tl.store(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], acc)
+
+
+@triton.jit
+def _flash_decoding_combine(
+    pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr,
+    HKV, G, S, T, DV, CHUNK, N_QBLOCKS, N_SPLITS,
+    spb, sps, sob, soh, sos, sod,
+    BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_row = tl.program_id(0)
+    qb = pid_row % N_QBLOCKS
+    kvh = (pid_row // N_QBLOCKS) % HKV
+    b = (pid_row // (N_QBLOCKS * HKV)).to(tl.int64)  # 64-bit offsets for big caches
+    rq = tl.arange(0, BLOCK_Q)
+    rows = qb * BLOCK_Q + rq
+    row_ok = rows < G * S
+    s = rows % S
+    h = kvh * G + rows // S
+    dvs = tl.arange(0, BLOCK_DV)
+    pos = tl.load(pos_ptr + b * spb + s * sps, mask=row_ok, other=-1)
+    # exactly the chunks the split kernel wrote for this row block (the same rule it used to skip)
+    n_active = tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK)
+    m_run = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
+    l_run = tl.zeros((BLOCK_Q,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
+    for sp in range(0, n_active):
+        slot = (pid_row * N_SPLITS + sp) * BLOCK_Q + rq
+        m_s = tl.load(m_ptr + slot)
+        l_s = tl.load(l_ptr + slot)
+        a_s = tl.load(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :])
+        # rescale both sides to the common max; a chunk a row could not see has m = -inf, weight 0
+        m_new = tl.maximum(m_run, m_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_run - m_safe)
+        beta = tl.exp2(m_s - m_safe)
+        l_run = l_run * alpha + l_s * beta
+        acc = acc * alpha[:, None] + a_s * beta[:, None]
+        m_run = m_new
+    o = acc / tl.where(l_run > 0.0, l_run, 1.0)[:, None]
+    tl.store(o_ptr + b * sob + h[:, None] * soh + s[:, None] * sos + dvs[None, :] * sod,
+             o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (dvs < DV)[None, :])
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Tiles and the split of one flash-decoding launch (see :func:`pick_config`)."""
+
+    block_q: int
+    block_t: int
+    chunk: int  # slots per program; a multiple of block_t
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
+                device: torch.device) -> DecodeConfig:
+    """Rows padded to a tensor-core tile; chunks sized so that there are about 4 programs per SM.
+
+    ``rows`` = query rows per kv head (G * S); ``groups`` = B * Hkv; ``length`` = the slots the grid
+    must cover. When the filled length is unknown (``known_length=False``: length is the capacity)
+    chunks stay small, so a short prefix in a long cache still spreads over many programs.
+    """
+    block_q = max(16, next_pow2(min(rows, 64)))
+    block_t = 64 if head_dim <= 128 and dtype != torch.float32 else 32
+    programs = groups * cdiv(rows, block_q)
+    splits = max(1, min(cdiv(4 * sm_count(device), programs), cdiv(length, block_t)))
+    chunk = cdiv(cdiv(length, splits), block_t) * block_t
+    if not known_length:
+        chunk = min(chunk, 4 * block_t)
+    return DecodeConfig(block_q, block_t, chunk, num_warps=4, num_stages=2)
+
+
+def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: int, dv: int,
+                           dtype: torch.dtype) -> int:
+    """Bytes the kernel must move (the cost-model hint): K and V of ``length`` slots at Hkv heads, q, out."""
+    e = torch.empty((), dtype=dtype).element_size()
+    return e * (b * hkv * length * (d + dv) + b * hq * s * (d + dv))
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                     out: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
+                     max_len: Optional[int] = None, config: Optional[DecodeConfig] = None) -> torch.Tensor:
+    """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype.
+
+    ``max_len``: optional upper bound of ``max(positions) + 1`` known on the host (the runtime's
+    cache-length bucket); slots at or past it are never read, so it must not be too small. Without it
+    the grid covers the capacity T and idle programs exit at once. ``config`` overrides the heuristic.
+    """
+    _check(q, k, v, positions)
+    bsz, hq, s, d = q.shape
+    hkv, cap, dv = k.shape[1], k.shape[2], v.shape[3]
+    reason = unsupported_device(q, k, v, positions) or unsupported_dtype("cached_attention", q)
+    if reason is None and max(d, dv) > MAX_HEAD_DIM:
+        reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
+    if reason is not None or q.numel() == 0:
+        ref = get_op("cached_attention").reference(q, k, v, positions, scale=scale)
+        return fallback("cached_attention", reason or "empty query", ref, out)
+
+    y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
+    g = hq // hkv
+    rows = g * s
+    length = cap if max_len is None else max(1, min(int(max_len), cap))
+    cfg = config or pick_config(rows, bsz * hkv, length, max_len is not None, max(d, dv), q.dtype, q.device)
+    if cfg.chunk % cfg.block_t:
+        raise ValueError(f"cached_attention: config chunk={cfg.chunk} must be a multiple of block_t={cfg.block_t}")
+    n_qblocks = cdiv(rows, cfg.block_q)
+    n_splits = cdiv(length, cfg.chunk)
+    row_programs = bsz * hkv * n_qblocks
+    one = n_splits == 1
+    block_dv = max(16, next_pow2(dv))
+    f32 = dict(dtype=torch.float32, device=q.device)
+    if one:
+        acc = m = lse = y  # never touched: the split kernel writes y directly
+    else:
+        acc = torch.empty((row_programs, n_splits, cfg.block_q, block_dv), **f32)
+        m = torch.empty((row_programs, n_splits, cfg.block_q), **f32)
+        lse = torch.empty((row_programs, n_splits, cfg.block_q), **f32)
+    spb, sps = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
+    qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (n_splits, row_programs)
+
+    launchable(_flash_decoding_split, q.device)[grid](
+        q, k, v, positions, y, acc, m, lse,
+        hkv, g, s, cap, d, dv, cfg.chunk, n_qblocks, n_splits, qk_scale,
+        *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
+        BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
+        ONE_SPLIT=one, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if not one:
+        launchable(_flash_decoding_combine, q.device)[(row_programs,)](
+            positions, y, acc, m, lse, hkv, g, s, cap, dv, cfg.chunk, n_qblocks, n_splits, spb, sps, *y.stride(),
+            BLOCK_Q=cfg.block_q, BLOCK_DV=block_dv, num_warps=4)
+    note("cached_attention", "kernel")
+    return y
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+    op = "cached_attention"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"{op}: needs q[B, Hq, S, D] and caches [B, Hkv, T, D]; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    bsz, hq, s, d = q.shape
+    if k.shape[0] != bsz or v.shape[0] != bsz or k.shape[3] != d:
+        raise ValueError(f"{op}: caches k {tuple(k.shape)} / v {tuple(v.shape)} do not fit q {tuple(q.shape)} "
+                         f"(batch and head dim must agree)")
+    if v.shape[1] != k.shape[1] or v.shape[2] != k.shape[2]:
+        raise ValueError(f"{op}: v cache {tuple(v.shape)} must have k's heads and capacity ({tuple(k.shape)})")
+    if hq % k.shape[1]:
+        raise ValueError(f"{op}: query heads {hq} must be a multiple of kv heads {k.shape[1]}")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if positions.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{op}: positions must be int32/int64, got {positions.dtype}")
+    if tuple(positions.shape) not in ((s,), (bsz, s)):
+        raise ValueError(f"{op}: positions must be [S] = [{s}] or [B, S] = [{bsz}, {s}], got "
+                         f"{tuple(positions.shape)}")

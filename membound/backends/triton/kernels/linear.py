@@ -1,0 +1,214 @@
+"""``linear`` for few rows (decode): ``y[M, N] = x[M, K] @ W[N, K]^T (+ bias)`` streaming W once.
+
+At decode, M = batch * new tokens is 1..16 while W is megabytes, so the product is a stack of GEMVs
+whose time is the time to read W. The kernel gives each program a block of ``BLOCK_N`` rows of W (one
+output column each) and walks K in wide tiles, so every byte of W is loaded exactly once, by one
+program, with vectorised loads; the few x rows are re-read per program but stay in L2.
+
+Two inner products, chosen by ``USE_DOT``:
+- ``USE_DOT=False`` (M <= 2): multiply-accumulate in registers into ``acc[BLOCK_M, BLOCK_N, BLOCK_K]``
+  and reduce over K once at the end (no tensor cores, no shared memory: the plain GEMV).
+- ``USE_DOT=True`` (M > 2): pad M to 16 rows and use ``tl.dot`` (tensor cores; the loads feeding the
+  dot are software-pipelined). The padded rows cost FLOPs, which are free when memory-bound.
+
+When ``N / BLOCK_N`` programs would leave SMs idle (N = 1024 for a k/v projection, 4096 on a 132-SM
+H100), K is split over ``SPLIT_K`` programs too: each writes an fp32 partial ``[SPLIT_K, M, N]`` and a
+small second kernel sums the partials, adds the bias and casts (deterministic, unlike atomics).
+
+For M > 16 the wrapper calls ``torch.nn.functional.linear`` (cuBLAS), which wins once W is reused
+across enough rows. Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, a weight
+whose rows are not contiguous (``weight.stride(1) != 1``), CPU tensors without ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from membound.backends.triton.kernels._launch import (
+    cdiv,
+    check_out,
+    fallback,
+    launchable,
+    next_pow2,
+    note,
+    sm_count,
+    unsupported_device,
+    unsupported_dtype,
+)
+
+SMALL_M = 16  # the kernel's range: up to one tensor-core tile of rows
+
+
+@triton.jit
+def _linear_small_m(
+    x_ptr, w_ptr, b_ptr, out_ptr,
+    M, N, K, K_PER_SPLIT,
+    stride_xm, stride_wn, stride_split,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
+    if USE_DOT:
+        tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    # this program owns W rows [pid_n * BLOCK_N, +BLOCK_N) = output columns, and one K chunk
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ms = tl.arange(0, BLOCK_M)
+    row_ok = rows < N
+    w_rows = w_ptr + rows.to(tl.int64) * stride_wn  # 64-bit: an lm head passes 2**31 elements
+    m_ok = ms < M
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+
+    if USE_DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        # defer the K reduction: one fp32 FMA per loaded W element, a single tree-sum at the end
+        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        # the few x rows of this K tile (re-read by every program, served from L2)
+        x = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if USE_DOT:
+            # W tile as [BLOCK_K, BLOCK_N] (W^T): contiguous along K, so loads still vectorise
+            w_t = tl.load(w_rows[None, :] + ks[:, None], mask=row_ok[None, :] & k_ok[:, None],
+                          other=0.0)
+            acc = tl.dot(x, w_t, acc, input_precision=INPUT_PRECISION)
+        else:
+            w = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                        other=0.0)
+            acc3 += x[:, None, :].to(tl.float32) * w[None, :, :].to(tl.float32)
+    if not USE_DOT:
+        acc = tl.sum(acc3, axis=2)
+
+    out_offs = ms[:, None] * N + rows[None, :]
+    out_mask = m_ok[:, None] & row_ok[None, :]
+    if SPLIT_K == 1:
+        # the whole K range was ours: add the bias, round once to the output dtype
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # an fp32 partial sum; _linear_splitk_reduce adds the SPLIT_K partials
+        tl.store(out_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
+
+
+@triton.jit
+def _linear_splitk_reduce(part_ptr, b_ptr, out_ptr, M, N, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
+                          HAS_BIAS: tl.constexpr):
+    tl.static_assert(SPLIT_K > 1, "only split-K launches need the reduction")
+    # one program per BLOCK consecutive outputs of the flat [M, N] result
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < M * N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * M * N + offs, mask=ok, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs % N, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """Tile sizes and launch shape of one ``_linear_small_m`` launch (see :func:`pick_config`)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    use_dot: bool = False
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> LinearConfig:
+    """Heuristic tiles: 16-byte vector loads along K, and enough programs for about four per SM."""
+    vec_k = 256 if dtype != torch.float32 else 128  # 512 bytes of a W row per tile
+    if m <= 2:
+        block_m, block_n, block_k, use_dot = next_pow2(m), 16, vec_k, False
+    else:
+        block_m, block_n, block_k, use_dot = 16, 32, 128, True
+    block_k = min(block_k, max(16, next_pow2(k)))
+    programs = cdiv(n, block_n)
+    split = 1
+    # split K while SMs would idle and every split keeps at least two K tiles
+    while programs * split < 4 * sm_count(device) and k >= 2 * block_k * (2 * split) and split < 16:
+        split *= 2
+    return LinearConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
+
+
+def linear_bytes(m: int, n: int, k: int, dtype: torch.dtype, has_bias: bool = False) -> int:
+    """Bytes the kernel must move (the cost-model hint): W once, x once, the output once, the bias."""
+    e = torch.empty((), dtype=dtype).element_size()
+    return e * (n * k + m * k + m * n + (n if has_bias else 0))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           out: Optional[torch.Tensor] = None, *, config: Optional[LinearConfig] = None) -> torch.Tensor:
+    """``x[..., K] @ weight[N, K].T (+ bias[N])`` as the IR op ``linear``; the GEMV kernel when M <= 16.
+
+    ``M`` is the product of x's leading dims. ``config`` overrides the tile heuristic (benches, tests).
+    Paths: M <= 16 -> ``_linear_small_m`` (+ ``_linear_splitk_reduce`` when K is split); M > 16 ->
+    cuBLAS via ``F.linear``; the torch reference for what the kernel does not cover (module docstring).
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"linear: weight must be [N, K], got shape {tuple(weight.shape)}")
+    n, k = weight.shape
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"linear: x {tuple(x.shape)} and weight {tuple(weight.shape)} disagree on K={k}")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"linear: bias must be [N] = [{n}], got {tuple(bias.shape)}")
+    operands = [x, weight] + ([bias] if bias is not None else [])
+    if any(t.dtype != x.dtype for t in operands):
+        raise TypeError(f"linear: x, weight and bias must share a dtype, got {[t.dtype for t in operands]}")
+    lead = tuple(x.shape[:-1])
+    m = x.numel() // k if k else 0
+    reason = unsupported_device(*operands) or unsupported_dtype("linear", x)
+    if reason is None and weight.stride(1) != 1:
+        reason = f"weight strides {weight.stride()} (rows must be contiguous)"
+    if reason is None and m > SMALL_M and config is None:
+        note("linear", "cublas")
+        result = F.linear(x, weight, bias)
+        return result if out is None else _copy_out(out, result)
+    if reason is not None or m == 0 or k == 0:
+        return fallback("linear", reason or "empty product", F.linear(x, weight, bias), out)
+
+    y = check_out("linear", out, lead + (n,), x.dtype, x.device)
+    x2 = x.reshape(m, k)
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()  # at most 16 rows: a negligible copy
+    cfg = config or pick_config(m, n, k, x.dtype, x.device)
+    if m > cfg.block_m:
+        raise ValueError(f"linear: config block_m={cfg.block_m} is smaller than M={m}")
+    k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    split = cdiv(k, k_per_split)  # no empty splits
+    target = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    b = bias if bias is not None else weight  # a valid pointer the kernel never reads
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+
+    launchable(_linear_small_m, x.device)[grid](
+        x2, weight, b, target, m, n, k, k_per_split, x2.stride(0), weight.stride(0), m * n,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
+        USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if split > 1:
+        block = 256
+        launchable(_linear_splitk_reduce, x.device)[(triton.cdiv(m * n, block),)](
+            target, b, y, m, n, SPLIT_K=split, BLOCK=block, HAS_BIAS=bias is not None, num_warps=4)
+    note("linear", "kernel")
+    return y
+
+
+def _copy_out(out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    check_out("linear", out, tuple(result.shape), result.dtype, result.device)
+    return out.copy_(result)

@@ -1,0 +1,321 @@
+"""The Triton kernel library against each IR op's torch reference.
+
+Without a GPU the kernels run under the Triton interpreter on CPU tensors, in fp32 and fp16 (bf16 is
+broken in the interpreter): ``TRITON_INTERPRET=1`` is set below, before anything imports triton
+(``triton.jit`` reads it at decoration time). With a GPU the same cases run compiled on CUDA, plus
+the ``gpu``-marked bf16 tests. Every test checks, through ``trace()``, that the kernel ran and not
+the fallback. Inputs are random and never zero; sizes are odd (K, N not multiples of the tiles, T
+odd). Tolerances: fp32 1e-4 relative, fp16/bf16 1e-2 (outputs are rounded to the dtype once).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from typing import Optional  # noqa: E402
+
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from membound.backends.triton.kernels import (  # noqa: E402
+    FUSED,
+    LIBRARY,
+    DecodeConfig,
+    LinearConfig,
+    cache_write,
+    cached_attention,
+    linear,
+    trace,
+)
+from membound.ir import get_op  # noqa: E402
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2),
+       torch.bfloat16: dict(rtol=1e-2, atol=2e-2)}
+CPU_DTYPES = [torch.float32, torch.float16]
+
+
+def rand(*shape: int, dtype: torch.dtype = torch.float32, gen: Optional[torch.Generator] = None,
+         device: str = DEVICE) -> torch.Tensor:
+    """Random values away from zero: |x| in [0.5, 1.5) with a random sign."""
+    gen = gen or torch.Generator().manual_seed(sum(shape) + len(shape))
+    mag = torch.rand(shape, generator=gen) + 0.5
+    sign = torch.where(torch.rand(shape, generator=gen) > 0.5, 1.0, -1.0)
+    return (mag * sign).to(dtype).to(device)
+
+
+def close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    """``got`` (in ``dtype``) against a reference computed in fp32 from the same rounded inputs."""
+    assert got.dtype == dtype, f"result dtype {got.dtype}, expected {dtype}"
+    torch.testing.assert_close(got.float(), want.float().to(got.device), **TOL[dtype])
+
+
+def ran_kernel(calls: list[tuple[str, str]], op: str) -> None:
+    assert calls and all(c == (op, "kernel") for c in calls), f"expected the {op} kernel, got {calls}"
+
+
+# ---------------------------------------------------------------------------------------------
+# linear
+# ---------------------------------------------------------------------------------------------
+LINEAR_CASES = [
+    # (x shape, N, bias, config): M = product of the leading dims
+    ((1, 1, 50), 37, True, None),                                      # batch 1 decode: the FMA path
+    ((3, 1, 50), 37, False, None),                                     # batch 3: the tensor-core path
+    ((2, 300), 19, True, LinearConfig(2, 16, 32, split_k=4)),          # FMA path, K split (odd tail)
+    ((5, 300), 37, True, LinearConfig(16, 16, 32, split_k=3, use_dot=True)),  # dot path, K split
+    ((1, 33), 21, False, LinearConfig(16, 16, 16, use_dot=True)),     # M=1 through the dot path
+    ((16, 33), 9, True, None),                                         # M = 16, the kernel's limit
+]
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("shape,n,bias,config", LINEAR_CASES)
+def test_linear(shape: tuple[int, ...], n: int, bias: bool, config: Optional[LinearConfig],
+                dtype: torch.dtype) -> None:
+    x, w = rand(*shape, dtype=dtype), rand(n, shape[-1], dtype=dtype)
+    b = rand(n, dtype=dtype) if bias else None
+    with trace() as calls:
+        y = LIBRARY["linear"](x, w, b, config=config)
+    ran_kernel(calls, "linear")
+    close(y, F.linear(x.float(), w.float(), None if b is None else b.float()), dtype)
+    assert y.shape == shape[:-1] + (n,)
+
+
+def test_linear_out_and_strided_x() -> None:
+    """``out=`` is written in place; a non-contiguous x (a transposed view) is read correctly."""
+    x = rand(7, 3).t()  # [3, 7], strides (1, 3)
+    w = rand(5, 7)
+    out = torch.empty(3, 5, device=DEVICE)
+    with trace() as calls:
+        y = linear(x, w, out=out)
+    ran_kernel(calls, "linear")
+    assert y is out
+    close(out, x @ w.t(), torch.float32)
+
+
+def test_linear_large_m_uses_cublas_path() -> None:
+    x, w = rand(17, 9), rand(4, 9)
+    with trace() as calls:
+        y = linear(x, w)
+    assert calls == [("linear", "cublas")]
+    close(y, x @ w.t(), torch.float32)
+
+
+def test_linear_falls_back_for_a_transposed_weight() -> None:
+    x, w = rand(2, 9), rand(9, 4).t()  # weight [4, 9] with K-stride 4
+    with trace() as calls:
+        y = linear(x, w)
+    assert calls[0][1].startswith("fallback") and "weight strides" in calls[0][1]
+    close(y, x @ w.t(), torch.float32)
+
+
+def test_linear_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match="linear: x .* disagree on K"):
+        linear(rand(2, 8), rand(4, 9))
+    with pytest.raises(TypeError, match="linear: .* share a dtype"):
+        linear(rand(2, 9), rand(4, 9, dtype=torch.float16))
+    with pytest.raises(ValueError, match="linear: out has shape"):
+        linear(rand(2, 9), rand(4, 9), out=torch.empty(2, 5, device=DEVICE))
+
+
+# ---------------------------------------------------------------------------------------------
+# cached_attention (flash-decoding)
+# ---------------------------------------------------------------------------------------------
+def _positions(b: int, s: int, t: int, per_row: bool, gen: torch.Generator) -> torch.Tensor:
+    """Consecutive positions for the S new tokens: shared [S], or a different length per row [B, S]."""
+    if not per_row:
+        return (torch.arange(s) + (t - s - 2)).to(DEVICE)
+    starts = torch.randint(0, t - s + 1, (b, 1), generator=gen)
+    return (starts + torch.arange(s)[None, :]).to(DEVICE)
+
+
+ATTN_CASES = [
+    # (B, Hq, Hkv, S, T, D, Dv, per-row positions, config, max_len)
+    (1, 4, 4, 1, 37, 16, 16, False, None, None),                    # MHA (GQA ratio 1), batch 1
+    (3, 4, 2, 1, 37, 24, 24, True, None, None),                     # GQA 2, per-row lengths, D not pow2
+    (3, 8, 2, 1, 45, 16, 16, True, DecodeConfig(16, 16, 16), None),  # GQA 4, three-way split + combine
+    (1, 8, 2, 3, 37, 16, 8, False, DecodeConfig(16, 16, 32), 36),    # S = 3 new tokens, Dv != D, max_len
+    (3, 4, 1, 2, 29, 8, 8, True, DecodeConfig(16, 16, 16), None),   # GQA 4 with S = 2, tiny head dim
+]
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("b,hq,hkv,s,t,d,dv,per_row,config,max_len", ATTN_CASES)
+def test_cached_attention(b: int, hq: int, hkv: int, s: int, t: int, d: int, dv: int, per_row: bool,
+                          config: Optional[DecodeConfig], max_len: Optional[int], dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(b * 100 + hq * 10 + s)
+    q = rand(b, hq, s, d, dtype=dtype, gen=gen)
+    k, v = rand(b, hkv, t, d, dtype=dtype, gen=gen), rand(b, hkv, t, dv, dtype=dtype, gen=gen)
+    pos = _positions(b, s, t, per_row, gen)
+    with trace() as calls:
+        y = LIBRARY["cached_attention"](q, k, v, pos, scale=0.3, max_len=max_len, config=config)
+    ran_kernel(calls, "cached_attention")
+    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=0.3)
+    close(y, want, dtype)
+
+
+def test_cached_attention_reads_only_the_filled_prefix() -> None:
+    """Slots past max(position) are never read: NaN there must not reach the output."""
+    q, k, v = rand(1, 4, 1, 16), rand(1, 2, 37, 16), rand(1, 2, 37, 16)
+    pos = torch.tensor([20], device=DEVICE)
+    want = get_op("cached_attention").reference(q, k, v, pos, scale=None)
+    k[:, :, 21:], v[:, :, 21:] = float("nan"), float("nan")
+    with trace() as calls:
+        y = cached_attention(q, k, v, pos, config=DecodeConfig(16, 16, 16))
+    ran_kernel(calls, "cached_attention")
+    close(y, want, torch.float32)
+
+
+def test_cached_attention_strided_q_and_out() -> None:
+    """q as the transposed view a projection produces ([B, S, H, D] -> [B, H, S, D]); out= in place."""
+    q = rand(3, 2, 4, 16).transpose(1, 2)
+    k, v = rand(3, 2, 21, 16), rand(3, 2, 21, 16)
+    pos = torch.tensor([[5, 6], [19, 20], [0, 1]], device=DEVICE)
+    out = torch.empty(3, 4, 2, 16, device=DEVICE)
+    with trace() as calls:
+        y = cached_attention(q, k, v, pos, out=out, scale=0.25)
+    ran_kernel(calls, "cached_attention")
+    assert y is out
+    close(out, get_op("cached_attention").reference(q, k, v, pos, scale=0.25), torch.float32)
+
+
+def test_cached_attention_errors() -> None:
+    with pytest.raises(ValueError, match="cached_attention: query heads 3 must be a multiple of kv heads 2"):
+        cached_attention(rand(1, 3, 1, 8), rand(1, 2, 9, 8), rand(1, 2, 9, 8), torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"cached_attention: positions must be \[S\]"):
+        cached_attention(rand(1, 2, 1, 8), rand(1, 2, 9, 8), rand(1, 2, 9, 8), torch.tensor([3, 4]))
+
+
+# ---------------------------------------------------------------------------------------------
+# cache_write
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("b,h,t,s,d,per_row", [(1, 2, 9, 1, 16, False), (3, 3, 11, 3, 24, True),
+                                               (3, 1, 7, 2, 5, False)])
+def test_cache_write(b: int, h: int, t: int, s: int, d: int, per_row: bool, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(t + s)
+    cache = rand(b, h, t, d, dtype=dtype, gen=gen)
+    values = rand(b, s, h, d, dtype=dtype, gen=gen).transpose(1, 2)  # the strided view attention produces
+    pos = torch.stack([torch.randperm(t, generator=gen)[:s] for _ in range(b)]) if per_row else \
+        torch.randperm(t, generator=gen)[:s]
+    pos = pos.to(DEVICE)
+    want = get_op("cache_write").reference(cache.clone(), values, pos, dim=2)
+    with trace() as calls:
+        got = LIBRARY["cache_write"](cache, values, pos, dim=-2)
+    ran_kernel(calls, "cache_write")
+    assert got is cache and torch.equal(cache, want)
+
+
+def test_cache_write_other_dims_fall_back_and_out_must_be_the_cache() -> None:
+    cache, values = rand(2, 5, 3), rand(2, 2, 3)
+    pos = torch.tensor([4, 0], device=DEVICE)
+    want = get_op("cache_write").reference(cache.clone(), values, pos, dim=1)
+    with trace() as calls:
+        cache_write(cache, values, pos, dim=1)
+    assert calls[0][1].startswith("fallback") and torch.equal(cache, want)
+    with pytest.raises(ValueError, match="cache_write: the result is the cache itself"):
+        cache_write(rand(1, 1, 4, 2), rand(1, 1, 1, 2), torch.tensor([0], device=DEVICE), out=rand(1, 1, 4, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# rms_norm, add_rms_norm, embedding
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("shape,weight", [((3, 5, 37), "same"), ((1, 1, 16), "f32"), ((7, 100), None)])
+def test_rms_norm(shape: tuple[int, ...], weight: Optional[str], dtype: torch.dtype) -> None:
+    x = rand(*shape, dtype=dtype)
+    w = None if weight is None else rand(shape[-1], dtype=dtype if weight == "same" else torch.float32)
+    want = get_op("rms_norm").reference(x, w, eps=1e-5)
+    with trace() as calls:
+        y = LIBRARY["rms_norm"](x, w, eps=1e-5)
+    ran_kernel(calls, "rms_norm")
+    close(y, want, want.dtype)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_add_rms_norm(dtype: torch.dtype) -> None:
+    x, r, w = rand(3, 1, 37, dtype=dtype), rand(3, 1, 37, dtype=dtype).flip(0), rand(37, dtype=dtype)
+    with trace() as calls:
+        h, y = FUSED["add_rms_norm"](x, r, w, eps=1e-6)
+    ran_kernel(calls, "add_rms_norm")
+    assert torch.equal(h, x + r)
+    close(y, get_op("rms_norm").reference(x + r, w, eps=1e-6), dtype)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("ids_shape,index_dtype", [((3, 5), torch.int64), ((1,), torch.int32)])
+def test_embedding(ids_shape: tuple[int, ...], index_dtype: torch.dtype, dtype: torch.dtype) -> None:
+    w = rand(11, 37, dtype=dtype)
+    ids = torch.randint(0, 11, ids_shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, index_dtype)
+    with trace() as calls:
+        y = LIBRARY["embedding"](w, ids)
+    ran_kernel(calls, "embedding")
+    assert torch.equal(y, F.embedding(ids, w))
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry and the fallback
+# ---------------------------------------------------------------------------------------------
+def test_library_names_are_ir_ops() -> None:
+    for name in LIBRARY:
+        assert get_op(name).reference is not None
+
+
+def test_cpu_without_interpreter_runs_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, w = rand(2, 9, device="cpu"), rand(4, 9, device="cpu")
+    with trace() as calls:
+        y = linear(x, w)
+    assert calls == [("linear", "fallback: tensors on cpu: Triton kernels need a CUDA device (or "
+                                "TRITON_INTERPRET=1 for CPU tensors)")]
+    close(y, x @ w.t(), torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: bf16 (broken in the interpreter) and the default configs at model-like sizes
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 3, 8, 16])
+def test_linear_gpu(m: int, dtype: torch.dtype) -> None:
+    x, w, b = rand(m, 1000, dtype=dtype, device="cuda"), rand(777, 1000, dtype=dtype, device="cuda"), None
+    b = rand(777, dtype=dtype, device="cuda")
+    with trace() as calls:
+        y = linear(x, w * 0.05, b)
+    ran_kernel(calls, "linear")
+    close(y, F.linear(x.float(), (w * 0.05).float(), b.float()), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,hq,hkv,s,per_row", [(1, 32, 8, 1, False), (3, 8, 8, 1, True), (2, 16, 4, 3, True)])
+def test_cached_attention_gpu(b: int, hq: int, hkv: int, s: int, per_row: bool) -> None:
+    gen = torch.Generator().manual_seed(7)
+    dtype, t, d = torch.bfloat16, 1001, 128
+    q = rand(b, hq, s, d, dtype=dtype, gen=gen, device="cuda")
+    k, v = rand(b, hkv, t, d, dtype=dtype, gen=gen, device="cuda"), rand(b, hkv, t, d, dtype=dtype, gen=gen,
+                                                                         device="cuda")
+    pos = _positions(b, s, t, per_row, gen).cuda()
+    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=None)
+    for max_len in (None, t):
+        with trace() as calls:
+            y = cached_attention(q, k, v, pos, max_len=max_len)
+        ran_kernel(calls, "cached_attention")
+        close(y, want, dtype)
+
+
+@pytest.mark.gpu
+def test_small_kernels_gpu_bf16() -> None:
+    dtype = torch.bfloat16
+    cache, values = rand(2, 4, 33, 64, dtype=dtype, device="cuda"), rand(2, 4, 1, 64, dtype=dtype, device="cuda")
+    pos = torch.tensor([[7], [31]], device="cuda")
+    want = get_op("cache_write").reference(cache.clone(), values, pos, dim=2)
+    assert torch.equal(cache_write(cache, values, pos), want)
+    x, w = rand(3, 1, 2048, dtype=dtype, device="cuda"), rand(2048, dtype=dtype, device="cuda")
+    close(LIBRARY["rms_norm"](x, w, eps=1e-5), get_op("rms_norm").reference(x, w, eps=1e-5), dtype)
+    table, ids = rand(97, 64, dtype=dtype, device="cuda"), torch.tensor([[3, 96, 0]], device="cuda")
+    assert torch.equal(LIBRARY["embedding"](table, ids), F.embedding(ids, table))
