@@ -32,18 +32,9 @@ from membound.ir import Graph, Value
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.pattern import Alt, Any_, Const, Match, Opt, Pat, Rule, rewrite_to_fixpoint
 
-
-def _is_last_two(node) -> bool:  # transpose swapping the last two dims of a rank-4 tensor
-    r = node.inputs[0].rank
-    return r == 4 and {node.attrs["dim0"] % r, node.attrs["dim1"] % r} == {2, 3}
-
-
-def _is_last_two_perm(node) -> bool:
-    return tuple(node.attrs["dims"]) == (0, 1, 3, 2)
-
-
-_KT = Alt(Pat("transpose", Any_("k"), predicate=_is_last_two), Pat("permute", Any_("k"), predicate=_is_last_two_perm))
-_SCORES = Pat("matmul", Any_("q"), _KT)
+# k.T may be written many ways (transpose, permute, a view chain canonicalize already folded); the
+# callback takes whatever [B, H, D, L] value it is and transposes it back, canonicalize folds the rest
+_SCORES = Pat("matmul", Any_("q"), Any_("kt"))
 _SCALED = Alt(Pat("mul", _SCORES, Const(name="scale")), Pat("div", _SCORES, Const(name="inv_scale")), _SCORES)
 
 
@@ -63,8 +54,8 @@ _ATTN = Pat("matmul", Opt("cast", _SOFTMAX), Any_("v"))
 
 def _fuse(m: Match) -> Optional[Value]:
     # matmul(softmax(scale * q @ k.T + mask), v) -> attention(q, k, v, mask) {scale}
-    q, k, v = m["q"], m["k"], m["v"]
-    if not (q.rank == k.rank == v.rank == 4) or not (q.dtype == k.dtype == v.dtype):
+    q, kt, v = m["q"], m["kt"], m["v"]
+    if not (q.rank == kt.rank == v.rank == 4) or not (q.dtype == kt.dtype == v.dtype):
         m.note("q/k/v are not rank-4 tensors of one dtype")
         return None
     probs = m["probs"]
@@ -86,14 +77,23 @@ def _fuse(m: Match) -> Optional[Value]:
         mask = b.call("logical_not", m["fill"])
     elif "keep" in m:
         mask = m["keep"]
-    k, v = _unrepeat(k), _unrepeat(v)
-    if k.shape[1] != v.shape[1]:
-        k, v = m["k"], m["v"]
+    k = _transposed_back(b, kt)
+    k2, v2 = _unrepeat(k), _unrepeat(v)
+    if k2.shape[1] == v2.shape[1]:
+        k, v = k2, v2
     inputs = [q, k, v] + ([mask] if mask is not None else [])
     out = b.call("attention", *inputs, causal=False, scale=scale)
     if not out.type.equivalent(m.value.type):
         return None
     return out
+
+
+def _transposed_back(b, kt: Value) -> Value:
+    """k from k.T: undo a transpose of the last two dims when that is what produced it, else add one."""
+    p = kt.producer
+    if p is not None and p.op == "transpose" and {p.attrs["dim0"] % 4, p.attrs["dim1"] % 4} == {2, 3}:
+        return p.inputs[0]
+    return b.call("transpose", kt, dim0=2, dim1=3)
 
 
 def _unrepeat(x: Value) -> Value:

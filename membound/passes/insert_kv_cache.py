@@ -244,7 +244,10 @@ class _Builder:
             vt = TensorType(v.dtype, [B, v.shape[1], T, v.shape[3]])
             caches.append((g.add_state(f"cache.k.{i}", kt), g.add_state(f"cache.v.{i}", vt)))
         attention_index = {id(a): i for i, a in enumerate(self.plan.attentions)}
+        live = _live_without_masks(old, attention_index)
         for n in old.nodes:
+            if id(n) not in live:
+                continue  # only feeds the masks of replaced attentions (cached_attention masks itself)
             if id(n) in attention_index:
                 kc, vc = caches[attention_index[id(n)]]
                 q, k, v = (self.normal(x, n) for x in n.inputs[:3])
@@ -345,6 +348,21 @@ class _Builder:
                                f"make per-row")
         self.map[id(n.result)] = out
         self.lifted.add(id(out))
+
+
+def _live_without_masks(g: Graph, attention_ids: dict[int, int]) -> set[int]:
+    """Nodes the outputs still need once each cached attention stops reading its mask."""
+    live: set[int] = set()
+    work = [v.producer for v in g.outputs if v.producer is not None]
+    work += [n for n in g.nodes if get_op(n.op).side_effects]
+    while work:
+        n = work.pop()
+        if id(n) in live:
+            continue
+        live.add(id(n))
+        inputs = n.inputs[:3] if id(n) in attention_ids else n.inputs
+        work += [v.producer for v in inputs if v.producer is not None]
+    return live
 
 
 def _shift_attrs(op: str, attrs: dict[str, Any], rank_in: int, rank_out: int) -> dict[str, Any]:

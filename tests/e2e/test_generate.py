@@ -1,0 +1,160 @@
+"""membound.generate: cached greedy decoding equals full recomputation, token for token (fp32, CPU)."""
+
+import pytest
+import torch
+
+import membound
+from membound.api import KVCacheError
+from membound.models import build_model
+from membound.runtime.kv_cache import CacheCapacityError
+
+from .hf_models import VOCAB, build_hf
+
+NEW = 32
+
+
+def prompts(vocab: int, lengths, seed: int = 0):
+    """Right-padded ids and the attention mask for rows of the given lengths."""
+    g = torch.Generator().manual_seed(seed)
+    longest = max(lengths)
+    ids = torch.randint(3, vocab, (len(lengths), longest), generator=g)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        ids[i, n:] = 0
+    return ids, mask
+
+
+def recompute(model, ids, mask, new):
+    """The oracle: eager full recomputation, one row at a time, argmax of the last position."""
+    outs = []
+    for row, m in zip(ids, mask):
+        seq = row[m.bool()][None]
+        for _ in range(new):
+            res = model(seq) if not hasattr(model, "config") or not hasattr(model.config, "use_cache") \
+                else model(seq, use_cache=False)
+            logits = res if isinstance(res, torch.Tensor) else res.logits
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        outs.append(seq[0, -new:])
+    return torch.stack(outs)
+
+
+CASES = [("builtin", "llama-tiny"), ("builtin", "gpt2-tiny"), ("builtin", "mixtral-tiny"),
+         ("hf", "llama"), ("hf", "qwen2"), ("hf", "gpt2-eager")]
+
+
+def _build(kind, name):
+    if kind == "builtin":
+        m = build_model(name)
+        return m, m.config.vocab_size
+    return build_hf(name), VOCAB
+
+
+@pytest.mark.parametrize("kind, name", CASES)
+@pytest.mark.parametrize("lengths", [[9], [5, 11, 8]])
+def test_greedy_generate_equals_full_recompute(kind, name, lengths):
+    model, vocab = _build(kind, name)
+    ids, mask = prompts(vocab, lengths)
+    compiled = membound.compile(model)
+    with torch.no_grad():
+        out = membound.generate(compiled, ids, NEW, attention_mask=mask)
+        ref = recompute(model, ids, mask, NEW)
+    assert out.shape == (len(lengths), ids.shape[1] + NEW)
+    assert torch.equal(out[:, :ids.shape[1]], ids)          # the prompt comes back first, as in HF
+    assert torch.equal(out[:, ids.shape[1]:], ref), (out[:, ids.shape[1]:], ref)
+
+
+def test_left_padding_gives_the_same_tokens_as_right_padding():
+    model = build_model("llama-tiny")
+    ids, mask = prompts(256, [4, 7])
+    left = torch.zeros_like(ids)
+    lmask = torch.zeros_like(mask)
+    for i, n in enumerate([4, 7]):
+        left[i, 7 - n:] = ids[i, :n]
+        lmask[i, 7 - n:] = 1
+    compiled = membound.compile(model)
+    a = membound.generate(compiled, ids, 6, attention_mask=mask)[:, 7:]
+    b = membound.generate(compiled, left, 6, attention_mask=lmask)[:, 7:]
+    assert torch.equal(a, b)
+
+
+def test_cache_is_reused_across_calls_without_reallocation():
+    model = build_model("llama-tiny")
+    compiled = membound.compile(model)
+    ids, mask = prompts(256, [6, 9])
+    membound.generate(compiled, ids, 10, attention_mask=mask)
+    cache = compiled._kv_program.cache
+    assert cache.allocations == 1
+    membound.generate(compiled, ids[:1, :5], 8)        # smaller batch and length: same buffers
+    membound.generate(compiled, ids, 10, attention_mask=mask)
+    assert cache.allocations == 1
+    membound.generate(compiled, ids, 40, attention_mask=mask)  # longer: grows once
+    assert cache.allocations == 2
+
+
+def test_cache_holds_kv_heads_not_query_heads():
+    model = build_model("llama-tiny")               # 4 query heads, 2 kv heads
+    compiled = membound.compile(model)
+    membound.generate(compiled, torch.randint(0, 256, (1, 5)), 2)
+    for name, buf in compiled._kv_program.cache.buffers.items():
+        assert buf.shape[1] == model.config.n_kv_heads, name
+
+
+def test_max_length_error_says_the_limit_and_how_to_raise_it():
+    model = build_model("gpt2-tiny")                 # 128 learned positions
+    compiled = membound.compile(model)
+    with pytest.raises(CacheCapacityError, match="128"):
+        membound.generate(compiled, torch.randint(0, 256, (1, 100)), 40)
+    with pytest.raises(CacheCapacityError, match="max_cache_len"):
+        membound.generate(membound.compile(build_model("llama-tiny")), torch.randint(0, 256, (1, 10)), 30,
+                          max_cache_len=32)
+
+
+def test_eos_stops_rows_and_pads_after():
+    model = build_model("llama-tiny")
+    compiled = membound.compile(model)
+    ids = torch.randint(3, 256, (2, 6))
+    free = membound.generate(compiled, ids, 12)
+    eos = int(free[0, 6 + 2])                         # row 0's third new token
+    out = membound.generate(compiled, ids, 12, eos_token_id=eos, pad_token_id=0)
+    row0 = out[0, 6:].tolist()
+    k = row0.index(eos)
+    assert all(t == 0 for t in row0[k + 1:])
+
+
+def test_sampling_is_reproducible_and_respects_top_k():
+    model = build_model("llama-tiny")
+    compiled = membound.compile(model)
+    ids = torch.randint(3, 256, (2, 6))
+    a = membound.generate(compiled, ids, 10, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(3))
+    b = membound.generate(compiled, ids, 10, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    # top_k=1 sampling is greedy
+    g = membound.generate(compiled, ids, 10)
+    s = membound.generate(compiled, ids, 10, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(g, s)
+
+
+def test_stream_callback_sees_every_step():
+    model = build_model("llama-tiny")
+    seen = []
+    out = membound.generate(membound.compile(model), torch.randint(0, 256, (2, 4)), 5, stream=seen.append)
+    assert torch.equal(torch.stack(seen, 1), out[:, 4:])
+
+
+def test_bidirectional_model_is_refused_with_reason():
+    class Bidirectional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 16)
+            self.qkv = torch.nn.Linear(16, 48)
+            self.head = torch.nn.Linear(16, 50)
+
+        def forward(self, ids):
+            x = self.emb(ids)
+            q, k, v = self.qkv(x).unflatten(-1, (3, 2, 8)).permute(2, 0, 3, 1, 4)
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # no causal mask
+            return self.head(x + a.transpose(1, 2).flatten(2))
+
+    with pytest.raises(KVCacheError, match="bidirectional"):
+        membound.generate(Bidirectional().eval(), torch.randint(0, 50, (1, 5)), 3)
