@@ -1,0 +1,240 @@
+"""The primary frontend: ``torch.export`` -> ATen FX graph -> membound IR.
+
+    cap = capture_export(model, (), {"input_ids": ids, "use_cache": False})
+    print(cap.graph)                      # graph @LlamaForCausalLM(%input_ids: i64[B, S]) params(...)
+    out = cap.unflatten_outputs(run(cap.graph, cap.flatten_inputs((), {"input_ids": ids2, ...})))
+
+The callable is exported through a small wrapper that takes the flattened leaves of the call as
+positional arguments (so any call structure, kwargs included, exports the same way); with
+``dynamic=True`` every dim of every tensor leaf is ``Dim.AUTO``, so export itself decides which dims
+may vary (it specialises dims of size 0/1 and any dim the code pins down) instead of failing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any, Callable, Optional, Sequence, Union
+
+import sympy
+import torch
+import torch.utils._pytree as pytree
+from torch.export import Dim, ExportedProgram
+from torch.export.graph_signature import InputKind, OutputKind
+
+from membound.frontends.aten_table import TABLE
+from membound.frontends.capture import Capture, ConstLeaf, InLeaf, TensorLeaf, flatten_call, leaf_paths
+from membound.frontends.errors import CaptureError
+from membound.frontends.symbols import SymbolTable
+from membound.frontends.translate import AsConstant, AsInput, AsParam, Role, Translator, output_leaves
+from membound.ir.graph import Graph
+
+_PREFIX = "m"  # the wrapped module's attribute name inside _FlatCall
+
+
+class _FlatCall(torch.nn.Module):
+    """Calls ``fn(*args, **kwargs)`` rebuilt from the flat leaves of the call. A module (or the module
+    a bound method belongs to) is registered as ``m`` so its parameters keep their FQNs after ``m.``."""
+
+    def __init__(self, fn: Callable[..., Any], spec: pytree.TreeSpec) -> None:
+        super().__init__()
+        owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            setattr(self, _PREFIX, owner)
+        object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_spec", spec)
+
+    def forward(self, *leaves: Any) -> Any:
+        args, kwargs = pytree.tree_unflatten(list(leaves), self._spec)
+        return self._fn(*args, **kwargs)
+
+
+def callable_name(fn: Any) -> str:
+    """``LlamaForCausalLM`` for a module, the function's name otherwise."""
+    if isinstance(fn, torch.nn.Module):
+        return type(fn).__name__
+    owner = getattr(fn, "__self__", None)
+    name = getattr(fn, "__name__", type(fn).__name__)
+    return f"{type(owner).__name__}.{name}" if owner is not None else name
+
+
+def capture_export(fn_or_module: Union[torch.nn.Module, Callable[..., Any]], args: Sequence[Any] = (),
+                   kwargs: Optional[dict[str, Any]] = None, dynamic: bool = True,
+                   fallback: Optional[str] = None, name: Optional[str] = None) -> Capture:
+    """Capture ``fn_or_module(*args, **kwargs)`` with ``torch.export`` and translate it to membound IR.
+
+    ``dynamic=True`` marks every tensor dim ``Dim.AUTO``; the resulting symbols are named ``B`` (dim 0
+    of the first tensor), ``S`` (its dim 1) and ``D0, D1, ...``. ``fallback="torch"`` turns ops with
+    no IR mapping into explicit ``torch_call`` nodes instead of raising ``UnsupportedOpError``; ``name``
+    names the graph (default: the module's class or the function's name). Raises ``CaptureError`` when
+    the model raises while being traced.
+    """
+    if fallback not in (None, "torch"):
+        raise ValueError(f"fallback must be None or 'torch', got {fallback!r}")
+    leaves, spec = flatten_call(args, kwargs)
+    name = name or callable_name(fn_or_module)
+    ep = export_leaves(_FlatCall(fn_or_module, spec), leaves, name,
+                       dynamic=[isinstance(x, torch.Tensor) and dynamic for x in leaves])
+    names = _input_names(fn_or_module, spec)
+    roles: list[Role] = []
+    in_leaves: list[InLeaf] = []
+    for x, leaf_name in zip(leaves, names):
+        if isinstance(x, torch.Tensor):
+            in_leaves.append(TensorLeaf(sum(isinstance(r, AsInput) for r in roles)))
+            roles.append(AsInput(leaf_name))
+        else:
+            in_leaves.append(ConstLeaf(x))
+            roles.append(AsConstant(x))
+    return build_capture(ep, roles, spec, in_leaves, name=name, fallback=fallback, frontend="export",
+                         default_source=_definition(fn_or_module))
+
+
+def export_leaves(module: torch.nn.Module, leaves: Sequence[Any], name: str,
+                  dynamic: Sequence[bool]) -> ExportedProgram:
+    """``torch.export`` of ``module(*leaves)`` with ``Dim.AUTO`` on every dim of the leaves marked dynamic,
+    under ``no_grad``; any failure is a ``CaptureError`` naming the model and the original exception."""
+    shapes = tuple({i: Dim.AUTO for i in range(x.dim())} if isinstance(x, torch.Tensor) and dyn else None
+                   for x, dyn in zip(leaves, dynamic))
+    try:
+        # a fresh tracing context: inside a torch.compile backend, export must not add its guards to the
+        # frame Dynamo is compiling
+        with torch.no_grad(), torch._guards.tracing(None):
+            ep = torch.export.export(module, tuple(leaves), dynamic_shapes={"leaves": shapes}, strict=False)
+    except Exception as e:  # the model's own error or export's; either way the user needs the original
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CaptureError(f"capturing {name} with torch.export failed: {type(e).__name__}: {first}\n"
+                           f"  (the original exception is chained below)") from e
+    _strip_wrapper_from_module_stacks(ep)
+    return ep
+
+
+def build_capture(ep: ExportedProgram, roles: Sequence[Role], in_spec: pytree.TreeSpec,
+                  in_leaves: Sequence[InLeaf], *, name: str, fallback: Optional[str], frontend: str,
+                  default_source: str = "") -> Capture:
+    """Translate an exported program whose user inputs play ``roles`` (one per flat leaf) into a Capture."""
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    specs = ep.graph_signature.input_specs
+    shape_env = _shape_env(placeholders)
+    symbols = SymbolTable(shape_env)
+    node_roles: dict[torch.fx.Node, Role] = {}
+    user_roles = iter(roles)
+    for node, ispec in zip(placeholders, specs):
+        if ispec.kind == InputKind.USER_INPUT:
+            node_roles[node] = next(user_roles)
+        elif ispec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            node_roles[node] = AsParam(_fqn(ispec.target), _state_tensor(ep, ispec))
+        else:
+            raise CaptureError(f"{name}: export produced a {ispec.kind.name} input ({ispec.arg}); membound "
+                               "supports tensor inputs, parameters, buffers and constants")
+    symbols.name_inputs([n.meta["val"].shape for n in placeholders if isinstance(node_roles[n], AsInput)])
+
+    graph = Graph(_graph_name(name))
+    translator = Translator(graph, symbols, TABLE, fallback, default_source)
+    outputs = translator.run(ep.graph, node_roles)
+
+    user_outputs = []
+    for ospec, value in zip(ep.graph_signature.output_specs, outputs):
+        if ospec.kind == OutputKind.USER_OUTPUT:
+            user_outputs.append(value)
+        else:
+            target = ospec.target or ospec.arg
+            raise CaptureError(f"{name} writes {target} in place ({ospec.kind.name}); membound captures pure "
+                               "functions of their inputs: keep such state outside the model call, or use a "
+                               "membound KV-cache")
+    out_spec = ep.call_spec.out_spec
+    values, out_leaves = output_leaves(user_outputs, leaf_paths(out_spec), name)
+    graph.set_outputs(values)
+    graph.remove_unused_params()  # e.g. HF's original_inv_freq: registered, never read
+    inputs = [n for n in placeholders if isinstance(node_roles[n], AsInput)]
+    return Capture(graph=graph, in_spec=in_spec, in_leaves=tuple(in_leaves), out_spec=out_spec,
+                   out_leaves=tuple(out_leaves), devices=tuple(n.meta["val"].device for n in inputs),
+                   ranges=symbols.ranges(ep.range_constraints), guards=tuple(_guards(translator.guards)),
+                   frontend=frontend, name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _shape_env(placeholders: Sequence[torch.fx.Node]) -> Any:
+    for n in placeholders:
+        val = n.meta.get("val")
+        mode = getattr(val, "fake_mode", None)
+        if mode is not None:
+            return mode.shape_env
+    return None
+
+
+def _fqn(target: str) -> str:
+    """``m.model.layers.0.weight`` -> ``model.layers.0.weight`` (drop the wrapper's attribute)."""
+    return target[len(_PREFIX) + 1:] if target.startswith(_PREFIX + ".") else target
+
+
+def _state_tensor(ep: ExportedProgram, ispec: Any) -> torch.Tensor:
+    """The model's own tensor for a parameter/buffer/constant (by reference, never a copy)."""
+    target = ispec.target
+    if target in ep.state_dict:
+        return ep.state_dict[target]
+    return ep.constants[target]
+
+
+def _strip_wrapper_from_module_stacks(ep: ExportedProgram) -> None:
+    """Module paths as the user knows them: drop the wrapper level and its ``m.`` prefix."""
+    for n in ep.graph.nodes:
+        stack = n.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        fixed = {}
+        for key, (path, cls) in stack.items():
+            if path == "":
+                continue  # the wrapper itself
+            if path == _PREFIX:
+                path = ""
+            elif path.startswith(_PREFIX + "."):
+                path = path[len(_PREFIX) + 1:]
+            fixed[key] = (path, cls)
+        n.meta["nn_module_stack"] = fixed
+
+
+def _input_names(fn: Any, spec: pytree.TreeSpec) -> list[str]:
+    """Readable graph input names from the call's structure: ``input_ids``, ``x``, ``cache_0``."""
+    try:
+        target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+        params = [p.name for p in inspect.signature(target).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    out: list[str] = []
+    for path in leaf_paths(spec):
+        m = re.match(r"args\[(\d+)\](.*)", path)
+        if m:
+            i = int(m.group(1))
+            path = (params[i] if i < len(params) else f"arg{i}") + m.group(2)
+        elif path.startswith("kwargs"):
+            path = path[len("kwargs"):]
+        name = re.sub(r"[^0-9A-Za-z_]+", "_", path).strip("_") or "input"
+        if name[0].isdigit():
+            name = "x" + name
+        while name in out:
+            name += "_"
+        out.append(name)
+    return out
+
+
+def _definition(fn: Any) -> str:
+    """Where a plain function is defined: export records source lines only inside ``Module.forward``."""
+    if isinstance(fn, torch.nn.Module):
+        return ""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return ""
+    return f"{code.co_filename}:{code.co_firstlineno} in {code.co_name} (the function's first line; torch.export " \
+           "records exact lines only inside nn.Module.forward)"
+
+
+def _graph_name(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]+", "_", name) or "main"
+
+
+def _guards(conds: Sequence[sympy.Basic]) -> list[sympy.Basic]:
+    """Runtime asserts worth checking on reuse (those over input sizes; others are already implied)."""
+    return [c for c in conds if isinstance(c, sympy.Basic) and c is not sympy.true]

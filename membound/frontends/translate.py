@@ -1,0 +1,530 @@
+"""Walk an ATen FX graph (from ``torch.export``) in order and build the membound IR graph.
+
+Every ``call_function`` node goes through the one table in :mod:`membound.frontends.aten_table`.
+A rule receives the :class:`Translator` (the builder API below) and the node's arguments bound by
+name from the op's schema, with FX nodes already replaced by what they became: an IR ``Value`` for
+a tensor, a sympy dim for a SymInt, a list of Values for a multi-result op.
+
+After each rule the translator checks the IR result types against the types torch recorded on the
+node (dtype exactly, dims symbolically or at the capture's example sizes), so a wrong rule fails at
+the op that is wrong, naming it, instead of producing a silently different graph.
+
+In-place ATen ops (``div_``, ``index_put_``) are translated to their functional IR op and the
+mutated FX node is re-bound to the new value; the translator refuses (``UnsupportedOpError``) when
+the mutated tensor is a graph input or parameter, or is viewed by another live tensor, because value
+semantics would then differ from torch's aliasing.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import sympy
+import torch
+import torch.fx
+
+from membound.frontends.capture import ConstOut, OutLeaf, TensorOut
+from membound.frontends.errors import CaptureError, UnsupportedOpError
+from membound.frontends.symbols import SymbolTable
+from membound.ir.graph import Graph, Value
+from membound.ir.types import TensorType, dims_equal, dtype_name, eval_dim
+
+Resolved = Any  # Value | sympy.Expr | list[Value] | python constant | None
+
+
+# ---------------------------------------------------------------------------------------------
+# placeholder roles: what each placeholder of the exported graph becomes
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AsInput:
+    """A graph input (an activation the caller passes every time)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class AsParam:
+    """A parameter, buffer or constant tensor, held by reference in ``graph.tensors[name]``."""
+
+    name: str
+    tensor: torch.Tensor
+
+
+@dataclass(frozen=True)
+class AsConstant:
+    """A value fixed at capture: a Python scalar (or a 0-d tensor standing for one) -> a ``constant``
+    node; any other non-tensor leaf is simply unused by the graph."""
+
+    value: Any
+
+
+Role = Union[AsInput, AsParam, AsConstant]
+
+
+@dataclass(frozen=True)
+class DataScalar:
+    """A Python number read out of tensor data (``x.sum().item()``): it has no IR form. Returning it
+    or feeding it to another op is a ``CaptureError`` that names where it came from."""
+
+    source: str
+
+
+# ---------------------------------------------------------------------------------------------
+# argument binding
+# ---------------------------------------------------------------------------------------------
+class Args:
+    """A rule's arguments by schema name (``a.self``, ``a.dim``); missing optional ones are None."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        object.__setattr__(self, "_items", dict(items))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise AttributeError(f"op has no argument {name!r} (has {sorted(self._items)})") from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._items.get(name, default)
+
+    def in_order(self) -> list[Any]:
+        """The arguments in schema order."""
+        return list(self._items.values())
+
+    def __repr__(self) -> str:
+        return f"Args({self._items})"
+
+
+def bind_schema(target: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Args:
+    """Positional and keyword arguments of an OpOverload call, by schema name, defaults filled in."""
+    out: dict[str, Any] = {}
+    for i, sa in enumerate(target._schema.arguments):
+        if i < len(args) and not sa.kwarg_only:
+            out[sa.name] = args[i]
+        elif sa.name in kwargs:
+            out[sa.name] = kwargs[sa.name]
+        elif sa.has_default_value():
+            out[sa.name] = sa.default_value
+        else:
+            out[sa.name] = None
+    return Args(out)
+
+
+def _mutated_arg(target: Any) -> Optional[str]:
+    """Name of the argument an in-place/out op writes (``self`` of ``div_``), if any."""
+    for sa in getattr(target, "_schema", None).arguments if hasattr(target, "_schema") else ():
+        if sa.alias_info is not None and sa.alias_info.is_write:
+            return sa.name
+    return None
+
+
+def _is_view(target: Any) -> bool:
+    """A view op: its first argument aliases the result without being written (``view``, ``slice``)."""
+    schema = getattr(target, "_schema", None)
+    if schema is None or not schema.arguments:
+        return False
+    a = schema.arguments[0].alias_info
+    return a is not None and not a.is_write
+
+
+def op_name(target: Any) -> str:
+    """``aten.linear.default`` for an OpOverload, ``operator.getitem`` for a Python function."""
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    mod = getattr(target, "__module__", None) or ""
+    return f"{mod.replace('_operator', 'operator')}.{getattr(target, '__name__', repr(target))}".lstrip(".")
+
+
+def qualified_target(target: Any) -> str:
+    """``aten::linear.default``: the form ``torch_call`` resolves."""
+    name = target.name()
+    return name if "." in name else f"{name}.{target._overloadname}"
+
+
+# ---------------------------------------------------------------------------------------------
+# source locations
+# ---------------------------------------------------------------------------------------------
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)\n\s*(?P<code>[^\n]*)')
+
+
+def source_line(node: torch.fx.Node) -> str:
+    """``modeling_llama.py:270 in forward: attn_output = self.o_proj(attn_output)``: the innermost frame
+    of the node's stack trace outside torch and these frontends (the user's line), or ``""``."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = list(_FRAME.finditer(trace))
+    if not frames:
+        return ""
+    ours = (torch.__file__.rsplit("/", 1)[0], __file__.rsplit("/", 1)[0])  # torch and these frontends
+    user = [f for f in frames if not f["file"].startswith(ours)]
+    if not user:
+        return ""
+    f = user[-1]
+    return f"{f['file']}:{f['line']} in {f['func']}: {f['code'].strip()}"
+
+
+def module_path(node: torch.fx.Node) -> str:
+    """``model.layers.0.mlp (MixtralSparseMoeBlock)``: the innermost module that ran the node."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, cls = list(stack.values())[-1]
+    path = re.sub(r"^[LG]\[[^\]]*\](\[\d+\])*\.?", "", path)  # Dynamo's L['self'].layers.0 -> layers.0
+    cls_name = cls.rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+    return f"{path or '<root>'} ({cls_name})"
+
+
+# ---------------------------------------------------------------------------------------------
+# the translator
+# ---------------------------------------------------------------------------------------------
+Rule = Callable[["Translator", Args], Any]
+
+
+@dataclass
+class Translation:
+    graph: Graph
+    out_leaves: list[OutLeaf]
+    guards: list[sympy.Basic]
+    symbols: SymbolTable
+
+
+class Translator:
+    """Builds one IR graph from one exported FX graph. Rules use ``emit``, ``tensor``, ``dim``,
+    ``out_type(s)``, ``cast`` and ``unsupported``; ``node`` is the FX node being translated."""
+
+    def __init__(self, graph: Graph, symbols: SymbolTable, table: dict[Any, Rule], fallback: Optional[str],
+                 default_source: str = "") -> None:
+        self.graph = graph
+        # where to point when torch recorded no line (export records lines only inside Module.forward)
+        self.default_source = default_source
+        self.symbols = symbols
+        self.table = table
+        self.fallback = fallback
+        self.env: dict[torch.fx.Node, Resolved] = {}
+        self.node: Optional[torch.fx.Node] = None
+        self.guards: list[sympy.Basic] = []
+        self._alias_root: dict[torch.fx.Node, torch.fx.Node] = {}
+        self._order: dict[torch.fx.Node, int] = {}
+        self._hints: dict[sympy.Symbol, int] = {}
+
+    # ---- builder API for rules ----------------------------------------------------------------
+    def emit(self, op: str, *inputs: Value, **attrs: Any) -> Value:
+        """Append ``op(*inputs) {attrs}`` and return its single result."""
+        node = self._append(op, inputs, attrs, None)
+        if len(node.results) != 1:
+            raise CaptureError(f"membound bug: {op} has {len(node.results)} results; the rule must use emit_multi")
+        return node.results[0]
+
+    def emit_multi(self, op: str, *inputs: Value, **attrs: Any) -> list[Value]:
+        """Append a multi-result op (``topk``, ``sort``, ``split``) and return its results."""
+        node = self._append(op, inputs, attrs, None)
+        return list(node.results)
+
+    def _append(self, op: str, inputs: Sequence[Value], attrs: dict[str, Any],
+                types: Optional[Sequence[TensorType]]) -> Any:
+        for v in inputs:
+            if not isinstance(v, Value):
+                raise CaptureError(f"membound bug: input {v!r} of IR op {op} is not an IR value")
+        try:
+            node = self.graph.create_node(op, list(inputs), attrs, types)
+        except (TypeError, ValueError, IndexError) as e:
+            raise self._error(f"the IR op {op} rejects the translated operands: {e}", fallback=True) from e
+        assert self.node is not None
+        node.meta["aten"] = op_name(self.node.target)
+        node.meta["source"] = self.source(self.node)
+        node.meta["module"] = module_path(self.node)
+        self.graph.append(node)
+        return node
+
+    def source(self, n: torch.fx.Node) -> str:
+        """The user's source line for FX node ``n`` (see :func:`source_line`)."""
+        return source_line(n) or self.default_source
+
+    def tensor(self, x: Any, like: Optional[Value] = None) -> Value:
+        """An IR value for a tensor operand: a Value as is, a Python scalar as a ``constant`` whose
+        dtype makes ``op(like, constant)`` promote exactly like torch's ``op(like_tensor, scalar)``."""
+        if isinstance(x, Value):
+            return x
+        if isinstance(x, sympy.Expr):
+            return self.sym_scalar(x)
+        if isinstance(x, (bool, int, float)):
+            if like is not None:
+                dtype = torch.result_type(torch.empty((), dtype=like.dtype), x)
+            else:
+                dtype = torch.result_type(torch.tensor(x), x) if not isinstance(x, float) else \
+                    torch.get_default_dtype()
+            value = bool(x) if dtype == torch.bool else (float(x) if dtype.is_floating_point else x)
+            return self.emit("constant", value=value, dtype=dtype)
+        raise self._error(f"operand {x!r} ({type(x).__name__}) is not a tensor or a Python scalar")
+
+    def sym_scalar(self, e: sympy.Expr) -> Value:
+        """A 0-d i64 tensor holding a dim expression: ``arange(e, e+1)`` reshaped to ``[]``."""
+        one = self.emit("arange", start=e, end=e + 1, step=1, dtype=torch.int64)
+        return self.emit("reshape", one, shape=())
+
+    def dim(self, x: Any) -> sympy.Expr:
+        """A dim (int, SymInt already resolved to an expression) as a sympy expression."""
+        if isinstance(x, sympy.Expr):
+            return x
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise self._error(f"expected an int size, got {x!r}")
+        return sympy.Integer(x)
+
+    def out_types(self) -> list[TensorType]:
+        """The result types torch recorded for the current node (one per tensor result)."""
+        val = self.node.meta.get("val") if self.node is not None else None
+        vals = val if isinstance(val, (list, tuple)) else [val]
+        if not all(isinstance(v, torch.Tensor) for v in vals):
+            raise self._error("torch recorded no tensor result type for this node")
+        try:
+            return [self.symbols.tensor_type(v) for v in vals]
+        except TypeError as e:  # complex results, exotic dtypes
+            raise self._error(str(e), fallback=False) from None
+
+    def out_type(self) -> TensorType:
+        return self.out_types()[0]
+
+    def cast(self, v: Value, dtype: torch.dtype) -> Value:
+        return v if v.dtype == dtype else self.emit("cast", v, dtype=dtype)
+
+    def unsupported(self, reason: str, fallback: bool = True) -> UnsupportedOpError:
+        """The error to raise when a use of an op cannot be expressed (``raise t.unsupported(...)``)."""
+        return UnsupportedOpError(op_name(self.node.target), module_path(self.node), self.source(self.node),
+                                  reason, fallback)
+
+    def _error(self, msg: str, fallback: bool = False) -> UnsupportedOpError:
+        return self.unsupported(msg, fallback)
+
+    # ---- the walk -------------------------------------------------------------------------------
+    def run(self, fx_graph: torch.fx.Graph, roles: dict[torch.fx.Node, Role]) -> list[Any]:
+        """Translate every node; returns the resolved output leaves (Values or constants)."""
+        self._order = {n: i for i, n in enumerate(fx_graph.nodes)}
+        self._hints = self.symbols.hints()
+        outputs: list[Any] = []
+        for n in fx_graph.nodes:
+            self.node = n
+            if n.op == "placeholder":
+                self.env[n] = self._placeholder(n, roles[n])
+            elif n.op == "call_function":
+                self._call(n)
+            elif n.op == "output":
+                outputs = list(torch.fx.node.map_arg(n.args[0], lambda a: self.env[a]))  # type: ignore[arg-type]
+            elif n.op == "get_attr":
+                raise self._error("get_attr nodes are not expected in an exported graph (is it a training graph?)")
+            else:
+                raise self._error(f"unexpected FX node kind {n.op}")
+        return outputs
+
+    def _placeholder(self, n: torch.fx.Node, role: Role) -> Resolved:
+        val = n.meta.get("val")
+        if isinstance(role, AsInput):
+            return self.graph.add_input(role.name, self.symbols.tensor_type(val))
+        if isinstance(role, AsParam):
+            return self.graph.add_param(role.name, self.symbols.tensor_type(val), role.tensor)
+        value = role.value
+        if isinstance(value, torch.Tensor):  # a 0-d tensor standing for a Python float (Dynamo)
+            return self.emit("constant", value=value.item(), dtype=value.dtype)
+        return value
+
+    def _call(self, n: torch.fx.Node) -> None:
+        target = n.target
+        rule = self.table.get(target) or self.table.get(op_name(target))
+        mutated = None
+        if rule is None and isinstance(target, torch._ops.OpOverload):
+            functional = _functional_twin(target)
+            if functional is not None:
+                rule = self.table.get(functional)
+                mutated = _mutated_arg(target)
+        if rule is None and isinstance(n.meta.get("val"), (torch.SymInt, torch.SymBool)) \
+                and not isinstance(target, torch._ops.OpOverload):
+            rule = _symbolic  # a Python function on SymInts (math.ceil, torch.sym_max...)
+        if rule is None:
+            self._fallback_or_raise(n)
+            return
+        if getattr(rule, "ignores_args", False):  # asserts: nothing to translate, not even their inputs
+            self.env[n] = None
+            return
+        if isinstance(target, torch._ops.OpOverload):
+            mutated = mutated or _mutated_arg(target)
+            args = bind_schema(target, [self._resolve(a) for a in n.args],
+                               {k: self._resolve(v) for k, v in n.kwargs.items()})
+        else:
+            args = Args({f"arg{i}": self._resolve(a) for i, a in enumerate(n.args)})
+        if mutated is not None:
+            self._check_inplace(n, target, mutated)
+        result = rule(self, args)
+        self._check_result(n, result)
+        self.env[n] = result
+        if mutated is not None:
+            self.env[_arg_node(n, target, mutated)] = result
+        self._track_alias(n)
+
+    def _track_alias(self, n: torch.fx.Node) -> None:
+        """Remember which FX node's memory a view (or a piece of a split) shares."""
+        src = n.args[0] if n.args and isinstance(n.args[0], torch.fx.Node) else None
+        if src is None:
+            return
+        if n.target is operator.getitem:
+            if src in self._alias_root:  # a piece of split/chunk/unbind, not a topk/sort result
+                self._alias_root[n] = self._alias_root[src]
+        elif _is_view(n.target):
+            self._alias_root[n] = self._alias_root.get(src, src)
+
+    def _resolve(self, a: Any) -> Any:
+        if isinstance(a, torch.fx.Node):
+            if a not in self.env:
+                raise self._error(f"argument %{a.name} was never translated")
+            r = self.env[a]
+            if isinstance(r, DataScalar):
+                raise self._error(f"it uses a Python number read from tensor data ({r.source}); the IR cannot "
+                                  "depend on data values this way: keep it a tensor (drop .item()/float())",
+                                  fallback=False)
+            return r
+        if isinstance(a, (list, tuple)):
+            return type(a)(self._resolve(x) for x in a)
+        if isinstance(a, torch.device) or isinstance(a, (torch.dtype, torch.layout, torch.memory_format)):
+            return a
+        return a
+
+    # ---- checks ---------------------------------------------------------------------------------
+    def _check_result(self, n: torch.fx.Node, result: Any) -> None:
+        val = n.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            if not isinstance(result, Value):
+                raise CaptureError(f"membound bug: the rule for {op_name(n.target)} returned {result!r}, "
+                                   f"expected one IR value (at {self.source(n)})")
+            self._check_type(n, result.type, val)
+        elif isinstance(val, (list, tuple)) and val and all(isinstance(v, torch.Tensor) for v in val):
+            if not isinstance(result, (list, tuple)) or len(result) != len(val):
+                raise CaptureError(f"membound bug: the rule for {op_name(n.target)} returned {result!r}, "
+                                   f"expected {len(val)} IR values")
+            for r, v in zip(result, val):
+                self._check_type(n, r.type, v)
+
+    def _check_type(self, n: torch.fx.Node, got: TensorType, val: torch.Tensor) -> None:
+        want = self.symbols.tensor_type(val)
+        ok = got.dtype == want.dtype and got.rank == want.rank and all(
+            self._same_dim(a, b) for a, b in zip(got.shape, want.shape))
+        if not ok:
+            raise CaptureError(f"membound bug: translating {op_name(n.target)} (%{n.name}) gave {got}, but torch "
+                               f"computes {want}\n  at: {self.source(n)}\n  module: {module_path(n)}")
+
+    def _same_dim(self, a: sympy.Expr, b: sympy.Expr) -> bool:
+        if a == b:
+            return True
+        try:
+            if dims_equal(a, b):
+                return True
+        except (TypeError, ValueError):
+            pass
+        free = (a.free_symbols | b.free_symbols)
+        if not free <= set(self._hints):
+            return True  # data-dependent sizes: cannot check at capture time
+        try:
+            return eval_dim(a, self._hints) == eval_dim(b, self._hints)
+        except (TypeError, ValueError):
+            return False
+
+    def _check_inplace(self, n: torch.fx.Node, target: Any, arg: str) -> None:
+        src = _arg_node(n, target, arg)
+        if src is None:
+            raise self._error(f"in-place write to a non-tensor argument {arg!r}", fallback=False)
+        root = self._alias_root.get(src, src)
+        if root.op == "placeholder":
+            raise self._error(f"it writes in place into %{root.name}, a graph input or parameter; the IR mutates "
+                              "state only through explicit ops", fallback=False)
+        aliases = [m for m, r in self._alias_root.items() if r is root and m is not src]
+        if root is not src:
+            aliases.append(root)
+        here = self._order[n]
+        for m in aliases:
+            if any(self._order.get(u, -1) > here for u in m.users):
+                raise self._error(f"it writes in place through %{src.name}, which shares memory with %{m.name} "
+                                  "that is used later; the IR has value semantics", fallback=False)
+
+    # ---- fallback -------------------------------------------------------------------------------
+    def _fallback_or_raise(self, n: torch.fx.Node) -> None:
+        target = n.target
+        if self.fallback != "torch" or not isinstance(target, torch._ops.OpOverload):
+            raise UnsupportedOpError(op_name(target), module_path(n), self.source(n))
+        if _mutated_arg(target) is not None:
+            raise self._error("it writes in place and torch_call is functional", fallback=False)
+        inputs: list[Value] = []
+
+        def template(a: Any) -> Any:
+            if isinstance(a, torch.fx.Node):
+                r = self.env.get(a)
+                if isinstance(r, Value):
+                    inputs.append(r)
+                    return f"%{len(inputs) - 1}"
+                if isinstance(r, sympy.Expr):
+                    if r.is_Integer:
+                        return int(r)
+                    raise self._error("torch_call cannot take a symbolic size argument")
+                return r
+            if isinstance(a, (list, tuple)):
+                return tuple(template(x) for x in a)
+            if isinstance(a, torch.dtype):
+                return a
+            if isinstance(a, torch.device):
+                return str(a)
+            return a
+
+        args = tuple(template(a) for a in n.args)
+        kwargs = tuple((k, template(v)) for k, v in n.kwargs.items() if k not in ("device", "pin_memory"))
+        types = self.out_types()
+        node = self._append("torch_call", inputs, {"target": qualified_target(target), "args": args,
+                                                   "kwargs": kwargs}, types)
+        self.env[n] = node.results[0] if not isinstance(n.meta.get("val"), (list, tuple)) else list(node.results)
+
+
+def _symbolic(t: Translator, a: Args) -> sympy.Basic:
+    """A symbolic-int function (``sym_size``, ``operator.mul`` on SymInts): its value is the expression
+    torch recorded, converted to our symbols; it feeds attrs, never an IR value."""
+    return t.symbols.expr(t.node.meta["val"])
+
+
+def _functional_twin(target: torch._ops.OpOverload) -> Optional[torch._ops.OpOverload]:
+    """``aten.div.Tensor`` for ``aten.div_.Tensor`` (in-place ops end with an underscore)."""
+    packet = target.name().split("::", 1)[-1].split(".", 1)[0]
+    if not packet.endswith("_") or packet.startswith("_"):
+        return None
+    ns = getattr(torch.ops, target.namespace)
+    fn = getattr(ns, packet[:-1], None)
+    return getattr(fn, target._overloadname, None) if fn is not None else None
+
+
+def _arg_node(n: torch.fx.Node, target: Any, arg: str) -> Optional[torch.fx.Node]:
+    names = [sa.name for sa in target._schema.arguments]
+    i = names.index(arg)
+    a = n.args[i] if i < len(n.args) else n.kwargs.get(arg)
+    return a if isinstance(a, torch.fx.Node) else None
+
+
+def output_leaves(outputs: list[Any], paths: list[str], name: str) -> tuple[list[Value], list[OutLeaf]]:
+    """Graph outputs and one leaf descriptor per output leaf; a non-tensor computed value is an error."""
+    values: list[Value] = []
+    leaves: list[OutLeaf] = []
+    for path, r in zip(paths, outputs):
+        if isinstance(r, Value):
+            leaves.append(TensorOut(len(values)))
+            values.append(r)
+        elif isinstance(r, DataScalar):
+            raise CaptureError(f"{name} returns a Python number computed from tensor data at output {path} "
+                               f"({r.source}); the graph can only return tensors: return the tensor itself "
+                               "(drop .item()/float()) or compute the number outside the model")
+        elif isinstance(r, sympy.Basic):
+            raise CaptureError(f"{name} returns a Python number computed from tensor sizes or data at output "
+                               f"{path} ({r}); the graph can only return tensors: return a tensor (e.g. "
+                               f"torch.tensor(...)) or compute it outside the model")
+        elif r is None or isinstance(r, (bool, int, float, str, torch.dtype, torch.device)):
+            leaves.append(ConstOut(r))
+        else:
+            raise CaptureError(f"{name} returns {type(r).__name__} at output {path}, which the IR cannot express")
+    return values, leaves
+
+
+def describe_type(t: TensorType) -> str:
+    return f"{dtype_name(t.dtype)}[{', '.join(map(str, t.shape))}]"
