@@ -234,11 +234,23 @@ def _name_of(obj: Any, graph: Graph) -> str:
     return type(module).__name__.lower() if isinstance(module, torch.nn.Module) else graph.name
 
 
+def _all_dims(phase: str, dims: dict[str, int]) -> dict[sympy.Symbol, int]:
+    """Every symbol a node's types may hold in this phase: a decode step has S = 1; a prompt fills T = S."""
+    full = {**dims, "S": 1} if phase == "decode" else {"T": dims["S"], **dims}
+    return {k: int(v) for k, v in bindings(full).items()}
+
+
+def _signature(node: Node, phase: str) -> tuple[list[TensorType], list[TensorType], dict[str, Any]]:
+    """(input types, result types, attrs) the node has in this phase."""
+    if phase == "decode":
+        return decode_signature(node)
+    return [v.type for v in node.inputs], [r.type for r in node.results], node.attrs
+
+
 def _shape(node: Node, phase: str, dims: dict[str, int]) -> str:
     """The node's result type(s) in this phase at the explained dims (``bf16[1, 1, 4096]``)."""
-    types = [r.type for r in node.results] if phase == "prefill" else decode_signature(node)[1]
-    subs = bindings({**dims, "S": 1} if phase == "decode" else {**dims, "T": dims["S"]})  # prefill fills T = S
-    return ", ".join(str(TensorType(t.dtype, [d.xreplace(subs) for d in t.shape])) for t in types)
+    subs = _all_dims(phase, dims)
+    return ", ".join(str(TensorType(t.dtype, t.concrete_shape(subs))) for t in _signature(node, phase)[1])
 
 
 def _measure_device(measure: Union[bool, str]) -> Optional[str]:
@@ -251,20 +263,20 @@ def _measure_device(measure: Union[bool, str]) -> Optional[str]:
 
 def _measure(pc: PhaseCost, phase: str, dims: dict[str, int], device: str) -> dict[str, float]:
     """Time each kernel node's torch op once per distinct signature (the layers of a model repeat)."""
-    subs = {k: int(v) for k, v in bindings({**dims, "S": 1} if phase == "decode" else dims).items()}
-    seen: dict[str, float] = {}
+    subs = _all_dims(phase, dims)
+    seen: dict[str, Optional[float]] = {}
     out: dict[str, float] = {}
     for node, c in pc.items:
         if c.free:
             continue
-        ins, outs, attrs = decode_signature(node) if phase == "decode" else (
-            [v.type for v in node.inputs], [r.type for r in node.results], node.attrs)
+        ins, _, attrs = _signature(node, phase)
         key = f"{node.op}|{ins}|{sorted(attrs.items(), key=lambda kv: kv[0])}"
         if key not in seen:
             try:
                 seen[key] = measure_node(node, subs, device, in_types=ins, attrs=attrs, rep_ms=20.0)
-            except Exception:  # an op whose random inputs are not valid for it (e.g. data-dependent sizes)
-                seen[key] = float("nan")
-        if seen[key] == seen[key]:
-            out[node.results[0].name] = seen[key]
+            except Exception:  # random inputs not valid for this op: its row shows no measurement
+                seen[key] = None
+        measured = seen[key]
+        if measured is not None:
+            out[node.results[0].name] = measured
     return out

@@ -92,6 +92,10 @@ class SymbolicCost:
                         self.launch_s)
 
 
+_ZERO = sympy.Integer(0)
+FREE = SymbolicCost(_ZERO, _ZERO, _ZERO, _ZERO, 0.0, free=True)  # a node that launches no kernel
+
+
 def bindings(dims: Optional[DimBindings]) -> dict[sympy.Symbol, sympy.Integer]:
     """``{"B": 4}`` or ``{B: 4}`` -> ``{B: Integer(4)}`` over membound's dim symbols."""
     out: dict[sympy.Symbol, sympy.Integer] = {}
@@ -134,10 +138,6 @@ def is_free(node: Node) -> bool:
     return opdef.kind == "creation" and all(r.rank == 0 for r in node.results)
 
 
-def node_types(node: Node) -> tuple[list[TensorType], list[TensorType]]:
-    return [v.type for v in node.inputs], [r.type for r in node.results]
-
-
 class RooflineCost:
     """The cost model passes ask (``ctx.cost.estimate(node_or_partition, dims)``)."""
 
@@ -154,11 +154,9 @@ class RooflineCost:
                   ) -> SymbolicCost:
         """Symbolic cost of ``node``; pass other types/attrs to cost it at another shape (decode analysis)."""
         if is_free(node):
-            zero = sympy.Integer(0)
-            return SymbolicCost(zero, zero, zero, zero, 0.0, free=True)
-        ins, outs = node_types(node)
-        ins = list(in_types) if in_types is not None else ins
-        outs = list(out_types) if out_types is not None else outs
+            return FREE
+        ins = list(in_types) if in_types is not None else [v.type for v in node.inputs]
+        outs = list(out_types) if out_types is not None else [r.type for r in node.results]
         opdef = get_op(node.op)
         flops, nbytes = opdef.cost(ins, outs, attrs if attrs is not None else node.attrs)
         dtype = (ins or outs)[0].dtype
@@ -179,8 +177,7 @@ class RooflineCost:
         own_flops = getattr(item, "flops", None)
         own_bytes = getattr(item, "bytes", None)
         if not kernel and own_flops is None and own_bytes is None:
-            zero = sympy.Integer(0)
-            return SymbolicCost(zero, zero, zero, zero, 0.0, free=True)
+            return FREE
         if own_flops is not None:
             flops = sympy.sympify(own_flops)
             compute = flops / rate(self._partition_peak(nodes))
