@@ -5,10 +5,10 @@
 
 1. Calibrate in this run: read bandwidth (``x.sum()`` over 2 GiB; the model's bandwidth), copy
    bandwidth (2 GiB), bf16 matmul 8192^3 on random data, launch overhead (a one-element add).
-2. For every case build the one-op IR graph, predict its time with the calibrated spec
-   (``RooflineCost.estimate``), and time the op's torch reference implementation (the torch op
-   itself: F.linear, F.silu, torch.softmax, SDPA, ...) with ``triton.testing.do_bench`` (median,
-   L2 flushed, random bf16 inputs).
+2. For every case build the one-op IR graph, check that the torch op gives the node's type, predict
+   its time with the calibrated spec (``RooflineCost.estimate``), and time the op's torch reference
+   implementation (the torch op itself: F.linear, F.silu, torch.softmax, SDPA, ...) with
+   ``triton.testing.do_bench`` (median, L2 flushed, random bf16 inputs).
 3. Guess the *measured* bound without the model's rates: time a probe variant of the case in which
    FLOPs and bytes change by different factors (twice the batch for a GEMM, fp32 instead of bf16 for
    a memory op, twice the sequence for prefill attention, twice the query heads for decode attention).
@@ -37,8 +37,9 @@ from typing import Callable, Optional
 import torch
 
 from membound.cost import RooflineCost, calibrate
-from membound.cost.measure import measure_node
+from membound.cost.measure import measure_node, random_tensor
 from membound.ir.graph import Graph, Node
+from membound.ir.ops import get_op
 from membound.ir.types import TensorType
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,11 +163,22 @@ class Result:
     achieved_gbps: float
 
 
+def check_node(name: str, node: Node, device: str) -> None:
+    """The torch op we time produces what the IR node says (so the prediction is for the op timed)."""
+    inputs = [random_tensor(v.type, {}, device) for v in node.inputs]
+    out = get_op(node.op).reference(*inputs, **node.attrs)
+    want = node.type
+    if tuple(out.shape) != want.concrete_shape({}) or out.dtype != want.dtype:
+        raise AssertionError(f"{name}: torch gives {out.dtype} {tuple(out.shape)}, the IR node says {want}")
+
+
 def run_case(case: Case, cost: RooflineCost, device: str, rep_ms: float) -> Result:
     _, node = case.build()
+    _, probe_node = case.probe()
+    check_node(case.name, node, device)
+    check_node(f"{case.name} ({case.probe_note})", probe_node, device)
     est = cost.estimate(node)
     t = measure_node(node, {}, device, rep_ms=rep_ms)
-    _, probe_node = case.probe()
     probe_est = cost.estimate(probe_node)
     t_probe = measure_node(probe_node, {}, device, rep_ms=rep_ms)
     guess = measured_bound(t, t_probe, est.flops, probe_est.flops, est.bytes, probe_est.bytes,
