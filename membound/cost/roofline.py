@@ -25,7 +25,7 @@ import sympy
 import torch
 
 from membound.cost.hardware import Hardware
-from membound.ir.graph import Node
+from membound.ir.graph import Node, Value
 from membound.ir.ops import get_op
 from membound.ir.types import TensorType, as_dim, sym
 
@@ -221,24 +221,35 @@ class RooflineCost:
 def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
     """Bytes a fused kernel over ``nodes`` moves: each outside value read once, each escaping result written once.
 
-    A result escapes when a node outside the partition uses it or it is a graph output. Intermediate
-    values stay on chip. (A kernel that reads less of an input than its whole, e.g. a slice, should
-    report its own ``bytes``.)
+    A result escapes when a node outside the partition uses it or it is a graph output; intermediates
+    stay on chip. An input read through views outside the partition (views fold into the kernel's
+    indexing) costs the smaller of what the views show and what their origin holds: a broadcast bias
+    is read at its own size, a slice only in part, and two views of one origin are read once.
     """
     inside = {id(n) for n in nodes}
     produced = {id(r) for n in nodes for r in n.results}
+    reads: dict[int, sympy.Expr] = {}  # origin value -> bytes read from it
     total: sympy.Expr = sympy.Integer(0)
-    seen: set[int] = set()
     for n in nodes:
         for v in n.inputs:
-            if id(v) not in produced and id(v) not in seen:
-                seen.add(id(v))
-                total += v.type.nbytes()
+            if id(v) in produced:
+                continue
+            origin, nbytes = _read_through_views(v)
+            reads[id(origin)] = sympy.Max(reads[id(origin)], nbytes) if id(origin) in reads else nbytes
+        outputs = n.graph.outputs if n.graph is not None else []
         for r in n.results:
-            outputs = n.graph.outputs if n.graph is not None else []
             if any(id(u) not in inside for u in r.users) or any(o is r for o in outputs):
                 total += r.type.nbytes()
-    return total
+    return total + sympy.Add(*reads.values())
+
+
+def _read_through_views(value: Value) -> tuple[Value, sympy.Expr]:
+    """(origin of ``value`` through view ops, bytes of the smallest value on that chain)."""
+    nbytes = value.type.nbytes()
+    while value.producer is not None and value.producer.inputs and get_op(value.producer.op).kind == "view":
+        value = value.producer.inputs[0]
+        nbytes = sympy.Min(nbytes, value.type.nbytes())
+    return value, nbytes
 
 
 def solve_crossover(compute_s: sympy.Expr, memory_s: sympy.Expr, symbol: Union[str, sympy.Symbol] = "B",

@@ -143,3 +143,27 @@ def test_a_partition_may_report_its_own_bytes_and_flops() -> None:
 def test_cost_rejects_objects_that_are_not_nodes_or_partitions() -> None:
     with pytest.raises(TypeError, match="partition"):
         RooflineCost(Hardware.named("h100-sxm")).estimate(object(), {})
+
+
+def test_a_partition_reads_a_broadcast_input_at_its_own_size() -> None:
+    # y = silu(x + bias) with the bias expanded to x's shape by a view outside the kernel
+    g = Graph("bias")
+    x = g.add_input("x", TensorType(bf16, [B, 7, 13]))
+    bias = g.add_param("bias", TensorType(bf16, [13]))
+    wide = g.call("expand", bias, shape=(B, 7, 13))
+    y = g.call("silu", g.call("add", x, wide))
+    g.set_outputs([y])
+    kernel = Kernel([y.producer.inputs[0].producer, y.producer])
+    est = RooflineCost(Hardware.named("h100-sxm")).estimate(kernel, {"B": 3})
+    assert est.bytes == 2 * (3 * 7 * 13 + 13 + 3 * 7 * 13)  # x, the bias once, y
+
+
+def test_a_partition_reads_a_slice_only_in_part() -> None:
+    g = Graph("slice")
+    x = g.add_input("x", TensorType(bf16, [B, 10]))
+    head = g.call("slice", x, dim=1, start=0, end=3)
+    y = g.call("neg", g.call("exp", head))
+    g.set_outputs([y])
+    est = RooflineCost(Hardware.named("h100-sxm")).estimate(Kernel([y.producer.inputs[0].producer, y.producer]),
+                                                              {"B": 5})
+    assert est.bytes == 2 * (5 * 3 + 5 * 3)
