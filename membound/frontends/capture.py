@@ -22,7 +22,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from membound.ir.graph import Graph
-from membound.ir.types import is_static
+from membound.ir.types import TensorType, is_static
 
 # ---------------------------------------------------------------------------------------------
 # input leaves: what each flattened leaf of the user's call is to the graph
@@ -104,6 +104,12 @@ class Capture:
     frontend: str = "export"
     # the captured callable's name, for messages
     name: str = ""
+    # the graph inputs' types at capture: reuse checks keep working after passes rewrite ``graph``
+    input_types: tuple[TensorType, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.input_types:
+            self.input_types = tuple(v.type for v in self.graph.inputs)
 
     # ---- the call's leaves --------------------------------------------------------------------
     @property
@@ -120,7 +126,7 @@ class Capture:
         leaves, spec = self._leaves(args, kwargs)
         if spec != self.in_spec:
             raise ValueError(f"the call's structure {spec} differs from the captured one {self.in_spec}")
-        out: list[Optional[torch.Tensor]] = [None] * len(self.graph.inputs)
+        out: list[Optional[torch.Tensor]] = [None] * len(self.input_types)
         for leaf, x in zip(self.in_leaves, leaves):
             if isinstance(leaf, TensorLeaf):
                 out[leaf.index] = x
@@ -128,8 +134,9 @@ class Capture:
 
     def unflatten_outputs(self, outputs: Sequence[torch.Tensor]) -> Any:
         """The model's own return value (e.g. a ``ModelOutput``) from the graph's output tensors."""
-        if len(outputs) != len(self.graph.outputs):
-            raise ValueError(f"expected {len(self.graph.outputs)} output tensors, got {len(outputs)}")
+        expected = sum(isinstance(leaf, TensorOut) for leaf in self.out_leaves)
+        if len(outputs) != expected:
+            raise ValueError(f"expected {expected} output tensors, got {len(outputs)}")
         leaves = [outputs[leaf.index] if isinstance(leaf, TensorOut) else leaf.value for leaf in self.out_leaves]
         return pytree.tree_unflatten(leaves, self.out_spec)
 
@@ -161,7 +168,7 @@ class Capture:
         leaves, _ = self._leaves(args, kwargs)
         for leaf, x in zip(self.in_leaves, leaves):
             if isinstance(leaf, TensorLeaf):
-                for d, n in zip(self.graph.inputs[leaf.index].shape, x.shape):
+                for d, n in zip(self.input_types[leaf.index].shape, x.shape):
                     if isinstance(d, sympy.Symbol):
                         bindings[d] = int(n)
         return bindings
@@ -179,20 +186,20 @@ class Capture:
                 return f"{path} should be an int (the size {leaf.expr}), got {type(x).__name__}"
             pending.append((path, leaf.expr, x))
             return None
-        v = self.graph.inputs[leaf.index]
+        v = self.input_types[leaf.index]
         if not isinstance(x, torch.Tensor):
-            return f"{path} should be a tensor like {v.type}, got {type(x).__name__}"
+            return f"{path} should be a tensor like {v}, got {type(x).__name__}"
         if x.dtype != v.dtype:
-            return f"{path} has dtype {x.dtype}, the capture has {v.type}"
+            return f"{path} has dtype {x.dtype}, the capture has {v}"
         if x.dim() != v.rank:
-            return f"{path} has shape {tuple(x.shape)}, the capture has rank {v.rank} ({v.type})"
+            return f"{path} has shape {tuple(x.shape)}, the capture has rank {v.rank} ({v})"
         if x.device != self.devices[leaf.index]:
             return f"{path} is on {x.device}, the capture was made on {self.devices[leaf.index]}"
         for i, (d, n) in enumerate(zip(v.shape, x.shape)):
             n = int(n)
             if is_static(d):
                 if int(d) != n:
-                    return f"{path} has size {n} at dim {i}, the capture is static there ({v.type})"
+                    return f"{path} has size {n} at dim {i}, the capture is static there ({v})"
             elif isinstance(d, sympy.Symbol):
                 if bindings.setdefault(d, n) != n:
                     return f"{path} dim {i} is {d}={n}, but {d}={bindings[d]} elsewhere in the call"
@@ -244,15 +251,18 @@ def _reorder_like(kwargs: dict[str, Any], in_spec: pytree.TreeSpec) -> dict[str,
     return {k: kwargs[k] for k in keys}
 
 
-def leaf_paths(spec: pytree.TreeSpec) -> list[str]:
-    """Readable names of the leaves (``kwargs['input_ids']``) for messages."""
+def leaf_paths(spec: pytree.TreeSpec, call: bool = True) -> list[str]:
+    """Readable names of the leaves for messages: ``kwargs['input_ids']`` for a call's ``(args, kwargs)``
+    tree, ``output.logits`` for anything else (``call=False``)."""
     try:
         tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
         with_path, _ = pytree.tree_flatten_with_path(tree)
         out = []
         for path, _leaf in with_path:
             text = pytree.keystr(path)
-            if text.startswith("[0]"):
+            if not call:
+                text = "output" + text
+            elif text.startswith("[0]"):
                 text = "args" + text[3:]
             elif text.startswith("[1]"):
                 text = "kwargs" + text[3:]

@@ -227,7 +227,7 @@ def _bind_sym_leaves(cap: Capture, placeholders: Sequence[torch.fx.Node], exampl
     for s, (pos, d) in dims.items():
         leaf = tensor_leaf.get(pos)
         if leaf is not None:
-            ours[s] = cap.graph.inputs[leaf.index].shape[d]
+            ours[s] = cap.input_types[leaf.index].shape[d]
     leaves = list(cap.in_leaves)
     for i, leaf in enumerate(leaves):
         if isinstance(leaf, SymLeaf):

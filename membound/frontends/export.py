@@ -142,7 +142,7 @@ def build_capture(ep: ExportedProgram, roles: Sequence[Role], in_spec: pytree.Tr
                                "functions of their inputs: keep such state outside the model call, or use a "
                                "membound KV-cache")
     out_spec = ep.call_spec.out_spec
-    values, out_leaves = output_leaves(user_outputs, leaf_paths(out_spec), name)
+    values, out_leaves = output_leaves(user_outputs, leaf_paths(out_spec, call=False), name)
     graph.set_outputs(values)
     graph.remove_unused_params()  # e.g. HF's original_inv_freq: registered, never read
     inputs = [n for n in placeholders if isinstance(node_roles[n], AsInput)]
