@@ -1,0 +1,238 @@
+"""Generate one Python module per graph: its Triton kernels, ``allocate`` (the memory plan's buffers) and
+``launch`` (every step in order).
+
+    # %47 = add(%0, %46) ; %124 = rms_norm(%47, %layers.0.ffn_norm.weight)
+    v47 = bufs[3]  # f32[B, S, 64], slot 1
+    v124 = bufs[4]  # f32[B, S, 64], slot 2
+    _fused_add_rms_norm_2[(B * S,)](v0, v46, layers_0_ffn_norm_weight, v47, v124, *v46.stride(), ..., B, S,
+                                    BLOCK_N=64)
+
+Calls name their implementation: ``lib_<op>`` (membound's kernel library) or ``ref_<op>`` (the op's
+torch reference); the executable binds those names when it loads the module.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+import torch
+
+from membound.backends.triton.indexing import expr_code
+from membound.backends.triton.kernel import CodegenError, KernelEmitter, KernelSource
+from membound.backends.triton.lowering import HELPERS
+from membound.backends.triton.memory_plan import MemoryPlan, writes_into_buffer
+from membound.backends.triton.partition import Call, GraphFacts, Kernel, Partition
+from membound.ir.graph import Graph, Value
+from membound.ir.printer import format_node
+
+POINTWISE_BLOCK = 1024
+
+_RESERVED = {"torch", "triton", "tl", "launch", "allocate", "tensors", "bufs", "device", "slots", "BLOCK",
+             "math", "float", "int", "max", "min", "range", "len", "list"}
+
+
+class Names:
+    """Unique Python identifiers for the graph's values (``%47`` -> ``v47``, ``%lm_head.weight`` ->
+    ``lm_head_weight``), never clashing with keywords, module names or size symbols."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.taken = set(_RESERVED) | {s.name for s in graph.symbols()}
+        self.names: dict[int, str] = {}
+
+    def __call__(self, v: Value) -> str:
+        name = self.names.get(id(v))
+        if name is not None:
+            return name
+        base = re.sub(r"\W", "_", v.name)
+        if not base or base[0].isdigit():
+            base = "v" + base
+        if keyword.iskeyword(base) or base.endswith(("_ptr",)) or re.search(r"_stride\d+$", base):
+            base += "_"
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        self.names[id(v)] = name
+        return name
+
+
+@dataclass
+class GeneratedModule:
+    """The generated source and what the executable binds into it before running it."""
+
+    source: str
+    kernels: list[KernelSource]
+    bindings: dict[str, tuple[str, str]] = field(default_factory=dict)  # "lib_linear" -> ("library", "linear")
+
+
+def py_literal(v: Any) -> str:
+    """An attribute value as Python source in the launcher (dims are expressions of the size locals)."""
+    if v is None or isinstance(v, (bool, str)):
+        return repr(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return 'float("nan")'
+        if math.isinf(v):
+            return 'float("inf")' if v > 0 else 'float("-inf")'
+        return repr(v)
+    if isinstance(v, torch.dtype):
+        return repr(v)
+    if isinstance(v, sympy.Expr):
+        return expr_code(v, kernel=False)
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(py_literal(x) for x in v)
+        return f"({inner},)" if len(v) == 1 else f"({inner})"
+    raise CodegenError(f"cannot write attribute value {v!r} ({type(v).__name__}) into the launcher")
+
+
+def shape_code(shape: tuple[sympy.Expr, ...]) -> str:
+    return py_literal(tuple(shape))
+
+
+class ModuleWriter:
+    def __init__(self, part: Partition, plan: MemoryPlan, input_symbols: list[sympy.Symbol]) -> None:
+        self.part = part
+        self.graph = part.graph
+        self.plan = plan
+        self.facts = GraphFacts(part.graph)
+        self.names = Names(part.graph)
+        self.input_symbols = input_symbols
+        produced_by_kernel = {id(v) for k in part.kernels for v in k.outputs}
+        self.contiguous = lambda v: id(v) in produced_by_kernel
+        self.bindings: dict[str, tuple[str, str]] = {}
+        self.buf_index: dict[int, int] = {}
+        for i, b in enumerate(plan.planned()):
+            self.buf_index[id(b.value)] = i
+
+    # ---- pieces -----------------------------------------------------------------------------------
+    def kernel_sources(self) -> list[KernelSource]:
+        return [KernelEmitter(k, self.facts, self.names, self.contiguous).generate() for k in self.part.kernels]
+
+    def allocate_fn(self) -> str:
+        args = ", ".join(["device"] + [s.name for s in self.input_symbols])
+        planned = self.plan.planned()
+        lines = [f"def allocate({args}):",
+                 f'    """{len(self.plan.slot_bytes)} byte slots shared by the {len(planned)} planned buffers."""',
+                 "    slots = ["]
+        for i, nbytes in enumerate(self.plan.slot_bytes):
+            lines.append(f"        torch.empty({expr_code(nbytes, kernel=False)}, dtype=torch.uint8, device=device),"
+                         f"  # slot {i}")
+        lines += ["    ]", "    return ["]
+        for b in planned:
+            v = b.value
+            n = expr_code(v.type.nbytes(), kernel=False)
+            lines.append(f"        slots[{b.slot}][:{n}].view({v.dtype!r}).view({shape_code(v.shape)}),"
+                         f"  # %{v.name}: {v.type}")
+        lines += ["    ]", ""]
+        return "\n".join(lines)
+
+    def buffer_line(self, v: Value) -> str:
+        b = self.plan.buffer(v)
+        name = self.names(v)
+        if b is not None and b.slot is not None:
+            return f"{name} = bufs[{self.buf_index[id(v)]}]  # {v.type}, slot {b.slot}"
+        return f"{name} = torch.empty({shape_code(v.shape)}, dtype={v.dtype!r}, device=device)  # {v.type}"
+
+    def kernel_launch(self, ks: KernelSource) -> list[str]:
+        k = ks.kernel
+        lines = [f"# {format_node(m)}" for m in k.members]
+        lines += [self.buffer_line(v) for v in k.outputs]
+        args = [self.names(v) for v in ks.pointers]
+        args += [f"*{self.names(v)}.stride()" for v in ks.strided]
+        args += [s.name for s in ks.sizes]
+        if k.layout == "pointwise":
+            numel = sympy.Integer(1)
+            for d in k.shape:
+                numel = numel * d
+            grid = f"(triton.cdiv({expr_code(numel, kernel=False)}, BLOCK),)"
+            args.append("BLOCK=BLOCK")
+        else:
+            rows = sympy.Integer(1)
+            for d in k.shape[:-1]:
+                rows = rows * d
+            grid = f"({expr_code(rows, kernel=False)},)"
+            n = k.shape[-1]
+            block = str(1 << max(int(n) - 1, 0).bit_length()) if n.is_Integer else \
+                f"triton.next_power_of_2({expr_code(n, kernel=False)})"
+            args.append(f"BLOCK_N={block}")
+        lines.append(f"{k.name}[{grid}](" + ", ".join(args) + ")")
+        return lines
+
+    def call_lines(self, step: Call, known: set[sympy.Symbol]) -> list[str]:
+        node = step.node
+        prefix = "lib" if step.impl == "library" else "ref"
+        fn = f"{prefix}_{node.op}"
+        self.bindings[fn] = (step.impl if step.impl == "library" else "torch", node.op)
+        args = [self.names(v) for v in node.inputs]
+        args += [f"{k}={py_literal(a)}" for k, a in node.attrs.items()]
+        lines = [f"# {format_node(node)}"]
+        if writes_into_buffer(step) and self.plan.buffer(node.results[0]) is not None:
+            lines.append(self.buffer_line(node.results[0]))
+            args.append(f"out={self.names(node.results[0])}")
+        lhs = ", ".join(self.names(r) for r in node.results)
+        call = f"{lhs} = {fn}({', '.join(args)})"
+        if step.impl == "view" and node.op in ("constant", "full", "arange"):
+            lines += ["with torch.device(device):", f"    {call}"]
+        else:
+            lines.append(call)
+        for r in node.results:  # data-dependent sizes are learned from the tensors that have them
+            for k, d in enumerate(r.shape):
+                if isinstance(d, sympy.Symbol) and d not in known:
+                    lines.append(f"{d.name} = {self.names(r)}.shape[{k}]")
+                    known.add(d)
+        return lines
+
+    def launch_fn(self, sources: dict[int, KernelSource]) -> str:
+        g = self.graph
+        ins = ", ".join(self.names(v) for v in g.inputs)
+        sizes = ", ".join(s.name for s in self.input_symbols)
+        head = ", ".join(x for x in (ins, "*", "tensors, bufs, device", sizes) if x)
+        lines = [f"def launch({head}):"]
+        body = [f'"""Run @{g.name}: {len(self.part.kernels)} generated kernels, {len(self.part.calls)} calls."""']
+        for v in list(g.params) + list(g.state):
+            body.append(f"{self.names(v)} = tensors[{v.name!r}]")
+        known = set(self.input_symbols)
+        for step in self.part.steps:
+            body.append("")
+            if isinstance(step, Kernel):
+                missing = [s for s in sources[id(step)].sizes if s not in known]
+                if missing:
+                    raise CodegenError(f"{step.name} needs sizes {missing} before anything computes them")
+                body += self.kernel_launch(sources[id(step)])
+            else:
+                body += self.call_lines(step, known)
+        body += ["", "return [" + ", ".join(self.names(v) for v in g.outputs) + "]"]
+        lines += [("    " + line) if line else "" for line in body]
+        return "\n".join(lines) + "\n"
+
+    def write(self) -> GeneratedModule:
+        sources = self.kernel_sources()
+        by_kernel = {id(ks.kernel): ks for ks in sources}
+        launch = self.launch_fn(by_kernel)
+        helpers = sorted({h for ks in sources for h in ks.helpers})
+        g = self.graph
+        parts = [
+            f'"""Generated by membound\'s Triton backend for @{g.name}: {len(sources)} fused kernels, '
+            f'{len(self.part.calls)} calls.\n\n'
+            "Regenerate instead of editing. `allocate` builds the memory plan's reusable buffers for one set\n"
+            "of sizes; `launch` runs every step in order. `lib_*` (kernel library) and `ref_*` (torch\n"
+            'reference) functions are bound by the executable that loads this module.\n"""\n',
+            "import torch\nimport triton\nimport triton.language as tl\n",
+            f"BLOCK = {POINTWISE_BLOCK}  # elements per program in pointwise kernels\n",
+        ]
+        parts += [HELPERS[h] for h in helpers]
+        parts += [ks.text for ks in sources]
+        parts += [self.allocate_fn(), launch]
+        return GeneratedModule("\n\n".join(p.rstrip("\n") + "\n" for p in parts), sources, dict(self.bindings))
+
+
+def generate(part: Partition, plan: MemoryPlan, input_symbols: list[sympy.Symbol]) -> GeneratedModule:
+    """The module source for ``part`` (see the module docstring)."""
+    return ModuleWriter(part, plan, input_symbols).write()

@@ -1,0 +1,162 @@
+"""``TritonExecutable``: partition, plan and generate once per graph; load the module once per device
+type; allocate the memory plan once per set of sizes; then every call is one ``launch``.
+
+On CUDA the kernels are compiled by Triton (and cached by it per specialisation). On CPU the very same
+module runs under ``TRITON_INTERPRET=1`` (Triton's interpreter, slow, but the code under test is the
+code that runs on the GPU); the variable must be set before Triton is imported, which
+``prepare_triton`` does on machines without CUDA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from membound.backends.reference import bind_symbols
+from membound.backends.triton.codegen import GeneratedModule, generate
+from membound.backends.triton.memory_plan import MemoryPlan, plan_memory
+from membound.backends.triton.partition import Partition, partition
+from membound.cost import RooflineCost
+from membound.ir.graph import Graph
+from membound.ir.ops import get_op
+
+# allocated plans kept per executable (one per distinct set of sizes)
+MAX_PLANS = 8
+_MODULES: dict[tuple[str, str], ModuleType] = {}
+
+
+def library_kernels() -> dict[str, Callable[..., Any]]:
+    """membound's kernel library (``membound.backends.triton.kernels.LIBRARY``), or {} before it exists."""
+    try:
+        from membound.backends.triton.kernels import LIBRARY
+    except ImportError:
+        return {}
+    return dict(LIBRARY)
+
+
+def cache_dir() -> Path:
+    """Where generated modules are written (Triton reads kernel source from files):
+    ``$MEMBOUND_CACHE_DIR/triton`` or a per-user folder in the temp dir."""
+    root = os.environ.get("MEMBOUND_CACHE_DIR")
+    base = Path(root) if root else Path(tempfile.gettempdir()) / f"membound-{os.getuid()}"
+    path = base / "triton"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def interpreted() -> bool:
+    """Whether Triton runs kernels in its interpreter in this process (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def prepare_triton() -> None:
+    """Choose the interpreter on a machine without a GPU, before Triton is first imported.
+
+    Triton decides at import time whether its own ``@jit`` helpers (``tl.sum``...) are interpreted,
+    so the choice has to be made first; without CUDA, compiled Triton cannot run anyway.
+    """
+    if "triton" not in sys.modules and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+class TritonExecutable:
+    """A graph compiled by the Triton backend. ``source`` is the generated module."""
+
+    def __init__(self, graph: Graph, *, cost: Optional[RooflineCost] = None,
+                 library: Optional[dict[str, Callable[..., Any]]] = None) -> None:
+        prepare_triton()
+        self.graph = graph
+        self.library = library_kernels() if library is None else dict(library)
+        self.input_symbols = sorted({s for v in graph.inputs for s in v.type.free_symbols()}, key=lambda s: s.name)
+        self.partition: Partition = partition(graph, cost, library=self.library)
+        self.plan: MemoryPlan = plan_memory(self.partition, set(self.input_symbols))
+        self.generated: GeneratedModule = generate(self.partition, self.plan, self.input_symbols)
+        self.source: str = self.generated.source
+        self._plans: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+
+    # ---- loading ------------------------------------------------------------------------------
+    def module(self) -> ModuleType:
+        """The generated module, loaded once per process (Triton compiles its kernels lazily, per
+        specialisation, and caches them itself)."""
+        digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
+        mod = _MODULES.get(digest)
+        if mod is None:
+            path = cache_dir() / f"{_safe(self.graph.name)}_{digest}.py"
+            if not path.exists():
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(self.source)
+                tmp.replace(path)
+            name = f"membound_generated_{digest}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+            _MODULES[digest] = mod
+        for fn_name, (impl, op) in self.generated.bindings.items():
+            fn = self.library.get(op) if impl == "library" else None
+            if fn is None:
+                fn = _without_out(get_op(op).reference) if impl == "library" else get_op(op).reference
+            setattr(mod, fn_name, fn)
+        return mod
+
+    # ---- running ------------------------------------------------------------------------------
+    def __call__(self, inputs: Sequence[torch.Tensor], tensors: Optional[dict[str, torch.Tensor]] = None
+                 ) -> list[torch.Tensor]:
+        g = self.graph
+        tensors = g.tensors if tensors is None else tensors
+        bindings = bind_symbols(g.inputs, list(inputs))
+        device = _device(inputs, tensors)
+        if device.type != "cuda" and not interpreted():
+            raise RuntimeError(f"backend='triton' got {device.type} tensors, but Triton was imported without "
+                               "TRITON_INTERPRET=1; set it before anything imports triton, or use CUDA tensors "
+                               "(or backend='reference')")
+        mod = self.module()
+        sizes = {s.name: bindings[s] for s in self.input_symbols}
+        key = (str(device),) + tuple(sizes.values())
+        bufs = self._plans.get(key)
+        if bufs is None:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.pop(next(iter(self._plans)))
+            bufs = mod.allocate(device, **sizes)
+            self._plans[key] = bufs
+        return mod.launch(*inputs, tensors=tensors, bufs=bufs, device=device, **sizes)
+
+    def describe(self) -> str:
+        """The partition and the memory plan, as text."""
+        return self.partition.describe() + "\n\n" + self.plan.describe()
+
+
+def _without_out(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A torch reference standing in for a library kernel: accept ``out=`` and copy into it."""
+
+    def call(*args: Any, out: Optional[torch.Tensor] = None, **attrs: Any) -> Any:
+        res = fn(*args, **attrs)
+        if out is None:
+            return res
+        out.copy_(res)
+        return out
+
+    return call
+
+
+def _device(inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]) -> torch.device:
+    for t in list(inputs) + list(tensors.values()):
+        if isinstance(t, torch.Tensor):
+            return t.device
+    return torch.device("cpu")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name) or "graph"
+
+
+__all__ = ["TritonExecutable", "cache_dir", "interpreted", "library_kernels", "prepare_triton"]

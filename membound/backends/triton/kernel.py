@@ -1,0 +1,384 @@
+"""Emit the Triton source of one fused kernel.
+
+Every value is computed at an index (see ``indexing``): the emitter starts from each stored output at
+the kernel's own index and recurses through members (computed), views (index maps), sources (inline
+expressions) down to loads of the kernel's inputs. ``(value, index)`` pairs are memoised, so a value
+read twice at the same place is computed once, and a value read through two different views (RoPE's
+``rotate_half``) is computed at both indices.
+
+Pointwise kernels: ``offs = pid * BLOCK + arange(BLOCK)`` over the flattened iteration shape, whose
+per-dim indices ``i0, i1...`` come from div/mod by the sizes. Row kernels: one program per row
+(``r0, r1...`` from the program id), ``cols = arange(BLOCK_N)`` along the reduced dim, reductions with
+``tl.sum``/``tl.max`` over the masked row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import sympy
+import torch
+
+from membound.backends.triton.indexing import (
+    ZERO,
+    Index,
+    broadcast_index,
+    contiguous_strides,
+    expr_code,
+    index_var,
+    linear_offset,
+    view_input_index,
+)
+from membound.backends.triton.lowering import TL_DTYPE, Val, compute_dtype, convert, literal, literal_code, lower
+from membound.backends.triton.partition import GraphFacts, Kernel, shapes_equal
+from membound.ir.graph import Node, Value
+from membound.ir.printer import format_node
+
+
+class CodegenError(RuntimeError):
+    """A kernel could not be emitted (a partitioner/emitter mismatch: please report the graph)."""
+
+
+@dataclass
+class KernelSource:
+    """A kernel's text and what its launch passes: pointers (inputs then outputs), the strides of the
+    ``strided`` values (``*x.stride()``), the size symbols, and the block constexpr's name."""
+
+    kernel: Kernel
+    text: str
+    pointers: list[Value]
+    strided: list[Value]
+    sizes: list[sympy.Symbol]
+    block: str
+    helpers: set[str] = field(default_factory=set)
+
+
+class KernelEmitter:
+    def __init__(self, kernel: Kernel, facts: GraphFacts, name_of: Callable[[Value], str],
+                 contiguous: Callable[[Value], bool]) -> None:
+        self.k = kernel
+        self.facts = facts
+        self.name_of = name_of
+        self.contiguous = contiguous
+        self.members = {id(m) for m in kernel.members}
+        self.lines: list[str] = []
+        self.memo: dict[tuple[int, Index], Val] = {}
+        self.vector_syms: set[sympy.Symbol] = set()
+        self.index_syms: set[sympy.Symbol] = set()
+        self.sizes: set[sympy.Symbol] = set()
+        self.helpers: set[str] = set()
+        self.strided: list[Value] = []
+        self.counter = 0
+        self.cols: Optional[sympy.Symbol] = None
+        self.rows: tuple[sympy.Expr, ...] = ()
+        self.canonical: Index = ()
+
+    # ---- small helpers ------------------------------------------------------------------------
+    def tmp(self, prefix: str = "t") -> str:
+        name = f"{prefix}{self.counter}"
+        self.counter += 1
+        return name
+
+    def code(self, e: sympy.Expr) -> str:
+        e = sympy.sympify(e)
+        self.sizes |= {s for s in e.free_symbols if s not in self.index_syms}
+        return expr_code(e)
+
+    def is_vector(self, e: sympy.Expr) -> bool:
+        return bool(sympy.sympify(e).free_symbols & self.vector_syms)
+
+    def new_index(self, prefix: str, code: str, vector: bool) -> sympy.Symbol:
+        s = index_var(self.tmp(prefix))
+        self.index_syms.add(s)
+        if vector:
+            self.vector_syms.add(s)
+        self.lines.append(f"{s.name} = {code}")
+        return s
+
+    def assign(self, code: str, dtype: torch.dtype, vector: bool, comment: str = "") -> Val:
+        name = self.tmp()
+        self.lines.append(f"{name} = {code}" + (f"  # {comment}" if comment else ""))
+        return Val(name, compute_dtype(dtype), vector)
+
+    # ---- setup ----------------------------------------------------------------------------------
+    def setup_pointwise(self) -> Index:
+        shape = self.k.shape
+        self.lines += ["pid = tl.program_id(0)", "offs = pid * BLOCK + tl.arange(0, BLOCK)",
+                       f"mask = offs < {self.code(_numel(shape)) if shape else '1'}"]
+        offs = index_var("offs")
+        self.index_syms.add(offs)
+        self.vector_syms.add(offs)
+        strides = contiguous_strides(shape)
+        idx: list[sympy.Expr] = []
+        live = [d for d in range(len(shape)) if shape[d] != 1]
+        for d in range(len(shape)):
+            if shape[d] == 1:
+                idx.append(ZERO)
+                continue
+            e: sympy.Expr = offs if strides[d] == 1 else sympy.floor(offs / strides[d])
+            if d != live[0]:
+                e = sympy.Mod(e, shape[d])
+            idx.append(self.new_index("i", self.code(e), True) if len(live) > 1 else offs)
+        return tuple(idx)
+
+    def setup_row(self) -> Index:
+        rows, n = self.k.shape[:-1], self.k.shape[-1]
+        self.lines.append("row = tl.program_id(0)")
+        row = index_var("row")
+        self.index_syms.add(row)
+        strides = contiguous_strides(rows)
+        live = [d for d in range(len(rows)) if rows[d] != 1]
+        ridx: list[sympy.Expr] = []
+        for d in range(len(rows)):
+            if rows[d] == 1:
+                ridx.append(ZERO)
+                continue
+            e: sympy.Expr = row if strides[d] == 1 else sympy.floor(row / strides[d])
+            if d != live[0]:
+                e = sympy.Mod(e, rows[d])
+            ridx.append(self.new_index("r", self.code(e), False) if len(live) > 1 else row)
+        self.lines += ["cols = tl.arange(0, BLOCK_N)", f"mask = cols < {self.code(n)}"]
+        cols = index_var("cols")
+        self.index_syms.add(cols)
+        self.vector_syms.add(cols)
+        self.cols = cols
+        self.rows = tuple(ridx)
+        return tuple(ridx) + (cols,)
+
+    # ---- emission -------------------------------------------------------------------------------
+    def emit(self, v: Value, idx: Index) -> Val:
+        idx = tuple(sympy.sympify(i) for i in idx)
+        key = (id(v), idx)
+        if key in self.memo:
+            return self.memo[key]
+        node = v.producer
+        if node is not None and self.facts.kind(node) == "view":
+            val = self.emit(node.inputs[0], view_input_index(node, v, idx))
+        elif node is not None and self.facts.kind(node) == "source":
+            val = self.source(node, idx)
+        elif node is not None and id(node) in self.members:
+            val = self.compute(node, idx)
+        else:
+            val = self.load(v, idx)
+        self.memo[key] = val
+        return val
+
+    def load(self, v: Value, idx: Index) -> Val:
+        if self.contiguous(v):
+            strides = contiguous_strides(v.shape)
+        else:
+            if all(v is not x for x in self.strided):
+                self.strided.append(v)
+            base = self.name_of(v)
+            strides = tuple(sympy.Symbol(f"{base}_stride{d}") for d in range(v.rank))
+            self.index_syms.update(s for s in strides if isinstance(s, sympy.Symbol))
+        off = linear_offset(idx, strides, v.shape)
+        if self.contiguous(v) and shapes_equal(v.shape, self.k.shape) and tuple(idx) == self.canonical:
+            # the kernel's own iteration order: the flat offset needs no div/mod
+            off = index_var("offs") if self.k.layout == "pointwise" else (
+                index_var("row") * self.k.shape[-1] + self.cols)  # type: ignore[operator]
+        vector = self.is_vector(off)
+        ptr = f"{self.name_of(v)}_ptr"
+        addr = ptr if off == 0 else f"{ptr} + {self.code(off)}"
+        text = f"tl.load({addr}, mask=mask, other=0)" if vector else f"tl.load({addr})"
+        if v.dtype != compute_dtype(v.dtype):
+            text += f".to({TL_DTYPE[compute_dtype(v.dtype)]})"
+        return self.assign(text, v.dtype, vector, f"%{v.name}")
+
+    def source(self, node: Node, idx: Index) -> Val:
+        a = node.attrs
+        dtype = node.results[0].dtype
+        if node.op in ("constant", "full"):
+            return literal(a["value"], dtype)
+        # arange: start + i * step
+        start, step = a["start"], a["step"]
+        if isinstance(start, float) or isinstance(step, float) or (dtype.is_floating_point and idx[0] != 0):
+            i = self.code(idx[0])
+            text = f"tl.cast({i}, tl.float32)" if not self.is_vector(idx[0]) else f"{i}.to(tl.float32)"
+            if step != 1:
+                text = f"{text} * {literal_code(step, torch.float32)}"
+            if start != 0:
+                text = f"{literal_code(start, torch.float32)} + {text}"
+            if compute_dtype(dtype) != torch.float32:
+                text = f"({text}).to({TL_DTYPE[compute_dtype(dtype)]})"
+            return self.assign(text, dtype, self.is_vector(idx[0]), f"%{node.results[0].name} arange")
+        e = sympy.sympify(start) + idx[0] * int(step)
+        if e.is_Integer:
+            return literal(int(e), dtype)
+        text = f"tl.cast({self.code(e)}, {TL_DTYPE[compute_dtype(dtype)]})"
+        return self.assign(text, dtype, self.is_vector(e), f"%{node.results[0].name} arange")
+
+    def compute(self, node: Node, idx: Index) -> Val:
+        kind = self.facts.kind(node)
+        out = node.results[0]
+        if kind == "reduction":
+            return self.reduction(node, idx)
+        if node.op == "cat":
+            return self.cat(node, idx)
+        args = [self.emit(v, broadcast_index(v.shape, out.shape, idx)) for v in node.inputs]
+        text, helpers = lower(node, args)
+        self.helpers |= helpers
+        return self.assign(text, out.dtype, any(x.vector for x in args), _describe(node))
+
+    def cat(self, node: Node, idx: Index) -> Val:
+        """``cat`` at ``idx``: every piece is read at its local index clamped into range (so no lane
+        reads out of bounds), and ``tl.where`` picks the piece the index falls in."""
+        out = node.results[0]
+        d = node.attrs["dim"] % out.rank
+        last = len(node.inputs) - 1
+        pieces: list[tuple[sympy.Expr, Val]] = []
+        offset: sympy.Expr = ZERO
+        for k, v in enumerate(node.inputs):
+            size = v.shape[d]
+            local: sympy.Expr = idx[d] - offset
+            if k > 0:
+                local = sympy.Max(local, 0)
+            if k < last:
+                local = sympy.Min(local, size - 1)
+            if not local.is_Integer and not local.is_Symbol:
+                local = self.new_index("c", self.code(local), self.is_vector(local))
+            sub = list(idx)
+            sub[d] = local
+            offset = offset + size
+            pieces.append((offset, self.emit(v, broadcast_index(v.shape, out.shape, tuple(sub)))))
+        result = convert(pieces[-1][1], out.dtype)
+        vector = pieces[-1][1].vector
+        for end, val in reversed(pieces[:-1]):
+            result = f"tl.where({self.code(idx[d])} < {self.code(end)}, {convert(val, out.dtype)}, {result})"
+            vector = vector or val.vector or self.is_vector(idx[d])
+        return self.assign(result, out.dtype, vector, _describe(node))
+
+    # ---- reductions ---------------------------------------------------------------------------
+    def reduction(self, node: Node, idx: Index) -> Val:
+        out = node.results[0]
+        if node.op in ("sum", "mean", "amax", "amin"):
+            ok = [self.rows + ((ZERO,) if out.rank == len(self.rows) + 1 else ())]
+            if out.rank == len(self.rows) + 1:
+                ok.append(self.rows + (self.cols,))  # type: ignore[operator]
+        else:
+            ok = [self.rows + (self.cols,)]  # type: ignore[operator]
+        want = ok[0]
+        if tuple(idx) not in [tuple(w) for w in ok]:
+            raise CodegenError(f"{self.k.name}: {node.op} %{out.name} read at {idx}, off its row {want}")
+        x_index = self.rows + (self.cols,)  # type: ignore[operator]
+        x = self.emit(node.inputs[0], x_index)
+        n = self.code(node.inputs[0].shape[-1])
+        op, a = node.op, node.attrs
+        name = f"%{out.name}"
+        if op in ("sum", "mean"):
+            acc = compute_dtype(out.dtype) if op == "mean" or a["dtype"] is not None or out.dtype.is_floating_point \
+                else torch.int64
+            xs = convert(x, acc)
+            s = self.assign(f"tl.sum(tl.where(mask, {xs}, 0), axis=0)", acc, False, f"{name} {op}")
+            if op == "mean":
+                return self.assign(f"{s.code} / {n}", out.dtype, False, f"{name} mean")
+            return s
+        if op in ("amax", "amin"):
+            dt = out.dtype
+            lo = literal_code(float("-inf"), dt) if dt.is_floating_point else str(torch.iinfo(dt).min)
+            hi = literal_code(float("inf"), dt) if dt.is_floating_point else str(torch.iinfo(dt).max)
+            fn, fill = ("tl.max", lo) if op == "amax" else ("tl.min", hi)
+            return self.assign(f"{fn}(tl.where(mask, {convert(x, dt)}, {fill}), axis=0)", dt, False, f"{name} {op}")
+        if op in ("softmax", "log_softmax"):
+            dt = out.dtype
+            xs = convert(x, dt)
+            m = self.assign(f"tl.max(tl.where(mask, {xs}, float(\"-inf\")), axis=0)", dt, False, f"{name} row max")
+            e = self.assign(f"tl.where(mask, tl.exp({xs} - {m.code}), 0)", dt, True)
+            s = self.assign(f"tl.sum({e.code}, axis=0)", dt, False, f"{name} row sum")
+            if op == "softmax":
+                return self.assign(f"{e.code} / {s.code}", dt, True, f"{name} softmax")
+            return self.assign(f"{xs} - {m.code} - tl.log({s.code})", dt, True, f"{name} log_softmax")
+        if op == "rms_norm":
+            xf = convert(x, torch.float32)
+            ms = self.assign(f"tl.sum(tl.where(mask, {xf} * {xf}, 0), axis=0) / {n}", torch.float32, False,
+                             f"{name} mean of squares")
+            y = f"{xf} * tl.rsqrt({ms.code} + {literal_code(a['eps'], torch.float32)})"
+            xdt = node.inputs[0].dtype
+            if xdt != torch.float32:  # the reference rounds to x's dtype before the weight
+                y = f"({y}).to({TL_DTYPE[xdt]}).to({TL_DTYPE[compute_dtype(xdt)]})"
+            if len(node.inputs) > 1:
+                w = self.emit(node.inputs[1], (self.cols,))  # type: ignore[arg-type]
+                y = f"{y} * {convert(w, out.dtype)}"
+            return self.assign(y, out.dtype, True, f"{name} rms_norm")
+        if op == "layer_norm":
+            xf = convert(x, torch.float32)
+            mu = self.assign(f"tl.sum(tl.where(mask, {xf}, 0), axis=0) / {n}", torch.float32, False, f"{name} mean")
+            dx = self.assign(f"tl.where(mask, {xf} - {mu.code}, 0)", torch.float32, True)
+            var = self.assign(f"tl.sum({dx.code} * {dx.code}, axis=0) / {n}", torch.float32, False, f"{name} var")
+            y = f"{dx.code} * tl.rsqrt({var.code} + {literal_code(a['eps'], torch.float32)})"
+            if len(node.inputs) > 1:
+                y = f"{y} * {convert(self.emit(node.inputs[1], (self.cols,)), torch.float32)}"  # type: ignore[arg-type]
+            if len(node.inputs) > 2:
+                y = f"{y} + {convert(self.emit(node.inputs[2], (self.cols,)), torch.float32)}"  # type: ignore[arg-type]
+            return self.assign(y, out.dtype, True, f"{name} layer_norm")
+        raise CodegenError(f"{self.k.name}: no row lowering for {op}")
+
+    # ---- stores and the whole kernel -------------------------------------------------------------
+    def store(self, v: Value, idx: Index) -> None:
+        val = self.emit(v, idx)
+        ptr = f"{self.name_of(v)}_ptr"
+        dt = TL_DTYPE[v.dtype]
+        text = val.code if val.literal is None else literal_code(val.literal, v.dtype)
+        if self.k.layout == "pointwise" or shapes_equal(v.shape, self.k.shape):
+            block = "BLOCK" if self.k.layout == "pointwise" else "BLOCK_N"
+            where = "offs" if self.k.layout == "pointwise" else f"row * {self.code(self.k.shape[-1])} + cols"
+            if not val.vector:
+                text = f"tl.full([{block}], {text}, {dt})" if val.literal is not None else \
+                    f"tl.broadcast_to({text}, [{block}])"
+            value = text if val.dtype == v.dtype and val.literal is None else f"({text}).to({dt})"
+            self.lines.append(f"tl.store({ptr} + {where}, {value}, mask=mask)  # %{v.name}")
+            return
+        if val.vector:
+            raise CodegenError(f"{self.k.name}: per-row value %{v.name} came out as a block")
+        value = text if val.dtype == v.dtype and val.literal is None else f"tl.cast({text}, {dt})"
+        self.lines.append(f"tl.store({ptr} + row, {value})  # %{v.name}")
+
+    def generate(self) -> KernelSource:
+        k = self.k
+        if k.layout == "pointwise":
+            idx = self.setup_pointwise()
+        else:
+            idx = self.setup_row()
+        self.canonical = idx
+        for v in k.outputs:
+            if k.layout == "row" and not shapes_equal(v.shape, k.shape):
+                self.store(v, self.rows + ((ZERO,) if v.rank == len(self.rows) + 1 else ()))
+            else:
+                self.store(v, idx)
+        block = "BLOCK" if k.layout == "pointwise" else "BLOCK_N"
+        pointers = list(k.inputs) + list(k.outputs)
+        params = [f"{self.name_of(v)}_ptr" for v in pointers]
+        params += [f"{self.name_of(v)}_stride{d}" for v in self.strided for d in range(v.rank)]
+        sizes = sorted(self.sizes, key=lambda s: s.name)
+        params += [s.name for s in sizes]
+        params.append(f"{block}: tl.constexpr")
+        covers = "\n".join(f"    #   {format_node(m)}" for m in k.members)
+        body = "\n".join(f"    {line}" for line in self.lines)
+        text = (f"@triton.jit\ndef {k.name}(\n    " + _wrap_params(params) + "\n):\n"
+                f"    # {k.layout} kernel covering:\n{covers}\n{body}\n")
+        return KernelSource(k, text, pointers, list(self.strided), sizes, block, self.helpers)
+
+
+def _wrap_params(params: list[str], width: int = 100) -> str:
+    lines, cur = [], ""
+    for p in params:
+        piece = p + ","
+        if cur and len(cur) + 1 + len(piece) > width:
+            lines.append(cur)
+            cur = piece
+        else:
+            cur = f"{cur} {piece}" if cur else piece
+    lines.append(cur)
+    return "\n    ".join(lines)
+
+
+def _describe(node: Node) -> str:
+    return f"%{node.results[0].name} = {node.op}"
+
+
+def _numel(shape: tuple[sympy.Expr, ...]) -> sympy.Expr:
+    n: sympy.Expr = sympy.Integer(1)
+    for d in shape:
+        n = n * d
+    return n

@@ -1,0 +1,516 @@
+"""Partition an IR graph into the steps the Triton backend runs: generated fused kernels and op calls.
+
+Every node is one of:
+
+- **pointwise** (elementwise ops with a Triton lowering, and ``cat``): fused into a kernel that
+  computes one block of a flat iteration range per program;
+- **reduction** over the last dim (``sum``/``mean``/``amax``/``amin``, ``softmax``/``log_softmax``,
+  ``rms_norm``, ``layer_norm``): fused into a *row kernel*, one program per row, with pointwise
+  prologue and epilogue;
+- **view** (reshape, transpose, slice...): never a kernel of its own; a kernel that reads through it
+  folds it into its index arithmetic, and a consumer that is not a kernel gets a torch view;
+- **source** (``constant``, ``full``, ``arange``): computed inline from the index wherever it is read;
+- **call**: everything else (matmuls, attention, gathers, state writes...), run by a library kernel
+  or the op's torch reference.
+
+Fusion is greedy in graph order: a fusible node joins the kernels of its producers when the result
+is *legal* (one iteration space: escaping values have the kernel's shape, row-bound values are
+per-row; no cycle through the rest of the graph, checked with networkx) and *profitable* (the
+roofline time saved by not writing and re-reading the intermediate and by one launch less, from the
+cost model's hardware spec, outweighs recomputation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence, Union
+
+import networkx as nx
+import sympy
+import torch
+
+from membound.backends.triton.indexing import VIEW_OPS
+from membound.backends.triton.lowering import can_lower, supported_dtype
+from membound.cost import Hardware, RooflineCost
+from membound.ir.analysis import fusion_would_cycle, to_networkx
+from membound.ir.graph import Graph, Node, Value
+from membound.ir.ops import get_op
+from membound.ir.types import dims_equal
+
+ROW_REDUCTIONS = ("sum", "mean", "amax", "amin", "softmax", "log_softmax", "rms_norm", "layer_norm")
+SOURCES = ("constant", "full", "arange")
+# a row kernel keeps one whole row in registers: longer static rows go to torch
+MAX_ROW = 32768
+# views that keep a per-row value on its row (the only views allowed on row-bound values)
+ROW_VIEWS = ("unsqueeze", "squeeze", "expand", "reshape")
+# symbol values at which the cost model compares fusion choices
+SAMPLE_DIM = 64
+
+Shape = tuple[sympy.Expr, ...]
+
+
+class PartitionError(RuntimeError):
+    """The partitioner produced something inconsistent (a bug here, never the user's graph)."""
+
+
+@dataclass
+class Kernel:
+    """One generated Triton kernel.
+
+    ``layout`` is ``"pointwise"`` (``shape`` is the flat iteration space) or ``"row"`` (``shape`` is the
+    row shape plus the reduced length N). ``outputs`` are the members whose values leave the kernel
+    (stored); ``inputs`` the values it loads (the origins of the views it folds).
+    """
+
+    name: str
+    layout: str
+    members: list[Node]
+    shape: Shape
+    outputs: list[Value]
+    inputs: list[Value]
+    views: list[Node] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes the cost model charges to this kernel."""
+        return list(self.members)
+
+    def __repr__(self) -> str:
+        return f"<Kernel {self.name}: {self.layout} {[f'%{m.results[0].name}' for m in self.members]}>"
+
+
+@dataclass
+class Call:
+    """One node run as a call: ``impl`` is ``"library"`` (membound's kernel library), ``"torch"`` (the op's
+    torch reference) or ``"view"`` (a torch view or creation op materialised for a non-kernel consumer)."""
+
+    node: Node
+    impl: str
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.node]
+
+    def __repr__(self) -> str:
+        return f"<Call {self.impl} %{self.node.results[0].name} = {self.node.op}>"
+
+
+Step = Union[Kernel, Call]
+
+
+@dataclass
+class Partition:
+    graph: Graph
+    steps: list[Step]
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        return [s for s in self.steps if isinstance(s, Kernel)]
+
+    @property
+    def calls(self) -> list[Call]:
+        return [s for s in self.steps if isinstance(s, Call)]
+
+    def describe(self) -> str:
+        """One line per step: what runs, in order."""
+        lines = []
+        for s in self.steps:
+            if isinstance(s, Kernel):
+                nodes = ", ".join(f"%{m.results[0].name}={m.op}" for m in s.members)
+                lines.append(f"kernel {s.name} [{s.layout} {list(map(str, s.shape))}]: {nodes}")
+            else:
+                lines.append(f"{s.impl:7s} %{s.node.results[0].name} = {s.node.op}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# classification
+# ---------------------------------------------------------------------------------------------
+def classify(node: Node) -> str:
+    """``pointwise``, ``reduction``, ``view``, ``source`` or ``call`` (see the module docstring)."""
+    op = node.op
+    kind = get_op(op).kind
+    if kind == "view" and op in VIEW_OPS:
+        return "view"
+    dtypes = [v.dtype for v in node.inputs] + [r.dtype for r in node.results]
+    if not all(supported_dtype(d) for d in dtypes):
+        return "call"
+    if op in SOURCES:
+        return "source"
+    if op == "cat":
+        return "pointwise" if node.results[0].rank > 0 else "call"
+    if kind == "elementwise":
+        return "pointwise" if can_lower(node) else "call"
+    if op in ROW_REDUCTIONS and is_row_reduction(node):
+        return "reduction"
+    return "call"
+
+
+def is_row_reduction(node: Node) -> bool:
+    """A reduction over the last dim only, with a row short enough to keep in registers."""
+    x = node.inputs[0]
+    if x.rank == 0:
+        return False
+    last = x.rank - 1
+    a = node.attrs
+    if node.op in ("sum", "mean", "amax", "amin"):
+        dims = tuple(d % x.rank for d in a["dims"]) if a["dims"] else tuple(range(x.rank))
+        if dims != (last,) or x.dtype == torch.bool and node.op in ("amax", "amin"):
+            return False
+    elif node.op in ("softmax", "log_softmax"):
+        if a["dim"] % x.rank != last:
+            return False
+    elif node.op == "layer_norm":
+        if a["ndim"] != 1:
+            return False
+    n = x.shape[-1]
+    return not (n.is_Integer and int(n) > MAX_ROW)
+
+
+def row_space(node: Node) -> tuple[Shape, sympy.Expr]:
+    """(row shape, row length) of a row reduction."""
+    x = node.inputs[0]
+    return tuple(x.shape[:-1]), x.shape[-1]
+
+
+def shapes_equal(a: Sequence[sympy.Expr], b: Sequence[sympy.Expr]) -> bool:
+    return len(a) == len(b) and all(dims_equal(x, y) for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------------------------------------
+# graph facts shared by the partitioner, the memory plan and codegen
+# ---------------------------------------------------------------------------------------------
+class GraphFacts:
+    """Node classes, view chains and the real (non-view) consumers of every value."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.position = {id(n): i for i, n in enumerate(graph.nodes)}
+        self.cls = {id(n): classify(n) for n in graph.nodes}
+        self.outputs = {id(v) for v in graph.outputs}
+
+    def kind(self, node: Node) -> str:
+        return self.cls[id(node)]
+
+    def origin(self, v: Value) -> tuple[Value, list[Node]]:
+        """Follow ``v`` up through views: the first value not produced by a view, and the views passed."""
+        chain: list[Node] = []
+        while v.producer is not None and self.kind(v.producer) == "view":
+            chain.append(v.producer)
+            v = v.producer.inputs[0]
+        return v, chain
+
+    def consumers(self, v: Value) -> tuple[list[Node], bool]:
+        """The non-view nodes that read ``v`` (directly or through views), and whether ``v`` or a view of it
+        is a graph output."""
+        out: list[Node] = []
+        is_output = False
+        stack = [v]
+        seen: set[int] = set()
+        while stack:
+            x = stack.pop()
+            if id(x) in seen:
+                continue
+            seen.add(id(x))
+            is_output = is_output or id(x) in self.outputs
+            for u in x.users:
+                if self.kind(u) == "view":
+                    stack.extend(u.results)
+                elif all(u is not o for o in out):
+                    out.append(u)
+        return out, is_output
+
+
+# ---------------------------------------------------------------------------------------------
+# fusion groups
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Layout:
+    layout: str
+    shape: Shape
+    outputs: list[Node]
+
+
+class _Fuser:
+    def __init__(self, graph: Graph, facts: GraphFacts, cost: RooflineCost) -> None:
+        self.graph = graph
+        self.facts = facts
+        self.cost = cost
+        self.dg = to_networkx(graph)
+        self.group_of: dict[int, list[Node]] = {}
+
+    # ---- legality -----------------------------------------------------------------------------
+    def check(self, members: list[Node]) -> Optional[_Layout]:
+        """The layout of a kernel over ``members``, or None when they cannot form one kernel."""
+        f = self.facts
+        mset = {id(m) for m in members}
+        escaping = []
+        for m in members:
+            users, is_out = f.consumers(m.results[0])
+            if is_out or any(id(u) not in mset for u in users):
+                escaping.append(m)
+        reductions = [m for m in members if f.kind(m) == "reduction"]
+        if reductions:
+            layout = self._check_row(members, reductions, escaping, mset)
+        else:
+            shape = escaping[0].results[0].shape if escaping else members[-1].results[0].shape
+            if not all(shapes_equal(m.results[0].shape, shape) for m in escaping):
+                return None
+            layout = _Layout("pointwise", tuple(shape), escaping)
+        if layout is None or self._would_cycle(members, mset):
+            return None
+        return layout
+
+    def _check_row(self, members: list[Node], reductions: list[Node], escaping: list[Node],
+                   mset: set[int]) -> Optional[_Layout]:
+        f = self.facts
+        rows, n = row_space(reductions[0])
+        for r in reductions[1:]:
+            rows2, n2 = row_space(r)
+            if not (shapes_equal(rows, rows2) and dims_equal(n, n2)):
+                return None
+        allowed = (rows + (n,), rows + (sympy.Integer(1),), rows)
+
+        def fits(shape: Sequence[sympy.Expr]) -> bool:
+            return any(shapes_equal(shape, a) for a in allowed)
+
+        bound: set[int] = set()  # members whose value depends on a reduction: computable on this row only
+        for m in members:  # members are in graph order
+            if f.kind(m) == "reduction":
+                bound.add(id(m))
+            for v in m.inputs:
+                o, chain = f.origin(v)
+                if o.producer is None or id(o.producer) not in bound:
+                    continue
+                bound.add(id(m))
+                for view in chain:
+                    if view.op not in ROW_VIEWS or not fits(view.inputs[0].shape) or not fits(view.results[0].shape):
+                        return None
+        for m in members:
+            if (id(m) in bound or m in escaping) and not fits(m.results[0].shape):
+                return None
+        return _Layout("row", rows + (n,), escaping)
+
+    def _would_cycle(self, members: list[Node], mset: set[int]) -> bool:
+        """networkx check on the nodes between the first and last member (a path that leaves the
+        kernel and comes back must stay inside that window of the topological order)."""
+        f = self.facts
+        group = set(members)
+        for m in members:  # views between two members are folded into the kernel too
+            for v in m.inputs:
+                o, chain = f.origin(v)
+                if o.producer is not None and id(o.producer) in mset:
+                    group.update(chain)
+        lo = min(f.position[id(m)] for m in group)
+        hi = max(f.position[id(m)] for m in group)
+        window = self.graph.nodes[lo:hi + 1]
+        return fusion_would_cycle(self.dg.subgraph(window), group)
+
+    # ---- profitability ------------------------------------------------------------------------
+    def seconds_saved(self, parts: list[list[Node]], merged: list[Node], layout: _Layout) -> float:
+        """Roofline time of the parts as separate kernels minus that of the merged kernel."""
+        hw = self.cost.hardware
+        before = sum(self._bytes(p) for p in parts)
+        after = self._bytes(merged)
+        extra_flops = self._recompute_flops(merged, layout)
+        return ((before - after) / hw.bandwidth + (len(parts) - 1) * hw.launch_overhead
+                - extra_flops / hw.peak_flops("fp32"))
+
+    def _bytes(self, members: list[Node]) -> float:
+        """Bytes a kernel over ``members`` moves: each loaded value once, each escaping value written once."""
+        f = self.facts
+        mset = {id(m) for m in members}
+        total: sympy.Expr = sympy.Integer(0)
+        loaded: set[int] = set()
+        for m in members:
+            for v in m.inputs:
+                o, _ = f.origin(v)
+                p = o.producer
+                if (p is not None and (id(p) in mset or f.kind(p) == "source")) or id(o) in loaded:
+                    continue
+                loaded.add(id(o))
+                total += o.type.nbytes()
+            users, is_out = f.consumers(m.results[0])
+            if is_out or any(id(u) not in mset for u in users):
+                total += m.results[0].type.nbytes()
+        return _at_sample(total)
+
+    def _recompute_flops(self, members: list[Node], layout: _Layout) -> float:
+        """Internal pointwise values smaller than the iteration space are recomputed per element."""
+        total: sympy.Expr = sympy.Integer(0)
+        space = _numel(layout.shape)
+        for m in members:
+            if self.facts.kind(m) != "pointwise":
+                continue
+            n = _numel(m.results[0].shape)
+            flops, _ = get_op(m.op).cost([v.type for v in m.inputs], [r.type for r in m.results], m.attrs)
+            if flops != 0 and n != 0:
+                total += flops * (space / n - 1)
+        return max(_at_sample(total), 0.0)
+
+    # ---- the greedy pass ----------------------------------------------------------------------
+    def run(self) -> list[list[Node]]:
+        f = self.facts
+        groups: list[list[Node]] = []
+        for node in self.graph.nodes:
+            if f.kind(node) not in ("pointwise", "reduction"):
+                continue
+            current = [node]
+            if self.check(current) is None:
+                raise PartitionError(f"a lone {node.op} node cannot form a kernel")
+            for producer_group in self._producer_groups(node):
+                merged = sorted(producer_group + current, key=lambda m: f.position[id(m)])
+                layout = self.check(merged)
+                if layout is None or self.seconds_saved([producer_group, current], merged, layout) <= 0:
+                    continue
+                groups = [g for g in groups if g is not producer_group]
+                current = merged
+            groups.append(current)
+            for m in current:
+                self.group_of[id(m)] = current
+        return groups
+
+    def _producer_groups(self, node: Node) -> list[list[Node]]:
+        """Groups that produce node's operands (through views), nearest producer first."""
+        found: list[list[Node]] = []
+        for v in node.inputs:
+            o, _ = self.facts.origin(v)
+            if o.producer is None:
+                continue
+            g = self.group_of.get(id(o.producer))
+            if g is not None and all(g is not x for x in found):
+                found.append(g)
+        found.sort(key=lambda g: -max(self.facts.position[id(m)] for m in g))
+        return found
+
+
+def _numel(shape: Iterable[sympy.Expr]) -> sympy.Expr:
+    n: sympy.Expr = sympy.Integer(1)
+    for d in shape:
+        n = n * d
+    return n
+
+
+def _at_sample(e: sympy.Expr) -> float:
+    e = sympy.sympify(e)
+    return float(e.xreplace({s: sympy.Integer(SAMPLE_DIM) for s in e.free_symbols}))
+
+
+# ---------------------------------------------------------------------------------------------
+# the partition
+# ---------------------------------------------------------------------------------------------
+def partition(graph: Graph, cost: Optional[RooflineCost] = None, library: Optional[Iterable[str]] = None
+              ) -> Partition:
+    """Split ``graph`` into kernels and calls, in an order that respects every dependency.
+
+    ``library`` names the ops membound's kernel library implements (their calls are marked
+    ``"library"``, the others ``"torch"``).
+    """
+    cost = cost if cost is not None else RooflineCost(Hardware.named("h100-sxm"))
+    lib = set(library or ())
+    facts = GraphFacts(graph)
+    groups = _Fuser(graph, facts, cost).run()
+    kernels = [_make_kernel(g, facts, i) for i, g in enumerate(groups)]
+    step_of: dict[int, Step] = {}
+    for k in kernels:
+        for m in k.members:
+            step_of[id(m)] = k
+    materialised = _materialised_views(graph, facts)
+    steps: list[Step] = list(kernels)
+    for n in graph.nodes:
+        kind = facts.kind(n)
+        if kind == "call":
+            call = Call(n, "library" if n.op in lib else "torch")
+        elif kind in ("view", "source") and id(n) in materialised:
+            call = Call(n, "view")
+        else:
+            continue
+        step_of[id(n)] = call
+        steps.append(call)
+    return Partition(graph, _schedule(graph, facts, steps, step_of))
+
+
+def _make_kernel(members: list[Node], facts: GraphFacts, index: int) -> Kernel:
+    mset = {id(m) for m in members}
+    escaping, layout, shape = [], "pointwise", members[-1].results[0].shape
+    reductions = [m for m in members if facts.kind(m) == "reduction"]
+    if reductions:
+        rows, n = row_space(reductions[0])
+        layout, shape = "row", rows + (n,)
+    for m in members:
+        users, is_out = facts.consumers(m.results[0])
+        if is_out or any(id(u) not in mset for u in users):
+            escaping.append(m)
+    if layout == "pointwise" and escaping:
+        shape = escaping[0].results[0].shape
+    inputs: list[Value] = []
+    views: list[Node] = []
+    for m in members:
+        for v in m.inputs:
+            o, chain = facts.origin(v)
+            views.extend(c for c in chain if c not in views)
+            p = o.producer
+            if p is not None and (id(p) in mset or facts.kind(p) == "source"):
+                continue
+            if all(o is not x for x in inputs):
+                inputs.append(o)
+    names: list[str] = []
+    for m in members:
+        if m.op not in names:
+            names.append(m.op)
+    name = "_fused_" + "_".join(names[:4]) + f"_{index}"
+    return Kernel(name, layout, list(members), tuple(shape), [m.results[0] for m in escaping], inputs, views)
+
+
+def _materialised_views(graph: Graph, facts: GraphFacts) -> set[int]:
+    """View and source nodes some non-kernel consumer (a call, a graph output) needs as a real tensor."""
+    need: set[int] = set()
+    outputs = {id(v) for v in graph.outputs}
+    for n in reversed(graph.nodes):
+        if facts.kind(n) not in ("view", "source"):
+            continue
+        for r in n.results:
+            if id(r) in outputs or any(facts.kind(u) == "call" or id(u) in need for u in r.users):
+                need.add(id(n))
+    return need
+
+
+def _schedule(graph: Graph, facts: GraphFacts, steps: list[Step], step_of: dict[int, Step]) -> list[Step]:
+    """Steps in a topological order of their data dependencies (and of state reads around state writes)."""
+    dg = nx.DiGraph()
+    index = {id(s): i for i, s in enumerate(steps)}
+    first = {id(s): min(facts.position[id(n)] for n in s.nodes) for s in steps}
+    for s in steps:
+        dg.add_node(index[id(s)])
+
+    def depend(before: Optional[Step], after: Step) -> None:
+        if before is not None and before is not after:
+            dg.add_edge(index[id(before)], index[id(after)])
+
+    for s in steps:
+        if isinstance(s, Kernel):
+            for v in s.inputs:
+                depend(step_of.get(id(v.producer)) if v.producer is not None else None, s)
+        else:
+            for v in s.node.inputs:
+                depend(step_of.get(id(v.producer)) if v.producer is not None else None, s)
+    for st in graph.state:  # keep readers of a state buffer on the right side of its in-place writes
+        users = sorted(_readers(st, facts), key=lambda n: facts.position[id(n)])
+        for i, w in enumerate(users):
+            if not get_op(w.op).side_effects:
+                continue
+            for u in users[:i]:
+                depend(step_of.get(id(u)), step_of[id(w)])
+            for u in users[i + 1:]:
+                depend(step_of[id(w)], step_of.get(id(u)))  # type: ignore[arg-type]
+    try:
+        order = list(nx.lexicographical_topological_sort(dg, key=lambda i: first[id(steps[i])]))
+    except nx.NetworkXUnfeasible:
+        raise PartitionError(f"the steps of @{graph.name} depend on each other in a cycle; "
+                             "a fusion decision was illegal (please report the graph)") from None
+    return [steps[i] for i in order]
+
+
+def _readers(v: Value, facts: GraphFacts) -> list[Node]:
+    users, _ = facts.consumers(v)
+    return users
