@@ -10,7 +10,11 @@ odd). Tolerances: fp32 1e-4 relative, fp16/bf16 1e-2 (outputs are rounded to the
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -274,6 +278,26 @@ def test_cpu_without_interpreter_runs_the_reference(monkeypatch: pytest.MonkeyPa
     assert calls == [("linear", "fallback: tensors on cpu: Triton kernels need a CUDA device (or "
                                 "TRITON_INTERPRET=1 for CPU tensors)")]
     close(y, x @ w.t(), torch.float32)
+
+
+def test_kernels_compile_for_hopper_with_vector_loads() -> None:
+    """The interpreter never meets the compiler: compile every kernel for sm_90 (no GPU needed, in a
+    process without TRITON_INTERPRET) and check that the streaming kernels load 16-byte vectors or
+    cp.async copies, not 2-byte scalars."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "membound.backends.triton.kernels.compile_check", "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    kernels = {r["kernel"] for r in results}
+    assert kernels == {"_linear_small_m", "_linear_splitk_reduce", "_flash_decoding_split", "_flash_decoding_combine",
+                       "_cache_write", "_rms_norm", "_embedding"}
+    for r in results:
+        if r["kernel"] in ("_linear_small_m", "_flash_decoding_split", "_rms_norm"):
+            assert r["vectorised"], f"{r['kernel']} {r['config']}: loads {r['loads']}, cp.async {r['cp_async']}"
+    assert all(r["mma"] > 0 for r in results if r["kernel"] == "_flash_decoding_split")  # tensor cores for q @ K^T
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,10 +117,11 @@ def _flash_decoding_split(
                      o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
         else:
             # the partial (m, l, acc) of this chunk; partials are [rows programs, N_SPLITS, BLOCK_Q(, BLOCK_DV)]
+            # (padded rows are not stored: with G = 4 they would be 3/4 of the partial's bytes)
             slot = (pid_row * N_SPLITS + pid_split) * BLOCK_Q + rq
-            tl.store(m_ptr + slot, m_i)
-            tl.store(l_ptr + slot, l_i)
-            tl.store(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], acc)
+            tl.store(m_ptr + slot, m_i, mask=row_ok)
+            tl.store(l_ptr + slot, l_i, mask=row_ok)
+            tl.store(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], acc, mask=row_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit
@@ -140,6 +141,7 @@ def _flash_decoding_combine(
     s = rows % S
     h = kvh * G + rows // S
     dvs = tl.arange(0, BLOCK_DV)
+    dv_ok = dvs < DV
     pos = tl.load(pos_ptr + b * spb + s * sps, mask=row_ok, other=-1)
     # exactly the chunks the split kernel wrote for this row block (the same rule it used to skip)
     n_active = tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK)
@@ -148,9 +150,10 @@ def _flash_decoding_combine(
     acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
     for sp in range(0, n_active):
         slot = (pid_row * N_SPLITS + sp) * BLOCK_Q + rq
-        m_s = tl.load(m_ptr + slot)
-        l_s = tl.load(l_ptr + slot)
-        a_s = tl.load(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :])
+        m_s = tl.load(m_ptr + slot, mask=row_ok, other=float("-inf"))
+        l_s = tl.load(l_ptr + slot, mask=row_ok, other=0.0)
+        a_s = tl.load(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], mask=row_ok[:, None] & dv_ok[None, :],
+                      other=0.0)
         # rescale both sides to the common max; a chunk a row could not see has m = -inf, weight 0
         m_new = tl.maximum(m_run, m_s)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -161,7 +164,7 @@ def _flash_decoding_combine(
         m_run = m_new
     o = acc / tl.where(l_run > 0.0, l_run, 1.0)[:, None]
     tl.store(o_ptr + b * sob + h[:, None] * soh + s[:, None] * sos + dvs[None, :] * sod,
-             o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & (dvs < DV)[None, :])
+             o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
 
 
 @dataclass(frozen=True)

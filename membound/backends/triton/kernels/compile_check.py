@@ -1,0 +1,148 @@
+"""Compile the library kernels for a GPU target on any machine (no GPU needed) and inspect the PTX.
+
+    python -m membound.backends.triton.kernels.compile_check            # table, sm_90 (H100/H200)
+    python -m membound.backends.triton.kernels.compile_check --json     # one JSON object per line
+
+The Triton interpreter runs kernels as numpy and never meets the compiler, so it cannot tell whether
+a kernel compiles, nor whether its loads are vectorised. This check compiles each kernel at a
+decode-shaped configuration the way a launch would (pointers 16-byte aligned; integer arguments
+divisible by 16 marked so, arguments equal to 1 made constants, as ``triton.jit`` specialises them)
+and counts the global loads in the PTX: a kernel meant to stream memory should issue 16-byte vector
+loads or ``cp.async`` copies, never 2-byte scalar ones. Needs ``TRITON_INTERPRET`` unset (the
+compiler cannot build interpreted functions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+STREAMING = ("_linear_small_m", "_flash_decoding_split")
+
+
+@dataclass
+class Compiled:
+    kernel: str
+    config: str
+    shared_bytes: int
+    loads: dict[str, int]
+    cp_async: int
+    mma: int
+
+    @property
+    def vectorised(self) -> bool:
+        """Memory comes in 16-byte vectors or async copies, and no 2-byte scalar load is left."""
+        wide = sum(n for op, n in self.loads.items() if ".v4." in op) + self.cp_async
+        return wide > 0 and "ld.global.b16" not in self.loads
+
+
+def compile_ptx(kernel: Any, args: dict[str, Any], arch: int = 90, **options: Any) -> tuple[str, int]:
+    """(PTX, shared bytes) of ``kernel`` at ``args``: pointers as type strings ("*bf16"), ints and floats as
+    example values, constexprs as their values."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(kernel, JITFunction):
+        raise RuntimeError("compile_check: the kernels were made by the Triton interpreter; unset TRITON_INTERPRET")
+    signature: dict[str, str] = {}
+    constants: dict[str, Any] = {}
+    attrs: dict[tuple[int, ...], list[list[Any]]] = {}
+    for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
+        value = args[name]
+        aligned = [["tt.divisibility", 16]]
+        if param.is_constexpr or (isinstance(value, int) and not isinstance(value, bool) and value == 1):
+            signature[name], constants[name] = "constexpr", value  # triton.jit turns ints equal to 1 into constants
+        elif isinstance(value, str):
+            signature[name], attrs[(i,)] = value, aligned  # a pointer; torch allocations are 16-byte aligned
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(i,)] = aligned
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    return compiled.asm["ptx"], int(compiled.metadata.shared)
+
+
+def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options: Any) -> Compiled:
+    ptx, shared = compile_ptx(kernel, args, arch, **options)
+    loads = dict(collections.Counter(re.findall(r"ld\.global[\w.]*", ptx)))
+    return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), len(re.findall(r"\bmma\.", ptx)))
+
+
+def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
+    """(kernel, label, args, launch options) at Llama-3-8B decode shapes, bf16."""
+    from membound.backends.triton.kernels.cache_write import _cache_write
+    from membound.backends.triton.kernels.decode_attention import _flash_decoding_combine, _flash_decoding_split
+    from membound.backends.triton.kernels.embedding import _embedding
+    from membound.backends.triton.kernels.linear import _linear_small_m, _linear_splitk_reduce
+    from membound.backends.triton.kernels.norm import _rms_norm
+
+    out: list[tuple[Any, str, dict[str, Any], dict[str, Any]]] = []
+    n, k = 6144, 4096  # merged q/k/v
+    for m, use_dot, block_m, block_n, block_k, split in ((1, False, 1, 16, 256, 2), (8, True, 16, 32, 128, 2)):
+        args = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", out_ptr="*fp32", M=m, N=n, K=k, K_PER_SPLIT=k // split,
+                    stride_xm=k, stride_wn=k, stride_split=m * n, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                    SPLIT_K=split, HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32")
+        out.append((_linear_small_m, f"M={m} {'dot' if use_dot else 'fma'}", args,
+                    dict(num_warps=4, num_stages=4 if use_dot else 3)))
+    out.append((_linear_splitk_reduce, "split 2", dict(part_ptr="*fp32", b_ptr="*bf16", out_ptr="*bf16", M=8,
+                                                               N=n, SPLIT_K=2, BLOCK=256, HAS_BIAS=True),
+                dict(num_warps=4)))
+    hkv, g, cap, d = 8, 4, 16384, 128  # Llama-3-8B: 8 kv heads, 4 q heads each
+    strides = dict(sqb=32 * d, sqh=d, sqs=d, sqd=1, skb=hkv * cap * d, skh=cap * d, skt=d, skd=1, svb=hkv * cap * d,
+                   svh=cap * d, svt=d, svd=1, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1)
+    for one in (False, True):
+        args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", acc_ptr="*fp32",
+                    m_ptr="*fp32", l_ptr="*fp32", HKV=hkv, G=g, S=1, T=cap, D=d, DV=d, CHUNK=512, N_QBLOCKS=1,
+                    N_SPLITS=32, qk_scale=0.127, **strides, BLOCK_Q=16, BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d,
+                    ONE_SPLIT=one, INPUT_PRECISION="tf32")
+        out.append((_flash_decoding_split, f"d{d} {'one split' if one else 'split'}", args,
+                    dict(num_warps=4, num_stages=2)))
+    args = dict(pos_ptr="*i64", o_ptr="*bf16", acc_ptr="*fp32", m_ptr="*fp32", l_ptr="*fp32", HKV=hkv, G=g, S=1,
+                T=cap, DV=d, CHUNK=512, N_QBLOCKS=1, N_SPLITS=32, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1,
+                BLOCK_Q=16, BLOCK_DV=d)
+    out.append((_flash_decoding_combine, f"d{d}", args, dict(num_warps=4)))
+    args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", H=hkv, S=1, T=cap, D=d, scb=hkv * cap * d,
+                sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1, BLOCK_D=d)
+    out.append((_cache_write, f"d{d}", args, dict(num_warps=1)))
+    for residual in (False, True):
+        args = dict(x_ptr="*bf16", r_ptr="*bf16", w_ptr="*bf16", sum_ptr="*bf16", y_ptr="*bf16", D=4096,
+                    stride_x=4096, stride_r=4096, eps=1e-5, BLOCK_D=4096, HAS_RESIDUAL=residual, HAS_WEIGHT=True)
+        out.append((_rms_norm, "add+norm" if residual else "norm", args, dict(num_warps=8)))
+    args = dict(w_ptr="*bf16", ids_ptr="*i64", out_ptr="*bf16", V=128256, D=4096, stride_wv=4096, stride_wd=1,
+                BLOCK_D=1024)
+    out.append((_embedding, "d4096", args, dict(num_warps=4)))
+    return out
+
+
+def run(arch: int = 90) -> list[Compiled]:
+    return [_inspect(kernel, label, args, arch, **options) for kernel, label, args, options in cases()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, default=90, help="compute capability as an int (80 = A100, 90 = H100/H200)")
+    p.add_argument("--json", action="store_true", help="one JSON object per kernel instead of a table")
+    args = p.parse_args(argv)
+    results = run(args.arch)
+    for r in results:
+        if args.json:
+            print(json.dumps({**asdict(r), "vectorised": r.vectorised}))
+        else:
+            flag = "" if r.vectorised or r.kernel not in STREAMING else "  <- scalar loads"
+            print(f"{r.kernel:26s} {r.config:14s} shared {r.shared_bytes:6d} B  cp.async {r.cp_async:3d}  "
+                  f"mma {r.mma:3d}  loads {r.loads}{flag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
