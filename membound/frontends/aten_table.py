@@ -97,13 +97,9 @@ def _norm(dim: int, rank: int) -> int:
     return dim % rank if rank else 0
 
 
-def _provably_nonneg(e: sympy.Expr) -> bool:
-    return bool(is_static(e) and int(e) >= 0) or e.is_nonnegative is True
-
-
 def _clamp_index(t: Translator, i: Any, size: sympy.Expr, default: sympy.Expr) -> sympy.Expr:
     """A slice bound normalised like Python: None -> default, negatives count from the end, clamped to
-    [0, size] (symbolically with Min/Max only where the bound cannot be proven in range)."""
+    [0, size] (symbolically with Min/Max only where torch's ranges cannot prove the bound in range)."""
     if i is None:
         return default
     if isinstance(i, int) and i >= _INT64_MAX // 2:
@@ -113,9 +109,9 @@ def _clamp_index(t: Translator, i: Any, size: sympy.Expr, default: sympy.Expr) -
         e = size + e
     if is_static(e) and is_static(size):
         return sympy.Integer(min(max(int(e), 0), int(size)))
-    if not _provably_nonneg(e):
+    if not t.provably_nonneg(e):
         e = sympy.Max(0, e)
-    if not _provably_nonneg(size - e):
+    if not t.provably_nonneg(size - e):
         e = sympy.Min(e, size)
     return e
 

@@ -130,6 +130,7 @@ def build_capture(ep: ExportedProgram, roles: Sequence[Role], in_spec: pytree.Tr
 
     graph = Graph(_graph_name(name))
     translator = Translator(graph, symbols, TABLE, fallback, default_source)
+    translator.ranges = symbols.ranges(ep.range_constraints)
     outputs = translator.run(ep.graph, node_roles)
 
     user_outputs = []
@@ -148,7 +149,7 @@ def build_capture(ep: ExportedProgram, roles: Sequence[Role], in_spec: pytree.Tr
     inputs = [n for n in placeholders if isinstance(node_roles[n], AsInput)]
     return Capture(graph=graph, in_spec=in_spec, in_leaves=tuple(in_leaves), out_spec=out_spec,
                    out_leaves=tuple(out_leaves), devices=tuple(n.meta["val"].device for n in inputs),
-                   ranges=symbols.ranges(ep.range_constraints), guards=tuple(_guards(translator.guards)),
+                   ranges=translator.ranges, guards=tuple(_guards(translator.guards)),
                    frontend=frontend, name=name)
 
 

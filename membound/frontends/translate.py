@@ -199,6 +199,8 @@ class Translator:
         self.graph = graph
         # where to point when torch recorded no line (export records lines only inside Module.forward)
         self.default_source = default_source
+        # inclusive value ranges torch proved for the symbols (e.g. S >= 5 after a guard)
+        self.ranges: dict[sympy.Symbol, tuple[int, Optional[int]]] = {}
         self.symbols = symbols
         self.table = table
         self.fallback = fallback
@@ -285,6 +287,16 @@ class Translator:
 
     def out_type(self) -> TensorType:
         return self.out_types()[0]
+
+    def provably_nonneg(self, e: sympy.Expr) -> bool:
+        """Whether ``e >= 0`` for every size allowed by the ranges torch recorded (``S - 3`` is when
+        ``S >= 5``): each symbol is written as its lower bound plus a non-negative offset."""
+        e = sympy.sympify(e)
+        if e.is_number:
+            return bool(e >= 0)
+        shift = {s: self.ranges.get(s, (1, None))[0] + sympy.Dummy(f"{s.name}_off", integer=True, nonnegative=True)
+                 for s in e.free_symbols}
+        return e.xreplace(shift).is_nonnegative is True
 
     def cast(self, v: Value, dtype: torch.dtype) -> Value:
         return v if v.dtype == dtype else self.emit("cast", v, dtype=dtype)

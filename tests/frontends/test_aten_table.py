@@ -41,7 +41,9 @@ def _x(*shape: int) -> torch.Tensor:
 
 # each case: (id, fn, inputs at the capture sizes, inputs at other sizes)
 CASES: list[tuple[str, Callable[..., Any], Callable[[int, int], tuple]]] = [
-    ("binary_scalar", lambda x: (x + 1) * 2.5 - x / 3 + 2 ** x - (1 - x), lambda b, s: (_x(b, s, 4),)),
+    ("binary_scalar", lambda x: ((x + 1) * 2.5 - x / 3 + 2 ** x - (1 - x), torch.add(x, x.exp(), alpha=2),
+                                 torch.sub(x, 1, alpha=3), torch.rsub(x, x.cos(), alpha=0.5)),
+     lambda b, s: (_x(b, s, 4),)),
     ("int_float_promotion", lambda i: (i * 0.5, i + 1, i // 2, i % 3, torch.floor_divide(i, 3)),
      lambda b, s: (torch.randint(-9, 9, (b, s)),)),
     ("compare_logic", lambda x: ((x > 0) & (x < 1), (x >= 0.5) | (x == x), x != 0.3, ~(x <= 0)),
@@ -69,7 +71,7 @@ CASES: list[tuple[str, Callable[..., Any], Callable[[int, int], tuple]]] = [
     ("cat_stack_split", lambda x: (torch.cat([x, x * 2], -1), torch.stack([x, -x], 1), x.split(3, dim=-1),
                                    x.chunk(2, dim=-1), x.split([1, 4, 2], dim=-1), x.unbind(1)),
      lambda b, s: (_x(b, 3, 7),)),
-    ("matmuls", lambda x, w, v: (x @ w, torch.addmm(v, x[0], w), x[0] @ v, v @ w, torch.bmm(x, w.expand(x.shape[0], -1, -1)),
+    ("matmuls", lambda x, w, v: (x @ w, torch.addmm(v, x[0], w), torch.addmm(v, x[0], w, beta=0.5, alpha=2), x[0] @ v, v @ w, torch.bmm(x, w.expand(x.shape[0], -1, -1)),
                                  torch.nn.functional.linear(x, w.T, v)),
      lambda b, s: (_x(b, s, 4), _x(4, 4), _x(4))),
     ("indexing", lambda x, i: (x[i], x[:, i], x[i, i % x.shape[1]], torch.gather(x, 1, i[None].expand(x.shape[0], -1) % x.shape[1]),
@@ -90,6 +92,9 @@ CASES: list[tuple[str, Callable[..., Any], Callable[[int, int], tuple]]] = [
                                            q, kv[:, :1], kv[:, 1:], enable_gqa=True, scale=0.3,
                                            attn_mask=torch.ones(q.shape[-2], q.shape[-2]).tril().bool())),
      lambda b, s: (_x(b, 2, s, 8), _x(b, 2, s, 8))),
+    ("tril_triu_rms_norm", lambda x, w: (x.tril(), x.triu(1), x.tril(-1),
+                                         torch.nn.functional.rms_norm(x, (x.shape[-1],), w, eps=1e-6)),
+     lambda b, s: (_x(b, s, 4), _x(4))),
     ("to_dtype", lambda x: (x.to(torch.float64), x.to(torch.int32), x.float(), x.to("cpu"), x.type_as(x > 0),
                             x.contiguous(), x.clone(), x.detach()),
      lambda b, s: (_x(b, s) * 4,)),
@@ -146,3 +151,22 @@ def test_symbolic_shapes_are_named_after_the_first_input() -> None:
     x, y = cap.graph.inputs
     assert [str(d) for d in x.shape] == ["B", "S", "D0"]
     assert [str(d) for d in y.shape] == ["B", "1", "D1"]  # export specialises size-1 dims
+
+
+def test_slice_bounds_use_the_ranges_torch_proved() -> None:
+    def fn(x: torch.Tensor) -> tuple:
+        return x[:, :5], x[:, 3:], x[:, -4:], x[:, 1:-1], x[:, x.shape[1] // 2:]
+
+    cap = capture_export(fn, (_x(2, 7),))
+    assert cap.ranges[cap.graph.inputs[0].shape[1]] == (5, None)  # x[:, :5] of a dynamic S guards S >= 5
+    text = str(cap.graph)
+    assert "Min" not in text and "Max" not in text, text  # S >= 5 makes every clamp provably a no-op
+    x = _x(3, 9)
+    _close(_run(cap, (x,)), fn(x))
+    assert not cap.matches((_x(3, 4),))
+
+
+def test_static_capture_has_no_symbols() -> None:
+    cap = capture_export(lambda x: x.softmax(-1), (_x(2, 5),), dynamic=False)
+    assert cap.graph.symbols() == set()
+    assert cap.matches((_x(2, 5),)) and not cap.matches((_x(2, 6),))
