@@ -36,7 +36,7 @@ class UnsupportedOpError(CaptureError):
         head = f"cannot translate op {target}: {reason}" if reason else f"no membound IR mapping for op {target}"
         hint = _FALLBACK_HINT if fallback else "no fallback exists for this; change the model code at that line"
         msg = (f"{head}\n"
-               f"  called from module: {module or '<unknown>'}\n"
+               f"  called from module: {module or '(none: not inside an nn.Module)'}\n"
                f"  at: {source or '<unknown source line>'}\n"
                f"  what to do: {hint}")
         super().__init__(msg)

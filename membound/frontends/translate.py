@@ -30,7 +30,7 @@ from membound.frontends.capture import ConstOut, OutLeaf, TensorOut
 from membound.frontends.errors import CaptureError, UnsupportedOpError
 from membound.frontends.symbols import SymbolTable
 from membound.ir.graph import Graph, Value
-from membound.ir.types import TensorType, dims_equal, dtype_name, eval_dim
+from membound.ir.types import TensorType, dims_equal, eval_dim
 
 Resolved = Any  # Value | sympy.Expr | list[Value] | python constant | None
 
@@ -182,14 +182,6 @@ def module_path(node: torch.fx.Node) -> str:
 Rule = Callable[["Translator", Args], Any]
 
 
-@dataclass
-class Translation:
-    graph: Graph
-    out_leaves: list[OutLeaf]
-    guards: list[sympy.Basic]
-    symbols: SymbolTable
-
-
 class Translator:
     """Builds one IR graph from one exported FX graph. Rules use ``emit``, ``tensor``, ``dim``,
     ``out_type(s)``, ``cast`` and ``unsupported``; ``node`` is the FX node being translated."""
@@ -232,7 +224,8 @@ class Translator:
         try:
             node = self.graph.create_node(op, list(inputs), attrs, types)
         except (TypeError, ValueError, IndexError) as e:
-            raise self._error(f"the IR op {op} rejects the translated operands: {e}", fallback=True) from e
+            raise _IRRejected(op_name(self.node.target), module_path(self.node), self.source(self.node),
+                              f"the IR op {op} rejects the translated operands: {e}") from e
         assert self.node is not None
         node.meta["aten"] = op_name(self.node.target)
         node.meta["source"] = self.source(self.node)
@@ -257,7 +250,12 @@ class Translator:
             else:
                 dtype = torch.result_type(torch.tensor(x), x) if not isinstance(x, float) else \
                     torch.get_default_dtype()
-            value = bool(x) if dtype == torch.bool else (float(x) if dtype.is_floating_point else x)
+            if dtype == torch.bool:
+                value: Any = bool(x)
+            elif dtype.is_floating_point:
+                value = float(x)
+            else:  # torch casts the scalar to the tensor's integer type, wrapping (int8 + 300 adds 44)
+                value = int(torch.tensor(x).to(dtype).item())
             return self.emit("constant", value=value, dtype=dtype)
         raise self._error(f"operand {x!r} ({type(x).__name__}) is not a tensor or a Python scalar")
 
@@ -366,7 +364,16 @@ class Translator:
             args = Args({f"arg{i}": self._resolve(a) for i, a in enumerate(n.args)})
         if mutated is not None:
             self._check_inplace(n, target, mutated)
-        result = rule(self, args)
+        start = len(self.graph.nodes)
+        try:
+            result = rule(self, args)
+        except _IRRejected:
+            if self.fallback != "torch" or mutated is not None:
+                raise
+            for node in reversed(self.graph.nodes[start:]):  # undo the rule's partial work, then fall back
+                self.graph.erase_node(node)
+            self._fallback_or_raise(n)
+            return
         self._check_result(n, result)
         self.env[n] = result
         if mutated is not None:
@@ -396,8 +403,6 @@ class Translator:
             return r
         if isinstance(a, (list, tuple)):
             return type(a)(self._resolve(x) for x in a)
-        if isinstance(a, torch.device) or isinstance(a, (torch.dtype, torch.layout, torch.memory_format)):
-            return a
         return a
 
     # ---- checks ---------------------------------------------------------------------------------
@@ -492,6 +497,10 @@ class Translator:
         self.env[n] = node.results[0] if not isinstance(n.meta.get("val"), (list, tuple)) else list(node.results)
 
 
+class _IRRejected(UnsupportedOpError):
+    """A rule's IR op refused its operands (a use of the ATen op the mapping does not cover)."""
+
+
 def _symbolic(t: Translator, a: Args) -> sympy.Basic:
     """A symbolic-int function (``sym_size``, ``operator.mul`` on SymInts): its value is the expression
     torch recorded, converted to our symbols; it feeds attrs, never an IR value."""
@@ -536,7 +545,3 @@ def output_leaves(outputs: list[Any], paths: list[str], name: str) -> tuple[list
         else:
             raise CaptureError(f"{name} returns {type(r).__name__} at output {path}, which the IR cannot express")
     return values, leaves
-
-
-def describe_type(t: TensorType) -> str:
-    return f"{dtype_name(t.dtype)}[{', '.join(map(str, t.shape))}]"

@@ -136,3 +136,22 @@ def test_fx_frontend_failure_points_to_export() -> None:
     with pytest.raises(CaptureError) as e:
         capture_fx(DataDependent(), (torch.randn(2, 3),))
     assert "symbolic_trace" in str(e.value) and "capture_export" in str(e.value)
+
+
+def test_a_rule_the_ir_rejects_falls_back_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mapped op whose IR op refuses the operands: an error without fallback; with fallback="torch" the
+    rule's partial nodes are removed and the op becomes one torch_call."""
+    from membound.frontends import aten_table
+
+    def bad_rule(t, a):  # type: ignore[no-untyped-def]
+        t.emit("neg", a.self)  # partial work that must be undone
+        return t.emit("matmul", a.self, a.self)  # rank-1 operands: the IR's matmul rejects them
+
+    monkeypatch.setitem(aten_table.TABLE, torch.ops.aten.cos.default, bad_rule)
+    x = torch.randn(6)
+    with pytest.raises(UnsupportedOpError, match="rejects the translated operands"):
+        capture_export(lambda v: v.cos() + 1, (x,))
+    cap = capture_export(lambda v: v.cos() + 1, (x,), fallback="torch")
+    verify(cap.graph)
+    assert cap.graph.ops() == ["torch_call", "constant", "add"]
+    torch.testing.assert_close(run_graph(cap.graph, [x])[0], x.cos() + 1)
