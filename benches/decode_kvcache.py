@@ -80,7 +80,7 @@ def main() -> int:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     # correctness first: cached greedy decode == full recompute (short prompt, 8 tokens)
-    compiled = CompiledModel(model)
+    compiled = CompiledModel(model, backend="reference")
     prompt = torch.randint(0, vocab, (1, 16), device=device)
     with torch.no_grad():
         a = membound.generate(compiled, prompt, 8)
@@ -89,7 +89,7 @@ def main() -> int:
 
     t0 = time.perf_counter()
     with torch.no_grad():
-        program = build_kv_program(CompiledModel(model), prompt)  # a fresh one: cold compile time
+        program = build_kv_program(CompiledModel(model, backend="reference"), prompt)  # a fresh one: cold compile time
     compile_s = time.perf_counter() - t0
     rows = []
     for ctx_len in contexts:

@@ -79,12 +79,27 @@ class ReferenceExecutable:
         self._slot: dict[int, int] = {}
         for v in graph.values():
             self._slot[id(v)] = len(self._slot)
-        self._steps: list[tuple[Callable[..., Any], list[int], dict[str, Any], bool, list[int], list[Value]]] = []
+        bound = set()
+        for v in graph.inputs:
+            bound |= v.type.free_symbols()
+        self._steps: list[_Step] = []
         for n in graph.nodes:
-            ref = get_op(n.op).reference
-            self._steps.append((ref, [self._slot[id(v)] for v in n.inputs], n.attrs, _has_expr(n.attrs),
-                                [self._slot[id(r)] for r in n.results], n.results))
+            # results with symbols no input binds (data-dependent sizes) teach the bindings at run time
+            learns = [r for r in n.results if r.type.free_symbols() - bound]
+            for r in learns:
+                bound |= r.type.free_symbols()
+            self._steps.append(_Step(get_op(n.op).reference, [self._slot[id(v)] for v in n.inputs], n.attrs,
+                                     _has_expr(n.attrs), [self._slot[id(r)] for r in n.results], learns,
+                                     not n.inputs))
         self._outputs = [self._slot[id(v)] for v in graph.outputs]
+        self._attr_cache: dict[tuple[int, tuple[tuple[sympy.Symbol, int], ...]], dict[str, Any]] = {}
+
+    def _attrs(self, index: int, step: "_Step", bindings: dict[sympy.Symbol, int]) -> dict[str, Any]:
+        key = (index, tuple(sorted(bindings.items(), key=lambda kv: kv[0].name)))
+        attrs = self._attr_cache.get(key)
+        if attrs is None:
+            attrs = self._attr_cache[key] = _concretize(step.attrs, bindings)
+        return attrs
 
     def __call__(self, inputs: Sequence[torch.Tensor], tensors: Optional[dict[str, torch.Tensor]] = None
                  ) -> list[torch.Tensor]:
@@ -101,19 +116,31 @@ class ReferenceExecutable:
                 raise ValueError(f"no tensor bound for {v.kind} %{v.name}; pass tensors= or build the graph "
                                  f"from a model") from None
         device = inputs[0].device if inputs else (next(iter(tensors.values())).device if tensors else None)
-        with torch.device(device) if device is not None else _nullcontext():
-            for ref, ins, attrs, has_expr, outs, results in self._steps:
-                if has_expr:
-                    attrs = _concretize(attrs, bindings)
-                res = ref(*[env[i] for i in ins], **attrs)
-                if len(outs) == 1:
-                    env[outs[0]] = res
-                else:
-                    for i, r in zip(outs, res):
-                        env[i] = r
-                for r, o in zip(results, outs):
-                    _bind_result(r, env[o], bindings)
+        for index, step in enumerate(self._steps):
+            attrs = self._attrs(index, step, bindings) if step.has_expr else step.attrs
+            args = [env[i] for i in step.inputs]
+            if step.creates and device is not None:
+                with torch.device(device):  # factory ops (arange, full) build on the graph's device
+                    res = step.ref(*args, **attrs)
+            else:
+                res = step.ref(*args, **attrs)
+            if len(step.outputs) == 1:
+                env[step.outputs[0]] = res
+            else:
+                for i, r in zip(step.outputs, res):
+                    env[i] = r
+            for r in step.learns:
+                _bind_result(r, env[self._slot[id(r)]], bindings)
         return [env[i] for i in self._outputs]
+
+
+class _Step:
+    __slots__ = ("ref", "inputs", "attrs", "has_expr", "outputs", "learns", "creates")
+
+    def __init__(self, ref: Callable[..., Any], inputs: list[int], attrs: dict[str, Any], has_expr: bool,
+                 outputs: list[int], learns: list[Value], creates: bool) -> None:
+        self.ref, self.inputs, self.attrs, self.has_expr = ref, inputs, attrs, has_expr
+        self.outputs, self.learns, self.creates = outputs, learns, creates
 
 
 def _bind_result(v: Value, t: torch.Tensor, bindings: dict[sympy.Symbol, int]) -> None:
@@ -121,14 +148,6 @@ def _bind_result(v: Value, t: torch.Tensor, bindings: dict[sympy.Symbol, int]) -
     for d, n in zip(v.shape, t.shape):
         if isinstance(d, sympy.Symbol) and d not in bindings:
             bindings[d] = int(n)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def run_graph(graph: Graph, inputs: Sequence[torch.Tensor], tensors: Optional[dict[str, torch.Tensor]] = None

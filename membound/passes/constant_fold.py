@@ -155,7 +155,9 @@ class ConstantFold:
             n += 1
         name = f"const.{n}"
         names.add(name)
-        return graph.add_param(name, TensorType(t.dtype, tuple(t.shape)), t.contiguous())
+        # evaluated on the CPU; the folded tensor lives where the model's own tensors live
+        device = next((x.device for x in graph.tensors.values() if isinstance(x, torch.Tensor)), t.device)
+        return graph.add_param(name, TensorType(t.dtype, tuple(t.shape)), t.contiguous().to(device))
 
     def __call__(self, graph: Graph, ctx: PassContext) -> bool:
         known: dict[int, torch.Tensor] = {id(p): graph.tensors[p.name] for p in graph.params
