@@ -406,6 +406,16 @@ def _grouped_mm(t: Translator, a: Args) -> Value:
 TABLE["transformers.grouped_mm_fallback.default"] = _grouped_mm
 
 
+@rule(aten._grouped_mm.default)
+def _aten_grouped_mm(t: Translator, a: Args) -> Value:
+    """``torch._grouped_mm(x[N, K], w[E, K, M], offs[E])`` (what HF uses for bf16/fp16 experts)."""
+    x, w, offs = a.self, a.mat2, a.offs
+    if offs is None or a.bias is not None or (x.rank, w.rank) != (2, 3):
+        raise t.unsupported("only the 2-d x 3-d form with offsets and no bias maps to grouped_mm")
+    out = t.emit("grouped_mm", x, w, offs)
+    return t.cast(out, a.out_dtype) if a.out_dtype is not None else out
+
+
 @rule(aten.scaled_dot_product_attention.default)
 def _sdpa(t: Translator, a: Args) -> Value:
     """SDPA -> ``attention(q, k, v, mask?) {causal, scale}``; GQA (fewer kv heads) is implicit in the IR."""

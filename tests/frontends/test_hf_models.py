@@ -134,3 +134,15 @@ def test_dynamo_backend_runs_one_capture_at_two_shapes() -> None:
     assert [v.name for v in cap.graph.inputs] == ["input_ids"]
     assert any(isinstance(leaf, SymLeaf) for leaf in cap.in_leaves)  # Dynamo's SymInt inputs, tied to B/S
     assert cap.graph.tensors["lm_head.weight"] is model.lm_head.weight
+
+
+def test_bf16_mixtral_experts_map_aten_grouped_mm() -> None:
+    """In bf16 HF calls torch._grouped_mm (not the transformers fallback op); both map to grouped_mm.
+    Tolerance for bf16: 2e-2 relative."""
+    model = _make("mixtral").to(torch.bfloat16)
+    cap = capture_export(model, (), _call(torch.randint(0, VOCAB, (2, 7))))
+    assert cap.graph.count("grouped_mm") == 4  # gate_up and down, two layers
+    kwargs = _call(torch.randint(0, VOCAB, (3, 5)))
+    with torch.no_grad():
+        ref = model(**kwargs).logits.float()
+    assert _rel(_run(cap, kwargs).logits.float(), ref) < 2e-2
