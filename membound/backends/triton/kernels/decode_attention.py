@@ -131,6 +131,7 @@ def _flash_decoding_combine(
     spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
+    tl.static_assert(BLOCK_DV >= 16, "BLOCK_DV: the partials' padded head dim, at least 16")
     pid_row = tl.program_id(0)
     qb = pid_row % N_QBLOCKS
     kvh = (pid_row // N_QBLOCKS) % HKV
@@ -246,7 +247,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
 
     def grid(meta: dict) -> tuple[int, int]:
-        return (n_splits, row_programs)
+        # axis 0: chunks of the slots the grid covers; axis 1: (batch, kv head, query-row block)
+        return (triton.cdiv(length, cfg.chunk), bsz * hkv * triton.cdiv(rows, meta["BLOCK_Q"]))
 
     launchable(_flash_decoding_split, q.device)[grid](
         q, k, v, positions, y, acc, m, lse,
@@ -255,7 +257,11 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if not one:
-        launchable(_flash_decoding_combine, q.device)[(row_programs,)](
+
+        def combine_grid(meta: dict) -> tuple[int]:
+            return (bsz * hkv * triton.cdiv(rows, meta["BLOCK_Q"]),)
+
+        launchable(_flash_decoding_combine, q.device)[combine_grid](
             positions, y, acc, m, lse, hkv, g, s, cap, dv, cfg.chunk, n_qblocks, n_splits, spb, sps, *y.stride(),
             BLOCK_Q=cfg.block_q, BLOCK_DV=block_dv, num_warps=4)
     note("cached_attention", "kernel")

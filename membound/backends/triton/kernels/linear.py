@@ -202,9 +202,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split > 1:
-        block = 256
-        launchable(_linear_splitk_reduce, x.device)[(triton.cdiv(m * n, block),)](
-            target, b, y, m, n, SPLIT_K=split, BLOCK=block, HAS_BIAS=bias is not None, num_warps=4)
+
+        def reduce_grid(meta: dict) -> tuple[int]:
+            return (triton.cdiv(m * n, meta["BLOCK"]),)
+
+        launchable(_linear_splitk_reduce, x.device)[reduce_grid](
+            target, b, y, m, n, SPLIT_K=split, BLOCK=256, HAS_BIAS=bias is not None, num_warps=4)
     note("linear", "kernel")
     return y
 

@@ -84,7 +84,11 @@ def _launch(x2: torch.Tensor, r2: Optional[torch.Tensor], weight: Optional[torch
             y: torch.Tensor, eps: float) -> None:
     rows, d = x2.shape
     block_d = max(16, next_pow2(d))
-    launchable(_rms_norm, x2.device)[(rows,)](
+
+    def grid(meta: dict) -> tuple[int]:
+        return (rows,)  # one program per row; the row is one block (BLOCK_D >= D)
+
+    launchable(_rms_norm, x2.device)[grid](
         x2, r2 if r2 is not None else x2, weight if weight is not None else x2, h if h is not None else y, y,
         d, x2.stride(0), r2.stride(0) if r2 is not None else 0, float(eps),
         BLOCK_D=block_d, HAS_RESIDUAL=r2 is not None, HAS_WEIGHT=weight is not None,
