@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import sympy
 import torch
 
-from membound.frontends.translate import Args, DataScalar, Translator, _symbolic
+from membound.frontends.translate import Args, DataScalar, Translator, symbolic_value
 from membound.ir.graph import Value
 from membound.ir.types import is_static
 
@@ -276,7 +276,7 @@ for _target in (aten.sym_size.int, aten.sym_numel.default, aten.sym_stride.int, 
                 operator.sub, operator.floordiv, operator.truediv, operator.mod, operator.neg, operator.pow,
                 operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, torch.sym_max,
                 torch.sym_min, torch.sym_not, torch.sym_int, torch.sym_float, math.ceil, math.floor):
-    TABLE[_target] = _symbolic
+    TABLE[_target] = symbolic_value
 
 
 @rule(aten.item.default, aten._local_scalar_dense.default)

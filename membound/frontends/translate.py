@@ -349,7 +349,7 @@ class Translator:
                 mutated = _mutated_arg(target)
         if rule is None and isinstance(n.meta.get("val"), (torch.SymInt, torch.SymBool)) \
                 and not isinstance(target, torch._ops.OpOverload):
-            rule = _symbolic  # a Python function on SymInts (math.ceil, torch.sym_max...)
+            rule = symbolic_value  # a Python function on SymInts (math.ceil, torch.sym_max...)
         if rule is None:
             self._fallback_or_raise(n)
             return
@@ -501,7 +501,7 @@ class _IRRejected(UnsupportedOpError):
     """A rule's IR op refused its operands (a use of the ATen op the mapping does not cover)."""
 
 
-def _symbolic(t: Translator, a: Args) -> sympy.Basic:
+def symbolic_value(t: Translator, a: Args) -> sympy.Basic:
     """A symbolic-int function (``sym_size``, ``operator.mul`` on SymInts): its value is the expression
     torch recorded, converted to our symbols; it feeds attrs, never an IR value."""
     return t.symbols.expr(t.node.meta["val"])
