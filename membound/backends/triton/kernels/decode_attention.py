@@ -145,7 +145,8 @@ def _flash_decoding_combine(
     dv_ok = dvs < DV
     pos = tl.load(pos_ptr + b * spb + s * sps, mask=row_ok, other=-1)
     # exactly the chunks the split kernel wrote for this row block (the same rule it used to skip)
-    n_active = tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK)
+    # (never past the grid, even when a caller's max_len was too small: memory-safe, if wrong)
+    n_active = tl.minimum(tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK), N_SPLITS)
     m_run = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
     l_run = tl.zeros((BLOCK_Q,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
