@@ -48,7 +48,8 @@ def _infer_constant(*, value: Any, dtype: Any) -> TensorType:
 
 
 def _constant(*, value: Any, dtype: Any) -> torch.Tensor:
-    return torch.tensor(value, dtype=attr_dtype("constant", dtype))
+    # torch.full, not torch.tensor: on a GPU torch.tensor copies from the host and stalls the stream
+    return torch.full((), value, dtype=attr_dtype("constant", dtype))
 
 
 define_op("constant", inputs=(), attrs={"value": REQUIRED, "dtype": REQUIRED}, kind="creation",
