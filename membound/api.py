@@ -26,8 +26,6 @@ from membound.frontends import Capture, capture_export
 from membound.ir.graph import Graph
 from membound.passes import PassContext, PassManager, default_pipeline
 from membound.passes.instruments import DumpIR
-import membound.passes.fuse_attention  # noqa: F401  (registers the pass)
-import membound.passes.insert_kv_cache  # noqa: F401  (registers the pass)
 
 PipelineLike = Sequence[Union[str, Callable[..., bool]]]
 
@@ -164,7 +162,8 @@ class KVCacheError(RuntimeError):
     """generate() could not turn the model into a cached step graph; the message says why."""
 
 
-def _accepts_kwarg(fn: Callable[..., Any], name: str) -> bool:
+def _accepts_kwarg(fn: Callable[..., Any], name: str, explicit: bool = False) -> bool:
+    """Whether ``fn`` (or a module's forward) takes keyword ``name`` (by name, or through ``**kwargs``)."""
     import inspect
 
     target = fn.forward if isinstance(fn, torch.nn.Module) else fn
@@ -172,7 +171,24 @@ def _accepts_kwarg(fn: Callable[..., Any], name: str) -> bool:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):
         return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if name in params:
+        return True
+    return not explicit and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _carried_cache_position_kw(fn: Callable[..., Any]) -> Optional[str]:
+    """The position argument of a model that carries its own KV cache, else None.
+
+    Such models (Hugging Face's exportable static-cache module, gpt-fast-style code) take the cache
+    slots of the new tokens as ``cache_position`` or ``input_pos`` and have no ``use_cache`` switch;
+    membound compiles their in-place cache writes into state ops and calls them step by step.
+    """
+    if _accepts_kwarg(fn, "use_cache"):
+        return None
+    for name in ("cache_position", "input_pos"):
+        if _accepts_kwarg(fn, name, explicit=True):
+            return name
+    return None
 
 
 def build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
@@ -225,7 +241,7 @@ def generate(model_or_compiled: Any, input_ids: torch.Tensor, max_new_tokens: in
     pass ``attention_mask`` (left or right padding). ``stream(tokens[B])`` is called for every step.
     ``kv_cache=False`` recomputes the whole sequence for each token (a baseline; O(S) per token).
     """
-    from membound.runtime.generate import decode_loop, recompute_loop
+    from membound.runtime.generate import carried_cache_loop, decode_loop, recompute_loop
 
     compiled = model_or_compiled if isinstance(model_or_compiled, CompiledModel) else CompiledModel(model_or_compiled)
     options = dict(attention_mask=attention_mask, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -233,5 +249,8 @@ def generate(model_or_compiled: Any, input_ids: torch.Tensor, max_new_tokens: in
     with torch.no_grad():
         if not kv_cache:
             return recompute_loop(compiled, input_ids, max_new_tokens, **options)
+        position_kw = _carried_cache_position_kw(compiled.fn)
+        if position_kw is not None:
+            return carried_cache_loop(compiled, position_kw, input_ids, max_new_tokens, **options)
         program = build_kv_program(compiled, input_ids)
         return decode_loop(program, input_ids, max_new_tokens, max_cache_len=max_cache_len, **options)

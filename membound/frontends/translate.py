@@ -362,6 +362,11 @@ class Translator:
                                {k: self._resolve(v) for k, v in n.kwargs.items()})
         else:
             args = Args({f"arg{i}": self._resolve(a) for i, a in enumerate(n.args)})
+        if mutated is not None and self._writes_buffer(n, target, mutated):
+            result = self._state_write(n, target, mutated, args)
+            self.env[n] = result
+            self.env[_arg_node(n, target, mutated)] = result
+            return
         if mutated is not None:
             self._check_inplace(n, target, mutated)
         start = len(self.graph.nodes)
@@ -443,6 +448,50 @@ class Translator:
             return eval_dim(a, self._hints) == eval_dim(b, self._hints)
         except (TypeError, ValueError):
             return False
+
+    # ---- state: in-place writes into a model's buffers (static KV caches, counters) ---------------
+    def _writes_buffer(self, n: torch.fx.Node, target: Any, arg: str) -> bool:
+        src = _arg_node(n, target, arg)
+        if src is None or src.op != "placeholder":
+            return False
+        cur = self.env.get(src)
+        return isinstance(cur, Value) and cur.kind in ("param", "state")
+
+    def _state_write(self, n: torch.fx.Node, target: Any, arg: str, a: Args) -> Value:
+        """``buf.index_copy_(dim, idx, x)`` / ``buf[:, :, idx] = x`` / ``buf.copy_(x)`` on a model buffer.
+
+        The buffer becomes graph *state* (it persists across calls, written in place by explicit ops)
+        and the write becomes ``cache_write`` (one index tensor along one dim) or ``state_copy``.
+        Later reads of the buffer see the written value: the FX node is re-bound to the op's result.
+        """
+        src = _arg_node(n, target, arg)
+        cur = self.env[src]
+        if cur.kind == "param":
+            if isinstance(self.graph.tensors.get(cur.name), torch.nn.Parameter):
+                raise self._error(f"it writes in place into the parameter %{cur.name}; only buffers can be state")
+            self.graph.params.remove(cur)
+            cur.kind = "state"
+            self.graph.state.append(cur)
+        name = op_name(target)
+        if name == "aten.index_copy_.default":
+            return self.emit("cache_write", cur, self.cast(a.source, cur.dtype), a.index, dim=a.dim)
+        if name == "aten.index_put_.default":
+            picked = [(d, ix) for d, ix in enumerate(a.indices) if ix is not None]
+            if len(picked) != 1 or picked[0][1].rank not in (1, 2) or a.accumulate:
+                raise self._error(f"it writes into the buffer %{cur.name} with {len(picked)} index tensors; "
+                                  "state writes are supported along one dim with one index tensor")
+            dim, index = picked[0]
+            values = self.cast(a.values, cur.dtype)
+            while values.rank < cur.rank:  # torch's setitem drops the value's leading size-1 dims
+                values = self.emit("unsqueeze", values, dim=0)
+            want = tuple(values.shape[d] if d == dim else cur.shape[d] for d in range(cur.rank))
+            if tuple(values.shape) != want:
+                values = self.emit("expand", values, shape=want)
+            return self.emit("cache_write", cur, values, index, dim=dim)
+        if name == "aten.copy_.default":
+            return self.emit("state_copy", cur, a.src)
+        raise self._error(f"it modifies the buffer %{cur.name} in place ({name}); membound supports buffer writes "
+                          "through index_copy_, index_put_ along one dim, and copy_")
 
     def _check_inplace(self, n: torch.fx.Node, target: Any, arg: str) -> None:
         src = _arg_node(n, target, arg)

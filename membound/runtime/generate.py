@@ -165,3 +165,49 @@ def recompute_loop(model: Callable[..., object], input_ids: torch.Tensor, max_ne
             break
     new = torch.tensor(out, dtype=input_ids.dtype, device=input_ids.device)
     return torch.cat([input_ids, new], dim=1)
+
+
+def carried_cache_loop(model: Callable[..., object], position_kw: str, input_ids: torch.Tensor, max_new_tokens: int,
+                       *, attention_mask: Optional[torch.Tensor] = None, temperature: float = 0.0,
+                       top_k: Optional[int] = None, top_p: Optional[float] = None,
+                       eos_token_id: Optional[Union[int, Sequence[int]]] = None, pad_token_id: Optional[int] = None,
+                       stream: Optional[Callable[[torch.Tensor], None]] = None,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Decode a model that carries its own static cache: ``model(ids, **{position_kw: positions[S]})``.
+
+    Hugging Face's exportable static-cache module and gpt-fast-style models write K/V into their own
+    buffers at the given positions (one position vector for the whole batch), so every row must have
+    the same prompt length.
+    """
+    if attention_mask is not None and not bool(attention_mask.bool().all()):
+        raise ValueError(f"this model carries its own cache with one `{position_kw}` for the whole batch: all rows "
+                         f"must have the same prompt length (no padding); decode rows of different lengths "
+                         f"separately, or use a cache-less model so membound inserts a per-row cache")
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+    device = input_ids.device
+    seq = input_ids.shape[1]
+
+    def logits_of(res: object) -> torch.Tensor:
+        return res if isinstance(res, torch.Tensor) else res.logits  # type: ignore[attr-defined]
+
+    logits = logits_of(model(input_ids, **{position_kw: torch.arange(seq, device=device)}))
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
+    out = []
+    for step in range(max_new_tokens):
+        nxt = sample(logits[:, -1], temperature, top_k, top_p, generator)
+        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        out.append(nxt)
+        if stream is not None:
+            stream(nxt)
+        if eos:
+            finished |= torch.isin(nxt, torch.tensor(sorted(eos), device=device))
+            if bool(finished.all()):
+                break
+        if step == max_new_tokens - 1:
+            break
+        pos = torch.tensor([seq + step], device=device)
+        logits = logits_of(model(nxt[:, None], **{position_kw: pos}))
+    if not out:
+        return input_ids
+    return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)

@@ -4,8 +4,18 @@ import pytest
 import torch
 
 from membound.backends.reference import ShapeMismatchError, run_graph
-from membound.ir import (B, S, Graph, ParseError, TensorType, VerificationError, parse, print_graph,
-                         structurally_equal, verify)
+from membound.ir import (
+    B,
+    Graph,
+    ParseError,
+    S,
+    TensorType,
+    VerificationError,
+    parse,
+    print_graph,
+    structurally_equal,
+    verify,
+)
 from membound.ir.graph import Node
 
 

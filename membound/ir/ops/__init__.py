@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 import sympy
-import torch
 
 from membound.ir.types import TensorType, as_dim
 

@@ -123,3 +123,28 @@ def _cached_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: 
 define_op("cached_attention", inputs=("q", "k", "v", "positions"), attrs={"scale": None}, kind="attention",
           infer=_infer_cached, reference=_cached, flops=_cached_flops, bytes=_cached_bytes,
           doc="attention of new queries over a KV cache; the query at position p sees cache slots 0..p")
+
+
+# ---------------------------------------------------------------------------------------------
+# state_copy(state, value) -> state: overwrite a whole state buffer (a model's own counters, ``copy_``)
+# ---------------------------------------------------------------------------------------------
+def _infer_copy(state: TensorType, value: TensorType) -> TensorType:
+    op = "state_copy"
+    if value.rank > state.rank:
+        fail(op, f"value {value} has a higher rank than the state {state}")
+    for a, b in zip(reversed(state.shape), reversed(value.shape)):
+        if b != 1:
+            require_same_dim(op, a, b, f"value {value} does not broadcast to the state {state}")
+    return state
+
+
+def _copy(state: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return state.copy_(value)
+
+
+def _copy_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    return ins[1].nbytes() + outs[0].nbytes()
+
+
+define_op("state_copy", inputs=("state", "value"), kind="state", infer=_infer_copy, reference=_copy,
+          bytes=_copy_bytes, side_effects=True, doc="overwrite a state buffer with value (broadcast, cast by copy_)")
