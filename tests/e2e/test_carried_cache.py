@@ -96,7 +96,7 @@ def test_rows_of_different_lengths_are_refused_for_a_shared_position_cache():
                           attention_mask=mask)
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gpt2-sdpa"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_hf_static_cache_module_generates_like_full_recompute(name, batch):
     from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
