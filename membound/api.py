@@ -42,6 +42,13 @@ class CompiledEntry:
     dump_dir: Optional[Path] = None
 
 
+def default_cost() -> Any:
+    """The roofline model passes consult: datasheet specs of this machine's device (``Hardware.detect``)."""
+    from membound.cost import Hardware, RooflineCost
+
+    return RooflineCost(Hardware.detect())
+
+
 class CompiledModel:
     """A compiled model or function. Call it exactly like the original."""
 
@@ -109,7 +116,7 @@ class CompiledModel:
             instruments.append(DumpIR(dump_dir))
         pipeline = self.pipeline if self.pipeline is not None else default_pipeline()
         manager = PassManager(pipeline, instruments=instruments)
-        graph = manager.run(capture.graph, PassContext())
+        graph = manager.run(capture.graph, PassContext(cost=default_cost()))
         capture.graph = graph
         entry = CompiledEntry(capture, input_ir, graph, compile_graph(graph, self.backend), list(manager.records),
                               dump_dir)
@@ -212,7 +219,7 @@ def build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
     base = compiled.pipeline if compiled.pipeline is not None else default_pipeline()
     pipeline = list(base) + ["fuse-attention", "insert-kv-cache", "canonicalize", "dead-code-elimination"]
     instruments = [DumpIR(Path(compiled.dump_ir) / "kv-prefill")] if compiled.dump_ir else []
-    ctx = PassContext()
+    ctx = PassContext(cost=default_cost())
     manager = PassManager(pipeline, instruments=instruments)
     step = manager.run(capture.graph, ctx)
     if "kv_cache" not in step.meta:

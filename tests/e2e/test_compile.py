@@ -168,3 +168,25 @@ def test_demo_runs_on_cpu_quickly(tmp_path, capsys):
     assert time.perf_counter() - t < 60
     out = capsys.readouterr().out
     assert "OK" in out and "canonicalize" in out and str(tmp_path / "demo") in out
+
+
+def test_cli_dump_ir_writes_numbered_files(tmp_path, capsys):
+    from membound.cli import main
+
+    assert main(["dump-ir", "gpt2-tiny", "--out", str(tmp_path / "ir")]) == 0
+    files = sorted(p.name for p in (tmp_path / "ir").glob("*.mir"))
+    assert files[0] == "000-input.mir" and len(files) >= 4
+    parse((tmp_path / "ir" / files[-1]).read_text())
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_passes_see_the_cost_model():
+    seen = []
+
+    def spy(graph, ctx):
+        seen.append(ctx.cost)
+        return False
+
+    spy.name = "spy"
+    membound.compile(lambda x: x * 2, pipeline=[spy])(torch.randn(3))
+    assert seen and seen[0] is not None and hasattr(seen[0], "estimate")
