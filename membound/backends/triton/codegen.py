@@ -32,7 +32,13 @@ from membound.ir.printer import format_node
 
 POINTWISE_BLOCK = 1024
 
-_RESERVED = {"torch", "triton", "tl", "launch", "allocate", "tensors", "bufs", "device", "slots", "BLOCK",
+
+def row_warps(block_n: int) -> int:
+    """Warps for a row kernel holding ``block_n`` elements: enough threads that each keeps a few
+    dozen values in registers (4 up to 1024 columns, 16 from 4096)."""
+    return min(max(block_n // 256, 4), 16)
+
+_RESERVED = {"torch", "triton", "tl", "launch", "allocate", "tensors", "bufs", "device", "slots", "BLOCK", "row_warps",
              "math", "float", "int", "max", "min", "range", "len", "list"}
 
 
@@ -159,9 +165,13 @@ class ModuleWriter:
                 rows = rows * d
             grid = f"({expr_code(rows, kernel=False)},)"
             n = k.shape[-1]
-            block = str(1 << max(int(n) - 1, 0).bit_length()) if n.is_Integer else \
-                f"triton.next_power_of_2({expr_code(n, kernel=False)})"
-            args.append(f"BLOCK_N={block}")
+            if n.is_Integer:
+                block_n = 1 << max(int(n) - 1, 0).bit_length()
+                block, warps = str(block_n), str(row_warps(block_n))
+            else:
+                block = f"triton.next_power_of_2({expr_code(n, kernel=False)})"
+                warps = f"row_warps({block})"
+            args += [f"BLOCK_N={block}", f"num_warps={warps}"]
         lines.append(f"{k.name}[{grid}](" + ", ".join(args) + ")")
         return lines
 
@@ -226,6 +236,8 @@ class ModuleWriter:
             'reference) functions are bound by the executable that loads this module.\n"""\n',
             "import torch\nimport triton\nimport triton.language as tl\n",
             f"BLOCK = {POINTWISE_BLOCK}  # elements per program in pointwise kernels\n",
+            "def row_warps(block_n):\n    # warps for a row kernel of block_n columns: a few dozen values per thread\n"
+            "    return min(max(block_n // 256, 4), 16)\n",
         ]
         parts += [HELPERS[h] for h in helpers]
         parts += [ks.text for ks in sources]

@@ -28,7 +28,7 @@ from membound.cost import RooflineCost
 from membound.ir.graph import Graph
 from membound.ir.ops import get_op
 
-# allocated plans kept per executable (one per distinct set of sizes)
+# allocated memory plans kept per executable (one per distinct input shapes)
 MAX_PLANS = 8
 _MODULES: dict[tuple[str, str], ModuleType] = {}
 
@@ -80,32 +80,43 @@ class TritonExecutable:
         self.plan: MemoryPlan = plan_memory(self.partition, set(self.input_symbols))
         self.generated: GeneratedModule = generate(self.partition, self.plan, self.input_symbols)
         self.source: str = self.generated.source
-        self._plans: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        self._module: Optional[ModuleType] = None
+        self._launch: Callable[..., list[torch.Tensor]] = _not_loaded
+        # per distinct input shapes/dtypes/devices: (sizes, the memory plan's buffers, device)
+        self._ready: dict[tuple[Any, ...], tuple[dict[str, int], list[torch.Tensor], torch.device]] = {}
 
     # ---- loading ------------------------------------------------------------------------------
     def module(self) -> ModuleType:
-        """The generated module, loaded once per process (Triton compiles its kernels lazily, per
-        specialisation, and caches them itself)."""
+        """The generated module with this executable's ``lib_*``/``ref_*`` functions bound, loaded once
+        per process for each (source, functions) pair; Triton compiles its kernels lazily, per
+        specialisation, and caches them itself."""
+        if self._module is not None:
+            return self._module
+        functions: dict[str, Callable[..., Any]] = {}
+        for fn_name, (impl, op) in self.generated.bindings.items():
+            fn = self.library.get(op) if impl == "library" else None
+            if fn is None:
+                fn = _without_out(get_op(op).reference) if impl == "library" else get_op(op).reference
+            functions[fn_name] = fn
         digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
-        mod = _MODULES.get(digest)
+        key = (digest,) + tuple(sorted((name, id(fn)) for name, fn in functions.items()))
+        mod = _MODULES.get(key)
         if mod is None:
             path = cache_dir() / f"{_safe(self.graph.name)}_{digest}.py"
             if not path.exists():
                 tmp = path.with_suffix(f".{os.getpid()}.tmp")
                 tmp.write_text(self.source)
                 tmp.replace(path)
-            name = f"membound_generated_{digest}"
+            name = f"membound_generated_{digest}_{len(_MODULES)}"
             spec = importlib.util.spec_from_file_location(name, path)
             assert spec is not None and spec.loader is not None
             mod = importlib.util.module_from_spec(spec)
             sys.modules[name] = mod
             spec.loader.exec_module(mod)
-            _MODULES[digest] = mod
-        for fn_name, (impl, op) in self.generated.bindings.items():
-            fn = self.library.get(op) if impl == "library" else None
-            if fn is None:
-                fn = _without_out(get_op(op).reference) if impl == "library" else get_op(op).reference
-            setattr(mod, fn_name, fn)
+            for fn_name, fn in functions.items():
+                setattr(mod, fn_name, fn)
+            _MODULES[key] = mod
+        self._module = mod
         return mod
 
     # ---- running ------------------------------------------------------------------------------
@@ -113,26 +124,38 @@ class TritonExecutable:
                  ) -> list[torch.Tensor]:
         g = self.graph
         tensors = g.tensors if tensors is None else tensors
-        bindings = bind_symbols(g.inputs, list(inputs))
+        # inputs seen before skip validation and planning: one dict lookup
+        key = tuple((t.shape, t.dtype, t.device) for t in inputs)
+        ready = self._ready.get(key)
+        if ready is None:
+            ready = self._prepare(inputs, tensors)
+            if len(self._ready) >= MAX_PLANS:
+                self._ready.pop(next(iter(self._ready)))
+            self._ready[key] = ready
+        sizes, bufs, device = ready
+        return self._launch(*inputs, tensors=tensors, bufs=bufs, device=device, **sizes)
+
+    def _prepare(self, inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]
+                 ) -> tuple[dict[str, int], list[torch.Tensor], torch.device]:
+        """Check the inputs against the graph, bind the sizes, allocate the memory plan's buffers."""
+        bindings = bind_symbols(self.graph.inputs, list(inputs))
         device = _device(inputs, tensors)
         if device.type != "cuda" and not interpreted():
             raise RuntimeError(f"backend='triton' got {device.type} tensors, but Triton was imported without "
                                "TRITON_INTERPRET=1; set it before anything imports triton, or use CUDA tensors "
                                "(or backend='reference')")
         mod = self.module()
+        self._launch = mod.launch
         sizes = {s.name: bindings[s] for s in self.input_symbols}
-        key = (str(device),) + tuple(sizes.values())
-        bufs = self._plans.get(key)
-        if bufs is None:
-            if len(self._plans) >= MAX_PLANS:
-                self._plans.pop(next(iter(self._plans)))
-            bufs = mod.allocate(device, **sizes)
-            self._plans[key] = bufs
-        return mod.launch(*inputs, tensors=tensors, bufs=bufs, device=device, **sizes)
+        return sizes, mod.allocate(device, **sizes), device
 
     def describe(self) -> str:
         """The partition and the memory plan, as text."""
         return self.partition.describe() + "\n\n" + self.plan.describe()
+
+
+def _not_loaded(*args: Any, **kwargs: Any) -> list[torch.Tensor]:
+    raise AssertionError("the generated module is loaded by the first call")
 
 
 def _without_out(fn: Callable[..., Any]) -> Callable[..., Any]:

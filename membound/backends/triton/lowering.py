@@ -135,9 +135,9 @@ def _floordiv_int(a, b):
     q = a // b
     return tl.where((q * b != a) & ((a < 0) != (b < 0)), q - 1, q)
 ''',
-    "_remainder_int": '''@triton.jit
-def _remainder_int(a, b):
-    # Python/torch remainder takes the sign of b; Triton's % takes the sign of a
+    "_remainder": '''@triton.jit
+def _remainder(a, b):
+    # torch's remainder takes the sign of b; Triton's % (C fmod) takes the sign of a
     r = a % b
     return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
 ''',
@@ -200,6 +200,8 @@ def lower(node: Node, args: list[Val]) -> tuple[str, set[str]]:
         return _cast(args[0], node.inputs[0].dtype, out), set()
     od = operand_dtype(node)
     a = [convert(x, od) for x in args]
+    if op == "reciprocal":
+        return _true_div("1.0", a[0], out), set()
     if op in _UNARY_FLOAT:
         return _UNARY_FLOAT[op].format(*a), ({"_tanh"} if op == "tanh" else set())
     if op == "gelu":
@@ -228,9 +230,7 @@ def lower(node: Node, args: list[Val]) -> tuple[str, set[str]]:
         nan = ", propagate_nan=tl.PropagateNan.ALL" if _is_float(out) else ""
         return f"{fn}({a[0]}, {a[1]}{nan})", set()
     if op == "remainder":
-        if _is_float(out):
-            return f"{a[0]} - {a[1]} * tl.floor({a[0]} / {a[1]})", set()
-        return f"_remainder_int({a[0]}, {a[1]})", {"_remainder_int"}
+        return f"_remainder({a[0]}, {a[1]})", {"_remainder"}
     if op == "div":
         return _div(a, attrs["rounding_mode"], out)
     if op == "clamp":
@@ -252,16 +252,22 @@ def lower(node: Node, args: list[Val]) -> tuple[str, set[str]]:
 
 
 def _div(a: list[str], mode: Optional[str], out: torch.dtype) -> tuple[str, set[str]]:
+    # tl.div_rn: IEEE division as torch does (Triton's `/` may be off by an ulp on the GPU, and
+    # x / x must stay exactly 1 before a floor)
     if mode is None:
-        return f"{a[0]} / {a[1]}", set()
+        return _true_div(a[0], a[1], out), set()
     if _is_float(out):
-        q = f"{a[0]} / {a[1]}"
+        q = _true_div(a[0], a[1], out)
         if mode == "floor":
             return f"tl.floor({q})", set()
         return f"tl.where({q} < 0, tl.ceil({q}), tl.floor({q}))", set()
     if mode == "floor":
         return f"_floordiv_int({a[0]}, {a[1]})", {"_floordiv_int"}
     return f"{a[0]} // {a[1]}", set()  # Triton's integer // truncates, as rounding_mode="trunc" asks
+
+
+def _true_div(a: str, b: str, out: torch.dtype) -> str:
+    return f"tl.div_rn({a}, {b})" if compute_dtype(out) == torch.float32 else f"{a} / {b}"
 
 
 def _cast(x: Val, src: torch.dtype, out: torch.dtype) -> str:
