@@ -1,0 +1,633 @@
+"""End-to-end greedy decode: eager, torch.compile, Hugging Face and membound on the same weights, one run.
+
+    PYTHONPATH=. python benches/decode_e2e.py --out DIR                      # GPU: llama-1b + llama-8b, b1/b8
+    PYTHONPATH=. python benches/decode_e2e.py --models llama-8b --out DIR    # a subset (one device call each)
+    python benches/decode_e2e.py --merge A.json B.json --out DIR             # join subset files of one card
+    python benches/decode_e2e.py --smoke --out DIR                           # CPU, llama-tiny fp32 (CI)
+
+Per model (built-in Llama, bf16, random weights) and batch, every contender generates ``--new-tokens``
+tokens after the same random ``--prompt``-token prompts:
+
+- ``eager``: ``static_cache_llama.StaticCacheLlama`` (gpt-fast recipe, the built-in's weights), greedy loop;
+- ``compile``: the same model's one-token step under ``torch.compile(mode="reduce-overhead",
+  fullgraph=True)`` (prefill eager), compiled afresh per batch (``torch._dynamo.reset()``: static shapes);
+- ``hf``: ``transformers.LlamaForCausalLM`` holding the built-in's tensors, ``generate(...,
+  cache_implementation="static")`` (which compiles itself on CUDA); its logits are checked first;
+- ``membound <backend>``: ``membound.generate(membound.compile(model, backend=...), ids, N)`` for
+  ``reference``, ``triton`` and a CUDA-graph variant when membound exposes one;
+- ``roofline``: N steps x (all weights once + K/V of the live context) / the read bandwidth of
+  ``x.sum()`` over 2 GiB measured in this run (so "% roofline" is also "% of read bandwidth").
+
+Correctness first: each contender's cold call (N tokens if it compiles, else 16) must give the eager
+model's first 16 greedy tokens (bf16 may diverge after a few: the first divergence is reported, not
+fatal). Then one warm call if it compiles, then the timed call between ``torch.cuda.synchronize()``s.
+The timed region is the whole generate call (prefill + N tokens) for every contender. tokens/s =
+batch * N / seconds; GB/s = roofline bytes / seconds; compile s = cold call - timed call, with fresh
+Inductor/Triton/membound cache folders (``--warm-caches`` keeps the usual ones).
+
+Contenders run in the order given (default eager, membound, compile, hf: the long compiles last). One
+that raises is recorded as ``failed: <first line>``; the bench never stops on one. Rows are written to
+the JSON file as they finish (a run cut short keeps what it measured); ``--budget-s`` (GPU default
+510) skips the contenders that would start later than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import inspect
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (str(ROOT), str(ROOT / "benches")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from static_cache_llama import StaticCacheLlama  # noqa: E402
+
+import membound  # noqa: E402
+from membound.models import build_model, get_config  # noqa: E402
+from membound.models.llama import Llama, LlamaConfig  # noqa: E402
+
+Generate = Callable[[torch.Tensor, int], torch.Tensor]  # (ids [B, P], n) -> [B, P + n]
+CONTENDERS = ("eager", "membound", "compile", "hf")  # default run order: the long compiles last (--budget-s)
+CHECK_TOKENS = 16  # greedy tokens compared across contenders
+
+
+@dataclass
+class Row:
+    """One (model, batch, contender) measurement; ``status`` is ok, ``failed: ...`` or ``skipped: ...``."""
+
+    model: str
+    batch: int
+    contender: str
+    status: str = "ok"
+    tokens_per_s: Optional[float] = None
+    gbps: Optional[float] = None
+    pct_roofline: Optional[float] = None  # = % of the measured read bandwidth
+    timed_s: Optional[float] = None
+    first_call_s: Optional[float] = None
+    compile_s: Optional[float] = None  # first call - timed call (compiled contenders only)
+    match_prefix: Optional[int] = None  # sum over rows of the greedy prefix equal to eager's
+    compared: Optional[int] = None  # batch * tokens compared
+    first_divergence: Optional[int] = None  # smallest index where a row differs from eager (None: none)
+    deterministic: Optional[bool] = None  # the timed call repeated the cold call's tokens
+    wall_s: Optional[float] = None  # everything this row took, compiles included
+    note: str = ""
+    error: str = ""
+
+
+# ---- measuring ---------------------------------------------------------------------------------
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def read_bandwidth(device: str, nbytes: int) -> float:
+    """GB/s of ``x.sum()`` over ``nbytes`` of bf16 (the decode ceiling: weights and cache are read)."""
+    x = torch.randn(nbytes // 2, dtype=torch.bfloat16, device=device)
+    x.sum()
+    sync()
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        x.sum()
+        sync()
+        times.append(time.perf_counter() - t)
+    del x
+    return nbytes / statistics.median(times) / 1e9
+
+
+def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    sync()
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - t
+
+
+def step_bytes_total(weight_bytes: int, kv_bytes_per_token: int, batch: int, prompt: int, new_tokens: int) -> int:
+    """Bytes the N forward steps of one generate call must read: step t (t = 0 is the prefill) reads every
+    weight once and the K/V of ``prompt + t`` positions of each row."""
+    positions = new_tokens * prompt + new_tokens * (new_tokens - 1) // 2
+    return new_tokens * weight_bytes + batch * kv_bytes_per_token * positions
+
+
+def agreement(new: torch.Tensor, ref: torch.Tensor) -> tuple[int, Optional[int]]:
+    """(sum of each row's prefix equal to ``ref``, smallest first differing index or None)."""
+    k = ref.shape[1]
+    same = (new[:, :k].cpu() == ref.cpu())
+    prefix = [int(row.long().cumprod(0).sum()) for row in same]
+    diverged = [p for p in prefix if p < k]
+    return sum(prefix), (min(diverged) if diverged else None)
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def reset_dynamo() -> None:
+    """Forget every compiled graph (and CUDA graph pool) and zero Dynamo's counters."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+
+def cudagraph_skips() -> int:
+    """How often Inductor fell back from CUDA graphs since the last ``reset_dynamo`` (0 = graphs were used)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
+# ---- contenders --------------------------------------------------------------------------------
+
+def decode_one(model: StaticCacheLlama, tok: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """One greedy step: ``tok [B, 1]`` at ``input_pos [1]`` -> next token ``[B]`` (what torch.compile captures)."""
+    return model(tok, input_pos)[:, -1].argmax(dim=-1)
+
+
+@torch.no_grad()
+def static_generate(model: StaticCacheLlama, step: Callable[..., torch.Tensor], ids: torch.Tensor,
+                    n: int) -> torch.Tensor:
+    """Greedy decode with the static-cache model: eager prefill, then ``step`` per token (gpt-fast's loop)."""
+    B, P = ids.shape
+    if model.max_batch != B or model.max_len < P + n:
+        raise ValueError(f"static_generate: caches are set up for batch {model.max_batch}, {model.max_len} positions; "
+                         f"need batch {B}, {P + n} (call setup_caches)")
+    tok = model(ids, torch.arange(P, device=ids.device))[:, -1].argmax(dim=-1)
+    out = [tok]
+    input_pos = torch.tensor([P], device=ids.device)
+    for _ in range(n - 1):
+        tok = step(model, tok[:, None], input_pos).clone()  # a CUDA-graph output is overwritten by the next replay
+        out.append(tok)
+        input_pos += 1
+    return torch.cat([ids, torch.stack(out, dim=1)], dim=1)
+
+
+def hf_config(cfg: LlamaConfig, max_positions: int) -> Any:
+    from transformers import LlamaConfig as HFLlamaConfig
+
+    hf = HFLlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.intermediate_size,
+                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                       num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
+                       rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+                       max_position_embeddings=max(max_positions, 8192), attention_bias=False, mlp_bias=False,
+                       bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    rope = getattr(hf, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(hf, "rope_theta", None))
+    if theta != cfg.rope_theta:
+        raise ValueError(f"hf_config: transformers LlamaConfig kept rope_theta={theta}, wanted {cfg.rope_theta}")
+    return hf
+
+
+def hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
+    """The built-in Llama's tensors under Hugging Face ``LlamaForCausalLM`` names (same layouts: both rotate-half)."""
+    names = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+             "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+             "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+             "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj", "feed_forward.w2": "mlp.down_proj"}
+    out = {}
+    for key, t in model.state_dict().items():
+        if key == "tok_embeddings.weight":
+            out["model.embed_tokens.weight"] = t
+        elif key == "norm.weight":
+            out["model.norm.weight"] = t
+        elif key == "output.weight":
+            out["lm_head.weight"] = t
+        elif m := re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", key):
+            out[f"model.layers.{m[1]}.{names[m[2]]}.weight"] = t
+        else:
+            raise KeyError(f"hf_state_dict: no Hugging Face name for built-in parameter {key!r}")
+    return out
+
+
+def build_hf(model: Llama, max_positions: int) -> Any:
+    """A ``transformers.LlamaForCausalLM`` sharing ``model``'s weight tensors (built on meta, no copy)."""
+    from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = hf_config(model.config, max_positions)
+    device = model.tok_embeddings.weight.device
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(config)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False, assign=True)
+    if model.config.tie_embeddings:
+        hf.lm_head.weight = hf.model.embed_tokens.weight
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise KeyError(f"build_hf: weight mapping incomplete: missing {missing}, unexpected {unexpected}")
+    hf.model.rotary_emb = LlamaRotaryEmbedding(config).to(device)  # its inv_freq buffers are not in the state dict
+    left = [n for n, t in [*hf.named_parameters(), *hf.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"build_hf: tensors left on the meta device: {left[:5]}")
+    return hf.eval().requires_grad_(False)
+
+
+def logits_check(ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:
+    """Max |difference| relative to max |ref|; tolerance 5e-2 for bf16/fp16 (16-32 layers), 1e-4 for fp32."""
+    rel = float((ours.float() - ref.float()).abs().max() / ref.float().abs().max())
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    return {"max_rel_diff": rel, "tolerance": tol, "ok": rel <= tol}
+
+
+@dataclass
+class MemboundVariant:
+    label: str
+    compile_kwargs: dict[str, Any]
+    generate_kwargs: dict[str, Any]
+    unavailable: str = ""  # "failed: ..." or "skipped: ..." when it cannot run
+
+
+def membound_variants(backends: list[str]) -> list[MemboundVariant]:
+    """reference; triton if it resolves; a CUDA-graph variant if membound exposes an option for one."""
+    from membound.backends import BACKENDS, resolve_backend
+
+    out = []
+    for name in backends:
+        if name == "reference":
+            out.append(MemboundVariant("membound reference", {"backend": "reference"}, {}))
+        elif name == "triton":
+            try:
+                resolve_backend("triton")
+                out.append(MemboundVariant("membound triton", {"backend": "triton"}, {}))
+            except Exception as exc:  # noqa: BLE001 (being written: record, never crash)
+                out.append(MemboundVariant("membound triton", {}, {}, f"failed: {first_line(exc)}"))
+        elif name == "triton+graphs":
+            out.append(graphs_variant(BACKENDS))
+        else:
+            raise ValueError(f"--membound-backends: unknown {name!r}; use reference, triton, triton+graphs")
+    return out
+
+
+def graphs_variant(backends: tuple[str, ...]) -> MemboundVariant:
+    """Find how membound turns CUDA graphs on: a backend name, or a compile()/generate() keyword, with 'graph'."""
+    label = "membound triton+graphs"
+    try:
+        import membound.backends.cuda_graphs  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return MemboundVariant(label, {}, {}, f"skipped: membound.backends.cuda_graphs unavailable ({first_line(exc)})")
+    named = [b for b in backends if "graph" in b.lower()]
+    if named:
+        return MemboundVariant(label, {"backend": named[0]}, {})
+    for fn, where in ((membound.compile, "compile"), (membound.generate, "generate")):
+        keys = [k for k in inspect.signature(fn).parameters if "graph" in k.lower()]
+        if keys:
+            kwargs = {keys[0]: True}
+            return MemboundVariant(label, {"backend": "triton", **(kwargs if where == "compile" else {})},
+                                   kwargs if where == "generate" else {})
+    return MemboundVariant(label, {}, {}, "skipped: membound.backends.cuda_graphs exists but neither a backend name "
+                                          "nor a compile()/generate() option turns it on yet")
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+class Bench:
+    """Runs the contenders and appends rows; the result file is rewritten after every row."""
+
+    def __init__(self, args: argparse.Namespace, device: str, dtype: torch.dtype, targets: list[Path]) -> None:
+        self.args = args
+        self.device = device
+        self.dtype = dtype
+        self.targets = targets
+        self.start = time.perf_counter()
+        self.rows: list[Row] = []
+        self.models: dict[str, dict[str, Any]] = {}
+        self.notes: list[str] = []
+        self.record: dict[str, Any] = {}
+
+    def over_budget(self) -> bool:
+        return bool(self.args.budget_s) and time.perf_counter() - self.start > self.args.budget_s
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        flag = row.status if row.status != "ok" else f"{row.tokens_per_s:.1f} tok/s"
+        print(f"[{time.perf_counter() - self.start:6.1f}s] {row.model} b{row.batch} {row.contender}: {flag}",
+              flush=True)
+        self.save()
+
+    def save(self) -> None:
+        self.record.update(models=self.models, notes=self.notes, rows=[asdict(r) for r in self.rows])
+        for path in self.targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.record, indent=1) + "\n")
+
+    def flag_cudagraph_skips(self) -> None:
+        """Note on the last row when Inductor did not use CUDA graphs (a silent 'reduce-overhead' fallback)."""
+        skips = cudagraph_skips()
+        if skips and self.device == "cuda":
+            self.rows[-1].note += f"; Inductor skipped CUDA graphs {skips}x (see the log)"
+            self.save()
+
+    def measure(self, model: str, batch: int, contender: str, gen: Generate, ids: torch.Tensor,
+                ref: torch.Tensor, warm_calls: int, compiled: bool, info: dict[str, Any], note: str = "") -> None:
+        """Cold call, warm calls, timed call of ``gen``; a failure becomes a ``failed:`` row.
+
+        The cold call generates N tokens for a compiled contender (so its compile-time shapes are the
+        timed ones) and only the compared tokens otherwise (eager and the reference backend need no warm-up
+        beyond that)."""
+        row = Row(model, batch, contender, note=note)
+        if self.over_budget():
+            row.status = f"skipped: time budget ({self.args.budget_s:.0f} s) spent"
+            self.add(row)
+            return
+        n, P, k = self.args.new_tokens, ids.shape[1], ref.shape[1]
+        cold_n = n if compiled else k  # a compiled contender's first call must see the timed call's shapes
+        t0 = time.perf_counter()
+        try:
+            cold, row.first_call_s = timed(lambda: gen(ids, cold_n))
+            for _ in range(warm_calls):
+                gen(ids, n)
+            out, row.timed_s = timed(lambda: gen(ids, n))
+            if tuple(out.shape) != (batch, P + n) or tuple(cold.shape) != (batch, P + cold_n):
+                raise RuntimeError(f"generated shapes {tuple(cold.shape)} (cold), {tuple(out.shape)} (timed); "
+                                   f"expected {(batch, P + cold_n)}, {(batch, P + n)}")
+            row.deterministic = bool(torch.equal(cold[:, :P + k], out[:, :P + k]))
+            row.match_prefix, row.first_divergence = agreement(cold[:, P:], ref)
+            row.compared = ref.numel()
+            row.tokens_per_s = batch * n / row.timed_s
+            nbytes = step_bytes_total(info["weight_bytes"], info["kv_bytes_per_token"], batch, P, n)
+            row.gbps = nbytes / row.timed_s / 1e9
+            row.pct_roofline = 100 * row.gbps / self.record["read_bandwidth_gbps"]
+            if compiled:
+                row.compile_s = row.first_call_s - row.timed_s
+        except Exception as exc:  # noqa: BLE001 (one contender's failure must not end the bench)
+            row.status = f"failed: {first_line(exc)}"
+            row.error = traceback.format_exc()[-3000:]
+        row.wall_s = time.perf_counter() - t0
+        self.add(row)
+
+    def run_model(self, name: str) -> None:
+        args, device, dtype = self.args, self.device, self.dtype
+        cfg = get_config(name)
+        if not isinstance(cfg, LlamaConfig):
+            raise ValueError(f"--models: {name!r} is not a Llama; this bench runs built-in Llama shapes")
+        P, n = args.prompt, args.new_tokens
+        k = min(CHECK_TOKENS, n)
+        t0 = time.perf_counter()
+        model = build_model(name, dtype=dtype, device=device)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        info: dict[str, Any] = {
+            "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "kv_bytes_per_token": 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * itemsize,
+            "embedding_bytes_gathered_not_streamed": 0 if cfg.tie_embeddings else
+            model.tok_embeddings.weight.numel() * itemsize,
+            "build_s": time.perf_counter() - t0, "checks": {}}
+        self.models[name] = info
+        static = StaticCacheLlama.from_builtin(model)
+        gen_cpu = torch.Generator().manual_seed(1234)
+        prompts = {b: torch.randint(1, cfg.vocab_size, (b, P), generator=gen_cpu).to(device) for b in args.batches}
+        with torch.no_grad():  # the static-cache model's prefill logits == the built-in model's
+            probe = torch.randint(1, cfg.vocab_size, (2, 9), generator=gen_cpu).to(device)
+            static.setup_caches(2, 16)
+            info["checks"]["static_vs_builtin_logits"] = logits_check(static(probe, torch.arange(9, device=device)),
+                                                                      model(probe), dtype)
+        refs = {}
+        for b in args.batches:  # the eager static-cache model's first greedy tokens: what every contender must match
+            static.setup_caches(b, P + n)
+            refs[b] = static_generate(static, decode_one, prompts[b], k)[:, P:].cpu()
+
+        for contender in args.contenders:
+            if contender == "eager":
+                for b in args.batches:
+                    static.setup_caches(b, P + n)
+                    self.measure(name, b, "eager", lambda ids, m: static_generate(static, decode_one, ids, m),
+                                 prompts[b], refs[b], 0, False, info)
+            elif contender == "compile":
+                for b in args.batches:
+                    static.setup_caches(b, P + n)
+                    reset_dynamo()
+                    step = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
+                    self.measure(name, b, "compile", lambda ids, m, step=step: static_generate(static, step, ids, m),
+                                 prompts[b], refs[b], 1, True, info, note="decode step compiled, prefill eager")
+                    self.flag_cudagraph_skips()
+                reset_dynamo()
+            elif contender == "hf":
+                self.run_hf(name, model, prompts, refs, info)
+            elif contender == "membound":
+                for variant in membound_variants(args.membound_backends):
+                    self.run_membound(name, model, variant, prompts, refs, info)
+                    free_memory()  # the variant's compiled model (merged weights) is gone with its frame
+            free_memory()
+        for b in args.batches:
+            roof_s = step_bytes_total(info["weight_bytes"], info["kv_bytes_per_token"], b, P, n) / (
+                self.record["read_bandwidth_gbps"] * 1e9)
+            self.add(Row(name, b, "roofline", tokens_per_s=b * n / roof_s, gbps=self.record["read_bandwidth_gbps"],
+                         pct_roofline=100.0, timed_s=roof_s, note="weights once + live K/V per step at read bw"))
+
+    def run_hf(self, name: str, model: Llama, prompts: dict[int, torch.Tensor], refs: dict[int, torch.Tensor],
+               info: dict[str, Any]) -> None:
+        P, n = self.args.prompt, self.args.new_tokens
+        try:
+            hf = build_hf(model, P + n)
+            probe = prompts[self.args.batches[0]][:1, :12]
+            with torch.no_grad():
+                check = logits_check(hf(probe).logits, model(probe), self.dtype)
+        except Exception as exc:  # noqa: BLE001
+            for b in self.args.batches:
+                self.add(Row(name, b, "hf", status=f"failed: {first_line(exc)}", error=traceback.format_exc()[-3000:]))
+            return
+        info["checks"]["hf_vs_builtin_logits"] = check
+        note = "" if check["ok"] else f"LOGITS DIFFER from the built-in (rel {check['max_rel_diff']:.2g})"
+
+        def gen(ids: torch.Tensor, m: int) -> torch.Tensor:
+            with torch.no_grad():
+                return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=m, min_new_tokens=m,
+                                   do_sample=False, cache_implementation="static", pad_token_id=0)
+
+        for b in self.args.batches:
+            reset_dynamo()  # HF compiles per batch from scratch, like the compile contender
+            self.measure(name, b, "hf", gen, prompts[b], refs[b], 1, self.device == "cuda", info, note=note)
+            self.flag_cudagraph_skips()
+        reset_dynamo()
+
+    def run_membound(self, name: str, model: Llama, variant: MemboundVariant, prompts: dict[int, torch.Tensor],
+                     refs: dict[int, torch.Tensor], info: dict[str, Any]) -> None:
+        if variant.unavailable:
+            for b in self.args.batches:
+                self.add(Row(name, b, variant.label, status=variant.unavailable))
+            return
+        try:
+            compiled = membound.compile(model, **variant.compile_kwargs)
+        except Exception as exc:  # noqa: BLE001
+            for b in self.args.batches:
+                self.add(Row(name, b, variant.label, status=f"failed: {first_line(exc)}",
+                             error=traceback.format_exc()[-3000:]))
+            return
+        options = variant.generate_kwargs
+        warm = 0 if variant.compile_kwargs.get("backend") == "reference" else 1
+        note = f"compile{variant.compile_kwargs} generate{options}; one compiled model across batches"
+        for b in self.args.batches:
+            self.measure(name, b, variant.label, lambda ids, m: membound.generate(compiled, ids, m, **options),
+                         prompts[b], refs[b], warm, True, info, note=note)
+
+
+# ---- output ------------------------------------------------------------------------------------
+
+def gpu_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def fmt(x: Optional[float], spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(record: dict[str, Any]) -> str:
+    rows = record["rows"]
+    width = max([len(r["contender"]) for r in rows] + [9])
+    lines = [f"{record['device']}, read bandwidth {record['read_bandwidth_gbps']:.0f} GB/s, prompt {record['prompt']}, "
+             f"{record['new_tokens']} new tokens, {record['dtype']}; agree = greedy prefix equal to eager's "
+             f"(first {min(CHECK_TOKENS, record['new_tokens'])} tokens per row, @ = first divergence)",
+             f"{'model':9s} {'b':>2s} {'contender':{width}s} {'tok/s':>9s} {'GB/s':>7s} {'%roof':>6s} {'first s':>8s} "
+             f"{'compile s':>9s} {'agree':>12s}"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"{r['model']:9s} {r['batch']:>2d} {r['contender']:{width}s} {r['status'][:90]}")
+            continue
+        agree = "" if r["compared"] is None else f"{r['match_prefix']}/{r['compared']}"
+        if r["first_divergence"] is not None:
+            agree += f" @{r['first_divergence']}"
+        lines.append(f"{r['model']:9s} {r['batch']:>2d} {r['contender']:{width}s} {r['tokens_per_s']:9.1f} "
+                     f"{fmt(r['gbps'], '7.0f')} {fmt(r['pct_roofline'], '6.1f')} {fmt(r['first_call_s'], '8.2f')} "
+                     f"{fmt(r['compile_s'], '9.1f')} {agree:>12s}")
+    return "\n".join(lines)
+
+
+def merge(paths: list[str], out: Optional[str]) -> int:
+    """Join result files of one card (e.g. llama-1b and llama-8b run in two device calls) into one."""
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    devices = {r["device"] for r in records}
+    if len(devices) != 1:
+        print(f"decode_e2e --merge: files come from different cards {sorted(devices)}; never compare across cards",
+              file=sys.stderr)
+        return 2
+    merged = dict(records[0])
+    merged["models"] = {k: v for r in records for k, v in r["models"].items()}
+    merged["rows"] = [row for r in records for row in r["rows"]]
+    merged["notes"] = [n for r in records for n in r["notes"]]
+    merged["runs"] = [{"file": Path(p).name, "read_bandwidth_gbps": r["read_bandwidth_gbps"], "date": r["date"]}
+                      for p, r in zip(paths, records)]
+    merged["args"] = dict(merged["args"], models=list(merged["models"]))
+    fname = f"decode_e2e-{gpu_slug(merged['device'])}-{merged['date']}.json"
+    targets = [ROOT / "benches" / "results" / fname] + ([Path(out) / fname] if out else [])
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=1) + "\n")
+    print(f"wrote {', '.join(map(str, targets))}")
+    print(table(merged))
+    return 0
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="llama-1b,llama-8b")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--membound-backends", default="reference,triton,triton+graphs")
+    p.add_argument("--out", default=os.environ.get("OUT"), help="folder for a copy of the result file")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="skip contenders that would start after this many seconds (GPU default 510)")
+    p.add_argument("--warm-caches", action="store_true",
+                   help="keep the usual Inductor/Triton/membound caches (default: fresh ones, so compiles are cold)")
+    p.add_argument("--smoke", action="store_true", help="CPU, llama-tiny fp32, b1/b2, 8 tokens (checks the script)")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="join result files of one card and print the table")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.batches, args.new_tokens, args.prompt = "llama-tiny", "1,2", 8, 13
+        args.contenders, args.membound_backends = "eager,membound,hf", "reference"
+    args.models = [m for m in args.models.split(",") if m]
+    args.batches = [int(b) for b in args.batches.split(",") if b]
+    args.contenders = [c for c in args.contenders.split(",") if c]
+    args.membound_backends = [c for c in args.membound_backends.split(",") if c]
+    unknown = [c for c in args.contenders if c not in CONTENDERS]
+    if unknown:
+        p.error(f"--contenders: unknown {unknown}; choose from {', '.join(CONTENDERS)}")
+    if args.new_tokens < 1 or args.prompt < 1 or not args.batches:
+        p.error("--new-tokens and --prompt must be >= 1 and --batches non-empty")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
+    if args.smoke:
+        device, dtype = "cpu", torch.float32
+    elif torch.cuda.is_available():
+        device, dtype = "cuda", torch.bfloat16
+    else:
+        print("decode_e2e: needs a CUDA GPU (or --smoke for a CPU run of llama-tiny)", file=sys.stderr)
+        return 2
+    if args.budget_s is None:
+        args.budget_s = 0.0 if args.smoke else 510.0
+    if device == "cuda" and not args.warm_caches:
+        fresh = tempfile.mkdtemp(prefix="decode_e2e-caches-")
+        for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"),
+                         ("MEMBOUND_CACHE_DIR", "membound")):
+            os.environ[var] = os.path.join(fresh, sub)
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    date = datetime.date.today().isoformat()
+    suffix = "" if sorted(args.models) == ["llama-1b", "llama-8b"] or args.smoke else "-" + "+".join(args.models)
+    fname = f"decode_e2e-{gpu_slug(name)}-{date}{suffix}.json"
+    targets = [] if args.smoke else [ROOT / "benches" / "results" / fname]
+    if args.out:
+        targets.append(Path(args.out) / fname)
+
+    bench = Bench(args, device, dtype, targets)
+    bw = read_bandwidth(device, (2 << 30) if device == "cuda" else (64 << 20))
+    free_memory()
+    versions = {"python": sys.version.split()[0], "torch": torch.__version__}
+    for mod in ("triton", "transformers"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            versions[mod] = None
+    bench.record = {"bench": "decode_e2e", "device": name, "date": date, "smoke": args.smoke, "dtype": str(dtype),
+                    "prompt": args.prompt, "new_tokens": args.new_tokens, "versions": versions,
+                    "read_bandwidth_gbps": bw, "cold_caches": device == "cuda" and not args.warm_caches,
+                    "args": {k: v for k, v in vars(args).items() if k != "merge"},
+                    "method": __doc__.split("\n\n", 2)[2].strip()}
+    print(f"decode_e2e on {name}: read bandwidth {bw:.0f} GB/s", flush=True)
+    for model_name in args.models:
+        try:
+            bench.run_model(model_name)
+        except Exception as exc:  # noqa: BLE001 (e.g. out of memory building the model: keep the other models)
+            bench.notes.append(f"{model_name}: failed: {first_line(exc)}")
+            bench.add(Row(model_name, 0, "model", status=f"failed: {first_line(exc)}",
+                          error=traceback.format_exc()[-3000:]))
+        free_memory()  # the model's weights went with run_model's frame
+    bench.record["total_s"] = time.perf_counter() - bench.start
+    bench.save()
+    print(f"wrote {', '.join(map(str, targets)) or '(nothing)'}; total {bench.record['total_s']:.0f} s")
+    print(table(bench.record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
