@@ -11,6 +11,7 @@ tokens after the same random ``--prompt``-token prompts:
 - ``eager``: ``static_cache_llama.StaticCacheLlama`` (gpt-fast recipe, the built-in's weights), greedy loop;
 - ``compile``: the same model's one-token step under ``torch.compile(mode="reduce-overhead",
   fullgraph=True)`` (prefill eager), compiled afresh per batch (``torch._dynamo.reset()``: static shapes);
+  ``--cd-tuning`` adds gpt-fast's Inductor ``coordinate_descent_tuning`` (faster GEMVs, longer compiles);
 - ``hf``: ``transformers.LlamaForCausalLM`` holding the built-in's tensors, ``generate(...,
   cache_implementation="static")`` (which compiles itself on CUDA); its logits are checked first;
 - ``membound <backend>``: ``membound.generate(membound.compile(model, backend=...), ids, N)`` for
@@ -417,14 +418,7 @@ class Bench:
                     self.measure(name, b, "eager", lambda ids, m: static_generate(static, decode_one, ids, m),
                                  prompts[b], refs[b], 0, False, info)
             elif contender == "compile":
-                for b in args.batches:
-                    static.setup_caches(b, P + n)
-                    reset_dynamo()
-                    step = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
-                    self.measure(name, b, "compile", lambda ids, m, step=step: static_generate(static, step, ids, m),
-                                 prompts[b], refs[b], 1, True, info, note="decode step compiled, prefill eager")
-                    self.flag_cudagraph_skips()
-                reset_dynamo()
+                self.run_compile(name, static, prompts, refs, info)
             elif contender == "hf":
                 self.run_hf(name, model, prompts, refs, info)
             elif contender == "membound":
@@ -437,6 +431,28 @@ class Bench:
                 self.record["read_bandwidth_gbps"] * 1e9)
             self.add(Row(name, b, "roofline", tokens_per_s=b * n / roof_s, gbps=self.record["read_bandwidth_gbps"],
                          pct_roofline=100.0, timed_s=roof_s, note="weights once + live K/V per step at read bw"))
+
+    def run_compile(self, name: str, static: StaticCacheLlama, prompts: dict[int, torch.Tensor],
+                    refs: dict[int, torch.Tensor], info: dict[str, Any]) -> None:
+        """gpt-fast: the one-token step under reduce-overhead (one CUDA graph), compiled afresh per batch."""
+        import torch._inductor.config as inductor_config
+
+        P, n = self.args.prompt, self.args.new_tokens
+        tuning = bool(self.args.cd_tuning)
+        note = f"decode step compiled, prefill eager; coordinate_descent_tuning={tuning}"
+        saved = inductor_config.coordinate_descent_tuning
+        inductor_config.coordinate_descent_tuning = tuning  # gpt-fast turns it on; slower to compile
+        try:
+            for b in self.args.batches:
+                static.setup_caches(b, P + n)
+                reset_dynamo()
+                step = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
+                self.measure(name, b, "compile", lambda ids, m, step=step: static_generate(static, step, ids, m),
+                             prompts[b], refs[b], 1, True, info, note=note)
+                self.flag_cudagraph_skips()
+        finally:
+            inductor_config.coordinate_descent_tuning = saved
+            reset_dynamo()
 
     def run_hf(self, name: str, model: Llama, prompts: dict[int, torch.Tensor], refs: dict[int, torch.Tensor],
                info: dict[str, Any]) -> None:
@@ -554,6 +570,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="skip contenders that would start after this many seconds (GPU default 510)")
     p.add_argument("--warm-caches", action="store_true",
                    help="keep the usual Inductor/Triton/membound caches (default: fresh ones, so compiles are cold)")
+    p.add_argument("--cd-tuning", action="store_true",
+                   help="compile contender: Inductor coordinate_descent_tuning on, as gpt-fast (longer compiles)")
     p.add_argument("--smoke", action="store_true", help="CPU, llama-tiny fp32, b1/b2, 8 tokens (checks the script)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="join result files of one card and print the table")
     args = p.parse_args(argv)
