@@ -243,6 +243,19 @@ CASES: dict[str, tuple[str, list[list[str]]]] = {
         %m = mul(%c, %c) : {dt}[B, 4, 8]
         return %m, %parts.0
     }}""", [["add", "cat", "mul"]]),
+    "gathers": ("""graph @t(%ids: i64[B, S], %x: {dt}[B, 7, 5]) params(%emb: {dt}[11, 6]) {{
+        %e = embedding(%emb, %ids) : {dt}[B, S, 6]
+        %three = constant() {{value=3, dtype=i64}} : i64[]
+        %k = sub(%ids, %three) : i64[B, S]
+        %b = arange() {{start=0, end=B, step=1, dtype=i64}} : i64[B]
+        %bi = unsqueeze(%b) {{dim=1}} : i64[B, 1]
+        %g = index(%x, %bi, %k) {{dims=[0, 1]}} : {dt}[B, S, 5]
+        %es = slice(%e) {{dim=2, start=1, end=6, step=1}} : {dt}[B, S, 5]
+        %y = add(%g, %es) : {dt}[B, S, 5]
+        %h = index(%x, %bi, %k) {{dims=[0, 2]}} : {dt}[B, S, 7]
+        %c = cumsum(%h) {{dim=-1, dtype=none}} : {dt}[B, S, 7]
+        return %y, %c
+    }}""", [["sub"], ["embedding", "index", "add"], ["index", "cumsum"]]),  # %k: two consumers, two shapes
 }
 
 INT_CASE = """graph @t(%x: i64[B, S], %y: i64[B, S], %f: f32[B, S]) {
@@ -413,11 +426,13 @@ def test_what_does_not_fuse() -> None:
         %n1 = sum(%x) {dims=[-1], keepdim=true, dtype=none} : f32[B, S, 1]
         %n2 = sum(%y) {dims=[-1], keepdim=true, dtype=none} : f32[B, S, 1]
         %z = add(%n1, %n2) : f32[B, S, 1]
-        %c = cumsum(%x) {dim=-1, dtype=none} : f32[B, S, 6]
-        return %a, %s, %z, %c
+        %c = cumsum(%x) {dim=0, dtype=none} : f32[B, S, 6]
+        %m = argmax(%x) {dim=-1, keepdim=false} : i64[B, S]
+        return %a, %s, %z, %c, %m
     }"""
     p = partition(parse(text))
-    assert sorted(c.node.op for c in p.calls) == ["cumsum", "softmax", "sum"]  # not a last-dim row reduction
+    # not over the last dim, or not a row reduction we generate
+    assert sorted(c.node.op for c in p.calls) == ["argmax", "cumsum", "softmax", "sum"]
     # row kernels of different row lengths (6 and 5) stay apart; the add joins one of them
     assert sorted(len(k.members) for k in p.kernels) == [1, 2]
 

@@ -216,6 +216,8 @@ class KernelEmitter:
             return self.reduction(node, idx)
         if node.op == "cat":
             return self.cat(node, idx)
+        if node.op in ("index", "embedding"):
+            return self.gather(node, idx)
         args = [self.emit(v, broadcast_index(v.shape, out.shape, idx)) for v in node.inputs]
         text, helpers = lower(node, args)
         self.helpers |= helpers
@@ -249,6 +251,36 @@ class KernelEmitter:
             vector = vector or val.vector or self.is_vector(idx[d])
         return self.assign(result, out.dtype, vector, _describe(node))
 
+    def gather(self, node: Node, idx: Index) -> Val:
+        """``index(x, *indices) {dims}`` / ``embedding(weight, ids)`` at ``idx``: read the index tensors at
+        their (broadcast) position, then read ``x`` there (negative indices count from the end)."""
+        if node.op == "embedding":
+            x, indices, dims = node.inputs[0], [node.inputs[1]], (0,)
+        else:
+            x, indices = node.inputs[0], list(node.inputs[1:])
+            dims = tuple(d % x.rank for d in node.attrs["dims"])
+        k = max(v.rank for v in indices)
+        bshape = _broadcast_shape([v.shape for v in indices])
+        adjacent = dims == tuple(range(dims[0], dims[0] + len(dims)))
+        pos = dims[0] if adjacent else 0
+        gathered = idx[pos:pos + k]
+        rest = iter(tuple(idx[:pos]) + tuple(idx[pos + k:]))
+        x_index: list[sympy.Expr] = []
+        for d in range(x.rank):
+            if d not in dims:
+                x_index.append(next(rest))
+                continue
+            v = indices[dims.index(d)]
+            iv = self.emit(v, broadcast_index(v.shape, bshape, gathered))
+            code = convert(iv, v.dtype)
+            if iv.literal is not None:
+                x_index.append(sympy.Integer(int(iv.literal) % int(x.shape[d])) if x.shape[d].is_Integer
+                               else sympy.Integer(int(iv.literal)))
+                continue
+            wrapped = f"tl.where({code} < 0, {code} + {self.code(x.shape[d])}, {code})"
+            x_index.append(self.new_index("g", wrapped, iv.vector))
+        return self.emit(x, tuple(x_index))
+
     # ---- reductions ---------------------------------------------------------------------------
     def reduction(self, node: Node, idx: Index) -> Val:
         out = node.results[0]
@@ -280,6 +312,10 @@ class KernelEmitter:
             hi = literal_code(float("inf"), dt) if dt.is_floating_point else str(torch.iinfo(dt).max)
             fn, fill = ("tl.max", lo) if op == "amax" else ("tl.min", hi)
             return self.assign(f"{fn}(tl.where(mask, {convert(x, dt)}, {fill}), axis=0)", dt, False, f"{name} {op}")
+        if op == "cumsum":
+            acc = compute_dtype(out.dtype)
+            return self.assign(f"tl.cumsum(tl.where(mask, {convert(x, acc)}, 0), axis=0)", out.dtype, True,
+                               f"{name} cumsum")
         if op in ("softmax", "log_softmax"):
             dt = out.dtype
             xs = convert(x, dt)
@@ -375,6 +411,12 @@ def _wrap_params(params: list[str], width: int = 100) -> str:
 
 def _describe(node: Node) -> str:
     return f"%{node.results[0].name} = {node.op}"
+
+
+def _broadcast_shape(shapes: list[tuple[sympy.Expr, ...]]) -> tuple[sympy.Expr, ...]:
+    from membound.ir.types import broadcast_shapes
+
+    return broadcast_shapes(*shapes)
 
 
 def _numel(shape: tuple[sympy.Expr, ...]) -> sympy.Expr:

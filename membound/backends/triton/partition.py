@@ -2,11 +2,11 @@
 
 Every node is one of:
 
-- **pointwise** (elementwise ops with a Triton lowering, and ``cat``): fused into a kernel that
-  computes one block of a flat iteration range per program;
+- **pointwise** (elementwise ops with a Triton lowering, ``cat``, and the gathers ``index`` and
+  ``embedding``): fused into a kernel that computes one block of a flat iteration range per program;
 - **reduction** over the last dim (``sum``/``mean``/``amax``/``amin``, ``softmax``/``log_softmax``,
-  ``rms_norm``, ``layer_norm``): fused into a *row kernel*, one program per row, with pointwise
-  prologue and epilogue;
+  ``cumsum``, ``rms_norm``, ``layer_norm``): fused into a *row kernel*, one program per row, with
+  pointwise prologue and epilogue;
 - **view** (reshape, transpose, slice...): never a kernel of its own; a kernel that reads through it
   folds it into its index arithmetic, and a consumer that is not a kernel gets a torch view;
 - **source** (``constant``, ``full``, ``arange``): computed inline from the index wherever it is read;
@@ -37,7 +37,9 @@ from membound.ir.graph import Graph, Node, Value
 from membound.ir.ops import get_op
 from membound.ir.types import dims_equal
 
-ROW_REDUCTIONS = ("sum", "mean", "amax", "amin", "softmax", "log_softmax", "rms_norm", "layer_norm")
+ROW_REDUCTIONS = ("sum", "mean", "amax", "amin", "softmax", "log_softmax", "cumsum", "rms_norm", "layer_norm")
+# gathers: computed like pointwise ops, with the index values read from their index tensors
+GATHERS = ("index", "embedding")
 SOURCES = ("constant", "full", "arange")
 # a row kernel keeps one whole row in registers: longer static rows go to torch
 MAX_ROW = 32768
@@ -137,7 +139,7 @@ def classify(node: Node) -> str:
         return "call"
     if op in SOURCES:
         return "source"
-    if op == "cat":
+    if op == "cat" or op in GATHERS:
         return "pointwise" if node.results[0].rank > 0 else "call"
     if kind == "elementwise":
         return "pointwise" if can_lower(node) else "call"
@@ -157,7 +159,7 @@ def is_row_reduction(node: Node) -> bool:
         dims = tuple(d % x.rank for d in a["dims"]) if a["dims"] else tuple(range(x.rank))
         if dims != (last,) or x.dtype == torch.bool and node.op in ("amax", "amin"):
             return False
-    elif node.op in ("softmax", "log_softmax"):
+    elif node.op in ("softmax", "log_softmax", "cumsum"):
         if a["dim"] % x.rank != last:
             return False
     elif node.op == "layer_norm":
@@ -283,6 +285,8 @@ class _Fuser:
                 if o.producer is None or id(o.producer) not in bound:
                     continue
                 bound.add(id(m))
+                if m.op == "cat" or m.op in GATHERS:  # they read their inputs off this lane's position
+                    return None
                 for view in chain:
                     if view.op not in ROW_VIEWS or not fits(view.inputs[0].shape) or not fits(view.results[0].shape):
                         return None
@@ -427,7 +431,10 @@ def partition(graph: Graph, cost: Optional[RooflineCost] = None, library: Option
             continue
         step_of[id(n)] = call
         steps.append(call)
-    return Partition(graph, _schedule(graph, facts, steps, step_of))
+    ordered = _schedule(graph, facts, steps, step_of)
+    for i, k in enumerate(s for s in ordered if isinstance(s, Kernel)):  # number kernels in launch order
+        k.name = f"{k.name.rsplit('_', 1)[0]}_{i}"
+    return Partition(graph, ordered)
 
 
 def _make_kernel(members: list[Node], facts: GraphFacts, index: int) -> Kernel:
