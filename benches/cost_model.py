@@ -2,9 +2,12 @@
 
     PYTHONPATH=. python benches/cost_model.py --out DIR        # CUDA GPU, < 3 minutes
     PYTHONPATH=. python benches/cost_model.py --smoke --out DIR   # CPU, tiny sizes: checks the script runs
+    PYTHONPATH=. python benches/cost_model.py --replay results/cost_model-....json   # no GPU: re-predict
 
-1. Calibrate in this run: read bandwidth (``x.sum()`` over 2 GiB; the model's bandwidth), copy
-   bandwidth (2 GiB), bf16 matmul 8192^3 on random data, launch overhead (a one-element add).
+1. Calibrate in this run (``membound.cost.calibrate``): launch overhead (a one-element add), read
+   bandwidth and memory latency (``x.sum()`` over 64 MiB and 2 GiB), copy bandwidth (2 GiB), bf16
+   matmul 8192^3 on random data, and the kernel classes, each on shapes the cases below do not use
+   (cuBLAS GEMV, SDPA decode, block softmax, broadcast multiply, layer_norm: ``membound/cost/classes.py``).
 2. For every case build the one-op IR graph, check that the torch op gives the node's type, predict
    its time with the calibrated spec (``RooflineCost.estimate``), and time the op's torch reference
    implementation (the torch op itself: F.linear, F.silu, torch.softmax, SDPA, ...) with
@@ -16,9 +19,15 @@
    memory-bound.
 
 Writes ``benches/results/cost_model-<gpu>-<date>.json`` (and a copy under ``--out``) and prints the
-table last: case, predicted us, measured us, error %, predicted bound, measured-bound guess, then the
-median absolute error and the share of cases whose bound was predicted right. CPU (``--smoke``)
-times are not compared with anything and are written only under ``--out``.
+table last: case, predicted us, measured us, error %, predicted bound, measured-bound guess, kernel
+class, then the median absolute error and the share of cases whose bound was predicted right. CPU
+(``--smoke``) times are not compared with anything and are written only under ``--out``.
+
+``--replay FILE`` re-predicts a recorded run's cases with the current model and the spec rebuilt from
+the file's calibration (``hardware_from_record``), against the recorded times and measured bounds:
+what a model change does to a run, without a GPU. A file from before the kernel classes were
+calibrated replays with latency 0 and no classes unless ``--assume`` supplies them (a JSON file of
+``{"memory_latency": s, "kernel_classes": {name: {latency, efficiency, element_rate, source}}}``).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from typing import Callable, Optional
 import torch
 
 from membound.cost import RooflineCost, calibrate
+from membound.cost.hardware import SPECS, Hardware, KernelClass, cpu_spec, from_measurements, match_gpu
 from membound.cost.measure import measure_node, random_tensor
 from membound.ir.graph import Graph, Node
 from membound.ir.ops import get_op
@@ -161,6 +171,7 @@ class Result:
     probe_measured_us: float
     achieved_tflops: float
     achieved_gbps: float
+    kernel_class: str = ""
 
 
 def check_node(name: str, node: Node, device: str) -> None:
@@ -184,7 +195,8 @@ def run_case(case: Case, cost: RooflineCost, device: str, rep_ms: float) -> Resu
     guess = measured_bound(t, t_probe, est.flops, probe_est.flops, est.bytes, probe_est.bytes,
                            cost.hardware.launch_overhead)
     return Result(case.name, est.flops, est.bytes, est.time_s * 1e6, t * 1e6, (est.time_s - t) / t * 100,
-                  est.bound, guess, case.probe_note, t_probe * 1e6, est.flops / t / 1e12, est.bytes / t / 1e9)
+                  est.bound, guess, case.probe_note, t_probe * 1e6, est.flops / t / 1e12, est.bytes / t / 1e9,
+                  est.kernel_class)
 
 
 def measured_bound(t: float, t_probe: float, flops: float, probe_flops: float, nbytes: float, probe_bytes: float,
@@ -204,37 +216,112 @@ def gpu_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def summarize(results: list[Result]) -> dict[str, object]:
+    errors = [abs(r.error_pct) for r in results]
+    right = [r for r in results if r.predicted_bound == r.measured_bound]
+    return {"cases": len(results), "median_abs_error_pct": statistics.median(errors),
+            "bound_accuracy": len(right) / len(results),
+            "misses_over_20pct": [r.case for r in results if abs(r.error_pct) > 20],
+            "bound_misses": [r.case for r in results if r.predicted_bound != r.measured_bound]}
+
+
+def calibration_record(hw: Hardware) -> dict[str, object]:
+    """The spec's measured figures, its one-line description and its kernel classes, for the result file."""
+    return {**hw.measured, "spec": hw.describe(),
+            "kernel_classes": {name: asdict(k) for name, k in hw.kernel_classes.items()}}
+
+
+def hardware_from_record(record: dict, assume: Optional[dict] = None) -> Hardware:
+    """The calibrated spec a result file was predicted with (``assume`` fills figures the file lacks)."""
+    cal = {**record["calibration"], **(assume or {})}
+    # the datasheet entry supplies what calibration does not measure (fp32 rate, SMs); memory size is
+    # not recorded, so an A100 replays as the 80 GB part (the two differ only in bandwidth, which is measured)
+    key = match_gpu(record["device"], 80 << 30) or "h100-sxm"
+    base = cpu_spec() if record.get("smoke") else SPECS[key]
+    classes = {name: KernelClass(**fields) for name, fields in (cal.get("kernel_classes") or {}).items()}
+    latency = float(cal.get("memory_latency", 0.0))
+    stream = cal.get("stream_bandwidth")
+    if stream is None and latency:  # the big read's time less launch and latency
+        t_big = 2 * (1 << 30) / cal["read_bandwidth"]
+        stream = 2 * (1 << 30) / (t_big - cal["launch_overhead"] - latency)
+    return from_measurements(base, read_bandwidth=cal["read_bandwidth"], copy_bandwidth=cal["copy_bandwidth"],
+                             bf16_flops=cal["bf16_flops"], launch_overhead=cal["launch_overhead"],
+                             name=record["device"], memory_latency=latency, stream_bandwidth=stream,
+                             kernel_classes=classes)
+
+
+def replay(record: dict, hw: Hardware) -> list[Result]:
+    """The recorded cases re-predicted on ``hw``, against the recorded times and measured bounds."""
+    cost = RooflineCost(hw)
+    by_name = {c.name: c for c in cases(bool(record.get("smoke")))}
+    out: list[Result] = []
+    for r in record["results"]:
+        _, node = by_name[r["case"]].build()
+        est = cost.estimate(node)
+        t = r["measured_us"] * 1e-6
+        out.append(Result(r["case"], est.flops, est.bytes, est.time_s * 1e6, r["measured_us"],
+                          (est.time_s - t) / t * 100, est.bound, r["measured_bound"], r["probe"],
+                          r["probe_measured_us"], est.flops / t / 1e12, est.bytes / t / 1e9, est.kernel_class))
+    return out
+
+
+def print_table(results: list[Result], summary: dict, note: str = "") -> None:
+    width = max(len(r.case) for r in results)
+    print(f"\n{'case':{width}s} {'pred us':>9s} {'meas us':>9s} {'err %':>7s} {'pred':>8s} {'measured':>8s}  class")
+    for r in results:
+        flag = "" if r.predicted_bound == r.measured_bound else "  <- bound"
+        print(f"{r.case:{width}s} {r.predicted_us:9.1f} {r.measured_us:9.1f} {r.error_pct:7.1f} "
+              f"{r.predicted_bound:>8s} {r.measured_bound:>8s}  {r.kernel_class or '-'}{flag}")
+    right = round(summary["bound_accuracy"] * len(results))
+    print(f"\nmedian |error| {summary['median_abs_error_pct']:.1f}% over {len(results)} cases; bound right in "
+          f"{right}/{len(results)} ({summary['bound_accuracy'] * 100:.0f}%){note}")
+
+
+def print_calibration(hw: Hardware) -> None:
+    m = hw.measured
+    print(f"{hw.name}: read {m['read_bandwidth'] / 1e9:.0f} GB/s (steady {hw.bandwidth / 1e9:.0f}), copy "
+          f"{m['copy_bandwidth'] / 1e9:.0f} GB/s, bf16 matmul {m['bf16_flops'] / 1e12:.0f} TFLOP/s, launch "
+          f"{m['launch_overhead'] * 1e6:.1f} us, memory latency {hw.memory_latency * 1e6:.1f} us")
+    for name, k in hw.kernel_classes.items():
+        print(f"  class {name}: {k.describe()}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="folder for a copy of the result file")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the script, measures nothing)")
+    p.add_argument("--replay", default=None, help="a result file to re-predict with the current model (no GPU)")
+    p.add_argument("--assume", default=None, help="with --replay: a JSON file of calibration figures the file lacks")
     args = p.parse_args(argv)
+    if args.replay:
+        record = json.loads(Path(args.replay).read_text())
+        assume = json.loads(Path(args.assume).read_text()) if args.assume else None
+        hw = hardware_from_record(record, assume)
+        print_calibration(hw)
+        results = replay(record, hw)
+        print_table(results, summarize(results), f" [replay of {Path(args.replay).name}]")
+        return 0
     if args.smoke:
         device = "cpu"
     elif torch.cuda.is_available():
         device = "cuda"
     else:
-        print("cost_model: needs a CUDA GPU (or --smoke for a CPU run at tiny sizes)", file=sys.stderr)
+        print("cost_model: needs a CUDA GPU (or --smoke for a CPU run at tiny sizes, --replay FILE)", file=sys.stderr)
         return 2
     if args.smoke:
-        hw = calibrate(device, nbytes=4 << 20, matmul_n=128)
+        hw = calibrate(device, nbytes=4 << 20, matmul_n=128, scale=16)
     else:
         hw = calibrate(device)
     cost = RooflineCost(hw)
     rep_ms = 5.0 if args.smoke else 50.0
     results = [run_case(c, cost, device, rep_ms) for c in cases(args.smoke)]
 
-    errors = [abs(r.error_pct) for r in results]
-    right = [r for r in results if r.predicted_bound == r.measured_bound]
-    summary = {"cases": len(results), "median_abs_error_pct": statistics.median(errors),
-               "bound_accuracy": len(right) / len(results),
-               "misses_over_20pct": [r.case for r in results if abs(r.error_pct) > 20],
-               "bound_misses": [r.case for r in results if r.predicted_bound != r.measured_bound]}
+    summary = summarize(results)
     device_name = torch.cuda.get_device_name() if device == "cuda" else hw.name
     date = datetime.date.today().isoformat()
     record = {"bench": "cost_model", "device": device_name, "date": date, "smoke": args.smoke,
               "versions": {"torch": torch.__version__, "triton": _triton_version()},
-              "calibration": {**hw.measured, "spec": hw.describe()}, "summary": summary,
+              "calibration": calibration_record(hw), "summary": summary,
               "results": [asdict(r) for r in results]}
     fname = f"cost_model-{gpu_slug(device_name)}-{date}.json"
     targets = [] if args.smoke else [ROOT / "benches" / "results" / fname]
@@ -244,19 +331,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1) + "\n")
 
-    m = hw.measured
-    print(f"{device_name}: read {m['read_bandwidth'] / 1e9:.0f} GB/s, copy {m['copy_bandwidth'] / 1e9:.0f} GB/s, "
-          f"bf16 matmul {m['bf16_flops'] / 1e12:.0f} TFLOP/s, launch {m['launch_overhead'] * 1e6:.1f} us")
+    print_calibration(hw)
     print(f"wrote {', '.join(str(t) for t in targets) or '(nothing)'}")
-    width = max(len(r.case) for r in results)
-    print(f"\n{'case':{width}s} {'pred us':>9s} {'meas us':>9s} {'err %':>7s} {'pred':>8s} {'measured':>8s}")
-    for r in results:
-        flag = "" if r.predicted_bound == r.measured_bound else "  <- bound"
-        print(f"{r.case:{width}s} {r.predicted_us:9.1f} {r.measured_us:9.1f} {r.error_pct:7.1f} "
-              f"{r.predicted_bound:>8s} {r.measured_bound:>8s}{flag}")
-    print(f"\nmedian |error| {summary['median_abs_error_pct']:.1f}% over {len(results)} cases; bound right in "
-          f"{len(right)}/{len(results)} ({summary['bound_accuracy'] * 100:.0f}%)"
-          + (" [smoke run on CPU: numbers mean nothing]" if args.smoke else ""))
+    print_table(results, summary, " [smoke run on CPU: numbers mean nothing]" if args.smoke else "")
     return 0
 
 

@@ -8,10 +8,10 @@ package imports nothing of membound but ``membound.ir``.
     cost.estimate(node, {"B": 1, "S": 1})           # Estimate(flops, bytes, time_s, bound, intensity)
 """
 
-from membound.cost.hardware import SPECS, Hardware
+from membound.cost.hardware import SPECS, Hardware, KernelClass
 from membound.cost.measure import calibrate
 from membound.cost.phases import PhaseCost, Phases, analyze, kv_cache_bytes_per_token
 from membound.cost.roofline import Estimate, RooflineCost, SymbolicCost
 
-__all__ = ["Estimate", "Hardware", "PhaseCost", "Phases", "RooflineCost", "SPECS", "SymbolicCost", "analyze",
-           "calibrate", "kv_cache_bytes_per_token"]
+__all__ = ["Estimate", "Hardware", "KernelClass", "PhaseCost", "Phases", "RooflineCost", "SPECS", "SymbolicCost",
+           "analyze", "calibrate", "kv_cache_bytes_per_token"]

@@ -8,7 +8,23 @@ with measurements should use a calibrated spec.
 
     hw = Hardware.named("a100-80gb")
     hw.peak_flops("bf16") / hw.bandwidth      # the ridge point: 153 FLOP/byte
-    hw = calibrate()                          # on a GPU: measured copy/read bandwidth, bf16 matmul, launch
+    hw = calibrate()                          # on a GPU: measured bandwidth, latency, bf16 matmul, launch,
+                                              # and the kernel classes below
+
+Beyond the two ceilings a calibrated spec carries the fixed costs that make small kernels slower than
+bytes/bandwidth (see ``roofline.py`` for how the terms combine):
+
+* ``launch_overhead``: paid by every kernel (issue, the first wave starting, the event gap);
+* ``memory_latency``: paid by every *memory-bound* kernel on top of its bytes: the DRAM pipeline filling
+  and draining (the first loads wait ~1 us, the last wave runs with a half-empty machine). ``calibrate()``
+  measures it by timing one streaming read at two sizes: the line through the two times has the
+  bandwidth as its slope and launch + latency as its intercept;
+* ``kernel_classes``: library kernels that reach neither ceiling, each measured by ``calibrate()`` on one
+  representative shape (never a shape the cost-model bench tests): cuBLAS small-M GEMMs, SDPA with one
+  query token, torch's block softmax, broadcasting elementwise ops, layer_norm (``KernelClass``).
+
+Datasheet specs have none of these (latency 0, no classes): a datasheet states no such figures, and the
+plain roofline is the right idealisation for planning (the A100's 156 FLOP/byte ridge holds there).
 
 Precisions (the keys of ``Hardware.flops``): ``fp32`` (CUDA-core rate, also used for every non-matmul
 op), ``tf32``, ``bf16``, ``fp16``, ``int8``, ``fp8`` (tensor-core rates). A card without a precision
@@ -33,14 +49,54 @@ TB = 1e12
 MB = 1 << 20
 GB = 1 << 30
 
+# library kernel families with their own measured figures (see KernelClass; roofline.kernel_class_of)
+KERNEL_CLASSES = ("gemv", "decode_attention", "softmax", "broadcast", "layer_norm")
+
+
+@dataclass(frozen=True)
+class KernelClass:
+    """How one family of library kernels departs from the plain roofline, measured on one device.
+
+    The cost model (``roofline.py``) uses a class for a node that the eager torch library runs with
+    such a kernel (``kernel_class_of`` decides); fused kernels of our own and nodes outside every class
+    stream at the spec's ``bandwidth`` after its ``memory_latency``.
+
+    * ``latency`` (s): the class's fixed memory-side cost (replaces ``Hardware.memory_latency``): e.g. a
+      split-K GEMV also runs a reduction kernel, flash-decoding a combine kernel.
+    * ``efficiency``: the fraction of ``Hardware.bandwidth`` its steady state reaches (cuBLAS GEMV
+      reaches ~0.9 of what ``x.sum()`` does).
+    * ``element_rate`` (elements/s, 0 = none): a ceiling that is neither FLOPs nor bytes: the kernel is
+      bound by instructions or latency per element (torch's strided elementwise path computes offsets
+      element by element; its block softmax serialises a block-wide reduction per row). It counts on the
+      compute side: the time follows the element count, not the bytes, as the bench's probes show.
+    * ``source``: what was timed to get these figures (provenance for reports).
+    """
+
+    latency: float = 0.0
+    efficiency: float = 1.0
+    element_rate: float = 0.0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.latency < 0 or self.efficiency <= 0 or self.element_rate < 0:
+            raise ValueError(f"KernelClass: latency >= 0, efficiency > 0 and element_rate >= 0 required, got {self}")
+
+    def describe(self) -> str:
+        parts = [f"latency {self.latency * 1e6:.1f} us", f"{self.efficiency:.2f} of bandwidth"]
+        if self.element_rate:
+            parts.append(f"{self.element_rate / 1e9:.0f} G elements/s")
+        return ", ".join(parts) + (f" ({self.source})" if self.source else "")
+
 
 @dataclass(frozen=True)
 class Hardware:
     """One device's ceilings. Rates are per second: bytes/s and FLOP/s; ``launch_overhead`` in seconds.
 
     ``bandwidth`` is the figure the roofline divides bytes by: the datasheet HBM bandwidth, or for a
-    calibrated spec the measured *read* bandwidth (decode streams weights and cache, so reading is the
-    ceiling that matters; the copy figure is kept in ``measured``).
+    calibrated spec the measured steady-state *read* bandwidth (decode streams weights and cache, so
+    reading is the ceiling that matters; the copy figure is kept in ``measured``). ``memory_latency``
+    and ``kernel_classes`` are the fixed costs and library efficiencies the module docstring describes
+    (0 and none on a datasheet spec).
     """
 
     name: str
@@ -53,6 +109,8 @@ class Hardware:
     device_type: str = "cuda"
     source: str = "datasheet"
     measured: Mapping[str, float] = field(default_factory=dict)
+    memory_latency: float = 0.0
+    kernel_classes: Mapping[str, KernelClass] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.flops) - set(PRECISIONS)
@@ -62,6 +120,19 @@ class Hardware:
             raise ValueError(f"Hardware {self.name!r}: the fp32 rate is required (it is the rate of non-matmul ops)")
         if self.bandwidth <= 0:
             raise ValueError(f"Hardware {self.name!r}: bandwidth must be positive, got {self.bandwidth}")
+        if self.memory_latency < 0:
+            raise ValueError(f"Hardware {self.name!r}: memory_latency must be >= 0 s, got {self.memory_latency}")
+        unknown_classes = set(self.kernel_classes) - set(KERNEL_CLASSES)
+        if unknown_classes:
+            raise ValueError(f"Hardware {self.name!r}: unknown kernel class(es) {sorted(unknown_classes)}; "
+                             f"use {KERNEL_CLASSES}")
+
+    def kernel_class(self, name: Optional[str]) -> KernelClass:
+        """The figures of kernel class ``name``; a class this spec did not measure (or None) streams at
+        ``bandwidth`` after ``memory_latency``, with no element ceiling."""
+        if name is not None and name in self.kernel_classes:
+            return self.kernel_classes[name]
+        return KernelClass(latency=self.memory_latency)
 
     def peak_flops(self, precision: str) -> float:
         """FLOP/s at ``precision``, falling back to a wider precision the card does have."""
@@ -83,9 +154,14 @@ class Hardware:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:
-        return (f"{self.name} ({self.source}): {self.bandwidth / 1e9:.0f} GB/s, "
+        text = (f"{self.name} ({self.source}): {self.bandwidth / 1e9:.0f} GB/s, "
                 f"bf16 {self.peak_flops('bf16') / 1e12:.0f} TFLOP/s, fp32 {self.peak_flops('fp32') / 1e12:.1f} "
                 f"TFLOP/s, launch {self.launch_overhead * 1e6:.1f} us")
+        if self.memory_latency:
+            text += f", memory latency {self.memory_latency * 1e6:.1f} us"
+        if self.kernel_classes:
+            text += f", {len(self.kernel_classes)} kernel classes"
+        return text
 
     # ---- lookup -------------------------------------------------------------------------------
     @staticmethod
@@ -218,16 +294,23 @@ def _cpu_cache_bytes() -> int:
 
 
 def from_measurements(base: Hardware, *, read_bandwidth: float, copy_bandwidth: float, bf16_flops: float,
-                      launch_overhead: float, name: Optional[str] = None) -> Hardware:
+                      launch_overhead: float, name: Optional[str] = None, memory_latency: float = 0.0,
+                      stream_bandwidth: Optional[float] = None,
+                      kernel_classes: Optional[Mapping[str, KernelClass]] = None) -> Hardware:
     """A spec built from measured ceilings. Tensor-core rates the calibration did not measure (fp16,
     tf32, int8, fp8) are scaled by the same measured/datasheet ratio as bf16; the fp32 CUDA-core rate
     keeps its datasheet value (elementwise work is never near it).
+
+    ``read_bandwidth`` is bytes / time of one big read; ``stream_bandwidth`` (default: the same) the
+    steady-state rate once ``memory_latency`` is taken off that time; the roofline divides by the latter.
     """
     ratio = bf16_flops / base.peak_flops("bf16")
     flops = {k: (v * ratio if k != "fp32" else v) for k, v in base.flops.items()}
     flops["bf16"] = bf16_flops
+    bandwidth = stream_bandwidth or read_bandwidth
     measured = {"read_bandwidth": read_bandwidth, "copy_bandwidth": copy_bandwidth, "bf16_flops": bf16_flops,
-                "launch_overhead": launch_overhead}
-    return base.replace(name=name or base.name, bandwidth=read_bandwidth, flops=flops,
-                        launch_overhead=launch_overhead, source="calibrated", measured=measured)
+                "launch_overhead": launch_overhead, "memory_latency": memory_latency, "stream_bandwidth": bandwidth}
+    return base.replace(name=name or base.name, bandwidth=bandwidth, flops=flops,
+                        launch_overhead=launch_overhead, source="calibrated", measured=measured,
+                        memory_latency=memory_latency, kernel_classes=dict(kernel_classes or {}))
 

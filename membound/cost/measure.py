@@ -36,28 +36,45 @@ def time_fn(fn: Callable[[], Any], device: str | torch.device = "cuda", *, rep_m
     return statistics.median(times)
 
 
-def calibrate(device: Optional[str] = None, *, nbytes: int = 2 * GB, matmul_n: int = 8192,
-              base: Optional[Hardware] = None) -> Hardware:
-    """Measure the current device's ceilings and return a spec built from them.
+# the small read of the latency fit is this fraction of ``nbytes`` (64 MiB of 2 GiB: above any L2,
+# and small enough that the fixed cost is a few percent of its time)
+LATENCY_READ_FRACTION = 32
 
-    * read bandwidth: ``x.sum()`` over ``nbytes`` (the decode ceiling; this becomes ``bandwidth``)
-    * copy bandwidth: ``dst.copy_(src)`` of ``nbytes`` (read + write counted)
-    * bf16 matmul rate: ``matmul_n``^3 on random data
+
+def calibrate(device: Optional[str] = None, *, nbytes: int = 2 * GB, matmul_n: int = 8192,
+              base: Optional[Hardware] = None, scale: int = 1, kernel_classes: bool = True) -> Hardware:
+    """Measure the current device's ceilings and fixed costs and return a spec built from them.
+
     * launch overhead: an in-place add on a one-element tensor, timed the same way as everything else
+    * read bandwidth and memory latency: ``x.sum()`` over ``nbytes`` and over ``nbytes / 32``; the line
+      through the two times has the steady-state bandwidth as slope (this becomes ``bandwidth``) and
+      launch + memory latency as intercept (``classes.fixed_and_rate``)
+    * copy bandwidth: ``dst.copy_(src)`` of ``nbytes`` (read + write counted; kept in ``measured``)
+    * bf16 matmul rate: ``matmul_n``^3 on random data
+    * kernel classes (``kernel_classes=True``): one representative library kernel per class, at the
+      shapes of ``classes.shapes(scale)`` (see ``membound/cost/classes.py``)
 
     ``base`` (default: the datasheet spec of the device, the CPU spec on a CPU) supplies what is not
     measured (SM count, L2, the other precisions scaled as bf16; see ``from_measurements``). The
-    defaults are the GPU sizes (needs ~4 GiB free); pass small sizes on a CPU.
+    defaults are the GPU sizes (needs ~4.5 GiB free, ~10 s); on a CPU pass small sizes and a ``scale``
+    (e.g. 16) that divides the class kernels' large dims.
     """
+    from membound.cost.classes import calibrate_classes, fixed_and_rate
+
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base = base or _datasheet_base(dev)
-    read_bw, copy_bw = _bandwidths(dev, nbytes)
-    bf16 = _bf16_matmul_rate(dev, matmul_n)
     tiny = torch.randn(1, device=dev)
     launch = time_fn(lambda: tiny.add_(1.0), dev)
+    small_bytes = max(nbytes // LATENCY_READ_FRACTION, 2)
+    t_small, t_big, copy_bw = _read_times_and_copy(dev, small_bytes, nbytes)
+    latency, stream_bw = fixed_and_rate((small_bytes, t_small), (nbytes, t_big), launch)
+    bf16 = _bf16_matmul_rate(dev, matmul_n)
+    classes = (calibrate_classes(dev, launch=launch, bandwidth=stream_bw, memory_latency=latency, scale=scale)
+               if kernel_classes else {})
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else base.name
-    return from_measurements(base, read_bandwidth=read_bw, copy_bandwidth=copy_bw, bf16_flops=bf16,
-                             launch_overhead=launch, name=name)
+    return from_measurements(base, read_bandwidth=nbytes / t_big, copy_bandwidth=copy_bw, bf16_flops=bf16,
+                             launch_overhead=launch, name=name, memory_latency=latency,
+                             stream_bandwidth=stream_bw, kernel_classes=classes)
 
 
 def _datasheet_base(dev: torch.device) -> Hardware:
@@ -74,13 +91,18 @@ def _datasheet_base(dev: torch.device) -> Hardware:
                         l2_bytes=getattr(props, "L2_cache_size", h100.l2_bytes))
 
 
-def _bandwidths(dev: torch.device, nbytes: int) -> tuple[float, float]:
-    """(read, copy) bytes/s: ``x.sum()`` and ``dst.copy_(src)`` over ``nbytes`` of random bf16."""
+def _read_times_and_copy(dev: torch.device, small_bytes: int, nbytes: int) -> tuple[float, float, float]:
+    """(seconds of ``x.sum()`` over ``small_bytes``, over ``nbytes``, copy bytes/s of ``nbytes``), random bf16.
+
+    The small read is a prefix view of the big tensor (contiguous: the same kernel, fewer bytes).
+    """
     src = torch.randn(nbytes // 2, dtype=torch.bfloat16, device=dev)
+    head = src[: small_bytes // 2]
+    t_small = time_fn(lambda: head.sum(), dev)
+    t_big = time_fn(lambda: src.sum(), dev)
     dst = torch.empty_like(src)
-    read = src.nbytes / time_fn(lambda: src.sum(), dev)
     copy = 2 * src.nbytes / time_fn(lambda: dst.copy_(src), dev)
-    return read, copy
+    return t_small, t_big, copy
 
 
 def _bf16_matmul_rate(dev: torch.device, n: int) -> float:

@@ -43,9 +43,11 @@ ATTENTION_OPS = ("attention", "cached_attention")  # inputs (q, k, v, ...)
 class PhaseCost:
     """Per-node symbolic costs of one phase and their totals.
 
-    ``time_s`` is the sum of per-kernel times (each its own max plus a launch: the unfused eager
-    picture); ``roofline_s`` is the whole phase's max(compute, memory), the floor a perfect schedule
-    could reach. ``unit`` is what ``*_per_unit`` divides by ``B`` into: "prompt" or "token".
+    ``time_s`` is the sum of per-kernel times (each its own max, memory latency included, plus a
+    launch: the unfused eager picture); ``roofline_s`` is the whole phase's max(compute, memory) over
+    the throughput terms alone, the floor a perfect schedule could reach (no per-kernel latencies), and
+    ``crossover`` balances the same two sums. ``unit`` is what ``*_per_unit`` divides by ``B`` into:
+    "prompt" or "token".
     """
 
     phase: str

@@ -1,6 +1,21 @@
 """The roofline cost of one node or one kernel (a partition of nodes), symbolic or at concrete dims.
 
-    time = max(FLOPs / peak(precision), bytes / bandwidth) + launch overhead
+    time    = launch + max(compute, latency + memory)
+    compute = max(FLOPs / peak(precision), elements / element_rate)
+    memory  = bytes / (bandwidth * efficiency)
+
+* ``launch``: every kernel pays it (``Hardware.launch_overhead``).
+* ``FLOPs / peak``: the classic compute floor.
+* ``bytes / bandwidth``: the classic memory floor, at the steady-state bandwidth.
+* ``latency``: the memory pipeline filling and draining; a memory-bound kernel pays it on top of its
+  bytes, a compute-bound one hides it under its arithmetic (its loads are issued ahead of its math).
+* ``efficiency``, ``element_rate`` and a class's own ``latency``: what a measured *kernel class* of the
+  torch library reaches (``Hardware.kernel_classes``, filled by ``calibrate()``). A node is costed as
+  the library kernel that eager torch runs for it: ``kernel_class_of`` names the class, e.g. cuBLAS'
+  small-M GEMM for a ``linear``. ``element_rate`` is a ceiling that is neither FLOPs nor bytes (per-
+  element instructions or per-row latency); it counts on the compute side since the time then follows
+  the element count, not the bytes. A class the spec did not measure, a datasheet spec (latency 0, no
+  classes) and a fused kernel of our own (a partition) get efficiency 1 and no element ceiling.
 
 FLOPs and bytes come from the op declarations (``OpDef.cost``), never from here. A partition (any
 object with ``nodes``, e.g. a fused kernel) may report its own ``flops``/``bytes``; otherwise its bytes
@@ -24,10 +39,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import sympy
 import torch
 
-from membound.cost.hardware import Hardware
+from membound.cost.hardware import Hardware, KernelClass
 from membound.ir.graph import Node, Value
 from membound.ir.ops import get_op
-from membound.ir.types import TensorType, as_dim, sym
+from membound.ir.types import TensorType, as_dim, normalize_dim_index, sym
 
 DimBindings = Mapping[Union[str, sympy.Symbol], int]
 
@@ -40,8 +55,10 @@ _TENSOR_CORE_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.i
 class Estimate:
     """The roofline verdict for one node or kernel at concrete dims. Times in seconds.
 
-    ``bound`` is ``"memory"`` or ``"compute"`` (which floor is higher), or ``"free"`` for nodes that
-    launch no kernel (views, scalar constants).
+    ``time_s = launch_s + max(compute_s, latency_s + memory_s)``. ``bound`` is ``"memory"`` or
+    ``"compute"`` (which side of the max is higher), or ``"free"`` for nodes that launch no kernel
+    (views, scalar constants). ``kernel_class`` names the measured library class that costed it ("" for
+    the plain roofline).
     """
 
     flops: float
@@ -52,11 +69,18 @@ class Estimate:
     compute_s: float = 0.0
     memory_s: float = 0.0
     launch_s: float = 0.0
+    latency_s: float = 0.0
+    kernel_class: str = ""
 
 
 @dataclass(frozen=True)
 class SymbolicCost:
-    """FLOPs, bytes and the two floors as sympy expressions of the dims (``B``, ``S``, ``T``, ...)."""
+    """FLOPs, bytes, the two floors and the memory latency as sympy expressions of the dims (``B``, ``S``, ...).
+
+    ``memory_s`` is the bytes term alone (the steady state); ``latency_s`` the fixed memory-side cost that
+    a memory-bound kernel adds to it. Sums of ``compute_s``/``memory_s`` over a graph are throughput
+    floors (``PhaseCost.roofline_s``); a kernel's own time is ``time_s``.
+    """
 
     flops: sympy.Expr
     bytes: sympy.Expr
@@ -64,10 +88,12 @@ class SymbolicCost:
     memory_s: sympy.Expr
     launch_s: float
     free: bool = False
+    latency_s: sympy.Expr = sympy.Integer(0)
+    kernel_class: str = ""
 
     @property
     def time_s(self) -> sympy.Expr:
-        return sympy.Max(self.compute_s, self.memory_s) + self.launch_s
+        return sympy.Max(self.compute_s, self.latency_s + self.memory_s) + self.launch_s
 
     @property
     def intensity(self) -> sympy.Expr:
@@ -77,19 +103,20 @@ class SymbolicCost:
         """The same cost with symbols replaced (``{T: S}``)."""
         m = dict(mapping)
         return SymbolicCost(self.flops.xreplace(m), self.bytes.xreplace(m), self.compute_s.xreplace(m),
-                            self.memory_s.xreplace(m), self.launch_s, self.free)
+                            self.memory_s.xreplace(m), self.launch_s, self.free,
+                            sympy.sympify(self.latency_s).xreplace(m), self.kernel_class)
 
     def at(self, dims: DimBindings, what: str = "cost") -> Estimate:
         """The concrete estimate with every symbol bound (an error names the unbound ones)."""
         if self.free:
             return Estimate(0.0, 0.0, 0.0, "free", 0.0)
         subs = bindings(dims)
-        flops, nbytes, compute, memory = (evaluate(e, subs, what) for e in
-                                          (self.flops, self.bytes, self.compute_s, self.memory_s))
+        flops, nbytes, compute, memory, latency = (evaluate(e, subs, what) for e in (
+            self.flops, self.bytes, self.compute_s, self.memory_s, self.latency_s))
         intensity = flops / nbytes if nbytes > 0 else math.inf
-        bound = "compute" if compute > memory else "memory"
-        return Estimate(flops, nbytes, max(compute, memory) + self.launch_s, bound, intensity, compute, memory,
-                        self.launch_s)
+        bound = "compute" if compute > latency + memory else "memory"
+        return Estimate(flops, nbytes, max(compute, latency + memory) + self.launch_s, bound, intensity, compute,
+                        memory, self.launch_s, latency, self.kernel_class)
 
 
 _ZERO = sympy.Integer(0)
@@ -121,6 +148,11 @@ def rate(per_second: float) -> sympy.Integer:
     return sympy.Integer(round(per_second))
 
 
+def duration(seconds: float) -> sympy.Expr:
+    """A fixed time as an exact rational (whole picoseconds), for the same reason as ``rate``."""
+    return sympy.Rational(round(seconds * 1e12), 10**12)
+
+
 def precision_of(op_kind: str, dtype: torch.dtype, fp32_matmul: str = "fp32") -> str:
     """The FLOP-rate class of an op: tensor-core precision for matmul-like kinds, else the fp32 vector rate."""
     if op_kind in TENSOR_CORE_KINDS:
@@ -128,6 +160,61 @@ def precision_of(op_kind: str, dtype: torch.dtype, fp32_matmul: str = "fp32") ->
             return fp32_matmul
         return _TENSOR_CORE_PRECISION.get(dtype, "fp32")
     return "fp32"
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel classes: which measured library kernel eager torch runs for a node
+# ---------------------------------------------------------------------------------------------
+GEMV_OPS = ("linear", "matmul")
+SOFTMAX_OPS = ("softmax", "log_softmax")
+# torch runs a last-dim softmax row of <= 1024 elements in its warp-per-row kernel (memory-bound) and
+# longer rows in its block-per-row kernel, the measured "softmax" class
+WARP_SOFTMAX_MAX = 1024
+
+
+@dataclass(frozen=True)
+class ClassUse:
+    """A node's kernel class: ``name`` (a ``Hardware.kernel_classes`` key), the ``elements`` its element
+    ceiling counts, and ``when``: True, or a condition on symbolic dims under which the class applies."""
+
+    name: str
+    elements: Optional[sympy.Expr] = None
+    when: Any = True
+
+
+def kernel_class_of(op: str, kind: str, ins: Sequence[TensorType], outs: Sequence[TensorType],
+                    attrs: Mapping[str, Any]) -> Optional[ClassUse]:
+    """The library kernel class eager torch runs ``op`` with at these types, or None (plain roofline).
+
+    * ``gemv``: ``linear``/``matmul``, i.e. cuBLAS; the class only matters where the product is
+      memory-bound (small M), where cuBLAS runs its GEMV and split-K kernels.
+    * ``decode_attention``: attention with one query token (SDPA's flash-decoding path).
+    * ``softmax``: softmax/log_softmax over the last dim, rows longer than ``WARP_SOFTMAX_MAX``: torch's
+      block-per-row kernel (a softmax over another dim runs a kernel nobody measured: plain roofline).
+    * ``layer_norm``: torch's layer_norm kernel.
+    * ``broadcast``: an elementwise op with an input (of rank >= 1) smaller than its result: torch's
+      TensorIterator cannot take its contiguous vectorised path and computes every operand's offset
+      element by element. Rank-0 inputs are scalars that eager torch passes as kernel arguments.
+    """
+    if op in GEMV_OPS:
+        return ClassUse("gemv")
+    if kind == "attention" and ins and ins[0].rank == 4 and ins[0].shape[2] == 1:
+        return ClassUse("decode_attention")
+    if op in SOFTMAX_OPS and ins and ins[0].rank >= 1:
+        x = ins[0]
+        if normalize_dim_index(int(attrs.get("dim", -1)), x.rank) != x.rank - 1:
+            return None
+        when = sympy.Gt(x.shape[-1], WARP_SOFTMAX_MAX)
+        if when == sympy.false:
+            return None
+        return ClassUse("softmax", x.numel(), True if when == sympy.true else when)
+    if op == "layer_norm":
+        return ClassUse("layer_norm")
+    if kind == "elementwise" and outs:
+        out = outs[0].numel()
+        if any(t.rank >= 1 and sympy.simplify(t.numel() - out) != 0 for t in ins):
+            return ClassUse("broadcast", out)
+    return None
 
 
 def is_free(node: Node) -> bool:
@@ -150,19 +237,40 @@ class RooflineCost:
 
     # ---- one node -------------------------------------------------------------------------------
     def node_cost(self, node: Node, in_types: Optional[Sequence[TensorType]] = None,
-                  out_types: Optional[Sequence[TensorType]] = None, attrs: Optional[dict[str, Any]] = None
-                  ) -> SymbolicCost:
-        """Symbolic cost of ``node``; pass other types/attrs to cost it at another shape (decode analysis)."""
+                  out_types: Optional[Sequence[TensorType]] = None, attrs: Optional[dict[str, Any]] = None,
+                  *, library: bool = True) -> SymbolicCost:
+        """Symbolic cost of ``node``; pass other types/attrs to cost it at another shape (decode analysis).
+
+        ``library``: cost it as the kernel eager torch runs for it alone (its kernel class applies); False
+        for a node inside a kernel of our own (plain roofline: a partition's parts).
+        """
         if is_free(node):
             return FREE
         ins = list(in_types) if in_types is not None else [v.type for v in node.inputs]
         outs = list(out_types) if out_types is not None else [r.type for r in node.results]
+        node_attrs = attrs if attrs is not None else node.attrs
         opdef = get_op(node.op)
-        flops, nbytes = opdef.cost(ins, outs, attrs if attrs is not None else node.attrs)
+        flops, nbytes = opdef.cost(ins, outs, node_attrs)
         dtype = (ins or outs)[0].dtype
         peak = rate(self.hardware.peak_flops(precision_of(opdef.kind, dtype, self.fp32_matmul)))
-        return SymbolicCost(flops, nbytes, flops / peak, nbytes / rate(self.hardware.bandwidth),
-                            self.hardware.launch_overhead)
+        plain = self._stream(flops, nbytes, flops / peak)
+        use = kernel_class_of(node.op, opdef.kind, ins, outs, node_attrs) if library else None
+        if use is None or use.name not in self.hardware.kernel_classes:
+            return plain
+        klass = self.hardware.kernel_classes[use.name]
+        compute = _with_element_ceiling(flops, peak, use.elements, klass)
+        classed = SymbolicCost(flops, nbytes, compute, nbytes / rate(self.hardware.bandwidth * klass.efficiency),
+                               self.hardware.launch_overhead, latency_s=duration(klass.latency), kernel_class=use.name)
+        if use.when is True:
+            return classed
+        return SymbolicCost(flops, nbytes, _where(use.when, classed.compute_s, plain.compute_s),
+                            _where(use.when, classed.memory_s, plain.memory_s), self.hardware.launch_overhead,
+                            latency_s=_where(use.when, classed.latency_s, plain.latency_s), kernel_class=use.name)
+
+    def _stream(self, flops: sympy.Expr, nbytes: sympy.Expr, compute: sympy.Expr) -> SymbolicCost:
+        """The plain roofline: the spec's bandwidth after its memory latency."""
+        return SymbolicCost(flops, nbytes, compute, nbytes / rate(self.hardware.bandwidth),
+                            self.hardware.launch_overhead, latency_s=duration(self.hardware.memory_latency))
 
     # ---- a node or a partition ------------------------------------------------------------------
     def symbolic(self, item: Union[Node, Any]) -> SymbolicCost:
@@ -172,7 +280,7 @@ class RooflineCost:
         nodes: list[Node] = list(getattr(item, "nodes", None) or [])
         if not nodes and getattr(item, "flops", None) is None:
             raise TypeError(f"cost: expected an IR Node or a partition with .nodes, got {type(item).__name__}")
-        parts = [self.node_cost(n) for n in nodes]
+        parts = [self.node_cost(n, library=False) for n in nodes]
         kernel = [p for p in parts if not p.free]
         own_flops = getattr(item, "flops", None)
         own_bytes = getattr(item, "bytes", None)
@@ -190,8 +298,7 @@ class RooflineCost:
             nbytes = kernel[0].bytes
         else:
             nbytes = boundary_bytes(nodes)
-        return SymbolicCost(flops, nbytes, compute, nbytes / rate(self.hardware.bandwidth),
-                            self.hardware.launch_overhead)
+        return self._stream(flops, nbytes, compute)
 
     def estimate(self, item: Union[Node, Any], dims: Optional[DimBindings] = None) -> Estimate:
         """Concrete estimate for a node or partition; ``dims`` binds every symbol in its types."""
@@ -200,12 +307,13 @@ class RooflineCost:
 
     def crossover(self, item: Union[Node, Any, SymbolicCost], symbol: Union[str, sympy.Symbol] = "B",
                   dims: Optional[DimBindings] = None) -> Optional[float]:
-        """The value of ``symbol`` where compute time reaches memory time (other symbols bound by ``dims``).
+        """The value of ``symbol`` where compute time reaches memory time, latency included, so that it
+        agrees with ``estimate(...).bound`` (other symbols bound by ``dims``).
 
         Returns the smallest positive solution, or None when the item never turns compute-bound.
         """
         cost = item if isinstance(item, SymbolicCost) else self.symbolic(item)
-        return solve_crossover(cost.compute_s, cost.memory_s, symbol, dims)
+        return solve_crossover(cost.compute_s, cost.latency_s + cost.memory_s, symbol, dims)
 
     def _partition_peak(self, nodes: Iterable[Node]) -> float:
         """The FLOP rate of a partition that reports its own FLOPs: that of its tensor-core op, if any."""
@@ -216,6 +324,25 @@ class RooflineCost:
                 precision = precision_of(opdef.kind, n.inputs[0].dtype, self.fp32_matmul)
                 break
         return self.hardware.peak_flops(precision)
+
+
+def _with_element_ceiling(flops: sympy.Expr, peak: sympy.Expr, elements: Optional[sympy.Expr],
+                          klass: KernelClass) -> sympy.Expr:
+    """max(FLOPs / peak, elements / element_rate); one term when the per-element ratio is a number (it is
+    for every classed op), so sums stay linear in the dims and crossovers stay solvable."""
+    compute = flops / peak
+    if not klass.element_rate or elements is None:
+        return compute
+    ceiling = elements / rate(klass.element_rate)
+    per_element = sympy.simplify(compute / ceiling)
+    if per_element.is_number:
+        return compute if per_element > 1 else ceiling
+    return sympy.Max(compute, ceiling)
+
+
+def _where(condition: Any, then: sympy.Expr, otherwise: sympy.Expr) -> sympy.Expr:
+    """``then`` where ``condition`` holds on the dims, else ``otherwise`` (a Piecewise)."""
+    return sympy.Piecewise((then, condition), (otherwise, True))
 
 
 def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from membound.cost.hardware import SPECS, Hardware, from_measurements, match_gpu
+from membound.cost.hardware import KERNEL_CLASSES, SPECS, Hardware, KernelClass, from_measurements, match_gpu
 from membound.cost.measure import calibrate
 
 
@@ -76,9 +76,58 @@ def test_from_measurements_scales_unmeasured_tensor_core_rates() -> None:
 
 
 def test_calibrate_runs_on_the_cpu_at_small_sizes() -> None:
-    hw = calibrate("cpu", nbytes=8 << 20, matmul_n=128)
+    nbytes = 8 << 20
+    hw = calibrate("cpu", nbytes=nbytes, matmul_n=128, scale=32)
+    m = hw.measured
     assert hw.source == "calibrated" and hw.device_type == "cpu"
-    assert hw.bandwidth == hw.measured["read_bandwidth"] > 1e8
-    assert hw.measured["copy_bandwidth"] > 1e8
+    assert m["read_bandwidth"] > 1e8 and m["copy_bandwidth"] > 1e8
+    # the model's bandwidth is the big read's rate once launch and memory latency are taken off its time
+    t_big = nbytes / m["read_bandwidth"]
+    assert hw.bandwidth == m["stream_bandwidth"]
+    assert hw.bandwidth == pytest.approx(nbytes / (t_big - hw.launch_overhead - hw.memory_latency))
+    assert hw.bandwidth > m["read_bandwidth"]
+    assert hw.memory_latency == m["memory_latency"] >= 0
     assert hw.peak_flops("bf16") == hw.measured["bf16_flops"] > 1e8
     assert 0 < hw.launch_overhead < 1e-2
+    # every kernel class was timed and says on what
+    assert set(hw.kernel_classes) == set(KERNEL_CLASSES)
+    for name, k in hw.kernel_classes.items():
+        assert k.efficiency > 0 and " us" in k.source, name
+    assert "sdpa decode b2" in hw.kernel_classes["decode_attention"].source
+
+
+def test_calibrate_can_skip_the_kernel_classes() -> None:
+    hw = calibrate("cpu", nbytes=1 << 20, matmul_n=64, kernel_classes=False)
+    assert hw.kernel_classes == {} and hw.kernel_class("gemv") == KernelClass(latency=hw.memory_latency)
+
+
+def test_datasheet_specs_have_no_fixed_costs_beyond_launch() -> None:
+    # a datasheet states no latency or library efficiency: the plain roofline (156 FLOP/byte on A100 stands)
+    for key, hw in SPECS.items():
+        assert hw.memory_latency == 0 and hw.kernel_classes == {}, key
+        assert hw.kernel_class("gemv") == KernelClass(), key
+
+
+def test_from_measurements_keeps_latency_stream_bandwidth_and_classes() -> None:
+    gemv = KernelClass(latency=5e-6, efficiency=0.9, source="linear 8x5120 @ ...")
+    hw = from_measurements(Hardware.named("h200"), read_bandwidth=4.18e12, copy_bandwidth=4.27e12,
+                           bf16_flops=690e12, launch_overhead=4e-6, memory_latency=1.5e-6,
+                           stream_bandwidth=4.23e12, kernel_classes={"gemv": gemv})
+    assert hw.bandwidth == 4.23e12 and hw.measured["read_bandwidth"] == 4.18e12
+    assert hw.memory_latency == hw.measured["memory_latency"] == 1.5e-6
+    assert hw.kernel_class("gemv") is gemv
+    # a class the spec did not measure streams at the spec's bandwidth after its latency
+    assert hw.kernel_class("softmax") == KernelClass(latency=1.5e-6) and hw.kernel_class(None).efficiency == 1.0
+    assert "memory latency 1.5 us" in hw.describe() and "1 kernel classes" in hw.describe()
+
+
+def test_spec_rejects_bad_latency_and_unknown_classes() -> None:
+    h100 = Hardware.named("h100-sxm")
+    with pytest.raises(ValueError, match="memory_latency"):
+        h100.replace(memory_latency=-1e-6)
+    with pytest.raises(ValueError, match="unknown kernel class.*'gemm'"):
+        h100.replace(kernel_classes={"gemm": KernelClass()})
+    with pytest.raises(ValueError, match="efficiency > 0"):
+        KernelClass(efficiency=0.0)
+    with pytest.raises(ValueError, match="latency >= 0"):
+        KernelClass(latency=-1e-6)
