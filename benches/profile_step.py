@@ -1,0 +1,82 @@
+"""Where a decode step's time goes: torch profiler table of one membound decode step vs the cost model.
+
+    python benches/profile_step.py [--model llama-1b] [--backend reference|triton] [--context 1024] [--out DIR]
+
+Prints the top CUDA kernels and CPU ops of 20 decode steps (batch 1), the wall time per step, and the
+cost model's predicted time for the same decode graph, so a miss can be attributed (launch-bound
+Python, slow kernels, or bytes the model did not count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from membound.api import CompiledModel, build_kv_program  # noqa: E402
+from membound.cost import Hardware, RooflineCost, analyze  # noqa: E402
+from membound.models import build_model  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="llama-1b")
+    ap.add_argument("--backend", default="reference")
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = build_model(args.model, dtype=dtype, device=device)
+    program = build_kv_program(CompiledModel(model, backend=args.backend),
+                               torch.zeros(1, 8, dtype=torch.long, device=device))
+    program.cache.ensure(1, args.context + 64)
+    state = program.cache.views(1)
+    program.prefill_graph.tensors.update(state)
+    program.decode_graph.tensors.update(state)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (1, args.context), device=device)
+    program.prefill([ids, torch.arange(args.context, device=device)[None],
+                     torch.tensor([args.context - 1], device=device)])
+    tok = torch.randint(0, vocab, (1, 1), device=device)
+    pos = torch.tensor([[args.context]], device=device)
+    zero = torch.zeros(1, dtype=torch.long, device=device)
+    for _ in range(3):
+        program.decode([tok, pos, zero])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(20):
+        program.decode([tok, pos, zero])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    step = (time.perf_counter() - t) / 20
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(20):
+            program.decode([tok, pos, zero])
+        if device == "cuda":
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=25)
+    cpu_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    hw = Hardware.detect()
+    at = analyze(program.decode_graph, RooflineCost(hw)).decode.at({"B": 1, "T": args.context})
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"profile_step-{args.model}-{args.backend}.txt").write_text(table + "\n\n" + cpu_table)
+    print(cpu_table)
+    print(table)
+    print(f"{args.model} {args.backend} decode step at context {args.context}: {step * 1e3:.2f} ms wall "
+          f"({len(program.decode_graph.nodes)} IR nodes); cost model on {hw.name}: {at['time_s'] * 1e3:.3f} ms, "
+          f"{at['bytes'] / 1e9:.2f} GB per step")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
