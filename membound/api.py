@@ -55,7 +55,7 @@ class CompiledModel:
     def __init__(self, fn: Callable[..., Any], *, example_inputs: Optional[Sequence[Any]] = None,
                  backend: str = "auto", pipeline: Optional[PipelineLike] = None,
                  dump_ir: Optional[Union[str, os.PathLike[str]]] = None, fallback: Optional[str] = None,
-                 dynamic: bool = True) -> None:
+                 dynamic: bool = True, cuda_graphs: Optional[bool] = None) -> None:
         if not callable(fn):
             raise TypeError(f"membound.compile expects an nn.Module or a function, got {type(fn).__name__}")
         resolve_backend(backend)  # fail early on a bad name
@@ -65,6 +65,7 @@ class CompiledModel:
         self.dump_ir = dump_ir if dump_ir is not None else os.environ.get("MEMBOUND_DUMP_IR") or None
         self.fallback = fallback
         self.dynamic = dynamic
+        self.cuda_graphs = cuda_graphs
         self.entries: list[CompiledEntry] = []
         if isinstance(fn, torch.nn.Module):
             self._module = fn
@@ -147,7 +148,7 @@ class CompiledModel:
 def compile(model_or_fn: Optional[Callable[..., Any]] = None, *, example_inputs: Optional[Sequence[Any]] = None,
             backend: str = "auto", pipeline: Optional[PipelineLike] = None,
             dump_ir: Optional[Union[str, os.PathLike[str]]] = None, fallback: Optional[str] = None,
-            dynamic: bool = True) -> Any:
+            dynamic: bool = True, cuda_graphs: Optional[bool] = None) -> Any:
     """Compile a model or function; usable as ``compile(m)``, ``@compile`` and ``@compile(dump_ir=...)``.
 
     Args:
@@ -157,9 +158,11 @@ def compile(model_or_fn: Optional[Callable[..., Any]] = None, *, example_inputs:
         dump_ir: a folder; the IR is written there after every pass (``MEMBOUND_DUMP_IR`` does the same).
         fallback: ``"torch"`` runs ATen ops membound cannot map as opaque torch calls instead of failing.
         dynamic: capture batch/sequence dims symbolically (default) or specialise to the first shapes.
+        cuda_graphs: replay generate()'s decode steps as CUDA graphs (default: on with the triton
+            backend on a GPU, off otherwise).
     """
     options = dict(example_inputs=example_inputs, backend=backend, pipeline=pipeline, dump_ir=dump_ir,
-                   fallback=fallback, dynamic=dynamic)
+                   fallback=fallback, dynamic=dynamic, cuda_graphs=cuda_graphs)
     if model_or_fn is None:
         return lambda fn: CompiledModel(fn, **options)
     return CompiledModel(model_or_fn, **options)
@@ -217,7 +220,8 @@ def build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
     kwargs = {"use_cache": False} if _accepts_kwarg(compiled.fn, "use_cache") else {}
     capture = capture_export(compiled.fn, (example,), kwargs, dynamic=True, fallback=compiled.fallback)
     base = compiled.pipeline if compiled.pipeline is not None else default_pipeline()
-    pipeline = list(base) + ["fuse-attention", "insert-kv-cache", "canonicalize", "dead-code-elimination"]
+    pipeline = list(base) + ["fuse-attention", "insert-kv-cache", "merge-linear", "canonicalize",
+                             "dead-code-elimination"]
     instruments = [DumpIR(Path(compiled.dump_ir) / "kv-prefill")] if compiled.dump_ir else []
     ctx = PassContext(cost=default_cost())
     manager = PassManager(pipeline, instruments=instruments)
@@ -229,8 +233,11 @@ def build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
                            f"decode by full recomputation instead.")
     decode = step.specialized({S: 1})
     decode = PassManager(["canonicalize", "dead-code-elimination"]).run(decode, PassContext())
-    program = KVProgram(step, decode, compile_graph(step, compiled.backend), compile_graph(decode, compiled.backend),
-                        StaticKVCache(step, input_ids.device))
+    decode_exe = compile_graph(decode, compiled.backend)
+    graphs = compiled.cuda_graphs if compiled.cuda_graphs is not None else type(decode_exe).__name__ == \
+        "TritonExecutable"
+    program = KVProgram(step, decode, compile_graph(step, compiled.backend), decode_exe,
+                        StaticKVCache(step, input_ids.device), cuda_graphs=bool(graphs))
     compiled._kv_program = program
     return program
 

@@ -21,17 +21,39 @@ from membound.runtime.kv_cache import CacheCapacityError, StaticKVCache, capacit
 
 @dataclass
 class KVProgram:
-    """What ``generate`` runs: the step graph (prefill), its ``S = 1`` specialisation (decode)."""
+    """What ``generate`` runs: the step graph (prefill), its ``S = 1`` specialisation (decode).
+
+    With ``cuda_graphs`` the decode step is captured into CUDA graphs (one per batch size and
+    cache-length bucket) and replayed: a decode step is hundreds of small kernels whose launches
+    would otherwise cost as much as the memory traffic. Graphs bake in the cache's addresses, so
+    they are dropped whenever the cache is reallocated.
+    """
 
     prefill_graph: Graph
     decode_graph: Graph
     prefill: Executable
     decode: Executable
     cache: StaticKVCache
+    cuda_graphs: bool = False
+    _runner: object = None
+    _runner_alloc: int = -1
 
     @property
     def meta(self) -> dict:
         return self.prefill_graph.meta["kv_cache"]
+
+    def decode_step(self, inputs: list[torch.Tensor], state: dict[str, torch.Tensor], length: int) -> torch.Tensor:
+        """One decode step; ``length`` bounds the filled cache (picks the CUDA graph bucket)."""
+        if not (self.cuda_graphs and inputs[0].is_cuda):
+            return _run(self.decode, self.decode_graph, inputs, state)
+        from membound.backends.cuda_graphs import CUDAGraphRunner
+
+        if self._runner is None or self._runner_alloc != self.cache.allocations:
+            self._runner = CUDAGraphRunner(lambda key: self.decode)
+            self._runner_alloc = self.cache.allocations
+        self.decode_graph.tensors.update(state)
+        (logits,) = self._runner(inputs, length=length)  # type: ignore[operator]
+        return logits
 
 
 def split_prompts(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> list[torch.Tensor]:
@@ -120,7 +142,7 @@ def decode_loop(program: KVProgram, input_ids: torch.Tensor, max_new_tokens: int
                 break
         if step == max_new_tokens - 1:
             break
-        logits = _run(program.decode, program.decode_graph, [nxt[:, None], pos[:, None], zeros], state)
+        logits = program.decode_step([nxt[:, None], pos[:, None], zeros], state, longest + step + 1)
         pos += 1
     return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
 
