@@ -1,10 +1,12 @@
-"""``TritonExecutable``: partition, plan and generate once per graph; load the module once per device
-type; allocate the memory plan once per set of sizes; then every call is one ``launch``.
+"""``TritonExecutable``: partition, plan and generate once per graph; load the generated module once;
+validate inputs and allocate the memory plan once per distinct input shapes; then every call is one
+dictionary lookup and one ``launch``.
 
 On CUDA the kernels are compiled by Triton (and cached by it per specialisation). On CPU the very same
 module runs under ``TRITON_INTERPRET=1`` (Triton's interpreter, slow, but the code under test is the
-code that runs on the GPU); the variable must be set before Triton is imported, which
-``prepare_triton`` does on machines without CUDA.
+code that runs on the GPU). The variable must be set before Triton is first imported (torch._dynamo
+imports it early), so on CPU set it yourself; ``prepare_triton`` sets it when nothing imported Triton
+yet and there is no CUDA.
 """
 
 from __future__ import annotations
