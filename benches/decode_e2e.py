@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import inspect
 import json
 import os
 import re
@@ -274,7 +273,7 @@ def membound_variants(backends: list[str]) -> list[MemboundVariant]:
         elif name == "triton":
             try:
                 resolve_backend("triton")
-                out.append(MemboundVariant("membound triton", {"backend": "triton"}, {}))
+                out.append(MemboundVariant("membound triton", {"backend": "triton", "cuda_graphs": False}, {}))
             except Exception as exc:  # noqa: BLE001 (being written: record, never crash)
                 out.append(MemboundVariant("membound triton", {}, {}, f"failed: {first_line(exc)}"))
         elif name == "triton+graphs":
@@ -285,23 +284,15 @@ def membound_variants(backends: list[str]) -> list[MemboundVariant]:
 
 
 def graphs_variant(backends: tuple[str, ...]) -> MemboundVariant:
-    """Find how membound turns CUDA graphs on: a backend name, or a compile()/generate() keyword, with 'graph'."""
+    """The triton backend with generate()'s decode steps replayed as CUDA graphs (compile(cuda_graphs=True))."""
     label = "membound triton+graphs"
     try:
         import membound.backends.cuda_graphs  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return MemboundVariant(label, {}, {}, f"skipped: membound.backends.cuda_graphs unavailable ({first_line(exc)})")
-    named = [b for b in backends if "graph" in b.lower()]
-    if named:
-        return MemboundVariant(label, {"backend": named[0]}, {})
-    for fn, where in ((membound.compile, "compile"), (membound.generate, "generate")):
-        keys = [k for k in inspect.signature(fn).parameters if "graph" in k.lower()]
-        if keys:
-            kwargs = {keys[0]: True}
-            return MemboundVariant(label, {"backend": "triton", **(kwargs if where == "compile" else {})},
-                                   kwargs if where == "generate" else {})
-    return MemboundVariant(label, {}, {}, "skipped: membound.backends.cuda_graphs exists but neither a backend name "
-                                          "nor a compile()/generate() option turns it on yet")
+        resolve = membound.backends.resolve_backend
+        resolve("triton")
+    except Exception as exc:  # noqa: BLE001 (record, never crash)
+        return MemboundVariant(label, {}, {}, f"failed: {first_line(exc)}")
+    return MemboundVariant(label, {"backend": "triton", "cuda_graphs": True}, {})
 
 
 # ---- the run -----------------------------------------------------------------------------------

@@ -97,6 +97,11 @@ class CompiledModel:
         return self._last().input_ir
 
     @property
+    def source(self) -> Optional[str]:
+        """The generated code of the most recent capture (triton backend), else None."""
+        return getattr(self._last().executable, "source", None)
+
+    @property
     def pass_records(self) -> list[Any]:
         return self._last().pass_records
 
@@ -153,7 +158,7 @@ def compile(model_or_fn: Optional[Callable[..., Any]] = None, *, example_inputs:
 
     Args:
         example_inputs: capture now with these positional inputs instead of on the first call.
-        backend: ``"auto"`` (the best for the device) or ``"reference"``.
+        backend: ``"auto"`` (triton on a GPU, reference on the CPU), ``"reference"`` or ``"triton"``.
         pipeline: a list of passes or registered pass names; default ``membound.default_pipeline()``.
         dump_ir: a folder; the IR is written there after every pass (``MEMBOUND_DUMP_IR`` does the same).
         fallback: ``"torch"`` runs ATen ops membound cannot map as opaque torch calls instead of failing.

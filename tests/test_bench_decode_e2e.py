@@ -161,17 +161,10 @@ def test_a_failing_contender_is_recorded_not_raised(tmp_path: Path) -> None:
     assert late.rows[0].status.startswith("skipped: time budget")
 
 
-def test_cuda_graph_variant_is_found_by_option_or_backend_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    def compile_with_graphs(model: object, *, backend: str = "auto", cuda_graphs: bool = False) -> None:
-        return None
-
-    assert bench.graphs_variant(("reference", "triton-graphs")).compile_kwargs == {"backend": "triton-graphs"}
-    monkeypatch.setattr(bench.membound, "compile", compile_with_graphs)
-    variant = bench.graphs_variant(("reference", "triton"))
-    assert variant.compile_kwargs == {"backend": "triton", "cuda_graphs": True} and not variant.unavailable
-    monkeypatch.setattr(bench.membound, "compile", lambda model, *, backend="auto": None)
-    monkeypatch.setattr(bench.membound, "generate", lambda model, ids, n, *, max_cache_len=None: None)
-    assert bench.graphs_variant(("reference", "triton")).unavailable.startswith("skipped:")
+def test_triton_variants_switch_cuda_graphs_explicitly() -> None:
+    variants = {v.label: v for v in bench.membound_variants(["triton", "triton+graphs"])}
+    assert variants["membound triton"].compile_kwargs == {"backend": "triton", "cuda_graphs": False}
+    assert variants["membound triton+graphs"].compile_kwargs == {"backend": "triton", "cuda_graphs": True}
 
 
 def test_merge_joins_files_of_one_card_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
