@@ -126,25 +126,44 @@ def decode_loop(program: KVProgram, input_ids: torch.Tensor, max_new_tokens: int
     positions = torch.arange(longest, device=device).expand(batch, longest).contiguous()
     logits = _run(program.prefill, program.prefill_graph, [tokens, positions, lengths - 1], state)
 
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     zeros = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def step(i: int, tokens: torch.Tensor) -> torch.Tensor:
+        # row r's i-th new token sits at position lengths[r] + i
+        positions = (lengths + i)[:, None]
+        return program.decode_step([tokens[:, None], positions, zeros], state, longest + i + 1)
+
+    new = token_loop(logits, step, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos,
+                     pad=pad, stream=stream, generator=generator)
+    return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)
+
+
+def token_loop(logits: torch.Tensor, step: Callable[[int, torch.Tensor], torch.Tensor], max_new_tokens: int, *,
+               temperature: float, top_k: Optional[int], top_p: Optional[float], eos: set[int], pad: int,
+               stream: Optional[Callable[[torch.Tensor], None]], generator: Optional[torch.Generator]
+               ) -> torch.Tensor:
+    """Sample from ``logits [B, S, V]``, feed each token to ``step(i, tokens[B]) -> logits``, repeat.
+
+    Rows that produced an EOS token emit ``pad`` from then on; the loop ends when every row has, or
+    after ``max_new_tokens``. Returns the new tokens ``[B, n]``.
+    """
+    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    eos_ids = torch.tensor(sorted(eos), device=logits.device) if eos else None
     out = []
-    pos = lengths.clone()
-    for step in range(max_new_tokens):
+    for i in range(max_new_tokens):
         nxt = sample(logits[:, -1], temperature, top_k, top_p, generator)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
         out.append(nxt)
         if stream is not None:
             stream(nxt)
-        if eos:
-            finished |= torch.isin(nxt, torch.tensor(sorted(eos), device=device))
+        if eos_ids is not None:
+            finished |= torch.isin(nxt, eos_ids)
             if bool(finished.all()):
                 break
-        if step == max_new_tokens - 1:
+        if i == max_new_tokens - 1:
             break
-        logits = program.decode_step([nxt[:, None], pos[:, None], zeros], state, longest + step + 1)
-        pos += 1
-    return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
+        logits = step(i, nxt)
+    return torch.stack(out, dim=1)
 
 
 def _run(executable: Executable, graph: Graph, inputs: list[torch.Tensor], state: dict[str, torch.Tensor]
@@ -213,23 +232,13 @@ def carried_cache_loop(model: Callable[..., object], position_kw: str, input_ids
     def logits_of(res: object) -> torch.Tensor:
         return res if isinstance(res, torch.Tensor) else res.logits  # type: ignore[attr-defined]
 
-    logits = logits_of(model(input_ids, **{position_kw: torch.arange(seq, device=device)}))
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
-    out = []
-    for step in range(max_new_tokens):
-        nxt = sample(logits[:, -1], temperature, top_k, top_p, generator)
-        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-        out.append(nxt)
-        if stream is not None:
-            stream(nxt)
-        if eos:
-            finished |= torch.isin(nxt, torch.tensor(sorted(eos), device=device))
-            if bool(finished.all()):
-                break
-        if step == max_new_tokens - 1:
-            break
-        pos = torch.tensor([seq + step], device=device)
-        logits = logits_of(model(nxt[:, None], **{position_kw: pos}))
-    if not out:
+    if max_new_tokens <= 0:
         return input_ids
-    return torch.cat([input_ids, torch.stack(out, dim=1).to(input_ids.dtype)], dim=1)
+    logits = logits_of(model(input_ids, **{position_kw: torch.arange(seq, device=device)}))
+
+    def step(i: int, tokens: torch.Tensor) -> torch.Tensor:
+        return logits_of(model(tokens[:, None], **{position_kw: torch.tensor([seq + i], device=device)}))
+
+    new = token_loop(logits, step, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos,
+                     pad=pad, stream=stream, generator=generator)
+    return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)
