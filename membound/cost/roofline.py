@@ -345,6 +345,10 @@ def _where(condition: Any, then: sympy.Expr, otherwise: sympy.Expr) -> sympy.Exp
     return sympy.Piecewise((then, condition), (otherwise, True))
 
 
+# gathers: which input is the table they pick rows from (its read is bounded by what they produce)
+GATHER_SOURCE = {"embedding": 0, "index": 0, "gather": 0, "index_select": 0}
+
+
 def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
     """Bytes a fused kernel over ``nodes`` moves: each outside value read once, each escaping result written once.
 
@@ -358,10 +362,12 @@ def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
     reads: dict[int, sympy.Expr] = {}  # origin value -> bytes read from it
     total: sympy.Expr = sympy.Integer(0)
     for n in nodes:
-        for v in n.inputs:
+        for i, v in enumerate(n.inputs):
             if id(v) in produced:
                 continue
             origin, nbytes = _read_through_views(v)
+            if GATHER_SOURCE.get(n.op) == i:  # a gather reads only the rows it picks, not the table
+                nbytes = sympy.Min(nbytes, n.results[0].type.nbytes())
             reads[id(origin)] = sympy.Max(reads[id(origin)], nbytes) if id(origin) in reads else nbytes
         outputs = n.graph.outputs if n.graph is not None else []
         for r in n.results:

@@ -167,3 +167,21 @@ def test_a_partition_reads_a_slice_only_in_part() -> None:
     est = RooflineCost(Hardware.named("h100-sxm")).estimate(Kernel([y.producer.inputs[0].producer, y.producer]),
                                                               {"B": 5})
     assert est.bytes == 2 * (5 * 3 + 5 * 3)
+
+
+def test_fused_gather_reads_only_the_rows_it_picks():
+    import torch
+
+    from membound.cost.roofline import boundary_bytes
+    from membound.ir import B, Graph, S, TensorType
+
+    g = Graph("emb")
+    ids = g.add_input("ids", TensorType(torch.int64, [B, S]))
+    table = g.add_param("table", TensorType(torch.bfloat16, [128256, 2048]))
+    w = g.add_param("w", TensorType(torch.bfloat16, [2048]))
+    x = g.call("embedding", table, ids)
+    y = g.call("rms_norm", x, w, eps=1e-5)
+    g.set_outputs([y])
+    nbytes = boundary_bytes(g.nodes).subs({B: 1, S: 1})
+    # ids (8 B) + one 2048-wide bf16 row + the norm weight + the output row, not the 525 MB table
+    assert nbytes == 8 + 2048 * 2 + 2048 * 2 + 2048 * 2
