@@ -24,7 +24,9 @@ def __getattr__(name: str) -> Any:
 
         return getattr(passes, name)
     if name == "explain":
-        from membound.explain import explain
+        # the function lives in membound/explainer.py: a module named explain.py would replace this
+        # attribute with the module as soon as anything imported it
+        from membound.explainer import explain
 
         return explain
     raise AttributeError(f"module 'membound' has no attribute {name!r}")

@@ -112,7 +112,7 @@ def cmd_dump_ir(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from membound.explain import explain_cli
+    from membound.explainer import explain_cli
 
     path = explain_cli(args.model, args.out)
     print(f"roofline plot written to {path}")

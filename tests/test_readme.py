@@ -13,3 +13,10 @@ def test_readme_usage_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)             # it writes ir_dump/ into the current folder
     exec(compile(blocks[0], "README.md", "exec"), {})
     assert (tmp_path / "ir_dump" / "000-input.mir").exists()
+
+
+def test_membound_explain_stays_the_function_after_its_module_is_imported():
+    import membound
+    import membound.explainer  # noqa: F401
+
+    assert callable(membound.explain) and membound.explain.__name__ == "explain"

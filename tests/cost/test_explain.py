@@ -9,7 +9,7 @@ import torch
 
 from membound.cost import Hardware
 from membound.cost.report import COLUMNS
-from membound.explain import Explanation, explain, explain_cli
+from membound.explainer import Explanation, explain, explain_cli
 from membound.ir.graph import Graph
 from membound.ir.types import B, S, TensorType
 from membound.models import build_model
