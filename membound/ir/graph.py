@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import sympy
 import torch
@@ -252,24 +252,7 @@ class Graph:
 
     def copy(self) -> "Graph":
         """A structural copy sharing parameter tensors (by reference)."""
-        g = Graph(self.name)
-        vmap: dict[int, Value] = {}
-        for v in self.inputs:
-            vmap[id(v)] = g.add_input(v.name, v.type)
-        for v in self.params:
-            vmap[id(v)] = g.add_param(v.name, v.type, self.tensors.get(v.name))
-        for v in self.state:
-            vmap[id(v)] = g.add_state(v.name, v.type, self.tensors.get(v.name))
-        for n in self.nodes:
-            new = g.create_node(n.op, [vmap[id(v)] for v in n.inputs], n.attrs, [r.type for r in n.results],
-                                [r.name for r in n.results])
-            new.meta = dict(n.meta)
-            g.append(new)
-            for a, b in zip(n.results, new.results):
-                vmap[id(a)] = b
-        g.outputs = [vmap[id(v)] for v in self.outputs]
-        g.meta = dict(self.meta)
-        return g
+        return self._rebuilt(lambda t: t, lambda a: a)
 
     def specialized(self, bindings: dict[sympy.Symbol, Any]) -> "Graph":
         """A copy with some dim symbols replaced (``{S: 1}`` turns a step graph into a decode graph)."""
@@ -288,13 +271,18 @@ class Graph:
                 return tuple(sub_attr(x) for x in a)
             return a
 
+        return self._rebuilt(sub_type, sub_attr)
+
+    def _rebuilt(self, sub_type: Callable[[TensorType], TensorType], sub_attr: Callable[[Any], Any]) -> "Graph":
+        """A structural copy (same value names, parameter tensors shared) with types and attrs mapped."""
         g = Graph(self.name)
         vmap: dict[int, Value] = {}
-        for kind, vals in (("input", self.inputs), ("param", self.params), ("state", self.state)):
-            for v in vals:
-                add = {"input": g.add_input, "param": g.add_param, "state": g.add_state}[kind]
-                vmap[id(v)] = add(v.name, sub_type(v.type)) if kind == "input" else \
-                    add(v.name, sub_type(v.type), self.tensors.get(v.name))
+        for v in self.inputs:
+            vmap[id(v)] = g.add_input(v.name, sub_type(v.type))
+        for v in self.params:
+            vmap[id(v)] = g.add_param(v.name, sub_type(v.type), self.tensors.get(v.name))
+        for v in self.state:
+            vmap[id(v)] = g.add_state(v.name, sub_type(v.type), self.tensors.get(v.name))
         for n in self.nodes:
             new = g.create_node(n.op, [vmap[id(v)] for v in n.inputs], {k: sub_attr(a) for k, a in n.attrs.items()},
                                 [sub_type(r.type) for r in n.results], [r.name for r in n.results])
