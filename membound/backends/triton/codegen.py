@@ -13,6 +13,7 @@ torch reference); the executable binds those names when it loads the module.
 
 from __future__ import annotations
 
+import dataclasses
 import keyword
 import math
 import re
@@ -98,6 +99,18 @@ def py_literal(v: Any) -> str:
     raise CodegenError(f"cannot write attribute value {v!r} ({type(v).__name__}) into the launcher")
 
 
+def canonical_kernel_text(text: str, name: str) -> str:
+    """A kernel's source with its name, parameter names and comments abstracted away: two kernels
+    with the same canonical text compute the same thing from the same positional arguments."""
+    m = re.search(r"def \w+\((.*?)\):", text, re.S)
+    params = [p.split(":")[0].strip() for p in m.group(1).split(",") if p.strip()] if m else []
+    out = re.sub(r"#[^\n]*", "", text)
+    out = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", out)
+    for i, p in enumerate(params):
+        out = re.sub(rf"\b{re.escape(p)}\b", f"arg{i}", out)
+    return re.sub(r"[ \t]+\n", "\n", out)
+
+
 def shape_code(shape: tuple[sympy.Expr, ...]) -> str:
     return py_literal(tuple(shape))
 
@@ -114,6 +127,7 @@ class ModuleWriter:
         self.contiguous = lambda v: id(v) in produced_by_kernel
         self.bindings: dict[str, tuple[str, str]] = {}
         self.buf_index: dict[int, int] = {}
+        self.launch_name: dict[int, str] = {}  # id(kernel) -> the kept twin it launches
         for i, b in enumerate(plan.planned()):
             self.buf_index[id(b.value)] = i
 
@@ -172,7 +186,7 @@ class ModuleWriter:
                 block = f"triton.next_power_of_2({expr_code(n, kernel=False)})"
                 warps = f"row_warps({block})"
             args += [f"BLOCK_N={block}", f"num_warps={warps}"]
-        lines.append(f"{k.name}[{grid}](" + ", ".join(args) + ")")
+        lines.append(f"{self.launch_name.get(id(k), k.name)}[{grid}](" + ", ".join(args) + ")")
         return lines
 
     def call_lines(self, step: Call, known: set[sympy.Symbol]) -> list[str]:
@@ -198,6 +212,30 @@ class ModuleWriter:
                     lines.append(f"{d.name} = {self.names(r)}.shape[{k}]")
                     known.add(d)
         return lines
+
+    def share_identical(self, sources: list[KernelSource]) -> list[KernelSource]:
+        """Keep one definition of kernels that differ only in names (every layer's add + rms_norm).
+
+        Triton compiles each ``@triton.jit`` function separately, so a 32-layer model would otherwise
+        compile the same few kernels a hundred times over. Launches of a dropped twin call the kept
+        definition, whose parameters take the same arguments in the same order.
+        """
+        kept: dict[str, KernelSource] = {}
+        twins: dict[str, list[str]] = {}
+        for ks in sources:
+            key = canonical_kernel_text(ks.text, ks.kernel.name)
+            first = kept.setdefault(key, ks)
+            if first is not ks:
+                self.launch_name[id(ks.kernel)] = first.kernel.name
+                twins.setdefault(first.kernel.name, []).append(ks.kernel.name)
+        out = []
+        for ks in kept.values():
+            also = twins.get(ks.kernel.name)
+            if also:
+                note = f"# also launched in place of {len(also)} identical kernels: {', '.join(also)}\n"
+                ks = dataclasses.replace(ks, text=note + ks.text)
+            out.append(ks)
+        return out
 
     def launch_fn(self, sources: dict[int, KernelSource]) -> str:
         g = self.graph
@@ -225,6 +263,7 @@ class ModuleWriter:
     def write(self) -> GeneratedModule:
         sources = self.kernel_sources()
         by_kernel = {id(ks.kernel): ks for ks in sources}
+        sources = self.share_identical(sources)
         launch = self.launch_fn(by_kernel)
         helpers = sorted({h for ks in sources for h in ks.helpers})
         g = self.graph
