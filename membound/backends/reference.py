@@ -13,7 +13,7 @@ import torch
 
 from membound.ir.graph import Graph, Value
 from membound.ir.ops import get_op
-from membound.ir.types import eval_dim
+from membound.ir.types import concretize, eval_dim
 
 
 class ShapeMismatchError(ValueError):
@@ -28,16 +28,6 @@ def _has_expr(v: Any) -> bool:
     if isinstance(v, dict):
         return any(_has_expr(x) for x in v.values())
     return False
-
-
-def _concretize(v: Any, bindings: dict[sympy.Symbol, int]) -> Any:
-    if isinstance(v, sympy.Expr):
-        return eval_dim(v, bindings)
-    if isinstance(v, tuple):
-        return tuple(_concretize(x, bindings) for x in v)
-    if isinstance(v, dict):
-        return {k: _concretize(x, bindings) for k, x in v.items()}
-    return v
 
 
 def bind_symbols(values: Sequence[Value], tensors: Sequence[torch.Tensor],
@@ -98,7 +88,7 @@ class ReferenceExecutable:
         key = (index, tuple(sorted(bindings.items(), key=lambda kv: kv[0].name)))
         attrs = self._attr_cache.get(key)
         if attrs is None:
-            attrs = self._attr_cache[key] = _concretize(step.attrs, bindings)
+            attrs = self._attr_cache[key] = concretize(step.attrs, bindings)
         return attrs
 
     def __call__(self, inputs: Sequence[torch.Tensor], tensors: Optional[dict[str, torch.Tensor]] = None

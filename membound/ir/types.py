@@ -8,7 +8,7 @@ A dim is a sympy expression: an ``int`` literal (``sympy.Integer``), a named sym
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 import sympy
 import torch
@@ -146,6 +146,17 @@ def eval_dim(d: sympy.Expr, bindings: dict[sympy.Symbol, int]) -> int:
             missing = sorted(s.name for s in d.free_symbols if s not in bindings)
             raise ValueError(f"dim {d} is not concrete; unbound symbols: {missing}")
     return int(v)
+
+
+def concretize(value: Any, bindings: dict[sympy.Symbol, int]) -> Any:
+    """An attribute value with every dim expression evaluated under ``bindings`` (tuples and dicts too)."""
+    if isinstance(value, sympy.Expr):
+        return eval_dim(value, bindings)
+    if isinstance(value, tuple):
+        return tuple(concretize(x, bindings) for x in value)
+    if isinstance(value, dict):
+        return {k: concretize(x, bindings) for k, x in value.items()}
+    return value
 
 
 def dims_equal(a: sympy.Expr, b: sympy.Expr) -> bool:

@@ -48,7 +48,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import sympy
 import torch
 
 from membound.ir import Graph, Node, Value, get_op
@@ -149,8 +148,7 @@ def _backward_slice(g: Graph, outputs: list[Value]) -> Graph:
 
 def _mask_is_causal(g: Graph, mask: Value) -> bool:
     """Evaluate the (input-independent) mask at a few sizes and compare with the lower triangle."""
-    from membound.ir.ops import get_op as _get
-    from membound.ir.types import eval_dim
+    from membound.ir.types import concretize, eval_dim
 
     sub = _backward_slice(g, [mask])
     for b, s in ((1, 1), (2, 3), (3, 6)):
@@ -161,8 +159,8 @@ def _mask_is_causal(g: Graph, mask: Value) -> bool:
             for p in list(sub.params) + list(sub.state):
                 env[id(p)] = sub.tensors[p.name].detach().cpu()
             for n in sub.nodes:
-                attrs = {k: _concrete(a, bind) for k, a in n.attrs.items()}
-                res = _get(n.op).reference(*[env[id(v)] for v in n.inputs], **attrs)
+                attrs = concretize(n.attrs, bind)
+                res = get_op(n.op).reference(*[env[id(v)] for v in n.inputs], **attrs)
                 for r, t in zip(n.results, res if len(n.results) > 1 else [res]):
                     env[id(r)] = t
             m = env[id(sub.outputs[0])]
@@ -179,14 +177,6 @@ def _mask_is_causal(g: Graph, mask: Value) -> bool:
         if not torch.equal(keep, tril.expand_as(keep)):
             return False
     return True
-
-
-def _concrete(a: Any, bind: dict[sympy.Symbol, int]) -> Any:
-    if isinstance(a, sympy.Expr):
-        return int(a.xreplace({k: sympy.Integer(v) for k, v in bind.items()}))
-    if isinstance(a, tuple):
-        return tuple(_concrete(x, bind) for x in a)
-    return a
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +211,7 @@ class _Builder:
         raise NotCacheable(f"position-dependent %{old.name}: {old.type} meets the batch at {where} in a way "
                            f"per-row positions cannot express")
 
-    def lift_plain(self, new: Value, rank_old: int) -> Value:
+    def lift_plain(self, new: Value) -> Value:
         """A position-independent value broadcast up to a lifted one (for cat and friends)."""
         v = self.call("unsqueeze", new, dim=0)
         return self.call("expand", v, shape=(B,) + tuple(new.shape))
@@ -336,7 +326,7 @@ class _Builder:
         elif op in ("unsqueeze", "squeeze", "transpose", "permute", "slice", "select", "softmax", "log_softmax",
                     "cumsum", "sum", "mean", "amax", "amin", "cat", "split", "reshape", "expand"):
             if op == "cat":
-                ins_new = [v if id(v) in self.lifted else self.lift_plain(v, v.rank) for v in ins_new]
+                ins_new = [v if id(v) in self.lifted else self.lift_plain(v) for v in ins_new]
             attrs = _shift_attrs(op, attrs, n.inputs[0].rank, r_out)
             node = self.g.append(self.g.create_node(op, ins_new, attrs))
             for a, b in zip(n.results, node.results):
