@@ -12,9 +12,11 @@ may vary (it specialises dims of size 0/1 and any dim the code pins down) instea
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import re
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import sympy
 import torch
@@ -98,7 +100,7 @@ def export_leaves(module: torch.nn.Module, leaves: Sequence[Any], name: str,
     try:
         # a fresh tracing context: inside a torch.compile backend, export must not add its guards to the
         # frame Dynamo is compiling
-        with torch.no_grad(), torch._guards.tracing(None):
+        with torch.no_grad(), torch._guards.tracing(None), _quiet_specialisation_notes():
             ep = torch.export.export(module, tuple(leaves), dynamic_shapes={"leaves": shapes}, strict=False)
     except Exception as e:  # the model's own error or export's; either way the user needs the original
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -239,3 +241,22 @@ def _graph_name(name: str) -> str:
 def _guards(conds: Sequence[sympy.Basic]) -> list[sympy.Basic]:
     """Runtime asserts worth checking on reuse (those over input sizes; others are already implied)."""
     return [c for c in conds if isinstance(c, sympy.Basic) and c is not sympy.true]
+
+
+class _SpecialisationNoteFilter(logging.Filter):
+    """Drops export's note that a size-1 dim was specialised: with ``Dim.AUTO`` that is expected, and
+    ``Capture.matches`` sends calls with other sizes to a new capture."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "specialized; Dim.AUTO was specified" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_specialisation_notes() -> Iterator[None]:
+    logger = logging.getLogger("torch._export.non_strict_utils")
+    note = _SpecialisationNoteFilter()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
