@@ -15,7 +15,7 @@ per-dim indices ``i0, i1...`` come from div/mod by the sizes. Row kernels: one p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import sympy
 import torch
@@ -109,6 +109,10 @@ class KernelEmitter:
         offs = index_var("offs")
         self.index_syms.add(offs)
         self.vector_syms.add(offs)
+        return self.unflatten(offs, shape, "i", vector=True)
+
+    def unflatten(self, flat: sympy.Symbol, shape: Sequence[sympy.Expr], prefix: str, vector: bool) -> Index:
+        """Per-dim indices of a row-major flat index over ``shape`` (size-1 dims index 0)."""
         strides = contiguous_strides(shape)
         idx: list[sympy.Expr] = []
         live = [d for d in range(len(shape)) if shape[d] != 1]
@@ -116,10 +120,10 @@ class KernelEmitter:
             if shape[d] == 1:
                 idx.append(ZERO)
                 continue
-            e: sympy.Expr = offs if strides[d] == 1 else sympy.floor(offs / strides[d])
+            e: sympy.Expr = flat if strides[d] == 1 else sympy.floor(flat / strides[d])
             if d != live[0]:
                 e = sympy.Mod(e, shape[d])
-            idx.append(self.new_index("i", self.code(e), True) if len(live) > 1 else offs)
+            idx.append(self.new_index(prefix, self.code(e), vector) if len(live) > 1 else flat)
         return tuple(idx)
 
     def setup_row(self) -> Index:
@@ -127,17 +131,7 @@ class KernelEmitter:
         self.lines.append("row = tl.program_id(0)")
         row = index_var("row")
         self.index_syms.add(row)
-        strides = contiguous_strides(rows)
-        live = [d for d in range(len(rows)) if rows[d] != 1]
-        ridx: list[sympy.Expr] = []
-        for d in range(len(rows)):
-            if rows[d] == 1:
-                ridx.append(ZERO)
-                continue
-            e: sympy.Expr = row if strides[d] == 1 else sympy.floor(row / strides[d])
-            if d != live[0]:
-                e = sympy.Mod(e, rows[d])
-            ridx.append(self.new_index("r", self.code(e), False) if len(live) > 1 else row)
+        ridx = self.unflatten(row, rows, "r", vector=False)
         self.lines += ["cols = tl.arange(0, BLOCK_N)", f"mask = cols < {self.code(n)}"]
         cols = index_var("cols")
         self.index_syms.add(cols)
