@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--backend", default="reference")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    ap.add_argument("--graphs", action="store_true", help="time and profile the step replayed as a CUDA graph")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -47,32 +48,42 @@ def main() -> int:
     tok = torch.randint(0, vocab, (1, 1), device=device)
     pos = torch.tensor([[args.context]], device=device)
     zero = torch.zeros(1, dtype=torch.long, device=device)
+    step_fn = program.decode
+    if args.graphs and device == "cuda":
+        from membound.backends.cuda_graphs import CapturedGraph
+
+        step_fn = CapturedGraph(program.decode, [tok, pos, zero], copy_outputs=False)
     for _ in range(3):
-        program.decode([tok, pos, zero])
+        step_fn([tok, pos, zero])
     if device == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(20):
-        program.decode([tok, pos, zero])
+        step_fn([tok, pos, zero])
     if device == "cuda":
         torch.cuda.synchronize()
     step = (time.perf_counter() - t) / 20
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(20):
-            program.decode([tok, pos, zero])
+            step_fn([tok, pos, zero])
         if device == "cuda":
             torch.cuda.synchronize()
     sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=25)
+    table = prof.key_averages().table(sort_by=sort, row_limit=40)
+    if device == "cuda":
+        kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in kernels) / 20
+        launches = sum(e.count for e in kernels) / 20
+        table += f"\nGPU busy per step: {busy:.0f} us over {launches:.0f} kernels (sum of kernel times)"
     cpu_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     hw = Hardware.detect()
     at = analyze(program.decode_graph, RooflineCost(hw)).decode.at({"B": 1, "T": args.context})
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"profile_step-{args.model}-{args.backend}.txt").write_text(table + "\n\n" + cpu_table)
+    (Path(args.out) / f"profile_step-{args.model}-{args.backend}{'-graphs' if args.graphs else ''}.txt").write_text(table + "\n\n" + cpu_table)
     print(cpu_table)
     print(table)
-    print(f"{args.model} {args.backend} decode step at context {args.context}: {step * 1e3:.2f} ms wall "
+    print(f"{args.model} {args.backend}{' +graphs' if args.graphs else ''} decode step at context {args.context}: {step * 1e3:.2f} ms wall "
           f"({len(program.decode_graph.nodes)} IR nodes); cost model on {hw.name}: {at['time_s'] * 1e3:.3f} ms, "
           f"{at['bytes'] / 1e9:.2f} GB per step")
     return 0

@@ -7,6 +7,7 @@ A dim is a sympy expression: an ``int`` literal (``sympy.Integer``), a named sym
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence, Union
 
@@ -127,7 +128,10 @@ def _identifiers(text: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=65536)
 def dim_str(d: sympy.Expr) -> str:
+    """A dim as text. Cached: sympy's printer is slow, and verification and the printer ask for the
+    same few dims (B, S, T, 2048...) hundreds of thousands of times per large model."""
     return str(d)
 
 

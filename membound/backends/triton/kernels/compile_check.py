@@ -81,36 +81,29 @@ def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options
 def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     """(kernel, label, args, launch options) at Llama-3-8B decode shapes, bf16."""
     from membound.backends.triton.kernels.cache_write import _cache_write
-    from membound.backends.triton.kernels.decode_attention import _flash_decoding_combine, _flash_decoding_split
+    from membound.backends.triton.kernels.decode_attention import _flash_decoding_split
     from membound.backends.triton.kernels.embedding import _embedding
-    from membound.backends.triton.kernels.linear import _linear_small_m, _linear_splitk_reduce
+    from membound.backends.triton.kernels.linear import _linear_small_m
     from membound.backends.triton.kernels.norm import _rms_norm
 
     out: list[tuple[Any, str, dict[str, Any], dict[str, Any]]] = []
     n, k = 6144, 4096  # merged q/k/v
     for m, use_dot, block_m, block_n, block_k, split in ((1, False, 1, 16, 256, 2), (8, True, 16, 32, 128, 2)):
-        args = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", out_ptr="*fp32", M=m, N=n, K=k, K_PER_SPLIT=k // split,
+        args = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16", part_ptr="*fp32", lock_ptr="*i32", M=m, N=n, K=k, K_PER_SPLIT=k // split,
                     stride_xm=k, stride_wn=k, stride_split=m * n, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                     SPLIT_K=split, HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32")
         out.append((_linear_small_m, f"M={m} {'dot' if use_dot else 'fma'}", args,
                     dict(num_warps=4, num_stages=4 if use_dot else 3)))
-    out.append((_linear_splitk_reduce, "split 2", dict(part_ptr="*fp32", b_ptr="*bf16", out_ptr="*bf16", M=8,
-                                                               N=n, SPLIT_K=2, BLOCK=256, HAS_BIAS=True),
-                dict(num_warps=4)))
     hkv, g, cap, d = 8, 4, 16384, 128  # Llama-3-8B: 8 kv heads, 4 q heads each
     strides = dict(sqb=32 * d, sqh=d, sqs=d, sqd=1, skb=hkv * cap * d, skh=cap * d, skt=d, skd=1, svb=hkv * cap * d,
                    svh=cap * d, svt=d, svd=1, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1)
     for one in (False, True):
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", acc_ptr="*fp32",
-                    m_ptr="*fp32", l_ptr="*fp32", HKV=hkv, G=g, S=1, T=cap, D=d, DV=d, CHUNK=512, N_QBLOCKS=1,
+                    m_ptr="*fp32", l_ptr="*fp32", lock_ptr="*i32", HKV=hkv, G=g, S=1, T=cap, D=d, DV=d, CHUNK=512, N_QBLOCKS=1,
                     N_SPLITS=32, qk_scale=0.127, **strides, BLOCK_Q=16, BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d,
                     ONE_SPLIT=one, INPUT_PRECISION="tf32")
         out.append((_flash_decoding_split, f"d{d} {'one split' if one else 'split'}", args,
                     dict(num_warps=4, num_stages=2)))
-    args = dict(pos_ptr="*i64", o_ptr="*bf16", acc_ptr="*fp32", m_ptr="*fp32", l_ptr="*fp32", HKV=hkv, G=g, S=1,
-                T=cap, DV=d, CHUNK=512, N_QBLOCKS=1, N_SPLITS=32, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1,
-                BLOCK_Q=16, BLOCK_DV=d)
-    out.append((_flash_decoding_combine, f"d{d}", args, dict(num_warps=4)))
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", H=hkv, S=1, T=cap, D=d, scb=hkv * cap * d,
                 sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1, BLOCK_D=d)
     out.append((_cache_write, f"d{d}", args, dict(num_warps=1)))

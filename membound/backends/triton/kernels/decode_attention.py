@@ -11,8 +11,10 @@ Two things make that fast at batch 1:
   come from one ``tl.dot`` (rows padded to 16; the padding costs FLOPs, never bytes).
 - **Split-K over the cache length.** ``B * Hkv`` programs cannot fill 132 SMs, so the slots are cut
   into chunks of ``CHUNK`` and each (row block, chunk) program computes an online-softmax partial
-  (running max ``m``, sum ``l`` and unnormalised ``acc``, in base 2). ``_flash_decoding_combine``
-  merges the partials of each row: ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s``.
+  (running max ``m``, sum ``l`` and unnormalised ``acc``, in base 2). The partials of a row block are
+  merged by whichever of its programs finishes last (an arrival counter per row block, see
+  ``_launch.split_counters``): ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s``, in chunk
+  order. One launch per attention: at decode a second "combine" kernel cost more than the merge.
 
 Only the filled prefix is read: each program loads its rows' positions on the device and stops at
 ``max(position) + 1``; chunks past it do nothing and are never read back. No host synchronisation,
@@ -42,6 +44,7 @@ from membound.backends.triton.kernels._launch import (
     next_pow2,
     note,
     sm_count,
+    split_counters,
     unsupported_device,
     unsupported_dtype,
 )
@@ -53,7 +56,7 @@ MAX_HEAD_DIM = 256
 
 @triton.jit
 def _flash_decoding_split(
-    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr,
+    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, lock_ptr,
     HKV, G, S, T, D, DV, CHUNK, N_QBLOCKS, N_SPLITS, qk_scale,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -122,40 +125,31 @@ def _flash_decoding_split(
             tl.store(m_ptr + slot, m_i, mask=row_ok)
             tl.store(l_ptr + slot, l_i, mask=row_ok)
             tl.store(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], acc, mask=row_ok[:, None] & dv_ok[None, :])
+    if not ONE_SPLIT:
+        # every program of the row block counts in, idle ones too; the last to arrive merges the partials
+        tl.debug_barrier()  # this program's partial is stored before the counter moves (release below)
+        arrived = tl.atomic_add(lock_ptr + pid_row, 1, sem="acq_rel", scope="gpu")
+        if arrived == N_SPLITS - 1:
+            n_active = tl.minimum(tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK), N_SPLITS)
+            _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs, dv_ok,
+                            sob, soh, sos, sod, BLOCK_Q, BLOCK_DV)
+            tl.atomic_xchg(lock_ptr + pid_row, 0, sem="relaxed", scope="gpu")  # zeroed for the next launch
 
 
 @triton.jit
-def _flash_decoding_combine(
-    pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr,
-    HKV, G, S, T, DV, CHUNK, N_QBLOCKS, N_SPLITS,
-    spb, sps, sob, soh, sos, sod,
-    BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr,
-):
-    tl.static_assert(BLOCK_DV >= 16, "BLOCK_DV: the partials' padded head dim, at least 16")
-    pid_row = tl.program_id(0)
-    qb = pid_row % N_QBLOCKS
-    kvh = (pid_row // N_QBLOCKS) % HKV
-    b = (pid_row // (N_QBLOCKS * HKV)).to(tl.int64)  # 64-bit offsets for big caches
-    rq = tl.arange(0, BLOCK_Q)
-    rows = qb * BLOCK_Q + rq
-    row_ok = rows < G * S
-    s = rows % S
-    h = kvh * G + rows // S
-    dvs = tl.arange(0, BLOCK_DV)
-    dv_ok = dvs < DV
-    pos = tl.load(pos_ptr + b * spb + s * sps, mask=row_ok, other=-1)
-    # exactly the chunks the split kernel wrote for this row block (the same rule it used to skip)
-    # (never past the grid, even when a caller's max_len was too small: memory-safe, if wrong)
-    n_active = tl.minimum(tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK), N_SPLITS)
+def _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs, dv_ok,
+                    sob, soh, sos, sod, BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Merge the ``n_active`` chunk partials of one row block (in chunk order) and store the output."""
     m_run = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
     l_run = tl.zeros((BLOCK_Q,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
     for sp in range(0, n_active):
         slot = (pid_row * N_SPLITS + sp) * BLOCK_Q + rq
-        m_s = tl.load(m_ptr + slot, mask=row_ok, other=float("-inf"))
-        l_s = tl.load(l_ptr + slot, mask=row_ok, other=0.0)
+        # .cg: from L2, where the other programs' stores are (never a stale L1 line)
+        m_s = tl.load(m_ptr + slot, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        l_s = tl.load(l_ptr + slot, mask=row_ok, other=0.0, cache_modifier=".cg")
         a_s = tl.load(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], mask=row_ok[:, None] & dv_ok[None, :],
-                      other=0.0)
+                      other=0.0, cache_modifier=".cg")
         # rescale both sides to the common max; a chunk a row could not see has m = -inf, weight 0
         m_new = tl.maximum(m_run, m_s)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -238,33 +232,22 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     block_dv = max(16, next_pow2(dv))
     f32 = dict(dtype=torch.float32, device=q.device)
     if one:
-        acc = m = lse = y  # never touched: the split kernel writes y directly
+        acc = m = lse = locks = y  # never touched: the split kernel writes y directly
     else:
         acc = torch.empty((row_programs, n_splits, cfg.block_q, block_dv), **f32)
         m = torch.empty((row_programs, n_splits, cfg.block_q), **f32)
         lse = torch.empty((row_programs, n_splits, cfg.block_q), **f32)
+        locks = split_counters(q.device, row_programs)
     spb, sps = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-
-    def grid(meta: dict) -> tuple[int, int]:
-        # axis 0: chunks of the slots the grid covers; axis 1: (batch, kv head, query-row block)
-        return (triton.cdiv(length, cfg.chunk), bsz * hkv * triton.cdiv(rows, meta["BLOCK_Q"]))
-
-    launchable(_flash_decoding_split, q.device)[grid](
-        q, k, v, positions, y, acc, m, lse,
+    # axis 0: chunks of the slots the grid covers; axis 1: (batch, kv head, query-row block)
+    launchable(_flash_decoding_split, q.device)[(n_splits, row_programs)](
+        q, k, v, positions, y, acc, m, lse, locks,
         hkv, g, s, cap, d, dv, cfg.chunk, n_qblocks, n_splits, qk_scale,
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if not one:
-
-        def combine_grid(meta: dict) -> tuple[int]:
-            return (bsz * hkv * triton.cdiv(rows, meta["BLOCK_Q"]),)
-
-        launchable(_flash_decoding_combine, q.device)[combine_grid](
-            positions, y, acc, m, lse, hkv, g, s, cap, dv, cfg.chunk, n_qblocks, n_splits, spb, sps, *y.stride(),
-            BLOCK_Q=cfg.block_q, BLOCK_DV=block_dv, num_warps=4)
     note("cached_attention", "kernel")
     return y
 

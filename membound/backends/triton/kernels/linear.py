@@ -12,8 +12,13 @@ Two inner products, chosen by ``USE_DOT``:
   dot are software-pipelined). The padded rows cost FLOPs, which are free when memory-bound.
 
 When ``N / BLOCK_N`` programs would leave SMs idle (N = 1024 for a k/v projection, 4096 on a 132-SM
-H100), K is split over ``SPLIT_K`` programs too: each writes an fp32 partial ``[SPLIT_K, M, N]`` and a
-small second kernel sums the partials, adds the bias and casts (deterministic, unlike atomics).
+H100), K is split over ``SPLIT_K`` programs too: each writes an fp32 partial ``[SPLIT_K, M, N]`` and
+bumps a per-column-block counter; the program that arrives last sums the ``SPLIT_K`` partials in
+split order (deterministic, unlike float atomics), adds the bias, casts, stores and resets the counter
+to 0. So a split launch is still one kernel: at decode a launch costs about as long as reading a
+2048x2048 weight, so a second "reduce" kernel per projection would cost more than the split saves.
+The counters live in one zeroed int32 buffer per device that every launch leaves zeroed; launches on
+one stream (a decode step, a CUDA graph) run one after another, so they can share it.
 
 For M > 16 the wrapper calls ``torch.nn.functional.linear`` (cuBLAS), which wins once W is reused
 across enough rows. Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, a weight
@@ -38,6 +43,7 @@ from membound.backends.triton.kernels._launch import (
     next_pow2,
     note,
     sm_count,
+    split_counters,
     unsupported_device,
     unsupported_dtype,
 )
@@ -47,7 +53,7 @@ SMALL_M = 16  # the kernel's range: up to one tensor-core tile of rows
 
 @triton.jit
 def _linear_small_m(
-    x_ptr, w_ptr, b_ptr, out_ptr,
+    x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, lock_ptr,
     M, N, K, K_PER_SPLIT,
     stride_xm, stride_wn, stride_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -97,23 +103,19 @@ def _linear_small_m(
             acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
-        # an fp32 partial sum; _linear_splitk_reduce adds the SPLIT_K partials
-        tl.store(out_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
-
-
-@triton.jit
-def _linear_splitk_reduce(part_ptr, b_ptr, out_ptr, M, N, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
-                          HAS_BIAS: tl.constexpr):
-    tl.static_assert(SPLIT_K > 1, "only split-K launches need the reduction")
-    # one program per BLOCK consecutive outputs of the flat [M, N] result
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < M * N
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        acc += tl.load(part_ptr + s * M * N + offs, mask=ok, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs % N, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+        # an fp32 partial sum, then count this split in; the last of the SPLIT_K to arrive reduces
+        tl.store(part_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial is stored before the counter moves (release below)
+        arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):  # split order: the same sum on every run
+                total += tl.load(part_ptr + s * stride_split + out_offs, mask=out_mask, other=0.0,
+                                 cache_modifier=".cg")  # from L2: the other programs' stores
+            if HAS_BIAS:
+                total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(lock_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # zeroed for the next launch
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     """``x[..., K] @ weight[N, K].T (+ bias[N])`` as the IR op ``linear``; the GEMV kernel when M <= 16.
 
     ``M`` is the product of x's leading dims. ``config`` overrides the tile heuristic (benches, tests).
-    Paths: M <= 16 -> ``_linear_small_m`` (+ ``_linear_splitk_reduce`` when K is split); M > 16 ->
+    Paths: M <= 16 -> ``_linear_small_m`` (one launch, split-K or not); M > 16 ->
     cuBLAS via ``F.linear``; the torch reference for what the kernel does not cover (module docstring).
     """
     if weight.dim() != 2:
@@ -190,24 +192,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         raise ValueError(f"linear: config block_m={cfg.block_m} is smaller than M={m}")
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = cdiv(k, k_per_split)  # no empty splits
-    target = y if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    n_blocks = cdiv(n, cfg.block_n)
+    part = locks = y  # placeholders the kernel never touches without a split
+    if split > 1:
+        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+        locks = split_counters(x.device, n_blocks)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     b = bias if bias is not None else weight  # a valid pointer the kernel never reads
 
-    def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-
-    launchable(_linear_small_m, x.device)[grid](
-        x2, weight, b, target, m, n, k, k_per_split, x2.stride(0), weight.stride(0), m * n,
+    launchable(_linear_small_m, x.device)[(n_blocks, split)](
+        x2, weight, b, y, part, locks, m, n, k, k_per_split, x2.stride(0), weight.stride(0), m * n,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if split > 1:
-
-        def reduce_grid(meta: dict) -> tuple[int]:
-            return (triton.cdiv(m * n, meta["BLOCK"]),)
-
-        launchable(_linear_splitk_reduce, x.device)[reduce_grid](
-            target, b, y, m, n, SPLIT_K=split, BLOCK=256, HAS_BIAS=bias is not None, num_warps=4)
     note("linear", "kernel")
     return y
 
