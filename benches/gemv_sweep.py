@@ -54,6 +54,26 @@ def describe(c: LinearConfig) -> str:
             f"w{c.num_warps} st{c.num_stages}")
 
 
+def summary(rows: list[dict], key: tuple) -> str:
+    rs = [r for r in rows if (r["model"], r["shape"], r["m"]) == key]
+    ok = sorted((r for r in rs if r["us"] is not None), key=lambda r: r["us"])
+    cub = next(r for r in rs if r["config"] == "cublas")
+    heur = next(r for r in rs if r["config"].startswith("heuristic"))
+    best = [r for r in ok if r["config"] != "cublas" and not r["config"].startswith("heuristic")][:3]
+    line = f"{key[0]} {key[1]:8s} m{key[2]}: cublas {cub['us']:.1f}us ({cub['pct']:.0f}%)"
+    line += f" | heur {heur['us']:.1f}us ({heur['pct']:.0f}%)" if heur["us"] else " | heur FAIL"
+    return line + " | best " + "; ".join(f"{r['config']} {r['us']:.1f}us ({r['pct']:.0f}%)" for r in best)
+
+
+def report(rows: list[dict], read_bw: float, out: str | None, done: tuple) -> None:
+    """Write every row so far (a run cut short keeps what it measured) and print the finished shape."""
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "gemv_sweep.json").write_text(json.dumps({"read_bw": read_bw, "rows": rows}, indent=1))
+    for key in sorted({(r["model"], r["shape"], r["m"]) for r in rows if (r["model"], r["shape"]) == done}):
+        print(summary(rows, key), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="llama-1b,llama-8b")
@@ -107,21 +127,10 @@ def main() -> int:
                                          err=str(exc).splitlines()[0][:120]))
             del ws
             torch.cuda.empty_cache()
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "gemv_sweep.json").write_text(json.dumps({"read_bw": read_bw, "rows": rows}, indent=1))
+            report(rows, read_bw, args.out, (model, name))
     print(f"{torch.cuda.get_device_name()}: read bandwidth {read_bw / 1e9:.0f} GB/s (x.sum(), graph replay)")
-    keys = sorted({(r["model"], r["shape"], r["m"]) for r in rows}, key=lambda t: (t[0], t[2], t[1]))
-    for key in keys:
-        rs = [r for r in rows if (r["model"], r["shape"], r["m"]) == key]
-        ok = sorted((r for r in rs if r["us"] is not None), key=lambda r: r["us"])
-        cub = next(r for r in rs if r["config"] == "cublas")
-        heur = next(r for r in rs if r["config"].startswith("heuristic"))
-        best = [r for r in ok if r["config"] not in ("cublas",) and not r["config"].startswith("heuristic")][:3]
-        line = f"{key[0]} {key[1]:8s} m{key[2]}: cublas {cub['us']:.1f}us ({cub['pct']:.0f}%)"
-        line += f" | heur {heur['us']:.1f}us ({heur['pct']:.0f}%)" if heur["us"] else " | heur FAIL"
-        line += " | best " + "; ".join(f"{r['config']} {r['us']:.1f}us ({r['pct']:.0f}%)" for r in best)
-        print(line)
+    for key in sorted({(r["model"], r["shape"], r["m"]) for r in rows}, key=lambda t: (t[0], t[2], t[1])):
+        print(summary(rows, key))
     return 0
 
 

@@ -318,6 +318,8 @@ def test_kernels_compile_for_hopper_with_vector_loads() -> None:
         if r["kernel"] in ("_linear_small_m", "_flash_decoding_split", "_rms_norm"):
             assert r["vectorised"], f"{r['kernel']} {r['config']}: loads {r['loads']}, cp.async {r['cp_async']}"
     assert all(r["mma"] > 0 for r in results if r["kernel"] == "_flash_decoding_split")  # tensor cores for q @ K^T
+    # launched with programmatic dependent launch on Hopper, so each must wait before reading earlier writes
+    assert all(r["pdl_wait"] for r in results), [r["kernel"] for r in results if not r["pdl_wait"]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,3 +156,29 @@ def split_counters(device: torch.device, n: int) -> torch.Tensor:
                                "step once outside the capture (CapturedGraph's warm-up does)")
         locks = _COUNTERS[device] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
     return locks
+
+
+_PDL: dict[torch.device, bool] = {}
+
+
+def pdl(device: torch.device) -> bool:
+    """Launch with programmatic dependent launch (Hopper and later, CUDA only; ``MEMBOUND_PDL=0`` turns it off).
+
+    A kernel launched so may start while the kernel before it in the stream is still running, once
+    all of that kernel's programs have signalled (``gdc_launch_dependents``); it must call ``gdc_wait``
+    before touching any memory an earlier kernel writes or reads. Every kernel of the library does,
+    first thing, except the loads of weights, which no kernel ever writes, so the first weight tile of
+    a linear is in flight before the previous kernel has finished. At decode a step is ~200 kernels
+    of a few µs, so hiding each launch's ramp-up is worth a few percent of the step.
+    """
+    on = _PDL.get(device)
+    if on is None:
+        on = (device.type == "cuda" and os.environ.get("MEMBOUND_PDL", "1") != "0"
+              and torch.cuda.get_device_capability(device)[0] >= 9)
+        _PDL[device] = on
+    return on
+
+
+def pdl_options(device: torch.device) -> dict[str, Any]:
+    """Launch options for a kernel taking a ``USE_PDL`` constexpr: ``launch_pdl`` where :func:`pdl` holds."""
+    return {"USE_PDL": True, "launch_pdl": True} if pdl(device) else {"USE_PDL": False}

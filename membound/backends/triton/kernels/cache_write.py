@@ -19,12 +19,14 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from membound.backends.triton.kernels._launch import (
     fallback,
     launchable,
     next_pow2,
     note,
+    pdl_options,
     unsupported_device,
     unsupported_dtype,
 )
@@ -36,9 +38,12 @@ def _cache_write(
     cache_ptr, val_ptr, pos_ptr,
     H, S, T, D,
     scb, sch, sct, scd, svb, svh, svs, svd, spb, sps,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     tl.static_assert(BLOCK_D >= 16, "BLOCK_D: at least one 16-element vector per program")
+    if USE_PDL:  # programmatic dependent launch (see _launch.pdl): earlier kernels' writes are visible after this
+        gdc_wait()
+        gdc_launch_dependents()
     # program (row, d-block): row enumerates (b, h, s) of the new values
     row = tl.program_id(0)
     s = row % S
@@ -96,6 +101,6 @@ def cache_write(cache: torch.Tensor, values: torch.Tensor, positions: torch.Tens
 
     launchable(_cache_write, cache.device)[grid](
         cache, values, positions, heads, s, cap, d, *cache.stride(), *values.stride(), spb, sps,
-        BLOCK_D=block_d, num_warps=1 if block_d <= 256 else 4)
+        BLOCK_D=block_d, num_warps=1 if block_d <= 256 else 4, **pdl_options(cache.device))
     note(op, "kernel")
     return cache

@@ -33,6 +33,7 @@ class Compiled:
     loads: dict[str, int]
     cp_async: int
     mma: int
+    pdl_wait: bool = False  # griddepcontrol.wait: the kernel honours programmatic dependent launch
 
     @property
     def vectorised(self) -> bool:
@@ -75,7 +76,8 @@ def compile_ptx(kernel: Any, args: dict[str, Any], arch: int = 90, **options: An
 def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options: Any) -> Compiled:
     ptx, shared = compile_ptx(kernel, args, arch, **options)
     loads = dict(collections.Counter(re.findall(r"ld\.global[\w.]*", ptx)))
-    return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), len(re.findall(r"\bmma\.", ptx)))
+    return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), len(re.findall(r"\bmma\.", ptx)),
+                    "griddepcontrol.wait" in ptx)
 
 
 def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
@@ -91,7 +93,8 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     for m, use_dot, block_m, block_n, block_k, split in ((1, False, 1, 16, 256, 2), (8, True, 16, 32, 128, 2)):
         args = dict(x_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16", part_ptr="*fp32", lock_ptr="*i32", M=m, N=n, K=k, K_PER_SPLIT=k // split,
                     stride_xm=k, stride_wn=k, stride_split=m * n, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                    SPLIT_K=split, HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32")
+                    SPLIT_K=split, HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32",
+                    USE_PDL=True, PREFETCH=not use_dot)
         out.append((_linear_small_m, f"M={m} {'dot' if use_dot else 'fma'}", args,
                     dict(num_warps=4, num_stages=4 if use_dot else 3)))
     hkv, g, cap, d = 8, 4, 16384, 128  # Llama-3-8B: 8 kv heads, 4 q heads each
@@ -101,18 +104,19 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", acc_ptr="*fp32",
                     m_ptr="*fp32", l_ptr="*fp32", lock_ptr="*i32", HKV=hkv, G=g, S=1, T=cap, D=d, DV=d, CHUNK=512, N_QBLOCKS=1,
                     N_SPLITS=32, qk_scale=0.127, **strides, BLOCK_Q=16, BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d,
-                    ONE_SPLIT=one, INPUT_PRECISION="tf32")
+                    ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True)
         out.append((_flash_decoding_split, f"d{d} {'one split' if one else 'split'}", args,
                     dict(num_warps=4, num_stages=2)))
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", H=hkv, S=1, T=cap, D=d, scb=hkv * cap * d,
-                sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1, BLOCK_D=d)
+                sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1, BLOCK_D=d, USE_PDL=True)
     out.append((_cache_write, f"d{d}", args, dict(num_warps=1)))
     for residual in (False, True):
         args = dict(x_ptr="*bf16", r_ptr="*bf16", w_ptr="*bf16", sum_ptr="*bf16", y_ptr="*bf16", D=4096,
-                    stride_x=4096, stride_r=4096, eps=1e-5, BLOCK_D=4096, HAS_RESIDUAL=residual, HAS_WEIGHT=True)
+                    stride_x=4096, stride_r=4096, eps=1e-5, BLOCK_D=4096, HAS_RESIDUAL=residual, HAS_WEIGHT=True,
+                    USE_PDL=True)
         out.append((_rms_norm, "add+norm" if residual else "norm", args, dict(num_warps=8)))
     args = dict(w_ptr="*bf16", ids_ptr="*i64", out_ptr="*bf16", V=128256, D=4096, stride_wv=4096, stride_wd=1,
-                BLOCK_D=1024)
+                BLOCK_D=1024, USE_PDL=True)
     out.append((_embedding, "d4096", args, dict(num_warps=4)))
     return out
 

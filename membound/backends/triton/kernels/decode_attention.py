@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from membound.backends.triton.kernels._launch import (
     cdiv,
@@ -43,6 +44,7 @@ from membound.backends.triton.kernels._launch import (
     launchable,
     next_pow2,
     note,
+    pdl_options,
     sm_count,
     split_counters,
     unsupported_device,
@@ -60,10 +62,13 @@ def _flash_decoding_split(
     HKV, G, S, T, D, DV, CHUNK, N_QBLOCKS, N_SPLITS, qk_scale,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
+    if USE_PDL:  # programmatic dependent launch (see _launch.pdl): earlier kernels' writes are visible after this
+        gdc_wait()
+        gdc_launch_dependents()
     pid_split = tl.program_id(0)
     pid_row = tl.program_id(1)
     # which (batch, kv head, block of query rows) this program serves
@@ -247,7 +252,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         hkv, g, s, cap, d, dv, cfg.chunk, n_qblocks, n_splits, qk_scale,
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
-        ONE_SPLIT=one, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        ONE_SPLIT=one, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl_options(q.device))
     note("cached_attention", "kernel")
     return y
 

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from membound.backends.triton.kernels._launch import (
     check_out,
@@ -20,6 +21,7 @@ from membound.backends.triton.kernels._launch import (
     launchable,
     next_pow2,
     note,
+    pdl_options,
     unsupported_device,
     unsupported_dtype,
 )
@@ -27,8 +29,11 @@ from membound.ir.ops import get_op
 
 
 @triton.jit
-def _embedding(w_ptr, ids_ptr, out_ptr, V, D, stride_wv, stride_wd, BLOCK_D: tl.constexpr):
+def _embedding(w_ptr, ids_ptr, out_ptr, V, D, stride_wv, stride_wd, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
     tl.static_assert(BLOCK_D >= 16, "BLOCK_D: at least one 16-element vector per program")
+    if USE_PDL:  # programmatic dependent launch (see _launch.pdl): earlier kernels' writes are visible after this
+        gdc_wait()
+        gdc_launch_dependents()
     i = tl.program_id(0).to(tl.int64)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     # the row index, read on the device; out-of-range ids read nothing and write zeros
@@ -60,6 +65,6 @@ def embedding(weight: torch.Tensor, ids: torch.Tensor, out: Optional[torch.Tenso
         return (flat.numel(), triton.cdiv(d, meta["BLOCK_D"]))
 
     launchable(_embedding, weight.device)[grid](weight, flat, y, v, d, *weight.stride(), BLOCK_D=block_d,
-                                                num_warps=1 if block_d <= 256 else 4)
+                                                num_warps=1 if block_d <= 256 else 4, **pdl_options(weight.device))
     note(op, "kernel")
     return y

@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from membound.backends.triton.kernels._launch import (
     check_out,
@@ -27,6 +28,7 @@ from membound.backends.triton.kernels._launch import (
     launchable,
     next_pow2,
     note,
+    pdl_options,
     unsupported_device,
     unsupported_dtype,
 )
@@ -39,9 +41,12 @@ MAX_ROW = 65536
 def _rms_norm(
     x_ptr, r_ptr, w_ptr, sum_ptr, y_ptr,
     D, stride_x, stride_r, eps,
-    BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     tl.static_assert(BLOCK_D >= 16, "BLOCK_D covers the whole row (at least 16)")
+    if USE_PDL:  # programmatic dependent launch (see _launch.pdl): earlier kernels' writes are visible after this
+        gdc_wait()
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     ds = tl.arange(0, BLOCK_D)
     ok = ds < D
@@ -92,7 +97,7 @@ def _launch(x2: torch.Tensor, r2: Optional[torch.Tensor], weight: Optional[torch
         x2, r2 if r2 is not None else x2, weight if weight is not None else x2, h if h is not None else y, y,
         d, x2.stride(0), r2.stride(0) if r2 is not None else 0, float(eps),
         BLOCK_D=block_d, HAS_RESIDUAL=r2 is not None, HAS_WEIGHT=weight is not None,
-        num_warps=min(16, max(1, block_d // 512)))
+        num_warps=min(16, max(1, block_d // 512)), **pdl_options(x2.device))
 
 
 def _uncovered(op: str, *tensors: Optional[torch.Tensor]) -> Optional[str]:
