@@ -225,7 +225,7 @@ def build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
     kwargs = {"use_cache": False} if _accepts_kwarg(compiled.fn, "use_cache") else {}
     capture = capture_export(compiled.fn, (example,), kwargs, dynamic=True, fallback=compiled.fallback)
     base = compiled.pipeline if compiled.pipeline is not None else default_pipeline()
-    pipeline = list(base) + ["fuse-attention", "insert-kv-cache", "merge-linear", "canonicalize",
+    pipeline = list(base) + ["fuse-attention", "insert-kv-cache", "merge-linear", "fuse-gated-linear", "canonicalize",
                              "dead-code-elimination"]
     instruments = [DumpIR(Path(compiled.dump_ir) / "kv-prefill")] if compiled.dump_ir else []
     ctx = PassContext(cost=default_cost())

@@ -118,6 +118,36 @@ def test_linear_falls_back_for_a_transposed_weight() -> None:
     close(y, x @ w.t(), torch.float32)
 
 
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("m,k,n,config", [
+    (1, 300, 37, None),                                            # decode: one row, heuristic tiles
+    (3, 300, 19, LinearConfig(4, 16, 32, split_k=4)),              # K split, last program reduces
+    (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True)),           # tensor-core path
+    (20, 33, 9, None),                                             # M > 16: torch forms the product, cuBLAS
+])
+def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dtype: torch.dtype) -> None:
+    """gate and up as the two halves of one wider projection output (strided views, as after merge-linear)."""
+    gu = rand(m, 1, 2 * k, dtype=dtype)
+    gate, up = gu[..., :k], gu[..., k:]
+    w = rand(n, k, dtype=dtype) * k ** -0.5
+    with trace() as calls:
+        y = LIBRARY["gated_linear"](gate, up, w, config=config)
+    assert calls == [("gated_linear", "cublas" if m > 16 else "kernel")]
+    assert y.shape == (m, 1, n)
+    close(y, get_op("gated_linear").reference(gate.float(), up.float(), w.float()), dtype)
+
+
+def test_gated_linear_errors() -> None:
+    from membound.backends.triton.kernels import gated_linear
+
+    with pytest.raises(ValueError, match="gated_linear: gate .* and up .* must have one shape"):
+        gated_linear(rand(2, 8), rand(2, 9), rand(4, 8))
+    with pytest.raises(ValueError, match="gated_linear: act='gelu' has no kernel"):
+        gated_linear(rand(2, 8), rand(2, 8), rand(4, 8), act="gelu")
+    with pytest.raises(TypeError, match="gated_linear: inputs must share a dtype"):
+        gated_linear(rand(2, 8), rand(2, 8), rand(4, 8, dtype=torch.float16))
+
+
 def test_linear_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match="linear: x .* disagree on K"):
         linear(rand(2, 8), rand(4, 9))

@@ -395,6 +395,16 @@ case("linear", [A(f32, 5), A(f32, 4, 5), A(f32, 4)], _linear)
 case("linear", [A(f16, 3, 9), A(f16, 6, 9)], _linear)
 case("linear", [A(f32, B, S, 5), A(f32, 3, 5), A(f32, 3)], _linear)
 
+
+
+def _gated_linear(g: torch.Tensor, u: torch.Tensor, w: torch.Tensor, act: str = "silu") -> torch.Tensor:
+    return _linear(g / (1 + torch.exp(-g)) * u, w)  # silu written out: x * sigmoid(x)
+
+
+case("gated_linear", [A(f32, 7, 5), A(f32, 7, 5), A(f32, 3, 5)], _gated_linear)
+case("gated_linear", [A(f32, B, S, 5), A(f32, B, S, 5), A(f32, 4, 5)], _gated_linear, act="silu")
+case("gated_linear", [A(f16, 2, 1, 9), A(f16, 2, 1, 9), A(f16, 6, 9)], _gated_linear)
+
 case("matmul", [A(f32, 3, 4), A(f32, 4, 5)], _matmul)
 case("matmul", [A(f32, 2, 3, 4), A(f32, 4, 1)], _matmul)
 case("matmul", [A(f32, 2, 1, 3, 4), A(f32, 5, 4, 6)], _matmul)
@@ -871,6 +881,9 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("rms_norm", [T(i64, 3, 4)], {"eps": 1e-6}, TypeError),
     ("rms_norm", [T(f32, 3, 4)], {}, TypeError),  # eps is required
     ("linear", [T(f32, 3, 4), T(f32, 5, 6)], {}, ValueError),
+    ("gated_linear", [T(f32, 3, 4), T(f32, 3, 5), T(f32, 6, 4)], {}, ValueError),
+    ("gated_linear", [T(f32, 3, 4), T(f32, 3, 4), T(f16, 6, 4)], {}, TypeError),
+    ("gated_linear", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4)], {"act": "relu"}, ValueError),
     ("linear", [T(f32, 3, 4), T(f16, 5, 4)], {}, TypeError),
     ("linear", [T(f32, 3, 4), T(f32, 5, 4), T(f32, 4)], {}, ValueError),
     ("linear", [T(f32, B, S, 4), T(f32, 5, 4, 1)], {}, ValueError),

@@ -120,3 +120,42 @@ def _grouped_mm_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], att
 define_op("grouped_mm", inputs=("x", "w", "offsets"), kind="matmul", infer=_infer_grouped_mm,
           reference=_grouped_mm, flops=_grouped_mm_flops,
           doc="x[N, K] rows grouped by cumulative ends offsets[E]; group e times w[e][K, M] -> [N, M]")
+
+
+# ---------------------------------------------------------------------------------------------
+# gated_linear: linear(act(gate) * up, weight), the down projection of a gated MLP (SwiGLU)
+# ---------------------------------------------------------------------------------------------
+GATED_ACTIVATIONS = {"silu": torch.nn.functional.silu}
+
+
+def _infer_gated_linear(gate: TensorType, up: TensorType, weight: TensorType, act: str = "silu") -> TensorType:
+    dtype = same_dtype("gated_linear", ("gate", gate), ("up", up), ("weight", weight))
+    require_float("gated_linear", gate, "gate")
+    if act not in GATED_ACTIVATIONS:
+        fail("gated_linear", f"act must be one of {sorted(GATED_ACTIVATIONS)}, got {act!r}")
+    if gate.rank < 1 or weight.rank != 2 or up.rank != gate.rank:
+        fail("gated_linear", f"needs gate[..., K], up[..., K] and weight[N, K], got gate {gate}, up {up}, "
+                             f"weight {weight}")
+    for a, b in zip(gate.shape, up.shape):
+        require_same_dim("gated_linear", a, b, f"gate {gate} and up {up} must have one shape")
+    n, k = weight.shape
+    require_same_dim("gated_linear", gate.shape[-1], k, f"gate {gate} and weight {weight} disagree on K")
+    return TensorType(dtype, gate.shape[:-1] + (n,))
+
+
+def _gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, act: str = "silu") -> torch.Tensor:
+    """Exactly eager's ``down(act(gate) * up)``: the activation and the product each rounded to the dtype."""
+    return torch.nn.functional.linear(GATED_ACTIVATIONS[act](gate) * up, weight)
+
+
+def _gated_linear_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    gate, weight = ins[0], ins[2]
+    m = numel(gate.shape[:-1])
+    n, k = weight.shape
+    return 2 * m * n * k + 5 * m * k  # the product, plus silu (4) and the gating multiply per input element
+
+
+define_op("gated_linear", inputs=("gate", "up", "weight"), attrs={"act": "silu"}, kind="matmul",
+          infer=_infer_gated_linear, reference=_gated_linear, flops=_gated_linear_flops,
+          doc="linear(act(gate) * up, weight): a gated MLP's down projection with its gating fused in "
+              "(the product act(gate) * up is never written)")

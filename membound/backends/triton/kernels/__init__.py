@@ -24,11 +24,12 @@ from membound.backends.triton.kernels._launch import trace
 from membound.backends.triton.kernels.cache_write import cache_write, cache_write_bytes
 from membound.backends.triton.kernels.decode_attention import DecodeConfig, cached_attention, cached_attention_bytes
 from membound.backends.triton.kernels.embedding import embedding
-from membound.backends.triton.kernels.linear import SMALL_M, LinearConfig, linear, linear_bytes
+from membound.backends.triton.kernels.linear import SMALL_M, LinearConfig, gated_linear, linear, linear_bytes
 from membound.backends.triton.kernels.norm import add_rms_norm, rms_norm, rms_norm_bytes
 
 LIBRARY: dict[str, Callable] = {
     "linear": linear,
+    "gated_linear": gated_linear,
     "cached_attention": cached_attention,
     "cache_write": cache_write,
     "rms_norm": rms_norm,
@@ -41,6 +42,6 @@ FUSED: dict[str, Callable] = {
 
 __all__ = [
     "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "LinearConfig", "add_rms_norm", "cache_write", "cache_write_bytes",
-    "cached_attention", "cached_attention_bytes", "embedding", "linear", "linear_bytes", "rms_norm",
+    "cached_attention", "cached_attention_bytes", "embedding", "gated_linear", "linear", "linear_bytes", "rms_norm",
     "rms_norm_bytes", "trace",
 ]

@@ -28,7 +28,7 @@ whose rows are not contiguous (``weight.stride(1) != 1``), CPU tensors without `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +55,12 @@ SMALL_M = 16  # the kernel's range: up to one tensor-core tile of rows
 
 @triton.jit
 def _linear_small_m(
-    x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, lock_ptr,
+    x_ptr, u_ptr, w_ptr, b_ptr, out_ptr, part_ptr, lock_ptr,
     M, N, K, K_PER_SPLIT,
-    stride_xm, stride_wn, stride_split,
+    stride_xm, stride_um, stride_wn, stride_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
+    USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if USE_DOT:
@@ -93,6 +93,12 @@ def _linear_small_m(
         k_ok = ks < k_end
         # the few x rows of this K tile (re-read by every program, served from L2)
         x = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if GATED:
+            # gated_linear: x = silu(gate) * up, each rounded to the dtype as eager rounds it (never stored)
+            u = tl.load(u_ptr + ms[:, None] * stride_um + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            xf = x.to(tl.float32)
+            g = (xf / (1.0 + tl.exp(-xf))).to(x.dtype)
+            x = (g.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
         if USE_DOT:
             # W tile as [BLOCK_K, BLOCK_N] (W^T): contiguous along K, so loads still vectorise
             w_t = tl.load(w_rows[None, :] + ks[:, None], mask=row_ok[None, :] & k_ok[:, None],
@@ -182,35 +188,62 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     Paths: M <= 16 -> ``_linear_small_m`` (one launch, split-K or not); M > 16 ->
     cuBLAS via ``F.linear``; the torch reference for what the kernel does not cover (module docstring).
     """
+    if x.dim() < 1:
+        raise ValueError(f"linear: x must be [..., K], got shape {tuple(x.shape)}")
+    return _small_m("linear", x, None, weight, bias, out, config, lambda: F.linear(x, weight, bias))
+
+
+def gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor] = None,
+                 *, act: str = "silu", config: Optional[LinearConfig] = None) -> torch.Tensor:
+    """The IR op ``gated_linear``: ``linear(silu(gate) * up, weight)`` with the gating done as x is loaded.
+
+    The same kernel and paths as :func:`linear` (``silu(gate) * up`` is formed tile by tile in
+    registers and never stored); for M > 16 the product is formed by torch and the linear is cuBLAS.
+    """
+    from membound.ir.ops.matmul import GATED_ACTIVATIONS
+
+    if act != "silu":
+        raise ValueError(f"gated_linear: act={act!r} has no kernel (silu does); known: {sorted(GATED_ACTIVATIONS)}")
+    if gate.shape != up.shape:
+        raise ValueError(f"gated_linear: gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one shape")
+    if gate.dim() < 1:
+        raise ValueError(f"gated_linear: gate must be [..., K], got shape {tuple(gate.shape)}")
+    return _small_m("gated_linear", gate, up, weight, None, out, config,
+                    lambda: F.linear(F.silu(gate) * up, weight))
+
+
+def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
+             out: Optional[torch.Tensor], config: Optional[LinearConfig], reference: Callable[[], torch.Tensor]
+             ) -> torch.Tensor:
+    """``linear`` and ``gated_linear`` (``up`` given: x is the gate): checks, path choice, launch."""
     if weight.dim() != 2:
-        raise ValueError(f"linear: weight must be [N, K], got shape {tuple(weight.shape)}")
+        raise ValueError(f"{op}: weight must be [N, K], got shape {tuple(weight.shape)}")
     n, k = weight.shape
-    if x.dim() < 1 or x.shape[-1] != k:
-        raise ValueError(f"linear: x {tuple(x.shape)} and weight {tuple(weight.shape)} disagree on K={k}")
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: x {tuple(x.shape)} and weight {tuple(weight.shape)} disagree on K={k}")
     if bias is not None and tuple(bias.shape) != (n,):
-        raise ValueError(f"linear: bias must be [N] = [{n}], got {tuple(bias.shape)}")
-    operands = [x, weight] + ([bias] if bias is not None else [])
+        raise ValueError(f"{op}: bias must be [N] = [{n}], got {tuple(bias.shape)}")
+    operands = [x] + ([up] if up is not None else []) + [weight] + ([bias] if bias is not None else [])
     if any(t.dtype != x.dtype for t in operands):
-        raise TypeError(f"linear: x, weight and bias must share a dtype, got {[t.dtype for t in operands]}")
+        raise TypeError(f"{op}: inputs must share a dtype, got {[t.dtype for t in operands]}")
     lead = tuple(x.shape[:-1])
     m = x.numel() // k if k else 0
-    reason = unsupported_device(*operands) or unsupported_dtype("linear", x)
+    reason = unsupported_device(*operands) or unsupported_dtype(op, x)
     if reason is None and weight.stride(1) != 1:
         reason = f"weight strides {weight.stride()} (rows must be contiguous)"
     if reason is None and m > SMALL_M and config is None:
-        note("linear", "cublas")
-        result = F.linear(x, weight, bias)
+        note(op, "cublas")
+        result = reference()
         return result if out is None else _copy_out(out, result)
     if reason is not None or m == 0 or k == 0:
-        return fallback("linear", reason or "empty product", F.linear(x, weight, bias), out)
+        return fallback(op, reason or "empty product", reference(), out)
 
-    y = check_out("linear", out, lead + (n,), x.dtype, x.device)
-    x2 = x.reshape(m, k)
-    if x2.stride(1) != 1:
-        x2 = x2.contiguous()  # at most 16 rows: a negligible copy
+    y = check_out(op, out, lead + (n,), x.dtype, x.device)
+    x2 = _rows(x, m, k)
+    u2 = _rows(up, m, k) if up is not None else None
     cfg = config or pick_config(m, n, k, x.dtype, x.device)
     if m > cfg.block_m:
-        raise ValueError(f"linear: config block_m={cfg.block_m} is smaller than M={m}")
+        raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m}")
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = cdiv(k, k_per_split)  # no empty splits
     n_blocks = cdiv(n, cfg.block_n)
@@ -220,14 +253,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         locks = split_counters(x.device, n_blocks)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     b = bias if bias is not None else weight  # a valid pointer the kernel never reads
-
     launchable(_linear_small_m, x.device)[(n_blocks, split)](
-        x2, weight, b, y, part, locks, m, n, k, k_per_split, x2.stride(0), weight.stride(0), m * n,
+        x2, u2 if u2 is not None else x2, weight, b, y, part, locks, m, n, k, k_per_split, x2.stride(0),
+        u2.stride(0) if u2 is not None else 0, weight.stride(0), m * n,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(x.device))
-    note("linear", "kernel")
+        GATED=u2 is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(x.device))
+    note(op, "kernel")
     return y
+
+
+def _rows(t: torch.Tensor, m: int, k: int) -> torch.Tensor:
+    """``t`` as ``[M, K]`` rows with unit stride along K (a view when it can be: a split of a wider
+    output keeps its row stride; otherwise a copy of at most 16 rows)."""
+    t2 = t.reshape(m, k)
+    return t2 if t2.stride(1) == 1 or k == 1 else t2.contiguous()
 
 
 def _copy_out(out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
