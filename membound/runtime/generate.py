@@ -43,13 +43,17 @@ class KVProgram:
         return self.prefill_graph.meta["kv_cache"]
 
     def decode_step(self, inputs: list[torch.Tensor], state: dict[str, torch.Tensor], length: int) -> torch.Tensor:
-        """One decode step; ``length`` bounds the filled cache (picks the CUDA graph bucket)."""
+        """One decode step; ``length`` bounds the filled cache (picks the CUDA graph bucket).
+
+        With CUDA graphs the returned logits are the graph's own buffer, valid until the next step."""
         if not (self.cuda_graphs and inputs[0].is_cuda):
             return _run(self.decode, self.decode_graph, inputs, state)
         from membound.backends.cuda_graphs import CUDAGraphRunner
 
         if self._runner is None or self._runner_alloc != self.cache.allocations:
-            self._runner = CUDAGraphRunner(lambda key: self.decode)
+            # the logits are sampled before the next replay overwrites them (token_loop), so they are
+            # handed out uncopied: a clone per token would be one more kernel per step for nothing
+            self._runner = CUDAGraphRunner(lambda key: self.decode, copy_outputs=False)
             self._runner_alloc = self.cache.allocations
         self.decode_graph.tensors.update(state)
         (logits,) = self._runner(inputs, length=length)  # type: ignore[operator]
@@ -152,7 +156,8 @@ def token_loop(logits: torch.Tensor, step: Callable[[int, torch.Tensor], torch.T
     out = []
     for i in range(max_new_tokens):
         nxt = sample(logits[:, -1], temperature, top_k, top_p, generator)
-        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        if eos_ids is not None:  # without EOS ids no row ever finishes: no padding kernels per token
+            nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
         out.append(nxt)
         if stream is not None:
             stream(nxt)
