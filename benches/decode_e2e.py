@@ -78,6 +78,7 @@ class Row:
     tokens_per_s: Optional[float] = None
     gbps: Optional[float] = None
     pct_roofline: Optional[float] = None  # = % of the measured read bandwidth
+    pct_copy: Optional[float] = None  # = % of the measured copy bandwidth (read + write of a D2D copy)
     timed_s: Optional[float] = None
     first_call_s: Optional[float] = None
     compile_s: Optional[float] = None  # first call - timed call (compiled contenders only)
@@ -110,6 +111,22 @@ def read_bandwidth(device: str, nbytes: int) -> float:
         times.append(time.perf_counter() - t)
     del x
     return nbytes / statistics.median(times) / 1e9
+
+
+def copy_bandwidth(device: str, nbytes: int) -> float:
+    """GB/s of a device-to-device copy of ``nbytes`` (bytes read + bytes written over the time)."""
+    src = torch.randn(nbytes // 2, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync()
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        times.append(time.perf_counter() - t)
+    del src, dst
+    return 2 * nbytes / statistics.median(times) / 1e9
 
 
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
@@ -364,6 +381,8 @@ class Bench:
             nbytes = step_bytes_total(info["weight_bytes"], info["kv_bytes_per_token"], batch, P, n)
             row.gbps = nbytes / row.timed_s / 1e9
             row.pct_roofline = 100 * row.gbps / self.record["read_bandwidth_gbps"]
+            if self.record.get("copy_bandwidth_gbps"):
+                row.pct_copy = 100 * row.gbps / self.record["copy_bandwidth_gbps"]
             if compiled:
                 row.compile_s = row.first_call_s - row.timed_s
         except Exception as exc:  # noqa: BLE001 (one contender's failure must not end the bench)
@@ -505,10 +524,13 @@ def fmt(x: Optional[float], spec: str) -> str:
 def table(record: dict[str, Any]) -> str:
     rows = record["rows"]
     width = max([len(r["contender"]) for r in rows] + [9])
-    lines = [f"{record['device']}, read bandwidth {record['read_bandwidth_gbps']:.0f} GB/s, prompt {record['prompt']}, "
+    copy = record.get("copy_bandwidth_gbps")
+    lines = [f"{record['device']}, read bandwidth {record['read_bandwidth_gbps']:.0f} GB/s, "
+             f"copy bandwidth {fmt(copy, '.0f')} GB/s, prompt {record['prompt']}, "
              f"{record['new_tokens']} new tokens, {record['dtype']}; agree = greedy prefix equal to eager's "
              f"(first {min(CHECK_TOKENS, record['new_tokens'])} tokens per row, @ = first divergence)",
-             f"{'model':9s} {'b':>2s} {'contender':{width}s} {'tok/s':>9s} {'GB/s':>7s} {'%roof':>6s} {'first s':>8s} "
+             f"{'model':9s} {'b':>2s} {'contender':{width}s} {'tok/s':>9s} {'GB/s':>7s} {'%roof':>6s} {'%copy':>6s} "
+             f"{'first s':>8s} "
              f"{'compile s':>9s} {'agree':>12s}"]
     for r in rows:
         if r["status"] != "ok":
@@ -518,7 +540,8 @@ def table(record: dict[str, Any]) -> str:
         if r["first_divergence"] is not None:
             agree += f" @{r['first_divergence']}"
         lines.append(f"{r['model']:9s} {r['batch']:>2d} {r['contender']:{width}s} {r['tokens_per_s']:9.1f} "
-                     f"{fmt(r['gbps'], '7.0f')} {fmt(r['pct_roofline'], '6.1f')} {fmt(r['first_call_s'], '8.2f')} "
+                     f"{fmt(r['gbps'], '7.0f')} {fmt(r['pct_roofline'], '6.1f')} {fmt(r.get('pct_copy'), '6.1f')} "
+                     f"{fmt(r['first_call_s'], '8.2f')} "
                      f"{fmt(r['compile_s'], '9.1f')} {agree:>12s}")
     return "\n".join(lines)
 
@@ -610,6 +633,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     bench = Bench(args, device, dtype, targets)
     bw = read_bandwidth(device, (2 << 30) if device == "cuda" else (64 << 20))
+    copy_bw = copy_bandwidth(device, (1 << 30) if device == "cuda" else (16 << 20))
     free_memory()
     versions = {"python": sys.version.split()[0], "torch": torch.__version__}
     for mod in ("triton", "transformers"):
@@ -619,10 +643,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             versions[mod] = None
     bench.record = {"bench": "decode_e2e", "device": name, "date": date, "smoke": args.smoke, "dtype": str(dtype),
                     "prompt": args.prompt, "new_tokens": args.new_tokens, "versions": versions,
-                    "read_bandwidth_gbps": bw, "cold_caches": device == "cuda" and not args.warm_caches,
+                    "read_bandwidth_gbps": bw, "copy_bandwidth_gbps": copy_bw,
+                    "cold_caches": device == "cuda" and not args.warm_caches,
                     "args": {k: v for k, v in vars(args).items() if k != "merge"},
                     "method": __doc__.split("\n\n", 2)[2].strip()}
-    print(f"decode_e2e on {name}: read bandwidth {bw:.0f} GB/s", flush=True)
+    print(f"decode_e2e on {name}: read bandwidth {bw:.0f} GB/s, copy bandwidth {copy_bw:.0f} GB/s", flush=True)
     for model_name in args.models:
         try:
             bench.run_model(model_name)
