@@ -518,7 +518,11 @@ def gpu_slug(name: str) -> str:
 
 
 def fmt(x: Optional[float], spec: str) -> str:
-    return "-" if x is None else format(x, spec)
+    """``x`` formatted by ``spec``; None as a "-" of the spec's width."""
+    if x is None:
+        width = re.match(r"\d*", spec).group()
+        return "-".rjust(int(width) if width else 1)
+    return format(x, spec)
 
 
 def table(record: dict[str, Any]) -> str:
