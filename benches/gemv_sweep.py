@@ -22,6 +22,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ def grid(m: int) -> list[LinearConfig]:
 
 def describe(c: LinearConfig) -> str:
     return (f"{'dot' if c.use_dot else 'fma'} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} "
-            f"w{c.num_warps} st{c.num_stages}")
+            f"w{c.num_warps} st{c.num_stages}{'' if c.prefetch or c.use_dot else ' noprefetch'}")
 
 
 def summary(rows: list[dict], key: tuple) -> str:
@@ -80,6 +81,8 @@ def main() -> int:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--shapes", default="qkv,o,gate_up,down,lm_head")
     ap.add_argument("--out", default=os.environ.get("OUT"))
+    ap.add_argument("--quick", action="store_true",
+                    help="only the heuristic's tiles with and without the register double-buffer, and 8 rows")
     args = ap.parse_args()
     from triton.testing import do_bench_cudagraph
 
@@ -119,7 +122,11 @@ def main() -> int:
                 timed("cublas", lambda w, o: torch.mm(x, w.t(), out=o))
                 heur = pick_config(m, n, k, torch.bfloat16, dev)
                 timed("heuristic " + describe(heur), lambda w, o: linear(x, w, out=o))
-                for cfg in grid(m):
+                configs = grid(m)
+                if args.quick:
+                    configs = [replace(heur, prefetch=False), replace(heur, block_n=8),
+                               replace(heur, block_n=8, prefetch=False)]
+                for cfg in configs:
                     try:
                         timed(describe(cfg), lambda w, o, c=cfg: linear(x, w, out=o, config=c))
                     except Exception as exc:  # noqa: BLE001 (a config Triton cannot compile: out of resources)
