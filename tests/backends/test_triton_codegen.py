@@ -494,6 +494,263 @@ def test_row_bound_values_stay_on_their_row() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# sinks (cache_write stored by a pointwise kernel) and sections (independent kernels, one launch)
+# ---------------------------------------------------------------------------------------------
+DT = {torch.float32: "f32", torch.float16: "f16"}
+SINK_BINDINGS = {"B": 3, "S": 5, "T": 13}
+# values [B, 3, S, 5] written along dim 2 of a [B, 3, T, 5] cache, or [B, S, 3, 5] along dim 1 of [B, T, 3, 5]
+SINK_LAYOUTS = {2: ("[B, 3, S, 5]", "[B, 3, T, 5]"), 1: ("[B, S, 3, 5]", "[B, T, 3, 5]")}
+
+
+def sink_graph(dt: str, pos: str, dim: int, body: str, outputs: str, pos_dtype: str = "i64") -> Graph:
+    """``pos`` ``[1]`` or ``[B, 1]``: one new token, a static size (its index in the kernel is 0)."""
+    values, cache = SINK_LAYOUTS[dim]
+    if "1" in pos:
+        values = values.replace("S", "1")
+    text = f"""graph @t(%x: {dt}{values}, %pos: {pos_dtype}{pos}) state(%cache: {dt}{cache}) {{
+        {body.format(dt=dt, values=values, cache=cache, dim=dim)}
+        return {outputs}
+    }}"""
+    return parse(text)
+
+
+def run_both(g: Graph, bindings: dict[str, int], seed: int = 0) -> tuple[list, list, dict, dict]:
+    """The graph on random inputs and a random cache (distinct in-range positions per row), by the Triton
+    backend and by the reference, each on its own copy of the state: (got, want, got_state, want_state)."""
+    gen = torch.Generator().manual_seed(seed)
+    binds = {sym(k): n for k, n in bindings.items()}
+    inputs = []
+    for v in g.inputs:
+        shape = v.type.concrete_shape(binds)
+        if v.name in ("pos", "positions"):  # distinct slots: index_copy_/scatter_ with repeats is unordered
+            rows = [torch.randperm(bindings["T"], generator=gen)[:shape[-1]] for _ in range(shape[0] if len(shape) == 2 else 1)]
+            inputs.append((torch.stack(rows) if len(shape) == 2 else rows[0]).to(DEVICE, v.dtype))
+        elif v.name == "last_index":  # each row's last real token, in [0, S)
+            inputs.append(torch.randint(0, bindings["S"], shape, generator=gen).to(DEVICE))
+        else:
+            inputs.append(rand_like_value(shape, v.dtype, gen).to(DEVICE))
+    state = {v.name: rand_like_value(v.type.concrete_shape(binds), v.dtype, gen).to(DEVICE) for v in g.state}
+    got_state = {k: t.clone() for k, t in state.items()}
+    want_state = {k: t.clone() for k, t in state.items()}
+    got = TritonExecutable(g)(inputs, {**g.tensors, **got_state})
+    want = run_graph(g, inputs, {**g.tensors, **want_state})
+    return got, want, got_state, want_state
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("pos", ["[S]", "[B, S]", "[1]", "[B, 1]"], ids=["shared", "per_row", "shared1", "per_row1"])
+@pytest.mark.parametrize("dim", [2, 1])
+def test_cache_write_is_a_store_of_its_producer(dim: int, pos: str, dtype: torch.dtype,
+                                                 request: pytest.FixtureRequest) -> None:
+    """sin(x) * x written into the cache: one kernel, whose values never reach memory except in the cache."""
+    g = sink_graph(DT[dtype], pos, dim, """%s = sin(%x) : {dt}{values}
+        %y = mul(%s, %x) : {dt}{values}
+        %c = cache_write(%cache, %y, %pos) {{dim={dim}}} : {dt}{cache}""", "%c")
+    p = partition(g)
+    assert p.calls == [] and [[m.op for m in k.members] for k in p.kernels] == [["sin", "mul", "cache_write"]]
+    (k,) = p.kernels
+    assert k.outputs == [] and [w.op for w in k.sinks] == ["cache_write"]
+    assert plan_memory(p, {sym("B"), sym("S")}).planned() == []  # the result is the cache: no buffer
+    if not runs_here(request):
+        return
+    for bindings in (SINK_BINDINGS, {"B": 1, "S": 1, "T": 7}):
+        if "1" in pos and bindings["S"] != 1:
+            bindings = dict(bindings, S=1)
+        got, want, got_state, want_state = run_both(g, bindings)
+        assert_close(got_state["cache"], want_state["cache"], 1e-5 if dtype == torch.float32 else TOL[dtype])
+        assert_close(got[0], want[0], 1e-5 if dtype == torch.float32 else TOL[dtype])
+
+
+def test_cache_write_value_that_escapes_is_stored_too(request: pytest.FixtureRequest) -> None:
+    """%y is returned as well: stored to its buffer and into the cache (int32 positions, widened to 64 bits)."""
+    g = sink_graph("f32", "[B, S]", 2, """%y = exp(%x) : {dt}{values}
+        %c = cache_write(%cache, %y, %pos) {{dim={dim}}} : {dt}{cache}""", "%c, %y", pos_dtype="i32")
+    (k,) = partition(g).kernels
+    assert [v.name for v in k.outputs] == ["y"] and [w.results[0].name for w in k.sinks] == ["c"]
+    if not runs_here(request):
+        return
+    got, want, got_state, want_state = run_both(g, SINK_BINDINGS)
+    assert_close(got[1], want[1], 1e-5)
+    assert_close(got_state["cache"], want_state["cache"], 1e-5)
+
+
+def test_cache_write_of_a_view_of_a_call_result(request: pytest.FixtureRequest) -> None:
+    """Llama's v: a slice of the qkv linear, reshaped and transposed, written by a kernel of its own."""
+    text = """graph @t(%h: f32[B, S, 8], %pos: i64[B, S]) params(%w: f32[40, 8]) state(%cache: f32[B, 2, T, 5]) {
+        %qkv = linear(%h, %w) : f32[B, S, 40]
+        %v = slice(%qkv) {dim=2, start=30, end=40, step=1} : f32[B, S, 10]
+        %r = reshape(%v) {shape=[B, S, 2, 5]} : f32[B, S, 2, 5]
+        %t = transpose(%r) {dim0=1, dim1=2} : f32[B, 2, S, 5]
+        %c = cache_write(%cache, %t, %pos) {dim=2} : f32[B, 2, T, 5]
+        return %c
+    }"""
+    g = parse(text)
+    g.tensors["w"] = rand_like_value((40, 8), torch.float32, torch.Generator().manual_seed(0)).to(DEVICE)
+    p = partition(g)
+    assert [c.node.op for c in p.calls] == ["linear"] and [[m.op for m in k.members] for k in p.kernels] == \
+        [["cache_write"]]
+    if not runs_here(request):
+        return
+    got, want, got_state, want_state = run_both(g, SINK_BINDINGS)
+    assert_close(got_state["cache"], want_state["cache"], 1e-5)
+
+
+def test_cache_write_cases_left_to_the_library() -> None:
+    # per-row positions along dim 0 (the reference's scatter needs B == 1 there); a cache that is not state
+    per_row_dim0 = """graph @t(%x: f32[S, 4], %pos: i64[1, S]) state(%cache: f32[T, 4]) {
+        %y = neg(%x) : f32[S, 4]
+        %c = cache_write(%cache, %y, %pos) {dim=0} : f32[T, 4]
+        return %c
+    }"""
+    not_state = """graph @t(%x: f32[S, 4], %pos: i64[S], %cache: f32[T, 4]) {
+        %y = neg(%x) : f32[S, 4]
+        %c = cache_write(%cache, %y, %pos) {dim=0} : f32[T, 4]
+        return %c
+    }"""
+    for text in (per_row_dim0, not_state):
+        p = partition(parse(text), library=["cache_write"])
+        assert [(c.impl, c.node.op) for c in p.calls] == [("library", "cache_write")], p.describe()
+
+
+def test_a_cache_read_before_its_write_keeps_its_own_launch(request: pytest.FixtureRequest) -> None:
+    """exp(cache) reads the old cache: it may join neither the write's kernel nor its launch, and runs first."""
+    g = sink_graph("f32", "[S]", 2, """%old = exp(%cache) : {dt}{cache}
+        %y = neg(%x) : {dt}{values}
+        %c = cache_write(%cache, %y, %pos) {{dim={dim}}} : {dt}{cache}
+        %new = exp(%c) : {dt}{cache}""", "%old, %new")
+    p = partition(g)
+    assert [[m.results[0].name for m in k.members] for k in p.kernels] == [["old"], ["y", "c"], ["new"]], \
+        p.describe()
+    assert all(k.layout == "pointwise" for k in p.kernels)
+    if not runs_here(request):
+        return
+    got, want, got_state, want_state = run_both(g, SINK_BINDINGS)
+    for a, b in zip(got, want):
+        assert_close(a, b, 1e-5)
+    assert_close(got_state["cache"], want_state["cache"], 1e-5)
+
+
+SECTIONS = """graph @t(%x: {dt}[B, S, 7], %y: {dt}[S, 3], %z: {dt}[B, 5]) params(%w: {dt}[5, 5]) {{
+    %a = exp(%x) : {dt}[B, S, 7]
+    %b = sin(%y) : {dt}[S, 3]
+    %c = cos(%y) : {dt}[S, 3]
+    %d = mul(%b, %c) : {dt}[S, 3]
+    %m = linear(%z, %w) : {dt}[B, 5]
+    %e = tanh(%m) : {dt}[B, 5]
+    return %a, %d, %e, %b
+}}"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_independent_kernels_share_one_launch(dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
+    """exp over [B, S, 7] and sin*cos over [S, 3] run as two sections of one launch; tanh reads the linear
+    (a launch between them), so it stays on its own."""
+    g = graph_from(SECTIONS.format(dt=DT[dtype]))
+    p = partition(g)
+    assert [(k.layout, [[m.op for m in s.members] for s in k.sections]) for k in p.kernels] == \
+        [("sections", [["exp"], ["sin", "cos", "mul"]]), ("pointwise", [])], p.describe()
+    assert [v.name for v in p.kernels[0].outputs] == ["a", "b", "d"]
+    if not runs_here(request):
+        return
+    exe = TritonExecutable(g)
+    assert "if pid < end0:" in exe.source and "Run @t: 2 generated kernels, 1 calls" in exe.source
+    for bindings in (BINDINGS, {"B": 1, "S": 1}, {"B": 3, "S": 400}):  # S=400: sections of several programs
+        inputs = random_inputs(g, bindings)
+        for got, want in zip(exe(inputs), run_graph(g, inputs)):
+            assert_close(got, want, 1e-5 if dtype == torch.float32 else TOL[dtype])
+
+
+def test_dependent_kernels_are_not_sections() -> None:
+    # %d needs %c, whose [S, 4] store cannot join %d's [B, S, 4] kernel: two launches, in order
+    text = """graph @t(%x: f32[S, 4], %y: f32[B, S, 4]) {
+        %c = cos(%x) : f32[S, 4]
+        %d = mul(%y, %c) : f32[B, S, 4]
+        return %c, %d
+    }"""
+    p = partition(parse(text))
+    assert [(k.layout, [m.op for m in k.members]) for k in p.kernels] == [("pointwise", ["cos"]),
+                                                                         ("pointwise", ["mul"])]
+
+
+def _decode(name: str, dtype: torch.dtype = torch.float32):
+    from membound.api import build_kv_program
+
+    model = (_hf(name) if name.startswith("hf-") else build_model(name)).to(dtype)
+    compiled = membound.compile(model, backend="triton")
+    return build_kv_program(compiled, torch.randint(1, 97, (2, 5))), model
+
+
+def test_llama_decode_writes_its_cache_from_the_rope_launch() -> None:
+    """Per layer, q's RoPE, k's RoPE + k's cache write and v's cache write are one launch."""
+    program, model = _decode("llama-tiny")
+    for exe in (program.decode, program.prefill):
+        assert not any(c.node.op == "cache_write" for c in exe.partition.calls), exe.partition.describe()
+        writes = [k for k in exe.partition.kernels if any(m.op == "cache_write" for m in k.members)]
+        assert len(writes) == model.config.n_layers, exe.partition.describe()
+        for k in writes:
+            assert k.layout == "sections" and [[m.op for m in s.members][-1] for s in k.sections] == \
+                ["add", "cache_write", "cache_write"]
+        assert "lib_cache_write" not in exe.source
+
+
+@pytest.mark.parametrize("name,dtype", [("llama-tiny", torch.float32), ("llama-tiny", torch.float16),
+                                        ("hf-llama", torch.float32), ("hf-gpt2", torch.float32)])
+def test_kv_steps_match_the_reference(name: str, dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
+    """Prefill (S=4) and decode (S=1) steps on a random cache: logits and the written caches."""
+    if not runs_here(request):
+        return
+    program, _ = _decode(name, dtype)
+    for g, s in ((program.prefill_graph, 4), (program.decode_graph, 1)):
+        got, want, got_state, want_state = run_both(g, {"B": 3, "S": s, "T": 11})
+        for a, b in zip(got, want):
+            assert_close(a, b, 1e-4 if dtype == torch.float32 else TOL[dtype])
+        for k in want_state:
+            assert_close(got_state[k], want_state[k], 1e-5 if dtype == torch.float32 else TOL[dtype])
+
+
+def test_sections_kernel_compiles_for_hopper() -> None:
+    """The interpreter runs each branch as plain Python; the compiler merges the branches' variables by
+    name and type. Compile the decode step's generated kernels for sm_90 (no GPU needed) in a process
+    without TRITON_INTERPRET, in fp32 and bf16."""
+    script = """
+import importlib.util, sys, tempfile, torch, triton
+from membound.api import build_kv_program
+from membound.backends.triton import TritonExecutable
+from membound.backends.triton.kernels.compile_check import compile_ptx
+from membound.models.build import build_model
+import membound
+SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32"}
+for dtype in (torch.float32, torch.bfloat16):
+    compiled = membound.compile(build_model("llama-tiny").to(dtype), backend="reference")
+    exe = TritonExecutable(build_kv_program(compiled, torch.randint(1, 97, (2, 5))).decode_graph)
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(exe.source)
+    spec = importlib.util.spec_from_file_location("generated", f.name)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for ks in exe.generated.kernels:
+        if ks.kernel.layout != "sections":
+            continue
+        fn = getattr(mod, ks.kernel.name)
+        args = {n: 3 for n in fn.arg_names}
+        args.update({n: "*" + SIG[v.dtype] for n, v in zip(fn.arg_names, ks.pointers)})
+        args.update({n: 1 for n in fn.arg_names if n.endswith("_stride3")})
+        args["BLOCK"] = 1024
+        for b in (1, 3):  # B=1 is specialised to a constant, as triton.jit does
+            args["B"] = b
+            ptx, _ = compile_ptx(fn, args)
+            print(ks.kernel.name, dtype, b, "stores", ptx.count("st.global"))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("_horizontal")]
+    assert len(lines) == 4 and all(int(line.split()[-1]) > 0 for line in lines), proc.stdout  # 2 dtypes x 2 B
+
+
+# ---------------------------------------------------------------------------------------------
 # memory plan
 # ---------------------------------------------------------------------------------------------
 def test_memory_plan_reuses_buffers_without_overlap() -> None:

@@ -8,7 +8,9 @@
                                     BLOCK_N=64)
 
 Calls name their implementation: ``lib_<op>`` (membound's kernel library) or ``ref_<op>`` (the op's
-torch reference); the executable binds those names when it loads the module.
+torch reference); the executable binds those names when it loads the module. A ``cache_write`` done by
+a kernel (a sink) has no buffer: after the launch its result names the cache it wrote in place
+(``v35 = cache_k_0``), and sizes only a state tensor has are read off it first (``T = cache_k_0.shape[2]``).
 """
 
 from __future__ import annotations
@@ -160,18 +162,18 @@ class ModuleWriter:
             return f"{name} = bufs[{self.buf_index[id(v)]}]  # {v.type}, slot {b.slot}"
         return f"{name} = torch.empty({shape_code(v.shape)}, dtype={v.dtype!r}, device=device)  # {v.type}"
 
-    def kernel_launch(self, ks: KernelSource) -> list[str]:
+    def kernel_launch(self, ks: KernelSource, sizes: list[str]) -> list[str]:
+        """The launch of ``ks``, after ``sizes`` (lines binding the sizes it needs first)."""
         k = ks.kernel
-        lines = [f"# {format_node(m)}" for m in k.members]
+        lines = [f"# {format_node(m)}" for m in k.members] + sizes
         lines += [self.buffer_line(v) for v in k.outputs]
         args = [self.names(v) for v in ks.pointers]
         args += [f"*{self.names(v)}.stride()" for v in ks.strided]
         args += [s.name for s in ks.sizes]
-        if k.layout == "pointwise":
-            numel = sympy.Integer(1)
-            for d in k.shape:
-                numel = numel * d
-            grid = f"(triton.cdiv({expr_code(numel, kernel=False)}, BLOCK),)"
+        if k.layout in ("pointwise", "sections"):
+            programs = [f"triton.cdiv({expr_code(_numel(sec.shape), kernel=False)}, BLOCK)"
+                        for sec in (k.sections or [k])]
+            grid = f"({' + '.join(programs)},)"
             args.append("BLOCK=BLOCK")
         else:
             rows = sympy.Integer(1)
@@ -187,6 +189,21 @@ class ModuleWriter:
                 warps = f"row_warps({block})"
             args += [f"BLOCK_N={block}", f"num_warps={warps}"]
         lines.append(f"{self.launch_name.get(id(k), k.name)}[{grid}](" + ", ".join(args) + ")")
+        for w in k.sinks:  # the write's result is the cache, updated in place
+            lines.append(f"{self.names(w.results[0])} = {self.names(w.inputs[0])}  # %{w.results[0].name}: "
+                         f"written in place")
+        return lines
+
+    def sizes_from_tensors(self, missing: list[sympy.Symbol], known: set[sympy.Symbol]) -> list[str]:
+        """Sizes a kernel needs that no input has, read off a param or state tensor (a cache's capacity)."""
+        lines = []
+        for s in missing:
+            for v in list(self.graph.params) + list(self.graph.state):
+                k = next((k for k, d in enumerate(v.shape) if d == s), None)
+                if k is not None:
+                    lines.append(f"{s.name} = {self.names(v)}.shape[{k}]")
+                    known.add(s)
+                    break
         return lines
 
     def call_lines(self, step: Call, known: set[sympy.Symbol]) -> list[str]:
@@ -251,9 +268,11 @@ class ModuleWriter:
             body.append("")
             if isinstance(step, Kernel):
                 missing = [s for s in sources[id(step)].sizes if s not in known]
+                sizes = self.sizes_from_tensors(missing, known)
+                missing = [s for s in missing if s not in known]
                 if missing:
                     raise CodegenError(f"{step.name} needs sizes {missing} before anything computes them")
-                body += self.kernel_launch(sources[id(step)])
+                body += self.kernel_launch(sources[id(step)], sizes)
             else:
                 body += self.call_lines(step, known)
         body += ["", "return [" + ", ".join(self.names(v) for v in g.outputs) + "]"]
@@ -282,6 +301,13 @@ class ModuleWriter:
         parts += [ks.text for ks in sources]
         parts += [self.allocate_fn(), launch]
         return GeneratedModule("\n\n".join(p.rstrip("\n") + "\n" for p in parts), sources, dict(self.bindings))
+
+
+def _numel(shape: tuple[sympy.Expr, ...]) -> sympy.Expr:
+    n: sympy.Expr = sympy.Integer(1)
+    for d in shape:
+        n = n * d
+    return n
 
 
 def generate(part: Partition, plan: MemoryPlan, input_symbols: list[sympy.Symbol]) -> GeneratedModule:

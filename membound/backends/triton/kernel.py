@@ -10,6 +10,17 @@ Pointwise kernels: ``offs = pid * BLOCK + arange(BLOCK)`` over the flattened ite
 per-dim indices ``i0, i1...`` come from div/mod by the sizes. Row kernels: one program per row
 (``r0, r1...`` from the program id), ``cols = arange(BLOCK_N)`` along the reduced dim, reductions with
 ``tl.sum``/``tl.max`` over the masked row.
+
+A sink (``cache_write`` member) stores its values at the kernel's index into the cache, the written
+dim's index replaced by the position read there (64-bit addresses: caches are the biggest tensors):
+
+    t9 = tl.load(positions_ptr + i0 * positions_stride0, mask=mask, other=0)  # %positions
+    tl.store(cache_k_0_ptr + i0.to(tl.int64) * cache_k_0_stride0 + ... + t9 * cache_k_0_stride2, t8,
+             mask=mask & (t9 >= 0) & (t9 < T))  # %35 = cache_write into %cache.k.0
+
+Sections kernels (horizontal fusion) split the program ids: ``if pid < end0:`` runs section 0 as above,
+``elif pid < end1:`` section 1 from ``(pid - end0) * BLOCK``, and so on; every temporary has a name of
+its own across sections (Triton merges the branches' variables by name).
 """
 
 from __future__ import annotations
@@ -57,7 +68,8 @@ class KernelSource:
 class KernelEmitter:
     def __init__(self, kernel: Kernel, facts: GraphFacts, name_of: Callable[[Value], str],
                  contiguous: Callable[[Value], bool]) -> None:
-        self.k = kernel
+        self.k = kernel  # the kernel being emitted: the launched one, or one of its sections
+        self.launched = kernel
         self.facts = facts
         self.name_of = name_of
         self.contiguous = contiguous
@@ -102,10 +114,15 @@ class KernelEmitter:
         return Val(name, compute_dtype(dtype), vector)
 
     # ---- setup ----------------------------------------------------------------------------------
-    def setup_pointwise(self) -> Index:
+    def setup_pointwise(self, first: Optional[str] = None) -> Index:
+        """``first``: the program id this kernel's range starts at (a section: ``pid`` is already read);
+        None for a kernel of its own."""
         shape = self.k.shape
-        self.lines += ["pid = tl.program_id(0)", "offs = pid * BLOCK + tl.arange(0, BLOCK)",
-                       f"mask = offs < {self.code(_numel(shape)) if shape else '1'}"]
+        if first is None:
+            self.lines.append("pid = tl.program_id(0)")
+        start = "pid" if first in (None, "0") else f"(pid - {first})"
+        self.lines.append(f"offs = {start} * BLOCK + tl.arange(0, BLOCK)")
+        self.lines.append(f"mask = offs < {self.code(_numel(shape)) if shape else '1'}")
         offs = index_var("offs")
         self.index_syms.add(offs)
         self.vector_syms.add(offs)
@@ -364,10 +381,46 @@ class KernelEmitter:
         value = text if val.dtype == v.dtype and val.literal is None else f"tl.cast({text}, {dt})"
         self.lines.append(f"tl.store({ptr} + row, {value})  # %{v.name}")
 
-    def generate(self) -> KernelSource:
-        k = self.k
+    def store_sink(self, w: Node, idx: Index) -> None:
+        """``cache_write(cache, values, positions) {dim}`` at ``idx`` of its values: the element goes to
+        the cache at ``idx`` with the dim's index replaced by ``positions[idx[dim]]`` (``[S]``) or
+        ``positions[idx[0], idx[dim]]`` (``[B, S]``). A slot outside the cache is skipped, as the
+        library kernel does (the torch reference raises; checking would need a host sync)."""
+        cache, values, positions = w.inputs
+        d = w.attrs["dim"] % cache.rank
+        pos = self.emit(positions, (idx[d],) if positions.rank == 1 else (idx[0], idx[d]))
+        slot = convert(pos, positions.dtype)
+        if not pos.vector:
+            slot = self.assign(f"tl.broadcast_to({slot}, [BLOCK])", positions.dtype, True).code
+        if positions.dtype != torch.int64:
+            slot = self.assign(f"{slot}.to(tl.int64)", torch.int64, True).code
+        if all(cache is not x for x in self.strided):
+            self.strided.append(cache)
+        base = self.name_of(cache)
+        terms = []
+        for k in range(cache.rank):
+            stride = f"{base}_stride{k}"
+            if k == d:
+                terms.append(f"{slot} * {stride}")
+            elif not sympy.sympify(idx[k]).is_zero:
+                i = self.code(idx[k])
+                terms.append(f"{i if sympy.sympify(idx[k]).is_Atom else f'({i})'}.to(tl.int64) * {stride}")
+        val = self.emit(values, idx)
+        dt = TL_DTYPE[values.dtype]
+        text = val.code if val.literal is None else literal_code(val.literal, values.dtype)
+        if not val.vector:
+            text = f"tl.full([BLOCK], {text}, {dt})" if val.literal is not None else f"tl.broadcast_to({text}, [BLOCK])"
+        value = text if val.dtype == values.dtype and val.literal is None else f"({text}).to({dt})"
+        ok = f"mask & ({slot} >= 0) & ({slot} < {self.code(cache.shape[d])})"
+        self.lines.append(f"tl.store({base}_ptr + {' + '.join(terms)}, {value}, mask={ok})"
+                          f"  # %{w.results[0].name} = cache_write into %{cache.name}")
+
+    def body(self, k: Kernel, first: Optional[str] = None) -> list[str]:
+        """The lines of one pointwise or row kernel (a section starting at program ``first``)."""
+        self.k, self.lines, self.memo = k, [], {}
+        self.members = {id(m) for m in k.members}
         if k.layout == "pointwise":
-            idx = self.setup_pointwise()
+            idx = self.setup_pointwise(first)
         else:
             idx = self.setup_row()
         self.canonical = idx
@@ -376,17 +429,47 @@ class KernelEmitter:
                 self.store(v, self.rows + ((ZERO,) if v.rank == len(self.rows) + 1 else ()))
             else:
                 self.store(v, idx)
-        block = "BLOCK" if k.layout == "pointwise" else "BLOCK_N"
+        for w in k.sinks:
+            self.store_sink(w, idx)
+        return self.lines
+
+    def sections_body(self) -> list[str]:
+        """``if pid < end0: <section 0> elif pid < end1: <section 1> ... else: <last section>``."""
+        sections = self.launched.sections
+        lines = ["pid = tl.program_id(0)"]
+        for j, sec in enumerate(sections[:-1]):
+            n = f"({self.code(_numel(sec.shape))} + BLOCK - 1) // BLOCK"
+            lines.append(f"end{j} = {n}" if j == 0 else f"end{j} = end{j - 1} + {n}")
+        for j, sec in enumerate(sections):
+            head = "if" if j == 0 else "elif"
+            lines.append(f"{head} pid < end{j}:" if j < len(sections) - 1 else "else:")
+            lines.append(f"    # section {j}: {', '.join(_describe(m) for m in sec.members)}")
+            lines += [f"    {line}" for line in self.body(sec, "0" if j == 0 else f"end{j - 1}")]
+        self.k = self.launched
+        return lines
+
+    def generate(self) -> KernelSource:
+        k = self.launched
+        if k.layout == "sections":
+            lines = self.sections_body()
+            covers = "\n".join(f"    #   section {j}:\n" + "\n".join(f"    #     {format_node(m)}" for m in sec.members)
+                               for j, sec in enumerate(k.sections))
+            head = f"    # {len(k.sections)} pointwise kernels, one after the other along the program id:\n{covers}"
+        else:
+            lines = self.body(k)
+            covers = "\n".join(f"    #   {format_node(m)}" for m in k.members)
+            head = f"    # {k.layout} kernel covering:\n{covers}"
+        block = "BLOCK_N" if k.layout == "row" else "BLOCK"
         pointers = list(k.inputs) + list(k.outputs)
+        pointers += [c for c in (w.inputs[0] for w in k.sinks) if all(c is not x for x in pointers)]
         params = [f"{self.name_of(v)}_ptr" for v in pointers]
         params += [f"{self.name_of(v)}_stride{d}" for v in self.strided for d in range(v.rank)]
         sizes = sorted(self.sizes, key=lambda s: s.name)
         params += [s.name for s in sizes]
         params.append(f"{block}: tl.constexpr")
-        covers = "\n".join(f"    #   {format_node(m)}" for m in k.members)
-        body = "\n".join(f"    {line}" for line in self.lines)
+        body = "\n".join(f"    {line}" for line in lines)
         text = (f"@triton.jit\ndef {k.name}(\n    " + _wrap_params(params) + "\n):\n"
-                f"    # {k.layout} kernel covering:\n{covers}\n{body}\n")
+                f"{head}\n{body}\n")
         return KernelSource(k, text, pointers, list(self.strided), sizes, block, self.helpers)
 
 

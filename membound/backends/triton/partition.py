@@ -10,14 +10,28 @@ Every node is one of:
 - **view** (reshape, transpose, slice...): never a kernel of its own; a kernel that reads through it
   folds it into its index arithmetic, and a consumer that is not a kernel gets a torch view;
 - **source** (``constant``, ``full``, ``arange``): computed inline from the index wherever it is read;
-- **call**: everything else (matmuls, attention, gathers, state writes...), run by a library kernel
-  or the op's torch reference.
+- **sink** (``cache_write`` into a graph state buffer): a store of a pointwise kernel that iterates over
+  the written values, each element going straight to its cache slot; the result *is* the cache
+  (updated in place, never a planned buffer);
+- **call**: everything else (matmuls, attention, gathers, other state writes...), run by a library
+  kernel or the op's torch reference.
 
 Fusion is greedy in graph order: a fusible node joins the kernels of its producers when the result
 is *legal* (one iteration space: escaping values have the kernel's shape, row-bound values are
 per-row; no cycle through the rest of the graph, checked with networkx) and *profitable* (the
 roofline time saved by not writing and re-reading the intermediate and by one launch less, from the
-cost model's hardware spec, outweighs recomputation).
+cost model's hardware spec, outweighs recomputation). State buffers order the graph too: a kernel
+never holds a sink together with a reader of the same cache, and the cycle check sees the edges that
+keep readers on the right side of every write.
+
+Then *horizontal fusion*: pointwise kernels next to each other in the schedule (only torch views
+between them) that do not depend on each other, directly or through state, become the sections of
+one launch: one program-id range split into their flat iteration ranges. The rule is the launch
+time the cost model charges per kernel: it is saved once for every kernel merged.
+
+    %25 = add(...) : f32[B, 4, 1, 16]                         # q rope       } one launch:
+    %35 = cache_write(%cache.k.0, %34, %positions) {dim=2}     # k rope+write } _horizontal_..._2
+    %36 = cache_write(%cache.v.0, %16, %positions) {dim=2}     # v write      } (3 sections)
 """
 
 from __future__ import annotations
@@ -41,6 +55,8 @@ ROW_REDUCTIONS = ("sum", "mean", "amax", "amin", "softmax", "log_softmax", "cums
 # gathers: computed like pointwise ops, with the index values read from their index tensors
 GATHERS = ("index", "embedding")
 SOURCES = ("constant", "full", "arange")
+# state writes a pointwise kernel can do as stores (see ``is_cache_sink``)
+SINKS = ("cache_write",)
 # a row kernel keeps one whole row in registers: longer static rows go to torch
 MAX_ROW = 32768
 # views that keep a per-row value on its row (the only views allowed on row-bound values)
@@ -59,9 +75,12 @@ class PartitionError(RuntimeError):
 class Kernel:
     """One generated Triton kernel.
 
-    ``layout`` is ``"pointwise"`` (``shape`` is the flat iteration space) or ``"row"`` (``shape`` is the
-    row shape plus the reduced length N). ``outputs`` are the members whose values leave the kernel
-    (stored); ``inputs`` the values it loads (the origins of the views it folds).
+    ``layout`` is ``"pointwise"`` (``shape`` is the flat iteration space), ``"row"`` (``shape`` is the
+    row shape plus the reduced length N) or ``"sections"`` (horizontal fusion: independent pointwise
+    kernels, ``sections``, run one after the other along the program id; ``shape`` is empty).
+    ``outputs`` are the members whose values leave the kernel (stored); ``inputs`` the values it loads
+    (the origins of the views it folds); ``sinks`` the ``cache_write`` members, stored into their
+    caches in place.
     """
 
     name: str
@@ -71,6 +90,8 @@ class Kernel:
     outputs: list[Value]
     inputs: list[Value]
     views: list[Node] = field(default_factory=list)
+    sinks: list[Node] = field(default_factory=list)
+    sections: list["Kernel"] = field(default_factory=list)
 
     @property
     def nodes(self) -> list[Node]:
@@ -117,7 +138,12 @@ class Partition:
         """One line per step: what runs, in order."""
         lines = []
         for s in self.steps:
-            if isinstance(s, Kernel):
+            if isinstance(s, Kernel) and s.sections:
+                lines.append(f"kernel {s.name} [{len(s.sections)} sections]:")
+                for k in s.sections:
+                    nodes = ", ".join(f"%{m.results[0].name}={m.op}" for m in k.members)
+                    lines.append(f"    [{k.layout} {list(map(str, k.shape))}]: {nodes}")
+            elif isinstance(s, Kernel):
                 nodes = ", ".join(f"%{m.results[0].name}={m.op}" for m in s.members)
                 lines.append(f"kernel {s.name} [{s.layout} {list(map(str, s.shape))}]: {nodes}")
             else:
@@ -129,11 +155,13 @@ class Partition:
 # classification
 # ---------------------------------------------------------------------------------------------
 def classify(node: Node) -> str:
-    """``pointwise``, ``reduction``, ``view``, ``source`` or ``call`` (see the module docstring)."""
+    """``pointwise``, ``reduction``, ``view``, ``source``, ``sink`` or ``call`` (see the module docstring)."""
     op = node.op
     kind = get_op(op).kind
     if kind == "view" and op in VIEW_OPS:
         return "view"
+    if op in SINKS:
+        return "sink" if is_cache_sink(node) else "call"
     dtypes = [v.dtype for v in node.inputs] + [r.dtype for r in node.results]
     if not all(supported_dtype(d) for d in dtypes):
         return "call"
@@ -146,6 +174,26 @@ def classify(node: Node) -> str:
     if op in ROW_REDUCTIONS and is_row_reduction(node):
         return "reduction"
     return "call"
+
+
+def is_cache_sink(node: Node) -> bool:
+    """A ``cache_write(cache, values, positions) {dim}`` a pointwise kernel over ``values`` can store:
+    ``cache[i with i[dim] = positions[i[dim]]] = values[i]`` (shared ``[S]`` positions, as
+    ``index_copy_``) or ``positions[i[0], i[dim]]`` (per-row ``[B, S]``, as the reference's scatter,
+    which means that only for dim > 0). The cache must be a graph state buffer: nothing else aliases
+    it, and the schedule orders its readers around the write."""
+    cache, values, positions = node.inputs
+    if cache.kind != "state" or values.rank == 0 or cache.rank != values.rank:
+        return False
+    if not all(supported_dtype(v.dtype) for v in node.inputs) or cache.dtype != values.dtype:
+        return False
+    d = node.attrs["dim"] % cache.rank
+    return positions.rank == 1 or (positions.rank == 2 and d != 0)
+
+
+def space_shape(node: Node) -> Shape:
+    """The iteration space a kernel member needs: its result's shape, a sink's written values' shape."""
+    return tuple(node.inputs[1].shape) if node.op in SINKS else tuple(node.results[0].shape)
 
 
 def is_row_reduction(node: Node) -> bool:
@@ -239,6 +287,7 @@ class _Fuser:
         self.facts = facts
         self.cost = cost
         self.dg = to_networkx(graph)
+        self.dg.add_edges_from(state_order(graph, facts))
         self.group_of: dict[int, list[Node]] = {}
 
     # ---- legality -----------------------------------------------------------------------------
@@ -248,20 +297,42 @@ class _Fuser:
         mset = {id(m) for m in members}
         escaping = []
         for m in members:
+            if f.kind(m) == "sink":  # stored into its cache, not into a buffer of the result
+                continue
             users, is_out = f.consumers(m.results[0])
             if is_out or any(id(u) not in mset for u in users):
                 escaping.append(m)
+        sinks = [m for m in members if f.kind(m) == "sink"]
+        if sinks and not self._sinks_ok(sinks, mset):
+            return None
         reductions = [m for m in members if f.kind(m) == "reduction"]
         if reductions:
-            layout = self._check_row(members, reductions, escaping, mset)
+            layout = None if sinks else self._check_row(members, reductions, escaping, mset)
         else:
-            shape = escaping[0].results[0].shape if escaping else members[-1].results[0].shape
-            if not all(shapes_equal(m.results[0].shape, shape) for m in escaping):
+            stored = escaping + sinks
+            shape = space_shape(stored[0]) if stored else space_shape(members[-1])
+            if not all(shapes_equal(space_shape(m), shape) for m in stored):
                 return None
             layout = _Layout("pointwise", tuple(shape), escaping)
         if layout is None or self._would_cycle(members, mset):
             return None
         return layout
+
+    def _sinks_ok(self, sinks: list[Node], mset: set[int]) -> bool:
+        """A cache is written by one sink of the kernel and read by no other member (the kernel's lanes
+        run in no order), and no member reads a sink's result (the whole cache, after the write)."""
+        f = self.facts
+        caches = [w.inputs[0] for w in sinks]
+        if len({id(c) for c in caches}) != len(caches):
+            return False
+        for w, cache in zip(sinks, caches):
+            readers, _ = f.consumers(cache)
+            if any(id(u) in mset and u is not w for u in readers):
+                return False
+            users, _ = f.consumers(w.results[0])
+            if any(id(u) in mset for u in users):
+                return False
+        return True
 
     def _check_row(self, members: list[Node], reductions: list[Node], escaping: list[Node],
                    mset: set[int]) -> Optional[_Layout]:
@@ -327,13 +398,17 @@ class _Fuser:
         total: sympy.Expr = sympy.Integer(0)
         loaded: set[int] = set()
         for m in members:
-            for v in m.inputs:
+            sink = f.kind(m) == "sink"
+            for v in m.inputs[1:] if sink else m.inputs:  # a sink never reads its cache
                 o, _ = f.origin(v)
                 p = o.producer
                 if (p is not None and (id(p) in mset or f.kind(p) == "source")) or id(o) in loaded:
                     continue
                 loaded.add(id(o))
                 total += o.type.nbytes()
+            if sink:  # only the new entries are written
+                total += m.inputs[1].type.nbytes()
+                continue
             users, is_out = f.consumers(m.results[0])
             if is_out or any(id(u) not in mset for u in users):
                 total += m.results[0].type.nbytes()
@@ -357,7 +432,7 @@ class _Fuser:
         f = self.facts
         groups: list[list[Node]] = []
         for node in self.graph.nodes:
-            if f.kind(node) not in ("pointwise", "reduction"):
+            if f.kind(node) not in ("pointwise", "reduction", "sink"):
                 continue
             current = [node]
             if self.check(current) is None:
@@ -431,29 +506,36 @@ def partition(graph: Graph, cost: Optional[RooflineCost] = None, library: Option
             continue
         step_of[id(n)] = call
         steps.append(call)
-    ordered = _schedule(graph, facts, steps, step_of)
+    dg = _step_graph(graph, facts, steps, step_of)
+    steps, dg = _merge_sections(graph, facts, steps, dg, cost)
+    ordered = _schedule(graph, facts, steps, dg)
     for i, k in enumerate(s for s in ordered if isinstance(s, Kernel)):  # number kernels in launch order
         k.name = f"{k.name.rsplit('_', 1)[0]}_{i}"
+        for j, sec in enumerate(k.sections):
+            sec.name = f"{k.name}_s{j}"
     return Partition(graph, ordered)
 
 
 def _make_kernel(members: list[Node], facts: GraphFacts, index: int) -> Kernel:
     mset = {id(m) for m in members}
-    escaping, layout, shape = [], "pointwise", members[-1].results[0].shape
+    escaping, layout, shape = [], "pointwise", space_shape(members[-1])
+    sinks = [m for m in members if facts.kind(m) == "sink"]
     reductions = [m for m in members if facts.kind(m) == "reduction"]
     if reductions:
         rows, n = row_space(reductions[0])
         layout, shape = "row", rows + (n,)
     for m in members:
+        if facts.kind(m) == "sink":
+            continue
         users, is_out = facts.consumers(m.results[0])
         if is_out or any(id(u) not in mset for u in users):
             escaping.append(m)
-    if layout == "pointwise" and escaping:
-        shape = escaping[0].results[0].shape
+    if layout == "pointwise" and (escaping or sinks):
+        shape = space_shape((escaping + sinks)[0])
     inputs: list[Value] = []
     views: list[Node] = []
     for m in members:
-        for v in m.inputs:
+        for v in m.inputs[1:] if m in sinks else m.inputs:  # a sink's cache is written, not loaded
             o, chain = facts.origin(v)
             views.extend(c for c in chain if c not in views)
             p = o.producer
@@ -461,12 +543,17 @@ def _make_kernel(members: list[Node], facts: GraphFacts, index: int) -> Kernel:
                 continue
             if all(o is not x for x in inputs):
                 inputs.append(o)
+    name = "_fused_" + "_".join(_op_names(members)[:4]) + f"_{index}"
+    return Kernel(name, layout, list(members), tuple(shape), [m.results[0] for m in escaping], inputs, views,
+                  sinks)
+
+
+def _op_names(members: list[Node]) -> list[str]:
     names: list[str] = []
     for m in members:
         if m.op not in names:
             names.append(m.op)
-    name = "_fused_" + "_".join(names[:4]) + f"_{index}"
-    return Kernel(name, layout, list(members), tuple(shape), [m.results[0] for m in escaping], inputs, views)
+    return names
 
 
 def _materialised_views(graph: Graph, facts: GraphFacts) -> set[int]:
@@ -482,42 +569,116 @@ def _materialised_views(graph: Graph, facts: GraphFacts) -> set[int]:
     return need
 
 
-def _schedule(graph: Graph, facts: GraphFacts, steps: list[Step], step_of: dict[int, Step]) -> list[Step]:
-    """Steps in a topological order of their data dependencies (and of state reads around state writes)."""
-    dg = nx.DiGraph()
-    index = {id(s): i for i, s in enumerate(steps)}
-    first = {id(s): min(facts.position[id(n)] for n in s.nodes) for s in steps}
-    for s in steps:
-        dg.add_node(index[id(s)])
-
-    def depend(before: Optional[Step], after: Step) -> None:
-        if before is not None and before is not after:
-            dg.add_edge(index[id(before)], index[id(after)])
-
-    for s in steps:
-        if isinstance(s, Kernel):
-            for v in s.inputs:
-                depend(step_of.get(id(v.producer)) if v.producer is not None else None, s)
-        else:
-            for v in s.node.inputs:
-                depend(step_of.get(id(v.producer)) if v.producer is not None else None, s)
-    for st in graph.state:  # keep readers of a state buffer on the right side of its in-place writes
-        users = sorted(_readers(st, facts), key=lambda n: facts.position[id(n)])
+def state_order(graph: Graph, facts: GraphFacts) -> list[tuple[Node, Node]]:
+    """Edges that keep the readers of a state buffer on the right side of its in-place writes: every
+    reader before a write (in graph order) runs before it, every reader after it runs after."""
+    edges: list[tuple[Node, Node]] = []
+    for st in graph.state:
+        users, _ = facts.consumers(st)
+        users = sorted(users, key=lambda n: facts.position[id(n)])
         for i, w in enumerate(users):
             if not get_op(w.op).side_effects:
                 continue
-            for u in users[:i]:
-                depend(step_of.get(id(u)), step_of[id(w)])
-            for u in users[i + 1:]:
-                depend(step_of[id(w)], step_of.get(id(u)))  # type: ignore[arg-type]
+            edges += [(u, w) for u in users[:i]]
+            edges += [(w, u) for u in users[i + 1:]]
+    return edges
+
+
+def _step_graph(graph: Graph, facts: GraphFacts, steps: list[Step], step_of: dict[int, Step]) -> nx.DiGraph:
+    """Step indices, with an edge from each step to every step that must run after it."""
+    dg = nx.DiGraph()
+    index = {id(s): i for i, s in enumerate(steps)}
+    dg.add_nodes_from(range(len(steps)))
+
+    def depend(before: Optional[Step], after: Optional[Step]) -> None:
+        if before is not None and after is not None and before is not after:
+            dg.add_edge(index[id(before)], index[id(after)])
+
+    for s in steps:
+        for v in (s.inputs if isinstance(s, Kernel) else s.node.inputs):
+            depend(step_of.get(id(v.producer)) if v.producer is not None else None, s)
+    for u, w in state_order(graph, facts):
+        depend(step_of.get(id(u)), step_of.get(id(w)))
+    return dg
+
+
+def _schedule(graph: Graph, facts: GraphFacts, steps: list[Step], dg: nx.DiGraph) -> list[Step]:
+    """Steps in a topological order of ``dg`` (their data dependencies, and state reads around state
+    writes), each as early as graph order allows."""
+    first = {i: min(facts.position[id(n)] for n in s.nodes) for i, s in enumerate(steps)}
     try:
-        order = list(nx.lexicographical_topological_sort(dg, key=lambda i: first[id(steps[i])]))
+        order = list(nx.lexicographical_topological_sort(dg, key=lambda i: first[i]))
     except nx.NetworkXUnfeasible:
         raise PartitionError(f"the steps of @{graph.name} depend on each other in a cycle; "
                              "a fusion decision was illegal (please report the graph)") from None
     return [steps[i] for i in order]
 
 
-def _readers(v: Value, facts: GraphFacts) -> list[Node]:
-    users, _ = facts.consumers(v)
-    return users
+# ---------------------------------------------------------------------------------------------
+# horizontal fusion
+# ---------------------------------------------------------------------------------------------
+def _sections(order: list[Step], dg: nx.DiGraph, index: dict[int, int], cost: RooflineCost) -> list[list[Kernel]]:
+    """Runs of pointwise kernels, in schedule order, with only torch views between them and no path
+    from one to another in ``dg``: independent, so running them at once reorders nothing, and no
+    cycle forms (a run of kernels the graph orders, by data or by a state buffer, is cut there).
+    Each run of two or more saves ``len - 1`` launches."""
+    runs: list[list[Kernel]] = []
+    run: list[Kernel] = []
+    for s in order:
+        if isinstance(s, Call) and s.impl == "view":
+            continue  # a torch view (or creation op): the path test sees whether a kernel needs it
+        if isinstance(s, Kernel) and s.layout == "pointwise" and run and not any(
+                nx.has_path(dg, index[id(k)], index[id(s)]) for k in run):
+            run.append(s)
+            continue
+        if len(run) > 1:
+            runs.append(run)
+        run = [s] if isinstance(s, Kernel) and s.layout == "pointwise" else []
+    if len(run) > 1:
+        runs.append(run)
+    return [r for r in runs if _sections_saving(r, cost.hardware) > 0]
+
+
+def _sections_saving(run: list[Kernel], hw: Hardware) -> float:
+    """Seconds one launch of ``run`` saves over ``len(run)`` launches: the cost model's per-kernel launch
+    time, once per kernel merged (the bytes moved are the same either way)."""
+    return (len(run) - 1) * hw.launch_overhead
+
+
+def _merge_sections(graph: Graph, facts: GraphFacts, steps: list[Step], dg: nx.DiGraph,
+                    cost: RooflineCost) -> tuple[list[Step], nx.DiGraph]:
+    """Replace each run of ``_sections`` by one ``"sections"`` kernel; the step graph contracted to match."""
+    order = _schedule(graph, facts, steps, dg)
+    index = {id(s): i for i, s in enumerate(steps)}
+    runs = _sections(order, dg, index, cost)
+    if not runs:
+        return steps, dg
+    merged_into: dict[int, Kernel] = {}
+    for run in runs:
+        h = _horizontal_kernel(run)
+        for k in run:
+            merged_into[id(k)] = h
+    new_steps: list[Step] = []
+    for s in steps:
+        h = merged_into.get(id(s), s)  # type: ignore[arg-type]
+        if all(h is not x for x in new_steps):
+            new_steps.append(h)
+    new_index = {id(s): i for i, s in enumerate(new_steps)}
+    new_dg = nx.DiGraph()
+    new_dg.add_nodes_from(range(len(new_steps)))
+    for a, b in dg.edges:
+        na, nb = new_index[id(merged_into.get(id(steps[a]), steps[a]))], \
+            new_index[id(merged_into.get(id(steps[b]), steps[b]))]
+        if na != nb:
+            new_dg.add_edge(na, nb)
+    return new_steps, new_dg
+
+
+def _horizontal_kernel(sections: list[Kernel]) -> Kernel:
+    members = [m for k in sections for m in k.members]
+    inputs: list[Value] = []
+    for k in sections:
+        inputs += [v for v in k.inputs if all(v is not x for x in inputs)]
+    name = "_horizontal_" + "_".join(_op_names(members)[:4]) + "_0"
+    return Kernel(name, "sections", members, (), [v for k in sections for v in k.outputs], inputs,
+                  [n for k in sections for n in k.views], [n for k in sections for n in k.sinks], list(sections))
