@@ -42,7 +42,8 @@ def row_warps(block_n: int) -> int:
     return min(max(block_n // 256, 4), 16)
 
 _RESERVED = {"torch", "triton", "tl", "launch", "allocate", "tensors", "bufs", "device", "slots", "BLOCK", "row_warps",
-             "math", "float", "int", "max", "min", "range", "len", "list"}
+             "math", "float", "int", "max", "min", "range", "len", "list", "pdl", "launch_options", "gdc_wait",
+             "gdc_launch_dependents", "USE_PDL"}
 
 
 class Names:
@@ -110,6 +111,9 @@ def canonical_kernel_text(text: str, name: str) -> str:
     out = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", out)
     for i, p in enumerate(params):
         out = re.sub(rf"\b{re.escape(p)}\b", f"arg{i}", out)
+    # the parameter list wraps where the (differing) names ran out of line: compare it unwrapped
+    out = re.sub(r"def KERNEL\((.*?)\):", lambda h: "def KERNEL(" + ", ".join(
+        q.strip() for q in h.group(1).split(",") if q.strip()) + "):", out, count=1, flags=re.S)
     return re.sub(r"[ \t]+\n", "\n", out)
 
 
@@ -188,6 +192,7 @@ class ModuleWriter:
                 block = f"triton.next_power_of_2({expr_code(n, kernel=False)})"
                 warps = f"row_warps({block})"
             args += [f"BLOCK_N={block}", f"num_warps={warps}"]
+        args.append("**pdl")
         lines.append(f"{self.launch_name.get(id(k), k.name)}[{grid}](" + ", ".join(args) + ")")
         for w in k.sinks:  # the write's result is the cache, updated in place
             lines.append(f"{self.names(w.results[0])} = {self.names(w.inputs[0])}  # %{w.results[0].name}: "
@@ -261,6 +266,7 @@ class ModuleWriter:
         head = ", ".join(x for x in (ins, "*", "tensors, bufs, device", sizes) if x)
         lines = [f"def launch({head}):"]
         body = [f'"""Run @{g.name}: {len(self.part.kernels)} generated kernels, {len(self.part.calls)} calls."""']
+        body.append("pdl = launch_options(device)  # USE_PDL (+ launch_pdl on Hopper)")
         for v in list(g.params) + list(g.state):
             body.append(f"{self.names(v)} = tensors[{v.name!r}]")
         known = set(self.input_symbols)
@@ -291,8 +297,10 @@ class ModuleWriter:
             f'{len(self.part.calls)} calls.\n\n'
             "Regenerate instead of editing. `allocate` builds the memory plan's reusable buffers for one set\n"
             "of sizes; `launch` runs every step in order. `lib_*` (kernel library) and `ref_*` (torch\n"
-            'reference) functions are bound by the executable that loads this module.\n"""\n',
-            "import torch\nimport triton\nimport triton.language as tl\n",
+            "reference) functions and `launch_options` (programmatic dependent launch on Hopper) are bound\n"
+            'by the executable that loads this module.\n"""\n',
+            "import torch\nimport triton\nimport triton.language as tl\n"
+            "from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait\n",
             f"BLOCK = {POINTWISE_BLOCK}  # elements per program in pointwise kernels\n",
             "def row_warps(block_n):\n    # warps for a row kernel of block_n columns: a few dozen values per thread\n"
             "    return min(max(block_n // 256, 4), 16)\n",

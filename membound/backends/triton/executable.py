@@ -25,6 +25,7 @@ import torch
 from membound.backends.reference import bind_symbols
 from membound.backends.triton.codegen import GeneratedModule, generate
 from membound.backends.triton.memory_plan import MemoryPlan, plan_memory
+from membound.backends.triton.kernels._launch import pdl_options
 from membound.backends.triton.partition import Partition, partition
 from membound.cost import RooflineCost
 from membound.ir.graph import Graph
@@ -117,6 +118,7 @@ class TritonExecutable:
             spec.loader.exec_module(mod)
             for fn_name, fn in functions.items():
                 setattr(mod, fn_name, fn)
+            mod.launch_options = pdl_options  # type: ignore[attr-defined]
             _MODULES[key] = mod
         self._module = mod
         return mod

@@ -47,6 +47,11 @@ from membound.ir.graph import Node, Value
 from membound.ir.printer import format_node
 
 
+# the first lines of every generated kernel (see membound.backends.triton.kernels._launch.pdl)
+PDL_PROLOGUE = ["if USE_PDL:  # earlier kernels' writes are visible after the wait", "    gdc_wait()",
+                "    gdc_launch_dependents()"]
+
+
 class CodegenError(RuntimeError):
     """A kernel could not be emitted (a partitioner/emitter mismatch: please report the graph)."""
 
@@ -466,7 +471,10 @@ class KernelEmitter:
         params += [f"{self.name_of(v)}_stride{d}" for v in self.strided for d in range(v.rank)]
         sizes = sorted(self.sizes, key=lambda s: s.name)
         params += [s.name for s in sizes]
-        params.append(f"{block}: tl.constexpr")
+        params += [f"{block}: tl.constexpr", "USE_PDL: tl.constexpr"]
+        # programmatic dependent launch (Hopper): this kernel may start before the previous one ends,
+        # so it waits for the previous kernels' writes before its first load or store
+        lines = PDL_PROLOGUE + lines
         body = "\n".join(f"    {line}" for line in lines)
         text = (f"@triton.jit\ndef {k.name}(\n    " + _wrap_params(params) + "\n):\n"
                 f"{head}\n{body}\n")
