@@ -12,6 +12,18 @@ class VerificationError(IRError):
     pass
 
 
+class _Where:
+    """``@graph, node i: <the node printed>``, printed only when an error message needs it."""
+
+    def __init__(self, graph: str, index: int, node: object, fmt: object) -> None:
+        self.graph, self.index, self.node, self.fmt = graph, index, node, fmt
+
+    def __format__(self, spec: str) -> str:
+        return f"@{self.graph}, node {self.index}: {self.fmt(self.node)}"  # type: ignore[operator]
+
+    __str__ = __repr__ = lambda self: format(self)  # noqa: E731
+
+
 def verify(g: Graph) -> None:
     """Raise ``VerificationError`` naming the first offending node, else return None."""
     from membound.ir.ops import get_op
@@ -30,7 +42,7 @@ def verify(g: Graph) -> None:
                 raise VerificationError(f"@{g.name}: %{v.name} is listed as {kind} but has kind {v.kind}")
     in_graph = {id(n) for n in g.nodes}
     for i, n in enumerate(g.nodes):
-        where = f"@{g.name}, node {i}: {format_node(n)}"
+        where = _Where(g.name, i, n, format_node)
         if n.graph is not g:
             raise VerificationError(f"{where}: node is not linked to this graph")
         try:

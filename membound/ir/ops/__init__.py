@@ -63,6 +63,9 @@ def per_input(k: int) -> CostFn:
     return flops
 
 
+MAX_INFER_MEMO = 4096  # memoised type-rule results per op
+
+
 @dataclass(frozen=True)
 class OpDef:
     name: str
@@ -77,6 +80,9 @@ class OpDef:
     # ops with effects (state writes) are never removed by DCE or merged by CSE
     side_effects: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # type rules are pure: results memoised per (input types, attrs); verification re-asks every
+    # node after every pass, and a 32-layer model asks the same few questions thousands of times
+    _inferred: dict[Any, tuple[TensorType, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     # ---- signature ----------------------------------------------------------------------------
     @property
@@ -114,10 +120,19 @@ class OpDef:
 
     def infer_types(self, in_types: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         self.check_arity(len(in_types))
+        try:
+            # attrs by repr: True == 1 and 1.0 == 1 hash alike but are different attributes
+            key: Any = (tuple(in_types), repr(sorted(attrs.items(), key=lambda kv: kv[0])))
+            hit = self._inferred.get(key)
+        except TypeError:  # an unhashable attribute value: no memo
+            key, hit = None, None
+        if hit is not None:
+            return list(hit)
         res = self.infer(*in_types, **attrs)
-        if isinstance(res, TensorType):
-            return [res]
-        return list(res)
+        out = [res] if isinstance(res, TensorType) else list(res)
+        if key is not None and len(self._inferred) < MAX_INFER_MEMO:
+            self._inferred[key] = tuple(out)
+        return out
 
     def cost(self, in_types: Sequence[TensorType], out_types: Sequence[TensorType],
              attrs: dict[str, Any]) -> tuple[sympy.Expr, sympy.Expr]:
