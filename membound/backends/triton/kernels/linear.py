@@ -168,8 +168,11 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     block_k = min(block_k, max(16, next_pow2(k)))
     programs = cdiv(n, block_n)
     split = 1
-    # split K only while SMs would idle and every split keeps at least eight K tiles
-    while programs * split < 4 * sm_count(device) and k >= 8 * block_k * (2 * split) and split < 16:
+    # split K while SMs would idle and every split keeps enough K tiles: eight on the FMA path (the
+    # sweep above), two on the tensor-core path (32 output columns per program leave far fewer
+    # programs; the rule of the H200 measurement in benches/results/decode_e2e-*-llama-1b.json)
+    min_tiles = 2 if use_dot else 8
+    while programs * split < 4 * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
     return LinearConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
 
