@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--backend", default="reference")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--graphs", action="store_true", help="time and profile the step replayed as a CUDA graph")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -37,17 +38,18 @@ def main() -> int:
     model = build_model(args.model, dtype=dtype, device=device)
     program = build_kv_program(CompiledModel(model, backend=args.backend),
                                torch.zeros(1, 8, dtype=torch.long, device=device))
-    program.cache.ensure(1, args.context + 64)
-    state = program.cache.views(1)
+    b = args.batch
+    program.cache.ensure(b, args.context + 64)
+    state = program.cache.views(b)
     program.prefill_graph.tensors.update(state)
     program.decode_graph.tensors.update(state)
     vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (1, args.context), device=device)
-    program.prefill([ids, torch.arange(args.context, device=device)[None],
-                     torch.tensor([args.context - 1], device=device)])
-    tok = torch.randint(0, vocab, (1, 1), device=device)
-    pos = torch.tensor([[args.context]], device=device)
-    zero = torch.zeros(1, dtype=torch.long, device=device)
+    ids = torch.randint(0, vocab, (b, args.context), device=device)
+    program.prefill([ids, torch.arange(args.context, device=device).expand(b, -1).contiguous(),
+                     torch.full((b,), args.context - 1, device=device)])
+    tok = torch.randint(0, vocab, (b, 1), device=device)
+    pos = torch.full((b, 1), args.context, device=device)
+    zero = torch.zeros(b, dtype=torch.long, device=device)
     step_fn = program.decode
     if args.graphs and device == "cuda":
         from membound.backends.cuda_graphs import CapturedGraph
@@ -78,12 +80,12 @@ def main() -> int:
         table += f"\nGPU busy per step: {busy:.0f} us over {launches:.0f} kernels (sum of kernel times)"
     cpu_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     hw = Hardware.detect()
-    at = analyze(program.decode_graph, RooflineCost(hw)).decode.at({"B": 1, "T": args.context})
+    at = analyze(program.decode_graph, RooflineCost(hw)).decode.at({"B": b, "T": args.context})
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"profile_step-{args.model}-{args.backend}{'-graphs' if args.graphs else ''}.txt").write_text(table + "\n\n" + cpu_table)
+    (Path(args.out) / f"profile_step-{args.model}-b{b}-{args.backend}{'-graphs' if args.graphs else ''}.txt").write_text(table + "\n\n" + cpu_table)
     print(cpu_table)
     print(table)
-    print(f"{args.model} {args.backend}{' +graphs' if args.graphs else ''} decode step at context {args.context}: {step * 1e3:.2f} ms wall "
+    print(f"{args.model} b{b} {args.backend}{' +graphs' if args.graphs else ''} decode step at context {args.context}: {step * 1e3:.2f} ms wall "
           f"({len(program.decode_graph.nodes)} IR nodes); cost model on {hw.name}: {at['time_s'] * 1e3:.3f} ms, "
           f"{at['bytes'] / 1e9:.2f} GB per step")
     return 0
