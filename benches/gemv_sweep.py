@@ -24,6 +24,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,62 @@ def describe(c: LinearConfig) -> str:
             f"w{c.num_warps} st{c.num_stages}{'' if c.prefetch or c.use_dot else ' noprefetch'}")
 
 
+def read_bandwidth(dev: torch.device) -> float:
+    """Bytes per second of ``x.sum()`` over 2 GiB of bf16, by CUDA-graph replay."""
+    from triton.testing import do_bench_cudagraph
+
+    big = torch.randn(1 << 30, dtype=torch.bfloat16, device=dev)
+    return big.nbytes / (do_bench_cudagraph(big.sum, rep=50, return_mode="median") * 1e-3)
+
+
+class Case:
+    """One projection shape at one M: checks then times cuBLAS, the heuristic and the sweep's configs."""
+
+    def __init__(self, model: str, shape: str, m: int, ws: list[torch.Tensor], read_bw: float,
+                 rows: list[dict]) -> None:
+        self.model, self.shape, self.m, self.ws, self.read_bw, self.rows = model, shape, m, ws, read_bw, rows
+        n, k = ws[0].shape
+        self.x = torch.randn(m, k, device=ws[0].device, dtype=torch.bfloat16)
+        self.outs = [torch.empty(m, n, device=ws[0].device, dtype=torch.bfloat16) for _ in ws]
+        self.want = F.linear(self.x, ws[0]).float()
+        self.nbytes = linear_bytes(m, n, k, torch.bfloat16)
+
+    def row(self, config: str, **fields: object) -> None:
+        self.rows.append(dict(model=self.model, shape=self.shape, m=self.m, config=config, **fields))
+
+    def timed(self, label: str, fn_one: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        from triton.testing import do_bench_cudagraph
+
+        got = fn_one(self.ws[0], self.outs[0]).float()
+        err = float((got - self.want).abs().max())
+        if not err <= 2e-2 * float(self.want.abs().max()) + 1e-2:
+            self.row(label, us=None, err=err)
+            return
+
+        def run() -> None:
+            for w, o in zip(self.ws, self.outs):
+                fn_one(w, o)
+
+        t = do_bench_cudagraph(run, rep=30, return_mode="median") * 1e-3 / len(self.ws)
+        self.row(label, us=t * 1e6, err=err, gbps=self.nbytes / t / 1e9, pct=100 * self.nbytes / t / self.read_bw)
+
+    def run_all(self, quick: bool) -> None:
+        x = self.x
+        n, k = self.ws[0].shape
+        self.timed("cublas", lambda w, o: torch.mm(x, w.t(), out=o))
+        heur = pick_config(self.m, n, k, torch.bfloat16, x.device)
+        self.timed("heuristic " + describe(heur), lambda w, o: linear(x, w, out=o))
+        configs = grid(self.m)
+        if quick:
+            configs = [replace(heur, prefetch=False), replace(heur, block_n=8),
+                       replace(heur, block_n=8, prefetch=False)]
+        for cfg in configs:
+            try:
+                self.timed(describe(cfg), lambda w, o, c=cfg: linear(x, w, out=o, config=c))
+            except Exception as exc:  # noqa: BLE001 (a config Triton cannot compile: out of resources)
+                self.row(describe(cfg), us=None, err=str(exc).splitlines()[0][:120])
+
+
 def summary(rows: list[dict], key: tuple) -> str:
     rs = [r for r in rows if (r["model"], r["shape"], r["m"]) == key]
     ok = sorted((r for r in rs if r["us"] is not None), key=lambda r: r["us"])
@@ -84,54 +141,17 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true",
                     help="only the heuristic's tiles with and without the register double-buffer, and 8 rows")
     args = ap.parse_args()
-    from triton.testing import do_bench_cudagraph
-
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    big = torch.randn(1 << 30, dtype=torch.bfloat16, device=dev)
-    read_bw = big.nbytes / (do_bench_cudagraph(lambda: big.sum(), rep=50, return_mode="median") * 1e-3)
-    del big
-    rows = []
+    read_bw = read_bandwidth(dev)
+    rows: list[dict] = []
     for model in args.models.split(","):
         for name in args.shapes.split(","):
             n, k = SHAPES[model][name]
-            wbytes = n * k * 2
-            copies = max(1, math.ceil((512 << 20) / wbytes))
+            copies = max(1, math.ceil((512 << 20) / (n * k * 2)))
             ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 for _ in range(copies)]
             for m in map(int, args.batches.split(",")):
-                x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-                outs = [torch.empty(m, n, device=dev, dtype=torch.bfloat16) for _ in ws]
-                want = F.linear(x, ws[0]).float()
-                nbytes = linear_bytes(m, n, k, torch.bfloat16)
-
-                def timed(label: str, fn_one) -> None:
-                    got = fn_one(ws[0], outs[0]).float()
-                    err = float((got - want).abs().max())
-                    if not err <= 2e-2 * float(want.abs().max()) + 1e-2:
-                        rows.append(dict(model=model, shape=name, m=m, config=label, us=None, err=err))
-                        return
-
-                    def run() -> None:
-                        for w, o in zip(ws, outs):
-                            fn_one(w, o)
-
-                    t = do_bench_cudagraph(run, rep=30, return_mode="median") * 1e-3 / copies
-                    rows.append(dict(model=model, shape=name, m=m, config=label, us=t * 1e6, err=err,
-                                     gbps=nbytes / t / 1e9, pct=100 * nbytes / t / read_bw))
-
-                timed("cublas", lambda w, o: torch.mm(x, w.t(), out=o))
-                heur = pick_config(m, n, k, torch.bfloat16, dev)
-                timed("heuristic " + describe(heur), lambda w, o: linear(x, w, out=o))
-                configs = grid(m)
-                if args.quick:
-                    configs = [replace(heur, prefetch=False), replace(heur, block_n=8),
-                               replace(heur, block_n=8, prefetch=False)]
-                for cfg in configs:
-                    try:
-                        timed(describe(cfg), lambda w, o, c=cfg: linear(x, w, out=o, config=c))
-                    except Exception as exc:  # noqa: BLE001 (a config Triton cannot compile: out of resources)
-                        rows.append(dict(model=model, shape=name, m=m, config=describe(cfg), us=None,
-                                         err=str(exc).splitlines()[0][:120]))
+                Case(model, name, m, ws, read_bw, rows).run_all(args.quick)
             del ws
             torch.cuda.empty_cache()
             report(rows, read_bw, args.out, (model, name))

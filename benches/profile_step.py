@@ -82,10 +82,11 @@ def main() -> int:
     hw = Hardware.detect()
     at = analyze(program.decode_graph, RooflineCost(hw)).decode.at({"B": b, "T": args.context})
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"profile_step-{args.model}-b{b}-{args.backend}{'-graphs' if args.graphs else ''}.txt").write_text(table + "\n\n" + cpu_table)
+    tag = f"{args.model}-b{b}-{args.backend}{'-graphs' if args.graphs else ''}"
+    (Path(args.out) / f"profile_step-{tag}.txt").write_text(table + "\n\n" + cpu_table)
     print(cpu_table)
     print(table)
-    print(f"{args.model} b{b} {args.backend}{' +graphs' if args.graphs else ''} decode step at context {args.context}: {step * 1e3:.2f} ms wall "
+    print(f"{tag} decode step at context {args.context}: {step * 1e3:.2f} ms wall "
           f"({len(program.decode_graph.nodes)} IR nodes); cost model on {hw.name}: {at['time_s'] * 1e3:.3f} ms, "
           f"{at['bytes'] / 1e9:.2f} GB per step")
     return 0

@@ -24,8 +24,8 @@ import torch
 
 from membound.backends.reference import bind_symbols
 from membound.backends.triton.codegen import GeneratedModule, generate
-from membound.backends.triton.memory_plan import MemoryPlan, plan_memory
 from membound.backends.triton.kernels._launch import pdl_options
+from membound.backends.triton.memory_plan import MemoryPlan, plan_memory
 from membound.backends.triton.partition import Partition, partition
 from membound.cost import RooflineCost
 from membound.ir.graph import Graph

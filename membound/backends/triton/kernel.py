@@ -46,7 +46,6 @@ from membound.backends.triton.partition import GraphFacts, Kernel, shapes_equal
 from membound.ir.graph import Node, Value
 from membound.ir.printer import format_node
 
-
 # the first lines of every generated kernel (see membound.backends.triton.kernels._launch.pdl)
 PDL_PROLOGUE = ["if USE_PDL:  # earlier kernels' writes are visible after the wait", "    gdc_wait()",
                 "    gdc_launch_dependents()"]

@@ -98,7 +98,8 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                     stride_split=m * n, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split,
                     HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32", USE_PDL=True, PREFETCH=not use_dot,
                     GATED=gated)
-        label = f"M={m} {'dot' if use_dot else 'fma'}" + (" gated" if gated else "") + (f" split{split}" if split > 1 else "")
+        label = f"M={m} {'dot' if use_dot else 'fma'}" + (" gated" if gated else "")
+        label += f" split{split}" if split > 1 else ""
         out.append((_linear_small_m, label, args,
                     dict(num_warps=4, num_stages=4 if use_dot else 3)))
     hkv, g, cap, d = 8, 4, 16384, 128  # Llama-3-8B: 8 kv heads, 4 q heads each
@@ -106,13 +107,15 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                    svh=cap * d, svt=d, svd=1, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1)
     for one in (False, True):
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", acc_ptr="*fp32",
-                    m_ptr="*fp32", l_ptr="*fp32", lock_ptr="*i32", HKV=hkv, G=g, S=1, T=cap, D=d, DV=d, CHUNK=512, N_QBLOCKS=1,
+                    m_ptr="*fp32", l_ptr="*fp32", lock_ptr="*i32",
+                    HKV=hkv, G=g, S=1, T=cap, D=d, DV=d, CHUNK=512, N_QBLOCKS=1,
                     N_SPLITS=32, qk_scale=0.127, **strides, BLOCK_Q=16, BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d,
                     ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True)
         out.append((_flash_decoding_split, f"d{d} {'one split' if one else 'split'}", args,
                     dict(num_warps=4, num_stages=2)))
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", H=hkv, S=1, T=cap, D=d, scb=hkv * cap * d,
-                sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1, BLOCK_D=d, USE_PDL=True)
+                sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1, BLOCK_D=d,
+                USE_PDL=True)
     out.append((_cache_write, f"d{d}", args, dict(num_warps=1)))
     for residual in (False, True):
         args = dict(x_ptr="*bf16", r_ptr="*bf16", w_ptr="*bf16", sum_ptr="*bf16", y_ptr="*bf16", D=4096,
