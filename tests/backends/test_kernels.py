@@ -137,6 +137,19 @@ def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dt
     close(y, get_op("gated_linear").reference(gate.float(), up.float(), w.float()), dtype)
 
 
+@pytest.mark.parametrize("static_weight", [True, False])
+def test_linear_static_weight_loads_the_first_tile_either_side_of_the_wait(static_weight: bool) -> None:
+    """``static_weight`` only moves the first W tile's load before the PDL wait: same result both ways."""
+    x, w = rand(1, 300), rand(37, 300)
+    gu, wd = rand(2, 1, 2 * 77), rand(19, 77)
+    with trace() as calls:
+        y = linear(x, w, static_weight=static_weight)
+        g = LIBRARY["gated_linear"](gu[..., :77], gu[..., 77:], wd, static_weight=static_weight)
+    assert calls == [("linear", "kernel"), ("gated_linear", "kernel")]
+    close(y, F.linear(x, w), torch.float32)
+    close(g, get_op("gated_linear").reference(gu[..., :77], gu[..., 77:], wd), torch.float32)
+
+
 def test_gated_linear_errors() -> None:
     from membound.backends.triton.kernels import gated_linear
 

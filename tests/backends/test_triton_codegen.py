@@ -402,6 +402,33 @@ def parts(text: str) -> list[list[str]]:
     return [[f"{m.results[0].name}" for m in k.members] for k in p.kernels]
 
 
+def test_every_launch_honours_programmatic_dependent_launch() -> None:
+    """Each generated kernel waits (PDL) before its first load or store, every launch passes the launch
+    options, and only a parameter weight is marked static (its loads may precede the wait): a weight an
+    earlier kernel computed must be read after it."""
+    import re
+
+    text = """graph @t(%x: f32[B, 8]) params(%w: f32[6, 8], %v: f32[6, 6]) {
+        %a = exp(%x) : f32[B, 8]
+        %y = linear(%a, %w) : f32[B, 6]
+        %v2 = mul(%v, %v) : f32[6, 6]
+        %z = linear(%y, %v2) : f32[B, 6]
+        return %z
+    }"""
+    src = TritonExecutable(graph_from(text)).source
+    bodies = re.split(r"@triton.jit\n", src)[1:]
+    assert bodies
+    for body in bodies:
+        code = [ln.strip() for ln in body.split("):\n", 1)[1].splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        assert code[:3] == ["if USE_PDL:  # earlier kernels' writes are visible after the wait", "gdc_wait()",
+                            "gdc_launch_dependents()"], code[:3]
+    launches = [ln for ln in src.splitlines() if re.match(r"\s+_\w+\[", ln)]
+    assert launches and all(ln.rstrip().endswith("**pdl)") for ln in launches)
+    calls = [ln.strip() for ln in src.splitlines() if "= lib_linear(" in ln]
+    assert len(calls) == 2
+    assert "static_weight=True" in calls[0] and "static_weight" not in calls[1], calls
+
+
 def test_views_fold_into_the_kernel_that_reads_them() -> None:
     text = """graph @t(%x: f32[B, S, 64]) {
         %r = reshape(%x) {shape=[B, S, 4, 16]} : f32[B, S, 4, 16]

@@ -34,6 +34,10 @@ from membound.ir.graph import Graph, Value
 from membound.ir.printer import format_node
 
 POINTWISE_BLOCK = 1024
+# library ops told when their weight (input at this index) is a parameter: ``static_weight=True``
+# (a launch hint; see kernels.linear). The torch reference standing in for them ignores it.
+STATIC_WEIGHT_INPUT = {"linear": 1, "gated_linear": 2}
+LAUNCH_HINTS = ("static_weight",)
 
 
 def row_warps(block_n: int) -> int:
@@ -218,6 +222,9 @@ class ModuleWriter:
         self.bindings[fn] = (step.impl if step.impl == "library" else "torch", node.op)
         args = [self.names(v) for v in node.inputs]
         args += [f"{k}={py_literal(a)}" for k, a in node.attrs.items()]
+        w = STATIC_WEIGHT_INPUT.get(node.op)
+        if step.impl == "library" and w is not None and w < len(node.inputs) and node.inputs[w].kind == "param":
+            args.append("static_weight=True")  # no kernel writes a parameter: its loads may precede the PDL wait
         lines = [f"# {format_node(node)}"]
         if writes_into_buffer(step) and self.plan.buffer(node.results[0]) is not None:
             lines.append(self.buffer_line(node.results[0]))

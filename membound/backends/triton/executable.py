@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from membound.backends.reference import bind_symbols
-from membound.backends.triton.codegen import GeneratedModule, generate
+from membound.backends.triton.codegen import LAUNCH_HINTS, GeneratedModule, generate
 from membound.backends.triton.kernels._launch import pdl_options
 from membound.backends.triton.memory_plan import MemoryPlan, plan_memory
 from membound.backends.triton.partition import Partition, partition
@@ -166,6 +166,8 @@ def _without_out(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A torch reference standing in for a library kernel: accept ``out=`` and copy into it."""
 
     def call(*args: Any, out: Optional[torch.Tensor] = None, **attrs: Any) -> Any:
+        for hint in LAUNCH_HINTS:  # for the kernel only (codegen.LAUNCH_HINTS)
+            attrs.pop(hint, None)
         res = fn(*args, **attrs)
         if out is None:
             return res

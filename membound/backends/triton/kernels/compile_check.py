@@ -97,7 +97,7 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                     lock_ptr="*i32", M=m, N=n, K=k, K_PER_SPLIT=k // split, stride_xm=k, stride_um=k, stride_wn=k,
                     stride_split=m * n, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split,
                     HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32", USE_PDL=True, PREFETCH=not use_dot,
-                    GATED=gated)
+                    GATED=gated, EARLY_W=not gated)
         label = f"M={m} {'dot' if use_dot else 'fma'}" + (" gated" if gated else "")
         label += f" split{split}" if split > 1 else ""
         out.append((_linear_small_m, label, args,

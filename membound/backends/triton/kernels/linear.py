@@ -60,7 +60,7 @@ def _linear_small_m(
     stride_xm, stride_um, stride_wn, stride_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr,
+    USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if USE_DOT:
@@ -81,13 +81,19 @@ def _linear_small_m(
     else:
         # defer the K reduction: one fp32 FMA per loaded W element, a single tree-sum at the end
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-        if PREFETCH:
-            # the first W tile: no kernel ever writes weights, so its load may start before the wait
+        if PREFETCH and EARLY_W:
+            # the first W tile of a parameter weight (no kernel writes it): loaded before the wait, so it
+            # is in flight while the previous kernel finishes
             ks = k_start + tl.arange(0, BLOCK_K)
             w_next = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & (ks < k_end)[None, :], other=0.0)
     if USE_PDL:  # programmatic dependent launch: the previous kernel's writes are visible after this
         gdc_wait()
         gdc_launch_dependents()
+    if not USE_DOT:
+        if PREFETCH and not EARLY_W:
+            # a weight some earlier kernel may have written: read only after the wait
+            ks = k_start + tl.arange(0, BLOCK_K)
+            w_next = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & (ks < k_end)[None, :], other=0.0)
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
@@ -184,20 +190,24 @@ def linear_bytes(m: int, n: int, k: int, dtype: torch.dtype, has_bias: bool = Fa
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-           out: Optional[torch.Tensor] = None, *, config: Optional[LinearConfig] = None) -> torch.Tensor:
+           out: Optional[torch.Tensor] = None, *, config: Optional[LinearConfig] = None,
+           static_weight: bool = False) -> torch.Tensor:
     """``x[..., K] @ weight[N, K].T (+ bias[N])`` as the IR op ``linear``; the GEMV kernel when M <= 16.
 
     ``M`` is the product of x's leading dims. ``config`` overrides the tile heuristic (benches, tests).
-    Paths: M <= 16 -> ``_linear_small_m`` (one launch, split-K or not); M > 16 ->
-    cuBLAS via ``F.linear``; the torch reference for what the kernel does not cover (module docstring).
+    ``static_weight=True`` promises that no kernel writes ``weight`` (a model parameter; generated
+    launchers pass it for parameters), so with programmatic dependent launch its first tile is loaded
+    before waiting for the previous kernel. Paths: M <= 16 -> ``_linear_small_m`` (one launch, split-K
+    or not); M > 16 -> cuBLAS via ``F.linear``; the torch reference for what the kernel does not cover.
     """
     if x.dim() < 1:
         raise ValueError(f"linear: x must be [..., K], got shape {tuple(x.shape)}")
-    return _small_m("linear", x, None, weight, bias, out, config, lambda: F.linear(x, weight, bias))
+    return _small_m("linear", x, None, weight, bias, out, config, lambda: F.linear(x, weight, bias), static_weight)
 
 
 def gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor] = None,
-                 *, act: str = "silu", config: Optional[LinearConfig] = None) -> torch.Tensor:
+                 *, act: str = "silu", config: Optional[LinearConfig] = None,
+                 static_weight: bool = False) -> torch.Tensor:
     """The IR op ``gated_linear``: ``linear(silu(gate) * up, weight)`` with the gating done as x is loaded.
 
     The same kernel and paths as :func:`linear` (``silu(gate) * up`` is formed tile by tile in
@@ -212,12 +222,12 @@ def gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, out
     if gate.dim() < 1:
         raise ValueError(f"gated_linear: gate must be [..., K], got shape {tuple(gate.shape)}")
     return _small_m("gated_linear", gate, up, weight, None, out, config,
-                    lambda: F.linear(F.silu(gate) * up, weight))
+                    lambda: F.linear(F.silu(gate) * up, weight), static_weight)
 
 
 def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
-             out: Optional[torch.Tensor], config: Optional[LinearConfig], reference: Callable[[], torch.Tensor]
-             ) -> torch.Tensor:
+             out: Optional[torch.Tensor], config: Optional[LinearConfig], reference: Callable[[], torch.Tensor],
+             static_weight: bool) -> torch.Tensor:
     """``linear`` and ``gated_linear`` (``up`` given: x is the gate): checks, path choice, launch."""
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be [N, K], got shape {tuple(weight.shape)}")
@@ -261,7 +271,8 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         u2.stride(0) if u2 is not None else 0, weight.stride(0), m * n,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
-        GATED=u2 is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(x.device))
+        GATED=u2 is not None, EARLY_W=static_weight, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl_options(x.device))
     note(op, "kernel")
     return y
 
