@@ -94,8 +94,9 @@ def main() -> int:
     if plan is not None:  # what was actually launched: one launch per kernel or library call
         launches, seconds, launch_s = plan
         print(f"cost model of the compiled step ({launches} launches): {seconds * 1e3:.3f} ms, of which "
-              f"{launch_s * 1e3:.3f} ms is {hw.launch_overhead * 1e6:.1f} us per launch (an eager launch; a CUDA "
-              f"graph with programmatic dependent launch pays less, so compare {(seconds - launch_s) * 1e3:.3f} ms too)")
+              f"{launch_s * 1e3:.3f} ms is {hw.launch_overhead * 1e6:.1f} us per launch (an eager launch; a "
+              f"CUDA graph with programmatic dependent launch pays less: compare {(seconds - launch_s) * 1e3:.3f} ms "
+              f"too)")
     return 0
 
 
