@@ -24,6 +24,7 @@ from typing import Any, Iterator, Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 SUPPORTED_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -156,6 +157,32 @@ def split_counters(device: torch.device, n: int) -> torch.Tensor:
                                "step once outside the capture (CapturedGraph's warm-up does)")
         locks = _COUNTERS[device] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
     return locks
+
+
+@triton.jit
+def arrive_last(lock_ptr, index, splits):
+    """Count this program in on counter ``index``; True for the last of ``splits`` to arrive.
+
+    Call after storing this program's partial: the barrier orders every thread's stores before the
+    counter moves (released by the atomic), and the last program acquires the others' partials.
+    """
+    tl.debug_barrier()
+    return tl.atomic_add(lock_ptr + index, 1, sem="acq_rel", scope="gpu") == splits - 1
+
+
+@triton.jit
+def reset_counter(lock_ptr, index):
+    """The last program, after reducing: counter ``index`` back to 0 for the next launch."""
+    tl.atomic_xchg(lock_ptr + index, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def pdl_enter(USE_PDL: tl.constexpr):
+    """A library kernel's first step under programmatic dependent launch (see :func:`pdl`): wait for the
+    earlier kernels' writes, then let the next kernel launch."""
+    if USE_PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 _PDL: dict[torch.device, bool] = {}

@@ -19,13 +19,13 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from membound.backends.triton.kernels._launch import (
     fallback,
     launchable,
     next_pow2,
     note,
+    pdl_enter,
     pdl_options,
     unsupported_device,
     unsupported_dtype,
@@ -41,9 +41,7 @@ def _cache_write(
     BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     tl.static_assert(BLOCK_D >= 16, "BLOCK_D: at least one 16-element vector per program")
-    if USE_PDL:  # programmatic dependent launch (see _launch.pdl): earlier kernels' writes are visible after this
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     # program (row, d-block): row enumerates (b, h, s) of the new values
     row = tl.program_id(0)
     s = row % S

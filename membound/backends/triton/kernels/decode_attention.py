@@ -35,16 +35,18 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from membound.backends.triton.kernels._launch import (
+    arrive_last,
     cdiv,
     check_out,
     fallback,
     launchable,
     next_pow2,
     note,
+    pdl_enter,
     pdl_options,
+    reset_counter,
     sm_count,
     split_counters,
     unsupported_device,
@@ -66,9 +68,7 @@ def _flash_decoding_split(
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
-    if USE_PDL:  # programmatic dependent launch (see _launch.pdl): earlier kernels' writes are visible after this
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     pid_split = tl.program_id(0)
     pid_row = tl.program_id(1)
     # which (batch, kv head, block of query rows) this program serves
@@ -132,13 +132,11 @@ def _flash_decoding_split(
             tl.store(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], acc, mask=row_ok[:, None] & dv_ok[None, :])
     if not ONE_SPLIT:
         # every program of the row block counts in, idle ones too; the last to arrive merges the partials
-        tl.debug_barrier()  # this program's partial is stored before the counter moves (release below)
-        arrived = tl.atomic_add(lock_ptr + pid_row, 1, sem="acq_rel", scope="gpu")
-        if arrived == N_SPLITS - 1:
+        if arrive_last(lock_ptr, pid_row, N_SPLITS):
             n_active = tl.minimum(tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK), N_SPLITS)
             _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs, dv_ok,
                             sob, soh, sos, sod, BLOCK_Q, BLOCK_DV)
-            tl.atomic_xchg(lock_ptr + pid_row, 0, sem="relaxed", scope="gpu")  # zeroed for the next launch
+            reset_counter(lock_ptr, pid_row)
 
 
 @triton.jit

@@ -13,7 +13,6 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from membound.backends.triton.kernels._launch import (
     check_out,
@@ -21,6 +20,7 @@ from membound.backends.triton.kernels._launch import (
     launchable,
     next_pow2,
     note,
+    pdl_enter,
     pdl_options,
     unsupported_device,
     unsupported_dtype,
@@ -31,9 +31,7 @@ from membound.ir.ops import get_op
 @triton.jit
 def _embedding(w_ptr, ids_ptr, out_ptr, V, D, stride_wv, stride_wd, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr):
     tl.static_assert(BLOCK_D >= 16, "BLOCK_D: at least one 16-element vector per program")
-    if USE_PDL:  # programmatic dependent launch (see _launch.pdl): earlier kernels' writes are visible after this
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     i = tl.program_id(0).to(tl.int64)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     # the row index, read on the device; out-of-range ids read nothing and write zeros

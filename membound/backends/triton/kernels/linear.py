@@ -34,16 +34,18 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from membound.backends.triton.kernels._launch import (
+    arrive_last,
     cdiv,
     check_out,
     fallback,
     launchable,
     next_pow2,
     note,
+    pdl_enter,
     pdl_options,
+    reset_counter,
     sm_count,
     split_counters,
     unsupported_device,
@@ -51,6 +53,12 @@ from membound.backends.triton.kernels._launch import (
 )
 
 SMALL_M = 16  # the kernel's range: up to one tensor-core tile of rows
+
+
+@triton.jit
+def _w_tile(w_rows, row_ok, ks, k_end):
+    """The ``[BLOCK_N, BLOCK_K]`` tile of W rows ``w_rows`` at columns ``ks`` (zeros from ``k_end`` on)."""
+    return tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & (ks < k_end)[None, :], other=0.0)
 
 
 @triton.jit
@@ -84,16 +92,12 @@ def _linear_small_m(
         if PREFETCH and EARLY_W:
             # the first W tile of a parameter weight (no kernel writes it): loaded before the wait, so it
             # is in flight while the previous kernel finishes
-            ks = k_start + tl.arange(0, BLOCK_K)
-            w_next = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & (ks < k_end)[None, :], other=0.0)
-    if USE_PDL:  # programmatic dependent launch: the previous kernel's writes are visible after this
-        gdc_wait()
-        gdc_launch_dependents()
+            w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
+    pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     if not USE_DOT:
         if PREFETCH and not EARLY_W:
             # a weight some earlier kernel may have written: read only after the wait
-            ks = k_start + tl.arange(0, BLOCK_K)
-            w_next = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & (ks < k_end)[None, :], other=0.0)
+            w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
@@ -114,11 +118,9 @@ def _linear_small_m(
             if PREFETCH:
                 # registers double-buffer W: the next tile's load is in flight while this one is used
                 w = w_next
-                kn = ks + BLOCK_K
-                w_next = tl.load(w_rows[:, None] + kn[None, :], mask=row_ok[:, None] & (kn < k_end)[None, :],
-                                 other=0.0)
+                w_next = _w_tile(w_rows, row_ok, ks + BLOCK_K, k_end)
             else:
-                w = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                w = _w_tile(w_rows, row_ok, ks, k_end)
             acc3 += x[:, None, :].to(tl.float32) * w[None, :, :].to(tl.float32)
     if not USE_DOT:
         acc = tl.sum(acc3, axis=2)
@@ -133,9 +135,7 @@ def _linear_small_m(
     else:
         # an fp32 partial sum, then count this split in; the last of the SPLIT_K to arrive reduces
         tl.store(part_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
-        tl.debug_barrier()  # every thread's partial is stored before the counter moves (release below)
-        arrived = tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:
+        if arrive_last(lock_ptr, pid_n, SPLIT_K):
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for s in tl.static_range(SPLIT_K):  # split order: the same sum on every run
                 total += tl.load(part_ptr + s * stride_split + out_offs, mask=out_mask, other=0.0,
@@ -143,7 +143,7 @@ def _linear_small_m(
             if HAS_BIAS:
                 total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
             tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
-            tl.atomic_xchg(lock_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # zeroed for the next launch
+            reset_counter(lock_ptr, pid_n)
 
 
 @dataclass(frozen=True)

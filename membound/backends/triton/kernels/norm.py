@@ -20,7 +20,6 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from membound.backends.triton.kernels._launch import (
     check_out,
@@ -28,6 +27,7 @@ from membound.backends.triton.kernels._launch import (
     launchable,
     next_pow2,
     note,
+    pdl_enter,
     pdl_options,
     unsupported_device,
     unsupported_dtype,
@@ -44,9 +44,7 @@ def _rms_norm(
     BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     tl.static_assert(BLOCK_D >= 16, "BLOCK_D covers the whole row (at least 16)")
-    if USE_PDL:  # programmatic dependent launch (see _launch.pdl): earlier kernels' writes are visible after this
-        gdc_wait()
-        gdc_launch_dependents()
+    pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     row = tl.program_id(0).to(tl.int64)
     ds = tl.arange(0, BLOCK_D)
     ok = ds < D
