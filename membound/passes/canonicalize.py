@@ -39,7 +39,7 @@ import torch
 from membound.ir import Graph, Node, Value
 from membound.ir.types import dims_equal, promote
 from membound.passes.manager import PassContext, register_pass
-from membound.passes.pattern import Alt, Any_, Const, Match, Opt, Pat, Rule, rewrite_to_fixpoint
+from membound.passes.pattern import Alt, Any_, Const, Match, Opt, Pat, Rule, is_2d_param, rewrite_to_fixpoint
 
 _RESHAPE_LIKE = ("reshape", "squeeze", "unsqueeze")  # views that keep the row-major element order
 _PERMUTE_LIKE = ("permute", "transpose")
@@ -136,10 +136,6 @@ def identity_if_same_type(m: Match) -> Optional[Value]:
 # ---------------------------------------------------------------------------------------------
 # matmul forms
 # ---------------------------------------------------------------------------------------------
-def _is_2d_param(v: Value) -> bool:
-    return v.kind == "param" and v.rank == 2
-
-
 def matmul_to_linear(m: Match) -> Optional[Value]:
     x, w = m["x"], m["w"]
     if _permutation(m["wt"].producer) != (1, 0):  # type: ignore[arg-type]
@@ -237,7 +233,7 @@ RULES: list[Rule] = [
     Rule(Pat("logical_and", Any_("x"), Const(True)), identity_if_same_type, name="and-true"),
     Rule(Pat("logical_or", Any_("x"), Const(False)), identity_if_same_type, name="or-false"),
     # matmul(x, transpose(w, -1, -2)) -> linear(x, w)      (w a 2-D param; matmul(x, w) stays matmul)
-    Rule(Pat("matmul", Any_("x"), Pat(_PERMUTE_LIKE, Any_("w", _is_2d_param), name="wt")), matmul_to_linear),
+    Rule(Pat("matmul", Any_("x"), Pat(_PERMUTE_LIKE, Any_("w", is_2d_param), name="wt")), matmul_to_linear),
     # add(linear(x, w), b[N]) -> linear(x, w, b)      (the linear has no other user)
     Rule(Pat("add", Pat("linear", Any_("x"), Any_("w"), name="lin", one_use=True), Any_("b")),
          fold_bias_into_linear),

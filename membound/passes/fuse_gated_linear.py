@@ -28,29 +28,16 @@ so firing costs prefill almost nothing.
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
-import sympy
+from typing import Optional
 
 from membound.ir import Graph, Value
-from membound.ir.types import sym
+from membound.passes.gemv_regime import beyond_gemv, decode_dims, seconds
 from membound.passes.manager import PassContext, register_pass
-from membound.passes.pattern import Any_, Match, Pat, Rule, rewrite_to_fixpoint
-
-SMALL_M = 16
-
-
-def _is_2d_param(v: Value) -> bool:
-    return v.kind == "param" and v.rank == 2
-
+from membound.passes.pattern import Any_, Match, Pat, Rule, is_2d_param, rewrite_to_fixpoint
 
 _GATED = Pat("linear",
              Pat("mul", Pat("silu", Any_("gate"), name="act", one_use=True), Any_("up"), name="prod", one_use=True),
-             Any_("w", _is_2d_param), name="lin")
-
-
-def _time(ctx: PassContext, node: Any, dims: dict[Any, int]) -> float:
-    return float(ctx.cost.estimate(node, dims).time_s)
+             Any_("w", is_2d_param), name="lin")
 
 
 def _declines(ctx: PassContext, m: Match) -> Optional[str]:
@@ -58,23 +45,15 @@ def _declines(ctx: PassContext, m: Match) -> Optional[str]:
     gate, up, w = m["gate"], m["up"], m["w"]
     if tuple(gate.type.shape) != tuple(up.type.shape) or gate.dtype != up.dtype:
         return f"gate %{gate.name} {gate.type} and up %{up.name} {up.type} differ (a broadcast product)"
-    rows = sympy.Integer(1)
-    for d in gate.shape[:-1]:
-        rows = rows * d
     if ctx.cost is None:
-        if rows.is_Integer and int(rows) > SMALL_M:
-            return f"M = {rows} tokens > {SMALL_M} and no cost model to ask: the linear is not a GEMV"
-        return None
-    symbols = set().union(gate.type.free_symbols(), up.type.free_symbols())
-    dims: dict[Any, int] = {s: 1 for s in symbols}
-    for key, value in ctx.options.get("fuse-gated-linear.dims", {}).items():
-        dims[sym(key) if isinstance(key, str) else key] = int(value)
+        return beyond_gemv(gate, "the linear is not a GEMV")
+    dims = decode_dims(ctx, (gate, up), "fuse-gated-linear.dims")
     scratch = Graph("gated_linear_cost")
     fused = scratch.call("gated_linear", scratch.add_input("gate", gate.type), scratch.add_input("up", up.type),
                          scratch.add_param("w", w.type), act="silu").producer
     # apart: one kernel forms the product (silu fused into it), then the linear reads it back
-    apart = _time(ctx, m["prod"].producer, dims) + _time(ctx, m["lin"].producer, dims)
-    together = _time(ctx, fused, dims)
+    apart = seconds(ctx, m["prod"].producer, dims) + seconds(ctx, m["lin"].producer, dims)
+    together = seconds(ctx, fused, dims)
     if together >= apart:
         return f"the cost model says {apart:.3g}s apart and {together:.3g}s fused"
     return None

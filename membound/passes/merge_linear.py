@@ -37,25 +37,18 @@ makes new tensors too); the copy buys a contiguous ``[sum N, K]`` weight that on
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-import sympy
 import torch
 
 from membound.ir import Graph, Node, Value
-from membound.ir.types import TensorType, sym
+from membound.ir.types import TensorType
+from membound.passes.gemv_regime import beyond_gemv, decode_dims, seconds
 from membound.passes.manager import PassContext, register_pass
-from membound.passes.pattern import Any_, Pat
-
-SMALL_M = 16
-
-
-def _is_2d_param(v: Value) -> bool:
-    return v.kind == "param" and v.rank == 2
-
+from membound.passes.pattern import Any_, Pat, is_2d_param
 
 # linear(x, W) or linear(x, W, bias) with W a 2-D parameter (the bias is checked by _groups)
-_LINEAR = Pat("linear", Any_("x"), Any_("weight", _is_2d_param), ...)
+_LINEAR = Pat("linear", Any_("x"), Any_("weight", is_2d_param), ...)
 
 
 def _bias(node: Node) -> Optional[Value]:
@@ -106,32 +99,20 @@ def _concat(graph: Graph, params: Sequence[Value], name: str, type: TensorType) 
     return graph.add_param(name, type, merged)
 
 
-def _time(ctx: PassContext, node: Node, dims: dict[Any, int]) -> float:
-    return float(ctx.cost.estimate(node, dims).time_s)
-
-
 def _declines(ctx: PassContext, group: Sequence[Node], n_total: int) -> Optional[str]:
     """None when merging pays, else why not (for the pass log)."""
     x = group[0].inputs[0]
-    m = sympy.Integer(1)
-    for d in x.shape[:-1]:
-        m = m * d
     if ctx.cost is None:
-        if m.is_Integer and int(m) > SMALL_M:
-            return f"M = {m} tokens > {SMALL_M} and no cost model to ask: the linears are not weight-streaming GEMVs"
-        return None
-    symbols = set().union(*(v.type.free_symbols() for n in group for v in n.inputs))
-    dims: dict[Any, int] = {s: 1 for s in symbols}
-    for key, value in ctx.options.get("merge-linear.dims", {}).items():
-        dims[sym(key) if isinstance(key, str) else key] = int(value)
+        return beyond_gemv(x, "the linears are not weight-streaming GEMVs")
+    dims = decode_dims(ctx, (v for n in group for v in n.inputs), "merge-linear.dims")
     # cost the merged linear on a scratch graph: the cost model takes nodes
     scratch = Graph("merge_linear_cost")
     xs = scratch.add_input("x", x.type)
     w = scratch.add_param("w", TensorType(x.dtype, (n_total, x.shape[-1])))
     extra = [scratch.add_param("b", TensorType(x.dtype, (n_total,)))] if _bias(group[0]) is not None else []
     merged = scratch.append(scratch.create_node("linear", [xs, w] + extra))
-    separate = sum(_time(ctx, n, dims) for n in group)
-    together = _time(ctx, merged, dims)
+    separate = sum(seconds(ctx, n, dims) for n in group)
+    together = seconds(ctx, merged, dims)
     if together >= separate:
         return f"the cost model says {len(group)} linears take {separate:.3g}s apart and {together:.3g}s merged"
     return None

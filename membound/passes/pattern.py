@@ -48,6 +48,11 @@ def _bind(caps: Captures, name: Optional[str], v: Value) -> Optional[Captures]:
     return caps if old is v else None
 
 
+def is_2d_param(v: Value) -> bool:
+    """A parameter matrix: a weight known at compile time (a predicate for ``Any_``)."""
+    return v.kind == "param" and v.rank == 2
+
+
 def is_single_use(v: Value) -> bool:
     """True when exactly one node reads ``v`` (once or several times) and it is not a graph output."""
     graph = v.producer.graph if v.producer is not None else None

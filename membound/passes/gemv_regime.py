@@ -1,0 +1,44 @@
+"""What passes that pay off at decode (merge-linear, fuse-gated-linear) share: is a linear in the GEMV
+regime, and what the cost model says at the decode step's dims.
+
+At decode a linear's token count M (its input's leading dims) is 1..16 and the kernel streams the
+weight: a launch saved or an intermediate not written is a visible share of its time. Without a cost
+model a pass takes M symbolic or at most ``SMALL_M`` as that regime; with one, it compares estimates
+at every symbolic dim = 1 (one token per row), or at the dims the pass's option gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import sympy
+
+from membound.ir import Node, Value
+from membound.ir.types import sym
+from membound.passes.manager import PassContext
+
+SMALL_M = 16  # the kernel library's small-M GEMV range (membound.backends.triton.kernels.SMALL_M)
+
+
+def beyond_gemv(x: Value, what: str) -> Optional[str]:
+    """Why ``x``'s token count (its leading dims) is past the GEMV range, for a pass without a cost
+    model to ask (``what``: the rest of the log line), or None when it is symbolic or small."""
+    m = sympy.Integer(1)
+    for d in x.shape[:-1]:
+        m = m * d
+    if m.is_Integer and int(m) > SMALL_M:
+        return f"M = {m} tokens > {SMALL_M} and no cost model to ask: {what}"
+    return None
+
+
+def decode_dims(ctx: PassContext, values: Iterable[Value], option: str) -> dict[Any, int]:
+    """Every symbol of ``values``' types at 1, overridden by ``ctx.options[option]`` (name or symbol -> int)."""
+    dims: dict[Any, int] = {s: 1 for v in values for s in v.type.free_symbols()}
+    for key, value in ctx.options.get(option, {}).items():
+        dims[sym(key) if isinstance(key, str) else key] = int(value)
+    return dims
+
+
+def seconds(ctx: PassContext, node: Node, dims: dict[Any, int]) -> float:
+    """The cost model's time for ``node`` at ``dims``."""
+    return float(ctx.cost.estimate(node, dims).time_s)
