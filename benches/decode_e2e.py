@@ -98,35 +98,30 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def median_seconds(fn: Callable[[], Any], reps: int = 20) -> float:
+    """Median wall time of ``fn()`` between device synchronisations, after one warm-up call."""
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def read_bandwidth(device: str, nbytes: int) -> float:
     """GB/s of ``x.sum()`` over ``nbytes`` of bf16 (the decode ceiling: weights and cache are read)."""
     x = torch.randn(nbytes // 2, dtype=torch.bfloat16, device=device)
-    x.sum()
-    sync()
-    times = []
-    for _ in range(20):
-        t = time.perf_counter()
-        x.sum()
-        sync()
-        times.append(time.perf_counter() - t)
-    del x
-    return nbytes / statistics.median(times) / 1e9
+    return nbytes / median_seconds(x.sum) / 1e9
 
 
 def copy_bandwidth(device: str, nbytes: int) -> float:
     """GB/s of a device-to-device copy of ``nbytes`` (bytes read + bytes written over the time)."""
     src = torch.randn(nbytes // 2, dtype=torch.bfloat16, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    sync()
-    times = []
-    for _ in range(20):
-        t = time.perf_counter()
-        dst.copy_(src)
-        sync()
-        times.append(time.perf_counter() - t)
-    del src, dst
-    return 2 * nbytes / statistics.median(times) / 1e9
+    return 2 * nbytes / median_seconds(lambda: dst.copy_(src)) / 1e9
 
 
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
