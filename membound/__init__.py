@@ -9,8 +9,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CompiledModel", "compile", "default_pipeline", "explain", "generate", "insert_after", "insert_before",
-           "register_pass"]
+__all__ = ["CompiledModel", "QuantConfig", "compile", "default_pipeline", "explain", "generate", "insert_after",
+           "insert_before", "register_pass", "save_quantized"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,6 +23,14 @@ def __getattr__(name: str) -> Any:
         import membound.passes as passes
 
         return getattr(passes, name)
+    if name == "QuantConfig":
+        from membound.passes.quantize_weights import QuantConfig
+
+        return QuantConfig
+    if name == "save_quantized":
+        from membound.quantized_io import save_quantized
+
+        return save_quantized
     if name == "explain":
         # the function lives in membound/explainer.py: a module named explain.py would replace this
         # attribute with the module as soon as anything imported it

@@ -55,7 +55,8 @@ class CompiledModel:
     def __init__(self, fn: Callable[..., Any], *, example_inputs: Optional[Sequence[Any]] = None,
                  backend: str = "auto", pipeline: Optional[PipelineLike] = None,
                  dump_ir: Optional[Union[str, os.PathLike[str]]] = None, fallback: Optional[str] = None,
-                 dynamic: bool = True, cuda_graphs: Optional[bool] = None) -> None:
+                 dynamic: bool = True, cuda_graphs: Optional[bool] = None, quantize: Any = None,
+                 quantized: Optional[Union[str, os.PathLike[str]]] = None) -> None:
         if not callable(fn):
             raise TypeError(f"membound.compile expects an nn.Module or a function, got {type(fn).__name__}")
         resolve_backend(backend)  # fail early on a bad name
@@ -66,6 +67,7 @@ class CompiledModel:
         self.fallback = fallback
         self.dynamic = dynamic
         self.cuda_graphs = cuda_graphs
+        self.quant_config = _quant_config(quantize, quantized)
         self.entries: list[CompiledEntry] = []
         if isinstance(fn, torch.nn.Module):
             self._module = fn
@@ -121,7 +123,7 @@ class CompiledModel:
                 dump_dir = dump_dir / f"capture-{len(self.entries)}"
             instruments.append(DumpIR(dump_dir))
         pipeline = self.pipeline if self.pipeline is not None else default_pipeline()
-        manager = PassManager(pipeline, instruments=instruments)
+        manager = PassManager(with_quantization(pipeline, self.quant_config), instruments=instruments)
         graph = manager.run(capture.graph, PassContext(cost=default_cost()))
         capture.graph = graph
         entry = CompiledEntry(capture, input_ir, graph, compile_graph(graph, self.backend), list(manager.records),
@@ -153,7 +155,8 @@ class CompiledModel:
 def compile(model_or_fn: Optional[Callable[..., Any]] = None, *, example_inputs: Optional[Sequence[Any]] = None,
             backend: str = "auto", pipeline: Optional[PipelineLike] = None,
             dump_ir: Optional[Union[str, os.PathLike[str]]] = None, fallback: Optional[str] = None,
-            dynamic: bool = True, cuda_graphs: Optional[bool] = None) -> Any:
+            dynamic: bool = True, cuda_graphs: Optional[bool] = None, quantize: Any = None,
+            quantized: Optional[Union[str, os.PathLike[str]]] = None) -> Any:
     """Compile a model or function; usable as ``compile(m)``, ``@compile`` and ``@compile(dump_ir=...)``.
 
     Args:
@@ -165,12 +168,39 @@ def compile(model_or_fn: Optional[Callable[..., Any]] = None, *, example_inputs:
         dynamic: capture batch/sequence dims symbolically (default) or specialise to the first shapes.
         cuda_graphs: replay generate()'s decode steps as CUDA graphs (default: on with the triton
             backend on a GPU, off otherwise).
+        quantize: weight-only quantization of the linears: ``"int8"``, ``"int4"`` (group 128), ``"fp8"``
+            or a ``membound.QuantConfig`` (group size, layers to skip); None (default) keeps the weights.
+            The ``quantize-weights`` pass runs after the other passes, where the cost model says it pays.
+        quantized: a folder written by ``membound.save_quantized``: its packed weights are used instead
+            of quantizing again (the scheme comes from the folder; ``quantize`` may be omitted).
     """
     options = dict(example_inputs=example_inputs, backend=backend, pipeline=pipeline, dump_ir=dump_ir,
-                   fallback=fallback, dynamic=dynamic, cuda_graphs=cuda_graphs)
+                   fallback=fallback, dynamic=dynamic, cuda_graphs=cuda_graphs, quantize=quantize,
+                   quantized=quantized)
     if model_or_fn is None:
         return lambda fn: CompiledModel(fn, **options)
     return CompiledModel(model_or_fn, **options)
+
+
+def _quant_config(quantize: Any, quantized: Optional[Union[str, os.PathLike[str]]]) -> Any:
+    """The ``QuantConfig`` of ``compile(quantize=..., quantized=...)``, or None."""
+    from membound.passes.quantize_weights import as_quant_config
+
+    config = as_quant_config(quantize)
+    if quantized is not None:
+        from membound.quantized_io import load_quantized
+
+        config = load_quantized(quantized, config)
+    return config
+
+
+def with_quantization(pipeline: PipelineLike, config: Any) -> list[Any]:
+    """``pipeline`` followed by ``quantize-weights`` (and a dead-code sweep) when ``config`` asks for it."""
+    if config is None:
+        return list(pipeline)
+    from membound.passes.quantize_weights import QuantizeWeights
+
+    return list(pipeline) + [QuantizeWeights(config), "dead-code-elimination"]
 
 
 class KVCacheError(RuntimeError):
@@ -225,8 +255,9 @@ def build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
     kwargs = {"use_cache": False} if _accepts_kwarg(compiled.fn, "use_cache") else {}
     capture = capture_export(compiled.fn, (example,), kwargs, dynamic=True, fallback=compiled.fallback)
     base = compiled.pipeline if compiled.pipeline is not None else default_pipeline()
-    pipeline = list(base) + ["fuse-attention", "insert-kv-cache", "merge-linear", "fuse-gated-linear", "canonicalize",
-                             "dead-code-elimination"]
+    pipeline = with_quantization(list(base) + ["fuse-attention", "insert-kv-cache", "merge-linear",
+                                                "fuse-gated-linear", "canonicalize", "dead-code-elimination"],
+                                 compiled.quant_config)
     instruments = [DumpIR(Path(compiled.dump_ir) / "kv-prefill")] if compiled.dump_ir else []
     ctx = PassContext(cost=default_cost())
     manager = PassManager(pipeline, instruments=instruments)

@@ -131,6 +131,10 @@ def _merge(graph: Graph, group: Sequence[Node], ctx: PassContext) -> bool:
     if _bias(group[0]) is not None:
         biases = [_bias(n) for n in group]
         inputs.append(_concat(graph, biases, _merged_name(graph, biases), TensorType(dtype, (sum(sizes),))))
+    # provenance of the merged weight (rows per original), so a saved quantized copy of either form is found
+    sources = dict(graph.meta.get("param_sources", {}))  # a new dict: graph copies share meta values
+    sources[inputs[1].name] = tuple((w.name, int(w.shape[0])) for w in weights)
+    graph.meta["param_sources"] = sources
     first = group[0]
     linear = graph.insert_before(first, graph.create_node("linear", inputs))
     split = graph.insert_before(first, graph.create_node("split", linear.results, {"dim": -1, "sizes": sizes}))

@@ -1,0 +1,274 @@
+"""quantize-weights: linears over parameter weights read int8 / int4 / fp8 weights instead (opt-in).
+
+```
+// before (a decode step's projection, bf16 weight: 2 bytes per weight)
+graph @f(%x: bf16[B, 1, 4096]) params(%w: bf16[14336, 4096]) {
+  %y = linear(%x, %w) : bf16[B, 1, 14336]
+  return %y
+}
+// after, scheme int4 with group_size 128 (0.5 byte per weight + 4 bytes of scale and offset per group)
+graph @f(%x: bf16[B, 1, 4096]) params(%w.qweight: u8[14336, 2048], %w.scales: bf16[14336, 32, 2]) {
+  %y = quant_linear(%x, %w.qweight, %w.scales) {scheme="int4", group_size=128, in_features=4096} : bf16[B, 1, 14336]
+  return %y
+}
+```
+
+Matches ``linear(x, W[, bias])``, ``gated_linear(gate, up, W)`` and ``matmul(x, W[K, N])`` (GPT-2's
+Conv1D, quantized as ``W.T``) whose weight is a 2-D float parameter
+holding a tensor, whose name matches none of the config's ``skip`` patterns (``fnmatch`` patterns on
+the parameter name, e.g. ``"*lm_head*"``). The packed weight and its scales become new parameters
+``<name>.qweight`` / ``<name>.scales``; a float weight nobody else reads is dropped (a tied embedding
+table keeps its float copy for the gather). A weight read by several linears is quantized once.
+
+Formats are those of ``membound.ir.ops.quant`` (int8 per-channel symmetric, int4 group-wise with
+scale and offset, fp8 e4m3 per-channel). Quantization runs once per compile; ``QuantConfig.cache``
+(shared by every capture of one compiled model) keeps the packed tensors so that recaptures and the
+prefill/decode graphs of ``generate`` reuse them, and ``QuantConfig.store`` supplies packed tensors
+saved earlier (``membound.save_quantized``) instead of quantizing again.
+
+When it fires: only when asked (``membound.compile(model, quantize=...)``), and then per linear when
+the cost model (``ctx.cost``) estimates the quantized op faster than the float one at the decode
+step's dims (every symbolic dim 1, or ``ctx.options["quantize-weights.dims"]``): fewer weight bytes
+against the dequantization FLOPs. Without a cost model it fires for every matched linear. Which
+kernel runs at which batch (fused dequantizing GEMV/GEMM, or dequantize-then-cuBLAS at prefill) is
+the backend's choice at run time, from the same roofline figures.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from membound.ir import Graph, Node, Value
+from membound.ir.ops.quant import SCHEMES, check_scheme, dequantize, num_groups, quantize
+from membound.ir.types import TensorType, dtype_name
+from membound.passes.gemv_regime import decode_dims, seconds
+from membound.passes.manager import PassContext, register_pass
+
+DEFAULT_GROUP_SIZE = 128
+
+
+@dataclass
+class QuantConfig:
+    """What to quantize and how.
+
+    ``scheme``: ``"int8"`` | ``"int4"`` | ``"fp8"``. ``group_size``: int4's group along K (32/64/128...).
+    ``skip``: ``fnmatch`` patterns on parameter names left in float (``("*lm_head*",)``); the default
+    policy skips nothing: every linear over a parameter weight is quantized where the cost model says
+    it pays, the output head included (at 1.24B it is a fifth of the bytes a token streams). Skip it when
+    the accuracy report (``membound.explain(..., quantize=...)``) says its error is too large.
+    """
+
+    scheme: str = "int8"
+    group_size: int = DEFAULT_GROUP_SIZE
+    skip: tuple[str, ...] = ()
+    # packed tensors per float weight, shared across captures: (id, version, scheme, group) -> (q, s)
+    cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
+    # packed tensors loaded from disk, by float parameter name (membound.load_quantized)
+    store: Optional[dict[str, tuple[torch.Tensor, torch.Tensor]]] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_scheme(self.scheme, self.group_size if self.scheme == "int4" else None, "QuantConfig")
+        if isinstance(self.skip, str):
+            self.skip = (self.skip,)
+        self.skip = tuple(self.skip)
+        if not all(isinstance(p, str) for p in self.skip):
+            raise TypeError(f"QuantConfig: skip must be name patterns (strings), got {self.skip!r}")
+
+    @property
+    def effective_group_size(self) -> int:
+        return self.group_size if self.scheme == "int4" else 0
+
+    def skips(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.skip)
+
+
+def as_quant_config(quantize: Union[None, str, QuantConfig]) -> Optional[QuantConfig]:
+    """``membound.compile(quantize=...)``'s argument as a config (None: no quantization)."""
+    if quantize is None or isinstance(quantize, QuantConfig):
+        return quantize
+    if isinstance(quantize, str):
+        if quantize not in SCHEMES:
+            raise ValueError(f"quantize={quantize!r}: expected one of {SCHEMES}, a membound.QuantConfig, or None")
+        return QuantConfig(scheme=quantize)
+    raise TypeError(f"quantize must be one of {SCHEMES}, a membound.QuantConfig or None, got {quantize!r}")
+
+
+# where each matched op keeps its weight; ``matmul(x, W[K, N])`` (GPT-2's Conv1D) is linear(x, W.T)
+_WEIGHT_INDEX = {"linear": 1, "gated_linear": 2, "matmul": 1}
+
+
+def _candidate(node: Node, config: QuantConfig) -> Optional[Value]:
+    """The weight of a linear this pass can quantize, else None."""
+    index = _WEIGHT_INDEX.get(node.op)
+    if index is None:
+        return None
+    w = node.inputs[index]
+    if w.kind != "param" or w.rank != 2 or not w.dtype.is_floating_point:
+        return None
+    if w.dtype == torch.float64 or config.skips(w.name):
+        return None
+    if node.op == "matmul" and (node.inputs[0].rank < 2 or node.inputs[0].dtype != w.dtype):
+        return None
+    return w
+
+
+def _nk(node: Node, w: Value) -> tuple[int, int]:
+    """(N, K) of the linear that ``node`` computes with weight ``w``."""
+    a, b = (int(d) for d in w.shape)
+    return (b, a) if node.op == "matmul" else (a, b)
+
+
+def _packed(graph: Graph, w: Value, transposed: bool, config: QuantConfig
+            ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The packed (qweight, scales) of parameter ``w`` (of ``w.T`` when ``transposed``): from the store,
+    the cache, or quantized now."""
+    tensor = graph.tensors.get(w.name)
+    if tensor is not None and transposed:
+        tensor = tensor.t()
+    saved = _from_store(graph, w.name, config)
+    if saved is not None:
+        q, s = saved
+        n, k = (int(d) for d in (reversed(w.shape) if transposed else w.shape))
+        want_q = (n, (k + 1) // 2 if config.scheme == "int4" else k)
+        if tuple(q.shape) != want_q or s.shape[0] != n:
+            raise ValueError(f"quantize-weights: the saved packed weight for {w.name!r} has shape {tuple(q.shape)}, "
+                             f"but the model's weight {tuple(w.shape)} needs {want_q}: the saved folder was made "
+                             f"from another model or scheme; quantize again and save")
+        device = tensor.device if tensor is not None else q.device
+        return q.to(device), s.to(device=device, dtype=w.dtype)
+    if tensor is None:
+        return None, None
+    if config.scheme == "fp8" and tensor.is_cuda and torch.cuda.get_device_capability(tensor.device) < (8, 9):
+        name = torch.cuda.get_device_name(tensor.device)
+        raise ValueError(f"quantize='fp8': {name} has no fp8 (it needs compute capability 8.9+, Ada or Hopper); "
+                         f"use quantize='int8' for the same bytes")
+    key = (id(graph.tensors[w.name]), tensor._version, transposed, config.scheme, config.effective_group_size)
+    hit = config.cache.get(key)
+    if hit is None:
+        hit = quantize(tensor, config.scheme, config.group_size)
+        config.cache[key] = hit
+    return hit
+
+
+def _from_store(graph: Graph, name: str, config: QuantConfig) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Saved packed tensors for parameter ``name``: saved under that name, or (a weight merge-linear
+    concatenated) the rows of its sources concatenated: every format quantizes rows independently."""
+    if config.store is None:
+        return None
+    if name in config.store:
+        return config.store[name]
+    sources = graph.meta.get("param_sources", {}).get(name)
+    if sources and all(src in config.store for src, _ in sources):
+        parts = [config.store[src] for src, _ in sources]
+        return torch.cat([q for q, _ in parts]), torch.cat([s for _, s in parts])
+    return None
+
+
+def _declines(ctx: PassContext, node: Node, quant: Node) -> Optional[str]:
+    if ctx.cost is None:
+        return None
+    dims = decode_dims(ctx, node.inputs, "quantize-weights.dims")
+    before, after = seconds(ctx, node, dims), seconds(ctx, quant, dims)
+    if after >= before:
+        return f"the cost model says {before:.3g}s in float and {after:.3g}s quantized"
+    return None
+
+
+def _quant_types(n: int, k: int, dtype: torch.dtype, config: QuantConfig) -> tuple[TensorType, TensorType]:
+    from membound.ir.ops.quant import QWEIGHT_DTYPE
+
+    if config.scheme == "int4":
+        g = num_groups(k, config.group_size)
+        return (TensorType(QWEIGHT_DTYPE["int4"], (n, (k + 1) // 2)), TensorType(dtype, (n, g, 2)))
+    return TensorType(QWEIGHT_DTYPE[config.scheme], (n, k)), TensorType(dtype, (n,))
+
+
+@register_pass("quantize-weights")
+class QuantizeWeights:
+    """Replace linears over parameter weights by weight-only quantized ones (``quant_linear``,
+    ``quant_gated_linear``) where the cost model says the fewer weight bytes pay."""
+
+    name = "quantize-weights"
+
+    def __init__(self, config: Union[None, str, QuantConfig] = None, **options: Any) -> None:
+        if config is None and options:
+            config = QuantConfig(**options)
+        self.config = as_quant_config(config) or QuantConfig()
+        self.__doc__ = type(self).__doc__
+
+    def __call__(self, graph: Graph, ctx: PassContext) -> bool:
+        config = self.config
+        made: dict[int, tuple[Value, Value]] = {}
+        changed = False
+        counts = {"quantized": 0, "declined": 0}
+        for node in list(graph.nodes):
+            w = _candidate(node, config)
+            if w is None:
+                continue
+            n, k = _nk(node, w)
+            if n < 1 or k < 1:
+                continue
+            transposed = node.op == "matmul"
+            pair = made.get((id(w), transposed))
+            if pair is None:
+                q_type, s_type = _quant_types(n, k, w.dtype, config)
+                scratch = Graph("quant_cost")
+                qv, sv = scratch.add_param("q", q_type), scratch.add_param("s", s_type)
+                probe = scratch.create_node(*self._replacement(node, [scratch.add_input(f"i{i}", v.type) for i, v in
+                                                                      enumerate(node.inputs)], qv, sv))
+                reason = _declines(ctx, node, probe)
+                if reason is not None:
+                    ctx.note(f"%{node.results[0].name} ({w.name}) left in {dtype_name(w.dtype)}: {reason}")
+                    counts["declined"] += 1
+                    continue
+                q, s = _packed(graph, w, transposed, config)
+                base = f"{w.name}.t" if transposed else w.name
+                pair = (graph.add_param(f"{base}.qweight", q_type, q), graph.add_param(f"{base}.scales", s_type, s))
+                made[(id(w), transposed)] = pair
+            op, inputs, attrs = self._replacement(node, list(node.inputs), *pair)
+            new = graph.insert_before(node, graph.create_node(op, inputs, attrs))
+            new.meta.update(node.meta)
+            new.meta["quantized_from"] = w.name
+            new.meta["quantized_transposed"] = transposed
+            graph.replace_all_uses(node.results[0], new.results[0])
+            graph.erase_node(node)
+            counts["quantized"] += 1
+            changed = True
+        if changed:
+            graph.remove_unused_params()
+            ctx.note(f"{counts['quantized']} linears to {config.scheme}"
+                     + (f" (group {config.group_size})" if config.scheme == "int4" else "")
+                     + (f", {counts['declined']} left in float" if counts["declined"] else ""))
+        return changed
+
+    def _replacement(self, node: Node, inputs: Sequence[Value], q: Value, s: Value
+                     ) -> tuple[str, list[Value], dict[str, Any]]:
+        config = self.config
+        attrs: dict[str, Any] = {"scheme": config.scheme, "group_size": config.effective_group_size,
+                                 "in_features": _nk(node, node.inputs[_WEIGHT_INDEX[node.op]])[1]}
+        if node.op in ("linear", "matmul"):
+            return "quant_linear", [inputs[0], q, s] + list(inputs[2:]), attrs
+        attrs["act"] = node.attrs.get("act", "silu")
+        return "quant_gated_linear", [inputs[0], inputs[1], q, s], attrs
+
+
+def dequantized_weights(graph: Graph) -> dict[str, torch.Tensor]:
+    """For every quantized linear of ``graph``: the float weight its packed tensors stand for, by the
+    original parameter name (what an eager model with dequantized weights would hold)."""
+    out: dict[str, torch.Tensor] = {}
+    for node in graph.nodes:
+        if node.op not in ("quant_linear", "quant_gated_linear"):
+            continue
+        qi = 1 if node.op == "quant_linear" else 2
+        q, s = graph.tensors.get(node.inputs[qi].name), graph.tensors.get(node.inputs[qi + 1].name)
+        if q is None or s is None:
+            continue
+        a = node.attrs
+        w = dequantize(q, s, a["scheme"], a["group_size"], a["in_features"])
+        out[node.meta.get("quantized_from", node.inputs[qi].name)] = (
+            w.t() if node.meta.get("quantized_transposed") else w)
+    return out
