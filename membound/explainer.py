@@ -47,6 +47,7 @@ class Explanation:
     max_rows: Optional[int] = None
     plot_path: Optional[Path] = None
     notes: list[str] = field(default_factory=list)
+    quantization: Any = None  # a membound.quant_report.QuantReport when explain(quantize=...) ran
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """``{"<stage> <phase>": totals}`` at the explained dims (see ``PhaseCost.at``), plus per-unit figures."""
@@ -99,6 +100,8 @@ class Explanation:
                 parts.append(format_table(self.tables[key], title, free_count=self.free_counts[key],
                                           max_rows=self.max_rows))
         parts.append(self.format_summary())
+        if self.quantization is not None:
+            parts.append(str(self.quantization))
         return "\n\n".join(parts)
 
 
@@ -115,7 +118,7 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
             cache_len: Optional[int] = None, dims: Optional[dict[str, int]] = None, show: str = "decode",
             out: Optional[Union[str, os.PathLike[str]]] = None, name: Optional[str] = None,
             measure: Union[bool, str] = "auto", pipeline: Optional[Sequence[Any]] = None,
-            max_rows: Optional[int] = None) -> Explanation:
+            max_rows: Optional[int] = None, quantize: Any = None) -> Explanation:
     """Roofline tables, summary and plot for a model, a ``CompiledModel`` or an IR ``Graph``.
 
     Args:
@@ -128,10 +131,18 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
         measure: time each node's torch op on the GPU next to the prediction ("auto": when CUDA exists).
         pipeline: passed to ``membound.compile`` when a model is given.
         max_rows: list only the slowest rows of each table.
+        quantize: ``"int8"`` / ``"int4"`` / ``"fp8"`` / a ``membound.QuantConfig``: the "after" tables show
+            the quantized model's bytes, and (for a model with real weights) an accuracy report gives
+            each quantized layer's relative output error and the final logits' error on the
+            calibration batch (``example_inputs``).
     """
     if show not in PHASES:
         raise ValueError(f"explain: show must be one of {PHASES}, got {show!r}")
-    graphs = _graphs(model_or_compiled, example_inputs, pipeline)
+    quant_report = None
+    if quantize is not None:
+        graphs, quant_report = _quantized_graphs(model_or_compiled, example_inputs, pipeline, quantize)
+    else:
+        graphs = _graphs(model_or_compiled, example_inputs, pipeline)
     name = name or _name_of(model_or_compiled, graphs["before"])
     hardware = hardware or Hardware.detect()
     cost = RooflineCost(hardware)
@@ -152,6 +163,7 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
             tables[(stage, phase)] = make_rows(items, measured)
             free[(stage, phase)] = sum(1 for _, c in pc.items if c.free)
     explanation = Explanation(name, hardware, phase_dims, phases, tables, free, show, max_rows)
+    explanation.quantization = quant_report
     if "after" not in graphs:
         explanation.notes.append("no pipeline ran (an IR graph was given): 'after' is not shown")
     for stage, graph in graphs.items():
@@ -214,6 +226,27 @@ def _graphs(obj: Any, example_inputs: Optional[Sequence[Any]], pipeline: Optiona
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     compiled = membound.compile(obj, example_inputs=args, backend="reference", pipeline=pipeline)
     return {"before": compiled.input_ir, "after": compiled.ir}
+
+
+def _quantized_graphs(obj: Any, example_inputs: Optional[Sequence[Any]], pipeline: Optional[Sequence[Any]],
+                      quantize: Any) -> tuple[dict[str, Graph], Any]:
+    """Graphs before / after a pipeline that ends in quantize-weights, and the accuracy report."""
+    import membound
+    from membound.quant_report import quantization_report
+
+    if isinstance(obj, Graph) or not isinstance(getattr(obj, "_module", obj), torch.nn.Module):
+        raise TypeError("explain(quantize=...) needs an nn.Module (its weights are what is quantized), got "
+                        f"{type(obj).__name__}")
+    module = getattr(obj, "_module", None) or obj
+    if example_inputs is None:
+        example_inputs = _default_inputs(module)
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    plain = membound.compile(module, example_inputs=args, backend="reference", pipeline=pipeline)
+    quant = membound.compile(module, example_inputs=args, backend="reference", pipeline=pipeline, quantize=quantize)
+    weights = dict(module.named_parameters(remove_duplicate=False))
+    inputs = quant.entries[-1].capture.flatten_inputs(args, {})
+    report = quantization_report(plain.ir, quant.ir, weights, inputs)
+    return {"before": plain.input_ir, "after": quant.ir}, report
 
 
 def _default_inputs(model: Any) -> tuple[torch.Tensor]:

@@ -118,3 +118,17 @@ def test_save_and_load_errors_name_the_problem(tmp_path) -> None:
     membound.save_quantized(compiled, tmp_path)
     with pytest.raises(ValueError, match="disagrees with the folder"):
         membound.compile(model, quantize="int4", quantized=tmp_path)
+
+
+def test_explain_reports_bytes_and_per_layer_accuracy() -> None:
+    model, _ = _build("llama-tiny")
+    report = membound.explain(model, quantize="int8", measure=False)
+    acc = report.quantization
+    assert len(acc.layers) == 15  # 7 linears per layer x 2 layers + the output head
+    assert all(0 < e.rel_error < 0.02 for e in acc.layers)
+    assert 0 < acc.output_error < 0.06
+    text = str(report)
+    assert "quantization accuracy" in text and "output.weight" in text
+    summary = report.summary()
+    # int8 weights: the decode step moves fewer bytes after the pipeline than before it
+    assert summary["after decode"]["bytes"] < 0.7 * summary["before decode"]["bytes"]

@@ -1,0 +1,113 @@
+"""The accuracy of a quantized model: per quantized layer, the relative error of its output against the
+same layer with the float weight, on the same (calibration) input; and the error of the final output.
+
+    report = quantization_report(float_graph, quantized_graph, float_weights, inputs)
+    print(report)
+
+Each layer is compared on the *quantized* model's own activations (both products read the same input),
+so a row is the error that layer adds, not the error accumulated before it; the last line is the
+accumulated error at the output. Errors are ``||y_q - y|| / ||y||`` over the calibration batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from membound.backends.reference import run_graph
+from membound.ir.graph import Graph
+
+QUANT_OPS = ("quant_linear", "quant_gated_linear")
+
+
+@dataclass
+class LayerError:
+    node: str
+    weight: str
+    scheme: str
+    shape: tuple[int, int]
+    rel_error: float
+
+
+@dataclass
+class QuantReport:
+    layers: list[LayerError] = field(default_factory=list)
+    output_error: Optional[float] = None
+    note: str = ""
+
+    def __str__(self) -> str:
+        if not self.layers:
+            return f"quantization accuracy: {self.note or 'no quantized layer'}"
+        width = max(len(e.weight) for e in self.layers)
+        shape_width = max(len(f"[{e.shape[0]}, {e.shape[1]}]") for e in self.layers)
+        lines = ["quantization accuracy (relative output error of each layer against its float weight, "
+                 "same input; calibration batch)"]
+        for e in self.layers:
+            shape = f"[{e.shape[0]}, {e.shape[1]}]"
+            lines.append(f"  {e.weight:<{width}}  {e.scheme:<4}  {shape:<{shape_width}}  {e.rel_error:.3e}")
+        if self.output_error is not None:
+            lines.append(f"  model output (logits) vs the unquantized model: {self.output_error:.3e}")
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        return "\n".join(lines)
+
+
+def _float_weight(graph: Graph, name: str, weights: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+    if name in weights:
+        return weights[name]
+    sources = graph.meta.get("param_sources", {}).get(name)
+    if sources and all(src in weights for src, _ in sources):
+        return torch.cat([weights[src] for src, _ in sources])
+    return None
+
+
+def quantization_report(float_graph: Graph, quant_graph: Graph, weights: dict[str, torch.Tensor],
+                        inputs: Sequence[torch.Tensor]) -> QuantReport:
+    """Compare ``quant_graph`` with ``float_graph`` on ``inputs`` (see the module docstring).
+
+    ``weights``: the float parameters by name (a model's ``named_parameters``)."""
+    if any(t.device.type == "meta" for t in inputs) or any(t.device.type == "meta" for t in weights.values()):
+        return QuantReport(note="the model is on the meta device: the accuracy report needs real weights")
+    probe = quant_graph.copy()
+    outputs = list(probe.outputs)
+    pairs: list[tuple[int, LayerError]] = []
+    for node in list(probe.nodes):
+        if node.op not in QUANT_OPS:
+            continue
+        name = node.meta.get("quantized_from")
+        w = _float_weight(probe, name, weights) if name else None
+        if w is None:
+            continue
+        if node.meta.get("quantized_transposed"):
+            w = w.t()
+        wv = probe.add_param(f"{name}.float_probe", _type_of(w), w)
+        if node.op == "quant_linear":
+            ref = probe.create_node("linear", [node.inputs[0], wv] + list(node.inputs[3:]))
+        else:
+            ref = probe.create_node("gated_linear", [node.inputs[0], node.inputs[1], wv], {"act": node.attrs["act"]})
+        probe.append(ref)
+        a = node.attrs
+        layer = LayerError(node.results[0].name, name, a["scheme"], (int(w.shape[0]), int(w.shape[1])), 0.0)
+        pairs.append((len(outputs), layer))
+        outputs += [node.results[0], ref.results[0]]
+    probe.outputs = outputs
+    with torch.no_grad():
+        got = run_graph(probe, list(inputs))
+        exact = run_graph(float_graph, list(inputs))
+    report = QuantReport()
+    for index, layer in pairs:
+        q, f = got[index].float(), got[index + 1].float()
+        layer.rel_error = float((q - f).norm() / f.norm().clamp_min(1e-30))
+        report.layers.append(layer)
+    if got and exact:
+        q, f = got[0].float(), exact[0].float()
+        report.output_error = float((q - f).norm() / f.norm().clamp_min(1e-30))
+    return report
+
+
+def _type_of(t: torch.Tensor):
+    from membound.ir.types import TensorType
+
+    return TensorType(t.dtype, tuple(t.shape))
