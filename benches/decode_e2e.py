@@ -12,12 +12,18 @@ tokens after the same random ``--prompt``-token prompts:
 - ``compile``: the same model's one-token step under ``torch.compile(mode="reduce-overhead",
   fullgraph=True)`` (prefill eager), compiled afresh per batch (``torch._dynamo.reset()``: static shapes);
   ``--cd-tuning`` adds gpt-fast's Inductor ``coordinate_descent_tuning`` (faster GEMVs, longer compiles);
+- ``compile-int8``: the same, every linear (the head too) replaced by gpt-fast's weight-only int8 linear
+  (``F.linear(x, W.to(x.dtype)) * scales``) holding the int8 values and scales membound's int8 uses;
 - ``hf``: ``transformers.LlamaForCausalLM`` holding the built-in's tensors, ``generate(...,
   cache_implementation="static")`` (which compiles itself on CUDA); its logits are checked first;
 - ``membound <backend>``: ``membound.generate(membound.compile(model, backend=...), ids, N)`` for
-  ``reference``, ``triton`` and a CUDA-graph variant when membound exposes one;
-- ``roofline``: N steps x (all weights once + K/V of the live context) / the read bandwidth of
-  ``x.sum()`` over 2 GiB measured in this run (so "% roofline" is also "% of read bandwidth").
+  ``reference``, ``triton`` and a CUDA-graph variant when membound exposes one; ``--quantize int8,int4``
+  adds ``membound triton+graphs <scheme>`` rows (``compile(..., quantize=scheme)``);
+- ``roofline``: N steps x (the bytes a step must read: every weight it streams once + K/V of the live
+  context) / the read bandwidth of ``x.sum()`` over 2 GiB measured in this run (so "% roofline" is also
+  "% of read bandwidth"). An untied input embedding table is gathered (one row per token), not
+  streamed, so it is not counted; a tied one is streamed once, as the head. Quantized rows count their
+  own weights: the packed weights and scales of the decode graph plus the float parameters it streams.
 
 Correctness first: each contender's cold call (N tokens if it compiles, else 16) must give the eager
 model's first 16 greedy tokens (bf16 may diverge after a few: the first divergence is reported, not
@@ -56,14 +62,15 @@ for _p in (str(ROOT), str(ROOT / "benches")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from static_cache_llama import StaticCacheLlama  # noqa: E402
+from static_cache_llama import StaticCacheLlama, quantize_int8  # noqa: E402
 
 import membound  # noqa: E402
 from membound.models import build_model, get_config  # noqa: E402
 from membound.models.llama import Llama, LlamaConfig  # noqa: E402
 
 Generate = Callable[[torch.Tensor, int], torch.Tensor]  # (ids [B, P], n) -> [B, P + n]
-CONTENDERS = ("eager", "membound", "compile", "hf")  # default run order: the long compiles last (--budget-s)
+# default run order: the long compiles last (--budget-s)
+CONTENDERS = ("eager", "membound", "compile", "compile-int8", "hf")
 CHECK_TOKENS = 16  # greedy tokens compared across contenders
 
 
@@ -89,6 +96,7 @@ class Row:
     wall_s: Optional[float] = None  # everything this row took, compiles included
     note: str = ""
     error: str = ""
+    weight_bytes: Optional[int] = None  # bytes a decode step streams, when not the model's (quantized rows)
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -274,8 +282,9 @@ class MemboundVariant:
     unavailable: str = ""  # "failed: ..." or "skipped: ..." when it cannot run
 
 
-def membound_variants(backends: list[str]) -> list[MemboundVariant]:
-    """reference; triton if it resolves; a CUDA-graph variant if membound exposes an option for one."""
+def membound_variants(backends: list[str], schemes: tuple[str, ...] = ()) -> list[MemboundVariant]:
+    """reference; triton if it resolves; a CUDA-graph variant if membound exposes an option for one; then the
+    last of those once per quantization scheme."""
     from membound.backends import BACKENDS, resolve_backend
 
     out = []
@@ -292,7 +301,40 @@ def membound_variants(backends: list[str]) -> list[MemboundVariant]:
             out.append(graphs_variant(BACKENDS))
         else:
             raise ValueError(f"--membound-backends: unknown {name!r}; use reference, triton, triton+graphs")
+    base = out[-1] if out else None
+    for scheme in schemes:
+        if base is None:
+            raise ValueError("--quantize needs a membound backend (--membound-backends) to quantize")
+        out.append(MemboundVariant(f"{base.label} {scheme}", dict(base.compile_kwargs, quantize=scheme), {},
+                                   base.unavailable))
     return out
+
+
+def streamed_bytes_graph(compiled: Any) -> int:
+    """Bytes of the parameters membound's decode graph streams: every parameter except tables read only by
+    ``embedding`` gathers."""
+    graph = compiled._kv_program.decode_graph
+    users: dict[str, set[str]] = {}
+    for node in graph.nodes:
+        for v in node.inputs:
+            if v.kind == "param":
+                users.setdefault(v.name, set()).add(node.op)
+    total = 0
+    for p in graph.params:
+        t = graph.tensors.get(p.name)
+        if t is not None and users.get(p.name, set()) - {"embedding"}:
+            total += t.numel() * t.element_size()
+    return total
+
+
+def streamed_bytes_static(model: StaticCacheLlama) -> int:
+    """Bytes the int8 static-cache model streams per step: its linears' int8 weights and scales, the norms."""
+    total = 0
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name == "tok_embeddings.weight" or "cache" in name or name.startswith("rope_") or name == "causal_mask":
+            continue
+        total += t.numel() * t.element_size()
+    return total
 
 
 def graphs_variant(backends: tuple[str, ...]) -> MemboundVariant:
@@ -347,7 +389,8 @@ class Bench:
             self.save()
 
     def measure(self, model: str, batch: int, contender: str, gen: Generate, ids: torch.Tensor,
-                ref: torch.Tensor, warm_calls: int, compiled: bool, info: dict[str, Any], note: str = "") -> None:
+                ref: torch.Tensor, warm_calls: int, compiled: bool, info: dict[str, Any], note: str = "",
+                weight_bytes: Optional[Callable[[], int]] = None) -> None:
         """Cold call, warm calls, timed call of ``gen``; a failure becomes a ``failed:`` row.
 
         The cold call generates N tokens for a compiled contender (so its compile-time shapes are the
@@ -373,7 +416,10 @@ class Bench:
             row.match_prefix, row.first_divergence = agreement(cold[:, P:], ref)
             row.compared = ref.numel()
             row.tokens_per_s = batch * n / row.timed_s
-            nbytes = step_bytes_total(info["weight_bytes"], info["kv_bytes_per_token"], batch, P, n)
+            streamed = weight_bytes() if weight_bytes is not None else info["weight_bytes"]
+            if weight_bytes is not None:
+                row.weight_bytes = streamed
+            nbytes = step_bytes_total(streamed, info["kv_bytes_per_token"], batch, P, n)
             row.gbps = nbytes / row.timed_s / 1e9
             row.pct_roofline = 100 * row.gbps / self.record["read_bandwidth_gbps"]
             if self.record.get("copy_bandwidth_gbps"):
@@ -397,7 +443,12 @@ class Bench:
         model = build_model(name, dtype=dtype, device=device)
         itemsize = torch.empty((), dtype=dtype).element_size()
         info: dict[str, Any] = {
-            "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            # what a step must stream: an untied input embedding is gathered (a row per token), not streamed
+            "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters())
+            - (0 if cfg.tie_embeddings else model.tok_embeddings.weight.numel() * itemsize),
+            "roofline_formula": "N * weight_bytes + B * kv_bytes_per_token * (N * P + N * (N - 1) / 2) bytes "
+                                "over N steps (the prefill counts as one step reading the prompt's K/V), "
+                                "weight_bytes = all parameters - the gathered input embedding (untied)",
             "kv_bytes_per_token": 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * itemsize,
             "embedding_bytes_gathered_not_streamed": 0 if cfg.tie_embeddings else
             model.tok_embeddings.weight.numel() * itemsize,
@@ -424,10 +475,15 @@ class Bench:
                                  prompts[b], refs[b], 0, False, info)
             elif contender == "compile":
                 self.run_compile(name, static, prompts, refs, info)
+            elif contender == "compile-int8":
+                int8 = quantize_int8(StaticCacheLlama.from_builtin(model))
+                self.run_compile(name, int8, prompts, refs, info, label="compile-int8",
+                                 weight_bytes=lambda m=int8: streamed_bytes_static(m))
+                del int8
             elif contender == "hf":
                 self.run_hf(name, model, prompts, refs, info)
             elif contender == "membound":
-                for variant in membound_variants(args.membound_backends):
+                for variant in membound_variants(args.membound_backends, args.quantize):
                     self.run_membound(name, model, variant, prompts, refs, info)
                     free_memory()  # the variant's compiled model (merged weights) is gone with its frame
             free_memory()
@@ -438,7 +494,8 @@ class Bench:
                          pct_roofline=100.0, timed_s=roof_s, note="weights once + live K/V per step at read bw"))
 
     def run_compile(self, name: str, static: StaticCacheLlama, prompts: dict[int, torch.Tensor],
-                    refs: dict[int, torch.Tensor], info: dict[str, Any]) -> None:
+                    refs: dict[int, torch.Tensor], info: dict[str, Any], label: str = "compile",
+                    weight_bytes: Optional[Callable[[], int]] = None) -> None:
         """gpt-fast: the one-token step under reduce-overhead (one CUDA graph), compiled afresh per batch."""
         import torch._inductor.config as inductor_config
 
@@ -452,8 +509,8 @@ class Bench:
                 static.setup_caches(b, P + n)
                 reset_dynamo()
                 step = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
-                self.measure(name, b, "compile", lambda ids, m, step=step: static_generate(static, step, ids, m),
-                             prompts[b], refs[b], 1, True, info, note=note)
+                self.measure(name, b, label, lambda ids, m, step=step: static_generate(static, step, ids, m),
+                             prompts[b], refs[b], 1, True, info, note=note, weight_bytes=weight_bytes)
                 self.flag_cudagraph_skips()
         finally:
             inductor_config.coordinate_descent_tuning = saved
@@ -501,9 +558,11 @@ class Bench:
         options = variant.generate_kwargs
         warm = 0 if variant.compile_kwargs.get("backend") == "reference" else 1
         note = f"compile{variant.compile_kwargs} generate{options}; one compiled model across batches"
+        quantized = variant.compile_kwargs.get("quantize") is not None
         for b in self.args.batches:
             self.measure(name, b, variant.label, lambda ids, m: membound.generate(compiled, ids, m, **options),
-                         prompts[b], refs[b], warm, True, info, note=note)
+                         prompts[b], refs[b], warm, True, info, note=note,
+                         weight_bytes=(lambda: streamed_bytes_graph(compiled)) if quantized else None)
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -578,6 +637,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--membound-backends", default="reference,triton,triton+graphs")
+    p.add_argument("--quantize", default="",
+                   help="comma-separated schemes (int8,int4,fp8): membound triton+graphs rows with quantize=scheme")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for a copy of the result file")
     p.add_argument("--budget-s", type=float, default=None,
                    help="skip contenders that would start after this many seconds (GPU default 510)")
@@ -595,6 +656,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.contenders = [c for c in args.contenders.split(",") if c]
     args.membound_backends = [c for c in args.membound_backends.split(",") if c]
+    args.quantize = [q for q in args.quantize.split(",") if q]
     unknown = [c for c in args.contenders if c not in CONTENDERS]
     if unknown:
         p.error(f"--contenders: unknown {unknown}; choose from {', '.join(CONTENDERS)}")

@@ -133,5 +133,35 @@ class StaticCacheLlama(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos)
         x = self.norm(x)
-        head = self.tok_embeddings.weight if self.output is None else self.output.weight
-        return F.linear(x, head)  # [B, S, V]
+        if self.output is None:  # tied: the embedding table is the head
+            return F.linear(x, self.tok_embeddings.weight)  # [B, S, V]
+        return self.output(x)  # [B, S, V] (an nn.Linear, or a weight-only int8 one)
+
+
+class WeightOnlyInt8Linear(nn.Module):
+    """gpt-fast's weight-only int8 linear: ``F.linear(x, W_int8.to(x.dtype)) * scales`` (per output channel),
+    the form torch.compile fuses into one dequantizing GEMV. Built from membound's int8 packing so that
+    both contenders hold the same int8 values and scales."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        from membound.ir.ops.quant import quantize
+
+        q, s = quantize(weight, "int8")
+        self.register_buffer("weight", q)  # int8 [N, K]
+        self.register_buffer("scales", s)  # [N], the activation dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(dtype=x.dtype)) * self.scales
+
+
+def quantize_int8(model: StaticCacheLlama) -> StaticCacheLlama:
+    """Replace every linear (the output head too, tied or not) with :class:`WeightOnlyInt8Linear`, in place."""
+    for layer in model.layers:
+        attn, ffn = layer.attention, layer.feed_forward
+        for parent, names in ((attn, ("wq", "wk", "wv", "wo")), (ffn, ("w1", "w2", "w3"))):
+            for name in names:
+                setattr(parent, name, WeightOnlyInt8Linear(getattr(parent, name).weight))
+    head = model.tok_embeddings.weight if model.output is None else model.output.weight
+    model.output = WeightOnlyInt8Linear(head)
+    return model
