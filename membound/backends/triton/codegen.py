@@ -36,7 +36,7 @@ from membound.ir.printer import format_node
 POINTWISE_BLOCK = 1024
 # library ops told when their weight (input at this index) is a parameter: ``static_weight=True``
 # (a launch hint; see kernels.linear). The torch reference standing in for them ignores it.
-STATIC_WEIGHT_INPUT = {"linear": 1, "gated_linear": 2}
+STATIC_WEIGHT_INPUT = {"linear": 1, "gated_linear": 2, "quant_linear": 1, "quant_gated_linear": 2}
 LAUNCH_HINTS = ("static_weight",)
 
 

@@ -10,7 +10,7 @@ the op's torch reference for the cases its kernel does not cover (each module's 
 them; CPU tensors run the kernels only under ``TRITON_INTERPRET=1``). ``trace()`` records which path
 each call took. Launchers that need more than the IR op gives take extra keyword arguments, all
 optional: ``cached_attention(..., max_len=)`` (a host-known bound of the filled cache length) and
-``config=`` (tile overrides) on ``linear`` and ``cached_attention``.
+``config=`` (tile overrides) on ``linear``, ``quant_linear`` and ``cached_attention``.
 
 ``FUSED`` holds launchers for op combinations that are not one IR op (``add_rms_norm``: the residual
 add fused into the norm, returning both).
@@ -26,6 +26,12 @@ from membound.backends.triton.kernels.decode_attention import DecodeConfig, cach
 from membound.backends.triton.kernels.embedding import embedding
 from membound.backends.triton.kernels.linear import SMALL_M, LinearConfig, gated_linear, linear, linear_bytes
 from membound.backends.triton.kernels.norm import add_rms_norm, rms_norm, rms_norm_bytes
+from membound.backends.triton.kernels.quant_matmul import (
+    QuantConfig,
+    quant_gated_linear,
+    quant_linear,
+    quant_linear_bytes,
+)
 
 LIBRARY: dict[str, Callable] = {
     "linear": linear,
@@ -34,6 +40,8 @@ LIBRARY: dict[str, Callable] = {
     "cache_write": cache_write,
     "rms_norm": rms_norm,
     "embedding": embedding,
+    "quant_linear": quant_linear,
+    "quant_gated_linear": quant_gated_linear,
 }
 
 FUSED: dict[str, Callable] = {
@@ -41,7 +49,7 @@ FUSED: dict[str, Callable] = {
 }
 
 __all__ = [
-    "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "LinearConfig", "add_rms_norm", "cache_write", "cache_write_bytes",
-    "cached_attention", "cached_attention_bytes", "embedding", "gated_linear", "linear", "linear_bytes", "rms_norm",
-    "rms_norm_bytes", "trace",
+    "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "LinearConfig", "QuantConfig", "add_rms_norm", "cache_write",
+    "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding", "gated_linear", "linear", "linear_bytes",
+    "quant_gated_linear", "quant_linear", "quant_linear_bytes", "rms_norm", "rms_norm_bytes", "trace",
 ]

@@ -1,0 +1,582 @@
+"""Weight-only quantized matmuls (W8A16, W4A16, W8(fp8)A16): the IR ops ``quant_linear`` and ``quant_gated_linear``.
+
+``y[M, N] = x[M, K] @ dequantize(qweight, scales)[N, K]^T (+ bias)`` where the weight is stored packed in
+one of the formats of ``membound/ir/ops/quant.py`` (int8 per channel, int4 group-wise with (scale,
+offset) per group, fp8 e4m3 per channel) and is dequantized in registers, never in memory. At decode the
+time is the time to stream the packed weight, so int8 halves it and int4 quarters it against bf16.
+
+One kernel, ``_quant_matmul``, built like ``linear.py``'s ``_linear_small_m``: each program owns
+``BLOCK_N`` weight rows (output columns) and walks K in tiles, loading each packed byte once; the few x
+rows are re-read per program from L2. Two inner products, chosen by ``USE_DOT``:
+
+- ``USE_DOT=False`` (M <= 2, the GEMV): codes are converted to fp32 and multiply-accumulated into
+  ``acc[BLOCK_M, BLOCK_N, BLOCK_KW]`` (no tensor cores), reduced over K once at the end. int8/fp8: the
+  per-channel scale is applied once, in the epilogue. int4: a tile lies inside one group (``BLOCK_K``
+  divides ``group_size``), so one (scale, offset) per row and tile: ``w = q * s + o`` is one FMA.
+- ``USE_DOT=True`` (M = 3..32, and the fused prefill kernel): the tile is dequantized to x's dtype (for
+  int4 as the reference rounds it: ``(q * s + o)`` in fp32, then to the dtype) and fed to ``tl.dot``.
+
+int4 keeps the packed layout: byte ``j`` of a row holds ``k = 2j`` (low nibble) and ``2j + 1`` (high
+nibble), so a tile of ``BLOCK_K`` elements is ``BLOCK_K / 2`` contiguous bytes per row and is multiplied
+by two strided views of x (even and odd columns): two FMAs (or two ``tl.dot`` s) per byte, no shuffle.
+A tile wider than a group (a ``config`` that asks for it, or group 16 on the dot path) gathers the
+group's scale per element instead: correct, slower.
+
+fp8 codes are converted natively (``cvt`` e4m3 -> f16/bf16) on sm_89+ and under the interpreter; older
+cards decode the bits (``FP8_BITS``): e4m3's sign, exponent and mantissa shifted into an fp16 are the
+value / 256 (exponent biases 7 and 15), subnormals included, and the 256 joins the channel scale.
+
+Split-K, PDL and ``static_weight`` work as in ``linear.py``: split programs store fp32 partials and the
+last to arrive reduces them in split order (one launch, deterministic); under programmatic dependent
+launch the first packed tile (and its scales) of a parameter is loaded before the wait.
+
+M > 32 (prefill) is compute-bound as M grows: :func:`prefill_path` compares two roofline times on the
+device's spec (``membound.cost``: bandwidth ``B``, tensor-core rate ``F`` at x's precision):
+
+    fused  = max(m_blocks * P / B, 2MNK / (FUSED_MMA_SHARE * F))      (P: packed weight + scales; the
+                                                                       fused kernel re-reads it per
+                                                                       64-row block of M)
+    cublas = (P + 2D) / B + max((D + x + y) / B, 2MNK / F)            (D: the weight dequantized to x's
+                                                                       dtype: written, then read)
+
+and takes the smaller. ``FUSED_MMA_SHARE = 0.5``: the fused kernel issues the dequantization (about
+four instructions per weight element, per M block) from the same warps that feed the tensor cores, and
+its tiles are sized for streaming (64 rows), so it is assumed to reach half of the tensor-core rate that
+cuBLAS reaches; ``benches/quant_matmul.py`` times both paths at M = 64 to check the figure.
+
+Falls back to the torch reference (dequantize, then ``F.linear``) for: activations other than
+fp16/bf16/fp32, a qweight whose rows are not contiguous, CPU tensors without ``TRITON_INTERPRET=1``,
+empty products.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from membound.backends.triton.kernels._launch import (
+    arrive_last,
+    cdiv,
+    check_out,
+    fallback,
+    launchable,
+    next_pow2,
+    note,
+    pdl_enter,
+    pdl_options,
+    reset_counter,
+    sm_count,
+    split_counters,
+    unsupported_device,
+    unsupported_dtype,
+)
+from membound.ir.ops.quant import QWEIGHT_DTYPE, SCHEMES, check_scheme, dequantize, num_groups
+
+SMALL_M = 32  # decode: the GEMV (M <= 2) and the skinny tensor-core kernel (M <= 32); beyond, prefill_path
+GEMV_M = 2
+PREFILL_BLOCK_M = 64
+FUSED_MMA_SHARE = 0.5  # the fused kernel's assumed share of the tensor-core rate (module docstring)
+SCHEME_CODE = {"int8": 0, "int4": 1, "fp8": 2}
+
+
+@triton.jit
+def _x_tile(x_ptr, u_ptr, ms, m_ok, ks, k_end, stride_xm, stride_um, GATED: tl.constexpr):
+    """x rows ``ms`` at columns ``ks`` (zeros from ``k_end`` on); gated: ``silu(gate) * up`` rounded as eager
+    rounds it (each product to the dtype), never stored."""
+    mask = m_ok[:, None] & (ks < k_end)[None, :]
+    x = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
+    if GATED:
+        u = tl.load(u_ptr + ms[:, None] * stride_um + ks[None, :], mask=mask, other=0.0)
+        xf = x.to(tl.float32)
+        g = (xf / (1.0 + tl.exp(-xf))).to(x.dtype)
+        x = (g.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
+    return x
+
+
+@triton.jit
+def _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME: tl.constexpr, GROUP: tl.constexpr,
+            BLOCK_KW: tl.constexpr, TRANS: tl.constexpr):
+    """The packed tile of this program's rows at weight columns ``[c0, c0 + BLOCK_KW)`` (bytes for int4, two
+    elements each): ``(raw, s, o)``.
+
+    ``raw`` is ``[BLOCK_N, BLOCK_KW]`` (``TRANS``: ``[BLOCK_KW, BLOCK_N]``) of codes; zeros from ``c_end`` on.
+    For int4 ``s``, ``o`` are the group scale and offset in fp32, shaped to broadcast against ``raw``; for
+    int8/fp8 they are unused zeros (the channel scale is applied in the epilogue).
+    """
+    cols = c0 + tl.arange(0, BLOCK_KW)
+    col_ok = cols < c_end
+    if TRANS:
+        raw = tl.load(q_rows[None, :] + cols[:, None], mask=row_ok[None, :] & col_ok[:, None], other=0)
+    else:
+        raw = tl.load(q_rows[:, None] + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0)
+    s = 0.0
+    o = 0.0
+    if SCHEME == 1:
+        GROUP_BYTES: tl.constexpr = GROUP // 2
+        if BLOCK_KW <= GROUP_BYTES:
+            # the whole tile is in one group: one (scale, offset) per row
+            g_ptr = s_rows + (c0 // GROUP_BYTES) * 2
+            s = tl.load(g_ptr, mask=row_ok, other=0.0).to(tl.float32)
+            o = tl.load(g_ptr + 1, mask=row_ok, other=0.0).to(tl.float32)
+            if TRANS:
+                s = s[None, :]
+                o = o[None, :]
+            else:
+                s = s[:, None]
+                o = o[:, None]
+        else:
+            # the tile spans several groups: gather each element's (scale, offset) (L1 hits, but per element)
+            grp = cols // GROUP_BYTES
+            g_ok = grp < G
+            if TRANS:
+                g_ptr = s_rows[None, :] + grp[:, None] * 2
+                g_mask = row_ok[None, :] & g_ok[:, None]
+            else:
+                g_ptr = s_rows[:, None] + grp[None, :] * 2
+                g_mask = row_ok[:, None] & g_ok[None, :]
+            s = tl.load(g_ptr, mask=g_mask, other=0.0).to(tl.float32)
+            o = tl.load(g_ptr + 1, mask=g_mask, other=0.0).to(tl.float32)
+    return raw, s, o
+
+
+@triton.jit
+def _codes(raw, SCHEME: tl.constexpr, FP8_BITS: tl.constexpr):
+    """int8/fp8 codes as fp32; fp8 comes as bytes: converted natively (``cvt``), or from its bits (the value
+    / 256, see the module docstring)."""
+    if SCHEME == 2 and FP8_BITS:
+        b = raw.to(tl.uint16)
+        bits = ((b & 0x80) << 8) | ((b & 0x7F) << 7)
+        return bits.to(tl.float16, bitcast=True).to(tl.float32)
+    if SCHEME == 2:
+        return raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # fp8 is passed as its bytes (u8)
+    return raw.to(tl.float32)
+
+
+@triton.jit
+def _quant_matmul(
+    x_ptr, u_ptr, q_ptr, s_ptr, b_ptr, out_ptr, part_ptr, lock_ptr,
+    M, N, K, KW, G, KW_PER_SPLIT,
+    stride_xm, stride_um, stride_qn, stride_sn, stride_split,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, FP8_BITS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
+):
+    tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
+    if SCHEME == 1:
+        tl.static_assert(BLOCK_K <= GROUP or BLOCK_K % GROUP == 0, "int4: BLOCK_K and the group must nest")
+        if USE_DOT:
+            tl.static_assert(BLOCK_K >= 32, "int4 tl.dot: BLOCK_K / 2 >= 16 bytes per row")
+    if USE_DOT:
+        tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
+    HALF: tl.constexpr = BLOCK_K // 2
+    BLOCK_KW: tl.constexpr = HALF if SCHEME == 1 else BLOCK_K  # weight columns (bytes for int4) per tile
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    # this program owns qweight rows [pid_n * BLOCK_N, +BLOCK_N) = output columns, x rows of block pid_m,
+    # and one K chunk
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    q_rows = q_ptr + rows.to(tl.int64) * stride_qn  # 64-bit: an lm head passes 2**31 elements
+    s_rows = s_ptr + rows.to(tl.int64) * stride_sn
+    ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = ms < M
+    # weight columns [c_start, c_end) of K (bytes for int4: KW = ceil(K / 2)), elements up to k_end
+    c_start = pid_k * KW_PER_SPLIT
+    c_end = tl.minimum(c_start + KW_PER_SPLIT, KW)
+    if SCHEME == 1:
+        k_end = tl.minimum(2 * c_end, K)
+    else:
+        k_end = c_end
+
+    if USE_DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        # defer the K reduction: FMAs into registers, one tree-sum at the end
+        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
+        if PREFETCH and EARLY_W:
+            # a parameter's first tile, before the wait: in flight while the previous kernel finishes
+            raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, False)
+    pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
+    if not USE_DOT:
+        if PREFETCH and not EARLY_W:
+            raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, False)
+    for c0 in range(c_start, c_end, BLOCK_KW):
+        if SCHEME == 1:
+            # x's tile loaded whole (vector loads), split into the even columns (low nibbles) and odd (high)
+            xk = _x_tile(x_ptr, u_ptr, ms, m_ok, 2 * c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um, GATED)
+            xe, xo = tl.split(tl.reshape(xk, (BLOCK_M, HALF, 2)))
+        else:
+            xk = _x_tile(x_ptr, u_ptr, ms, m_ok, c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um, GATED)
+        if USE_DOT:
+            # the tile as W^T [BLOCK_KW, BLOCK_N], contiguous along K so loads still vectorise
+            raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, True)
+            if SCHEME == 1:
+                w_lo = ((raw & 0xF).to(tl.float32) * s + o).to(xe.dtype)
+                w_hi = ((raw >> 4).to(tl.float32) * s + o).to(xe.dtype)
+                acc = tl.dot(xe, w_lo, acc, input_precision=INPUT_PRECISION)
+                acc = tl.dot(xo, w_hi, acc, input_precision=INPUT_PRECISION)
+            else:
+                acc = tl.dot(xk, _codes(raw, SCHEME, FP8_BITS).to(xk.dtype), acc, input_precision=INPUT_PRECISION)
+        else:
+            if PREFETCH:
+                # registers double-buffer the packed tile: the next one's load is in flight while this is used
+                raw, s, o = raw_n, s_n, o_n
+                raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c0 + BLOCK_KW, c_end, G, SCHEME, GROUP,
+                                          BLOCK_KW, False)
+            else:
+                raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, False)
+            if SCHEME == 1:
+                w_lo = (raw & 0xF).to(tl.float32) * s + o  # dequantized in fp32, one FMA per nibble
+                w_hi = (raw >> 4).to(tl.float32) * s + o
+                acc3 += xe[:, None, :].to(tl.float32) * w_lo[None, :, :]
+                acc3 += xo[:, None, :].to(tl.float32) * w_hi[None, :, :]
+            else:
+                acc3 += xk[:, None, :].to(tl.float32) * _codes(raw, SCHEME, FP8_BITS)[None, :, :]
+    if not USE_DOT:
+        acc = tl.sum(acc3, axis=2)
+    if SCHEME != 1:
+        # the per-channel scale, once per output (fp8 from bits: the codes were value / 256)
+        scale = tl.load(s_rows, mask=row_ok, other=0.0).to(tl.float32)
+        if SCHEME == 2 and FP8_BITS:
+            scale = scale * 256.0
+        acc = acc * scale[None, :]
+
+    out_offs = ms[:, None] * N + rows[None, :]
+    out_mask = m_ok[:, None] & row_ok[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        # an fp32 partial, then count this split in; the last of the SPLIT_K to arrive reduces in split order
+        tl.store(part_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
+        block = pid_m * tl.num_programs(0) + pid_n
+        if arrive_last(lock_ptr, block, SPLIT_K):
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for sp in tl.static_range(SPLIT_K):
+                total += tl.load(part_ptr + sp * stride_split + out_offs, mask=out_mask, other=0.0,
+                                 cache_modifier=".cg")  # from L2: the other programs' stores
+            if HAS_BIAS:
+                total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+            reset_counter(lock_ptr, block)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Tile sizes and launch shape of one ``_quant_matmul`` launch (see :func:`pick_config`).
+
+    ``block_k`` counts weight *elements* along K (an int4 tile is ``block_k / 2`` bytes per row). For int4
+    it must divide the group size or be a multiple of it (the latter gathers scales per element: slow).
+    """
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    use_dot: bool = False
+    num_warps: int = 4
+    num_stages: int = 3
+    prefetch: bool = True  # FMA path: double-buffer the packed tiles in registers
+
+
+def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
+                device: torch.device) -> QuantConfig:
+    """Tiles for ``m`` rows. Untuned first guesses (no GPU was at hand when they were written), built on
+    ``linear.pick_config``'s measured rule, the same bytes per program and step: every program loads 16
+    contiguous bytes per thread per weight tile, about 2-4 KB a step.
+
+    - M <= 2 (FMA): int8/fp8 8 rows x 512 bytes; int4 one group-aligned tile of ``min(group, 256)``
+      elements (64 bytes a row at group 128) over ``4096 / block_k`` rows (32 at group 128).
+    - M = 3..32 (tensor cores): 32 rows, 256 elements (int8/fp8) or ``min(group, 256)`` (int4), M padded
+      to 16 or 32. M > 32: 64 x 64 tiles, one grid row per 64 rows of M.
+    - split K while the programs would leave SMs idle and each split keeps enough K tiles (8 on the FMA
+      path, 2 on the tensor-core path), as ``linear`` does.
+
+    ``benches/quant_matmul.py --sweep`` times a grid around these on the GPU.
+    """
+    int4 = scheme == "int4"
+    kcap = max(32 if int4 else 16, next_pow2(k))
+    if m <= GEMV_M:
+        block_k = min(group_size, 256) if int4 else 512
+        block_k = min(block_k, kcap)
+        block_n = max(4, min(128, 4096 // block_k)) if int4 else 8
+        block_m, use_dot = next_pow2(m), False
+    else:
+        block_k = min(min(max(group_size, 32), 256) if int4 else 256, kcap)
+        if m <= SMALL_M:
+            block_m, block_n = (16 if m <= 16 else 32), 32
+        else:
+            block_m, block_n = PREFILL_BLOCK_M, 64
+        use_dot = True
+    programs = cdiv(n, block_n) * cdiv(m, block_m)
+    split = 1
+    min_tiles = 2 if use_dot else 8
+    while programs * split < 4 * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
+        split *= 2
+    return QuantConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
+
+
+def packed_bytes(n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype) -> int:
+    """Bytes of a packed weight and its scales: int8/fp8 ``N*K + N*e``, int4 ``N*ceil(K/2) + N*G*2*e``."""
+    e = torch.empty((), dtype=dtype).element_size()
+    if scheme == "int4":
+        return n * ((k + 1) // 2) + n * num_groups(k, group_size) * 2 * e
+    return n * k + n * e
+
+
+def quant_linear_bytes(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
+                       has_bias: bool = False) -> int:
+    """Bytes the kernel must move (the effective bytes of the benches): packed weight + scales once, x
+    once, the output once (and the bias)."""
+    e = torch.empty((), dtype=dtype).element_size()
+    return packed_bytes(n, k, scheme, group_size, dtype) + e * (m * k + m * n + (n if has_bias else 0))
+
+
+@functools.lru_cache(maxsize=None)
+def _device_spec(device: torch.device):  # -> membound.cost.Hardware
+    """The datasheet spec of ``device`` (an unknown GPU: the H100 SXM's, whose ratio of tensor-core rate
+    to bandwidth is typical of current cards; never calibrates inside a launch)."""
+    from membound.cost.hardware import SPECS, Hardware, cpu_spec, match_gpu
+
+    if device.type != "cuda":
+        return cpu_spec()
+    props = torch.cuda.get_device_properties(device)
+    return SPECS.get(match_gpu(props.name, props.total_memory) or "", Hardware.named("h100-sxm"))
+
+
+def prefill_times(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
+                  device: torch.device, hw=None) -> dict[str, float]:
+    """Roofline seconds of the two prefill paths (module docstring): ``{"kernel": fused, "cublas": ...}``,
+    on ``hw`` (a ``membound.cost.Hardware``; default: ``device``'s datasheet spec)."""
+    hw = hw or _device_spec(device)
+    e = torch.empty((), dtype=dtype).element_size()
+    peak = hw.peak_flops({torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, "bf16"))
+    packed = packed_bytes(n, k, scheme, group_size, dtype)
+    dense = n * k * e
+    io = (m * k + m * n) * e
+    flops = 2.0 * m * n * k
+    fused = max((cdiv(m, PREFILL_BLOCK_M) * packed + io) / hw.bandwidth, flops / (FUSED_MMA_SHARE * peak))
+    cublas = (packed + 2 * dense) / hw.bandwidth + max((dense + io) / hw.bandwidth, flops / peak)
+    return {"kernel": fused, "cublas": cublas}
+
+
+def prefill_path(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
+                 device: torch.device) -> str:
+    """``"kernel"`` (fused) or ``"cublas"`` (dequantize to a temporary, then ``F.linear``) for M > 32."""
+    t = prefill_times(m, n, k, scheme, group_size, dtype, device)
+    return "kernel" if t["kernel"] <= t["cublas"] else "cublas"
+
+
+def quant_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 out: Optional[torch.Tensor] = None, *, scheme: str, group_size: int = 0, in_features: int,
+                 config: Optional[QuantConfig] = None, static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``quant_linear``: ``x[..., K] @ dequantize(qweight, scales).T (+ bias[N])``.
+
+    Paths: M <= 2 the GEMV, M <= 32 the tensor-core kernel, M > 32 :func:`prefill_path` (fused kernel or
+    dequantize + cuBLAS); ``config`` forces the kernel with those tiles. ``static_weight=True`` promises
+    no kernel writes qweight/scales (parameters), so their first tile is loaded before the PDL wait.
+    """
+    if x.dim() < 1:
+        raise ValueError(f"quant_linear: x must be [..., K], got shape {tuple(x.shape)}")
+
+    def reference() -> torch.Tensor:
+        return F.linear(x, dequantize(qweight, scales, scheme, group_size, in_features, x.dtype), bias)
+
+    return _launch("quant_linear", x, None, qweight, scales, bias, out, scheme, group_size, in_features, config,
+                   reference, static_weight)
+
+
+def quant_gated_linear(gate: torch.Tensor, up: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                       out: Optional[torch.Tensor] = None, *, scheme: str, group_size: int = 0, in_features: int,
+                       act: str = "silu", config: Optional[QuantConfig] = None,
+                       static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``quant_gated_linear``: ``quant_linear(silu(gate) * up, ...)``, the product formed tile by
+    tile as x is loaded (rounded as eager rounds it) and never stored. Paths as :func:`quant_linear`."""
+    from membound.ir.ops.matmul import GATED_ACTIVATIONS
+
+    if act != "silu":
+        raise ValueError(f"quant_gated_linear: act={act!r} has no kernel (silu does); known: "
+                         f"{sorted(GATED_ACTIVATIONS)}")
+    if gate.shape != up.shape:
+        raise ValueError(f"quant_gated_linear: gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one shape")
+    if gate.dim() < 1:
+        raise ValueError(f"quant_gated_linear: gate must be [..., K], got shape {tuple(gate.shape)}")
+
+    def reference() -> torch.Tensor:
+        w = dequantize(qweight, scales, scheme, group_size, in_features, gate.dtype)
+        return F.linear(F.silu(gate) * up, w)
+
+    return _launch("quant_gated_linear", gate, up, qweight, scales, None, out, scheme, group_size, in_features,
+                   config, reference, static_weight)
+
+
+def _check(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch.Tensor, scales: torch.Tensor,
+           bias: Optional[torch.Tensor], scheme: str, group_size: int, k: int) -> int:
+    """Shapes and dtypes against the format (ir/ops/quant.py); returns N."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{op}: in_features must be a positive int, got {k!r}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"{op}: scheme must be one of {SCHEMES}, got {scheme!r}")
+    try:
+        check_scheme(scheme, group_size, op)
+    except ValueError as e:
+        raise ValueError(f"{e}; the group_size the weight was quantized with") from None
+    if qweight.dtype != QWEIGHT_DTYPE[scheme]:
+        raise TypeError(f"{op}: {scheme} qweight must be {QWEIGHT_DTYPE[scheme]}, got {qweight.dtype}")
+    packed_k = (k + 1) // 2 if scheme == "int4" else k
+    if qweight.dim() != 2 or qweight.shape[1] != packed_k:
+        raise ValueError(f"{op}: {scheme} qweight must be [N, {packed_k}] for in_features={k}, got "
+                         f"{tuple(qweight.shape)}")
+    n = qweight.shape[0]
+    want = (n, num_groups(k, group_size), 2) if scheme == "int4" else (n,)
+    if tuple(scales.shape) != want:
+        raise ValueError(f"{op}: {scheme} scales must be {list(want)}, got {tuple(scales.shape)}")
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: x {tuple(x.shape)} and in_features={k} disagree on K")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"{op}: bias must be [N] = [{n}], got {tuple(bias.shape)}")
+    floats = [x] + ([up] if up is not None else []) + [scales] + ([bias] if bias is not None else [])
+    if any(t.dtype != x.dtype for t in floats):
+        raise TypeError(f"{op}: x, scales (and up, bias) must share the activation dtype, got "
+                        f"{[t.dtype for t in floats]}")
+    return n
+
+
+def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch.Tensor, scales: torch.Tensor,
+            bias: Optional[torch.Tensor], out: Optional[torch.Tensor], scheme: str, group_size: int, k: int,
+            config: Optional[QuantConfig], reference: Callable[[], torch.Tensor], static_weight: bool) -> torch.Tensor:
+    """Checks, path choice and the launch, for both ops (``up`` given: x is the gate)."""
+    n = _check(op, x, up, qweight, scales, bias, scheme, group_size, k)
+    lead = tuple(x.shape[:-1])
+    m = x.numel() // k
+    operands = [x] + ([up] if up is not None else []) + [qweight, scales] + ([bias] if bias is not None else [])
+    reason = unsupported_device(*operands) or unsupported_dtype(op, x)
+    if reason is None and qweight.stride(1) != 1 and qweight.shape[1] > 1:
+        reason = f"qweight strides {qweight.stride()} (rows must be contiguous)"
+    if reason is not None or m == 0 or n == 0:
+        return fallback(op, reason or "empty product", reference(), out)
+    if m > SMALL_M and config is None and prefill_path(m, n, k, scheme, group_size, x.dtype, x.device) == "cublas":
+        note(op, "cublas")
+        result = reference()
+        return result if out is None else _copy_out(op, out, result)
+
+    y = check_out(op, out, lead + (n,), x.dtype, x.device)
+    x2 = _rows(x, m, k)
+    u2 = _rows(up, m, k) if up is not None else None
+    s = scales.contiguous()
+    int4 = scheme == "int4"
+    cfg = config or pick_config(m, n, k, scheme, group_size, x.dtype, x.device)
+    if not cfg.use_dot and m > cfg.block_m:
+        raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m} on the FMA path")
+    if int4 and not (cfg.block_k <= group_size and group_size % cfg.block_k == 0
+                     or cfg.block_k % group_size == 0):
+        raise ValueError(f"{op}: config block_k={cfg.block_k} must divide group_size={group_size} or be a "
+                         f"multiple of it")
+    k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    split = cdiv(k, k_per_split)  # no empty splits
+    n_blocks, m_blocks = cdiv(n, cfg.block_n), cdiv(m, cfg.block_m)
+    part = locks = y  # placeholders the kernel never touches without a split
+    if split > 1:
+        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+        locks = split_counters(x.device, n_blocks * m_blocks)
+    fp8_bits = scheme == "fp8" and fp8_from_bits(x.device)
+    q = qweight.view(torch.uint8) if scheme == "fp8" else qweight  # masked loads need a zero: u8 has one
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    b = bias if bias is not None else s  # a valid pointer the kernel never reads
+    launchable(_quant_matmul, x.device)[(n_blocks, split, m_blocks)](
+        x2, u2 if u2 is not None else x2, q, s, b, y, part, locks, m, n, k, q.shape[1],
+        num_groups(k, group_size) if int4 else 1, k_per_split // 2 if int4 else k_per_split, x2.stride(0),
+        u2.stride(0) if u2 is not None else 0,
+        q.stride(0), s.stride(0), m * n,
+        SCHEME=SCHEME_CODE[scheme], GROUP=group_size if int4 else 0, FP8_BITS=fp8_bits,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
+        USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
+        GATED=u2 is not None, EARLY_W=static_weight, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl_options(x.device))
+    note(op, "kernel")
+    return y
+
+
+def fp8_from_bits(device: torch.device) -> bool:
+    """Decode fp8 codes from their bits (cards before sm_89 have no e4m3 conversion instruction)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9)
+
+
+def _rows(t: torch.Tensor, m: int, k: int) -> torch.Tensor:
+    """``t`` as ``[M, K]`` rows with unit stride along K (a view when it can be)."""
+    t2 = t.reshape(m, k)
+    return t2 if t2.stride(1) == 1 or k == 1 else t2.contiguous()
+
+
+def _copy_out(op: str, out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    check_out(op, out, tuple(result.shape), result.dtype, result.device)
+    return out.copy_(result)
+
+
+def compile_cases() -> list[tuple[str, dict, dict]]:
+    """(label, kernel arguments, launch options) at Llama-3-8B decode shapes, bf16, for the sm_90 PTX check
+    (``python -m membound.backends.triton.kernels.quant_matmul``; see ``compile_check.py``)."""
+    cases = []
+    n, k = 4096, 14336  # the down projection
+    for scheme, group, m, gated in (("int8", 0, 1, False), ("fp8", 0, 1, False), ("int4", 128, 1, False),
+                                    ("int4", 32, 2, True), ("int8", 0, 16, False), ("fp8", 0, 16, False),
+                                    ("int4", 128, 16, True), ("int4", 128, 64, False)):
+        cfg = pick_config(m, n, k, scheme, group, torch.bfloat16, torch.device("cpu"))
+        int4 = scheme == "int4"
+        args = dict(x_ptr="*bf16", u_ptr="*bf16", q_ptr="*u8" if scheme != "int8" else "*i8", s_ptr="*bf16",
+                    b_ptr="*bf16", out_ptr="*bf16", part_ptr="*fp32", lock_ptr="*i32", M=m, N=n, K=k,
+                    KW=(k + 1) // 2 if int4 else k, G=num_groups(k, group) if int4 else 1,
+                    KW_PER_SPLIT=cdiv(k, cfg.split_k) // (2 if int4 else 1), stride_xm=k,
+                    stride_um=k, stride_qn=(k + 1) // 2 if int4 else k, stride_sn=2 * num_groups(k, group) if int4
+                    else 1, stride_split=m * n, SCHEME=SCHEME_CODE[scheme], GROUP=group, FP8_BITS=False,
+                    BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
+                    HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32", USE_PDL=True,
+                    PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated)
+        label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
+                 f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}{' gated' if gated else ''}")
+        cases.append((label, args, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)))
+    return cases
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Compile ``_quant_matmul`` for a GPU target without a GPU and count its loads (as ``compile_check``)."""
+    import argparse
+    import collections
+    import json
+    import re
+
+    from membound.backends.triton.kernels.compile_check import compile_ptx
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    for label, kargs, options in compile_cases():
+        ptx, shared = compile_ptx(_quant_matmul, kargs, args.arch, **options)
+        loads = dict(collections.Counter(re.findall(r"ld\.global[\w.]*", ptx)))
+        # the packed weight: 16-byte vectors (ld.global.v4.b32) or cp.async copies (tensor-core pipeline)
+        r = dict(kernel="_quant_matmul", config=label, shared_bytes=shared, loads=loads,
+                 cp_async=ptx.count("cp.async."), mma=len(re.findall(r"\b(?:wg)?mma\.", ptx)),
+                 pdl_wait="griddepcontrol.wait" in ptx)
+        r["vectorised"] = loads.get("ld.global.v4.b32", 0) + r["cp_async"] > 0
+        if args.json:
+            print(json.dumps(r), flush=True)
+        else:
+            print(f"{label:44s} shared {shared:6d} B  cp.async {r['cp_async']:3d}  mma {r['mma']:3d}  loads {loads}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
