@@ -211,20 +211,22 @@ def test_cpu_without_interpreter_runs_the_reference(monkeypatch: pytest.MonkeyPa
 
 
 def test_errors_name_the_argument() -> None:
-    q, s, _ = packed(4, 9, "int4", 32, torch.float32)
-    with pytest.raises(ValueError, match="quant_linear: x .* and in_features=9 disagree on K"):
-        qm.quant_linear(rand(2, 8), q, s, scheme="int4", group_size=32, in_features=9)
-    with pytest.raises(ValueError, match="quant_linear: int4 scales must be"):
-        qm.quant_linear(rand(2, 9), q, s, scheme="int4", group_size=16, in_features=9)
+    q, s, _ = packed(4, 40, "int4", 32, torch.float32)
+    x = rand(2, 40)
+    with pytest.raises(ValueError, match="quant_linear: x .* and in_features=40 disagree on K"):
+        qm.quant_linear(rand(2, 8), q, s, scheme="int4", group_size=32, in_features=40)
+    with pytest.raises(ValueError, match=r"quant_linear: int4 scales must be \[4, 3, 2\]"):
+        qm.quant_linear(x, q, s, scheme="int4", group_size=16, in_features=40)
+    with pytest.raises(ValueError, match="quant_linear: int4 group_size must be one of"):
+        qm.quant_linear(x, q, s, scheme="int4", group_size=0, in_features=40)
     with pytest.raises(TypeError, match="quant_linear: int8 qweight must be torch.int8"):
-        qm.quant_linear(rand(2, 9), q, s, scheme="int8", in_features=9)
+        qm.quant_linear(x, q, s, scheme="int8", in_features=40)
     with pytest.raises(TypeError, match="must share the activation dtype"):
-        qm.quant_linear(rand(2, 9, dtype=torch.float16), q, s, scheme="int4", group_size=32, in_features=9)
+        qm.quant_linear(x.half(), q, s, scheme="int4", group_size=32, in_features=40)
     with pytest.raises(ValueError, match="block_k=48 must divide group_size=32"):
-        qm.quant_linear(rand(2, 9), q, s, scheme="int4", group_size=32, in_features=9,
-                        config=QuantConfig(2, 4, 48))
+        qm.quant_linear(x, q, s, scheme="int4", group_size=32, in_features=40, config=QuantConfig(2, 4, 48))
     with pytest.raises(ValueError, match="quant_gated_linear: act='gelu' has no kernel"):
-        qm.quant_gated_linear(rand(2, 9), rand(2, 9), q, s, scheme="int4", group_size=32, in_features=9, act="gelu")
+        qm.quant_gated_linear(x, x, q, s, scheme="int4", group_size=32, in_features=40, act="gelu")
 
 
 def test_registered_for_the_codegen() -> None:

@@ -50,6 +50,6 @@ FUSED: dict[str, Callable] = {
 
 __all__ = [
     "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "LinearConfig", "QuantConfig", "add_rms_norm", "cache_write",
-    "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding", "gated_linear", "linear", "linear_bytes",
-    "quant_gated_linear", "quant_linear", "quant_linear_bytes", "rms_norm", "rms_norm_bytes", "trace",
+    "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding", "gated_linear", "linear",
+    "linear_bytes", "quant_gated_linear", "quant_linear", "quant_linear_bytes", "rms_norm", "rms_norm_bytes", "trace",
 ]

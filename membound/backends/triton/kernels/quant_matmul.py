@@ -146,9 +146,32 @@ def _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME: tl.constexpr, GROUP: t
 
 
 @triton.jit
-def _codes(raw, SCHEME: tl.constexpr, FP8_BITS: tl.constexpr):
+def _nibbles(raw, s, o, MAGIC: tl.constexpr):
+    """int4 bytes -> the dequantized (low, high) nibbles ``q * s + o`` in fp32.
+
+    ``MAGIC``: no int -> float conversion (sm_90 converts 16 values a clock per SM, under half of what
+    int4 at HBM speed needs): the nibble shifted into the top four mantissa bits of 1.0f is the float
+    ``1 + q/16`` exactly (a shift and one ``lop3``), and ``q * s + o = (1 + q/16) * 16s + (o - 16s)``.
+    """
+    if MAGIC:
+        b = raw.to(tl.uint32)
+        f_lo = (((b << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+        f_hi = (((b << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+        s16 = 16.0 * s
+        o16 = o - s16
+        return f_lo * s16 + o16, f_hi * s16 + o16
+    return (raw & 0xF).to(tl.float32) * s + o, (raw >> 4).to(tl.float32) * s + o
+
+
+@triton.jit
+def _codes(raw, SCHEME: tl.constexpr, FP8_BITS: tl.constexpr, MAGIC: tl.constexpr):
     """int8/fp8 codes as fp32; fp8 comes as bytes: converted natively (``cvt``), or from its bits (the value
-    / 256, see the module docstring)."""
+    / 256, see the module docstring). int8 with ``MAGIC``: ``q + 128`` in the top mantissa bits of 1.0f is
+    ``1 + (q + 128)/256``, so ``q = 256 f - 384`` exactly, without the slow int -> float conversion."""
+    if SCHEME == 0 and MAGIC:
+        b = raw.to(tl.uint8, bitcast=True).to(tl.uint32)
+        f = (((b ^ 0x80) << 15) | 0x3F800000).to(tl.float32, bitcast=True)
+        return f * 256.0 - 384.0
     if SCHEME == 2 and FP8_BITS:
         b = raw.to(tl.uint16)
         bits = ((b & 0x80) << 8) | ((b & 0x7F) << 7)
@@ -163,7 +186,7 @@ def _quant_matmul(
     x_ptr, u_ptr, q_ptr, s_ptr, b_ptr, out_ptr, part_ptr, lock_ptr,
     M, N, K, KW, G, KW_PER_SPLIT,
     stride_xm, stride_um, stride_qn, stride_sn, stride_split,
-    SCHEME: tl.constexpr, GROUP: tl.constexpr, FP8_BITS: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, FP8_BITS: tl.constexpr, MAGIC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
@@ -219,12 +242,12 @@ def _quant_matmul(
             # the tile as W^T [BLOCK_KW, BLOCK_N], contiguous along K so loads still vectorise
             raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, True)
             if SCHEME == 1:
-                w_lo = ((raw & 0xF).to(tl.float32) * s + o).to(xe.dtype)
-                w_hi = ((raw >> 4).to(tl.float32) * s + o).to(xe.dtype)
-                acc = tl.dot(xe, w_lo, acc, input_precision=INPUT_PRECISION)
-                acc = tl.dot(xo, w_hi, acc, input_precision=INPUT_PRECISION)
+                w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # rounded to x's dtype as the reference rounds
+                acc = tl.dot(xe, w_lo.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
+                acc = tl.dot(xo, w_hi.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
             else:
-                acc = tl.dot(xk, _codes(raw, SCHEME, FP8_BITS).to(xk.dtype), acc, input_precision=INPUT_PRECISION)
+                w = _codes(raw, SCHEME, FP8_BITS, MAGIC).to(xk.dtype)  # exact: |q| <= 127, e4m3 fits in 16 bits
+                acc = tl.dot(xk, w, acc, input_precision=INPUT_PRECISION)
         else:
             if PREFETCH:
                 # registers double-buffer the packed tile: the next one's load is in flight while this is used
@@ -234,12 +257,11 @@ def _quant_matmul(
             else:
                 raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, False)
             if SCHEME == 1:
-                w_lo = (raw & 0xF).to(tl.float32) * s + o  # dequantized in fp32, one FMA per nibble
-                w_hi = (raw >> 4).to(tl.float32) * s + o
+                w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # dequantized in fp32, one FMA per nibble
                 acc3 += xe[:, None, :].to(tl.float32) * w_lo[None, :, :]
                 acc3 += xo[:, None, :].to(tl.float32) * w_hi[None, :, :]
             else:
-                acc3 += xk[:, None, :].to(tl.float32) * _codes(raw, SCHEME, FP8_BITS)[None, :, :]
+                acc3 += xk[:, None, :].to(tl.float32) * _codes(raw, SCHEME, FP8_BITS, MAGIC)[None, :, :]
     if not USE_DOT:
         acc = tl.sum(acc3, axis=2)
     if SCHEME != 1:
@@ -286,6 +308,7 @@ class QuantConfig:
     num_warps: int = 4
     num_stages: int = 3
     prefetch: bool = True  # FMA path: double-buffer the packed tiles in registers
+    magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _nibbles)
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
@@ -497,7 +520,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         num_groups(k, group_size) if int4 else 1, k_per_split // 2 if int4 else k_per_split, x2.stride(0),
         u2.stride(0) if u2 is not None else 0,
         q.stride(0), s.stride(0), m * n,
-        SCHEME=SCHEME_CODE[scheme], GROUP=group_size if int4 else 0, FP8_BITS=fp8_bits,
+        SCHEME=SCHEME_CODE[scheme], GROUP=group_size if int4 else 0, FP8_BITS=fp8_bits, MAGIC=cfg.magic,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
         GATED=u2 is not None, EARLY_W=static_weight, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -537,7 +560,7 @@ def compile_cases() -> list[tuple[str, dict, dict]]:
                     KW=(k + 1) // 2 if int4 else k, G=num_groups(k, group) if int4 else 1,
                     KW_PER_SPLIT=cdiv(k, cfg.split_k) // (2 if int4 else 1), stride_xm=k,
                     stride_um=k, stride_qn=(k + 1) // 2 if int4 else k, stride_sn=2 * num_groups(k, group) if int4
-                    else 1, stride_split=m * n, SCHEME=SCHEME_CODE[scheme], GROUP=group, FP8_BITS=False,
+                    else 1, stride_split=m * n, SCHEME=SCHEME_CODE[scheme], GROUP=group, FP8_BITS=False, MAGIC=True,
                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
                     HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32", USE_PDL=True,
                     PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated)
@@ -566,13 +589,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         # the packed weight: 16-byte vectors (ld.global.v4.b32) or cp.async copies (tensor-core pipeline)
         r = dict(kernel="_quant_matmul", config=label, shared_bytes=shared, loads=loads,
                  cp_async=ptx.count("cp.async."), mma=len(re.findall(r"\b(?:wg)?mma\.", ptx)),
-                 pdl_wait="griddepcontrol.wait" in ptx)
+                 pdl_wait="griddepcontrol.wait" in ptx, i2f=len(re.findall(r"cvt\.rn\.f\d+\.[su]\d+", ptx)))
         r["vectorised"] = loads.get("ld.global.v4.b32", 0) + r["cp_async"] > 0
         if args.json:
             print(json.dumps(r), flush=True)
         else:
-            print(f"{label:44s} shared {shared:6d} B  cp.async {r['cp_async']:3d}  mma {r['mma']:3d}  loads {loads}",
-                  flush=True)
+            print(f"{label:44s} shared {shared:6d} B  cp.async {r['cp_async']:3d}  mma {r['mma']:3d}  "
+                  f"int->float {r['i2f']:4d}  loads {loads}", flush=True)
     return 0
 
 
