@@ -146,17 +146,22 @@ def _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME: tl.constexpr, GROUP: t
 
 
 @triton.jit
-def _nibbles(raw, s, o, MAGIC: tl.constexpr):
-    """int4 bytes -> the dequantized (low, high) nibbles ``q * s + o`` in fp32.
+def _units(raw):
+    """int4 bytes -> ``(1 + lo/16, 1 + hi/16)`` in fp32, without an int -> float conversion (sm_90 converts
+    16 values a clock per SM, under half of what int4 at HBM speed needs): the nibble shifted into the top
+    four mantissa bits of 1.0f is that float exactly (a shift and one ``lop3`` each)."""
+    b = raw.to(tl.uint32)
+    f_lo = (((b << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f_hi = (((b << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    return f_lo, f_hi
 
-    ``MAGIC``: no int -> float conversion (sm_90 converts 16 values a clock per SM, under half of what
-    int4 at HBM speed needs): the nibble shifted into the top four mantissa bits of 1.0f is the float
-    ``1 + q/16`` exactly (a shift and one ``lop3``), and ``q * s + o = (1 + q/16) * 16s + (o - 16s)``.
-    """
+
+@triton.jit
+def _nibbles(raw, s, o, MAGIC: tl.constexpr):
+    """int4 bytes -> the dequantized (low, high) nibbles ``q * s + o`` in fp32 (``MAGIC``: from
+    :func:`_units`, as ``(1 + q/16) * 16s + (o - 16s)``; else by int -> float conversions)."""
     if MAGIC:
-        b = raw.to(tl.uint32)
-        f_lo = (((b << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-        f_hi = (((b << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+        f_lo, f_hi = _units(raw)
         s16 = 16.0 * s
         o16 = o - s16
         return f_lo * s16 + o16, f_hi * s16 + o16
@@ -199,6 +204,10 @@ def _quant_matmul(
     if USE_DOT:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
     HALF: tl.constexpr = BLOCK_K // 2
+    # int4 GEMV with the tile inside one group: sum x * (1 + q/16) over the tile, then apply the group's
+    # scale and offset once per row: sum x*w = 16s * sum x*(1 + q/16) + (o - 16s) * sum x (three instructions
+    # a nibble: shift, lop3, fma)
+    GROUP_SUM: tl.constexpr = SCHEME == 1 and MAGIC and not USE_DOT and BLOCK_K <= GROUP
     BLOCK_KW: tl.constexpr = HALF if SCHEME == 1 else BLOCK_K  # weight columns (bytes for int4) per tile
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -219,11 +228,12 @@ def _quant_matmul(
     else:
         k_end = c_end
 
-    if USE_DOT:
+    if USE_DOT or GROUP_SUM:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    else:
-        # defer the K reduction: FMAs into registers, one tree-sum at the end
-        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
+    if not USE_DOT:
+        if not GROUP_SUM:
+            # defer the K reduction: FMAs into registers, one tree-sum at the end
+            acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
         if PREFETCH and EARLY_W:
             # a parameter's first tile, before the wait: in flight while the previous kernel finishes
             raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, False)
@@ -256,13 +266,21 @@ def _quant_matmul(
                                           BLOCK_KW, False)
             else:
                 raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, False)
-            if SCHEME == 1:
+            if GROUP_SUM:
+                f_lo, f_hi = _units(raw)
+                xef = xe.to(tl.float32)
+                xof = xo.to(tl.float32)
+                p = tl.sum(xef[:, None, :] * f_lo[None, :, :] + xof[:, None, :] * f_hi[None, :, :], axis=2)
+                s16 = 16.0 * tl.reshape(s, (BLOCK_N,))
+                o16 = tl.reshape(o, (BLOCK_N,)) - s16
+                acc += p * s16[None, :] + tl.sum(xef + xof, axis=1)[:, None] * o16[None, :]
+            elif SCHEME == 1:
                 w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # dequantized in fp32, one FMA per nibble
                 acc3 += xe[:, None, :].to(tl.float32) * w_lo[None, :, :]
                 acc3 += xo[:, None, :].to(tl.float32) * w_hi[None, :, :]
             else:
                 acc3 += xk[:, None, :].to(tl.float32) * _codes(raw, SCHEME, FP8_BITS, MAGIC)[None, :, :]
-    if not USE_DOT:
+    if not USE_DOT and not GROUP_SUM:
         acc = tl.sum(acc3, axis=2)
     if SCHEME != 1:
         # the per-channel scale, once per output (fp8 from bits: the codes were value / 256)
@@ -342,7 +360,8 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
         use_dot = True
     programs = cdiv(n, block_n) * cdiv(m, block_m)
     split = 1
-    min_tiles = 2 if use_dot else 8
+    # int4 GEMV tiles hold a quarter of a bf16 tile's elements per byte of row, so 4 are enough
+    min_tiles = 2 if use_dot else (4 if int4 else 8)
     while programs * split < 4 * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
     return QuantConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
