@@ -5,7 +5,8 @@ broken in the interpreter): ``TRITON_INTERPRET=1`` is set below, before anything
 reference is the op's semantics: the weight dequantized to x's dtype (``ir/ops/quant.py``), then the
 product computed in fp32 from those rounded values. Every test checks, through ``trace()``, that the
 kernel ran and not the fallback. Inputs are random and never zero; sizes are odd (K = 77 or 300: not a
-multiple of any group, K < 128; N in 1, 7, 33; M in 1, 2, 5, 17, 40). Tolerances: fp32 1e-4
+multiple of any group, K < 128; K = 64, 80, 320 for the int4 GEMV's int32-word path; N in 1, 7, 33; M in
+1, 2, 5, 17, 40). Tolerances: fp32 1e-4
 (relative and absolute; outputs are O(1)), fp16 1e-2 (the output is rounded to fp16 once, and the
 kernels keep dequantized int4/int8 weights in fp32 where the reference rounds them to fp16: 2^-11
 relative per weight).
@@ -83,6 +84,11 @@ QL_CASES = [
     ("int4", 32, (2, 77), 7, False, QuantConfig(2, 8, 64)),                # tile of 2 groups: per-element scales
     ("int4", 16, (5, 77), 7, True, None),                                  # group 16 on tensor cores: gathered
     ("int4", 32, (40, 77), 33, True, QuantConfig(16, 16, 32, use_dot=True)),  # M > 32 forced: 3 blocks of M
+    # K % 8 == 0: the GEMV reads int32 words of eight nibbles
+    ("int4", 32, (1, 80), 33, True, None),                                 # words, partial last group
+    ("int4", 128, (2, 64), 7, False, None),                                # words, K < group, M = 2
+    ("int4", 64, (1, 320), 33, False, QuantConfig(1, 16, 64, split_k=3)),  # words, K split
+    ("int4", 32, (1, 80), 7, False, QuantConfig(1, 16, 32, words=False)),  # bytes where words could run
 ]
 
 

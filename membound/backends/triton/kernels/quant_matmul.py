@@ -101,9 +101,9 @@ def _x_tile(x_ptr, u_ptr, ms, m_ok, ks, k_end, stride_xm, stride_um, GATED: tl.c
 
 @triton.jit
 def _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME: tl.constexpr, GROUP: tl.constexpr,
-            BLOCK_KW: tl.constexpr, TRANS: tl.constexpr):
-    """The packed tile of this program's rows at weight columns ``[c0, c0 + BLOCK_KW)`` (bytes for int4, two
-    elements each): ``(raw, s, o)``.
+            BLOCK_KW: tl.constexpr, UNIT: tl.constexpr, TRANS: tl.constexpr):
+    """The packed tile of this program's rows at weight columns ``[c0, c0 + BLOCK_KW)`` (``UNIT`` elements
+    each: int4 bytes 2, int4 words 8): ``(raw, s, o)``.
 
     ``raw`` is ``[BLOCK_N, BLOCK_KW]`` (``TRANS``: ``[BLOCK_KW, BLOCK_N]``) of codes; zeros from ``c_end`` on.
     For int4 ``s``, ``o`` are the group scale and offset in fp32, shaped to broadcast against ``raw``; for
@@ -118,10 +118,10 @@ def _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME: tl.constexpr, GROUP: t
     s = 0.0
     o = 0.0
     if SCHEME == 1:
-        GROUP_BYTES: tl.constexpr = GROUP // 2
-        if BLOCK_KW <= GROUP_BYTES:
+        GROUP_COLS: tl.constexpr = GROUP // UNIT
+        if BLOCK_KW <= GROUP_COLS:
             # the whole tile is in one group: one (scale, offset) per row
-            g_ptr = s_rows + (c0 // GROUP_BYTES) * 2
+            g_ptr = s_rows + (c0 // GROUP_COLS) * 2
             s = tl.load(g_ptr, mask=row_ok, other=0.0).to(tl.float32)
             o = tl.load(g_ptr + 1, mask=row_ok, other=0.0).to(tl.float32)
             if TRANS:
@@ -132,7 +132,7 @@ def _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME: tl.constexpr, GROUP: t
                 o = o[:, None]
         else:
             # the tile spans several groups: gather each element's (scale, offset) (L1 hits, but per element)
-            grp = cols // GROUP_BYTES
+            grp = cols // GROUP_COLS
             g_ok = grp < G
             if TRANS:
                 g_ptr = s_rows[None, :] + grp[:, None] * 2
@@ -154,6 +154,25 @@ def _units(raw):
     f_lo = (((b << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
     f_hi = (((b << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
     return f_lo, f_hi
+
+
+@triton.jit
+def _word_units(raw):
+    """int4 as int32 words ``[R, W]`` (eight nibbles, ``k = 8j + i`` in bits ``4i..4i+3``) -> ``1 + q/16`` in
+    fp32 as ``[R, 8W]`` in k order: each nibble shifted to the top of the mantissa of 1.0f (a shift and a
+    ``lop3``), the eight planes interleaved by joins (new last axes, in registers)."""
+    w = raw.to(tl.uint32, bitcast=True)
+    f0 = (((w << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f1 = (((w << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f2 = (((w << 11) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f3 = (((w << 7) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f4 = (((w << 3) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f5 = (((w >> 1) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f6 = (((w >> 5) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f7 = (((w >> 9) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    # index i = 4a + 2b + c with c the last axis: join the highest bit first
+    f = tl.join(tl.join(tl.join(f0, f4), tl.join(f2, f6)), tl.join(tl.join(f1, f5), tl.join(f3, f7)))
+    return tl.reshape(f, (raw.shape[0], raw.shape[1] * 8))
 
 
 @triton.jit
@@ -191,7 +210,7 @@ def _quant_matmul(
     x_ptr, u_ptr, q_ptr, s_ptr, b_ptr, out_ptr, part_ptr, lock_ptr,
     M, N, K, KW, G, KW_PER_SPLIT,
     stride_xm, stride_um, stride_qn, stride_sn, stride_split,
-    SCHEME: tl.constexpr, GROUP: tl.constexpr, FP8_BITS: tl.constexpr, MAGIC: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, FP8_BITS: tl.constexpr, MAGIC: tl.constexpr, WORDS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
@@ -204,11 +223,13 @@ def _quant_matmul(
     if USE_DOT:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
     HALF: tl.constexpr = BLOCK_K // 2
+    # K elements per weight column: int4 as int32 words (WORDS) 8, as bytes 2; int8/fp8 1
+    UNIT: tl.constexpr = 8 if WORDS else (2 if SCHEME == 1 else 1)
     # int4 GEMV with the tile inside one group: sum x * (1 + q/16) over the tile, then apply the group's
     # scale and offset once per row: sum x*w = 16s * sum x*(1 + q/16) + (o - 16s) * sum x (three instructions
     # a nibble: shift, lop3, fma)
     GROUP_SUM: tl.constexpr = SCHEME == 1 and MAGIC and not USE_DOT and BLOCK_K <= GROUP
-    BLOCK_KW: tl.constexpr = HALF if SCHEME == 1 else BLOCK_K  # weight columns (bytes for int4) per tile
+    BLOCK_KW: tl.constexpr = BLOCK_K // UNIT  # weight columns per tile
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -220,11 +241,11 @@ def _quant_matmul(
     s_rows = s_ptr + rows.to(tl.int64) * stride_sn
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = ms < M
-    # weight columns [c_start, c_end) of K (bytes for int4: KW = ceil(K / 2)), elements up to k_end
+    # weight columns [c_start, c_end) of K (int4 bytes: KW = ceil(K / 2); words: K / 8), elements up to k_end
     c_start = pid_k * KW_PER_SPLIT
     c_end = tl.minimum(c_start + KW_PER_SPLIT, KW)
-    if SCHEME == 1:
-        k_end = tl.minimum(2 * c_end, K)
+    if UNIT > 1:
+        k_end = tl.minimum(UNIT * c_end, K)
     else:
         k_end = c_end
 
@@ -236,21 +257,19 @@ def _quant_matmul(
             acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
         if PREFETCH and EARLY_W:
             # a parameter's first tile, before the wait: in flight while the previous kernel finishes
-            raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, False)
+            raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     if not USE_DOT:
         if PREFETCH and not EARLY_W:
-            raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, False)
+            raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
     for c0 in range(c_start, c_end, BLOCK_KW):
-        if SCHEME == 1:
-            # x's tile loaded whole (vector loads), split into the even columns (low nibbles) and odd (high)
-            xk = _x_tile(x_ptr, u_ptr, ms, m_ok, 2 * c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um, GATED)
+        xk = _x_tile(x_ptr, u_ptr, ms, m_ok, UNIT * c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um, GATED)
+        if SCHEME == 1 and not WORDS:
+            # bytes: x's tile split into the even columns (low nibbles) and odd (high), in registers
             xe, xo = tl.split(tl.reshape(xk, (BLOCK_M, HALF, 2)))
-        else:
-            xk = _x_tile(x_ptr, u_ptr, ms, m_ok, c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um, GATED)
         if USE_DOT:
             # the tile as W^T [BLOCK_KW, BLOCK_N], contiguous along K so loads still vectorise
-            raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, True)
+            raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
             if SCHEME == 1:
                 w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # rounded to x's dtype as the reference rounds
                 acc = tl.dot(xe, w_lo.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
@@ -263,17 +282,34 @@ def _quant_matmul(
                 # registers double-buffer the packed tile: the next one's load is in flight while this is used
                 raw, s, o = raw_n, s_n, o_n
                 raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c0 + BLOCK_KW, c_end, G, SCHEME, GROUP,
-                                          BLOCK_KW, False)
+                                          BLOCK_KW, UNIT, False)
             else:
-                raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, False)
-            if GROUP_SUM:
+                raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
+            if GROUP_SUM and WORDS:
+                f = _word_units(raw)  # [BLOCK_N, BLOCK_K]
+                xf = xk.to(tl.float32)
+                s16 = 16.0 * tl.reshape(s, (BLOCK_N,))
+                o16 = tl.reshape(o, (BLOCK_N,)) - s16
+                if BLOCK_M == 1:
+                    x1 = tl.reshape(xf, (BLOCK_K,))
+                    acc += (tl.sum(f * x1[None, :], axis=1) * s16 + tl.sum(x1, axis=0) * o16)[None, :]
+                else:
+                    p = tl.sum(xf[:, None, :] * f[None, :, :], axis=2)
+                    acc += p * s16[None, :] + tl.sum(xf, axis=1)[:, None] * o16[None, :]
+            elif GROUP_SUM:
                 f_lo, f_hi = _units(raw)
                 xef = xe.to(tl.float32)
                 xof = xo.to(tl.float32)
-                p = tl.sum(xef[:, None, :] * f_lo[None, :, :] + xof[:, None, :] * f_hi[None, :, :], axis=2)
                 s16 = 16.0 * tl.reshape(s, (BLOCK_N,))
                 o16 = tl.reshape(o, (BLOCK_N,)) - s16
-                acc += p * s16[None, :] + tl.sum(xef + xof, axis=1)[:, None] * o16[None, :]
+                if BLOCK_M == 1:
+                    x1e = tl.reshape(xef, (HALF,))
+                    x1o = tl.reshape(xof, (HALF,))
+                    p1 = tl.sum(f_lo * x1e[None, :] + f_hi * x1o[None, :], axis=1)
+                    acc += (p1 * s16 + tl.sum(x1e + x1o, axis=0) * o16)[None, :]
+                else:
+                    p = tl.sum(xef[:, None, :] * f_lo[None, :, :] + xof[:, None, :] * f_hi[None, :, :], axis=2)
+                    acc += p * s16[None, :] + tl.sum(xef + xof, axis=1)[:, None] * o16[None, :]
             elif SCHEME == 1:
                 w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # dequantized in fp32, one FMA per nibble
                 acc3 += xe[:, None, :].to(tl.float32) * w_lo[None, :, :]
@@ -326,7 +362,8 @@ class QuantConfig:
     num_warps: int = 4
     num_stages: int = 3
     prefetch: bool = True  # FMA path: double-buffer the packed tiles in registers
-    magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _nibbles)
+    magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _units)
+    words: bool = True  # int4 GEMV: load int32 words (when K % 8 == 0), not bytes (see _word_units)
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
@@ -532,14 +569,21 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         locks = split_counters(x.device, n_blocks * m_blocks)
     fp8_bits = scheme == "fp8" and fp8_from_bits(x.device)
     q = qweight.view(torch.uint8) if scheme == "fp8" else qweight  # masked loads need a zero: u8 has one
+    # int4 GEMV over whole int32 words (eight nibbles): rows of whole words, a group-aligned tile
+    words = (int4 and not cfg.use_dot and cfg.magic and cfg.words and k % 8 == 0 and cfg.block_k <= group_size
+             and cfg.block_k % 8 == 0 and q.stride(0) % 4 == 0 and q.data_ptr() % 4 == 0)
+    if words:
+        q = q.view(torch.int32)
+    kw = q.shape[1]
+    kw_per_split = k_per_split // (8 if words else 2 if int4 else 1)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     b = bias if bias is not None else s  # a valid pointer the kernel never reads
     launchable(_quant_matmul, x.device)[(n_blocks, split, m_blocks)](
-        x2, u2 if u2 is not None else x2, q, s, b, y, part, locks, m, n, k, q.shape[1],
-        num_groups(k, group_size) if int4 else 1, k_per_split // 2 if int4 else k_per_split, x2.stride(0),
+        x2, u2 if u2 is not None else x2, q, s, b, y, part, locks, m, n, k, kw,
+        num_groups(k, group_size) if int4 else 1, kw_per_split, x2.stride(0),
         u2.stride(0) if u2 is not None else 0,
         q.stride(0), s.stride(0), m * n,
-        SCHEME=SCHEME_CODE[scheme], GROUP=group_size if int4 else 0, FP8_BITS=fp8_bits, MAGIC=cfg.magic,
+        SCHEME=SCHEME_CODE[scheme], GROUP=group_size if int4 else 0, FP8_BITS=fp8_bits, MAGIC=cfg.magic, WORDS=words,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
         GATED=u2 is not None, EARLY_W=static_weight, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -569,22 +613,26 @@ def compile_cases() -> list[tuple[str, dict, dict]]:
     (``python -m membound.backends.triton.kernels.quant_matmul``; see ``compile_check.py``)."""
     cases = []
     n, k = 4096, 14336  # the down projection
-    for scheme, group, m, gated in (("int8", 0, 1, False), ("fp8", 0, 1, False), ("int4", 128, 1, False),
-                                    ("int4", 32, 2, True), ("int8", 0, 16, False), ("fp8", 0, 16, False),
-                                    ("int4", 128, 16, True), ("int4", 128, 64, False)):
+    for scheme, group, m, gated, words in (("int8", 0, 1, False, False), ("fp8", 0, 1, False, False),
+                                           ("int4", 128, 1, False, True), ("int4", 128, 1, False, False),
+                                           ("int4", 32, 2, True, True), ("int8", 0, 16, False, False),
+                                           ("fp8", 0, 16, False, False), ("int4", 128, 16, True, False),
+                                           ("int4", 128, 64, False, False)):
         cfg = pick_config(m, n, k, scheme, group, torch.bfloat16, torch.device("cpu"))
         int4 = scheme == "int4"
-        args = dict(x_ptr="*bf16", u_ptr="*bf16", q_ptr="*u8" if scheme != "int8" else "*i8", s_ptr="*bf16",
-                    b_ptr="*bf16", out_ptr="*bf16", part_ptr="*fp32", lock_ptr="*i32", M=m, N=n, K=k,
-                    KW=(k + 1) // 2 if int4 else k, G=num_groups(k, group) if int4 else 1,
-                    KW_PER_SPLIT=cdiv(k, cfg.split_k) // (2 if int4 else 1), stride_xm=k,
-                    stride_um=k, stride_qn=(k + 1) // 2 if int4 else k, stride_sn=2 * num_groups(k, group) if int4
-                    else 1, stride_split=m * n, SCHEME=SCHEME_CODE[scheme], GROUP=group, FP8_BITS=False, MAGIC=True,
-                    BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
+        unit = 8 if words else 2 if int4 else 1
+        q_type = "*i32" if words else "*u8" if scheme != "int8" else "*i8"
+        args = dict(x_ptr="*bf16", u_ptr="*bf16", q_ptr=q_type, s_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16",
+                    part_ptr="*fp32", lock_ptr="*i32", M=m, N=n, K=k, KW=cdiv(k, unit),
+                    G=num_groups(k, group) if int4 else 1, KW_PER_SPLIT=cdiv(k, cfg.split_k) // unit, stride_xm=k,
+                    stride_um=k, stride_qn=cdiv(k, unit), stride_sn=2 * num_groups(k, group) if int4 else 1,
+                    stride_split=m * n, SCHEME=SCHEME_CODE[scheme], GROUP=group, FP8_BITS=False, MAGIC=True,
+                    WORDS=words, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
                     HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32", USE_PDL=True,
                     PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated)
         label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
-                 f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}{' gated' if gated else ''}")
+                 f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}{' gated' if gated else ''}"
+                 f"{' words' if words else ''}")
         cases.append((label, args, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)))
     return cases
 
