@@ -86,17 +86,30 @@ SCHEME_CODE = {"int8": 0, "int4": 1, "fp8": 2}
 
 
 @triton.jit
-def _x_tile(x_ptr, u_ptr, ms, m_ok, ks, k_end, stride_xm, stride_um, GATED: tl.constexpr):
-    """x rows ``ms`` at columns ``ks`` (zeros from ``k_end`` on); gated: ``silu(gate) * up`` rounded as eager
-    rounds it (each product to the dtype), never stored."""
-    mask = m_ok[:, None] & (ks < k_end)[None, :]
-    x = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
+def _gate(x, u_ptrs, mask, GATED: tl.constexpr):
+    """``x``, or for the gated op ``silu(x) * up`` rounded as eager rounds it (each product to the dtype)."""
     if GATED:
-        u = tl.load(u_ptr + ms[:, None] * stride_um + ks[None, :], mask=mask, other=0.0)
+        u = tl.load(u_ptrs, mask=mask, other=0.0)
         xf = x.to(tl.float32)
         g = (xf / (1.0 + tl.exp(-xf))).to(x.dtype)
         x = (g.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
     return x
+
+
+@triton.jit
+def _x_tile(x_ptr, u_ptr, ms, m_ok, ks, k_end, stride_xm, stride_um, GATED: tl.constexpr):
+    """x rows ``ms`` at columns ``ks`` (zeros from ``k_end`` on); gated: ``silu(gate) * up``, never stored."""
+    mask = m_ok[:, None] & (ks < k_end)[None, :]
+    x = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=mask, other=0.0)
+    return _gate(x, u_ptr + ms[:, None] * stride_um + ks[None, :], mask, GATED)
+
+
+@triton.jit
+def _x_row(x_ptr, u_ptr, m, M, ks, k_end, stride_xm, stride_um, GATED: tl.constexpr):
+    """One x row as a vector (``_x_tile`` for the GEMV's per-row sums)."""
+    mask = (ks < k_end) & (ks * 0 + m < M)  # (a vector compare: a scalar mask confuses the interpreter)
+    x = tl.load(x_ptr + m * stride_xm + ks, mask=mask, other=0.0)
+    return _gate(x, u_ptr + m * stride_um + ks, mask, GATED)
 
 
 @triton.jit
@@ -157,10 +170,12 @@ def _units(raw):
 
 
 @triton.jit
-def _word_units(raw):
-    """int4 as int32 words ``[R, W]`` (eight nibbles, ``k = 8j + i`` in bits ``4i..4i+3``) -> ``1 + q/16`` in
-    fp32 as ``[R, 8W]`` in k order: each nibble shifted to the top of the mantissa of 1.0f (a shift and a
-    ``lop3``), the eight planes interleaved by joins (new last axes, in registers)."""
+def _int4_units(raw):
+    """int4 as int32 words ``[R, W]`` (eight nibbles, ``k = 8j + i`` in bits ``4i..4i+3``) -> ``1 + q/16`` as
+    fp32 ``[R, 8W]`` in k order, without int -> float conversions (sm_90 converts 16 values a clock per
+    SM, under half of what int4 at HBM speed needs): each nibble shifted into the top of the mantissa of
+    1.0f is that float exactly (a shift and one ``lop3``); the eight planes are interleaved by joins (new
+    last axes, in registers)."""
     w = raw.to(tl.uint32, bitcast=True)
     f0 = (((w << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
     f1 = (((w << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
@@ -173,6 +188,20 @@ def _word_units(raw):
     # index i = 4a + 2b + c with c the last axis: join the highest bit first
     f = tl.join(tl.join(tl.join(f0, f4), tl.join(f2, f6)), tl.join(tl.join(f1, f5), tl.join(f3, f7)))
     return tl.reshape(f, (raw.shape[0], raw.shape[1] * 8))
+
+
+@triton.jit
+def _int8_units(raw):
+    """int8 as int32 words ``[R, W]`` (four bytes, ``k = 4j + i`` in bits ``8i..8i+7``) -> ``1 + (q + 128)/256``
+    as fp32 ``[R, 4W]`` in k order, as :func:`_int4_units` (flipping the byte's top bit turns two's
+    complement into ``q + 128``)."""
+    w = raw.to(tl.uint32, bitcast=True)
+    g0 = ((w << 15) & 0x7F8000 ^ 0x3FC00000).to(tl.float32, bitcast=True)
+    g1 = ((w << 7) & 0x7F8000 ^ 0x3FC00000).to(tl.float32, bitcast=True)
+    g2 = ((w >> 1) & 0x7F8000 ^ 0x3FC00000).to(tl.float32, bitcast=True)
+    g3 = ((w >> 9) & 0x7F8000 ^ 0x3FC00000).to(tl.float32, bitcast=True)
+    g = tl.join(tl.join(g0, g2), tl.join(g1, g3))  # i = 2a + b
+    return tl.reshape(g, (raw.shape[0], raw.shape[1] * 4))
 
 
 @triton.jit
@@ -223,8 +252,10 @@ def _quant_matmul(
     if USE_DOT:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
     HALF: tl.constexpr = BLOCK_K // 2
-    # K elements per weight column: int4 as int32 words (WORDS) 8, as bytes 2; int8/fp8 1
-    UNIT: tl.constexpr = 8 if WORDS else (2 if SCHEME == 1 else 1)
+    # K elements per weight column: int32 words (WORDS) of int4 8, of int8 4; int4 bytes 2; int8/fp8 bytes 1
+    UNIT: tl.constexpr = (8 if SCHEME == 1 else 4) if WORDS else (2 if SCHEME == 1 else 1)
+    # int8 words: codes come as f = 1 + (q + 128)/256, so sum x*q = 256 sum x*f - 384 sum x (x summed apart)
+    INT8_SUM: tl.constexpr = SCHEME == 0 and WORDS
     # int4 GEMV with the tile inside one group: sum x * (1 + q/16) over the tile, then apply the group's
     # scale and offset once per row: sum x*w = 16s * sum x*(1 + q/16) + (o - 16s) * sum x (three instructions
     # a nibble: shift, lop3, fma)
@@ -254,7 +285,9 @@ def _quant_matmul(
     if not USE_DOT:
         if not GROUP_SUM:
             # defer the K reduction: FMAs into registers, one tree-sum at the end
-            acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_KW), dtype=tl.float32)
+            acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K if WORDS else BLOCK_KW), dtype=tl.float32)
+            if INT8_SUM:
+                xs3 = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         if PREFETCH and EARLY_W:
             # a parameter's first tile, before the wait: in flight while the previous kernel finishes
             raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
@@ -267,7 +300,20 @@ def _quant_matmul(
         if SCHEME == 1 and not WORDS:
             # bytes: x's tile split into the even columns (low nibbles) and odd (high), in registers
             xe, xo = tl.split(tl.reshape(xk, (BLOCK_M, HALF, 2)))
-        if USE_DOT:
+        if USE_DOT and WORDS:
+            # whole words [BLOCK_N, BLOCK_KW] -> codes [BLOCK_N, BLOCK_K] -> tl.dot against their transpose
+            raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
+            if SCHEME == 1:
+                f = _int4_units(raw)
+                # 1 + q/16 is exact in 16-bit floats: the group's scale and offset go on the tile's sums
+                p = tl.dot(xk, tl.trans(f.to(xk.dtype)), input_precision=INPUT_PRECISION)
+                s16 = 16.0 * tl.reshape(s, (BLOCK_N,))
+                o16 = tl.reshape(o, (BLOCK_N,)) - s16
+                acc += p * s16[None, :] + tl.sum(xk.to(tl.float32), axis=1)[:, None] * o16[None, :]
+            else:
+                w = (_int8_units(raw) * 256.0 - 384.0).to(xk.dtype)  # the integer code, exact in 16-bit floats
+                acc = tl.dot(xk, tl.trans(w), acc, input_precision=INPUT_PRECISION)
+        elif USE_DOT:
             # the tile as W^T [BLOCK_KW, BLOCK_N], contiguous along K so loads still vectorise
             raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
             if SCHEME == 1:
@@ -285,38 +331,37 @@ def _quant_matmul(
                                           BLOCK_KW, UNIT, False)
             else:
                 raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
-            if GROUP_SUM and WORDS:
-                f = _word_units(raw)  # [BLOCK_N, BLOCK_K]
+            if INT8_SUM:
                 xf = xk.to(tl.float32)
-                s16 = 16.0 * tl.reshape(s, (BLOCK_N,))
-                o16 = tl.reshape(o, (BLOCK_N,)) - s16
-                if BLOCK_M == 1:
-                    x1 = tl.reshape(xf, (BLOCK_K,))
-                    acc += (tl.sum(f * x1[None, :], axis=1) * s16 + tl.sum(x1, axis=0) * o16)[None, :]
-                else:
-                    p = tl.sum(xf[:, None, :] * f[None, :, :], axis=2)
-                    acc += p * s16[None, :] + tl.sum(xf, axis=1)[:, None] * o16[None, :]
+                acc3 += xf[:, None, :] * _int8_units(raw)[None, :, :]
+                xs3 += xf
             elif GROUP_SUM:
-                f_lo, f_hi = _units(raw)
-                xef = xe.to(tl.float32)
-                xof = xo.to(tl.float32)
+                # per x row (M <= 2): [BLOCK_N, BLOCK_K] products summed along K, mostly within a thread
                 s16 = 16.0 * tl.reshape(s, (BLOCK_N,))
                 o16 = tl.reshape(o, (BLOCK_N,)) - s16
-                if BLOCK_M == 1:
-                    x1e = tl.reshape(xef, (HALF,))
-                    x1o = tl.reshape(xof, (HALF,))
-                    p1 = tl.sum(f_lo * x1e[None, :] + f_hi * x1o[None, :], axis=1)
-                    acc += (p1 * s16 + tl.sum(x1e + x1o, axis=0) * o16)[None, :]
+                if WORDS:
+                    f = _int4_units(raw)  # [BLOCK_N, BLOCK_K]
                 else:
-                    p = tl.sum(xef[:, None, :] * f_lo[None, :, :] + xof[:, None, :] * f_hi[None, :, :], axis=2)
-                    acc += p * s16[None, :] + tl.sum(xef + xof, axis=1)[:, None] * o16[None, :]
+                    f_lo, f_hi = _units(raw)  # [BLOCK_N, HALF] each
+                for mm in tl.static_range(BLOCK_M):
+                    x1 = _x_row(x_ptr, u_ptr, pid_m * BLOCK_M + mm, M, UNIT * c0 + tl.arange(0, BLOCK_K), k_end,
+                                stride_xm, stride_um, GATED).to(tl.float32)
+                    if WORDS:
+                        p1 = tl.sum(f * x1[None, :], axis=1)
+                    else:
+                        x1e, x1o = tl.split(tl.reshape(x1, (HALF, 2)))
+                        p1 = tl.sum(f_lo * x1e[None, :] + f_hi * x1o[None, :], axis=1)
+                    row = p1 * s16 + tl.sum(x1, axis=0) * o16
+                    acc += tl.where((tl.arange(0, BLOCK_M) == mm)[:, None], row[None, :], 0.0)
             elif SCHEME == 1:
                 w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # dequantized in fp32, one FMA per nibble
                 acc3 += xe[:, None, :].to(tl.float32) * w_lo[None, :, :]
                 acc3 += xo[:, None, :].to(tl.float32) * w_hi[None, :, :]
             else:
                 acc3 += xk[:, None, :].to(tl.float32) * _codes(raw, SCHEME, FP8_BITS, MAGIC)[None, :, :]
-    if not USE_DOT and not GROUP_SUM:
+    if INT8_SUM and not USE_DOT:
+        acc = 256.0 * tl.sum(acc3, axis=2) - 384.0 * tl.sum(xs3, axis=1)[:, None]
+    elif not USE_DOT and not GROUP_SUM:
         acc = tl.sum(acc3, axis=2)
     if SCHEME != 1:
         # the per-channel scale, once per output (fp8 from bits: the codes were value / 256)
@@ -362,8 +407,8 @@ class QuantConfig:
     num_warps: int = 4
     num_stages: int = 3
     prefetch: bool = True  # FMA path: double-buffer the packed tiles in registers
-    magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _units)
-    words: bool = True  # int4 GEMV: load int32 words (when K % 8 == 0), not bytes (see _word_units)
+    magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _int4_units)
+    words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_units)
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
@@ -569,13 +614,14 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         locks = split_counters(x.device, n_blocks * m_blocks)
     fp8_bits = scheme == "fp8" and fp8_from_bits(x.device)
     q = qweight.view(torch.uint8) if scheme == "fp8" else qweight  # masked loads need a zero: u8 has one
-    # int4 GEMV over whole int32 words (eight nibbles): rows of whole words, a group-aligned tile
-    words = (int4 and not cfg.use_dot and cfg.magic and cfg.words and k % 8 == 0 and cfg.block_k <= group_size
-             and cfg.block_k % 8 == 0 and q.stride(0) % 4 == 0 and q.data_ptr() % 4 == 0)
+    # int32 words (eight int4 / four int8 codes): rows of whole words; for int4 a group-aligned tile
+    unit = 8 if int4 else 4
+    words = (scheme != "fp8" and cfg.magic and cfg.words and k % unit == 0 and cfg.block_k % unit == 0
+             and (not int4 or cfg.block_k <= group_size) and q.stride(0) % 4 == 0 and q.data_ptr() % 4 == 0)
     if words:
         q = q.view(torch.int32)
     kw = q.shape[1]
-    kw_per_split = k_per_split // (8 if words else 2 if int4 else 1)
+    kw_per_split = k_per_split // (unit if words else 2 if int4 else 1)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     b = bias if bias is not None else s  # a valid pointer the kernel never reads
     launchable(_quant_matmul, x.device)[(n_blocks, split, m_blocks)](
@@ -613,14 +659,15 @@ def compile_cases() -> list[tuple[str, dict, dict]]:
     (``python -m membound.backends.triton.kernels.quant_matmul``; see ``compile_check.py``)."""
     cases = []
     n, k = 4096, 14336  # the down projection
-    for scheme, group, m, gated, words in (("int8", 0, 1, False, False), ("fp8", 0, 1, False, False),
-                                           ("int4", 128, 1, False, True), ("int4", 128, 1, False, False),
-                                           ("int4", 32, 2, True, True), ("int8", 0, 16, False, False),
-                                           ("fp8", 0, 16, False, False), ("int4", 128, 16, True, False),
-                                           ("int4", 128, 64, False, False)):
+    for scheme, group, m, gated, words in (("int8", 0, 1, False, True), ("int8", 0, 2, True, False),
+                                           ("fp8", 0, 1, False, False), ("int4", 128, 1, False, True),
+                                           ("int4", 128, 1, False, False), ("int4", 32, 2, True, True),
+                                           ("int8", 0, 16, False, True), ("fp8", 0, 16, False, False),
+                                           ("int4", 128, 16, True, True), ("int4", 128, 16, False, False),
+                                           ("int4", 128, 64, False, True)):
         cfg = pick_config(m, n, k, scheme, group, torch.bfloat16, torch.device("cpu"))
         int4 = scheme == "int4"
-        unit = 8 if words else 2 if int4 else 1
+        unit = (8 if int4 else 4) if words else 2 if int4 else 1
         q_type = "*i32" if words else "*u8" if scheme != "int8" else "*i8"
         args = dict(x_ptr="*bf16", u_ptr="*bf16", q_ptr=q_type, s_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16",
                     part_ptr="*fp32", lock_ptr="*i32", M=m, N=n, K=k, KW=cdiv(k, unit),
