@@ -346,12 +346,14 @@ def _keys(rows: list[dict]) -> list[tuple[int, int, int]]:
 def describe(c: Any) -> str:
     kind = "dot" if c.use_dot else "fma"
     extra = ("" if c.prefetch or c.use_dot else " noprefetch") + ("" if c.magic else " cvt")
+    extra += "" if c.words else " bytes"
     return f"{kind} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} w{c.num_warps} st{c.num_stages}{extra}"
 
 
 def sweep_grid(scheme: str, group: int, m: int, heur: Any, quick: bool) -> list[Any]:
     """Configs around the heuristic: tile rows x tile width (bytes per row >= 16), split, warps; the
-    heuristic's tile with the plain int -> float conversion (``magic=False``) and without prefetch."""
+    heuristic's tile with the plain int -> float conversion (``magic=False``), read as bytes instead of
+    int32 words (``words=False``), and without prefetch."""
     from membound.backends.triton.kernels.quant_matmul import QuantConfig
 
     int4 = scheme == "int4"
@@ -368,6 +370,8 @@ def sweep_grid(scheme: str, group: int, m: int, heur: Any, quick: bool) -> list[
     grid = [QuantConfig(bm, bn, bk, sp, dot, w, st)
             for (bn, bk), sp, w, st in itertools.product(tiles, splits, warps, stages)]
     grid += [replace(heur, num_warps=2), replace(heur, num_warps=8), replace(heur, magic=False)]
+    if scheme != "fp8":
+        grid.append(replace(heur, words=False))
     if heur.use_dot:
         grid.append(replace(heur, num_stages=3 if heur.num_stages != 3 else 4))
     if not heur.use_dot:

@@ -253,8 +253,8 @@ def test_bytes() -> None:
 
 def test_kernel_compiles_for_hopper_with_vector_loads() -> None:
     """Compile for sm_90 without a GPU (no TRITON_INTERPRET) and read the PTX: the packed weight comes in
-    16-byte vectors (or cp.async copies on the tensor-core path), the dot path uses mma, and the kernel
-    waits for its predecessor under PDL."""
+    16-byte vectors (or cp.async copies on the tensor-core path), the dot path uses mma, no int -> float
+    conversion is left, and the kernel waits for its predecessor under PDL."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
@@ -262,10 +262,11 @@ def test_kernel_compiles_for_hopper_with_vector_loads() -> None:
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(results) >= 6
+    assert len(results) >= 6 and any("words" in r["config"] for r in results)
     for r in results:
         assert r["vectorised"] and r["pdl_wait"], r
         assert (r["mma"] > 0) == ("dot" in r["config"]), r
+        assert r["i2f"] == 0, r  # codes become floats by bit tricks, not the 16-a-clock int -> float unit
 
 
 # ---------------------------------------------------------------------------------------------

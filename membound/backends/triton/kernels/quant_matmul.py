@@ -7,20 +7,30 @@ time is the time to stream the packed weight, so int8 halves it and int4 quarter
 
 One kernel, ``_quant_matmul``, built like ``linear.py``'s ``_linear_small_m``: each program owns
 ``BLOCK_N`` weight rows (output columns) and walks K in tiles, loading each packed byte once; the few x
-rows are re-read per program from L2. Two inner products, chosen by ``USE_DOT``:
+rows are re-read per program from L2. Two inner products, chosen by ``USE_DOT``: register FMAs (M <= 2,
+the GEMV, no tensor cores) or ``tl.dot`` on a tile dequantized to x's dtype (M = 3..32, and the fused
+prefill kernel).
 
-- ``USE_DOT=False`` (M <= 2, the GEMV): codes are converted to fp32 and multiply-accumulated into
-  ``acc[BLOCK_M, BLOCK_N, BLOCK_KW]`` (no tensor cores), reduced over K once at the end. int8/fp8: the
-  per-channel scale is applied once, in the epilogue. int4: a tile lies inside one group (``BLOCK_K``
-  divides ``group_size``), so one (scale, offset) per row and tile: ``w = q * s + o`` is one FMA.
-- ``USE_DOT=True`` (M = 3..32, and the fused prefill kernel): the tile is dequantized to x's dtype (for
-  int4 as the reference rounds it: ``(q * s + o)`` in fp32, then to the dtype) and fed to ``tl.dot``.
+Instructions per byte are the budget: at 4.8 TB/s an H200 SM must retire ~37 int4 nibbles a clock
+from 128 ALU lanes, and its int -> float conversion runs at 16 a clock. So codes never go through that
+conversion (``MAGIC``): a code shifted into the top mantissa bits of 1.0f *is* a float (int4:
+``1 + q/16``; int8 with its sign bit flipped: ``1 + (q + 128)/256``), one shift and one ``lop3`` each,
+and the affine part is folded into sums the kernel needs anyway:
 
-int4 keeps the packed layout: byte ``j`` of a row holds ``k = 2j`` (low nibble) and ``2j + 1`` (high
-nibble), so a tile of ``BLOCK_K`` elements is ``BLOCK_K / 2`` contiguous bytes per row and is multiplied
-by two strided views of x (even and odd columns): two FMAs (or two ``tl.dot`` s) per byte, no shuffle.
-A tile wider than a group (a ``config`` that asks for it, or group 16 on the dot path) gathers the
-group's scale per element instead: correct, slower.
+- int4, a tile inside one group (``BLOCK_K`` divides ``group_size``): ``sum_k x*w = 16s * sum_k
+  x*(1 + q/16) + (o - 16s) * sum_k x``: one FMA a nibble, the group's scale and offset once per row and
+  tile (GEMV: per x row, summed along K mostly inside a thread; tensor cores: ``1 + q/16`` is exact in
+  bf16/fp16, so ``tl.dot`` takes it as is and the scale goes on the tile's product).
+- int8: ``sum_k x*q = 256 sum_k x*f - 384 sum_k x``, the per-channel scale once, in the epilogue.
+- fp8: the native ``cvt`` (see below); the per-channel scale once, in the epilogue.
+
+Codes are read as int32 words (``WORDS``: eight int4 or four int8 codes, 16 bytes a thread per tile)
+when rows hold whole words (K a multiple of 8 / 4); the planes of a word are interleaved back into k
+order by ``tl.join`` in registers. Otherwise (odd K) int4 is read as bytes, each multiplying two
+strided views of x (even and odd columns, split in registers): same formulas, more instructions. A tile
+wider than a group (a ``config`` that asks for it, or group 16 on the tensor cores) gathers the group's
+scale per element and dequantizes ``q * s + o`` per element: correct, slower. The packed formats are
+``ir/ops/quant.py``'s, unchanged.
 
 fp8 codes are converted natively (``cvt`` e4m3 -> f16/bf16) on sm_89+ and under the interpreter; older
 cards decode the bits (``FP8_BITS``): e4m3's sign, exponent and mantissa shifted into an fp16 are the
@@ -39,7 +49,7 @@ device's spec (``membound.cost``: bandwidth ``B``, tensor-core rate ``F`` at x's
     cublas = (P + 2D) / B + max((D + x + y) / B, 2MNK / F)            (D: the weight dequantized to x's
                                                                        dtype: written, then read)
 
-and takes the smaller. ``FUSED_MMA_SHARE = 0.5``: the fused kernel issues the dequantization (about
+and takes the smaller. ``FUSED_MMA_SHARE = 0.5``: the fused kernel issues the dequantization (two to
 four instructions per weight element, per M block) from the same warps that feed the tensor cores, and
 its tiles are sized for streaming (64 rows), so it is assumed to reach half of the tensor-core rate that
 cuBLAS reaches; ``benches/quant_matmul.py`` times both paths at M = 64 to check the figure.
