@@ -432,7 +432,7 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
     - M = 3..32 (tensor cores): 32 rows, 256 elements (int8/fp8) or ``min(group, 256)`` (int4), M padded
       to 16 or 32. M > 32: 64 x 64 tiles, one grid row per 64 rows of M.
     - split K while the programs would leave SMs idle and each split keeps enough K tiles (8 on the FMA
-      path, 2 on the tensor-core path), as ``linear`` does.
+      path, 4 for int4 whose tiles are a quarter of the bytes, 2 on the tensor-core path), as ``linear``.
 
     ``benches/quant_matmul.py --sweep`` times a grid around these on the GPU.
     """
@@ -452,7 +452,6 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
         use_dot = True
     programs = cdiv(n, block_n) * cdiv(m, block_m)
     split = 1
-    # int4 GEMV tiles hold a quarter of a bf16 tile's elements per byte of row, so 4 are enough
     min_tiles = 2 if use_dot else (4 if int4 else 8)
     while programs * split < 4 * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
