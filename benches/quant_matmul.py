@@ -8,9 +8,11 @@
 Shapes (N x K, as issue 10 lists them): 4096x4096, 4096x14336, 14336x4096, 2048x8192, 128256x2048, at
 M = 1, 4, 16, 32, 64 rows, bf16 activations. Contenders for each: cuBLAS bf16 (``F.linear``), our bf16
 ``linear`` (its own path choice: the GEMV kernel up to M = 16, cuBLAS above), and ``quant_linear`` with
-int8 (per channel), int4 (group 128) and fp8 e4m3 (sm_89+ only); at M = 64 also both prefill paths of
-int8/int4 forced (``fused``: the kernel, ``dequant+cublas``: dequantize to a temporary, then cuBLAS), so
-the cost rule's ``FUSED_MMA_SHARE`` can be checked.
+int8 (per channel), int4 (group 128) and fp8 e4m3 (sm_89+ only); at M = 1 also the gated forms (our bf16
+``gated_linear``, int8/int4 ``quant_gated_linear``: a down projection, x = silu(gate) * up formed as it
+is loaded, one more x-sized read counted in the bytes); at M = 64 also both prefill paths of int8/int4
+forced (``fused``: the kernel, ``dequant+cublas``: dequantize to a temporary, then cuBLAS), so the cost
+rule's ``FUSED_MMA_SHARE`` can be checked.
 
 Method (``/work/shared/BENCHMARKS.md``, ``benches/gemv_sweep.py``): every contender is checked against
 ``F.linear(x, dequantize(...))`` first (bf16 tolerance); then the timed function runs the product over
@@ -166,6 +168,7 @@ class Bench:
         for n, k in shapes:
             w = (torch.randn(n, k, device=self.device, generator=self.gen) * k ** -0.5).to(self.dtype)
             xs = {m: torch.randn(m, k, device=self.device, generator=self.gen).to(self.dtype) for m in ms}
+            ups = {m: torch.randn(m, k, device=self.device, generator=self.gen).to(self.dtype) for m in ms}
             ws = self.copies(w)
             outs = {m: [torch.empty(m, n, device=self.device, dtype=self.dtype) for _ in ws] for m in ms}
             for m in ms:
@@ -174,6 +177,11 @@ class Bench:
                 nb = linear_bytes(m, n, k, self.dtype)
                 self.add((n, k), m, "cublas bf16", self.measure(_mm, argsets, want), nb)
                 self.add((n, k), m, "ours bf16", self.measure(_linear, argsets, want), nb)
+                if m == 1:  # the gated form (a down projection: silu(gate) * up formed as x is loaded)
+                    want_g = F.linear((F.silu(xs[m]) * ups[m]).float(), w.float())
+                    gsets = [(xs[m], ups[m], wi, oi) for wi, oi in zip(ws, outs[m])]
+                    self.add((n, k), m, "ours bf16 gated", self.measure(_gated_linear, gsets, want_g),
+                             nb + m * k * w.element_size())
             ws.clear()
             outs.clear()
             for scheme, group in SCHEMES:
@@ -192,6 +200,11 @@ class Bench:
                     nb = quant_linear_bytes(m, n, k, scheme, group, self.dtype)
                     res = self.measure(functools.partial(_quant, **attrs), argsets, want)
                     self.add((n, k), m, label, res, nb, scheme=scheme)
+                    if m == 1 and scheme != "fp8":
+                        want_g = F.linear((F.silu(xs[m]) * ups[m]).float(), wq)
+                        gsets = [(xs[m], ups[m]) + a[1:] for a in argsets]
+                        res = self.measure(functools.partial(_quant_gated, **attrs), gsets, want_g)
+                        self.add((n, k), m, label + " gated", res, nb + m * k * xs[m].element_size(), scheme=scheme)
                     if m > 32 and scheme != "fp8":
                         cfg = pick_config(m, n, k, scheme, group, self.dtype, self.device)
                         res = self.measure(functools.partial(_quant, config=cfg, **attrs), argsets, want)
@@ -273,15 +286,18 @@ class Bench:
         self.header()
         print(f"\n{'N x K':13s} {'M':>3s} {'contender':26s} {'us':>9s} {'GB/s':>7s} {'% read':>7s} "
               f"{'vs ours bf16':>12s} {'vs cublas':>9s}")
+        print("(gated rows: against our bf16 gated_linear)")
         for key in _keys(self.rows):
             rs = [r for r in self.rows if (r["n"], r["k"], r["m"]) == key]
             ours = next((r["us"] for r in rs if r["contender"] == "ours bf16"), None)
+            ours_g = next((r["us"] for r in rs if r["contender"] == "ours bf16 gated"), None)
             cub = next((r["us"] for r in rs if r["contender"] == "cublas bf16"), None)
             for r in rs:
                 if r["us"] is None:
                     print(f"{key[0]:>6d}x{key[1]:<6d} {key[2]:3d} {r['contender']:26s} FAILED: {r['err']}")
                     continue
-                vs = [f"{t / r['us']:.2f}x" if t else "-" for t in (ours, cub)]
+                gated = r["contender"].endswith("gated")  # against our bf16 gated_linear; no cuBLAS twin
+                vs = [f"{t / r['us']:.2f}x" if t else "-" for t in ((ours_g, None) if gated else (ours, cub))]
                 print(f"{key[0]:>6d}x{key[1]:<6d} {key[2]:3d} {r['contender']:26s} {r['us']:9.2f} {r['gbps']:7.0f} "
                       f"{r['pct_read']:7.1f} {vs[0]:>12s} {vs[1]:>9s}")
         self.print_goals()
@@ -326,6 +342,18 @@ def _linear(x: Any, w: Any, out: Any) -> Any:
     return linear(x, w, out=out)
 
 
+def _gated_linear(gate: Any, up: Any, w: Any, out: Any) -> Any:
+    from membound.backends.triton.kernels.linear import gated_linear
+
+    return gated_linear(gate, up, w, out=out)
+
+
+def _quant_gated(gate: Any, up: Any, q: Any, s: Any, out: Any, **kw: Any) -> Any:
+    from membound.backends.triton.kernels.quant_matmul import quant_gated_linear
+
+    return quant_gated_linear(gate, up, q, s, out=out, **kw)
+
+
 def _quant(x: Any, q: Any, s: Any, out: Any, **kw: Any) -> Any:
     from membound.backends.triton.kernels.quant_matmul import quant_linear
 
@@ -360,7 +388,7 @@ def sweep_grid(scheme: str, group: int, m: int, heur: Any, quick: bool) -> list[
 
     int4 = scheme == "int4"
     if m <= 2:
-        tiles = ([(16, 64), (32, 64), (64, 64), (16, 128), (32, 128), (64, 128)] if int4
+        tiles = ([(32, 64), (64, 64), (16, 128), (32, 128), (64, 128), (128, 128)] if int4
                  else [(4, 512), (8, 512), (16, 256), (4, 1024), (8, 1024), (16, 512)])
         splits, warps, stages, dot, bm = (1, 2, 4, 8), (4,), (3,), False, m
     else:

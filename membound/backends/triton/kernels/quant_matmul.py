@@ -422,7 +422,7 @@ class QuantConfig:
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
-                device: torch.device) -> QuantConfig:
+                device: torch.device, gated: bool = False) -> QuantConfig:
     """Tiles for ``m`` rows. Untuned first guesses (no GPU was at hand when they were written), built on
     ``linear.pick_config``'s measured rule, the same bytes per program and step: every program loads 16
     contiguous bytes per thread per weight tile, about 2-4 KB a step.
@@ -431,6 +431,10 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
       elements (64 bytes a row at group 128) over ``4096 / block_k`` rows (32 at group 128).
     - M = 3..32 (tensor cores): 32 rows, 256 elements (int8/fp8) or ``min(group, 256)`` (int4), M padded
       to 16 or 32. M > 32: 64 x 64 tiles, one grid row per 64 rows of M.
+    - gated (``quant_gated_linear``), M <= 2: twice the rows (as registers allow: <= 64 fp32 values of
+      the tile a thread). Every thread forms ``silu(gate) * up`` for the x columns of its tile (two MUFU
+      instructions each, 16 a clock per SM), so a thread must hold several weight rows of those columns
+      for the gating to cost less than the bytes.
     - split K while the programs would leave SMs idle and each split keeps enough K tiles (8 on the FMA
       path, 4 for int4 whose tiles are a quarter of the bytes, 2 on the tensor-core path), as ``linear``.
 
@@ -442,6 +446,7 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
         block_k = min(group_size, 256) if int4 else 512
         block_k = min(block_k, kcap)
         block_n = max(4, min(128, 4096 // block_k)) if int4 else 8
+        block_n *= 2 if gated and (int4 or m == 1) else 1  # (int8 at M = 2: the accumulator would spill)
         block_m, use_dot = next_pow2(m), False
     else:
         block_k = min(min(max(group_size, 32), 256) if int4 else 256, kcap)
@@ -607,7 +612,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     u2 = _rows(up, m, k) if up is not None else None
     s = scales.contiguous()
     int4 = scheme == "int4"
-    cfg = config or pick_config(m, n, k, scheme, group_size, x.dtype, x.device)
+    cfg = config or pick_config(m, n, k, scheme, group_size, x.dtype, x.device, gated=up is not None)
     if not cfg.use_dot and m > cfg.block_m:
         raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m} on the FMA path")
     if int4 and not (cfg.block_k <= group_size and group_size % cfg.block_k == 0
@@ -674,7 +679,7 @@ def compile_cases() -> list[tuple[str, dict, dict]]:
                                            ("int8", 0, 16, False, True), ("fp8", 0, 16, False, False),
                                            ("int4", 128, 16, True, True), ("int4", 128, 16, False, False),
                                            ("int4", 128, 64, False, True)):
-        cfg = pick_config(m, n, k, scheme, group, torch.bfloat16, torch.device("cpu"))
+        cfg = pick_config(m, n, k, scheme, group, torch.bfloat16, torch.device("cpu"), gated=gated)
         int4 = scheme == "int4"
         unit = (8 if int4 else 4) if words else 2 if int4 else 1
         q_type = "*i32" if words else "*u8" if scheme != "int8" else "*i8"
