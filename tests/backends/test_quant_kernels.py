@@ -112,6 +112,8 @@ def test_quant_linear(scheme: str, group: int, shape: tuple[int, ...], n: int, b
     ("int8", 0, 1, 77, 33, None),                                          # GEMV
     ("int4", 32, 5, 77, 7, None),                                          # tensor cores, partial group
     ("fp8", 0, 2, 300, 7, QuantConfig(2, 8, 64, split_k=3)),               # GEMV, K split
+    ("int4", 32, 2, 80, 7, None),                                          # GEMV over words, gate formed first
+    ("int4", 32, 1, 80, 7, QuantConfig(1, 16, 32, pre_gate=False)),       # gate formed in the loop
 ])
 def test_quant_gated_linear(scheme: str, group: int, m: int, k: int, n: int, config: Optional[QuantConfig],
                             dtype: torch.dtype) -> None:

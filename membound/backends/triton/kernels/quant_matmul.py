@@ -36,6 +36,13 @@ fp8 codes are converted natively (``cvt`` e4m3 -> f16/bf16) on sm_89+ and under 
 cards decode the bits (``FP8_BITS``): e4m3's sign, exponent and mantissa shifted into an fp16 are the
 value / 256 (exponent biases 7 and 15), subnormals included, and the 256 joins the channel scale.
 
+``quant_gated_linear`` forms ``x = silu(gate) * up`` (rounded as eager rounds it) from the two inputs. The
+GEMV does it once per program, spread over its threads, into a scratch ``[M, K]`` it then reads as x
+(``PRE_GATE``; programs of one K range write the same values): formed in the loop, every thread would
+recompute the x columns of its tile, two MUFU instructions each (16 a clock per SM) for a few bytes of
+weight. The tensor-core path forms each x tile once per program (M x K silus per program: at M = 16 and
+32 weight rows a program, about one MUFU instruction per nibble, which may bound int4 there).
+
 Split-K, PDL and ``static_weight`` work as in ``linear.py``: split programs store fp32 partials and the
 last to arrive reduces them in split order (one launch, deterministic); under programmatic dependent
 launch the first packed tile (and its scales) of a parameter is loaded before the wait.
@@ -246,13 +253,14 @@ def _codes(raw, SCHEME: tl.constexpr, FP8_BITS: tl.constexpr, MAGIC: tl.constexp
 
 @triton.jit
 def _quant_matmul(
-    x_ptr, u_ptr, q_ptr, s_ptr, b_ptr, out_ptr, part_ptr, lock_ptr,
+    x_ptr, u_ptr, q_ptr, s_ptr, b_ptr, out_ptr, part_ptr, lock_ptr, g_ptr,
     M, N, K, KW, G, KW_PER_SPLIT,
     stride_xm, stride_um, stride_qn, stride_sn, stride_split,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, FP8_BITS: tl.constexpr, MAGIC: tl.constexpr, WORDS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
+    PRE_GATE: tl.constexpr,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if SCHEME == 1:
@@ -305,8 +313,23 @@ def _quant_matmul(
     if not USE_DOT:
         if PREFETCH and not EARLY_W:
             raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
+    if PRE_GATE:
+        # gated GEMV: form silu(gate) * up for this program's K range once, spread over all its threads,
+        # into the scratch g[M, K] (programs of one K range write the same values), then read it as x. In
+        # the loop every thread would form the x columns of its tile itself: the same values once per
+        # weight row group a warp holds, two MUFU instructions each, more than the bytes allow
+        for kk in range(UNIT * c_start, k_end, 512):
+            kg = kk + tl.arange(0, 512)
+            for mm in tl.static_range(BLOCK_M):
+                mg = pid_m * BLOCK_M + mm
+                xg = _x_row(x_ptr, u_ptr, mg, M, kg, k_end, stride_xm, stride_um, True)
+                tl.store(g_ptr + mg * K + kg, xg, mask=(kg < k_end) & (kg * 0 + mg < M))
+        tl.debug_barrier()  # the block's stores are visible to all its threads after this
+        x_ptr = g_ptr
+        stride_xm = K
+    GATED_X: tl.constexpr = GATED and not PRE_GATE
     for c0 in range(c_start, c_end, BLOCK_KW):
-        xk = _x_tile(x_ptr, u_ptr, ms, m_ok, UNIT * c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um, GATED)
+        xk = _x_tile(x_ptr, u_ptr, ms, m_ok, UNIT * c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um, GATED_X)
         if SCHEME == 1 and not WORDS:
             # bytes: x's tile split into the even columns (low nibbles) and odd (high), in registers
             xe, xo = tl.split(tl.reshape(xk, (BLOCK_M, HALF, 2)))
@@ -355,7 +378,7 @@ def _quant_matmul(
                     f_lo, f_hi = _units(raw)  # [BLOCK_N, HALF] each
                 for mm in tl.static_range(BLOCK_M):
                     x1 = _x_row(x_ptr, u_ptr, pid_m * BLOCK_M + mm, M, UNIT * c0 + tl.arange(0, BLOCK_K), k_end,
-                                stride_xm, stride_um, GATED).to(tl.float32)
+                                stride_xm, stride_um, GATED_X).to(tl.float32)
                     if WORDS:
                         p1 = tl.sum(f * x1[None, :], axis=1)
                     else:
@@ -418,11 +441,12 @@ class QuantConfig:
     num_stages: int = 3
     prefetch: bool = True  # FMA path: double-buffer the packed tiles in registers
     magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _int4_units)
+    pre_gate: bool = True  # gated GEMV: silu(gate) * up formed once per program into a scratch (PRE_GATE)
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_units)
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
-                device: torch.device, gated: bool = False) -> QuantConfig:
+                device: torch.device) -> QuantConfig:
     """Tiles for ``m`` rows. Untuned first guesses (no GPU was at hand when they were written), built on
     ``linear.pick_config``'s measured rule, the same bytes per program and step: every program loads 16
     contiguous bytes per thread per weight tile, about 2-4 KB a step.
@@ -431,10 +455,8 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
       elements (64 bytes a row at group 128) over ``4096 / block_k`` rows (32 at group 128).
     - M = 3..32 (tensor cores): 32 rows, 256 elements (int8/fp8) or ``min(group, 256)`` (int4), M padded
       to 16 or 32. M > 32: 64 x 64 tiles, one grid row per 64 rows of M.
-    - gated (``quant_gated_linear``), M <= 2: twice the rows (as registers allow: <= 64 fp32 values of
-      the tile a thread). Every thread forms ``silu(gate) * up`` for the x columns of its tile (two MUFU
-      instructions each, 16 a clock per SM), so a thread must hold several weight rows of those columns
-      for the gating to cost less than the bytes.
+    - gated (``quant_gated_linear``): the same tiles; the GEMV forms ``silu(gate) * up`` once per program
+      first (``PRE_GATE``), so the tiles see a plain x.
     - split K while the programs would leave SMs idle and each split keeps enough K tiles (8 on the FMA
       path, 4 for int4 whose tiles are a quarter of the bytes, 2 on the tensor-core path), as ``linear``.
 
@@ -446,7 +468,6 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
         block_k = min(group_size, 256) if int4 else 512
         block_k = min(block_k, kcap)
         block_n = max(4, min(128, 4096 // block_k)) if int4 else 8
-        block_n *= 2 if gated and (int4 or m == 1) else 1  # (int8 at M = 2: the accumulator would spill)
         block_m, use_dot = next_pow2(m), False
     else:
         block_k = min(min(max(group_size, 32), 256) if int4 else 256, kcap)
@@ -612,7 +633,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     u2 = _rows(up, m, k) if up is not None else None
     s = scales.contiguous()
     int4 = scheme == "int4"
-    cfg = config or pick_config(m, n, k, scheme, group_size, x.dtype, x.device, gated=up is not None)
+    cfg = config or pick_config(m, n, k, scheme, group_size, x.dtype, x.device)
     if not cfg.use_dot and m > cfg.block_m:
         raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m} on the FMA path")
     if int4 and not (cfg.block_k <= group_size and group_size % cfg.block_k == 0
@@ -622,7 +643,10 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = cdiv(k, k_per_split)  # no empty splits
     n_blocks, m_blocks = cdiv(n, cfg.block_n), cdiv(m, cfg.block_m)
-    part = locks = y  # placeholders the kernel never touches without a split
+    part = locks = gbuf = y  # placeholders the kernel never touches without a split / pre-gating
+    pre_gate = u2 is not None and not cfg.use_dot and cfg.pre_gate
+    if pre_gate:
+        gbuf = torch.empty((m, k), dtype=x.dtype, device=x.device)
     if split > 1:
         part = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
         locks = split_counters(x.device, n_blocks * m_blocks)
@@ -639,15 +663,15 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     b = bias if bias is not None else s  # a valid pointer the kernel never reads
     launchable(_quant_matmul, x.device)[(n_blocks, split, m_blocks)](
-        x2, u2 if u2 is not None else x2, q, s, b, y, part, locks, m, n, k, kw,
+        x2, u2 if u2 is not None else x2, q, s, b, y, part, locks, gbuf, m, n, k, kw,
         num_groups(k, group_size) if int4 else 1, kw_per_split, x2.stride(0),
         u2.stride(0) if u2 is not None else 0,
         q.stride(0), s.stride(0), m * n,
         SCHEME=SCHEME_CODE[scheme], GROUP=group_size if int4 else 0, FP8_BITS=fp8_bits, MAGIC=cfg.magic, WORDS=words,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
-        GATED=u2 is not None, EARLY_W=static_weight, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **pdl_options(x.device))
+        GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **pdl_options(x.device))
     note(op, "kernel")
     return y
 
@@ -679,18 +703,19 @@ def compile_cases() -> list[tuple[str, dict, dict]]:
                                            ("int8", 0, 16, False, True), ("fp8", 0, 16, False, False),
                                            ("int4", 128, 16, True, True), ("int4", 128, 16, False, False),
                                            ("int4", 128, 64, False, True)):
-        cfg = pick_config(m, n, k, scheme, group, torch.bfloat16, torch.device("cpu"), gated=gated)
+        cfg = pick_config(m, n, k, scheme, group, torch.bfloat16, torch.device("cpu"))
         int4 = scheme == "int4"
         unit = (8 if int4 else 4) if words else 2 if int4 else 1
         q_type = "*i32" if words else "*u8" if scheme != "int8" else "*i8"
         args = dict(x_ptr="*bf16", u_ptr="*bf16", q_ptr=q_type, s_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16",
-                    part_ptr="*fp32", lock_ptr="*i32", M=m, N=n, K=k, KW=cdiv(k, unit),
+                    part_ptr="*fp32", lock_ptr="*i32", g_ptr="*bf16", M=m, N=n, K=k, KW=cdiv(k, unit),
                     G=num_groups(k, group) if int4 else 1, KW_PER_SPLIT=cdiv(k, cfg.split_k) // unit, stride_xm=k,
                     stride_um=k, stride_qn=cdiv(k, unit), stride_sn=2 * num_groups(k, group) if int4 else 1,
                     stride_split=m * n, SCHEME=SCHEME_CODE[scheme], GROUP=group, FP8_BITS=False, MAGIC=True,
                     WORDS=words, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
                     HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32", USE_PDL=True,
-                    PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated)
+                    PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated,
+                    PRE_GATE=gated and not cfg.use_dot)
         label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
                  f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}{' gated' if gated else ''}"
                  f"{' words' if words else ''}")
