@@ -73,6 +73,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("quant_matmul: needs a CUDA GPU (or --smoke for a CPU run at tiny sizes)", file=sys.stderr)
         return 2
     bench = Bench(args.smoke)
+    bench.target = (args.out, "quant_matmul-sweep" if args.sweep else "quant_matmul")
     shapes = [(48, 80), (33, 77)] if args.smoke else SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -87,7 +88,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         bench.sweep(shapes, sweep_ms, args.sweep_schemes.split(","), quick=args.quick)
     else:
         bench.run(shapes, ms)
-    bench.write(args.out, "quant_matmul-sweep" if args.sweep else "quant_matmul")
+    bench.write(*bench.target)
     if args.sweep:
         bench.print_sweep()
     else:
@@ -106,6 +107,7 @@ class Bench:
         self.dtype = torch.float16 if smoke else torch.bfloat16  # bf16 is broken in the interpreter
         self.gen = torch.Generator(device=self.device).manual_seed(0)
         self.rows: list[dict] = []
+        self.target: tuple[Optional[str], str] = (None, "quant_matmul")
         self.fp8 = smoke or torch.cuda.get_device_capability() >= (8, 9)
         self.read_bw = self._read_bandwidth()
 
@@ -215,6 +217,7 @@ class Bench:
                 ss.clear()
             if not self.smoke:
                 torch.cuda.empty_cache()
+            self.write(*self.target)  # a run cut short keeps what it measured
             print(f"done {n}x{k}", flush=True)
 
     # ---- the sweep ---------------------------------------------------------------------------
@@ -254,6 +257,7 @@ class Bench:
                 ss.clear()
             if not self.smoke:
                 torch.cuda.empty_cache()
+            self.write(*self.target)  # a run cut short keeps what it measured
 
     # ---- reporting ---------------------------------------------------------------------------
     def device_name(self) -> str:
