@@ -82,9 +82,11 @@ def _scaled(t: Translator, v: Value, factor: Any) -> Value:
 
 
 def _dtype_attr(t: Translator, x: Value) -> Optional[torch.dtype]:
-    """The ``dtype`` attr of a reduction: torch's result dtype when it differs from the input's."""
+    """The ``dtype`` attr of a reduction: torch's result dtype when it differs from the IR's default
+    (the input's dtype for floats, i64 for integers: ``cumsum(i32, dtype=i32)`` keeps its i32)."""
     out = t.out_types()[0].dtype
-    return out if out != x.dtype else None
+    default = x.dtype if x.dtype.is_floating_point else torch.int64
+    return out if out != default else None
 
 
 def _dims(d: Any) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ import sympy
 import torch
 
 from membound.ir.ops import REQUIRED, define_op, per_input
-from membound.ir.ops._common import dim_attr, fail, norm_dim, require_float
+from membound.ir.ops._common import dim_attr, fail, norm_dim
 from membound.ir.types import TensorType
 
 
@@ -85,7 +85,8 @@ define_op("sort", inputs=("x",), attrs={"dim": -1, "descending": False, "stable"
 
 
 def _infer_histc(x: TensorType, *, bins: Any, min: Any, max: Any) -> TensorType:
-    require_float("histc", x, "x")
+    if x.dtype == torch.bool:
+        fail("histc", f"x must be a float or integer tensor, got {x}", TypeError)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         fail("histc", f"attribute bins must be a positive int, got {bins!r}")
     for attr, v in (("min", min), ("max", max)):
@@ -97,9 +98,14 @@ def _infer_histc(x: TensorType, *, bins: Any, min: Any, max: Any) -> TensorType:
 
 
 def _histc(x: torch.Tensor, *, bins: int, min: Any, max: Any) -> torch.Tensor:
-    return torch.histc(x, bins=bins, min=min, max=max)
+    """torch.histc; integer x (what transformers passes on CUDA) is counted in fp64 on devices whose
+    histc takes only floats (the CPU), and the counts come back in x's dtype as torch's CUDA kernel gives."""
+    if x.dtype.is_floating_point or x.device.type == "cuda":
+        return torch.histc(x, bins=bins, min=min, max=max)
+    return torch.histc(x.double(), bins=bins, min=min, max=max).to(x.dtype)
 
 
 define_op("histc", inputs=("x",), attrs={"bins": REQUIRED, "min": REQUIRED, "max": REQUIRED}, kind="routing",
           infer=_infer_histc, reference=_histc, flops=per_input(1),
-          doc="counts of x in bins equal-width bins over [min, max] (min == max: the data's range)")
+          doc="counts of x in bins equal-width bins over [min, max] (min == max: the data's range); "
+              "float or integer x, counts in x's dtype")

@@ -1,0 +1,71 @@
+"""Tiny HF MoE models, and a switch that makes transformers take its CUDA MoE code path on the CPU.
+
+``grouped_mm_experts_forward`` (transformers/integrations/moe.py) counts tokens per expert with
+``torch.histc`` on *int32* expert ids on CUDA, on float ids on the CPU/MPS (``device.type in
+("cpu", "mps")`` picks). ``cuda_moe_path()`` recompiles that function from transformers' own source
+with the device test answered "not cpu", and lets torch's meta function of ``histc`` accept integer
+CPU tensors (it rejects them only because CPU's kernel does), so ``torch.export`` records exactly the
+CUDA graph: ``cast(ids, i32)``, ``histc`` on i32, ``cumsum`` to i32 offsets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import textwrap
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+VOCAB = 97
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2)
+
+
+def make_moe(name: str) -> Any:
+    """A 2-layer ``MixtralForCausalLM`` or ``Qwen2MoeForCausalLM`` (shared expert) with random weights."""
+    import transformers
+
+    torch.manual_seed(0)
+    if name == "mixtral":
+        config = transformers.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)
+        return transformers.MixtralForCausalLM(config).eval()
+    config = transformers.Qwen2MoeConfig(**COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+                                         shared_expert_intermediate_size=40)
+    model = transformers.Qwen2MoeForCausalLM(config).eval()
+    with torch.no_grad():  # HF initialises the router to zeros: every token would tie
+        for layer in model.model.layers:
+            layer.mlp.gate.weight.normal_(0, 0.5)
+    return model
+
+
+DEVICE_TEST = 'device.type in ("cpu", "mps")'
+
+
+@contextlib.contextmanager
+def cuda_moe_path() -> Iterator[None]:
+    import torch._meta_registrations as meta
+    import transformers.integrations.moe as hf_moe
+
+    original = hf_moe.grouped_mm_experts_forward
+    source = textwrap.dedent(inspect.getsource(original))
+    if DEVICE_TEST not in source:
+        pytest.skip(f"this transformers' grouped_mm_experts_forward has no `{DEVICE_TEST}` test to force")
+    namespace: dict[str, Any] = dict(vars(hf_moe))
+    exec(compile(source.replace(DEVICE_TEST, "False"), inspect.getsourcefile(original) or "moe.py", "exec"),
+         namespace)
+    forced = namespace[original.__name__]
+    mapping = hf_moe.ALL_EXPERTS_FUNCTIONS._global_mapping
+    device_hint = meta.device_hint
+
+    def int_histc_is_cuda(t: Any) -> str:
+        return "cuda" if not t.is_floating_point() else device_hint(t)
+
+    mapping["grouped_mm"], meta.device_hint = forced, int_histc_is_cuda
+    try:
+        yield
+    finally:
+        mapping["grouped_mm"], meta.device_hint = original, device_hint
+
+
