@@ -203,4 +203,4 @@ def _load_families() -> None:
 
 # one module per op family; each calls define_op at import time
 _FAMILIES = ("elementwise", "reduce", "matmul", "attention", "memory", "creation", "index", "routing",
-             "kv_cache", "opaque", "quant")
+             "kv_cache", "opaque", "quant", "moe")

@@ -1,0 +1,181 @@
+"""Mixture of experts: ``moe``, one op for a whole routed MLP block.
+
+``moe(x, router, w_gate, w_up, w_down[, shared_gate, shared_up, shared_down, shared_router])``
+
+- ``x[..., D]``: the tokens (``T`` = product of the leading dims);
+- ``router[E, D]``: the router's linear (no bias); logits are formed in x's dtype and routed in fp32;
+- ``w_gate[E, I, D]``, ``w_up[E, I, D]``, ``w_down[E, D, I]``: expert ``e`` computes
+  ``w_down[e] @ (act(w_gate[e] @ h) * (w_up[e] @ h))``, in x's dtype;
+- optional shared expert (Qwen2-MoE): ``shared_gate[Is, D]``, ``shared_up[Is, D]``,
+  ``shared_down[D, Is]`` and its gate ``shared_router[1, D]``: every token adds
+  ``sigmoid(shared_router @ h) * shared_mlp(h)``.
+
+Routing (attrs): ``top_k`` experts per token, chosen as ``torch.topk`` chooses (ties go to the lower
+expert index); ``softmax_first=True`` takes the softmax over all E logits and keeps the top k
+probabilities (Mixtral, Qwen2-MoE), ``False`` keeps the top k logits and takes their softmax;
+``renormalize`` divides the kept weights by their sum. Expert outputs are combined in fp32 and the
+sum is rounded once to x's dtype.
+
+Cost: a token reads only its experts' weights, so the bytes are the *active* weights: ``min(E, T *
+top_k)`` experts' gate/up/down (a decode token of a top-2-of-8 model reads 2/8 of them), plus the
+router, the shared expert, x and the result. FLOPs count the chosen experts only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import sympy
+import torch
+import torch.nn.functional as F
+
+from membound.ir.ops import REQUIRED, define_op
+from membound.ir.ops._common import fail, numel, require_float, require_same_dim, same_dtype
+from membound.ir.types import TensorType
+
+ACTIVATIONS = {"silu": F.silu}
+
+
+def route(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_first: bool,
+          renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weights f32[T, k], experts i64[T, k])`` of tokens ``h[T, D]``: the routing every form computes."""
+    logits = F.linear(h, router).float()  # [T, E]
+    if softmax_first:
+        weights, experts = torch.topk(logits.softmax(dim=-1), top_k, dim=-1)
+    else:
+        top, experts = torch.topk(logits, top_k, dim=-1)
+        weights = top.softmax(dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, experts
+
+
+def expert_mlp(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+               act: str) -> torch.Tensor:
+    """``w_down @ (act(w_gate @ h) * (w_up @ h))`` for rows ``h[M, D]``, in h's dtype."""
+    return F.linear(ACTIVATIONS[act](F.linear(h, w_gate)) * F.linear(h, w_up), w_down)
+
+
+def shared_expert(h: torch.Tensor, shared: Sequence[torch.Tensor], act: str) -> torch.Tensor:
+    """Qwen2-MoE's shared expert, gated per token: ``sigmoid(h @ g.T) * mlp(h)`` in fp32."""
+    gate, up, down, router = shared
+    return torch.sigmoid(F.linear(h, router)).float() * expert_mlp(h, gate, up, down, act).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# type rule
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_moe(x: TensorType, router: TensorType, w_gate: TensorType, w_up: TensorType, w_down: TensorType,
+               shared_gate: Optional[TensorType] = None, shared_up: Optional[TensorType] = None,
+               shared_down: Optional[TensorType] = None, shared_router: Optional[TensorType] = None, *,
+               top_k: Any, softmax_first: Any, renormalize: Any, act: Any) -> TensorType:
+    require_float("moe", x, "x")
+    weights = [("router", router), ("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)]
+    shared = [("shared_gate", shared_gate), ("shared_up", shared_up), ("shared_down", shared_down),
+              ("shared_router", shared_router)]
+    given = [(n, t) for n, t in shared if t is not None]
+    if given and len(given) != 4:
+        fail("moe", f"the shared expert needs all of shared_gate/up/down/router, got {[n for n, _ in given]}")
+    dtype = same_dtype("moe", ("x", x), *weights, *given)
+    if x.rank < 1 or router.rank != 2 or (w_gate.rank, w_up.rank, w_down.rank) != (3, 3, 3):
+        fail("moe", f"needs x[..., D], router[E, D], w_gate/w_up[E, I, D], w_down[E, D, I]; got x {x}, "
+                    f"router {router}, w_gate {w_gate}, w_up {w_up}, w_down {w_down}")
+    e, d = router.shape
+    i = w_gate.shape[1]
+    require_same_dim("moe", x.shape[-1], d, f"x {x} and router {router} disagree on D")
+    for name, t, want in (("w_gate", w_gate, (e, i, d)), ("w_up", w_up, (e, i, d)), ("w_down", w_down, (e, d, i))):
+        for have, need in zip(t.shape, want):
+            require_same_dim("moe", have, need, f"{name} {t} must be [{', '.join(map(str, want))}]")
+    if given:
+        assert shared_gate is not None and shared_up is not None and shared_down is not None
+        assert shared_router is not None
+        si = shared_gate.shape[0]
+        for name, t, want in (("shared_gate", shared_gate, (si, d)), ("shared_up", shared_up, (si, d)),
+                              ("shared_down", shared_down, (d, si)), ("shared_router", shared_router, (1, d))):
+            if t.rank != 2:
+                fail("moe", f"{name} must be 2-D, got {t}")
+            for have, need in zip(t.shape, want):
+                require_same_dim("moe", have, need, f"{name} {t} must be [{', '.join(map(str, want))}]")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        fail("moe", f"attribute top_k must be a positive int, got {top_k!r}", TypeError)
+    if isinstance(e, sympy.Integer) and top_k > int(e):
+        fail("moe", f"attribute top_k={top_k} is more than the {e} experts")
+    for attr, v in (("softmax_first", softmax_first), ("renormalize", renormalize)):
+        if not isinstance(v, bool):
+            fail("moe", f"attribute {attr} must be a bool, got {v!r}", TypeError)
+    if act not in ACTIVATIONS:
+        fail("moe", f"attribute act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+    return TensorType(dtype, x.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# reference: tokens grouped by expert (each expert's weights used once, on its rows)
+# ---------------------------------------------------------------------------------------------
+
+
+def _moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+         *shared: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str) -> torch.Tensor:
+    h = x.reshape(-1, x.shape[-1])  # [T, D]
+    weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize)
+    out = torch.zeros(h.shape, dtype=torch.float32, device=x.device)  # [T, D]
+    for e in range(router.shape[0]):
+        rows, slot = (experts == e).nonzero(as_tuple=True)  # the tokens that chose e, and in which slot
+        if rows.numel() == 0:
+            continue
+        y = expert_mlp(h[rows], w_gate[e], w_up[e], w_down[e], act)  # [M, D]
+        out.index_add_(0, rows, y.float() * weights[rows, slot, None])
+    if shared:
+        out += shared_expert(h, shared, act)
+    return out.to(x.dtype).reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# costs
+# ---------------------------------------------------------------------------------------------
+
+
+def _tokens(ins: Sequence[TensorType]) -> sympy.Expr:
+    return numel(ins[0].shape[:-1])
+
+
+def _moe_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """Router ``2*T*E*D``, each token's k experts ``6*I*D + 5*I`` (three products, act * up) and the
+    combine; the shared expert on every token."""
+    t = _tokens(ins)
+    e, d = ins[1].shape
+    i = ins[2].shape[1]
+    k = attrs["top_k"]
+    flops = 2 * t * e * d + t * k * (6 * i * d + 5 * i + 2 * d)
+    if len(ins) > 5:
+        si = ins[5].shape[0]
+        flops += t * (6 * si * d + 5 * si + 2 * d + 4 * d)
+    return flops
+
+
+def active_experts(tokens: sympy.Expr, experts: sympy.Expr, top_k: int) -> sympy.Expr:
+    """How many experts a step of ``tokens`` tokens reads at most: ``min(E, tokens * k)``."""
+    return sympy.Min(experts, tokens * top_k)
+
+
+def _moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """x, the result, the router, the shared expert, and the gate/up/down of the active experts only."""
+    x, router, w_gate, w_up, w_down = ins[:5]
+    per_expert = (w_gate.nbytes() + w_up.nbytes() + w_down.nbytes()) / router.shape[0]
+    total = x.nbytes() + outs[0].nbytes() + router.nbytes()
+    total += active_experts(_tokens(ins), router.shape[0], attrs["top_k"]) * per_expert
+    for t in ins[5:]:
+        total += t.nbytes()
+    return total
+
+
+define_op("moe", inputs=("x", "router", "w_gate", "w_up", "w_down", "shared_gate?", "shared_up?", "shared_down?",
+                         "shared_router?"),
+          attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu"}, kind="moe",
+          infer=_infer_moe, reference=_moe, flops=_moe_flops, bytes=_moe_bytes,
+          doc="routed mixture of gated-MLP experts (top_k of E per token, fp32 combine), optional gated shared "
+              "expert; bytes count the active experts only")
+
+__all__ = ["ACTIVATIONS", "active_experts", "expert_mlp", "route", "shared_expert"]

@@ -1,0 +1,144 @@
+"""The ``moe`` op: type rule, reference against a per-token loop written independently, active-bytes cost.
+
+Tolerances: fp32 1e-5 relative; fp16 2e-3 relative to the fp32 result (the combine is fp32 in both).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytest
+import sympy
+import torch
+import torch.nn.functional as F
+
+from membound.ir import Graph, verify
+from membound.ir.ops import get_op
+from membound.ir.types import B, S, TensorType
+
+f32, f16 = torch.float32, torch.float16
+
+
+def _weights(e: int, d: int, i: int, dtype: torch.dtype = f32, shared: int = 0, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int) -> torch.Tensor:
+        return (torch.randn(shape, generator=g) / shape[-1] ** 0.5).to(dtype)
+
+    ws = [r(e, d), r(e, i, d), r(e, i, d), r(e, d, i)]
+    if shared:
+        ws += [r(shared, d), r(shared, d), r(d, shared), r(1, d)]
+    return ws
+
+
+def per_token(x: torch.Tensor, router: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor,
+              *shared: torch.Tensor, top_k: int, softmax_first: bool = True, renormalize: bool = True) -> torch.Tensor:
+    """What the op means, token by token, in float64."""
+    h = x.reshape(-1, x.shape[-1]).double()
+    out = torch.zeros_like(h)
+    for t in range(h.shape[0]):
+        logits = F.linear(h[t], router.double())
+        if softmax_first:
+            w, idx = logits.softmax(-1).topk(top_k)
+        else:
+            w, idx = logits.topk(top_k)
+            w = w.softmax(-1)
+        if renormalize:
+            w = w / w.sum()
+        for wk, e in zip(w, idx):
+            y = wd[e].double() @ (F.silu(wg[e].double() @ h[t]) * (wu[e].double() @ h[t]))
+            out[t] += wk * y
+        if shared:
+            sg, su, sd, sr = (s.double() for s in shared)
+            out[t] += torch.sigmoid(sr @ h[t])[0] * (sd @ (F.silu(sg @ h[t]) * (su @ h[t])))
+    return out.reshape(x.shape)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("top_k,softmax_first,renormalize", [(2, True, True), (1, True, False), (3, False, False),
+                                                             (2, True, False)])
+def test_reference_matches_per_token_loop(top_k: int, softmax_first: bool, renormalize: bool) -> None:
+    ws = _weights(5, 12, 7)
+    x = torch.randn(2, 9, 12)
+    attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act="silu")
+    got = get_op("moe").reference(x, *ws, **attrs)
+    want = per_token(x, *ws, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    assert _rel(got, want) < 1e-5
+
+
+def test_reference_with_shared_expert_and_fp16() -> None:
+    ws = _weights(4, 16, 6, shared=5)
+    x = torch.randn(7, 16)
+    want = per_token(x, *ws, top_k=2)
+    assert _rel(get_op("moe").reference(x, *ws, top_k=2, softmax_first=True, renormalize=False, act="silu"),
+                per_token(x, *ws, top_k=2, renormalize=False)) < 1e-5
+    got16 = get_op("moe").reference(x.half(), *[w.half() for w in ws], top_k=2, softmax_first=True,
+                                    renormalize=True, act="silu")
+    assert got16.dtype == f16 and _rel(got16, want) < 2e-3
+
+
+def test_experts_without_tokens_and_ties() -> None:
+    """One token: 3 of 4 experts get nothing. Tied router rows: topk keeps the lower index, as torch does."""
+    router, wg, wu, wd = _weights(4, 8, 5)
+    router[2] = router[1]  # experts 1 and 2 always tie
+    x = torch.randn(1, 8)
+    got = get_op("moe").reference(x, router, wg, wu, wd, top_k=1, softmax_first=True, renormalize=True, act="silu")
+    assert _rel(got, per_token(x, router, wg, wu, wd, top_k=1)) < 1e-5
+
+
+def _graph(x: TensorType, ws: list[TensorType], **attrs: Any) -> tuple[Graph, Any]:
+    g = Graph("moe")
+    xv = g.add_input("x", x)
+    params = [g.add_param(f"w{i}", t) for i, t in enumerate(ws)]
+    out = g.call("moe", xv, *params, **attrs)
+    g.set_outputs([out])
+    verify(g)
+    return g, out
+
+
+def _types(e: int = 8, d: int = 64, i: int = 96, dtype: torch.dtype = f16, shared: Optional[int] = None
+           ) -> list[TensorType]:
+    ts = [TensorType(dtype, s) for s in [(e, d), (e, i, d), (e, i, d), (e, d, i)]]
+    if shared:
+        ts += [TensorType(dtype, s) for s in [(shared, d), (shared, d), (d, shared), (1, d)]]
+    return ts
+
+
+def test_type_rule_and_symbolic_tokens() -> None:
+    g, out = _graph(TensorType(f16, (B, S, 64)), _types(shared=32), top_k=2)
+    assert out.type == TensorType(f16, (B, S, 64))
+    assert "moe(%x, %w0" in str(g) and "top_k=2" in str(g)
+
+
+def test_active_bytes_count_min_experts_tokens_times_k() -> None:
+    """Decode at batch 1 reads 2 of 8 experts; 64 tokens read all 8 (not 128)."""
+    g, out = _graph(TensorType(f16, (B, 64)), _types(), top_k=2)
+    node = out.producer
+    _, nbytes = get_op("moe").cost([v.type for v in node.inputs], [out.type], node.attrs)
+    per_expert = 3 * 96 * 64 * 2
+    fixed = 8 * 64 * 2 + 2 * B * 64 * 2
+    assert sympy.simplify(nbytes.subs(B, 1) - (fixed.subs(B, 1) + 2 * per_expert)) == 0
+    assert sympy.simplify(nbytes.subs(B, 64) - (fixed.subs(B, 64) + 8 * per_expert)) == 0
+
+
+BAD = [
+    (TensorType(torch.int64, (3, 64)), _types(dtype=torch.int64), {"top_k": 2}, TypeError),
+    (TensorType(f16, (3, 64)), _types(), {"top_k": 9}, ValueError),
+    (TensorType(f16, (3, 64)), _types(), {"top_k": 0}, TypeError),
+    (TensorType(f16, (3, 32)), _types(), {"top_k": 2}, ValueError),
+    (TensorType(f16, (3, 64)), _types()[:3] + [TensorType(f16, (8, 96, 64))], {"top_k": 2}, ValueError),
+    (TensorType(f32, (3, 64)), _types(), {"top_k": 2}, TypeError),
+    (TensorType(f16, (3, 64)), _types(), {"top_k": 2, "act": "relu"}, ValueError),
+    (TensorType(f16, (3, 64)), _types() + [TensorType(f16, (32, 64))], {"top_k": 2}, ValueError),
+]
+
+
+@pytest.mark.parametrize("x,ws,attrs,exc", BAD)
+def test_bad_inputs_name_the_op(x: TensorType, ws: list[TensorType], attrs: dict[str, Any],
+                                exc: type[Exception]) -> None:
+    with pytest.raises(exc, match="^moe: "):
+        get_op("moe").infer_types([x, *ws], get_op("moe").normalize_attrs(attrs))
