@@ -9,6 +9,7 @@ from membound.passes import cse as _cse  # noqa: F401
 from membound.passes import dce as _dce  # noqa: F401
 from membound.passes import fuse_attention as _fuse_attention  # noqa: F401
 from membound.passes import fuse_gated_linear as _fuse_gated_linear  # noqa: F401
+from membound.passes import fuse_moe as _fuse_moe  # noqa: F401
 from membound.passes import insert_kv_cache as _insert_kv_cache  # noqa: F401
 from membound.passes import merge_linear as _merge_linear  # noqa: F401
 from membound.passes import quantize_weights as _quantize_weights  # noqa: F401

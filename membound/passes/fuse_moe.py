@@ -1,0 +1,518 @@
+"""fuse-moe: a mixture-of-experts block, however the model wrote it, becomes one ``moe`` node.
+
+```
+// before: HF Mixtral (transformers 5), one layer, captured: sort / histc / grouped-mm form
+%l = linear(%h, %router) : bf16[T, 8]
+%p = softmax(%l) {dim=-1, dtype=f32} : f32[T, 8]
+%v, %i = topk(%p) {k=2, dim=-1, largest=true, sorted=true} : f32[T, 2], i64[T, 2]
+%w = div(%v, sum(%v)) ...                               // renormalised top-k weights
+%ids, %perm = sort(reshape(%i)) ...; histc(cast(%ids, i32)) {bins=8, min=0.0, max=7.0} ...
+%gu = grouped_mm(index(%h, ...), transpose(%gate_up_proj), %offsets) ...
+%y = grouped_mm(mul(silu(%g), %u), transpose(%down_proj), %offsets) ...
+%out = sum(reshape(index(mul(%y, ...), %inv_perm))) {dims=[1]} : bf16[T, 4096]
+// after
+%out = moe(%h, %router, %gate_up_proj.gate, %gate_up_proj.up, %down_proj) {top_k=2,
+       softmax_first=true, renormalize=true, act="silu"} : bf16[T, 4096]
+```
+
+How it matches. The anchor is a ``topk`` over router scores: ``topk(softmax(linear(h, R)))``
+(softmax first) or ``softmax(topk(linear(h, R)).values)`` (softmax after), optionally renormalised
+(``v / sum(v)``), casts allowed. The *block* is every node that depends on the topk, up to the first
+value ``out`` of ``T x D`` elements that all of them flow into and nothing else reads; the block may
+read only views of ``h``, parameters and constants. The experts inside are recognised in three forms:
+
+- grouped (current HF Mixtral / Qwen2-MoE, both of transformers' CPU and CUDA paths): two
+  ``grouped_mm`` over offsets counted by ``histc`` of the sorted expert ids, the first over a
+  concatenated gate/up weight, split, ``silu(gate) * up``, the second over the down weight;
+- gathered (gpt-fast, the built-in Mixtral): ``w[expert_ids]`` of three ``[E, *, *]`` parameters,
+  batched products; the one feeding ``silu`` is gate, the one multiplied with it up, the last down;
+- looped (dense loop over experts, ``where(ids == e, ...)``): E gated MLPs of 2-D weights, each
+  weighted by a value built from ``eq(ids, e)``; their weights are stacked into new parameters.
+
+Then, if ``out`` is added to a sigmoid-gated shared expert of ``h`` (Qwen2-MoE), that is absorbed
+too. Expert weights are passed as ``[E, N, K]`` parameters: the model's own tensors where the layout
+fits, views of them (HF's gate/up halves), or stacked copies (the looped form). A block that does not
+match stays as it is, and the pass log says which check failed.
+
+Cost rule: none needed. The fused op reads only the active experts' weights once (the unfused forms
+read them through sorts, histograms, per-token gathers of whole weight matrices or every expert), so
+it is never slower; the backend chooses between its decode and grouped kernels from the token count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import sympy
+import torch
+
+from membound.ir import Graph, Node, Value
+from membound.passes.manager import PassContext, register_pass
+from membound.passes.pattern import erase_if_dead
+
+VIEWS = ("reshape", "unsqueeze", "squeeze")
+CONSTANTS = ("constant", "full", "arange")
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class NoMatch(Exception):
+    """A check that failed; the message goes to the pass log."""
+
+
+def _producer(v: Value, op: Union[str, tuple[str, ...]]) -> Optional[Node]:
+    ops = (op,) if isinstance(op, str) else op
+    return v.producer if v.producer is not None and v.producer.op in ops else None
+
+
+def _through(v: Value, ops: tuple[str, ...]) -> Value:
+    """``v`` with producers of the given ops (single-input views, casts) walked back over."""
+    while v.producer is not None and v.producer.op in ops:
+        v = v.producer.inputs[0]
+    return v
+
+
+def _tokens_of(v: Value) -> Value:
+    return _through(v, VIEWS + ("cast",))
+
+
+def _other(node: Node, v: Value) -> Value:
+    a, b = node.inputs[:2]
+    return b if a is v else a
+
+
+def _static(d: sympy.Expr) -> bool:
+    return isinstance(d, (int, sympy.Integer))
+
+
+# ---------------------------------------------------------------------------------------------
+# the router
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Router:
+    topk: Node
+    h: Value  # the block's tokens [T, D]
+    weight: Value  # router [E, D]
+    top_k: int
+    softmax_first: bool
+    renormalize: bool = False
+    weights: Value = field(init=False)  # routing weights after softmax / renormalisation
+
+    @property
+    def ids(self) -> Value:
+        return self.topk.results[1]
+
+    @property
+    def experts(self) -> int:
+        return int(self.weight.shape[0])
+
+
+def _router(topk: Node) -> Router:
+    """The router feeding ``topk``, or NoMatch saying why not."""
+    if topk.attrs["largest"] is not True or topk.attrs["dim"] not in (-1, topk.inputs[0].rank - 1):
+        raise NoMatch("topk is not a largest-k over the last dim")
+    scores = _through(topk.inputs[0], ("cast",))
+    softmax = _producer(scores, "softmax")
+    logits = _through(softmax.inputs[0], ("cast",)) if softmax is not None else scores
+    linear = _producer(logits, "linear")
+    if linear is None or len(linear.inputs) != 2 or linear.inputs[1].kind != "param":
+        raise NoMatch(f"topk input %{topk.inputs[0].name} is not softmax(linear(h, router)) or linear(h, router)")
+    h, weight = linear.inputs
+    if h.rank != 2 or weight.rank != 2 or not _static(weight.shape[0]):
+        raise NoMatch(f"router linear %{linear.result.name} is not [T, D] x [E, D]")
+    r = Router(topk, h, weight, int(topk.attrs["k"]), softmax is not None)
+    w = topk.results[0]
+    if not r.softmax_first:
+        after = [u for u in w.users if u.op == "softmax"]
+        if len(after) != 1:
+            raise NoMatch("top-k router logits are not followed by a softmax")
+        w = after[0].result
+    divs = [u for u in w.users if u.op == "div" and u.inputs[0] is w]
+    if divs and (s := _producer(divs[0].inputs[1], "sum")) is not None and s.inputs[0] is w:
+        r.renormalize, w = True, divs[0].result
+    r.weights = w
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# the block: everything downstream of topk up to the first value it all flows into
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    nodes: list[Node]  # topological
+    out: Value
+    externals: list[Value]  # values read from outside the block (besides the router scores)
+
+
+def _ancestors_within(v: Value, allowed: set[int]) -> set[int]:
+    seen: set[int] = set()
+    work = [v]
+    while work:
+        cur = work.pop()
+        n = cur.producer
+        if n is None or id(n) in seen or id(n) not in allowed:
+            continue
+        seen.add(id(n))
+        work.extend(n.inputs)
+    return seen
+
+
+def _block(graph: Graph, r: Router) -> Block:
+    start = graph.nodes.index(r.topk)
+    down: set[int] = {id(r.topk)}
+    order: list[Node] = [r.topk]
+    for n in graph.nodes[start + 1:]:
+        if any(v.producer is not None and id(v.producer) in down for v in n.inputs):
+            down.add(id(n))
+            order.append(n)
+    want = r.h.shape[0] * r.h.shape[1]
+    for pos, n in enumerate(order[1:], 1):
+        if len(n.results) != 1 or not n.result.dtype.is_floating_point:
+            continue
+        if sympy.simplify(n.result.type.numel() - want) != 0:
+            continue
+        inside = _ancestors_within(n.result, down)
+        if any(id(m) not in inside for m in order[:pos]):
+            continue  # something routed does not flow into this value
+        nodes = order[:pos + 1]
+        ids = {id(m) for m in nodes}
+        leaks = [m for m in nodes[:-1] for v in m.results for u in v.users if id(u) not in ids]
+        outputs = {id(v) for v in graph.outputs}
+        if leaks or any(id(v) in outputs for m in nodes[:-1] for v in m.results):
+            raise NoMatch(f"a value inside the block is read outside it (%{(leaks or nodes)[0].results[0].name})")
+        externals: list[Value] = []
+        for m in nodes:
+            for v in m.inputs:
+                if (v.producer is None or id(v.producer) not in ids) and v not in externals:
+                    externals.append(v)
+        return Block(nodes, n.result, [v for v in externals if v is not r.topk.inputs[0]])
+    raise NoMatch("no value of T x D elements collects every routed value")
+
+
+def _is_constant(v: Value) -> bool:
+    v = _through(v, VIEWS + ("cast", "expand"))
+    return v.producer is not None and v.producer.op in CONSTANTS
+
+
+# ---------------------------------------------------------------------------------------------
+# expert weights: [E, N, K] tensors made from the model's parameters
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Weight:
+    """An ``[E, N, K]`` expert weight: the parameter ``param`` as it is (``make is None``) or a new
+    parameter ``make(tensors)`` called ``name``."""
+
+    param: Value
+    shape: tuple[int, ...]
+    name: str = ""
+    make: Optional[Callable[[dict[str, torch.Tensor]], torch.Tensor]] = None
+
+
+def _param_3d(v: Value) -> tuple[Value, Transform]:
+    """``v`` as transposes of a 3-D parameter: (param, how to turn its tensor into v's)."""
+    swaps: list[tuple[int, int]] = []
+    while (t := _producer(v, "transpose")) is not None:
+        swaps.append((t.attrs["dim0"], t.attrs["dim1"]))
+        v = t.inputs[0]
+    if v.kind != "param" or v.rank != 3:
+        raise NoMatch(f"%{v.name} is not a 3-D parameter")
+
+    def transform(w: torch.Tensor) -> torch.Tensor:
+        for a, b in reversed(swaps):
+            w = w.transpose(a, b)
+        return w
+
+    return v, transform
+
+
+def _linear_form(v: Value, suffix: str, rows: Optional[slice] = None) -> Weight:
+    """The ``[E, N, K]`` weight whose ``[K, N]`` transposes are ``v`` (a grouped_mm operand), rows
+    ``rows`` of N."""
+    param, transform = _param_3d(v)
+
+    def form(t: torch.Tensor) -> torch.Tensor:
+        w = transform(t).transpose(1, 2)
+        return w[:, rows] if rows is not None else w
+
+    probe = form(torch.empty(tuple(int(d) for d in param.shape), device="meta"))
+    if probe.shape == tuple(int(d) for d in param.shape) and probe.stride() == _contiguous(param):
+        return Weight(param, tuple(probe.shape))
+    return Weight(param, tuple(probe.shape), f"{param.name}.{suffix}", lambda ts: form(ts[param.name]))
+
+
+def _contiguous(v: Value) -> tuple[int, ...]:
+    return torch.empty(tuple(int(d) for d in v.shape), device="meta").stride()
+
+
+# ---------------------------------------------------------------------------------------------
+# the three forms
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_tokens(block: Block, r: Router, allowed: tuple[Value, ...] = ()) -> None:
+    for v in block.externals:
+        if v in allowed or _tokens_of(v) is _tokens_of(r.h) or _is_constant(v):
+            continue
+        if _through(v, ("transpose",)).kind == "param":
+            continue
+        raise NoMatch(f"the block reads %{v.name} ({v.producer.op if v.producer else v.kind}), which is not "
+                      f"the tokens %{r.h.name}, a parameter or a constant")
+
+
+def _gated_product(v: Value) -> tuple[Value, Value]:
+    """``v = mul(silu(g), u)`` (either order, casts allowed): (g, u)."""
+    mul = _producer(_through(v, ("cast",)), "mul")
+    if mul is None:
+        raise NoMatch(f"%{v.name} is not silu(gate) * up")
+    for a, b in (mul.inputs, mul.inputs[::-1]):
+        if (s := _producer(a, "silu")) is not None:
+            return s.inputs[0], b
+    raise NoMatch(f"%{mul.result.name} multiplies no silu (only silu experts are fused)")
+
+
+def _grouped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
+    gmm = [n for n in block.nodes if n.op == "grouped_mm"]
+    if len(gmm) != 2:
+        raise NoMatch(f"{len(gmm)} grouped_mm in the block, not 2")
+    up, down = gmm
+    offsets = up.inputs[2]
+    if down.inputs[2] is not offsets:
+        raise NoMatch("the two grouped_mm use different offsets")
+    histc = _producer(_through(_through(offsets, ("cumsum",)), ("cast",)), "histc")
+    if histc is None or (histc.attrs["bins"], histc.attrs["min"], histc.attrs["max"]) != (r.experts, 0, r.experts - 1):
+        raise NoMatch(f"offsets %{offsets.name} are not a cumsum of histc(ids) over the {r.experts} experts")
+    sort = _producer(_through(histc.inputs[0], ("cast",)), "sort")
+    if sort is None or _through(sort.inputs[0], VIEWS) is not r.ids or sort.attrs["descending"]:
+        raise NoMatch("histc does not count the sorted expert ids")
+    rows = _producer(_through(up.inputs[0], ("cast",)), "index")
+    if rows is None or _tokens_of(rows.inputs[0]) is not _tokens_of(r.h):
+        raise NoMatch(f"the first grouped_mm's rows %{up.inputs[0].name} are not tokens gathered by expert")
+    gate, upv = _gated_product(down.inputs[0])
+    split = _producer(gate, "split")
+    if split is None or upv.producer is not split or split.inputs[0] is not up.result:
+        raise NoMatch("gate and up are not the two halves of the first grouped_mm")
+    half = int(up.result.shape[1]) // 2
+    if split.attrs["sizes"] != (half, half) or (gate.index, upv.index) != (0, 1):
+        raise NoMatch(f"split {split.attrs['sizes']} is not [gate; up] halves")
+    return (_linear_form(up.inputs[1], "gate", slice(0, half)), _linear_form(up.inputs[1], "up", slice(half, None)),
+            _linear_form(down.inputs[1], "down"))
+
+
+def _gathered(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
+    gathers = [n for n in block.nodes if n.op == "index" and n.attrs.get("dims") == (0,)
+               and _through(n.inputs[1], VIEWS) is r.ids and n.inputs[0].kind == "param" and n.inputs[0].rank == 3]
+    if len(gathers) != 3:
+        raise NoMatch(f"{len(gathers)} gathers of 3-D expert weights by the expert ids, not 3 (gate, up, down)")
+    silus = [n for n in block.nodes if n.op == "silu"]
+    if len(silus) != 1:
+        raise NoMatch(f"{len(silus)} silu in the block, not 1")
+    ids = {id(n) for n in block.nodes}
+    reach = {id(g): _descendants(g, ids) for g in gathers}
+    gate = [g for g in gathers if id(silus[0]) in reach[id(g)]]
+    mul = [u for u in silus[0].result.users if u.op == "mul"]
+    if len(gate) != 1 or len(mul) != 1:
+        raise NoMatch("no single gathered weight feeds the silu, or silu's result is not multiplied")
+    rest = [g for g in gathers if g is not gate[0]]
+    up = [g for g in rest if id(mul[0]) in reach[id(g)]]
+    if len(up) != 1:
+        raise NoMatch("no single gathered weight is multiplied with silu(gate)")
+    down = [g for g in rest if g is not up[0]][0]
+    d = r.h.shape[1]
+    weights = []
+    for g, want_k in ((gate[0], d), (up[0], d), (down, None)):
+        p = g.inputs[0]
+        if want_k is not None and (p.shape[2] != d or p.shape[1] == d):
+            raise NoMatch(f"expert weight %{p.name} {p.type} is not [E, I, D] with I != D (orientation unknown)")
+        weights.append(Weight(p, tuple(int(s) for s in p.shape)))
+    if down.inputs[0].shape[1] != d:
+        raise NoMatch(f"down weight %{down.inputs[0].name} is not [E, D, I]")
+    return weights[0], weights[1], weights[2]
+
+
+def _descendants(n: Node, within: set[int]) -> set[int]:
+    seen: set[int] = set()
+    work = [n]
+    while work:
+        cur = work.pop()
+        for v in cur.results:
+            for u in v.users:
+                if id(u) in within and id(u) not in seen:
+                    seen.add(id(u))
+                    work.append(u)
+    return seen
+
+
+def _gated_mlp(v: Value, h: Value) -> Optional[tuple[Value, Value, Value]]:
+    """``v = linear(silu(linear(h, wg)) * linear(h, wu), wd)`` over 2-D parameters: (wg, wu, wd)."""
+    lin = _producer(v, "linear")
+    if lin is None or len(lin.inputs) != 2 or lin.inputs[1].kind != "param":
+        return None
+    try:
+        g, u = _gated_product(lin.inputs[0])
+    except NoMatch:
+        return None
+    lg, lu = _producer(g, "linear"), _producer(u, "linear")
+    for ln in (lg, lu):
+        if ln is None or len(ln.inputs) != 2 or ln.inputs[1].kind != "param" or _tokens_of(ln.inputs[0]) is not h:
+            return None
+    assert lg is not None and lu is not None
+    return lg.inputs[1], lu.inputs[1], lin.inputs[1]
+
+
+def _looped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
+    h = _tokens_of(r.h)
+    ids = {id(n) for n in block.nodes}
+    experts: dict[int, tuple[Value, Value, Value]] = {}
+    for v in block.externals:
+        mlp = _gated_mlp(v, h)
+        if mlp is None:
+            continue
+        users = [u for u in v.users if id(u) in ids]
+        consts: set[int] = set()
+        for u in users:
+            for m in block.nodes:
+                if id(m) in _ancestors_within(u.result, ids) and m.op == "eq":
+                    a, b = m.inputs
+                    c = b if _through(a, VIEWS) is r.ids else a
+                    if _through(_other(m, c), VIEWS) is r.ids and (k := _producer(c, "constant")) is not None:
+                        consts.add(int(k.attrs["value"]))
+        if len(consts) != 1:
+            raise NoMatch(f"expert output %{v.name} is not weighted by one eq(expert_ids, e)")
+        e = consts.pop()
+        if e in experts:
+            raise NoMatch(f"expert {e} appears twice")
+        experts[e] = mlp
+    if sorted(experts) != list(range(r.experts)):
+        raise NoMatch(f"found experts {sorted(experts)} of {r.experts} gated MLPs")
+    _check_tokens(block, r, allowed=tuple(v for v in block.externals if _gated_mlp(v, h) is not None))
+    names = [p.name for mlp in experts.values() for p in mlp]
+    prefix = _common_prefix(names)
+    out = []
+    for role, j in (("w_gate", 0), ("w_up", 1), ("w_down", 2)):
+        ps = [experts[e][j] for e in range(r.experts)]
+        if len({tuple(p.shape) for p in ps}) != 1:
+            raise NoMatch(f"the experts' {role} weights differ in shape")
+        shape = (r.experts, *(int(s) for s in ps[0].shape))
+        out.append(Weight(ps[0], shape, f"{prefix}{role}",
+                          (lambda ps: lambda ts: torch.stack([ts[p.name] for p in ps]))(ps)))
+    return out[0], out[1], out[2]
+
+
+def _common_prefix(names: list[str]) -> str:
+    parts = [n.split(".") for n in names]
+    common: list[str] = []
+    for seg in zip(*parts):
+        if len(set(seg)) != 1:
+            break
+        common.append(seg[0])
+    return ".".join(common) + "." if common else "moe."
+
+
+FORMS: list[tuple[str, Callable[[Graph, Router, Block], tuple[Weight, Weight, Weight]]]] = [
+    ("grouped", _grouped), ("gathered", _gathered), ("looped", _looped)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared expert (Qwen2-MoE): out + sigmoid(linear(h, g)) * mlp(h)
+# ---------------------------------------------------------------------------------------------
+
+
+def _shared(out: Value, h: Value) -> Optional[tuple[Node, list[Value]]]:
+    users = out.users
+    if len(users) != 1 or users[0].op != "add":
+        return None
+    add = users[0]
+    mul = _producer(_other(add, out), "mul")
+    if mul is None:
+        return None
+    for a, b in (mul.inputs, mul.inputs[::-1]):
+        sig = _producer(a, "sigmoid")
+        gate = _producer(sig.inputs[0], "linear") if sig is not None else None
+        mlp = _gated_mlp(b, h)
+        if gate is None or mlp is None or len(gate.inputs) != 2 or _tokens_of(gate.inputs[0]) is not h:
+            continue
+        sr = gate.inputs[1]
+        if sr.kind == "param" and tuple(sr.shape)[:1] == (1,):
+            return add, [*mlp, sr]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the pass
+# ---------------------------------------------------------------------------------------------
+
+
+def _materialise(graph: Graph, w: Weight, dtype: torch.dtype) -> Value:
+    if w.make is None:
+        return w.param
+    from membound.ir.types import TensorType
+
+    try:
+        tensor: Optional[torch.Tensor] = w.make(graph.tensors)
+    except KeyError:  # a graph without tensors (IR text): the new parameter has a type only
+        tensor = None
+    return graph.add_param(w.name, TensorType(dtype, w.shape), tensor)
+
+
+def _fuse_one(graph: Graph, topk: Node) -> str:
+    """Rewrite the block of ``topk``; returns the form's name (NoMatch when it does not match)."""
+    r = _router(topk)
+    block = _block(graph, r)
+    reasons = []
+    for name, form in FORMS:
+        try:
+            weights = form(graph, r, block)
+            if name != "looped":
+                _check_tokens(block, r)
+            break
+        except NoMatch as e:
+            reasons.append(f"{name}: {e}")
+    else:
+        raise NoMatch("; ".join(reasons))
+    h, out = r.h, block.out
+    while len(out.users) == 1 and out.users[0].op == "cast" and out.users[0].result.dtype == h.dtype:
+        out = out.users[0].result
+    shared = _shared(out, _tokens_of(h)) if out.dtype == h.dtype else None
+    replaced = shared[0].result if shared is not None else out
+    anchor = replaced.producer
+    assert anchor is not None
+    operands = [h, r.weight] + [_materialise(graph, w, h.dtype) for w in weights]
+    operands += shared[1] if shared is not None else []
+    node = graph.create_node("moe", operands, dict(top_k=r.top_k, softmax_first=r.softmax_first,
+                                                   renormalize=r.renormalize, act="silu"))
+    graph.insert_before(anchor, node)
+    new = node.result
+    for op, attrs in (("reshape", {"shape": replaced.shape}), ("cast", {"dtype": replaced.dtype})):
+        if (op == "reshape" and tuple(new.shape) != tuple(replaced.shape)) or (op == "cast" and new.dtype != replaced.dtype):
+            n2 = graph.create_node(op, [new], attrs)
+            graph.insert_before(anchor, n2)
+            new = n2.result
+    graph.replace_all_uses(replaced, new)
+    erase_if_dead(graph, anchor)
+    return name + (" + shared expert" if shared is not None else "")
+
+
+@register_pass("fuse-moe")
+def fuse_moe(graph: Graph, ctx: PassContext) -> bool:
+    """Rewrite every recognised mixture-of-experts block (anchored at its router's ``topk``) to ``moe``."""
+    fused: dict[str, int] = {}
+    for topk in [n for n in graph.nodes if n.op == "topk"]:
+        if topk.graph is not graph:
+            continue  # erased with an earlier block
+        try:
+            form = _fuse_one(graph, topk)
+        except NoMatch as e:
+            ctx.note(f"topk %{topk.results[0].name} left unfused: {e}")
+            continue
+        fused[form] = fused.get(form, 0) + 1
+    if not fused:
+        return False
+    graph.remove_unused_params()
+    ctx.note(", ".join(f"{k}: {v}" for k, v in sorted(fused.items())))
+    return True
