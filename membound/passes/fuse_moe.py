@@ -399,9 +399,13 @@ def _looped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weig
         if len({tuple(p.shape) for p in ps}) != 1:
             raise NoMatch(f"the experts' {role} weights differ in shape")
         shape = (r.experts, *(int(s) for s in ps[0].shape))
-        out.append(Weight(ps[0], shape, f"{prefix}{role}",
-                          (lambda ps: lambda ts: torch.stack([ts[p.name] for p in ps]))(ps)))
+        out.append(Weight(ps[0], shape, f"{prefix}{role}", _stacker([p.name for p in ps])))
     return out[0], out[1], out[2]
+
+
+def _stacker(names: list[str]) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """Stack the experts' 2-D weights into one ``[E, N, K]`` tensor (a copy, made once at compile time)."""
+    return lambda tensors: torch.stack([tensors[n] for n in names]).contiguous()
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -488,11 +492,12 @@ def _fuse_one(graph: Graph, topk: Node) -> str:
                                                    renormalize=r.renormalize, act="silu"))
     graph.insert_before(anchor, node)
     new = node.result
-    for op, attrs in (("reshape", {"shape": replaced.shape}), ("cast", {"dtype": replaced.dtype})):
-        if (op == "reshape" and tuple(new.shape) != tuple(replaced.shape)) or (op == "cast" and new.dtype != replaced.dtype):
-            n2 = graph.create_node(op, [new], attrs)
-            graph.insert_before(anchor, n2)
-            new = n2.result
+    fixups = [("reshape", {"shape": replaced.shape}, tuple(new.shape) != tuple(replaced.shape)),
+              ("cast", {"dtype": replaced.dtype}, new.dtype != replaced.dtype)]
+    for op, attrs, needed in fixups:
+        if needed:
+            fix = graph.insert_before(anchor, graph.create_node(op, [new], attrs))
+            new = fix.result
     graph.replace_all_uses(replaced, new)
     erase_if_dead(graph, anchor)
     return name + (" + shared expert" if shared is not None else "")
