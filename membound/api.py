@@ -255,7 +255,7 @@ def build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
     kwargs = {"use_cache": False} if _accepts_kwarg(compiled.fn, "use_cache") else {}
     capture = capture_export(compiled.fn, (example,), kwargs, dynamic=True, fallback=compiled.fallback)
     base = compiled.pipeline if compiled.pipeline is not None else default_pipeline()
-    pipeline = with_quantization(list(base) + ["fuse-attention", "insert-kv-cache", "merge-linear",
+    pipeline = with_quantization(list(base) + ["fuse-attention", "insert-kv-cache", "fuse-moe", "merge-linear",
                                                 "fuse-gated-linear", "canonicalize", "dead-code-elimination"],
                                  compiled.quant_config)
     instruments = [DumpIR(Path(compiled.dump_ir) / "kv-prefill")] if compiled.dump_ir else []

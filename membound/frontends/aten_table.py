@@ -418,6 +418,53 @@ def _aten_grouped_mm(t: Translator, a: Args) -> Value:
     return t.cast(out, a.out_dtype) if a.out_dtype is not None else out
 
 
+def _prod(dims: Sequence[Any]) -> Any:
+    out: Any = 1
+    for d in dims:
+        out = out * d
+    return out
+
+
+@rule(aten.einsum.default)
+def _einsum(t: Translator, a: Args) -> Value:
+    """Two-operand ``einsum`` (gpt-fast's MoE) -> permute, reshape, ``matmul``, reshape, permute.
+
+    Letters of both operands and the output are batch dims, of both operands only contracted; a letter
+    of one operand missing from the output is summed first. One operand: sum and permute. Repeated
+    letters within an operand (diagonals), ellipses and three or more operands are not mapped.
+    """
+    eq = a.equation.replace(" ", "")
+    ops = list(a.tensors)
+    lhs, _, out = eq.partition("->")
+    terms = lhs.split(",")
+    if "." in eq or not _ or len(terms) != len(ops) or len(ops) > 2 or any(len(set(x)) != len(x) for x in terms):
+        raise t.unsupported(f"einsum {a.equation!r}: only one or two operands, explicit '->', no '...' or diagonals")
+    vals, letters = [], []
+    for x, term in zip(ops, terms):
+        other = "".join(terms).replace(term, "", 1)
+        drop = [i for i, c in enumerate(term) if c not in out and c not in other]
+        if drop:
+            x = t.emit("sum", x, dims=tuple(drop), keepdim=False, dtype=None)
+            term = "".join(c for c in term if c in out or c in other)
+        vals.append(x)
+        letters.append(term)
+    size = {c: v.shape[i] for v, term in zip(vals, letters) for i, c in enumerate(term)}
+    if len(vals) == 1:
+        return t.emit("permute", vals[0], dims=tuple(letters[0].index(c) for c in out))
+    (x, xs), (y, ys) = zip(vals, letters)
+    batch = [c for c in xs if c in ys and c in out]
+    contract = [c for c in xs if c in ys and c not in out]
+    left = [c for c in xs if c not in ys]
+    right = [c for c in ys if c not in xs]
+    x = t.emit("permute", x, dims=tuple(xs.index(c) for c in batch + left + contract))
+    y = t.emit("permute", y, dims=tuple(ys.index(c) for c in batch + contract + right))
+    bshape = tuple(size[c] for c in batch)
+    x = t.emit("reshape", x, shape=bshape + (_prod([size[c] for c in left]), _prod([size[c] for c in contract])))
+    y = t.emit("reshape", y, shape=bshape + (_prod([size[c] for c in contract]), _prod([size[c] for c in right])))
+    z = t.emit("reshape", t.emit("matmul", x, y), shape=tuple(size[c] for c in batch + left + right))
+    return t.emit("permute", z, dims=tuple((batch + left + right).index(c) for c in out))
+
+
 @rule(aten.scaled_dot_product_attention.default)
 def _sdpa(t: Translator, a: Args) -> Value:
     """SDPA -> ``attention(q, k, v, mask?) {causal, scale}``; GQA (fewer kv heads) is implicit in the IR."""

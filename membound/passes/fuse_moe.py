@@ -170,6 +170,7 @@ def _block(graph: Graph, r: Router) -> Block:
             down.add(id(n))
             order.append(n)
     want = r.h.shape[0] * r.h.shape[1]
+    why = "no value of T x D elements collects every routed value"
     for pos, n in enumerate(order[1:], 1):
         if len(n.results) != 1 or not n.result.dtype.is_floating_point:
             continue
@@ -182,15 +183,17 @@ def _block(graph: Graph, r: Router) -> Block:
         ids = {id(m) for m in nodes}
         leaks = [m for m in nodes[:-1] for v in m.results for u in v.users if id(u) not in ids]
         outputs = {id(v) for v in graph.outputs}
-        if leaks or any(id(v) in outputs for m in nodes[:-1] for v in m.results):
-            raise NoMatch(f"a value inside the block is read outside it (%{(leaks or nodes)[0].results[0].name})")
+        returned = [m for m in nodes[:-1] if any(id(v) in outputs for v in m.results)]
+        if leaks or returned:  # a partial sum (one expert of a loop): look further
+            why = f"a routed value is read outside the block (%{(leaks or returned)[0].results[0].name})"
+            continue
         externals: list[Value] = []
         for m in nodes:
             for v in m.inputs:
                 if (v.producer is None or id(v.producer) not in ids) and v not in externals:
                     externals.append(v)
         return Block(nodes, n.result, [v for v in externals if v is not r.topk.inputs[0]])
-    raise NoMatch("no value of T x D elements collects every routed value")
+    raise NoMatch(why)
 
 
 def _is_constant(v: Value) -> bool:
