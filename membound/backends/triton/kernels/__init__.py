@@ -25,6 +25,7 @@ from membound.backends.triton.kernels.cache_write import cache_write, cache_writ
 from membound.backends.triton.kernels.decode_attention import DecodeConfig, cached_attention, cached_attention_bytes
 from membound.backends.triton.kernels.embedding import embedding
 from membound.backends.triton.kernels.linear import SMALL_M, LinearConfig, gated_linear, linear, linear_bytes
+from membound.backends.triton.kernels.moe import moe, moe_bytes
 from membound.backends.triton.kernels.norm import add_rms_norm, rms_norm, rms_norm_bytes
 from membound.backends.triton.kernels.quant_matmul import (
     QuantConfig,
@@ -42,6 +43,7 @@ LIBRARY: dict[str, Callable] = {
     "embedding": embedding,
     "quant_linear": quant_linear,
     "quant_gated_linear": quant_gated_linear,
+    "moe": moe,
 }
 
 FUSED: dict[str, Callable] = {
@@ -51,5 +53,6 @@ FUSED: dict[str, Callable] = {
 __all__ = [
     "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "LinearConfig", "QuantConfig", "add_rms_norm", "cache_write",
     "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding", "gated_linear", "linear",
-    "linear_bytes", "quant_gated_linear", "quant_linear", "quant_linear_bytes", "rms_norm", "rms_norm_bytes", "trace",
+    "linear_bytes", "moe", "moe_bytes", "quant_gated_linear", "quant_linear", "quant_linear_bytes", "rms_norm",
+    "rms_norm_bytes", "trace",
 ]

@@ -1,0 +1,181 @@
+"""``moe``: the routed experts as two grouped kernels that read each active expert's weights once.
+
+A step of T tokens makes ``T * top_k`` (token, expert) pairs. The wrapper routes in torch (router
+linear, softmax, top-k, renormalisation: a few ``[T, E]`` ops) and sorts the pairs by expert on the
+device, with the per-expert offsets from ``bincount``; nothing is read back to the host, so a decode
+step can be captured in a CUDA graph. Then:
+
+- ``_moe_gate_up``: one program per (expert e, block of ``BLOCK_N`` rows of I). It walks e's pairs
+  ``BLOCK_M`` at a time, gathers their token rows of x, and multiplies them with its gate and up
+  tiles (``tl.dot``; the padded rows of a decode step cost FLOPs, which are free when memory-bound),
+  then stores ``silu(gate) * up`` for those pairs. A program of an expert nobody chose returns before
+  loading anything: a decode token reads only its top_k experts' weights.
+- ``_moe_down``: one program per (expert e, block of D rows of the down weight): the same walk over
+  e's pairs, ``h @ w_down[e].T`` times the pair's routing weight, stored per pair in fp32.
+
+The combine (sum over a token's k pairs), the optional shared expert (cuBLAS) and the cast are torch
+ops on ``[T, D]``. Memory stays O(weights + T * top_k * (I + D)): no weight is ever copied per token.
+For many tokens per expert (prefill) the same kernels are a grouped GEMM (each W tile is re-read once
+per ``BLOCK_M`` rows, from L2). Weights may be views (HF's gate/up halves): rows must be contiguous.
+
+Falls back to the torch reference for dtypes other than fp16/bf16/fp32, activations other than
+silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from membound.backends.triton.kernels._launch import (
+    cdiv,
+    check_out,
+    fallback,
+    launchable,
+    note,
+    unsupported_device,
+    unsupported_dtype,
+)
+from membound.ir.ops import get_op
+from membound.ir.ops.moe import route, shared_expert
+
+BLOCK_M = 16  # pairs per tile: one tensor-core tile of rows
+
+
+@triton.jit
+def _moe_gate_up(
+    x_ptr, wg_ptr, wu_ptr, h_ptr, pair_ptr, offs_ptr,
+    I, K, TOP_K,
+    stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_h,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    e = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    start = tl.load(offs_ptr + e)
+    end = tl.load(offs_ptr + e + 1)
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = ns < I
+    ks0 = tl.arange(0, BLOCK_K)
+    # an expert nobody chose: nothing to load (start == end skips the loop)
+    for m0 in range(start, end, BLOCK_M):
+        ms = m0 + tl.arange(0, BLOCK_M)
+        m_ok = ms < end
+        pair = tl.load(pair_ptr + ms, mask=m_ok, other=0)  # sorted position -> pair index t * TOP_K + j
+        tok = pair // TOP_K
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + ks0
+            k_ok = ks < K
+            x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w_mask = k_ok[:, None] & n_ok[None, :]
+            # [BLOCK_K, BLOCK_N] tiles of W.T: each row of W is contiguous in K
+            wg = tl.load(wg_ptr + e * stride_ge + ns[None, :] * stride_gn + ks[:, None], mask=w_mask, other=0.0)
+            wu = tl.load(wu_ptr + e * stride_ue + ns[None, :] * stride_un + ks[:, None], mask=w_mask, other=0.0)
+            acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
+            acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
+        # round like the reference: each product in the activation dtype, then silu * up
+        g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
+        u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(h_ptr.dtype.element_ty).to(tl.float32) * u
+        tl.store(h_ptr + ms[:, None] * stride_h + ns[None, :], act.to(h_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _moe_down(
+    h_ptr, wd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr,
+    D, I,
+    stride_h, stride_de, stride_dn, stride_y,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    e = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    start = tl.load(offs_ptr + e)
+    end = tl.load(offs_ptr + e + 1)
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = ns < D
+    ks0 = tl.arange(0, BLOCK_K)
+    for m0 in range(start, end, BLOCK_M):
+        ms = m0 + tl.arange(0, BLOCK_M)
+        m_ok = ms < end
+        pair = tl.load(pair_ptr + ms, mask=m_ok, other=0)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, I, BLOCK_K):
+            ks = k0 + ks0
+            k_ok = ks < I
+            h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(wd_ptr + e * stride_de + ns[None, :] * stride_dn + ks[:, None],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
+        y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the expert's output, in the activation dtype
+        rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
+        tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _block(n: int, cap: int) -> int:
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str) -> Optional[str]:
+    if act != "silu":
+        return f"moe: act={act!r} has no kernel (silu does)"
+    reason = unsupported_dtype("moe", x, *weights) or unsupported_device(x, *weights)
+    if reason is not None:
+        return reason
+    if any(w.stride(-1) != 1 for w in weights):
+        return "moe: expert weight rows must be contiguous (stride 1 along K)"
+    return None
+
+
+def moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+        *shared: torch.Tensor, out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True,
+        renormalize: bool = True, act: str = "silu") -> torch.Tensor:
+    """The IR op ``moe`` (see ``membound.ir.ops.moe``): grouped expert kernels, routing and combine in torch."""
+    attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act)
+    e, d = router.shape
+    if x.shape[-1] != d or w_gate.shape[0] != e or w_down.shape[1] != d:
+        raise ValueError(f"moe: x {tuple(x.shape)}, router {tuple(router.shape)}, w_gate {tuple(w_gate.shape)}, "
+                         f"w_down {tuple(w_down.shape)} do not agree on E and D")
+    reason = _unsupported(x, (router, w_gate, w_up, w_down), act)
+    if reason is not None:
+        return fallback("moe", reason, get_op("moe").reference(x, router, w_gate, w_up, w_down, *shared, **attrs), out)
+    result = check_out("moe", out, tuple(x.shape), x.dtype, x.device)
+    h = x.reshape(-1, d).contiguous()  # [T, D]
+    t, i = h.shape[0], w_gate.shape[1]
+    weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize)
+    # pairs sorted by expert (stable: a token's pairs stay in slot order), offsets[e] = first pair of e
+    order = torch.sort(experts.reshape(-1), stable=True).indices  # [T * k]
+    counts = torch.bincount(experts.reshape(-1), minlength=e)
+    offsets = torch.zeros(e + 1, dtype=torch.int64, device=x.device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    hidden = torch.empty((t * top_k, i), dtype=x.dtype, device=x.device)  # silu(gate) * up, sorted order
+    y = torch.empty((t * top_k, d), dtype=torch.float32, device=x.device)  # weighted expert outputs, pair order
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    bn, bk = _block(i, 64), _block(d, 64)
+    launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
+        h, w_gate, w_up, hidden, order, offsets, i, d, top_k, h.stride(0), w_gate.stride(0), w_gate.stride(1),
+        w_up.stride(0), w_up.stride(1), hidden.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, num_warps=4)
+    bn, bk = _block(d, 64), _block(i, 64)
+    launchable(_moe_down, x.device)[(e, cdiv(d, bn))](
+        hidden, w_down, y, order, weights.reshape(-1).contiguous(), offsets, d, i, hidden.stride(0),
+        w_down.stride(0), w_down.stride(1), y.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, num_warps=4)
+    combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
+    if shared:
+        combined += shared_expert(h, shared, act)
+    result.copy_(combined.view(x.shape))
+    note("moe", "kernel")
+    return result
+
+
+def moe_bytes(tokens: int, experts: int, top_k: int, hidden: int, intermediate: int, itemsize: int) -> int:
+    """Bytes of expert weights a step of ``tokens`` tokens reads: ``min(E, tokens * k)`` experts."""
+    return min(experts, tokens * top_k) * 3 * hidden * intermediate * itemsize
+
+
+__all__ = ["moe", "moe_bytes"]

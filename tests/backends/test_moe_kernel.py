@@ -1,0 +1,87 @@
+"""The ``moe`` library kernels against the op's torch reference, under the Triton interpreter on the CPU
+(fp32, fp16) or compiled on a GPU (plus bf16). Sizes are odd (D, I not multiples of the tiles); inputs
+random and never zero. Tolerances: fp32 1e-4 relative, fp16/bf16 1e-2.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from membound.backends.triton.kernels import LIBRARY, moe, trace  # noqa: E402
+from membound.ir import get_op  # noqa: E402
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2),
+       torch.bfloat16: dict(rtol=1e-2, atol=2e-2)}
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+
+
+def _weights(e: int, d: int, i: int, dtype: torch.dtype, shared: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+
+    def r(*shape: int) -> torch.Tensor:
+        mag = torch.rand(shape, generator=g) + 0.5
+        sign = torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0)
+        return (mag * sign / shape[-1] ** 0.5).to(DEVICE, dtype)
+
+    ws = [r(e, d), r(e, i, d), r(e, i, d), r(e, d, i)]
+    return ws + ([r(shared, d), r(shared, d), r(d, shared), r(1, d)] if shared else [])
+
+
+def _check(x: torch.Tensor, ws: list[torch.Tensor], **attrs: object) -> None:
+    attrs = dict(dict(top_k=2, softmax_first=True, renormalize=True, act="silu"), **attrs)
+    with trace() as calls:
+        got = moe(x, *ws, **attrs)
+    assert calls == [("moe", "kernel")]
+    want = get_op("moe").reference(x, *ws, **attrs)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    torch.testing.assert_close(got.float(), want.float(), **TOL[x.dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 3, 37])  # decode (most experts idle), a few, several tiles per expert
+def test_matches_reference(dtype: torch.dtype, tokens: int) -> None:
+    ws = _weights(5, 40, 23, dtype)
+    x = torch.randn(tokens, 40, generator=torch.Generator().manual_seed(tokens)).to(DEVICE, dtype)
+    _check(x, ws)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_top1_softmax_after_shared_expert(dtype: torch.dtype) -> None:
+    ws = _weights(4, 24, 19, dtype, shared=13)
+    x = torch.randn(2, 3, 24, generator=torch.Generator().manual_seed(2)).to(DEVICE, dtype)
+    _check(x, ws, top_k=1, softmax_first=False, renormalize=False)
+
+
+def test_views_of_a_concatenated_gate_up_weight() -> None:
+    """HF's gate/up halves are views with an expert stride of 2*I*D: passed as they are, not copied."""
+    router, gate, up, down = _weights(3, 20, 9, torch.float32)
+    gate_up = torch.cat([gate, up], dim=1)
+    x = torch.randn(5, 20).to(DEVICE)
+    _check(x, [router, gate_up[:, :9], gate_up[:, 9:], down])
+
+
+def test_ties_and_unchosen_experts() -> None:
+    router, gate, up, down = _weights(6, 16, 11, torch.float32)
+    router[4] = router[2]  # always tied
+    x = torch.randn(3, 16).to(DEVICE)
+    _check(x, [router, gate, up, down], top_k=1)
+
+
+def test_registered_and_falls_back_for_column_major_weights() -> None:
+    assert LIBRARY["moe"] is moe
+    router, gate, up, down = _weights(3, 8, 5, torch.float32)
+    gate_cols = gate.transpose(1, 2).contiguous().transpose(1, 2)  # same values, K not contiguous
+    x = torch.randn(2, 8).to(DEVICE)
+    with trace() as calls:
+        got = moe(x, router, gate_cols, up, down, top_k=2)
+    assert calls[0][1].startswith("fallback: moe: expert weight rows must be contiguous")
+    torch.testing.assert_close(got, get_op("moe").reference(x, router, gate, up, down, top_k=2, softmax_first=True,
+                                                            renormalize=True, act="silu"))
