@@ -1,0 +1,348 @@
+"""Mixture-of-experts decode and prefill: Hugging Face, torch.compile and membound on the same weights, one run.
+
+    PYTHONPATH=. python benches/moe.py                 # GPU: mixtral-small and mixtral-8x7b cut to 8 layers
+    PYTHONPATH=. python benches/moe.py --quick         # GPU: mixtral-small only, batch 1 and 8, fewer tokens
+    PYTHONPATH=. python benches/moe.py --smoke         # CPU: a tiny shape, eager contenders only (plumbing)
+
+Shapes (random bf16 weights, built-in ``membound.models.Mixtral``): ``small`` = 1024 hidden, 8 layers,
+8 experts top-2, I = 3584; ``8x7b-8l`` = Mixtral-8x7B (4096 hidden, I = 14336, 32/8 heads) cut to 8 layers.
+Every contender runs the same tensors (HF's concatenated gate/up is the one copy):
+
+- ``hf eager``: ``transformers.MixtralForCausalLM.generate`` (dynamic cache) — batch 1 only;
+- ``hf static``: ``generate(..., cache_implementation="static")``, which compiles itself — batch 1 only;
+- ``hf compile``: ``torch.compile(model.forward, fullgraph=True)`` then generate — a failure is a row;
+- ``gather compile``: the gpt-fast recipe written here (``StaticCacheMixtral``: static KV cache, each
+  token gathers its experts' weights, ``torch.compile(mode="reduce-overhead", fullgraph=True)`` step);
+- ``membound``: ``membound.generate(membound.compile(hf_model), ...)`` (fuse-moe, Triton ``moe`` kernels,
+  CUDA graphs);
+- ``roofline``: per decode step, the bytes that must be read — non-expert weights (attention, router,
+  norms, lm_head; the embedding is gathered), ``min(E, batch*k)`` experts per layer, the live K/V —
+  over the read bandwidth of ``x.sum()`` on 2 GiB measured in this run.
+
+Decode tokens/s = batch * (N - 1) / (t(generate N) - t(generate 1)): the prefill and the first token
+cancel. Prefill tokens/s = 512 / t(generate 1 token after a 512-token prompt), batch 1. Before timing,
+each contender's first greedy tokens at batch 1 are compared with HF eager's (bf16: a late divergence
+is reported, not fatal). JSON to ``benches/results/moe-<gpu>-<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benches"))
+sys.path.insert(0, str(ROOT))
+
+from decode_e2e import first_line, free_memory, gpu_slug, read_bandwidth, reset_dynamo, sync  # noqa: E402
+from static_cache_llama import CachedAttention, KVCache  # noqa: E402
+
+import membound  # noqa: E402
+from membound.models.llama import RMSNorm, rope_cos_sin  # noqa: E402
+from membound.models.mixtral import Mixtral, MixtralConfig, MoEFeedForward  # noqa: E402
+
+SHAPES = {
+    "small": MixtralConfig(vocab_size=32000, dim=1024, n_layers=8, n_heads=16, n_kv_heads=4, intermediate_size=3584,
+                           n_experts=8, top_k=2, rope_theta=1e6),
+    "8x7b-8l": MixtralConfig(vocab_size=32000, dim=4096, n_layers=8, n_heads=32, n_kv_heads=8,
+                             intermediate_size=14336, n_experts=8, top_k=2, rope_theta=1e6),
+    "tiny": MixtralConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=96,
+                          n_experts=4, top_k=2),
+}
+CHECK = 8  # greedy tokens compared with HF eager
+
+
+# ---- the gpt-fast contender: static KV cache, gathered experts ----------------------------------
+
+class CachedMoEBlock(nn.Module):
+    def __init__(self, c: MixtralConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(c.dim, c.norm_eps)
+        self.attention = CachedAttention(c.dim, c.n_heads, c.n_kv_heads)
+        self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
+        self.block_sparse_moe = MoEFeedForward(c.dim, c.intermediate_size, c.n_experts, c.top_k)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                input_pos: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, input_pos)
+        return x + self.block_sparse_moe(self.ffn_norm(x))
+
+
+class StaticCacheMixtral(nn.Module):
+    """``forward(idx [B, S], input_pos [S]) -> logits``; the built-in Mixtral's tensors (no copy)."""
+
+    def __init__(self, c: MixtralConfig) -> None:
+        super().__init__()
+        self.config = c
+        self.tok_embeddings = nn.Embedding(c.vocab_size, c.dim)
+        self.layers = nn.ModuleList(CachedMoEBlock(c) for _ in range(c.n_layers))
+        self.norm = RMSNorm(c.dim, c.norm_eps)
+        self.output = nn.Linear(c.dim, c.vocab_size, bias=False)
+
+    @classmethod
+    def from_builtin(cls, model: Mixtral) -> "StaticCacheMixtral":
+        with torch.device("meta"):
+            twin = cls(model.config)
+        twin.load_state_dict(model.state_dict(), strict=True, assign=True)
+        return twin.eval().requires_grad_(False)
+
+    def setup_caches(self, batch: int, max_len: int) -> None:
+        w = self.tok_embeddings.weight
+        c = self.config
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, w.dtype, w.device)
+        cos, sin = rope_cos_sin(max_len, c.head_dim, c.rope_theta, w.device, w.dtype)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        mask = torch.ones(max_len, max_len, dtype=torch.bool, device=w.device).tril()
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        x = self.tok_embeddings(idx)  # [B, S, D]
+        cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]
+        mask = self.causal_mask[None, None, input_pos]
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, input_pos)
+        return self.output(self.norm(x))
+
+
+def gather_generate(model: StaticCacheMixtral, step: Callable[..., torch.Tensor], ids: torch.Tensor,
+                    new: int) -> torch.Tensor:
+    """Greedy: eager prefill, then ``step`` (compiled) one token at a time."""
+    b, s = ids.shape
+    model.setup_caches(b, s + new)
+    logits = model(ids, torch.arange(s, device=ids.device))
+    tok = logits[:, -1].argmax(-1, keepdim=True)
+    out = [tok]
+    for i in range(new - 1):
+        pos = torch.tensor([s + i], device=ids.device)
+        tok = step(tok, pos)[:, -1].argmax(-1, keepdim=True).clone()
+        out.append(tok)
+    return torch.cat(out, dim=1)
+
+
+# ---- Hugging Face ------------------------------------------------------------------------------
+
+def build_hf(model: Mixtral) -> Any:
+    """``transformers.MixtralForCausalLM`` holding the built-in's tensors (gate/up concatenated: one copy)."""
+    from transformers import MixtralConfig as HFConfig
+    from transformers import MixtralForCausalLM
+
+    c = model.config
+    hf_cfg = HFConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.intermediate_size,
+                      num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads,
+                      num_local_experts=c.n_experts, num_experts_per_tok=c.top_k, rms_norm_eps=c.norm_eps,
+                      rope_theta=c.rope_theta, max_position_embeddings=4096, tie_word_embeddings=False,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    device = model.tok_embeddings.weight.device
+    sd: dict[str, torch.Tensor] = {"model.embed_tokens.weight": model.tok_embeddings.weight,
+                                   "model.norm.weight": model.norm.weight, "lm_head.weight": model.output.weight}
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        a, moe = layer.attention, layer.block_sparse_moe
+        sd.update({p + "input_layernorm.weight": layer.attention_norm.weight,
+                   p + "post_attention_layernorm.weight": layer.ffn_norm.weight,
+                   p + "self_attn.q_proj.weight": a.wq.weight, p + "self_attn.k_proj.weight": a.wk.weight,
+                   p + "self_attn.v_proj.weight": a.wv.weight, p + "self_attn.o_proj.weight": a.wo.weight,
+                   p + "mlp.gate.weight": moe.gate.weight,
+                   p + "mlp.experts.gate_up_proj": torch.cat([moe.w1, moe.w3], dim=1),  # [E, 2I, D]
+                   p + "mlp.experts.down_proj": moe.w2})  # [E, D, I]: HF's layout
+    with torch.device("meta"):
+        hf = MixtralForCausalLM(hf_cfg)
+    missing, unexpected = hf.load_state_dict(sd, strict=False, assign=True)
+    if missing or unexpected:
+        raise KeyError(f"build_hf: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    rotary = type(hf.model.rotary_emb)
+    hf.model.rotary_emb = rotary(hf_cfg).to(device)
+    return hf.eval().requires_grad_(False)
+
+
+def hf_generate(hf: Any, ids: torch.Tensor, new: int, **kw: Any) -> torch.Tensor:
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                      do_sample=False, **kw)
+    return out[:, ids.shape[1]:]
+
+
+# ---- measuring ---------------------------------------------------------------------------------
+
+def seconds(fn: Callable[[], Any]) -> float:
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def active_bytes(c: MixtralConfig, batch: int, context: int, itemsize: int = 2) -> int:
+    """Bytes one decode step must read (see the module docstring)."""
+    hd = c.head_dim
+    attn = c.dim * hd * (2 * c.n_heads + 2 * c.n_kv_heads)
+    expert = 3 * c.dim * c.intermediate_size
+    per_layer = attn + c.n_experts * c.dim + 2 * c.dim + min(c.n_experts, batch * c.top_k) * expert
+    kv = 2 * c.n_layers * batch * c.n_kv_heads * context * hd
+    return (c.n_layers * per_layer + c.dim + c.vocab_size * c.dim + kv) * itemsize
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+        self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.rows: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+
+    def row(self, **kw: Any) -> None:
+        self.rows.append(kw)
+        rate = kw.get("tok_s")
+        extra = f"{rate:9.1f} tok/s" if rate is not None else kw.get("error", "")
+        print(f"  {kw['shape']:8s} {kw['mode']:7s} b{kw.get('batch', 1):<3d} {kw['contender']:15s} {extra}", flush=True)
+
+    def decode(self, shape: str, name: str, gen: Callable[[torch.Tensor, int], torch.Tensor], c: MixtralConfig,
+               batches: list[int], ref: tuple[torch.Tensor, torch.Tensor], bw: float) -> None:
+        """``ref``: (a batch-1 prompt, HF eager's first greedy tokens after it)."""
+        n, prompt = self.args.new_tokens, self.args.prompt
+        for b in batches:
+            ids = ref[0] if b == 1 else torch.randint(0, c.vocab_size, (b, prompt), device=self.device,
+                                                      generator=self.gen)
+            try:
+                t0 = time.perf_counter()
+                first = gen(ids, n)  # cold: compiles
+                cold = time.perf_counter() - t0
+                agree = None
+                if b == 1:  # greedy tokens equal to HF eager's, before the first divergence (bf16)
+                    m = min(CHECK, first.shape[1])
+                    same = (first[0, :m].cpu() == ref[1][0, :m].cpu()).tolist()
+                    agree = same.index(False) if False in same else m
+                full = min(seconds(lambda ids=ids: gen(ids, n)) for _ in range(2))
+                one = min(seconds(lambda ids=ids: gen(ids, 1)) for _ in range(2))
+                rate = b * (n - 1) / max(full - one, 1e-9)
+                roof = b / (active_bytes(c, b, prompt + n // 2) / (bw * 1e9))
+                self.row(shape=shape, mode="decode", batch=b, contender=name, tok_s=rate, cold_s=cold,
+                         roofline_tok_s=roof, pct_roofline=100 * rate / roof, agree_first=agree)
+            except Exception as e:  # a failure is a row
+                self.row(shape=shape, mode="decode", batch=b, contender=name, error=first_line(e))
+                break
+            finally:
+                free_memory()
+
+    def prefill(self, shape: str, name: str, gen: Callable[[torch.Tensor, int], torch.Tensor], vocab: int) -> None:
+        ids = torch.randint(0, vocab, (1, self.args.prefill), device=self.device, generator=self.gen)
+        try:
+            gen(ids, 1)
+            t = min(seconds(lambda: gen(ids, 1)) for _ in range(2))
+            self.row(shape=shape, mode="prefill", batch=1, contender=name, tok_s=self.args.prefill / t)
+        except Exception as e:
+            self.row(shape=shape, mode="prefill", batch=1, contender=name, error=first_line(e))
+        free_memory()
+
+    def run_shape(self, shape: str, bw: float) -> None:
+        a = self.args
+        c = SHAPES[shape]
+        self.gen = torch.Generator(self.device).manual_seed(0)
+        print(f"{shape}: building (bf16 random weights)", flush=True)
+        with torch.device("meta"):
+            model = Mixtral(c)
+        model = model.to_empty(device=self.device).to(self.dtype)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.02, generator=self.gen)
+            for layer in model.layers:  # RMSNorm weights near 1
+                layer.attention_norm.weight.fill_(1.0)
+                layer.ffn_norm.weight.fill_(1.0)
+            model.norm.weight.fill_(1.0)
+        model.eval().requires_grad_(False)
+        hf = build_hf(model)
+        batches = a.batches
+        prompt = torch.randint(0, c.vocab_size, (1, a.prompt), device=self.device, generator=self.gen)
+        ref = (prompt, hf_generate(hf, prompt, max(CHECK, a.new_tokens)))
+        contenders: list[tuple[str, Callable[[torch.Tensor, int], torch.Tensor], list[int]]] = []
+        contenders.append(("hf eager", lambda ids, n: hf_generate(hf, ids, n), [1]))
+        if not a.smoke:
+            contenders.append(("hf static", lambda ids, n: hf_generate(hf, ids, n, cache_implementation="static"),
+                               [1]))
+            hf_compiled = [None]
+
+            def hf_compile(ids: torch.Tensor, n: int) -> torch.Tensor:
+                if hf_compiled[0] is None:
+                    hf.forward = torch.compile(hf.forward, fullgraph=True)
+                    hf_compiled[0] = hf.forward
+                return hf_generate(hf, ids, n, cache_implementation="static")
+
+            if not a.quick:
+                contenders.append(("hf compile", hf_compile, [1]))
+        gather = StaticCacheMixtral.from_builtin(model)
+        step = gather if a.smoke else torch.compile(gather, mode="reduce-overhead", fullgraph=True)
+        contenders.append(("gather compile", lambda ids, n: gather_generate(gather, step, ids, n), batches))
+        compiled = membound.compile(hf)
+        contenders.append(("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:],
+                           batches))
+        for name, gen, bs in contenders:
+            if a.budget_s and time.perf_counter() - self.started > a.budget_s:
+                self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
+                continue
+            self.decode(shape, name, gen, c, bs, ref, bw)
+            if name in ("hf eager", "gather compile", "membound") and not a.quick:
+                self.prefill(shape, name, gen, c.vocab_size)
+            if name.startswith("hf "):
+                reset_dynamo()
+                hf.forward = type(hf).forward.__get__(hf)
+        reset_dynamo()
+        free_memory()
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES))
+    p.add_argument("--batches", nargs="+", type=int, default=None)
+    p.add_argument("--new-tokens", type=int, default=None)
+    p.add_argument("--prompt", type=int, default=32)
+    p.add_argument("--prefill", type=int, default=512)
+    p.add_argument("--quick", action="store_true", help="small shape, batch 1 and 8, 32 tokens, no hf compile")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, eager contenders (plumbing only)")
+    p.add_argument("--budget-s", type=float, default=None, help="skip contenders starting later (GPU: 450)")
+    p.add_argument("--out", default=str(ROOT / "benches" / "results"))
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.shapes, a.batches, a.new_tokens, a.prefill = a.shapes or ["tiny"], a.batches or [1, 2], a.new_tokens or 4, 16
+    elif a.quick:
+        a.shapes, a.batches, a.new_tokens = a.shapes or ["small"], a.batches or [1, 8], a.new_tokens or 32
+    a.shapes = a.shapes or ["small", "8x7b-8l"]
+    a.batches = a.batches or [1, 8, 32]
+    a.new_tokens = a.new_tokens or 64
+    if a.budget_s is None and torch.cuda.is_available() and not a.smoke:
+        a.budget_s = 450.0
+    return a
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = parse_args(argv)
+    bench = Bench(a)
+    bw = read_bandwidth(bench.device, 2 << 30 if bench.device == "cuda" else 64 << 20)
+    card = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"
+    print(f"{card}: read bandwidth {bw:.0f} GB/s", flush=True)
+    with torch.no_grad():
+        for shape in a.shapes:
+            bench.run_shape(shape, bw)
+    record = {"bench": "moe", "card": card, "date": datetime.date.today().isoformat(), "read_gb_s": bw,
+              "torch": torch.__version__, "args": vars(a), "rows": bench.rows,
+              "roofline": "batch / (bytes / read_gb_s); bytes = layers * (attention + router + norms + "
+                          "min(E, batch*k) * 3*D*I) + lm_head + K/V of the live context, bf16"}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "-smoke" if a.smoke else "-quick" if a.quick else ""
+    path = out / f"moe-{gpu_slug(card)}-{record['date']}{suffix}.json"
+    path.write_text(json.dumps(record, indent=1, default=str))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
