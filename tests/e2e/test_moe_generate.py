@@ -44,7 +44,7 @@ def test_hf_moe_generate_fuses_and_matches_eager(name: str, path: str) -> None:
 
 def test_builtin_mixtral_generate_fuses() -> None:
     program = _generate_and_check(build_model("mixtral-tiny"), 256)
-    assert program.decode_graph.count("moe") == 2 and program.decode_graph.count("index") == 0
+    assert program.decode_graph.count("moe") == 2 and program.decode_graph.count("topk") == 0
 
 
 @pytest.mark.gpu
