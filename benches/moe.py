@@ -114,19 +114,36 @@ class StaticCacheMixtral(nn.Module):
         return self.output(self.norm(x))
 
 
-def gather_generate(model: StaticCacheMixtral, step: Callable[..., torch.Tensor], ids: torch.Tensor,
-                    new: int) -> torch.Tensor:
-    """Greedy: eager prefill, then ``step`` (compiled) one token at a time."""
-    b, s = ids.shape
-    model.setup_caches(b, s + new)
-    logits = model(ids, torch.arange(s, device=ids.device))
-    tok = logits[:, -1].argmax(-1, keepdim=True)
-    out = [tok]
-    for i in range(new - 1):
-        pos = torch.tensor([s + i], device=ids.device)
-        tok = step(tok, pos)[:, -1].argmax(-1, keepdim=True).clone()
-        out.append(tok)
-    return torch.cat(out, dim=1)
+def decode_one(model: StaticCacheMixtral, tok: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """One greedy step, ``tok [B, 1]`` at ``input_pos [1]`` -> ``[B, 1]`` (what torch.compile captures)."""
+    return model(tok, input_pos)[:, -1].argmax(dim=-1, keepdim=True)
+
+
+class GatherContender:
+    """gpt-fast's loop: eager prefill, then a compiled one-token step. Caches hold ``max_len`` positions
+    and are set up (and the step compiled afresh: static shapes) once per batch size."""
+
+    def __init__(self, model: StaticCacheMixtral, max_len: int, compile_step: bool) -> None:
+        self.model, self.max_len, self.compile_step = model, max_len, compile_step
+        self.batch = 0
+        self.step: Callable[..., torch.Tensor] = decode_one
+
+    def __call__(self, ids: torch.Tensor, new: int) -> torch.Tensor:
+        b, s = ids.shape
+        if s + new > self.max_len:
+            raise ValueError(f"GatherContender: {s} + {new} positions exceed max_len={self.max_len}")
+        if b != self.batch:
+            reset_dynamo()
+            self.model.setup_caches(b, self.max_len)
+            self.step = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True) if self.compile_step \
+                else decode_one
+            self.batch = b
+        tok = self.model(ids, torch.arange(s, device=ids.device))[:, -1].argmax(-1, keepdim=True)
+        out = [tok]
+        for i in range(new - 1):
+            tok = self.step(self.model, tok, torch.tensor([s + i], device=ids.device)).clone()
+            out.append(tok)
+        return torch.cat(out, dim=1)
 
 
 # ---- Hugging Face ------------------------------------------------------------------------------
@@ -278,9 +295,9 @@ class Bench:
 
             if not a.quick:
                 contenders.append(("hf compile", hf_compile, [1]))
-        gather = StaticCacheMixtral.from_builtin(model)
-        step = gather if a.smoke else torch.compile(gather, mode="reduce-overhead", fullgraph=True)
-        contenders.append(("gather compile", lambda ids, n: gather_generate(gather, step, ids, n), batches))
+        gather = GatherContender(StaticCacheMixtral.from_builtin(model), max(a.prompt + a.new_tokens, a.prefill + 1),
+                                 compile_step=not a.smoke)
+        contenders.append(("gather compile", gather, batches))
         compiled = membound.compile(hf)
         contenders.append(("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:],
                            batches))
