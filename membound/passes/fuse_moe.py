@@ -1,19 +1,47 @@
 """fuse-moe: a mixture-of-experts block, however the model wrote it, becomes one ``moe`` node.
 
 ```
-// before: HF Mixtral (transformers 5), one layer, captured: sort / histc / grouped-mm form
-%l = linear(%h, %router) : bf16[T, 8]
-%p = softmax(%l) {dim=-1, dtype=f32} : f32[T, 8]
-%v, %i = topk(%p) {k=2, dim=-1, largest=true, sorted=true} : f32[T, 2], i64[T, 2]
-%w = div(%v, sum(%v)) ...                               // renormalised top-k weights
-%ids, %perm = sort(reshape(%i)) ...; histc(cast(%ids, i32)) {bins=8, min=0.0, max=7.0} ...
-%gu = grouped_mm(index(%h, ...), transpose(%gate_up_proj), %offsets) ...
-%y = grouped_mm(mul(silu(%g), %u), transpose(%down_proj), %offsets) ...
-%out = sum(reshape(index(mul(%y, ...), %inv_perm))) {dims=[1]} : bf16[T, 4096]
+// before: membound.models.mixtral.MoEFeedForward (gpt-fast's form: each token gathers its experts'
+// weights), captured and canonicalised; the cost rule is below
+graph @moe(%x: f32[B, S, 8]) params(%w1: f32[3, 6, 8], %w3: f32[3, 6, 8], %w2: f32[3, 8, 6], %router: f32[3, 8]) {
+  %0 = reshape(%x) {shape=[B*S, 8]} : f32[B*S, 8]
+  %1 = linear(%0, %router) : f32[B*S, 3]
+  %2 = softmax(%1) {dim=-1, dtype=none} : f32[B*S, 3]
+  %3, %4 = topk(%2) {k=2, dim=-1, largest=true, sorted=true} : f32[B*S, 2], i64[B*S, 2]
+  %5 = sum(%3) {dims=[-1], keepdim=true, dtype=none} : f32[B*S, 1]
+  %6 = div(%3, %5) {rounding_mode=none} : f32[B*S, 2]
+  %7 = index(%w1, %4) {dims=[0]} : f32[B*S, 2, 6, 8]
+  %8 = index(%w3, %4) {dims=[0]} : f32[B*S, 2, 6, 8]
+  %9 = index(%w2, %4) {dims=[0]} : f32[B*S, 2, 8, 6]
+  %10 = unsqueeze(%0) {dim=1} : f32[B*S, 1, 8]
+  %11 = unsqueeze(%10) {dim=3} : f32[B*S, 1, 8, 1]
+  %12 = matmul(%7, %11) : f32[B*S, 2, 6, 1]
+  %13 = squeeze(%12) {dims=[3]} : f32[B*S, 2, 6]
+  %14 = silu(%13) : f32[B*S, 2, 6]
+  %15 = matmul(%8, %11) : f32[B*S, 2, 6, 1]
+  %16 = squeeze(%15) {dims=[3]} : f32[B*S, 2, 6]
+  %17 = mul(%14, %16) : f32[B*S, 2, 6]
+  %18 = unsqueeze(%17) {dim=-1} : f32[B*S, 2, 6, 1]
+  %19 = matmul(%9, %18) : f32[B*S, 2, 8, 1]
+  %20 = squeeze(%19) {dims=[3]} : f32[B*S, 2, 8]
+  %21 = unsqueeze(%6) {dim=1} : f32[B*S, 1, 2]
+  %22 = matmul(%21, %20) : f32[B*S, 1, 8]
+  %25 = reshape(%22) {shape=[B, S, 8]} : f32[B, S, 8]
+  return %25
+}
 // after
-%out = moe(%h, %router, %gate_up_proj.gate, %gate_up_proj.up, %down_proj) {top_k=2,
-       softmax_first=true, renormalize=true, act="silu"} : bf16[T, 4096]
+graph @moe(%x: f32[B, S, 8]) params(%w1: f32[3, 6, 8], %w3: f32[3, 6, 8], %w2: f32[3, 8, 6], %router: f32[3, 8]) {
+  %0 = reshape(%x) {shape=[B*S, 8]} : f32[B*S, 8]
+  %23 = moe(%0, %router, %w1, %w3, %w2) {top_k=2, softmax_first=true, renormalize=true, act="silu"} : f32[B*S, 8]
+  %24 = reshape(%23) {shape=[B*S, 1, 8]} : f32[B*S, 1, 8]
+  %25 = reshape(%24) {shape=[B, S, 8]} : f32[B, S, 8]
+  return %25
+}
 ```
+
+HF Mixtral / Qwen2-MoE (the grouped form: sort the (token, expert) pairs, ``histc`` of the expert ids,
+``grouped_mm`` over the concatenated gate/up and the down weights, un-permute, sum over k) become
+``moe(%h, %router, %gate_up_proj.gate, %gate_up_proj.up, %down_proj)``, the gate/up halves being views.
 
 How it matches. The anchor is a ``topk`` over router scores: ``topk(softmax(linear(h, R)))``
 (softmax first) or ``softmax(topk(linear(h, R)).values)`` (softmax after), optionally renormalised

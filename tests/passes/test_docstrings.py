@@ -19,7 +19,8 @@ def example(p: object) -> tuple[str, str]:
 
 
 # passes whose module docstring holds a complete `// before` / `// after` pair of graphs
-DOCUMENTED = ["canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination"]
+DOCUMENTED = ["canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination",
+              "fuse-moe"]
 
 
 @pytest.mark.parametrize("p", [get_pass(n) for n in DOCUMENTED], ids=pass_name)
