@@ -2,7 +2,7 @@
 
 A step of T tokens makes ``T * top_k`` (token, expert) pairs. The wrapper routes in torch (router
 linear, softmax, top-k, renormalisation: a few ``[T, E]`` ops) and sorts the pairs by expert on the
-device, with the per-expert offsets from ``bincount``; nothing is read back to the host, so a decode
+device, with the per-expert offsets from a comparison count; nothing is read back to the host, so a decode
 step can be captured in a CUDA graph. Then:
 
 - ``_moe_gate_up``: one program per (expert e, block of ``BLOCK_N`` rows of I). It walks e's pairs
@@ -149,7 +149,8 @@ def moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch
     weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize)
     # pairs sorted by expert (stable: a token's pairs stay in slot order), offsets[e] = first pair of e
     order = torch.sort(experts.reshape(-1), stable=True).indices  # [T * k]
-    counts = torch.bincount(experts.reshape(-1), minlength=e)
+    # per-expert counts by comparison, not bincount (whose output size needs a host sync: no CUDA graph)
+    counts = (experts.reshape(-1, 1) == torch.arange(e, device=x.device)).sum(dim=0)  # [E]
     offsets = torch.zeros(e + 1, dtype=torch.int64, device=x.device)
     offsets[1:] = torch.cumsum(counts, 0)
     hidden = torch.empty((t * top_k, i), dtype=x.dtype, device=x.device)  # silu(gate) * up, sorted order
