@@ -267,7 +267,7 @@ class Bench:
         print(f"{shape}: building (bf16 random weights)", flush=True)
         with torch.device("meta"):
             model = Mixtral(c)
-        model = model.to_empty(device=self.device).to(self.dtype)
+        model = model.to(self.dtype).to_empty(device=self.device)  # allocated once, in the bench dtype
         with torch.no_grad():
             for p in model.parameters():
                 p.normal_(0, 0.02, generator=self.gen)
