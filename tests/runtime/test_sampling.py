@@ -93,9 +93,13 @@ def test_rows_are_sampled_each_by_its_own_distribution():
     assert math.isclose(float((tokens[:, 1] == 2).double().mean()), 0.30 / 0.52, abs_tol=0.02)
 
 
+@pytest.fixture(scope="module")
+def compiled():
+    return membound.compile(build_model("llama-tiny").eval(), backend="reference")
+
+
 @pytest.mark.parametrize("kv_cache", [True, False])
-def test_generate_with_a_tiny_nucleus_is_greedy(kv_cache):
-    compiled = membound.compile(build_model("llama-tiny").eval(), backend="reference")
+def test_generate_with_a_tiny_nucleus_is_greedy(compiled, kv_cache):
     ids = torch.randint(3, 256, (2, 5), generator=torch.Generator().manual_seed(2))
     greedy = membound.generate(compiled, ids, 6, kv_cache=kv_cache)
     nucleus = membound.generate(compiled, ids, 6, kv_cache=kv_cache, temperature=1.3, top_p=1e-6,

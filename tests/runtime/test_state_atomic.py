@@ -26,6 +26,23 @@ def llama():
     return build_model("llama-tiny").eval()
 
 
+@pytest.fixture(scope="module")
+def fresh(llama):
+    """A compiled llama-tiny with a new, empty KV cache; the step graphs are built once for the module."""
+    import dataclasses
+
+    proto = membound.compile(llama, backend="reference")
+    membound.generate(proto, torch.randint(3, 256, (1, 3)), 1)
+    program = proto._kv_program
+
+    def make():
+        compiled = membound.compile(llama, backend="reference")
+        compiled._kv_program = dataclasses.replace(program, cache=kv_cache.StaticKVCache(
+            program.prefill_graph, program.cache.device), _runner=None, _runner_alloc=-1)
+        return compiled
+    return make
+
+
 def _fail_big_allocations(monkeypatch, numel=1 << 20):
     """Every torch.zeros of more than ``numel`` elements raises like an out-of-memory allocation."""
     real = torch.zeros
@@ -42,8 +59,8 @@ def _fail_big_allocations(monkeypatch, numel=1 << 20):
     monkeypatch.setattr(kv_cache.torch, "zeros", zeros)
 
 
-def test_failed_allocation_leaves_the_cache_usable(llama, monkeypatch):
-    compiled = membound.compile(llama, backend="reference")
+def test_failed_allocation_leaves_the_cache_usable(llama, fresh, monkeypatch):
+    compiled = fresh()
     ids = torch.randint(3, 256, (2, 6), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = greedy(llama, ids, 12)
@@ -64,8 +81,8 @@ def test_failed_allocation_leaves_the_cache_usable(llama, monkeypatch):
         assert torch.equal(membound.generate(compiled, big, 5), greedy(llama, big, 5))
 
 
-def test_bucket_that_does_not_fit_falls_back_to_the_exact_length(llama, monkeypatch):
-    compiled = membound.compile(llama, backend="reference")
+def test_bucket_that_does_not_fit_falls_back_to_the_exact_length(fresh, monkeypatch):
+    compiled = fresh()
     ids = torch.randint(3, 256, (1, 5), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         membound.generate(compiled, ids, 2)
@@ -77,8 +94,8 @@ def test_bucket_that_does_not_fit_falls_back_to_the_exact_length(llama, monkeypa
         assert cache.max_len == 294
 
 
-def test_exception_mid_call_leaves_later_calls_right(llama):
-    compiled = membound.compile(llama, backend="reference")
+def test_exception_mid_call_leaves_later_calls_right(llama, fresh):
+    compiled = fresh()
     ids = torch.randint(3, 256, (2, 7), generator=torch.Generator().manual_seed(3))
     expected = greedy(llama, ids, 10)
 
@@ -132,11 +149,11 @@ def test_failed_capture_leaves_the_users_module_as_it_was(llama, monkeypatch):
         assert torch.equal(p, params[n][1]), n
 
 
-def test_cache_grows_in_power_of_two_buckets_and_logs_it(llama, caplog):
+def test_cache_grows_in_power_of_two_buckets_and_logs_it(llama, fresh, caplog):
     from membound.runtime.kv_cache import bucket_length
 
     assert bucket_length(9) == 256 and bucket_length(257) == 512 and bucket_length(300, limit=400) == 400
-    compiled = membound.compile(llama, backend="reference")
+    compiled = fresh()
     ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(4))
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="membound"):
         membound.generate(compiled, ids, 8)
@@ -151,11 +168,11 @@ def test_cache_grows_in_power_of_two_buckets_and_logs_it(llama, caplog):
     assert len(grew) == 2 and "512 positions" in grew[1]
 
 
-def test_bucket_is_capped_by_the_position_table_and_max_cache_len():
+def test_bucket_is_capped_by_the_position_table_and_max_cache_len(fresh):
     gpt2 = build_model("gpt2-tiny").eval()              # 128 learned positions
     compiled = membound.compile(gpt2, backend="reference")
     membound.generate(compiled, torch.randint(3, 256, (1, 5)), 3)
     assert compiled._kv_program.cache.max_len == 128
-    llama = membound.compile(build_model("llama-tiny").eval(), backend="reference")
+    llama = fresh()
     membound.generate(llama, torch.randint(3, 256, (1, 5)), 3, max_cache_len=1000)  # reserved in full
     assert llama._kv_program.cache.max_len == 1000
