@@ -164,6 +164,7 @@ class CompiledModel:
         clone = CompiledModel(copy.deepcopy(self.fn, memo), backend=self.backend, pipeline=self.pipeline,
                               dump_ir=self.dump_ir, fallback=self.fallback, dynamic=self.dynamic,
                               cuda_graphs=self.cuda_graphs)
+        clone.quant_config = copy.deepcopy(self.quant_config, memo)
         memo[id(self)] = clone
         return clone
 
