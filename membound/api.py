@@ -26,6 +26,9 @@ from membound.frontends import Capture, capture_export
 from membound.ir.graph import Graph
 from membound.passes import PassContext, PassManager, default_pipeline
 from membound.passes.instruments import DumpIR
+from membound.runtime.concurrency import CAPTURE_LOCK, exclusive, guard_module, serial
+from membound.runtime.recapture import recapture_limit_hit
+from membound.runtime.validate import check_compile, check_dump_dir, check_generate
 
 PipelineLike = Sequence[Union[str, Callable[..., bool]]]
 
@@ -60,10 +63,13 @@ class CompiledModel:
         if not callable(fn):
             raise TypeError(f"membound.compile expects an nn.Module or a function, got {type(fn).__name__}")
         resolve_backend(backend)  # fail early on a bad name
+        check_compile(dynamic=dynamic, cuda_graphs=cuda_graphs, fallback=fallback, pipeline=pipeline)
         self.fn = fn
         self.backend = backend
         self.pipeline = list(pipeline) if pipeline is not None else None
         self.dump_ir = dump_ir if dump_ir is not None else os.environ.get("MEMBOUND_DUMP_IR") or None
+        if self.dump_ir:  # an unusable folder fails here, once, naming it
+            check_dump_dir(self.dump_ir, "dump_ir" if dump_ir is not None else "MEMBOUND_DUMP_IR")
         self.fallback = fallback
         self.dynamic = dynamic
         self.cuda_graphs = cuda_graphs
@@ -113,6 +119,13 @@ class CompiledModel:
 
     # ---- compile and call ---------------------------------------------------------------------
     def _compile(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CompiledEntry:
+        with CAPTURE_LOCK, guard_module(self.fn):  # one capture at a time (runtime/concurrency.py)
+            for entry in reversed(self.entries):  # made by another thread while this one waited
+                if entry.capture.matches(args, kwargs):
+                    return entry
+            return self._capture_and_lower(args, kwargs)
+
+    def _capture_and_lower(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CompiledEntry:
         capture = capture_export(self.fn, args, kwargs, dynamic=self.dynamic, fallback=self.fallback)
         input_ir = capture.graph.copy()
         dump_dir = None
@@ -136,9 +149,24 @@ class CompiledModel:
             if entry.capture.matches(args, kwargs):
                 break
         else:
+            if recapture_limit_hit(self, args, kwargs):
+                return self.fn(*args, **kwargs)
             entry = self._compile(args, kwargs)
-        outputs = entry.executable(entry.capture.flatten_inputs(args, kwargs))
+        with serial(self):  # forward calls share the backend's buffers: one at a time
+            outputs = entry.executable(entry.capture.flatten_inputs(args, kwargs))
         return entry.capture.unflatten_outputs(outputs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "CompiledModel":
+        # a copy of the model (or function) with the same options, compiled afresh on its first call:
+        # captures, executables and caches hold the original's tensors by reference
+        import copy
+
+        clone = CompiledModel(copy.deepcopy(self.fn, memo), backend=self.backend, pipeline=self.pipeline,
+                              dump_ir=self.dump_ir, fallback=self.fallback, dynamic=self.dynamic,
+                              cuda_graphs=self.cuda_graphs)
+        clone.quant_config = copy.deepcopy(self.quant_config, memo)
+        memo[id(self)] = clone
+        return clone
 
     def __getattr__(self, name: str) -> Any:
         # attributes of the wrapped module (config, generation_config, ...) stay reachable
@@ -242,13 +270,21 @@ def build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
     The result (a ``KVProgram``: prefill step graph, its S=1 decode specialisation, their executables
     and a static cache) is kept on ``compiled`` and reused by later ``generate`` calls.
     """
+    existing = getattr(compiled, "_kv_program", None)
+    if existing is not None and existing.cache.device == input_ids.device:
+        return existing
+    with CAPTURE_LOCK, guard_module(compiled.fn):  # one capture at a time (runtime/concurrency.py)
+        existing = getattr(compiled, "_kv_program", None)  # built by another thread while this one waited
+        if existing is not None and existing.cache.device == input_ids.device:
+            return existing
+        return _build_kv_program(compiled, input_ids)
+
+
+def _build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor) -> Any:
     from membound.ir.types import S
     from membound.runtime.generate import KVProgram
     from membound.runtime.kv_cache import StaticKVCache
 
-    existing = getattr(compiled, "_kv_program", None)
-    if existing is not None and existing.cache.device == input_ids.device:
-        return existing
     # an example with batch and sequence >= 2 keeps both dims symbolic (export specialises size 1)
     example = torch.zeros(max(2, input_ids.shape[0]), max(2, input_ids.shape[1]), dtype=input_ids.dtype,
                           device=input_ids.device)
@@ -293,10 +329,14 @@ def generate(model_or_compiled: Any, input_ids: torch.Tensor, max_new_tokens: in
     """
     from membound.runtime.generate import carried_cache_loop, decode_loop, recompute_loop
 
+    eos_token_id = check_generate(input_ids, max_new_tokens, attention_mask=attention_mask, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                  max_cache_len=max_cache_len, stream=stream, generator=generator,
+                                  kv_cache=kv_cache)["eos_token_id"]
     compiled = model_or_compiled if isinstance(model_or_compiled, CompiledModel) else CompiledModel(model_or_compiled)
     options = dict(attention_mask=attention_mask, temperature=temperature, top_k=top_k, top_p=top_p,
                    eos_token_id=eos_token_id, pad_token_id=pad_token_id, stream=stream, generator=generator)
-    with torch.no_grad():
+    with torch.no_grad(), exclusive(compiled, "generate"):
         if not kv_cache:
             return recompute_loop(compiled, input_ids, max_new_tokens, **options)
         position_kw = _carried_cache_position_kw(compiled.fn)

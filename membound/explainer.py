@@ -114,7 +114,7 @@ def _expr(e: sympy.Expr, unit: str = "") -> str:
 
 
 def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = None, *,
-            hardware: Optional[Hardware] = None, batch: int = 1, seq_len: int = 512,
+            hardware: Optional[Union[Hardware, str]] = None, batch: int = 1, seq_len: int = 512,
             cache_len: Optional[int] = None, dims: Optional[dict[str, int]] = None, show: str = "decode",
             out: Optional[Union[str, os.PathLike[str]]] = None, name: Optional[str] = None,
             measure: Union[bool, str] = "auto", pipeline: Optional[Sequence[Any]] = None,
@@ -123,7 +123,8 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
 
     Args:
         example_inputs: positional inputs to capture a model with (default for an LM: random ids [2, 16]).
-        hardware: the spec to predict with (default ``Hardware.detect()``; ``calibrate()`` for measured ceilings).
+        hardware: the spec to predict with, or its name (``"h100"``, ``"H200"``, ``"cpu"``, case-insensitive;
+            default ``Hardware.detect()``; ``calibrate()`` for measured ceilings).
         batch, seq_len, cache_len: the dims of the tables: prefill at B=batch, S=seq_len; decode at
             B=batch, T=cache_len (default seq_len). ``dims`` binds any other symbol.
         show: which phase's tables ``str()`` prints ("decode" or "prefill"); both are computed.
@@ -138,6 +139,10 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
     """
     if show not in PHASES:
         raise ValueError(f"explain: show must be one of {PHASES}, got {show!r}")
+    from membound.runtime.validate import check_explain, resolve_hardware
+
+    check_explain(batch=batch, seq_len=seq_len, cache_len=cache_len, dims=dims, max_rows=max_rows)
+    hardware = resolve_hardware(hardware)
     quant_report = None
     if quantize is not None:
         graphs, quant_report = _quantized_graphs(model_or_compiled, example_inputs, pipeline, quantize)

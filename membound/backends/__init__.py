@@ -21,7 +21,19 @@ BACKENDS = ("auto", "reference", "triton")
 
 
 def compile_graph(graph: Graph, backend: str = "auto") -> Executable:
-    """Lower ``graph`` with the named backend and return its executable."""
+    """Lower ``graph`` with the named backend and return its executable.
+
+    With ``MEMBOUND_DEBUG=compare`` a non-reference executable is wrapped so that every call is checked
+    against the reference backend (``debug_compare.py``)."""
+    exe = _compile_graph(graph, backend)
+    from membound.backends.debug_compare import CompareExecutable, compare_enabled
+
+    if compare_enabled() and resolve_backend(backend, graph) != "reference":
+        return CompareExecutable(graph, exe, backend, _compile_graph)
+    return exe
+
+
+def _compile_graph(graph: Graph, backend: str) -> Executable:
     name = resolve_backend(backend, graph)
     if name == "reference":
         from membound.backends.reference import ReferenceExecutable

@@ -27,10 +27,13 @@ one after another (never concurrently).
 from __future__ import annotations
 
 import bisect
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+
+log = logging.getLogger("membound")
 
 Executable = Callable[[Sequence[torch.Tensor]], Union[Sequence[torch.Tensor], torch.Tensor]]
 
@@ -92,7 +95,9 @@ class CapturedGraph:
                 _as_list(fn(self.static_inputs), "warm-up")
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # captured on the warm-up stream: per-stream state the warm-up made (the split kernels' arrival
+        # counters, kernels/_launch.py) is the state the graph bakes in
+        with torch.cuda.graph(self.graph, pool=pool, stream=stream):
             self.static_outputs = _as_list(fn(self.static_inputs), "captured")
         self.replays = 0
 
@@ -157,6 +162,7 @@ class CUDAGraphRunner:
         key = self.key_for(inputs, length)
         graph = self.graphs.get(key)
         if graph is None:
+            log.info("membound: capturing a CUDA graph for batch %d, cache length <= %d", key.batch, key.length)
             graph = self.capture(self.build(key), inputs, warmup=self.warmup, pool=self._pool_handle(),
                                  copy_outputs=self.copy_outputs)
             self.graphs[key] = graph

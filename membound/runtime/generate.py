@@ -16,6 +16,7 @@ import torch
 
 from membound.backends import Executable
 from membound.ir.graph import Graph
+from membound.runtime.concurrency import exclusive
 from membound.runtime.kv_cache import CacheCapacityError, StaticKVCache, capacity_limit
 
 
@@ -23,10 +24,12 @@ from membound.runtime.kv_cache import CacheCapacityError, StaticKVCache, capacit
 class KVProgram:
     """What ``generate`` runs: the step graph (prefill), its ``S = 1`` specialisation (decode).
 
-    With ``cuda_graphs`` the decode step is captured into CUDA graphs (one per batch size and
-    cache-length bucket) and replayed: a decode step is hundreds of small kernels whose launches
-    would otherwise cost as much as the memory traffic. Graphs bake in the cache's addresses, so
-    they are dropped whenever the cache is reallocated.
+    With ``cuda_graphs`` the decode step is captured into CUDA graphs and replayed: a decode step is
+    hundreds of small kernels whose launches would otherwise cost as much as the memory traffic.
+    The step reads the cache's capacity ``T`` from the buffers and masks by position, so one graph
+    per batch size serves every length the cache holds; graphs bake in the cache's addresses, so
+    they are dropped (and captured again, lazily) only when the cache grows to its next bucket
+    (``kv_cache.bucket_length``).
     """
 
     prefill_graph: Graph
@@ -50,10 +53,14 @@ class KVProgram:
             return _run(self.decode, self.decode_graph, inputs, state)
         from membound.backends.cuda_graphs import CUDAGraphRunner
 
+        if length > self.cache.max_len:
+            raise AssertionError(f"decode step at cache length {length} past the capacity {self.cache.max_len}")
         if self._runner is None or self._runner_alloc != self.cache.allocations:
             # the logits are sampled before the next replay overwrites them (token_loop), so they are
-            # handed out uncopied: a clone per token would be one more kernel per step for nothing
-            self._runner = CUDAGraphRunner(lambda key: self.decode, copy_outputs=False)
+            # handed out uncopied: a clone per token would be one more kernel per step for nothing.
+            # One bucket, the capacity: a graph is valid for any filled length up to it.
+            self._runner = CUDAGraphRunner(lambda key: self.decode, copy_outputs=False,
+                                           length_buckets=(self.cache.max_len,))
             self._runner_alloc = self.cache.allocations
         self.decode_graph.tensors.update(state)
         (logits,) = self._runner(inputs, length=length)  # type: ignore[operator]
@@ -109,7 +116,7 @@ def decode_loop(program: KVProgram, input_ids: torch.Tensor, max_new_tokens: int
     device = input_ids.device
     prompts = split_prompts(input_ids, attention_mask)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    batch, longest = len(prompts), int(lengths.max())
+    longest = int(lengths.max())
     needed = longest + max_new_tokens
     limit, why = capacity_limit(program.prefill_graph, max_cache_len)
     if limit is not None and needed > limit:
@@ -117,7 +124,21 @@ def decode_loop(program: KVProgram, input_ids: torch.Tensor, max_new_tokens: int
                                  f"positions exceed the limit of {limit}: {why}")
     if max_new_tokens == 0:
         return input_ids
-    program.cache.ensure(batch, needed)
+    with exclusive(program, "generate"):
+        return _decode(program, input_ids, prompts, lengths, max_new_tokens, needed, limit,
+                       max_cache_len is not None, temperature=temperature, top_k=top_k, top_p=top_p,
+                       eos_token_id=eos_token_id, pad_token_id=pad_token_id, stream=stream, generator=generator)
+
+
+def _decode(program: KVProgram, input_ids: torch.Tensor, prompts: list[torch.Tensor], lengths: torch.Tensor,
+            max_new_tokens: int, needed: int, limit: Optional[int], reserve: bool, *, temperature: float,
+            top_k: Optional[int], top_p: Optional[float], eos_token_id: Optional[Union[int, Sequence[int]]],
+            pad_token_id: Optional[int], stream: Optional[Callable[[torch.Tensor], None]],
+            generator: Optional[torch.Generator]) -> torch.Tensor:
+    device = input_ids.device
+    batch, longest = len(prompts), int(lengths.max())
+    # allocates before it swaps: a failure here leaves the cache (and its CUDA graphs) as they were
+    program.cache.ensure(batch, needed, limit=limit, reserve=limit if reserve else None)
     state = program.cache.views(batch)
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)

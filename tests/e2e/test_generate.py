@@ -88,7 +88,9 @@ def test_cache_is_reused_across_calls_without_reallocation():
     membound.generate(compiled, ids[:1, :5], 8)        # smaller batch and length: same buffers
     membound.generate(compiled, ids, 10, attention_mask=mask)
     assert cache.allocations == 1
-    membound.generate(compiled, ids, 40, attention_mask=mask)  # longer: grows once
+    membound.generate(compiled, ids, 40, attention_mask=mask)  # longer, inside the capacity bucket
+    assert cache.allocations == 1
+    membound.generate(compiled, torch.randint(3, 256, (2, 250)), 10)  # past the bucket: grows once
     assert cache.allocations == 2
 
 

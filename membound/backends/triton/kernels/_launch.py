@@ -135,27 +135,32 @@ def fallback(op: str, reason: str, result: torch.Tensor, out: Optional[torch.Ten
     return out
 
 
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 MAX_COUNTERS = 1 << 16  # programs that count in per launch: a split linear's column blocks, attention's row blocks
 
 
 def split_counters(device: torch.device, n: int) -> torch.Tensor:
-    """The device's zeroed int32 arrival counters for split kernels whose last program reduces.
+    """The zeroed int32 arrival counters of the current stream on ``device``, for split kernels whose last
+    program reduces.
 
     A split launch (linear's split-K, flash-decoding's split over the cache) has each program store an
     fp32 partial and ``atomic_add`` its block's counter; the one that sees ``splits - 1`` reduces the
     partials and sets the counter back to 0. So every launch leaves the buffer zeroed, and launches on
-    one stream, which run one after another, share it. Made once per device, before any CUDA-graph
-    capture (a decode step's warm-up runs outside the capture).
+    one stream, which run one after another, share it; launches on two streams may overlap, so each
+    stream has its own buffer (two models decoding side by side never count into each other's
+    counters). Made once per stream, before any CUDA-graph capture on it (a decode step's warm-up
+    runs outside the capture, on the stream the capture then uses).
     """
     if n > MAX_COUNTERS:
         raise ValueError(f"split kernels: {n} counters needed, the buffer has {MAX_COUNTERS}; use fewer blocks")
-    locks = _COUNTERS.get(device)
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    locks = _COUNTERS.get((device, stream))
     if locks is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("split kernels: the arrival counters must exist before CUDA-graph capture; run the "
-                               "step once outside the capture (CapturedGraph's warm-up does)")
-        locks = _COUNTERS[device] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+            raise RuntimeError("split kernels: the arrival counters of this stream must exist before CUDA-graph "
+                               "capture; run the step once on the capturing stream outside the capture "
+                               "(CapturedGraph's warm-up does)")
+        locks = _COUNTERS[(device, stream)] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
     return locks
 
 
