@@ -326,7 +326,14 @@ class KernelEmitter:
             lo = literal_code(float("-inf"), dt) if dt.is_floating_point else str(torch.iinfo(dt).min)
             hi = literal_code(float("inf"), dt) if dt.is_floating_point else str(torch.iinfo(dt).max)
             fn, fill = ("tl.max", lo) if op == "amax" else ("tl.min", hi)
-            return self.assign(f"{fn}(tl.where(mask, {convert(x, dt)}, {fill}), axis=0)", dt, False, f"{name} {op}")
+            xs = convert(x, dt)
+            m = self.assign(f"{fn}(tl.where(mask, {xs}, {fill}), axis=0)", dt, False, f"{name} {op}")
+            if not dt.is_floating_point:
+                return m
+            # torch's amax/amin of a row holding a NaN is NaN; tl.max/tl.min skip NaNs
+            nans = self.assign(f"tl.max(tl.where(mask & ({xs} != {xs}), 1, 0), axis=0)", torch.int32, False,
+                               f"{name} any NaN in the row")
+            return self.assign(f"tl.where({nans.code} > 0, float(\"nan\"), {m.code})", dt, False, f"{name} {op}")
         if op == "cumsum":
             acc = compute_dtype(out.dtype)
             return self.assign(f"tl.cumsum(tl.where(mask, {convert(x, acc)}, 0), axis=0)", out.dtype, True,

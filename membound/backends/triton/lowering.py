@@ -234,11 +234,13 @@ def lower(node: Node, args: list[Val]) -> tuple[str, set[str]]:
     if op == "div":
         return _div(a, attrs["rounding_mode"], out)
     if op == "clamp":
+        # torch.clamp(NaN) is NaN: the float bounds propagate it (tl.maximum alone returns the bound)
         x = a[0]
+        nan = ", propagate_nan=tl.PropagateNan.ALL" if _is_float(out) else ""
         if attrs["min"] is not None:
-            x = f"tl.maximum({x}, {literal_code(attrs['min'], out)})"
+            x = f"tl.maximum({x}, {literal_code(attrs['min'], out)}{nan})"
         if attrs["max"] is not None:
-            x = f"tl.minimum({x}, {literal_code(attrs['max'], out)})"
+            x = f"tl.minimum({x}, {literal_code(attrs['max'], out)}{nan})"
         return x, set()
     if op == "logical_not":
         return f"{a[0]} == 0", set()
