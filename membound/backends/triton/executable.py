@@ -23,6 +23,13 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from membound.backends.reference import bind_symbols
+from membound.backends.triton.bounds import (
+    GatherCheck,
+    check_inputs,
+    device_asserts,
+    enable_interpreter_asserts,
+    gather_checks,
+)
 from membound.backends.triton.codegen import LAUNCH_HINTS, GeneratedModule, generate
 from membound.backends.triton.kernels._launch import pdl_options
 from membound.backends.triton.memory_plan import MemoryPlan, plan_memory
@@ -87,6 +94,9 @@ class TritonExecutable:
         self._launch: Callable[..., list[torch.Tensor]] = _not_loaded
         # per distinct input shapes/dtypes/devices: (sizes, the memory plan's buffers, device)
         self._ready: dict[tuple[Any, ...], tuple[dict[str, int], list[torch.Tensor], torch.device]] = {}
+        self.gather_checks: list[GatherCheck] = gather_checks(graph)  # input ids checked on every call
+        if device_asserts() and interpreted():
+            enable_interpreter_asserts()
 
     # ---- loading ------------------------------------------------------------------------------
     def module(self) -> ModuleType:
@@ -137,6 +147,8 @@ class TritonExecutable:
                 self._ready.pop(next(iter(self._ready)))
             self._ready[key] = ready
         sizes, bufs, device = ready
+        if self.gather_checks:
+            check_inputs(self.gather_checks, g, inputs, tensors, {s: sizes[s.name] for s in self.input_symbols})
         return self._launch(*inputs, tensors=tensors, bufs=bufs, device=device, **sizes)
 
     def _prepare(self, inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]

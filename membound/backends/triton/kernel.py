@@ -31,6 +31,7 @@ from typing import Callable, Optional, Sequence
 import sympy
 import torch
 
+from membound.backends.triton.bounds import device_asserts
 from membound.backends.triton.indexing import (
     ZERO,
     Index,
@@ -292,7 +293,14 @@ class KernelEmitter:
                 x_index.append(sympy.Integer(int(iv.literal) % int(x.shape[d])) if x.shape[d].is_Integer
                                else sympy.Integer(int(iv.literal)))
                 continue
-            wrapped = f"tl.where({code} < 0, {code} + {self.code(x.shape[d])}, {code})"
+            n = self.code(x.shape[d])
+            if device_asserts():
+                first = "0" if node.op == "embedding" else f"-{n}"
+                self.lines.append(f"tl.device_assert(~mask | (({code} >= {first}) & ({code} < {n})), "
+                                  f"\"{node.op} %{node.results[0].name}: index out of range [{first}, {n}) "
+                                  f"in %{v.name} (MEMBOUND_DEBUG=bounds)\")")
+            # clamped: a wrong index (the host check and the debug asserts report it) never reads out of bounds
+            wrapped = f"tl.minimum(tl.maximum(tl.where({code} < 0, {code} + {n}, {code}), 0), {n} - 1)"
             x_index.append(self.new_index("g", wrapped, iv.vector))
         return self.emit(x, tuple(x_index))
 
@@ -482,7 +490,8 @@ class KernelEmitter:
         # so it waits for the previous kernels' writes before its first load or store
         lines = PDL_PROLOGUE + lines
         body = "\n".join(f"    {line}" for line in lines)
-        text = (f"@triton.jit\ndef {k.name}(\n    " + _wrap_params(params) + "\n):\n"
+        jit = "@triton.jit(debug=True)" if device_asserts() else "@triton.jit"
+        text = (f"{jit}\ndef {k.name}(\n    " + _wrap_params(params) + "\n):\n"
                 f"{head}\n{body}\n")
         return KernelSource(k, text, pointers, list(self.strided), sizes, block, self.helpers)
 
