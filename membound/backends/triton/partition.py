@@ -59,6 +59,8 @@ SOURCES = ("constant", "full", "arange")
 SINKS = ("cache_write",)
 # a row kernel keeps one whole row in registers: longer static rows go to torch
 MAX_ROW = 32768
+# row reductions with one result per element of the row (the others give one per row)
+PER_ELEMENT_REDUCTIONS = ("softmax", "log_softmax", "cumsum", "rms_norm", "layer_norm")
 # views that keep a per-row value on its row (the only views allowed on row-bound values)
 ROW_VIEWS = ("unsqueeze", "squeeze", "expand", "reshape")
 # symbol values at which the cost model compares fusion choices
@@ -125,6 +127,7 @@ Step = Union[Kernel, Call]
 class Partition:
     graph: Graph
     steps: list[Step]
+    notes: list[str] = field(default_factory=list)  # fusions refused for a reason worth telling
 
     @property
     def kernels(self) -> list[Kernel]:
@@ -148,6 +151,7 @@ class Partition:
                 lines.append(f"kernel {s.name} [{s.layout} {list(map(str, s.shape))}]: {nodes}")
             else:
                 lines.append(f"{s.impl:7s} %{s.node.results[0].name} = {s.node.op}")
+        lines += [f"# {note}" for note in dict.fromkeys(self.notes)]
         return "\n".join(lines)
 
 
@@ -289,6 +293,7 @@ class _Fuser:
         self.dg = to_networkx(graph)
         self.dg.add_edges_from(state_order(graph, facts))
         self.group_of: dict[int, list[Node]] = {}
+        self.refusals: list[str] = []  # legal-looking fusions refused, and why (Partition.notes)
 
     # ---- legality -----------------------------------------------------------------------------
     def check(self, members: list[Node]) -> Optional[_Layout]:
@@ -348,14 +353,25 @@ class _Fuser:
             return any(shapes_equal(shape, a) for a in allowed)
 
         bound: set[int] = set()  # members whose value depends on a reduction: computable on this row only
+        per_lane: set[int] = set()  # ... on a per-element reduction (cumsum, softmax, norms): on its lanes only
         for m in members:  # members are in graph order
             if f.kind(m) == "reduction":
                 bound.add(id(m))
+                if m.op in PER_ELEMENT_REDUCTIONS:
+                    per_lane.add(id(m))
             for v in m.inputs:
                 o, chain = f.origin(v)
                 if o.producer is None or id(o.producer) not in bound:
                     continue
+                if id(o.producer) in per_lane and n.is_Integer and int(n) == 1 and f.kind(m) != "reduction":
+                    # a row of length 1: the consumer reads the size-1 dim at the broadcast index 0, but a
+                    # per-element reduction is computed on the row's lanes (decode's S=1 cumsum of a mask)
+                    self.refusals.append(f"not fused: %{m.results[0].name} = {m.op} reads the per-element "
+                                         f"{o.producer.op} %{o.name} of a length-1 row off its lanes")
+                    return None
                 bound.add(id(m))
+                if id(o.producer) in per_lane:
+                    per_lane.add(id(m))
                 if m.op == "cat" or m.op in GATHERS:  # they read their inputs off this lane's position
                     return None
                 for view in chain:
@@ -488,7 +504,8 @@ def partition(graph: Graph, cost: Optional[RooflineCost] = None, library: Option
     cost = cost if cost is not None else RooflineCost(Hardware.named("h100-sxm"))
     lib = set(library or ())
     facts = GraphFacts(graph)
-    groups = _Fuser(graph, facts, cost).run()
+    fuser = _Fuser(graph, facts, cost)
+    groups = fuser.run()
     kernels = [_make_kernel(g, facts, i) for i, g in enumerate(groups)]
     step_of: dict[int, Step] = {}
     for k in kernels:
@@ -513,7 +530,7 @@ def partition(graph: Graph, cost: Optional[RooflineCost] = None, library: Option
         k.name = f"{k.name.rsplit('_', 1)[0]}_{i}"
         for j, sec in enumerate(k.sections):
             sec.name = f"{k.name}_s{j}"
-    return Partition(graph, ordered)
+    return Partition(graph, ordered, list(dict.fromkeys(fuser.refusals)))
 
 
 def _make_kernel(members: list[Node], facts: GraphFacts, index: int) -> Kernel:
