@@ -34,6 +34,7 @@ from membound.ir.graph import Graph, Value
 from membound.ir.printer import format_node
 
 POINTWISE_BLOCK = 1024
+INT32_LIMIT = 2**31  # elements: index math at or past this many needs int64 (read when generating)
 # library ops told when their weight (input at this index) is a parameter: ``static_weight=True``
 # (a launch hint; see kernels.linear). The torch reference standing in for them ignores it.
 STATIC_WEIGHT_INPUT = {"linear": 1, "gated_linear": 2, "quant_linear": 1, "quant_gated_linear": 2}
@@ -196,12 +197,25 @@ class ModuleWriter:
                 block = f"triton.next_power_of_2({expr_code(n, kernel=False)})"
                 warps = f"row_warps({block})"
             args += [f"BLOCK_N={block}", f"num_warps={warps}"]
+        args.append(f"INDEX_DTYPE={self.index_dtype(ks)}")
         args.append("**pdl")
         lines.append(f"{self.launch_name.get(id(k), k.name)}[{grid}](" + ", ".join(args) + ")")
         for w in k.sinks:  # the write's result is the cache, updated in place
             lines.append(f"{self.names(w.results[0])} = {self.names(w.inputs[0])}  # %{w.results[0].name}: "
                          f"written in place")
         return lines
+
+    def index_dtype(self, ks: KernelSource) -> str:
+        """``tl.int32`` index math where no address of the kernel can reach 2**31 elements (faster),
+        ``tl.int64`` where one can: decided here when every shape is static, else at launch by
+        ``index_dtype(numel, *tensors)`` from the iteration size and the tensors' extents."""
+        k = ks.kernel
+        spaces = [_numel(sec.shape) for sec in (k.sections or [k])]
+        sizes = spaces + [_numel(v.shape) for v in ks.pointers]
+        if all(sympy.sympify(n).is_Integer for n in sizes):
+            return "tl.int64" if max(int(n) for n in sizes) >= INT32_LIMIT else "tl.int32"
+        total = " + ".join(f"({expr_code(n, kernel=False)})" for n in spaces)
+        return f"index_dtype({total}, {', '.join(self.names(v) for v in ks.pointers)})"
 
     def sizes_from_tensors(self, missing: list[sympy.Symbol], known: set[sympy.Symbol]) -> list[str]:
         """Sizes a kernel needs that no input has, read off a param or state tensor (a cache's capacity)."""
@@ -309,6 +323,13 @@ class ModuleWriter:
             "import torch\nimport triton\nimport triton.language as tl\n"
             "from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait\n",
             f"BLOCK = {POINTWISE_BLOCK}  # elements per program in pointwise kernels\n",
+            "def index_dtype(numel, *tensors):\n"
+            "    # int64 offsets when an address can reach 2**31 elements (the iteration range or a tensor's\n"
+            "    # extent), int32 otherwise: the kernel is specialised on it\n"
+            f"    limit = {INT32_LIMIT}\n"
+            "    big = numel >= limit or any(1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) >= limit\n"
+            "                                for t in tensors if t.numel())\n"
+            "    return tl.int64 if big else tl.int32\n",
             "def row_warps(block_n):\n    # warps for a row kernel of block_n columns: a few dozen values per thread\n"
             "    return min(max(block_n // 256, 4), 16)\n",
         ]

@@ -124,7 +124,7 @@ class KernelEmitter:
         None for a kernel of its own."""
         shape = self.k.shape
         if first is None:
-            self.lines.append("pid = tl.program_id(0)")
+            self.lines.append("pid = tl.program_id(0).to(INDEX_DTYPE)")
         start = "pid" if first in (None, "0") else f"(pid - {first})"
         self.lines.append(f"offs = {start} * BLOCK + tl.arange(0, BLOCK)")
         self.lines.append(f"mask = offs < {self.code(_numel(shape)) if shape else '1'}")
@@ -150,7 +150,7 @@ class KernelEmitter:
 
     def setup_row(self) -> Index:
         rows, n = self.k.shape[:-1], self.k.shape[-1]
-        self.lines.append("row = tl.program_id(0)")
+        self.lines.append("row = tl.program_id(0).to(INDEX_DTYPE)")
         row = index_var("row")
         self.index_syms.add(row)
         ridx = self.unflatten(row, rows, "r", vector=False)
@@ -301,6 +301,8 @@ class KernelEmitter:
                                   f"in %{v.name} (MEMBOUND_DEBUG=bounds)\")")
             # clamped: a wrong index (the host check and the debug asserts report it) never reads out of bounds
             wrapped = f"tl.minimum(tl.maximum(tl.where({code} < 0, {code} + {n}, {code}), 0), {n} - 1)"
+            if v.dtype != torch.int64:  # narrow ids widen with the rest of the index math
+                wrapped = f"{wrapped}.to(INDEX_DTYPE)"
             x_index.append(self.new_index("g", wrapped, iv.vector))
         return self.emit(x, tuple(x_index))
 
@@ -455,7 +457,7 @@ class KernelEmitter:
     def sections_body(self) -> list[str]:
         """``if pid < end0: <section 0> elif pid < end1: <section 1> ... else: <last section>``."""
         sections = self.launched.sections
-        lines = ["pid = tl.program_id(0)"]
+        lines = ["pid = tl.program_id(0).to(INDEX_DTYPE)"]
         for j, sec in enumerate(sections[:-1]):
             n = f"({self.code(_numel(sec.shape))} + BLOCK - 1) // BLOCK"
             lines.append(f"end{j} = {n}" if j == 0 else f"end{j} = end{j - 1} + {n}")
@@ -485,7 +487,7 @@ class KernelEmitter:
         params += [f"{self.name_of(v)}_stride{d}" for v in self.strided for d in range(v.rank)]
         sizes = sorted(self.sizes, key=lambda s: s.name)
         params += [s.name for s in sizes]
-        params += [f"{block}: tl.constexpr", "USE_PDL: tl.constexpr"]
+        params += [f"{block}: tl.constexpr", "INDEX_DTYPE: tl.constexpr", "USE_PDL: tl.constexpr"]
         # programmatic dependent launch (Hopper): this kernel may start before the previous one ends,
         # so it waits for the previous kernels' writes before its first load or store
         lines = PDL_PROLOGUE + lines
