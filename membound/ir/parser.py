@@ -125,13 +125,18 @@ def _scalar(raw: str) -> Any:
     return parse_dim(raw)
 
 
-def _attr(c: _Cursor) -> Any:
+MAX_ATTR_DEPTH = 16  # attribute lists nest this deep at most (printed graphs use 2)
+
+
+def _attr(c: _Cursor, depth: int = 0) -> Any:
     c.skip_ws()
     if c.accept("["):
+        if depth >= MAX_ATTR_DEPTH:
+            raise c.error(f"attribute lists nested deeper than {MAX_ATTR_DEPTH}")
         items = []
         if not c.accept("]"):
             while True:
-                items.append(_attr(c))
+                items.append(_attr(c, depth + 1))
                 if c.accept("]"):
                     break
                 c.expect(",")
@@ -169,7 +174,20 @@ def _decls(c: _Cursor) -> list[tuple[str, TensorType]]:
 
 
 def parse(text: str, tensors: Optional[dict[str, torch.Tensor]] = None) -> Graph:
-    """Parse one graph. Unknown ops, undefined values and malformed types raise ``ParseError``."""
+    """Parse one graph. Malformed text of any kind raises ``ParseError`` (unknown ops, undefined values,
+    malformed types and attributes...); the result is not verified (call ``verify``)."""
+    if not isinstance(text, str):
+        raise ParseError(f"parse() takes the IR text as a str, got {type(text).__name__}")
+    try:
+        return _parse(text, tensors)
+    except ParseError:
+        raise
+    except (RecursionError, MemoryError, ArithmeticError, LookupError, TypeError, ValueError, AttributeError,
+            IRError) as e:  # a corner the checks above missed: still the text's fault, said as such
+        raise ParseError(f"malformed IR text ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def _parse(text: str, tensors: Optional[dict[str, torch.Tensor]]) -> Graph:
     from membound.ir.ops import has_op
 
     c = _Cursor(text)
@@ -178,11 +196,15 @@ def parse(text: str, tensors: Optional[dict[str, torch.Tensor]] = None) -> Graph
     g = Graph(c.name())
     env: dict[str, Value] = {}
     for name, t in _decls(c):
+        if name in env:
+            raise c.error(f"%{name} is declared twice")
         env[name] = g.add_input(name, t)
     for section, add in (("params", g.add_param), ("state", g.add_state)):
         if c.peek(section):
             c.expect(section)
             for name, t in _decls(c):
+                if name in env:
+                    raise c.error(f"%{name} is declared twice")
                 env[name] = add(name, t, (tensors or {}).get(name))
     c.expect("{")
 

@@ -8,6 +8,7 @@ A dim is a sympy expression: an ``int`` literal (``sympy.Integer``), a named sym
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence, Union
 
@@ -104,12 +105,49 @@ def parse_dim(text: str) -> sympy.Expr:
     text = text.strip()
     if text.lstrip("-").isdigit():
         return sympy.Integer(int(text))
+    if text.isidentifier() and text.isascii() and not text.startswith("_") and text not in _SYMPY_FUNCS:
+        return sym(text)  # the common case, without sympify's tokenizer
+    return _parse_dim_expr(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_dim_expr(text: str) -> sympy.Expr:
+    _check_dim_text(text)
     names = {n: sym(n) for n in _identifiers(text) if n not in _SYMPY_FUNCS}
     try:
         expr = sympy.sympify(text, locals={**names, **_SYMPY_FUNCS})
-    except (sympy.SympifyError, SyntaxError, TypeError) as e:
-        raise ValueError(f"cannot parse dim {text!r}: {e}") from None
+    except Exception as e:  # sympify reports bad text in many ways (TokenError, SyntaxError, TypeError...)
+        raise ValueError(f"cannot parse dim {text!r}: {type(e).__name__}: {e}") from None
+    if not isinstance(expr, sympy.Expr):
+        raise ValueError(f"cannot parse dim {text!r}: not an expression")
     return as_dim(expr)
+
+
+MAX_DIM_TEXT = 256  # characters of one printed dim expression
+MAX_DIM_NESTING = 8  # parentheses
+
+
+def _check_dim_text(text: str) -> None:
+    """Only the grammar the printer writes reaches sympify (which evaluates text): names (each one a
+    size symbol or a function of ``_SYMPY_FUNCS``), integers and ``+ - * / ( ) ,``; no dots or quotes,
+    so nothing else of Python is reachable."""
+    if len(text) > MAX_DIM_TEXT:
+        raise ValueError(f"dim expression longer than {MAX_DIM_TEXT} characters")
+    bad = sorted({ch for ch in text if not (ch.isascii() and (ch.isalnum() or ch in "_+-*/(), "))})
+    if bad:
+        raise ValueError(f"cannot parse dim {text!r}: unexpected character(s) {bad}")
+    depth = 0
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth > MAX_DIM_NESTING or depth < 0:
+            raise ValueError(f"cannot parse dim {text!r}: parentheses unbalanced or nested deeper than "
+                             f"{MAX_DIM_NESTING}")
+    for m in re.finditer(r"\*\*", text):  # S**2 is printed; 9**9**9 would take forever to evaluate
+        if not re.match(r"\s*\d{1,2}\b(?!\s*\*\*)", text[m.end():]):
+            raise ValueError(f"cannot parse dim {text!r}: only small integer powers")
+    for name in _identifiers(text):  # every other name becomes a size symbol (no builtins reachable)
+        if name.startswith("_"):
+            raise ValueError(f"cannot parse dim {text!r}: {name!r} cannot name a size")
 
 
 _SYMPY_FUNCS = {"Max": sympy.Max, "Min": sympy.Min, "floor": sympy.floor, "ceiling": sympy.ceiling,

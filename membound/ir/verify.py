@@ -1,11 +1,21 @@
 """The verifier: SSA dominance, types agree with each op's type rule, no dangling values.
 
 Run after every pass in tests and debug mode (``PassManager(verify=True)``).
+
+Dims are integers >= 0 or integer expressions over the size symbols: a negative, fractional or
+infinite dim (``-3``, ``2.5``, ``oo``, ``nan``) is rejected wherever it appears. A graph has at least
+one output, and every output is a value defined in it (an input, param, state or node result).
+The same value may be returned twice (a model may return one tensor twice, and CSE may merge two
+equal results); what a pass may not do is change how many outputs there are or their types: the
+``PassManager`` compares that signature before and after each pass (``changes_signature = True`` on
+a pass, e.g. insert-kv-cache, opts out).
 """
 
 from __future__ import annotations
 
-from membound.ir.graph import Graph, IRError
+import sympy
+
+from membound.ir.graph import Graph, IRError, Value
 
 
 class VerificationError(IRError):
@@ -24,6 +34,30 @@ class _Where:
     __str__ = __repr__ = lambda self: format(self)  # noqa: E731
 
 
+def dim_problem(d: object) -> str:
+    """Why ``d`` is not a valid dim ("" when it is one)."""
+    if isinstance(d, bool) or not isinstance(d, (int, sympy.Expr)):
+        return f"{d!r} ({type(d).__name__}) is not a dim"
+    e = sympy.sympify(d)
+    if e.has(sympy.nan, sympy.oo, -sympy.oo, sympy.zoo) or e.is_finite is False:
+        return f"{d} is not finite"
+    if any(isinstance(a, sympy.Float) for a in e.atoms(sympy.Number)) or e.is_integer is False:
+        return f"{d} is not an integer"
+    if e.is_negative:
+        return f"{d} is negative"
+    if not all(isinstance(s, sympy.Symbol) and s.is_integer for s in e.free_symbols):
+        return f"{d} uses a symbol that is not an integer size"
+    return ""
+
+
+def _check_type(g: Graph, v: Value, where: object) -> None:
+    for k, d in enumerate(v.type.shape):
+        why = dim_problem(d)
+        if why:
+            raise VerificationError(f"{where}: dim {k} of %{v.name} ({v.type}): {why}; dims are integers >= 0 or "
+                                    f"integer expressions over size symbols")
+
+
 def verify(g: Graph) -> None:
     """Raise ``VerificationError`` naming the first offending node, else return None."""
     from membound.ir.ops import get_op
@@ -36,6 +70,7 @@ def verify(g: Graph) -> None:
             raise VerificationError(f"@{g.name}: value name %{v.name} is declared twice")
         names.add(v.name)
         defined.add(id(v))
+        _check_type(g, v, f"@{g.name}")
     for kind, vals in (("input", g.inputs), ("param", g.params), ("state", g.state)):
         for v in vals:
             if v.kind != kind:
@@ -77,9 +112,14 @@ def verify(g: Graph) -> None:
                 raise VerificationError(f"{where}: value name %{r.name} is defined twice")
             names.add(r.name)
             defined.add(id(r))
+            _check_type(g, r, where)
             for u in r.users:
                 if id(u) not in in_graph:
                     raise VerificationError(f"{where}: %{r.name} is used by a node outside the graph ({u.op})")
-    for v in g.outputs:
+    if not g.outputs:
+        raise VerificationError(f"@{g.name}: the graph has no outputs (a graph returns at least one value)")
+    for i, v in enumerate(g.outputs):
+        if not isinstance(v, Value):
+            raise VerificationError(f"@{g.name}: output {i} is {type(v).__name__}, not a value of the graph")
         if id(v) not in defined:
-            raise VerificationError(f"@{g.name}: output %{v.name} is not defined in the graph")
+            raise VerificationError(f"@{g.name}: output %{v.name} is not defined in the graph (output number {i})")

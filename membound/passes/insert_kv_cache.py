@@ -437,3 +437,6 @@ def insert_kv_cache(graph: Graph, ctx: PassContext) -> bool:
     _swap_into(graph, new)
     ctx.note(f"cached {len(plan.attentions)} attention(s); positions and last_index are inputs now")
     return True
+
+
+insert_kv_cache.changes_signature = True  # type: ignore[attr-defined]  # new inputs, one output

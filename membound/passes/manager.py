@@ -151,6 +151,11 @@ class PassRecord:
                 f"{self.seconds * 1e3:8.2f} ms")
 
 
+def _signature(graph: Graph) -> list[Any]:
+    """The graph's outputs as a pass must keep them: one type per output (None: not a value)."""
+    return [getattr(v, "type", None) for v in graph.outputs]
+
+
 def _env_verify() -> bool:
     return os.environ.get("MEMBOUND_VERIFY", "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -206,6 +211,7 @@ class PassManager:
         for inst in instruments:
             inst.run_before_pass(graph, ctx, name, index)
         before_text = print_graph(graph) if check else None
+        signature = _signature(graph)
         nodes_before, log_before = len(graph.nodes), len(ctx.log)
         ctx.current_pass = name
         start = time.perf_counter()
@@ -218,6 +224,14 @@ class PassManager:
                 verify(graph)
                 if not changed and print_graph(graph) != before_text:
                     raise RuntimeError("the pass returned False (unchanged) but modified the graph")
+            after = _signature(graph)
+            if not getattr(p, "changes_signature", False) and not (
+                    len(after) == len(signature) and all(a is not None and b is not None and a.equivalent(b)
+                                                     for a, b in zip(after, signature))):
+                raise RuntimeError(f"the pass changed the graph's outputs from {len(signature)} "
+                                   f"({', '.join(map(str, signature))}) to {len(after)} "
+                                   f"({', '.join(map(str, after))}); a pass keeps every output (set "
+                                   f"changes_signature = True on a pass meant to change them)")
         except Exception as e:
             for inst in instruments:
                 inst.on_failure(graph, ctx, name, index, e)
