@@ -1,0 +1,135 @@
+"""An exact per-op cost table: FLOPs and bytes of every registered op at one concrete shape.
+
+The shape is each op's first OpInfo sample in ``tests/ir/test_ops.py`` (sizes B=3, S=5); the figures
+are written out below as literals, checked in and never regenerated: a cost rule that changes
+(FLOPs and bytes swapped in rms_norm, a missing read of the weight...) fails here and must be
+justified by editing the row by hand. Spot-checked by hand: abs, add, amax, rms_norm, linear, embedding.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ir"))
+from test_ops import SAMPLES, build  # noqa: E402
+
+from membound.ir.ops import all_ops, get_op  # noqa: E402
+
+# ops without an OpInfo sample in test_ops (their own test files cover them), and why
+SKIPPED = {
+    "cache_write": "state op; tests/ir/test_kv_cache_ops.py",
+    "cached_attention": "KV-cache op; tests/ir/test_kv_cache_ops.py",
+    "state_copy": "state op; tests/ir/test_kv_cache_ops.py",
+    "moe": "MoE op family: its own tests",
+    "quant_linear": "quant op family: its own tests",
+    "quant_gated_linear": "quant op family: its own tests",
+    "torch_call": "result types and cost come from the capture",
+}
+
+# op: (the sample, FLOPs, bytes)
+COST: dict[str, tuple[str, int, int]] = {
+    'abs': ('abs(float32[7]){}', 7, 56),
+    'add': ('add(float32[4,5],float32[4,5]){}', 20, 240),
+    'amax': ('amax(float32[3,4,5]){dims=(1,)}', 60, 300),
+    'amin': ('amin(float32[3,4,5]){dims=(1,)}', 60, 300),
+    'arange': ('arange(){end=7}', 0, 56),
+    'argmax': ('argmax(float32[4,7]){dim=1}', 28, 144),
+    'attention': ('attention(float32[2,4,5,8],float32[2,2,7,8],float32[2,2,7,8]){}', 8960, 4352),
+    'bitwise_and': ('bitwise_and(int64[4,5],int64[4,5]){}', 20, 480),
+    'bitwise_not': ('bitwise_not(bool[7]){}', 7, 14),
+    'bitwise_or': ('bitwise_or(int64[4,5],int64[4,5]){}', 20, 480),
+    'cast': ('cast(float32[3,1,4]){dtype=torch.float16}', 12, 72),
+    'cat': ('cat(float32[2,3],float32[4,3]){dim=0}', 0, 144),
+    'clamp': ('clamp(float32[4,5]){min=-0.5,max=0.5}', 40, 160),
+    'constant': ('constant(){value=0.5,dtype=torch.float32}', 0, 4),
+    'cos': ('cos(float32[7]){}', 28, 56),
+    'cumsum': ('cumsum(float32[3,7]){dim=1}', 21, 168),
+    'div': ('div(float32[4,5],float32[4,5]){}', 20, 240),
+    'embedding': ('embedding(float32[11,4],int64[2,3]){}', 0, 240),
+    'eq': ('eq(float32[4,5],float32[4,5]){}', 20, 180),
+    'erf': ('erf(float32[7]){}', 28, 56),
+    'exp': ('exp(float32[7]){}', 28, 56),
+    'expand': ('expand(float32[3,1]){shape=(2,3,4)}', 0, 0),
+    'floor': ('floor(float32[7]){}', 7, 56),
+    'full': ('full(){shape=(2,3),value=1.5,dtype=torch.float32}', 0, 24),
+    'gated_linear': ('gated_linear(float32[7,5],float32[7,5],float32[3,5]){}', 385, 424),
+    'gather': ('gather(float32[4,5],int64[4,3]){dim=1}', 0, 192),
+    'ge': ('ge(float32[4,5],float32[4,5]){}', 20, 180),
+    'gelu': ('gelu(float32[3,1,5]){}', 120, 120),
+    'grouped_mm': ('grouped_mm(float32[7,4],float32[3,4,5],int64[3]){}', 280, 516),
+    'gt': ('gt(float32[4,5],float32[4,5]){}', 20, 180),
+    'histc': ('histc(float32[50]){bins=4,min=0,max=3}', 50, 216),
+    'index': ('index(float32[5,6,7],int64[3]){dims=(0,)}', 0, 1032),
+    'index_copy': ('index_copy(float32[5,4],int64[3],float32[3,4]){dim=0}', 0, 232),
+    'index_put': ('index_put(float32[5,4],float32[3,4],int64[3]){dims=(0,)}', 0, 232),
+    'index_select': ('index_select(float32[5,4],int64[3]){dim=0}', 0, 120),
+    'layer_norm': ('layer_norm(float32[3,7],float32[7],float32[7]){}', 105, 224),
+    'le': ('le(float32[4,5],float32[4,5]){}', 20, 180),
+    'linear': ('linear(float32[7,5],float32[3,5]){}', 210, 284),
+    'log': ('log(float32[7]){}', 28, 56),
+    'log_softmax': ('log_softmax(float32[3,7]){dim=-1}', 105, 168),
+    'logical_and': ('logical_and(float32[4,5],float32[4,5]){}', 20, 180),
+    'logical_not': ('logical_not(bool[7]){}', 7, 14),
+    'logical_or': ('logical_or(float32[4,5],float32[4,5]){}', 20, 180),
+    'lt': ('lt(float32[4,5],float32[4,5]){}', 20, 180),
+    'matmul': ('matmul(float32[3,4],float32[4,5]){}', 120, 188),
+    'maximum': ('maximum(float32[4,5],float32[4,5]){}', 20, 240),
+    'mean': ('mean(float32[3,4,5]){dims=(1,)}', 60, 300),
+    'minimum': ('minimum(float32[4,5],float32[4,5]){}', 20, 240),
+    'mul': ('mul(float32[4,5],float32[4,5]){}', 20, 240),
+    'ne': ('ne(float32[4,5],float32[4,5]){}', 20, 180),
+    'neg': ('neg(float32[7]){}', 7, 56),
+    'permute': ('permute(float32[2,3,4]){dims=(2,0,1)}', 0, 0),
+    'pow': ('pow(float32[4,5],float32[4,5]){}', 80, 240),
+    'reciprocal': ('reciprocal(float32[7]){}', 7, 56),
+    'relu': ('relu(float32[7]){}', 7, 56),
+    'remainder': ('remainder(float32[4,5],float32[4,5]){}', 40, 240),
+    'reshape': ('reshape(float32[2,3,4]){shape=(6,4)}', 0, 0),
+    'rms_norm': ('rms_norm(float32[3,7],float32[7]){eps=1e-06}', 105, 196),
+    'rsqrt': ('rsqrt(float32[7]){}', 28, 56),
+    'scatter': ('scatter(float32[5,4],int64[3,4],float32[3,4]){dim=0}', 0, 304),
+    'select': ('select(float32[4,5]){dim=1,index=3}', 0, 0),
+    'sigmoid': ('sigmoid(float32[7]){}', 28, 56),
+    'silu': ('silu(float32[7]){}', 28, 56),
+    'sin': ('sin(float32[7]){}', 28, 56),
+    'slice': ('slice(float32[7,5]){dim=0,start=1,end=6,step=2}', 0, 0),
+    'softmax': ('softmax(float32[3,7]){dim=-1}', 105, 168),
+    'sort': ('sort(float32[4,9]){}', 180, 576),
+    'split': ('split(float32[7,3]){dim=0,sizes=(2,5)}', 0, 0),
+    'sqrt': ('sqrt(float32[7]){}', 28, 56),
+    'squeeze': ('squeeze(float32[3,1,4,1]){dims=(1,3)}', 0, 0),
+    'sub': ('sub(float32[4,5],float32[4,5]){}', 20, 240),
+    'sum': ('sum(float32[3,4,5]){dims=(1,)}', 60, 300),
+    'tanh': ('tanh(float32[7]){}', 28, 56),
+    'topk': ('topk(float32[4,9]){k=3}', 72, 288),
+    'transpose': ('transpose(float32[2,3,4]){dim0=0,dim1=2}', 0, 0),
+    'unsqueeze': ('unsqueeze(float32[3,4]){dim=0}', 0, 0),
+    'where': ('where(bool[4,5],float32[4,5],float32[4,5]){}', 20, 260),
+}
+
+
+def _first_samples() -> dict[str, object]:
+    out: dict[str, object] = {}
+    for s in SAMPLES:
+        out.setdefault(s.op, s)
+    return out
+
+
+@pytest.mark.parametrize("op", sorted(COST))
+def test_cost_of_each_op_is_exactly_the_table(op: str) -> None:
+    sample = _first_samples()[op]
+    sig, flops, nbytes = COST[op]
+    assert str(sample) == sig, f"{op}: the first sample changed ({sample}); update the row by hand"
+    _, node = build(sample)  # type: ignore[arg-type]
+    f, b = get_op(op).cost([v.type for v in node.inputs], [r.type for r in node.results], node.attrs)
+    got = (int(f.subs(sample.sizes)), int(b.subs(sample.sizes)))  # type: ignore[attr-defined]
+    assert got == (flops, nbytes), f"{op} at {sig}: (FLOPs, bytes) = {got}, the table says {(flops, nbytes)}"
+
+
+def test_every_registered_op_is_in_the_table_or_skipped_with_a_reason() -> None:
+    names = set(all_ops())
+    assert names - set(COST) - set(SKIPPED) == set(), "ops with no cost row: add one (by hand) or a skip reason"
+    assert set(COST) | set(SKIPPED) <= names
