@@ -385,30 +385,27 @@ def describe(c: Any) -> str:
 
 
 def sweep_grid(scheme: str, group: int, m: int, heur: Any, quick: bool) -> list[Any]:
-    """Configs around the heuristic: tile rows x tile width (bytes per row >= 16), split, warps; the
-    heuristic's tile with the plain int -> float conversion (``magic=False``), read as bytes instead of
-    int32 words (``words=False``), and without prefetch."""
+    """Configs around the heuristic: tile rows x tile width (int4 GEMV tiles of several groups), split 1/2
+    (GEMV) or 1/4 (tensor cores); the heuristic with 8 warps, and without prefetch (GEMV) or with 4 stages."""
     from membound.backends.triton.kernels.quant_matmul import QuantConfig
 
     int4 = scheme == "int4"
     if m <= 2:
-        tiles = ([(32, 64), (64, 64), (16, 128), (32, 128), (64, 128), (128, 128)] if int4
-                 else [(4, 512), (8, 512), (16, 256), (4, 1024), (8, 1024), (16, 512)])
-        splits, warps, stages, dot, bm = (1, 2, 4, 8), (4,), (3,), False, m
+        tiles = ([(8, 1024), (16, 512), (4, 1024), (16, 1024), (32, 256), (32, 128)] if int4
+                 else [(8, 512), (16, 512), (4, 1024), (8, 1024), (16, 1024), (32, 256)])
+        splits, warps, stages, dot, bm = (1, 2), (4,), (3,), False, m
     else:
-        tiles = ([(16, 64), (32, 64), (64, 64), (16, 128), (32, 128), (64, 128)] if int4
-                 else [(16, 128), (32, 128), (64, 128), (16, 256), (32, 256), (32, 512)])
-        splits, warps, stages, dot, bm = (1, 2, 4), (4,), (heur.num_stages,), True, 16 if m <= 16 else 32
+        tiles = ([(32, 128), (64, 128), (64, 256), (128, 128), (32, 256), (128, 256)] if int4
+                 else [(32, 128), (64, 128), (32, 256), (64, 256), (16, 256), (32, 512)])
+        splits, warps, stages, dot, bm = (1, 4), (4,), (3,), True, 16 if m <= 16 else 32
     if quick:
-        tiles, splits = tiles[:3], splits[:3]
+        tiles = tiles[:3]
     grid = [QuantConfig(bm, bn, bk, sp, dot, w, st)
             for (bn, bk), sp, w, st in itertools.product(tiles, splits, warps, stages)]
-    grid += [replace(heur, num_warps=2), replace(heur, num_warps=8), replace(heur, magic=False)]
-    if scheme != "fp8":
-        grid.append(replace(heur, words=False))
+    grid += [replace(heur, num_warps=8)]
     if heur.use_dot:
-        grid.append(replace(heur, num_stages=3 if heur.num_stages != 3 else 4))
-    if not heur.use_dot:
+        grid.append(replace(heur, num_stages=4))
+    else:
         grid.append(replace(heur, prefetch=False))
     return grid
 

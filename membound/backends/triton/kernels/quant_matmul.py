@@ -208,6 +208,43 @@ def _int4_units(raw):
 
 
 @triton.jit
+def _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS: tl.constexpr, GPT: tl.constexpr,
+                 GW: tl.constexpr):
+    """int4 words of this program's rows at word columns ``[c0, c0 + GPT * GW)`` as ``[BLOCK_N, GPT, GW]``
+    (``GPT`` chunks of ``GW`` words, each inside one group: a tile spanning several groups is split along
+    a new axis, never gathered per element), and the chunks' scale and offset ``[BLOCK_N, GPT]`` in fp32."""
+    cols = c0 + tl.arange(0, GPT)[:, None] * GW + tl.arange(0, GW)[None, :]
+    raw = tl.load(q_rows[:, None, None] + cols[None, :, :], mask=row_ok[:, None, None] & (cols < c_end)[None, :, :],
+                  other=0)
+    grp = (c0 + tl.arange(0, GPT) * GW) // GROUP_COLS
+    g_ptr = s_rows[:, None] + grp[None, :] * 2
+    g_mask = row_ok[:, None] & (grp < G)[None, :]
+    s = tl.load(g_ptr, mask=g_mask, other=0.0).to(tl.float32)
+    o = tl.load(g_ptr + 1, mask=g_mask, other=0.0).to(tl.float32)
+    return raw, s, o
+
+
+@triton.jit
+def _int4_dequant(raw, s, o):
+    """``[R, C, W]`` int4 words and ``[R, C]`` scale/offset -> the weight ``q * s + o`` as fp32 ``[R, C, 8W]`` in
+    k order: ``(1 + q/16) * 16s + (o - 16s)``, one FMA a nibble after the shift and ``lop3`` of
+    :func:`_int4_units` (the planes interleaved by joins, in registers)."""
+    w = raw.to(tl.uint32, bitcast=True)
+    f0 = (((w << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f1 = (((w << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f2 = (((w << 11) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f3 = (((w << 7) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f4 = (((w << 3) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f5 = (((w >> 1) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f6 = (((w >> 5) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f7 = (((w >> 9) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
+    f = tl.join(tl.join(tl.join(f0, f4), tl.join(f2, f6)), tl.join(tl.join(f1, f5), tl.join(f3, f7)))
+    f = tl.reshape(f, (raw.shape[0], raw.shape[1], raw.shape[2] * 8))
+    s16 = 16.0 * s
+    return f * s16[:, :, None] + (o - s16)[:, :, None]
+
+
+@triton.jit
 def _int8_units(raw):
     """int8 as int32 words ``[R, W]`` (four bytes, ``k = 4j + i`` in bits ``8i..8i+7``) -> ``1 + (q + 128)/256``
     as fp32 ``[R, 4W]`` in k order, as :func:`_int4_units` (flipping the byte's top bit turns two's
@@ -277,8 +314,15 @@ def _quant_matmul(
     # int4 GEMV with the tile inside one group: sum x * (1 + q/16) over the tile, then apply the group's
     # scale and offset once per row: sum x*w = 16s * sum x*(1 + q/16) + (o - 16s) * sum x (three instructions
     # a nibble: shift, lop3, fma)
-    GROUP_SUM: tl.constexpr = SCHEME == 1 and MAGIC and not USE_DOT and BLOCK_K <= GROUP
+    GROUP_SUM: tl.constexpr = SCHEME == 1 and MAGIC and not USE_DOT and BLOCK_K <= GROUP and not WORDS
     BLOCK_KW: tl.constexpr = BLOCK_K // UNIT  # weight columns per tile
+    # int4 words: the tile as [BLOCK_N, GPT, GW] words, GPT chunks each inside one group (_int4_groups),
+    # dequantized to q * s + o by one FMA a nibble; the GEMV accumulates x * w elementwise over the whole
+    # K range (one reduction at the end, no barrier in the loop), the tensor cores take w in x's dtype
+    INT4_GROUPS: tl.constexpr = SCHEME == 1 and WORDS
+    GPT: tl.constexpr = BLOCK_K // GROUP if INT4_GROUPS and BLOCK_K > GROUP else 1
+    GW: tl.constexpr = BLOCK_KW // GPT
+    GROUP_COLS: tl.constexpr = GROUP // 8 if INT4_GROUPS else 1
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -301,18 +345,28 @@ def _quant_matmul(
     if USE_DOT or GROUP_SUM:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if not USE_DOT:
-        if not GROUP_SUM:
+        if INT4_GROUPS:
+            acc4 = tl.zeros((BLOCK_M, BLOCK_N, GPT, 8 * GW), dtype=tl.float32)
+        elif not GROUP_SUM:
             # defer the K reduction: FMAs into registers, one tree-sum at the end
             acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K if WORDS else BLOCK_KW), dtype=tl.float32)
             if INT8_SUM:
                 xs3 = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         if PREFETCH and EARLY_W:
             # a parameter's first tile, before the wait: in flight while the previous kernel finishes
-            raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
+            if INT4_GROUPS:
+                raw_n, s_n, o_n = _int4_groups(q_rows, s_rows, row_ok, c_start, c_end, G, GROUP_COLS, GPT, GW)
+            else:
+                raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT,
+                                          False)
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     if not USE_DOT:
         if PREFETCH and not EARLY_W:
-            raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
+            if INT4_GROUPS:
+                raw_n, s_n, o_n = _int4_groups(q_rows, s_rows, row_ok, c_start, c_end, G, GROUP_COLS, GPT, GW)
+            else:
+                raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT,
+                                          False)
     if PRE_GATE:
         # gated GEMV: form silu(gate) * up for this program's K range once, spread over all its threads,
         # into the scratch g[M, K] (programs of one K range write the same values), then read it as x. In
@@ -329,72 +383,82 @@ def _quant_matmul(
         stride_xm = K
     GATED_X: tl.constexpr = GATED and not PRE_GATE
     for c0 in range(c_start, c_end, BLOCK_KW):
-        xk = _x_tile(x_ptr, u_ptr, ms, m_ok, UNIT * c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um, GATED_X)
-        if SCHEME == 1 and not WORDS:
-            # bytes: x's tile split into the even columns (low nibbles) and odd (high), in registers
-            xe, xo = tl.split(tl.reshape(xk, (BLOCK_M, HALF, 2)))
-        if USE_DOT and WORDS:
-            # whole words [BLOCK_N, BLOCK_KW] -> codes [BLOCK_N, BLOCK_K] -> tl.dot against their transpose
-            raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
-            if SCHEME == 1:
-                f = _int4_units(raw)
-                # 1 + q/16 is exact in 16-bit floats: the group's scale and offset go on the tile's sums
-                p = tl.dot(xk, tl.trans(f.to(xk.dtype)), input_precision=INPUT_PRECISION)
-                s16 = 16.0 * tl.reshape(s, (BLOCK_N,))
-                o16 = tl.reshape(o, (BLOCK_N,)) - s16
-                acc += p * s16[None, :] + tl.sum(xk.to(tl.float32), axis=1)[:, None] * o16[None, :]
-            else:
-                w = (_int8_units(raw) * 256.0 - 384.0).to(xk.dtype)  # the integer code, exact in 16-bit floats
-                acc = tl.dot(xk, tl.trans(w), acc, input_precision=INPUT_PRECISION)
-        elif USE_DOT:
-            # the tile as W^T [BLOCK_KW, BLOCK_N], contiguous along K so loads still vectorise
-            raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
-            if SCHEME == 1:
-                w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # rounded to x's dtype as the reference rounds
-                acc = tl.dot(xe, w_lo.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
-                acc = tl.dot(xo, w_hi.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
-            else:
-                w = _codes(raw, SCHEME, FP8_BITS, MAGIC).to(xk.dtype)  # exact: |q| <= 127, e4m3 fits in 16 bits
-                acc = tl.dot(xk, w, acc, input_precision=INPUT_PRECISION)
-        else:
+        if INT4_GROUPS and not USE_DOT:
+            # GEMV: x as [BLOCK_M, GPT, 8 GW] (the tile's chunks), times the dequantized [BLOCK_N, GPT, 8 GW]
             if PREFETCH:
-                # registers double-buffer the packed tile: the next one's load is in flight while this is used
                 raw, s, o = raw_n, s_n, o_n
-                raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c0 + BLOCK_KW, c_end, G, SCHEME, GROUP,
-                                          BLOCK_KW, UNIT, False)
+                raw_n, s_n, o_n = _int4_groups(q_rows, s_rows, row_ok, c0 + BLOCK_KW, c_end, G, GROUP_COLS, GPT, GW)
             else:
-                raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
-            if INT8_SUM:
-                xf = xk.to(tl.float32)
-                acc3 += xf[:, None, :] * _int8_units(raw)[None, :, :]
-                xs3 += xf
-            elif GROUP_SUM:
-                # per x row (M <= 2): [BLOCK_N, BLOCK_K] products summed along K, mostly within a thread
-                s16 = 16.0 * tl.reshape(s, (BLOCK_N,))
-                o16 = tl.reshape(o, (BLOCK_N,)) - s16
-                if WORDS:
-                    f = _int4_units(raw)  # [BLOCK_N, BLOCK_K]
+                raw, s, o = _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS, GPT, GW)
+            w3 = _int4_dequant(raw, s, o)
+            ks3 = 8 * c0 + tl.arange(0, GPT)[:, None] * (8 * GW) + tl.arange(0, 8 * GW)[None, :]
+            x_mask = m_ok[:, None, None] & (ks3 < k_end)[None, :, :]
+            x3 = tl.load(x_ptr + ms[:, None, None] * stride_xm + ks3[None, :, :], mask=x_mask, other=0.0)
+            x3 = _gate(x3, u_ptr + ms[:, None, None] * stride_um + ks3[None, :, :], x_mask, GATED_X)
+            acc4 += x3.to(tl.float32)[:, None, :, :] * w3[None, :, :, :]
+        else:
+            xk = _x_tile(x_ptr, u_ptr, ms, m_ok, UNIT * c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um,
+                         GATED_X)
+            if SCHEME == 1 and not WORDS:
+                # bytes: x's tile split into the even columns (low nibbles) and odd (high), in registers
+                xe, xo = tl.split(tl.reshape(xk, (BLOCK_M, HALF, 2)))
+            if USE_DOT and WORDS:
+                # whole words [BLOCK_N, BLOCK_KW] -> codes [BLOCK_N, BLOCK_K] -> tl.dot against their transpose
+                if SCHEME == 1:
+                    # dequantized once per tile (amortised over the M rows), rounded to x's dtype as the
+                    # reference rounds, then one tl.dot
+                    raw, s, o = _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS, GPT, GW)
+                    w = tl.reshape(_int4_dequant(raw, s, o), (BLOCK_N, BLOCK_K)).to(xk.dtype)
+                    acc = tl.dot(xk, tl.trans(w), acc, input_precision=INPUT_PRECISION)
                 else:
+                    raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
+                    w = (_int8_units(raw) * 256.0 - 384.0).to(xk.dtype)  # the integer code, exact in 16-bit floats
+                    acc = tl.dot(xk, tl.trans(w), acc, input_precision=INPUT_PRECISION)
+            elif USE_DOT:
+                # the tile as W^T [BLOCK_KW, BLOCK_N], contiguous along K so loads still vectorise
+                raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
+                if SCHEME == 1:
+                    w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # rounded to x's dtype as the reference rounds
+                    acc = tl.dot(xe, w_lo.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
+                    acc = tl.dot(xo, w_hi.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
+                else:
+                    w = _codes(raw, SCHEME, FP8_BITS, MAGIC).to(xk.dtype)  # exact: |q| <= 127, e4m3 fits in 16 bits
+                    acc = tl.dot(xk, w, acc, input_precision=INPUT_PRECISION)
+            else:
+                if PREFETCH:
+                    # registers double-buffer the packed tile: the next one's load is in flight while this is used
+                    raw, s, o = raw_n, s_n, o_n
+                    raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c0 + BLOCK_KW, c_end, G, SCHEME, GROUP,
+                                              BLOCK_KW, UNIT, False)
+                else:
+                    raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, False)
+                if INT8_SUM:
+                    xf = xk.to(tl.float32)
+                    acc3 += xf[:, None, :] * _int8_units(raw)[None, :, :]
+                    xs3 += xf
+                elif GROUP_SUM:
+                    # per x row (M <= 2): [BLOCK_N, BLOCK_K] products summed along K, mostly within a thread
+                    s16 = 16.0 * tl.reshape(s, (BLOCK_N,))
+                    o16 = tl.reshape(o, (BLOCK_N,)) - s16
                     f_lo, f_hi = _units(raw)  # [BLOCK_N, HALF] each
-                for mm in tl.static_range(BLOCK_M):
-                    x1 = _x_row(x_ptr, u_ptr, pid_m * BLOCK_M + mm, M, UNIT * c0 + tl.arange(0, BLOCK_K), k_end,
-                                stride_xm, stride_um, GATED_X).to(tl.float32)
-                    if WORDS:
-                        p1 = tl.sum(f * x1[None, :], axis=1)
-                    else:
+                    for mm in tl.static_range(BLOCK_M):
+                        x1 = _x_row(x_ptr, u_ptr, pid_m * BLOCK_M + mm, M, UNIT * c0 + tl.arange(0, BLOCK_K), k_end,
+                                    stride_xm, stride_um, GATED_X).to(tl.float32)
                         x1e, x1o = tl.split(tl.reshape(x1, (HALF, 2)))
                         p1 = tl.sum(f_lo * x1e[None, :] + f_hi * x1o[None, :], axis=1)
-                    row = p1 * s16 + tl.sum(x1, axis=0) * o16
-                    acc += tl.where((tl.arange(0, BLOCK_M) == mm)[:, None], row[None, :], 0.0)
-            elif SCHEME == 1:
-                w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # dequantized in fp32, one FMA per nibble
-                acc3 += xe[:, None, :].to(tl.float32) * w_lo[None, :, :]
-                acc3 += xo[:, None, :].to(tl.float32) * w_hi[None, :, :]
-            else:
-                acc3 += xk[:, None, :].to(tl.float32) * _codes(raw, SCHEME, FP8_BITS, MAGIC)[None, :, :]
-    if INT8_SUM and not USE_DOT:
+                        row = p1 * s16 + tl.sum(x1, axis=0) * o16
+                        acc += tl.where((tl.arange(0, BLOCK_M) == mm)[:, None], row[None, :], 0.0)
+                elif SCHEME == 1:
+                    w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # dequantized in fp32, one FMA per nibble
+                    acc3 += xe[:, None, :].to(tl.float32) * w_lo[None, :, :]
+                    acc3 += xo[:, None, :].to(tl.float32) * w_hi[None, :, :]
+                else:
+                    acc3 += xk[:, None, :].to(tl.float32) * _codes(raw, SCHEME, FP8_BITS, MAGIC)[None, :, :]
+    if INT4_GROUPS and not USE_DOT:
+        acc = tl.sum(tl.sum(acc4, axis=3), axis=2)
+    elif INT8_SUM and not USE_DOT:
         acc = 256.0 * tl.sum(acc3, axis=2) - 384.0 * tl.sum(xs3, axis=1)[:, None]
-    elif not USE_DOT and not GROUP_SUM:
+    elif not USE_DOT and not GROUP_SUM and not INT4_GROUPS:
         acc = tl.sum(acc3, axis=2)
     if SCHEME != 1:
         # the per-channel scale, once per output (fp8 from bits: the codes were value / 256)
@@ -463,25 +527,36 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
     ``benches/quant_matmul.py --sweep`` times a grid around these on the GPU.
     """
     int4 = scheme == "int4"
+    words = int4 and k % 8 == 0  # int4 read as words: tiles of several groups (_int4_groups), no gathers
     kcap = max(32 if int4 else 16, next_pow2(k))
+    num_stages = 3
     if m <= GEMV_M:
-        block_k = min(group_size, 256) if int4 else 512
-        block_k = min(block_k, kcap)
-        block_n = max(4, min(128, 4096 // block_k)) if int4 else 8
+        if words:
+            # 512 bytes a row a step, as the bf16 GEMV's 1 KB of bf16: x * w accumulated in registers
+            block_k, block_n = max(min(1024, kcap), min(group_size, kcap)), 8
+        else:
+            block_k = min(min(group_size, 256) if int4 else 512, kcap)
+            block_n = max(4, min(128, 4096 // block_k)) if int4 else 8
         block_m, use_dot = next_pow2(m), False
     else:
-        block_k = min(min(max(group_size, 32), 256) if int4 else 256, kcap)
-        if m <= SMALL_M:
-            block_m, block_n = (16 if m <= 16 else 32), 32
+        if words:
+            block_k = max(min(256, kcap), min(group_size, kcap))
         else:
-            block_m, block_n = PREFILL_BLOCK_M, 64
+            block_k = min(min(max(group_size, 32), 256) if int4 else 256, kcap)
+        if m <= SMALL_M:
+            block_m, block_n, num_stages = (16 if m <= 16 else 32), (64 if words else 32), 4
+        else:
+            # 64 x 64 x 128 with 3 stages fits shared memory for every scheme (x 64 x 256 x 4 stages did not)
+            block_m, block_n, block_k, num_stages = PREFILL_BLOCK_M, 64, min(block_k, 128), 3
+            if int4 and block_k < group_size and block_k % 8 == 0:
+                block_k = min(group_size, 128)
         use_dot = True
     programs = cdiv(n, block_n) * cdiv(m, block_m)
     split = 1
     min_tiles = 2 if use_dot else (4 if int4 else 8)
     while programs * split < 4 * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
-    return QuantConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
+    return QuantConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=num_stages)
 
 
 def packed_bytes(n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype) -> int:
@@ -655,7 +730,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     # int32 words (eight int4 / four int8 codes): rows of whole words; for int4 a group-aligned tile
     unit = 8 if int4 else 4
     words = (scheme != "fp8" and cfg.magic and cfg.words and k % unit == 0 and cfg.block_k % unit == 0
-             and (not int4 or cfg.block_k <= group_size) and q.stride(0) % 4 == 0 and q.data_ptr() % 4 == 0)
+             and q.stride(0) % 4 == 0 and q.data_ptr() % 4 == 0)
     if words:
         q = q.view(torch.int32)
     kw = q.shape[1]
