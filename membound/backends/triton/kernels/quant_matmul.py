@@ -27,10 +27,15 @@ and the affine part is folded into sums the kernel needs anyway:
 Codes are read as int32 words (``WORDS``: eight int4 or four int8 codes, 16 bytes a thread per tile)
 when rows hold whole words (K a multiple of 8 / 4); the planes of a word are interleaved back into k
 order by ``tl.join`` in registers. Otherwise (odd K) int4 is read as bytes, each multiplying two
-strided views of x (even and odd columns, split in registers): same formulas, more instructions. A tile
-wider than a group (a ``config`` that asks for it, or group 16 on the tensor cores) gathers the group's
-scale per element and dequantizes ``q * s + o`` per element: correct, slower. The packed formats are
-``ir/ops/quant.py``'s, unchanged.
+strided views of x (even and odd columns, split in registers): same formulas, more instructions. A bytes
+tile wider than a group (a ``config`` that asks for it, or group 16 on the tensor cores) gathers the
+group's scale per element: correct, slower. int4 words never gather: a tile of several groups is loaded
+as ``[BLOCK_N, GPT, GW]`` (``_int4_groups``: GPT chunks of GW words, each inside one group) with a
+``[BLOCK_N, GPT]`` scale/offset tile, dequantized to ``q * s + o`` by one FMA a nibble after the shift and
+``lop3`` (``_int4_dequant``); the GEMV accumulates ``x * w`` elementwise over its whole K range and
+reduces once at the end (no reduction, no barrier per step), the tensor-core path rounds the tile to x's
+dtype (as the reference rounds) and issues one ``tl.dot``. The packed formats are ``ir/ops/quant.py``'s,
+unchanged.
 
 fp8 codes are converted natively (``cvt`` e4m3 -> f16/bf16) on sm_89+ and under the interpreter; older
 cards decode the bits (``FP8_BITS``): e4m3's sign, exponent and mantissa shifted into an fp16 are the
@@ -187,27 +192,6 @@ def _units(raw):
 
 
 @triton.jit
-def _int4_units(raw):
-    """int4 as int32 words ``[R, W]`` (eight nibbles, ``k = 8j + i`` in bits ``4i..4i+3``) -> ``1 + q/16`` as
-    fp32 ``[R, 8W]`` in k order, without int -> float conversions (sm_90 converts 16 values a clock per
-    SM, under half of what int4 at HBM speed needs): each nibble shifted into the top of the mantissa of
-    1.0f is that float exactly (a shift and one ``lop3``); the eight planes are interleaved by joins (new
-    last axes, in registers)."""
-    w = raw.to(tl.uint32, bitcast=True)
-    f0 = (((w << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    f1 = (((w << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    f2 = (((w << 11) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    f3 = (((w << 7) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    f4 = (((w << 3) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    f5 = (((w >> 1) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    f6 = (((w >> 5) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    f7 = (((w >> 9) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    # index i = 4a + 2b + c with c the last axis: join the highest bit first
-    f = tl.join(tl.join(tl.join(f0, f4), tl.join(f2, f6)), tl.join(tl.join(f1, f5), tl.join(f3, f7)))
-    return tl.reshape(f, (raw.shape[0], raw.shape[1] * 8))
-
-
-@triton.jit
 def _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS: tl.constexpr, GPT: tl.constexpr,
                  GW: tl.constexpr):
     """int4 words of this program's rows at word columns ``[c0, c0 + GPT * GW)`` as ``[BLOCK_N, GPT, GW]``
@@ -226,9 +210,12 @@ def _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS: tl.constexpr,
 
 @triton.jit
 def _int4_dequant(raw, s, o):
-    """``[R, C, W]`` int4 words and ``[R, C]`` scale/offset -> the weight ``q * s + o`` as fp32 ``[R, C, 8W]`` in
-    k order: ``(1 + q/16) * 16s + (o - 16s)``, one FMA a nibble after the shift and ``lop3`` of
-    :func:`_int4_units` (the planes interleaved by joins, in registers)."""
+    """``[R, C, W]`` int4 words (eight nibbles, ``k = 8j + i`` in bits ``4i..4i+3``) and ``[R, C]`` scale/offset
+    -> the weight ``q * s + o`` as fp32 ``[R, C, 8W]`` in k order, without int -> float conversions (sm_90
+    converts 16 values a clock per SM, under half of what int4 at HBM speed needs): each nibble shifted
+    into the top of the mantissa of 1.0f is ``1 + q/16`` exactly (a shift and one ``lop3``), and
+    ``(1 + q/16) * 16s + (o - 16s)`` is one FMA; the eight planes are interleaved by joins (new last axes,
+    in registers)."""
     w = raw.to(tl.uint32, bitcast=True)
     f0 = (((w << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
     f1 = (((w << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
@@ -247,7 +234,7 @@ def _int4_dequant(raw, s, o):
 @triton.jit
 def _int8_units(raw):
     """int8 as int32 words ``[R, W]`` (four bytes, ``k = 4j + i`` in bits ``8i..8i+7``) -> ``1 + (q + 128)/256``
-    as fp32 ``[R, 4W]`` in k order, as :func:`_int4_units` (flipping the byte's top bit turns two's
+    as fp32 ``[R, 4W]`` in k order, as :func:`_int4_dequant` (flipping the byte's top bit turns two's
     complement into ``q + 128``)."""
     w = raw.to(tl.uint32, bitcast=True)
     g0 = ((w << 15) & 0x7F8000 ^ 0x3FC00000).to(tl.float32, bitcast=True)
@@ -504,25 +491,28 @@ class QuantConfig:
     num_warps: int = 4
     num_stages: int = 3
     prefetch: bool = True  # FMA path: double-buffer the packed tiles in registers
-    magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _int4_units)
+    magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _int4_dequant)
     pre_gate: bool = True  # gated GEMV: silu(gate) * up formed once per program into a scratch (PRE_GATE)
-    words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_units)
+    words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
                 device: torch.device) -> QuantConfig:
-    """Tiles for ``m`` rows. Untuned first guesses (no GPU was at hand when they were written), built on
-    ``linear.pick_config``'s measured rule, the same bytes per program and step: every program loads 16
-    contiguous bytes per thread per weight tile, about 2-4 KB a step.
+    """Tiles for ``m`` rows, from one H200 sweep at 4096 x 14336 (``benches/results/quant_matmul-sweep-
+    nvidia-h200-2026-12-01-int4-groups.json``; other shapes untuned):
 
-    - M <= 2 (FMA): int8/fp8 8 rows x 512 bytes; int4 one group-aligned tile of ``min(group, 256)``
-      elements (64 bytes a row at group 128) over ``4096 / block_k`` rows (32 at group 128).
-    - M = 3..32 (tensor cores): 32 rows, 256 elements (int8/fp8) or ``min(group, 256)`` (int4), M padded
-      to 16 or 32. M > 32: 64 x 64 tiles, one grid row per 64 rows of M.
+    - M <= 2 (FMA): int8 16 rows x 512 bytes (29.9 -> 27.0 us over 8 rows, split 2), fp8 8 x 512 (not
+      swept); int4 words 16 rows x 512 elements (256 bytes, four groups of 128; 8 rows at M = 2), which
+      beat 8 x 1024 and 4 x 1024; int4 bytes (odd K) one group-aligned tile of ``min(group, 256)``.
+    - M = 3..32 (tensor cores): 64 rows x 256 elements (int8/fp8) or 64 x 128 (int4 words; 32.3 us
+      against 41.9 for 64 x 256 and 83.9 for the old 32 x 128 gather-free single-group tile), 3 stages,
+      M padded to 16 or 32. M > 32: 64 x 64 x 128, 3 stages: fits shared memory for every scheme
+      (64 x 64 x 256 with 4 stages asked for 272 KB and could not launch).
     - gated (``quant_gated_linear``): the same tiles; the GEMV forms ``silu(gate) * up`` once per program
       first (``PRE_GATE``), so the tiles see a plain x.
-    - split K while the programs would leave SMs idle and each split keeps enough K tiles (8 on the FMA
-      path, 4 for int4 whose tiles are a quarter of the bytes, 2 on the tensor-core path), as ``linear``.
+    - split K only while the programs would leave SMs idle (one wave on the FMA path, 1.5 on the tensor
+      cores) and each split keeps enough K tiles (8 on the FMA path, 4 for int4, 2 on the tensor cores):
+      the sweep found every GEMV split of 4096 x 14336 slower than none, and split 4 best at M = 16.
 
     ``benches/quant_matmul.py --sweep`` times a grid around these on the GPU.
     """
@@ -532,29 +522,32 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
     num_stages = 3
     if m <= GEMV_M:
         if words:
-            # 512 bytes a row a step, as the bf16 GEMV's 1 KB of bf16: x * w accumulated in registers
-            block_k, block_n = max(min(1024, kcap), min(group_size, kcap)), 8
+            # 16 rows x 256 bytes (8 rows at M = 2: the x * w accumulators double)
+            block_k, block_n = max(min(512, kcap), min(group_size, kcap)), (16 if m == 1 else 8)
         else:
             block_k = min(min(group_size, 256) if int4 else 512, kcap)
-            block_n = max(4, min(128, 4096 // block_k)) if int4 else 8
+            block_n = max(4, min(128, 4096 // block_k)) if int4 else (16 if scheme == "int8" else 8)
         block_m, use_dot = next_pow2(m), False
     else:
         if words:
-            block_k = max(min(256, kcap), min(group_size, kcap))
+            block_k = min(128, kcap)  # nests with every group size (powers of two)
         else:
             block_k = min(min(max(group_size, 32), 256) if int4 else 256, kcap)
         if m <= SMALL_M:
-            block_m, block_n, num_stages = (16 if m <= 16 else 32), (64 if words else 32), 4
+            block_m, block_n = (16 if m <= 16 else 32), (32 if int4 and not words else 64)
         else:
-            # 64 x 64 x 128 with 3 stages fits shared memory for every scheme (x 64 x 256 x 4 stages did not)
-            block_m, block_n, block_k, num_stages = PREFILL_BLOCK_M, 64, min(block_k, 128), 3
+            # 64 x 64 x 128 with 3 stages fits shared memory for every scheme (64 x 64 x 256 x 4 did not)
+            block_m, block_n, block_k = PREFILL_BLOCK_M, 64, min(block_k, 128)
             if int4 and block_k < group_size and block_k % 8 == 0:
                 block_k = min(group_size, 128)
         use_dot = True
     programs = cdiv(n, block_n) * cdiv(m, block_m)
     split = 1
+    # split K only while the SMs would otherwise idle: one wave for the GEMV, 1.5 for the tensor cores (the
+    # H200 sweep: 4096 x 14336 at M = 1 is fastest unsplit, at M = 16 with 64 rows split in 4)
+    waves = 1.5 if use_dot else 1.0
     min_tiles = 2 if use_dot else (4 if int4 else 8)
-    while programs * split < 4 * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
+    while programs * split < waves * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
     return QuantConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=num_stages)
 
