@@ -406,13 +406,14 @@ def _keys(rows: list[dict]) -> list[tuple[int, int, int]]:
 def describe(c: Any) -> str:
     kind = "dot" if c.use_dot else "fma"
     extra = ("" if c.prefetch or c.use_dot else " noprefetch") + ("" if c.magic else " cvt")
-    extra += "" if c.words else " bytes"
+    extra += ("" if c.words else " bytes") + (" prefetch_x" if c.prefetch_x else "")
     return f"{kind} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} w{c.num_warps} st{c.num_stages}{extra}"
 
 
 def sweep_grid(scheme: str, group: int, m: int, heur: Any, quick: bool) -> list[Any]:
     """Configs around the heuristic: tile rows x tile width (int4 GEMV tiles of several groups), split 1/2
-    (GEMV) or 1/4 (tensor cores); the heuristic with 8 warps, and without prefetch (GEMV) or with 4 stages."""
+    (GEMV) or 1/4 (tensor cores); the heuristic with 8 warps, and without prefetch or with x prefetched too
+    (GEMV) or with 4 stages."""
     from membound.backends.triton.kernels.quant_matmul import QuantConfig
 
     int4 = scheme == "int4"
@@ -433,6 +434,8 @@ def sweep_grid(scheme: str, group: int, m: int, heur: Any, quick: bool) -> list[
         grid.append(replace(heur, num_stages=4))
     else:
         grid.append(replace(heur, prefetch=False))
+        if int4:
+            grid.append(replace(heur, prefetch_x=True))
     return grid
 
 

@@ -90,6 +90,7 @@ QL_CASES = [
     ("int4", 64, (1, 320), 33, False, QuantConfig(1, 16, 64, split_k=3)),  # words, K split
     ("int4", 32, (1, 80), 7, False, QuantConfig(1, 16, 32, words=False)),  # bytes where words could run
     ("int4", 32, (2, 320), 33, True, QuantConfig(2, 16, 128, split_k=2)),  # words, tile of 4 groups, split
+    ("int4", 64, (1, 320), 9, False, QuantConfig(1, 8, 128, prefetch_x=True)),  # x double-buffered too
     ("int4", 32, (5, 160), 33, False, QuantConfig(16, 16, 64, use_dot=True)),  # dot on words, tile of 2 groups
 ]
 

@@ -127,6 +127,15 @@ def _x_tile(x_ptr, u_ptr, ms, m_ok, ks, k_end, stride_xm, stride_um, GATED: tl.c
 
 
 @triton.jit
+def _x_chunks(x_ptr, u_ptr, ms, m_ok, ks3, k_end, stride_xm, stride_um, GATED: tl.constexpr):
+    """x rows ``ms`` at columns ``ks3`` ``[GPT, L]`` (a tile's chunks) as ``[BLOCK_M, GPT, L]``, zeros from
+    ``k_end`` on (gated: ``silu(gate) * up``)."""
+    mask = m_ok[:, None, None] & (ks3 < k_end)[None, :, :]
+    x = tl.load(x_ptr + ms[:, None, None] * stride_xm + ks3[None, :, :], mask=mask, other=0.0)
+    return _gate(x, u_ptr + ms[:, None, None] * stride_um + ks3[None, :, :], mask, GATED)
+
+
+@triton.jit
 def _x_row(x_ptr, u_ptr, m, M, ks, k_end, stride_xm, stride_um, GATED: tl.constexpr):
     """One x row as a vector (``_x_tile`` for the GEMV's per-row sums)."""
     mask = (ks < k_end) & (ks * 0 + m < M)  # (a vector compare: a scalar mask confuses the interpreter)
@@ -284,7 +293,7 @@ def _quant_matmul(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
-    PRE_GATE: tl.constexpr,
+    PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if SCHEME == 1:
@@ -369,6 +378,11 @@ def _quant_matmul(
         x_ptr = g_ptr
         stride_xm = K
     GATED_X: tl.constexpr = GATED and not PRE_GATE
+    # int4 GEMV: x's chunk offsets within a tile; PREFETCH_X double-buffers x's tile too (its L2 load and
+    # layout change are otherwise on every step's critical path)
+    ks3_0 = tl.arange(0, GPT)[:, None] * (8 * GW) + tl.arange(0, 8 * GW)[None, :]
+    if INT4_GROUPS and not USE_DOT and PREFETCH_X:
+        x3_n = _x_chunks(x_ptr, u_ptr, ms, m_ok, 8 * c_start + ks3_0, k_end, stride_xm, stride_um, GATED_X)
     for c0 in range(c_start, c_end, BLOCK_KW):
         if INT4_GROUPS and not USE_DOT:
             # GEMV: x as [BLOCK_M, GPT, 8 GW] (the tile's chunks), times the dequantized [BLOCK_N, GPT, 8 GW]
@@ -378,10 +392,12 @@ def _quant_matmul(
             else:
                 raw, s, o = _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS, GPT, GW)
             w3 = _int4_dequant(raw, s, o)
-            ks3 = 8 * c0 + tl.arange(0, GPT)[:, None] * (8 * GW) + tl.arange(0, 8 * GW)[None, :]
-            x_mask = m_ok[:, None, None] & (ks3 < k_end)[None, :, :]
-            x3 = tl.load(x_ptr + ms[:, None, None] * stride_xm + ks3[None, :, :], mask=x_mask, other=0.0)
-            x3 = _gate(x3, u_ptr + ms[:, None, None] * stride_um + ks3[None, :, :], x_mask, GATED_X)
+            if PREFETCH_X:
+                x3 = x3_n
+                x3_n = _x_chunks(x_ptr, u_ptr, ms, m_ok, 8 * (c0 + BLOCK_KW) + ks3_0, k_end, stride_xm, stride_um,
+                                 GATED_X)
+            else:
+                x3 = _x_chunks(x_ptr, u_ptr, ms, m_ok, 8 * c0 + ks3_0, k_end, stride_xm, stride_um, GATED_X)
             acc4 += x3.to(tl.float32)[:, None, :, :] * w3[None, :, :, :]
         else:
             xk = _x_tile(x_ptr, u_ptr, ms, m_ok, UNIT * c0 + tl.arange(0, BLOCK_K), k_end, stride_xm, stride_um,
@@ -493,6 +509,7 @@ class QuantConfig:
     prefetch: bool = True  # FMA path: double-buffer the packed tiles in registers
     magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _int4_dequant)
     pre_gate: bool = True  # gated GEMV: silu(gate) * up formed once per program into a scratch (PRE_GATE)
+    prefetch_x: bool = False  # int4 GEMV on words: double-buffer x's tiles too (unmeasured: not a default)
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
 
 
@@ -738,7 +755,8 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         SCHEME=SCHEME_CODE[scheme], GROUP=group_size if int4 else 0, FP8_BITS=fp8_bits, MAGIC=cfg.magic, WORDS=words,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
-        GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, num_warps=cfg.num_warps,
+        GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, PREFETCH_X=cfg.prefetch_x,
+        num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **pdl_options(x.device))
     note(op, "kernel")
     return y
@@ -783,7 +801,7 @@ def compile_cases() -> list[tuple[str, dict, dict]]:
                     WORDS=words, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
                     HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32", USE_PDL=True,
                     PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated,
-                    PRE_GATE=gated and not cfg.use_dot)
+                    PRE_GATE=gated and not cfg.use_dot, PREFETCH_X=False)
         label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
                  f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}{' gated' if gated else ''}"
                  f"{' words' if words else ''}")
