@@ -763,6 +763,10 @@ for dtype in (torch.float32, torch.bfloat16):
         args.update({n: "*" + SIG[v.dtype] for n, v in zip(fn.arg_names, ks.pointers)})
         args.update({n: 1 for n in fn.arg_names if n.endswith("_stride3")})
         args["BLOCK"] = 1024
+        if "INDEX_DTYPE" in args:  # the kernel's index dtype, a constexpr chosen at launch
+            args["INDEX_DTYPE"] = triton.language.int32
+        if "USE_PDL" in args:
+            args["USE_PDL"] = False
         for b in (1, 3):  # B=1 is specialised to a constant, as triton.jit does
             args["B"] = b
             ptx, _ = compile_ptx(fn, args)
