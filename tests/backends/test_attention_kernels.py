@@ -84,3 +84,82 @@ def test_cached_attention_window_reads_only_the_window() -> None:
         y = cached_attention(q, k, v, pos, window=8, config=DecodeConfig(16, 16, 16))
     ran_kernel(calls, "cached_attention")
     close(y, want, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention (flash prefill)
+# ---------------------------------------------------------------------------------------------
+from membound.backends.triton.kernels import FlashConfig, attention, flash_attention  # noqa: E402
+from membound.backends.triton.kernels.flash_attention import choose_impl  # noqa: E402
+
+PREFILL_CASES = [
+    # (B, Hq, Hkv, S, L, D, causal, window, softcap)
+    (1, 2, 2, 1, 1, 64, True, None, None),        # S = 1
+    (2, 4, 1, 7, 7, 80, True, None, None),        # GQA 4, D = 80 padded to 128
+    (1, 8, 1, 37, 37, 64, False, None, None),     # GQA 8, non-causal, several key tiles
+    (2, 4, 4, 37, 37, 128, True, 5, None),        # window smaller than S
+    (1, 4, 2, 21, 21, 96, True, 64, None),        # window larger than S
+    (1, 2, 1, 19, 19, 64, True, 6, 3.0),          # window and soft-cap
+    (2, 2, 2, 9, 23, 64, False, None, 2.0),       # S != L, soft-cap
+]
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("b,hq,hkv,s,length,d,causal,window,softcap", PREFILL_CASES)
+def test_flash_attention(b: int, hq: int, hkv: int, s: int, length: int, d: int, causal: bool,
+                         window: Optional[int], softcap: Optional[float], dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(b + hq + s + d)
+    q = rand(b, hq, s, d, dtype=dtype, gen=gen)
+    k, v = rand(b, hkv, length, d, dtype=dtype, gen=gen), rand(b, hkv, length, d, dtype=dtype, gen=gen)
+    attrs = dict(causal=causal, scale=0.2, window=window, softcap=softcap)
+    with trace() as calls:
+        y = attention(q, k, v, impl="kernel", **attrs)
+    ran_kernel(calls, "attention")
+    want = get_op("attention").reference(q.float(), k.float(), v.float(), **attrs)
+    close(y, want, dtype)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_flash_attention_padding_mask(kind: str) -> None:
+    """A padding mask [B, 1, 1, L] (HF's attention_mask) and a full [B, 1, S, L] one, read by broadcast strides."""
+    q, k, v = rand(2, 4, 13, 64), rand(2, 2, 13, 64), rand(2, 2, 13, 64)
+    keep = torch.ones(2, 1, 13, 13, dtype=torch.bool).tril()
+    keep[1, :, :, 9:] = False  # row 1 has 9 tokens
+    keep = keep.to(DEVICE)
+    mask = keep if kind == "bool" else torch.zeros(keep.shape, device=DEVICE).masked_fill(~keep, float("-inf"))
+    with trace() as calls:
+        y = attention(q, k, v, mask, impl="kernel", causal=False, scale=None)
+    ran_kernel(calls, "attention")
+    close(y, get_op("attention").reference(q, k, v, mask, causal=False, scale=None), torch.float32)
+
+
+def test_flash_attention_as_cached_prefill() -> None:
+    """Right-padded prefill over a cache: per-row positions, keys = cache slots <= position (window 5)."""
+    q, k, v = rand(2, 4, 11, 64), rand(2, 2, 29, 64), rand(2, 2, 29, 64)
+    pos = torch.stack([torch.arange(11), torch.arange(11) + 7]).to(DEVICE)
+    y = flash_attention(q, k, v, positions=pos, scale=0.3, window=5, config=FlashConfig(16, 16))
+    want = get_op("cached_attention").reference(q, k, v, pos, scale=0.3, window=5)
+    close(y, want, torch.float32)
+
+
+def test_choose_impl_rule() -> None:
+    """Plain causal attention goes to SDPA (its measured efficiency is higher); soft-capping and windows much
+    shorter than the sequence go to the kernel (SDPA would materialise a mask and visit every key)."""
+    shape = dict(b=1, hq=32, s=8192, length=8192, d=128, dv=128, has_mask=False, dtype=torch.bfloat16)
+    assert choose_impl(**shape, causal=True, window=None, softcap=None) == "sdpa"
+    assert choose_impl(**shape, causal=True, window=None, softcap=50.0) == "kernel"
+    assert choose_impl(**shape, causal=True, window=1024, softcap=None) == "kernel"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_attention_bf16_gpu(d: int, causal: bool) -> None:
+    q = rand(2, 8, 300, d, dtype=torch.bfloat16)
+    k, v = rand(2, 2, 300, d, dtype=torch.bfloat16), rand(2, 2, 300, d, dtype=torch.bfloat16)
+    with trace() as calls:
+        y = attention(q, k, v, impl="kernel", causal=causal, scale=None, window=100 if causal else None)
+    ran_kernel(calls, "attention")
+    want = get_op("attention").reference(q.float(), k.float(), v.float(), causal=causal, scale=None,
+                                         window=100 if causal else None)
+    close(y, want, torch.bfloat16)

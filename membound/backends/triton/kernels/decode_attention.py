@@ -57,6 +57,7 @@ from membound.ir.ops import get_op
 LOG2E = 1.4426950408889634
 _LOG2E: tl.constexpr = tl.constexpr(LOG2E)  # the same, for kernels
 MAX_HEAD_DIM = 256
+PREFILL_ROWS = 128  # query rows per kv head (G * S) past which prefill runs the flash kernel
 
 
 @triton.jit
@@ -256,6 +257,14 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
     g = hq // hkv
     rows = g * s
+    if rows > PREFILL_ROWS and config is None:
+        # prefill: the flash kernel skips the key tiles above each row block's diagonal, which this
+        # kernel (every row block reads the whole prefix) does not; at this many rows both are compute-bound
+        from membound.backends.triton.kernels.flash_attention import flash_attention
+
+        flash_attention(q, k, v, None, y, scale=scale, window=window, softcap=softcap, positions=positions)
+        note("cached_attention", "kernel")
+        return y
     length = cap if max_len is None else max(1, min(int(max_len), cap))
     cfg = config or pick_config(rows, bsz * hkv, length, max_len is not None, max(d, dv), q.dtype, q.device)
     if cfg.chunk % cfg.block_t:
