@@ -43,6 +43,8 @@ from membound.backends.triton.kernels._launch import (
     launchable,
     next_pow2,
     note,
+    pdl_enter,
+    pdl_options,
     unsupported_device,
     unsupported_dtype,
 )
@@ -60,10 +62,11 @@ def _flash_attention_fwd(
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, smb, smh, sms, sml, spb, sps, sob, soh, sos, sod,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, keys and head dims to 16")
+    pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     h = pid_bh % HQ
@@ -233,7 +236,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=max(16, next_pow2(dv)),
         CAUSAL=causal, HAS_POS=positions is not None, HAS_WINDOW=window is not None and causal,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
     return y
 
 
