@@ -20,6 +20,19 @@ materialises it, so bytes drop by ``O(B·H·S·L)`` and FLOPs stay the same. Mas
 ``where(fill, -inf, scores)`` (``masked_fill``) become the boolean mask ``not fill``. A ``repeat_kv``
 (``expand`` + ``reshape`` of k/v to the query heads) feeding the fused op is folded into GQA, so a
 KV cache built later holds kv heads, not query heads.
+
+Also recognised: logit soft-capping ``cap * tanh(scores / cap)`` (Gemma 2) becomes ``softcap=cap``;
+and a mask that does not depend on the inputs (built from ``arange(S)``: HF's causal and
+sliding-window masks, GPT-2's ``tril``) and is *proven* by ``mask_form`` to be the causal band
+``0 <= i - j < W`` is dropped for ``causal=true`` (and ``window=W``), so kernels skip the masked
+tiles instead of reading a mask::
+
+    %o = attention(%q, %k, %v, %keep) {causal=false, scale=0.5} : f32[B, 4, S, 8]   // keep: j <= i, j > i - 3
+    // becomes
+    %o = attention(%q, %k, %v) {causal=true, scale=0.5, window=3} : f32[B, 4, S, 8]
+
+A mask it cannot prove is kept (a log line says why). A softmax feeding a matmul that no form
+matches stays unfused, with a log line naming its input chain.
 """
 
 from __future__ import annotations
