@@ -163,3 +163,19 @@ def test_flash_attention_bf16_gpu(d: int, causal: bool) -> None:
     want = get_op("attention").reference(q.float(), k.float(), v.float(), causal=causal, scale=None,
                                          window=100 if causal else None)
     close(y, want, torch.bfloat16)
+
+
+def test_cached_attention_prefill_runs_the_flash_kernel() -> None:
+    """Many new tokens (G * S > PREFILL_ROWS): cached_attention hands the prefill to the flash kernel, which
+    skips the tiles above each row block's diagonal; per-row (right-padded) positions, fp16."""
+    from membound.backends.triton.kernels.decode_attention import PREFILL_ROWS
+
+    g, s = 4, PREFILL_ROWS // 4 + 5
+    q = rand(2, 2 * g, s, 16, dtype=torch.float16)
+    k, v = rand(2, 2, s + 9, 16, dtype=torch.float16), rand(2, 2, s + 9, 16, dtype=torch.float16)
+    pos = torch.stack([torch.arange(s), torch.arange(s) + 9]).to(DEVICE)
+    with trace() as calls:
+        y = cached_attention(q, k, v, pos, scale=0.3, window=11)
+    ran_kernel(calls, "cached_attention")
+    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=0.3, window=11)
+    close(y, want, torch.float16)
