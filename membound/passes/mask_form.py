@@ -8,9 +8,10 @@ the full lower triangle) at every size it tries.
 
 Evaluation at a few sizes is a proof only if the sizes go past every point where the mask can change
 shape. The mask is built from positions compared with each other and with the integer constants of
-its slice, so the sizes tried are small ones (1, 2, 3, 5, 8) plus ``c - 1 .. c + 2`` for every integer
-constant ``c`` of the slice (and every dim of a stored tensor it reads, such as GPT-2's causal
-``bias`` buffer), and one past the largest; a size the slice cannot be evaluated at (a stored mask
+its slice, so the sizes tried are small ones (1, 2, 3, 5, 8, 9) plus ``c - 1 .. c + 2`` for every
+integer constant ``c`` of the slice (``c .. c + 2`` past 64: a band of width up to ``c + 1`` shows at
+``c + 2``) (and every dim of a stored tensor it reads, such as GPT-2's causal
+``bias`` buffer); a size the slice cannot be evaluated at (a stored mask
 sliced past its end) is skipped, as the model cannot run at it either. A constant above ``MAX_PROVABLE`` (the
 evaluation would build a ``[c, c]`` matrix) is not evaluated: the mask stays unproven, and callers
 refuse rather than guess. The band width must be the same at every size.
@@ -24,7 +25,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from membound.ir import Graph, Value, get_op
+from membound.ir import Graph, Value, get_op, print_graph
 from membound.ir.types import B, S, concretize, eval_dim
 from membound.passes.manager import PassContext
 
@@ -93,27 +94,51 @@ def _evaluate(sub: Graph, b: int, s: int) -> torch.Tensor:
 
 def _band_width(keep: torch.Tensor, s: int) -> Optional[int]:
     """W if ``keep`` (broadcast over its leading dims) is ``0 <= i - j < W`` everywhere (W = s: the triangle)."""
-    i = torch.arange(s)
-    diff = i[:, None] - i[None, :]
     last_row = keep.reshape(-1, s, s)[0, s - 1]
     w = int(last_row.sum())  # the last query sees the most keys: its count is the band's width
-    if w < 1 or not torch.equal(keep, ((diff >= 0) & (diff < w)).expand_as(keep)):
+    if w < 1:
+        return None
+    band = torch.ones(s, s, dtype=torch.bool).tril().triu(-(w - 1))  # 0 <= i - j < w
+    if not torch.equal(keep, band.expand_as(keep)):
         return None
     return w
 
 
+_MEMO: dict[str, Union[MaskForm, str]] = {}  # printed mask slice -> its form (a 4096 window takes seconds)
+MAX_MEMO = 64
+
+
 def mask_form(g: Graph, mask: Value) -> Union[MaskForm, str]:
-    """The proven form of an input-independent mask, or a sentence saying why it is not proven."""
+    """The proven form of an input-independent mask, or a sentence saying why it is not proven.
+
+    Results are remembered per printed backward slice (every layer shares one mask, and the
+    forward and decode captures of a model build the same one)."""
     sub = backward_slice(g, [mask])
+    key = print_graph(sub) + "".join(f"\n{p.name}:{_tensor_key(sub, p)}" for p in list(sub.params) + list(sub.state))
+    form = _MEMO.get(key)
+    if form is None:
+        form = _prove(sub)
+        if len(_MEMO) >= MAX_MEMO:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = form
+    return form
+
+
+def _tensor_key(g: Graph, v: Value) -> str:
+    t = g.tensors.get(v.name)
+    return "none" if t is None else f"{t.data_ptr()}:{t._version}"
+
+
+def _prove(sub: Graph) -> Union[MaskForm, str]:
     constants = [c for c in _integer_constants(sub) if c > 1]
     too_big = [c for c in constants if c + 2 > MAX_PROVABLE]
     if too_big:
         return (f"the mask compares positions with the constant {max(too_big)}, past the largest size membound "
                 f"evaluates masks at ({MAX_PROVABLE})")
     sizes = set(_SMALL_SIZES)
-    for c in constants:
-        sizes.update(x for x in (c - 1, c, c + 1, c + 2) if x >= 1)
-    sizes.add(max(sizes) + 1)
+    sizes.add(max(_SMALL_SIZES) + 1)
+    for c in constants:  # a band of width up to c + 1 shows at c + 2; c - 1 only where it is cheap
+        sizes.update(x for x in ((c - 1, c, c + 1, c + 2) if c <= 64 else (c, c + 1, c + 2)) if x >= 1)
     widths: dict[int, int] = {}
     for s in sorted(sizes):
         for b in ((1, 2) if s <= 8 else (1,)):
