@@ -20,6 +20,19 @@ materialises it, so bytes drop by ``O(B·H·S·L)`` and FLOPs stay the same. Mas
 ``where(fill, -inf, scores)`` (``masked_fill``) become the boolean mask ``not fill``. A ``repeat_kv``
 (``expand`` + ``reshape`` of k/v to the query heads) feeding the fused op is folded into GQA, so a
 KV cache built later holds kv heads, not query heads.
+
+Also recognised: logit soft-capping ``cap * tanh(scores / cap)`` (Gemma 2) becomes ``softcap=cap``;
+and a mask that does not depend on the inputs (built from ``arange(S)``: HF's causal and
+sliding-window masks, GPT-2's ``tril``) and is *proven* by ``mask_form`` to be the causal band
+``0 <= i - j < W`` is dropped for ``causal=true`` (and ``window=W``), so kernels skip the masked
+tiles instead of reading a mask::
+
+    %o = attention(%q, %k, %v, %keep) {causal=false, scale=0.5} : f32[B, 4, S, 8]   // keep: j <= i, j > i - 3
+    // becomes
+    %o = attention(%q, %k, %v) {causal=true, scale=0.5, window=3} : f32[B, 4, S, 8]
+
+A mask it cannot prove is kept (a log line says why). A softmax feeding a matmul that no form
+matches stays unfused, with a log line naming its input chain.
 """
 
 from __future__ import annotations
@@ -29,7 +42,9 @@ from typing import Optional
 import sympy
 
 from membound.ir import Graph, Value
+from membound.ir.types import dims_equal
 from membound.passes.manager import PassContext, register_pass
+from membound.passes.mask_form import depends_on_inputs, mask_form
 from membound.passes.pattern import Alt, Any_, Const, Match, Opt, Pat, Rule, rewrite_to_fixpoint
 
 # k.T may be written many ways (transpose, permute, a view chain canonicalize already folded); the
@@ -42,11 +57,17 @@ def _very_negative(v: object) -> bool:
     return isinstance(v, (int, float)) and v <= -1e4
 
 
-_MASKED = Alt(
-    Pat("add", _SCALED, Any_("add_mask")),
-    Pat("where", Any_("fill"), Const(_very_negative), _SCALED),   # masked_fill(fill, -inf)
-    Pat("where", Any_("keep"), _SCALED, Const(_very_negative)),
+# logit soft-capping (Gemma 2): cap * tanh(scores / cap), the division also written as a product
+_CAPPED = Alt(
+    Pat("mul", Pat("tanh", Alt(Pat("div", _SCALED, Const(name="cap_div")), Pat("mul", _SCALED, Const(name="cap_mul")))),
+        Const(name="cap")),
     _SCALED,
+)
+_MASKED = Alt(
+    Pat("add", _CAPPED, Any_("add_mask")),
+    Pat("where", Any_("fill"), Const(_very_negative), _CAPPED),   # masked_fill(fill, -inf)
+    Pat("where", Any_("keep"), _CAPPED, Const(_very_negative)),
+    _CAPPED,
 )
 # HF eager attention upcasts the scores to f32 for the softmax and casts back; fused kernels keep the
 # softmax in f32 internally anyway, so that form fuses too
@@ -68,6 +89,9 @@ def _fuse(m: Match) -> Optional[Value]:
         scale = float(m["scale"].producer.attrs["value"])
     elif "inv_scale" in m:
         scale = 1.0 / float(m["inv_scale"].producer.attrs["value"])
+    softcap = _softcap(m)
+    if softcap == 0.0:
+        return None
     b = m.builder
     mask: Optional[Value] = None
     if "add_mask" in m:
@@ -83,10 +107,23 @@ def _fuse(m: Match) -> Optional[Value]:
     if k2.shape[1] == v2.shape[1]:
         k, v = k2, v2
     inputs = [q, k, v] + ([mask] if mask is not None else [])
-    out = b.call("attention", *inputs, causal=False, scale=scale)
+    out = b.call("attention", *inputs, causal=False, scale=scale, softcap=softcap)
     if not out.type.equivalent(m.value.type):
         return None
     return out
+
+
+def _softcap(m: Match) -> Optional[float]:
+    """The soft-cap c of ``c * tanh(s / c)`` (None: no capping; 0.0: a tanh form that is not a soft cap)."""
+    if "cap" not in m:
+        return None
+    outer = float(m["cap"].producer.attrs["value"])
+    inner = float(m["cap_div"].producer.attrs["value"]) if "cap_div" in m else 1.0 / float(
+        m["cap_mul"].producer.attrs["value"])
+    if outer <= 0 or abs(outer - inner) > 1e-6 * abs(outer):
+        m.note(f"tanh capping with different inner ({inner}) and outer ({outer}) scales is not a soft cap")
+        return 0.0
+    return outer
 
 
 def _transposed_back(b, kt: Value) -> Value:
@@ -137,12 +174,63 @@ RULES = [
 ]
 
 
+def _fold_constant_masks(graph: Graph, notes: list[str]) -> int:
+    """attention(q, k, v, mask) with a mask proven causal (windowed) -> attention {causal=true, window}.
+
+    Only masks that do not depend on the graph inputs (built from ``arange(S)``) are tried; the
+    proof is ``mask_form``'s. Kernels then skip the masked blocks instead of reading a mask.
+    """
+    data = depends_on_inputs(graph)
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op != "attention" or len(node.inputs) != 4:
+            continue
+        q, k, v, mask = node.inputs
+        if mask.kind == "input" or (mask.producer is not None and id(mask.producer) in data):
+            continue  # a padding mask: it changes with the inputs
+        if not (dims_equal(q.shape[2], k.shape[2])):
+            continue  # not square self-attention: a top-left causal flag would not mean the same
+        form = mask_form(graph, mask)
+        if isinstance(form, str):
+            notes.append(f"attention at %{node.result.name} keeps its mask: {form}")
+            continue
+        new = graph.create_node("attention", [q, k, v], dict(node.attrs, causal=True, window=form.window))
+        graph.insert_before(node, new)
+        graph.replace_all_uses(node.result, new.result)
+        graph.erase_node(node)
+        folded += 1
+    return folded
+
+
+def _unfused_softmaxes(graph: Graph) -> list[str]:
+    """A line for each softmax that feeds a matmul but was not fused: what its input chain is."""
+    lines = []
+    for n in graph.nodes:
+        if n.op != "softmax" or not any(u.op == "matmul" for u in n.result.users):
+            continue
+        chain, cur = [], n.inputs[0]
+        while cur.producer is not None and len(chain) < 6 and cur.producer.op != "matmul":
+            chain.append(cur.producer.op)
+            cur = cur.producer.inputs[0]
+        chain.append(cur.producer.op if cur.producer is not None else cur.kind)
+        lines.append(f"softmax at %{n.result.name} feeding a matmul left unfused: its input chain "
+                     f"{' <- '.join(chain)} matches no attention form (scale, soft-cap, mask, cast over q @ k.T) "
+                     f"or q/k/v are not rank-4 of one dtype")
+    return lines
+
+
 @register_pass("fuse-attention")
 def fuse_attention(graph: Graph, ctx: PassContext) -> bool:
-    """Fuse softmax attention written with matmuls into ``attention``; fold repeat_kv into GQA."""
+    """Fuse softmax attention written with matmuls into ``attention``; fold repeat_kv into GQA;
+    turn masks proven causal (or sliding-window) into the ``causal``/``window`` attributes."""
     notes: list[str] = []
     counts: dict[str, int] = {}
     changed = rewrite_to_fixpoint(graph, RULES, notes=notes, counts=counts)
+    folded = _fold_constant_masks(graph, notes)
+    if folded:
+        counts["causal-mask-to-attribute"] = folded
+        changed = True
+    notes += _unfused_softmaxes(graph)
     for n in notes:
         ctx.note(n)
     if counts:

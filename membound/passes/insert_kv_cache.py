@@ -35,7 +35,10 @@ recompute: its bytes are the weights plus K/V for ``T`` cached positions, linear
 When it fires: when it can prove the model is causal and position-consistent, else it leaves the
 graph unchanged and says why in the pass log:
 - every attention is self-attention over ``S`` and causal (``causal=true``, or a mask that does not
-  depend on the inputs and evaluates to the lower triangle at several sizes);
+  depend on the inputs and is proven by ``mask_form`` to be the lower triangle, or a sliding-window
+  band ``0 <= i - j < W``, whose window the cached attention then carries: ``{window=W}``). A mask
+  it cannot prove refuses the whole rewrite with the reason: a dropped mask would decode wrong
+  tokens silently;
 - no op on the data path mixes sequence positions other than attention (no reduction, softmax, sort
   or matmul contraction over a dim containing ``S``; routing ops over the flattened token axis
   ``B*S`` — MoE dispatch — are token-wise and allowed);
@@ -53,6 +56,7 @@ import torch
 from membound.ir import Graph, Node, Value, get_op
 from membound.ir.types import B, S, T, TensorType
 from membound.passes.manager import PassContext, register_pass
+from membound.passes.mask_form import mask_form
 
 
 class NotCacheable(Exception):
@@ -62,6 +66,7 @@ class NotCacheable(Exception):
 @dataclass
 class _Plan:
     attentions: list[Node]
+    windows: list[Optional[int]]         # per attention: the sliding window its cached form carries
     data: set[int]                       # ids of nodes on the data path (reachable from graph inputs)
     sources: dict[int, str]              # id(node) -> kind of position source
     notes: list[str] = field(default_factory=list)
@@ -93,7 +98,7 @@ def _analyze(g: Graph) -> _Plan:
     attentions = [n for n in g.nodes if n.op == "attention"]
     if not attentions:
         raise NotCacheable("no attention op (after fuse-attention): nothing to cache")
-    plan = _Plan(attentions, data, {})
+    plan = _Plan(attentions, [a.attrs["window"] for a in attentions], data, {})
     for i, a in enumerate(attentions):
         q, k, v = a.inputs[:3]
         if not (q.shape[2] == S and k.shape[2] == S and v.shape[2] == S):
@@ -108,9 +113,13 @@ def _analyze(g: Graph) -> _Plan:
         if mask.producer is not None and id(mask.producer) in data or mask.kind == "input":
             raise NotCacheable(f"attention #{i}: its mask depends on the inputs (a padding mask?); "
                                f"pass no attention_mask and let generate() handle lengths")
-        if not _mask_is_causal(g, mask):
-            raise NotCacheable(f"attention #{i}: its mask is not the causal lower triangle "
-                               f"(bidirectional or windowed attention)")
+        form = mask_form(g, mask)
+        if isinstance(form, str):
+            raise NotCacheable(f"attention #{i}: its mask is not proven causal: {form}")
+        plan.windows[i] = form.window
+        if form.window is not None:
+            plan.notes.append(f"attention #{i}: causal mask with a sliding window of {form.window} positions "
+                              f"carried onto cached_attention")
     attention_ids = {id(a) for a in attentions}
     for n in g.nodes:
         if id(n) not in data or id(n) in attention_ids:
@@ -133,50 +142,6 @@ def _analyze(g: Graph) -> _Plan:
         if n.op == "arange" and n.attrs["start"] == 0 and n.attrs["step"] == 1 and n.attrs["end"] == S:
             plan.sources[id(n)] = "arange"
     return plan
-
-
-def _backward_slice(g: Graph, outputs: list[Value]) -> Graph:
-    """A copy of ``g`` computing only ``outputs`` (the nodes they depend on)."""
-    c = g.copy()
-    names = {v.name for v in outputs}
-    c.outputs = [v for v in c.values() if v.name in names]
-    from membound.passes.dce import dead_code_elimination
-
-    dead_code_elimination(c, PassContext())
-    return c
-
-
-def _mask_is_causal(g: Graph, mask: Value) -> bool:
-    """Evaluate the (input-independent) mask at a few sizes and compare with the lower triangle."""
-    from membound.ir.types import concretize, eval_dim
-
-    sub = _backward_slice(g, [mask])
-    for b, s in ((1, 1), (2, 3), (3, 6)):
-        bind = {B: b, S: s}
-        try:
-            ins = [torch.zeros([eval_dim(d, bind) for d in v.shape], dtype=v.dtype) for v in sub.inputs]
-            env: dict[int, Any] = {id(v): t for v, t in zip(sub.inputs, ins)}
-            for p in list(sub.params) + list(sub.state):
-                env[id(p)] = sub.tensors[p.name].detach().cpu()
-            for n in sub.nodes:
-                attrs = concretize(n.attrs, bind)
-                res = get_op(n.op).reference(*[env[id(v)] for v in n.inputs], **attrs)
-                for r, t in zip(n.results, res if len(n.results) > 1 else [res]):
-                    env[id(r)] = t
-            m = env[id(sub.outputs[0])]
-        except Exception:  # a mask we cannot evaluate is not proven causal
-            return False
-        keep = m if m.dtype == torch.bool else (m > -1e4)
-        if m.dtype != torch.bool and not torch.all((m == 0) | (m <= -1e4)):
-            return False
-        tril = torch.ones(s, s, dtype=torch.bool).tril()
-        try:
-            keep = keep.expand(b, keep.shape[-3] if keep.dim() >= 3 else 1, s, s)
-        except RuntimeError:
-            return False
-        if not torch.equal(keep, tril.expand_as(keep)):
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +208,9 @@ class _Builder:
                 q, k, v = (self.normal(x, n) for x in n.inputs[:3])
                 kw = self.call("cache_write", kc, k, positions, dim=2)
                 vw = self.call("cache_write", vc, v, positions, dim=2)
-                self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, scale=n.attrs["scale"])
+                window = self.plan.windows[attention_index[id(n)]]
+                self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, scale=n.attrs["scale"],
+                                                   window=window, softcap=n.attrs["softcap"])
             elif self.plan.sources.get(id(n)) == "arange":
                 p = positions if n.result.dtype == torch.int64 else self.call("cast", positions, dtype=n.result.dtype)
                 self.map[id(n.result)] = p

@@ -4,10 +4,19 @@
 group of ``Hq / Hkv`` query heads shares one k/v head. ``mask`` is bool (True = attend) or an additive
 float mask of q's dtype, broadcastable to ``[B, Hq, S, L]``. ``causal`` is torch SDPA's (top-left
 aligned) and, as in torch, cannot be combined with an explicit mask. ``scale=None`` means 1/sqrt(D).
+
+Two attributes cover the score transforms real model families use:
+
+- ``window=W`` (sliding-window attention, Mistral / Gemma local layers): with ``causal=true``, the
+  query at index i sees keys ``i - W < j <= i``, the last W positions including itself (Hugging
+  Face's ``sliding_window``). ``None`` means no window.
+- ``softcap=c`` (logit soft-capping, Gemma 2): scores become ``c * tanh(scale * q.k / c)`` before the
+  mask and the softmax. ``None`` means none.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,8 +44,18 @@ def _check_mask(mask: TensorType, q: TensorType, scores: tuple[sympy.Expr, ...])
         fail(_OP, f"mask {mask} does not broadcast to the scores shape [{', '.join(map(str, scores))}]")
 
 
+def check_window_softcap(op: str, window: int | None, softcap: float | None) -> None:
+    """The shared checks of the ``window`` and ``softcap`` attributes (``attention``, ``cached_attention``)."""
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        fail(op, f"attribute window must be None or a positive int (positions seen, itself included), got "
+             f"{window!r}", TypeError)
+    if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or softcap <= 0):
+        fail(op, f"attribute softcap must be None or a positive float, got {softcap!r}", TypeError)
+
+
 def _infer_attention(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None = None, *,
-                     causal: bool, scale: float | None) -> TensorType:
+                     causal: bool, scale: float | None, window: int | None = None,
+                     softcap: float | None = None) -> TensorType:
     dtype = same_dtype(_OP, ("q", q), ("k", k), ("v", v))
     require_float(_OP, q, "q")
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
@@ -54,6 +73,9 @@ def _infer_attention(q: TensorType, k: TensorType, v: TensorType, mask: TensorTy
         fail(_OP, f"attribute causal must be a bool, got {causal!r}", TypeError)
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         fail(_OP, f"attribute scale must be None or a float, got {scale!r}", TypeError)
+    check_window_softcap(_OP, window, softcap)
+    if window is not None and not causal:
+        fail(_OP, f"window={window} needs causal=true (a sliding window looks back from each query)")
     if mask is not None:
         if causal:
             fail(_OP, "causal=True cannot be combined with an explicit mask (as in torch SDPA); fold causality "
@@ -62,17 +84,64 @@ def _infer_attention(q: TensorType, k: TensorType, v: TensorType, mask: TensorTy
     return TensorType(dtype, (b, hq, s, v.shape[3]))
 
 
+def window_keep(q_pos: torch.Tensor, length: int, window: int | None) -> torch.Tensor:
+    """``keep[..., i, j]``: key j is visible from a query at position ``q_pos[..., i]`` (causal, windowed)."""
+    j = torch.arange(length, device=q_pos.device)
+    keep = j <= q_pos[..., None]
+    if window is not None:
+        keep = keep & (j > q_pos[..., None] - window)
+    return keep
+
+
+def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
+                         additive: torch.Tensor | None, *, scale: float | None, softcap: float) -> torch.Tensor:
+    """Plain-torch attention with soft-capped scores (SDPA has no soft-capping); softmax in f32."""
+    g = q.shape[1] // k.shape[1]
+    if g != 1:
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q.float() @ k.float().transpose(-1, -2)) * sc
+    s = torch.tanh(s / softcap) * softcap
+    if additive is not None:
+        s = s + additive.float()
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    p = torch.nan_to_num(p, nan=0.0)  # a row that sees nothing gives 0, as the kernels do
+    return (p @ v.float()).to(q.dtype)
+
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
-               causal: bool, scale: float | None) -> torch.Tensor:
+               causal: bool, scale: float | None, window: int | None = None,
+               softcap: float | None = None) -> torch.Tensor:
     gqa = q.shape[1] != k.shape[1]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
+    if window is None and softcap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
+    keep = None
+    if causal:  # top-left aligned, as SDPA's is_causal
+        keep = window_keep(torch.arange(q.shape[2], device=q.device), k.shape[2], window)
+    additive = None
+    if mask is not None and mask.dtype == torch.bool:
+        keep = mask if keep is None else keep & mask
+    elif mask is not None:
+        additive = mask
+    if softcap is None:
+        assert keep is not None  # window needs causal
+        bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
+    return softcapped_attention(q, k, v, keep, additive, scale=scale, softcap=softcap)
 
 
 def _attention_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
-    """QK^T (2*S*L*D) plus PV (2*S*L*Dv) per query head; causal square attention does half the work."""
+    """QK^T (2*S*L*D) plus PV (2*S*L*Dv) per query head: 4*B*H*S*L*D when Dv = D.
+
+    Causal square attention does half of it; a window W < L sees at most W keys per query."""
     q, k, v = ins[0], ins[1], ins[2]
     b, hq, s, d = q.shape
     seq_kv, dv = k.shape[2], v.shape[3]
+    window = attrs.get("window")
+    if window is not None and attrs.get("causal"):
+        return 2 * b * hq * s * sympy.Min(seq_kv, sympy.Integer(window)) * (d + dv)
     flops = 2 * b * hq * s * seq_kv * (d + dv)
     if attrs.get("causal") and dims_equal(s, seq_kv):
         flops = flops / 2
@@ -84,6 +153,7 @@ def _attention_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
     return default_bytes(ins, outs, attrs)
 
 
-define_op(_OP, inputs=("q", "k", "v", "mask?"), attrs={"causal": False, "scale": None}, kind="attention",
+define_op(_OP, inputs=("q", "k", "v", "mask?"), attrs={"causal": False, "scale": None, "window": None, "softcap": None},
+          kind="attention",
           infer=_infer_attention, reference=_attention, flops=_attention_flops, bytes=_attention_bytes,
           doc="softmax(q @ k.T * scale + mask) @ v with GQA (Hq % Hkv == 0); causal is top-left aligned")

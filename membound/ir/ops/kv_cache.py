@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from membound.ir.ops import define_op
 from membound.ir.ops._common import fail, require_index, require_same_dim, same_dtype
+from membound.ir.ops.attention import check_window_softcap, softcapped_attention, window_keep
 from membound.ir.types import T, TensorType
 
 
@@ -77,8 +78,9 @@ define_op("cache_write", inputs=("cache", "values", "positions"), attrs={"dim": 
 # cached_attention(q[B, Hq, S, D], k[B, Hkv, T, D], v[B, Hkv, T, Dv], positions) -> [B, Hq, S, Dv]
 # ---------------------------------------------------------------------------------------------
 def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: TensorType, *,
-                  scale: Optional[float]) -> TensorType:
+                  scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None) -> TensorType:
     op = "cached_attention"
+    check_window_softcap(op, window, softcap)
     dtype = same_dtype(op, ("q", q), ("k", k), ("v", v))
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
         fail(op, f"needs q[B, Hq, S, D] and caches [B, Hkv, T, D]; got q {q}, k {k}, v {v}")
@@ -94,35 +96,47 @@ def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: Tensor
 
 
 def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, *,
-            scale: Optional[float]) -> torch.Tensor:
+            scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None) -> torch.Tensor:
     # only the filled prefix of the cache is read: slots 0 .. max(position)
     length = int(positions.max()) + 1
     k, v = k[:, :, :length], v[:, :, :length]
     pos = positions if positions.dim() == 2 else positions[None, :]
-    # query at position p sees slots j <= p: causal, bottom-right aligned per row
-    mask = torch.arange(length, device=q.device)[None, None, :] <= pos[:, :, None]  # [B|1, S, L]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale,
+    # query at position p sees slots j <= p (and j > p - window): causal, bottom-right aligned per row
+    mask = window_keep(pos, length, window)[:, None]  # [B|1, 1, S, L]
+    if softcap is not None:
+        return softcapped_attention(q, k, v, mask, None, scale=scale, softcap=softcap)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
 def _cached_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
-    """Each new query attends over the filled cache, whose length is the symbol T."""
+    """Each new query attends over the filled cache, whose length is the symbol T (at most the window)."""
     q, v = ins[0], ins[2]
     b, hq, s, d = q.shape
-    return 2 * b * hq * s * T * (d + v.shape[3])
+    return 2 * b * hq * s * _seen(attrs) * (d + v.shape[3])
+
+
+def _seen(attrs: dict[str, Any]) -> sympy.Expr:
+    """Cache slots one query reads: the filled length T, or the window when it is shorter."""
+    window = attrs.get("window")
+    return T if window is None else sympy.Min(T, sympy.Integer(window))
 
 
 def _cached_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
-    """q and the output once, plus K and V for the T filled slots (at Hkv heads): linear in T."""
+    """q and the output once, plus K and V for the T filled slots (at Hkv heads): linear in T.
+
+    With a sliding window only the last ``window`` slots are read."""
     q, k, v, pos = ins
     b, hkv, _, d = k.shape
     per_slot = b * hkv * (d + v.shape[3]) * (k.nbytes() / k.numel())
-    return q.nbytes() + outs[0].nbytes() + pos.nbytes() + per_slot * T
+    return q.nbytes() + outs[0].nbytes() + pos.nbytes() + per_slot * _seen(attrs)
 
 
-define_op("cached_attention", inputs=("q", "k", "v", "positions"), attrs={"scale": None}, kind="attention",
+define_op("cached_attention", inputs=("q", "k", "v", "positions"),
+          attrs={"scale": None, "window": None, "softcap": None}, kind="attention",
           infer=_infer_cached, reference=_cached, flops=_cached_flops, bytes=_cached_bytes,
-          doc="attention of new queries over a KV cache; the query at position p sees cache slots 0..p")
+          doc="attention of new queries over a KV cache; the query at position p sees cache slots 0..p "
+              "(p - window < slot <= p with a window; softcap as in attention)")
 
 
 # ---------------------------------------------------------------------------------------------

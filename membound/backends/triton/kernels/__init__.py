@@ -9,8 +9,9 @@ Every launcher checks shapes and dtypes (a mismatch raises, naming the op and th
 the op's torch reference for the cases its kernel does not cover (each module's docstring lists
 them; CPU tensors run the kernels only under ``TRITON_INTERPRET=1``). ``trace()`` records which path
 each call took. Launchers that need more than the IR op gives take extra keyword arguments, all
-optional: ``cached_attention(..., max_len=)`` (a host-known bound of the filled cache length) and
-``config=`` (tile overrides) on ``linear``, ``quant_linear`` and ``cached_attention``.
+optional: ``cached_attention(..., max_len=)`` (a host-known bound of the filled cache length),
+``config=`` (tile overrides) on ``linear``, ``quant_linear``, ``attention`` and ``cached_attention``,
+and ``attention(..., impl=)`` ("kernel" or "sdpa": overrides the per-shape cost rule).
 
 ``FUSED`` holds launchers for op combinations that are not one IR op (``add_rms_norm``: the residual
 add fused into the norm, returning both).
@@ -24,6 +25,7 @@ from membound.backends.triton.kernels._launch import trace
 from membound.backends.triton.kernels.cache_write import cache_write, cache_write_bytes
 from membound.backends.triton.kernels.decode_attention import DecodeConfig, cached_attention, cached_attention_bytes
 from membound.backends.triton.kernels.embedding import embedding
+from membound.backends.triton.kernels.flash_attention import FlashConfig, attention, flash_attention
 from membound.backends.triton.kernels.linear import SMALL_M, LinearConfig, gated_linear, linear, linear_bytes
 from membound.backends.triton.kernels.moe import moe, moe_bytes
 from membound.backends.triton.kernels.norm import add_rms_norm, rms_norm, rms_norm_bytes
@@ -38,6 +40,7 @@ LIBRARY: dict[str, Callable] = {
     "linear": linear,
     "gated_linear": gated_linear,
     "cached_attention": cached_attention,
+    "attention": attention,
     "cache_write": cache_write,
     "rms_norm": rms_norm,
     "embedding": embedding,
@@ -51,8 +54,9 @@ FUSED: dict[str, Callable] = {
 }
 
 __all__ = [
-    "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "LinearConfig", "QuantConfig", "add_rms_norm", "cache_write",
-    "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding", "gated_linear", "linear",
-    "linear_bytes", "moe", "moe_bytes", "quant_gated_linear", "quant_linear", "quant_linear_bytes", "rms_norm",
+    "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "FlashConfig", "LinearConfig", "QuantConfig", "add_rms_norm",
+    "attention", "cache_write", "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding",
+    "flash_attention", "gated_linear", "linear", "linear_bytes", "moe", "moe_bytes", "quant_gated_linear",
+    "quant_linear", "quant_linear_bytes", "rms_norm",
     "rms_norm_bytes", "trace",
 ]

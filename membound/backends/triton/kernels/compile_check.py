@@ -76,8 +76,8 @@ def compile_ptx(kernel: Any, args: dict[str, Any], arch: int = 90, **options: An
 def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options: Any) -> Compiled:
     ptx, shared = compile_ptx(kernel, args, arch, **options)
     loads = dict(collections.Counter(re.findall(r"ld\.global[\w.]*", ptx)))
-    return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), len(re.findall(r"\bmma\.", ptx)),
-                    "griddepcontrol.wait" in ptx)
+    mma = len(re.findall(r"\bmma\.|wgmma\.mma_async", ptx))  # tensor cores: mma (Ampere) or wgmma (Hopper)
+    return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), mma, "griddepcontrol.wait" in ptx)
 
 
 def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
@@ -109,10 +109,12 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", acc_ptr="*fp32",
                     m_ptr="*fp32", l_ptr="*fp32", lock_ptr="*i32",
                     HKV=hkv, G=g, S=1, T=cap, D=d, DV=d, CHUNK=512, N_QBLOCKS=1,
-                    N_SPLITS=32, qk_scale=0.127, **strides, BLOCK_Q=16, BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d,
-                    ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True)
+                    N_SPLITS=32, qk_scale=0.127, WINDOW=0, softcap=1.0, **strides, BLOCK_Q=16, BLOCK_T=64,
+                    BLOCK_D=d, BLOCK_DV=d, ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True, HAS_WINDOW=False,
+                    HAS_SOFTCAP=False)
         out.append((_flash_decoding_split, f"d{d} {'one split' if one else 'split'}", args,
                     dict(num_warps=4, num_stages=2)))
+    out += _flash_attention_cases()
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", H=hkv, S=1, T=cap, D=d, scb=hkv * cap * d,
                 sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1, BLOCK_D=d,
                 USE_PDL=True)
@@ -125,6 +127,27 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     args = dict(w_ptr="*bf16", ids_ptr="*i64", out_ptr="*bf16", V=128256, D=4096, stride_wv=4096, stride_wd=1,
                 BLOCK_D=1024, USE_PDL=True)
     out.append((_embedding, "d4096", args, dict(num_warps=4)))
+    return out
+
+
+def _flash_attention_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
+    """Prefill flash attention at Llama-3-8B shapes (32 q heads, 8 kv heads, S = L = 4096), bf16."""
+    from membound.backends.triton.kernels.flash_attention import _flash_attention_fwd
+
+    out: list[tuple[Any, str, dict[str, Any], dict[str, Any]]] = []
+    s, hq, hkv = 4096, 32, 8
+    for d, block_m, block_n, warps, stages, window, softcap in ((128, 128, 64, 8, 3, False, False),
+                                                              (64, 128, 64, 8, 3, True, True),
+                                                              (256, 64, 32, 8, 2, False, False)):
+        strides = dict(sqb=hq * s * d, sqh=s * d, sqs=d, sqd=1, skb=hkv * s * d, skh=s * d, skt=d, skd=1,
+                       svb=hkv * s * d, svh=s * d, svt=d, svd=1, smb=0, smh=0, sms=0, sml=0, spb=0, sps=0,
+                       sob=hq * s * d, soh=s * d, sos=d, sod=1)
+        args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", mask_ptr="*bf16", pos_ptr="*bf16", o_ptr="*bf16",
+                    HQ=hq, G=hq // hkv, S=s, L=s, D=d, DV=d, qk_scale=0.127, WINDOW=1024, softcap=50.0, **strides,
+                    BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=d, BLOCK_DV=d, CAUSAL=True, HAS_POS=False,
+                    HAS_WINDOW=window, HAS_SOFTCAP=softcap, MASK_KIND=0, INPUT_PRECISION="tf32", USE_PDL=True)
+        label = f"d{d} causal" + (" window" if window else "") + (" softcap" if softcap else "")
+        out.append((_flash_attention_fwd, label, args, dict(num_warps=warps, num_stages=stages)))
     return out
 
 

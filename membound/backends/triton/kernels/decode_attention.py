@@ -55,16 +55,19 @@ from membound.backends.triton.kernels._launch import (
 from membound.ir.ops import get_op
 
 LOG2E = 1.4426950408889634
+_LOG2E: tl.constexpr = tl.constexpr(LOG2E)  # the same, for kernels
 MAX_HEAD_DIM = 256
+PREFILL_ROWS = 128  # query rows per kv head (G * S) past which prefill runs the flash kernel
 
 
 @triton.jit
 def _flash_decoding_split(
     q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, lock_ptr,
-    HKV, G, S, T, D, DV, CHUNK, N_QBLOCKS, N_SPLITS, qk_scale,
+    HKV, G, S, T, D, DV, CHUNK, N_QBLOCKS, N_SPLITS, qk_scale, WINDOW, softcap,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -90,6 +93,9 @@ def _flash_decoding_split(
     chunk_start = pid_split * CHUNK
     # only the filled prefix: stop at the largest position among our rows
     chunk_end = tl.minimum(tl.minimum(chunk_start + CHUNK, tl.max(pos, axis=0) + 1), T)
+    # with a sliding window, only the window: start at the oldest slot any of our rows still sees
+    lo = _window_start(pos, row_ok, WINDOW, HAS_WINDOW)
+    chunk_start = tl.maximum(chunk_start, lo)
     if chunk_start < chunk_end:
         # q stays in registers for the whole chunk
         q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
@@ -106,7 +112,11 @@ def _flash_decoding_split(
             k_t = tl.load(k_base + ts[None, :] * skt + ds[:, None] * skd, mask=t_ok[None, :] & d_ok[:, None],
                           other=0.0)
             scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_Q, BLOCK_T], log2 units
+            if HAS_SOFTCAP:
+                scores = _softcap_log2(scores, softcap)
             visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
+            if HAS_WINDOW:
+                visible = visible & (ts[None, :] > pos[:, None] - WINDOW)
             scores = tl.where(visible, scores, float("-inf"))
             # online softmax; a row with nothing visible yet keeps m = -inf, so shift by 0 instead (no NaN)
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -134,19 +144,39 @@ def _flash_decoding_split(
         # every program of the row block counts in, idle ones too; the last to arrive merges the partials
         if arrive_last(lock_ptr, pid_row, N_SPLITS):
             n_active = tl.minimum(tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK), N_SPLITS)
-            _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs, dv_ok,
-                            sob, soh, sos, sod, BLOCK_Q, BLOCK_DV)
+            first = _window_start(pos, row_ok, WINDOW, HAS_WINDOW) // CHUNK  # chunks before the window wrote nothing
+            _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs,
+                            dv_ok, sob, soh, sos, sod, BLOCK_Q, BLOCK_DV)
             reset_counter(lock_ptr, pid_row)
 
 
 @triton.jit
-def _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs, dv_ok,
+def _window_start(pos, row_ok, WINDOW, HAS_WINDOW: tl.constexpr):
+    """The oldest slot any row still sees: ``min(pos) - WINDOW + 1`` (0 without a window)."""
+    if HAS_WINDOW:
+        oldest = tl.min(tl.where(row_ok, pos, 2147483647), axis=0) - WINDOW + 1
+        return tl.maximum(oldest, 0)
+    else:
+        return 0
+
+
+@triton.jit
+def _softcap_log2(scores, softcap):
+    """``c * tanh(s / c)`` on scores in log2 units (s = x * log2(e)): the cap applies to x, in e units."""
+    x = scores / (softcap * _LOG2E)
+    # tanh(x) = 1 - 2 / (exp(2x) + 1): exact at both ends (exp overflow gives 1, underflow -1)
+    t = 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+    return t * (softcap * _LOG2E)
+
+
+@triton.jit
+def _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs, dv_ok,
                     sob, soh, sos, sod, BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Merge the ``n_active`` chunk partials of one row block (in chunk order) and store the output."""
+    """Merge chunk partials ``first .. n_active - 1`` of one row block (in chunk order); store the output."""
     m_run = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
     l_run = tl.zeros((BLOCK_Q,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
-    for sp in range(0, n_active):
+    for sp in range(first, n_active):
         slot = (pid_row * N_SPLITS + sp) * BLOCK_Q + rq
         # .cg: from L2, where the other programs' stores are (never a stale L1 line)
         m_s = tl.load(m_ptr + slot, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
@@ -204,12 +234,15 @@ def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: in
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                      out: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
+                     window: Optional[int] = None, softcap: Optional[float] = None,
                      max_len: Optional[int] = None, config: Optional[DecodeConfig] = None) -> torch.Tensor:
     """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype.
 
     ``max_len``: optional upper bound of ``max(positions) + 1`` known on the host (the runtime's
     cache-length bucket); slots at or past it are never read, so it must not be too small. Without it
     the grid covers the capacity T and idle programs exit at once. ``config`` overrides the heuristic.
+    With ``window`` only the last ``window`` slots before each position are read: programs whose
+    chunk lies wholly before the window exit at once, the merge starts at the window's first chunk.
     """
     _check(q, k, v, positions)
     bsz, hq, s, d = q.shape
@@ -218,12 +251,20 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
     if reason is not None or q.numel() == 0:
-        ref = get_op("cached_attention").reference(q, k, v, positions, scale=scale)
+        ref = get_op("cached_attention").reference(q, k, v, positions, scale=scale, window=window, softcap=softcap)
         return fallback("cached_attention", reason or "empty query", ref, out)
 
     y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
     g = hq // hkv
     rows = g * s
+    if rows > PREFILL_ROWS and config is None:
+        # prefill: the flash kernel skips the key tiles above each row block's diagonal, which this
+        # kernel (every row block reads the whole prefix) does not; at this many rows both are compute-bound
+        from membound.backends.triton.kernels.flash_attention import flash_attention
+
+        flash_attention(q, k, v, None, y, scale=scale, window=window, softcap=softcap, positions=positions)
+        note("cached_attention", "kernel")
+        return y
     length = cap if max_len is None else max(1, min(int(max_len), cap))
     cfg = config or pick_config(rows, bsz * hkv, length, max_len is not None, max(d, dv), q.dtype, q.device)
     if cfg.chunk % cfg.block_t:
@@ -247,10 +288,11 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     # axis 0: chunks of the slots the grid covers; axis 1: (batch, kv head, query-row block)
     launchable(_flash_decoding_split, q.device)[(n_splits, row_programs)](
         q, k, v, positions, y, acc, m, lse, locks,
-        hkv, g, s, cap, d, dv, cfg.chunk, n_qblocks, n_splits, qk_scale,
+        hkv, g, s, cap, d, dv, cfg.chunk, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
-        ONE_SPLIT=one, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        ONE_SPLIT=one, INPUT_PRECISION=precision, HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(q.device))
     note("cached_attention", "kernel")
     return y

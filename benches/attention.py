@@ -1,0 +1,262 @@
+"""Attention kernels against torch's SDPA: prefill TFLOP/s, decode GB/s and % of read bandwidth.
+
+    PYTHONPATH=. python benches/attention.py             # CUDA GPU, about 4 minutes on an H200
+    PYTHONPATH=. python benches/attention.py --quick     # CUDA GPU, a subset, under a minute
+    PYTHONPATH=. python benches/attention.py --smoke     # CPU, Triton interpreter, tiny sizes
+
+Prefill (the ``attention`` op): 32 query heads over 8 kv heads, head dim 64 and 128, S = L = 512 ..
+8192 with B * S = 16k tokens, causal and not, bf16. Contenders: our flash kernel
+(``flash_attention``: K/V read in place by GQA), SDPA with ``enable_gqa=True``, and SDPA on K/V
+expanded to the query heads beforehand (not timed: the form whose flash/cuDNN backends are the
+fastest). FLOPs = 4 * B * Hq * S * L * D, halved for causal; TFLOP/s = FLOPs / median time. Full mode
+adds a sliding window of 1024 at S = 8192 (ours skips the tiles; SDPA takes a materialised mask).
+
+Decode (``cached_attention``, flash-decoding, one new token): 32/8 heads, head dim 128, bf16, cache
+length 4k .. 128k, batch 1 .. 64 (cases above 40 GB of cache are skipped). Contenders: ours with
+``max_len`` = the filled length, SDPA (``enable_gqa``) on the filled prefix. GB/s = (K and V of the
+filled slots at kv heads + q + output) / median time, and % of the read bandwidth measured in the
+same run (``x.sum()`` over 2 GiB). Full mode adds a window of 4096 over a 32k cache.
+
+Method (``/work/shared/BENCHMARKS.md``): ``triton.testing.do_bench`` medians, random inputs, every
+contender checked against SDPA (bf16 tolerance) before it is timed. Writes
+``benches/results/attention-<gpu>-<date>.json`` (and a copy under ``--out``); prints the table last.
+Use the prefill rows to update ``OURS_EFFICIENCY`` / ``SDPA_EFFICIENCY`` in
+``membound/backends/triton/kernels/flash_attention.py`` (the cost rule that picks one per shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+HQ, HKV = 32, 8
+MAX_CACHE_BYTES = 40 << 30
+
+
+@dataclass
+class Row:
+    phase: str          # prefill | decode
+    case: str
+    contender: str
+    us: float
+    tflops: float
+    gbps: float
+    pct_read: float
+    max_err: float
+    flops: float
+    bytes: int
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a subset of the shapes (under a minute)")
+    p.add_argument("--smoke", action="store_true", help="CPU + Triton interpreter, tiny sizes (checks the script)")
+    p.add_argument("--out", default=None, help="folder for a copy of the result file")
+    args = p.parse_args(argv)
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
+    import torch
+
+    if not args.smoke and not torch.cuda.is_available():
+        print("attention: needs a CUDA GPU (or --smoke for a CPU run at tiny sizes)", file=sys.stderr)
+        return 2
+    bench = Bench("cpu" if args.smoke else "cuda", args.smoke)
+    if args.smoke:
+        bench.prefill(dims=(16,), seqs=(37,), tokens=74, heads=(4, 2))
+        bench.decode(dims=16, lengths=(45,), batches=(1, 3), heads=(4, 2))
+    elif args.quick:
+        bench.prefill(dims=(64, 128), seqs=(1024, 4096), tokens=16384)
+        bench.decode(dims=128, lengths=(4096, 32768), batches=(1, 16))
+    else:
+        bench.prefill(dims=(64, 128), seqs=(512, 1024, 2048, 4096, 8192), tokens=16384, window=1024)
+        bench.decode(dims=128, lengths=(4096, 16384, 32768, 131072), batches=(1, 8, 32, 64), window=4096)
+    bench.write(args.out, "quick" if args.quick else "smoke" if args.smoke else "full")
+    bench.print_table()
+    return 0
+
+
+class Bench:
+    def __init__(self, device: str, smoke: bool) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.smoke = smoke
+        self.dtype = torch.float16 if smoke else torch.bfloat16  # bf16 is broken in the interpreter
+        self.rows: list[Row] = []
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        self.read_bw = self._read_bandwidth()
+
+    # ---- measuring ---------------------------------------------------------------------------
+    def time_s(self, fn: Callable[[], Any]) -> float:
+        if self.device == "cuda":
+            from triton.testing import do_bench
+
+            return float(do_bench(fn, warmup=10, rep=40, return_mode="median")) * 1e-3
+        import time
+
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def _read_bandwidth(self) -> float:
+        n = (4 << 20) if self.smoke else (2 << 30)  # bytes
+        x = self.torch.randn(n // 2, dtype=self.torch.bfloat16, device=self.device, generator=self.gen)
+        return x.nbytes / self.time_s(lambda: x.sum())
+
+    def rand(self, *shape: int) -> Any:
+        return self.torch.randn(shape, device=self.device, generator=self.gen, dtype=self.dtype)
+
+    def add(self, phase: str, case: str, contender: str, fn: Callable[[], Any], want: Any, flops: float,
+            nbytes: int) -> None:
+        """Check ``fn()`` against ``want`` (bf16-level tolerance), then time it."""
+        got = fn()
+        err = float((got.float() - want.float()).abs().max())
+        if err > 3e-2 * float(want.float().abs().max()) + 3e-2:
+            raise AssertionError(f"{phase} {case} {contender}: max error {err:.3g}")
+        t = self.time_s(fn)
+        self.rows.append(Row(phase, case, contender, t * 1e6, flops / t / 1e12, nbytes / t / 1e9,
+                             100 * nbytes / t / self.read_bw, err, flops, nbytes))
+
+    # ---- prefill -----------------------------------------------------------------------------
+    def prefill(self, dims: tuple[int, ...], seqs: tuple[int, ...], tokens: int, heads: tuple[int, int] = (HQ, HKV),
+                window: Optional[int] = None) -> None:
+
+
+        hq, hkv = heads
+        for d in dims:
+            for s in seqs:
+                self._prefill_case(max(1, tokens // s), hq, hkv, s, d)
+            if window is not None:
+                self._prefill_window(d, max(seqs), tokens, hq, hkv, window)
+
+    def _prefill_case(self, b: int, hq: int, hkv: int, s: int, d: int) -> None:
+        import torch.nn.functional as F
+
+        from membound.backends.triton.kernels import flash_attention
+
+        sdpa = F.scaled_dot_product_attention
+        q, k, v = self.rand(b, hq, s, d), self.rand(b, hkv, s, d), self.rand(b, hkv, s, d)
+        kx, vx = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
+        nbytes = q.element_size() * (2 * q.numel() + k.numel() + v.numel())
+        for causal in (False, True):
+            flops = 4.0 * b * hq * s * s * d / (2 if causal else 1)
+            case = f"b{b} s{s} d{d} {'causal' if causal else 'full'}"
+            want = sdpa(q, kx, vx, is_causal=causal)
+            self.add("prefill", case, "membound", partial(flash_attention, q, k, v, causal=causal), want, flops,
+                     nbytes)
+            self.add("prefill", case, "sdpa gqa", partial(sdpa, q, k, v, is_causal=causal, enable_gqa=True), want,
+                     flops, nbytes)
+            self.add("prefill", case, "sdpa expanded kv", partial(sdpa, q, kx, vx, is_causal=causal), want, flops,
+                     nbytes)
+
+    def _prefill_window(self, d: int, s: int, tokens: int, hq: int, hkv: int, window: int) -> None:
+        import torch.nn.functional as F
+
+        from membound.backends.triton.kernels import flash_attention
+
+        torch = self.torch
+        b = max(1, tokens // s)
+        q, k, v = self.rand(b, hq, s, d), self.rand(b, hkv, s, d), self.rand(b, hkv, s, d)
+        i = torch.arange(s, device=self.device)
+        keep = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+        flops = 4.0 * b * hq * s * min(window, s) * d
+        nbytes = q.element_size() * (2 * q.numel() + k.numel() + v.numel())
+        case = f"b{b} s{s} d{d} window{window}"
+        # K/V expanded beforehand: SDPA's memory-efficient backend takes a mask, its GQA path may not
+        kx, vx = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
+        want = F.scaled_dot_product_attention(q, kx, vx, attn_mask=keep)
+        self.add("prefill", case, "membound", partial(flash_attention, q, k, v, causal=True, window=window), want,
+                 flops, nbytes)
+        self.add("prefill", case, "sdpa expanded kv + mask",
+                 partial(F.scaled_dot_product_attention, q, kx, vx, attn_mask=keep), want, flops, nbytes)
+
+    # ---- decode ------------------------------------------------------------------------------
+    def decode(self, dims: int, lengths: tuple[int, ...], batches: tuple[int, ...], heads: tuple[int, int] = (HQ, HKV),
+               window: Optional[int] = None) -> None:
+        from membound.backends.triton.kernels import cached_attention
+
+        hq, hkv = heads
+        d = dims
+        e = self.torch.empty((), dtype=self.dtype).element_size()
+        for length in lengths:
+            for b in batches:
+                if 2 * b * hkv * length * d * e > MAX_CACHE_BYTES:
+                    continue
+                self._decode_case(cached_attention, b, hq, hkv, length, d, None)
+        if window is not None:
+            self._decode_case(cached_attention, 1, hq, hkv, 32768, d, window)
+            self._decode_case(cached_attention, 16, hq, hkv, 32768, d, window)
+
+    def _decode_case(self, kernel: Callable[..., Any], b: int, hq: int, hkv: int, length: int, d: int,
+                     window: Optional[int]) -> None:
+        import torch.nn.functional as F
+
+        torch = self.torch
+        q = self.rand(b, hq, 1, d)
+        k, v = self.rand(b, hkv, length, d), self.rand(b, hkv, length, d)
+        pos = torch.full((b, 1), length - 1, dtype=torch.int64, device=self.device)
+        seen = length if window is None else min(window, length)
+        e = q.element_size()
+        nbytes = e * (2 * b * hkv * seen * d + 2 * q.numel())
+        flops = 4.0 * b * hq * seen * d
+        size = f"{length // 1024}k" if length >= 1024 else str(length)
+        case = f"b{b} cache{size}" + (f" window{window}" if window else "")
+        ks, vs = k[:, :, length - seen:], v[:, :, length - seen:]
+        want = F.scaled_dot_product_attention(q, ks, vs, enable_gqa=True)
+        self.add("decode", case, "membound", partial(kernel, q, k, v, pos, max_len=length, window=window), want,
+                 flops, nbytes)
+        self.add("decode", case, "sdpa gqa", partial(F.scaled_dot_product_attention, q, ks, vs, enable_gqa=True), want,
+                 flops, nbytes)
+
+    # ---- reporting ---------------------------------------------------------------------------
+    def device_name(self) -> str:
+        return self.torch.cuda.get_device_name() if self.device == "cuda" else "cpu-interpreter"
+
+    def write(self, out: Optional[str], mode: str) -> None:
+        import triton
+
+        date = datetime.date.today().isoformat()
+        name = self.device_name()
+        record = {"bench": "attention", "mode": mode, "device": name, "date": date,
+                  "versions": {"torch": self.torch.__version__, "triton": triton.__version__},
+                  "read_bandwidth_gbps": self.read_bw / 1e9,
+                  "formulas": {"prefill_flops": "4*B*Hq*S*L*D, /2 causal, L -> window with a window",
+                               "decode_bytes": "bytes(K,V of the slots read at Hkv heads) + bytes(q) + bytes(out)"},
+                  "rows": [asdict(r) for r in self.rows]}
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        fname = f"attention-{slug}-{date}" + ("" if mode == "full" else f"-{mode}") + ".json"
+        targets = [] if self.smoke else [ROOT / "benches" / "results" / fname]
+        if out:
+            targets.append(Path(out) / fname)
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1) + "\n")
+        self.written = targets
+
+    def print_table(self) -> None:
+        print(f"{self.device_name()}: read bandwidth {self.read_bw / 1e9:.0f} GB/s (x.sum() in this run)")
+        print(f"wrote {', '.join(str(t) for t in self.written) or '(nothing)'}")
+        wc = max(len(r.case) for r in self.rows)
+        wk = max(len(r.contender) for r in self.rows)
+        print(f"\n{'phase':8s} {'case':{wc}s} {'contender':{wk}s} {'us':>10s} {'TFLOP/s':>8s} {'GB/s':>7s} "
+              f"{'% read':>7s}")
+        for r in self.rows:
+            print(f"{r.phase:8s} {r.case:{wc}s} {r.contender:{wk}s} {r.us:10.1f} {r.tflops:8.1f} {r.gbps:7.0f} "
+                  f"{r.pct_read:7.1f}")
+        if self.smoke:
+            print("[smoke run on CPU under the Triton interpreter: the numbers mean nothing]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""``attention`` (prefill) by flash attention: each program owns a block of query rows of one head
+and streams K/V tiles past it with an online softmax; the ``[S, L]`` scores never reach memory.
+
+Shapes: q ``[B, Hq, S, D]``, k ``[B, Hkv, L, D]``, v ``[B, Hkv, L, Dv]``, optional mask broadcastable to
+``[B, Hq, S, L]`` (bool: True = attend; or additive in q's dtype). GQA reads the kv head
+``h // (Hq / Hkv)`` in place: K/V are never expanded. Attributes as the IR op: ``causal`` (top-left
+aligned, SDPA's), ``scale``, ``window`` (the query at i sees ``i - W < j <= i``), ``softcap``
+(``c * tanh(s / c)`` before mask and softmax).
+
+The same kernel serves ``cached_attention`` at prefill (many new tokens per row): there each query
+row's position comes from ``positions`` (right-padded rows have their own lengths) and the keys it
+sees are the cache slots ``<= position`` (``> position - window``).
+
+Work skipped, never masked after the fact: a block of query rows loops only over the key range its
+rows can see, ``[min(pos) - W + 1, max(pos)]`` when causal, so causal attention does about half the
+tiles and windowed attention about ``W / L`` of them. Head dims are padded to a power of two (>= 16)
+inside the kernel (64, 80, 96, 128, 256 all run; loads are masked past D).
+
+Tiles (``FlashConfig``) are chosen per shape by ``pick_config``: 128 query rows per program for
+head dims up to 128 in 16-bit types, 64 otherwise; 64 keys per tile (32 past D = 128). The cost
+rule that picks this kernel or torch's SDPA per shape is ``choose_impl`` (below).
+
+Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, head dims over 256, CPU
+tensors without ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from membound.backends.triton.kernels._launch import (
+    cdiv,
+    check_out,
+    fallback,
+    interpreting,
+    launchable,
+    next_pow2,
+    note,
+    pdl_enter,
+    pdl_options,
+    unsupported_device,
+    unsupported_dtype,
+)
+from membound.ir.ops import get_op
+
+LOG2E = 1.4426950408889634
+_LOG2E: tl.constexpr = tl.constexpr(LOG2E)
+MAX_HEAD_DIM = 256
+
+
+@triton.jit
+def _flash_attention_fwd(
+    q_ptr, k_ptr, v_ptr, mask_ptr, pos_ptr, o_ptr,
+    HQ, G, S, L, D, DV, qk_scale, WINDOW, softcap,
+    sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, smb, smh, sms, sml, spb, sps, sob, soh, sos, sod,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
+):
+    tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
+                     "tl.dot needs 16x16 tiles: pad rows, keys and head dims to 16")
+    pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    h = pid_bh % HQ
+    b = (pid_bh // HQ).to(tl.int64)
+    kvh = h // G  # GQA: the kv head of this query head, read in place
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < S
+    ds = tl.arange(0, BLOCK_D)
+    dvs = tl.arange(0, BLOCK_DV)
+    d_ok = ds < D
+    dv_ok = dvs < DV
+    # each row's position: its index (causal is top-left aligned), or the cache slot it fills
+    if HAS_POS:
+        qpos = tl.load(pos_ptr + b * spb + rows * sps, mask=row_ok, other=-1)
+    else:
+        qpos = rows
+    # the key range this block of rows can see: skip whole tiles above the diagonal / before the window
+    lo = 0
+    hi = L
+    if CAUSAL:
+        hi = tl.minimum(tl.max(tl.where(row_ok, qpos, -1), axis=0) + 1, L)
+        if HAS_WINDOW:
+            lo = tl.maximum(tl.min(tl.where(row_ok, qpos, 2147483647), axis=0) - WINDOW + 1, 0)
+    # q stays in registers for the whole loop
+    q = tl.load(q_ptr + b * sqb + h * sqh + rows[:, None] * sqs + ds[None, :] * sqd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    k_base = k_ptr + b * skb + kvh * skh
+    v_base = v_ptr + b * svb + kvh * svh
+    for n0 in range(lo, hi, BLOCK_N):
+        ts = n0 + tl.arange(0, BLOCK_N)
+        t_ok = ts < hi
+        k_t = tl.load(k_base + ts[None, :] * skt + ds[:, None] * skd, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
+        scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+        if HAS_SOFTCAP:
+            x = scores / (softcap * _LOG2E)
+            scores = (1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)) * (softcap * _LOG2E)  # c * tanh(s / c)
+        visible = t_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            visible = visible & (ts[None, :] <= qpos[:, None])
+            if HAS_WINDOW:
+                visible = visible & (ts[None, :] > qpos[:, None] - WINDOW)
+        if MASK_KIND != 0:
+            mvals = tl.load(mask_ptr + b * smb + h * smh + rows[:, None] * sms + ts[None, :] * sml,
+                            mask=row_ok[:, None] & t_ok[None, :], other=0)
+            if MASK_KIND == 1:  # bool: True = attend
+                visible = visible & (mvals != 0)
+            else:  # additive, in natural-log units
+                scores = scores + mvals.to(tl.float32) * _LOG2E
+        scores = tl.where(visible, scores, float("-inf"))
+        # online softmax; a row with nothing visible yet keeps m = -inf, so shift by 0 instead (no NaN)
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(scores - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + ts[:, None] * svt + dvs[None, :] * svd, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        m_i = m_new
+    # a row that saw nothing (a padded row) writes 0
+    o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(o_ptr + b * sob + h * soh + rows[:, None] * sos + dvs[None, :] * sod, o.to(o_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & dv_ok[None, :])
+
+
+@dataclass(frozen=True)
+class FlashConfig:
+    """Tiles of one flash-attention launch: query rows per program, keys per tile, warps, stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@functools.lru_cache(maxsize=256)
+def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool) -> FlashConfig:
+    """Tiles per shape (cached): big query blocks keep tensor cores busy, the K/V tile fits the registers
+    left by q and the accumulator (``BLOCK_M * D`` each); short sequences take small blocks."""
+    if interpreted:
+        return FlashConfig(16, 16)
+    wide = dtype != torch.float32 and head_dim <= 128
+    block_m = 128 if wide and s > 64 else 64
+    block_n = 64 if head_dim <= 128 else 32
+    warps = 8 if block_m == 128 or head_dim > 128 else 4
+    stages = 3 if head_dim <= 128 and dtype != torch.float32 else 2
+    return FlashConfig(block_m, block_n, warps, stages)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cost rule: this kernel or torch's SDPA
+# ---------------------------------------------------------------------------------------------
+# Fractions of the dense tensor-core peak each implementation reaches at prefill. SDPA: measured on
+# our H200 (issue 12: 597 TFLOP/s non-causal, 526 causal at D = 128, of 989). Ours: the published
+# figure of Triton flash attention on Hopper (400-480 TFLOP/s) until benches/attention.py measures it;
+# update both from benches/results/attention-*.json.
+SDPA_EFFICIENCY = {False: 0.60, True: 0.53}
+OURS_EFFICIENCY = {False: 0.45, True: 0.42}
+
+
+def attention_flops(b: int, hq: int, s: int, length: int, d: int, dv: int, causal: bool,
+                    window: Optional[int]) -> float:
+    """FLOPs of the key range a kernel really visits: 2*S*L*(D + Dv) per head, causal about half,
+    a window W about W/L of it (the IR op's cost rule, concretely)."""
+    seen = float(length)
+    if causal:
+        seen = min(length, window) if window is not None else (length + 1) / 2 if s == length else length
+    return 2.0 * b * hq * s * seen * (d + dv)
+
+
+def choose_impl(b: int, hq: int, s: int, length: int, d: int, dv: int, *, causal: bool, window: Optional[int],
+                softcap: Optional[float], has_mask: bool, dtype: torch.dtype) -> str:
+    """``"kernel"`` or ``"sdpa"``: the implementation with the smaller predicted time at this shape.
+
+    Both are compute-bound at prefill, so time = FLOPs / (efficiency * peak); the peak cancels.
+    SDPA has no soft-capping (the torch alternative materialises the scores: always slower), and no
+    sliding window: it takes the window as a materialised ``[S, L]`` mask, visits every key (the
+    full FLOPs, causal halving lost) and reads the mask (counted as FLOPs at the device's ridge
+    point, 1 byte = 300 FLOPs on Hopper in 16-bit). Our kernel skips the tiles outside the window.
+    """
+    if softcap is not None:
+        return "kernel"
+    ours = attention_flops(b, hq, s, length, d, dv, causal, window) / OURS_EFFICIENCY[causal]
+    if window is not None and window < length:
+        mask_bytes = b * s * length * torch.empty((), dtype=dtype).element_size()
+        sdpa = attention_flops(b, hq, s, length, d, dv, False, None) / SDPA_EFFICIENCY[False] + 300.0 * mask_bytes
+    else:
+        sdpa = attention_flops(b, hq, s, length, d, dv, causal, None) / SDPA_EFFICIENCY[causal and not has_mask]
+    return "kernel" if ours < sdpa else "sdpa"
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                    out: Optional[torch.Tensor] = None, *, causal: bool = False, scale: Optional[float] = None,
+                    window: Optional[int] = None, softcap: Optional[float] = None,
+                    positions: Optional[torch.Tensor] = None, config: Optional[FlashConfig] = None) -> torch.Tensor:
+    """Run the flash kernel (no cost choice): the IR op ``attention``, or with ``positions`` ([S] or
+    [B, S]: each query row's cache slot) the prefill of ``cached_attention`` (then causal is implied)."""
+    bsz, hq, s, d = q.shape
+    hkv, length, dv = k.shape[1], k.shape[2], v.shape[3]
+    y = check_out("attention", out, (bsz, hq, s, dv), q.dtype, q.device)
+    if positions is not None:
+        causal = True
+    mask_kind, mask_arg, m_strides = 0, q, (0, 0, 0, 0)
+    if mask is not None:
+        mask_kind = 1 if mask.dtype == torch.bool else 2
+        mask_arg = mask.expand(bsz, hq, s, length)
+        m_strides = mask_arg.stride()
+        if mask_kind == 1:
+            mask_arg = mask_arg.view(torch.uint8)  # bools as bytes: the kernel tests != 0
+    pos_arg, p_strides = q, (0, 0)
+    if positions is not None:
+        pos_arg = positions
+        p_strides = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
+    cfg = config or pick_config(s, max(d, dv), q.dtype, q.device.type != "cuda")
+    qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    grid = (cdiv(s, cfg.block_m), bsz * hq)
+    launchable(_flash_attention_fwd, q.device)[grid](
+        q, k, v, mask_arg, pos_arg, y,
+        hq, hq // hkv, s, length, d, dv, qk_scale, int(window or 0), float(softcap or 1.0),
+        *q.stride(), *k.stride(), *v.stride(), *m_strides, *p_strides, *y.stride(),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=max(16, next_pow2(dv)),
+        CAUSAL=causal, HAS_POS=positions is not None, HAS_WINDOW=window is not None and causal,
+        HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
+    return y
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
+              out: Optional[torch.Tensor] = None, *, causal: bool = False, scale: Optional[float] = None,
+              window: Optional[int] = None, softcap: Optional[float] = None, impl: Optional[str] = None,
+              config: Optional[FlashConfig] = None) -> torch.Tensor:
+    """The IR op ``attention``: our flash kernel or torch's SDPA, as ``choose_impl`` (the cost rule) says
+    for this shape; ``impl="kernel"`` / ``"sdpa"`` forces one (benches, tests)."""
+    _check(q, k, v, mask)
+    bsz, hq, s, d = q.shape
+    length, dv = k.shape[2], v.shape[3]
+    attrs = dict(causal=causal, scale=scale, window=window, softcap=softcap)
+    reason = unsupported_device(q, k, v) or unsupported_dtype("attention", q)
+    if reason is None and max(d, dv) > MAX_HEAD_DIM:
+        reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
+    if reason is None and q.numel() == 0:
+        reason = "empty query"
+    if reason is None:
+        if impl is None and not interpreting():
+            impl = choose_impl(bsz, hq, s, length, d, dv, causal=causal, window=window, softcap=softcap,
+                               has_mask=mask is not None, dtype=q.dtype)
+        if impl == "sdpa":
+            reason = "the cost rule picks SDPA at this shape"
+    if reason is not None:
+        ref = get_op("attention").reference(q, k, v, mask, **attrs)
+        return fallback("attention", reason, ref, out)
+    y = flash_attention(q, k, v, mask, out, config=config, **attrs)
+    note("attention", "kernel")
+    return y
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
+    op = "attention"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"{op}: needs q[B, Hq, S, D], k[B, Hkv, L, D], v[B, Hkv, L, Dv]; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    bsz, hq, s, d = q.shape
+    if k.shape[0] != bsz or v.shape[0] != bsz or k.shape[3] != d or v.shape[1:3] != k.shape[1:3]:
+        raise ValueError(f"{op}: k {tuple(k.shape)} / v {tuple(v.shape)} do not fit q {tuple(q.shape)} "
+                         f"(batch, head dim, kv heads and length must agree)")
+    if hq % k.shape[1]:
+        raise ValueError(f"{op}: query heads {hq} must be a multiple of kv heads {k.shape[1]}")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if mask is not None:
+        try:
+            torch.broadcast_shapes(mask.shape, (bsz, hq, s, k.shape[2]))
+        except RuntimeError:
+            raise ValueError(f"{op}: mask {tuple(mask.shape)} does not broadcast to [B, Hq, S, L] = "
+                             f"{[bsz, hq, s, k.shape[2]]}") from None

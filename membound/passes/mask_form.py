@@ -1,0 +1,167 @@
+"""What an input-independent attention mask is: causal, causal with a sliding window, or unknown.
+
+Models build their masks from ``arange(S)`` and comparisons (Hugging Face: ``kv <= q``, and for
+sliding-window layers ``kv > q - window``, plus ``eq`` of packed-sequence ids). Such a mask depends
+only on the sequence length, so its form can be read off by evaluating it. ``mask_form`` evaluates the
+mask's backward slice with the reference ops and accepts only the band ``0 <= i - j < W`` (W = None:
+the full lower triangle) at every size it tries.
+
+Evaluation at a few sizes is a proof only if the sizes go past every point where the mask can change
+shape. The mask is built from positions compared with each other and with the integer constants of
+its slice, so the sizes tried are small ones (1, 2, 3, 5, 8, 9) plus ``c - 1 .. c + 2`` for every
+integer constant ``c`` of the slice (``c .. c + 2`` past 64: a band of width up to ``c + 1`` shows at
+``c + 2``) (and every dim of a stored tensor it reads, such as GPT-2's causal
+``bias`` buffer); a size the slice cannot be evaluated at (a stored mask
+sliced past its end) is skipped, as the model cannot run at it either. A constant above ``MAX_PROVABLE`` (the
+evaluation would build a ``[c, c]`` matrix) is not evaluated: the mask stays unproven, and callers
+refuse rather than guess. The band width must be the same at every size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import torch
+
+from membound.ir import Graph, Value, get_op, print_graph
+from membound.ir.types import B, S, concretize, eval_dim
+from membound.passes.manager import PassContext
+
+MAX_PROVABLE = 4100  # the largest size a mask is evaluated at ([S, S] bools: 17 MB)
+_SMALL_SIZES = (1, 2, 3, 5, 8)
+
+
+@dataclass(frozen=True)
+class MaskForm:
+    """A proven mask: causal (key j visible from query i iff j <= i), and ``i - j < window`` if set."""
+
+    window: Optional[int] = None
+
+
+def backward_slice(g: Graph, outputs: list[Value]) -> Graph:
+    """A copy of ``g`` computing only ``outputs`` (the nodes they depend on)."""
+    from membound.passes.dce import dead_code_elimination
+
+    c = g.copy()
+    names = {v.name for v in outputs}
+    c.outputs = [v for v in c.values() if v.name in names]
+    dead_code_elimination(c, PassContext())
+    return c
+
+
+def depends_on_inputs(g: Graph) -> set[int]:
+    """ids of the nodes whose value depends on a graph input (the data path)."""
+    data: set[int] = set()
+    for n in g.nodes:
+        if any(v.kind == "input" or (v.producer is not None and id(v.producer) in data) for v in n.inputs):
+            data.add(id(n))
+    return data
+
+
+def _integer_constants(g: Graph) -> list[int]:
+    """Constants a position could be compared with: integer ones, and integral floats below the
+    magnitude of a mask fill value (``-1e4``, ``finfo.min``: the values that mean "masked")."""
+    out = []
+    for n in g.nodes:
+        if n.op in ("constant", "full"):
+            v = n.attrs.get("value")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                continue
+            if isinstance(v, float) and (not v.is_integer() or abs(v) >= 1e4):
+                continue
+            out.append(abs(int(v)))
+    for v in list(g.params) + list(g.state):  # a stored mask (GPT-2's ``bias`` buffer) sliced to [S, S]
+        out += [int(d) for d in v.shape if d.is_Integer]
+    return out
+
+
+def _evaluate(sub: Graph, b: int, s: int) -> torch.Tensor:
+    bind = {B: b, S: s}
+    env: dict[int, Any] = {}
+    for v in sub.inputs:
+        env[id(v)] = torch.zeros([eval_dim(d, bind) for d in v.shape], dtype=v.dtype)
+    for p in list(sub.params) + list(sub.state):
+        env[id(p)] = sub.tensors[p.name].detach().cpu()
+    for n in sub.nodes:
+        attrs = concretize(n.attrs, bind)
+        res = get_op(n.op).reference(*[env[id(v)] for v in n.inputs], **attrs)
+        for r, t in zip(n.results, res if len(n.results) > 1 else [res]):
+            env[id(r)] = t
+    return env[id(sub.outputs[0])]
+
+
+def _band_width(keep: torch.Tensor, s: int) -> Optional[int]:
+    """W if ``keep`` (broadcast over its leading dims) is ``0 <= i - j < W`` everywhere (W = s: the triangle)."""
+    last_row = keep.reshape(-1, s, s)[0, s - 1]
+    w = int(last_row.sum())  # the last query sees the most keys: its count is the band's width
+    if w < 1:
+        return None
+    band = torch.ones(s, s, dtype=torch.bool).tril().triu(-(w - 1))  # 0 <= i - j < w
+    if not torch.equal(keep, band.expand_as(keep)):
+        return None
+    return w
+
+
+_MEMO: dict[str, Union[MaskForm, str]] = {}  # printed mask slice -> its form (a 4096 window takes seconds)
+MAX_MEMO = 64
+
+
+def mask_form(g: Graph, mask: Value) -> Union[MaskForm, str]:
+    """The proven form of an input-independent mask, or a sentence saying why it is not proven.
+
+    Results are remembered per printed backward slice (every layer shares one mask, and the
+    forward and decode captures of a model build the same one)."""
+    sub = backward_slice(g, [mask])
+    key = print_graph(sub) + "".join(f"\n{p.name}:{_tensor_key(sub, p)}" for p in list(sub.params) + list(sub.state))
+    form = _MEMO.get(key)
+    if form is None:
+        form = _prove(sub)
+        if len(_MEMO) >= MAX_MEMO:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = form
+    return form
+
+
+def _tensor_key(g: Graph, v: Value) -> str:
+    t = g.tensors.get(v.name)
+    return "none" if t is None else f"{t.data_ptr()}:{t._version}"
+
+
+def _prove(sub: Graph) -> Union[MaskForm, str]:
+    constants = [c for c in _integer_constants(sub) if c > 1]
+    too_big = [c for c in constants if c + 2 > MAX_PROVABLE]
+    if too_big:
+        return (f"the mask compares positions with the constant {max(too_big)}, past the largest size membound "
+                f"evaluates masks at ({MAX_PROVABLE})")
+    sizes = set(_SMALL_SIZES)
+    sizes.add(max(_SMALL_SIZES) + 1)
+    for c in constants:  # a band of width up to c + 1 shows at c + 2; c - 1 only where it is cheap
+        sizes.update(x for x in ((c - 1, c, c + 1, c + 2) if c <= 64 else (c, c + 1, c + 2)) if x >= 1)
+    widths: dict[int, int] = {}
+    for s in sorted(sizes):
+        for b in ((1, 2) if s <= 8 else (1,)):
+            try:
+                m = _evaluate(sub, b, s)
+            except Exception as e:  # a mask we cannot evaluate is not proven
+                if s > max(_SMALL_SIZES) and (sub.params or sub.state):
+                    continue  # past the end of a stored mask
+                return f"the mask could not be evaluated at S={s} ({type(e).__name__}: {e})"
+            if m.dtype != torch.bool:
+                if not torch.all((m == 0) | (m <= -1e4)):
+                    return "the additive mask has values other than 0 and a large negative number"
+                m = m > -1e4
+            if m.dim() < 2 or m.shape[-1] != s or m.shape[-2] != s:
+                return f"the mask has shape {tuple(m.shape)} at S={s}, not [..., S, S]"
+            w = _band_width(m, s)
+            if w is None:
+                return f"at S={s} the mask is not a causal band 0 <= i - j < W (bidirectional, padded or strided)"
+            widths[s] = w
+    # a window W shows as the full triangle up to S = W and as a band of width W past it
+    narrower = [w for s, w in widths.items() if w < s]
+    window = min(narrower) if narrower else None
+    for s, w in widths.items():
+        if w != (s if window is None else min(s, window)):
+            return f"the mask's band width changes with the length (W={w} at S={s}, W={window} elsewhere)"
+    return MaskForm(window=window)

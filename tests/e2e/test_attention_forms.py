@@ -1,0 +1,84 @@
+"""Attention forms of real models: sliding windows (Mistral, alternating local/global layers), soft-capping
+(Gemma 2), eager and sdpa capture. Each ends in ``attention`` ops and decodes eager's greedy tokens."""
+
+import pytest
+import torch
+
+import membound
+from membound.api import KVCacheError
+from membound.frontends.export import capture_export
+from membound.passes import PassContext, PassManager
+from membound.passes.pipeline import default_pipeline
+
+from .hf_models import VOCAB, _common
+from .test_generate import prompts, recompute
+
+
+def _hf(name: str, attn: str, window: int = 4) -> torch.nn.Module:
+    import transformers as T
+
+    torch.manual_seed(0)
+    if name == "mistral":
+        m = T.MistralForCausalLM(T.MistralConfig(**_common(), sliding_window=window, attn_implementation=attn))
+    elif name == "qwen2-alternating":   # layer 0 global, layer 1 sliding
+        m = T.Qwen2ForCausalLM(T.Qwen2Config(**_common(), use_sliding_window=True, sliding_window=window,
+                                             max_window_layers=1, attn_implementation=attn))
+    elif name == "gemma2":              # soft-capped logits, local/global layers
+        m = T.Gemma2ForCausalLM(T.Gemma2Config(**_common(), head_dim=8, sliding_window=window,
+                                               attn_logit_softcapping=5.0, attn_implementation=attn))
+    elif name == "llama":
+        m = T.LlamaForCausalLM(T.LlamaConfig(**_common(), attn_implementation=attn))
+    else:
+        m = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                           bos_token_id=1, eos_token_id=2, attn_implementation=attn))
+    return m.eval()
+
+
+FORMS = [("mistral", "sdpa", [(True, 4, None)] * 2), ("mistral", "eager", [(True, 4, None)] * 2),
+         ("qwen2-alternating", "sdpa", [(True, None, None), (True, 4, None)]),
+         ("gemma2", "eager", [(True, 4, 5.0), (True, None, 5.0)]),
+         ("llama", "eager", [(True, None, None)] * 2), ("gpt2", "eager", [(True, None, None)] * 2),
+         ("gpt2", "sdpa", [(True, None, None)] * 2)]
+
+
+@pytest.mark.parametrize("name, attn, want", FORMS, ids=[f"{n}-{a}" for n, a, _ in FORMS])
+def test_hf_attention_ends_as_attention_ops_with_window_and_softcap(name, attn, want):
+    model = _hf(name, attn)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    cap = capture_export(model, (ids,), {"use_cache": False}, dynamic=True)
+    ctx = PassContext()
+    g = PassManager(default_pipeline() + ["fuse-attention", "dead-code-elimination"]).run(cap.graph, ctx)
+    got = [(n.attrs["causal"], n.attrs["window"], n.attrs["softcap"]) for n in g.nodes if n.op == "attention"]
+    assert got == want, "\n".join(ctx.log)
+    assert g.count("softmax") == 0
+    assert all(len(n.inputs) == 3 for n in g.nodes if n.op == "attention")  # the mask became attributes
+    from membound.backends.reference import run_graph
+
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+    torch.testing.assert_close(run_graph(g, [ids])[0], ref, rtol=1e-4, atol=1e-5)  # fp32
+
+
+@pytest.mark.parametrize("name, attn", [("mistral", "sdpa"), ("qwen2-alternating", "sdpa"), ("gemma2", "eager")])
+def test_window_shorter_than_prompt_generates_eager_greedy_tokens(name, attn):
+    # window 4 < prompt 9 + 8 new tokens: before the fix the cached path dropped the window silently
+    model = _hf(name, attn)
+    ids, mask = prompts(VOCAB, [9, 6])
+    compiled = membound.compile(model)
+    with torch.no_grad():
+        out = membound.generate(compiled, ids, 8, attention_mask=mask)
+        ref = recompute(model, ids, mask, 8)
+    assert torch.equal(out[:, ids.shape[1]:], ref), (out[:, ids.shape[1]:], ref)
+    windows = [n.attrs["window"] for n in compiled._kv_program.prefill_graph.nodes if n.op == "cached_attention"]
+    assert 4 in windows
+
+
+def test_mask_that_cannot_be_proven_refuses_with_the_reason(monkeypatch):
+    # a window past the largest size membound evaluates masks at: refused, never dropped
+    import membound.passes.mask_form as mf
+
+    monkeypatch.setattr(mf, "MAX_PROVABLE", 5)
+    model = _hf("mistral", "sdpa", window=6)
+    ids, _ = prompts(VOCAB, [9])
+    with pytest.raises(KVCacheError, match="constant 6, past the largest size"):
+        membound.generate(membound.compile(model), ids, 4)

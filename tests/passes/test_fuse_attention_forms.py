@@ -1,0 +1,150 @@
+"""fuse-attention on the forms beyond plain softmax attention: soft-capped logits (Gemma 2), masks built from
+``arange(S)`` that are proven causal or sliding-window (folded into attributes), and forms it must leave alone
+with a log line saying what did not match."""
+
+import pytest
+import torch
+
+from membound.backends.reference import run_graph
+from membound.ir import parse, print_graph, structurally_equal, verify
+from membound.passes import PassContext, PassManager
+from membound.passes.fuse_attention import fuse_attention
+
+# Gemma 2: scores * scale, then cap * tanh(scores / cap), plus an additive mask
+SOFTCAP = """graph @g(%q: f32[B, 2, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2, S, 8], %m: f32[B, 1, S, S]) {
+  %kt = transpose(%k) {dim0=2, dim1=3} : f32[B, 2, 8, S]
+  %s = matmul(%q, %kt) : f32[B, 2, S, S]
+  %c = constant() {value=0.25, dtype=f32} : f32[]
+  %ss = mul(%s, %c) : f32[B, 2, S, S]
+  %cap = constant() {value=5.0, dtype=f32} : f32[]
+  %d = div(%ss, %cap) {rounding_mode=none} : f32[B, 2, S, S]
+  %t = tanh(%d) : f32[B, 2, S, S]
+  %tc = mul(%t, %cap) : f32[B, 2, S, S]
+  %sm = add(%tc, %m) : f32[B, 2, S, S]
+  %p = softmax(%sm) {dim=-1, dtype=none} : f32[B, 2, S, S]
+  %o = matmul(%p, %v) : f32[B, 2, S, 8]
+  return %o
+}"""
+SOFTCAP_AFTER = """graph @g(%q: f32[B, 2, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2, S, 8], %m: f32[B, 1, S, S]) {
+  %0 = attention(%q, %k, %v, %m) {causal=false, scale=0.25, window=none, softcap=5.0} : f32[B, 2, S, 8]
+  return %0
+}"""
+
+# a sliding-window mask built from positions (Mistral's kv <= q and kv > q - W), W = 3
+WINDOW = """graph @w(%q: f32[B, 4, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2, S, 8]) {
+  %i = arange() {start=0, end=S, step=1, dtype=i64} : i64[S]
+  %qi = unsqueeze(%i) {dim=1} : i64[S, 1]
+  %ki = unsqueeze(%i) {dim=0} : i64[1, S]
+  %le = le(%ki, %qi) : bool[S, S]
+  %w = constant() {value=3, dtype=i64} : i64[]
+  %lo = sub(%qi, %w) : i64[S, 1]
+  %gt = gt(%ki, %lo) : bool[S, S]
+  %keep = logical_and(%le, %gt) : bool[S, S]
+  %o = attention(%q, %k, %v, %keep) {causal=false, scale=0.5} : f32[B, 4, S, 8]
+  return %o
+}"""
+WINDOW_AFTER = """graph @w(%q: f32[B, 4, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2, S, 8]) {
+  %0 = attention(%q, %k, %v) {causal=true, scale=0.5, window=3} : f32[B, 4, S, 8]
+  return %0
+}"""
+
+# GPT-2 eager written by hand: masked_fill(~ones(S, S).tril(), -inf) as torch.export writes it, scale as a division
+GPT2_TRIL = """graph @t(%q: f32[B, 2, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2, S, 8]) {
+  %one = full() {shape=[S, S], value=true, dtype=bool} : bool[S, S]
+  %r = arange() {start=0, end=S, step=1, dtype=i64} : i64[S]
+  %rows = unsqueeze(%r) {dim=-1} : i64[S, 1]
+  %cols = unsqueeze(%r) {dim=0} : i64[1, S]
+  %diff = sub(%cols, %rows) : i64[S, S]
+  %zero = constant() {value=0, dtype=i64} : i64[]
+  %below = le(%diff, %zero) : bool[S, S]
+  %false = constant() {value=false, dtype=bool} : bool[]
+  %tril = where(%below, %one, %false) : bool[S, S]
+  %fill = bitwise_not(%tril) : bool[S, S]
+  %kt = transpose(%k) {dim0=2, dim1=3} : f32[B, 2, 8, S]
+  %s = matmul(%q, %kt) : f32[B, 2, S, S]
+  %c = constant() {value=2.0, dtype=f32} : f32[]
+  %ss = div(%s, %c) {rounding_mode=none} : f32[B, 2, S, S]
+  %ninf = constant() {value=-inf, dtype=f32} : f32[]
+  %sm = where(%fill, %ninf, %ss) : f32[B, 2, S, S]
+  %p = softmax(%sm) {dim=-1, dtype=none} : f32[B, 2, S, S]
+  %o = matmul(%p, %v) : f32[B, 2, S, 8]
+  return %o
+}"""
+GPT2_TRIL_AFTER = """graph @t(%q: f32[B, 2, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2, S, 8]) {
+  %0 = attention(%q, %k, %v) {causal=true, scale=0.5} : f32[B, 2, S, 8]
+  return %0
+}"""
+
+CASES = [(SOFTCAP, SOFTCAP_AFTER), (WINDOW, WINDOW_AFTER), (GPT2_TRIL, GPT2_TRIL_AFTER)]
+IDS = ["softcap", "window-mask", "gpt2-tril"]
+
+
+def _run(text):
+    g = parse(text)
+    ctx = PassContext()
+    PassManager([fuse_attention, "dead-code-elimination"]).run(g, ctx)
+    verify(g)
+    return g, ctx
+
+
+@pytest.mark.parametrize("before, after", CASES, ids=IDS)
+def test_before_after(before, after):
+    g, ctx = _run(before)
+    want = parse(after)
+    assert structurally_equal(g, want), structurally_equal(g, want, explain=True) + "\n" + print_graph(g)
+
+
+def _inputs(g, b=2, s=7):
+    out = []
+    for v in g.inputs:
+        shape = [b if str(d) == "B" else s if str(d) == "S" else int(d) for d in v.shape]
+        if v.name == "m":
+            out.append(torch.zeros(shape).masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf")))
+        else:
+            out.append(torch.randn(shape))
+    return out
+
+
+@pytest.mark.parametrize("before", [c[0] for c in CASES], ids=IDS)
+def test_numerics_unchanged(before):
+    g = parse(before)
+    ins = _inputs(g)
+    ref = run_graph(g, ins)[0]
+    assert fuse_attention(g, PassContext())
+    torch.testing.assert_close(run_graph(g, ins)[0], ref, rtol=1e-5, atol=1e-6)  # fp32
+
+
+def test_bidirectional_band_keeps_its_mask_and_says_why():
+    # |i - j| < 3 is a window but not causal: the mask stays, the log names what the proof found
+    text = WINDOW.replace("%le = le(%ki, %qi) : bool[S, S]\n", "").replace(
+        "%keep = logical_and(%le, %gt) : bool[S, S]",
+        "%hi = add(%qi, %w) : i64[S, 1]\n  %lt = lt(%ki, %hi) : bool[S, S]\n  %keep = logical_and(%lt, %gt) : bool[S, S]")
+    g, ctx = _run(text)
+    attn = [n for n in g.nodes if n.op == "attention"]
+    assert len(attn) == 1 and len(attn[0].inputs) == 4 and attn[0].attrs["causal"] is False
+    assert any("keeps its mask" in line and "not a causal band" in line for line in ctx.log), ctx.log
+
+
+def test_unrecognised_form_is_left_unfused_with_a_log_line():
+    # a scale that is a graph input, not a constant: no attention form matches
+    text = """graph @u(%q: f32[B, 2, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2, S, 8], %c: f32[]) {
+  %kt = transpose(%k) {dim0=2, dim1=3} : f32[B, 2, 8, S]
+  %s = matmul(%q, %kt) : f32[B, 2, S, S]
+  %ss = mul(%s, %c) : f32[B, 2, S, S]
+  %p = softmax(%ss) {dim=-1, dtype=none} : f32[B, 2, S, S]
+  %o = matmul(%p, %v) : f32[B, 2, S, 8]
+  return %o
+}"""
+    g = parse(text)
+    before = print_graph(g)
+    ctx = PassContext()
+    assert not fuse_attention(g, ctx)
+    assert print_graph(g) == before
+    assert any("left unfused" in line and "mul <- matmul" in line for line in ctx.log), ctx.log
+
+
+def test_softcap_with_mismatched_scales_is_not_fused():
+    g = parse(SOFTCAP.replace("%tc = mul(%t, %cap)", "%tc = mul(%t, %c)"))
+    ctx = PassContext()
+    assert not fuse_attention(g, ctx)
+    assert any("not a soft cap" in line for line in ctx.log), ctx.log
