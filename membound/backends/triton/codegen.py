@@ -31,6 +31,7 @@ from membound.backends.triton.lowering import HELPERS
 from membound.backends.triton.memory_plan import MemoryPlan, writes_into_buffer
 from membound.backends.triton.partition import Call, GraphFacts, Kernel, Partition
 from membound.ir.graph import Graph, Value
+from membound.ir.ops import get_op
 from membound.ir.printer import format_node
 
 POINTWISE_BLOCK = 1024
@@ -231,7 +232,7 @@ class ModuleWriter:
             args.append(f"out={self.names(node.results[0])}")
         lhs = ", ".join(self.names(r) for r in node.results)
         call = f"{lhs} = {fn}({', '.join(args)})"
-        if step.impl == "view" and node.op in ("constant", "full", "arange"):
+        if step.impl == "view" and get_op(node.op).source:
             lines += ["with torch.device(device):", f"    {call}"]
         else:
             lines.append(call)

@@ -43,7 +43,6 @@ import networkx as nx
 import sympy
 import torch
 
-from membound.backends.triton.indexing import VIEW_OPS
 from membound.backends.triton.lowering import can_lower, supported_dtype
 from membound.cost import Hardware, RooflineCost
 from membound.ir.analysis import fusion_would_cycle, to_networkx
@@ -51,12 +50,10 @@ from membound.ir.graph import Graph, Node, Value
 from membound.ir.ops import get_op
 from membound.ir.types import dims_equal
 
-ROW_REDUCTIONS = ("sum", "mean", "amax", "amin", "softmax", "log_softmax", "cumsum", "rms_norm", "layer_norm")
-# gathers: computed like pointwise ops, with the index values read from their index tensors
-GATHERS = ("index", "embedding")
-SOURCES = ("constant", "full", "arange")
-# state writes a pointwise kernel can do as stores (see ``is_cache_sink``)
-SINKS = ("cache_write",)
+# The op traits say which ops are row reductions, gathers, sources, sinks and views; these are the
+# gathers (``gather`` trait) kernel.py knows how to emit: computed like pointwise ops, with the index
+# values read from their index tensors
+EMITTED_GATHERS = ("index", "embedding")
 # a row kernel keeps one whole row in registers: longer static rows go to torch
 MAX_ROW = 32768
 # views that keep a per-row value on its row (the only views allowed on row-bound values)
@@ -157,21 +154,21 @@ class Partition:
 def classify(node: Node) -> str:
     """``pointwise``, ``reduction``, ``view``, ``source``, ``sink`` or ``call`` (see the module docstring)."""
     op = node.op
-    kind = get_op(op).kind
-    if kind == "view" and op in VIEW_OPS:
+    od = get_op(op)
+    if od.view:
         return "view"
-    if op in SINKS:
+    if od.sink:
         return "sink" if is_cache_sink(node) else "call"
     dtypes = [v.dtype for v in node.inputs] + [r.dtype for r in node.results]
     if not all(supported_dtype(d) for d in dtypes):
         return "call"
-    if op in SOURCES:
+    if od.source:
         return "source"
-    if op == "cat" or op in GATHERS:
+    if op == "cat" or op in EMITTED_GATHERS:
         return "pointwise" if node.results[0].rank > 0 else "call"
-    if kind == "elementwise":
+    if od.kind == "elementwise":
         return "pointwise" if can_lower(node) else "call"
-    if op in ROW_REDUCTIONS and is_row_reduction(node):
+    if od.row_reduction and is_row_reduction(node):
         return "reduction"
     return "call"
 
@@ -193,7 +190,7 @@ def is_cache_sink(node: Node) -> bool:
 
 def space_shape(node: Node) -> Shape:
     """The iteration space a kernel member needs: its result's shape, a sink's written values' shape."""
-    return tuple(node.inputs[1].shape) if node.op in SINKS else tuple(node.results[0].shape)
+    return tuple(node.inputs[1].shape) if get_op(node.op).sink else tuple(node.results[0].shape)
 
 
 def is_row_reduction(node: Node) -> bool:
@@ -356,7 +353,7 @@ class _Fuser:
                 if o.producer is None or id(o.producer) not in bound:
                     continue
                 bound.add(id(m))
-                if m.op == "cat" or m.op in GATHERS:  # they read their inputs off this lane's position
+                if m.op == "cat" or m.op in EMITTED_GATHERS:  # they read their inputs off this lane's position
                     return None
                 for view in chain:
                     if view.op not in ROW_VIEWS or not fits(view.inputs[0].shape) or not fits(view.results[0].shape):

@@ -171,6 +171,45 @@ def ints(values: Sequence[Any]) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# lift hooks (the ``lift`` trait): attrs of an op whose inputs gained a new leading dim of size ``lead``
+# ---------------------------------------------------------------------------------------------
+_DIM_ATTRS = ("dim", "dim0", "dim1")
+
+
+def lift_dim(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    """Non-negative ``dim``/``dim0``/``dim1`` move right by one (negative ones count from the end)."""
+    out = dict(attrs)
+    for k in _DIM_ATTRS:
+        if k in out and isinstance(out[k], int) and out[k] >= 0:
+            out[k] = out[k] + 1
+    return out
+
+
+def lift_reduce_dims(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    """``dims`` (empty: all of them) move right by one: the new leading dim is never reduced."""
+    out = dict(attrs)
+    dims = out["dims"] or tuple(range(rank_in))
+    out["dims"] = tuple(d + 1 if d >= 0 else d for d in dims)
+    return out
+
+
+def lift_squeeze_dims(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    out = dict(attrs)
+    out["dims"] = tuple(d + 1 if d >= 0 else d for d in out["dims"])
+    return out
+
+
+def lift_permute(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    """The new dim stays first; the others keep their order."""
+    return {**attrs, "dims": (0,) + tuple(d % rank_in + 1 for d in attrs["dims"])}
+
+
+def lift_shape(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    """``shape`` gains the new leading dim (reshape, expand)."""
+    return {**attrs, "shape": (lead,) + tuple(attrs["shape"])}
+
+
+# ---------------------------------------------------------------------------------------------
 # costs
 # ---------------------------------------------------------------------------------------------
 
@@ -201,6 +240,11 @@ __all__ = [
     "is_bool",
     "is_float",
     "is_int",
+    "lift_dim",
+    "lift_permute",
+    "lift_reduce_dims",
+    "lift_shape",
+    "lift_squeeze_dims",
     "no_bytes",
     "norm_dim",
     "norm_dims",
