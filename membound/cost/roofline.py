@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence, Union
 
 import sympy
 import torch
@@ -48,6 +48,16 @@ DimBindings = Mapping[Union[str, sympy.Symbol], int]
 
 _TENSOR_CORE_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.int8: "int8",
                           torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
+
+
+class CostModel(Protocol):
+    """What a pass may ask the cost model (``PassContext.cost``); :class:`RooflineCost` is ours.
+
+    ``estimate(node_or_partition, dims)`` gives the time (``.time_s``) and the roofline verdict at
+    concrete dims; a pass compares the estimates of the graph with and without its rewrite.
+    """
+
+    def estimate(self, item: Union[Node, Any], dims: Optional["DimBindings"] = None) -> "Estimate": ...
 
 
 @dataclass(frozen=True)

@@ -48,3 +48,16 @@ def test_the_cost_model_decides() -> None:
     g = parse_with_params(QKV)
     assert merge_linear(g, PassContext(cost=NeverPays(), current_pass="merge-linear")) is False
     assert g.count("linear") == 3
+
+
+def test_decode_dims_set_where_the_cost_model_looks() -> None:
+    """``PassContext.decode_dims`` is what the pass hands the cost model (symbols not given at 1)."""
+    seen: list[dict] = []
+
+    class Recording(NeverPays):
+        def estimate(self, node, dims):
+            seen.append({str(k): v for k, v in dims.items()})
+            return super().estimate(node, dims)
+
+    merge_linear(parse_with_params(QKV), PassContext(cost=Recording(), decode_dims={"B": 8}))
+    assert seen and all(d == {"B": 8, "S": 1} for d in seen)

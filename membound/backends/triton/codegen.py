@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import keyword
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,8 @@ from membound.backends.triton.memory_plan import MemoryPlan, writes_into_buffer
 from membound.backends.triton.partition import Call, GraphFacts, Kernel, Partition
 from membound.ir.graph import Graph, Value
 from membound.ir.ops import get_op
-from membound.ir.printer import format_node
+from membound.ir.printer import float_literal, format_node
+from membound.ir.types import numel
 
 POINTWISE_BLOCK = 1024
 # library ops told when their weight (input at this index) is a parameter: ``static_weight=True``
@@ -92,11 +92,7 @@ def py_literal(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if math.isnan(v):
-            return 'float("nan")'
-        if math.isinf(v):
-            return 'float("inf")' if v > 0 else 'float("-inf")'
-        return repr(v)
+        return float_literal(v, python=True)
     if isinstance(v, torch.dtype):
         return repr(v)
     if isinstance(v, sympy.Expr):
@@ -180,7 +176,7 @@ class ModuleWriter:
         args += [f"*{self.names(v)}.stride()" for v in ks.strided]
         args += [s.name for s in ks.sizes]
         if k.layout in ("pointwise", "sections"):
-            programs = [f"triton.cdiv({expr_code(_numel(sec.shape), kernel=False)}, BLOCK)"
+            programs = [f"triton.cdiv({expr_code(numel(sec.shape), kernel=False)}, BLOCK)"
                         for sec in (k.sections or [k])]
             grid = f"({' + '.join(programs)},)"
             args.append("BLOCK=BLOCK")
@@ -318,12 +314,6 @@ class ModuleWriter:
         parts += [self.allocate_fn(), launch]
         return GeneratedModule("\n\n".join(p.rstrip("\n") + "\n" for p in parts), sources, dict(self.bindings))
 
-
-def _numel(shape: tuple[sympy.Expr, ...]) -> sympy.Expr:
-    n: sympy.Expr = sympy.Integer(1)
-    for d in shape:
-        n = n * d
-    return n
 
 
 def generate(part: Partition, plan: MemoryPlan, input_symbols: list[sympy.Symbol]) -> GeneratedModule:

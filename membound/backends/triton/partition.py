@@ -48,7 +48,7 @@ from membound.cost import Hardware, RooflineCost
 from membound.ir.analysis import fusion_would_cycle, to_networkx
 from membound.ir.graph import Graph, Node, Value
 from membound.ir.ops import get_op
-from membound.ir.types import dims_equal
+from membound.ir.types import dims_equal, numel
 
 # The op traits say which ops are row reductions, gathers, sources, sinks and views; these are the
 # gathers (``gather`` trait) kernel.py knows how to emit: computed like pointwise ops, with the index
@@ -414,11 +414,11 @@ class _Fuser:
     def _recompute_flops(self, members: list[Node], layout: _Layout) -> float:
         """Internal pointwise values smaller than the iteration space are recomputed per element."""
         total: sympy.Expr = sympy.Integer(0)
-        space = _numel(layout.shape)
+        space = numel(layout.shape)
         for m in members:
             if self.facts.kind(m) != "pointwise":
                 continue
-            n = _numel(m.results[0].shape)
+            n = numel(m.results[0].shape)
             flops, _ = get_op(m.op).cost([v.type for v in m.inputs], [r.type for r in m.results], m.attrs)
             if flops != 0 and n != 0:
                 total += flops * (space / n - 1)
@@ -459,12 +459,6 @@ class _Fuser:
         found.sort(key=lambda g: -max(self.facts.position[id(m)] for m in g))
         return found
 
-
-def _numel(shape: Iterable[sympy.Expr]) -> sympy.Expr:
-    n: sympy.Expr = sympy.Integer(1)
-    for d in shape:
-        n = n * d
-    return n
 
 
 def _at_sample(e: sympy.Expr) -> float:

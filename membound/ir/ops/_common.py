@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import sympy
 import torch
 
-from membound.ir.types import TensorType, as_dim, broadcast_shapes, dims_equal, parse_dtype, promote
+from membound.ir.types import TensorType, as_dim, broadcast_shapes, dims_equal, numel, parse_dtype, promote
 
 Shape = tuple[sympy.Expr, ...]
 
@@ -142,13 +142,6 @@ def broadcast(op: str, *types: TensorType) -> Shape:
         return broadcast_shapes(*[t.shape for t in types])
     except ValueError as e:
         fail(op, f"operand shapes {', '.join(shape_str(t.shape) for t in types)} do not broadcast ({e})")
-
-
-def numel(shape: Sequence[sympy.Expr]) -> sympy.Expr:
-    n: sympy.Expr = sympy.Integer(1)
-    for d in shape:
-        n = n * d
-    return n
 
 
 def same_dtype(op: str, *named: tuple[str, TensorType]) -> torch.dtype:
