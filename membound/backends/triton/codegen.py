@@ -19,7 +19,7 @@ import dataclasses
 import keyword
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Hashable
 
 import sympy
 import torch
@@ -103,19 +103,44 @@ def py_literal(v: Any) -> str:
     raise CodegenError(f"cannot write attribute value {v!r} ({type(v).__name__}) into the launcher")
 
 
-def canonical_kernel_text(text: str, name: str) -> str:
-    """A kernel's source with its name, parameter names and comments abstracted away: two kernels
-    with the same canonical text compute the same thing from the same positional arguments."""
-    m = re.search(r"def \w+\((.*?)\):", text, re.S)
-    params = [p.split(":")[0].strip() for p in m.group(1).split(",") if p.strip()] if m else []
-    out = re.sub(r"#[^\n]*", "", text)
-    out = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", out)
-    for i, p in enumerate(params):
-        out = re.sub(rf"\b{re.escape(p)}\b", f"arg{i}", out)
-    # the parameter list wraps where the (differing) names ran out of line: compare it unwrapped
-    out = re.sub(r"def KERNEL\((.*?)\):", lambda h: "def KERNEL(" + ", ".join(
-        q.strip() for q in h.group(1).split(",") if q.strip()) + "):", out, count=1, flags=re.S)
-    return re.sub(r"[ \t]+\n", "\n", out)
+def kernel_key(k: Kernel, facts: GraphFacts, contiguous: Callable[[Value], bool]) -> Hashable:
+    """What a kernel's code is made from, with every name left out: two kernels with one key have the
+    same code up to names, taking the same arguments in the same order (pointers, strides, sizes).
+
+    The key walks what the emitter walks (``kernel.KernelEmitter.emit``) from each stored value and
+    sink: computed members (op, attributes, types), views and sources folded in, and loads (which
+    pointer, its type, whether it is contiguous), numbering values in the order first reached so that
+    a value read twice is one entry.
+    """
+    if k.layout == "sections":
+        return ("sections", tuple(kernel_key(s, facts, contiguous) for s in k.sections))
+    pointers = list(k.inputs) + list(k.outputs)  # as KernelEmitter.generate orders them
+    pointers += [c for c in (w.inputs[0] for w in k.sinks) if all(c is not x for x in pointers)]
+    slot = {id(v): i for i, v in enumerate(pointers)}
+    members = {id(m) for m in k.members}
+    number: dict[int, int] = {}
+    rows: list[Hashable] = []
+
+    def value(v: Value) -> int:
+        if id(v) in number:
+            return number[id(v)]
+        node = v.producer
+        kind = facts.kind(node) if node is not None else "input"
+        if node is not None and (kind in ("view", "source") or id(node) in members):
+            ins = () if kind == "source" else tuple(value(x) for x in (node.inputs[:1] if kind == "view" else
+                                                                         node.inputs))
+            row: Hashable = (kind, node.op, repr(sorted(node.attrs.items())), tuple(str(x.type) for x in node.inputs),
+                             tuple(str(r.type) for r in node.results), v.index, ins)
+        else:
+            row = ("load", slot.get(id(v)), str(v.type), contiguous(v))
+        number[id(v)] = len(rows)
+        rows.append(row)
+        return number[id(v)]
+
+    stored = tuple(value(v) for v in k.outputs)
+    sinks = tuple((repr(sorted(w.attrs.items())), slot[id(w.inputs[0])], str(w.inputs[0].type),
+                   value(w.inputs[1]), value(w.inputs[2])) for w in k.sinks)
+    return (k.layout, tuple(map(str, k.shape)), len(pointers), stored, sinks, tuple(rows))
 
 
 def shape_code(shape: tuple[sympy.Expr, ...]) -> str:
@@ -246,10 +271,10 @@ class ModuleWriter:
         compile the same few kernels a hundred times over. Launches of a dropped twin call the kept
         definition, whose parameters take the same arguments in the same order.
         """
-        kept: dict[str, KernelSource] = {}
+        kept: dict[Hashable, KernelSource] = {}
         twins: dict[str, list[str]] = {}
         for ks in sources:
-            key = canonical_kernel_text(ks.text, ks.kernel.name)
+            key = (kernel_key(ks.kernel, self.facts, self.contiguous), ks.block, tuple(sorted(ks.helpers)))
             first = kept.setdefault(key, ks)
             if first is not ks:
                 self.launch_name[id(ks.kernel)] = first.kernel.name
