@@ -68,18 +68,11 @@ class _Plan:
 
 
 def _dims_reduced(node: Node) -> list[int]:
-    a, x = node.attrs, node.inputs[0]
-    r = x.rank
-    if node.op in ("sum", "mean", "amax", "amin"):
-        dims = a["dims"] or tuple(range(r))
-        return [d % r for d in dims]
-    if node.op in ("softmax", "log_softmax", "cumsum", "argmax", "topk", "sort"):
-        return [a["dim"] % r] if r else []
-    if node.op == "layer_norm":
-        return list(range(r - a["ndim"], r))
-    if node.op == "rms_norm":
-        return [r - 1]
-    return []
+    """The dims of its first input that ``node`` mixes (the op's ``reduces`` trait)."""
+    reduces = get_op(node.op).reduces
+    if reduces is None or not node.inputs:
+        return []
+    return list(reduces(node.attrs, node.inputs[0].rank))
 
 
 def _analyze(g: Graph) -> _Plan:

@@ -123,3 +123,33 @@ def test_every_view_has_an_index_map() -> None:
         idx = tuple(index_var(f"i{k}") for k in range(r.rank))
         mapped = view_input_index(node, r, idx)
         assert len(mapped) == 3 and all(isinstance(e, sympy.Expr) for e in mapped), name
+
+
+def test_reduces_names_the_mixed_dims() -> None:
+    assert ops_with("row_reduction") <= ops_with("reduces")
+    assert {"argmax", "topk", "sort"} <= ops_with("reduces")
+    assert get_op("sum").reduces({"dims": (), "keepdim": False, "dtype": None}, 3) == (0, 1, 2)
+    assert get_op("amax").reduces({"dims": (-1, 0), "keepdim": False}, 3) == (0, 2)
+    assert get_op("softmax").reduces({"dim": -1, "dtype": None}, 4) == (3,)
+    assert get_op("argmax").reduces({"dim": None, "keepdim": False}, 2) == (0, 1)
+    assert get_op("layer_norm").reduces({"ndim": 2, "eps": 1e-5}, 3) == (1, 2)
+    assert get_op("rms_norm").reduces({"eps": 1e-5}, 3) == (2,)
+    assert get_op("add").reduces is None and get_op("linear").reduces is None
+
+
+@pytest.mark.parametrize("name", sorted(ops_with("reduces") - {"topk", "sort"}))
+def test_reduces_matches_the_reference(name: str) -> None:
+    """Changing input 0 along a dim the op does not reduce leaves the other slices' results alone."""
+    od = get_op(name)
+    attrs = od.normalize_attrs({"dims": (1,), "keepdim": True} if "dims" in od.attrs else
+                               {"dim": 1} if "dim" in od.attrs else {"eps": 1e-5} if "eps" in od.attrs else {})
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, generator=g)
+    mixed = od.reduces(attrs, 3)
+    y = x.clone()
+    y[0] += 1.0  # a change confined to index 0 of dim 0
+    a, b = od.reference(x, **attrs), od.reference(y, **attrs)
+    a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+    if 0 in mixed:
+        return
+    assert torch.equal(a[1:], b[1:]), name  # dim 0 is not mixed: rows 1.. are untouched

@@ -198,18 +198,11 @@ def is_row_reduction(node: Node) -> bool:
     x = node.inputs[0]
     if x.rank == 0:
         return False
-    last = x.rank - 1
-    a = node.attrs
-    if node.op in ("sum", "mean", "amax", "amin"):
-        dims = tuple(d % x.rank for d in a["dims"]) if a["dims"] else tuple(range(x.rank))
-        if dims != (last,) or x.dtype == torch.bool and node.op in ("amax", "amin"):
-            return False
-    elif node.op in ("softmax", "log_softmax", "cumsum"):
-        if a["dim"] % x.rank != last:
-            return False
-    elif node.op == "layer_norm":
-        if a["ndim"] != 1:
-            return False
+    reduces = get_op(node.op).reduces
+    if reduces is None or reduces(node.attrs, x.rank) != (x.rank - 1,):
+        return False
+    if x.dtype == torch.bool and node.op in ("amax", "amin"):  # no bool row max/min in kernel.py
+        return False
     n = x.shape[-1]
     return not (n.is_Integer and int(n) > MAX_ROW)
 

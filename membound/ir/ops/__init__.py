@@ -32,6 +32,8 @@ the ops that have one:
     view           kind "view": the result is its input read through an index map (no data moves)
     tensor_core    runs on tensor cores in a low precision. Default: kinds matmul/attention/quant/moe
     eager_class    the measured library kernel class eager torch runs it with (``"gemv"``...)
+    reduces        the dims of input 0 whose elements the op mixes into one result (a reduction,
+                   scan, normalisation or sort): ``reduces(attrs, rank) -> sorted dims``
     lift           how the attributes change when every input gains a new leading (batch) dim:
                    ``lift(attrs, rank_in, lead) -> attrs``; None when a pass may not do that
     ============== =============================================================================
@@ -53,13 +55,15 @@ CostFn = Callable[[Sequence[TensorType], Sequence[TensorType], dict[str, Any]], 
 # (attrs, rank of input 0, size of the new leading dim) -> the attrs of the op on the lifted inputs
 LiftFn = Callable[[dict[str, Any], int, sympy.Expr], dict[str, Any]]
 AttrTest = Callable[[dict[str, Any]], bool]
+# (attrs, rank of input 0) -> the dims of input 0 the op mixes, sorted
+ReducesFn = Callable[[dict[str, Any], int], tuple[int, ...]]
 
 KINDS = ("elementwise", "reduction", "view", "matmul", "attention", "memory", "index", "creation",
          "routing", "state", "quant", "moe", "opaque", "composite")
 # the default of the ``tensor_core`` trait
 _TENSOR_CORE_KINDS = ("matmul", "attention", "quant", "moe")
 TRAITS = ("commutative", "positionwise", "row_reduction", "gather", "source", "sink", "view", "tensor_core",
-          "eager_class", "lift")
+          "eager_class", "reduces", "lift")
 
 
 def default_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
@@ -118,6 +122,7 @@ class OpDef:
     sink: bool = False
     tensor_core: bool = False
     eager_class: Optional[str] = None
+    reduces: Optional[ReducesFn] = None
     lift: Optional[LiftFn] = None
     # type rules are pure: results memoised per (input types, attrs); verification re-asks every
     # node after every pass, and a 32-layer model asks the same few questions thousands of times
@@ -209,7 +214,7 @@ def define_op(name: str, *, inputs: Sequence[str], infer: InferFn, reference: Ca
               positionwise: Union[bool, AttrTest, None] = None, row_reduction: bool = False,
               gather: Optional[int] = None, source: bool = False, sink: bool = False,
               tensor_core: Optional[bool] = None, eager_class: Optional[str] = None,
-              lift: Optional[LiftFn] = None, **extra: Any) -> OpDef:
+              reduces: Optional[ReducesFn] = None, lift: Optional[LiftFn] = None, **extra: Any) -> OpDef:
     """Declare an op. Declaring the same name twice is an error (one op, one place)."""
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} is already declared")
@@ -224,7 +229,7 @@ def define_op(name: str, *, inputs: Sequence[str], infer: InferFn, reference: Ca
                positionwise=kind == "elementwise" if positionwise is None else positionwise,
                row_reduction=row_reduction, gather=gather, source=source, sink=sink,
                tensor_core=kind in _TENSOR_CORE_KINDS if tensor_core is None else tensor_core,
-               eager_class=eager_class, lift=lift)
+               eager_class=eager_class, reduces=reduces, lift=lift)
     _REGISTRY[name] = od
     _TRAIT_SETS.clear()
     return od

@@ -164,6 +164,26 @@ def ints(values: Sequence[Any]) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# reduces hooks (the ``reduces`` trait): the dims of input 0 an op mixes
+# ---------------------------------------------------------------------------------------------
+def reduces_dims(attrs: dict[str, Any], rank: int) -> tuple[int, ...]:
+    """``dims`` (empty: all of them): sum, mean, amax, amin."""
+    return tuple(sorted({d % rank for d in attrs["dims"]})) if attrs["dims"] else tuple(range(rank))
+
+
+def reduces_dim(attrs: dict[str, Any], rank: int) -> tuple[int, ...]:
+    """``dim`` (None: all of them, as argmax takes it): softmax, cumsum, sort, topk..."""
+    if rank == 0:
+        return ()
+    return tuple(range(rank)) if attrs["dim"] is None else (attrs["dim"] % rank,)
+
+
+def reduces_last(attrs: dict[str, Any], rank: int) -> tuple[int, ...]:
+    """The last ``ndim`` dims (1 when the op has no such attribute): layer_norm, rms_norm."""
+    return tuple(range(rank - int(attrs.get("ndim", 1)), rank)) if rank else ()
+
+
+# ---------------------------------------------------------------------------------------------
 # lift hooks (the ``lift`` trait): attrs of an op whose inputs gained a new leading dim of size ``lead``
 # ---------------------------------------------------------------------------------------------
 _DIM_ATTRS = ("dim", "dim0", "dim1")
@@ -238,6 +258,9 @@ __all__ = [
     "lift_reduce_dims",
     "lift_shape",
     "lift_squeeze_dims",
+    "reduces_dim",
+    "reduces_dims",
+    "reduces_last",
     "no_bytes",
     "norm_dim",
     "norm_dims",

@@ -24,6 +24,9 @@ from membound.ir.ops._common import (
     norm_dim,
     norm_dims,
     promote_types,
+    reduces_dim,
+    reduces_dims,
+    reduces_last,
     require_float,
     require_same_dim,
     shape_str,
@@ -88,7 +91,7 @@ def _extreme_ref(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]
 
 _RED = {"dims": (), "keepdim": False}
 # traits of sum/mean/amax/amin (argmax has no row-kernel form: no row_reduction trait)
-_ROW_RED: dict[str, Any] = {"row_reduction": True, "lift": lift_reduce_dims}
+_ROW_RED: dict[str, Any] = {"row_reduction": True, "reduces": reduces_dims, "lift": lift_reduce_dims}
 define_op("sum", inputs=("x",), attrs={**_RED, "dtype": None}, kind="reduction", infer=_infer_sum, reference=_sum,
           flops=per_input(1), doc="sum over dims (empty = all); ints/bools accumulate in i64", **_ROW_RED)
 define_op("mean", inputs=("x",), attrs={**_RED, "dtype": None}, kind="reduction", infer=_infer_mean,
@@ -117,7 +120,7 @@ def _argmax(x: torch.Tensor, *, dim: int | None, keepdim: bool) -> torch.Tensor:
 
 define_op("argmax", inputs=("x",), attrs={"dim": REQUIRED, "keepdim": False}, kind="reduction",
           infer=_infer_argmax, reference=_argmax, flops=per_input(1),
-          doc="index (i64) of the first maximum along dim; dim=None flattens")
+          doc="index (i64) of the first maximum along dim; dim=None flattens", reduces=reduces_dim)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,10 +149,12 @@ def _softmax_ref(fn: Callable[..., torch.Tensor], op: str) -> Callable[..., torc
 define_op("softmax", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction",
           infer=_softmax_infer("softmax"), reference=_softmax_ref(torch.softmax, "softmax"), flops=per_input(5),
           doc="exp(x - max) / sum(exp(x - max)) along dim (in dtype when given)", row_reduction=True, lift=lift_dim,
+          reduces=reduces_dim,
           eager_class="softmax")
 define_op("log_softmax", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction",
           infer=_softmax_infer("log_softmax"), reference=_softmax_ref(torch.log_softmax, "log_softmax"),
           flops=per_input(5), doc="log(softmax(x)) along dim, computed stably", row_reduction=True, lift=lift_dim,
+          reduces=reduces_dim,
           eager_class="softmax")
 
 
@@ -164,7 +169,7 @@ def _cumsum(x: torch.Tensor, *, dim: int, dtype: Any) -> torch.Tensor:
 
 define_op("cumsum", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction", infer=_infer_cumsum,
           reference=_cumsum, flops=per_input(1), doc="inclusive prefix sum along dim; ints/bools accumulate in i64",
-          row_reduction=True, lift=lift_dim)
+          row_reduction=True, lift=lift_dim, reduces=reduces_dim)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +206,8 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch
 define_op("layer_norm", inputs=("x", "weight?", "bias?"), attrs={"ndim": 1, "eps": 1e-5}, kind="reduction",
           infer=_infer_layer_norm, reference=_layer_norm, flops=per_input(5),
           doc="(x - mean) / sqrt(var + eps) * weight + bias over the trailing ndim dims; result dtype of x",
-          row_reduction=True, positionwise=lambda attrs: attrs["ndim"] == 1, eager_class="layer_norm")
+          row_reduction=True, positionwise=lambda attrs: attrs["ndim"] == 1, eager_class="layer_norm",
+          reduces=reduces_last)
 
 
 def _infer_rms_norm(x: TensorType, weight: TensorType | None = None, *, eps: float) -> TensorType:
@@ -224,4 +230,5 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, *, eps: float
 
 define_op("rms_norm", inputs=("x", "weight?"), attrs={"eps": REQUIRED}, kind="reduction", infer=_infer_rms_norm,
           reference=_rms_norm, flops=per_input(5), composite=True, row_reduction=True, positionwise=True,
+          reduces=reduces_last,
           doc="(x.float() * rsqrt(mean(x.float()**2, -1) + eps)).to(x.dtype) * weight; formed by canonicalize")
