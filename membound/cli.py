@@ -154,6 +154,9 @@ def cmd_opt(args: argparse.Namespace) -> int:
         graph = PassManager(names, verify=True).run(parse(chunk), ctx)
         log = "".join(f"// log: {line}\n" for line in ctx.log) if args.log else ""
         outputs.append(log + print_graph(graph))
+    if not outputs:
+        print(f"membound opt: no 'graph @name(...) {{...}}' in {args.file}", file=sys.stderr)
+        return 1
     result = "// -----\n".join(outputs)
     if args.output:
         Path(args.output).write_text(result)

@@ -151,3 +151,10 @@ def test_opt_reads_stdin_and_names_an_unknown_pass(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
     with pytest.raises(KeyError, match="no pass named 'canonicalise'"):
         main(["opt", "-", "-p", "canonicalise", "--hardware", "none"])
+
+
+def test_opt_without_a_graph_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.mir"
+    empty.write_text("// only a comment\n")
+    assert main(["opt", str(empty), "-p", "canonicalize", "--hardware", "none"]) == 1
+    assert "no 'graph @name" in capsys.readouterr().err
