@@ -4,11 +4,13 @@
     membound dump-ir MODEL [--out DIR]                    write the IR after every pass for a built-in model
     membound explain MODEL [--out DIR]                    roofline table and plot for a built-in model
     membound models                                       list the built-in models
+    membound opt FILE.mir -p canonicalize,merge-linear   run passes on IR text, print the result
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -127,6 +129,42 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_opt(args: argparse.Namespace) -> int:
+    """Parse IR text (a dump, or ``-`` for stdin), run the passes named by ``-p``, print the result.
+
+    With ``--split-input-file`` the text is cut at ``// -----`` lines into graphs handled one by one
+    (outputs joined by the same line); ``--log`` prints each pass's notes as ``// log:`` comments.
+    The cost model passes ask is ``--hardware`` (a spec name, ``detect``, or ``none``).
+    """
+    from membound.cost import Hardware, RooflineCost
+    from membound.ir import parse, print_graph
+    from membound.passes import PassContext, PassManager
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    names = [n.strip() for n in args.passes.split(",") if n.strip()]
+    hardware = {"none": None, "detect": "detect"}.get(args.hardware, args.hardware)
+    chunks = re.split(r"^// -----.*$", text, flags=re.M) if args.split_input_file else [text]
+    outputs = []
+    for chunk in chunks:
+        if not re.search(r"^\s*graph\b", chunk, flags=re.M):
+            continue  # only comments (the file's header)
+        cost = None if hardware is None else RooflineCost(
+            Hardware.detect() if hardware == "detect" else Hardware.named(hardware))
+        ctx = PassContext(cost=cost)
+        graph = PassManager(names, verify=True).run(parse(chunk), ctx)
+        log = "".join(f"// log: {line}\n" for line in ctx.log) if args.log else ""
+        outputs.append(log + print_graph(graph))
+    if not outputs:
+        print(f"membound opt: no 'graph @name(...) {{...}}' in {args.file}", file=sys.stderr)
+        return 1
+    result = "// -----\n".join(outputs)
+    if args.output:
+        Path(args.output).write_text(result)
+    else:
+        sys.stdout.write(result)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="membound", description="memory-bound-aware compiler for transformer inference")
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_explain)
     m = sub.add_parser("models", help="list the built-in models")
     m.set_defaults(func=cmd_models)
+    o = sub.add_parser("opt", help="run passes on IR text (a .mir dump) and print the result")
+    o.add_argument("file", help=".mir file, or - for stdin")
+    o.add_argument("-p", "--passes", default="", help="comma-separated pass names, run in order")
+    o.add_argument("--hardware", default="detect", help="cost model spec: a name (h100-sxm, cpu...), detect, none")
+    o.add_argument("--split-input-file", action="store_true", help="graphs separated by '// -----' lines")
+    o.add_argument("--log", action="store_true", help="print each pass's notes as '// log:' comments")
+    o.add_argument("-o", "--output", default=None, help="write here instead of stdout")
+    o.set_defaults(func=cmd_opt)
     return p
 
 

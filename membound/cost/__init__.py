@@ -11,7 +11,7 @@ package imports nothing of membound but ``membound.ir``.
 from membound.cost.hardware import SPECS, Hardware, KernelClass
 from membound.cost.measure import calibrate
 from membound.cost.phases import PhaseCost, Phases, analyze, kv_cache_bytes_per_token
-from membound.cost.roofline import Estimate, RooflineCost, SymbolicCost
+from membound.cost.roofline import CostModel, Estimate, RooflineCost, SymbolicCost
 
-__all__ = ["Estimate", "Hardware", "KernelClass", "PhaseCost", "Phases", "RooflineCost", "SPECS", "SymbolicCost",
-           "analyze", "calibrate", "kv_cache_bytes_per_token"]
+__all__ = ["CostModel", "Estimate", "Hardware", "KernelClass", "PhaseCost", "Phases", "RooflineCost", "SPECS",
+           "SymbolicCost", "analyze", "calibrate", "kv_cache_bytes_per_token"]

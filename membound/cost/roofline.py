@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence, Union
 
 import sympy
 import torch
@@ -46,9 +46,18 @@ from membound.ir.types import TensorType, as_dim, normalize_dim_index, sym
 
 DimBindings = Mapping[Union[str, sympy.Symbol], int]
 
-TENSOR_CORE_KINDS = ("matmul", "attention", "quant", "moe")
 _TENSOR_CORE_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.int8: "int8",
                           torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
+
+
+class CostModel(Protocol):
+    """What a pass may ask the cost model (``PassContext.cost``); :class:`RooflineCost` is ours.
+
+    ``estimate(node_or_partition, dims)`` gives the time (``.time_s``) and the roofline verdict at
+    concrete dims; a pass compares the estimates of the graph with and without its rewrite.
+    """
+
+    def estimate(self, item: Union[Node, Any], dims: Optional["DimBindings"] = None) -> "Estimate": ...
 
 
 @dataclass(frozen=True)
@@ -153,9 +162,10 @@ def duration(seconds: float) -> sympy.Expr:
     return sympy.Rational(round(seconds * 1e12), 10**12)
 
 
-def precision_of(op_kind: str, dtype: torch.dtype, fp32_matmul: str = "fp32") -> str:
-    """The FLOP-rate class of an op: tensor-core precision for matmul-like kinds, else the fp32 vector rate."""
-    if op_kind in TENSOR_CORE_KINDS:
+def precision_of(op: str, dtype: torch.dtype, fp32_matmul: str = "fp32") -> str:
+    """The FLOP-rate class of an op: tensor-core precision for ops with the ``tensor_core`` trait, else the
+    fp32 vector rate."""
+    if get_op(op).tensor_core:
         if dtype == torch.float32:
             return fp32_matmul
         return _TENSOR_CORE_PRECISION.get(dtype, "fp32")
@@ -165,8 +175,6 @@ def precision_of(op_kind: str, dtype: torch.dtype, fp32_matmul: str = "fp32") ->
 # ---------------------------------------------------------------------------------------------
 # kernel classes: which measured library kernel eager torch runs for a node
 # ---------------------------------------------------------------------------------------------
-GEMV_OPS = ("linear", "matmul")
-SOFTMAX_OPS = ("softmax", "log_softmax")
 # torch runs a last-dim softmax row of <= 1024 elements in its warp-per-row kernel (memory-bound) and
 # longer rows in its block-per-row kernel, the measured "softmax" class
 WARP_SOFTMAX_MAX = 1024
@@ -186,6 +194,8 @@ def kernel_class_of(op: str, kind: str, ins: Sequence[TensorType], outs: Sequenc
                     attrs: Mapping[str, Any]) -> Optional[ClassUse]:
     """The library kernel class eager torch runs ``op`` with at these types, or None (plain roofline).
 
+    The op declares its class (the ``eager_class`` trait); the rules here say when it applies.
+
     * ``gemv``: ``linear``/``matmul``, i.e. cuBLAS; the class only matters where the product is
       memory-bound (small M), where cuBLAS runs its GEMV and split-K kernels.
     * ``decode_attention``: attention with one query token (SDPA's flash-decoding path).
@@ -196,11 +206,12 @@ def kernel_class_of(op: str, kind: str, ins: Sequence[TensorType], outs: Sequenc
       TensorIterator cannot take its contiguous vectorised path and computes every operand's offset
       element by element. Rank-0 inputs are scalars that eager torch passes as kernel arguments.
     """
-    if op in GEMV_OPS:
+    eager = get_op(op).eager_class
+    if eager == "gemv":
         return ClassUse("gemv")
     if kind == "attention" and ins and ins[0].rank == 4 and ins[0].shape[2] == 1:
         return ClassUse("decode_attention")
-    if op in SOFTMAX_OPS and ins and ins[0].rank >= 1:
+    if eager == "softmax" and ins and ins[0].rank >= 1:
         x = ins[0]
         if normalize_dim_index(int(attrs.get("dim", -1)), x.rank) != x.rank - 1:
             return None
@@ -208,7 +219,7 @@ def kernel_class_of(op: str, kind: str, ins: Sequence[TensorType], outs: Sequenc
         if when == sympy.false:
             return None
         return ClassUse("softmax", x.numel(), True if when == sympy.true else when)
-    if op == "layer_norm":
+    if eager == "layer_norm":
         return ClassUse("layer_norm")
     if kind == "elementwise" and outs:
         out = outs[0].numel()
@@ -252,7 +263,7 @@ class RooflineCost:
         opdef = get_op(node.op)
         flops, nbytes = opdef.cost(ins, outs, node_attrs)
         dtype = (ins or outs)[0].dtype
-        peak = rate(self.hardware.peak_flops(precision_of(opdef.kind, dtype, self.fp32_matmul)))
+        peak = rate(self.hardware.peak_flops(precision_of(node.op, dtype, self.fp32_matmul)))
         plain = self._stream(flops, nbytes, flops / peak)
         use = kernel_class_of(node.op, opdef.kind, ins, outs, node_attrs) if library else None
         if use is None or use.name not in self.hardware.kernel_classes:
@@ -320,8 +331,8 @@ class RooflineCost:
         precision = "fp32"
         for n in nodes:
             opdef = get_op(n.op)
-            if opdef.kind in TENSOR_CORE_KINDS and n.inputs:
-                precision = precision_of(opdef.kind, n.inputs[0].dtype, self.fp32_matmul)
+            if opdef.tensor_core and n.inputs:
+                precision = precision_of(n.op, n.inputs[0].dtype, self.fp32_matmul)
                 break
         return self.hardware.peak_flops(precision)
 
@@ -345,10 +356,6 @@ def _where(condition: Any, then: sympy.Expr, otherwise: sympy.Expr) -> sympy.Exp
     return sympy.Piecewise((then, condition), (otherwise, True))
 
 
-# gathers: which input is the table they pick rows from (its read is bounded by what they produce)
-GATHER_SOURCE = {"embedding": 0, "index": 0, "gather": 0, "index_select": 0}
-
-
 def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
     """Bytes a fused kernel over ``nodes`` moves: each outside value read once, each escaping result written once.
 
@@ -366,7 +373,7 @@ def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
             if id(v) in produced:
                 continue
             origin, nbytes = _read_through_views(v)
-            if GATHER_SOURCE.get(n.op) == i:  # a gather reads only the rows it picks, not the table
+            if get_op(n.op).gather == i:  # a gather reads only the rows it picks, not the table
                 nbytes = sympy.Min(nbytes, n.results[0].type.nbytes())
             reads[id(origin)] = sympy.Max(reads[id(origin)], nbytes) if id(origin) in reads else nbytes
         outputs = n.graph.outputs if n.graph is not None else []

@@ -21,6 +21,18 @@ from membound.ir.graph import Graph, Node, Value
 from membound.ir.types import dtype_name
 
 
+def float_literal(v: float, python: bool = False) -> str:
+    """A float as text that reads back to the same value: ``nan``, ``inf``, ``-inf`` in IR text
+    (``float("nan")``... in Python source, ``python=True``), else the shortest round-trip ``repr``,
+    which always has a ``.`` or an exponent (``1.0``, ``1e-05``)."""
+    if math.isnan(v):
+        return 'float("nan")' if python else "nan"
+    if math.isinf(v):
+        text = "inf" if v > 0 else "-inf"
+        return f'float("{text}")' if python else text
+    return repr(float(v))
+
+
 def format_attr(v: Any) -> str:
     """Attribute value -> text that ``parser.parse_attr`` reads back to an equal value."""
     if v is None:
@@ -30,12 +42,7 @@ def format_attr(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        r = repr(v)
-        return r if any(c in r for c in ".en") else r + ".0"
+        return float_literal(v)
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, torch.dtype):

@@ -207,6 +207,14 @@ def dims_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
     return sympy.simplify(a - b) == 0
 
 
+def numel(shape: Sequence[sympy.Expr]) -> sympy.Expr:
+    """The number of elements of ``shape``: the product of its dims (1 for a 0-d shape)."""
+    n: sympy.Expr = sympy.Integer(1)
+    for d in shape:
+        n = n * d
+    return n
+
+
 # ---------------------------------------------------------------------------------------------
 # tensor type
 # ---------------------------------------------------------------------------------------------
@@ -227,10 +235,7 @@ class TensorType:
         return len(self.shape)
 
     def numel(self) -> sympy.Expr:
-        n: sympy.Expr = sympy.Integer(1)
-        for d in self.shape:
-            n = n * d
-        return n
+        return numel(self.shape)
 
     def nbytes(self) -> sympy.Expr:
         return self.numel() * itemsize(self.dtype)

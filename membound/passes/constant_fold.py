@@ -45,7 +45,6 @@ from membound.passes.manager import PassContext, register_pass
 from membound.passes.pattern import erase_if_dead
 
 _CONST_PARAM = re.compile(r"const\.\d+")
-_SEED_OPS = ("constant", "full", "arange")
 
 
 def is_const_param(graph: Graph, v: Value) -> bool:
@@ -106,7 +105,7 @@ class ConstantFold:
             return False
         if not all(id(v) in known for v in node.inputs):
             return False
-        if node.op not in _SEED_OPS and not node.inputs:
+        if not get_op(node.op).source and not node.inputs:
             return False
         if any(not r.type.is_static for r in node.results) or _has_free_symbols(tuple(node.attrs.values())):
             return False
@@ -144,7 +143,7 @@ class ConstantFold:
                 return None
             attrs = {"shape": tuple(t.shape), "value": _python_scalar(t.reshape(-1)[0]), "dtype": t.dtype}
             return graph.insert_before(producer, graph.create_node("full", [], attrs)).result
-        if producer.op in _SEED_OPS:
+        if get_op(producer.op).source:
             return None
         if t.numel() > self.max_elements:
             ctx.note(f"%{v.name} ({producer.op}) not folded: {t.numel()} elements > max_elements="

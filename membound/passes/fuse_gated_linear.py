@@ -20,8 +20,8 @@ is never launched: one launch less per layer, which at batch 1 costs about as lo
 small projection.
 
 When it fires: when the cost model (``ctx.cost``) estimates ``gated_linear`` faster than the product
-kernel plus the linear, at the dims in ``ctx.options["fuse-gated-linear.dims"]`` or else with every
-symbolic dim at 1 (the decode step). Without a cost model: when the token count M is symbolic or at
+kernel plus the linear, at the dims in ``ctx.decode_dims`` (symbols not given at 1: the decode
+step). Without a cost model: when the token count M is symbolic or at
 most 16 (the GEMV range). At prefill sizes the op runs the product in torch and the linear in cuBLAS,
 so firing costs prefill almost nothing.
 """
@@ -47,7 +47,7 @@ def _declines(ctx: PassContext, m: Match) -> Optional[str]:
         return f"gate %{gate.name} {gate.type} and up %{up.name} {up.type} differ (a broadcast product)"
     if ctx.cost is None:
         return beyond_gemv(gate, "the linear is not a GEMV")
-    dims = decode_dims(ctx, (gate, up), "fuse-gated-linear.dims")
+    dims = decode_dims(ctx, (gate, up))
     scratch = Graph("gated_linear_cost")
     fused = scratch.call("gated_linear", scratch.add_input("gate", gate.type), scratch.add_input("up", up.type),
                          scratch.add_param("w", w.type), act="silu").producer

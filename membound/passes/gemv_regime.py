@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-import sympy
-
 from membound.ir import Node, Value
-from membound.ir.types import sym
+from membound.ir.types import numel, sym
 from membound.passes.manager import PassContext
 
 SMALL_M = 16  # the kernel library's small-M GEMV range (membound.backends.triton.kernels.SMALL_M)
@@ -23,22 +21,21 @@ SMALL_M = 16  # the kernel library's small-M GEMV range (membound.backends.trito
 def beyond_gemv(x: Value, what: str) -> Optional[str]:
     """Why ``x``'s token count (its leading dims) is past the GEMV range, for a pass without a cost
     model to ask (``what``: the rest of the log line), or None when it is symbolic or small."""
-    m = sympy.Integer(1)
-    for d in x.shape[:-1]:
-        m = m * d
+    m = numel(x.shape[:-1])
     if m.is_Integer and int(m) > SMALL_M:
         return f"M = {m} tokens > {SMALL_M} and no cost model to ask: {what}"
     return None
 
 
-def decode_dims(ctx: PassContext, values: Iterable[Value], option: str) -> dict[Any, int]:
-    """Every symbol of ``values``' types at 1, overridden by ``ctx.options[option]`` (name or symbol -> int)."""
+def decode_dims(ctx: PassContext, values: Iterable[Value]) -> dict[Any, int]:
+    """Every symbol of ``values``' types at 1, overridden by ``ctx.decode_dims`` (name or symbol -> int)."""
     dims: dict[Any, int] = {s: 1 for v in values for s in v.type.free_symbols()}
-    for key, value in ctx.options.get(option, {}).items():
+    for key, value in (ctx.decode_dims or {}).items():
         dims[sym(key) if isinstance(key, str) else key] = int(value)
     return dims
 
 
 def seconds(ctx: PassContext, node: Node, dims: dict[Any, int]) -> float:
     """The cost model's time for ``node`` at ``dims``."""
+    assert ctx.cost is not None, "seconds() needs a cost model; check ctx.cost first"
     return float(ctx.cost.estimate(node, dims).time_s)

@@ -73,18 +73,11 @@ class _Plan:
 
 
 def _dims_reduced(node: Node) -> list[int]:
-    a, x = node.attrs, node.inputs[0]
-    r = x.rank
-    if node.op in ("sum", "mean", "amax", "amin"):
-        dims = a["dims"] or tuple(range(r))
-        return [d % r for d in dims]
-    if node.op in ("softmax", "log_softmax", "cumsum", "argmax", "topk", "sort"):
-        return [a["dim"] % r] if r else []
-    if node.op == "layer_norm":
-        return list(range(r - a["ndim"], r))
-    if node.op == "rms_norm":
-        return [r - 1]
-    return []
+    """The dims of its first input that ``node`` mixes (the op's ``reduces`` trait)."""
+    reduces = get_op(node.op).reduces
+    if reduces is None or not node.inputs:
+        return []
+    return list(reduces(node.attrs, node.inputs[0].rank))
 
 
 def _analyze(g: Graph) -> _Plan:
@@ -147,8 +140,6 @@ def _analyze(g: Graph) -> _Plan:
 # ---------------------------------------------------------------------------------------------
 # rebuilding: position-derived values are "lifted" (an extra leading B dim: per-row positions)
 # ---------------------------------------------------------------------------------------------
-_SHIFT_DIM_ATTRS = ("dim", "dim0", "dim1")
-
 
 class _Builder:
     def __init__(self, old: Graph, plan: _Plan, prune_logits: bool) -> None:
@@ -290,11 +281,10 @@ class _Builder:
             out = self.g.append(self.g.create_node(op, ins, attrs)).result
         elif op == "embedding" and id(ins_new[1]) in self.lifted and id(ins_new[0]) not in self.lifted:
             out = self.call(op, *ins_new)
-        elif op in ("unsqueeze", "squeeze", "transpose", "permute", "slice", "select", "softmax", "log_softmax",
-                    "cumsum", "sum", "mean", "amax", "amin", "cat", "split", "reshape", "expand"):
+        elif get_op(op).lift is not None:  # the op says how its attributes follow the new leading dim
             if op == "cat":
                 ins_new = [v if id(v) in self.lifted else self.lift_plain(v) for v in ins_new]
-            attrs = _shift_attrs(op, attrs, n.inputs[0].rank, r_out)
+            attrs = get_op(op).lift(attrs, n.inputs[0].rank, B)
             node = self.g.append(self.g.create_node(op, ins_new, attrs))
             for a, b in zip(n.results, node.results):
                 self.map[id(a)] = b
@@ -322,32 +312,13 @@ def _live_without_masks(g: Graph, attention_ids: dict[int, int]) -> set[int]:
     return live
 
 
-def _shift_attrs(op: str, attrs: dict[str, Any], rank_in: int, rank_out: int) -> dict[str, Any]:
-    """Attributes of an op applied to a lifted value: non-negative dims move right by one."""
-    out = dict(attrs)
-    for k in _SHIFT_DIM_ATTRS:
-        if k in out and isinstance(out[k], int) and out[k] >= 0:
-            out[k] = out[k] + 1
-    if op in ("sum", "mean", "amax", "amin", "squeeze"):
-        dims = out["dims"] or (tuple(range(rank_in)) if op != "squeeze" else ())
-        out["dims"] = tuple(d + 1 if d >= 0 else d for d in dims)
-    if op == "permute":
-        out["dims"] = (0,) + tuple(d % rank_in + 1 for d in out["dims"])
-    if op in ("reshape", "expand"):
-        out["shape"] = (B,) + tuple(out["shape"])
-    return out
-
-
-_SINKABLE = frozenset({"linear", "rms_norm", "layer_norm", "cast", "neg", "exp", "tanh", "relu", "silu", "gelu",
-                       "sigmoid"})
-_SINKABLE_BINARY = frozenset({"add", "mul", "sub", "div"})
-
-
 def _sink_last_token(g: Graph, out: Value, last_index: Value) -> Value:
     """Pick each row's last position *before* the position-wise tail (final norm, LM head).
 
-    Walks up from the logits through ops that act on each position alone and have one user, then
-    gathers ``[B, S, D] -> [B, 1, D]`` there and replays the tail on one position per row.
+    Walks up from the logits through ops that act on each position alone (the ``positionwise`` trait)
+    and have one user, then gathers ``[B, S, D] -> [B, 1, D]`` there and replays the tail on one
+    position per row. The other inputs of a tail op must not vary with the position: elementwise
+    operands of rank <= 1 (they broadcast along the last dim), weights without ``S`` for the rest.
     """
     chain: list[Node] = []
     cur = out
@@ -356,11 +327,12 @@ def _sink_last_token(g: Graph, out: Value, last_index: Value) -> Value:
         if len({id(u) for u in p.inputs[0].users}) != 1 or p.inputs[0].rank != 3:
             break
         others = p.inputs[1:]
-        if p.op in _SINKABLE and all(S not in o.type.free_symbols() for o in others):
-            pass
-        elif p.op in _SINKABLE_BINARY and all(o.rank <= 1 for o in others):
-            pass
-        else:
+        od = get_op(p.op)
+        if not od.is_positionwise(p.attrs):
+            break
+        if od.kind == "elementwise" and not all(o.rank <= 1 for o in others):
+            break
+        if od.kind != "elementwise" and any(S in o.type.free_symbols() for o in others):
             break
         chain.append(p)
         cur = p.inputs[0]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar, Un
 from membound.ir import Graph, VerificationError, print_graph, verify
 
 if TYPE_CHECKING:
+    from membound.cost import CostModel
     from membound.passes.instruments import Instrument
 
 PassFn = Callable[[Graph, "PassContext"], bool]
@@ -38,13 +39,17 @@ P = TypeVar("P")
 class PassContext:
     """What a pass may consult besides the graph.
 
-    ``cost``: the cost model (``ctx.cost.estimate(...)``; None until the cost model is wired in).
+    ``cost``: the cost model (``ctx.cost.estimate(...)``); None: passes use their rule without one.
+    ``decode_dims``: the dims at which the decode-regime rewrites (merge-linear, fuse-gated-linear)
+    compare costs, e.g. ``{"B": 8}``; symbols not given are 1 (one token per row).
     ``log``: human-readable notes, e.g. why a rewrite did not fire; use :meth:`note`.
-    ``options``: free-form per-compile options (``{"constant-fold.max_elements": 1024}``).
+    ``options``: free-form options for passes without typed ones (a pass class takes its own options:
+    ``ConstantFold(max_elements=1024)``).
     ``dump_dir``: where to dump IR after each pass (the manager adds ``DumpIR(dump_dir)``).
     """
 
-    cost: Any = None
+    cost: Optional["CostModel"] = None
+    decode_dims: Optional[dict[str, int]] = None
     log: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     dump_dir: Optional[Union[str, Path]] = None

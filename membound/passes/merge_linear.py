@@ -23,11 +23,11 @@ view, so the merged form moves the same weight bytes, reads x once instead of n 
 one kernel instead of n.
 
 When it fires: when the cost model (``ctx.cost``) estimates the merged linear faster than the n
-separate ones, at the dims in ``ctx.options["merge-linear.dims"]`` or else with every symbolic dim at
-1 (the decode step, where linears are memory- and launch-bound). Without a cost model: when the
-token count M (x's leading dims) is symbolic or at most ``SMALL_M`` = 16, the range where a linear
-is a GEMV streaming its weight (the library's small-M kernel) and the saved launches and x reads are
-a visible share of the time.
+separate ones, at the dims in ``ctx.decode_dims`` (symbols not given at 1: the decode step, where
+linears are memory- and launch-bound). Without a cost model: when the token count M (x's leading
+dims) is symbolic or at most ``SMALL_M`` = 16, the range where a linear is a GEMV streaming its
+weight (the library's small-M kernel) and the saved launches and x reads are a visible share of the
+time.
 
 Weights are copied once, at compile time: the merged tensor is new memory (n·N·K elements), and the
 graph drops the originals, so a runtime holding the compiled graph holds one copy. A caller that
@@ -104,7 +104,7 @@ def _declines(ctx: PassContext, group: Sequence[Node], n_total: int) -> Optional
     x = group[0].inputs[0]
     if ctx.cost is None:
         return beyond_gemv(x, "the linears are not weight-streaming GEMVs")
-    dims = decode_dims(ctx, (v for n in group for v in n.inputs), "merge-linear.dims")
+    dims = decode_dims(ctx, (v for n in group for v in n.inputs))
     # cost the merged linear on a scratch graph: the cost model takes nodes
     scratch = Graph("merge_linear_cost")
     xs = scratch.add_input("x", x.type)

@@ -10,7 +10,8 @@
 
 Patterns match *values*. ``Pat(op, *inputs)`` matches a value produced by ``op`` (or any op of a
 tuple) whose inputs match ``inputs`` exactly (a trailing ``...`` accepts any further inputs);
-``add``/``mul`` and the other commutative binary ops also match with their operands swapped.
+``add``/``mul`` and the other ops with the ``commutative`` trait also match with their operands
+swapped. An op name that no op is declared under raises when the pattern is built.
 ``Any_(name)`` matches any value; ``Opt(op, inner)`` matches ``op(inner)`` or ``inner`` alone;
 ``Alt(a, b)`` matches either. A capture name used twice must bind the same value both times, which
 is how ``mul(x, rsqrt(mean(pow(x, 2))))`` says "the same x". Matching backtracks over every choice.
@@ -25,14 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
-from membound.ir import Graph, Node, Value, get_op
+from membound.ir import Graph, Node, Value, get_op, has_op
 from membound.ir.types import TensorType
 
 Captures = dict[str, Value]
-
-# binary ops whose operands may be swapped without changing the result (or its dtype)
-COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or",
-                         "bitwise_and", "bitwise_or"})
 
 
 class RewriteError(RuntimeError):
@@ -106,6 +103,10 @@ class Pat(Pattern):
                  attrs: Optional[dict[str, AttrCheck]] = None, predicate: Optional[Callable[[Node], bool]] = None,
                  one_use: bool = False, commutative: Optional[bool] = None) -> None:
         self.ops = frozenset((op,) if isinstance(op, str) else op)
+        unknown = sorted(o for o in self.ops if not isinstance(o, str) or not has_op(o))
+        if unknown or not self.ops:
+            raise ValueError(f"Pat({op!r}): no IR op is declared as {unknown or 'an empty tuple'}; "
+                             f"a pattern over it would never match (see membound.ir.all_ops())")
         self.open = bool(inputs) and inputs[-1] is Ellipsis
         self.inputs: tuple[Pattern, ...] = tuple(inputs[:-1] if self.open else inputs)
         for p in self.inputs:
@@ -116,7 +117,8 @@ class Pat(Pattern):
         self.predicate = predicate
         self.one_use = one_use
         if commutative is None:
-            commutative = len(self.inputs) == 2 and not self.open and self.ops <= COMMUTATIVE
+            commutative = (len(self.inputs) == 2 and not self.open
+                           and all(get_op(o).commutative for o in self.ops))
         self.commutative = commutative
 
     def root_ops(self) -> Optional[frozenset[str]]:

@@ -28,7 +28,7 @@ saved earlier (``membound.save_quantized``) instead of quantizing again.
 
 When it fires: only when asked (``membound.compile(model, quantize=...)``), and then per linear when
 the cost model (``ctx.cost``) estimates the quantized op faster than the float one at the decode
-step's dims (every symbolic dim 1, or ``ctx.options["quantize-weights.dims"]``): fewer weight bytes
+step's dims (every symbolic dim 1, or as ``ctx.decode_dims`` sets them): fewer weight bytes
 against the dequantization FLOPs. Without a cost model it fires for every matched linear. Which
 kernel runs at which batch (fused dequantizing GEMV/GEMM, or dequantize-then-cuBLAS at prefill) is
 the backend's choice at run time, from the same roofline figures.
@@ -171,7 +171,7 @@ def _from_store(graph: Graph, name: str, config: QuantConfig) -> Optional[tuple[
 def _declines(ctx: PassContext, node: Node, quant: Node) -> Optional[str]:
     if ctx.cost is None:
         return None
-    dims = decode_dims(ctx, node.inputs, "quantize-weights.dims")
+    dims = decode_dims(ctx, node.inputs)
     before, after = seconds(ctx, node, dims), seconds(ctx, quant, dims)
     if after >= before:
         return f"the cost model says {before:.3g}s in float and {after:.3g}s quantized"

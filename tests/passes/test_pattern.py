@@ -199,3 +199,20 @@ def test_no_match_means_no_change() -> None:
     assert rewrite_to_fixpoint(g, [Rule(Pat("exp", Pat("log", Any_("x"))), exp_of_log)]) is False
     assert print_graph(g) == before
     assert structurally_equal(g, parse(GRAPH))
+
+
+def test_unknown_op_name_raises_when_the_pattern_is_built() -> None:
+    """A misspelt op would silently never match; it fails where the rule is written instead."""
+    with pytest.raises(ValueError, match="reshap"):
+        Pat("reshap", Any_("x"))
+    with pytest.raises(ValueError, match="softmx"):
+        Pat(("softmax", "softmx"), Any_("x"))
+    with pytest.raises(ValueError, match="no IR op"):
+        Pat((), Any_("x"))
+    assert Pat(("softmax", "log_softmax"), Any_("x")).ops == {"softmax", "log_softmax"}
+
+
+def test_commutative_comes_from_the_op_trait() -> None:
+    assert Pat("add", Any_("a"), Any_("b")).commutative
+    assert not Pat("sub", Any_("a"), Any_("b")).commutative
+    assert not Pat(("add", "sub"), Any_("a"), Any_("b")).commutative  # all of them must commute

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import keyword
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Hashable
 
 import sympy
 import torch
@@ -31,7 +30,9 @@ from membound.backends.triton.lowering import HELPERS
 from membound.backends.triton.memory_plan import MemoryPlan, writes_into_buffer
 from membound.backends.triton.partition import Call, GraphFacts, Kernel, Partition
 from membound.ir.graph import Graph, Value
-from membound.ir.printer import format_node
+from membound.ir.ops import get_op
+from membound.ir.printer import float_literal, format_node
+from membound.ir.types import numel
 
 POINTWISE_BLOCK = 1024
 INT32_LIMIT = 2**31  # elements: index math at or past this many needs int64 (read when generating)
@@ -92,11 +93,7 @@ def py_literal(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if math.isnan(v):
-            return 'float("nan")'
-        if math.isinf(v):
-            return 'float("inf")' if v > 0 else 'float("-inf")'
-        return repr(v)
+        return float_literal(v, python=True)
     if isinstance(v, torch.dtype):
         return repr(v)
     if isinstance(v, sympy.Expr):
@@ -107,19 +104,44 @@ def py_literal(v: Any) -> str:
     raise CodegenError(f"cannot write attribute value {v!r} ({type(v).__name__}) into the launcher")
 
 
-def canonical_kernel_text(text: str, name: str) -> str:
-    """A kernel's source with its name, parameter names and comments abstracted away: two kernels
-    with the same canonical text compute the same thing from the same positional arguments."""
-    m = re.search(r"def \w+\((.*?)\):", text, re.S)
-    params = [p.split(":")[0].strip() for p in m.group(1).split(",") if p.strip()] if m else []
-    out = re.sub(r"#[^\n]*", "", text)
-    out = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", out)
-    for i, p in enumerate(params):
-        out = re.sub(rf"\b{re.escape(p)}\b", f"arg{i}", out)
-    # the parameter list wraps where the (differing) names ran out of line: compare it unwrapped
-    out = re.sub(r"def KERNEL\((.*?)\):", lambda h: "def KERNEL(" + ", ".join(
-        q.strip() for q in h.group(1).split(",") if q.strip()) + "):", out, count=1, flags=re.S)
-    return re.sub(r"[ \t]+\n", "\n", out)
+def kernel_key(k: Kernel, facts: GraphFacts, contiguous: Callable[[Value], bool]) -> Hashable:
+    """What a kernel's code is made from, with every name left out: two kernels with one key have the
+    same code up to names, taking the same arguments in the same order (pointers, strides, sizes).
+
+    The key walks what the emitter walks (``kernel.KernelEmitter.emit``) from each stored value and
+    sink: computed members (op, attributes, types), views and sources folded in, and loads (which
+    pointer, its type, whether it is contiguous), numbering values in the order first reached so that
+    a value read twice is one entry.
+    """
+    if k.layout == "sections":
+        return ("sections", tuple(kernel_key(s, facts, contiguous) for s in k.sections))
+    pointers = list(k.inputs) + list(k.outputs)  # as KernelEmitter.generate orders them
+    pointers += [c for c in (w.inputs[0] for w in k.sinks) if all(c is not x for x in pointers)]
+    slot = {id(v): i for i, v in enumerate(pointers)}
+    members = {id(m) for m in k.members}
+    number: dict[int, int] = {}
+    rows: list[Hashable] = []
+
+    def value(v: Value) -> int:
+        if id(v) in number:
+            return number[id(v)]
+        node = v.producer
+        kind = facts.kind(node) if node is not None else "input"
+        if node is not None and (kind in ("view", "source") or id(node) in members):
+            ins = () if kind == "source" else tuple(value(x) for x in (node.inputs[:1] if kind == "view" else
+                                                                         node.inputs))
+            row: Hashable = (kind, node.op, repr(sorted(node.attrs.items())), tuple(str(x.type) for x in node.inputs),
+                             tuple(str(r.type) for r in node.results), v.index, ins)
+        else:
+            row = ("load", slot.get(id(v)), str(v.type), contiguous(v))
+        number[id(v)] = len(rows)
+        rows.append(row)
+        return number[id(v)]
+
+    stored = tuple(value(v) for v in k.outputs)
+    sinks = tuple((repr(sorted(w.attrs.items())), slot[id(w.inputs[0])], str(w.inputs[0].type),
+                   value(w.inputs[1]), value(w.inputs[2])) for w in k.sinks)
+    return (k.layout, tuple(map(str, k.shape)), len(pointers), stored, sinks, tuple(rows))
 
 
 def shape_code(shape: tuple[sympy.Expr, ...]) -> str:
@@ -180,7 +202,7 @@ class ModuleWriter:
         args += [f"*{self.names(v)}.stride()" for v in ks.strided]
         args += [s.name for s in ks.sizes]
         if k.layout in ("pointwise", "sections"):
-            programs = [f"triton.cdiv({expr_code(_numel(sec.shape), kernel=False)}, BLOCK)"
+            programs = [f"triton.cdiv({expr_code(numel(sec.shape), kernel=False)}, BLOCK)"
                         for sec in (k.sections or [k])]
             grid = f"({' + '.join(programs)},)"
             args.append("BLOCK=BLOCK")
@@ -210,8 +232,8 @@ class ModuleWriter:
         ``tl.int64`` where one can: decided here when every shape is static, else at launch by
         ``index_dtype(numel, *tensors)`` from the iteration size and the tensors' extents."""
         k = ks.kernel
-        spaces = [_numel(sec.shape) for sec in (k.sections or [k])]
-        sizes = spaces + [_numel(v.shape) for v in ks.pointers]
+        spaces = [numel(sec.shape) for sec in (k.sections or [k])]
+        sizes = spaces + [numel(v.shape) for v in ks.pointers]
         if all(sympy.sympify(n).is_Integer for n in sizes):
             return "tl.int64" if max(int(n) for n in sizes) >= INT32_LIMIT else "tl.int32"
         total = " + ".join(f"({expr_code(n, kernel=False)})" for n in spaces)
@@ -245,7 +267,7 @@ class ModuleWriter:
             args.append(f"out={self.names(node.results[0])}")
         lhs = ", ".join(self.names(r) for r in node.results)
         call = f"{lhs} = {fn}({', '.join(args)})"
-        if step.impl == "view" and node.op in ("constant", "full", "arange"):
+        if step.impl == "view" and get_op(node.op).source:
             lines += ["with torch.device(device):", f"    {call}"]
         else:
             lines.append(call)
@@ -263,10 +285,10 @@ class ModuleWriter:
         compile the same few kernels a hundred times over. Launches of a dropped twin call the kept
         definition, whose parameters take the same arguments in the same order.
         """
-        kept: dict[str, KernelSource] = {}
+        kept: dict[Hashable, KernelSource] = {}
         twins: dict[str, list[str]] = {}
         for ks in sources:
-            key = canonical_kernel_text(ks.text, ks.kernel.name)
+            key = (kernel_key(ks.kernel, self.facts, self.contiguous), ks.block, tuple(sorted(ks.helpers)))
             first = kept.setdefault(key, ks)
             if first is not ks:
                 self.launch_name[id(ks.kernel)] = first.kernel.name
@@ -338,12 +360,6 @@ class ModuleWriter:
         parts += [self.allocate_fn(), launch]
         return GeneratedModule("\n\n".join(p.rstrip("\n") + "\n" for p in parts), sources, dict(self.bindings))
 
-
-def _numel(shape: tuple[sympy.Expr, ...]) -> sympy.Expr:
-    n: sympy.Expr = sympy.Integer(1)
-    for d in shape:
-        n = n * d
-    return n
 
 
 def generate(part: Partition, plan: MemoryPlan, input_symbols: list[sympy.Symbol]) -> GeneratedModule:

@@ -14,13 +14,11 @@ from typing import Sequence
 import sympy
 
 from membound.ir.graph import Node, Value
+from membound.ir.ops import ops_with
 from membound.ir.types import dims_equal
 
 Index = tuple[sympy.Expr, ...]
 ZERO = sympy.Integer(0)
-
-# view ops whose index map is known here (split results are slices of their input)
-VIEW_OPS = ("reshape", "permute", "transpose", "expand", "unsqueeze", "squeeze", "slice", "select", "split")
 
 
 def index_var(name: str) -> sympy.Symbol:
@@ -98,7 +96,8 @@ def view_input_index(node: Node, result: Value, index: Index) -> Index:
         out = list(index)
         out[d] = start + out[d]
         return tuple(out)
-    raise ValueError(f"{op}: not a view whose index map is known (expected one of {VIEW_OPS})")
+    raise ValueError(f"{op}: a view op without an index map here; add its case to view_input_index "
+                     f"(the views: {sorted(ops_with('view'))})")
 
 
 def reshape_index(src: Sequence[sympy.Expr], dst: Sequence[sympy.Expr], index: Index) -> Index:

@@ -46,6 +46,7 @@ from membound.backends.triton.lowering import TL_DTYPE, Val, compute_dtype, conv
 from membound.backends.triton.partition import GraphFacts, Kernel, shapes_equal
 from membound.ir.graph import Node, Value
 from membound.ir.printer import format_node
+from membound.ir.types import numel
 
 # the first lines of every generated kernel (see membound.backends.triton.kernels._launch.pdl)
 PDL_PROLOGUE = ["if USE_PDL:  # earlier kernels' writes are visible after the wait", "    gdc_wait()",
@@ -127,7 +128,7 @@ class KernelEmitter:
             self.lines.append("pid = tl.program_id(0).to(INDEX_DTYPE)")
         start = "pid" if first in (None, "0") else f"(pid - {first})"
         self.lines.append(f"offs = {start} * BLOCK + tl.arange(0, BLOCK)")
-        self.lines.append(f"mask = offs < {self.code(_numel(shape)) if shape else '1'}")
+        self.lines.append(f"mask = offs < {self.code(numel(shape)) if shape else '1'}")
         offs = index_var("offs")
         self.index_syms.add(offs)
         self.vector_syms.add(offs)
@@ -459,7 +460,7 @@ class KernelEmitter:
         sections = self.launched.sections
         lines = ["pid = tl.program_id(0).to(INDEX_DTYPE)"]
         for j, sec in enumerate(sections[:-1]):
-            n = f"({self.code(_numel(sec.shape))} + BLOCK - 1) // BLOCK"
+            n = f"({self.code(numel(sec.shape))} + BLOCK - 1) // BLOCK"
             lines.append(f"end{j} = {n}" if j == 0 else f"end{j} = end{j - 1} + {n}")
         for j, sec in enumerate(sections):
             head = "if" if j == 0 else "elif"
@@ -520,9 +521,3 @@ def _broadcast_shape(shapes: list[tuple[sympy.Expr, ...]]) -> tuple[sympy.Expr, 
 
     return broadcast_shapes(*shapes)
 
-
-def _numel(shape: tuple[sympy.Expr, ...]) -> sympy.Expr:
-    n: sympy.Expr = sympy.Integer(1)
-    for d in shape:
-        n = n * d
-    return n

@@ -10,13 +10,13 @@ model wrote keeps its numerical effect (RMSNorm's ``.to(x.dtype)`` before the we
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 import torch
 
 from membound.ir.graph import Node
+from membound.ir.printer import float_literal
 
 TL_DTYPE: dict[torch.dtype, str] = {
     torch.float32: "tl.float32",
@@ -64,11 +64,7 @@ def literal_code(value: Scalar, dtype: torch.dtype) -> str:
     if isinstance(v, bool):
         return "1" if v else "0"
     if isinstance(v, float):
-        if math.isnan(v):
-            return 'float("nan")'
-        if math.isinf(v):
-            return 'float("inf")' if v > 0 else 'float("-inf")'
-        return repr(v)
+        return float_literal(v, python=True)
     return str(v)
 
 

@@ -43,20 +43,17 @@ import networkx as nx
 import sympy
 import torch
 
-from membound.backends.triton.indexing import VIEW_OPS
 from membound.backends.triton.lowering import can_lower, supported_dtype
 from membound.cost import Hardware, RooflineCost
 from membound.ir.analysis import fusion_would_cycle, to_networkx
 from membound.ir.graph import Graph, Node, Value
 from membound.ir.ops import get_op
-from membound.ir.types import dims_equal
+from membound.ir.types import dims_equal, numel
 
-ROW_REDUCTIONS = ("sum", "mean", "amax", "amin", "softmax", "log_softmax", "cumsum", "rms_norm", "layer_norm")
-# gathers: computed like pointwise ops, with the index values read from their index tensors
-GATHERS = ("index", "embedding")
-SOURCES = ("constant", "full", "arange")
-# state writes a pointwise kernel can do as stores (see ``is_cache_sink``)
-SINKS = ("cache_write",)
+# The op traits say which ops are row reductions, gathers, sources, sinks and views; these are the
+# gathers (``gather`` trait) kernel.py knows how to emit: computed like pointwise ops, with the index
+# values read from their index tensors
+EMITTED_GATHERS = ("index", "embedding")
 # a row kernel keeps one whole row in registers: longer static rows go to torch
 MAX_ROW = 32768
 # row reductions with one result per element of the row (the others give one per row)
@@ -161,21 +158,21 @@ class Partition:
 def classify(node: Node) -> str:
     """``pointwise``, ``reduction``, ``view``, ``source``, ``sink`` or ``call`` (see the module docstring)."""
     op = node.op
-    kind = get_op(op).kind
-    if kind == "view" and op in VIEW_OPS:
+    od = get_op(op)
+    if od.view:
         return "view"
-    if op in SINKS:
+    if od.sink:
         return "sink" if is_cache_sink(node) else "call"
     dtypes = [v.dtype for v in node.inputs] + [r.dtype for r in node.results]
     if not all(supported_dtype(d) for d in dtypes):
         return "call"
-    if op in SOURCES:
+    if od.source:
         return "source"
-    if op == "cat" or op in GATHERS:
+    if op == "cat" or op in EMITTED_GATHERS:
         return "pointwise" if node.results[0].rank > 0 else "call"
-    if kind == "elementwise":
+    if od.kind == "elementwise":
         return "pointwise" if can_lower(node) else "call"
-    if op in ROW_REDUCTIONS and is_row_reduction(node):
+    if od.row_reduction and is_row_reduction(node):
         return "reduction"
     return "call"
 
@@ -197,7 +194,7 @@ def is_cache_sink(node: Node) -> bool:
 
 def space_shape(node: Node) -> Shape:
     """The iteration space a kernel member needs: its result's shape, a sink's written values' shape."""
-    return tuple(node.inputs[1].shape) if node.op in SINKS else tuple(node.results[0].shape)
+    return tuple(node.inputs[1].shape) if get_op(node.op).sink else tuple(node.results[0].shape)
 
 
 def is_row_reduction(node: Node) -> bool:
@@ -205,18 +202,11 @@ def is_row_reduction(node: Node) -> bool:
     x = node.inputs[0]
     if x.rank == 0:
         return False
-    last = x.rank - 1
-    a = node.attrs
-    if node.op in ("sum", "mean", "amax", "amin"):
-        dims = tuple(d % x.rank for d in a["dims"]) if a["dims"] else tuple(range(x.rank))
-        if dims != (last,) or x.dtype == torch.bool and node.op in ("amax", "amin"):
-            return False
-    elif node.op in ("softmax", "log_softmax", "cumsum"):
-        if a["dim"] % x.rank != last:
-            return False
-    elif node.op == "layer_norm":
-        if a["ndim"] != 1:
-            return False
+    reduces = get_op(node.op).reduces
+    if reduces is None or reduces(node.attrs, x.rank) != (x.rank - 1,):
+        return False
+    if x.dtype == torch.bool and node.op in ("amax", "amin"):  # no bool row max/min in kernel.py
+        return False
     n = x.shape[-1]
     return not (n.is_Integer and int(n) > MAX_ROW)
 
@@ -372,7 +362,7 @@ class _Fuser:
                 bound.add(id(m))
                 if id(o.producer) in per_lane:
                     per_lane.add(id(m))
-                if m.op == "cat" or m.op in GATHERS:  # they read their inputs off this lane's position
+                if m.op == "cat" or m.op in EMITTED_GATHERS:  # they read their inputs off this lane's position
                     return None
                 for view in chain:
                     if view.op not in ROW_VIEWS or not fits(view.inputs[0].shape) or not fits(view.results[0].shape):
@@ -433,11 +423,11 @@ class _Fuser:
     def _recompute_flops(self, members: list[Node], layout: _Layout) -> float:
         """Internal pointwise values smaller than the iteration space are recomputed per element."""
         total: sympy.Expr = sympy.Integer(0)
-        space = _numel(layout.shape)
+        space = numel(layout.shape)
         for m in members:
             if self.facts.kind(m) != "pointwise":
                 continue
-            n = _numel(m.results[0].shape)
+            n = numel(m.results[0].shape)
             flops, _ = get_op(m.op).cost([v.type for v in m.inputs], [r.type for r in m.results], m.attrs)
             if flops != 0 and n != 0:
                 total += flops * (space / n - 1)
@@ -478,12 +468,6 @@ class _Fuser:
         found.sort(key=lambda g: -max(self.facts.position[id(m)] for m in g))
         return found
 
-
-def _numel(shape: Iterable[sympy.Expr]) -> sympy.Expr:
-    n: sympy.Expr = sympy.Integer(1)
-    for d in shape:
-        n = n * d
-    return n
 
 
 def _at_sample(e: sympy.Expr) -> float:

@@ -13,6 +13,30 @@ implementation. The verifier, the reference backend and the cost model all read 
 
 Input names ending in ``?`` are optional (trailing); one input name starting with ``*`` takes any
 number of values (``cat``). Attribute defaults of ``REQUIRED`` must be given.
+
+An op also declares its *traits*: what passes, the cost model and the backends may assume about it
+(xdsl-style, instead of private lists of op names in each of them). ``ops_with("commutative")`` lists
+the ops that have one:
+
+    ============== =============================================================================
+    commutative    binary; swapping the operands changes neither the result nor its dtype
+    positionwise   each position of the result (an index over every dim but the last) depends only
+                   on the same position of input 0; the other inputs do not vary with position
+                   (weights, broadcast scalars). A bool, or a test on the attributes
+                   (``layer_norm`` only when it normalises the last dim alone). Default: elementwise
+    row_reduction  reduces or scans input 0 along one axis, each row on its own (``sum``, ``softmax``,
+                   ``rms_norm``...): what a row kernel computes
+    gather         the input whose elements the op picks, at positions read from its other inputs
+    source         reads no tensor: every element is computed from the attributes and its index
+    sink           writes its values input into a state buffer, in place (``cache_write``)
+    view           kind "view": the result is its input read through an index map (no data moves)
+    tensor_core    runs on tensor cores in a low precision. Default: kinds matmul/attention/quant/moe
+    eager_class    the measured library kernel class eager torch runs it with (``"gemv"``...)
+    reduces        the dims of input 0 whose elements the op mixes into one result (a reduction,
+                   scan, normalisation or sort): ``reduces(attrs, rank) -> sorted dims``
+    lift           how the attributes change when every input gains a new leading (batch) dim:
+                   ``lift(attrs, rank_in, lead) -> attrs``; None when a pass may not do that
+    ============== =============================================================================
 """
 
 from __future__ import annotations
@@ -28,9 +52,18 @@ REQUIRED = object()
 
 InferFn = Callable[..., Union[TensorType, Sequence[TensorType]]]
 CostFn = Callable[[Sequence[TensorType], Sequence[TensorType], dict[str, Any]], sympy.Expr]
+# (attrs, rank of input 0, size of the new leading dim) -> the attrs of the op on the lifted inputs
+LiftFn = Callable[[dict[str, Any], int, sympy.Expr], dict[str, Any]]
+AttrTest = Callable[[dict[str, Any]], bool]
+# (attrs, rank of input 0) -> the dims of input 0 the op mixes, sorted
+ReducesFn = Callable[[dict[str, Any], int], tuple[int, ...]]
 
 KINDS = ("elementwise", "reduction", "view", "matmul", "attention", "memory", "index", "creation",
          "routing", "state", "quant", "moe", "opaque", "composite")
+# the default of the ``tensor_core`` trait
+_TENSOR_CORE_KINDS = ("matmul", "attention", "quant", "moe")
+TRAITS = ("commutative", "positionwise", "row_reduction", "gather", "source", "sink", "view", "tensor_core",
+          "eager_class", "reduces", "lift")
 
 
 def default_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
@@ -80,9 +113,29 @@ class OpDef:
     # ops with effects (state writes) are never removed by DCE or merged by CSE
     side_effects: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # ---- traits (see the module docstring) ----
+    commutative: bool = False
+    positionwise: Union[bool, AttrTest] = False
+    row_reduction: bool = False
+    gather: Optional[int] = None
+    source: bool = False
+    sink: bool = False
+    tensor_core: bool = False
+    eager_class: Optional[str] = None
+    reduces: Optional[ReducesFn] = None
+    lift: Optional[LiftFn] = None
     # type rules are pure: results memoised per (input types, attrs); verification re-asks every
     # node after every pass, and a 32-layer model asks the same few questions thousands of times
     _inferred: dict[Any, tuple[TensorType, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def view(self) -> bool:
+        return self.kind == "view"
+
+    def is_positionwise(self, attrs: dict[str, Any]) -> bool:
+        """The ``positionwise`` trait for a node with these attributes."""
+        p = self.positionwise
+        return bool(p(attrs)) if callable(p) else bool(p)
 
     # ---- signature ----------------------------------------------------------------------------
     @property
@@ -157,15 +210,28 @@ _REGISTRY: dict[str, OpDef] = {}
 
 def define_op(name: str, *, inputs: Sequence[str], infer: InferFn, reference: Callable[..., Any], kind: str,
               attrs: Optional[dict[str, Any]] = None, flops: CostFn = zero_flops, bytes: CostFn = default_bytes,
-              doc: str = "", side_effects: bool = False, **extra: Any) -> OpDef:
+              doc: str = "", side_effects: bool = False, commutative: bool = False,
+              positionwise: Union[bool, AttrTest, None] = None, row_reduction: bool = False,
+              gather: Optional[int] = None, source: bool = False, sink: bool = False,
+              tensor_core: Optional[bool] = None, eager_class: Optional[str] = None,
+              reduces: Optional[ReducesFn] = None, lift: Optional[LiftFn] = None, **extra: Any) -> OpDef:
     """Declare an op. Declaring the same name twice is an error (one op, one place)."""
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} is already declared")
     if kind not in KINDS:
         raise ValueError(f"op {name!r}: unknown kind {kind!r}; expected one of {KINDS}")
+    if commutative and len(inputs) != 2:
+        raise ValueError(f"op {name!r}: only a binary op can be commutative (inputs {tuple(inputs)})")
+    if gather is not None and not 0 <= gather < len(inputs):
+        raise ValueError(f"op {name!r}: gather={gather} is not an input position of {tuple(inputs)}")
     od = OpDef(name, tuple(inputs), dict(attrs or {}), infer, reference, kind, flops, bytes, doc, side_effects,
-               dict(extra))
+               dict(extra), commutative=commutative,
+               positionwise=kind == "elementwise" if positionwise is None else positionwise,
+               row_reduction=row_reduction, gather=gather, source=source, sink=sink,
+               tensor_core=kind in _TENSOR_CORE_KINDS if tensor_core is None else tensor_core,
+               eager_class=eager_class, reduces=reduces, lift=lift)
     _REGISTRY[name] = od
+    _TRAIT_SETS.clear()
     return od
 
 
@@ -185,6 +251,22 @@ def has_op(name: str) -> bool:
 def all_ops() -> dict[str, OpDef]:
     _load_families()
     return dict(_REGISTRY)
+
+
+_TRAIT_SETS: dict[str, frozenset[str]] = {}
+
+
+def ops_with(trait: str) -> frozenset[str]:
+    """The names of the ops that have ``trait`` (a truthy value; ``gather=0`` counts)."""
+    if trait not in TRAITS:
+        raise ValueError(f"unknown op trait {trait!r}; traits are {TRAITS}")
+    _load_families()
+    hit = _TRAIT_SETS.get(trait)
+    if hit is None:
+        hit = frozenset(n for n, od in _REGISTRY.items()
+                        if getattr(od, trait) is not None and getattr(od, trait) is not False)
+        _TRAIT_SETS[trait] = hit
+    return hit
 
 
 _loaded = False

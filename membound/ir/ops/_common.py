@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import sympy
 import torch
 
-from membound.ir.types import TensorType, as_dim, broadcast_shapes, dims_equal, parse_dtype, promote
+from membound.ir.types import TensorType, as_dim, broadcast_shapes, dims_equal, numel, parse_dtype, promote
 
 Shape = tuple[sympy.Expr, ...]
 
@@ -144,13 +144,6 @@ def broadcast(op: str, *types: TensorType) -> Shape:
         fail(op, f"operand shapes {', '.join(shape_str(t.shape) for t in types)} do not broadcast ({e})")
 
 
-def numel(shape: Sequence[sympy.Expr]) -> sympy.Expr:
-    n: sympy.Expr = sympy.Integer(1)
-    for d in shape:
-        n = n * d
-    return n
-
-
 def same_dtype(op: str, *named: tuple[str, TensorType]) -> torch.dtype:
     """All named operands share one dtype (torch requires it for linear/matmul/index_put...)."""
     first_name, first = named[0]
@@ -168,6 +161,65 @@ def same_dtype(op: str, *named: tuple[str, TensorType]) -> torch.dtype:
 def ints(values: Sequence[Any]) -> list[int]:
     """Concrete ints from dims (ints or integer sympy numbers); fails loudly on free symbols."""
     return [int(v) for v in values]
+
+
+# ---------------------------------------------------------------------------------------------
+# reduces hooks (the ``reduces`` trait): the dims of input 0 an op mixes
+# ---------------------------------------------------------------------------------------------
+def reduces_dims(attrs: dict[str, Any], rank: int) -> tuple[int, ...]:
+    """``dims`` (empty: all of them): sum, mean, amax, amin."""
+    return tuple(sorted({d % rank for d in attrs["dims"]})) if attrs["dims"] else tuple(range(rank))
+
+
+def reduces_dim(attrs: dict[str, Any], rank: int) -> tuple[int, ...]:
+    """``dim`` (None: all of them, as argmax takes it): softmax, cumsum, sort, topk..."""
+    if rank == 0:
+        return ()
+    return tuple(range(rank)) if attrs["dim"] is None else (attrs["dim"] % rank,)
+
+
+def reduces_last(attrs: dict[str, Any], rank: int) -> tuple[int, ...]:
+    """The last ``ndim`` dims (1 when the op has no such attribute): layer_norm, rms_norm."""
+    return tuple(range(rank - int(attrs.get("ndim", 1)), rank)) if rank else ()
+
+
+# ---------------------------------------------------------------------------------------------
+# lift hooks (the ``lift`` trait): attrs of an op whose inputs gained a new leading dim of size ``lead``
+# ---------------------------------------------------------------------------------------------
+_DIM_ATTRS = ("dim", "dim0", "dim1")
+
+
+def lift_dim(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    """Non-negative ``dim``/``dim0``/``dim1`` move right by one (negative ones count from the end)."""
+    out = dict(attrs)
+    for k in _DIM_ATTRS:
+        if k in out and isinstance(out[k], int) and out[k] >= 0:
+            out[k] = out[k] + 1
+    return out
+
+
+def lift_reduce_dims(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    """``dims`` (empty: all of them) move right by one: the new leading dim is never reduced."""
+    out = dict(attrs)
+    dims = out["dims"] or tuple(range(rank_in))
+    out["dims"] = tuple(d + 1 if d >= 0 else d for d in dims)
+    return out
+
+
+def lift_squeeze_dims(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    out = dict(attrs)
+    out["dims"] = tuple(d + 1 if d >= 0 else d for d in out["dims"])
+    return out
+
+
+def lift_permute(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    """The new dim stays first; the others keep their order."""
+    return {**attrs, "dims": (0,) + tuple(d % rank_in + 1 for d in attrs["dims"])}
+
+
+def lift_shape(attrs: dict[str, Any], rank_in: int, lead: sympy.Expr) -> dict[str, Any]:
+    """``shape`` gains the new leading dim (reshape, expand)."""
+    return {**attrs, "shape": (lead,) + tuple(attrs["shape"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +253,14 @@ __all__ = [
     "is_bool",
     "is_float",
     "is_int",
+    "lift_dim",
+    "lift_permute",
+    "lift_reduce_dims",
+    "lift_shape",
+    "lift_squeeze_dims",
+    "reduces_dim",
+    "reduces_dims",
+    "reduces_last",
     "no_bytes",
     "norm_dim",
     "norm_dims",

@@ -54,7 +54,7 @@ def _constant(*, value: Any, dtype: Any) -> torch.Tensor:
 
 define_op("constant", inputs=(), attrs={"value": REQUIRED, "dtype": REQUIRED}, kind="creation",
           infer=_infer_constant, reference=_constant, flops=zero_flops,
-          doc="a 0-d tensor holding value (a python scalar; its dtype is chosen by the frontend)")
+          doc="a 0-d tensor holding value (a python scalar; its dtype is chosen by the frontend)", source=True)
 
 
 def _infer_full(*, shape: Any, value: Any, dtype: Any) -> TensorType:
@@ -68,7 +68,8 @@ def _full(*, shape: tuple[int, ...], value: Any, dtype: Any) -> torch.Tensor:
 
 
 define_op("full", inputs=(), attrs={"shape": REQUIRED, "value": REQUIRED, "dtype": REQUIRED}, kind="creation",
-          infer=_infer_full, reference=_full, flops=zero_flops, doc="a tensor of shape filled with value")
+          infer=_infer_full, reference=_full, flops=zero_flops, doc="a tensor of shape filled with value",
+          source=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,4 +108,4 @@ def _arange(*, start: Any, end: Any, step: Any, dtype: Any) -> torch.Tensor:
 
 define_op("arange", inputs=(), attrs={"start": 0, "end": REQUIRED, "step": 1, "dtype": torch.int64},
           kind="creation", infer=_infer_arange, reference=_arange, flops=zero_flops,
-          doc="start, start + step, ... below end: ceil((end - start) / step) elements")
+          doc="start, start + step, ... below end: ceil((end - start) / step) elements", source=True)

@@ -106,26 +106,26 @@ define_op("gelu", inputs=("x",), attrs={"approximate": "none"}, kind="elementwis
 
 
 # ---------------------------------------------------------------------------------------------
-# binary ops: (name, reference, dtype rule, FLOPs per element, doc); operands broadcast
+# binary ops: (name, reference, dtype rule, FLOPs per element, doc, commutative); operands broadcast
 # ---------------------------------------------------------------------------------------------
-_BINARY: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str, int, str]] = [
-    ("add", torch.add, "same", 1, "a + b"),
-    ("sub", torch.sub, "numeric", 1, "a - b"),
-    ("mul", torch.mul, "same", 1, "a * b"),
-    ("pow", torch.pow, "same", 4, "a ** b"),
-    ("maximum", torch.maximum, "same", 1, "elementwise max (NaN propagates)"),
-    ("minimum", torch.minimum, "same", 1, "elementwise min (NaN propagates)"),
-    ("remainder", torch.remainder, "same", 2, "a mod b with the sign of b (Python %)"),
-    ("eq", torch.eq, "to_bool", 1, "a == b"),
-    ("ne", torch.ne, "to_bool", 1, "a != b"),
-    ("lt", torch.lt, "to_bool", 1, "a < b"),
-    ("le", torch.le, "to_bool", 1, "a <= b"),
-    ("gt", torch.gt, "to_bool", 1, "a > b"),
-    ("ge", torch.ge, "to_bool", 1, "a >= b"),
-    ("logical_and", torch.logical_and, "to_bool", 1, "a != 0 and b != 0"),
-    ("logical_or", torch.logical_or, "to_bool", 1, "a != 0 or b != 0"),
-    ("bitwise_and", torch.bitwise_and, "integral", 1, "a & b"),
-    ("bitwise_or", torch.bitwise_or, "integral", 1, "a | b"),
+_BINARY: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str, int, str, bool]] = [
+    ("add", torch.add, "same", 1, "a + b", True),
+    ("sub", torch.sub, "numeric", 1, "a - b", False),
+    ("mul", torch.mul, "same", 1, "a * b", True),
+    ("pow", torch.pow, "same", 4, "a ** b", False),
+    ("maximum", torch.maximum, "same", 1, "elementwise max (NaN propagates)", True),
+    ("minimum", torch.minimum, "same", 1, "elementwise min (NaN propagates)", True),
+    ("remainder", torch.remainder, "same", 2, "a mod b with the sign of b (Python %)", False),
+    ("eq", torch.eq, "to_bool", 1, "a == b", True),
+    ("ne", torch.ne, "to_bool", 1, "a != b", True),
+    ("lt", torch.lt, "to_bool", 1, "a < b", False),
+    ("le", torch.le, "to_bool", 1, "a <= b", False),
+    ("gt", torch.gt, "to_bool", 1, "a > b", False),
+    ("ge", torch.ge, "to_bool", 1, "a >= b", False),
+    ("logical_and", torch.logical_and, "to_bool", 1, "a != 0 and b != 0", True),
+    ("logical_or", torch.logical_or, "to_bool", 1, "a != 0 or b != 0", True),
+    ("bitwise_and", torch.bitwise_and, "integral", 1, "a & b", True),
+    ("bitwise_or", torch.bitwise_or, "integral", 1, "a | b", True),
 ]
 
 
@@ -138,9 +138,9 @@ def _binary_infer(name: str, rule: str) -> Callable[..., TensorType]:
     return infer
 
 
-for _name, _fn, _rule, _flops, _doc in _BINARY:
+for _name, _fn, _rule, _flops, _doc, _commutative in _BINARY:
     define_op(_name, inputs=("a", "b"), kind="elementwise", infer=_binary_infer(_name, _rule), reference=_fn,
-              flops=per_output(_flops), doc=_doc)
+              flops=per_output(_flops), doc=_doc, commutative=_commutative)
 
 
 # div: true division promotes integers to f32 unless a rounding mode is given (torch.div)

@@ -53,7 +53,7 @@ def _embedding(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 define_op("embedding", inputs=("weight", "ids"), kind="index", infer=_infer_embedding, reference=_embedding,
-          flops=zero_flops, bytes=_gather_cost, doc="rows of weight[V, D] at ids: ids.shape + [D]")
+          flops=zero_flops, bytes=_gather_cost, doc="rows of weight[V, D] at ids: ids.shape + [D]", gather=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +107,8 @@ def _index(x: torch.Tensor, *indices: torch.Tensor, dims: tuple[int, ...]) -> to
 
 define_op("index", inputs=("x", "*indices"), attrs={"dims": REQUIRED}, kind="index", infer=_infer_index,
           reference=_index, flops=zero_flops, bytes=_gather_cost,
-          doc="x[..., i0, ..., i1, ...]: integer index tensors at dims (strictly increasing), full slices elsewhere")
+          doc="x[..., i0, ..., i1, ...]: integer index tensors at dims (strictly increasing), full slices elsewhere",
+          gather=0)
 
 
 def _infer_index_put(x: TensorType, values: TensorType, *indices: TensorType, dims: Any,
@@ -162,7 +163,7 @@ def _gather(x: torch.Tensor, index: torch.Tensor, *, dim: int) -> torch.Tensor:
 
 define_op("gather", inputs=("x", "index"), attrs={"dim": REQUIRED}, kind="index", infer=_infer_gather,
           reference=_gather, flops=zero_flops, bytes=_gather_cost,
-          doc="out[..., i, ...] = x[..., index[..., i, ...], ...] along dim; shaped like index")
+          doc="out[..., i, ...] = x[..., index[..., i, ...], ...] along dim; shaped like index", gather=0)
 
 
 _SCATTER_REDUCE = (None, "add")
@@ -218,7 +219,7 @@ def _index_select(x: torch.Tensor, index: torch.Tensor, *, dim: int) -> torch.Te
 
 define_op("index_select", inputs=("x", "index"), attrs={"dim": REQUIRED}, kind="index", infer=_infer_index_select,
           reference=_index_select, flops=zero_flops, bytes=_gather_cost,
-          doc="the slices of x at index along dim")
+          doc="the slices of x at index along dim", gather=0)
 
 
 def _infer_index_copy(x: TensorType, index: TensorType, src: TensorType, *, dim: int) -> TensorType:

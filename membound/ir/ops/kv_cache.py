@@ -71,7 +71,8 @@ def _write_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: d
 
 define_op("cache_write", inputs=("cache", "values", "positions"), attrs={"dim": 2}, kind="state",
           infer=_infer_write, reference=_write, bytes=_write_bytes, side_effects=True,
-          doc="write values into the state buffer cache at positions along dim (in place); returns the cache")
+          doc="write values into the state buffer cache at positions along dim (in place); returns the cache",
+          sink=True)
 
 
 # ---------------------------------------------------------------------------------------------

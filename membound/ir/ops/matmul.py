@@ -56,7 +56,7 @@ def _linear_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: 
 
 define_op("linear", inputs=("x", "weight", "bias?"), kind="matmul", infer=_infer_linear,
           reference=torch.nn.functional.linear, flops=_linear_flops,
-          doc="x[..., K] @ weight[N, K].T (+ bias[N]) -> [..., N]")
+          doc="x[..., K] @ weight[N, K].T (+ bias[N]) -> [..., N]", positionwise=True, eager_class="gemv")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +82,8 @@ def _matmul_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: 
 
 
 define_op("matmul", inputs=("a", "b"), kind="matmul", infer=_infer_matmul, reference=torch.matmul,
-          flops=_matmul_flops, doc="torch.matmul for rank >= 2: [..., M, K] @ [..., K, N], batch dims broadcast")
+          flops=_matmul_flops, doc="torch.matmul for rank >= 2: [..., M, K] @ [..., K, N], batch dims broadcast",
+          eager_class="gemv")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,4 +159,4 @@ def _gated_linear_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], a
 define_op("gated_linear", inputs=("gate", "up", "weight"), attrs={"act": "silu"}, kind="matmul",
           infer=_infer_gated_linear, reference=_gated_linear, flops=_gated_linear_flops,
           doc="linear(act(gate) * up, weight): a gated MLP's down projection with its gating fused in "
-              "(the product act(gate) * up is never written)")
+              "(the product act(gate) * up is never written)", positionwise=True)

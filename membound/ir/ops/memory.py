@@ -17,6 +17,10 @@ from membound.ir.ops._common import (
     dim_attr,
     fail,
     ints,
+    lift_dim,
+    lift_permute,
+    lift_shape,
+    lift_squeeze_dims,
     no_bytes,
     norm_dim,
     norm_dims,
@@ -54,7 +58,7 @@ def _reshape(x: torch.Tensor, *, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 _view("reshape", ("x",), {"shape": REQUIRED}, _infer_reshape, _reshape,
-      "same elements in row-major order under a new shape (no -1)")
+      "same elements in row-major order under a new shape (no -1)", lift=lift_shape)
 
 
 def _infer_expand(x: TensorType, *, shape: Any) -> TensorType:
@@ -74,7 +78,7 @@ def _expand(x: torch.Tensor, *, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 _view("expand", ("x",), {"shape": REQUIRED}, _infer_expand, _expand,
-      "broadcast view: size-1 dims (and new leading dims) repeat to shape (no -1)")
+      "broadcast view: size-1 dims (and new leading dims) repeat to shape (no -1)", lift=lift_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +97,8 @@ def _permute(x: torch.Tensor, *, dims: tuple[int, ...]) -> torch.Tensor:
     return x.permute(dims)
 
 
-_view("permute", ("x",), {"dims": REQUIRED}, _infer_permute, _permute, "dims reordered: result dim i = x dim dims[i]")
+_view("permute", ("x",), {"dims": REQUIRED}, _infer_permute, _permute, "dims reordered: result dim i = x dim dims[i]",
+      lift=lift_permute)
 
 
 def _infer_transpose(x: TensorType, *, dim0: int, dim1: int) -> TensorType:
@@ -109,7 +114,7 @@ def _transpose(x: torch.Tensor, *, dim0: int, dim1: int) -> torch.Tensor:
 
 
 _view("transpose", ("x",), {"dim0": REQUIRED, "dim1": REQUIRED}, _infer_transpose, _transpose,
-      "dims dim0 and dim1 swapped")
+      "dims dim0 and dim1 swapped", lift=lift_dim)
 
 
 def _infer_unsqueeze(x: TensorType, *, dim: int) -> TensorType:
@@ -123,7 +128,8 @@ def _unsqueeze(x: torch.Tensor, *, dim: int) -> torch.Tensor:
     return x.unsqueeze(dim)
 
 
-_view("unsqueeze", ("x",), {"dim": REQUIRED}, _infer_unsqueeze, _unsqueeze, "a size-1 dim inserted at dim")
+_view("unsqueeze", ("x",), {"dim": REQUIRED}, _infer_unsqueeze, _unsqueeze, "a size-1 dim inserted at dim",
+      lift=lift_dim)
 
 
 def _infer_squeeze(x: TensorType, *, dims: Any) -> TensorType:
@@ -140,7 +146,7 @@ def _squeeze(x: torch.Tensor, *, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 _view("squeeze", ("x",), {"dims": REQUIRED}, _infer_squeeze, _squeeze,
-      "the listed size-1 dims removed (empty = none; every listed dim must be statically 1)")
+      "the listed size-1 dims removed (empty = none; every listed dim must be statically 1)", lift=lift_squeeze_dims)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +185,7 @@ def _slice(x: torch.Tensor, *, dim: int, start: int, end: int, step: int) -> tor
 
 
 _view("slice", ("x",), {"dim": REQUIRED, "start": REQUIRED, "end": REQUIRED, "step": 1}, _infer_slice, _slice,
-      "x[..., start:end:step, ...] along dim; bounds clamped to [0, size]")
+      "x[..., start:end:step, ...] along dim; bounds clamped to [0, size]", lift=lift_dim)
 
 
 def _infer_select(x: TensorType, *, dim: int, index: Any) -> TensorType:
@@ -197,7 +203,7 @@ def _select(x: torch.Tensor, *, dim: int, index: int) -> torch.Tensor:
 
 
 _view("select", ("x",), {"dim": REQUIRED, "index": REQUIRED}, _infer_select, _select,
-      "x[..., index, ...] along dim (rank - 1); index is non-negative")
+      "x[..., index, ...] along dim (rank - 1); index is non-negative", lift=lift_dim)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +230,7 @@ def _split(x: torch.Tensor, *, dim: int, sizes: tuple[int, ...]) -> tuple[torch.
 
 
 _view("split", ("x",), {"dim": REQUIRED, "sizes": REQUIRED}, _infer_split, _split,
-      "consecutive pieces of the given sizes along dim, one result each")
+      "consecutive pieces of the given sizes along dim, one result each", lift=lift_dim)
 
 
 def _infer_cat(*xs: TensorType, dim: int) -> TensorType:
@@ -252,4 +258,4 @@ def _cat(*xs: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 define_op("cat", inputs=("*xs",), attrs={"dim": REQUIRED}, kind="memory", infer=_infer_cat, reference=_cat,
-          flops=zero_flops, doc="inputs joined along dim (dtypes promote as torch.cat)")
+          flops=zero_flops, doc="inputs joined along dim (dtypes promote as torch.cat)", lift=lift_dim)

@@ -19,9 +19,14 @@ from membound.ir.ops._common import (
     attr_dtype,
     fail,
     is_float,
+    lift_dim,
+    lift_reduce_dims,
     norm_dim,
     norm_dims,
     promote_types,
+    reduces_dim,
+    reduces_dims,
+    reduces_last,
     require_float,
     require_same_dim,
     shape_str,
@@ -85,14 +90,16 @@ def _extreme_ref(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]
 
 
 _RED = {"dims": (), "keepdim": False}
+# traits of sum/mean/amax/amin (argmax has no row-kernel form: no row_reduction trait)
+_ROW_RED: dict[str, Any] = {"row_reduction": True, "reduces": reduces_dims, "lift": lift_reduce_dims}
 define_op("sum", inputs=("x",), attrs={**_RED, "dtype": None}, kind="reduction", infer=_infer_sum, reference=_sum,
-          flops=per_input(1), doc="sum over dims (empty = all); ints/bools accumulate in i64")
+          flops=per_input(1), doc="sum over dims (empty = all); ints/bools accumulate in i64", **_ROW_RED)
 define_op("mean", inputs=("x",), attrs={**_RED, "dtype": None}, kind="reduction", infer=_infer_mean,
-          reference=_mean, flops=per_input(1), doc="mean over dims (empty = all); floating only")
+          reference=_mean, flops=per_input(1), doc="mean over dims (empty = all); floating only", **_ROW_RED)
 define_op("amax", inputs=("x",), attrs=dict(_RED), kind="reduction", infer=_extreme_infer("amax"),
-          reference=_extreme_ref(torch.amax), flops=per_input(1), doc="max over dims (empty = all)")
+          reference=_extreme_ref(torch.amax), flops=per_input(1), doc="max over dims (empty = all)", **_ROW_RED)
 define_op("amin", inputs=("x",), attrs=dict(_RED), kind="reduction", infer=_extreme_infer("amin"),
-          reference=_extreme_ref(torch.amin), flops=per_input(1), doc="min over dims (empty = all)")
+          reference=_extreme_ref(torch.amin), flops=per_input(1), doc="min over dims (empty = all)", **_ROW_RED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +120,7 @@ def _argmax(x: torch.Tensor, *, dim: int | None, keepdim: bool) -> torch.Tensor:
 
 define_op("argmax", inputs=("x",), attrs={"dim": REQUIRED, "keepdim": False}, kind="reduction",
           infer=_infer_argmax, reference=_argmax, flops=per_input(1),
-          doc="index (i64) of the first maximum along dim; dim=None flattens")
+          doc="index (i64) of the first maximum along dim; dim=None flattens", reduces=reduces_dim)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,10 +148,14 @@ def _softmax_ref(fn: Callable[..., torch.Tensor], op: str) -> Callable[..., torc
 
 define_op("softmax", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction",
           infer=_softmax_infer("softmax"), reference=_softmax_ref(torch.softmax, "softmax"), flops=per_input(5),
-          doc="exp(x - max) / sum(exp(x - max)) along dim (in dtype when given)")
+          doc="exp(x - max) / sum(exp(x - max)) along dim (in dtype when given)", row_reduction=True, lift=lift_dim,
+          reduces=reduces_dim,
+          eager_class="softmax")
 define_op("log_softmax", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction",
           infer=_softmax_infer("log_softmax"), reference=_softmax_ref(torch.log_softmax, "log_softmax"),
-          flops=per_input(5), doc="log(softmax(x)) along dim, computed stably")
+          flops=per_input(5), doc="log(softmax(x)) along dim, computed stably", row_reduction=True, lift=lift_dim,
+          reduces=reduces_dim,
+          eager_class="softmax")
 
 
 def _infer_cumsum(x: TensorType, *, dim: int, dtype: Any) -> TensorType:
@@ -157,7 +168,8 @@ def _cumsum(x: torch.Tensor, *, dim: int, dtype: Any) -> torch.Tensor:
 
 
 define_op("cumsum", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction", infer=_infer_cumsum,
-          reference=_cumsum, flops=per_input(1), doc="inclusive prefix sum along dim; ints/bools accumulate in i64")
+          reference=_cumsum, flops=per_input(1), doc="inclusive prefix sum along dim; ints/bools accumulate in i64",
+          row_reduction=True, lift=lift_dim, reduces=reduces_dim)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +205,9 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch
 
 define_op("layer_norm", inputs=("x", "weight?", "bias?"), attrs={"ndim": 1, "eps": 1e-5}, kind="reduction",
           infer=_infer_layer_norm, reference=_layer_norm, flops=per_input(5),
-          doc="(x - mean) / sqrt(var + eps) * weight + bias over the trailing ndim dims; result dtype of x")
+          doc="(x - mean) / sqrt(var + eps) * weight + bias over the trailing ndim dims; result dtype of x",
+          row_reduction=True, positionwise=lambda attrs: attrs["ndim"] == 1, eager_class="layer_norm",
+          reduces=reduces_last)
 
 
 def _infer_rms_norm(x: TensorType, weight: TensorType | None = None, *, eps: float) -> TensorType:
@@ -215,5 +229,6 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, *, eps: float
 
 
 define_op("rms_norm", inputs=("x", "weight?"), attrs={"eps": REQUIRED}, kind="reduction", infer=_infer_rms_norm,
-          reference=_rms_norm, flops=per_input(5), composite=True,
+          reference=_rms_norm, flops=per_input(5), composite=True, row_reduction=True, positionwise=True,
+          reduces=reduces_last,
           doc="(x.float() * rsqrt(mean(x.float()**2, -1) + eps)).to(x.dtype) * weight; formed by canonicalize")

@@ -11,7 +11,7 @@ import sympy
 import torch
 
 from membound.ir.ops import REQUIRED, define_op, per_input
-from membound.ir.ops._common import dim_attr, fail, norm_dim
+from membound.ir.ops._common import dim_attr, fail, norm_dim, reduces_dim
 from membound.ir.types import TensorType
 
 
@@ -57,7 +57,7 @@ def _topk(x: torch.Tensor, *, k: int, dim: int, largest: bool, sorted: bool) -> 
 
 define_op("topk", inputs=("x",), attrs={"k": REQUIRED, "dim": -1, "largest": True, "sorted": True},
           kind="routing", infer=_infer_topk, reference=_topk, flops=per_input(2),
-          doc="(values, i64 indices) of the k largest (or smallest) entries along dim")
+          doc="(values, i64 indices) of the k largest (or smallest) entries along dim", reduces=reduces_dim)
 
 
 def _infer_sort(x: TensorType, *, dim: int, descending: bool, stable: bool) -> list[TensorType]:
@@ -76,7 +76,7 @@ def _sort(x: torch.Tensor, *, dim: int, descending: bool, stable: bool) -> tuple
 
 define_op("sort", inputs=("x",), attrs={"dim": -1, "descending": False, "stable": False}, kind="routing",
           infer=_infer_sort, reference=_sort, flops=_sort_flops,
-          doc="(values, i64 indices) sorted along dim; stable keeps the order of equal entries")
+          doc="(values, i64 indices) sorted along dim; stable keeps the order of equal entries", reduces=reduces_dim)
 
 
 # ---------------------------------------------------------------------------------------------
