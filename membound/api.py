@@ -35,7 +35,7 @@ from membound.frontends import Capture, capture_export
 from membound.ir.graph import Graph
 from membound.runtime.concurrency import CAPTURE_LOCK, exclusive, guard_module, serial
 from membound.runtime.recapture import recapture_limit_hit
-from membound.runtime.validate import check_compile, check_dump_dir, check_generate
+from membound.runtime.validate import check_generate
 
 __all__ = ["CompileOptions", "CompiledModel", "KVCacheError", "PipelineLike", "build_kv_program", "compile",
            "default_cost", "generate"]
@@ -115,11 +115,6 @@ class CompiledModel:
             raise TypeError(f"pass compile options either as options= or as keywords, not both "
                             f"(got options= and {', '.join(option_kwargs)})")
         self.options = options if options is not None else _options(option_kwargs, "membound.compile")
-        o = self.options
-        check_compile(dynamic=o.dynamic, cuda_graphs=o.cuda_graphs, fallback=o.fallback, pipeline=o.pipeline)
-        if o.dump_ir:  # an unusable folder fails here, once, naming it
-            check_dump_dir(o.dump_ir, "dump_ir" if option_kwargs.get("dump_ir") is not None or options is not None
-                           else "MEMBOUND_DUMP_IR")
         self.fn = fn
         self.entries: list[CompiledEntry] = []
         self.events: list[str] = []  # every capture made for this model and why: "forward: first call", ...

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from membound import logs, progress
-from membound.backends import Backend, Executable, get_backend, resolve_backend
+from membound.backends import Backend, Executable, compile_graph, get_backend, resolve_backend
 from membound.ir.graph import Graph
 from membound.passes import DumpIR, Instrument, PassContext, PassManager, named_pipeline
 from membound.passes.manager import PassRecord
@@ -69,13 +69,19 @@ class CompileOptions:
     quant_config: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        from membound.runtime.validate import check_compile, check_dump_dir
+
         resolve_backend(self.backend)  # fails early on a bad name
-        if self.fallback not in (None, "torch"):
-            raise ValueError(f"fallback must be None or 'torch', got {self.fallback!r}")
+        check_compile(dynamic=self.dynamic, cuda_graphs=self.cuda_graphs, fallback=self.fallback,
+                      pipeline=self.pipeline)
         if self.pipeline is not None:
             self.pipeline = list(self.pipeline)
+        source = "dump_ir"
         if self.dump_ir is None:
             self.dump_ir = os.environ.get("MEMBOUND_DUMP_IR") or None
+            source = "MEMBOUND_DUMP_IR"
+        if self.dump_ir:  # an unusable folder fails here, once, naming it
+            check_dump_dir(self.dump_ir, source)
         self.quant_config = _quant_config(self.quantize, self.quantized)
 
     @classmethod
@@ -193,7 +199,7 @@ def compile_graph_with(graph: Graph, options: CompileOptions, kind: str, *, name
     graph = manager.run(graph, ctx)
     backend = get_backend(options.backend, graph)
     start = time.perf_counter()
-    executable = backend.compile(graph)
+    executable = compile_graph(graph, options.backend)  # (wrapped for MEMBOUND_DEBUG=compare)
     _backend_log.info("%s (%s): %s backend, %d nodes, %.2f s", name, kind, backend.name, len(graph.nodes),
                       time.perf_counter() - start)
     return CompiledGraph(input_ir, graph, executable, backend, list(manager.records), list(ctx.log), dump_dir)
