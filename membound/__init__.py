@@ -7,15 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from membound import logs as _logs
+
 __version__ = "0.1.0"
 
-__all__ = ["CompiledModel", "QuantConfig", "compile", "default_pipeline", "explain", "generate", "insert_after",
-           "insert_before", "register_pass", "save_quantized"]
+_logs.configure_from_env()  # MEMBOUND_LOGS=+passes,recompiles,... (membound/logs.py)
+
+__all__ = ["CompileOptions", "CompiledModel", "QuantConfig", "compile", "default_pipeline", "explain", "generate",
+           "insert_after", "insert_before", "register_pass", "save_quantized"]
 
 
 def __getattr__(name: str) -> Any:
     # Imported lazily so that `import membound` stays cheap and the CLI starts fast.
-    if name in ("compile", "CompiledModel", "generate"):
+    if name in ("compile", "CompiledModel", "CompileOptions", "generate"):
         from membound import api
 
         return getattr(api, name)

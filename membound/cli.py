@@ -1,10 +1,14 @@
-"""The ``membound`` command.
+"""The ``membound`` command (also ``python -m membound``).
 
-    membound demo [--model tiny-llama] [--dump-dir DIR]   compile a built-in model, show each pass, check vs eager
+    membound demo [--model llama-tiny] [--dump-dir DIR]   compile a built-in model, show each pass, check vs eager
+    membound generate DIR --prompt "..." [--max-new-tokens N]   stream text from a local HF checkpoint folder
+    membound explain MODEL|DIR [--batch --seq-len --cache-len --hardware --out DIR]   roofline tables (and plot)
     membound dump-ir MODEL [--out DIR]                    write the IR after every pass for a built-in model
-    membound explain MODEL [--out DIR]                    roofline table and plot for a built-in model
     membound models                                       list the built-in models
     membound opt FILE.mir -p canonicalize,merge-linear   run passes on IR text, print the result
+    membound --version;  -v / -vv (logs: info / debug);  -q (errors only)
+
+A MODEL that is neither a built-in name nor a folder with config.json is one line naming what exists.
 """
 
 from __future__ import annotations
@@ -114,11 +118,72 @@ def cmd_dump_ir(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from membound.cost import Hardware
     from membound.explainer import explain_cli
 
-    path = explain_cli(args.model, args.out)
-    print(f"roofline plot written to {path}")
+    hardware = Hardware.named(args.hardware) if args.hardware else None
+    path = explain_cli(args.model, args.out, hardware=hardware, batch=args.batch, seq_len=args.seq_len,
+                       cache_len=args.cache_len)
+    if path is not None:
+        print(f"roofline plot written to {path}")
     return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import membound
+    from membound.checkpoint import load_checkpoint
+    from membound.cost import Hardware
+
+    device = args.device or _device()
+    dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    model, tokenizer = load_checkpoint(args.model, dtype=dtype, device=device)
+    compiled = membound.compile(model, backend=args.backend)
+    inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
+    streamer = _TextOut(tokenizer, sys.stdout)
+    options = dict(max_new_tokens=args.max_new_tokens, streamer=streamer)
+    if args.temperature > 0:
+        options.update(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    else:
+        options.update(do_sample=False)
+    start = time.perf_counter()
+    out = compiled.generate(inputs["input_ids"], attention_mask=inputs.get("attention_mask"), **options)
+    seconds = time.perf_counter() - start
+    new = out.shape[1] - inputs["input_ids"].shape[1]
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    hw = Hardware.detect(device)
+    rate = new / seconds if seconds > 0 else 0.0
+    share = weights * rate / hw.bandwidth * 100
+    print(f"\n\n{new} tokens in {seconds:.2f} s (compile and prefill included): {rate:.1f} tokens/s; "
+          f"{weights / 1e6:.1f} MB of weights read per token = {share:.1f}% of {hw.name}'s "
+          f"{hw.bandwidth / 1e9:.0f} GB/s", file=sys.stderr)
+    return 0
+
+
+class _TextOut:
+    """A streamer (``put``/``end``) printing decoded text as it comes, without the prompt."""
+
+    def __init__(self, tokenizer: object, stream: object) -> None:
+        self.tokenizer = tokenizer
+        self.stream = stream
+        self.tokens: list[int] = []
+        self.printed = 0
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first put is the prompt
+            self.prompt_seen = True
+            return
+        self.tokens += [int(t) for t in value.flatten()[:1]]  # row 0
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            self.stream.write(text[self.printed:])  # type: ignore[attr-defined]
+            self.stream.flush()  # type: ignore[attr-defined]
+            self.printed = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
+        self.stream.write(text[self.printed:])  # type: ignore[attr-defined]
+        self.stream.flush()  # type: ignore[attr-defined]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -166,7 +231,12 @@ def cmd_opt(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from membound import __version__
+
     p = argparse.ArgumentParser(prog="membound", description="memory-bound-aware compiler for transformer inference")
+    p.add_argument("--version", action="version", version=f"membound {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log what membound does (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="compile a built-in Llama, show the pipeline, check against eager")
     d.add_argument("--model", default="llama-tiny")
@@ -176,10 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("model")
     di.add_argument("--out", default=None, help="folder (default ir-<model>)")
     di.set_defaults(func=cmd_dump_ir)
-    e = sub.add_parser("explain", help="roofline table and plot for a built-in model")
-    e.add_argument("model")
-    e.add_argument("--out", default=".", help="folder for roofline-<model>.png")
+    e = sub.add_parser("explain", help="roofline tables (and plot) for a built-in model or a checkpoint folder")
+    e.add_argument("model", help="a built-in model (membound models) or a folder with config.json")
+    e.add_argument("--batch", type=int, default=1)
+    e.add_argument("--seq-len", type=int, default=512, help="prompt length (prefill tables)")
+    e.add_argument("--cache-len", type=int, default=None, help="cached tokens at decode (default: --seq-len)")
+    e.add_argument("--hardware", default=None, help="predict for this card (h100-sxm, h200, a100-80gb, cpu, ...) "
+                   "instead of this machine's")
+    e.add_argument("--out", default=".", help="folder for roofline-<model>.png (needs matplotlib)")
     e.set_defaults(func=cmd_explain)
+    g = sub.add_parser("generate", help="generate text from a local Hugging Face checkpoint folder")
+    g.add_argument("model", help="a folder with config.json, *.safetensors and tokenizer files")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
+    g.set_defaults(func=cmd_generate)
     m = sub.add_parser("models", help="list the built-in models")
     m.set_defaults(func=cmd_models)
     o = sub.add_parser("opt", help="run passes on IR text (a .mir dump) and print the result")
@@ -194,8 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import logging
+
+    from membound import logs
+    from membound.checkpoint import ModelNotFound
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    if args.quiet:
+        logs.configure(level=logging.ERROR)
+    elif args.verbose:
+        logs.configure(level=logging.DEBUG if args.verbose > 1 else logging.INFO)
+    try:
+        return int(args.func(args))
+    except (ModelNotFound, ValueError) as e:
+        if not isinstance(e, ModelNotFound) and args.verbose:
+            raise
+        print(f"membound {args.command}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,35 +1,87 @@
 """``torch.compile(model, backend="membound")``: membound as a Dynamo backend (graph-break tolerant).
 
+    compiled = torch.compile(model, backend="membound", options={"backend": "reference", "dump_ir": "ir/"})
+
 Dynamo hands each captured subgraph (a torch-level FX GraphModule) to :func:`membound_backend`, which
-converts it to membound IR through the same ATen table as ``membound.compile``, runs the pipeline and
-returns the backend's executable. The name is registered through the ``torch_dynamo_backends`` entry
-point (installed with the package) and again when this module is imported.
+converts it to membound IR through the same ATen table as ``membound.compile`` and then runs the same
+compile driver (``membound.driver``): the ``forward`` pipeline with the cost model, then the backend.
+``options=`` takes membound's compile options (the fields of ``CompileOptions``). The name is
+registered through the ``torch_dynamo_backends`` entry point (installed with the package) and again
+when this module is imported.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import re
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from membound.backends import compile_graph
+from membound import logs
+from membound.driver import CompileOptions, compile_graph_with
+from membound.frontends import CaptureError
 from membound.frontends.dynamo import capture_dynamo
-from membound.passes import PassContext, PassManager, default_pipeline
+
+_capture_log = logs.logger("capture")
+# where Dynamo finds the tensors of an HF Cache object: L['kwargs']['past_key_values'].layers[0].keys, ...
+_HF_CACHE = re.compile(r"past_key_values|\['cache'\]|\.layers\[\d+\]\.(keys|values|cumulative_length)")
+_count = 0  # graphs compiled in this process (dump folders are numbered by it)
 
 
-def membound_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *, backend: str = "auto",
-                     pipeline: Any = None) -> Callable[..., Any]:
-    capture = capture_dynamo(gm, example_inputs)
-    manager = PassManager(list(pipeline) if pipeline is not None else default_pipeline())
-    graph = manager.run(capture.graph, PassContext())
-    capture.graph = graph
-    executable = compile_graph(graph, backend)
+def membound_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
+                     options: Optional[Mapping[str, Any]] = None, mode: Optional[str] = None,
+                     **option_kwargs: Any) -> Callable[..., Any]:
+    """Compile one Dynamo graph. ``options`` (``torch.compile(..., options={...})``) or keyword arguments
+    are membound's compile options; ``mode`` must be left at its default (membound has no modes)."""
+    global _count
+    if mode not in (None, "default"):
+        raise ValueError(f"torch.compile(backend='membound') has no mode {mode!r}; pass membound's options instead: "
+                         f"options={{'backend': ..., 'cuda_graphs': ...}}")
+    opts = CompileOptions.from_mapping({**dict(options or {}), **option_kwargs}, "torch.compile(backend='membound')")
+    start = time.perf_counter()
+    try:
+        capture = capture_dynamo(gm, example_inputs, dynamic=opts.dynamic, fallback=opts.fallback)
+    except Exception as e:
+        if not _takes_hf_cache(gm):
+            raise
+        raise CaptureError(
+            "torch.compile(backend='membound') was given a forward that updates a Hugging Face KV cache in place "
+            "(past_key_values: HF's static-cache recipe, m.forward = torch.compile(m.forward, ...) with "
+            "generate(..., cache_implementation='static')). membound brings its own static KV cache instead: "
+            "compiled = membound.compile(model); compiled.generate(input_ids, max_new_tokens=N) takes the same "
+            f"arguments as model.generate. (The capture failed with {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
+    _capture_log.info("captured a Dynamo graph of %s: %d nodes, %.2f s", capture.name, len(capture.graph.nodes),
+                      time.perf_counter() - start)
+    dump_dir = None
+    if opts.dump_ir:
+        from pathlib import Path
+
+        dump_dir = Path(opts.dump_ir) / f"dynamo-{_count}"
+    _count += 1
+    compiled = compile_graph_with(capture.graph, opts, "forward", name=capture.name, dump_dir=dump_dir)
+    capture.graph = compiled.ir
+    executable = compiled.executable
 
     def run(*args: Any) -> Any:
         return capture.unflatten_outputs(executable(capture.flatten_inputs(args, {})))
 
-    run.membound_graph = graph  # type: ignore[attr-defined]
+    run.membound_graph = compiled.ir  # type: ignore[attr-defined]
+    run.membound_input_graph = compiled.input_ir  # type: ignore[attr-defined]
     return run
+
+
+def _takes_hf_cache(gm: torch.fx.GraphModule) -> bool:
+    """Whether a Dynamo graph reads tensors of a Hugging Face cache object (``past_key_values``)."""
+    for n in gm.graph.nodes:
+        if n.op != "placeholder":
+            continue
+        source = getattr(n.meta.get("grapharg"), "source", None)
+        name = getattr(source, "name", "")
+        if _HF_CACHE.search(name() if callable(name) else str(name)):
+            return True
+    return False
 
 
 def register() -> None:

@@ -176,7 +176,9 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
             explanation.notes.append(f"the {stage} graph has no attention op (attention written out as "
                                      f"matmul/softmax/matmul?): decode is costed at one key position and its "
                                      f"KV-cache reads are missing; the fuse-attention pass forms the op")
-    if out is not None:
+    if out is not None and not plot_available():
+        explanation.notes.append("no roofline plot: matplotlib is not installed (pip install 'membound[plot]')")
+    elif out is not None:
         path = Path(out)
         if path.suffix.lower() != ".png":
             path = path / f"roofline-{name}.png"
@@ -185,28 +187,44 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
     return explanation
 
 
-def explain_cli(model_name: str, out_dir: str, *, hardware: Optional[Hardware] = None, max_rows: int = 40) -> str:
-    """``membound explain MODEL [--out DIR]``: print the tables and summary for a built-in model, write
-    ``roofline-<model>.png`` into ``out_dir`` and return its path.
+def explain_cli(model_name: str, out_dir: Optional[str], *, hardware: Optional[Hardware] = None, max_rows: int = 40,
+                batch: int = 1, seq_len: int = 512, cache_len: Optional[int] = None) -> Optional[str]:
+    """``membound explain MODEL|DIR``: print the tables and summary for a built-in model or a local Hugging
+    Face checkpoint folder (only its config.json is read), write ``roofline-<model>.png`` into ``out_dir``
+    when matplotlib is installed, and return its path (None without a plot).
 
     The model is built on the meta device in bf16 (the IR needs only types, so even the 8B shape costs
-    no memory). On a CUDA machine the card is calibrated first and each op is measured too, so
-    predictions sit beside measurements made on the same card.
+    no memory). Without ``hardware``, on a CUDA machine the card is calibrated first and each op is
+    measured too, so predictions sit beside measurements made on the same card.
     """
+    from membound import progress
+    from membound.checkpoint import meta_model
     from membound.cost.measure import calibrate
-    from membound.models import get_config, model_from_config
 
-    config = get_config(model_name)
-    with torch.device("meta"):
-        model = model_from_config(config).to(torch.bfloat16).eval()
-    ids = torch.randint(0, config.vocab_size, (2, 16), device="meta")
+    model, vocab, name = meta_model(model_name)
+    ids = torch.randint(0, vocab, (2, 16), device="meta")
+    measure: Union[bool, str] = "auto"
     if hardware is None:
         hardware = calibrate() if torch.cuda.is_available() else Hardware.detect()
-    report = explain(model, (ids,), hardware=hardware, out=Path(out_dir).resolve(), name=model_name,
-                     max_rows=max_rows, measure="auto")
+    else:
+        measure = False  # predictions for another card: nothing here to measure them against
+    out = Path(out_dir).resolve() if out_dir is not None and plot_available() else None
+    with progress.bar(f"membound: explaining {name}", total=None, unit="step"):
+        report = explain(model, (ids,), hardware=hardware, out=out, name=name, max_rows=max_rows, measure=measure,
+                         batch=batch, seq_len=seq_len, cache_len=cache_len)
     print(report)
-    assert report.plot_path is not None
-    return str(report.plot_path)
+    if out_dir is not None and out is None:
+        print("\n(no roofline plot: matplotlib is not installed; pip install 'membound[plot]')")
+    return str(report.plot_path) if report.plot_path is not None else None
+
+
+def plot_available() -> bool:
+    """Whether the roofline plot can be drawn (matplotlib is the ``plot`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,10 +45,15 @@ def _packed_of(graph: Graph) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict
         name = node.meta.get("quantized_from", node.inputs[qi].name)
         info = {"scheme": node.attrs["scheme"], "group_size": node.attrs["group_size"],
                 "shape": [int(q.shape[0]), int(node.attrs["in_features"])], "dtype": str(s.dtype).replace("torch.", "")}
-        out[name] = (q, s, info)
+        sources = graph.meta.get("param_sources", {}).get(name, ())
+        if not sources:
+            out[name] = (q, s, info)
         rows = 0
-        for src, n in graph.meta.get("param_sources", {}).get(name, ()):
-            out.setdefault(src, (q[rows:rows + n], s[rows:rows + n], dict(info, shape=[n, info["shape"][1]])))
+        for src, n in sources:
+            # a merge-linear weight is saved as its originals (copies: safetensors refuses shared storage);
+            # loading finds the merged form from them
+            out.setdefault(src, (q[rows:rows + n].clone(), s[rows:rows + n].clone(),
+                                 dict(info, shape=[n, info["shape"][1]])))
             rows += n
     return out
 

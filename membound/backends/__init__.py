@@ -9,7 +9,8 @@ without tensors decides on its first call, from the inputs' device.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 
@@ -17,7 +18,58 @@ from membound.ir.graph import Graph
 
 Executable = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
 
-BACKENDS = ("auto", "reference", "triton")
+
+class Backend(Protocol):
+    """What the compile driver needs to know of a backend: how to build an executable for a graph and
+    what the runtime may do with it (``supports_cuda_graphs``: its decode steps may be captured into
+    CUDA graphs and replayed)."""
+
+    name: str
+    supports_cuda_graphs: bool
+
+    def compile(self, graph: Graph) -> Executable: ...
+
+
+@dataclass(frozen=True)
+class _Reference:
+    name: str = "reference"
+    supports_cuda_graphs: bool = False
+
+    def compile(self, graph: Graph) -> Executable:
+        from membound.backends.reference import ReferenceExecutable
+
+        return ReferenceExecutable(graph)
+
+
+@dataclass(frozen=True)
+class _Triton:
+    name: str = "triton"
+    supports_cuda_graphs: bool = True
+
+    def compile(self, graph: Graph) -> Executable:
+        from membound.backends.triton import TritonExecutable
+
+        return TritonExecutable(graph)
+
+
+@dataclass(frozen=True)
+class _Auto:
+    """Decided per graph (from its tensors' device) or, for a graph without tensors, per call."""
+
+    name: str = "auto"
+    supports_cuda_graphs: bool = False
+
+    def compile(self, graph: Graph) -> Executable:
+        return AutoExecutable(graph)
+
+
+REGISTRY: dict[str, Backend] = {"auto": _Auto(), "reference": _Reference(), "triton": _Triton()}
+BACKENDS = tuple(REGISTRY)
+
+
+def get_backend(backend: str, graph: Optional[Graph] = None) -> Backend:
+    """The backend called ``backend``, with ``"auto"`` resolved for ``graph`` where it can be."""
+    return REGISTRY[resolve_backend(backend, graph)]
 
 
 def compile_graph(graph: Graph, backend: str = "auto") -> Executable:
@@ -34,18 +86,7 @@ def compile_graph(graph: Graph, backend: str = "auto") -> Executable:
 
 
 def _compile_graph(graph: Graph, backend: str) -> Executable:
-    name = resolve_backend(backend, graph)
-    if name == "reference":
-        from membound.backends.reference import ReferenceExecutable
-
-        return ReferenceExecutable(graph)
-    if name == "triton":
-        from membound.backends.triton import TritonExecutable
-
-        return TritonExecutable(graph)
-    if name == "auto":
-        return AutoExecutable(graph)
-    raise AssertionError(name)
+    return get_backend(backend, graph).compile(graph)
 
 
 def resolve_backend(backend: str, graph: Optional[Graph] = None) -> str:

@@ -594,7 +594,8 @@ def _select(t: Translator, a: Args) -> Value:
 @rule(aten.cat.default)
 def _cat(t: Translator, a: Args) -> Value:
     dtype = t.out_type().dtype
-    xs = [t.cast(x, dtype) for x in a.tensors]
+    # torch's legacy rule: a 1-D empty operand is skipped (an empty Hugging Face DynamicCache starts so)
+    xs = [t.cast(x, dtype) for x in a.tensors if not (x.type.rank == 1 and x.type.shape[0] == 0)]
     return t.emit("cat", *xs, dim=a.dim) if len(xs) > 1 else xs[0]
 
 

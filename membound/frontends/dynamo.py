@@ -101,7 +101,7 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], dyna
             roles.append(AsParam(name, ex))
             in_leaves.append(ParamLeaf(name))
         else:
-            roles.append(AsInput(_input_name(n)))
+            roles.append(AsInput(_unique(_input_name(n), [r.name for r in roles if isinstance(r, AsInput)])))
             in_leaves.append(TensorLeaf(n_inputs))
             n_inputs += 1
     name = _model_name(gm)
@@ -160,6 +160,16 @@ def _input_name(n: torch.fx.Node) -> str:
         return re.sub(r"\W+", "_", keys[-1])
     name = re.sub(r"^l_(args_|kwargs_)?", "", n.name.lower()).strip("_")
     return name or n.name
+
+
+def _unique(name: str, taken: Sequence[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``... when inputs share a source key (the layers of an HF StaticCache)."""
+    if name not in taken:
+        return name
+    i = 1
+    while f"{name}_{i}" in taken:
+        i += 1
+    return f"{name}_{i}"
 
 
 def _tensor_dims(placeholders: Sequence[torch.fx.Node]) -> dict[sympy.Symbol, tuple[int, int]]:

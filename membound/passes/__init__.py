@@ -26,10 +26,10 @@ from membound.passes.manager import (
     register_pass,
     registered_passes,
 )
-from membound.passes.pipeline import default_pipeline, insert_after, insert_before, without
+from membound.passes.pipeline import PIPELINES, default_pipeline, insert_after, insert_before, named_pipeline, without
 
 __all__ = [
-    "DumpIR", "Instrument", "PassContext", "PassError", "PassFn", "PassLike", "PassManager", "PassRecord",
+    "PIPELINES", "DumpIR", "Instrument", "PassContext", "PassError", "PassFn", "PassLike", "PassManager", "PassRecord",
     "PrintAfterAll", "PrintAfterChange", "Timing", "default_pipeline", "get_pass", "insert_after", "insert_before",
-    "pass_name", "register_pass", "registered_passes", "without",
+    "named_pipeline", "pass_name", "register_pass", "registered_passes", "without",
 ]

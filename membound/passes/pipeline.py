@@ -2,6 +2,18 @@
 
     pipeline = insert_after(default_pipeline(), "canonicalize", my_pass)
     PassManager(pipeline).run(graph)
+
+Three named pipelines, one per kind of graph the compile driver (``membound.driver``) builds:
+
+* ``forward``: what ``membound.compile(model)`` and the ``torch.compile`` backend run on a captured
+  forward: clean-ups, then the memory-bound rewrites (fuse-attention, merge-linear,
+  fuse-gated-linear), each asking the cost model whether it pays at the graph's dims.
+* ``prefill``: the step graph ``generate`` builds: the forward clean-ups, fuse-attention, then
+  insert-kv-cache (which needs the attention op and separate k/v projections) before the linear
+  merges.
+* ``decode``: the prefill step specialised to ``S = 1``: only clean-ups, the rewrites already ran.
+
+``default_pipeline()`` is the forward pipeline.
 """
 
 from __future__ import annotations
@@ -10,12 +22,31 @@ from typing import Sequence
 
 from membound.passes.manager import PassFn, PassLike, get_pass, pass_name
 
-DEFAULT_PASSES = ("canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination")
+CLEANUP_PASSES = ("canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination")
+# what turns a cache-less forward into a cached step: after the user's (or the cleanup) passes
+KV_CACHE_PASSES = ("fuse-attention", "insert-kv-cache", "fuse-moe", "merge-linear", "fuse-gated-linear",
+                   "canonicalize", "dead-code-elimination")
+MEMORY_BOUND_PASSES = ("fuse-attention", "merge-linear", "fuse-gated-linear", "canonicalize",
+                       "dead-code-elimination")
+
+PIPELINES: dict[str, tuple[str, ...]] = {
+    "forward": CLEANUP_PASSES + MEMORY_BOUND_PASSES,
+    "prefill": CLEANUP_PASSES + KV_CACHE_PASSES,
+    "decode": ("canonicalize", "dead-code-elimination"),
+}
+DEFAULT_PASSES = PIPELINES["forward"]
+
+
+def named_pipeline(name: str) -> list[PassFn]:
+    """A fresh list of the passes of the pipeline called ``name`` (``forward``, ``prefill``, ``decode``)."""
+    if name not in PIPELINES:
+        raise KeyError(f"no pipeline named {name!r}; the named pipelines are {', '.join(PIPELINES)}")
+    return [get_pass(p) for p in PIPELINES[name]]
 
 
 def default_pipeline() -> list[PassFn]:
-    """A fresh list of the default passes, in order (safe to edit)."""
-    return [get_pass(name) for name in DEFAULT_PASSES]
+    """A fresh list of the passes ``membound.compile`` runs (the forward pipeline), in order (safe to edit)."""
+    return named_pipeline("forward")
 
 
 def _position(pipeline: Sequence[PassLike], name: str) -> int:

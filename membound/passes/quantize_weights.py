@@ -269,6 +269,14 @@ def dequantized_weights(graph: Graph) -> dict[str, torch.Tensor]:
             continue
         a = node.attrs
         w = dequantize(q, s, a["scheme"], a["group_size"], a["in_features"])
-        out[node.meta.get("quantized_from", node.inputs[qi].name)] = (
-            w.t() if node.meta.get("quantized_transposed") else w)
+        name = node.meta.get("quantized_from", node.inputs[qi].name)
+        sources = graph.meta.get("param_sources", {}).get(name)
+        if sources and not node.meta.get("quantized_transposed"):
+            # a merge-linear weight: its rows are the original weights', in order
+            rows = 0
+            for src, n in sources:
+                out[src] = w[rows:rows + n]
+                rows += n
+            continue
+        out[name] = w.t() if node.meta.get("quantized_transposed") else w
     return out

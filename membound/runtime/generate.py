@@ -19,6 +19,8 @@ from membound.ir.graph import Graph
 from membound.runtime.concurrency import exclusive
 from membound.runtime.kv_cache import CacheCapacityError, StaticKVCache, capacity_limit
 
+Processor = Callable[[torch.Tensor], torch.Tensor]
+
 
 @dataclass
 class KVProgram:
@@ -107,7 +109,7 @@ def decode_loop(program: KVProgram, input_ids: torch.Tensor, max_new_tokens: int
                 top_k: Optional[int] = None, top_p: Optional[float] = None,
                 eos_token_id: Optional[Union[int, Sequence[int]]] = None, pad_token_id: Optional[int] = None,
                 max_cache_len: Optional[int] = None, stream: Optional[Callable[[torch.Tensor], None]] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                generator: Optional[torch.Generator] = None, process: Optional[Processor] = None) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` per row; returns ``cat([input_ids, new_tokens], dim=1)``."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -127,14 +129,15 @@ def decode_loop(program: KVProgram, input_ids: torch.Tensor, max_new_tokens: int
     with exclusive(program, "generate"):
         return _decode(program, input_ids, prompts, lengths, max_new_tokens, needed, limit,
                        max_cache_len is not None, temperature=temperature, top_k=top_k, top_p=top_p,
-                       eos_token_id=eos_token_id, pad_token_id=pad_token_id, stream=stream, generator=generator)
+                       eos_token_id=eos_token_id, pad_token_id=pad_token_id, stream=stream, generator=generator,
+                       process=process)
 
 
 def _decode(program: KVProgram, input_ids: torch.Tensor, prompts: list[torch.Tensor], lengths: torch.Tensor,
             max_new_tokens: int, needed: int, limit: Optional[int], reserve: bool, *, temperature: float,
             top_k: Optional[int], top_p: Optional[float], eos_token_id: Optional[Union[int, Sequence[int]]],
             pad_token_id: Optional[int], stream: Optional[Callable[[torch.Tensor], None]],
-            generator: Optional[torch.Generator]) -> torch.Tensor:
+            generator: Optional[torch.Generator], process: Optional[Processor] = None) -> torch.Tensor:
     device = input_ids.device
     batch, longest = len(prompts), int(lengths.max())
     # allocates before it swaps: a failure here leaves the cache (and its CUDA graphs) as they were
@@ -159,15 +162,18 @@ def _decode(program: KVProgram, input_ids: torch.Tensor, prompts: list[torch.Ten
         return program.decode_step([tokens[:, None], positions, zeros], state, longest + i + 1)
 
     new = token_loop(logits, step, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos,
-                     pad=pad, stream=stream, generator=generator)
+                     pad=pad, stream=stream, generator=generator, process=process)
     return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)
 
 
 def token_loop(logits: torch.Tensor, step: Callable[[int, torch.Tensor], torch.Tensor], max_new_tokens: int, *,
                temperature: float, top_k: Optional[int], top_p: Optional[float], eos: set[int], pad: int,
-               stream: Optional[Callable[[torch.Tensor], None]], generator: Optional[torch.Generator]
-               ) -> torch.Tensor:
+               stream: Optional[Callable[[torch.Tensor], None]], generator: Optional[torch.Generator],
+               process: Optional[Processor] = None) -> torch.Tensor:
     """Sample from ``logits [B, S, V]``, feed each token to ``step(i, tokens[B]) -> logits``, repeat.
+
+    ``process(logits [B, V]) -> logits`` edits each step's logits before sampling (repetition penalty,
+    a minimum length: ``membound.generation`` builds one from a Hugging Face ``GenerationConfig``).
 
     Rows that produced an EOS token emit ``pad`` from then on; the loop ends when every row has, or
     after ``max_new_tokens``. Returns the new tokens ``[B, n]``.
@@ -176,7 +182,8 @@ def token_loop(logits: torch.Tensor, step: Callable[[int, torch.Tensor], torch.T
     eos_ids = torch.tensor(sorted(eos), device=logits.device) if eos else None
     out = []
     for i in range(max_new_tokens):
-        nxt = sample(logits[:, -1], temperature, top_k, top_p, generator)
+        last = logits[:, -1] if process is None else process(logits[:, -1])
+        nxt = sample(last, temperature, top_k, top_p, generator)
         if eos_ids is not None:  # without EOS ids no row ever finishes: no padding kernels per token
             nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
         out.append(nxt)
@@ -239,7 +246,8 @@ def carried_cache_loop(model: Callable[..., object], position_kw: str, input_ids
                        top_k: Optional[int] = None, top_p: Optional[float] = None,
                        eos_token_id: Optional[Union[int, Sequence[int]]] = None, pad_token_id: Optional[int] = None,
                        stream: Optional[Callable[[torch.Tensor], None]] = None,
-                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                       generator: Optional[torch.Generator] = None, process: Optional[Processor] = None
+                       ) -> torch.Tensor:
     """Decode a model that carries its own static cache: ``model(ids, **{position_kw: positions[S]})``.
 
     Hugging Face's exportable static-cache module and gpt-fast-style models write K/V into their own
@@ -266,5 +274,5 @@ def carried_cache_loop(model: Callable[..., object], position_kw: str, input_ids
         return logits_of(model(tokens[:, None], **{position_kw: torch.tensor([seq + i], device=device)}))
 
     new = token_loop(logits, step, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos,
-                     pad=pad, stream=stream, generator=generator)
+                     pad=pad, stream=stream, generator=generator, process=process)
     return torch.cat([input_ids, new.to(input_ids.dtype)], dim=1)

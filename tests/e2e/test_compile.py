@@ -43,9 +43,10 @@ def test_hf_models_match_eager_called_like_the_model(name):
     with torch.no_grad():
         for shape in [(2, 7), (3, 5)]:
             ids = torch.randint(0, VOCAB, shape)
-            out = compiled(ids, use_cache=False)        # same arguments as the model
-            ref = model(ids, use_cache=False)
+            out = compiled(ids)                          # same arguments as the model: no use_cache=False needed
+            ref = model(ids)
             assert type(out) is type(ref)                # still a ModelOutput with .logits
+            assert out.past_key_values is None           # the cache-less forward was captured
             assert rel_err(out.logits, ref.logits) <= 1e-4, name
     assert compiled.num_captures == 1
     _check_round_trip(compiled.input_ir)
