@@ -420,11 +420,33 @@ def _build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor, existing
     decode = compile_graph_with(step.specialized({S: 1}), options, "decode", name=name,
                                 dump_dir=dump / "kv-decode" if dump else None)
     graphs = options.cuda_graphs if options.cuda_graphs is not None else decode.backend.supports_cuda_graphs
+    syncing = host_syncing_ops(decode.executable) if graphs else []
+    if syncing and options.cuda_graphs:
+        raise KVCacheError(f"cannot replay {name}'s decode step as a CUDA graph: it runs {', '.join(syncing)} through "
+                           f"its torch reference, which reads values on the host (not allowed while a graph is "
+                           f"captured); compile with cuda_graphs=False or None")
+    if syncing:
+        _capture_log.info("%s: decode step not replayed as a CUDA graph: %s run through torch references that read "
+                          "values on the host", name, ", ".join(syncing))
+        graphs = False
     program = KVProgram(step, decode.ir, prefill.executable, decode.executable,
                         StaticKVCache(step, input_ids.device), cuda_graphs=bool(graphs))
     compiled._kv_program = program
     compiled._event("prefill+decode", reason)
     return program
+
+
+def host_syncing_ops(executable: Any) -> list[str]:
+    """Ops that ``executable`` runs through a torch reference that reads tensor values on the host (the op
+    declares ``host_sync=True``: ``grouped_mm``'s group offsets, ``moe``'s routing, opaque ``torch_call``s);
+    a CUDA graph cannot capture those."""
+    from membound.ir.ops import get_op
+
+    partition = getattr(executable, "partition", None)
+    if partition is None:
+        return []
+    return sorted({s.node.op for s in partition.steps if getattr(s, "impl", None) == "torch"
+                   and get_op(s.node.op).extra.get("host_sync")})
 
 
 def generate(model_or_compiled: Any, input_ids: torch.Tensor, max_new_tokens: int = 32, *,

@@ -119,7 +119,7 @@ def _grouped_mm_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], att
 
 
 define_op("grouped_mm", inputs=("x", "w", "offsets"), kind="matmul", infer=_infer_grouped_mm,
-          reference=_grouped_mm, flops=_grouped_mm_flops,
+          reference=_grouped_mm, flops=_grouped_mm_flops, host_sync=True,
           doc="x[N, K] rows grouped by cumulative ends offsets[E]; group e times w[e][K, M] -> [N, M]")
 
 

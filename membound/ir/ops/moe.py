@@ -174,7 +174,7 @@ def _moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dic
 define_op("moe", inputs=("x", "router", "w_gate", "w_up", "w_down", "shared_gate?", "shared_up?", "shared_down?",
                          "shared_router?"),
           attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu"}, kind="moe",
-          infer=_infer_moe, reference=_moe, flops=_moe_flops, bytes=_moe_bytes,
+          infer=_infer_moe, reference=_moe, flops=_moe_flops, bytes=_moe_bytes, host_sync=True,
           doc="routed mixture of gated-MLP experts (top_k of E per token, fp32 combine), optional gated shared "
               "expert; bytes count the active experts only")
 

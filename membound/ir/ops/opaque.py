@@ -69,5 +69,5 @@ def _torch_call(*xs: torch.Tensor, target: str, args: Any, kwargs: Any) -> Any:
 
 
 define_op(_OP, inputs=("*xs",), attrs={"target": REQUIRED, "args": (), "kwargs": ()}, kind="opaque",
-          infer=_infer_torch_call, reference=_torch_call, flops=zero_flops, infer_from_capture=True,
+          infer=_infer_torch_call, reference=_torch_call, flops=zero_flops, infer_from_capture=True, host_sync=True,
           doc="calls the torch op `target` with args/kwargs templates whose '%N' slots are the inputs")
