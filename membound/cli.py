@@ -123,7 +123,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     hardware = Hardware.named(args.hardware) if args.hardware else None
     path = explain_cli(args.model, args.out, hardware=hardware, batch=args.batch, seq_len=args.seq_len,
-                       cache_len=args.cache_len)
+                       cache_len=args.cache_len, quantize=args.quantize)
     if path is not None:
         print(f"roofline plot written to {path}")
     return 0
@@ -137,7 +137,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = args.device or _device()
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model, tokenizer = load_checkpoint(args.model, dtype=dtype, device=device)
-    compiled = membound.compile(model, backend=args.backend)
+    compiled = membound.compile(model, backend=args.backend, quantize=args.quantize)
     inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     streamer = _TextOut(tokenizer, sys.stdout)
     options = dict(max_new_tokens=args.max_new_tokens, streamer=streamer)
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hardware", default=None, help="predict for this card (h100-sxm, h200, a100-80gb, cpu, ...) "
                    "instead of this machine's")
     e.add_argument("--out", default=".", help="folder for roofline-<model>.png (needs matplotlib)")
+    e.add_argument("--quantize", choices=("int8", "int4", "fp8"), default=None,
+                   help="show the model with weight-only quantized linears (int4: groups of 128)")
     e.set_defaults(func=cmd_explain)
     g = sub.add_parser("generate", help="generate text from a local Hugging Face checkpoint folder")
     g.add_argument("model", help="a folder with config.json, *.safetensors and tokenizer files")
@@ -265,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     g.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
+    g.add_argument("--quantize", choices=("int8", "int4", "fp8"), default=None,
+                   help="weight-only quantization of the linears (int4: groups of 128)")
     g.set_defaults(func=cmd_generate)
     m = sub.add_parser("models", help="list the built-in models")
     m.set_defaults(func=cmd_models)

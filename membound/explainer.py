@@ -188,7 +188,8 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
 
 
 def explain_cli(model_name: str, out_dir: Optional[str], *, hardware: Optional[Hardware] = None, max_rows: int = 40,
-                batch: int = 1, seq_len: int = 512, cache_len: Optional[int] = None) -> Optional[str]:
+                batch: int = 1, seq_len: int = 512, cache_len: Optional[int] = None,
+                quantize: Any = None) -> Optional[str]:
     """``membound explain MODEL|DIR``: print the tables and summary for a built-in model or a local Hugging
     Face checkpoint folder (only its config.json is read), write ``roofline-<model>.png`` into ``out_dir``
     when matplotlib is installed, and return its path (None without a plot).
@@ -211,7 +212,7 @@ def explain_cli(model_name: str, out_dir: Optional[str], *, hardware: Optional[H
     out = Path(out_dir).resolve() if out_dir is not None and plot_available() else None
     with progress.bar(f"membound: explaining {name}", total=None, unit="step"):
         report = explain(model, (ids,), hardware=hardware, out=out, name=name, max_rows=max_rows, measure=measure,
-                         batch=batch, seq_len=seq_len, cache_len=cache_len)
+                         batch=batch, seq_len=seq_len, cache_len=cache_len, quantize=quantize)
     print(report)
     if out_dir is not None and out is None:
         print("\n(no roofline plot: matplotlib is not installed; pip install 'membound[plot]')")

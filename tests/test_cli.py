@@ -33,6 +33,15 @@ def test_explain_a_checkpoint_folder(checkpoint, capsys, tmp_path):
     assert "B=2, S=32" in out and "B=2, T=64" in out and "H100" in out
 
 
+def test_generate_and_explain_quantized(checkpoint, capsys, tmp_path):
+    assert main(["generate", str(checkpoint), "--prompt", "hello world", "--max-new-tokens", "4",
+                 "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["explain", "llama-tiny", "--quantize", "int4", "--hardware", "h100-sxm", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "quant_linear" in out and "quantization accuracy" in out
+
+
 @pytest.mark.parametrize("command, names", [(["explain", "no-such-model"], "llama-tiny"),
                                             (["generate", "no/such/dir", "--prompt", "x"], "config.json")])
 def test_a_bad_model_is_one_line_naming_what_exists(command, names, capsys):
