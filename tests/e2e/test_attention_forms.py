@@ -63,6 +63,7 @@ def test_hf_attention_ends_as_attention_ops_with_window_and_softcap(name, attn, 
 def test_window_shorter_than_prompt_generates_eager_greedy_tokens(name, attn):
     # window 4 < prompt 9 + 8 new tokens: before the fix the cached path dropped the window silently
     model = _hf(name, attn)
+    model.generation_config.eos_token_id = None  # the oracle below does not stop at EOS
     ids, mask = prompts(VOCAB, [9, 6])
     compiled = membound.compile(model)
     with torch.no_grad():
