@@ -34,15 +34,10 @@ def _graphs_of(compiled: Any) -> list[Graph]:
 
 
 def _packed_of(graph: Graph) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
+    from membound.passes.quantize_weights import packed_linears
+
     out: dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] = {}
-    for node in graph.nodes:
-        if node.op not in ("quant_linear", "quant_gated_linear"):
-            continue
-        qi = 1 if node.op == "quant_linear" else 2
-        q, s = graph.tensors.get(node.inputs[qi].name), graph.tensors.get(node.inputs[qi + 1].name)
-        if q is None or s is None:
-            continue
-        name = node.meta.get("quantized_from", node.inputs[qi].name)
+    for node, name, q, s in packed_linears(graph):
         info = {"scheme": node.attrs["scheme"], "group_size": node.attrs["group_size"],
                 "shape": [int(q.shape[0]), int(node.attrs["in_features"])], "dtype": str(s.dtype).replace("torch.", "")}
         sources = graph.meta.get("param_sources", {}).get(name, ())

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -256,20 +256,25 @@ class QuantizeWeights:
         return "quant_gated_linear", [inputs[0], inputs[1], q, s], attrs
 
 
-def dequantized_weights(graph: Graph) -> dict[str, torch.Tensor]:
-    """For every quantized linear of ``graph``: the float weight its packed tensors stand for, by the
-    original parameter name (what an eager model with dequantized weights would hold)."""
-    out: dict[str, torch.Tensor] = {}
+def packed_linears(graph: Graph) -> Iterator[tuple[Node, str, torch.Tensor, torch.Tensor]]:
+    """``(node, float parameter name, qweight, scales)`` of every quantized linear of ``graph`` whose packed
+    tensors are bound."""
     for node in graph.nodes:
         if node.op not in ("quant_linear", "quant_gated_linear"):
             continue
         qi = 1 if node.op == "quant_linear" else 2
         q, s = graph.tensors.get(node.inputs[qi].name), graph.tensors.get(node.inputs[qi + 1].name)
-        if q is None or s is None:
-            continue
+        if q is not None and s is not None:
+            yield node, node.meta.get("quantized_from", node.inputs[qi].name), q, s
+
+
+def dequantized_weights(graph: Graph) -> dict[str, torch.Tensor]:
+    """For every quantized linear of ``graph``: the float weight its packed tensors stand for, by the
+    original parameter name (what an eager model with dequantized weights would hold)."""
+    out: dict[str, torch.Tensor] = {}
+    for node, name, q, s in packed_linears(graph):
         a = node.attrs
         w = dequantize(q, s, a["scheme"], a["group_size"], a["in_features"])
-        name = node.meta.get("quantized_from", node.inputs[qi].name)
         sources = graph.meta.get("param_sources", {}).get(name)
         if sources and not node.meta.get("quantized_transposed"):
             # a merge-linear weight: its rows are the original weights', in order
