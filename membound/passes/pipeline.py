@@ -6,7 +6,7 @@
 Three named pipelines, one per kind of graph the compile driver (``membound.driver``) builds:
 
 * ``forward``: what ``membound.compile(model)`` and the ``torch.compile`` backend run on a captured
-  forward: clean-ups, then the memory-bound rewrites (fuse-attention, merge-linear,
+  forward: clean-ups, then the memory-bound rewrites (fuse-attention, fuse-moe, merge-linear,
   fuse-gated-linear), each asking the cost model whether it pays at the graph's dims.
 * ``prefill``: the step graph ``generate`` builds: the forward clean-ups, fuse-attention, then
   insert-kv-cache (which needs the attention op and separate k/v projections) before the linear
@@ -26,7 +26,8 @@ CLEANUP_PASSES = ("canonicalize", "constant-fold", "common-subexpression-elimina
 # what turns a cache-less forward into a cached step: after the user's (or the cleanup) passes
 KV_CACHE_PASSES = ("fuse-attention", "insert-kv-cache", "fuse-moe", "merge-linear", "fuse-gated-linear",
                    "canonicalize", "dead-code-elimination")
-MEMORY_BOUND_PASSES = ("fuse-attention", "merge-linear", "fuse-gated-linear", "canonicalize",
+# fuse-moe before merge-linear: merging would fold the router into a wider projection the pattern does not read
+MEMORY_BOUND_PASSES = ("fuse-attention", "fuse-moe", "merge-linear", "fuse-gated-linear", "canonicalize",
                        "dead-code-elimination")
 
 PIPELINES: dict[str, tuple[str, ...]] = {

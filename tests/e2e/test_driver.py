@@ -54,8 +54,9 @@ def test_gpt2_with_eager_attention_ends_with_an_attention_op():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     ops = [n.op for n in compiled.ir.nodes]
     assert "attention" in ops and "softmax" not in ops
-    assert [r.name for r in compiled.pass_records][-5:] == ["fuse-attention", "merge-linear", "fuse-gated-linear",
-                                                             "canonicalize", "dead-code-elimination"]
+    assert [r.name for r in compiled.pass_records][-6:] == ["fuse-attention", "fuse-moe", "merge-linear",
+                                                             "fuse-gated-linear", "canonicalize",
+                                                             "dead-code-elimination"]
 
 
 def test_torch_compile_takes_membound_options_and_rejects_unknown_ones(tmp_path):
@@ -87,7 +88,7 @@ def test_compile_options_are_one_dataclass():
     opts = CompileOptions(backend="reference")
     compiled = membound.compile(build_model("llama-tiny"), options=opts)
     assert compiled.options is opts and compiled.backend == "reference"
-    assert [len(opts.pipeline_for(k)) for k in ("forward", "prefill", "decode")] == [9, 11, 2]
+    assert [len(opts.pipeline_for(k)) for k in ("forward", "prefill", "decode")] == [10, 11, 2]
     custom = CompileOptions(pipeline=["canonicalize"])
     assert len(custom.pipeline_for("prefill")) == 1 + 7  # the user's passes, then the KV-cache passes
 

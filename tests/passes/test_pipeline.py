@@ -18,7 +18,7 @@ from membound.passes import (
 )
 
 DEFAULT = ["canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination",
-           "fuse-attention", "merge-linear", "fuse-gated-linear", "canonicalize", "dead-code-elimination"]
+           "fuse-attention", "fuse-moe", "merge-linear", "fuse-gated-linear", "canonicalize", "dead-code-elimination"]
 
 
 def mark(graph: Graph, ctx: PassContext) -> bool:
