@@ -55,12 +55,12 @@ class QuantReport:
 
 
 def _float_weight(graph: Graph, name: str, weights: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
-    if name in weights:
-        return weights[name]
-    sources = graph.meta.get("param_sources", {}).get(name)
-    if sources and all(src in weights for src, _ in sources):
-        return torch.cat([weights[src] for src, _ in sources])
-    return None
+    from membound.passes.quantize_weights import sourced_rows
+
+    parts = sourced_rows(graph, name, weights)
+    if parts is None:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def quantization_report(float_graph: Graph, quant_graph: Graph, weights: dict[str, torch.Tensor],

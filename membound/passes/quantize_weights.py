@@ -154,18 +154,26 @@ def _packed(graph: Graph, w: Value, transposed: bool, config: QuantConfig
     return hit
 
 
+def sourced_rows(graph: Graph, name: str, table: dict[str, Any]) -> Optional[list[Any]]:
+    """``table``'s entries that make up parameter ``name``, top rows first: ``[table[name]]``, or for a weight
+    merge-linear concatenated (``graph.meta["param_sources"]``) its sources' entries; None when missing."""
+    if name in table:
+        return [table[name]]
+    sources = graph.meta.get("param_sources", {}).get(name)
+    if sources and all(src in table for src, _ in sources):
+        return [table[src] for src, _ in sources]
+    return None
+
+
 def _from_store(graph: Graph, name: str, config: QuantConfig) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """Saved packed tensors for parameter ``name``: saved under that name, or (a weight merge-linear
     concatenated) the rows of its sources concatenated: every format quantizes rows independently."""
-    if config.store is None:
+    parts = sourced_rows(graph, name, config.store) if config.store is not None else None
+    if parts is None:
         return None
-    if name in config.store:
-        return config.store[name]
-    sources = graph.meta.get("param_sources", {}).get(name)
-    if sources and all(src in config.store for src, _ in sources):
-        parts = [config.store[src] for src, _ in sources]
-        return torch.cat([q for q, _ in parts]), torch.cat([s for _, s in parts])
-    return None
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([q for q, _ in parts]), torch.cat([s for _, s in parts])
 
 
 def _declines(ctx: PassContext, node: Node, quant: Node) -> Optional[str]:
