@@ -295,3 +295,17 @@ def test_quant_linear_gpu(scheme: str, group: int, m: int) -> None:
     close(y, F.linear(x.float(), w.float()), dtype)
     gx = (F.silu(x) * x.flip(1)).float()
     close(g, F.linear(gx, w.float()), dtype)
+
+
+@pytest.mark.parametrize("scheme,n,k,dot", [
+    ("int8", 4096, 4096, True), ("fp8", 4096, 14336, True),   # int8/fp8: tensor cores from M = 1 on
+    ("int4", 4096, 14336, False), ("int4", 14336, 4096, True),  # int4: only with many output columns
+    ("int4", 14336, 4100, False),                              # int4 without whole words: the FMA GEMV
+])
+def test_gemv_path_choice(scheme, n, k, dot):
+    """M <= 2 picks the kernel the H200 measurement favours (``tensor_cores_at_gemv``); M = 16 is always dot."""
+    for m in (1, 2):
+        cfg = qm.pick_config(m, n, k, scheme, 128, torch.float16, torch.device("cpu"))
+        assert cfg.use_dot is dot, (m, cfg)
+        assert (cfg.block_m == 16) is dot
+    assert qm.pick_config(16, n, k, scheme, 128, torch.float16, torch.device("cpu")).use_dot

@@ -7,9 +7,10 @@ time is the time to stream the packed weight, so int8 halves it and int4 quarter
 
 One kernel, ``_quant_matmul``, built like ``linear.py``'s ``_linear_small_m``: each program owns
 ``BLOCK_N`` weight rows (output columns) and walks K in tiles, loading each packed byte once; the few x
-rows are re-read per program from L2. Two inner products, chosen by ``USE_DOT``: register FMAs (M <= 2,
-the GEMV, no tensor cores) or ``tl.dot`` on a tile dequantized to x's dtype (M = 3..32, and the fused
-prefill kernel).
+rows are re-read per program from L2. Two inner products, chosen by ``USE_DOT``: register FMAs (the GEMV,
+no tensor cores: M <= 2 where :func:`tensor_cores_at_gemv` says it wins, today int4 with fewer than 8192
+output columns) or ``tl.dot`` on a tile dequantized to x's dtype (M = 3..32 with M padded to 16, M <= 2
+otherwise, and the fused prefill kernel).
 
 Instructions per byte are the budget: at 4.8 TB/s an H200 SM must retire ~37 int4 nibbles a clock
 from 128 ALU lanes, and its int -> float conversion runs at 16 a clock. So codes never go through that
@@ -513,6 +514,27 @@ class QuantConfig:
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
 
 
+TC_GEMV_INT4_N = 8192  # int4 at M <= 2: the tensor-core kernel from this many output columns on
+
+
+def tensor_cores_at_gemv(n: int, k: int, scheme: str) -> bool:
+    """Whether M <= 2 runs the tensor-core kernel (M padded to 16) rather than the FMA GEMV.
+
+    Measured on one H200 (``benches/results/quant_gemv_paths-nvidia-h200-2026-12-02.json``, bf16 x, M = 1,
+    weights streamed from HBM, CUDA-graph replay): the FMA GEMV spends ~7.5 instructions per int8 code and
+    ~9 per int4 code (dequantize, convert x, FMA, addressing; SASS of sm_90), so it is issue-bound near half
+    the read bandwidth, while the tensor-core kernel pipelines its loads (cp.async) and leaves the
+    multiply-add to the MMA. int8 on tensor cores: 4096x14336 24.0 us vs 27.1, 14336x4096 25.4 vs 33.4,
+    2048x8192 9.9 vs 10.4, 128256x2048 88.8 vs 152.9, 4096x4096 9.8 vs 9.4 (the one loss, 5%). int4:
+    wins only with many output columns (14336x4096 35.1 vs 37.4, 128256x2048 109.3 vs 190.4), loses at
+    4096x14336 (31.7 vs 29.8) and 4096x4096 (11.5 vs 11.2). fp8 at M = 4 on tensor cores beat its M = 1
+    GEMV at every shape of the 2026-12-01 run (e.g. 4096x14336 19.7 us vs 29.1).
+    """
+    if scheme == "int4":
+        return k % 8 == 0 and n >= TC_GEMV_INT4_N  # words: the tensor-core int4 tile needs whole words
+    return True
+
+
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
                 device: torch.device) -> QuantConfig:
     """Tiles for ``m`` rows, from one H200 sweep at 4096 x 14336 (``benches/results/quant_matmul-sweep-
@@ -537,6 +559,8 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
     words = int4 and k % 8 == 0  # int4 read as words: tiles of several groups (_int4_groups), no gathers
     kcap = max(32 if int4 else 16, next_pow2(k))
     num_stages = 3
+    if m <= GEMV_M and tensor_cores_at_gemv(n, k, scheme):
+        m = GEMV_M + 1  # the tensor-core kernel with M padded to 16 rows (see tensor_cores_at_gemv)
     if m <= GEMV_M:
         if words:
             # 16 rows x 256 bytes (8 rows at M = 2: the x * w accumulators double)
