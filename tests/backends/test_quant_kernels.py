@@ -297,15 +297,17 @@ def test_quant_linear_gpu(scheme: str, group: int, m: int) -> None:
     close(g, F.linear(gx, w.float()), dtype)
 
 
-@pytest.mark.parametrize("scheme,n,k,dot", [
-    ("int8", 4096, 4096, True), ("fp8", 4096, 14336, True),   # int8/fp8: tensor cores from M = 1 on
-    ("int4", 4096, 14336, False), ("int4", 14336, 4096, True),  # int4: only with many output columns
-    ("int4", 14336, 4100, False),                              # int4 without whole words: the FMA GEMV
+@pytest.mark.parametrize("scheme,n,k,gated,dot", [
+    ("int8", 4096, 4096, False, False), ("int8", 6144, 4096, False, True),  # int8/fp8: above 4096 x 4096
+    ("fp8", 4096, 14336, False, True), ("int8", 4096, 14336, True, False),  # gated: always the GEMV
+    ("int4", 28672, 4096, False, False), ("int4", 128256, 4096, False, True),  # int4: lm heads only
+    ("int4", 128256, 4100, False, False),                                 # int4 without whole words
 ])
-def test_gemv_path_choice(scheme, n, k, dot):
+def test_gemv_path_choice(scheme, n, k, gated, dot):
     """M <= 2 picks the kernel the H200 measurement favours (``tensor_cores_at_gemv``); M = 16 is always dot."""
+    cpu = torch.device("cpu")
     for m in (1, 2):
-        cfg = qm.pick_config(m, n, k, scheme, 128, torch.float16, torch.device("cpu"))
+        cfg = qm.pick_config(m, n, k, scheme, 128, torch.float16, cpu, gated=gated)
         assert cfg.use_dot is dot, (m, cfg)
         assert (cfg.block_m == 16) is dot
-    assert qm.pick_config(16, n, k, scheme, 128, torch.float16, torch.device("cpu")).use_dot
+    assert qm.pick_config(16, n, k, scheme, 128, torch.float16, cpu, gated=gated).use_dot

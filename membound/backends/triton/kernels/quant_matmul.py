@@ -8,9 +8,9 @@ time is the time to stream the packed weight, so int8 halves it and int4 quarter
 One kernel, ``_quant_matmul``, built like ``linear.py``'s ``_linear_small_m``: each program owns
 ``BLOCK_N`` weight rows (output columns) and walks K in tiles, loading each packed byte once; the few x
 rows are re-read per program from L2. Two inner products, chosen by ``USE_DOT``: register FMAs (the GEMV,
-no tensor cores: M <= 2 where :func:`tensor_cores_at_gemv` says it wins, today int4 with fewer than 8192
-output columns) or ``tl.dot`` on a tile dequantized to x's dtype (M = 3..32 with M padded to 16, M <= 2
-otherwise, and the fused prefill kernel).
+no tensor cores: M <= 2 where :func:`tensor_cores_at_gemv` says it wins, today int4 below lm-head widths,
+int8/fp8 up to 4096 x 4096, and the gated op) or ``tl.dot`` on a tile dequantized to x's dtype (M = 3..32
+with M padded to 16, M <= 2 otherwise, and the fused prefill kernel).
 
 Instructions per byte are the budget: at 4.8 TB/s an H200 SM must retire ~37 int4 nibbles a clock
 from 128 ALU lanes, and its int -> float conversion runs at 16 a clock. So codes never go through that
@@ -514,29 +514,35 @@ class QuantConfig:
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
 
 
-TC_GEMV_INT4_N = 8192  # int4 at M <= 2: the tensor-core kernel from this many output columns on
+TC_GEMV_INT4_N = 32768  # int4 at M <= 2: the tensor-core kernel from this many output columns on (lm heads)
+TC_GEMV_ELEMENTS = 4096 * 4096  # int8/fp8 at M <= 2: the tensor-core kernel above this many weight elements
 
 
-def tensor_cores_at_gemv(n: int, k: int, scheme: str) -> bool:
+def tensor_cores_at_gemv(n: int, k: int, scheme: str, gated: bool = False) -> bool:
     """Whether M <= 2 runs the tensor-core kernel (M padded to 16) rather than the FMA GEMV.
 
-    Measured on one H200 (``benches/results/quant_gemv_paths-nvidia-h200-2026-12-02.json``, bf16 x, M = 1,
+    Measured on one H200 (``benches/results/quant_gemv_paths-nvidia-h200-2026-12-02*.json``, bf16 x, M = 1,
     weights streamed from HBM, CUDA-graph replay): the FMA GEMV spends ~7.5 instructions per int8 code and
     ~9 per int4 code (dequantize, convert x, FMA, addressing; SASS of sm_90), so it is issue-bound near half
     the read bandwidth, while the tensor-core kernel pipelines its loads (cp.async) and leaves the
     multiply-add to the MMA. int8 on tensor cores: 4096x14336 24.0 us vs 27.1, 14336x4096 25.4 vs 33.4,
-    2048x8192 9.9 vs 10.4, 128256x2048 88.8 vs 152.9, 4096x4096 9.8 vs 9.4 (the one loss, 5%). int4:
-    wins only with many output columns (14336x4096 35.1 vs 37.4, 128256x2048 109.3 vs 190.4), loses at
-    4096x14336 (31.7 vs 29.8) and 4096x4096 (11.5 vs 11.2). fp8 at M = 4 on tensor cores beat its M = 1
-    GEMV at every shape of the 2026-12-01 run (e.g. 4096x14336 19.7 us vs 29.1).
+    6144x4096 15.3 vs 18.3, 28672x4096 46.5 vs 60.3, 128256x4096 171 vs 252, but 4096x4096 10.3-9.8 vs
+    9.4-9.9 (so: above 4096 x 4096 elements). int4 wins only on lm heads (128256x4096 236 vs 311,
+    128256x2048 109 vs 190) and is even or worse elsewhere (28672x4096 75.2 vs 72.0, 4096x14336 31.7 vs
+    29.8). fp8 at M = 4 on tensor cores beat its M = 1 GEMV at every shape of the 2026-12-01 run.
+    The gated op (``quant_gated_linear``) keeps the GEMV: on tensor cores every program forms
+    ``silu(gate) * up`` for all 16 padded rows of its x tiles (4096x14336 int8: 104 us vs 41 on the GEMV,
+    which forms it once per program, ``PRE_GATE``).
     """
+    if gated:
+        return False
     if scheme == "int4":
         return k % 8 == 0 and n >= TC_GEMV_INT4_N  # words: the tensor-core int4 tile needs whole words
-    return True
+    return n * k > TC_GEMV_ELEMENTS
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
-                device: torch.device) -> QuantConfig:
+                device: torch.device, gated: bool = False) -> QuantConfig:
     """Tiles for ``m`` rows, from one H200 sweep at 4096 x 14336 (``benches/results/quant_matmul-sweep-
     nvidia-h200-2026-12-01-int4-groups.json``; other shapes untuned):
 
@@ -559,7 +565,7 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
     words = int4 and k % 8 == 0  # int4 read as words: tiles of several groups (_int4_groups), no gathers
     kcap = max(32 if int4 else 16, next_pow2(k))
     num_stages = 3
-    if m <= GEMV_M and tensor_cores_at_gemv(n, k, scheme):
+    if m <= GEMV_M and tensor_cores_at_gemv(n, k, scheme, gated):
         m = GEMV_M + 1  # the tensor-core kernel with M padded to 16 rows (see tensor_cores_at_gemv)
     if m <= GEMV_M:
         if words:
@@ -742,7 +748,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     u2 = _rows(up, m, k) if up is not None else None
     s = scales.contiguous()
     int4 = scheme == "int4"
-    cfg = config or pick_config(m, n, k, scheme, group_size, x.dtype, x.device)
+    cfg = config or pick_config(m, n, k, scheme, group_size, x.dtype, x.device, gated=up is not None)
     if not cfg.use_dot and m > cfg.block_m:
         raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m} on the FMA path")
     if int4 and not (cfg.block_k <= group_size and group_size % cfg.block_k == 0

@@ -1,0 +1,72 @@
+"""Which quant_linear path makes the 8B int8 decode step slower? Per-op and per-layer graphs, GEMV vs TC."""
+import json
+import os
+import statistics
+
+import torch
+
+from membound.backends.triton.kernels import quant_matmul as qm
+from membound.ir.ops.quant import quantize
+
+dev = "cuda"
+torch.manual_seed(0)
+H, I, V = 4096, 14336, 128256
+shapes = {"qkv": (6144, H, False), "o": (H, H, False), "gate_up": (2 * I, H, False), "down_gated": (H, I, True),
+          "head": (V, H, False)}
+L = 8  # layers' worth of distinct weights (streams from HBM)
+
+
+def time_graph(fn, n=20):
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        fn(); torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=s):
+            fn()
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        ts = []
+        for _ in range(n):
+            a.record(); g.replay(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
+    return statistics.median(ts) * 1e3
+
+
+rows = []
+for scheme in ("int8", "int4"):
+    ws = {}
+    for name, (n, k, _gated) in shapes.items():
+        reps = 2 if name == "head" else L
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+        ws[name] = [quantize(w, scheme, 128) for _ in range(reps)]
+        del w
+    x = torch.randn(1, H, device=dev, dtype=torch.bfloat16)
+    xi = torch.randn(1, I, device=dev, dtype=torch.bfloat16)
+    for mode in ("gemv", "tc", "auto"):
+        def cfg_for(n, k):
+            if mode == "auto":
+                return None
+            rule = qm.tensor_cores_at_gemv
+            if mode == "gemv":
+                qm.tensor_cores_at_gemv = lambda *a: False  # the FMA GEMV tiles as before 2026-12-02
+            try:
+                return qm.pick_config(1 if mode == "gemv" else 16, n, k, scheme, 128, torch.bfloat16, x.device)
+            finally:
+                qm.tensor_cores_at_gemv = rule
+        for name, (n, k, gated) in shapes.items():
+            cfg = cfg_for(n, k)
+            def run(name=name, n=n, k=k, gated=gated, cfg=cfg):
+                for q, s in ws[name]:
+                    if gated:
+                        qm.quant_gated_linear(xi, xi, q, s, scheme=scheme, group_size=128, in_features=k, config=cfg, static_weight=True)
+                    else:
+                        qm.quant_linear(x if k == H else xi, q, s, scheme=scheme, group_size=128, in_features=k, config=cfg, static_weight=True)
+            try:
+                us = time_graph(run) / len(ws[name])
+            except Exception as e:
+                us = None; print(name, mode, e)
+            rows.append((scheme, mode, name, us))
+            print(f"{scheme} {mode:5s} {name:11s} {us:8.2f} us" if us else f"{scheme} {mode} {name} FAILED", flush=True)
+    del ws
+    torch.cuda.empty_cache()
+os.makedirs(os.environ.get("OUT", "/tmp"), exist_ok=True)
+json.dump(rows, open(os.path.join(os.environ.get("OUT", "/tmp"), "exp_layer.json"), "w"))
