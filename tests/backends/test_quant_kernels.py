@@ -314,3 +314,19 @@ def test_gemv_path_choice(scheme, n, k, gated, dot):
         assert cfg.use_dot is dot, (m, cfg)
         assert (cfg.block_m == 16) is dot
     assert qm.pick_config(16, n, k, scheme, 128, torch.float16, cpu, gated=gated).use_dot
+
+
+@pytest.mark.parametrize("m,k,group,split", [(1, 256, 64, 1), (5, 200, 64, 2), (17, 136, 32, 1), (2, 64, 128, 1)])
+def test_int4_integer_codes_on_tensor_cores(m: int, k: int, group: int, split: int) -> None:
+    """fp16 x, int4 words, one group a tile: tl.dot on the biased integer codes and the group's scale and offset
+    applied to the product (``_int4_biased``) equals the reference (which rounds each dequantized weight to fp16
+    first), and is a different computation from dequantize-then-dot (``int4_codes=False``): the two differ."""
+    x = rand(m, k, dtype=torch.float16)
+    q, s, w = packed(33, k, "int4", group, torch.float16)
+    block_k = min(group, 64)
+    got = {}
+    for codes in (True, False):
+        cfg = QuantConfig(16, 16, block_k, split_k=split, use_dot=True, int4_codes=codes)
+        got[codes] = LIBRARY["quant_linear"](x, q, s, scheme="int4", group_size=group, in_features=k, config=cfg)
+        close(got[codes], F.linear(x.float(), w.float()), torch.float16)
+    assert not torch.equal(got[True], got[False])

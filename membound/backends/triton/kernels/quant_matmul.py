@@ -258,6 +258,25 @@ def _int4_dequant(raw, s, o):
 
 
 @triton.jit
+def _int4_biased(raw, BIAS_BITS: tl.constexpr, DTYPE: tl.constexpr):
+    """``[R, C, W]`` int4 words -> ``BIAS + q`` in the 16-bit float ``DTYPE`` as ``[R, C, 8W]`` in k order: each
+    nibble OR-ed into the low mantissa bits of ``BIAS`` (bf16 128: 0x4300, fp16 1024: 0x6400) *is* that float
+    exactly, so a code costs a shift and one ``lop3``, with no conversion and no scale: the tensor cores
+    multiply the integer codes and the caller applies the group's scale and offset to the tile's product."""
+    w = raw.to(tl.uint32, bitcast=True)
+    p0 = ((w & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
+    p1 = (((w >> 4) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
+    p2 = (((w >> 8) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
+    p3 = (((w >> 12) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
+    p4 = (((w >> 16) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
+    p5 = (((w >> 20) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
+    p6 = (((w >> 24) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
+    p7 = ((w >> 28) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
+    f = tl.join(tl.join(tl.join(p0, p4), tl.join(p2, p6)), tl.join(tl.join(p1, p5), tl.join(p3, p7)))
+    return tl.reshape(f, (raw.shape[0], raw.shape[1], raw.shape[2] * 8))
+
+
+@triton.jit
 def _int8_units(raw):
     """int8 as int32 words ``[R, W]`` (four bytes, ``k = 4j + i`` in bits ``8i..8i+7``) -> ``1 + (q + 128)/256``
     as fp32 ``[R, 4W]`` in k order, as :func:`_int4_dequant` (flipping the byte's top bit turns two's
@@ -326,7 +345,7 @@ def _quant_matmul(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
-    PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr, X_ROWS: tl.constexpr = 0,
+    PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr, X_ROWS: tl.constexpr = 0, CODE_BIAS: tl.constexpr = 0,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if SCHEME == 1:
@@ -350,6 +369,11 @@ def _quant_matmul(
     # K range (one reduction at the end, no barrier in the loop), the tensor cores take w in x's dtype
     INT4_GROUPS: tl.constexpr = SCHEME == 1 and WORDS
     GPT: tl.constexpr = BLOCK_K // GROUP if INT4_GROUPS and BLOCK_K > GROUP else 1
+    # int4 words on the tensor cores with one group a tile and 16-bit x (CODE_BIAS = 128 bf16, 1024 fp16):
+    # tl.dot on the biased integer codes (_int4_biased), then per output column
+    # acc += (P - bias * sum x) * s + (sum x) * o, the group's affine map applied once to the tile's product
+    INT4_CODES: tl.constexpr = INT4_GROUPS and USE_DOT and GPT == 1 and CODE_BIAS > 0
+    BIAS_BITS: tl.constexpr = 0x4300 if CODE_BIAS == 128 else 0x6400
     GW: tl.constexpr = BLOCK_KW // GPT
     GROUP_COLS: tl.constexpr = GROUP // 8 if INT4_GROUPS else 1
     pid_n = tl.program_id(0)
@@ -440,7 +464,15 @@ def _quant_matmul(
                 xe, xo = tl.split(tl.reshape(xk, (BLOCK_M, HALF, 2)))
             if USE_DOT and WORDS:
                 # whole words [BLOCK_N, BLOCK_KW] -> codes [BLOCK_N, BLOCK_K] -> tl.dot against their transpose
-                if SCHEME == 1:
+                if INT4_CODES:
+                    raw, s, o = _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS, GPT, GW)
+                    codes = tl.reshape(_int4_biased(raw, BIAS_BITS, xk.dtype), (BLOCK_N, BLOCK_K))
+                    part = tl.dot(xk, tl.trans(codes), input_precision=INPUT_PRECISION)
+                    xs = tl.sum(xk.to(tl.float32), axis=1)[:, None]
+                    s1 = tl.reshape(s, (BLOCK_N,))[None, :]
+                    o1 = tl.reshape(o, (BLOCK_N,))[None, :]
+                    acc += (part - CODE_BIAS * xs) * s1 + xs * o1
+                elif SCHEME == 1:
                     # dequantized once per tile (amortised over the M rows), rounded to x's dtype as the
                     # reference rounds, then one tl.dot
                     raw, s, o = _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS, GPT, GW)
@@ -544,6 +576,7 @@ class QuantConfig:
     pre_gate: bool = True  # gated GEMV: silu(gate) * up formed once per program into a scratch (PRE_GATE)
     prefetch_x: bool = False  # int4 GEMV on words: double-buffer x's tiles too (unmeasured: not a default)
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
+    int4_codes: bool = True  # int4 words on tensor cores, 16-bit x: tl.dot on the integer codes (_int4_biased)
 
 
 TC_GEMV_INT4_N = 32768  # int4 at M <= 2: the tensor-core kernel from this many output columns on (lm heads)
@@ -817,6 +850,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
         GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, PREFETCH_X=cfg.prefetch_x,
         X_ROWS=m if u2 is not None and cfg.use_dot and m <= GEMV_M else 0,
+        CODE_BIAS=({torch.bfloat16: 128, torch.float16: 1024}.get(x.dtype, 0) if int4 and cfg.int4_codes else 0),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **pdl_options(x.device))
     note(op, "kernel")
