@@ -32,19 +32,44 @@ def time_graph(fn, n=20):
 
 
 rows = []
+from membound.backends.triton.kernels.linear import gated_linear, linear
+
+wb = {}
+for name, (n, k, gated) in shapes.items():
+    wb[name] = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02 for _ in range(2 if name == "head" else L)]
+for mm in (1, 16):
+    x = torch.randn(mm, H, device=dev, dtype=torch.bfloat16)
+    xi = torch.randn(mm, I, device=dev, dtype=torch.bfloat16)
+    for name, (n, k, gated) in shapes.items():
+        def runb(name=name, k=k, gated=gated):
+            for w in wb[name]:
+                if gated:
+                    gated_linear(xi, xi, w, static_weight=True)
+                else:
+                    linear(x if k == H else xi, w, static_weight=True)
+        us = time_graph(runb) / len(wb[name])
+        rows.append(("bf16", f"m{mm}", name, us))
+        print(f"bf16 m{mm} {name:11s} {us:8.2f} us", flush=True)
+del wb
+torch.cuda.empty_cache()
 for scheme in ("int8", "int4"):
     ws = {}
-    for name, (n, k, _gated) in shapes.items():
+    for name, (n, k, gated) in shapes.items():
         reps = 2 if name == "head" else L
         w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
         ws[name] = [quantize(w, scheme, 128) for _ in range(reps)]
         del w
-    x = torch.randn(1, H, device=dev, dtype=torch.bfloat16)
-    xi = torch.randn(1, I, device=dev, dtype=torch.bfloat16)
-    for mode in ("gemv", "tc", "auto"):
+    for mode in ("gemv", "tc", "auto", "m16", "m16-old"):
+        mm = 16 if mode.startswith("m16") else 1
+        x = torch.randn(mm, H, device=dev, dtype=torch.bfloat16)
+        xi = torch.randn(mm, I, device=dev, dtype=torch.bfloat16)
+
         def cfg_for(n, k):
-            if mode == "auto":
+            if mode in ("auto", "m16"):
                 return None
+            if mode == "m16-old":
+                import dataclasses
+                return dataclasses.replace(qm.pick_config(16, n, k, scheme, 128, torch.bfloat16, x.device), int4_codes=False)
             rule = qm.tensor_cores_at_gemv
             if mode == "gemv":
                 qm.tensor_cores_at_gemv = lambda *a: False  # the FMA GEMV tiles as before 2026-12-02

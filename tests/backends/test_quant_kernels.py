@@ -67,7 +67,7 @@ def ran(calls: list[tuple[str, str]], op: str, path: str = "kernel") -> None:
 
 QL_CASES = [
     # (scheme, group, x shape, N, bias, config); K = x.shape[-1]
-    ("int8", 0, (1, 1, 77), 33, True, None),                               # GEMV, M = 1
+    ("int8", 0, (1, 1, 77), 33, True, None),                               # M = 1: tensor cores (default)
     ("int8", 0, (2, 77), 7, False, None),                                  # GEMV, M = 2
     ("int8", 0, (5, 77), 33, True, None),                                  # tensor cores, M = 5
     ("int8", 0, (17, 77), 1, False, None),                                 # tensor cores, M = 17, N = 1
@@ -112,13 +112,14 @@ def test_quant_linear(scheme: str, group: int, shape: tuple[int, ...], n: int, b
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 @pytest.mark.parametrize("scheme,group,m,k,n,config", [
-    ("int8", 0, 1, 77, 33, None),                                          # GEMV
+    ("int8", 0, 1, 77, 33, QuantConfig(1, 8, 64)),                         # GEMV
     ("int4", 32, 5, 77, 7, None),                                          # tensor cores, partial group
     ("fp8", 0, 2, 300, 7, QuantConfig(2, 8, 64, split_k=3)),               # GEMV, K split
     ("int4", 32, 2, 80, 7, None),                                          # GEMV over words, gate formed first
     ("int4", 32, 1, 80, 7, QuantConfig(1, 16, 32, pre_gate=False)),       # gate formed in the loop
     ("int8", 0, 1, 77, 33, QuantConfig(16, 16, 32, use_dot=True)),        # tensor cores at M = 1: one row gated
     ("int4", 32, 2, 80, 7, QuantConfig(16, 16, 32, use_dot=True)),        # two real rows of 16
+    ("int8", 0, 2, 77, 33, None),                                          # default: tensor cores at M = 2
     ("fp8", 0, 2, 77, 9, QuantConfig(16, 16, 32, split_k=2, use_dot=True)),  # and K split
 ])
 def test_quant_gated_linear(scheme: str, group: int, m: int, k: int, n: int, config: Optional[QuantConfig],
@@ -301,7 +302,7 @@ def test_quant_linear_gpu(scheme: str, group: int, m: int) -> None:
 
 
 @pytest.mark.parametrize("scheme,n,k,gated,dot", [
-    ("int8", 4096, 4096, False, False), ("int8", 6144, 4096, False, True),  # int8/fp8: above 4096 x 4096
+    ("int8", 4096, 4096, False, True), ("int8", 6144, 4096, False, True),   # int8/fp8: always tensor cores
     ("fp8", 4096, 14336, False, True), ("int8", 4096, 14336, True, True),  # gated: the same rule
     ("int4", 28672, 4096, False, False), ("int4", 128256, 4096, False, True),  # int4: lm heads only
     ("int4", 128256, 4100, False, False),                                 # int4 without whole words

@@ -8,9 +8,9 @@ time is the time to stream the packed weight, so int8 halves it and int4 quarter
 One kernel, ``_quant_matmul``, built like ``linear.py``'s ``_linear_small_m``: each program owns
 ``BLOCK_N`` weight rows (output columns) and walks K in tiles, loading each packed byte once; the few x
 rows are re-read per program from L2. Two inner products, chosen by ``USE_DOT``: register FMAs (the GEMV,
-no tensor cores: M <= 2 where :func:`tensor_cores_at_gemv` says it wins, today int4 below lm-head widths,
-int8/fp8 up to 4096 x 4096, and the gated op) or ``tl.dot`` on a tile dequantized to x's dtype (M = 3..32
-with M padded to 16, M <= 2 otherwise, and the fused prefill kernel).
+no tensor cores: M <= 2 where :func:`tensor_cores_at_gemv` says it wins, today int4 below lm-head widths)
+or ``tl.dot`` on a tile dequantized to x's dtype (M = 3..32 with M padded to 16, M <= 2 otherwise, and the
+fused prefill kernel).
 
 Instructions per byte are the budget: at 4.8 TB/s an H200 SM must retire ~37 int4 nibbles a clock
 from 128 ALU lanes, and its int -> float conversion runs at 16 a clock. So codes never go through that
@@ -576,32 +576,35 @@ class QuantConfig:
     pre_gate: bool = True  # gated GEMV: silu(gate) * up formed once per program into a scratch (PRE_GATE)
     prefetch_x: bool = False  # int4 GEMV on words: double-buffer x's tiles too (unmeasured: not a default)
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
-    int4_codes: bool = True  # int4 words on tensor cores, 16-bit x: tl.dot on the integer codes (_int4_biased)
+    # int4 words on tensor cores with 16-bit x: tl.dot on the integer codes (_int4_biased). Fewer instructions
+    # a code (6.2 vs 7.5) but slower on the H200 (6144x4096 at M = 16: 27.9 us vs 23.2; 128256x4096: 381 vs
+    # 239): the product is needed each step (no accumulation in the MMA) and the per-column affine map adds
+    # layout conversions. Kept as an option for the next attempt (quant_gemv_paths-*-layer2.json)
+    int4_codes: bool = False
 
 
 TC_GEMV_INT4_N = 32768  # int4 at M <= 2: the tensor-core kernel from this many output columns on (lm heads)
-TC_GEMV_ELEMENTS = 4096 * 4096  # int8/fp8 at M <= 2: the tensor-core kernel above this many weight elements
 
 
 def tensor_cores_at_gemv(n: int, k: int, scheme: str, gated: bool = False) -> bool:
     """Whether M <= 2 runs the tensor-core kernel (M padded to 16) rather than the FMA GEMV.
 
     Measured on one H200 (``benches/results/quant_gemv_paths-nvidia-h200-2026-12-02*.json``, bf16 x, M = 1,
-    weights streamed from HBM, CUDA-graph replay): the FMA GEMV spends ~7.5 instructions per int8 code and
-    ~9 per int4 code (dequantize, convert x, FMA, addressing; SASS of sm_90), so it is issue-bound near half
-    the read bandwidth, while the tensor-core kernel pipelines its loads (cp.async) and leaves the
-    multiply-add to the MMA. int8 on tensor cores: 4096x14336 24.0 us vs 27.1, 14336x4096 25.4 vs 33.4,
-    6144x4096 15.3 vs 18.3, 28672x4096 46.5 vs 60.3, 128256x4096 171 vs 252, but 4096x4096 10.3-9.8 vs
-    9.4-9.9 (so: above 4096 x 4096 elements). int4 wins only on lm heads (128256x4096 236 vs 311,
-    128256x2048 109 vs 190) and is even or worse elsewhere (28672x4096 75.2 vs 72.0, 4096x14336 31.7 vs
-    29.8). fp8 at M = 4 on tensor cores beat its M = 1 GEMV at every shape of the 2026-12-01 run.
-    The gated op (``quant_gated_linear``) follows the same rule since its tensor-core tiles gate only the
-    real rows (``X_ROWS``); gating all 16 padded rows cost 104 us vs 41 on the GEMV at 4096x14336 int8.
-    ``gated`` is kept for a rule that would tell them apart.
+    weights streamed from HBM, CUDA-graph replay; Llama-3-8B decode projections): the FMA GEMV spends ~7.5
+    instructions per int8 code and ~6-9 per int4 code (dequantize, convert x, FMA, addressing; sm_90 SASS)
+    and holds 199 registers, while the tensor-core kernel pipelines its loads (cp.async) and leaves the
+    multiply-add to the MMA. int8 on tensor cores (``_int8_exact``), us, tensor cores vs GEMV (bf16 GEMV):
+    qkv 6144x4096 14.2 vs 18.4 (17.3), o 4096x4096 9.7 vs 10.0 (10.4), gate_up 28672x4096 41.1 vs 60.1
+    (62.9), down (gated) 4096x14336 23.8 vs 41.9 (35.3), head 128256x4096 151 vs 257 (265). int4 wins only
+    on lm heads (128256x4096 239 vs 315, 128256x2048 109 vs 190) and loses elsewhere (28672x4096 76.7 vs
+    73.0, 6144x4096 23.2 vs 18.7). fp8 at M = 4 on tensor cores beat its M = 1 GEMV at every shape of the
+    2026-12-01 run. The gated op follows the same rule: its tensor-core tiles gate only the real rows
+    (``X_ROWS``; gating all 16 padded rows cost 104 us at 4096x14336). ``gated`` is kept for a rule that
+    would tell them apart.
     """
     if scheme == "int4":
         return k % 8 == 0 and n >= TC_GEMV_INT4_N  # words: the tensor-core int4 tile needs whole words
-    return n * k > TC_GEMV_ELEMENTS
+    return True
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
@@ -896,7 +899,8 @@ def compile_cases() -> list[tuple[str, dict, dict]]:
                     WORDS=words, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
                     HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32", USE_PDL=True,
                     PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated,
-                    PRE_GATE=gated and not cfg.use_dot, PREFETCH_X=False)
+                    PRE_GATE=gated and not cfg.use_dot, PREFETCH_X=False,
+                    X_ROWS=m if gated and cfg.use_dot and m <= GEMV_M else 0, CODE_BIAS=0)
         label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
                  f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}{' gated' if gated else ''}"
                  f"{' words' if words else ''}")
