@@ -92,12 +92,13 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     n, k = 6144, 4096  # merged q/k/v
     for m, use_dot, block_m, block_n, block_k, split, gated in ((1, False, 1, 4, 512, 1, False),
                                                                 (1, False, 1, 4, 512, 2, True),
-                                                                (8, True, 16, 32, 128, 2, False)):
+                                                                (8, True, 16, 32, 128, 2, False),
+                                                                (8, True, 16, 32, 128, 2, True)):
         args = dict(x_ptr="*bf16", u_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16", part_ptr="*fp32",
-                    lock_ptr="*i32", M=m, N=n, K=k, K_PER_SPLIT=k // split, stride_xm=k, stride_um=k, stride_wn=k,
-                    stride_split=m * n, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split,
+                    lock_ptr="*i32", g_ptr="*bf16", M=m, N=n, K=k, K_PER_SPLIT=k // split, stride_xm=k, stride_um=k,
+                    stride_wn=k, stride_split=m * n, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split,
                     HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32", USE_PDL=True, PREFETCH=not use_dot,
-                    GATED=gated, EARLY_W=not gated)
+                    GATED=gated, EARLY_W=not gated, PRE_GATE=gated and use_dot)
         label = f"M={m} {'dot' if use_dot else 'fma'}" + (" gated" if gated else "")
         label += f" split{split}" if split > 1 else ""
         out.append((_linear_small_m, label, args,

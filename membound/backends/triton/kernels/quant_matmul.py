@@ -421,14 +421,14 @@ def _quant_matmul(
                 raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT,
                                           False)
     if PRE_GATE:
-        # gated GEMV: form silu(gate) * up for this program's K range once, spread over all its threads,
+        # gated (GEMV, and tensor cores from M = 3): form silu(gate) * up for this program's K range once,
+        # real rows only, spread over all its threads,
         # into the scratch g[M, K] (programs of one K range write the same values), then read it as x. In
         # the loop every thread would form the x columns of its tile itself: the same values once per
         # weight row group a warp holds, two MUFU instructions each, more than the bytes allow
         for kk in range(UNIT * c_start, k_end, 512):
             kg = kk + tl.arange(0, 512)
-            for mm in tl.static_range(BLOCK_M):
-                mg = pid_m * BLOCK_M + mm
+            for mg in range(pid_m * BLOCK_M, tl.minimum(M, pid_m * BLOCK_M + BLOCK_M)):  # the real rows only
                 xg = _x_row(x_ptr, u_ptr, mg, M, kg, k_end, stride_xm, stride_um, True)
                 tl.store(g_ptr + mg * K + kg, xg, mask=(kg < k_end) & (kg * 0 + mg < M))
         tl.debug_barrier()  # the block's stores are visible to all its threads after this
@@ -825,7 +825,10 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     split = cdiv(k, k_per_split)  # no empty splits
     n_blocks, m_blocks = cdiv(n, cfg.block_n), cdiv(m, cfg.block_m)
     part = locks = gbuf = y  # placeholders the kernel never touches without a split / pre-gating
-    pre_gate = u2 is not None and not cfg.use_dot and cfg.pre_gate
+    # gated: the GEMV forms silu(gate) * up once per program (PRE_GATE); so do the tensor cores from M = 3 (in
+    # the loop the compiler recomputes it in the dot operand's layout, per warp, for all padded rows); at
+    # M <= 2 their tiles gate the real rows as vectors (X_ROWS)
+    pre_gate = u2 is not None and cfg.pre_gate and (not cfg.use_dot or m > GEMV_M)
     if pre_gate:
         gbuf = torch.empty((m, k), dtype=x.dtype, device=x.device)
     if split > 1:
@@ -899,7 +902,7 @@ def compile_cases() -> list[tuple[str, dict, dict]]:
                     WORDS=words, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
                     HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32", USE_PDL=True,
                     PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated,
-                    PRE_GATE=gated and not cfg.use_dot, PREFETCH_X=False,
+                    PRE_GATE=gated and (not cfg.use_dot or m > GEMV_M), PREFETCH_X=False,
                     X_ROWS=m if gated and cfg.use_dot and m <= GEMV_M else 0, CODE_BIAS=0)
         label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
                  f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}{' gated' if gated else ''}"
