@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # before anything imports triton (tests/backends/_triton_interp.py)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from membound.backends.triton.step_plan import kernel_works
 from membound.cost import Hardware
