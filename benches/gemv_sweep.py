@@ -38,6 +38,7 @@ import os
 import re
 import statistics
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -264,8 +265,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--tc-batches", default="8,16,32")
     ap.add_argument("--stream-mb", type=int, default=None, help="weight copies per replay (default 512; 256 with "
                                                                    "--tensor-cores)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new (shape, M) case after this many seconds (default 170 with --tensor-cores: "
+                         "Triton compiles a kernel per config, the run's main cost)")
     ap.add_argument("--smoke", action="store_true", help="CPU: build the grids and the report from made-up rows")
     args = ap.parse_args(argv)
+    if args.budget_s is None and args.tensor_cores:
+        args.budget_s = 170.0
     args.ms = [int(b) for b in (args.tc_batches if args.tensor_cores else args.batches).split(",") if b]
     if args.stream_mb is None:
         args.stream_mb = 256 if args.tensor_cores else 512
@@ -314,8 +320,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     record = {"bench": "gemv_sweep", "device": gpu, "date": date, "read_bw": read_bw, "args": vars(args),
               "method": __doc__.split("\n\n", 2)[2].strip(), "rows": rows,
               "grid": {m: [asdict(c) for c in configs_for(m)] for m in args.ms}}
+    start = time.perf_counter()
     for model in args.models.split(","):
         for name in args.shapes.split(","):
+            if args.budget_s and time.perf_counter() - start > args.budget_s:
+                record.setdefault("skipped", []).append(f"{model} {name}: time budget ({args.budget_s:.0f} s) spent")
+                print(record["skipped"][-1], flush=True)
+                continue
             n, k = SHAPES[model][name]
             copies = max(1, math.ceil((args.stream_mb << 20) / (n * k * 2)))
             ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 for _ in range(copies)]
