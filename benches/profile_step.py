@@ -56,8 +56,9 @@ TRACE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 def split_replays(events: Sequence[tuple[str, float, float]], replays: int) -> list[list[tuple[str, float, float]]]:
     """The device events of ``replays`` replays of one graph, in start order, as one list per replay.
 
-    Each replay starts with the graph's first kernel: the trace is cut where that name recurs. When those
-    cuts do not give ``replays`` equal parts (a kernel of that name inside the step too), it is cut into
+    Each replay starts with the graph's first kernel: the trace is cut where that name recurs, and the
+    parts of the common length kept (a last replay the profiler caught only in part is dropped).
+    When the name also recurs inside the step (the cuts are uneven in the middle), the trace is cut into
     ``replays`` equal parts, which holds whenever every replay was traced whole."""
     events = sorted(events, key=lambda e: e[1])
     if not events or replays < 1:
@@ -65,8 +66,11 @@ def split_replays(events: Sequence[tuple[str, float, float]], replays: int) -> l
     first = events[0][0]
     starts = [i for i, e in enumerate(events) if e[0] == first]
     parts = [events[a:b] for a, b in zip(starts, starts[1:] + [len(events)])]
-    if len(parts) == replays and len({len(p) for p in parts}) == 1:
-        return parts
+    middle = parts[1:-1] if len(parts) > 2 else parts
+    if len({len(p) for p in middle}) == 1 and len(middle[0]) > 1:
+        full = [p for p in parts if len(p) == len(middle[0])]
+        if len(full) >= max(1, replays - 2) and all(len(p) <= len(middle[0]) for p in parts):
+            return full
     if len(events) % replays:
         raise ValueError(f"profile: {len(events)} device events do not split into {replays} equal replays; "
                          f"was every replay traced whole?")
@@ -230,7 +234,8 @@ def profile_case(compiled: Any, program: Any, vocab: int, batch: int, context: i
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(args.replays):
             graph(static)
         torch.cuda.synchronize()

@@ -51,6 +51,10 @@ def test_replays_split_where_the_first_kernel_recurs_else_evenly() -> None:
     assert [e[0] for e in parts[1]] == ["a", "b", "a"]  # "a" recurs inside the step: cut evenly
     with pytest.raises(ValueError, match="do not split into 2 equal replays"):
         bench.split_replays(events, 2)
+    # a unique first kernel: cut by name, and a last replay caught only in part is dropped
+    unique = [(n.replace("a", "c", 1) if i % 3 == 0 else n, s, e) for i, (n, s, e) in enumerate(replays(4))]
+    cut = bench.split_replays(unique[:-1], 4)
+    assert len(cut) == 3 and all([e[0] for e in p] == ["c", "b", "a"] for p in cut)
 
 
 def test_timeline_launches_gaps_and_names() -> None:

@@ -120,3 +120,15 @@ def test_pdl_and_graphs_order_the_predictions(programs: dict) -> None:
     base = {k: v["bytes"] for k, v in preds["graph+pdl"].by_kind().items()}
     assert grown["decode_attention"] > 10 * base["decode_attention"]
     assert grown["fused"] == base["fused"]  # cache writes store one slot, whatever the cache length
+
+
+def test_explain_predicts_the_step_of_a_compiled_model_with_a_triton_program(programs: dict) -> None:
+    from membound.explainer import _compiled_step
+
+    owner = SimpleNamespace(kv_program=programs["llama-1b"], options=None)
+    pred = _compiled_step(owner, Hardware.named("h200"), {"B": 8, "T": 300})
+    assert pred.label == "decode step b8 T=300" and pred.mode == "graph+pdl"
+    kinds = pred.by_kind()
+    assert (kinds["gemv_dot"]["launches"], kinds["gemv_dot_gated"]["launches"]) == (2 * 3 + 1, 2)  # + the head
+    assert "compiled" not in pred.table() and "launches" in pred.table()
+    assert _compiled_step(SimpleNamespace(kv_program=None), Hardware.named("h200"), {"B": 1, "T": 8}) is None
