@@ -24,9 +24,9 @@ from typing import Mapping, Optional, Union
 import sympy
 import torch
 
+from membound.backends.triton.partition import Partition
 from membound.cost import Hardware, RooflineCost
 from membound.cost.roofline import bindings, evaluate
-from membound.backends.triton.partition import Partition
 from membound.cost.step import KernelWork
 from membound.ir.graph import Node
 
