@@ -132,3 +132,20 @@ def test_explain_predicts_the_step_of_a_compiled_model_with_a_triton_program(pro
     assert (kinds["gemv_dot"]["launches"], kinds["gemv_dot_gated"]["launches"]) == (2 * 3 + 1, 2)  # + the head
     assert "compiled" not in pred.table() and "launches" in pred.table()
     assert _compiled_step(SimpleNamespace(kv_program=None), Hardware.named("h200"), {"B": 1, "T": 8}) is None
+
+
+def test_predict_generate_is_prefill_plus_steps_at_the_mean_cache_length(programs: dict) -> None:
+    from membound.step_prediction import predict_decode_step, predict_generate
+
+    owner = SimpleNamespace(kv_program=programs["llama-8b"], options=SimpleNamespace(cuda_graphs=True))
+    call = predict_generate(owner, 8, 100, 50, hardware="h200")
+    step = predict_decode_step(owner, 8, 125, hardware="h200")
+    assert call.step.time_s == pytest.approx(step.time_s) and call.prefill.mode == "eager"
+    assert call.seconds == pytest.approx(call.prefill.time_s + 49 * step.time_s)
+    assert call.tokens_per_s == pytest.approx(8 * 50 / call.seconds)
+    assert "generate b8, prompt 100, 50 new tokens" in call.summary()
+    eager = predict_decode_step(SimpleNamespace(kv_program=programs["llama-8b"],
+                                                options=SimpleNamespace(cuda_graphs=False)), 8, 125, hardware="h200")
+    assert eager.mode == "eager" and eager.time_s > step.time_s
+    with pytest.raises(ValueError, match="batch and cache_len must be >= 1"):
+        predict_decode_step(owner, 0, 125, hardware="h200")
