@@ -90,8 +90,9 @@ class LaunchPrior:
 class StepPriors:
     """The launch costs and kernel priors of one card; ``read_bandwidth`` (bytes/s) is the card's typical
     ``x.sum()`` read bandwidth, which the efficiencies multiply when no measured figure is given;
-    ``calibrated_on`` lists the result files (``benches/results/``) the figures were fitted to, which the
-    tests check the model against."""
+    ``calibrated_on`` lists the result files (``benches/results/``) behind the figures; the ``decode_e2e``
+    ones among them measured whole steps, which the tests check the model against (nothing is fitted to
+    them)."""
 
     card: str
     launch: LaunchPrior
@@ -294,10 +295,14 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        1.18 ms with PDL -> PDL saves 0.84 us per launch. Kernel durations without PDL: fused
 #        add+rms_norm 1.80 us, rope+cache-write sections 1.46, embedding+norm 2.53, rope table 2.21, final
 #        norm 1.98 (all a few KB: fixed time); flash decoding 6.59 us over 0.52 MB of K/V; input copy 1.25.
+#  [QL] quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json, bf16 rows: our linear / gated_linear at the
+#        8B decode projections, M=1 and M=16, 8 weight copies per op in one CUDA graph, 20 replays (no read
+#        bandwidth recorded: efficiencies over the typical 4168 GB/s). Its M=1 rows agree with [QM]'s line
+#        within 12% (qkv 17.3 us vs 15.5, o 10.4 vs 11.2, gate_up 62.9 vs 63.3, head 265 vs 274, gated
+#        down 35.3 vs 35.6).
 #  [E2] decode_e2e-nvidia-h200-2026-12-01-quant.json (membound triton+graphs, bf16, prompt 128, 128 new
-#        tokens; whole generate calls): 1.24B b1 147.9 ms, b8 202.3 ms; 8B b1 623.6 ms, b8 983.2 ms.
-#        Only the gated tensor-core GEMV's efficiency is fitted to it (the two b8 calls; see
-#        "gemv_dot_gated"); the b1 calls check the model.
+#        tokens; whole generate calls): 1.24B b1 147.9 ms, b8 202.3 ms; 8B b1 623.6 ms, b8 983.2 ms. Nothing
+#        is fitted to it: it checks the model (tests/cost/test_step_prediction.py).
 #  [E1] decode_e2e-nvidia-h200-2026-11-26.json, "membound triton" (no CUDA graph) rows: 1.24B b1 10.4 ms
 #        a token over the 262 launches that step had then (profile_step ... h200 ... session-start.txt):
 #        ~40 us of host time per launch.
@@ -315,14 +320,13 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # our register GEMV (M <= 2): [QM] M=1 linear
     "gemv": KernelPrior(fixed=2.46e-6 - _GAP_PDL, efficiency=0.904, source="[QM] linear M=1, 5 shapes"),
     "gemv_gated": KernelPrior(fixed=2.56e-6 - _GAP_PDL, efficiency=0.833, source="[QM] gated_linear M=1, 5 shapes"),
-    # the tensor-core path (2 < M <= 16). Alone ([QM] M=16, the line through the 33.8 MB and 118 MB shapes):
-    # 5.8 us fixed, and 0.66-0.72 of read bandwidth at the 8B shapes (0.97 on the 128256-row head).
-    "gemv_dot": KernelPrior(fixed=5.8e-6, efficiency=0.69, source="[QM] linear M=16, 8B shapes"),
-    # gated_linear on tensor cores was not measured alone. It forms silu(gate) * up for all 16 padded rows
-    # of every K tile in every program (the quantized kernel's same form cost 2.5x at 4096x14336: main's
-    # commit 04d27c9); 0.40 makes both b8 calls of [E2] come out within 3% (1.24B +0.1%, 8B -2.4%) with
-    # everything else fixed. benches/gemv_sweep.py --tensor-cores times it: refit from there.
-    "gemv_dot_gated": KernelPrior(fixed=5.8e-6, efficiency=0.40, source="fitted to [E2] b8 (both shapes)"),
+    # the tensor-core path (2 < M <= 16): [QL] M=16, line through o (33.6 MB, 15.8 us) and gate_up (235 MB,
+    # 73.7 us): 6.2 us + 3.48 TB/s = 0.83 of the typical read bandwidth (qkv 17.7 us, head 247 us: both
+    # faster than the line). [QM] M=16 alone says 5.8 us + 0.69: the [QL] graph is closer to the step.
+    "gemv_dot": KernelPrior(fixed=6.2e-6 - _GAP_PDL, efficiency=0.83, source="[QL] linear M=16, 8B shapes"),
+    # gated_linear on tensor cores forms silu(gate) * up for all 16 padded rows of every K tile in every
+    # program: [QL] M=16 down projection 102.9 us at 117.5 MB = 0.29 of read bandwidth (M=1: 35.3 us)
+    "gemv_dot_gated": KernelPrior(fixed=6.2e-6 - _GAP_PDL, efficiency=0.29, source="[QL] gated_linear M=16, 8B down"),
     # cuBLAS (M > 16: prefill, large batches); compute at 703 of 989 TFLOP/s (cost_model-nvidia-h200-2026-11-26)
     "cublas": KernelPrior(fixed=5.01e-6 - _H200_LAUNCH.graph_gap, efficiency=0.966, compute_efficiency=0.71,
                           pdl=False, source="[QM] cuBLAS M=32; bf16 matmul 703 TFLOP/s"),
@@ -346,7 +350,8 @@ STEP_PRIORS: dict[str, StepPriors] = {
     # read bandwidth: /work/shared/BENCHMARKS.md, H200 2026-11-30 (x.sum() over 4 GiB); runs range 4060-4274
     "h200": StepPriors("NVIDIA H200", _H200_LAUNCH, _H200_KERNELS, read_bandwidth=4168e9,
                        calibrated_on=("decode_e2e-nvidia-h200-2026-12-01-quant.json",
-                                      "quant_matmul-nvidia-h200-2026-12-01.json")),
+                                      "quant_matmul-nvidia-h200-2026-12-01.json",
+                                      "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json")),
 }
 
 
