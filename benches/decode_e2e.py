@@ -647,10 +647,10 @@ def table(record: dict[str, Any]) -> str:
     predicted = [r for r in rows if r.get("predicted_step_s")]
     if predicted:
         lines.append("cost model (membound.step_prediction) vs measured: decode step ms (measured = (call - call of "
-                     "half the tokens) / tokens between), whole call ms")
+                     "half the tokens) / tokens between; ok = within 20%), whole call ms")
         for r in predicted:
             step, pred = r.get("step_s"), r["predicted_step_s"]
-            ratio = f"{pred / step:5.2f}x" if step else "    -"
+            ratio = f"{pred / step:5.2f}x {'ok' if abs(pred / step - 1) <= 0.2 else 'MISS'}" if step else "    -"
             lines.append(f"{r['model']:9s} {r['batch']:>2d} {r['contender']:{width}s} step {pred * 1e3:7.3f} "
                          f"vs {fmt(step * 1e3 if step else None, '7.3f')} ({ratio}), {r['predicted_launches']} "
                          f"launches; call {r['predicted_call_s'] * 1e3:7.1f} vs {r['timed_s'] * 1e3:7.1f}")
