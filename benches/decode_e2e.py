@@ -596,13 +596,16 @@ class Bench:
             row.note += f"; step timing failed: {first_line(exc)}"
         try:
             from membound.cost import Hardware
-            from membound.step_prediction import predict_generate
+            from membound.step_prediction import predict_decode_step, predict_generate
 
-            pred = predict_generate(compiled, batch, ids.shape[1], n, hardware=Hardware.detect(),
-                                    bandwidth=self.record["read_bandwidth_gbps"] * 1e9)
-            row.predicted_step_s, row.predicted_call_s = pred.step.time_s, pred.seconds
-            row.predicted_prefill_s, row.predicted_launches = pred.prefill.time_s, pred.step.launch_count
-            row.prediction = f"{pred.step.mode} on {pred.step.card}, step at T={pred.step.label.split('T=')[-1]}"
+            hw, bw = Hardware.detect(), self.record["read_bandwidth_gbps"] * 1e9
+            call = predict_generate(compiled, batch, ids.shape[1], n, hardware=hw, bandwidth=bw)
+            # the measured steps (half .. n) attend to P + 3n/4 positions on average
+            at = ids.shape[1] + half + (n - half) // 2
+            step = predict_decode_step(compiled, batch, at, hardware=hw, bandwidth=bw)
+            row.predicted_step_s, row.predicted_call_s = step.time_s, call.seconds
+            row.predicted_prefill_s, row.predicted_launches = call.prefill.time_s, step.launch_count
+            row.prediction = f"{step.mode} on {step.card}, step at T={at}"
         except Exception as exc:  # noqa: BLE001
             row.note += f"; prediction failed: {first_line(exc)}"
         self.save()
