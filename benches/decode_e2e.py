@@ -25,6 +25,12 @@ tokens after the same random ``--prompt``-token prompts:
   streamed, so it is not counted; a tied one is streamed once, as the head. Quantized rows count their
   own weights: the packed weights and scales of the decode graph plus the float parameters it streams.
 
+For each ``membound triton`` row the bench also records the decode step alone, ``step_s`` = (timed call -
+a call of N/2 tokens) / (N - N/2) (the prefill cancels), beside the cost model's prediction of the step and
+of the whole call (``predicted_step_s``, ``predicted_call_s``: ``membound.step_prediction.predict_generate``
+on this card at this run's read bandwidth), and prints both after the table: the check of issue 13's
+"predicted vs measured decode step within 20%".
+
 Correctness first: each contender's cold call (N tokens if it compiles, else 16) must give the eager
 model's first 16 greedy tokens (bf16 may diverge after a few: the first divergence is reported, not
 fatal). Then one warm call if it compiles, then the timed call between ``torch.cuda.synchronize()``s.
@@ -97,6 +103,14 @@ class Row:
     note: str = ""
     error: str = ""
     weight_bytes: Optional[int] = None  # bytes a decode step streams, when not the model's (quantized rows)
+    # membound triton rows: the decode step measured as (timed call - a call of half the tokens) / the tokens
+    # between (prefill excluded), and the cost model's prediction (membound.step_prediction) beside it
+    step_s: Optional[float] = None
+    predicted_step_s: Optional[float] = None
+    predicted_call_s: Optional[float] = None
+    predicted_prefill_s: Optional[float] = None
+    predicted_launches: Optional[int] = None
+    prediction: str = ""
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -563,6 +577,38 @@ class Bench:
             self.measure(name, b, variant.label, lambda ids, m: membound.generate(compiled, ids, m, **options),
                          prompts[b], refs[b], warm, True, info, note=note,
                          weight_bytes=(lambda: streamed_bytes_graph(compiled)) if quantized else None)
+            if variant.compile_kwargs.get("backend") == "triton":
+                self.step_and_prediction(compiled, b, prompts[b])
+
+    def step_and_prediction(self, compiled: Any, batch: int, ids: torch.Tensor) -> None:
+        """Beside the membound row just measured: its decode step, measured as (timed call - a call of half
+        the tokens) / the tokens between (the prefill cancels), and the cost model's predicted step and call
+        (``membound.step_prediction.predict_generate`` on this card, at the read bandwidth of this run)."""
+        row = self.rows[-1]
+        n = self.args.new_tokens
+        if row.status != "ok" or n < 2 or self.over_budget():
+            return
+        half = n // 2
+        try:
+            _, t_half = timed(lambda: membound.generate(compiled, ids, half))
+            row.step_s = (row.timed_s - t_half) / (n - half)
+        except Exception as exc:  # noqa: BLE001 (never end the bench)
+            row.note += f"; step timing failed: {first_line(exc)}"
+        try:
+            from membound.cost import Hardware
+            from membound.step_prediction import predict_decode_step, predict_generate
+
+            hw, bw = Hardware.detect(), self.record["read_bandwidth_gbps"] * 1e9
+            call = predict_generate(compiled, batch, ids.shape[1], n, hardware=hw, bandwidth=bw)
+            # the measured steps (half .. n) attend to P + 3n/4 positions on average
+            at = ids.shape[1] + half + (n - half) // 2
+            step = predict_decode_step(compiled, batch, at, hardware=hw, bandwidth=bw)
+            row.predicted_step_s, row.predicted_call_s = step.time_s, call.seconds
+            row.predicted_prefill_s, row.predicted_launches = call.prefill.time_s, step.launch_count
+            row.prediction = f"{step.mode} on {step.card}, step at T={at}"
+        except Exception as exc:  # noqa: BLE001
+            row.note += f"; prediction failed: {first_line(exc)}"
+        self.save()
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -601,6 +647,16 @@ def table(record: dict[str, Any]) -> str:
                      f"{fmt(r['gbps'], '7.0f')} {fmt(r['pct_roofline'], '6.1f')} {fmt(r.get('pct_copy'), '6.1f')} "
                      f"{fmt(r['first_call_s'], '8.2f')} "
                      f"{fmt(r['compile_s'], '9.1f')} {agree:>12s}")
+    predicted = [r for r in rows if r.get("predicted_step_s")]
+    if predicted:
+        lines.append("cost model (membound.step_prediction) vs measured: decode step ms (measured = (call - call of "
+                     "half the tokens) / tokens between; ok = within 20%), whole call ms")
+        for r in predicted:
+            step, pred = r.get("step_s"), r["predicted_step_s"]
+            ratio = f"{pred / step:5.2f}x {'ok' if abs(pred / step - 1) <= 0.2 else 'MISS'}" if step else "    -"
+            lines.append(f"{r['model']:9s} {r['batch']:>2d} {r['contender']:{width}s} step {pred * 1e3:7.3f} "
+                         f"vs {fmt(step * 1e3 if step else None, '7.3f')} ({ratio}), {r['predicted_launches']} "
+                         f"launches; call {r['predicted_call_s'] * 1e3:7.1f} vs {r['timed_s'] * 1e3:7.1f}")
     return "\n".join(lines)
 
 

@@ -1,37 +1,62 @@
 """Which tiles make the small-M linear stream at HBM bandwidth? A config sweep against cuBLAS.
 
-    PYTHONPATH=. python benches/gemv_sweep.py [--models llama-1b,llama-8b] [--batches 1,8] --out DIR
+    PYTHONPATH=. python benches/gemv_sweep.py --batches 1 --out DIR      # register path, ~100 configs per shape
+    PYTHONPATH=. python benches/gemv_sweep.py --batches 1 --quick        # the heuristic +- double buffer
+    PYTHONPATH=. python benches/gemv_sweep.py --tensor-cores --out DIR   # M = 8/16/32 tensor-core path, < 3 min
+    PYTHONPATH=. python benches/gemv_sweep.py --smoke                    # CPU: the grids and tables (CI)
 
 Each decode projection of the Llama-3.2-1B and Llama-3-8B shapes (merged q/k/v, o, merged gate/up,
-down, lm head), bf16, is run by cuBLAS (``F.linear``), by ``linear``'s own heuristic config and by
-every config of a small grid (tile rows ``BLOCK_N``, tile width ``BLOCK_K``, split-K, warps, stages).
+down, lm head), bf16, is run by cuBLAS (``F.linear``), by ``linear``'s own choice (its heuristic config,
+or cuBLAS above ``SMALL_M`` rows) and by every config of a grid: for M <= 2 the register-FMA path
+(tile rows ``BLOCK_N``, tile width ``BLOCK_K``, split-K, warps); with ``--tensor-cores`` the ``tl.dot``
+path at M = 8, 16, 32 (``--tc-batches``; ``BLOCK_M`` = 16, or 32 for M > 16, which the library itself
+never runs: the sweep says whether it should) over ``BLOCK_N`` x ``BLOCK_K`` tiles, split-K 1..8, warps
+and stages. The down projection is timed as the decode step runs it, ``gated_linear`` (x = silu(gate) *
+up formed as it is loaded), against ``F.linear(F.silu(g) * u, w)``.
 
 Method: the timed function runs the projection over ``copies`` distinct weight tensors (together at
-least 512 MB, ten times the H200's 50 MB L2), so every weight comes from HBM as in a real decode step,
-where a layer's weights are long evicted when the next token needs them. It is captured once in a CUDA
-graph and replayed (``triton.testing.do_bench_cudagraph``), so launch overhead inside a graph is in
-the number, Python's is not: that is how a decode step runs. Every config is checked against cuBLAS
-(bf16 tolerance) before it is timed. Prints, per shape, cuBLAS, the heuristic, and the best three.
+least ``--stream-mb``, default 512 MB, ten times the H200's 50 MB L2; 256 with ``--tensor-cores``), so
+every weight comes from HBM as in a real decode step, where a layer's weights are long evicted when the
+next token needs them. It is warmed up, captured in a CUDA graph *on the stream it was warmed up on*
+(split launches count into per-stream arrival counters that must exist before a capture on that stream:
+``kernels/_launch.split_counters``; ``triton.testing.do_bench_cudagraph`` captures on another stream)
+and replayed; time per product = median replay / copies, so launch gaps inside a graph are in the number,
+Python's are not. Every config is checked against the torch result (bf16 tolerance) before it is timed.
+Prints per shape and M: cuBLAS, the library's choice, the best three; then per M the config with the best
+geometric-mean time over all shapes (a candidate for one ``pick_config`` rule). Writes
+``benches/results/gemv_sweep[-tc]-<gpu>-<date>.json`` and a copy under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
 import json
 import math
 import os
+import re
+import statistics
 import sys
-from dataclasses import replace
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from membound.backends.triton.kernels.linear import LinearConfig, linear, linear_bytes, pick_config  # noqa: E402
+from membound.backends.triton.kernels.linear import (  # noqa: E402
+    SMALL_M,
+    LinearConfig,
+    gated_linear,
+    linear,
+    linear_bytes,
+    pick_config,
+)
 
 SHAPES = {
     "llama-1b": {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048), "down": (2048, 8192),
@@ -39,16 +64,27 @@ SHAPES = {
     "llama-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
                  "lm_head": (128256, 4096)},
 }
+GATED = ("down",)  # the step runs these as gated_linear
+LIBRARY = "library"  # the row of linear's own config choice (its description in the row's "chosen")
+TC_TILES = ((16, 128), (32, 64), (32, 128), (32, 256), (64, 128))  # (BLOCK_N, BLOCK_K)
+TC_SPLITS = (1, 2, 4, 8)
 
 
 def grid(m: int) -> list[LinearConfig]:
-    if m <= 2:  # register FMA: accumulator [BLOCK_N, BLOCK_K] fp32 kept at 16..64 per thread
-        tiles = ((4, 512), (8, 256), (8, 512), (16, 256), (16, 512), (32, 256))
-        return [LinearConfig(1 if m == 1 else 2, bn, bk, split, False, warps, 3)
-                for (bn, bk), split, warps in itertools.product(tiles, (1, 2, 4, 8), (4, 8))]
-    tiles = ((16, 128), (32, 128), (32, 256), (64, 128))
-    return [LinearConfig(16, bn, bk, split, True, 4, stages)
-            for (bn, bk), split, stages in itertools.product(tiles, (1, 2, 4), (3, 4))]
+    """The register-FMA grid (M <= 2)."""
+    tiles = ((4, 512), (8, 256), (8, 512), (16, 256), (16, 512), (32, 256))
+    return [LinearConfig(1 if m == 1 else 2, bn, bk, split, False, warps, 3)
+            for (bn, bk), split, warps in itertools.product(tiles, (1, 2, 4, 8), (4, 8))]
+
+
+def tc_grid(m: int) -> list[LinearConfig]:
+    """The tensor-core grid at M rows: tiles x split-K at 4 warps / 4 stages (the library's), and the two
+    widest tiles at 8 warps / 3 stages unsplit; BLOCK_M = 16 up to 16 rows, else 32. 22 configs, each a
+    Triton compile per BLOCK_M and gated-or-not: most of the run's time."""
+    block_m = 16 if m <= 16 else 32
+    out = [LinearConfig(block_m, bn, bk, split, True, 4, 4) for (bn, bk), split in itertools.product(TC_TILES,
+                                                                                                     TC_SPLITS)]
+    return out + [LinearConfig(block_m, bn, bk, 1, True, 8, 3) for bn, bk in ((64, 128), (32, 256))]
 
 
 def describe(c: LinearConfig) -> str:
@@ -56,108 +92,254 @@ def describe(c: LinearConfig) -> str:
             f"w{c.num_warps} st{c.num_stages}{'' if c.prefetch or c.use_dot else ' noprefetch'}")
 
 
+def graph_time(fn: Callable[[], Any], replays: int = 10) -> float:
+    """Median seconds of one ``fn()`` replayed from a CUDA graph captured on the stream it was warmed up on."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(replays):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e-3)
+    torch.cuda.current_stream().wait_stream(stream)
+    return statistics.median(times)
+
+
 def read_bandwidth(dev: torch.device) -> float:
     """Bytes per second of ``x.sum()`` over 2 GiB of bf16, by CUDA-graph replay."""
-    from triton.testing import do_bench_cudagraph
-
     big = torch.randn(1 << 30, dtype=torch.bfloat16, device=dev)
-    return big.nbytes / (do_bench_cudagraph(big.sum, rep=50, return_mode="median") * 1e-3)
+    return big.nbytes / graph_time(big.sum)
 
 
 class Case:
-    """One projection shape at one M: checks then times cuBLAS, the heuristic and the sweep's configs."""
+    """One projection shape at one M: checks then times cuBLAS, the library's choice and a grid's configs."""
 
     def __init__(self, model: str, shape: str, m: int, ws: list[torch.Tensor], read_bw: float,
                  rows: list[dict]) -> None:
         self.model, self.shape, self.m, self.ws, self.read_bw, self.rows = model, shape, m, ws, read_bw, rows
         n, k = ws[0].shape
-        self.x = torch.randn(m, k, device=ws[0].device, dtype=torch.bfloat16)
-        self.outs = [torch.empty(m, n, device=ws[0].device, dtype=torch.bfloat16) for _ in ws]
-        self.want = F.linear(self.x, ws[0]).float()
-        self.nbytes = linear_bytes(m, n, k, torch.bfloat16)
+        self.gated = shape in GATED
+        dev = ws[0].device
+        self.x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        self.up = torch.randn(m, k, device=dev, dtype=torch.bfloat16) if self.gated else None
+        self.outs = [torch.empty(m, n, device=dev, dtype=torch.bfloat16) for _ in ws]
+        self.want = self.reference(ws[0]).float()
+        # a gated product reads x twice (gate and up): one more x-sized read
+        self.nbytes = linear_bytes(m, n, k, torch.bfloat16) + (m * k * 2 if self.gated else 0)
+
+    def reference(self, w: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.x) * self.up if self.gated else self.x
+        return F.linear(x, w)
+
+    def ours(self, w: torch.Tensor, o: torch.Tensor, config: Optional[LinearConfig]) -> torch.Tensor:
+        if self.gated:
+            return gated_linear(self.x, self.up, w, out=o, config=config, static_weight=True)
+        return linear(self.x, w, out=o, config=config, static_weight=True)
 
     def row(self, config: str, **fields: object) -> None:
-        self.rows.append(dict(model=self.model, shape=self.shape, m=self.m, config=config, **fields))
+        self.rows.append(dict(model=self.model, shape=self.shape, m=self.m, gated=self.gated, config=config,
+                              **fields))
 
-    def timed(self, label: str, fn_one: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        from triton.testing import do_bench_cudagraph
-
-        got = fn_one(self.ws[0], self.outs[0]).float()
+    def timed(self, label: str, fn_one: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], **extra: object) -> None:
+        try:
+            got = fn_one(self.ws[0], self.outs[0]).float()
+        except Exception as exc:  # noqa: BLE001 (a config Triton cannot compile: out of resources)
+            self.row(label, us=None, err=str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__, **extra)
+            return
         err = float((got - self.want).abs().max())
         if not err <= 2e-2 * float(self.want.abs().max()) + 1e-2:
-            self.row(label, us=None, err=err)
+            self.row(label, us=None, err=err, **extra)
             return
 
         def run() -> None:
             for w, o in zip(self.ws, self.outs):
                 fn_one(w, o)
 
-        t = do_bench_cudagraph(run, rep=30, return_mode="median") * 1e-3 / len(self.ws)
-        self.row(label, us=t * 1e6, err=err, gbps=self.nbytes / t / 1e9, pct=100 * self.nbytes / t / self.read_bw)
+        t = graph_time(run) / len(self.ws)
+        self.row(label, us=t * 1e6, err=err, gbps=self.nbytes / t / 1e9, pct=100 * self.nbytes / t / self.read_bw,
+                 **extra)
 
-    def run_all(self, quick: bool) -> None:
-        x = self.x
+    def run_all(self, configs: list[LinearConfig], quick: bool) -> None:
         n, k = self.ws[0].shape
-        self.timed("cublas", lambda w, o: torch.mm(x, w.t(), out=o))
-        heur = pick_config(self.m, n, k, torch.bfloat16, x.device)
-        self.timed("heuristic " + describe(heur), lambda w, o: linear(x, w, out=o))
-        configs = grid(self.m)
-        if quick:
-            configs = [replace(heur, prefetch=False), replace(heur, block_n=8),
-                       replace(heur, block_n=8, prefetch=False)]
+        self.timed("cublas", lambda w, o: torch.mm(F.silu(self.x) * self.up if self.gated else self.x, w.t(), out=o))
+        # "library": linear's own choice at this shape (its heuristic config, or cuBLAS above SMALL_M rows)
+        chosen = "cublas" if self.m > SMALL_M else describe(pick_config(self.m, n, k, torch.bfloat16, self.x.device))
+        self.timed(LIBRARY, lambda w, o: self.ours(w, o, None), chosen=chosen)
+        if quick:  # a few neighbours of the heuristic's config
+            heur = pick_config(min(self.m, SMALL_M), n, k, torch.bfloat16, self.x.device)
+            heur = replace(heur, block_m=max(heur.block_m, configs[0].block_m)) if configs else heur
+            if self.m <= 2:
+                configs = [replace(heur, prefetch=False), replace(heur, block_n=8),
+                           replace(heur, block_n=8, prefetch=False)]
+            else:
+                configs = [heur, replace(heur, split_k=1), replace(heur, block_n=64), replace(heur, num_stages=3)]
         for cfg in configs:
-            try:
-                self.timed(describe(cfg), lambda w, o, c=cfg: linear(x, w, out=o, config=c))
-            except Exception as exc:  # noqa: BLE001 (a config Triton cannot compile: out of resources)
-                self.row(describe(cfg), us=None, err=str(exc).splitlines()[0][:120])
+            if cfg.block_m < self.m:
+                continue
+            self.timed(describe(cfg), lambda w, o, c=cfg: self.ours(w, o, c))
 
+
+# ---- reports: pure functions of the rows -----------------------------------------------------------------
 
 def summary(rows: list[dict], key: tuple) -> str:
+    """cuBLAS, the library's choice and the best three configs of one (model, shape, M)."""
     rs = [r for r in rows if (r["model"], r["shape"], r["m"]) == key]
     ok = sorted((r for r in rs if r["us"] is not None), key=lambda r: r["us"])
-    cub = next(r for r in rs if r["config"] == "cublas")
-    heur = next(r for r in rs if r["config"].startswith("heuristic"))
-    best = [r for r in ok if r["config"] != "cublas" and not r["config"].startswith("heuristic")][:3]
-    line = f"{key[0]} {key[1]:8s} m{key[2]}: cublas {cub['us']:.1f}us ({cub['pct']:.0f}%)"
-    line += f" | heur {heur['us']:.1f}us ({heur['pct']:.0f}%)" if heur["us"] else " | heur FAIL"
+    cub = next((r for r in rs if r["config"] == "cublas"), None)
+    lib = next((r for r in rs if r["config"] == LIBRARY), None)
+    best = [r for r in ok if r["config"] not in ("cublas", LIBRARY)][:3]
+    line = f"{key[0]} {key[1]:8s} m{key[2]}: "
+    line += f"cublas {cub['us']:.1f}us ({cub['pct']:.0f}%)" if cub and cub["us"] else "cublas FAIL"
+    line += (f" | library ({lib.get('chosen')}) {lib['us']:.1f}us ({lib['pct']:.0f}%)" if lib and lib["us"]
+             else " | library FAIL")
     return line + " | best " + "; ".join(f"{r['config']} {r['us']:.1f}us ({r['pct']:.0f}%)" for r in best)
 
 
-def report(rows: list[dict], read_bw: float, out: str | None, done: tuple) -> None:
-    """Write every row so far (a run cut short keeps what it measured) and print the finished shape."""
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "gemv_sweep.json").write_text(json.dumps({"read_bw": read_bw, "rows": rows}, indent=1))
-    for key in sorted({(r["model"], r["shape"], r["m"]) for r in rows if (r["model"], r["shape"]) == done}):
-        print(summary(rows, key), flush=True)
+def best_overall(rows: list[dict], m: int) -> list[tuple[str, float, int]]:
+    """Configs timed on every shape at ``m``, by the geometric mean of their time over the best time per
+    shape: (config, geomean ratio, shapes), best first."""
+    keys = sorted({(r["model"], r["shape"]) for r in rows if r["m"] == m})
+    best = {}
+    for key in keys:
+        times = [r["us"] for r in rows if (r["model"], r["shape"], r["m"]) == (*key, m) and r["us"]]
+        if times:
+            best[key] = min(times)
+    ratios: dict[str, list[float]] = {}
+    for r in rows:
+        key = (r["model"], r["shape"])
+        if r["m"] == m and r["us"] and key in best and r["config"] != "cublas":
+            ratios.setdefault(r["config"], []).append(r["us"] / best[key])
+    full = [(c, math.exp(sum(map(math.log, v)) / len(v)), len(v)) for c, v in ratios.items() if len(v) == len(best)]
+    return sorted(full, key=lambda t: t[1])
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
+def report(rows: list[dict], ms: list[int]) -> str:
+    lines = [summary(rows, key) for key in sorted({(r["model"], r["shape"], r["m"]) for r in rows},
+                                                  key=lambda t: (t[0], t[2], t[1]))]
+    for m in ms:
+        ranked = best_overall(rows, m)
+        if ranked:
+            lines.append(f"m{m}: best over all shapes (geomean time / best per shape): " + "; ".join(
+                f"{c} {g:.3f}" for c, g, _ in ranked[:3]))
+            lib = next((g for c, g, _ in ranked if c == LIBRARY), None)
+            if lib is not None:
+                lines.append(f"m{m}: the library's own choice: {lib:.3f}")
+    return "\n".join(lines)
+
+
+def gpu_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def write(record: dict, stem: str, out: Optional[str], smoke: bool) -> list[Path]:
+    targets = ([] if smoke else [ROOT / "benches" / "results"]) + ([Path(out)] if out else [])
+    paths = []
+    for folder in targets:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{stem}.json"
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        paths.append(path)
+    return paths
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="llama-1b,llama-8b")
-    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--batches", default="1,8", help="M values of the default sweep (M <= 2: register grid)")
     ap.add_argument("--shapes", default="qkv,o,gate_up,down,lm_head")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     ap.add_argument("--quick", action="store_true",
-                    help="only the heuristic's tiles with and without the register double-buffer, and 8 rows")
-    args = ap.parse_args()
+                    help="only neighbours of the heuristic's config (M <= 2: without the register double-buffer, "
+                         "8 rows; tensor cores: unsplit, 64 rows, 3 stages)")
+    ap.add_argument("--tensor-cores", action="store_true", help="the tl.dot path at --tc-batches over its grid")
+    ap.add_argument("--tc-batches", default="8,16,32")
+    ap.add_argument("--stream-mb", type=int, default=None, help="weight copies per replay (default 512; 256 with "
+                                                                   "--tensor-cores)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new (shape, M) case after this many seconds (default 170 with --tensor-cores: "
+                         "Triton compiles a kernel per config, the run's main cost)")
+    ap.add_argument("--smoke", action="store_true", help="CPU: build the grids and the report from made-up rows")
+    args = ap.parse_args(argv)
+    if args.budget_s is None and args.tensor_cores:
+        args.budget_s = 170.0
+    args.ms = [int(b) for b in (args.tc_batches if args.tensor_cores else args.batches).split(",") if b]
+    if args.stream_mb is None:
+        args.stream_mb = 256 if args.tensor_cores else 512
+    unknown = [s for s in args.shapes.split(",") if s not in SHAPES["llama-1b"]]
+    if unknown or not args.ms or min(args.ms) < 1:
+        ap.error(f"--shapes from {list(SHAPES['llama-1b'])}, positive batches (got shapes {unknown}, ms {args.ms})")
+    return args
+
+
+def configs_for(m: int) -> list[LinearConfig]:
+    """The grid at M rows: the register path up to 2 rows, the tensor-core path above."""
+    return grid(m) if m <= 2 else tc_grid(m)
+
+
+def smoke(args: argparse.Namespace) -> int:
+    """Made-up timings through the grids, the summaries and the writer (no GPU)."""
+    rows: list[dict] = []
+    for i, (model, shape) in enumerate([("llama-1b", "o"), ("llama-8b", "down")]):
+        for m in args.ms:
+            rows.append(dict(model=model, shape=shape, m=m, gated=shape in GATED, config="cublas", us=10.0 + i,
+                             pct=50.0))
+            rows.append(dict(model=model, shape=shape, m=m, gated=shape in GATED, config=LIBRARY, chosen="x",
+                             us=9.0 + i, pct=55.0))
+            for j, cfg in enumerate(configs_for(m)[:4]):
+                rows.append(dict(model=model, shape=shape, m=m, gated=shape in GATED, config=describe(cfg),
+                                 us=8.0 + i + j, pct=60.0))
+    record = {"bench": "gemv_sweep", "device": "cpu", "rows": rows, "args": vars(args)}
+    write(record, "gemv_sweep-smoke", args.out, True)
+    print(report(rows, args.ms))
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.smoke:
+        return smoke(args)
+    if not torch.cuda.is_available():
+        print("gemv_sweep: needs a CUDA GPU (or --smoke)", file=sys.stderr)
+        return 2
     dev = torch.device("cuda")
     torch.manual_seed(0)
     read_bw = read_bandwidth(dev)
     rows: list[dict] = []
+    gpu, date = torch.cuda.get_device_name(), datetime.date.today().isoformat()
+    stem = f"gemv_sweep{'-tc' if args.tensor_cores else ''}{'-quick' if args.quick else ''}-{gpu_slug(gpu)}-{date}"
+    record = {"bench": "gemv_sweep", "device": gpu, "date": date, "read_bw": read_bw, "args": vars(args),
+              "method": __doc__.split("\n\n", 2)[2].strip(), "rows": rows,
+              "grid": {m: [asdict(c) for c in configs_for(m)] for m in args.ms}}
+    start = time.perf_counter()
     for model in args.models.split(","):
         for name in args.shapes.split(","):
+            if args.budget_s and time.perf_counter() - start > args.budget_s:
+                record.setdefault("skipped", []).append(f"{model} {name}: time budget ({args.budget_s:.0f} s) spent")
+                print(record["skipped"][-1], flush=True)
+                continue
             n, k = SHAPES[model][name]
-            copies = max(1, math.ceil((512 << 20) / (n * k * 2)))
+            copies = max(1, math.ceil((args.stream_mb << 20) / (n * k * 2)))
             ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 for _ in range(copies)]
-            for m in map(int, args.batches.split(",")):
-                Case(model, name, m, ws, read_bw, rows).run_all(args.quick)
+            for m in args.ms:
+                Case(model, name, m, ws, read_bw, rows).run_all(configs_for(m), args.quick)
+                print(summary(rows, (model, name, m)), flush=True)
             del ws
             torch.cuda.empty_cache()
-            report(rows, read_bw, args.out, (model, name))
-    print(f"{torch.cuda.get_device_name()}: read bandwidth {read_bw / 1e9:.0f} GB/s (x.sum(), graph replay)")
-    for key in sorted({(r["model"], r["shape"], r["m"]) for r in rows}, key=lambda t: (t[0], t[2], t[1])):
-        print(summary(rows, key))
+            write(record, stem, args.out, False)  # a run cut short keeps what it measured
+    paths = write(record, stem, args.out, False)
+    print(f"{gpu}: read bandwidth {read_bw / 1e9:.0f} GB/s (x.sum(), graph replay); wrote "
+          f"{', '.join(map(str, paths))}")
+    print(report(rows, args.ms))
     return 0
 
 

@@ -1,121 +1,378 @@
-"""Where a decode step's time goes: torch profiler table of one membound decode step vs the cost model.
+"""Where a compiled decode step's time goes: launches, time per kernel and the gaps between them, beside
+the cost model's prediction of the same step.
 
-    python benches/profile_step.py [--model llama-1b] [--backend reference|triton] [--context 1024] [--out DIR]
+    PYTHONPATH=. python benches/profile_step.py --quick              # GPU, < 2 min: HF Llama 1.24B and 8B
+                                                                     # shapes, batch 1 and 8, context 256
+    PYTHONPATH=. python benches/profile_step.py --models llama-8b --batches 8 --context 1024 --source builtin
+    MEMBOUND_PDL=0 PYTHONPATH=. python benches/profile_step.py ...   # the same without programmatic dependent launch
+    PYTHONPATH=. python benches/profile_step.py --smoke --out DIR    # CPU: formats a made-up profile (CI)
 
-Prints the top CUDA kernels and CPU ops of 20 decode steps (batch 1), the wall time per step, and the
-cost model's predicted time for the same decode graph, so a miss can be attributed (launch-bound
-Python, slow kernels, or bytes the model did not count).
+Per (model, batch): the model (``--source hf``: ``transformers.LlamaForCausalLM`` at the shape of the
+built-in ``llama-1b`` / ``llama-8b`` config, random bf16 weights; ``builtin``: membound's own Llama) is
+compiled with the Triton backend, its KV cache filled by a prefill of ``--context`` random tokens, and
+its decode step (the S = 1 graph ``generate`` runs) captured in a CUDA graph as ``generate`` does. Then:
+
+- **step**: ``--timed`` replays between CUDA events, median per replay (the graph alone: no input copies,
+  no sampling; ``decode_e2e.py`` times whole ``generate`` calls);
+- **kernels**: ``--replays`` replays under ``torch.profiler`` (CUDA activity); the chrome trace's kernel and
+  memcpy events, in start order, split into replays (each starts with the graph's first kernel): launches
+  per step, each kernel's median duration, the gap before it (start minus the previous kernel's end;
+  negative where programmatic dependent launch overlaps them: a PDL kernel's duration then includes its
+  wait for the previous one, so compare steps and gaps, not kernel sums), aggregated by kernel name;
+- **predicted**: ``membound.step_prediction.predict_decode_step`` for the same step on this card (graph
+  replay only, no per-token loop), per launch where its launch count equals the profile's.
+
+Writes ``benches/results/profile_step-<tag>-<gpu>-<date>.json`` (everything) and ``.txt`` (the tables),
+copies under ``--out``, and prints the tables last.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import re
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from membound.api import CompiledModel, build_kv_program  # noqa: E402
-from membound.cost import Hardware, RooflineCost, analyze  # noqa: E402
-from membound.models import build_model  # noqa: E402
+QUICK_MODELS = ("llama-1b", "llama-8b")
+QUICK_BATCHES = (1, 8)
+TRACE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="llama-1b")
-    ap.add_argument("--backend", default="reference")
-    ap.add_argument("--context", type=int, default=1024)
-    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--graphs", action="store_true", help="time and profile the step replayed as a CUDA graph")
-    args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = build_model(args.model, dtype=dtype, device=device)
-    program = build_kv_program(CompiledModel(model, backend=args.backend),
-                               torch.zeros(1, 8, dtype=torch.long, device=device))
-    b = args.batch
-    program.cache.ensure(b, args.context + 64)
-    state = program.cache.views(b)
+# ---- the timeline: pure functions over (name, start_us, end_us) events, tested on the CPU ----------------
+
+def split_replays(events: Sequence[tuple[str, float, float]], replays: int) -> list[list[tuple[str, float, float]]]:
+    """The device events of ``replays`` replays of one graph, in start order, as one list per replay.
+
+    Each replay starts with the graph's first kernel: the trace is cut where that name recurs, and the
+    parts of the common length kept (a last replay the profiler caught only in part is dropped).
+    When the name also recurs inside the step (the cuts are uneven in the middle), the trace is cut into
+    ``replays`` equal parts, which holds whenever every replay was traced whole."""
+    events = sorted(events, key=lambda e: e[1])
+    if not events or replays < 1:
+        return []
+    first = events[0][0]
+    starts = [i for i, e in enumerate(events) if e[0] == first]
+    parts = [events[a:b] for a, b in zip(starts, starts[1:] + [len(events)])]
+    middle = parts[1:-1] if len(parts) > 2 else parts
+    if len({len(p) for p in middle}) == 1 and len(middle[0]) > 1:
+        full = [p for p in parts if len(p) == len(middle[0])]
+        if len(full) >= max(1, replays - 2) and all(len(p) <= len(middle[0]) for p in parts):
+            return full
+    if len(events) % replays:
+        raise ValueError(f"profile: {len(events)} device events do not split into {replays} equal replays; "
+                         f"was every replay traced whole?")
+    n = len(events) // replays
+    return [events[i * n:(i + 1) * n] for i in range(replays)]
+
+
+def timeline(steps: list[list[tuple[str, float, float]]]) -> dict[str, Any]:
+    """Launches, per-position medians (duration, gap before), per-name aggregates and step totals, in µs."""
+    n = len(steps[0])
+    if any(len(s) != n for s in steps):
+        raise ValueError(f"profile: replays hold different launch counts {sorted({len(s) for s in steps})}")
+    positions = []
+    for i in range(n):
+        names = {s[i][0] for s in steps}
+        durations = [s[i][2] - s[i][1] for s in steps]
+        gaps = [s[i][1] - s[i - 1][2] for s in steps] if i else [0.0]
+        positions.append({"i": i, "name": steps[0][i][0] if len(names) == 1 else "/".join(sorted(names)),
+                          "us": statistics.median(durations), "gap_before_us": statistics.median(gaps)})
+    spans = [s[-1][2] - s[0][1] for s in steps]
+    busy = [sum(e[2] - e[1] for e in s) for s in steps]
+    gap_totals = [sum(s[i][1] - s[i - 1][2] for i in range(1, n)) for s in steps]
+    all_gaps = sorted(p["gap_before_us"] for p in positions[1:])
+    kernels: dict[str, dict[str, Any]] = {}
+    for p in positions:
+        k = kernels.setdefault(p["name"], {"name": p["name"], "per_step": 0, "total_us": 0.0})
+        k["per_step"] += 1
+        k["total_us"] += p["us"]
+    busy_median = statistics.median(busy)
+    for k in kernels.values():
+        k["mean_us"] = k["total_us"] / k["per_step"]
+        k["share"] = k["total_us"] / busy_median if busy_median else 0.0
+    return {
+        "launches": n, "replays": len(steps),
+        "span_us": statistics.median(spans), "busy_us": busy_median, "gaps_us": statistics.median(gap_totals),
+        "gap_stats_us": {"median": _pick(all_gaps, 0.5), "p10": _pick(all_gaps, 0.1), "p90": _pick(all_gaps, 0.9),
+                         "min": all_gaps[0] if all_gaps else 0.0, "max": all_gaps[-1] if all_gaps else 0.0,
+                         "negative": sum(1 for g in all_gaps if g < 0)},
+        "kernels": sorted(kernels.values(), key=lambda k: -k["total_us"]),
+        "positions": positions,
+    }
+
+
+def _pick(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def trace_events(path: Path) -> list[tuple[str, float, float]]:
+    """(name, start µs, end µs) of the device events (kernels, memcpy, memset) of a chrome trace."""
+    data = json.loads(Path(path).read_text())
+    out = []
+    for e in data.get("traceEvents", []):
+        if e.get("ph") == "X" and e.get("cat") in TRACE_CATEGORIES:
+            out.append((str(e["name"]), float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))))
+    return out
+
+
+def attach_prediction(case: dict[str, Any], pred: Any) -> None:
+    """The prediction's totals, per kind, and per launch beside each profiled position when the counts agree."""
+    case["predicted"] = {"mode": pred.mode, "card": pred.card, "launches": pred.launch_count,
+                         "step_us": pred.time_s * 1e6, "work_us": pred.work_s * 1e6, "gaps_us": pred.gap_s * 1e6,
+                         "bytes": pred.bytes,
+                         "by_kind": {k: {"launches": int(v["launches"]), "bytes": v["bytes"], "us": v["time_s"] * 1e6}
+                                     for k, v in pred.by_kind().items()}}
+    if pred.launch_count == case.get("launches"):
+        for p, launch in zip(case["positions"], pred.launches):
+            p["predicted_us"] = launch.time_s * 1e6
+            p["predicted"] = f"{launch.work.kind} {launch.work.name}"
+    else:
+        case.setdefault("notes", []).append(f"the cost model plans {pred.launch_count} launches, the profile shows "
+                                            f"{case.get('launches')}: no per-launch comparison")
+
+
+def format_case(case: dict[str, Any], top: int = 25) -> str:
+    """The text report of one profiled step."""
+    pred = case.get("predicted") or {}
+    head = (f"== {case['source']} {case['model']} b{case['batch']} context {case['context']} "
+            f"({'PDL' if case.get('pdl') else 'no PDL'}): {case['launches']} launches per step; step "
+            f"{case['step_us']:.1f} us (graph replay, CUDA events); profiled span {case['span_us']:.1f} us, "
+            f"kernel time {case['busy_us']:.1f} us, gaps {case['gaps_us']:+.1f} us")
+    lines = [head]
+    if pred:
+        lines.append(f"   predicted ({pred['mode']}, {pred['card']}): {pred['step_us']:.1f} us over {pred['launches']} "
+                     f"launches ({pred['step_us'] / case['step_us']:.2f}x measured); kernels {pred['work_us']:.1f} us, "
+                     f"gaps {pred['gaps_us']:+.1f} us, {pred['bytes'] / 1e9:.3f} GB")
+    g = case["gap_stats_us"]
+    lines.append(f"   gap before a kernel (us): median {g['median']:.2f}, p10 {g['p10']:.2f}, p90 {g['p90']:.2f}, "
+                 f"min {g['min']:.2f}, max {g['max']:.2f}; {g['negative']} negative (overlapped by PDL)")
+    width = max([len(k["name"][:48]) for k in case["kernels"]] + [6])
+    lines.append(f"   {'kernel':{width}s} {'/step':>5s} {'mean us':>8s} {'us/step':>8s} {'share':>6s}")
+    for k in case["kernels"][:top]:
+        lines.append(f"   {k['name'][:48]:{width}s} {k['per_step']:5d} {k['mean_us']:8.2f} {k['total_us']:8.1f} "
+                     f"{100 * k['share']:5.1f}%")
+    if len(case["kernels"]) > top:
+        lines.append(f"   ... {len(case['kernels']) - top} more kernel names")
+    if pred.get("by_kind"):
+        lines.append("   predicted by kind: " + "; ".join(f"{k} {v['launches']}x {v['us']:.1f} us"
+                                                         for k, v in sorted(pred["by_kind"].items(),
+                                                                            key=lambda kv: -kv[1]["us"])))
+    worst = sorted((p for p in case["positions"] if "predicted_us" in p),
+                   key=lambda p: -abs(p["us"] + p["gap_before_us"] - p["predicted_us"]))[:8]
+    if worst:
+        lines.append("   largest per-launch misses (measured gap + kernel vs predicted, us): " + "; ".join(
+            f"#{p['i']} {p['name'][:32]} {p['us'] + p['gap_before_us']:.1f} vs {p['predicted_us']:.1f}" for p in worst))
+    lines += [f"   note: {n}" for n in case.get("notes", [])]
+    return "\n".join(lines)
+
+
+# ---- the GPU run ----------------------------------------------------------------------------------------
+
+def build_model(source: str, name: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The model to profile: HF ``LlamaForCausalLM`` at the built-in config's shape, or the built-in Llama."""
+    from membound.models import build_model as build_builtin
+    from membound.models import get_config
+
+    if source == "builtin":
+        return build_builtin(name, dtype=dtype, device=device)
+    from transformers import AutoModelForCausalLM
+    from transformers import LlamaConfig as HFLlamaConfig
+
+    cfg = get_config(name)
+    hf = HFLlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.intermediate_size,
+                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                       num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
+                       rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+                       max_position_embeddings=8192, attention_bias=False, mlp_bias=False,
+                       bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(hf, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+def profile_case(compiled: Any, program: Any, vocab: int, batch: int, context: int, args: argparse.Namespace,
+                 device: str) -> dict[str, Any]:
+    """Prefill ``context`` tokens, capture the decode step, time it, profile it (see the module docstring)."""
+    from membound.backends.cuda_graphs import CapturedGraph
+    from membound.backends.triton.kernels._launch import pdl
+
+    program.cache.ensure(batch, context + 64)
+    state = program.cache.views(batch)
     program.prefill_graph.tensors.update(state)
     program.decode_graph.tensors.update(state)
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (b, args.context), device=device)
-    program.prefill([ids, torch.arange(args.context, device=device).expand(b, -1).contiguous(),
-                     torch.full((b,), args.context - 1, device=device)])
-    tok = torch.randint(0, vocab, (b, 1), device=device)
-    pos = torch.full((b, 1), args.context, device=device)
-    zero = torch.zeros(b, dtype=torch.long, device=device)
-    step_fn = program.decode
-    if args.graphs and device == "cuda":
-        from membound.backends.cuda_graphs import CapturedGraph
+    ids = torch.randint(1, vocab, (batch, context), device=device)
+    positions = torch.arange(context, device=device).expand(batch, -1).contiguous()
+    program.prefill([ids, positions, torch.full((batch,), context - 1, device=device)])
+    inputs = [torch.randint(1, vocab, (batch, 1), device=device), torch.full((batch, 1), context, device=device),
+              torch.zeros(batch, dtype=torch.long, device=device)]
+    graph = CapturedGraph(program.decode, inputs, copy_outputs=False)
+    static = graph.static_inputs  # replaying on its own buffers copies nothing
+    for _ in range(5):
+        graph(static)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(args.timed):
+        start.record()
+        graph(static)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(args.replays):
+            graph(static)
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = trace_events(path)
+    case = {"batch": batch, "context": context, "pdl": pdl(torch.device(device)), "step_us": statistics.median(times)}
+    case.update(timeline(split_replays(events, args.replays)))
+    return case
 
-        step_fn = CapturedGraph(program.decode, [tok, pos, zero], copy_outputs=False)
-    for _ in range(3):
-        step_fn([tok, pos, zero])
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(20):
-        step_fn([tok, pos, zero])
-    if device == "cuda":
-        torch.cuda.synchronize()
-    step = (time.perf_counter() - t) / 20
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
-    with torch.profiler.profile(activities=acts) as prof:
-        for _ in range(20):
-            step_fn([tok, pos, zero])
-        if device == "cuda":
-            torch.cuda.synchronize()
-    sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=40)
-    if device == "cuda":
-        kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-        busy = sum(e.self_device_time_total for e in kernels) / 20
-        launches = sum(e.count for e in kernels) / 20
-        table += f"\nGPU busy per step: {busy:.0f} us over {launches:.0f} kernels (sum of kernel times)"
-    cpu_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    hw = Hardware.detect()
-    cost = RooflineCost(hw)
-    at = analyze(program.decode_graph, cost).decode.at({"B": b, "T": args.context})
-    plan = plan_estimate(program.decode, cost, {"B": b, "T": args.context})
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    tag = f"{args.model}-b{b}-{args.backend}{'-graphs' if args.graphs else ''}"
-    (Path(args.out) / f"profile_step-{tag}.txt").write_text(table + "\n\n" + cpu_table)
-    print(cpu_table)
-    print(table)
-    print(f"{tag} decode step at context {args.context}: {step * 1e3:.2f} ms wall "
-          f"({len(program.decode_graph.nodes)} IR nodes); cost model on {hw.name}: {at['time_s'] * 1e3:.3f} ms, "
-          f"{at['bytes'] / 1e9:.2f} GB per step")
-    if plan is not None:  # what was actually launched: one launch per kernel or library call
-        launches, seconds, launch_s = plan
-        print(f"cost model of the compiled step ({launches} launches): {seconds * 1e3:.3f} ms, of which "
-              f"{launch_s * 1e3:.3f} ms is {hw.launch_overhead * 1e6:.1f} us per launch (an eager launch; a "
-              f"CUDA graph with programmatic dependent launch pays less: compare {(seconds - launch_s) * 1e3:.3f} ms "
-              f"too)")
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import membound
+    from membound.api import build_kv_program
+    from membound.cost import Hardware
+    from membound.step_prediction import predict_decode_step
+
+    device, dtype = "cuda", torch.bfloat16
+    hardware = Hardware.detect()
+    cases = []
+    for name in args.models:
+        t0 = time.perf_counter()
+        try:
+            model = build_model(args.source, name, device, dtype)
+            vocab = int(model.config.vocab_size)
+            compiled = membound.compile(model, backend="triton", cuda_graphs=True)
+            program = build_kv_program(compiled, torch.zeros(1, 8, dtype=torch.long, device=device))
+        except Exception as exc:  # noqa: BLE001 (a model that does not build keeps the others)
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"[:300]
+            cases += [{"model": name, "source": args.source, "batch": b, "error": f"build: {why}"}
+                      for b in args.batches]
+            print(f"{name}: build failed: {why}", flush=True)
+            continue
+        built = time.perf_counter() - t0
+        for batch in args.batches:
+            t1 = time.perf_counter()
+            case = {"model": name, "source": args.source}
+            try:
+                case.update(profile_case(compiled, program, vocab, batch, args.context, args, device))
+                pred = predict_decode_step(compiled, batch, args.context, hardware=hardware, loop=False)
+                attach_prediction(case, pred)
+            except Exception as exc:  # noqa: BLE001 (one case failing keeps the others)
+                case["batch"] = batch
+                case["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"[:300]
+            case["build_s"], case["case_s"] = built, time.perf_counter() - t1
+            cases.append(case)
+            print(format_case(case) if "error" not in case else f"{name} b{batch}: failed: {case['error']}",
+                  flush=True)
+        del compiled, program, model
+        torch.cuda.empty_cache()
+    return cases
+
+
+def smoke_cases() -> list[dict[str, Any]]:
+    """A made-up two-replay profile (three kernels, the second overlapped by PDL) through the same code."""
+    from membound.cost import Hardware
+    from membound.cost.step import KernelWork, predict_step
+
+    events = []
+    for r in range(2):
+        t = 100.0 * r
+        events += [("_fused_embedding_rms_norm_0", t, t + 2), ("_linear_small_m", t + 1.5, t + 12),
+                   ("_flash_decoding_split", t + 12.3, t + 19)]
+    case = {"model": "llama-tiny", "source": "smoke", "batch": 1, "context": 16, "pdl": True, "step_us": 19.5}
+    case.update(timeline(split_replays(events, 2)))
+    works = [KernelWork("_fused_embedding_rms_norm_0", "fused", 0.0, 8e3),
+             KernelWork("linear %1", "gemv", 0.0, 8e6), KernelWork("cached_attention %2", "decode_attention", 0.0, 1e5)]
+    attach_prediction(case, predict_step(works, Hardware.named("h200"), loop=False))
+    return [case]
+
+
+def gpu_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="llama-1b", help="built-in config names, comma-separated")
+    p.add_argument("--batches", default="1", help="comma-separated")
+    p.add_argument("--source", choices=("hf", "builtin"), default="hf",
+                   help="hf: transformers LlamaForCausalLM at the config's shape; builtin: membound's Llama")
+    p.add_argument("--context", type=int, default=256, help="cached positions when the step is profiled")
+    p.add_argument("--replays", type=int, default=20, help="replays under the profiler")
+    p.add_argument("--timed", type=int, default=100, help="replays timed with CUDA events")
+    p.add_argument("--quick", action="store_true", help="llama-1b and llama-8b, batch 1 and 8 (< 2 min on one GPU)")
+    p.add_argument("--smoke", action="store_true", help="CPU: a made-up profile through the tables (checks the script)")
+    p.add_argument("--out", default=os.environ.get("OUT"), help="folder for a copy of the result files")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.batches = ",".join(QUICK_MODELS), ",".join(map(str, QUICK_BATCHES))
+    args.models = [m for m in args.models.split(",") if m]
+    args.batches = [int(b) for b in args.batches.split(",") if b]
+    if not args.models or not args.batches or min(args.batches) < 1:
+        p.error("--models and --batches must name at least one model and positive batch sizes")
+    if args.context < 1 or args.replays < 1 or args.timed < 1:
+        p.error("--context, --replays and --timed must be >= 1")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.smoke:
+        cases, gpu = smoke_cases(), "cpu"
+    elif not torch.cuda.is_available():
+        print("profile_step: needs a CUDA GPU (or --smoke)", file=sys.stderr)
+        return 2
+    else:
+        gpu = torch.cuda.get_device_name()
+        cases = run(args)
+    date = datetime.date.today().isoformat()
+    tag = "smoke" if args.smoke else ("quick" if args.quick else f"{args.source}-{'+'.join(args.models)}-b"
+                                      f"{'+'.join(map(str, args.batches))}")
+    pdl = "" if args.smoke or os.environ.get("MEMBOUND_PDL", "1") != "0" else "-nopdl"
+    stem = f"profile_step-{tag}{pdl}-{gpu_slug(gpu)}-{date}"
+    record = {"bench": "profile_step", "device": gpu, "date": date, "args": vars(args), "versions": versions(),
+              "method": __doc__.split("\n\n", 2)[2].strip(), "cases": cases}
+    text = "\n\n".join(format_case(c) if "error" not in c else f"{c['model']} b{c['batch']}: failed: {c['error']}"
+                       for c in cases)
+    targets = ([] if args.smoke else [ROOT / "benches" / "results"]) + ([Path(args.out)] if args.out else [])
+    for folder in targets:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+        (folder / f"{stem}.txt").write_text(f"{gpu}, {date}\n\n{text}\n")
+    print(f"wrote {', '.join(str(f / stem) + '.{json,txt}' for f in targets) or '(nothing)'}")
+    print(text)
     return 0
 
 
-def plan_estimate(executable: object, cost: RooflineCost, dims: dict) -> "tuple[int, float, float] | None":
-    """(launches, seconds, of which launch overhead) of the executable's partition, as the cost model
-    sees it: one estimate per generated kernel or library call (views launch nothing). The node-level
-    figure above charges every IR node a launch, which no backend does."""
-    part = getattr(executable, "partition", None)
-    if part is None:
-        return None
-    launches, seconds, launch_s = 0, 0.0, 0.0
-    for step in part.steps:
-        est = cost.estimate(step.node if hasattr(step, "impl") else step, dims)
-        if est.bound == "free" or getattr(step, "impl", None) == "view":
-            continue
-        launches += 1
-        seconds += est.time_s
-        launch_s += est.launch_s
-    return launches, seconds, launch_s
+def versions() -> dict[str, Optional[str]]:
+    out: dict[str, Optional[str]] = {"torch": torch.__version__}
+    for mod in ("triton", "transformers"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            out[mod] = None
+    return out
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ For every kernel-launching node: op, shape, FLOPs, bytes, arithmetic intensity, 
 compute-bound, predicted time and share of the step (and measured time where a GPU exists), for the
 graph as captured and after the pass pipeline. The summary gives prefill (per prompt) and decode (per
 token) totals, the KV-cache bytes per token and the batch size where a decode step turns
-compute-bound. The decode step is modelled on the full graph (``membound.cost.phases`` says how).
+compute-bound. The decode step is modelled on the full graph (``membound.cost.phases`` says how). For a
+``CompiledModel`` that ``generate`` ran with the Triton backend, the summary also predicts its compiled
+decode step launch by launch (CUDA graph, PDL: ``membound.step_prediction``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Explanation:
     plot_path: Optional[Path] = None
     notes: list[str] = field(default_factory=list)
     quantization: Any = None  # a membound.quant_report.QuantReport when explain(quantize=...) ran
+    decode_step: Any = None  # membound.cost.step.StepPrediction of the compiled step (a Triton CompiledModel)
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """``{"<stage> <phase>": totals}`` at the explained dims (see ``PhaseCost.at``), plus per-unit figures."""
@@ -85,6 +88,8 @@ class Explanation:
                              + f" (T={d['T']})")
         kv = self.phases["before"].kv_bytes_per_token
         lines.append(f"  KV cache: {_expr(kv, 'B')} per token")
+        if self.decode_step is not None:
+            lines.append("  compiled " + self.decode_step.table().replace("\n", "\n    "))
         lines += [f"  note: {n}" for n in self.notes]
         if self.plot_path is not None:
             lines.append(f"  roofline plot: {self.plot_path}")
@@ -169,6 +174,7 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
             free[(stage, phase)] = sum(1 for _, c in pc.items if c.free)
     explanation = Explanation(name, hardware, phase_dims, phases, tables, free, show, max_rows)
     explanation.quantization = quant_report
+    explanation.decode_step = _compiled_step(model_or_compiled, hardware, phase_dims["decode"])
     if "after" not in graphs:
         explanation.notes.append("no pipeline ran (an IR graph was given): 'after' is not shown")
     for stage, graph in graphs.items():
@@ -250,6 +256,17 @@ def _graphs(obj: Any, example_inputs: Optional[Sequence[Any]], pipeline: Optiona
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     compiled = membound.compile(obj, example_inputs=args, backend="reference", pipeline=pipeline)
     return {"before": compiled.input_ir, "after": compiled.ir}
+
+
+def _compiled_step(obj: Any, hardware: Hardware, dims: dict[str, int]) -> Any:
+    """The predicted compiled decode step of a CompiledModel whose ``generate`` built a Triton program
+    (``membound.step_prediction``), else None (predicting would compile the model once more)."""
+    program = getattr(obj, "kv_program", None)
+    if program is None or getattr(program.decode, "partition", None) is None:
+        return None
+    from membound.step_prediction import predict_decode_step
+
+    return predict_decode_step(obj, dims["B"], dims["T"], hardware=hardware)
 
 
 def _quantized_graphs(obj: Any, example_inputs: Optional[Sequence[Any]], pipeline: Optional[Sequence[Any]],

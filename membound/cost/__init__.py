@@ -12,6 +12,8 @@ from membound.cost.hardware import SPECS, Hardware, KernelClass
 from membound.cost.measure import calibrate
 from membound.cost.phases import PhaseCost, Phases, analyze, kv_cache_bytes_per_token
 from membound.cost.roofline import CostModel, Estimate, RooflineCost, SymbolicCost
+from membound.cost.step import STEP_PRIORS, KernelWork, StepPrediction, predict_step, step_priors
 
-__all__ = ["CostModel", "Estimate", "Hardware", "KernelClass", "PhaseCost", "Phases", "RooflineCost", "SPECS",
-           "SymbolicCost", "analyze", "calibrate", "kv_cache_bytes_per_token"]
+__all__ = ["CostModel", "Estimate", "Hardware", "KernelClass", "KernelWork", "PhaseCost", "Phases", "RooflineCost",
+           "SPECS", "STEP_PRIORS", "StepPrediction", "SymbolicCost", "analyze", "calibrate", "kv_cache_bytes_per_token",
+           "predict_step", "step_priors"]

@@ -1,0 +1,369 @@
+"""The time of one compiled step, launch by launch: kernels replayed from a CUDA graph, with or without PDL.
+
+``roofline.py`` prices a kernel that runs alone. A compiled decode step is a chain of a hundred or more
+kernels of a few microseconds each, replayed from one CUDA graph; what is left between the sum of
+their bytes over the bandwidth and the measured step is fixed costs, counted here per launch:
+
+    step     = loop + sum over launches (gap + work)
+    work     = max(FLOPs / (peak * compute_efficiency), fixed + bytes / (bandwidth * efficiency))
+    gap      = graph_gap                                   (CUDA graph)
+             = graph_gap - min(pdl_overlap, graph_gap + fixed)   (CUDA graph, a kernel that takes part in PDL)
+             = eager_gap on the GPU, eager_launch on the host  (no graph: the step is host-bound when the
+                                                               host's launches take longer than the GPU)
+    loop     = graph_launch + loop_kernels * (eager_gap + loop_kernel)   (per token, outside the graph)
+
+* ``work``: each launch's own time. Its *kind* (our register GEMV, the tensor-core small-M path, a
+  fused kernel of ours, decode attention, cuBLAS...) has a :class:`KernelPrior`: a fixed time (a tiny
+  kernel's whole life; a GEMV's pipeline fill and drain, its last program's split-K reduction) and
+  the fraction of the read bandwidth its steady state reaches.
+* ``gap``: between one kernel's end and the next one's start in a replayed graph. With programmatic
+  dependent launch (PDL) the next kernel is launched while the previous one finishes and its first
+  weight tile is already in flight, so part of its fixed time hides as well (``pdl_overlap`` may exceed
+  ``graph_gap``; the hidden time never exceeds the gap plus the kernel's fixed time).
+* ``loop``: what ``generate`` does per token outside the graph: sampling (an argmax), the position
+  update, the copies into the graph's static input buffers, and the graph launch itself.
+
+The figures are per card (:data:`STEP_PRIORS`), each with the measurement it comes from. What is not
+measured on a card is said so in its ``source``. ``step_priors(hardware)`` picks the table for a spec.
+
+    works = [KernelWork("linear %5", "gemv", flops=..., bytes=...), ...]   # backends/triton/step_plan.py
+    pred = predict_step(works, Hardware.named("h200"), mode="graph+pdl")
+    pred.time_s, pred.launch_count, print(pred.table())
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Optional, Sequence
+
+from membound.cost.hardware import SPECS, Hardware, match_gpu
+
+MODES = ("graph+pdl", "graph", "eager")
+
+
+@dataclass(frozen=True)
+class KernelPrior:
+    """How one kind of kernel departs from bytes / bandwidth inside a compiled step.
+
+    ``fixed`` (s): paid once per launch on the memory side (a tiny kernel's whole time); ``efficiency``:
+    the fraction of the card's *read* bandwidth (``x.sum()`` over 2 GiB, measured in the same run as the
+    kernel) its steady state streams at; ``compute_efficiency``: the
+    fraction of the precision's peak FLOP rate it reaches when compute-bound; ``pdl``: whether it takes
+    part in programmatic dependent launch (membound's Triton kernels do; cuBLAS and torch kernels do
+    not). ``source``: what was measured.
+    """
+
+    fixed: float
+    efficiency: float = 1.0
+    compute_efficiency: float = 0.7
+    pdl: bool = True
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.fixed < 0 or self.efficiency <= 0 or self.compute_efficiency <= 0:
+            raise ValueError(f"KernelPrior: fixed >= 0, efficiency > 0, compute_efficiency > 0 required, got {self}")
+
+
+@dataclass(frozen=True)
+class LaunchPrior:
+    """Launch costs of a step, in seconds (see the module docstring for where each term enters).
+
+    ``graph_gap``: one kernel's end to the next one's start in a replayed CUDA graph; ``pdl_overlap``:
+    what programmatic dependent launch hides per launch; ``eager_launch``: host time per launch without a
+    graph (Python launcher, argument checks, driver); ``eager_gap``: the GPU-side gap between kernels
+    launched one by one when the host runs ahead; ``graph_launch``: a graph replay's own start;
+    ``loop_kernels`` / ``loop_kernel``: kernels ``generate`` launches per token outside the graph and the
+    time of each.
+    """
+
+    graph_gap: float
+    pdl_overlap: float
+    eager_launch: float
+    eager_gap: float
+    graph_launch: float
+    loop_kernels: int
+    loop_kernel: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class StepPriors:
+    """The launch costs and kernel priors of one card; ``read_bandwidth`` (bytes/s) is the card's typical
+    ``x.sum()`` read bandwidth, which the efficiencies multiply when no measured figure is given;
+    ``calibrated_on`` lists the result files (``benches/results/``) behind the figures; the ``decode_e2e``
+    ones among them measured whole steps, which the tests check the model against (nothing is fitted to
+    them)."""
+
+    card: str
+    launch: LaunchPrior
+    kernels: Mapping[str, KernelPrior]
+    read_bandwidth: float
+    calibrated_on: tuple[str, ...] = ()
+    note: str = ""
+
+    def kernel(self, kind: str) -> KernelPrior:
+        if kind not in self.kernels:
+            raise KeyError(f"step priors for {self.card}: no kernel kind {kind!r}; known: {sorted(self.kernels)}")
+        return self.kernels[kind]
+
+
+@dataclass(frozen=True)
+class KernelWork:
+    """One launch of a step: a name for reports, its kind (a key of ``StepPriors.kernels``), FLOPs, bytes
+    that must move, and the precision that sets its FLOP rate."""
+
+    name: str
+    kind: str
+    flops: float
+    bytes: float
+    precision: str = "bf16"
+
+
+@dataclass(frozen=True)
+class LaunchTime:
+    """One launch as predicted: ``work_s`` (its own time), ``gap_s`` (before it; negative where PDL
+    hides part of it), ``bound`` ("memory" or "compute")."""
+
+    work: KernelWork
+    work_s: float
+    gap_s: float
+    bound: str
+
+    @property
+    def time_s(self) -> float:
+        return self.gap_s + self.work_s
+
+
+@dataclass
+class StepPrediction:
+    """The predicted step. ``gpu_s``: launches plus the per-token loop on the GPU; ``host_s``: the host's
+    launch time (only without a graph); ``time_s``: the larger of the two."""
+
+    mode: str
+    card: str
+    launches: list[LaunchTime]
+    loop_s: float
+    host_s: float = 0.0
+    label: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def launch_count(self) -> int:
+        return len(self.launches)
+
+    @property
+    def work_s(self) -> float:
+        return sum(x.work_s for x in self.launches)
+
+    @property
+    def gap_s(self) -> float:
+        return sum(x.gap_s for x in self.launches)
+
+    @property
+    def bytes(self) -> float:
+        return sum(x.work.bytes for x in self.launches)
+
+    @property
+    def gpu_s(self) -> float:
+        return self.work_s + self.gap_s + self.loop_s
+
+    @property
+    def time_s(self) -> float:
+        return max(self.gpu_s, self.host_s)
+
+    def by_kind(self) -> dict[str, dict[str, float]]:
+        """``kind -> {launches, bytes, time_s}`` (time = gap + work)."""
+        out: dict[str, dict[str, float]] = {}
+        for x in self.launches:
+            row = out.setdefault(x.work.kind, {"launches": 0, "bytes": 0.0, "time_s": 0.0})
+            row["launches"] += 1
+            row["bytes"] += x.work.bytes
+            row["time_s"] += x.time_s
+        return out
+
+    def summary(self) -> str:
+        """One line: mode, launches, predicted time, and where it goes."""
+        text = (f"{self.label + ': ' if self.label else ''}{self.mode} on {self.card}: {self.launch_count} launches, "
+                f"predicted {self.time_s * 1e3:.3f} ms (kernels {self.work_s * 1e3:.3f} ms, gaps "
+                f"{self.gap_s * 1e3:+.3f} ms, per-token loop {self.loop_s * 1e6:.1f} us")
+        if self.host_s:
+            text += f", host launches {self.host_s * 1e3:.3f} ms"
+        return text + f"; {self.bytes / 1e9:.3f} GB)"
+
+    def table(self) -> str:
+        """The summary line and a per-kind breakdown."""
+        lines = [self.summary(), f"  {'kind':16s} {'launches':>8s} {'MB':>10s} {'us':>10s} {'share':>6s}"]
+        total = self.gpu_s or 1.0
+        for kind, row in sorted(self.by_kind().items(), key=lambda kv: -kv[1]["time_s"]):
+            lines.append(f"  {kind:16s} {int(row['launches']):8d} {row['bytes'] / 1e6:10.2f} "
+                         f"{row['time_s'] * 1e6:10.1f} {100 * row['time_s'] / total:5.1f}%")
+        lines.append(f"  {'loop (per token)':16s} {'':8s} {'':10s} {self.loop_s * 1e6:10.1f} "
+                     f"{100 * self.loop_s / total:5.1f}%")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the terms
+# ---------------------------------------------------------------------------------------------
+def read_bandwidth(hardware: Hardware, priors: "StepPriors") -> float:
+    """The read bandwidth the efficiencies multiply: measured on ``hardware`` (a calibrated spec) if it was,
+    else the priors' figure for the card (``step_priors`` scales it for a card without its own table)."""
+    measured = hardware.measured.get("read_bandwidth")
+    return float(measured) if measured else priors.read_bandwidth
+
+
+def work_time(work: KernelWork, prior: KernelPrior, hardware: Hardware, bandwidth: float) -> tuple[float, str]:
+    """(seconds, bound) of one launch's own work: max(compute, fixed + bytes / (bandwidth * efficiency)),
+    ``bandwidth`` being the read bandwidth (``read_bandwidth``)."""
+    compute = work.flops / (hardware.peak_flops(work.precision) * prior.compute_efficiency) if work.flops else 0.0
+    memory = prior.fixed + work.bytes / (bandwidth * prior.efficiency)
+    return (compute, "compute") if compute > memory else (memory, "memory")
+
+
+def launch_gap(mode: str, launch: LaunchPrior, prior: KernelPrior) -> float:
+    """The GPU time before one launch (see the module docstring): the graph gap, less what PDL hides."""
+    check_mode(mode)
+    if mode == "eager":
+        return launch.eager_gap
+    if mode == "graph+pdl" and prior.pdl:
+        return launch.graph_gap - min(launch.pdl_overlap, launch.graph_gap + prior.fixed)
+    return launch.graph_gap
+
+
+def loop_time(mode: str, launch: LaunchPrior) -> float:
+    """The per-token GPU time of ``generate``'s loop outside the step: its kernels and, with a graph, the
+    replay's own start."""
+    check_mode(mode)
+    kernels = launch.loop_kernels * (launch.eager_gap + launch.loop_kernel)
+    return kernels + (0.0 if mode == "eager" else launch.graph_launch)
+
+
+def host_time(mode: str, launch: LaunchPrior, launches: int, loop: bool = True) -> float:
+    """Host time to issue the step: 0 with a graph (one replay call, far shorter than the step), else one
+    Python launch per kernel, plus the loop's own launches when ``loop``."""
+    check_mode(mode)
+    if mode != "eager":
+        return 0.0
+    return (launches + (launch.loop_kernels if loop else 0)) * launch.eager_launch
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"step mode must be one of {MODES}, got {mode!r}")
+
+
+def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Optional[StepPriors] = None, *,
+                 mode: str = "graph+pdl", loop: bool = True, label: str = "",
+                 bandwidth: Optional[float] = None) -> StepPrediction:
+    """The predicted time of one step made of ``works`` (one per launch, in order) on ``hardware``.
+
+    ``mode``: "graph+pdl" (a replayed CUDA graph whose kernels use programmatic dependent launch: the
+    default on Hopper), "graph" (``MEMBOUND_PDL=0`` or an older card) or "eager" (no graph). ``loop``:
+    add ``generate``'s per-token work outside the step (False for a step timed alone). ``bandwidth``: the
+    read bandwidth measured in the same run, when there is one (default ``read_bandwidth``).
+    """
+    check_mode(mode)
+    priors = priors or step_priors(hardware)
+    bw = bandwidth or read_bandwidth(hardware, priors)
+    rows = []
+    for w in works:
+        prior = priors.kernel(w.kind)
+        seconds, bound = work_time(w, prior, hardware, bw)
+        rows.append(LaunchTime(w, seconds, launch_gap(mode, priors.launch, prior), bound))
+    loop_s = loop_time(mode, priors.launch) if loop else 0.0
+    pred = StepPrediction(mode, priors.card, rows, loop_s, host_time(mode, priors.launch, len(rows), loop), label)
+    if priors.note:
+        pred.notes.append(priors.note)
+    return pred
+
+
+# ---------------------------------------------------------------------------------------------
+# the figures, per card
+# ---------------------------------------------------------------------------------------------
+# Measurements the priors below come from (files in benches/results/ unless said otherwise):
+#  [QM]  quant_matmul-nvidia-h200-2026-12-01.json: our bf16 `linear` / `gated_linear` and cuBLAS at the
+#        Llama decode shapes, back-to-back over weight copies streamed from HBM, replayed from a CUDA graph
+#        with PDL on (so each time includes one graph gap less the PDL overlap: -0.51 us, added back here).
+#        Least-squares line time = fixed + bytes / (4274 GB/s * efficiency) over the 5 shapes:
+#        M=1 linear: 2.46 us + 0.904 of read bandwidth (residuals within 7%); M=1 gated: 2.56 us + 0.833;
+#        M=32 cuBLAS: 5.01 us + 0.966.
+#  [P1]  profile_step-llama-1b-triton-graphs-{nopdl,pdl}-nvidia-h100-80gb-hbm3-2026-11-26.txt with
+#        devruns-nvidia-h100-80gb-hbm3-2026-11-26.txt (H100; no H200 kernel profile of the current step
+#        exists yet): 1.24B b1 step at context 256, 134 kernels (131 in the graph + 3 input copies):
+#        1.29 ms wall without PDL against 1.246 ms of summed kernel time -> 0.33 us between kernels;
+#        1.18 ms with PDL -> PDL saves 0.84 us per launch. Kernel durations without PDL: fused
+#        add+rms_norm 1.80 us, rope+cache-write sections 1.46, embedding+norm 2.53, rope table 2.21, final
+#        norm 1.98 (all a few KB: fixed time); flash decoding 6.59 us over 0.52 MB of K/V; input copy 1.25.
+#  [QL] quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json, bf16 rows: our linear / gated_linear at the
+#        8B decode projections, M=1 and M=16, 8 weight copies per op in one CUDA graph, 20 replays (no read
+#        bandwidth recorded: efficiencies over the typical 4168 GB/s). Its M=1 rows agree with [QM]'s line
+#        within 12% (qkv 17.3 us vs 15.5, o 10.4 vs 11.2, gate_up 62.9 vs 63.3, head 265 vs 274, gated
+#        down 35.3 vs 35.6).
+#  [E2] decode_e2e-nvidia-h200-2026-12-01-quant.json (membound triton+graphs, bf16, prompt 128, 128 new
+#        tokens; whole generate calls): 1.24B b1 147.9 ms, b8 202.3 ms; 8B b1 623.6 ms, b8 983.2 ms. Nothing
+#        is fitted to it: it checks the model (tests/cost/test_step_prediction.py).
+#  [E1] decode_e2e-nvidia-h200-2026-11-26.json, "membound triton" (no CUDA graph) rows: 1.24B b1 10.4 ms
+#        a token over the 262 launches that step had then (profile_step ... h200 ... session-start.txt):
+#        ~40 us of host time per launch.
+#  [AT] attention-nvidia-h200-2026-12-01-quick.json: our decode attention at batch 16, 32k cached
+#        positions streams at 83% of read bandwidth (the fixed part is negligible there).
+_H200_LAUNCH = LaunchPrior(
+    graph_gap=0.33e-6, pdl_overlap=0.84e-6, eager_launch=40e-6, eager_gap=1.0e-6, graph_launch=3.0e-6,
+    loop_kernels=5, loop_kernel=2.0e-6,
+    source="graph gap and PDL overlap [P1] (H100, assumed equal on H200); eager launch [E1]; loop: argmax, "
+           "position add and 3 input copies per token (copies 1.25 us in [P1]), graph start unmeasured (3 us)")
+
+_GAP_PDL = _H200_LAUNCH.graph_gap - _H200_LAUNCH.pdl_overlap  # what each [QM] time includes: -0.51 us
+
+_H200_KERNELS: dict[str, KernelPrior] = {
+    # our register GEMV (M <= 2): [QM] M=1 linear
+    "gemv": KernelPrior(fixed=2.46e-6 - _GAP_PDL, efficiency=0.904, source="[QM] linear M=1, 5 shapes"),
+    "gemv_gated": KernelPrior(fixed=2.56e-6 - _GAP_PDL, efficiency=0.833, source="[QM] gated_linear M=1, 5 shapes"),
+    # the tensor-core path (2 < M <= 16): [QL] M=16, line through o (33.6 MB, 15.8 us) and gate_up (235 MB,
+    # 73.7 us): 6.2 us + 3.48 TB/s = 0.83 of the typical read bandwidth (qkv 17.7 us, head 247 us: both
+    # faster than the line). [QM] M=16 alone says 5.8 us + 0.69: the [QL] graph is closer to the step.
+    "gemv_dot": KernelPrior(fixed=6.2e-6 - _GAP_PDL, efficiency=0.83, source="[QL] linear M=16, 8B shapes"),
+    # gated_linear on tensor cores forms silu(gate) * up for all 16 padded rows of every K tile in every
+    # program: [QL] M=16 down projection 102.9 us at 117.5 MB = 0.29 of read bandwidth (M=1: 35.3 us)
+    "gemv_dot_gated": KernelPrior(fixed=6.2e-6 - _GAP_PDL, efficiency=0.29, source="[QL] gated_linear M=16, 8B down"),
+    # cuBLAS (M > 16: prefill, large batches); compute at 703 of 989 TFLOP/s (cost_model-nvidia-h200-2026-11-26)
+    "cublas": KernelPrior(fixed=5.01e-6 - _H200_LAUNCH.graph_gap, efficiency=0.966, compute_efficiency=0.71,
+                          pdl=False, source="[QM] cuBLAS M=32; bf16 matmul 703 TFLOP/s"),
+    # quantized GEMVs (int8/int4/fp8): [QM] int8 M=1 reaches ~0.45 of read bandwidth on its packed bytes
+    "quant_gemv": KernelPrior(fixed=3.0e-6, efficiency=0.45, source="[QM] int8 M=1 (rough: schemes differ)"),
+    "quant_mma": KernelPrior(fixed=5.0e-6, efficiency=0.3, compute_efficiency=0.35,
+                             source="[QM] int8/int4 M=64 fused (rough)"),
+    # flash decoding, one launch (the last split reduces): [P1] fixed time, [AT] bandwidth
+    "decode_attention": KernelPrior(fixed=6.4e-6, efficiency=0.83, source="[P1] 6.59 us at 0.52 MB; [AT]"),
+    # prefill flash attention: attention bench prefill rows reach 240-470 of 989 TFLOP/s
+    "attention": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.35, source="[AT] prefill rows"),
+    # generated pointwise / row / sectioned kernels: [P1] 1.5-2.5 us at a few KB; bandwidth unmeasured
+    "fused": KernelPrior(fixed=1.7e-6, efficiency=0.8, source="[P1] fused kernel durations; efficiency a guess"),
+    # other library kernels (embedding gather, cache write, MoE): like a fused kernel
+    "library": KernelPrior(fixed=2.0e-6, efficiency=0.8, source="unmeasured: as a fused kernel"),
+    # an op run by its torch reference inside the step (one kernel assumed; torch may launch more)
+    "torch": KernelPrior(fixed=3.0e-6, efficiency=0.7, pdl=False, source="unmeasured"),
+}
+
+STEP_PRIORS: dict[str, StepPriors] = {
+    # read bandwidth: /work/shared/BENCHMARKS.md, H200 2026-11-30 (x.sum() over 4 GiB); runs range 4060-4274
+    "h200": StepPriors("NVIDIA H200", _H200_LAUNCH, _H200_KERNELS, read_bandwidth=4168e9,
+                       calibrated_on=("decode_e2e-nvidia-h200-2026-12-01-quant.json",
+                                      "quant_matmul-nvidia-h200-2026-12-01.json",
+                                      "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json")),
+}
+
+
+def step_priors(hardware: Hardware) -> StepPriors:
+    """The priors for ``hardware``'s card. A card without its own table gets the H200's, with a note, and a
+    read bandwidth scaled from its spec as the H200's read figure is to its datasheet (launch costs carry
+    over between recent NVIDIA cards; kernel efficiencies less surely)."""
+    key = match_gpu(hardware.name, hardware.memory_bytes) if hardware.device_type == "cuda" else None
+    if key in STEP_PRIORS:
+        return STEP_PRIORS[key]
+    base = STEP_PRIORS["h200"]
+    scale = base.read_bandwidth / SPECS["h200"].bandwidth
+    return replace(base, card=hardware.name, calibrated_on=(), read_bandwidth=hardware.bandwidth * scale,
+                   note=f"no step priors measured on {hardware.name}: the H200's launch costs and kernel "
+                        f"efficiencies are used with this card's bandwidth and FLOP rates")

@@ -1,0 +1,106 @@
+"""The launch-cost terms of ``membound.cost.step`` on made-up priors (the arithmetic, not the figures)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # before anything imports triton (tests/backends/_triton_interp.py)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from membound.backends.triton.step_plan import linear_kind
+from membound.cost import Hardware
+from membound.cost.step import (
+    STEP_PRIORS,
+    KernelPrior,
+    KernelWork,
+    LaunchPrior,
+    StepPriors,
+    host_time,
+    launch_gap,
+    loop_time,
+    predict_step,
+    read_bandwidth,
+    step_priors,
+    work_time,
+)
+
+US = 1e-6
+LAUNCH = LaunchPrior(graph_gap=0.5 * US, pdl_overlap=1.0 * US, eager_launch=40 * US, eager_gap=2 * US,
+                     graph_launch=3 * US, loop_kernels=4, loop_kernel=1 * US)
+OURS = KernelPrior(fixed=2 * US, efficiency=0.5, compute_efficiency=0.5)
+TINY = KernelPrior(fixed=0.2 * US)  # PDL can hide at most gap + fixed = 0.7 us of it
+CUBLAS = KernelPrior(fixed=4 * US, pdl=False)
+PRIORS = StepPriors("test card", LAUNCH, {"ours": OURS, "tiny": TINY, "cublas": CUBLAS}, read_bandwidth=1e12)
+HW = Hardware.named("h200")
+
+
+def test_graph_gap_and_what_pdl_hides() -> None:
+    assert launch_gap("graph", LAUNCH, OURS) == pytest.approx(0.5 * US)
+    assert launch_gap("graph+pdl", LAUNCH, OURS) == pytest.approx(-0.5 * US)  # part of its fixed time hides
+    assert launch_gap("graph+pdl", LAUNCH, TINY) == pytest.approx(-0.2 * US)  # never more than gap + fixed
+    assert launch_gap("graph+pdl", LAUNCH, CUBLAS) == pytest.approx(0.5 * US)  # no PDL in cuBLAS kernels
+    assert launch_gap("eager", LAUNCH, OURS) == pytest.approx(2 * US)
+    with pytest.raises(ValueError, match="graph\\+pdl"):
+        launch_gap("graphs", LAUNCH, OURS)
+
+
+def test_loop_and_host_terms() -> None:
+    assert loop_time("eager", LAUNCH) == pytest.approx(4 * 3 * US)
+    assert loop_time("graph", LAUNCH) == pytest.approx(4 * 3 * US + 3 * US)  # + the replay's own start
+    assert host_time("graph+pdl", LAUNCH, 100) == 0.0
+    assert host_time("eager", LAUNCH, 100) == pytest.approx(104 * 40 * US)
+    assert host_time("eager", LAUNCH, 100, loop=False) == pytest.approx(100 * 40 * US)
+
+
+def test_work_is_fixed_plus_bytes_or_flops() -> None:
+    seconds, bound = work_time(KernelWork("w", "ours", flops=0.0, bytes=1e6), OURS, HW, 1e12)
+    assert (seconds, bound) == (pytest.approx(2 * US + 1e6 / 0.5e12), "memory")
+    flops = 1e12
+    seconds, bound = work_time(KernelWork("w", "ours", flops=flops, bytes=1e6), OURS, HW, 1e12)
+    assert (seconds, bound) == (pytest.approx(flops / (HW.peak_flops("bf16") * 0.5)), "compute")
+
+
+def test_predict_step_sums_launches_gaps_and_loop() -> None:
+    works = [KernelWork("a", "ours", 0.0, 1e6), KernelWork("b", "tiny", 0.0, 0.0), KernelWork("c", "cublas", 0.0, 1e6)]
+    pred = predict_step(works, HW, PRIORS, mode="graph+pdl")
+    assert pred.launch_count == 3
+    assert pred.work_s == pytest.approx(4 * US + 0.2 * US + 5 * US)
+    assert pred.gap_s == pytest.approx(-0.5 * US - 0.2 * US + 0.5 * US)
+    assert pred.time_s == pytest.approx(pred.work_s + pred.gap_s + loop_time("graph+pdl", LAUNCH))
+    assert pred.by_kind()["ours"] == {"launches": 1, "bytes": 1e6, "time_s": pytest.approx(3.5 * US)}
+    no_pdl = predict_step(works, HW, PRIORS, mode="graph", loop=False)
+    assert no_pdl.time_s == pytest.approx(pred.work_s + 3 * 0.5 * US)
+    eager = predict_step(works, HW, PRIORS, mode="eager")
+    assert eager.time_s == eager.host_s == pytest.approx(7 * 40 * US)  # host-bound: 3 launches + 4 loop kernels
+    assert "3 launches" in pred.table() and "ours" in pred.table()
+    with pytest.raises(KeyError, match="known: \\['cublas', 'ours', 'tiny'\\]"):
+        predict_step([KernelWork("d", "moe", 0.0, 1.0)], HW, PRIORS)
+
+
+def test_a_measured_read_bandwidth_is_what_efficiencies_multiply() -> None:
+    calibrated = HW.replace(source="calibrated", measured={"read_bandwidth": 2e12})
+    assert read_bandwidth(calibrated, PRIORS) == 2e12
+    assert read_bandwidth(HW, PRIORS) == 1e12
+    one = predict_step([KernelWork("a", "ours", 0.0, 1e9)], HW, PRIORS, loop=False, bandwidth=4e12)
+    assert one.work_s == pytest.approx(2 * US + 1e9 / 2e12)
+
+
+def test_priors_per_card() -> None:
+    assert step_priors(HW) is STEP_PRIORS["h200"]
+    assert all(name.endswith(".json") for name in STEP_PRIORS["h200"].calibrated_on)
+    h100 = step_priors(Hardware.named("h100-sxm"))
+    assert h100.card == "NVIDIA H100 80GB HBM3" and "no step priors" in h100.note
+    assert h100.read_bandwidth == pytest.approx(3.35e12 * 4168 / 4800)  # the H200's read/datasheet ratio
+    assert step_priors(Hardware.named("cpu")).note
+
+
+@pytest.mark.parametrize("op,m,kind", [("linear", 1, "gemv"), ("linear", 2, "gemv"), ("gated_linear", 1, "gemv_gated"),
+                                       ("linear", 3, "gemv_dot"), ("linear", 16, "gemv_dot"),
+                                       ("gated_linear", 8, "gemv_dot_gated"), ("linear", 17, "cublas"),
+                                       ("gated_linear", 1024, "cublas"), ("quant_linear", 8, "quant_gemv"),
+                                       ("quant_gated_linear", 64, "quant_mma")])
+def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str) -> None:
+    assert linear_kind(op, m) == kind

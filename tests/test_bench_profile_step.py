@@ -1,0 +1,93 @@
+"""``benches/profile_step.py`` on the CPU: arguments, the trace -> timeline arithmetic, the tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "benches" / "profile_step.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["profile_step"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load()
+
+
+def replays(n: int, gap: float = 0.5) -> list[tuple[str, float, float]]:
+    """``n`` replays of a 3-kernel step: a (2 us), b (5 us), a (1 us), ``gap`` between kernels."""
+    out, t = [], 0.0
+    for _ in range(n):
+        for name, dur in (("a", 2.0), ("b", 5.0), ("a", 1.0)):
+            out.append((name, t, t + dur))
+            t += dur + gap
+        t += 20.0  # host time between replays
+    return out
+
+
+def test_quick_covers_both_shapes_and_batches() -> None:
+    args = bench.parse_args(["--quick"])
+    assert args.models == ["llama-1b", "llama-8b"] and args.batches == [1, 8] and args.source == "hf"
+    assert bench.parse_args(["--models", "llama-8b", "--batches", "8", "--source", "builtin"]).batches == [8]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--batches", "0"])
+
+
+def test_replays_split_where_the_first_kernel_recurs_else_evenly() -> None:
+    events = replays(3)
+    parts = bench.split_replays(list(reversed(events)), 3)  # any order: sorted by start
+    assert [len(p) for p in parts] == [3, 3, 3]
+    assert [e[0] for e in parts[1]] == ["a", "b", "a"]  # "a" recurs inside the step: cut evenly
+    with pytest.raises(ValueError, match="do not split into 2 equal replays"):
+        bench.split_replays(events, 2)
+    # a unique first kernel: cut by name, and a last replay caught only in part is dropped
+    unique = [(n.replace("a", "c", 1) if i % 3 == 0 else n, s, e) for i, (n, s, e) in enumerate(replays(4))]
+    cut = bench.split_replays(unique[:-1], 4)
+    assert len(cut) == 3 and all([e[0] for e in p] == ["c", "b", "a"] for p in cut)
+
+
+def test_timeline_launches_gaps_and_names() -> None:
+    t = bench.timeline(bench.split_replays(replays(4, gap=0.5), 4))
+    assert t["launches"] == 3 and t["replays"] == 4
+    assert t["busy_us"] == pytest.approx(8.0)
+    assert t["gaps_us"] == pytest.approx(1.0)  # two gaps inside a step; the time between replays is not a gap
+    assert t["span_us"] == pytest.approx(9.0)
+    assert [p["gap_before_us"] for p in t["positions"]] == pytest.approx([0.0, 0.5, 0.5])
+    a = next(k for k in t["kernels"] if k["name"] == "a")
+    assert (a["per_step"], a["total_us"], a["mean_us"]) == (2, pytest.approx(3.0), pytest.approx(1.5))
+    overlapped = bench.timeline(bench.split_replays(replays(2, gap=-0.5), 2))
+    assert overlapped["gap_stats_us"]["negative"] == 2 and overlapped["gaps_us"] == pytest.approx(-1.0)
+
+
+def test_chrome_trace_device_events(tmp_path: Path) -> None:
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "kernel", "name": "_linear_small_m", "ts": 10.0, "dur": 4.0},
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoD", "ts": 15.0, "dur": 1.0},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 1.0, "dur": 9.0},
+        {"ph": "i", "cat": "kernel", "name": "marker", "ts": 2.0}]}
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(trace))
+    assert bench.trace_events(path) == [("_linear_small_m", 10.0, 14.0), ("Memcpy DtoD", 15.0, 16.0)]
+
+
+def test_smoke_writes_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("profile_step-smoke-cpu-*.json")
+    record = json.loads(path.read_text())
+    (case,) = record["cases"]
+    assert case["launches"] == 3 and case["predicted"]["launches"] == 3
+    assert all("predicted_us" in p for p in case["positions"])  # counts agree: compared launch by launch
+    text = path.with_suffix(".txt").read_text()
+    assert "3 launches per step" in text and "gap before a kernel" in text and "predicted by kind" in text
+    assert capsys.readouterr().out.rstrip().endswith(text.rstrip().splitlines()[-1])
