@@ -307,6 +307,31 @@ def _gated_product(v: Value) -> tuple[Value, Value]:
     raise NoMatch(f"%{mul.result.name} multiplies no silu (only silu experts are fused)")
 
 
+def _unmasked(v: Value, r: Router) -> Value:
+    """``v`` with sentinel masks walked back over: ``where(ids >= c, fill, x)`` with ``c >= E`` is ``x``,
+    since top-k expert ids are always below E (transformers 5.17 masks expert-parallel sentinels so)."""
+    while (w := _producer(v, "where")) is not None and _never_true(w.inputs[0], r):
+        v = w.inputs[2]
+    return v
+
+
+def _never_true(mask: Value, r: Router) -> bool:
+    """``mask`` is ``ids >= c`` (c >= E) or ``ids > c`` (c >= E - 1) of the expert ids, sorted or not."""
+    cmp = _producer(_through(mask, VIEWS + ("expand",)), ("ge", "gt"))
+    if cmp is None:
+        return False
+    ids, c = cmp.inputs
+    ids = _through(ids, VIEWS + ("cast",))
+    sort = _producer(ids, "sort")
+    if sort is not None and ids is sort.results[0]:  # the sorted ids, not the permutation
+        ids = _through(sort.inputs[0], VIEWS + ("cast",))
+    const = _producer(_through(c, VIEWS + ("cast",)), "constant")
+    if ids is not r.ids or const is None:
+        return False
+    limit = r.experts if cmp.op == "ge" else r.experts - 1
+    return float(const.attrs["value"]) >= limit
+
+
 def _grouped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
     gmm = [n for n in block.nodes if n.op == "grouped_mm"]
     if len(gmm) != 2:
@@ -321,12 +346,12 @@ def _grouped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Wei
     sort = _producer(_through(histc.inputs[0], ("cast",)), "sort")
     if sort is None or _through(sort.inputs[0], VIEWS) is not r.ids or sort.attrs["descending"]:
         raise NoMatch("histc does not count the sorted expert ids")
-    rows = _producer(_through(up.inputs[0], ("cast",)), "index")
+    rows = _producer(_through(_unmasked(up.inputs[0], r), ("cast",)), "index")
     if rows is None or _tokens_of(rows.inputs[0]) is not _tokens_of(r.h):
         raise NoMatch(f"the first grouped_mm's rows %{up.inputs[0].name} are not tokens gathered by expert")
-    gate, upv = _gated_product(down.inputs[0])
+    gate, upv = _gated_product(_unmasked(down.inputs[0], r))
     split = _producer(gate, "split")
-    if split is None or upv.producer is not split or split.inputs[0] is not up.result:
+    if split is None or upv.producer is not split or _unmasked(split.inputs[0], r) is not up.result:
         raise NoMatch("gate and up are not the two halves of the first grouped_mm")
     half = int(up.result.shape[1]) // 2
     if split.attrs["sizes"] != (half, half) or (gate.index, upv.index) != (0, 1):
