@@ -511,6 +511,20 @@ def _expand(t: Translator, a: Args) -> Value:
     return t.emit("expand", x, shape=shape)
 
 
+@rule(aten.repeat_interleave.self_int)
+def _repeat_interleave(t: Translator, a: Args) -> Value:
+    """``x.repeat_interleave(r, dim)`` with an int ``r`` -> each slice ``r`` times in a row:
+    ``reshape(expand(unsqueeze(x, dim + 1)))`` (HF's batched_mm experts repeat each token top-k times)."""
+    x = a.self
+    if a.dim is None:
+        x = t.emit("reshape", x, shape=(_prod(x.shape),))
+    dim = 0 if a.dim is None else _norm(a.dim, x.rank)
+    wide = t.emit("unsqueeze", x, dim=dim + 1)
+    shape = list(wide.shape)
+    shape[dim + 1] = t.dim(a.repeats)
+    return t.emit("reshape", t.emit("expand", wide, shape=tuple(shape)), shape=t.out_type().shape)
+
+
 @rule(aten.expand_as.default)
 def _expand_as(t: Translator, a: Args) -> Value:
     return t.emit("expand", a.self, shape=t.out_type().shape)

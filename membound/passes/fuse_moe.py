@@ -356,6 +356,7 @@ def _grouped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Wei
     half = int(up.result.shape[1]) // 2
     if split.attrs["sizes"] != (half, half) or (gate.index, upv.index) != (0, 1):
         raise NoMatch(f"split {split.attrs['sizes']} is not [gate; up] halves")
+    _check_tokens(block, r)
     return (_linear_form(up.inputs[1], "gate", slice(0, half)), _linear_form(up.inputs[1], "up", slice(half, None)),
             _linear_form(down.inputs[1], "down"))
 
@@ -388,7 +389,75 @@ def _gathered(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, We
         weights.append(Weight(p, tuple(int(s) for s in p.shape)))
     if down.inputs[0].shape[1] != d:
         raise NoMatch(f"down weight %{down.inputs[0].name} is not [E, D, I]")
+    _check_tokens(block, r)
     return weights[0], weights[1], weights[2]
+
+
+def _is_expert_ids(v: Value, r: Router) -> bool:
+    """``v`` is the top-k ids through views and clamps to [0, E - 1] (no-ops on top-k ids)."""
+    while True:
+        v = _through(v, VIEWS)
+        c = _producer(v, "clamp")
+        if c is None:
+            return v is r.ids
+        lo, hi = c.attrs["min"], c.attrs["max"]
+        if (lo is not None and lo > 0) or (hi is not None and hi < r.experts - 1):
+            return False
+        v = c.inputs[0]
+
+
+def _repeated_tokens(v: Value, r: Router) -> bool:
+    """``v`` is ``h.repeat_interleave(k, dim=0)``: reshape([T*k, D]) of expand([T, k, D]) of unsqueeze(h, 1)."""
+    e = _producer(_producer(v, "reshape").inputs[0], "expand") if _producer(v, "reshape") else None
+    u = _producer(e.inputs[0], "unsqueeze") if e is not None else None
+    if u is None or _tokens_of(u.inputs[0]) is not _tokens_of(r.h) or u.attrs["dim"] not in (1, -2):
+        return False
+    return tuple(e.result.shape[1:]) == (r.top_k, r.h.shape[1]) and v.rank == 2
+
+
+def _batched_product(v: Value, r: Router) -> tuple[Node, Value]:
+    """``v = squeeze(matmul(index(W, ids), unsqueeze(x, -1)))``: (the gather of W, ``unsqueeze(x, -1)``)."""
+    mm = _producer(_through(v, ("squeeze",)), "matmul")
+    if mm is None:
+        raise NoMatch(f"%{v.name} is not a batched product of gathered expert weights")
+    w, x = mm.inputs
+    gather = _producer(w, "index")
+    col = _producer(x, "unsqueeze")
+    if gather is None or gather.attrs.get("dims") != (0,) or not _is_expert_ids(gather.inputs[1], r) \
+            or gather.inputs[0].kind != "param" or col is None or col.attrs["dim"] not in (-1, x.rank - 1):
+        raise NoMatch(f"%{mm.result.name} is not W[expert_ids] @ x[..., None] of a 3-D parameter W")
+    return gather, x
+
+
+def _batched(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
+    """HF's ``batched_mm`` experts (what ``generate`` switches to for decoding off the CPU): the
+    concatenated gate/up weight and the down weight gathered per (token, expert) pair, ``bmm`` each."""
+    silus = [n for n in block.nodes if n.op == "silu"]
+    muls = [u for n in silus for u in n.result.users if u.op == "mul"]
+    if len(silus) != 1 or len(muls) != 1:
+        raise NoMatch(f"{len(silus)} silu in the block, not one silu(gate) * up")
+    gate, up = _gated_product(muls[0].result)
+    split = _producer(gate, "split")
+    if split is None or up.producer is not split or (gate.index, up.index) != (0, 1) \
+            or len(set(split.attrs["sizes"])) != 1 or len(split.attrs["sizes"]) != 2:
+        raise NoMatch("gate and up are not the two halves of one product")
+    gate_up, x = _batched_product(split.inputs[0], r)
+    if not _repeated_tokens(x.producer.inputs[0], r):
+        raise NoMatch(f"the gate/up product's rows %{x.name} are not each token repeated top-k times")
+    downs = [u for u in muls[0].result.users if u.op == "unsqueeze"]
+    if len(downs) != 1 or len(downs[0].result.users) != 1:
+        raise NoMatch(f"silu(gate) * up %{muls[0].result.name} does not feed one down product")
+    down, _ = _batched_product(downs[0].result.users[0].result, r)
+    d, half = r.h.shape[1], int(split.attrs["sizes"][0])
+    wgu, wd = gate_up.inputs[0], down.inputs[0]
+    if tuple(wgu.shape[1:]) != (2 * half, d) or tuple(wd.shape[1:]) != (d, half):
+        raise NoMatch(f"expert weights %{wgu.name} {wgu.type} and %{wd.name} {wd.type} are not "
+                      "[E, 2I, D] and [E, D, I]")
+    _check_tokens(block, r, allowed=(x,))
+    e = r.experts
+    return (Weight(wgu, (e, half, int(d)), f"{wgu.name}.gate", lambda ts: ts[wgu.name][:, :half]),
+            Weight(wgu, (e, half, int(d)), f"{wgu.name}.up", lambda ts: ts[wgu.name][:, half:]),
+            Weight(wd, tuple(int(s) for s in wd.shape)))
 
 
 def _descendants(n: Node, within: set[int]) -> set[int]:
@@ -475,7 +544,7 @@ def _common_prefix(names: list[str]) -> str:
 
 
 FORMS: list[tuple[str, Callable[[Graph, Router, Block], tuple[Weight, Weight, Weight]]]] = [
-    ("grouped", _grouped), ("gathered", _gathered), ("looped", _looped)]
+    ("grouped", _grouped), ("batched", _batched), ("gathered", _gathered), ("looped", _looped)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,8 +597,6 @@ def _fuse_one(graph: Graph, topk: Node) -> str:
     for name, form in FORMS:
         try:
             weights = form(graph, r, block)
-            if name != "looped":
-                _check_tokens(block, r)
             break
         except NoMatch as e:
             reasons.append(f"{name}: {e}")

@@ -1,0 +1,219 @@
+"""fuse-moe on the experts forms transformers runs on a GPU, which the CPU path of the installed
+transformers does not take by default:
+
+- grouped with sentinel masks: transformers 5.17 (the GPU machine's) always masks expert-parallel
+  sentinels, ``where(sorted_ids >= E, 0, x)`` around both ``grouped_mm``; CUDA counts tokens with
+  ``histc`` on int32 ids. Later versions mask only under expert parallelism (``_is_expert_parallel``).
+- batched: ``batched_mm``, which ``generate`` switches to for decoding off the CPU: every (token,
+  expert) pair gathers its expert's ``[2I, D]`` and ``[D, I]`` weights and runs a ``bmm``; 5.17 clamps
+  the ids to ``[0, E - 1]`` first.
+
+IR before/after (dumps of HF's MixtralSparseMoeBlock captured with transformers 5.17, canonicalised),
+numerics against the unfused graph, masks that are *not* no-ops left alone, and HF's Mixtral /
+Qwen2-MoE blocks in every form against eager. Tolerances: fp32, 1e-5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import torch
+from pass_testing import check_numerics, check_rewrite, check_unchanged, parse_with_params
+
+from membound.backends.reference import run_graph
+from membound.frontends import capture_export
+from membound.passes import PassContext, PassManager, get_pass
+from membound.passes.fuse_moe import fuse_moe
+from membound.passes.pipeline import CLEANUP_PASSES
+
+transformers = pytest.importorskip("transformers")
+
+from tests.e2e.hf_moe import cuda_moe_path  # noqa: E402
+
+# transformers 5.17, grouped_mm experts, CUDA path (int32 histc), sentinel masks %24, %28, %36
+GROUPED_SENTINELS = """graph @MixtralSparseMoeBlock(%hidden_states: f32[B, S, 8]) params(%gate.weight: f32[3, 8], %experts.gate_up_proj: f32[3, 12, 8], %experts.down_proj: f32[3, 8, 6]) {
+  %0 = reshape(%hidden_states) {shape=[B*S, 8]} : f32[B*S, 8]
+  %2 = linear(%0, %gate.weight) : f32[B*S, 3]
+  %3 = softmax(%2) {dim=-1, dtype=none} : f32[B*S, 3]
+  %4, %5 = topk(%3) {k=2, dim=-1, largest=true, sorted=true} : f32[B*S, 2], i64[B*S, 2]
+  %6 = sum(%4) {dims=[-1], keepdim=true, dtype=none} : f32[B*S, 1]
+  %7 = div(%4, %6) {rounding_mode=none} : f32[B*S, 2]
+  %8 = reshape(%7) {shape=[2*B*S]} : f32[2*B*S]
+  %9 = reshape(%5) {shape=[2*B*S]} : i64[2*B*S]
+  %10, %11 = sort(%9) {dim=-1, descending=false, stable=false} : i64[2*B*S], i64[2*B*S]
+  %12 = constant() {value=2, dtype=i64} : i64[]
+  %13 = div(%11, %12) {rounding_mode="floor"} : i64[2*B*S]
+  %14 = index(%0, %13) {dims=[0]} : f32[2*B*S, 8]
+  %15 = index(%8, %11) {dims=[0]} : f32[2*B*S]
+  %16 = cast(%10) {dtype=i32} : i32[2*B*S]
+  %17 = histc(%16) {bins=3, min=0.0, max=2.0} : i32[3]
+  %18 = cumsum(%17) {dim=0, dtype=i32} : i32[3]
+  %19 = constant() {value=3, dtype=i64} : i64[]
+  %20 = ge(%10, %19) : bool[2*B*S]
+  %21 = unsqueeze(%20) {dim=-1} : bool[2*B*S, 1]
+  %23 = constant() {value=0.0, dtype=f32} : f32[]
+  %24 = where(%21, %23, %14) : f32[2*B*S, 8]
+  %25 = transpose(%experts.gate_up_proj) {dim0=-2, dim1=-1} : f32[3, 8, 12]
+  %26 = grouped_mm(%24, %25, %18) : f32[2*B*S, 12]
+  %28 = where(%21, %23, %26) : f32[2*B*S, 12]
+  %29, %30 = split(%28) {dim=1, sizes=[6, 6]} : f32[2*B*S, 6], f32[2*B*S, 6]
+  %31 = silu(%29) : f32[2*B*S, 6]
+  %32 = mul(%31, %30) : f32[2*B*S, 6]
+  %33 = transpose(%experts.down_proj) {dim0=-2, dim1=-1} : f32[3, 6, 8]
+  %34 = grouped_mm(%32, %33, %18) : f32[2*B*S, 8]
+  %36 = where(%21, %23, %34) : f32[2*B*S, 8]
+  %37 = unsqueeze(%15) {dim=-1} : f32[2*B*S, 1]
+  %38 = mul(%36, %37) : f32[2*B*S, 8]
+  %39 = full() {shape=[2*B*S], value=0, dtype=i64} : i64[2*B*S]
+  %40 = arange() {start=0, end=2*B*S, step=1, dtype=i64} : i64[2*B*S]
+  %41 = index_put(%39, %40, %11) {dims=[0], accumulate=false} : i64[2*B*S]
+  %42 = index(%38, %41) {dims=[0]} : f32[2*B*S, 8]
+  %43 = reshape(%42) {shape=[B*S, 2, 8]} : f32[B*S, 2, 8]
+  %44 = sum(%43) {dims=[1], keepdim=false, dtype=none} : f32[B*S, 8]
+  %45 = reshape(%44) {shape=[B, S, 8]} : f32[B, S, 8]
+  return %45
+}"""
+
+GROUPED_SENTINELS_AFTER = """graph @MixtralSparseMoeBlock(%hidden_states: f32[B, S, 8]) params(%gate.weight: f32[3, 8], %experts.down_proj: f32[3, 8, 6], %experts.gate_up_proj.gate: f32[3, 6, 8], %experts.gate_up_proj.up: f32[3, 6, 8]) {
+  %0 = reshape(%hidden_states) {shape=[B*S, 8]} : f32[B*S, 8]
+  %1 = moe(%0, %gate.weight, %experts.gate_up_proj.gate, %experts.gate_up_proj.up, %experts.down_proj) {top_k=2, softmax_first=true, renormalize=true, act="silu"} : f32[B*S, 8]
+  %45 = reshape(%1) {shape=[B, S, 8]} : f32[B, S, 8]
+  return %45
+}"""
+
+# transformers 5.17, batched_mm experts: %10 is hidden_states.repeat_interleave(2, dim=0), %13 the clamped ids
+BATCHED = """graph @MixtralSparseMoeBlock(%hidden_states: f32[B, S, 8]) params(%gate.weight: f32[3, 8], %experts.gate_up_proj: f32[3, 12, 8], %experts.down_proj: f32[3, 8, 6]) {
+  %0 = reshape(%hidden_states) {shape=[B*S, 8]} : f32[B*S, 8]
+  %2 = linear(%0, %gate.weight) : f32[B*S, 3]
+  %3 = softmax(%2) {dim=-1, dtype=none} : f32[B*S, 3]
+  %4, %5 = topk(%3) {k=2, dim=-1, largest=true, sorted=true} : f32[B*S, 2], i64[B*S, 2]
+  %6 = sum(%4) {dims=[-1], keepdim=true, dtype=none} : f32[B*S, 1]
+  %7 = div(%4, %6) {rounding_mode=none} : f32[B*S, 2]
+  %8 = unsqueeze(%0) {dim=1} : f32[B*S, 1, 8]
+  %9 = expand(%8) {shape=[B*S, 2, 8]} : f32[B*S, 2, 8]
+  %10 = reshape(%9) {shape=[2*B*S, 8]} : f32[2*B*S, 8]
+  %11 = reshape(%7) {shape=[2*B*S]} : f32[2*B*S]
+  %12 = reshape(%5) {shape=[2*B*S]} : i64[2*B*S]
+  %13 = clamp(%12) {min=0, max=2} : i64[2*B*S]
+  %14 = index(%experts.gate_up_proj, %13) {dims=[0]} : f32[2*B*S, 12, 8]
+  %15 = unsqueeze(%10) {dim=-1} : f32[2*B*S, 8, 1]
+  %16 = matmul(%14, %15) : f32[2*B*S, 12, 1]
+  %17 = squeeze(%16) {dims=[2]} : f32[2*B*S, 12]
+  %18, %19 = split(%17) {dim=1, sizes=[6, 6]} : f32[2*B*S, 6], f32[2*B*S, 6]
+  %20 = silu(%18) : f32[2*B*S, 6]
+  %21 = mul(%20, %19) : f32[2*B*S, 6]
+  %22 = index(%experts.down_proj, %13) {dims=[0]} : f32[2*B*S, 8, 6]
+  %23 = unsqueeze(%21) {dim=-1} : f32[2*B*S, 6, 1]
+  %24 = matmul(%22, %23) : f32[2*B*S, 8, 1]
+  %25 = squeeze(%24) {dims=[2]} : f32[2*B*S, 8]
+  %26 = unsqueeze(%11) {dim=-1} : f32[2*B*S, 1]
+  %27 = mul(%25, %26) : f32[2*B*S, 8]
+  %28 = reshape(%27) {shape=[B*S, 2, 8]} : f32[B*S, 2, 8]
+  %29 = sum(%28) {dims=[1], keepdim=false, dtype=none} : f32[B*S, 8]
+  %30 = reshape(%29) {shape=[B, S, 8]} : f32[B, S, 8]
+  return %30
+}"""
+
+BATCHED_AFTER = """graph @MixtralSparseMoeBlock(%hidden_states: f32[B, S, 8]) params(%gate.weight: f32[3, 8], %experts.down_proj: f32[3, 8, 6], %experts.gate_up_proj.gate: f32[3, 6, 8], %experts.gate_up_proj.up: f32[3, 6, 8]) {
+  %0 = reshape(%hidden_states) {shape=[B*S, 8]} : f32[B*S, 8]
+  %1 = moe(%0, %gate.weight, %experts.gate_up_proj.gate, %experts.gate_up_proj.up, %experts.down_proj) {top_k=2, softmax_first=true, renormalize=true, act="silu"} : f32[B*S, 8]
+  %30 = reshape(%1) {shape=[B, S, 8]} : f32[B, S, 8]
+  return %30
+}"""
+
+CASES = {"grouped-sentinels": (GROUPED_SENTINELS, GROUPED_SENTINELS_AFTER), "batched": (BATCHED, BATCHED_AFTER)}
+
+
+@pytest.mark.parametrize("before,expected", list(CASES.values()), ids=list(CASES))
+def test_ir(before: str, expected: str) -> None:
+    check_rewrite(fuse_moe, before, expected)
+
+
+@pytest.mark.parametrize("before", [c[0] for c in CASES.values()], ids=list(CASES))
+def test_numerics(before: str) -> None:
+    check_numerics(fuse_moe, before, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_gate_up_are_views_of_the_model_weight() -> None:
+    g = parse_with_params(BATCHED)
+    gate_up = g.tensors["experts.gate_up_proj"]
+    fuse_moe(g, PassContext())
+    gate, up = g.tensors["experts.gate_up_proj.gate"], g.tensors["experts.gate_up_proj.up"]
+    assert gate.data_ptr() == gate_up.data_ptr() and torch.equal(up, gate_up[:, 6:])
+
+
+UNCHANGED = {
+    # ids >= 2 is true for expert 2 of 3: a real mask that drops an expert, not a sentinel no-op
+    "real-mask": (GROUPED_SENTINELS.replace("%19 = constant() {value=3,", "%19 = constant() {value=2,"),
+                  "grouped: the first grouped_mm's rows %24 are not tokens gathered by expert"),
+    # the sort's permutation compared, not the sorted ids
+    "mask-of-permutation": (GROUPED_SENTINELS.replace("%20 = ge(%10, %19)", "%20 = ge(%11, %19)"),
+                            "grouped: the first grouped_mm's rows %24 are not tokens gathered by expert"),
+    # ids clamped to [0, 1]: expert 2's pairs would run expert 1
+    "narrowing-clamp": (BATCHED.replace("{min=0, max=2}", "{min=0, max=1}"),
+                        "batched: %16 is not W[expert_ids] @ x[..., None]"),
+    # x.repeat(2, 1) (tokens tiled) instead of repeat_interleave: pair (t, j) would read token t's neighbour
+    "tiled-tokens": (BATCHED.replace("%8 = unsqueeze(%0) {dim=1} : f32[B*S, 1, 8]", "%8 = unsqueeze(%0) {dim=0} : f32[1, B*S, 8]")
+                     .replace("%9 = expand(%8) {shape=[B*S, 2, 8]} : f32[B*S, 2, 8]", "%9 = expand(%8) {shape=[2, B*S, 8]} : f32[2, B*S, 8]"),
+                     "batched: the gate/up product's rows %15 are not each token repeated top-k times"),
+}
+
+
+@pytest.mark.parametrize("text,why", list(UNCHANGED.values()), ids=list(UNCHANGED))
+def test_unmatched_blocks_stay_and_say_why(text: str, why: str) -> None:
+    check_unchanged(fuse_moe, text)
+    ctx = PassContext()
+    fuse_moe(parse_with_params(text), ctx)
+    assert len(ctx.log) == 1 and "left unfused:" in ctx.log[0] and why in ctx.log[0], ctx.log
+
+
+# ---------------------------------------------------------------------------------------------
+# HF's blocks in each experts form, captured, fused, against eager
+# ---------------------------------------------------------------------------------------------
+
+
+def _block(name: str, impl: str, sentinels: bool) -> Any:
+    torch.manual_seed(0)
+    if name == "mixtral":
+        config = transformers.MixtralConfig(hidden_size=12, intermediate_size=8, num_local_experts=5,
+                                            num_experts_per_tok=2)
+        block = transformers.models.mixtral.modeling_mixtral.MixtralSparseMoeBlock(config)
+    else:
+        config = transformers.Qwen2MoeConfig(hidden_size=12, moe_intermediate_size=8, num_experts=5,
+                                             num_experts_per_tok=2, shared_expert_intermediate_size=4)
+        block = transformers.models.qwen2_moe.modeling_qwen2_moe.Qwen2MoeSparseMoeBlock(config)
+    for m in block.modules():
+        if hasattr(m, "config"):
+            m.config._experts_implementation = impl
+        if hasattr(m, "_is_expert_parallel"):
+            m._is_expert_parallel = sentinels  # transformers 5.17 always masks sentinels
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return block.eval()
+
+
+FORMS = [("grouped_mm", False, False), ("grouped_mm", True, False), ("grouped_mm", True, True),
+         ("batched_mm", False, False), ("batched_mm", True, False)]
+
+
+@pytest.mark.parametrize("impl,sentinels,cuda", FORMS,
+                         ids=["grouped", "grouped-sentinels", "grouped-sentinels-cuda", "batched", "batched-sentinels"])
+@pytest.mark.parametrize("name", ["mixtral", "qwen2-moe"])
+def test_hf_block_fuses_and_matches_eager(name: str, impl: str, sentinels: bool, cuda: bool) -> None:
+    block = _block(name, impl, sentinels)
+    x = torch.randn(2, 7, 12)
+    with cuda_moe_path() if cuda else contextlib.nullcontext():
+        cap = capture_export(block, (x,), {})
+    ctx = PassContext()
+    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
+        cap.graph, ctx)
+    form = impl.split("_")[0] + (" + shared expert" if name == "qwen2-moe" else "")
+    assert f"fuse-moe: {form}: 1" in ctx.log, ctx.log
+    assert g.count("moe") == 1 and g.count("topk") == 0 and g.count("grouped_mm") == 0 and g.count("index") == 0
+    for xs in (x, x[:1, :1]):  # also one token: most experts receive none
+        with torch.no_grad():
+            want = block(xs)
+        want = want[0] if isinstance(want, tuple) else want
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
