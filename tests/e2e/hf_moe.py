@@ -40,6 +40,17 @@ def make_moe(name: str) -> Any:
     return model
 
 
+def set_experts_form(model: Any, impl: str = "grouped_mm", sentinels: bool = False) -> Any:
+    """Run ``model``'s experts as ``impl`` (``grouped_mm`` or ``batched_mm``, the form HF's ``generate``
+    decodes with off the CPU); ``sentinels`` masks expert-parallel sentinels as transformers 5.17 always
+    does (``where(ids >= E, 0, x)``), by setting the flag later versions mask under."""
+    model.set_experts_implementation(impl)
+    for m in model.modules():
+        if hasattr(m, "_is_expert_parallel"):
+            m._is_expert_parallel = sentinels
+    return model
+
+
 DEVICE_TEST = 'device.type in ("cpu", "mps")'
 
 

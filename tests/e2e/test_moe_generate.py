@@ -13,7 +13,7 @@ import torch
 import membound
 from membound.models import build_model
 
-from .hf_moe import VOCAB, cuda_moe_path, make_moe
+from .hf_moe import VOCAB, cuda_moe_path, make_moe, set_experts_form
 from .test_generate import prompts, recompute
 
 NEW = 6
@@ -33,9 +33,15 @@ def _generate_and_check(model: Any, vocab: int, device: str = "cpu", cuda_path: 
     return compiled._kv_program
 
 
-@pytest.mark.parametrize("name,path", [("qwen2-moe", "cpu"), ("mixtral", "cuda")])
-def test_hf_moe_generate_fuses_and_matches_eager(name: str, path: str) -> None:
-    program = _generate_and_check(make_moe(name), VOCAB, cuda_path=path == "cuda")
+# path: transformers' CPU or (forced) CUDA code path; form: grouped_mm or batched_mm experts, "+" with
+# transformers 5.17's sentinel masks (the GPU machine's version)
+FORMS = [("qwen2-moe", "cpu", "grouped_mm"), ("mixtral", "cuda", "grouped_mm+"), ("qwen2-moe", "cpu", "batched_mm+")]
+
+
+@pytest.mark.parametrize("name,path,form", FORMS, ids=["-".join(f) for f in FORMS])
+def test_hf_moe_generate_fuses_and_matches_eager(name: str, path: str, form: str) -> None:
+    model = set_experts_form(make_moe(name), form.rstrip("+"), sentinels=form.endswith("+"))
+    program = _generate_and_check(model, VOCAB, cuda_path=path == "cuda")
     for g in (program.prefill_graph, program.decode_graph):
         assert g.count("moe") == 2 and g.count("topk") == 0 and g.count("grouped_mm") == 0
     if name == "qwen2-moe":  # the shared expert and its gate went into the op
@@ -49,6 +55,10 @@ def test_builtin_mixtral_generate_fuses() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mixtral", "qwen2-moe"])
-def test_hf_moe_generate_on_cuda(name: str) -> None:
-    program = _generate_and_check(make_moe(name), VOCAB, device="cuda")
-    assert program.decode_graph.count("moe") == 2
+@pytest.mark.parametrize("form", ["grouped_mm", "batched_mm"])
+def test_hf_moe_generate_on_cuda(name: str, form: str) -> None:
+    """transformers' CUDA code path, captured on the GPU (the installed transformers' own form: 5.17
+    masks sentinels), fused in the prefill and decode graphs, eager's greedy tokens."""
+    program = _generate_and_check(set_experts_form(make_moe(name), form), VOCAB, device="cuda")
+    for g in (program.prefill_graph, program.decode_graph):
+        assert g.count("moe") == 2 and g.count("topk") == 0 and g.count("grouped_mm") == 0
