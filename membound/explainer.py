@@ -182,6 +182,10 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
             explanation.notes.append(f"the {stage} graph has no attention op (attention written out as "
                                      f"matmul/softmax/matmul?): decode is costed at one key position and its "
                                      f"KV-cache reads are missing; the fuse-attention pass forms the op")
+    for stage, graph in graphs.items():
+        note = moe_active_bytes(graph, batch)
+        if note:
+            explanation.notes.append(f"{stage}: {note}")
     if out is not None and not plot_available():
         explanation.notes.append("no roofline plot: matplotlib is not installed (pip install 'membound[plot]')")
     elif out is not None:
@@ -325,6 +329,26 @@ def _shape(node: Node, phase: str, dims: dict[str, int]) -> str:
     """The node's result type(s) in this phase at the explained dims (``bf16[1, 1, 4096]``)."""
     subs = _all_dims(phase, dims)
     return ", ".join(str(TensorType(t.dtype, t.concrete_shape(subs))) for t in _signature(node, phase)[1])
+
+
+def moe_active_bytes(graph: Graph, batch: int) -> str:
+    """The expert-weight bytes a decode step of ``batch`` tokens reads through the graph's ``moe`` ops
+    (each token its top-k experts: ``min(E, batch * k)`` per op), of all the expert weights; "" without
+    ``moe`` ops."""
+    from membound.ir.ops.moe import expert_bytes
+
+    nodes = [n for n in graph.nodes if n.op == "moe"]
+    if not nodes:
+        return ""
+    active = total = 0
+    for n in nodes:
+        experts, per_expert = expert_bytes(n)
+        active += min(experts, batch * n.attrs["top_k"]) * per_expert
+        total += experts * per_expert
+    ks = sorted({f"top-{n.attrs['top_k']} of {expert_bytes(n)[0]}" for n in nodes})
+    return (f"{len(nodes)} moe ops ({', '.join(ks)} experts): a decode step at B={batch} reads "
+            f"{si(active, 'B')} of the {si(total, 'B')} of expert weights ({active / total:.0%}), "
+            f"{si(active / batch, 'B')} per token")
 
 
 def _measure_device(measure: Union[bool, str]) -> Optional[str]:

@@ -32,6 +32,7 @@ the fp32 CUDA-core rate.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence, Union
@@ -417,5 +418,18 @@ def _solve_real(expr: sympy.Expr, s: sympy.Symbol) -> list[sympy.Expr]:
     """Roots of ``expr == 0`` in ``s`` taken as a positive real: dim symbols are integers, but a
     crossover batch size of 168.9 is a fine answer."""
     x = sympy.Symbol(f"{s.name}_real", positive=True)
-    return sympy.solve(sympy.together(sympy.sympify(expr).xreplace({s: x})), x)
+    expr = sympy.sympify(expr).xreplace({s: x})
+    # Min/Max of x (a moe op reads min(E, tokens * k) experts): solve each branch, keep the roots
+    # where that branch is the one taken
+    picks = sorted(expr.atoms(sympy.Min, sympy.Max), key=str)
+    picks = [m for m in picks if x in m.free_symbols][:4]
+    if not picks:
+        return sympy.solve(sympy.together(expr), x)
+    roots: list[sympy.Expr] = []
+    for choice in itertools.product(*(m.args for m in picks)):
+        branch = expr.xreplace(dict(zip(picks, choice)))
+        for r in _solve_real(branch.xreplace({x: s}), s):
+            if all(sympy.sympify(m.xreplace({x: r}) - c.xreplace({x: r})).equals(0) for m, c in zip(picks, choice)):
+                roots.append(r)
+    return roots
 

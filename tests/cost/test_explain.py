@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import membound
 from membound.cost import Hardware
-from membound.cost.report import COLUMNS
-from membound.explainer import Explanation, explain, explain_cli
+from membound.cost.report import COLUMNS, si
+from membound.explainer import Explanation, explain, explain_cli, moe_active_bytes
 from membound.ir.graph import Graph
 from membound.ir.types import B, S, TensorType
 from membound.models import build_model
@@ -117,3 +118,19 @@ def test_membound_explain_command_writes_into_the_current_folder(tmp_path: Path,
     assert (tmp_path / "roofline-llama-tiny.png").read_bytes()[:8] == PNG_MAGIC
     printed = capsys.readouterr().out
     assert str(tmp_path / "roofline-llama-tiny.png") in printed and "summary on" in printed
+
+
+def test_moe_notes_give_the_active_expert_bytes_per_token() -> None:
+    """mixtral-tiny: top-2 of 4 experts per layer; a decode token reads 2/4 of the expert weights, a
+    batch of 2 tokens (4 pairs) may touch all of them."""
+    model = build_model("mixtral-tiny")
+    total = sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 3)
+    e, k = model.config.n_experts, model.config.top_k
+    compiled = membound.compile(model, example_inputs=(torch.randint(0, 256, (2, 16)),), backend="reference")
+    report = explain(compiled, hardware="h100", measure=False)
+    note = next(n for n in report.notes if n.startswith("after: "))
+    want = f"reads {si(total * k / e, 'B')} of the {si(total, 'B')} of expert weights ({k / e:.0%})"
+    assert f"2 moe ops (top-{k} of {e} experts)" in note and want in note, note
+    assert f"{si(total * k / e, 'B')} per token" in note
+    assert not any(n.startswith("before: ") for n in report.notes)  # the captured graph has no moe op
+    assert "(100%)" in moe_active_bytes(compiled.ir, batch=2)

@@ -10,7 +10,7 @@ import sympy
 import torch
 
 from membound.cost.hardware import Hardware
-from membound.cost.roofline import RooflineCost, crossover_expr
+from membound.cost.roofline import RooflineCost, crossover_expr, solve_crossover
 from membound.ir.graph import Graph, Node
 from membound.ir.types import B, S, TensorType, sym
 
@@ -50,6 +50,15 @@ def test_crossover_of_an_odd_sized_layer_follows_its_own_shape() -> None:
     # 2*B*N*K/312e12 == 2*(N*K + B*K + B*N)/2e12  ->  B = 156*N*K / (N*K - 156*(N + K))
     n, k = 3001, 1000
     assert got == pytest.approx(156 * n * k / (n * k - 156 * (n + k)))
+
+
+def test_crossover_through_min_of_the_active_experts() -> None:
+    """A moe op's bytes hold ``Min(E, B * k)``: each branch is solved, a root kept only on its own branch."""
+    assert solve_crossover(100 * B, 1000 + 50 * sympy.Min(4, 2 * B)) == pytest.approx(12.0)  # past E: Min = 4
+    assert solve_crossover(100 * B, 1000 + 500 * sympy.Min(4, 2 * B)) == pytest.approx(30.0)
+    # the 2B branch's root (5.3) lies past E, where compute stops growing: no crossover
+    assert solve_crossover(100 * sympy.Min(4, 2 * B), 1000 + 10 * B) is None
+    assert solve_crossover(300 * B, 100 + 100 * sympy.Min(40, 2 * B)) == pytest.approx(1.0)  # below E: Min = 2B
 
 
 def test_elementwise_is_never_compute_bound() -> None:

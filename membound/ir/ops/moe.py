@@ -160,6 +160,13 @@ def active_experts(tokens: sympy.Expr, experts: sympy.Expr, top_k: int) -> sympy
     return sympy.Min(experts, tokens * top_k)
 
 
+def expert_bytes(node: Any) -> tuple[int, int]:
+    """(E, bytes of one expert's gate/up/down weights) of a ``moe`` node (weights have static shapes)."""
+    router, w_gate, w_up, w_down = (v.type for v in node.inputs[1:5])
+    experts = int(router.shape[0])
+    return experts, int(w_gate.nbytes() + w_up.nbytes() + w_down.nbytes()) // experts
+
+
 def _moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
     """x, the result, the router, the shared expert, and the gate/up/down of the active experts only."""
     x, router, w_gate, w_up, w_down = ins[:5]
@@ -178,4 +185,4 @@ define_op("moe", inputs=("x", "router", "w_gate", "w_up", "w_down", "shared_gate
           doc="routed mixture of gated-MLP experts (top_k of E per token, fp32 combine), optional gated shared "
               "expert; bytes count the active experts only")
 
-__all__ = ["ACTIVATIONS", "active_experts", "expert_mlp", "route", "shared_expert"]
+__all__ = ["ACTIVATIONS", "active_experts", "expert_bytes", "expert_mlp", "route", "shared_expert"]
