@@ -14,6 +14,8 @@ if DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
 
 from membound.backends.triton.kernels import LIBRARY, moe, trace  # noqa: E402
 from membound.ir import get_op  # noqa: E402
@@ -85,6 +87,38 @@ def test_registered_and_falls_back_for_column_major_weights() -> None:
     assert calls[0][1].startswith("fallback: moe: expert weight rows must be contiguous")
     torch.testing.assert_close(got, get_op("moe").reference(x, router, gate, up, down, top_k=2, softmax_first=True,
                                                             renormalize=True, act="silu"))
+
+
+class LargestAllocation(TorchDispatchMode):
+    """The bytes of the largest new storage any torch op makes (views and in-place results are not new)."""
+
+    def __init__(self, *known: torch.Tensor) -> None:
+        super().__init__()
+        self.seen = {t.untyped_storage().data_ptr() for t in known}
+        self.largest = (0, "")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.seen:
+                self.seen.add(t.untyped_storage().data_ptr())
+                self.largest = max(self.largest, (t.untyped_storage().nbytes(), str(func)))
+        return out
+
+
+@pytest.mark.parametrize("path", ["kernel", "reference"])
+def test_prefill_memory_is_weights_plus_tokens_times_hidden(path: str) -> None:
+    """A prefill of T tokens allocates O(T * k * max(I, D, E)) besides the weights: never a per-token copy
+    of expert weights (the gather form's [T, k, I, D], 20x more here). Under the interpreter, the
+    kernel's arguments are copied (each at most one weight's size, below the bound)."""
+    t, e, d, i, k = 64, 4, 24, 20, 2
+    ws = _weights(e, d, i, torch.float32)
+    x = torch.randn(t, d).to(DEVICE)
+    fn = moe if path == "kernel" else get_op("moe").reference
+    with LargestAllocation(x, *ws) as mode:
+        fn(x, *ws, top_k=k, softmax_first=True, renormalize=True, act="silu")
+    bound = t * k * max(i, d, e) * 4
+    assert 0 < mode.largest[0] <= bound < t * k * i * d * 4, mode.largest
 
 
 @pytest.mark.gpu
