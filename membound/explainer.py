@@ -337,7 +337,7 @@ def moe_active_bytes(graph: Graph, batch: int) -> str:
     ``moe`` ops."""
     from membound.ir.ops.moe import expert_bytes
 
-    nodes = [n for n in graph.nodes if n.op == "moe"]
+    nodes = [n for n in graph.nodes if n.op in ("moe", "quant_moe")]
     if not nodes:
         return ""
     active = total = 0

@@ -43,6 +43,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 
 from membound.ir import Graph, Node, Value
+from membound.ir.ops.moe import QUANT_MOE_SCHEMES
 from membound.ir.ops.quant import SCHEMES, check_scheme, dequantize, num_groups, quantize
 from membound.ir.types import TensorType, dtype_name
 from membound.passes.gemv_regime import decode_dims, seconds
@@ -154,6 +155,23 @@ def _packed(graph: Graph, w: Value, transposed: bool, config: QuantConfig
     return hit
 
 
+def _packed_experts(graph: Graph, w: Value, config: QuantConfig
+                    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """int8 codes ``[E, N, K]`` and scales ``[E, N]`` of expert weight ``w``: the int8 format of its E * N
+    rows (cached like the linears'; not in saved folders: made again from the float weights)."""
+    tensor = graph.tensors.get(w.name)
+    if tensor is None:
+        return None, None
+    key = (id(tensor), tensor._version, "experts", config.scheme)
+    hit = config.cache.get(key)
+    if hit is None:
+        e, n, k = tensor.shape
+        q, s = quantize(tensor.reshape(e * n, k), config.scheme)
+        hit = (q.view(e, n, k), s.view(e, n))
+        config.cache[key] = hit
+    return hit
+
+
 def sourced_rows(graph: Graph, name: str, table: dict[str, Any]) -> Optional[list[Any]]:
     """``table``'s entries that make up parameter ``name``, top rows first: ``[table[name]]``, or for a weight
     merge-linear concatenated (``graph.meta["param_sources"]``) its sources' entries; None when missing."""
@@ -212,8 +230,15 @@ class QuantizeWeights:
         config = self.config
         made: dict[int, tuple[Value, Value]] = {}
         changed = False
-        counts = {"quantized": 0, "declined": 0}
+        counts = {"quantized": 0, "declined": 0, "moe": 0}
         for node in list(graph.nodes):
+            if node.op == "moe":
+                why = self._quantize_moe(graph, node, ctx)
+                if why is not None:
+                    ctx.note(f"moe %{node.results[0].name}: experts left in {dtype_name(node.inputs[0].dtype)}: {why}")
+                counts["moe" if why is None else "declined"] += 1
+                changed |= why is None
+                continue
             w = _candidate(node, config)
             if w is None:
                 continue
@@ -250,8 +275,41 @@ class QuantizeWeights:
             graph.remove_unused_params()
             ctx.note(f"{counts['quantized']} linears to {config.scheme}"
                      + (f" (group {config.group_size})" if config.scheme == "int4" else "")
+                     + (f", the experts of {counts['moe']} moe ops" if counts["moe"] else "")
                      + (f", {counts['declined']} left in float" if counts["declined"] else ""))
         return changed
+
+    def _quantize_moe(self, graph: Graph, node: Node, ctx: PassContext) -> Optional[str]:
+        """Replace ``moe`` by ``quant_moe`` over int8 copies of its gate/up/down experts; why not, or None
+        when done. The router and the shared expert stay in float (a few percent of a token's bytes)."""
+        config = self.config
+        x, weights = node.inputs[0], node.inputs[2:5]
+        if config.scheme not in QUANT_MOE_SCHEMES:
+            return f"only {', '.join(QUANT_MOE_SCHEMES)} experts have a kernel, not {config.scheme}"
+        if x.dtype == torch.float64:
+            return "f64 activations"
+        skipped = [w.name for w in weights if w.kind != "param" or config.skips(w.name)]
+        if skipped:
+            return f"{skipped[0]} is not a parameter or matches a skip pattern"
+        types = [t for w in weights for t in (TensorType(torch.int8, w.shape), TensorType(x.dtype, w.shape[:2]))]
+        scratch = Graph("quant_cost")
+        ins = [scratch.add_input(f"i{i}", v.type) for i, v in enumerate(node.inputs)]
+        packed_in = [scratch.add_param(f"p{i}", t) for i, t in enumerate(types)]
+        probe = scratch.create_node("quant_moe", ins[:2] + packed_in + ins[5:], dict(node.attrs, scheme=config.scheme))
+        reason = _declines(ctx, node, probe)
+        if reason is not None:
+            return reason
+        packed: list[Value] = []
+        for w, (q_type, s_type) in zip(weights, zip(types[::2], types[1::2])):
+            q, sc = _packed_experts(graph, w, config)
+            packed += [graph.add_param(f"{w.name}.qweight", q_type, q), graph.add_param(f"{w.name}.scales", s_type, sc)]
+        operands = [node.inputs[0], node.inputs[1], *packed, *node.inputs[5:]]
+        attrs = dict(node.attrs, scheme=config.scheme)
+        new = graph.insert_before(node, graph.create_node("quant_moe", operands, attrs))
+        new.meta.update(node.meta)
+        graph.replace_all_uses(node.results[0], new.results[0])
+        graph.erase_node(node)
+        return None
 
     def _replacement(self, node: Node, inputs: Sequence[Value], q: Value, s: Value
                      ) -> tuple[str, list[Value], dict[str, Any]]:

@@ -17,8 +17,9 @@ import pytest  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
-from membound.backends.triton.kernels import LIBRARY, moe, trace  # noqa: E402
+from membound.backends.triton.kernels import LIBRARY, moe, quant_moe, trace  # noqa: E402
 from membound.ir import get_op  # noqa: E402
+from membound.ir.ops.quant import quantize  # noqa: E402
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2),
        torch.bfloat16: dict(rtol=1e-2, atol=2e-2)}
@@ -87,6 +88,32 @@ def test_registered_and_falls_back_for_column_major_weights() -> None:
     assert calls[0][1].startswith("fallback: moe: expert weight rows must be contiguous")
     torch.testing.assert_close(got, get_op("moe").reference(x, router, gate, up, down, top_k=2, softmax_first=True,
                                                             renormalize=True, act="silu"))
+
+
+def _int8_experts(ws: list[torch.Tensor]) -> list[torch.Tensor]:
+    """(codes i8 [E, N, K], scales [E, N]) of gate, up, down: per-row int8 of the E * N rows."""
+    out = []
+    for w in ws[1:4]:
+        q, sc = quantize(w.reshape(-1, w.shape[-1]), "int8")
+        out += [q.view(w.shape), sc.view(w.shape[:2])]
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 37])
+def test_int8_experts_match_the_dequantizing_reference(dtype: torch.dtype, tokens: int) -> None:
+    ws = _weights(5, 40, 23, dtype, shared=7)
+    packed = _int8_experts(ws)
+    x = torch.randn(tokens, 40, generator=torch.Generator().manual_seed(tokens)).to(DEVICE, dtype)
+    attrs = dict(top_k=2, softmax_first=True, renormalize=True, act="silu")
+    with trace() as calls:
+        got = quant_moe(x, ws[0], *packed, *ws[4:], scheme="int8", **attrs)
+    assert calls == [("quant_moe", "kernel")] and LIBRARY["quant_moe"] is quant_moe
+    want = get_op("quant_moe").reference(x, ws[0], *packed, *ws[4:], scheme="int8", **attrs)
+    torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
+    # and close to the float experts: int8 per-channel keeps ~1% of each weight
+    ref = get_op("moe").reference(x, *ws, **attrs)
+    assert float((got.float() - ref.float()).norm() / ref.float().norm()) < 3e-2
 
 
 class LargestAllocation(TorchDispatchMode):

@@ -161,10 +161,10 @@ def active_experts(tokens: sympy.Expr, experts: sympy.Expr, top_k: int) -> sympy
 
 
 def expert_bytes(node: Any) -> tuple[int, int]:
-    """(E, bytes of one expert's gate/up/down weights) of a ``moe`` node (weights have static shapes)."""
-    router, w_gate, w_up, w_down = (v.type for v in node.inputs[1:5])
-    experts = int(router.shape[0])
-    return experts, int(w_gate.nbytes() + w_up.nbytes() + w_down.nbytes()) // experts
+    """(E, bytes of one expert's gate/up/down weights) of a ``moe`` or ``quant_moe`` node (static shapes)."""
+    weights = node.inputs[2:8] if node.op == "quant_moe" else node.inputs[2:5]
+    experts = int(node.inputs[1].type.shape[0])
+    return experts, int(sum(v.type.nbytes() for v in weights)) // experts
 
 
 def _moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
@@ -185,4 +185,84 @@ define_op("moe", inputs=("x", "router", "w_gate", "w_up", "w_down", "shared_gate
           doc="routed mixture of gated-MLP experts (top_k of E per token, fp32 combine), optional gated shared "
               "expert; bytes count the active experts only")
 
-__all__ = ["ACTIVATIONS", "active_experts", "expert_bytes", "expert_mlp", "route", "shared_expert"]
+
+# ---------------------------------------------------------------------------------------------
+# quant_moe: the same block over int8 expert weights
+# ---------------------------------------------------------------------------------------------
+# quant_moe(x, router, q_gate, s_gate, q_up, s_up, q_down, s_down[, shared_gate, shared_up, shared_down,
+# shared_router]): each expert weight [E, N, K] stored as i8 codes [E, N, K] and per-output-channel
+# scales [E, N] in x's dtype, w[e, n, k] = q[e, n, k] * s[e, n] (membound.ir.ops.quant's int8 format,
+# applied to the E * N rows). Everything else is ``moe``'s; the router and the shared expert stay float.
+
+QUANT_MOE_SCHEMES = ("int8",)
+
+
+def dequantize_experts(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[E, N, K]`` float expert weights from i8 codes and ``[E, N]`` scales, rounded once to ``dtype``."""
+    return (q.float() * s.float()[..., None]).to(dtype)
+
+
+def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_gate: TensorType, q_up: TensorType,
+                     s_up: TensorType, q_down: TensorType, s_down: TensorType, *shared: Optional[TensorType],
+                     top_k: Any, softmax_first: Any, renormalize: Any, act: Any, scheme: Any) -> TensorType:
+    if scheme not in QUANT_MOE_SCHEMES:
+        fail("quant_moe", f"attribute scheme must be one of {QUANT_MOE_SCHEMES}, got {scheme!r}")
+    floats = []
+    for name, q, sc in (("gate", q_gate, s_gate), ("up", q_up, s_up), ("down", q_down, s_down)):
+        if q.dtype != torch.int8 or q.rank != 3:
+            fail("quant_moe", f"q_{name} must be i8[E, N, K], got {q}", TypeError)
+        if sc.dtype != x.dtype or sc.rank != 2:
+            fail("quant_moe", f"s_{name} must be [E, N] in x's dtype {x.dtype}, got {sc}", TypeError)
+        for have, need in zip(sc.shape, q.shape[:2]):
+            require_same_dim("quant_moe", have, need, f"s_{name} {sc} must be [E, N] of q_{name} {q}")
+        floats.append(TensorType(x.dtype, q.shape))
+    try:
+        return _infer_moe(x, router, *floats, *shared, top_k=top_k, softmax_first=softmax_first,
+                          renormalize=renormalize, act=act)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"quant_moe: {str(e).removeprefix('moe: ')}") from None
+
+
+def _quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gate: torch.Tensor,
+               q_up: torch.Tensor, s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor,
+               *shared: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str,
+               scheme: str) -> torch.Tensor:
+    """Dequantize the experts to x's dtype (O(weights), once per call), then ``moe``'s reference."""
+    ws = [dequantize_experts(q, sc, x.dtype) for q, sc in ((q_gate, s_gate), (q_up, s_up), (q_down, s_down))]
+    return _moe(x, router, *ws, *shared, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
+                act=act)
+
+
+def _as_float(ins: Sequence[TensorType]) -> list[TensorType]:
+    """quant_moe's operand types as moe's would be, with the expert weights in their packed bytes' place."""
+    x = ins[0]
+    return [x, ins[1], *(TensorType(x.dtype, q.shape) for q in ins[2:8:2]), *ins[8:]]
+
+
+def _quant_moe_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """moe's FLOPs plus 2 per active expert weight element to dequantize it."""
+    e = ins[1].shape[0]
+    per_expert = sum(numel(q.shape) for q in ins[2:8:2]) / e
+    return _moe_flops(_as_float(ins), outs, attrs) + 2 * active_experts(_tokens(ins), e, attrs["top_k"]) * per_expert
+
+
+def _quant_moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """x, the result, the router, the shared expert, and the codes and scales of the active experts."""
+    x, router = ins[:2]
+    per_expert = sum(t.nbytes() for t in ins[2:8]) / router.shape[0]
+    total = x.nbytes() + outs[0].nbytes() + router.nbytes()
+    total += active_experts(_tokens(ins), router.shape[0], attrs["top_k"]) * per_expert
+    for t in ins[8:]:
+        total += t.nbytes()
+    return total
+
+
+define_op("quant_moe", inputs=("x", "router", "q_gate", "s_gate", "q_up", "s_up", "q_down", "s_down", "shared_gate?",
+                               "shared_up?", "shared_down?", "shared_router?"),
+          attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu", "scheme": "int8"},
+          kind="moe", infer=_infer_quant_moe, reference=_quant_moe, flops=_quant_moe_flops, bytes=_quant_moe_bytes,
+          host_sync=True, doc="moe over int8 expert weights (per-output-channel scales); bytes count the active "
+                              "experts' codes and scales only")
+
+__all__ = ["ACTIVATIONS", "QUANT_MOE_SCHEMES", "active_experts", "dequantize_experts", "expert_bytes", "expert_mlp",
+           "route", "shared_expert"]

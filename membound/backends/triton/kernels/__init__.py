@@ -27,7 +27,7 @@ from membound.backends.triton.kernels.decode_attention import DecodeConfig, cach
 from membound.backends.triton.kernels.embedding import embedding
 from membound.backends.triton.kernels.flash_attention import FlashConfig, attention, flash_attention
 from membound.backends.triton.kernels.linear import SMALL_M, LinearConfig, gated_linear, linear, linear_bytes
-from membound.backends.triton.kernels.moe import moe, moe_bytes
+from membound.backends.triton.kernels.moe import moe, moe_bytes, quant_moe
 from membound.backends.triton.kernels.norm import add_rms_norm, rms_norm, rms_norm_bytes
 from membound.backends.triton.kernels.quant_matmul import (
     QuantConfig,
@@ -47,6 +47,7 @@ LIBRARY: dict[str, Callable] = {
     "quant_linear": quant_linear,
     "quant_gated_linear": quant_gated_linear,
     "moe": moe,
+    "quant_moe": quant_moe,
 }
 
 FUSED: dict[str, Callable] = {
@@ -57,6 +58,6 @@ __all__ = [
     "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "FlashConfig", "LinearConfig", "QuantConfig", "add_rms_norm",
     "attention", "cache_write", "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding",
     "flash_attention", "gated_linear", "linear", "linear_bytes", "moe", "moe_bytes", "quant_gated_linear",
-    "quant_linear", "quant_linear_bytes", "rms_norm",
+    "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm",
     "rms_norm_bytes", "trace",
 ]

@@ -18,6 +18,10 @@ ops on ``[T, D]``. Memory stays O(weights + T * top_k * (I + D)): no weight is e
 For many tokens per expert (prefill) the same kernels are a grouped GEMM (each W tile is re-read once
 per ``BLOCK_M`` rows, from L2). Weights may be views (HF's gate/up halves): rows must be contiguous.
 
+``quant_moe`` runs the same kernels over int8 expert weights (``QUANT``): each program loads its rows'
+per-channel scales once and dequantizes each weight tile in registers, rounded to the activation
+dtype as the reference does, before the ``tl.dot``.
+
 Falls back to the torch reference for dtypes other than fp16/bf16/fp32, activations other than
 silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_INTERPRET=1``.
 """
@@ -47,10 +51,11 @@ BLOCK_M = 16  # pairs per tile: one tensor-core tile of rows
 
 @triton.jit
 def _moe_gate_up(
-    x_ptr, wg_ptr, wu_ptr, h_ptr, pair_ptr, offs_ptr,
+    x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr,
     I, K, TOP_K,
-    stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_h,
+    stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_su, stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    QUANT: tl.constexpr,
 ):
     e = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -59,6 +64,9 @@ def _moe_gate_up(
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < I
     ks0 = tl.arange(0, BLOCK_K)
+    if QUANT:  # int8 codes: the per-row scales of this block of rows, loaded once per program
+        sg = tl.load(sg_ptr + e * stride_sg + ns, mask=n_ok, other=0.0).to(tl.float32)
+        su = tl.load(su_ptr + e * stride_su + ns, mask=n_ok, other=0.0).to(tl.float32)
     # an expert nobody chose: nothing to load (start == end skips the loop)
     for m0 in range(start, end, BLOCK_M):
         ms = m0 + tl.arange(0, BLOCK_M)
@@ -75,6 +83,9 @@ def _moe_gate_up(
             # [BLOCK_K, BLOCK_N] tiles of W.T: each row of W is contiguous in K
             wg = tl.load(wg_ptr + e * stride_ge + ns[None, :] * stride_gn + ks[:, None], mask=w_mask, other=0.0)
             wu = tl.load(wu_ptr + e * stride_ue + ns[None, :] * stride_un + ks[:, None], mask=w_mask, other=0.0)
+            if QUANT:  # dequantize in registers, rounded to the activation dtype as the reference does
+                wg = (wg.to(tl.float32) * sg[None, :]).to(x.dtype)
+                wu = (wu.to(tl.float32) * su[None, :]).to(x.dtype)
             acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
             acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
         # round like the reference: each product in the activation dtype, then silu * up
@@ -87,10 +98,11 @@ def _moe_gate_up(
 
 @triton.jit
 def _moe_down(
-    h_ptr, wd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr,
+    h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr,
     D, I,
-    stride_h, stride_de, stride_dn, stride_y,
+    stride_h, stride_de, stride_dn, stride_sd, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    QUANT: tl.constexpr,
 ):
     e = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -99,6 +111,8 @@ def _moe_down(
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < D
     ks0 = tl.arange(0, BLOCK_K)
+    if QUANT:
+        sd = tl.load(sd_ptr + e * stride_sd + ns, mask=n_ok, other=0.0).to(tl.float32)
     for m0 in range(start, end, BLOCK_M):
         ms = m0 + tl.arange(0, BLOCK_M)
         m_ok = ms < end
@@ -110,6 +124,8 @@ def _moe_down(
             h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(wd_ptr + e * stride_de + ns[None, :] * stride_dn + ks[:, None],
                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            if QUANT:
+                w = (w.to(tl.float32) * sd[None, :]).to(h.dtype)
             acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
         y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the expert's output, in the activation dtype
         rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
@@ -120,14 +136,20 @@ def _block(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
 
-def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str) -> Optional[str]:
+def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
+                 quant: tuple[torch.Tensor, ...] = ()) -> Optional[str]:
+    """Why the kernels cannot run (None: they can). ``quant``: int8 codes [E, N, K] then scales [E, N]."""
+    op = "quant_moe" if quant else "moe"
     if act != "silu":
-        return f"moe: act={act!r} has no kernel (silu does)"
-    reason = unsupported_dtype("moe", x, *weights) or unsupported_device(x, *weights)
+        return f"{op}: act={act!r} has no kernel (silu does)"
+    reason = unsupported_dtype(op, x, *weights) or unsupported_device(x, *weights, *quant)
     if reason is not None:
         return reason
-    if any(w.stride(-1) != 1 for w in weights):
-        return "moe: expert weight rows must be contiguous (stride 1 along K)"
+    codes, scales = quant[:3], quant[3:]
+    if any(q.dtype != torch.int8 for q in codes) or any(sc.dtype != x.dtype or sc.stride(-1) != 1 for sc in scales):
+        return f"{op}: expects i8 codes and contiguous scales in x's dtype"
+    if any(w.stride(-1) != 1 for w in (*weights, *codes) if w.dim() == 3):
+        return f"{op}: expert weight rows must be contiguous (stride 1 along K)"
     return None
 
 
@@ -136,17 +158,49 @@ def moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch
         renormalize: bool = True, act: str = "silu") -> torch.Tensor:
     """The IR op ``moe`` (see ``membound.ir.ops.moe``): grouped expert kernels, routing and combine in torch."""
     attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act)
-    e, d = router.shape
-    if x.shape[-1] != d or w_gate.shape[0] != e or w_down.shape[1] != d:
-        raise ValueError(f"moe: x {tuple(x.shape)}, router {tuple(router.shape)}, w_gate {tuple(w_gate.shape)}, "
-                         f"w_down {tuple(w_down.shape)} do not agree on E and D")
+    _check_shapes("moe", x, router, w_gate, w_down)
     reason = _unsupported(x, (router, w_gate, w_up, w_down), act)
     if reason is not None:
         return fallback("moe", reason, get_op("moe").reference(x, router, w_gate, w_up, w_down, *shared, **attrs), out)
-    result = check_out("moe", out, tuple(x.shape), x.dtype, x.device)
+    return _launch("moe", x, router, (w_gate, w_up, w_down), None, shared, out, attrs)
+
+
+def quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gate: torch.Tensor, q_up: torch.Tensor,
+              s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor, *shared: torch.Tensor,
+              out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True, renormalize: bool = True,
+              act: str = "silu", scheme: str = "int8") -> torch.Tensor:
+    """The IR op ``quant_moe``: the same kernels reading int8 expert weights, dequantized in registers
+    (a decode token streams 1 byte per active expert weight)."""
+    attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act)
+    packed = (q_gate, s_gate, q_up, s_up, q_down, s_down)
+    _check_shapes("quant_moe", x, router, q_gate, q_down)
+    reason = None if scheme == "int8" else f"quant_moe: scheme {scheme!r} has no kernel (int8 does)"
+    reason = reason or _unsupported(x, (router, *shared), act, quant=(q_gate, q_up, q_down, s_gate, s_up, s_down))
+    if reason is not None:
+        want = get_op("quant_moe").reference(x, router, *packed, *shared, scheme=scheme, **attrs)
+        return fallback("quant_moe", reason, want, out)
+    return _launch("quant_moe", x, router, (q_gate, q_up, q_down), (s_gate, s_up, s_down), shared, out, attrs)
+
+
+def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_down: torch.Tensor) -> None:
+    e, d = router.shape
+    if x.shape[-1] != d or w_gate.shape[0] != e or w_down.shape[1] != d:
+        raise ValueError(f"{op}: x {tuple(x.shape)}, router {tuple(router.shape)}, gate {tuple(w_gate.shape)}, "
+                         f"down {tuple(w_down.shape)} do not agree on E and D")
+
+
+def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch.Tensor, ...],
+            scales: Optional[tuple[torch.Tensor, ...]], shared: tuple[torch.Tensor, ...], out: Optional[torch.Tensor],
+            attrs: dict) -> torch.Tensor:
+    w_gate, w_up, w_down = weights
+    quant = scales is not None
+    s_gate, s_up, s_down = scales if scales is not None else (w_gate, w_up, w_down)  # unread without QUANT
+    top_k, e, d = attrs["top_k"], router.shape[0], router.shape[1]
+    result = check_out(op, out, tuple(x.shape), x.dtype, x.device)
     h = x.reshape(-1, d).contiguous()  # [T, D]
     t, i = h.shape[0], w_gate.shape[1]
-    weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize)
+    weights_, experts = route(h, router, top_k=top_k, softmax_first=attrs["softmax_first"],
+                              renormalize=attrs["renormalize"])
     # pairs sorted by expert (stable: a token's pairs stay in slot order), offsets[e] = first pair of e
     order = torch.sort(experts.reshape(-1), stable=True).indices  # [T * k]
     # per-expert counts by comparison, not bincount (whose output size needs a host sync: no CUDA graph)
@@ -158,19 +212,19 @@ def moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     bn, bk = _block(i, 64), _block(d, 64)
     launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
-        h, w_gate, w_up, hidden, order, offsets, i, d, top_k, h.stride(0), w_gate.stride(0), w_gate.stride(1),
-        w_up.stride(0), w_up.stride(1), hidden.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, num_warps=4)
+        h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, i, d, top_k, h.stride(0), w_gate.stride(0),
+        w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), s_up.stride(0), hidden.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, QUANT=quant, num_warps=4)
     bn, bk = _block(d, 64), _block(i, 64)
     launchable(_moe_down, x.device)[(e, cdiv(d, bn))](
-        hidden, w_down, y, order, weights.reshape(-1).contiguous(), offsets, d, i, hidden.stride(0),
-        w_down.stride(0), w_down.stride(1), y.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, num_warps=4)
+        hidden, w_down, s_down, y, order, weights_.reshape(-1).contiguous(), offsets, d, i, hidden.stride(0),
+        w_down.stride(0), w_down.stride(1), s_down.stride(0), y.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, QUANT=quant, num_warps=4)
     combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
     if shared:
-        combined += shared_expert(h, shared, act)
+        combined += shared_expert(h, shared, attrs["act"])
     result.copy_(combined.view(x.shape))
-    note("moe", "kernel")
+    note(op, "kernel")
     return result
 
 
@@ -179,4 +233,4 @@ def moe_bytes(tokens: int, experts: int, top_k: int, hidden: int, intermediate: 
     return min(experts, tokens * top_k) * 3 * hidden * intermediate * itemsize
 
 
-__all__ = ["moe", "moe_bytes"]
+__all__ = ["moe", "moe_bytes", "quant_moe"]
