@@ -142,3 +142,35 @@ def test_bad_inputs_name_the_op(x: TensorType, ws: list[TensorType], attrs: dict
                                 exc: type[Exception]) -> None:
     with pytest.raises(exc, match="^moe: "):
         get_op("moe").infer_types([x, *ws], get_op("moe").normalize_attrs(attrs))
+
+
+def _quant_types(e: int = 8, d: int = 64, i: int = 96, dtype: torch.dtype = f16) -> list[TensorType]:
+    shapes = [(e, i, d), (e, i, d), (e, d, i)]
+    return [TensorType(dtype, (e, d))] + [t for s in shapes for t in (TensorType(torch.int8, s), TensorType(dtype, s[:2]))]
+
+
+def test_quant_moe_reads_one_byte_per_active_expert_weight() -> None:
+    """int8 experts: a decode token reads its 2 experts' codes and scales, half moe's fp16 bytes and a bit."""
+    op = get_op("quant_moe")
+    x = TensorType(f16, (B, 64))
+    attrs = op.normalize_attrs({"top_k": 2})
+    (out,) = op.infer_types([x, *_quant_types()], attrs)
+    assert out == x
+    _, nbytes = op.cost([x, *_quant_types()], [out], attrs)
+    per_expert = 3 * 96 * 64 + 2 * (96 + 96 + 64)
+    fixed = 8 * 64 * 2 + 2 * B * 64 * 2
+    assert sympy.simplify(nbytes.subs(B, 1) - (fixed.subs(B, 1) + 2 * per_expert)) == 0
+
+
+@pytest.mark.parametrize("change,exc", [({"scheme": "int4"}, ValueError), ({"top_k": 9}, ValueError)])
+def test_quant_moe_bad_attrs_name_the_op(change: dict[str, Any], exc: type[Exception]) -> None:
+    op = get_op("quant_moe")
+    with pytest.raises(exc, match="^quant_moe: "):
+        op.infer_types([TensorType(f16, (3, 64)), *_quant_types()], op.normalize_attrs(dict({"top_k": 2}, **change)))
+
+
+def test_quant_moe_codes_must_be_int8() -> None:
+    ts = _quant_types()
+    ts[1] = TensorType(f16, ts[1].shape)
+    with pytest.raises(TypeError, match="^quant_moe: q_gate must be i8"):
+        get_op("quant_moe").infer_types([TensorType(f16, (3, 64)), *ts], get_op("quant_moe").normalize_attrs({"top_k": 2}))
