@@ -47,11 +47,16 @@ How it matches. The anchor is a ``topk`` over router scores: ``topk(softmax(line
 (softmax first) or ``softmax(topk(linear(h, R)).values)`` (softmax after), optionally renormalised
 (``v / sum(v)``), casts allowed. The *block* is every node that depends on the topk, up to the first
 value ``out`` of ``T x D`` elements that all of them flow into and nothing else reads; the block may
-read only views of ``h``, parameters and constants. The experts inside are recognised in three forms:
+read only views of ``h``, parameters and constants. The experts inside are recognised in four forms:
 
 - grouped (current HF Mixtral / Qwen2-MoE, both of transformers' CPU and CUDA paths): two
   ``grouped_mm`` over offsets counted by ``histc`` of the sorted expert ids, the first over a
   concatenated gate/up weight, split, ``silu(gate) * up``, the second over the down weight;
+  expert-parallel sentinel masks ``where(ids >= E, 0, v)`` (transformers 5.17 always writes them) are
+  no-ops on top-k ids and are looked through;
+- batched (HF's ``batched_mm``, what ``generate`` decodes with off the CPU): each token repeated
+  top-k times, ``gate_up[ids] @ x`` and ``down[ids] @ h`` as batched products, ids clamped to
+  ``[0, E - 1]`` or not;
 - gathered (gpt-fast, the built-in Mixtral): ``w[expert_ids]`` of three ``[E, *, *]`` parameters,
   batched products; the one feeding ``silu`` is gate, the one multiplied with it up, the last down;
 - looped (dense loop over experts, ``where(ids == e, ...)``): E gated MLPs of 2-D weights, each
