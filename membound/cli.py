@@ -218,7 +218,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
         ctx = PassContext(cost=cost)
         graph = PassManager(names, verify=True).run(parse(chunk), ctx)
         log = "".join(f"// log: {line}\n" for line in ctx.log) if args.log else ""
-        outputs.append(log + print_graph(graph))
+        outputs.append(log + print_graph(graph, sources=True))
     if not outputs:
         print(f"membound opt: no 'graph @name(...) {{...}}' in {args.file}", file=sys.stderr)
         return 1

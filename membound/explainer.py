@@ -29,6 +29,7 @@ from membound.cost.phases import ATTENTION_OPS, PhaseCost, Phases, analyze, deco
 from membound.cost.report import Row, format_table, make_rows, plot_roofline, seconds, si
 from membound.cost.roofline import RooflineCost, bindings
 from membound.ir.graph import Graph, Node
+from membound.ir.printer import source_comment
 from membound.ir.types import TensorType
 
 STAGES = ("before", "after")
@@ -170,7 +171,8 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
             items = [(n.results[0].name, n.op, _shape(n, phase, phase_dims[phase]), c.at(phase_dims[phase], n.op))
                      for n, c in pc.items]
             measured = _measure(pc, phase, phase_dims[phase], device) if device else None
-            tables[(stage, phase)] = make_rows(items, measured)
+            sources = {n.results[0].name: source_comment(n, code=False) for n, _ in pc.items}
+            tables[(stage, phase)] = make_rows(items, measured, sources)
             free[(stage, phase)] = sum(1 for _, c in pc.items if c.free)
     explanation = Explanation(name, hardware, phase_dims, phases, tables, free, show, max_rows)
     explanation.quantization = quant_report

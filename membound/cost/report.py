@@ -31,6 +31,7 @@ class Row:
     estimate: Estimate
     share: float
     measured_s: Optional[float] = None
+    source: str = ""  # module path and file:line the node was captured from, when known
 
     @property
     def flops(self) -> float:
@@ -46,12 +47,16 @@ class Row:
 
 
 def make_rows(items: Sequence[tuple[str, str, str, Estimate]],
-              measured: Optional[Mapping[str, float]] = None) -> list[Row]:
-    """Rows from ``(name, op, shape, estimate)``; free items are dropped, shares are of the summed time."""
+              measured: Optional[Mapping[str, float]] = None,
+              sources: Optional[Mapping[str, str]] = None) -> list[Row]:
+    """Rows from ``(name, op, shape, estimate)``; free items are dropped, shares are of the summed time.
+    ``measured`` and ``sources`` are keyed by name."""
     kept = [it for it in items if it[3].bound != "free"]
     total = sum(it[3].time_s for it in kept) or 1.0
     measured = measured or {}
-    return [Row(name, op, shape, est, est.time_s / total, measured.get(name)) for name, op, shape, est in kept]
+    sources = sources or {}
+    return [Row(name, op, shape, est, est.time_s / total, measured.get(name), sources.get(name, ""))
+            for name, op, shape, est in kept]
 
 
 def si(x: float, unit: str = "") -> str:
@@ -82,7 +87,10 @@ def format_table(rows: Sequence[Row], title: str, *, free_count: int = 0, max_ro
         keep = {id(r) for r in sorted(shown, key=lambda r: -r.predicted_s)[:max_rows]}
         shown = [r for r in shown if id(r) in keep]
     has_measured = any(r.measured_s is not None for r in rows)
+    has_source = any(r.source for r in shown)
     cols = COLUMNS if has_measured else COLUMNS[:-1]
+    if has_source:
+        cols = cols + ("source",)
     body = []
     for r in shown:
         e = r.estimate
@@ -91,6 +99,8 @@ def format_table(rows: Sequence[Row], title: str, *, free_count: int = 0, max_ro
                  f"{r.share * 100:.1f}%"]
         if has_measured:
             cells.append("-" if r.measured_s is None else f"{r.measured_s * 1e6:.2f}")
+        if has_source:
+            cells.append(r.source or "-")
         body.append(cells)
     widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(cols)]
     widths[1] = min(widths[1], 28)
@@ -98,7 +108,7 @@ def format_table(rows: Sequence[Row], title: str, *, free_count: int = 0, max_ro
     def line(cells: Sequence[str]) -> str:
         parts = []
         for i, (c, w) in enumerate(zip(cells, widths)):
-            parts.append(c.ljust(w) if i < 2 else c.rjust(w))
+            parts.append(c.ljust(w) if i < 2 or cols[i] == "source" else c.rjust(w))
         return "  ".join(parts).rstrip()
 
     out = [title, line(cols), line(["-" * w for w in widths])]

@@ -91,6 +91,23 @@ class Node:
         return format_node(self)
 
 
+SOURCE_KEYS = ("module", "source", "loc")  # Node.meta entries that say where a node came from
+
+
+def _inherit_source(old: Node, new: Node, depth: int = 3) -> None:
+    """A node a pass made in place of ``old`` comes from where ``old`` came from: so do the new nodes that
+    feed it (a merged linear feeding the split that replaced three linears), up to ``depth`` steps back."""
+    where = {k: v for k, v in old.meta.items() if k in SOURCE_KEYS}
+    todo = [(new, depth)]
+    while where and todo:
+        node, left = todo.pop()
+        if any(k in node.meta for k in SOURCE_KEYS):
+            continue
+        node.meta.update(where)
+        if left > 1:
+            todo += [(v.producer, left - 1) for v in node.inputs if v.producer is not None]
+
+
 @dataclass
 class Graph:
     """A function in SSA form. Parameters are held by reference in ``param_values`` (never copied)."""
@@ -190,6 +207,8 @@ class Graph:
     def replace_all_uses(self, old: Value, new: Value) -> None:
         if old is new:
             return
+        if old.producer is not None and new.producer is not None:
+            _inherit_source(old.producer, new.producer)
         for user in list(old.users):
             user.replace_input(old, new)
         self.outputs = [new if v is old else v for v in self.outputs]
@@ -245,7 +264,7 @@ class Graph:
 
     def __str__(self) -> str:
         from membound.ir.printer import print_graph
-        return print_graph(self)
+        return print_graph(self, sources=True)
 
     def __repr__(self) -> str:
         return f"<Graph @{self.name}: {len(self.nodes)} nodes>"

@@ -1,7 +1,8 @@
 """Parse the IR text form (see ``printer.py``) back into a :class:`Graph`.
 
 ``parse(print_graph(g))`` is structurally equal to ``g`` (``structurally_equal``). Parameter tensors
-are not part of the text: pass ``tensors={name: tensor}`` to bind them.
+are not part of the text: pass ``tensors={name: tensor}`` to bind them. ``//`` and ``#`` start comments;
+a ``//`` comment ending a node's line (its source, as dumps print it) is kept in ``node.meta["loc"]``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ class _Cursor:
                 self.pos = len(self.text) if nl < 0 else nl + 1
             else:
                 break
+
+    def line_comment(self) -> Optional[str]:
+        """The text of a ``// comment`` that ends the current line (spaces before it allowed), consumed;
+        None (nothing consumed) when the line goes on with something else."""
+        pos = self.pos
+        while pos < len(self.text) and self.text[pos] in " \t":
+            pos += 1
+        if not self.text.startswith("//", pos):
+            return None
+        nl = self.text.find("\n", pos)
+        end = len(self.text) if nl < 0 else nl
+        self.pos = end
+        return self.text[pos + 2:end].strip()
 
     def peek(self, s: str) -> bool:
         self.skip_ws()
@@ -246,8 +260,10 @@ def _parse(text: str, tensors: Optional[dict[str, torch.Tensor]]) -> Graph:
                     c.expect(",")
         c.expect(":")
         types = [_type(c)]
-        while c.accept(","):
+        loc = c.line_comment()
+        while loc is None and c.accept(","):
             types.append(_type(c))
+            loc = c.line_comment()
         if len(types) != len(names):
             raise c.error(f"{op}: {len(names)} results but {len(types)} types")
         for n in names:
@@ -257,6 +273,8 @@ def _parse(text: str, tensors: Optional[dict[str, torch.Tensor]]) -> Graph:
             node = g.create_node(op, args, attrs, types, names)
         except (TypeError, ValueError, IRError) as e:
             raise c.error(f"{op}: {e}") from None
+        if loc:  # where the node came from, as a dump printed it: kept so it prints again
+            node.meta["loc"] = loc
         g.append(node)
         for r in node.results:
             env[r.name] = r

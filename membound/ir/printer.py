@@ -3,15 +3,22 @@
 ```
 graph @tiny(%x: f32[B, 8]) params(%w: f32[4, 8]) {
   %0 = linear(%x, %w) : f32[B, 4]
-  %1 = softmax(%0) {dim=-1, dtype=none} : f32[B, 4]
+  %1 = softmax(%0) {dim=-1, dtype=none} : f32[B, 4]  // head (Linear), model.py:12: y = self.head(x)
   return %1
 }
 ```
+
+With ``sources=True`` (``str(graph)``, IR dumps, ``membound opt``) each node captured from a model ends
+with a ``//`` comment naming where it came from: the module path and class, then file:line and the
+source line (``Node.meta["module"]`` / ``["source"]``, set at capture). The parser keeps such a trailing
+comment as ``meta["loc"]``, so a dump reads back and prints again unchanged.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Any
 
 import sympy
@@ -58,28 +65,55 @@ def format_value(v: Value) -> str:
     return f"%{v.name}"
 
 
-def format_node(n: Node) -> str:
+_SOURCE = re.compile(r"^(?P<file>.+?):(?P<line>\d+) in (?P<func>[^:]+): (?P<code>.*)$")
+
+
+def source_comment(n: Node, code: bool = True) -> str:
+    """Where a node came from, on one line: ``layers.0.mlp (LlamaMLP), modeling_llama.py:160: return
+    self.down_proj(...)`` (module path, file name, line and code), or what the parser read back (``loc``),
+    or ``""`` for a node made by a pass or parsed from text without a comment. ``code=False`` leaves
+    the source line's code out (the explain tables' short form)."""
+    parts = []
+    if n.meta.get("module"):
+        parts.append(str(n.meta["module"]))
+    source = str(n.meta.get("source") or "")
+    if source:
+        m = _SOURCE.match(source)
+        if m is None:
+            parts.append(source)
+        else:
+            where = f"{os.path.basename(m['file'])}:{m['line']}"
+            parts.append(f"{where}: {m['code']}" if code else where)
+    if not parts:
+        return str(n.meta.get("loc") or "")
+    return ", ".join(parts).replace("\n", " ")
+
+
+def format_node(n: Node, sources: bool = False) -> str:
     lhs = ", ".join(format_value(r) for r in n.results)
     args = ", ".join(format_value(v) for v in n.inputs)
     attrs = ""
     if n.attrs:
         attrs = " {" + ", ".join(f"{k}={format_attr(v)}" for k, v in n.attrs.items()) + "}"
     types = ", ".join(str(r.type) for r in n.results)
-    return f"{lhs} = {n.op}({args}){attrs} : {types}"
+    line = f"{lhs} = {n.op}({args}){attrs} : {types}"
+    comment = source_comment(n) if sources else ""
+    return f"{line}  // {comment}" if comment else line
 
 
 def _decls(values: list[Value]) -> str:
     return ", ".join(f"%{v.name}: {v.type}" for v in values)
 
 
-def print_graph(g: Graph) -> str:
+def print_graph(g: Graph, sources: bool = False) -> str:
+    """The graph as text; ``sources=True`` ends each node's line with its source comment."""
     head = f"graph @{g.name}({_decls(g.inputs)})"
     if g.params:
         head += f" params({_decls(g.params)})"
     if g.state:
         head += f" state({_decls(g.state)})"
     lines = [head + " {"]
-    lines += ["  " + format_node(n) for n in g.nodes]
+    lines += ["  " + format_node(n, sources) for n in g.nodes]
     lines.append("  return " + ", ".join(format_value(v) for v in g.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"

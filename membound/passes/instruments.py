@@ -53,7 +53,7 @@ class PrintAfterAll(Instrument):
     def run_after_pass(self, graph: Graph, ctx: "PassContext", name: str, index: int, changed: bool,
                        seconds: float) -> None:
         flag = "" if changed else " (unchanged)"
-        self.write(f"// ----- IR after {name}{flag} -----\n{print_graph(graph)}")
+        self.write(f"// ----- IR after {name}{flag} -----\n{print_graph(graph, sources=True)}")
 
 
 class PrintAfterChange(PrintAfterAll):
@@ -82,7 +82,7 @@ class DumpIR(Instrument):
 
     def _write(self, stem: str, graph: Graph) -> None:
         path = self.dir / f"{stem}.mir"
-        path.write_text(print_graph(graph))
+        path.write_text(print_graph(graph, sources=True))
         self.files.append(path)
 
     def enter_pipeline(self, graph: Graph, ctx: "PassContext", pass_names: Sequence[str]) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from membound.ir import Graph, Node, Value, get_op, has_op
+from membound.ir.graph import SOURCE_KEYS
 from membound.ir.types import TensorType
 
 Captures = dict[str, Value]
@@ -229,6 +230,8 @@ class Builder:
 
     def call_multi(self, op: str, *inputs: Value, **attrs: Any) -> list[Value]:
         node = self.graph.create_node(op, inputs, attrs)
+        # a replacement comes from where the matched node came from (the dump's source comment)
+        node.meta.update({k: v for k, v in self.anchor.meta.items() if k in SOURCE_KEYS})
         self.graph.insert_before(self.anchor, node)
         self.created.append(node)
         return list(node.results)
