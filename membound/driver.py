@@ -140,6 +140,23 @@ class CompiledGraph:
     dump_dir: Optional[Path] = None
 
 
+GENERATED_MODULE = "triton-module.py"  # the generated Triton module, beside the .mir files of a dump
+
+
+def dump_generated_source(executable: Any, dump_dir: Path) -> Optional[Path]:
+    """Write the backend's generated module (the Triton kernels and their launcher) into the dump folder
+    as ``triton-module.py``; a backend that generates no code (reference) leaves none (a stale one from an
+    earlier run into the folder is removed)."""
+    path = dump_dir / GENERATED_MODULE
+    source = getattr(executable, "source", None)
+    if not isinstance(source, str):
+        path.unlink(missing_ok=True)
+        return None
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(source)
+    return path
+
+
 def default_cost() -> Any:
     """The roofline model passes consult: datasheet specs of this machine's device (``Hardware.detect``)."""
     from membound.cost import Hardware, RooflineCost
@@ -202,4 +219,6 @@ def compile_graph_with(graph: Graph, options: CompileOptions, kind: str, *, name
     executable = compile_graph(graph, options.backend)  # (wrapped for MEMBOUND_DEBUG=compare)
     _backend_log.info("%s (%s): %s backend, %d nodes, %.2f s", name, kind, backend.name, len(graph.nodes),
                       time.perf_counter() - start)
+    if dump_dir is not None:
+        dump_generated_source(executable, Path(dump_dir))
     return CompiledGraph(input_ir, graph, executable, backend, list(manager.records), list(ctx.log), dump_dir)

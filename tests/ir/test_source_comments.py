@@ -11,8 +11,8 @@ import membound
 from membound.cli import main
 from membound.cost.hardware import Hardware
 from membound.ir import parse, print_graph
-from membound.ir.printer import source_comment
 from membound.ir.analysis import structurally_equal
+from membound.ir.printer import source_comment
 from membound.passes.pattern import Builder
 
 HERE = Path(__file__).name
