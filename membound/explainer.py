@@ -26,7 +26,7 @@ import torch
 from membound.cost.hardware import Hardware
 from membound.cost.measure import measure_node
 from membound.cost.phases import ATTENTION_OPS, PhaseCost, Phases, analyze, decode_signature
-from membound.cost.report import Row, format_table, make_rows, plot_roofline, seconds, si
+from membound.cost.report import Row, format_table, make_rows, plot_roofline, roofline_title, seconds, si
 from membound.cost.roofline import RooflineCost, bindings
 from membound.ir.graph import Graph, Node
 from membound.ir.printer import source_comment
@@ -195,7 +195,7 @@ def explain(model_or_compiled: Any, example_inputs: Optional[Sequence[Any]] = No
         if path.suffix.lower() != ".png":
             path = path / f"roofline-{name}.png"
         series = {f"{stage} {phase}": rows for (stage, phase), rows in tables.items()}
-        explanation.plot_path = plot_roofline(hardware, series, path, title=f"{name} on {hardware.name}")
+        explanation.plot_path = plot_roofline(hardware, series, path, title=roofline_title(name, hardware, phase_dims))
     return explanation
 
 

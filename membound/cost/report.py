@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from membound.cost.hardware import Hardware
 from membound.cost.roofline import Estimate
@@ -130,9 +130,31 @@ def format_table(rows: Sequence[Row], title: str, *, free_count: int = 0, max_ro
 # ---------------------------------------------------------------------------------------------
 # the roofline plot
 # ---------------------------------------------------------------------------------------------
-# a series label is "<stage> <phase>": the stage picks hollow/filled, the phase the marker
-_FILLED = {"before": False, "after": True}
+# a series label is "<stage> <phase>": the stage picks the colour and hollow/filled, the phase the marker
+_STAGE_STYLE = {"before": ("tab:gray", False), "after": ("tab:red", True)}
 _MARKERS = {"prefill": "s", "decode": "o"}
+
+
+def series_style(label: str, index: int = 0) -> dict[str, Any]:
+    """How a series is drawn: ``{"color", "filled", "marker"}``. Before the pipeline is hollow and grey,
+    after it filled and red, so the two read apart even in print; prefill is a square, decode a circle.
+    Other labels take the ``index``-th colour of a fixed cycle, filled diamonds."""
+    words = label.split()
+    stage = words[0] if words else ""
+    color, filled = _STAGE_STYLE.get(stage, (_OTHER_COLORS[index % len(_OTHER_COLORS)], True))
+    return {"color": color, "filled": filled, "marker": _MARKERS.get(words[-1] if words else "", "D")}
+
+
+_OTHER_COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
+
+
+def roofline_title(name: str, hardware: Hardware, dims: Optional[Mapping[str, Mapping[str, int]]] = None) -> str:
+    """``llama on H100: prefill B=1, S=512; decode B=1, T=512``: the model, the card and each phase's dims."""
+    title = f"{name} on {hardware.name}"
+    if dims:
+        title += ": " + "; ".join(f"{phase} " + ", ".join(f"{k}={v}" for k, v in d.items())
+                                  for phase, d in dims.items())
+    return title
 
 
 def plot_roofline(hardware: Hardware, series: Mapping[str, Sequence[Row]], path: Union[str, Path], *,
@@ -143,13 +165,23 @@ def plot_roofline(hardware: Hardware, series: Mapping[str, Sequence[Row]], path:
     step. Measured points (where rows have them) are drawn as crosses at FLOPs/measured time.
     Kernels with no FLOPs (copies, gathers) have no place on log axes and are counted in the legend.
     """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = draw_roofline(hardware, series, title=title)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def draw_roofline(hardware: Hardware, series: Mapping[str, Sequence[Row]], *, title: str = "") -> Any:
+    """The roofline figure (matplotlib, Agg: no display needed) that :func:`plot_roofline` writes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     points = [r for rows in series.values() for r in rows if r.flops > 0 and r.bytes > 0]
     lo = min([r.estimate.intensity for r in points] + [0.1]) / 2
@@ -159,17 +191,15 @@ def plot_roofline(hardware: Hardware, series: Mapping[str, Sequence[Row]], path:
         peak = hardware.peak_flops(precision)
         ax.plot(xs, [min(peak, hardware.bandwidth * x) for x in xs], style, color="black", linewidth=1.2,
                 label=f"{precision} roof {si(peak)}FLOP/s, {si(hardware.bandwidth)}B/s")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, rows) in enumerate(series.items()):
         drawn = [r for r in rows if r.flops > 0 and r.bytes > 0]
         skipped = len(rows) - len(drawn)
-        color = colors[i % len(colors)]
-        words = label.split()
-        filled = _FILLED.get(words[0], True)
-        marker = _MARKERS.get(words[-1], "D")
+        style = series_style(label, i)
+        color = style["color"]
         sizes = [20 + 400 * r.share for r in drawn]
         ax.scatter([r.estimate.intensity for r in drawn], [r.flops / r.predicted_s for r in drawn], s=sizes,
-                   marker=marker, facecolors=color if filled else "none", edgecolors=color, alpha=0.7,
+                   marker=style["marker"], facecolors=color if style["filled"] else "none", edgecolors=color,
+                   linewidths=1.2, alpha=0.75,
                    label=f"{label}: {len(drawn)} kernels" + (f" (+{skipped} without FLOPs)" if skipped else ""))
         measured = [r for r in drawn if r.measured_s]
         if measured:
@@ -179,10 +209,9 @@ def plot_roofline(hardware: Hardware, series: Mapping[str, Sequence[Row]], path:
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP/byte)")
     ax.set_ylabel("attained FLOP/s (predicted, launch included)")
-    ax.set_title(title or f"roofline on {hardware.name}")
+    ax.set_title(title or f"roofline on {hardware.name}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right", title="hollow grey: before the pipeline; filled red: after",
+              title_fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+    return fig
