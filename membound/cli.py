@@ -14,11 +14,12 @@ A MODEL that is neither a built-in name nor a folder with config.json is one lin
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -139,14 +140,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_checkpoint(args.model, dtype=dtype, device=device)
     compiled = membound.compile(model, backend=args.backend, quantize=args.quantize)
     inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
-    streamer = _TextOut(tokenizer, sys.stdout)
+    streamer = _TextOut(tokenizer, sys.stdout, token_bar(args.max_new_tokens))
     options = dict(max_new_tokens=args.max_new_tokens, streamer=streamer)
     if args.temperature > 0:
         options.update(do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     else:
         options.update(do_sample=False)
     start = time.perf_counter()
-    out = compiled.generate(inputs["input_ids"], attention_mask=inputs.get("attention_mask"), **options)
+    with streamer.bar:
+        out = compiled.generate(inputs["input_ids"], attention_mask=inputs.get("attention_mask"), **options)
     seconds = time.perf_counter() - start
     new = out.shape[1] - inputs["input_ids"].shape[1]
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -159,12 +161,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-class _TextOut:
-    """A streamer (``put``/``end``) printing decoded text as it comes, without the prompt."""
+def token_bar(max_new_tokens: int) -> Any:
+    """The bar over generated tokens (on stderr): shown where progress is on (stderr a terminal, or
+    ``MEMBOUND_PROGRESS=1``) and the text is not streaming to that terminal (stdout redirected): on a
+    terminal the streamed text is the progress, and a bar would cut through it."""
+    from membound import progress
 
-    def __init__(self, tokenizer: object, stream: object) -> None:
+    if sys.stdout.isatty() and os.environ.get("MEMBOUND_PROGRESS") != "1":
+        return progress.silent()
+    return progress.bar("membound: generating", total=max_new_tokens, unit="tok")
+
+
+class _TextOut:
+    """A streamer (``put``/``end``) printing decoded text as it comes, without the prompt; each new token
+    ticks ``bar``."""
+
+    def __init__(self, tokenizer: object, stream: object, bar: Any = None) -> None:
+        from membound import progress
+
         self.tokenizer = tokenizer
         self.stream = stream
+        self.bar = bar if bar is not None else progress.silent()
         self.tokens: list[int] = []
         self.printed = 0
         self.prompt_seen = False
@@ -174,6 +191,7 @@ class _TextOut:
             self.prompt_seen = True
             return
         self.tokens += [int(t) for t in value.flatten()[:1]]  # row 0
+        self.bar.update(1)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)  # type: ignore[attr-defined]
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             self.stream.write(text[self.printed:])  # type: ignore[attr-defined]

@@ -1,6 +1,8 @@
 """With ``dump_ir=dir`` the Triton backend's generated module is written beside the ``.mir`` files."""
 
-from pathlib import Path  # noqa: E402
+import contextlib
+from pathlib import Path
+from typing import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -8,7 +10,7 @@ from torch import nn  # noqa: E402
 
 import membound  # noqa: E402
 from membound.driver import GENERATED_MODULE  # noqa: E402
-from tests.backends._triton_interp import DEVICE  # noqa: F401  (sets TRITON_INTERPRET before triton loads)
+from tests.backends._triton_interp import DEVICE, Interpreted  # noqa: F401  (sets TRITON_INTERPRET before triton loads)
 
 pytest.importorskip("triton")
 
@@ -30,3 +32,29 @@ def test_reference_backend_writes_none_and_clears_a_stale_one(tmp_path: Path) ->
     (tmp_path / GENERATED_MODULE).write_text("# from an earlier run\n")
     membound.compile(_net(), example_inputs=(torch.randn(3, 12),), backend="reference", dump_ir=tmp_path)
     assert (tmp_path / "000-input.mir").exists() and not (tmp_path / GENERATED_MODULE).exists()
+
+
+_interp = Interpreted(__file__)
+
+
+def test_first_launch_at_new_shapes_runs_under_the_compile_watch(request: pytest.FixtureRequest) -> None:
+    if not _interp.runs_here(request):
+        return
+    from membound import progress
+
+    net = _net()
+    compiled = membound.compile(net, example_inputs=(torch.randn(3, 12),), backend="triton")
+    exe = compiled.entries[-1].executable
+    assert exe.compile_watch is progress.kernel_compiles      # set by the compile driver
+    watched: list[str] = []
+
+    @contextlib.contextmanager
+    def watch(name: str) -> Iterator[None]:
+        watched.append(name)
+        yield
+
+    exe.compile_watch = watch
+    for rows in (3, 3, 5):
+        x = torch.randn(rows, 12)
+        torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-4)
+    assert len(watched) == 2                                 # once per new input shape, not per call

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 
@@ -92,6 +92,9 @@ class TritonExecutable:
         self.source: str = self.generated.source
         self._module: Optional[ModuleType] = None
         self._launch: Callable[..., list[torch.Tensor]] = _not_loaded
+        # set by the compile driver (membound.progress.kernel_compiles): wraps a launch at new shapes,
+        # the one in which Triton compiles the kernels, to show their progress
+        self.compile_watch: Optional[Callable[[str], ContextManager[Any]]] = None
         # per distinct input shapes/dtypes/devices: (sizes, the memory plan's buffers, device)
         self._ready: dict[tuple[Any, ...], tuple[dict[str, int], list[torch.Tensor], torch.device]] = {}
         self.gather_checks: list[GatherCheck] = gather_checks(graph)  # input ids checked on every call
@@ -141,6 +144,7 @@ class TritonExecutable:
         # inputs seen before skip validation and planning: one dict lookup
         key = tuple((t.shape, t.dtype, t.device) for t in inputs)
         ready = self._ready.get(key)
+        new_shapes = ready is None
         if ready is None:
             ready = self._prepare(inputs, tensors)
             if len(self._ready) >= MAX_PLANS:
@@ -149,6 +153,9 @@ class TritonExecutable:
         sizes, bufs, device = ready
         if self.gather_checks:
             check_inputs(self.gather_checks, g, inputs, tensors, {s: sizes[s.name] for s in self.input_symbols})
+        if new_shapes and self.compile_watch is not None:
+            with self.compile_watch(g.name):
+                return self._launch(*inputs, tensors=tensors, bufs=bufs, device=device, **sizes)
         return self._launch(*inputs, tensors=tensors, bufs=bufs, device=device, **sizes)
 
     def _prepare(self, inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]
