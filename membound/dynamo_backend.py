@@ -5,7 +5,12 @@
 Dynamo hands each captured subgraph (a torch-level FX GraphModule) to :func:`membound_backend`, which
 converts it to membound IR through the same ATen table as ``membound.compile`` and then runs the same
 compile driver (``membound.driver``): the ``forward`` pipeline with the cost model, then the backend.
-``options=`` takes membound's compile options (the fields of ``CompileOptions``). The name is
+``options=`` takes membound's compile options (the fields of ``CompileOptions``).
+
+Hugging Face's own recipes work through it: ``m.forward = torch.compile(m.forward, backend="membound")``
+then ``m.generate(ids, cache_implementation="static")`` (or the default dynamic cache). The cache's
+tensors come in as graph inputs; the frontend makes them state (``frontends/dynamo.py``), and each call
+binds that call's own tensors, so a new ``generate`` (a new StaticCache) reuses the compiled graphs. The name is
 registered through the ``torch_dynamo_backends`` entry point (installed with the package) and again
 when this module is imported.
 """
@@ -46,12 +51,13 @@ def membound_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
         if not _takes_hf_cache(gm):
             raise
         raise CaptureError(
-            "torch.compile(backend='membound') was given a forward that updates a Hugging Face KV cache in place "
-            "(past_key_values: HF's static-cache recipe, m.forward = torch.compile(m.forward, ...) with "
-            "generate(..., cache_implementation='static')). membound brings its own static KV cache instead: "
-            "compiled = membound.compile(model); compiled.generate(input_ids, max_new_tokens=N) takes the same "
-            f"arguments as model.generate. (The capture failed with {type(e).__name__}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
+            "torch.compile(backend='membound') could not capture a forward that reads a Hugging Face KV cache "
+            "(past_key_values). HF's cache recipes work when each cache write is index_copy_/index_put_/copy_ or an "
+            "in-place elementwise op on the cache's tensors (StaticCache, DynamicCache); this model's cache does "
+            "something else. membound's own static KV cache needs none of it: compiled = membound.compile(model); "
+            "compiled.generate(input_ids, max_new_tokens=N) takes model.generate's arguments. (The capture failed "
+            f"with {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
+    call_state: dict[int, str] = dict(capture.graph.meta.get("call_state", {}))
     _capture_log.info("captured a Dynamo graph of %s: %d nodes, %.2f s", capture.name, len(capture.graph.nodes),
                       time.perf_counter() - start)
     dump_dir = None
@@ -63,9 +69,16 @@ def membound_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     compiled = compile_graph_with(capture.graph, opts, "forward", name=capture.name, dump_dir=dump_dir)
     capture.graph = compiled.ir
     executable = compiled.executable
+    graph = compiled.ir
+    live = {pos: name for pos, name in call_state.items() if name in graph.tensors}
 
     def run(*args: Any) -> Any:
-        return capture.unflatten_outputs(executable(capture.flatten_inputs(args, {})))
+        inputs = capture.flatten_inputs(args, {})
+        if not live:
+            return capture.unflatten_outputs(executable(inputs))
+        # the call's own cache tensors (a new generate call brings a new StaticCache), by reference
+        tensors = {**graph.tensors, **{name: args[pos] for pos, name in live.items()}}
+        return capture.unflatten_outputs(executable(inputs, tensors))
 
     run.membound_graph = compiled.ir  # type: ignore[attr-defined]
     run.membound_input_graph = compiled.input_ir  # type: ignore[attr-defined]

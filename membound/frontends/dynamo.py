@@ -17,6 +17,10 @@ Dynamo's graph inputs are more than activations. Each placeholder is classified 
   call with a different value does not match;
 * SymInt inputs (``s0`` = ``input_ids.size(1)``) are recomputed from the tensor they measure, so the
   exported graph ties them to that tensor's dim instead of inventing an unrelated symbol;
+* the tensors of a Hugging Face cache object (``past_key_values``) and tensors marked with
+  ``torch._dynamo.mark_static_address`` (HF's StaticCache) persist across calls and are written in
+  place: they become params (state once written), and ``graph.meta["call_state"]`` maps their
+  placeholder positions to IR names so the caller binds each call's own tensors;
 * everything else is a graph input.
 """
 
@@ -83,7 +87,8 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], dyna
     tensor_positions = [pos for pos, ex in enumerate(example_inputs) if isinstance(ex, torch.Tensor)]
     leaf_of = {pos: i for i, pos in enumerate(tensor_positions)}  # placeholder position -> tensor leaf index
     n_inputs = 0
-    for n, ex in zip(placeholders, example_inputs):
+    call_state: dict[int, str] = {}  # placeholder position -> IR name of a tensor bound per call
+    for pos, (n, ex) in enumerate(zip(placeholders, example_inputs)):
         if not isinstance(ex, torch.Tensor):
             size = _size_plan(n, dims, leaf_of)
             plan.append(size if size is not None else _fixed(ex))
@@ -100,6 +105,11 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], dyna
             name = _fqn_from_source(_source_name(n)) or n.name
             roles.append(AsParam(name, ex))
             in_leaves.append(ParamLeaf(name))
+        elif _is_call_state(n, ex):  # a KV cache the call passes in (HF StaticCache): state, bound per call
+            name = _unique(_state_name(n), [r.name for r in roles if isinstance(r, AsParam)])
+            roles.append(AsParam(name, ex))
+            in_leaves.append(ParamLeaf(name))
+            call_state[pos] = name
         else:
             roles.append(AsInput(_unique(_input_name(n), [r.name for r in roles if isinstance(r, AsInput)])))
             in_leaves.append(TensorLeaf(n_inputs))
@@ -110,6 +120,7 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], dyna
     _, in_spec = flatten_call(tuple(example_inputs), {})
     cap = build_capture(ep, roles, in_spec, in_leaves, name=name, fallback=fallback, frontend="dynamo")
     _bind_sym_leaves(cap, placeholders, example_inputs)
+    cap.graph.meta["call_state"] = call_state
     return cap
 
 
@@ -131,6 +142,25 @@ def _is_state(n: torch.fx.Node, ex: torch.Tensor) -> bool:
         return True
     source = _source_name(n)
     return "._parameters[" in source or "._buffers[" in source
+
+
+# where Dynamo finds the tensors of an HF Cache object: L['kwargs']['past_key_values'].layers[0].keys, ...
+_HF_CACHE = re.compile(r"past_key_values|\.layers\[\d+\]\.(keys|values|cumulative_length)\b")
+
+
+def _is_call_state(n: torch.fx.Node, ex: torch.Tensor) -> bool:
+    """A tensor the call passes in that persists across calls and may be written in place: the tensors of a
+    Hugging Face cache object (``past_key_values``) and tensors marked with ``torch._dynamo.mark_static_address``
+    (what HF's StaticCache does). They become IR params/state bound to the call's tensors on every call."""
+    return _HF_CACHE.search(_source_name(n)) is not None or hasattr(ex, "_dynamo_static_input_type")
+
+
+def _state_name(n: torch.fx.Node) -> str:
+    """``L['kwargs']['past_key_values'].layers[0].keys`` -> ``past_key_values.layers.0.keys``."""
+    source = re.sub(r"^[LG]\[[^\]]+\]", "", _source_name(n))
+    name = re.sub(r"\['([^']+)'\]|\[(\d+)\]", lambda m: "." + (m[1] or m[2]), source)
+    name = re.sub(r"[^\w.]+", "_", name).strip("._")
+    return name or n.name
 
 
 def _is_python_scalar(n: torch.fx.Node) -> bool:

@@ -364,8 +364,10 @@ class Translator:
             args = Args({f"arg{i}": self._resolve(a) for i, a in enumerate(n.args)})
         if mutated is not None and self._writes_buffer(n, target, mutated):
             result = self._state_write(n, target, mutated, args)
+            src = _arg_node(n, target, mutated)
             self.env[n] = result
-            self.env[_arg_node(n, target, mutated)] = result
+            self.env[src] = result
+            self.env[self._alias_root.get(src, src)] = result  # later reads of the buffer see the write
             return
         if mutated is not None:
             self._check_inplace(n, target, mutated)
@@ -451,11 +453,16 @@ class Translator:
 
     # ---- state: in-place writes into a model's buffers (static KV caches, counters) ---------------
     def _writes_buffer(self, n: torch.fx.Node, target: Any, arg: str) -> bool:
+        """Whether the write goes into a buffer placeholder: directly, or through a no-op alias that
+        translated to the very same value (``buf.to(device).add_(1)`` on HF's StaticCache length)."""
         src = _arg_node(n, target, arg)
-        if src is None or src.op != "placeholder":
+        if src is None:
+            return False
+        root = self._alias_root.get(src, src)
+        if root.op != "placeholder":
             return False
         cur = self.env.get(src)
-        return isinstance(cur, Value) and cur.kind in ("param", "state")
+        return isinstance(cur, Value) and cur.kind in ("param", "state") and self.env.get(root) is cur
 
     def _state_write(self, n: torch.fx.Node, target: Any, arg: str, a: Args) -> Value:
         """``buf.index_copy_(dim, idx, x)`` / ``buf[:, :, idx] = x`` / ``buf.copy_(x)`` on a model buffer.
@@ -490,8 +497,14 @@ class Translator:
             return self.emit("cache_write", cur, values, index, dim=dim)
         if name == "aten.copy_.default":
             return self.emit("state_copy", cur, a.src)
+        functional = _functional_twin(target) if isinstance(target, torch._ops.OpOverload) else None
+        rule = self.table.get(functional) if functional is not None else None
+        if rule is not None:  # counter.add_(n) (HF's StaticCache length): the functional op, then a whole-buffer copy
+            value = rule(self, a)
+            if isinstance(value, Value) and value.rank <= cur.rank:
+                return self.emit("state_copy", cur, value)
         raise self._error(f"it modifies the buffer %{cur.name} in place ({name}); membound supports buffer writes "
-                          "through index_copy_, index_put_ along one dim, and copy_")
+                          "through index_copy_, index_put_ along one dim, copy_, and in-place elementwise ops")
 
     def _check_inplace(self, n: torch.fx.Node, target: Any, arg: str) -> None:
         src = _arg_node(n, target, arg)

@@ -91,12 +91,3 @@ def test_compile_options_are_one_dataclass():
     assert [len(opts.pipeline_for(k)) for k in ("forward", "prefill", "decode")] == [10, 11, 2]
     custom = CompileOptions(pipeline=["canonicalize"])
     assert len(custom.pipeline_for("prefill")) == 1 + 7  # the user's passes, then the KV-cache passes
-
-
-def test_hf_static_cache_recipe_is_a_clear_error():
-    model = build_hf("llama")
-    ids = torch.randint(3, VOCAB, (2, 5))
-    torch._dynamo.reset()
-    model.forward = torch.compile(model.forward, backend="membound")
-    with pytest.raises(Exception, match="membound brings its own static KV cache.*compiled.generate"):
-        model.generate(ids, max_new_tokens=2, do_sample=False, cache_implementation="static")
