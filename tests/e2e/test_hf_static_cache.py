@@ -80,3 +80,17 @@ def test_writes_through_a_no_op_alias_of_a_buffer_become_state() -> None:
         x = torch.randn(rows, 4)
         torch.testing.assert_close(compiled(x), eager(x))
     assert int(model.n) == int(eager.n) == 9
+
+
+@pytest.mark.gpu
+def test_hf_static_cache_recipe_on_cuda_through_triton(counted) -> None:
+    torch._dynamo.reset()
+    model = _one_layer_llama().to("cuda")   # fp32: greedy tokens comparable with eager
+    ids = torch.randint(3, VOCAB, (2, 7), device="cuda")
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=5, do_sample=False, cache_implementation="static")
+        model.forward = torch.compile(model.forward, backend="membound")   # auto: the Triton backend on CUDA
+        for _ in range(2):
+            got = model.generate(ids, max_new_tokens=5, do_sample=False, cache_implementation="static")
+            assert torch.equal(got, want), f"{got[:, 7:].tolist()} vs eager {want[:, 7:].tolist()}"
+    assert counted["runs"] == 10 and counted["graphs"] == 2
