@@ -67,7 +67,7 @@ def _flash_decoding_split(
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -94,7 +94,8 @@ def _flash_decoding_split(
     # only the filled prefix: stop at the largest position among our rows
     chunk_end = tl.minimum(tl.minimum(chunk_start + CHUNK, tl.max(pos, axis=0) + 1), T)
     # with a sliding window, only the window: start at the oldest slot any of our rows still sees
-    lo = _window_start(pos, row_ok, WINDOW, HAS_WINDOW)
+    # (a ring holds only the window: every slot may be seen)
+    lo = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING)
     chunk_start = tl.maximum(chunk_start, lo)
     if chunk_start < chunk_end:
         # q stays in registers for the whole chunk
@@ -114,9 +115,17 @@ def _flash_decoding_split(
             scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_Q, BLOCK_T], log2 units
             if HAS_SOFTCAP:
                 scores = _softcap_log2(scores, softcap)
-            visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
+            if RING:
+                # slot t of a ring of T slots holds the latest position j <= p with j = t (mod T); the
+                # rows share one position (ring steps have one new token), so this is one vector
+                p_top = tl.max(pos, axis=0)
+                key_pos = p_top - (p_top - ts + T) % T
+                visible = (key_pos[None, :] >= 0) & t_ok[None, :]
+            else:
+                key_pos = ts
+                visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
             if HAS_WINDOW:
-                visible = visible & (ts[None, :] > pos[:, None] - WINDOW)
+                visible = visible & (key_pos[None, :] > pos[:, None] - WINDOW)
             scores = tl.where(visible, scores, float("-inf"))
             # online softmax; a row with nothing visible yet keeps m = -inf, so shift by 0 instead (no NaN)
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -144,7 +153,8 @@ def _flash_decoding_split(
         # every program of the row block counts in, idle ones too; the last to arrive merges the partials
         if arrive_last(lock_ptr, pid_row, N_SPLITS):
             n_active = tl.minimum(tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK), N_SPLITS)
-            first = _window_start(pos, row_ok, WINDOW, HAS_WINDOW) // CHUNK  # chunks before the window wrote nothing
+            # chunks before the window wrote nothing
+            first = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING) // CHUNK
             _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs,
                             dv_ok, sob, soh, sos, sod, BLOCK_Q, BLOCK_DV)
             reset_counter(lock_ptr, pid_row)
@@ -233,6 +243,7 @@ def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: in
 
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                     k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None,
                      out: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
                      window: Optional[int] = None, softcap: Optional[float] = None,
                      max_len: Optional[int] = None, config: Optional[DecodeConfig] = None) -> torch.Tensor:
@@ -243,21 +254,37 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     the grid covers the capacity T and idle programs exit at once. ``config`` overrides the heuristic.
     With ``window`` only the last ``window`` slots before each position are read: programs whose
     chunk lies wholly before the window exit at once, the merge starts at the window's first chunk.
+
+    With ``k_new, v_new`` the caches are rings (position p in slot p mod capacity, see the IR op): one
+    new token reads every slot of the ring, several new tokens (a prefill from position 0) attend over
+    ``k_new, v_new`` with the flash kernel.
     """
-    _check(q, k, v, positions)
+    _check(q, k, v, positions, k_new, v_new)
+    ring = k_new is not None
     bsz, hq, s, d = q.shape
     hkv, cap, dv = k.shape[1], k.shape[2], v.shape[3]
     reason = unsupported_device(q, k, v, positions) or unsupported_dtype("cached_attention", q)
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
     if reason is not None or q.numel() == 0:
-        ref = get_op("cached_attention").reference(q, k, v, positions, scale=scale, window=window, softcap=softcap)
+        news = (k_new, v_new) if ring else ()
+        ref = get_op("cached_attention").reference(q, k, v, positions, *news, scale=scale, window=window,
+                                                   softcap=softcap)
         return fallback("cached_attention", reason or "empty query", ref, out)
 
     y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
     g = hq // hkv
     rows = g * s
-    if rows > PREFILL_ROWS and config is None:
+    if ring and s > 1:
+        # a prefill over a ring: the new keys are the sequence from position 0 (the ring may already
+        # have overwritten the first of them); key index c is position c
+        from membound.backends.triton.kernels.flash_attention import flash_attention
+
+        assert k_new is not None and v_new is not None
+        flash_attention(q, k_new, v_new, None, y, scale=scale, window=window, softcap=softcap, positions=positions)
+        note("cached_attention", "kernel")
+        return y
+    if rows > PREFILL_ROWS and config is None and not ring:
         # prefill: the flash kernel skips the key tiles above each row block's diagonal, which this
         # kernel (every row block reads the whole prefix) does not; at this many rows both are compute-bound
         from membound.backends.triton.kernels.flash_attention import flash_attention
@@ -292,14 +319,24 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, INPUT_PRECISION=precision, HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
+        RING=ring,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(q.device))
     note("cached_attention", "kernel")
     return y
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+           k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None) -> None:
     op = "cached_attention"
+    if (k_new is None) != (v_new is None):
+        raise ValueError(f"{op}: a ring cache needs both k_new and v_new, or neither")
+    if k_new is not None and v_new is not None:
+        s = q.shape[2]
+        for name, new, cache in (("k_new", k_new, k), ("v_new", v_new, v)):
+            want = (q.shape[0], cache.shape[1], s, cache.shape[3])
+            if tuple(new.shape) != want:
+                raise ValueError(f"{op}: {name} {tuple(new.shape)} must be [B, Hkv, S, D] = {list(want)}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"{op}: needs q[B, Hq, S, D] and caches [B, Hkv, T, D]; got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
