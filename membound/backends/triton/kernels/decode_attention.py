@@ -58,6 +58,9 @@ LOG2E = 1.4426950408889634
 _LOG2E: tl.constexpr = tl.constexpr(LOG2E)  # the same, for kernels
 MAX_HEAD_DIM = 256
 PREFILL_ROWS = 128  # query rows per kv head (G * S) past which prefill runs the flash kernel
+MERGE_LANES = 16  # partials the merge loads at once per query row
+PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
+MIN_TILES = 4  # pick_config: key tiles one program streams at least (when the cache has that many)
 
 
 @triton.jit
@@ -67,7 +70,7 @@ def _flash_decoding_split(
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -155,8 +158,8 @@ def _flash_decoding_split(
             n_active = tl.minimum(tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK), N_SPLITS)
             # chunks before the window wrote nothing
             first = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING) // CHUNK
-            _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs,
-                            dv_ok, sob, soh, sos, sod, BLOCK_Q, BLOCK_DV)
+            _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, qb, kvh, G, S, b, dvs,
+                            dv_ok, sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK)
             reset_counter(lock_ptr, pid_row)
 
 
@@ -180,30 +183,46 @@ def _softcap_log2(scores, softcap):
 
 
 @triton.jit
-def _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs, dv_ok,
-                    sob, soh, sos, sod, BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Merge chunk partials ``first .. n_active - 1`` of one row block (in chunk order); store the output."""
-    m_run = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
-    l_run = tl.zeros((BLOCK_Q,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
-    for sp in range(first, n_active):
-        slot = (pid_row * N_SPLITS + sp) * BLOCK_Q + rq
-        # .cg: from L2, where the other programs' stores are (never a stale L1 line)
-        m_s = tl.load(m_ptr + slot, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-        l_s = tl.load(l_ptr + slot, mask=row_ok, other=0.0, cache_modifier=".cg")
-        a_s = tl.load(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], mask=row_ok[:, None] & dv_ok[None, :],
-                      other=0.0, cache_modifier=".cg")
-        # rescale both sides to the common max; a chunk a row could not see has m = -inf, weight 0
-        m_new = tl.maximum(m_run, m_s)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_run - m_safe)
-        beta = tl.exp2(m_s - m_safe)
-        l_run = l_run * alpha + l_s * beta
-        acc = acc * alpha[:, None] + a_s * beta[:, None]
-        m_run = m_new
-    o = acc / tl.where(l_run > 0.0, l_run, 1.0)[:, None]
-    tl.store(o_ptr + b * sob + h[:, None] * soh + s[:, None] * sos + dvs[None, :] * sod,
-             o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+def _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, qb, kvh, G, S, b, dvs, dv_ok,
+                    sob, soh, sos, sod, BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
+    """Merge chunk partials ``first .. n_active - 1`` of one row block; store the output.
+
+    One query row at a time, ``SPLIT_BLOCK`` partials per load: lane i folds in partials i, i + SPLIT_BLOCK,
+    ... (online, rescaled to its running max), then the lanes are folded together. A row's partials
+    are thus ``cdiv(splits, SPLIT_BLOCK)`` wide loads, not ``splits`` dependent round trips to L2.
+    """
+    n_rows = tl.minimum(G * S - qb * BLOCK_Q, BLOCK_Q)
+    lanes = tl.arange(0, SPLIT_BLOCK)
+    for r in range(0, n_rows):
+        row = qb * BLOCK_Q + r
+        h = kvh * G + row // S
+        s = row % S
+        m_run = tl.full((SPLIT_BLOCK,), float("-inf"), dtype=tl.float32)
+        l_run = tl.zeros((SPLIT_BLOCK,), dtype=tl.float32)
+        acc = tl.zeros((SPLIT_BLOCK, BLOCK_DV), dtype=tl.float32)
+        for sp0 in range(first, n_active, SPLIT_BLOCK):
+            sp = sp0 + lanes
+            ok = sp < n_active
+            slot = (pid_row * N_SPLITS + sp) * BLOCK_Q + r
+            # .cg: from L2, where the other programs' stores are (never a stale L1 line)
+            m_s = tl.load(m_ptr + slot, mask=ok, other=float("-inf"), cache_modifier=".cg")
+            l_s = tl.load(l_ptr + slot, mask=ok, other=0.0, cache_modifier=".cg")
+            a_s = tl.load(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], mask=ok[:, None] & dv_ok[None, :],
+                          other=0.0, cache_modifier=".cg")
+            # rescale both sides to the common max; a chunk the row could not see has m = -inf, weight 0
+            m_new = tl.maximum(m_run, m_s)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_run - m_safe)
+            beta = tl.exp2(m_s - m_safe)
+            l_run = l_run * alpha + l_s * beta
+            acc = acc * alpha[:, None] + a_s * beta[:, None]
+            m_run = m_new
+        # the lanes folded together
+        m_top = tl.max(m_run, axis=0)
+        w = tl.exp2(m_run - tl.where(m_top == float("-inf"), 0.0, m_top))
+        l_row = tl.sum(l_run * w, axis=0)
+        o = tl.sum(acc * w[:, None], axis=0) / tl.where(l_row > 0.0, l_row, 1.0)
+        tl.store(o_ptr + b * sob + h * soh + s * sos + dvs * sod, o.to(o_ptr.dtype.element_ty), mask=dv_ok)
 
 
 @dataclass(frozen=True)
@@ -219,17 +238,24 @@ class DecodeConfig:
 
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
                 device: torch.device) -> DecodeConfig:
-    """Rows padded to a tensor-core tile; chunks sized so that there are about 4 programs per SM.
+    """Rows padded to a tensor-core tile; the slots split so that the grid is about two programs per SM,
+    each streaming at least ``MIN_TILES`` tiles.
 
     ``rows`` = query rows per kv head (G * S); ``groups`` = B * Hkv; ``length`` = the slots the grid
-    must cover. When the filled length is unknown (``known_length=False``: length is the capacity)
-    chunks stay small, so a short prefix in a long cache still spreads over many programs.
+    must cover. The split trades three costs: too few programs leave SMs idle (and too few bytes in
+    flight to hide HBM latency); one tile per program pays a program's fixed work (q load, partial
+    store, arrival atomic) per 32 KB of K/V and leaves the software pipeline nothing to overlap; every
+    split adds a partial the merge must read. So: at most ``PROGRAMS_PER_SM`` programs per SM, at least
+    ``MIN_TILES`` tiles each, and one split (no merge) once ``B * Hkv`` programs fill the GPU. When the
+    filled length is unknown (``known_length=False``: length is the capacity) chunks stay small, so a
+    short prefix in a long cache still spreads over many programs.
     """
     block_q = max(16, next_pow2(min(rows, 64)))
     block_t = 64 if head_dim <= 128 and dtype != torch.float32 else 32
     programs = groups * cdiv(rows, block_q)
-    splits = max(1, min(cdiv(4 * sm_count(device), programs), cdiv(length, block_t)))
-    chunk = cdiv(cdiv(length, splits), block_t) * block_t
+    tiles = cdiv(length, block_t)
+    splits = max(1, min(cdiv(PROGRAMS_PER_SM * sm_count(device), programs), cdiv(tiles, MIN_TILES)))
+    chunk = cdiv(tiles, splits) * block_t
     if not known_length:
         chunk = min(chunk, 4 * block_t)
     return DecodeConfig(block_q, block_t, chunk, num_warps=4, num_stages=2)
@@ -319,7 +345,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, INPUT_PRECISION=precision, HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
-        RING=ring,
+        RING=ring, SPLIT_BLOCK=min(MERGE_LANES, max(2, next_pow2(n_splits))),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(q.device))
     note("cached_attention", "kernel")
