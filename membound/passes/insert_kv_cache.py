@@ -38,7 +38,8 @@ ring per local layer and a ``T``-slot cache per global one:
   %sl = remainder(%positions, %w) : i64[B, S]
   %kc = cache_write(%cache.k.1, %k, %sl) {dim=2} : f32[B, 2, 4, 16]
   %vc = cache_write(%cache.v.1, %v, %sl) {dim=2} : f32[B, 2, 4, 16]
-  %o  = cached_attention(%q, %kc, %vc, %positions, %k, %v) {scale=none, window=4, softcap=none} : f32[B, 4, S, 16]
+  %o  = cached_attention(%q, %kc, %vc, %positions, %k, %v) {scale=none, window=4, softcap=none, alibi=none}
+        : f32[B, 4, S, 16]
 ```
 
 Prefill is this graph with the prompt (``S`` = prompt length, positions ``0..len-1``); decode is the
@@ -224,7 +225,8 @@ class _Builder:
                 kw = self.call("cache_write", kc, k, slot, dim=2)
                 vw = self.call("cache_write", vc, v, slot, dim=2)
                 self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, *ring,
-                                                   scale=n.attrs["scale"], window=window, softcap=n.attrs["softcap"])
+                                                   scale=n.attrs["scale"], window=window, softcap=n.attrs["softcap"],
+                                                   alibi=n.attrs["alibi"])
             elif self.plan.sources.get(id(n)) == "arange":
                 p = positions if n.result.dtype == torch.int64 else self.call("cast", positions, dtype=n.result.dtype)
                 self.map[id(n.result)] = p

@@ -36,7 +36,13 @@ import torch.nn.functional as F
 
 from membound.ir.ops import define_op
 from membound.ir.ops._common import fail, require_index, require_same_dim, same_dtype
-from membound.ir.ops.attention import check_window_softcap, softcapped_attention, window_keep
+from membound.ir.ops.attention import (
+    alibi_bias,
+    check_alibi,
+    check_window_softcap,
+    softcapped_attention,
+    window_keep,
+)
 from membound.ir.types import T, TensorType
 
 
@@ -96,9 +102,11 @@ define_op("cache_write", inputs=("cache", "values", "positions"), attrs={"dim": 
 # ---------------------------------------------------------------------------------------------
 def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: TensorType,
                   k_new: Optional[TensorType] = None, v_new: Optional[TensorType] = None, *,
-                  scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None) -> TensorType:
+                  scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
+                  alibi: Optional[tuple[float, ...]] = None) -> TensorType:
     op = "cached_attention"
     check_window_softcap(op, window, softcap)
+    check_alibi(op, alibi, q.shape[1] if q.rank == 4 else sympy.Integer(len(alibi or ())))
     dtype = same_dtype(op, ("q", q), ("k", k), ("v", v))
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
         fail(op, f"needs q[B, Hq, S, D] and caches [B, Hkv, T, D]; got q {q}, k {k}, v {v}")
@@ -128,10 +136,11 @@ def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: Tensor
 
 def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
             k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None, *,
-            scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None) -> torch.Tensor:
+            scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
+            alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
     pos = positions if positions.dim() == 2 else positions[None, :]
     if k_new is not None and v_new is not None:
-        k, v, mask = _ring_keys(k, v, pos, k_new, v_new, window)
+        k, v, mask, key_pos = _ring_keys(k, v, pos, k_new, v_new, window)
     else:
         # only the filled prefix of the cache is read: slots 0 .. max(position)
         length = int(positions.max()) + 1
@@ -140,6 +149,10 @@ def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         k, v = k[:, :, :length], v[:, :, :length]
         # query at position p sees slots j <= p (and j > p - window): causal, bottom-right aligned per row
         mask = window_keep(pos, length, window)[:, None]  # [B|1, 1, S, L]
+        key_pos = torch.arange(length, device=pos.device)[None, None, :]
+    if alibi is not None:  # m_h * (key position - query position), per row
+        bias = alibi_bias(alibi, pos, key_pos.expand(pos.shape[0], -1, -1)[:, 0])  # [B|1, H, S, L]
+        return softcapped_attention(q, k, v, mask, None, scale=scale, softcap=softcap, bias=bias)
     if softcap is not None:
         return softcapped_attention(q, k, v, mask, None, scale=scale, softcap=softcap)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
@@ -147,15 +160,16 @@ def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
 
 
 def _ring_keys(k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-               window: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keys, values and the keep mask ``[B|1, 1, S, L]`` of a ring-cache step (see the module doc)."""
+               window: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys, values, the keep mask ``[B|1, 1, S, L]`` and the key positions ``[B|1, 1, L]`` of a ring-cache
+    step (see the module doc)."""
     s = pos.shape[1]
     if s > 1:
         if bool((pos[:, 0] != 0).any()):
             raise ValueError(f"cached_attention: a {s}-token step over a window-sized ring cache must start at "
                              f"position 0 in every row (got first positions {pos[:, 0].tolist()}); feed the "
                              f"tokens after the prompt one at a time")
-        return k_new, v_new, window_keep(pos, s, window)[:, None]
+        return k_new, v_new, window_keep(pos, s, window)[:, None], torch.arange(s, device=pos.device)[None, None, :]
     cap = k.shape[2]
     # slot t holds the latest position j <= p with j = t (mod cap); j < 0: never written
     t = torch.arange(cap, device=pos.device)
@@ -163,7 +177,7 @@ def _ring_keys(k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, k_new: torch
     keep = j >= 0
     if window is not None:
         keep = keep & (j > pos[..., None] - window)
-    return k, v, keep[:, None]
+    return k, v, keep[:, None], j
 
 
 def _cached_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
@@ -190,7 +204,7 @@ def _cached_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: 
 
 
 define_op("cached_attention", inputs=("q", "k", "v", "positions", "k_new?", "v_new?"),
-          attrs={"scale": None, "window": None, "softcap": None}, kind="attention",
+          attrs={"scale": None, "window": None, "softcap": None, "alibi": None}, kind="attention",
           infer=_infer_cached, reference=_cached, flops=_cached_flops, bytes=_cached_bytes,
           doc="attention of new queries over a KV cache; the query at position p sees cache slots 0..p "
               "(p - window < slot <= p with a window; softcap as in attention); with k_new, v_new the caches "

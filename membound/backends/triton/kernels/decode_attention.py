@@ -42,6 +42,7 @@ from membound.backends.triton.kernels._launch import (
     check_out,
     fallback,
     launchable,
+    log_once,
     next_pow2,
     note,
     pdl_enter,
@@ -272,7 +273,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
                      k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None,
                      out: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
                      window: Optional[int] = None, softcap: Optional[float] = None,
-                     max_len: Optional[int] = None, config: Optional[DecodeConfig] = None) -> torch.Tensor:
+                     max_len: Optional[int] = None, config: Optional[DecodeConfig] = None,
+                     alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
     """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype.
 
     ``max_len``: optional upper bound of ``max(positions) + 1`` known on the host (the runtime's
@@ -292,10 +294,14 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     reason = unsupported_device(q, k, v, positions) or unsupported_dtype("cached_attention", q)
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
+    if reason is None and alibi is not None:
+        reason = "ALiBi bias (the kernel takes no bias yet)"
+        log_once("membound: triton cached_attention with an ALiBi bias runs the torch reference (no kernel takes a "
+                 "bias yet): correct, not fast")
     if reason is not None or q.numel() == 0:
         news = (k_new, v_new) if ring else ()
         ref = get_op("cached_attention").reference(q, k, v, positions, *news, scale=scale, window=window,
-                                                   softcap=softcap)
+                                                   softcap=softcap, alibi=alibi)
         return fallback("cached_attention", reason or "empty query", ref, out)
 
     y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
