@@ -253,6 +253,10 @@ class Bench:
             cfg = dataclasses.replace(base, block_t=block_t, chunk=chunk)
             self.add("decode", case, f"membound chunk={chunk}",
                      partial(cached_attention, max_len=length, window=window, config=cfg), ours, want, flops, nbytes)
+        if chunks and base.num_stages != 2:  # the heuristic's split with the old pipelining depth
+            cfg = dataclasses.replace(base, num_stages=2)
+            self.add("decode", case, f"membound chunk={base.chunk} stages=2",
+                     partial(cached_attention, max_len=length, window=window, config=cfg), ours, want, flops, nbytes)
 
     # ---- reporting ---------------------------------------------------------------------------
     def device_name(self) -> str:

@@ -62,16 +62,18 @@ PREFILL_ROWS = 128  # query rows per kv head (G * S) past which prefill runs the
 MERGE_LANES = 16  # partials the merge loads at once per query row
 PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
 MIN_TILES = 4  # pick_config: key tiles one program streams at least (when the cache has that many)
+MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
 
 
 @triton.jit
 def _flash_decoding_split(
-    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, lock_ptr,
+    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, lock_ptr, slope_ptr,
     HKV, G, S, T, D, DV, CHUNK, N_QBLOCKS, N_SPLITS, qk_scale, WINDOW, softcap,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -105,6 +107,8 @@ def _flash_decoding_split(
         # q stays in registers for the whole chunk
         q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        if HAS_ALIBI:  # each row's head slope, in log2 units like the scores
+            slope = tl.load(slope_ptr + h, mask=row_ok, other=0.0) * _LOG2E
         m_i = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_Q,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
@@ -130,6 +134,8 @@ def _flash_decoding_split(
                 visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
             if HAS_WINDOW:
                 visible = visible & (key_pos[None, :] > pos[:, None] - WINDOW)
+            if HAS_ALIBI:  # ALiBi: slope * (key position - query position), after the cap, before the mask
+                scores += slope[:, None] * (key_pos[None, :] - pos[:, None]).to(tl.float32)
             scores = tl.where(visible, scores, float("-inf"))
             # online softmax; a row with nothing visible yet keeps m = -inf, so shift by 0 instead (no NaN)
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -239,15 +245,15 @@ class DecodeConfig:
 
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
                 device: torch.device) -> DecodeConfig:
-    """Rows padded to a tensor-core tile; the slots split so that the grid is about two programs per SM,
-    each streaming at least ``MIN_TILES`` tiles.
+    """Rows padded to a tensor-core tile; the slots split by :func:`_best_split` (whole waves of about two
+    programs per SM, each streaming at least ``MIN_TILES`` tiles).
 
     ``rows`` = query rows per kv head (G * S); ``groups`` = B * Hkv; ``length`` = the slots the grid
     must cover. The split trades three costs: too few programs leave SMs idle (and too few bytes in
     flight to hide HBM latency); one tile per program pays a program's fixed work (q load, partial
     store, arrival atomic) per 32 KB of K/V and leaves the software pipeline nothing to overlap; every
-    split adds a partial the merge must read. So: at most ``PROGRAMS_PER_SM`` programs per SM, at least
-    ``MIN_TILES`` tiles each, and one split (no merge) once ``B * Hkv`` programs fill the GPU. When the
+    split adds a partial the merge must read; and a grid a little past a whole number of waves leaves
+    most SMs idle in its last wave. When the
     filled length is unknown (``known_length=False``: length is the capacity) chunks stay small, so a
     short prefix in a long cache still spreads over many programs.
     """
@@ -255,11 +261,26 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     block_t = 64 if head_dim <= 128 and dtype != torch.float32 else 32
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
-    splits = max(1, min(cdiv(PROGRAMS_PER_SM * sm_count(device), programs), cdiv(tiles, MIN_TILES)))
+    splits = _best_split(programs, tiles, PROGRAMS_PER_SM * sm_count(device))
     chunk = cdiv(tiles, splits) * block_t
     if not known_length:
         chunk = min(chunk, 4 * block_t)
-    return DecodeConfig(block_q, block_t, chunk, num_warps=4, num_stages=2)
+    # K/V tiles arrive by cp.async into a ring of num_stages - 1 tiles in flight (32 KB each: ~38 KB of
+    # shared memory at 2 stages, ~72 KB at 3, per compile_check on sm_90); with one or two programs per SM,
+    # two tiles in flight per program are what keeps ~64 KB per SM in flight toward HBM
+    stages = 3 if chunk >= 3 * block_t else 2
+    return DecodeConfig(block_q, block_t, chunk, num_warps=4, num_stages=stages)
+
+
+def _best_split(programs: int, tiles: int, slots: int) -> int:
+    """The split count with the least modelled time: ``waves * (tiles per program + 1)`` (the + 1: a
+    program's fixed work, about one tile's time) plus ``MERGE_COST`` tiles per partial merged; waves =
+    programs / ``slots`` (programs resident at once), rounded up, so a grid that spills a few programs
+    into another wave pays for that wave. At most ``tiles / MIN_TILES`` splits."""
+    def cost(n: int) -> float:
+        return cdiv(programs * n, slots) * (cdiv(tiles, n) + 1) + (MERGE_COST * n if n > 1 else 0.0)
+
+    return min(range(1, max(1, tiles // MIN_TILES) + 1), key=lambda n: (cost(n), n))
 
 
 def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: int, dv: int,
@@ -294,10 +315,6 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     reason = unsupported_device(q, k, v, positions) or unsupported_dtype("cached_attention", q)
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
-    if reason is None and alibi is not None:
-        reason = "ALiBi bias (the kernel takes no bias yet)"
-        log_once("membound: triton cached_attention with an ALiBi bias runs the torch reference (no kernel takes a "
-                 "bias yet): correct, not fast")
     if reason is not None or q.numel() == 0:
         news = (k_new, v_new) if ring else ()
         ref = get_op("cached_attention").reference(q, k, v, positions, *news, scale=scale, window=window,
@@ -307,6 +324,13 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
     g = hq // hkv
     rows = g * s
+    if alibi is not None and (rows > PREFILL_ROWS or (ring and s > 1)) and config is None:
+        # the prefill kernel takes no bias yet: the torch reference, correct but not fast
+        log_once("membound: triton cached_attention prefill with an ALiBi bias runs the torch reference (the flash "
+                 "kernel takes no bias yet): correct, not fast")
+        ref = get_op("cached_attention").reference(q, k, v, positions, *((k_new, v_new) if ring else ()), scale=scale,
+                                                   window=window, softcap=softcap, alibi=alibi)
+        return fallback("cached_attention", "ALiBi prefill", ref, out)
     if ring and s > 1:
         # a prefill over a ring: the new keys are the sequence from position 0 (the ring may already
         # have overwritten the first of them); key index c is position c
@@ -345,17 +369,31 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     # axis 0: chunks of the slots the grid covers; axis 1: (batch, kv head, query-row block)
+    slopes = alibi_slopes(alibi, q.device) if alibi is not None else q
     launchable(_flash_decoding_split, q.device)[(n_splits, row_programs)](
-        q, k, v, positions, y, acc, m, lse, locks,
+        q, k, v, positions, y, acc, m, lse, locks, slopes,
         hkv, g, s, cap, d, dv, cfg.chunk, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, INPUT_PRECISION=precision, HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
-        RING=ring, SPLIT_BLOCK=min(MERGE_LANES, max(2, next_pow2(n_splits))),
+        RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=min(MERGE_LANES, max(2, next_pow2(n_splits))),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(q.device))
     note("cached_attention", "kernel")
     return y
+
+
+_SLOPES: dict[tuple[torch.device, tuple[float, ...]], torch.Tensor] = {}
+
+
+def alibi_slopes(alibi: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The ALiBi slopes as an f32 tensor on ``device``, made once per (device, slopes): the first call of a
+    decode step runs outside any CUDA-graph capture, and a capture must not copy from the host."""
+    key = (device, tuple(alibi))
+    t = _SLOPES.get(key)
+    if t is None:
+        t = _SLOPES[key] = torch.tensor(alibi, dtype=torch.float32, device=device)
+    return t
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
