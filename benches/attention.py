@@ -253,6 +253,14 @@ class Bench:
             cfg = dataclasses.replace(base, block_t=block_t, chunk=chunk)
             self.add("decode", case, f"membound chunk={chunk}",
                      partial(cached_attention, max_len=length, window=window, config=cfg), ours, want, flops, nbytes)
+        if chunks:  # the heuristic before 2026-12-02 (4 programs per SM, one tile each at least, 2 stages)
+            from membound.backends.triton.kernels._launch import cdiv, sm_count
+
+            splits = max(1, min(cdiv(4 * sm_count(q.device), b * hkv), cdiv(length, base.block_t)))
+            old = dataclasses.replace(base, chunk=cdiv(cdiv(length, splits), base.block_t) * base.block_t,
+                                      num_stages=2)
+            self.add("decode", case, f"membound old-heuristic chunk={old.chunk}",
+                     partial(cached_attention, max_len=length, window=window, config=old), ours, want, flops, nbytes)
         if chunks and base.num_stages != 2:  # the heuristic's split with the old pipelining depth
             cfg = dataclasses.replace(base, num_stages=2)
             self.add("decode", case, f"membound chunk={base.chunk} stages=2",

@@ -13,8 +13,16 @@ Two things make that fast at batch 1:
   into chunks of ``CHUNK`` and each (row block, chunk) program computes an online-softmax partial
   (running max ``m``, sum ``l`` and unnormalised ``acc``, in base 2). The partials of a row block are
   merged by whichever of its programs finishes last (an arrival counter per row block, see
-  ``_launch.split_counters``): ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s``, in chunk
-  order. One launch per attention: at decode a second "combine" kernel cost more than the merge.
+  ``_launch.split_counters``): ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s``, one query row
+  at a time with 16 partials per load. One launch per attention: at decode a second "combine" kernel
+  cost more than the merge. ``pick_config`` chooses the split from the cache length, ``B * Hkv`` and
+  the SM count (whole waves of about two programs per SM, at least four key tiles each).
+- **Bytes in flight.** K/V tiles (32 KB per K+V tile pair) arrive by ``cp.async`` in 16-byte vectors
+  (``compile_check`` shows it for sm_90); a program that streams three or more tiles keeps two of them
+  in flight (``num_stages=3``).
+
+With ``k_new, v_new`` (a ring cache of a sliding-window layer) slot t holds position
+``p - ((p - t) mod T)``; ALiBi adds ``slope_h * (key position - p)`` to the scores.
 
 Only the filled prefix is read: each program loads its rows' positions on the device and stops at
 ``max(position) + 1``; chunks past it do nothing and are never read back. No host synchronisation,
