@@ -1,7 +1,7 @@
 """Attention kernels against torch's SDPA: prefill TFLOP/s, decode GB/s and % of read bandwidth.
 
     PYTHONPATH=. python benches/attention.py             # CUDA GPU, about 4 minutes on an H200
-    PYTHONPATH=. python benches/attention.py --quick     # CUDA GPU, a subset, under a minute
+    PYTHONPATH=. python benches/attention.py --quick     # CUDA GPU, a subset, under 2 minutes
     PYTHONPATH=. python benches/attention.py --smoke     # CPU, Triton interpreter, tiny sizes
 
 Prefill (the ``attention`` op): 32 query heads over 8 kv heads, head dim 64 and 128, S = L = 512 ..
@@ -17,8 +17,14 @@ length 4k .. 128k, batch 1 .. 64 (cases above 40 GB of cache are skipped). Conte
 filled slots at kv heads + q + output) / median time, and % of the read bandwidth measured in the
 same run (``x.sum()`` over 2 GiB). Full mode adds a window of 4096 over a 32k cache.
 
-Method (``/work/shared/BENCHMARKS.md``): ``triton.testing.do_bench`` medians, random inputs, every
-contender checked against SDPA (bf16 tolerance) before it is timed. Writes
+Method (``/work/shared/BENCHMARKS.md``): every contender is timed inside a CUDA graph
+(``triton.testing.do_bench_cudagraph``, median of 10 replays of a graph of many calls), so the time is
+the kernels' alone, not the Python launcher's (host work: argument checks, partial buffers): both
+contenders do the same work, one call each. The calls cycle through enough copies of their inputs
+(>= 256 MB in all) that K and V come from HBM, not from the 50 MB L2 a single copy would stay in.
+Random inputs; every contender is checked against SDPA (bf16 tolerance) before it is timed. ``--quick``
+also times a few fixed decode configs next to the heuristic's (rows ``membound chunk=N``): the
+evidence for tuning ``decode_attention.pick_config``. Writes
 ``benches/results/attention-<gpu>-<date>.json`` (and a copy under ``--out``); prints the table last.
 Use the prefill rows to update ``OURS_EFFICIENCY`` / ``SDPA_EFFICIENCY`` in
 ``membound/backends/triton/kernels/flash_attention.py`` (the cost rule that picks one per shape).
@@ -27,6 +33,7 @@ Use the prefill rows to update ``OURS_EFFICIENCY`` / ``SDPA_EFFICIENCY`` in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -40,6 +47,7 @@ from typing import Any, Callable, Optional
 ROOT = Path(__file__).resolve().parents[1]
 HQ, HKV = 32, 8
 MAX_CACHE_BYTES = 40 << 30
+ROTATE_BYTES = 256 << 20  # inputs cycled per case: 5x the H200's L2
 
 
 @dataclass
@@ -72,10 +80,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     bench = Bench("cpu" if args.smoke else "cuda", args.smoke)
     if args.smoke:
         bench.prefill(dims=(16,), seqs=(37,), tokens=74, heads=(4, 2))
-        bench.decode(dims=16, lengths=(45,), batches=(1, 3), heads=(4, 2))
+        bench.decode(dims=16, lengths=(45,), batches=(1, 3), heads=(4, 2), chunks=(16,))
     elif args.quick:
         bench.prefill(dims=(64, 128), seqs=(1024, 4096), tokens=16384)
-        bench.decode(dims=128, lengths=(4096, 32768), batches=(1, 16))
+        bench.decode(dims=128, lengths=(4096, 32768), batches=(1, 16), chunks=(256, 1024, 4096))
     else:
         bench.prefill(dims=(64, 128), seqs=(512, 1024, 2048, 4096, 8192), tokens=16384, window=1024)
         bench.decode(dims=128, lengths=(4096, 16384, 32768, 131072), batches=(1, 8, 32, 64), window=4096)
@@ -99,9 +107,9 @@ class Bench:
     # ---- measuring ---------------------------------------------------------------------------
     def time_s(self, fn: Callable[[], Any]) -> float:
         if self.device == "cuda":
-            from triton.testing import do_bench
+            from triton.testing import do_bench_cudagraph
 
-            return float(do_bench(fn, warmup=10, rep=40, return_mode="median")) * 1e-3
+            return float(do_bench_cudagraph(fn, rep=40, return_mode="median")) * 1e-3
         import time
 
         fn()
@@ -117,14 +125,26 @@ class Bench:
     def rand(self, *shape: int) -> Any:
         return self.torch.randn(shape, device=self.device, generator=self.gen, dtype=self.dtype)
 
-    def add(self, phase: str, case: str, contender: str, fn: Callable[[], Any], want: Any, flops: float,
-            nbytes: int) -> None:
-        """Check ``fn()`` against ``want`` (bf16-level tolerance), then time it."""
-        got = fn()
+    def copies(self, nbytes: int) -> int:
+        """How many copies of a case's inputs to cycle through so that they do not fit in L2."""
+        return 1 if self.smoke else max(1, min(64, -(-ROTATE_BYTES // max(nbytes, 1))))
+
+    def add(self, phase: str, case: str, contender: str, fn: Callable[..., Any], inputs: list[tuple[Any, ...]],
+            want: Any, flops: float, nbytes: int) -> None:
+        """Check ``fn(*inputs[0])`` against ``want`` (bf16-level tolerance), then time it cycling through
+        ``inputs`` (every call reads the next copy)."""
+        got = fn(*inputs[0])
         err = float((got.float() - want.float()).abs().max())
         if err > 3e-2 * float(want.float().abs().max()) + 3e-2:
             raise AssertionError(f"{phase} {case} {contender}: max error {err:.3g}")
-        t = self.time_s(fn)
+        turn = [0]
+
+        def call() -> Any:
+            args = inputs[turn[0] % len(inputs)]
+            turn[0] += 1
+            return fn(*args)
+
+        t = self.time_s(call)
         self.rows.append(Row(phase, case, contender, t * 1e6, flops / t / 1e12, nbytes / t / 1e9,
                              100 * nbytes / t / self.read_bw, err, flops, nbytes))
 
@@ -146,18 +166,18 @@ class Bench:
         from membound.backends.triton.kernels import flash_attention
 
         sdpa = F.scaled_dot_product_attention
-        q, k, v = self.rand(b, hq, s, d), self.rand(b, hkv, s, d), self.rand(b, hkv, s, d)
-        kx, vx = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
-        nbytes = q.element_size() * (2 * q.numel() + k.numel() + v.numel())
+        nbytes = self.torch.empty((), dtype=self.dtype).element_size() * b * s * d * (2 * hq + 2 * hkv)
+        gqa = [(self.rand(b, hq, s, d), self.rand(b, hkv, s, d), self.rand(b, hkv, s, d))
+               for _ in range(self.copies(nbytes))]
+        expanded = [(q, k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)) for q, k, v in gqa]
         for causal in (False, True):
             flops = 4.0 * b * hq * s * s * d / (2 if causal else 1)
             case = f"b{b} s{s} d{d} {'causal' if causal else 'full'}"
-            want = sdpa(q, kx, vx, is_causal=causal)
-            self.add("prefill", case, "membound", partial(flash_attention, q, k, v, causal=causal), want, flops,
-                     nbytes)
-            self.add("prefill", case, "sdpa gqa", partial(sdpa, q, k, v, is_causal=causal, enable_gqa=True), want,
+            want = sdpa(*expanded[0], is_causal=causal)
+            self.add("prefill", case, "membound", partial(flash_attention, causal=causal), gqa, want, flops, nbytes)
+            self.add("prefill", case, "sdpa gqa", partial(sdpa, is_causal=causal, enable_gqa=True), gqa, want,
                      flops, nbytes)
-            self.add("prefill", case, "sdpa expanded kv", partial(sdpa, q, kx, vx, is_causal=causal), want, flops,
+            self.add("prefill", case, "sdpa expanded kv", partial(sdpa, is_causal=causal), expanded, want, flops,
                      nbytes)
 
     def _prefill_window(self, d: int, s: int, tokens: int, hq: int, hkv: int, window: int) -> None:
@@ -167,25 +187,24 @@ class Bench:
 
         torch = self.torch
         b = max(1, tokens // s)
-        q, k, v = self.rand(b, hq, s, d), self.rand(b, hkv, s, d), self.rand(b, hkv, s, d)
+        nbytes = torch.empty((), dtype=self.dtype).element_size() * b * s * d * (2 * hq + 2 * hkv)
+        gqa = [(self.rand(b, hq, s, d), self.rand(b, hkv, s, d), self.rand(b, hkv, s, d))
+               for _ in range(self.copies(nbytes))]
         i = torch.arange(s, device=self.device)
         keep = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
         flops = 4.0 * b * hq * s * min(window, s) * d
-        nbytes = q.element_size() * (2 * q.numel() + k.numel() + v.numel())
         case = f"b{b} s{s} d{d} window{window}"
         # K/V expanded beforehand: SDPA's memory-efficient backend takes a mask, its GQA path may not
-        kx, vx = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
-        want = F.scaled_dot_product_attention(q, kx, vx, attn_mask=keep)
-        self.add("prefill", case, "membound", partial(flash_attention, q, k, v, causal=True, window=window), want,
+        expanded = [(q, k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)) for q, k, v in gqa]
+        want = F.scaled_dot_product_attention(*expanded[0], attn_mask=keep)
+        self.add("prefill", case, "membound", partial(flash_attention, causal=True, window=window), gqa, want,
                  flops, nbytes)
-        self.add("prefill", case, "sdpa expanded kv + mask",
-                 partial(F.scaled_dot_product_attention, q, kx, vx, attn_mask=keep), want, flops, nbytes)
+        self.add("prefill", case, "sdpa expanded kv + mask", partial(F.scaled_dot_product_attention, attn_mask=keep),
+                 expanded, want, flops, nbytes)
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, dims: int, lengths: tuple[int, ...], batches: tuple[int, ...], heads: tuple[int, int] = (HQ, HKV),
-               window: Optional[int] = None) -> None:
-        from membound.backends.triton.kernels import cached_attention
-
+               window: Optional[int] = None, chunks: tuple[int, ...] = ()) -> None:
         hq, hkv = heads
         d = dims
         e = self.torch.empty((), dtype=self.dtype).element_size()
@@ -193,31 +212,59 @@ class Bench:
             for b in batches:
                 if 2 * b * hkv * length * d * e > MAX_CACHE_BYTES:
                     continue
-                self._decode_case(cached_attention, b, hq, hkv, length, d, None)
+                self._decode_case(b, hq, hkv, length, d, None, chunks)
         if window is not None:
-            self._decode_case(cached_attention, 1, hq, hkv, 32768, d, window)
-            self._decode_case(cached_attention, 16, hq, hkv, 32768, d, window)
+            self._decode_case(1, hq, hkv, 32768, d, window)
+            self._decode_case(16, hq, hkv, 32768, d, window)
 
-    def _decode_case(self, kernel: Callable[..., Any], b: int, hq: int, hkv: int, length: int, d: int,
-                     window: Optional[int]) -> None:
+    def _decode_case(self, b: int, hq: int, hkv: int, length: int, d: int, window: Optional[int],
+                     chunks: tuple[int, ...] = ()) -> None:
         import torch.nn.functional as F
 
+        from membound.backends.triton.kernels import cached_attention
+        from membound.backends.triton.kernels.decode_attention import pick_config
+
         torch = self.torch
-        q = self.rand(b, hq, 1, d)
-        k, v = self.rand(b, hkv, length, d), self.rand(b, hkv, length, d)
-        pos = torch.full((b, 1), length - 1, dtype=torch.int64, device=self.device)
         seen = length if window is None else min(window, length)
-        e = q.element_size()
-        nbytes = e * (2 * b * hkv * seen * d + 2 * q.numel())
+        e = torch.empty((), dtype=self.dtype).element_size()
+        nbytes = e * (2 * b * hkv * seen * d + 2 * b * hq * d)
+        pos = torch.full((b, 1), length - 1, dtype=torch.int64, device=self.device)
+        ours, theirs = [], []
+        for _ in range(self.copies(e * 2 * b * hkv * length * d)):
+            q = self.rand(b, hq, 1, d)
+            k, v = self.rand(b, hkv, length, d), self.rand(b, hkv, length, d)
+            ours.append((q, k, v, pos))
+            # SDPA on the slots it must see (views: no copy)
+            theirs.append((q, k[:, :, length - seen:], v[:, :, length - seen:]))
         flops = 4.0 * b * hq * seen * d
         size = f"{length // 1024}k" if length >= 1024 else str(length)
         case = f"b{b} cache{size}" + (f" window{window}" if window else "")
-        ks, vs = k[:, :, length - seen:], v[:, :, length - seen:]
-        want = F.scaled_dot_product_attention(q, ks, vs, enable_gqa=True)
-        self.add("decode", case, "membound", partial(kernel, q, k, v, pos, max_len=length, window=window), want,
+        want = F.scaled_dot_product_attention(*theirs[0], enable_gqa=True)
+        self.add("decode", case, "membound", partial(cached_attention, max_len=length, window=window), ours, want,
                  flops, nbytes)
-        self.add("decode", case, "sdpa gqa", partial(F.scaled_dot_product_attention, q, ks, vs, enable_gqa=True), want,
+        self.add("decode", case, "sdpa gqa", partial(F.scaled_dot_product_attention, enable_gqa=True), theirs, want,
                  flops, nbytes)
+        q = ours[0][0]
+        base = pick_config(hq // hkv, b * hkv, length, True, d, q.dtype, q.device)
+        for chunk in chunks:  # fixed splits next to the heuristic's: which chunk the cost rule should pick
+            block_t = min(base.block_t, chunk)
+            if chunk % block_t or chunk >= length:
+                continue
+            cfg = dataclasses.replace(base, block_t=block_t, chunk=chunk)
+            self.add("decode", case, f"membound chunk={chunk}",
+                     partial(cached_attention, max_len=length, window=window, config=cfg), ours, want, flops, nbytes)
+        if chunks:  # the heuristic before 2026-12-02 (4 programs per SM, one tile each at least, 2 stages)
+            from membound.backends.triton.kernels._launch import cdiv, sm_count
+
+            splits = max(1, min(cdiv(4 * sm_count(q.device), b * hkv), cdiv(length, base.block_t)))
+            old = dataclasses.replace(base, chunk=cdiv(cdiv(length, splits), base.block_t) * base.block_t,
+                                      num_stages=2)
+            self.add("decode", case, f"membound old-heuristic chunk={old.chunk}",
+                     partial(cached_attention, max_len=length, window=window, config=old), ours, want, flops, nbytes)
+        if chunks and base.num_stages != 2:  # the heuristic's split with the old pipelining depth
+            cfg = dataclasses.replace(base, num_stages=2)
+            self.add("decode", case, f"membound chunk={base.chunk} stages=2",
+                     partial(cached_attention, max_len=length, window=window, config=cfg), ours, want, flops, nbytes)
 
     # ---- reporting ---------------------------------------------------------------------------
     def device_name(self) -> str:

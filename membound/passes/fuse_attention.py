@@ -31,6 +31,13 @@ tiles instead of reading a mask::
     // becomes
     %o = attention(%q, %k, %v) {causal=true, scale=0.5, window=3} : f32[B, 4, S, 8]
 
+An additive mask whose visible entries add ``m_h * j`` on head h (ALiBi, built from constant slopes
+and ``arange(S)``) folds the same way, its slopes becoming ``alibi=[m_0, ...]``::
+
+    %o = attention(%q, %k, %v, %bias) {causal=false, scale=0.5} : f32[B, 4, S, 8]   // bias: m_h * j, -inf above i
+    // becomes
+    %o = attention(%q, %k, %v) {causal=true, scale=0.5, alibi=[0.25, 0.0625, 0.015625, 0.00390625]} : ...
+
 A mask it cannot prove is kept (a log line says why). A softmax feeding a matmul that no form
 matches stays unfused, with a log line naming its input chain.
 """
@@ -194,7 +201,16 @@ def _fold_constant_masks(graph: Graph, notes: list[str]) -> int:
         if isinstance(form, str):
             notes.append(f"attention at %{node.result.name} keeps its mask: {form}")
             continue
-        new = graph.create_node("attention", [q, k, v], dict(node.attrs, causal=True, window=form.window))
+        alibi = form.alibi
+        if alibi is not None and len(alibi) == 1 and q.shape[1].is_Integer:
+            alibi = alibi * int(q.shape[1])  # one slope broadcast over the heads
+        heads_ok = alibi is None or dims_equal(sympy.Integer(len(alibi)), q.shape[1])
+        if alibi is not None and (node.attrs["alibi"] is not None or not heads_ok):
+            notes.append(f"attention at %{node.result.name} keeps its mask: ALiBi slopes for {len(alibi)} heads, "
+                         f"q has {q.shape[1]}")
+            continue
+        new = graph.create_node("attention", [q, k, v],
+                                dict(node.attrs, causal=True, window=form.window, alibi=alibi))
         graph.insert_before(node, new)
         graph.replace_all_uses(node.result, new.result)
         graph.erase_node(node)

@@ -28,6 +28,20 @@ graph @llama(%ids: i64[B, S], %positions: i64[B, S], %last_index: i64[B]) params
 }
 ```
 
+A sliding-window layer (``window=W``) gets a *ring* cache of ``W`` slots instead of ``T``: its writes go to
+``remainder(%positions, W)`` and its cached attention also takes the step's new ``%k, %v`` (the prefill
+attends over those; see ``ir/ops/kv_cache.py``). Models alternating local and global layers get a
+ring per local layer and a ``T``-slot cache per global one:
+
+```
+  %w  = constant() {value=4, dtype=i64} : i64[]
+  %sl = remainder(%positions, %w) : i64[B, S]
+  %kc = cache_write(%cache.k.1, %k, %sl) {dim=2} : f32[B, 2, 4, 16]
+  %vc = cache_write(%cache.v.1, %v, %sl) {dim=2} : f32[B, 2, 4, 16]
+  %o  = cached_attention(%q, %kc, %vc, %positions, %k, %v) {scale=none, window=4, softcap=none, alibi=none}
+        : f32[B, 4, S, 16]
+```
+
 Prefill is this graph with the prompt (``S`` = prompt length, positions ``0..len-1``); decode is the
 same graph specialised to ``S = 1`` (``Graph.specialized({S: 1})``), so one decode step costs O(1)
 recompute: its bytes are the weights plus K/V for ``T`` cached positions, linear in ``T``.
@@ -186,9 +200,13 @@ class _Builder:
         caches = []
         for i, a in enumerate(self.plan.attentions):
             k, v = a.inputs[1], a.inputs[2]
-            kt = TensorType(k.dtype, [B, k.shape[1], T, k.shape[3]])
-            vt = TensorType(v.dtype, [B, v.shape[1], T, v.shape[3]])
+            # a sliding-window layer keeps only its window: a ring of W slots (position p in slot p mod W)
+            window = self.plan.windows[i]
+            slots = T if window is None else window
+            kt = TensorType(k.dtype, [B, k.shape[1], slots, k.shape[3]])
+            vt = TensorType(v.dtype, [B, v.shape[1], slots, v.shape[3]])
             caches.append((g.add_state(f"cache.k.{i}", kt), g.add_state(f"cache.v.{i}", vt)))
+        ring_slots: dict[int, Value] = {}  # window -> remainder(positions, window), built once per size
         attention_index = {id(a): i for i, a in enumerate(self.plan.attentions)}
         live = _live_without_masks(old, attention_index)
         for n in old.nodes:
@@ -197,11 +215,18 @@ class _Builder:
             if id(n) in attention_index:
                 kc, vc = caches[attention_index[id(n)]]
                 q, k, v = (self.normal(x, n) for x in n.inputs[:3])
-                kw = self.call("cache_write", kc, k, positions, dim=2)
-                vw = self.call("cache_write", vc, v, positions, dim=2)
                 window = self.plan.windows[attention_index[id(n)]]
-                self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, scale=n.attrs["scale"],
-                                                   window=window, softcap=n.attrs["softcap"])
+                slot, ring = positions, ()
+                if window is not None:
+                    if window not in ring_slots:
+                        w = self.call("constant", value=window, dtype=torch.int64)
+                        ring_slots[window] = self.call("remainder", positions, w)
+                    slot, ring = ring_slots[window], (k, v)
+                kw = self.call("cache_write", kc, k, slot, dim=2)
+                vw = self.call("cache_write", vc, v, slot, dim=2)
+                self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, *ring,
+                                                   scale=n.attrs["scale"], window=window, softcap=n.attrs["softcap"],
+                                                   alibi=n.attrs["alibi"])
             elif self.plan.sources.get(id(n)) == "arange":
                 p = positions if n.result.dtype == torch.int64 else self.call("cast", positions, dtype=n.result.dtype)
                 self.map[id(n.result)] = p
@@ -218,6 +243,8 @@ class _Builder:
         g.set_outputs([out])
         g.meta["kv_cache"] = {
             "caches": [(k.name, v.name) for k, v in caches],
+            # ring caches of sliding-window layers: state name -> slots (the window); the others hold T
+            "rings": {c.name: w for (kc, vc), w in zip(caches, self.plan.windows) if w is not None for c in (kc, vc)},
             "token_input": old.inputs[0].name,
             "positions_input": "positions",
             "last_index_input": last_index.name if last_index is not None else None,

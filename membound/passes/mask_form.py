@@ -1,5 +1,8 @@
 """What an input-independent attention mask is: causal, causal with a sliding window, or unknown.
 
+An additive mask may also hold ALiBi (Bloom, Falcon, MPT): on head h its visible entries are
+``m_h * j`` (or ``m_h * (j - i)``) and the form carries the slopes ``m_h``.
+
 Models build their masks from ``arange(S)`` and comparisons (Hugging Face: ``kv <= q``, and for
 sliding-window layers ``kv > q - window``, plus ``eq`` of packed-sequence ids). Such a mask depends
 only on the sequence length, so its form can be read off by evaluating it. ``mask_form`` evaluates the
@@ -35,9 +38,12 @@ _SMALL_SIZES = (1, 2, 3, 5, 8)
 
 @dataclass(frozen=True)
 class MaskForm:
-    """A proven mask: causal (key j visible from query i iff j <= i), and ``i - j < window`` if set."""
+    """A proven mask: causal (key j visible from query i iff j <= i), and ``i - j < window`` if set; an
+    additive mask may also carry ALiBi: ``alibi[h] * j`` plus a constant per row, on head h (dim -3 of
+    the mask; one slope when that dim broadcasts)."""
 
     window: Optional[int] = None
+    alibi: Optional[tuple[float, ...]] = None
 
 
 def backward_slice(g: Graph, outputs: list[Value]) -> Graph:
@@ -140,6 +146,7 @@ def _prove(sub: Graph) -> Union[MaskForm, str]:
     for c in constants:  # a band of width up to c + 1 shows at c + 2; c - 1 only where it is cheap
         sizes.update(x for x in ((c - 1, c, c + 1, c + 2) if c <= 64 else (c, c + 1, c + 2)) if x >= 1)
     widths: dict[int, int] = {}
+    alibi: Optional[tuple[float, ...]] = None
     for s in sorted(sizes):
         for b in ((1, 2) if s <= 8 else (1,)):
             try:
@@ -149,8 +156,13 @@ def _prove(sub: Graph) -> Union[MaskForm, str]:
                     continue  # past the end of a stored mask
                 return f"the mask could not be evaluated at S={s} ({type(e).__name__}: {e})"
             if m.dtype != torch.bool:
-                if not torch.all((m == 0) | (m <= -1e4)):
-                    return "the additive mask has values other than 0 and a large negative number"
+                slopes = _alibi_slopes(m, s)
+                if isinstance(slopes, str):
+                    return slopes
+                if s > 1 and slopes is not None:
+                    if alibi is not None and not _same_slopes(alibi, slopes):
+                        return f"the additive mask's per-head slopes change with the length (at S={s})"
+                    alibi = slopes
                 m = m > -1e4
             if m.dim() < 2 or m.shape[-1] != s or m.shape[-2] != s:
                 return f"the mask has shape {tuple(m.shape)} at S={s}, not [..., S, S]"
@@ -164,4 +176,34 @@ def _prove(sub: Graph) -> Union[MaskForm, str]:
     for s, w in widths.items():
         if w != (s if window is None else min(s, window)):
             return f"the mask's band width changes with the length (W={w} at S={s}, W={window} elsewhere)"
-    return MaskForm(window=window)
+    if alibi is not None and not any(alibi):
+        alibi = None
+    return MaskForm(window=window, alibi=alibi)
+
+
+def _alibi_slopes(m: torch.Tensor, s: int) -> Union[tuple[float, ...], None, str]:
+    """The per-head slopes of an additive mask whose visible entries are ``slope_h * j + c(h, i)`` (0 and a
+    large negative number: all slopes 0); None when ``s`` is too short to tell; a sentence when neither."""
+    visible = m > -1e4
+    if s < 2:
+        return None
+    x = m.float()
+    heads = x.reshape(-1, *x.shape[-3:]) if x.dim() >= 3 else x.reshape(1, 1, s, s)  # [batch, H, S, S]
+    # the slope from the last row's diagonal and its left neighbour (visible in every causal band of width >= 2)
+    slopes = heads[:, :, s - 1, s - 1] - heads[:, :, s - 1, s - 2]  # [batch, H]
+    if not bool(visible.reshape(heads.shape)[:, :, s - 1, s - 2].all()):
+        return None  # a band of width 1: no two visible keys in a row
+    if not torch.allclose(slopes, slopes[:1].expand_as(slopes), rtol=1e-5, atol=1e-6):
+        return "the additive mask's slopes differ between batch rows"
+    j = torch.arange(s, dtype=torch.float32)
+    residual = heads - slopes[:, :, None, None] * j  # constant along each row where visible
+    diag = residual.diagonal(dim1=-2, dim2=-1)[..., :, None]  # [batch, H, S, 1]
+    vis = visible.reshape(heads.shape)
+    tol = 1e-4 * (1.0 + heads.abs().where(vis, torch.zeros(())).amax())
+    if not bool(((residual - diag).abs() <= tol).where(vis, torch.ones((), dtype=torch.bool)).all()):
+        return "the additive mask has values other than 0, a large negative number and a per-head ALiBi slope"
+    return tuple(float(x) for x in slopes[0])
+
+
+def _same_slopes(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= 1e-5 * max(1.0, abs(x)) for x, y in zip(a, b))

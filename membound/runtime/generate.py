@@ -152,6 +152,11 @@ def _decode(program: KVProgram, input_ids: torch.Tensor, prompts: list[torch.Ten
     for i, p in enumerate(prompts):
         tokens[i, :len(p)] = p
     positions = torch.arange(longest, device=device).expand(batch, longest).contiguous()
+    if program.meta.get("rings") and len({len(p) for p in prompts}) > 1:
+        # a ring cache has no slots to spare past a row's prompt: a padding token at position p would
+        # overwrite p - W, which the row's next tokens still see. All of a row's padding goes to its
+        # first free position instead (the slot its first decode step overwrites); no real query sees it
+        positions = torch.minimum(positions, lengths[:, None])
     logits = _run(program.prefill, program.prefill_graph, [tokens, positions, lengths - 1], state)
 
     zeros = torch.zeros(batch, dtype=torch.long, device=device)

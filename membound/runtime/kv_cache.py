@@ -2,7 +2,9 @@
 
 Each cache buffer of the step graph has type ``[B, Hkv, T, D]``. ``StaticKVCache`` owns tensors of a
 capacity ``(max_batch, max_len)``; a call with ``B <= max_batch`` and ``len <= max_len`` binds views
-``buf[:B]`` (contiguous, no copy) and allocates nothing.
+``buf[:B]`` (contiguous, no copy) and allocates nothing. The ring caches of sliding-window layers
+(``meta["kv_cache"]["rings"]``: their type has the window, an int, where the others have ``T``) are
+allocated at the window's size and never grow.
 
 **Capacity grows in buckets.** A call that needs more positions than the cache holds gets the next
 power of two (at least ``MIN_BUCKET``), capped by the model's limit (a learned position table, or the
@@ -103,16 +105,20 @@ class StaticKVCache:
         buffers = {}
         for name in self.names():
             t = self.graph.value(name).type
-            _, heads, _, dim = t.shape
-            buffers[name] = torch.zeros(batch, int(heads), length, int(dim), dtype=t.dtype, device=self.device)
+            _, heads, slots, dim = t.shape
+            # a ring (sliding-window layer) holds its window whatever the length; the others ``length``
+            n = int(slots) if slots.is_Integer else length
+            buffers[name] = torch.zeros(batch, int(heads), n, int(dim), dtype=t.dtype, device=self.device)
         return buffers
 
     def _bytes_per_slot(self) -> int:
+        """Bytes per batch row and position of the caches that grow with the length (rings do not)."""
         total = 0
         for name in self.names():
             t = self.graph.value(name).type
-            _, heads, _, dim = t.shape
-            total += int(heads) * int(dim) * torch.empty((), dtype=t.dtype).element_size()
+            _, heads, slots, dim = t.shape
+            if not slots.is_Integer:
+                total += int(heads) * int(dim) * torch.empty((), dtype=t.dtype).element_size()
         return total
 
     def views(self, batch: int) -> dict[str, torch.Tensor]:

@@ -179,3 +179,29 @@ def test_cached_attention_prefill_runs_the_flash_kernel() -> None:
     ran_kernel(calls, "cached_attention")
     want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=0.3, window=11)
     close(y, want, torch.float16)
+
+
+# the odd sizes of issue 12: S = 1, 7, 130; D = 64, 80, 128; GQA 1, 4, 8; splits past the merge's lanes
+ODD_CASES = [
+    # (S, D, GQA, T, config)
+    (1, 64, 1, 301, DecodeConfig(16, 16, 16)),    # 19 splits: the merge folds two loads of 16 partials
+    (1, 80, 4, 301, None),                       # the heuristic's config
+    (1, 128, 8, 301, DecodeConfig(16, 32, 32)),  # 10 splits
+    (7, 80, 8, 150, DecodeConfig(64, 16, 16)),   # 56 rows: one row block, 10 splits
+    (7, 128, 1, 150, DecodeConfig(16, 16, 48)),  # 4 splits of 3 tiles each
+    (130, 64, 1, 140, DecodeConfig(64, 16, 48)),  # 130 rows in 3 row blocks (the last one partial), 3 splits
+]
+
+
+@pytest.mark.parametrize("s,d,g,t,config", ODD_CASES)
+def test_cached_attention_odd_sizes(s: int, d: int, g: int, t: int, config: Optional[DecodeConfig]) -> None:
+    gen = torch.Generator().manual_seed(s * 1000 + d + g)
+    b, hkv = 2, 2
+    q = rand(b, hkv * g, s, d, gen=gen)
+    k, v = rand(b, hkv, t, d, gen=gen), rand(b, hkv, t, d, gen=gen)
+    starts = torch.tensor([[t - s - 5], [t - s]])  # rows at different lengths
+    pos = (starts + torch.arange(s)[None, :]).to(DEVICE)
+    with trace() as calls:
+        y = cached_attention(q, k, v, pos, config=config)
+    assert calls and all(c[1] == "kernel" for c in calls if c[0] == "cached_attention"), calls
+    close(y, get_op("cached_attention").reference(q, k, v, pos, scale=None), torch.float32)

@@ -12,6 +12,10 @@ Two attributes cover the score transforms real model families use:
   Face's ``sliding_window``). ``None`` means no window.
 - ``softcap=c`` (logit soft-capping, Gemma 2): scores become ``c * tanh(scale * q.k / c)`` before the
   mask and the softmax. ``None`` means none.
+- ``alibi=(m_0, .., m_{Hq-1})`` (ALiBi, Bloom / Falcon / MPT style): one slope per query head; the
+  scores of head h get ``m_h * (j - i)`` added (key j, query i; a bias ``m_h * j`` as models write it
+  differs by a constant per row, which the softmax ignores), after any soft-cap and before the mask.
+  ``None`` means none.
 """
 
 from __future__ import annotations
@@ -44,6 +48,25 @@ def _check_mask(mask: TensorType, q: TensorType, scores: tuple[sympy.Expr, ...])
         fail(_OP, f"mask {mask} does not broadcast to the scores shape [{', '.join(map(str, scores))}]")
 
 
+def check_alibi(op: str, alibi: tuple[float, ...] | None, hq: sympy.Expr) -> None:
+    """The ``alibi`` attribute: None or one float slope per query head."""
+    if alibi is None:
+        return
+    if not isinstance(alibi, tuple) or not alibi or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in alibi):
+        fail(op, f"attribute alibi must be None or a tuple of per-head float slopes, got {alibi!r}", TypeError)
+    if provably_different(sympy.Integer(len(alibi)), hq):
+        fail(op, f"attribute alibi has {len(alibi)} slopes for {hq} query heads")
+
+
+def alibi_bias(alibi: tuple[float, ...], q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """``bias[..., h, i, j] = m_h * (k_pos[..., j] - q_pos[..., i])`` in f32; positions ``[..., S]`` / ``[..., L]``
+    (a leading batch dim, when given, comes out in front of the heads)."""
+    slopes = torch.tensor(alibi, dtype=torch.float32, device=q_pos.device)
+    rel = (k_pos[..., None, :] - q_pos[..., :, None]).float()  # [..., S, L]
+    return slopes[:, None, None] * rel[..., None, :, :]
+
+
 def check_window_softcap(op: str, window: int | None, softcap: float | None) -> None:
     """The shared checks of the ``window`` and ``softcap`` attributes (``attention``, ``cached_attention``)."""
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
@@ -55,7 +78,7 @@ def check_window_softcap(op: str, window: int | None, softcap: float | None) -> 
 
 def _infer_attention(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None = None, *,
                      causal: bool, scale: float | None, window: int | None = None,
-                     softcap: float | None = None) -> TensorType:
+                     softcap: float | None = None, alibi: tuple[float, ...] | None = None) -> TensorType:
     dtype = same_dtype(_OP, ("q", q), ("k", k), ("v", v))
     require_float(_OP, q, "q")
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
@@ -74,6 +97,7 @@ def _infer_attention(q: TensorType, k: TensorType, v: TensorType, mask: TensorTy
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         fail(_OP, f"attribute scale must be None or a float, got {scale!r}", TypeError)
     check_window_softcap(_OP, window, softcap)
+    check_alibi(_OP, alibi, hq)
     if window is not None and not causal:
         fail(_OP, f"window={window} needs causal=true (a sliding window looks back from each query)")
     if mask is not None:
@@ -94,14 +118,19 @@ def window_keep(q_pos: torch.Tensor, length: int, window: int | None) -> torch.T
 
 
 def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
-                         additive: torch.Tensor | None, *, scale: float | None, softcap: float) -> torch.Tensor:
-    """Plain-torch attention with soft-capped scores (SDPA has no soft-capping); softmax in f32."""
+                         additive: torch.Tensor | None, *, scale: float | None, softcap: float | None,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-torch attention with soft-capped scores (SDPA has no soft-capping) and an f32 ``bias``
+    (ALiBi) added after the cap; softmax in f32."""
     g = q.shape[1] // k.shape[1]
     if g != 1:
         k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
     sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = (q.float() @ k.float().transpose(-1, -2)) * sc
-    s = torch.tanh(s / softcap) * softcap
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
+    if bias is not None:
+        s = s + bias
     if additive is not None:
         s = s + additive.float()
     if keep is not None:
@@ -113,9 +142,9 @@ def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
                causal: bool, scale: float | None, window: int | None = None,
-               softcap: float | None = None) -> torch.Tensor:
+               softcap: float | None = None, alibi: tuple[float, ...] | None = None) -> torch.Tensor:
     gqa = q.shape[1] != k.shape[1]
-    if window is None and softcap is None:
+    if window is None and softcap is None and alibi is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
     keep = None
     if causal:  # top-left aligned, as SDPA's is_causal
@@ -125,6 +154,9 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
         keep = mask if keep is None else keep & mask
     elif mask is not None:
         additive = mask
+    if alibi is not None:
+        bias = alibi_bias(alibi, torch.arange(q.shape[2], device=q.device), torch.arange(k.shape[2], device=q.device))
+        return softcapped_attention(q, k, v, keep, additive, scale=scale, softcap=softcap, bias=bias)
     if softcap is None:
         assert keep is not None  # window needs causal
         bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
@@ -153,7 +185,8 @@ def _attention_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
     return default_bytes(ins, outs, attrs)
 
 
-define_op(_OP, inputs=("q", "k", "v", "mask?"), attrs={"causal": False, "scale": None, "window": None, "softcap": None},
+define_op(_OP, inputs=("q", "k", "v", "mask?"),
+          attrs={"causal": False, "scale": None, "window": None, "softcap": None, "alibi": None},
           kind="attention",
           infer=_infer_attention, reference=_attention, flops=_attention_flops, bytes=_attention_bytes,
           doc="softmax(q @ k.T * scale + mask) @ v with GQA (Hq % Hkv == 0); causal is top-left aligned")

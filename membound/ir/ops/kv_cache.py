@@ -8,6 +8,22 @@ effects that return the written cache, so every reader depends on the write it m
 
 ``positions`` holds each new token's slot: ``[S]`` (shared by every row, as Hugging Face's
 ``cache_position``) or ``[B, S]`` (per row, so rows of different lengths decode together).
+
+**Ring caches (sliding-window layers).** A layer that sees only the last ``W`` positions keeps a cache of
+``W`` slots: position ``p`` lives in slot ``p mod W``. The write says so in the IR (its positions are
+``remainder(%positions, W)``), and the attention takes the step's own new keys and values as two more
+operands, which marks its caches as rings:
+
+    %w  = constant() {value=4, dtype=i64} : i64[]
+    %sl = remainder(%positions, %w) : i64[B, S]
+    %kc = cache_write(%cache.k.0, %k, %sl) {dim=2} : f32[B, 2, 4, 16]
+    %vc = cache_write(%cache.v.0, %v, %sl) {dim=2} : f32[B, 2, 4, 16]
+    %o  = cached_attention(%q, %kc, %vc, %positions, %k, %v) {window=4} : f32[B, 4, S, 16]
+
+One new token (decode, ``S = 1``) reads the ring: slot ``t`` holds the latest position ``j <= p`` with
+``j = t mod W``. Several new tokens (prefill) attend over the new keys themselves, the key at index
+``c`` being position ``c``: a multi-token step must start at position 0 in every row (a prompt longer
+than the window has overwritten its own first slots by the time its last keys are written).
 """
 
 from __future__ import annotations
@@ -20,7 +36,13 @@ import torch.nn.functional as F
 
 from membound.ir.ops import define_op
 from membound.ir.ops._common import fail, require_index, require_same_dim, same_dtype
-from membound.ir.ops.attention import check_window_softcap, softcapped_attention, window_keep
+from membound.ir.ops.attention import (
+    alibi_bias,
+    check_alibi,
+    check_window_softcap,
+    softcapped_attention,
+    window_keep,
+)
 from membound.ir.types import T, TensorType
 
 
@@ -78,10 +100,13 @@ define_op("cache_write", inputs=("cache", "values", "positions"), attrs={"dim": 
 # ---------------------------------------------------------------------------------------------
 # cached_attention(q[B, Hq, S, D], k[B, Hkv, T, D], v[B, Hkv, T, Dv], positions) -> [B, Hq, S, Dv]
 # ---------------------------------------------------------------------------------------------
-def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: TensorType, *,
-                  scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None) -> TensorType:
+def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: TensorType,
+                  k_new: Optional[TensorType] = None, v_new: Optional[TensorType] = None, *,
+                  scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
+                  alibi: Optional[tuple[float, ...]] = None) -> TensorType:
     op = "cached_attention"
     check_window_softcap(op, window, softcap)
+    check_alibi(op, alibi, q.shape[1] if q.rank == 4 else sympy.Integer(len(alibi or ())))
     dtype = same_dtype(op, ("q", q), ("k", k), ("v", v))
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
         fail(op, f"needs q[B, Hq, S, D] and caches [B, Hkv, T, D]; got q {q}, k {k}, v {v}")
@@ -93,21 +118,66 @@ def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: Tensor
     if (hq % k.shape[1]) != 0 and isinstance(hq % k.shape[1], sympy.Integer):
         fail(op, f"query heads {hq} must be a multiple of kv heads {k.shape[1]}")
     _check_positions(op, positions, b, s)
+    if (k_new is None) != (v_new is None):
+        fail(op, "a ring cache needs both the new keys and the new values (k_new, v_new), or neither")
+    if k_new is not None and v_new is not None:
+        if window is None:
+            fail(op, "ring caches (k_new, v_new given) need a window: a ring of W slots holds the last W positions")
+        if k.shape[2].is_Integer and int(k.shape[2]) < window:
+            fail(op, f"ring cache {k} holds fewer slots than the window {window}")
+        same_dtype(op, ("q", q), ("k_new", k_new), ("v_new", v_new))
+        for new, cache, name in ((k_new, k, "k_new"), (v_new, v, "v_new")):
+            if new.rank != 4:
+                fail(op, f"{name} must be [B, Hkv, S, D], got {new}")
+            for i, want in ((0, b), (1, cache.shape[1]), (2, s), (3, cache.shape[3])):
+                require_same_dim(op, new.shape[i], want, f"{name} {new} vs cache {cache} and q {q} at dim {i}")
     return TensorType(dtype, (b, hq, s, v.shape[3]))
 
 
-def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, *,
-            scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None) -> torch.Tensor:
-    # only the filled prefix of the cache is read: slots 0 .. max(position)
-    length = int(positions.max()) + 1
-    k, v = k[:, :, :length], v[:, :, :length]
+def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+            k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None, *,
+            scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
+            alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
     pos = positions if positions.dim() == 2 else positions[None, :]
-    # query at position p sees slots j <= p (and j > p - window): causal, bottom-right aligned per row
-    mask = window_keep(pos, length, window)[:, None]  # [B|1, 1, S, L]
+    if k_new is not None and v_new is not None:
+        k, v, mask, key_pos = _ring_keys(k, v, pos, k_new, v_new, window)
+    else:
+        # only the filled prefix of the cache is read: slots 0 .. max(position)
+        length = int(positions.max()) + 1
+        if length > k.shape[2]:
+            raise ValueError(f"cached_attention: position {length - 1} is past the cache's {k.shape[2]} slots")
+        k, v = k[:, :, :length], v[:, :, :length]
+        # query at position p sees slots j <= p (and j > p - window): causal, bottom-right aligned per row
+        mask = window_keep(pos, length, window)[:, None]  # [B|1, 1, S, L]
+        key_pos = torch.arange(length, device=pos.device)[None, None, :]
+    if alibi is not None:  # m_h * (key position - query position), per row
+        bias = alibi_bias(alibi, pos, key_pos.expand(pos.shape[0], -1, -1)[:, 0])  # [B|1, H, S, L]
+        return softcapped_attention(q, k, v, mask, None, scale=scale, softcap=softcap, bias=bias)
     if softcap is not None:
         return softcapped_attention(q, k, v, mask, None, scale=scale, softcap=softcap)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                           enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _ring_keys(k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+               window: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys, values, the keep mask ``[B|1, 1, S, L]`` and the key positions ``[B|1, 1, L]`` of a ring-cache
+    step (see the module doc)."""
+    s = pos.shape[1]
+    if s > 1:
+        if bool((pos[:, 0] != 0).any()):
+            raise ValueError(f"cached_attention: a {s}-token step over a window-sized ring cache must start at "
+                             f"position 0 in every row (got first positions {pos[:, 0].tolist()}); feed the "
+                             f"tokens after the prompt one at a time")
+        return k_new, v_new, window_keep(pos, s, window)[:, None], torch.arange(s, device=pos.device)[None, None, :]
+    cap = k.shape[2]
+    # slot t holds the latest position j <= p with j = t (mod cap); j < 0: never written
+    t = torch.arange(cap, device=pos.device)
+    j = pos[..., None] - torch.remainder(pos[..., None] - t, cap)  # [B|1, 1, cap]
+    keep = j >= 0
+    if window is not None:
+        keep = keep & (j > pos[..., None] - window)
+    return k, v, keep[:, None], j
 
 
 def _cached_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
@@ -127,17 +197,18 @@ def _cached_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: 
     """q and the output once, plus K and V for the T filled slots (at Hkv heads): linear in T.
 
     With a sliding window only the last ``window`` slots are read."""
-    q, k, v, pos = ins
+    q, k, v, pos = ins[:4]
     b, hkv, _, d = k.shape
     per_slot = b * hkv * (d + v.shape[3]) * (k.nbytes() / k.numel())
     return q.nbytes() + outs[0].nbytes() + pos.nbytes() + per_slot * _seen(attrs)
 
 
-define_op("cached_attention", inputs=("q", "k", "v", "positions"),
-          attrs={"scale": None, "window": None, "softcap": None}, kind="attention",
+define_op("cached_attention", inputs=("q", "k", "v", "positions", "k_new?", "v_new?"),
+          attrs={"scale": None, "window": None, "softcap": None, "alibi": None}, kind="attention",
           infer=_infer_cached, reference=_cached, flops=_cached_flops, bytes=_cached_bytes,
           doc="attention of new queries over a KV cache; the query at position p sees cache slots 0..p "
-              "(p - window < slot <= p with a window; softcap as in attention)")
+              "(p - window < slot <= p with a window; softcap as in attention); with k_new, v_new the caches "
+              "are rings of the window's size (position p in slot p mod capacity)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from a fallback:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Any, Iterator, Optional
 
@@ -123,6 +124,16 @@ def check_out(op: str, out: Optional[torch.Tensor], shape: tuple[int, ...], dtyp
     if not out.is_contiguous():
         raise ValueError(f"{op}: out must be contiguous (got strides {out.stride()}); pass out=None to allocate")
     return out
+
+
+_LOGGED: set[str] = set()
+
+
+def log_once(message: str) -> None:
+    """An info line on the ``membound`` logger, once per process (a fallback that is correct, not fast)."""
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        logging.getLogger("membound").info(message)
 
 
 def fallback(op: str, reason: str, result: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:

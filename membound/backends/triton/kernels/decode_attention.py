@@ -13,8 +13,16 @@ Two things make that fast at batch 1:
   into chunks of ``CHUNK`` and each (row block, chunk) program computes an online-softmax partial
   (running max ``m``, sum ``l`` and unnormalised ``acc``, in base 2). The partials of a row block are
   merged by whichever of its programs finishes last (an arrival counter per row block, see
-  ``_launch.split_counters``): ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s``, in chunk
-  order. One launch per attention: at decode a second "combine" kernel cost more than the merge.
+  ``_launch.split_counters``): ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s``, one query row
+  at a time with 16 partials per load. One launch per attention: at decode a second "combine" kernel
+  cost more than the merge. ``pick_config`` chooses the split from the cache length, ``B * Hkv`` and
+  the SM count (whole waves of about two programs per SM, at least four key tiles each).
+- **Bytes in flight.** K/V tiles (32 KB per K+V tile pair) arrive by ``cp.async`` in 16-byte vectors
+  (``compile_check`` shows it for sm_90); a program that streams three or more tiles keeps two of them
+  in flight (``num_stages=3``).
+
+With ``k_new, v_new`` (a ring cache of a sliding-window layer) slot t holds position
+``p - ((p - t) mod T)``; ALiBi adds ``slope_h * (key position - p)`` to the scores.
 
 Only the filled prefix is read: each program loads its rows' positions on the device and stops at
 ``max(position) + 1``; chunks past it do nothing and are never read back. No host synchronisation,
@@ -42,6 +50,7 @@ from membound.backends.triton.kernels._launch import (
     check_out,
     fallback,
     launchable,
+    log_once,
     next_pow2,
     note,
     pdl_enter,
@@ -58,16 +67,21 @@ LOG2E = 1.4426950408889634
 _LOG2E: tl.constexpr = tl.constexpr(LOG2E)  # the same, for kernels
 MAX_HEAD_DIM = 256
 PREFILL_ROWS = 128  # query rows per kv head (G * S) past which prefill runs the flash kernel
+MERGE_LANES = 16  # partials the merge loads at once per query row
+PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
+MIN_TILES = 4  # pick_config: key tiles one program streams at least (when the cache has that many)
+MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
 
 
 @triton.jit
 def _flash_decoding_split(
-    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, lock_ptr,
+    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, lock_ptr, slope_ptr,
     HKV, G, S, T, D, DV, CHUNK, N_QBLOCKS, N_SPLITS, qk_scale, WINDOW, softcap,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -94,12 +108,15 @@ def _flash_decoding_split(
     # only the filled prefix: stop at the largest position among our rows
     chunk_end = tl.minimum(tl.minimum(chunk_start + CHUNK, tl.max(pos, axis=0) + 1), T)
     # with a sliding window, only the window: start at the oldest slot any of our rows still sees
-    lo = _window_start(pos, row_ok, WINDOW, HAS_WINDOW)
+    # (a ring holds only the window: every slot may be seen)
+    lo = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING)
     chunk_start = tl.maximum(chunk_start, lo)
     if chunk_start < chunk_end:
         # q stays in registers for the whole chunk
         q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        if HAS_ALIBI:  # each row's head slope, in log2 units like the scores
+            slope = tl.load(slope_ptr + h, mask=row_ok, other=0.0) * _LOG2E
         m_i = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_Q,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
@@ -114,9 +131,19 @@ def _flash_decoding_split(
             scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_Q, BLOCK_T], log2 units
             if HAS_SOFTCAP:
                 scores = _softcap_log2(scores, softcap)
-            visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
+            if RING:
+                # slot t of a ring of T slots holds the latest position j <= p with j = t (mod T); the
+                # rows share one position (ring steps have one new token), so this is one vector
+                p_top = tl.max(pos, axis=0)
+                key_pos = p_top - (p_top - ts + T) % T
+                visible = (key_pos[None, :] >= 0) & t_ok[None, :]
+            else:
+                key_pos = ts
+                visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
             if HAS_WINDOW:
-                visible = visible & (ts[None, :] > pos[:, None] - WINDOW)
+                visible = visible & (key_pos[None, :] > pos[:, None] - WINDOW)
+            if HAS_ALIBI:  # ALiBi: slope * (key position - query position), after the cap, before the mask
+                scores += slope[:, None] * (key_pos[None, :] - pos[:, None]).to(tl.float32)
             scores = tl.where(visible, scores, float("-inf"))
             # online softmax; a row with nothing visible yet keeps m = -inf, so shift by 0 instead (no NaN)
             m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -144,9 +171,10 @@ def _flash_decoding_split(
         # every program of the row block counts in, idle ones too; the last to arrive merges the partials
         if arrive_last(lock_ptr, pid_row, N_SPLITS):
             n_active = tl.minimum(tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK), N_SPLITS)
-            first = _window_start(pos, row_ok, WINDOW, HAS_WINDOW) // CHUNK  # chunks before the window wrote nothing
-            _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs,
-                            dv_ok, sob, soh, sos, sod, BLOCK_Q, BLOCK_DV)
+            # chunks before the window wrote nothing
+            first = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING) // CHUNK
+            _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, qb, kvh, G, S, b, dvs,
+                            dv_ok, sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK)
             reset_counter(lock_ptr, pid_row)
 
 
@@ -170,30 +198,46 @@ def _softcap_log2(scores, softcap):
 
 
 @triton.jit
-def _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, b, h, s, rq, row_ok, dvs, dv_ok,
-                    sob, soh, sos, sod, BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Merge chunk partials ``first .. n_active - 1`` of one row block (in chunk order); store the output."""
-    m_run = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
-    l_run = tl.zeros((BLOCK_Q,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
-    for sp in range(first, n_active):
-        slot = (pid_row * N_SPLITS + sp) * BLOCK_Q + rq
-        # .cg: from L2, where the other programs' stores are (never a stale L1 line)
-        m_s = tl.load(m_ptr + slot, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-        l_s = tl.load(l_ptr + slot, mask=row_ok, other=0.0, cache_modifier=".cg")
-        a_s = tl.load(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], mask=row_ok[:, None] & dv_ok[None, :],
-                      other=0.0, cache_modifier=".cg")
-        # rescale both sides to the common max; a chunk a row could not see has m = -inf, weight 0
-        m_new = tl.maximum(m_run, m_s)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_run - m_safe)
-        beta = tl.exp2(m_s - m_safe)
-        l_run = l_run * alpha + l_s * beta
-        acc = acc * alpha[:, None] + a_s * beta[:, None]
-        m_run = m_new
-    o = acc / tl.where(l_run > 0.0, l_run, 1.0)[:, None]
-    tl.store(o_ptr + b * sob + h[:, None] * soh + s[:, None] * sos + dvs[None, :] * sod,
-             o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+def _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, qb, kvh, G, S, b, dvs, dv_ok,
+                    sob, soh, sos, sod, BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
+    """Merge chunk partials ``first .. n_active - 1`` of one row block; store the output.
+
+    One query row at a time, ``SPLIT_BLOCK`` partials per load: lane i folds in partials i, i + SPLIT_BLOCK,
+    ... (online, rescaled to its running max), then the lanes are folded together. A row's partials
+    are thus ``cdiv(splits, SPLIT_BLOCK)`` wide loads, not ``splits`` dependent round trips to L2.
+    """
+    n_rows = tl.minimum(G * S - qb * BLOCK_Q, BLOCK_Q)
+    lanes = tl.arange(0, SPLIT_BLOCK)
+    for r in range(0, n_rows):
+        row = qb * BLOCK_Q + r
+        h = kvh * G + row // S
+        s = row % S
+        m_run = tl.full((SPLIT_BLOCK,), float("-inf"), dtype=tl.float32)
+        l_run = tl.zeros((SPLIT_BLOCK,), dtype=tl.float32)
+        acc = tl.zeros((SPLIT_BLOCK, BLOCK_DV), dtype=tl.float32)
+        for sp0 in range(first, n_active, SPLIT_BLOCK):
+            sp = sp0 + lanes
+            ok = sp < n_active
+            slot = (pid_row * N_SPLITS + sp) * BLOCK_Q + r
+            # .cg: from L2, where the other programs' stores are (never a stale L1 line)
+            m_s = tl.load(m_ptr + slot, mask=ok, other=float("-inf"), cache_modifier=".cg")
+            l_s = tl.load(l_ptr + slot, mask=ok, other=0.0, cache_modifier=".cg")
+            a_s = tl.load(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], mask=ok[:, None] & dv_ok[None, :],
+                          other=0.0, cache_modifier=".cg")
+            # rescale both sides to the common max; a chunk the row could not see has m = -inf, weight 0
+            m_new = tl.maximum(m_run, m_s)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_run - m_safe)
+            beta = tl.exp2(m_s - m_safe)
+            l_run = l_run * alpha + l_s * beta
+            acc = acc * alpha[:, None] + a_s * beta[:, None]
+            m_run = m_new
+        # the lanes folded together
+        m_top = tl.max(m_run, axis=0)
+        w = tl.exp2(m_run - tl.where(m_top == float("-inf"), 0.0, m_top))
+        l_row = tl.sum(l_run * w, axis=0)
+        o = tl.sum(acc * w[:, None], axis=0) / tl.where(l_row > 0.0, l_row, 1.0)
+        tl.store(o_ptr + b * sob + h * soh + s * sos + dvs * sod, o.to(o_ptr.dtype.element_ty), mask=dv_ok)
 
 
 @dataclass(frozen=True)
@@ -209,20 +253,42 @@ class DecodeConfig:
 
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
                 device: torch.device) -> DecodeConfig:
-    """Rows padded to a tensor-core tile; chunks sized so that there are about 4 programs per SM.
+    """Rows padded to a tensor-core tile; the slots split by :func:`_best_split` (whole waves of about two
+    programs per SM, each streaming at least ``MIN_TILES`` tiles).
 
     ``rows`` = query rows per kv head (G * S); ``groups`` = B * Hkv; ``length`` = the slots the grid
-    must cover. When the filled length is unknown (``known_length=False``: length is the capacity)
-    chunks stay small, so a short prefix in a long cache still spreads over many programs.
+    must cover. The split trades three costs: too few programs leave SMs idle (and too few bytes in
+    flight to hide HBM latency); one tile per program pays a program's fixed work (q load, partial
+    store, arrival atomic) per 32 KB of K/V and leaves the software pipeline nothing to overlap; every
+    split adds a partial the merge must read; and a grid a little past a whole number of waves leaves
+    most SMs idle in its last wave. When the
+    filled length is unknown (``known_length=False``: length is the capacity) chunks stay small, so a
+    short prefix in a long cache still spreads over many programs.
     """
     block_q = max(16, next_pow2(min(rows, 64)))
     block_t = 64 if head_dim <= 128 and dtype != torch.float32 else 32
     programs = groups * cdiv(rows, block_q)
-    splits = max(1, min(cdiv(4 * sm_count(device), programs), cdiv(length, block_t)))
-    chunk = cdiv(cdiv(length, splits), block_t) * block_t
+    tiles = cdiv(length, block_t)
+    splits = _best_split(programs, tiles, PROGRAMS_PER_SM * sm_count(device))
+    chunk = cdiv(tiles, splits) * block_t
     if not known_length:
         chunk = min(chunk, 4 * block_t)
-    return DecodeConfig(block_q, block_t, chunk, num_warps=4, num_stages=2)
+    # K/V tiles arrive by cp.async into a ring of num_stages - 1 tiles in flight (32 KB each: ~38 KB of
+    # shared memory at 2 stages, ~72 KB at 3, per compile_check on sm_90); with one or two programs per SM,
+    # two tiles in flight per program are what keeps ~64 KB per SM in flight toward HBM
+    stages = 3 if chunk >= 3 * block_t else 2
+    return DecodeConfig(block_q, block_t, chunk, num_warps=4, num_stages=stages)
+
+
+def _best_split(programs: int, tiles: int, slots: int) -> int:
+    """The split count with the least modelled time: ``waves * (tiles per program + 1)`` (the + 1: a
+    program's fixed work, about one tile's time) plus ``MERGE_COST`` tiles per partial merged; waves =
+    programs / ``slots`` (programs resident at once), rounded up, so a grid that spills a few programs
+    into another wave pays for that wave. At most ``tiles / MIN_TILES`` splits."""
+    def cost(n: int) -> float:
+        return cdiv(programs * n, slots) * (cdiv(tiles, n) + 1) + (MERGE_COST * n if n > 1 else 0.0)
+
+    return min(range(1, max(1, tiles // MIN_TILES) + 1), key=lambda n: (cost(n), n))
 
 
 def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: int, dv: int,
@@ -233,9 +299,11 @@ def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: in
 
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                     k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None,
                      out: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
                      window: Optional[int] = None, softcap: Optional[float] = None,
-                     max_len: Optional[int] = None, config: Optional[DecodeConfig] = None) -> torch.Tensor:
+                     max_len: Optional[int] = None, config: Optional[DecodeConfig] = None,
+                     alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
     """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype.
 
     ``max_len``: optional upper bound of ``max(positions) + 1`` known on the host (the runtime's
@@ -243,21 +311,44 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     the grid covers the capacity T and idle programs exit at once. ``config`` overrides the heuristic.
     With ``window`` only the last ``window`` slots before each position are read: programs whose
     chunk lies wholly before the window exit at once, the merge starts at the window's first chunk.
+
+    With ``k_new, v_new`` the caches are rings (position p in slot p mod capacity, see the IR op): one
+    new token reads every slot of the ring, several new tokens (a prefill from position 0) attend over
+    ``k_new, v_new`` with the flash kernel.
     """
-    _check(q, k, v, positions)
+    _check(q, k, v, positions, k_new, v_new)
+    ring = k_new is not None
     bsz, hq, s, d = q.shape
     hkv, cap, dv = k.shape[1], k.shape[2], v.shape[3]
     reason = unsupported_device(q, k, v, positions) or unsupported_dtype("cached_attention", q)
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
     if reason is not None or q.numel() == 0:
-        ref = get_op("cached_attention").reference(q, k, v, positions, scale=scale, window=window, softcap=softcap)
+        news = (k_new, v_new) if ring else ()
+        ref = get_op("cached_attention").reference(q, k, v, positions, *news, scale=scale, window=window,
+                                                   softcap=softcap, alibi=alibi)
         return fallback("cached_attention", reason or "empty query", ref, out)
 
     y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
     g = hq // hkv
     rows = g * s
-    if rows > PREFILL_ROWS and config is None:
+    if alibi is not None and (rows > PREFILL_ROWS or (ring and s > 1)) and config is None:
+        # the prefill kernel takes no bias yet: the torch reference, correct but not fast
+        log_once("membound: triton cached_attention prefill with an ALiBi bias runs the torch reference (the flash "
+                 "kernel takes no bias yet): correct, not fast")
+        ref = get_op("cached_attention").reference(q, k, v, positions, *((k_new, v_new) if ring else ()), scale=scale,
+                                                   window=window, softcap=softcap, alibi=alibi)
+        return fallback("cached_attention", "ALiBi prefill", ref, out)
+    if ring and s > 1:
+        # a prefill over a ring: the new keys are the sequence from position 0 (the ring may already
+        # have overwritten the first of them); key index c is position c
+        from membound.backends.triton.kernels.flash_attention import flash_attention
+
+        assert k_new is not None and v_new is not None
+        flash_attention(q, k_new, v_new, None, y, scale=scale, window=window, softcap=softcap, positions=positions)
+        note("cached_attention", "kernel")
+        return y
+    if rows > PREFILL_ROWS and config is None and not ring:
         # prefill: the flash kernel skips the key tiles above each row block's diagonal, which this
         # kernel (every row block reads the whole prefix) does not; at this many rows both are compute-bound
         from membound.backends.triton.kernels.flash_attention import flash_attention
@@ -286,20 +377,44 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     # axis 0: chunks of the slots the grid covers; axis 1: (batch, kv head, query-row block)
+    slopes = alibi_slopes(alibi, q.device) if alibi is not None else q
     launchable(_flash_decoding_split, q.device)[(n_splits, row_programs)](
-        q, k, v, positions, y, acc, m, lse, locks,
+        q, k, v, positions, y, acc, m, lse, locks, slopes,
         hkv, g, s, cap, d, dv, cfg.chunk, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, INPUT_PRECISION=precision, HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
+        RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=min(MERGE_LANES, max(2, next_pow2(n_splits))),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(q.device))
     note("cached_attention", "kernel")
     return y
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+_SLOPES: dict[tuple[torch.device, tuple[float, ...]], torch.Tensor] = {}
+
+
+def alibi_slopes(alibi: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The ALiBi slopes as an f32 tensor on ``device``, made once per (device, slopes): the first call of a
+    decode step runs outside any CUDA-graph capture, and a capture must not copy from the host."""
+    key = (device, tuple(alibi))
+    t = _SLOPES.get(key)
+    if t is None:
+        t = _SLOPES[key] = torch.tensor(alibi, dtype=torch.float32, device=device)
+    return t
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+           k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None) -> None:
     op = "cached_attention"
+    if (k_new is None) != (v_new is None):
+        raise ValueError(f"{op}: a ring cache needs both k_new and v_new, or neither")
+    if k_new is not None and v_new is not None:
+        s = q.shape[2]
+        for name, new, cache in (("k_new", k_new, k), ("v_new", v_new, v)):
+            want = (q.shape[0], cache.shape[1], s, cache.shape[3])
+            if tuple(new.shape) != want:
+                raise ValueError(f"{op}: {name} {tuple(new.shape)} must be [B, Hkv, S, D] = {list(want)}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"{op}: needs q[B, Hq, S, D] and caches [B, Hkv, T, D]; got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")

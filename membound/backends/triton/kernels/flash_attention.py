@@ -41,6 +41,7 @@ from membound.backends.triton.kernels._launch import (
     fallback,
     interpreting,
     launchable,
+    log_once,
     next_pow2,
     note,
     pdl_enter,
@@ -243,7 +244,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
               out: Optional[torch.Tensor] = None, *, causal: bool = False, scale: Optional[float] = None,
               window: Optional[int] = None, softcap: Optional[float] = None, impl: Optional[str] = None,
-              config: Optional[FlashConfig] = None) -> torch.Tensor:
+              config: Optional[FlashConfig] = None, alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
     """The IR op ``attention``: our flash kernel or torch's SDPA, as ``choose_impl`` (the cost rule) says
     for this shape; ``impl="kernel"`` / ``"sdpa"`` forces one (benches, tests)."""
     _check(q, k, v, mask)
@@ -255,6 +256,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
     if reason is None and q.numel() == 0:
         reason = "empty query"
+    if reason is None and alibi is not None:
+        reason = "ALiBi bias (the kernel takes no bias yet)"
+        log_once("membound: triton attention with an ALiBi bias runs the torch reference (no kernel takes a "
+                 "bias yet): correct, not fast")
     if reason is None:
         if impl is None and not interpreting():
             impl = choose_impl(bsz, hq, s, length, d, dv, causal=causal, window=window, softcap=softcap,
@@ -262,7 +267,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
         if impl == "sdpa":
             reason = "the cost rule picks SDPA at this shape"
     if reason is not None:
-        ref = get_op("attention").reference(q, k, v, mask, **attrs)
+        ref = get_op("attention").reference(q, k, v, mask, alibi=alibi, **attrs)
         return fallback("attention", reason, ref, out)
     y = flash_attention(q, k, v, mask, out, config=config, **attrs)
     note("attention", "kernel")
