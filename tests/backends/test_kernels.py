@@ -28,10 +28,10 @@ import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from membound.backends.triton.kernels import (  # noqa: E402
-    FUSED,
     LIBRARY,
     DecodeConfig,
     LinearConfig,
+    add_rms_norm,
     cache_write,
     cached_attention,
     linear,
@@ -311,7 +311,7 @@ def test_rms_norm(shape: tuple[int, ...], weight: Optional[str], dtype: torch.dt
 def test_add_rms_norm(dtype: torch.dtype) -> None:
     x, r, w = rand(3, 1, 37, dtype=dtype), rand(3, 1, 37, dtype=dtype).flip(0), rand(37, dtype=dtype)
     with trace() as calls:
-        h, y = FUSED["add_rms_norm"](x, r, w, eps=1e-6)
+        h, y = add_rms_norm(x, r, w, eps=1e-6)
     ran_kernel(calls, "add_rms_norm")
     assert torch.equal(h, x + r)
     close(y, get_op("rms_norm").reference(x + r, w, eps=1e-6), dtype)

@@ -245,11 +245,11 @@ def test_errors_name_the_argument() -> None:
 
 
 def test_registered_for_the_codegen() -> None:
-    from membound.backends.triton.codegen import STATIC_WEIGHT_INPUT
+    from membound.backends.triton.lowering import static_weight_input
 
     for op, weight_index in (("quant_linear", 1), ("quant_gated_linear", 2)):
         assert get_op(op).reference is not None and op in LIBRARY
-        assert STATIC_WEIGHT_INPUT[op] == weight_index
+        assert static_weight_input(op) == weight_index
         assert get_op(op).inputs[weight_index] == "qweight"
 
 

@@ -312,6 +312,41 @@ def test_integer_bool_and_cast_ops(request: pytest.FixtureRequest) -> None:
         assert_close(got, want, 1e-6)
 
 
+def float_unary_lowerings() -> list[str]:
+    """Every float unary op of the lowering table (taking one input, attributes at their defaults)."""
+    from membound.backends.triton.lowering import entries
+    from membound.ir.ops import REQUIRED, get_op
+
+    return [e.op for e in entries("pointwise") if e.dtypes == "float" and get_op(e.op).inputs == ("x",)
+            and all(d is not REQUIRED for d in get_op(e.op).attrs.values())]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_every_float_unary_lowering_matches_reference(dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
+    """Taken from the lowering table: a float unary op added there is checked here without a new line.
+    Inputs are positive (log, sqrt) and negative (the rest) so both halves of each function run."""
+    if not runs_here(request):
+        return
+    ops = float_unary_lowerings()
+    assert {"exp", "log", "tanh", "silu", "gelu"} <= set(ops)
+    dt = {torch.float32: "f32", torch.float16: "f16"}[dtype]
+    lines = [f"%a = abs(%x) : {dt}[B, 7]"]
+    for op in ops:
+        lines.append(f"%{op} = {op}(%a) : {dt}[B, 7]")
+        lines.append(f"%{op}_n = {op}(%x) : {dt}[B, 7]")
+    outs = ", ".join(f"%{op}" for op in ops) + ", " + ", ".join(f"%{op}_n" for op in ops if op not in
+                                                                 ("log", "sqrt", "rsqrt"))
+    g = graph_from(f"graph @t(%x: {dt}[B, 7]) {{\n" + "\n".join(lines) + f"\nreturn {outs}\n}}")
+    exe = TritonExecutable(g)
+    assert not exe.partition.calls, exe.partition.describe()
+    inputs = random_inputs(g, BINDINGS)
+    for v, got, want in zip(g.outputs, exe(inputs), run_graph(g, inputs)):
+        try:
+            assert_close(got, want, 1e-5 if dtype == torch.float32 else TOL[dtype])
+        except AssertionError as e:
+            raise AssertionError(f"%{v.name}: {e}") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # whole models against eager
 # ---------------------------------------------------------------------------------------------

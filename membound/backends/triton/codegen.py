@@ -26,7 +26,8 @@ import torch
 
 from membound.backends.triton.indexing import expr_code
 from membound.backends.triton.kernel import CodegenError, KernelEmitter, KernelSource
-from membound.backends.triton.lowering import HELPERS
+from membound.backends.triton.lower_pointwise import HELPERS
+from membound.backends.triton.lowering import static_weight_input
 from membound.backends.triton.memory_plan import MemoryPlan, writes_into_buffer
 from membound.backends.triton.partition import Call, GraphFacts, Kernel, Partition
 from membound.ir.graph import Graph, Value
@@ -36,9 +37,8 @@ from membound.ir.types import numel
 
 POINTWISE_BLOCK = 1024
 INT32_LIMIT = 2**31  # elements: index math at or past this many needs int64 (read when generating)
-# library ops told when their weight (input at this index) is a parameter: ``static_weight=True``
-# (a launch hint; see kernels.linear). The torch reference standing in for them ignores it.
-STATIC_WEIGHT_INPUT = {"linear": 1, "gated_linear": 2, "quant_linear": 1, "quant_gated_linear": 2}
+# library ops are told when their weight (the lowering entry's ``static_weight`` input) is a parameter:
+# ``static_weight=True`` (a launch hint; see kernels.linear). The torch reference standing in ignores it.
 LAUNCH_HINTS = ("static_weight",)
 
 
@@ -258,7 +258,7 @@ class ModuleWriter:
         self.bindings[fn] = (step.impl if step.impl == "library" else "torch", node.op)
         args = [self.names(v) for v in node.inputs]
         args += [f"{k}={py_literal(a)}" for k, a in node.attrs.items()]
-        w = STATIC_WEIGHT_INPUT.get(node.op)
+        w = static_weight_input(node.op)
         if step.impl == "library" and w is not None and w < len(node.inputs) and node.inputs[w].kind == "param":
             args.append("static_weight=True")  # no kernel writes a parameter: its loads may precede the PDL wait
         lines = [f"# {format_node(node)}"]

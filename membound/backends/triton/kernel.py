@@ -42,8 +42,9 @@ from membound.backends.triton.indexing import (
     linear_offset,
     view_input_index,
 )
-from membound.backends.triton.lowering import TL_DTYPE, Val, compute_dtype, convert, literal, literal_code, lower
+from membound.backends.triton.lowering import Lowering, lowering_for, operand_dtype
 from membound.backends.triton.partition import GraphFacts, Kernel, shapes_equal
+from membound.backends.triton.values import TL_DTYPE, Val, compute_dtype, convert, literal_code
 from membound.ir.graph import Node, Value
 from membound.ir.printer import format_node
 from membound.ir.types import numel
@@ -173,7 +174,7 @@ class KernelEmitter:
         if node is not None and self.facts.kind(node) == "view":
             val = self.emit(node.inputs[0], view_input_index(node, v, idx))
         elif node is not None and self.facts.kind(node) == "source":
-            val = self.source(node, idx)
+            val = self.compute(node, idx)
         elif node is not None and id(node) in self.members:
             val = self.compute(node, idx)
         else:
@@ -203,114 +204,28 @@ class KernelEmitter:
             text += f".to({TL_DTYPE[compute_dtype(v.dtype)]})"
         return self.assign(text, v.dtype, vector, f"%{v.name}")
 
-    def source(self, node: Node, idx: Index) -> Val:
-        a = node.attrs
-        dtype = node.results[0].dtype
-        if node.op in ("constant", "full"):
-            return literal(a["value"], dtype)
-        # arange: start + i * step
-        start, step = a["start"], a["step"]
-        if isinstance(start, float) or isinstance(step, float) or (dtype.is_floating_point and idx[0] != 0):
-            i = self.code(idx[0])
-            text = f"tl.cast({i}, tl.float32)" if not self.is_vector(idx[0]) else f"{i}.to(tl.float32)"
-            if step != 1:
-                text = f"{text} * {literal_code(step, torch.float32)}"
-            if start != 0:
-                text = f"{literal_code(start, torch.float32)} + {text}"
-            if compute_dtype(dtype) != torch.float32:
-                text = f"({text}).to({TL_DTYPE[compute_dtype(dtype)]})"
-            return self.assign(text, dtype, self.is_vector(idx[0]), f"%{node.results[0].name} arange")
-        e = sympy.sympify(start) + idx[0] * int(step)
-        if e.is_Integer:
-            return literal(int(e), dtype)
-        text = f"tl.cast({self.code(e)}, {TL_DTYPE[compute_dtype(dtype)]})"
-        return self.assign(text, dtype, self.is_vector(e), f"%{node.results[0].name} arange")
-
     def compute(self, node: Node, idx: Index) -> Val:
-        kind = self.facts.kind(node)
+        """A member at ``idx``, as its lowering entry writes it."""
+        entry = lowering_for(node.op)
+        if entry is None:
+            raise CodegenError(f"{self.k.name}: no Triton lowering for {node.op}; the partitioner should have "
+                               "left it to a call")
+        if entry.kind == "row":
+            return self.reduction(node, entry, idx)
+        if entry.at is not None:
+            return entry.at(self, node, idx)
+        assert entry.expr is not None
         out = node.results[0]
-        if kind == "reduction":
-            return self.reduction(node, idx)
-        if node.op == "cat":
-            return self.cat(node, idx)
-        if node.op in ("index", "embedding"):
-            return self.gather(node, idx)
         args = [self.emit(v, broadcast_index(v.shape, out.shape, idx)) for v in node.inputs]
-        text, helpers = lower(node, args)
+        operands = args if entry.operands == "raw" else [convert(x, operand_dtype(node, entry)) for x in args]
+        text, helpers = entry.expr(node, operands)
         self.helpers |= helpers
         return self.assign(text, out.dtype, any(x.vector for x in args), _describe(node))
 
-    def cat(self, node: Node, idx: Index) -> Val:
-        """``cat`` at ``idx``: every piece is read at its local index clamped into range (so no lane
-        reads out of bounds), and ``tl.where`` picks the piece the index falls in."""
+    def reduction(self, node: Node, entry: Lowering, idx: Index) -> Val:
+        """A row reduction at ``idx``: on its row (one result per row), or on its lanes (``per_element``)."""
         out = node.results[0]
-        d = node.attrs["dim"] % out.rank
-        last = len(node.inputs) - 1
-        pieces: list[tuple[sympy.Expr, Val]] = []
-        offset: sympy.Expr = ZERO
-        for k, v in enumerate(node.inputs):
-            size = v.shape[d]
-            local: sympy.Expr = idx[d] - offset
-            if k > 0:
-                local = sympy.Max(local, 0)
-            if k < last:
-                local = sympy.Min(local, size - 1)
-            if not local.is_Integer and not local.is_Symbol:
-                local = self.new_index("c", self.code(local), self.is_vector(local))
-            sub = list(idx)
-            sub[d] = local
-            offset = offset + size
-            pieces.append((offset, self.emit(v, broadcast_index(v.shape, out.shape, tuple(sub)))))
-        result = convert(pieces[-1][1], out.dtype)
-        vector = pieces[-1][1].vector
-        for end, val in reversed(pieces[:-1]):
-            result = f"tl.where({self.code(idx[d])} < {self.code(end)}, {convert(val, out.dtype)}, {result})"
-            vector = vector or val.vector or self.is_vector(idx[d])
-        return self.assign(result, out.dtype, vector, _describe(node))
-
-    def gather(self, node: Node, idx: Index) -> Val:
-        """``index(x, *indices) {dims}`` / ``embedding(weight, ids)`` at ``idx``: read the index tensors at
-        their (broadcast) position, then read ``x`` there (negative indices count from the end)."""
-        if node.op == "embedding":
-            x, indices, dims = node.inputs[0], [node.inputs[1]], (0,)
-        else:
-            x, indices = node.inputs[0], list(node.inputs[1:])
-            dims = tuple(d % x.rank for d in node.attrs["dims"])
-        k = max(v.rank for v in indices)
-        bshape = _broadcast_shape([v.shape for v in indices])
-        adjacent = dims == tuple(range(dims[0], dims[0] + len(dims)))
-        pos = dims[0] if adjacent else 0
-        gathered = idx[pos:pos + k]
-        rest = iter(tuple(idx[:pos]) + tuple(idx[pos + k:]))
-        x_index: list[sympy.Expr] = []
-        for d in range(x.rank):
-            if d not in dims:
-                x_index.append(next(rest))
-                continue
-            v = indices[dims.index(d)]
-            iv = self.emit(v, broadcast_index(v.shape, bshape, gathered))
-            code = convert(iv, v.dtype)
-            if iv.literal is not None:
-                x_index.append(sympy.Integer(int(iv.literal) % int(x.shape[d])) if x.shape[d].is_Integer
-                               else sympy.Integer(int(iv.literal)))
-                continue
-            n = self.code(x.shape[d])
-            if device_asserts():
-                first = "0" if node.op == "embedding" else f"-{n}"
-                self.lines.append(f"tl.device_assert(~mask | (({code} >= {first}) & ({code} < {n})), "
-                                  f"\"{node.op} %{node.results[0].name}: index out of range [{first}, {n}) "
-                                  f"in %{v.name} (MEMBOUND_DEBUG=bounds)\")")
-            # clamped: a wrong index (the host check and the debug asserts report it) never reads out of bounds
-            wrapped = f"tl.minimum(tl.maximum(tl.where({code} < 0, {code} + {n}, {code}), 0), {n} - 1)"
-            if v.dtype != torch.int64:  # narrow ids widen with the rest of the index math
-                wrapped = f"{wrapped}.to(INDEX_DTYPE)"
-            x_index.append(self.new_index("g", wrapped, iv.vector))
-        return self.emit(x, tuple(x_index))
-
-    # ---- reductions ---------------------------------------------------------------------------
-    def reduction(self, node: Node, idx: Index) -> Val:
-        out = node.results[0]
-        if node.op in ("sum", "mean", "amax", "amin"):
+        if not entry.per_element:
             ok = [self.rows + ((ZERO,) if out.rank == len(self.rows) + 1 else ())]
             if out.rank == len(self.rows) + 1:
                 ok.append(self.rows + (self.cols,))  # type: ignore[operator]
@@ -319,69 +234,9 @@ class KernelEmitter:
         want = ok[0]
         if tuple(idx) not in [tuple(w) for w in ok]:
             raise CodegenError(f"{self.k.name}: {node.op} %{out.name} read at {idx}, off its row {want}")
-        x_index = self.rows + (self.cols,)  # type: ignore[operator]
-        x = self.emit(node.inputs[0], x_index)
-        n = self.code(node.inputs[0].shape[-1])
-        op, a = node.op, node.attrs
-        name = f"%{out.name}"
-        if op in ("sum", "mean"):
-            acc = compute_dtype(out.dtype) if op == "mean" or a["dtype"] is not None or out.dtype.is_floating_point \
-                else torch.int64
-            xs = convert(x, acc)
-            s = self.assign(f"tl.sum(tl.where(mask, {xs}, 0), axis=0)", acc, False, f"{name} {op}")
-            if op == "mean":
-                return self.assign(f"{s.code} / {n}", out.dtype, False, f"{name} mean")
-            return s
-        if op in ("amax", "amin"):
-            dt = out.dtype
-            lo = literal_code(float("-inf"), dt) if dt.is_floating_point else str(torch.iinfo(dt).min)
-            hi = literal_code(float("inf"), dt) if dt.is_floating_point else str(torch.iinfo(dt).max)
-            fn, fill = ("tl.max", lo) if op == "amax" else ("tl.min", hi)
-            xs = convert(x, dt)
-            m = self.assign(f"{fn}(tl.where(mask, {xs}, {fill}), axis=0)", dt, False, f"{name} {op}")
-            if not dt.is_floating_point:
-                return m
-            # torch's amax/amin of a row holding a NaN is NaN; tl.max/tl.min skip NaNs
-            nans = self.assign(f"tl.max(tl.where(mask & ({xs} != {xs}), 1, 0), axis=0)", torch.int32, False,
-                               f"{name} any NaN in the row")
-            return self.assign(f"tl.where({nans.code} > 0, float(\"nan\"), {m.code})", dt, False, f"{name} {op}")
-        if op == "cumsum":
-            acc = compute_dtype(out.dtype)
-            return self.assign(f"tl.cumsum(tl.where(mask, {convert(x, acc)}, 0), axis=0)", out.dtype, True,
-                               f"{name} cumsum")
-        if op in ("softmax", "log_softmax"):
-            dt = out.dtype
-            xs = convert(x, dt)
-            m = self.assign(f"tl.max(tl.where(mask, {xs}, float(\"-inf\")), axis=0)", dt, False, f"{name} row max")
-            e = self.assign(f"tl.where(mask, tl.exp({xs} - {m.code}), 0)", dt, True)
-            s = self.assign(f"tl.sum({e.code}, axis=0)", dt, False, f"{name} row sum")
-            if op == "softmax":
-                return self.assign(f"{e.code} / {s.code}", dt, True, f"{name} softmax")
-            return self.assign(f"{xs} - {m.code} - tl.log({s.code})", dt, True, f"{name} log_softmax")
-        if op == "rms_norm":
-            xf = convert(x, torch.float32)
-            ms = self.assign(f"tl.sum(tl.where(mask, {xf} * {xf}, 0), axis=0) / {n}", torch.float32, False,
-                             f"{name} mean of squares")
-            y = f"{xf} * tl.rsqrt({ms.code} + {literal_code(a['eps'], torch.float32)})"
-            xdt = node.inputs[0].dtype
-            if xdt != torch.float32:  # the reference rounds to x's dtype before the weight
-                y = f"({y}).to({TL_DTYPE[xdt]}).to({TL_DTYPE[compute_dtype(xdt)]})"
-            if len(node.inputs) > 1:
-                w = self.emit(node.inputs[1], (self.cols,))  # type: ignore[arg-type]
-                y = f"{y} * {convert(w, out.dtype)}"
-            return self.assign(y, out.dtype, True, f"{name} rms_norm")
-        if op == "layer_norm":
-            xf = convert(x, torch.float32)
-            mu = self.assign(f"tl.sum(tl.where(mask, {xf}, 0), axis=0) / {n}", torch.float32, False, f"{name} mean")
-            dx = self.assign(f"tl.where(mask, {xf} - {mu.code}, 0)", torch.float32, True)
-            var = self.assign(f"tl.sum({dx.code} * {dx.code}, axis=0) / {n}", torch.float32, False, f"{name} var")
-            y = f"{dx.code} * tl.rsqrt({var.code} + {literal_code(a['eps'], torch.float32)})"
-            if len(node.inputs) > 1:
-                y = f"{y} * {convert(self.emit(node.inputs[1], (self.cols,)), torch.float32)}"  # type: ignore[arg-type]
-            if len(node.inputs) > 2:
-                y = f"{y} + {convert(self.emit(node.inputs[2], (self.cols,)), torch.float32)}"  # type: ignore[arg-type]
-            return self.assign(y, out.dtype, True, f"{name} layer_norm")
-        raise CodegenError(f"{self.k.name}: no row lowering for {op}")
+        x = self.emit(node.inputs[0], self.rows + (self.cols,))  # type: ignore[operator]
+        assert entry.row is not None
+        return entry.row(self, node, x, self.code(node.inputs[0].shape[-1]))
 
     # ---- stores and the whole kernel -------------------------------------------------------------
     def store(self, v: Value, idx: Index) -> None:
@@ -514,10 +369,3 @@ def _wrap_params(params: list[str], width: int = 100) -> str:
 
 def _describe(node: Node) -> str:
     return f"%{node.results[0].name} = {node.op}"
-
-
-def _broadcast_shape(shapes: list[tuple[sympy.Expr, ...]]) -> tuple[sympy.Expr, ...]:
-    from membound.ir.types import broadcast_shapes
-
-    return broadcast_shapes(*shapes)
-

@@ -1,285 +1,332 @@
-"""How each elementwise IR op is written in Triton, and the dtype rules of generated code.
+"""The Triton backend's lowering registry: one entry per IR op saying how the backend runs it.
 
-Values inside a generated kernel are held in a *compute dtype*: float16 and bfloat16 compute in
-float32 (loads upcast, stores round), everything else in its own dtype. Only an explicit ``cast`` to
-a narrow float rounds in the middle of a kernel (``x.to(tl.float16).to(tl.float32)``), so a cast the
-model wrote keeps its numerical effect (RMSNorm's ``.to(x.dtype)`` before the weight).
+An entry names the op's *kind*, what it supports, and how it is emitted:
 
-``can_lower(node)`` is what the partitioner asks; ``lower(node, args)`` returns the expression.
+    ============ ====================================================================================
+    pointwise    computed per element of a flat iteration space and fused with its neighbours; emitted
+                 by ``expr`` (an expression over its operands, ``lower_pointwise``) or ``at`` (index
+                 arithmetic: ``cat`` and the gathers, ``lower_index``)
+    row          a reduction or scan along the last dim, one program per row (``row``: ``lower_row``),
+                 with pointwise prologue and epilogue
+    view         never a kernel: folded into the index arithmetic of the kernels that read through it
+    source       computed inline from the index wherever it is read (``at``)
+    sink         a store of a pointwise kernel into a graph state buffer, in place (``cache_write``)
+    library      always a call: membound's kernel library (``library``), or the op's torch reference
+    ============ ====================================================================================
+
+What it supports: every dtype in ``values.TL_DTYPE`` unless ``dtypes="float"`` (a floating result),
+and ``check``, a test on the node that returns why it is *not* supported (None when it is). A node its
+entry does not support, and an op without an entry, runs as a call: ``library`` names the launcher in
+``kernels/`` (``"norm:rms_norm"``: module ``kernels.norm``, function ``rms_norm``) that runs it then,
+else the op's torch reference runs. ``static_weight`` is the input index of a library op's weight (the
+launch may read a parameter there before the PDL wait).
+
+Views and sources come from the op traits (``view``, ``source``) without an entry of their own; the
+views listed here also keep a per-row value on its row (``keeps_row``). Adding a float unary op to the
+backend is one line in ``TABLE``:
+
+    pointwise("exp", template("tl.exp({0})"), dtypes="float"),
+
+``classify(node)`` is what the partitioner asks; ``refusal(node)`` says why a node is a call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from functools import lru_cache
+from typing import Callable, Optional
 
 import torch
 
+from membound.backends.triton.lower_index import AtWriter, emit_cat, emit_gather, emit_source
+from membound.backends.triton.lower_pointwise import (
+    ExprWriter,
+    arith,
+    extremum,
+    pow_refusal,
+    template,
+    write_bitwise_not,
+    write_cast,
+    write_clamp,
+    write_div,
+    write_floor,
+    write_gelu,
+    write_pow,
+    write_reciprocal,
+    write_where,
+)
+from membound.backends.triton.lower_row import (
+    RowWriter,
+    extremum_refusal,
+    write_cumsum,
+    write_extremum,
+    write_layer_norm,
+    write_rms_norm,
+    write_softmax,
+    write_sum_mean,
+)
+from membound.backends.triton.values import TL_DTYPE
 from membound.ir.graph import Node
-from membound.ir.printer import float_literal
+from membound.ir.ops import get_op, has_op
+from membound.ir.types import promote
 
-TL_DTYPE: dict[torch.dtype, str] = {
-    torch.float32: "tl.float32",
-    torch.float16: "tl.float16",
-    torch.bfloat16: "tl.bfloat16",
-    torch.float64: "tl.float64",
-    torch.int64: "tl.int64",
-    torch.int32: "tl.int32",
-    torch.int16: "tl.int16",
-    torch.int8: "tl.int8",
-    torch.uint8: "tl.uint8",
-    torch.bool: "tl.int1",
-}
-NARROW_FLOATS = (torch.float16, torch.bfloat16)
+KINDS = ("pointwise", "row", "view", "source", "sink", "library")
+# what classify() returns: the generated kinds, and "call" for everything run by a library kernel or torch
+CLASSES = ("pointwise", "row", "view", "source", "sink", "call")
+# a row kernel keeps one whole row in registers: longer static rows go to a call
+MAX_ROW = 32768
 
-Scalar = Union[bool, int, float]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a value of ``dtype`` is held in inside a kernel."""
-    return torch.float32 if dtype in NARROW_FLOATS else dtype
-
-
-def supported_dtype(dtype: torch.dtype) -> bool:
-    return dtype in TL_DTYPE
+Check = Callable[[Node], Optional[str]]
 
 
 @dataclass(frozen=True)
-class Val:
-    """An emitted value: a variable name (or a literal), its compute dtype, and whether it is a block
-    (``vector``) or one number per program."""
+class Lowering:
+    """How the Triton backend runs ``op`` (see the module docstring)."""
 
-    code: str
-    dtype: torch.dtype
-    vector: bool
-    literal: Optional[Scalar] = None
+    op: str
+    kind: str
+    expr: Optional[ExprWriter] = None
+    at: Optional[AtWriter] = None
+    row: Optional[RowWriter] = None
+    dtypes: str = "any"  # "any" (every dtype Triton has) or "float" (a floating-point result)
+    check: Optional[Check] = None
+    # pointwise: the dtype operands are converted to before ``expr``: "out" (the result's), "promote"
+    # (the promoted operands', for comparisons), "bool", or "raw" (``expr`` gets the unconverted values)
+    operands: str = "out"
+    per_element: bool = False  # row: one result per element of the row (softmax), not one per row (sum)
+    reindexes: bool = False  # pointwise: reads its inputs off its own position (cat, gathers)
+    keeps_row: bool = False  # view: a per-row value stays on its row (allowed in row kernels)
+    library: Optional[str] = None  # "module:function" in kernels/, the launcher when it runs as a call
+    static_weight: Optional[int] = None  # library: the input index of the weight
 
-
-def literal(value: Scalar, dtype: torch.dtype) -> Val:
-    return Val(literal_code(value, dtype), compute_dtype(dtype), False, _as_python(value, dtype))
-
-
-def literal_code(value: Scalar, dtype: torch.dtype) -> str:
-    v = _as_python(value, dtype)
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, float):
-        return float_literal(v, python=True)
-    return str(v)
-
-
-def _as_python(value: Scalar, dtype: torch.dtype) -> Scalar:
-    if dtype == torch.bool:
-        return bool(value)
-    if dtype.is_floating_point:
-        return float(value)
-    return int(value)
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"lowering of {self.op}: kind {self.kind!r} is not one of {KINDS}")
+        emitters = {"pointwise": self.expr or self.at, "row": self.row, "source": self.at}
+        if self.kind in emitters and emitters[self.kind] is None:
+            raise ValueError(f"lowering of {self.op}: a {self.kind} entry needs a writer (expr/at/row)")
 
 
-def convert(v: Val, dtype: torch.dtype) -> str:
-    """``v`` as code of compute dtype ``compute_dtype(dtype)``."""
-    target = compute_dtype(dtype)
-    if v.literal is not None:
-        return literal_code(v.literal, target)
-    if v.dtype == target:
-        return v.code
-    if target == torch.bool:
-        return f"({v.code} != 0)"
-    return f"{v.code}.to({TL_DTYPE[target]})"
+def pointwise(op: str, expr: ExprWriter, *, dtypes: str = "any", operands: str = "out",
+              check: Optional[Check] = None) -> Lowering:
+    return Lowering(op, "pointwise", expr=expr, dtypes=dtypes, operands=operands, check=check)
 
 
-# ---------------------------------------------------------------------------------------------
-# op table: name -> (operand dtype rule, writer). Operand rule "out": operands converted to the
-# result's compute dtype; "promote": to the promoted operand dtype (comparisons); "bool": to bool.
-# ---------------------------------------------------------------------------------------------
-Writer = Callable[[list[str], dict[str, Any], torch.dtype], str]
+def indexed(op: str, at: AtWriter, *, library: Optional[str] = None) -> Lowering:
+    """A pointwise op emitted as index arithmetic that reads its inputs elsewhere (cat, gathers)."""
+    return Lowering(op, "pointwise", at=at, check=_not_scalar, reindexes=True, library=library)
 
 
-def _is_float(dt: torch.dtype) -> bool:
-    return dt.is_floating_point
+def row(op: str, writer: RowWriter, *, per_element: bool = False, check: Optional[Check] = None,
+        library: Optional[str] = None) -> Lowering:
+    return Lowering(op, "row", row=writer, per_element=per_element, check=check, library=library)
 
 
-_UNARY_FLOAT = {"exp": "tl.exp({0})", "log": "tl.log({0})", "sqrt": "tl.sqrt({0})", "rsqrt": "tl.rsqrt({0})",
-                "sin": "tl.sin({0})", "cos": "tl.cos({0})", "erf": "tl.erf({0})", "sigmoid": "tl.sigmoid({0})",
-                "reciprocal": "1.0 / {0}", "silu": "{0} * tl.sigmoid({0})", "tanh": "_tanh({0})"}
-
-_BINARY_ARITH = {"add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}"}
-_COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-
-# integer-valued exponents written as products; 0.5 and -0.5 as sqrt and rsqrt
-_POW = {1: "{0}", 2: "{0} * {0}", 3: "{0} * {0} * {0}",
-        4: "({0} * {0}) * ({0} * {0})", -1: "1.0 / {0}", -2: "1.0 / ({0} * {0})", 0.5: "tl.sqrt({0})",
-        -0.5: "tl.rsqrt({0})"}
-
-# helpers some writers call; emitted into the generated module only when used
-HELPERS: dict[str, str] = {
-    "_tanh": '''@triton.jit
-def _tanh(x):
-    # tanh from exp (libdevice is not available under TRITON_INTERPRET); a short series near 0
-    # avoids the cancellation in 1 - exp(-2|x|)
-    ax = tl.abs(x)
-    t = tl.exp(-2.0 * ax)
-    big = (1.0 - t) / (1.0 + t)
-    x2 = x * x
-    small = ax * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0))))
-    y = tl.where(ax < 0.1, small, big)
-    return tl.where(x < 0, -y, y)
-''',
-    "_floordiv_int": '''@triton.jit
-def _floordiv_int(a, b):
-    # Triton's integer // truncates toward zero; torch's floor division rounds toward -inf
-    q = a // b
-    return tl.where((q * b != a) & ((a < 0) != (b < 0)), q - 1, q)
-''',
-    "_remainder": '''@triton.jit
-def _remainder(a, b):
-    # torch's remainder takes the sign of b; Triton's % (C fmod) takes the sign of a
-    r = a % b
-    return tl.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
-''',
-}
+def library(op: str, launcher: str, *, static_weight: Optional[int] = None) -> Lowering:
+    return Lowering(op, "library", library=launcher, static_weight=static_weight)
 
 
-def pow_exponent(node: Node) -> Optional[float]:
-    """The exponent of ``pow(x, c)`` when c is a constant node with a value we write as products."""
-    e = node.inputs[1].producer
-    if e is None or e.op not in ("constant", "full"):
+def _not_scalar(node: Node) -> Optional[str]:
+    return "a 0-d result" if node.results[0].rank == 0 else None
+
+
+def cache_sink_refusal(node: Node) -> Optional[str]:
+    """Why a ``cache_write(cache, values, positions) {dim}`` is not a store a pointwise kernel over
+    ``values`` can make, or None: ``cache[i with i[dim] = positions[i[dim]]] = values[i]`` (shared
+    ``[S]`` positions, as ``index_copy_``) or ``positions[i[0], i[dim]]`` (per-row ``[B, S]``, as the
+    reference's scatter, which means that only for dim > 0). The cache must be a graph state buffer:
+    nothing else aliases it, and the schedule orders its readers around the write."""
+    cache, values, positions = node.inputs
+    if cache.kind != "state":
+        return "the cache is not a graph state buffer"
+    if values.rank == 0 or cache.rank != values.rank:
+        return "the values do not have the cache's rank"
+    if cache.dtype != values.dtype:
+        return "the values do not have the cache's dtype"
+    d = node.attrs["dim"] % cache.rank
+    if not (positions.rank == 1 or (positions.rank == 2 and d != 0)):
+        return "positions are neither [S] nor per-row [B, S] along a dim > 0"
+    return None
+
+
+def row_refusal(node: Node) -> Optional[str]:
+    """A reduction over the last dim only, with a row short enough to keep in registers."""
+    x = node.inputs[0]
+    if x.rank == 0:
+        return "a 0-d input"
+    reduces = get_op(node.op).reduces
+    if reduces is None or reduces(node.attrs, x.rank) != (x.rank - 1,):
+        return "it does not reduce the last dim alone"
+    n = x.shape[-1]
+    if n.is_Integer and int(n) > MAX_ROW:
+        return f"rows of {n} > {MAX_ROW} elements"
+    return None
+
+
+def _both(*checks: Check) -> Check:
+    def check(node: Node) -> Optional[str]:
+        for c in checks:
+            reason = c(node)
+            if reason is not None:
+                return reason
         return None
-    v = float(e.attrs["value"])
-    return v if v in _POW else None
+
+    return check
 
 
-def can_lower(node: Node) -> bool:
-    """Whether ``node`` (an elementwise op) has a Triton expression here, at its dtypes."""
-    dtypes = [v.dtype for v in node.inputs] + [r.dtype for r in node.results]
-    if not all(supported_dtype(d) for d in dtypes):
-        return False
-    op = node.op
-    out = node.results[0].dtype
-    if op in _UNARY_FLOAT or op == "gelu":
-        return _is_float(out)
-    if op == "pow":
-        return _is_float(out) and pow_exponent(node) is not None
-    if op in ("maximum", "minimum", "remainder", "div", "floor", "neg", "abs", "relu", "clamp", "cast", "where",
-              "logical_not", "bitwise_not", "logical_and", "logical_or", "bitwise_and", "bitwise_or"):
-        return True
-    return op in _BINARY_ARITH or op in _COMPARE
+# ---------------------------------------------------------------------------------------------
+# the table: one entry per op
+# ---------------------------------------------------------------------------------------------
+_EXTREMUM_ROW = _both(row_refusal, extremum_refusal)
+
+TABLE: list[Lowering] = [
+    # ---- pointwise: float math ----
+    pointwise("exp", template("tl.exp({0})"), dtypes="float"),
+    pointwise("log", template("tl.log({0})"), dtypes="float"),
+    pointwise("sqrt", template("tl.sqrt({0})"), dtypes="float"),
+    pointwise("rsqrt", template("tl.rsqrt({0})"), dtypes="float"),
+    pointwise("sin", template("tl.sin({0})"), dtypes="float"),
+    pointwise("cos", template("tl.cos({0})"), dtypes="float"),
+    pointwise("erf", template("tl.erf({0})"), dtypes="float"),
+    pointwise("sigmoid", template("tl.sigmoid({0})"), dtypes="float"),
+    pointwise("silu", template("{0} * tl.sigmoid({0})"), dtypes="float"),
+    pointwise("tanh", template("_tanh({0})", "_tanh"), dtypes="float"),
+    pointwise("reciprocal", write_reciprocal, dtypes="float"),
+    pointwise("gelu", write_gelu, dtypes="float"),
+    pointwise("pow", write_pow, dtypes="float", check=pow_refusal),
+    # ---- pointwise: any dtype ----
+    pointwise("neg", template("-{0}")),
+    pointwise("abs", template("tl.abs({0})")),
+    pointwise("relu", template("tl.where({0} < 0, 0, {0})")),
+    pointwise("floor", write_floor),
+    pointwise("clamp", write_clamp),
+    pointwise("add", arith("+", on_bool="|")),
+    pointwise("sub", arith("-", on_bool="&")),
+    pointwise("mul", arith("*", on_bool="&")),
+    pointwise("div", write_div),
+    pointwise("remainder", template("_remainder({0}, {1})", "_remainder")),
+    pointwise("maximum", extremum("tl.maximum")),
+    pointwise("minimum", extremum("tl.minimum")),
+    pointwise("eq", template("{0} == {1}"), operands="promote"),
+    pointwise("ne", template("{0} != {1}"), operands="promote"),
+    pointwise("lt", template("{0} < {1}"), operands="promote"),
+    pointwise("le", template("{0} <= {1}"), operands="promote"),
+    pointwise("gt", template("{0} > {1}"), operands="promote"),
+    pointwise("ge", template("{0} >= {1}"), operands="promote"),
+    pointwise("logical_not", template("{0} == 0"), operands="bool"),
+    pointwise("logical_and", template("{0} & {1}"), operands="bool"),
+    pointwise("logical_or", template("{0} | {1}"), operands="bool"),
+    pointwise("bitwise_not", write_bitwise_not),
+    pointwise("bitwise_and", template("{0} & {1}")),
+    pointwise("bitwise_or", template("{0} | {1}")),
+    pointwise("where", write_where, operands="raw"),
+    pointwise("cast", write_cast, operands="raw"),
+    # ---- pointwise, reading their inputs elsewhere ----
+    indexed("cat", emit_cat),
+    indexed("index", emit_gather),
+    indexed("embedding", emit_gather, library="embedding:embedding"),
+    # ---- row reductions ----
+    row("sum", write_sum_mean, check=row_refusal),
+    row("mean", write_sum_mean, check=row_refusal),
+    row("amax", write_extremum, check=_EXTREMUM_ROW),
+    row("amin", write_extremum, check=_EXTREMUM_ROW),
+    row("cumsum", write_cumsum, per_element=True, check=row_refusal),
+    row("softmax", write_softmax, per_element=True, check=row_refusal),
+    row("log_softmax", write_softmax, per_element=True, check=row_refusal),
+    row("rms_norm", write_rms_norm, per_element=True, check=row_refusal, library="norm:rms_norm"),
+    row("layer_norm", write_layer_norm, per_element=True, check=row_refusal),
+    # ---- views that keep a per-row value on its row (the other views come from the op trait) ----
+    Lowering("unsqueeze", "view", keeps_row=True),
+    Lowering("squeeze", "view", keeps_row=True),
+    Lowering("expand", "view", keeps_row=True),
+    Lowering("reshape", "view", keeps_row=True),
+    # ---- sinks ----
+    Lowering("cache_write", "sink", check=cache_sink_refusal, library="cache_write:cache_write"),
+    # ---- library kernels ----
+    library("linear", "linear:linear", static_weight=1),
+    library("gated_linear", "linear:gated_linear", static_weight=2),
+    library("quant_linear", "quant_matmul:quant_linear", static_weight=1),
+    library("quant_gated_linear", "quant_matmul:quant_gated_linear", static_weight=2),
+    library("attention", "flash_attention:attention"),
+    library("cached_attention", "decode_attention:cached_attention"),
+    library("moe", "moe:moe"),
+    library("quant_moe", "moe:quant_moe"),
+]
+
+LOWERINGS: dict[str, Lowering] = {}
+for _entry in TABLE:
+    if _entry.op in LOWERINGS:
+        raise ValueError(f"two Triton lowerings of {_entry.op}")
+    LOWERINGS[_entry.op] = _entry
 
 
-def operand_dtype(node: Node) -> torch.dtype:
-    """The dtype operands are converted to before ``node``'s expression is applied."""
-    if node.op in _COMPARE:
-        from membound.ir.types import promote
+@lru_cache(maxsize=None)
+def lowering_for(op: str) -> Optional[Lowering]:
+    """The entry of ``op``: its row in ``TABLE``, else a view or source from the op's traits, else None
+    (the op runs as its torch reference)."""
+    entry = LOWERINGS.get(op)
+    if entry is not None or not has_op(op):
+        return entry
+    od = get_op(op)
+    if od.view:
+        return Lowering(op, "view")
+    if od.source:
+        return Lowering(op, "source", at=emit_source)
+    return None
 
+
+def refusal(node: Node) -> Optional[str]:
+    """Why the generated code does not compute ``node`` (it runs as a call), or None when it does."""
+    entry = lowering_for(node.op)
+    if entry is None:
+        return "no Triton lowering"
+    if entry.kind == "library":
+        return "runs as a library kernel" if entry.library is not None else "runs as its torch reference"
+    if entry.kind == "view":
+        return None
+    values = list(node.inputs) + ([] if entry.kind == "sink" else list(node.results))
+    bad = [v for v in values if v.dtype not in TL_DTYPE]
+    if bad:
+        return f"dtype {bad[0].dtype} has no Triton type here"
+    if entry.dtypes == "float" and not node.results[0].dtype.is_floating_point:
+        return f"a {node.results[0].dtype} result (the lowering is for floats)"
+    return entry.check(node) if entry.check is not None else None
+
+
+def classify(node: Node) -> str:
+    """One of ``CLASSES``: the entry's kind where it supports ``node``, else ``"call"``."""
+    entry = lowering_for(node.op)
+    if entry is None or entry.kind == "library" or refusal(node) is not None:
+        return "call"
+    return entry.kind
+
+
+def operand_dtype(node: Node, entry: Lowering) -> torch.dtype:
+    """The dtype the operands of a pointwise ``node`` are converted to before its expression."""
+    if entry.operands == "promote":
         return promote(*[(v.dtype, v.rank) for v in node.inputs])
-    if node.op in ("logical_and", "logical_or", "logical_not"):
+    if entry.operands == "bool":
         return torch.bool
-    if node.op == "cast":
-        return node.inputs[0].dtype
-    if node.op == "where":
-        return node.results[0].dtype
     return node.results[0].dtype
 
 
-def lower(node: Node, args: list[Val]) -> tuple[str, set[str]]:
-    """The Triton expression of ``node`` over ``args`` (already emitted), and the helpers it calls.
-
-    Operands are converted to ``operand_dtype(node)``; the expression's compute dtype is that of
-    ``node``'s result.
-    """
-    op, attrs = node.op, node.attrs
-    out = node.results[0].dtype
-    if op == "where":
-        c = convert(args[0], torch.bool)
-        return f"tl.where({c}, {convert(args[1], out)}, {convert(args[2], out)})", set()
-    if op == "cast":
-        return _cast(args[0], node.inputs[0].dtype, out), set()
-    od = operand_dtype(node)
-    a = [convert(x, od) for x in args]
-    if op == "reciprocal":
-        return _true_div("1.0", a[0], out), set()
-    if op in _UNARY_FLOAT:
-        return _UNARY_FLOAT[op].format(*a), ({"_tanh"} if op == "tanh" else set())
-    if op == "gelu":
-        if attrs["approximate"] == "tanh":
-            x = a[0]
-            return f"0.5 * {x} * (1.0 + _tanh(0.7978845608028654 * ({x} + 0.044715 * {x} * {x} * {x})))", {"_tanh"}
-        return f"0.5 * {a[0]} * (1.0 + tl.erf({a[0]} * 0.7071067811865476))", set()
-    if op == "pow":
-        return _POW[pow_exponent(node)].format(a[0]), set()  # type: ignore[index]
-    if op in _BINARY_ARITH:
-        if out == torch.bool:  # torch: bool + bool is logical or, bool * bool logical and
-            return (f"{a[0]} | {a[1]}" if op == "add" else f"{a[0]} & {a[1]}"), set()
-        return _BINARY_ARITH[op].format(*a), set()
-    if op in _COMPARE:
-        return f"{a[0]} {_COMPARE[op]} {a[1]}", set()
-    if op == "neg":
-        return f"-{a[0]}", set()
-    if op == "abs":
-        return f"tl.abs({a[0]})", set()
-    if op == "relu":
-        return f"tl.where({a[0]} < 0, 0, {a[0]})", set()
-    if op == "floor":
-        return (f"tl.floor({a[0]})" if _is_float(out) else a[0]), set()
-    if op in ("maximum", "minimum"):
-        fn = "tl.maximum" if op == "maximum" else "tl.minimum"
-        nan = ", propagate_nan=tl.PropagateNan.ALL" if _is_float(out) else ""
-        return f"{fn}({a[0]}, {a[1]}{nan})", set()
-    if op == "remainder":
-        return f"_remainder({a[0]}, {a[1]})", {"_remainder"}
-    if op == "div":
-        return _div(a, attrs["rounding_mode"], out)
-    if op == "clamp":
-        # torch.clamp(NaN) is NaN: the float bounds propagate it (tl.maximum alone returns the bound)
-        x = a[0]
-        nan = ", propagate_nan=tl.PropagateNan.ALL" if _is_float(out) else ""
-        if attrs["min"] is not None:
-            x = f"tl.maximum({x}, {literal_code(attrs['min'], out)}{nan})"
-        if attrs["max"] is not None:
-            x = f"tl.minimum({x}, {literal_code(attrs['max'], out)}{nan})"
-        return x, set()
-    if op == "logical_not":
-        return f"{a[0]} == 0", set()
-    if op == "bitwise_not":
-        return (f"{a[0]} == 0" if out == torch.bool else f"~{a[0]}"), set()
-    if op in ("logical_and", "bitwise_and"):
-        return f"{a[0]} & {a[1]}", set()
-    if op in ("logical_or", "bitwise_or"):
-        return f"{a[0]} | {a[1]}", set()
-    raise NotImplementedError(f"no Triton lowering for op {op!r}; the partitioner should have left it to torch")
+def entries(kind: str) -> list[Lowering]:
+    """The table's entries of one kind."""
+    return [e for e in TABLE if e.kind == kind]
 
 
-def _div(a: list[str], mode: Optional[str], out: torch.dtype) -> tuple[str, set[str]]:
-    # tl.div_rn: IEEE division as torch does (Triton's `/` may be off by an ulp on the GPU, and
-    # x / x must stay exactly 1 before a floor)
-    if mode is None:
-        return _true_div(a[0], a[1], out), set()
-    if _is_float(out):
-        q = _true_div(a[0], a[1], out)
-        if mode == "floor":
-            return f"tl.floor({q})", set()
-        return f"tl.where({q} < 0, tl.ceil({q}), tl.floor({q}))", set()
-    if mode == "floor":
-        return f"_floordiv_int({a[0]}, {a[1]})", {"_floordiv_int"}
-    return f"{a[0]} // {a[1]}", set()  # Triton's integer // truncates, as rounding_mode="trunc" asks
+def library_launchers() -> dict[str, str]:
+    """Op -> ``"module:function"`` of its launcher in ``kernels/``, for every op that has one."""
+    return {e.op: e.library for e in TABLE if e.library is not None}
 
 
-def _true_div(a: str, b: str, out: torch.dtype) -> str:
-    return f"tl.div_rn({a}, {b})" if compute_dtype(out) == torch.float32 else f"{a} / {b}"
+def static_weight_input(op: str) -> Optional[int]:
+    entry = LOWERINGS.get(op)
+    return entry.static_weight if entry is not None else None
 
 
-def _cast(x: Val, src: torch.dtype, out: torch.dtype) -> str:
-    """An explicit cast from IR dtype ``src`` to ``out``: narrow floats round here (the model asked for it)."""
-    if x.literal is not None:
-        return literal_code(x.literal, out)
-    if src == out:
-        return x.code
-    if out == torch.bool:
-        return f"{x.code} != 0"
-    if out in NARROW_FLOATS:
-        wide = x.code if x.dtype == torch.float32 else f"{x.code}.to(tl.float32)"
-        return f"{wide}.to({TL_DTYPE[out]}).to(tl.float32)"
-    target = compute_dtype(out)
-    if x.dtype == target:
-        return x.code
-    return f"{x.code}.to({TL_DTYPE[target]})"
+# derived: what the partitioner asks about (never a list of op names of its own)
+EMITTED_GATHERS = tuple(e.op for e in TABLE if e.reindexes and has_op(e.op) and get_op(e.op).gather is not None)
+PER_ELEMENT_REDUCTIONS = tuple(e.op for e in entries("row") if e.per_element)
+ROW_VIEWS = tuple(e.op for e in entries("view") if e.keeps_row)
+REINDEXING = tuple(e.op for e in TABLE if e.reindexes)

@@ -41,25 +41,14 @@ from typing import Iterable, Optional, Sequence, Union
 
 import networkx as nx
 import sympy
-import torch
 
-from membound.backends.triton.lowering import can_lower, supported_dtype
+from membound.backends.triton.lowering import PER_ELEMENT_REDUCTIONS, REINDEXING, ROW_VIEWS, classify
 from membound.cost import Hardware, RooflineCost
 from membound.ir.analysis import fusion_would_cycle, to_networkx
 from membound.ir.graph import Graph, Node, Value
 from membound.ir.ops import get_op
 from membound.ir.types import dims_equal, numel
 
-# The op traits say which ops are row reductions, gathers, sources, sinks and views; these are the
-# gathers (``gather`` trait) kernel.py knows how to emit: computed like pointwise ops, with the index
-# values read from their index tensors
-EMITTED_GATHERS = ("index", "embedding")
-# a row kernel keeps one whole row in registers: longer static rows go to torch
-MAX_ROW = 32768
-# row reductions with one result per element of the row (the others give one per row)
-PER_ELEMENT_REDUCTIONS = ("softmax", "log_softmax", "cumsum", "rms_norm", "layer_norm")
-# views that keep a per-row value on its row (the only views allowed on row-bound values)
-ROW_VIEWS = ("unsqueeze", "squeeze", "expand", "reshape")
 # symbol values at which the cost model compares fusion choices
 SAMPLE_DIM = 64
 
@@ -155,60 +144,9 @@ class Partition:
 # ---------------------------------------------------------------------------------------------
 # classification
 # ---------------------------------------------------------------------------------------------
-def classify(node: Node) -> str:
-    """``pointwise``, ``reduction``, ``view``, ``source``, ``sink`` or ``call`` (see the module docstring)."""
-    op = node.op
-    od = get_op(op)
-    if od.view:
-        return "view"
-    if od.sink:
-        return "sink" if is_cache_sink(node) else "call"
-    dtypes = [v.dtype for v in node.inputs] + [r.dtype for r in node.results]
-    if not all(supported_dtype(d) for d in dtypes):
-        return "call"
-    if od.source:
-        return "source"
-    if op == "cat" or op in EMITTED_GATHERS:
-        return "pointwise" if node.results[0].rank > 0 else "call"
-    if od.kind == "elementwise":
-        return "pointwise" if can_lower(node) else "call"
-    if od.row_reduction and is_row_reduction(node):
-        return "reduction"
-    return "call"
-
-
-def is_cache_sink(node: Node) -> bool:
-    """A ``cache_write(cache, values, positions) {dim}`` a pointwise kernel over ``values`` can store:
-    ``cache[i with i[dim] = positions[i[dim]]] = values[i]`` (shared ``[S]`` positions, as
-    ``index_copy_``) or ``positions[i[0], i[dim]]`` (per-row ``[B, S]``, as the reference's scatter,
-    which means that only for dim > 0). The cache must be a graph state buffer: nothing else aliases
-    it, and the schedule orders its readers around the write."""
-    cache, values, positions = node.inputs
-    if cache.kind != "state" or values.rank == 0 or cache.rank != values.rank:
-        return False
-    if not all(supported_dtype(v.dtype) for v in node.inputs) or cache.dtype != values.dtype:
-        return False
-    d = node.attrs["dim"] % cache.rank
-    return positions.rank == 1 or (positions.rank == 2 and d != 0)
-
-
 def space_shape(node: Node) -> Shape:
     """The iteration space a kernel member needs: its result's shape, a sink's written values' shape."""
     return tuple(node.inputs[1].shape) if get_op(node.op).sink else tuple(node.results[0].shape)
-
-
-def is_row_reduction(node: Node) -> bool:
-    """A reduction over the last dim only, with a row short enough to keep in registers."""
-    x = node.inputs[0]
-    if x.rank == 0:
-        return False
-    reduces = get_op(node.op).reduces
-    if reduces is None or reduces(node.attrs, x.rank) != (x.rank - 1,):
-        return False
-    if x.dtype == torch.bool and node.op in ("amax", "amin"):  # no bool row max/min in kernel.py
-        return False
-    n = x.shape[-1]
-    return not (n.is_Integer and int(n) > MAX_ROW)
 
 
 def row_space(node: Node) -> tuple[Shape, sympy.Expr]:
@@ -300,7 +238,7 @@ class _Fuser:
         sinks = [m for m in members if f.kind(m) == "sink"]
         if sinks and not self._sinks_ok(sinks, mset):
             return None
-        reductions = [m for m in members if f.kind(m) == "reduction"]
+        reductions = [m for m in members if f.kind(m) == "row"]
         if reductions:
             layout = None if sinks else self._check_row(members, reductions, escaping, mset)
         else:
@@ -345,7 +283,7 @@ class _Fuser:
         bound: set[int] = set()  # members whose value depends on a reduction: computable on this row only
         per_lane: set[int] = set()  # ... on a per-element reduction (cumsum, softmax, norms): on its lanes only
         for m in members:  # members are in graph order
-            if f.kind(m) == "reduction":
+            if f.kind(m) == "row":
                 bound.add(id(m))
                 if m.op in PER_ELEMENT_REDUCTIONS:
                     per_lane.add(id(m))
@@ -353,7 +291,7 @@ class _Fuser:
                 o, chain = f.origin(v)
                 if o.producer is None or id(o.producer) not in bound:
                     continue
-                if id(o.producer) in per_lane and n.is_Integer and int(n) == 1 and f.kind(m) != "reduction":
+                if id(o.producer) in per_lane and n.is_Integer and int(n) == 1 and f.kind(m) != "row":
                     # a row of length 1: the consumer reads the size-1 dim at the broadcast index 0, but a
                     # per-element reduction is computed on the row's lanes (decode's S=1 cumsum of a mask)
                     self.refusals.append(f"not fused: %{m.results[0].name} = {m.op} reads the per-element "
@@ -362,7 +300,7 @@ class _Fuser:
                 bound.add(id(m))
                 if id(o.producer) in per_lane:
                     per_lane.add(id(m))
-                if m.op == "cat" or m.op in EMITTED_GATHERS:  # they read their inputs off this lane's position
+                if m.op in REINDEXING:  # cat and gathers read their inputs off this lane's position
                     return None
                 for view in chain:
                     if view.op not in ROW_VIEWS or not fits(view.inputs[0].shape) or not fits(view.results[0].shape):
@@ -438,7 +376,7 @@ class _Fuser:
         f = self.facts
         groups: list[list[Node]] = []
         for node in self.graph.nodes:
-            if f.kind(node) not in ("pointwise", "reduction", "sink"):
+            if f.kind(node) not in ("pointwise", "row", "sink"):
                 continue
             current = [node]
             if self.check(current) is None:
@@ -521,7 +459,7 @@ def _make_kernel(members: list[Node], facts: GraphFacts, index: int) -> Kernel:
     mset = {id(m) for m in members}
     escaping, layout, shape = [], "pointwise", space_shape(members[-1])
     sinks = [m for m in members if facts.kind(m) == "sink"]
-    reductions = [m for m in members if facts.kind(m) == "reduction"]
+    reductions = [m for m in members if facts.kind(m) == "row"]
     if reductions:
         rows, n = row_space(reductions[0])
         layout, shape = "row", rows + (n,)

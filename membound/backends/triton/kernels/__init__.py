@@ -13,12 +13,15 @@ optional: ``cached_attention(..., max_len=)`` (a host-known bound of the filled 
 ``config=`` (tile overrides) on ``linear``, ``quant_linear``, ``attention`` and ``cached_attention``,
 and ``attention(..., impl=)`` ("kernel" or "sdpa": overrides the per-shape cost rule).
 
-``FUSED`` holds launchers for op combinations that are not one IR op (``add_rms_norm``: the residual
-add fused into the norm, returning both).
+Which op runs which launcher is one field of the op's entry in the lowering registry
+(``membound.backends.triton.lowering``: ``library("moe", "moe:moe")``); ``LIBRARY`` is derived from it.
+``add_rms_norm`` (the residual add fused into the norm, returning both) is not an IR op: the backend
+generates that fusion as a row kernel, and benches/kernels.py compares the two.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from membound.backends.triton.kernels._launch import trace
@@ -35,27 +38,23 @@ from membound.backends.triton.kernels.quant_matmul import (
     quant_linear,
     quant_linear_bytes,
 )
+from membound.backends.triton.lowering import library_launchers
 
-LIBRARY: dict[str, Callable] = {
-    "linear": linear,
-    "gated_linear": gated_linear,
-    "cached_attention": cached_attention,
-    "attention": attention,
-    "cache_write": cache_write,
-    "rms_norm": rms_norm,
-    "embedding": embedding,
-    "quant_linear": quant_linear,
-    "quant_gated_linear": quant_gated_linear,
-    "moe": moe,
-    "quant_moe": quant_moe,
-}
 
-FUSED: dict[str, Callable] = {
-    "add_rms_norm": add_rms_norm,
-}
+def _launchers() -> dict[str, Callable]:
+    """The launcher each lowering entry names (``library="module:function"``, in this package)."""
+    out: dict[str, Callable] = {}
+    for op, path in library_launchers().items():
+        module, _, fn = path.partition(":")
+        out[op] = getattr(importlib.import_module(f"{__name__}.{module}"), fn)
+    return out
+
+
+# op -> launcher, from the lowering registry (``membound.backends.triton.lowering.TABLE``)
+LIBRARY: dict[str, Callable] = _launchers()
 
 __all__ = [
-    "FUSED", "LIBRARY", "SMALL_M", "DecodeConfig", "FlashConfig", "LinearConfig", "QuantConfig", "add_rms_norm",
+    "LIBRARY", "SMALL_M", "DecodeConfig", "FlashConfig", "LinearConfig", "QuantConfig", "add_rms_norm",
     "attention", "cache_write", "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding",
     "flash_attention", "gated_linear", "linear", "linear_bytes", "moe", "moe_bytes", "quant_gated_linear",
     "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm",

@@ -1,0 +1,118 @@
+"""Ops emitted as index arithmetic (the ``at`` writer of their lowering entry): sources, computed from
+the index alone (``constant``, ``full``, ``arange``), and ops that read their inputs at other positions
+than their own (``cat``: each piece at its local index; the gathers ``index`` and ``embedding``: at
+positions read from their index tensors).
+
+A writer gets the emitter, the node and the index it is read at, and returns the value there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import sympy
+import torch
+
+from membound.backends.triton.bounds import device_asserts
+from membound.backends.triton.indexing import ZERO, Index, broadcast_index
+from membound.backends.triton.values import TL_DTYPE, Val, compute_dtype, convert, literal, literal_code
+from membound.ir.graph import Node
+from membound.ir.types import broadcast_shapes
+
+if TYPE_CHECKING:
+    from membound.backends.triton.kernel import KernelEmitter
+
+AtWriter = Callable[["KernelEmitter", Node, Index], Val]
+
+
+def emit_source(em: "KernelEmitter", node: Node, idx: Index) -> Val:
+    a = node.attrs
+    dtype = node.results[0].dtype
+    if node.op in ("constant", "full"):
+        return literal(a["value"], dtype)
+    # arange: start + i * step
+    start, step = a["start"], a["step"]
+    if isinstance(start, float) or isinstance(step, float) or (dtype.is_floating_point and idx[0] != 0):
+        i = em.code(idx[0])
+        text = f"tl.cast({i}, tl.float32)" if not em.is_vector(idx[0]) else f"{i}.to(tl.float32)"
+        if step != 1:
+            text = f"{text} * {literal_code(step, torch.float32)}"
+        if start != 0:
+            text = f"{literal_code(start, torch.float32)} + {text}"
+        if compute_dtype(dtype) != torch.float32:
+            text = f"({text}).to({TL_DTYPE[compute_dtype(dtype)]})"
+        return em.assign(text, dtype, em.is_vector(idx[0]), f"%{node.results[0].name} arange")
+    e = sympy.sympify(start) + idx[0] * int(step)
+    if e.is_Integer:
+        return literal(int(e), dtype)
+    text = f"tl.cast({em.code(e)}, {TL_DTYPE[compute_dtype(dtype)]})"
+    return em.assign(text, dtype, em.is_vector(e), f"%{node.results[0].name} arange")
+
+
+def emit_cat(em: "KernelEmitter", node: Node, idx: Index) -> Val:
+    """``cat`` at ``idx``: every piece is read at its local index clamped into range (so no lane
+    reads out of bounds), and ``tl.where`` picks the piece the index falls in."""
+    out = node.results[0]
+    d = node.attrs["dim"] % out.rank
+    last = len(node.inputs) - 1
+    pieces: list[tuple[sympy.Expr, Val]] = []
+    offset: sympy.Expr = ZERO
+    for k, v in enumerate(node.inputs):
+        size = v.shape[d]
+        local: sympy.Expr = idx[d] - offset
+        if k > 0:
+            local = sympy.Max(local, 0)
+        if k < last:
+            local = sympy.Min(local, size - 1)
+        if not local.is_Integer and not local.is_Symbol:
+            local = em.new_index("c", em.code(local), em.is_vector(local))
+        sub = list(idx)
+        sub[d] = local
+        offset = offset + size
+        pieces.append((offset, em.emit(v, broadcast_index(v.shape, out.shape, tuple(sub)))))
+    result = convert(pieces[-1][1], out.dtype)
+    vector = pieces[-1][1].vector
+    for end, val in reversed(pieces[:-1]):
+        result = f"tl.where({em.code(idx[d])} < {em.code(end)}, {convert(val, out.dtype)}, {result})"
+        vector = vector or val.vector or em.is_vector(idx[d])
+    return em.assign(result, out.dtype, vector, f"%{node.results[0].name} = {node.op}")
+
+
+def emit_gather(em: "KernelEmitter", node: Node, idx: Index) -> Val:
+    """``index(x, *indices) {dims}`` / ``embedding(weight, ids)`` at ``idx``: read the index tensors at
+    their (broadcast) position, then read ``x`` there (negative indices count from the end)."""
+    if node.op == "embedding":
+        x, indices, dims = node.inputs[0], [node.inputs[1]], (0,)
+    else:
+        x, indices = node.inputs[0], list(node.inputs[1:])
+        dims = tuple(d % x.rank for d in node.attrs["dims"])
+    k = max(v.rank for v in indices)
+    bshape = broadcast_shapes(*[v.shape for v in indices])
+    adjacent = dims == tuple(range(dims[0], dims[0] + len(dims)))
+    pos = dims[0] if adjacent else 0
+    gathered = idx[pos:pos + k]
+    rest = iter(tuple(idx[:pos]) + tuple(idx[pos + k:]))
+    x_index: list[sympy.Expr] = []
+    for d in range(x.rank):
+        if d not in dims:
+            x_index.append(next(rest))
+            continue
+        v = indices[dims.index(d)]
+        iv = em.emit(v, broadcast_index(v.shape, bshape, gathered))
+        code = convert(iv, v.dtype)
+        if iv.literal is not None:
+            x_index.append(sympy.Integer(int(iv.literal) % int(x.shape[d])) if x.shape[d].is_Integer
+                           else sympy.Integer(int(iv.literal)))
+            continue
+        n = em.code(x.shape[d])
+        if device_asserts():
+            first = "0" if node.op == "embedding" else f"-{n}"
+            em.lines.append(f"tl.device_assert(~mask | (({code} >= {first}) & ({code} < {n})), "
+                              f"\"{node.op} %{node.results[0].name}: index out of range [{first}, {n}) "
+                              f"in %{v.name} (MEMBOUND_DEBUG=bounds)\")")
+        # clamped: a wrong index (the host check and the debug asserts report it) never reads out of bounds
+        wrapped = f"tl.minimum(tl.maximum(tl.where({code} < 0, {code} + {n}, {code}), 0), {n} - 1)"
+        if v.dtype != torch.int64:  # narrow ids widen with the rest of the index math
+            wrapped = f"{wrapped}.to(INDEX_DTYPE)"
+        x_index.append(em.new_index("g", wrapped, iv.vector))
+    return em.emit(x, tuple(x_index))
