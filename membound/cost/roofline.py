@@ -360,28 +360,56 @@ def _where(condition: Any, then: sympy.Expr, otherwise: sympy.Expr) -> sympy.Exp
 def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
     """Bytes a fused kernel over ``nodes`` moves: each outside value read once, each escaping result written once.
 
-    A result escapes when a node outside the partition uses it or it is a graph output; intermediates
-    stay on chip. An input read through views outside the partition (views fold into the kernel's
-    indexing) costs the smaller of what the views show and what their origin holds: a broadcast bias
-    is read at its own size, a slice only in part, and two views of one origin are read once.
+    A result escapes when a node outside the partition uses it (directly or through views) or it is a
+    graph output; intermediates stay on chip, also when read through views. An input read through
+    views outside the partition (views fold into the kernel's indexing) costs the smaller of what the
+    views show and what their origin holds: a broadcast bias is read at its own size, a slice only in
+    part, and two views of one origin are read once. A ``source`` op's value (constant, arange) is
+    computed from the index, never read; a ``sink`` (``cache_write``) writes its values into its
+    buffer in place: it reads nothing of the buffer and writes only the values.
     """
     inside = {id(n) for n in nodes}
     produced = {id(r) for n in nodes for r in n.results}
     reads: dict[int, sympy.Expr] = {}  # origin value -> bytes read from it
     total: sympy.Expr = sympy.Integer(0)
     for n in nodes:
+        opdef = get_op(n.op)
         for i, v in enumerate(n.inputs):
-            if id(v) in produced:
+            if id(v) in produced or (opdef.sink and i == 0):
                 continue
             origin, nbytes = _read_through_views(v)
-            if get_op(n.op).gather == i:  # a gather reads only the rows it picks, not the table
+            if id(origin) in produced or (origin.producer is not None and get_op(origin.producer.op).source):
+                continue
+            if opdef.gather == i:  # a gather reads only the rows it picks, not the table
                 nbytes = sympy.Min(nbytes, n.results[0].type.nbytes())
             reads[id(origin)] = sympy.Max(reads[id(origin)], nbytes) if id(origin) in reads else nbytes
+        if opdef.sink:
+            total += n.inputs[1].type.nbytes()
+            continue
         outputs = n.graph.outputs if n.graph is not None else []
         for r in n.results:
-            if any(id(u) not in inside for u in r.users) or any(o is r for o in outputs):
+            if _escapes(r, inside, outputs):
                 total += r.type.nbytes()
     return total + sympy.Add(*reads.values())
+
+
+def _escapes(value: Value, inside: set[int], outputs: Sequence[Value]) -> bool:
+    """Whether ``value`` (or a view of it) is a graph output or read by a node outside ``inside``."""
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if any(o is v for o in outputs):
+            return True
+        for u in v.users:
+            if id(u) in inside:
+                continue
+            if get_op(u.op).kind != "view":
+                return True
+            stack.extend(u.results)
+    return False
 
 
 def _read_through_views(value: Value) -> tuple[Value, sympy.Expr]:

@@ -194,3 +194,34 @@ def test_fused_gather_reads_only_the_rows_it_picks():
     nbytes = boundary_bytes(g.nodes).subs({B: 1, S: 1})
     # ids (8 B) + one 2048-wide bf16 row + the norm weight + the output row, not the 525 MB table
     assert nbytes == 8 + 2048 * 2 + 2048 * 2 + 2048 * 2
+
+
+def test_a_partition_keeps_values_read_through_views_on_chip() -> None:
+    # exp -> unsqueeze -> neg, both computes in the kernel: the exp's result is not written (only a view of
+    # it is read, by a member); a view of a member that is an output is
+    g = Graph("views")
+    x = g.add_input("x", TensorType(bf16, [B, 7]))
+    e = g.call("exp", x)
+    u = g.call("unsqueeze", e, dim=1)
+    y = g.call("neg", u)
+    g.set_outputs([y])
+    est = RooflineCost(Hardware.named("h100-sxm")).estimate(Kernel([e.producer, y.producer]), {"B": 3})
+    assert est.bytes == 2 * (3 * 7 + 3 * 7)  # x read, y written
+    g.set_outputs([y, u])
+    est = RooflineCost(Hardware.named("h100-sxm")).estimate(Kernel([e.producer, y.producer]), {"B": 3})
+    assert est.bytes == 2 * (3 * 7 + 3 * 7 + 3 * 7)  # and the exp's result, whose view leaves the graph
+
+
+def test_a_partition_computes_sources_and_writes_caches_in_place() -> None:
+    # cache_write(cache, k * 2, positions): the constant is computed, not read; the cache is neither read
+    # nor written whole: only the new entries are
+    g = Graph("sink")
+    k = g.add_input("k", TensorType(f32, [B, 2, 1, 4]))
+    pos = g.add_input("pos", TensorType(torch.int64, [1]))
+    cache = g.add_state("cache", TensorType(f32, [B, 2, 64, 4]))
+    two = g.call("constant", value=2.0, dtype=f32)
+    k2 = g.call("mul", k, two)
+    w = g.call("cache_write", cache, k2, pos, dim=2)
+    g.set_outputs([w])
+    est = RooflineCost(Hardware.named("h100-sxm")).estimate(Kernel([k2.producer, w.producer]), {"B": 3})
+    assert est.bytes == 4 * 3 * 2 * 4 + 8 + 4 * 3 * 2 * 4  # k, the positions, the written entries

@@ -4,9 +4,12 @@
     print(exe.source)                    # the generated kernels and launcher
     outputs = exe(inputs)                # CUDA: compiled by Triton; CPU: TRITON_INTERPRET
 
-Files: ``partition.py`` (what fuses), ``kernel.py`` + ``lowering.py`` + ``indexing.py`` (one kernel's
-source), ``memory_plan.py`` (buffer reuse by liveness), ``codegen.py`` (the module and its launcher),
-``executable.py`` (loading, caching, running); ``kernels/`` holds the hand-written library kernels.
+Files: ``lowering.py`` (the lowering registry: one entry per op, its kind, what it supports, how it is
+emitted; writers in ``lower_pointwise.py``, ``lower_row.py``, ``lower_index.py``), ``partition.py`` (what
+fuses: ``facts.py``, ``legality.py``, ``profitability.py``, ``schedule.py``), ``kernel.py`` +
+``indexing.py`` + ``values.py`` (one kernel's source), ``memory_plan.py`` (buffer reuse by liveness),
+``codegen.py`` (the module and its launcher), ``executable.py`` (loading, caching, running); ``kernels/``
+holds the hand-written library kernels.
 """
 
 from __future__ import annotations

@@ -24,12 +24,13 @@ from typing import Any, Callable, Hashable
 import sympy
 import torch
 
+from membound.backends.triton.facts import Call, GraphFacts, Kernel
 from membound.backends.triton.indexing import expr_code
 from membound.backends.triton.kernel import CodegenError, KernelEmitter, KernelSource
 from membound.backends.triton.lower_pointwise import HELPERS
 from membound.backends.triton.lowering import static_weight_input
 from membound.backends.triton.memory_plan import MemoryPlan, writes_into_buffer
-from membound.backends.triton.partition import Call, GraphFacts, Kernel, Partition
+from membound.backends.triton.partition import Partition
 from membound.ir.graph import Graph, Value
 from membound.ir.ops import get_op
 from membound.ir.printer import float_literal, format_node

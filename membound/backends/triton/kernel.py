@@ -32,6 +32,7 @@ import sympy
 import torch
 
 from membound.backends.triton.bounds import device_asserts
+from membound.backends.triton.facts import GraphFacts, Kernel, shapes_equal
 from membound.backends.triton.indexing import (
     ZERO,
     Index,
@@ -43,7 +44,6 @@ from membound.backends.triton.indexing import (
     view_input_index,
 )
 from membound.backends.triton.lowering import Lowering, lowering_for, operand_dtype
-from membound.backends.triton.partition import GraphFacts, Kernel, shapes_equal
 from membound.backends.triton.values import TL_DTYPE, Val, compute_dtype, convert, literal_code
 from membound.ir.graph import Node, Value
 from membound.ir.printer import format_node
