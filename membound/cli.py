@@ -222,9 +222,14 @@ def cmd_opt(args: argparse.Namespace) -> int:
     from membound.cost import Hardware, RooflineCost
     from membound.ir import parse, print_graph
     from membound.passes import PassContext, PassManager
+    from membound.passes.options import parse_pipeline
 
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    names = [n.strip() for n in args.passes.split(",") if n.strip()]
+    try:
+        names = parse_pipeline(args.passes)
+    except (KeyError, TypeError) as e:  # an unknown pass, an unknown option or a wrong value
+        print(f"membound opt: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
     hardware = {"none": None, "detect": "detect"}.get(args.hardware, args.hardware)
     chunks = re.split(r"^// -----.*$", text, flags=re.M) if args.split_input_file else [text]
     outputs = []
@@ -292,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
     o = sub.add_parser("opt", help="run passes on IR text (a .mir dump) and print the result")
     o.add_argument("file", help=".mir file, or - for stdin")
-    o.add_argument("-p", "--passes", default="", help="comma-separated pass names, run in order")
+    o.add_argument("-p", "--passes", default="", help="comma-separated pass names, run in order; options in braces: "
+                   "'constant-fold{max-elements=16}'")
     o.add_argument("--hardware", default="detect", help="cost model spec: a name (h100-sxm, cpu...), detect, none")
     o.add_argument("--split-input-file", action="store_true", help="graphs separated by '// -----' lines")
     o.add_argument("--log", action="store_true", help="print each pass's notes as '// log:' comments")

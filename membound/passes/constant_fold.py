@@ -35,6 +35,7 @@ baked tensor is never slower than recomputing it, and folding removes launches.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import sympy
@@ -42,6 +43,7 @@ import torch
 
 from membound.ir import Graph, Node, TensorType, Value, get_op
 from membound.passes.manager import PassContext, register_pass
+from membound.passes.options import pass_options
 from membound.passes.pattern import erase_if_dead
 
 _CONST_PARAM = re.compile(r"const\.\d+")
@@ -88,15 +90,31 @@ def _uniform(t: torch.Tensor) -> bool:
     return bool((flat == flat[0]).all())
 
 
+@dataclass(frozen=True)
+class ConstantFoldOptions:
+    """``max_elements``: the largest folded tensor kept (as a new param); ``max_eval_elements``: the
+    largest result evaluated at all."""
+
+    max_elements: int = 4096
+    max_eval_elements: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("max_elements", "max_eval_elements"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"option {name}={getattr(self, name)} must be >= 0")
+
+
 @register_pass("constant-fold")
 class ConstantFold:
-    """Evaluate constant subgraphs once at compile time (options: ``max_elements``, ``max_eval_elements``)."""
+    """Evaluate constant subgraphs once at compile time (options: :class:`ConstantFoldOptions`)."""
 
     name = "constant-fold"
+    Options = ConstantFoldOptions
 
-    def __init__(self, max_elements: int = 4096, max_eval_elements: int = 1 << 20) -> None:
-        self.max_elements = max_elements
-        self.max_eval_elements = max_eval_elements
+    def __init__(self, options: Optional[ConstantFoldOptions] = None, **kwargs: Any) -> None:
+        self.options = pass_options(self.name, ConstantFoldOptions, options, kwargs)
+        self.max_elements = self.options.max_elements
+        self.max_eval_elements = self.options.max_eval_elements
 
     # ---- evaluation -------------------------------------------------------------------------
     def _evaluable(self, node: Node, known: dict[int, torch.Tensor], ctx: PassContext) -> bool:

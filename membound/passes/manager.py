@@ -1,7 +1,8 @@
 """The pass manager: runs a pipeline (a plain list of passes), verifies after each one, records what changed.
 
 A pass is a function ``(graph, ctx) -> changed`` registered under a kebab-case name, or an instance of a
-class with options that has a ``name`` attribute and ``__call__(graph, ctx) -> bool``:
+class with options that has a ``name`` attribute and ``__call__(graph, ctx) -> bool``; its options are
+a small dataclass (``passes.options``: ``ConstantFold(max_elements=16)``, ``constant-fold{max-elements=16}``):
 
     @register_pass("dead-code-elimination")
     def dead_code_elimination(graph: Graph, ctx: PassContext) -> bool:
@@ -43,15 +44,12 @@ class PassContext:
     ``decode_dims``: the dims at which the decode-regime rewrites (merge-linear, fuse-gated-linear)
     compare costs, e.g. ``{"B": 8}``; symbols not given are 1 (one token per row).
     ``log``: human-readable notes, e.g. why a rewrite did not fire; use :meth:`note`.
-    ``options``: free-form options for passes without typed ones (a pass class takes its own options:
-    ``ConstantFold(max_elements=1024)``).
     ``dump_dir``: where to dump IR after each pass (the manager adds ``DumpIR(dump_dir)``).
     """
 
     cost: Optional["CostModel"] = None
     decode_dims: Optional[dict[str, int]] = None
     log: list[str] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
     dump_dir: Optional[Union[str, Path]] = None
     current_pass: Optional[str] = None  # set by the manager while a pass runs
 
@@ -97,7 +95,8 @@ def register_pass(name: str) -> Callable[[P], P]:
 
 
 def get_pass(name: str, **options: Any) -> PassFn:
-    """The registered pass called ``name``; a pass class is instantiated with ``options``."""
+    """The registered pass called ``name``; a pass class is instantiated with ``options``, which it checks
+    against its typed options (``passes.options``: an unknown option or a wrong type names the pass)."""
     try:
         obj = _REGISTRY[name]
     except KeyError:

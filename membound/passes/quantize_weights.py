@@ -48,6 +48,7 @@ from membound.ir.ops.quant import SCHEMES, check_scheme, dequantize, num_groups,
 from membound.ir.types import TensorType, dtype_name
 from membound.passes.gemv_regime import decode_dims, seconds
 from membound.passes.manager import PassContext, register_pass
+from membound.passes.options import pass_options
 
 DEFAULT_GROUP_SIZE = 128
 
@@ -219,11 +220,12 @@ class QuantizeWeights:
     ``quant_gated_linear``) where the cost model says the fewer weight bytes pay."""
 
     name = "quantize-weights"
+    Options = QuantConfig
 
     def __init__(self, config: Union[None, str, QuantConfig] = None, **options: Any) -> None:
-        if config is None and options:
-            config = QuantConfig(**options)
-        self.config = as_quant_config(config) or QuantConfig()
+        if isinstance(config, str):
+            config = as_quant_config(config)
+        self.config = pass_options(self.name, QuantConfig, config, options)
         self.__doc__ = type(self).__doc__
 
     def __call__(self, graph: Graph, ctx: PassContext) -> bool:
