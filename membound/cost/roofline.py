@@ -32,10 +32,11 @@ the fp32 CUDA-core rate.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence, Union
 
 import sympy
 import torch
@@ -292,6 +293,9 @@ class RooflineCost:
         nodes: list[Node] = list(getattr(item, "nodes", None) or [])
         if not nodes and getattr(item, "flops", None) is None:
             raise TypeError(f"cost: expected an IR Node or a partition with .nodes, got {type(item).__name__}")
+        if getattr(item, "flops", None) is not None and getattr(item, "bytes", None) is not None:
+            flops = sympy.sympify(item.flops)  # the partition's own count: no per-node costs needed
+            return self._stream(flops, sympy.sympify(item.bytes), flops / rate(self._partition_peak(nodes)))
         parts = [self.node_cost(n, library=False) for n in nodes]
         kernel = [p for p in parts if not p.free]
         own_flops = getattr(item, "flops", None)
@@ -357,7 +361,7 @@ def _where(condition: Any, then: sympy.Expr, otherwise: sympy.Expr) -> sympy.Exp
     return sympy.Piecewise((then, condition), (otherwise, True))
 
 
-def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
+def boundary_bytes(nodes: Sequence[Node], at: Optional[Mapping[sympy.Symbol, Any]] = None) -> sympy.Expr:
     """Bytes a fused kernel over ``nodes`` moves: each outside value read once, each escaping result written once.
 
     A result escapes when a node outside the partition uses it (directly or through views) or it is a
@@ -367,7 +371,18 @@ def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
     part, and two views of one origin are read once. A ``source`` op's value (constant, arange) is
     computed from the index, never read; a ``sink`` (``cache_write``) writes its values into its
     buffer in place: it reads nothing of the buffer and writes only the values.
+
+    ``at`` (symbol -> value) gives the number at those dims instead of an expression (a partitioner
+    comparing many candidates at one point need not build symbolic minima).
     """
+    point = None if at is None else tuple(sorted(((sympy.sympify(k), sympy.sympify(v)) for k, v in at.items()),
+                                                 key=str))
+
+    def size(t: TensorType) -> sympy.Expr:
+        return t.nbytes() if point is None else _bytes_at(t, point)
+
+    lo = sympy.Min if at is None else min
+    hi = sympy.Max if at is None else max
     inside = {id(n) for n in nodes}
     produced = {id(r) for n in nodes for r in n.results}
     reads: dict[int, sympy.Expr] = {}  # origin value -> bytes read from it
@@ -377,20 +392,25 @@ def boundary_bytes(nodes: Sequence[Node]) -> sympy.Expr:
         for i, v in enumerate(n.inputs):
             if id(v) in produced or (opdef.sink and i == 0):
                 continue
-            origin, nbytes = _read_through_views(v)
+            origin, nbytes = _read_through_views(v, size, lo)
             if id(origin) in produced or (origin.producer is not None and get_op(origin.producer.op).source):
                 continue
             if opdef.gather == i:  # a gather reads only the rows it picks, not the table
-                nbytes = sympy.Min(nbytes, n.results[0].type.nbytes())
-            reads[id(origin)] = sympy.Max(reads[id(origin)], nbytes) if id(origin) in reads else nbytes
+                nbytes = lo(nbytes, size(n.results[0].type))
+            reads[id(origin)] = hi(reads[id(origin)], nbytes) if id(origin) in reads else nbytes
         if opdef.sink:
-            total += n.inputs[1].type.nbytes()
+            total += size(n.inputs[1].type)
             continue
         outputs = n.graph.outputs if n.graph is not None else []
         for r in n.results:
             if _escapes(r, inside, outputs):
-                total += r.type.nbytes()
+                total += size(r.type)
     return total + sympy.Add(*reads.values())
+
+
+@functools.lru_cache(maxsize=8192)
+def _bytes_at(t: TensorType, point: tuple[tuple[sympy.Expr, sympy.Expr], ...]) -> sympy.Expr:
+    return sympy.Integer(int(t.nbytes().xreplace(dict(point))))
 
 
 def _escapes(value: Value, inside: set[int], outputs: Sequence[Value]) -> bool:
@@ -412,12 +432,13 @@ def _escapes(value: Value, inside: set[int], outputs: Sequence[Value]) -> bool:
     return False
 
 
-def _read_through_views(value: Value) -> tuple[Value, sympy.Expr]:
+def _read_through_views(value: Value, size: Callable[[TensorType], sympy.Expr] = TensorType.nbytes,
+                        lo: Callable[..., sympy.Expr] = sympy.Min) -> tuple[Value, sympy.Expr]:
     """(origin of ``value`` through view ops, bytes of the smallest value on that chain)."""
-    nbytes = value.type.nbytes()
+    nbytes = size(value.type)
     while value.producer is not None and value.producer.inputs and get_op(value.producer.op).kind == "view":
         value = value.producer.inputs[0]
-        nbytes = sympy.Min(nbytes, value.type.nbytes())
+        nbytes = lo(nbytes, size(value.type))
     return value, nbytes
 
 

@@ -33,7 +33,6 @@ backend is one line in ``TABLE``:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Optional
 
 import torch
@@ -260,19 +259,20 @@ for _entry in TABLE:
     LOWERINGS[_entry.op] = _entry
 
 
-@lru_cache(maxsize=None)
+_FROM_TRAITS: dict[str, Optional[Lowering]] = {}
+
+
 def lowering_for(op: str) -> Optional[Lowering]:
     """The entry of ``op``: its row in ``TABLE``, else a view or source from the op's traits, else None
     (the op runs as its torch reference)."""
     entry = LOWERINGS.get(op)
     if entry is not None or not has_op(op):
         return entry
-    od = get_op(op)
-    if od.view:
-        return Lowering(op, "view")
-    if od.source:
-        return Lowering(op, "source", at=emit_source)
-    return None
+    if op not in _FROM_TRAITS:
+        od = get_op(op)
+        _FROM_TRAITS[op] = Lowering(op, "view") if od.view else \
+            Lowering(op, "source", at=emit_source) if od.source else None
+    return _FROM_TRAITS[op]
 
 
 def refusal(node: Node) -> Optional[str]:

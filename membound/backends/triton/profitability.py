@@ -56,17 +56,32 @@ class Profitability:
         self.facts = facts
         self.cost = cost
         self.dims = decode_dims(graph, dims)
+        self._subs = {s: sympy.Integer(v) for s, v in self.dims.items()}
+        self._node_flops: dict[int, tuple[float, float]] = {}
 
     def candidate(self, members: Sequence[Node], space: Optional[Sequence[sympy.Expr]] = None) -> KernelCandidate:
-        """``members`` as one kernel; ``space``: its iteration shape (recomputation is charged against it)."""
-        flops: sympy.Expr = sympy.Integer(0)
+        """``members`` as one kernel; ``space``: its iteration shape (recomputation is charged against it).
+        FLOPs and bytes are evaluated at ``self.dims`` (a long chain would otherwise grow long sums)."""
+        flops = 0.0
+        size = self._value(numel(space)) if space is not None else 0.0
         for m in members:
-            f, _ = get_op(m.op).cost([v.type for v in m.inputs], [r.type for r in m.results], m.attrs)
+            f, n = self._flops(m)
             flops += f
-            n = numel(m.results[0].shape)
             if space is not None and f != 0 and n != 0 and self.facts.kind(m) == "pointwise":
-                flops += f * (numel(space) / n - 1)
-        return KernelCandidate(list(members), flops, boundary_bytes(list(members)))
+                flops += f * max(size / n - 1, 0.0)
+        nbytes = float(boundary_bytes(list(members), at=self._subs))
+        return KernelCandidate(list(members), sympy.Float(flops), sympy.Float(nbytes))
+
+    def _value(self, e: sympy.Expr) -> float:
+        return float(sympy.sympify(e).xreplace(self._subs))
+
+    def _flops(self, node: Node) -> tuple[float, float]:
+        """(FLOPs, result elements) of ``node`` at the dims."""
+        got = self._node_flops.get(id(node))
+        if got is None:
+            expr, _ = get_op(node.op).cost([v.type for v in node.inputs], [r.type for r in node.results], node.attrs)
+            got = self._node_flops[id(node)] = (self._value(expr), self._value(numel(node.results[0].shape)))
+        return got
 
     def seconds(self, candidate: KernelCandidate) -> float:
         return float(self.cost.estimate(candidate, self.dims).time_s)
