@@ -83,7 +83,6 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
         nbytes = est.bytes
         if impl is None:  # a generated kernel
             name, kind, node = step.name, "fused", step.nodes[0]
-            nbytes -= sink_overcount(step, dims)
         else:
             node = step.node
             name, kind = f"{node.op} %{node.results[0].name}", call_kind(node, impl, dims)
@@ -91,22 +90,6 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
         precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
         out.append(KernelWork(name, kind, est.flops, max(nbytes, 0.0), precision))
     return out
-
-
-def sink_overcount(kernel: object, dims: Dims) -> float:
-    """Bytes the boundary count charges a kernel's cache writes beyond what they move.
-
-    A ``cache_write`` sink stores only its new values into the cache, in place; the boundary count sees the
-    cache as a value read (its input) and one written (its result, used by the attention after it), each
-    at the cache's full size.
-    """
-    subs = bindings(dims)
-    extra = 0.0
-    for sink in getattr(kernel, "sinks", None) or []:
-        cache_in, value = sink.inputs[0].type, sink.inputs[1].type
-        full = evaluate(cache_in.nbytes() + sink.results[0].type.nbytes(), subs, "cache_write bytes")
-        extra += full - evaluate(value.nbytes(), subs, "cache_write bytes")
-    return extra
 
 
 __all__ = ["call_kind", "kernel_works", "linear_kind"]
