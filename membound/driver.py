@@ -141,19 +141,25 @@ class CompiledGraph:
 
 
 GENERATED_MODULE = "triton-module.py"  # the generated Triton module, beside the .mir files of a dump
+PARTITION_DUMP = "triton-partition.txt"  # its steps, the fusions not made and why, the memory plan
 
 
 def dump_generated_source(executable: Any, dump_dir: Path) -> Optional[Path]:
     """Write the backend's generated module (the Triton kernels and their launcher) into the dump folder
     as ``triton-module.py``; a backend that generates no code (reference) leaves none (a stale one from an
-    earlier run into the folder is removed)."""
+    earlier run into the folder is removed). Beside it, ``triton-partition.txt``: what each kernel fuses,
+    every fusion not made and why (``# not fused: ...``), and the memory plan."""
     path = dump_dir / GENERATED_MODULE
     source = getattr(executable, "source", None)
     if not isinstance(source, str):
         path.unlink(missing_ok=True)
+        (dump_dir / PARTITION_DUMP).unlink(missing_ok=True)
         return None
     dump_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(source)
+    describe = getattr(executable, "describe", None)
+    if callable(describe):
+        (dump_dir / PARTITION_DUMP).write_text(describe() + "\n")
     return path
 
 

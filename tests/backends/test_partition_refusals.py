@@ -104,3 +104,17 @@ def test_profitability_uses_the_cost_model_it_is_given() -> None:
     g = parse(RECOMPUTE)
     assert len(partition(g, dims={"B": 1024}).kernels) == 1
     assert len(partition(g, RooflineCost(slow), dims={"B": 1024}).kernels) == 2
+
+
+def test_the_dump_folder_lists_the_refusals(tmp_path) -> None:
+    from membound.backends.triton import TritonExecutable
+    from membound.driver import PARTITION_DUMP, dump_generated_source
+
+    exe = TritonExecutable(parse("""graph @t(%x: f32[S, 4], %y: f32[B, S, 4]) {
+        %c = cos(%x) : f32[S, 4]
+        %d = mul(%y, %c) : f32[B, S, 4]
+        return %c, %d
+    }"""))
+    dump_generated_source(exe, tmp_path)
+    text = (tmp_path / PARTITION_DUMP).read_text()
+    assert "kernel _fused_cos_0" in text and "# not fused: %d = mul with [%c] (legality)" in text
