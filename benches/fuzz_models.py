@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--families", nargs="*", default=None, help="limit the draw to these families")
     ap.add_argument("--backends", nargs="*", default=["reference", "triton"])
     ap.add_argument("--max-layers", type=int, default=2)
+    ap.add_argument("--cuda-graphs", action="store_true", help="triton decode steps replay CUDA graphs (cuda)")
     ap.add_argument("--out", default=None, help="result file (JSON); default benches/results/fuzz_models-DEV-DATE.json")
     args = ap.parse_args()
     if args.device == "cpu":
@@ -61,7 +62,7 @@ def main() -> int:
         dtype = args.dtype or ("float32" if args.device == "cpu" else pick.choice(["float32", "float16", "bfloat16"]))
         case = draw_case(seed, families=families, dtype=dtype, max_layers=args.max_layers)
         t = time.monotonic()
-        result = run_case(case, backends=tuple(args.backends), device=args.device)
+        result = run_case(case, backends=tuple(args.backends), device=args.device, cuda_graphs=args.cuda_graphs)
         results.append(result)
         status = "ok" if result.ok else "FAILED"
         took = time.monotonic() - t
@@ -72,7 +73,8 @@ def main() -> int:
                 print(f"    {line}", flush=True)
         summary = summarize(results, dict(
             device=name, minutes=round((time.monotonic() - start) / 60, 1), first_seed=args.seed,
-            backends=args.backends, triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
+            backends=args.backends, cuda_graphs=args.cuda_graphs,
+            triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
             torch=torch.__version__, python=platform.python_version(),
             tolerance="fp32 atol=rtol=1e-4, fp16 2e-2, bf16 6e-2 on logits at non-padded positions",
             greedy="tokens compared while eager's top-2 logit margin >= 1e-3 (fp32) / 5e-2 (fp16) / 0.25 (bf16)"))

@@ -178,15 +178,21 @@ def eager_forward(model: torch.nn.Module, case: ModelCase, ids: torch.Tensor,
 
 def eager_greedy(model: torch.nn.Module, case: ModelCase, ids: torch.Tensor,
                  mask: torch.Tensor) -> list[tuple[list[int], list[float]]]:
-    """Per row: eager greedy tokens (whole sequence recomputed each step, without padding) and the
-    top-2 logit margin at each step."""
+    """Per row: eager greedy tokens and top-2 margins for ``case`` (see :func:`greedy_oracle`)."""
+    return greedy_oracle(model, ids, mask, case.new_tokens, hf=case.family.startswith("hf-"))
+
+
+def greedy_oracle(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int,
+                  hf: bool = False) -> list[tuple[list[int], list[float]]]:
+    """Per row: eager greedy tokens (the whole sequence recomputed each step, without the row's
+    padding) and the top-2 logit margin at each step. ``hf``: call the model with ``use_cache=False``."""
     rows = []
-    kwargs = {"use_cache": False} if case.family.startswith("hf-") else {}
+    kwargs = {"use_cache": False} if hf else {}
     with torch.no_grad():
         for row, m in zip(ids, mask):
             seq = row[m.bool()][None]
             tokens, margins = [], []
-            for _ in range(case.new_tokens):
+            for _ in range(new_tokens):
                 last = _logits(model(seq, **kwargs))[0, -1].float()
                 top = last.topk(2).values
                 margins.append(float(top[0] - top[1]))
@@ -197,6 +203,27 @@ def eager_greedy(model: torch.nn.Module, case: ModelCase, ids: torch.Tensor,
     return rows
 
 
+def compare_greedy(oracle: list[tuple[list[int], list[float]]], new: list[list[int]], margin: float,
+                   stage: str) -> tuple[int, int, list[str]]:
+    """``(compared, skipped, mismatches)`` of generated tokens ``new[row][step]`` against the oracle:
+    each row is compared step by step while eager's top-2 margin is at least ``margin``; at the first
+    closer step the rest of the row is skipped (a rounding difference may pick the other token there),
+    and at the first differing token the row's comparison stops with a mismatch."""
+    compared = skipped = 0
+    mismatches = []
+    for row, (tokens, margins) in enumerate(oracle):
+        for step, (token, gap) in enumerate(zip(tokens, margins)):
+            if gap < margin:
+                skipped += len(tokens) - step
+                break
+            compared += 1
+            if new[row][step] != token:
+                mismatches.append(f"{stage}: row {row} step {step}: token {new[row][step]}, eager {token} "
+                                  f"(eager margin {gap:.3g}); tokens {new[row]} vs {tokens}")
+                break
+    return compared, skipped, mismatches
+
+
 def _close(got: torch.Tensor, want: torch.Tensor, tol: float) -> tuple[bool, float]:
     err = (got.float() - want.float()).abs()
     bad = err > tol + tol * want.float().abs()
@@ -205,8 +232,9 @@ def _close(got: torch.Tensor, want: torch.Tensor, tol: float) -> tuple[bool, flo
 
 
 def run_case(case: ModelCase, backends: tuple[str, ...] = BACKENDS, device: str = "cpu",
-             generate: bool = True) -> CaseResult:
-    """Compile ``case``'s model with each backend and compare forward logits and greedy tokens with eager."""
+             generate: bool = True, cuda_graphs: bool = False) -> CaseResult:
+    """Compile ``case``'s model with each backend and compare forward logits and greedy tokens with eager
+    (``cuda_graphs``: the compiled decode steps replay CUDA graphs, on a CUDA device)."""
     import membound
 
     result = CaseResult(case)
@@ -223,7 +251,7 @@ def run_case(case: ModelCase, backends: tuple[str, ...] = BACKENDS, device: str 
     for backend in backends:
         stage = f"forward[{backend}]"
         try:
-            compiled = membound.compile(model, backend=backend, cuda_graphs=False)
+            compiled = membound.compile(model, backend=backend, cuda_graphs=cuda_graphs and backend == "triton")
             with torch.no_grad():
                 got = _logits(compiled(ids, **kwargs))
             ok, err = _close(got[valid], want[valid], TOLERANCE[dtype])
@@ -237,17 +265,10 @@ def run_case(case: ModelCase, backends: tuple[str, ...] = BACKENDS, device: str 
         except Exception as e:
             result.errors[stage] = _describe(e)
             continue
-        new = out[:, ids.shape[1]:].tolist()
-        for row, (tokens, margins) in enumerate(oracle):
-            for step, (token, margin) in enumerate(zip(tokens, margins)):
-                if margin < MARGIN[dtype]:
-                    result.tokens_skipped += len(tokens) - step
-                    break
-                result.tokens_compared += 1
-                if new[row][step] != token:
-                    result.mismatches.append(f"{stage}: row {row} step {step}: token {new[row][step]}, eager "
-                                             f"{token} (eager margin {margin:.3g}); tokens {new[row]} vs {tokens}")
-                    break
+        compared, skipped, wrong = compare_greedy(oracle, out[:, ids.shape[1]:].tolist(), MARGIN[dtype], stage)
+        result.tokens_compared += compared
+        result.tokens_skipped += skipped
+        result.mismatches += wrong
     return result
 
 
