@@ -48,4 +48,6 @@ def test_graph_decode_across_buckets_equals_eager_and_reference(dtype: torch.dty
             compared += n if name == "graphs" else 0
         program = graphs._kv_program
         assert program.cache.max_len == capacity and program._runner is not None  # the graph path ran
-    assert compared >= 150, compared  # most steps had a clear margin and were compared
+    # each row is compared up to its first near tie (at logits ~ N(0, 1) over 256 tokens, about one step
+    # in 7 in fp16 and one in 300 in fp32): over 7 rows that is tens of tokens even in fp16
+    assert compared >= 20, f"only {compared} tokens had a clear eager margin"
