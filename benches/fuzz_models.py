@@ -13,6 +13,7 @@ Rerun one case with ``--seeds N``. The exit status is 1 when any case failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -35,13 +36,15 @@ def main() -> int:
     ap.add_argument("--backends", nargs="*", default=["reference", "triton"])
     ap.add_argument("--max-layers", type=int, default=2)
     ap.add_argument("--cuda-graphs", action="store_true", help="triton decode steps replay CUDA graphs (cuda)")
+    ap.add_argument("--force-splits", action="store_true",
+                    help="flash-decoding in 16-slot chunks and split-K GEMVs in every decode step")
     ap.add_argument("--out", default=None, help="result file (JSON); default benches/results/fuzz_models-DEV-DATE.json")
     args = ap.parse_args()
     if args.device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
     import torch
 
-    from membound.testing.model_fuzz import FAMILIES, draw_case, run_case, summarize
+    from membound.testing.model_fuzz import FAMILIES, draw_case, forced_splits, run_case, summarize
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
@@ -62,7 +65,8 @@ def main() -> int:
         dtype = args.dtype or ("float32" if args.device == "cpu" else pick.choice(["float32", "float16", "bfloat16"]))
         case = draw_case(seed, families=families, dtype=dtype, max_layers=args.max_layers)
         t = time.monotonic()
-        result = run_case(case, backends=tuple(args.backends), device=args.device, cuda_graphs=args.cuda_graphs)
+        with forced_splits() if args.force_splits else contextlib.nullcontext():
+            result = run_case(case, backends=tuple(args.backends), device=args.device, cuda_graphs=args.cuda_graphs)
         results.append(result)
         status = "ok" if result.ok else "FAILED"
         took = time.monotonic() - t
@@ -73,7 +77,7 @@ def main() -> int:
                 print(f"    {line}", flush=True)
         summary = summarize(results, dict(
             device=name, minutes=round((time.monotonic() - start) / 60, 1), first_seed=args.seed,
-            backends=args.backends, cuda_graphs=args.cuda_graphs,
+            backends=args.backends, cuda_graphs=args.cuda_graphs, force_splits=args.force_splits,
             triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
             torch=torch.__version__, python=platform.python_version(),
             tolerance="fp32 atol=rtol=1e-4, fp16 2e-2, bf16 6e-2 on logits at non-padded positions",

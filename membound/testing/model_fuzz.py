@@ -24,10 +24,12 @@ reproducible from its seed alone: ``benches/fuzz_models.py --seeds N``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import random
 import traceback
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -270,6 +272,28 @@ def run_case(case: ModelCase, backends: tuple[str, ...] = BACKENDS, device: str 
         result.tokens_skipped += skipped
         result.mismatches += wrong
     return result
+
+
+@contextlib.contextmanager
+def forced_splits() -> Iterator[None]:
+    """Within: flash-decoding over 16-slot chunks and split-K GEMVs (``BLOCK_K`` 16, K in 2-4 parts),
+    whatever the heuristics would pick (on the CPU they pick one split), so every decode step takes the
+    split launches and their last-arriving-program merges."""
+    attention = importlib.import_module("membound.backends.triton.kernels.decode_attention")
+    linear = importlib.import_module("membound.backends.triton.kernels.linear")
+    pick_attention, pick_linear = attention.pick_config, linear.pick_config
+
+    def attention_config(*args: Any) -> Any:
+        return dataclasses.replace(pick_attention(*args), block_t=16, chunk=16)
+
+    def linear_config(m: int, n: int, k: int, *args: Any) -> Any:
+        return dataclasses.replace(pick_linear(m, n, k, *args), block_k=16, split_k=max(2, min(4, k // 16)))
+
+    attention.pick_config, linear.pick_config = attention_config, linear_config
+    try:
+        yield
+    finally:
+        attention.pick_config, linear.pick_config = pick_attention, pick_linear
 
 
 def _describe(e: BaseException) -> str:

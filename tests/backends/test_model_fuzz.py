@@ -77,3 +77,17 @@ def test_an_exception_is_reported_with_its_stage(monkeypatch: pytest.MonkeyPatch
     result = run_case(case, backends=("x",))
     assert list(result.errors) == ["forward[x]"] and result.errors["forward[x]"].startswith("KeyError: 'boom'")
     assert model_fuzz.summarize([result])["exception_types"] == {"forward[x] KeyError": 1}
+
+
+def test_forced_splits_split_every_decode_launch_and_restore_the_heuristics() -> None:
+    import importlib
+
+    attention = importlib.import_module("membound.backends.triton.kernels.decode_attention")
+    linear = importlib.import_module("membound.backends.triton.kernels.linear")
+    before = (attention.pick_config, linear.pick_config)
+    with model_fuzz.forced_splits():
+        cfg = linear.pick_config(1, 24, 40, torch.float32, torch.device("cpu"))
+        assert cfg.block_k == 16 and cfg.split_k == 2  # K = 40 in three 16-wide tiles: two splits
+        dec = attention.pick_config(2, 2, 45, True, 16, torch.float32, torch.device("cpu"))
+        assert dec.chunk == 16 and -(-45 // dec.chunk) == 3
+    assert (attention.pick_config, linear.pick_config) == before
