@@ -90,7 +90,8 @@ def draw_case(seed: int, families: tuple[str, ...] = FAMILIES, dtype: str = "flo
     tie = rng.random() < 0.4
     config: dict[str, Any]
     if family in ("hf-llama", "hf-mistral", "hf-qwen2"):
-        config = dict(vocab_size=vocab, hidden_size=heads * head_dim + rng.choice([0, 0, 8]), head_dim=head_dim,
+        # the hidden size may differ from heads * head_dim (HF projects), but HF wants it divisible by heads
+        config = dict(vocab_size=vocab, hidden_size=heads * (head_dim + rng.choice([0, 0, 4])), head_dim=head_dim,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       intermediate_size=width, rms_norm_eps=eps, rope_theta=theta, tie_word_embeddings=tie,
                       hidden_act=rng.choice(["silu", "silu", "gelu", "gelu_pytorch_tanh", "relu"]))
