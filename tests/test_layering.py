@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "passes": {"cost", "ir"},
     "backends": {"cost", "ir"},
     "runtime": {"backends", "cost", "ir"},
+    "testing": {"api", "runtime", "backends", "passes", "frontends", "cost", "ir", "models"},  # test helpers
 }
 TOP = "api"  # membound/__init__.py and the modules beside it (api.py, cli.py...): the top layer
 

@@ -43,13 +43,14 @@ def _cache_write(
     tl.static_assert(BLOCK_D >= 16, "BLOCK_D: at least one 16-element vector per program")
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     # program (row, d-block): row enumerates (b, h, s) of the new values
-    row = tl.program_id(0)
+    # 64-bit offsets: a big cache passes 2**31 elements across batch rows or across heads
+    row = tl.program_id(0).to(tl.int64)
     s = row % S
     h = (row // S) % H
-    b = (row // (S * H)).to(tl.int64)  # 64-bit offsets: big caches pass 2**31 elements
+    b = row // (S * H)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     # the slot this token goes to, read on the device
-    p = tl.load(pos_ptr + b * spb + s * sps)
+    p = tl.load(pos_ptr + b * spb + s * sps).to(tl.int64)
     # compared as a vector: the interpreter rejects masks mixing scalar and vector booleans
     slot = p + tl.zeros_like(ds)
     ok = (ds < D) & (slot >= 0) & (slot < T)

@@ -90,8 +90,10 @@ def _flash_decoding_split(
     pid_row = tl.program_id(1)
     # which (batch, kv head, block of query rows) this program serves
     qb = pid_row % N_QBLOCKS
-    kvh = (pid_row // N_QBLOCKS) % HKV
-    b = (pid_row // (N_QBLOCKS * HKV)).to(tl.int64)  # 64-bit offsets for big caches
+    # 64-bit scalars for every base offset (a head's cache passes 2**31 elements at T * D >= 2**31);
+    # the per-tile vector offsets stay 32-bit
+    kvh = ((pid_row // N_QBLOCKS) % HKV).to(tl.int64)
+    b = (pid_row // (N_QBLOCKS * HKV)).to(tl.int64)
     # rows are (group member g, new token s): query head kvh * G + g shares this kv head
     rq = tl.arange(0, BLOCK_Q)
     rows = qb * BLOCK_Q + rq
@@ -123,11 +125,13 @@ def _flash_decoding_split(
         k_base = k_ptr + b * skb + kvh * skh
         v_base = v_ptr + b * svb + kvh * svh
         for t0 in range(chunk_start, chunk_end, BLOCK_T):
-            ts = t0 + tl.arange(0, BLOCK_T)
+            tn = tl.arange(0, BLOCK_T)
+            ts = t0 + tn
             t_ok = ts < chunk_end
+            t64 = tl.full((), t0, tl.int64)  # this tile's first slot, as a 64-bit offset
             # one K tile, loaded once for every query row of the kv group: K^T [BLOCK_D, BLOCK_T]
-            k_t = tl.load(k_base + ts[None, :] * skt + ds[:, None] * skd, mask=t_ok[None, :] & d_ok[:, None],
-                          other=0.0)
+            k_t = tl.load(k_base + t64 * skt + tn[None, :] * skt + ds[:, None] * skd,
+                          mask=t_ok[None, :] & d_ok[:, None], other=0.0)
             scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_Q, BLOCK_T], log2 units
             if HAS_SOFTCAP:
                 scores = _softcap_log2(scores, softcap)
@@ -151,8 +155,8 @@ def _flash_decoding_split(
             alpha = tl.exp2(m_i - m_safe)
             p = tl.exp2(scores - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_base + ts[:, None] * svt + dvs[None, :] * svd, mask=t_ok[:, None] & dv_ok[None, :],
-                        other=0.0)
+            v = tl.load(v_base + t64 * svt + tn[:, None] * svt + dvs[None, :] * svd,
+                        mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
             m_i = m_new
         if ONE_SPLIT:

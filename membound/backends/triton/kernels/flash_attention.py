@@ -70,7 +70,9 @@ def _flash_attention_fwd(
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    h = pid_bh % HQ
+    # 64-bit scalars for every base offset (a head's K passes 2**31 elements at L * D >= 2**31);
+    # the per-tile vector offsets stay 32-bit (tile extents are small)
+    h = (pid_bh % HQ).to(tl.int64)
     b = (pid_bh // HQ).to(tl.int64)
     kvh = h // G  # GQA: the kv head of this query head, read in place
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -92,17 +94,23 @@ def _flash_attention_fwd(
         if HAS_WINDOW:
             lo = tl.maximum(tl.min(tl.where(row_ok, qpos, 2147483647), axis=0) - WINDOW + 1, 0)
     # q stays in registers for the whole loop
-    q = tl.load(q_ptr + b * sqb + h * sqh + rows[:, None] * sqs + ds[None, :] * sqd,
+    rows64 = rows.to(tl.int64)  # rows * stride passes 2**31 in a [S, L] mask at S * L >= 2**31
+    q = tl.load(q_ptr + b * sqb + h * sqh + rows64[:, None] * sqs + ds[None, :] * sqd,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     k_base = k_ptr + b * skb + kvh * skh
     v_base = v_ptr + b * svb + kvh * svh
+    m_rows = mask_ptr + b * smb + h * smh + rows64[:, None] * sms  # [BLOCK_M, 1] row starts of the mask
     for n0 in range(lo, hi, BLOCK_N):
-        ts = n0 + tl.arange(0, BLOCK_N)
+        tn = tl.arange(0, BLOCK_N)
+        ts = n0 + tn
         t_ok = ts < hi
-        k_t = tl.load(k_base + ts[None, :] * skt + ds[:, None] * skd, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
+        n64 = tl.full((), n0, tl.int64)  # this tile's first key, as a 64-bit offset
+        k_tile = k_base + n64 * skt
+        v_tile = v_base + n64 * svt
+        k_t = tl.load(k_tile + tn[None, :] * skt + ds[:, None] * skd, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
         scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
         if HAS_SOFTCAP:
             x = scores / (softcap * _LOG2E)
@@ -113,7 +121,7 @@ def _flash_attention_fwd(
             if HAS_WINDOW:
                 visible = visible & (ts[None, :] > qpos[:, None] - WINDOW)
         if MASK_KIND != 0:
-            mvals = tl.load(mask_ptr + b * smb + h * smh + rows[:, None] * sms + ts[None, :] * sml,
+            mvals = tl.load(m_rows + n64 * sml + tn[None, :] * sml,
                             mask=row_ok[:, None] & t_ok[None, :], other=0)
             if MASK_KIND == 1:  # bool: True = attend
                 visible = visible & (mvals != 0)
@@ -126,12 +134,12 @@ def _flash_attention_fwd(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(scores - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + ts[:, None] * svt + dvs[None, :] * svd, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
+        v = tl.load(v_tile + tn[:, None] * svt + dvs[None, :] * svd, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
         m_i = m_new
     # a row that saw nothing (a padded row) writes 0
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(o_ptr + b * sob + h * soh + rows[:, None] * sos + dvs[None, :] * sod, o.to(o_ptr.dtype.element_ty),
+    tl.store(o_ptr + b * sob + h * soh + rows64[:, None] * sos + dvs[None, :] * sod, o.to(o_ptr.dtype.element_ty),
              mask=row_ok[:, None] & dv_ok[None, :])
 
 

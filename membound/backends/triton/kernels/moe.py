@@ -57,7 +57,7 @@ def _moe_gate_up(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     QUANT: tl.constexpr,
 ):
-    e = tl.program_id(0)
+    e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
     start = tl.load(offs_ptr + e)
     end = tl.load(offs_ptr + e + 1)
@@ -69,9 +69,10 @@ def _moe_gate_up(
         su = tl.load(su_ptr + e * stride_su + ns, mask=n_ok, other=0.0).to(tl.float32)
     # an expert nobody chose: nothing to load (start == end skips the loop)
     for m0 in range(start, end, BLOCK_M):
-        ms = m0 + tl.arange(0, BLOCK_M)
+        # 64-bit: pairs * I (the hidden buffer) passes 2**31 elements at long prefills
+        ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         m_ok = ms < end
-        pair = tl.load(pair_ptr + ms, mask=m_ok, other=0)  # sorted position -> pair index t * TOP_K + j
+        pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)  # sorted position -> pair t * TOP_K + j
         tok = pair // TOP_K
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -104,7 +105,7 @@ def _moe_down(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     QUANT: tl.constexpr,
 ):
-    e = tl.program_id(0)
+    e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
     start = tl.load(offs_ptr + e)
     end = tl.load(offs_ptr + e + 1)
@@ -114,9 +115,9 @@ def _moe_down(
     if QUANT:
         sd = tl.load(sd_ptr + e * stride_sd + ns, mask=n_ok, other=0.0).to(tl.float32)
     for m0 in range(start, end, BLOCK_M):
-        ms = m0 + tl.arange(0, BLOCK_M)
+        ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         m_ok = ms < end
-        pair = tl.load(pair_ptr + ms, mask=m_ok, other=0)
+        pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, I, BLOCK_K):
             ks = k0 + ks0
