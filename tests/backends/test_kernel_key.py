@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():  # before anything imports triton; never on a GPU machine (it would turn
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # every later test in this process into the interpreter)
 
 from membound.backends.triton import TritonExecutable, partition  # noqa: E402
 from membound.backends.triton.codegen import kernel_key  # noqa: E402
