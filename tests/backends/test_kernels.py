@@ -122,9 +122,9 @@ def test_linear_falls_back_for_a_transposed_weight() -> None:
 @pytest.mark.parametrize("m,k,n,config", [
     (1, 300, 37, None),                                            # decode: one row, heuristic tiles
     (3, 300, 19, LinearConfig(4, 16, 32, split_k=4)),              # K split, last program reduces
-    (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True)),           # tensor-core path: gate formed first
-    (7, 600, 21, LinearConfig(16, 16, 64, split_k=2, use_dot=True)),  # ... per K range, two 512-wide chunks
-    (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True, pre_gate=False)),  # ... in the loop
+    (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True)),           # tensor-core path: gate formed in the loop
+    (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True, pre_gate=True)),  # ... formed first (PRE_GATE)
+    (7, 600, 21, LinearConfig(16, 16, 64, split_k=2, use_dot=True, pre_gate=True)),  # ... per K range, 2 chunks
     (20, 33, 9, None),                                             # M > 16: torch forms the product, cuBLAS
 ])
 def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dtype: torch.dtype) -> None:

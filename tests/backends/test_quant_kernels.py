@@ -121,6 +121,7 @@ def test_quant_linear(scheme: str, group: int, shape: tuple[int, ...], n: int, b
     ("int4", 32, 2, 80, 7, QuantConfig(16, 16, 32, use_dot=True)),        # two real rows of 16
     ("int8", 0, 2, 77, 33, None),                                          # default: tensor cores at M = 2
     ("fp8", 0, 2, 77, 9, QuantConfig(16, 16, 32, split_k=2, use_dot=True)),  # and K split
+    ("int8", 0, 5, 600, 9, QuantConfig(16, 16, 64, split_k=2, use_dot=True, tc_pre_gate=True)),  # gate first
 ])
 def test_quant_gated_linear(scheme: str, group: int, m: int, k: int, n: int, config: Optional[QuantConfig],
                             dtype: torch.dtype) -> None:

@@ -574,6 +574,7 @@ class QuantConfig:
     prefetch: bool = True  # FMA path: double-buffer the packed tiles in registers
     magic: bool = True  # int8/int4 codes to floats by bit tricks, not int -> float conversions (see _int4_dequant)
     pre_gate: bool = True  # gated GEMV: silu(gate) * up formed once per program into a scratch (PRE_GATE)
+    tc_pre_gate: bool = False  # ... and on the tensor cores from M = 3 (off until checked on a GPU, as linear.py's)
     prefetch_x: bool = False  # int4 GEMV on words: double-buffer x's tiles too (unmeasured: not a default)
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
     # int4 words on tensor cores with 16-bit x: tl.dot on the integer codes (_int4_biased). Fewer instructions
@@ -825,10 +826,10 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     split = cdiv(k, k_per_split)  # no empty splits
     n_blocks, m_blocks = cdiv(n, cfg.block_n), cdiv(m, cfg.block_m)
     part = locks = gbuf = y  # placeholders the kernel never touches without a split / pre-gating
-    # gated: the GEMV forms silu(gate) * up once per program (PRE_GATE); so do the tensor cores from M = 3 (in
-    # the loop the compiler recomputes it in the dot operand's layout, per warp, for all padded rows); at
-    # M <= 2 their tiles gate the real rows as vectors (X_ROWS)
-    pre_gate = u2 is not None and cfg.pre_gate and (not cfg.use_dot or m > GEMV_M)
+    # gated: the GEMV forms silu(gate) * up once per program (PRE_GATE); so may the tensor cores from M = 3
+    # (tc_pre_gate: in the loop the compiler recomputes it in the dot operand's layout, per warp, for all
+    # padded rows); at M <= 2 their tiles gate the real rows as vectors (X_ROWS)
+    pre_gate = u2 is not None and cfg.pre_gate and (not cfg.use_dot or (m > GEMV_M and cfg.tc_pre_gate))
     if pre_gate:
         gbuf = torch.empty((m, k), dtype=x.dtype, device=x.device)
     if split > 1:
