@@ -122,8 +122,8 @@ def test_linear_falls_back_for_a_transposed_weight() -> None:
 @pytest.mark.parametrize("m,k,n,config", [
     (1, 300, 37, None),                                            # decode: one row, heuristic tiles
     (3, 300, 19, LinearConfig(4, 16, 32, split_k=4)),              # K split, last program reduces
-    (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True)),           # tensor-core path: gate formed in the loop
-    (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True, pre_gate=True)),  # ... formed first (PRE_GATE)
+    (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True, pre_gate=False)),  # tensor cores: gate formed in the loop
+    (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True)),           # ... formed first (PRE_GATE, the default)
     (7, 600, 21, LinearConfig(16, 16, 64, split_k=2, use_dot=True, pre_gate=True)),  # ... per K range, 2 chunks
     (20, 33, 9, None),                                             # M > 16: torch forms the product, cuBLAS
 ])
