@@ -34,9 +34,12 @@ def _graphs_of(compiled: Any) -> list[Graph]:
 
 
 def _packed_of(graph: Graph) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]:
-    from membound.passes.quantize_weights import packed_linears
+    from membound.passes.quantize_weights import packed_experts, packed_linears
 
     out: dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] = {}
+    for node, name, q, s in packed_experts(graph):
+        out[name] = (q, s, {"scheme": node.attrs["scheme"], "group_size": 0, "shape": [int(d) for d in q.shape],
+                            "dtype": str(s.dtype).replace("torch.", ""), "experts": True})
     for node, name, q, s in packed_linears(graph):
         info = {"scheme": node.attrs["scheme"], "group_size": node.attrs["group_size"],
                 "shape": [int(q.shape[0]), int(node.attrs["in_features"])], "dtype": str(s.dtype).replace("torch.", "")}

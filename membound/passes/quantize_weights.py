@@ -159,8 +159,17 @@ def _packed(graph: Graph, w: Value, transposed: bool, config: QuantConfig
 def _packed_experts(graph: Graph, w: Value, config: QuantConfig
                     ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """int8 codes ``[E, N, K]`` and scales ``[E, N]`` of expert weight ``w``: the int8 format of its E * N
-    rows (cached like the linears'; not in saved folders: made again from the float weights)."""
+    rows, from the store (a saved folder), the cache, or quantized now."""
     tensor = graph.tensors.get(w.name)
+    saved = config.store.get(w.name) if config.store is not None else None
+    if saved is not None:
+        q, sc = saved
+        if tuple(q.shape) != tuple(int(d) for d in w.shape) or tuple(sc.shape) != tuple(q.shape[:2]):
+            raise ValueError(f"quantize-weights: the saved experts {w.name!r} have shape {tuple(q.shape)}, but the "
+                             f"model's are {tuple(w.shape)}: the saved folder was made from another model; quantize "
+                             f"again and save")
+        device = tensor.device if tensor is not None else q.device
+        return q.to(device), sc.to(device=device, dtype=w.dtype)
     if tensor is None:
         return None, None
     key = (id(tensor), tensor._version, "experts", config.scheme)
@@ -334,6 +343,19 @@ def packed_linears(graph: Graph) -> Iterator[tuple[Node, str, torch.Tensor, torc
         q, s = graph.tensors.get(node.inputs[qi].name), graph.tensors.get(node.inputs[qi + 1].name)
         if q is not None and s is not None:
             yield node, node.meta.get("quantized_from", node.inputs[qi].name), q, s
+
+
+def packed_experts(graph: Graph) -> Iterator[tuple[Node, str, torch.Tensor, torch.Tensor]]:
+    """``(node, float parameter name, codes [E, N, K], scales [E, N])`` of every expert weight (gate, up,
+    down) of every ``quant_moe`` of ``graph`` whose packed tensors are bound."""
+    for node in graph.nodes:
+        if node.op != "quant_moe":
+            continue
+        for qi in (2, 4, 6):
+            qv, sv = node.inputs[qi], node.inputs[qi + 1]
+            q, s = graph.tensors.get(qv.name), graph.tensors.get(sv.name)
+            if q is not None and s is not None:
+                yield node, qv.name.removesuffix(".qweight"), q, s
 
 
 def dequantized_weights(graph: Graph) -> dict[str, torch.Tensor]:

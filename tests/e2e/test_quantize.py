@@ -105,6 +105,30 @@ def test_save_and_load_skip_quantizing_again(tmp_path, monkeypatch) -> None:
     assert torch.equal(membound.generate(loaded, ids, 4), tokens)
 
 
+def test_saved_int8_experts_load_without_quantizing_again(tmp_path, monkeypatch) -> None:
+    """mixtral-tiny: the int8 experts of its quant_moe ops are saved beside the linears and loaded back."""
+    model, kw = _build("mixtral-tiny")
+    ids = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(4))
+    compiled = membound.compile(model, quantize="int8", backend="reference")
+    first = _logits(compiled(ids, **kw))
+    assert any(n.op == "quant_moe" for e in compiled.entries for n in e.ir.nodes)
+    membound.save_quantized(compiled, tmp_path)
+    import json
+
+    saved = json.loads((tmp_path / "quantization.json").read_text())["weights"]
+    experts = {name: info for name, info in saved.items() if info.get("experts")}
+    assert experts and all(len(info["shape"]) == 3 for info in experts.values())
+
+    import membound.passes.quantize_weights as qw
+
+    def _no_quantizing(*args, **kwargs):
+        raise AssertionError("quantized again instead of loading")
+
+    monkeypatch.setattr(qw, "quantize", _no_quantizing)
+    loaded = membound.compile(model, quantized=tmp_path, backend="reference")
+    torch.testing.assert_close(_logits(loaded(ids, **kw)), first, rtol=0, atol=0)
+
+
 def test_save_and_load_errors_name_the_problem(tmp_path) -> None:
     model, kw = _build("llama-tiny")
     with pytest.raises(ValueError, match="compiled without quantize"):
