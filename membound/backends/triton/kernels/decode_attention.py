@@ -149,16 +149,9 @@ def _flash_decoding_split(
             if HAS_ALIBI:  # ALiBi: slope * (key position - query position), after the cap, before the mask
                 scores += slope[:, None] * (key_pos[None, :] - pos[:, None]).to(tl.float32)
             scores = tl.where(visible, scores, float("-inf"))
-            # online softmax; a row with nothing visible yet keeps m = -inf, so shift by 0 instead (no NaN)
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(scores - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_base + t64 * svt + tn[:, None] * svt + dvs[None, :] * svd,
                         mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
         if ONE_SPLIT:
             # the whole prefix was ours: normalise and write the result directly
             o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
@@ -190,6 +183,20 @@ def _window_start(pos, row_ok, WINDOW, HAS_WINDOW: tl.constexpr):
         return tl.maximum(oldest, 0)
     else:
         return 0
+
+
+@triton.jit
+def _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION: tl.constexpr):
+    """One key tile of an online softmax (scores in log2 units, -inf where masked): the running max, sum and
+    ``acc += p @ v`` rescaled to the new max. A row with nothing visible yet keeps m = -inf, so it shifts by 0
+    instead (no NaN). Shared by flash-decoding and the prefill flash kernel."""
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(scores - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+    return m_new, l_i, acc
 
 
 @triton.jit

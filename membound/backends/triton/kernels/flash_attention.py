@@ -49,11 +49,14 @@ from membound.backends.triton.kernels._launch import (
     unsupported_device,
     unsupported_dtype,
 )
+from membound.backends.triton.kernels.decode_attention import (
+    _LOG2E,
+    LOG2E,
+    MAX_HEAD_DIM,
+    _online_softmax,
+    _softcap_log2,
+)
 from membound.ir.ops import get_op
-
-LOG2E = 1.4426950408889634
-_LOG2E: tl.constexpr = tl.constexpr(LOG2E)
-MAX_HEAD_DIM = 256
 
 
 @triton.jit
@@ -113,8 +116,7 @@ def _flash_attention_fwd(
         k_t = tl.load(k_tile + tn[None, :] * skt + ds[:, None] * skd, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
         scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
         if HAS_SOFTCAP:
-            x = scores / (softcap * _LOG2E)
-            scores = (1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)) * (softcap * _LOG2E)  # c * tanh(s / c)
+            scores = _softcap_log2(scores, softcap)  # c * tanh(s / c)
         visible = t_ok[None, :] & row_ok[:, None]
         if CAUSAL:
             visible = visible & (ts[None, :] <= qpos[:, None])
@@ -128,15 +130,8 @@ def _flash_attention_fwd(
             else:  # additive, in natural-log units
                 scores = scores + mvals.to(tl.float32) * _LOG2E
         scores = tl.where(visible, scores, float("-inf"))
-        # online softmax; a row with nothing visible yet keeps m = -inf, so shift by 0 instead (no NaN)
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(scores - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_tile + tn[:, None] * svt + dvs[None, :] * svd, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
     # a row that saw nothing (a padded row) writes 0
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(o_ptr + b * sob + h * soh + rows64[:, None] * sos + dvs[None, :] * sod, o.to(o_ptr.dtype.element_ty),
