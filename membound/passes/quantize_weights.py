@@ -135,13 +135,7 @@ def _packed(graph: Graph, w: Value, transposed: bool, config: QuantConfig
     if saved is not None:
         q, s = saved
         n, k = (int(d) for d in (reversed(w.shape) if transposed else w.shape))
-        want_q = (n, (k + 1) // 2 if config.scheme == "int4" else k)
-        if tuple(q.shape) != want_q or s.shape[0] != n:
-            raise ValueError(f"quantize-weights: the saved packed weight for {w.name!r} has shape {tuple(q.shape)}, "
-                             f"but the model's weight {tuple(w.shape)} needs {want_q}: the saved folder was made "
-                             f"from another model or scheme; quantize again and save")
-        device = tensor.device if tensor is not None else q.device
-        return q.to(device), s.to(device=device, dtype=w.dtype)
+        return _saved_on(w, tensor, q, s, (n, (k + 1) // 2 if config.scheme == "int4" else k), s.shape[0] == n)
     if tensor is None:
         return None, None
     if config.scheme == "fp8" and tensor.is_cuda and torch.cuda.get_device_capability(tensor.device) < (8, 9):
@@ -161,15 +155,10 @@ def _packed_experts(graph: Graph, w: Value, config: QuantConfig
     """int8 codes ``[E, N, K]`` and scales ``[E, N]`` of expert weight ``w``: the int8 format of its E * N
     rows, from the store (a saved folder), the cache, or quantized now."""
     tensor = graph.tensors.get(w.name)
-    saved = config.store.get(w.name) if config.store is not None else None
+    saved = _from_store(graph, w.name, config)
     if saved is not None:
         q, sc = saved
-        if tuple(q.shape) != tuple(int(d) for d in w.shape) or tuple(sc.shape) != tuple(q.shape[:2]):
-            raise ValueError(f"quantize-weights: the saved experts {w.name!r} have shape {tuple(q.shape)}, but the "
-                             f"model's are {tuple(w.shape)}: the saved folder was made from another model; quantize "
-                             f"again and save")
-        device = tensor.device if tensor is not None else q.device
-        return q.to(device), sc.to(device=device, dtype=w.dtype)
+        return _saved_on(w, tensor, q, sc, tuple(int(d) for d in w.shape), tuple(sc.shape) == tuple(q.shape[:2]))
     if tensor is None:
         return None, None
     key = (id(tensor), tensor._version, "experts", config.scheme)
@@ -180,6 +169,18 @@ def _packed_experts(graph: Graph, w: Value, config: QuantConfig
         hit = (q.view(e, n, k), s.view(e, n))
         config.cache[key] = hit
     return hit
+
+
+def _saved_on(w: Value, tensor: Optional[torch.Tensor], q: torch.Tensor, s: torch.Tensor, want_q: tuple[int, ...],
+              scales_fit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Saved packed tensors for parameter ``w``, checked against the shape the model needs and moved to its
+    device (scales in its dtype)."""
+    if tuple(q.shape) != want_q or not scales_fit:
+        raise ValueError(f"quantize-weights: the saved packed weight for {w.name!r} has shape {tuple(q.shape)}, "
+                         f"but the model's weight {tuple(w.shape)} needs {want_q}: the saved folder was made "
+                         f"from another model or scheme; quantize again and save")
+    device = tensor.device if tensor is not None else q.device
+    return q.to(device), s.to(device=device, dtype=w.dtype)
 
 
 def sourced_rows(graph: Graph, name: str, table: dict[str, Any]) -> Optional[list[Any]]:
