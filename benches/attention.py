@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
-import re
 import sys
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -45,6 +43,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benches._results import gpu_slug, write_record  # noqa: E402
+
 HQ, HKV = 32, 8
 MAX_CACHE_BYTES = 40 << 30
 ROTATE_BYTES = 256 << 20  # inputs cycled per case: 5x the H200's L2
@@ -281,15 +284,8 @@ class Bench:
                   "formulas": {"prefill_flops": "4*B*Hq*S*L*D, /2 causal, L -> window with a window",
                                "decode_bytes": "bytes(K,V of the slots read at Hkv heads) + bytes(q) + bytes(out)"},
                   "rows": [asdict(r) for r in self.rows]}
-        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-        fname = f"attention-{slug}-{date}" + ("" if mode == "full" else f"-{mode}") + ".json"
-        targets = [] if self.smoke else [ROOT / "benches" / "results" / fname]
-        if out:
-            targets.append(Path(out) / fname)
-        for path in targets:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1) + "\n")
-        self.written = targets
+        fname = f"attention-{gpu_slug(name)}-{date}" + ("" if mode == "full" else f"-{mode}") + ".json"
+        self.written = write_record(record, fname, out, self.smoke)
 
     def print_table(self) -> None:
         print(f"{self.device_name()}: read bandwidth {self.read_bw / 1e9:.0f} GB/s (x.sum() in this run)")

@@ -36,7 +36,6 @@ import argparse
 import datetime
 import json
 import math
-import re
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -53,6 +52,11 @@ from membound.ir.ops import get_op
 from membound.ir.types import TensorType
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benches._results import gpu_slug, write_record  # noqa: E402
+
 bf16, f32 = torch.bfloat16, torch.float32
 
 
@@ -212,8 +216,6 @@ def measured_bound(t: float, t_probe: float, flops: float, probe_flops: float, n
     return "compute" if to_flops < to_bytes else "memory"
 
 
-def gpu_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def summarize(results: list[Result]) -> dict[str, object]:
@@ -323,13 +325,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "versions": {"torch": torch.__version__, "triton": _triton_version()},
               "calibration": calibration_record(hw), "summary": summary,
               "results": [asdict(r) for r in results]}
-    fname = f"cost_model-{gpu_slug(device_name)}-{date}.json"
-    targets = [] if args.smoke else [ROOT / "benches" / "results" / fname]
-    if args.out:
-        targets.append(Path(args.out) / fname)
-    for path in targets:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1) + "\n")
+    targets = write_record(record, f"cost_model-{gpu_slug(device_name)}-{date}.json", args.out, args.smoke)
 
     print_calibration(hw)
     print(f"wrote {', '.join(str(t) for t in targets) or '(nothing)'}")

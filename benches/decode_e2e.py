@@ -71,6 +71,7 @@ for _p in (str(ROOT), str(ROOT / "benches")):
 from static_cache_llama import StaticCacheLlama, quantize_int8  # noqa: E402
 
 import membound  # noqa: E402
+from benches._results import gpu_slug  # noqa: E402
 from membound.models import build_model, get_config  # noqa: E402
 from membound.models.llama import Llama, LlamaConfig  # noqa: E402
 
@@ -612,10 +613,6 @@ class Bench:
 
 
 # ---- output ------------------------------------------------------------------------------------
-
-def gpu_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
 
 def fmt(x: Optional[float], spec: str) -> str:
     """``x`` formatted by ``spec``; None as a "-" of the spec's width."""

@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
@@ -49,6 +47,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benches._results import gpu_slug, write_record  # noqa: E402
 from membound.backends.triton.kernels.linear import (  # noqa: E402
     SMALL_M,
     LinearConfig,
@@ -237,19 +236,8 @@ def report(rows: list[dict], ms: list[int]) -> str:
     return "\n".join(lines)
 
 
-def gpu_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def write(record: dict, stem: str, out: Optional[str], smoke: bool) -> list[Path]:
-    targets = ([] if smoke else [ROOT / "benches" / "results"]) + ([Path(out)] if out else [])
-    paths = []
-    for folder in targets:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{stem}.json"
-        path.write_text(json.dumps(record, indent=1) + "\n")
-        paths.append(path)
-    return paths
+    return write_record(record, f"{stem}.json", out, smoke)
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benches._results import gpu_slug, write_record  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -239,14 +241,7 @@ class Bench:
         record = {"bench": "kernels", "device": name, "date": date, "smoke": self.smoke,
                   "versions": {"torch": self.torch.__version__, "triton": triton.__version__},
                   "read_bandwidth_gbps": self.read_bw / 1e9, "rows": [asdict(r) for r in self.rows]}
-        fname = f"kernels-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-{date}.json"
-        targets = [] if self.smoke else [ROOT / "benches" / "results" / fname]
-        if out:
-            targets.append(Path(out) / fname)
-        for path in targets:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1) + "\n")
-        self.written = targets
+        self.written = write_record(record, f"kernels-{gpu_slug(name)}-{date}.json", out, self.smoke)
 
     def print_table(self) -> None:
         print(f"{self.device_name()}: read bandwidth {self.read_bw / 1e9:.0f} GB/s (x.sum() in this run)")

@@ -32,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -45,6 +44,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benches._results import gpu_slug  # noqa: E402
 
 QUICK_MODELS = ("llama-1b", "llama-8b")
 QUICK_BATCHES = (1, 8)
@@ -306,10 +307,6 @@ def smoke_cases() -> list[dict[str, Any]]:
              KernelWork("linear %1", "gemv", 0.0, 8e6), KernelWork("cached_attention %2", "decode_attention", 0.0, 1e5)]
     attach_prediction(case, predict_step(works, Hardware.named("h200"), loop=False))
     return [case]
-
-
-def gpu_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

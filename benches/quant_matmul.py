@@ -36,10 +36,8 @@ import argparse
 import datetime
 import functools
 import itertools
-import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, replace
@@ -48,6 +46,8 @@ from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benches._results import gpu_slug, write_record  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (2048, 8192), (128256, 2048)]
 MS = (1, 4, 16, 32, 64)
@@ -299,14 +299,7 @@ class Bench:
                   "read_bandwidth_gbps": self.read_bw / 1e9, "stream_bytes": STREAM_BYTES,
                   "bytes_formula": "packed weight + scales + x + out (quant_linear_bytes); bf16: W + x + out",
                   "rows": self.rows}
-        fname = f"{bench}-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-{date}.json"
-        targets = [] if self.smoke else [ROOT / "benches" / "results" / fname]
-        if out:
-            targets.append(Path(out) / fname)
-        for path in targets:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1) + "\n")
-        self.written = targets
+        self.written = write_record(record, f"{bench}-{gpu_slug(name)}-{date}.json", out, self.smoke)
 
     def header(self) -> None:
         print(f"\n{self.device_name()}: read bandwidth {self.read_bw / 1e9:.0f} GB/s (x.sum() over 2 GiB, this run)")
