@@ -68,8 +68,9 @@ for scheme in ("int8", "int4"):
             if mode in ("auto", "m16"):
                 return None
             if mode == "m16-old":
-                import dataclasses
-                return dataclasses.replace(qm.pick_config(16, n, k, scheme, 128, torch.bfloat16, x.device), int4_codes=False)
+                # int4 with the integer-code dot off; that option (QuantConfig.int4_codes) was removed after this
+                # measurement showed it slower, so both modes now run the same kernel
+                return qm.pick_config(16, n, k, scheme, 128, torch.bfloat16, x.device)
             rule = qm.tensor_cores_at_gemv
             if mode == "gemv":
                 qm.tensor_cores_at_gemv = lambda *a: False  # the FMA GEMV tiles as before 2026-12-02

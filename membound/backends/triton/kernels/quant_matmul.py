@@ -258,25 +258,6 @@ def _int4_dequant(raw, s, o):
 
 
 @triton.jit
-def _int4_biased(raw, BIAS_BITS: tl.constexpr, DTYPE: tl.constexpr):
-    """``[R, C, W]`` int4 words -> ``BIAS + q`` in the 16-bit float ``DTYPE`` as ``[R, C, 8W]`` in k order: each
-    nibble OR-ed into the low mantissa bits of ``BIAS`` (bf16 128: 0x4300, fp16 1024: 0x6400) *is* that float
-    exactly, so a code costs a shift and one ``lop3``, with no conversion and no scale: the tensor cores
-    multiply the integer codes and the caller applies the group's scale and offset to the tile's product."""
-    w = raw.to(tl.uint32, bitcast=True)
-    p0 = ((w & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
-    p1 = (((w >> 4) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
-    p2 = (((w >> 8) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
-    p3 = (((w >> 12) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
-    p4 = (((w >> 16) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
-    p5 = (((w >> 20) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
-    p6 = (((w >> 24) & 0xF) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
-    p7 = ((w >> 28) | BIAS_BITS).to(tl.uint16).to(DTYPE, bitcast=True)
-    f = tl.join(tl.join(tl.join(p0, p4), tl.join(p2, p6)), tl.join(tl.join(p1, p5), tl.join(p3, p7)))
-    return tl.reshape(f, (raw.shape[0], raw.shape[1], raw.shape[2] * 8))
-
-
-@triton.jit
 def _int8_units(raw):
     """int8 as int32 words ``[R, W]`` (four bytes, ``k = 4j + i`` in bits ``8i..8i+7``) -> ``1 + (q + 128)/256``
     as fp32 ``[R, 4W]`` in k order, as :func:`_int4_dequant` (flipping the byte's top bit turns two's
@@ -345,7 +326,7 @@ def _quant_matmul(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
-    PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr, X_ROWS: tl.constexpr = 0, CODE_BIAS: tl.constexpr = 0,
+    PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr, X_ROWS: tl.constexpr = 0,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if SCHEME == 1:
@@ -369,11 +350,6 @@ def _quant_matmul(
     # K range (one reduction at the end, no barrier in the loop), the tensor cores take w in x's dtype
     INT4_GROUPS: tl.constexpr = SCHEME == 1 and WORDS
     GPT: tl.constexpr = BLOCK_K // GROUP if INT4_GROUPS and BLOCK_K > GROUP else 1
-    # int4 words on the tensor cores with one group a tile and 16-bit x (CODE_BIAS = 128 bf16, 1024 fp16):
-    # tl.dot on the biased integer codes (_int4_biased), then per output column
-    # acc += (P - bias * sum x) * s + (sum x) * o, the group's affine map applied once to the tile's product
-    INT4_CODES: tl.constexpr = INT4_GROUPS and USE_DOT and GPT == 1 and CODE_BIAS > 0
-    BIAS_BITS: tl.constexpr = 0x4300 if CODE_BIAS == 128 else 0x6400
     GW: tl.constexpr = BLOCK_KW // GPT
     GROUP_COLS: tl.constexpr = GROUP // 8 if INT4_GROUPS else 1
     pid_n = tl.program_id(0)
@@ -464,15 +440,7 @@ def _quant_matmul(
                 xe, xo = tl.split(tl.reshape(xk, (BLOCK_M, HALF, 2)))
             if USE_DOT and WORDS:
                 # whole words [BLOCK_N, BLOCK_KW] -> codes [BLOCK_N, BLOCK_K] -> tl.dot against their transpose
-                if INT4_CODES:
-                    raw, s, o = _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS, GPT, GW)
-                    codes = tl.reshape(_int4_biased(raw, BIAS_BITS, xk.dtype), (BLOCK_N, BLOCK_K))
-                    part = tl.dot(xk, tl.trans(codes), input_precision=INPUT_PRECISION)
-                    xs = tl.sum(xk.to(tl.float32), axis=1)[:, None]
-                    s1 = tl.reshape(s, (BLOCK_N,))[None, :]
-                    o1 = tl.reshape(o, (BLOCK_N,))[None, :]
-                    acc += (part - CODE_BIAS * xs) * s1 + xs * o1
-                elif SCHEME == 1:
+                if SCHEME == 1:
                     # dequantized once per tile (amortised over the M rows), rounded to x's dtype as the
                     # reference rounds, then one tl.dot
                     raw, s, o = _int4_groups(q_rows, s_rows, row_ok, c0, c_end, G, GROUP_COLS, GPT, GW)
@@ -577,17 +545,12 @@ class QuantConfig:
     tc_pre_gate: bool = True  # ... and on the tensor cores from M = 3 (checked on the H200 at M = 4, 16; not timed)
     prefetch_x: bool = False  # int4 GEMV on words: double-buffer x's tiles too (unmeasured: not a default)
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
-    # int4 words on tensor cores with 16-bit x: tl.dot on the integer codes (_int4_biased). Fewer instructions
-    # a code (6.2 vs 7.5) but slower on the H200 (6144x4096 at M = 16: 27.9 us vs 23.2; 128256x4096: 381 vs
-    # 239): the product is needed each step (no accumulation in the MMA) and the per-column affine map adds
-    # layout conversions. Kept as an option for the next attempt (quant_gemv_paths-*-layer2.json)
-    int4_codes: bool = False
 
 
 TC_GEMV_INT4_N = 32768  # int4 at M <= 2: the tensor-core kernel from this many output columns on (lm heads)
 
 
-def tensor_cores_at_gemv(n: int, k: int, scheme: str, gated: bool = False) -> bool:
+def tensor_cores_at_gemv(n: int, k: int, scheme: str) -> bool:
     """Whether M <= 2 runs the tensor-core kernel (M padded to 16) rather than the FMA GEMV.
 
     Measured on one H200 (``benches/results/quant_gemv_paths-nvidia-h200-2026-12-02*.json``, bf16 x, M = 1,
@@ -600,8 +563,9 @@ def tensor_cores_at_gemv(n: int, k: int, scheme: str, gated: bool = False) -> bo
     on lm heads (128256x4096 239 vs 315, 128256x2048 109 vs 190) and loses elsewhere (28672x4096 76.7 vs
     73.0, 6144x4096 23.2 vs 18.7). fp8 at M = 4 on tensor cores beat its M = 1 GEMV at every shape of the
     2026-12-01 run. The gated op follows the same rule: its tensor-core tiles gate only the real rows
-    (``X_ROWS``; gating all 16 padded rows cost 104 us at 4096x14336). ``gated`` is kept for a rule that
-    would tell them apart.
+    (``X_ROWS``; gating all 16 padded rows cost 104 us at 4096x14336). The integer-code int4 dot tried on
+    2026-12-02 (6.2 instructions a code against 7.5) was slower (lm head 381 us against 239; ``-layer2.json``,
+    mode m16) and was removed.
     """
     if scheme == "int4":
         return k % 8 == 0 and n >= TC_GEMV_INT4_N  # words: the tensor-core int4 tile needs whole words
@@ -609,7 +573,7 @@ def tensor_cores_at_gemv(n: int, k: int, scheme: str, gated: bool = False) -> bo
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
-                device: torch.device, gated: bool = False) -> QuantConfig:
+                device: torch.device) -> QuantConfig:
     """Tiles for ``m`` rows, from one H200 sweep at 4096 x 14336 (``benches/results/quant_matmul-sweep-
     nvidia-h200-2026-12-01-int4-groups.json``; other shapes untuned):
 
@@ -632,7 +596,7 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
     words = int4 and k % 8 == 0  # int4 read as words: tiles of several groups (_int4_groups), no gathers
     kcap = max(32 if int4 else 16, next_pow2(k))
     num_stages = 3
-    if m <= GEMV_M and tensor_cores_at_gemv(n, k, scheme, gated):
+    if m <= GEMV_M and tensor_cores_at_gemv(n, k, scheme):
         m = GEMV_M + 1  # the tensor-core kernel with M padded to 16 rows (see tensor_cores_at_gemv)
     if m <= GEMV_M:
         if words:
@@ -815,7 +779,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     u2 = _rows(up, m, k) if up is not None else None
     s = scales.contiguous()
     int4 = scheme == "int4"
-    cfg = config or pick_config(m, n, k, scheme, group_size, x.dtype, x.device, gated=up is not None)
+    cfg = config or pick_config(m, n, k, scheme, group_size, x.dtype, x.device)
     if not cfg.use_dot and m > cfg.block_m:
         raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m} on the FMA path")
     if int4 and not (cfg.block_k <= group_size and group_size % cfg.block_k == 0
@@ -857,7 +821,6 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
         GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, PREFETCH_X=cfg.prefetch_x,
         X_ROWS=m if u2 is not None and cfg.use_dot and m <= GEMV_M else 0,
-        CODE_BIAS=({torch.bfloat16: 128, torch.float16: 1024}.get(x.dtype, 0) if int4 and cfg.int4_codes else 0),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **pdl_options(x.device))
     note(op, "kernel")
@@ -904,7 +867,7 @@ def compile_cases() -> list[tuple[str, dict, dict]]:
                     HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32", USE_PDL=True,
                     PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated,
                     PRE_GATE=gated and (not cfg.use_dot or m > GEMV_M), PREFETCH_X=False,
-                    X_ROWS=m if gated and cfg.use_dot and m <= GEMV_M else 0, CODE_BIAS=0)
+                    X_ROWS=m if gated and cfg.use_dot and m <= GEMV_M else 0)
         label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
                  f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}{' gated' if gated else ''}"
                  f"{' words' if words else ''}")
