@@ -72,17 +72,49 @@ def membound_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     graph = compiled.ir
     live = {pos: name for pos, name in call_state.items() if name in graph.tensors}
 
+    written = {v.name for v in graph.state}
+
     def run(*args: Any) -> Any:
         inputs = capture.flatten_inputs(args, {})
         if not live:
-            return capture.unflatten_outputs(executable(inputs))
+            return capture.unflatten_outputs(executable(_one_device(inputs, {}, written, capture.name)))
         # the call's own cache tensors (a new generate call brings a new StaticCache), by reference
         tensors = {**graph.tensors, **{name: args[pos] for pos, name in live.items()}}
+        inputs = _one_device(inputs, tensors, written, capture.name)
         return capture.unflatten_outputs(executable(inputs, tensors))
 
     run.membound_graph = compiled.ir  # type: ignore[attr-defined]
     run.membound_input_graph = compiled.input_ir  # type: ignore[attr-defined]
     return run
+
+
+def _one_device(inputs: list[Any], tensors: dict[str, Any], written: set[str], graph: str) -> list[Any]:
+    """Move the CPU scalars of a call onto its CUDA device, as torch's CUDA kernels take them.
+
+    Dynamo hands over whatever the model holds: HF's StaticCache keeps its length counter as a 0-dim
+    CPU tensor until its first update, which is traced into the graph. A membound graph runs on one
+    device, so a 0-dim CPU tensor that the graph only reads is copied there (``tensors`` is changed in
+    place: it is this call's own dict). A larger CPU tensor, or one the graph writes, is an error that
+    names it. Calls without CUDA tensors are left alone.
+    """
+    everything = [t for t in list(inputs) + list(tensors.values()) if isinstance(t, torch.Tensor)]
+    cuda = next((t.device for t in everything if t.device.type == "cuda"), None)
+    if cuda is None or all(t.device.type == "cuda" for t in everything):
+        return inputs
+
+    def move(t: Any, what: str, writes: bool) -> Any:
+        if not isinstance(t, torch.Tensor) or t.device.type == "cuda":
+            return t
+        if t.dim() != 0 or writes:
+            raise RuntimeError(
+                f"torch.compile(backend='membound'): the graph {graph} runs on {cuda} but {what} is a "
+                f"{'buffer it writes' if writes else f'{tuple(t.shape)} tensor'} on {t.device}; membound "
+                f"runs a graph on one device: move it to {cuda} before the call (model.to({str(cuda)!r}))")
+        return t.to(cuda, non_blocking=True)
+
+    for name, t in list(tensors.items()):
+        tensors[name] = move(t, f"the tensor {name!r}", name in written)
+    return [move(t, f"input {i}", False) for i, t in enumerate(inputs)]
 
 
 def _takes_hf_cache(gm: torch.fx.GraphModule) -> bool:

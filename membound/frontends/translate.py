@@ -130,6 +130,13 @@ def _is_view(target: Any) -> bool:
     return a is not None and not a.is_write
 
 
+def _moves_device(src: torch.fx.Node, n: torch.fx.Node) -> bool:
+    """``t.to(device)`` onto another device: torch returns a new tensor there, not an alias of ``t``
+    (HF's StaticCache moves its CPU length counter to the cache's device, then adds to the copy)."""
+    a, b = src.meta.get("val"), n.meta.get("val")
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.device != b.device
+
+
 def op_name(target: Any) -> str:
     """``aten.linear.default`` for an OpOverload, ``operator.getitem`` for a Python function."""
     if isinstance(target, torch._ops.OpOverload):
@@ -395,7 +402,7 @@ class Translator:
         if n.target is operator.getitem:
             if src in self._alias_root:  # a piece of split/chunk/unbind, not a topk/sort result
                 self._alias_root[n] = self._alias_root[src]
-        elif _is_view(n.target):
+        elif _is_view(n.target) and not _moves_device(src, n):
             self._alias_root[n] = self._alias_root.get(src, src)
 
     def _resolve(self, a: Any) -> Any:

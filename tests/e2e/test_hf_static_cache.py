@@ -94,3 +94,34 @@ def test_hf_static_cache_recipe_on_cuda_through_triton(counted) -> None:
             got = model.generate(ids, max_new_tokens=5, do_sample=False, cache_implementation="static")
             assert torch.equal(got, want), f"{got[:, 7:].tolist()} vs eager {want[:, 7:].tolist()}"
     assert counted["runs"] == 10 and counted["graphs"] == 2
+
+
+def test_a_move_to_another_device_is_a_copy_not_an_alias_of_the_buffer() -> None:
+    """HF's StaticCache does ``self.cumulative_length = self.cumulative_length.to(device)`` in its first
+    compiled forward, then ``add_`` on the copy: on CUDA that copy is a new tensor, so the add must not
+    become a write into the CPU buffer (it did, and Triton then failed on a CPU pointer)."""
+    from membound.frontends.translate import _moves_device
+
+    g = torch.fx.Graph()
+    buf = g.placeholder("n")
+    same, other = g.call_method("to", (buf,)), g.call_method("to", (buf,))
+    buf.meta["val"] = torch.zeros((), dtype=torch.long)
+    same.meta["val"] = torch.zeros((), dtype=torch.long)
+    other.meta["val"] = torch.empty((), dtype=torch.long, device="meta")
+    assert not _moves_device(buf, same)
+    assert _moves_device(buf, other)
+
+
+@pytest.mark.gpu
+def test_cpu_tensors_of_a_cuda_call_are_moved_if_scalars_and_named_otherwise() -> None:
+    from membound.dynamo_backend import _one_device
+
+    x = torch.randn(3, device="cuda")
+    tensors = {"len": torch.tensor(4), "w": torch.randn(2, device="cuda")}
+    got = _one_device([x, torch.tensor(2.0)], tensors, set(), "g")
+    assert got[0] is x and got[1].device.type == "cuda" and tensors["len"].device.type == "cuda"
+    with pytest.raises(RuntimeError, match="'len'.*buffer it writes"):
+        _one_device([x], {"len": torch.tensor(4)}, {"len"}, "g")
+    with pytest.raises(RuntimeError, match=r"input 1 is a \(5,\) tensor on cpu"):
+        _one_device([x, torch.randn(5)], {}, set(), "g")
+    assert _one_device([torch.randn(2)], {}, set(), "g")[0].device.type == "cpu"   # no CUDA: left alone

@@ -197,10 +197,10 @@ def _without_out(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _device(inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]) -> torch.device:
-    for t in list(inputs) + list(tensors.values()):
-        if isinstance(t, torch.Tensor):
-            return t.device
-    return torch.device("cpu")
+    """The device the graph runs on: the first CUDA tensor's (a CPU scalar among CUDA tensors does not
+    decide it), else the CPU."""
+    found = [t.device for t in list(inputs) + list(tensors.values()) if isinstance(t, torch.Tensor)]
+    return next((d for d in found if d.type == "cuda"), found[0] if found else torch.device("cpu"))
 
 
 def _safe(name: str) -> str:
