@@ -110,15 +110,40 @@ class Bench:
     # ---- measuring ---------------------------------------------------------------------------
     def time_s(self, fn: Callable[[], Any]) -> float:
         if self.device == "cuda":
-            from triton.testing import do_bench_cudagraph
-
-            return float(do_bench_cudagraph(fn, rep=40, return_mode="median")) * 1e-3
+            return self._graph_time_s(fn)
         import time
 
         fn()
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
+
+    def _graph_time_s(self, fn: Callable[[], Any], calls: int = 20, replays: int = 15) -> float:
+        """Median seconds per call of ``fn`` replayed from one CUDA graph of ``calls`` calls. The graph
+        is captured on the stream that ran the warm-up (our split kernels make their arrival counters
+        per stream, before capture: triton's do_bench_cudagraph warms up on another stream)."""
+        torch = self.torch
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()
+            stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                for _ in range(calls):
+                    fn()
+            graph.replay()
+            times = []
+            for _ in range(replays):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+                graph.replay()
+                end.record(stream)
+                end.synchronize()
+                times.append(start.elapsed_time(end) * 1e-3 / calls)
+        torch.cuda.current_stream().wait_stream(stream)
+        del graph
+        return sorted(times)[len(times) // 2]
 
     def _read_bandwidth(self) -> float:
         n = (4 << 20) if self.smoke else (2 << 30)  # bytes

@@ -105,7 +105,10 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], dyna
             name = _fqn_from_source(_source_name(n)) or n.name
             roles.append(AsParam(name, ex))
             in_leaves.append(ParamLeaf(name))
-        elif _is_call_state(n, ex):  # a KV cache the call passes in (HF StaticCache): state, bound per call
+        elif _is_call_state(n, ex) and not _dynamic_shape(n):
+            # a KV cache the call passes in (HF StaticCache): state, bound per call. One whose size Dynamo
+            # made dynamic (a DynamicCache grows every step and is replaced, not written) is an input:
+            # as state its size would be baked into a graph that Dynamo reuses for other sizes
             name = _unique(_state_name(n), [r.name for r in roles if isinstance(r, AsParam)])
             roles.append(AsParam(name, ex))
             in_leaves.append(ParamLeaf(name))
@@ -153,6 +156,12 @@ def _is_call_state(n: torch.fx.Node, ex: torch.Tensor) -> bool:
     Hugging Face cache object (``past_key_values``) and tensors marked with ``torch._dynamo.mark_static_address``
     (what HF's StaticCache does). They become IR params/state bound to the call's tensors on every call."""
     return _HF_CACHE.search(_source_name(n)) is not None or hasattr(ex, "_dynamo_static_input_type")
+
+
+def _dynamic_shape(n: torch.fx.Node) -> bool:
+    """Whether Dynamo traced this placeholder with a symbolic size (its guards accept other sizes)."""
+    val = n.meta.get("example_value")
+    return isinstance(val, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in val.shape)
 
 
 def _state_name(n: torch.fx.Node) -> str:

@@ -134,3 +134,68 @@ def test_ring_multi_token_step_past_position_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="must start at position 0"):
         get_op("cached_attention").reference(q, kv, kv, torch.tensor([5, 6, 7]), new, new, scale=None, window=4,
                                              softcap=None)
+
+
+def _in_order(cache: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """cache_write's meaning, one entry at a time in order of s (the last entry of a slot stays)."""
+    out = cache.clone()
+    for b in range(values.shape[0]):
+        for s in range(values.shape[2]):
+            p = int(positions[b, s] if positions.dim() == 2 else positions[s])
+            out[b, :, p] = values[b, :, s]
+    return out
+
+
+@pytest.mark.parametrize("s, slots, per_row", [(9, 4, True), (130, 17, True), (11, 3, False), (5, 5, True)])
+def test_entries_sharing_a_slot_are_written_in_order(s: int, slots: int, per_row: bool,
+                                                     request: pytest.FixtureRequest) -> None:
+    """A prefill longer than a ring writes positions p and p + W into one slot: the slot must hold the
+    later one on every device (a GPU scatter kept either one, and a Mistral decoded wrong tokens)."""
+    torch.manual_seed(2)
+    b, h, d = 2, 3, 16
+    cache = torch.randn(b, h, slots, d, device=DEVICE)
+    values = torch.randn(b, h, s, d, device=DEVICE)
+    positions = torch.arange(s, device=DEVICE).expand(b, s).contiguous()
+    positions[1, s // 2:] = s // 2   # a padded row: its tail shares one position
+    positions = positions % slots if per_row else positions[0] % slots
+    want = _in_order(cache, values, positions)
+    got = get_op("cache_write").reference(cache.clone(), values, positions, dim=2)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels.cache_write import cache_write
+
+    torch.testing.assert_close(cache_write(cache.clone(), values, positions), want, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_a_long_prefill_into_a_small_ring_is_the_same_every_time() -> None:
+    from membound.backends.triton.kernels.cache_write import cache_write
+
+    b, h, s, slots, d = 4, 8, 8192, 7, 128
+    values = torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16)
+    positions = (torch.arange(s, device="cuda") % slots).expand(b, s).contiguous()
+    want = values[:, :, s - slots:].roll(s % slots, dims=2)   # slot t holds the last position = t mod 7
+    for _ in range(5):
+        for write in (cache_write, get_op("cache_write").reference):
+            got = write(torch.zeros(b, h, slots, d, device="cuda", dtype=torch.bfloat16), values, positions, dim=2)
+            assert torch.equal(got, want)
+
+
+def test_a_ring_write_of_a_prefill_is_not_a_fused_store() -> None:
+    from membound.backends.triton.lowering import cache_sink_refusal
+    from membound.ir import parse
+
+    g = parse("""graph @t(%x: f32[B, 2, S, 8], %pos: i64[B, S]) state(%cache: f32[B, 2, 4, 8]) {
+        %w = constant() {value=4, dtype=i64} : i64[]
+        %sl = remainder(%pos, %w) : i64[B, S]
+        %y = exp(%x) : f32[B, 2, S, 8]
+        %c = cache_write(%cache, %y, %sl) {dim=2} : f32[B, 2, 4, 8]
+        return %c
+    }""")
+    write = next(n for n in g.nodes if n.op == "cache_write")
+    assert cache_sink_refusal(write) == "more new entries (S) than cache slots (4) may share a slot"
+    import sympy
+
+    decode = g.specialized({sympy.Symbol("S", integer=True, positive=True): 1})   # one new token: no collision
+    assert cache_sink_refusal(next(n for n in decode.nodes if n.op == "cache_write")) is None

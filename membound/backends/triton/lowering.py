@@ -145,6 +145,11 @@ def cache_sink_refusal(node: Node) -> Optional[str]:
     d = node.attrs["dim"] % cache.rank
     if not (positions.rank == 1 or (positions.rank == 2 and d != 0)):
         return "positions are neither [S] nor per-row [B, S] along a dim > 0"
+    slots, entries = cache.shape[d], values.shape[d]
+    if slots.is_Integer and not (entries.is_Integer and int(entries) <= int(slots)):
+        # a ring cache of W slots in a prefill of S > W tokens: positions p and p + W share a slot, and
+        # parallel stores would leave it to chance; the library kernel writes them in order
+        return f"more new entries ({entries}) than cache slots ({slots}) may share a slot"
     return None
 
 

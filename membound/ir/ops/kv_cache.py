@@ -24,6 +24,10 @@ One new token (decode, ``S = 1``) reads the ring: slot ``t`` holds the latest po
 ``j = t mod W``. Several new tokens (prefill) attend over the new keys themselves, the key at index
 ``c`` being position ``c``: a multi-token step must start at position 0 in every row (a prompt longer
 than the window has overwritten its own first slots by the time its last keys are written).
+
+Entries are written in order of ``s``: when several entries of a row go to one slot (that prefill
+longer than its ring), the last one is what the slot holds, on every device and in every backend
+(``last_writers``); a parallel scatter left it to chance on a GPU.
 """
 
 from __future__ import annotations
@@ -73,8 +77,33 @@ def _infer_write(cache: TensorType, values: TensorType, positions: TensorType, *
     return cache
 
 
+def last_writers(positions: torch.Tensor, slots: int) -> torch.Tensor:
+    """For each new entry ``s`` of a row, the last entry ``s' >= s`` of that row that goes to the same slot.
+
+    ``cache_write`` writes its entries in order of ``s``: when several go to one slot (a ring cache of
+    ``W`` slots written by a prefill longer than ``W``: positions ``p`` and ``p + W``), the last one
+    stays. torch's ``index_copy_``/``scatter_`` (and a parallel kernel) leave such a slot to whichever
+    write lands last, which differs from run to run on a GPU; writing every entry with its last
+    writer's value makes the result the same whatever the order. Positions outside ``[0, slots)`` are
+    clamped here; the write itself rejects or skips them.
+    """
+    s = positions.shape[-1]
+    order = torch.arange(s, device=positions.device).expand(positions.shape)
+    slot = positions.long().clamp(0, max(slots - 1, 0))
+    table = torch.full((*positions.shape[:-1], max(slots, 1)), -1, dtype=torch.long, device=positions.device)
+    return table.scatter_reduce_(-1, slot, order, "amax").gather(-1, slot)
+
+
 def _write(cache: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, *, dim: int) -> torch.Tensor:
     d = dim % cache.dim()
+    if values.shape[d] > 1:  # several entries may share a slot: the last one's value goes to all of them
+        src = last_writers(positions, cache.shape[d])
+        if positions.dim() == 1:
+            values = values.index_select(d, src)
+        else:
+            shape = [1] * values.dim()
+            shape[0], shape[d] = src.shape
+            values = values.gather(d, src.reshape(shape).expand(values.shape))
     if positions.dim() == 1:
         cache.index_copy_(d, positions, values)
     else:

@@ -3,7 +3,9 @@
 cache ``[B, H, T, D]``, values ``[B, H, S, D]``, positions ``[S]`` (shared by every batch row) or
 ``[B, S]`` (per row); ``cache[b, h, positions[b, s], :] = values[b, h, s, :]`` and the cache is
 returned. One program copies one ``(b, h, s)`` row of D elements (or a ``BLOCK_D`` slice of it), so
-only the new entries move: ``2 * values`` bytes, never the cache.
+only the new entries move: ``2 * values`` bytes, never the cache. When several new entries go to one
+slot (a ring cache written by a prefill longer than its window), entries sharing a slot all write the
+last one's value, so the slot ends as a write in order of ``s`` would leave it (``last_writers``).
 
 Positions are read on the device (no host sync, CUDA-graph safe). A position outside ``[0, T)`` is
 skipped, where the torch reference raises: checking would need a host sync, and the runtime never
@@ -31,14 +33,15 @@ from membound.backends.triton.kernels._launch import (
     unsupported_dtype,
 )
 from membound.ir.ops import get_op
+from membound.ir.ops.kv_cache import last_writers
 
 
 @triton.jit
 def _cache_write(
-    cache_ptr, val_ptr, pos_ptr,
+    cache_ptr, val_ptr, pos_ptr, src_ptr,
     H, S, T, D,
     scb, sch, sct, scd, svb, svh, svs, svd, spb, sps,
-    BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr, HAS_SRC: tl.constexpr,
 ):
     tl.static_assert(BLOCK_D >= 16, "BLOCK_D: at least one 16-element vector per program")
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
@@ -54,7 +57,10 @@ def _cache_write(
     # compared as a vector: the interpreter rejects masks mixing scalar and vector booleans
     slot = p + tl.zeros_like(ds)
     ok = (ds < D) & (slot >= 0) & (slot < T)
-    x = tl.load(val_ptr + b * svb + h * svh + s * svs + ds * svd, mask=ok)
+    src = s
+    if HAS_SRC:  # several entries go to one slot: each writes the last one's value (same strides as pos)
+        src = tl.load(src_ptr + b * spb + s * sps).to(tl.int64)
+    x = tl.load(val_ptr + b * svb + h * svh + src * svs + ds * svd, mask=ok)
     tl.store(cache_ptr + b * scb + h * sch + slot * sct + ds * scd, x, mask=ok)
 
 
@@ -92,6 +98,11 @@ def cache_write(cache: torch.Tensor, values: torch.Tensor, positions: torch.Tens
         return fallback(op, reason, reference(cache, values, positions, dim=dim), None)
     if values.numel() == 0:
         return cache
+    # several entries may share a slot (a ring cache in a prefill longer than its window, a padded row's
+    # tail): written as in order of s, the last one stays; one new token (decode) cannot collide
+    src = last_writers(positions, cap).contiguous() if s > 1 else None
+    if src is not None:
+        positions = positions.contiguous()
     spb, sps = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
     block_d = min(max(16, next_pow2(d)), 1024)
 
@@ -99,7 +110,8 @@ def cache_write(cache: torch.Tensor, values: torch.Tensor, positions: torch.Tens
         return (bsz * heads * s, triton.cdiv(d, meta["BLOCK_D"]))
 
     launchable(_cache_write, cache.device)[grid](
-        cache, values, positions, heads, s, cap, d, *cache.stride(), *values.stride(), spb, sps,
-        BLOCK_D=block_d, num_warps=1 if block_d <= 256 else 4, **pdl_options(cache.device))
+        cache, values, positions, positions if src is None else src, heads, s, cap, d, *cache.stride(),
+        *values.stride(), spb, sps, BLOCK_D=block_d, num_warps=1 if block_d <= 256 else 4,
+        HAS_SRC=src is not None, **pdl_options(cache.device))
     note(op, "kernel")
     return cache
