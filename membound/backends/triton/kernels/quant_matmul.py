@@ -38,6 +38,17 @@ reduces once at the end (no reduction, no barrier per step), the tensor-core pat
 dtype (as the reference rounds) and issues one ``tl.dot``. The packed formats are ``ir/ops/quant.py``'s,
 unchanged.
 
+int4 with fp16/bf16 x at M <= 32 (decode) takes the ``PAIRS`` variant of the tensor-core path by default
+(:func:`pairs_path`): bytes, not words, dequantized two codes per 32-bit instruction straight into x's
+dtype by ``int4_pairs.py`` (``prmt``/``lop3`` into the mantissa of 128 (bf16) or 1024 (fp16), then packed
+``fma.rn.bf16x2``/``f16x2`` for the bias and the group's scale and offset: 2 instructions a code, against
+about 5 for ``_int4_dequant`` plus the rounding to 16 bits), 128 weight rows a program, M padded to 16 / 32,
+the gated input formed first (``PRE_GATE``) at every M. In the sm_90 SASS of the 8B shapes its loop spends
+3.3 instructions a code (126-128 registers) where the FMA GEMV spent 5.8 (202) and the old tensor-core
+tile 7.1 (``benches/experiments/int4_sass.py``). ``QuantConfig(pairs=False)`` / ``INT4_PAIRS = False`` keep
+the previous paths for A/B runs (``benches/experiments/int4_pairs_paths.py``). The stored format is
+unchanged.
+
 fp8 codes are converted natively (``cvt`` e4m3 -> f16/bf16) on sm_89+ and under the interpreter; older
 cards decode the bits (``FP8_BITS``): e4m3's sign, exponent and mantissa shifted into an fp16 are the
 value / 256 (exponent biases 7 and 15), subnormals included, and the 256 joins the channel scale.
@@ -576,7 +587,8 @@ def pairs_path(m: int, scheme: str, dtype: torch.dtype, pairs: Optional[bool] = 
 
 
 def tensor_cores_at_gemv(n: int, k: int, scheme: str) -> bool:
-    """Whether M <= 2 runs the tensor-core kernel (M padded to 16) rather than the FMA GEMV.
+    """Whether M <= 2 runs the tensor-core kernel (M padded to 16) rather than the FMA GEMV, where the int4
+    pairs kernel does not apply (:func:`pairs_path`: fp32 x, or switched off).
 
     Measured on one H200 (``benches/results/quant_gemv_paths-nvidia-h200-2026-12-02*.json``, bf16 x, M = 1,
     weights streamed from HBM, CUDA-graph replay; Llama-3-8B decode projections): the FMA GEMV spends ~7.5
