@@ -64,13 +64,14 @@ def test_pairs_path(m: int, k: int, n: int, group: int, dtype: torch.dtype) -> N
     torch.testing.assert_close(y.float(), F.linear(x.float(), w.float(), b.float()), **TOL[dtype])
 
 
-@pytest.mark.parametrize("m,k,n,group,split", [(1, 300, 33, 32, 3), (2, 300, 7, 128, 2), (17, 77, 9, 32, 1)])
-def test_pairs_gated_and_split(m: int, k: int, n: int, group: int, split: int) -> None:
-    """The gated op (x = silu(gate) * up; M <= 2 gates the real rows, M = 17 forms it first) and a K split."""
+@pytest.mark.parametrize("m,k,n,group,split,block_k", [(1, 300, 33, 32, 3, 32), (2, 300, 7, 128, 2, 32),
+                                                       (17, 77, 9, 32, 1, 32), (5, 300, 9, 16, 2, 128)])
+def test_pairs_gated_and_split(m: int, k: int, n: int, group: int, split: int, block_k: int) -> None:
+    """The gated op (x = silu(gate) * up, formed first) and a K split; tiles of one group and of eight."""
     dtype = torch.float16
     gate, up = rand(m, k, dtype=dtype, seed=1), rand(m, k, dtype=dtype, seed=2)
     q, s, w = packed(n, k, group, dtype)
-    cfg = QuantConfig(16 if m <= 16 else 32, 16, 32, split_k=split, use_dot=True, pairs=True)
+    cfg = QuantConfig(16 if m <= 16 else 32, 16, block_k, split_k=split, use_dot=True, pairs=True)
     with trace() as calls:
         y = LIBRARY["quant_gated_linear"](gate, up, q, s, scheme="int4", group_size=group, in_features=k,
                                           config=cfg)

@@ -220,6 +220,31 @@ def _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME: tl.constexpr, GROUP: t
 
 
 @triton.jit
+def _pairs_tile(q_rows, s_rows, row_ok, c0, c_end, G, GROUP: tl.constexpr, BLOCK_KW: tl.constexpr):
+    """int4 bytes of this program's rows at byte columns ``[c0, c0 + BLOCK_KW)`` as W^T ``[BLOCK_KW, BLOCK_N]``
+    (zeros from ``c_end`` on), and each byte's group scale and offset in the scales' dtype, broadcast
+    against it: ``[1, BLOCK_N]`` when the tile is inside one group, else the ``[GPT, BLOCK_N]`` groups of the
+    tile repeated along K in registers (``GPT`` groups of ``GB`` bytes; no per-element gather)."""
+    cols = c0 + tl.arange(0, BLOCK_KW)
+    raw = tl.load(q_rows[None, :] + cols[:, None], mask=row_ok[None, :] & (cols < c_end)[:, None], other=0)
+    GB: tl.constexpr = GROUP // 2
+    if BLOCK_KW <= GB:
+        g_ptr = s_rows + (c0 // GB) * 2
+        s = tl.load(g_ptr, mask=row_ok, other=0.0)[None, :]
+        o = tl.load(g_ptr + 1, mask=row_ok, other=0.0)[None, :]
+    else:
+        GPT: tl.constexpr = BLOCK_KW // GB
+        grp = c0 // GB + tl.arange(0, GPT)
+        g_ptr = s_rows[None, :] + grp[:, None] * 2
+        g_mask = row_ok[None, :] & (grp < G)[:, None]
+        s2 = tl.load(g_ptr, mask=g_mask, other=0.0)
+        o2 = tl.load(g_ptr + 1, mask=g_mask, other=0.0)
+        s = tl.reshape(tl.broadcast_to(s2[:, None, :], (GPT, GB, s2.shape[1])), (BLOCK_KW, s2.shape[1]))
+        o = tl.reshape(tl.broadcast_to(o2[:, None, :], (GPT, GB, o2.shape[1])), (BLOCK_KW, o2.shape[1]))
+    return raw, s, o
+
+
+@triton.jit
 def _units(raw):
     """int4 bytes -> ``(1 + lo/16, 1 + hi/16)`` in fp32, without an int -> float conversion (sm_90 converts
     16 values a clock per SM, under half of what int4 at HBM speed needs): the nibble shifted into the top
@@ -465,17 +490,19 @@ def _quant_matmul(
                     acc = tl.dot(xk, tl.trans(w), acc, input_precision=INPUT_PRECISION)
             elif USE_DOT:
                 # the tile as W^T [BLOCK_KW, BLOCK_N], contiguous along K so loads still vectorise
-                raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
                 if SCHEME == 1 and PAIRS:
                     # two codes per 32-bit op, straight into x's 16-bit dtype (int4_pairs.py)
+                    raw, s, o = _pairs_tile(q_rows, s_rows, row_ok, c0, c_end, G, GROUP, BLOCK_KW)
                     w_lo, w_hi = int4_pairs(raw, s.to(xe.dtype), o.to(xe.dtype), PAIRS)
                     acc = tl.dot(xe, w_lo, acc, input_precision=INPUT_PRECISION)
                     acc = tl.dot(xo, w_hi, acc, input_precision=INPUT_PRECISION)
                 elif SCHEME == 1:
+                    raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
                     w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # rounded to x's dtype as the reference rounds
                     acc = tl.dot(xe, w_lo.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
                     acc = tl.dot(xo, w_hi.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
                 else:
+                    raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
                     w = _codes(raw, SCHEME, FP8_BITS, MAGIC).to(xk.dtype)  # exact: |q| <= 127, e4m3 fits in 16 bits
                     acc = tl.dot(xk, w, acc, input_precision=INPUT_PRECISION)
             else:
@@ -637,9 +664,9 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
     words = int4 and k % 8 == 0  # int4 read as words: tiles of several groups (_int4_groups), no gathers
     kcap = max(32 if int4 else 16, next_pow2(k))
     if pairs_path(m, scheme, dtype, pairs):
-        # tensor cores over bytes (the pairs are made from bytes), one group a tile where groups are >= 32
-        # elements (group 16: 32, scales gathered per element), M padded to 16 / 32
-        block_k = min(max(32, min(group_size, 128)), kcap)
+        # tensor cores over bytes (the pairs are made from bytes), 128 elements a tile (smaller groups: their
+        # scales repeated in registers, _pairs_tile), M padded to 16 / 32
+        block_k = min(128, kcap)
         return _with_split(16 if m <= 16 else 32, PAIRS_BLOCK_N, block_k, m, n, k, True, int4, device, pairs=True)
     if m <= GEMV_M and tensor_cores_at_gemv(n, k, scheme):
         m = GEMV_M + 1  # the tensor-core kernel with M padded to 16 rows (see tensor_cores_at_gemv)
