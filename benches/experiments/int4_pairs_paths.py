@@ -10,7 +10,9 @@ lm head 128256x4096), M = 1 and 16, bf16 x, int4 group 128, per op in microsecon
 - ``int4 old``: ``pick_config(..., pairs=False)``, the rule before the pairs kernel (FMA GEMV at M = 1
   except lm heads, tensor cores over ``_int4_dequant`` words otherwise);
 - ``int4 pairs``: the default now (``pick_config(..., pairs=True)``), and at M = 1 a few other tiles of
-  the same kernel (``pairs BNxBK wW sS``) so the default can be re-tuned from one run.
+  the same kernel (``pairs BNxBK wW sS``) so the default can be re-tuned from one run;
+- ``int4 pair-codes``: the same tiles with ``pair_codes`` (the dot on the exact biased codes, the group's
+  scale and offset on the fp32 tile product: 3.20 instructions a code in the sm_90 SASS against 3.31).
 
 Each op runs over enough distinct weight copies (>= 256 MB in all) to stream from HBM, not L2, inside one
 CUDA graph (``static_weight=True``), median of 15 replays. Each path's output on the first copy is checked
@@ -118,8 +120,9 @@ def main() -> int:
             y = gated_linear(x, u, wd, static_weight=True) if gated else linear(x, wd, static_weight=True)
             record("bf16", y, time_graph(run_bf16), copies_b, 2 * n * k + 2 * (m * k + m * n))
             del wbs
+            pairs = qm.pick_config(m, n, k, "int4", GROUP, x.dtype, dev, pairs=True)
             configs = [("int4 old", qm.pick_config(m, n, k, "int4", GROUP, x.dtype, dev, pairs=False)),
-                       ("int4 pairs", qm.pick_config(m, n, k, "int4", GROUP, x.dtype, dev, pairs=True))]
+                       ("int4 pairs", pairs), ("int4 pair-codes", replace(pairs, pair_codes=True))]
             if m == 1 and not quick:
                 for bn, bk, nw, ns in TILES_M1:
                     c = qm._with_split(16, bn, bk, m, n, k, True, True, dev, pairs=True)
@@ -150,7 +153,7 @@ def main() -> int:
         mine = [r for r in rows if r["shape"] == shape and r["m"] == m and "us" in r]
         old = next((r for r in mine if r["path"] == "int4 old"), None)
         new = next((r for r in mine if r["path"] == "int4 pairs"), None)
-        best = min((r for r in mine if r["path"].startswith("int4 pairs")), key=lambda r: r["us"], default=None)
+        best = min((r for r in mine if r["path"].startswith("int4 pair")), key=lambda r: r["us"], default=None)
         cells = [f"{r['speedup_vs_bf16']:.2f}x ({r['pct_bw']:.0f}%)" if r else "-" for r in (old, new, best)]
         print(f"  {shape:10s} M={m:<2d} {' / '.join(cells)}{'  best: ' + best['path'] if best else ''}")
     out = os.environ.get("OUT", "/tmp")

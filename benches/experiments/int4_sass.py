@@ -4,8 +4,9 @@ against the int4 pairs path, from the sm_90 SASS.
     PYTHONPATH=. python benches/experiments/int4_sass.py [--json OUT.json] [--arch 90]
 
 Compiles the launch ``quant_linear`` would make (``quant_matmul.compile_args``) at the Llama-3-8B decode
-shapes, M = 1 and 16, bf16 x, group 128, with ``pick_config(..., pairs=False)`` (the previous rule: FMA
-GEMV at M = 1 except lm heads, tensor cores over ``_int4_dequant`` otherwise) and ``pairs=True``; disassembles
+shapes, M = 1 and 16, bf16 x, group 128, with ``pick_config(..., pairs=False)`` (``old``: the previous rule,
+FMA GEMV at M = 1 except lm heads, tensor cores over ``_int4_dequant`` otherwise), ``pairs=True``
+(``pairs``) and that with ``pair_codes`` (``codes``); disassembles
 the cubin (``cuobjdump``, shipped in Triton's NVIDIA backend) and finds the main K loop as the largest
 backward branch. Reported: the loop's SASS instructions, instructions per weight code
 (``loop * 32 * num_warps / (BLOCK_N * BLOCK_K)``), registers (``-res-usage``), shared memory, and the
@@ -86,17 +87,20 @@ def opcode(text: str) -> str:
     return word.split(".")[0]
 
 
-def measure(m: int, n: int, k: int, gated: bool, pairs: bool, arch: int) -> dict:
+def measure(m: int, n: int, k: int, gated: bool, path: str, arch: int) -> dict:
+    from dataclasses import replace
+
     from membound.backends.triton.kernels import quant_matmul as qm
 
-    cfg = qm.pick_config(m, n, k, "int4", 128, torch.bfloat16, torch.device("cpu"), pairs=pairs)
+    cfg = qm.pick_config(m, n, k, "int4", 128, torch.bfloat16, torch.device("cpu"), pairs=path != "old")
+    cfg = replace(cfg, pair_codes=path == "codes")
     label, args, options = qm.compile_args(m, n, k, "int4", 128, cfg, gated)
     binary, shared = cubin(qm._quant_matmul, args, arch, **options)
     sass, regs = disassemble(binary)
     loop = main_loop(sass)
     per_code = len(loop) * 32 * cfg.num_warps / (cfg.block_n * cfg.block_k)
     ops = collections.Counter(opcode(t) for t in loop)
-    return dict(m=m, n=n, k=k, gated=gated, path="pairs" if pairs else "old", config=label, registers=regs,
+    return dict(m=m, n=n, k=k, gated=gated, path=path, config=label, registers=regs,
                 shared_bytes=shared, loop_instructions=len(loop), per_code=round(per_code, 2),
                 opcodes=dict(ops.most_common()))
 
@@ -110,8 +114,8 @@ def main() -> int:
     rows = []
     for name, (n, k, gated) in SHAPES.items():
         for m in (1, 16):
-            for pairs in (False, True):
-                r = measure(m, n, k, gated, pairs, a.arch)
+            for path in ("old", "pairs", "codes"):
+                r = measure(m, n, k, gated, path, a.arch)
                 r["shape"] = name
                 rows.append(r)
                 top = ", ".join(f"{o} {c}" for o, c in list(r["opcodes"].items())[:6])

@@ -166,3 +166,34 @@ def test_pairs_gpu(m: int, dtype: torch.dtype) -> None:
         assert cfg.pairs
         y = qm.quant_linear(x, q, s, scheme="int4", group_size=group, in_features=k)
         torch.testing.assert_close(y.float(), F.linear(x.float(), w.float()), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype,asm,bias", [(torch.bfloat16, ip._BF16_CODES.value, 128.0),
+                                            (torch.float16, ip._F16_CODES.value, 1024.0)])
+def test_ptx_biased_codes_of_every_byte(dtype: torch.dtype, asm: str, bias: float) -> None:
+    """``int4_codes``' PTX: lo = BIAS + (b & 15), hi = BIAS + (b >> 4), exactly, for every byte in every position."""
+    for first in range(0, 256, 4):
+        row = [first, (first + 85) % 256, (first + 170) % 256, 255 - first]
+        out = run_ptx(asm, {"$4": row[0] | row[1] << 8 | row[2] << 16 | row[3] << 24}, dtype)
+        lo = torch.cat([_halves(out["$0"], dtype), _halves(out["$1"], dtype)])
+        hi = torch.cat([_halves(out["$2"], dtype), _halves(out["$3"], dtype)])
+        b = torch.tensor(row, dtype=torch.float64)
+        assert torch.equal(lo, bias + b.remainder(16)), (row, lo)
+        assert torch.equal(hi, bias + (b / 16).floor()), (row, hi)
+
+
+@pytest.mark.parametrize("m,k,n,group,split", [(1, 300, 33, 128, 2), (5, 77, 7, 32, 1), (17, 129, 9, 64, 1)])
+def test_pair_codes_variant(m: int, k: int, n: int, group: int, split: int) -> None:
+    """``pair_codes``: the dot on the biased codes, the group's scale/offset on the fp32 product (fp16)."""
+    dtype = torch.float16
+    x = rand(m, k, dtype=dtype)
+    q, s, w = packed(n, k, group, dtype)
+    cfg = QuantConfig(16 if m <= 16 else 32, 16, min(group, 128), split_k=split, use_dot=True, pairs=True,
+                      pair_codes=True)
+    with trace() as calls:
+        y = LIBRARY["quant_linear"](x, q, s, scheme="int4", group_size=group, in_features=k, config=cfg)
+    assert calls == [("quant_linear", "kernel")], calls
+    torch.testing.assert_close(y.float(), F.linear(x.float(), w.float()), **TOL[dtype])
+    with pytest.raises(ValueError, match="pair_codes needs block_k <= group_size"):
+        LIBRARY["quant_linear"](x, q, s, scheme="int4", group_size=group, in_features=k,
+                                config=QuantConfig(16, 16, 2 * group, use_dot=True, pairs=True, pair_codes=True))

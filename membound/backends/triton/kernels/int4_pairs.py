@@ -86,6 +86,53 @@ fma.rn.f16x2 $3, $3, $6, $8;
 }""")
 
 
+# the biased codes only (int4_codes): $0..$3 as above, $4 the bytes; bf16 128 + q, fp16 1024 + q (shifted)
+_BF16_CODES = tl.constexpr("""{
+.reg .b32 t0, t1, u0, u1;
+prmt.b32 t0, $4, 0, 0x4140;
+prmt.b32 t1, $4, 0, 0x4342;
+shr.u32 u0, t0, 4;
+shr.u32 u1, t1, 4;
+lop3.b32 $0, t0, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 $1, t1, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 $2, u0, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 $3, u1, 0x000F000F, 0x43004300, 0xEA;
+}""")
+
+_F16_CODES = tl.constexpr("""{
+.reg .b32 t0, t1, u0, u1;
+prmt.b32 t0, $4, 0, 0x4140;
+prmt.b32 t1, $4, 0, 0x4342;
+shr.u32 u0, t0, 4;
+shr.u32 u1, t1, 4;
+lop3.b32 $0, t0, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 $1, t1, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 $2, u0, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 $3, u1, 0x000F000F, 0x64006400, 0xEA;
+}""")
+
+
+@triton.jit
+def int4_codes(raw, dtype: tl.constexpr, PAIRS: tl.constexpr):
+    """int4 bytes ``raw`` (u8) -> ``(lo, hi)``: the biased codes ``BIAS + q`` of the low and high nibbles in
+    ``dtype`` (bf16: ``BIAS = 128``; fp16: 1024), exact; one instruction a code (``prmt``/shift/``lop3``).
+    The caller applies the group's affine map to the fp32 product: ``sum x w = s * sum x (BIAS + q) +
+    (o - BIAS s) * sum x``."""
+    if PAIRS == 1:
+        if dtype == tl.bfloat16:
+            lo, hi = tl.inline_asm_elementwise(_BF16_CODES, "=r,=r,=r,=r,r", [raw], dtype=(tl.bfloat16, tl.bfloat16),
+                                               is_pure=True, pack=4)
+        else:
+            lo, hi = tl.inline_asm_elementwise(_F16_CODES, "=r,=r,=r,=r,r", [raw], dtype=(tl.float16, tl.float16),
+                                               is_pure=True, pack=4)
+    else:
+        b = raw.to(tl.int32)
+        bias = 128.0 if dtype == tl.bfloat16 else 1024.0
+        lo = ((b & 15).to(tl.float32) + bias).to(dtype)
+        hi = ((b >> 4).to(tl.float32) + bias).to(dtype)
+    return lo, hi
+
+
 @triton.jit
 def int4_pairs(raw, s, o, PAIRS: tl.constexpr):
     """int4 bytes ``raw`` (u8) and each element's group scale ``s`` and offset ``o`` in x's dtype (bf16 or

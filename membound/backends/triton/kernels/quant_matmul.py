@@ -111,7 +111,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_device,
     unsupported_dtype,
 )
-from membound.backends.triton.kernels.int4_pairs import int4_pairs
+from membound.backends.triton.kernels.int4_pairs import int4_codes, int4_pairs
 from membound.ir.ops.quant import QWEIGHT_DTYPE, SCHEMES, check_scheme, dequantize, num_groups
 
 SMALL_M = 32  # decode: the GEMV (M <= 2) and the skinny tensor-core kernel (M <= 32); beyond, prefill_path
@@ -365,6 +365,7 @@ def _quant_matmul(
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
     PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr, X_ROWS: tl.constexpr = 0, PAIRS: tl.constexpr = 0,
+    PAIR_CODES: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if SCHEME == 1:
@@ -490,7 +491,20 @@ def _quant_matmul(
                     acc = tl.dot(xk, tl.trans(w), acc, input_precision=INPUT_PRECISION)
             elif USE_DOT:
                 # the tile as W^T [BLOCK_KW, BLOCK_N], contiguous along K so loads still vectorise
-                if SCHEME == 1 and PAIRS:
+                if SCHEME == 1 and PAIRS and PAIR_CODES:
+                    # the biased codes (exact in x's dtype, one instruction a code) on the tensor cores, the
+                    # group's scale and offset on the tile's fp32 product: s * P + (o - BIAS s) * sum x
+                    tl.static_assert(BLOCK_K <= GROUP, "int4 pair codes: a tile inside one group")
+                    raw, s, o = _pairs_tile(q_rows, s_rows, row_ok, c0, c_end, G, GROUP, BLOCK_KW)
+                    t_lo, t_hi = int4_codes(raw, xe.dtype, PAIRS)
+                    p = tl.dot(xe, t_lo, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32),
+                               input_precision=INPUT_PRECISION)
+                    p = tl.dot(xo, t_hi, p, input_precision=INPUT_PRECISION)
+                    BIAS: tl.constexpr = 128.0 if xe.dtype == tl.bfloat16 else 1024.0
+                    sf = s.to(tl.float32)
+                    xs = tl.sum(xk.to(tl.float32), axis=1)
+                    acc += p * sf + xs[:, None] * (o.to(tl.float32) - BIAS * sf)
+                elif SCHEME == 1 and PAIRS:
                     # two codes per 32-bit op, straight into x's 16-bit dtype (int4_pairs.py)
                     raw, s, o = _pairs_tile(q_rows, s_rows, row_ok, c0, c_end, G, GROUP, BLOCK_KW)
                     w_lo, w_hi = int4_pairs(raw, s.to(xe.dtype), o.to(xe.dtype), PAIRS)
@@ -591,6 +605,7 @@ class QuantConfig:
     prefetch_x: bool = False  # int4 GEMV on words: double-buffer x's tiles too (unmeasured: not a default)
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
     pairs: bool = False  # int4 on tensor cores, fp16/bf16 x: bytes to x's dtype two codes an op (int4_pairs.py)
+    pair_codes: bool = False  # ... dot on the exact biased codes, group affine on the fp32 product (block_k <= group)
 
 
 TC_GEMV_INT4_N = 32768  # int4 at M <= 2, without PAIRS: the tensor-core kernel from this many output columns on
@@ -864,6 +879,9 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
                      or cfg.block_k % group_size == 0):
         raise ValueError(f"{op}: config block_k={cfg.block_k} must divide group_size={group_size} or be a "
                          f"multiple of it")
+    if int4 and cfg.pairs and cfg.pair_codes and cfg.block_k > group_size:
+        raise ValueError(f"{op}: config pair_codes needs block_k <= group_size (one group a tile), got "
+                         f"block_k={cfg.block_k}, group_size={group_size}")
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = cdiv(k, k_per_split)  # no empty splits
     n_blocks, m_blocks = cdiv(n, cfg.block_n), cdiv(m, cfg.block_m)
@@ -904,6 +922,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
         GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, PREFETCH_X=cfg.prefetch_x,
         X_ROWS=m if u2 is not None and cfg.use_dot and m <= GEMV_M and not pre_gate else 0, PAIRS=pairs_code,
+        PAIR_CODES=pairs and cfg.pair_codes,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **pdl_options(x.device))
     note(op, "kernel")
@@ -949,10 +968,11 @@ def compile_args(m: int, n: int, k: int, scheme: str, group: int, cfg: QuantConf
                 USE_PDL=True, PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated,
                 PRE_GATE=pre_gate,
                 PREFETCH_X=cfg.prefetch_x and not cfg.use_dot,
-                X_ROWS=m if gated and cfg.use_dot and m <= GEMV_M and not pre_gate else 0, PAIRS=1 if pairs else 0)
+                X_ROWS=m if gated and cfg.use_dot and m <= GEMV_M and not pre_gate else 0, PAIRS=1 if pairs else 0,
+                PAIR_CODES=pairs and cfg.pair_codes)
     label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
              f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{args['SPLIT_K']}{' gated' if gated else ''}"
-             f"{' words' if words else ''}{' pairs' if pairs else ''}")
+             f"{' words' if words else ''}{' pairs' if pairs else ''}{' codes' if pairs and cfg.pair_codes else ''}")
     return label, args, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
