@@ -902,7 +902,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     fp8_bits = scheme == "fp8" and fp8_from_bits(x.device)
     q = qweight.view(torch.uint8) if scheme == "fp8" else qweight  # masked loads need a zero: u8 has one
     # int4 pairs (tensor cores, 16-bit x): bytes; inline PTX when compiled, its Triton twin when interpreted
-    pairs_code = 0 if not pairs else (2 if interpreter_ready() else 1)
+    pairs_code = 0 if not pairs else (1 if pairs_ptx(x.device) else 2)
     # int32 words (eight int4 / four int8 codes): rows of whole words; for int4 a group-aligned tile
     unit = 8 if int4 else 4
     words = (scheme != "fp8" and cfg.magic and cfg.words and k % unit == 0 and cfg.block_k % unit == 0
@@ -928,6 +928,13 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         num_stages=cfg.num_stages, **pdl_options(x.device))
     note(op, "kernel")
     return y
+
+
+def pairs_ptx(device: torch.device) -> bool:
+    """The int4 pairs kernel runs its inline PTX (compiled for a CUDA card of sm_80+: ``fma.rn.bf16x2``), not
+    the Triton twin (the interpreter, older cards)."""
+    return (device.type == "cuda" and not interpreter_ready()
+            and torch.cuda.get_device_capability(device) >= (8, 0))
 
 
 def fp8_from_bits(device: torch.device) -> bool:
