@@ -308,11 +308,28 @@ def test_quant_linear_gpu(scheme: str, group: int, m: int) -> None:
     ("int4", 28672, 4096, False), ("int4", 128256, 4096, True),  # int4: lm heads only
     ("int4", 128256, 4100, False),                              # int4 without whole words
 ])
-def test_gemv_path_choice(scheme, n, k, dot):
-    """M <= 2 picks the kernel the H200 measurement favours (``tensor_cores_at_gemv``); M = 16 is always dot."""
+def test_gemv_path_choice(scheme, n, k, dot, monkeypatch: pytest.MonkeyPatch):
+    """M <= 2 picks the kernel the H200 measurement favours (``tensor_cores_at_gemv``) where the int4 pairs
+    path does not apply (fp32 x, or ``INT4_PAIRS`` off); M = 16 is always dot."""
     cpu = torch.device("cpu")
-    for m in (1, 2):
-        cfg = qm.pick_config(m, n, k, scheme, 128, torch.float16, cpu)
-        assert cfg.use_dot is dot, (m, cfg)
-        assert (cfg.block_m == 16) is dot
-    assert qm.pick_config(16, n, k, scheme, 128, torch.float16, cpu).use_dot
+    for dtype, pairs_on in ((torch.float32, True), (torch.float16, False)):
+        monkeypatch.setattr(qm, "INT4_PAIRS", pairs_on)
+        for m in (1, 2):
+            cfg = qm.pick_config(m, n, k, scheme, 128, dtype, cpu)
+            assert cfg.use_dot is dot, (m, cfg)
+            assert (cfg.block_m == 16) is dot
+            assert not cfg.pairs
+        assert qm.pick_config(16, n, k, scheme, 128, dtype, cpu).use_dot
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (28672, 4096), (4096, 14336), (128256, 4096), (7, 77)])
+def test_int4_pairs_path_choice(n: int, k: int, dtype: torch.dtype) -> None:
+    """int4 with 16-bit x takes the pairs kernel at every decode M (tensor cores, bytes), never beyond 32."""
+    cpu = torch.device("cpu")
+    for m, block_m in ((1, 16), (2, 16), (5, 16), (16, 16), (17, 32), (32, 32)):
+        cfg = qm.pick_config(m, n, k, "int4", 128, dtype, cpu)
+        assert cfg.pairs and cfg.use_dot and cfg.block_m == block_m and cfg.block_n == qm.PAIRS_BLOCK_N, (m, cfg)
+        assert 128 % cfg.block_k == 0 and cfg.block_k >= 32
+    assert not qm.pick_config(33, n, k, "int4", 128, dtype, cpu).pairs
+    assert not qm.pick_config(1, n, k, "int8", 0, dtype, cpu).pairs

@@ -38,6 +38,17 @@ reduces once at the end (no reduction, no barrier per step), the tensor-core pat
 dtype (as the reference rounds) and issues one ``tl.dot``. The packed formats are ``ir/ops/quant.py``'s,
 unchanged.
 
+int4 with fp16/bf16 x at M <= 32 (decode) takes the ``PAIRS`` variant of the tensor-core path by default
+(:func:`pairs_path`): bytes, not words, dequantized two codes per 32-bit instruction straight into x's
+dtype by ``int4_pairs.py`` (``prmt``/``lop3`` into the mantissa of 128 (bf16) or 1024 (fp16), then packed
+``fma.rn.bf16x2``/``f16x2`` for the bias and the group's scale and offset: 2 instructions a code, against
+about 5 for ``_int4_dequant`` plus the rounding to 16 bits), 128 weight rows a program, M padded to 16 / 32,
+the gated input formed first (``PRE_GATE``) at every M. In the sm_90 SASS of the 8B shapes its loop spends
+3.3 instructions a code (126-128 registers) where the FMA GEMV spent 5.8 (202) and the old tensor-core
+tile 7.1 (``benches/experiments/int4_sass.py``). ``QuantConfig(pairs=False)`` / ``INT4_PAIRS = False`` keep
+the previous paths for A/B runs (``benches/experiments/int4_pairs_paths.py``). The stored format is
+unchanged.
+
 fp8 codes are converted natively (``cvt`` e4m3 -> f16/bf16) on sm_89+ and under the interpreter; older
 cards decode the bits (``FP8_BITS``): e4m3's sign, exponent and mantissa shifted into an fp16 are the
 value / 256 (exponent biases 7 and 15), subnormals included, and the 256 joins the channel scale.
@@ -75,7 +86,7 @@ empty products.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -88,6 +99,7 @@ from membound.backends.triton.kernels._launch import (
     cdiv,
     check_out,
     fallback,
+    interpreter_ready,
     launchable,
     next_pow2,
     note,
@@ -99,6 +111,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_device,
     unsupported_dtype,
 )
+from membound.backends.triton.kernels.int4_pairs import int4_codes, int4_pairs
 from membound.ir.ops.quant import QWEIGHT_DTYPE, SCHEMES, check_scheme, dequantize, num_groups
 
 SMALL_M = 32  # decode: the GEMV (M <= 2) and the skinny tensor-core kernel (M <= 32); beyond, prefill_path
@@ -203,6 +216,31 @@ def _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME: tl.constexpr, GROUP: t
                 g_mask = row_ok[:, None] & g_ok[None, :]
             s = tl.load(g_ptr, mask=g_mask, other=0.0).to(tl.float32)
             o = tl.load(g_ptr + 1, mask=g_mask, other=0.0).to(tl.float32)
+    return raw, s, o
+
+
+@triton.jit
+def _pairs_tile(q_rows, s_rows, row_ok, c0, c_end, G, GROUP: tl.constexpr, BLOCK_KW: tl.constexpr):
+    """int4 bytes of this program's rows at byte columns ``[c0, c0 + BLOCK_KW)`` as W^T ``[BLOCK_KW, BLOCK_N]``
+    (zeros from ``c_end`` on), and each byte's group scale and offset in the scales' dtype, broadcast
+    against it: ``[1, BLOCK_N]`` when the tile is inside one group, else the ``[GPT, BLOCK_N]`` groups of the
+    tile repeated along K in registers (``GPT`` groups of ``GB`` bytes; no per-element gather)."""
+    cols = c0 + tl.arange(0, BLOCK_KW)
+    raw = tl.load(q_rows[None, :] + cols[:, None], mask=row_ok[None, :] & (cols < c_end)[:, None], other=0)
+    GB: tl.constexpr = GROUP // 2
+    if BLOCK_KW <= GB:
+        g_ptr = s_rows + (c0 // GB) * 2
+        s = tl.load(g_ptr, mask=row_ok, other=0.0)[None, :]
+        o = tl.load(g_ptr + 1, mask=row_ok, other=0.0)[None, :]
+    else:
+        GPT: tl.constexpr = BLOCK_KW // GB
+        grp = c0 // GB + tl.arange(0, GPT)
+        g_ptr = s_rows[None, :] + grp[:, None] * 2
+        g_mask = row_ok[None, :] & (grp < G)[:, None]
+        s2 = tl.load(g_ptr, mask=g_mask, other=0.0)
+        o2 = tl.load(g_ptr + 1, mask=g_mask, other=0.0)
+        s = tl.reshape(tl.broadcast_to(s2[:, None, :], (GPT, GB, s2.shape[1])), (BLOCK_KW, s2.shape[1]))
+        o = tl.reshape(tl.broadcast_to(o2[:, None, :], (GPT, GB, o2.shape[1])), (BLOCK_KW, o2.shape[1]))
     return raw, s, o
 
 
@@ -326,7 +364,8 @@ def _quant_matmul(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
-    PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr, X_ROWS: tl.constexpr = 0,
+    PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr, X_ROWS: tl.constexpr = 0, PAIRS: tl.constexpr = 0,
+    PAIR_CODES: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if SCHEME == 1:
@@ -452,12 +491,32 @@ def _quant_matmul(
                     acc = tl.dot(xk, tl.trans(w), acc, input_precision=INPUT_PRECISION)
             elif USE_DOT:
                 # the tile as W^T [BLOCK_KW, BLOCK_N], contiguous along K so loads still vectorise
-                raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
-                if SCHEME == 1:
+                if SCHEME == 1 and PAIRS and PAIR_CODES:
+                    # the biased codes (exact in x's dtype, one instruction a code) on the tensor cores, the
+                    # group's scale and offset on the tile's fp32 product: s * P + (o - BIAS s) * sum x
+                    tl.static_assert(BLOCK_K <= GROUP, "int4 pair codes: a tile inside one group")
+                    raw, s, o = _pairs_tile(q_rows, s_rows, row_ok, c0, c_end, G, GROUP, BLOCK_KW)
+                    t_lo, t_hi = int4_codes(raw, xe.dtype, PAIRS)
+                    p = tl.dot(xe, t_lo, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32),
+                               input_precision=INPUT_PRECISION)
+                    p = tl.dot(xo, t_hi, p, input_precision=INPUT_PRECISION)
+                    BIAS: tl.constexpr = 128.0 if xe.dtype == tl.bfloat16 else 1024.0
+                    sf = s.to(tl.float32)
+                    xs = tl.sum(xk.to(tl.float32), axis=1)
+                    acc += p * sf + xs[:, None] * (o.to(tl.float32) - BIAS * sf)
+                elif SCHEME == 1 and PAIRS:
+                    # two codes per 32-bit op, straight into x's 16-bit dtype (int4_pairs.py)
+                    raw, s, o = _pairs_tile(q_rows, s_rows, row_ok, c0, c_end, G, GROUP, BLOCK_KW)
+                    w_lo, w_hi = int4_pairs(raw, s.to(xe.dtype), o.to(xe.dtype), PAIRS)
+                    acc = tl.dot(xe, w_lo, acc, input_precision=INPUT_PRECISION)
+                    acc = tl.dot(xo, w_hi, acc, input_precision=INPUT_PRECISION)
+                elif SCHEME == 1:
+                    raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
                     w_lo, w_hi = _nibbles(raw, s, o, MAGIC)  # rounded to x's dtype as the reference rounds
                     acc = tl.dot(xe, w_lo.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
                     acc = tl.dot(xo, w_hi.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
                 else:
+                    raw, s, o = _q_tile(q_rows, s_rows, row_ok, c0, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT, True)
                     w = _codes(raw, SCHEME, FP8_BITS, MAGIC).to(xk.dtype)  # exact: |q| <= 127, e4m3 fits in 16 bits
                     acc = tl.dot(xk, w, acc, input_precision=INPUT_PRECISION)
             else:
@@ -545,13 +604,34 @@ class QuantConfig:
     tc_pre_gate: bool = True  # ... and on the tensor cores from M = 3 (checked on the H200 at M = 4, 16; not timed)
     prefetch_x: bool = False  # int4 GEMV on words: double-buffer x's tiles too (unmeasured: not a default)
     words: bool = True  # int8/int4: load int32 words (when whole words fit the rows), not bytes (_int4_dequant)
+    pairs: bool = False  # int4 on tensor cores, fp16/bf16 x: bytes to x's dtype two codes an op (int4_pairs.py)
+    pair_codes: bool = False  # ... dot on the exact biased codes, group affine on the fp32 product (block_k <= group;
+    # sm_90 SASS: 3.20 instructions a code vs 3.31 under triton 3.9, 3.37 vs 3.33 under 3.6: off, untimed)
 
 
-TC_GEMV_INT4_N = 32768  # int4 at M <= 2: the tensor-core kernel from this many output columns on (lm heads)
+TC_GEMV_INT4_N = 32768  # int4 at M <= 2, without PAIRS: the tensor-core kernel from this many output columns on
+INT4_PAIRS = True  # int4 at M <= 32 with fp16/bf16 x: the tensor-core kernel with int4_pairs' dequantization
+PAIRS_BLOCK_N = 128  # its weight rows per program: x's tile (16 x BLOCK_K, reloaded each step) spread over more codes
+
+
+def pairs_path(m: int, scheme: str, dtype: torch.dtype, pairs: Optional[bool] = None) -> bool:
+    """Whether ``m`` rows take the int4 ``PAIRS`` kernel: tensor cores (M padded to 16 or 32) fed by
+    :func:`int4_pairs`, at every decode M (1..32) for fp16/bf16 x.
+
+    Expected from the sm_90 SASS of the main loops at the Llama-3-8B shapes (``benches/experiments/
+    int4_sass.py``; bf16, M = 1 and 16): 3.3 instructions per code at 128 rows x 128 elements and 126
+    registers, against 5.8 for the FMA GEMV (202 registers) and 7.1 for the tensor-core kernel over
+    ``_int4_dequant``; an H200 streaming int4 at 4.1 TB/s has ~4 per code at full issue (128 lanes a clock
+    per SM, ~31 codes a clock per SM). Not yet timed on a GPU: ``benches/experiments/int4_pairs_paths.py``
+    times both (``INT4_PAIRS = False`` restores the previous rule).
+    """
+    on = INT4_PAIRS if pairs is None else pairs
+    return on and scheme == "int4" and m <= SMALL_M and dtype in (torch.float16, torch.bfloat16)
 
 
 def tensor_cores_at_gemv(n: int, k: int, scheme: str) -> bool:
-    """Whether M <= 2 runs the tensor-core kernel (M padded to 16) rather than the FMA GEMV.
+    """Whether M <= 2 runs the tensor-core kernel (M padded to 16) rather than the FMA GEMV, where the int4
+    pairs kernel does not apply (:func:`pairs_path`: fp32 x, or switched off).
 
     Measured on one H200 (``benches/results/quant_gemv_paths-nvidia-h200-2026-12-02*.json``, bf16 x, M = 1,
     weights streamed from HBM, CUDA-graph replay; Llama-3-8B decode projections): the FMA GEMV spends ~7.5
@@ -573,7 +653,7 @@ def tensor_cores_at_gemv(n: int, k: int, scheme: str) -> bool:
 
 
 def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
-                device: torch.device) -> QuantConfig:
+                device: torch.device, pairs: Optional[bool] = None) -> QuantConfig:
     """Tiles for ``m`` rows, from one H200 sweep at 4096 x 14336 (``benches/results/quant_matmul-sweep-
     nvidia-h200-2026-12-01-int4-groups.json``; other shapes untuned):
 
@@ -590,12 +670,20 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
       cores) and each split keeps enough K tiles (8 on the FMA path, 4 for int4, 2 on the tensor cores):
       the sweep found every GEMV split of 4096 x 14336 slower than none, and split 4 best at M = 16.
 
+    - int4 with fp16/bf16 x at M <= 32 (:func:`pairs_path`; ``pairs`` forces it on or off): tensor cores
+      over bytes dequantized by :func:`int4_pairs`, 128 rows x one group (32..128 elements), M padded to
+      16 / 32.
+
     ``benches/quant_matmul.py --sweep`` times a grid around these on the GPU.
     """
     int4 = scheme == "int4"
     words = int4 and k % 8 == 0  # int4 read as words: tiles of several groups (_int4_groups), no gathers
     kcap = max(32 if int4 else 16, next_pow2(k))
-    num_stages = 3
+    if pairs_path(m, scheme, dtype, pairs):
+        # tensor cores over bytes (the pairs are made from bytes), 128 elements a tile (smaller groups: their
+        # scales repeated in registers, _pairs_tile), M padded to 16 / 32
+        block_k = min(128, kcap)
+        return _with_split(16 if m <= 16 else 32, PAIRS_BLOCK_N, block_k, m, n, k, True, int4, device, pairs=True)
     if m <= GEMV_M and tensor_cores_at_gemv(n, k, scheme):
         m = GEMV_M + 1  # the tensor-core kernel with M padded to 16 rows (see tensor_cores_at_gemv)
     if m <= GEMV_M:
@@ -619,15 +707,21 @@ def pick_config(m: int, n: int, k: int, scheme: str, group_size: int, dtype: tor
             if int4 and block_k < group_size and block_k % 8 == 0:
                 block_k = min(group_size, 128)
         use_dot = True
+    return _with_split(block_m, block_n, block_k, m, n, k, use_dot, int4, device)
+
+
+def _with_split(block_m: int, block_n: int, block_k: int, m: int, n: int, k: int, use_dot: bool, int4: bool,
+                device: torch.device, pairs: bool = False) -> QuantConfig:
+    """The config with its K split: only while the SMs would otherwise idle, one wave for the GEMV, 1.5 for
+    the tensor cores (the H200 sweep: 4096 x 14336 at M = 1 is fastest unsplit, at M = 16 with 64 rows split
+    in 4), each split keeping enough K tiles."""
     programs = cdiv(n, block_n) * cdiv(m, block_m)
     split = 1
-    # split K only while the SMs would otherwise idle: one wave for the GEMV, 1.5 for the tensor cores (the
-    # H200 sweep: 4096 x 14336 at M = 1 is fastest unsplit, at M = 16 with 64 rows split in 4)
     waves = 1.5 if use_dot else 1.0
     min_tiles = 2 if use_dot else (4 if int4 else 8)
     while programs * split < waves * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
-    return QuantConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=num_stages)
+    return QuantConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=3, pairs=pairs)
 
 
 def packed_bytes(n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype) -> int:
@@ -786,14 +880,20 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
                      or cfg.block_k % group_size == 0):
         raise ValueError(f"{op}: config block_k={cfg.block_k} must divide group_size={group_size} or be a "
                          f"multiple of it")
+    if int4 and cfg.pairs and cfg.pair_codes and cfg.block_k > group_size:
+        raise ValueError(f"{op}: config pair_codes needs block_k <= group_size (one group a tile), got "
+                         f"block_k={cfg.block_k}, group_size={group_size}")
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = cdiv(k, k_per_split)  # no empty splits
     n_blocks, m_blocks = cdiv(n, cfg.block_n), cdiv(m, cfg.block_m)
     part = locks = gbuf = y  # placeholders the kernel never touches without a split / pre-gating
     # gated: the GEMV forms silu(gate) * up once per program (PRE_GATE); so may the tensor cores from M = 3
     # (tc_pre_gate: in the loop the compiler recomputes it in the dot operand's layout, per warp, for all
-    # padded rows); at M <= 2 their tiles gate the real rows as vectors (X_ROWS)
-    pre_gate = u2 is not None and cfg.pre_gate and (not cfg.use_dot or (m > GEMV_M and cfg.tc_pre_gate))
+    # padded rows); at M <= 2 their tiles gate the real rows as vectors (X_ROWS), except the int4 pairs
+    # kernel, which forms it first at every M (sm_90 SASS at 4096 x 14336, M = 1: 3.31 instructions a
+    # code against 4.21 gating in the loop)
+    pairs = int4 and cfg.pairs and cfg.use_dot and x.dtype in (torch.float16, torch.bfloat16)
+    pre_gate = u2 is not None and cfg.pre_gate and (not cfg.use_dot or (m > GEMV_M and cfg.tc_pre_gate) or pairs)
     if pre_gate:
         gbuf = torch.empty((m, k), dtype=x.dtype, device=x.device)
     if split > 1:
@@ -801,10 +901,12 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         locks = split_counters(x.device, n_blocks * m_blocks)
     fp8_bits = scheme == "fp8" and fp8_from_bits(x.device)
     q = qweight.view(torch.uint8) if scheme == "fp8" else qweight  # masked loads need a zero: u8 has one
+    # int4 pairs (tensor cores, 16-bit x): bytes; inline PTX when compiled, its Triton twin when interpreted
+    pairs_code = 0 if not pairs else (1 if pairs_ptx(x.device) else 2)
     # int32 words (eight int4 / four int8 codes): rows of whole words; for int4 a group-aligned tile
     unit = 8 if int4 else 4
     words = (scheme != "fp8" and cfg.magic and cfg.words and k % unit == 0 and cfg.block_k % unit == 0
-             and q.stride(0) % 4 == 0 and q.data_ptr() % 4 == 0)
+             and q.stride(0) % 4 == 0 and q.data_ptr() % 4 == 0 and not pairs)
     if words:
         q = q.view(torch.int32)
     kw = q.shape[1]
@@ -820,11 +922,19 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
         GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, PREFETCH_X=cfg.prefetch_x,
-        X_ROWS=m if u2 is not None and cfg.use_dot and m <= GEMV_M else 0,
+        X_ROWS=m if u2 is not None and cfg.use_dot and m <= GEMV_M and not pre_gate else 0, PAIRS=pairs_code,
+        PAIR_CODES=pairs and cfg.pair_codes,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **pdl_options(x.device))
     note(op, "kernel")
     return y
+
+
+def pairs_ptx(device: torch.device) -> bool:
+    """The int4 pairs kernel runs its inline PTX (compiled for a CUDA card of sm_80+: ``fma.rn.bf16x2``), not
+    the Triton twin (the interpreter, older cards)."""
+    return (device.type == "cuda" and not interpreter_ready()
+            and torch.cuda.get_device_capability(device) >= (8, 0))
 
 
 def fp8_from_bits(device: torch.device) -> bool:
@@ -843,35 +953,53 @@ def _copy_out(op: str, out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
     return out.copy_(result)
 
 
+def compile_args(m: int, n: int, k: int, scheme: str, group: int, cfg: QuantConfig,
+                 gated: bool = False) -> tuple[str, dict, dict]:
+    """(label, kernel arguments, launch options) of the launch ``_launch`` makes for bf16 x at these sizes,
+    for compiling without a GPU (``compile_check.py``, ``benches/experiments/int4_sass.py``)."""
+    int4 = scheme == "int4"
+    pairs = int4 and cfg.pairs and cfg.use_dot
+    pre_gate = gated and cfg.pre_gate and (not cfg.use_dot or (m > GEMV_M and cfg.tc_pre_gate) or pairs)
+    unit = 8 if int4 else 4
+    words = scheme != "fp8" and cfg.magic and cfg.words and k % unit == 0 and cfg.block_k % unit == 0 and not pairs
+    unit = unit if words else 2 if int4 else 1
+    q_type = "*i32" if words else "*u8" if scheme != "int8" else "*i8"
+    kw = cdiv(k, unit)
+    k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    args = dict(x_ptr="*bf16", u_ptr="*bf16", q_ptr=q_type, s_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16",
+                part_ptr="*fp32", lock_ptr="*i32", g_ptr="*bf16", M=m, N=n, K=k, KW=kw,
+                G=num_groups(k, group) if int4 else 1, KW_PER_SPLIT=k_per_split // unit, stride_xm=k,
+                stride_um=k, stride_qn=kw, stride_sn=2 * num_groups(k, group) if int4 else 1,
+                stride_split=m * n, SCHEME=SCHEME_CODE[scheme], GROUP=group if int4 else 0, FP8_BITS=False,
+                MAGIC=cfg.magic, WORDS=words, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                SPLIT_K=cdiv(k, k_per_split), HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32",
+                USE_PDL=True, PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated,
+                PRE_GATE=pre_gate,
+                PREFETCH_X=cfg.prefetch_x and not cfg.use_dot,
+                X_ROWS=m if gated and cfg.use_dot and m <= GEMV_M and not pre_gate else 0, PAIRS=1 if pairs else 0,
+                PAIR_CODES=pairs and cfg.pair_codes)
+    label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
+             f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{args['SPLIT_K']}{' gated' if gated else ''}"
+             f"{' words' if words else ''}{' pairs' if pairs else ''}{' codes' if pairs and cfg.pair_codes else ''}")
+    return label, args, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
 def compile_cases() -> list[tuple[str, dict, dict]]:
     """(label, kernel arguments, launch options) at Llama-3-8B decode shapes, bf16, for the sm_90 PTX check
     (``python -m membound.backends.triton.kernels.quant_matmul``; see ``compile_check.py``)."""
     cases = []
     n, k = 4096, 14336  # the down projection
-    for scheme, group, m, gated, words in (("int8", 0, 1, False, True), ("int8", 0, 2, True, False),
-                                           ("fp8", 0, 1, False, False), ("int4", 128, 1, False, True),
-                                           ("int4", 128, 1, False, False), ("int4", 32, 2, True, True),
-                                           ("int8", 0, 16, False, True), ("fp8", 0, 16, False, False),
-                                           ("int4", 128, 16, True, True), ("int4", 128, 16, False, False),
-                                           ("int4", 128, 64, False, True)):
-        cfg = pick_config(m, n, k, scheme, group, torch.bfloat16, torch.device("cpu"))
-        int4 = scheme == "int4"
-        unit = (8 if int4 else 4) if words else 2 if int4 else 1
-        q_type = "*i32" if words else "*u8" if scheme != "int8" else "*i8"
-        args = dict(x_ptr="*bf16", u_ptr="*bf16", q_ptr=q_type, s_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16",
-                    part_ptr="*fp32", lock_ptr="*i32", g_ptr="*bf16", M=m, N=n, K=k, KW=cdiv(k, unit),
-                    G=num_groups(k, group) if int4 else 1, KW_PER_SPLIT=cdiv(k, cfg.split_k) // unit, stride_xm=k,
-                    stride_um=k, stride_qn=cdiv(k, unit), stride_sn=2 * num_groups(k, group) if int4 else 1,
-                    stride_split=m * n, SCHEME=SCHEME_CODE[scheme], GROUP=group, FP8_BITS=False, MAGIC=True,
-                    WORDS=words, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-                    HAS_BIAS=False, USE_DOT=cfg.use_dot, INPUT_PRECISION="tf32", USE_PDL=True,
-                    PREFETCH=cfg.prefetch and not cfg.use_dot, GATED=gated, EARLY_W=not gated,
-                    PRE_GATE=gated and (not cfg.use_dot or m > GEMV_M), PREFETCH_X=False,
-                    X_ROWS=m if gated and cfg.use_dot and m <= GEMV_M else 0)
-        label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
-                 f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}{' gated' if gated else ''}"
-                 f"{' words' if words else ''}")
-        cases.append((label, args, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)))
+    for scheme, group, m, gated, words, pairs in (
+            ("int8", 0, 1, False, True, False), ("int8", 0, 2, True, False, False),
+            ("fp8", 0, 1, False, False, False), ("int4", 128, 1, False, True, False),
+            ("int4", 128, 1, False, False, False), ("int4", 32, 2, True, True, False),
+            ("int8", 0, 16, False, True, False), ("fp8", 0, 16, False, False, False),
+            ("int4", 128, 16, True, True, False), ("int4", 128, 16, False, False, False),
+            ("int4", 128, 64, False, True, False), ("int4", 128, 1, False, False, True),
+            ("int4", 128, 1, True, False, True), ("int4", 128, 16, False, False, True),
+            ("int4", 32, 17, True, False, True)):
+        cfg = pick_config(m, n, k, scheme, group, torch.bfloat16, torch.device("cpu"), pairs=pairs)
+        cases.append(compile_args(m, n, k, scheme, group, replace(cfg, words=words), gated))
     return cases
 
 
