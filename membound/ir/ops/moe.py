@@ -257,7 +257,7 @@ def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_ga
 def _quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gate: torch.Tensor,
                q_up: torch.Tensor, s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor,
                *shared: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str,
-               scheme: str, group_size: int) -> torch.Tensor:
+               scheme: str, group_size: int = 0) -> torch.Tensor:
     """Dequantize the experts to x's dtype (O(weights), once per call), then ``moe``'s reference."""
     ks = expert_in_features(router, q_gate)
     ws = [dequantize_experts(q, sc, x.dtype, scheme, group_size, k)
