@@ -20,6 +20,17 @@ the parameter name, e.g. ``"*lm_head*"``). The packed weight and its scales beco
 ``<name>.qweight`` / ``<name>.scales``; a float weight nobody else reads is dropped (a tied embedding
 table keeps its float copy for the gather). A weight read by several linears is quantized once.
 
+A ``moe`` over parameter experts becomes ``quant_moe`` over the same scheme's packed experts (each
+``[E, N, K]`` weight quantized as its E * N rows: codes ``<name>.qweight``, scales ``<name>.scales``, a
+leading E on both); its router and shared expert stay float.
+
+```
+// before: %y = moe(%x, %router, %wg, %wu, %wd) {top_k=2, ...}     (%wg: bf16[8, 14336, 4096])
+// after, int4 group 128:
+//   %y = quant_moe(%x, %router, %wg.qweight, %wg.scales, ...) {top_k=2, ..., scheme="int4", group_size=128}
+//   (%wg.qweight: u8[8, 14336, 2048], %wg.scales: bf16[8, 14336, 32, 2])
+```
+
 Formats are those of ``membound.ir.ops.quant`` (int8 per-channel symmetric, int4 group-wise with
 scale and offset, fp8 e4m3 per-channel). Quantization runs once per compile; ``QuantConfig.cache``
 (shared by every capture of one compiled model) keeps the packed tensors so that recaptures and the
