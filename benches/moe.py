@@ -15,11 +15,17 @@ Every contender runs the same tensors (HF's concatenated gate/up is the one copy
   token gathers its experts' weights, ``torch.compile(mode="reduce-overhead", fullgraph=True)`` step);
 - ``membound``: ``membound.generate(membound.compile(hf_model), ...)`` (fuse-moe, Triton ``moe`` kernels,
   CUDA graphs);
-- ``membound int8``: the same with ``quantize="int8"`` (``quant_moe``: int8 experts dequantized in the
-  kernels; int8 linears) — batches up to 8, not in ``--quick``; its roofline column is still bf16's;
+- ``membound int8`` / ``membound int4``: the same with ``quantize="int8"`` / ``QuantConfig("int4",
+  group_size=128)`` (``quant_moe``: int8 or int4 experts dequantized in the kernels; quantized linears
+  where the cost model says they pay) — batches up to 8, not in ``--quick``;
 - ``roofline``: per decode step, the bytes that must be read — non-expert weights (attention, router,
   norms, lm_head; the embedding is gathered), ``min(E, batch*k)`` experts per layer, the live K/V —
-  over the read bandwidth of ``x.sum()`` on 2 GiB measured in this run.
+  over the read bandwidth of ``x.sum()`` on 2 GiB measured in this run. For the quantized rows the
+  attention, expert and lm_head weights count at their packed size (int8: 1 byte + a bf16 scale per row;
+  int4: half a byte + a bf16 (scale, offset) per group of 128), the router, norms and K/V at bf16.
+
+HF's contenders decode at batch 1 only by default (``--hf-batches 1 8 32`` for all; each batch size
+recompiles the static-cache one).
 
 Decode tokens/s = batch * (N - 1) / (t(generate N) - t(generate 1)): the prefill and the first token
 cancel. Prefill tokens/s = 512 / t(generate 1 token after a 512-token prompt), batch 1. Before timing,
@@ -200,14 +206,19 @@ def seconds(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
-def active_bytes(c: MixtralConfig, batch: int, context: int, itemsize: int = 2) -> int:
-    """Bytes one decode step must read (see the module docstring)."""
-    hd = c.head_dim
+# bytes per weight element of the packed formats (K = the dim, 4096 or 1024: the per-row scale is noise)
+PACKED = {None: 2.0, "int8": 1.0, "int4": 0.5 + 4 / 128}
+
+
+def active_bytes(c: MixtralConfig, batch: int, context: int, scheme: Optional[str] = None) -> float:
+    """Bytes one decode step must read (see the module docstring); ``scheme``: the quantized weights' format."""
+    hd, w, itemsize = c.head_dim, PACKED[scheme], 2
     attn = c.dim * hd * (2 * c.n_heads + 2 * c.n_kv_heads)
     expert = 3 * c.dim * c.intermediate_size
-    per_layer = attn + c.n_experts * c.dim + 2 * c.dim + min(c.n_experts, batch * c.top_k) * expert
+    packed = c.n_layers * (attn + min(c.n_experts, batch * c.top_k) * expert) + c.vocab_size * c.dim
     kv = 2 * c.n_layers * batch * c.n_kv_heads * context * hd
-    return (c.n_layers * per_layer + c.dim + c.vocab_size * c.dim + kv) * itemsize
+    unpacked = c.n_layers * (c.n_experts * c.dim + 2 * c.dim) + c.dim + kv  # router, norms, K/V: bf16
+    return packed * w + unpacked * itemsize
 
 
 class Bench:
@@ -225,8 +236,10 @@ class Bench:
         print(f"  {kw['shape']:8s} {kw['mode']:7s} b{kw.get('batch', 1):<3d} {kw['contender']:15s} {extra}", flush=True)
 
     def decode(self, shape: str, name: str, gen: Callable[[torch.Tensor, int], torch.Tensor], c: MixtralConfig,
-               batches: list[int], ref: tuple[torch.Tensor, torch.Tensor], bw: float) -> None:
-        """``ref``: (a batch-1 prompt, HF eager's first greedy tokens after it)."""
+               batches: list[int], ref: tuple[torch.Tensor, torch.Tensor], bw: float,
+               scheme: Optional[str] = None) -> None:
+        """``ref``: (a batch-1 prompt, HF eager's first greedy tokens after it); ``scheme``: the weights'
+        quantization, for the roofline."""
         n, prompt = self.args.new_tokens, self.args.prompt
         for b in batches:
             ids = ref[0] if b == 1 else torch.randint(0, c.vocab_size, (b, prompt), device=self.device,
@@ -243,7 +256,7 @@ class Bench:
                 full = min(seconds(lambda ids=ids: gen(ids, n)) for _ in range(2))
                 one = min(seconds(lambda ids=ids: gen(ids, 1)) for _ in range(2))
                 rate = b * (n - 1) / max(full - one, 1e-9)
-                roof = b / (active_bytes(c, b, prompt + n // 2) / (bw * 1e9))
+                roof = b / (active_bytes(c, b, prompt + n // 2, scheme) / (bw * 1e9))
                 self.row(shape=shape, mode="decode", batch=b, contender=name, tok_s=rate, cold_s=cold,
                          roofline_tok_s=roof, pct_roofline=100 * rate / roof, agree_first=agree)
             except Exception as e:  # a failure is a row
@@ -283,10 +296,11 @@ class Bench:
         prompt = torch.randint(0, c.vocab_size, (1, a.prompt), device=self.device, generator=self.gen)
         ref = (prompt, hf_generate(hf, prompt, max(CHECK, a.new_tokens)))
         contenders: list[tuple[str, Callable[[torch.Tensor, int], torch.Tensor], list[int]]] = []
-        contenders.append(("hf eager", lambda ids, n: hf_generate(hf, ids, n), [1]))
+        hf_batches = [b for b in a.hf_batches if b in batches] or [1]
+        contenders.append(("hf eager", lambda ids, n: hf_generate(hf, ids, n), hf_batches))
         if not a.smoke:
             contenders.append(("hf static", lambda ids, n: hf_generate(hf, ids, n, cache_implementation="static"),
-                               [1]))
+                               hf_batches))
             hf_compiled = [None]
 
             def hf_compile(ids: torch.Tensor, n: int) -> torch.Tensor:
@@ -296,23 +310,26 @@ class Bench:
                 return hf_generate(hf, ids, n, cache_implementation="static")
 
             if not a.quick:
-                contenders.append(("hf compile", hf_compile, [1]))
+                contenders.append(("hf compile", hf_compile, hf_batches))
         gather = GatherContender(StaticCacheMixtral.from_builtin(model), max(a.prompt + a.new_tokens, a.prefill + 1),
                                  compile_step=not a.smoke)
         contenders.append(("gather compile", gather, batches))
         compiled = membound.compile(hf)
         contenders.append(("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:],
                            batches))
-        if not a.quick:  # int8 experts and linears (quant_moe): the roofline column stays bf16's
-            quantized = membound.compile(hf, quantize="int8")
-            contenders.append(("membound int8", lambda ids, n: membound.generate(quantized, ids, n)[:, ids.shape[1]:],
-                               [b for b in batches if b <= 8]))
+        if not a.quick:  # quantized experts (quant_moe) and linears
+            for scheme, q in (("int8", "int8"), ("int4", membound.QuantConfig("int4", group_size=128))):
+                quantized = membound.compile(hf, quantize=q)
+                contenders.append((f"membound {scheme}",
+                                   lambda ids, n, m=quantized: membound.generate(m, ids, n)[:, ids.shape[1]:],
+                                   [b for b in batches if b <= 8]))
         for name, gen, bs in contenders:
             if a.budget_s and time.perf_counter() - self.started > a.budget_s:
                 self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
                 continue
-            self.decode(shape, name, gen, c, bs, ref, bw)
-            if name in ("hf eager", "gather compile", "membound") and not a.quick:
+            scheme = name.split()[1] if name in ("membound int8", "membound int4") else None
+            self.decode(shape, name, gen, c, bs, ref, bw, scheme)
+            if (name in ("hf eager", "gather compile") or name.startswith("membound")) and not a.quick:
                 self.prefill(shape, name, gen, c.vocab_size)
             if name.startswith("hf "):
                 reset_dynamo()
@@ -326,6 +343,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES))
     p.add_argument("--batches", nargs="+", type=int, default=None)
     p.add_argument("--new-tokens", type=int, default=None)
+    p.add_argument("--hf-batches", nargs="+", type=int, default=[1], help="HF contenders' decode batches")
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--quick", action="store_true", help="small shape, batch 1 and 8, 32 tokens, no hf compile")
@@ -357,7 +375,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     record = {"bench": "moe", "card": card, "date": datetime.date.today().isoformat(), "read_gb_s": bw,
               "torch": torch.__version__, "args": vars(a), "rows": bench.rows,
               "roofline": "batch / (bytes / read_gb_s); bytes = layers * (attention + router + norms + "
-                          "min(E, batch*k) * 3*D*I) + lm_head + K/V of the live context, bf16"}
+                          "min(E, batch*k) * 3*D*I) + lm_head + K/V of the live context; bf16, except the "
+                          "attention, expert and lm_head weights of the membound int8/int4 rows at their "
+                          "packed size (int8 1 byte, int4 0.5 + 4/128)"}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-smoke" if a.smoke else "-quick" if a.quick else ""

@@ -291,7 +291,7 @@ def _quantized_graphs(obj: Any, example_inputs: Optional[Sequence[Any]], pipelin
     plain = membound.compile(module, example_inputs=args, backend="reference", pipeline=pipeline)
     quant = membound.compile(module, example_inputs=args, backend="reference", pipeline=pipeline, quantize=quantize)
     weights = dict(module.named_parameters(remove_duplicate=False))
-    inputs = quant.entries[-1].capture.flatten_inputs(args, {})
+    inputs = quant.entries[-1].capture.flatten_inputs(args, quant._call_kwargs({}))  # HF: use_cache=False
     report = quantization_report(plain.ir, quant.ir, weights, inputs)
     return {"before": plain.input_ir, "after": quant.ir}, report
 

@@ -1,6 +1,10 @@
 """The accuracy of a quantized model: per quantized layer, the relative error of its output against the
 same layer with the float weight, on the same (calibration) input; and the error of the final output.
 
+A ``quant_moe`` is one row: its routed experts' combined output (routing, top-k weights and combine as
+the op does them, the shared expert left out since it stays float) against the same experts in float,
+on the same tokens. Routing is the float router's on both sides, so the row is the experts' own error.
+
     report = quantization_report(float_graph, quantized_graph, float_weights, inputs)
     print(report)
 
@@ -12,14 +16,14 @@ accumulated error at the output. Errors are ``||y_q - y|| / ||y||`` over the cal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from membound.backends.reference import run_graph
 from membound.ir.graph import Graph
 
-QUANT_OPS = ("quant_linear", "quant_gated_linear")
+QUANT_OPS = ("quant_linear", "quant_gated_linear")  # and quant_moe, one row per op
 
 
 @dataclass
@@ -27,7 +31,7 @@ class LayerError:
     node: str
     weight: str
     scheme: str
-    shape: tuple[int, int]
+    shape: tuple[int, ...]  # the float weight's; a moe op's: [E, I, D] of its gate experts
     rel_error: float
 
 
@@ -41,17 +45,21 @@ class QuantReport:
         if not self.layers:
             return f"quantization accuracy: {self.note or 'no quantized layer'}"
         width = max(len(e.weight) for e in self.layers)
-        shape_width = max(len(f"[{e.shape[0]}, {e.shape[1]}]") for e in self.layers)
+        shape_width = max(len(_dims(e.shape)) for e in self.layers)
         lines = ["quantization accuracy (relative output error of each layer against its float weight, "
                  "same input; calibration batch)"]
         for e in self.layers:
-            shape = f"[{e.shape[0]}, {e.shape[1]}]"
+            shape = _dims(e.shape)
             lines.append(f"  {e.weight:<{width}}  {e.scheme:<4}  {shape:<{shape_width}}  {e.rel_error:.3e}")
         if self.output_error is not None:
             lines.append(f"  model output (logits) vs the unquantized model: {self.output_error:.3e}")
         if self.note:
             lines.append(f"  note: {self.note}")
         return "\n".join(lines)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 def _float_weight(graph: Graph, name: str, weights: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
@@ -74,6 +82,13 @@ def quantization_report(float_graph: Graph, quant_graph: Graph, weights: dict[st
     outputs = list(probe.outputs)
     pairs: list[tuple[int, LayerError]] = []
     for node in list(probe.nodes):
+        if node.op == "quant_moe":
+            moe = _moe_probe(probe, node, float_graph, weights)
+            if moe is not None:
+                layer, outs = moe
+                pairs.append((len(outputs), layer))
+                outputs += outs
+            continue
         if node.op not in QUANT_OPS:
             continue
         name = node.meta.get("quantized_from")
@@ -105,6 +120,35 @@ def quantization_report(float_graph: Graph, quant_graph: Graph, weights: dict[st
         q, f = got[0].float(), exact[0].float()
         report.output_error = float((q - f).norm() / f.norm().clamp_min(1e-30))
     return report
+
+
+def _moe_probe(probe: Graph, node: Any, float_graph: Graph, weights: dict[str, torch.Tensor]
+               ) -> Optional[tuple[LayerError, list[Any]]]:
+    """Add to ``probe`` the routed experts of ``node`` (a ``quant_moe``) twice, quantized and float, without
+    the shared expert; the row and the two results. The float experts: the model's parameters by name, or
+    the float graph's (fuse-moe stacks looped experts into new parameters)."""
+    names = node.meta.get("quantized_from")
+    if not names:
+        return None
+    floats = []
+    for name in names:
+        w = weights.get(name)
+        if w is None:
+            w = float_graph.tensors.get(name)
+        if w is None or w.dim() != 3:
+            return None
+        floats.append(probe.add_param(f"{name}.float_probe", _type_of(w), w))
+    routed = {k: v for k, v in node.attrs.items() if k not in ("scheme", "group_size")}
+    quant = probe.create_node("quant_moe", list(node.inputs[:8]), dict(node.attrs))
+    ref = probe.create_node("moe", [node.inputs[0], node.inputs[1], *floats], routed)
+    probe.append(quant)
+    probe.append(ref)
+    parts = [n.split(".") for n in names]
+    common = [seg[0] for seg in zip(*parts) if len(set(seg)) == 1]
+    prefix = ".".join(common[:next((i for i, seg in enumerate(zip(*parts)) if len(set(seg)) != 1), len(common))])
+    shape = tuple(int(d) for d in floats[0].shape)
+    layer = LayerError(node.results[0].name, f"{prefix or 'moe'}.* (experts)", node.attrs["scheme"], shape, 0.0)
+    return layer, [quant.results[0], ref.results[0]]
 
 
 def _type_of(t: torch.Tensor):

@@ -38,8 +38,10 @@ def _packed_of(graph: Graph) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict
 
     out: dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] = {}
     for node, name, q, s in packed_experts(graph):
-        out[name] = (q, s, {"scheme": node.attrs["scheme"], "group_size": 0, "shape": [int(d) for d in q.shape],
-                            "dtype": str(s.dtype).replace("torch.", ""), "experts": True})
+        k = _expert_k(node, name)
+        out[name] = (q, s, {"scheme": node.attrs["scheme"], "group_size": node.attrs["group_size"],
+                            "shape": [int(q.shape[0]), int(q.shape[1]), k], "dtype": str(s.dtype).replace("torch.", ""),
+                            "experts": True})
     for node, name, q, s in packed_linears(graph):
         info = {"scheme": node.attrs["scheme"], "group_size": node.attrs["group_size"],
                 "shape": [int(q.shape[0]), int(node.attrs["in_features"])], "dtype": str(s.dtype).replace("torch.", "")}
@@ -54,6 +56,14 @@ def _packed_of(graph: Graph) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict
                                  dict(info, shape=[n, info["shape"][1]])))
             rows += n
     return out
+
+
+def _expert_k(node: Any, name: str) -> int:
+    """K of the expert weight ``name`` of a ``quant_moe`` (its float shape's last dim)."""
+    from membound.ir.ops.moe import expert_in_features
+
+    ks = expert_in_features(node.inputs[1], node.inputs[2])
+    return int(next(k for v, k in zip(node.inputs[2:8:2], ks) if v.name == f"{name}.qweight"))
 
 
 def save_quantized(compiled: Any, directory: Union[str, os.PathLike[str]]) -> Path:

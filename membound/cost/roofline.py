@@ -452,8 +452,30 @@ def solve_crossover(compute_s: sympy.Expr, memory_s: sympy.Expr, symbol: Union[s
     others = diff.free_symbols - {s}
     if others:
         raise ValueError(f"crossover in {s}: bind {sorted(x.name for x in others)} in dims")
-    positive = [float(r) for r in _solve_real(diff, s) if r.is_real and float(r) > 0]
+    try:
+        positive = [float(r) for r in _solve_real(diff, s) if r.is_real and float(r) > 0]
+    except NotImplementedError:  # no closed form (a sort's n*ceil(log2 n) of B): search numerically
+        return _first_sign_change(diff, s)
     return min(positive) if positive else None
+
+
+def _first_sign_change(diff: sympy.Expr, s: sympy.Symbol, top: int = 1 << 24) -> Optional[float]:
+    """The smallest ``s`` in [1, top] where ``diff`` changes sign (doubling, then bisection), else None."""
+    f = sympy.lambdify(s, diff, modules=["math"])
+    lo, hi = 1.0, 2.0
+    if f(lo) == 0:
+        return lo
+    while hi <= top and (f(lo) < 0) == (f(hi) < 0) and f(hi) != 0:
+        lo, hi = hi, hi * 2
+    if hi > top:
+        return None
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if (f(mid) < 0) == (f(lo) < 0) and f(mid) != 0:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def crossover_expr(compute_s: sympy.Expr, memory_s: sympy.Expr, symbol: Union[str, sympy.Symbol] = "B"

@@ -20,6 +20,17 @@ the parameter name, e.g. ``"*lm_head*"``). The packed weight and its scales beco
 ``<name>.qweight`` / ``<name>.scales``; a float weight nobody else reads is dropped (a tied embedding
 table keeps its float copy for the gather). A weight read by several linears is quantized once.
 
+A ``moe`` over parameter experts becomes ``quant_moe`` over the same scheme's packed experts (each
+``[E, N, K]`` weight quantized as its E * N rows: codes ``<name>.qweight``, scales ``<name>.scales``, a
+leading E on both); its router and shared expert stay float.
+
+```
+// before: %y = moe(%x, %router, %wg, %wu, %wd) {top_k=2, ...}     (%wg: bf16[8, 14336, 4096])
+// after, int4 group 128:
+//   %y = quant_moe(%x, %router, %wg.qweight, %wg.scales, ...) {top_k=2, ..., scheme="int4", group_size=128}
+//   (%wg.qweight: u8[8, 14336, 2048], %wg.scales: bf16[8, 14336, 32, 2])
+```
+
 Formats are those of ``membound.ir.ops.quant`` (int8 per-channel symmetric, int4 group-wise with
 scale and offset, fp8 e4m3 per-channel). Quantization runs once per compile; ``QuantConfig.cache``
 (shared by every capture of one compiled model) keeps the packed tensors so that recaptures and the
@@ -138,10 +149,7 @@ def _packed(graph: Graph, w: Value, transposed: bool, config: QuantConfig
         return _saved_on(w, tensor, q, s, (n, (k + 1) // 2 if config.scheme == "int4" else k), s.shape[0] == n)
     if tensor is None:
         return None, None
-    if config.scheme == "fp8" and tensor.is_cuda and torch.cuda.get_device_capability(tensor.device) < (8, 9):
-        name = torch.cuda.get_device_name(tensor.device)
-        raise ValueError(f"quantize='fp8': {name} has no fp8 (it needs compute capability 8.9+, Ada or Hopper); "
-                         f"use quantize='int8' for the same bytes")
+    _check_fp8(tensor, config)
     key = (id(graph.tensors[w.name]), tensor._version, transposed, config.scheme, config.effective_group_size)
     hit = config.cache.get(key)
     if hit is None:
@@ -150,25 +158,34 @@ def _packed(graph: Graph, w: Value, transposed: bool, config: QuantConfig
     return hit
 
 
-def _packed_experts(graph: Graph, w: Value, config: QuantConfig
+def _packed_experts(graph: Graph, w: Value, config: QuantConfig, want_q: tuple[int, ...]
                     ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """int8 codes ``[E, N, K]`` and scales ``[E, N]`` of expert weight ``w``: the int8 format of its E * N
-    rows, from the store (a saved folder), the cache, or quantized now."""
+    """Codes ``[E, N, ...]`` and scales ``[E, N, ...]`` of expert weight ``w[E, N, K]``: the ``config.scheme``
+    format of its E * N rows (``membound.ir.ops.quant``), from the store (a saved folder), the cache, or
+    quantized now. ``want_q``: the codes' shape."""
     tensor = graph.tensors.get(w.name)
     saved = _from_store(graph, w.name, config)
     if saved is not None:
         q, sc = saved
-        return _saved_on(w, tensor, q, sc, tuple(int(d) for d in w.shape), tuple(sc.shape) == tuple(q.shape[:2]))
+        return _saved_on(w, tensor, q, sc, want_q, tuple(sc.shape[:2]) == tuple(q.shape[:2]))
     if tensor is None:
         return None, None
-    key = (id(tensor), tensor._version, "experts", config.scheme)
+    _check_fp8(tensor, config)
+    key = (id(tensor), tensor._version, "experts", config.scheme, config.effective_group_size)
     hit = config.cache.get(key)
     if hit is None:
         e, n, k = tensor.shape
-        q, s = quantize(tensor.reshape(e * n, k), config.scheme)
-        hit = (q.view(e, n, k), s.view(e, n))
+        q, s = quantize(tensor.reshape(e * n, k), config.scheme, config.group_size)
+        hit = (q.view(e, n, *q.shape[1:]), s.view(e, n, *s.shape[1:]))
         config.cache[key] = hit
     return hit
+
+
+def _check_fp8(tensor: torch.Tensor, config: QuantConfig) -> None:
+    if config.scheme == "fp8" and tensor.is_cuda and torch.cuda.get_device_capability(tensor.device) < (8, 9):
+        name = torch.cuda.get_device_name(tensor.device)
+        raise ValueError(f"quantize='fp8': {name} has no fp8 (it needs compute capability 8.9+, Ada or Hopper); "
+                         f"use quantize='int8' for the same bytes")
 
 
 def _saved_on(w: Value, tensor: Optional[torch.Tensor], q: torch.Tensor, s: torch.Tensor, want_q: tuple[int, ...],
@@ -215,13 +232,17 @@ def _declines(ctx: PassContext, node: Node, quant: Node) -> Optional[str]:
     return None
 
 
-def _quant_types(n: int, k: int, dtype: torch.dtype, config: QuantConfig) -> tuple[TensorType, TensorType]:
+def _quant_types(n: int, k: int, dtype: torch.dtype, config: QuantConfig,
+                 rows: Optional[tuple[Any, ...]] = None) -> tuple[TensorType, TensorType]:
+    """Types of the codes and scales of an ``[N, K]`` weight; ``rows`` replaces the leading N (experts:
+    ``(E, N)``)."""
     from membound.ir.ops.quant import QWEIGHT_DTYPE
 
+    lead = rows if rows is not None else (n,)
     if config.scheme == "int4":
         g = num_groups(k, config.group_size)
-        return (TensorType(QWEIGHT_DTYPE["int4"], (n, (k + 1) // 2)), TensorType(dtype, (n, g, 2)))
-    return TensorType(QWEIGHT_DTYPE[config.scheme], (n, k)), TensorType(dtype, (n,))
+        return (TensorType(QWEIGHT_DTYPE["int4"], (*lead, (k + 1) // 2)), TensorType(dtype, (*lead, g, 2)))
+    return TensorType(QWEIGHT_DTYPE[config.scheme], (*lead, k)), TensorType(dtype, lead)
 
 
 @register_pass("quantize-weights")
@@ -292,7 +313,7 @@ class QuantizeWeights:
         return changed
 
     def _quantize_moe(self, graph: Graph, node: Node, ctx: PassContext) -> Optional[str]:
-        """Replace ``moe`` by ``quant_moe`` over int8 copies of its gate/up/down experts; why not, or None
+        """Replace ``moe`` by ``quant_moe`` over quantized copies of its gate/up/down experts; why not, or None
         when done. The router and the shared expert stay in float (a few percent of a token's bytes)."""
         config = self.config
         x, weights = node.inputs[0], node.inputs[2:5]
@@ -303,22 +324,24 @@ class QuantizeWeights:
         skipped = [w.name for w in weights if w.kind != "param" or config.skips(w.name)]
         if skipped:
             return f"{skipped[0]} is not a parameter or matches a skip pattern"
-        types = [t for w in weights for t in (TensorType(torch.int8, w.shape), TensorType(x.dtype, w.shape[:2]))]
+        types = [t for w in weights for t in _quant_types(int(w.shape[0]) * int(w.shape[1]), int(w.shape[2]),
+                                                           x.dtype, config, tuple(w.shape[:2]))]
         scratch = Graph("quant_cost")
         ins = [scratch.add_input(f"i{i}", v.type) for i, v in enumerate(node.inputs)]
         packed_in = [scratch.add_param(f"p{i}", t) for i, t in enumerate(types)]
-        probe = scratch.create_node("quant_moe", ins[:2] + packed_in + ins[5:], dict(node.attrs, scheme=config.scheme))
+        attrs = dict(node.attrs, scheme=config.scheme, group_size=config.effective_group_size)
+        probe = scratch.create_node("quant_moe", ins[:2] + packed_in + ins[5:], attrs)
         reason = _declines(ctx, node, probe)
         if reason is not None:
             return reason
         packed: list[Value] = []
         for w, (q_type, s_type) in zip(weights, zip(types[::2], types[1::2])):
-            q, sc = _packed_experts(graph, w, config)
+            q, sc = _packed_experts(graph, w, config, tuple(int(d) for d in q_type.shape))
             packed += [graph.add_param(f"{w.name}.qweight", q_type, q), graph.add_param(f"{w.name}.scales", s_type, sc)]
         operands = [node.inputs[0], node.inputs[1], *packed, *node.inputs[5:]]
-        attrs = dict(node.attrs, scheme=config.scheme)
         new = graph.insert_before(node, graph.create_node("quant_moe", operands, attrs))
         new.meta.update(node.meta)
+        new.meta["quantized_from"] = tuple(w.name for w in weights)
         graph.replace_all_uses(node.results[0], new.results[0])
         graph.erase_node(node)
         return None
@@ -357,6 +380,25 @@ def packed_experts(graph: Graph) -> Iterator[tuple[Node, str, torch.Tensor, torc
             q, s = graph.tensors.get(qv.name), graph.tensors.get(sv.name)
             if q is not None and s is not None:
                 yield node, qv.name.removesuffix(".qweight"), q, s
+
+
+def dequantized_experts(graph: Graph, node: Optional[Node] = None) -> dict[str, torch.Tensor]:
+    """For every ``quant_moe`` of ``graph`` (or just ``node``): the float ``[E, N, K]`` expert weights its
+    codes and scales stand for, in the scales' dtype, by the float parameter name the ``moe`` read
+    (``<name>.qweight`` / ``<name>.scales``): what an eager model with dequantized experts would hold."""
+    from membound.ir.ops.moe import dequantize_experts, expert_in_features
+
+    out: dict[str, torch.Tensor] = {}
+    for n in graph.nodes:
+        if n.op != "quant_moe" or (node is not None and n is not node):
+            continue
+        for qi, k in zip((2, 4, 6), expert_in_features(n.inputs[1], n.inputs[2])):
+            q, s = graph.tensors.get(n.inputs[qi].name), graph.tensors.get(n.inputs[qi + 1].name)
+            if q is None or s is None:
+                continue
+            name = n.inputs[qi].name.removesuffix(".qweight")
+            out[name] = dequantize_experts(q, s, s.dtype, n.attrs["scheme"], n.attrs["group_size"], int(k))
+    return out
 
 
 def dequantized_weights(graph: Graph) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ random and never zero. Tolerances: fp32 1e-4 relative, fp16/bf16 1e-2.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -114,6 +115,78 @@ def test_int8_experts_match_the_dequantizing_reference(dtype: torch.dtype, token
     # and close to the float experts: int8 per-channel keeps ~1% of each weight
     ref = get_op("moe").reference(x, *ws, **attrs)
     assert float((got.float() - ref.float()).norm() / ref.float().norm()) < 3e-2
+
+
+def _packed(ws: list[torch.Tensor], scheme: str, group: int = 16) -> list[torch.Tensor]:
+    """(codes, scales) of gate, up, down in ``scheme``: quant's format of the E * N rows, with a leading E."""
+    out = []
+    for w in ws[1:4]:
+        q, sc = quantize(w.reshape(-1, w.shape[-1]), scheme, group)
+        out += [q.view(*w.shape[:2], *q.shape[1:]), sc.view(*w.shape[:2], *sc.shape[1:])]
+    return out
+
+
+# E, D, I, tokens, top_k: odd D and I (int4: a partial last group, odd K's padded nibble; D = 13 < one
+# group), 3..8 experts; 1-2 tokens of top-1 leave most experts without a token
+QUANT_CASES = [(3, 13, 21, 1, 1), (5, 41, 23, 2, 2), (8, 37, 19, 7, 2), (6, 24, 33, 19, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scheme,group", [("int4", 16), ("fp8", 0)])  # int4 group 32: the model test below
+@pytest.mark.parametrize("e,d,i,tokens,k", QUANT_CASES)
+def test_int4_fp8_experts_match_the_dequantizing_reference(dtype: torch.dtype, scheme: str, group: int, e: int, d: int,
+                                                           i: int, tokens: int, k: int) -> None:
+    ws = _weights(e, d, i, dtype, shared=5 if e == 5 else 0)
+    packed = _packed(ws, scheme, group or 128)
+    x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(tokens)).to(DEVICE, dtype)
+    attrs = dict(top_k=k, softmax_first=k == 2, renormalize=k == 2, act="silu")
+    with trace() as calls:
+        got = quant_moe(x, ws[0], *packed, *ws[4:], scheme=scheme, group_size=group, **attrs)
+    assert calls == [("quant_moe", "kernel")]
+    want = get_op("quant_moe").reference(x, ws[0], *packed, *ws[4:], scheme=scheme, group_size=group, **attrs)
+    torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
+    # and near the float experts, but not equal: the quantization is real
+    ref = get_op("moe").reference(x, *ws, **attrs).float()
+    assert 1e-3 < float((got.float() - ref).norm() / ref.norm()) < (0.3 if scheme == "int4" else 0.1)
+
+
+def test_int4_experts_with_a_partial_group_and_odd_k_dequantize_exactly() -> None:
+    """The dequantized [E, N, K] weights from int4's [E, N, ceil(K/2)] bytes equal quant's row format."""
+    from membound.ir.ops.moe import dequantize_experts
+    from membound.ir.ops.quant import dequantize
+
+    w = _weights(3, 13, 21, torch.float32)[3]  # down [3, 13, 21]: K = 21, groups of 16 (one partial)
+    q, sc = _packed([w, w, w, w], "int4", 16)[:2]
+    assert q.shape == (3, 13, 11) and sc.shape == (3, 13, 2, 2)
+    deq = dequantize_experts(q, sc, torch.float32, "int4", 16, 21)
+    assert torch.equal(deq[2], dequantize(q[2], sc[2], "int4", 16, 21))
+    assert 0 < float((deq - w).abs().max()) < 0.1
+
+
+@pytest.mark.parametrize("scheme", ["int4"])  # the most new code; int8/fp8 kernels are covered above
+def test_quantized_mixtral_on_the_triton_backend_equals_eager_with_dequantized_experts(scheme: str) -> None:
+    """The whole built-in Mixtral on the Triton backend (its quant_moe kernels; interpreter on the CPU) equals
+    an eager model holding the dequantized weights, fp32 within 1e-4."""
+    import membound
+    from membound.models import build_model
+    from membound.passes.quantize_weights import dequantized_experts, dequantized_weights
+
+    torch.manual_seed(0)
+    model = build_model("mixtral-tiny").eval().to(DEVICE)
+    ids = torch.randint(3, 256, (2, 5), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    compiled = membound.compile(model, quantize=membound.QuantConfig(scheme, group_size=32), backend="triton")
+    with trace() as calls:
+        got = compiled(ids)
+    assert calls.count(("quant_moe", "kernel")) == 2, calls
+    twin = copy.deepcopy(model)
+    for name, w in {**dequantized_weights(compiled.ir), **dequantized_experts(compiled.ir)}.items():
+        module, _, leaf = name.rpartition(".")
+        setattr(twin.get_submodule(module), leaf, torch.nn.Parameter(w, requires_grad=False))
+    with torch.no_grad():
+        want = twin(ids)
+        exact = model(ids)
+    assert float((got - want).norm() / want.norm()) <= 1e-4
+    assert float((got - exact).norm() / exact.norm()) > 1e-3
 
 
 class LargestAllocation(TorchDispatchMode):

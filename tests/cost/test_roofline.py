@@ -225,3 +225,13 @@ def test_a_partition_computes_sources_and_writes_caches_in_place() -> None:
     g.set_outputs([w])
     est = RooflineCost(Hardware.named("h100-sxm")).estimate(Kernel([k2.producer, w.producer]), {"B": 3})
     assert est.bytes == 4 * 3 * 2 * 4 + 8 + 4 * 3 * 2 * 4  # k, the positions, the written entries
+
+
+def test_crossover_without_a_closed_form_is_found_numerically() -> None:
+    """A sort's n * (1 + ceil(log2 n)) in B (an unfused HF MoE router) has no closed-form root: the first
+    sign change is searched instead of sympy raising."""
+    b = B
+    compute = 1e-3 * b * (1 + sympy.ceiling(sympy.log(2 * b, 2)))
+    root = solve_crossover(compute, sympy.Integer(1), "B")
+    assert root is not None and abs(float(compute.subs(b, root)) - 1) < 0.05
+    assert solve_crossover(1e-9 * b * sympy.ceiling(sympy.log(b, 2)) - 1, sympy.Integer(1), "B") is None

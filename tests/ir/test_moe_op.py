@@ -162,15 +162,48 @@ def test_quant_moe_reads_one_byte_per_active_expert_weight() -> None:
     assert sympy.simplify(nbytes.subs(B, 1) - (fixed.subs(B, 1) + 2 * per_expert)) == 0
 
 
-@pytest.mark.parametrize("change,exc", [({"scheme": "int4"}, ValueError), ({"top_k": 9}, ValueError)])
-def test_quant_moe_bad_attrs_name_the_op(change: dict[str, Any], exc: type[Exception]) -> None:
+def _int4_types(e: int = 8, d: int = 65, i: int = 96, group: int = 32, dtype: torch.dtype = f16) -> list[TensorType]:
+    """int4 experts at odd D = 65: gate/up bytes [E, I, 33] with 3 groups of 32, down [E, D, 48] with 3."""
+    out = [TensorType(dtype, (e, d))]
+    for n, k in ((i, d), (i, d), (d, i)):
+        out += [TensorType(torch.uint8, (e, n, (k + 1) // 2)), TensorType(dtype, (e, n, -(-k // group), 2))]
+    return out
+
+
+def test_quant_moe_int4_reads_half_a_byte_per_active_expert_weight() -> None:
     op = get_op("quant_moe")
-    with pytest.raises(exc, match="^quant_moe: "):
+    x = TensorType(f16, (B, 65))
+    attrs = op.normalize_attrs({"top_k": 2, "scheme": "int4", "group_size": 32})
+    (out,) = op.infer_types([x, *_int4_types()], attrs)
+    assert out == x
+    flops, nbytes = op.cost([x, *_int4_types()], [out], attrs)
+    # codes: gate and up 96 rows of 33 bytes, down 65 rows of 48; (scale, offset) f16 pairs: 3 groups a row
+    per_expert = 2 * 96 * 33 + 65 * 48 + (2 * 96 + 65) * 3 * 2 * 2
+    fixed = 8 * 65 * 2 + 2 * B * 65 * 2
+    assert sympy.simplify(nbytes.subs(B, 1) - (fixed.subs(B, 1) + 2 * per_expert)) == 0
+    # dequantization FLOPs count the float weights (K = 65 and 96), not the packed bytes
+    float_flops = get_op("moe").cost([x, TensorType(f16, (8, 65)), TensorType(f16, (8, 96, 65)),
+                                      TensorType(f16, (8, 96, 65)), TensorType(f16, (8, 65, 96))], [out],
+                                     get_op("moe").normalize_attrs({"top_k": 2}))[0]
+    assert sympy.simplify((flops - float_flops).subs(B, 1) - 2 * 2 * 3 * 96 * 65) == 0
+
+
+@pytest.mark.parametrize("change,match", [({"scheme": "int2"}, "scheme must be one of"), ({"top_k": 9}, "top_k=9"),
+                                          ({"scheme": "int4"}, "int4 group_size must be one of")])
+def test_quant_moe_bad_attrs_name_the_op(change: dict[str, Any], match: str) -> None:
+    op = get_op("quant_moe")
+    with pytest.raises((TypeError, ValueError), match=f"^quant_moe: .*{match}"):
         op.infer_types([TensorType(f16, (3, 64)), *_quant_types()], op.normalize_attrs(dict({"top_k": 2}, **change)))
 
 
-def test_quant_moe_codes_must_be_int8() -> None:
+def test_quant_moe_codes_must_match_the_scheme() -> None:
     ts = _quant_types()
     ts[1] = TensorType(f16, ts[1].shape)
-    with pytest.raises(TypeError, match="^quant_moe: q_gate must be i8"):
+    with pytest.raises(TypeError, match="^quant_moe: int8 q_gate must be i8"):
         get_op("quant_moe").infer_types([TensorType(f16, (3, 64)), *ts], get_op("quant_moe").normalize_attrs({"top_k": 2}))
+    ts = _int4_types()
+    ts[4] = TensorType(f16, (8, 96, 2, 2))  # s_up: 2 groups where K = 65 makes 3
+    with pytest.raises(ValueError, match="^quant_moe: int4 s_up .* groups"):
+        get_op("quant_moe").infer_types([TensorType(f16, (3, 65)), *ts],
+                                        get_op("quant_moe").normalize_attrs({"top_k": 2, "scheme": "int4",
+                                                                             "group_size": 32}))

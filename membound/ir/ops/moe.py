@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from membound.ir.ops import REQUIRED, define_op
 from membound.ir.ops._common import fail, numel, require_float, require_same_dim, same_dtype
-from membound.ir.types import TensorType
+from membound.ir.ops.quant import INT4_GROUP_SIZES, QWEIGHT_DTYPE, dequantize, num_groups
+from membound.ir.types import TensorType, dtype_name
 
 ACTIVATIONS = {"silu": F.silu}
 
@@ -187,35 +188,65 @@ define_op("moe", inputs=("x", "router", "w_gate", "w_up", "w_down", "shared_gate
 
 
 # ---------------------------------------------------------------------------------------------
-# quant_moe: the same block over int8 expert weights
+# quant_moe: the same block over weight-only quantized experts (int8, int4, fp8)
 # ---------------------------------------------------------------------------------------------
 # quant_moe(x, router, q_gate, s_gate, q_up, s_up, q_down, s_down[, shared_gate, shared_up, shared_down,
-# shared_router]): each expert weight [E, N, K] stored as i8 codes [E, N, K] and per-output-channel
-# scales [E, N] in x's dtype, w[e, n, k] = q[e, n, k] * s[e, n] (membound.ir.ops.quant's int8 format,
-# applied to the E * N rows). Everything else is ``moe``'s; the router and the shared expert stay float.
+# shared_router]) {scheme, group_size}: each expert weight [E, N, K] is stored in one of
+# membound.ir.ops.quant's formats applied to its E * N rows, with a leading E on codes and scales:
+# - int8: i8 codes [E, N, K], per-output-channel scales [E, N];
+# - int4: u8 codes [E, N, ceil(K / 2)] (two per byte, even k in the low nibble), (scale, offset) pairs
+#   [E, N, ceil(K / group_size), 2];
+# - fp8: e4m3 codes [E, N, K], per-output-channel scales [E, N].
+# Scales are in x's dtype. K is D for gate/up and I for down (from the router and the gate codes), so
+# int4's odd K needs no attribute. Everything else is ``moe``'s; the router and shared expert stay float.
 
-QUANT_MOE_SCHEMES = ("int8",)
+QUANT_MOE_SCHEMES = ("int8", "int4", "fp8")
 
 
-def dequantize_experts(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``[E, N, K]`` float expert weights from i8 codes and ``[E, N]`` scales, rounded once to ``dtype``."""
-    return (q.float() * s.float()[..., None]).to(dtype)
+def dequantize_experts(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype, scheme: str = "int8",
+                       group_size: int = 0, in_features: Optional[int] = None) -> torch.Tensor:
+    """``[E, N, K]`` float expert weights from their codes and scales (any scheme of ``quant_moe``),
+    computed in fp32 and rounded once to ``dtype``: ``membound.ir.ops.quant.dequantize`` of the E * N rows.
+
+    ``in_features``: K (needed for int4, whose codes hold ceil(K / 2) bytes a row; default: even K)."""
+    e, n = q.shape[:2]
+    k = in_features if in_features is not None else q.shape[2] * (2 if scheme == "int4" else 1)
+    w = dequantize(q.reshape(e * n, q.shape[2]), s.reshape(e * n, *s.shape[2:]), scheme, group_size, k, dtype)
+    return w.view(e, n, k)
+
+
+def expert_in_features(router: Any, q_gate: Any) -> tuple[Any, Any, Any]:
+    """K of gate, up and down of a ``quant_moe``: D (the router's columns), D, I (the gate codes' rows)."""
+    d, i = router.shape[1], q_gate.shape[1]
+    return d, d, i
 
 
 def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_gate: TensorType, q_up: TensorType,
                      s_up: TensorType, q_down: TensorType, s_down: TensorType, *shared: Optional[TensorType],
-                     top_k: Any, softmax_first: Any, renormalize: Any, act: Any, scheme: Any) -> TensorType:
+                     top_k: Any, softmax_first: Any, renormalize: Any, act: Any, scheme: Any,
+                     group_size: Any) -> TensorType:
     if scheme not in QUANT_MOE_SCHEMES:
         fail("quant_moe", f"attribute scheme must be one of {QUANT_MOE_SCHEMES}, got {scheme!r}")
+    if scheme == "int4" and group_size not in INT4_GROUP_SIZES:
+        fail("quant_moe", f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {group_size!r}", TypeError)
     floats = []
-    for name, q, sc in (("gate", q_gate, s_gate), ("up", q_up, s_up), ("down", q_down, s_down)):
-        if q.dtype != torch.int8 or q.rank != 3:
-            fail("quant_moe", f"q_{name} must be i8[E, N, K], got {q}", TypeError)
-        if sc.dtype != x.dtype or sc.rank != 2:
-            fail("quant_moe", f"s_{name} must be [E, N] in x's dtype {x.dtype}, got {sc}", TypeError)
+    for (name, q, sc), k in zip((("gate", q_gate, s_gate), ("up", q_up, s_up), ("down", q_down, s_down)),
+                                expert_in_features(router, q_gate)):
+        if q.dtype != QWEIGHT_DTYPE[scheme] or q.rank != 3:
+            fail("quant_moe", f"{scheme} q_{name} must be {dtype_name(QWEIGHT_DTYPE[scheme])}[E, N, K], got {q}",
+                 TypeError)
+        rank = 4 if scheme == "int4" else 2
+        if sc.dtype != x.dtype or sc.rank != rank:
+            want = "[E, N, groups, 2]" if scheme == "int4" else "[E, N]"
+            fail("quant_moe", f"{scheme} s_{name} must be {want} in x's dtype {x.dtype}, got {sc}", TypeError)
         for have, need in zip(sc.shape, q.shape[:2]):
-            require_same_dim("quant_moe", have, need, f"s_{name} {sc} must be [E, N] of q_{name} {q}")
-        floats.append(TensorType(x.dtype, q.shape))
+            require_same_dim("quant_moe", have, need, f"s_{name} {sc} must start with [E, N] of q_{name} {q}")
+        if scheme == "int4":
+            require_same_dim("quant_moe", q.shape[2], (k + 1) // 2, f"int4 q_{name} {q} for K={k}: bytes a row")
+            require_same_dim("quant_moe", sc.shape[2], num_groups(k, group_size),
+                             f"int4 s_{name} {sc} for K={k}, group_size={group_size}: groups")
+            require_same_dim("quant_moe", sc.shape[3], 2, f"int4 s_{name} {sc} must end in (scale, offset) pairs")
+        floats.append(TensorType(x.dtype, (q.shape[0], q.shape[1], k)))
     try:
         return _infer_moe(x, router, *floats, *shared, top_k=top_k, softmax_first=softmax_first,
                           renormalize=renormalize, act=act)
@@ -226,23 +257,26 @@ def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_ga
 def _quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gate: torch.Tensor,
                q_up: torch.Tensor, s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor,
                *shared: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str,
-               scheme: str) -> torch.Tensor:
+               scheme: str, group_size: int = 0) -> torch.Tensor:
     """Dequantize the experts to x's dtype (O(weights), once per call), then ``moe``'s reference."""
-    ws = [dequantize_experts(q, sc, x.dtype) for q, sc in ((q_gate, s_gate), (q_up, s_up), (q_down, s_down))]
+    ks = expert_in_features(router, q_gate)
+    ws = [dequantize_experts(q, sc, x.dtype, scheme, group_size, k)
+          for (q, sc), k in zip(((q_gate, s_gate), (q_up, s_up), (q_down, s_down)), ks)]
     return _moe(x, router, *ws, *shared, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
                 act=act)
 
 
 def _as_float(ins: Sequence[TensorType]) -> list[TensorType]:
     """quant_moe's operand types as moe's would be, with the expert weights in their packed bytes' place."""
-    x = ins[0]
-    return [x, ins[1], *(TensorType(x.dtype, q.shape) for q in ins[2:8:2]), *ins[8:]]
+    x, router, q_gate = ins[:3]
+    ks = expert_in_features(router, q_gate)
+    return [x, router, *(TensorType(x.dtype, (q.shape[0], q.shape[1], k)) for q, k in zip(ins[2:8:2], ks)), *ins[8:]]
 
 
 def _quant_moe_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
     """moe's FLOPs plus 2 per active expert weight element to dequantize it."""
     e = ins[1].shape[0]
-    per_expert = sum(numel(q.shape) for q in ins[2:8:2]) / e
+    per_expert = sum(numel(w.shape) for w in _as_float(ins)[2:5]) / e
     return _moe_flops(_as_float(ins), outs, attrs) + 2 * active_experts(_tokens(ins), e, attrs["top_k"]) * per_expert
 
 
@@ -259,10 +293,11 @@ def _quant_moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
 
 define_op("quant_moe", inputs=("x", "router", "q_gate", "s_gate", "q_up", "s_up", "q_down", "s_down", "shared_gate?",
                                "shared_up?", "shared_down?", "shared_router?"),
-          attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu", "scheme": "int8"},
+          attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu", "scheme": "int8",
+                 "group_size": 0},
           kind="moe", infer=_infer_quant_moe, reference=_quant_moe, flops=_quant_moe_flops, bytes=_quant_moe_bytes,
-          host_sync=True, doc="moe over int8 expert weights (per-output-channel scales); bytes count the active "
-                              "experts' codes and scales only")
+          host_sync=True, doc="moe over int8 / int4 / fp8 expert weights; bytes count the active experts' codes and "
+                              "scales only")
 
-__all__ = ["ACTIVATIONS", "QUANT_MOE_SCHEMES", "active_experts", "dequantize_experts", "expert_bytes", "expert_mlp",
-           "route", "shared_expert"]
+__all__ = ["ACTIVATIONS", "QUANT_MOE_SCHEMES", "active_experts", "dequantize_experts", "expert_bytes",
+           "expert_in_features", "expert_mlp", "route", "shared_expert"]

@@ -18,9 +18,13 @@ ops on ``[T, D]``. Memory stays O(weights + T * top_k * (I + D)): no weight is e
 For many tokens per expert (prefill) the same kernels are a grouped GEMM (each W tile is re-read once
 per ``BLOCK_M`` rows, from L2). Weights may be views (HF's gate/up halves): rows must be contiguous.
 
-``quant_moe`` runs the same kernels over int8 expert weights (``QUANT``): each program loads its rows'
-per-channel scales once and dequantizes each weight tile in registers, rounded to the activation
-dtype as the reference does, before the ``tl.dot``.
+``quant_moe`` runs the same kernels over quantized expert weights (``SCHEME``), dequantizing each
+weight tile in registers, rounded to the activation dtype as the reference does, before the ``tl.dot``
+(``_weight_tile``): int8 and fp8 (e4m3 bytes) with per-channel scales loaded once per program; int4
+(two codes a byte, group-wise scale and offset) with K tiles no wider than a group, so each row's
+(scale, offset) is one load per tile. At prefill the same walk is the grouped GEMM, dequantizing each
+tile once per ``BLOCK_M`` pairs. (The int4 tile reads each byte for both its nibbles: simple, not the
+word-wide decoding of ``quant_matmul``; measure before tuning.)
 
 Falls back to the torch reference for dtypes other than fp16/bf16/fp32, activations other than
 silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_INTERPRET=1``.
@@ -45,17 +49,60 @@ from membound.backends.triton.kernels._launch import (
 )
 from membound.ir.ops import get_op
 from membound.ir.ops.moe import route, shared_expert
+from membound.ir.ops.quant import QWEIGHT_DTYPE
 
 BLOCK_M = 16  # pairs per tile: one tensor-core tile of rows
+
+
+# SCHEME: how expert weights are stored (module constants a @triton.jit body may read must be constexpr)
+NONE: tl.constexpr = tl.constexpr(0)
+INT8: tl.constexpr = tl.constexpr(1)
+INT4: tl.constexpr = tl.constexpr(2)
+FP8: tl.constexpr = tl.constexpr(3)
+SCHEME_CODE = {"int8": INT8.value, "int4": INT4.value, "fp8": FP8.value}
+
+
+@triton.jit
+def _row_scales(s_ptr, e, ns, n_ok, stride_se, SCHEME: tl.constexpr):
+    """int8/fp8: the per-channel scales of this program's rows ``[BLOCK_N]`` in fp32 (else unused zeros)."""
+    if SCHEME == INT8 or SCHEME == FP8:
+        return tl.load(s_ptr + e * stride_se + ns, mask=n_ok, other=0.0).to(tl.float32)
+    return tl.zeros(ns.shape, dtype=tl.float32)
+
+
+@triton.jit
+def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, stride_we, stride_wn, stride_se, stride_sn, row_scale,
+                 SCHEME: tl.constexpr, GROUP: tl.constexpr):
+    """The ``[BLOCK_K, BLOCK_N]`` tile of ``W[e].T`` at columns ``ks``: the float weights as stored
+    (``NONE``), or dequantized in fp32 (the caller rounds to the activation dtype, as the reference does).
+
+    int4: codes ``k`` of a row are nibble ``k % 2`` of byte ``k // 2``; the tile lies inside one group
+    (``BLOCK_K <= GROUP``, both powers of two, ``k0`` a multiple of ``BLOCK_K``), so each row's
+    (scale, offset) is loaded once per tile. fp8: the bytes reinterpreted as e4m3."""
+    mask = k_ok[:, None] & n_ok[None, :]
+    rows = w_ptr + e * stride_we + ns[None, :] * stride_wn
+    if SCHEME == INT4:
+        raw = tl.load(rows + ks[:, None] // 2, mask=mask, other=0).to(tl.int32)
+        code = ((raw >> ((ks[:, None] % 2) * 4)) & 0xF).to(tl.float32)
+        pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
+        scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)
+        offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)
+        return tl.where(mask, code * scale[None, :] + offset[None, :], 0.0)
+    w = tl.load(rows + ks[:, None], mask=mask, other=0)
+    if SCHEME == NONE:
+        return w
+    if SCHEME == FP8:  # passed as its bytes (u8)
+        w = w.to(tl.float8e4nv, bitcast=True)
+    return w.to(tl.float32) * row_scale[None, :]
 
 
 @triton.jit
 def _moe_gate_up(
     x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr,
     I, K, TOP_K,
-    stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_su, stride_h,
+    stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_sgn, stride_su, stride_sun, stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    QUANT: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
@@ -64,9 +111,8 @@ def _moe_gate_up(
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < I
     ks0 = tl.arange(0, BLOCK_K)
-    if QUANT:  # int8 codes: the per-row scales of this block of rows, loaded once per program
-        sg = tl.load(sg_ptr + e * stride_sg + ns, mask=n_ok, other=0.0).to(tl.float32)
-        su = tl.load(su_ptr + e * stride_su + ns, mask=n_ok, other=0.0).to(tl.float32)
+    sg = _row_scales(sg_ptr, e, ns, n_ok, stride_sg, SCHEME)  # int8/fp8: loaded once per program
+    su = _row_scales(su_ptr, e, ns, n_ok, stride_su, SCHEME)
     # an expert nobody chose: nothing to load (start == end skips the loop)
     for m0 in range(start, end, BLOCK_M):
         # 64-bit: pairs * I (the hidden buffer) passes 2**31 elements at long prefills
@@ -80,13 +126,11 @@ def _moe_gate_up(
             ks = k0 + ks0
             k_ok = ks < K
             x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            w_mask = k_ok[:, None] & n_ok[None, :]
-            # [BLOCK_K, BLOCK_N] tiles of W.T: each row of W is contiguous in K
-            wg = tl.load(wg_ptr + e * stride_ge + ns[None, :] * stride_gn + ks[:, None], mask=w_mask, other=0.0)
-            wu = tl.load(wu_ptr + e * stride_ue + ns[None, :] * stride_un + ks[:, None], mask=w_mask, other=0.0)
-            if QUANT:  # dequantize in registers, rounded to the activation dtype as the reference does
-                wg = (wg.to(tl.float32) * sg[None, :]).to(x.dtype)
-                wu = (wu.to(tl.float32) * su[None, :]).to(x.dtype)
+            # [BLOCK_K, BLOCK_N] tiles of W.T (each row of W is contiguous in K), dequantized in registers
+            wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, stride_ge, stride_gn, stride_sg, stride_sgn,
+                              sg, SCHEME, GROUP).to(x.dtype)
+            wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, stride_ue, stride_un, stride_su, stride_sun,
+                              su, SCHEME, GROUP).to(x.dtype)
             acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
             acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
         # round like the reference: each product in the activation dtype, then silu * up
@@ -101,9 +145,9 @@ def _moe_gate_up(
 def _moe_down(
     h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr,
     D, I,
-    stride_h, stride_de, stride_dn, stride_sd, stride_y,
+    stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    QUANT: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
@@ -112,8 +156,7 @@ def _moe_down(
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < D
     ks0 = tl.arange(0, BLOCK_K)
-    if QUANT:
-        sd = tl.load(sd_ptr + e * stride_sd + ns, mask=n_ok, other=0.0).to(tl.float32)
+    sd = _row_scales(sd_ptr, e, ns, n_ok, stride_sd, SCHEME)
     for m0 in range(start, end, BLOCK_M):
         ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         m_ok = ms < end
@@ -123,10 +166,8 @@ def _moe_down(
             ks = k0 + ks0
             k_ok = ks < I
             h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(wd_ptr + e * stride_de + ns[None, :] * stride_dn + ks[:, None],
-                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            if QUANT:
-                w = (w.to(tl.float32) * sd[None, :]).to(h.dtype)
+            w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, stride_de, stride_dn, stride_sd, stride_sdn,
+                             sd, SCHEME, GROUP).to(h.dtype)
             acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
         y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the expert's output, in the activation dtype
         rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
@@ -138,8 +179,8 @@ def _block(n: int, cap: int) -> int:
 
 
 def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
-                 quant: tuple[torch.Tensor, ...] = ()) -> Optional[str]:
-    """Why the kernels cannot run (None: they can). ``quant``: int8 codes [E, N, K] then scales [E, N]."""
+                 quant: tuple[torch.Tensor, ...] = (), scheme: str = "int8") -> Optional[str]:
+    """Why the kernels cannot run (None: they can). ``quant``: the expert codes (gate, up, down) then scales."""
     op = "quant_moe" if quant else "moe"
     if act != "silu":
         return f"{op}: act={act!r} has no kernel (silu does)"
@@ -147,10 +188,13 @@ def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
     if reason is not None:
         return reason
     codes, scales = quant[:3], quant[3:]
-    if any(q.dtype != torch.int8 for q in codes) or any(sc.dtype != x.dtype or sc.stride(-1) != 1 for sc in scales):
-        return f"{op}: expects i8 codes and contiguous scales in x's dtype"
+    if any(q.dtype != QWEIGHT_DTYPE[scheme] for q in codes) or any(sc.dtype != x.dtype or not sc.is_contiguous()
+                                                                  for sc in scales):
+        return f"{op}: expects {scheme} codes ({QWEIGHT_DTYPE[scheme]}) and contiguous scales in x's dtype"
     if any(w.stride(-1) != 1 for w in (*weights, *codes) if w.dim() == 3):
         return f"{op}: expert weight rows must be contiguous (stride 1 along K)"
+    if scheme == "fp8" and x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 9):
+        return f"{op}: fp8 experts need compute capability 8.9+ (Ada, Hopper)"
     return None
 
 
@@ -169,18 +213,22 @@ def moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch
 def quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gate: torch.Tensor, q_up: torch.Tensor,
               s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor, *shared: torch.Tensor,
               out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True, renormalize: bool = True,
-              act: str = "silu", scheme: str = "int8") -> torch.Tensor:
-    """The IR op ``quant_moe``: the same kernels reading int8 expert weights, dequantized in registers
-    (a decode token streams 1 byte per active expert weight)."""
+              act: str = "silu", scheme: str = "int8", group_size: int = 0) -> torch.Tensor:
+    """The IR op ``quant_moe``: the same kernels reading int8 / int4 / fp8 expert weights, dequantized in
+    registers (a decode token streams 1 byte, or half a byte, per active expert weight)."""
     attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act)
     packed = (q_gate, s_gate, q_up, s_up, q_down, s_down)
     _check_shapes("quant_moe", x, router, q_gate, q_down)
-    reason = None if scheme == "int8" else f"quant_moe: scheme {scheme!r} has no kernel (int8 does)"
-    reason = reason or _unsupported(x, (router, *shared), act, quant=(q_gate, q_up, q_down, s_gate, s_up, s_down))
+    reason = None if scheme in SCHEME_CODE else f"quant_moe: scheme {scheme!r} has no kernel"
+    reason = reason or _unsupported(x, (router, *shared), act, quant=(q_gate, q_up, q_down, s_gate, s_up, s_down),
+                                    scheme=scheme)
     if reason is not None:
-        want = get_op("quant_moe").reference(x, router, *packed, *shared, scheme=scheme, **attrs)
+        want = get_op("quant_moe").reference(x, router, *packed, *shared, scheme=scheme, group_size=group_size,
+                                             **attrs)
         return fallback("quant_moe", reason, want, out)
-    return _launch("quant_moe", x, router, (q_gate, q_up, q_down), (s_gate, s_up, s_down), shared, out, attrs)
+    codes = tuple(q.view(torch.uint8) if scheme == "fp8" else q for q in (q_gate, q_up, q_down))
+    return _launch("quant_moe", x, router, codes, (s_gate, s_up, s_down), shared, out, attrs,
+                   scheme=SCHEME_CODE[scheme], group=group_size)
 
 
 def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_down: torch.Tensor) -> None:
@@ -192,10 +240,9 @@ def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.
 
 def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch.Tensor, ...],
             scales: Optional[tuple[torch.Tensor, ...]], shared: tuple[torch.Tensor, ...], out: Optional[torch.Tensor],
-            attrs: dict) -> torch.Tensor:
+            attrs: dict, scheme: int = 0, group: int = 0) -> torch.Tensor:
     w_gate, w_up, w_down = weights
-    quant = scales is not None
-    s_gate, s_up, s_down = scales if scales is not None else (w_gate, w_up, w_down)  # unread without QUANT
+    s_gate, s_up, s_down = scales if scales is not None else (w_gate, w_up, w_down)  # unread without a scheme
     top_k, e, d = attrs["top_k"], router.shape[0], router.shape[1]
     result = check_out(op, out, tuple(x.shape), x.dtype, x.device)
     h = x.reshape(-1, d).contiguous()  # [T, D]
@@ -211,16 +258,21 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     hidden = torch.empty((t * top_k, i), dtype=x.dtype, device=x.device)  # silu(gate) * up, sorted order
     y = torch.empty((t * top_k, d), dtype=torch.float32, device=x.device)  # weighted expert outputs, pair order
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    bn, bk = _block(i, 64), _block(d, 64)
+    # int4: a K tile inside one group (both powers of two), so each row's (scale, offset) is one load a tile
+    cap_k = min(64, group) if scheme == INT4.value else 64
+    sn = [sc.stride(1) if sc.dim() > 1 else 0 for sc in (s_gate, s_up, s_down)]
+    bn, bk = _block(i, 64), _block(d, cap_k)
     launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
         h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, i, d, top_k, h.stride(0), w_gate.stride(0),
-        w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), s_up.stride(0), hidden.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, QUANT=quant, num_warps=4)
-    bn, bk = _block(d, 64), _block(i, 64)
+        w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0], s_up.stride(0), sn[1],
+        hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, SCHEME=scheme,
+        GROUP=max(group, 1), num_warps=4)
+    bn, bk = _block(d, 64), _block(i, cap_k)
     launchable(_moe_down, x.device)[(e, cdiv(d, bn))](
         hidden, w_down, s_down, y, order, weights_.reshape(-1).contiguous(), offsets, d, i, hidden.stride(0),
-        w_down.stride(0), w_down.stride(1), s_down.stride(0), y.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, QUANT=quant, num_warps=4)
+        w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, SCHEME=scheme, GROUP=max(group, 1),
+        num_warps=4)
     combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
     if shared:
         combined += shared_expert(h, shared, attrs["act"])
