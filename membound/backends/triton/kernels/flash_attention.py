@@ -165,12 +165,13 @@ def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool) ->
 # ---------------------------------------------------------------------------------------------
 # the cost rule: this kernel or torch's SDPA
 # ---------------------------------------------------------------------------------------------
-# Fractions of the dense tensor-core peak each implementation reaches at prefill. SDPA: measured on
-# our H200 (issue 12: 597 TFLOP/s non-causal, 526 causal at D = 128, of 989). Ours: the published
-# figure of Triton flash attention on Hopper (400-480 TFLOP/s) until benches/attention.py measures it;
-# update both from benches/results/attention-*.json.
-SDPA_EFFICIENCY = {False: 0.60, True: 0.53}
-OURS_EFFICIENCY = {False: 0.45, True: 0.42}
+# Fractions of the dense tensor-core peak (989 TFLOP/s) each implementation reaches at prefill, from
+# benches/results/attention-nvidia-h200-2026-12-02-quick.json (bf16, B = 4, S = 4096, D = 128, GQA 32/8):
+# SDPA 599 TFLOP/s non-causal, 527 causal; ours 424 and 352 (at D = 64 and at S = 1024 both are lower,
+# ours by about the same ratio, 0.67-0.81x SDPA). So SDPA wins wherever it can run; ours where it cannot
+# (soft-capping) or would read a materialised window mask.
+SDPA_EFFICIENCY = {False: 0.61, True: 0.53}
+OURS_EFFICIENCY = {False: 0.43, True: 0.36}
 
 
 def attention_flops(b: int, hq: int, s: int, length: int, d: int, dv: int, causal: bool,
