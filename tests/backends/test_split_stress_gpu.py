@@ -162,3 +162,18 @@ def test_flash_decoding_splits_replayed_in_a_cuda_graph(dtype: torch.dtype) -> N
     torch.cuda.synchronize()
     with torch.cuda.stream(stream):
         assert counters_zero()
+
+
+def test_a_plain_torch_cuda_graph_of_a_warmed_up_split_call_captures() -> None:
+    """The usual recipe: warm up (here on the default stream), then ``with torch.cuda.graph(g):`` with
+    no stream, which captures on torch's own capture stream; its counters were made with the first."""
+    q, k, v, pos, kw = _decode_cases(torch.bfloat16)[1]
+    want = cached_attention(q, k, v, pos, **kw)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = cached_attention(q, k, v, pos, **kw)
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)

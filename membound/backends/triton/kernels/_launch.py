@@ -172,7 +172,23 @@ def split_counters(device: torch.device, n: int) -> torch.Tensor:
                                "capture; run the step once on the capturing stream outside the capture "
                                "(CapturedGraph's warm-up does)")
         locks = _COUNTERS[(device, stream)] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+        if device.type == "cuda":
+            _count_on_default_capture_stream(device)
     return locks
+
+
+def _count_on_default_capture_stream(device: torch.device) -> None:
+    """Make the counters of the stream a plain ``with torch.cuda.graph(g):`` captures on (torch makes that
+    stream once per process, lazily; so do we, the same way), so that a user's graph of a warmed-up
+    membound call captures without running a step on torch's capture stream first. Only for the
+    current device: torch's default capture stream is made there."""
+    if (device.index if device.index is not None else torch.cuda.current_device()) != torch.cuda.current_device():
+        return
+    if torch.cuda.graph.default_capture_stream is None:
+        torch.cuda.graph.default_capture_stream = torch.cuda.Stream(device)
+    capture = torch.cuda.graph.default_capture_stream
+    if capture.device == device and (device, capture.cuda_stream) not in _COUNTERS:
+        _COUNTERS[(device, capture.cuda_stream)] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
 
 
 @triton.jit
