@@ -249,6 +249,9 @@ TABLE: list[Lowering] = [
     # ---- library kernels ----
     library("linear", "linear:linear", static_weight=1),
     library("gated_linear", "linear:gated_linear", static_weight=2),
+    library("rms_norm_linear", "linear:rms_norm_linear", static_weight=2),
+    library("linear_add", "linear:linear_add", static_weight=1),
+    library("gated_linear_add", "linear:gated_linear_add", static_weight=2),
     library("quant_linear", "quant_matmul:quant_linear", static_weight=1),
     library("quant_gated_linear", "quant_matmul:quant_gated_linear", static_weight=2),
     library("attention", "flash_attention:attention"),

@@ -12,7 +12,7 @@ from typing import Any
 import sympy
 import torch
 
-from membound.ir.ops import define_op
+from membound.ir.ops import REQUIRED, define_op, get_op
 from membound.ir.ops._common import (
     fail,
     numel,
@@ -160,3 +160,89 @@ define_op("gated_linear", inputs=("gate", "up", "weight"), attrs={"act": "silu"}
           infer=_infer_gated_linear, reference=_gated_linear, flops=_gated_linear_flops,
           doc="linear(act(gate) * up, weight): a gated MLP's down projection with its gating fused in "
               "(the product act(gate) * up is never written)", positionwise=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# linears with a prologue or an epilogue (fuse-norm-linear, fuse-linear-residual): at decode each one
+# is a launch less per use, the GEMV forming its input or finishing its output in registers
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_rms_norm_linear(x: TensorType, norm_weight: TensorType, weight: TensorType,
+                           bias: TensorType | None = None, *, eps: float) -> TensorType:
+    op = "rms_norm_linear"
+    named = [("x", x), ("norm_weight", norm_weight), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
+    same_dtype(op, *named)
+    if not isinstance(eps, float):
+        fail(op, f"attribute eps must be a float, got {eps!r}", TypeError)
+    if norm_weight.rank != 1:
+        fail(op, f"norm_weight must be [K], got {norm_weight}")
+    require_same_dim(op, norm_weight.shape[0], x.shape[-1] if x.rank else 0, f"norm_weight {norm_weight} vs x {x}")
+    return _infer_linear(x, weight, bias)
+
+
+def _rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None = None, *, eps: float) -> torch.Tensor:
+    """Exactly eager's ``linear(rms_norm(x, norm_weight), weight, bias)``."""
+    return torch.nn.functional.linear(get_op("rms_norm").reference(x, norm_weight, eps=eps), weight, bias)
+
+
+def _rms_norm_linear_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    x = ins[0]
+    return _linear_flops([x, ins[2]] + list(ins[3:]), outs, attrs) + 5 * x.numel()  # the norm: 5 per element
+
+
+define_op("rms_norm_linear", inputs=("x", "norm_weight", "weight", "bias?"), attrs={"eps": REQUIRED},
+          kind="matmul", infer=_infer_rms_norm_linear, reference=_rms_norm_linear, flops=_rms_norm_linear_flops,
+          doc="linear(rms_norm(x, norm_weight, eps), weight, bias): the norm formed as the GEMV loads x "
+              "(the normed row is never written)", positionwise=True)
+
+
+def _check_residual(op: str, out: TensorType, residual: TensorType) -> TensorType:
+    if residual.dtype != out.dtype or residual.rank != out.rank:
+        fail(op, f"residual {residual} must have the product's dtype and shape {out}")
+    for a, b in zip(out.shape, residual.shape):
+        require_same_dim(op, a, b, f"residual {residual} and the product {out} must have one shape")
+    return out
+
+
+def _infer_linear_add(x: TensorType, weight: TensorType, residual: TensorType,
+                      bias: TensorType | None = None) -> TensorType:
+    return _check_residual("linear_add", _infer_linear(x, weight, bias), residual)
+
+
+def _linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Exactly eager's ``residual + linear(x, weight, bias)``: the product rounded, then the sum."""
+    return residual + torch.nn.functional.linear(x, weight, bias)
+
+
+def _linear_add_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    return _linear_flops([ins[0], ins[1]] + list(ins[3:]), outs, attrs) + outs[0].numel()
+
+
+define_op("linear_add", inputs=("x", "weight", "residual", "bias?"), kind="matmul", infer=_infer_linear_add,
+          reference=_linear_add, flops=_linear_add_flops,
+          doc="residual + linear(x, weight, bias): the residual add done as the GEMV stores its output",
+          positionwise=True)
+
+
+def _infer_gated_linear_add(gate: TensorType, up: TensorType, weight: TensorType, residual: TensorType,
+                            act: str = "silu") -> TensorType:
+    return _check_residual("gated_linear_add", _infer_gated_linear(gate, up, weight, act), residual)
+
+
+def _gated_linear_add(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+                      act: str = "silu") -> torch.Tensor:
+    """Exactly eager's ``residual + down(act(gate) * up)``."""
+    return residual + _gated_linear(gate, up, weight, act)
+
+
+def _gated_linear_add_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    return _gated_linear_flops(ins[:3], outs, attrs) + outs[0].numel()
+
+
+define_op("gated_linear_add", inputs=("gate", "up", "weight", "residual"), attrs={"act": "silu"}, kind="matmul",
+          infer=_infer_gated_linear_add, reference=_gated_linear_add, flops=_gated_linear_add_flops,
+          doc="residual + gated_linear(gate, up, weight): a gated MLP's down projection and the residual add "
+              "after it in one GEMV", positionwise=True)

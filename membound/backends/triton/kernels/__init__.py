@@ -29,7 +29,16 @@ from membound.backends.triton.kernels.cache_write import cache_write, cache_writ
 from membound.backends.triton.kernels.decode_attention import DecodeConfig, cached_attention, cached_attention_bytes
 from membound.backends.triton.kernels.embedding import embedding
 from membound.backends.triton.kernels.flash_attention import FlashConfig, attention, flash_attention
-from membound.backends.triton.kernels.linear import SMALL_M, LinearConfig, gated_linear, linear, linear_bytes
+from membound.backends.triton.kernels.linear import (
+    SMALL_M,
+    LinearConfig,
+    gated_linear,
+    gated_linear_add,
+    linear,
+    linear_add,
+    linear_bytes,
+    rms_norm_linear,
+)
 from membound.backends.triton.kernels.moe import moe, moe_bytes, quant_moe
 from membound.backends.triton.kernels.norm import add_rms_norm, rms_norm, rms_norm_bytes
 from membound.backends.triton.kernels.quant_matmul import (
@@ -56,7 +65,7 @@ LIBRARY: dict[str, Callable] = _launchers()
 __all__ = [
     "LIBRARY", "SMALL_M", "DecodeConfig", "FlashConfig", "LinearConfig", "QuantConfig", "add_rms_norm",
     "attention", "cache_write", "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding",
-    "flash_attention", "gated_linear", "linear", "linear_bytes", "moe", "moe_bytes", "quant_gated_linear",
-    "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm",
+    "flash_attention", "gated_linear", "gated_linear_add", "linear", "linear_add", "linear_bytes", "moe", "moe_bytes", "quant_gated_linear",
+    "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm", "rms_norm_linear",
     "rms_norm_bytes", "trace",
 ]

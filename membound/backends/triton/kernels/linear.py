@@ -62,16 +62,28 @@ def _w_tile(w_rows, row_ok, ks, k_end):
 
 
 @triton.jit
+def _finish(acc, r_ptr, ms, rows, stride_rm, mask, dtype, RESIDUAL: tl.constexpr):
+    """The output tile in ``dtype``: the product rounded, then (``RESIDUAL``) the residual added and rounded
+    again, as eager's ``residual + linear(x)`` rounds."""
+    y = acc.to(dtype)
+    if RESIDUAL:
+        r = tl.load(r_ptr + ms[:, None] * stride_rm + rows[None, :], mask=mask, other=0.0)
+        y = (y.to(tl.float32) + r.to(tl.float32)).to(dtype)
+    return y
+
+
+@triton.jit
 def _linear_small_m(
-    x_ptr, u_ptr, w_ptr, b_ptr, out_ptr, part_ptr, lock_ptr, g_ptr,
+    x_ptr, u_ptr, w_ptr, b_ptr, out_ptr, part_ptr, lock_ptr, g_ptr, nw_ptr, r_ptr,
     M, N, K, K_PER_SPLIT,
-    stride_xm, stride_um, stride_wn, stride_split,
+    stride_xm, stride_um, stride_wn, stride_split, stride_rm, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
-    PRE_GATE: tl.constexpr = False,
+    PRE_GATE: tl.constexpr = False, NORM: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
+    tl.static_assert(not (NORM and GATED), "a norm prologue and gating are two forms of x: one at a time")
     if USE_DOT:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
     pid_n = tl.program_id(0)
@@ -117,6 +129,16 @@ def _linear_small_m(
         tl.debug_barrier()  # the block's stores are visible to all its threads after this
         x_ptr = g_ptr
         stride_xm = K
+    if NORM:
+        # rms_norm prologue: every program reduces the whole rows of x (a few KB, from L2) for their
+        # 1 / rms, in fp32; x is normed tile by tile below, never stored
+        ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            xs = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & (ks < K)[None, :],
+                         other=0.0).to(tl.float32)
+            ss += tl.sum(xs * xs, axis=1)
+        rstd = 1.0 / tl.sqrt(ss / K + eps)
     GATED_X: tl.constexpr = GATED and not PRE_GATE
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -129,6 +151,11 @@ def _linear_small_m(
             xf = x.to(tl.float32)
             g = (xf / (1.0 + tl.exp(-xf))).to(x.dtype)
             x = (g.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
+        if NORM:
+            # rms_norm(x, nw) rounded as eager rounds it: the normed value, then the product with the weight
+            nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
+            xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
+            x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(x.dtype)
         if USE_DOT:
             # W tile as [BLOCK_K, BLOCK_N] (W^T): contiguous along K, so loads still vectorise
             w_t = tl.load(w_rows[None, :] + ks[:, None], mask=row_ok[None, :] & k_ok[:, None],
@@ -151,7 +178,8 @@ def _linear_small_m(
         # the whole K range was ours: add the bias, round once to the output dtype
         if HAS_BIAS:
             acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(out_ptr + out_offs, _finish(acc, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty,
+                                             RESIDUAL), mask=out_mask)
     else:
         # an fp32 partial sum, then count this split in; the last of the SPLIT_K to arrive reduces
         tl.store(part_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
@@ -162,7 +190,8 @@ def _linear_small_m(
                                  cache_modifier=".cg")  # from L2: the other programs' stores
             if HAS_BIAS:
                 total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptr + out_offs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.store(out_ptr + out_offs, _finish(total, r_ptr, ms, rows, stride_rm, out_mask,
+                                                 out_ptr.dtype.element_ty, RESIDUAL), mask=out_mask)
             reset_counter(lock_ptr, pid_n)
 
 
@@ -250,10 +279,58 @@ def gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, out
                     lambda: F.linear(F.silu(gate) * up, weight), static_weight)
 
 
+def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
+                    bias: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, *, eps: float,
+                    config: Optional[LinearConfig] = None, static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``rms_norm_linear``: ``linear(rms_norm(x, norm_weight, eps), weight, bias)``, the norm
+    formed as x is loaded (``NORM``: each program first reduces the whole rows of x for their 1 / rms).
+
+    The same kernel and paths as :func:`linear`; for M > 16 the norm is membound's row kernel and the
+    linear cuBLAS.
+    """
+    from membound.backends.triton.kernels.norm import rms_norm
+
+    if x.dim() < 1 or norm_weight.dim() != 1 or norm_weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"rms_norm_linear: needs x[..., K] and norm_weight[K], got x {tuple(x.shape)} and "
+                         f"norm_weight {tuple(norm_weight.shape)}")
+    return _small_m("rms_norm_linear", x, None, weight, bias, out, config,
+                    lambda: F.linear(rms_norm(x, norm_weight, eps=eps), weight, bias), static_weight,
+                    norm=(norm_weight, float(eps)))
+
+
+def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, bias: Optional[torch.Tensor] = None,
+               out: Optional[torch.Tensor] = None, *, config: Optional[LinearConfig] = None,
+               static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``linear_add``: ``residual + linear(x, weight, bias)``, the add done as the output is
+    stored (``RESIDUAL``; by the last program of a split-K launch). For M > 16: cuBLAS, then the add."""
+    if x.dim() < 1:
+        raise ValueError(f"linear_add: x must be [..., K], got shape {tuple(x.shape)}")
+    return _small_m("linear_add", x, None, weight, bias, out, config,
+                    lambda: residual + F.linear(x, weight, bias), static_weight, residual=residual)
+
+
+def gated_linear_add(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+                     out: Optional[torch.Tensor] = None, *, act: str = "silu", config: Optional[LinearConfig] = None,
+                     static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``gated_linear_add``: ``residual + gated_linear(gate, up, weight)`` in one launch."""
+    from membound.ir.ops.matmul import GATED_ACTIVATIONS
+
+    if act != "silu":
+        raise ValueError(f"gated_linear_add: act={act!r} has no kernel (silu does); known: "
+                         f"{sorted(GATED_ACTIVATIONS)}")
+    if gate.shape != up.shape or gate.dim() < 1:
+        raise ValueError(f"gated_linear_add: gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one "
+                         f"shape [..., K]")
+    return _small_m("gated_linear_add", gate, up, weight, None, out, config,
+                    lambda: residual + F.linear(F.silu(gate) * up, weight), static_weight, residual=residual)
+
+
 def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
              out: Optional[torch.Tensor], config: Optional[LinearConfig], reference: Callable[[], torch.Tensor],
-             static_weight: bool) -> torch.Tensor:
-    """``linear`` and ``gated_linear`` (``up`` given: x is the gate): checks, path choice, launch."""
+             static_weight: bool, *, norm: Optional[tuple[torch.Tensor, float]] = None,
+             residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Every linear of the library: ``up`` given: x is the gate; ``norm`` (weight, eps): x is normed first;
+    ``residual``: added to the output. Checks, path choice, launch."""
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be [N, K], got shape {tuple(weight.shape)}")
     n, k = weight.shape
@@ -261,7 +338,11 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         raise ValueError(f"{op}: x {tuple(x.shape)} and weight {tuple(weight.shape)} disagree on K={k}")
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"{op}: bias must be [N] = [{n}], got {tuple(bias.shape)}")
-    operands = [x] + ([up] if up is not None else []) + [weight] + ([bias] if bias is not None else [])
+    if residual is not None and tuple(residual.shape) != tuple(x.shape[:-1]) + (n,):
+        raise ValueError(f"{op}: residual must have the output's shape {tuple(x.shape[:-1]) + (n,)}, got "
+                         f"{tuple(residual.shape)}")
+    extras = ([norm[0]] if norm is not None else []) + ([residual] if residual is not None else [])
+    operands = [x] + ([up] if up is not None else []) + [weight] + ([bias] if bias is not None else []) + extras
     if any(t.dtype != x.dtype for t in operands):
         raise TypeError(f"{op}: inputs must share a dtype, got {[t.dtype for t in operands]}")
     lead = tuple(x.shape[:-1])
@@ -279,6 +360,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     y = check_out(op, out, lead + (n,), x.dtype, x.device)
     x2 = _rows(x, m, k)
     u2 = _rows(up, m, k) if up is not None else None
+    r2 = _rows(residual, m, n) if residual is not None else None
     cfg = config or pick_config(m, n, k, x.dtype, x.device)
     if m > cfg.block_m:
         raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m}")
@@ -295,12 +377,14 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     b = bias if bias is not None else weight  # a valid pointer the kernel never reads
     launchable(_linear_small_m, x.device)[(n_blocks, split)](
-        x2, u2 if u2 is not None else x2, weight, b, y, part, locks, gbuf, m, n, k, k_per_split, x2.stride(0),
-        u2.stride(0) if u2 is not None else 0, weight.stride(0), m * n,
+        x2, u2 if u2 is not None else x2, weight, b, y, part, locks, gbuf,
+        norm[0] if norm is not None else weight, r2 if r2 is not None else y,
+        m, n, k, k_per_split, x2.stride(0), u2.stride(0) if u2 is not None else 0, weight.stride(0), m * n,
+        r2.stride(0) if r2 is not None else 0, norm[1] if norm is not None else 0.0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
-        GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, NORM=norm is not None,
+        RESIDUAL=r2 is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(x.device))
     note(op, "kernel")
     return y
