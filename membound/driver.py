@@ -25,9 +25,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 from membound import logs, progress
 from membound.backends import Backend, Executable, compile_graph, get_backend, resolve_backend
 from membound.ir.graph import Graph
-from membound.passes import DumpIR, Instrument, PassContext, PassManager, named_pipeline
+from membound.passes import DumpIR, Instrument, PassContext, PassManager, named_pipeline, pass_name
 from membound.passes.manager import PassRecord
-from membound.passes.pipeline import KV_CACHE_PASSES
+from membound.passes.pipeline import KV_CACHE_PASSES, LINEAR_FUSION_PASSES
 
 PipelineLike = Sequence[Union[str, Callable[..., bool]]]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -109,7 +109,10 @@ class CompileOptions:
         if kind != "decode" and self.quant_config is not None:
             from membound.passes.quantize_weights import QuantizeWeights
 
-            passes += [QuantizeWeights(self.quant_config), "dead-code-elimination"]
+            # before the passes that fold a linear's neighbours into it: it quantizes plain linears only
+            names = [pass_name(p) for p in passes]
+            at = min([names.index(n) for n in LINEAR_FUSION_PASSES if n in names], default=len(passes))
+            passes[at:at] = [QuantizeWeights(self.quant_config), "dead-code-elimination"]
         return passes
 
 

@@ -9,9 +9,9 @@ at every symbolic dim = 1 (one token per row), or at the dims the pass's option 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
-from membound.ir import Node, Value
+from membound.ir import Graph, Node, Value
 from membound.ir.types import numel, sym
 from membound.passes.manager import PassContext
 
@@ -39,3 +39,14 @@ def seconds(ctx: PassContext, node: Node, dims: dict[Any, int]) -> float:
     """The cost model's time for ``node`` at ``dims``."""
     assert ctx.cost is not None, "seconds() needs a cost model; check ctx.cost first"
     return float(ctx.cost.estimate(node, dims).time_s)
+
+
+def seconds_of(ctx: PassContext, op: str, inputs: Sequence[Value], attrs: dict[str, Any], dims: dict[Any, int]) -> float:
+    """The cost model's time for a node ``op(inputs) {attrs}`` that is not in the graph yet (built in a
+    scratch graph over inputs of the same types; parameters stay parameters)."""
+    scratch = Graph(f"{op}_cost")
+    args = [scratch.add_param(f"a{i}", v.type) if v.kind == "param" else scratch.add_input(f"a{i}", v.type)
+            for i, v in enumerate(inputs)]
+    node = scratch.call(op, *args, **attrs).producer
+    assert node is not None
+    return seconds(ctx, node, dims)

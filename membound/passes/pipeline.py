@@ -23,12 +23,15 @@ from typing import Sequence
 from membound.passes.manager import PassFn, PassLike, get_pass, pass_name
 
 CLEANUP_PASSES = ("canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination")
+# a linear's neighbours folded into its GEMV (after the merges, which they would otherwise hide; before
+# quantize-weights only when it does not run: the driver puts it in front of them)
+LINEAR_FUSION_PASSES = ("fuse-linear-residual", "fuse-norm-linear")
 # what turns a cache-less forward into a cached step: after the user's (or the cleanup) passes
 KV_CACHE_PASSES = ("fuse-attention", "insert-kv-cache", "fuse-moe", "merge-linear", "fuse-gated-linear",
-                   "canonicalize", "dead-code-elimination")
+                   *LINEAR_FUSION_PASSES, "canonicalize", "dead-code-elimination")
 # fuse-moe before merge-linear: merging would fold the router into a wider projection the pattern does not read
-MEMORY_BOUND_PASSES = ("fuse-attention", "fuse-moe", "merge-linear", "fuse-gated-linear", "canonicalize",
-                       "dead-code-elimination")
+MEMORY_BOUND_PASSES = ("fuse-attention", "fuse-moe", "merge-linear", "fuse-gated-linear", *LINEAR_FUSION_PASSES,
+                       "canonicalize", "dead-code-elimination")
 
 PIPELINES: dict[str, tuple[str, ...]] = {
     "forward": CLEANUP_PASSES + MEMORY_BOUND_PASSES,

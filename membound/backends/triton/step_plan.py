@@ -30,7 +30,9 @@ from membound.cost.roofline import bindings, evaluate
 from membound.cost.step import KernelWork
 from membound.ir.graph import Node
 
-LINEAR_OPS = ("linear", "gated_linear")
+# our GEMV library's ops; the fused forms (a norm prologue, a residual epilogue) run the same kernel
+LINEAR_OPS = ("linear", "gated_linear", "rms_norm_linear", "linear_add", "gated_linear_add")
+_GATED = ("gated_linear", "gated_linear_add")
 QUANT_OPS = ("quant_linear", "quant_gated_linear")
 
 Dims = Mapping[Union[str, sympy.Symbol], int]
@@ -47,7 +49,7 @@ def linear_kind(op: str, m: int) -> str:
     # the FMA/dot choice depends on m only (the device enters the split count, which the prior covers)
     dot = pick_config(max(m, 1), 64, 64, torch.bfloat16, torch.device("cpu")).use_dot
     kind = "gemv_dot" if dot else "gemv"
-    return kind + ("_gated" if op == "gated_linear" else "")
+    return kind + ("_gated" if op in _GATED else "")
 
 
 def call_kind(node: Node, impl: str, dims: Dims) -> str:
