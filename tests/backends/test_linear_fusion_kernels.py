@@ -1,0 +1,117 @@
+"""The GEMV's norm prologue and residual epilogue (``rms_norm_linear``, ``linear_add``, ``gated_linear_add``)
+against the unfused path (the library's norm / linear kernels and a torch add, same tile config) and eager
+torch in fp32 from the same rounded inputs, at small odd sizes, on every path of the kernel (FMA, tensor
+cores, split-K with the last program reducing, cuBLAS past 16 rows).
+
+Tolerances: the residual epilogue adds to the rounded product exactly as the unfused add does, so it must
+equal the unfused path bit for bit; the norm prologue sums the squares in another order than the norm
+kernel (rstd differs in the last fp32 bits), so fp32 agrees to 1e-5 and fp16 to one fp16 ulp of O(1)
+outputs (2e-3); against eager fp32: 1e-4 (fp32), 1e-2 (fp16, the rounded norm and products).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+import torch
+from _triton_interp import DEVICE, Interpreted  # sets TRITON_INTERPRET=1 before triton is imported
+
+from membound.ir.ops import get_op
+
+INTERP = Interpreted(__file__)
+DTYPES = [torch.float32, torch.float16]
+EAGER_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2)}
+UNFUSED_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3)}
+
+
+def rand(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """|x| in [0.5, 1.5) with a random sign: never zero."""
+    gen = torch.Generator().manual_seed(seed)
+    mag = torch.rand(shape, generator=gen) + 0.5
+    sign = torch.where(torch.rand(shape, generator=gen) > 0.5, 1.0, -1.0)
+    return (mag * sign).to(dtype).to(DEVICE)
+
+
+def configs(m: int) -> list[Optional[object]]:
+    """The heuristic tiles, and a split-K config on the path M takes (FMA for M <= 2, else tensor cores)."""
+    from membound.backends.triton.kernels import LinearConfig
+
+    if m > 16:
+        return [None]
+    split = LinearConfig(2, 8, 32, split_k=3) if m <= 2 else LinearConfig(16, 16, 32, split_k=3, use_dot=True)
+    return [None, split]
+
+
+CASES = [(1, 77, 19), (3, 300, 37), (2, 129, 9), (20, 33, 11)]  # (M, K, N); M = 20: the cuBLAS path
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
+@pytest.mark.parametrize("m,k,n", CASES)
+def test_rms_norm_linear(m: int, k: int, n: int, dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import linear, rms_norm, rms_norm_linear, trace
+
+    x, nw = rand(m, 1, k, dtype=dtype, seed=1), rand(k, dtype=dtype, seed=2)
+    w, b = rand(n, k, dtype=dtype, seed=3) * k ** -0.5, rand(n, dtype=dtype, seed=4)
+    eager = get_op("rms_norm_linear").reference(x.float(), nw.float(), w.float(), b.float(), eps=1e-5)
+    for cfg in configs(m):
+        with trace() as calls:
+            y = rms_norm_linear(x, nw, w, b, eps=1e-5, config=cfg)
+        assert ("rms_norm_linear", "cublas" if m > 16 else "kernel") in calls
+        assert y.dtype == dtype and y.shape == (m, 1, n)
+        unfused = linear(rms_norm(x, nw, eps=1e-5), w, b, config=cfg)
+        torch.testing.assert_close(y, unfused, **UNFUSED_TOL[dtype])
+        torch.testing.assert_close(y.float(), eager, **EAGER_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
+@pytest.mark.parametrize("m,k,n", CASES)
+def test_linear_add(m: int, k: int, n: int, dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import linear, linear_add, trace
+
+    x, r = rand(m, k, dtype=dtype, seed=5), rand(m, n, dtype=dtype, seed=6)
+    w, b = rand(n, k, dtype=dtype, seed=7) * k ** -0.5, rand(n, dtype=dtype, seed=8)
+    eager = get_op("linear_add").reference(x.float(), w.float(), r.float(), b.float())
+    for cfg in configs(m):
+        with trace() as calls:
+            y = linear_add(x, w, r, b, config=cfg)
+        assert ("linear_add", "cublas" if m > 16 else "kernel") in calls
+        torch.testing.assert_close(y, r + linear(x, w, b, config=cfg), rtol=0, atol=0)  # the same roundings
+        torch.testing.assert_close(y.float(), eager, **EAGER_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
+@pytest.mark.parametrize("m,k,n", CASES)
+def test_gated_linear_add(m: int, k: int, n: int, dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import gated_linear, gated_linear_add, trace
+
+    gu = rand(m, 1, 2 * k, dtype=dtype, seed=9)
+    gate, up = gu[..., :k], gu[..., k:]  # the halves of one merged projection: strided views
+    w, r = rand(n, k, dtype=dtype, seed=10) * k ** -0.5, rand(m, 1, n, dtype=dtype, seed=11)
+    eager = get_op("gated_linear_add").reference(gate.float(), up.float(), w.float(), r.float())
+    for cfg in configs(m):
+        with trace() as calls:
+            y = gated_linear_add(gate, up, w, r, config=cfg)
+        assert ("gated_linear_add", "cublas" if m > 16 else "kernel") in calls
+        torch.testing.assert_close(y, r + gated_linear(gate, up, w, config=cfg), rtol=0, atol=0)
+        torch.testing.assert_close(y.float(), eager, **EAGER_TOL[dtype])
+
+
+def test_errors_name_the_argument(request: pytest.FixtureRequest) -> None:
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import linear_add, rms_norm_linear
+
+    x, w = rand(2, 8, dtype=torch.float32, seed=1), rand(4, 8, dtype=torch.float32, seed=2)
+    with pytest.raises(ValueError, match="linear_add: residual must have the output's shape"):
+        linear_add(x, w, rand(2, 5, dtype=torch.float32, seed=3))
+    with pytest.raises(ValueError, match="rms_norm_linear: needs x.*norm_weight"):
+        rms_norm_linear(x, rand(7, dtype=torch.float32, seed=4), w, eps=1e-5)
+    with pytest.raises(TypeError, match="rms_norm_linear: inputs must share a dtype"):
+        rms_norm_linear(x, rand(8, dtype=torch.float16, seed=4), w, eps=1e-5)
