@@ -2,10 +2,16 @@
 
 ```
 // before: the end of a Llama attention block (the MLP's down projection is the same with gated_linear)
-%o = linear(%a, %wo) : bf16[B, 1, 2048]
-%h2 = add(%h, %o) : bf16[B, 1, 2048]
+graph @f(%a: bf16[B, 1, 2048], %h: bf16[B, 1, 2048]) params(%wo: bf16[2048, 2048]) {
+  %o = linear(%a, %wo) : bf16[B, 1, 2048]
+  %h2 = add(%h, %o) : bf16[B, 1, 2048]
+  return %h2
+}
 // after
-%h2 = linear_add(%a, %wo, %h) : bf16[B, 1, 2048]
+graph @f(%a: bf16[B, 1, 2048], %h: bf16[B, 1, 2048]) params(%wo: bf16[2048, 2048]) {
+  %0 = linear_add(%a, %wo, %h) : bf16[B, 1, 2048]
+  return %0
+}
 ```
 
 Matches ``add(linear(...), r)`` and ``add(gated_linear(...), r)`` (either operand order), where the

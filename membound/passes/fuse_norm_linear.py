@@ -2,10 +2,16 @@
 
 ```
 // before: the attention input of a Llama layer after merge-linear (q/k/v merged into one projection)
-%n = rms_norm(%h, %ln) {eps=1e-05} : bf16[B, 1, 2048]
-%qkv = linear(%n, %wqkv) : bf16[B, 1, 3072]
+graph @f(%h: bf16[B, 1, 2048]) params(%ln: bf16[2048], %wqkv: bf16[3072, 2048]) {
+  %n = rms_norm(%h, %ln) {eps=1e-05} : bf16[B, 1, 2048]
+  %qkv = linear(%n, %wqkv) : bf16[B, 1, 3072]
+  return %qkv
+}
 // after
-%qkv = rms_norm_linear(%h, %ln, %wqkv) {eps=1e-05} : bf16[B, 1, 3072]
+graph @f(%h: bf16[B, 1, 2048]) params(%ln: bf16[2048], %wqkv: bf16[3072, 2048]) {
+  %0 = rms_norm_linear(%h, %ln, %wqkv) {eps=1e-05} : bf16[B, 1, 3072]
+  return %0
+}
 ```
 
 Matches ``linear(rms_norm(x, w), W[, b])`` where every reader of the norm is a linear that takes it as

@@ -41,7 +41,8 @@ def seconds(ctx: PassContext, node: Node, dims: dict[Any, int]) -> float:
     return float(ctx.cost.estimate(node, dims).time_s)
 
 
-def seconds_of(ctx: PassContext, op: str, inputs: Sequence[Value], attrs: dict[str, Any], dims: dict[Any, int]) -> float:
+def seconds_of(ctx: PassContext, op: str, inputs: Sequence[Value], attrs: dict[str, Any],
+               dims: dict[Any, int]) -> float:
     """The cost model's time for a node ``op(inputs) {attrs}`` that is not in the graph yet (built in a
     scratch graph over inputs of the same types; parameters stay parameters)."""
     scratch = Graph(f"{op}_cost")

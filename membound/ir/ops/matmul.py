@@ -171,8 +171,8 @@ define_op("gated_linear", inputs=("gate", "up", "weight"), attrs={"act": "silu"}
 def _infer_rms_norm_linear(x: TensorType, norm_weight: TensorType, weight: TensorType,
                            bias: TensorType | None = None, *, eps: float) -> TensorType:
     op = "rms_norm_linear"
-    named = [("x", x), ("norm_weight", norm_weight), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
-    same_dtype(op, *named)
+    named = [("x", x), ("norm_weight", norm_weight), ("weight", weight)]
+    same_dtype(op, *named, *([("bias", bias)] if bias is not None else []))
     if not isinstance(eps, float):
         fail(op, f"attribute eps must be a float, got {eps!r}", TypeError)
     if norm_weight.rank != 1:

@@ -65,7 +65,8 @@ LIBRARY: dict[str, Callable] = _launchers()
 __all__ = [
     "LIBRARY", "SMALL_M", "DecodeConfig", "FlashConfig", "LinearConfig", "QuantConfig", "add_rms_norm",
     "attention", "cache_write", "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding",
-    "flash_attention", "gated_linear", "gated_linear_add", "linear", "linear_add", "linear_bytes", "moe", "moe_bytes", "quant_gated_linear",
+    "flash_attention", "gated_linear", "gated_linear_add", "linear", "linear_add", "linear_bytes", "moe",
+    "moe_bytes", "quant_gated_linear",
     "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm", "rms_norm_linear",
     "rms_norm_bytes", "trace",
 ]
