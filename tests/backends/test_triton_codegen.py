@@ -380,7 +380,9 @@ def test_model_matches_eager(name: str, dtype: torch.dtype, request: pytest.Fixt
     assert_close(got, want, TOL[dtype])
     exe = compiled._last().executable
     assert isinstance(exe, TritonExecutable) and "@triton.jit" in exe.source
-    assert any(k.layout == "row" for k in exe.partition.kernels)  # the norms are generated, not called
+    # the norms are generated row kernels, or (fuse-norm-linear) prologues of the GEMVs that read them
+    calls = {s.node.op for s in exe.partition.steps if getattr(s, "node", None) is not None}
+    assert any(k.layout == "row" for k in exe.partition.kernels) or "rms_norm_linear" in calls
 
 
 @pytest.mark.parametrize("name", ["llama-tiny", "hf-llama", "hf-gpt2"])
@@ -813,7 +815,9 @@ for dtype in (torch.float32, torch.bfloat16):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("_horizontal")]
-    assert len(lines) == 4 and all(int(line.split()[-1]) > 0 for line in lines), proc.stdout  # 2 dtypes x 2 B
+    # per sections kernel (rope + cache writes; embedding + rope table once the first norm is a GEMV prologue):
+    # 2 dtypes x 2 B
+    assert len(lines) in (4, 8) and all(int(line.split()[-1]) > 0 for line in lines), proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------
