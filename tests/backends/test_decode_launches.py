@@ -9,7 +9,7 @@ o / down GEMVs' epilogues and its RMSNorms in the prologues of the GEMVs that re
 
 Counted on the decode partition the way ``membound.step_prediction`` counts launches (``kernel_works``),
 over the second layer (from the first launch that reads a ``layers.1.`` weight to the last). The
-unfused step is built with the two passes taken out of the KV-cache pipeline. The tiny HF Llama's greedy
+unfused step is built with the two passes taken out of the decode pipeline. The tiny HF Llama's greedy
 ``generate`` on the Triton backend (CPU interpreter, fp32) must still equal eager recomputation.
 """
 
@@ -24,11 +24,11 @@ from _triton_interp import Interpreted  # sets TRITON_INTERPRET=1 before triton 
 
 import membound
 from membound.backends.triton.step_plan import kernel_works
-from membound.passes.pipeline import CLEANUP_PASSES, KV_CACHE_PASSES, LINEAR_FUSION_PASSES, PIPELINES
+from membound.passes.pipeline import LINEAR_FUSION_PASSES, PIPELINES
 
 INTERP = Interpreted(__file__)
 SECOND_LAYER = re.compile(r"(^|\.)layers\.1\.")
-UNFUSED = tuple(p for p in KV_CACHE_PASSES if p not in LINEAR_FUSION_PASSES)
+UNFUSED = tuple(p for p in PIPELINES["decode"] if p not in LINEAR_FUSION_PASSES)
 
 
 def hf_llama() -> torch.nn.Module:
@@ -57,7 +57,7 @@ def program(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, fused: bool
 
     with monkeypatch.context() as m:
         if not fused:
-            m.setitem(PIPELINES, "prefill", CLEANUP_PASSES + UNFUSED)
+            m.setitem(PIPELINES, "decode", UNFUSED)
         compiled = membound.compile(model, backend="triton")
         return build_kv_program(compiled, torch.zeros(1, 4, dtype=torch.long))
 

@@ -19,9 +19,9 @@ import torch
 
 import membound
 from membound.models import get_config, init_weights, model_from_config
-from membound.passes.pipeline import CLEANUP_PASSES, KV_CACHE_PASSES, LINEAR_FUSION_PASSES, PIPELINES
+from membound.passes.pipeline import LINEAR_FUSION_PASSES, PIPELINES
 
-UNFUSED = CLEANUP_PASSES + tuple(p for p in KV_CACHE_PASSES if p not in LINEAR_FUSION_PASSES)
+UNFUSED = tuple(p for p in PIPELINES["decode"] if p not in LINEAR_FUSION_PASSES)
 FUSED_OPS = {"rms_norm_linear", "linear_add", "gated_linear_add"}
 
 
@@ -38,7 +38,7 @@ def _decode_logits(model: torch.nn.Module, ids: torch.Tensor, new: int, fused: b
                    monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
     with monkeypatch.context() as m:
         if not fused:
-            m.setitem(PIPELINES, "prefill", UNFUSED)
+            m.setitem(PIPELINES, "decode", UNFUSED)
         compiled = membound.compile(model, backend="triton", cuda_graphs=True)
         membound.generate(compiled, ids, 2)  # builds the program
     program = compiled.kv_program

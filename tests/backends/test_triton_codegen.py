@@ -380,9 +380,7 @@ def test_model_matches_eager(name: str, dtype: torch.dtype, request: pytest.Fixt
     assert_close(got, want, TOL[dtype])
     exe = compiled._last().executable
     assert isinstance(exe, TritonExecutable) and "@triton.jit" in exe.source
-    # the norms are generated row kernels, or (fuse-norm-linear) prologues of the GEMVs that read them
-    calls = {s.node.op for s in exe.partition.steps if getattr(s, "node", None) is not None}
-    assert any(k.layout == "row" for k in exe.partition.kernels) or "rms_norm_linear" in calls
+    assert any(k.layout == "row" for k in exe.partition.kernels)  # the norms are generated, not called
 
 
 @pytest.mark.parametrize("name", ["llama-tiny", "hf-llama", "hf-gpt2"])
