@@ -34,13 +34,16 @@ def rand(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 
 def configs(m: int) -> list[Optional[object]]:
-    """The heuristic tiles, and a split-K config on the path M takes (FMA for M <= 2, else tensor cores)."""
+    """The heuristic tiles, and a split-K config on the path M takes (FMA for M <= 2, else tensor cores: x
+    formed into a scratch first, the default, and formed in the loop)."""
     from membound.backends.triton.kernels import LinearConfig
 
     if m > 16:
         return [None]
-    split = LinearConfig(2, 8, 32, split_k=3) if m <= 2 else LinearConfig(16, 16, 32, split_k=3, use_dot=True)
-    return [None, split]
+    if m <= 2:
+        return [None, LinearConfig(2, 8, 32, split_k=3)]
+    return [None, LinearConfig(16, 16, 32, split_k=3, use_dot=True),
+            LinearConfig(16, 16, 32, split_k=2, use_dot=True, pre_gate=False)]
 
 
 CASES = [(1, 77, 19), (3, 300, 37), (2, 129, 9), (20, 33, 11)]  # (M, K, N); M = 20: the cuBLAS path

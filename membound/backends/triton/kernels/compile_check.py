@@ -110,7 +110,8 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                     K_PER_SPLIT=k // split, stride_xm=k, stride_um=k, stride_wn=k, stride_split=m * n, stride_rm=n,
                     eps=1e-5, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split,
                     HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32", USE_PDL=True, PREFETCH=not use_dot,
-                    GATED=gated, EARLY_W=not gated, PRE_GATE=gated and use_dot, NORM=norm, RESIDUAL=res)
+                    GATED=gated, EARLY_W=not gated, PRE_GATE=(gated or norm) and use_dot, NORM=norm,
+                    RESIDUAL=res)
         label = f"M={m} {'dot' if use_dot else 'fma'}" + (" gated" if gated else "")
         label += (" norm" if norm else "") + (" residual" if res else "")
         label += f" split{split}" if split > 1 else ""

@@ -111,24 +111,6 @@ def _linear_small_m(
         if PREFETCH and not EARLY_W:
             # a weight some earlier kernel may have written: read only after the wait
             w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
-    if PRE_GATE:
-        # tensor cores, gated: form silu(gate) * up for this program's K range once, real rows only, as
-        # vectors spread over all threads, into the scratch g[M, K] (programs of one K range write the same
-        # values), then read it as x. Formed in the loop, the compiler recomputes the gating in the dot
-        # operand's layout, once per warp (4x), for all 16 padded rows: the Llama-3-8B down projection at
-        # M = 8 took 103 us against 35 at M = 1 (H200)
-        for mm in range(0, M):
-            for kk in range(k_start, k_end, 512):
-                kg = kk + tl.arange(0, 512)
-                g_ok = kg < k_end
-                xg = tl.load(x_ptr + mm * stride_xm + kg, mask=g_ok, other=0.0)
-                ug = tl.load(u_ptr + mm * stride_um + kg, mask=g_ok, other=0.0)
-                xf = xg.to(tl.float32)
-                gg = (xf / (1.0 + tl.exp(-xf))).to(xg.dtype)
-                tl.store(g_ptr + mm * K + kg, (gg.to(tl.float32) * ug.to(tl.float32)).to(ug.dtype), mask=g_ok)
-        tl.debug_barrier()  # the block's stores are visible to all its threads after this
-        x_ptr = g_ptr
-        stride_xm = K
     if NORM:
         # rms_norm prologue: every program reduces the whole rows of x (a few KB, from L2) for their
         # 1 / rms, in fp32; x is normed tile by tile below, never stored
@@ -139,7 +121,33 @@ def _linear_small_m(
                          other=0.0).to(tl.float32)
             ss += tl.sum(xs * xs, axis=1)
         rstd = 1.0 / tl.sqrt(ss / K + eps)
+    if PRE_GATE:
+        # tensor cores: form x (silu(gate) * up, or the normed row) once for this program's K range, real rows
+        # only, as vectors spread over all threads, into the scratch g[M, K] (programs of one K range write the
+        # same values), then read it as x. Formed in the loop, the compiler recomputes it in the dot operand's
+        # layout, once per warp (4x), for all 16 padded rows: the gated Llama-3-8B down projection at M = 8
+        # took 103 us against 35 at M = 1 (H200)
+        for mm in range(0, M):
+            if NORM:
+                rstd_m = tl.sum(tl.where(ms == mm, rstd, 0.0), axis=0)
+            for kk in range(k_start, k_end, 512):
+                kg = kk + tl.arange(0, 512)
+                g_ok = kg < k_end
+                xg = tl.load(x_ptr + mm * stride_xm + kg, mask=g_ok, other=0.0)
+                if NORM:
+                    nwg = tl.load(nw_ptr + kg, mask=g_ok, other=0.0)
+                    xn = (xg.to(tl.float32) * rstd_m).to(xg.dtype)
+                    tl.store(g_ptr + mm * K + kg, (xn.to(tl.float32) * nwg.to(tl.float32)).to(xg.dtype), mask=g_ok)
+                else:
+                    ug = tl.load(u_ptr + mm * stride_um + kg, mask=g_ok, other=0.0)
+                    xf = xg.to(tl.float32)
+                    gg = (xf / (1.0 + tl.exp(-xf))).to(xg.dtype)
+                    tl.store(g_ptr + mm * K + kg, (gg.to(tl.float32) * ug.to(tl.float32)).to(ug.dtype), mask=g_ok)
+        tl.debug_barrier()  # the block's stores are visible to all its threads after this
+        x_ptr = g_ptr
+        stride_xm = K
     GATED_X: tl.constexpr = GATED and not PRE_GATE
+    NORM_X: tl.constexpr = NORM and not PRE_GATE
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
@@ -151,7 +159,7 @@ def _linear_small_m(
             xf = x.to(tl.float32)
             g = (xf / (1.0 + tl.exp(-xf))).to(x.dtype)
             x = (g.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
-        if NORM:
+        if NORM_X:
             # rms_norm(x, nw) rounded as eager rounds it: the normed value, then the product with the weight
             nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
             xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
@@ -207,10 +215,11 @@ class LinearConfig:
     num_warps: int = 4
     num_stages: int = 3
     prefetch: bool = True  # FMA path: double-buffer W tiles in registers
-    # gated, tensor cores: silu(gate) * up formed once per program into a scratch (PRE_GATE). The sm_90 SASS
-    # has the gating out of the main loop (963 -> 82 instructions a step); the H200 GPU tests of 2026-12-02 ran
-    # it (generate at batch 3 against eager and the reference backend); not yet timed (the 8B down projection
-    # at M = 8 took 103 us with the gating in the loop, 35 at M = 1)
+    # gated or normed, tensor cores: silu(gate) * up (or the normed x) formed once per program into a scratch
+    # (PRE_GATE). The sm_90 SASS has the gating out of the main loop (963 -> 82 instructions a step); the H200
+    # GPU tests of 2026-12-02 ran it (generate at batch 3 against eager and the reference backend); not yet
+    # timed (the 8B down projection at M = 8 took 103 us with the gating in the loop, 35 at M = 1). The norm
+    # takes the same path untimed (issue 13)
     pre_gate: bool = True
 
 
@@ -368,7 +377,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     split = cdiv(k, k_per_split)  # no empty splits
     n_blocks = cdiv(n, cfg.block_n)
     part = locks = gbuf = y  # placeholders the kernel never touches without a split / pre-gating
-    pre_gate = u2 is not None and cfg.use_dot and cfg.pre_gate
+    pre_gate = (u2 is not None or norm is not None) and cfg.use_dot and cfg.pre_gate
     if pre_gate:
         gbuf = torch.empty((m, k), dtype=x.dtype, device=x.device)
     if split > 1:
