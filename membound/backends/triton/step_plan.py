@@ -5,7 +5,10 @@ Each step of a partition becomes one :class:`~membound.cost.step.KernelWork` (vi
 - a generated kernel (pointwise, row, sections) -> ``fused``, its bytes the partition's boundary bytes;
 - ``linear`` / ``gated_linear`` -> the path the library takes at that many rows (``kernels/linear.py``):
   ``gemv`` (register FMA, M <= 2), ``gemv_dot`` (tensor cores, M <= ``SMALL_M``), ``cublas`` above;
-  ``_gated`` for the gated form on our kernel;
+  ``_gated`` for the gated form on our kernel; the fused forms (``rms_norm_linear``, ``linear_add``,
+  ``gated_linear_add``) run the same kernel and take the same kinds: what the norm prologue adds (each
+  program re-reads its rows of x from L2 for their rms) and the residual tile are not priced apart yet;
+  ``benches/profile_step.py`` on a GPU measures them;
 - ``quant_linear`` / ``quant_gated_linear`` -> ``quant_gemv`` up to ``SMALL_M`` rows, ``quant_mma`` above;
 - ``cached_attention`` -> ``decode_attention`` for one query per row, else ``attention``; ``attention``
   -> ``attention``; other library kernels -> ``library``; ops run by their torch reference -> ``torch``.
