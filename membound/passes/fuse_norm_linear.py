@@ -57,9 +57,13 @@ def _declines(ctx: PassContext, m: Match) -> Optional[str]:
         return f"the norm's input %{x.name} {x.type} and weight %{nw.name} {nw.type} are not one dtype and a row"
     graph = norm.graph
     readers = {id(u): u for u in normed.users}.values()
-    if any(o is normed for o in graph.outputs) or any(
-            u.op not in PROLOGUE or u.inputs[0] is not normed or normed in u.inputs[1:] for u in readers):
-        return f"%{normed.name} has readers other than linears' inputs: its kernel would stay"
+    if any(o is normed for o in graph.outputs):
+        return f"%{normed.name} is a graph output: its kernel would stay"
+    others = sorted({u.op for u in readers if u.op not in PROLOGUE or u.inputs[0] is not normed
+                     or normed in u.inputs[1:]})
+    if others:
+        return (f"%{normed.name} has readers other than linears' inputs ({', '.join(others)}; fused forms exist "
+                f"for {', '.join(PROLOGUE)}): its kernel would stay")
     if ctx.cost is None:
         return beyond_gemv(x, "the linears are not GEMVs")
     dims = decode_dims(ctx, (x,))
