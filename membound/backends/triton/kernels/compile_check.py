@@ -130,9 +130,9 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         label = f"d{d} {'one split' if one else 'split'}" + (" ring" if ring else "")
         out.append((_flash_decoding_split, label, args, dict(num_warps=4, num_stages=2)))
     out += _flash_attention_cases()
-    args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", H=hkv, S=1, T=cap, D=d, scb=hkv * cap * d,
-                sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1, BLOCK_D=d,
-                USE_PDL=True)
+    args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", src_ptr="*i64", H=hkv, S=1, T=cap, D=d,
+                scb=hkv * cap * d, sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1,
+                BLOCK_D=d, USE_PDL=True, HAS_SRC=False)
     out.append((_cache_write, f"d{d}", args, dict(num_warps=1)))
     for residual in (False, True):
         args = dict(x_ptr="*bf16", r_ptr="*bf16", w_ptr="*bf16", sum_ptr="*bf16", y_ptr="*bf16", D=4096,
