@@ -79,6 +79,8 @@ def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, stride_we, stride_wn, 
     int4: codes ``k`` of a row are nibble ``k % 2`` of byte ``k // 2``; the tile lies inside one group
     (``BLOCK_K <= GROUP``, both powers of two, ``k0`` a multiple of ``BLOCK_K``), so each row's
     (scale, offset) is loaded once per tile. fp8: the bytes reinterpreted as e4m3."""
+    # one return at the end: compiled Triton rejects returns of different dtypes in one function, even
+    # in branches a constexpr rules out (the interpreter does not)
     mask = k_ok[:, None] & n_ok[None, :]
     rows = w_ptr + e * stride_we + ns[None, :] * stride_wn
     if SCHEME == INT4:
@@ -87,13 +89,14 @@ def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, stride_we, stride_wn, 
         pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
         scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)
         offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)
-        return tl.where(mask, code * scale[None, :] + offset[None, :], 0.0)
-    w = tl.load(rows + ks[:, None], mask=mask, other=0)
-    if SCHEME == NONE:
-        return w
-    if SCHEME == FP8:  # passed as its bytes (u8)
-        w = w.to(tl.float8e4nv, bitcast=True)
-    return w.to(tl.float32) * row_scale[None, :]
+        w = tl.where(mask, code * scale[None, :] + offset[None, :], 0.0)
+    else:
+        w = tl.load(rows + ks[:, None], mask=mask, other=0)
+        if SCHEME == FP8:  # passed as its bytes (u8)
+            w = w.to(tl.float8e4nv, bitcast=True)
+        if SCHEME != NONE:
+            w = w.to(tl.float32) * row_scale[None, :]
+    return w
 
 
 @triton.jit
