@@ -28,6 +28,9 @@ SKIPPED = {
     "quant_linear": "quant op family: its own tests",
     "quant_gated_linear": "quant op family: its own tests",
     "torch_call": "result types and cost come from the capture",
+    "rms_norm_linear": "fused GEMV family: test_fused_gemv_costs_by_hand below",
+    "linear_add": "fused GEMV family: test_fused_gemv_costs_by_hand below",
+    "gated_linear_add": "fused GEMV family: test_fused_gemv_costs_by_hand below",
 }
 
 # op: (the sample, FLOPs, bytes)
@@ -134,3 +137,21 @@ def test_every_registered_op_is_in_the_table_or_skipped_with_a_reason() -> None:
     names = set(all_ops())
     assert names - set(COST) - set(SKIPPED) == set(), "ops with no cost row: add one (by hand) or a skip reason"
     assert set(COST) | set(SKIPPED) <= names
+
+
+def test_fused_gemv_costs_by_hand() -> None:
+    """x f32[7, 5], weight [3, 5]: the GEMV is 2*7*3*5 = 210 FLOPs; the norm 5 a element of x (175); the
+    residual add one an output element (21); bytes are every operand and the output once, 4 bytes each."""
+    import torch
+
+    from membound.ir import TensorType
+
+    def cost(op: str, shapes: list[list[int]], out: list[int], **attrs: object) -> tuple[int, int]:
+        f, b = get_op(op).cost([TensorType(torch.float32, s) for s in shapes], [TensorType(torch.float32, out)],
+                               attrs)
+        return int(f), int(b)
+
+    assert cost("linear_add", [[7, 5], [3, 5], [7, 3]], [7, 3]) == (210 + 21, 4 * (35 + 15 + 21 + 21))
+    assert cost("rms_norm_linear", [[7, 5], [5], [3, 5]], [7, 3], eps=1e-6) == (210 + 175, 4 * (35 + 5 + 15 + 21))
+    assert cost("gated_linear_add", [[7, 5], [7, 5], [3, 5], [7, 3]], [7, 3], act="silu") == (
+        385 + 21, 4 * (35 + 35 + 15 + 21 + 21))   # gated_linear's 385 at these shapes: the table's row
