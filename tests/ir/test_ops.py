@@ -405,6 +405,19 @@ case("gated_linear", [A(f32, 7, 5), A(f32, 7, 5), A(f32, 3, 5)], _gated_linear)
 case("gated_linear", [A(f32, B, S, 5), A(f32, B, S, 5), A(f32, 4, 5)], _gated_linear, act="silu")
 case("gated_linear", [A(f16, 2, 1, 9), A(f16, 2, 1, 9), A(f16, 6, 9)], _gated_linear)
 
+# the fused GEMV forms (fuse-linear-residual / fuse-norm-linear): eager's composition, rounded as eager does
+case("linear_add", [A(f32, 7, 5), A(f32, 3, 5), A(f32, 7, 3)], lambda x, w, r: r + _linear(x, w))
+case("linear_add", [A(f16, 2, 1, 9), A(f16, 6, 9), A(f16, 2, 1, 6)], lambda x, w, r: r + _linear(x, w))
+case("linear_add", [A(f32, B, S, 5), A(f32, 4, 5), A(f32, B, S, 4)], lambda x, w, r: r + _linear(x, w))
+case("rms_norm_linear", [A(f32, 7, 5), A(f32, 5), A(f32, 3, 5)],
+     lambda x, nw, w: _linear(_rms(1e-6)(x, nw), w), eps=1e-6)
+case("rms_norm_linear", [A(f32, B, S, 6), A(f32, 6), A(f32, 4, 6)],
+     lambda x, nw, w: _linear(_rms(1e-5)(x, nw), w), eps=1e-5)
+case("gated_linear_add", [A(f32, 7, 5), A(f32, 7, 5), A(f32, 3, 5), A(f32, 7, 3)],
+     lambda g, u, w, r: r + _gated_linear(g, u, w))
+case("gated_linear_add", [A(f32, B, S, 5), A(f32, B, S, 5), A(f32, 4, 5), A(f32, B, S, 4)],
+     lambda g, u, w, r: r + _gated_linear(g, u, w))
+
 case("matmul", [A(f32, 3, 4), A(f32, 4, 5)], _matmul)
 case("matmul", [A(f32, 2, 3, 4), A(f32, 4, 1)], _matmul)
 case("matmul", [A(f32, 2, 1, 3, 4), A(f32, 5, 4, 6)], _matmul)
@@ -887,6 +900,9 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("gated_linear", [T(f32, 3, 4), T(f32, 3, 5), T(f32, 6, 4)], {}, ValueError),
     ("gated_linear", [T(f32, 3, 4), T(f32, 3, 4), T(f16, 6, 4)], {}, TypeError),
     ("gated_linear", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4)], {"act": "relu"}, ValueError),
+    ("linear_add", [T(f32, 3, 4), T(f32, 5, 4), T(f32, 3, 6)], {}, ValueError),    # residual of another shape
+    ("rms_norm_linear", [T(f32, 3, 4), T(f32, 4), T(f32, 5, 6)], {"eps": 1e-6}, ValueError),
+    ("gated_linear_add", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4), T(f32, 3, 5)], {}, ValueError),
     ("linear", [T(f32, 3, 4), T(f16, 5, 4)], {}, TypeError),
     ("linear", [T(f32, 3, 4), T(f32, 5, 4), T(f32, 4)], {}, ValueError),
     ("linear", [T(f32, B, S, 4), T(f32, 5, 4, 1)], {}, ValueError),

@@ -29,18 +29,19 @@ from membound.ir.types import TensorType, broadcast_shapes
 # ---------------------------------------------------------------------------------------------
 
 
-def _infer_linear(x: TensorType, weight: TensorType, bias: TensorType | None = None) -> TensorType:
+def _infer_linear(x: TensorType, weight: TensorType, bias: TensorType | None = None, *,
+                  op: str = "linear") -> TensorType:
     named = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
-    dtype = same_dtype("linear", *named)
-    require_float("linear", x, "x")
+    dtype = same_dtype(op, *named)
+    require_float(op, x, "x")
     if x.rank < 1 or weight.rank != 2:
-        fail("linear", f"needs x[..., K] and weight[N, K], got x {x} and weight {weight}")
+        fail(op, f"needs x[..., K] and weight[N, K], got x {x} and weight {weight}")
     n, k = weight.shape
-    require_same_dim("linear", x.shape[-1], k, f"x {x} and weight {weight} disagree on K")
+    require_same_dim(op, x.shape[-1], k, f"x {x} and weight {weight} disagree on K")
     if bias is not None:
         if bias.rank != 1:
-            fail("linear", f"bias must be [N] = [{n}], got {bias}")
-        require_same_dim("linear", bias.shape[0], n, f"bias {bias} vs weight {weight} N")
+            fail(op, f"bias must be [N] = [{n}], got {bias}")
+        require_same_dim(op, bias.shape[0], n, f"bias {bias} vs weight {weight} N")
     return TensorType(dtype, x.shape[:-1] + (n,))
 
 
@@ -129,18 +130,19 @@ define_op("grouped_mm", inputs=("x", "w", "offsets"), kind="matmul", infer=_infe
 GATED_ACTIVATIONS = {"silu": torch.nn.functional.silu}
 
 
-def _infer_gated_linear(gate: TensorType, up: TensorType, weight: TensorType, act: str = "silu") -> TensorType:
-    dtype = same_dtype("gated_linear", ("gate", gate), ("up", up), ("weight", weight))
-    require_float("gated_linear", gate, "gate")
+def _infer_gated_linear(gate: TensorType, up: TensorType, weight: TensorType, act: str = "silu", *,
+                        op: str = "gated_linear") -> TensorType:
+    dtype = same_dtype(op, ("gate", gate), ("up", up), ("weight", weight))
+    require_float(op, gate, "gate")
     if act not in GATED_ACTIVATIONS:
-        fail("gated_linear", f"act must be one of {sorted(GATED_ACTIVATIONS)}, got {act!r}")
+        fail(op, f"act must be one of {sorted(GATED_ACTIVATIONS)}, got {act!r}")
     if gate.rank < 1 or weight.rank != 2 or up.rank != gate.rank:
-        fail("gated_linear", f"needs gate[..., K], up[..., K] and weight[N, K], got gate {gate}, up {up}, "
+        fail(op, f"needs gate[..., K], up[..., K] and weight[N, K], got gate {gate}, up {up}, "
                              f"weight {weight}")
     for a, b in zip(gate.shape, up.shape):
-        require_same_dim("gated_linear", a, b, f"gate {gate} and up {up} must have one shape")
+        require_same_dim(op, a, b, f"gate {gate} and up {up} must have one shape")
     n, k = weight.shape
-    require_same_dim("gated_linear", gate.shape[-1], k, f"gate {gate} and weight {weight} disagree on K")
+    require_same_dim(op, gate.shape[-1], k, f"gate {gate} and weight {weight} disagree on K")
     return TensorType(dtype, gate.shape[:-1] + (n,))
 
 
@@ -178,7 +180,7 @@ def _infer_rms_norm_linear(x: TensorType, norm_weight: TensorType, weight: Tenso
     if norm_weight.rank != 1:
         fail(op, f"norm_weight must be [K], got {norm_weight}")
     require_same_dim(op, norm_weight.shape[0], x.shape[-1] if x.rank else 0, f"norm_weight {norm_weight} vs x {x}")
-    return _infer_linear(x, weight, bias)
+    return _infer_linear(x, weight, bias, op=op)
 
 
 def _rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
@@ -208,7 +210,7 @@ def _check_residual(op: str, out: TensorType, residual: TensorType) -> TensorTyp
 
 def _infer_linear_add(x: TensorType, weight: TensorType, residual: TensorType,
                       bias: TensorType | None = None) -> TensorType:
-    return _check_residual("linear_add", _infer_linear(x, weight, bias), residual)
+    return _check_residual("linear_add", _infer_linear(x, weight, bias, op="linear_add"), residual)
 
 
 def _linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
@@ -229,7 +231,8 @@ define_op("linear_add", inputs=("x", "weight", "residual", "bias?"), kind="matmu
 
 def _infer_gated_linear_add(gate: TensorType, up: TensorType, weight: TensorType, residual: TensorType,
                             act: str = "silu") -> TensorType:
-    return _check_residual("gated_linear_add", _infer_gated_linear(gate, up, weight, act), residual)
+    return _check_residual("gated_linear_add", _infer_gated_linear(gate, up, weight, act, op="gated_linear_add"),
+                           residual)
 
 
 def _gated_linear_add(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
