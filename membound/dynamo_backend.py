@@ -17,7 +17,6 @@ when this module is imported.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -26,11 +25,9 @@ import torch
 from membound import logs
 from membound.driver import CompileOptions, compile_graph_with
 from membound.frontends import CaptureError
-from membound.frontends.dynamo import capture_dynamo
+from membound.frontends.dynamo import capture_dynamo, takes_hf_cache
 
 _capture_log = logs.logger("capture")
-# where Dynamo finds the tensors of an HF Cache object: L['kwargs']['past_key_values'].layers[0].keys, ...
-_HF_CACHE = re.compile(r"past_key_values|\['cache'\]|\.layers\[\d+\]\.(keys|values|cumulative_length)")
 _count = 0  # graphs compiled in this process (dump folders are numbered by it)
 
 
@@ -48,7 +45,7 @@ def membound_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     try:
         capture = capture_dynamo(gm, example_inputs, dynamic=opts.dynamic, fallback=opts.fallback)
     except Exception as e:
-        if not _takes_hf_cache(gm):
+        if not takes_hf_cache(gm):
             raise
         raise CaptureError(
             "torch.compile(backend='membound') could not capture a forward that reads a Hugging Face KV cache "
@@ -73,32 +70,37 @@ def membound_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     live = {pos: name for pos, name in call_state.items() if name in graph.tensors}
 
     written = {v.name for v in graph.state}
+    # what _one_device needs of the graph's own tensors, found once: a call only adds its inputs and cache
+    home = next((t.device for t in graph.tensors.values() if isinstance(t, torch.Tensor) and t.is_cuda), None)
+    on_cpu = [name for name, t in graph.tensors.items() if isinstance(t, torch.Tensor) and t.device.type == "cpu"]
 
     def run(*args: Any) -> Any:
         inputs = capture.flatten_inputs(args, {})
         if not live:
             return capture.unflatten_outputs(executable(_one_device(inputs, {}, written, capture.name)))
         # the call's own cache tensors (a new generate call brings a new StaticCache), by reference
-        tensors = {**graph.tensors, **{name: args[pos] for pos, name in live.items()}}
-        inputs = _one_device(inputs, tensors, written, capture.name)
-        return capture.unflatten_outputs(executable(inputs, tensors))
+        own = {name: args[pos] for pos, name in live.items()}
+        own.update({name: graph.tensors[name] for name in on_cpu if name not in own})
+        inputs = _one_device(inputs, own, written, capture.name, home)
+        return capture.unflatten_outputs(executable(inputs, {**graph.tensors, **own}))
 
     run.membound_graph = compiled.ir  # type: ignore[attr-defined]
     run.membound_input_graph = compiled.input_ir  # type: ignore[attr-defined]
     return run
 
 
-def _one_device(inputs: list[Any], tensors: dict[str, Any], written: set[str], graph: str) -> list[Any]:
+def _one_device(inputs: list[Any], tensors: dict[str, Any], written: set[str], graph: str,
+                home: Optional[torch.device] = None) -> list[Any]:
     """Move the CPU scalars of a call onto its CUDA device, as torch's CUDA kernels take them.
 
     Dynamo hands over whatever the model holds: HF's StaticCache keeps its length counter as a 0-dim
     CPU tensor until its first update, which is traced into the graph. A membound graph runs on one
     device, so a 0-dim CPU tensor that the graph only reads is copied there (``tensors`` is changed in
     place: it is this call's own dict). A larger CPU tensor, or one the graph writes, is an error that
-    names it. Calls without CUDA tensors are left alone.
+    names it. Calls without CUDA tensors (``home``: the graph's own CUDA device, if any) are left alone.
     """
     everything = [t for t in list(inputs) + list(tensors.values()) if isinstance(t, torch.Tensor)]
-    cuda = next((t.device for t in everything if t.device.type == "cuda"), None)
+    cuda = next((t.device for t in everything if t.device.type == "cuda"), home)
     if cuda is None or all(t.device.type == "cuda" for t in everything):
         return inputs
 
@@ -115,18 +117,6 @@ def _one_device(inputs: list[Any], tensors: dict[str, Any], written: set[str], g
     for name, t in list(tensors.items()):
         tensors[name] = move(t, f"the tensor {name!r}", name in written)
     return [move(t, f"input {i}", False) for i, t in enumerate(inputs)]
-
-
-def _takes_hf_cache(gm: torch.fx.GraphModule) -> bool:
-    """Whether a Dynamo graph reads tensors of a Hugging Face cache object (``past_key_values``)."""
-    for n in gm.graph.nodes:
-        if n.op != "placeholder":
-            continue
-        source = getattr(n.meta.get("grapharg"), "source", None)
-        name = getattr(source, "name", "")
-        if _HF_CACHE.search(name() if callable(name) else str(name)):
-            return True
-    return False
 
 
 def register() -> None:

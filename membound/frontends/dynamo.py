@@ -151,6 +151,15 @@ def _is_state(n: torch.fx.Node, ex: torch.Tensor) -> bool:
 _HF_CACHE = re.compile(r"past_key_values|\.layers\[\d+\]\.(keys|values|cumulative_length)\b")
 
 
+# the hint for a failed capture also names HF's generic cache argument (``kwargs['cache']``)
+_HF_CACHE_HINT = re.compile(_HF_CACHE.pattern + r"|\['cache'\]")
+
+
+def takes_hf_cache(gm: torch.fx.GraphModule) -> bool:
+    """Whether a Dynamo graph reads tensors of a Hugging Face cache object (``past_key_values``)."""
+    return any(n.op == "placeholder" and _HF_CACHE_HINT.search(_source_name(n)) for n in gm.graph.nodes)
+
+
 def _is_call_state(n: torch.fx.Node, ex: torch.Tensor) -> bool:
     """A tensor the call passes in that persists across calls and may be written in place: the tensors of a
     Hugging Face cache object (``past_key_values``) and tensors marked with ``torch._dynamo.mark_static_address``

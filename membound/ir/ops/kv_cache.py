@@ -96,22 +96,20 @@ def last_writers(positions: torch.Tensor, slots: int) -> torch.Tensor:
 
 def _write(cache: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, *, dim: int) -> torch.Tensor:
     d = dim % cache.dim()
+
+    def per_row(index: torch.Tensor) -> torch.Tensor:
+        """A ``[B, S]`` index (``index[b, s]`` along ``dim``) spread over the values' other dims."""
+        shape = [1] * values.dim()
+        shape[0], shape[d] = index.shape
+        return index.reshape(shape).expand(values.shape)
+
     if values.shape[d] > 1:  # several entries may share a slot: the last one's value goes to all of them
         src = last_writers(positions, cache.shape[d])
-        if positions.dim() == 1:
-            values = values.index_select(d, src)
-        else:
-            shape = [1] * values.dim()
-            shape[0], shape[d] = src.shape
-            values = values.gather(d, src.reshape(shape).expand(values.shape))
+        values = values.index_select(d, src) if positions.dim() == 1 else values.gather(d, per_row(src))
     if positions.dim() == 1:
         cache.index_copy_(d, positions, values)
-    else:
-        # per-row slots: positions[b, s] is where row b's s-th new token goes along ``dim``
-        shape = [1] * values.dim()
-        shape[0], shape[d] = positions.shape
-        index = positions.reshape(shape).expand(values.shape)
-        cache.scatter_(d, index, values)
+    else:  # per-row slots: positions[b, s] is where row b's s-th new token goes along ``dim``
+        cache.scatter_(d, per_row(positions), values)
     return cache
 
 

@@ -171,7 +171,7 @@ def split_counters(device: torch.device, n: int) -> torch.Tensor:
             raise RuntimeError("split kernels: the arrival counters of this stream must exist before CUDA-graph "
                                "capture; run the step once on the capturing stream outside the capture "
                                "(CapturedGraph's warm-up does)")
-        locks = _COUNTERS[(device, stream)] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+        locks = _COUNTERS[(device, stream)] = _zeroed_counters(device)
         if device.type == "cuda":
             _count_on_default_capture_stream(device)
     return locks
@@ -188,7 +188,11 @@ def _count_on_default_capture_stream(device: torch.device) -> None:
         torch.cuda.graph.default_capture_stream = torch.cuda.Stream(device)
     capture = torch.cuda.graph.default_capture_stream
     if capture.device == device and (device, capture.cuda_stream) not in _COUNTERS:
-        _COUNTERS[(device, capture.cuda_stream)] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+        _COUNTERS[(device, capture.cuda_stream)] = _zeroed_counters(device)
+
+
+def _zeroed_counters(device: torch.device) -> torch.Tensor:
+    return torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
 
 
 @triton.jit
