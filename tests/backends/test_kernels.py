@@ -254,6 +254,37 @@ def test_split_launches_leave_the_counters_zeroed_and_repeat_exactly() -> None:
     close(att, get_op("cached_attention").reference(q, k, v, pos, scale=None), torch.float32)
 
 
+def test_cached_attention_variant_does_not_depend_on_the_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a known length (the decode step inside a CUDA graph) the grid covers the capacity, which
+    grows bucket by bucket (256, 512, ... slots): every compile-time argument must stay the same, or each
+    growth compiles the kernel again inside the call that grows the cache (0.6-0.8 s on an H200). The grid
+    grows; the constexprs, warps and stages do not -- a single split too takes the split-and-merge variant."""
+    import membound.backends.triton.kernels.decode_attention as da
+
+    seen: list[tuple[tuple[int, int], dict]] = []
+
+    class Recorder:
+        def __getitem__(self, grid: tuple[int, int]):  # kernel[grid](...): record, launch nothing
+            return lambda *args, **kw: seen.append((grid, kw))
+
+    monkeypatch.setattr(da, "launchable", lambda kernel, device: Recorder())
+    q = rand(1, 8, 1, 16)
+    for cap in (64, 256, 512, 2048, 4096):
+        k = torch.zeros(1, 2, cap, 16, device=DEVICE)
+        cached_attention(q, k, k, torch.tensor([3], device=DEVICE))
+    grids = [g for g, _ in seen]
+    assert [g[0] for g in grids] == sorted(g[0] for g in grids) and grids[0][0] < grids[-1][0]  # the grid grows
+    first = seen[0][1]
+    assert first["ONE_SPLIT"] is False and first["SPLIT_BLOCK"] == da.MERGE_LANES
+    for _, kw in seen[1:]:
+        assert kw == first
+    # a known length (max_len, the bench's direct calls) still gets the one-split variant
+    seen.clear()
+    cached_attention(q, torch.zeros(1, 2, 64, 16, device=DEVICE), torch.zeros(1, 2, 64, 16, device=DEVICE),
+                     torch.tensor([3], device=DEVICE), max_len=4)
+    assert seen[0][1]["ONE_SPLIT"] is True
+
+
 def test_cached_attention_errors() -> None:
     with pytest.raises(ValueError, match="cached_attention: query heads 3 must be a multiple of kv heads 2"):
         cached_attention(rand(1, 3, 1, 8), rand(1, 2, 9, 8), rand(1, 2, 9, 8), torch.tensor([3]))

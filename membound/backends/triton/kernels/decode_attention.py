@@ -28,7 +28,8 @@ Only the filled prefix is read: each program loads its rows' positions on the de
 ``max(position) + 1``; chunks past it do nothing and are never read back. No host synchronisation,
 so the op is CUDA-graph safe. The grid is sized from ``max_len`` (an upper bound of
 ``max(positions) + 1`` that the caller knows, e.g. the CUDA-graph cache-length bucket) or else from
-the capacity T with small chunks.
+the capacity T with small chunks. Without ``max_len`` the compiled variant (constexprs, warps, stages)
+is the same at every capacity, so a cache that grows to its next bucket compiles nothing.
 
 Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, head dims over 256, CPU
 tensors without ``TRITON_INTERPRET=1``. Any strides work (a transposed q or cache is read in place).
@@ -73,7 +74,9 @@ MIN_TILES = 4  # pick_config: key tiles one program streams at least (when the c
 MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
 
 
-@triton.jit
+# T and N_SPLITS grow with the cache's capacity: not specialised on (Triton would key a new compile on a
+# value turning divisible by 16), so a cache that grows to its next bucket reuses the compiled kernel
+@triton.jit(do_not_specialize=["T", "N_SPLITS"])
 def _flash_decoding_split(
     q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, lock_ptr, slope_ptr,
     HKV, G, S, T, D, DV, CHUNK, N_QBLOCKS, N_SPLITS, qk_scale, WINDOW, softcap,
@@ -287,7 +290,8 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     # K/V tiles arrive by cp.async into a ring of num_stages - 1 tiles in flight (32 KB each: ~38 KB of
     # shared memory at 2 stages, ~72 KB at 3, per compile_check on sm_90); with one or two programs per SM,
     # two tiles in flight per program are what keeps ~64 KB per SM in flight toward HBM
-    stages = 3 if chunk >= 3 * block_t else 2
+    # (an unknown length keeps 3 whatever the capacity: the compiled variant must not change as the cache grows)
+    stages = 3 if chunk >= 3 * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=4, num_stages=stages)
 
 
@@ -374,7 +378,13 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     n_qblocks = cdiv(rows, cfg.block_q)
     n_splits = cdiv(length, cfg.chunk)
     row_programs = bsz * hkv * n_qblocks
-    one = n_splits == 1
+    # Without a known length the grid covers the capacity, which grows (kv_cache buckets): the compiled
+    # variant must not depend on it, or every growth of the cache compiles the kernel again inside the
+    # call that grows it (0.6-0.8 s on an H200). So the single-split variant and a merge width fitted to
+    # the split count are used only for a known length; otherwise always split, merging 16 partials a load.
+    fixed_variant = max_len is None and config is None
+    one = n_splits == 1 and not fixed_variant
+    split_block = MERGE_LANES if fixed_variant else min(MERGE_LANES, max(2, next_pow2(n_splits)))
     block_dv = max(16, next_pow2(dv))
     f32 = dict(dtype=torch.float32, device=q.device)
     if one:
@@ -395,7 +405,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, INPUT_PRECISION=precision, HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
-        RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=min(MERGE_LANES, max(2, next_pow2(n_splits))),
+        RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(q.device))
     note("cached_attention", "kernel")
