@@ -72,8 +72,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for n in args.lengths[1:]:
         prog = program_of(compiled)
         before = (prog.cache.allocations, prog.cache.max_len) if prog is not None else (None, None)
+        seen = len(getattr(prog, "captures", ())) if prog is not None else 0
         grow_s = timed(lambda n=n: membound.generate(compiled, ids, n))
         prog = program_of(compiled)
+        captures = list(getattr(prog, "captures", ())[seen:]) if prog is not None else []
         after = (prog.cache.allocations, prog.cache.max_len) if prog is not None else (None, None)
         warm = [timed(lambda n=n: membound.generate(compiled, ids, n)) for _ in range(args.reps)]
         warm_s = statistics.median(warm)
@@ -81,10 +83,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(dict(new_tokens=n, needed=args.prompt + n, capacity_before=before[1], capacity_after=after[1],
                          allocations_before=before[0], allocations_after=after[0], grew=before != after,
                          growing_call_s=grow_s, warm_call_s=warm_s, warm_calls_s=warm, ratio=ratio,
-                         goal_met=bool(ratio <= GOAL)))
+                         captures=captures, goal_met=bool(ratio <= GOAL)))
+        cap_ms = " + ".join(f"warm-up {1e3 * (c['warmup_s'] or 0):.1f} ms, capture {1e3 * (c['capture_s'] or 0):.1f} ms"
+                            for c in captures) or "no capture"
         print(f"  {args.prompt} + {n:5d} tokens: capacity {before[1]} -> {after[1]}, growing call "
               f"{grow_s * 1e3:8.1f} ms, warm {warm_s * 1e3:8.1f} ms, ratio {ratio:5.3f} "
-              f"({'ok' if ratio <= GOAL else 'MISS'})", flush=True)
+              f"({'ok' if ratio <= GOAL else 'MISS'}); {cap_ms}", flush=True)
     card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     return dict(bench="cache_growth", device=card, model=args.model, batch=args.batch, prompt=args.prompt,
                 dtype=str(dtype), goal=f"growing call <= {GOAL:.2f} x warm call of the same length",

@@ -12,7 +12,8 @@ Every contender runs the same tensors (HF's concatenated gate/up is the one copy
 - ``hf static``: ``generate(..., cache_implementation="static")``, which compiles itself — batch 1 only;
 - ``hf compile``: ``torch.compile(model.forward, fullgraph=True)`` then generate — a failure is a row;
 - ``gather compile``: the gpt-fast recipe written here (``StaticCacheMixtral``: static KV cache, each
-  token gathers its experts' weights, ``torch.compile(mode="reduce-overhead", fullgraph=True)`` step);
+  token gathers its experts' weights, ``torch.compile(mode="reduce-overhead", fullgraph=True)`` step;
+  ``--cd-tuning`` turns on Inductor's coordinate-descent tuning, gpt-fast's setting, for every compile);
 - ``membound``: ``membound.generate(membound.compile(hf_model), ...)`` (fuse-moe, Triton ``moe`` kernels,
   CUDA graphs);
 - ``membound int8`` / ``membound int4``: the same with ``quantize="int8"`` / ``QuantConfig("int4",
@@ -255,7 +256,10 @@ class Bench:
                     agree = same.index(False) if False in same else m
                 full = min(seconds(lambda ids=ids: gen(ids, n)) for _ in range(2))
                 one = min(seconds(lambda ids=ids: gen(ids, 1)) for _ in range(2))
-                rate = b * (n - 1) / max(full - one, 1e-9)
+                if full <= one:  # noise larger than the decode itself (CPU smoke): no rate, not an absurd one
+                    raise RuntimeError(f"timing: the {n}-token call ({full:.4f} s) was not slower than the "
+                                       f"1-token call ({one:.4f} s)")
+                rate = b * (n - 1) / (full - one)
                 roof = b / (active_bytes(c, b, prompt + n // 2, scheme) / (bw * 1e9))
                 self.row(shape=shape, mode="decode", batch=b, contender=name, tok_s=rate, cold_s=cold,
                          roofline_tok_s=roof, pct_roofline=100 * rate / roof, agree_first=agree)
@@ -295,7 +299,21 @@ class Bench:
         batches = a.batches
         prompt = torch.randint(0, c.vocab_size, (1, a.prompt), device=self.device, generator=self.gen)
         ref = (prompt, hf_generate(hf, prompt, max(CHECK, a.new_tokens)))
+        # the gather-experts contender and membound first, the Hugging Face rows last: a run cut short by
+        # --budget-s loses the slowest, weakest contenders, not the ones the goals compare
         contenders: list[tuple[str, Callable[[torch.Tensor, int], torch.Tensor], list[int]]] = []
+        gather = GatherContender(StaticCacheMixtral.from_builtin(model), max(a.prompt + a.new_tokens, a.prefill + 1),
+                                 compile_step=not a.smoke)
+        contenders.append(("gather compile", gather, batches))
+        compiled = membound.compile(hf)
+        contenders.append(("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:],
+                           batches))
+        if not a.quick:  # quantized experts (quant_moe) and linears
+            for scheme, q in (("int8", "int8"), ("int4", membound.QuantConfig("int4", group_size=128))):
+                quantized = membound.compile(hf, quantize=q)
+                contenders.append((f"membound {scheme}",
+                                   lambda ids, n, m=quantized: membound.generate(m, ids, n)[:, ids.shape[1]:],
+                                   [b for b in batches if b <= 8]))
         hf_batches = [b for b in a.hf_batches if b in batches] or [1]
         contenders.append(("hf eager", lambda ids, n: hf_generate(hf, ids, n), hf_batches))
         if not a.smoke:
@@ -311,18 +329,6 @@ class Bench:
 
             if not a.quick:
                 contenders.append(("hf compile", hf_compile, hf_batches))
-        gather = GatherContender(StaticCacheMixtral.from_builtin(model), max(a.prompt + a.new_tokens, a.prefill + 1),
-                                 compile_step=not a.smoke)
-        contenders.append(("gather compile", gather, batches))
-        compiled = membound.compile(hf)
-        contenders.append(("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:],
-                           batches))
-        if not a.quick:  # quantized experts (quant_moe) and linears
-            for scheme, q in (("int8", "int8"), ("int4", membound.QuantConfig("int4", group_size=128))):
-                quantized = membound.compile(hf, quantize=q)
-                contenders.append((f"membound {scheme}",
-                                   lambda ids, n, m=quantized: membound.generate(m, ids, n)[:, ids.shape[1]:],
-                                   [b for b in batches if b <= 8]))
         for name, gen, bs in contenders:
             if a.budget_s and time.perf_counter() - self.started > a.budget_s:
                 self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
@@ -350,6 +356,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, eager contenders (plumbing only)")
     p.add_argument("--budget-s", type=float, default=None, help="skip contenders starting later (GPU: 450)")
     p.add_argument("--out", default=str(ROOT / "benches" / "results"))
+    p.add_argument("--cd-tuning", action="store_true",
+                   help="Inductor coordinate_descent_tuning on for every torch.compile contender (gpt-fast's setting)")
     a = p.parse_args(argv)
     if a.smoke:
         a.shapes, a.batches, a.new_tokens, a.prefill = a.shapes or ["tiny"], a.batches or [1, 2], a.new_tokens or 4, 16
@@ -365,6 +373,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     a = parse_args(argv)
+    if a.cd_tuning:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True  # gpt-fast's setting: faster GEMVs, longer compiles
     bench = Bench(a)
     bw = read_bandwidth(bench.device, 2 << 30 if bench.device == "cuda" else 64 << 20)
     card = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"

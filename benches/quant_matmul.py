@@ -273,7 +273,8 @@ class Bench:
                     want = F.linear(x.float(), wq)
                     nb = quant_linear_bytes(m, n, k, scheme, group, self.dtype)
                     heur = pick_config(m, n, k, scheme, group, self.dtype, self.device)
-                    configs = [heur] + [c for c in sweep_grid(scheme, group, m, heur, quick) if c != heur]
+                    grid = sweep_grid(scheme, group, m, heur, quick, n, k, self.device)
+                    configs = [heur] + [c for c in grid if c != heur]
                     for c in configs:
                         res = self.measure(functools.partial(_quant, config=c, **attrs), argsets, want, rep=20)
                         self.add((n, k), m, describe(c), res, nb, scheme=scheme, heuristic=c == heur,
@@ -403,13 +404,32 @@ def describe(c: Any) -> str:
     return f"{kind} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} w{c.num_warps} st{c.num_stages}{extra}"
 
 
-def sweep_grid(scheme: str, group: int, m: int, heur: Any, quick: bool) -> list[Any]:
+def sweep_grid(scheme: str, group: int, m: int, heur: Any, quick: bool, shape_n: int = 4096, shape_k: int = 4096,
+               device: Any = "cuda") -> list[Any]:
     """Configs around the heuristic: tile rows x tile width (int4 GEMV tiles of several groups), split 1/2
     (GEMV) or 1/4 (tensor cores); the heuristic with 8 warps, and without prefetch or with x prefetched too
     (GEMV) or with 4 stages."""
     from membound.backends.triton.kernels.quant_matmul import QuantConfig
 
     int4 = scheme == "int4"
+    if m <= 2 and heur.use_dot:
+        # M <= 2 on the tensor cores (int8/fp8 with M padded to 16, int4 pairs): tiles around the heuristic
+        # (pairs keep a tile within one group), each with the split _with_split gives it and unsplit, at
+        # 3 and 4 stages and 8 warps; the pairs flag and the rest of the heuristic kept
+        from membound.backends.triton.kernels.quant_matmul import _with_split
+
+        tiles = ([(64, 128), (128, 128), (256, 128), (128, 64), (256, 64)] if heur.pairs
+                 else [(64, 256), (128, 256), (128, 128), (64, 512), (256, 128)])
+        if quick:
+            tiles = tiles[:3]
+        grid = []
+        for bn, bk in tiles:
+            sp = _with_split(heur.block_m, bn, bk, 16, shape_n, shape_k, True, int4, device, pairs=heur.pairs).split_k
+            base = replace(heur, block_n=bn, block_k=bk, split_k=sp)
+            grid += [base, replace(base, num_stages=4), replace(base, num_warps=8)]
+            if sp > 1:
+                grid.append(replace(base, split_k=1))
+        return grid
     if m <= 2:
         tiles = ([(8, 1024), (16, 512), (4, 1024), (16, 1024), (32, 256), (32, 128)] if int4
                  else [(8, 512), (16, 512), (4, 1024), (8, 1024), (16, 1024), (32, 256)])

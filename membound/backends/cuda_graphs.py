@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -88,18 +89,23 @@ class CapturedGraph:
         self.device = device
         # static input buffers: the graph reads these addresses on every replay
         self.static_inputs = [t.detach().clone() for t in example_inputs]
+        t0 = time.perf_counter()
         stream = torch.cuda.Stream(device=device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             for _ in range(warmup):  # compile kernels, pick cuBLAS algorithms, outside the capture
                 _as_list(fn(self.static_inputs), "warm-up")
         torch.cuda.current_stream(device).wait_stream(stream)
+        torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
         self.graph = torch.cuda.CUDAGraph()
         # captured on the warm-up stream: per-stream state the warm-up made (the split kernels' arrival
         # counters, kernels/_launch.py) is the state the graph bakes in
         with torch.cuda.graph(self.graph, pool=pool, stream=stream):
             self.static_outputs = _as_list(fn(self.static_inputs), "captured")
         self.replays = 0
+        # host seconds spent warming up and capturing (logs, and benches/cache_growth.py's breakdown)
+        self.warmup_s, self.capture_s = t1 - t0, time.perf_counter() - t1
 
     def _check(self, inputs: Sequence[torch.Tensor]) -> None:
         if len(inputs) != len(self.static_inputs):
@@ -162,8 +168,10 @@ class CUDAGraphRunner:
         key = self.key_for(inputs, length)
         graph = self.graphs.get(key)
         if graph is None:
-            log.info("membound: capturing a CUDA graph for batch %d, cache length <= %d", key.batch, key.length)
             graph = self.capture(self.build(key), inputs, warmup=self.warmup, pool=self._pool_handle(),
                                  copy_outputs=self.copy_outputs)
+            log.info("membound: captured a CUDA graph for batch %d, cache length <= %d (%d warm-up runs %.1f ms, "
+                     "capture %.1f ms)", key.batch, key.length, self.warmup,
+                     1e3 * getattr(graph, "warmup_s", 0.0), 1e3 * getattr(graph, "capture_s", 0.0))
             self.graphs[key] = graph
         return graph(inputs)

@@ -9,7 +9,7 @@ together: row ``i`` writes and reads cache slots ``0 .. len_i + t``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -42,6 +42,8 @@ class KVProgram:
     cuda_graphs: bool = False
     _runner: object = None
     _runner_alloc: int = -1
+    # one entry per CUDA graph captured: batch, capacity, host seconds of warm-up and capture
+    captures: list = field(default_factory=list)
 
     @property
     def meta(self) -> dict:
@@ -61,11 +63,21 @@ class KVProgram:
             # the logits are sampled before the next replay overwrites them (token_loop), so they are
             # handed out uncopied: a clone per token would be one more kernel per step for nothing.
             # One bucket, the capacity: a graph is valid for any filled length up to it.
+            # After the first capture every kernel is compiled: one warm-up run (it makes the new capture
+            # stream's split counters, outside the capture) is all a re-capture for a grown cache needs.
             self._runner = CUDAGraphRunner(lambda key: self.decode, copy_outputs=False,
-                                           length_buckets=(self.cache.max_len,))
+                                           length_buckets=(self.cache.max_len,),
+                                           warmup=2 if self._runner is None else 1)
             self._runner_alloc = self.cache.allocations
+        runner = self._runner
+        fresh = len(runner.graphs)  # type: ignore[attr-defined]
         self.decode_graph.tensors.update(state)
-        (logits,) = self._runner(inputs, length=length)  # type: ignore[operator]
+        (logits,) = runner(inputs, length=length)  # type: ignore[operator]
+        if len(runner.graphs) != fresh:  # type: ignore[attr-defined]
+            graph = list(runner.graphs.values())[-1]  # type: ignore[attr-defined]
+            self.captures.append({"batch": int(inputs[0].shape[0]), "capacity": self.cache.max_len,
+                                  "warmup_s": getattr(graph, "warmup_s", None),
+                                  "capture_s": getattr(graph, "capture_s", None)})
         return logits
 
 
