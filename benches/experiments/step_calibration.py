@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benches/experiments/step_calibration.py                       # the session-3 H200 file
     PYTHONPATH=. python benches/experiments/step_calibration.py FILE.json --kinds     # + per-kind breakdowns
+    PYTHONPATH=. python benches/experiments/step_calibration.py --fit                 # the per-op fits
 
 For every membound Triton row of the file that measured a decode step (``step_s``: (timed call - a call
 of half the tokens) / the tokens between), the step is predicted again with the priors of this checkout
@@ -12,6 +13,13 @@ stretched to the model's depth (``step_prediction.with_layers``: every layer com
 launches); costed at the row's cache length (``step at T=...``) and batch, in the mode it recorded, at the
 read bandwidth of the run, on the card's spec. Nothing is fitted here: the priors come from per-op
 measurements (their ``source``), and this checks them against whole steps.
+
+``--fit`` prints the per-op fits the quantized priors of ``membound/cost/step.py`` quote: for each kernel
+path, the committed per-op times (``benches/results/``: microseconds per op inside a replayed CUDA graph,
+weights streamed from HBM) against the bytes the op moves (``quant_linear_bytes``: packed weight and
+scales, x, y; the gated op's two inputs), fitted as ``time = fixed + bytes / (read_bw * efficiency)`` by
+least squares on the relative residuals (shapes from 9 MB to 0.5 GB weigh alike), ``read_bw`` being the
+run's read-bandwidth probe (the typical 4168 GB/s where the run recorded none).
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
+from unittest import mock
 
 import torch
 
 if not torch.cuda.is_available():  # before anything imports triton: CPU-only programs
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from membound import api as membound_api  # noqa: E402
 from membound.api import CompiledModel  # noqa: E402
 from membound.backends.triton.step_plan import kernel_works  # noqa: E402
 from membound.cost import Hardware  # noqa: E402
@@ -67,12 +77,15 @@ def row_mode(row: dict) -> str:
 
 
 class Programs:
-    """Triton programs of 2-layer meta-device models, one per (model, compile options)."""
+    """Triton programs of 2-layer meta-device models, one per (model, compile options). One capture per model
+    serves all its options, each compile on a copy of its graph (the export is most of a build's time)."""
 
     def __init__(self) -> None:
         self.cache: dict[tuple[str, str], Any] = {}
+        self.captures: dict[str, Any] = {}
 
-    def get(self, model: str, options: dict[str, Any]) -> Any:
+    def get(self, model: str, options: Optional[dict[str, Any]] = None) -> Any:
+        options = options or {}
         key = (model, repr(sorted(options.items())))
         if key not in self.cache:
             config = dataclasses.replace(get_config(model), n_layers=2)
@@ -80,7 +93,16 @@ class Programs:
                 module = model_from_config(config).to(torch.bfloat16).eval()
             kwargs = {k: v for k, v in options.items() if k != "cuda_graphs"}
             kwargs["backend"] = "triton"
-            self.cache[key] = triton_program(CompiledModel(module, **kwargs))
+            real = membound_api.capture_export
+
+            def capture(*args: Any, **kw: Any) -> Any:
+                if model not in self.captures:
+                    self.captures[model] = real(*args, **kw)
+                # the pipeline rewrites the graph it is given in place: each compile gets a structural copy
+                return dataclasses.replace(self.captures[model], graph=self.captures[model].graph.copy())
+
+            with mock.patch.object(membound_api, "capture_export", capture):
+                self.cache[key] = triton_program(CompiledModel(module, **kwargs))
         return self.cache[key]
 
 
@@ -93,23 +115,124 @@ def predict_row(programs: Programs, row: dict, record: dict, hardware: Hardware)
                         label=f"{row['model']} b{row['batch']} {row['contender']}")
 
 
+def predict_call(programs: Programs, row: dict, record: dict, hardware: Hardware) -> float:
+    """Seconds of ``row``'s whole ``generate`` call as ``predict_generate`` prices it: the prefill (eager)
+    and ``new_tokens - 1`` steps at the mean cache length."""
+    program = programs.get(row["model"], compile_options(row))
+    layers = get_config(row["model"]).n_layers
+    prompt, n, bw = record["prompt"], record["new_tokens"], record["read_bandwidth_gbps"] * 1e9
+    dims = {"B": row["batch"], "S": prompt, "T": prompt}
+    prefill = predict_step(kernel_works(with_layers(program.prefill.partition, layers), dims, hardware), hardware,
+                           mode="eager", loop=False, bandwidth=bw)
+    dims = {"B": row["batch"], "T": prompt + n // 2}
+    step = predict_step(kernel_works(with_layers(program.decode.partition, layers), dims, hardware), hardware,
+                        mode=row_mode(row), bandwidth=bw)
+    return prefill.time_s + (n - 1) * step.time_s
+
+
 def measured_rows(record: dict) -> list[dict]:
     return [r for r in record["rows"] if r.get("status") == "ok" and r.get("step_s")
             and "triton" in r["contender"]]
 
 
-def table(record: dict, preds: list[tuple[dict, StepPrediction]]) -> str:
-    """Measured step, the prediction the bench recorded, and this checkout's, per row."""
+def table(record: dict, preds: list[tuple[dict, StepPrediction, float]]) -> str:
+    """Measured step, the prediction the bench recorded, and this checkout's, per row; then the whole call."""
     lines = [f"{'model':9s} {'b':>2s} {'contender':30s} {'measured':>9s} {'recorded':>9s} {'ratio':>6s} "
-             f"{'now':>9s} {'ratio':>6s}  (ms per decode step; ok = within {TOLERANCE:.0%})"]
-    for row, pred in preds:
+             f"{'now':>9s} {'ratio':>6s}       {'call':>7s} {'now':>7s} {'ratio':>6s}  (decode step ms, ok = "
+             f"within {TOLERANCE:.0%}; whole call ms)"]
+    for row, pred, call in preds:
         measured, recorded = row["step_s"], row.get("predicted_step_s")
         old = f"{recorded * 1e3:9.3f} {recorded / measured:5.2f}x" if recorded else f"{'-':>9s} {'-':>6s}"
         ratio = pred.time_s / measured
         verdict = "ok" if abs(ratio - 1) <= TOLERANCE else "MISS"
         lines.append(f"{row['model']:9s} {row['batch']:2d} {row['contender']:30s} {measured * 1e3:9.3f} {old} "
-                     f"{pred.time_s * 1e3:9.3f} {ratio:5.2f}x {verdict}")
+                     f"{pred.time_s * 1e3:9.3f} {ratio:5.2f}x {verdict:4s}  {row['timed_s'] * 1e3:7.1f} "
+                     f"{call * 1e3:7.1f} {call / row['timed_s']:5.2f}x")
     return "\n".join(lines)
+
+
+# ---- per-op fits (--fit) ---------------------------------------------------------------------------
+
+SHAPES_8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+             "down_gated": (4096, 14336), "head": (128256, 4096)}
+TYPICAL_READ_BW = 4168e9  # membound.cost.step's H200 figure, for runs that recorded no probe
+
+
+def op_bytes(m: int, n: int, k: int, scheme: str, gated: bool, group: int = 128) -> int:
+    """What a quantized (or bf16) GEMV op moves, as the cost model counts it (2-byte activations)."""
+    from membound.backends.triton.kernels.quant_matmul import quant_linear_bytes
+
+    extra = 2 * m * k if gated else 0  # the gated op reads gate and up
+    if scheme == "bf16":
+        return 2 * (n * k + m * k + m * n) + extra
+    return quant_linear_bytes(m, n, k, scheme, group if scheme == "int4" else 0, torch.bfloat16) + extra
+
+
+def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(fixed s, seconds per byte) minimising sum((fixed + b * slope) / t - 1)^2 over (bytes, seconds)."""
+    rows = [(1 / t, b / t) for b, t in points]
+    s11 = sum(a * a for a, _ in rows)
+    s12 = sum(a * c for a, c in rows)
+    s22 = sum(c * c for _, c in rows)
+    r1 = sum(a for a, _ in rows)
+    r2 = sum(c for _, c in rows)
+    det = s11 * s22 - s12 * s12
+    return (r1 * s22 - r2 * s12) / det, (s11 * r2 - s12 * r1) / det
+
+
+def layer_rows(name: str, scheme: str, mode: str, m: int, skip: tuple[str, ...] = ()) -> list[tuple[str, int, float]]:
+    """(label, bytes, seconds) of ``quant_gemv_paths-...-layer*.json`` rows of ``scheme`` and ``mode``."""
+    record = json.loads((RESULTS / name).read_text())
+    out = []
+    for s, md, op, us in record["rows [scheme, mode, op, us]"]:
+        if s == scheme and md == mode and op not in skip:
+            n, k = SHAPES_8B[op]
+            out.append((f"{op} M={m}", op_bytes(m, n, k, scheme, op == "down_gated"), us * 1e-6))
+    return out
+
+
+def quant_matmul_rows(scheme: str, ms: tuple[int, ...]) -> list[tuple[str, int, float]]:
+    """(label, bytes, seconds) of ``quant_matmul-nvidia-h200-2026-12-01.json``: ``scheme`` at ``ms`` rows."""
+    record = json.loads((RESULTS / "quant_matmul-nvidia-h200-2026-12-01.json").read_text())
+    return [(f"{r['n']}x{r['k']} M={r['m']}", r["bytes"], r["us"] * 1e-6) for r in record["rows"]
+            if r["contender"].split(" ")[0] == scheme and r["contender"] in (scheme, f"{scheme} g128")
+            and r["m"] in ms]
+
+
+def pairs_rows() -> list[tuple[str, int, float]]:
+    record = json.loads((RESULTS / "int4_pairs_paths-nvidia-h200-2026-12-02.json").read_text())
+    return [(f"{r['shape']} M={r['m']}", op_bytes(r["m"], r["n"], r["k"], "int4", r["gated"]), r["us"] * 1e-6)
+            for r in record["rows"] if r["path"] == "int4 pairs"]
+
+
+def per_op_fits() -> list[tuple[str, str, float, list[tuple[str, int, float]]]]:
+    """(kind, source, read bandwidth, rows) of each quantized prior's fit."""
+    layer2 = "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json"
+    qm_bw = float(json.loads((RESULTS / "quant_matmul-nvidia-h200-2026-12-01.json").read_text())
+                  ["read_bandwidth_gbps"]) * 1e9
+    pairs_bw = float(json.loads((RESULTS / "int4_pairs_paths-nvidia-h200-2026-12-02.json").read_text())
+                     ["read_bw_GBs"]) * 1e9
+    return [
+        ("quant_dot_int8", "[QG] int8 tc (M=1) + m16 (M=16, down_gated of the old gating left out)", TYPICAL_READ_BW,
+         layer_rows(layer2, "int8", "tc", 1) + layer_rows(layer2, "int8", "m16", 16, skip=("down_gated",))),
+        ("quant_pairs_int4", "[IP] int4 pairs, M=1", pairs_bw, pairs_rows()),
+        ("quant_dot_fp8", "[QM] fp8 M=4, 16 (tensor cores then too)", qm_bw, quant_matmul_rows("fp8", (4, 16))),
+        ("quant_gemv_int8", "[QG] int8 gemv (M=1)", TYPICAL_READ_BW, layer_rows(layer2, "int8", "gemv", 1)),
+        ("quant_gemv_int4", "[QG] int4 gemv (M=1)", TYPICAL_READ_BW, layer_rows(layer2, "int4", "gemv", 1)),
+        ("quant_gemv_fp8", "[QM] fp8 M=1 (the FMA GEMV then)", qm_bw, quant_matmul_rows("fp8", (1,))),
+        ("quant_dot_int4", "[QG] int4 m16-old (M=16, down_gated of the old gating left out)", TYPICAL_READ_BW,
+         layer_rows(layer2, "int4", "m16-old", 16, skip=("down_gated",))),
+    ]
+
+
+def print_fits() -> None:
+    for kind, source, bw, rows in per_op_fits():
+        fixed, slope = fit_line([(b, t) for _, b, t in rows])
+        print(f"{kind}: {source}: fixed {fixed * 1e6:.2f} us + bytes / ({bw / 1e9:.0f} GB/s * "
+              f"{1 / (slope * bw):.3f})")
+        for label, b, t in rows:
+            fit = fixed + b * slope
+            print(f"    {label:22s} {b / 1e6:8.1f} MB {t * 1e6:8.2f} us  fit {fit * 1e6:8.2f} ({fit / t - 1:+.0%})")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -117,7 +240,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("file", nargs="?", default=str(DEFAULT), help="a decode_e2e result JSON")
     p.add_argument("--kinds", action="store_true", help="print each row's per-kernel-kind breakdown")
     p.add_argument("--models", default="", help="comma-separated subset of the file's models")
+    p.add_argument("--fit", action="store_true", help="print the per-op fits of the quantized priors and stop")
     args = p.parse_args(argv)
+    if args.fit:
+        print_fits()
+        return 0
     record = json.loads(Path(args.file).read_text())
     card = CARDS.get(record["device"])
     if card is None:
@@ -130,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if wanted and row["model"] not in wanted:
             continue
         pred = predict_row(programs, row, record, hardware)
-        preds.append((row, pred))
+        preds.append((row, pred, predict_call(programs, row, record, hardware)))
         if args.kinds:
             print(pred.table(), flush=True)
     print(f"{Path(args.file).name}: {record['device']}, read bandwidth {record['read_bandwidth_gbps']:.0f} GB/s")

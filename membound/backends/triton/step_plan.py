@@ -9,7 +9,11 @@ Each step of a partition becomes one :class:`~membound.cost.step.KernelWork` (vi
   ``gated_linear_add``) run the same kernel and take the same kinds: what the norm prologue adds (each
   program re-reads its rows of x from L2 for their rms) and the residual tile are not priced apart yet;
   ``benches/profile_step.py`` on a GPU measures them;
-- ``quant_linear`` / ``quant_gated_linear`` -> ``quant_gemv`` up to ``SMALL_M`` rows, ``quant_mma`` above;
+- ``quant_linear`` / ``quant_gated_linear`` -> the path ``kernels/quant_matmul.py`` takes for the scheme at
+  that many rows (``quant_kind``): ``quant_gemv_<scheme>`` (register FMA), ``quant_dot_<scheme>`` (tensor
+  cores, M padded to 16 / 32: int8 and fp8 at every decode M), ``quant_pairs_int4`` (tensor cores over the
+  int4 pairs dequantization: int4 with 16-bit x at every decode M), ``_gated`` for the gated op; ``quant_mma``
+  above ``quant_matmul.SMALL_M`` rows (prefill);
 - ``cached_attention`` -> ``decode_attention`` for one query per row, else ``attention``; ``attention``
   -> ``attention``; other library kernels -> ``library``; ops run by their torch reference -> ``torch``.
 
@@ -42,17 +46,32 @@ Dims = Mapping[Union[str, sympy.Symbol], int]
 
 
 def linear_kind(op: str, m: int) -> str:
-    """The kernel kind the library runs ``op`` with at ``m`` rows (``kernels/linear.py``'s path choice)."""
+    """The kernel kind the library runs ``op`` (a bf16 GEMV op) with at ``m`` rows (``kernels/linear.py``'s
+    path choice)."""
     from membound.backends.triton.kernels.linear import SMALL_M, pick_config
 
     if op in QUANT_OPS:
-        return "quant_gemv" if m <= SMALL_M else "quant_mma"
+        raise ValueError(f"linear_kind: {op} takes its kind from its scheme and shape: use quant_kind")
     if m > SMALL_M:
         return "cublas"
     # the FMA/dot choice depends on m only (the device enters the split count, which the prior covers)
     dot = pick_config(max(m, 1), 64, 64, torch.bfloat16, torch.device("cpu")).use_dot
     kind = "gemv_dot" if dot else "gemv"
     return kind + ("_gated" if op in _GATED else "")
+
+
+def quant_kind(op: str, m: int, n: int, k: int, scheme: str, group_size: int = 0,
+               dtype: torch.dtype = torch.bfloat16) -> str:
+    """The kernel kind ``quant_matmul`` runs ``op`` with at ``m`` rows of ``dtype`` x against an ``[n, k]``
+    weight packed as ``scheme``: its ``pick_config`` decides (the device enters only the split count, which
+    the prior covers)."""
+    from membound.backends.triton.kernels import quant_matmul as qm
+
+    if m > qm.SMALL_M:
+        return "quant_mma"
+    cfg = qm.pick_config(max(m, 1), n, k, scheme, group_size, dtype, torch.device("cpu"))
+    path = "pairs" if cfg.pairs else "dot" if cfg.use_dot else "gemv"
+    return f"quant_{path}_{scheme}" + ("_gated" if op == "quant_gated_linear" else "")
 
 
 def call_kind(node: Node, impl: str, dims: Dims) -> str:
@@ -63,6 +82,10 @@ def call_kind(node: Node, impl: str, dims: Dims) -> str:
         x = node.inputs[0].type
         k = x.shape[-1]
         m = int(evaluate(x.numel() / k, bindings(dims), f"{node.op} rows"))
+        if node.op in QUANT_OPS:
+            n = int(evaluate(node.results[0].type.shape[-1], bindings(dims), f"{node.op} columns"))
+            return quant_kind(node.op, m, n, int(evaluate(k, bindings(dims), f"{node.op} K")),
+                              node.attrs["scheme"], node.attrs.get("group_size", 0), x.dtype)
         return linear_kind(node.op, m)
     if node.op == "cached_attention":
         rows = node.inputs[0].type.shape[2]  # q [B, Hq, S, D]: S new tokens per row
@@ -97,4 +120,4 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
     return out
 
 
-__all__ = ["call_kind", "kernel_works", "linear_kind"]
+__all__ = ["call_kind", "kernel_works", "linear_kind", "quant_kind"]
