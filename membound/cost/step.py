@@ -350,23 +350,24 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # quantized GEMVs, one kind per path and scheme of kernels/quant_matmul.py (backends/triton/step_plan.py's
     # quant_kind; fits: step_calibration.py --fit; each fixed time + 0.51 us as for [QM]). At decode with
     # bf16 x, int8 and fp8 run the tensor-core kernel (M padded to 16) and int4 the pairs kernel at every M.
-    # int8 tensor cores: [QG] tc M=1 (5 shapes) and m16 M=16 (4): 5.77 us + 0.813, residuals -12..+10%
+    # int8 tensor cores: [QG] tc M=1 (5 shapes) and m16 M=16 (4): 5.77 us + 0.813 of the typical 4168 GB/s,
+    # residuals -12..+10%
     "quant_dot_int8": KernelPrior(fixed=5.77e-6 - _GAP_PDL, efficiency=0.813,
                                   source="[QG] int8 tc M=1 x5 + m16 M=16 x4"),
-    # int4 pairs: [IP] M=1 (5 shapes, gated down included): 6.59 us + 0.493 of 4376 GB/s, -13..+5%; M=2..16
-    # pad to the same 16 rows (untimed)
+    # int4 pairs: [IP] M=1 (5 shapes, gated down included): 6.59 us + 0.493 of 4376 GB/s, -13..+5%; M <= 16
+    # pads to the same 16 rows, 17..32 to 32 (untimed)
     "quant_pairs_int4": KernelPrior(fixed=6.59e-6 - _GAP_PDL, efficiency=0.493, source="[IP] int4 pairs M=1 x5"),
     # fp8 tensor cores: [QM] M=4 and 16 (5 shapes each; the tensor-core kernel then as now): 4.39 us + 0.900
     # of 4274 GB/s, -3..+3%
     "quant_dot_fp8": KernelPrior(fixed=4.39e-6 - _GAP_PDL, efficiency=0.900, source="[QM] fp8 M=4, 16 x5 shapes"),
     # the FMA GEMV (M <= 2 where tensor_cores_at_gemv says no, or the pairs kernel is off / x is fp32):
-    # [QG] gemv M=1 int8 2.35 us + 0.457 (-21..+12%), int4 1.86 us + 0.207 (-7..+5%); [QM] fp8 M=1 (the FMA
-    # GEMV then) 2.91 us + 0.468 of 4274 GB/s (-23..+13%)
+    # [QG] gemv M=1 of 4168 GB/s: int8 2.35 us + 0.457 (-21..+12%), int4 1.86 us + 0.207 (-7..+5%); [QM] fp8
+    # M=1 (the FMA GEMV then) 2.91 us + 0.468 of 4274 GB/s (-23..+13%)
     "quant_gemv_int8": KernelPrior(fixed=2.35e-6 - _GAP_PDL, efficiency=0.457, source="[QG] int8 gemv M=1 x5"),
     "quant_gemv_int4": KernelPrior(fixed=1.86e-6 - _GAP_PDL, efficiency=0.207, source="[QG] int4 gemv M=1 x5"),
     "quant_gemv_fp8": KernelPrior(fixed=2.91e-6 - _GAP_PDL, efficiency=0.468, source="[QM] fp8 M=1 x5"),
     # int4 on tensor cores over words (no pairs kernel: fp32 x, or INT4_PAIRS off): [QG] m16-old M=16
-    # (4 shapes): 6.01 us + 0.258 (-19..+13%)
+    # (4 shapes): 6.01 us + 0.258 of 4168 GB/s (-19..+13%)
     "quant_dot_int4": KernelPrior(fixed=6.01e-6 - _GAP_PDL, efficiency=0.258, source="[QG] int4 m16-old M=16 x4"),
     # prefill (M > 32): the fused kernel or dequantize + cuBLAS (quant_matmul.prefill_path)
     "quant_mma": KernelPrior(fixed=5.0e-6, efficiency=0.3, compute_efficiency=0.35,
@@ -392,7 +393,7 @@ _H200_KERNELS: dict[str, KernelPrior] = {
 for _kind in ("quant_dot_int8", "quant_pairs_int4", "quant_dot_fp8", "quant_gemv_int8", "quant_gemv_int4",
               "quant_gemv_fp8", "quant_dot_int4"):
     _H200_KERNELS[_kind + "_gated"] = replace(_H200_KERNELS[_kind], source=_H200_KERNELS[_kind].source
-                                              + "; gated: the plain line (the gated rows lie on it)")
+                                              + "; gated: the plain line")
 
 STEP_PRIORS: dict[str, StepPriors] = {
     # read bandwidth: /work/shared/BENCHMARKS.md, H200 2026-11-30 (x.sum() over 4 GiB); runs range 4060-4274
