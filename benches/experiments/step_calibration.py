@@ -192,11 +192,11 @@ def layer_rows(name: str, scheme: str, mode: str, m: int, skip: tuple[str, ...] 
 
 
 def quant_matmul_rows(scheme: str, ms: tuple[int, ...]) -> list[tuple[str, int, float]]:
-    """(label, bytes, seconds) of ``quant_matmul-nvidia-h200-2026-12-01.json``: ``scheme`` at ``ms`` rows."""
+    """(label, bytes, seconds) of ``quant_matmul-nvidia-h200-2026-12-01.json``: the contender ``scheme`` (or
+    ``scheme g128``) at ``ms`` rows."""
     record = json.loads((RESULTS / "quant_matmul-nvidia-h200-2026-12-01.json").read_text())
     return [(f"{r['n']}x{r['k']} M={r['m']}", r["bytes"], r["us"] * 1e-6) for r in record["rows"]
-            if r["contender"].split(" ")[0] == scheme and r["contender"] in (scheme, f"{scheme} g128")
-            and r["m"] in ms]
+            if r["contender"] in (scheme, f"{scheme} g128") and r["m"] in ms]
 
 
 def pairs_rows() -> list[tuple[str, int, float]]:
@@ -222,14 +222,58 @@ def per_op_fits() -> list[tuple[str, str, float, list[tuple[str, int, float]]]]:
         ("quant_gemv_fp8", "[QM] fp8 M=1 (the FMA GEMV then)", qm_bw, quant_matmul_rows("fp8", (1,))),
         ("quant_dot_int4", "[QG] int4 m16-old (M=16, down_gated of the old gating left out)", TYPICAL_READ_BW,
          layer_rows(layer2, "int4", "m16-old", 16, skip=("down_gated",))),
+        ("quant_dequant_int8", "[QM] int8 dequant+cublas - cublas bf16, M=64, by packed bytes", qm_bw,
+         dequant_rows("int8", 0)),
+        ("quant_dequant_int4", "[QM] int4 g128 dequant+cublas - cublas bf16, M=64, by packed bytes", qm_bw,
+         dequant_rows("int4", 128)),
     ]
 
 
+def dequant_rows(scheme: str, group: int) -> list[tuple[str, int, float]]:
+    """(label, packed bytes, seconds) of the dequantization alone: ``quant_matmul-...-12-01.json``'s
+    dequantize + cuBLAS time less cuBLAS's bf16 time at the same shape, M = 64."""
+    from membound.backends.triton.kernels.quant_matmul import packed_bytes
+
+    record = json.loads((RESULTS / "quant_matmul-nvidia-h200-2026-12-01.json").read_text())
+    label = f"{scheme} g{group} dequant+cublas" if group else f"{scheme} dequant+cublas"
+    cublas = {(r["n"], r["k"]): r["us"] for r in record["rows"] if r["contender"] == "cublas bf16" and r["m"] == 64}
+    return [(f"{r['n']}x{r['k']} M=64", packed_bytes(r["n"], r["k"], scheme, group, torch.bfloat16),
+             (r["us"] - cublas[r["n"], r["k"]]) * 1e-6) for r in record["rows"]
+            if r["contender"] == label and r["m"] == 64]
+
+
+def compute_fit(rows: list[tuple[str, float, float]], peak: float) -> float:
+    """The fraction of ``peak`` FLOP/s minimising sum(flops / (peak * e) / t - 1)^2 over (label, flops, s)."""
+    a = sum(f / t for _, f, t in rows) / sum((f / t) ** 2 for _, f, t in rows)
+    return 1 / (a * peak)
+
+
+def prefill_fits() -> list[tuple[str, str, list[tuple[str, float, float]]]]:
+    """(kind, source, (label, flops, seconds) rows) of the fused prefill kernels' compute-bound fits:
+    ``quant_matmul-nvidia-h200-2026-12-01.json`` at M = 64 (its time grows with M: the weight is dequantized
+    again for every 64-row block)."""
+    record = json.loads((RESULTS / "quant_matmul-nvidia-h200-2026-12-01.json").read_text())
+    out = []
+    for kind, contender in (("quant_mma_int8", "int8 fused"), ("quant_mma_int4", "int4 g128 fused"),
+                            ("quant_mma_fp8", "fp8")):
+        rows = [(f"{r['n']}x{r['k']} M=64", 2.0 * r["m"] * r["n"] * r["k"], r["us"] * 1e-6) for r in record["rows"]
+                if r["contender"] == contender and r["m"] == 64]
+        out.append((kind, f"[QM] {contender} M=64", rows))
+    return out
+
+
 def print_fits() -> None:
+    peak = Hardware.named("h200").peak_flops("bf16")
+    for kind, source, rows in prefill_fits():
+        e = compute_fit(rows, peak)
+        print(f"{kind}: {source}: 2MNK / ({peak / 1e12:.0f} TFLOP/s * {e:.3f})")
+        for label, f, t in rows:
+            fit = f / (peak * e)
+            print(f"    {label:22s} {f / 1e9:8.2f} GF {t * 1e6:8.2f} us  fit {fit * 1e6:8.2f} ({fit / t - 1:+.0%})")
     for kind, source, bw, rows in per_op_fits():
         fixed, slope = fit_line([(b, t) for _, b, t in rows])
         print(f"{kind}: {source}: fixed {fixed * 1e6:.2f} us + bytes / ({bw / 1e9:.0f} GB/s * "
-              f"{1 / (slope * bw):.3f})")
+              f"{1 / (slope * bw):.3g})")
         for label, b, t in rows:
             fit = fixed + b * slope
             print(f"    {label:22s} {b / 1e6:8.1f} MB {t * 1e6:8.2f} us  fit {fit * 1e6:8.2f} ({fit / t - 1:+.0%})")

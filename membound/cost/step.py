@@ -369,9 +369,27 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # int4 on tensor cores over words (no pairs kernel: fp32 x, or INT4_PAIRS off): [QG] m16-old M=16
     # (4 shapes): 6.01 us + 0.258 of 4168 GB/s (-19..+13%)
     "quant_dot_int4": KernelPrior(fixed=6.01e-6 - _GAP_PDL, efficiency=0.258, source="[QG] int4 m16-old M=16 x4"),
-    # prefill (M > 32): the fused kernel or dequantize + cuBLAS (quant_matmul.prefill_path)
-    "quant_mma": KernelPrior(fixed=5.0e-6, efficiency=0.3, compute_efficiency=0.35,
-                             source="[QM] int8/int4 M=64 fused (rough)"),
+    # prefill (M > 32), the path quant_matmul.prefill_path picks. The fused kernel dequantizes the weight again
+    # for every 64-row block of M, so its time grows with M like its FLOPs: [QM] M=64 (5 shapes), 2MNK at a
+    # fraction of the bf16 peak (least squares on relative residuals): int8 0.185 (-25..+16%), int4 0.158
+    # (-35..+47%), fp8 0.199 (-32..+16%); its memory side (the weight once) at 0.8 never binds there.
+    "quant_mma_int8": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.185,
+                                  source="[QM] int8 fused M=64 x5"),
+    "quant_mma_int4": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.158,
+                                  source="[QM] int4 g128 fused M=64 x5"),
+    "quant_mma_fp8": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.199, source="[QM] fp8 M=64 x5"),
+    # dequantize (the op's torch reference: several torch kernels) into a temporary of x's dtype, then cuBLAS
+    # (step_plan.dequant_works: two work items, the matmul priced as cublas). The dequantization by the packed
+    # weight: [QM] dequant+cublas less cublas bf16 at M=64 (5 shapes): int8 7.3 us + 0.0338 of 4274 GB/s,
+    # int4 13.3 us + 0.0051 (residuals within 1%). prefill_path's roofline prices the dequantization at full
+    # bandwidth, so it takes this path at M = 1024 (8 prompts of 128) for every 8B projection, where it
+    # costs several times the fused kernel. fp8 unmeasured: as int8. Torch kernels: no PDL.
+    "quant_dequant_int8": KernelPrior(fixed=7.3e-6, efficiency=0.0338, pdl=False,
+                                      source="[QM] int8 dequant+cublas - cublas bf16, M=64 x5"),
+    "quant_dequant_int4": KernelPrior(fixed=13.3e-6, efficiency=0.0051, pdl=False,
+                                      source="[QM] int4 g128 dequant+cublas - cublas bf16, M=64 x5"),
+    "quant_dequant_fp8": KernelPrior(fixed=7.3e-6, efficiency=0.0338, pdl=False,
+                                     source="unmeasured: as [QM] int8 dequant+cublas"),
     # flash decoding, one launch (the last split reduces): [P1] fixed time, [AT] bandwidth
     "decode_attention": KernelPrior(fixed=6.4e-6, efficiency=0.83, source="[P1] 6.59 us at 0.52 MB; [AT]"),
     # prefill flash attention: attention bench prefill rows reach 240-470 of 989 TFLOP/s

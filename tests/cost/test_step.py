@@ -107,7 +107,8 @@ def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str) -> Non
 
 # quant_matmul.pick_config's paths at the 8B shapes, bf16 x: int8/fp8 on tensor cores at every decode M
 # (M <= 2 padded to 16), int4 the pairs kernel; fp32 x takes no pairs (int4: the FMA GEMV below lm-head widths,
-# tensor cores over words from 3 rows); beyond 32 rows the prefill kind
+# tensor cores over words from 3 rows); beyond 32 rows the prefill path quant_matmul.prefill_path picks on the
+# H200's spec (the fused kernel, or dequantize + cuBLAS)
 @pytest.mark.parametrize("op,m,n,k,scheme,dtype,kind", [
     ("quant_linear", 1, 6144, 4096, "int8", torch.bfloat16, "quant_dot_int8"),
     ("quant_gated_linear", 8, 4096, 14336, "int8", torch.bfloat16, "quant_dot_int8_gated"),
@@ -119,8 +120,9 @@ def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str) -> Non
     ("quant_linear", 1, 6144, 4096, "int4", torch.float32, "quant_gemv_int4"),
     ("quant_linear", 1, 128256, 4096, "int4", torch.float32, "quant_dot_int4"),
     ("quant_gated_linear", 8, 4096, 14336, "int4", torch.float32, "quant_dot_int4_gated"),
-    ("quant_linear", 33, 6144, 4096, "int8", torch.bfloat16, "quant_mma"),
-    ("quant_gated_linear", 64, 4096, 14336, "int4", torch.bfloat16, "quant_mma"),
+    ("quant_linear", 33, 6144, 4096, "int8", torch.bfloat16, "quant_mma_int8"),
+    ("quant_gated_linear", 64, 4096, 14336, "int4", torch.bfloat16, "quant_mma_int4"),
+    ("quant_linear", 1024, 4096, 14336, "int8", torch.bfloat16, "quant_dequant_int8"),  # prefill_path's choice
 ])
 def test_quant_kind_follows_the_scheme_and_path(op: str, m: int, n: int, k: int, scheme: str, dtype: torch.dtype,
                                                kind: str) -> None:
@@ -159,7 +161,8 @@ def test_each_scheme_costs_its_launches_with_its_own_prior(scheme: str, kind: st
     for batch in (1, 8, 32):
         assert call_kind(plain, "library", {"B": batch}) == kind
         assert call_kind(gated, "library", {"B": batch}) == kind + "_gated"
-    assert call_kind(plain, "library", {"B": 64}) == "quant_mma"
+    assert call_kind(plain, "library", {"B": 64}) == f"quant_mma_{scheme}"
+    assert call_kind(gated, "library", {"B": 1024}, HW) == f"quant_dequant_{scheme}"
     # each scheme its own line, fitted to per-op rows of that scheme
     lines = {(p.fixed, p.efficiency) for p in map(STEP_PRIORS["h200"].kernel, ("quant_dot_int8", "quant_pairs_int4",
                                                                               "quant_dot_fp8"))}

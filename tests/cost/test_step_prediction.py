@@ -3,8 +3,8 @@
 The priors of ``membound.cost.step`` name the result files they were calibrated on; every membound
 ``triton+graphs`` row (bf16, int8, int4) of the ``decode_e2e`` file among them (1.24B and 8B, batch 1
 and 8) must be predicted within 20%: the decode step the bench measured (``step_s``: (call - a call of
-half the tokens) / the tokens between) and, for bf16, the whole ``generate`` call (prefill + steps; the
-quantized prefill's priors are rough). The priors are fitted to per-op measurements, never to these rows.
+half the tokens) / the tokens between) and the whole ``generate`` call (prefill + steps). The priors are
+fitted to per-op measurements, never to these rows.
 
 The programs are built on the meta device for 2-layer models of the real shapes (a full 8B export takes
 minutes on a CPU) and stretched to full depth (``step_prediction.with_layers``: every decoder layer of a
@@ -96,8 +96,7 @@ def test_predicted_decode_matches_the_committed_h200_run(model: str, batch: int,
             f"{row['timed_s'] * 1e3:.1f}\n{step.table()}")
     assert step.launch_count == row["predicted_launches"]  # what the full-depth compile on the GPU launched
     assert abs(step.time_s / row["step_s"] - 1) <= TOLERANCE, what
-    if scheme is None:  # the quantized prefill (quant_mma: M > 32) is not calibrated yet; its calls are not checked
-        assert abs(call / row["timed_s"] - 1) <= TOLERANCE, what
+    assert abs(call / row["timed_s"] - 1) <= TOLERANCE, what
 
 
 def test_with_layers_repeats_the_second_layer() -> None:
