@@ -14,8 +14,9 @@ launches); costed at the row's cache length (``step at T=...``) and batch, in th
 read bandwidth of the run, on the card's spec. Nothing is fitted here: the priors come from per-op
 measurements (their ``source``), and this checks them against whole steps.
 
-``--fit`` prints the per-op fits the quantized priors of ``membound/cost/step.py`` quote: for each kernel
-path, the committed per-op times (``benches/results/``: microseconds per op inside a replayed CUDA graph,
+``--fit`` prints the fits the priors of ``membound/cost/step.py`` quote: the per-launch H200 profile of
+whole decode steps (our GEMVs and decode attention as they run inside the step), then for each quantized
+kernel path, the committed per-op times (``benches/results/``: microseconds per op inside a replayed CUDA graph,
 weights streamed from HBM) against the bytes the op moves (``quant_linear_bytes``: packed weight and
 scales, x, y; the gated op's two inputs), fitted as ``time = fixed + bytes / (read_bw * efficiency)`` by
 least squares on the relative residuals (shapes from 9 MB to 0.5 GB weigh alike), ``read_bw`` being the
@@ -30,6 +31,7 @@ import dataclasses
 import json
 import os
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -262,7 +264,49 @@ def prefill_fits() -> list[tuple[str, str, list[tuple[str, float, float]]]]:
     return out
 
 
-def print_fits() -> None:
+PROFILE = "profile_step-quick-nvidia-h200-2026-12-02.json"
+PROFILE_KINDS = ("gemv", "gemv_gated", "gemv_dot", "gemv_dot_gated", "decode_attention")
+GAP_PDL = 0.51e-6  # what PDL takes off a launch's gap (membound.cost.step: graph gap - PDL overlap)
+
+
+def profile_rows(programs: Programs) -> dict[str, list[tuple[str, float, float, int]]]:
+    """kind -> (label, bytes, seconds, launches) of the per-launch H200 profile of whole decode steps
+    (``benches/profile_step.py``: HF Llama at the 1.24B / 8B shapes, context 256, CUDA graph with PDL): each
+    launch's time is its gap plus its duration (its share of the step's span, PDL overlap included), plus the
+    0.51 us PDL takes off the gap (the priors' work), medians over the launches of one shape. Bytes are the
+    cost model's, from the built-in Llama's launches of the same kind in the same order."""
+    record = json.loads((RESULTS / PROFILE).read_text())
+    hardware = Hardware.named("h200")
+    out: dict[str, list[tuple[str, float, float, int]]] = {}
+    for case in record["cases"]:
+        layers = get_config(case["model"]).n_layers
+        partition = with_layers(programs.get(case["model"]).decode.partition, layers)
+        works = kernel_works(partition, {"B": case["batch"], "T": case["context"]}, hardware)
+        for kind in PROFILE_KINDS:
+            ours = [w for w in works if w.kind == kind]
+            theirs = [p for p in case["positions"] if p["predicted"].split(" ")[0] == kind]
+            if not ours:
+                continue
+            if len(ours) != len(theirs):
+                raise ValueError(f"{PROFILE}: {case['model']} b{case['batch']}: {len(theirs)} {kind} launches "
+                                 f"profiled, {len(ours)} built")
+            shapes: dict[float, list[float]] = {}
+            for w, p in zip(ours, theirs):
+                shapes.setdefault(w.bytes, []).append((p["gap_before_us"] + p["us"]) * 1e-6 + GAP_PDL)
+            for nbytes, times in sorted(shapes.items()):
+                out.setdefault(kind, []).append((f"{case['model']} b{case['batch']}", nbytes,
+                                                 statistics.median(times), len(times)))
+    return out
+
+
+def print_fits(programs: Optional[Programs] = None) -> None:
+    for kind, rows in profile_rows(programs or Programs()).items():
+        fixed, slope = fit_line([(b, t) for _, b, t, _ in rows])
+        print(f"{kind}: [PS] {PROFILE}: fixed {fixed * 1e6:.2f} us + bytes / ({TYPICAL_READ_BW / 1e9:.0f} GB/s * "
+              f"{1 / (slope * TYPICAL_READ_BW):.3g})")
+        for label, b, t, n in rows:
+            fit = fixed + b * slope
+            print(f"    {label:14s} x{n:<3d} {b / 1e6:9.2f} MB {t * 1e6:8.2f} us  fit {fit * 1e6:8.2f} ({fit / t - 1:+.0%})")
     peak = Hardware.named("h200").peak_flops("bf16")
     for kind, source, rows in prefill_fits():
         e = compute_fit(rows, peak)

@@ -318,6 +318,12 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #  [S3] decode_e2e-nvidia-h200-2026-12-02-session3.json (bf16, int8, int4 at 1.24B and 8B, batch 1 and 8;
 #        the step measured as (call - a call of half the tokens) / the tokens between). Nothing is fitted to
 #        it: it checks the model (tests/cost/test_step_prediction.py; step_calibration.py prints the table).
+#  [PS] profile_step-quick-nvidia-h200-2026-12-02.json: per-launch H200 profile of whole decode steps (HF
+#        Llama at the 1.24B and 8B shapes, b1 and b8, context 256, CUDA graph with PDL): each launch's gap +
+#        duration (its share of the step, PDL overlap included) + 0.51 us (the gap PDL removes: the work),
+#        medians per shape, bytes from the built-in Llama's launches; no read probe: over the typical 4168
+#        GB/s. step_calibration.py --fit prints the fits. Its b1 rows confirm [QM]'s GEMV lines in the step
+#        (gemv 2.06 us + 0.918, gemv_gated 3.03 us + 0.828).
 #  [AT] attention-nvidia-h200-2026-12-01-quick.json: our decode attention at batch 16, 32k cached
 #        positions streams at 83% of read bandwidth (the fixed part is negligible there).
 _H200_LAUNCH = LaunchPrior(
@@ -332,18 +338,15 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # our register GEMV (M <= 2): [QM] M=1 linear
     "gemv": KernelPrior(fixed=2.46e-6 - _GAP_PDL, efficiency=0.904, source="[QM] linear M=1, 5 shapes"),
     "gemv_gated": KernelPrior(fixed=2.56e-6 - _GAP_PDL, efficiency=0.833, source="[QM] gated_linear M=1, 5 shapes"),
-    # the tensor-core path (2 < M <= 16): [QL] M=16, line through o (33.6 MB, 15.8 us) and gate_up (235 MB,
-    # 73.7 us): 6.2 us + 3.48 TB/s = 0.83 of the typical read bandwidth (qkv 17.7 us, head 247 us: both
-    # faster than the line). [QM] M=16 alone says 5.8 us + 0.69: the [QL] graph is closer to the step.
-    "gemv_dot": KernelPrior(fixed=6.2e-6 - _GAP_PDL, efficiency=0.83, source="[QL] linear M=16, 8B shapes"),
-    # gated_linear on tensor cores: since PRE_GATE (a66c1ba, on by default from 65f9138, before [S3]) each
-    # program forms silu(gate) * up once for the real rows into a scratch and then runs gemv_dot's loop
-    # (sm_90 SASS: the gating left the main loop, 963 -> 82 instructions a step). Not timed on its own: the
-    # [QL] M=16 row (102.9 us at 117.5 MB, 0.29 of read bandwidth) gated all 16 padded rows in the loop.
-    # Priced as gemv_dot with the prologue's cost in the proportion the FMA GEMV's own PRE_GATE costs it
-    # ([QM] M=1: gated 0.833 vs plain 0.904 of read bandwidth): 0.83 * 0.833 / 0.904 = 0.765
-    "gemv_dot_gated": KernelPrior(fixed=6.2e-6 - _GAP_PDL, efficiency=0.765,
-                                  source="gemv_dot [QL] x the PRE_GATE cost of [QM] gated_linear M=1; untimed"),
+    # the tensor-core path (2 < M <= 16), in the step: [PS] b8 (the 1.24B and 8B projections, 4 shapes each):
+    # 4.43 us + 0.949 (residuals -16..+12%). The per-op graphs said less of the step: [QL] M=16 6.2 us + 0.83
+    # (a line through o and gate_up), [QM] M=16 5.8 us + 0.69.
+    "gemv_dot": KernelPrior(fixed=4.43e-6, efficiency=0.949, source="[PS] linear at b8, 1.24B and 8B, 8 shapes"),
+    # gated_linear on tensor cores: each program forms silu(gate) * up once for the real rows into a scratch,
+    # then runs gemv_dot's loop (PRE_GATE, a66c1ba; on since 65f9138). In the step: [PS] b8 down projections,
+    # 1.24B 26.1 us at 33.9 MB and 8B 65.5 us at 118 MB: 10.3 us + 0.512 (the line through both). The [QL]
+    # M=16 row (102.9 us at 117.5 MB, 0.29) gated all 16 padded rows inside the loop, before PRE_GATE.
+    "gemv_dot_gated": KernelPrior(fixed=10.26e-6, efficiency=0.512, source="[PS] gated_linear at b8, 1.24B and 8B"),
     # cuBLAS (M > 16: prefill, large batches); compute at 703 of 989 TFLOP/s (cost_model-nvidia-h200-2026-11-26)
     "cublas": KernelPrior(fixed=5.01e-6 - _H200_LAUNCH.graph_gap, efficiency=0.966, compute_efficiency=0.71,
                           pdl=False, source="[QM] cuBLAS M=32; bf16 matmul 703 TFLOP/s"),
@@ -390,8 +393,9 @@ _H200_KERNELS: dict[str, KernelPrior] = {
                                       source="[QM] int4 g128 dequant+cublas - cublas bf16, M=64 x5"),
     "quant_dequant_fp8": KernelPrior(fixed=7.3e-6, efficiency=0.0338, pdl=False,
                                      source="unmeasured: as [QM] int8 dequant+cublas"),
-    # flash decoding, one launch (the last split reduces): [P1] fixed time, [AT] bandwidth
-    "decode_attention": KernelPrior(fixed=6.4e-6, efficiency=0.83, source="[P1] 6.59 us at 0.52 MB; [AT]"),
+    # flash decoding, one launch (the last split reduces): [AT] bandwidth; in the step [PS] 10.7-13.6 us at
+    # 0.5-8.5 MB of K/V (context 256, b1 and b8): 11.4 us fixed at that bandwidth (the H100's [P1] said 6.4)
+    "decode_attention": KernelPrior(fixed=11.4e-6, efficiency=0.83, source="[PS] fixed, 4 cases; [AT] bandwidth"),
     # prefill flash attention: attention bench prefill rows reach 240-470 of 989 TFLOP/s
     "attention": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.35, source="[AT] prefill rows"),
     # generated pointwise / row / sectioned kernels: [P1] 1.5-2.5 us at a few KB; bandwidth unmeasured
@@ -419,7 +423,8 @@ STEP_PRIORS: dict[str, StepPriors] = {
                        calibrated_on=("decode_e2e-nvidia-h200-2026-12-02-session3.json",
                                       "quant_matmul-nvidia-h200-2026-12-01.json",
                                       "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json",
-                                      "int4_pairs_paths-nvidia-h200-2026-12-02.json")),
+                                      "int4_pairs_paths-nvidia-h200-2026-12-02.json",
+                                      "profile_step-quick-nvidia-h200-2026-12-02.json")),
 }
 
 
