@@ -168,3 +168,25 @@ def test_each_scheme_costs_its_launches_with_its_own_prior(scheme: str, kind: st
                                                                               "quant_dot_fp8"))}
     assert len(lines) == 3
     assert f"{scheme} " in STEP_PRIORS["h200"].kernel(kind).source + " "
+
+
+# [QM] (quant_matmul-nvidia-h200-2026-12-01.json, read 4274 GB/s) at 4096 x 14336, M = 64: dequantize + cuBLAS
+# less cuBLAS alone, us: int8 448.1 - 36.2, int4 1495.0 - 36.2
+@pytest.mark.parametrize("scheme,packed,measured", [("int8", 4096 * 14336 + 4096 * 2, 412e-6),
+                                                    ("int4", 4096 * 7168 + 4096 * 112 * 2 * 2, 1459e-6)])
+def test_a_dequantized_prefill_matmul_is_its_dequantization_then_cublas(scheme: str, packed: int,
+                                                                        measured: float) -> None:
+    from membound.backends.triton.step_plan import dequant_works
+    from membound.ir.parser import parse
+
+    q, s, attrs = FORMATS[scheme]
+    _, gated = [n for n in parse(QUANT_GRAPH.format(q=q, s=s, attrs=attrs)).nodes if n.op.startswith("quant_")]
+    m = 1024
+    op_bytes = packed + 2 * (2 * m * 14336 + m * 4096)  # what the op moves: weight, gate, up, y
+    dq, mm = dequant_works(gated, "down", f"quant_dequant_{scheme}", 2.0 * m * 4096 * 14336, op_bytes, {"B": m},
+                           "bf16")
+    assert (dq.kind, dq.bytes, dq.flops) == (f"quant_dequant_{scheme}", packed, 0.0)
+    # cuBLAS reads the bf16 temporary instead of the packed weight, and does the FLOPs
+    assert (mm.kind, mm.bytes, mm.flops) == ("cublas", 4096 * 14336 * 2 + op_bytes - packed, 2.0 * m * 4096 * 14336)
+    dequantize = predict_step([dq], HW, loop=False, bandwidth=4274e9).work_s
+    assert dequantize == pytest.approx(measured, rel=0.05)

@@ -135,9 +135,9 @@ def dequant_works(node: Node, name: str, kind: str, flops: float, nbytes: float,
     of the packed weight into a temporary of x's dtype (``kind``: its time goes with the packed bytes), then a
     cuBLAS matmul over the temporary, x and y (the op's other bytes, and its FLOPs)."""
     env = bindings(dims)
-    packed = sum(float(evaluate(v.type.nbytes(), env, f"{node.op} weight bytes")) for v in node.inputs
-                 if v.kind == "param")
-    weight = next(v for v in node.inputs if v.kind == "param" and v.type.shape and len(v.type.shape) == 2)
+    acts = 2 if node.op == "quant_gated_linear" else 1  # (x | gate, up), qweight, scales (, bias)
+    weight, scales = node.inputs[acts], node.inputs[acts + 1]
+    packed = sum(float(evaluate(v.type.nbytes(), env, f"{node.op} packed bytes")) for v in (weight, scales))
     n = float(evaluate(weight.type.shape[0], env, f"{node.op} N"))
     k = float(node.attrs["in_features"])
     dense = n * k * node.inputs[0].type.dtype.itemsize
