@@ -10,7 +10,7 @@ import torch
 if not torch.cuda.is_available():  # before anything imports triton (tests/backends/_triton_interp.py)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from membound.backends.triton.step_plan import linear_kind, quant_kind
+from membound.backends.triton.step_plan import QUANT_OPS, linear_kind, quant_kind
 from membound.cost import Hardware
 from membound.cost.step import (
     STEP_PRIORS,
@@ -190,3 +190,16 @@ def test_a_dequantized_prefill_matmul_is_its_dequantization_then_cublas(scheme: 
     assert (mm.kind, mm.bytes, mm.flops) == ("cublas", 4096 * 14336 * 2 + op_bytes - packed, 2.0 * m * 4096 * 14336)
     dequantize = predict_step([dq], HW, loop=False, bandwidth=4274e9).work_s
     assert dequantize == pytest.approx(measured, rel=0.05)
+
+
+def test_every_quant_kind_the_paths_can_give_has_a_prior() -> None:
+    kinds = set()
+    for scheme in ("int8", "int4", "fp8"):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for m in (1, 2, 3, 16, 32, 33, 1024):
+                for n, k in ((24, 40), (4096, 14336), (128256, 4096), (40, 33)):
+                    for op in QUANT_OPS:
+                        kinds.add(quant_kind(op, m, n, k, scheme, 32 if scheme == "int4" else 0, dtype))
+    assert {"quant_gemv_int4", "quant_dot_int8_gated", "quant_pairs_int4_gated", "quant_dequant_int4"} <= kinds
+    missing = [kind for kind in sorted(kinds) if kind not in STEP_PRIORS["h200"].kernels]
+    assert not missing, missing
