@@ -14,13 +14,14 @@ launches); costed at the row's cache length (``step at T=...``) and batch, in th
 read bandwidth of the run, on the card's spec. Nothing is fitted here: the priors come from per-op
 measurements (their ``source``), and this checks them against whole steps.
 
-``--fit`` prints the fits the priors of ``membound/cost/step.py`` quote: the per-launch H200 profile of
-whole decode steps (our GEMVs and decode attention as they run inside the step), then for each quantized
-kernel path, the committed per-op times (``benches/results/``: microseconds per op inside a replayed CUDA graph,
-weights streamed from HBM) against the bytes the op moves (``quant_linear_bytes``: packed weight and
-scales, x, y; the gated op's two inputs), fitted as ``time = fixed + bytes / (read_bw * efficiency)`` by
-least squares on the relative residuals (shapes from 9 MB to 0.5 GB weigh alike), ``read_bw`` being the
-run's read-bandwidth probe (the typical 4168 GB/s where the run recorded none).
+``--fit`` prints the fits the priors of ``membound/cost/step.py`` quote, from committed H200 results: the
+per-launch profile of whole decode steps (our GEMVs and decode attention as they run inside the step); the
+fused quantized prefill kernel as a fraction of the FLOP rate; and for each quantized decode path (and the
+prefill's dequantization), per-op times (microseconds per op inside a replayed CUDA graph, weights
+streamed from HBM) against the bytes the op moves (``quant_linear_bytes``: packed weight and scales, x, y;
+the gated op's two inputs). Lines are ``time = fixed + bytes / (read_bw * efficiency)``, fitted by least
+squares on the relative residuals (shapes from 9 MB to 0.5 GB weigh alike), ``read_bw`` being the run's
+read-bandwidth probe (the typical 4168 GB/s where the run recorded none).
 """
 
 from __future__ import annotations
