@@ -202,6 +202,14 @@ def quant_matmul_rows(scheme: str, ms: tuple[int, ...]) -> list[tuple[str, int, 
             if r["contender"] in (scheme, f"{scheme} g128") and r["m"] in ms]
 
 
+def sweep_rows(scheme: str) -> list[tuple[str, int, float]]:
+    """(label, bytes, seconds) of ``quant_matmul-sweep-nvidia-h200-2026-12-02.json``: ``scheme`` at M = 1 with
+    the tiles ``pick_config`` picks (its ``heuristic`` rows: int8 on tensor cores, int4 the pairs kernel)."""
+    record = json.loads((RESULTS / "quant_matmul-sweep-nvidia-h200-2026-12-02.json").read_text())
+    return [(f"{r['n']}x{r['k']} M={r['m']} sweep", r["bytes"], r["us"] * 1e-6) for r in record["rows"]
+            if r.get("heuristic") and r["scheme"] == scheme]
+
+
 def pairs_rows() -> list[tuple[str, int, float]]:
     record = json.loads((RESULTS / "int4_pairs_paths-nvidia-h200-2026-12-02.json").read_text())
     return [(f"{r['shape']} M={r['m']}", op_bytes(r["m"], r["n"], r["k"], "int4", r["gated"]), r["us"] * 1e-6)
@@ -213,12 +221,11 @@ def per_op_fits() -> list[tuple[str, str, float, list[tuple[str, int, float]]]]:
     layer2 = "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json"
     qm_bw = float(json.loads((RESULTS / "quant_matmul-nvidia-h200-2026-12-01.json").read_text())
                   ["read_bandwidth_gbps"]) * 1e9
-    pairs_bw = float(json.loads((RESULTS / "int4_pairs_paths-nvidia-h200-2026-12-02.json").read_text())
-                     ["read_bw_GBs"]) * 1e9
     return [
-        ("quant_dot_int8", "[QG] int8 tc (M=1) + m16 (M=16, down_gated of the old gating left out)", TYPICAL_READ_BW,
-         layer_rows(layer2, "int8", "tc", 1) + layer_rows(layer2, "int8", "m16", 16, skip=("down_gated",))),
-        ("quant_pairs_int4", "[IP] int4 pairs, M=1", pairs_bw, pairs_rows()),
+        ("quant_dot_int8", "[QG] int8 tc (M=1) + m16 (M=16, down_gated of the old gating left out) + [QS] int8",
+         TYPICAL_READ_BW, layer_rows(layer2, "int8", "tc", 1) + layer_rows(layer2, "int8", "m16", 16, skip=("down_gated",))
+         + sweep_rows("int8")),
+        ("quant_pairs_int4", "[IP] int4 pairs, M=1 + [QS] int4", TYPICAL_READ_BW, pairs_rows() + sweep_rows("int4")),
         ("quant_dot_fp8", "[QM] fp8 M=4, 16 (tensor cores then too)", qm_bw, quant_matmul_rows("fp8", (4, 16))),
         ("quant_gemv_int8", "[QG] int8 gemv (M=1)", TYPICAL_READ_BW, layer_rows(layer2, "int8", "gemv", 1)),
         ("quant_gemv_int4", "[QG] int4 gemv (M=1)", TYPICAL_READ_BW, layer_rows(layer2, "int4", "gemv", 1)),

@@ -312,6 +312,8 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        over words, without the pairs kernel). Its M=16 gated rows predate PRE_GATE (below) and are left out.
 #  [IP] int4_pairs_paths-nvidia-h200-2026-12-02.json: the int4 pairs kernel (today's int4 path at every
 #        decode M with bf16 x) at M=1, the 8B projections, group 128, CUDA graph (read probe 4376 GB/s).
+#  [QS] quant_matmul-sweep-nvidia-h200-2026-12-02.json, its "heuristic" rows: int8 (tensor cores) and int4
+#        (pairs) at M=1 with pick_config's tiles, the 8B projections (o included; read probe 4265 GB/s).
 #  The quantized fits: time = fixed + bytes / (read_bw * efficiency), least squares on the relative residuals
 #  (shapes of 9 MB and of 0.5 GB weigh alike), bytes as the op counts them (packed weight + scales, x, y;
 #  both inputs of the gated op): benches/experiments/step_calibration.py --fit prints each fit and its rows.
@@ -353,13 +355,14 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # quantized GEMVs, one kind per path and scheme of kernels/quant_matmul.py (backends/triton/step_plan.py's
     # quant_kind; fits: step_calibration.py --fit; each fixed time + 0.51 us as for [QM]). At decode with
     # bf16 x, int8 and fp8 run the tensor-core kernel (M padded to 16) and int4 the pairs kernel at every M.
-    # int8 tensor cores: [QG] tc M=1 (5 shapes) and m16 M=16 (4): 5.77 us + 0.813 of the typical 4168 GB/s,
-    # residuals -12..+10%
-    "quant_dot_int8": KernelPrior(fixed=5.77e-6 - _GAP_PDL, efficiency=0.813,
-                                  source="[QG] int8 tc M=1 x5 + m16 M=16 x4"),
-    # int4 pairs: [IP] M=1 (5 shapes, gated down included): 6.59 us + 0.493 of 4376 GB/s, -13..+5%; M <= 16
-    # pads to the same 16 rows, 17..32 to 32 (untimed)
-    "quant_pairs_int4": KernelPrior(fixed=6.59e-6 - _GAP_PDL, efficiency=0.493, source="[IP] int4 pairs M=1 x5"),
+    # int8 tensor cores: [QG] tc M=1 (5 shapes) and m16 M=16 (4), [QS] int8 (5): 5.29 us + 0.819 of the
+    # typical 4168 GB/s, residuals -16..+15%
+    "quant_dot_int8": KernelPrior(fixed=5.29e-6 - _GAP_PDL, efficiency=0.819,
+                                  source="[QG] int8 tc M=1 x5 + m16 M=16 x4; [QS] int8 M=1 x5"),
+    # int4 pairs: [IP] M=1 (5 shapes, gated down included) and [QS] int4 (5): 5.47 us + 0.497 of the typical
+    # 4168 GB/s, -13..+13%; M <= 16 pads to the same 16 rows, 17..32 to 32 (untimed)
+    "quant_pairs_int4": KernelPrior(fixed=5.47e-6 - _GAP_PDL, efficiency=0.497,
+                                    source="[IP] int4 pairs M=1 x5; [QS] int4 M=1 x5"),
     # fp8 tensor cores: [QM] M=4 and 16 (5 shapes each; the tensor-core kernel then as now): 4.39 us + 0.900
     # of 4274 GB/s, -3..+3%
     "quant_dot_fp8": KernelPrior(fixed=4.39e-6 - _GAP_PDL, efficiency=0.900, source="[QM] fp8 M=4, 16 x5 shapes"),
@@ -424,7 +427,8 @@ STEP_PRIORS: dict[str, StepPriors] = {
                                       "quant_matmul-nvidia-h200-2026-12-01.json",
                                       "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json",
                                       "int4_pairs_paths-nvidia-h200-2026-12-02.json",
-                                      "profile_step-quick-nvidia-h200-2026-12-02.json")),
+                                      "profile_step-quick-nvidia-h200-2026-12-02.json",
+                                      "quant_matmul-sweep-nvidia-h200-2026-12-02.json")),
 }
 
 
