@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Optional, Union
 
 import torch
@@ -158,5 +160,25 @@ def prefill_prediction(program: Any, hw: Hardware, batch: int, prompt_len: int,
                         label=f"prefill b{batch} S={prompt_len}")
 
 
+_SECOND_LAYER = re.compile(r"(^|\.)layers\.1\.")
+
+
+def with_layers(partition: Any, layers: int) -> SimpleNamespace:
+    """The launches of ``partition`` (built for a 2-layer model) stretched to ``layers`` decoder layers: the
+    second layer's launches repeated ``layers - 2`` more times (a partition-like object for
+    ``kernel_works``). Every decoder layer of a Llama compiles to the same launches, so a full-size step is
+    costed without exporting the full model (an 8B export takes minutes on a CPU). The second layer runs
+    from the first launch that reads a ``layers.1.`` weight (its attention norm, fused into the add after
+    layer 0) to the last (its down projection)."""
+    steps = [s for s in partition.steps if getattr(s, "impl", None) != "view"]
+    touches = [i for i, s in enumerate(steps)
+               if any(_SECOND_LAYER.search(v.name) for n in s.nodes for v in n.inputs if v.kind == "param")]
+    if not touches or layers < 2:
+        raise ValueError(f"with_layers: needs a partition of a 2-layer model (a launch reading a layers.1. weight) "
+                         f"and layers >= 2, got {len(touches)} such launches and layers={layers}")
+    first, last = touches[0], touches[-1] + 1
+    return SimpleNamespace(steps=steps[:last] + steps[first:last] * (layers - 2) + steps[last:])
+
+
 __all__ = ["GeneratePrediction", "decode_prediction", "default_mode", "predict_decode_step", "predict_generate",
-           "predict_prefill", "prefill_prediction", "triton_program"]
+           "predict_prefill", "prefill_prediction", "triton_program", "with_layers"]

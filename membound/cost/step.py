@@ -192,12 +192,12 @@ class StepPrediction:
 
     def table(self) -> str:
         """The summary line and a per-kind breakdown."""
-        lines = [self.summary(), f"  {'kind':16s} {'launches':>8s} {'MB':>10s} {'us':>10s} {'share':>6s}"]
+        lines = [self.summary(), f"  {'kind':22s} {'launches':>8s} {'MB':>10s} {'us':>10s} {'share':>6s}"]
         total = self.gpu_s or 1.0
         for kind, row in sorted(self.by_kind().items(), key=lambda kv: -kv[1]["time_s"]):
-            lines.append(f"  {kind:16s} {int(row['launches']):8d} {row['bytes'] / 1e6:10.2f} "
+            lines.append(f"  {kind:22s} {int(row['launches']):8d} {row['bytes'] / 1e6:10.2f} "
                          f"{row['time_s'] * 1e6:10.1f} {100 * row['time_s'] / total:5.1f}%")
-        lines.append(f"  {'loop (per token)':16s} {'':8s} {'':10s} {self.loop_s * 1e6:10.1f} "
+        lines.append(f"  {'loop (per token)':22s} {'':8s} {'':10s} {self.loop_s * 1e6:10.1f} "
                      f"{100 * self.loop_s / total:5.1f}%")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -301,11 +301,31 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        within 12% (qkv 17.3 us vs 15.5, o 10.4 vs 11.2, gate_up 62.9 vs 63.3, head 265 vs 274, gated
 #        down 35.3 vs 35.6).
 #  [E2] decode_e2e-nvidia-h200-2026-12-01-quant.json (membound triton+graphs, bf16, prompt 128, 128 new
-#        tokens; whole generate calls): 1.24B b1 147.9 ms, b8 202.3 ms; 8B b1 623.6 ms, b8 983.2 ms. Nothing
-#        is fitted to it: it checks the model (tests/cost/test_step_prediction.py).
+#        tokens; whole generate calls): 1.24B b1 147.9 ms, b8 202.3 ms; 8B b1 623.6 ms, b8 983.2 ms. The
+#        model was checked against it until [S3]: its b8 steps ran the gated tensor-core GEMV before PRE_GATE.
 #  [E1] decode_e2e-nvidia-h200-2026-11-26.json, "membound triton" (no CUDA graph) rows: 1.24B b1 10.4 ms
 #        a token over the 262 launches that step had then (profile_step ... h200 ... session-start.txt):
 #        ~40 us of host time per launch.
+#  [QG] quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json, int8/int4 rows: quant_linear (down projection:
+#        quant_gated_linear) at the 8B decode projections as in [QL]; modes tc (int8 on tensor cores at M=1,
+#        M padded to 16: today's int8 path), gemv (the FMA GEMV), m16 (M=16) and m16-old (int4 tensor cores
+#        over words, without the pairs kernel). Its M=16 gated rows predate PRE_GATE (below) and are left out.
+#  [IP] int4_pairs_paths-nvidia-h200-2026-12-02.json: the int4 pairs kernel (today's int4 path at every
+#        decode M with bf16 x) at M=1, the 8B projections, group 128, CUDA graph (read probe 4376 GB/s).
+#  [QS] quant_matmul-sweep-nvidia-h200-2026-12-02.json, its "heuristic" rows: int8 (tensor cores) and int4
+#        (pairs) at M=1 with pick_config's tiles, the 8B projections (o included; read probe 4265 GB/s).
+#  The quantized fits: time = fixed + bytes / (read_bw * efficiency), least squares on the relative residuals
+#  (shapes of 9 MB and of 0.5 GB weigh alike), bytes as the op counts them (packed weight + scales, x, y;
+#  both inputs of the gated op): benches/experiments/step_calibration.py --fit prints each fit and its rows.
+#  [S3] decode_e2e-nvidia-h200-2026-12-02-session3.json (bf16, int8, int4 at 1.24B and 8B, batch 1 and 8;
+#        the step measured as (call - a call of half the tokens) / the tokens between). Nothing is fitted to
+#        it: it checks the model (tests/cost/test_step_prediction.py; step_calibration.py prints the table).
+#  [PS] profile_step-quick-nvidia-h200-2026-12-02.json: per-launch H200 profile of whole decode steps (HF
+#        Llama at the 1.24B and 8B shapes, b1 and b8, context 256, CUDA graph with PDL): each launch's gap +
+#        duration (its share of the step, PDL overlap included) + 0.51 us (the gap PDL removes: the work),
+#        medians per shape, bytes from the built-in Llama's launches; no read probe: over the typical 4168
+#        GB/s. step_calibration.py --fit prints the fits. Its b1 rows confirm [QM]'s GEMV lines in the step
+#        (gemv 2.06 us + 0.918, gemv_gated 3.03 us + 0.828).
 #  [AT] attention-nvidia-h200-2026-12-01-quick.json: our decode attention at batch 16, 32k cached
 #        positions streams at 83% of read bandwidth (the fixed part is negligible there).
 _H200_LAUNCH = LaunchPrior(
@@ -320,22 +340,65 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # our register GEMV (M <= 2): [QM] M=1 linear
     "gemv": KernelPrior(fixed=2.46e-6 - _GAP_PDL, efficiency=0.904, source="[QM] linear M=1, 5 shapes"),
     "gemv_gated": KernelPrior(fixed=2.56e-6 - _GAP_PDL, efficiency=0.833, source="[QM] gated_linear M=1, 5 shapes"),
-    # the tensor-core path (2 < M <= 16): [QL] M=16, line through o (33.6 MB, 15.8 us) and gate_up (235 MB,
-    # 73.7 us): 6.2 us + 3.48 TB/s = 0.83 of the typical read bandwidth (qkv 17.7 us, head 247 us: both
-    # faster than the line). [QM] M=16 alone says 5.8 us + 0.69: the [QL] graph is closer to the step.
-    "gemv_dot": KernelPrior(fixed=6.2e-6 - _GAP_PDL, efficiency=0.83, source="[QL] linear M=16, 8B shapes"),
-    # gated_linear on tensor cores forms silu(gate) * up for all 16 padded rows of every K tile in every
-    # program: [QL] M=16 down projection 102.9 us at 117.5 MB = 0.29 of read bandwidth (M=1: 35.3 us)
-    "gemv_dot_gated": KernelPrior(fixed=6.2e-6 - _GAP_PDL, efficiency=0.29, source="[QL] gated_linear M=16, 8B down"),
+    # the tensor-core path (2 < M <= 16), in the step: [PS] b8 (the 1.24B and 8B projections, 4 shapes each):
+    # 4.43 us + 0.949 (residuals -16..+12%). The per-op graphs said less of the step: [QL] M=16 6.2 us + 0.83
+    # (a line through o and gate_up), [QM] M=16 5.8 us + 0.69.
+    "gemv_dot": KernelPrior(fixed=4.43e-6, efficiency=0.949, source="[PS] linear at b8, 1.24B and 8B, 8 shapes"),
+    # gated_linear on tensor cores: each program forms silu(gate) * up once for the real rows into a scratch,
+    # then runs gemv_dot's loop (PRE_GATE, a66c1ba; on since 65f9138). In the step: [PS] b8 down projections,
+    # 1.24B 26.1 us at 33.9 MB and 8B 65.5 us at 118 MB: 10.3 us + 0.512 (the line through both). The [QL]
+    # M=16 row (102.9 us at 117.5 MB, 0.29) gated all 16 padded rows inside the loop, before PRE_GATE.
+    "gemv_dot_gated": KernelPrior(fixed=10.26e-6, efficiency=0.512, source="[PS] gated_linear at b8, 1.24B and 8B"),
     # cuBLAS (M > 16: prefill, large batches); compute at 703 of 989 TFLOP/s (cost_model-nvidia-h200-2026-11-26)
     "cublas": KernelPrior(fixed=5.01e-6 - _H200_LAUNCH.graph_gap, efficiency=0.966, compute_efficiency=0.71,
                           pdl=False, source="[QM] cuBLAS M=32; bf16 matmul 703 TFLOP/s"),
-    # quantized GEMVs (int8/int4/fp8): [QM] int8 M=1 reaches ~0.45 of read bandwidth on its packed bytes
-    "quant_gemv": KernelPrior(fixed=3.0e-6, efficiency=0.45, source="[QM] int8 M=1 (rough: schemes differ)"),
-    "quant_mma": KernelPrior(fixed=5.0e-6, efficiency=0.3, compute_efficiency=0.35,
-                             source="[QM] int8/int4 M=64 fused (rough)"),
-    # flash decoding, one launch (the last split reduces): [P1] fixed time, [AT] bandwidth
-    "decode_attention": KernelPrior(fixed=6.4e-6, efficiency=0.83, source="[P1] 6.59 us at 0.52 MB; [AT]"),
+    # quantized GEMVs, one kind per path and scheme of kernels/quant_matmul.py (backends/triton/step_plan.py's
+    # quant_kind; fits: step_calibration.py --fit; each fixed time + 0.51 us as for [QM]). At decode with
+    # bf16 x, int8 and fp8 run the tensor-core kernel (M padded to 16) and int4 the pairs kernel at every M.
+    # int8 tensor cores: [QG] tc M=1 (5 shapes) and m16 M=16 (4), [QS] int8 (5): 5.29 us + 0.819 of the
+    # typical 4168 GB/s, residuals -16..+15%
+    "quant_dot_int8": KernelPrior(fixed=5.29e-6 - _GAP_PDL, efficiency=0.819,
+                                  source="[QG] int8 tc M=1 x5 + m16 M=16 x4; [QS] int8 M=1 x5"),
+    # int4 pairs: [IP] M=1 (5 shapes, gated down included) and [QS] int4 (5): 5.47 us + 0.497 of the typical
+    # 4168 GB/s, -13..+13%; M <= 16 pads to the same 16 rows, 17..32 to 32 (untimed)
+    "quant_pairs_int4": KernelPrior(fixed=5.47e-6 - _GAP_PDL, efficiency=0.497,
+                                    source="[IP] int4 pairs M=1 x5; [QS] int4 M=1 x5"),
+    # fp8 tensor cores: [QM] M=4 and 16 (5 shapes each; the tensor-core kernel then as now): 4.39 us + 0.900
+    # of 4274 GB/s, -3..+3%
+    "quant_dot_fp8": KernelPrior(fixed=4.39e-6 - _GAP_PDL, efficiency=0.900, source="[QM] fp8 M=4, 16 x5 shapes"),
+    # the FMA GEMV (M <= 2 where tensor_cores_at_gemv says no, or the pairs kernel is off / x is fp32):
+    # [QG] gemv M=1 of 4168 GB/s: int8 2.35 us + 0.457 (-21..+12%), int4 1.86 us + 0.207 (-7..+5%); [QM] fp8
+    # M=1 (the FMA GEMV then) 2.91 us + 0.468 of 4274 GB/s (-23..+13%)
+    "quant_gemv_int8": KernelPrior(fixed=2.35e-6 - _GAP_PDL, efficiency=0.457, source="[QG] int8 gemv M=1 x5"),
+    "quant_gemv_int4": KernelPrior(fixed=1.86e-6 - _GAP_PDL, efficiency=0.207, source="[QG] int4 gemv M=1 x5"),
+    "quant_gemv_fp8": KernelPrior(fixed=2.91e-6 - _GAP_PDL, efficiency=0.468, source="[QM] fp8 M=1 x5"),
+    # int4 on tensor cores over words (no pairs kernel: fp32 x, or INT4_PAIRS off): [QG] m16-old M=16
+    # (4 shapes): 6.01 us + 0.258 of 4168 GB/s (-19..+13%)
+    "quant_dot_int4": KernelPrior(fixed=6.01e-6 - _GAP_PDL, efficiency=0.258, source="[QG] int4 m16-old M=16 x4"),
+    # prefill (M > 32), the path quant_matmul.prefill_path picks. The fused kernel dequantizes the weight again
+    # for every 64-row block of M, so its time grows with M like its FLOPs: [QM] M=64 (5 shapes), 2MNK at a
+    # fraction of the bf16 peak (least squares on relative residuals): int8 0.185 (-25..+16%), int4 0.158
+    # (-35..+47%), fp8 0.199 (-32..+16%); its memory side (the weight once) at 0.8 never binds there.
+    "quant_mma_int8": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.185,
+                                  source="[QM] int8 fused M=64 x5"),
+    "quant_mma_int4": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.158,
+                                  source="[QM] int4 g128 fused M=64 x5"),
+    "quant_mma_fp8": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.199, source="[QM] fp8 M=64 x5"),
+    # dequantize (the op's torch reference: several torch kernels) into a temporary of x's dtype, then cuBLAS
+    # (step_plan.dequant_works: two work items, the matmul priced as cublas). The dequantization by the packed
+    # weight: [QM] dequant+cublas less cublas bf16 at M=64 (5 shapes): int8 7.3 us + 0.0338 of 4274 GB/s,
+    # int4 13.3 us + 0.0051 (residuals within 1%). prefill_path's roofline prices the dequantization at full
+    # bandwidth, so it takes this path at M = 1024 (8 prompts of 128) for every 8B projection, where it
+    # costs several times the fused kernel. fp8 unmeasured: as int8. Torch kernels: no PDL.
+    "quant_dequant_int8": KernelPrior(fixed=7.3e-6, efficiency=0.0338, pdl=False,
+                                      source="[QM] int8 dequant+cublas - cublas bf16, M=64 x5"),
+    "quant_dequant_int4": KernelPrior(fixed=13.3e-6, efficiency=0.0051, pdl=False,
+                                      source="[QM] int4 g128 dequant+cublas - cublas bf16, M=64 x5"),
+    "quant_dequant_fp8": KernelPrior(fixed=7.3e-6, efficiency=0.0338, pdl=False,
+                                     source="unmeasured: as [QM] int8 dequant+cublas"),
+    # flash decoding, one launch (the last split reduces): [AT] bandwidth; in the step [PS] 10.7-13.6 us at
+    # 0.5-8.5 MB of K/V (context 256, b1 and b8): 11.4 us fixed at that bandwidth (the H100's [P1] said 6.4)
+    "decode_attention": KernelPrior(fixed=11.4e-6, efficiency=0.83, source="[PS] fixed, 4 cases; [AT] bandwidth"),
     # prefill flash attention: attention bench prefill rows reach 240-470 of 989 TFLOP/s
     "attention": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.35, source="[AT] prefill rows"),
     # generated pointwise / row / sectioned kernels: [P1] 1.5-2.5 us at a few KB; bandwidth unmeasured
@@ -346,12 +409,26 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     "torch": KernelPrior(fixed=3.0e-6, efficiency=0.7, pdl=False, source="unmeasured"),
 }
 
+# quant_gated_linear: the quant_linear line of its path. The gated op reads gate and up and its kernel forms
+# silu(gate) * up before the loop (PRE_GATE: the GEMV and the pairs kernel at every M, the other tensor-core
+# tiles from M = 3) or per K tile for the real rows only (X_ROWS, tensor cores at M <= 2). Where timed, the
+# gated row lies on the plain line: [QG] int8 tc down_gated -3%, [IP] pairs down_gated 20.44 us vs plain
+# down 20.22 (+3% from the line), [QG] int4 gemv -4% (int8 gemv: -21%). fp8 gated and the tensor-core
+# tiles' PRE_GATE at M = 3..32 are untimed.
+for _kind in ("quant_dot_int8", "quant_pairs_int4", "quant_dot_fp8", "quant_gemv_int8", "quant_gemv_int4",
+              "quant_gemv_fp8", "quant_dot_int4"):
+    _H200_KERNELS[_kind + "_gated"] = replace(_H200_KERNELS[_kind], source=_H200_KERNELS[_kind].source
+                                              + "; gated: the plain line")
+
 STEP_PRIORS: dict[str, StepPriors] = {
     # read bandwidth: /work/shared/BENCHMARKS.md, H200 2026-11-30 (x.sum() over 4 GiB); runs range 4060-4274
     "h200": StepPriors("NVIDIA H200", _H200_LAUNCH, _H200_KERNELS, read_bandwidth=4168e9,
-                       calibrated_on=("decode_e2e-nvidia-h200-2026-12-01-quant.json",
+                       calibrated_on=("decode_e2e-nvidia-h200-2026-12-02-session3.json",
                                       "quant_matmul-nvidia-h200-2026-12-01.json",
-                                      "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json")),
+                                      "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json",
+                                      "int4_pairs_paths-nvidia-h200-2026-12-02.json",
+                                      "profile_step-quick-nvidia-h200-2026-12-02.json",
+                                      "quant_matmul-sweep-nvidia-h200-2026-12-02.json")),
 }
 
 

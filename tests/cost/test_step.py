@@ -10,7 +10,7 @@ import torch
 if not torch.cuda.is_available():  # before anything imports triton (tests/backends/_triton_interp.py)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from membound.backends.triton.step_plan import linear_kind
+from membound.backends.triton.step_plan import QUANT_OPS, linear_kind, quant_kind
 from membound.cost import Hardware
 from membound.cost.step import (
     STEP_PRIORS,
@@ -100,7 +100,106 @@ def test_priors_per_card() -> None:
 @pytest.mark.parametrize("op,m,kind", [("linear", 1, "gemv"), ("linear", 2, "gemv"), ("gated_linear", 1, "gemv_gated"),
                                        ("linear", 3, "gemv_dot"), ("linear", 16, "gemv_dot"),
                                        ("gated_linear", 8, "gemv_dot_gated"), ("linear", 17, "cublas"),
-                                       ("gated_linear", 1024, "cublas"), ("quant_linear", 8, "quant_gemv"),
-                                       ("quant_gated_linear", 64, "quant_mma")])
+                                       ("gated_linear", 1024, "cublas")])
 def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str) -> None:
     assert linear_kind(op, m) == kind
+
+
+# quant_matmul.pick_config's paths at the 8B shapes, bf16 x: int8/fp8 on tensor cores at every decode M
+# (M <= 2 padded to 16), int4 the pairs kernel; fp32 x takes no pairs (int4: the FMA GEMV below lm-head widths,
+# tensor cores over words from 3 rows); beyond 32 rows the prefill path quant_matmul.prefill_path picks on the
+# H200's spec (the fused kernel, or dequantize + cuBLAS)
+@pytest.mark.parametrize("op,m,n,k,scheme,dtype,kind", [
+    ("quant_linear", 1, 6144, 4096, "int8", torch.bfloat16, "quant_dot_int8"),
+    ("quant_gated_linear", 8, 4096, 14336, "int8", torch.bfloat16, "quant_dot_int8_gated"),
+    ("quant_linear", 1, 6144, 4096, "fp8", torch.bfloat16, "quant_dot_fp8"),
+    ("quant_gated_linear", 1, 4096, 14336, "fp8", torch.bfloat16, "quant_dot_fp8_gated"),
+    ("quant_linear", 1, 6144, 4096, "int4", torch.bfloat16, "quant_pairs_int4"),
+    ("quant_linear", 32, 128256, 4096, "int4", torch.float16, "quant_pairs_int4"),
+    ("quant_gated_linear", 8, 4096, 14336, "int4", torch.bfloat16, "quant_pairs_int4_gated"),
+    ("quant_linear", 1, 6144, 4096, "int4", torch.float32, "quant_gemv_int4"),
+    ("quant_linear", 1, 128256, 4096, "int4", torch.float32, "quant_dot_int4"),
+    ("quant_gated_linear", 8, 4096, 14336, "int4", torch.float32, "quant_dot_int4_gated"),
+    ("quant_linear", 33, 6144, 4096, "int8", torch.bfloat16, "quant_mma_int8"),
+    ("quant_gated_linear", 64, 4096, 14336, "int4", torch.bfloat16, "quant_mma_int4"),
+    ("quant_linear", 1024, 4096, 14336, "int8", torch.bfloat16, "quant_dequant_int8"),  # prefill_path's choice
+])
+def test_quant_kind_follows_the_scheme_and_path(op: str, m: int, n: int, k: int, scheme: str, dtype: torch.dtype,
+                                               kind: str) -> None:
+    assert quant_kind(op, m, n, k, scheme, 128 if scheme == "int4" else 0, dtype) == kind
+    assert STEP_PRIORS["h200"].kernel(kind).source  # every kind it can give is priced, with its source
+
+
+def test_quant_kinds_are_not_linear_kinds() -> None:
+    with pytest.raises(ValueError, match="quant_kind"):
+        linear_kind("quant_linear", 1)
+
+
+# one quant_linear and one quant_gated_linear launch of each packed format, as the quantize-weights pass
+# writes them (8B down projection: K = 14336, int4 groups of 128)
+QUANT_GRAPH = """graph @f(%x: bf16[B, 14336], %g: bf16[B, 14336], %u: bf16[B, 14336]) params(%q: {q}, %s: {s}) {{
+  %y = quant_linear(%x, %q, %s) {{{attrs}}} : bf16[B, 4096]
+  %z = quant_gated_linear(%g, %u, %q, %s) {{{attrs}}} : bf16[B, 4096]
+  return %y, %z
+}}"""
+FORMATS = {"int8": ("i8[4096, 14336]", "bf16[4096]", 'scheme="int8", in_features=14336'),
+           "fp8": ("f8e4m3[4096, 14336]", "bf16[4096]", 'scheme="fp8", in_features=14336'),
+           "int4": ("u8[4096, 7168]", "bf16[4096, 112, 2]", 'scheme="int4", group_size=128, in_features=14336')}
+
+
+@pytest.mark.parametrize("scheme,kind", [("int8", "quant_dot_int8"), ("int4", "quant_pairs_int4"),
+                                         ("fp8", "quant_dot_fp8")])
+def test_each_scheme_costs_its_launches_with_its_own_prior(scheme: str, kind: str) -> None:
+    from membound.backends.triton.step_plan import call_kind
+    from membound.ir.parser import parse
+    from membound.ir.verify import verify
+
+    q, s, attrs = FORMATS[scheme]
+    graph = parse(QUANT_GRAPH.format(q=q, s=s, attrs=attrs))
+    verify(graph)
+    plain, gated = [n for n in graph.nodes if n.op.startswith("quant_")]
+    for batch in (1, 8, 32):
+        assert call_kind(plain, "library", {"B": batch}) == kind
+        assert call_kind(gated, "library", {"B": batch}) == kind + "_gated"
+    assert call_kind(plain, "library", {"B": 64}) == f"quant_mma_{scheme}"
+    assert call_kind(gated, "library", {"B": 1024}, HW) == f"quant_dequant_{scheme}"
+    # each scheme its own line, fitted to per-op rows of that scheme
+    lines = {(p.fixed, p.efficiency) for p in map(STEP_PRIORS["h200"].kernel, ("quant_dot_int8", "quant_pairs_int4",
+                                                                              "quant_dot_fp8"))}
+    assert len(lines) == 3
+    assert f"{scheme} " in STEP_PRIORS["h200"].kernel(kind).source + " "
+
+
+# [QM] (quant_matmul-nvidia-h200-2026-12-01.json, read 4274 GB/s) at 4096 x 14336, M = 64: dequantize + cuBLAS
+# less cuBLAS alone, us: int8 448.1 - 36.2, int4 1495.0 - 36.2
+@pytest.mark.parametrize("scheme,packed,measured", [("int8", 4096 * 14336 + 4096 * 2, 412e-6),
+                                                    ("int4", 4096 * 7168 + 4096 * 112 * 2 * 2, 1459e-6)])
+def test_a_dequantized_prefill_matmul_is_its_dequantization_then_cublas(scheme: str, packed: int,
+                                                                        measured: float) -> None:
+    from membound.backends.triton.step_plan import dequant_works
+    from membound.ir.parser import parse
+
+    q, s, attrs = FORMATS[scheme]
+    _, gated = [n for n in parse(QUANT_GRAPH.format(q=q, s=s, attrs=attrs)).nodes if n.op.startswith("quant_")]
+    m = 1024
+    op_bytes = packed + 2 * (2 * m * 14336 + m * 4096)  # what the op moves: weight, gate, up, y
+    dq, mm = dequant_works(gated, "down", f"quant_dequant_{scheme}", 2.0 * m * 4096 * 14336, op_bytes, {"B": m},
+                           "bf16")
+    assert (dq.kind, dq.bytes, dq.flops) == (f"quant_dequant_{scheme}", packed, 0.0)
+    # cuBLAS reads the bf16 temporary instead of the packed weight, and does the FLOPs
+    assert (mm.kind, mm.bytes, mm.flops) == ("cublas", 4096 * 14336 * 2 + op_bytes - packed, 2.0 * m * 4096 * 14336)
+    dequantize = predict_step([dq], HW, loop=False, bandwidth=4274e9).work_s
+    assert dequantize == pytest.approx(measured, rel=0.05)
+
+
+def test_every_quant_kind_the_paths_can_give_has_a_prior() -> None:
+    kinds = set()
+    for scheme in ("int8", "int4", "fp8"):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for m in (1, 2, 3, 16, 32, 33, 1024):
+                for n, k in ((24, 40), (4096, 14336), (128256, 4096), (40, 33)):
+                    for op in QUANT_OPS:
+                        kinds.add(quant_kind(op, m, n, k, scheme, 32 if scheme == "int4" else 0, dtype))
+    assert {"quant_gemv_int4", "quant_dot_int8_gated", "quant_pairs_int4_gated", "quant_dequant_int4"} <= kinds
+    missing = [kind for kind in sorted(kinds) if kind not in STEP_PRIORS["h200"].kernels]
+    assert not missing, missing

@@ -9,12 +9,19 @@ Each step of a partition becomes one :class:`~membound.cost.step.KernelWork` (vi
   ``gated_linear_add``) run the same kernel and take the same kinds: what the norm prologue adds (each
   program re-reads its rows of x from L2 for their rms) and the residual tile are not priced apart yet;
   ``benches/profile_step.py`` on a GPU measures them;
-- ``quant_linear`` / ``quant_gated_linear`` -> ``quant_gemv`` up to ``SMALL_M`` rows, ``quant_mma`` above;
+- ``quant_linear`` / ``quant_gated_linear`` -> the path ``kernels/quant_matmul.py`` takes for the scheme at
+  that many rows (``quant_kind``): ``quant_gemv_<scheme>`` (register FMA), ``quant_dot_<scheme>`` (tensor
+  cores, M padded to 16 / 32: int8 and fp8 at every decode M), ``quant_pairs_int4`` (tensor cores over the
+  int4 pairs dequantization: int4 with 16-bit x at every decode M), ``_gated`` for the gated op; above
+  ``quant_matmul.SMALL_M`` rows (prefill) the path ``quant_matmul.prefill_path`` picks on the card's spec:
+  ``quant_mma_<scheme>`` (the fused kernel) or ``quant_dequant_<scheme>`` (dequantize the packed weight,
+  then ``cublas`` on the temporary: two work items, see ``dequant_works``);
 - ``cached_attention`` -> ``decode_attention`` for one query per row, else ``attention``; ``attention``
   -> ``attention``; other library kernels -> ``library``; ops run by their torch reference -> ``torch``.
 
 One launch per library call: the split kernels (split-K linear, flash decoding) reduce in their last
-program, not in a second kernel.
+program, not in a second kernel (a quantized matmul run as dequantize + cuBLAS is two items: its
+dequantization and the matmul).
 
     works = kernel_works(executable.partition, {"B": 1, "T": 192})
     pred = predict_step(works, hardware, mode="graph+pdl")
@@ -42,11 +49,12 @@ Dims = Mapping[Union[str, sympy.Symbol], int]
 
 
 def linear_kind(op: str, m: int) -> str:
-    """The kernel kind the library runs ``op`` with at ``m`` rows (``kernels/linear.py``'s path choice)."""
+    """The kernel kind the library runs ``op`` (a bf16 GEMV op) with at ``m`` rows (``kernels/linear.py``'s
+    path choice)."""
     from membound.backends.triton.kernels.linear import SMALL_M, pick_config
 
     if op in QUANT_OPS:
-        return "quant_gemv" if m <= SMALL_M else "quant_mma"
+        raise ValueError(f"linear_kind: {op} takes its kind from its scheme and shape: use quant_kind")
     if m > SMALL_M:
         return "cublas"
     # the FMA/dot choice depends on m only (the device enters the split count, which the prior covers)
@@ -55,14 +63,35 @@ def linear_kind(op: str, m: int) -> str:
     return kind + ("_gated" if op in _GATED else "")
 
 
-def call_kind(node: Node, impl: str, dims: Dims) -> str:
-    """The kernel kind of a node run as a call (``impl``: "library" or "torch")."""
+def quant_kind(op: str, m: int, n: int, k: int, scheme: str, group_size: int = 0,
+               dtype: torch.dtype = torch.bfloat16, hardware: Optional[Hardware] = None) -> str:
+    """The kernel kind ``quant_matmul`` runs ``op`` with at ``m`` rows of ``dtype`` x against an ``[n, k]``
+    weight packed as ``scheme``: its ``pick_config`` decides (the device enters only the split count, which
+    the prior covers); above ``SMALL_M`` rows its ``prefill_path`` rule on ``hardware``'s spec (default
+    the H200's)."""
+    from membound.backends.triton.kernels import quant_matmul as qm
+
+    if m > qm.SMALL_M:
+        times = qm.prefill_times(m, n, k, scheme, group_size, dtype, torch.device("cpu"),
+                                 hardware or Hardware.named("h200"))
+        return f"quant_mma_{scheme}" if times["kernel"] <= times["cublas"] else f"quant_dequant_{scheme}"
+    cfg = qm.pick_config(max(m, 1), n, k, scheme, group_size, dtype, torch.device("cpu"))
+    path = "pairs" if cfg.pairs else "dot" if cfg.use_dot else "gemv"
+    return f"quant_{path}_{scheme}" + ("_gated" if op == "quant_gated_linear" else "")
+
+
+def call_kind(node: Node, impl: str, dims: Dims, hardware: Optional[Hardware] = None) -> str:
+    """The kernel kind of a node run as a call (``impl``: "library" or "torch") on ``hardware``."""
     if impl == "torch":
         return "torch"
     if node.op in LINEAR_OPS + QUANT_OPS:
         x = node.inputs[0].type
         k = x.shape[-1]
         m = int(evaluate(x.numel() / k, bindings(dims), f"{node.op} rows"))
+        if node.op in QUANT_OPS:
+            n = int(evaluate(node.results[0].type.shape[-1], bindings(dims), f"{node.op} columns"))
+            return quant_kind(node.op, m, n, int(evaluate(k, bindings(dims), f"{node.op} K")),
+                              node.attrs["scheme"], node.attrs.get("group_size", 0), x.dtype, hardware)
         return linear_kind(node.op, m)
     if node.op == "cached_attention":
         rows = node.inputs[0].type.shape[2]  # q [B, Hq, S, D]: S new tokens per row
@@ -90,11 +119,30 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
             name, kind, node = step.name, "fused", step.nodes[0]
         else:
             node = step.node
-            name, kind = f"{node.op} %{node.results[0].name}", call_kind(node, impl, dims)
+            name, kind = f"{node.op} %{node.results[0].name}", call_kind(node, impl, dims, hardware)
         dtype = node.inputs[0].dtype if node.inputs else node.results[0].dtype
         precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+        if kind.startswith("quant_dequant_"):
+            out += dequant_works(node, name, kind, est.flops, nbytes, dims, precision)
+            continue
         out.append(KernelWork(name, kind, est.flops, max(nbytes, 0.0), precision))
     return out
 
 
-__all__ = ["call_kind", "kernel_works", "linear_kind"]
+def dequant_works(node: Node, name: str, kind: str, flops: float, nbytes: float, dims: Dims,
+                  precision: str) -> list[KernelWork]:
+    """A quantized matmul run as its reference (``quant_matmul.prefill_path`` chose cuBLAS): the dequantization
+    of the packed weight into a temporary of x's dtype (``kind``: its time goes with the packed bytes), then a
+    cuBLAS matmul over the temporary, x and y (the op's other bytes, and its FLOPs)."""
+    env = bindings(dims)
+    acts = 2 if node.op == "quant_gated_linear" else 1  # (x | gate, up), qweight, scales (, bias)
+    weight, scales = node.inputs[acts], node.inputs[acts + 1]
+    packed = sum(float(evaluate(v.type.nbytes(), env, f"{node.op} packed bytes")) for v in (weight, scales))
+    n = float(evaluate(weight.type.shape[0], env, f"{node.op} N"))
+    k = float(node.attrs["in_features"])
+    dense = n * k * node.inputs[0].type.dtype.itemsize
+    return [KernelWork(f"{name} (dequantize)", kind, 0.0, packed, precision),
+            KernelWork(f"{name} (matmul)", "cublas", flops, dense + max(nbytes - packed, 0.0), precision)]
+
+
+__all__ = ["call_kind", "dequant_works", "kernel_works", "linear_kind", "quant_kind"]
