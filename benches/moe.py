@@ -337,6 +337,8 @@ class Bench:
 
             if not a.quick:
                 contenders.append(("hf compile", hf_compile, hf_batches))
+        if a.only:
+            contenders = [c for c in contenders if c[0] in a.only]
         for name, gen, bs in contenders:
             if a.budget_s and time.perf_counter() - self.started > a.budget_s:
                 self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
@@ -364,6 +366,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, eager contenders (plumbing only)")
     p.add_argument("--budget-s", type=float, default=None, help="skip contenders starting later (GPU: 450)")
     p.add_argument("--out", default=str(ROOT / "benches" / "results"))
+    p.add_argument("--only", nargs="+", default=None,
+                   help="time only these contenders (e.g. 'membound int4'); the others are skipped")
     p.add_argument("--cd-tuning", action="store_true",
                    help="Inductor coordinate_descent_tuning on for every torch.compile contender (gpt-fast's setting)")
     a = p.parse_args(argv)

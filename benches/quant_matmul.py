@@ -64,6 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--shapes", default=None, help="NxK list, e.g. 4096x4096,128256x2048 (default: all five)")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for a copy of the result file")
     p.add_argument("--smoke", action="store_true", help="CPU + Triton interpreter, tiny sizes (checks the script)")
+    p.add_argument("--ms", default=None, help="M values of the contender table, e.g. 64 (default 1,4,16,32,64)")
     args = p.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
@@ -82,6 +83,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         shapes = shapes[:2]
     if args.quick:
         ms = (1, 16) if not args.smoke else (1, 5)
+    if args.ms:
+        ms = tuple(int(v) for v in args.ms.split(","))
     t0 = time.perf_counter()
     if args.sweep:
         sweep_ms = (1, 5) if args.smoke else tuple(int(v) for v in args.sweep_ms.split(","))
@@ -385,12 +388,13 @@ def _quant(x: Any, q: Any, s: Any, out: Any, **kw: Any) -> Any:
 
 
 def _dequant_mm(x: Any, q: Any, s: Any, out: Any, *, scheme: str, group_size: int, in_features: int) -> Any:
-    """The prefill alternative: dequantize to a temporary in x's dtype, then cuBLAS."""
+    """The prefill alternative as quant_linear runs it: dequantize to a temporary in x's dtype with
+    ``quant_dequant.dequantize_weight`` (one kernel), then cuBLAS."""
     import torch
 
-    from membound.ir.ops.quant import dequantize
+    from membound.backends.triton.kernels.quant_dequant import dequantize_weight
 
-    return torch.mm(x, dequantize(q, s, scheme, group_size, in_features, x.dtype).t(), out=out)
+    return torch.mm(x, dequantize_weight(q, s, scheme, group_size, in_features, x.dtype).t(), out=out)
 
 
 def _keys(rows: list[dict]) -> list[tuple[int, int, int]]:

@@ -864,8 +864,12 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
     if reason is not None or m == 0 or n == 0:
         return fallback(op, reason or "empty product", reference(), out)
     if m > SMALL_M and config is None and prefill_path(m, n, k, scheme, group_size, x.dtype, x.device) == "cublas":
+        # the weight dequantized into a temporary by one kernel (quant_dequant.py), then cuBLAS
+        from membound.backends.triton.kernels.quant_dequant import dequantize_weight
+
         note(op, "cublas")
-        result = reference()
+        w = dequantize_weight(qweight, scales, scheme, group_size, k, x.dtype)
+        result = F.linear(x if up is None else F.silu(x) * up, w, bias)
         return result if out is None else _copy_out(op, out, result)
 
     y = check_out(op, out, lead + (n,), x.dtype, x.device)
