@@ -52,6 +52,7 @@ from membound.ir.ops.moe import route, shared_expert
 from membound.ir.ops.quant import QWEIGHT_DTYPE
 
 BLOCK_M = 16  # pairs per tile: one tensor-core tile of rows
+INT4_RUNS = False  # int4 weight tiles as contiguous byte runs (_weight_tile): faster, not yet checked on a GPU
 
 
 # SCHEME: how expert weights are stored (module constants a @triton.jit body may read must be constexpr)
@@ -72,28 +73,44 @@ def _row_scales(s_ptr, e, ns, n_ok, stride_se, SCHEME: tl.constexpr):
 
 @triton.jit
 def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_wn, stride_se, stride_sn, row_scale,
-                 SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+                 SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, RUNS: tl.constexpr):
     """The ``[BLOCK_K, BLOCK_N]`` tile of ``W[e].T`` at columns ``ks`` (``k0 .. k0 + BLOCK_K``; a stored row is
     ``KW`` elements wide: K, or int4's ceil(K / 2) bytes, a size Triton sees divisible by 16 at real shapes): the
     float weights as stored (``NONE``), or dequantized in fp32 (the caller rounds to the activation dtype,
     as the reference does).
 
-    int4: codes ``k`` of a row are nibble ``k % 2`` of byte ``k // 2``. The tile's ``BLOCK_K / 2`` bytes a
-    row are loaded once, as a contiguous run (so the loads coalesce along K like the float tiles'; indexing
-    by ``k // 2`` instead loaded each byte twice, scattered: 42 tok/s at the Mixtral-8x7B shape on an H200
-    against 387 for bf16), split into low and high nibbles, and interleaved back into k order in registers.
+    int4: codes ``k`` of a row are nibble ``k % 2`` of byte ``k // 2``, indexed so (``RUNS`` off, the
+    default), each byte loaded for both its codes, scattered: correct on the GPU but slow (42 tok/s at the
+    Mixtral-8x7B shape on an H200 against 387 for bf16). ``RUNS`` (``INT4_RUNS``) loads the tile's
+    ``BLOCK_K / 2`` bytes a row once, as one contiguous run, and interleaves the nibbles in registers; its
+    first form (``tl.permute`` then ``tl.reshape``) passed the interpreter but gave wrong codes compiled for
+    sm_90 under Triton 3.6, and the form here (nibbles joined on a last axis, as ``quant_dequant.py`` does,
+    which the H200 ran correctly, then ``tl.trans``) is checked by the interpreter only so far: off until a
+    GPU run of ``tests/backends/test_moe_kernel.py`` passes with it (the test runs both).
     The tile lies inside one group (``BLOCK_K <= GROUP``, both powers of two, ``k0`` a multiple of
     ``BLOCK_K``), so each row's (scale, offset) is loaded once per tile. fp8: the bytes reinterpreted as e4m3."""
     # one return at the end: compiled Triton rejects returns of different dtypes in one function, even
     # in branches a constexpr rules out (the interpreter does not)
     mask = k_ok[:, None] & n_ok[None, :]
     rows = w_ptr + e * stride_we + ns[None, :] * stride_wn
-    if SCHEME == INT4:
-        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # the tile's bytes along K
-        raw = tl.load(rows + kb[:, None], mask=(kb[:, None] < KW) & n_ok[None, :], other=0).to(tl.int32)
+    if SCHEME == INT4 and not RUNS:
+        raw = tl.load(rows + ks[:, None] // 2, mask=mask, other=0).to(tl.int32)
+        code = ((raw >> ((ks[:, None] % 2) * 4)) & 0xF).to(tl.float32)
+        pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
+        scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)
+        offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)
+        w = tl.where(mask, code * scale[None, :] + offset[None, :], 0.0)
+    elif SCHEME == INT4:
+        # the tile's bytes along K, loaded [BLOCK_N, BLOCK_K / 2]; the nibbles joined on a last axis and
+        # reshaped give k = 2 kb + nibble in k order, then transposed to [BLOCK_K, BLOCK_N]. (Joining them
+        # on the K axis of a [BLOCK_K / 2, BLOCK_N] tile through tl.permute then tl.reshape passed the
+        # interpreter but gave wrong codes compiled for sm_90 under Triton 3.6.)
+        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        raw = tl.load(w_ptr + e * stride_we + ns[:, None] * stride_wn + kb[None, :],
+                      mask=n_ok[:, None] & (kb[None, :] < KW), other=0).to(tl.int32)
         lo = (raw & 0xF).to(tl.float32)  # code 2 * kb
         hi = ((raw >> 4) & 0xF).to(tl.float32)  # code 2 * kb + 1
-        code = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BLOCK_K, ns.shape[0]))
+        code = tl.trans(tl.reshape(tl.join(lo, hi), (ns.shape[0], BLOCK_K)))
         pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
         scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)
         offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)
@@ -113,7 +130,7 @@ def _moe_gate_up(
     I, K, KW, TOP_K,
     stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_sgn, stride_su, stride_sun, stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    SCHEME: tl.constexpr, GROUP: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
@@ -139,9 +156,9 @@ def _moe_gate_up(
             x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             # [BLOCK_K, BLOCK_N] tiles of W.T (each row of W is contiguous in K), dequantized in registers
             wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg,
-                              stride_sgn, sg, SCHEME, GROUP, BLOCK_K).to(x.dtype)
+                              stride_sgn, sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
             wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su,
-                              stride_sun, su, SCHEME, GROUP, BLOCK_K).to(x.dtype)
+                              stride_sun, su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
             acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
             acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
         # round like the reference: each product in the activation dtype, then silu * up
@@ -158,7 +175,7 @@ def _moe_down(
     D, I, KW,
     stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    SCHEME: tl.constexpr, GROUP: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
@@ -178,7 +195,7 @@ def _moe_down(
             k_ok = ks < I
             h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd,
-                             stride_sdn, sd, SCHEME, GROUP, BLOCK_K).to(h.dtype)
+                             stride_sdn, sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
             acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
         y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the expert's output, in the activation dtype
         rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
@@ -277,14 +294,14 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, i, d, w_gate.shape[-1], top_k, h.stride(0),
         w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
         s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk,
-        INPUT_PRECISION=precision, SCHEME=scheme, GROUP=max(group, 1), num_warps=4)
+        INPUT_PRECISION=precision, SCHEME=scheme, GROUP=max(group, 1), RUNS=INT4_RUNS, num_warps=4)
     bn, bk = _block(d, 64), _block(i, cap_k)
     launchable(_moe_down, x.device)[(e, cdiv(d, bn))](
         hidden, w_down, s_down, y, order, weights_.reshape(-1).contiguous(), offsets, d, i, w_down.shape[-1],
         hidden.stride(0),
         w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, SCHEME=scheme, GROUP=max(group, 1),
-        num_warps=4)
+        RUNS=INT4_RUNS, num_warps=4)
     combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
     if shared:
         combined += shared_expert(h, shared, attrs["act"])

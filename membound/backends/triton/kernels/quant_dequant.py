@@ -18,6 +18,8 @@ Falls back to the torch reference for CPU tensors without ``TRITON_INTERPRET=1``
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -27,6 +29,9 @@ from membound.backends.triton.kernels._launch import cdiv, launchable, unsupport
 BLOCK_N = 16
 BLOCK_K = 256  # elements along K per program: 256 bytes of int8, 128 of int4, 512 of bf16 written per row
 SCHEME_CODE = {"int8": 0, "int4": 1, "fp8": 2}
+# int4's q * s + o as a multiply then an add, each rounded, as torch computes it: a fused multiply-add
+# rounds once and differs in the last fp32 bit (seen on the H200 in fp32). The interpreter never fuses.
+NO_FMA = {} if os.environ.get("TRITON_INTERPRET", "0") == "1" else {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -82,7 +87,8 @@ def dequantize_weight(qweight: torch.Tensor, scales: torch.Tensor, scheme: str, 
     stride_sg = s.stride(1) if scheme == "int4" else 0
     launchable(_dequantize, qweight.device)[(cdiv(n, BLOCK_N), cdiv(k, BLOCK_K))](
         q, s, w, n, k, qweight.shape[1], max(group_size, 1), q.stride(0), s.stride(0), stride_sg, w.stride(0),
-        SCHEME=SCHEME_CODE[scheme], BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4)
+        SCHEME=SCHEME_CODE[scheme], BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=4,
+        **NO_FMA)
     return w
 
 
