@@ -4,11 +4,11 @@ with errors that name the pass and the option."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
 
+from membound.cli import main
 from membound.passes import PassContext, get_pass
 from membound.passes.constant_fold import ConstantFold, ConstantFoldOptions
 from membound.passes.options import PassOptionError, describe_options, parse_pipeline
@@ -81,7 +81,7 @@ def test_no_free_form_options_on_the_context() -> None:
     assert not hasattr(PassContext(), "options")
 
 
-def test_membound_opt_takes_pass_options(tmp_path) -> None:
+def test_membound_opt_takes_pass_options(tmp_path, capsys) -> None:
     src = tmp_path / "in.mir"
     src.write_text("""graph @t(%x: f32[4]) {
     %a = arange() {start=0, end=8, step=1, dtype=f32} : f32[8]
@@ -91,9 +91,11 @@ def test_membound_opt_takes_pass_options(tmp_path) -> None:
     return %y
 }
 """)
-    def opt(passes: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "membound", "opt", str(src), "-p", passes, "--hardware", "none"],
-                              capture_output=True, text=True, timeout=300)
+    def opt(passes: str) -> SimpleNamespace:
+        """The command in this process (``python -m membound`` is the same ``main``: tests/test_cli.py)."""
+        code = main(["opt", str(src), "-p", passes, "--hardware", "none"])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
     folded = opt("constant-fold")
     assert folded.returncode == 0, folded.stderr
