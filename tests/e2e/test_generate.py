@@ -64,15 +64,22 @@ def test_greedy_generate_equals_full_recompute(kind, name, lengths):
     assert torch.equal(out[:, ids.shape[1]:], ref), (out[:, ids.shape[1]:], ref)
 
 
-def test_left_padding_gives_the_same_tokens_as_right_padding():
+@pytest.fixture(scope="module")
+def llama():
+    """One compiled llama-tiny for the tests that only call generate on it (its capture and KV program are
+    built once; the cache-reuse and capacity tests compile their own)."""
     model = build_model("llama-tiny")
+    return model, membound.compile(model)
+
+
+def test_left_padding_gives_the_same_tokens_as_right_padding(llama):
+    _, compiled = llama
     ids, mask = prompts(256, [4, 7])
     left = torch.zeros_like(ids)
     lmask = torch.zeros_like(mask)
     for i, n in enumerate([4, 7]):
         left[i, 7 - n:] = ids[i, :n]
         lmask[i, 7 - n:] = 1
-    compiled = membound.compile(model)
     a = membound.generate(compiled, ids, 6, attention_mask=mask)[:, 7:]
     b = membound.generate(compiled, left, 6, attention_mask=lmask)[:, 7:]
     assert torch.equal(a, b)
@@ -94,9 +101,8 @@ def test_cache_is_reused_across_calls_without_reallocation():
     assert cache.allocations == 2
 
 
-def test_cache_holds_kv_heads_not_query_heads():
-    model = build_model("llama-tiny")               # 4 query heads, 2 kv heads
-    compiled = membound.compile(model)
+def test_cache_holds_kv_heads_not_query_heads(llama):
+    model, compiled = llama                         # 4 query heads, 2 kv heads
     membound.generate(compiled, torch.randint(0, 256, (1, 5)), 2)
     for name, buf in compiled._kv_program.cache.buffers.items():
         assert buf.shape[1] == model.config.n_kv_heads, name
@@ -112,9 +118,8 @@ def test_max_length_error_says_the_limit_and_how_to_raise_it():
                           max_cache_len=32)
 
 
-def test_eos_stops_rows_and_pads_after():
-    model = build_model("llama-tiny")
-    compiled = membound.compile(model)
+def test_eos_stops_rows_and_pads_after(llama):
+    _, compiled = llama
     ids = torch.randint(3, 256, (2, 6))
     free = membound.generate(compiled, ids, 12)
     eos = int(free[0, 6 + 2])                         # row 0's third new token
@@ -124,9 +129,8 @@ def test_eos_stops_rows_and_pads_after():
     assert all(t == 0 for t in row0[k + 1:])
 
 
-def test_sampling_is_reproducible_and_respects_top_k():
-    model = build_model("llama-tiny")
-    compiled = membound.compile(model)
+def test_sampling_is_reproducible_and_respects_top_k(llama):
+    _, compiled = llama
     ids = torch.randint(3, 256, (2, 6))
     a = membound.generate(compiled, ids, 10, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(3))
     b = membound.generate(compiled, ids, 10, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(3))
@@ -137,10 +141,9 @@ def test_sampling_is_reproducible_and_respects_top_k():
     assert torch.equal(g, s)
 
 
-def test_stream_callback_sees_every_step():
-    model = build_model("llama-tiny")
+def test_stream_callback_sees_every_step(llama):
     seen = []
-    out = membound.generate(membound.compile(model), torch.randint(0, 256, (2, 4)), 5, stream=seen.append)
+    out = membound.generate(llama[1], torch.randint(0, 256, (2, 4)), 5, stream=seen.append)
     assert torch.equal(torch.stack(seen, 1), out[:, 4:])
 
 
