@@ -60,10 +60,24 @@ def _run(cap: Capture, kwargs: dict[str, Any]) -> Any:
     return cap.unflatten_outputs(run_graph(cap.graph, cap.flatten_inputs((), kwargs)))
 
 
+@pytest.fixture(scope="module")
+def captured() -> Callable[[str], tuple[Any, Capture]]:
+    """``captured(name)``: the model and its export capture at input_ids (2, 7), made once per module (the
+    tests below only read them)."""
+    done: dict[str, tuple[Any, Capture]] = {}
+
+    def get(name: str) -> tuple[Any, Capture]:
+        if name not in done:
+            model = _make(name)
+            done[name] = model, capture_export(model, (), _call(torch.randint(0, VOCAB, (2, 7))))
+        return done[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", list(MODELS))
-def test_capture_once_run_at_two_shapes(name: str) -> None:
-    model = _make(name)
-    cap = capture_export(model, (), _call(torch.randint(0, VOCAB, (2, 7))))
+def test_capture_once_run_at_two_shapes(name: str, captured: Callable[[str], tuple[Any, Capture]]) -> None:
+    model, cap = captured(name)
     verify(cap.graph)
     assert [str(d) for d in cap.graph.inputs[0].shape] == ["B", "S"]
     for shape in [(2, 7), (3, 5)]:
@@ -79,9 +93,8 @@ def test_capture_once_run_at_two_shapes(name: str) -> None:
     assert not cap.matches((), _call(torch.randint(0, VOCAB, (2, 1))))
 
 
-def test_params_and_buffers_are_the_models_tensors() -> None:
-    model = _make("llama-gqa")
-    cap = capture_export(model, (), _call(torch.randint(0, VOCAB, (2, 7))))
+def test_params_and_buffers_are_the_models_tensors(captured: Callable[[str], tuple[Any, Capture]]) -> None:
+    model, cap = captured("llama-gqa")
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     names = [p.name for p in cap.graph.params]
@@ -92,10 +105,9 @@ def test_params_and_buffers_are_the_models_tensors() -> None:
     assert len(names) == len(params) + 1  # + inv_freq; original_inv_freq is never read and is dropped
 
 
-def test_matches_rejects_what_the_capture_specialised_on() -> None:
-    model = _make("gpt2-sdpa")
+def test_matches_rejects_what_the_capture_specialised_on(captured: Callable[[str], tuple[Any, Capture]]) -> None:
+    _, cap = captured("gpt2-sdpa")  # captured at input_ids (2, 7)
     ids = torch.randint(0, VOCAB, (2, 7))
-    cap = capture_export(model, (), _call(ids))
     assert cap.matches((), {"use_cache": False, "input_ids": ids[:1, :3].expand(4, 3)})  # kwargs order is free
     assert "use_cache" in cap.mismatch((), {"input_ids": ids, "use_cache": True})
     assert "dtype" in cap.mismatch((), _call(ids.to(torch.int32)))
