@@ -13,7 +13,9 @@ adds a sliding window of 1024 at S = 8192 (ours skips the tiles; SDPA takes a ma
 
 Decode (``cached_attention``, flash-decoding, one new token): 32/8 heads, head dim 128, bf16, cache
 length 4k .. 128k, batch 1 .. 64 (cases above 40 GB of cache are skipped). Contenders: ours with
-``max_len`` = the filled length, SDPA (``enable_gqa``) on the filled prefix. GB/s = (K and V of the
+``max_len`` = the filled length; ours as ``generate``'s CUDA-graph step runs it (rows ``membound graph-step
+cap=C``: no ``max_len``, a cache of capacity C, the power of two above the filled length, so the grid covers C
+in small chunks); SDPA (``enable_gqa``) on the filled prefix. GB/s = (K and V of the
 filled slots at kv heads + q + output) / median time, and % of the read bandwidth measured in the
 same run (``x.sum()`` over 2 GiB). Full mode adds a window of 4096 over a 32k cache.
 
@@ -272,6 +274,19 @@ class Bench:
                  flops, nbytes)
         self.add("decode", case, "sdpa gqa", partial(F.scaled_dot_product_attention, enable_gqa=True), theirs, want,
                  flops, nbytes)
+        if window is None and 2 * 2 * b * hkv * length * d * e <= MAX_CACHE_BYTES:
+            # what generate's CUDA-graph step runs: no known length, so the grid covers the capacity (the
+            # power-of-two bucket above the filled length) in small chunks and idle programs exit at once
+            cap = 1 << length.bit_length()
+            graph_sets = []
+            for q_, k_, v_, pos_ in ours[:max(1, self.copies(e * 2 * b * hkv * cap * d))]:
+                k2 = torch.zeros(b, hkv, cap, d, dtype=self.dtype, device=self.device)
+                v2 = torch.zeros_like(k2)
+                k2[:, :, :length], v2[:, :, :length] = k_, v_
+                graph_sets.append((q_, k2, v2, pos_))
+            self.add("decode", case, f"membound graph-step cap={cap}", partial(cached_attention, window=window),
+                     graph_sets, want, flops, nbytes)
+            del graph_sets
         q = ours[0][0]
         base = pick_config(hq // hkv, b * hkv, length, True, d, q.dtype, q.device)
         for chunk in chunks:  # fixed splits next to the heuristic's: which chunk the cost rule should pick

@@ -25,8 +25,10 @@ tokens after the same random ``--prompt``-token prompts:
   streamed, so it is not counted; a tied one is streamed once, as the head. Quantized rows count their
   own weights: the packed weights and scales of the decode graph plus the float parameters it streams.
 
-For each ``membound triton`` row the bench also records the decode step alone, ``step_s`` = (timed call -
-a call of N/2 tokens) / (N - N/2) (the prefill cancels), beside the cost model's prediction of the step and
+For each ``membound triton`` row (and each compiled contender) the bench also records the decode step alone,
+``step_s`` = (timed call - a call of N/2 tokens) / (N - N/2) (the prefill cancels), printed with its % of
+read bandwidth (the comparison that holds when a long prompt's prefill dominates the call); for membound
+rows beside the cost model's prediction of the step and
 of the whole call (``predicted_step_s``, ``predicted_call_s``: ``membound.step_prediction.predict_generate``
 on this card at this run's read bandwidth), and prints both after the table: the check of issue 13's
 "predicted vs measured decode step within 20%".
@@ -441,6 +443,12 @@ class Bench:
                 row.pct_copy = 100 * row.gbps / self.record["copy_bandwidth_gbps"]
             if compiled:
                 row.compile_s = row.first_call_s - row.timed_s
+                if not contender.startswith("membound") and n >= 4:
+                    # the decode step alone, as membound's rows measure it (the prefill cancels): compare
+                    # contenders by step where the prefill dominates the call (long prompts)
+                    half = n // 2
+                    _, t_half = timed(lambda: gen(ids, half))
+                    row.step_s = (row.timed_s - t_half) / (n - half)
         except Exception as exc:  # noqa: BLE001 (one contender's failure must not end the bench)
             row.status = f"failed: {first_line(exc)}"
             row.error = traceback.format_exc()[-3000:]
@@ -644,6 +652,21 @@ def table(record: dict[str, Any]) -> str:
                      f"{fmt(r['gbps'], '7.0f')} {fmt(r['pct_roofline'], '6.1f')} {fmt(r.get('pct_copy'), '6.1f')} "
                      f"{fmt(r['first_call_s'], '8.2f')} "
                      f"{fmt(r['compile_s'], '9.1f')} {agree:>12s}")
+    stepped = [r for r in rows if r.get("step_s") and r["status"] == "ok"]
+    if stepped:
+        lines.append("decode step alone (call - call of half the tokens, per token between): ms, and % of read "
+                     "bandwidth over the bytes a step must read at the average position of those steps")
+        for r in stepped:
+            info = record.get("models", {}).get(r["model"], {})
+            n = record["new_tokens"]
+            at = record["prompt"] + n // 2 + (n - n // 2) // 2
+            streamed = r.get("weight_bytes") or info.get("weight_bytes")
+            pct = "     -"
+            if streamed and info.get("kv_bytes_per_token"):
+                nbytes = streamed + r["batch"] * info["kv_bytes_per_token"] * at
+                pct = f"{100 * nbytes / r['step_s'] / 1e9 / record['read_bandwidth_gbps']:6.1f}"
+            lines.append(f"{r['model']:9s} {r['batch']:>2d} {r['contender']:{width}s} step {r['step_s'] * 1e3:7.3f} ms "
+                         f"{pct} %")
     predicted = [r for r in rows if r.get("predicted_step_s")]
     if predicted:
         lines.append("cost model (membound.step_prediction) vs measured: decode step ms (measured = (call - call of "

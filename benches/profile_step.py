@@ -5,6 +5,7 @@ the cost model's prediction of the same step.
                                                                      # shapes, batch 1 and 8, context 256
     PYTHONPATH=. python benches/profile_step.py --models llama-8b --batches 8 --context 1024 --source builtin
     MEMBOUND_PDL=0 PYTHONPATH=. python benches/profile_step.py ...   # the same without programmatic dependent launch
+    PYTHONPATH=. python benches/profile_step.py --quick --quantize int8  # the quantized step (compile(quantize=))
     PYTHONPATH=. python benches/profile_step.py --smoke --out DIR    # CPU: formats a made-up profile (CI)
 
 Per (model, batch): the model (``--source hf``: ``transformers.LlamaForCausalLM`` at the shape of the
@@ -150,7 +151,8 @@ def attach_prediction(case: dict[str, Any], pred: Any) -> None:
 def format_case(case: dict[str, Any], top: int = 25) -> str:
     """The text report of one profiled step."""
     pred = case.get("predicted") or {}
-    head = (f"== {case['source']} {case['model']} b{case['batch']} context {case['context']} "
+    quant = f" {case['quantize']}" if case.get("quantize") else ""
+    head = (f"== {case['source']} {case['model']}{quant} b{case['batch']} context {case['context']} "
             f"({'PDL' if case.get('pdl') else 'no PDL'}): {case['launches']} launches per step; step "
             f"{case['step_us']:.1f} us (graph replay, CUDA events); profiled span {case['span_us']:.1f} us, "
             f"kernel time {case['busy_us']:.1f} us, gaps {case['gaps_us']:+.1f} us")
@@ -263,7 +265,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         try:
             model = build_model(args.source, name, device, dtype)
             vocab = int(model.config.vocab_size)
-            compiled = membound.compile(model, backend="triton", cuda_graphs=True)
+            compiled = membound.compile(model, backend="triton", cuda_graphs=True,
+                                        **({"quantize": args.quantize} if args.quantize else {}))
             program = build_kv_program(compiled, torch.zeros(1, 8, dtype=torch.long, device=device))
         except Exception as exc:  # noqa: BLE001 (a model that does not build keeps the others)
             why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"[:300]
@@ -274,7 +277,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         built = time.perf_counter() - t0
         for batch in args.batches:
             t1 = time.perf_counter()
-            case = {"model": name, "source": args.source}
+            case = {"model": name, "source": args.source, "quantize": args.quantize}
             try:
                 case.update(profile_case(compiled, program, vocab, batch, args.context, args, device))
                 pred = predict_decode_step(compiled, batch, args.context, hardware=hardware, loop=False)
@@ -320,6 +323,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--timed", type=int, default=100, help="replays timed with CUDA events")
     p.add_argument("--quick", action="store_true", help="llama-1b and llama-8b, batch 1 and 8 (< 2 min on one GPU)")
     p.add_argument("--smoke", action="store_true", help="CPU: a made-up profile through the tables (checks the script)")
+    p.add_argument("--quantize", default=None, choices=("int8", "int4", "fp8"),
+                   help="profile the step of membound.compile(..., quantize=SCHEME)")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for a copy of the result files")
     args = p.parse_args(argv)
     if args.quick:
@@ -347,7 +352,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     tag = "smoke" if args.smoke else ("quick" if args.quick else f"{args.source}-{'+'.join(args.models)}-b"
                                       f"{'+'.join(map(str, args.batches))}")
     pdl = "" if args.smoke or os.environ.get("MEMBOUND_PDL", "1") != "0" else "-nopdl"
-    stem = f"profile_step-{tag}{pdl}-{gpu_slug(gpu)}-{date}"
+    quant = f"-{args.quantize}" if args.quantize and not args.smoke else ""
+    stem = f"profile_step-{tag}{quant}{pdl}-{gpu_slug(gpu)}-{date}"
     record = {"bench": "profile_step", "device": gpu, "date": date, "args": vars(args), "versions": versions(),
               "method": __doc__.split("\n\n", 2)[2].strip(), "cases": cases}
     text = "\n\n".join(format_case(c) if "error" not in c else f"{c['model']} b{c['batch']}: failed: {c['error']}"
