@@ -139,7 +139,7 @@ class CUDAGraphRunner:
     def __init__(self, build: Callable[[GraphKey], Executable], *,
                  length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS, copy_outputs: bool = True,
                  warmup: int = 2, batch_of: Optional[Callable[[Sequence[torch.Tensor]], int]] = None,
-                 capture: Callable[..., CapturedGraph] = CapturedGraph) -> None:
+                 capture: Callable[..., CapturedGraph] = CapturedGraph, captures: Optional[list] = None) -> None:
         buckets = sorted(int(b) for b in length_buckets)
         if not buckets or buckets[0] <= 0 or len(set(buckets)) != len(buckets):
             raise ValueError(f"cuda graphs: length_buckets must be distinct positive ints, got {list(length_buckets)}")
@@ -150,6 +150,9 @@ class CUDAGraphRunner:
         self.batch_of = batch_of or (lambda inputs: int(inputs[0].shape[0]) if inputs[0].dim() else 1)
         self.capture = capture
         self.graphs: dict[GraphKey, CapturedGraph] = {}
+        # one entry per capture (batch, length bucket, host seconds of warm-up and capture); a caller may pass
+        # its own list to keep the record across runners (KVProgram: a new runner per cache allocation)
+        self.captures: list = [] if captures is None else captures
         self._pool: Optional[Any] = None
 
     def key_for(self, inputs: Sequence[torch.Tensor], length: int) -> GraphKey:
@@ -170,8 +173,11 @@ class CUDAGraphRunner:
         if graph is None:
             graph = self.capture(self.build(key), inputs, warmup=self.warmup, pool=self._pool_handle(),
                                  copy_outputs=self.copy_outputs)
+            record = {"batch": key.batch, "length": key.length, "warmup_s": getattr(graph, "warmup_s", None),
+                      "capture_s": getattr(graph, "capture_s", None)}
+            self.captures.append(record)
             log.info("membound: captured a CUDA graph for batch %d, cache length <= %d (%d warm-up runs %.1f ms, "
-                     "capture %.1f ms)", key.batch, key.length, self.warmup,
-                     1e3 * getattr(graph, "warmup_s", 0.0), 1e3 * getattr(graph, "capture_s", 0.0))
+                     "capture %.1f ms)", key.batch, key.length, self.warmup, 1e3 * (record["warmup_s"] or 0.0),
+                     1e3 * (record["capture_s"] or 0.0))
             self.graphs[key] = graph
         return graph(inputs)

@@ -42,7 +42,8 @@ class KVProgram:
     cuda_graphs: bool = False
     _runner: object = None
     _runner_alloc: int = -1
-    # one entry per CUDA graph captured: batch, capacity, host seconds of warm-up and capture
+    # one entry per CUDA graph captured, across cache allocations (CUDAGraphRunner.captures): batch, length
+    # bucket (the capacity), host seconds of warm-up and capture
     captures: list = field(default_factory=list)
 
     @property
@@ -67,17 +68,10 @@ class KVProgram:
             # stream's split counters, outside the capture) is all a re-capture for a grown cache needs.
             self._runner = CUDAGraphRunner(lambda key: self.decode, copy_outputs=False,
                                            length_buckets=(self.cache.max_len,),
-                                           warmup=2 if self._runner is None else 1)
+                                           warmup=2 if self._runner is None else 1, captures=self.captures)
             self._runner_alloc = self.cache.allocations
-        runner = self._runner
-        fresh = len(runner.graphs)  # type: ignore[attr-defined]
         self.decode_graph.tensors.update(state)
-        (logits,) = runner(inputs, length=length)  # type: ignore[operator]
-        if len(runner.graphs) != fresh:  # type: ignore[attr-defined]
-            graph = list(runner.graphs.values())[-1]  # type: ignore[attr-defined]
-            self.captures.append({"batch": int(inputs[0].shape[0]), "capacity": self.cache.max_len,
-                                  "warmup_s": getattr(graph, "warmup_s", None),
-                                  "capture_s": getattr(graph, "capture_s", None)})
+        (logits,) = self._runner(inputs, length=length)  # type: ignore[operator]
         return logits
 
 

@@ -58,6 +58,21 @@ def test_one_graph_per_batch_and_length_bucket() -> None:
     assert built == [GraphKey(1, 16), GraphKey(1, 32), GraphKey(3, 32)]
     assert runner.graphs[GraphKey(1, 16)].calls == 2
     assert runner.graphs[GraphKey(3, 32)].options == {"warmup": 2, "pool": runner._pool, "copy_outputs": True}
+    # one record per capture, none per replay (a fake graph has no host timings)
+    assert [(c["batch"], c["length"]) for c in runner.captures] == [(1, 16), (1, 32), (3, 32)]
+    assert all(c["warmup_s"] is None and c["capture_s"] is None for c in runner.captures)
+
+
+def test_a_runner_records_its_captures_into_the_callers_list() -> None:
+    """KVProgram makes a new runner per cache allocation and passes one list, so the record outlives them."""
+    record: list = []
+    for _ in range(2):
+        runner = CUDAGraphRunner(lambda key: lambda inputs: [inputs[0]], length_buckets=(8,), capture=FakeGraph,
+                                 captures=record)
+        runner([torch.ones(1, 2)], length=3)
+        runner([torch.ones(1, 2)], length=4)
+        assert runner.captures is record
+    assert [(c["batch"], c["length"]) for c in record] == [(1, 8), (1, 8)]
 
 
 def test_batch_of_picks_the_batch_dim() -> None:
