@@ -93,24 +93,21 @@ def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_
     # in branches a constexpr rules out (the interpreter does not)
     mask = k_ok[:, None] & n_ok[None, :]
     rows = w_ptr + e * stride_we + ns[None, :] * stride_wn
-    if SCHEME == INT4 and not RUNS:
-        raw = tl.load(rows + ks[:, None] // 2, mask=mask, other=0).to(tl.int32)
-        code = ((raw >> ((ks[:, None] % 2) * 4)) & 0xF).to(tl.float32)
-        pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
-        scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)
-        offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)
-        w = tl.where(mask, code * scale[None, :] + offset[None, :], 0.0)
-    elif SCHEME == INT4:
-        # the tile's bytes along K, loaded [BLOCK_N, BLOCK_K / 2]; the nibbles joined on a last axis and
-        # reshaped give k = 2 kb + nibble in k order, then transposed to [BLOCK_K, BLOCK_N]. (Joining them
-        # on the K axis of a [BLOCK_K / 2, BLOCK_N] tile through tl.permute then tl.reshape passed the
-        # interpreter but gave wrong codes compiled for sm_90 under Triton 3.6.)
-        kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        raw = tl.load(w_ptr + e * stride_we + ns[:, None] * stride_wn + kb[None, :],
-                      mask=n_ok[:, None] & (kb[None, :] < KW), other=0).to(tl.int32)
-        lo = (raw & 0xF).to(tl.float32)  # code 2 * kb
-        hi = ((raw >> 4) & 0xF).to(tl.float32)  # code 2 * kb + 1
-        code = tl.trans(tl.reshape(tl.join(lo, hi), (ns.shape[0], BLOCK_K)))
+    if SCHEME == INT4:
+        if RUNS:
+            # the tile's bytes along K, loaded [BLOCK_N, BLOCK_K / 2]; the nibbles joined on a last axis and
+            # reshaped give k = 2 kb + nibble in k order, then transposed to [BLOCK_K, BLOCK_N]. (Joining them
+            # on the K axis of a [BLOCK_K / 2, BLOCK_N] tile through tl.permute then tl.reshape passed the
+            # interpreter but gave wrong codes compiled for sm_90 under Triton 3.6.)
+            kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            raw = tl.load(w_ptr + e * stride_we + ns[:, None] * stride_wn + kb[None, :],
+                          mask=n_ok[:, None] & (kb[None, :] < KW), other=0).to(tl.int32)
+            lo = (raw & 0xF).to(tl.float32)  # code 2 * kb
+            hi = ((raw >> 4) & 0xF).to(tl.float32)  # code 2 * kb + 1
+            code = tl.trans(tl.reshape(tl.join(lo, hi), (ns.shape[0], BLOCK_K)))
+        else:
+            raw = tl.load(rows + ks[:, None] // 2, mask=mask, other=0).to(tl.int32)
+            code = ((raw >> ((ks[:, None] % 2) * 4)) & 0xF).to(tl.float32)
         pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
         scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)
         offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)
@@ -298,8 +295,7 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     bn, bk = _block(d, 64), _block(i, cap_k)
     launchable(_moe_down, x.device)[(e, cdiv(d, bn))](
         hidden, w_down, s_down, y, order, weights_.reshape(-1).contiguous(), offsets, d, i, w_down.shape[-1],
-        hidden.stride(0),
-        w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
+        hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, SCHEME=scheme, GROUP=max(group, 1),
         RUNS=INT4_RUNS, num_warps=4)
     combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32

@@ -25,10 +25,10 @@ import triton
 import triton.language as tl
 
 from membound.backends.triton.kernels._launch import cdiv, launchable, unsupported_device
+from membound.backends.triton.kernels.quant_matmul import SCHEME_CODE
 
 BLOCK_N = 16
 BLOCK_K = 256  # elements along K per program: 256 bytes of int8, 128 of int4, 512 of bf16 written per row
-SCHEME_CODE = {"int8": 0, "int4": 1, "fp8": 2}
 # int4's q * s + o as a multiply then an add, each rounded, as torch computes it: a fused multiply-add
 # rounds once and differs in the last fp32 bit (seen on the H200 in fp32). The interpreter never fuses.
 NO_FMA = {} if os.environ.get("TRITON_INTERPRET", "0") == "1" else {"enable_fp_fusion": False}
