@@ -12,7 +12,7 @@ int8 (per channel), int4 (group 128) and fp8 e4m3 (sm_89+ only); at M = 1 also t
 ``gated_linear``, int8/int4 ``quant_gated_linear``: a down projection, x = silu(gate) * up formed as it
 is loaded, one more x-sized read counted in the bytes); at M = 64 also both prefill paths of int8/int4
 forced (``fused``: the kernel, ``dequant+cublas``: dequantize to a temporary, then cuBLAS), so the cost
-rule's ``FUSED_MMA_SHARE`` can be checked.
+rule's measured rates (``quant_matmul.measured_rates``, from the step priors) can be checked.
 
 Method (``/work/shared/BENCHMARKS.md``, ``benches/gemv_sweep.py``): every contender is checked against
 ``F.linear(x, dequantize(...))`` first (bf16 tolerance); then the timed function runs the product over

@@ -391,7 +391,7 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # weight: [QD] dequant+cublas less cublas bf16 at M=64 (5 shapes; +-30%, the temporary partly stays in
     # L2): int8 3 us + 0.41 of 4262 GB/s, int4 5 us + 0.039 (each element gathers its group's scale and
     # offset). fp8 unmeasured: as int8 (the same loop). Before the kernel (the torch reference, [QM]) it was
-    # 0.0338 / 0.0051. quant_matmul.prefill_path uses the same efficiencies (DEQUANT_EFFICIENCY).
+    # 0.0338 / 0.0051. quant_matmul.prefill_path reads these priors (measured_rates).
     "quant_dequant_int8": KernelPrior(fixed=3.0e-6, efficiency=0.41, pdl=False,
                                       source="[QD] int8 dequant+cublas - cublas bf16, M=64 x5"),
     "quant_dequant_int4": KernelPrior(fixed=5.0e-6, efficiency=0.039, pdl=False,

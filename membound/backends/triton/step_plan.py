@@ -131,9 +131,10 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
 
 def dequant_works(node: Node, name: str, kind: str, flops: float, nbytes: float, dims: Dims,
                   precision: str) -> list[KernelWork]:
-    """A quantized matmul run as its reference (``quant_matmul.prefill_path`` chose cuBLAS): the dequantization
-    of the packed weight into a temporary of x's dtype (``kind``: its time goes with the packed bytes), then a
-    cuBLAS matmul over the temporary, x and y (the op's other bytes, and its FLOPs)."""
+    """A quantized matmul run as dequantize + cuBLAS (``quant_matmul.prefill_path``'s choice): the dequantization
+    kernel (``quant_dequant.py``) writing the packed weight into a temporary of x's dtype (``kind``: its time
+    goes with the packed bytes), then a cuBLAS matmul over the temporary, x and y (the op's other bytes, and
+    its FLOPs)."""
     env = bindings(dims)
     acts = 2 if node.op == "quant_gated_linear" else 1  # (x | gate, up), qweight, scales (, bias)
     weight, scales = node.inputs[acts], node.inputs[acts + 1]

@@ -77,7 +77,8 @@ and takes the smaller. Both rates are measured, per scheme (``benches/quant_matm
 at M = 64): the fused kernel issues the dequantization (two to four instructions per weight element, per
 M block) from the same warps that feed the tensor cores, with tiles sized for streaming (64 rows), and
 reaches about a quarter of cuBLAS's tensor-core rate (``FUSED_MMA_SHARE``); the dequantization kernel
-(``quant_dequant.py``) reads int8 at 41% of the bandwidth and int4 at 4% (``DEQUANT_EFFICIENCY``).
+(``quant_dequant.py``) reads int8 at 41% of the bandwidth and int4 at 4% (``DEQUANT_EFFICIENCY``). Both come
+from the step priors (:func:`measured_rates`), which the step prediction prices these paths with too.
 
 Falls back to the torch reference (dequantize, then ``F.linear``) for: activations other than
 fp16/bf16/fp32, a qweight whose rows are not contiguous, CPU tensors without ``TRITON_INTERPRET=1``,
@@ -118,14 +119,6 @@ from membound.ir.ops.quant import QWEIGHT_DTYPE, SCHEMES, check_scheme, dequanti
 SMALL_M = 32  # decode: the GEMV (M <= 2) and the skinny tensor-core kernel (M <= 32); beyond, prefill_path
 GEMV_M = 2
 PREFILL_BLOCK_M = 64
-# prefill_path's two measured rates (module docstring), one H200, M = 64, five shapes: the fused kernel's share
-# of cuBLAS's tensor-core rate (quant_matmul-nvidia-h200-2026-12-01.json: fused FLOP rate 0.185 / 0.158 /
-# 0.199 of the bf16 peak against cuBLAS's 0.71), and the dequantization kernel's read bandwidth over the
-# packed bytes (quant_matmul-nvidia-h200-2026-12-02-m64-dequant-kernel.json, dequant+cublas less cublas,
-# +-30%: the temporary partly stays in L2; fp8 unmeasured: as int8, the same loop). int4's is low: each
-# element gathers its group's scale and offset.
-FUSED_MMA_SHARE = {"int8": 0.26, "int4": 0.22, "fp8": 0.28}
-DEQUANT_EFFICIENCY = {"int8": 0.41, "int4": 0.039, "fp8": 0.41}
 SCHEME_CODE = {"int8": 0, "int4": 1, "fp8": 2}
 
 
@@ -760,6 +753,18 @@ def _device_spec(device: torch.device):  # -> membound.cost.Hardware
     return SPECS.get(match_gpu(props.name, props.total_memory) or "", Hardware.named("h100-sxm"))
 
 
+def measured_rates(scheme: str, hw) -> tuple[float, float]:
+    """prefill_path's two measured rates (module docstring), read from the step priors (``membound.cost.step``,
+    one source for both): the fused kernel's share of cuBLAS's tensor-core rate (``quant_mma_<scheme>``'s
+    compute efficiency over ``cublas``'s: H200, M = 64, five shapes), and the dequantization kernel's read
+    bandwidth over the packed bytes (``quant_dequant_<scheme>``'s efficiency)."""
+    from membound.cost.step import step_priors
+
+    priors = step_priors(hw)
+    share = priors.kernel(f"quant_mma_{scheme}").compute_efficiency / priors.kernel("cublas").compute_efficiency
+    return share, priors.kernel(f"quant_dequant_{scheme}").efficiency
+
+
 def prefill_times(m: int, n: int, k: int, scheme: str, group_size: int, dtype: torch.dtype,
                   device: torch.device, hw=None) -> dict[str, float]:
     """Roofline seconds of the two prefill paths (module docstring): ``{"kernel": fused, "cublas": ...}``,
@@ -771,8 +776,9 @@ def prefill_times(m: int, n: int, k: int, scheme: str, group_size: int, dtype: t
     dense = n * k * e
     io = (m * k + m * n) * e
     flops = 2.0 * m * n * k
-    fused = max((cdiv(m, PREFILL_BLOCK_M) * packed + io) / hw.bandwidth, flops / (FUSED_MMA_SHARE[scheme] * peak))
-    dequant = packed / (hw.bandwidth * DEQUANT_EFFICIENCY[scheme]) + dense / hw.bandwidth  # read, write D
+    share, dequant_eff = measured_rates(scheme, hw)
+    fused = max((cdiv(m, PREFILL_BLOCK_M) * packed + io) / hw.bandwidth, flops / (share * peak))
+    dequant = packed / (hw.bandwidth * dequant_eff) + dense / hw.bandwidth  # read, write D
     cublas = dequant + max((dense + io) / hw.bandwidth, flops / peak)
     return {"kernel": fused, "cublas": cublas}
 
