@@ -455,8 +455,11 @@ def test_every_launch_honours_programmatic_dependent_launch() -> None:
     assert bodies
     for body in bodies:
         code = [ln.strip() for ln in body.split("):\n", 1)[1].splitlines() if ln.strip() and not ln.strip().startswith("#")]
-        assert code[:3] == ["if USE_PDL:  # earlier kernels' writes are visible after the wait", "gdc_wait()",
-                            "gdc_launch_dependents()"], code[:3]
+        # mode 2 signals the next kernel first, mode 1 waits first; either way nothing is touched before the wait
+        assert code[:6] == ["if USE_PDL == 2:  # the next kernel may launch now; earlier writes are visible after the wait",
+                            "gdc_launch_dependents()", "gdc_wait()",
+                            "elif USE_PDL:  # earlier kernels' writes are visible after the wait", "gdc_wait()",
+                            "gdc_launch_dependents()"], code[:6]
     launches = [ln for ln in src.splitlines() if re.match(r"\s+_\w+\[", ln)]
     assert launches and all(ln.rstrip().endswith("**pdl)") for ln in launches)
     calls = [ln.strip() for ln in src.splitlines() if "= lib_linear(" in ln]

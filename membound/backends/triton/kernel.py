@@ -50,7 +50,9 @@ from membound.ir.printer import format_node
 from membound.ir.types import numel
 
 # the first lines of every generated kernel (see membound.backends.triton.kernels._launch.pdl)
-PDL_PROLOGUE = ["if USE_PDL:  # earlier kernels' writes are visible after the wait", "    gdc_wait()",
+PDL_PROLOGUE = ["if USE_PDL == 2:  # the next kernel may launch now; earlier writes are visible after the wait",
+                "    gdc_launch_dependents()", "    gdc_wait()",
+                "elif USE_PDL:  # earlier kernels' writes are visible after the wait", "    gdc_wait()",
                 "    gdc_launch_dependents()"]
 
 

@@ -215,16 +215,52 @@ def reset_counter(lock_ptr, index):
 @triton.jit
 def pdl_enter(USE_PDL: tl.constexpr):
     """A library kernel's first step under programmatic dependent launch (see :func:`pdl`): wait for the
-    earlier kernels' writes, then let the next kernel launch."""
-    if USE_PDL:
+    earlier kernels' writes and let the next kernel launch, in the order :func:`pdl` chose (``USE_PDL`` 1:
+    wait first; 2: let the next kernel launch first, then wait)."""
+    if USE_PDL == 2:
+        gdc_launch_dependents()
+        gdc_wait()
+    elif USE_PDL:
         gdc_wait()
         gdc_launch_dependents()
 
 
-_PDL: dict[torch.device, bool] = {}
+@triton.jit
+def l2_prefetch(ptr, nbytes):
+    """Ask for ``nbytes`` (a multiple of 16, from a 16-byte aligned ``ptr``) to be brought into L2, without
+    waiting for them: one ``cp.async.bulk.prefetch.L2`` (sm_90+), issued by thread 0 of the program only (an
+    inline-asm statement runs on every thread). A hint: nothing is written, no register waits on it."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+        "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
 
 
-def pdl(device: torch.device) -> bool:
+# the bytes of weights a linear asks L2 for before its wait (l2_prefetch_bytes), over the whole grid:
+# about what HBM streams in the few microseconds of a short kernel's critical path, well inside L2
+# (50 MB on an H100/H200). 0 turns the prefetch off (MEMBOUND_L2_PREFETCH=0).
+L2_PREFETCH_TOTAL = int(os.environ.get("MEMBOUND_L2_PREFETCH", 16 << 20))
+
+
+def l2_prefetch_bytes(weight: torch.Tensor, static_weight: bool, rows: int, row_bytes_max: int) -> dict[str, Any]:
+    """Launch arguments for a kernel's ``L2_PREFETCH`` / ``pf_bytes`` (see :func:`l2_prefetch`): on sm_90+
+    under programmatic dependent launch, for a parameter weight (``static_weight``: no kernel writes it),
+    each of the ``rows`` row chunks (up to ``row_bytes_max`` elements each) gets an equal share of
+    :data:`L2_PREFETCH_TOTAL`, rounded down to 16 bytes; nothing where the rows are not 16-byte aligned."""
+    off: dict[str, Any] = {"L2_PREFETCH": False, "pf_bytes": 0}
+    if not static_weight or L2_PREFETCH_TOTAL <= 0 or weight.device.type != "cuda" or not pdl(weight.device):
+        return off
+    e = weight.element_size()
+    if weight.data_ptr() % 16 or (weight.stride(0) * e) % 16 or rows <= 0:
+        return off
+    share = min(L2_PREFETCH_TOTAL // rows, row_bytes_max * e) // 16 * 16
+    return {"L2_PREFETCH": True, "pf_bytes": share} if share >= 128 else off
+
+
+_PDL: dict[torch.device, int] = {}
+
+
+def pdl(device: torch.device) -> int:
     """Launch with programmatic dependent launch (Hopper and later, CUDA only; ``MEMBOUND_PDL=0`` turns it off).
 
     A kernel launched so may start while the kernel before it in the stream is still running, once
@@ -233,15 +269,39 @@ def pdl(device: torch.device) -> bool:
     first thing, except the loads of weights, which no kernel ever writes, so the first weight tile of
     a linear is in flight before the previous kernel has finished. At decode a step is ~200 kernels
     of a few µs, so hiding each launch's ramp-up is worth a few percent of the step.
+
+    The mode (0 off; the ``USE_PDL`` constexpr of the kernels): 1 (default) waits, then signals, so the
+    next kernel launches once this one's programs have all passed their wait; 2 (``MEMBOUND_PDL=2``)
+    signals first, so launches run ahead down the chain of kernels, each still waiting for the one before
+    it (a ``gdc_wait`` returns once the previous grid has completed and its writes are visible, whenever the
+    signal came). :func:`set_pdl_mode` overrides the variable (benches switch it within one process).
     """
-    on = _PDL.get(device)
-    if on is None:
-        on = (device.type == "cuda" and os.environ.get("MEMBOUND_PDL", "1") != "0"
-              and torch.cuda.get_device_capability(device)[0] >= 9)
-        _PDL[device] = on
-    return on
+    mode = _PDL.get(device)
+    if mode is None:
+        env = os.environ.get("MEMBOUND_PDL", "1").strip()
+        mode = 0 if env == "0" else (2 if env == "2" else 1)
+        if _PDL_MODE is not None:
+            mode = _PDL_MODE
+        if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+            mode = 0
+        _PDL[device] = mode
+    return mode
+
+
+_PDL_MODE: Optional[int] = None
+
+
+def set_pdl_mode(mode: Optional[int]) -> None:
+    """Override ``MEMBOUND_PDL`` for launches from now on (0, 1, 2; None: back to the variable). Kernels and
+    CUDA graphs made before keep the mode they were made with."""
+    global _PDL_MODE
+    if mode not in (None, 0, 1, 2):
+        raise ValueError(f"set_pdl_mode: mode must be 0, 1, 2 or None, got {mode!r}")
+    _PDL_MODE = mode
+    _PDL.clear()
 
 
 def pdl_options(device: torch.device) -> dict[str, Any]:
     """Launch options for a kernel taking a ``USE_PDL`` constexpr: ``launch_pdl`` where :func:`pdl` holds."""
-    return {"USE_PDL": True, "launch_pdl": True} if pdl(device) else {"USE_PDL": False}
+    mode = pdl(device)
+    return {"USE_PDL": mode, "launch_pdl": True} if mode else {"USE_PDL": 0}

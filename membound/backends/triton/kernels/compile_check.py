@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import json
 import re
 import sys
@@ -60,6 +61,8 @@ def compile_ptx(kernel: Any, args: dict[str, Any], arch: int = 90, **options: An
     constants: dict[str, Any] = {}
     attrs: dict[tuple[int, ...], list[list[Any]]] = {}
     for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
+        if name not in args and param.default is not inspect.Parameter.empty:
+            args = {**args, name: param.default}  # an argument the launch may leave out: its default
         value = args[name]
         aligned = [["tt.divisibility", 16]]
         if param.is_constexpr or (isinstance(value, int) and not isinstance(value, bool) and value == 1):

@@ -40,6 +40,8 @@ from membound.backends.triton.kernels._launch import (
     cdiv,
     check_out,
     fallback,
+    l2_prefetch,
+    l2_prefetch_bytes,
     launchable,
     next_pow2,
     note,
@@ -81,6 +83,7 @@ def _linear_small_m(
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
     PRE_GATE: tl.constexpr = False, NORM: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
+    L2_PREFETCH: tl.constexpr = False, pf_bytes=0,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not (NORM and GATED), "a norm prologue and gating are two forms of x: one at a time")
@@ -96,6 +99,7 @@ def _linear_small_m(
     m_ok = ms < M
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
 
     if USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -106,6 +110,14 @@ def _linear_small_m(
             # the first W tile of a parameter weight (no kernel writes it): loaded before the wait, so it
             # is in flight while the previous kernel finishes
             w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
+    if L2_PREFETCH:
+        # a parameter weight's first pf_bytes of each of this program's rows (K chunk), asked of L2 before
+        # the wait: the DRAM stays busy while the kernels before this one finish (_launch.l2_prefetch)
+        nbytes = tl.minimum(pf_bytes, (k_end - k_start) * ELEM) // 16 * 16
+        if nbytes > 0:
+            for r in range(0, BLOCK_N):
+                if pid_n * BLOCK_N + r < N:
+                    l2_prefetch(w_ptr + (pid_n * BLOCK_N + r).to(tl.int64) * stride_wn + k_start, nbytes)
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     if not USE_DOT:
         if PREFETCH and not EARLY_W:
@@ -394,7 +406,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
         GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, NORM=norm is not None,
         RESIDUAL=r2 is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **pdl_options(x.device))
+        **pdl_options(x.device), **l2_prefetch_bytes(weight, static_weight, n * split, k_per_split))
     note(op, "kernel")
     return y
 
