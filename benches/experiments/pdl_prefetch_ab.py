@@ -67,6 +67,9 @@ def main() -> int:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--timed", type=int, default=200)
+    p.add_argument("--quantize", default=None, choices=("int8", "int4", "fp8"))
+    p.add_argument("--settings", default=",".join(f"{m}:{b >> 20}" for m, b in SETTINGS),
+                   help="PDL mode:L2 MB pairs, comma-separated (the first is the reference)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     import membound
@@ -75,14 +78,16 @@ def main() -> int:
     from membound.backends.triton.kernels import _launch
 
     device = "cuda"
+    settings = [(int(a), int(b) << 20) for a, b in (pair.split(":") for pair in args.settings.split(","))]
     rows = []
     for name in [m for m in args.models.split(",") if m]:
         model = build_model("hf", name, device, torch.bfloat16)
         vocab = int(model.config.vocab_size)
-        compiled = membound.compile(model, backend="triton", cuda_graphs=True)
+        compiled = membound.compile(model, backend="triton", cuda_graphs=True,
+                                    **({"quantize": args.quantize} if args.quantize else {}))
         for batch in [int(b) for b in args.batches.split(",") if b]:
             ref = None
-            for mode, l2 in SETTINGS:
+            for mode, l2 in settings:
                 _launch.set_pdl_mode(mode)
                 _launch.L2_PREFETCH_TOTAL = l2
                 t0 = time.perf_counter()
@@ -95,7 +100,7 @@ def main() -> int:
                 if ref is None:
                     ref = logits
                 diff = float((logits - ref).abs().max())
-                row = dict(model=name, batch=batch, pdl=mode, l2_bytes=l2, step_us=med, best_us=best,
+                row = dict(model=name, quantize=args.quantize, batch=batch, pdl=mode, l2_bytes=l2, step_us=med, best_us=best,
                            logits_max_diff=diff, setup_s=time.perf_counter() - t0)
                 rows.append(row)
                 print(f"{name} b{batch} pdl={mode} l2={l2 >> 20}MB: step {med:8.1f} us (best {best:8.1f})"
@@ -107,7 +112,7 @@ def main() -> int:
     _launch.set_pdl_mode(None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pdl_prefetch_ab.json").write_text(json.dumps(
+    (out / f"pdl_prefetch_ab{'-' + args.quantize if args.quantize else ''}.json").write_text(json.dumps(
         {"device": torch.cuda.get_device_name(), "context": args.context, "rows": rows}, indent=1))
     print("\nmodel      b  pdl  l2MB   step us  vs first  logits diff")
     base = {}

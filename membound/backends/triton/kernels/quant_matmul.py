@@ -102,6 +102,8 @@ from membound.backends.triton.kernels._launch import (
     check_out,
     fallback,
     interpreter_ready,
+    l2_prefetch,
+    l2_prefetch_bytes,
     launchable,
     next_pow2,
     note,
@@ -366,7 +368,7 @@ def _quant_matmul(
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
     PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr, X_ROWS: tl.constexpr = 0, PAIRS: tl.constexpr = 0,
-    PAIR_CODES: tl.constexpr = False,
+    PAIR_CODES: tl.constexpr = False, L2_PREFETCH: tl.constexpr = False, pf_bytes=0,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if SCHEME == 1:
@@ -428,6 +430,14 @@ def _quant_matmul(
             else:
                 raw_n, s_n, o_n = _q_tile(q_rows, s_rows, row_ok, c_start, c_end, G, SCHEME, GROUP, BLOCK_KW, UNIT,
                                           False)
+    if L2_PREFETCH:
+        # the first pf_bytes of each of this program's code rows asked of L2 before the wait (linear.py)
+        QBYTES: tl.constexpr = q_ptr.dtype.element_ty.primitive_bitwidth // 8
+        nbytes = tl.minimum(pf_bytes, (c_end - c_start) * QBYTES) // 16 * 16
+        if nbytes > 0:
+            for r in range(0, BLOCK_N):
+                if pid_n * BLOCK_N + r < N:
+                    l2_prefetch(q_ptr + (pid_n * BLOCK_N + r).to(tl.int64) * stride_qn + c_start, nbytes)
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     if not USE_DOT:
         if PREFETCH and not EARLY_W:
@@ -944,7 +954,8 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         X_ROWS=m if u2 is not None and cfg.use_dot and m <= GEMV_M and not pre_gate else 0, PAIRS=pairs_code,
         PAIR_CODES=pairs and cfg.pair_codes,
         num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **pdl_options(x.device))
+        num_stages=cfg.num_stages, **pdl_options(x.device),
+        **l2_prefetch_bytes(q, m_blocks == 1, n * split, kw_per_split))  # codes: parameters, never written
     note(op, "kernel")
     return y
 
