@@ -47,8 +47,9 @@ from membound.backends.triton.kernels._launch import (
     unsupported_device,
     unsupported_dtype,
 )
+from membound.backends.triton.kernels.moe_route import sorted_pairs
 from membound.ir.ops import get_op
-from membound.ir.ops.moe import route, shared_expert
+from membound.ir.ops.moe import shared_expert
 from membound.ir.ops.quant import QWEIGHT_DTYPE
 
 BLOCK_M = 16  # pairs per tile: one tensor-core tile of rows
@@ -272,14 +273,9 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     result = check_out(op, out, tuple(x.shape), x.dtype, x.device)
     h = x.reshape(-1, d).contiguous()  # [T, D]
     t, i = h.shape[0], w_gate.shape[1]
-    weights_, experts = route(h, router, top_k=top_k, softmax_first=attrs["softmax_first"],
-                              renormalize=attrs["renormalize"])
-    # pairs sorted by expert (stable: a token's pairs stay in slot order), offsets[e] = first pair of e
-    order = torch.sort(experts.reshape(-1), stable=True).indices  # [T * k]
-    # per-expert counts by comparison, not bincount (whose output size needs a host sync: no CUDA graph)
-    counts = (experts.reshape(-1, 1) == torch.arange(e, device=x.device)).sum(dim=0)  # [E]
-    offsets = torch.zeros(e + 1, dtype=torch.int64, device=x.device)
-    offsets[1:] = torch.cumsum(counts, 0)
+    # routing weights per pair, pairs sorted by expert (stable: a token's pairs stay in slot order),
+    # offsets[e] = first pair of e; one launch after the top-k for a decode step's few pairs (moe_route.py)
+    pair_weights, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
     hidden = torch.empty((t * top_k, i), dtype=x.dtype, device=x.device)  # silu(gate) * up, sorted order
     y = torch.empty((t * top_k, d), dtype=torch.float32, device=x.device)  # weighted expert outputs, pair order
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
@@ -294,7 +290,7 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         INPUT_PRECISION=precision, SCHEME=scheme, GROUP=max(group, 1), RUNS=INT4_RUNS, num_warps=4)
     bn, bk = _block(d, 64), _block(i, cap_k)
     launchable(_moe_down, x.device)[(e, cdiv(d, bn))](
-        hidden, w_down, s_down, y, order, weights_.reshape(-1).contiguous(), offsets, d, i, w_down.shape[-1],
+        hidden, w_down, s_down, y, order, pair_weights, offsets, d, i, w_down.shape[-1],
         hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, SCHEME=scheme, GROUP=max(group, 1),
         RUNS=INT4_RUNS, num_warps=4)

@@ -1,0 +1,116 @@
+"""A decode step's routed pairs in one launch: routing weights, pairs sorted by expert, per-expert offsets.
+
+``moe``'s wrapper needs, from each token's top-k experts (``torch.topk``, as the model computes them:
+``membound.ir.ops.moe.route``), their routing weights (softmax before the top-k, or over the k chosen
+logits; renormalised or not), the ``T * k`` (token, expert) pairs sorted by expert (stable: a token's pairs
+stay in slot order) and the per-expert offsets into that order. In torch the part after the top-k is
+about ten launches (sum, divide, a stable sort, the comparison count, a zeroed buffer, a cumulative sum, a
+copy, a flattening copy): at batch 1 more than a tenth of an MoE layer's time, between two expert kernels
+that stream hundreds of megabytes.
+
+:func:`route_pairs` does that part in one program, for up to :data:`MAX_PAIRS` pairs:
+
+- weights: the chosen probabilities (``softmax_first``) or the softmax over the k chosen logits, then
+  divided by their sum (``renormalize``), in fp32 as the reference computes them;
+- the sorted position of pair ``p`` (expert ``e_p``) is the number of pairs with a smaller expert plus the
+  number of earlier pairs with the same one, one ``[P, P]`` comparison;
+- ``offsets[e]`` counts the pairs with an expert below ``e``.
+
+The top-k itself stays ``torch.topk``: which of two equal scores it keeps is its own (CPU and CUDA differ),
+and the compiled model must keep the model's choice. Nothing is read back to the host: a CUDA graph can
+hold it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from membound.backends.triton.kernels._launch import launchable
+from membound.ir.ops.moe import route
+
+MAX_PAIRS = 128  # [P, P] comparisons in one program of 4 warps: 16K elements
+MAX_EXPERTS = 256
+
+
+@triton.jit
+def _route_pairs(
+    top_ptr, idx_ptr, w_ptr, order_ptr, offs_ptr, P, E,
+    TOP_K: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    # weights: a [T, k] tile (top and idx are contiguous [T, k])
+    ts = tl.arange(0, BLOCK_T)
+    js = tl.arange(0, BLOCK_K)
+    tile = ts[:, None] * TOP_K + js[None, :]
+    tile_ok = (tile < P) & (js < TOP_K)[None, :]
+    top = tl.load(top_ptr + tile, mask=tile_ok, other=float("-inf")).to(tl.float32)
+    row_ok = ts * TOP_K < P
+    if SOFTMAX_FIRST:
+        weights = tl.where(tile_ok, top, 0.0)
+    else:
+        top_max = tl.where(row_ok, tl.max(top, axis=1), 0.0)
+        weights = tl.where(tile_ok, tl.exp(top - top_max[:, None]), 0.0)
+        weights = weights / tl.where(row_ok, tl.sum(weights, axis=1), 1.0)[:, None]
+    if RENORM:
+        weights = weights / tl.where(row_ok, tl.sum(weights, axis=1), 1.0)[:, None]
+    tl.store(w_ptr + tile, weights, mask=tile_ok)
+    # the stable order by expert: pair p goes after every pair of a smaller expert and the earlier pairs of its own
+    ps = tl.arange(0, BLOCK_P)
+    p_ok = ps < P
+    ep = tl.load(idx_ptr + ps, mask=p_ok, other=E).to(tl.int32)  # padding sorts last
+    qs = tl.arange(0, BLOCK_P)
+    eq = tl.load(idx_ptr + qs, mask=qs < P, other=E).to(tl.int32)
+    before = (eq[None, :] < ep[:, None]) | ((eq[None, :] == ep[:, None]) & (qs[None, :] < ps[:, None]))
+    pos = tl.sum(before.to(tl.int32), axis=1)
+    tl.store(order_ptr + pos, ps.to(tl.int64), mask=p_ok)
+    bounds = tl.arange(0, BLOCK_B)  # offsets[0..E]
+    below = tl.sum((eq[None, :] < bounds[:, None]).to(tl.int64), axis=1)
+    tl.store(offs_ptr + bounds, below, mask=bounds <= E)
+
+
+def fits(tokens: int, experts: int, top_k: int) -> bool:
+    """Whether :func:`route_pairs` takes this step (few pairs, few experts)."""
+    return 0 < tokens * top_k <= MAX_PAIRS and experts <= MAX_EXPERTS and 0 < top_k <= experts
+
+
+def route_pairs(top: torch.Tensor, idx: torch.Tensor, experts: int, softmax_first: bool, renormalize: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(weights f32[T*k], order i64[T*k], offsets i64[E+1])`` from ``torch.topk``'s ``(values, indices)``
+    ``[T, k]`` of the probabilities (``softmax_first``) or the logits (module docstring: what ``moe``'s
+    wrapper computes with ``route``'s tail and a stable sort). Needs :func:`fits`."""
+    t, k = idx.shape
+    if not fits(t, experts, k):
+        raise ValueError(f"route_pairs: {t} tokens x top-{k} of {experts} experts is past the one-program "
+                         f"limit ({MAX_PAIRS} pairs, {MAX_EXPERTS} experts)")
+    dev = idx.device
+    top, idx = top.contiguous(), idx.contiguous()
+    weights = torch.empty(t * k, dtype=torch.float32, device=dev)
+    order = torch.empty(t * k, dtype=torch.int64, device=dev)
+    offsets = torch.empty(experts + 1, dtype=torch.int64, device=dev)
+    p2 = triton.next_power_of_2
+    launchable(_route_pairs, dev)[(1,)](
+        top, idx, weights, order, offsets, t * k, experts, TOP_K=k, SOFTMAX_FIRST=softmax_first,
+        RENORM=renormalize, BLOCK_T=max(2, p2(t)), BLOCK_K=max(2, p2(k)), BLOCK_P=max(2, p2(t * k)),
+        BLOCK_B=max(2, p2(experts + 1)), num_warps=4)
+    return weights, order, offsets
+
+
+def sorted_pairs(h: torch.Tensor, router: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(weights f32[T*k], order i64[T*k], offsets i64[E+1])`` of tokens ``h[T, D]``: the router's top-k as
+    ``route`` computes it, then :func:`route_pairs` where it :func:`fits`, else the same in torch."""
+    t, e = h.shape[0], router.shape[0]
+    if fits(t, e, top_k):
+        logits = F.linear(h, router).float()  # [T, E], as route() rounds it
+        top, idx = torch.topk(logits.softmax(dim=-1) if softmax_first else logits, top_k, dim=-1)
+        return route_pairs(top, idx, e, softmax_first, renormalize)
+    weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize)
+    order = torch.sort(experts.reshape(-1), stable=True).indices  # [T * k]
+    # per-expert counts by comparison, not bincount (whose output size needs a host sync: no CUDA graph)
+    counts = (experts.reshape(-1, 1) == torch.arange(e, device=h.device)).sum(dim=0)  # [E]
+    offsets = torch.zeros(e + 1, dtype=torch.int64, device=h.device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return weights.reshape(-1).contiguous(), order, offsets
