@@ -433,6 +433,11 @@ def sweep_grid(scheme: str, group: int, m: int, heur: Any, quick: bool, shape_n:
             grid += [base, replace(base, num_stages=4), replace(base, num_warps=8)]
             if sp > 1:
                 grid.append(replace(base, split_k=1))
+            # more programs than _with_split's 1.5 waves: ncu on the H200 (int4 pairs, 4096 x 14336, M = 1) saw
+            # 256 programs of 144 registers = 1.9 blocks and 7.7 warps an SM, 0.43 issues a scheduler-cycle
+            for more in (2, 4):
+                if shape_k >= bk * sp * more * 2:
+                    grid.append(replace(base, split_k=sp * more))
         return grid
     if m <= 2:
         tiles = ([(8, 1024), (16, 512), (4, 1024), (16, 1024), (32, 256), (32, 128)] if int4

@@ -59,7 +59,9 @@ def main() -> int:
     p.add_argument("--tokens", default="1,8")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
-    from membound.backends.triton.kernels import moe as moe_mod
+    import importlib
+
+    moe_mod = importlib.import_module("membound.backends.triton.kernels.moe")  # the package exports the function
     from membound.ir.ops import get_op
 
     torch.manual_seed(0)
@@ -76,7 +78,8 @@ def main() -> int:
     real_block = moe_mod._block
     for t in [int(v) for v in args.tokens.split(",")]:
         x = torch.randn(t, d, device=dev, dtype=dt)
-        ref = get_op("moe").reference(x, router, wg, wu, wd, top_k=k).float()
+        ref = get_op("moe").reference(x, router, wg, wu, wd, top_k=k, softmax_first=True, renormalize=True,
+                                     act="silu").float()
         logits = x.float() @ router.float().T
         active = len(set(torch.topk(logits, k, dim=-1).indices.flatten().tolist()))
         nbytes = active * 3 * i * d * 2

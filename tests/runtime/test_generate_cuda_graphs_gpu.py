@@ -40,5 +40,5 @@ def test_cuda_graph_decode_across_a_bucket_equals_the_non_graph_path(caplog):
         assert torch.equal(membound.generate(graphs, one, 20), membound.generate(plain, one, 20))
         assert program.cache.allocations == 2 and len(program._runner.graphs) == 2   # batch 2 and batch 1
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("capturing a CUDA graph" in m for m in messages) == 3
+    assert sum("captured a CUDA graph" in m for m in messages) == 3
     assert sum("KV cache (re)allocated" in m for m in messages) == 4   # twice for each of the two models

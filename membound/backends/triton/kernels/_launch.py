@@ -236,10 +236,12 @@ def l2_prefetch(ptr, nbytes):
         "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
 
 
-# the bytes of weights a linear asks L2 for before its wait (l2_prefetch_bytes), over the whole grid:
-# about what HBM streams in the few microseconds of a short kernel's critical path, well inside L2
-# (50 MB on an H100/H200). 0 turns the prefetch off (MEMBOUND_L2_PREFETCH=0).
-L2_PREFETCH_TOTAL = int(os.environ.get("MEMBOUND_L2_PREFETCH", 16 << 20))
+# the bytes of weights a linear asks L2 for before its wait (l2_prefetch_bytes), over the whole grid; 0 (the
+# default) turns the prefetch off. Measured on an H200 (benches/results/pdl_prefetch_ab-nvidia-h200-
+# 2026-12-02.json, HF Llama decode step, graph replay): 16 MB made the step 0.8-1.8% slower at batch 1 (1.24B,
+# 8B) and 8B batch 8, 3% faster at 1.24B batch 8; 32 MB slower still. The step is not waiting on HBM between
+# kernels, so filling L2 ahead only competes with the kernel that is streaming.
+L2_PREFETCH_TOTAL = int(os.environ.get("MEMBOUND_L2_PREFETCH", 0))
 
 
 def l2_prefetch_bytes(weight: torch.Tensor, static_weight: bool, rows: int, row_bytes_max: int) -> dict[str, Any]:
@@ -274,7 +276,10 @@ def pdl(device: torch.device) -> int:
     next kernel launches once this one's programs have all passed their wait; 2 (``MEMBOUND_PDL=2``)
     signals first, so launches run ahead down the chain of kernels, each still waiting for the one before
     it (a ``gdc_wait`` returns once the previous grid has completed and its writes are visible, whenever the
-    signal came). :func:`set_pdl_mode` overrides the variable (benches switch it within one process).
+    signal came). Mode 2 was slower on an H200 (HF Llama decode step: +6.7% at 1.24B batch 1, +4.5% at 8B
+    batch 1, +0.3% / +3.1% at batch 8; ``benches/experiments/pdl_prefetch_ab.py``): programs launched early
+    hold SM slots while they wait. :func:`set_pdl_mode` overrides the variable (benches switch it within one
+    process).
     """
     mode = _PDL.get(device)
     if mode is None:
