@@ -255,3 +255,46 @@ def test_grouped_step_replays_in_a_cuda_graph() -> None:
     graph.replay()
     want = get_op("moe").reference(x, *ws, top_k=2, softmax_first=True, renormalize=True, act="silu")
     torch.testing.assert_close(y.float(), want.float(), **TOL[torch.bfloat16])
+
+
+def test_grouped_kernels_compile_for_hopper_with_wgmma() -> None:
+    """The interpreter never meets the compiler: compile the grouped kernels for sm_90 at the Mixtral-8x7B
+    layer, bf16, with their default tiles (no GPU needed; a process without TRITON_INTERPRET): Hopper's wgmma
+    on 64- and 128-row blocks, tiles copied by cp.async, for plain and int8 experts."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import importlib, json, re
+from membound.backends.triton.kernels.compile_check import compile_ptx
+M = importlib.import_module("membound.backends.triton.kernels.moe")
+D, I = 4096, 14336
+for scheme, wdt in ((0, "bf16"), (1, "i8")):
+    gu, dn = M.GROUPED_TILES[(64, "gate_up")], M.GROUPED_TILES[(128, "down")]
+    const = dict(INPUT_PRECISION="tf32", SCHEME=scheme, GROUP=1, RUNS=False)
+    cases = [(M._moe_grouped_gate_up, gu, dict(x_ptr="*bf16", wg_ptr="*" + wdt, wu_ptr="*" + wdt, sg_ptr="*bf16",
+              su_ptr="*bf16", h_ptr="*bf16", pair_ptr="*i64", offs_ptr="*i64", blk_expert_ptr="*i32",
+              blk_start_ptr="*i64", E=8, I=I, K=D, KW=D, TOP_K=2, stride_x=D, stride_ge=2 * I * D, stride_gn=D,
+              stride_ue=2 * I * D, stride_un=D, stride_sg=I, stride_sgn=1, stride_su=I, stride_sun=1, stride_h=I)),
+             (M._moe_grouped_down, dn, dict(h_ptr="*bf16", wd_ptr="*" + wdt, sd_ptr="*bf16", y_ptr="*fp32",
+              pair_ptr="*i64", weight_ptr="*fp32", offs_ptr="*i64", blk_expert_ptr="*i32", blk_start_ptr="*i64",
+              E=8, D=D, I=I, KW=I, stride_h=I, stride_de=D * I, stride_dn=I, stride_sd=D, stride_sdn=1, stride_y=D))]
+    for kernel, cfg, args in cases:
+        args.update(const, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+        ptx, shared = compile_ptx(kernel, args, 90, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        print(json.dumps(dict(kernel=kernel.__name__, scheme=scheme, shared=shared,
+                              wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)),
+                              mma_sync=len(re.findall(r"\\bmma\\.sync", ptx)), cp_async=ptx.count("cp.async.cg"))))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == 4
+    for r in results:
+        assert r["wgmma"] > 0 and r["mma_sync"] == 0 and r["cp_async"] > 0, r
+        assert r["shared"] <= 228 * 1024, r  # fits an H100/H200 SM

@@ -1,30 +1,42 @@
-"""``moe``: the routed experts as two grouped kernels that read each active expert's weights once.
+"""``moe``: the routed experts as two kernels (gate/up, down), on one of two paths, that read each active
+expert's weights once.
 
 A step of T tokens makes ``T * top_k`` (token, expert) pairs. The wrapper routes in torch (router
 linear, softmax, top-k, renormalisation: a few ``[T, E]`` ops) and sorts the pairs by expert on the
-device, with the per-expert offsets from a comparison count; nothing is read back to the host, so a decode
-step can be captured in a CUDA graph. Then:
+device, with the per-expert offsets from a comparison count; nothing is read back to the host, so a
+step can be captured in a CUDA graph. Then, on the **decode** path (few pairs per expert):
 
 - ``_moe_gate_up``: one program per (expert e, block of ``BLOCK_N`` rows of I). It walks e's pairs
-  ``BLOCK_M`` at a time, gathers their token rows of x, and multiplies them with its gate and up
+  ``BLOCK_M`` (16) at a time, gathers their token rows of x, and multiplies them with its gate and up
   tiles (``tl.dot``; the padded rows of a decode step cost FLOPs, which are free when memory-bound),
   then stores ``silu(gate) * up`` for those pairs. A program of an expert nobody chose returns before
   loading anything: a decode token reads only its top_k experts' weights.
 - ``_moe_down``: one program per (expert e, block of D rows of the down weight): the same walk over
   e's pairs, ``h @ w_down[e].T`` times the pair's routing weight, stored per pair in fp32.
 
+Each program re-streams its weight tile for every 16 pairs, so with many pairs per expert (prefill) the
+walk reads the experts many times over, through 16-row MMAs. The **grouped** path is a grouped GEMM
+instead: the sorted pairs are cut into blocks of 64 or 128 rows, each expert's pairs padded to whole
+blocks (``_block_table``: each block's expert and first pair, torch ops on the device, no host sync), and
+``_moe_grouped_gate_up`` / ``_moe_grouped_down`` run one program per (m-block, N block) over a grid of the
+fixed upper bound ``cdiv(T * k, BLOCK_M) + E`` m-blocks (the blocks past the last real one return at
+once). The m-blocks of one expert run side by side and share each weight tile through L2; tiles are
+64/128 x 128 x 64, Hopper wgmma at bf16/fp16 (``GroupedConfig``, ``pick_grouped_config``). Same gather,
+same epilogues and rounding as the decode kernels. :func:`moe_path` picks the path from
+:func:`path_times`, a roofline price of both (about 9 pairs per expert is the crossover on an H200);
+``path=`` / ``configs=`` force one (tests, ``gpu/moe_prefill.sh``).
+
 The combine (sum over a token's k pairs), the optional shared expert (cuBLAS) and the cast are torch
 ops on ``[T, D]``. Memory stays O(weights + T * top_k * (I + D)): no weight is ever copied per token.
-For many tokens per expert (prefill) the same kernels are a grouped GEMM (each W tile is re-read once
-per ``BLOCK_M`` rows, from L2). Weights may be views (HF's gate/up halves): rows must be contiguous.
+Weights may be views (HF's gate/up halves): rows must be contiguous.
 
 ``quant_moe`` runs the same kernels over quantized expert weights (``SCHEME``), dequantizing each
 weight tile in registers, rounded to the activation dtype as the reference does, before the ``tl.dot``
-(``_weight_tile``): int8 and fp8 (e4m3 bytes) with per-channel scales loaded once per program; int4
-(two codes a byte, group-wise scale and offset) with K tiles no wider than a group, so each row's
-(scale, offset) is one load per tile. At prefill the same walk is the grouped GEMM, dequantizing each
-tile once per ``BLOCK_M`` pairs. (The int4 tile reads each byte for both its nibbles: simple, not the
-word-wide decoding of ``quant_matmul``; measure before tuning.)
+(``_weight_tile``, on both paths): int8 and fp8 (e4m3 bytes) with per-channel scales loaded once per
+program; int4 (two codes a byte, group-wise scale and offset) with K tiles no wider than a group, so each
+row's (scale, offset) is one load per tile. Each m-block dequantizes its expert's tiles once. (The int4
+tile reads each byte for both its nibbles: simple, not the word-wide decoding of ``quant_matmul``;
+measure before tuning.)
 
 Falls back to the torch reference for dtypes other than fp16/bf16/fp32, activations other than
 silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_INTERPRET=1``.
