@@ -100,6 +100,8 @@ class Bench:
         self.rows: list[dict[str, Any]] = []
         self.failures: list[str] = []
         self.started = time.perf_counter()
+        self.card = torch.cuda.get_device_name() if self.device == "cuda" else "cpu"
+        self.shape = dict(E=4, D=64, I=96, top_k=2) if a.smoke else dict(E=8, D=4096, I=14336, top_k=2)
         if self.device == "cuda":
             from membound.backends.triton.kernels.quant_matmul import _device_spec
 
@@ -121,8 +123,21 @@ class Bench:
     def left_s(self) -> float:
         return self.a.budget_s - (time.perf_counter() - self.started)
 
+    def save(self) -> None:
+        """The JSON and the table so far (after every row: a run cut short by a timeout keeps what it measured)."""
+        out = Path(self.a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        slug = self.card.lower().replace(" ", "-")
+        date = datetime.date.today().isoformat()
+        record = {"bench": "moe_prefill", "card": self.card, "date": date, "torch": torch.__version__,
+                  "args": vars(self.a), "shape": self.shape, "rows": self.rows}
+        self.path = out / f"moe_prefill-{slug}-{date}.json"
+        self.path.write_text(json.dumps(record, indent=1))
+        (out / "table.txt").write_text(self.table() + "\n")
+
     def row(self, **kw: Any) -> None:
         self.rows.append(kw)
+        self.save()
         if "ms" in kw:
             print(f"  {kw['part']:9s} T={kw['tokens']:<5d} {kw['name']:22s} {kw['ms']:9.3f} ms "
                   f"{kw.get('tflops', 0):7.1f} TFLOP/s  {kw.get('note', '')}", flush=True)
@@ -135,6 +150,7 @@ class Bench:
         ok = bool(torch.isfinite(got).all()) and err < limit
         print(f"  check {name:40s} rel err {err:.2e} (< {limit:g}) {'ok' if ok else 'FAIL'}", flush=True)
         self.rows.append(dict(part="check", name=name, rel_err=err, ok=ok))
+        self.save()
         if not ok:
             self.failures.append(name)
 
@@ -306,9 +322,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     a = parse_args(argv)
     bench = Bench(a)
-    card = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"
-    e, d, i, k = (4, 64, 96, 2) if a.smoke else (8, 4096, 14336, 2)
-    print(f"{card}: E={e} D={d} I={i} top-{k}; pricing on {bench.hw.name}", flush=True)
+    e, d, i, k = (bench.shape[n] for n in ("E", "D", "I", "top_k"))
+    print(f"{bench.card}: E={e} D={d} I={i} top-{k}; pricing on {bench.hw.name}", flush=True)
     print("1. correctness (rel err vs the op's reference)", flush=True)
     with torch.no_grad():
         bench.correctness(e, d, i, k)
@@ -317,16 +332,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             print("2-4. timings", flush=True)
             bench.timings(e, d, i, k)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = card.lower().replace(" ", "-")
-    record = {"bench": "moe_prefill", "card": card, "date": datetime.date.today().isoformat(),
-              "torch": torch.__version__, "args": vars(a), "shape": dict(E=e, D=d, I=i, top_k=k), "rows": bench.rows}
-    path = out / f"moe_prefill-{slug}-{record['date']}.json"
-    path.write_text(json.dumps(record, indent=1))
-    table = bench.table()
-    (out / "table.txt").write_text(table + "\n")
-    print(f"wrote {path}\n\n{table}", flush=True)
+    bench.save()
+    print(f"wrote {bench.path}\n\n{bench.table()}", flush=True)
     return 1 if bench.failures else 0
 
 
