@@ -235,6 +235,14 @@ def test_the_launcher_follows_the_rule(chosen: str, monkeypatch: pytest.MonkeyPa
     torch.testing.assert_close(got, want, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("path", ["grouped", "decode", None])
+def test_no_tokens(path: str) -> None:
+    """An empty step: every block of the grouped grid exits; the rule prices it without dividing by zero."""
+    ws = _weights(4, D, I, torch.float32)
+    got = moe(torch.empty(0, D, device=DEVICE), *ws, top_k=2, path=path)
+    assert got.shape == (0, D)
+
+
 def test_unknown_path_is_an_error() -> None:
     ws = _weights(4, D, I, torch.float32)
     with pytest.raises(ValueError, match="path='prefill'"):

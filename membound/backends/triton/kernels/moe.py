@@ -519,8 +519,9 @@ PATHS = ("decode", "grouped")
 # What each path reaches, as shares of the device's bandwidth (B) and dense tensor-core peak (F): estimates until
 # gpu/moe_prefill.sh measures them (it prints both paths' times and the shares they imply).
 # - DECODE_BW_SHARE: 387 decode tok/s at the Mixtral-8x7B shape cut to 8 layers, batch 1 (H200, benches/moe.py):
-#   52% of the active bytes' roofline. Its prefill (9084 tok/s at 512 tokens: 8 chunks of 16 pairs an expert)
-#   fits the same rule within ~25%: 8 layers x 8 chunks x 2.8 GB of experts in <= 56 ms is >= 0.67 of B.
+#   52% of the active bytes' roofline. At prefill the rule overprices the walk: 512 tokens (~8.5 chunks of 16 pairs
+#   an expert, 2.8 GB of experts a layer) price 77 ms for 8 layers where the whole step took 56 ms (9084 tok/s),
+#   so some re-reads hit L2 (>= 0.71 of B if none did); the grouped path wins there by far either way.
 # - GROUPED_*: untimed guesses (cuBLAS reaches 0.71 of F at bf16; a Triton grouped GEMM with 64-row tiles less).
 DECODE_BW_SHARE = 0.52
 GROUPED_BW_SHARE = 0.50
@@ -575,7 +576,7 @@ def path_times(tokens: int, experts: int, top_k: int, hidden: int, intermediate:
         fused = priors.kernel(f"quant_mma_{scheme}").compute_efficiency
         cublas = priors.kernel("cublas").compute_efficiency
         dequant = weights * 2.0 * PREFILL_BLOCK_M / peak * (1.0 / fused - 1.0 / cublas)  # Q: s an expert a block
-    chosen = expected_experts(tokens, experts, top_k)
+    chosen = max(expected_experts(tokens, experts, top_k), 1e-9)  # no tokens: no expert, nothing to stream
     per_chosen = tokens * top_k / chosen
     activations = tokens * top_k * (hidden * itemsize + 2 * intermediate * itemsize + hidden * 4)  # x, hidden, y
     chunks = chosen * expected_blocks(per_chosen, BLOCK_M)
