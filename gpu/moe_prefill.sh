@@ -19,7 +19,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
 echo "== 1. tests/backends/test_moe_prefill.py on the GPU (gating)"
-timeout 100 python -m pytest tests/backends/test_moe_prefill.py -q -n 8 -p no:cacheprovider >"$OUT/tests.log" 2>&1
+# (-k: the sm_90 compile-only test is the CPU CI's; here the kernels run)
+timeout 100 python -m pytest tests/backends/test_moe_prefill.py -q -n 8 -p no:cacheprovider -k "not hopper" \
+    >"$OUT/tests.log" 2>&1
 rc=$?
 tail -3 "$OUT/tests.log"
 if [ $rc -ne 0 ]; then

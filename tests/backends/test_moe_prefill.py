@@ -237,10 +237,12 @@ def test_the_launcher_follows_the_rule(chosen: str, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("path", ["grouped", "decode", None])
 def test_no_tokens(path: str) -> None:
-    """An empty step: every block of the grouped grid exits; the rule prices it without dividing by zero."""
+    """An empty step launches nothing and returns an empty result; the rule prices it without dividing by
+    zero."""
     ws = _weights(4, D, I, torch.float32)
-    got = moe(torch.empty(0, D, device=DEVICE), *ws, top_k=2, path=path)
-    assert got.shape == (0, D)
+    with trace() as calls:
+        got = moe(torch.empty(0, D, device=DEVICE), *ws, top_k=2, path=path)
+    assert got.shape == (0, D) and calls == [("moe", "kernel")]
 
 
 def test_unknown_path_is_an_error() -> None:

@@ -405,7 +405,9 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     sn = [sc.stride(1) if sc.dim() > 1 else 0 for sc in (s_gate, s_up, s_down)]
     quant = dict(SCHEME=scheme, GROUP=max(group, 1), RUNS=INT4_RUNS, INPUT_PRECISION=precision)
-    if path == "decode":
+    if t == 0:
+        pass  # an empty step: nothing to launch (an empty tensor's data pointer may be null)
+    elif path == "decode":
         # int4: a K tile inside one group (both powers of two), so each row's (scale, offset) is one load a tile
         cap_k = min(64, group) if scheme == INT4.value else 64
         bn, bk = _block(i, 64), _block(d, cap_k)
