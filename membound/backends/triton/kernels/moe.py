@@ -470,7 +470,13 @@ GROUPED_TILES: dict[tuple[int, str], GroupedConfig] = {
     (64, "down"): GroupedConfig(64, 128, 64, num_warps=4, num_stages=4),  # 24 KB a stage
     (128, "down"): GroupedConfig(128, 128, 64, num_warps=8, num_stages=3),  # 32 KB a stage
 }
-FP32_TILE = GroupedConfig(64, 64, 32, num_warps=4, num_stages=2)  # fp32 x: twice the bytes a tile
+# quantized experts: the in-register dequantization holds more registers (sm_90 under Triton 3.9, cuobjdump: int4
+# down at 64 x 128 x 64 with 4 warps needed 255 registers and a stack; these stay at 72-128, no stack)
+QUANT_TILES: dict[tuple[int, str], GroupedConfig] = {
+    (64, "gate_up"): GroupedConfig(64, 64, 64, num_warps=8, num_stages=3),
+    (64, "down"): GroupedConfig(64, 128, 64, num_warps=8, num_stages=3),
+}
+FP32_TILE = GroupedConfig(64, 64, 32, num_warps=8, num_stages=2)  # fp32 x (FMA dots): twice the bytes a tile
 # pairs per expert (T * k / E) from which a block holds 128 rows: the mean padding of an expert's last block is
 # then <= 25% of its rows (64 of 256); below, 64-row blocks waste half as many
 BLOCK_M_128_FROM = 256
@@ -479,12 +485,13 @@ BLOCK_M_128_FROM = 256
 def pick_grouped_config(pairs: int, experts: int, n: int, k: int, dtype: torch.dtype, scheme: Optional[str],
                         group: int, gate_up: bool) -> GroupedConfig:
     """The grouped kernel's tiles for ``pairs`` = T * top_k (sorted pairs), weight ``[E, n, k]``: 64-row blocks
-    until ``BLOCK_M_128_FROM`` pairs per expert, then 128 (``GROUPED_TILES``); fp32 x: ``FP32_TILE``. int4 K
+    until ``BLOCK_M_128_FROM`` pairs per expert, then 128 (``GROUPED_TILES``, ``QUANT_TILES`` for quantized
+    experts where they differ); fp32 x: ``FP32_TILE``. int4 K
     tiles are cut to one group (``_fit``), small n / k to their next power of two."""
     if dtype == torch.float32:
         return FP32_TILE
-    block_m = 128 if pairs >= BLOCK_M_128_FROM * experts else 64
-    return GROUPED_TILES[(block_m, "gate_up" if gate_up else "down")]
+    key = (128 if pairs >= BLOCK_M_128_FROM * experts else 64, "gate_up" if gate_up else "down")
+    return QUANT_TILES.get(key, GROUPED_TILES[key]) if scheme is not None else GROUPED_TILES[key]
 
 
 def _fit(cfg: GroupedConfig, n: int, k: int, scheme: int, group: int) -> GroupedConfig:
