@@ -16,7 +16,8 @@ included), the whole op timed (routing, sort, kernels, combine) with ``triton.te
    matmul per expert). TFLOP/s count the useful expert FLOPs, ``2 * T * k * 3 * D * I``;
 3. both paths at small T (the crossover ``moe_path`` prices) and the shares of bandwidth / tensor-core
    peak they imply (the constants of ``moe.py``'s pricing: ``DECODE_BW_SHARE``, ``GROUPED_*``);
-4. a sweep of grouped tiles (``SWEEP``) at T = 512 and 2048; int8 / int4 experts at T = 512, both paths.
+4. a sweep of grouped tiles and launch orders (``SWEEP``) at T = 512 and 2048; int8 / int4 experts at T = 512,
+   both paths.
 
 JSON to ``--out`` (``moe_prefill-<gpu>-<date>.json``) and the last table to ``table.txt`` there.
 """
@@ -60,7 +61,9 @@ SWEEP: list[tuple[str, tuple[Any, Any]]] = [
     ("m128 n128", (G(128, 128, 64, 8, 3), G(128, 128, 64, 8, 4))),
     ("m64 n64 w4", (G(64, 64, 64, 4, 4), G(64, 64, 64, 4, 4))),
     ("m64 k128", (G(64, 64, 128, 4, 3), G(64, 128, 128, 8, 3))),
-    ("m128 k32 s5", (G(128, 64, 32, 8, 5), G(128, 128, 32, 8, 5))),
+    # launch order in bands of m-blocks whose rows stay in L2 (GroupedConfig.group_m; same kernels)
+    ("m64 bands 8/4", (G(64, 128, 64, 8, 3, group_m=8), G(64, 128, 64, 4, 4, group_m=4))),
+    ("m128 bands 8/4", (G(128, 64, 64, 8, 4, group_m=8), G(128, 128, 64, 8, 3, group_m=4))),
 ]
 ATTRS = dict(softmax_first=True, renormalize=True, act="silu")
 
@@ -259,9 +262,10 @@ class Bench:
                 break
             x = torch.randn(t, d, device=self.device).to(dtype)
             for name, cfgs in SWEEP:
+                tiles = " / ".join(f"{c.block_m}x{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages} g{c.group_m}"
+                                   for c in cfgs)
                 self.timed("sweep", name, t, lambda cfgs=cfgs, x=x: moe(x, *ws, top_k=k, configs=cfgs, **ATTRS),
-                           self.flops(t, k, d, i), note=" / ".join(f"{c.block_m}x{c.block_n}x{c.block_k} "
-                                                                    f"w{c.num_warps} s{c.num_stages}" for c in cfgs))
+                           self.flops(t, k, d, i), note=tiles)
         del ws
         # quantized experts at the same shape, T = 512
         if self.a.smoke or self.left_s() < 40:

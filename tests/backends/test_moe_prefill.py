@@ -17,8 +17,11 @@ if DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from membound.backends.triton.kernels import moe, quant_moe, trace  # noqa: E402
+from membound.backends.triton.kernels.moe import _tile  # noqa: E402
 from membound.cost.hardware import Hardware  # noqa: E402
 from membound.ir import get_op  # noqa: E402
 from membound.ir.ops.quant import quantize  # noqa: E402
@@ -120,20 +123,49 @@ def test_grouped_with_every_token_on_one_expert(dtype: torch.dtype, monkeypatch:
     _check(x, ws, "grouped", monkeypatch, top_k=1, softmax_first=False, renormalize=False)
 
 
-@pytest.mark.parametrize("tiles", [(128, 32, 16, 128, 16, 32), (16, 16, 32, 64, 64, 16)])
-def test_grouped_tiles_may_differ_between_the_kernels(tiles: tuple[int, ...],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+G = MOE.GroupedConfig
+
+
+@pytest.mark.parametrize("configs", [
+    (G(128, 32, 16), G(16, 16, 32, group_m=3)),  # gate/up: 3 + 4 blocks, one band; down: 17 + 4 in bands of 3
+    (G(16, 16, 32, group_m=8), G(64, 16, 16, group_m=5)),  # 2 N blocks for gate/up, 3 for down
+])
+def test_grouped_tiles_and_bands_may_differ_between_the_kernels(configs: tuple, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
     """``configs`` forces the grouped path with those tiles: 128-row blocks, a different BLOCK_M for gate/up
-    than for down (two block tables), K tiles of 16."""
-    bm1, bn1, bk1, bm2, bn2, bk2 = tiles
-    configs = (MOE.GroupedConfig(bm1, bn1, bk1), MOE.GroupedConfig(bm2, bn2, bk2))
-    ws = _weights(8, D, I, torch.float32)
+    than for down (two block tables), K tiles of 16, several N blocks, launch orders in bands of
+    ``group_m`` m-blocks (the order itself: test_launch_order_visits_every_tile_once_in_bands)."""
+    ws = _weights(4, D, I, torch.float32)
     x = _tokens(130, D, torch.float32)
     launches = Launches(monkeypatch)
     got = moe(x, *ws, top_k=2, configs=configs)
     assert launches.path == "grouped"
     want = get_op("moe").reference(x, *ws, top_k=2, softmax_first=True, renormalize=True, act="silu")
     torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+@triton.jit
+def _tiles_of(out_ptr, M_BLOCKS, N_BLOCKS, GROUP_M):
+    pid = tl.program_id(0)
+    m, n = _tile(pid, M_BLOCKS, N_BLOCKS, GROUP_M)
+    tl.store(out_ptr + 2 * pid, m)
+    tl.store(out_ptr + 2 * pid + 1, n)
+
+
+@pytest.mark.parametrize("m_blocks,n_blocks,group_m", [(21, 2, 8), (9, 3, 5), (7, 3, 7), (13, 4, 1)])
+def test_launch_order_visits_every_tile_once_in_bands(m_blocks: int, n_blocks: int, group_m: int) -> None:
+    """The grouped kernels' launch order (_tile): a bijection from the 1-D grid onto (m-block, N block), in
+    bands of group_m m-blocks (the last one partial), m-blocks fastest within a band."""
+    out = torch.full((m_blocks * n_blocks, 2), -1, dtype=torch.int32, device=DEVICE)
+    _tiles_of[(m_blocks * n_blocks,)](out, m_blocks, n_blocks, group_m)
+    tiles = [tuple(t) for t in out.tolist()]
+    assert sorted(tiles) == [(m, n) for m in range(m_blocks) for n in range(n_blocks)]
+    want, first = [], 0
+    while first < m_blocks:  # band by band: N blocks in turn, the band's m-blocks fastest
+        band = range(first, min(first + group_m, m_blocks))
+        want += [(m, n) for n in range(n_blocks) for m in band]
+        first += group_m
+    assert tiles == want
 
 
 def _packed(ws: list[torch.Tensor], scheme: str, group: int) -> list[torch.Tensor]:
@@ -286,11 +318,11 @@ for scheme, wdt in ((0, "bf16"), (1, "i8")):
     const = dict(INPUT_PRECISION="tf32", SCHEME=scheme, GROUP=1, RUNS=False)
     cases = [(M._moe_grouped_gate_up, gu, dict(x_ptr="*bf16", wg_ptr="*" + wdt, wu_ptr="*" + wdt, sg_ptr="*bf16",
               su_ptr="*bf16", h_ptr="*bf16", pair_ptr="*i64", offs_ptr="*i64", blk_expert_ptr="*i32",
-              blk_start_ptr="*i64", E=8, I=I, K=D, KW=D, TOP_K=2, stride_x=D, stride_ge=2 * I * D, stride_gn=D,
+              blk_start_ptr="*i64", E=8, M_BLOCKS=72, GROUP_M=72, I=I, K=D, KW=D, TOP_K=2, stride_x=D, stride_ge=2 * I * D, stride_gn=D,
               stride_ue=2 * I * D, stride_un=D, stride_sg=I, stride_sgn=1, stride_su=I, stride_sun=1, stride_h=I)),
              (M._moe_grouped_down, dn, dict(h_ptr="*bf16", wd_ptr="*" + wdt, sd_ptr="*bf16", y_ptr="*fp32",
               pair_ptr="*i64", weight_ptr="*fp32", offs_ptr="*i64", blk_expert_ptr="*i32", blk_start_ptr="*i64",
-              E=8, D=D, I=I, KW=I, stride_h=I, stride_de=D * I, stride_dn=I, stride_sd=D, stride_sdn=1, stride_y=D))]
+              E=8, M_BLOCKS=40, GROUP_M=8, D=D, I=I, KW=I, stride_h=I, stride_de=D * I, stride_dn=I, stride_sd=D, stride_sdn=1, stride_y=D))]
     for kernel, cfg, args in cases:
         args.update(const, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
         ptx, shared = compile_ptx(kernel, args, 90, num_warps=cfg.num_warps, num_stages=cfg.num_stages)

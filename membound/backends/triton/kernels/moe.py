@@ -219,21 +219,35 @@ def _moe_down(
 # (an expert's last block is partial; an expert nobody chose has none). _block_table lists, for each block, its
 # expert and its first sorted position, computed on the device; the grid is the fixed upper bound
 # cdiv(T * k, BLOCK_M) + E blocks times the N blocks (no host sync), and a block past the last real one has
-# expert E and returns at once. Axis 0 (the fastest launched) walks the m-blocks, so the m-blocks of one expert
-# and one N block run side by side and share their weight tile through L2; the gathered x rows (T * k * D)
-# stay in L2 across N blocks.
+# expert E and returns at once. The launch order (_tile) walks the m-blocks fastest, so the m-blocks of one
+# expert and one N block run side by side and share their weight tile through L2; by default in one band of all
+# m-blocks (each weight tile read once from HBM, the gathered rows re-read from L2 per N block: T * k * D
+# elements for gate/up, T * k * I for down, which outgrows L2 at long prefills: GroupedConfig.group_m cuts the
+# m-blocks into bands whose rows stay in L2, at the price of re-reading the weights of an expert cut by a band
+# edge).
+
+
+@triton.jit
+def _tile(pid, M_BLOCKS, N_BLOCKS, GROUP_M):
+    """(m-block, N block) of program ``pid`` on the 1-D grid: bands of ``GROUP_M`` consecutive m-blocks (one or
+    two experts' rows), each swept over all N blocks with its m-blocks fastest. The m-blocks of a band share
+    each weight tile through L2; the band's rows (x, or the hidden rows of down) stay in L2 across its N
+    blocks. ``GROUP_M = M_BLOCKS``: one band, every N block visited by all m-blocks in turn."""
+    per_band = GROUP_M * N_BLOCKS
+    first = (pid // per_band) * GROUP_M
+    rows = tl.minimum(M_BLOCKS - first, GROUP_M)
+    return first + (pid % per_band) % rows, (pid % per_band) // rows
 
 
 @triton.jit
 def _moe_grouped_gate_up(
     x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr,
-    E, I, K, KW, TOP_K,
+    E, M_BLOCKS, GROUP_M, I, K, KW, TOP_K,
     stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_sgn, stride_su, stride_sun, stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = _tile(tl.program_id(0), M_BLOCKS, tl.cdiv(I, BLOCK_N), GROUP_M)
     e = tl.load(blk_expert_ptr + pid_m).to(tl.int64)  # 64-bit: E * I * K weights pass 2**31 elements
     if e >= E:  # past the last real block: the grid is an upper bound
         return
@@ -273,13 +287,12 @@ def _moe_grouped_gate_up(
 @triton.jit
 def _moe_grouped_down(
     h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr,
-    E, D, I, KW,
+    E, M_BLOCKS, GROUP_M, D, I, KW,
     stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = _tile(tl.program_id(0), M_BLOCKS, tl.cdiv(D, BLOCK_N), GROUP_M)
     e = tl.load(blk_expert_ptr + pid_m).to(tl.int64)
     if e >= E:
         return
@@ -427,14 +440,18 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         tables = {bm: _block_table(counts, offsets, bm, grouped_m_blocks(t * top_k, e, bm))
                   for bm in {cfg_gu.block_m, cfg_dn.block_m}}
         blk_expert, blk_start = tables[cfg_gu.block_m]
-        launchable(_moe_grouped_gate_up, x.device)[(blk_expert.shape[0], cdiv(i, cfg_gu.block_n))](
-            h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, blk_expert, blk_start, e, i, d, w_gate.shape[-1],
+        mb = blk_expert.shape[0]
+        launchable(_moe_grouped_gate_up, x.device)[(mb * cdiv(i, cfg_gu.block_n),)](
+            h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, blk_expert, blk_start, e, mb,
+            min(cfg_gu.group_m or mb, mb), i, d, w_gate.shape[-1],
             top_k, h.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0),
             sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=cfg_gu.block_m, BLOCK_N=cfg_gu.block_n,
             BLOCK_K=cfg_gu.block_k, **quant, num_warps=cfg_gu.num_warps, num_stages=cfg_gu.num_stages)
         blk_expert, blk_start = tables[cfg_dn.block_m]
-        launchable(_moe_grouped_down, x.device)[(blk_expert.shape[0], cdiv(d, cfg_dn.block_n))](
-            hidden, w_down, s_down, y, order, rw, offsets, blk_expert, blk_start, e, d, i, w_down.shape[-1],
+        mb = blk_expert.shape[0]
+        launchable(_moe_grouped_down, x.device)[(mb * cdiv(d, cfg_dn.block_n),)](
+            hidden, w_down, s_down, y, order, rw, offsets, blk_expert, blk_start, e, mb,
+            min(cfg_dn.group_m or mb, mb), d, i, w_down.shape[-1],
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
             BLOCK_M=cfg_dn.block_m, BLOCK_N=cfg_dn.block_n, BLOCK_K=cfg_dn.block_k, **quant,
             num_warps=cfg_dn.num_warps, num_stages=cfg_dn.num_stages)
@@ -459,6 +476,7 @@ class GroupedConfig:
     block_k: int
     num_warps: int = 4
     num_stages: int = 3
+    group_m: int = 0  # m-blocks a band of the launch order (_tile); 0: all of them, one band
 
 
 # Starting tiles per (block_m, kernel), bf16/fp16, sized for sm_90 (H100/H200; untimed until gpu/moe_prefill.sh):
