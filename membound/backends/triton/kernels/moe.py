@@ -579,7 +579,7 @@ def path_times(tokens: int, experts: int, top_k: int, hidden: int, intermediate:
         grouped = max(A * P / (GROUPED_BW_SHARE * B), A * bM * BM * 6DI / (GROUPED_MMA_SHARE * F))
                   + A * bM * Q + GROUPED_FIXED_S
 
-    The decode walk streams an expert's weights once per 16-pair chunk: a program's weight tile (0.5-1 MB
+    The decode walk streams an expert's weights once per 16-pair chunk: a program's weight tiles (0.5-2 MB
     over K) does not stay in L2 between its chunks, and its 16-row MMAs never bind (16 FLOP a weight byte).
     The grouped kernel runs an expert's m-blocks side by side, so they share each weight tile through L2, and
     its padded rows cost tensor-core time. ``Q`` (quantized experts): dequantizing one expert's ``3DI``
@@ -620,12 +620,13 @@ def moe_path(tokens: int, experts: int, top_k: int, hidden: int, intermediate: i
              device: torch.device, scheme: Optional[str] = None, group: int = 0, hw=None) -> str:
     """``"decode"`` (one program per expert and N block, walking its pairs 16 at a time) or ``"grouped"`` (the
     grouped GEMM over m-blocks): the cheaper in :func:`path_times`. Both stream the chosen experts once while an
-    expert's pairs fit one 16-row chunk, and the decode walk wins there by the grouped path's fixed cost and
-    padded MMAs; past that it re-reads the weights per chunk. With the constants above, on an H200 the grouped
-    path wins from about 9 pairs per expert (T * k / E): at the Mixtral-8x7B layer (D 4096, I 14336, 8 experts,
-    top-2) from T = 36 tokens with bf16 experts, 34 with int8, 39 with int4 (group 128); 8.5-10 pairs at the
-    other MoE shapes tried (``tests/backends/test_moe_prefill.py`` checks the 8x7B crossovers). A decode batch
-    of 36+ tokens at that shape thus takes the grouped path too (its block table is captured with the rest)."""
+    expert's pairs fit one 16-row chunk, and the decode walk wins there by its (measured) bandwidth share and
+    the grouped path's fixed cost; past that it re-reads the weights per chunk. With the constants above, on an
+    H200 the grouped path wins from about 9 pairs per expert (T * k / E): at the Mixtral-8x7B layer (D 4096,
+    I 14336, 8 experts, top-2) from T = 36 tokens with bf16 experts, 34 with int8, 39 with int4 (group 128);
+    8.5-10 pairs at the other MoE shapes tried (``tests/backends/test_moe_prefill.py`` checks the 8x7B
+    crossovers). A decode batch of 36+ tokens at that shape thus takes the grouped path too (its block table is
+    captured with the rest)."""
     times = path_times(tokens, experts, top_k, hidden, intermediate, dtype, device, scheme, group, hw)
     return "decode" if times["decode"] <= times["grouped"] else "grouped"
 
