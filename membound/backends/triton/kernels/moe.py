@@ -239,7 +239,7 @@ def _tile(pid, M_BLOCKS, N_BLOCKS, GROUP_M):
     return first + (pid % per_band) % rows, (pid % per_band) // rows
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M_BLOCKS", "GROUP_M"])  # they follow T: one compile for all
 def _moe_grouped_gate_up(
     x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr,
     E, M_BLOCKS, GROUP_M, I, K, KW, TOP_K,
@@ -284,7 +284,7 @@ def _moe_grouped_gate_up(
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M_BLOCKS", "GROUP_M"])  # they follow T: one compile for all
 def _moe_grouped_down(
     h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr,
     E, M_BLOCKS, GROUP_M, D, I, KW,
