@@ -64,7 +64,7 @@ from membound.ir.ops import get_op
 from membound.ir.ops.moe import route, shared_expert
 from membound.ir.ops.quant import QWEIGHT_DTYPE
 
-BLOCK_M = 16  # pairs per tile: one tensor-core tile of rows
+BLOCK_M = 16  # the decode walk's pairs per tile: one tensor-core tile of rows (the grouped path: GroupedConfig)
 INT4_RUNS = False  # int4 weight tiles as contiguous byte runs (_weight_tile): faster, not yet checked on a GPU
 
 
