@@ -1,30 +1,42 @@
-"""``moe``: the routed experts as two grouped kernels that read each active expert's weights once.
+"""``moe``: the routed experts as two kernels (gate/up, down), on one of two paths, that read each active
+expert's weights once.
 
 A step of T tokens makes ``T * top_k`` (token, expert) pairs. The wrapper routes in torch (router
 linear, softmax, top-k, renormalisation: a few ``[T, E]`` ops) and sorts the pairs by expert on the
-device, with the per-expert offsets from a comparison count; nothing is read back to the host, so a decode
-step can be captured in a CUDA graph. Then:
+device, with the per-expert offsets from a comparison count; nothing is read back to the host, so a
+step can be captured in a CUDA graph. Then, on the **decode** path (few pairs per expert):
 
 - ``_moe_gate_up``: one program per (expert e, block of ``BLOCK_N`` rows of I). It walks e's pairs
-  ``BLOCK_M`` at a time, gathers their token rows of x, and multiplies them with its gate and up
+  ``BLOCK_M`` (16) at a time, gathers their token rows of x, and multiplies them with its gate and up
   tiles (``tl.dot``; the padded rows of a decode step cost FLOPs, which are free when memory-bound),
   then stores ``silu(gate) * up`` for those pairs. A program of an expert nobody chose returns before
   loading anything: a decode token reads only its top_k experts' weights.
 - ``_moe_down``: one program per (expert e, block of D rows of the down weight): the same walk over
   e's pairs, ``h @ w_down[e].T`` times the pair's routing weight, stored per pair in fp32.
 
+Each program re-streams its weight tile for every 16 pairs, so with many pairs per expert (prefill) the
+walk reads the experts many times over, through 16-row MMAs. The **grouped** path is a grouped GEMM
+instead: the sorted pairs are cut into blocks of 64 or 128 rows, each expert's pairs padded to whole
+blocks (``_block_table``: each block's expert and first pair, torch ops on the device, no host sync), and
+``_moe_grouped_gate_up`` / ``_moe_grouped_down`` run one program per (m-block, N block) over a grid of the
+fixed upper bound ``cdiv(T * k, BLOCK_M) + E`` m-blocks (the blocks past the last real one return at
+once). The m-blocks of one expert run side by side and share each weight tile through L2; tiles are
+64/128 x 128 x 64, Hopper wgmma at bf16/fp16 (``GroupedConfig``, ``pick_grouped_config``). Same gather,
+same epilogues and rounding as the decode kernels. :func:`moe_path` picks the path from
+:func:`path_times`, a roofline price of both (about 9 pairs per expert is the crossover on an H200);
+``path=`` / ``configs=`` force one (tests, ``gpu/moe_prefill.sh``).
+
 The combine (sum over a token's k pairs), the optional shared expert (cuBLAS) and the cast are torch
 ops on ``[T, D]``. Memory stays O(weights + T * top_k * (I + D)): no weight is ever copied per token.
-For many tokens per expert (prefill) the same kernels are a grouped GEMM (each W tile is re-read once
-per ``BLOCK_M`` rows, from L2). Weights may be views (HF's gate/up halves): rows must be contiguous.
+Weights may be views (HF's gate/up halves): rows must be contiguous.
 
 ``quant_moe`` runs the same kernels over quantized expert weights (``SCHEME``), dequantizing each
 weight tile in registers, rounded to the activation dtype as the reference does, before the ``tl.dot``
-(``_weight_tile``): int8 and fp8 (e4m3 bytes) with per-channel scales loaded once per program; int4
-(two codes a byte, group-wise scale and offset) with K tiles no wider than a group, so each row's
-(scale, offset) is one load per tile. At prefill the same walk is the grouped GEMM, dequantizing each
-tile once per ``BLOCK_M`` pairs. (The int4 tile reads each byte for both its nibbles: simple, not the
-word-wide decoding of ``quant_matmul``; measure before tuning.)
+(``_weight_tile``, on both paths): int8 and fp8 (e4m3 bytes) with per-channel scales loaded once per
+program; int4 (two codes a byte, group-wise scale and offset) with K tiles no wider than a group, so each
+row's (scale, offset) is one load per tile. Each m-block dequantizes its expert's tiles once. (The int4
+tile reads each byte for both its nibbles: simple, not the word-wide decoding of ``quant_matmul``;
+measure before tuning.)
 
 Falls back to the torch reference for dtypes other than fp16/bf16/fp32, activations other than
 silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_INTERPRET=1``.
@@ -32,6 +44,7 @@ silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_IN
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -52,7 +65,7 @@ from membound.ir.ops import get_op
 from membound.ir.ops.moe import shared_expert
 from membound.ir.ops.quant import QWEIGHT_DTYPE
 
-BLOCK_M = 16  # pairs per tile: one tensor-core tile of rows
+BLOCK_M = 16  # the decode walk's pairs per tile: one tensor-core tile of rows (the grouped path: GroupedConfig)
 INT4_RUNS = False  # int4 weight tiles as contiguous byte runs (_weight_tile): faster, not yet checked on a GPU
 
 
@@ -62,6 +75,7 @@ INT8: tl.constexpr = tl.constexpr(1)
 INT4: tl.constexpr = tl.constexpr(2)
 FP8: tl.constexpr = tl.constexpr(3)
 SCHEME_CODE = {"int8": INT8.value, "int4": INT4.value, "fp8": FP8.value}
+_SCHEME_NAME = {code: name for name, code in SCHEME_CODE.items()}
 
 
 @triton.jit
@@ -200,6 +214,111 @@ def _moe_down(
         tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
 
 
+# ---- prefill: the grouped GEMM over (m-block, n-block) work items -------------------------------------------
+#
+# The pairs sorted by expert are cut into blocks of BLOCK_M rows, each expert's pairs padded to whole blocks
+# (an expert's last block is partial; an expert nobody chose has none). _block_table lists, for each block, its
+# expert and its first sorted position, computed on the device; the grid is the fixed upper bound
+# cdiv(T * k, BLOCK_M) + E blocks times the N blocks (no host sync), and a block past the last real one has
+# expert E and returns at once. The launch order (_tile) walks the m-blocks fastest, so the m-blocks of one
+# expert and one N block run side by side and share their weight tile through L2; by default in one band of all
+# m-blocks (each weight tile read once from HBM, the gathered rows re-read from L2 per N block: T * k * D
+# elements for gate/up, T * k * I for down, which outgrows L2 at long prefills: GroupedConfig.group_m cuts the
+# m-blocks into bands whose rows stay in L2, at the price of re-reading the weights of an expert cut by a band
+# edge).
+
+
+@triton.jit
+def _tile(pid, M_BLOCKS, N_BLOCKS, GROUP_M):
+    """(m-block, N block) of program ``pid`` on the 1-D grid: bands of ``GROUP_M`` consecutive m-blocks (one or
+    two experts' rows), each swept over all N blocks with its m-blocks fastest. The m-blocks of a band share
+    each weight tile through L2; the band's rows (x, or the hidden rows of down) stay in L2 across its N
+    blocks. ``GROUP_M = M_BLOCKS``: one band, every N block visited by all m-blocks in turn."""
+    per_band = GROUP_M * N_BLOCKS
+    first = (pid // per_band) * GROUP_M
+    rows = tl.minimum(M_BLOCKS - first, GROUP_M)
+    return first + (pid % per_band) % rows, (pid % per_band) // rows
+
+
+@triton.jit(do_not_specialize=["M_BLOCKS", "GROUP_M"])  # they follow T: one compile for all
+def _moe_grouped_gate_up(
+    x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr,
+    E, M_BLOCKS, GROUP_M, I, K, KW, TOP_K,
+    stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_sgn, stride_su, stride_sun, stride_h,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
+):
+    pid_m, pid_n = _tile(tl.program_id(0), M_BLOCKS, tl.cdiv(I, BLOCK_N), GROUP_M)
+    e = tl.load(blk_expert_ptr + pid_m).to(tl.int64)  # 64-bit: E * I * K weights pass 2**31 elements
+    if e >= E:  # past the last real block: the grid is an upper bound
+        return
+    start = tl.load(blk_start_ptr + pid_m)  # this block's first sorted pair
+    end = tl.load(offs_ptr + e + 1)  # one past e's last pair
+    ms = start + tl.arange(0, BLOCK_M).to(tl.int64)
+    m_ok = ms < end
+    pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)  # sorted position -> pair t * TOP_K + j
+    tok = pair // TOP_K  # x rows gathered by token, in the loop
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = ns < I
+    ks0 = tl.arange(0, BLOCK_K)
+    sg = _row_scales(sg_ptr, e, ns, n_ok, stride_sg, SCHEME)  # int8/fp8 per-channel scales, once a program
+    su = _row_scales(su_ptr, e, ns, n_ok, stride_su, SCHEME)
+    # gate and up share each x tile: two accumulators, one pass over K
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + ks0
+        k_ok = ks < K
+        x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        # [BLOCK_K, BLOCK_N] tiles of W.T, dequantized in registers as the decode kernel does
+        wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg,
+                          stride_sgn, sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+        wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su,
+                          stride_sun, su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+        acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
+        acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
+    # round like the reference (and _moe_gate_up): each product in the activation dtype, then silu * up
+    g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
+    u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(h_ptr.dtype.element_ty).to(tl.float32) * u
+    tl.store(h_ptr + ms[:, None] * stride_h + ns[None, :], act.to(h_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["M_BLOCKS", "GROUP_M"])  # they follow T: one compile for all
+def _moe_grouped_down(
+    h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr,
+    E, M_BLOCKS, GROUP_M, D, I, KW,
+    stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
+):
+    pid_m, pid_n = _tile(tl.program_id(0), M_BLOCKS, tl.cdiv(D, BLOCK_N), GROUP_M)
+    e = tl.load(blk_expert_ptr + pid_m).to(tl.int64)
+    if e >= E:
+        return
+    start = tl.load(blk_start_ptr + pid_m)
+    end = tl.load(offs_ptr + e + 1)
+    ms = start + tl.arange(0, BLOCK_M).to(tl.int64)  # 64-bit: pairs * I passes 2**31 at long prefills
+    m_ok = ms < end
+    pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = ns < D
+    ks0 = tl.arange(0, BLOCK_K)
+    sd = _row_scales(sd_ptr, e, ns, n_ok, stride_sd, SCHEME)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, I, BLOCK_K):
+        ks = k0 + ks0
+        k_ok = ks < I
+        h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd,
+                         stride_sdn, sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
+        acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
+    y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the expert's output in the activation dtype, as _moe_down
+    rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
+    tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
+
+
 def _block(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
@@ -226,22 +345,28 @@ def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
 
 def moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
         *shared: torch.Tensor, out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True,
-        renormalize: bool = True, act: str = "silu") -> torch.Tensor:
-    """The IR op ``moe`` (see ``membound.ir.ops.moe``): grouped expert kernels, routing and combine in torch."""
+        renormalize: bool = True, act: str = "silu", path: Optional[str] = None,
+        configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None) -> torch.Tensor:
+    """The IR op ``moe`` (see ``membound.ir.ops.moe``): grouped expert kernels, routing and combine in torch.
+
+    ``path``: ``"decode"`` or ``"grouped"`` forces one (default: :func:`moe_path` prices both); ``configs``:
+    the grouped kernels' tiles (gate/up, down), which force the grouped path (default: ``pick_grouped_config``)."""
     attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act)
     _check_shapes("moe", x, router, w_gate, w_down)
     reason = _unsupported(x, (router, w_gate, w_up, w_down), act)
     if reason is not None:
         return fallback("moe", reason, get_op("moe").reference(x, router, w_gate, w_up, w_down, *shared, **attrs), out)
-    return _launch("moe", x, router, (w_gate, w_up, w_down), None, shared, out, attrs)
+    return _launch("moe", x, router, (w_gate, w_up, w_down), None, shared, out, attrs, path=path, configs=configs)
 
 
 def quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gate: torch.Tensor, q_up: torch.Tensor,
               s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor, *shared: torch.Tensor,
               out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True, renormalize: bool = True,
-              act: str = "silu", scheme: str = "int8", group_size: int = 0) -> torch.Tensor:
+              act: str = "silu", scheme: str = "int8", group_size: int = 0, path: Optional[str] = None,
+              configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None) -> torch.Tensor:
     """The IR op ``quant_moe``: the same kernels reading int8 / int4 / fp8 expert weights, dequantized in
-    registers (a decode token streams 1 byte, or half a byte, per active expert weight)."""
+    registers (a decode token streams 1 byte, or half a byte, per active expert weight). ``path``, ``configs``:
+    as :func:`moe`."""
     attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act)
     packed = (q_gate, s_gate, q_up, s_up, q_down, s_down)
     _check_shapes("quant_moe", x, router, q_gate, q_down)
@@ -254,7 +379,7 @@ def quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gat
         return fallback("quant_moe", reason, want, out)
     codes = tuple(q.view(torch.uint8) if scheme == "fp8" else q for q in (q_gate, q_up, q_down))
     return _launch("quant_moe", x, router, codes, (s_gate, s_up, s_down), shared, out, attrs,
-                   scheme=SCHEME_CODE[scheme], group=group_size)
+                   scheme=SCHEME_CODE[scheme], group=group_size, path=path, configs=configs)
 
 
 def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_down: torch.Tensor) -> None:
@@ -266,34 +391,66 @@ def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.
 
 def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch.Tensor, ...],
             scales: Optional[tuple[torch.Tensor, ...]], shared: tuple[torch.Tensor, ...], out: Optional[torch.Tensor],
-            attrs: dict, scheme: int = 0, group: int = 0) -> torch.Tensor:
+            attrs: dict, scheme: int = 0, group: int = 0, path: Optional[str] = None,
+            configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None) -> torch.Tensor:
     w_gate, w_up, w_down = weights
     s_gate, s_up, s_down = scales if scales is not None else (w_gate, w_up, w_down)  # unread without a scheme
     top_k, e, d = attrs["top_k"], router.shape[0], router.shape[1]
     result = check_out(op, out, tuple(x.shape), x.dtype, x.device)
     h = x.reshape(-1, d).contiguous()  # [T, D]
     t, i = h.shape[0], w_gate.shape[1]
-    # routing weights per pair, pairs sorted by expert (stable: a token's pairs stay in slot order),
+    scheme_name = _SCHEME_NAME.get(scheme)
+    if path is None:
+        path = "grouped" if configs is not None else moe_path(t, e, top_k, d, i, x.dtype, x.device, scheme_name,
+                                                                 group)
+    if path not in PATHS:
+        raise ValueError(f"{op}: path={path!r}; expected one of {PATHS}")
+    # routing weight per pair, pairs sorted by expert (stable: a token's pairs stay in slot order),
     # offsets[e] = first pair of e; one launch after the top-k for a decode step's few pairs (moe_route.py)
-    pair_weights, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
+    rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
     hidden = torch.empty((t * top_k, i), dtype=x.dtype, device=x.device)  # silu(gate) * up, sorted order
     y = torch.empty((t * top_k, d), dtype=torch.float32, device=x.device)  # weighted expert outputs, pair order
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    # int4: a K tile inside one group (both powers of two), so each row's (scale, offset) is one load a tile
-    cap_k = min(64, group) if scheme == INT4.value else 64
     sn = [sc.stride(1) if sc.dim() > 1 else 0 for sc in (s_gate, s_up, s_down)]
-    bn, bk = _block(i, 64), _block(d, cap_k)
-    launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
-        h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, i, d, w_gate.shape[-1], top_k, h.stride(0),
-        w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
-        s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk,
-        INPUT_PRECISION=precision, SCHEME=scheme, GROUP=max(group, 1), RUNS=INT4_RUNS, num_warps=4)
-    bn, bk = _block(d, 64), _block(i, cap_k)
-    launchable(_moe_down, x.device)[(e, cdiv(d, bn))](
-        hidden, w_down, s_down, y, order, pair_weights, offsets, d, i, w_down.shape[-1],
-        hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, INPUT_PRECISION=precision, SCHEME=scheme, GROUP=max(group, 1),
-        RUNS=INT4_RUNS, num_warps=4)
+    quant = dict(SCHEME=scheme, GROUP=max(group, 1), RUNS=INT4_RUNS, INPUT_PRECISION=precision)
+    if t == 0:
+        pass  # an empty step: nothing to launch (an empty tensor's data pointer may be null)
+    elif path == "decode":
+        # int4: a K tile inside one group (both powers of two), so each row's (scale, offset) is one load a tile
+        cap_k = min(64, group) if scheme == INT4.value else 64
+        bn, bk = _block(i, 64), _block(d, cap_k)
+        launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
+            h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, i, d, w_gate.shape[-1], top_k, h.stride(0),
+            w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
+            s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, num_warps=4)
+        bn, bk = _block(d, 64), _block(i, cap_k)
+        launchable(_moe_down, x.device)[(e, cdiv(d, bn))](
+            hidden, w_down, s_down, y, order, rw, offsets, d, i, w_down.shape[-1], hidden.stride(0),
+            w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn,
+            BLOCK_K=bk, **quant, num_warps=4)
+    else:
+        cfg_gu, cfg_dn = configs or (pick_grouped_config(t * top_k, e, i, d, x.dtype, scheme_name, group, True),
+                                     pick_grouped_config(t * top_k, e, d, i, x.dtype, scheme_name, group, False))
+        cfg_gu, cfg_dn = _fit(cfg_gu, i, d, scheme, group), _fit(cfg_dn, d, i, scheme, group)
+        counts = offsets[1:] - offsets[:-1]  # [E] pairs per expert
+        tables = {bm: _block_table(counts, offsets, bm, grouped_m_blocks(t * top_k, e, bm))
+                  for bm in {cfg_gu.block_m, cfg_dn.block_m}}
+        blk_expert, blk_start = tables[cfg_gu.block_m]
+        mb = blk_expert.shape[0]
+        launchable(_moe_grouped_gate_up, x.device)[(mb * cdiv(i, cfg_gu.block_n),)](
+            h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, blk_expert, blk_start, e, mb,
+            min(cfg_gu.group_m or mb, mb), i, d, w_gate.shape[-1],
+            top_k, h.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0),
+            sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=cfg_gu.block_m, BLOCK_N=cfg_gu.block_n,
+            BLOCK_K=cfg_gu.block_k, **quant, num_warps=cfg_gu.num_warps, num_stages=cfg_gu.num_stages)
+        blk_expert, blk_start = tables[cfg_dn.block_m]
+        mb = blk_expert.shape[0]
+        launchable(_moe_grouped_down, x.device)[(mb * cdiv(d, cfg_dn.block_n),)](
+            hidden, w_down, s_down, y, order, rw, offsets, blk_expert, blk_start, e, mb,
+            min(cfg_dn.group_m or mb, mb), d, i, w_down.shape[-1],
+            hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
+            BLOCK_M=cfg_dn.block_m, BLOCK_N=cfg_dn.block_n, BLOCK_K=cfg_dn.block_k, **quant,
+            num_warps=cfg_dn.num_warps, num_stages=cfg_dn.num_stages)
     combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
     if shared:
         combined += shared_expert(h, shared, attrs["act"])
@@ -302,9 +459,177 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     return result
 
 
+# ---- the grouped path's tiles and block table ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupedConfig:
+    """Tiles of one grouped kernel: ``block_m`` sorted pairs (a block never mixes experts), ``block_n`` weight
+    rows, ``block_k`` elements of K a step; launch options. The unit ``gpu/moe_prefill.sh`` sweeps."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    group_m: int = 0  # m-blocks a band of the launch order (_tile); 0: all of them, one band
+
+
+# Starting tiles per (block_m, kernel), bf16/fp16, sized for sm_90 (H100/H200; untimed until gpu/moe_prefill.sh):
+# shared memory a stage = (BM + 2 BN) * BK * 2 bytes for gate/up (two weight tiles), (BM + BN) * BK * 2 for down,
+# at most ~128 KB in all; fp32 accumulators <= 64 registers a thread each (gate/up holds two).
+GROUPED_TILES: dict[tuple[int, str], GroupedConfig] = {
+    (64, "gate_up"): GroupedConfig(64, 128, 64, num_warps=8, num_stages=3),  # 40 KB a stage
+    (128, "gate_up"): GroupedConfig(128, 64, 64, num_warps=8, num_stages=4),  # 32 KB a stage
+    (64, "down"): GroupedConfig(64, 128, 64, num_warps=4, num_stages=4),  # 24 KB a stage
+    (128, "down"): GroupedConfig(128, 128, 64, num_warps=8, num_stages=3),  # 32 KB a stage
+}
+# quantized experts: the in-register dequantization holds more registers (sm_90 under Triton 3.9, cuobjdump: int4
+# down at 64 x 128 x 64 with 4 warps needed 255 registers and a stack; these stay at 72-128, no stack)
+QUANT_TILES: dict[tuple[int, str], GroupedConfig] = {
+    (64, "gate_up"): GroupedConfig(64, 64, 64, num_warps=8, num_stages=3),
+    (64, "down"): GroupedConfig(64, 128, 64, num_warps=8, num_stages=3),
+}
+FP32_TILE = GroupedConfig(64, 64, 32, num_warps=8, num_stages=2)  # fp32 x (FMA dots): twice the bytes a tile
+# pairs per expert (T * k / E) from which a block holds 128 rows: the mean padding of an expert's last block is
+# then <= 25% of its rows (64 of 256); below, 64-row blocks waste half as many
+BLOCK_M_128_FROM = 256
+
+
+def pick_grouped_config(pairs: int, experts: int, n: int, k: int, dtype: torch.dtype, scheme: Optional[str],
+                        group: int, gate_up: bool) -> GroupedConfig:
+    """The grouped kernel's tiles for ``pairs`` = T * top_k (sorted pairs), weight ``[E, n, k]``: 64-row blocks
+    until ``BLOCK_M_128_FROM`` pairs per expert, then 128 (``GROUPED_TILES``, ``QUANT_TILES`` for quantized
+    experts where they differ); fp32 x: ``FP32_TILE``. int4 K
+    tiles are cut to one group (``_fit``), small n / k to their next power of two."""
+    if dtype == torch.float32:
+        return FP32_TILE
+    key = (128 if pairs >= BLOCK_M_128_FROM * experts else 64, "gate_up" if gate_up else "down")
+    return QUANT_TILES.get(key, GROUPED_TILES[key]) if scheme is not None else GROUPED_TILES[key]
+
+
+def _fit(cfg: GroupedConfig, n: int, k: int, scheme: int, group: int) -> GroupedConfig:
+    """``cfg`` with tiles no larger than the weight (powers of two, >= 16 for tl.dot) and, for int4, K tiles
+    inside one group (``_weight_tile`` loads each row's scale and offset once a tile)."""
+    block_k = min(cfg.block_k, group) if scheme == INT4.value else cfg.block_k
+    return replace(cfg, block_n=_block(n, cfg.block_n), block_k=_block(k, block_k))
+
+
+def grouped_m_blocks(pairs: int, experts: int, block_m: int) -> int:
+    """The grid's m-blocks: ``cdiv(pairs, block_m) + experts``, an upper bound on sum_e cdiv(count_e, block_m)
+    (each expert's last block at most one more than its share) that needs no count on the host."""
+    return cdiv(pairs, block_m) + experts
+
+
+def _block_table(counts: torch.Tensor, offsets: torch.Tensor, block_m: int,
+                 m_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(expert i32[m_blocks], start i64[m_blocks])``: block b holds sorted pairs ``start[b] ..`` of expert
+    ``expert[b]``, up to BLOCK_M of them and never past ``offsets[expert + 1]``; blocks past the last real one
+    have expert E. Torch ops on the device (no host sync: a CUDA graph may capture them)."""
+    e = counts.shape[0]
+    blocks = (counts + block_m - 1) // block_m  # [E] each expert's m-blocks (0 for an unchosen expert)
+    ends = torch.cumsum(blocks, 0)  # [E] one past each expert's last block
+    b = torch.arange(m_blocks, device=counts.device)
+    expert = torch.searchsorted(ends, b, right=True)  # [MB] the first expert whose blocks end after b
+    safe = expert.clamp(max=e - 1)
+    start = offsets[safe] + (b - (ends - blocks)[safe]) * block_m
+    return expert.to(torch.int32), start
+
+
+# ---- which path: priced on the device's roofline -------------------------------------------------------------
+
+PATHS = ("decode", "grouped")
+# What each path reaches, as shares of the device's bandwidth (B) and dense tensor-core peak (F): estimates until
+# gpu/moe_prefill.sh measures them (it prints both paths' times and the shares they imply).
+# - DECODE_BW_SHARE: 387 decode tok/s at the Mixtral-8x7B shape cut to 8 layers, batch 1 (H200, benches/moe.py):
+#   52% of the active bytes' roofline. At prefill the rule overprices the walk: 512 tokens (~8.5 chunks of 16 pairs
+#   an expert, 2.8 GB of experts a layer) price 77 ms for 8 layers where the whole step took 56 ms (9084 tok/s),
+#   so some re-reads hit L2 (>= 0.71 of B if none did); the grouped path wins there by far either way.
+# - GROUPED_*: untimed guesses (cuBLAS reaches 0.71 of F at bf16; a Triton grouped GEMM with 64-row tiles less).
+DECODE_BW_SHARE = 0.52
+GROUPED_BW_SHARE = 0.50
+GROUPED_MMA_SHARE = 0.45
+GROUPED_FIXED_S = 15e-6  # the block table: ~6 small torch ops before the kernels
+
+
+def expected_experts(tokens: int, experts: int, top_k: int) -> float:
+    """Distinct experts ``tokens`` tokens choose, uniform routing: ``E * (1 - (1 - k/E)^T)`` (benches/moe.py's)."""
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+def expected_blocks(pairs_per_expert: float, block_m: int) -> float:
+    """m-blocks of ``block_m`` rows an expert with ``n`` pairs on average needs: one while its pairs fill at most
+    half a block, then ``n / block_m + 1/2`` (half a block of padding on average: counts spread around n)."""
+    return max(1.0, pairs_per_expert / block_m + 0.5)
+
+
+def path_times(tokens: int, experts: int, top_k: int, hidden: int, intermediate: int, dtype: torch.dtype,
+               device: torch.device, scheme: Optional[str] = None, group: int = 0, hw=None) -> dict[str, float]:
+    """Roofline seconds of one ``moe`` layer's expert kernels on each path: ``{"decode": .., "grouped": ..}``.
+
+    ``A`` experts are chosen (:func:`expected_experts`), each with ``n = T * k / A`` pairs and ``P`` bytes of
+    weights (packed when quantized); ``b16`` / ``bM``: its m-blocks of 16 / BLOCK_M (64 or 128) rows
+    (:func:`expected_blocks`)::
+
+        decode  = A * b16 * P / (DECODE_BW_SHARE * B)                                    + A * b16 * Q
+        grouped = max(A * P / (GROUPED_BW_SHARE * B), A * bM * BM * 6DI / (GROUPED_MMA_SHARE * F))
+                  + A * bM * Q + GROUPED_FIXED_S
+
+    The decode walk streams an expert's weights once per 16-pair chunk: a program's weight tiles (0.5-2 MB
+    over K) does not stay in L2 between its chunks, and its 16-row MMAs never bind (16 FLOP a weight byte).
+    The grouped kernel runs an expert's m-blocks side by side, so they share each weight tile through L2, and
+    its padded rows cost tensor-core time. ``Q`` (quantized experts): dequantizing one expert's ``3DI``
+    weights in registers, paid once per m-block on both paths, at the rate quant_matmul's fused prefill kernel
+    implies (its measured compute share at M = 64 against cuBLAS's, ``membound.cost.step`` priors: the time
+    beyond cuBLAS's is the dequantization). ``hw``: a ``membound.cost.Hardware`` (default: ``device``'s
+    datasheet spec)."""
+    from membound.backends.triton.kernels.quant_matmul import PREFILL_BLOCK_M, _device_spec, packed_bytes
+    from membound.cost.step import step_priors
+
+    hw = hw or _device_spec(device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    peak = hw.peak_flops({torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, "bf16"))
+    weights = 3 * hidden * intermediate  # elements of one expert
+    if scheme is None:
+        per_expert, dequant = weights * itemsize, 0.0
+    else:
+        per_expert = (2 * packed_bytes(intermediate, hidden, scheme, group, dtype)
+                      + packed_bytes(hidden, intermediate, scheme, group, dtype))
+        priors = step_priors(hw)
+        fused = priors.kernel(f"quant_mma_{scheme}").compute_efficiency
+        cublas = priors.kernel("cublas").compute_efficiency
+        dequant = weights * 2.0 * PREFILL_BLOCK_M / peak * (1.0 / fused - 1.0 / cublas)  # Q: s an expert a block
+    chosen = max(expected_experts(tokens, experts, top_k), 1e-9)  # no tokens: no expert, nothing to stream
+    per_chosen = tokens * top_k / chosen
+    activations = tokens * top_k * (hidden * itemsize + 2 * intermediate * itemsize + hidden * 4)  # x, hidden, y
+    chunks = chosen * expected_blocks(per_chosen, BLOCK_M)
+    decode = (chunks * per_expert + activations) / (DECODE_BW_SHARE * hw.bandwidth) + chunks * dequant
+    block_m = 128 if tokens * top_k >= BLOCK_M_128_FROM * experts else 64
+    blocks = chosen * expected_blocks(per_chosen, block_m)
+    memory = (chosen * per_expert + activations) / (GROUPED_BW_SHARE * hw.bandwidth)
+    compute = blocks * block_m * 2.0 * weights / (GROUPED_MMA_SHARE * peak)
+    grouped = max(memory, compute) + blocks * dequant + GROUPED_FIXED_S
+    return {"decode": decode, "grouped": grouped}
+
+
+def moe_path(tokens: int, experts: int, top_k: int, hidden: int, intermediate: int, dtype: torch.dtype,
+             device: torch.device, scheme: Optional[str] = None, group: int = 0, hw=None) -> str:
+    """``"decode"`` (one program per expert and N block, walking its pairs 16 at a time) or ``"grouped"`` (the
+    grouped GEMM over m-blocks): the cheaper in :func:`path_times`. Both stream the chosen experts once while an
+    expert's pairs fit one 16-row chunk, and the decode walk wins there by its (measured) bandwidth share and
+    the grouped path's fixed cost; past that it re-reads the weights per chunk. With the constants above, on an
+    H200 the grouped path wins from about 9 pairs per expert (T * k / E): at the Mixtral-8x7B layer (D 4096,
+    I 14336, 8 experts, top-2) from T = 36 tokens with bf16 experts, 34 with int8, 39 with int4 (group 128);
+    8.5-10 pairs at the other MoE shapes tried (``tests/backends/test_moe_prefill.py`` checks the 8x7B
+    crossovers). A decode batch of 36+ tokens at that shape thus takes the grouped path too (its block table is
+    captured with the rest)."""
+    times = path_times(tokens, experts, top_k, hidden, intermediate, dtype, device, scheme, group, hw)
+    return "decode" if times["decode"] <= times["grouped"] else "grouped"
+
+
 def moe_bytes(tokens: int, experts: int, top_k: int, hidden: int, intermediate: int, itemsize: int) -> int:
     """Bytes of expert weights a step of ``tokens`` tokens reads: ``min(E, tokens * k)`` experts."""
     return min(experts, tokens * top_k) * 3 * hidden * intermediate * itemsize
 
 
-__all__ = ["moe", "moe_bytes", "quant_moe"]
+__all__ = ["GroupedConfig", "moe", "moe_bytes", "moe_path", "path_times", "pick_grouped_config", "quant_moe"]
