@@ -58,6 +58,36 @@ def test_matches_reference(dtype: torch.dtype, tokens: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens,scheme", [(1, None), (3, None), (2, "int8"), (1, "int4")])
+def test_split_down_projection(dtype: torch.dtype, tokens: int, scheme: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode's down kernel with K (I = 200) split in two, the last split partial (128 + 72), the last program
+    of each (expert, column block) summing the partials: equal to the reference (int4 groups of 16 nest in
+    the 64-element K tiles' splits)."""
+    import importlib
+
+    moe_mod = importlib.import_module("membound.backends.triton.kernels.moe")
+    monkeypatch.setattr(moe_mod, "DOWN_MIN_TILES", 1)
+    monkeypatch.setattr(moe_mod, "DOWN_PROGRAMS_PER_SM", 64)
+    assert moe_mod.down_split(tokens, 4, 2, 40, 200, 64, 64, torch.device(DEVICE)) == 2
+    ws = _weights(4, 40, 200, dtype)
+    x = torch.randn(tokens, 40, generator=torch.Generator().manual_seed(5)).to(DEVICE, dtype)
+    if scheme is None:
+        _check(x, ws)
+        return
+    group = 16 if scheme == "int4" else 0
+    packed = []
+    for w in ws[1:4]:
+        q, sc = quantize(w.reshape(-1, w.shape[-1]), scheme, group or 128)
+        packed += [q.view(*w.shape[:2], -1), sc.view(*w.shape[:2], *sc.shape[1:])]
+    attrs = dict(top_k=2, softmax_first=True, renormalize=True, act="silu")
+    with trace() as calls:
+        got = quant_moe(x, ws[0], *packed, **attrs, scheme=scheme, group_size=group)
+    assert calls == [("quant_moe", "kernel")]
+    want = get_op("quant_moe").reference(x, ws[0], *packed, **attrs, scheme=scheme, group_size=group)
+    torch.testing.assert_close(got.float(), want.float(), **TOL[x.dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_top1_softmax_after_shared_expert(dtype: torch.dtype) -> None:
     ws = _weights(4, 24, 19, dtype, shared=13)
     x = torch.randn(2, 3, 24, generator=torch.Generator().manual_seed(2)).to(DEVICE, dtype)

@@ -52,11 +52,15 @@ import triton
 import triton.language as tl
 
 from membound.backends.triton.kernels._launch import (
+    arrive_last,
     cdiv,
     check_out,
     fallback,
     launchable,
     note,
+    reset_counter,
+    sm_count,
+    split_counters,
     unsupported_device,
     unsupported_dtype,
 )
@@ -183,35 +187,66 @@ def _moe_gate_up(
 
 @triton.jit
 def _moe_down(
-    h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr,
-    D, I, KW,
-    stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y,
+    h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr, part_ptr, lock_ptr,
+    D, I, KW, K_PER_SPLIT,
+    stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y, stride_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, SPLIT_K: tl.constexpr = 1,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     start = tl.load(offs_ptr + e)
     end = tl.load(offs_ptr + e + 1)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < D
     ks0 = tl.arange(0, BLOCK_K)
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, I)
     sd = _row_scales(sd_ptr, e, ns, n_ok, stride_sd, SCHEME)
     for m0 in range(start, end, BLOCK_M):
         ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
         m_ok = ms < end
         pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, I, BLOCK_K):
+        for k0 in range(k_start, k_end, BLOCK_K):
             ks = k0 + ks0
-            k_ok = ks < I
+            k_ok = ks < k_end
             h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd,
                              stride_sdn, sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
             acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
-        y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the expert's output, in the activation dtype
-        rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
-        tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
+        tile = ms[:, None] * D + ns[None, :]
+        tile_ok = m_ok[:, None] & n_ok[None, :]
+        if SPLIT_K > 1:
+            # an fp32 partial per sorted pair; the last of the SPLIT_K programs of (e, pid_n) sums them in
+            # split order (deterministic) for each chunk it walks (_launch.arrive_last, as linear's split-K)
+            tl.store(part_ptr + pid_k * stride_split + tile, acc, mask=tile_ok)
+        else:
+            _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y)
+    if SPLIT_K > 1:
+        if end > start:  # an expert nobody chose: no partials, no arrival
+            if arrive_last(lock_ptr, e * tl.num_programs(1) + pid_n, SPLIT_K):
+                for m0 in range(start, end, BLOCK_M):
+                    ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+                    m_ok = ms < end
+                    pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)
+                    tile = ms[:, None] * D + ns[None, :]
+                    tile_ok = m_ok[:, None] & n_ok[None, :]
+                    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                    for sp in tl.static_range(SPLIT_K):
+                        acc += tl.load(part_ptr + sp * stride_split + tile, mask=tile_ok, other=0.0,
+                                       cache_modifier=".cg")  # from L2: the other programs' stores
+                    _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y)
+                reset_counter(lock_ptr, e * tl.num_programs(1) + pid_n)
+
+
+@triton.jit
+def _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y):
+    """The expert's output rounded to the activation dtype, times the pair's routing weight, stored in fp32."""
+    y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)
+    rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
+    tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
 
 
 # ---- prefill: the grouped GEMM over (m-block, n-block) work items -------------------------------------------
@@ -319,6 +354,29 @@ def _moe_grouped_down(
     tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
 
 
+# decode's down projection splits K (I, the long side: 14336 at Mixtral-8x7B) while the programs of the experts a
+# step is expected to read would number fewer than this many per SM. At batch 1 a top-2 step reads 2 experts:
+# 2 x 64 programs of 64 rows each streamed 1.8 MB alone on an H200 (one program an SM, the down kernel at 49% of
+# read bandwidth against gate/up's 97%, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02.json)
+DOWN_PROGRAMS_PER_SM = 4
+DOWN_MAX_SPLIT = 8
+DOWN_MIN_TILES = 8  # K tiles a split keeps at least
+
+
+def down_split(tokens: int, experts: int, top_k: int, d: int, i: int, block_n: int, block_k: int,
+               device: torch.device) -> int:
+    """K splits of the decode down kernel: doubled while the expected active experts' programs
+    (``E (1 - (1 - k/E)^T)`` experts, ``cdiv(D, BLOCK_N)`` programs each) leave SMs short of
+    :data:`DOWN_PROGRAMS_PER_SM` programs and every split keeps at least :data:`DOWN_MIN_TILES` K tiles."""
+    active = min(experts * (1.0 - (1.0 - top_k / experts) ** tokens), tokens * top_k)
+    programs = max(1.0, active) * cdiv(d, block_n)
+    split = 1
+    while (programs * split < DOWN_PROGRAMS_PER_SM * sm_count(device) and i >= DOWN_MIN_TILES * block_k * split * 2
+           and split < DOWN_MAX_SPLIT):
+        split *= 2
+    return split
+
+
 def _block(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
@@ -424,10 +482,17 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
             w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
             s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, num_warps=4)
         bn, bk = _block(d, 64), _block(i, cap_k)
-        launchable(_moe_down, x.device)[(e, cdiv(d, bn))](
-            hidden, w_down, s_down, y, order, rw, offsets, d, i, w_down.shape[-1], hidden.stride(0),
-            w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn,
-            BLOCK_K=bk, **quant, num_warps=4)
+        split = down_split(t, e, top_k, d, i, bn, bk, x.device)
+        k_per_split = cdiv(cdiv(i, split), bk) * bk
+        split = cdiv(i, k_per_split)  # no empty splits
+        part, locks = y, offsets  # never touched unsplit
+        if split > 1:
+            part = torch.empty((split, t * top_k, d), dtype=torch.float32, device=x.device)
+            locks = split_counters(x.device, e * cdiv(d, bn))
+        launchable(_moe_down, x.device)[(e, cdiv(d, bn), split)](
+            hidden, w_down, s_down, y, order, rw, offsets, part, locks, d, i, w_down.shape[-1], k_per_split,
+            hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
+            t * top_k * d, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, SPLIT_K=split, num_warps=4)
     else:
         cfg_gu, cfg_dn = configs or (pick_grouped_config(t * top_k, e, i, d, x.dtype, scheme_name, group, True),
                                      pick_grouped_config(t * top_k, e, d, i, x.dtype, scheme_name, group, False))
