@@ -70,7 +70,8 @@ from membound.ir.ops.moe import shared_expert
 from membound.ir.ops.quant import QWEIGHT_DTYPE
 
 BLOCK_M = 16  # the decode walk's pairs per tile: one tensor-core tile of rows (the grouped path: GroupedConfig)
-INT4_RUNS = False  # int4 weight tiles as contiguous byte runs (_weight_tile): faster, not yet checked on a GPU
+INT4_RUNS = False  # int4 tiles as contiguous byte runs (_weight_tile): WRONG compiled on the H200 (both forms so far;
+# benches/results/gpu-tests-nvidia-h200-2026-12-02-session5-kernels.log: 8 failures, all RUNS=True), right interpreted
 
 
 # SCHEME: how expert weights are stored (module constants a @triton.jit body may read must be constexpr)
@@ -359,6 +360,7 @@ def _moe_grouped_down(
 # 2 x 64 programs of 64 rows each streamed 1.8 MB alone on an H200 (one program an SM, the down kernel at 49% of
 # read bandwidth against gate/up's 97%, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02.json)
 DOWN_PROGRAMS_PER_SM = 4
+DECODE_BLOCK_N = 32  # weight rows a decode program streams (gate/up and down)
 DOWN_MAX_SPLIT = 8
 DOWN_MIN_TILES = 8  # K tiles a split keeps at least
 
@@ -476,12 +478,14 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     elif path == "decode":
         # int4: a K tile inside one group (both powers of two), so each row's (scale, offset) is one load a tile
         cap_k = min(64, group) if scheme == INT4.value else 64
-        bn, bk = _block(i, 64), _block(d, cap_k)
+        # 32 output rows a program (H200, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-down-split.json:
+        # 198.6 against 202.0 us at T = 1, 668.7 against 693.6 at T = 8 for 64)
+        bn, bk = _block(i, DECODE_BLOCK_N), _block(d, cap_k)
         launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
             h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, i, d, w_gate.shape[-1], top_k, h.stride(0),
             w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
             s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, num_warps=4)
-        bn, bk = _block(d, 64), _block(i, cap_k)
+        bn, bk = _block(d, DECODE_BLOCK_N), _block(i, cap_k)
         split = down_split(t, e, top_k, d, i, bn, bk, x.device)
         k_per_split = cdiv(cdiv(i, split), bk) * bk
         split = cdiv(i, k_per_split)  # no empty splits
@@ -540,14 +544,16 @@ class GroupedConfig:
     group_m: int = 0  # m-blocks a band of the launch order (_tile); 0: all of them, one band
 
 
-# Starting tiles per (block_m, kernel), bf16/fp16, sized for sm_90 (H100/H200; untimed until gpu/moe_prefill.sh):
-# shared memory a stage = (BM + 2 BN) * BK * 2 bytes for gate/up (two weight tiles), (BM + BN) * BK * 2 for down,
-# at most ~128 KB in all; fp32 accumulators <= 64 registers a thread each (gate/up holds two).
+# Tiles per (block_m, kernel), bf16/fp16, sm_90: from the H200 sweep of gpu/moe_prefill.sh at the Mixtral-8x7B
+# layer (benches/results/moe_prefill-nvidia-h200-2026-12-02.json): 128 x 128 x 64 tiles won at T = 512 (278.6
+# TFLOP/s against 263.2 for 64 x 128) and T = 2048 (469.8 against 387.5); 64-row blocks are kept for fewer pairs
+# an expert (less padding). Shared memory a stage = (BM + 2 BN) * BK * 2 bytes for gate/up (two weight tiles),
+# (BM + BN) * BK * 2 for down; fp32 accumulators <= 64 registers a thread each (gate/up holds two).
 GROUPED_TILES: dict[tuple[int, str], GroupedConfig] = {
     (64, "gate_up"): GroupedConfig(64, 128, 64, num_warps=8, num_stages=3),  # 40 KB a stage
-    (128, "gate_up"): GroupedConfig(128, 64, 64, num_warps=8, num_stages=4),  # 32 KB a stage
+    (128, "gate_up"): GroupedConfig(128, 128, 64, num_warps=8, num_stages=3),  # 48 KB a stage
     (64, "down"): GroupedConfig(64, 128, 64, num_warps=4, num_stages=4),  # 24 KB a stage
-    (128, "down"): GroupedConfig(128, 128, 64, num_warps=8, num_stages=3),  # 32 KB a stage
+    (128, "down"): GroupedConfig(128, 128, 64, num_warps=8, num_stages=4),  # 32 KB a stage
 }
 # quantized experts: the in-register dequantization holds more registers (sm_90 under Triton 3.9, cuobjdump: int4
 # down at 64 x 128 x 64 with 4 warps needed 255 registers and a stack; these stay at 72-128, no stack)
@@ -557,8 +563,8 @@ QUANT_TILES: dict[tuple[int, str], GroupedConfig] = {
 }
 FP32_TILE = GroupedConfig(64, 64, 32, num_warps=8, num_stages=2)  # fp32 x (FMA dots): twice the bytes a tile
 # pairs per expert (T * k / E) from which a block holds 128 rows: the mean padding of an expert's last block is
-# then <= 25% of its rows (64 of 256); below, 64-row blocks waste half as many
-BLOCK_M_128_FROM = 256
+# then <= 50% of its rows; 128-row tiles already won at 128 pairs an expert (T = 512, top-2 of 8, H200 sweep)
+BLOCK_M_128_FROM = 128
 
 
 def pick_grouped_config(pairs: int, experts: int, n: int, k: int, dtype: torch.dtype, scheme: Optional[str],
@@ -604,16 +610,15 @@ def _block_table(counts: torch.Tensor, offsets: torch.Tensor, block_m: int,
 # ---- which path: priced on the device's roofline -------------------------------------------------------------
 
 PATHS = ("decode", "grouped")
-# What each path reaches, as shares of the device's bandwidth (B) and dense tensor-core peak (F): estimates until
-# gpu/moe_prefill.sh measures them (it prints both paths' times and the shares they imply).
-# - DECODE_BW_SHARE: 387 decode tok/s at the Mixtral-8x7B shape cut to 8 layers, batch 1 (H200, benches/moe.py):
-#   52% of the active bytes' roofline. At prefill the rule overprices the walk: 512 tokens (~8.5 chunks of 16 pairs
-#   an expert, 2.8 GB of experts a layer) price 77 ms for 8 layers where the whole step took 56 ms (9084 tok/s),
-#   so some re-reads hit L2 (>= 0.71 of B if none did); the grouped path wins there by far either way.
-# - GROUPED_*: untimed guesses (cuBLAS reaches 0.71 of F at bf16; a Triton grouped GEMM with 64-row tiles less).
-DECODE_BW_SHARE = 0.52
-GROUPED_BW_SHARE = 0.50
-GROUPED_MMA_SHARE = 0.45
+# What each path reaches, as shares of the device's bandwidth (B) and dense tensor-core peak (F), measured on an
+# H200 at the Mixtral-8x7B layer (benches/results/moe_prefill-nvidia-h200-2026-12-02.json, bf16, T = 8..64 for
+# the bandwidth shares, T = 2048 for the MMA share; the two paths tie at T = 64: 0.990 ms each):
+# - DECODE_BW_SHARE 0.82: the walk re-reads an expert's tiles once per 16-pair chunk, partly from L2, so over the
+#   priced bytes it looks faster than HBM allows;
+# - GROUPED_BW_SHARE 0.59 (T = 24..64), GROUPED_MMA_SHARE 0.47 (469.8 TFLOP/s of 989 at 128 x 128 tiles).
+DECODE_BW_SHARE = 0.82
+GROUPED_BW_SHARE = 0.59
+GROUPED_MMA_SHARE = 0.47
 GROUPED_FIXED_S = 15e-6  # the block table: ~6 small torch ops before the kernels
 
 
