@@ -265,9 +265,10 @@ define_op("gated_linear_add", inputs=("gate", "up", "weight", "residual"), attrs
 # of re-reducing the row in every program
 # ---------------------------------------------------------------------------------------------
 SUMSQ_COLUMNS = 4  # output columns per partial sum: the decode GEMV's narrowest program owns 4 columns
-# output columns per program of the decode GEMV (kernels/linear.py, M <= 2): how many programs each re-read
-# the per-row data a prologue needs (x for the norm prologue, the partials for the statistics form)
-GEMV_COLUMNS = 4
+# output columns per program of the decode GEMV (kernels/linear.py: 4 on the register path, M <= 2; 32 on
+# the tensor-core path): how many programs each re-read the per-row data a norm needs (x for the norm
+# prologue, the partials for the statistics form)
+GEMV_COLUMNS = ((2, 4), (16, 32))
 
 
 def sumsq_type(out: TensorType) -> TensorType:
@@ -287,10 +288,14 @@ def sumsq_partials(y: torch.Tensor) -> torch.Tensor:
 
 def _reread_bytes(x: TensorType, n: sympy.Expr, row_bytes: sympy.Expr) -> sympy.Expr:
     """What every GEMV program of an ``[..., N]`` product re-reads before its main loop: ``row_bytes`` per
-    token, ``ceil(N / GEMV_COLUMNS)`` programs. L2 traffic, priced as memory traffic: a prologue's loads
-    sit in front of the weight stream (the H200 measured the norm prologue's re-reads, 2048-4096 bytes a
-    row, at 55 us for the fused GEMVs against 39 unfused, issue 13)."""
-    return numel(x.shape[:-1]) * ((n + GEMV_COLUMNS - 1) // GEMV_COLUMNS) * row_bytes
+    token, ``ceil(N / columns)`` programs (:data:`GEMV_COLUMNS` at that token count). L2 traffic, priced as
+    memory traffic: a prologue's loads sit in front of the weight stream (the H200 measured the norm
+    prologue, which re-reads 4-8 KB a row, at 55 us for the fused GEMVs against 39 unfused, issue 13)."""
+    m = numel(x.shape[:-1])
+    pieces = [(m * ((n + cols - 1) // cols) * row_bytes, sympy.Le(m, rows)) for rows, cols in GEMV_COLUMNS]
+    if all(c in (sympy.true, sympy.false) for _, c in pieces):
+        return next((b for b, c in pieces if c == sympy.true), sympy.Integer(0))
+    return sympy.Piecewise(*pieces, (sympy.Integer(0), True))  # past 16 rows: cuBLAS, the norm apart
 
 
 def _infer_linear_add_sumsq(x: TensorType, weight: TensorType, residual: TensorType,
