@@ -32,7 +32,9 @@ norm's kernel goes away; the norm is not a graph output), the norm, x and its we
   measured it slower than the norm's own launch (the fused GEMVs 55 us against 39 unfused, Llama-3-8B
   decode 178 tok/s against 207; issue 13), a chain of L2 loads in front of the weight stream that the
   roofline's bytes under-price. By default such a norm stays a kernel (fused with its own producer by
-  the backend, e.g. the embedding gather).
+  the backend, e.g. the embedding gather). The final norm before the head is one of them: it reads the
+  last position through a gather (``index``), a kernel of its own either way (gathering the partials
+  too would keep that launch), so it stays the gather + norm kernel.
 
 Which linears have a norm form is one table, :data:`PROLOGUE` (the quantized linears have none: a norm
 read by one stays); which producers write statistics, :data:`STATS`.

@@ -44,9 +44,14 @@ LINEAR_FUSION_PASSES = ("fuse-linear-residual", "fuse-norm-linear")
 # the first fused step, with the norm in every GEMV program's prologue (each re-reading and re-reducing x),
 # was slower: Llama-3.2-1B shape 795 tok/s at batch 1 and 3035 at batch 8 against 901 and ~5060 unfused, 8B
 # 178 against 206. fuse-norm-linear now takes the norm's statistics from the residual linear before it (the
-# prologue form is off by default) and the fused ops' bytes count every program's re-reads; the cost model
-# says the step is faster (gpu/norm_stats.sh prints its prediction next to the measurement): the default
-# changes when that A/B on the GPU agrees.
+# prologue form is off by default) and the fused ops' bytes count every program's re-reads. The two cost
+# models disagree on whether that pays: the pass's roofline (H200 datasheet, 4 us a launch) fuses 31 of the
+# 33 norms of the 1.24B step (not the first, of the embedding, nor the final one, behind a gather) and the
+# 31 qkv norms of the 8B step after the first layer (not its gate/up norms: 7168 programs re-reading 4 KB of
+# partials each); the
+# calibrated step model (membound.step_prediction, a launch in a PDL graph costs little more than its work)
+# predicts the fused step at 1.089 ms against 1.084 unfused (1.24B, b1), 4.897 against 4.882 (8B, b1).
+# gpu/norm_stats.sh measures it; the default changes when that A/B says it pays.
 PIPELINES: dict[str, tuple[str, ...]] = {
     "forward": CLEANUP_PASSES + MEMORY_BOUND_PASSES,
     "prefill": CLEANUP_PASSES + KV_CACHE_PASSES,
