@@ -20,6 +20,16 @@ to 0. So a split launch is still one kernel: at decode a launch costs about as l
 The counters live in one zeroed int32 buffer per device that every launch leaves zeroed; launches on
 one stream (a decode step, a CUDA graph) run one after another, so they can share it.
 
+The fused forms (issue 13) change only what x is and what happens to the output tile: ``GATED``
+(silu(gate) * up), ``NORM`` (rms_norm of x, its 1 / rms from a prologue that re-reduces x in every
+program, or with ``SUMSQ_IN`` from the partial sums of squares x's producer wrote), ``RESIDUAL`` (an add
+as the tile is stored) and ``SUMSQ_OUT`` (the stored tile's sums of squares, one fp32 per
+``SUMSQ_COLUMNS`` = 4 output columns and row, written by the program that stores those columns: the last
+of a split; every program owns whole blocks since ``BLOCK_N`` is 4 or 32). The partials are what the next
+norm reduces (the rounded output upcast to fp32), so a residual linear followed by a norm-linear needs
+neither a norm kernel nor a re-reduction: each consumer program sums the K / 4 partials (2-4 KB a row at
+the Llama shapes, one vector load, from L2).
+
 For M > 16 the wrapper calls ``torch.nn.functional.linear`` (cuBLAS), which wins once W is reused
 across enough rows. Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, a weight
 whose rows are not contiguous (``weight.stride(1) != 1``), CPU tensors without ``TRITON_INTERPRET=1``.
@@ -149,8 +159,9 @@ def _linear_small_m(
     if NORM:
         ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
         if SUMSQ_IN:
-            # the producer of x wrote its rows' sums of squares in NS partials (a few hundred floats, from
-            # L2): one vector load per chunk, summed in a fixed order, while the first W tile is in flight
+            # the producer of x wrote its rows' sums of squares in NS = K / 4 partials (2-4 KB a row at the
+            # Llama shapes, from L2): a vector load per chunk (one at M <= 2), summed in a fixed order, while
+            # the first W tile is in flight
             for c0 in range(0, NS, SS_CHUNK):
                 cs = c0 + tl.arange(0, SS_CHUNK)
                 ss += tl.sum(tl.load(ss_ptr + ms[:, None] * stride_sm + cs[None, :],
