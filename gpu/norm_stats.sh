@@ -9,13 +9,16 @@
 #    decode step's bf16 logits against the unfused step's at the Llama-3.2-1B shape with 2 layers, batch 1
 #    and 8 (tests/backends/test_linear_fusion_gpu.py; tolerance |fused - unfused| <= 0.03 * max|logits| per
 #    step: another summation order of a row's squares moves a few normed values by one bf16 ulp);
-# 2. A/B of decode tok/s in one run: benches/decode_e2e.py, llama-1b and llama-8b, batch 1 and 8, 128 new
+# 2. benches/norm_stats.py (< 1 min): a residual linear + the norm + the linear reading it, as three chains
+#    (unfused / prologue / statistics) at the Llama layer shapes, M = 1 and 8, and what the norm costs each
+#    consumer program beside the cost model's price of the statistics' re-reads (its calibration);
+# 3. A/B of decode tok/s in one run: benches/decode_e2e.py, llama-1b and llama-8b, batch 1 and 8, 128 new
 #    tokens after 128, membound triton+graphs with the default decode pipeline against the same with
 #    MEMBOUND_DECODE_PIPELINE=decode-fused, each row beside the cost model's predicted step;
-# 3. if time is left: benches/profile_step.py --quick for the fused step (launches, kernel times, gaps).
+# 4. if time is left: benches/profile_step.py --quick for the fused step (launches, kernel times, gaps).
 #
-# Full results under $OUT (tests.log, e2e.log, decode_e2e-*.json, profile.log, profile_step-*); the A/B table
-# last.
+# Full results under $OUT (tests.log, norm_stats.log/json, e2e.log, decode_e2e-*.json, profile.log,
+# profile_step-*); the tables last. About 4.5 minutes.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH=$PWD
@@ -37,26 +40,33 @@ if [ $rc -ne 0 ]; then
 fi
 echo "   ($((SECONDS - start)) s)"
 
-limit=$((225 - (SECONDS - start)))  # ~50 s a model and pipeline (compile, capture, 4 calls a batch)
-echo "== 2. decode_e2e A/B: default decode pipeline vs decode-fused (${limit} s at most)"
+echo "== 2. benches/norm_stats.py: the three chains at the Llama layer shapes"
+timeout 75 python benches/norm_stats.py --out "$OUT" >"$OUT/norm_stats.log" 2>&1
+echo "   (rc $?, $((SECONDS - start)) s)"
+
+limit=$((255 - (SECONDS - start)))  # ~30 s a model and pipeline (compile, capture, 4 calls a batch)
+echo "== 3. decode_e2e A/B: default decode pipeline vs decode-fused (${limit} s at most)"
 timeout "$limit" python benches/decode_e2e.py --models llama-1b,llama-8b --batches 1,8 --new-tokens 128 \
     --prompt 128 --contenders membound --membound-backends triton+graphs,triton+graphs+fused \
     --budget-s $((limit - 35)) --out "$OUT" >"$OUT/e2e.log" 2>&1
 echo "   (rc $?, $((SECONDS - start)) s)"
 grep -E "failed|Error|error" "$OUT/e2e.log" | head -5
 
-left=$((235 - (SECONDS - start)))
+left=$((265 - (SECONDS - start)))
 if [ "$left" -gt 100 ]; then
-    echo "== 3. profile_step --quick, decode-fused (${left} s left)"
+    echo "== 4. profile_step --quick, decode-fused (${left} s left)"
     MEMBOUND_DECODE_PIPELINE=decode-fused timeout "$left" python benches/profile_step.py --quick --out "$OUT" \
         >"$OUT/profile.log" 2>&1
     echo "   (rc $?)"
     grep -E "launches|step" "$OUT/profile.log" | head -12
 else
-    echo "== 3. skipped (${left} s left); alone (< 2 min):"
+    echo "== 4. skipped (${left} s left); alone (< 2 min):"
     echo "   MEMBOUND_DECODE_PIPELINE=decode-fused PYTHONPATH=. python benches/profile_step.py --quick --out \$OUT"
 fi
 
+echo
+echo "== norm_stats"
+sed -n '/^chain time/,$p' "$OUT/norm_stats.log"
 echo
 echo "== A/B ($((SECONDS - start)) s): decode tok/s, whole generate call (prefill + 128 tokens); step = measured"
 echo "   decode step (ms), pred = the cost model's step (membound.step_prediction), launches = predicted per step"
