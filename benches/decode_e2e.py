@@ -19,6 +19,9 @@ tokens after the same random ``--prompt``-token prompts:
 - ``membound <backend>``: ``membound.generate(membound.compile(model, backend=...), ids, N)`` for
   ``reference``, ``triton`` and a CUDA-graph variant when membound exposes one; ``--quantize int8,int4``
   adds ``membound triton+graphs <scheme>`` rows (``compile(..., quantize=scheme)``);
+  ``--membound-backends ...,triton+graphs+fused`` adds ``membound triton+graphs decode-fused``: the decode
+  step built by the ``decode-fused`` pipeline (``MEMBOUND_DECODE_PIPELINE``: residual adds and RMSNorms
+  folded into the GEMVs), for an A/B against ``triton+graphs`` in one run;
 - ``roofline``: N steps x (the bytes a step must read: every weight it streams once + K/V of the live
   context) / the read bandwidth of ``x.sum()`` over 2 GiB measured in this run (so "% roofline" is also
   "% of read bandwidth"). An untied input embedding table is gathered (one row per token), not
@@ -297,6 +300,7 @@ class MemboundVariant:
     compile_kwargs: dict[str, Any]
     generate_kwargs: dict[str, Any]
     unavailable: str = ""  # "failed: ..." or "skipped: ..." when it cannot run
+    env: Optional[dict[str, str]] = None  # environment while it compiles and runs (MEMBOUND_DECODE_PIPELINE)
 
 
 def membound_variants(backends: list[str], schemes: tuple[str, ...] = ()) -> list[MemboundVariant]:
@@ -316,8 +320,13 @@ def membound_variants(backends: list[str], schemes: tuple[str, ...] = ()) -> lis
                 out.append(MemboundVariant("membound triton", {}, {}, f"failed: {first_line(exc)}"))
         elif name == "triton+graphs":
             out.append(graphs_variant(BACKENDS))
+        elif name == "triton+graphs+fused":
+            base = graphs_variant(BACKENDS)
+            out.append(MemboundVariant(f"{base.label} decode-fused", base.compile_kwargs, {}, base.unavailable,
+                                       env={"MEMBOUND_DECODE_PIPELINE": "decode-fused"}))
         else:
-            raise ValueError(f"--membound-backends: unknown {name!r}; use reference, triton, triton+graphs")
+            raise ValueError(f"--membound-backends: unknown {name!r}; use reference, triton, triton+graphs, "
+                             f"triton+graphs+fused")
     base = out[-1] if out else None
     for scheme in schemes:
         if base is None:
@@ -569,6 +578,19 @@ class Bench:
 
     def run_membound(self, name: str, model: Llama, variant: MemboundVariant, prompts: dict[int, torch.Tensor],
                      refs: dict[int, torch.Tensor], info: dict[str, Any]) -> None:
+        saved = {k: os.environ.get(k) for k in variant.env or {}}
+        os.environ.update(variant.env or {})  # the decode graph is built at the first generate call
+        try:
+            self._run_membound(name, model, variant, prompts, refs, info)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _run_membound(self, name: str, model: Llama, variant: MemboundVariant, prompts: dict[int, torch.Tensor],
+                      refs: dict[int, torch.Tensor], info: dict[str, Any]) -> None:
         if variant.unavailable:
             for b in self.args.batches:
                 self.add(Row(name, b, variant.label, status=variant.unavailable))
@@ -583,6 +605,8 @@ class Bench:
         options = variant.generate_kwargs
         warm = 0 if variant.compile_kwargs.get("backend") == "reference" else 1
         note = f"compile{variant.compile_kwargs} generate{options}; one compiled model across batches"
+        if variant.env:
+            note += "; " + " ".join(f"{k}={v}" for k, v in variant.env.items())
         quantized = variant.compile_kwargs.get("quantize") is not None
         for b in self.args.batches:
             self.measure(name, b, variant.label, lambda ids, m: membound.generate(compiled, ids, m, **options),

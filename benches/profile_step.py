@@ -5,6 +5,7 @@ the cost model's prediction of the same step.
                                                                      # shapes, batch 1 and 8, context 256
     PYTHONPATH=. python benches/profile_step.py --models llama-8b --batches 8 --context 1024 --source builtin
     MEMBOUND_PDL=0 PYTHONPATH=. python benches/profile_step.py ...   # the same without programmatic dependent launch
+    MEMBOUND_DECODE_PIPELINE=decode-fused PYTHONPATH=. python benches/profile_step.py --quick   # the fused step
     PYTHONPATH=. python benches/profile_step.py --quick --quantize int8  # the quantized step (compile(quantize=))
     PYTHONPATH=. python benches/profile_step.py --smoke --out DIR    # CPU: formats a made-up profile (CI)
 
@@ -353,7 +354,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                       f"{'+'.join(map(str, args.batches))}")
     pdl = "" if args.smoke or os.environ.get("MEMBOUND_PDL", "1") != "0" else "-nopdl"
     quant = f"-{args.quantize}" if args.quantize and not args.smoke else ""
-    stem = f"profile_step-{tag}{quant}{pdl}-{gpu_slug(gpu)}-{date}"
+    pipeline = os.environ.get("MEMBOUND_DECODE_PIPELINE", "").strip()  # an A/B run of another decode pipeline
+    pipe = f"-{pipeline}" if pipeline and pipeline != "decode" and not args.smoke else ""
+    stem = f"profile_step-{tag}{quant}{pdl}{pipe}-{gpu_slug(gpu)}-{date}"
     record = {"bench": "profile_step", "device": gpu, "date": date, "args": vars(args), "versions": versions(),
               "method": __doc__.split("\n\n", 2)[2].strip(), "cases": cases}
     text = "\n\n".join(format_case(c) if "error" not in c else f"{c['model']} b{c['batch']}: failed: {c['error']}"

@@ -27,7 +27,7 @@ from membound.backends import Backend, Executable, compile_graph, get_backend, r
 from membound.ir.graph import Graph
 from membound.passes import DumpIR, Instrument, PassContext, PassManager, named_pipeline, pass_name
 from membound.passes.manager import PassRecord
-from membound.passes.pipeline import KV_CACHE_PASSES, LINEAR_FUSION_PASSES
+from membound.passes.pipeline import KV_CACHE_PASSES, LINEAR_FUSION_PASSES, decode_pipeline_name
 
 PipelineLike = Sequence[Union[str, Callable[..., bool]]]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -98,7 +98,9 @@ class CompileOptions:
     def pipeline_for(self, kind: str) -> list[Any]:
         """The passes for a graph of ``kind``: ``forward``, ``prefill`` or ``decode`` (quantize-weights last,
         when asked for, on forward and prefill graphs: the decode graph inherits the prefill's weights)."""
-        if kind == "decode" or self.pipeline is None:
+        if kind == "decode":
+            passes = named_pipeline(decode_pipeline_name())  # "decode" unless MEMBOUND_DECODE_PIPELINE says
+        elif self.pipeline is None:
             passes = named_pipeline(kind)
         elif kind == "forward":
             passes = list(self.pipeline)

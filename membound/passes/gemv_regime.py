@@ -48,6 +48,6 @@ def seconds_of(ctx: PassContext, op: str, inputs: Sequence[Value], attrs: dict[s
     scratch = Graph(f"{op}_cost")
     args = [scratch.add_param(f"a{i}", v.type) if v.kind == "param" else scratch.add_input(f"a{i}", v.type)
             for i, v in enumerate(inputs)]
-    node = scratch.call(op, *args, **attrs).producer
+    node = scratch.call_multi(op, *args, **attrs)[0].producer
     assert node is not None
     return seconds(ctx, node, dims)

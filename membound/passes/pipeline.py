@@ -13,13 +13,17 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
   merges.
 * ``decode``: the prefill step specialised to ``S = 1``: clean-ups.
 * ``decode-fused``: ``decode`` plus fuse-linear-residual and fuse-norm-linear (a Llama layer in 6
-  launches instead of 8), off by default: measured slower on an H200 (see ``PIPELINES``).
+  launches instead of 8: the residual adds in the o / down GEMVs' epilogues, which also write the sums of
+  squares the next norm needs; the norms in the GEMVs that read them). Off by default until a GPU A/B
+  says it pays (see ``PIPELINES``); ``MEMBOUND_DECODE_PIPELINE=decode-fused`` runs it for ``generate``'s
+  decode graph (:func:`decode_pipeline_name`).
 
 ``default_pipeline()`` is the forward pipeline.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from membound.passes.manager import PassFn, PassLike, get_pass, pass_name
@@ -36,11 +40,18 @@ MEMORY_BOUND_PASSES = ("fuse-attention", "fuse-moe", "merge-linear", "fuse-gated
 # kernels, one more launch than the generated add + norm kernel they replace.
 LINEAR_FUSION_PASSES = ("fuse-linear-residual", "fuse-norm-linear")
 
-# Not in the default decode pipeline: on an H200 (benches/results/decode_e2e-nvidia-h200-2026-12-02-fused.json)
-# the fused step was slower, not faster: Llama-3.2-1B shape 795 tok/s at batch 1 and 3035 at batch 8 against
-# 901 and ~5060 unfused, 8B 178 against 206. The norm prologue's re-read and re-reduction of x in every GEMV
-# program is not priced by the cost model yet, so its "pays" was wrong. ``decode-fused`` keeps them for A/B
-# runs and for the day the prologue is priced (and cheaper).
+# Not in the default decode pipeline (yet). On an H200 (benches/results/decode_e2e-nvidia-h200-2026-12-02-fused.json)
+# the first fused step, with the norm in every GEMV program's prologue (each re-reading and re-reducing x),
+# was slower: Llama-3.2-1B shape 795 tok/s at batch 1 and 3035 at batch 8 against 901 and ~5060 unfused, 8B
+# 178 against 206. fuse-norm-linear now takes the norm's statistics from the residual linear before it (the
+# prologue form is off by default) and the fused ops' bytes count every program's re-reads. The two cost
+# models disagree on whether that pays: the pass's roofline (H200 datasheet, 4 us a launch) fuses 31 of the
+# 33 norms of the 1.24B step (not the first, of the embedding, nor the final one, behind a gather) and the
+# 31 qkv norms of the 8B step after the first layer (not its gate/up norms: 7168 programs re-reading 4 KB of
+# partials each); the
+# calibrated step model (membound.step_prediction, a launch in a PDL graph costs little more than its work)
+# predicts the fused step at 1.089 ms against 1.084 unfused (1.24B, b1), 4.897 against 4.882 (8B, b1).
+# gpu/norm_stats.sh measures it; the default changes when that A/B says it pays.
 PIPELINES: dict[str, tuple[str, ...]] = {
     "forward": CLEANUP_PASSES + MEMORY_BOUND_PASSES,
     "prefill": CLEANUP_PASSES + KV_CACHE_PASSES,
@@ -48,6 +59,19 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "decode-fused": ("canonicalize", *LINEAR_FUSION_PASSES, "dead-code-elimination"),
 }
 DEFAULT_PASSES = PIPELINES["forward"]
+
+
+DECODE_PIPELINE_ENV = "MEMBOUND_DECODE_PIPELINE"
+
+
+def decode_pipeline_name() -> str:
+    """The pipeline ``generate``'s decode graph runs: ``decode``, or the one ``MEMBOUND_DECODE_PIPELINE``
+    names (e.g. ``decode-fused``, for an A/B run without changing the default)."""
+    name = os.environ.get(DECODE_PIPELINE_ENV, "").strip() or "decode"
+    if name not in PIPELINES:
+        raise KeyError(f"{DECODE_PIPELINE_ENV}={name!r} names no pipeline; the named pipelines are "
+                       f"{', '.join(PIPELINES)}")
+    return name
 
 
 def named_pipeline(name: str) -> list[PassFn]:

@@ -1,16 +1,18 @@
 """The decode step launches fewer kernels per layer (issue 13): a Llama layer's residual adds ride in the
-o / down GEMVs' epilogues and its RMSNorms in the prologues of the GEMVs that read them
-(fuse-linear-residual, fuse-norm-linear), so a layer is 6 launches instead of 8:
+o / down GEMVs' epilogues, which also write the sums of squares of the sum they store, and its RMSNorms
+are formed by the GEMVs that read them from those statistics (fuse-linear-residual, fuse-norm-linear), so a
+layer is 6 launches instead of 8:
 
     before: add+rms_norm, qkv linear, rope+cache write, attention, o linear, add+rms_norm, gate/up linear,
             gated down linear
-    after:  rms_norm_linear (qkv), rope+cache write, attention, linear_add (o), rms_norm_linear (gate/up),
-            gated_linear_add (down)
+    after:  rms_norm_linear_sumsq (qkv), rope+cache write, attention, linear_add_sumsq (o),
+            rms_norm_linear_sumsq (gate/up), gated_linear_add_sumsq (down; the last layer's: gated_linear_add)
 
 Counted on the decode partition the way ``membound.step_prediction`` counts launches (``kernel_works``),
-over the second layer (from the first launch that reads a ``layers.1.`` weight to the last). The
-unfused step is built with the two passes taken out of the decode pipeline. The tiny HF Llama's greedy
-``generate`` on the Triton backend (CPU interpreter, fp32) must still equal eager recomputation.
+over the second layer (from the first launch that reads a ``layers.1.`` weight to the last). The fused
+step is built with ``MEMBOUND_DECODE_PIPELINE=decode-fused``. The tiny HF Llama's and membound's own
+Llama's greedy ``generate`` on the Triton backend (CPU interpreter; fp32, and fp16 for membound's) must
+equal eager recomputation.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from _triton_interp import Interpreted  # sets TRITON_INTERPRET=1 before triton 
 
 import membound
 from membound.backends.triton.step_plan import kernel_works
-from membound.passes.pipeline import PIPELINES
 
 INTERP = Interpreted(__file__)
 SECOND_LAYER = re.compile(r"(^|\.)layers\.1\.")
@@ -55,8 +56,8 @@ def program(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, fused: bool
     from membound.api import build_kv_program
 
     with monkeypatch.context() as m:
-        if fused:  # off by default (measured slower on an H200, passes/pipeline.py)
-            m.setitem(PIPELINES, "decode", PIPELINES["decode-fused"])
+        if fused:  # off by default (passes/pipeline.py)
+            m.setenv("MEMBOUND_DECODE_PIPELINE", "decode-fused")
         compiled = membound.compile(model, backend="triton")
         return build_kv_program(compiled, torch.zeros(1, 4, dtype=torch.long))
 
@@ -69,8 +70,22 @@ def test_a_layer_is_six_launches_instead_of_eight(monkeypatch: pytest.MonkeyPatc
     assert len(before) == 8, before
     assert len(after) == 6, after
     ops = [name.split(" ")[0] for name in after]
-    assert ops.count("rms_norm_linear") == 2 and "linear_add" in ops and "gated_linear_add" in ops, after
+    assert ops.count("rms_norm_linear_sumsq") == 2, after
+    # the last layer's down projection feeds the final norm through the last position's gather: no statistics
+    assert ops[3] == "linear_add_sumsq" and ops[-1] == "gated_linear_add", after
     assert not any("rms_norm" in name and name.startswith("_fused") for name in after), after
+
+
+def _greedy_equals_eager(model: torch.nn.Module, ids: torch.Tensor, new: int, logits_of) -> set[str]:
+    """``generate`` through the fused decode step gives eager's greedy tokens; returns the step's library ops."""
+    compiled = membound.compile(model, backend="triton")
+    with torch.no_grad():
+        out = membound.generate(compiled, ids, new)
+        seq = ids
+        for _ in range(new):
+            seq = torch.cat([seq, logits_of(model, seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq), (out, seq)
+    return {s.node.op for s in compiled.kv_program.decode.partition.steps if getattr(s, "node", None) is not None}
 
 
 def test_hf_llama_greedy_generate_equals_eager(request: pytest.FixtureRequest,
@@ -78,18 +93,24 @@ def test_hf_llama_greedy_generate_equals_eager(request: pytest.FixtureRequest,
     if not INTERP.runs_here(request):
         return
     pytest.importorskip("transformers")
-    # one layer at hidden 32 (the interpreter's time is the GEMVs' programs, 4 output columns each): every
-    # fused op of the layer runs, and the launch count has its own test above
-    model = hf_llama(hidden=32, intermediate=44, layers=1)
+    # two layers at hidden 32 (the interpreter's time is the GEMVs' programs, 4 output columns each): the
+    # second layer's norms read the first's statistics (the down projection's into the next qkv)
+    model = hf_llama(hidden=32, intermediate=44, layers=2)
     ids = torch.randint(3, 97, (2, 4), generator=torch.Generator().manual_seed(1))
-    monkeypatch.setitem(PIPELINES, "decode", PIPELINES["decode-fused"])   # off by default
-    compiled = membound.compile(model, backend="triton")
-    with torch.no_grad():
-        out = membound.generate(compiled, ids, 3)
-        seq = ids
-        for _ in range(3):
-            logits = model(seq, use_cache=False).logits
-            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out, seq), (out, seq)
-    ops = {s.node.op for s in compiled.kv_program.decode.partition.steps if getattr(s, "node", None) is not None}
-    assert {"rms_norm_linear", "linear_add", "gated_linear_add"} <= ops, ops
+    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-fused")   # off by default
+    ops = _greedy_equals_eager(model, ids, 3, lambda m, seq: m(seq, use_cache=False).logits)
+    assert {"rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq"} <= ops, ops
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_builtin_llama_greedy_generate_equals_eager(dtype: torch.dtype, request: pytest.FixtureRequest,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if not INTERP.runs_here(request):
+        return
+    from _small_models import small_llama
+
+    model = small_llama(n_layers=2).to(dtype)
+    ids = torch.randint(3, 97, (3, 4), generator=torch.Generator().manual_seed(2))  # batch 3: tensor cores
+    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-fused")
+    ops = _greedy_equals_eager(model, ids, 3, lambda m, seq: m(seq))
+    assert {"rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq"} <= ops, ops

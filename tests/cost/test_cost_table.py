@@ -31,6 +31,9 @@ SKIPPED = {
     "rms_norm_linear": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "linear_add": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "gated_linear_add": "fused GEMV family: test_fused_gemv_costs_by_hand below",
+    "rms_norm_linear_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
+    "linear_add_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
+    "gated_linear_add_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
 }
 
 # op: (the sample, FLOPs, bytes)
@@ -141,7 +144,11 @@ def test_every_registered_op_is_in_the_table_or_skipped_with_a_reason() -> None:
 
 def test_fused_gemv_costs_by_hand() -> None:
     """x f32[7, 5], weight [3, 5]: the GEMV is 2*7*3*5 = 210 FLOPs; the norm 5 a element of x (175); the
-    residual add one an output element (21); bytes are every operand and the output once, 4 bytes each."""
+    residual add one an output element (21); bytes are every operand and the output once, 4 bytes each,
+    plus what every GEMV program re-reads for a norm: 7 rows (at 7 rows one tensor-core program of 32
+    columns; at 1 row one program per 4 columns) of x (the prologue) or of its partial sums of squares
+    (the statistics form: one fp32 per 4 columns of x, 2 for K = 5). The producer's partials: a square
+    and an add per output element, one fp32 per 4 output columns written (7 x 1)."""
     import torch
 
     from membound.ir import TensorType
@@ -152,6 +159,15 @@ def test_fused_gemv_costs_by_hand() -> None:
         return int(f), int(b)
 
     assert cost("linear_add", [[7, 5], [3, 5], [7, 3]], [7, 3]) == (210 + 21, 4 * (35 + 15 + 21 + 21))
-    assert cost("rms_norm_linear", [[7, 5], [5], [3, 5]], [7, 3], eps=1e-6) == (210 + 175, 4 * (35 + 5 + 15 + 21))
+    assert cost("rms_norm_linear", [[7, 5], [5], [3, 5]], [7, 3], eps=1e-6) == (
+        210 + 175, 4 * (35 + 5 + 15 + 21) + 7 * 1 * 4 * 5)
+    assert cost("rms_norm_linear", [[1, 5], [5], [9, 5]], [1, 9], eps=1e-6) == (
+        90 + 25, 4 * (5 + 5 + 45 + 9) + 1 * 3 * 4 * 5)   # 1 row: 3 programs of 4 columns
+    assert cost("rms_norm_linear", [[17, 5], [5], [3, 5]], [17, 3], eps=1e-6)[1] == 4 * (85 + 5 + 15 + 51)  # cuBLAS
+    assert cost("rms_norm_linear_sumsq", [[7, 5], [7, 2], [5], [3, 5]], [7, 3], eps=1e-6) == (
+        210 + 3 * 35 + 14, 4 * (35 + 14 + 5 + 15 + 21) + 7 * 1 * 4 * 2)
+    f, b = get_op("linear_add_sumsq").cost([TensorType(torch.float32, s) for s in ([7, 5], [3, 5], [7, 3])],
+                                           [TensorType(torch.float32, [7, 3]), TensorType(torch.float32, [7, 1])], {})
+    assert (int(f), int(b)) == (210 + 21 + 2 * 21, 4 * (35 + 15 + 21 + 21 + 7))
     assert cost("gated_linear_add", [[7, 5], [7, 5], [3, 5], [7, 3]], [7, 3], act="silu") == (
         385 + 21, 4 * (35 + 35 + 15 + 21 + 21))   # gated_linear's 385 at these shapes: the table's row

@@ -418,6 +418,35 @@ case("gated_linear_add", [A(f32, 7, 5), A(f32, 7, 5), A(f32, 3, 5), A(f32, 7, 3)
 case("gated_linear_add", [A(f32, B, S, 5), A(f32, B, S, 5), A(f32, 4, 5), A(f32, B, S, 4)],
      lambda g, u, w, r: r + _gated_linear(g, u, w))
 
+
+# the norm's statistics from its producer: sums of squares per block of 4 output columns (the last block short)
+def _sumsq_blocks(y: torch.Tensor) -> torch.Tensor:
+    n = y.shape[-1]
+    return torch.stack([(y[..., j:j + 4] ** 2).sum(-1) for j in range(0, n, 4)], dim=-1)
+
+
+def _with_sumsq(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return y, _sumsq_blocks(y)
+
+
+def _norm_from_sumsq(eps: float) -> Callable[..., torch.Tensor]:
+    def f(x: torch.Tensor, ss: torch.Tensor, nw: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return _linear(x * (ss.sum(-1, keepdim=True) / x.shape[-1] + eps) ** -0.5 * nw, w)
+    return f
+
+
+case("linear_add_sumsq", [A(f32, 7, 5), A(f32, 9, 5), A(f32, 7, 9)], lambda x, w, r: _with_sumsq(r + _linear(x, w)))
+case("linear_add_sumsq", [A(f32, B, S, 5), A(f32, 4, 5), A(f32, B, S, 4)],
+     lambda x, w, r: _with_sumsq(r + _linear(x, w)))
+case("gated_linear_add_sumsq", [A(f32, 7, 5), A(f32, 7, 5), A(f32, 6, 5), A(f32, 7, 6)],
+     lambda g, u, w, r: _with_sumsq(r + _gated_linear(g, u, w)))
+case("gated_linear_add_sumsq", [A(f32, B, 1, 5), A(f32, B, 1, 5), A(f32, 9, 5), A(f32, B, 1, 9)],
+     lambda g, u, w, r: _with_sumsq(r + _gated_linear(g, u, w)))
+case("rms_norm_linear_sumsq", [A(f32, 7, 9), A(f32, 7, 3, gen="pos"), A(f32, 9), A(f32, 5, 9)],
+     _norm_from_sumsq(1e-6), eps=1e-6)
+case("rms_norm_linear_sumsq", [A(f32, B, S, 8), A(f32, B, S, 2, gen="pos"), A(f32, 8), A(f32, 3, 8)],
+     _norm_from_sumsq(1e-5), eps=1e-5)
+
 case("matmul", [A(f32, 3, 4), A(f32, 4, 5)], _matmul)
 case("matmul", [A(f32, 2, 3, 4), A(f32, 4, 1)], _matmul)
 case("matmul", [A(f32, 2, 1, 3, 4), A(f32, 5, 4, 6)], _matmul)
@@ -903,6 +932,10 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("linear_add", [T(f32, 3, 4), T(f32, 5, 4), T(f32, 3, 6)], {}, ValueError),    # residual of another shape
     ("rms_norm_linear", [T(f32, 3, 4), T(f32, 4), T(f32, 5, 6)], {"eps": 1e-6}, ValueError),
     ("gated_linear_add", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4), T(f32, 3, 5)], {}, ValueError),
+    ("linear_add_sumsq", [T(f32, 3, 4), T(f32, 5, 4), T(f32, 3, 6)], {}, ValueError),
+    ("gated_linear_add_sumsq", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4), T(f16, 3, 6)], {}, ValueError),
+    ("rms_norm_linear_sumsq", [T(f32, 3, 9), T(f32, 3, 2), T(f32, 9), T(f32, 5, 9)], {"eps": 1e-6}, ValueError),
+    ("rms_norm_linear_sumsq", [T(f32, 3, 9), T(f16, 3, 3), T(f32, 9), T(f32, 5, 9)], {"eps": 1e-6}, ValueError),
     ("linear", [T(f32, 3, 4), T(f16, 5, 4)], {}, TypeError),
     ("linear", [T(f32, 3, 4), T(f32, 5, 4), T(f32, 4)], {}, ValueError),
     ("linear", [T(f32, B, S, 4), T(f32, 5, 4, 1)], {}, ValueError),

@@ -8,7 +8,10 @@ from pass_testing import check_numerics, check_rewrite, check_unchanged, parse_w
 
 from membound.passes import PassContext
 from membound.passes.fuse_linear_residual import fuse_linear_residual
-from membound.passes.fuse_norm_linear import fuse_norm_linear
+from membound.passes.fuse_norm_linear import FuseNormLinear
+
+# the prologue form (a norm whose input has no producer's statistics): off by default, on here
+fuse_norm_linear = FuseNormLinear(prologue=True)
 
 RESIDUAL_CASES = [
     (  # the o projection and the residual stream, add operands in either order

@@ -6,9 +6,9 @@ Each step of a partition becomes one :class:`~membound.cost.step.KernelWork` (vi
 - ``linear`` / ``gated_linear`` -> the path the library takes at that many rows (``kernels/linear.py``):
   ``gemv`` (register FMA, M <= 2), ``gemv_dot`` (tensor cores, M <= ``SMALL_M``), ``cublas`` above;
   ``_gated`` for the gated form on our kernel; the fused forms (``rms_norm_linear``, ``linear_add``,
-  ``gated_linear_add``) run the same kernel and take the same kinds: what the norm prologue adds (each
-  program re-reads its rows of x from L2 for their rms) and the residual tile are not priced apart yet;
-  ``benches/profile_step.py`` on a GPU measures them;
+  ``gated_linear_add`` and their ``_sumsq`` forms) run the same kernel and take the same kinds; what a
+  norm adds (each program re-reads its rows of x, or of the producer's partial sums of squares, from L2)
+  is in the op's bytes (``ir/ops/matmul.py``); ``benches/profile_step.py`` on a GPU measures them;
 - ``quant_linear`` / ``quant_gated_linear`` -> the path ``kernels/quant_matmul.py`` takes for the scheme at
   that many rows (``quant_kind``): ``quant_gemv_<scheme>`` (register FMA), ``quant_dot_<scheme>`` (tensor
   cores, M padded to 16 / 32: int8 and fp8 at every decode M), ``quant_pairs_int4`` (tensor cores over the
@@ -41,8 +41,9 @@ from membound.cost.step import KernelWork
 from membound.ir.graph import Node
 
 # our GEMV library's ops; the fused forms (a norm prologue, a residual epilogue) run the same kernel
-LINEAR_OPS = ("linear", "gated_linear", "rms_norm_linear", "linear_add", "gated_linear_add")
-_GATED = ("gated_linear", "gated_linear_add")
+LINEAR_OPS = ("linear", "gated_linear", "rms_norm_linear", "linear_add", "gated_linear_add",
+              "rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq")
+_GATED = ("gated_linear", "gated_linear_add", "gated_linear_add_sumsq")
 QUANT_OPS = ("quant_linear", "quant_gated_linear")
 
 Dims = Mapping[Union[str, sympy.Symbol], int]

@@ -12,7 +12,7 @@ from typing import Any
 import sympy
 import torch
 
-from membound.ir.ops import REQUIRED, define_op, get_op
+from membound.ir.ops import REQUIRED, default_bytes, define_op, get_op
 from membound.ir.ops._common import (
     fail,
     numel,
@@ -194,8 +194,15 @@ def _rms_norm_linear_flops(ins: Sequence[TensorType], outs: Sequence[TensorType]
     return _linear_flops([x, ins[2]] + list(ins[3:]), outs, attrs) + 5 * x.numel()  # the norm: 5 per element
 
 
+def _rms_norm_linear_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """Its operands once, plus every program's re-read of its rows of x for their rms (the prologue)."""
+    x, weight = ins[0], ins[2]
+    return default_bytes(ins, outs, attrs) + _reread_bytes(x, weight.shape[0], x.shape[-1] * x.dtype.itemsize)
+
+
 define_op("rms_norm_linear", inputs=("x", "norm_weight", "weight", "bias?"), attrs={"eps": REQUIRED},
           kind="matmul", infer=_infer_rms_norm_linear, reference=_rms_norm_linear, flops=_rms_norm_linear_flops,
+          bytes=_rms_norm_linear_bytes,
           doc="linear(rms_norm(x, norm_weight, eps), weight, bias): the norm formed as the GEMV loads x "
               "(the normed row is never written)", positionwise=True)
 
@@ -249,3 +256,142 @@ define_op("gated_linear_add", inputs=("gate", "up", "weight", "residual"), attrs
           infer=_infer_gated_linear_add, reference=_gated_linear_add, flops=_gated_linear_add_flops,
           doc="residual + gated_linear(gate, up, weight): a gated MLP's down projection and the residual add "
               "after it in one GEMV", positionwise=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the norm's statistics from its producer (issue 13): the linear whose residual epilogue forms the row a
+# norm reads also writes that row's sum of squares, in partial sums over fixed blocks of SUMSQ_COLUMNS
+# output columns; the linear that consumes the normed row sums those few partials for its 1 / rms instead
+# of re-reducing the row in every program
+# ---------------------------------------------------------------------------------------------
+SUMSQ_COLUMNS = 4  # output columns per partial sum: the decode GEMV's narrowest program owns 4 columns
+# output columns per program of the decode GEMV (kernels/linear.py: 4 on the register path, M <= 2; 32 on
+# the tensor-core path): how many programs each re-read the per-row data a norm needs (x for the norm
+# prologue, the partials for the statistics form)
+GEMV_COLUMNS = ((2, 4), (16, 32))
+
+
+def sumsq_type(out: TensorType) -> TensorType:
+    """The partials of ``out[..., N]``: fp32 ``[..., ceil(N / SUMSQ_COLUMNS)]``, block ``j`` the sum of the
+    squares of columns ``[SUMSQ_COLUMNS * j, SUMSQ_COLUMNS * (j + 1))`` of the rounded output."""
+    n = out.shape[-1]
+    return TensorType(torch.float32, out.shape[:-1] + ((n + SUMSQ_COLUMNS - 1) // SUMSQ_COLUMNS,))
+
+
+def sumsq_partials(y: torch.Tensor) -> torch.Tensor:
+    """:func:`sumsq_type`'s partials of ``y`` (its values upcast to fp32, as eager's RMSNorm reduces them)."""
+    n = y.shape[-1]
+    blocks = -(-n // SUMSQ_COLUMNS)
+    yf = torch.nn.functional.pad(y.float(), (0, blocks * SUMSQ_COLUMNS - n))
+    return yf.pow(2).reshape(*y.shape[:-1], blocks, SUMSQ_COLUMNS).sum(-1)
+
+
+def _reread_bytes(x: TensorType, n: sympy.Expr, row_bytes: sympy.Expr) -> sympy.Expr:
+    """What every GEMV program of an ``[..., N]`` product re-reads before its main loop: ``row_bytes`` per
+    token, ``ceil(N / columns)`` programs (:data:`GEMV_COLUMNS` at that token count). L2 traffic, priced as
+    memory traffic: a prologue's loads sit in front of the weight stream (the H200 measured the norm
+    prologue, which re-reads 4-8 KB a row, at 55 us for the fused GEMVs against 39 unfused, issue 13)."""
+    m = numel(x.shape[:-1])
+    pieces = [(m * ((n + cols - 1) // cols) * row_bytes, sympy.Le(m, rows)) for rows, cols in GEMV_COLUMNS]
+    if all(c in (sympy.true, sympy.false) for _, c in pieces):
+        return next((b for b, c in pieces if c == sympy.true), sympy.Integer(0))
+    return sympy.Piecewise(*pieces, (sympy.Integer(0), True))  # past 16 rows: cuBLAS, the norm apart
+
+
+def _infer_linear_add_sumsq(x: TensorType, weight: TensorType, residual: TensorType,
+                            bias: TensorType | None = None) -> list[TensorType]:
+    out = _check_residual("linear_add_sumsq", _infer_linear(x, weight, bias, op="linear_add_sumsq"), residual)
+    return [out, sumsq_type(out)]
+
+
+def _linear_add_sumsq(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+                      bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``linear_add``'s sum and the partial sums of its squares."""
+    y = _linear_add(x, weight, residual, bias)
+    return y, sumsq_partials(y)
+
+
+def _linear_add_sumsq_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
+                            attrs: dict[str, Any]) -> sympy.Expr:
+    return _linear_add_flops(ins, outs, attrs) + 2 * outs[0].numel()  # a square and an add per output
+
+
+def _gated_linear_add_sumsq_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
+                                  attrs: dict[str, Any]) -> sympy.Expr:
+    return _gated_linear_add_flops(ins, outs, attrs) + 2 * outs[0].numel()
+
+
+define_op("linear_add_sumsq", inputs=("x", "weight", "residual", "bias?"), kind="matmul",
+          infer=_infer_linear_add_sumsq, reference=_linear_add_sumsq,
+          flops=_linear_add_sumsq_flops,
+          doc="(residual + linear(x, weight, bias), fp32 sums of its squares per block of SUMSQ_COLUMNS "
+              "columns): linear_add that also writes the statistics of the next rms_norm", positionwise=True)
+
+
+def _infer_gated_linear_add_sumsq(gate: TensorType, up: TensorType, weight: TensorType, residual: TensorType,
+                                  act: str = "silu") -> list[TensorType]:
+    out = _check_residual("gated_linear_add_sumsq",
+                          _infer_gated_linear(gate, up, weight, act, op="gated_linear_add_sumsq"), residual)
+    return [out, sumsq_type(out)]
+
+
+def _gated_linear_add_sumsq(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+                            act: str = "silu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``gated_linear_add``'s sum and the partial sums of its squares."""
+    y = _gated_linear_add(gate, up, weight, residual, act)
+    return y, sumsq_partials(y)
+
+
+define_op("gated_linear_add_sumsq", inputs=("gate", "up", "weight", "residual"), attrs={"act": "silu"},
+          kind="matmul", infer=_infer_gated_linear_add_sumsq, reference=_gated_linear_add_sumsq,
+          flops=_gated_linear_add_sumsq_flops,
+          doc="(residual + gated_linear(gate, up, weight), fp32 sums of its squares per block of "
+              "SUMSQ_COLUMNS columns): gated_linear_add that also writes the statistics of the next rms_norm",
+          positionwise=True)
+
+
+def _infer_rms_norm_linear_sumsq(x: TensorType, sumsq: TensorType, norm_weight: TensorType, weight: TensorType,
+                                 bias: TensorType | None = None, *, eps: float) -> TensorType:
+    op = "rms_norm_linear_sumsq"
+    want = sumsq_type(x)
+    if sumsq.dtype != torch.float32 or sumsq.rank != want.rank:
+        fail(op, f"sumsq must be the partials {want} of x {x}, got {sumsq}")
+    for a, b in zip(sumsq.shape, want.shape):
+        require_same_dim(op, a, b, f"sumsq {sumsq} must be the partials {want} of x {x}")
+    named = [("x", x), ("norm_weight", norm_weight), ("weight", weight)]
+    same_dtype(op, *named, *([("bias", bias)] if bias is not None else []))
+    if not isinstance(eps, float):
+        fail(op, f"attribute eps must be a float, got {eps!r}", TypeError)
+    if norm_weight.rank != 1:
+        fail(op, f"norm_weight must be [K], got {norm_weight}")
+    require_same_dim(op, norm_weight.shape[0], x.shape[-1] if x.rank else 0, f"norm_weight {norm_weight} vs x {x}")
+    return _infer_linear(x, weight, bias, op=op)
+
+
+def _rms_norm_linear_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
+                           bias: torch.Tensor | None = None, *, eps: float) -> torch.Tensor:
+    """``linear(rms_norm(x, norm_weight), weight, bias)`` with the mean square taken from the partials
+    ``sumsq`` of x (rounded as eager's RMSNorm: the normed value, then the product with the weight)."""
+    ms = sumsq.sum(-1, keepdim=True) / x.shape[-1]
+    normed = (x.float() * torch.rsqrt(ms + eps)).to(x.dtype) * norm_weight
+    return torch.nn.functional.linear(normed, weight, bias)
+
+
+def _rms_norm_linear_sumsq_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
+                                 attrs: dict[str, Any]) -> sympy.Expr:
+    x = ins[0]
+    return _linear_flops([x, ins[3]] + list(ins[4:]), outs, attrs) + 3 * x.numel() + ins[1].numel()
+
+
+def _rms_norm_linear_sumsq_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType],
+                                 attrs: dict[str, Any]) -> sympy.Expr:
+    x, sumsq, weight = ins[0], ins[1], ins[3]
+    return default_bytes(ins, outs, attrs) + _reread_bytes(x, weight.shape[0], sumsq.shape[-1] * 4)
+
+
+define_op("rms_norm_linear_sumsq", inputs=("x", "sumsq", "norm_weight", "weight", "bias?"),
+          attrs={"eps": REQUIRED}, kind="matmul", infer=_infer_rms_norm_linear_sumsq,
+          reference=_rms_norm_linear_sumsq, flops=_rms_norm_linear_sumsq_flops, bytes=_rms_norm_linear_sumsq_bytes,
+          doc="linear(rms_norm(x, norm_weight, eps), weight, bias) with x's mean square from the partial sums "
+              "of squares its producer wrote (sumsq): each GEMV program sums those, then norms x as it loads it",
+          positionwise=True)

@@ -34,10 +34,13 @@ from membound.backends.triton.kernels.linear import (
     LinearConfig,
     gated_linear,
     gated_linear_add,
+    gated_linear_add_sumsq,
     linear,
     linear_add,
+    linear_add_sumsq,
     linear_bytes,
     rms_norm_linear,
+    rms_norm_linear_sumsq,
 )
 from membound.backends.triton.kernels.moe import moe, moe_bytes, quant_moe
 from membound.backends.triton.kernels.norm import add_rms_norm, rms_norm, rms_norm_bytes
@@ -65,8 +68,9 @@ LIBRARY: dict[str, Callable] = _launchers()
 __all__ = [
     "LIBRARY", "SMALL_M", "DecodeConfig", "FlashConfig", "LinearConfig", "QuantConfig", "add_rms_norm",
     "attention", "cache_write", "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding",
-    "flash_attention", "gated_linear", "gated_linear_add", "linear", "linear_add", "linear_bytes", "moe",
+    "flash_attention", "gated_linear", "gated_linear_add", "gated_linear_add_sumsq", "linear", "linear_add",
+    "linear_add_sumsq", "linear_bytes", "moe",
     "moe_bytes", "quant_gated_linear",
-    "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm", "rms_norm_linear",
+    "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm", "rms_norm_linear", "rms_norm_linear_sumsq",
     "rms_norm_bytes", "trace",
 ]

@@ -20,6 +20,16 @@ to 0. So a split launch is still one kernel: at decode a launch costs about as l
 The counters live in one zeroed int32 buffer per device that every launch leaves zeroed; launches on
 one stream (a decode step, a CUDA graph) run one after another, so they can share it.
 
+The fused forms (issue 13) change only what x is and what happens to the output tile: ``GATED``
+(silu(gate) * up), ``NORM`` (rms_norm of x, its 1 / rms from a prologue that re-reduces x in every
+program, or with ``SUMSQ_IN`` from the partial sums of squares x's producer wrote), ``RESIDUAL`` (an add
+as the tile is stored) and ``SUMSQ_OUT`` (the stored tile's sums of squares, one fp32 per
+``SUMSQ_COLUMNS`` = 4 output columns and row, written by the program that stores those columns: the last
+of a split; every program owns whole blocks since ``BLOCK_N`` is 4 or 32). The partials are what the next
+norm reduces (the rounded output upcast to fp32), so a residual linear followed by a norm-linear needs
+neither a norm kernel nor a re-reduction: each consumer program sums the K / 4 partials (2-4 KB a row at
+the Llama shapes, one vector load, from L2).
+
 For M > 16 the wrapper calls ``torch.nn.functional.linear`` (cuBLAS), which wins once W is reused
 across enough rows. Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, a weight
 whose rows are not contiguous (``weight.stride(1) != 1``), CPU tensors without ``TRITON_INTERPRET=1``.
@@ -55,6 +65,7 @@ from membound.backends.triton.kernels._launch import (
 )
 
 SMALL_M = 16  # the kernel's range: up to one tensor-core tile of rows
+SUMSQ_COLUMNS = 4  # output columns per partial sum of squares (membound.ir.ops.matmul.SUMSQ_COLUMNS)
 
 
 @triton.jit
@@ -75,17 +86,39 @@ def _finish(acc, r_ptr, ms, rows, stride_rm, mask, dtype, RESIDUAL: tl.constexpr
 
 
 @triton.jit
+def _store_sumsq(y, ss_ptr, ms, m_ok, out_mask, pid_n, N, stride_sm, BLOCK_N: tl.constexpr,
+                 COLUMNS: tl.constexpr):
+    """The partial sums of squares of the output tile ``y`` (its rounded values upcast to fp32, as eager's
+    RMSNorm reduces them): one fp32 per ``COLUMNS`` output columns and row, at block ``pid_n * BLOCK_N /
+    COLUMNS + g``. Each block is written by the one program that owns its columns: no atomics, no zeroing."""
+    yf = y.to(tl.float32)
+    sq = tl.where(out_mask, yf * yf, 0.0)
+    GROUPS: tl.constexpr = BLOCK_N // COLUMNS
+    cols = tl.arange(0, BLOCK_N)
+    for g in tl.static_range(GROUPS):
+        part = tl.sum(tl.where((cols // COLUMNS == g)[None, :], sq, 0.0), axis=1)
+        block = pid_n * GROUPS + g
+        tl.store(ss_ptr + ms * stride_sm + block, part, mask=m_ok & (block * COLUMNS + 0 * ms < N))
+
+
+@triton.jit
 def _linear_small_m(
-    x_ptr, u_ptr, w_ptr, b_ptr, out_ptr, part_ptr, lock_ptr, g_ptr, nw_ptr, r_ptr,
-    M, N, K, K_PER_SPLIT,
-    stride_xm, stride_um, stride_wn, stride_split, stride_rm, eps,
+    x_ptr, u_ptr, w_ptr, b_ptr, out_ptr, part_ptr, lock_ptr, g_ptr, nw_ptr, r_ptr, ss_ptr,
+    M, N, K, K_PER_SPLIT, NS,
+    stride_xm, stride_um, stride_wn, stride_split, stride_rm, stride_sm, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
     PRE_GATE: tl.constexpr = False, NORM: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
+    SUMSQ_IN: tl.constexpr = False, SUMSQ_OUT: tl.constexpr = False, SUMSQ_COLUMNS: tl.constexpr = 4,
+    SS_CHUNK: tl.constexpr = 16,
     L2_PREFETCH: tl.constexpr = False, pf_bytes=0,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
+    tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
+    tl.static_assert(not (SUMSQ_IN and SUMSQ_OUT), "ss_ptr is read or written, not both")
+    if SUMSQ_OUT:
+        tl.static_assert(BLOCK_N % SUMSQ_COLUMNS == 0, "a program owns whole blocks of the partial sums")
     tl.static_assert(not (NORM and GATED), "a norm prologue and gating are two forms of x: one at a time")
     if USE_DOT:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
@@ -124,14 +157,23 @@ def _linear_small_m(
             # a weight some earlier kernel may have written: read only after the wait
             w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
     if NORM:
-        # rms_norm prologue: every program reduces the whole rows of x (a few KB, from L2) for their
-        # 1 / rms, in fp32; x is normed tile by tile below, never stored
         ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            xs = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & (ks < K)[None, :],
-                         other=0.0).to(tl.float32)
-            ss += tl.sum(xs * xs, axis=1)
+        if SUMSQ_IN:
+            # the producer of x wrote its rows' sums of squares in NS = K / 4 partials (2-4 KB a row at the
+            # Llama shapes, from L2): a vector load per chunk (one at M <= 2), summed in a fixed order, while
+            # the first W tile is in flight
+            for c0 in range(0, NS, SS_CHUNK):
+                cs = c0 + tl.arange(0, SS_CHUNK)
+                ss += tl.sum(tl.load(ss_ptr + ms[:, None] * stride_sm + cs[None, :],
+                                     mask=m_ok[:, None] & (cs < NS)[None, :], other=0.0), axis=1)
+        else:
+            # rms_norm prologue: every program reduces the whole rows of x (a few KB, from L2) for their
+            # 1 / rms, in fp32; x is normed tile by tile below, never stored
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                xs = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & (ks < K)[None, :],
+                             other=0.0).to(tl.float32)
+                ss += tl.sum(xs * xs, axis=1)
         rstd = 1.0 / tl.sqrt(ss / K + eps)
     if PRE_GATE:
         # tensor cores: form x (silu(gate) * up, or the normed row) once for this program's K range, real rows
@@ -198,8 +240,10 @@ def _linear_small_m(
         # the whole K range was ours: add the bias, round once to the output dtype
         if HAS_BIAS:
             acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + out_offs, _finish(acc, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty,
-                                             RESIDUAL), mask=out_mask)
+        y = _finish(acc, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
+        tl.store(out_ptr + out_offs, y, mask=out_mask)
+        if SUMSQ_OUT:
+            _store_sumsq(y, ss_ptr, ms, m_ok, out_mask, pid_n, N, stride_sm, BLOCK_N, SUMSQ_COLUMNS)
     else:
         # an fp32 partial sum, then count this split in; the last of the SPLIT_K to arrive reduces
         tl.store(part_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
@@ -210,8 +254,10 @@ def _linear_small_m(
                                  cache_modifier=".cg")  # from L2: the other programs' stores
             if HAS_BIAS:
                 total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptr + out_offs, _finish(total, r_ptr, ms, rows, stride_rm, out_mask,
-                                                 out_ptr.dtype.element_ty, RESIDUAL), mask=out_mask)
+            y = _finish(total, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
+            tl.store(out_ptr + out_offs, y, mask=out_mask)
+            if SUMSQ_OUT:
+                _store_sumsq(y, ss_ptr, ms, m_ok, out_mask, pid_n, N, stride_sm, BLOCK_N, SUMSQ_COLUMNS)
             reset_counter(lock_ptr, pid_n)
 
 
@@ -346,12 +392,74 @@ def gated_linear_add(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
                     lambda: residual + F.linear(F.silu(gate) * up, weight), static_weight, residual=residual)
 
 
+def rms_norm_linear_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
+                          bias: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, *, eps: float,
+                          config: Optional[LinearConfig] = None, static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``rms_norm_linear_sumsq``: ``linear(rms_norm(x, norm_weight, eps), weight, bias)`` with x's
+    mean square from ``sumsq``, the fp32 partial sums of squares its producer wrote (``[..., ceil(K /
+    SUMSQ_COLUMNS)]``): each program sums them (``SUMSQ_IN``) instead of re-reducing x, then norms x as it
+    loads it. For M > 16: the op's reference (torch), then cuBLAS."""
+    from membound.ir.ops.matmul import _rms_norm_linear_sumsq
+
+    k = x.shape[-1] if x.dim() else 0
+    want = tuple(x.shape[:-1]) + (cdiv(k, SUMSQ_COLUMNS),)
+    if x.dim() < 1 or norm_weight.dim() != 1 or norm_weight.shape[0] != k:
+        raise ValueError(f"rms_norm_linear_sumsq: needs x[..., K] and norm_weight[K], got x {tuple(x.shape)} and "
+                         f"norm_weight {tuple(norm_weight.shape)}")
+    if tuple(sumsq.shape) != want or sumsq.dtype != torch.float32:
+        raise ValueError(f"rms_norm_linear_sumsq: sumsq must be fp32 {want} (x's partial sums of squares), got "
+                         f"{sumsq.dtype} {tuple(sumsq.shape)}")
+    return _small_m("rms_norm_linear_sumsq", x, None, weight, bias, out, config,
+                    lambda: _rms_norm_linear_sumsq(x, sumsq, norm_weight, weight, bias, eps=eps), static_weight,
+                    norm=(norm_weight, float(eps)), sumsq=(sumsq, "in"))
+
+
+def linear_add_sumsq(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None, *, config: Optional[LinearConfig] = None,
+                     static_weight: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IR op ``linear_add_sumsq``: :func:`linear_add`, and the fp32 partial sums of squares of its output
+    per ``SUMSQ_COLUMNS`` columns (``SUMSQ_OUT``: each program writes those of the tile it stores)."""
+    if x.dim() < 1:
+        raise ValueError(f"linear_add_sumsq: x must be [..., K], got shape {tuple(x.shape)}")
+    ss = _sumsq_buffer(x, weight)
+    y = _small_m("linear_add_sumsq", x, None, weight, bias, None, config,
+                 lambda: residual + F.linear(x, weight, bias), static_weight, residual=residual, sumsq=(ss, "out"))
+    return y, ss
+
+
+def gated_linear_add_sumsq(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+                           *, act: str = "silu", config: Optional[LinearConfig] = None,
+                           static_weight: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IR op ``gated_linear_add_sumsq``: :func:`gated_linear_add` and its output's partial sums of squares."""
+    from membound.ir.ops.matmul import GATED_ACTIVATIONS
+
+    if act != "silu":
+        raise ValueError(f"gated_linear_add_sumsq: act={act!r} has no kernel (silu does); known: "
+                         f"{sorted(GATED_ACTIVATIONS)}")
+    if gate.shape != up.shape or gate.dim() < 1:
+        raise ValueError(f"gated_linear_add_sumsq: gate {tuple(gate.shape)} and up {tuple(up.shape)} must have "
+                         f"one shape [..., K]")
+    ss = _sumsq_buffer(gate, weight)
+    y = _small_m("gated_linear_add_sumsq", gate, up, weight, None, None, config,
+                 lambda: residual + F.linear(F.silu(gate) * up, weight), static_weight, residual=residual,
+                 sumsq=(ss, "out"))
+    return y, ss
+
+
+def _sumsq_buffer(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The partials of an ``[..., N]`` output: written whole by the kernel (or the reference path)."""
+    n = weight.shape[0] if weight.dim() == 2 else 0
+    return torch.empty(tuple(x.shape[:-1]) + (cdiv(n, SUMSQ_COLUMNS),), dtype=torch.float32, device=x.device)
+
+
 def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
              out: Optional[torch.Tensor], config: Optional[LinearConfig], reference: Callable[[], torch.Tensor],
              static_weight: bool, *, norm: Optional[tuple[torch.Tensor, float]] = None,
-             residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+             residual: Optional[torch.Tensor] = None,
+             sumsq: Optional[tuple[torch.Tensor, str]] = None) -> torch.Tensor:
     """Every linear of the library: ``up`` given: x is the gate; ``norm`` (weight, eps): x is normed first;
-    ``residual``: added to the output. Checks, path choice, launch."""
+    ``residual``: added to the output; ``sumsq`` (partials, "in"): the norm's mean square from the
+    partials, (partials, "out"): the output's partials written there. Checks, path choice, launch."""
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be [N, K], got shape {tuple(weight.shape)}")
     n, k = weight.shape
@@ -368,15 +476,16 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         raise TypeError(f"{op}: inputs must share a dtype, got {[t.dtype for t in operands]}")
     lead = tuple(x.shape[:-1])
     m = x.numel() // k if k else 0
-    reason = unsupported_device(*operands) or unsupported_dtype(op, x)
+    reason = unsupported_device(*operands, *([sumsq[0]] if sumsq is not None else [])) or unsupported_dtype(op, x)
     if reason is None and weight.stride(1) != 1:
         reason = f"weight strides {weight.stride()} (rows must be contiguous)"
     if reason is None and m > SMALL_M and config is None:
         note(op, "cublas")
         result = reference()
-        return result if out is None else _copy_out(out, result)
+        result = result if out is None else _copy_out(out, result)
+        return _reference_sumsq(result, sumsq)
     if reason is not None or m == 0 or k == 0:
-        return fallback(op, reason or "empty product", reference(), out)
+        return _reference_sumsq(fallback(op, reason or "empty product", reference(), out), sumsq)
 
     y = check_out(op, out, lead + (n,), x.dtype, x.device)
     x2 = _rows(x, m, k)
@@ -397,17 +506,35 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         locks = split_counters(x.device, n_blocks)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     b = bias if bias is not None else weight  # a valid pointer the kernel never reads
+    ss2 = _rows(sumsq[0], m, sumsq[0].shape[-1]) if sumsq is not None else None
+    if sumsq is not None and sumsq[1] == "out" and cfg.block_n % SUMSQ_COLUMNS:  # (its buffer: contiguous)
+        raise ValueError(f"{op}: config block_n={cfg.block_n} must be a multiple of {SUMSQ_COLUMNS} (whole blocks "
+                         f"of the partial sums per program)")
+    ns = ss2.shape[1] if ss2 is not None else 0
     launchable(_linear_small_m, x.device)[(n_blocks, split)](
         x2, u2 if u2 is not None else x2, weight, b, y, part, locks, gbuf,
-        norm[0] if norm is not None else weight, r2 if r2 is not None else y,
-        m, n, k, k_per_split, x2.stride(0), u2.stride(0) if u2 is not None else 0, weight.stride(0), m * n,
-        r2.stride(0) if r2 is not None else 0, norm[1] if norm is not None else 0.0,
+        norm[0] if norm is not None else weight, r2 if r2 is not None else y, ss2 if ss2 is not None else part,
+        m, n, k, k_per_split, ns, x2.stride(0), u2.stride(0) if u2 is not None else 0, weight.stride(0), m * n,
+        r2.stride(0) if r2 is not None else 0, ss2.stride(0) if ss2 is not None else 0,
+        norm[1] if norm is not None else 0.0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=split, HAS_BIAS=bias is not None,
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
         GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, NORM=norm is not None,
-        RESIDUAL=r2 is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        RESIDUAL=r2 is not None, SUMSQ_IN=sumsq is not None and sumsq[1] == "in",
+        SUMSQ_OUT=sumsq is not None and sumsq[1] == "out", SUMSQ_COLUMNS=SUMSQ_COLUMNS,
+        SS_CHUNK=min(next_pow2(max(ns, 1)), max(16, 4096 // cfg.block_m)), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
         **pdl_options(x.device), **l2_prefetch_bytes(weight, static_weight, n * split, k_per_split))
     note(op, "kernel")
+    return y
+
+
+def _reference_sumsq(y: torch.Tensor, sumsq: Optional[tuple[torch.Tensor, str]]) -> torch.Tensor:
+    """On a path without the kernel, a producer's partials come from its output (the op's reference)."""
+    if sumsq is not None and sumsq[1] == "out":
+        from membound.ir.ops.matmul import sumsq_partials
+
+        sumsq[0].copy_(sumsq_partials(y))
     return y
 
 
