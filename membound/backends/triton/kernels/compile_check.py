@@ -121,14 +121,15 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     strides = dict(sqb=32 * d, sqh=d, sqs=d, sqd=1, skb=hkv * cap * d, skh=cap * d, skt=d, skd=1, svb=hkv * cap * d,
                    svh=cap * d, svt=d, svd=1, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1)
     for one, ring in ((False, False), (True, False), (False, True)):
-        args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", acc_ptr="*fp32",
-                    m_ptr="*fp32", l_ptr="*fp32", lock_ptr="*i32", slope_ptr="*fp32",
-                    HKV=hkv, G=g, S=1, T=4096 if ring else cap, D=d, DV=d, CHUNK=512, N_QBLOCKS=1,
+        args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", part_ptr="*fp32",
+                    lse_ptr="*fp32", lock_ptr="*i32", slope_ptr="*fp32",
+                    HKV=hkv, G=g, S=1, T=4096 if ring else cap, D=d, DV=d, CHUNK_MIN=256, N_QBLOCKS=1,
                     N_SPLITS=32, qk_scale=0.127, WINDOW=4096 if ring else 0, softcap=1.0, **strides, BLOCK_Q=16,
                     BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d, ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True,
-                    HAS_WINDOW=ring, HAS_SOFTCAP=False, RING=ring, SPLIT_BLOCK=16, HAS_ALIBI=False)
+                    HAS_WINDOW=ring, HAS_SOFTCAP=False, RING=ring, SPLIT_BLOCK=16, MERGE_ROWS=4,
+                    HAS_ALIBI=False, KV_EVICT="")
         label = f"d{d} {'one split' if one else 'split'}" + (" ring" if ring else "")
-        out.append((_flash_decoding_split, label, args, dict(num_warps=4, num_stages=2)))
+        out.append((_flash_decoding_split, label, args, dict(num_warps=4, num_stages=3)))
     out += _flash_attention_cases()
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", src_ptr="*i64", H=hkv, S=1, T=cap, D=d,
                 scb=hkv * cap * d, sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1,
