@@ -123,7 +123,7 @@ def test_pick_config_rule() -> None:
     if not torch.cuda.is_available():
         pytest.skip("pick_config reads the SM count of a CUDA device")
     small = da.pick_config(4, 8, 4096, True, 128, torch.bfloat16, cuda)
-    assert small.block_q == max(16, min(64, da.ROWS_PER_WARP * da.DECODE_WARPS))
+    assert small.block_q == max(16, da.ROWS_PER_WARP * da.DECODE_WARPS)
     assert small.block_t == da.DECODE_BLOCK_T and small.chunk < 4096
     assert da.pick_config(4, 512, 4096, True, 128, torch.bfloat16, cuda).chunk >= 4096
 
@@ -133,7 +133,7 @@ def test_pick_config_capacity_path_is_capacity_free() -> None:
     cfgs = [da.pick_config(4, 8, cap, False, 128, torch.bfloat16, device) for cap in (256, 4096, 65536)]
     keys = {(c.block_q, c.block_t, c.num_warps, c.num_stages, c.evict_first, c.min_chunk) for c in cfgs}
     assert len(keys) == 1, keys
-    assert cfgs[0].block_q == max(16, min(64, da.ROWS_PER_WARP * da.DECODE_WARPS))
+    assert cfgs[0].block_q == max(16, da.ROWS_PER_WARP * da.DECODE_WARPS)
     assert [-(-cap // c.chunk) for cap, c in zip((256, 4096, 65536), cfgs)] == sorted(
         -(-cap // c.chunk) for cap, c in zip((256, 4096, 65536), cfgs))
 

@@ -322,7 +322,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     compile-time choices (tiles, warps, stages) then do not depend on the capacity.
     """
     warps = DECODE_WARPS
-    block_q = max(16, next_pow2(min(rows, 64)), min(ROWS_PER_WARP * warps, 64))
+    block_q = max(16, next_pow2(min(rows, 64)), ROWS_PER_WARP * warps)
     block_t = DECODE_BLOCK_T if head_dim <= 128 and dtype != torch.float32 else DECODE_BLOCK_T // 2
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
