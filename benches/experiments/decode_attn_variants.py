@@ -55,21 +55,22 @@ DEVICE = "cuda"  # "cpu" with --smoke (the Triton interpreter, tiny sizes: check
 SMOKE_SIZES = dict(b=2, length=100, cap=160)
 BUDGET_S = 200  # default --budget: timing takes no new shape past this many seconds from the start
 
-# name -> DecodeConfig fields (the split comes from pick_config's rule). "q64 w4" = 64 query rows (G = 4 padded),
-# 4 warps: 16 rows per warp, wgmma; "q16 w4": the kernel before 2026-12-02 (warps split the key tile)
+# name -> DecodeConfig fields, the key tile as K + V bytes (``tile``: 32K = 64 slots at D = 128, 128 at D = 64);
+# the split comes from pick_config's rule. "q64 w4" = 64 query rows (G = 4 padded), 4 warps: 16 rows per warp,
+# wgmma; "q16 w4": the kernel before 2026-12-02 (its 4 warps split the key tile: barriers per tile)
 VARIANTS: dict[str, dict[str, Any]] = {
-    "q16 w4 t64 s3": dict(block_q=16, num_warps=4, block_t=64, num_stages=3),
-    "q64 w4 t64 s3": dict(block_q=64, num_warps=4, block_t=64, num_stages=3),
-    "q64 w4 t64 s2": dict(block_q=64, num_warps=4, block_t=64, num_stages=2),
-    "q64 w4 t64 s4": dict(block_q=64, num_warps=4, block_t=64, num_stages=4),
-    "q64 w4 t32 s5": dict(block_q=64, num_warps=4, block_t=32, num_stages=5),
-    "q64 w4 t128 s2": dict(block_q=64, num_warps=4, block_t=128, num_stages=2),
-    "q64 w4 t64 s3 evict": dict(block_q=64, num_warps=4, block_t=64, num_stages=3, evict_first=True),
-    "q32 w2 t64 s3": dict(block_q=32, num_warps=2, block_t=64, num_stages=3),
-    "q16 w1 t32 s4": dict(block_q=16, num_warps=1, block_t=32, num_stages=4),
-    "q128 w8 t64 s3": dict(block_q=128, num_warps=8, block_t=64, num_stages=3),
+    "q16 w4 32K s3": dict(block_q=16, num_warps=4, tile=32768, num_stages=3),
+    "q64 w4 32K s3": dict(block_q=64, num_warps=4, tile=32768, num_stages=3),
+    "q64 w4 32K s2": dict(block_q=64, num_warps=4, tile=32768, num_stages=2),
+    "q64 w4 32K s4": dict(block_q=64, num_warps=4, tile=32768, num_stages=4),
+    "q64 w4 16K s5": dict(block_q=64, num_warps=4, tile=16384, num_stages=5),
+    "q64 w4 64K s2": dict(block_q=64, num_warps=4, tile=65536, num_stages=2),
+    "q64 w4 32K s3 evict": dict(block_q=64, num_warps=4, tile=32768, num_stages=3, evict_first=True),
+    "q32 w2 32K s3": dict(block_q=32, num_warps=2, tile=32768, num_stages=3),
+    "q16 w1 16K s4": dict(block_q=16, num_warps=1, tile=16384, num_stages=4),
+    "q128 w8 32K s3": dict(block_q=128, num_warps=8, tile=32768, num_stages=3),
 }
-QUICK_VARIANTS = ("q16 w4 t64 s3", "q64 w4 t64 s3", "q64 w4 t64 s4", "q64 w4 t64 s3 evict", "q32 w2 t64 s3")
+QUICK_VARIANTS = ("q16 w4 32K s3", "q64 w4 32K s3", "q64 w4 32K s4", "q64 w4 32K s3 evict", "q32 w2 32K s3")
 
 
 def config_for(variant: Optional[str], rows: int, groups: int, length: int, known: bool, d: int, dtype: Any,
@@ -80,7 +81,10 @@ def config_for(variant: Optional[str], rows: int, groups: int, length: int, know
 
     cfg = da.pick_config(rows, groups, length, known, d, dtype, device)
     if variant is not None:
-        cfg = dataclasses.replace(cfg, **{"evict_first": False, **VARIANTS[variant]})
+        fields = {"evict_first": False, **VARIANTS[variant]}
+        per_slot = 2 * d * dtype.itemsize  # K + V bytes of one slot
+        fields["block_t"] = max(16, min(128, fields.pop("tile") // per_slot))
+        cfg = dataclasses.replace(cfg, **fields)
     bt = cfg.block_t
     tiles = cdiv(length, bt)
     programs = groups * cdiv(rows, cfg.block_q)
@@ -286,37 +290,58 @@ def report(rows: list[dict[str, Any]], variants: list[str]) -> list[str]:
             cols.append(f"{best['contender']:>22s} {best['us']:8.1f} {best['pct_read']:5.1f}" if best else "")
         lines.append(" ".join(cols[:2]) + " | " + cols[2] + " " + cols[3] + " | " + cols[4] + " " + cols[5])
     lines.append("")
-    lines.append("variant (and pick): geometric-mean speed over sdpa (>1 = faster) and shapes won, per path")
-    summary = {}
+
+    def geomean(who: str, path: str, keep: Callable[[int, int, int], bool] = lambda d, b, c: True) -> tuple:
+        """(geometric-mean speed over sdpa, shapes won, shapes) of ``who`` on ``path`` over the kept shapes."""
+        ratios, wins = [], 0
+        for d, b, c in shapes:
+            sd, r = get(d, b, c, "known", "sdpa"), get(d, b, c, path, who)
+            if keep(d, b, c) and sd and r:
+                ratios.append(sd["us"] / r["us"])
+                cand = [x for x in rows if (x["d"], x["b"], x["cache"], x["path"]) == (d, b, c, path)
+                        and x["contender"] != "sdpa"]
+                wins += min(cand, key=lambda x: x["us"]) is r
+        gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else 0.0
+        return gm, wins, len(ratios)
+
+    lines.append("geometric-mean speed over sdpa (>1 = faster), shapes won / timed; per path, then per head dim "
+                 "(both paths)")
+    dims = sorted({d for d, _, _ in shapes})
     for who in ["pick", "pick pps=1", "pick pps=4"] + variants:
         parts = []
         for path in ("known", "capacity"):
-            ratios, wins = [], 0
-            for d, b, c in shapes:
-                sd, r = get(d, b, c, "known", "sdpa"), get(d, b, c, path, who)
-                if sd and r:
-                    ratios.append(sd["us"] / r["us"])
-                    cand = [x for x in rows if (x["d"], x["b"], x["cache"], x["path"]) == (d, b, c, path)
-                            and x["contender"] != "sdpa"]
-                    wins += min(cand, key=lambda x: x["us"]) is r
-            if ratios:
-                gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-                summary[(who, path)] = gm
-                parts.append(f"{path} {gm:5.3f} ({wins:2d} won of {len(ratios)})")
+            gm, wins, n = geomean(who, path)
+            if n:
+                parts.append(f"{path} {gm:5.3f} ({wins:2d}/{n})")
+        for d in dims:
+            gms = [geomean(who, path, lambda dd, b, c, d=d: dd == d)[0] for path in ("known", "capacity")]
+            if all(gms):
+                parts.append(f"d{d} {math.sqrt(gms[0] * gms[1]):5.3f}")
         lines.append(f"  {who:22s} " + "   ".join(parts))
-    scored = [(summary.get((v, "known"), 0) * summary.get((v, "capacity"), 0), v) for v in variants]
-    if scored:
-        _, top = max(scored)
+
+    def best(keep: Callable[[int, int, int], bool]) -> str:
+        scores = {v: geomean(v, "known", keep)[0] * geomean(v, "capacity", keep)[0] for v in variants}
+        return max(scores, key=lambda v: scores[v])
+
+    if variants:
+        lines.append("")
+        lines.append("best variant per head dim and batch (both paths, every cache length):")
+        for d in dims:
+            per_b = [f"b{b}: {best(lambda dd, bb, c, d=d, b=b: (dd, bb) == (d, b))}"
+                     for b in sorted({b for dd, b, _ in shapes if dd == d})]
+            lines.append(f"  d{d}  " + "   ".join(per_b))
+        top = best(lambda d, b, c: True)
         f = VARIANTS[top]
         lines.append("")
-        lines.append(f"best variant over both paths: {top!r}; decode_attention constants that select it:")
+        lines.append(f"best variant over every shape and both paths: {top!r}; the decode_attention constants "
+                     f"that select it:")
         lines.append(f"  DECODE_WARPS = {f['num_warps']}; ROWS_PER_WARP = {f['block_q'] // f['num_warps']}; "
-                     f"DECODE_BLOCK_T = {f['block_t']}; DECODE_STAGES = {f['num_stages']}; "
+                     f"DECODE_TILE_BYTES = {f['tile']}; DECODE_STAGES = {f['num_stages']}; "
                      f"EVICT_FIRST = {f.get('evict_first', False)}")
-        pps = {p: summary.get((f"pick pps={p}", "known"), 0) for p in (1, 4)}
-        pps[2] = summary.get(("pick", "known"), 0)
-        lines.append(f"  PROGRAMS_PER_SM = {max(pps, key=lambda p: pps[p])} (known-path geomeans: "
-                     + ", ".join(f"{p}: {pps[p]:.3f}" for p in sorted(pps)) + ")")
+        pps = {p: geomean(f"pick pps={p}", "known")[0] for p in (1, 4)}
+        pps[2] = geomean("pick", "known")[0]
+        lines.append(f"  PROGRAMS_PER_SM = {max(pps, key=lambda p: pps[p])} (pick's known-path geomeans by programs "
+                     f"per SM: " + ", ".join(f"{p}: {pps[p]:.3f}" for p in sorted(pps)) + ")")
     return lines
 
 

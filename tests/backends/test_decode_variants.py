@@ -124,7 +124,7 @@ def test_pick_config_rule() -> None:
         pytest.skip("pick_config reads the SM count of a CUDA device")
     small = da.pick_config(4, 8, 4096, True, 128, torch.bfloat16, cuda)
     assert small.block_q == max(16, da.ROWS_PER_WARP * da.DECODE_WARPS)
-    assert small.block_t == da.DECODE_BLOCK_T and small.chunk < 4096
+    assert small.block_t == da.tile_slots(128, torch.bfloat16) and small.chunk < 4096
     assert da.pick_config(4, 512, 4096, True, 128, torch.bfloat16, cuda).chunk >= 4096
 
 
@@ -136,6 +136,16 @@ def test_pick_config_capacity_path_is_capacity_free() -> None:
     assert cfgs[0].block_q == max(16, da.ROWS_PER_WARP * da.DECODE_WARPS)
     assert [-(-cap // c.chunk) for cap, c in zip((256, 4096, 65536), cfgs)] == sorted(
         -(-cap // c.chunk) for cap, c in zip((256, 4096, 65536), cfgs))
+
+
+def test_tile_slots_keep_the_tile_bytes() -> None:
+    """32 KB of K + V per tile: 64 slots at bf16 and head dim 128, 128 at 64 (and 80, padded to 128: 64),
+    32 at 256 or fp32 at 128; never under 16 (tl.dot) nor over 128."""
+    if da.DECODE_TILE_BYTES != 32768:
+        pytest.skip("recalibrated tile size")
+    got = [da.tile_slots(d, dt) for d, dt in ((128, torch.bfloat16), (64, torch.float16), (80, torch.float16),
+                                              (256, torch.bfloat16), (128, torch.float32), (16, torch.float16))]
+    assert got == [64, 128, 64, 32, 32, 128]
 
 
 def test_merge_rows_fits_the_register_budget() -> None:

@@ -81,7 +81,7 @@ DECODE_WARPS = 4  # warps per program
 ROWS_PER_WARP = 16  # query rows padded to 16 per warp: the softmax's row max and sum stay inside a warp (the
 #                     warps split rows, not the key tile), and at 4 warps each tl.dot is one Hopper wgmma
 #                     (0: rows padded to 16 only, the 4 warps split the key tile: ~11 barriers per tile)
-DECODE_BLOCK_T = 64  # key slots per tile (halved for fp32 and head dims over 128)
+DECODE_TILE_BYTES = 32768  # K + V bytes per key tile: 64 slots at bf16 and head dim 128, 128 at 64, 32 at 256
 DECODE_STAGES = 3  # cp.async ring: DECODE_STAGES - 1 K/V tiles in flight per program
 EVICT_FIRST = False  # K/V loads with an evict-first L2 hint
 PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
@@ -323,7 +323,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     """
     warps = DECODE_WARPS
     block_q = max(16, next_pow2(min(rows, 64)), ROWS_PER_WARP * warps)
-    block_t = DECODE_BLOCK_T if head_dim <= 128 and dtype != torch.float32 else DECODE_BLOCK_T // 2
+    block_t = tile_slots(head_dim, dtype)
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
     splits = _best_split(programs, tiles, PROGRAMS_PER_SM * sm_count(device))
@@ -335,6 +335,14 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
                         min_chunk=MIN_TILES * block_t)
+
+
+def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
+    """Key slots per tile: ``DECODE_TILE_BYTES`` of K and V (a power of two, 16 to 128 slots), so a tile moves
+    the same bytes at every head dim."""
+    per_slot = 2 * next_pow2(head_dim) * torch.empty((), dtype=dtype).element_size()
+    fit = max(1, DECODE_TILE_BYTES // per_slot)
+    return max(16, min(128, 1 << (fit.bit_length() - 1)))
 
 
 def _best_split(programs: int, tiles: int, slots: int) -> int:
