@@ -11,7 +11,8 @@ Two things make that fast at batch 1:
   come from one ``tl.dot``. The rows are padded to 16 per warp (``ROWS_PER_WARP``): the padding costs
   FLOPs, never bytes, and with the warps splitting rows (not the key tile) the softmax's row max and
   sum stay inside a warp; at 4 warps and 64 rows each ``tl.dot`` is one Hopper wgmma. (Rows padded to
-  16 with 4 warps split the key tile instead: ~11 barriers per tile, per the sm_90 PTX.)
+  16 with 4 warps split the key tile instead: ~11 barriers per tile, per the sm_90 PTX.) fp32 keeps 16
+  rows: its ``tl.dot`` runs on FMAs, where padded rows are work.
 - **Split-K over the cache length.** ``B * Hkv`` programs cannot fill 132 SMs, so each row block has
   ``N_SPLITS`` programs, and on the device they split the slots the rows see (the filled prefix, or
   the window) evenly, in whole key tiles and never under ``CHUNK_MIN`` slots. Each computes an
@@ -76,7 +77,8 @@ MAX_HEAD_DIM = 256
 PREFILL_ROWS = 128  # query rows per kv head (G * S) past which prefill runs the flash kernel
 MERGE_LANES = 16  # partials the merge loads at once per query row
 MERGE_REGS = 64  # fp32 registers a thread may hold per merge tile (merge_rows)
-# pick_config's constants; gpu/decode_attn.sh times the alternatives (its last table names the best per shape)
+# pick_config's constants. gpu/decode_attn.sh times the alternatives on a GPU and prints, last, the values of these
+# that select its best variant (benches/experiments/decode_attn_variants.py: VARIANTS)
 DECODE_WARPS = 4  # warps per program
 ROWS_PER_WARP = 16  # query rows padded to 16 per warp: the softmax's row max and sum stay inside a warp (the
 #                     warps split rows, not the key tile), and at 4 warps each tl.dot is one Hopper wgmma
@@ -322,7 +324,9 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     compile-time choices (tiles, warps, stages) then do not depend on the capacity.
     """
     warps = DECODE_WARPS
-    block_q = max(16, next_pow2(min(rows, 64)), ROWS_PER_WARP * warps)
+    block_q = max(16, next_pow2(min(rows, 64)))
+    if dtype != torch.float32:  # (fp32 takes the FMA dot, where padded rows are work, not a free tensor-core tile)
+        block_q = max(block_q, ROWS_PER_WARP * warps)
     block_t = tile_slots(head_dim, dtype)
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
