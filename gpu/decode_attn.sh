@@ -22,8 +22,8 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 
 echo "== 1. decode kernel tests on the GPU (gating)"
 timeout 100 python -m pytest tests/backends/test_decode_variants.py tests/backends/test_split_stress_gpu.py \
-    tests/backends/test_attention_kernels.py -q -n 8 -p no:cacheprovider -k "decod or cached or Decode" \
-    >"$OUT/tests.log" 2>&1
+    tests/backends/test_attention_kernels.py tests/backends/test_kernels.py -q -n 8 -p no:cacheprovider \
+    -k "decod or cached or Decode or warmed_up_split" >"$OUT/tests.log" 2>&1
 rc=$?
 tail -3 "$OUT/tests.log"
 if [ $rc -ne 0 ]; then
