@@ -11,8 +11,13 @@ Decode (one new token) with 32 query heads over 8 kv heads (GQA 4), head dim 64 
 - ``pick``: ``cached_attention`` as the library calls it, ``pick_config``'s choice (``known``: with
   ``max_len`` = the filled length; ``capacity``: as ``generate``'s CUDA-graph step, no length, a cache of
   twice the filled length, the device splitting the prefix over a grid sized for the capacity);
-- each variant of ``VARIANTS`` (rows per block, warps, key tile, stages, evict-first) with pick_config's
-  split, on both paths; ``pick pps=N``: the default variant with the split for N programs per SM.
+- each variant of ``VARIANTS`` (rows per block, warps, key tile bytes, stages, evict-first) with
+  pick_config's split (for the variant's own programs per SM where it names one), on both paths;
+  ``pick pps=N``: the default variant with the split for N programs per SM (known path).
+
+sm_90 compile facts (compile_check, ptxas): q64 w4 32K s3 = 112 KB shared, 250 registers (2 programs per
+SM fit, exactly), wgmma; q64 w4 16K s5 = 96 KB, 168 registers; q16 w4 = 70 KB, 168 registers, mma.sync
+with ~11 barriers per tile; q64 w4 64K s2 spills ~250 B at D = 128; q16 w1 16K s4 spills 40 B at D = 128.
 
 1. Correctness first, in worker processes (which also compile every variant into Triton's disk cache):
    each variant and ``pick`` on both paths, bf16 and fp16, D 64 and 128, batch 3 with per-row lengths
