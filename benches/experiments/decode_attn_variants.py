@@ -15,9 +15,10 @@ Decode (one new token) with 32 query heads over 8 kv heads (GQA 4), head dim 64 
   pick_config's split (for the variant's own programs per SM where it names one), on both paths;
   ``pick pps=N``: the default variant with the split for N programs per SM (known path).
 
-sm_90 compile facts (compile_check, ptxas): q64 w4 32K s3 = 112 KB shared, 250 registers (2 programs per
-SM fit, exactly), wgmma; q64 w4 16K s5 = 96 KB, 168 registers; q16 w4 = 70 KB, 168 registers, mma.sync
-with ~11 barriers per tile; q64 w4 64K s2 spills ~250 B at D = 128; q16 w1 16K s4 spills 40 B at D = 128.
+sm_90 compile facts with triton 3.6 (the GPU's; compile_ptx + ptxas -v, bf16, D = 128): q64 w4 32K s3 = 112 KB
+shared, 248 registers, no spill (2 programs per SM fit, exactly), wgmma; q64 w4 16K s5 = 96 KB, 243
+registers; q16 w4 32K s3 = 70 KB, 255 registers + 12 B spilled, mma.sync with ~11 barriers per tile;
+q64 w4 64K s2 spills 420 B (one split); q32 w2 20-152 B; q16 w1 32-52 B.
 
 1. Correctness first, in worker processes (which also compile every variant into Triton's disk cache):
    each variant and ``pick`` on both paths, bf16 and fp16, D 64 and 128, batch 3 with per-row lengths

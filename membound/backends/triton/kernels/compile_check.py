@@ -90,7 +90,7 @@ def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options
 def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     """(kernel, label, args, launch options) at Llama-3-8B decode shapes, bf16."""
     from membound.backends.triton.kernels.cache_write import _cache_write
-    from membound.backends.triton.kernels.decode_attention import _flash_decoding_split
+    from membound.backends.triton.kernels.decode_attention import _flash_decoding_split, merge_tile
     from membound.backends.triton.kernels.embedding import _embedding
     from membound.backends.triton.kernels.linear import _linear_small_m
     from membound.backends.triton.kernels.norm import _rms_norm
@@ -125,12 +125,13 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     # 16-row block whose 4 warps split the key tile (mma.sync)
     for one, ring, block_q, warps in ((False, False, 64, 4), (True, False, 64, 4), (False, True, 64, 4),
                                       (False, False, 16, 4)):
+        split_block, merge_rows = merge_tile(g, block_q, d, warps)
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", part_ptr="*fp32",
                     lse_ptr="*fp32", lock_ptr="*i32", slope_ptr="*fp32",
                     HKV=hkv, G=g, S=1, T=4096 if ring else cap, D=d, DV=d, CHUNK_MIN=256, N_QBLOCKS=1,
                     N_SPLITS=32, qk_scale=0.127, WINDOW=4096 if ring else 0, softcap=1.0, **strides, BLOCK_Q=block_q,
                     BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d, ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True,
-                    HAS_WINDOW=ring, HAS_SOFTCAP=False, RING=ring, SPLIT_BLOCK=16, MERGE_ROWS=4,
+                    HAS_WINDOW=ring, HAS_SOFTCAP=False, RING=ring, SPLIT_BLOCK=split_block, MERGE_ROWS=merge_rows,
                     HAS_ALIBI=False, KV_EVICT="")
         label = f"d{d} {'one split' if one else 'split'}" + (" ring" if ring else "") + f" q{block_q}"
         out.append((_flash_decoding_split, label, args, dict(num_warps=warps, num_stages=3)))

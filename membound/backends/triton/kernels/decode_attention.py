@@ -75,8 +75,9 @@ LOG2E = 1.4426950408889634
 _LOG2E: tl.constexpr = tl.constexpr(LOG2E)  # the same, for kernels
 MAX_HEAD_DIM = 256
 PREFILL_ROWS = 128  # query rows per kv head (G * S) past which prefill runs the flash kernel
-MERGE_LANES = 16  # partials the merge loads at once per query row
-MERGE_REGS = 64  # fp32 registers a thread may hold per merge tile (merge_rows)
+MERGE_LANES = 16  # partials the merge loads at once (at most; merge_tile)
+MERGE_REGS = 32  # fp32 values a thread may hold per merge tile (merge_tile): at 64, triton 3.6's sm_90 build of
+#                   the 64-row variant spilled 948 B (3.9's none); at 32 neither spills
 # pick_config's constants. gpu/decode_attn.sh times the alternatives on a GPU and prints, last, the values of these
 # that select its best variant (benches/experiments/decode_attn_variants.py: VARIANTS)
 DECODE_WARPS = 4  # warps per program
@@ -360,11 +361,18 @@ def _best_split(programs: int, tiles: int, slots: int) -> int:
     return min(range(1, max(1, tiles // MIN_TILES) + 1), key=lambda n: (cost(n), n))
 
 
-def merge_rows(rows: int, block_q: int, split_block: int, block_dv: int, num_warps: int) -> int:
-    """Query rows the merge folds at once: as many as fit ``MERGE_REGS`` fp32 registers a thread per
-    ``[split_block, rows * block_dv]`` tile (a power of two, at most the rows of a block)."""
-    fit = max(1, MERGE_REGS * 32 * num_warps // (split_block * block_dv))
-    return min(next_pow2(min(rows, block_q)), 1 << (fit.bit_length() - 1))
+def merge_tile(rows: int, block_q: int, block_dv: int, num_warps: int) -> tuple[int, int]:
+    """The merge's ``[split_block, merge_rows * block_dv]`` tile: ``MERGE_REGS`` fp32 values a thread, first
+    as many partials as fit (at most ``MERGE_LANES``), then as many query rows (at most a block's).
+    Powers of two; they depend on the warps and head dim only, never on the split count or capacity."""
+    budget = MERGE_REGS * 32 * num_warps
+    split_block = max(2, min(MERGE_LANES, _pow2_floor(budget // block_dv)))
+    merge_rows = max(1, min(next_pow2(min(rows, block_q)), _pow2_floor(budget // (split_block * block_dv))))
+    return split_block, merge_rows
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
 
 
 def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: int, dv: int,
@@ -445,11 +453,11 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     # variant must not depend on it, or every growth of the cache compiles the kernel again inside the
     # call that grows it (0.6-0.8 s on an H200). So the single-split variant (no merge compiled in) is
     # used only for a known length; otherwise the variant that can merge, which writes the result
-    # directly when the grid has one split (a branch on the device). The merge always takes MERGE_LANES
-    # partials a load (masked lanes cost no bytes), so the split count never picks a variant either.
+    # directly when the grid has one split (a branch on the device). The merge's tile (merge_tile) comes from
+    # the warps and head dim alone (masked lanes cost no bytes), so the split count never picks a variant.
     one = n_splits == 1 and max_len is not None
-    split_block = MERGE_LANES
     block_dv = max(16, next_pow2(dv))
+    split_block, merge_rows = merge_tile(rows, cfg.block_q, block_dv, cfg.num_warps)
     if one:
         part = lse = locks = y  # never touched: the kernel writes y directly
     else:  # fp32 buffers even for one split: the pointers' dtypes are part of the compiled variant
@@ -469,7 +477,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, INPUT_PRECISION=precision, HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
         RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
-        MERGE_ROWS=merge_rows(rows, cfg.block_q, split_block, block_dv, cfg.num_warps),
+        MERGE_ROWS=merge_rows,
         KV_EVICT="evict_first" if cfg.evict_first else "",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(q.device))
