@@ -17,7 +17,7 @@ Decode (one new token) with 32 query heads over 8 kv heads (GQA 4), head dim 64 
 
 sm_90 compile facts with triton 3.6 (the GPU's; compile_ptx + ptxas -v, bf16, D = 128): q64 w4 32K s3 = 112 KB
 shared, 248 registers, no spill (2 programs per SM fit, exactly), wgmma; q64 w4 16K s5 = 96 KB, 243
-registers; q16 w4 32K s3 = 70 KB, 255 registers + 12 B spilled, mma.sync with ~11 barriers per tile;
+registers; q16 w4 32K s3 = 70 KB, 255 registers + 12 B spilled, mma.sync with 9 barriers per tile (q64: 2);
 q64 w4 64K s2 spills 420 B (one split); q32 w2 20-152 B; q16 w1 32-52 B.
 
 1. Correctness first, in worker processes (which also compile every variant into Triton's disk cache):

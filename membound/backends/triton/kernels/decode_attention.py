@@ -11,7 +11,7 @@ Two things make that fast at batch 1:
   come from one ``tl.dot``. The rows are padded to 16 per warp (``ROWS_PER_WARP``): the padding costs
   FLOPs, never bytes, and with the warps splitting rows (not the key tile) the softmax's row max and
   sum stay inside a warp; at 4 warps and 64 rows each ``tl.dot`` is one Hopper wgmma. (Rows padded to
-  16 with 4 warps split the key tile instead: ~11 barriers per tile, per the sm_90 PTX.) fp32 keeps 16
+  16 with 4 warps split the key tile instead: 9 barriers per tile against 2, sm_90 PTX of triton 3.6.) fp32 keeps 16
   rows: its ``tl.dot`` runs on FMAs, where padded rows are work.
 - **Split-K over the cache length.** ``B * Hkv`` programs cannot fill 132 SMs, so each row block has
   ``N_SPLITS`` programs, and on the device they split the slots the rows see (the filled prefix, or
@@ -83,7 +83,7 @@ MERGE_REGS = 32  # fp32 values a thread may hold per merge tile (merge_tile): at
 DECODE_WARPS = 4  # warps per program
 ROWS_PER_WARP = 16  # query rows padded to 16 per warp: the softmax's row max and sum stay inside a warp (the
 #                     warps split rows, not the key tile), and at 4 warps each tl.dot is one Hopper wgmma
-#                     (0: rows padded to 16 only, the 4 warps split the key tile: ~11 barriers per tile)
+#                     (0: rows padded to 16 only, the 4 warps split the key tile: 9 barriers per tile, not 2)
 DECODE_TILE_BYTES = 32768  # K + V bytes per key tile: 64 slots at bf16 and head dim 128, 128 at 64, 32 at 256
 DECODE_STAGES = 3  # cp.async ring: DECODE_STAGES - 1 K/V tiles in flight per program
 EVICT_FIRST = False  # K/V loads with an evict-first L2 hint
