@@ -395,6 +395,8 @@ def test_kernels_compile_for_hopper_with_vector_loads() -> None:
         if r["kernel"] in ("_linear_small_m", "_flash_decoding_split", "_rms_norm"):
             assert r["vectorised"], f"{r['kernel']} {r['config']}: loads {r['loads']}, cp.async {r['cp_async']}"
     assert all(r["mma"] > 0 for r in results if r["kernel"] in ("_flash_decoding_split", "_flash_attention_fwd"))
+    # flash-decoding's 64-row blocks at 4 warps: every tl.dot one Hopper wgmma (16 rows per warp)
+    assert all(r["wgmma"] > 0 for r in results if r["kernel"] == "_flash_decoding_split" and "q64" in r["config"])
     # launched with programmatic dependent launch on Hopper, so each must wait before reading earlier writes
     assert all(r["pdl_wait"] for r in results), [r["kernel"] for r in results if not r["pdl_wait"]]
 

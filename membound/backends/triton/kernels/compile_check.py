@@ -34,6 +34,7 @@ class Compiled:
     loads: dict[str, int]
     cp_async: int
     mma: int
+    wgmma: int = 0  # of which Hopper warpgroup MMAs
     pdl_wait: bool = False  # griddepcontrol.wait: the kernel honours programmatic dependent launch
     # 2-byte scalar loads allowed: a GEMV's residual epilogue reads its BLOCK_M x BLOCK_N output tile
     # (4 to 512 values a program, beside megabytes of streamed weight) in the accumulator's layout
@@ -85,14 +86,14 @@ def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options
     loads = dict(collections.Counter(re.findall(r"ld\.global[\w.]*", ptx)))
     mma = len(re.findall(r"\bmma\.|wgmma\.mma_async", ptx))  # tensor cores: mma (Ampere) or wgmma (Hopper)
     tile = 1 if args.get("RESIDUAL") else 0
-    return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), mma, "griddepcontrol.wait" in ptx,
-                    tile)
+    return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), mma,
+                    len(re.findall(r"wgmma\.mma_async", ptx)), "griddepcontrol.wait" in ptx, tile)
 
 
 def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     """(kernel, label, args, launch options) at Llama-3-8B decode shapes, bf16."""
     from membound.backends.triton.kernels.cache_write import _cache_write
-    from membound.backends.triton.kernels.decode_attention import _flash_decoding_split
+    from membound.backends.triton.kernels.decode_attention import _flash_decoding_split, merge_tile
     from membound.backends.triton.kernels.embedding import _embedding
     from membound.backends.triton.kernels.linear import _linear_small_m
     from membound.backends.triton.kernels.norm import _rms_norm
@@ -131,15 +132,20 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     hkv, g, cap, d = 8, 4, 16384, 128  # Llama-3-8B: 8 kv heads, 4 q heads each
     strides = dict(sqb=32 * d, sqh=d, sqs=d, sqd=1, skb=hkv * cap * d, skh=cap * d, skt=d, skd=1, svb=hkv * cap * d,
                    svh=cap * d, svt=d, svd=1, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1)
-    for one, ring in ((False, False), (True, False), (False, True)):
-        args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", acc_ptr="*fp32",
-                    m_ptr="*fp32", l_ptr="*fp32", lock_ptr="*i32", slope_ptr="*fp32",
-                    HKV=hkv, G=g, S=1, T=4096 if ring else cap, D=d, DV=d, CHUNK=512, N_QBLOCKS=1,
-                    N_SPLITS=32, qk_scale=0.127, WINDOW=4096 if ring else 0, softcap=1.0, **strides, BLOCK_Q=16,
+    # (one split, ring, rows per block, warps): pick_config's 64 rows at 4 warps (16 per warp: wgmma), and the
+    # 16-row block whose 4 warps split the key tile (mma.sync)
+    for one, ring, block_q, warps in ((False, False, 64, 4), (True, False, 64, 4), (False, True, 64, 4),
+                                      (False, False, 16, 4)):
+        split_block, merge_rows = merge_tile(g, block_q, d, warps)
+        args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", part_ptr="*fp32",
+                    lse_ptr="*fp32", lock_ptr="*i32", slope_ptr="*fp32",
+                    HKV=hkv, G=g, S=1, T=4096 if ring else cap, D=d, DV=d, CHUNK_MIN=256, N_QBLOCKS=1,
+                    N_SPLITS=32, qk_scale=0.127, WINDOW=4096 if ring else 0, softcap=1.0, **strides, BLOCK_Q=block_q,
                     BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d, ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True,
-                    HAS_WINDOW=ring, HAS_SOFTCAP=False, RING=ring, SPLIT_BLOCK=16, HAS_ALIBI=False)
-        label = f"d{d} {'one split' if one else 'split'}" + (" ring" if ring else "")
-        out.append((_flash_decoding_split, label, args, dict(num_warps=4, num_stages=2)))
+                    HAS_WINDOW=ring, HAS_SOFTCAP=False, RING=ring, SPLIT_BLOCK=split_block, MERGE_ROWS=merge_rows,
+                    HAS_ALIBI=False, KV_EVICT="")
+        label = f"d{d} {'one split' if one else 'split'}" + (" ring" if ring else "") + f" q{block_q}"
+        out.append((_flash_decoding_split, label, args, dict(num_warps=warps, num_stages=3)))
     out += _flash_attention_cases()
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", src_ptr="*i64", H=hkv, S=1, T=cap, D=d,
                 scb=hkv * cap * d, sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1,
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             flag = "" if r.vectorised or r.kernel not in STREAMING else "  <- scalar loads"
             print(f"{r.kernel:26s} {r.config:14s} shared {r.shared_bytes:6d} B  cp.async {r.cp_async:3d}  "
-                  f"mma {r.mma:3d}  loads {r.loads}{flag}")
+                  f"mma {r.mma:3d} (wgmma {r.wgmma:2d})  loads {r.loads}{flag}")
     return 0
 
 

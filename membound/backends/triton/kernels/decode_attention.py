@@ -8,28 +8,35 @@ Two things make that fast at batch 1:
 
 - **GQA sharing.** The ``G = Hq / Hkv`` query heads of one kv head (times the S new tokens) form the
   rows of one ``[BLOCK_Q, D]`` block, so each K/V tile is loaded once for all of them and the scores
-  come from one ``tl.dot`` (rows padded to 16; the padding costs FLOPs, never bytes).
-- **Split-K over the cache length.** ``B * Hkv`` programs cannot fill 132 SMs, so the slots are cut
-  into chunks of ``CHUNK`` and each (row block, chunk) program computes an online-softmax partial
-  (running max ``m``, sum ``l`` and unnormalised ``acc``, in base 2). The partials of a row block are
-  merged by whichever of its programs finishes last (an arrival counter per row block, see
-  ``_launch.split_counters``): ``out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s``, one query row
-  at a time with 16 partials per load. One launch per attention: at decode a second "combine" kernel
-  cost more than the merge. ``pick_config`` chooses the split from the cache length, ``B * Hkv`` and
-  the SM count (whole waves of about two programs per SM, at least four key tiles each).
+  come from one ``tl.dot``. The rows are padded to 16 per warp (``ROWS_PER_WARP``): the padding costs
+  FLOPs, never bytes, and with the warps splitting rows (not the key tile) the softmax's row max and
+  sum stay inside a warp; at 4 warps and 64 rows each ``tl.dot`` is one Hopper wgmma. (Rows padded to
+  16 with 4 warps split the key tile instead: 9 barriers per tile against 2, sm_90 PTX of triton 3.6.) fp32 keeps 16
+  rows: its ``tl.dot`` runs on FMAs, where padded rows are work.
+- **Split-K over the cache length.** ``B * Hkv`` programs cannot fill 132 SMs, so each row block has
+  ``N_SPLITS`` programs, and on the device they split the slots the rows see (the filled prefix, or
+  the window) evenly, in whole key tiles and never under ``CHUNK_MIN`` slots. Each computes an
+  online-softmax partial (base 2), stored normalised: ``o_s = acc_s / l_s`` and its log-sum-exp
+  ``lse_s = m_s + log2(l_s)``. The partials of a row block are merged by whichever of its programs
+  finishes last (an arrival counter per row block, see ``_launch.split_counters``):
+  ``out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M)``, several query rows and 16 partials per
+  load. One launch per attention: at decode a second "combine" kernel cost more than the merge.
+  ``pick_config`` chooses the split from the length the grid covers, ``B * Hkv`` and the SM count
+  (whole waves of about two programs per SM, at least four key tiles each).
 - **Bytes in flight.** K/V tiles (32 KB per K+V tile pair) arrive by ``cp.async`` in 16-byte vectors
-  (``compile_check`` shows it for sm_90); a program that streams three or more tiles keeps two of them
-  in flight (``num_stages=3``).
+  (``compile_check`` shows it for sm_90); ``num_stages=3`` keeps two of them in flight per program.
+  ``evict_first`` (a config option) adds an L2 evict-first hint to those copies.
 
 With ``k_new, v_new`` (a ring cache of a sliding-window layer) slot t holds position
 ``p - ((p - t) mod T)``; ALiBi adds ``slope_h * (key position - p)`` to the scores.
 
-Only the filled prefix is read: each program loads its rows' positions on the device and stops at
-``max(position) + 1``; chunks past it do nothing and are never read back. No host synchronisation,
-so the op is CUDA-graph safe. The grid is sized from ``max_len`` (an upper bound of
-``max(positions) + 1`` that the caller knows, e.g. the CUDA-graph cache-length bucket) or else from
-the capacity T with small chunks. Without ``max_len`` the compiled variant (constexprs, warps, stages)
-is the same at every capacity, so a cache that grows to its next bucket compiles nothing.
+Only the filled prefix is read: each program loads its rows' positions on the device; chunks past
+``max(position) + 1`` do nothing and are never read back. No host synchronisation, so the op is
+CUDA-graph safe. The grid is sized from ``max_len`` (an upper bound of ``max(positions) + 1`` that
+the caller knows) or else from the capacity T; either way the device splits the actual prefix over
+it, so the CUDA-graph step of ``generate`` (no known length, a grid for the capacity) streams a short
+prefix with as many programs as a long one. Without ``max_len`` the compiled variant (constexprs,
+warps, stages) is the same at every capacity, so a cache that grows to its next bucket compiles nothing.
 
 Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, head dims over 256, CPU
 tensors without ``TRITON_INTERPRET=1``. Any strides work (a transposed q or cache is read in place).
@@ -68,7 +75,18 @@ LOG2E = 1.4426950408889634
 _LOG2E: tl.constexpr = tl.constexpr(LOG2E)  # the same, for kernels
 MAX_HEAD_DIM = 256
 PREFILL_ROWS = 128  # query rows per kv head (G * S) past which prefill runs the flash kernel
-MERGE_LANES = 16  # partials the merge loads at once per query row
+MERGE_LANES = 16  # partials the merge loads at once (at most; merge_tile)
+MERGE_REGS = 32  # fp32 values a thread may hold per merge tile (merge_tile): at 64, triton 3.6's sm_90 build of
+#                   the 64-row variant spilled 948 B (3.9's none); at 32 neither spills
+# pick_config's constants. gpu/decode_attn.sh times the alternatives on a GPU and prints, last, the values of these
+# that select its best variant (benches/experiments/decode_attn_variants.py: VARIANTS)
+DECODE_WARPS = 4  # warps per program
+ROWS_PER_WARP = 16  # query rows padded to 16 per warp: the softmax's row max and sum stay inside a warp (the
+#                     warps split rows, not the key tile), and at 4 warps each tl.dot is one Hopper wgmma
+#                     (0: rows padded to 16 only, the 4 warps split the key tile: 9 barriers per tile, not 2)
+DECODE_TILE_BYTES = 32768  # K + V bytes per key tile: 64 slots at bf16 and head dim 128, 128 at 64, 32 at 256
+DECODE_STAGES = 3  # cp.async ring: DECODE_STAGES - 1 K/V tiles in flight per program
+EVICT_FIRST = False  # K/V loads with an evict-first L2 hint
 PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
 MIN_TILES = 4  # pick_config: key tiles one program streams at least (when the cache has that many)
 MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
@@ -78,13 +96,13 @@ MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
 # value turning divisible by 16), so a cache that grows to its next bucket reuses the compiled kernel
 @triton.jit(do_not_specialize=["T", "N_SPLITS"])
 def _flash_decoding_split(
-    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, lock_ptr, slope_ptr,
-    HKV, G, S, T, D, DV, CHUNK, N_QBLOCKS, N_SPLITS, qk_scale, WINDOW, softcap,
+    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, part_ptr, lse_ptr, lock_ptr, slope_ptr,
+    HKV, G, S, T, D, DV, CHUNK_MIN, N_QBLOCKS, N_SPLITS, qk_scale, WINDOW, softcap,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-    HAS_ALIBI: tl.constexpr,
+    MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -107,19 +125,23 @@ def _flash_decoding_split(
     dvs = tl.arange(0, BLOCK_DV)
     d_ok = ds < D
     dv_ok = dvs < DV
-    # each row's position, read on the device: row r sees slots 0..pos[r]; padded rows see nothing
+    # each row's position, read on the device: row r sees slots 0..pos[r]; padded rows see nothing.
+    # q is loaded beside it (not after the branch on it): the two loads are one round trip, not two
     pos = tl.load(pos_ptr + b * spb + s * sps, mask=row_ok, other=-1)
-    chunk_start = pid_split * CHUNK
-    # only the filled prefix: stop at the largest position among our rows
-    chunk_end = tl.minimum(tl.minimum(chunk_start + CHUNK, tl.max(pos, axis=0) + 1), T)
-    # with a sliding window, only the window: start at the oldest slot any of our rows still sees
-    # (a ring holds only the window: every slot may be seen)
+    q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    # the slots our rows see: the filled prefix up to the largest position among them, and with a
+    # sliding window only the window (from the oldest slot any row still sees; a ring holds only the
+    # window, so every slot may be seen)
+    filled = tl.minimum(tl.max(pos, axis=0) + 1, T)
     lo = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING)
-    chunk_start = tl.maximum(chunk_start, lo)
+    # that span is split evenly over the N_SPLITS programs of this row block, on the device: the grid need
+    # not know the filled length (a CUDA graph sized for the capacity splits a short prefix as finely as a
+    # long one), never into chunks under CHUNK_MIN slots (the tail programs then have nothing to do)
+    chunk = _chunk(filled - lo, N_SPLITS, CHUNK_MIN, BLOCK_T)
+    chunk_start = lo + pid_split * chunk
+    chunk_end = tl.minimum(chunk_start + chunk, filled)
     if chunk_start < chunk_end:
-        # q stays in registers for the whole chunk
-        q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         if HAS_ALIBI:  # each row's head slope, in log2 units like the scores
             slope = tl.load(slope_ptr + h, mask=row_ok, other=0.0) * _LOG2E
         m_i = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
@@ -133,8 +155,9 @@ def _flash_decoding_split(
             t_ok = ts < chunk_end
             t64 = tl.full((), t0, tl.int64)  # this tile's first slot, as a 64-bit offset
             # one K tile, loaded once for every query row of the kv group: K^T [BLOCK_D, BLOCK_T]
+            # (KV_EVICT "evict_first": the cache is read once per step, so it need not stay in L2)
             k_t = tl.load(k_base + t64 * skt + tn[None, :] * skt + ds[:, None] * skd,
-                          mask=t_ok[None, :] & d_ok[:, None], other=0.0)
+                          mask=t_ok[None, :] & d_ok[:, None], other=0.0, eviction_policy=KV_EVICT)
             scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_Q, BLOCK_T], log2 units
             if HAS_SOFTCAP:
                 scores = _softcap_log2(scores, softcap)
@@ -153,29 +176,37 @@ def _flash_decoding_split(
                 scores += slope[:, None] * (key_pos[None, :] - pos[:, None]).to(tl.float32)
             scores = tl.where(visible, scores, float("-inf"))
             v = tl.load(v_base + t64 * svt + tn[:, None] * svt + dvs[None, :] * svd,
-                        mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
+                        mask=t_ok[:, None] & dv_ok[None, :], other=0.0, eviction_policy=KV_EVICT)
             m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
-        if ONE_SPLIT:
-            # the whole prefix was ours: normalise and write the result directly
-            o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+        # this chunk's rows, normalised: o = acc / l with its log-sum-exp lse = m + log2(l) (-inf for a
+        # row that saw no slot here: weight 0 in the merge)
+        o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+        if N_SPLITS == 1:
+            # the whole span was ours: the result, written directly
             tl.store(o_ptr + b * sob + h[:, None] * soh + s[:, None] * sos + dvs[None, :] * sod,
                      o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
-        else:
-            # the partial (m, l, acc) of this chunk; partials are [rows programs, N_SPLITS, BLOCK_Q(, BLOCK_DV)]
-            # (padded rows are not stored: with G = 4 they would be 3/4 of the partial's bytes)
+        elif not ONE_SPLIT:
+            # partials are [row programs, N_SPLITS, BLOCK_Q(, BLOCK_DV)] (padded rows are not stored:
+            # with G = 4 they would be 3/4 of the partial's bytes)
             slot = (pid_row * N_SPLITS + pid_split) * BLOCK_Q + rq
-            tl.store(m_ptr + slot, m_i, mask=row_ok)
-            tl.store(l_ptr + slot, l_i, mask=row_ok)
-            tl.store(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], acc, mask=row_ok[:, None] & dv_ok[None, :])
+            lse = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), float("-inf"))
+            tl.store(lse_ptr + slot, lse, mask=row_ok)
+            tl.store(part_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], o, mask=row_ok[:, None] & dv_ok[None, :])
     if not ONE_SPLIT:
-        # every program of the row block counts in, idle ones too; the last to arrive merges the partials
-        if arrive_last(lock_ptr, pid_row, N_SPLITS):
-            n_active = tl.minimum(tl.cdiv(tl.minimum(tl.max(pos, axis=0) + 1, T), CHUNK), N_SPLITS)
-            # chunks before the window wrote nothing
-            first = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING) // CHUNK
-            _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, qb, kvh, G, S, b, dvs,
-                            dv_ok, sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK)
-            reset_counter(lock_ptr, pid_row)
+        if N_SPLITS > 1:
+            # every program of the row block counts in, idle ones too; the last to arrive merges the
+            # partials of the chunks that had slots (the same chunk rule gives their number)
+            if arrive_last(lock_ptr, pid_row, N_SPLITS):
+                n_active = tl.cdiv(filled - lo, chunk)
+                _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
+                                sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
+                reset_counter(lock_ptr, pid_row)
+
+
+@triton.jit
+def _chunk(span, N_SPLITS, CHUNK_MIN, BLOCK_T: tl.constexpr):
+    """Slots per program: ``span`` over ``N_SPLITS`` programs, in whole key tiles, at least ``CHUNK_MIN``."""
+    return tl.maximum(tl.cdiv(tl.cdiv(span, N_SPLITS), BLOCK_T) * BLOCK_T, CHUNK_MIN)
 
 
 @triton.jit
@@ -212,87 +243,111 @@ def _softcap_log2(scores, softcap):
 
 
 @triton.jit
-def _merge_partials(o_ptr, acc_ptr, m_ptr, l_ptr, pid_row, first, n_active, N_SPLITS, qb, kvh, G, S, b, dvs, dv_ok,
-                    sob, soh, sos, sod, BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
-    """Merge chunk partials ``first .. n_active - 1`` of one row block; store the output.
+def _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b, sob, soh, sos, sod,
+                    BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+                    MERGE_ROWS: tl.constexpr):
+    """Merge the partials ``0 .. n_active - 1`` of one row block: ``out = sum_s 2^(lse_s - M) o_s / sum_s
+    2^(lse_s - M)``, M the largest lse; store the output.
 
-    One query row at a time, ``SPLIT_BLOCK`` partials per load: lane i folds in partials i, i + SPLIT_BLOCK,
-    ... (online, rescaled to its running max), then the lanes are folded together. A row's partials
-    are thus ``cdiv(splits, SPLIT_BLOCK)`` wide loads, not ``splits`` dependent round trips to L2.
+    ``MERGE_ROWS`` query rows at once, as one flat axis of ``MERGE_ROWS * BLOCK_DV`` columns (column c is
+    row c // BLOCK_DV, value c % BLOCK_DV; the lse of its row is read at every column of the row, one
+    address per warp), ``SPLIT_BLOCK`` partials per load: lane i folds in partials i, i + SPLIT_BLOCK, ...
+    (online, rescaled to the running max), then the lanes fold together. The G rows of a decode step
+    are thus ``cdiv(G, MERGE_ROWS) * cdiv(splits, SPLIT_BLOCK)`` wide loads from L2, not one per row
+    and split.
     """
     n_rows = tl.minimum(G * S - qb * BLOCK_Q, BLOCK_Q)
     lanes = tl.arange(0, SPLIT_BLOCK)
-    for r in range(0, n_rows):
-        row = qb * BLOCK_Q + r
-        h = kvh * G + row // S
-        s = row % S
-        m_run = tl.full((SPLIT_BLOCK,), float("-inf"), dtype=tl.float32)
-        l_run = tl.zeros((SPLIT_BLOCK,), dtype=tl.float32)
-        acc = tl.zeros((SPLIT_BLOCK, BLOCK_DV), dtype=tl.float32)
-        for sp0 in range(first, n_active, SPLIT_BLOCK):
+    cols = tl.arange(0, MERGE_ROWS * BLOCK_DV)
+    rc = cols // BLOCK_DV
+    dv = cols % BLOCK_DV
+    for r0 in range(0, n_rows, MERGE_ROWS):
+        r_ok = r0 + rc < n_rows
+        m_run = tl.full((MERGE_ROWS * BLOCK_DV,), float("-inf"), dtype=tl.float32)
+        l_run = tl.zeros((MERGE_ROWS * BLOCK_DV,), dtype=tl.float32)
+        o_run = tl.zeros((MERGE_ROWS * BLOCK_DV,), dtype=tl.float32)
+        for sp0 in range(0, n_active, SPLIT_BLOCK):
             sp = sp0 + lanes
-            ok = sp < n_active
-            slot = (pid_row * N_SPLITS + sp) * BLOCK_Q + r
-            # .cg: from L2, where the other programs' stores are (never a stale L1 line)
-            m_s = tl.load(m_ptr + slot, mask=ok, other=float("-inf"), cache_modifier=".cg")
-            l_s = tl.load(l_ptr + slot, mask=ok, other=0.0, cache_modifier=".cg")
-            a_s = tl.load(acc_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], mask=ok[:, None] & dv_ok[None, :],
-                          other=0.0, cache_modifier=".cg")
-            # rescale both sides to the common max; a chunk the row could not see has m = -inf, weight 0
-            m_new = tl.maximum(m_run, m_s)
+            ok = (sp < n_active)[:, None] & r_ok[None, :]
+            base = (pid_row * N_SPLITS + sp) * BLOCK_Q + r0  # [SPLIT_BLOCK]: row r0 of each partial
+            # .cg: from L2, where the other programs' stores are (never a stale L1 line). Columns past DV
+            # were never stored: their garbage stays in their own columns, which are not stored either
+            lse = tl.load(lse_ptr + base[:, None] + rc[None, :], mask=ok, other=float("-inf"), cache_modifier=".cg")
+            o_s = tl.load(part_ptr + base[:, None] * BLOCK_DV + cols[None, :], mask=ok, other=0.0,
+                          cache_modifier=".cg")
+            # rescale both sides to the common max; a chunk the row could not see has lse = -inf, weight 0
+            m_new = tl.maximum(m_run, tl.max(lse, axis=0))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp2(m_run - m_safe)
-            beta = tl.exp2(m_s - m_safe)
-            l_run = l_run * alpha + l_s * beta
-            acc = acc * alpha[:, None] + a_s * beta[:, None]
+            w = tl.exp2(lse - m_safe[None, :])
+            l_run = l_run * alpha + tl.sum(w, axis=0)
+            o_run = o_run * alpha + tl.sum(w * o_s, axis=0)
             m_run = m_new
-        # the lanes folded together
-        m_top = tl.max(m_run, axis=0)
-        w = tl.exp2(m_run - tl.where(m_top == float("-inf"), 0.0, m_top))
-        l_row = tl.sum(l_run * w, axis=0)
-        o = tl.sum(acc * w[:, None], axis=0) / tl.where(l_row > 0.0, l_row, 1.0)
-        tl.store(o_ptr + b * sob + h * soh + s * sos + dvs * sod, o.to(o_ptr.dtype.element_ty), mask=dv_ok)
+        o = o_run / tl.where(l_run > 0.0, l_run, 1.0)
+        row = qb * BLOCK_Q + r0 + rc
+        h = kvh * G + row // S
+        s = row % S
+        tl.store(o_ptr + b * sob + h * soh + s * sos + dv * sod, o.to(o_ptr.dtype.element_ty),
+                 mask=r_ok & (dv < DV))
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Tiles and the split of one flash-decoding launch (see :func:`pick_config`)."""
+    """Tiles and the split of one flash-decoding launch (see :func:`pick_config`).
+
+    The grid has ``cdiv(length, chunk)`` programs per row block; on the device they split the slots the
+    rows see evenly, into chunks of at least ``min_chunk`` slots (0: exactly ``chunk``, the split fixed
+    on the host)."""
 
     block_q: int
     block_t: int
-    chunk: int  # slots per program; a multiple of block_t
+    chunk: int  # slots per program at the length the grid covers; a multiple of block_t
     num_warps: int = 4
     num_stages: int = 2
+    evict_first: bool = False  # K/V loads hint L2 to evict their lines first (the cache is read once a step)
+    min_chunk: int = 0  # the device split's smallest chunk, a multiple of block_t; 0 = chunk
 
 
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
                 device: torch.device) -> DecodeConfig:
-    """Rows padded to a tensor-core tile; the slots split by :func:`_best_split` (whole waves of about two
-    programs per SM, each streaming at least ``MIN_TILES`` tiles).
+    """Rows padded to a tensor-core tile (``ROWS_PER_WARP`` per warp), the slots split by
+    :func:`_best_split` (whole waves of about ``PROGRAMS_PER_SM`` programs per SM, each streaming at least
+    ``MIN_TILES`` tiles).
 
     ``rows`` = query rows per kv head (G * S); ``groups`` = B * Hkv; ``length`` = the slots the grid
     must cover. The split trades three costs: too few programs leave SMs idle (and too few bytes in
     flight to hide HBM latency); one tile per program pays a program's fixed work (q load, partial
     store, arrival atomic) per 32 KB of K/V and leaves the software pipeline nothing to overlap; every
     split adds a partial the merge must read; and a grid a little past a whole number of waves leaves
-    most SMs idle in its last wave. When the
-    filled length is unknown (``known_length=False``: length is the capacity) chunks stay small, so a
-    short prefix in a long cache still spreads over many programs.
+    most SMs idle in its last wave. When the filled length is unknown (``known_length=False``: length is
+    the capacity) the grid is sized for a full cache and the device splits the filled prefix over it,
+    in chunks of at least ``MIN_TILES`` tiles, so a short prefix in a long cache still spreads out; the
+    compile-time choices (tiles, warps, stages) then do not depend on the capacity.
     """
+    warps = DECODE_WARPS
     block_q = max(16, next_pow2(min(rows, 64)))
-    block_t = 64 if head_dim <= 128 and dtype != torch.float32 else 32
+    if dtype != torch.float32:  # (fp32 takes the FMA dot, where padded rows are work, not a free tensor-core tile)
+        block_q = max(block_q, ROWS_PER_WARP * warps)
+    block_t = tile_slots(head_dim, dtype)
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
     splits = _best_split(programs, tiles, PROGRAMS_PER_SM * sm_count(device))
     chunk = cdiv(tiles, splits) * block_t
-    if not known_length:
-        chunk = min(chunk, 4 * block_t)
-    # K/V tiles arrive by cp.async into a ring of num_stages - 1 tiles in flight (32 KB each: ~38 KB of
-    # shared memory at 2 stages, ~72 KB at 3, per compile_check on sm_90); with one or two programs per SM,
-    # two tiles in flight per program are what keeps ~64 KB per SM in flight toward HBM
-    # (an unknown length keeps 3 whatever the capacity: the compiled variant must not change as the cache grows)
-    stages = 3 if chunk >= 3 * block_t or not known_length else 2
-    return DecodeConfig(block_q, block_t, chunk, num_warps=4, num_stages=stages)
+    # K/V tiles arrive by cp.async into a ring of num_stages buffers, num_stages - 1 of them in flight
+    # (32 KB each at bf16, D = 128, 64 slots); a program with fewer tiles than that uses 2
+    # (an unknown length keeps DECODE_STAGES whatever the capacity: the compiled variant must not change
+    # as the cache grows)
+    stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
+    return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
+                        min_chunk=MIN_TILES * block_t)
+
+
+def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
+    """Key slots per tile: ``DECODE_TILE_BYTES`` of K and V (a power of two, 16 to 128 slots), so a tile moves
+    the same bytes at every head dim."""
+    per_slot = 2 * next_pow2(head_dim) * torch.empty((), dtype=dtype).element_size()
+    fit = max(1, DECODE_TILE_BYTES // per_slot)
+    return max(16, min(128, 1 << (fit.bit_length() - 1)))
 
 
 def _best_split(programs: int, tiles: int, slots: int) -> int:
@@ -304,6 +359,20 @@ def _best_split(programs: int, tiles: int, slots: int) -> int:
         return cdiv(programs * n, slots) * (cdiv(tiles, n) + 1) + (MERGE_COST * n if n > 1 else 0.0)
 
     return min(range(1, max(1, tiles // MIN_TILES) + 1), key=lambda n: (cost(n), n))
+
+
+def merge_tile(rows: int, block_q: int, block_dv: int, num_warps: int) -> tuple[int, int]:
+    """The merge's ``[split_block, merge_rows * block_dv]`` tile: ``MERGE_REGS`` fp32 values a thread, first
+    as many partials as fit (at most ``MERGE_LANES``), then as many query rows (at most a block's).
+    Powers of two; they depend on the warps and head dim only, never on the split count or capacity."""
+    budget = MERGE_REGS * 32 * num_warps
+    split_block = max(2, min(MERGE_LANES, _pow2_floor(budget // block_dv)))
+    merge_rows = max(1, min(next_pow2(min(rows, block_q)), _pow2_floor(budget // (split_block * block_dv))))
+    return split_block, merge_rows
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
 
 
 def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: int, dv: int,
@@ -373,39 +442,43 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         return y
     length = cap if max_len is None else max(1, min(int(max_len), cap))
     cfg = config or pick_config(rows, bsz * hkv, length, max_len is not None, max(d, dv), q.dtype, q.device)
-    if cfg.chunk % cfg.block_t:
-        raise ValueError(f"cached_attention: config chunk={cfg.chunk} must be a multiple of block_t={cfg.block_t}")
+    for name in ("chunk", "min_chunk"):
+        if getattr(cfg, name) % cfg.block_t:
+            raise ValueError(f"cached_attention: config {name}={getattr(cfg, name)} must be a multiple of "
+                             f"block_t={cfg.block_t}")
     n_qblocks = cdiv(rows, cfg.block_q)
     n_splits = cdiv(length, cfg.chunk)
     row_programs = bsz * hkv * n_qblocks
     # Without a known length the grid covers the capacity, which grows (kv_cache buckets): the compiled
     # variant must not depend on it, or every growth of the cache compiles the kernel again inside the
-    # call that grows it (0.6-0.8 s on an H200). So the single-split variant and a merge width fitted to
-    # the split count are used only for a known length; otherwise always split, merging 16 partials a load.
-    fixed_variant = max_len is None and config is None
-    one = n_splits == 1 and not fixed_variant
-    split_block = MERGE_LANES if fixed_variant else min(MERGE_LANES, max(2, next_pow2(n_splits)))
+    # call that grows it (0.6-0.8 s on an H200). So the single-split variant (no merge compiled in) is
+    # used only for a known length; otherwise the variant that can merge, which writes the result
+    # directly when the grid has one split (a branch on the device). The merge's tile (merge_tile) comes from
+    # the warps and head dim alone (masked lanes cost no bytes), so the split count never picks a variant.
+    one = n_splits == 1 and max_len is not None
     block_dv = max(16, next_pow2(dv))
-    f32 = dict(dtype=torch.float32, device=q.device)
+    split_block, merge_rows = merge_tile(rows, cfg.block_q, block_dv, cfg.num_warps)
     if one:
-        acc = m = lse = locks = y  # never touched: the split kernel writes y directly
-    else:
-        acc = torch.empty((row_programs, n_splits, cfg.block_q, block_dv), **f32)
-        m = torch.empty((row_programs, n_splits, cfg.block_q), **f32)
-        lse = torch.empty((row_programs, n_splits, cfg.block_q), **f32)
+        part = lse = locks = y  # never touched: the kernel writes y directly
+    else:  # fp32 buffers even for one split: the pointers' dtypes are part of the compiled variant
+        part = torch.empty((row_programs, n_splits, cfg.block_q, block_dv), dtype=torch.float32, device=q.device)
+        lse = torch.empty((row_programs, n_splits, cfg.block_q), dtype=torch.float32, device=q.device)
         locks = split_counters(q.device, row_programs)
     spb, sps = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    # axis 0: chunks of the slots the grid covers; axis 1: (batch, kv head, query-row block)
+    # axis 0: the chunks of a row block; axis 1: (batch, kv head, query-row block)
     slopes = alibi_slopes(alibi, q.device) if alibi is not None else q
+    chunk_min = min(cfg.min_chunk, cfg.chunk) if cfg.min_chunk else cfg.chunk
     launchable(_flash_decoding_split, q.device)[(n_splits, row_programs)](
-        q, k, v, positions, y, acc, m, lse, locks, slopes,
-        hkv, g, s, cap, d, dv, cfg.chunk, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
+        q, k, v, positions, y, part, lse, locks, slopes,
+        hkv, g, s, cap, d, dv, chunk_min, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, INPUT_PRECISION=precision, HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
         RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
+        MERGE_ROWS=merge_rows,
+        KV_EVICT="evict_first" if cfg.evict_first else "",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(q.device))
     note("cached_attention", "kernel")

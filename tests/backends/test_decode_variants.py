@@ -1,0 +1,159 @@
+"""Flash-decoding's variants (``DecodeConfig``: rows per warp, key tile, warps, evict-first, device split)
+against the ``cached_attention`` reference at odd sizes, on both launch paths: a known length
+(``max_len``, the grid sized for it) and the CUDA-graph step's (no length: a grid sized for the capacity,
+the device splitting the filled prefix over it).
+
+CPU: the Triton interpreter, fp32 and fp16 (tolerances 1e-4 / 1e-2); random inputs away from zero.
+The interpreter ignores warps and stages, but they choose how many rows the merge folds at once
+(``merge_tile``), which it does run. Slots no row may see (past the filled prefix, before the window)
+hold NaN in the capacity-path cases: a read of one would reach the output.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from membound.backends.triton.kernels import DecodeConfig, cached_attention, trace  # noqa: E402
+from membound.backends.triton.kernels import decode_attention as da  # noqa: E402
+from membound.backends.triton.kernels._launch import cdiv  # noqa: E402
+from membound.ir import get_op  # noqa: E402
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2)}
+
+# the variants gpu/decode_attn.sh times, at interpreter-sized tiles (16-slot key tiles)
+VARIANTS = {
+    "rows16-4warps": DecodeConfig(16, 16, 64, num_warps=4, num_stages=3),
+    "rows64-4warps": DecodeConfig(64, 16, 64, num_warps=4, num_stages=3, min_chunk=16),
+    "rows16-1warp-evict": DecodeConfig(16, 32, 64, num_warps=1, num_stages=4, evict_first=True, min_chunk=32),
+    "rows32-2warps-fixed": DecodeConfig(32, 16, 48, num_warps=2, num_stages=3),
+}
+
+CASES = [
+    # (B, G, Hkv, filled, D, dtype, path, window, softcap, variant)
+    (1, 4, 2, 1, 64, torch.float32, "known", None, None, "rows64-4warps"),        # one slot
+    (3, 4, 1, 7, 128, torch.float16, "capacity", None, None, "rows16-4warps"),     # 7 slots in a 64-slot cache
+    (1, 1, 2, 130, 64, torch.float16, "known", None, None, "rows16-1warp-evict"),  # MHA, 3 splits
+    (3, 8, 1, 130, 128, torch.float32, "capacity", 37, None, "rows64-4warps"),     # GQA 8, a window
+    (1, 8, 2, 1000, 128, torch.float32, "capacity", None, None, "rows16-1warp-evict"),  # 1-row merges, 16+ splits
+    (3, 4, 2, 1000, 64, torch.float16, "known", 300, 2.0, "rows32-2warps-fixed"),  # window + soft-cap, 21 splits
+    (1, 4, 1, 1000, 128, torch.float16, "capacity", None, 1.5, None),              # the heuristic's config
+    (3, 1, 1, 130, 64, torch.float32, "known", None, None, None),                  # the heuristic, per-row lengths
+]
+
+
+def rand(*shape: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """Random values away from zero: |x| in [0.5, 1.5) with a random sign."""
+    mag = torch.rand(shape, generator=gen) + 0.5
+    sign = torch.where(torch.rand(shape, generator=gen) > 0.5, 1.0, -1.0)
+    return (mag * sign).to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("b,g,hkv,filled,d,dtype,path,window,softcap,variant", CASES)
+def test_decode_variant_equals_reference(b: int, g: int, hkv: int, filled: int, d: int, dtype: torch.dtype, path: str,
+                                         window: Optional[int], softcap: Optional[float],
+                                         variant: Optional[str]) -> None:
+    gen = torch.Generator().manual_seed(filled * 10 + d + g + b)
+    cap = filled if path == "known" else max(64, 2 * filled)
+    q = rand(b, hkv * g, 1, d, dtype=dtype, gen=gen)
+    k, v = rand(b, hkv, cap, d, dtype=dtype, gen=gen), rand(b, hkv, cap, d, dtype=dtype, gen=gen)
+    # row 0 at the last filled slot, the others earlier (per-row lengths)
+    last = torch.tensor([filled - 1] + [max(0, filled - 1 - 3 * i) for i in range(1, b)])
+    pos = last[:, None].to(DEVICE)
+    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=0.3, window=window,
+                                                softcap=softcap)
+    if path == "capacity":
+        for i in range(b):  # slots no row of batch i sees
+            k[i, :, int(last[i]) + 1:], v[i, :, int(last[i]) + 1:] = float("nan"), float("nan")
+            if window is not None:
+                old = max(0, int(last[i]) - window + 1)
+                k[i, :, :old], v[i, :, :old] = float("nan"), float("nan")
+    config = VARIANTS[variant] if variant else None
+    with trace() as calls:
+        y = cached_attention(q, k, v, pos, scale=0.3, window=window, softcap=softcap, config=config,
+                             max_len=filled if path == "known" else None)
+    assert calls and all(c[1] == "kernel" for c in calls if c[0] == "cached_attention"), calls
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), want.to(y.device), **TOL[dtype])
+
+
+def test_device_split_spreads_a_short_prefix_over_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid sized for a 4096-slot capacity and a 300-slot prefix: the programs split the prefix (chunks of
+    the config's minimum), not the capacity (which would leave one program with the whole prefix)."""
+    seen: list[dict] = []
+    real = da._flash_decoding_split
+
+    class Recorder:
+        def __getitem__(self, grid: tuple[int, int]):
+            def launch(*args, **kw):  # type: ignore[no-untyped-def]
+                names = real.arg_names
+                seen.append({**dict(zip(names, args)), "grid": grid})
+                return real[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(da, "launchable", lambda kernel, device: Recorder())
+    gen = torch.Generator().manual_seed(3)
+    q = rand(1, 4, 1, 16, dtype=torch.float32, gen=gen)
+    k, v = rand(1, 1, 4096, 16, dtype=torch.float32, gen=gen), rand(1, 1, 4096, 16, dtype=torch.float32, gen=gen)
+    pos = torch.tensor([299], device=DEVICE)
+    cfg = DecodeConfig(16, 16, 512, min_chunk=32)
+    y = cached_attention(q, k, v, pos, config=cfg)
+    (launch,) = seen
+    assert launch["grid"] == (8, 1) and launch["CHUNK_MIN"] == 32 and launch["N_SPLITS"] == 8
+    # on the device: 300 slots over 8 programs -> 38, rounded up to whole 16-slot tiles: 48 >= 32
+    chunk = max(cdiv(cdiv(300, 8), 16) * 16, 32)
+    assert chunk == 48 and cdiv(300, chunk) == 7  # seven programs stream, the eighth only counts in
+    torch.testing.assert_close(y, get_op("cached_attention").reference(q, k[:, :, :300], v[:, :, :300], pos,
+                                                                         scale=None), rtol=1e-4, atol=1e-4)
+
+
+def test_pick_config_rule() -> None:
+    """The default tiles: rows padded to 16 per warp (64 at 4 warps), 64-slot key tiles for 16-bit caches up
+    to head dim 128; a known length at batch 64 x 8 kv heads fills the machine with one split; the
+    capacity path's compile-time choices do not move with the capacity, its grid does."""
+    cuda = torch.device("cuda")
+    if not torch.cuda.is_available():
+        pytest.skip("pick_config reads the SM count of a CUDA device")
+    small = da.pick_config(4, 8, 4096, True, 128, torch.bfloat16, cuda)
+    assert small.block_q == max(16, da.ROWS_PER_WARP * da.DECODE_WARPS)
+    assert small.block_t == da.tile_slots(128, torch.bfloat16) and small.chunk < 4096
+    assert da.pick_config(4, 512, 4096, True, 128, torch.bfloat16, cuda).chunk >= 4096
+
+
+def test_pick_config_capacity_path_is_capacity_free() -> None:
+    device = torch.device("cpu")
+    cfgs = [da.pick_config(4, 8, cap, False, 128, torch.bfloat16, device) for cap in (256, 4096, 65536)]
+    keys = {(c.block_q, c.block_t, c.num_warps, c.num_stages, c.evict_first, c.min_chunk) for c in cfgs}
+    assert len(keys) == 1, keys
+    assert cfgs[0].block_q == max(16, da.ROWS_PER_WARP * da.DECODE_WARPS)
+    assert [-(-cap // c.chunk) for cap, c in zip((256, 4096, 65536), cfgs)] == sorted(
+        -(-cap // c.chunk) for cap, c in zip((256, 4096, 65536), cfgs))
+
+
+def test_tile_slots_keep_the_tile_bytes() -> None:
+    """32 KB of K + V per tile: 64 slots at bf16 and head dim 128, 128 at 64 (and 80, padded to 128: 64),
+    32 at 256 or fp32 at 128; never under 16 (tl.dot) nor over 128."""
+    if da.DECODE_TILE_BYTES != 32768:
+        pytest.skip("recalibrated tile size")
+    got = [da.tile_slots(d, dt) for d, dt in ((128, torch.bfloat16), (64, torch.float16), (80, torch.float16),
+                                              (256, torch.bfloat16), (128, torch.float32), (16, torch.float16))]
+    assert got == [64, 128, 64, 32, 32, 128]
+
+
+def test_merge_tile_fits_the_register_budget() -> None:
+    """32 fp32 values a thread per merge tile (more spilled on sm_90 with triton 3.6): partials first, then rows."""
+    if da.MERGE_REGS != 32:
+        pytest.skip("recalibrated budget")
+    assert da.merge_tile(4, 64, 128, 4) == (16, 2)  # G = 4, D = 128, 4 warps: two passes of 2 rows
+    assert da.merge_tile(4, 64, 64, 4) == (16, 4)   # D = 64: all 4 rows at once
+    assert da.merge_tile(8, 16, 128, 1) == (8, 1)   # one warp: 8 partials of one row
+    assert da.merge_tile(1, 16, 64, 8) == (16, 1)   # never more rows than there are
+    assert da.merge_tile(4, 64, 256, 1) == (4, 1)
