@@ -81,7 +81,7 @@ MERGE_REGS = 32  # fp32 values a thread may hold per merge tile (merge_tile): at
 # pick_config's constants. gpu/decode_attn.sh times the alternatives on a GPU and prints, last, the values of these
 # that select its best variant (benches/experiments/decode_attn_variants.py: VARIANTS)
 DECODE_WARPS = 4  # warps per program
-ROWS_PER_WARP = 16  # query rows padded to 16 per warp: the softmax's row max and sum stay inside a warp (the
+ROWS_PER_WARP = 4  # (H200 sweep: 4 won every shape, decode_attn_variants-nvidia-h200-2026-12-02.json) query rows padded to 16 per warp: the softmax's row max and sum stay inside a warp (the
 #                     warps split rows, not the key tile), and at 4 warps each tl.dot is one Hopper wgmma
 #                     (0: rows padded to 16 only, the 4 warps split the key tile: 9 barriers per tile, not 2)
 DECODE_TILE_BYTES = 32768  # K + V bytes per key tile: 64 slots at bf16 and head dim 128, 128 at 64, 32 at 256
