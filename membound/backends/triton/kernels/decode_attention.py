@@ -8,11 +8,11 @@ Two things make that fast at batch 1:
 
 - **GQA sharing.** The ``G = Hq / Hkv`` query heads of one kv head (times the S new tokens) form the
   rows of one ``[BLOCK_Q, D]`` block, so each K/V tile is loaded once for all of them and the scores
-  come from one ``tl.dot``. The rows are padded to 16 per warp (``ROWS_PER_WARP``): the padding costs
-  FLOPs, never bytes, and with the warps splitting rows (not the key tile) the softmax's row max and
-  sum stay inside a warp; at 4 warps and 64 rows each ``tl.dot`` is one Hopper wgmma. (Rows padded to
-  16 with 4 warps split the key tile instead: 9 barriers per tile against 2, sm_90 PTX of triton 3.6.) fp32 keeps 16
-  rows: its ``tl.dot`` runs on FMAs, where padded rows are work.
+  come from one ``tl.dot``. The rows are padded to ``DECODE_WARPS * ROWS_PER_WARP`` (16 by default):
+  the padding costs FLOPs, never bytes. With 16 rows a warp (64-row blocks) the softmax's row max and
+  sum stay inside a warp and each ``tl.dot`` is one Hopper wgmma (2 barriers a tile against 9, sm_90
+  PTX of triton 3.6), but the H200 sweep found 16-row blocks faster at every shape it timed (the
+  constant's comment). fp32 keeps 16 rows: its ``tl.dot`` runs on FMAs, where padded rows are work.
 - **Split-K over the cache length.** ``B * Hkv`` programs cannot fill 132 SMs, so each row block has
   ``N_SPLITS`` programs, and on the device they split the slots the rows see (the filled prefix, or
   the window) evenly, in whole key tiles and never under ``CHUNK_MIN`` slots. Each computes an
@@ -81,9 +81,12 @@ MERGE_REGS = 32  # fp32 values a thread may hold per merge tile (merge_tile): at
 # pick_config's constants. gpu/decode_attn.sh times the alternatives on a GPU and prints, last, the values of these
 # that select its best variant (benches/experiments/decode_attn_variants.py: VARIANTS)
 DECODE_WARPS = 4  # warps per program
-ROWS_PER_WARP = 4  # (H200 sweep: 4 won every shape, decode_attn_variants-nvidia-h200-2026-12-02.json) query rows padded to 16 per warp: the softmax's row max and sum stay inside a warp (the
-#                     warps split rows, not the key tile), and at 4 warps each tl.dot is one Hopper wgmma
-#                     (0: rows padded to 16 only, the 4 warps split the key tile: 9 barriers per tile, not 2)
+# Query rows a warp owns (the row block is DECODE_WARPS * ROWS_PER_WARP rows, at least 16 for tl.dot). 16: each
+# warp owns whole 16-row slices, the softmax's row max and sum stay inside a warp and each tl.dot is one Hopper
+# wgmma (2 barriers a tile, not 9), but 64-row blocks pad a GQA group of 4 to 64. The H200 sweep
+# (benches/results/decode_attn_variants-nvidia-h200-2026-12-02.json) found 4 (16-row blocks) best at every shape
+# timed: geomean 0.86x SDPA against 0.74x for 16.
+ROWS_PER_WARP = 4
 DECODE_TILE_BYTES = 32768  # K + V bytes per key tile: 64 slots at bf16 and head dim 128, 128 at 64, 32 at 256
 DECODE_STAGES = 3  # cp.async ring: DECODE_STAGES - 1 K/V tiles in flight per program
 EVICT_FIRST = False  # K/V loads with an evict-first L2 hint
