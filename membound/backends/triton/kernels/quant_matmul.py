@@ -623,6 +623,11 @@ class QuantConfig:
 TC_GEMV_INT4_N = 32768  # int4 at M <= 2, without PAIRS: the tensor-core kernel from this many output columns on
 INT4_PAIRS = True  # int4 at M <= 32 with fp16/bf16 x: the tensor-core kernel with int4_pairs' dequantization
 PAIRS_BLOCK_N = 128  # its weight rows per program: x's tile (16 x BLOCK_K, reloaded each step) spread over more codes
+# ... and its K split at M <= 2: until 3.5 waves of programs. ncu on the H200
+# (benches/results/ncu-quant-gemv-m1-nvidia-h200-2026-12-02.txt) saw 1.5 waves leave 1.9 blocks (7.7 warps) an SM at 144 registers; the split sweep
+# (quant_matmul-sweep-nvidia-h200-2026-12-02-m1-splits.json, M = 1) was fastest at 896 / 512 programs for
+# 28672 x 4096 / 4096 x 14336 (35.2 against 39.8 us, 18.3 against 19.6), 384-768 for 6144 x 4096 (13.0-13.2)
+PAIRS_WAVES = 3.5
 
 
 def pairs_path(m: int, scheme: str, dtype: torch.dtype, pairs: Optional[bool] = None) -> bool:
@@ -728,7 +733,7 @@ def _with_split(block_m: int, block_n: int, block_k: int, m: int, n: int, k: int
     in 4), each split keeping enough K tiles."""
     programs = cdiv(n, block_n) * cdiv(m, block_m)
     split = 1
-    waves = 1.5 if use_dot else 1.0
+    waves = PAIRS_WAVES if pairs and m <= GEMV_M else (1.5 if use_dot else 1.0)  # M > 2: not swept with pairs
     min_tiles = 2 if use_dot else (4 if int4 else 8)
     while programs * split < waves * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
