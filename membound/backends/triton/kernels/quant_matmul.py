@@ -623,10 +623,10 @@ class QuantConfig:
 TC_GEMV_INT4_N = 32768  # int4 at M <= 2, without PAIRS: the tensor-core kernel from this many output columns on
 INT4_PAIRS = True  # int4 at M <= 32 with fp16/bf16 x: the tensor-core kernel with int4_pairs' dequantization
 PAIRS_BLOCK_N = 128  # its weight rows per program: x's tile (16 x BLOCK_K, reloaded each step) spread over more codes
-# ... and its K split at M <= 2: until 3.5 waves of programs. ncu on the H200
-# (benches/results/ncu-quant-gemv-m1-nvidia-h200-2026-12-02.txt) saw 1.5 waves leave 1.9 blocks (7.7 warps) an SM at 144 registers; the split sweep
-# (quant_matmul-sweep-nvidia-h200-2026-12-02-m1-splits.json, M = 1) was fastest at 896 / 512 programs for
-# 28672 x 4096 / 4096 x 14336 (35.2 against 39.8 us, 18.3 against 19.6), 384-768 for 6144 x 4096 (13.0-13.2)
+# ... and its K split at M <= 2: until 3.5 waves of programs. ncu on the H200 saw 1.5 waves leave 1.9 blocks
+# (7.7 warps) an SM at 144 registers (benches/results/ncu-quant-gemv-m1-nvidia-h200-2026-12-02.txt); the split
+# sweep at M = 1 (quant_matmul-sweep-nvidia-h200-2026-12-02-m1-splits.json) was fastest at 896 / 512 programs
+# for 28672 x 4096 / 4096 x 14336 (35.2 against 39.8 us, 18.3 against 19.6), 384-768 for 6144 x 4096 (13.0-13.2)
 PAIRS_WAVES = 3.5
 
 
