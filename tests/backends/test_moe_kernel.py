@@ -187,6 +187,44 @@ def test_int4_fp8_experts_match_the_dequantizing_reference(dtype: torch.dtype, s
     assert 1e-3 < float((got.float() - ref).norm() / ref.norm()) < (0.3 if scheme == "int4" else 0.1)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", ["decode", "grouped"])
+@pytest.mark.parametrize("e,d,i,tokens,k", QUANT_CASES)
+def test_int4_halves_tile_matches_the_dequantizing_reference(dtype: torch.dtype, path: str, e: int, d: int, i: int,
+                                                             tokens: int, k: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """moe.INT4_HALVES (off by default until a GPU run passes): int4 tiles as even/odd column halves, two dots a
+    K tile, each byte loaded once; group 32 so the K tiles (32) give halves of 16; odd K (partial last group,
+    a high nibble past K), both paths, the decode down kernel split in two."""
+    import importlib
+
+    moe_mod = importlib.import_module("membound.backends.triton.kernels.moe")
+    monkeypatch.setattr(moe_mod, "INT4_HALVES", True)
+    monkeypatch.setattr(moe_mod, "DOWN_MIN_TILES", 0)  # i >= 0: a split wherever the SMs allow (CPU: 4 of them)
+    runs = []
+    real = moe_mod.launchable
+
+    def spy(kernel, device):
+        launch = real(kernel, device)
+
+        def grid(g):
+            def call(*args, **kw):
+                runs.append(kw.get("RUNS"))
+                return launch[g](*args, **kw)
+            return call
+        return type("Spy", (), {"__getitem__": lambda self, g: grid(g)})()
+
+    monkeypatch.setattr(moe_mod, "launchable", spy)
+    ws = _weights(e, d, i, dtype)
+    packed = _packed(ws, "int4", 32)
+    x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(tokens)).to(DEVICE, dtype)
+    attrs = dict(top_k=k, softmax_first=k == 2, renormalize=k == 2, act="silu")
+    got = quant_moe(x, ws[0], *packed, scheme="int4", group_size=32, path=path, **attrs)
+    assert 2 in runs, runs  # the halves form ran
+    want = get_op("quant_moe").reference(x, ws[0], *packed, scheme="int4", group_size=32, **attrs)
+    torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
+
+
 def test_int4_experts_with_a_partial_group_and_odd_k_dequantize_exactly() -> None:
     """The dequantized [E, N, K] weights from int4's [E, N, ceil(K/2)] bytes equal quant's row format."""
     from membound.ir.ops.moe import dequantize_experts

@@ -72,6 +72,11 @@ from membound.ir.ops.quant import QWEIGHT_DTYPE
 BLOCK_M = 16  # the decode walk's pairs per tile: one tensor-core tile of rows (the grouped path: GroupedConfig)
 INT4_RUNS = False  # int4 tiles as contiguous byte runs (_weight_tile): WRONG compiled on the H200 (both forms so far;
 # benches/results/gpu-tests-nvidia-h200-2026-12-02-session5-kernels.log: 8 failures, all RUNS=True), right interpreted
+# int4 tiles as even/odd column halves (_int4_halves: each byte loaded once, two tl.dot a tile, no shape manipulation;
+# sm_90 PTX under triton 3.9: the code bytes arrive by cp.async like int8's, where the default form issues 32 scalar
+# byte loads a tile): checked by the interpreter and compiled only, off until a GPU run of
+# tests/backends/test_moe_kernel.py passes with it (test_int4_halves_tile_matches_the_dequantizing_reference)
+INT4_HALVES = False
 
 
 # SCHEME: how expert weights are stored (module constants a @triton.jit body may read must be constexpr)
@@ -142,6 +147,51 @@ def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_
 
 
 @triton.jit
+def _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, stride_we, stride_wn, stride_se, stride_sn,
+                 GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """int4, ``HALVES`` (``RUNS == 2``): the ``[BLOCK_K / 2, BLOCK_N]`` tiles of ``W[e].T``'s even and odd columns
+    ``k0 + 2j`` and ``k0 + 2j + 1`` (the low and high nibbles of byte ``k0 / 2 + j`` of each row, so each byte is
+    loaded once, the bytes of a row contiguous along the tile's first axis), dequantized in fp32, zero from
+    ``k_bound`` on. No shape manipulation: the caller multiplies them with x's even and odd columns (two
+    ``tl.dot``), as quant_matmul's int4 pairs path splits its tiles. The tile lies inside one group."""
+    js = tl.arange(0, BLOCK_K // 2)
+    ke = k0 + 2 * js  # byte k0 / 2 + j of the row holds columns ke, ke + 1
+    # the byte offset added to the row pointers as a scalar and the mask on the byte index: Triton then sees runs
+    # of contiguous bytes
+    rows = w_ptr + e * stride_we + k0 // 2 + ns[None, :] * stride_wn
+    raw = tl.load(rows + js[:, None], mask=n_ok[None, :] & (js < (k_bound - k0 + 1) // 2)[:, None],
+                  other=0).to(tl.int32)
+    pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
+    scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    lo = tl.where(n_ok[None, :] & (ke < k_bound)[:, None], (raw & 0xF).to(tl.float32) * scale + offset, 0.0)
+    hi = tl.where(n_ok[None, :] & (ke + 1 < k_bound)[:, None], ((raw >> 4) & 0xF).to(tl.float32) * scale + offset,
+                  0.0)
+    return lo, hi
+
+
+@triton.jit
+def _x_halves(a_rows, a_ok, k0, k_bound, BLOCK_K: tl.constexpr):
+    """The ``[BLOCK_M, BLOCK_K / 2]`` even and odd columns ``k0 + 2j (+ 1)`` of the rows ``a_rows`` (pointers
+    ``[BLOCK_M, 1]``; ``a_ok`` their mask), zero from ``k_bound`` on: the other operand of :func:`_int4_halves`."""
+    ke = k0 + 2 * tl.arange(0, BLOCK_K // 2)
+    xe = tl.load(a_rows + ke[None, :], mask=a_ok & (ke < k_bound)[None, :], other=0.0)
+    xo = tl.load(a_rows + ke[None, :] + 1, mask=a_ok & (ke + 1 < k_bound)[None, :], other=0.0)
+    return xe, xo
+
+
+@triton.jit
+def _dot_int4_halves(acc, xe, xo, w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, stride_we, stride_wn, stride_se,
+                     stride_sn, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """``acc`` plus this K tile's product of x (its halves ``xe``, ``xo``) with the int4 weight tile, each half
+    dequantized and rounded to x's dtype as the reference rounds the weight."""
+    lo, hi = _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, stride_we, stride_wn, stride_se, stride_sn,
+                          GROUP, BLOCK_K)
+    acc = tl.dot(xe, lo.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
+    return tl.dot(xo, hi.to(xo.dtype), acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
 def _moe_gate_up(
     x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr,
     I, K, KW, TOP_K,
@@ -168,16 +218,24 @@ def _moe_gate_up(
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            ks = k0 + ks0
-            k_ok = ks < K
-            x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            # [BLOCK_K, BLOCK_N] tiles of W.T (each row of W is contiguous in K), dequantized in registers
-            wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg,
-                              stride_sgn, sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
-            wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su,
-                              stride_sun, su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
-            acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
-            acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
+            if SCHEME == INT4 and RUNS == 2:
+                xe, xo = _x_halves(x_ptr + tok[:, None] * stride_x, m_ok[:, None], k0, K, BLOCK_K)
+                acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, stride_ge, stride_gn,
+                                         stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION)
+                acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, stride_ue, stride_un,
+                                         stride_su, stride_sun, GROUP, BLOCK_K, INPUT_PRECISION)
+            else:
+                ks = k0 + ks0
+                k_ok = ks < K
+                x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                # [BLOCK_K, BLOCK_N] tiles of W.T (each row of W is contiguous in K), dequantized in registers
+                wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg,
+                                  stride_sgn, sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+                wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su,
+                                  stride_sun, su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+                acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
+                acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
         # round like the reference: each product in the activation dtype, then silu * up
         g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
         u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
@@ -211,12 +269,18 @@ def _moe_down(
         pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
-            ks = k0 + ks0
-            k_ok = ks < k_end
-            h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd,
-                             stride_sdn, sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
-            acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
+            if SCHEME == INT4 and RUNS == 2:
+                he, ho = _x_halves(h_ptr + ms[:, None] * stride_h, m_ok[:, None], k0, k_end, BLOCK_K)
+                acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, k_end, stride_de, stride_dn,
+                                       stride_sd, stride_sdn, GROUP, BLOCK_K, INPUT_PRECISION)
+            else:
+                ks = k0 + ks0
+                k_ok = ks < k_end
+                h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd,
+                                 stride_sdn, sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
+                acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
         tile = ms[:, None] * D + ns[None, :]
         tile_ok = m_ok[:, None] & n_ok[None, :]
         if SPLIT_K > 1:
@@ -303,16 +367,24 @@ def _moe_grouped_gate_up(
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        ks = k0 + ks0
-        k_ok = ks < K
-        x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        # [BLOCK_K, BLOCK_N] tiles of W.T, dequantized in registers as the decode kernel does
-        wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg,
-                          stride_sgn, sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
-        wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su,
-                          stride_sun, su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
-        acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
-        acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
+        if SCHEME == INT4 and RUNS == 2:
+            xe, xo = _x_halves(x_ptr + tok[:, None] * stride_x, m_ok[:, None], k0, K, BLOCK_K)
+            acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, stride_ge, stride_gn,
+                                     stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION)
+            acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, stride_ue, stride_un,
+                                     stride_su, stride_sun, GROUP, BLOCK_K, INPUT_PRECISION)
+        else:
+            ks = k0 + ks0
+            k_ok = ks < K
+            x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                        other=0.0)
+            # [BLOCK_K, BLOCK_N] tiles of W.T, dequantized in registers as the decode kernel does
+            wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg,
+                              stride_sgn, sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+            wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su,
+                              stride_sun, su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+            acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
+            acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
     # round like the reference (and _moe_gate_up): each product in the activation dtype, then silu * up
     g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
     u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
@@ -344,12 +416,17 @@ def _moe_grouped_down(
     sd = _row_scales(sd_ptr, e, ns, n_ok, stride_sd, SCHEME)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, I, BLOCK_K):
-        ks = k0 + ks0
-        k_ok = ks < I
-        h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd,
-                         stride_sdn, sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
-        acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
+        if SCHEME == INT4 and RUNS == 2:
+            he, ho = _x_halves(h_ptr + ms[:, None] * stride_h, m_ok[:, None], k0, I, BLOCK_K)
+            acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, I, stride_de, stride_dn, stride_sd,
+                                   stride_sdn, GROUP, BLOCK_K, INPUT_PRECISION)
+        else:
+            ks = k0 + ks0
+            k_ok = ks < I
+            h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd,
+                             stride_sdn, sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
+            acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
     y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the expert's output in the activation dtype, as _moe_down
     rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
     tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
@@ -472,7 +549,13 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     y = torch.empty((t * top_k, d), dtype=torch.float32, device=x.device)  # weighted expert outputs, pair order
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     sn = [sc.stride(1) if sc.dim() > 1 else 0 for sc in (s_gate, s_up, s_down)]
-    quant = dict(SCHEME=scheme, GROUP=max(group, 1), RUNS=INT4_RUNS, INPUT_PRECISION=precision)
+    quant = dict(SCHEME=scheme, GROUP=max(group, 1), INPUT_PRECISION=precision)
+
+    def runs(block_k: int) -> int:
+        """The int4 tile form of a launch (``_weight_tile``'s ``RUNS``): 2 = halves (two dots, each byte loaded
+        once) where ``INT4_HALVES`` and the K tile gives halves of 16+ columns; else ``INT4_RUNS``."""
+        return 2 if INT4_HALVES and scheme == INT4.value and block_k >= 32 else int(INT4_RUNS)
+
     if t == 0:
         pass  # an empty step: nothing to launch (an empty tensor's data pointer may be null)
     elif path == "decode":
@@ -484,7 +567,8 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
             h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, i, d, w_gate.shape[-1], top_k, h.stride(0),
             w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
-            s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, num_warps=4)
+            s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, RUNS=runs(bk),
+            num_warps=4)
         bn, bk = _block(d, DECODE_BLOCK_N), _block(i, cap_k)
         split = down_split(t, e, top_k, d, i, bn, bk, x.device)
         k_per_split = cdiv(cdiv(i, split), bk) * bk
@@ -496,7 +580,8 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         launchable(_moe_down, x.device)[(e, cdiv(d, bn), split)](
             hidden, w_down, s_down, y, order, rw, offsets, part, locks, d, i, w_down.shape[-1], k_per_split,
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
-            t * top_k * d, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, SPLIT_K=split, num_warps=4)
+            t * top_k * d, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, RUNS=runs(bk), SPLIT_K=split,
+            num_warps=4)
     else:
         cfg_gu, cfg_dn = configs or (pick_grouped_config(t * top_k, e, i, d, x.dtype, scheme_name, group, True),
                                      pick_grouped_config(t * top_k, e, d, i, x.dtype, scheme_name, group, False))
@@ -511,14 +596,15 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
             min(cfg_gu.group_m or mb, mb), i, d, w_gate.shape[-1],
             top_k, h.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0),
             sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=cfg_gu.block_m, BLOCK_N=cfg_gu.block_n,
-            BLOCK_K=cfg_gu.block_k, **quant, num_warps=cfg_gu.num_warps, num_stages=cfg_gu.num_stages)
+            BLOCK_K=cfg_gu.block_k, **quant, RUNS=runs(cfg_gu.block_k), num_warps=cfg_gu.num_warps,
+            num_stages=cfg_gu.num_stages)
         blk_expert, blk_start = tables[cfg_dn.block_m]
         mb = blk_expert.shape[0]
         launchable(_moe_grouped_down, x.device)[(mb * cdiv(d, cfg_dn.block_n),)](
             hidden, w_down, s_down, y, order, rw, offsets, blk_expert, blk_start, e, mb,
             min(cfg_dn.group_m or mb, mb), d, i, w_down.shape[-1],
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
-            BLOCK_M=cfg_dn.block_m, BLOCK_N=cfg_dn.block_n, BLOCK_K=cfg_dn.block_k, **quant,
+            BLOCK_M=cfg_dn.block_m, BLOCK_N=cfg_dn.block_n, BLOCK_K=cfg_dn.block_k, **quant, RUNS=runs(cfg_dn.block_k),
             num_warps=cfg_dn.num_warps, num_stages=cfg_dn.num_stages)
     combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
     if shared:
