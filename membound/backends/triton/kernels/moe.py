@@ -44,6 +44,7 @@ silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_IN
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -76,7 +77,7 @@ INT4_RUNS = False  # int4 tiles as contiguous byte runs (_weight_tile): WRONG co
 # sm_90 PTX under triton 3.9: the code bytes arrive by cp.async like int8's, where the default form issues 32 scalar
 # byte loads a tile): checked by the interpreter and compiled only, off until a GPU run of
 # tests/backends/test_moe_kernel.py passes with it (test_int4_halves_tile_matches_the_dequantizing_reference)
-INT4_HALVES = False
+INT4_HALVES = os.environ.get("MEMBOUND_MOE_INT4_HALVES", "0") == "1"  # the variable: GPU checks and A/B runs
 
 
 # SCHEME: how expert weights are stored (module constants a @triton.jit body may read must be constexpr)
