@@ -74,8 +74,8 @@ BLOCK_M = 16  # the decode walk's pairs per tile: one tensor-core tile of rows (
 INT4_RUNS = False  # int4 tiles as contiguous byte runs (_weight_tile): WRONG compiled on the H200 (both forms so far;
 # benches/results/gpu-tests-nvidia-h200-2026-12-02-session5-kernels.log: 8 failures, all RUNS=True), right interpreted
 # int4 tiles as even/odd column halves (_int4_halves: each byte loaded once, two tl.dot a tile, no shape manipulation;
-# sm_90 PTX under triton 3.9: the code bytes arrive by cp.async like int8's, where the default form issues 32 scalar
-# byte loads a tile): checked by the interpreter and compiled only, off until a GPU run of
+# sm_90 PTX under triton 3.9: the code bytes arrive by cp.async, where the default form issues 32 scalar byte loads
+# a tile; x's even/odd columns are 2-byte loads): checked by the interpreter and compiled only, off until a GPU run of
 # tests/backends/test_moe_kernel.py passes with it (test_int4_halves_tile_matches_the_dequantizing_reference)
 INT4_HALVES = os.environ.get("MEMBOUND_MOE_INT4_HALVES", "0") == "1"  # the variable: GPU checks and A/B runs
 
@@ -148,7 +148,7 @@ def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_
 
 
 @triton.jit
-def _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, stride_we, stride_wn, stride_se, stride_sn,
+def _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, stride_we, stride_wn, stride_se, stride_sn,
                  GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     """int4, ``HALVES`` (``RUNS == 2``): the ``[BLOCK_K / 2, BLOCK_N]`` tiles of ``W[e].T``'s even and odd columns
     ``k0 + 2j`` and ``k0 + 2j + 1`` (the low and high nibbles of byte ``k0 / 2 + j`` of each row, so each byte is
@@ -157,16 +157,16 @@ def _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, stride_we, stride_wn, s
     ``tl.dot``), as quant_matmul's int4 pairs path splits its tiles. The tile lies inside one group."""
     js = tl.arange(0, BLOCK_K // 2)
     ke = k0 + 2 * js  # byte k0 / 2 + j of the row holds columns ke, ke + 1
-    # the byte offset added to the row pointers as a scalar and the mask on the byte index: Triton then sees runs
-    # of contiguous bytes
+    # masked at the row's end (KW bytes), not at k_bound: a mask Triton can prove constant over 16-byte runs lets it
+    # copy the bytes with cp.async (sm_90 PTX: 14 cp.async, no scalar byte load; masked at k_bound it issued 16
+    # scalar byte loads). Bytes past k_bound (a split's end) are in the row and zeroed below and in x's halves
     rows = w_ptr + e * stride_we + k0 // 2 + ns[None, :] * stride_wn
-    raw = tl.load(rows + js[:, None], mask=n_ok[None, :] & (js < (k_bound - k0 + 1) // 2)[:, None],
-                  other=0).to(tl.int32)
+    raw = tl.load(rows + js[:, None], mask=n_ok[None, :] & (k0 // 2 + js < KW)[:, None], other=0)
     pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
     scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     lo = tl.where(n_ok[None, :] & (ke < k_bound)[:, None], (raw & 0xF).to(tl.float32) * scale + offset, 0.0)
-    hi = tl.where(n_ok[None, :] & (ke + 1 < k_bound)[:, None], ((raw >> 4) & 0xF).to(tl.float32) * scale + offset,
+    hi = tl.where(n_ok[None, :] & (ke + 1 < k_bound)[:, None], (raw >> 4).to(tl.float32) * scale + offset,
                   0.0)
     return lo, hi
 
@@ -182,11 +182,11 @@ def _x_halves(a_rows, a_ok, k0, k_bound, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _dot_int4_halves(acc, xe, xo, w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, stride_we, stride_wn, stride_se,
+def _dot_int4_halves(acc, xe, xo, w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, stride_we, stride_wn, stride_se,
                      stride_sn, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """``acc`` plus this K tile's product of x (its halves ``xe``, ``xo``) with the int4 weight tile, each half
     dequantized and rounded to x's dtype as the reference rounds the weight."""
-    lo, hi = _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, stride_we, stride_wn, stride_se, stride_sn,
+    lo, hi = _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, stride_we, stride_wn, stride_se, stride_sn,
                           GROUP, BLOCK_K)
     acc = tl.dot(xe, lo.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
     return tl.dot(xo, hi.to(xo.dtype), acc, input_precision=INPUT_PRECISION)
@@ -221,9 +221,9 @@ def _moe_gate_up(
         for k0 in range(0, K, BLOCK_K):
             if SCHEME == INT4 and RUNS == 2:
                 xe, xo = _x_halves(x_ptr + tok[:, None] * stride_x, m_ok[:, None], k0, K, BLOCK_K)
-                acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, stride_ge, stride_gn,
+                acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, KW, stride_ge, stride_gn,
                                          stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION)
-                acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, stride_ue, stride_un,
+                acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, KW, stride_ue, stride_un,
                                          stride_su, stride_sun, GROUP, BLOCK_K, INPUT_PRECISION)
             else:
                 ks = k0 + ks0
@@ -272,7 +272,7 @@ def _moe_down(
         for k0 in range(k_start, k_end, BLOCK_K):
             if SCHEME == INT4 and RUNS == 2:
                 he, ho = _x_halves(h_ptr + ms[:, None] * stride_h, m_ok[:, None], k0, k_end, BLOCK_K)
-                acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, k_end, stride_de, stride_dn,
+                acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, k_end, KW, stride_de, stride_dn,
                                        stride_sd, stride_sdn, GROUP, BLOCK_K, INPUT_PRECISION)
             else:
                 ks = k0 + ks0
@@ -370,9 +370,9 @@ def _moe_grouped_gate_up(
     for k0 in range(0, K, BLOCK_K):
         if SCHEME == INT4 and RUNS == 2:
             xe, xo = _x_halves(x_ptr + tok[:, None] * stride_x, m_ok[:, None], k0, K, BLOCK_K)
-            acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, stride_ge, stride_gn,
+            acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, KW, stride_ge, stride_gn,
                                      stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION)
-            acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, stride_ue, stride_un,
+            acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, KW, stride_ue, stride_un,
                                      stride_su, stride_sun, GROUP, BLOCK_K, INPUT_PRECISION)
         else:
             ks = k0 + ks0
@@ -419,7 +419,7 @@ def _moe_grouped_down(
     for k0 in range(0, I, BLOCK_K):
         if SCHEME == INT4 and RUNS == 2:
             he, ho = _x_halves(h_ptr + ms[:, None] * stride_h, m_ok[:, None], k0, I, BLOCK_K)
-            acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, I, stride_de, stride_dn, stride_sd,
+            acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, I, KW, stride_de, stride_dn, stride_sd,
                                    stride_sdn, GROUP, BLOCK_K, INPUT_PRECISION)
         else:
             ks = k0 + ks0
