@@ -193,6 +193,52 @@ def _dot_int4_halves(acc, xe, xo, w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, st
 
 
 @triton.jit
+def _gate_up_step(acc_g, acc_u, x_rows, m_ok, k0, K, KW, wg_ptr, wu_ptr, sg_ptr, su_ptr, e, ns, n_ok, sg, su,
+                  stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_sgn, stride_su, stride_sun,
+                  SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, RUNS: tl.constexpr,
+                  INPUT_PRECISION: tl.constexpr):
+    """One K tile of gate and up, for both expert kernels (decode walk, grouped): the rows ``x_rows`` (pointers
+    ``[BLOCK_M, 1]``, ``m_ok`` their mask) times the ``[BLOCK_K, BLOCK_N]`` tiles of ``W.T`` (each row of W is
+    contiguous in K), dequantized in registers and rounded to x's dtype; int4 halves: two dots each."""
+    if SCHEME == INT4 and RUNS == 2:
+        xe, xo = _x_halves(x_rows, m_ok[:, None], k0, K, BLOCK_K)
+        acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, KW, stride_ge, stride_gn,
+                                 stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION)
+        acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, KW, stride_ue, stride_un,
+                                 stride_su, stride_sun, GROUP, BLOCK_K, INPUT_PRECISION)
+    else:
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        x = tl.load(x_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg, stride_sgn,
+                          sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+        wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su, stride_sun,
+                          su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+        acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
+        acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
+    return acc_g, acc_u
+
+
+@triton.jit
+def _down_step(acc, h_rows, m_ok, k0, k_bound, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd, stride_de, stride_dn, stride_sd,
+               stride_sdn, SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, RUNS: tl.constexpr,
+               INPUT_PRECISION: tl.constexpr):
+    """One K tile of the down projection (as :func:`_gate_up_step`, one weight, columns up to ``k_bound``)."""
+    if SCHEME == INT4 and RUNS == 2:
+        he, ho = _x_halves(h_rows, m_ok[:, None], k0, k_bound, BLOCK_K)
+        acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, k_bound, KW, stride_de, stride_dn,
+                               stride_sd, stride_sdn, GROUP, BLOCK_K, INPUT_PRECISION)
+    else:
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < k_bound
+        h = tl.load(h_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd, stride_sdn,
+                         sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
+        acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _moe_gate_up(
     x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr,
     I, K, KW, TOP_K,
@@ -206,7 +252,6 @@ def _moe_gate_up(
     end = tl.load(offs_ptr + e + 1)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < I
-    ks0 = tl.arange(0, BLOCK_K)
     sg = _row_scales(sg_ptr, e, ns, n_ok, stride_sg, SCHEME)  # int8/fp8: loaded once per program
     su = _row_scales(su_ptr, e, ns, n_ok, stride_su, SCHEME)
     # an expert nobody chose: nothing to load (start == end skips the loop)
@@ -219,24 +264,10 @@ def _moe_gate_up(
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            if SCHEME == INT4 and RUNS == 2:
-                xe, xo = _x_halves(x_ptr + tok[:, None] * stride_x, m_ok[:, None], k0, K, BLOCK_K)
-                acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, KW, stride_ge, stride_gn,
-                                         stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION)
-                acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, KW, stride_ue, stride_un,
-                                         stride_su, stride_sun, GROUP, BLOCK_K, INPUT_PRECISION)
-            else:
-                ks = k0 + ks0
-                k_ok = ks < K
-                x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
-                            other=0.0)
-                # [BLOCK_K, BLOCK_N] tiles of W.T (each row of W is contiguous in K), dequantized in registers
-                wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg,
-                                  stride_sgn, sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
-                wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su,
-                                  stride_sun, su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
-                acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
-                acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
+            acc_g, acc_u = _gate_up_step(acc_g, acc_u, x_ptr + tok[:, None] * stride_x, m_ok, k0, K, KW, wg_ptr, wu_ptr,
+                                         sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_ue,
+                                         stride_un, stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP,
+                                         BLOCK_K, RUNS, INPUT_PRECISION)
         # round like the reference: each product in the activation dtype, then silu * up
         g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
         u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
@@ -260,7 +291,6 @@ def _moe_down(
     end = tl.load(offs_ptr + e + 1)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < D
-    ks0 = tl.arange(0, BLOCK_K)
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, I)
     sd = _row_scales(sd_ptr, e, ns, n_ok, stride_sd, SCHEME)
@@ -270,18 +300,8 @@ def _moe_down(
         pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
-            if SCHEME == INT4 and RUNS == 2:
-                he, ho = _x_halves(h_ptr + ms[:, None] * stride_h, m_ok[:, None], k0, k_end, BLOCK_K)
-                acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, k_end, KW, stride_de, stride_dn,
-                                       stride_sd, stride_sdn, GROUP, BLOCK_K, INPUT_PRECISION)
-            else:
-                ks = k0 + ks0
-                k_ok = ks < k_end
-                h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
-                            other=0.0)
-                w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd,
-                                 stride_sdn, sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
-                acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
+            acc = _down_step(acc, h_ptr + ms[:, None] * stride_h, m_ok, k0, k_end, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd,
+                             stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
         tile = ms[:, None] * D + ns[None, :]
         tile_ok = m_ok[:, None] & n_ok[None, :]
         if SPLIT_K > 1:
@@ -361,31 +381,16 @@ def _moe_grouped_gate_up(
     tok = pair // TOP_K  # x rows gathered by token, in the loop
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < I
-    ks0 = tl.arange(0, BLOCK_K)
     sg = _row_scales(sg_ptr, e, ns, n_ok, stride_sg, SCHEME)  # int8/fp8 per-channel scales, once a program
     su = _row_scales(su_ptr, e, ns, n_ok, stride_su, SCHEME)
     # gate and up share each x tile: two accumulators, one pass over K
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if SCHEME == INT4 and RUNS == 2:
-            xe, xo = _x_halves(x_ptr + tok[:, None] * stride_x, m_ok[:, None], k0, K, BLOCK_K)
-            acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, KW, stride_ge, stride_gn,
-                                     stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION)
-            acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, KW, stride_ue, stride_un,
-                                     stride_su, stride_sun, GROUP, BLOCK_K, INPUT_PRECISION)
-        else:
-            ks = k0 + ks0
-            k_ok = ks < K
-            x = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
-                        other=0.0)
-            # [BLOCK_K, BLOCK_N] tiles of W.T, dequantized in registers as the decode kernel does
-            wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg,
-                              stride_sgn, sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
-            wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su,
-                              stride_sun, su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
-            acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
-            acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
+        acc_g, acc_u = _gate_up_step(acc_g, acc_u, x_ptr + tok[:, None] * stride_x, m_ok, k0, K, KW, wg_ptr, wu_ptr,
+                                     sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_ue, stride_un,
+                                     stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP, BLOCK_K, RUNS,
+                                     INPUT_PRECISION)
     # round like the reference (and _moe_gate_up): each product in the activation dtype, then silu * up
     g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
     u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
@@ -413,21 +418,11 @@ def _moe_grouped_down(
     pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < D
-    ks0 = tl.arange(0, BLOCK_K)
     sd = _row_scales(sd_ptr, e, ns, n_ok, stride_sd, SCHEME)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, I, BLOCK_K):
-        if SCHEME == INT4 and RUNS == 2:
-            he, ho = _x_halves(h_ptr + ms[:, None] * stride_h, m_ok[:, None], k0, I, BLOCK_K)
-            acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, I, KW, stride_de, stride_dn, stride_sd,
-                                   stride_sdn, GROUP, BLOCK_K, INPUT_PRECISION)
-        else:
-            ks = k0 + ks0
-            k_ok = ks < I
-            h = tl.load(h_ptr + ms[:, None] * stride_h + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd,
-                             stride_sdn, sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
-            acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
+        acc = _down_step(acc, h_ptr + ms[:, None] * stride_h, m_ok, k0, I, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd,
+                         stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
     y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the expert's output in the activation dtype, as _moe_down
     rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
     tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
