@@ -38,15 +38,20 @@ from membound.ir.types import TensorType, dtype_name
 ACTIVATIONS = {"silu": F.silu}
 
 
+def route_topk(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_first: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk`` of the router's fp32 scores for tokens ``h[T, D]``: ``(values, experts)`` ``[T, k]``, the
+    values the probabilities (``softmax_first``) or the logits. What :func:`route` and the decode kernels'
+    one-launch tail (``moe_route.route_pairs``) start from; its tie-breaking is the model's."""
+    logits = F.linear(h, router).float()  # [T, E]
+    return torch.topk(logits.softmax(dim=-1) if softmax_first else logits, top_k, dim=-1)
+
+
 def route(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_first: bool,
           renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weights f32[T, k], experts i64[T, k])`` of tokens ``h[T, D]``: the routing every form computes."""
-    logits = F.linear(h, router).float()  # [T, E]
-    if softmax_first:
-        weights, experts = torch.topk(logits.softmax(dim=-1), top_k, dim=-1)
-    else:
-        top, experts = torch.topk(logits, top_k, dim=-1)
-        weights = top.softmax(dim=-1)
+    top, experts = route_topk(h, router, top_k=top_k, softmax_first=softmax_first)
+    weights = top if softmax_first else top.softmax(dim=-1)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights, experts

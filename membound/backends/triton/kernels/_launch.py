@@ -236,11 +236,24 @@ def l2_prefetch(ptr, nbytes):
         "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
 
 
+@triton.jit
+def l2_prefetch_rows(ptr, pid_n, N, stride_row, col0, cols, pf_bytes, BLOCK_N: tl.constexpr):
+    """:func:`l2_prefetch` of the first ``pf_bytes`` (at most the ``cols`` elements from column ``col0``) of
+    each of rows ``pid_n * BLOCK_N ..`` of a row-major ``ptr`` that exist (``< N``): a weight's rows of one
+    program, before its PDL wait (``L2_PREFETCH`` of the linear kernels)."""
+    ELEM: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth // 8
+    nbytes = tl.minimum(pf_bytes, cols * ELEM) // 16 * 16
+    if nbytes > 0:
+        for r in range(0, BLOCK_N):
+            if pid_n * BLOCK_N + r < N:
+                l2_prefetch(ptr + (pid_n * BLOCK_N + r).to(tl.int64) * stride_row + col0, nbytes)
+
+
 # the bytes of weights a linear asks L2 for before its wait (l2_prefetch_bytes), over the whole grid; 0 (the
 # default) turns the prefetch off. Measured on an H200 (benches/results/pdl_prefetch_ab-nvidia-h200-
 # 2026-12-02.json, HF Llama decode step, graph replay): 16 MB made the step 0.8-1.8% slower at batch 1 (1.24B,
-# 8B) and 8B batch 8, 3% faster at 1.24B batch 8; 32 MB slower still. The step is not waiting on HBM between
-# kernels, so filling L2 ahead only competes with the kernel that is streaming.
+# 8B) and 8B batch 8, 3% faster at 1.24B batch 8; 32 MB slower still. So the step does not seem to lose its time
+# to HBM idling between kernels; filling L2 ahead competes with the kernel that is streaming.
 L2_PREFETCH_TOTAL = int(os.environ.get("MEMBOUND_L2_PREFETCH", 0))
 
 

@@ -50,8 +50,8 @@ from membound.backends.triton.kernels._launch import (
     cdiv,
     check_out,
     fallback,
-    l2_prefetch,
     l2_prefetch_bytes,
+    l2_prefetch_rows,
     launchable,
     next_pow2,
     note,
@@ -132,7 +132,6 @@ def _linear_small_m(
     m_ok = ms < M
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
-    ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
 
     if USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -146,11 +145,7 @@ def _linear_small_m(
     if L2_PREFETCH:
         # a parameter weight's first pf_bytes of each of this program's rows (K chunk), asked of L2 before
         # the wait: the DRAM stays busy while the kernels before this one finish (_launch.l2_prefetch)
-        nbytes = tl.minimum(pf_bytes, (k_end - k_start) * ELEM) // 16 * 16
-        if nbytes > 0:
-            for r in range(0, BLOCK_N):
-                if pid_n * BLOCK_N + r < N:
-                    l2_prefetch(w_ptr + (pid_n * BLOCK_N + r).to(tl.int64) * stride_wn + k_start, nbytes)
+        l2_prefetch_rows(w_ptr, pid_n, N, stride_wn, k_start, k_end - k_start, pf_bytes, BLOCK_N)
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     if not USE_DOT:
         if PREFETCH and not EARLY_W:

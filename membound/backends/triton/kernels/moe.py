@@ -1,18 +1,21 @@
 """``moe``: the routed experts as two kernels (gate/up, down), on one of two paths, that read each active
 expert's weights once.
 
-A step of T tokens makes ``T * top_k`` (token, expert) pairs. The wrapper routes in torch (router
-linear, softmax, top-k, renormalisation: a few ``[T, E]`` ops) and sorts the pairs by expert on the
-device, with the per-expert offsets from a comparison count; nothing is read back to the host, so a
-step can be captured in a CUDA graph. Then, on the **decode** path (few pairs per expert):
+A step of T tokens makes ``T * top_k`` (token, expert) pairs. The wrapper routes (router linear,
+softmax and top-k in torch) and sorts the pairs by expert on the device, with the per-expert offsets
+(``moe_route.sorted_pairs``: one launch for a decode step's few pairs, torch ops past them); nothing is
+read back to the host, so a step can be captured in a CUDA graph. Then, on the **decode** path (few
+pairs per expert):
 
 - ``_moe_gate_up``: one program per (expert e, block of ``BLOCK_N`` rows of I). It walks e's pairs
   ``BLOCK_M`` (16) at a time, gathers their token rows of x, and multiplies them with its gate and up
   tiles (``tl.dot``; the padded rows of a decode step cost FLOPs, which are free when memory-bound),
   then stores ``silu(gate) * up`` for those pairs. A program of an expert nobody chose returns before
   loading anything: a decode token reads only its top_k experts' weights.
-- ``_moe_down``: one program per (expert e, block of D rows of the down weight): the same walk over
-  e's pairs, ``h @ w_down[e].T`` times the pair's routing weight, stored per pair in fp32.
+- ``_moe_down``: one program per (expert e, block of D rows of the down weight, K split): the same walk
+  over e's pairs, ``h @ w_down[e].T`` times the pair's routing weight, stored per pair in fp32. K (I, the
+  long side) is split while the active experts' programs would leave SMs idle (``down_split``); the last
+  program of a split sums its partials in split order.
 
 Each program re-streams its weight tile for every 16 pairs, so with many pairs per expert (prefill) the
 walk reads the experts many times over, through 16-row MMAs. The **grouped** path is a grouped GEMM
@@ -23,7 +26,8 @@ fixed upper bound ``cdiv(T * k, BLOCK_M) + E`` m-blocks (the blocks past the las
 once). The m-blocks of one expert run side by side and share each weight tile through L2; tiles are
 64/128 x 128 x 64, Hopper wgmma at bf16/fp16 (``GroupedConfig``, ``pick_grouped_config``). Same gather,
 same epilogues and rounding as the decode kernels. :func:`moe_path` picks the path from
-:func:`path_times`, a roofline price of both (about 9 pairs per expert is the crossover on an H200);
+:func:`path_times`, a roofline price of both with shares measured on an H200 (the crossover there is
+about 15 pairs per expert, T = 58 at Mixtral-8x7B);
 ``path=`` / ``configs=`` force one (tests, ``gpu/moe_prefill.sh``).
 
 The combine (sum over a token's k pairs), the optional shared expert (cuBLAS) and the cast are torch
@@ -34,9 +38,9 @@ Weights may be views (HF's gate/up halves): rows must be contiguous.
 weight tile in registers, rounded to the activation dtype as the reference does, before the ``tl.dot``
 (``_weight_tile``, on both paths): int8 and fp8 (e4m3 bytes) with per-channel scales loaded once per
 program; int4 (two codes a byte, group-wise scale and offset) with K tiles no wider than a group, so each
-row's (scale, offset) is one load per tile. Each m-block dequantizes its expert's tiles once. (The int4
-tile reads each byte for both its nibbles: simple, not the word-wide decoding of ``quant_matmul``;
-measure before tuning.)
+row's (scale, offset) is one load per tile. Each m-block dequantizes its expert's tiles once. The int4
+tile reads each byte for both its nibbles (slow, see ``_weight_tile``) unless ``INT4_HALVES``, where each
+byte is read once and the tile split into x's even and odd columns (not yet run on a GPU).
 
 Falls back to the torch reference for dtypes other than fp16/bf16/fp32, activations other than
 silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_INTERPRET=1``.
@@ -106,13 +110,12 @@ def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_
     as the reference does).
 
     int4: codes ``k`` of a row are nibble ``k % 2`` of byte ``k // 2``, indexed so (``RUNS`` off, the
-    default), each byte loaded for both its codes, scattered: correct on the GPU but slow (42 tok/s at the
-    Mixtral-8x7B shape on an H200 against 387 for bf16). ``RUNS`` (``INT4_RUNS``) loads the tile's
-    ``BLOCK_K / 2`` bytes a row once, as one contiguous run, and interleaves the nibbles in registers; its
-    first form (``tl.permute`` then ``tl.reshape``) passed the interpreter but gave wrong codes compiled for
-    sm_90 under Triton 3.6, and the form here (nibbles joined on a last axis, as ``quant_dequant.py`` does,
-    which the H200 ran correctly, then ``tl.trans``) is checked by the interpreter only so far: off until a
-    GPU run of ``tests/backends/test_moe_kernel.py`` passes with it (the test runs both).
+    default), each byte loaded for both its codes, scattered: correct on the GPU but slow (186.5 tok/s at the
+    Mixtral-8x7B shape on an H200 against 498.2 for bf16). ``RUNS == 1`` (``INT4_RUNS``) loads the tile's
+    ``BLOCK_K / 2`` bytes a row once, as one contiguous run, and interleaves the nibbles in registers; both of
+    its forms (``tl.permute`` then ``tl.reshape``; the nibbles joined on a last axis, reshaped, then
+    ``tl.trans``, the form here) passed the interpreter and gave wrong codes compiled for sm_90 under Triton
+    3.6, so it stays off. ``RUNS == 2`` (``INT4_HALVES``) does not come here: :func:`_int4_halves`.
     The tile lies inside one group (``BLOCK_K <= GROUP``, both powers of two, ``k0`` a multiple of
     ``BLOCK_K``), so each row's (scale, offset) is loaded once per tile. fp8: the bytes reinterpreted as e4m3."""
     # one return at the end: compiled Triton rejects returns of different dtypes in one function, even
@@ -268,12 +271,7 @@ def _moe_gate_up(
                                          sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_ue,
                                          stride_un, stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP,
                                          BLOCK_K, RUNS, INPUT_PRECISION)
-        # round like the reference: each product in the activation dtype, then silu * up
-        g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
-        u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(h_ptr.dtype.element_ty).to(tl.float32) * u
-        tl.store(h_ptr + ms[:, None] * stride_h + ns[None, :], act.to(h_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & n_ok[None, :])
+        _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h)
 
 
 @triton.jit
@@ -302,12 +300,11 @@ def _moe_down(
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _down_step(acc, h_ptr + ms[:, None] * stride_h, m_ok, k0, k_end, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd,
                              stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
-        tile = ms[:, None] * D + ns[None, :]
-        tile_ok = m_ok[:, None] & n_ok[None, :]
         if SPLIT_K > 1:
             # an fp32 partial per sorted pair; the last of the SPLIT_K programs of (e, pid_n) sums them in
             # split order (deterministic) for each chunk it walks (_launch.arrive_last, as linear's split-K)
-            tl.store(part_ptr + pid_k * stride_split + tile, acc, mask=tile_ok)
+            tl.store(part_ptr + pid_k * stride_split + ms[:, None] * D + ns[None, :], acc,
+                     mask=m_ok[:, None] & n_ok[None, :])
         else:
             _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y)
     if SPLIT_K > 1:
@@ -325,6 +322,17 @@ def _moe_down(
                                        cache_modifier=".cg")  # from L2: the other programs' stores
                     _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y)
                 reset_counter(lock_ptr, e * tl.num_programs(1) + pid_n)
+
+
+@triton.jit
+def _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h):
+    """``silu(gate) * up`` of the pairs' rows, stored in the activation dtype (both gate/up kernels), rounded
+    like the reference: each product in the activation dtype, then the activation, then the product."""
+    g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
+    u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(h_ptr.dtype.element_ty).to(tl.float32) * u
+    tl.store(h_ptr + ms[:, None] * stride_h + ns[None, :], act.to(h_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -391,12 +399,7 @@ def _moe_grouped_gate_up(
                                      sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_ue, stride_un,
                                      stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP, BLOCK_K, RUNS,
                                      INPUT_PRECISION)
-    # round like the reference (and _moe_gate_up): each product in the activation dtype, then silu * up
-    g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
-    u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
-    act = (g / (1.0 + tl.exp(-g))).to(h_ptr.dtype.element_ty).to(tl.float32) * u
-    tl.store(h_ptr + ms[:, None] * stride_h + ns[None, :], act.to(h_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h)
 
 
 @triton.jit(do_not_specialize=["M_BLOCKS", "GROUP_M"])  # they follow T: one compile for all
@@ -423,9 +426,7 @@ def _moe_grouped_down(
     for k0 in range(0, I, BLOCK_K):
         acc = _down_step(acc, h_ptr + ms[:, None] * stride_h, m_ok, k0, I, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd,
                          stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
-    y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)  # the expert's output in the activation dtype, as _moe_down
-    rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
-    tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
+    _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y)
 
 
 # decode's down projection splits K (I, the long side: 14336 at Mixtral-8x7B) while the programs of the experts a
@@ -441,10 +442,9 @@ DOWN_MIN_TILES = 8  # K tiles a split keeps at least
 def down_split(tokens: int, experts: int, top_k: int, d: int, i: int, block_n: int, block_k: int,
                device: torch.device) -> int:
     """K splits of the decode down kernel: doubled while the expected active experts' programs
-    (``E (1 - (1 - k/E)^T)`` experts, ``cdiv(D, BLOCK_N)`` programs each) leave SMs short of
+    (:func:`expected_experts`, ``cdiv(D, BLOCK_N)`` programs each) leave SMs short of
     :data:`DOWN_PROGRAMS_PER_SM` programs and every split keeps at least :data:`DOWN_MIN_TILES` K tiles."""
-    active = min(experts * (1.0 - (1.0 - top_k / experts) ** tokens), tokens * top_k)
-    programs = max(1.0, active) * cdiv(d, block_n)
+    programs = max(1.0, expected_experts(tokens, experts, top_k)) * cdiv(d, block_n)
     split = 1
     while (programs * split < DOWN_PROGRAMS_PER_SM * sm_count(device) and i >= DOWN_MIN_TILES * block_k * split * 2
            and split < DOWN_MAX_SPLIT):

@@ -24,12 +24,11 @@ hold it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from membound.backends.triton.kernels._launch import launchable
-from membound.ir.ops.moe import route
+from membound.ir.ops.moe import route, route_topk
 
 MAX_PAIRS = 128  # [P, P] comparisons in one program of 4 warps: 16K elements
 MAX_EXPERTS = 256
@@ -61,13 +60,12 @@ def _route_pairs(
     ps = tl.arange(0, BLOCK_P)
     p_ok = ps < P
     ep = tl.load(idx_ptr + ps, mask=p_ok, other=E).to(tl.int32)  # padding sorts last
-    qs = tl.arange(0, BLOCK_P)
-    eq = tl.load(idx_ptr + qs, mask=qs < P, other=E).to(tl.int32)
-    before = (eq[None, :] < ep[:, None]) | ((eq[None, :] == ep[:, None]) & (qs[None, :] < ps[:, None]))
+    # row p, column q: does pair q go before pair p
+    before = (ep[None, :] < ep[:, None]) | ((ep[None, :] == ep[:, None]) & (ps[None, :] < ps[:, None]))
     pos = tl.sum(before.to(tl.int32), axis=1)
     tl.store(order_ptr + pos, ps.to(tl.int64), mask=p_ok)
     bounds = tl.arange(0, BLOCK_B)  # offsets[0..E]
-    below = tl.sum((eq[None, :] < bounds[:, None]).to(tl.int64), axis=1)
+    below = tl.sum((ep[None, :] < bounds[:, None]).to(tl.int64), axis=1)
     tl.store(offs_ptr + bounds, below, mask=bounds <= E)
 
 
@@ -104,8 +102,7 @@ def sorted_pairs(h: torch.Tensor, router: torch.Tensor, top_k: int, softmax_firs
     ``route`` computes it, then :func:`route_pairs` where it :func:`fits`, else the same in torch."""
     t, e = h.shape[0], router.shape[0]
     if fits(t, e, top_k):
-        logits = F.linear(h, router).float()  # [T, E], as route() rounds it
-        top, idx = torch.topk(logits.softmax(dim=-1) if softmax_first else logits, top_k, dim=-1)
+        top, idx = route_topk(h, router, top_k=top_k, softmax_first=softmax_first)
         return route_pairs(top, idx, e, softmax_first, renormalize)
     weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize)
     order = torch.sort(experts.reshape(-1), stable=True).indices  # [T * k]

@@ -102,8 +102,8 @@ from membound.backends.triton.kernels._launch import (
     check_out,
     fallback,
     interpreter_ready,
-    l2_prefetch,
     l2_prefetch_bytes,
+    l2_prefetch_rows,
     launchable,
     next_pow2,
     note,
@@ -432,12 +432,7 @@ def _quant_matmul(
                                           False)
     if L2_PREFETCH:
         # the first pf_bytes of each of this program's code rows asked of L2 before the wait (linear.py)
-        QBYTES: tl.constexpr = q_ptr.dtype.element_ty.primitive_bitwidth // 8
-        nbytes = tl.minimum(pf_bytes, (c_end - c_start) * QBYTES) // 16 * 16
-        if nbytes > 0:
-            for r in range(0, BLOCK_N):
-                if pid_n * BLOCK_N + r < N:
-                    l2_prefetch(q_ptr + (pid_n * BLOCK_N + r).to(tl.int64) * stride_qn + c_start, nbytes)
+        l2_prefetch_rows(q_ptr, pid_n, N, stride_qn, c_start, c_end - c_start, pf_bytes, BLOCK_N)
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     if not USE_DOT:
         if PREFETCH and not EARLY_W:
