@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_flatten  # noqa: E402
 
 from membound.backends.triton.kernels import LIBRARY, moe, quant_moe, trace  # noqa: E402
+from membound.backends.triton.kernels._launch import split_counters  # noqa: E402
 from membound.ir import get_op  # noqa: E402
 from membound.ir.ops.quant import quantize  # noqa: E402
 
@@ -85,6 +86,28 @@ def test_split_down_projection(dtype: torch.dtype, tokens: int, scheme: object, 
     assert calls == [("quant_moe", "kernel")]
     want = get_op("quant_moe").reference(x, ws[0], *packed, **attrs, scheme=scheme, group_size=group)
     torch.testing.assert_close(got.float(), want.float(), **TOL[x.dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,softmax_first,renormalize", [(3, False, True), (4, True, False), (3, True, True),
+                                                         (1, True, False)])
+@pytest.mark.parametrize("tokens", [1, 6])
+def test_decode_routing_and_combine_in_the_kernels(dtype: torch.dtype, k: int, softmax_first: bool,
+                                                   renormalize: bool, tokens: int) -> None:
+    """A decode step's routing weights (softmax over all experts or over the k chosen, renormalised or not) and
+    the combine over k slots (k not a power of two: padded slots masked) in the down kernel's epilogue, against
+    the reference; into ``out=``, twice, so the combine counters are back at zero after a step."""
+    ws = _weights(7, 24, 19, dtype)
+    x = torch.randn(tokens, 24, generator=torch.Generator().manual_seed(k)).to(DEVICE, dtype)
+    attrs = dict(top_k=k, softmax_first=softmax_first, renormalize=renormalize, act="silu")
+    want = get_op("moe").reference(x, *ws, **attrs)
+    out = torch.full_like(x, float("nan"))
+    for _ in range(2):
+        out.fill_(float("nan"))
+        with trace() as calls:
+            got = moe(x, *ws, out=out, path="decode", **attrs)
+        assert calls == [("moe", "kernel")] and got is out
+        torch.testing.assert_close(got.float(), want.float(), **TOL[x.dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -285,12 +308,13 @@ class LargestAllocation(TorchDispatchMode):
 def test_prefill_memory_is_weights_plus_tokens_times_hidden(path: str) -> None:
     """A prefill of T tokens allocates O(T * k * max(I, D, E)) besides the weights: never a per-token copy
     of expert weights (the gather form's [T, k, I, D], 20x more here). Under the interpreter, the
-    kernel's arguments are copied (each at most one weight's size, below the bound)."""
+    kernel's arguments are copied (each at most one weight's size, below the bound). The stream's split/combine
+    counters are made once and kept (``_launch.split_counters``): known before the step."""
     t, e, d, i, k = 64, 4, 24, 20, 2
     ws = _weights(e, d, i, torch.float32)
     x = torch.randn(t, d).to(DEVICE)
     fn = moe if path == "kernel" else get_op("moe").reference
-    with LargestAllocation(x, *ws) as mode:
+    with LargestAllocation(x, *ws, split_counters(x.device, 1)) as mode:
         fn(x, *ws, top_k=k, softmax_first=True, renormalize=True, act="silu")
     bound = t * k * max(i, d, e) * 4
     assert 0 < mode.largest[0] <= bound < t * k * i * d * 4, mode.largest

@@ -57,6 +57,7 @@ import triton
 import triton.language as tl
 
 from membound.backends.triton.kernels._launch import (
+    MAX_COUNTERS,
     arrive_last,
     cdiv,
     check_out,
@@ -69,7 +70,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_device,
     unsupported_dtype,
 )
-from membound.backends.triton.kernels.moe_route import sorted_pairs
+from membound.backends.triton.kernels.moe_route import fits, router_topk, sorted_pairs
 from membound.ir.ops import get_op
 from membound.ir.ops.moe import shared_expert
 from membound.ir.ops.quant import QWEIGHT_DTYPE
@@ -242,27 +243,114 @@ def _down_step(acc, h_rows, m_ok, k0, k_bound, KW, wd_ptr, sd_ptr, e, ns, n_ok, 
 
 
 @triton.jit
+def _expert_span(idx_ptr, offs_ptr, e, P, ROUTED: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Expert ``e``'s pairs: ``(start, end, mine, rank)``. ``ROUTED``: from the top-k's experts ``idx [T, k]``
+    (``P = T * k`` pairs, pair ``t * k + j``): ``mine`` marks e's pairs, ``rank`` numbers them in pair order,
+    ``0 .. end`` counts them (no sorted order exists: each program finds its expert's pairs itself). Else from
+    the pairs sorted by expert and the offsets (``moe_route.sorted_pairs``): ``start .. end`` in that order."""
+    ps = tl.arange(0, BLOCK_P)
+    if ROUTED:
+        mine = tl.load(idx_ptr + ps, mask=ps < P, other=-1) == e
+        rank = tl.cumsum(mine.to(tl.int32), 0) - 1
+        end = tl.sum(mine.to(tl.int64), 0)
+        start = end * 0
+    else:
+        start = tl.load(offs_ptr + e)
+        end = tl.load(offs_ptr + e + 1)
+        mine = ps < 0
+        rank = ps
+    return start, end, mine, rank
+
+
+@triton.jit
+def _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_P: tl.constexpr):
+    """The pairs (``t * k + j``) of positions ``m0 .. m0 + BLOCK_M`` of an expert's walk (:func:`_expert_span`),
+    and which of them exist. ``ROUTED``: position m is the pair of rank m among the expert's (a
+    ``[BLOCK_M, BLOCK_P]`` comparison, P <= ``moe_route.MAX_PAIRS``)."""
+    ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+    m_ok = ms < end
+    if ROUTED:
+        ps = tl.arange(0, BLOCK_P)
+        pick = mine[None, :] & (rank[None, :] == ms[:, None])
+        pair = tl.sum(tl.where(pick, ps[None, :], 0), axis=1).to(tl.int64)
+    else:
+        pair = tl.load(order_ptr + ms, mask=m_ok, other=0).to(tl.int64)
+    return pair, m_ok
+
+
+@triton.jit
+def _pair_weights(pair, m_ok, rw_ptr, logit_ptr, top_ptr, E, TOP_K, ROUTED: tl.constexpr,
+                  SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, BLOCK_KK: tl.constexpr, BLOCK_E: tl.constexpr):
+    """The routing weight of each pair, fp32. ``ROUTED``: from the router's fp32 logits ``[T, E]`` and the top-k's
+    values ``top [T, k]`` (the chosen logits, in any order), as ``membound.ir.ops.moe.route`` computes it:
+    softmax over all E then the chosen (``SOFTMAX_FIRST``) or softmax over the chosen; then divided by their sum
+    (``RENORM``). Else loaded from ``rw`` (``sorted_pairs``)."""
+    if ROUTED:
+        tok = pair // TOP_K
+        js = tl.arange(0, BLOCK_KK)
+        j_ok = m_ok[:, None] & (js < TOP_K)[None, :]
+        tops = tl.load(top_ptr + tok[:, None] * TOP_K + js[None, :], mask=j_ok, other=float("-inf"))
+        mx = tl.where(m_ok, tl.max(tops, axis=1), 0.0)  # the row's largest logit is always chosen
+        own = tl.load(top_ptr + pair, mask=m_ok, other=0.0)
+        if SOFTMAX_FIRST:
+            es = tl.arange(0, BLOCK_E)
+            logits = tl.load(logit_ptr + tok[:, None] * E + es[None, :], mask=m_ok[:, None] & (es < E)[None, :],
+                             other=float("-inf"))
+            denom = tl.where(m_ok, tl.sum(tl.exp(logits - mx[:, None]), axis=1), 1.0)
+        else:
+            denom = tl.where(m_ok, tl.sum(tl.where(j_ok, tl.exp(tops - mx[:, None]), 0.0), axis=1), 1.0)
+        w = tl.exp(own - mx) / denom
+        if RENORM:
+            chosen = tl.where(j_ok, tl.exp(tops - mx[:, None]) / denom[:, None], 0.0)
+            w = w / tl.where(m_ok, tl.sum(chosen, axis=1), 1.0)
+        w = tl.where(m_ok, w, 0.0)
+    else:
+        w = tl.load(rw_ptr + pair, mask=m_ok, other=0.0)
+    return w
+
+
+@triton.jit
+def _combine(y_ptr, out_ptr, cnt_ptr, pair, m_ok, ns, n_ok, pid_n, N_BLOCKS, TOP_K, stride_y, stride_o,
+             BLOCK_KK: tl.constexpr):
+    """After this program stored its pairs' weighted rows ``y`` (columns ``ns``): count each pair in on its
+    token's counter for this column block; the program that brings a token's count to ``TOP_K`` sums the
+    token's k rows in slot order (fp32, as ``y.view(T, k, D).sum(1)``), stores the sum in the output's dtype
+    and sets the counter back to 0 (the counters are ``_launch.split_counters``'s: each launch leaves them
+    zeroed). A token's k pairs have k different experts, so one program never holds two pairs of a token."""
+    tok = pair // TOP_K
+    count = cnt_ptr + tok * N_BLOCKS + pid_n
+    tl.debug_barrier()  # every thread's stores of y before the counters move (released by the atomics)
+    last = m_ok & (tl.atomic_add(count, 1, mask=m_ok, sem="acq_rel", scope="gpu") == TOP_K - 1)
+    tl.debug_barrier()
+    ok = last[:, None] & n_ok[None, :]
+    acc = tl.zeros((pair.shape[0], ns.shape[0]), dtype=tl.float32)
+    for j in tl.static_range(BLOCK_KK):
+        slot = tok * TOP_K + j
+        acc += tl.load(y_ptr + slot[:, None] * stride_y + ns[None, :], mask=ok & (slot < tok * TOP_K + TOP_K)[:, None],
+                       other=0.0, cache_modifier=".cg")  # from L2: other programs' stores
+    tl.store(out_ptr + tok[:, None] * stride_o + ns[None, :], acc.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.atomic_xchg(count, 0, mask=last, sem="relaxed", scope="gpu")
+
+
+@triton.jit
 def _moe_gate_up(
-    x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr,
-    I, K, KW, TOP_K,
+    x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, idx_ptr, order_ptr, offs_ptr,
+    P, I, K, KW, TOP_K,
     stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_sgn, stride_su, stride_sun, stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, ROUTED: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
-    start = tl.load(offs_ptr + e)
-    end = tl.load(offs_ptr + e + 1)
+    start, end, mine, rank = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < I
     sg = _row_scales(sg_ptr, e, ns, n_ok, stride_sg, SCHEME)  # int8/fp8: loaded once per program
     su = _row_scales(su_ptr, e, ns, n_ok, stride_su, SCHEME)
     # an expert nobody chose: nothing to load (start == end skips the loop)
     for m0 in range(start, end, BLOCK_M):
-        # 64-bit: pairs * I (the hidden buffer) passes 2**31 elements at long prefills
-        ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        m_ok = ms < end
-        pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)  # sorted position -> pair t * TOP_K + j
+        pair, m_ok = _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED, BLOCK_M, BLOCK_P)
         tok = pair // TOP_K
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -271,56 +359,65 @@ def _moe_gate_up(
                                          sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_ue,
                                          stride_un, stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP,
                                          BLOCK_K, RUNS, INPUT_PRECISION)
-        _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h)
+        _act_store(acc_g, acc_u, h_ptr, pair, m_ok, ns, n_ok, stride_h)  # hidden rows by pair
 
 
 @triton.jit
 def _moe_down(
-    h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr, part_ptr, lock_ptr,
-    D, I, KW, K_PER_SPLIT,
-    stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y, stride_split,
+    h_ptr, wd_ptr, sd_ptr, y_ptr, idx_ptr, order_ptr, offs_ptr, rw_ptr, logit_ptr, top_ptr, part_ptr, lock_ptr,
+    out_ptr,
+    P, E, TOP_K, D, I, KW, K_PER_SPLIT, COUNT_BASE,
+    stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y, stride_split, stride_o,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, SPLIT_K: tl.constexpr = 1,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, SPLIT_K: tl.constexpr,
+    ROUTED: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, COMBINE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_KK: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    start = tl.load(offs_ptr + e)
-    end = tl.load(offs_ptr + e + 1)
+    start, end, mine, rank = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < D
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, I)
     sd = _row_scales(sd_ptr, e, ns, n_ok, stride_sd, SCHEME)
     for m0 in range(start, end, BLOCK_M):
-        ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        m_ok = ms < end
-        pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)
+        pair, m_ok = _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED, BLOCK_M, BLOCK_P)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
-            acc = _down_step(acc, h_ptr + ms[:, None] * stride_h, m_ok, k0, k_end, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd,
-                             stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
+            acc = _down_step(acc, h_ptr + pair[:, None] * stride_h, m_ok, k0, k_end, KW, wd_ptr, sd_ptr, e, ns, n_ok,
+                             sd, stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS,
+                             INPUT_PRECISION)
         if SPLIT_K > 1:
-            # an fp32 partial per sorted pair; the last of the SPLIT_K programs of (e, pid_n) sums them in
-            # split order (deterministic) for each chunk it walks (_launch.arrive_last, as linear's split-K)
-            tl.store(part_ptr + pid_k * stride_split + ms[:, None] * D + ns[None, :], acc,
+            # an fp32 partial per pair; the last of the SPLIT_K programs of (e, pid_n) sums them in split order
+            # (deterministic) for each chunk it walks (_launch.arrive_last, as linear's split-K)
+            tl.store(part_ptr + pid_k * stride_split + pair[:, None] * D + ns[None, :], acc,
                      mask=m_ok[:, None] & n_ok[None, :])
         else:
-            _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y)
+            rw = _pair_weights(pair, m_ok, rw_ptr, logit_ptr, top_ptr, E, TOP_K, ROUTED, SOFTMAX_FIRST, RENORM,
+                               BLOCK_KK, BLOCK_E)
+            _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y)
+            if COMBINE:
+                _combine(y_ptr, out_ptr, lock_ptr + COUNT_BASE, pair, m_ok, ns, n_ok, pid_n, tl.num_programs(1),
+                         TOP_K, stride_y, stride_o, BLOCK_KK)
     if SPLIT_K > 1:
         if end > start:  # an expert nobody chose: no partials, no arrival
             if arrive_last(lock_ptr, e * tl.num_programs(1) + pid_n, SPLIT_K):
                 for m0 in range(start, end, BLOCK_M):
-                    ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-                    m_ok = ms < end
-                    pair = tl.load(pair_ptr + ms, mask=m_ok, other=0).to(tl.int64)
-                    tile = ms[:, None] * D + ns[None, :]
+                    pair, m_ok = _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED, BLOCK_M, BLOCK_P)
+                    tile = pair[:, None] * D + ns[None, :]
                     tile_ok = m_ok[:, None] & n_ok[None, :]
                     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                     for sp in tl.static_range(SPLIT_K):
                         acc += tl.load(part_ptr + sp * stride_split + tile, mask=tile_ok, other=0.0,
                                        cache_modifier=".cg")  # from L2: the other programs' stores
-                    _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y)
+                    rw = _pair_weights(pair, m_ok, rw_ptr, logit_ptr, top_ptr, E, TOP_K, ROUTED, SOFTMAX_FIRST,
+                                       RENORM, BLOCK_KK, BLOCK_E)
+                    _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y)
+                    if COMBINE:
+                        _combine(y_ptr, out_ptr, lock_ptr + COUNT_BASE, pair, m_ok, ns, n_ok, pid_n,
+                                 tl.num_programs(1), TOP_K, stride_y, stride_o, BLOCK_KK)
                 reset_counter(lock_ptr, e * tl.num_programs(1) + pid_n)
 
 
@@ -336,10 +433,10 @@ def _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h):
 
 
 @triton.jit
-def _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y):
-    """The expert's output rounded to the activation dtype, times the pair's routing weight, stored in fp32."""
+def _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y):
+    """The expert's output rounded to the activation dtype, times the pairs' routing weights ``rw``, stored in
+    fp32."""
     y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)
-    rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
     tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -426,7 +523,8 @@ def _moe_grouped_down(
     for k0 in range(0, I, BLOCK_K):
         acc = _down_step(acc, h_ptr + ms[:, None] * stride_h, m_ok, k0, I, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd,
                          stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
-    _down_store(acc, h_ptr, y_ptr, weight_ptr, pair, m_ok, ns, n_ok, stride_y)
+    rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
+    _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y)
 
 
 # decode's down projection splits K (I, the long side: 14336 at Mixtral-8x7B) while the programs of the experts a
@@ -538,14 +636,12 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
                                                                  group)
     if path not in PATHS:
         raise ValueError(f"{op}: path={path!r}; expected one of {PATHS}")
-    # routing weight per pair, pairs sorted by expert (stable: a token's pairs stay in slot order),
-    # offsets[e] = first pair of e; one launch after the top-k for a decode step's few pairs (moe_route.py)
-    rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
-    hidden = torch.empty((t * top_k, i), dtype=x.dtype, device=x.device)  # silu(gate) * up, sorted order
+    hidden = torch.empty((t * top_k, i), dtype=x.dtype, device=x.device)  # silu(gate) * up per pair
     y = torch.empty((t * top_k, d), dtype=torch.float32, device=x.device)  # weighted expert outputs, pair order
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     sn = [sc.stride(1) if sc.dim() > 1 else 0 for sc in (s_gate, s_up, s_down)]
     quant = dict(SCHEME=scheme, GROUP=max(group, 1), INPUT_PRECISION=precision)
+    combined_in_kernel = False
 
     def runs(block_k: int) -> int:
         """The int4 tile form of a launch (``_weight_tile``'s ``RUNS``): 2 = halves (two dots, each byte loaded
@@ -555,30 +651,55 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     if t == 0:
         pass  # an empty step: nothing to launch (an empty tensor's data pointer may be null)
     elif path == "decode":
+        # routing: few pairs (moe_route.fits): the router's logits (one launch), torch.topk over them, and each
+        # expert kernel finds its own pairs and weights (no sort, no weights pass); else sorted_pairs
+        routed = fits(t, e, top_k)
+        if routed:
+            logits, top, idx = router_topk(h, router, top_k)
+            rw, order, offsets = top, idx, idx  # unread
+        else:
+            rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
+            logits, top, idx = rw, rw, order  # unread
+        p2 = triton.next_power_of_2
+        route_args = dict(ROUTED=routed, BLOCK_P=max(2, p2(t * top_k)))
         # int4: a K tile inside one group (both powers of two), so each row's (scale, offset) is one load a tile
         cap_k = min(64, group) if scheme == INT4.value else 64
         # 32 output rows a program (H200, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-down-split.json:
         # 198.6 against 202.0 us at T = 1, 668.7 against 693.6 at T = 8 for 64)
         bn, bk = _block(i, DECODE_BLOCK_N), _block(d, cap_k)
         launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
-            h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, i, d, w_gate.shape[-1], top_k, h.stride(0),
-            w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
+            h, w_gate, w_up, s_gate, s_up, hidden, idx, order, offsets, t * top_k, i, d, w_gate.shape[-1], top_k,
+            h.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
             s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, RUNS=runs(bk),
-            num_warps=4)
+            **route_args, num_warps=4)
         bn, bk = _block(d, DECODE_BLOCK_N), _block(i, cap_k)
         split = down_split(t, e, top_k, d, i, bn, bk, x.device)
         k_per_split = cdiv(cdiv(i, split), bk) * bk
         split = cdiv(i, k_per_split)  # no empty splits
-        part, locks = y, offsets  # never touched unsplit
+        n_blocks = cdiv(d, bn)
+        locks = n_locks = 0  # counters: the split's per (expert, column block), then the combine's per token
+        if split > 1:
+            n_locks = e * n_blocks
+        # the combine (sum over a token's k pairs, cast) in the down kernel's epilogue: without a shared expert
+        # (added in fp32 before the cast) and into a contiguous output
+        combined_in_kernel = not shared and result.is_contiguous() and n_locks + t * n_blocks <= MAX_COUNTERS
+        if split > 1 or combined_in_kernel:
+            locks = split_counters(x.device, n_locks + t * n_blocks * combined_in_kernel)
+        part = y
         if split > 1:
             part = torch.empty((split, t * top_k, d), dtype=torch.float32, device=x.device)
-            locks = split_counters(x.device, e * cdiv(d, bn))
-        launchable(_moe_down, x.device)[(e, cdiv(d, bn), split)](
-            hidden, w_down, s_down, y, order, rw, offsets, part, locks, d, i, w_down.shape[-1], k_per_split,
+        lock_arg = locks if split > 1 or combined_in_kernel else offsets  # unread unsplit without the combine
+        launchable(_moe_down, x.device)[(e, n_blocks, split)](
+            hidden, w_down, s_down, y, idx, order, offsets, rw, logits, top, part, lock_arg, result,
+            t * top_k, e, top_k, d, i, w_down.shape[-1], k_per_split, n_locks,
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
-            t * top_k * d, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, RUNS=runs(bk), SPLIT_K=split,
-            num_warps=4)
+            t * top_k * d, d, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, RUNS=runs(bk), SPLIT_K=split,
+            SOFTMAX_FIRST=attrs["softmax_first"], RENORM=attrs["renormalize"], COMBINE=combined_in_kernel,
+            BLOCK_KK=max(2, p2(top_k)), BLOCK_E=max(2, p2(e)), **route_args, num_warps=4)
     else:
+        # routing weight per pair, pairs sorted by expert (stable: a token's pairs stay in slot order),
+        # offsets[e] = first pair of e (moe_route.sorted_pairs)
+        rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
         cfg_gu, cfg_dn = configs or (pick_grouped_config(t * top_k, e, i, d, x.dtype, scheme_name, group, True),
                                      pick_grouped_config(t * top_k, e, d, i, x.dtype, scheme_name, group, False))
         cfg_gu, cfg_dn = _fit(cfg_gu, i, d, scheme, group), _fit(cfg_dn, d, i, scheme, group)
@@ -602,10 +723,11 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
             BLOCK_M=cfg_dn.block_m, BLOCK_N=cfg_dn.block_n, BLOCK_K=cfg_dn.block_k, **quant, RUNS=runs(cfg_dn.block_k),
             num_warps=cfg_dn.num_warps, num_stages=cfg_dn.num_stages)
-    combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
-    if shared:
-        combined += shared_expert(h, shared, attrs["act"])
-    result.copy_(combined.view(x.shape))
+    if not combined_in_kernel:
+        combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
+        if shared:
+            combined += shared_expert(h, shared, attrs["act"])
+        result.copy_(combined.view(x.shape))
     note(op, "kernel")
     return result
 

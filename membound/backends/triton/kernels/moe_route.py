@@ -24,6 +24,7 @@ hold it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -67,6 +68,45 @@ def _route_pairs(
     bounds = tl.arange(0, BLOCK_B)  # offsets[0..E]
     below = tl.sum((ep[None, :] < bounds[:, None]).to(tl.int64), axis=1)
     tl.store(offs_ptr + bounds, below, mask=bounds <= E)
+
+
+@triton.jit
+def _router_logits(x_ptr, w_ptr, out_ptr, E, D, stride_x, stride_w, BLOCK_D: tl.constexpr):
+    """Program (token t, expert e): ``x[t] . router[e]`` accumulated in fp32, rounded to x's dtype (what
+    ``F.linear(x, router).float()`` gives) and stored in fp32."""
+    t = tl.program_id(0).to(tl.int64)
+    e = tl.program_id(1).to(tl.int64)
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        ok = ds < D
+        xv = tl.load(x_ptr + t * stride_x + ds, mask=ok, other=0.0).to(tl.float32)
+        wv = tl.load(w_ptr + e * stride_w + ds, mask=ok, other=0.0).to(tl.float32)
+        acc += xv * wv
+    logit = tl.sum(acc, axis=0).to(x_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + t * E + e, logit)
+
+
+def router_topk(h: torch.Tensor, router: torch.Tensor, top_k: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logits f32[T, E], values f32[T, k], experts i64[T, k])`` for tokens ``h[T, D]``: the router's logits
+    rounded through h's dtype, as ``F.linear(h, router).float()``, in one launch (cuBLAS takes three for a
+    decode step's: a split-K GEMV, its reduction, the cast), then ``torch.topk`` of the logits. The experts
+    are ``route_topk``'s: the softmax is monotonic, so the top-k of the logits and of the probabilities are
+    the same experts, ties included (equal logits give equal probabilities; ``torch.topk`` breaks them the
+    same way). On CUDA unsorted (the values in ``torch.topk``'s own order: a sort launch fewer; the decode
+    kernels take the row maximum themselves); sorted elsewhere, where which tied expert an unsorted CPU
+    ``topk`` keeps is its own."""
+    t, d = h.shape
+    e = router.shape[0]
+    if h.stride(-1) == 1 and router.stride(-1) == 1 and t > 0:
+        logits = torch.empty((t, e), dtype=torch.float32, device=h.device)
+        launchable(_router_logits, h.device)[(t, e)](h, router, logits, e, d, h.stride(0), router.stride(0),
+                                                     BLOCK_D=min(4096, triton.next_power_of_2(d)), num_warps=4)
+    else:
+        logits = F.linear(h, router).float()
+    top, idx = torch.topk(logits, top_k, dim=-1, sorted=not h.is_cuda)
+    return logits, top, idx
 
 
 def fits(tokens: int, experts: int, top_k: int) -> bool:
