@@ -194,6 +194,8 @@ def test_int4_fp8_experts_match_the_dequantizing_reference(dtype: torch.dtype, s
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
+    if runs and DEVICE == "cuda" and dtype != torch.float32:
+        pytest.xfail("moe.INT4_RUNS: wrong compiled on the H200 at fp16/bf16 (off by default; see its comment)")
     # the module, not the package's `moe` launcher of the same name
     monkeypatch.setattr(importlib.import_module("membound.backends.triton.kernels.moe"), "INT4_RUNS", runs)
     ws = _weights(e, d, i, dtype, shared=5 if e == 5 else 0)
