@@ -58,6 +58,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", default="1,8")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
+    p.add_argument("--plans", type=int, default=len(PLANS), help="time the first N tile plans (1: the default's)")
+    p.add_argument("--tag", default="", help="suffix of the result file's name (A/B runs)")
     args = p.parse_args()
     import importlib
 
@@ -83,7 +85,7 @@ def main() -> int:
         logits = x.float() @ router.float().T
         active = len(set(torch.topk(logits, k, dim=-1).indices.flatten().tolist()))
         nbytes = active * 3 * i * d * 2
-        for plan in PLANS:
+        for plan in PLANS[:args.plans]:
             if plan is not None:
                 def call(plan=plan):
                     # _block is asked for gate/up's BLOCK_N, BLOCK_K, then down's: the plan's four in turn
@@ -115,7 +117,7 @@ def main() -> int:
         rows.append(dict(tokens=t, profile=table))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "moe_decode_tiles.json").write_text(json.dumps(dict(read_bw_gbps=read_bw, rows=rows), indent=1))
+    (out_dir / f"moe_decode_tiles{args.tag}.json").write_text(json.dumps(dict(read_bw_gbps=read_bw, env={k: v for k, v in os.environ.items() if k.startswith("MEMBOUND_")}, rows=rows), indent=1))
     print(f"\nread bandwidth {read_bw:.0f} GB/s")
     for r in rows:
         if "us" in r:

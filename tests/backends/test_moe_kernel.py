@@ -218,7 +218,7 @@ def test_int4_fp8_experts_match_the_dequantizing_reference(dtype: torch.dtype, s
 def test_int4_halves_tile_matches_the_dequantizing_reference(dtype: torch.dtype, path: str, e: int, d: int, i: int,
                                                              tokens: int, k: int,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """moe.INT4_HALVES (off by default until a GPU run passes): int4 tiles as even/odd column halves, two dots a
+    """moe.INT4_HALVES (on by default; passed on an H200): int4 tiles as even/odd column halves, two dots a
     K tile, each byte loaded once; group 32 so the K tiles (32) give halves of 16; odd K (partial last group,
     a high nibble past K), both paths, the decode down kernel split in two."""
     import importlib

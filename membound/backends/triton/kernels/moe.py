@@ -40,7 +40,7 @@ weight tile in registers, rounded to the activation dtype as the reference does,
 program; int4 (two codes a byte, group-wise scale and offset) with K tiles no wider than a group, so each
 row's (scale, offset) is one load per tile. Each m-block dequantizes its expert's tiles once. The int4
 tile reads each byte for both its nibbles (slow, see ``_weight_tile``) unless ``INT4_HALVES``, where each
-byte is read once and the tile split into x's even and odd columns (not yet run on a GPU).
+byte is read once and the tile split into x's even and odd columns (the default).
 
 Falls back to the torch reference for dtypes other than fp16/bf16/fp32, activations other than
 silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_INTERPRET=1``.
@@ -79,10 +79,13 @@ BLOCK_M = 16  # the decode walk's pairs per tile: one tensor-core tile of rows (
 INT4_RUNS = False  # int4 tiles as contiguous byte runs (_weight_tile): WRONG compiled on the H200 (both forms so far;
 # benches/results/gpu-tests-nvidia-h200-2026-12-02-session5-kernels.log: 8 failures, all RUNS=True), right interpreted
 # int4 tiles as even/odd column halves (_int4_halves: each byte loaded once, two tl.dot a tile, no shape manipulation;
-# sm_90 PTX under triton 3.9: the code bytes arrive by cp.async, where the default form issues 32 scalar byte loads
-# a tile; x's even/odd columns are 2-byte loads): checked by the interpreter and compiled only, off until a GPU run of
-# tests/backends/test_moe_kernel.py passes with it (test_int4_halves_tile_matches_the_dequantizing_reference)
-INT4_HALVES = os.environ.get("MEMBOUND_MOE_INT4_HALVES", "0") == "1"  # the variable: GPU checks and A/B runs
+# sm_90 PTX: the code bytes arrive by cp.async, where the older form issues 32 scalar byte loads a tile): on by
+# default since tests/backends/test_moe_kernel.py passed with it on an H200 (2026-12-02, sixth session) and the
+# Mixtral-8x7B shape cut to 8 layers decoded int4 at 310.0 tok/s with it against 186.5 without (benches/results/moe-*)
+INT4_HALVES = os.environ.get("MEMBOUND_MOE_INT4_HALVES", "1") == "1"  # the variable: GPU checks and A/B runs
+# a decode step's routing in the expert kernels and the combine in the down kernel's epilogue (0: the pairs sorted
+# by moe_route.sorted_pairs and the combine in torch, as before; A/B runs)
+FUSED_ROUTING = os.environ.get("MEMBOUND_MOE_FUSED_ROUTING", "1") == "1"
 
 
 # SCHEME: how expert weights are stored (module constants a @triton.jit body may read must be constexpr)
@@ -653,7 +656,7 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     elif path == "decode":
         # routing: few pairs (moe_route.fits): the router's logits (one launch), torch.topk over them, and each
         # expert kernel finds its own pairs and weights (no sort, no weights pass); else sorted_pairs
-        routed = fits(t, e, top_k)
+        routed = FUSED_ROUTING and fits(t, e, top_k)
         if routed:
             logits, top, idx = router_topk(h, router, top_k)
             rw, order, offsets = top, idx, idx  # unread
@@ -682,7 +685,7 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
             n_locks = e * n_blocks
         # the combine (sum over a token's k pairs, cast) in the down kernel's epilogue: without a shared expert
         # (added in fp32 before the cast) and into a contiguous output
-        combined_in_kernel = not shared and result.is_contiguous() and n_locks + t * n_blocks <= MAX_COUNTERS
+        combined_in_kernel = FUSED_ROUTING and not shared and result.is_contiguous() and n_locks + t * n_blocks <= MAX_COUNTERS
         if split > 1 or combined_in_kernel:
             locks = split_counters(x.device, n_locks + t * n_blocks * combined_in_kernel)
         part = y
