@@ -12,8 +12,8 @@ start=$SECONDS
 if [ "$shape" = small ]; then
     for f in 0 1; do
         MEMBOUND_MOE_FUSED_ROUTING=$f timeout 100 python benches/experiments/moe_decode_tiles.py --tokens 1,8,32 --plans 1 \
-            --tag "-fused-routing-$f" --out "$OUT" >"$OUT/moe_ab_$f.log" 2>&1
-        echo "fused routing $f:"; grep -E "^T=.*(None)" "$OUT/moe_ab_$f.log" | tail -3
+            --tag="-fused-routing-$f" --out "$OUT" >"$OUT/moe_ab_$f.log" 2>&1
+        echo "fused routing $f:"; grep -E "^T=.*None " "$OUT/moe_ab_$f.log" | tail -3
     done
 fi
 timeout $((570 - (SECONDS - start))) python benches/moe.py --shapes "$shape" --batches 1 8 32 --cd-tuning \

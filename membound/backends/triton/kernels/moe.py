@@ -247,34 +247,34 @@ def _down_step(acc, h_rows, m_ok, k0, k_bound, KW, wd_ptr, sd_ptr, e, ns, n_ok, 
 
 @triton.jit
 def _expert_span(idx_ptr, offs_ptr, e, P, ROUTED: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Expert ``e``'s pairs: ``(start, end, mine, rank)``. ``ROUTED``: from the top-k's experts ``idx [T, k]``
-    (``P = T * k`` pairs, pair ``t * k + j``): ``mine`` marks e's pairs, ``rank`` numbers them in pair order,
-    ``0 .. end`` counts them (no sorted order exists: each program finds its expert's pairs itself). Else from
-    the pairs sorted by expert and the offsets (``moe_route.sorted_pairs``): ``start .. end`` in that order."""
-    ps = tl.arange(0, BLOCK_P)
+    """Expert ``e``'s walk ``start .. end``. ``ROUTED``: ``0 ..`` the number of its pairs among the top-k's experts
+    ``idx [T, k]`` (``P = T * k`` pairs, pair ``t * k + j``; no sorted order exists: each program finds its
+    expert's pairs itself, :func:`_chunk_pairs`). Else the span of the pairs sorted by expert
+    (``moe_route.sorted_pairs``'s offsets)."""
     if ROUTED:
-        mine = tl.load(idx_ptr + ps, mask=ps < P, other=-1) == e
-        rank = tl.cumsum(mine.to(tl.int32), 0) - 1
-        end = tl.sum(mine.to(tl.int64), 0)
+        ps = tl.arange(0, BLOCK_P)
+        end = tl.sum((tl.load(idx_ptr + ps, mask=ps < P, other=-1) == e).to(tl.int64), 0)
         start = end * 0
     else:
         start = tl.load(offs_ptr + e)
         end = tl.load(offs_ptr + e + 1)
-        mine = ps < 0
-        rank = ps
-    return start, end, mine, rank
+    return start, end
 
 
 @triton.jit
-def _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr,
+def _chunk_pairs(m0, end, idx_ptr, order_ptr, e, P, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_P: tl.constexpr):
-    """The pairs (``t * k + j``) of positions ``m0 .. m0 + BLOCK_M`` of an expert's walk (:func:`_expert_span`),
-    and which of them exist. ``ROUTED``: position m is the pair of rank m among the expert's (a
-    ``[BLOCK_M, BLOCK_P]`` comparison, P <= ``moe_route.MAX_PAIRS``)."""
+    """The pairs (``t * k + j``) of positions ``m0 .. m0 + BLOCK_M`` of expert ``e``'s walk (:func:`_expert_span`),
+    and which of them exist. ``ROUTED``: position m is e's pair of rank m in pair order (a ``[BLOCK_M, BLOCK_P]``
+    comparison, P <= ``moe_route.MAX_PAIRS``; the experts reloaded each chunk, from L1, rather than held in
+    registers across the chunk's K loop: at P = 64 that took the down kernel from 64 to 93 registers, one wave
+    of programs to two at T = 8 and 32 on an H200). Else position m of the sorted order."""
     ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
     m_ok = ms < end
     if ROUTED:
         ps = tl.arange(0, BLOCK_P)
+        mine = tl.load(idx_ptr + ps, mask=ps < P, other=-1) == e
+        rank = tl.cumsum(mine.to(tl.int32), 0) - 1
         pick = mine[None, :] & (rank[None, :] == ms[:, None])
         pair = tl.sum(tl.where(pick, ps[None, :], 0), axis=1).to(tl.int64)
     else:
@@ -346,14 +346,14 @@ def _moe_gate_up(
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
-    start, end, mine, rank = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
+    start, end = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < I
     sg = _row_scales(sg_ptr, e, ns, n_ok, stride_sg, SCHEME)  # int8/fp8: loaded once per program
     su = _row_scales(su_ptr, e, ns, n_ok, stride_su, SCHEME)
     # an expert nobody chose: nothing to load (start == end skips the loop)
     for m0 in range(start, end, BLOCK_M):
-        pair, m_ok = _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED, BLOCK_M, BLOCK_P)
+        pair, m_ok = _chunk_pairs(m0, end, idx_ptr, order_ptr, e, P, ROUTED, BLOCK_M, BLOCK_P)
         tok = pair // TOP_K
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -379,14 +379,14 @@ def _moe_down(
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    start, end, mine, rank = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
+    start, end = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < D
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, I)
     sd = _row_scales(sd_ptr, e, ns, n_ok, stride_sd, SCHEME)
     for m0 in range(start, end, BLOCK_M):
-        pair, m_ok = _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED, BLOCK_M, BLOCK_P)
+        pair, m_ok = _chunk_pairs(m0, end, idx_ptr, order_ptr, e, P, ROUTED, BLOCK_M, BLOCK_P)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _down_step(acc, h_ptr + pair[:, None] * stride_h, m_ok, k0, k_end, KW, wd_ptr, sd_ptr, e, ns, n_ok,
@@ -408,7 +408,7 @@ def _moe_down(
         if end > start:  # an expert nobody chose: no partials, no arrival
             if arrive_last(lock_ptr, e * tl.num_programs(1) + pid_n, SPLIT_K):
                 for m0 in range(start, end, BLOCK_M):
-                    pair, m_ok = _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED, BLOCK_M, BLOCK_P)
+                    pair, m_ok = _chunk_pairs(m0, end, idx_ptr, order_ptr, e, P, ROUTED, BLOCK_M, BLOCK_P)
                     tile = pair[:, None] * D + ns[None, :]
                     tile_ok = m_ok[:, None] & n_ok[None, :]
                     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -536,6 +536,12 @@ def _moe_grouped_down(
 # read bandwidth against gate/up's 97%, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02.json)
 DOWN_PROGRAMS_PER_SM = 4
 DECODE_BLOCK_N = 32  # weight rows a decode program streams (gate/up and down)
+# the decode down kernel's register cap where it routes and combines itself (bf16/int8/fp8): unconstrained, ptxas gives
+# it 80-96 registers (sm_90, at 16-64 pairs; 54 without), 5 programs an SM where 8 fit at 64: at T = 8 and 32 on
+# the Mixtral-8x7B layer (1024 active programs) one wave became two and the kernel went from 217 to 316 and 379 us
+# (H200, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-fused-routing-*.json). At 64 ptxas spills 16-32
+# bytes, stored before the K loop and reloaded after it (nvdisasm); int4's kernel stays at 64 on its own
+DOWN_MAXNREG = 64
 DOWN_MAX_SPLIT = 8
 DOWN_MIN_TILES = 8  # K tiles a split keeps at least
 
@@ -692,13 +698,14 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         if split > 1:
             part = torch.empty((split, t * top_k, d), dtype=torch.float32, device=x.device)
         lock_arg = locks if split > 1 or combined_in_kernel else offsets  # unread unsplit without the combine
+        cap = dict(maxnreg=DOWN_MAXNREG) if x.is_cuda and (routed or combined_in_kernel) and scheme != INT4.value else {}
         launchable(_moe_down, x.device)[(e, n_blocks, split)](
             hidden, w_down, s_down, y, idx, order, offsets, rw, logits, top, part, lock_arg, result,
             t * top_k, e, top_k, d, i, w_down.shape[-1], k_per_split, n_locks,
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
             t * top_k * d, d, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, RUNS=runs(bk), SPLIT_K=split,
             SOFTMAX_FIRST=attrs["softmax_first"], RENORM=attrs["renormalize"], COMBINE=combined_in_kernel,
-            BLOCK_KK=max(2, p2(top_k)), BLOCK_E=max(2, p2(e)), **route_args, num_warps=4)
+            BLOCK_KK=max(2, p2(top_k)), BLOCK_E=max(2, p2(e)), **route_args, num_warps=4, **cap)
     else:
         # routing weight per pair, pairs sorted by expert (stable: a token's pairs stay in slot order),
         # offsets[e] = first pair of e (moe_route.sorted_pairs)
