@@ -691,14 +691,16 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
             n_locks = e * n_blocks
         # the combine (sum over a token's k pairs, cast) in the down kernel's epilogue: without a shared expert
         # (added in fp32 before the cast) and into a contiguous output
-        combined_in_kernel = FUSED_ROUTING and not shared and result.is_contiguous() and n_locks + t * n_blocks <= MAX_COUNTERS
+        combined_in_kernel = (FUSED_ROUTING and not shared and result.is_contiguous()
+                              and n_locks + t * n_blocks <= MAX_COUNTERS)
         if split > 1 or combined_in_kernel:
             locks = split_counters(x.device, n_locks + t * n_blocks * combined_in_kernel)
         part = y
         if split > 1:
             part = torch.empty((split, t * top_k, d), dtype=torch.float32, device=x.device)
         lock_arg = locks if split > 1 or combined_in_kernel else offsets  # unread unsplit without the combine
-        cap = dict(maxnreg=DOWN_MAXNREG) if x.is_cuda and (routed or combined_in_kernel) and scheme != INT4.value else {}
+        fused = routed or combined_in_kernel
+        cap = dict(maxnreg=DOWN_MAXNREG) if x.is_cuda and fused and scheme != INT4.value else {}
         launchable(_moe_down, x.device)[(e, n_blocks, split)](
             hidden, w_down, s_down, y, idx, order, offsets, rw, logits, top, part, lock_arg, result,
             t * top_k, e, top_k, d, i, w_down.shape[-1], k_per_split, n_locks,
