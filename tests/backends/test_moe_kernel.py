@@ -92,11 +92,19 @@ def test_split_down_projection(dtype: torch.dtype, tokens: int, scheme: object, 
 @pytest.mark.parametrize("k,softmax_first,renormalize", [(3, False, True), (4, True, False), (3, True, True),
                                                          (1, True, False)])
 @pytest.mark.parametrize("tokens", [1, 6])
+@pytest.mark.parametrize("fused", [True, False])
 def test_decode_routing_and_combine_in_the_kernels(dtype: torch.dtype, k: int, softmax_first: bool,
-                                                   renormalize: bool, tokens: int) -> None:
+                                                   renormalize: bool, tokens: int, fused: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A decode step's routing weights (softmax over all experts or over the k chosen, renormalised or not) and
     the combine over k slots (k not a power of two: padded slots masked) in the down kernel's epilogue, against
-    the reference; into ``out=``, twice, so the combine counters are back at zero after a step."""
+    the reference; into ``out=``, twice, so the combine counters are back at zero after a step. ``fused``
+    False: the same step with the pairs sorted in torch (a grid past one wave, ``routes_in_kernels``)."""
+    import importlib
+
+    moe_mod = importlib.import_module("membound.backends.triton.kernels.moe")
+    monkeypatch.setattr(moe_mod, "FUSED_DOWN_PROGRAMS_PER_SM", 10**6 if fused else 0)
+    assert moe_mod.routes_in_kernels(tokens, 7, k, 1, 1, 4) is fused
     ws = _weights(7, 24, 19, dtype)
     x = torch.randn(tokens, 24, generator=torch.Generator().manual_seed(k)).to(DEVICE, dtype)
     attrs = dict(top_k=k, softmax_first=softmax_first, renormalize=renormalize, act="silu")
@@ -108,6 +116,20 @@ def test_decode_routing_and_combine_in_the_kernels(dtype: torch.dtype, k: int, s
             got = moe(x, *ws, out=out, path="decode", **attrs)
         assert calls == [("moe", "kernel")] and got is out
         torch.testing.assert_close(got.float(), want.float(), **TOL[x.dtype])
+
+
+def test_routing_in_the_kernels_while_the_down_grid_fits_one_wave() -> None:
+    """At the Mixtral-8x7B layer on 132 SMs (down: 128 column blocks): T = 1 (2 experts, split 2) routes in the
+    kernels, T = 8 and 32 (7.2 and 8 experts expected, unsplit: 921 and 1024 programs > 5 x 132) do not, nor
+    does a step past 128 pairs."""
+    import importlib
+
+    moe_mod = importlib.import_module("membound.backends.triton.kernels.moe")
+    assert moe_mod.routes_in_kernels(1, 8, 2, 128, 2, 132)
+    assert not moe_mod.routes_in_kernels(8, 8, 2, 128, 1, 132)
+    assert not moe_mod.routes_in_kernels(32, 8, 2, 128, 1, 132)
+    assert moe_mod.routes_in_kernels(8, 8, 2, 32, 2, 132)  # the small shape's D = 1024
+    assert not moe_mod.routes_in_kernels(65, 8, 2, 1, 1, 132)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

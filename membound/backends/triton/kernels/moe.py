@@ -1,11 +1,12 @@
 """``moe``: the routed experts as two kernels (gate/up, down), on one of two paths, that read each active
 expert's weights once.
 
-A step of T tokens makes ``T * top_k`` (token, expert) pairs. The wrapper routes (router linear,
-softmax and top-k in torch) and sorts the pairs by expert on the device, with the per-expert offsets
-(``moe_route.sorted_pairs``: one launch for a decode step's few pairs, torch ops past them); nothing is
-read back to the host, so a step can be captured in a CUDA graph. Then, on the **decode** path (few
-pairs per expert):
+A step of T tokens makes ``T * top_k`` (token, expert) pairs. The wrapper routes: on the decode path with
+few pairs (``routes_in_kernels``), the router's logits in one launch and ``torch.topk`` over them
+(``moe_route.router_topk``), and each expert kernel finds its own expert's pairs and their weights; else
+the router linear, softmax and top-k in torch and the pairs sorted by expert on the device, with the
+per-expert offsets (``moe_route.sorted_pairs``). Nothing is read back to the host, so a step can be
+captured in a CUDA graph. Then, on the **decode** path (few pairs per expert):
 
 - ``_moe_gate_up``: one program per (expert e, block of ``BLOCK_N`` rows of I). It walks e's pairs
   ``BLOCK_M`` (16) at a time, gathers their token rows of x, and multiplies them with its gate and up
@@ -30,8 +31,9 @@ same epilogues and rounding as the decode kernels. :func:`moe_path` picks the pa
 about 15 pairs per expert, T = 58 at Mixtral-8x7B);
 ``path=`` / ``configs=`` force one (tests, ``gpu/moe_prefill.sh``).
 
-The combine (sum over a token's k pairs), the optional shared expert (cuBLAS) and the cast are torch
-ops on ``[T, D]``. Memory stays O(weights + T * top_k * (I + D)): no weight is ever copied per token.
+The combine (sum over a token's k pairs) and the cast: in the decode down kernel where it routes itself
+(without a shared expert), the program that stores a token's last pair summing its k rows (``_combine``);
+else torch ops on ``[T, D]``, with the optional shared expert (cuBLAS). Memory stays O(weights + T * top_k * (I + D)): no weight is ever copied per token.
 Weights may be views (HF's gate/up halves): rows must be contiguous.
 
 ``quant_moe`` runs the same kernels over quantized expert weights (``SCHEME``), dequantizing each
@@ -81,11 +83,23 @@ INT4_RUNS = False  # int4 tiles as contiguous byte runs (_weight_tile): WRONG co
 # int4 tiles as even/odd column halves (_int4_halves: each byte loaded once, two tl.dot a tile, no shape manipulation;
 # sm_90 PTX: the code bytes arrive by cp.async, where the older form issues 32 scalar byte loads a tile): on by
 # default since tests/backends/test_moe_kernel.py passed with it on an H200 (2026-12-02, sixth session) and the
-# Mixtral-8x7B shape cut to 8 layers decoded int4 at 310.0 tok/s with it against 186.5 without (benches/results/moe-*)
+# Mixtral-8x7B shape cut to 8 layers decoded int4 at 310.0 tok/s with it against 186.5 without
+# (benches/results/moe-*session6-fused-routing-first.json, moe-*-8x7b-8l-session5.json)
 INT4_HALVES = os.environ.get("MEMBOUND_MOE_INT4_HALVES", "1") == "1"  # the variable: GPU checks and A/B runs
 # a decode step's routing in the expert kernels and the combine in the down kernel's epilogue (0: the pairs sorted
-# by moe_route.sorted_pairs and the combine in torch, as before; A/B runs)
+# by moe_route.sorted_pairs and the combine in torch, as before; A/B runs). Taken where the down kernel's active
+# programs fit in one wave at the occupancy its extra registers leave (FUSED_DOWN_PROGRAMS_PER_SM): on an H200 at
+# the Mixtral-8x7B layer (benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-session6-fused-routing-*.json)
+# one moe op took 188.0 us fused against 206.6 at T = 1 (2 experts x 128 column blocks x split 2 = 512 programs),
+# but 772.1 against 714.6 at T = 8 and 868.4 against 723.2 at T = 32 (1024 programs, unsplit): ptxas gives the
+# fused down kernel 80-96 registers (sm_90; 54 unfused), 5 programs of 4 warps an SM, so 1024 programs took two
+# waves where the unfused kernel's took one (its time 217 -> 316 and 379 us)
 FUSED_ROUTING = os.environ.get("MEMBOUND_MOE_FUSED_ROUTING", "1") == "1"
+FUSED_DOWN_PROGRAMS_PER_SM = 5
+# MEMBOUND_MOE_DOWN_MAXNREG: a register cap for the fused down kernel (experiment, not yet run on a GPU: at 64, ptxas
+# fits it with 16-32 bytes spilled before the K loop and reloaded after it, which would let 8 programs share an SM;
+# set, the fused routing is taken whatever the grid)
+DOWN_MAXNREG = int(os.environ.get("MEMBOUND_MOE_DOWN_MAXNREG", "0"))
 
 
 # SCHEME: how expert weights are stored (module constants a @triton.jit body may read must be constexpr)
@@ -247,34 +261,34 @@ def _down_step(acc, h_rows, m_ok, k0, k_bound, KW, wd_ptr, sd_ptr, e, ns, n_ok, 
 
 @triton.jit
 def _expert_span(idx_ptr, offs_ptr, e, P, ROUTED: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Expert ``e``'s walk ``start .. end``. ``ROUTED``: ``0 ..`` the number of its pairs among the top-k's experts
-    ``idx [T, k]`` (``P = T * k`` pairs, pair ``t * k + j``; no sorted order exists: each program finds its
-    expert's pairs itself, :func:`_chunk_pairs`). Else the span of the pairs sorted by expert
-    (``moe_route.sorted_pairs``'s offsets)."""
+    """Expert ``e``'s pairs: ``(start, end, mine, rank)``. ``ROUTED``: from the top-k's experts ``idx [T, k]``
+    (``P = T * k`` pairs, pair ``t * k + j``): ``mine`` marks e's pairs, ``rank`` numbers them in pair order,
+    ``0 .. end`` counts them (no sorted order exists: each program finds its expert's pairs itself). Else from
+    the pairs sorted by expert and the offsets (``moe_route.sorted_pairs``): ``start .. end`` in that order."""
+    ps = tl.arange(0, BLOCK_P)
     if ROUTED:
-        ps = tl.arange(0, BLOCK_P)
-        end = tl.sum((tl.load(idx_ptr + ps, mask=ps < P, other=-1) == e).to(tl.int64), 0)
+        mine = tl.load(idx_ptr + ps, mask=ps < P, other=-1) == e
+        rank = tl.cumsum(mine.to(tl.int32), 0) - 1
+        end = tl.sum(mine.to(tl.int64), 0)
         start = end * 0
     else:
         start = tl.load(offs_ptr + e)
         end = tl.load(offs_ptr + e + 1)
-    return start, end
+        mine = ps < 0
+        rank = ps
+    return start, end, mine, rank
 
 
 @triton.jit
-def _chunk_pairs(m0, end, idx_ptr, order_ptr, e, P, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr,
+def _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_P: tl.constexpr):
-    """The pairs (``t * k + j``) of positions ``m0 .. m0 + BLOCK_M`` of expert ``e``'s walk (:func:`_expert_span`),
-    and which of them exist. ``ROUTED``: position m is e's pair of rank m in pair order (a ``[BLOCK_M, BLOCK_P]``
-    comparison, P <= ``moe_route.MAX_PAIRS``; the experts reloaded each chunk, from L1, rather than held in
-    registers across the chunk's K loop: at P = 64 that took the down kernel from 64 to 93 registers, one wave
-    of programs to two at T = 8 and 32 on an H200). Else position m of the sorted order."""
+    """The pairs (``t * k + j``) of positions ``m0 .. m0 + BLOCK_M`` of an expert's walk (:func:`_expert_span`),
+    and which of them exist. ``ROUTED``: position m is the pair of rank m among the expert's (a
+    ``[BLOCK_M, BLOCK_P]`` comparison, P <= ``moe_route.MAX_PAIRS``)."""
     ms = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
     m_ok = ms < end
     if ROUTED:
         ps = tl.arange(0, BLOCK_P)
-        mine = tl.load(idx_ptr + ps, mask=ps < P, other=-1) == e
-        rank = tl.cumsum(mine.to(tl.int32), 0) - 1
         pick = mine[None, :] & (rank[None, :] == ms[:, None])
         pair = tl.sum(tl.where(pick, ps[None, :], 0), axis=1).to(tl.int64)
     else:
@@ -346,14 +360,14 @@ def _moe_gate_up(
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
-    start, end = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
+    start, end, mine, rank = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < I
     sg = _row_scales(sg_ptr, e, ns, n_ok, stride_sg, SCHEME)  # int8/fp8: loaded once per program
     su = _row_scales(su_ptr, e, ns, n_ok, stride_su, SCHEME)
     # an expert nobody chose: nothing to load (start == end skips the loop)
     for m0 in range(start, end, BLOCK_M):
-        pair, m_ok = _chunk_pairs(m0, end, idx_ptr, order_ptr, e, P, ROUTED, BLOCK_M, BLOCK_P)
+        pair, m_ok = _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED, BLOCK_M, BLOCK_P)
         tok = pair // TOP_K
         acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -379,14 +393,14 @@ def _moe_down(
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
-    start, end = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
+    start, end, mine, rank = _expert_span(idx_ptr, offs_ptr, e, P, ROUTED, BLOCK_P)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = ns < D
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, I)
     sd = _row_scales(sd_ptr, e, ns, n_ok, stride_sd, SCHEME)
     for m0 in range(start, end, BLOCK_M):
-        pair, m_ok = _chunk_pairs(m0, end, idx_ptr, order_ptr, e, P, ROUTED, BLOCK_M, BLOCK_P)
+        pair, m_ok = _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED, BLOCK_M, BLOCK_P)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _down_step(acc, h_ptr + pair[:, None] * stride_h, m_ok, k0, k_end, KW, wd_ptr, sd_ptr, e, ns, n_ok,
@@ -408,7 +422,7 @@ def _moe_down(
         if end > start:  # an expert nobody chose: no partials, no arrival
             if arrive_last(lock_ptr, e * tl.num_programs(1) + pid_n, SPLIT_K):
                 for m0 in range(start, end, BLOCK_M):
-                    pair, m_ok = _chunk_pairs(m0, end, idx_ptr, order_ptr, e, P, ROUTED, BLOCK_M, BLOCK_P)
+                    pair, m_ok = _chunk_pairs(m0, end, order_ptr, mine, rank, ROUTED, BLOCK_M, BLOCK_P)
                     tile = pair[:, None] * D + ns[None, :]
                     tile_ok = m_ok[:, None] & n_ok[None, :]
                     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -536,12 +550,6 @@ def _moe_grouped_down(
 # read bandwidth against gate/up's 97%, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02.json)
 DOWN_PROGRAMS_PER_SM = 4
 DECODE_BLOCK_N = 32  # weight rows a decode program streams (gate/up and down)
-# the decode down kernel's register cap where it routes and combines itself (bf16/int8/fp8): unconstrained, ptxas gives
-# it 80-96 registers (sm_90, at 16-64 pairs; 54 without), 5 programs an SM where 8 fit at 64: at T = 8 and 32 on
-# the Mixtral-8x7B layer (1024 active programs) one wave became two and the kernel went from 217 to 316 and 379 us
-# (H200, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-fused-routing-*.json). At 64 ptxas spills 16-32
-# bytes, stored before the K loop and reloaded after it (nvdisasm); int4's kernel stays at 64 on its own
-DOWN_MAXNREG = 64
 DOWN_MAX_SPLIT = 8
 DOWN_MIN_TILES = 8  # K tiles a split keeps at least
 
@@ -557,6 +565,17 @@ def down_split(tokens: int, experts: int, top_k: int, d: int, i: int, block_n: i
            and split < DOWN_MAX_SPLIT):
         split *= 2
     return split
+
+
+def routes_in_kernels(tokens: int, experts: int, top_k: int, n_blocks: int, split: int, sms: int) -> bool:
+    """Whether a decode step routes in its expert kernels and combines in the down kernel (``FUSED_ROUTING``):
+    few pairs (``moe_route.fits``), and the down kernel's expected active programs (``n_blocks`` column blocks
+    times ``split`` for each of :func:`expected_experts`) fit in one wave of ``FUSED_DOWN_PROGRAMS_PER_SM``
+    programs on each of ``sms`` SMs (or ``MEMBOUND_MOE_DOWN_MAXNREG`` is set)."""
+    if not FUSED_ROUTING or not fits(tokens, experts, top_k):
+        return False
+    programs = max(1.0, expected_experts(tokens, experts, top_k)) * n_blocks * split
+    return DOWN_MAXNREG > 0 or programs <= FUSED_DOWN_PROGRAMS_PER_SM * sms
 
 
 def _block(n: int, cap: int) -> int:
@@ -660,9 +679,15 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     if t == 0:
         pass  # an empty step: nothing to launch (an empty tensor's data pointer may be null)
     elif path == "decode":
-        # routing: few pairs (moe_route.fits): the router's logits (one launch), torch.topk over them, and each
-        # expert kernel finds its own pairs and weights (no sort, no weights pass); else sorted_pairs
-        routed = FUSED_ROUTING and fits(t, e, top_k)
+        # routing (routes_in_kernels): the router's logits (one launch), torch.topk over them, and each expert kernel
+        # finds its own pairs and weights (no sort, no weights pass); else sorted_pairs. The down kernel's tiles and
+        # split first: they decide it
+        bn_d, bk_d = _block(d, DECODE_BLOCK_N), _block(i, min(64, group) if scheme == INT4.value else 64)
+        split = down_split(t, e, top_k, d, i, bn_d, bk_d, x.device)
+        k_per_split = cdiv(cdiv(i, split), bk_d) * bk_d
+        split = cdiv(i, k_per_split)  # no empty splits
+        n_blocks = cdiv(d, bn_d)
+        routed = routes_in_kernels(t, e, top_k, n_blocks, split, sm_count(x.device))
         if routed:
             logits, top, idx = router_topk(h, router, top_k)
             rw, order, offsets = top, idx, idx  # unread
@@ -681,17 +706,13 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
             h.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
             s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, RUNS=runs(bk),
             **route_args, num_warps=4)
-        bn, bk = _block(d, DECODE_BLOCK_N), _block(i, cap_k)
-        split = down_split(t, e, top_k, d, i, bn, bk, x.device)
-        k_per_split = cdiv(cdiv(i, split), bk) * bk
-        split = cdiv(i, k_per_split)  # no empty splits
-        n_blocks = cdiv(d, bn)
+        bn, bk = bn_d, bk_d
         locks = n_locks = 0  # counters: the split's per (expert, column block), then the combine's per token
         if split > 1:
             n_locks = e * n_blocks
         # the combine (sum over a token's k pairs, cast) in the down kernel's epilogue: without a shared expert
         # (added in fp32 before the cast) and into a contiguous output
-        combined_in_kernel = (FUSED_ROUTING and not shared and result.is_contiguous()
+        combined_in_kernel = (routed and not shared and result.is_contiguous()
                               and n_locks + t * n_blocks <= MAX_COUNTERS)
         if split > 1 or combined_in_kernel:
             locks = split_counters(x.device, n_locks + t * n_blocks * combined_in_kernel)
@@ -699,8 +720,7 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         if split > 1:
             part = torch.empty((split, t * top_k, d), dtype=torch.float32, device=x.device)
         lock_arg = locks if split > 1 or combined_in_kernel else offsets  # unread unsplit without the combine
-        fused = routed or combined_in_kernel
-        cap = dict(maxnreg=DOWN_MAXNREG) if x.is_cuda and fused and scheme != INT4.value else {}
+        cap = dict(maxnreg=DOWN_MAXNREG) if x.is_cuda and routed and DOWN_MAXNREG > 0 else {}
         launchable(_moe_down, x.device)[(e, n_blocks, split)](
             hidden, w_down, s_down, y, idx, order, offsets, rw, logits, top, part, lock_arg, result,
             t * top_k, e, top_k, d, i, w_down.shape[-1], k_per_split, n_locks,
