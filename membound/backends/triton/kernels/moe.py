@@ -33,7 +33,8 @@ about 15 pairs per expert, T = 58 at Mixtral-8x7B);
 
 The combine (sum over a token's k pairs) and the cast: in the decode down kernel where it routes itself
 (without a shared expert), the program that stores a token's last pair summing its k rows (``_combine``);
-else torch ops on ``[T, D]``, with the optional shared expert (cuBLAS). Memory stays O(weights + T * top_k * (I + D)): no weight is ever copied per token.
+else torch ops on ``[T, D]``, with the optional shared expert (cuBLAS). Memory stays
+O(weights + T * top_k * (I + D)): no weight is ever copied per token.
 Weights may be views (HF's gate/up halves): rows must be contiguous.
 
 ``quant_moe`` runs the same kernels over quantized expert weights (``SCHEME``), dequantizing each
