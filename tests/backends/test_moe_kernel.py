@@ -237,16 +237,20 @@ def test_int4_fp8_experts_match_the_dequantizing_reference(dtype: torch.dtype, s
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("path", ["decode", "grouped"])
 @pytest.mark.parametrize("e,d,i,tokens,k", QUANT_CASES)
+@pytest.mark.parametrize("pairs", [False, True])
 def test_int4_halves_tile_matches_the_dequantizing_reference(dtype: torch.dtype, path: str, e: int, d: int, i: int,
-                                                             tokens: int, k: int,
+                                                             tokens: int, k: int, pairs: bool,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """moe.INT4_HALVES (on by default; passed on an H200): int4 tiles as even/odd column halves, two dots a
     K tile, each byte loaded once; group 32 so the K tiles (32) give halves of 16; odd K (partial last group,
-    a high nibble past K), both paths, the decode down kernel split in two."""
+    a high nibble past K), both paths, the decode down kernel split in two. ``pairs``: moe.INT4_PAIRS, the
+    halves dequantized two codes an instruction (fp16/bf16 only: its PTX on a GPU, its twin interpreted; fp32
+    keeps the fp32 form)."""
     import importlib
 
     moe_mod = importlib.import_module("membound.backends.triton.kernels.moe")
     monkeypatch.setattr(moe_mod, "INT4_HALVES", True)
+    monkeypatch.setattr(moe_mod, "INT4_PAIRS", pairs)
     monkeypatch.setattr(moe_mod, "DOWN_MIN_TILES", 0)  # i >= 0: a split wherever the SMs allow (CPU: 4 of them)
     runs = []
     real = moe_mod.launchable
@@ -267,7 +271,8 @@ def test_int4_halves_tile_matches_the_dequantizing_reference(dtype: torch.dtype,
     x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(tokens)).to(DEVICE, dtype)
     attrs = dict(top_k=k, softmax_first=k == 2, renormalize=k == 2, act="silu")
     got = quant_moe(x, ws[0], *packed, scheme="int4", group_size=32, path=path, **attrs)
-    assert 2 in runs, runs  # the halves form ran
+    halves = 2 if not pairs or dtype == torch.float32 else 3 if DEVICE == "cuda" else 4
+    assert halves in runs, runs  # the halves form ran (3 / 4: dequantized in pairs)
     want = get_op("quant_moe").reference(x, ws[0], *packed, scheme="int4", group_size=32, **attrs)
     torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
 

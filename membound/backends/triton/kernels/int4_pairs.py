@@ -41,8 +41,11 @@ offset of element ``i`` come in the matching half of their registers), so any gr
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+
+from membound.backends.triton.kernels._launch import interpreter_ready
 
 # operands: $0 $1 the low nibbles of bytes (0, 1) and (2, 3); $2 $3 the high ones; $4 the four bytes;
 # $5 $6 the scales of elements (0, 1), (2, 3); $7 $8 the offsets
@@ -157,3 +160,10 @@ def int4_pairs(raw, s, o, PAIRS: tl.constexpr):
         lo = ((b & 15).to(tl.float32) * sf + of).to(s.dtype)
         hi = ((b >> 4).to(tl.float32) * sf + of).to(s.dtype)
     return lo, hi
+
+
+def pairs_ptx(device: torch.device) -> bool:
+    """The int4 pairs dequantization runs its inline PTX (compiled for a CUDA card of sm_80+:
+    ``fma.rn.bf16x2``), not the Triton twin (the interpreter, older cards)."""
+    return (device.type == "cuda" and not interpreter_ready()
+            and torch.cuda.get_device_capability(device) >= (8, 0))

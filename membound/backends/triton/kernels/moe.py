@@ -73,6 +73,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_device,
     unsupported_dtype,
 )
+from membound.backends.triton.kernels.int4_pairs import int4_pairs, pairs_ptx
 from membound.backends.triton.kernels.moe_route import fits, router_topk, sorted_pairs
 from membound.ir.ops import get_op
 from membound.ir.ops.moe import shared_expert
@@ -87,6 +88,10 @@ INT4_RUNS = False  # int4 tiles as contiguous byte runs (_weight_tile): WRONG co
 # Mixtral-8x7B shape cut to 8 layers decoded int4 at 310.0 tok/s with it against 186.5 without
 # (benches/results/moe-*session6-fused-routing-first.json, moe-*-8x7b-8l-session5.json)
 INT4_HALVES = os.environ.get("MEMBOUND_MOE_INT4_HALVES", "1") == "1"  # the variable: GPU checks and A/B runs
+# the halves tile dequantized two codes per 32-bit instruction straight into x's dtype (int4_pairs.py, as quant_matmul's
+# int4 pairs path: 2 instructions a code against about 5 for the fp32 form and its rounding) at bf16/fp16: checked by
+# the interpreter (its Triton twin) and compiled for sm_90 only; off until a GPU run of the MoE kernel tests passes
+INT4_PAIRS = os.environ.get("MEMBOUND_MOE_INT4_PAIRS", "0") == "1"
 # a decode step's routing in the expert kernels and the combine in the down kernel's epilogue (0: the pairs sorted
 # by moe_route.sorted_pairs and the combine in torch, as before; A/B runs). Taken where the down kernel's active
 # programs fit in one wave at the occupancy its extra registers leave (FUSED_DOWN_PROGRAMS_PER_SM): on an H200 at
@@ -205,11 +210,25 @@ def _x_halves(a_rows, a_ok, k0, k_bound, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _dot_int4_halves(acc, xe, xo, w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, stride_we, stride_wn, stride_se,
-                     stride_sn, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                     stride_sn, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                     RUNS: tl.constexpr = 2):
     """``acc`` plus this K tile's product of x (its halves ``xe``, ``xo``) with the int4 weight tile, each half
-    dequantized and rounded to x's dtype as the reference rounds the weight."""
-    lo, hi = _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, stride_we, stride_wn, stride_se, stride_sn,
-                          GROUP, BLOCK_K)
+    dequantized and rounded to x's dtype as the reference rounds the weight. ``RUNS`` 2: in fp32
+    (:func:`_int4_halves`); 3 and 4 (bf16/fp16 x): two codes per 32-bit instruction straight into x's dtype,
+    ``int4_pairs.int4_pairs`` with ``PAIRS = RUNS - 2`` (1: its PTX, 2: its Triton twin for the interpreter),
+    as quant_matmul's pairs path. The pairs form leaves the bytes past ``k_bound`` (zeros past the row's end,
+    the next split's weights before it) undimmed: x's halves are zero there, and every such weight is finite."""
+    if RUNS >= 3:
+        js = tl.arange(0, BLOCK_K // 2)
+        rows = w_ptr + e * stride_we + k0 // 2 + ns[None, :] * stride_wn
+        raw = tl.load(rows + js[:, None], mask=n_ok[None, :] & (k0 // 2 + js < KW)[:, None], other=0)
+        pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
+        scale = tl.load(pair, mask=n_ok, other=0.0).to(xe.dtype)[None, :]
+        offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(xe.dtype)[None, :]
+        lo, hi = int4_pairs(raw, scale, offset, RUNS - 2)
+    else:
+        lo, hi = _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, stride_we, stride_wn, stride_se,
+                              stride_sn, GROUP, BLOCK_K)
     acc = tl.dot(xe, lo.to(xe.dtype), acc, input_precision=INPUT_PRECISION)
     return tl.dot(xo, hi.to(xo.dtype), acc, input_precision=INPUT_PRECISION)
 
@@ -222,12 +241,12 @@ def _gate_up_step(acc_g, acc_u, x_rows, m_ok, k0, K, KW, wg_ptr, wu_ptr, sg_ptr,
     """One K tile of gate and up, for both expert kernels (decode walk, grouped): the rows ``x_rows`` (pointers
     ``[BLOCK_M, 1]``, ``m_ok`` their mask) times the ``[BLOCK_K, BLOCK_N]`` tiles of ``W.T`` (each row of W is
     contiguous in K), dequantized in registers and rounded to x's dtype; int4 halves: two dots each."""
-    if SCHEME == INT4 and RUNS == 2:
+    if SCHEME == INT4 and RUNS >= 2:
         xe, xo = _x_halves(x_rows, m_ok[:, None], k0, K, BLOCK_K)
         acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, KW, stride_ge, stride_gn,
-                                 stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION)
+                                 stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION, RUNS)
         acc_u = _dot_int4_halves(acc_u, xe, xo, wu_ptr, su_ptr, e, ns, n_ok, k0, K, KW, stride_ue, stride_un,
-                                 stride_su, stride_sun, GROUP, BLOCK_K, INPUT_PRECISION)
+                                 stride_su, stride_sun, GROUP, BLOCK_K, INPUT_PRECISION, RUNS)
     else:
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
@@ -246,10 +265,10 @@ def _down_step(acc, h_rows, m_ok, k0, k_bound, KW, wd_ptr, sd_ptr, e, ns, n_ok, 
                stride_sdn, SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, RUNS: tl.constexpr,
                INPUT_PRECISION: tl.constexpr):
     """One K tile of the down projection (as :func:`_gate_up_step`, one weight, columns up to ``k_bound``)."""
-    if SCHEME == INT4 and RUNS == 2:
+    if SCHEME == INT4 and RUNS >= 2:
         he, ho = _x_halves(h_rows, m_ok[:, None], k0, k_bound, BLOCK_K)
         acc = _dot_int4_halves(acc, he, ho, wd_ptr, sd_ptr, e, ns, n_ok, k0, k_bound, KW, stride_de, stride_dn,
-                               stride_sd, stride_sdn, GROUP, BLOCK_K, INPUT_PRECISION)
+                               stride_sd, stride_sdn, GROUP, BLOCK_K, INPUT_PRECISION, RUNS)
     else:
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_bound
@@ -672,10 +691,14 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     quant = dict(SCHEME=scheme, GROUP=max(group, 1), INPUT_PRECISION=precision)
     combined_in_kernel = False
 
+    pairs = INT4_PAIRS and scheme == INT4.value and x.dtype in (torch.float16, torch.bfloat16)
+    halves = 2 + (0 if not pairs else 1 if pairs_ptx(x.device) else 2)
+
     def runs(block_k: int) -> int:
         """The int4 tile form of a launch (``_weight_tile``'s ``RUNS``): 2 = halves (two dots, each byte loaded
-        once) where ``INT4_HALVES`` and the K tile gives halves of 16+ columns; else ``INT4_RUNS``."""
-        return 2 if INT4_HALVES and scheme == INT4.value and block_k >= 32 else int(INT4_RUNS)
+        once) where ``INT4_HALVES`` and the K tile gives halves of 16+ columns, 3 / 4 the same dequantized two
+        codes an instruction (``INT4_PAIRS``; its PTX / its interpreter twin); else ``INT4_RUNS``."""
+        return halves if INT4_HALVES and scheme == INT4.value and block_k >= 32 else int(INT4_RUNS)
 
     if t == 0:
         pass  # an empty step: nothing to launch (an empty tensor's data pointer may be null)

@@ -101,7 +101,6 @@ from membound.backends.triton.kernels._launch import (
     cdiv,
     check_out,
     fallback,
-    interpreter_ready,
     l2_prefetch_bytes,
     l2_prefetch_rows,
     launchable,
@@ -115,7 +114,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_device,
     unsupported_dtype,
 )
-from membound.backends.triton.kernels.int4_pairs import int4_codes, int4_pairs
+from membound.backends.triton.kernels.int4_pairs import int4_codes, int4_pairs, pairs_ptx
 from membound.ir.ops.quant import QWEIGHT_DTYPE, SCHEMES, check_scheme, dequantize, num_groups
 
 SMALL_M = 32  # decode: the GEMV (M <= 2) and the skinny tensor-core kernel (M <= 32); beyond, prefill_path
@@ -958,13 +957,6 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         **l2_prefetch_bytes(q, m_blocks == 1, n * split, kw_per_split))  # codes: parameters, never written
     note(op, "kernel")
     return y
-
-
-def pairs_ptx(device: torch.device) -> bool:
-    """The int4 pairs kernel runs its inline PTX (compiled for a CUDA card of sm_80+: ``fma.rn.bf16x2``), not
-    the Triton twin (the interpreter, older cards)."""
-    return (device.type == "cuda" and not interpreter_ready()
-            and torch.cuda.get_device_capability(device) >= (8, 0))
 
 
 def fp8_from_bits(device: torch.device) -> bool:
