@@ -207,19 +207,12 @@ QUANT_CASES = [(3, 13, 21, 1, 1), (5, 41, 23, 2, 2), (8, 37, 19, 7, 2), (6, 24, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-# int4 group 32: the model test below; "int4 runs": the contiguous-byte int4 tile (moe.INT4_RUNS, off by default
-# until a GPU run of this test passes with it: its first form passed the interpreter and failed compiled)
-@pytest.mark.parametrize("scheme,group,runs", [("int4", 16, False), ("int4", 16, True), ("fp8", 0, False)])
+# int4 group 16: K tiles of 16 columns, the byte-per-code tile (halves need 32); group 32 and up: the halves tests
+# below and the model test
+@pytest.mark.parametrize("scheme,group", [("int4", 16), ("fp8", 0)])
 @pytest.mark.parametrize("e,d,i,tokens,k", QUANT_CASES)
-def test_int4_fp8_experts_match_the_dequantizing_reference(dtype: torch.dtype, scheme: str, group: int, runs: bool,
-                                                           e: int, d: int, i: int, tokens: int, k: int,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib
-
-    if runs and DEVICE == "cuda" and dtype != torch.float32:
-        pytest.xfail("moe.INT4_RUNS: wrong compiled on the H200 at fp16/bf16 (off by default; see its comment)")
-    # the module, not the package's `moe` launcher of the same name
-    monkeypatch.setattr(importlib.import_module("membound.backends.triton.kernels.moe"), "INT4_RUNS", runs)
+def test_int4_fp8_experts_match_the_dequantizing_reference(dtype: torch.dtype, scheme: str, group: int,
+                                                           e: int, d: int, i: int, tokens: int, k: int) -> None:
     ws = _weights(e, d, i, dtype, shared=5 if e == 5 else 0)
     packed = _packed(ws, scheme, group or 128)
     x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(tokens)).to(DEVICE, dtype)

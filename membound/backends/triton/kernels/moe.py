@@ -80,13 +80,14 @@ from membound.ir.ops.moe import shared_expert
 from membound.ir.ops.quant import QWEIGHT_DTYPE
 
 BLOCK_M = 16  # the decode walk's pairs per tile: one tensor-core tile of rows (the grouped path: GroupedConfig)
-INT4_RUNS = False  # int4 tiles as contiguous byte runs (_weight_tile): WRONG compiled on the H200 (both forms so far;
-# benches/results/gpu-tests-nvidia-h200-2026-12-02-session5-kernels.log: 8 failures, all RUNS=True), right interpreted
 # int4 tiles as even/odd column halves (_int4_halves: each byte loaded once, two tl.dot a tile, no shape manipulation;
-# sm_90 PTX: the code bytes arrive by cp.async, where the older form issues 32 scalar byte loads a tile): on by
+# sm_90 PTX: the code bytes arrive by cp.async, where the byte-per-code form issues 32 scalar byte loads a tile): on by
 # default since tests/backends/test_moe_kernel.py passed with it on an H200 (2026-12-02, sixth session) and the
 # Mixtral-8x7B shape cut to 8 layers decoded int4 at 310.0 tok/s with it against 186.5 without
-# (benches/results/moe-*session6-fused-routing-first.json, moe-*-8x7b-8l-session5.json)
+# (benches/results/moe-*session6-fused-routing-first.json, moe-*-8x7b-8l-session5.json). Two forms that loaded a
+# tile's bytes as contiguous runs and interleaved the nibbles with shape ops (tl.permute + tl.reshape; tl.join +
+# tl.reshape + tl.trans) passed the interpreter but gave wrong codes compiled for sm_90 under Triton 3.6
+# (benches/results/gpu-tests-nvidia-h200-2026-12-02-session5-kernels.log) and were removed
 INT4_HALVES = os.environ.get("MEMBOUND_MOE_INT4_HALVES", "1") == "1"  # the variable: GPU checks and A/B runs
 # the halves tile dequantized two codes per 32-bit instruction straight into x's dtype (int4_pairs.py, as quant_matmul's
 # int4 pairs path: 2 instructions a code against about 5 for the fp32 form and its rounding) at bf16/fp16: checked by
@@ -127,19 +128,16 @@ def _row_scales(s_ptr, e, ns, n_ok, stride_se, SCHEME: tl.constexpr):
 
 @triton.jit
 def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_wn, stride_se, stride_sn, row_scale,
-                 SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, RUNS: tl.constexpr):
+                 SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     """The ``[BLOCK_K, BLOCK_N]`` tile of ``W[e].T`` at columns ``ks`` (``k0 .. k0 + BLOCK_K``; a stored row is
     ``KW`` elements wide: K, or int4's ceil(K / 2) bytes, a size Triton sees divisible by 16 at real shapes): the
     float weights as stored (``NONE``), or dequantized in fp32 (the caller rounds to the activation dtype,
     as the reference does).
 
-    int4: codes ``k`` of a row are nibble ``k % 2`` of byte ``k // 2``, indexed so (``RUNS`` off, the
-    default), each byte loaded for both its codes, scattered: correct on the GPU but slow (186.5 tok/s at the
-    Mixtral-8x7B shape on an H200 against 498.2 for bf16). ``RUNS == 1`` (``INT4_RUNS``) loads the tile's
-    ``BLOCK_K / 2`` bytes a row once, as one contiguous run, and interleaves the nibbles in registers; both of
-    its forms (``tl.permute`` then ``tl.reshape``; the nibbles joined on a last axis, reshaped, then
-    ``tl.trans``, the form here) passed the interpreter and gave wrong codes compiled for sm_90 under Triton
-    3.6, so it stays off. ``RUNS == 2`` (``INT4_HALVES``) does not come here: :func:`_int4_halves`.
+    int4: codes ``k`` of a row are nibble ``k % 2`` of byte ``k // 2``, indexed so, each byte loaded for both
+    its codes, scattered: correct but slow (186.5 tok/s at the Mixtral-8x7B shape on an H200 against 498.2 for
+    bf16); the kernels take it only where the halves tile cannot (``RUNS`` 0: fp32 x at K tiles under 32, or
+    ``MEMBOUND_MOE_INT4_HALVES=0``); ``RUNS`` 2-4 go to :func:`_int4_halves` / :func:`_dot_int4_halves`.
     The tile lies inside one group (``BLOCK_K <= GROUP``, both powers of two, ``k0`` a multiple of
     ``BLOCK_K``), so each row's (scale, offset) is loaded once per tile. fp8: the bytes reinterpreted as e4m3."""
     # one return at the end: compiled Triton rejects returns of different dtypes in one function, even
@@ -147,20 +145,8 @@ def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_
     mask = k_ok[:, None] & n_ok[None, :]
     rows = w_ptr + e * stride_we + ns[None, :] * stride_wn
     if SCHEME == INT4:
-        if RUNS:
-            # the tile's bytes along K, loaded [BLOCK_N, BLOCK_K / 2]; the nibbles joined on a last axis and
-            # reshaped give k = 2 kb + nibble in k order, then transposed to [BLOCK_K, BLOCK_N]. (Joining them
-            # on the K axis of a [BLOCK_K / 2, BLOCK_N] tile through tl.permute then tl.reshape passed the
-            # interpreter but gave wrong codes compiled for sm_90 under Triton 3.6.)
-            kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            raw = tl.load(w_ptr + e * stride_we + ns[:, None] * stride_wn + kb[None, :],
-                          mask=n_ok[:, None] & (kb[None, :] < KW), other=0).to(tl.int32)
-            lo = (raw & 0xF).to(tl.float32)  # code 2 * kb
-            hi = ((raw >> 4) & 0xF).to(tl.float32)  # code 2 * kb + 1
-            code = tl.trans(tl.reshape(tl.join(lo, hi), (ns.shape[0], BLOCK_K)))
-        else:
-            raw = tl.load(rows + ks[:, None] // 2, mask=mask, other=0).to(tl.int32)
-            code = ((raw >> ((ks[:, None] % 2) * 4)) & 0xF).to(tl.float32)
+        raw = tl.load(rows + ks[:, None] // 2, mask=mask, other=0).to(tl.int32)
+        code = ((raw >> ((ks[:, None] % 2) * 4)) & 0xF).to(tl.float32)
         pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
         scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)
         offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)
@@ -252,9 +238,9 @@ def _gate_up_step(acc_g, acc_u, x_rows, m_ok, k0, K, KW, wg_ptr, wu_ptr, sg_ptr,
         k_ok = ks < K
         x = tl.load(x_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg, stride_sgn,
-                          sg, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+                          sg, SCHEME, GROUP, BLOCK_K).to(x.dtype)
         wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su, stride_sun,
-                          su, SCHEME, GROUP, BLOCK_K, RUNS).to(x.dtype)
+                          su, SCHEME, GROUP, BLOCK_K).to(x.dtype)
         acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
         acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
     return acc_g, acc_u
@@ -274,7 +260,7 @@ def _down_step(acc, h_rows, m_ok, k0, k_bound, KW, wd_ptr, sd_ptr, e, ns, n_ok, 
         k_ok = ks < k_bound
         h = tl.load(h_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd, stride_sdn,
-                         sd, SCHEME, GROUP, BLOCK_K, RUNS).to(h.dtype)
+                         sd, SCHEME, GROUP, BLOCK_K).to(h.dtype)
         acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
     return acc
 
@@ -697,8 +683,8 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     def runs(block_k: int) -> int:
         """The int4 tile form of a launch (``_weight_tile``'s ``RUNS``): 2 = halves (two dots, each byte loaded
         once) where ``INT4_HALVES`` and the K tile gives halves of 16+ columns, 3 / 4 the same dequantized two
-        codes an instruction (``INT4_PAIRS``; its PTX / its interpreter twin); else ``INT4_RUNS``."""
-        return halves if INT4_HALVES and scheme == INT4.value and block_k >= 32 else int(INT4_RUNS)
+        codes an instruction (``INT4_PAIRS``; its PTX / its interpreter twin); else 0, a byte load per code."""
+        return halves if INT4_HALVES and scheme == INT4.value and block_k >= 32 else 0
 
     if t == 0:
         pass  # an empty step: nothing to launch (an empty tensor's data pointer may be null)
