@@ -37,8 +37,12 @@ def cubin(kernel, args: dict, arch: int, **options):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    import inspect
+
     signature, constants, attrs = {}, {}, {}
     for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
+        if name not in args and param.default is not inspect.Parameter.empty:
+            args = {**args, name: param.default}  # an argument the launch may leave out: its default
         value = args[name]
         if param.is_constexpr or (isinstance(value, int) and not isinstance(value, bool) and value == 1):
             signature[name], constants[name] = "constexpr", value

@@ -74,3 +74,28 @@ def test_limits() -> None:
     with pytest.raises(ValueError, match="one-program limit"):
         route_pairs(torch.zeros(MAX_PAIRS + 1, 1, device=DEVICE), torch.zeros(MAX_PAIRS + 1, 1, dtype=torch.int64,
                                                                                   device=DEVICE), 4, True, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else []))
+@pytest.mark.parametrize("t,e,d,k", [(1, 8, 40, 2), (5, 60, 130, 4), (3, 6, 4100, 1)])  # d past one 4096 block
+def test_router_topk_gives_the_linears_logits_and_the_models_experts(dtype: torch.dtype, t: int, e: int, d: int,
+                                                                     k: int) -> None:
+    """``router_topk``'s logits (one launch) equal ``F.linear(h, router).float()``: rounded through h's dtype, so
+    equal there up to one rounding step where the fp32 sums differ in the last bits (fp32: 1e-5 relative); its
+    experts are the top-k of those logits (as a set per token: unsorted on a GPU) and of the probabilities, the
+    values the logits at those experts. A router whose rows are not contiguous takes ``F.linear``."""
+    from membound.backends.triton.kernels.moe_route import router_topk
+
+    gen = torch.Generator().manual_seed(t * e)
+    h = torch.randn(t, d, generator=gen).to(DEVICE, dtype)
+    router = (torch.randn(e, d, generator=gen) / d ** 0.5).to(DEVICE, dtype)
+    want = torch.nn.functional.linear(h, router).float()
+    for r in (router, router.t().contiguous().t()):
+        logits, top, idx = router_topk(h, r, k)
+        assert logits.dtype == torch.float32 and logits.shape == (t, e)
+        step = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+        torch.testing.assert_close(logits, want, rtol=step, atol=step)
+        assert torch.equal(top, logits.gather(1, idx))
+        chosen = torch.topk(logits, k, dim=-1).indices
+        assert torch.equal(idx.sort(dim=-1).values, chosen.sort(dim=-1).values)
+        assert torch.equal(chosen.sort(dim=-1).values, torch.topk(logits.softmax(-1), k, dim=-1).indices.sort(-1).values)
