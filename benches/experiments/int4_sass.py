@@ -33,11 +33,11 @@ SHAPES = {"qkv": (6144, 4096, False), "gate_up": (28672, 4096, False), "down": (
 
 def cubin(kernel, args: dict, arch: int, **options):
     """(cubin bytes, shared bytes) of ``kernel`` compiled as ``compile_check.compile_ptx`` compiles it."""
+    import inspect
+
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    import inspect
 
     signature, constants, attrs = {}, {}, {}
     for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
@@ -72,17 +72,21 @@ def disassemble(binary: bytes) -> tuple[str, int]:
     return sass, int(re.search(r"REG:(\d+)", res).group(1))
 
 
-def main_loop(sass: str) -> list[str]:
-    """The instructions of the largest backward-branch region (the K loop)."""
+def branch_regions(sass: str) -> list[list[str]]:
+    """The instructions of every backward-branch region (a loop body, from the branch target to the branch)."""
     ins = [(int(m.group(1), 16), m.group(2).strip())
            for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    best: list[str] = []
+    regions = []
     for addr, text in ins:
         m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
         if m and int(m.group(1), 16) < addr:
-            body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
-            best = body if len(body) > len(best) else best
-    return best
+            regions.append([t for a, t in ins if int(m.group(1), 16) <= a <= addr])
+    return regions
+
+
+def main_loop(sass: str) -> list[str]:
+    """The instructions of the largest backward-branch region (the K loop)."""
+    return max(branch_regions(sass), key=len, default=[])
 
 
 def opcode(text: str) -> str:

@@ -26,26 +26,15 @@ for path in (ROOT, ROOT / "benches" / "experiments"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import re  # noqa: E402
-
-from int4_sass import cubin, disassemble, opcode  # noqa: E402
+from int4_sass import branch_regions, cubin, disassemble, opcode  # noqa: E402
 
 D, I, E, BN = 4096, 14336, 8, 32
 
 
 def k_loop(sass: str) -> list[str]:
-    """The instructions of the smallest backward-branch region holding the tensor-core MMAs: the K loop
-    (int4_sass.main_loop's largest region here is the walk over the pairs, epilogue included)."""
-    ins = [(int(m.group(1), 16), m.group(2).strip())
-           for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    best: list[str] = []
-    for addr, text in ins:
-        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
-        if m and int(m.group(1), 16) < addr:
-            body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
-            if any("HMMA" in t for t in body) and (not best or len(body) < len(best)):
-                best = body
-    return best
+    """The smallest backward-branch region holding the tensor-core MMAs: the K loop (int4_sass.main_loop's
+    largest region here is the walk over the pairs, epilogue included)."""
+    return min((r for r in branch_regions(sass) if any("HMMA" in t for t in r)), key=len, default=[])
 
 
 def args_for(kernel: str, runs: int, BK: int) -> dict:
