@@ -19,6 +19,12 @@ that stream hundreds of megabytes.
 The top-k itself stays ``torch.topk``: which of two equal scores it keeps is its own (CPU and CUDA differ),
 and the compiled model must keep the model's choice. Nothing is read back to the host: a CUDA graph can
 hold it.
+
+A decode step whose expert kernels route themselves (``moe.routes_in_kernels``) needs neither the sort nor
+the weights pass: :func:`router_topk` gives it the router's logits in one launch and ``torch.topk`` over them,
+and each expert kernel finds its expert's pairs and their weights (``moe._chunk_pairs``,
+``moe._pair_weights``). :func:`route_pairs` serves the grouped path's steps of few pairs, and decode steps
+whose down kernel would not fit one wave with the routing in it.
 """
 
 from __future__ import annotations
