@@ -12,6 +12,8 @@
 #    T = 8 and 32 instead of two, if the cap holds without slowing the loop): its tests, then one moe op at
 #    T = 1, 8, 32 against the default rule (routes_in_kernels). If the capped fused path wins at T = 8 and 32, make
 #    the cap the default and drop the one-wave condition.
+# 3. The 8x7B membound rows at batch 8 and 32 under the committed rule (the session-6 bench ran them with the routing
+#    in the kernels at every batch, which the A/B found 7-17% slower per layer there).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -43,4 +45,9 @@ for cap in 0 64; do
         --tag="-maxnreg-$cap" --out "$OUT" >"$OUT/moe_maxnreg_$cap.log" 2>&1
     echo "maxnreg=$cap:"; grep -E "^T=.*None " "$OUT/moe_maxnreg_$cap.log" | tail -3
 done
+
+echo "== 3. 8x7B membound b8, b32 under routes_in_kernels"
+timeout 150 python benches/moe.py --shapes 8x7b-8l --batches 8 32 --only membound --out "$OUT" \
+    >"$OUT/moe_8x7b_b8_b32.log" 2>&1
+grep "tok/s" "$OUT/moe_8x7b_b8_b32.log"
 echo "($((SECONDS - start)) s)"
