@@ -118,6 +118,25 @@ def test_decode_routing_and_combine_in_the_kernels(dtype: torch.dtype, k: int, s
         torch.testing.assert_close(got.float(), want.float(), **TOL[x.dtype])
 
 
+@pytest.mark.parametrize("e,k,tokens", [(1, 1, 3), (4, 4, 2), (256, 2, 1), (8, 2, 64), (8, 2, 65), (3, 2, 43)])
+def test_decode_routing_edges(e: int, k: int, tokens: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode path's routing at its edges: one expert; every expert chosen (k = E); 256 experts (the
+    most the one-program routing takes); 128 pairs (the most the kernels route themselves) and 129 (sorted in
+    torch); a token count that leaves the last 16-pair chunk of an expert partial."""
+    import importlib
+
+    moe_mod = importlib.import_module("membound.backends.triton.kernels.moe")
+    monkeypatch.setattr(moe_mod, "FUSED_DOWN_PROGRAMS_PER_SM", 10**6)  # the grid never decides here
+    ws = _weights(e, 24, 19, torch.float32)
+    x = torch.randn(tokens, 24, generator=torch.Generator().manual_seed(e + k)).to(DEVICE)
+    routed = moe_mod.routes_in_kernels(tokens, e, k, 1, 1, 4)
+    assert routed == (tokens * k <= 128)
+    for softmax_first in (True, False):
+        attrs = dict(top_k=k, softmax_first=softmax_first, renormalize=True, act="silu")
+        got = moe(x, *ws, path="decode", **attrs)
+        torch.testing.assert_close(got, get_op("moe").reference(x, *ws, **attrs), **TOL[torch.float32])
+
+
 def test_routing_in_the_kernels_while_the_down_grid_fits_one_wave() -> None:
     """At the Mixtral-8x7B layer on 132 SMs (down: 128 column blocks): T = 1 (2 experts, split 2) routes in the
     kernels, T = 8 and 32 (7.2 and 8 experts expected, unsplit: 921 and 1024 programs > 5 x 132) do not, nor
