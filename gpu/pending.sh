@@ -7,7 +7,8 @@
 # 1. moe.INT4_PAIRS (MEMBOUND_MOE_INT4_PAIRS=1): the int4 MoE halves tile dequantized two codes per instruction
 #    (int4_pairs.py's PTX; sm_90 SASS of the decode K loops: gate/up 6.81 instructions a code against 15.38, down
 #    10.00 against 19.69, benches/experiments/moe_int4_sass.py). Its tests, then the 8x7B int4 rows with and without.
-#    If the tests pass and it is faster, flip INT4_PAIRS's default in membound/backends/triton/kernels/moe.py.
+#    If the tests pass and it is faster, flip INT4_PAIRS's default in membound/backends/triton/kernels/moe.py; then the
+#    int4 decode tile sweep (moe_decode_tiles.py --scheme int4) says whether wider int4 tiles pay.
 # 2. MEMBOUND_MOE_DOWN_MAXNREG=64: the fused-routing down kernel capped at 64 registers (one wave of programs at
 #    T = 8 and 32 instead of two, if the cap holds without slowing the loop): its tests, then one moe op at
 #    T = 1, 8, 32 against the default rule (routes_in_kernels). If the capped fused path wins at T = 8 and 32, make
@@ -33,6 +34,11 @@ if [ $pairs -eq 0 ]; then
             --only "membound int4" --out "$OUT/pairs$p" >"$OUT/moe_int4_pairs$p.log" 2>&1
         echo "pairs=$p"; grep "tok/s" "$OUT/moe_int4_pairs$p.log"
     done
+    # the int4 decode tiles with the pairs dequantization: wider tiles amortise the per-step x loads (SASS counts in
+    # benches/experiments/moe_decode_tiles.py's INT4_PLANS comment); pick the best into the launcher's int4 tiles
+    MEMBOUND_MOE_INT4_PAIRS=1 timeout 150 python benches/experiments/moe_decode_tiles.py --scheme int4 --tokens 1,8 \
+        --tag=-int4-pairs --out "$OUT" >"$OUT/moe_int4_tiles.log" 2>&1
+    grep -E "^T=.* us " "$OUT/moe_int4_tiles.log" | tail -12
 fi
 
 echo "== 2. fused-routing down kernel capped at 64 registers"

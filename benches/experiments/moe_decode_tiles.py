@@ -26,6 +26,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # (gate/up BLOCK_N, gate/up BLOCK_K, down BLOCK_N, down BLOCK_K); None = the wrapper's own choice
+# int4 experts (--scheme int4, group 128): wider tiles amortise the per-step x loads and address arithmetic
+# (benches/experiments/moe_int4_sass.py: gate/up 6.81 instructions a code at 32 x 64, 5.02 at 64 x 64, 4.37 at 128 x 64
+# with the pairs dequantization) at the price of registers and programs
+INT4_PLANS = (None, (64, 64, 64, 64), (128, 64, 128, 64), (64, 128, 64, 128), (128, 64, 64, 128), (64, 64, 32, 64))
 PLANS = (None, (32, 64, 32, 64), (16, 64, 16, 64), (32, 128, 16, 128), (64, 128, 32, 128), (16, 128, 16, 128),
          (32, 64, 16, 128), (64, 64, 16, 64))
 
@@ -60,6 +64,8 @@ def main() -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--plans", type=int, default=len(PLANS), help="time the first N tile plans (1: the default's)")
     p.add_argument("--tag", default="", help="suffix of the result file's name (A/B runs)")
+    p.add_argument("--scheme", default="bf16", choices=("bf16", "int8", "int4"),
+                   help="expert weights: bf16 (moe) or quantized (quant_moe, int4 group 128, its own tile plans)")
     args = p.parse_args()
     import importlib
 
@@ -76,29 +82,50 @@ def main() -> int:
     x_probe = torch.randn(4 << 28, device=dev, dtype=torch.bfloat16)
     read_bw = x_probe.numel() * 2 / (graph_time(lambda: x_probe.sum(), 20) * 1e-6) / 1e9
     del x_probe
+    op = moe_mod.moe
+    plans = PLANS
+    weights = (wg, wu, wd)
+    if args.scheme != "bf16":
+        from functools import partial
+
+        from membound.ir.ops.quant import quantize
+
+        group = 128 if args.scheme == "int4" else 0
+        packed = []
+        for w in (wg, wu, wd):
+            q, sc = quantize(w.reshape(-1, w.shape[-1]), args.scheme, group or 128)
+            packed += [q.view(*w.shape[:2], -1), sc.view(*w.shape[:2], *sc.shape[1:])]
+        weights = tuple(packed)
+        op = partial(moe_mod.quant_moe, scheme=args.scheme, group_size=group)
+        plans = INT4_PLANS if args.scheme == "int4" else PLANS
+        reference = get_op("quant_moe").reference
+    else:
+        reference = get_op("moe").reference
     rows = []
     real_block = moe_mod._block
     for t in [int(v) for v in args.tokens.split(",")]:
         x = torch.randn(t, d, device=dev, dtype=dt)
-        ref = get_op("moe").reference(x, router, wg, wu, wd, top_k=k, softmax_first=True, renormalize=True,
-                                     act="silu").float()
+        ref = reference(x, router, *weights, top_k=k, softmax_first=True, renormalize=True, act="silu",
+                        **({} if args.scheme == "bf16" else dict(scheme=args.scheme,
+                                                                 group_size=128 if args.scheme == "int4" else 0))
+                        ).float()
         logits = x.float() @ router.float().T
         active = len(set(torch.topk(logits, k, dim=-1).indices.flatten().tolist()))
-        nbytes = active * 3 * i * d * 2
-        for plan in PLANS[:args.plans]:
+        nbytes = active * 3 * i * d * {"bf16": 2, "int8": 1, "int4": 0.5}[args.scheme]  # codes; scales aside
+        for plan in plans[:args.plans]:
             if plan is not None:
                 def call(plan=plan):
                     # _block is asked for gate/up's BLOCK_N, BLOCK_K, then down's: the plan's four in turn
                     picks = iter(plan)
                     moe_mod._block = lambda n, cap: next(picks)  # noqa: E731
-                    return moe_mod.moe(x, router, wg, wu, wd, top_k=k)
+                    return op(x, router, *weights, top_k=k)
                 out = call()
             else:
                 moe_mod._block = real_block
-                out = moe_mod.moe(x, router, wg, wu, wd, top_k=k)
+                out = op(x, router, *weights, top_k=k)
 
                 def call():
-                    return moe_mod.moe(x, router, wg, wu, wd, top_k=k)
+                    return op(x, router, *weights, top_k=k)
             err = float((out.float() - ref).abs().max() / ref.abs().max())
             us = graph_time(call)
             row = dict(tokens=t, plan=plan, us=us, active_experts=active, gbps=nbytes / us / 1e3,
@@ -110,7 +137,7 @@ def main() -> int:
         # the kernels of one call, default tiles
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(10):
-                moe_mod.moe(x, router, wg, wu, wd, top_k=k)
+                op(x, router, *weights, top_k=k)
             torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
         print(f"T={t} kernels over 10 calls:\n{table}", flush=True)

@@ -691,8 +691,13 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     elif path == "decode":
         # routing (routes_in_kernels): the router's logits (one launch), torch.topk over them, and each expert kernel
         # finds its own pairs and weights (no sort, no weights pass); else sorted_pairs. The down kernel's tiles and
-        # split first: they decide it
-        bn_d, bk_d = _block(d, DECODE_BLOCK_N), _block(i, min(64, group) if scheme == INT4.value else 64)
+        # split first: they decide it. int4: a K tile inside one group (both powers of two), so each row's (scale,
+        # offset) is one load a tile. 32 output rows a program (H200,
+        # benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-down-split.json: 198.6 against 202.0 us at T = 1,
+        # 668.7 against 693.6 at T = 8 for 64). Asked gate/up's first, then down's (moe_decode_tiles.py's plans)
+        cap_k = min(64, group) if scheme == INT4.value else 64
+        bn_g, bk_g = _block(i, DECODE_BLOCK_N), _block(d, cap_k)
+        bn_d, bk_d = _block(d, DECODE_BLOCK_N), _block(i, cap_k)
         split = down_split(t, e, top_k, d, i, bn_d, bk_d, x.device)
         k_per_split = cdiv(cdiv(i, split), bk_d) * bk_d
         split = cdiv(i, k_per_split)  # no empty splits
@@ -706,11 +711,7 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
             logits, top, idx = rw, rw, order  # unread
         p2 = triton.next_power_of_2
         route_args = dict(ROUTED=routed, BLOCK_P=max(2, p2(t * top_k)))
-        # int4: a K tile inside one group (both powers of two), so each row's (scale, offset) is one load a tile
-        cap_k = min(64, group) if scheme == INT4.value else 64
-        # 32 output rows a program (H200, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-down-split.json:
-        # 198.6 against 202.0 us at T = 1, 668.7 against 693.6 at T = 8 for 64)
-        bn, bk = _block(i, DECODE_BLOCK_N), _block(d, cap_k)
+        bn, bk = bn_g, bk_g
         launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
             h, w_gate, w_up, s_gate, s_up, hidden, idx, order, offsets, t * top_k, i, d, w_gate.shape[-1], top_k,
             h.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
