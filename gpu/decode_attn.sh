@@ -11,12 +11,7 @@
 # Full results under $OUT (tests.log, variants.log, decode_attn_variants-*.json); the tables last: per shape
 # SDPA / pick / best variant, per variant its geometric-mean speed over SDPA, and the decode_attention
 # constants that select the best variant.
-set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PYTHONPATH=$PWD
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-start=$SECONDS
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 

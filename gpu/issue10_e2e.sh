@@ -5,14 +5,9 @@
 #
 #   bash gpu/issue10_e2e.sh llama-8b 1      # then: llama-8b 8, llama-1b 1,8
 #   python benches/decode_e2e.py --merge <the JSON files these calls wrote>   (one table of one card)
-set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 model=$1
 batches=${2:-1}
-start=$SECONDS
 timeout 580 python benches/decode_e2e.py --models "$model" --batches "$batches" --contenders membound,compile,compile-int8 \
     --membound-backends triton+graphs --quantize int8,int4,fp8 --cd-tuning --budget-s 480 --out "$OUT" \
     >"$OUT/issue10-$model-b${batches//,/-}.log" 2>&1

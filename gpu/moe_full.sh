@@ -2,13 +2,8 @@
 # benches/moe.py with every contender at one shape (issue 11's bench), batches 1 8 32, prefill 512, torch.compile
 # contenders with coordinate-descent tuning; first (small shape only) the fused-routing A/B of one moe op.
 #   bash gpu/moe_full.sh small | 8x7b-8l
-set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 shape=$1
-start=$SECONDS
 if [ "$shape" = small ]; then
     for f in 0 1; do
         MEMBOUND_MOE_FUSED_ROUTING=$f timeout 100 python benches/experiments/moe_decode_tiles.py --tokens 1,8,32 --plans 1 \

@@ -9,12 +9,7 @@
 #
 # Full results under $OUT (tests.log, bench.log, moe_prefill-*.json, table.txt, moe_e2e.log, moe-*.json);
 # the table last.
-set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PYTHONPATH=$PWD
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-start=$SECONDS
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 

@@ -19,12 +19,7 @@
 #
 # Full results under $OUT (tests.log, norm_stats.log/json, e2e.log, decode_e2e-*.json, profile.log,
 # profile_step-*); the tables last. About 4.5 minutes.
-set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PYTHONPATH=$PWD
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-start=$SECONDS
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 

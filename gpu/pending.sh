@@ -15,12 +15,7 @@
 #    the cap the default and drop the one-wave condition.
 # 3. The 8x7B membound rows at batch 8 and 32 under the committed rule (the session-6 bench ran them with the routing
 #    in the kernels at every batch, which the A/B found 7-17% slower per layer there).
-set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-start=$SECONDS
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 
 echo "== 1. int4 MoE pairs: tests"
 MEMBOUND_MOE_INT4_PAIRS=1 timeout 150 python -m pytest -q -n 8 -p no:cacheprovider tests/backends/test_moe_kernel.py \
