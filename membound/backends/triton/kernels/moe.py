@@ -161,6 +161,24 @@ def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_
 
 
 @triton.jit
+def _int4_bytes(w_ptr, s_ptr, e, ns, n_ok, k0, KW, stride_we, stride_wn, stride_se, stride_sn, GROUP: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """The halves tile's inputs: byte ``k0 / 2 + j`` of each row (``[BLOCK_K / 2, BLOCK_N]``, the bytes of a row
+    contiguous along the first axis; columns ``k0 + 2j`` and ``k0 + 2j + 1`` in its low and high nibble) and the
+    rows' group scale and offset (``[1, BLOCK_N]``, as stored). Masked at the row's end (KW bytes), not at a
+    split's end: a mask Triton can prove constant over 16-byte runs lets it copy the bytes with cp.async (sm_90
+    PTX: 14 cp.async, no scalar byte load; masked at the split's end it issued 16 scalar byte loads). The tile
+    lies inside one group."""
+    js = tl.arange(0, BLOCK_K // 2)
+    rows = w_ptr + e * stride_we + k0 // 2 + ns[None, :] * stride_wn
+    raw = tl.load(rows + js[:, None], mask=n_ok[None, :] & (k0 // 2 + js < KW)[:, None], other=0)
+    pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
+    scale = tl.load(pair, mask=n_ok, other=0.0)[None, :]
+    offset = tl.load(pair + 1, mask=n_ok, other=0.0)[None, :]
+    return raw, scale, offset
+
+
+@triton.jit
 def _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, stride_we, stride_wn, stride_se, stride_sn,
                  GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     """int4, ``HALVES`` (``RUNS == 2``): the ``[BLOCK_K / 2, BLOCK_N]`` tiles of ``W[e].T``'s even and odd columns
@@ -168,16 +186,12 @@ def _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, stride_we, stride_w
     loaded once, the bytes of a row contiguous along the tile's first axis), dequantized in fp32, zero from
     ``k_bound`` on. No shape manipulation: the caller multiplies them with x's even and odd columns (two
     ``tl.dot``), as quant_matmul's int4 pairs path splits its tiles. The tile lies inside one group."""
-    js = tl.arange(0, BLOCK_K // 2)
-    ke = k0 + 2 * js  # byte k0 / 2 + j of the row holds columns ke, ke + 1
-    # masked at the row's end (KW bytes), not at k_bound: a mask Triton can prove constant over 16-byte runs lets it
-    # copy the bytes with cp.async (sm_90 PTX: 14 cp.async, no scalar byte load; masked at k_bound it issued 16
-    # scalar byte loads). Bytes past k_bound (a split's end) are in the row and zeroed below and in x's halves
-    rows = w_ptr + e * stride_we + k0 // 2 + ns[None, :] * stride_wn
-    raw = tl.load(rows + js[:, None], mask=n_ok[None, :] & (k0 // 2 + js < KW)[:, None], other=0)
-    pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
-    scale = tl.load(pair, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    ke = k0 + 2 * tl.arange(0, BLOCK_K // 2)  # byte k0 / 2 + j of the row holds columns ke, ke + 1
+    # bytes past k_bound (a split's end) are in the row (_int4_bytes): zeroed here and in x's halves
+    raw, scale, offset = _int4_bytes(w_ptr, s_ptr, e, ns, n_ok, k0, KW, stride_we, stride_wn, stride_se, stride_sn,
+                                     GROUP, BLOCK_K)
+    scale = scale.to(tl.float32)
+    offset = offset.to(tl.float32)
     lo = tl.where(n_ok[None, :] & (ke < k_bound)[:, None], (raw & 0xF).to(tl.float32) * scale + offset, 0.0)
     hi = tl.where(n_ok[None, :] & (ke + 1 < k_bound)[:, None], (raw >> 4).to(tl.float32) * scale + offset,
                   0.0)
@@ -205,13 +219,9 @@ def _dot_int4_halves(acc, xe, xo, w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, st
     as quant_matmul's pairs path. The pairs form leaves the bytes past ``k_bound`` (zeros past the row's end,
     the next split's weights before it) undimmed: x's halves are zero there, and every such weight is finite."""
     if RUNS >= 3:
-        js = tl.arange(0, BLOCK_K // 2)
-        rows = w_ptr + e * stride_we + k0 // 2 + ns[None, :] * stride_wn
-        raw = tl.load(rows + js[:, None], mask=n_ok[None, :] & (k0 // 2 + js < KW)[:, None], other=0)
-        pair = s_ptr + e * stride_se + ns * stride_sn + (k0 // GROUP) * 2
-        scale = tl.load(pair, mask=n_ok, other=0.0).to(xe.dtype)[None, :]
-        offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(xe.dtype)[None, :]
-        lo, hi = int4_pairs(raw, scale, offset, RUNS - 2)
+        raw, scale, offset = _int4_bytes(w_ptr, s_ptr, e, ns, n_ok, k0, KW, stride_we, stride_wn, stride_se,
+                                         stride_sn, GROUP, BLOCK_K)
+        lo, hi = int4_pairs(raw, scale.to(xe.dtype), offset.to(xe.dtype), RUNS - 2)
     else:
         lo, hi = _int4_halves(w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, stride_we, stride_wn, stride_se,
                               stride_sn, GROUP, BLOCK_K)
@@ -711,13 +721,11 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
             logits, top, idx = rw, rw, order  # unread
         p2 = triton.next_power_of_2
         route_args = dict(ROUTED=routed, BLOCK_P=max(2, p2(t * top_k)))
-        bn, bk = bn_g, bk_g
-        launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn))](
+        launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn_g))](
             h, w_gate, w_up, s_gate, s_up, hidden, idx, order, offsets, t * top_k, i, d, w_gate.shape[-1], top_k,
             h.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
-            s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, RUNS=runs(bk),
-            **route_args, num_warps=4)
-        bn, bk = bn_d, bk_d
+            s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn_g, BLOCK_K=bk_g, **quant,
+            RUNS=runs(bk_g), **route_args, num_warps=4)
         locks = n_locks = 0  # counters: the split's per (expert, column block), then the combine's per token
         if split > 1:
             n_locks = e * n_blocks
@@ -736,7 +744,7 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
             hidden, w_down, s_down, y, idx, order, offsets, rw, logits, top, part, lock_arg, result,
             t * top_k, e, top_k, d, i, w_down.shape[-1], k_per_split, n_locks,
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
-            t * top_k * d, d, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk, **quant, RUNS=runs(bk), SPLIT_K=split,
+            t * top_k * d, d, BLOCK_M=BLOCK_M, BLOCK_N=bn_d, BLOCK_K=bk_d, **quant, RUNS=runs(bk_d), SPLIT_K=split,
             SOFTMAX_FIRST=attrs["softmax_first"], RENORM=attrs["renormalize"], COMBINE=combined_in_kernel,
             BLOCK_KK=max(2, p2(top_k)), BLOCK_E=max(2, p2(e)), **route_args, num_warps=4, **cap)
     else:
