@@ -137,13 +137,18 @@ def test_decode_routing_edges(e: int, k: int, tokens: int, monkeypatch: pytest.M
         torch.testing.assert_close(got, get_op("moe").reference(x, *ws, **attrs), **TOL[torch.float32])
 
 
-def test_routing_in_the_kernels_while_the_down_grid_fits_one_wave() -> None:
-    """At the Mixtral-8x7B layer on 132 SMs (down: 128 column blocks): T = 1 (2 experts, split 2) routes in the
-    kernels, T = 8 and 32 (7.2 and 8 experts expected, unsplit: 921 and 1024 programs > 5 x 132) do not, nor
-    does a step past 128 pairs."""
+def test_routing_in_the_kernels_while_the_down_grid_fits_one_wave(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the Mixtral-8x7B layer on 132 SMs (down: 128 column blocks): under the default 64-register cap (8 programs
+    an SM) T = 1 (2 experts, split 2), T = 8 and T = 32 (7.2 and 8 experts expected, unsplit: 921 and 1024
+    programs <= 8 x 132) route in the kernels; uncapped (5 an SM) only T = 1 does; a step past 128 pairs never."""
     import importlib
 
     moe_mod = importlib.import_module("membound.backends.triton.kernels.moe")
+    assert moe_mod.DOWN_MAXNREG == 64 and moe_mod.FUSED_DOWN_PROGRAMS_PER_SM == 8
+    for t in (1, 8, 32):
+        assert moe_mod.routes_in_kernels(t, 8, 2, 128, 2 if t == 1 else 1, 132)
+    assert not moe_mod.routes_in_kernels(65, 8, 2, 1, 1, 132)
+    monkeypatch.setattr(moe_mod, "FUSED_DOWN_PROGRAMS_PER_SM", 5)  # MEMBOUND_MOE_DOWN_MAXNREG=0
     assert moe_mod.routes_in_kernels(1, 8, 2, 128, 2, 132)
     assert not moe_mod.routes_in_kernels(8, 8, 2, 128, 1, 132)
     assert not moe_mod.routes_in_kernels(32, 8, 2, 128, 1, 132)

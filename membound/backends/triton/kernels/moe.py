@@ -90,9 +90,15 @@ BLOCK_M = 16  # the decode walk's pairs per tile: one tensor-core tile of rows (
 # (benches/results/gpu-tests-nvidia-h200-2026-12-02-session5-kernels.log) and were removed
 INT4_HALVES = os.environ.get("MEMBOUND_MOE_INT4_HALVES", "1") == "1"  # the variable: GPU checks and A/B runs
 # the halves tile dequantized two codes per 32-bit instruction straight into x's dtype (int4_pairs.py, as quant_matmul's
-# int4 pairs path: 2 instructions a code against about 5 for the fp32 form and its rounding) at bf16/fp16: checked by
-# the interpreter (its Triton twin) and compiled for sm_90 only; off until a GPU run of the MoE kernel tests passes
-INT4_PAIRS = os.environ.get("MEMBOUND_MOE_INT4_PAIRS", "0") == "1"
+# int4 pairs path: 2 instructions a code against about 5 for the fp32 form and its rounding) at bf16/fp16. On by default
+# since the MoE kernel tests passed with it on an H200 (2026-12-02, seventh session: 309 passed) and the Mixtral-8x7B
+# shape cut to 8 layers decoded int4 at 394.0 tok/s with it against 300.2 without (b8: 1048.1 against 787.9;
+# benches/results/moe-nvidia-h200-2026-12-02-session7-int4-pairs{0,1}.log)
+INT4_PAIRS = os.environ.get("MEMBOUND_MOE_INT4_PAIRS", "1") == "1"
+# the pairs form's decode tiles (BLOCK_N, and BLOCK_K up to one group): 64 x 128 for gate/up and down, swept on the
+# H200 at the 8x7B layer (moe_decode_tiles.py --scheme int4, benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-
+# session7-int4-pairs.json): 215.9 us at T = 1 and 606.3 at T = 8 against 287.1 and 998.2 for 32 x 64
+INT4_PAIRS_BLOCK_N, INT4_PAIRS_BLOCK_K = 64, 128
 # a decode step's routing in the expert kernels and the combine in the down kernel's epilogue (0: the pairs sorted
 # by moe_route.sorted_pairs and the combine in torch, as before; A/B runs). Taken where the down kernel's active
 # programs fit in one wave at the occupancy its extra registers leave (FUSED_DOWN_PROGRAMS_PER_SM): on an H200 at
@@ -102,11 +108,14 @@ INT4_PAIRS = os.environ.get("MEMBOUND_MOE_INT4_PAIRS", "0") == "1"
 # fused down kernel 80-96 registers (sm_90; 54 unfused), 5 programs of 4 warps an SM, so 1024 programs took two
 # waves where the unfused kernel's took one (its time 217 -> 316 and 379 us)
 FUSED_ROUTING = os.environ.get("MEMBOUND_MOE_FUSED_ROUTING", "1") == "1"
-FUSED_DOWN_PROGRAMS_PER_SM = 5
-# MEMBOUND_MOE_DOWN_MAXNREG: a register cap for the fused down kernel (experiment, not yet run on a GPU: at 64, ptxas
-# fits it with 16-32 bytes spilled before the K loop and reloaded after it, which would let 8 programs share an SM;
-# set, the fused routing is taken whatever the grid)
-DOWN_MAXNREG = int(os.environ.get("MEMBOUND_MOE_DOWN_MAXNREG", "0"))
+# MEMBOUND_MOE_DOWN_MAXNREG: the fused down kernel's register cap (0: none). At 64 ptxas fits it with 16-32 bytes
+# spilled before the K loop and reloaded after it, and 8 programs of 4 warps share an SM instead of 5. On the H200 at
+# the 8x7B layer (one moe op, CUDA-graph replay, 2026-12-02 seventh session, benches/results/moe_decode_tiles-nvidia-
+# h200-2026-12-02-session7-maxnreg-{0,64}.json) the capped fused path took 188.9 / 701.6 / 732.2 us at T = 1 / 8 / 32
+# against 208.5 / 726.9 / 734.8 for the uncapped rule (fused at T = 1, sorted in torch at 8 and 32)
+DOWN_MAXNREG = int(os.environ.get("MEMBOUND_MOE_DOWN_MAXNREG", "64"))
+# programs of the fused down kernel an SM holds: 65536 registers over 128 threads x the cap, or 5 at ptxas's 80-96
+FUSED_DOWN_PROGRAMS_PER_SM = 65536 // (128 * DOWN_MAXNREG) if DOWN_MAXNREG > 0 else 5
 
 
 # SCHEME: how expert weights are stored (module constants a @triton.jit body may read must be constexpr)
@@ -587,11 +596,11 @@ def routes_in_kernels(tokens: int, experts: int, top_k: int, n_blocks: int, spli
     """Whether a decode step routes in its expert kernels and combines in the down kernel (``FUSED_ROUTING``):
     few pairs (``moe_route.fits``), and the down kernel's expected active programs (``n_blocks`` column blocks
     times ``split`` for each of :func:`expected_experts`) fit in one wave of ``FUSED_DOWN_PROGRAMS_PER_SM``
-    programs on each of ``sms`` SMs (or ``MEMBOUND_MOE_DOWN_MAXNREG`` is set)."""
+    programs on each of ``sms`` SMs (8 under the default 64-register cap, 5 without)."""
     if not FUSED_ROUTING or not fits(tokens, experts, top_k):
         return False
     programs = max(1.0, expected_experts(tokens, experts, top_k)) * n_blocks * split
-    return DOWN_MAXNREG > 0 or programs <= FUSED_DOWN_PROGRAMS_PER_SM * sms
+    return programs <= FUSED_DOWN_PROGRAMS_PER_SM * sms
 
 
 def _block(n: int, cap: int) -> int:
@@ -705,9 +714,10 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         # offset) is one load a tile. 32 output rows a program (H200,
         # benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-down-split.json: 198.6 against 202.0 us at T = 1,
         # 668.7 against 693.6 at T = 8 for 64). Asked gate/up's first, then down's (moe_decode_tiles.py's plans)
-        cap_k = min(64, group) if scheme == INT4.value else 64
-        bn_g, bk_g = _block(i, DECODE_BLOCK_N), _block(d, cap_k)
-        bn_d, bk_d = _block(d, DECODE_BLOCK_N), _block(i, cap_k)
+        cap_n, cap_k = (INT4_PAIRS_BLOCK_N, min(INT4_PAIRS_BLOCK_K, group)) if pairs else (DECODE_BLOCK_N, 64)
+        cap_k = min(cap_k, group) if scheme == INT4.value else cap_k
+        bn_g, bk_g = _block(i, cap_n), _block(d, cap_k)
+        bn_d, bk_d = _block(d, cap_n), _block(i, cap_k)
         split = down_split(t, e, top_k, d, i, bn_d, bk_d, x.device)
         k_per_split = cdiv(cdiv(i, split), bk_d) * bk_d
         split = cdiv(i, k_per_split)  # no empty splits
