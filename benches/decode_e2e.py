@@ -21,7 +21,9 @@ tokens after the same random ``--prompt``-token prompts:
   adds ``membound triton+graphs <scheme>`` rows (``compile(..., quantize=scheme)``);
   ``--membound-backends ...,triton+graphs+fused`` adds ``membound triton+graphs decode-fused``: the decode
   step built by the ``decode-fused`` pipeline (``MEMBOUND_DECODE_PIPELINE``: residual adds and RMSNorms
-  folded into the GEMVs), for an A/B against ``triton+graphs`` in one run;
+  folded into the GEMVs), for an A/B against ``triton+graphs`` in one run; ``...,triton+graphs+glu`` adds
+  ``membound triton+graphs linear-glu`` (``MEMBOUND_LINEAR_GLU=1``: the MLP's gating in the gate/up GEMV's
+  epilogue, the down projection a plain linear);
 - ``roofline``: N steps x (the bytes a step must read: every weight it streams once + K/V of the live
   context) / the read bandwidth of ``x.sum()`` over 2 GiB measured in this run (so "% roofline" is also
   "% of read bandwidth"). An untied input embedding table is gathered (one row per token), not
@@ -324,9 +326,13 @@ def membound_variants(backends: list[str], schemes: tuple[str, ...] = ()) -> lis
             base = graphs_variant(BACKENDS)
             out.append(MemboundVariant(f"{base.label} decode-fused", base.compile_kwargs, {}, base.unavailable,
                                        env={"MEMBOUND_DECODE_PIPELINE": "decode-fused"}))
+        elif name == "triton+graphs+glu":
+            base = graphs_variant(BACKENDS)
+            out.append(MemboundVariant(f"{base.label} linear-glu", base.compile_kwargs, {}, base.unavailable,
+                                       env={"MEMBOUND_LINEAR_GLU": "1"}))
         else:
             raise ValueError(f"--membound-backends: unknown {name!r}; use reference, triton, triton+graphs, "
-                             f"triton+graphs+fused")
+                             f"triton+graphs+fused, triton+graphs+glu")
     base = out[-1] if out else None
     for scheme in schemes:
         if base is None:

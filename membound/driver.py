@@ -27,7 +27,7 @@ from membound.backends import Backend, Executable, compile_graph, get_backend, r
 from membound.ir.graph import Graph
 from membound.passes import DumpIR, Instrument, PassContext, PassManager, named_pipeline, pass_name
 from membound.passes.manager import PassRecord
-from membound.passes.pipeline import KV_CACHE_PASSES, LINEAR_FUSION_PASSES, decode_pipeline_name
+from membound.passes.pipeline import KV_CACHE_PASSES, QUANTIZE_BEFORE, decode_pipeline_name
 
 PipelineLike = Sequence[Union[str, Callable[..., bool]]]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -111,9 +111,9 @@ class CompileOptions:
         if kind != "decode" and self.quant_config is not None:
             from membound.passes.quantize_weights import QuantizeWeights
 
-            # before the passes that fold a linear's neighbours into it: it quantizes plain linears only
+            # before the passes that fold a linear's neighbours (or the gating) into it: it quantizes plain linears
             names = [pass_name(p) for p in passes]
-            at = min([names.index(n) for n in LINEAR_FUSION_PASSES if n in names], default=len(passes))
+            at = min([names.index(n) for n in QUANTIZE_BEFORE if n in names], default=len(passes))
             passes[at:at] = [QuantizeWeights(self.quant_config), "dead-code-elimination"]
         return passes
 

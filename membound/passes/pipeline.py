@@ -7,7 +7,7 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
 
 * ``forward``: what ``membound.compile(model)`` and the ``torch.compile`` backend run on a captured
   forward: clean-ups, then the memory-bound rewrites (fuse-attention, fuse-moe, merge-linear,
-  fuse-gated-linear), each asking the cost model whether it pays at the graph's dims.
+  fuse-gated-linear, fuse-linear-glu), each asking the cost model whether it pays at the graph's dims.
 * ``prefill``: the step graph ``generate`` builds: the forward clean-ups, fuse-attention, then
   insert-kv-cache (which needs the attention op and separate k/v projections) before the linear
   merges.
@@ -31,14 +31,18 @@ from membound.passes.manager import PassFn, PassLike, get_pass, pass_name
 CLEANUP_PASSES = ("canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination")
 # what turns a cache-less forward into a cached step: after the user's (or the cleanup) passes
 KV_CACHE_PASSES = ("fuse-attention", "insert-kv-cache", "fuse-moe", "merge-linear", "fuse-gated-linear",
-                   "canonicalize", "dead-code-elimination")
+                   "fuse-linear-glu", "canonicalize", "dead-code-elimination")
 # fuse-moe before merge-linear: merging would fold the router into a wider projection the pattern does not read
-MEMORY_BOUND_PASSES = ("fuse-attention", "fuse-moe", "merge-linear", "fuse-gated-linear", "canonicalize",
-                       "dead-code-elimination")
+MEMORY_BOUND_PASSES = ("fuse-attention", "fuse-moe", "merge-linear", "fuse-gated-linear", "fuse-linear-glu",
+                       "canonicalize", "dead-code-elimination")
+# fuse-linear-glu after fuse-gated-linear (it rewrites gated_linear over a merged gate/up projection); quantization
+# runs before it (driver.pipeline_for: QUANTIZE_BEFORE), so it never hides a linear from quantize-weights
 # a linear's neighbours (residual add, RMSNorm) folded into its GEMV: decode only, where a launch saved is a
 # visible share of the step. At prefill sizes the fused ops run the norm, cuBLAS and the add as separate
 # kernels, one more launch than the generated add + norm kernel they replace.
 LINEAR_FUSION_PASSES = ("fuse-linear-residual", "fuse-norm-linear")
+# quantize-weights goes before the first of these: they make ops (linear_add, linear_glu, ...) it does not quantize
+QUANTIZE_BEFORE = ("fuse-linear-glu",) + LINEAR_FUSION_PASSES
 
 # Not in the default decode pipeline (yet). On an H200 (benches/results/decode_e2e-nvidia-h200-2026-12-02-fused.json)
 # the first fused step, with the norm in every GEMV program's prologue (each re-reading and re-reducing x),

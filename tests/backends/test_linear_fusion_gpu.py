@@ -20,6 +20,7 @@ import torch
 
 import membound
 from membound.models import get_config, init_weights, model_from_config
+from membound.passes.fuse_linear_glu import ENV as GLU_ENV
 from membound.passes.pipeline import PIPELINES
 
 FUSED_OPS = {"rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq"}
@@ -35,15 +36,17 @@ def _model() -> torch.nn.Module:
 
 
 def _decode_logits(model: torch.nn.Module, ids: torch.Tensor, new: int, fused: bool,
-                   monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                   monkeypatch: pytest.MonkeyPatch, glu: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
     with monkeypatch.context() as m:
         if fused:  # off by default (passes/pipeline.py)
             m.setitem(PIPELINES, "decode", PIPELINES["decode-fused"])
+        m.setenv(GLU_ENV, "1" if glu else "0")  # fuse-linear-glu, off by default
         compiled = membound.compile(model, backend="triton", cuda_graphs=True)
         membound.generate(compiled, ids, 2)  # builds the program
     program = compiled.kv_program
     ops = {s.node.op for s in program.decode.partition.steps if getattr(s, "node", None) is not None}
     assert (FUSED_OPS <= ops) if fused else not (FUSED_OPS & ops), ops
+    assert ("linear_glu" in ops) == glu, ops
     seen: list[torch.Tensor] = []
     step = program.decode_step
 
@@ -65,6 +68,25 @@ def test_fused_decode_step_logits_equal_unfused_bf16(batch: int, monkeypatch: py
     new = 6
     out_f, fused = _decode_logits(model, ids, new, True, monkeypatch)
     out_u, unfused = _decode_logits(model, ids, new, False, monkeypatch)
+    _compare(ids, new, out_f, fused, out_u, unfused)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 8])
+def test_linear_glu_decode_step_logits_equal_gated_bf16(batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fuse-linear-glu (the gating in the gate/up GEMV's epilogue, the down projection a plain linear) against
+    the default step (gated_linear), the same tolerance: both round gate, up, silu and the product to bf16
+    alike, but the tiles differ, so the fp32 sums may differ in order (split-K)."""
+    model = _model()
+    ids = torch.randint(3, 1000, (batch, 17), device="cuda", generator=torch.Generator(device="cuda").manual_seed(3))
+    new = 6
+    out_g, glu = _decode_logits(model, ids, new, False, monkeypatch, glu=True)
+    out_u, gated = _decode_logits(model, ids, new, False, monkeypatch)
+    _compare(ids, new, out_g, glu, out_u, gated)
+
+
+def _compare(ids: torch.Tensor, new: int, out_f: torch.Tensor, fused: list[torch.Tensor], out_u: torch.Tensor,
+             unfused: list[torch.Tensor]) -> None:
     assert len(fused) == len(unfused) == new - 1
     same = 0  # the length of the prefix both runs produced identically (the prompt, then new tokens)
     while same < out_f.shape[1] and torch.equal(out_f[:, same], out_u[:, same]):

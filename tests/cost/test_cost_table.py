@@ -63,6 +63,7 @@ COST: dict[str, tuple[str, int, int]] = {
     'floor': ('floor(float32[7]){}', 7, 56),
     'full': ('full(){shape=(2,3),value=1.5,dtype=torch.float32}', 0, 24),
     'gated_linear': ('gated_linear(float32[7,5],float32[7,5],float32[3,5]){}', 385, 424),
+    'linear_glu': ('linear_glu(float32[7,5],float32[6,5]){}', 525, 344),
     'gather': ('gather(float32[4,5],int64[4,3]){dim=1}', 0, 192),
     'ge': ('ge(float32[4,5],float32[4,5]){}', 20, 180),
     'gelu': ('gelu(float32[3,1,5]){}', 120, 120),

@@ -54,8 +54,8 @@ def test_gpt2_with_eager_attention_ends_with_an_attention_op():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     ops = [n.op for n in compiled.ir.nodes]
     assert "attention" in ops and "softmax" not in ops
-    assert [r.name for r in compiled.pass_records][-6:] == ["fuse-attention", "fuse-moe", "merge-linear",
-                                                             "fuse-gated-linear", "canonicalize",
+    assert [r.name for r in compiled.pass_records][-7:] == ["fuse-attention", "fuse-moe", "merge-linear",
+                                                             "fuse-gated-linear", "fuse-linear-glu", "canonicalize",
                                                              "dead-code-elimination"]
 
 
@@ -88,6 +88,6 @@ def test_compile_options_are_one_dataclass():
     opts = CompileOptions(backend="reference")
     compiled = membound.compile(build_model("llama-tiny"), options=opts)
     assert compiled.options is opts and compiled.backend == "reference"
-    assert [len(opts.pipeline_for(k)) for k in ("forward", "prefill", "decode")] == [10, 11, 2]
+    assert [len(opts.pipeline_for(k)) for k in ("forward", "prefill", "decode")] == [11, 12, 2]
     custom = CompileOptions(pipeline=["canonicalize"])
     assert len(custom.pipeline_for("prefill")) == 1 + 7  # the user's passes, then the KV-cache passes

@@ -405,6 +405,17 @@ case("gated_linear", [A(f32, 7, 5), A(f32, 7, 5), A(f32, 3, 5)], _gated_linear)
 case("gated_linear", [A(f32, B, S, 5), A(f32, B, S, 5), A(f32, 4, 5)], _gated_linear, act="silu")
 case("gated_linear", [A(f16, 2, 1, 9), A(f16, 2, 1, 9), A(f16, 6, 9)], _gated_linear)
 
+
+def _linear_glu(x: torch.Tensor, w: torch.Tensor, act: str = "silu") -> torch.Tensor:
+    n = w.shape[0] // 2
+    g, u = _linear(x, w[:n]), _linear(x, w[n:])
+    return g / (1 + torch.exp(-g)) * u
+
+
+case("linear_glu", [A(f32, 7, 5), A(f32, 6, 5)], _linear_glu)
+case("linear_glu", [A(f32, B, S, 5), A(f32, 8, 5)], _linear_glu, act="silu")
+case("linear_glu", [A(f16, 2, 1, 9), A(f16, 10, 9)], _linear_glu)
+
 # the fused GEMV forms (fuse-linear-residual / fuse-norm-linear): eager's composition, rounded as eager does
 case("linear_add", [A(f32, 7, 5), A(f32, 3, 5), A(f32, 7, 3)], lambda x, w, r: r + _linear(x, w))
 case("linear_add", [A(f16, 2, 1, 9), A(f16, 6, 9), A(f16, 2, 1, 6)], lambda x, w, r: r + _linear(x, w))
@@ -929,6 +940,10 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("gated_linear", [T(f32, 3, 4), T(f32, 3, 5), T(f32, 6, 4)], {}, ValueError),
     ("gated_linear", [T(f32, 3, 4), T(f32, 3, 4), T(f16, 6, 4)], {}, TypeError),
     ("gated_linear", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4)], {"act": "relu"}, ValueError),
+    ("linear_glu", [T(f32, 3, 4), T(f32, 7, 4)], {}, ValueError),  # an odd number of rows
+    ("linear_glu", [T(f32, 3, 4), T(f32, 6, 5)], {}, ValueError),
+    ("linear_glu", [T(f32, 3, 4), T(f16, 6, 4)], {}, TypeError),
+    ("linear_glu", [T(f32, 3, 4), T(f32, 6, 4)], {"act": "relu"}, ValueError),
     ("linear_add", [T(f32, 3, 4), T(f32, 5, 4), T(f32, 3, 6)], {}, ValueError),    # residual of another shape
     ("rms_norm_linear", [T(f32, 3, 4), T(f32, 4), T(f32, 5, 6)], {"eps": 1e-6}, ValueError),
     ("gated_linear_add", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4), T(f32, 3, 5)], {}, ValueError),

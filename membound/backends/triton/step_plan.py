@@ -5,7 +5,8 @@ Each step of a partition becomes one :class:`~membound.cost.step.KernelWork` (vi
 - a generated kernel (pointwise, row, sections) -> ``fused``, its bytes the partition's boundary bytes;
 - ``linear`` / ``gated_linear`` -> the path the library takes at that many rows (``kernels/linear.py``):
   ``gemv`` (register FMA, M <= 2), ``gemv_dot`` (tensor cores, M <= ``SMALL_M``), ``cublas`` above;
-  ``_gated`` for the gated form on our kernel; the fused forms (``rms_norm_linear``, ``linear_add``,
+  ``_gated`` for the gated form on our kernel (``linear_glu``, the gating in the epilogue, takes the plain
+  kinds: its loop is the linear's over the merged weight); the fused forms (``rms_norm_linear``, ``linear_add``,
   ``gated_linear_add`` and their ``_sumsq`` forms) run the same kernel and take the same kinds; what a
   norm adds (each program re-reads its rows of x, or of the producer's partial sums of squares, from L2)
   is in the op's bytes (``ir/ops/matmul.py``); ``benches/profile_step.py`` on a GPU measures them;
@@ -42,7 +43,7 @@ from membound.ir.graph import Node
 
 # our GEMV library's ops; the fused forms (a norm prologue, a residual epilogue) run the same kernel
 LINEAR_OPS = ("linear", "gated_linear", "rms_norm_linear", "linear_add", "gated_linear_add",
-              "rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq")
+              "rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq", "linear_glu")
 _GATED = ("gated_linear", "gated_linear_add", "gated_linear_add_sumsq")
 QUANT_OPS = ("quant_linear", "quant_gated_linear")
 

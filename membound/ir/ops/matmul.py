@@ -165,6 +165,49 @@ define_op("gated_linear", inputs=("gate", "up", "weight"), attrs={"act": "silu"}
 
 
 # ---------------------------------------------------------------------------------------------
+# linear_glu: act(g) * u where g, u are the halves of linear(x, weight[2N, K]): a gated MLP's merged
+# gate/up projection with its gating in the epilogue (fuse-linear-glu)
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_linear_glu(x: TensorType, weight: TensorType, act: str = "silu") -> TensorType:
+    op = "linear_glu"
+    dtype = same_dtype(op, ("x", x), ("weight", weight))
+    require_float(op, x, "x")
+    if act not in GATED_ACTIVATIONS:
+        fail(op, f"act must be one of {sorted(GATED_ACTIVATIONS)}, got {act!r}")
+    if x.rank < 1 or weight.rank != 2:
+        fail(op, f"needs x[..., K] and weight[2N, K], got x {x}, weight {weight}")
+    rows, k = weight.shape
+    require_same_dim(op, x.shape[-1], k, f"x {x} and weight {weight} disagree on K")
+    half = rows / 2
+    if isinstance(half, sympy.Expr) and half.is_number and not half.is_Integer:
+        fail(op, f"weight {weight} must have an even number of rows (the gate rows, then the up rows)")
+    return TensorType(dtype, x.shape[:-1] + (sympy.simplify(half),))
+
+
+def _linear_glu(x: torch.Tensor, weight: torch.Tensor, act: str = "silu") -> torch.Tensor:
+    """Exactly eager's ``act(g) * u`` after ``g, u = linear(x, weight).chunk(2, -1)``: the projection, the
+    activation and the product each rounded to the dtype."""
+    g, u = torch.nn.functional.linear(x, weight).chunk(2, dim=-1)
+    return GATED_ACTIVATIONS[act](g) * u
+
+
+def _linear_glu_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    x, weight = ins[0], ins[1]
+    m = numel(x.shape[:-1])
+    rows, k = weight.shape
+    return 2 * m * rows * k + 5 * outs[0].numel()  # the product, plus silu (4) and the gating multiply
+
+
+define_op("linear_glu", inputs=("x", "weight"), attrs={"act": "silu"}, kind="matmul",
+          infer=_infer_linear_glu, reference=_linear_glu, flops=_linear_glu_flops,
+          doc="act(g) * u where g, u = linear(x, weight).chunk(2, -1): a gated MLP's merged gate/up "
+              "projection with the gating in its epilogue (the [.., 2N] projection is never written)",
+          positionwise=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # linears with a prologue or an epilogue (fuse-norm-linear, fuse-linear-residual): at decode each one
 # is a launch less per use, the GEMV forming its input or finishing its output in registers
 # ---------------------------------------------------------------------------------------------

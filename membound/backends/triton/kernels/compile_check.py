@@ -114,17 +114,23 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
             (8, True, 16, 32, 128, 1, False, True, False, "in"),
             (1, False, 1, 4, 512, 1, False, False, True, "out"),
             (1, False, 1, 4, 512, 2, True, False, True, "out"),
-            (8, True, 16, 32, 128, 2, True, False, True, "out")):
+            (8, True, 16, 32, 128, 2, True, False, True, "out"),
+            # linear_glu (gate/up merged: 28672 x 4096 at 8B; each program half gate, half up rows)
+            (1, False, 1, 2, 512, 1, "glu", False, False, ""),
+            (1, False, 1, 2, 512, 2, "glu", False, False, ""),
+            (8, True, 16, 16, 128, 2, "glu", False, False, "")):
+        glu, gated = gated == "glu", gated is True
         ns = k // 4  # the partials of a 4096-wide row
-        args = dict(x_ptr="*bf16", u_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16", part_ptr="*fp32",
-                    lock_ptr="*i32", g_ptr="*bf16", nw_ptr="*bf16", r_ptr="*bf16", ss_ptr="*fp32", M=m, N=n, K=k,
+        args = dict(x_ptr="*bf16", u_ptr="*bf16", w_ptr="*bf16", w2_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16",
+                    part_ptr="*fp32", lock_ptr="*i32", g_ptr="*bf16", nw_ptr="*bf16", r_ptr="*bf16", ss_ptr="*fp32",
+                    M=m, N=n, K=k,
                     K_PER_SPLIT=k // split, NS=ns, stride_xm=k, stride_um=k, stride_wn=k, stride_split=m * n,
                     stride_rm=n, stride_sm=ns if ss == "in" else n // 4, eps=1e-5, BLOCK_M=block_m, BLOCK_N=block_n,
                     BLOCK_K=block_k, SPLIT_K=split, HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32",
                     USE_PDL=True, PREFETCH=not use_dot, GATED=gated, EARLY_W=not gated,
                     PRE_GATE=(gated or norm) and use_dot, NORM=norm, RESIDUAL=res, SUMSQ_IN=ss == "in",
-                    SUMSQ_OUT=ss == "out", SUMSQ_COLUMNS=4, SS_CHUNK=min(ns, max(16, 4096 // block_m)))
-        label = f"M={m} {'dot' if use_dot else 'fma'}" + (" gated" if gated else "")
+                    SUMSQ_OUT=ss == "out", SUMSQ_COLUMNS=4, SS_CHUNK=min(ns, max(16, 4096 // block_m)), GLU=glu)
+        label = f"M={m} {'dot' if use_dot else 'fma'}" + (" gated" if gated else "") + (" glu" if glu else "")
         label += (" norm" if norm else "") + (" residual" if res else "") + (f" sumsq-{ss}" if ss else "")
         label += f" split{split}" if split > 1 else ""
         out.append((_linear_small_m, label, args,

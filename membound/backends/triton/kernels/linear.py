@@ -37,6 +37,7 @@ whose rows are not contiguous (``weight.stride(1) != 1``), CPU tensors without `
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -86,6 +87,17 @@ def _finish(acc, r_ptr, ms, rows, stride_rm, mask, dtype, RESIDUAL: tl.constexpr
 
 
 @triton.jit
+def _glu(acc_gate, acc_up, dtype):
+    """``linear_glu``'s output tile: ``silu(gate) * up`` rounded as eager rounds ``silu(g) * u`` after a linear
+    whose output it splits: each half of the product rounded to ``dtype``, the activation rounded, then the
+    product."""
+    g = acc_gate.to(dtype).to(tl.float32)
+    u = acc_up.to(dtype).to(tl.float32)
+    a = (g / (1.0 + tl.exp(-g))).to(dtype)
+    return (a.to(tl.float32) * u).to(dtype)
+
+
+@triton.jit
 def _store_sumsq(y, ss_ptr, ms, m_ok, out_mask, pid_n, N, stride_sm, BLOCK_N: tl.constexpr,
                  COLUMNS: tl.constexpr):
     """The partial sums of squares of the output tile ``y`` (its rounded values upcast to fp32, as eager's
@@ -103,7 +115,7 @@ def _store_sumsq(y, ss_ptr, ms, m_ok, out_mask, pid_n, N, stride_sm, BLOCK_N: tl
 
 @triton.jit
 def _linear_small_m(
-    x_ptr, u_ptr, w_ptr, b_ptr, out_ptr, part_ptr, lock_ptr, g_ptr, nw_ptr, r_ptr, ss_ptr,
+    x_ptr, u_ptr, w_ptr, w2_ptr, b_ptr, out_ptr, part_ptr, lock_ptr, g_ptr, nw_ptr, r_ptr, ss_ptr,
     M, N, K, K_PER_SPLIT, NS,
     stride_xm, stride_um, stride_wn, stride_split, stride_rm, stride_sm, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -112,7 +124,7 @@ def _linear_small_m(
     PRE_GATE: tl.constexpr = False, NORM: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
     SUMSQ_IN: tl.constexpr = False, SUMSQ_OUT: tl.constexpr = False, SUMSQ_COLUMNS: tl.constexpr = 4,
     SS_CHUNK: tl.constexpr = 16,
-    L2_PREFETCH: tl.constexpr = False, pf_bytes=0,
+    L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
@@ -120,6 +132,8 @@ def _linear_small_m(
     if SUMSQ_OUT:
         tl.static_assert(BLOCK_N % SUMSQ_COLUMNS == 0, "a program owns whole blocks of the partial sums")
     tl.static_assert(not (NORM and GATED), "a norm prologue and gating are two forms of x: one at a time")
+    tl.static_assert(not GLU or not (GATED or NORM or RESIDUAL or SUMSQ_OUT or HAS_BIAS),
+                     "linear_glu: a plain x, no bias, and its output is the gated product")
     if USE_DOT:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
     pid_n = tl.program_id(0)
@@ -129,19 +143,29 @@ def _linear_small_m(
     ms = tl.arange(0, BLOCK_M)
     row_ok = rows < N
     w_rows = w_ptr + rows.to(tl.int64) * stride_wn  # 64-bit: an lm head passes 2**31 elements
+    if GLU:
+        # linear_glu: this program's columns of the up half too (rows N + j of the merged weight), in a second
+        # tile and accumulator, so the epilogue has both factors of act(gate) * up in registers
+        w2_rows = w2_ptr + rows.to(tl.int64) * stride_wn
     m_ok = ms < M
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
 
     if USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if GLU:
+            acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         # defer the K reduction: one fp32 FMA per loaded W element, a single tree-sum at the end
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+        if GLU:
+            acc3_2 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
         if PREFETCH and EARLY_W:
             # the first W tile of a parameter weight (no kernel writes it): loaded before the wait, so it
             # is in flight while the previous kernel finishes
             w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
+            if GLU:
+                w_next2 = _w_tile(w2_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
     if L2_PREFETCH:
         # a parameter weight's first pf_bytes of each of this program's rows (K chunk), asked of L2 before
         # the wait: the DRAM stays busy while the kernels before this one finish (_launch.l2_prefetch)
@@ -151,6 +175,8 @@ def _linear_small_m(
         if PREFETCH and not EARLY_W:
             # a weight some earlier kernel may have written: read only after the wait
             w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
+            if GLU:
+                w_next2 = _w_tile(w2_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
     if NORM:
         ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
         if SUMSQ_IN:
@@ -218,16 +244,28 @@ def _linear_small_m(
             w_t = tl.load(w_rows[None, :] + ks[:, None], mask=row_ok[None, :] & k_ok[:, None],
                           other=0.0)
             acc = tl.dot(x, w_t, acc, input_precision=INPUT_PRECISION)
+            if GLU:
+                w_t2 = tl.load(w2_rows[None, :] + ks[:, None], mask=row_ok[None, :] & k_ok[:, None], other=0.0)
+                acc2 = tl.dot(x, w_t2, acc2, input_precision=INPUT_PRECISION)
         else:
             if PREFETCH:
                 # registers double-buffer W: the next tile's load is in flight while this one is used
                 w = w_next
                 w_next = _w_tile(w_rows, row_ok, ks + BLOCK_K, k_end)
+                if GLU:
+                    w2 = w_next2
+                    w_next2 = _w_tile(w2_rows, row_ok, ks + BLOCK_K, k_end)
             else:
                 w = _w_tile(w_rows, row_ok, ks, k_end)
+                if GLU:
+                    w2 = _w_tile(w2_rows, row_ok, ks, k_end)
             acc3 += x[:, None, :].to(tl.float32) * w[None, :, :].to(tl.float32)
+            if GLU:
+                acc3_2 += x[:, None, :].to(tl.float32) * w2[None, :, :].to(tl.float32)
     if not USE_DOT:
         acc = tl.sum(acc3, axis=2)
+        if GLU:
+            acc2 = tl.sum(acc3_2, axis=2)
 
     out_offs = ms[:, None] * N + rows[None, :]
     out_mask = m_ok[:, None] & row_ok[None, :]
@@ -235,13 +273,19 @@ def _linear_small_m(
         # the whole K range was ours: add the bias, round once to the output dtype
         if HAS_BIAS:
             acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-        y = _finish(acc, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
+        if GLU:
+            y = _glu(acc, acc2, out_ptr.dtype.element_ty)
+        else:
+            y = _finish(acc, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
         tl.store(out_ptr + out_offs, y, mask=out_mask)
         if SUMSQ_OUT:
             _store_sumsq(y, ss_ptr, ms, m_ok, out_mask, pid_n, N, stride_sm, BLOCK_N, SUMSQ_COLUMNS)
     else:
         # an fp32 partial sum, then count this split in; the last of the SPLIT_K to arrive reduces
+        # (GLU: the up half's partials after the gate half's, SPLIT_K slices further on)
         tl.store(part_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
+        if GLU:
+            tl.store(part_ptr + (SPLIT_K + pid_k) * stride_split + out_offs, acc2, mask=out_mask)
         if arrive_last(lock_ptr, pid_n, SPLIT_K):
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for s in tl.static_range(SPLIT_K):  # split order: the same sum on every run
@@ -249,7 +293,14 @@ def _linear_small_m(
                                  cache_modifier=".cg")  # from L2: the other programs' stores
             if HAS_BIAS:
                 total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-            y = _finish(total, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
+            if GLU:
+                total2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in tl.static_range(SPLIT_K):
+                    total2 += tl.load(part_ptr + (SPLIT_K + s) * stride_split + out_offs, mask=out_mask,
+                                      other=0.0, cache_modifier=".cg")
+                y = _glu(total, total2, out_ptr.dtype.element_ty)
+            else:
+                y = _finish(total, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
             tl.store(out_ptr + out_offs, y, mask=out_mask)
             if SUMSQ_OUT:
                 _store_sumsq(y, ss_ptr, ms, m_ok, out_mask, pid_n, N, stride_sm, BLOCK_N, SUMSQ_COLUMNS)
@@ -339,6 +390,30 @@ def gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, out
         raise ValueError(f"gated_linear: gate must be [..., K], got shape {tuple(gate.shape)}")
     return _small_m("gated_linear", gate, up, weight, None, out, config,
                     lambda: F.linear(F.silu(gate) * up, weight), static_weight)
+
+
+def linear_glu(x: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor] = None, *, act: str = "silu",
+               config: Optional[LinearConfig] = None, static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``linear_glu``: ``silu(g) * u`` where ``g, u`` are the halves of ``linear(x, weight)``
+    (``weight[2N, K]``: a gated MLP's merged gate/up projection), the gating in the GEMV's epilogue.
+
+    Each program streams its columns' gate rows and up rows as two tiles with two accumulators, so the
+    ``[M, 2N]`` projection is never stored and the down projection reads one ``[M, N]`` input. ``config``:
+    its ``block_n`` counts output columns (each program reads twice as many weight rows); by default the
+    tiles of the plain linear over ``2N`` rows with ``block_n`` halved. M > 16: torch (cuBLAS + pointwise).
+    """
+    from membound.ir.ops.matmul import GATED_ACTIVATIONS
+
+    if act != "silu":
+        raise ValueError(f"linear_glu: act={act!r} has no kernel (silu does); known: {sorted(GATED_ACTIVATIONS)}")
+    if x.dim() < 1:
+        raise ValueError(f"linear_glu: x must be [..., K], got shape {tuple(x.shape)}")
+
+    def reference() -> torch.Tensor:
+        g, u = F.linear(x, weight).chunk(2, dim=-1)
+        return F.silu(g) * u
+
+    return _small_m("linear_glu", x, None, weight, None, out, config, reference, static_weight, glu=True)
 
 
 def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
@@ -451,13 +526,18 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
              out: Optional[torch.Tensor], config: Optional[LinearConfig], reference: Callable[[], torch.Tensor],
              static_weight: bool, *, norm: Optional[tuple[torch.Tensor, float]] = None,
              residual: Optional[torch.Tensor] = None,
-             sumsq: Optional[tuple[torch.Tensor, str]] = None) -> torch.Tensor:
+             sumsq: Optional[tuple[torch.Tensor, str]] = None, glu: bool = False) -> torch.Tensor:
     """Every linear of the library: ``up`` given: x is the gate; ``norm`` (weight, eps): x is normed first;
     ``residual``: added to the output; ``sumsq`` (partials, "in"): the norm's mean square from the
-    partials, (partials, "out"): the output's partials written there. Checks, path choice, launch."""
+    partials, (partials, "out"): the output's partials written there; ``glu``: weight is ``[2N, K]`` (gate
+    rows, then up rows) and the output ``silu(gate) * up`` ``[.., N]``. Checks, path choice, launch."""
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be [N, K], got shape {tuple(weight.shape)}")
     n, k = weight.shape
+    if glu:
+        if n % 2:
+            raise ValueError(f"{op}: weight must be [2N, K] (gate rows, then up rows), got {n} rows")
+        n //= 2
     if x.shape[-1] != k:
         raise ValueError(f"{op}: x {tuple(x.shape)} and weight {tuple(weight.shape)} disagree on K={k}")
     if bias is not None and tuple(bias.shape) != (n,):
@@ -487,6 +567,11 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     u2 = _rows(up, m, k) if up is not None else None
     r2 = _rows(residual, m, n) if residual is not None else None
     cfg = config or pick_config(m, n, k, x.dtype, x.device)
+    if glu and config is None:
+        # the tiles the plain linear over all 2N rows takes, each program's rows half gate, half up: the same
+        # rows a program streams and the same programs (so the same split) as the linear before the fusion
+        cfg = pick_config(m, 2 * n, k, x.dtype, x.device)
+        cfg = dataclasses.replace(cfg, block_n=max(cfg.block_n // 2, 16 if cfg.use_dot else 1))
     if m > cfg.block_m:
         raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m}")
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
@@ -497,7 +582,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     if pre_gate:
         gbuf = torch.empty((m, k), dtype=x.dtype, device=x.device)
     if split > 1:
-        part = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+        part = torch.empty(((2 if glu else 1) * split, m, n), dtype=torch.float32, device=x.device)
         locks = split_counters(x.device, n_blocks)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     b = bias if bias is not None else weight  # a valid pointer the kernel never reads
@@ -507,7 +592,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
                          f"of the partial sums per program)")
     ns = ss2.shape[1] if ss2 is not None else 0
     launchable(_linear_small_m, x.device)[(n_blocks, split)](
-        x2, u2 if u2 is not None else x2, weight, b, y, part, locks, gbuf,
+        x2, u2 if u2 is not None else x2, weight, weight[n:] if glu else weight, b, y, part, locks, gbuf,
         norm[0] if norm is not None else weight, r2 if r2 is not None else y, ss2 if ss2 is not None else part,
         m, n, k, k_per_split, ns, x2.stride(0), u2.stride(0) if u2 is not None else 0, weight.stride(0), m * n,
         r2.stride(0) if r2 is not None else 0, ss2.stride(0) if ss2 is not None else 0,
@@ -518,7 +603,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         RESIDUAL=r2 is not None, SUMSQ_IN=sumsq is not None and sumsq[1] == "in",
         SUMSQ_OUT=sumsq is not None and sumsq[1] == "out", SUMSQ_COLUMNS=SUMSQ_COLUMNS,
         SS_CHUNK=min(next_pow2(max(ns, 1)), max(16, 4096 // cfg.block_m)), num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        num_stages=cfg.num_stages, GLU=glu,
         **pdl_options(x.device), **l2_prefetch_bytes(weight, static_weight, n * split, k_per_split))
     note(op, "kernel")
     return y
