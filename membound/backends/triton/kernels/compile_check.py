@@ -129,7 +129,8 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                     BLOCK_K=block_k, SPLIT_K=split, HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32",
                     USE_PDL=True, PREFETCH=not use_dot, GATED=gated, EARLY_W=not gated,
                     PRE_GATE=(gated or norm) and use_dot, NORM=norm, RESIDUAL=res, SUMSQ_IN=ss == "in",
-                    SUMSQ_OUT=ss == "out", SUMSQ_COLUMNS=4, SS_CHUNK=min(ns, max(16, 4096 // block_m)), GLU=glu)
+                    SUMSQ_OUT=ss == "out", SUMSQ_COLUMNS=4, SS_CHUNK=min(ns, max(16, 4096 // block_m)), GLU=glu,
+                    GATE_ROWS=min(m, block_m))
         label = f"M={m} {'dot' if use_dot else 'fma'}" + (" gated" if gated else "") + (" glu" if glu else "")
         label += (" norm" if norm else "") + (" residual" if res else "") + (f" sumsq-{ss}" if ss else "")
         label += f" split{split}" if split > 1 else ""

@@ -124,7 +124,7 @@ def _linear_small_m(
     PRE_GATE: tl.constexpr = False, NORM: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
     SUMSQ_IN: tl.constexpr = False, SUMSQ_OUT: tl.constexpr = False, SUMSQ_COLUMNS: tl.constexpr = 4,
     SS_CHUNK: tl.constexpr = 16,
-    L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False,
+    L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False, GATE_ROWS: tl.constexpr = 16,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
@@ -202,22 +202,31 @@ def _linear_small_m(
         # same values), then read it as x. Formed in the loop, the compiler recomputes it in the dot operand's
         # layout, once per warp (4x), for all 16 padded rows: the gated Llama-3-8B down projection at M = 8
         # took 103 us against 35 at M = 1 (H200)
-        for mm in range(0, M):
+        # the real rows (GATE_ROWS: M's power of two) in one [GATE_ROWS, GATE_CHUNK] tile of 4096 values a step:
+        # the steps wait on their L2 loads one after another, so their count is the prologue's latency (a row
+        # and 512 columns a step took M x K / 512 of them: 56 per program for the 8B down projection at M = 8,
+        # split 4; 7 now)
+        GATE_CHUNK: tl.constexpr = 4096 // GATE_ROWS
+        gms = tl.arange(0, GATE_ROWS)
+        gm_ok = gms < M
+        if NORM:
+            # this block's 1 / rms per gate row (rstd is per BLOCK_M row): rows past GATE_ROWS are padding
+            grstd = tl.sum(tl.where(gms[:, None] == ms[None, :], rstd[None, :], 0.0), axis=1)
+        for kk in range(k_start, k_end, GATE_CHUNK):
+            kg = kk + tl.arange(0, GATE_CHUNK)
+            g_ok = gm_ok[:, None] & (kg < k_end)[None, :]
+            xg = tl.load(x_ptr + gms[:, None] * stride_xm + kg[None, :], mask=g_ok, other=0.0)
             if NORM:
-                rstd_m = tl.sum(tl.where(ms == mm, rstd, 0.0), axis=0)
-            for kk in range(k_start, k_end, 512):
-                kg = kk + tl.arange(0, 512)
-                g_ok = kg < k_end
-                xg = tl.load(x_ptr + mm * stride_xm + kg, mask=g_ok, other=0.0)
-                if NORM:
-                    nwg = tl.load(nw_ptr + kg, mask=g_ok, other=0.0)
-                    xn = (xg.to(tl.float32) * rstd_m).to(xg.dtype)
-                    tl.store(g_ptr + mm * K + kg, (xn.to(tl.float32) * nwg.to(tl.float32)).to(xg.dtype), mask=g_ok)
-                else:
-                    ug = tl.load(u_ptr + mm * stride_um + kg, mask=g_ok, other=0.0)
-                    xf = xg.to(tl.float32)
-                    gg = (xf / (1.0 + tl.exp(-xf))).to(xg.dtype)
-                    tl.store(g_ptr + mm * K + kg, (gg.to(tl.float32) * ug.to(tl.float32)).to(ug.dtype), mask=g_ok)
+                nwg = tl.load(nw_ptr + kg, mask=kg < k_end, other=0.0)
+                xn = (xg.to(tl.float32) * grstd[:, None]).to(xg.dtype)
+                tl.store(g_ptr + gms[:, None] * K + kg[None, :],
+                         (xn.to(tl.float32) * nwg.to(tl.float32)[None, :]).to(xg.dtype), mask=g_ok)
+            else:
+                ug = tl.load(u_ptr + gms[:, None] * stride_um + kg[None, :], mask=g_ok, other=0.0)
+                xf = xg.to(tl.float32)
+                gg = (xf / (1.0 + tl.exp(-xf))).to(xg.dtype)
+                tl.store(g_ptr + gms[:, None] * K + kg[None, :],
+                         (gg.to(tl.float32) * ug.to(tl.float32)).to(ug.dtype), mask=g_ok)
         tl.debug_barrier()  # the block's stores are visible to all its threads after this
         x_ptr = g_ptr
         stride_xm = K
@@ -603,7 +612,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         RESIDUAL=r2 is not None, SUMSQ_IN=sumsq is not None and sumsq[1] == "in",
         SUMSQ_OUT=sumsq is not None and sumsq[1] == "out", SUMSQ_COLUMNS=SUMSQ_COLUMNS,
         SS_CHUNK=min(next_pow2(max(ns, 1)), max(16, 4096 // cfg.block_m)), num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, GLU=glu,
+        num_stages=cfg.num_stages, GLU=glu, GATE_ROWS=min(next_pow2(m), cfg.block_m),
         **pdl_options(x.device), **l2_prefetch_bytes(weight, static_weight, n * split, k_per_split))
     note(op, "kernel")
     return y

@@ -367,7 +367,7 @@ def _quant_matmul(
     SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
     PRE_GATE: tl.constexpr, PREFETCH_X: tl.constexpr, X_ROWS: tl.constexpr = 0, PAIRS: tl.constexpr = 0,
-    PAIR_CODES: tl.constexpr = False, L2_PREFETCH: tl.constexpr = False, pf_bytes=0,
+    PAIR_CODES: tl.constexpr = False, L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GATE_ROWS: tl.constexpr = 16,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     if SCHEME == 1:
@@ -446,11 +446,18 @@ def _quant_matmul(
         # into the scratch g[M, K] (programs of one K range write the same values), then read it as x. In
         # the loop every thread would form the x columns of its tile itself: the same values once per
         # weight row group a warp holds, two MUFU instructions each, more than the bytes allow
-        for kk in range(UNIT * c_start, k_end, 512):
-            kg = kk + tl.arange(0, 512)
-            for mg in range(pid_m * BLOCK_M, tl.minimum(M, pid_m * BLOCK_M + BLOCK_M)):  # the real rows only
-                xg = _x_row(x_ptr, u_ptr, mg, M, kg, k_end, stride_xm, stride_um, True)
-                tl.store(g_ptr + mg * K + kg, xg, mask=(kg < k_end) & (kg * 0 + mg < M))
+        # The block's real rows (GATE_ROWS: M's power of two, at most BLOCK_M) in one [GATE_ROWS, GATE_CHUNK] tile
+        # of 4096 values a step: the steps wait on their L2 loads one after another, so their count is the
+        # prologue's latency. A row and 512 columns a step took M x K / 512 of them (224 per program for the
+        # Llama-3-8B down projection at M = 8, unsplit; the H200 batch-8 steps ran 30-45 us a launch over the
+        # model's line), 28 now; 4 at M = 1 instead of 28
+        GATE_CHUNK: tl.constexpr = 4096 // GATE_ROWS
+        gms = pid_m * BLOCK_M + tl.arange(0, GATE_ROWS)
+        gm_ok = gms < tl.minimum(M, pid_m * BLOCK_M + BLOCK_M)
+        for kk in range(UNIT * c_start, k_end, GATE_CHUNK):
+            kg = kk + tl.arange(0, GATE_CHUNK)
+            xg = _x_tile(x_ptr, u_ptr, gms, gm_ok, kg, k_end, stride_xm, stride_um, True)
+            tl.store(g_ptr + gms[:, None] * K + kg[None, :], xg, mask=gm_ok[:, None] & (kg < k_end)[None, :])
         tl.debug_barrier()  # the block's stores are visible to all its threads after this
         x_ptr = g_ptr
         stride_xm = K
@@ -951,7 +958,7 @@ def _launch(op: str, x: torch.Tensor, up: Optional[torch.Tensor], qweight: torch
         USE_DOT=cfg.use_dot, INPUT_PRECISION=precision, PREFETCH=cfg.prefetch and not cfg.use_dot,
         GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, PREFETCH_X=cfg.prefetch_x,
         X_ROWS=m if u2 is not None and cfg.use_dot and m <= GEMV_M and not pre_gate else 0, PAIRS=pairs_code,
-        PAIR_CODES=pairs and cfg.pair_codes,
+        PAIR_CODES=pairs and cfg.pair_codes, GATE_ROWS=min(next_pow2(m), cfg.block_m),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **pdl_options(x.device),
         **l2_prefetch_bytes(q, m_blocks == 1, n * split, kw_per_split))  # codes: parameters, never written
@@ -999,7 +1006,7 @@ def compile_args(m: int, n: int, k: int, scheme: str, group: int, cfg: QuantConf
                 PRE_GATE=pre_gate,
                 PREFETCH_X=cfg.prefetch_x and not cfg.use_dot,
                 X_ROWS=m if gated and cfg.use_dot and m <= GEMV_M and not pre_gate else 0, PAIRS=1 if pairs else 0,
-                PAIR_CODES=pairs and cfg.pair_codes)
+                PAIR_CODES=pairs and cfg.pair_codes, GATE_ROWS=min(next_pow2(m), cfg.block_m))
     label = (f"{scheme}{f' g{group}' if int4 else ''} M={m} {'dot' if cfg.use_dot else 'fma'} "
              f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{args['SPLIT_K']}{' gated' if gated else ''}"
              f"{' words' if words else ''}{' pairs' if pairs else ''}{' codes' if pairs and cfg.pair_codes else ''}")
