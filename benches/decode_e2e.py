@@ -333,7 +333,8 @@ def membound_variants(backends: list[str], schemes: tuple[str, ...] = ()) -> lis
         else:
             raise ValueError(f"--membound-backends: unknown {name!r}; use reference, triton, triton+graphs, "
                              f"triton+graphs+fused, triton+graphs+glu")
-    base = out[-1] if out else None
+    # the quantized rows build on the last variant without an environment A/B (decode-fused, linear-glu)
+    base = next((v for v in reversed(out) if not v.env), out[-1] if out else None)
     for scheme in schemes:
         if base is None:
             raise ValueError("--quantize needs a membound backend (--membound-backends) to quantize")

@@ -26,7 +26,7 @@ Here the down projection is a plain linear at every M, and the gate/up projectio
 When it fires: where the cost model (``ctx.cost``) estimates the fused form faster at the decode dims
 (``ctx.decode_dims``; symbols not given at 1), or without a cost model in the GEMV range, and only with
 ``MEMBOUND_LINEAR_GLU=1`` (off by default until a GPU A/B of the decode step says it pays:
-``gpu/linear_glu.sh``). Quantization runs before it (``driver.pipeline_for``), so a quantized gate/up
+``gpu/pending.sh``). Quantization runs before it (``driver.pipeline_for``), so a quantized gate/up
 projection is left to ``quant_linear`` and ``quant_gated_linear``.
 """
 
