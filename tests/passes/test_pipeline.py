@@ -18,7 +18,8 @@ from membound.passes import (
 )
 
 DEFAULT = ["canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination",
-           "fuse-attention", "fuse-moe", "merge-linear", "fuse-gated-linear", "canonicalize", "dead-code-elimination"]
+           "fuse-attention", "fuse-moe", "merge-linear", "fuse-gated-linear", "fuse-linear-glu", "canonicalize",
+           "dead-code-elimination"]
 
 
 def mark(graph: Graph, ctx: PassContext) -> bool:
