@@ -110,6 +110,10 @@ def as_quant_config(quantize: Union[None, str, QuantConfig]) -> Optional[QuantCo
     raise TypeError(f"quantize must be one of {SCHEMES}, a membound.QuantConfig or None, got {quantize!r}")
 
 
+# linears with a neighbour folded in (fuse-linear-glu, fuse-linear-residual, fuse-norm-linear): no quantized form; a
+# pipeline that runs those passes first leaves them in float, and the pass log says so
+_FUSED_FORMS = ("linear_glu", "linear_add", "gated_linear_add", "rms_norm_linear", "rms_norm_linear_sumsq",
+                "linear_add_sumsq", "gated_linear_add_sumsq")
 # where each matched op keeps its weight; ``matmul(x, W[K, N])`` (GPT-2's Conv1D) is linear(x, W.T)
 _WEIGHT_INDEX = {"linear": 1, "gated_linear": 2, "matmul": 1}
 
@@ -271,6 +275,12 @@ class QuantizeWeights:
                     ctx.note(f"moe %{node.results[0].name}: experts left in {dtype_name(node.inputs[0].dtype)}: {why}")
                 counts["moe" if why is None else "declined"] += 1
                 changed |= why is None
+                continue
+            if node.op in _FUSED_FORMS:
+                ctx.note(f"%{node.results[0].name} ({node.op}) left in {dtype_name(node.results[0].dtype)}: "
+                         f"quantize-weights has no form of {node.op}; run it before the pass that made it (the "
+                         f"compile driver does: membound.compile(..., quantize=...))")
+                counts["declined"] += 1
                 continue
             w = _candidate(node, config)
             if w is None:

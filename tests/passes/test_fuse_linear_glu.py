@@ -185,3 +185,17 @@ def test_step_plan_prices_it_as_the_plain_linear() -> None:
 
     assert [linear_kind("linear_glu", m) for m in (1, 8, 17)] == ["gemv", "gemv_dot", "cublas"]
     assert linear_kind("gated_linear", 8) == "gemv_dot_gated"
+
+
+def test_quantize_weights_after_it_says_what_it_left_in_float() -> None:
+    """A custom pipeline that fuses first: quantize-weights cannot quantize linear_glu and says so (it quantizes
+    the down projection, a plain linear)."""
+    from membound.passes.quantize_weights import QuantizeWeights
+
+    g = parse_with_params(CASES[0][0])
+    assert fuse_linear_glu(g, PassContext())
+    ctx = PassContext()
+    assert QuantizeWeights("int8")(g, ctx)
+    assert [n.op for n in g.nodes] == ["linear_glu", "quant_linear"]
+    assert any("(linear_glu) left in f32: quantize-weights has no form of linear_glu" in line for line in ctx.log)
+    assert any("1 linears to int8, 1 left in float" in line for line in ctx.log)
