@@ -115,6 +115,24 @@ def test_device_split_spreads_a_short_prefix_over_the_grid(monkeypatch: pytest.M
                                                                          scale=None), rtol=1e-4, atol=1e-4)
 
 
+def test_one_active_chunk_writes_directly_and_leaves_the_counters_alone() -> None:
+    """A grid of 8 splits over a 4096-slot capacity: a 21-slot prefix has one chunk with slots, whose program
+    writes the result itself (no partial, no arrival, no merge); then a 300-slot prefix (7 chunks, merged),
+    then the short one again. Each equals the reference, and the split counters are back at zero after each."""
+    from membound.backends.triton.kernels._launch import split_counters
+
+    gen = torch.Generator().manual_seed(5)
+    q = rand(2, 4, 1, 16, dtype=torch.float32, gen=gen)
+    k, v = rand(2, 1, 4096, 16, dtype=torch.float32, gen=gen), rand(2, 1, 4096, 16, dtype=torch.float32, gen=gen)
+    cfg = DecodeConfig(16, 16, 512, min_chunk=32)
+    for lengths in ((21, 9), (300, 21), (21, 1)):  # per batch row: one chunk, several, one
+        pos = torch.tensor([[lengths[0] - 1], [lengths[1] - 1]], device=DEVICE)
+        y = cached_attention(q, k, v, pos, config=cfg)
+        want = get_op("cached_attention").reference(q, k, v, pos, scale=None)
+        torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+        assert not split_counters(q.device, 2).any()
+
+
 def test_pick_config_rule() -> None:
     """The default tiles: rows padded to 16 per warp (64 at 4 warps), 64-slot key tiles for 16-bit caches up
     to head dim 128; a known length at batch 64 x 8 kv heads fills the machine with one split; the

@@ -45,6 +45,7 @@ tensors without ``TRITON_INTERPRET=1``. Any strides work (a transposed q or cach
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -93,6 +94,9 @@ EVICT_FIRST = False  # K/V loads with an evict-first L2 hint
 PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
 MIN_TILES = 4  # pick_config: key tiles one program streams at least (when the cache has that many)
 MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
+# a row block whose span has one chunk with slots: its program writes the result itself, nobody counts in or merges
+# (interpreter-checked, not yet timed on a GPU; MEMBOUND_DECODE_DIRECT=0 keeps the partial + merge for A/B runs)
+DIRECT_ONE_CHUNK = os.environ.get("MEMBOUND_DECODE_DIRECT", "1") == "1"
 
 
 # T and N_SPLITS grow with the cache's capacity: not specialised on (Triton would key a new compile on a
@@ -105,7 +109,7 @@ def _flash_decoding_split(
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-    MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr,
+    MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr, DIRECT: tl.constexpr = True,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -144,6 +148,14 @@ def _flash_decoding_split(
     chunk = _chunk(filled - lo, N_SPLITS, CHUNK_MIN, BLOCK_T)
     chunk_start = lo + pid_split * chunk
     chunk_end = tl.minimum(chunk_start + chunk, filled)
+    # chunks with slots (the same rule in every program of the row block): with one, its program writes the result
+    # directly and nobody counts in or merges (a short prefix in a CUDA graph sized for the capacity: the store of
+    # a partial, the arrival atomics of every program and the merge's reads were a chain of round trips per step)
+    n_active = tl.cdiv(filled - lo, chunk)
+    if DIRECT:
+        direct = n_active == 1
+    else:
+        direct = n_active < 0  # never: the partial and the merge (A/B runs)
     if chunk_start < chunk_end:
         if HAS_ALIBI:  # each row's head slope, in log2 units like the scores
             slope = tl.load(slope_ptr + h, mask=row_ok, other=0.0) * _LOG2E
@@ -184,7 +196,7 @@ def _flash_decoding_split(
         # this chunk's rows, normalised: o = acc / l with its log-sum-exp lse = m + log2(l) (-inf for a
         # row that saw no slot here: weight 0 in the merge)
         o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-        if N_SPLITS == 1:
+        if N_SPLITS == 1 or direct:
             # the whole span was ours: the result, written directly
             tl.store(o_ptr + b * sob + h[:, None] * soh + s[:, None] * sos + dvs[None, :] * sod,
                      o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
@@ -196,11 +208,10 @@ def _flash_decoding_split(
             tl.store(lse_ptr + slot, lse, mask=row_ok)
             tl.store(part_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], o, mask=row_ok[:, None] & dv_ok[None, :])
     if not ONE_SPLIT:
-        if N_SPLITS > 1:
+        if N_SPLITS > 1 and not direct:
             # every program of the row block counts in, idle ones too; the last to arrive merges the
             # partials of the chunks that had slots (the same chunk rule gives their number)
             if arrive_last(lock_ptr, pid_row, N_SPLITS):
-                n_active = tl.cdiv(filled - lo, chunk)
                 _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
                                 sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
                 reset_counter(lock_ptr, pid_row)
@@ -478,7 +489,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         hkv, g, s, cap, d, dv, chunk_min, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
         *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
-        ONE_SPLIT=one, INPUT_PRECISION=precision, HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
+        ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK, INPUT_PRECISION=precision, HAS_WINDOW=window is not None,
+        HAS_SOFTCAP=softcap is not None,
         RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
         MERGE_ROWS=merge_rows,
         KV_EVICT="evict_first" if cfg.evict_first else "",
