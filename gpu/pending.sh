@@ -13,6 +13,8 @@
 # 3. flash decoding writes the result directly when one chunk of the cache has slots (a short prefix in a CUDA graph
 #    sized for the capacity): no partial, no arrival atomics, no merge (MEMBOUND_DECODE_DIRECT=1, on by default,
 #    interpreter-checked). The A/B row below runs the default step with it off.
+# decode-fused (MEMBOUND_DECODE_PIPELINE) rides along: its 1.24B batch-8 step was 2.284 ms against 1.447 (session 5),
+# which the normed prologue's serial steps would explain; if it now pays, see passes/pipeline.py's note.
 # Compare the rows with benches/results/decode_e2e-nvidia-h200-2026-12-02-session7-issue10-merged.json (the old
 # prologue; same card kind): 8B b8 bf16 step 6.520 ms, int8 4.997, int4 4.240; 1B b8 bf16 1.397.
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
@@ -23,11 +25,11 @@ timeout 200 python -m pytest -q -n 8 -p no:cacheprovider tests/backends/test_lin
     tests/backends/test_decode_launches.py >"$OUT/tests.log" 2>&1
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -10
 tail -1 "$OUT/tests.log"
-echo "== decode steps: default (new prologue), linear-glu, int8, int4; 1B and 8B, batch 1 and 8"
+echo "== decode steps: default (new prologue), linear-glu, decode-fused, int8, int4; 1B and 8B, batch 1 and 8"
 timeout 360 python benches/decode_e2e.py --models llama-1b,llama-8b --batches 1,8 --contenders membound \
-    --membound-backends triton+graphs,triton+graphs+glu --quantize int8,int4 --budget-s 340 --out "$OUT" \
+    --membound-backends triton+graphs,triton+graphs+glu,triton+graphs+fused --quantize int8,int4 --budget-s 340 --out "$OUT" \
     >"$OUT/e2e.log" 2>&1
-grep -E " step " "$OUT/e2e.log" | head -16
+grep -E " step " "$OUT/e2e.log" | head -20
 echo "== the default step with MEMBOUND_DECODE_DIRECT=0 (partials and merge always): 1B and 8B, batch 1"
 MEMBOUND_DECODE_DIRECT=0 timeout 120 python benches/decode_e2e.py --models llama-1b,llama-8b --batches 1 \
     --contenders membound --membound-backends triton+graphs --budget-s 100 --out "$OUT/direct0" >"$OUT/e2e_direct0.log" 2>&1
