@@ -122,6 +122,9 @@ def test_quant_linear(scheme: str, group: int, shape: tuple[int, ...], n: int, b
     ("int8", 0, 2, 77, 33, None),                                          # default: tensor cores at M = 2
     ("fp8", 0, 2, 77, 9, QuantConfig(16, 16, 32, split_k=2, use_dot=True)),  # and K split
     ("int8", 0, 5, 600, 9, QuantConfig(16, 16, 64, split_k=2, use_dot=True, tc_pre_gate=True)),  # gate first
+    # the gate formed first over several prologue steps (8 rows x 512 columns a step; one row x 4096)
+    ("int8", 0, 5, 1300, 9, QuantConfig(16, 16, 64, use_dot=True, tc_pre_gate=True)),
+    ("int4", 32, 1, 4200, 5, QuantConfig(1, 8, 64)),
 ])
 def test_quant_gated_linear(scheme: str, group: int, m: int, k: int, n: int, config: Optional[QuantConfig],
                             dtype: torch.dtype) -> None:
