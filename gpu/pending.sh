@@ -13,6 +13,8 @@
 # 3. flash decoding writes the result directly when one chunk of the cache has slots (a short prefix in a CUDA graph
 #    sized for the capacity): no partial, no arrival atomics, no merge (MEMBOUND_DECODE_DIRECT=1, on by default,
 #    interpreter-checked). The A/B row below runs the default step with it off.
+# 4. generate's loop: positions for every step made once, and the row-index input copied into the graph once a
+#    call (CapturedGraph's constant_inputs): two kernels less per token (tests/backends/test_cuda_graphs.py, runtime).
 # decode-fused (MEMBOUND_DECODE_PIPELINE) rides along: its 1.24B batch-8 step was 2.284 ms against 1.447 (session 5),
 # which the normed prologue's serial steps would explain; if it now pays, see passes/pipeline.py's note.
 # Compare the rows with benches/results/decode_e2e-nvidia-h200-2026-12-02-session7-issue10-merged.json (the old
@@ -22,7 +24,7 @@ echo "== tests: linear / quant kernels on the GPU, the fused decode steps, fuse-
 timeout 200 python -m pytest -q -n 8 -p no:cacheprovider tests/backends/test_linear_fusion_kernels.py \
     tests/backends/test_linear_fusion_gpu.py tests/backends/test_quant_kernels.py tests/backends/test_int4_pairs.py \
     tests/passes/test_fuse_linear_glu.py tests/backends/test_decode_variants.py tests/backends/test_attention_kernels.py \
-    tests/backends/test_decode_launches.py >"$OUT/tests.log" 2>&1
+    tests/backends/test_decode_launches.py tests/backends/test_cuda_graphs.py tests/runtime >"$OUT/tests.log" 2>&1
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -10
 tail -1 "$OUT/tests.log"
 echo "== decode steps: default (new prologue), linear-glu, decode-fused, int8, int4; 1B and 8B, batch 1 and 8"

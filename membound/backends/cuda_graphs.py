@@ -74,10 +74,14 @@ class CapturedGraph:
 
     ``__call__(inputs)`` copies ``inputs`` into the static buffers, replays, and returns the outputs
     (clones unless ``copy_outputs=False``). Inputs must match the example's shapes, dtypes and device.
+    ``constant_inputs``: positions of inputs a caller passes again unchanged from call to call (generate's
+    row-index input): copied only when they are another tensor than last time or torch changed it in place
+    since (its version counter), a copy kernel less per replay. The graph holds the last one it copied.
     """
 
     def __init__(self, fn: Executable, example_inputs: Sequence[torch.Tensor], *, warmup: int = 2,
-                 pool: Optional[Any] = None, copy_outputs: bool = True) -> None:
+                 pool: Optional[Any] = None, copy_outputs: bool = True,
+                 constant_inputs: Sequence[int] = ()) -> None:
         if not example_inputs:
             raise ValueError("cuda graphs: a step needs at least one input tensor (it sets the device)")
         device = example_inputs[0].device
@@ -87,6 +91,8 @@ class CapturedGraph:
         self.fn = fn
         self.copy_outputs = copy_outputs
         self.device = device
+        self.constant_inputs = frozenset(int(i) for i in constant_inputs)
+        self._held: dict[int, tuple[torch.Tensor, int]] = {}  # constant input -> (the tensor copied, its version)
         # static input buffers: the graph reads these addresses on every replay
         self.static_inputs = [t.detach().clone() for t in example_inputs]
         t0 = time.perf_counter()
@@ -118,9 +124,15 @@ class CapturedGraph:
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         self._check(inputs)
-        for t, s in zip(inputs, self.static_inputs):
-            if t is not s:
-                s.copy_(t, non_blocking=True)
+        for i, (t, s) in enumerate(zip(inputs, self.static_inputs)):
+            if t is s:
+                continue
+            if i in self.constant_inputs:
+                held = self._held.get(i)
+                if held is not None and held[0] is t and held[1] == t._version:
+                    continue  # the static buffer already holds it
+                self._held[i] = (t, t._version)
+            s.copy_(t, non_blocking=True)
         self.graph.replay()
         self.replays += 1
         if not self.copy_outputs:
@@ -139,7 +151,8 @@ class CUDAGraphRunner:
     def __init__(self, build: Callable[[GraphKey], Executable], *,
                  length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS, copy_outputs: bool = True,
                  warmup: int = 2, batch_of: Optional[Callable[[Sequence[torch.Tensor]], int]] = None,
-                 capture: Callable[..., CapturedGraph] = CapturedGraph, captures: Optional[list] = None) -> None:
+                 capture: Callable[..., CapturedGraph] = CapturedGraph, captures: Optional[list] = None,
+                 constant_inputs: Sequence[int] = ()) -> None:
         buckets = sorted(int(b) for b in length_buckets)
         if not buckets or buckets[0] <= 0 or len(set(buckets)) != len(buckets):
             raise ValueError(f"cuda graphs: length_buckets must be distinct positive ints, got {list(length_buckets)}")
@@ -149,6 +162,7 @@ class CUDAGraphRunner:
         self.warmup = warmup
         self.batch_of = batch_of or (lambda inputs: int(inputs[0].shape[0]) if inputs[0].dim() else 1)
         self.capture = capture
+        self.constant_inputs = tuple(constant_inputs)  # CapturedGraph's: copied only when they change
         self.graphs: dict[GraphKey, CapturedGraph] = {}
         # one entry per capture (batch, length bucket, host seconds of warm-up and capture); a caller may pass
         # its own list to keep the record across runners (KVProgram: a new runner per cache allocation)
@@ -171,8 +185,9 @@ class CUDAGraphRunner:
         key = self.key_for(inputs, length)
         graph = self.graphs.get(key)
         if graph is None:
+            options = dict(constant_inputs=self.constant_inputs) if self.constant_inputs else {}
             graph = self.capture(self.build(key), inputs, warmup=self.warmup, pool=self._pool_handle(),
-                                 copy_outputs=self.copy_outputs)
+                                 copy_outputs=self.copy_outputs, **options)
             record = {"batch": key.batch, "length": key.length, "warmup_s": getattr(graph, "warmup_s", None),
                       "capture_s": getattr(graph, "capture_s", None)}
             self.captures.append(record)

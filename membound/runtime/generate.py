@@ -66,9 +66,12 @@ class KVProgram:
             # One bucket, the capacity: a graph is valid for any filled length up to it.
             # After the first capture every kernel is compiled: one warm-up run (it makes the new capture
             # stream's split counters, outside the capture) is all a re-capture for a grown cache needs.
+            # input 2, the row index the logits are taken at (zeros at decode), is one tensor for a whole call:
+            # copied into the graph once, not every token
             self._runner = CUDAGraphRunner(lambda key: self.decode, copy_outputs=False,
                                            length_buckets=(self.cache.max_len,),
-                                           warmup=2 if self._runner is None else 1, captures=self.captures)
+                                           warmup=2 if self._runner is None else 1, captures=self.captures,
+                                           constant_inputs=(2,))
             self._runner_alloc = self.cache.allocations
         self.decode_graph.tensors.update(state)
         (logits,) = self._runner(inputs, length=length)  # type: ignore[operator]
@@ -166,11 +169,12 @@ def _decode(program: KVProgram, input_ids: torch.Tensor, prompts: list[torch.Ten
     logits = _run(program.prefill, program.prefill_graph, [tokens, positions, lengths - 1], state)
 
     zeros = torch.zeros(batch, dtype=torch.long, device=device)
+    # row r's i-th new token sits at position lengths[r] + i: every step's positions made at once (row i of
+    # steps_pos, contiguous), not an add kernel per token
+    steps_pos = torch.arange(max(max_new_tokens, 1), device=device)[:, None] + lengths[None, :].to(device)
 
     def step(i: int, tokens: torch.Tensor) -> torch.Tensor:
-        # row r's i-th new token sits at position lengths[r] + i
-        positions = (lengths + i)[:, None]
-        return program.decode_step([tokens[:, None], positions, zeros], state, longest + i + 1)
+        return program.decode_step([tokens[:, None], steps_pos[i][:, None], zeros], state, longest + i + 1)
 
     new = token_loop(logits, step, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos,
                      pad=pad, stream=stream, generator=generator, process=process)

@@ -118,6 +118,32 @@ def test_copy_outputs_false_returns_the_graph_buffers() -> None:
         g([torch.randn(2, 5, device="cuda")])
 
 
+def test_constant_inputs_reach_the_capture() -> None:
+    runner = CUDAGraphRunner(lambda key: lambda inputs: [inputs[0] + inputs[1]], length_buckets=(8,),
+                             capture=FakeGraph, constant_inputs=(1,))
+    runner([torch.ones(2, 3), torch.zeros(2, 3)], length=4)
+    (graph,) = runner.graphs.values()
+    assert graph.options["constant_inputs"] == (1,)
+
+
+@pytest.mark.gpu
+def test_a_constant_input_is_copied_only_when_it_changes() -> None:
+    """The same tensor again: not copied (the static buffer holds it); changed in place by torch (its version
+    moves) or another tensor: copied. Each replay's output shows which value the graph read."""
+    def add(inputs):
+        return [inputs[0] + inputs[1]]
+
+    x, c = torch.ones(2, 3, device="cuda"), torch.zeros(2, 3, device="cuda")
+    g = CapturedGraph(add, [x, c], constant_inputs=(1,))
+    torch.testing.assert_close(g([x, c])[0], x)
+    g.static_inputs[1].fill_(7.0)  # a stale buffer would show here: the same c again is not copied
+    torch.testing.assert_close(g([x, c])[0], x + 7.0)
+    c.add_(2.0)  # in place: a new version, copied
+    torch.testing.assert_close(g([x, c])[0], x + 2.0)
+    d = torch.full((2, 3), 5.0, device="cuda")
+    torch.testing.assert_close(g([x, d])[0], x + 5.0)
+
+
 @pytest.mark.gpu
 def test_decode_steps_of_library_kernels_replay_correctly() -> None:
     """cache_write + cached_attention(max_len=bucket) captured per bucket; cache state carries over."""
