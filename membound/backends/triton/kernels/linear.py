@@ -25,7 +25,9 @@ The fused forms (issue 13) change only what x is and what happens to the output 
 program, or with ``SUMSQ_IN`` from the partial sums of squares x's producer wrote), ``RESIDUAL`` (an add
 as the tile is stored) and ``SUMSQ_OUT`` (the stored tile's sums of squares, one fp32 per
 ``SUMSQ_COLUMNS`` = 4 output columns and row, written by the program that stores those columns: the last
-of a split; every program owns whole blocks since ``BLOCK_N`` is 4 or 32). The partials are what the next
+of a split; every program owns whole blocks since ``BLOCK_N`` is 4 or 32). ``GLU`` (``linear_glu``, from
+fuse-linear-glu): the weight is a merged ``[2N, K]`` gate/up projection; each program streams its columns'
+gate rows and up rows as two tiles into two accumulators and stores ``silu(gate) * up``. The partials are what the next
 norm reduces (the rounded output upcast to fp32), so a residual linear followed by a norm-linear needs
 neither a norm kernel nor a re-reduction: each consumer program sums the K / 4 partials (2-4 KB a row at
 the Llama shapes, one vector load, from L2).
@@ -330,9 +332,10 @@ class LinearConfig:
     prefetch: bool = True  # FMA path: double-buffer W tiles in registers
     # gated or normed, tensor cores: silu(gate) * up (or the normed x) formed once per program into a scratch
     # (PRE_GATE). The sm_90 SASS has the gating out of the main loop (963 -> 82 instructions a step); the H200
-    # GPU tests of 2026-12-02 ran it (generate at batch 3 against eager and the reference backend); not yet
-    # timed (the 8B down projection at M = 8 took 103 us with the gating in the loop, 35 at M = 1). The norm
-    # takes the same path untimed (issue 13)
+    # GPU tests of 2026-12-02 ran it (generate at batch 3 against eager and the reference backend). In the
+    # H200 batch-8 steps it ran at 51% of read bandwidth (cost/step.py's gemv_dot_gated prior) with a prologue
+    # of one row and 512 columns a step; now a [GATE_ROWS, 4096 / GATE_ROWS] tile a step (not yet timed). The
+    # norm takes the same path (issue 13)
     pre_gate: bool = True
 
 
