@@ -328,6 +328,8 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        medians per shape, bytes from the built-in Llama's launches; no read probe: over the typical 4168
 #        GB/s. step_calibration.py --fit prints the fits. Its b1 rows confirm [QM]'s GEMV lines in the step
 #        (gemv 2.06 us + 0.918, gemv_gated 3.03 us + 0.828).
+#  [MO] moe_decode_tiles-nvidia-h200-2026-12-02-session7-maxnreg-64.json: one moe op (router, top-k, the gate/up and
+#        down kernels with the routing and the combine in them) at the Mixtral-8x7B layer, bf16, CUDA graph.
 #  [AT] attention-nvidia-h200-2026-12-01-quick.json: our decode attention at batch 16, 32k cached
 #        positions streams at 83% of read bandwidth (the fixed part is negligible there).
 _H200_LAUNCH = LaunchPrior(
@@ -405,8 +407,17 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     "attention": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.35, source="[AT] prefill rows"),
     # generated pointwise / row / sectioned kernels: [P1] 1.5-2.5 us at a few KB; bandwidth unmeasured
     "fused": KernelPrior(fixed=1.7e-6, efficiency=0.8, source="[P1] fused kernel durations; efficiency a guess"),
-    # other library kernels (embedding gather, cache write, MoE): like a fused kernel
+    # other library kernels (embedding gather, cache write): like a fused kernel
     "library": KernelPrior(fixed=2.0e-6, efficiency=0.8, source="unmeasured: as a fused kernel"),
+    # MoE expert kernels (backends/triton/step_plan.py's moe_works splits a moe op into its launches). The decode
+    # walk (gate/up, then down): [MO] one moe op at the Mixtral-8x7B layer, bf16, CUDA-graph replay, T = 1 / 8 /
+    # 32: 188.9 / 701.6 / 732.2 us, 87.8 / 94.5 / 90.6% of read bandwidth over the active experts, routing
+    # launches included; at T = 1 the router and top-k (about 5 us) and two fixed parts of 2.5 us leave 0.94
+    "moe_decode": KernelPrior(fixed=2.5e-6, efficiency=0.94, source="[MO] moe op at the 8x7B layer, T = 1/8/32"),
+    # the grouped GEMM (prefill, large batches): kernels/moe.py's path model, GROUPED_BW_SHARE and
+    # GROUPED_MMA_SHARE (its H200 fits, test_moe_prefill.py's crossovers); the block table is its own launches
+    "moe_grouped": KernelPrior(fixed=3.0e-6, efficiency=0.59, compute_efficiency=0.47,
+                               source="kernels/moe.py GROUPED_BW_SHARE / GROUPED_MMA_SHARE"),
     # an op run by its torch reference inside the step (one kernel assumed; torch may launch more)
     "torch": KernelPrior(fixed=3.0e-6, efficiency=0.7, pdl=False, source="unmeasured"),
 }

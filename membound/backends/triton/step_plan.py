@@ -18,7 +18,9 @@ Each step of a partition becomes one :class:`~membound.cost.step.KernelWork` (vi
   ``quant_mma_<scheme>`` (the fused kernel) or ``quant_dequant_<scheme>`` (dequantize the packed weight,
   then ``cublas`` on the temporary: two work items, see ``dequant_works``);
 - ``cached_attention`` -> ``decode_attention`` for one query per row, else ``attention``; ``attention``
-  -> ``attention``; other library kernels -> ``library``; ops run by their torch reference -> ``torch``.
+  -> ``attention``; ``moe`` / ``quant_moe`` -> their launches (``moe_works``: routing, ``moe_decode`` or
+  ``moe_grouped`` expert kernels, combine); other library kernels -> ``library``; ops run by their torch
+  reference -> ``torch``.
 
 One launch per library call: the split kernels (split-K linear, flash decoding) reduce in their last
 program, not in a second kernel (a quantized matmul run as dequantize + cuBLAS is two items: its
@@ -127,6 +129,9 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
         if kind.startswith("quant_dequant_"):
             out += dequant_works(node, name, kind, est.flops, nbytes, dims, precision)
             continue
+        if node.op in ("moe", "quant_moe") and impl == "library":
+            out += moe_works(node, name, est.flops, nbytes, dims, precision, hardware)
+            continue
         out.append(KernelWork(name, kind, est.flops, max(nbytes, 0.0), precision))
     return out
 
@@ -148,4 +153,63 @@ def dequant_works(node: Node, name: str, kind: str, flops: float, nbytes: float,
             KernelWork(f"{name} (matmul)", "cublas", flops, dense + max(nbytes - packed, 0.0), precision)]
 
 
-__all__ = ["call_kind", "dequant_works", "kernel_works", "linear_kind", "quant_kind"]
+# launches of the torch routing a decode step takes when the kernels do not route it (moe_route.sorted_pairs: the
+# router's linear, softmax, top-k, then route_pairs), and of the combine in torch (the sum over k, the cast)
+ROUTE_LAUNCHES = 4
+COMBINE_LAUNCHES = 2
+BLOCK_TABLE_LAUNCHES = 3  # the grouped path's block table (kernels/moe.py _block_table), torch ops
+
+
+def moe_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, precision: str,
+              hardware: Optional[Hardware] = None) -> list[KernelWork]:
+    """A ``moe`` / ``quant_moe`` op as the launches ``kernels/moe.py`` makes at these dims. Decode path
+    (``moe_path``) routed in the kernels (``decode_plan``): the router's logits (``fused``), ``torch.topk``,
+    the gate/up and the down kernel (``moe_decode``; the combine is the down kernel's). Routed in torch: its
+    routing launches, the two kernels and the combine. Grouped path: routing, block table, two grouped GEMMs
+    (``moe_grouped``), combine. The op's bytes split as its parts read them: the router and x to the routing,
+    two thirds of the experts' to gate/up (with x), the rest to down; its FLOPs likewise."""
+    import importlib
+
+    from membound.ir.ops.moe import expert_bytes
+
+    km = importlib.import_module("membound.backends.triton.kernels.moe")  # (the package re-exports a function moe)
+    hw = hardware or Hardware.named("h200")
+    env = bindings(dims)
+    x, router = node.inputs[0], node.inputs[1]
+    d = int(evaluate(x.shape[-1], env, f"{node.op} D"))
+    t = int(evaluate(x.type.numel() / x.shape[-1], env, f"{node.op} tokens"))
+    e, _ = expert_bytes(node)
+    top_k, i = int(node.attrs["top_k"]), int(node.inputs[2].shape[1])
+    scheme = node.attrs.get("scheme") if node.op == "quant_moe" else None
+    group = int(node.attrs.get("group_size", 0) or 0)
+    dtype = x.dtype
+    x_bytes = float(evaluate(x.type.nbytes(), env, f"{node.op} x bytes"))
+    routing_bytes = float(router.type.nbytes()) + x_bytes
+    experts = max(nbytes - routing_bytes - x_bytes, 0.0)  # the active experts' weights (and a shared expert's)
+    small = KernelWork(f"{name} (routing)", "torch", 0.0, 0.0, precision)
+    path = km.moe_path(t, e, top_k, d, i, dtype, torch.device("cpu"), scheme, group, hw=hw)
+    if path == "decode":
+        pairs = km.INT4_PAIRS and scheme == "int4" and dtype in (torch.float16, torch.bfloat16)
+        plan = km.decode_plan(t, e, top_k, d, i, scheme == "int4", max(group, 1), pairs, hw.sm_count)
+        shared = len(node.inputs) > (8 if node.op == "quant_moe" else 5)
+        if plan.routed:
+            head = [KernelWork(f"{name} (router)", "fused", 2.0 * t * e * d, routing_bytes, precision),
+                    KernelWork(f"{name} (top-k)", "torch", 0.0, 0.0, precision)]
+        else:
+            head = [KernelWork(f"{name} (router)", "cublas", 2.0 * t * e * d, routing_bytes, precision)]
+            head += [small] * (ROUTE_LAUNCHES - 1)
+        tail = [] if plan.routed and not shared else [KernelWork(f"{name} (combine)", "torch", 0.0, 0.0, precision)
+                                                      ] * COMBINE_LAUNCHES
+        kind = "moe_decode"
+    else:
+        head = [KernelWork(f"{name} (router)", "cublas", 2.0 * t * e * d, routing_bytes, precision)]
+        head += [small] * (ROUTE_LAUNCHES - 1 + BLOCK_TABLE_LAUNCHES)
+        tail = [KernelWork(f"{name} (combine)", "torch", 0.0, 0.0, precision)] * COMBINE_LAUNCHES
+        kind = "moe_grouped"
+    expert_flops = max(flops - 2.0 * t * e * d, 0.0)
+    body = [KernelWork(f"{name} (gate/up)", kind, expert_flops * 2 / 3, experts * 2 / 3 + x_bytes, precision),
+            KernelWork(f"{name} (down)", kind, expert_flops / 3, experts / 3 + x_bytes, precision)]
+    return head + body + tail
+
+
+__all__ = ["call_kind", "dequant_works", "kernel_works", "linear_kind", "moe_works", "quant_kind"]

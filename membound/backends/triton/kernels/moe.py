@@ -580,16 +580,50 @@ DOWN_MIN_TILES = 8  # K tiles a split keeps at least
 
 
 def down_split(tokens: int, experts: int, top_k: int, d: int, i: int, block_n: int, block_k: int,
-               device: torch.device) -> int:
+               device: Optional[torch.device] = None, sms: Optional[int] = None) -> int:
     """K splits of the decode down kernel: doubled while the expected active experts' programs
-    (:func:`expected_experts`, ``cdiv(D, BLOCK_N)`` programs each) leave SMs short of
-    :data:`DOWN_PROGRAMS_PER_SM` programs and every split keeps at least :data:`DOWN_MIN_TILES` K tiles."""
+    (:func:`expected_experts`, ``cdiv(D, BLOCK_N)`` programs each) leave SMs (``sms``, or ``device``'s) short
+    of :data:`DOWN_PROGRAMS_PER_SM` programs and every split keeps at least :data:`DOWN_MIN_TILES` K tiles."""
+    sms = sms if sms is not None else sm_count(device if device is not None else torch.device("cpu"))
     programs = max(1.0, expected_experts(tokens, experts, top_k)) * cdiv(d, block_n)
     split = 1
-    while (programs * split < DOWN_PROGRAMS_PER_SM * sm_count(device) and i >= DOWN_MIN_TILES * block_k * split * 2
+    while (programs * split < DOWN_PROGRAMS_PER_SM * sms and i >= DOWN_MIN_TILES * block_k * split * 2
            and split < DOWN_MAX_SPLIT):
         split *= 2
     return split
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """The decode path's launch shape (:func:`decode_plan`): tiles of the gate/up and down kernels, the down
+    kernel's K split, its column blocks, and whether the kernels route the step themselves."""
+
+    bn_gate_up: int
+    bk_gate_up: int
+    bn_down: int
+    bk_down: int
+    split: int
+    k_per_split: int
+    n_blocks: int
+    routed: bool
+
+
+def decode_plan(tokens: int, experts: int, top_k: int, d: int, i: int, int4: bool, group: int, pairs: bool,
+                sms: int) -> DecodePlan:
+    """What the decode launcher runs for ``tokens`` tokens on ``sms`` SMs (``int4``: group-wise int4 experts,
+    their K tiles inside one group; ``pairs``: the int4 pairs dequantization's wider tiles). The step cost model
+    (``backends/triton/step_plan.py``) asks it too, so both see the same launches. Gate/up's tiles are asked
+    first, then down's (``benches/experiments/moe_decode_tiles.py`` replaces ``_block`` in that order)."""
+    cap_n, cap_k = (INT4_PAIRS_BLOCK_N, min(INT4_PAIRS_BLOCK_K, group)) if pairs else (DECODE_BLOCK_N, 64)
+    cap_k = min(cap_k, group) if int4 else cap_k
+    bn_g, bk_g = _block(i, cap_n), _block(d, cap_k)
+    bn_d, bk_d = _block(d, cap_n), _block(i, cap_k)
+    split = down_split(tokens, experts, top_k, d, i, bn_d, bk_d, sms=sms)
+    k_per_split = cdiv(cdiv(i, split), bk_d) * bk_d
+    split = cdiv(i, k_per_split)  # no empty splits
+    n_blocks = cdiv(d, bn_d)
+    routed = routes_in_kernels(tokens, experts, top_k, n_blocks, split, sms)
+    return DecodePlan(bn_g, bk_g, bn_d, bk_d, split, k_per_split, n_blocks, routed)
 
 
 def routes_in_kernels(tokens: int, experts: int, top_k: int, n_blocks: int, split: int, sms: int) -> bool:
@@ -714,15 +748,9 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         # offset) is one load a tile. 32 output rows a program (H200,
         # benches/results/moe_decode_tiles-nvidia-h200-2026-12-02-down-split.json: 198.6 against 202.0 us at T = 1,
         # 668.7 against 693.6 at T = 8 for 64). Asked gate/up's first, then down's (moe_decode_tiles.py's plans)
-        cap_n, cap_k = (INT4_PAIRS_BLOCK_N, min(INT4_PAIRS_BLOCK_K, group)) if pairs else (DECODE_BLOCK_N, 64)
-        cap_k = min(cap_k, group) if scheme == INT4.value else cap_k
-        bn_g, bk_g = _block(i, cap_n), _block(d, cap_k)
-        bn_d, bk_d = _block(d, cap_n), _block(i, cap_k)
-        split = down_split(t, e, top_k, d, i, bn_d, bk_d, x.device)
-        k_per_split = cdiv(cdiv(i, split), bk_d) * bk_d
-        split = cdiv(i, k_per_split)  # no empty splits
-        n_blocks = cdiv(d, bn_d)
-        routed = routes_in_kernels(t, e, top_k, n_blocks, split, sm_count(x.device))
+        plan = decode_plan(t, e, top_k, d, i, scheme == INT4.value, group, pairs, sm_count(x.device))
+        bn_g, bk_g, bn_d, bk_d = plan.bn_gate_up, plan.bk_gate_up, plan.bn_down, plan.bk_down
+        split, k_per_split, n_blocks, routed = plan.split, plan.k_per_split, plan.n_blocks, plan.routed
         if routed:
             logits, top, idx = router_topk(h, router, top_k)
             rw, order, offsets = top, idx, idx  # unread
