@@ -15,6 +15,7 @@
 #    interpreter-checked). The A/B row below runs the default step with it off.
 # 4. generate's loop: positions for every step made once, and the row-index input copied into the graph once a
 #    call (CapturedGraph's constant_inputs): two kernels less per token (tests/backends/test_cuda_graphs.py, runtime).
+# 5. kernels/moe.py's decode launch shape moved into decode_plan (same numbers; the MoE kernel tests run again).
 # decode-fused (MEMBOUND_DECODE_PIPELINE) rides along: its 1.24B batch-8 step was 2.284 ms against 1.447 (session 5),
 # which the normed prologue's serial steps would explain; if it now pays, see passes/pipeline.py's note.
 # Compare the rows with benches/results/decode_e2e-nvidia-h200-2026-12-02-session7-issue10-merged.json (the old
@@ -24,7 +25,8 @@ echo "== tests: linear / quant kernels on the GPU, the fused decode steps, fuse-
 timeout 200 python -m pytest -q -n 8 -p no:cacheprovider tests/backends/test_linear_fusion_kernels.py \
     tests/backends/test_linear_fusion_gpu.py tests/backends/test_quant_kernels.py tests/backends/test_int4_pairs.py \
     tests/passes/test_fuse_linear_glu.py tests/backends/test_decode_variants.py tests/backends/test_attention_kernels.py \
-    tests/backends/test_decode_launches.py tests/backends/test_cuda_graphs.py tests/runtime >"$OUT/tests.log" 2>&1
+    tests/backends/test_decode_launches.py tests/backends/test_cuda_graphs.py tests/runtime \
+    tests/backends/test_moe_kernel.py >"$OUT/tests.log" 2>&1
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -10
 tail -1 "$OUT/tests.log"
 echo "== decode steps: default (new prologue), linear-glu, decode-fused, int8, int4; 1B and 8B, batch 1 and 8"
