@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benches/decode_e2e.py --out DIR                      # GPU: llama-1b + llama-8b, b1/b8
     PYTHONPATH=. python benches/decode_e2e.py --models llama-8b --out DIR    # a subset (one device call each)
-    python benches/decode_e2e.py --merge A.json B.json --out DIR             # join subset files of one card
+    python benches/decode_e2e.py --merge A.json B.json --out DIR             # join subset files of one card (-merged)
     python benches/decode_e2e.py --smoke --out DIR                           # CPU, llama-tiny fp32 (CI)
 
 Per model (built-in Llama, bf16, random weights) and batch, every contender generates ``--new-tokens``
@@ -728,8 +728,14 @@ def merge(paths: list[str], out: Optional[str]) -> int:
     merged["runs"] = [{"file": Path(p).name, "read_bandwidth_gbps": r["read_bandwidth_gbps"], "date": r["date"]}
                       for p, r in zip(paths, records)]
     merged["args"] = dict(merged["args"], models=list(merged["models"]))
-    fname = f"decode_e2e-{gpu_slug(merged['device'])}-{merged['date']}.json"
-    targets = [ROOT / "benches" / "results" / fname] + ([Path(out) / fname] if out else [])
+    # "-merged": a run's own file of that card and date keeps its name; with --out the merged table goes only
+    # there (the caller names and commits it), else to benches/results, never over an existing file
+    fname = f"decode_e2e-{gpu_slug(merged['device'])}-{merged['date']}-merged.json"
+    folder = Path(out) if out else ROOT / "benches" / "results"
+    target, n = folder / fname, 2
+    while target.exists() and target.read_text() != json.dumps(merged, indent=1) + "\n":
+        target, n = folder / fname.replace("-merged.json", f"-merged-{n}.json"), n + 1
+    targets = [target]
     for path in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(merged, indent=1) + "\n")

@@ -180,6 +180,13 @@ def test_merge_joins_files_of_one_card_only(tmp_path: Path, monkeypatch: pytest.
 
     a, b = record("H", "llama-1b"), record("H", "llama-8b")
     assert bench.main(["--merge", str(a), str(b), "--out", str(tmp_path / "out")]) == 0
-    merged = json.loads((tmp_path / "out" / "decode_e2e-h-2026-01-02.json").read_text())
+    merged = json.loads((tmp_path / "out" / "decode_e2e-h-2026-01-02-merged.json").read_text())
     assert [r["model"] for r in merged["rows"]] == ["llama-1b", "llama-8b"]
+    assert not (tmp_path / "benches" / "results").exists()  # with --out, only there
+    results = tmp_path / "benches" / "results"
+    results.mkdir(parents=True)
+    (results / "decode_e2e-h-2026-01-02-merged.json").write_text("another table\n")
+    assert bench.main(["--merge", str(a), str(b)]) == 0  # never over an existing file
+    assert (results / "decode_e2e-h-2026-01-02-merged.json").read_text() == "another table\n"
+    assert json.loads((results / "decode_e2e-h-2026-01-02-merged-2.json").read_text())["rows"] == merged["rows"]
     assert bench.main(["--merge", str(a), str(record("G", "llama-8b"))]) == 2
