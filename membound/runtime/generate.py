@@ -171,7 +171,7 @@ def _decode(program: KVProgram, input_ids: torch.Tensor, prompts: list[torch.Ten
     zeros = torch.zeros(batch, dtype=torch.long, device=device)
     # row r's i-th new token sits at position lengths[r] + i: every step's positions made at once (row i of
     # steps_pos, contiguous), not an add kernel per token
-    steps_pos = torch.arange(max(max_new_tokens, 1), device=device)[:, None] + lengths[None, :].to(device)
+    steps_pos = torch.arange(max(max_new_tokens, 1), device=device)[:, None] + lengths[None, :]
 
     def step(i: int, tokens: torch.Tensor) -> torch.Tensor:
         return program.decode_step([tokens[:, None], steps_pos[i][:, None], zeros], state, longest + i + 1)

@@ -186,29 +186,27 @@ def moe_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, pr
     x_bytes = float(evaluate(x.type.nbytes(), env, f"{node.op} x bytes"))
     routing_bytes = float(router.type.nbytes()) + x_bytes
     experts = max(nbytes - routing_bytes - x_bytes, 0.0)  # the active experts' weights (and a shared expert's)
-    small = KernelWork(f"{name} (routing)", "torch", 0.0, 0.0, precision)
+    router_flops = 2.0 * t * e * d
+
+    def launches(part: str, kind: str, count: int = 1, work: float = 0.0, moved: float = 0.0) -> list[KernelWork]:
+        return [KernelWork(f"{name} ({part})", kind, work, moved, precision)] * count  # FLOPs, bytes
+
     path = km.moe_path(t, e, top_k, d, i, dtype, torch.device("cpu"), scheme, group, hw=hw)
+    routed = shared = False
     if path == "decode":
-        pairs = km.INT4_PAIRS and scheme == "int4" and dtype in (torch.float16, torch.bfloat16)
-        plan = km.decode_plan(t, e, top_k, d, i, scheme == "int4", max(group, 1), pairs, hw.sm_count)
+        pairs = km.int4_pairs_path(scheme == "int4", dtype)
+        routed = km.decode_plan(t, e, top_k, d, i, scheme == "int4", group, pairs, hw.sm_count).routed
         shared = len(node.inputs) > (8 if node.op == "quant_moe" else 5)
-        if plan.routed:
-            head = [KernelWork(f"{name} (router)", "fused", 2.0 * t * e * d, routing_bytes, precision),
-                    KernelWork(f"{name} (top-k)", "torch", 0.0, 0.0, precision)]
-        else:
-            head = [KernelWork(f"{name} (router)", "cublas", 2.0 * t * e * d, routing_bytes, precision)]
-            head += [small] * (ROUTE_LAUNCHES - 1)
-        tail = [] if plan.routed and not shared else [KernelWork(f"{name} (combine)", "torch", 0.0, 0.0, precision)
-                                                      ] * COMBINE_LAUNCHES
-        kind = "moe_decode"
+    if routed:
+        head = launches("router", "fused", 1, router_flops, routing_bytes) + launches("top-k", "torch")
     else:
-        head = [KernelWork(f"{name} (router)", "cublas", 2.0 * t * e * d, routing_bytes, precision)]
-        head += [small] * (ROUTE_LAUNCHES - 1 + BLOCK_TABLE_LAUNCHES)
-        tail = [KernelWork(f"{name} (combine)", "torch", 0.0, 0.0, precision)] * COMBINE_LAUNCHES
-        kind = "moe_grouped"
-    expert_flops = max(flops - 2.0 * t * e * d, 0.0)
-    body = [KernelWork(f"{name} (gate/up)", kind, expert_flops * 2 / 3, experts * 2 / 3 + x_bytes, precision),
-            KernelWork(f"{name} (down)", kind, expert_flops / 3, experts / 3 + x_bytes, precision)]
+        head = launches("router", "cublas", 1, router_flops, routing_bytes)
+        head += launches("routing", "torch", ROUTE_LAUNCHES - 1 + (BLOCK_TABLE_LAUNCHES if path != "decode" else 0))
+    tail = [] if routed and not shared else launches("combine", "torch", COMBINE_LAUNCHES)
+    kind = "moe_decode" if path == "decode" else "moe_grouped"
+    expert_flops = max(flops - router_flops, 0.0)
+    body = (launches("gate/up", kind, 1, expert_flops * 2 / 3, experts * 2 / 3 + x_bytes)
+            + launches("down", kind, 1, expert_flops / 3, experts / 3 + x_bytes))
     return head + body + tail
 
 

@@ -89,14 +89,23 @@ def _finish(acc, r_ptr, ms, rows, stride_rm, mask, dtype, RESIDUAL: tl.constexpr
 
 
 @triton.jit
-def _glu(acc_gate, acc_up, dtype):
-    """``linear_glu``'s output tile: ``silu(gate) * up`` rounded as eager rounds ``silu(g) * u`` after a linear
-    whose output it splits: each half of the product rounded to ``dtype``, the activation rounded, then the
-    product."""
-    g = acc_gate.to(dtype).to(tl.float32)
-    u = acc_up.to(dtype).to(tl.float32)
-    a = (g / (1.0 + tl.exp(-g))).to(dtype)
-    return (a.to(tl.float32) * u).to(dtype)
+def _silu_mul(g, u):
+    """``silu(g) * u`` rounded as eager rounds it: the activation in fp32 rounded to g's dtype, then the product
+    rounded to u's (the gated forms' x, and linear_glu's output from its two rounded accumulators)."""
+    gf = g.to(tl.float32)
+    a = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
+    return (a.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
+
+
+@triton.jit
+def _split_sum(part_ptr, first, SPLIT_K: tl.constexpr, stride_split, offs, mask, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """The fp32 partials ``first .. first + SPLIT_K`` summed in split order (the same sum on every run), from
+    L2 (``.cg``: the other programs' stores)."""
+    total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        total += tl.load(part_ptr + (first + s) * stride_split + offs, mask=mask, other=0.0, cache_modifier=".cg")
+    return total
 
 
 @triton.jit
@@ -207,7 +216,8 @@ def _linear_small_m(
         # the real rows (GATE_ROWS: M's power of two) in one [GATE_ROWS, GATE_CHUNK] tile of 4096 values a step:
         # the steps wait on their L2 loads one after another, so their count is the prologue's latency (a row
         # and 512 columns a step took M x K / 512 of them: 56 per program for the 8B down projection at M = 8,
-        # split 4; 7 now)
+        # split 4; 7 now). The tile costs registers: sm_90 ptxas gives the gated kernel at M = 8 72 against 48
+        # before (2048 values a step: 56; 1024: 48), still under the 6 programs an SM its shared memory allows
         GATE_CHUNK: tl.constexpr = 4096 // GATE_ROWS
         gms = tl.arange(0, GATE_ROWS)
         gm_ok = gms < M
@@ -242,9 +252,7 @@ def _linear_small_m(
         if GATED_X:
             # gated_linear: x = silu(gate) * up, each rounded to the dtype as eager rounds it (never stored)
             u = tl.load(u_ptr + ms[:, None] * stride_um + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            xf = x.to(tl.float32)
-            g = (xf / (1.0 + tl.exp(-xf))).to(x.dtype)
-            x = (g.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
+            x = _silu_mul(x, u)
         if NORM_X:
             # rms_norm(x, nw) rounded as eager rounds it: the normed value, then the product with the weight
             nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
@@ -285,7 +293,7 @@ def _linear_small_m(
         if HAS_BIAS:
             acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
         if GLU:
-            y = _glu(acc, acc2, out_ptr.dtype.element_ty)
+            y = _silu_mul(acc.to(out_ptr.dtype.element_ty), acc2.to(out_ptr.dtype.element_ty))
         else:
             y = _finish(acc, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
         tl.store(out_ptr + out_offs, y, mask=out_mask)
@@ -305,11 +313,8 @@ def _linear_small_m(
             if HAS_BIAS:
                 total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
             if GLU:
-                total2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for s in tl.static_range(SPLIT_K):
-                    total2 += tl.load(part_ptr + (SPLIT_K + s) * stride_split + out_offs, mask=out_mask,
-                                      other=0.0, cache_modifier=".cg")
-                y = _glu(total, total2, out_ptr.dtype.element_ty)
+                total2 = _split_sum(part_ptr, SPLIT_K, SPLIT_K, stride_split, out_offs, out_mask, BLOCK_M, BLOCK_N)
+                y = _silu_mul(total.to(out_ptr.dtype.element_ty), total2.to(out_ptr.dtype.element_ty))
             else:
                 y = _finish(total, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
             tl.store(out_ptr + out_offs, y, mask=out_mask)
@@ -578,12 +583,15 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     x2 = _rows(x, m, k)
     u2 = _rows(up, m, k) if up is not None else None
     r2 = _rows(residual, m, n) if residual is not None else None
-    cfg = config or pick_config(m, n, k, x.dtype, x.device)
-    if glu and config is None:
+    if config is not None:
+        cfg = config
+    elif glu:
         # the tiles the plain linear over all 2N rows takes, each program's rows half gate, half up: the same
         # rows a program streams and the same programs (so the same split) as the linear before the fusion
         cfg = pick_config(m, 2 * n, k, x.dtype, x.device)
         cfg = dataclasses.replace(cfg, block_n=max(cfg.block_n // 2, 16 if cfg.use_dot else 1))
+    else:
+        cfg = pick_config(m, n, k, x.dtype, x.device)
     if m > cfg.block_m:
         raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m}")
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k

@@ -593,6 +593,11 @@ def down_split(tokens: int, experts: int, top_k: int, d: int, i: int, block_n: i
     return split
 
 
+def int4_pairs_path(int4: bool, dtype: torch.dtype) -> bool:
+    """Whether int4 experts take the pairs dequantization (``INT4_PAIRS``; 16-bit activations only)."""
+    return INT4_PAIRS and int4 and dtype in (torch.float16, torch.bfloat16)
+
+
 @dataclass(frozen=True)
 class DecodePlan:
     """The decode path's launch shape (:func:`decode_plan`): tiles of the gate/up and down kernels, the down
@@ -730,7 +735,7 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     quant = dict(SCHEME=scheme, GROUP=max(group, 1), INPUT_PRECISION=precision)
     combined_in_kernel = False
 
-    pairs = INT4_PAIRS and scheme == INT4.value and x.dtype in (torch.float16, torch.bfloat16)
+    pairs = int4_pairs_path(scheme == INT4.value, x.dtype)
     halves = 2 + (0 if not pairs else 1 if pairs_ptx(x.device) else 2)
 
     def runs(block_k: int) -> int:
