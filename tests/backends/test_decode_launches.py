@@ -10,7 +10,9 @@ layer is 6 launches instead of 8:
 
 Counted on the decode partition the way ``membound.step_prediction`` counts launches (``kernel_works``),
 over the second layer (from the first launch that reads a ``layers.1.`` weight to the last). The fused
-step is built with ``MEMBOUND_DECODE_PIPELINE=decode-fused``. The tiny HF Llama's and membound's own
+step is built with ``MEMBOUND_DECODE_PIPELINE=decode-fused`` and, to keep the gated down projection these
+kernels fuse, ``MEMBOUND_LINEAR_GLU=0`` (fuse-linear-glu, on by default, moves the gating into the gate/up
+GEMV instead; the launch count with it is checked too). The tiny HF Llama's and membound's own
 Llama's greedy ``generate`` on the Triton backend (CPU interpreter; fp32, and fp16 for membound's) must
 equal eager recomputation.
 """
@@ -22,12 +24,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from _triton_interp import Interpreted  # sets TRITON_INTERPRET=1 before triton is imported
+from _triton_interp import DEVICE, Interpreted  # sets TRITON_INTERPRET=1 before triton is imported
 
 import membound
 from membound.backends.triton.step_plan import kernel_works
 
 INTERP = Interpreted(__file__)
+
+
+@pytest.fixture(autouse=True)
+def _gated_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMBOUND_LINEAR_GLU", "0")
 SECOND_LAYER = re.compile(r"(^|\.)layers\.1\.")
 
 
@@ -74,10 +81,17 @@ def test_a_layer_is_six_launches_instead_of_eight(monkeypatch: pytest.MonkeyPatc
     # the last layer's down projection feeds the final norm through the last position's gather: no statistics
     assert ops[3] == "linear_add_sumsq" and ops[-1] == "gated_linear_add", after
     assert not any("rms_norm" in name and name.startswith("_fused") for name in after), after
+    # fuse-linear-glu on (the default): the gating in the gate/up GEMV, the down projection a plain linear with
+    # the residual in its epilogue; there is no normed form of linear_glu, so the post-attention RMSNorm is its
+    # own launch again: seven
+    monkeypatch.setenv("MEMBOUND_LINEAR_GLU", "1")
+    glu = [name.split(" ")[0] for name in layer_launches(program(model, monkeypatch, fused=True))]
+    assert len(glu) == 7 and "linear_glu" in glu and not any(op.startswith("gated") for op in glu), glu
 
 
 def _greedy_equals_eager(model: torch.nn.Module, ids: torch.Tensor, new: int, logits_of) -> set[str]:
     """``generate`` through the fused decode step gives eager's greedy tokens; returns the step's library ops."""
+    model, ids = model.to(DEVICE), ids.to(DEVICE)  # the interpreter on CPU; on a GPU machine, CUDA
     compiled = membound.compile(model, backend="triton")
     with torch.no_grad():
         out = membound.generate(compiled, ids, new)

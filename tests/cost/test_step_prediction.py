@@ -117,7 +117,7 @@ def test_with_layers_repeats_the_second_layer() -> None:
     def count(steps: list, op: str) -> int:
         return sum(n.op == op for s in steps for n in s.nodes)
 
-    for op, per_layer in (("gated_linear", 1), ("cached_attention", 1), ("embedding", 0)):
+    for op, per_layer in (("linear_glu", 1), ("cached_attention", 1), ("embedding", 0)):
         assert count(four, op) == count(two, op) + 2 * per_layer, op
     with pytest.raises(ValueError, match="2-layer model"):
         with_layers(SimpleNamespace(steps=[]), 4)
@@ -144,7 +144,9 @@ def test_explain_predicts_the_step_of_a_compiled_model_with_a_triton_program() -
     pred = _compiled_step(owner, Hardware.named("h200"), {"B": 8, "T": 300})
     assert pred.label == "decode step b8 T=300" and pred.mode == "graph+pdl"
     kinds = pred.by_kind()
-    assert (kinds["gemv_dot"]["launches"], kinds["gemv_dot_gated"]["launches"]) == (2 * 3 + 1, 2)  # + the head
+    # per layer qkv, o and the gate/up linear_glu on tensor cores, the down projection (K = 4N) by cuBLAS; + the head
+    assert (kinds["gemv_dot"]["launches"], kinds["cublas"]["launches"]) == (2 * 3 + 1, 2)
+    assert "gemv_dot_gated" not in kinds
     assert "compiled" not in pred.table() and "launches" in pred.table()
     assert _compiled_step(SimpleNamespace(kv_program=None), Hardware.named("h200"), {"B": 1, "T": 8}) is None
 

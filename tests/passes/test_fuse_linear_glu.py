@@ -125,12 +125,14 @@ def test_unchanged(text: str) -> None:
     check_unchanged(fuse_linear_glu, text)
 
 
-def test_off_by_default_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_on_by_default_and_off_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV)
+    assert fuse_linear_glu(parse_with_params(CASES[0][0]), PassContext())
+    monkeypatch.setenv(ENV, "0")
     g = parse_with_params(CASES[0][0])
     ctx = PassContext()
     assert not fuse_linear_glu(g, ctx)
-    assert any("1 gate/up projection(s) match, not fused: off (MEMBOUND_LINEAR_GLU=1" in line for line in ctx.log)
+    assert any("1 gate/up projection(s) match, not fused: off (MEMBOUND_LINEAR_GLU=0)" in line for line in ctx.log)
 
 
 def test_fires_where_the_cost_model_says_at_decode() -> None:
@@ -165,11 +167,12 @@ def _hf(family: str) -> torch.nn.Module:
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_hf_models_decode_with_linear_glu(family: str, backend: str) -> None:
-    """Forward and greedy generate equal eager (fp32; the triton backend under the interpreter on CPU), and the
-    decode graph holds one linear_glu per layer and no gated_linear."""
-    model = _hf(family)
+    """Forward and greedy generate equal eager (fp32; the triton backend under the interpreter on CPU, on the GPU
+    where there is one), and the decode graph holds one linear_glu per layer and no gated_linear."""
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"  # no interpreter beside CUDA
+    model = _hf(family).to(device)
     compiled = membound.compile(model, backend=backend)
-    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         torch.testing.assert_close(compiled(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
         want = model.generate(ids, max_new_tokens=6, do_sample=False)

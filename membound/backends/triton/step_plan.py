@@ -52,14 +52,14 @@ QUANT_OPS = ("quant_linear", "quant_gated_linear")
 Dims = Mapping[Union[str, sympy.Symbol], int]
 
 
-def linear_kind(op: str, m: int) -> str:
-    """The kernel kind the library runs ``op`` (a bf16 GEMV op) with at ``m`` rows (``kernels/linear.py``'s
-    path choice)."""
-    from membound.backends.triton.kernels.linear import SMALL_M, pick_config
+def linear_kind(op: str, m: int, n: int = 1, k: int = 1) -> str:
+    """The kernel kind the library runs ``op`` (a bf16 GEMV op) with at ``m`` rows of ``[n, k]`` weight on a GPU
+    (``kernels/linear.py``'s path choice)."""
+    from membound.backends.triton.kernels.linear import SMALL_M, pick_config, prefers_cublas
 
     if op in QUANT_OPS:
         raise ValueError(f"linear_kind: {op} takes its kind from its scheme and shape: use quant_kind")
-    if m > SMALL_M:
+    if m > SMALL_M or (op == "linear" and prefers_cublas(m, n, k)):
         return "cublas"
     # the FMA/dot choice depends on m only (the device enters the split count, which the prior covers)
     dot = pick_config(max(m, 1), 64, 64, torch.bfloat16, torch.device("cpu")).use_dot
@@ -96,7 +96,8 @@ def call_kind(node: Node, impl: str, dims: Dims, hardware: Optional[Hardware] = 
             n = int(evaluate(node.results[0].type.shape[-1], bindings(dims), f"{node.op} columns"))
             return quant_kind(node.op, m, n, int(evaluate(k, bindings(dims), f"{node.op} K")),
                               node.attrs["scheme"], node.attrs.get("group_size", 0), x.dtype, hardware)
-        return linear_kind(node.op, m)
+        n = int(evaluate(node.results[0].type.shape[-1], bindings(dims), f"{node.op} columns"))
+        return linear_kind(node.op, m, n, int(evaluate(k, bindings(dims), f"{node.op} K")))
     if node.op == "cached_attention":
         rows = node.inputs[0].type.shape[2]  # q [B, Hq, S, D]: S new tokens per row
         one = evaluate(rows, bindings(dims), "cached_attention queries") == 1

@@ -345,26 +345,47 @@ class LinearConfig:
 
 
 def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> LinearConfig:
-    """Tiles from a sweep (``benches/gemv_sweep.py``, H100, bf16, the Llama-3.2-1B and Llama-3-8B decode
-    projections, weights streamed from HBM, CUDA-graph replay): for M <= 2, four W rows per program and
-    1 KB of each row per K step (``BLOCK_K`` = 512 bf16) won or came within 3% of the best on all ten
-    shapes, and beat cuBLAS on all ten (e.g. 2048x2048: 5.7 µs vs 6.3; 128256x4096: 339 vs 376).
-    Splitting K paid only for a long K over few rows (2048x8192: 15.0 µs split in 2 vs 16.0); elsewhere
-    it cost up to 40% (the partials' traffic and the last program's serial sum)."""
+    """Tiles from sweeps of the Llama-3.2-1B and Llama-3-8B decode projections (``benches/gemv_sweep.py``,
+    bf16, weights streamed from HBM, CUDA-graph replay).
+
+    M <= 2, register FMA (H100 sweep, 2026-11-26; H200, ``gemv_sweep-nvidia-h200-2026-12-02-session8-m1``):
+    four W rows per program and 1 KB of each row per K step (``BLOCK_K`` = 512 bf16), except for a large
+    weight (N x K >= 24M values: the gate/up projections, the heads, the 8B qkv and down), where eight rows
+    and 512 bytes per step stream faster (H200: 8B qkv 15.3-16.4 µs against 17.5, 1B gate/up 19.8 against
+    21.1, 1B head 135.4 against 140.2). The H200 picks are within 2% of each shape's best but the 8B qkv's (7%).
+    Splitting K pays only for a long K over few rows; elsewhere it cost up to 40% (the partials' traffic and
+    the last program's serial sum).
+
+    3 <= M <= 16, tensor cores (H200, ``gemv_sweep-tc-nvidia-h200-2026-12-02-session8``): 64 output columns
+    per program when N or K reaches 8192 (the gate/up and down projections, the heads), 32 otherwise; K split
+    until the programs fill 1.5 waves of SMs. Over the ten shapes this is 1.02x the time of each shape's best
+    config at M = 8 and 16, where the earlier rule (32 columns, split to 4 waves) was 1.19x / 1.17x (it
+    over-split: the 1B down projection 32.9 µs against 18.9 at M = 8)."""
     if m <= 2:
-        block_m, block_n, block_k, use_dot = next_pow2(m), 4, (512 if dtype != torch.float32 else 256), False
+        wide = n * k >= 24 * 2**20
+        block_m, block_n, use_dot = next_pow2(m), (8 if wide else 4), False
+        block_k = (256 if wide else 512) // (2 if dtype == torch.float32 else 1)
     else:
-        block_m, block_n, block_k, use_dot = 16, 32, 128, True
+        block_m, block_n, block_k, use_dot = 16, (64 if max(n, k) >= 8192 else 32), 128, True
     block_k = min(block_k, max(16, next_pow2(k)))
     programs = cdiv(n, block_n)
     split = 1
-    # split K while SMs would idle and every split keeps enough K tiles: eight on the FMA path (the
-    # sweep above), two on the tensor-core path (32 output columns per program leave far fewer
-    # programs; the rule of the H200 measurement in benches/results/decode_e2e-*-llama-1b.json)
-    min_tiles = 2 if use_dot else 8
-    while programs * split < 4 * sm_count(device) and k >= min_tiles * block_k * (2 * split) and split < 16:
+    # split K while SMs would idle and every split keeps enough K tiles: eight on the FMA path, two on the
+    # tensor-core path (whose programs are fewer: 32 or 64 output columns each)
+    min_tiles, target = (2, 3 * sm_count(device) // 2) if use_dot else (8, 4 * sm_count(device))
+    while programs * split < target and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
     return LinearConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
+
+
+def prefers_cublas(m: int, n: int, k: int) -> bool:
+    """The library runs a plain bf16/fp16 ``linear`` of ``3 <= m <= SMALL_M`` rows with cuBLAS rather than its
+    tensor-core GEMV when the reduction is long against the columns (K >= 3N: the Llama down projections).
+    Measured on the H200 (``gemv_sweep-tc-...-session8``), every tile config of ours lost there: the 8B down
+    projection 54.7 µs at best against cuBLAS's 38.5 at M = 8 (71.9 against 39.1 at M = 16), the 1B one 18.9
+    against 18.0; on the other eight shapes cuBLAS was 1.0-1.2x our pick. Only on CUDA (the interpreter runs the
+    kernel), only without a fused prologue or epilogue (those have no cuBLAS form)."""
+    return 2 < m <= SMALL_M and k >= 3 * n
 
 
 def linear_bytes(m: int, n: int, k: int, dtype: torch.dtype, has_bias: bool = False) -> int:
@@ -571,7 +592,11 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     reason = unsupported_device(*operands, *([sumsq[0]] if sumsq is not None else [])) or unsupported_dtype(op, x)
     if reason is None and weight.stride(1) != 1:
         reason = f"weight strides {weight.stride()} (rows must be contiguous)"
-    if reason is None and m > SMALL_M and config is None:
+    plain = op == "linear" and up is None and norm is None and residual is None and sumsq is None and not glu
+    if reason is None and config is None and plain and x.is_cuda and 0 < m <= SMALL_M and prefers_cublas(m, n, k):
+        note(op, "cublas")
+        return _cublas_into(x, weight, bias, out, m, n, k)
+    if reason is None and config is None and m > SMALL_M:
         note(op, "cublas")
         result = reference()
         result = result if out is None else _copy_out(out, result)
@@ -643,6 +668,18 @@ def _rows(t: torch.Tensor, m: int, k: int) -> torch.Tensor:
     output keeps its row stride; otherwise a copy of at most 16 rows)."""
     t2 = t.reshape(m, k)
     return t2 if t2.stride(1) == 1 or k == 1 else t2.contiguous()
+
+
+def _cublas_into(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], out: Optional[torch.Tensor],
+                 m: int, n: int, k: int) -> torch.Tensor:
+    """``x @ weight.T (+ bias)`` by cuBLAS, written straight into ``out`` (a decode step's planned buffer: no
+    copy kernel after the matmul)."""
+    y = check_out("linear", out, tuple(x.shape[:-1]) + (n,), x.dtype, x.device)  # contiguous
+    if bias is None:
+        torch.mm(x.reshape(m, k), weight.t(), out=y.view(m, n))
+    else:
+        torch.addmm(bias, x.reshape(m, k), weight.t(), out=y.view(m, n))
+    return y
 
 
 def _copy_out(out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
