@@ -27,7 +27,8 @@ When it fires: where the cost model (``ctx.cost``) estimates the fused form fast
 (``ctx.decode_dims``; symbols not given at 1), or without a cost model in the GEMV range. On by default
 since the H200 A/B of the decode step (``benches/results/decode_e2e-nvidia-h200-2026-12-02-session8-pending``):
 Llama-3-8B 4.893 -> 4.721 ms at batch 1 and 6.108 -> 5.569 at batch 8, Llama-3.2-1B 1.016 -> 1.002 and
-1.427 -> 1.315. ``MEMBOUND_LINEAR_GLU=0`` turns it off (the gated down projection of ``fuse-gated-linear``). Quantization runs before it (``driver.pipeline_for``), so a quantized gate/up
+1.427 -> 1.315. ``MEMBOUND_LINEAR_GLU=0`` turns it off (the gated down projection of ``fuse-gated-linear``).
+Quantization runs before it (``driver.pipeline_for``), so a quantized gate/up
 projection is left to ``quant_linear`` and ``quant_gated_linear``.
 """
 
