@@ -330,6 +330,8 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        (gemv 2.06 us + 0.918, gemv_gated 3.03 us + 0.828).
 #  [MO] moe_decode_tiles-nvidia-h200-2026-12-02-session7-maxnreg-64.json: one moe op (router, top-k, the gate/up and
 #        down kernels with the routing and the combine in them) at the Mixtral-8x7B layer, bf16, CUDA graph.
+#  [GT] gemv_sweep-tc-nvidia-h200-2026-12-02-session8.json: bf16 tensor-core tile grid and cuBLAS at M = 8, 16,
+#        32 over the ten 1.24B / 8B projections (CUDA-graph replay, read bandwidth 4239 GB/s).
 #  [AT] attention-nvidia-h200-2026-12-01-quick.json: our decode attention at batch 16, 32k cached
 #        positions streams at 83% of read bandwidth (the fixed part is negligible there).
 _H200_LAUNCH = LaunchPrior(
@@ -356,6 +358,12 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # cuBLAS (M > 16: prefill, large batches); compute at 703 of 989 TFLOP/s (cost_model-nvidia-h200-2026-11-26)
     "cublas": KernelPrior(fixed=5.01e-6 - _H200_LAUNCH.graph_gap, efficiency=0.966, compute_efficiency=0.71,
                           pdl=False, source="[QM] cuBLAS M=32; bf16 matmul 703 TFLOP/s"),
+    # cuBLAS at 3 <= M <= 16 where the library prefers it to the tensor-core GEMV (kernels/linear.py's
+    # prefers_cublas: K >= 3N, the down projections): [GT] M=8 and 16, the 1.24B and 8B down projections (18.0 /
+    # 18.4 us at 33.6 MB, 38.5 / 39.1 us at 117.5 MB): 9.8 us + 0.965 (the line through them). The fixed part is
+    # twice the M=32 prior's: at these shapes cuBLAS splits K and sums the partials in a second kernel.
+    "cublas_gemv": KernelPrior(fixed=9.8e-6 - _H200_LAUNCH.graph_gap, efficiency=0.965, compute_efficiency=0.71,
+                               pdl=False, source="[GT] cuBLAS M=8, 16 on the 1.24B and 8B down projections"),
     # quantized GEMVs, one kind per path and scheme of kernels/quant_matmul.py (backends/triton/step_plan.py's
     # quant_kind; fits: step_calibration.py --fit; each fixed time + 0.51 us as for [QM]). At decode with
     # bf16 x, int8 and fp8 run the tensor-core kernel (M padded to 16) and int4 the pairs kernel at every M.

@@ -110,6 +110,23 @@ def test_linear_large_m_uses_cublas_path() -> None:
     close(y, x @ w.t(), torch.float32)
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_long_k_linear_at_small_batch_runs_cublas_into_out_on_cuda(bias: bool) -> None:
+    """3 <= M <= 16 with K >= 3N (a down projection at batch): cuBLAS on a GPU (kernels/linear.py's
+    prefers_cublas), written into ``out`` itself; the interpreter runs the kernel; a given config forces it."""
+    x, w = rand(5, 1, 97), rand(9, 97)
+    b = rand(9) if bias else None
+    out = torch.empty(5, 1, 9, device=DEVICE)
+    with trace() as calls:
+        y = linear(x, w, b, out=out)
+    assert y is out
+    assert calls == [("linear", "cublas" if DEVICE == "cuda" else "kernel")]
+    close(out, x @ w.t() + (b if bias else 0), torch.float32)
+    with trace() as calls:
+        linear(x, w, b, config=LinearConfig(16, 16, 32, use_dot=True))
+    assert calls == [("linear", "kernel")]
+
+
 def test_linear_falls_back_for_a_transposed_weight() -> None:
     x, w = rand(2, 9), rand(9, 4).t()  # weight [4, 9] with K-stride 4
     with trace() as calls:

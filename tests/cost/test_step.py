@@ -105,6 +105,17 @@ def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str) -> Non
     assert linear_kind(op, m) == kind
 
 
+@pytest.mark.parametrize("op,m,n,k,kind", [("linear", 8, 4096, 14336, "cublas_gemv"), ("linear", 3, 2048, 8192, "cublas_gemv"),
+                                           ("linear", 2, 4096, 14336, "gemv"), ("linear", 8, 4096, 4096, "gemv_dot"),
+                                           ("linear", 8, 28672, 4096, "gemv_dot"), ("linear", 17, 4096, 14336, "cublas"),
+                                           ("gated_linear", 8, 4096, 14336, "gemv_dot_gated"),
+                                           ("linear_add", 8, 4096, 14336, "gemv_dot")])
+def test_long_k_linears_at_batch_go_to_cublas(op: str, m: int, n: int, k: int, kind: str) -> None:
+    """A plain linear with K >= 3N at 3 <= M <= 16 runs cuBLAS (kernels/linear.py's prefers_cublas); the fused
+    forms keep the kernel (cuBLAS has no prologue or epilogue of theirs)."""
+    assert linear_kind(op, m, n, k) == kind
+
+
 # quant_matmul.pick_config's paths at the 8B shapes, bf16 x: int8/fp8 on tensor cores at every decode M
 # (M <= 2 padded to 16), int4 the pairs kernel; fp32 x takes no pairs (int4: the FMA GEMV below lm-head widths,
 # tensor cores over words from 3 rows); beyond 32 rows the prefill path quant_matmul.prefill_path picks on the

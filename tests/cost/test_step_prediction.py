@@ -145,7 +145,7 @@ def test_explain_predicts_the_step_of_a_compiled_model_with_a_triton_program() -
     assert pred.label == "decode step b8 T=300" and pred.mode == "graph+pdl"
     kinds = pred.by_kind()
     # per layer qkv, o and the gate/up linear_glu on tensor cores, the down projection (K = 4N) by cuBLAS; + the head
-    assert (kinds["gemv_dot"]["launches"], kinds["cublas"]["launches"]) == (2 * 3 + 1, 2)
+    assert (kinds["gemv_dot"]["launches"], kinds["cublas_gemv"]["launches"]) == (2 * 3 + 1, 2)
     assert "gemv_dot_gated" not in kinds
     assert "compiled" not in pred.table() and "launches" in pred.table()
     assert _compiled_step(SimpleNamespace(kv_program=None), Hardware.named("h200"), {"B": 1, "T": 8}) is None

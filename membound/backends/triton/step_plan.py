@@ -59,8 +59,10 @@ def linear_kind(op: str, m: int, n: int = 1, k: int = 1) -> str:
 
     if op in QUANT_OPS:
         raise ValueError(f"linear_kind: {op} takes its kind from its scheme and shape: use quant_kind")
-    if m > SMALL_M or (op == "linear" and prefers_cublas(m, n, k)):
+    if m > SMALL_M:
         return "cublas"
+    if op == "linear" and prefers_cublas(m, n, k):
+        return "cublas_gemv"
     # the FMA/dot choice depends on m only (the device enters the split count, which the prior covers)
     dot = pick_config(max(m, 1), 64, 64, torch.bfloat16, torch.device("cpu")).use_dot
     kind = "gemv_dot" if dot else "gemv"
