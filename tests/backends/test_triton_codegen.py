@@ -404,8 +404,8 @@ def test_generate_through_triton_equals_reference(name: str, request: pytest.Fix
     assert torch.equal(got, want), f"triton {got[:, 9:].tolist()} vs reference {want[:, 9:].tolist()}"
     source = tri._kv_program.decode.source
     assert "lib_cached_attention" in source
-    if name != "hf-gpt2":  # a gated (SwiGLU) MLP: the down projection forms silu(gate) * up itself
-        assert "lib_gated_linear" in source and "_fused_silu" not in source
+    if name != "hf-gpt2":  # a gated (SwiGLU) MLP: the gate/up GEMV forms silu(gate) * up in its epilogue
+        assert "lib_linear_glu" in source and "lib_gated_linear" not in source and "_fused_silu" not in source
 
 
 # ---------------------------------------------------------------------------------------------
