@@ -73,7 +73,7 @@ LINEAR_CASES = [
     ((2, 300), 19, True, LinearConfig(2, 16, 32, split_k=4)),          # FMA path, K split (odd tail)
     ((5, 300), 37, True, LinearConfig(16, 16, 32, split_k=3, use_dot=True)),  # dot path, K split
     ((1, 33), 21, False, LinearConfig(16, 16, 16, use_dot=True)),     # M=1 through the dot path
-    ((16, 33), 9, True, None),                                         # M = 16, the kernel's limit
+    ((16, 33), 13, True, None),                                        # M = 16, the kernel's limit (K < 3N: not cuBLAS)
 ]
 
 

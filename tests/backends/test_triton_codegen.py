@@ -740,9 +740,9 @@ def test_dependent_kernels_are_not_sections() -> None:
 def _decode(name: str, dtype: torch.dtype = torch.float32):
     from membound.api import build_kv_program
 
-    model = (_hf(name) if name.startswith("hf-") else build_model(name)).to(dtype)
+    model = (_hf(name) if name.startswith("hf-") else build_model(name)).to(dtype=dtype, device=DEVICE)
     compiled = membound.compile(model, backend="triton")
-    return build_kv_program(compiled, torch.randint(1, 97, (2, 5))), model
+    return build_kv_program(compiled, torch.randint(1, 97, (2, 5)).to(DEVICE)), model
 
 
 def test_llama_decode_writes_its_cache_from_the_rope_launch() -> None:
