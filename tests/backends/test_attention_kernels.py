@@ -101,6 +101,11 @@ PREFILL_CASES = [
     (1, 4, 2, 21, 21, 96, True, 64, None),        # window larger than S
     (1, 2, 1, 19, 19, 64, True, 6, 3.0),          # window and soft-cap
     (2, 2, 2, 9, 23, 64, False, None, 2.0),       # S != L, soft-cap
+    # long enough for the unmasked loop over whole tiles (16-key tiles in the interpreter) beside the masked ones
+    (1, 4, 2, 70, 70, 64, True, None, None),      # causal: full tiles below the diagonal, masked diagonal
+    (1, 2, 1, 50, 50, 80, True, None, 3.0),       # D = 80 (padded loads in the unmasked loop), soft-cap
+    (1, 2, 2, 40, 64, 64, True, 20, None),        # window: masked front edge, full middle, masked diagonal
+    (2, 4, 2, 45, 61, 64, False, None, None),     # non-causal S != L: full tiles and a masked tail
 ]
 
 

@@ -243,7 +243,8 @@ def _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION: tl.constexpr):
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(scores - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+    # the rescaled accumulator goes into the dot (on Hopper the wgmma accumulates in place, no separate add)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=INPUT_PRECISION)
     return m_new, l_i, acc
 
 

@@ -66,12 +66,14 @@ def _flash_attention_fwd(
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, smb, smh, sms, sml, spb, sps, sob, soh, sos, sod,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
+    MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr, EVEN_D: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, keys and head dims to 16")
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
-    pid_m = tl.program_id(0)
+    # the row blocks of a head in reverse: with causal attention the last blocks have the most key tiles,
+    # so they start first and the short ones fill the tail of the grid
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     # 64-bit scalars for every base offset (a head's K passes 2**31 elements at L * D >= 2**31);
     # the per-tile vector offsets stay 32-bit (tile extents are small)
@@ -92,10 +94,24 @@ def _flash_attention_fwd(
     # the key range this block of rows can see: skip whole tiles above the diagonal / before the window
     lo = 0
     hi = L
+    # [full_lo, full_hi): whole key tiles every row of the block sees, with no mask to apply: they take the
+    # unmasked loop (no masked loads, no -inf select); the tiles before and after it take the masked one
+    full_lo = 0
+    full_end = L  # one past the last key every row sees
     if CAUSAL:
-        hi = tl.minimum(tl.max(tl.where(row_ok, qpos, -1), axis=0) + 1, L)
+        top = tl.max(tl.where(row_ok, qpos, -1), axis=0)
+        bottom = tl.min(tl.where(row_ok, qpos, 2147483647), axis=0)
+        hi = tl.minimum(top + 1, L)
+        full_end = tl.minimum(bottom + 1, hi)
         if HAS_WINDOW:
-            lo = tl.maximum(tl.min(tl.where(row_ok, qpos, 2147483647), axis=0) - WINDOW + 1, 0)
+            lo = tl.maximum(bottom - WINDOW + 1, 0)
+            # the first key every row still sees is top - WINDOW + 1; the full tiles start at a tile edge
+            full_lo = lo + tl.cdiv(tl.maximum(top - WINDOW + 1 - lo, 0), BLOCK_N) * BLOCK_N
+    full_lo = tl.minimum(full_lo, hi)
+    n_full = tl.maximum(full_end - full_lo, 0) // BLOCK_N
+    if MASK_KIND != 0:
+        n_full = 0  # a mask operand applies to every tile
+    full_hi = full_lo + n_full * BLOCK_N
     # q stays in registers for the whole loop
     rows64 = rows.to(tl.int64)  # rows * stride passes 2**31 in a [S, L] mask at S * L >= 2**31
     q = tl.load(q_ptr + b * sqb + h * sqh + rows64[:, None] * sqs + ds[None, :] * sqd,
@@ -106,36 +122,85 @@ def _flash_attention_fwd(
     k_base = k_ptr + b * skb + kvh * skh
     v_base = v_ptr + b * svb + kvh * svh
     m_rows = mask_ptr + b * smb + h * smh + rows64[:, None] * sms  # [BLOCK_M, 1] row starts of the mask
-    for n0 in range(lo, hi, BLOCK_N):
-        tn = tl.arange(0, BLOCK_N)
-        ts = n0 + tn
-        t_ok = ts < hi
-        n64 = tl.full((), n0, tl.int64)  # this tile's first key, as a 64-bit offset
-        k_tile = k_base + n64 * skt
-        v_tile = v_base + n64 * svt
-        k_t = tl.load(k_tile + tn[None, :] * skt + ds[:, None] * skd, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
-        scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
-        if HAS_SOFTCAP:
-            scores = _softcap_log2(scores, softcap)  # c * tanh(s / c)
-        visible = t_ok[None, :] & row_ok[:, None]
-        if CAUSAL:
-            visible = visible & (ts[None, :] <= qpos[:, None])
-            if HAS_WINDOW:
-                visible = visible & (ts[None, :] > qpos[:, None] - WINDOW)
-        if MASK_KIND != 0:
-            mvals = tl.load(m_rows + n64 * sml + tn[None, :] * sml,
-                            mask=row_ok[:, None] & t_ok[None, :], other=0)
-            if MASK_KIND == 1:  # bool: True = attend
-                visible = visible & (mvals != 0)
-            else:  # additive, in natural-log units
-                scores = scores + mvals.to(tl.float32) * _LOG2E
-        scores = tl.where(visible, scores, float("-inf"))
-        v = tl.load(v_tile + tn[:, None] * svt + dvs[None, :] * svd, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
-        m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
+    # the tiles before the full ones (a window's edge), the full ones, the rest (the diagonal, the tail)
+    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, lo, full_lo, hi,
+                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D)
+    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
+                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                 BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D)
+    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
+                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D)
     # a row that saw nothing (a padded row) writes 0
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(o_ptr + b * sob + h * soh + rows64[:, None] * sos + dvs[None, :] * sod, o.to(o_ptr.dtype.element_ty),
              mask=row_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, end, hi, qk_scale, WINDOW, softcap,
+                 skt, skd, svt, svd, sml, D, DV, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_DV: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 HAS_SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                 EVEN_D: tl.constexpr):
+    """The key tiles ``[start, end)`` of one row block into the online softmax. ``MASKED``: keys past ``hi``,
+    the causal diagonal, the window and the mask operand are applied (scores -inf where not visible);
+    otherwise every key of every tile is visible to every row (the caller's full range): plain loads when
+    the head dims need no padding, the scale folded into the exponent, no select."""
+    tn = tl.arange(0, BLOCK_N)
+    ds = tl.arange(0, BLOCK_D)
+    dvs = tl.arange(0, BLOCK_DV)
+    d_ok = ds < D
+    dv_ok = dvs < DV
+    for n0 in range(start, end, BLOCK_N):
+        ts = n0 + tn
+        n64 = tl.full((), n0, tl.int64)  # this tile's first key, as a 64-bit offset
+        k_ptrs = k_base + n64 * skt + tn[None, :] * skt + ds[:, None] * skd
+        v_ptrs = v_base + n64 * svt + tn[:, None] * svt + dvs[None, :] * svd
+        if MASKED:
+            t_ok = ts < hi
+            k_t = tl.load(k_ptrs, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
+            scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
+            if HAS_SOFTCAP:
+                scores = _softcap_log2(scores, softcap)  # c * tanh(s / c)
+            visible = t_ok[None, :]
+            if CAUSAL:
+                visible = visible & (ts[None, :] <= qpos[:, None])
+                if HAS_WINDOW:
+                    visible = visible & (ts[None, :] > qpos[:, None] - WINDOW)
+            if MASK_KIND != 0:
+                mvals = tl.load(m_rows + n64 * sml + tn[None, :] * sml, mask=row_ok[:, None] & t_ok[None, :], other=0)
+                if MASK_KIND == 1:  # bool: True = attend
+                    visible = visible & (mvals != 0)
+                else:  # additive, in natural-log units
+                    scores = scores + mvals.to(tl.float32) * _LOG2E
+            scores = tl.where(visible, scores, float("-inf"))
+            v = tl.load(v_ptrs, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
+            m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
+        else:
+            if EVEN_D:
+                k_t = tl.load(k_ptrs)
+            else:
+                k_t = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+            raw = tl.dot(q, k_t, input_precision=INPUT_PRECISION)
+            # every score is finite here, so the running max is too after the first tile: no -inf guard
+            if HAS_SOFTCAP:
+                scores = _softcap_log2(raw * qk_scale, softcap)
+                m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+                p = tl.exp2(scores - m_new[:, None])
+            else:
+                m_new = tl.maximum(m_i, tl.max(raw, axis=1) * qk_scale)
+                p = tl.exp2(raw * qk_scale - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            if EVEN_D:
+                v = tl.load(v_ptrs)
+            else:
+                v = tl.load(v_ptrs, mask=dv_ok[None, :], other=0.0)
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=INPUT_PRECISION)
+            m_i = m_new
+    return m_i, l_i, acc
 
 
 @dataclass(frozen=True)
@@ -241,6 +306,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=max(16, next_pow2(dv)),
         CAUSAL=causal, HAS_POS=positions is not None, HAS_WINDOW=window is not None and causal,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
+        EVEN_D=d == max(16, next_pow2(d)) and dv == max(16, next_pow2(dv)),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
     return y
 
