@@ -80,7 +80,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         del gqa
         torch.cuda.empty_cache() if not args.smoke else None
     rows = [r.__dict__ for r in bench.rows]
-    gpu = "cpu" if args.smoke else gpu_slug()
+    gpu = "cpu" if args.smoke else gpu_slug(torch.cuda.get_device_name())
     if args.out:
         path = Path(args.out) / f"flash_prefill_configs-{gpu}-{datetime.date.today()}.json"
         path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "rows": rows}, indent=1))

@@ -222,7 +222,9 @@ def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool) ->
     wide = dtype != torch.float32 and head_dim <= 128
     block_m = 128 if wide and s > 64 else 64
     block_n = 64 if head_dim <= 128 else 32
-    warps = 8 if block_m == 128 or head_dim > 128 else 4
+    # H200 sweep (flash_prefill_configs-nvidia-h200-2026-12-03): at D = 64, 128 x 64 tiles on 4 warps 0.88x
+    # SDPA (geomean of four shapes) against 0.87x on 8; at D = 128, 8 warps 0.76x against 0.54x on 4
+    warps = 8 if (block_m == 128 and head_dim > 64) or head_dim > 128 else 4
     stages = 3 if head_dim <= 128 and dtype != torch.float32 else 2
     return FlashConfig(block_m, block_n, warps, stages)
 
@@ -231,12 +233,12 @@ def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool) ->
 # the cost rule: this kernel or torch's SDPA
 # ---------------------------------------------------------------------------------------------
 # Fractions of the dense tensor-core peak (989 TFLOP/s) each implementation reaches at prefill, from
-# benches/results/attention-nvidia-h200-2026-12-02-quick.json (bf16, B = 4, S = 4096, D = 128, GQA 32/8):
-# SDPA 599 TFLOP/s non-causal, 527 causal; ours 424 and 352 (at D = 64 and at S = 1024 both are lower,
-# ours by about the same ratio, 0.67-0.81x SDPA). So SDPA wins wherever it can run; ours where it cannot
-# (soft-capping) or would read a materialised window mask.
-SDPA_EFFICIENCY = {False: 0.61, True: 0.53}
-OURS_EFFICIENCY = {False: 0.43, True: 0.36}
+# benches/results/flash_prefill_configs-nvidia-h200-2026-12-03.json (bf16, B = 4, S = 4096, D = 128, GQA 32/8):
+# SDPA 598 TFLOP/s non-causal, 525 causal; ours 481 and 431 (0.81-0.82x; at D = 64 0.90-0.91x, at S = 1024
+# 0.72x). Before the unmasked full-tile loop (2026-12-02) ours was 424 and 352. So SDPA still wins wherever it
+# can run; ours where it cannot (soft-capping) or would read a materialised window mask.
+SDPA_EFFICIENCY = {False: 0.60, True: 0.53}
+OURS_EFFICIENCY = {False: 0.49, True: 0.44}
 
 
 def attention_flops(b: int, hq: int, s: int, length: int, d: int, dv: int, causal: bool,
