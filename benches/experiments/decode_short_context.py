@@ -1,5 +1,6 @@
 """Experiment (one H200 run, about a minute): flash-decoding at the short contexts of a decode step inside
-``generate``'s CUDA graph, by the least number of key tiles one program streams (``decode_attention.MIN_TILES``).
+``generate``'s CUDA graph, by the least number of key tiles one program streams (``decode_attention.MIN_TILES``) and the longest span
+one program streams alone (``DIRECT_TILES``).
 
     PYTHONPATH=. python benches/experiments/decode_short_context.py --out DIR    # CUDA GPU
     PYTHONPATH=. python benches/experiments/decode_short_context.py --smoke      # CPU interpreter, tiny
@@ -7,10 +8,11 @@
 The step's profile (``profile_step-quick-nvidia-h200-2026-12-03``) has flash-decoding at 6.5 us a launch at
 head dim 64 but 13-17 us at 128 (context 256): with ``MIN_TILES = 4`` one program per kv head streams all
 four 64-slot tiles of a 256-slot prefix in series (8 programs at batch 1). Fewer tiles a program split the
-prefix over more programs, which then merge (the last to arrive). Cases: 32 query heads over 8 kv heads,
+prefix over more programs, which then merge (the last to arrive); a direct span keeps a prefix of up to
+``DIRECT_TILES`` tiles in one program (no merge). Cases: 32 query heads over 8 kv heads,
 head dim 64 and 128, bf16, batch 1 and 8, filled length 128 .. 2048 in a cache of the power-of-two capacity
 above it, no known length (the graph-step path: the device splits the filled prefix). Contenders: SDPA
-(``enable_gqa``) on the filled prefix, and ours at each ``MIN_TILES``. Method: ``benches/attention.py``'s
+(``enable_gqa``) on the filled prefix, and ours at each ``(MIN_TILES, DIRECT_TILES)`` of ``VARIANTS``. Method: ``benches/attention.py``'s
 ``Bench`` (checked against SDPA first; a CUDA graph of several calls, median of replays; input copies cycled
 past the L2). Prints a table of microseconds per call last; writes ``decode_short_context-<gpu>-<date>.json``.
 """
@@ -30,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MIN_TILES = (1, 2, 4)
+# (MIN_TILES, DIRECT_TILES) variants: the first run (2026-12-03) timed MIN_TILES 1, 2, 4 without a direct span
+VARIANTS = ((4, 0), (4, 6), (4, 8), (2, 6))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -53,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     dims = (16,) if args.smoke else (64, 128)
     lengths = (40,) if args.smoke else (128, 256, 384, 512, 1024, 2048)
     batches = (1, 3) if args.smoke else (1, 8)
-    default = da.MIN_TILES
+    default = (da.MIN_TILES, da.DIRECT_TILES)
     e = torch.empty((), dtype=bench.dtype).element_size()
     for d in dims:
         for length in lengths:
@@ -74,18 +77,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                 flops = 4.0 * b * hq * length * d
                 bench.add("decode", case, "sdpa gqa", partial(F.scaled_dot_product_attention, enable_gqa=True), theirs,
                           want, flops, nbytes)
-                for m in MIN_TILES:
-                    da.MIN_TILES = m
+                for m, direct in VARIANTS:
+                    da.MIN_TILES, da.DIRECT_TILES = m, direct
                     try:
-                        bench.add("decode", case, f"min_tiles={m}", cached_attention, ours, want, flops, nbytes)
+                        bench.add("decode", case, f"min{m} direct{direct}", cached_attention, ours, want, flops,
+                                  nbytes)
                     finally:
-                        da.MIN_TILES = default
+                        da.MIN_TILES, da.DIRECT_TILES = default
                 del ours, theirs
     rows = [r.__dict__ for r in bench.rows]
     gpu = "cpu" if args.smoke else gpu_slug(torch.cuda.get_device_name())
     if args.out:
         path = Path(args.out) / f"decode_short_context-{gpu}-{datetime.date.today()}.json"
-        path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "default_min_tiles": default,
+        path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "default_min_direct_tiles": default,
                                     "rows": rows}, indent=1))
         print(f"wrote {path}")
     names = list(dict.fromkeys(r["contender"] for r in rows))

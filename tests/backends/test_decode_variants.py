@@ -133,6 +133,40 @@ def test_one_active_chunk_writes_directly_and_leaves_the_counters_alone() -> Non
         assert not split_counters(q.device, 2).any()
 
 
+def test_direct_span_streams_a_short_prefix_in_one_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``direct_span``: a span of at most that many slots is one chunk (its program writes the result, nobody
+    merges) even where ``min_chunk`` would split it; a longer span splits as before. Rows of one batch see
+    different spans (90 slots direct, 300 split over the 8 programs), each equal to the reference; the launch
+    carries the span and the counters are back at zero."""
+    from membound.backends.triton.kernels._launch import split_counters
+
+    seen: list[dict] = []
+    real = da._flash_decoding_split
+
+    class Recorder:
+        def __getitem__(self, grid: tuple[int, int]):
+            def launch(*args, **kw):  # type: ignore[no-untyped-def]
+                seen.append(dict(zip(real.arg_names, args)))
+                return real[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(da, "launchable", lambda kernel, device: Recorder())
+    gen = torch.Generator().manual_seed(6)
+    q = rand(2, 4, 1, 16, dtype=torch.float32, gen=gen)
+    k, v = rand(2, 1, 1024, 16, dtype=torch.float32, gen=gen), rand(2, 1, 1024, 16, dtype=torch.float32, gen=gen)
+    cfg = DecodeConfig(16, 16, 128, min_chunk=16, direct_span=96)
+    for lengths in ((90, 300), (96, 97), (1, 17)):
+        pos = torch.tensor([[lengths[0] - 1], [lengths[1] - 1]], device=DEVICE)
+        y = cached_attention(q, k, v, pos, config=cfg)
+        want = get_op("cached_attention").reference(q, k, v, pos, scale=None)
+        torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+        assert not split_counters(q.device, 2).any()
+    assert all(launch["DIRECT_SPAN"] == 96 for launch in seen)
+    # the device's chunk rule: a span at the limit is one chunk, one slot past it splits
+    assert cdiv(96, max(cdiv(96, 16) * 16, max(cdiv(cdiv(96, 8), 16) * 16, 16))) == 1
+    assert cdiv(97, max(cdiv(cdiv(97, 8), 16) * 16, 16)) == 7  # seven 16-slot chunks, merged
+
+
 def test_pick_config_rule() -> None:
     """The default tiles: rows padded to 16 per warp (64 at 4 warps), 64-slot key tiles for 16-bit caches up
     to head dim 128; a known length at batch 64 x 8 kv heads fills the machine with one split; the

@@ -147,7 +147,8 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", part_ptr="*fp32",
                     lse_ptr="*fp32", lock_ptr="*i32", slope_ptr="*fp32",
                     HKV=hkv, G=g, S=1, T=4096 if ring else cap, D=d, DV=d, CHUNK_MIN=256, N_QBLOCKS=1,
-                    N_SPLITS=32, qk_scale=0.127, WINDOW=4096 if ring else 0, softcap=1.0, **strides, BLOCK_Q=block_q,
+                    N_SPLITS=32, qk_scale=0.127, WINDOW=4096 if ring else 0, softcap=1.0, DIRECT_SPAN=384, **strides,
+                    BLOCK_Q=block_q,
                     BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d, ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True,
                     HAS_WINDOW=ring, HAS_SOFTCAP=False, RING=ring, SPLIT_BLOCK=split_block, MERGE_ROWS=merge_rows,
                     HAS_ALIBI=False, KV_EVICT="")

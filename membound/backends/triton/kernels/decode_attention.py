@@ -94,6 +94,12 @@ EVICT_FIRST = False  # K/V loads with an evict-first L2 hint
 PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
 MIN_TILES = 4  # pick_config: key tiles one program streams at least (when the cache has that many)
 MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
+# A span of at most DIRECT_TILES key tiles is streamed by one program, which writes the result (no partials, no
+# merge). H200, inside a CUDA graph (decode_short_context-nvidia-h200-2026-12-03): a direct program costs about
+# 2 us + 1.1 us a tile, a split into two chunks about 4.5 us more (partial stores, the arrival atomic, the
+# merge's reads) for half the tiles: at D = 128, 384 slots took 12.3 us split against 6.5 for 256 direct.
+# Splitting pays from about 8 tiles.
+DIRECT_TILES = int(os.environ.get("MEMBOUND_DECODE_DIRECT_TILES", "6"))
 # a row block whose span has one chunk with slots: its program writes the result itself, nobody counts in or merges
 # (interpreter-checked, not yet timed on a GPU; MEMBOUND_DECODE_DIRECT=0 keeps the partial + merge for A/B runs)
 DIRECT_ONE_CHUNK = os.environ.get("MEMBOUND_DECODE_DIRECT", "1") == "1"
@@ -104,7 +110,7 @@ DIRECT_ONE_CHUNK = os.environ.get("MEMBOUND_DECODE_DIRECT", "1") == "1"
 @triton.jit(do_not_specialize=["T", "N_SPLITS"])
 def _flash_decoding_split(
     q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, part_ptr, lse_ptr, lock_ptr, slope_ptr,
-    HKV, G, S, T, D, DV, CHUNK_MIN, N_QBLOCKS, N_SPLITS, qk_scale, WINDOW, softcap,
+    HKV, G, S, T, D, DV, CHUNK_MIN, N_QBLOCKS, N_SPLITS, qk_scale, WINDOW, softcap, DIRECT_SPAN,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
@@ -144,8 +150,9 @@ def _flash_decoding_split(
     lo = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING)
     # that span is split evenly over the N_SPLITS programs of this row block, on the device: the grid need
     # not know the filled length (a CUDA graph sized for the capacity splits a short prefix as finely as a
-    # long one), never into chunks under CHUNK_MIN slots (the tail programs then have nothing to do)
-    chunk = _chunk(filled - lo, N_SPLITS, CHUNK_MIN, BLOCK_T)
+    # long one), never into chunks under CHUNK_MIN slots (the tail programs then have nothing to do), and a
+    # span of at most DIRECT_SPAN slots not at all (one program streams it: cheaper than a merge)
+    chunk = _chunk(filled - lo, N_SPLITS, CHUNK_MIN, DIRECT_SPAN, BLOCK_T)
     chunk_start = lo + pid_split * chunk
     chunk_end = tl.minimum(chunk_start + chunk, filled)
     # chunks with slots (the same rule in every program of the row block): with one, its program writes the result
@@ -218,9 +225,11 @@ def _flash_decoding_split(
 
 
 @triton.jit
-def _chunk(span, N_SPLITS, CHUNK_MIN, BLOCK_T: tl.constexpr):
-    """Slots per program: ``span`` over ``N_SPLITS`` programs, in whole key tiles, at least ``CHUNK_MIN``."""
-    return tl.maximum(tl.cdiv(tl.cdiv(span, N_SPLITS), BLOCK_T) * BLOCK_T, CHUNK_MIN)
+def _chunk(span, N_SPLITS, CHUNK_MIN, DIRECT_SPAN, BLOCK_T: tl.constexpr):
+    """Slots per program: ``span`` over ``N_SPLITS`` programs, in whole key tiles, at least ``CHUNK_MIN``; the
+    whole span in one chunk when it is at most ``DIRECT_SPAN`` slots."""
+    chunk = tl.maximum(tl.cdiv(tl.cdiv(span, N_SPLITS), BLOCK_T) * BLOCK_T, CHUNK_MIN)
+    return tl.where(span <= DIRECT_SPAN, tl.maximum(tl.cdiv(span, BLOCK_T) * BLOCK_T, chunk), chunk)
 
 
 @triton.jit
@@ -321,6 +330,7 @@ class DecodeConfig:
     num_stages: int = 2
     evict_first: bool = False  # K/V loads hint L2 to evict their lines first (the cache is read once a step)
     min_chunk: int = 0  # the device split's smallest chunk, a multiple of block_t; 0 = chunk
+    direct_span: int = 0  # a span of at most this many slots is one chunk (one program, no merge); 0 = none
 
 
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
@@ -354,7 +364,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     # as the cache grows)
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
-                        min_chunk=MIN_TILES * block_t)
+                        min_chunk=MIN_TILES * block_t, direct_span=DIRECT_TILES * block_t)
 
 
 def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
@@ -488,7 +498,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     launchable(_flash_decoding_split, q.device)[(n_splits, row_programs)](
         q, k, v, positions, y, part, lse, locks, slopes,
         hkv, g, s, cap, d, dv, chunk_min, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
-        *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
+        int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK, INPUT_PRECISION=precision, HAS_WINDOW=window is not None,
         HAS_SOFTCAP=softcap is not None,
