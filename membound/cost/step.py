@@ -5,7 +5,8 @@ kernels of a few microseconds each, replayed from one CUDA graph; what is left b
 their bytes over the bandwidth and the measured step is fixed costs, counted here per launch:
 
     step     = loop + sum over launches (gap + work)
-    work     = max(FLOPs / (peak * compute_efficiency), fixed + bytes / (bandwidth * efficiency))
+    work     = max(FLOPs / (peak * compute_efficiency), fixed + bytes / (bandwidth * efficiency),
+                   fixed + serial * per_serial)
     gap      = graph_gap                                   (CUDA graph)
              = graph_gap - min(pdl_overlap, graph_gap + fixed)   (CUDA graph, a kernel that takes part in PDL)
              = eager_gap on the GPU, eager_launch on the host  (no graph: the step is host-bound when the
@@ -15,7 +16,10 @@ their bytes over the bandwidth and the measured step is fixed costs, counted her
 * ``work``: each launch's own time. Its *kind* (our register GEMV, the tensor-core small-M path, a
   fused kernel of ours, decode attention, cuBLAS...) has a :class:`KernelPrior`: a fixed time (a tiny
   kernel's whole life; a GEMV's pipeline fill and drain, its last program's split-K reduction) and
-  the fraction of the read bandwidth its steady state reaches.
+  the fraction of the read bandwidth its steady state reaches. A kernel whose few programs each stream a
+  short chain of tiles (flash-decoding at a short context) is bound by that chain's latency instead:
+  ``serial`` (the work's count of dependent memory round trips: tiles one program streams in series, plus
+  the merge's) times the kind's ``per_serial``.
 * ``gap``: between one kernel's end and the next one's start in a replayed graph. With programmatic
   dependent launch (PDL) the next kernel is launched while the previous one finishes and its first
   weight tile is already in flight, so part of its fixed time hides as well (``pdl_overlap`` may exceed
@@ -58,9 +62,10 @@ class KernelPrior:
     compute_efficiency: float = 0.7
     pdl: bool = True
     source: str = ""
+    per_serial: float = 0.0  # seconds per unit of a work's ``serial`` latency chain (0: no latency term)
 
     def __post_init__(self) -> None:
-        if self.fixed < 0 or self.efficiency <= 0 or self.compute_efficiency <= 0:
+        if self.fixed < 0 or self.efficiency <= 0 or self.compute_efficiency <= 0 or self.per_serial < 0:
             raise ValueError(f"KernelPrior: fixed >= 0, efficiency > 0, compute_efficiency > 0 required, got {self}")
 
 
@@ -117,6 +122,7 @@ class KernelWork:
     flops: float
     bytes: float
     precision: str = "bf16"
+    serial: float = 0.0  # dependent round trips one program makes (the prior's per_serial prices them)
 
 
 @dataclass(frozen=True)
@@ -214,10 +220,14 @@ def read_bandwidth(hardware: Hardware, priors: "StepPriors") -> float:
 
 
 def work_time(work: KernelWork, prior: KernelPrior, hardware: Hardware, bandwidth: float) -> tuple[float, str]:
-    """(seconds, bound) of one launch's own work: max(compute, fixed + bytes / (bandwidth * efficiency)),
-    ``bandwidth`` being the read bandwidth (``read_bandwidth``)."""
+    """(seconds, bound) of one launch's own work: max(compute, fixed + bytes / (bandwidth * efficiency),
+    fixed + serial * per_serial), ``bandwidth`` being the read bandwidth (``read_bandwidth``); bound is
+    "compute", "memory" or "latency"."""
     compute = work.flops / (hardware.peak_flops(work.precision) * prior.compute_efficiency) if work.flops else 0.0
     memory = prior.fixed + work.bytes / (bandwidth * prior.efficiency)
+    latency = prior.fixed + work.serial * prior.per_serial
+    if latency > memory and latency > compute:
+        return latency, "latency"
     return (compute, "compute") if compute > memory else (memory, "memory")
 
 
@@ -359,11 +369,12 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     "cublas": KernelPrior(fixed=5.01e-6 - _H200_LAUNCH.graph_gap, efficiency=0.966, compute_efficiency=0.71,
                           pdl=False, source="[QM] cuBLAS M=32; bf16 matmul 703 TFLOP/s"),
     # cuBLAS at 3 <= M <= 16 where the library prefers it to the tensor-core GEMV (kernels/linear.py's
-    # prefers_cublas: K >= 3N, the down projections): [GT] M=8 and 16, the 1.24B and 8B down projections (18.0 /
-    # 18.4 us at 33.6 MB, 38.5 / 39.1 us at 117.5 MB): 9.8 us + 0.965 (the line through them). The fixed part is
-    # twice the M=32 prior's: at these shapes cuBLAS splits K and sums the partials in a second kernel.
-    "cublas_gemv": KernelPrior(fixed=9.8e-6 - _H200_LAUNCH.graph_gap, efficiency=0.965, compute_efficiency=0.71,
-                               pdl=False, source="[GT] cuBLAS M=8, 16 on the 1.24B and 8B down projections"),
+    # prefers_cublas: K >= 3N, the down projections). It splits K and sums the partials in a second kernel
+    # (counted here as one launch). Alone ([GT] M=8 and 16) the 1.24B and 8B down projections took 18.0 / 18.4 us
+    # at 33.6 MB, 38.5 / 39.1 us at 117.5 MB (9.8 us + 0.965); inside the step ([PS] 2026-12-03, b8, both kernels'
+    # gap + duration) 12.8 and 31.8 us: 4.2 us + the full read bandwidth (-4%, +2%), the graph gap included.
+    "cublas_gemv": KernelPrior(fixed=4.2e-6 - _H200_LAUNCH.graph_gap, efficiency=1.0, compute_efficiency=0.71,
+                               pdl=False, source="[PS] 2026-12-03 cuBLAS split-K + reduce in the step, b8 x2"),
     # quantized GEMVs, one kind per path and scheme of kernels/quant_matmul.py (backends/triton/step_plan.py's
     # quant_kind; fits: step_calibration.py --fit; each fixed time + 0.51 us as for [QM]). At decode with
     # bf16 x, int8 and fp8 run the tensor-core kernel (M padded to 16) and int4 the pairs kernel at every M.
@@ -408,9 +419,13 @@ _H200_KERNELS: dict[str, KernelPrior] = {
                                       source="[QD] int4 g128 dequant+cublas - cublas bf16, M=64 x5"),
     "quant_dequant_fp8": KernelPrior(fixed=3.0e-6, efficiency=0.41, pdl=False,
                                      source="unmeasured: as [QD] int8 dequant+cublas"),
-    # flash decoding, one launch (the last split reduces): [AT] bandwidth; in the step [PS] 10.7-13.6 us at
-    # 0.5-8.5 MB of K/V (context 256, b1 and b8): 11.4 us fixed at that bandwidth (the H100's [P1] said 6.4)
-    "decode_attention": KernelPrior(fixed=11.4e-6, efficiency=0.83, source="[PS] fixed, 4 cases; [AT] bandwidth"),
+    # flash decoding, one launch (the last split reduces): [AT] bandwidth at long contexts. At short ones its
+    # few programs each stream a chain of 32 KB key tiles (serial: step_plan's decode_serial, the kernel's own
+    # chunk rule): [PS] 2026-12-03 in the step, context 256 (gap + duration + the PDL share): 2 tiles 6.5 us
+    # (1.24B b1) / 7.0 (b8), 4 tiles 13.0 (8B b1) / 16.9 (b8): 0.5 us + 3.5 us a tile (-14..+15%); the merge
+    # of a split row block counts as DECODE_MERGE_SERIAL tiles (decode_short_context, H200: 6 us more alone)
+    "decode_attention": KernelPrior(fixed=0.5e-6, efficiency=0.83, per_serial=3.5e-6,
+                                    source="[PS] 2026-12-03 latency chain, 4 cases; [AT] bandwidth"),
     # prefill flash attention: attention bench prefill rows reach 240-470 of 989 TFLOP/s
     "attention": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.35, source="[AT] prefill rows"),
     # generated pointwise / row / sectioned kernels: [P1] 1.5-2.5 us at a few KB; bandwidth unmeasured
@@ -445,6 +460,8 @@ STEP_PRIORS: dict[str, StepPriors] = {
     # read bandwidth: /work/shared/BENCHMARKS.md, H200 2026-11-30 (x.sum() over 4 GiB); runs range 4060-4274
     "h200": StepPriors("NVIDIA H200", _H200_LAUNCH, _H200_KERNELS, read_bandwidth=4168e9,
                        calibrated_on=("decode_e2e-nvidia-h200-2026-12-02-session3.json",
+                                      "decode_e2e-nvidia-h200-2026-12-03-session9.json",
+                                      "profile_step-quick-nvidia-h200-2026-12-03.json",
                                       "quant_matmul-nvidia-h200-2026-12-01.json",
                                       "quant_gemv_paths-nvidia-h200-2026-12-02-layer2.json",
                                       "int4_pairs_paths-nvidia-h200-2026-12-02.json",

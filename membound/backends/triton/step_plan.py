@@ -135,8 +135,33 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
         if node.op in ("moe", "quant_moe") and impl == "library":
             out += moe_works(node, name, est.flops, nbytes, dims, precision, hardware)
             continue
-        out.append(KernelWork(name, kind, est.flops, max(nbytes, 0.0), precision))
+        serial = decode_serial(node, dims, hardware) if kind == "decode_attention" else 0.0
+        out.append(KernelWork(name, kind, est.flops, max(nbytes, 0.0), precision, serial))
     return out
+
+
+# a split row block's merge (partial stores, the arrival atomic, the last program's reads), in key-tile round
+# trips: alone on the H200 it cost about 6 us, five tiles' time (decode_short_context-...-2026-12-03), inside
+# the step unmeasured; counted as two of the step's slower round trips
+DECODE_MERGE_SERIAL = 2.0
+
+
+def decode_serial(node: Node, dims: Dims, hardware: Optional[Hardware] = None) -> float:
+    """The latency chain of a decode-attention launch as ``generate``'s graph runs it: the key tiles its
+    busiest program streams in series, at most ``DIRECT_TILES`` (a longer chain reaches the pipeline's
+    steady state, where the bandwidth term rules), plus ``DECODE_MERGE_SERIAL`` when row blocks merge. The
+    cache capacity is taken as the power-of-two bucket above the cached length."""
+    from membound.backends.triton.kernels import decode_attention as da
+
+    q, k = node.inputs[0].type, node.inputs[1].type  # q [B, Hq, S, D], k [B, Hkv, T, D]
+    b = bindings(dims)
+    bsz, hq, s, d = (int(evaluate(x, b, "cached_attention q")) for x in q.shape)
+    hkv = int(evaluate(k.shape[1], b, "cached_attention kv heads"))
+    filled = int(dims.get("T", 1))
+    sms = hardware.sm_count if hardware is not None and hardware.device_type == "cuda" else 132
+    tiles, merged = da.serial_tiles(hq // max(hkv, 1) * s, bsz * hkv, filled, 1 << filled.bit_length(), d,
+                                    q.dtype, sms)
+    return min(tiles, da.DIRECT_TILES) + (DECODE_MERGE_SERIAL if merged else 0.0)
 
 
 def dequant_works(node: Node, name: str, kind: str, flops: float, nbytes: float, dims: Dims,

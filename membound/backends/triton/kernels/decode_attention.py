@@ -334,7 +334,7 @@ class DecodeConfig:
 
 
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
-                device: torch.device) -> DecodeConfig:
+                device: torch.device, sms: Optional[int] = None) -> DecodeConfig:
     """Rows padded to a tensor-core tile (``ROWS_PER_WARP`` per warp), the slots split by
     :func:`_best_split` (whole waves of about ``PROGRAMS_PER_SM`` programs per SM, each streaming at least
     ``MIN_TILES`` tiles).
@@ -356,7 +356,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     block_t = tile_slots(head_dim, dtype)
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
-    splits = _best_split(programs, tiles, PROGRAMS_PER_SM * sm_count(device))
+    splits = _best_split(programs, tiles, PROGRAMS_PER_SM * (sms or sm_count(device)))
     chunk = cdiv(tiles, splits) * block_t
     # K/V tiles arrive by cp.async into a ring of num_stages buffers, num_stages - 1 of them in flight
     # (32 KB each at bf16, D = 128, 64 slots); a program with fewer tiles than that uses 2
@@ -365,6 +365,22 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
                         min_chunk=MIN_TILES * block_t, direct_span=DIRECT_TILES * block_t)
+
+
+def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: int, dtype: torch.dtype,
+                 sms: int) -> tuple[int, bool]:
+    """``(tiles, merged)`` of a decode step's launch as ``generate``'s CUDA graph runs it (no known length: the
+    grid sized for ``capacity``, the device splitting the ``filled`` prefix): the key tiles the busiest program
+    streams one after another, and whether the row block's partials are merged (more than one chunk). The
+    kernel's own chunk rule (``_chunk``) on the host; the step model's latency term (``cost/step.py``)."""
+    cfg = pick_config(rows, groups, capacity, False, head_dim, dtype, torch.device("cpu"), sms=sms)
+    n_splits = cdiv(capacity, cfg.chunk)
+    chunk_min = min(cfg.min_chunk, cfg.chunk) if cfg.min_chunk else cfg.chunk
+    span = max(1, min(filled, capacity))
+    chunk = max(cdiv(cdiv(span, n_splits), cfg.block_t) * cfg.block_t, chunk_min)
+    if span <= cfg.direct_span:
+        chunk = max(cdiv(span, cfg.block_t) * cfg.block_t, chunk)
+    return cdiv(min(chunk, span), cfg.block_t), cdiv(span, chunk) > 1
 
 
 def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
