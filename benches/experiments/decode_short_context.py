@@ -9,7 +9,8 @@ The step's profile (``profile_step-quick-nvidia-h200-2026-12-03``) has flash-dec
 head dim 64 but 13-17 us at 128 (context 256): with ``MIN_TILES = 4`` one program per kv head streams all
 four 64-slot tiles of a 256-slot prefix in series (8 programs at batch 1). Fewer tiles a program split the
 prefix over more programs, which then merge (the last to arrive); a direct span keeps a prefix of up to
-``DIRECT_TILES`` tiles in one program (no merge). Cases: 32 query heads over 8 kv heads,
+``DIRECT_TILES`` tiles in one program (no merge). ``--long``: contexts 4k and 32k and the programs per SM
+the grid is sized for (``PROGRAMS_PER_SM``), MIN_TILES 4 and 8. Cases: 32 query heads over 8 kv heads,
 head dim 64 and 128, bf16, batch 1 and 8, filled length 128 .. 2048 in a cache of the power-of-two capacity
 above it, no known length (the graph-step path: the device splits the filled prefix). Contenders: SDPA
 (``enable_gqa``) on the filled prefix, and ours at each ``(MIN_TILES, DIRECT_TILES)`` of ``VARIANTS``. Method: ``benches/attention.py``'s
@@ -32,14 +33,18 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# (MIN_TILES, DIRECT_TILES) variants: the first run (2026-12-03) timed MIN_TILES 1, 2, 4 without a direct span
-VARIANTS = ((4, 0), (4, 6), (4, 8), (2, 6))
+# (PROGRAMS_PER_SM, MIN_TILES, DIRECT_TILES) variants: the first run (2026-12-03) timed MIN_TILES 1, 2, 4 without
+# a direct span, the second these (the -direct result file)
+VARIANTS = ((2, 4, 0), (2, 4, 6), (2, 4, 8), (2, 2, 6))
+# --long: the programs per SM the grid is sized for, at long contexts
+LONG_VARIANTS = ((1, 4, 6), (2, 4, 6), (3, 4, 6), (4, 4, 6), (2, 8, 6))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT"))
+    p.add_argument("--long", action="store_true", help="contexts 4k and 32k, the programs-per-SM variants")
     args = p.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -54,9 +59,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     bench = Bench("cpu" if args.smoke else "cuda", args.smoke)
     hq, hkv = (4, 2) if args.smoke else (32, 8)
     dims = (16,) if args.smoke else (64, 128)
-    lengths = (40,) if args.smoke else (128, 256, 384, 512, 1024, 2048)
+    lengths = (40,) if args.smoke else (4096, 32768) if args.long else (128, 256, 384, 512, 1024, 2048)
+    variants = LONG_VARIANTS if args.long else VARIANTS
     batches = (1, 3) if args.smoke else (1, 8)
-    default = (da.MIN_TILES, da.DIRECT_TILES)
+    default = (da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES)
     e = torch.empty((), dtype=bench.dtype).element_size()
     for d in dims:
         for length in lengths:
@@ -77,26 +83,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                 flops = 4.0 * b * hq * length * d
                 bench.add("decode", case, "sdpa gqa", partial(F.scaled_dot_product_attention, enable_gqa=True), theirs,
                           want, flops, nbytes)
-                for m, direct in VARIANTS:
-                    da.MIN_TILES, da.DIRECT_TILES = m, direct
+                for pps, m, direct in variants:
+                    da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES = pps, m, direct
                     try:
-                        bench.add("decode", case, f"min{m} direct{direct}", cached_attention, ours, want, flops,
-                                  nbytes)
+                        bench.add("decode", case, f"pps{pps} min{m} direct{direct}", cached_attention, ours, want,
+                                  flops, nbytes)
                     finally:
-                        da.MIN_TILES, da.DIRECT_TILES = default
+                        da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES = default
                 del ours, theirs
     rows = [r.__dict__ for r in bench.rows]
     gpu = "cpu" if args.smoke else gpu_slug(torch.cuda.get_device_name())
     if args.out:
-        path = Path(args.out) / f"decode_short_context-{gpu}-{datetime.date.today()}.json"
-        path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "default_min_direct_tiles": default,
+        tag = "-long" if args.long else ""
+        path = Path(args.out) / f"decode_short_context{tag}-{gpu}-{datetime.date.today()}.json"
+        path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "default_pps_min_direct": default, "long": args.long,
                                     "rows": rows}, indent=1))
         print(f"wrote {path}")
     names = list(dict.fromkeys(r["contender"] for r in rows))
-    print(f"{'case':26s}" + "".join(f"{n:>14s}" for n in names) + "   (us per call)")
+    print(f"{'case':26s}" + "".join(f"{n:>18s}" for n in names) + "   (us per call)")
     for c in dict.fromkeys(r["case"] for r in rows):
         rs = {r["contender"]: r for r in rows if r["case"] == c}
-        print(f"{c:26s}" + "".join(f"{rs[n]['us']:14.2f}" if n in rs else f"{'-':>14s}" for n in names))
+        print(f"{c:26s}" + "".join(f"{rs[n]['us']:18.2f}" if n in rs else f"{'-':>18s}" for n in names))
     return 0
 
 
