@@ -85,21 +85,26 @@ def test_decode_variant_equals_reference(b: int, g: int, hkv: int, filled: int, 
     torch.testing.assert_close(y.float(), want.to(y.device), **TOL[dtype])
 
 
-def test_device_split_spreads_a_short_prefix_over_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A grid sized for a 4096-slot capacity and a 300-slot prefix: the programs split the prefix (chunks of
-    the config's minimum), not the capacity (which would leave one program with the whole prefix)."""
+def record_launches(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Every flash-decoding launch from here on, as {argument name: value, "grid": grid}, still launched."""
     seen: list[dict] = []
     real = da._flash_decoding_split
 
     class Recorder:
         def __getitem__(self, grid: tuple[int, int]):
             def launch(*args, **kw):  # type: ignore[no-untyped-def]
-                names = real.arg_names
-                seen.append({**dict(zip(names, args)), "grid": grid})
+                seen.append({**dict(zip(real.arg_names, args)), "grid": grid})
                 return real[grid](*args, **kw)
             return launch
 
     monkeypatch.setattr(da, "launchable", lambda kernel, device: Recorder())
+    return seen
+
+
+def test_device_split_spreads_a_short_prefix_over_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid sized for a 4096-slot capacity and a 300-slot prefix: the programs split the prefix (chunks of
+    the config's minimum), not the capacity (which would leave one program with the whole prefix)."""
+    seen = record_launches(monkeypatch)
     gen = torch.Generator().manual_seed(3)
     q = rand(1, 4, 1, 16, dtype=torch.float32, gen=gen)
     k, v = rand(1, 1, 4096, 16, dtype=torch.float32, gen=gen), rand(1, 1, 4096, 16, dtype=torch.float32, gen=gen)
@@ -140,17 +145,7 @@ def test_direct_span_streams_a_short_prefix_in_one_program(monkeypatch: pytest.M
     carries the span and the counters are back at zero."""
     from membound.backends.triton.kernels._launch import split_counters
 
-    seen: list[dict] = []
-    real = da._flash_decoding_split
-
-    class Recorder:
-        def __getitem__(self, grid: tuple[int, int]):
-            def launch(*args, **kw):  # type: ignore[no-untyped-def]
-                seen.append(dict(zip(real.arg_names, args)))
-                return real[grid](*args, **kw)
-            return launch
-
-    monkeypatch.setattr(da, "launchable", lambda kernel, device: Recorder())
+    seen = record_launches(monkeypatch)
     gen = torch.Generator().manual_seed(6)
     q = rand(2, 4, 1, 16, dtype=torch.float32, gen=gen)
     k, v = rand(2, 1, 1024, 16, dtype=torch.float32, gen=gen), rand(2, 1, 1024, 16, dtype=torch.float32, gen=gen)
