@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Session 9: flash-decoding's idle programs no longer count in (only the chunks with slots arrive on the row
-# block's counter). The GPU decode tests, then decode_short_context.py --long (programs per SM at 4k / 32k) and
-# the short contexts again. About 2 minutes.
+# Session 9 (not run: the device budget ran out): the GPU decode tests, then decode_short_context.py --long
+# (programs per SM at 4k / 32k) and the short contexts again. About 2 minutes. Meant for the change that lets
+# only the programs with slots count in on flash-decoding's merge counter (see the comment in
+# _flash_decoding_split); run it before and after that change.
 #
 #   bash gpu/session9e.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"

@@ -215,13 +215,12 @@ def _flash_decoding_split(
             tl.store(lse_ptr + slot, lse, mask=row_ok)
             tl.store(part_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], o, mask=row_ok[:, None] & dv_ok[None, :])
     if not ONE_SPLIT:
-        # the programs whose chunk had slots count in (the same chunk rule gives their number in every program
-        # of the row block); idle ones exit: in a grid sized for the capacity they were most of the arrivals on
-        # one counter (with none active, program 0 counts in alone and the merge writes zeros)
-        arrivals = tl.maximum(n_active, 1)
-        if N_SPLITS > 1 and not direct and pid_split < arrivals:
-            # the last to arrive merges the partials
-            if arrive_last(lock_ptr, pid_row, arrivals):
+        if N_SPLITS > 1 and not direct:
+            # every program of the row block counts in, idle ones too; the last to arrive merges the
+            # partials of the chunks that had slots (the same chunk rule gives their number)
+            # (counting in only the programs with slots, arrivals = max(n_active, 1), would spare the idle ones'
+            # same-address atomics; interpreter-checked in session 9 but never run on a GPU: not landed)
+            if arrive_last(lock_ptr, pid_row, N_SPLITS):
                 _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
                                 sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
                 reset_counter(lock_ptr, pid_row)
