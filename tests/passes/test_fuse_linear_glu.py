@@ -169,6 +169,10 @@ def _hf(family: str) -> torch.nn.Module:
 def test_hf_models_decode_with_linear_glu(family: str, backend: str) -> None:
     """Forward and greedy generate equal eager (fp32; the triton backend under the interpreter on CPU, on the GPU
     where there is one), and the decode graph holds one linear_glu per layer and no gated_linear."""
+    if backend == "triton" and family != "llama" and not torch.cuda.is_available():
+        # the three families' MLPs are one linear_glu form; under the interpreter each case took about 40 s of
+        # the CPU suite, so the interpreter checks Llama's and the GPU all three
+        pytest.skip("triton backend under the interpreter: Llama stands for the three (the same MLP)")
     device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"  # no interpreter beside CUDA
     model = _hf(family).to(device)
     compiled = membound.compile(model, backend=backend)
