@@ -128,7 +128,7 @@ class KernelWork:
 @dataclass(frozen=True)
 class LaunchTime:
     """One launch as predicted: ``work_s`` (its own time), ``gap_s`` (before it; negative where PDL
-    hides part of it), ``bound`` ("memory" or "compute")."""
+    hides part of it), ``bound`` ("memory", "compute" or "latency": see work_time)."""
 
     work: KernelWork
     work_s: float

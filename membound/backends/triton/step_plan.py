@@ -150,7 +150,8 @@ def decode_serial(node: Node, dims: Dims, hardware: Optional[Hardware] = None) -
     """The latency chain of a decode-attention launch as ``generate``'s graph runs it: the key tiles its
     busiest program streams in series, at most ``DIRECT_TILES`` (a longer chain reaches the pipeline's
     steady state, where the bandwidth term rules), plus ``DECODE_MERGE_SERIAL`` when row blocks merge. The
-    cache capacity is taken as the power-of-two bucket above the cached length."""
+    cache capacity is taken as the power-of-two bucket above the cached length; the SM count is
+    ``hardware``'s, the H200's when it is not a GPU (as kernel_works' default)."""
     from membound.backends.triton.kernels import decode_attention as da
 
     q, k = node.inputs[0].type, node.inputs[1].type  # q [B, Hq, S, D], k [B, Hkv, T, D]
@@ -158,7 +159,8 @@ def decode_serial(node: Node, dims: Dims, hardware: Optional[Hardware] = None) -
     bsz, hq, s, d = (int(evaluate(x, b, "cached_attention q")) for x in q.shape)
     hkv = int(evaluate(k.shape[1], b, "cached_attention kv heads"))
     filled = int(dims.get("T", 1))
-    sms = hardware.sm_count if hardware is not None and hardware.device_type == "cuda" else 132
+    gpu = hardware if hardware is not None and hardware.device_type == "cuda" else Hardware.named("h200")
+    sms = gpu.sm_count
     tiles, merged = da.serial_tiles(hq // max(hkv, 1) * s, bsz * hkv, filled, 1 << filled.bit_length(), d,
                                     q.dtype, sms)
     return min(tiles, da.DIRECT_TILES) + (DECODE_MERGE_SERIAL if merged else 0.0)

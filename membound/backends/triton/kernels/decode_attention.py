@@ -334,6 +334,12 @@ class DecodeConfig:
     min_chunk: int = 0  # the device split's smallest chunk, a multiple of block_t; 0 = chunk
     direct_span: int = 0  # a span of at most this many slots is one chunk (one program, no merge); 0 = none
 
+    @property
+    def least_chunk(self) -> int:
+        """The device split's smallest chunk as the kernel takes it (``CHUNK_MIN``): ``min_chunk``, at most
+        ``chunk``; ``chunk`` itself when ``min_chunk`` is 0."""
+        return min(self.min_chunk, self.chunk) if self.min_chunk else self.chunk
+
 
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
                 device: torch.device, sms: Optional[int] = None) -> DecodeConfig:
@@ -377,9 +383,8 @@ def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: i
     kernel's own chunk rule (``_chunk``) on the host; the step model's latency term (``cost/step.py``)."""
     cfg = pick_config(rows, groups, capacity, False, head_dim, dtype, torch.device("cpu"), sms=sms)
     n_splits = cdiv(capacity, cfg.chunk)
-    chunk_min = min(cfg.min_chunk, cfg.chunk) if cfg.min_chunk else cfg.chunk
     span = max(1, min(filled, capacity))
-    chunk = max(cdiv(cdiv(span, n_splits), cfg.block_t) * cfg.block_t, chunk_min)
+    chunk = max(cdiv(cdiv(span, n_splits), cfg.block_t) * cfg.block_t, cfg.least_chunk)
     if span <= cfg.direct_span:
         chunk = max(cdiv(span, cfg.block_t) * cfg.block_t, chunk)
     return cdiv(min(chunk, span), cfg.block_t), cdiv(span, chunk) > 1
@@ -512,10 +517,9 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     # axis 0: the chunks of a row block; axis 1: (batch, kv head, query-row block)
     slopes = alibi_slopes(alibi, q.device) if alibi is not None else q
-    chunk_min = min(cfg.min_chunk, cfg.chunk) if cfg.min_chunk else cfg.chunk
     launchable(_flash_decoding_split, q.device)[(n_splits, row_programs)](
         q, k, v, positions, y, part, lse, locks, slopes,
-        hkv, g, s, cap, d, dv, chunk_min, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
+        hkv, g, s, cap, d, dv, cfg.least_chunk, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
         int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK, INPUT_PRECISION=precision, HAS_WINDOW=window is not None,

@@ -300,15 +300,16 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
     cfg = config or pick_config(s, max(d, dv), q.dtype, q.device.type != "cuda")
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    block_d, block_dv = max(16, next_pow2(d)), max(16, next_pow2(dv))  # head dims padded to a power of two
     grid = (cdiv(s, cfg.block_m), bsz * hq)
     launchable(_flash_attention_fwd, q.device)[grid](
         q, k, v, mask_arg, pos_arg, y,
         hq, hq // hkv, s, length, d, dv, qk_scale, int(window or 0), float(softcap or 1.0),
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *p_strides, *y.stride(),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=max(16, next_pow2(dv)),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         CAUSAL=causal, HAS_POS=positions is not None, HAS_WINDOW=window is not None and causal,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
-        EVEN_D=d == max(16, next_pow2(d)) and dv == max(16, next_pow2(dv)),
+        EVEN_D=d == block_d and dv == block_dv,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
     return y
 
