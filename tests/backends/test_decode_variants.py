@@ -204,3 +204,18 @@ def test_merge_tile_fits_the_register_budget() -> None:
     assert da.merge_tile(8, 16, 128, 1) == (8, 1)   # one warp: 8 partials of one row
     assert da.merge_tile(1, 16, 64, 8) == (16, 1)   # never more rows than there are
     assert da.merge_tile(4, 64, 256, 1) == (4, 1)
+
+
+def test_serial_tiles_follows_the_kernels_chunk_rule() -> None:
+    """The step model's latency chain (``serial_tiles``, the kernel's chunk rule on the host) at the H200's 132
+    SMs, bf16, GQA 4 over 8 kv heads, capacity the power-of-two bucket above the filled length: at D = 128
+    (64-slot tiles) up to DIRECT_TILES tiles are one program's, past them the span splits into MIN_TILES-tile
+    chunks and merges; at D = 64 the tiles hold 128 slots."""
+    def chain(filled: int, d: int, batch: int = 1) -> tuple[int, bool]:
+        return da.serial_tiles(4, batch * 8, filled, 1 << filled.bit_length(), d, torch.bfloat16, 132)
+
+    assert (da.DIRECT_TILES, da.MIN_TILES) == (6, 4)  # the cases below assume the defaults
+    assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(2, False), (4, False), (6, False), (4, True),
+                                                                  (4, True)]
+    assert [chain(n, 64) for n in (128, 384, 768, 1024)] == [(1, False), (3, False), (6, False), (4, True)]
+    assert chain(384, 128, batch=8) == (6, False)
