@@ -76,6 +76,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "q16 w1 16K s4": dict(block_q=16, num_warps=1, tile=16384, num_stages=4),
     "q16 w1 16K s4 pps4": dict(block_q=16, num_warps=1, tile=16384, num_stages=4, pps=4),  # 51 KB shared: 4 fit
     "q128 w8 32K s3": dict(block_q=128, num_warps=8, tile=32768, num_stages=3),
+    # session 10: more bytes in flight per SM at batch 1 (one program per SM: 4 or 5 stages of 32 KB, or 64 KB
+    # tiles, fit in the 227 KB of shared memory only alone)
+    "q16 w4 32K s3 pps1": dict(block_q=16, num_warps=4, tile=32768, num_stages=3, pps=1),
+    "q16 w4 32K s4 pps1": dict(block_q=16, num_warps=4, tile=32768, num_stages=4, pps=1),
+    "q16 w4 32K s5 pps1": dict(block_q=16, num_warps=4, tile=32768, num_stages=5, pps=1),
+    "q16 w4 64K s3 pps1": dict(block_q=16, num_warps=4, tile=65536, num_stages=3, pps=1),
+    "q16 w8 64K s3 pps1": dict(block_q=16, num_warps=8, tile=65536, num_stages=3, pps=1),
+    "q16 w4 16K s6": dict(block_q=16, num_warps=4, tile=16384, num_stages=6),
+    "q16 w8 32K s3": dict(block_q=16, num_warps=8, tile=32768, num_stages=3),
+    # 256-slot tiles at D = 64 (64 KB; the library caps tiles at 128 slots)
+    "q16 w8 64K s3 pps1 t256": dict(block_q=16, num_warps=8, tile=65536, num_stages=3, pps=1, max_slots=256),
+    "q16 w4 64K s3 pps1 t256": dict(block_q=16, num_warps=4, tile=65536, num_stages=3, pps=1, max_slots=256),
+    "q16 w4 64K s2 t256": dict(block_q=16, num_warps=4, tile=65536, num_stages=2, max_slots=256),
 }
 QUICK_VARIANTS = ("q16 w4 32K s3", "q64 w4 32K s3", "q64 w4 32K s4", "q64 w4 32K s3 evict", "q32 w2 32K s3")
 
@@ -92,7 +105,7 @@ def config_for(variant: Optional[str], rows: int, groups: int, length: int, know
         pps = pps or fields.pop("pps", None)
         fields.pop("pps", None)
         per_slot = 2 * d * dtype.itemsize  # K + V bytes of one slot
-        fields["block_t"] = max(16, min(128, fields.pop("tile") // per_slot))
+        fields["block_t"] = max(16, min(fields.pop("max_slots", 128), fields.pop("tile") // per_slot))
         cfg = dataclasses.replace(cfg, **fields)
     bt = cfg.block_t
     tiles = cdiv(length, bt)
@@ -377,6 +390,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=8, help="processes for the correctness phase (compiles)")
     p.add_argument("--budget", type=float, default=BUDGET_S, help="seconds; no new shape is timed past it")
     p.add_argument("--smoke", action="store_true", help="CPU, Triton interpreter, tiny sizes: checks the script")
+    p.add_argument("--variants", help="comma-separated names of VARIANTS to run (default: all, or --quick's)")
+    p.add_argument("--batches", help="comma-separated batch sizes (default 1,4,16,64; --quick 1,16)")
+    p.add_argument("--lengths", help="comma-separated cache lengths (default 4096,16384,32768,131072)")
     args = p.parse_args(argv)
     global DEVICE
     if args.smoke:
@@ -390,6 +406,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     t0 = time.time()
     variants = list(QUICK_VARIANTS if args.quick else VARIANTS)
+    if args.variants:
+        variants = [v.strip() for v in args.variants.split(",")]
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     checks = run_checks([None] + (variants[:2] if args.smoke else variants), args.workers)
     bad = [c for c in checks if not c["ok"]]
     print(f"1. correctness: {len(checks) - len(bad)}/{len(checks)} pass (max err "
@@ -416,6 +437,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     lengths = (4096, 32768) if args.quick else (4096, 16384, 32768, 131072)
     batches = (1, 16) if args.quick else (1, 4, 16, 64)
     dims = (128, 64)
+    if args.batches:
+        batches = tuple(int(x) for x in args.batches.split(","))
+    if args.lengths:
+        lengths = tuple(int(x) for x in args.lengths.split(","))
     if args.smoke:
         lengths, batches, dims, variants = (45,), (1, 3), (64,), variants[:2]
     skipped = []

@@ -185,14 +185,27 @@ def test_pick_config_capacity_path_is_capacity_free() -> None:
         -(-cap // c.chunk) for cap, c in zip((256, 4096, 65536), cfgs))
 
 
-def test_tile_slots_keep_the_tile_bytes() -> None:
+@pytest.mark.parametrize("wide", [False, True])
+def test_tile_slots_keep_the_tile_bytes(monkeypatch: pytest.MonkeyPatch, wide: bool) -> None:
     """32 KB of K + V per tile: 64 slots at bf16 and head dim 128, 128 at 64 (and 80, padded to 128: 64),
-    32 at 256 or fp32 at 128; never under 16 (tl.dot) nor over 128."""
-    if da.DECODE_TILE_BYTES != 32768:
+    32 at 256 or fp32 at 128; never under 16 (tl.dot) nor over 128. Wide tiles: 128 slots (64 KB) for a
+    16-bit cache whose head dim pads to 128, over WIDE_WARPS warps, the grid sized for one program per SM;
+    the least chunk and the direct span keep their bytes (whole wide tiles)."""
+    if (da.DECODE_TILE_BYTES, da.WIDE_TILE_BYTES) != (32768, 65536):
         pytest.skip("recalibrated tile size")
+    monkeypatch.setattr(da, "WIDE_TILES", wide)
     got = [da.tile_slots(d, dt) for d, dt in ((128, torch.bfloat16), (64, torch.float16), (80, torch.float16),
                                               (256, torch.bfloat16), (128, torch.float32), (16, torch.float16))]
-    assert got == [64, 128, 64, 32, 32, 128]
+    assert got == [128 if wide else 64, 128, 128 if wide else 64, 32, 32, 128]
+    cpu = torch.device("cpu")
+    cfg = da.pick_config(4, 8, 32768, False, 128, torch.bfloat16, cpu, sms=132)
+    assert cfg.num_warps == (da.WIDE_WARPS if wide else da.DECODE_WARPS) and cfg.block_q == 16
+    assert (cfg.least_chunk, cfg.direct_span) == (da.MIN_TILES * 64, da.DIRECT_TILES * 64)  # 256, 384 slots
+    narrow = da.pick_config(4, 8, 32768, False, 64, torch.bfloat16, cpu, sms=132)
+    assert (narrow.num_warps, narrow.block_t) == (da.DECODE_WARPS, 128)
+    # the grid: one program per SM for wide tiles, two for 32 KB ones (8 kv heads, 32k slots)
+    per_sm = da.WIDE_PROGRAMS_PER_SM if wide else da.PROGRAMS_PER_SM
+    assert 8 * -(-32768 // cfg.chunk) <= per_sm * 132 < 2 * 8 * -(-32768 // cfg.chunk)
 
 
 def test_merge_tile_fits_the_register_budget() -> None:
@@ -206,11 +219,15 @@ def test_merge_tile_fits_the_register_budget() -> None:
     assert da.merge_tile(4, 64, 256, 1) == (4, 1)
 
 
-def test_serial_tiles_follows_the_kernels_chunk_rule() -> None:
+@pytest.mark.parametrize("wide", [False, True])
+def test_serial_tiles_follows_the_kernels_chunk_rule(monkeypatch: pytest.MonkeyPatch, wide: bool) -> None:
     """The step model's latency chain (``serial_tiles``, the kernel's chunk rule on the host) at the H200's 132
     SMs, bf16, GQA 4 over 8 kv heads, capacity the power-of-two bucket above the filled length: at D = 128
     (64-slot tiles) up to DIRECT_TILES tiles are one program's, past them the span splits into MIN_TILES-tile
-    chunks and merges; at D = 64 the tiles hold 128 slots."""
+    chunks and merges; at D = 64 the tiles hold 128 slots. Tiles count 32 KB units: wide tiles (128 slots at
+    D = 128) give the same chains."""
+    monkeypatch.setattr(da, "WIDE_TILES", wide)
+
     def chain(filled: int, d: int, batch: int = 1) -> tuple[int, bool]:
         return da.serial_tiles(4, batch * 8, filled, 1 << filled.bit_length(), d, torch.bfloat16, 132)
 

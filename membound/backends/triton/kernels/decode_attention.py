@@ -23,8 +23,9 @@ Two things make that fast at batch 1:
   load. One launch per attention: at decode a second "combine" kernel cost more than the merge.
   ``pick_config`` chooses the split from the length the grid covers, ``B * Hkv`` and the SM count
   (whole waves of about two programs per SM, at least four key tiles each).
-- **Bytes in flight.** K/V tiles (32 KB per K+V tile pair) arrive by ``cp.async`` in 16-byte vectors
-  (``compile_check`` shows it for sm_90); ``num_stages=3`` keeps two of them in flight per program.
+- **Bytes in flight.** K/V tiles (32 KB per K+V tile pair; 64 KB, 128 slots over 8 warps, for a 16-bit
+  cache at head dim 128: ``WIDE_TILES``) arrive by ``cp.async`` in 16-byte vectors (``compile_check``
+  shows it for sm_90); ``num_stages=3`` keeps two of them in flight per program.
   ``evict_first`` (a config option) adds an L2 evict-first hint to those copies.
 
 With ``k_new, v_new`` (a ring cache of a sliding-window layer) slot t holds position
@@ -92,10 +93,25 @@ DECODE_TILE_BYTES = 32768  # K + V bytes per key tile: 64 slots at bf16 and head
 DECODE_STAGES = 3  # cp.async ring: DECODE_STAGES - 1 K/V tiles in flight per program
 EVICT_FIRST = False  # K/V loads with an evict-first L2 hint
 PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
-MIN_TILES = 4  # pick_config: key tiles one program streams at least (when the cache has that many)
+# Wide tiles: a 16-bit cache whose head dim pads to 128 streams 128-slot key tiles (64 KB of K + V) over
+# WIDE_WARPS warps, one program per SM (three 64 KB stages fill the SM's shared memory). H200
+# (decode_attn_variants-nvidia-h200-2026-12-03, session 10): at D = 128 against the 64-slot tiles, batch 1
+# 32k 41.7 against 49.9 us (76% of read bandwidth against 64%), batch 4 4k 25.9 / 28.7, batch 16 4k 64.6 / 73.5,
+# batch 16 32k 476 / 488; in generate's graph step (decode_short_context-...-session10-wide{0,1}) batch 8 at 256
+# slots 8.9 -> 7.3 us, 512 slots 17.5 -> 13.7, batch 1 at 2048 13.4 -> 12.5 (128 slots: 4.3 -> 4.5). At D = 64 the
+# 128-slot tile is 32 KB already; 256-slot tiles there (...-session10-wide.json) won at 32k and batch 16 but lost
+# 3 us at batch 1, 4k (14.4 against 11.3): not taken. MEMBOUND_DECODE_WIDE=0 keeps 64-slot tiles (A/B runs)
+WIDE_TILES = os.environ.get("MEMBOUND_DECODE_WIDE", "1") == "1"
+WIDE_TILE_BYTES = 65536
+WIDE_WARPS = 8
+WIDE_PROGRAMS_PER_SM = 1
+# pick_config: the K + V bytes one program streams at least (when the cache has that many), in DECODE_TILE_BYTES
+# units (4: four 64-slot tiles at D = 128, two wide ones)
+MIN_TILES = 4
 MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
-# A span of at most DIRECT_TILES key tiles is streamed by one program, which writes the result (no partials, no
-# merge). H200, inside a CUDA graph (decode_short_context-nvidia-h200-2026-12-03): a direct program costs about
+# A span of at most DIRECT_TILES key tiles (DECODE_TILE_BYTES units, like MIN_TILES) is streamed by one program,
+# which writes the result (no partials, no merge). H200, inside a CUDA graph
+# (decode_short_context-nvidia-h200-2026-12-03): a direct program costs about
 # 2 us + 1.1 us a tile, a split into two chunks about 4.5 us more (partial stores, the arrival atomic, the
 # merge's reads) for half the tiles: at D = 128, 384 slots took 12.3 us split against 6.5 for 256 direct.
 # Splitting pays from about 8 tiles.
@@ -103,6 +119,13 @@ DIRECT_TILES = int(os.environ.get("MEMBOUND_DECODE_DIRECT_TILES", "6"))
 # a row block whose span has one chunk with slots: its program writes the result itself, nobody counts in or merges
 # (interpreter-checked, not yet timed on a GPU; MEMBOUND_DECODE_DIRECT=0 keeps the partial + merge for A/B runs)
 DIRECT_ONE_CHUNK = os.environ.get("MEMBOUND_DECODE_DIRECT", "1") == "1"
+# only the programs whose chunk has slots count in on the merge counter (the idle programs of a grid sized for
+# the capacity were most of its same-address atomics). Off: the H200 A/B (decode_short_context-nvidia-h200-2026-12-03-
+# session10-active-arrivals{0,1}) gained 0.1-0.2 us (1-3%) at most contexts of generate's graph step but lost 3 us
+# at D = 128, batch 1, 2048 slots in a 4096-slot cache (13.4 -> 16.3 us, every variant);
+# MEMBOUND_DECODE_ACTIVE_ARRIVALS=1 for A/B runs (the GPU decode tests pass with it:
+# gpu-tests-...-session10-decode-active-arrivals.log)
+ACTIVE_ARRIVALS = os.environ.get("MEMBOUND_DECODE_ACTIVE_ARRIVALS", "0") == "1"
 
 
 # T and N_SPLITS grow with the cache's capacity: not specialised on (Triton would key a new compile on a
@@ -116,6 +139,7 @@ def _flash_decoding_split(
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
     MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr, DIRECT: tl.constexpr = True,
+    ACTIVE_ARRIVALS: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -216,14 +240,20 @@ def _flash_decoding_split(
             tl.store(part_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], o, mask=row_ok[:, None] & dv_ok[None, :])
     if not ONE_SPLIT:
         if N_SPLITS > 1 and not direct:
-            # every program of the row block counts in, idle ones too; the last to arrive merges the
-            # partials of the chunks that had slots (the same chunk rule gives their number)
-            # (counting in only the programs with slots, arrivals = max(n_active, 1), would spare the idle ones'
-            # same-address atomics; interpreter-checked in session 9 but never run on a GPU: not landed)
-            if arrive_last(lock_ptr, pid_row, N_SPLITS):
-                _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
-                                sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
-                reset_counter(lock_ptr, pid_row)
+            # the last program to count in merges the partials of the chunks that had slots (the same chunk rule
+            # gives their number). ACTIVE_ARRIVALS: only those programs count in (the idle ones of a grid sized for
+            # the capacity exit without an atomic); else every program of the row block, idle ones too
+            if ACTIVE_ARRIVALS:
+                arrivals = tl.maximum(n_active, 1)
+                counts_in = pid_split < arrivals
+            else:
+                arrivals = N_SPLITS
+                counts_in = True
+            if counts_in:
+                if arrive_last(lock_ptr, pid_row, arrivals):
+                    _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
+                                    sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
+                    reset_counter(lock_ptr, pid_row)
 
 
 @triton.jit
@@ -357,14 +387,19 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     in chunks of at least ``MIN_TILES`` tiles, so a short prefix in a long cache still spreads out; the
     compile-time choices (tiles, warps, stages) then do not depend on the capacity.
     """
-    warps = DECODE_WARPS
     block_q = max(16, next_pow2(min(rows, 64)))
     if dtype != torch.float32:  # (fp32 takes the FMA dot, where padded rows are work, not a free tensor-core tile)
-        block_q = max(block_q, ROWS_PER_WARP * warps)
+        block_q = max(block_q, ROWS_PER_WARP * DECODE_WARPS)
     block_t = tile_slots(head_dim, dtype)
+    wide = _wide(head_dim, dtype)
+    warps, per_sm = (WIDE_WARPS, WIDE_PROGRAMS_PER_SM) if wide else (DECODE_WARPS, PROGRAMS_PER_SM)
+    # MIN_TILES and DIRECT_TILES count DECODE_TILE_BYTES tiles: in this tile's slots, whole tiles
+    unit = _narrow_slots(head_dim, dtype)
+    min_tiles = max(1, cdiv(MIN_TILES * unit, block_t))
+    direct_tiles = cdiv(DIRECT_TILES * unit, block_t)
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
-    splits = _best_split(programs, tiles, PROGRAMS_PER_SM * (sms or sm_count(device)))
+    splits = _best_split(programs, tiles, per_sm * (sms or sm_count(device)), min_tiles)
     chunk = cdiv(tiles, splits) * block_t
     # K/V tiles arrive by cp.async into a ring of num_stages buffers, num_stages - 1 of them in flight
     # (32 KB each at bf16, D = 128, 64 slots); a program with fewer tiles than that uses 2
@@ -372,41 +407,58 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     # as the cache grows)
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
-                        min_chunk=MIN_TILES * block_t, direct_span=DIRECT_TILES * block_t)
+                        min_chunk=min_tiles * block_t, direct_span=direct_tiles * block_t)
 
 
 def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: int, dtype: torch.dtype,
                  sms: int) -> tuple[int, bool]:
     """``(tiles, merged)`` of a decode step's launch as ``generate``'s CUDA graph runs it (no known length: the
     grid sized for ``capacity``, the device splitting the ``filled`` prefix): the key tiles the busiest program
-    streams one after another, and whether the row block's partials are merged (more than one chunk). The
-    kernel's own chunk rule (``_chunk``) on the host; the step model's latency term (``cost/step.py``)."""
+    streams one after another (in ``DECODE_TILE_BYTES`` units), and whether the row block's partials are merged
+    (more than one chunk). The kernel's own chunk rule (``_chunk``) on the host; the step model's latency term
+    (``cost/step.py``)."""
     cfg = pick_config(rows, groups, capacity, False, head_dim, dtype, torch.device("cpu"), sms=sms)
     n_splits = cdiv(capacity, cfg.chunk)
     span = max(1, min(filled, capacity))
     chunk = max(cdiv(cdiv(span, n_splits), cfg.block_t) * cfg.block_t, cfg.least_chunk)
     if span <= cfg.direct_span:
         chunk = max(cdiv(span, cfg.block_t) * cfg.block_t, chunk)
-    return cdiv(min(chunk, span), cfg.block_t), cdiv(span, chunk) > 1
+    # whole tiles of this config, counted in DECODE_TILE_BYTES units (a wide tile is two)
+    slots = cdiv(min(chunk, span), cfg.block_t) * cfg.block_t
+    return cdiv(slots, _narrow_slots(head_dim, dtype)), cdiv(span, chunk) > 1
 
 
 def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
     """Key slots per tile: ``DECODE_TILE_BYTES`` of K and V (a power of two, 16 to 128 slots), so a tile moves
-    the same bytes at every head dim."""
+    the same bytes at every head dim; ``WIDE_TILE_BYTES`` (128 slots) for a 16-bit cache at a head dim that pads
+    to 128 (``WIDE_TILES``)."""
+    return _slots(head_dim, dtype, WIDE_TILE_BYTES if _wide(head_dim, dtype) else DECODE_TILE_BYTES)
+
+
+def _narrow_slots(head_dim: int, dtype: torch.dtype) -> int:
+    return _slots(head_dim, dtype, DECODE_TILE_BYTES)
+
+
+def _slots(head_dim: int, dtype: torch.dtype, tile_bytes: int) -> int:
     per_slot = 2 * next_pow2(head_dim) * torch.empty((), dtype=dtype).element_size()
-    fit = max(1, DECODE_TILE_BYTES // per_slot)
+    fit = max(1, tile_bytes // per_slot)
     return max(16, min(128, 1 << (fit.bit_length() - 1)))
 
 
-def _best_split(programs: int, tiles: int, slots: int) -> int:
+def _wide(head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether the cache streams wide tiles (see ``WIDE_TILES``): 16-bit, head dim padded to 128."""
+    return WIDE_TILES and next_pow2(head_dim) == 128 and torch.empty((), dtype=dtype).element_size() == 2
+
+
+def _best_split(programs: int, tiles: int, slots: int, min_tiles: int = MIN_TILES) -> int:
     """The split count with the least modelled time: ``waves * (tiles per program + 1)`` (the + 1: a
     program's fixed work, about one tile's time) plus ``MERGE_COST`` tiles per partial merged; waves =
     programs / ``slots`` (programs resident at once), rounded up, so a grid that spills a few programs
-    into another wave pays for that wave. At most ``tiles / MIN_TILES`` splits."""
+    into another wave pays for that wave. At most ``tiles / min_tiles`` splits."""
     def cost(n: int) -> float:
         return cdiv(programs * n, slots) * (cdiv(tiles, n) + 1) + (MERGE_COST * n if n > 1 else 0.0)
 
-    return min(range(1, max(1, tiles // MIN_TILES) + 1), key=lambda n: (cost(n), n))
+    return min(range(1, max(1, tiles // min_tiles) + 1), key=lambda n: (cost(n), n))
 
 
 def merge_tile(rows: int, block_q: int, block_dv: int, num_warps: int) -> tuple[int, int]:
@@ -522,7 +574,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         hkv, g, s, cap, d, dv, cfg.least_chunk, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
         int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
-        ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK, INPUT_PRECISION=precision, HAS_WINDOW=window is not None,
+        ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK, ACTIVE_ARRIVALS=ACTIVE_ARRIVALS, INPUT_PRECISION=precision,
+        HAS_WINDOW=window is not None,
         HAS_SOFTCAP=softcap is not None,
         RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
         MERGE_ROWS=merge_rows,
