@@ -224,14 +224,20 @@ def test_serial_tiles_follows_the_kernels_chunk_rule(monkeypatch: pytest.MonkeyP
     """The step model's latency chain (``serial_tiles``, the kernel's chunk rule on the host) at the H200's 132
     SMs, bf16, GQA 4 over 8 kv heads, capacity the power-of-two bucket above the filled length: at D = 128
     (64-slot tiles) up to DIRECT_TILES tiles are one program's, past them the span splits into MIN_TILES-tile
-    chunks and merges; at D = 64 the tiles hold 128 slots. Tiles count 32 KB units: wide tiles (128 slots at
-    D = 128) give the same chains."""
+    chunks and merges; at D = 64 the tiles hold 128 slots. Wide tiles (128 slots at D = 128) keep the spans in
+    slots (384 direct, 256-slot chunks), in half as many tiles."""
     monkeypatch.setattr(da, "WIDE_TILES", wide)
 
     def chain(filled: int, d: int, batch: int = 1) -> tuple[int, bool]:
         return da.serial_tiles(4, batch * 8, filled, 1 << filled.bit_length(), d, torch.bfloat16, 132)
 
     assert (da.DIRECT_TILES, da.MIN_TILES) == (6, 4)  # the cases below assume the defaults
+    if wide:
+        assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(1, False), (2, False), (3, False),
+                                                                      (2, True), (2, True)]
+        assert da.direct_tiles(128, torch.bfloat16) == 3 and chain(384, 128, batch=8) == (3, False)
+        return
+    assert da.direct_tiles(128, torch.bfloat16) == da.DIRECT_TILES
     assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(2, False), (4, False), (6, False), (4, True),
                                                                   (4, True)]
     assert [chain(n, 64) for n in (128, 384, 768, 1024)] == [(1, False), (3, False), (6, False), (4, True)]

@@ -128,5 +128,5 @@ def test_an_explicit_cache_graph_is_costed_as_it_is() -> None:
     phases = analyze(g, RooflineCost(A100))
     got = phases.decode.at({"B": 2, "T": 64})
     assert got["flops"] == 4 * 2 * HQ * 64 * DH
-    # in prefill the prompt fills the cache: T is S
-    assert sympy.expand(phases.prefill.flops - 4 * B * HQ * S * S * DH) == 0
+    # in prefill the prompt fills the cache (T is S) and query i sees i + 1 slots: the causal half, S (S + 1) / 2
+    assert sympy.expand(phases.prefill.flops - 4 * B * HQ * S * (S + 1) / 2 * DH) == 0

@@ -208,10 +208,17 @@ def _ring_keys(k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, k_new: torch
 
 
 def _cached_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
-    """Each new query attends over the filled cache, whose length is the symbol T (at most the window)."""
+    """Each new query attends over the cache slots it sees. The filled length is the symbol T and the S new
+    tokens are its last S positions (a decode step, or a prefill from position 0 at S = T), so query i sees
+    T - S + i + 1 slots: S * (T - S) + S * (S + 1) / 2 in all (the causal half of a prefill, not S * T).
+    With a window each sees at most the window: S * min(T, window), an upper bound."""
     q, v = ins[0], ins[2]
     b, hq, s, d = q.shape
-    return 2 * b * hq * s * _seen(attrs) * (d + v.shape[3])
+    if attrs.get("window") is None:
+        seen = s * (T - s) + s * (s + 1) / 2
+    else:
+        seen = s * _seen(attrs)
+    return 2 * b * hq * seen * (d + v.shape[3])
 
 
 def _seen(attrs: dict[str, Any]) -> sympy.Expr:

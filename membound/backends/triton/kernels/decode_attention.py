@@ -396,7 +396,6 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     # MIN_TILES and DIRECT_TILES count DECODE_TILE_BYTES tiles: in this tile's slots, whole tiles
     unit = _narrow_slots(head_dim, dtype)
     min_tiles = max(1, cdiv(MIN_TILES * unit, block_t))
-    direct_tiles = cdiv(DIRECT_TILES * unit, block_t)
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
     splits = _best_split(programs, tiles, per_sm * (sms or sm_count(device)), min_tiles)
@@ -407,25 +406,30 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     # as the cache grows)
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
-                        min_chunk=min_tiles * block_t, direct_span=direct_tiles * block_t)
+                        min_chunk=min_tiles * block_t,
+                        direct_span=direct_tiles(head_dim, dtype) * block_t)
 
 
 def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: int, dtype: torch.dtype,
                  sms: int) -> tuple[int, bool]:
     """``(tiles, merged)`` of a decode step's launch as ``generate``'s CUDA graph runs it (no known length: the
     grid sized for ``capacity``, the device splitting the ``filled`` prefix): the key tiles the busiest program
-    streams one after another (in ``DECODE_TILE_BYTES`` units), and whether the row block's partials are merged
-    (more than one chunk). The kernel's own chunk rule (``_chunk``) on the host; the step model's latency term
-    (``cost/step.py``)."""
+    streams one after another (this config's tiles: a wide tile is one round trip too), and whether the row
+    block's partials are merged (more than one chunk); :func:`direct_tiles` is the longest chain without a merge.
+    The kernel's own chunk rule (``_chunk``) on the host; the step model's latency term (``cost/step.py``)."""
     cfg = pick_config(rows, groups, capacity, False, head_dim, dtype, torch.device("cpu"), sms=sms)
     n_splits = cdiv(capacity, cfg.chunk)
     span = max(1, min(filled, capacity))
     chunk = max(cdiv(cdiv(span, n_splits), cfg.block_t) * cfg.block_t, cfg.least_chunk)
     if span <= cfg.direct_span:
         chunk = max(cdiv(span, cfg.block_t) * cfg.block_t, chunk)
-    # whole tiles of this config, counted in DECODE_TILE_BYTES units (a wide tile is two)
-    slots = cdiv(min(chunk, span), cfg.block_t) * cfg.block_t
-    return cdiv(slots, _narrow_slots(head_dim, dtype)), cdiv(span, chunk) > 1
+    return cdiv(min(chunk, span), cfg.block_t), cdiv(span, chunk) > 1
+
+
+def direct_tiles(head_dim: int, dtype: torch.dtype) -> int:
+    """``DIRECT_TILES`` (counted in ``DECODE_TILE_BYTES`` tiles) in the tiles ``pick_config`` streams at this head
+    dim and dtype: the longest span one program streams alone, in whole tiles."""
+    return cdiv(DIRECT_TILES * _narrow_slots(head_dim, dtype), tile_slots(head_dim, dtype))
 
 
 def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
