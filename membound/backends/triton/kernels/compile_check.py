@@ -139,20 +139,23 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     hkv, g, cap, d = 8, 4, 16384, 128  # Llama-3-8B: 8 kv heads, 4 q heads each
     strides = dict(sqb=32 * d, sqh=d, sqs=d, sqd=1, skb=hkv * cap * d, skh=cap * d, skt=d, skd=1, svb=hkv * cap * d,
                    svh=cap * d, svt=d, svd=1, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1)
-    # (one split, ring, rows per block, warps): pick_config's 64 rows at 4 warps (16 per warp: wgmma), and the
-    # 16-row block whose 4 warps split the key tile (mma.sync)
-    for one, ring, block_q, warps in ((False, False, 64, 4), (True, False, 64, 4), (False, True, 64, 4),
-                                      (False, False, 16, 4)):
+    # (one split, ring, rows per block, warps, key slots a tile): 64 rows at 4 warps (16 per warp: wgmma), the
+    # 16-row block whose 4 warps split a 64-slot key tile (mma.sync; pick_config's at head dim 64 and for
+    # MEMBOUND_DECODE_WIDE=0), and pick_config's default at head dim 128: 16 rows, 8 warps, 128-slot (64 KB) tiles
+    for one, ring, block_q, warps, block_t in ((False, False, 64, 4, 64), (True, False, 64, 4, 64),
+                                               (False, True, 64, 4, 64), (False, False, 16, 4, 64),
+                                               (False, False, 16, 8, 128), (False, True, 16, 8, 128)):
         split_block, merge_rows = merge_tile(g, block_q, d, warps)
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", part_ptr="*fp32",
                     lse_ptr="*fp32", lock_ptr="*i32", slope_ptr="*fp32",
                     HKV=hkv, G=g, S=1, T=4096 if ring else cap, D=d, DV=d, CHUNK_MIN=256, N_QBLOCKS=1,
                     N_SPLITS=32, qk_scale=0.127, WINDOW=4096 if ring else 0, softcap=1.0, DIRECT_SPAN=384, **strides,
                     BLOCK_Q=block_q,
-                    BLOCK_T=64, BLOCK_D=d, BLOCK_DV=d, ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True,
+                    BLOCK_T=block_t, BLOCK_D=d, BLOCK_DV=d, ONE_SPLIT=one, INPUT_PRECISION="tf32", USE_PDL=True,
                     HAS_WINDOW=ring, HAS_SOFTCAP=False, RING=ring, SPLIT_BLOCK=split_block, MERGE_ROWS=merge_rows,
                     HAS_ALIBI=False, KV_EVICT="")
         label = f"d{d} {'one split' if one else 'split'}" + (" ring" if ring else "") + f" q{block_q}"
+        label += f" w{warps} t{block_t}" if block_t != 64 else ""
         out.append((_flash_decoding_split, label, args, dict(num_warps=warps, num_stages=3)))
     out += _flash_attention_cases()
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", src_ptr="*i64", H=hkv, S=1, T=cap, D=d,
