@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# (PROGRAMS_PER_SM, MIN_TILES, DIRECT_TILES) variants: the first run (2026-12-03) timed MIN_TILES 1, 2, 4 without
+# (PROGRAMS_PER_SM, MIN_TILES, DIRECT_TILES) variants (MIN_TILES and DIRECT_TILES count 32 KB tiles; at head dim
+# 128 the wide tiles of session 10 take WIDE_PROGRAMS_PER_SM, so PROGRAMS_PER_SM moves only D = 64 there;
+# MEMBOUND_DECODE_WIDE=0 for the 64-slot tiles): the first run (2026-12-03) timed MIN_TILES 1, 2, 4 without
 # a direct span, the second these (the -direct result file)
 VARIANTS = ((2, 4, 0), (2, 4, 6), (2, 4, 8), (2, 2, 6))
 # --long: the programs per SM the grid is sized for, at long contexts
