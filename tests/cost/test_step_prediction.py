@@ -86,13 +86,20 @@ def test_the_calibration_files_hold_every_case() -> None:
 PRE_DEQUANT_KERNEL = {"decode_e2e-nvidia-h200-2026-12-02-session3.json"}
 
 
+# decode_e2e runs whose build streamed 64-slot flash-decoding tiles at head dim 128 (before session 10's wide tiles)
+PRE_WIDE_TILES = {"decode_e2e-nvidia-h200-2026-12-02-session3.json",
+                  "decode_e2e-nvidia-h200-2026-12-03-session9.json",
+                  "decode_e2e-nvidia-h200-2026-12-02-llama-1b-ctx4096.json",
+                  "decode_e2e-nvidia-h200-2026-12-02-session4-llama-8b-int8-contenders.json"}
+
+
 def as_run(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Predict ``name``'s rows with the flash-decoding tiles its build streamed: runs before session 10
-    (2026-12-03) streamed 64-slot tiles at head dim 128 (``decode_attention.WIDE_TILES`` off), later ones wide
-    tiles. The step model's latency chain counts that config's tiles."""
+    """Predict ``name``'s rows with the flash-decoding tiles its build streamed (``PRE_WIDE_TILES``: 64-slot tiles,
+    ``decode_attention.WIDE_TILES`` off; any later run: wide tiles). The step model's latency chain counts that
+    config's tiles."""
     from membound.backends.triton.kernels import decode_attention as da
 
-    monkeypatch.setattr(da, "WIDE_TILES", "session10" in name)
+    monkeypatch.setattr(da, "WIDE_TILES", name not in PRE_WIDE_TILES)
 
 
 @pytest.mark.parametrize("model,batch,scheme", [(m, b, s) for m in ("llama-1b", "llama-8b") for b in (1, 8)

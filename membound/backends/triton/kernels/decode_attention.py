@@ -22,7 +22,7 @@ Two things make that fast at batch 1:
   ``out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M)``, several query rows and 16 partials per
   load. One launch per attention: at decode a second "combine" kernel cost more than the merge.
   ``pick_config`` chooses the split from the length the grid covers, ``B * Hkv`` and the SM count
-  (whole waves of about two programs per SM, at least four key tiles each).
+  (whole waves of about two programs per SM, one for wide tiles, at least four 32 KB tiles' bytes each).
 - **Bytes in flight.** K/V tiles (32 KB per K+V tile pair; 64 KB, 128 slots over 8 warps, for a 16-bit
   cache at head dim 128: ``WIDE_TILES``) arrive by ``cp.async`` in 16-byte vectors (``compile_check``
   shows it for sm_90); ``num_stages=3`` keeps two of them in flight per program.
@@ -374,8 +374,8 @@ class DecodeConfig:
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
                 device: torch.device, sms: Optional[int] = None) -> DecodeConfig:
     """Rows padded to a tensor-core tile (``ROWS_PER_WARP`` per warp), the slots split by
-    :func:`_best_split` (whole waves of about ``PROGRAMS_PER_SM`` programs per SM, each streaming at least
-    ``MIN_TILES`` tiles).
+    :func:`_best_split` (whole waves of about ``PROGRAMS_PER_SM`` programs per SM, ``WIDE_PROGRAMS_PER_SM``
+    for wide tiles, each streaming at least ``MIN_TILES`` tiles' bytes).
 
     ``rows`` = query rows per kv head (G * S); ``groups`` = B * Hkv; ``length`` = the slots the grid
     must cover. The split trades three costs: too few programs leave SMs idle (and too few bytes in
@@ -393,9 +393,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     block_t = tile_slots(head_dim, dtype)
     wide = _wide(head_dim, dtype)
     warps, per_sm = (WIDE_WARPS, WIDE_PROGRAMS_PER_SM) if wide else (DECODE_WARPS, PROGRAMS_PER_SM)
-    # MIN_TILES and DIRECT_TILES count DECODE_TILE_BYTES tiles: in this tile's slots, whole tiles
-    unit = _narrow_slots(head_dim, dtype)
-    min_tiles = max(1, cdiv(MIN_TILES * unit, block_t))
+    min_tiles = max(1, _in_tiles(MIN_TILES, head_dim, dtype))
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
     splits = _best_split(programs, tiles, per_sm * (sms or sm_count(device)), min_tiles)
@@ -427,9 +425,15 @@ def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: i
 
 
 def direct_tiles(head_dim: int, dtype: torch.dtype) -> int:
-    """``DIRECT_TILES`` (counted in ``DECODE_TILE_BYTES`` tiles) in the tiles ``pick_config`` streams at this head
-    dim and dtype: the longest span one program streams alone, in whole tiles."""
-    return cdiv(DIRECT_TILES * _narrow_slots(head_dim, dtype), tile_slots(head_dim, dtype))
+    """``DIRECT_TILES`` in the tiles ``pick_config`` streams at this head dim and dtype: the longest span one
+    program streams alone, in whole tiles."""
+    return _in_tiles(DIRECT_TILES, head_dim, dtype)
+
+
+def _in_tiles(narrow: int, head_dim: int, dtype: torch.dtype) -> int:
+    """``narrow`` tiles of ``DECODE_TILE_BYTES`` (the unit of ``MIN_TILES`` and ``DIRECT_TILES``) as whole tiles of
+    the size this head dim and dtype stream (a wide tile holds two)."""
+    return cdiv(narrow * _slots(head_dim, dtype, DECODE_TILE_BYTES), tile_slots(head_dim, dtype))
 
 
 def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
@@ -439,19 +443,15 @@ def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
     return _slots(head_dim, dtype, WIDE_TILE_BYTES if _wide(head_dim, dtype) else DECODE_TILE_BYTES)
 
 
-def _narrow_slots(head_dim: int, dtype: torch.dtype) -> int:
-    return _slots(head_dim, dtype, DECODE_TILE_BYTES)
-
-
 def _slots(head_dim: int, dtype: torch.dtype, tile_bytes: int) -> int:
-    per_slot = 2 * next_pow2(head_dim) * torch.empty((), dtype=dtype).element_size()
+    per_slot = 2 * next_pow2(head_dim) * dtype.itemsize
     fit = max(1, tile_bytes // per_slot)
     return max(16, min(128, 1 << (fit.bit_length() - 1)))
 
 
 def _wide(head_dim: int, dtype: torch.dtype) -> bool:
     """Whether the cache streams wide tiles (see ``WIDE_TILES``): 16-bit, head dim padded to 128."""
-    return WIDE_TILES and next_pow2(head_dim) == 128 and torch.empty((), dtype=dtype).element_size() == 2
+    return WIDE_TILES and next_pow2(head_dim) == 128 and dtype.itemsize == 2
 
 
 def _best_split(programs: int, tiles: int, slots: int, min_tiles: int = MIN_TILES) -> int:
