@@ -232,6 +232,8 @@ def test_serial_tiles_follows_the_kernels_chunk_rule(monkeypatch: pytest.MonkeyP
         return da.serial_tiles(4, batch * 8, filled, 1 << filled.bit_length(), d, torch.bfloat16, 132)
 
     assert (da.DIRECT_TILES, da.MIN_TILES) == (6, 4)  # the cases below assume the defaults
+    # D = 64 streams 128-slot (32 KB) tiles with wide tiles on or off
+    assert [chain(n, 64) for n in (128, 384, 768, 1024)] == [(1, False), (3, False), (6, False), (4, True)]
     if wide:
         assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(1, False), (2, False), (3, False),
                                                                       (2, True), (2, True)]
@@ -240,5 +242,4 @@ def test_serial_tiles_follows_the_kernels_chunk_rule(monkeypatch: pytest.MonkeyP
     assert da.direct_tiles(128, torch.bfloat16) == da.DIRECT_TILES
     assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(2, False), (4, False), (6, False), (4, True),
                                                                   (4, True)]
-    assert [chain(n, 64) for n in (128, 384, 768, 1024)] == [(1, False), (3, False), (6, False), (4, True)]
     assert chain(384, 128, batch=8) == (6, False)

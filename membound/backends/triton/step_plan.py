@@ -150,8 +150,8 @@ def decode_serial(node: Node, dims: Dims, hardware: Optional[Hardware] = None) -
     """The latency chain of a decode-attention launch as ``generate``'s graph runs it: the key tiles its
     busiest program streams in series (a wide tile, 64 KB at head dim 128, counts one round trip like a
     32 KB one: inside the H200 step the 256-slot chain took 9.0 us in two wide tiles against 13.2 in four),
-    at most ``direct_tiles`` (a longer chain reaches the pipeline's
-    steady state, where the bandwidth term rules), plus ``DECODE_MERGE_SERIAL`` when row blocks merge. The
+    at most ``direct_tiles`` (a longer chain reaches the pipeline's steady state, where the bandwidth term
+    rules), plus ``DECODE_MERGE_SERIAL`` when row blocks merge. The
     cache capacity is taken as the power-of-two bucket above the cached length; the SM count is
     ``hardware``'s, the H200's when it is not a GPU (as kernel_works' default)."""
     from membound.backends.triton.kernels import decode_attention as da
