@@ -10,7 +10,7 @@ head dim 64 but 13-17 us at 128 (context 256): with ``MIN_TILES = 4`` one progra
 four 64-slot tiles of a 256-slot prefix in series (8 programs at batch 1). Fewer tiles a program split the
 prefix over more programs, which then merge (the last to arrive); a direct span keeps a prefix of up to
 ``DIRECT_TILES`` tiles in one program (no merge). ``--long``: contexts 4k and 32k and the programs per SM
-the grid is sized for (``PROGRAMS_PER_SM``), MIN_TILES 4 and 8. Cases: 32 query heads over 8 kv heads,
+the grid is sized for (``PROGRAMS_PER_SM``), MIN_TILES 4 and 8. ``LEAST_TILES``: the device split's smallest chunk. Cases: 32 query heads over 8 kv heads,
 head dim 64 and 128, bf16, batch 1 and 8, filled length 128 .. 2048 in a cache of the power-of-two capacity
 above it, no known length (the graph-step path: the device splits the filled prefix). Contenders: SDPA
 (``enable_gqa``) on the filled prefix, and ours at each ``(MIN_TILES, DIRECT_TILES)`` of ``VARIANTS``. Method: ``benches/attention.py``'s
@@ -33,13 +33,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# (PROGRAMS_PER_SM, MIN_TILES, DIRECT_TILES) variants (MIN_TILES and DIRECT_TILES count 32 KB tiles; at head dim
-# 128 the wide tiles of session 10 take WIDE_PROGRAMS_PER_SM, so PROGRAMS_PER_SM moves only D = 64 there;
-# MEMBOUND_DECODE_WIDE=0 for the 64-slot tiles): the first run (2026-12-03) timed MIN_TILES 1, 2, 4 without
-# a direct span, the second these (the -direct result file)
-VARIANTS = ((2, 4, 0), (2, 4, 6), (2, 4, 8), (2, 2, 6))
+# (PROGRAMS_PER_SM, MIN_TILES, DIRECT_TILES, LEAST_TILES) variants (MIN_TILES, DIRECT_TILES and LEAST_TILES count
+# 32 KB tiles; at head dim 128 the wide tiles of session 10 take WIDE_PROGRAMS_PER_SM, so PROGRAMS_PER_SM moves only
+# D = 64 there; MEMBOUND_DECODE_WIDE=0 for the 64-slot tiles): the first run (2026-12-03) timed MIN_TILES 1, 2, 4
+# without a direct span, the second MIN_TILES 4 and 2 with DIRECT_TILES 0, 6, 8 (the -direct result file; LEAST_TILES
+# was MIN_TILES then), session 11 the device split's least chunk (LEAST_TILES 4, 2, 1) under a grid sized by MIN_TILES
+VARIANTS = ((2, 4, 6, 4), (2, 4, 6, 2), (2, 4, 6, 1), (2, 2, 6, 2))
 # --long: the programs per SM the grid is sized for, at long contexts
-LONG_VARIANTS = ((1, 4, 6), (2, 4, 6), (3, 4, 6), (4, 4, 6), (2, 8, 6))
+LONG_VARIANTS = ((1, 4, 6, 2), (2, 4, 6, 2), (3, 4, 6, 2), (4, 4, 6, 2), (2, 8, 6, 2))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -61,10 +62,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     bench = Bench("cpu" if args.smoke else "cuda", args.smoke)
     hq, hkv = (4, 2) if args.smoke else (32, 8)
     dims = (16,) if args.smoke else (64, 128)
-    lengths = (40,) if args.smoke else (4096, 32768) if args.long else (128, 256, 384, 512, 1024, 2048)
+    lengths = (40,) if args.smoke else (4096, 32768) if args.long else (128, 256, 384, 512, 1024, 2048, 4096)
     variants = LONG_VARIANTS if args.long else VARIANTS
     batches = (1, 3) if args.smoke else (1, 8)
-    default = (da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES)
+    default = (da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES, da.LEAST_TILES)
     e = torch.empty((), dtype=bench.dtype).element_size()
     for d in dims:
         for length in lengths:
@@ -85,27 +86,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                 flops = 4.0 * b * hq * length * d
                 bench.add("decode", case, "sdpa gqa", partial(F.scaled_dot_product_attention, enable_gqa=True), theirs,
                           want, flops, nbytes)
-                for pps, m, direct in variants:
-                    da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES = pps, m, direct
+                for pps, m, direct, least in variants:
+                    da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES, da.LEAST_TILES = pps, m, direct, least
                     try:
-                        bench.add("decode", case, f"pps{pps} min{m} direct{direct}", cached_attention, ours, want,
-                                  flops, nbytes)
+                        bench.add("decode", case, f"pps{pps} min{m} dir{direct} least{least}", cached_attention, ours,
+                                  want, flops, nbytes)
                     finally:
-                        da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES = default
+                        da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES, da.LEAST_TILES = default
                 del ours, theirs
     rows = [r.__dict__ for r in bench.rows]
     gpu = "cpu" if args.smoke else gpu_slug(torch.cuda.get_device_name())
     if args.out:
         tag = "-long" if args.long else ""
         path = Path(args.out) / f"decode_short_context{tag}-{gpu}-{datetime.date.today()}.json"
-        path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "default_pps_min_direct": default, "long": args.long,
+        path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "default_pps_min_direct_least": default, "long": args.long,
                                     "rows": rows}, indent=1))
         print(f"wrote {path}")
     names = list(dict.fromkeys(r["contender"] for r in rows))
-    print(f"{'case':26s}" + "".join(f"{n:>18s}" for n in names) + "   (us per call)")
+    print(f"{'case':26s}" + "".join(f"{n:>24s}" for n in names) + "   (us per call)")
     for c in dict.fromkeys(r["case"] for r in rows):
         rs = {r["contender"]: r for r in rows if r["case"] == c}
-        print(f"{c:26s}" + "".join(f"{rs[n]['us']:18.2f}" if n in rs else f"{'-':>18s}" for n in names))
+        print(f"{c:26s}" + "".join(f"{rs[n]['us']:24.2f}" if n in rs else f"{'-':>24s}" for n in names))
     return 0
 
 

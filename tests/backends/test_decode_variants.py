@@ -200,7 +200,7 @@ def test_tile_slots_keep_the_tile_bytes(monkeypatch: pytest.MonkeyPatch, wide: b
     cpu = torch.device("cpu")
     cfg = da.pick_config(4, 8, 32768, False, 128, torch.bfloat16, cpu, sms=132)
     assert cfg.num_warps == (da.WIDE_WARPS if wide else da.DECODE_WARPS) and cfg.block_q == 16
-    assert (cfg.least_chunk, cfg.direct_span) == (da.MIN_TILES * 64, da.DIRECT_TILES * 64)  # 256, 384 slots
+    assert (cfg.least_chunk, cfg.direct_span) == (da.LEAST_TILES * 64, da.DIRECT_TILES * 64)  # 128, 384 slots
     narrow = da.pick_config(4, 8, 32768, False, 64, torch.bfloat16, cpu, sms=132)
     assert (narrow.num_warps, narrow.block_t) == (da.DECODE_WARPS, 128)
     # the grid: one program per SM for wide tiles, two for 32 KB ones (8 kv heads, 32k slots)
@@ -223,23 +223,26 @@ def test_merge_tile_fits_the_register_budget() -> None:
 def test_serial_tiles_follows_the_kernels_chunk_rule(monkeypatch: pytest.MonkeyPatch, wide: bool) -> None:
     """The step model's latency chain (``serial_tiles``, the kernel's chunk rule on the host) at the H200's 132
     SMs, bf16, GQA 4 over 8 kv heads, capacity the power-of-two bucket above the filled length: at D = 128
-    (64-slot tiles) up to DIRECT_TILES tiles are one program's, past them the span splits into MIN_TILES-tile
-    chunks and merges; at D = 64 the tiles hold 128 slots. Wide tiles (128 slots at D = 128) keep the spans in
-    slots (384 direct, 256-slot chunks), in half as many tiles."""
+    (64-slot tiles) up to DIRECT_TILES tiles are one program's, past them the span splits over the grid (sized
+    with MIN_TILES-tile chunks for the capacity) into chunks of at least LEAST_TILES tiles and merges; at D = 64
+    the tiles hold 128 slots. Wide tiles (128 slots at D = 128) keep the spans in slots (384 direct, 128-slot
+    chunks), in half as many tiles."""
     monkeypatch.setattr(da, "WIDE_TILES", wide)
 
     def chain(filled: int, d: int, batch: int = 1) -> tuple[int, bool]:
         return da.serial_tiles(4, batch * 8, filled, 1 << filled.bit_length(), d, torch.bfloat16, 132)
 
-    assert (da.DIRECT_TILES, da.MIN_TILES) == (6, 4)  # the cases below assume the defaults
-    # D = 64 streams 128-slot (32 KB) tiles with wide tiles on or off
-    assert [chain(n, 64) for n in (128, 384, 768, 1024)] == [(1, False), (3, False), (6, False), (4, True)]
+    assert (da.DIRECT_TILES, da.MIN_TILES, da.LEAST_TILES) == (6, 4, 2)  # the cases below assume the defaults
+    # D = 64 streams 128-slot (32 KB) tiles with wide tiles on or off: 1024 slots in a grid of four 512-slot
+    # chunks (MIN_TILES) split into four of 256 (LEAST_TILES); 4096 in 8192 into sixteen of 256
+    assert [chain(n, 64) for n in (128, 384, 768, 1024, 4096)] == [(1, False), (3, False), (6, False), (2, True),
+                                                                   (2, True)]
     if wide:
         assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(1, False), (2, False), (3, False),
-                                                                      (2, True), (2, True)]
+                                                                      (1, True), (1, True)]
         assert da.direct_tiles(128, torch.bfloat16) == 3 and chain(384, 128, batch=8) == (3, False)
         return
     assert da.direct_tiles(128, torch.bfloat16) == da.DIRECT_TILES
-    assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(2, False), (4, False), (6, False), (4, True),
-                                                                  (4, True)]
+    assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(2, False), (4, False), (6, False), (2, True),
+                                                                  (2, True)]
     assert chain(384, 128, batch=8) == (6, False)

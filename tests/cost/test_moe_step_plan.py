@@ -25,8 +25,9 @@ def program():
                            num_attention_heads=4, num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
                            max_position_embeddings=128)
     torch.manual_seed(0)
-    compiled = membound.compile(tf.MixtralForCausalLM(cfg).eval(), backend="triton")
-    membound.generate(compiled, torch.randint(0, 97, (1, 5)), 2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter takes CPU tensors, a GPU CUDA ones
+    compiled = membound.compile(tf.MixtralForCausalLM(cfg).eval().to(device), backend="triton")
+    membound.generate(compiled, torch.randint(0, 97, (1, 5), device=device), 2)
     return compiled._kv_program
 
 

@@ -38,6 +38,12 @@ def test_graph_breaks_compile_each_piece():
 def test_entry_point_registers_the_name_without_importing_membound():
     import subprocess
     import sys
+    from importlib.metadata import entry_points
+
+    if "membound" not in {e.name for e in entry_points(group="torch_dynamo_backends")}:
+        # the entry point exists only where the package is installed (pip install -e, as CI does); a checkout put on
+        # PYTHONPATH (the GPU machine's runs) has none, and the name cannot resolve without importing membound
+        pytest.skip("membound is not pip-installed here, so its torch_dynamo_backends entry point is not registered")
 
     code = ("import torch\n"
             "from torch._dynamo import list_backends\n"

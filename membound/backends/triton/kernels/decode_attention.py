@@ -108,6 +108,13 @@ WIDE_PROGRAMS_PER_SM = 1
 # pick_config: the K + V bytes one program streams at least (when the cache has that many), in DECODE_TILE_BYTES
 # units (4: four 64-slot tiles at D = 128, two wide ones)
 MIN_TILES = 4
+# The device split's smallest chunk (a short prefix in a grid sized for a long cache), in DECODE_TILE_BYTES units,
+# at most MIN_TILES: MIN_TILES sizes the grid (the programs a full cache needs), LEAST_TILES how finely the filled
+# prefix spreads over them. H200 (decode_short_context-nvidia-h200-2026-12-03-session11-active{0,1}, in generate's
+# graph step): 2 against 4 at D = 64, batch 1, 1024 slots in a 2048-slot cache 8.7 against 10.9 us, 2048-in-4096
+# 9.2 / 11.0, batch 8 1024-in-2048 12.9 / 14.7; at D = 128 batch 1 512 .. 2048 slots 10-15% faster, batch 8 the
+# same. MEMBOUND_DECODE_LEAST_TILES for A/B runs
+LEAST_TILES = int(os.environ.get("MEMBOUND_DECODE_LEAST_TILES", "2"))
 MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
 # A span of at most DIRECT_TILES key tiles (DECODE_TILE_BYTES units, like MIN_TILES) is streamed by one program,
 # which writes the result (no partials, no merge). H200, inside a CUDA graph
@@ -384,7 +391,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     split adds a partial the merge must read; and a grid a little past a whole number of waves leaves
     most SMs idle in its last wave. When the filled length is unknown (``known_length=False``: length is
     the capacity) the grid is sized for a full cache and the device splits the filled prefix over it,
-    in chunks of at least ``MIN_TILES`` tiles, so a short prefix in a long cache still spreads out; the
+    in chunks of at least ``LEAST_TILES`` tiles, so a short prefix in a long cache still spreads out; the
     compile-time choices (tiles, warps, stages) then do not depend on the capacity.
     """
     block_q = max(16, next_pow2(min(rows, 64)))
@@ -394,6 +401,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     wide = _wide(head_dim, dtype)
     warps, per_sm = (WIDE_WARPS, WIDE_PROGRAMS_PER_SM) if wide else (DECODE_WARPS, PROGRAMS_PER_SM)
     min_tiles = max(1, _in_tiles(MIN_TILES, head_dim, dtype))
+    least_tiles = max(1, min(_in_tiles(LEAST_TILES, head_dim, dtype), min_tiles))
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
     splits = _best_split(programs, tiles, per_sm * (sms or sm_count(device)), min_tiles)
@@ -404,7 +412,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     # as the cache grows)
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
-                        min_chunk=min_tiles * block_t,
+                        min_chunk=least_tiles * block_t,
                         direct_span=direct_tiles(head_dim, dtype) * block_t)
 
 
