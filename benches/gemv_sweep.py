@@ -54,24 +54,31 @@ from membound.backends.triton.kernels.linear import (  # noqa: E402
     gated_linear,
     linear,
     linear_bytes,
+    linear_glu,
     pick_config,
 )
 
 SHAPES = {
     "llama-1b": {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048), "down": (2048, 8192),
-                 "lm_head": (128256, 2048)},
+                 "lm_head": (128256, 2048), "gate_up_glu": (16384, 2048)},
     "llama-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
-                 "lm_head": (128256, 4096)},
+                 "lm_head": (128256, 4096), "gate_up_glu": (28672, 4096)},
 }
 GATED = ("down",)  # the step runs these as gated_linear
+# the merged gate/up weight [2N, K] as the step runs it since fuse-linear-glu: linear_glu (silu(gate) * up in the
+# GEMV's epilogue, an [M, N] output; BLOCK_N counts output columns, each program streams twice as many weight rows),
+# against cuBLAS's [M, 2N] product followed by torch's silu and multiply; not in the default --shapes
+GLU = ("gate_up_glu",)
 LIBRARY = "library"  # the row of linear's own config choice (its description in the row's "chosen")
 TC_TILES = ((16, 128), (32, 64), (32, 128), (32, 256), (64, 128))  # (BLOCK_N, BLOCK_K)
 TC_SPLITS = (1, 2, 4, 8)
 
 
-def grid(m: int) -> list[LinearConfig]:
-    """The register-FMA grid (M <= 2)."""
+def grid(m: int, glu: bool = False) -> list[LinearConfig]:
+    """The register-FMA grid (M <= 2); ``glu``: the same weight rows per program (half the output columns)."""
     tiles = ((4, 512), (8, 256), (8, 512), (16, 256), (16, 512), (32, 256))
+    if glu:
+        tiles = ((2, 512), (2, 1024), (4, 256), (4, 512), (8, 256), (8, 512), (16, 256))
     return [LinearConfig(1 if m == 1 else 2, bn, bk, split, False, warps, 3)
             for (bn, bk), split, warps in itertools.product(tiles, (1, 2, 4, 8), (4, 8))]
 
@@ -128,22 +135,33 @@ class Case:
         self.model, self.shape, self.m, self.ws, self.read_bw, self.rows = model, shape, m, ws, read_bw, rows
         n, k = ws[0].shape
         self.gated = shape in GATED
+        self.glu = shape in GLU
         dev = ws[0].device
         self.x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         self.up = torch.randn(m, k, device=dev, dtype=torch.bfloat16) if self.gated else None
-        self.outs = [torch.empty(m, n, device=dev, dtype=torch.bfloat16) for _ in ws]
+        self.outs = [torch.empty(m, n // 2 if self.glu else n, device=dev, dtype=torch.bfloat16) for _ in ws]
         self.want = self.reference(ws[0]).float()
         # a gated product reads x twice (gate and up): one more x-sized read
         self.nbytes = linear_bytes(m, n, k, torch.bfloat16) + (m * k * 2 if self.gated else 0)
 
     def reference(self, w: torch.Tensor) -> torch.Tensor:
+        if self.glu:
+            g, u = F.linear(self.x, w).chunk(2, dim=-1)
+            return F.silu(g) * u
         x = F.silu(self.x) * self.up if self.gated else self.x
         return F.linear(x, w)
 
     def ours(self, w: torch.Tensor, o: torch.Tensor, config: Optional[LinearConfig]) -> torch.Tensor:
+        if self.glu:
+            return linear_glu(self.x, w, out=o, config=config, static_weight=True)
         if self.gated:
             return gated_linear(self.x, self.up, w, out=o, config=config, static_weight=True)
         return linear(self.x, w, out=o, config=config, static_weight=True)
+
+    @staticmethod
+    def _silu_halves(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, u = y.chunk(2, dim=-1)
+        return F.silu(g), u
 
     def row(self, config: str, **fields: object) -> None:
         self.rows.append(dict(model=self.model, shape=self.shape, m=self.m, gated=self.gated, config=config,
@@ -170,9 +188,16 @@ class Case:
 
     def run_all(self, configs: list[LinearConfig], quick: bool) -> None:
         n, k = self.ws[0].shape
-        self.timed("cublas", lambda w, o: torch.mm(F.silu(self.x) * self.up if self.gated else self.x, w.t(), out=o))
+        if self.glu:
+            self.timed("cublas", lambda w, o: torch.mul(*self._silu_halves(torch.mm(self.x, w.t())), out=o))
+        else:
+            self.timed("cublas", lambda w, o: torch.mm(F.silu(self.x) * self.up if self.gated else self.x, w.t(),
+                                                       out=o))
         # "library": linear's own choice at this shape (its heuristic config, or cuBLAS above SMALL_M rows)
         chosen = "cublas" if self.m > SMALL_M else describe(pick_config(self.m, n, k, torch.bfloat16, self.x.device))
+        if self.glu and self.m <= SMALL_M:  # linear_glu: the plain linear's tiles over 2N rows, block_n halved
+            cfg = pick_config(self.m, n, k, torch.bfloat16, self.x.device)
+            chosen = describe(replace(cfg, block_n=max(cfg.block_n // 2, 16 if cfg.use_dot else 1)))
         self.timed(LIBRARY, lambda w, o: self.ours(w, o, None), chosen=chosen)
         if quick:  # a few neighbours of the heuristic's config
             heur = pick_config(min(self.m, SMALL_M), n, k, torch.bfloat16, self.x.device)
@@ -269,9 +294,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def configs_for(m: int) -> list[LinearConfig]:
-    """The grid at M rows: the register path up to 2 rows, the tensor-core path above."""
-    return grid(m) if m <= 2 else tc_grid(m)
+def configs_for(m: int, glu: bool = False) -> list[LinearConfig]:
+    """The grid at M rows: the register path up to 2 rows, the tensor-core path above (``glu``: a linear_glu
+    shape, whose register tiles count output columns)."""
+    return grid(m, glu) if m <= 2 else tc_grid(m)
 
 
 def smoke(args: argparse.Namespace) -> int:
@@ -319,7 +345,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             copies = max(1, math.ceil((args.stream_mb << 20) / (n * k * 2)))
             ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 for _ in range(copies)]
             for m in args.ms:
-                Case(model, name, m, ws, read_bw, rows).run_all(configs_for(m), args.quick)
+                Case(model, name, m, ws, read_bw, rows).run_all(configs_for(m, name in GLU), args.quick)
                 print(summary(rows, (model, name, m)), flush=True)
             del ws
             torch.cuda.empty_cache()
