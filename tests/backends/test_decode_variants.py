@@ -208,6 +208,30 @@ def test_tile_slots_keep_the_tile_bytes(monkeypatch: pytest.MonkeyPatch, wide: b
     assert 8 * -(-32768 // cfg.chunk) <= per_sm * 132 < 2 * 8 * -(-32768 // cfg.chunk)
 
 
+def test_wide_tiles_at_head_dim_64_when_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``WIDE_HEAD_DIMS`` with 64 (an A/B setting): a 16-bit cache at head dim 64 streams 256-slot (64 KB) tiles
+    over WIDE_WARPS warps, the least chunk and direct span kept in bytes (one and three wide tiles); fp32 keeps
+    its 32 KB tiles. The kernel at that config equals the reference on the graph path (700 slots filled in a
+    1400-slot cache: split and merged; 200: one direct program), fp16 (tolerance 1e-2)."""
+    if (da.DECODE_TILE_BYTES, da.WIDE_TILE_BYTES, da.LEAST_TILES, da.DIRECT_TILES) != (32768, 65536, 2, 6):
+        pytest.skip("recalibrated tile sizes")
+    monkeypatch.setattr(da, "WIDE_TILES", True)
+    monkeypatch.setattr(da, "WIDE_HEAD_DIMS", (64, 128))
+    assert [da.tile_slots(64, torch.float16), da.tile_slots(64, torch.float32), da.tile_slots(128, torch.bfloat16)
+            ] == [256, 64, 128]
+    cfg = da.pick_config(4, 2, 1400, False, 64, torch.float16, torch.device("cpu"), sms=4)
+    assert (cfg.block_t, cfg.num_warps, cfg.least_chunk, cfg.direct_span) == (256, da.WIDE_WARPS, 256, 768)
+    gen = torch.Generator().manual_seed(64)
+    for filled in (700, 200):
+        q = rand(1, 8, 1, 64, dtype=torch.float16, gen=gen)
+        k, v = rand(1, 2, 1400, 64, dtype=torch.float16, gen=gen), rand(1, 2, 1400, 64, dtype=torch.float16, gen=gen)
+        k[:, :, filled:], v[:, :, filled:] = float("nan"), float("nan")
+        pos = torch.tensor([filled - 1], device=DEVICE)
+        want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=None)
+        y = cached_attention(q, k, v, pos, config=cfg)
+        torch.testing.assert_close(y.float(), want, **TOL[torch.float16])
+
+
 def test_merge_tile_fits_the_register_budget() -> None:
     """32 fp32 values a thread per merge tile (more spilled on sm_90 with triton 3.6): partials first, then rows."""
     if da.MERGE_REGS != 32:

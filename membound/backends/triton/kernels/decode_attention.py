@@ -102,6 +102,9 @@ PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
 # 128-slot tile is 32 KB already; 256-slot tiles there (...-session10-wide.json) won at 32k and batch 16 but lost
 # 3 us at batch 1, 4k (14.4 against 11.3): not taken. MEMBOUND_DECODE_WIDE=0 keeps 64-slot tiles (A/B runs)
 WIDE_TILES = os.environ.get("MEMBOUND_DECODE_WIDE", "1") == "1"
+# the head dims (padded to a power of two) whose 16-bit cache streams wide tiles: 128 (128 slots); 64 streams
+# 256-slot wide tiles when listed (MEMBOUND_DECODE_WIDE_DIMS=64,128, for A/B runs: see the numbers above)
+WIDE_HEAD_DIMS = tuple(int(d) for d in os.environ.get("MEMBOUND_DECODE_WIDE_DIMS", "128").split(",") if d.strip())
 WIDE_TILE_BYTES = 65536
 WIDE_WARPS = 8
 WIDE_PROGRAMS_PER_SM = 1
@@ -446,20 +449,23 @@ def _in_tiles(narrow: int, head_dim: int, dtype: torch.dtype) -> int:
 
 def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
     """Key slots per tile: ``DECODE_TILE_BYTES`` of K and V (a power of two, 16 to 128 slots), so a tile moves
-    the same bytes at every head dim; ``WIDE_TILE_BYTES`` (128 slots) for a 16-bit cache at a head dim that pads
-    to 128 (``WIDE_TILES``)."""
-    return _slots(head_dim, dtype, WIDE_TILE_BYTES if _wide(head_dim, dtype) else DECODE_TILE_BYTES)
+    the same bytes at every head dim; ``WIDE_TILE_BYTES`` for a 16-bit cache at a head dim that pads to one of
+    ``WIDE_HEAD_DIMS`` (``WIDE_TILES``: 128 slots at 128, 256 at 64)."""
+    if _wide(head_dim, dtype):
+        return _slots(head_dim, dtype, WIDE_TILE_BYTES, most=256)
+    return _slots(head_dim, dtype, DECODE_TILE_BYTES)
 
 
-def _slots(head_dim: int, dtype: torch.dtype, tile_bytes: int) -> int:
+def _slots(head_dim: int, dtype: torch.dtype, tile_bytes: int, most: int = 128) -> int:
     per_slot = 2 * next_pow2(head_dim) * dtype.itemsize
     fit = max(1, tile_bytes // per_slot)
-    return max(16, min(128, 1 << (fit.bit_length() - 1)))
+    return max(16, min(most, 1 << (fit.bit_length() - 1)))
 
 
 def _wide(head_dim: int, dtype: torch.dtype) -> bool:
-    """Whether the cache streams wide tiles (see ``WIDE_TILES``): 16-bit, head dim padded to 128."""
-    return WIDE_TILES and next_pow2(head_dim) == 128 and dtype.itemsize == 2
+    """Whether the cache streams wide tiles (see ``WIDE_TILES``): 16-bit, head dim padded to one of
+    ``WIDE_HEAD_DIMS`` (128)."""
+    return WIDE_TILES and next_pow2(head_dim) in WIDE_HEAD_DIMS and dtype.itemsize == 2
 
 
 def _best_split(programs: int, tiles: int, slots: int, min_tiles: int = MIN_TILES) -> int:
