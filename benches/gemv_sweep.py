@@ -195,8 +195,8 @@ class Case:
                                                        out=o))
         # "library": linear's own choice at this shape (its heuristic config, or cuBLAS above SMALL_M rows)
         chosen = "cublas" if self.m > SMALL_M else describe(pick_config(self.m, n, k, torch.bfloat16, self.x.device))
-        if self.glu and self.m <= SMALL_M:  # linear_glu: the plain linear's tiles over 2N rows, block_n halved
-            cfg = pick_config(self.m, n, k, torch.bfloat16, self.x.device)
+        if self.glu and self.m <= SMALL_M:  # linear_glu: pick_config's glu tiles over 2N rows, block_n halved
+            cfg = pick_config(self.m, n, k, torch.bfloat16, self.x.device, glu=True)
             chosen = describe(replace(cfg, block_n=max(cfg.block_n // 2, 16 if cfg.use_dot else 1)))
         self.timed(LIBRARY, lambda w, o: self.ours(w, o, None), chosen=chosen)
         if quick:  # a few neighbours of the heuristic's config

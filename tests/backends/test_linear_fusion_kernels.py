@@ -115,7 +115,7 @@ def test_gated_linear_add(m: int, k: int, n: int, dtype: torch.dtype, request: p
 def test_linear_glu(m: int, k: int, n: int, dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
     """silu(g) * u over the halves of one [2N, K] projection, gated in the epilogue: equal to the unfused path
     (the same linear over all 2N rows, then silu and the product in torch, each rounded) bit for bit in fp16 at
-    the default tiles, whose K order is the linear's; within 1e-5 / one fp16 ulp with other tiles (split-K sums
+    the default tiles, whose K order is the linear's at these sizes (both narrow tiles); within 1e-5 / one fp16 ulp with other tiles (split-K sums
     in another order); against eager fp32 within EAGER_TOL."""
     if not INTERP.runs_here(request):
         return
@@ -154,3 +154,16 @@ def test_errors_name_the_argument(request: pytest.FixtureRequest) -> None:
         rms_norm_linear(x, rand(7, dtype=torch.float32, seed=4), w, eps=1e-5)
     with pytest.raises(TypeError, match="rms_norm_linear: inputs must share a dtype"):
         rms_norm_linear(x, rand(8, dtype=torch.float16, seed=4), w, eps=1e-5)
+
+
+def test_linear_glu_register_tiles_stay_narrow() -> None:
+    """pick_config's glu rule: at M <= 2 a merged gate/up weight keeps the narrow register tile (four weight rows,
+    512 bf16 of each a step: two output columns a program) where the plain linear over the same rows takes the
+    wide one (eight rows, 256), as the H200 GLU sweep measured faster at the 8B shape; tensor cores unchanged."""
+    from membound.backends.triton.kernels.linear import pick_config
+
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    for n2, k in ((16384, 2048), (28672, 4096)):  # the 1.24B and 8B merged gate/up projections
+        plain, glu = pick_config(1, n2, k, bf16, cpu), pick_config(1, n2, k, bf16, cpu, glu=True)
+        assert (plain.block_n, plain.block_k) == (8, 256) and (glu.block_n, glu.block_k, glu.split_k) == (4, 512, 1)
+        assert pick_config(8, n2, k, bf16, cpu, glu=True) == pick_config(8, n2, k, bf16, cpu)

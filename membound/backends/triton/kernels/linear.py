@@ -344,7 +344,7 @@ class LinearConfig:
     pre_gate: bool = True
 
 
-def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> LinearConfig:
+def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device, glu: bool = False) -> LinearConfig:
     """Tiles from sweeps of the Llama-3.2-1B and Llama-3-8B decode projections (``benches/gemv_sweep.py``,
     bf16, weights streamed from HBM, CUDA-graph replay).
 
@@ -360,9 +360,14 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     per program when N or K reaches 8192 (the gate/up and down projections, the heads), 32 otherwise; K split
     until the programs fill 1.5 waves of SMs. Over the ten shapes this is 1.02x the time of each shape's best
     config at M = 8 and 16, where the earlier rule (32 columns, split to 4 waves) was 1.19x / 1.17x (it
-    over-split: the 1B down projection 32.9 µs against 18.9 at M = 8)."""
+    over-split: the 1B down projection 32.9 µs against 18.9 at M = 8).
+
+    ``glu``: the tiles of ``linear_glu`` over its ``n`` = 2N merged gate/up rows (``BLOCK_N`` still counts weight
+    rows here; the caller halves it into output columns). The register path keeps the narrow tile (four rows,
+    1 KB of each a step) at every size: H200 (``gemv_sweep-nvidia-h200-2026-12-03-session11-glu``, shape
+    gate_up_glu) 8B 62.3 µs against 66.5 for the wide tile (eight rows, 512 B), 1B 20.8 against 20.7."""
     if m <= 2:
-        wide = n * k >= 24 * 2**20
+        wide = n * k >= 24 * 2**20 and not glu
         block_m, block_n, use_dot = next_pow2(m), (8 if wide else 4), False
         block_k = (256 if wide else 512) // (2 if dtype == torch.float32 else 1)
     else:
@@ -611,9 +616,9 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     if config is not None:
         cfg = config
     elif glu:
-        # the tiles the plain linear over all 2N rows takes, each program's rows half gate, half up: the same
-        # rows a program streams and the same programs (so the same split) as the linear before the fusion
-        cfg = pick_config(m, 2 * n, k, x.dtype, x.device)
+        # the tiles of a linear over all 2N rows (pick_config's glu rule), each program's rows half gate, half up:
+        # the rows a program streams and the programs (so the split) of that linear
+        cfg = pick_config(m, 2 * n, k, x.dtype, x.device, glu=True)
         cfg = dataclasses.replace(cfg, block_n=max(cfg.block_n // 2, 16 if cfg.use_dot else 1))
     else:
         cfg = pick_config(m, n, k, x.dtype, x.device)
