@@ -12,6 +12,8 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
   insert-kv-cache (which needs the attention op and separate k/v projections) before the linear
   merges.
 * ``decode``: the prefill step specialised to ``S = 1``: clean-ups.
+* ``decode-rope``: ``decode`` plus fuse-rope-linear (q and k rotated in the q/k/v projection's epilogue; an A/B
+  setting, ``MEMBOUND_DECODE_PIPELINE=decode-rope``).
 * ``decode-fused``: ``decode`` plus fuse-linear-residual and fuse-norm-linear (a Llama layer in 6
   launches instead of 8: the residual adds in the o / down GEMVs' epilogues, which also write the sums of
   squares the next norm needs; the norms in the GEMVs that read them). Off by default until a GPU A/B
@@ -61,6 +63,9 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "prefill": CLEANUP_PASSES + KV_CACHE_PASSES,
     "decode": ("canonicalize", "dead-code-elimination"),
     "decode-fused": ("canonicalize", *LINEAR_FUSION_PASSES, "dead-code-elimination"),
+    # decode plus fuse-rope-linear (q and k rotated in the q/k/v projection's epilogue: a launch less per layer);
+    # an A/B setting (MEMBOUND_DECODE_PIPELINE=decode-rope) until a GPU run says it pays
+    "decode-rope": ("canonicalize", "fuse-rope-linear", "dead-code-elimination"),
 }
 DEFAULT_PASSES = PIPELINES["forward"]
 

@@ -172,3 +172,58 @@ def test_linear_glu_register_tiles_stay_narrow() -> None:
         plain, glu = pick_config(1, n2, k, bf16, cpu), pick_config(1, n2, k, bf16, cpu, glu=True)
         assert (plain.block_n, plain.block_k) == (8, 256) and (glu.block_n, glu.block_k, glu.split_k) == (4, 512, 1)
         assert pick_config(8, n2, k, bf16, cpu, glu=True) == pick_config(8, n2, k, bf16, cpu)
+
+
+# (M, K, q heads, kv heads, head dim, bias): linear_rope over a merged q/k/v projection; M = 20: torch
+ROPE_CASES = [(1, 77, 3, 1, 16, False), (2, 129, 4, 2, 8, True), (3, 300, 2, 1, 32, False), (5, 1100, 3, 3, 16, True),
+              (20, 33, 2, 1, 8, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
+@pytest.mark.parametrize("m,k,hq,hkv,d,bias", ROPE_CASES)
+def test_linear_rope(m: int, k: int, hq: int, hkv: int, d: int, bias: bool, dtype: torch.dtype,
+                     request: pytest.FixtureRequest) -> None:
+    """q and k rotated in the GEMV's epilogue (each program streams column pairs (j, j + D/2) of a head as two
+    tiles; the value columns after them, two tiles of consecutive columns) equal the unfused path (the library's
+    linear at the same tiles, then HF's rotation in torch, rounded as eager rounds it): bit for bit in fp16 in
+    the interpreter (EXACT; the same K order), else within the unfused tolerance; against eager fp32 within
+    EAGER_TOL. Also every column rotated (no value columns) and none."""
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import linear, linear_rope, trace
+    from membound.ir.ops.matmul import _linear_rope, rope_columns
+
+    n, rope_cols = (hq + 2 * hkv) * d, (hq + hkv) * d
+    x = rand(m, 1, k, dtype=dtype, seed=14)
+    w = rand(n, k, dtype=dtype, seed=15) * k ** -0.5
+    b = rand(n, dtype=dtype, seed=16) if bias else None
+    angle = torch.rand(m, 1, d // 2, generator=torch.Generator().manual_seed(17)) * 6.0
+    angle = torch.cat((angle, angle), dim=-1)  # HF's tables: the frequencies twice
+    cos, sin = angle.cos().to(dtype).to(DEVICE), angle.sin().to(dtype).to(DEVICE)
+    for cols in (rope_cols, n, 0):
+        eager = _linear_rope(x.float(), w.float(), cos.float(), sin.float(), None if b is None else b.float(),
+                             head_dim=d, rope_cols=cols)
+        for cfg in configs(m) if cols == rope_cols else [None]:
+            with trace() as calls:
+                y = linear_rope(x, w, cos, sin, b, head_dim=d, rope_cols=cols, config=cfg)
+            assert ("linear_rope", "cublas" if m > 16 else "kernel") in calls
+            assert y.dtype == dtype and y.shape == (m, 1, n)
+            # the same rows a program (block_n counts column pairs: twice the columns), the same K order
+            plain = None if cfg is None else dataclasses.replace(cfg, block_n=2 * cfg.block_n)
+            unfused = rope_columns(linear(x, w, b, config=plain), cos, sin, head_dim=d, rope_cols=cols)
+            tol = (EXACT or UNFUSED_TOL)[dtype] if dtype == torch.float16 else UNFUSED_TOL[dtype]
+            torch.testing.assert_close(y, unfused, **tol)
+            torch.testing.assert_close(y.float(), eager, **EAGER_TOL[dtype])
+
+
+def test_linear_rope_checks_its_arguments() -> None:
+    from membound.backends.triton.kernels import linear_rope
+
+    x, w = torch.randn(1, 16), torch.randn(24, 16)
+    cos = torch.randn(1, 8)
+    with pytest.raises(ValueError, match="whole heads of an even head_dim"):
+        linear_rope(x, w, cos, cos, head_dim=8, rope_cols=12)
+    with pytest.raises(ValueError, match="exceeds the weight's 24 rows"):
+        linear_rope(x, w, cos, cos, head_dim=8, rope_cols=32)
+    with pytest.raises(ValueError, match="must broadcast to x's rows"):
+        linear_rope(x, w, torch.randn(3, 8), cos, head_dim=8, rope_cols=16)

@@ -36,8 +36,8 @@ def test_generate_with_forced_splits_equals_reference(monkeypatch: pytest.Monkey
         seen["decode_chunks"] = max(seen["decode_chunks"], -(-length // 16))
         return cfg
 
-    def linear_cfg(m, n, k, dtype, device):  # type: ignore[no-untyped-def]
-        cfg = pick_linear(m, n, k, dtype, device)
+    def linear_cfg(m, n, k, dtype, device, glu=False):  # type: ignore[no-untyped-def]
+        cfg = pick_linear(m, n, k, dtype, device, glu=glu)
         # two splits of one K tile each: the kernel drops empty splits, so the tile must not cover K alone
         # (the CPU config's tile is next_pow2(K), which would leave one split)
         block_k = max(16, 1 << (-(-k // 2) - 1).bit_length())

@@ -64,6 +64,10 @@ COST: dict[str, tuple[str, int, int]] = {
     'full': ('full(){shape=(2,3),value=1.5,dtype=torch.float32}', 0, 24),
     'gated_linear': ('gated_linear(float32[7,5],float32[7,5],float32[3,5]){}', 385, 424),
     'linear_glu': ('linear_glu(float32[7,5],float32[6,5]){}', 525, 344),
+    # by hand: 2*3*12*5 = 360 for the product, 3 a rotated element (3 rows x 8 columns: 72); x 15, weight 60,
+    # cos 12, sin 12 and the output 36 values of 4 bytes
+    'linear_rope': ('linear_rope(float32[3,5],float32[12,5],float32[3,4],float32[3,4]){head_dim=4,rope_cols=8}', 432,
+                    540),
     'gather': ('gather(float32[4,5],int64[4,3]){dim=1}', 0, 192),
     'ge': ('ge(float32[4,5],float32[4,5]){}', 20, 180),
     'gelu': ('gelu(float32[3,1,5]){}', 120, 120),

@@ -16,6 +16,7 @@ Integer and bool results must match exactly.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -415,6 +416,27 @@ def _linear_glu(x: torch.Tensor, w: torch.Tensor, act: str = "silu") -> torch.Te
 case("linear_glu", [A(f32, 7, 5), A(f32, 6, 5)], _linear_glu)
 case("linear_glu", [A(f32, B, S, 5), A(f32, 8, 5)], _linear_glu, act="silu")
 case("linear_glu", [A(f16, 2, 1, 9), A(f16, 10, 9)], _linear_glu)
+
+def _linear_rope(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, b: Any = None, *,
+                 head_dim: int, rope_cols: int) -> torch.Tensor:
+    """Column by column: rotated column j of a head = y_j cos_j - y_(j+D/2) sin_j (first half), y_j cos_j +
+    y_(j-D/2) sin_j (second half); the columns past rope_cols unchanged."""
+    y = _linear(x, w) if b is None else _linear(x, w) + b
+    c, s = cos.expand(*y.shape[:-1], head_dim), sin.expand(*y.shape[:-1], head_dim)
+    out, half = y.clone(), head_dim // 2
+    for col in range(rope_cols):
+        j = col % head_dim
+        partner, sign = (col + half, -1.0) if j < half else (col - half, 1.0)
+        out[..., col] = y[..., col] * c[..., j] + sign * y[..., partner] * s[..., j]
+    return out
+
+
+case("linear_rope", [A(f32, 3, 5), A(f32, 12, 5), A(f32, 3, 4), A(f32, 3, 4)],
+     functools.partial(_linear_rope, head_dim=4, rope_cols=8), head_dim=4, rope_cols=8)
+case("linear_rope", [A(f32, B, S, 5), A(f32, 12, 5), A(f32, B, S, 4), A(f32, B, S, 4), A(f32, 12)],
+     functools.partial(_linear_rope, head_dim=4, rope_cols=12), head_dim=4, rope_cols=12)
+case("linear_rope", [A(f16, 2, 1, 9), A(f16, 16, 9), A(f16, 1, 8), A(f16, 1, 8)],
+     functools.partial(_linear_rope, head_dim=8, rope_cols=8), head_dim=8, rope_cols=8)
 
 # the fused GEMV forms (fuse-linear-residual / fuse-norm-linear): eager's composition, rounded as eager does
 case("linear_add", [A(f32, 7, 5), A(f32, 3, 5), A(f32, 7, 3)], lambda x, w, r: r + _linear(x, w))
@@ -944,6 +966,16 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("linear_glu", [T(f32, 3, 4), T(f32, 6, 5)], {}, ValueError),
     ("linear_glu", [T(f32, 3, 4), T(f16, 6, 4)], {}, TypeError),
     ("linear_glu", [T(f32, 3, 4), T(f32, 6, 4)], {"act": "relu"}, ValueError),
+    ("linear_rope", [T(f32, 3, 4), T(f32, 8, 4), T(f32, 3, 4), T(f32, 3, 4)], {"head_dim": 4, "rope_cols": 6},
+     ValueError),  # not whole heads
+    ("linear_rope", [T(f32, 3, 4), T(f32, 8, 4), T(f32, 3, 3), T(f32, 3, 3)], {"head_dim": 3, "rope_cols": 6},
+     ValueError),  # an odd head dim
+    ("linear_rope", [T(f32, 3, 4), T(f32, 8, 4), T(f32, 3, 4), T(f32, 3, 4)], {"head_dim": 4, "rope_cols": 12},
+     ValueError),  # more rotated columns than the weight has
+    ("linear_rope", [T(f32, 3, 4), T(f32, 8, 4), T(f32, 5, 4), T(f32, 5, 4)], {"head_dim": 4, "rope_cols": 8},
+     ValueError),  # tables that do not broadcast to x's rows
+    ("linear_rope", [T(f32, 3, 4), T(f32, 8, 4), T(f16, 3, 4), T(f16, 3, 4)], {"head_dim": 4, "rope_cols": 8},
+     TypeError),
     ("linear_add", [T(f32, 3, 4), T(f32, 5, 4), T(f32, 3, 6)], {}, ValueError),    # residual of another shape
     ("rms_norm_linear", [T(f32, 3, 4), T(f32, 4), T(f32, 5, 6)], {"eps": 1e-6}, ValueError),
     ("gated_linear_add", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4), T(f32, 3, 5)], {}, ValueError),

@@ -250,6 +250,7 @@ TABLE: list[Lowering] = [
     library("linear", "linear:linear", static_weight=1),
     library("gated_linear", "linear:gated_linear", static_weight=2),
     library("linear_glu", "linear:linear_glu", static_weight=1),
+    library("linear_rope", "linear:linear_rope", static_weight=1),
     library("rms_norm_linear", "linear:rms_norm_linear", static_weight=2),
     library("linear_add", "linear:linear_add", static_weight=1),
     library("gated_linear_add", "linear:gated_linear_add", static_weight=2),

@@ -208,6 +208,79 @@ define_op("linear_glu", inputs=("x", "weight"), attrs={"act": "silu"}, kind="mat
 
 
 # ---------------------------------------------------------------------------------------------
+# linear_rope: linear(x, weight, bias) whose first rope_cols columns (whole heads of head_dim) are rotated
+# as HF's apply_rotary_pos_emb rotates q and k (fuse-rope-linear): a merged q/k/v projection at decode
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_linear_rope(x: TensorType, weight: TensorType, cos: TensorType, sin: TensorType,
+                       bias: TensorType | None = None, *, head_dim: int, rope_cols: int) -> TensorType:
+    op = "linear_rope"
+    out = _infer_linear(x, weight, bias, op=op)
+    same_dtype(op, ("x", x), ("cos", cos), ("sin", sin))
+    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+        fail(op, f"head_dim must be a positive even int, got {head_dim!r}")
+    if not isinstance(rope_cols, int) or rope_cols < 0 or rope_cols % head_dim:
+        fail(op, f"rope_cols must be whole heads of head_dim={head_dim}, got {rope_cols!r}")
+    n = weight.shape[0]
+    if n.is_Integer and rope_cols > int(n):
+        fail(op, f"rope_cols={rope_cols} exceeds the weight's {n} rows")
+    want = x.shape[:-1] + (sympy.Integer(head_dim),)
+    for name, t in (("cos", cos), ("sin", sin)):
+        try:
+            if broadcast_shapes(t.shape, want) != want:
+                raise ValueError("it would widen the rows")
+        except ValueError as e:
+            fail(op, f"{name} {t} must broadcast to x's rows {shape_str(want)} ({e})")
+    return out
+
+
+def rope_rows(t: torch.Tensor, lead: tuple, head_dim: int, name: str = "cos") -> torch.Tensor:
+    """``t`` (cos or sin) broadcast to ``lead + (head_dim,)``: one ``[head_dim]`` table per row of x."""
+    want = tuple(lead) + (head_dim,)
+    try:
+        return torch.broadcast_to(t, want)
+    except RuntimeError as e:
+        raise ValueError(f"linear_rope: {name} {tuple(t.shape)} must broadcast to x's rows {want}") from e
+
+
+def _linear_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 bias: torch.Tensor | None = None, *, head_dim: int, rope_cols: int) -> torch.Tensor:
+    """Exactly eager's rounding: the projection, then per rotated head ``t * cos + rotate_half(t) * sin`` (each
+    product and the sum rounded to the dtype; rotate_half(t) = cat(-t[D/2:], t[:D/2]))."""
+    return rope_columns(torch.nn.functional.linear(x, weight, bias), cos, sin, head_dim=head_dim, rope_cols=rope_cols)
+
+
+def rope_columns(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, head_dim: int, rope_cols: int
+                 ) -> torch.Tensor:
+    """``y`` (a projection's output) with its first ``rope_cols`` columns rotated per head as eager rotates
+    them (``linear_rope``'s epilogue)."""
+    if rope_cols == 0:
+        return y
+    lead = tuple(y.shape[:-1])
+    t = y[..., :rope_cols].unflatten(-1, (rope_cols // head_dim, head_dim))
+    c = rope_rows(cos, lead, head_dim, "cos").unsqueeze(-2)
+    s = rope_rows(sin, lead, head_dim, "sin").unsqueeze(-2)
+    half = head_dim // 2
+    rotated = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
+    roped = (t * c + rotated * s).flatten(-2)
+    return torch.cat((roped, y[..., rope_cols:]), dim=-1)
+
+
+def _linear_rope_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    m = numel(ins[0].shape[:-1])
+    bias = [ins[4]] if len(ins) > 4 else []
+    return _linear_flops([ins[0], ins[1], *bias], outs, attrs) + 3 * m * attrs["rope_cols"]
+
+
+define_op("linear_rope", inputs=("x", "weight", "cos", "sin", "bias?"),
+          attrs={"head_dim": REQUIRED, "rope_cols": REQUIRED}, kind="matmul", infer=_infer_linear_rope,
+          reference=_linear_rope, flops=_linear_rope_flops,
+          doc="linear(x, weight, bias) with its first rope_cols columns (whole heads of head_dim) rotated as "
+              "HF's apply_rotary_pos_emb rotates q and k (cos/sin: [..., head_dim] per row of x)")
+
+
+# ---------------------------------------------------------------------------------------------
 # linears with a prologue or an epilogue (fuse-norm-linear, fuse-linear-residual): at decode each one
 # is a launch less per use, the GEMV forming its input or finishing its output in registers
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from membound.backends.triton.kernels.linear import (
     linear_add_sumsq,
     linear_bytes,
     linear_glu,
+    linear_rope,
     rms_norm_linear,
     rms_norm_linear_sumsq,
 )
@@ -70,7 +71,7 @@ __all__ = [
     "LIBRARY", "SMALL_M", "DecodeConfig", "FlashConfig", "LinearConfig", "QuantConfig", "add_rms_norm",
     "attention", "cache_write", "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding",
     "flash_attention", "gated_linear", "gated_linear_add", "gated_linear_add_sumsq", "linear", "linear_add",
-    "linear_add_sumsq", "linear_bytes", "linear_glu", "moe",
+    "linear_add_sumsq", "linear_bytes", "linear_glu", "linear_rope", "moe",
     "moe_bytes", "quant_gated_linear",
     "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm", "rms_norm_linear", "rms_norm_linear_sumsq",
     "rms_norm_bytes", "trace",

@@ -98,6 +98,25 @@ def _silu_mul(g, u):
 
 
 @triton.jit
+def _rope_pair(y1, y2, cs_ptr, sn_ptr, ms, jj, HALF, stride_cm, mask, rope_prog):
+    """``linear_rope``'s epilogue for a program's column pairs ``(j, j + HALF)`` of one head (``y1``, ``y2``: the
+    rounded products): ``t * cos + rotate_half(t) * sin`` rounded as eager rounds it (each product, then the
+    sum; rotate_half(t) = cat(-t2, t1)), cos and sin read at the pair's two columns of the row's ``[D]`` tables.
+    A program past the rotated columns (``rope_prog``, per lane, false) keeps its values."""
+    offs = ms[:, None] * stride_cm + jj[None, :]
+    ok = mask & rope_prog[None, :]
+    c1 = tl.load(cs_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    c2 = tl.load(cs_ptr + offs + HALF, mask=ok, other=0.0).to(tl.float32)
+    s1 = tl.load(sn_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    s2 = tl.load(sn_ptr + offs + HALF, mask=ok, other=0.0).to(tl.float32)
+    dt = y1.dtype
+    a1, a2 = y1.to(tl.float32), y2.to(tl.float32)
+    o1 = ((a1 * c1).to(dt).to(tl.float32) + (-(a2 * s1)).to(dt).to(tl.float32)).to(dt)
+    o2 = ((a2 * c2).to(dt).to(tl.float32) + (a1 * s2).to(dt).to(tl.float32)).to(dt)
+    return tl.where(rope_prog[None, :], o1, y1), tl.where(rope_prog[None, :], o2, y2)
+
+
+@triton.jit
 def _split_sum(part_ptr, first, SPLIT_K: tl.constexpr, stride_split, offs, mask, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr):
     """The fp32 partials ``first .. first + SPLIT_K`` summed in split order (the same sum on every run), from
@@ -136,6 +155,8 @@ def _linear_small_m(
     SUMSQ_IN: tl.constexpr = False, SUMSQ_OUT: tl.constexpr = False, SUMSQ_COLUMNS: tl.constexpr = 4,
     SS_CHUNK: tl.constexpr = 16,
     L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False, GATE_ROWS: tl.constexpr = 16,
+    ROPE: tl.constexpr = False, HALF: tl.constexpr = 1, cs_ptr=None, sn_ptr=None, stride_cm=0, ROPE_N=0,
+    ROPE_PROGRAMS=0,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
@@ -145,38 +166,59 @@ def _linear_small_m(
     tl.static_assert(not (NORM and GATED), "a norm prologue and gating are two forms of x: one at a time")
     tl.static_assert(not GLU or not (GATED or NORM or RESIDUAL or SUMSQ_OUT or HAS_BIAS),
                      "linear_glu: a plain x, no bias, and its output is the gated product")
+    tl.static_assert(not ROPE or not (GLU or GATED or NORM or RESIDUAL or SUMSQ_OUT or SUMSQ_IN or L2_PREFETCH),
+                     "linear_rope: a plain x (a bias allowed), its output the rotated product")
+    # two W tiles a program: linear_glu's gate and up rows, linear_rope's column pairs (j, j + HALF) of a head
+    TWO: tl.constexpr = GLU or ROPE
     if USE_DOT:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    # this program owns W rows [pid_n * BLOCK_N, +BLOCK_N) = output columns, and one K chunk
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ms = tl.arange(0, BLOCK_M)
-    row_ok = rows < N
+    if ROPE:
+        # linear_rope: the first ROPE_PROGRAMS programs own BLOCK_N column pairs (j, j + HALF) of the rotated
+        # heads each (pair p = head * HALF + j: columns head * 2 HALF + j and that + HALF), both in registers for
+        # the rotation; the rest own 2 BLOCK_N consecutive columns past ROPE_N (the values), as two tiles
+        lane = tl.arange(0, BLOCK_N)
+        rope_prog = (pid_n + 0 * lane) < ROPE_PROGRAMS  # per lane (the same for all): a vector mask
+        pair = pid_n * BLOCK_N + lane
+        jj = pair % HALF
+        rows = tl.where(rope_prog, (pair // HALF) * (2 * HALF) + jj, ROPE_N + (pid_n - ROPE_PROGRAMS) * (2 * BLOCK_N)
+                        + lane)
+        rows2 = tl.where(rope_prog, rows + HALF, rows + BLOCK_N)
+        row_ok = tl.where(rope_prog, pair < ROPE_N // 2, rows < N)
+        row_ok2 = tl.where(rope_prog, row_ok, rows2 < N)
+    else:
+        # this program owns W rows [pid_n * BLOCK_N, +BLOCK_N) = output columns, and one K chunk
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        rows2 = rows
+        row_ok2 = row_ok
     w_rows = w_ptr + rows.to(tl.int64) * stride_wn  # 64-bit: an lm head passes 2**31 elements
-    if GLU:
-        # linear_glu: this program's columns of the up half too (rows N + j of the merged weight), in a second
-        # tile and accumulator, so the epilogue has both factors of act(gate) * up in registers
-        w2_rows = w2_ptr + rows.to(tl.int64) * stride_wn
+    if TWO:
+        # linear_glu: this program's columns of the up half too (rows N + j of the merged weight, w2_ptr), in a
+        # second tile and accumulator, so the epilogue has both factors of act(gate) * up in registers;
+        # linear_rope: the pair's second columns (w2_ptr is the weight)
+        w2_rows = w2_ptr + rows2.to(tl.int64) * stride_wn
     m_ok = ms < M
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
 
     if USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if GLU:
+        if TWO:
             acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
         # defer the K reduction: one fp32 FMA per loaded W element, a single tree-sum at the end
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-        if GLU:
+        if TWO:
             acc3_2 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
         if PREFETCH and EARLY_W:
             # the first W tile of a parameter weight (no kernel writes it): loaded before the wait, so it
             # is in flight while the previous kernel finishes
             w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
-            if GLU:
-                w_next2 = _w_tile(w2_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
+            if TWO:
+                w_next2 = _w_tile(w2_rows, row_ok2, k_start + tl.arange(0, BLOCK_K), k_end)
     if L2_PREFETCH:
         # a parameter weight's first pf_bytes of each of this program's rows (K chunk), asked of L2 before
         # the wait: the DRAM stays busy while the kernels before this one finish (_launch.l2_prefetch)
@@ -186,8 +228,8 @@ def _linear_small_m(
         if PREFETCH and not EARLY_W:
             # a weight some earlier kernel may have written: read only after the wait
             w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
-            if GLU:
-                w_next2 = _w_tile(w2_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
+            if TWO:
+                w_next2 = _w_tile(w2_rows, row_ok2, k_start + tl.arange(0, BLOCK_K), k_end)
     if NORM:
         ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
         if SUMSQ_IN:
@@ -263,32 +305,59 @@ def _linear_small_m(
             w_t = tl.load(w_rows[None, :] + ks[:, None], mask=row_ok[None, :] & k_ok[:, None],
                           other=0.0)
             acc = tl.dot(x, w_t, acc, input_precision=INPUT_PRECISION)
-            if GLU:
-                w_t2 = tl.load(w2_rows[None, :] + ks[:, None], mask=row_ok[None, :] & k_ok[:, None], other=0.0)
+            if TWO:
+                w_t2 = tl.load(w2_rows[None, :] + ks[:, None], mask=row_ok2[None, :] & k_ok[:, None], other=0.0)
                 acc2 = tl.dot(x, w_t2, acc2, input_precision=INPUT_PRECISION)
         else:
             if PREFETCH:
                 # registers double-buffer W: the next tile's load is in flight while this one is used
                 w = w_next
                 w_next = _w_tile(w_rows, row_ok, ks + BLOCK_K, k_end)
-                if GLU:
+                if TWO:
                     w2 = w_next2
-                    w_next2 = _w_tile(w2_rows, row_ok, ks + BLOCK_K, k_end)
+                    w_next2 = _w_tile(w2_rows, row_ok2, ks + BLOCK_K, k_end)
             else:
                 w = _w_tile(w_rows, row_ok, ks, k_end)
-                if GLU:
-                    w2 = _w_tile(w2_rows, row_ok, ks, k_end)
+                if TWO:
+                    w2 = _w_tile(w2_rows, row_ok2, ks, k_end)
             acc3 += x[:, None, :].to(tl.float32) * w[None, :, :].to(tl.float32)
-            if GLU:
+            if TWO:
                 acc3_2 += x[:, None, :].to(tl.float32) * w2[None, :, :].to(tl.float32)
     if not USE_DOT:
         acc = tl.sum(acc3, axis=2)
-        if GLU:
+        if TWO:
             acc2 = tl.sum(acc3_2, axis=2)
 
     out_offs = ms[:, None] * N + rows[None, :]
     out_mask = m_ok[:, None] & row_ok[None, :]
-    if SPLIT_K == 1:
+    if ROPE:
+        out_offs2 = ms[:, None] * N + rows2[None, :]
+        out_mask2 = m_ok[:, None] & row_ok2[None, :]
+        dt = out_ptr.dtype.element_ty
+        if SPLIT_K == 1:
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+                acc2 += tl.load(b_ptr + rows2, mask=row_ok2, other=0.0).to(tl.float32)[None, :]
+            o1, o2 = _rope_pair(acc.to(dt), acc2.to(dt), cs_ptr, sn_ptr, ms, jj, HALF, stride_cm, out_mask,
+                                rope_prog)
+            tl.store(out_ptr + out_offs, o1, mask=out_mask)
+            tl.store(out_ptr + out_offs2, o2, mask=out_mask2)
+        else:
+            # both tiles' partials in this split's slice (their columns are disjoint); the last to arrive reduces
+            tl.store(part_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
+            tl.store(part_ptr + pid_k * stride_split + out_offs2, acc2, mask=out_mask2)
+            if arrive_last(lock_ptr, pid_n, SPLIT_K):
+                total = _split_sum(part_ptr, 0, SPLIT_K, stride_split, out_offs, out_mask, BLOCK_M, BLOCK_N)
+                total2 = _split_sum(part_ptr, 0, SPLIT_K, stride_split, out_offs2, out_mask2, BLOCK_M, BLOCK_N)
+                if HAS_BIAS:
+                    total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+                    total2 += tl.load(b_ptr + rows2, mask=row_ok2, other=0.0).to(tl.float32)[None, :]
+                o1, o2 = _rope_pair(total.to(dt), total2.to(dt), cs_ptr, sn_ptr, ms, jj, HALF, stride_cm, out_mask,
+                                    rope_prog)
+                tl.store(out_ptr + out_offs, o1, mask=out_mask)
+                tl.store(out_ptr + out_offs2, o2, mask=out_mask2)
+                reset_counter(lock_ptr, pid_n)
+    elif SPLIT_K == 1:
         # the whole K range was ours: add the bias, round once to the output dtype
         if HAS_BIAS:
             acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
@@ -459,6 +528,37 @@ def linear_glu(x: torch.Tensor, weight: torch.Tensor, out: Optional[torch.Tensor
     return _small_m("linear_glu", x, None, weight, None, out, config, reference, static_weight, glu=True)
 
 
+def linear_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                bias: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, *, head_dim: int,
+                rope_cols: int, config: Optional[LinearConfig] = None, static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``linear_rope``: ``linear(x, weight, bias)`` whose first ``rope_cols`` columns (whole heads of
+    ``head_dim``: a merged q/k/v projection's q and k) are rotated in the epilogue as HF's ``apply_rotary_pos_emb``
+    rotates them (``t * cos + rotate_half(t) * sin`` per head), with ``cos``/``sin`` ``[..., head_dim]`` rows
+    broadcastable to x's rows. Each program streams a head's column pairs ``(j, j + head_dim / 2)`` as two tiles
+    (the weight is not permuted), so one launch replaces the projection and the rotation kernel after it.
+    M > 16, or where the kernel cannot run: torch."""
+    from membound.ir.ops.matmul import rope_rows
+
+    if head_dim <= 0 or head_dim % 2 or rope_cols < 0 or rope_cols % head_dim:
+        raise ValueError(f"linear_rope: rope_cols={rope_cols} must be whole heads of an even head_dim={head_dim}")
+    if weight.dim() == 2 and rope_cols > weight.shape[0]:
+        raise ValueError(f"linear_rope: rope_cols={rope_cols} exceeds the weight's {weight.shape[0]} rows")
+    k = weight.shape[-1]
+    lead = tuple(x.shape[:-1])
+    cs, sn = rope_rows(cos, lead, head_dim, "cos"), rope_rows(sin, lead, head_dim, "sin")
+
+    def reference() -> torch.Tensor:
+        from membound.ir.ops.matmul import _linear_rope
+
+        return _linear_rope(x, weight, cos, sin, bias, head_dim=head_dim, rope_cols=rope_cols)
+
+    if cs.dtype != x.dtype or sn.dtype != x.dtype:
+        return fallback("linear_rope", f"cos/sin dtype {cs.dtype} differs from x's {x.dtype}", reference(), out)
+    m = x.numel() // k if k else 0
+    return _small_m("linear_rope", x, None, weight, bias, out, config, reference, static_weight,
+                    rope=(cs.reshape(m, head_dim), sn.reshape(m, head_dim), head_dim, rope_cols))
+
+
 def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
                     bias: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, *, eps: float,
                     config: Optional[LinearConfig] = None, static_weight: bool = False) -> torch.Tensor:
@@ -569,11 +669,13 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
              out: Optional[torch.Tensor], config: Optional[LinearConfig], reference: Callable[[], torch.Tensor],
              static_weight: bool, *, norm: Optional[tuple[torch.Tensor, float]] = None,
              residual: Optional[torch.Tensor] = None,
-             sumsq: Optional[tuple[torch.Tensor, str]] = None, glu: bool = False) -> torch.Tensor:
+             sumsq: Optional[tuple[torch.Tensor, str]] = None, glu: bool = False,
+             rope: Optional[tuple[torch.Tensor, torch.Tensor, int, int]] = None) -> torch.Tensor:
     """Every linear of the library: ``up`` given: x is the gate; ``norm`` (weight, eps): x is normed first;
     ``residual``: added to the output; ``sumsq`` (partials, "in"): the norm's mean square from the
     partials, (partials, "out"): the output's partials written there; ``glu``: weight is ``[2N, K]`` (gate
-    rows, then up rows) and the output ``silu(gate) * up`` ``[.., N]``. Checks, path choice, launch."""
+    rows, then up rows) and the output ``silu(gate) * up`` ``[.., N]``; ``rope`` (cos ``[M, D]``, sin, D, rotated
+    columns): the output's first columns rotated per head (``linear_rope``). Checks, path choice, launch."""
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be [N, K], got shape {tuple(weight.shape)}")
     n, k = weight.shape
@@ -589,6 +691,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         raise ValueError(f"{op}: residual must have the output's shape {tuple(x.shape[:-1]) + (n,)}, got "
                          f"{tuple(residual.shape)}")
     extras = ([norm[0]] if norm is not None else []) + ([residual] if residual is not None else [])
+    extras += [rope[0], rope[1]] if rope is not None else []
     operands = [x] + ([up] if up is not None else []) + [weight] + ([bias] if bias is not None else []) + extras
     if any(t.dtype != x.dtype for t in operands):
         raise TypeError(f"{op}: inputs must share a dtype, got {[t.dtype for t in operands]}")
@@ -615,10 +718,11 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     r2 = _rows(residual, m, n) if residual is not None else None
     if config is not None:
         cfg = config
-    elif glu:
+    elif glu or rope is not None:
         # the tiles of a linear over all 2N rows (pick_config's glu rule), each program's rows half gate, half up:
-        # the rows a program streams and the programs (so the split) of that linear
-        cfg = pick_config(m, 2 * n, k, x.dtype, x.device, glu=True)
+        # the rows a program streams and the programs (so the split) of that linear; linear_rope's programs take
+        # column pairs the same way (N rows, block_n pairs)
+        cfg = pick_config(m, 2 * n if glu else n, k, x.dtype, x.device, glu=True)
         cfg = dataclasses.replace(cfg, block_n=max(cfg.block_n // 2, 16 if cfg.use_dot else 1))
     else:
         cfg = pick_config(m, n, k, x.dtype, x.device)
@@ -627,6 +731,15 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = cdiv(k, k_per_split)  # no empty splits
     n_blocks = cdiv(n, cfg.block_n)
+    rope_args: dict = {}
+    if rope is not None:
+        cs, sn, head_dim, rope_cols = rope
+        rope_programs = cdiv(rope_cols // 2, cfg.block_n)
+        n_blocks = rope_programs + cdiv(n - rope_cols, 2 * cfg.block_n)
+        rope_args = dict(ROPE=True, HALF=head_dim // 2, cs_ptr=cs, sn_ptr=sn, stride_cm=cs.stride(0),
+                         ROPE_N=rope_cols, ROPE_PROGRAMS=rope_programs)
+        if cs.stride(1) != 1 or sn.stride(1) != 1 or sn.stride(0) != cs.stride(0):
+            raise ValueError("linear_rope: cos and sin rows must be contiguous with one row stride")
     part = locks = gbuf = y  # placeholders the kernel never touches without a split / pre-gating
     pre_gate = (u2 is not None or norm is not None) and cfg.use_dot and cfg.pre_gate
     if pre_gate:
@@ -654,7 +767,9 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         SUMSQ_OUT=sumsq is not None and sumsq[1] == "out", SUMSQ_COLUMNS=SUMSQ_COLUMNS,
         SS_CHUNK=min(next_pow2(max(ns, 1)), max(16, 4096 // cfg.block_m)), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, GLU=glu, GATE_ROWS=min(next_pow2(m), cfg.block_m),
-        **pdl_options(x.device), **l2_prefetch_bytes(weight, static_weight, n * split, k_per_split))
+        **pdl_options(x.device),
+        **(l2_prefetch_bytes(weight, static_weight, n * split, k_per_split) if rope is None
+           else {"L2_PREFETCH": False, "pf_bytes": 0}), **rope_args)
     note(op, "kernel")
     return y
 
