@@ -37,7 +37,8 @@ class Compiled:
     wgmma: int = 0  # of which Hopper warpgroup MMAs
     pdl_wait: bool = False  # griddepcontrol.wait: the kernel honours programmatic dependent launch
     # 2-byte scalar loads allowed: a GEMV's residual epilogue reads its BLOCK_M x BLOCK_N output tile
-    # (4 to 512 values a program, beside megabytes of streamed weight) in the accumulator's layout
+    # (4 to 512 values a program, beside megabytes of streamed weight) in the accumulator's layout; linear_rope's
+    # epilogue its rows' cos and sin at the tile's columns (four such loads)
     tile_loads: int = 0
 
     @property
@@ -66,7 +67,9 @@ def compile_ptx(kernel: Any, args: dict[str, Any], arch: int = 90, **options: An
             args = {**args, name: param.default}  # an argument the launch may leave out: its default
         value = args[name]
         aligned = [["tt.divisibility", 16]]
-        if param.is_constexpr or (isinstance(value, int) and not isinstance(value, bool) and value == 1):
+        if value is None or param.is_constexpr or (isinstance(value, int) and not isinstance(value, bool)
+                                                   and value == 1):
+            # (None: a pointer the launch leaves out, as triton.jit makes it a constant)
             signature[name], constants[name] = "constexpr", value  # triton.jit turns ints equal to 1 into constants
         elif isinstance(value, str):
             signature[name], attrs[(i,)] = value, aligned  # a pointer; torch allocations are 16-byte aligned
@@ -85,7 +88,8 @@ def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options
     ptx, shared = compile_ptx(kernel, args, arch, **options)
     loads = dict(collections.Counter(re.findall(r"ld\.global[\w.]*", ptx)))
     mma = len(re.findall(r"\bmma\.|wgmma\.mma_async", ptx))  # tensor cores: mma (Ampere) or wgmma (Hopper)
-    tile = 1 if args.get("RESIDUAL") else 0
+    # the residual epilogue reads its output tile; linear_rope's reads cos and sin at each pair's two columns
+    tile = 1 if args.get("RESIDUAL") else 4 if args.get("ROPE") else 0
     return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), mma,
                     len(re.findall(r"wgmma\.mma_async", ptx)), "griddepcontrol.wait" in ptx, tile)
 
@@ -118,8 +122,12 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
             # linear_glu (gate/up merged: 28672 x 4096 at 8B; each program half gate, half up rows)
             (1, False, 1, 2, 512, 1, "glu", False, False, ""),
             (1, False, 1, 2, 512, 2, "glu", False, False, ""),
-            (8, True, 16, 16, 128, 2, "glu", False, False, "")):
-        glu, gated = gated == "glu", gated is True
+            (8, True, 16, 16, 128, 2, "glu", False, False, ""),
+            # linear_rope (q/k/v merged: q and k rotated, 5120 columns of head dim 128; pairs of a head's columns)
+            (1, False, 1, 2, 512, 1, "rope", False, False, ""),
+            (1, False, 1, 2, 512, 2, "rope", False, False, ""),
+            (8, True, 16, 16, 128, 2, "rope", False, False, "")):
+        glu, rope, gated = gated == "glu", gated == "rope", gated is True
         ns = k // 4  # the partials of a 4096-wide row
         args = dict(x_ptr="*bf16", u_ptr="*bf16", w_ptr="*bf16", w2_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16",
                     part_ptr="*fp32", lock_ptr="*i32", g_ptr="*bf16", nw_ptr="*bf16", r_ptr="*bf16", ss_ptr="*fp32",
@@ -131,7 +139,11 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                     PRE_GATE=(gated or norm) and use_dot, NORM=norm, RESIDUAL=res, SUMSQ_IN=ss == "in",
                     SUMSQ_OUT=ss == "out", SUMSQ_COLUMNS=4, SS_CHUNK=min(ns, max(16, 4096 // block_m)), GLU=glu,
                     GATE_ROWS=min(m, block_m))
+        if rope:
+            args.update(ROPE=True, HALF=64, cs_ptr="*bf16", sn_ptr="*bf16", stride_cm=128, ROPE_N=5120,
+                        ROPE_PROGRAMS=5120 // 2 // block_n)
         label = f"M={m} {'dot' if use_dot else 'fma'}" + (" gated" if gated else "") + (" glu" if glu else "")
+        label += " rope" if rope else ""
         label += (" norm" if norm else "") + (" residual" if res else "") + (f" sumsq-{ss}" if ss else "")
         label += f" split{split}" if split > 1 else ""
         out.append((_linear_small_m, label, args,
