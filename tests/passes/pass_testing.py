@@ -79,3 +79,16 @@ def check_numerics(p: PassFn, text: str, bindings: Optional[dict[str, int]] = No
         assert a.dtype == b.dtype and a.shape == b.shape
         torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
     return g
+
+
+def tiny_hf(family: str) -> torch.nn.Module:
+    """A two-layer HF ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` (a q/k/v bias) / ``MistralForCausalLM`` with random
+    weights (hidden 48, 4 heads over 2 kv heads, vocab 97), in eval mode."""
+    import transformers as tf
+
+    common = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128)
+    cfg = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[family](**common)
+    torch.manual_seed(0)
+    return {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM,
+            "mistral": tf.MistralForCausalLM}[family](cfg).eval()

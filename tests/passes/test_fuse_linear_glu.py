@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton backend's kernels on the CPU
 
 import pytest  # noqa: E402
-from pass_testing import check_numerics, check_rewrite, check_unchanged, parse_with_params  # noqa: E402
+from pass_testing import check_numerics, check_rewrite, check_unchanged, parse_with_params, tiny_hf  # noqa: E402
 
 import membound  # noqa: E402
 from membound.cost import Hardware, RooflineCost  # noqa: E402
@@ -153,17 +153,6 @@ def test_quantization_runs_before_it() -> None:
             names.index("fuse-gated-linear") < names.index("fuse-linear-glu"))
 
 
-def _hf(family: str) -> torch.nn.Module:
-    import transformers as tf
-
-    common = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128)
-    cfg = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[family](**common)
-    torch.manual_seed(0)
-    return {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM,
-            "mistral": tf.MistralForCausalLM}[family](cfg).eval()
-
-
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_hf_models_decode_with_linear_glu(family: str, backend: str) -> None:
@@ -174,7 +163,7 @@ def test_hf_models_decode_with_linear_glu(family: str, backend: str) -> None:
         # the CPU suite, so the interpreter checks Llama's and the GPU all three
         pytest.skip("triton backend under the interpreter: Llama stands for the three (the same MLP)")
     device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"  # no interpreter beside CUDA
-    model = _hf(family).to(device)
+    model = tiny_hf(family).to(device)
     compiled = membound.compile(model, backend=backend)
     ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():

@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton backend's kernels on the CPU
 
 import pytest  # noqa: E402
-from pass_testing import apply, check_numerics, check_rewrite, check_unchanged, parse_with_params  # noqa: E402
+from pass_testing import apply, check_numerics, check_rewrite, check_unchanged, parse_with_params, tiny_hf  # noqa: E402
 
 import membound  # noqa: E402
 from membound.cost import Hardware, RooflineCost  # noqa: E402
@@ -134,17 +134,6 @@ def test_step_plan_prices_it_as_the_plain_linear() -> None:
     assert [linear_kind("linear_rope", m) for m in (1, 8, 17)] == ["gemv", "gemv_dot", "cublas"]
 
 
-def _hf(family: str) -> torch.nn.Module:
-    import transformers as tf
-
-    common = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128)
-    cfg = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[family](**common)
-    torch.manual_seed(0)
-    return {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM,
-            "mistral": tf.MistralForCausalLM}[family](cfg).eval()
-
-
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_hf_models_decode_with_linear_rope(family: str, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,7 +144,7 @@ def test_hf_models_decode_with_linear_rope(family: str, backend: str, monkeypatc
         pytest.skip("triton backend under the interpreter: Llama and Qwen2 (a bias) stand for the three")
     monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-rope")
     device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"  # no interpreter beside CUDA
-    model = _hf(family).to(device)
+    model = tiny_hf(family).to(device)
     compiled = membound.compile(model, backend=backend)
     ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():

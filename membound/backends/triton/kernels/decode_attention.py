@@ -496,7 +496,7 @@ def _pow2_floor(n: int) -> int:
 def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: int, dv: int,
                            dtype: torch.dtype) -> int:
     """Bytes the kernel must move (the cost-model hint): K and V of ``length`` slots at Hkv heads, q, out."""
-    e = torch.empty((), dtype=dtype).element_size()
+    e = dtype.itemsize
     return e * (b * hkv * length * (d + dv) + b * hq * s * (d + dv))
 
 

@@ -117,6 +117,20 @@ def _rope_pair(y1, y2, cs_ptr, sn_ptr, ms, jj, HALF, stride_cm, mask, rope_prog)
 
 
 @triton.jit
+def _rope_store(acc, acc2, b_ptr, out_ptr, cs_ptr, sn_ptr, ms, rows, rows2, row_ok, row_ok2, offs, offs2, mask,
+                mask2, jj, HALF, stride_cm, rope_prog, HAS_BIAS: tl.constexpr):
+    """``linear_rope``'s finished tiles (the fp32 sums of both column sets): the bias added, each rounded to the
+    output dtype, rotated (:func:`_rope_pair`), stored at their own columns."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+        acc2 += tl.load(b_ptr + rows2, mask=row_ok2, other=0.0).to(tl.float32)[None, :]
+    dt = out_ptr.dtype.element_ty
+    o1, o2 = _rope_pair(acc.to(dt), acc2.to(dt), cs_ptr, sn_ptr, ms, jj, HALF, stride_cm, mask, rope_prog)
+    tl.store(out_ptr + offs, o1, mask=mask)
+    tl.store(out_ptr + offs2, o2, mask=mask2)
+
+
+@triton.jit
 def _split_sum(part_ptr, first, SPLIT_K: tl.constexpr, stride_split, offs, mask, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr):
     """The fp32 partials ``first .. first + SPLIT_K`` summed in split order (the same sum on every run), from
@@ -333,15 +347,9 @@ def _linear_small_m(
     if ROPE:
         out_offs2 = ms[:, None] * N + rows2[None, :]
         out_mask2 = m_ok[:, None] & row_ok2[None, :]
-        dt = out_ptr.dtype.element_ty
         if SPLIT_K == 1:
-            if HAS_BIAS:
-                acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-                acc2 += tl.load(b_ptr + rows2, mask=row_ok2, other=0.0).to(tl.float32)[None, :]
-            o1, o2 = _rope_pair(acc.to(dt), acc2.to(dt), cs_ptr, sn_ptr, ms, jj, HALF, stride_cm, out_mask,
-                                rope_prog)
-            tl.store(out_ptr + out_offs, o1, mask=out_mask)
-            tl.store(out_ptr + out_offs2, o2, mask=out_mask2)
+            _rope_store(acc, acc2, b_ptr, out_ptr, cs_ptr, sn_ptr, ms, rows, rows2, row_ok, row_ok2, out_offs,
+                        out_offs2, out_mask, out_mask2, jj, HALF, stride_cm, rope_prog, HAS_BIAS)
         else:
             # both tiles' partials in this split's slice (their columns are disjoint); the last to arrive reduces
             tl.store(part_ptr + pid_k * stride_split + out_offs, acc, mask=out_mask)
@@ -349,13 +357,8 @@ def _linear_small_m(
             if arrive_last(lock_ptr, pid_n, SPLIT_K):
                 total = _split_sum(part_ptr, 0, SPLIT_K, stride_split, out_offs, out_mask, BLOCK_M, BLOCK_N)
                 total2 = _split_sum(part_ptr, 0, SPLIT_K, stride_split, out_offs2, out_mask2, BLOCK_M, BLOCK_N)
-                if HAS_BIAS:
-                    total += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-                    total2 += tl.load(b_ptr + rows2, mask=row_ok2, other=0.0).to(tl.float32)[None, :]
-                o1, o2 = _rope_pair(total.to(dt), total2.to(dt), cs_ptr, sn_ptr, ms, jj, HALF, stride_cm, out_mask,
-                                    rope_prog)
-                tl.store(out_ptr + out_offs, o1, mask=out_mask)
-                tl.store(out_ptr + out_offs2, o2, mask=out_mask2)
+                _rope_store(total, total2, b_ptr, out_ptr, cs_ptr, sn_ptr, ms, rows, rows2, row_ok, row_ok2, out_offs,
+                            out_offs2, out_mask, out_mask2, jj, HALF, stride_cm, rope_prog, HAS_BIAS)
                 reset_counter(lock_ptr, pid_n)
     elif SPLIT_K == 1:
         # the whole K range was ours: add the bias, round once to the output dtype
