@@ -168,7 +168,7 @@ def _site(lin: Node, ropes: list[Rope]) -> tuple[Optional[Site], str]:
     d = ropes[0].head_dim
     if any(r.head_dim != d for r in ropes):
         return None, "the rotated parts have different head dims"
-    if any(r.cos is not ropes[0].cos or r.sin is not ropes[0].sin for r in ropes):
+    if any(not _same(r.cos, ropes[0].cos) or not _same(r.sin, ropes[0].sin) for r in ropes):
         return None, "the rotated parts use different cos / sin tables"
     by_part = {id(r.part): r for r in ropes}
     if len(by_part) != len(ropes):
@@ -207,6 +207,29 @@ def _declines(ctx: PassContext, site: Site, cs: Value, sn: Value) -> Optional[st
     return None
 
 
+def _same(a: Value, b: Value, depth: int = 4) -> bool:
+    """The same value, or the same op with the same attributes over the same values (a table unsqueezed once
+    for q and once for k, as the decode pipeline, which runs no CSE, leaves it)."""
+    if a is b:
+        return True
+    pa, pb = a.producer, b.producer
+    if depth == 0 or pa is None or pb is None or pa.op != pb.op or pa.attrs != pb.attrs:
+        return False
+    if len(pa.inputs) != len(pb.inputs) or a.index != b.index:
+        return False
+    return all(_same(x, y, depth - 1) for x, y in zip(pa.inputs, pb.inputs))
+
+
+def _row_table(graph: Graph, v: Value) -> tuple[Value, Optional[Node]]:
+    """``v`` (``[B', 1, S', D]``) as ``[B', S', D]``: the input of an ``unsqueeze(dim=1)`` that made it, else a new
+    ``squeeze(dims=[1])`` node (returned, not yet placed)."""
+    node = v.producer
+    if node is not None and node.op == "unsqueeze" and node.attrs.get("dim") in (1, -4) and node.inputs[0].rank == 3:
+        return node.inputs[0], None
+    sq = graph.create_node("squeeze", [v], {"dims": [1]})
+    return sq.results[0], sq
+
+
 def _before(graph: Graph, a: Optional[Node], b: Node) -> bool:
     """``a`` (None: a graph input or parameter) comes before ``b`` in the node order."""
     return a is None or graph.nodes.index(a) < graph.nodes.index(b)
@@ -216,21 +239,22 @@ def _fuse(graph: Graph, ctx: PassContext, site: Site) -> bool:
     lin, first = site.lin, site.ropes[0]
     anchor = site.split or first.t.producer.inputs[0].producer  # the split, or the reshape of the whole output
     assert anchor is not None
-    if not (_before(graph, first.cos.producer, anchor) and _before(graph, first.sin.producer, anchor)):
+    (cs, cs_node), (sn, sn_node) = _row_table(graph, first.cos), _row_table(graph, first.sin)
+    # what the fused projection reads must be defined where it goes (before the projection's first reader)
+    needed = [(cs if cs_node is None else first.cos).producer, (sn if sn_node is None else first.sin).producer]
+    if not all(_before(graph, n, anchor) for n in needed):
         ctx.note(f"%{lin.results[0].name} not fused: cos / sin are computed after the projection is read")
         return False
-    cs = graph.create_node("squeeze", [first.cos], {"dims": [1]})
-    sn = graph.create_node("squeeze", [first.sin], {"dims": [1]})
-    reason = _declines(ctx, site, cs.results[0], sn.results[0])
+    reason = _declines(ctx, site, cs, sn)
     if reason is not None:
         ctx.note(f"%{lin.results[0].name} not fused: {reason}")
         return False
-    graph.insert_before(anchor, cs)
-    graph.insert_before(anchor, sn)
+    for node in (cs_node, sn_node):
+        if node is not None:
+            graph.insert_before(anchor, node)
     x, w, *bias = lin.inputs
     fused = graph.insert_before(anchor, graph.create_node(
-        "linear_rope", [x, w, cs.results[0], sn.results[0], *bias],
-        {"head_dim": first.head_dim, "rope_cols": site.rope_cols}))
+        "linear_rope", [x, w, cs, sn, *bias], {"head_dim": first.head_dim, "rope_cols": site.rope_cols}))
     graph.replace_all_uses(lin.results[0], fused.results[0])
     for r in site.ropes:
         graph.replace_all_uses(r.add.results[0], r.t)  # t is a view of the rotated output now

@@ -153,3 +153,21 @@ def test_hf_models_decode_with_linear_rope(family: str, backend: str, monkeypatc
     assert torch.equal(got, want)
     ops = [n.op for n in compiled._kv_program.decode_graph.nodes]
     assert ops.count("linear_rope") == 2 and "neg" not in ops, ops
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_builtin_llama_decodes_with_linear_rope(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """membound's own Llama (the demo's model) unsqueezes its cos / sin tables once for q and once for k (the
+    decode pipeline runs no CSE): the pass takes them as one table, reads the unsqueeze's source (no squeeze
+    node), and greedy generate equals the default decode pipeline's."""
+    from membound.models import build_model
+
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    model = build_model("llama-tiny").to(device)
+    ids = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(3)).to(device)
+    want = membound.generate(membound.compile(model, backend=backend), ids, 5)
+    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-rope")
+    compiled = membound.compile(model, backend=backend)
+    assert torch.equal(membound.generate(compiled, ids, 5), want)
+    ops = [n.op for n in compiled._kv_program.decode_graph.nodes]
+    assert ops.count("linear_rope") == 2 and "neg" not in ops and "squeeze" not in ops, ops
