@@ -21,7 +21,7 @@ for pipe in decode decode-rope; do
 done
 echo "== e2e ($((SECONDS - start)) s)"
 timeout $((560 - SECONDS)) python benches/decode_e2e.py --models llama-1b,llama-8b --batches 1,8 \
-    --contenders membound,compile --membound-backends triton+graphs,triton+graphs+rope --cd-tuning \
+    --contenders membound,compile --membound-backends triton+graphs,triton+graphs+rope --cd-tuning --budget-s $((500 - SECONDS)) \
     --out "$W/e2e" >"$W/e2e.log" 2>&1
 grep -vE "^\[" "$W/e2e.log" | tail -24
 tar czf "$OUT/session12a.tgz" -C "$W" . && rm -rf "$W"
