@@ -43,10 +43,14 @@ def attr_key(v: Any) -> Hashable:
     return (type(v).__name__, v)
 
 
+def attrs_key(node: Node) -> Hashable:
+    """``node``'s attributes as a hashable key, each told apart by :func:`attr_key`."""
+    return tuple(sorted((k, attr_key(a)) for k, a in node.attrs.items()))
+
+
 def node_key(node: Node) -> Hashable:
-    attrs = tuple(sorted((k, attr_key(a)) for k, a in node.attrs.items()))
     types = tuple(str(r.type) for r in node.results)
-    return (node.op, attrs, tuple(id(v) for v in node.inputs), types)
+    return (node.op, attrs_key(node), tuple(id(v) for v in node.inputs), types)
 
 
 @register_pass("common-subexpression-elimination")

@@ -40,6 +40,7 @@ from typing import Optional
 import sympy
 
 from membound.ir import Graph, Node, Value
+from membound.passes.cse import attrs_key
 from membound.passes.gemv_regime import beyond_gemv, decode_dims, seconds, seconds_of
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.pattern import is_2d_param, is_single_use
@@ -208,12 +209,12 @@ def _declines(ctx: PassContext, site: Site, cs: Value, sn: Value) -> Optional[st
 
 
 def _same(a: Value, b: Value, depth: int = 4) -> bool:
-    """The same value, or the same op with the same attributes over the same values (a table unsqueezed once
-    for q and once for k, as the decode pipeline, which runs no CSE, leaves it)."""
+    """The same value, or the same op with the same attributes (told apart as CSE tells them) over the same values
+    (a table unsqueezed once for q and once for k, as the decode pipeline, which runs no CSE, leaves it)."""
     if a is b:
         return True
     pa, pb = a.producer, b.producer
-    if depth == 0 or pa is None or pb is None or pa.op != pb.op or pa.attrs != pb.attrs:
+    if depth == 0 or pa is None or pb is None or pa.op != pb.op or attrs_key(pa) != attrs_key(pb):
         return False
     if len(pa.inputs) != len(pb.inputs) or a.index != b.index:
         return False
@@ -224,7 +225,7 @@ def _row_table(graph: Graph, v: Value) -> tuple[Value, Optional[Node]]:
     """``v`` (``[B', 1, S', D]``) as ``[B', S', D]``: the input of an ``unsqueeze(dim=1)`` that made it, else a new
     ``squeeze(dims=[1])`` node (returned, not yet placed)."""
     node = v.producer
-    if node is not None and node.op == "unsqueeze" and node.attrs.get("dim") in (1, -4) and node.inputs[0].rank == 3:
+    if node is not None and node.op == "unsqueeze" and node.attrs["dim"] % 4 == 1 and node.inputs[0].rank == 3:
         return node.inputs[0], None
     sq = graph.create_node("squeeze", [v], {"dims": [1]})
     return sq.results[0], sq

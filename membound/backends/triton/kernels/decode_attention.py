@@ -113,10 +113,11 @@ WIDE_PROGRAMS_PER_SM = 1
 MIN_TILES = 4
 # The device split's smallest chunk (a short prefix in a grid sized for a long cache), in DECODE_TILE_BYTES units,
 # at most MIN_TILES: MIN_TILES sizes the grid (the programs a full cache needs), LEAST_TILES how finely the filled
-# prefix spreads over them. H200 (decode_short_context-nvidia-h200-2026-12-03-session11-active{0,1}, in generate's
-# graph step): 2 against 4 at D = 64, batch 1, 1024 slots in a 2048-slot cache 8.7 against 10.9 us, 2048-in-4096
-# 9.2 / 11.0, batch 8 1024-in-2048 12.9 / 14.7; at D = 128 batch 1 512 .. 2048 slots 10-15% faster, batch 8 the
-# same. MEMBOUND_DECODE_LEAST_TILES for A/B runs
+# prefix spreads over them. H200 (decode_short_context-nvidia-h200-2026-12-03-session11-least-tiles, in generate's
+# graph step, least 4 = the rule before): 2 against 4 at D = 64, batch 1, 1024 slots in a 2048-slot cache 8.4
+# against 10.7 us, 2048-in-4096 9.1 / 10.9, 4096-in-8192 10.1 / 11.2, batch 8 1024-in-2048 12.9 / 14.6; at D = 128
+# batch 1 512-in-1024 9.5 / 11.1, 1024-in-2048 10.1 / 11.5; nowhere slower beyond 0.1 us; 1 = 2.
+# MEMBOUND_DECODE_LEAST_TILES for A/B runs
 LEAST_TILES = int(os.environ.get("MEMBOUND_DECODE_LEAST_TILES", "2"))
 MERGE_COST = 0.05  # pick_config: the merge's time per partial, in tile times
 # A span of at most DIRECT_TILES key tiles (DECODE_TILE_BYTES units, like MIN_TILES) is streamed by one program,
@@ -132,7 +133,8 @@ DIRECT_ONE_CHUNK = os.environ.get("MEMBOUND_DECODE_DIRECT", "1") == "1"
 # only the programs whose chunk has slots count in on the merge counter (the idle programs of a grid sized for
 # the capacity were most of its same-address atomics). Off: the H200 A/B (decode_short_context-nvidia-h200-2026-12-03-
 # session10-active-arrivals{0,1}) gained 0.1-0.2 us (1-3%) at most contexts of generate's graph step but lost 3 us
-# at D = 128, batch 1, 2048 slots in a 4096-slot cache (13.4 -> 16.3 us, every variant);
+# at D = 128, batch 1, 2048 slots in a 4096-slot cache (13.4 -> 16.3 us, every variant); on the wide tiles
+# (...-session11-active{0,1}) D = 128 gained 0.03-0.16 us everywhere (that loss gone), D = 64 moved +-0.2 us;
 # MEMBOUND_DECODE_ACTIVE_ARRIVALS=1 for A/B runs (the GPU decode tests pass with it:
 # gpu-tests-...-session10-decode-active-arrivals.log)
 ACTIVE_ARRIVALS = os.environ.get("MEMBOUND_DECODE_ACTIVE_ARRIVALS", "0") == "1"
