@@ -60,11 +60,11 @@ from membound.backends.triton.kernels.linear import (  # noqa: E402
 
 SHAPES = {
     "llama-1b": {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048), "down": (2048, 8192),
-                 "lm_head": (128256, 2048), "gate_up_glu": (16384, 2048)},
+                 "lm_head": (128256, 2048), "gate_up_glu": (16384, 2048), "down_plain": (2048, 8192)},
     "llama-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
-                 "lm_head": (128256, 4096), "gate_up_glu": (28672, 4096)},
+                 "lm_head": (128256, 4096), "gate_up_glu": (28672, 4096), "down_plain": (4096, 14336)},
 }
-GATED = ("down",)  # the step runs these as gated_linear
+GATED = ("down",)  # the step ran these as gated_linear before fuse-linear-glu; down_plain: as it runs it now
 # the merged gate/up weight [2N, K] as the step runs it since fuse-linear-glu: linear_glu (silu(gate) * up in the
 # GEMV's epilogue, an [M, N] output; BLOCK_N counts output columns, each program streams twice as many weight rows),
 # against cuBLAS's [M, 2N] product followed by torch's silu and multiply; not in the default --shapes
@@ -72,6 +72,7 @@ GLU = ("gate_up_glu",)
 LIBRARY = "library"  # the row of linear's own config choice (its description in the row's "chosen")
 TC_TILES = ((16, 128), (32, 64), (32, 128), (32, 256), (64, 128))  # (BLOCK_N, BLOCK_K)
 TC_SPLITS = (1, 2, 4, 8)
+SWAP_TILES = ((64, 64), (64, 128), (128, 64), (128, 128))  # (BLOCK_N, BLOCK_K) of the swapped product
 
 
 def grid(m: int, glu: bool = False) -> list[LinearConfig]:
@@ -83,18 +84,25 @@ def grid(m: int, glu: bool = False) -> list[LinearConfig]:
             for (bn, bk), split, warps in itertools.product(tiles, (1, 2, 4, 8), (4, 8))]
 
 
-def tc_grid(m: int) -> list[LinearConfig]:
+def tc_grid(m: int, swap: bool = False) -> list[LinearConfig]:
     """The tensor-core grid at M rows: tiles x split-K at 4 warps / 4 stages (the library's), and the two
     widest tiles at 8 warps / 3 stages unsplit; BLOCK_M = 16 up to 16 rows, else 32. 22 configs, each a
-    Triton compile per BLOCK_M and gated-or-not: most of the run's time."""
+    Triton compile per BLOCK_M and gated-or-not: most of the run's time. ``swap``: the swapped product (W as
+    the MMA's A operand, 64 or 128 rows a tile: a Hopper warpgroup MMA) over tiles x split-K x stages."""
     block_m = 16 if m <= 16 else 32
+    if swap:
+        out = [LinearConfig(block_m, bn, bk, split, True, 4, 4, swap=True)
+               for (bn, bk), split in itertools.product(SWAP_TILES, TC_SPLITS)]
+        return out + [LinearConfig(block_m, bn, bk, split, True, 4, stages, swap=True)
+                      for (bn, bk, stages), split in itertools.product(((64, 128, 6), (128, 64, 8), (64, 64, 8)),
+                                                                       (2, 4))]
     out = [LinearConfig(block_m, bn, bk, split, True, 4, 4) for (bn, bk), split in itertools.product(TC_TILES,
                                                                                                      TC_SPLITS)]
     return out + [LinearConfig(block_m, bn, bk, 1, True, 8, 3) for bn, bk in ((64, 128), (32, 256))]
 
 
 def describe(c: LinearConfig) -> str:
-    return (f"{'dot' if c.use_dot else 'fma'} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} "
+    return (f"{'swap' if c.swap else 'dot' if c.use_dot else 'fma'} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} "
             f"w{c.num_warps} st{c.num_stages}{'' if c.prefetch or c.use_dot else ' noprefetch'}")
 
 
@@ -276,6 +284,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                          "8 rows; tensor cores: unsplit, 64 rows, 3 stages)")
     ap.add_argument("--tensor-cores", action="store_true", help="the tl.dot path at --tc-batches over its grid")
     ap.add_argument("--tc-batches", default="8,16,32")
+    ap.add_argument("--swap", action="store_true", help="with --tensor-cores: the swapped product's grid (W as "
+                                                        "the MMA's A operand) instead of the plain one")
     ap.add_argument("--stream-mb", type=int, default=None, help="weight copies per replay (default 512; 256 with "
                                                                    "--tensor-cores)")
     ap.add_argument("--budget-s", type=float, default=None,
@@ -294,10 +304,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def configs_for(m: int, glu: bool = False) -> list[LinearConfig]:
+def configs_for(m: int, glu: bool = False, swap: bool = False) -> list[LinearConfig]:
     """The grid at M rows: the register path up to 2 rows, the tensor-core path above (``glu``: a linear_glu
     shape, whose register tiles count output columns)."""
-    return grid(m, glu) if m <= 2 else tc_grid(m)
+    return grid(m, glu) if m <= 2 else tc_grid(m, swap)
 
 
 def smoke(args: argparse.Namespace) -> int:
@@ -330,10 +340,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     read_bw = read_bandwidth(dev)
     rows: list[dict] = []
     gpu, date = torch.cuda.get_device_name(), datetime.date.today().isoformat()
-    stem = f"gemv_sweep{'-tc' if args.tensor_cores else ''}{'-quick' if args.quick else ''}-{gpu_slug(gpu)}-{date}"
+    stem = f"gemv_sweep{'-tc' if args.tensor_cores else ''}{'-swap' if args.swap else ''}{'-quick' if args.quick else ''}-{gpu_slug(gpu)}-{date}"
     record = {"bench": "gemv_sweep", "device": gpu, "date": date, "read_bw": read_bw, "args": vars(args),
               "method": __doc__.split("\n\n", 2)[2].strip(), "rows": rows,
-              "grid": {m: [asdict(c) for c in configs_for(m)] for m in args.ms}}
+              "grid": {m: [asdict(c) for c in configs_for(m, swap=args.swap)] for m in args.ms}}
     start = time.perf_counter()
     for model in args.models.split(","):
         for name in args.shapes.split(","):
@@ -345,7 +355,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             copies = max(1, math.ceil((args.stream_mb << 20) / (n * k * 2)))
             ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 for _ in range(copies)]
             for m in args.ms:
-                Case(model, name, m, ws, read_bw, rows).run_all(configs_for(m, name in GLU), args.quick)
+                Case(model, name, m, ws, read_bw, rows).run_all(configs_for(m, name in GLU, args.swap), args.quick)
                 print(summary(rows, (model, name, m)), flush=True)
             del ws
             torch.cuda.empty_cache()

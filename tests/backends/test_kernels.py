@@ -73,6 +73,8 @@ LINEAR_CASES = [
     ((2, 300), 19, True, LinearConfig(2, 16, 32, split_k=4)),          # FMA path, K split (odd tail)
     ((5, 300), 37, True, LinearConfig(16, 16, 32, split_k=3, use_dot=True)),  # dot path, K split
     ((1, 33), 21, False, LinearConfig(16, 16, 16, use_dot=True)),     # M=1 through the dot path
+    ((5, 300), 37, True, LinearConfig(16, 16, 32, split_k=3, use_dot=True, swap=True)),  # W as the A operand, split
+    ((9, 1, 77), 130, False, LinearConfig(16, 64, 32, use_dot=True, swap=True)),  # ... 64-row tiles, N tail
     ((16, 33), 13, True, None),                                        # M = 16, the kernel's limit (K < 3N: not cuBLAS)
 ]
 
@@ -142,6 +144,7 @@ def test_linear_falls_back_for_a_transposed_weight() -> None:
     (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True, pre_gate=False)),  # tensor cores: gate formed in the loop
     (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True)),           # ... formed first (PRE_GATE, the default)
     (7, 600, 21, LinearConfig(16, 16, 64, split_k=2, use_dot=True, pre_gate=True)),  # ... per K range, 2 chunks
+    (6, 77, 21, LinearConfig(16, 16, 32, use_dot=True, swap=True)),  # ... the swapped product (W as the A operand)
     (20, 33, 9, None),                                             # M > 16: torch forms the product, cuBLAS
 ])
 def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dtype: torch.dtype) -> None:

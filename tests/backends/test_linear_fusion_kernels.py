@@ -40,7 +40,7 @@ def rand(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 
 def configs(m: int) -> list[Optional[object]]:
     """The heuristic tiles, and a split-K config on the path M takes (FMA for M <= 2, else tensor cores: x
-    formed into a scratch first, the default, and formed in the loop; and unsplit)."""
+    formed into a scratch first, the default, and formed in the loop; unsplit; the swapped product)."""
     from membound.backends.triton.kernels import LinearConfig
 
     if m > 16:
@@ -49,7 +49,8 @@ def configs(m: int) -> list[Optional[object]]:
         return [None, LinearConfig(2, 8, 32, split_k=3)]
     return [None, LinearConfig(16, 16, 32, split_k=3, use_dot=True),
             LinearConfig(16, 16, 32, split_k=2, use_dot=True, pre_gate=False),
-            LinearConfig(16, 16, 64, use_dot=True)]  # unsplit: the whole K in the prologue (several steps at K = 1100)
+            LinearConfig(16, 16, 64, use_dot=True),  # unsplit: the whole K in the prologue (several steps at K = 1100)
+            LinearConfig(16, 16, 32, split_k=2, use_dot=True, swap=True)]  # W as the MMA's A operand
 
 
 # (M, K, N); M = 20: the cuBLAS path; M = 5, K = 1100: the tensor cores' prologue (8 rows x 512 columns a step) in

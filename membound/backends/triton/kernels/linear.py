@@ -170,7 +170,7 @@ def _linear_small_m(
     SS_CHUNK: tl.constexpr = 16,
     L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False, GATE_ROWS: tl.constexpr = 16,
     ROPE: tl.constexpr = False, HALF: tl.constexpr = 1, cs_ptr=None, sn_ptr=None, stride_cm=0, ROPE_N=0,
-    ROPE_PROGRAMS=0,
+    ROPE_PROGRAMS=0, SWAP: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
@@ -186,6 +186,7 @@ def _linear_small_m(
     TWO: tl.constexpr = GLU or ROPE
     if USE_DOT:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
+    tl.static_assert(not SWAP or USE_DOT, "SWAP is a form of the tensor-core product")
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     ms = tl.arange(0, BLOCK_M)
@@ -218,7 +219,13 @@ def _linear_small_m(
     k_start = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_start + K_PER_SPLIT, K)
 
-    if USE_DOT:
+    if SWAP:
+        # out^T = W x^T: the weight tile is the MMA's A operand ([BLOCK_N, BLOCK_K] as stored, K contiguous), the
+        # few x rows its narrow B ([BLOCK_K, BLOCK_M]); the accumulator is transposed once after the loop
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        if TWO:
+            acc2 = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    elif USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if TWO:
             acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -314,7 +321,14 @@ def _linear_small_m(
             nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
             xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
             x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(x.dtype)
-        if USE_DOT:
+        if SWAP:
+            w_s = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            x_t = tl.trans(x)
+            acc = tl.dot(w_s, x_t, acc, input_precision=INPUT_PRECISION)
+            if TWO:
+                w_s2 = tl.load(w2_rows[:, None] + ks[None, :], mask=row_ok2[:, None] & k_ok[None, :], other=0.0)
+                acc2 = tl.dot(w_s2, x_t, acc2, input_precision=INPUT_PRECISION)
+        elif USE_DOT:
             # W tile as [BLOCK_K, BLOCK_N] (W^T): contiguous along K, so loads still vectorise
             w_t = tl.load(w_rows[None, :] + ks[:, None], mask=row_ok[None, :] & k_ok[:, None],
                           other=0.0)
@@ -341,6 +355,10 @@ def _linear_small_m(
         acc = tl.sum(acc3, axis=2)
         if TWO:
             acc2 = tl.sum(acc3_2, axis=2)
+    if SWAP:
+        acc = tl.trans(acc)
+        if TWO:
+            acc2 = tl.trans(acc2)
 
     out_offs = ms[:, None] * N + rows[None, :]
     out_mask = m_ok[:, None] & row_ok[None, :]
@@ -407,6 +425,9 @@ class LinearConfig:
     num_warps: int = 4
     num_stages: int = 3
     prefetch: bool = True  # FMA path: double-buffer W tiles in registers
+    # tensor cores: W as the MMA's A operand (out^T = W x^T), the batch rows as its narrow N side, as cuBLAS's
+    # decode GEMMs tile it (128 x 8); Hopper's warpgroup MMA takes A from shared memory at 64 rows a warpgroup
+    swap: bool = False
     # gated or normed, tensor cores: silu(gate) * up (or the normed x) formed once per program into a scratch
     # (PRE_GATE). The sm_90 SASS has the gating out of the main loop (963 -> 82 instructions a step); the H200
     # GPU tests of 2026-12-02 ran it (generate at batch 3 against eager and the reference backend). In the
@@ -772,7 +793,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         num_stages=cfg.num_stages, GLU=glu, GATE_ROWS=min(next_pow2(m), cfg.block_m),
         **pdl_options(x.device),
         **(l2_prefetch_bytes(weight, static_weight, n * split, k_per_split) if rope is None
-           else {"L2_PREFETCH": False, "pf_bytes": 0}), **rope_args)
+           else {"L2_PREFETCH": False, "pf_bytes": 0}), **rope_args, SWAP=cfg.use_dot and cfg.swap)
     note(op, "kernel")
     return y
 
