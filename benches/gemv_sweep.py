@@ -92,10 +92,9 @@ def tc_grid(m: int, swap: bool = False) -> list[LinearConfig]:
     block_m = 16 if m <= 16 else 32
     if swap:
         out = [LinearConfig(block_m, bn, bk, split, True, 4, 4, swap=True)
-               for (bn, bk), split in itertools.product(SWAP_TILES, TC_SPLITS)]
+               for (bn, bk), split in itertools.product(SWAP_TILES, (1, 2, 4))]
         return out + [LinearConfig(block_m, bn, bk, split, True, 4, stages, swap=True)
-                      for (bn, bk, stages), split in itertools.product(((64, 128, 6), (128, 64, 8), (64, 64, 8)),
-                                                                       (2, 4))]
+                      for (bn, bk, stages), split in itertools.product(((64, 128, 6), (128, 64, 8)), (2, 4))]
     out = [LinearConfig(block_m, bn, bk, split, True, 4, 4) for (bn, bk), split in itertools.product(TC_TILES,
                                                                                                      TC_SPLITS)]
     return out + [LinearConfig(block_m, bn, bk, 1, True, 8, 3) for bn, bk in ((64, 128), (32, 256))]
@@ -306,8 +305,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def configs_for(m: int, glu: bool = False, swap: bool = False) -> list[LinearConfig]:
     """The grid at M rows: the register path up to 2 rows, the tensor-core path above (``glu``: a linear_glu
-    shape, whose register tiles count output columns)."""
-    return grid(m, glu) if m <= 2 else tc_grid(m, swap)
+    shape, whose register tiles count output columns); ``swap``: the swapped product's grid at every M."""
+    return tc_grid(m, swap) if swap or m > 2 else grid(m, glu)
 
 
 def smoke(args: argparse.Namespace) -> int:
@@ -340,7 +339,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     read_bw = read_bandwidth(dev)
     rows: list[dict] = []
     gpu, date = torch.cuda.get_device_name(), datetime.date.today().isoformat()
-    stem = f"gemv_sweep{'-tc' if args.tensor_cores else ''}{'-swap' if args.swap else ''}{'-quick' if args.quick else ''}-{gpu_slug(gpu)}-{date}"
+    kind = ("-tc" if args.tensor_cores else "") + ("-swap" if args.swap else "") + ("-quick" if args.quick else "")
+    stem = f"gemv_sweep{kind}-{gpu_slug(gpu)}-{date}"
     record = {"bench": "gemv_sweep", "device": gpu, "date": date, "read_bw": read_bw, "args": vars(args),
               "method": __doc__.split("\n\n", 2)[2].strip(), "rows": rows,
               "grid": {m: [asdict(c) for c in configs_for(m, swap=args.swap)] for m in args.ms}}

@@ -14,9 +14,9 @@ timeout 170 python -m pytest -q -rfE -n 12 -p no:cacheprovider tests/passes/test
     tests/backends/test_kernels.py -k "linear or rope" >"$W/tests.log" 2>&1
 grep -E "(FAILED|ERROR) tests/" "$W/tests.log" | sort -u | head -10; tail -1 "$W/tests.log"
 echo "== swap sweep ($((SECONDS - start)) s)"
-timeout 260 python benches/gemv_sweep.py --tensor-cores --swap --tc-batches 8 --models llama-8b,llama-1b \
-    --shapes down_plain,gate_up_glu,qkv,o --budget-s 200 --out "$W/sweep" >"$W/sweep.log" 2>&1
-grep -E "m8|bandwidth|skipped" "$W/sweep.log" | head -16
+timeout 260 python benches/gemv_sweep.py --tensor-cores --swap --tc-batches 8,1 --models llama-8b,llama-1b \
+    --shapes down_plain,gate_up_glu,qkv,o,lm_head --budget-s 210 --out "$W/sweep" >"$W/sweep.log" 2>&1
+grep -E " m(8|1):|bandwidth|skipped" "$W/sweep.log" | head -24
 for pipe in decode decode-rope; do
   [ $((SECONDS - start)) -gt 470 ] && break
   echo "== profile $pipe ($((SECONDS - start)) s)"
