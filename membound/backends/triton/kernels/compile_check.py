@@ -148,6 +148,10 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         label += f" split{split}" if split > 1 else ""
         out.append((_linear_small_m, label, args,
                     dict(num_warps=4, num_stages=4 if use_dot else 3)))
+        if use_dot and not (gated or norm or res or ss or rope):
+            # the swapped product (W the MMA's A operand, 64-row tiles): a Hopper warpgroup MMA
+            out.append((_linear_small_m, label.replace("dot", "swap"), dict(args, SWAP=True, BLOCK_N=64),
+                        dict(num_warps=4, num_stages=4)))
     hkv, g, cap, d = 8, 4, 16384, 128  # Llama-3-8B: 8 kv heads, 4 q heads each
     strides = dict(sqb=32 * d, sqh=d, sqs=d, sqd=1, skb=hkv * cap * d, skh=cap * d, skt=d, skd=1, svb=hkv * cap * d,
                    svh=cap * d, svt=d, svd=1, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1)
