@@ -40,6 +40,7 @@ whose rows are not contiguous (``weight.stride(1) != 1``), CPU tensors without `
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -463,6 +464,9 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
         wide = n * k >= 24 * 2**20 and not glu
         block_m, block_n, use_dot = next_pow2(m), (8 if wide else 4), False
         block_k = (256 if wide else 512) // (2 if dtype == torch.float32 else 1)
+    elif swap_product():
+        # the swapped product: 64 weight rows a tile (one warpgroup MMA; linear_glu's program two of them)
+        block_m, block_n, block_k, use_dot = 16, 128 if glu else 64, 128, True
     else:
         block_m, block_n, block_k, use_dot = 16, (64 if max(n, k) >= 8192 else 32), 128, True
     block_k = min(block_k, max(16, next_pow2(k)))
@@ -473,7 +477,18 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     min_tiles, target = (2, 3 * sm_count(device) // 2) if use_dot else (8, 4 * sm_count(device))
     while programs * split < target and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
-    return LinearConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
+    return LinearConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3,
+                        swap=use_dot and swap_product())
+
+
+SWAP_ENV = "MEMBOUND_LINEAR_SWAP"
+SWAP_DEFAULT = "0"
+
+
+def swap_product() -> bool:
+    """Whether the tensor-core path (3 <= M <= 16) runs the swapped product (``LinearConfig.swap``): read at each
+    config choice, so an A/B run can set ``MEMBOUND_LINEAR_SWAP`` (``1`` / ``0``) per compiled model."""
+    return os.environ.get(SWAP_ENV, SWAP_DEFAULT).strip() == "1"
 
 
 def prefers_cublas(m: int, n: int, k: int) -> bool:
@@ -747,7 +762,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         # the rows a program streams and the programs (so the split) of that linear; linear_rope's programs take
         # column pairs the same way (N rows, block_n pairs)
         cfg = pick_config(m, 2 * n if glu else n, k, x.dtype, x.device, glu=True)
-        cfg = dataclasses.replace(cfg, block_n=max(cfg.block_n // 2, 16 if cfg.use_dot else 1))
+        cfg = dataclasses.replace(cfg, block_n=max(cfg.block_n // 2, 64 if cfg.swap else 16 if cfg.use_dot else 1))
     else:
         cfg = pick_config(m, n, k, x.dtype, x.device)
     if m > cfg.block_m:
