@@ -159,6 +159,27 @@ def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dt
     close(y, get_op("gated_linear").reference(gate.float(), up.float(), w.float()), dtype)
 
 
+def test_swapped_product_is_chosen_by_the_environment_at_each_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEMBOUND_LINEAR_SWAP is read at each config choice (an A/B run sets it per compiled model): on, the
+    tensor-core path (3 <= M <= 16) takes the swapped product with 64-row weight tiles (linear_glu's programs
+    two of them: 128 rows over the merged weight); the register path (M <= 2) never does; and the launched
+    kernel with it equals torch."""
+    from membound.backends.triton.kernels.linear import SWAP_ENV, pick_config
+
+    cpu, f32 = torch.device("cpu"), torch.float32
+    monkeypatch.setenv(SWAP_ENV, "1")
+    on, glu = pick_config(8, 4096, 14336, f32, cpu), pick_config(8, 28672, 4096, f32, cpu, glu=True)
+    assert on.swap and on.use_dot and on.block_n == 64 and glu.swap and glu.block_n == 128
+    assert not pick_config(1, 4096, 4096, f32, cpu).swap
+    x, w = rand(6, 1, 150), rand(70, 150)
+    with trace() as calls:
+        y = linear(x, w)
+    ran_kernel(calls, "linear")
+    close(y, F.linear(x, w), torch.float32)
+    monkeypatch.setenv(SWAP_ENV, "0")
+    assert not pick_config(8, 4096, 14336, f32, cpu).swap
+
+
 @pytest.mark.parametrize("static_weight", [True, False])
 def test_linear_static_weight_loads_the_first_tile_either_side_of_the_wait(static_weight: bool) -> None:
     """``static_weight`` only moves the first W tile's load before the PDL wait: same result both ways."""
