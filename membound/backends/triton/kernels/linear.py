@@ -497,8 +497,9 @@ def prefers_cublas(m: int, n: int, k: int) -> bool:
     Measured on the H200 (``gemv_sweep-tc-...-session8``), every tile config of ours lost there: the 8B down
     projection 54.7 µs at best against cuBLAS's 38.5 at M = 8 (71.9 against 39.1 at M = 16), the 1B one 18.9
     against 18.0; on the other eight shapes cuBLAS was 1.0-1.2x our pick. Only on CUDA (the interpreter runs the
-    kernel), only without a fused prologue or epilogue (those have no cuBLAS form)."""
-    return 2 < m <= SMALL_M and k >= 3 * n
+    kernel), only without a fused prologue or epilogue (those have no cuBLAS form). Not with the swapped product
+    (``MEMBOUND_LINEAR_SWAP=1``), which streams the long reduction as cuBLAS tiles it."""
+    return 2 < m <= SMALL_M and k >= 3 * n and not swap_product()
 
 
 def linear_bytes(m: int, n: int, k: int, dtype: torch.dtype, has_bias: bool = False) -> int:
