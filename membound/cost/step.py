@@ -342,6 +342,8 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        down kernels with the routing and the combine in them) at the Mixtral-8x7B layer, bf16, CUDA graph.
 #  [GT] gemv_sweep-tc-nvidia-h200-2026-12-02-session8.json: bf16 tensor-core tile grid and cuBLAS at M = 8, 16,
 #        32 over the ten 1.24B / 8B projections (CUDA-graph replay, read bandwidth 4239 GB/s).
+#  [SW] gemv_sweep-tc-swap-nvidia-h200-2026-12-03.json: the swapped tensor-core GEMV's grid at M = 1 and 8 over the
+#        1.24B / 8B q/k/v, o, merged gate/up (linear_glu), down and head projections (CUDA-graph replay, 4210 GB/s).
 #  [AT] attention-nvidia-h200-2026-12-01-quick.json: our decode attention at batch 16, 32k cached
 #        positions streams at 83% of read bandwidth (the fixed part is negligible there).
 _H200_LAUNCH = LaunchPrior(
@@ -359,6 +361,11 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # the tensor-core path (2 < M <= 16), in the step: [PS] b8 (the 1.24B and 8B projections, 4 shapes each):
     # 4.43 us + 0.949 (residuals -16..+12%). The per-op graphs said less of the step: [QL] M=16 6.2 us + 0.83
     # (a line through o and gate_up), [QM] M=16 5.8 us + 0.69.
+    # the swapped tensor-core product (kernels/linear.py's LinearConfig.swap: W the MMA's A operand), at 3 <= M
+    # <= 16 and for the large / long-K weights at M <= 2: [SW] its picked config on the ten 1.24B / 8B
+    # projections at M = 1 and 8 (20 times, each op alone): 3.35 us + 0.996 of the typical 4168 GB/s (-5..+6%)
+    "gemv_swap": KernelPrior(fixed=3.35e-6 - _GAP_PDL, efficiency=0.996,
+                             source="[SW] swapped GEMV, M=1 and 8, 10 shapes"),
     "gemv_dot": KernelPrior(fixed=4.43e-6, efficiency=0.949, source="[PS] linear at b8, 1.24B and 8B, 8 shapes"),
     # gated_linear on tensor cores: each program forms silu(gate) * up once for the real rows into a scratch,
     # then runs gemv_dot's loop (PRE_GATE, a66c1ba; on since 65f9138). In the step: [PS] b8 down projections,

@@ -64,9 +64,13 @@ def linear_kind(op: str, m: int, n: int = 1, k: int = 1) -> str:
         return "cublas"
     if op == "linear" and prefers_cublas(m, n, k):
         return "cublas_gemv"
-    # the FMA/dot choice depends on m only (the device enters the split count, which the prior covers)
-    dot = pick_config(max(m, 1), 64, 64, torch.bfloat16, torch.device("cpu")).use_dot
-    kind = "gemv_dot" if dot else "gemv"
+    # the path depends on m and the weight's size (the device enters only the split count, which the prior
+    # covers); linear_glu's weight has 2N rows for its N output columns
+    cfg = pick_config(max(m, 1), 2 * n if op == "linear_glu" else n, k, torch.bfloat16, torch.device("cpu"),
+                      glu=op in ("linear_glu", "linear_rope"))
+    if cfg.swap and op not in _GATED:
+        return "gemv_swap"
+    kind = "gemv_dot" if cfg.use_dot else "gemv"
     return kind + ("_gated" if op in _GATED else "")
 
 

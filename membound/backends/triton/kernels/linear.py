@@ -459,14 +459,31 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     ``glu``: the tiles of ``linear_glu`` over its ``n`` = 2N merged gate/up rows (``BLOCK_N`` still counts weight
     rows here; the caller halves it into output columns). The register path keeps the narrow tile (four rows,
     1 KB of each a step) at every size: H200 (``gemv_sweep-nvidia-h200-2026-12-03-session11-glu``, shape
-    gate_up_glu) 8B 62.3 µs against 66.5 for the wide tile (eight rows, 512 B), 1B 20.8 against 20.7."""
+    gate_up_glu) 8B 62.3 µs against 66.5 for the wide tile (eight rows, 512 B), 1B 20.8 against 20.7.
+
+    The swapped tensor-core product (``swap``; ``MEMBOUND_LINEAR_SWAP``, default on) replaces both where the
+    H200 sweep of its grid (``gemv_sweep-tc-swap-nvidia-h200-2026-12-03``, 16 configs, M = 8 and 1, five
+    shapes at each size) found it faster: at 3 <= M <= 16 on every shape (M = 8: 8B gate/up 61.0 µs against
+    72.0 for the plain tl.dot tile, 8B down 32.4-33.1 against cuBLAS's 33.9, 1B down 11.9 against 14.6, 8B o
+    11.8 against 13.5; 1B q/k/v equal), and at M <= 2 for 16-bit weights of N x K >= 24M values or K >= 3N
+    (8B gate/up 58.7 against 64.6 for the register tile, head 244.8 against 268.1, q/k/v 15.9 against 17.5,
+    down 31.4 against 33.5; 1B gate/up 19.0 against 22.4, head 127.2 against 142.9, down 11.7 against 12.6).
+    The small square ones keep the register tile (1B q/k/v 5.6 against 6.5, o 4.5 against 5.1; 8B o 11.3
+    against 11.5). Its split rule picks each of those shapes' best split."""
+    if swap_product() and (m > 2 or (dtype != torch.float32 and (n * k >= 24 * 2**20 or k >= 3 * n))):
+        # the swapped product: 64 weight rows a tile (one warpgroup MMA; linear_glu's programs two of them), 256 B
+        # of each a step, 4 stages; K split until the programs fill two thirds of the SMs and no split spans more
+        # than 4096 columns
+        block_m, block_n, block_k = 16, 128 if glu else 64, min(128, max(16, next_pow2(k)))
+        programs, split = cdiv(n, block_n), 1
+        while (split < 16 and (programs * split < 2 * sm_count(device) // 3 or k > 4096 * split)
+               and k >= 2 * block_k * 2 * split):
+            split *= 2
+        return LinearConfig(block_m, block_n, block_k, split, True, num_warps=4, num_stages=4, swap=True)
     if m <= 2:
         wide = n * k >= 24 * 2**20 and not glu
         block_m, block_n, use_dot = next_pow2(m), (8 if wide else 4), False
         block_k = (256 if wide else 512) // (2 if dtype == torch.float32 else 1)
-    elif swap_product():
-        # the swapped product: 64 weight rows a tile (one warpgroup MMA; linear_glu's program two of them)
-        block_m, block_n, block_k, use_dot = 16, 128 if glu else 64, 128, True
     else:
         block_m, block_n, block_k, use_dot = 16, (64 if max(n, k) >= 8192 else 32), 128, True
     block_k = min(block_k, max(16, next_pow2(k)))
@@ -477,12 +494,11 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     min_tiles, target = (2, 3 * sm_count(device) // 2) if use_dot else (8, 4 * sm_count(device))
     while programs * split < target and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
-    return LinearConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3,
-                        swap=use_dot and swap_product())
+    return LinearConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
 
 
 SWAP_ENV = "MEMBOUND_LINEAR_SWAP"
-SWAP_DEFAULT = "0"
+SWAP_DEFAULT = "1"
 
 
 def swap_product() -> bool:
