@@ -162,12 +162,14 @@ def test_errors_name_the_argument(request: pytest.FixtureRequest) -> None:
         rms_norm_linear(x, rand(8, dtype=torch.float16, seed=4), w, eps=1e-5)
 
 
-def test_linear_glu_register_tiles_stay_narrow() -> None:
+def test_linear_glu_register_tiles_stay_narrow(monkeypatch: pytest.MonkeyPatch) -> None:
     """pick_config's glu rule: at M <= 2 a merged gate/up weight keeps the narrow register tile (four weight rows,
     512 bf16 of each a step: two output columns a program) where the plain linear over the same rows takes the
-    wide one (eight rows, 256), as the H200 GLU sweep measured faster at the 8B shape; tensor cores unchanged."""
+    wide one (eight rows, 256), as the H200 GLU sweep measured faster at the 8B shape; tensor cores unchanged.
+    Without the swapped product (which takes these sizes by default)."""
     from membound.backends.triton.kernels.linear import pick_config
 
+    monkeypatch.setenv("MEMBOUND_LINEAR_SWAP", "0")
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     for n2, k in ((16384, 2048), (28672, 4096)):  # the 1.24B and 8B merged gate/up projections
         plain, glu = pick_config(1, n2, k, bf16, cpu), pick_config(1, n2, k, bf16, cpu, glu=True)

@@ -101,8 +101,24 @@ def test_priors_per_card() -> None:
                                        ("linear", 3, "gemv_dot"), ("linear", 16, "gemv_dot"),
                                        ("gated_linear", 8, "gemv_dot_gated"), ("linear", 17, "cublas"),
                                        ("gated_linear", 1024, "cublas")])
-def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str) -> None:
+def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMBOUND_LINEAR_SWAP", "0")  # the paths before the swapped product (see the test below)
     assert linear_kind(op, m) == kind
+
+
+@pytest.mark.parametrize("op,m,n,k,kind", [("linear", 3, 64, 64, "gemv_swap"), ("linear", 16, 64, 64, "gemv_swap"),
+                                           ("linear", 1, 2048, 2048, "gemv"), ("linear", 1, 4096, 4096, "gemv"),
+                                           ("linear", 1, 6144, 4096, "gemv_swap"), ("linear", 2, 2048, 8192, "gemv_swap"),
+                                           ("linear_glu", 1, 8192, 2048, "gemv_swap"),
+                                           ("linear_add", 1, 4096, 14336, "gemv_swap"),
+                                           ("linear", 8, 4096, 14336, "gemv_swap"),
+                                           ("gated_linear", 8, 4096, 14336, "gemv_dot_gated"),
+                                           ("linear", 17, 4096, 14336, "cublas")])
+def test_linear_kind_with_the_swapped_product(op: str, m: int, n: int, k: int, kind: str) -> None:
+    """The default (MEMBOUND_LINEAR_SWAP on): every 3 <= M <= 16 GEMV, and at M <= 2 the weights of N x K >= 24M
+    values or K >= 3N (linear_glu's weight: 2N rows), run the swapped product; the down projection at batch leaves
+    cuBLAS; M > 16 is cuBLAS still."""
+    assert linear_kind(op, m, n, k) == kind
 
 
 @pytest.mark.parametrize("op,m,n,k,kind", [("linear", 8, 4096, 14336, "cublas_gemv"), ("linear", 3, 2048, 8192, "cublas_gemv"),
@@ -110,9 +126,11 @@ def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str) -> Non
                                            ("linear", 8, 28672, 4096, "gemv_dot"), ("linear", 17, 4096, 14336, "cublas"),
                                            ("gated_linear", 8, 4096, 14336, "gemv_dot_gated"),
                                            ("linear_add", 8, 4096, 14336, "gemv_dot")])
-def test_long_k_linears_at_batch_go_to_cublas(op: str, m: int, n: int, k: int, kind: str) -> None:
-    """A plain linear with K >= 3N at 3 <= M <= 16 runs cuBLAS (kernels/linear.py's prefers_cublas); the fused
-    forms keep the kernel (cuBLAS has no prologue or epilogue of theirs)."""
+def test_long_k_linears_at_batch_go_to_cublas(op: str, m: int, n: int, k: int, kind: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the swapped product, a plain linear with K >= 3N at 3 <= M <= 16 runs cuBLAS (kernels/linear.py's
+    prefers_cublas); the fused forms keep the kernel (cuBLAS has no prologue or epilogue of theirs)."""
+    monkeypatch.setenv("MEMBOUND_LINEAR_SWAP", "0")
     assert linear_kind(op, m, n, k) == kind
 
 

@@ -163,8 +163,8 @@ def test_explain_predicts_the_step_of_a_compiled_model_with_a_triton_program() -
     pred = _compiled_step(owner, Hardware.named("h200"), {"B": 8, "T": 300})
     assert pred.label == "decode step b8 T=300" and pred.mode == "graph+pdl"
     kinds = pred.by_kind()
-    # per layer qkv, o and the gate/up linear_glu on tensor cores, the down projection (K = 4N) by cuBLAS; + the head
-    assert (kinds["gemv_dot"]["launches"], kinds["cublas_gemv"]["launches"]) == (2 * 3 + 1, 2)
+    # per layer qkv, o, the gate/up linear_glu and the down projection by the swapped tensor-core GEMV; + the head
+    assert kinds["gemv_swap"]["launches"] == 2 * 4 + 1 and "cublas_gemv" not in kinds
     assert "gemv_dot_gated" not in kinds
     assert "compiled" not in pred.table() and "launches" in pred.table()
     assert _compiled_step(SimpleNamespace(kv_program=None), Hardware.named("h200"), {"B": 1, "T": 8}) is None
