@@ -25,8 +25,10 @@ tokens after the same random ``--prompt``-token prompts:
   ``membound triton+graphs gated-down`` (``MEMBOUND_LINEAR_GLU=0``: the MLP's gating in the down GEMV's
   prologue, as before fuse-linear-glu was on by default, instead of the gate/up GEMV's epilogue);
   ``...,triton+graphs+rope`` adds ``membound triton+graphs decode-rope`` (q and k rotated in the q/k/v GEMV's
-  epilogue: ``fuse-rope-linear``); ``...,triton+graphs+swap`` / ``+noswap`` adds the batch 3-16 GEMVs with the
-  swapped tensor-core product on / off (``MEMBOUND_LINEAR_SWAP``);
+  epilogue: ``fuse-rope-linear``); ``...,triton+graphs+fused-rope`` adds ``membound triton+graphs
+  decode-fused-rope`` (both: the q/k/v GEMV norms x from the partials and rotates q and k);
+  ``...,triton+graphs+swap`` / ``+noswap`` adds the batch 3-16 GEMVs with the swapped tensor-core product on /
+  off (``MEMBOUND_LINEAR_SWAP``);
 - ``roofline``: N steps x (the bytes a step must read: every weight it streams once + K/V of the live
   context) / the read bandwidth of ``x.sum()`` over 2 GiB measured in this run (so "% roofline" is also
   "% of read bandwidth"). An untied input embedding table is gathered (one row per token), not
@@ -333,6 +335,10 @@ def membound_variants(backends: list[str], schemes: tuple[str, ...] = ()) -> lis
             base = graphs_variant(BACKENDS)
             out.append(MemboundVariant(f"{base.label} decode-rope", base.compile_kwargs, {}, base.unavailable,
                                        env={"MEMBOUND_DECODE_PIPELINE": "decode-rope"}))
+        elif name == "triton+graphs+fused-rope":
+            base = graphs_variant(BACKENDS)
+            out.append(MemboundVariant(f"{base.label} decode-fused-rope", base.compile_kwargs, {}, base.unavailable,
+                                       env={"MEMBOUND_DECODE_PIPELINE": "decode-fused-rope"}))
         elif name in ("triton+graphs+swap", "triton+graphs+noswap"):
             base = graphs_variant(BACKENDS)
             on = name.endswith("+swap")
@@ -344,8 +350,8 @@ def membound_variants(backends: list[str], schemes: tuple[str, ...] = ()) -> lis
                                        env={"MEMBOUND_LINEAR_GLU": "0"}))
         else:
             raise ValueError(f"--membound-backends: unknown {name!r}; use reference, triton, triton+graphs, "
-                             f"triton+graphs+fused, triton+graphs+rope, triton+graphs+gated, triton+graphs+swap, "
-                             f"triton+graphs+noswap")
+                             f"triton+graphs+fused, triton+graphs+rope, triton+graphs+fused-rope, triton+graphs+gated, "
+                             f"triton+graphs+swap, triton+graphs+noswap")
     # the quantized rows build on the last variant without an environment A/B (decode-fused, gated-down)
     base = next((v for v in reversed(out) if not v.env), out[-1] if out else None)
     for scheme in schemes:

@@ -37,7 +37,28 @@ norm's kernel goes away; the norm is not a graph output), the norm, x and its we
   too would keep that launch), so it stays the gather + norm kernel.
 
 Which linears have a norm form is one table, :data:`PROLOGUE` (the quantized linears have none: a norm
-read by one stays); which producers write statistics, :data:`STATS`.
+read by one stays); which producers write statistics, :data:`STATS`. ``linear_rope`` (fuse-rope-linear's q/k/v
+projection with q and k rotated in its epilogue, when that pass ran first: the ``decode-fused-rope`` pipeline) has
+a statistics form, ``rms_norm_linear_rope_sumsq``, the norm in the prologue and the rotation in the epilogue of one
+GEMV, and no prologue form (a norm without statistics read by one stays):
+
+```
+// before: the next layer's attention input after fuse-linear-residual and fuse-rope-linear
+graph @f(%g: f32[B, 1, 12], %u: f32[B, 1, 12], %h: f32[B, 1, 16], %cs: f32[B, 1, 8], %sn: f32[B, 1, 8])
+      params(%wd: f32[16, 12], %ln: f32[16], %wqkv: f32[32, 16]) {
+  %h2 = gated_linear_add(%g, %u, %wd, %h) {act="silu"} : f32[B, 1, 16]
+  %n = rms_norm(%h2, %ln) {eps=1e-05} : f32[B, 1, 16]
+  %qkv = linear_rope(%n, %wqkv, %cs, %sn) {head_dim=8, rope_cols=24} : f32[B, 1, 32]
+  return %h2, %qkv
+}
+// after
+graph @f(%g: f32[B, 1, 12], %u: f32[B, 1, 12], %h: f32[B, 1, 16], %cs: f32[B, 1, 8], %sn: f32[B, 1, 8])
+      params(%wd: f32[16, 12], %ln: f32[16], %wqkv: f32[32, 16]) {
+  %0, %1 = gated_linear_add_sumsq(%g, %u, %wd, %h) {act="silu"} : f32[B, 1, 16], f32[B, 1, 4]
+  %2 = rms_norm_linear_rope_sumsq(%0, %1, %ln, %wqkv, %cs, %sn) {eps=1e-05, head_dim=8, rope_cols=24} : f32[B, 1, 32]
+  return %0, %2
+}
+```
 
 When it fires: when the cost model (``ctx.cost``) estimates the fused ops faster than the norm, its
 readers and the producer as they are, at the decode dims (``ctx.decode_dims``; symbols not given at 1).
@@ -57,8 +78,13 @@ from membound.passes.manager import PassContext, register_pass
 from membound.passes.options import pass_options
 from membound.passes.pattern import erase_if_dead
 
-# linear op -> (its form with the norm in the prologue, its form with the norm from the producer's statistics)
-PROLOGUE: dict[str, tuple[str, str]] = {"linear": ("rms_norm_linear", "rms_norm_linear_sumsq")}
+# linear op -> (its form with the norm in the prologue, or None: it has none; its form with the norm from the
+# producer's statistics). The fused form takes the norm's x, the partials and its weight in front of the linear's
+# own inputs (weight, then the rest: cos, sin, bias), and the linear's attributes plus eps
+PROLOGUE: dict[str, tuple[Optional[str], str]] = {
+    "linear": ("rms_norm_linear", "rms_norm_linear_sumsq"),
+    "linear_rope": (None, "rms_norm_linear_rope_sumsq"),
+}
 # residual linear -> its form that also writes the partial sums of squares of its output (second result)
 STATS: dict[str, str] = {"linear_add": "linear_add_sumsq", "gated_linear_add": "gated_linear_add_sumsq"}
 _STATS_FORMS = frozenset(STATS.values())
@@ -93,6 +119,14 @@ def _refusal(norm: Node) -> Optional[str]:
     return None
 
 
+def _without_prologue(norm: Node) -> Optional[str]:
+    """Why the prologue form cannot take this norm (a reader with no prologue form), or None."""
+    ops = sorted({u.op for u in norm.results[0].users if PROLOGUE[u.op][0] is None})
+    if ops:
+        return f"%{norm.results[0].name} is read by {', '.join(ops)}, which has no prologue form (only statistics)"
+    return None
+
+
 def _stats_of(x: Value) -> Optional[Node]:
     """The producer that writes (or can write) the statistics of ``x``, or None."""
     p = x.producer
@@ -105,6 +139,7 @@ def _fused(lin: Node, x: Value, nw: Value, eps: float, sumsq: Optional[Value]) -
     """The reader ``lin`` with the norm folded in: from ``sumsq`` (statistics form) or its prologue."""
     prologue, stats = PROLOGUE[lin.op]
     if sumsq is None:
+        assert prologue is not None, f"{lin.op} has no prologue form"
         return prologue, [x, nw] + list(lin.inputs[1:]), {**lin.attrs, "eps": eps}
     return stats, [x, sumsq, nw] + list(lin.inputs[1:]), {**lin.attrs, "eps": eps}
 
@@ -171,7 +206,8 @@ def _fold(graph: Graph, norm: Node, sumsq: Optional[Value]) -> None:
 @register_pass("fuse-norm-linear")
 class FuseNormLinear:
     """Fold ``linear(rms_norm(x, w), W)`` into ``rms_norm_linear_sumsq`` (x from a residual linear, which then
-    writes the statistics) or, with ``prologue=True``, ``rms_norm_linear``, where the cost model says it pays."""
+    writes the statistics) or, with ``prologue=True``, ``rms_norm_linear``, where the cost model says it pays;
+    ``linear_rope(rms_norm(x, w), ...)`` into ``rms_norm_linear_rope_sumsq`` (statistics only)."""
 
     name = "fuse-norm-linear"
     Options = FuseNormLinearOptions
@@ -190,6 +226,8 @@ class FuseNormLinear:
             if reason is None and producer is None and not self.options.prologue:
                 reason = (f"%{norm.inputs[0].name} is not a residual linear's output ({', '.join(STATS)}) and the "
                           f"prologue form is off (measured slower; option prologue=True)")
+            if reason is None and producer is None:
+                reason = _without_prologue(norm)
             if reason is None:
                 reason = _declines(ctx, norm, producer)
             if reason is not None:

@@ -30,6 +30,10 @@ When it fires: in the ``decode-rope`` pipeline (``MEMBOUND_DECODE_PIPELINE=decod
 until a GPU run says it pays), or any pipeline that lists it; where the cost model (``ctx.cost``) estimates
 the fused form faster at the decode dims, or without a cost model in the GEMV range. A form not matched is
 left alone; a match it declines is named in the pass log.
+
+The projection's input may be anything, a norm's output too: in the ``decode-fused-rope`` pipeline this pass
+runs before fuse-norm-linear, which then folds the norm in front of the ``linear_rope`` (its statistics form
+``rms_norm_linear_rope_sumsq``: the norm in the prologue, the rotation in the epilogue of one GEMV).
 """
 
 from __future__ import annotations

@@ -19,6 +19,14 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
   squares the next norm needs; the norms in the GEMVs that read them). Off by default until a GPU A/B
   says it pays (see ``PIPELINES``); ``MEMBOUND_DECODE_PIPELINE=decode-fused`` runs it for ``generate``'s
   decode graph (:func:`decode_pipeline_name`).
+* ``decode-fused-rope``: both: fuse-linear-residual, fuse-rope-linear, then fuse-norm-linear, which folds a norm
+  read by the q/k/v ``linear_rope`` into ``rms_norm_linear_rope_sumsq`` (the norm from the previous down
+  projection's partials in the prologue, q and k rotated in the epilogue). A Llama layer (after the first) is
+  still 6 launches with the gated down projection (``MEMBOUND_LINEAR_GLU=0``), 7 with fuse-linear-glu's gate/up
+  GEMV (whose post-attention norm stays a launch: linear_glu has no normed form), as in ``decode-fused``: there
+  the rotation shares one horizontal kernel with the k/v cache write, which stays a launch (a plain copy now).
+  What it saves is the rotation's work in that launch, not a launch. An A/B setting,
+  ``MEMBOUND_DECODE_PIPELINE=decode-fused-rope``.
 
 ``default_pipeline()`` is the forward pipeline.
 """
@@ -44,7 +52,7 @@ MEMORY_BOUND_PASSES = ("fuse-attention", "fuse-moe", "merge-linear", "fuse-gated
 # kernels, one more launch than the generated add + norm kernel they replace.
 LINEAR_FUSION_PASSES = ("fuse-linear-residual", "fuse-norm-linear")
 # quantize-weights goes before the first of these: they make ops (linear_add, linear_glu, ...) it does not quantize
-QUANTIZE_BEFORE = ("fuse-linear-glu",) + LINEAR_FUSION_PASSES
+QUANTIZE_BEFORE = ("fuse-linear-glu", "fuse-rope-linear") + LINEAR_FUSION_PASSES
 
 # Not in the default decode pipeline (yet). On an H200 (benches/results/decode_e2e-nvidia-h200-2026-12-02-fused.json)
 # the first fused step, with the norm in every GEMV program's prologue (each re-reading and re-reducing x),
@@ -66,6 +74,10 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     # decode plus fuse-rope-linear (q and k rotated in the q/k/v projection's epilogue: a launch less per layer);
     # an A/B setting (MEMBOUND_DECODE_PIPELINE=decode-rope) until a GPU run says it pays
     "decode-rope": ("canonicalize", "fuse-rope-linear", "dead-code-elimination"),
+    # both (an A/B setting, MEMBOUND_DECODE_PIPELINE=decode-fused-rope): fuse-rope-linear first, so fuse-norm-linear
+    # sees the q/k/v projection as linear_rope and folds its norm into rms_norm_linear_rope_sumsq
+    "decode-fused-rope": ("canonicalize", "fuse-linear-residual", "fuse-rope-linear", "fuse-norm-linear",
+                          "dead-code-elimination"),
 }
 DEFAULT_PASSES = PIPELINES["forward"]
 

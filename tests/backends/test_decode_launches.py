@@ -12,7 +12,9 @@ Counted on the decode partition the way ``membound.step_prediction`` counts laun
 over the second layer (from the first launch that reads a ``layers.1.`` weight to the last). The fused
 step is built with ``MEMBOUND_DECODE_PIPELINE=decode-fused`` and, to keep the gated down projection these
 kernels fuse, ``MEMBOUND_LINEAR_GLU=0`` (fuse-linear-glu, on by default, moves the gating into the gate/up
-GEMV instead; the launch count with it is checked too). The tiny HF Llama's and membound's own
+GEMV instead; the launch count with it is checked too). ``decode-fused-rope`` (fuse-rope-linear too) makes
+the q/k/v GEMV ``rms_norm_linear_rope_sumsq``; the layer stays 6 launches, the rotation's launch (shared with the
+k/v cache write) becoming a plain cache write. The tiny HF Llama's and membound's own
 Llama's greedy ``generate`` on the Triton backend (CPU interpreter; fp32, and fp16 for membound's) must
 equal eager recomputation.
 """
@@ -59,12 +61,13 @@ def layer_launches(program: object) -> list[str]:
     return [w.name for w in kernel_works(layer, {"B": 1, "T": 16})]
 
 
-def program(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, fused: bool) -> object:
+def program(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, fused: bool, pipeline: str = "decode-fused"
+            ) -> object:
     from membound.api import build_kv_program
 
     with monkeypatch.context() as m:
         if fused:  # off by default (passes/pipeline.py)
-            m.setenv("MEMBOUND_DECODE_PIPELINE", "decode-fused")
+            m.setenv("MEMBOUND_DECODE_PIPELINE", pipeline)
         compiled = membound.compile(model, backend="triton")
         return build_kv_program(compiled, torch.zeros(1, 4, dtype=torch.long))
 
@@ -87,6 +90,27 @@ def test_a_layer_is_six_launches_instead_of_eight(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MEMBOUND_LINEAR_GLU", "1")
     glu = [name.split(" ")[0] for name in layer_launches(program(model, monkeypatch, fused=True))]
     assert len(glu) == 7 and "linear_glu" in glu and not any(op.startswith("gated") for op in glu), glu
+
+
+def test_decode_fused_rope_moves_the_rotation_into_the_qkv_gemv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode-fused-rope: the q/k/v projection is one rms_norm_linear_rope_sumsq (its norm from the previous down
+    projection's partials, q and k rotated in its epilogue). Still six launches, as decode-fused: there the rotation
+    already shares its launch with the k/v cache write (one horizontal kernel), which stays a launch of its own, now
+    a plain cache write. With fuse-linear-glu on, seven (the post-attention norm stays: linear_glu has no normed
+    form)."""
+    pytest.importorskip("transformers")
+    model = hf_llama()
+    after = layer_launches(program(model, monkeypatch, fused=True, pipeline="decode-fused-rope"))
+    ops = [name.split(" ")[0] for name in after]
+    assert len(after) == 6, after
+    assert ops[0] == "rms_norm_linear_rope_sumsq" and "cache_write" in ops[1] and "neg" not in ops[1], after
+    assert ops[2:] == ["cached_attention", "linear_add_sumsq", "rms_norm_linear_sumsq", "gated_linear_add"], after
+    fused = layer_launches(program(model, monkeypatch, fused=True, pipeline="decode-fused"))
+    assert len(fused) == 6 and "mul_neg_cat_add" in fused[1], fused  # the rotation rides with the cache write there
+    monkeypatch.setenv("MEMBOUND_LINEAR_GLU", "1")
+    glu = [name.split(" ")[0] for name in layer_launches(program(model, monkeypatch, fused=True,
+                                                                 pipeline="decode-fused-rope"))]
+    assert len(glu) == 7 and glu[0] == "rms_norm_linear_rope_sumsq" and "linear_glu" in glu, glu
 
 
 def _greedy_equals_eager(model: torch.nn.Module, ids: torch.Tensor, new: int, logits_of) -> set[str]:
@@ -114,6 +138,20 @@ def test_hf_llama_greedy_generate_equals_eager(request: pytest.FixtureRequest,
     monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-fused")   # off by default
     ops = _greedy_equals_eager(model, ids, 3, lambda m, seq: m(seq, use_cache=False).logits)
     assert {"rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq"} <= ops, ops
+
+
+def test_hf_llama_greedy_generate_equals_eager_with_the_rotation_fused(request: pytest.FixtureRequest,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode-fused-rope, the gated down projection: the second layer's q/k/v GEMV norms x from the first layer's
+    down projection's partials and rotates q and k in its epilogue; greedy generate equals eager."""
+    if not INTERP.runs_here(request):
+        return
+    pytest.importorskip("transformers")
+    model = hf_llama(hidden=32, intermediate=44, layers=2)
+    ids = torch.randint(3, 97, (2, 4), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-fused-rope")   # off by default
+    ops = _greedy_equals_eager(model, ids, 3, lambda m, seq: m(seq, use_cache=False).logits)
+    assert {"rms_norm_linear_rope_sumsq", "linear_rope", "linear_add_sumsq", "gated_linear_add_sumsq"} <= ops, ops
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])

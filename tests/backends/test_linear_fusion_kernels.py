@@ -219,6 +219,92 @@ def test_linear_rope(m: int, k: int, hq: int, hkv: int, d: int, bias: bool, dtyp
             torch.testing.assert_close(y.float(), eager, **EAGER_TOL[dtype])
 
 
+def _rope_tables(m: int, d: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF's cos / sin rows ``[m, 1, d]``: the frequencies twice."""
+    angle = torch.rand(m, 1, d // 2, generator=torch.Generator().manual_seed(17)) * 6.0
+    angle = torch.cat((angle, angle), dim=-1)
+    return angle.cos().to(dtype).to(DEVICE), angle.sin().to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
+@pytest.mark.parametrize("m,k,hq,hkv,d,bias", ROPE_CASES)
+def test_rms_norm_linear_rope_sumsq(m: int, k: int, hq: int, hkv: int, d: int, bias: bool, dtype: torch.dtype,
+                                    request: pytest.FixtureRequest) -> None:
+    """The norm from x's partials in the prologue and q / k rotated in the epilogue, one launch: equal to the two
+    parents one after the other (rms_norm_linear_sumsq at the same tiles, then HF's rotation in torch, rounded as
+    eager rounds it): bit for bit in fp16 in the interpreter (EXACT), else within the unfused tolerance (fp32:
+    the product's sums in another order); against eager fp32 (the norm, the linear, the rotation) within
+    EAGER_TOL. FMA (M = 1, 2) and tensor cores (M = 3, 5: x normed into a scratch first, or in the loop; the
+    swapped product), split-K and not, with and without a bias; every column rotated and none at the default
+    tiles; M = 20: torch."""
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import rms_norm_linear_rope_sumsq, rms_norm_linear_sumsq, trace
+    from membound.ir.ops.matmul import rope_columns, sumsq_partials
+
+    n, rope_cols = (hq + 2 * hkv) * d, (hq + hkv) * d
+    x, nw = rand(m, 1, k, dtype=dtype, seed=18), rand(k, dtype=dtype, seed=19)
+    w = rand(n, k, dtype=dtype, seed=20) * k ** -0.5
+    b = rand(n, dtype=dtype, seed=21) if bias else None
+    cos, sin = _rope_tables(m, d, dtype)
+    ss = sumsq_partials(x)  # what the producer (linear_add_sumsq) writes
+    normed = get_op("rms_norm_linear").reference(x.float(), nw.float(), w.float(), None if b is None else b.float(),
+                                                 eps=1e-5)
+    for cols in (rope_cols, n, 0):
+        eager = rope_columns(normed, cos.float(), sin.float(), head_dim=d, rope_cols=cols)
+        for cfg in configs(m) if cols == rope_cols else [None]:
+            with trace() as calls:
+                y = rms_norm_linear_rope_sumsq(x, ss, nw, w, cos, sin, b, eps=1e-5, head_dim=d, rope_cols=cols,
+                                               config=cfg)
+            assert ("rms_norm_linear_rope_sumsq", "cublas" if m > 16 else "kernel") in calls
+            assert y.dtype == dtype and y.shape == (m, 1, n)
+            plain = None if cfg is None else dataclasses.replace(cfg, block_n=2 * cfg.block_n)
+            unfused = rope_columns(rms_norm_linear_sumsq(x, ss, nw, w, b, eps=1e-5, config=plain), cos, sin,
+                                   head_dim=d, rope_cols=cols)
+            tol = (EXACT or UNFUSED_TOL)[dtype] if dtype == torch.float16 else UNFUSED_TOL[dtype]
+            torch.testing.assert_close(y, unfused, **tol)
+            torch.testing.assert_close(y.float(), eager, **EAGER_TOL[dtype])
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_rope_with_the_norm_prologue(m: int, request: pytest.FixtureRequest) -> None:
+    """The kernel also takes ROPE with the plain norm prologue (NORM without SUMSQ_IN: every program re-reduces its
+    rows of x; no IR op uses it yet): equal to rms_norm_linear at the same tiles, then the rotation, fp16."""
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import LinearConfig, rms_norm_linear
+    from membound.backends.triton.kernels.linear import _small_m
+    from membound.ir.ops.matmul import rope_columns
+
+    dtype, k, d, n, cols = torch.float16, 129, 8, 40, 24
+    x, nw = rand(m, 1, k, dtype=dtype, seed=22), rand(k, dtype=dtype, seed=23)
+    w, b = rand(n, k, dtype=dtype, seed=24) * k ** -0.5, rand(n, dtype=dtype, seed=25)
+    cos, sin = _rope_tables(m, d, dtype)
+    cfg = LinearConfig(2, 4, 32, split_k=2) if m <= 2 else LinearConfig(16, 16, 32, split_k=2, use_dot=True)
+    y = _small_m("rms_norm_linear_rope", x, None, w, b, None, cfg, lambda: None, False, norm=(nw, 1e-5),
+                 rope=(cos.reshape(m, d), sin.reshape(m, d), d, cols))
+    plain = dataclasses.replace(cfg, block_n=2 * cfg.block_n)
+    unfused = rope_columns(rms_norm_linear(x, nw, w, b, eps=1e-5, config=plain), cos, sin, head_dim=d, rope_cols=cols)
+    torch.testing.assert_close(y, unfused, **(EXACT or UNFUSED_TOL)[dtype])
+
+
+def test_rms_norm_linear_rope_sumsq_checks_its_arguments() -> None:
+    from membound.backends.triton.kernels import rms_norm_linear_rope_sumsq
+
+    x, w, nw = torch.randn(1, 16), torch.randn(24, 16), torch.randn(16)
+    ss, cos = torch.ones(1, 4), torch.randn(1, 8)
+    with pytest.raises(ValueError, match="rms_norm_linear_rope_sumsq: sumsq must be fp32"):
+        rms_norm_linear_rope_sumsq(x, ss[:, :3], nw, w, cos, cos, eps=1e-5, head_dim=8, rope_cols=16)
+    with pytest.raises(ValueError, match="rms_norm_linear_rope_sumsq: needs x.*norm_weight"):
+        rms_norm_linear_rope_sumsq(x, ss, nw[:9], w, cos, cos, eps=1e-5, head_dim=8, rope_cols=16)
+    with pytest.raises(ValueError, match="rms_norm_linear_rope_sumsq: rope_cols=12 must be whole heads"):
+        rms_norm_linear_rope_sumsq(x, ss, nw, w, cos, cos, eps=1e-5, head_dim=8, rope_cols=12)
+    with pytest.raises(ValueError, match="rms_norm_linear_rope_sumsq: rope_cols=32 exceeds the weight's 24 rows"):
+        rms_norm_linear_rope_sumsq(x, ss, nw, w, cos, cos, eps=1e-5, head_dim=8, rope_cols=32)
+    with pytest.raises(ValueError, match="rms_norm_linear_rope_sumsq: cos .* must broadcast to x's rows"):
+        rms_norm_linear_rope_sumsq(x, ss, nw, w, torch.randn(3, 8), cos, eps=1e-5, head_dim=8, rope_cols=16)
+
+
 def test_linear_rope_checks_its_arguments() -> None:
     from membound.backends.triton.kernels import linear_rope
 

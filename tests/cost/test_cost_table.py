@@ -32,6 +32,7 @@ SKIPPED = {
     "linear_add": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "gated_linear_add": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "rms_norm_linear_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
+    "rms_norm_linear_rope_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "linear_add_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "gated_linear_add_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
 }
@@ -171,6 +172,11 @@ def test_fused_gemv_costs_by_hand() -> None:
     assert cost("rms_norm_linear", [[17, 5], [5], [3, 5]], [17, 3], eps=1e-6)[1] == 4 * (85 + 5 + 15 + 51)  # cuBLAS
     assert cost("rms_norm_linear_sumsq", [[7, 5], [7, 2], [5], [3, 5]], [7, 3], eps=1e-6) == (
         210 + 3 * 35 + 14, 4 * (35 + 14 + 5 + 15 + 21) + 7 * 1 * 4 * 2)
+    # and q / k rotated in its epilogue (head dim 2, the first 2 of the 3 columns): 3 FLOPs a rotated element (7 x 2);
+    # cos and sin [7, 2] read once more
+    assert cost("rms_norm_linear_rope_sumsq", [[7, 5], [7, 2], [5], [3, 5], [7, 2], [7, 2]], [7, 3], eps=1e-6,
+                head_dim=2, rope_cols=2) == (210 + 3 * 35 + 14 + 3 * 14,
+                                             4 * (35 + 14 + 5 + 15 + 14 + 14 + 21) + 7 * 1 * 4 * 2)
     f, b = get_op("linear_add_sumsq").cost([TensorType(torch.float32, s) for s in ([7, 5], [3, 5], [7, 3])],
                                            [TensorType(torch.float32, [7, 3]), TensorType(torch.float32, [7, 1])], {})
     assert (int(f), int(b)) == (210 + 21 + 2 * 21, 4 * (35 + 15 + 21 + 21 + 7))

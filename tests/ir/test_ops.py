@@ -421,7 +421,12 @@ def _linear_rope(x: torch.Tensor, w: torch.Tensor, cos: torch.Tensor, sin: torch
                  head_dim: int, rope_cols: int) -> torch.Tensor:
     """Column by column: rotated column j of a head = y_j cos_j - y_(j+D/2) sin_j (first half), y_j cos_j +
     y_(j-D/2) sin_j (second half); the columns past rope_cols unchanged."""
-    y = _linear(x, w) if b is None else _linear(x, w) + b
+    return _rotated(_linear(x, w) if b is None else _linear(x, w) + b, cos, sin, head_dim=head_dim,
+                    rope_cols=rope_cols)
+
+
+def _rotated(y: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, head_dim: int, rope_cols: int) -> torch.Tensor:
+    """``y``'s first rope_cols columns rotated column by column (see ``_linear_rope``)."""
     c, s = cos.expand(*y.shape[:-1], head_dim), sin.expand(*y.shape[:-1], head_dim)
     out, half = y.clone(), head_dim // 2
     for col in range(rope_cols):
@@ -479,6 +484,26 @@ case("rms_norm_linear_sumsq", [A(f32, 7, 9), A(f32, 7, 3, gen="pos"), A(f32, 9),
      _norm_from_sumsq(1e-6), eps=1e-6)
 case("rms_norm_linear_sumsq", [A(f32, B, S, 8), A(f32, B, S, 2, gen="pos"), A(f32, 8), A(f32, 3, 8)],
      _norm_from_sumsq(1e-5), eps=1e-5)
+
+
+def _norm_rope_from_sumsq(eps: float, head_dim: int, rope_cols: int) -> Callable[..., torch.Tensor]:
+    """rms_norm_linear_rope_sumsq: the norm from the partials, the product (+ bias), then the columns rotated."""
+    def f(x: torch.Tensor, ss: torch.Tensor, nw: torch.Tensor, w: torch.Tensor, cos: torch.Tensor,
+          sin: torch.Tensor, b: Any = None) -> torch.Tensor:
+        y = _norm_from_sumsq(eps)(x, ss, nw, w)
+        return _rotated(y if b is None else y + b, cos, sin, head_dim=head_dim, rope_cols=rope_cols)
+    return f
+
+
+case("rms_norm_linear_rope_sumsq", [A(f32, 3, 9), A(f32, 3, 3, gen="pos"), A(f32, 9), A(f32, 12, 9), A(f32, 3, 4),
+                                    A(f32, 3, 4), A(f32, 12)],
+     _norm_rope_from_sumsq(1e-6, 4, 8), eps=1e-6, head_dim=4, rope_cols=8)
+case("rms_norm_linear_rope_sumsq", [A(f32, B, S, 8), A(f32, B, S, 2, gen="pos"), A(f32, 8), A(f32, 24, 8),
+                                    A(f32, B, S, 8), A(f32, B, S, 8)],
+     _norm_rope_from_sumsq(1e-5, 8, 16), eps=1e-5, head_dim=8, rope_cols=16)
+case("rms_norm_linear_rope_sumsq", [A(f16, 2, 1, 7), A(f32, 2, 1, 2, gen="pos"), A(f16, 7), A(f16, 16, 7),
+                                    A(f16, 1, 8), A(f16, 1, 8)],
+     _norm_rope_from_sumsq(1e-5, 8, 16), eps=1e-5, head_dim=8, rope_cols=16)
 
 case("matmul", [A(f32, 3, 4), A(f32, 4, 5)], _matmul)
 case("matmul", [A(f32, 2, 3, 4), A(f32, 4, 1)], _matmul)
@@ -983,6 +1008,16 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("gated_linear_add_sumsq", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4), T(f16, 3, 6)], {}, ValueError),
     ("rms_norm_linear_sumsq", [T(f32, 3, 9), T(f32, 3, 2), T(f32, 9), T(f32, 5, 9)], {"eps": 1e-6}, ValueError),
     ("rms_norm_linear_sumsq", [T(f32, 3, 9), T(f16, 3, 3), T(f32, 9), T(f32, 5, 9)], {"eps": 1e-6}, ValueError),
+    ("rms_norm_linear_rope_sumsq", [T(f32, 3, 9), T(f32, 3, 2), T(f32, 9), T(f32, 8, 9), T(f32, 3, 4), T(f32, 3, 4)],
+     {"eps": 1e-6, "head_dim": 4, "rope_cols": 8}, ValueError),  # sumsq: not x's partials
+    ("rms_norm_linear_rope_sumsq", [T(f32, 3, 9), T(f32, 3, 3), T(f32, 7), T(f32, 8, 9), T(f32, 3, 4), T(f32, 3, 4)],
+     {"eps": 1e-6, "head_dim": 4, "rope_cols": 8}, ValueError),  # norm_weight of another K
+    ("rms_norm_linear_rope_sumsq", [T(f32, 3, 9), T(f32, 3, 3), T(f32, 9), T(f32, 8, 9), T(f32, 3, 4), T(f32, 3, 4)],
+     {"eps": 1e-6, "head_dim": 4, "rope_cols": 6}, ValueError),  # not whole heads
+    ("rms_norm_linear_rope_sumsq", [T(f32, 3, 9), T(f32, 3, 3), T(f32, 9), T(f32, 8, 9), T(f32, 5, 4), T(f32, 5, 4)],
+     {"eps": 1e-6, "head_dim": 4, "rope_cols": 8}, ValueError),  # tables that do not broadcast to x's rows
+    ("rms_norm_linear_rope_sumsq", [T(f32, 3, 9), T(f32, 3, 3), T(f32, 9), T(f32, 8, 9), T(f16, 3, 4), T(f16, 3, 4)],
+     {"eps": 1e-6, "head_dim": 4, "rope_cols": 8}, TypeError),
     ("linear", [T(f32, 3, 4), T(f16, 5, 4)], {}, TypeError),
     ("linear", [T(f32, 3, 4), T(f32, 5, 4), T(f32, 4)], {}, ValueError),
     ("linear", [T(f32, B, S, 4), T(f32, 5, 4, 1)], {}, ValueError),

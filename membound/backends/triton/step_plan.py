@@ -46,7 +46,7 @@ from membound.ir.graph import Node
 # our GEMV library's ops; the fused forms (a norm prologue, a residual epilogue) run the same kernel
 LINEAR_OPS = ("linear", "gated_linear", "rms_norm_linear", "linear_add", "gated_linear_add",
               "rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq", "linear_glu",
-              "linear_rope")
+              "linear_rope", "rms_norm_linear_rope_sumsq")
 _GATED = ("gated_linear", "gated_linear_add", "gated_linear_add_sumsq")
 QUANT_OPS = ("quant_linear", "quant_gated_linear")
 
@@ -67,7 +67,7 @@ def linear_kind(op: str, m: int, n: int = 1, k: int = 1) -> str:
     # the path depends on m and the weight's size (the device enters only the split count, which the prior
     # covers); linear_glu's weight has 2N rows for its N output columns
     cfg = pick_config(max(m, 1), 2 * n if op == "linear_glu" else n, k, torch.bfloat16, torch.device("cpu"),
-                      glu=op in ("linear_glu", "linear_rope"))
+                      glu=op in ("linear_glu", "linear_rope", "rms_norm_linear_rope_sumsq"))
     if cfg.swap and op not in _GATED:
         return "gemv_swap"
     kind = "gemv_dot" if cfg.use_dot else "gemv"

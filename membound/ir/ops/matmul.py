@@ -216,7 +216,14 @@ define_op("linear_glu", inputs=("x", "weight"), attrs={"act": "silu"}, kind="mat
 def _infer_linear_rope(x: TensorType, weight: TensorType, cos: TensorType, sin: TensorType,
                        bias: TensorType | None = None, *, head_dim: int, rope_cols: int) -> TensorType:
     op = "linear_rope"
-    out = _infer_linear(x, weight, bias, op=op)
+    return _check_rope(op, _infer_linear(x, weight, bias, op=op), x, weight, cos, sin, head_dim, rope_cols)
+
+
+def _check_rope(op: str, out: TensorType, x: TensorType, weight: TensorType, cos: TensorType, sin: TensorType,
+                head_dim: int, rope_cols: int) -> TensorType:
+    """``out`` (the product's type) once the rotation's operands and attributes check out: cos / sin of x's dtype,
+    broadcast to x's rows ``[..., head_dim]``; ``rope_cols`` whole heads of an even ``head_dim`` within the weight's
+    rows."""
     same_dtype(op, ("x", x), ("cos", cos), ("sin", sin))
     if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
         fail(op, f"head_dim must be a positive even int, got {head_dim!r}")
@@ -467,8 +474,8 @@ define_op("gated_linear_add_sumsq", inputs=("gate", "up", "weight", "residual"),
 
 
 def _infer_rms_norm_linear_sumsq(x: TensorType, sumsq: TensorType, norm_weight: TensorType, weight: TensorType,
-                                 bias: TensorType | None = None, *, eps: float) -> TensorType:
-    op = "rms_norm_linear_sumsq"
+                                 bias: TensorType | None = None, *, eps: float,
+                                 op: str = "rms_norm_linear_sumsq") -> TensorType:
     want = sumsq_type(x)
     if sumsq.dtype != torch.float32 or sumsq.rank != want.rank:
         fail(op, f"sumsq must be the partials {want} of x {x}, got {sumsq}")
@@ -511,3 +518,44 @@ define_op("rms_norm_linear_sumsq", inputs=("x", "sumsq", "norm_weight", "weight"
           doc="linear(rms_norm(x, norm_weight, eps), weight, bias) with x's mean square from the partial sums "
               "of squares its producer wrote (sumsq): each GEMV program sums those, then norms x as it loads it",
           positionwise=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# both at once (fuse-norm-linear over fuse-rope-linear's linear_rope): the q/k/v projection of a Llama layer
+# after the first, its norm formed from the statistics the previous down projection wrote and q and k rotated
+# in its epilogue
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_rms_norm_linear_rope_sumsq(x: TensorType, sumsq: TensorType, norm_weight: TensorType, weight: TensorType,
+                                      cos: TensorType, sin: TensorType, bias: TensorType | None = None, *, eps: float,
+                                      head_dim: int, rope_cols: int) -> TensorType:
+    op = "rms_norm_linear_rope_sumsq"
+    out = _infer_rms_norm_linear_sumsq(x, sumsq, norm_weight, weight, bias, eps=eps, op=op)
+    return _check_rope(op, out, x, weight, cos, sin, head_dim, rope_cols)
+
+
+def _rms_norm_linear_rope_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: torch.Tensor,
+                                weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                                bias: torch.Tensor | None = None, *, eps: float, head_dim: int,
+                                rope_cols: int) -> torch.Tensor:
+    """Its two parents composed: ``rms_norm_linear_sumsq``'s product (rounded), then ``linear_rope``'s rotation
+    of its first ``rope_cols`` columns, each rounded as eager rounds them."""
+    y = _rms_norm_linear_sumsq(x, sumsq, norm_weight, weight, bias, eps=eps)
+    return rope_columns(y, cos, sin, head_dim=head_dim, rope_cols=rope_cols)
+
+
+def _rms_norm_linear_rope_sumsq_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
+                                      attrs: dict[str, Any]) -> sympy.Expr:
+    m = numel(ins[0].shape[:-1])
+    bias = [ins[6]] if len(ins) > 6 else []
+    return _rms_norm_linear_sumsq_flops(list(ins[:4]) + bias, outs, attrs) + 3 * m * attrs["rope_cols"]
+
+
+define_op("rms_norm_linear_rope_sumsq", inputs=("x", "sumsq", "norm_weight", "weight", "cos", "sin", "bias?"),
+          attrs={"eps": REQUIRED, "head_dim": REQUIRED, "rope_cols": REQUIRED}, kind="matmul",
+          infer=_infer_rms_norm_linear_rope_sumsq, reference=_rms_norm_linear_rope_sumsq,
+          flops=_rms_norm_linear_rope_sumsq_flops, bytes=_rms_norm_linear_sumsq_bytes,
+          doc="rms_norm_linear_sumsq(x, sumsq, norm_weight, weight, bias) with its first rope_cols columns (whole "
+              "heads of head_dim) rotated as linear_rope rotates them: the norm from the producer's partials in "
+              "the GEMV's prologue, q and k's rotary embedding in its epilogue")

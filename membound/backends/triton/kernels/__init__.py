@@ -42,6 +42,7 @@ from membound.backends.triton.kernels.linear import (
     linear_glu,
     linear_rope,
     rms_norm_linear,
+    rms_norm_linear_rope_sumsq,
     rms_norm_linear_sumsq,
 )
 from membound.backends.triton.kernels.moe import moe, moe_bytes, quant_moe
@@ -73,6 +74,6 @@ __all__ = [
     "flash_attention", "gated_linear", "gated_linear_add", "gated_linear_add_sumsq", "linear", "linear_add",
     "linear_add_sumsq", "linear_bytes", "linear_glu", "linear_rope", "moe",
     "moe_bytes", "quant_gated_linear",
-    "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm", "rms_norm_linear", "rms_norm_linear_sumsq",
-    "rms_norm_bytes", "trace",
+    "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm", "rms_norm_linear",
+    "rms_norm_linear_rope_sumsq", "rms_norm_linear_sumsq", "rms_norm_bytes", "trace",
 ]

@@ -126,7 +126,12 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
             # linear_rope (q/k/v merged: q and k rotated, 5120 columns of head dim 128; pairs of a head's columns)
             (1, False, 1, 2, 512, 1, "rope", False, False, ""),
             (1, False, 1, 2, 512, 2, "rope", False, False, ""),
-            (8, True, 16, 16, 128, 2, "rope", False, False, "")):
+            (8, True, 16, 16, 128, 2, "rope", False, False, ""),
+            # rms_norm_linear_rope_sumsq (the same, x normed from its producer's partials: at M = 8 into the
+            # pre-gate scratch first)
+            (1, False, 1, 2, 512, 1, "rope", True, False, "in"),
+            (1, False, 1, 2, 512, 2, "rope", True, False, "in"),
+            (8, True, 16, 16, 128, 2, "rope", True, False, "in")):
         glu, rope, gated = gated == "glu", gated == "rope", gated is True
         ns = k // 4  # the partials of a 4096-wide row
         args = dict(x_ptr="*bf16", u_ptr="*bf16", w_ptr="*bf16", w2_ptr="*bf16", b_ptr="*bf16", out_ptr="*bf16",

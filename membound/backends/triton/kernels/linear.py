@@ -30,7 +30,9 @@ fuse-linear-glu): the weight is a merged ``[2N, K]`` gate/up projection; each pr
 gate rows and up rows as two tiles into two accumulators and stores ``silu(gate) * up``. The partials are what the next
 norm reduces (the rounded output upcast to fp32), so a residual linear followed by a norm-linear needs
 neither a norm kernel nor a re-reduction: each consumer program sums the K / 4 partials (2-4 KB a row at
-the Llama shapes, one vector load, from L2).
+the Llama shapes, one vector load, from L2). ``ROPE`` (``linear_rope``, from fuse-rope-linear): each program
+streams a head's column pairs ``(j, j + D/2)`` as two tiles and stores them rotated; it changes which rows a
+program owns and its epilogue, not x, so it takes ``NORM`` too (``rms_norm_linear_rope_sumsq``).
 
 For M > 16 the wrapper calls ``torch.nn.functional.linear`` (cuBLAS), which wins once W is reused
 across enough rows. Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, a weight
@@ -181,8 +183,10 @@ def _linear_small_m(
     tl.static_assert(not (NORM and GATED), "a norm prologue and gating are two forms of x: one at a time")
     tl.static_assert(not GLU or not (GATED or NORM or RESIDUAL or SUMSQ_OUT or HAS_BIAS),
                      "linear_glu: a plain x, no bias, and its output is the gated product")
-    tl.static_assert(not ROPE or not (GLU or GATED or NORM or RESIDUAL or SUMSQ_OUT or SUMSQ_IN or L2_PREFETCH),
-                     "linear_rope: a plain x (a bias allowed), its output the rotated product")
+    # the norm forms x as it is loaded (NORM, its mean square from SUMSQ_IN's partials or a prologue), the rotation
+    # picks the program's weight rows and finishes its output tiles: orthogonal (rms_norm_linear_rope_sumsq)
+    tl.static_assert(not ROPE or not (GLU or GATED or RESIDUAL or SUMSQ_OUT or L2_PREFETCH),
+                     "linear_rope: x plain or normed (a bias allowed), its output the rotated product")
     # two W tiles a program: linear_glu's gate and up rows, linear_rope's column pairs (j, j + HALF) of a head
     TWO: tl.constexpr = GLU or ROPE
     if USE_DOT:
@@ -681,6 +685,47 @@ def rms_norm_linear_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: tor
     return _small_m("rms_norm_linear_sumsq", x, None, weight, bias, out, config,
                     lambda: _rms_norm_linear_sumsq(x, sumsq, norm_weight, weight, bias, eps=eps), static_weight,
                     norm=(norm_weight, float(eps)), sumsq=(sumsq, "in"))
+
+
+def rms_norm_linear_rope_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
+                               cos: torch.Tensor, sin: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                               out: Optional[torch.Tensor] = None, *, eps: float, head_dim: int, rope_cols: int,
+                               config: Optional[LinearConfig] = None, static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``rms_norm_linear_rope_sumsq``: :func:`rms_norm_linear_sumsq` whose first ``rope_cols`` output
+    columns (whole heads of ``head_dim``: a merged q/k/v projection's q and k) are rotated as :func:`linear_rope`
+    rotates them. One launch: each program sums x's partials for its 1 / rms and norms x as it loads it (``NORM``,
+    ``SUMSQ_IN``), streams a head's column pairs ``(j, j + head_dim / 2)`` as two tiles and stores them rotated
+    (``ROPE``). M > 16, or where the kernel cannot run: the op's reference (torch)."""
+    from membound.ir.ops.matmul import _rms_norm_linear_rope_sumsq, rope_rows
+
+    op = "rms_norm_linear_rope_sumsq"
+    k = x.shape[-1] if x.dim() else 0
+    want = tuple(x.shape[:-1]) + (cdiv(k, SUMSQ_COLUMNS),)
+    if x.dim() < 1 or norm_weight.dim() != 1 or norm_weight.shape[0] != k:
+        raise ValueError(f"{op}: needs x[..., K] and norm_weight[K], got x {tuple(x.shape)} and norm_weight "
+                         f"{tuple(norm_weight.shape)}")
+    if tuple(sumsq.shape) != want or sumsq.dtype != torch.float32:
+        raise ValueError(f"{op}: sumsq must be fp32 {want} (x's partial sums of squares), got {sumsq.dtype} "
+                         f"{tuple(sumsq.shape)}")
+    if head_dim <= 0 or head_dim % 2 or rope_cols < 0 or rope_cols % head_dim:
+        raise ValueError(f"{op}: rope_cols={rope_cols} must be whole heads of an even head_dim={head_dim}")
+    if weight.dim() == 2 and rope_cols > weight.shape[0]:
+        raise ValueError(f"{op}: rope_cols={rope_cols} exceeds the weight's {weight.shape[0]} rows")
+    lead = tuple(x.shape[:-1])
+    try:
+        cs, sn = rope_rows(cos, lead, head_dim, "cos"), rope_rows(sin, lead, head_dim, "sin")
+    except ValueError as e:
+        raise ValueError(f"{op}: {str(e).partition(': ')[2]}") from e
+
+    def reference() -> torch.Tensor:
+        return _rms_norm_linear_rope_sumsq(x, sumsq, norm_weight, weight, cos, sin, bias, eps=eps, head_dim=head_dim,
+                                           rope_cols=rope_cols)
+
+    if cs.dtype != x.dtype or sn.dtype != x.dtype:
+        return fallback(op, f"cos/sin dtype {cs.dtype} differs from x's {x.dtype}", reference(), out)
+    m = x.numel() // k if k else 0
+    return _small_m(op, x, None, weight, bias, out, config, reference, static_weight, norm=(norm_weight, float(eps)),
+                    sumsq=(sumsq, "in"), rope=(cs.reshape(m, head_dim), sn.reshape(m, head_dim), head_dim, rope_cols))
 
 
 def linear_add_sumsq(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
