@@ -113,9 +113,11 @@ def test_linear_large_m_uses_cublas_path() -> None:
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-def test_long_k_linear_at_small_batch_runs_cublas_into_out_on_cuda(bias: bool) -> None:
-    """3 <= M <= 16 with K >= 3N (a down projection at batch): cuBLAS on a GPU (kernels/linear.py's
-    prefers_cublas), written into ``out`` itself; the interpreter runs the kernel; a given config forces it."""
+def test_long_k_linear_at_small_batch_runs_cublas_into_out_on_cuda(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the swapped product: 3 <= M <= 16 with K >= 3N (a down projection at batch): cuBLAS on a GPU
+    (kernels/linear.py's prefers_cublas), written into ``out`` itself; the interpreter runs the kernel; a given
+    config forces it. With it (the default) the kernel runs everywhere."""
+    monkeypatch.setenv("MEMBOUND_LINEAR_SWAP", "0")
     x, w = rand(5, 1, 97), rand(9, 97)
     b = rand(9) if bias else None
     out = torch.empty(5, 1, 9, device=DEVICE)
@@ -127,6 +129,11 @@ def test_long_k_linear_at_small_batch_runs_cublas_into_out_on_cuda(bias: bool) -
     with trace() as calls:
         linear(x, w, b, config=LinearConfig(16, 16, 32, use_dot=True))
     assert calls == [("linear", "kernel")]
+    monkeypatch.setenv("MEMBOUND_LINEAR_SWAP", "1")
+    with trace() as calls:
+        y = linear(x, w, b, out=out)
+    assert calls == [("linear", "kernel")] and y is out
+    close(out, x @ w.t() + (b if bias else 0), torch.float32)
 
 
 def test_linear_falls_back_for_a_transposed_weight() -> None:
