@@ -27,8 +27,8 @@ tokens after the same random ``--prompt``-token prompts:
   ``...,triton+graphs+rope`` adds ``membound triton+graphs decode-rope`` (q and k rotated in the q/k/v GEMV's
   epilogue: ``fuse-rope-linear``); ``...,triton+graphs+fused-rope`` adds ``membound triton+graphs
   decode-fused-rope`` (both: the q/k/v GEMV norms x from the partials and rotates q and k);
-  ``...,triton+graphs+swap`` / ``+noswap`` adds the batch 3-16 GEMVs with the swapped tensor-core product on /
-  off (``MEMBOUND_LINEAR_SWAP``);
+  ``...,triton+graphs+swap`` / ``+noswap`` adds the swapped tensor-core GEMV (batch 3-16, and the large
+  weights at batch 1-2; the default) forced on / off (``MEMBOUND_LINEAR_SWAP``);
 - ``roofline``: N steps x (the bytes a step must read: every weight it streams once + K/V of the live
   context) / the read bandwidth of ``x.sum()`` over 2 GiB measured in this run (so "% roofline" is also
   "% of read bandwidth"). An untied input embedding table is gathered (one row per token), not
