@@ -126,7 +126,12 @@ def _greedy_equals_eager(model: torch.nn.Module, ids: torch.Tensor, new: int, lo
     return {s.node.op for s in compiled.kv_program.decode.partition.steps if getattr(s, "node", None) is not None}
 
 
-def test_hf_llama_greedy_generate_equals_eager(request: pytest.FixtureRequest,
+@pytest.mark.parametrize("pipeline,fused_ops", [
+    ("decode-fused", {"rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq"}),
+    # the second layer's q/k/v GEMV norms x from the first layer's down projection's partials and rotates q, k
+    ("decode-fused-rope", {"rms_norm_linear_rope_sumsq", "linear_rope", "linear_add_sumsq", "gated_linear_add_sumsq"}),
+])
+def test_hf_llama_greedy_generate_equals_eager(pipeline: str, fused_ops: set[str], request: pytest.FixtureRequest,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     if not INTERP.runs_here(request):
         return
@@ -135,23 +140,9 @@ def test_hf_llama_greedy_generate_equals_eager(request: pytest.FixtureRequest,
     # second layer's norms read the first's statistics (the down projection's into the next qkv)
     model = hf_llama(hidden=32, intermediate=44, layers=2)
     ids = torch.randint(3, 97, (2, 4), generator=torch.Generator().manual_seed(1))
-    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-fused")   # off by default
+    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", pipeline)   # off by default
     ops = _greedy_equals_eager(model, ids, 3, lambda m, seq: m(seq, use_cache=False).logits)
-    assert {"rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq"} <= ops, ops
-
-
-def test_hf_llama_greedy_generate_equals_eager_with_the_rotation_fused(request: pytest.FixtureRequest,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """decode-fused-rope, the gated down projection: the second layer's q/k/v GEMV norms x from the first layer's
-    down projection's partials and rotates q and k in its epilogue; greedy generate equals eager."""
-    if not INTERP.runs_here(request):
-        return
-    pytest.importorskip("transformers")
-    model = hf_llama(hidden=32, intermediate=44, layers=2)
-    ids = torch.randint(3, 97, (2, 4), generator=torch.Generator().manual_seed(1))
-    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-fused-rope")   # off by default
-    ops = _greedy_equals_eager(model, ids, 3, lambda m, seq: m(seq, use_cache=False).logits)
-    assert {"rms_norm_linear_rope_sumsq", "linear_rope", "linear_add_sumsq", "gated_linear_add_sumsq"} <= ops, ops
+    assert fused_ops <= ops, ops
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])

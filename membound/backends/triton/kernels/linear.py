@@ -665,6 +665,19 @@ def gated_linear_add(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
                     lambda: residual + F.linear(F.silu(gate) * up, weight), static_weight, residual=residual)
 
 
+def _check_norm_sumsq(op: str, x: torch.Tensor, sumsq: torch.Tensor, norm_weight: torch.Tensor) -> None:
+    """The operands of a norm formed from its producer's partial sums of squares: x ``[..., K]``, the norm's
+    weight ``[K]``, ``sumsq`` fp32 ``[..., ceil(K / SUMSQ_COLUMNS)]``."""
+    k = x.shape[-1] if x.dim() else 0
+    want = tuple(x.shape[:-1]) + (cdiv(k, SUMSQ_COLUMNS),)
+    if x.dim() < 1 or norm_weight.dim() != 1 or norm_weight.shape[0] != k:
+        raise ValueError(f"{op}: needs x[..., K] and norm_weight[K], got x {tuple(x.shape)} and norm_weight "
+                         f"{tuple(norm_weight.shape)}")
+    if tuple(sumsq.shape) != want or sumsq.dtype != torch.float32:
+        raise ValueError(f"{op}: sumsq must be fp32 {want} (x's partial sums of squares), got {sumsq.dtype} "
+                         f"{tuple(sumsq.shape)}")
+
+
 def rms_norm_linear_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
                           bias: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, *, eps: float,
                           config: Optional[LinearConfig] = None, static_weight: bool = False) -> torch.Tensor:
@@ -674,14 +687,7 @@ def rms_norm_linear_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: tor
     loads it. For M > 16: the op's reference (torch), then cuBLAS."""
     from membound.ir.ops.matmul import _rms_norm_linear_sumsq
 
-    k = x.shape[-1] if x.dim() else 0
-    want = tuple(x.shape[:-1]) + (cdiv(k, SUMSQ_COLUMNS),)
-    if x.dim() < 1 or norm_weight.dim() != 1 or norm_weight.shape[0] != k:
-        raise ValueError(f"rms_norm_linear_sumsq: needs x[..., K] and norm_weight[K], got x {tuple(x.shape)} and "
-                         f"norm_weight {tuple(norm_weight.shape)}")
-    if tuple(sumsq.shape) != want or sumsq.dtype != torch.float32:
-        raise ValueError(f"rms_norm_linear_sumsq: sumsq must be fp32 {want} (x's partial sums of squares), got "
-                         f"{sumsq.dtype} {tuple(sumsq.shape)}")
+    _check_norm_sumsq("rms_norm_linear_sumsq", x, sumsq, norm_weight)
     return _small_m("rms_norm_linear_sumsq", x, None, weight, bias, out, config,
                     lambda: _rms_norm_linear_sumsq(x, sumsq, norm_weight, weight, bias, eps=eps), static_weight,
                     norm=(norm_weight, float(eps)), sumsq=(sumsq, "in"))
@@ -699,14 +705,7 @@ def rms_norm_linear_rope_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight
     from membound.ir.ops.matmul import _rms_norm_linear_rope_sumsq, rope_rows
 
     op = "rms_norm_linear_rope_sumsq"
-    k = x.shape[-1] if x.dim() else 0
-    want = tuple(x.shape[:-1]) + (cdiv(k, SUMSQ_COLUMNS),)
-    if x.dim() < 1 or norm_weight.dim() != 1 or norm_weight.shape[0] != k:
-        raise ValueError(f"{op}: needs x[..., K] and norm_weight[K], got x {tuple(x.shape)} and norm_weight "
-                         f"{tuple(norm_weight.shape)}")
-    if tuple(sumsq.shape) != want or sumsq.dtype != torch.float32:
-        raise ValueError(f"{op}: sumsq must be fp32 {want} (x's partial sums of squares), got {sumsq.dtype} "
-                         f"{tuple(sumsq.shape)}")
+    _check_norm_sumsq(op, x, sumsq, norm_weight)
     if head_dim <= 0 or head_dim % 2 or rope_cols < 0 or rope_cols % head_dim:
         raise ValueError(f"{op}: rope_cols={rope_cols} must be whole heads of an even head_dim={head_dim}")
     if weight.dim() == 2 and rope_cols > weight.shape[0]:
@@ -723,6 +722,7 @@ def rms_norm_linear_rope_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight
 
     if cs.dtype != x.dtype or sn.dtype != x.dtype:
         return fallback(op, f"cos/sin dtype {cs.dtype} differs from x's {x.dtype}", reference(), out)
+    k = x.shape[-1]
     m = x.numel() // k if k else 0
     return _small_m(op, x, None, weight, bias, out, config, reference, static_weight, norm=(norm_weight, float(eps)),
                     sumsq=(sumsq, "in"), rope=(cs.reshape(m, head_dim), sn.reshape(m, head_dim), head_dim, rope_cols))
