@@ -363,7 +363,10 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # (a line through o and gate_up), [QM] M=16 5.8 us + 0.69.
     # the swapped tensor-core product (kernels/linear.py's LinearConfig.swap: W the MMA's A operand), at 3 <= M
     # <= 16 and for the large / long-K weights at M <= 2: [SW] its picked config on the ten 1.24B / 8B
-    # projections at M = 1 and 8 (20 times, each op alone): 3.35 us + 0.996 of the typical 4168 GB/s (-5..+6%)
+    # projections at M = 1 and 8 (20 times, each op alone): 3.35 us + 0.996 of the typical 4168 GB/s (-5..+6%).
+    # In the step (decode_e2e-nvidia-h200-2026-12-03-session12-swap) the whole-step prediction with it is 1.05x
+    # the measured 8B b8 step, 1.10x b1, 1.08x 1.24B b8 and 1.16x b1: inside a PDL chain the small GEMVs overlap
+    # more than this per-op line says
     "gemv_swap": KernelPrior(fixed=3.35e-6 - _GAP_PDL, efficiency=0.996,
                              source="[SW] swapped GEMV, M=1 and 8, 10 shapes"),
     "gemv_dot": KernelPrior(fixed=4.43e-6, efficiency=0.949, source="[PS] linear at b8, 1.24B and 8B, 8 shapes"),
