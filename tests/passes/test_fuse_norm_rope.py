@@ -165,8 +165,10 @@ def test_hf_models_decode_with_the_fused_rope_pipeline(family: str, backend: str
     rms_norm_linear_rope_sumsq (its norm from the first layer's down projection), the first's a linear_rope (its
     norm, of the embedding, has no statistics); no rotation is left; the norms left are the first layer's, the
     final one and, with fuse-linear-glu (linear_glu has no normed form), the post-attention ones."""
-    if backend == "triton" and glu == "0" and not torch.cuda.is_available():
-        pytest.skip("triton backend under the interpreter: the gated-down form is covered by test_decode_launches")
+    if backend == "triton" and not torch.cuda.is_available():
+        # 150 s a case under the interpreter (CI's time budget): the HF Llama greedy test of test_decode_launches
+        # runs this pipeline's kernels under the interpreter, the kernel tests its op at odd sizes with a bias
+        pytest.skip("triton backend under the interpreter: covered by test_decode_launches and the kernel tests")
     monkeypatch.setenv("MEMBOUND_LINEAR_GLU", glu)
     device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"  # no interpreter beside CUDA
     model = tiny_hf(family).to(device)
