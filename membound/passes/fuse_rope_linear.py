@@ -23,11 +23,13 @@ outputs of the split (q, then k: merge-linear's order), so the rotated columns a
 knows by one number (``rope_cols``). The weight is not touched: each program of the GEMV streams a head's
 column pairs ``(j, j + D/2)`` as two tiles (``kernels/linear.py``, ``ROPE``) and stores them rotated.
 
-Why: at decode (batch 1-8) the rotation is a launch of its own per layer (the H200 1.24B step: 16 of its
-133 launches, ``_horizontal_mul_neg_cat_add``), each paying a launch's latency for a few KB of work.
+Why: at decode (batch 1-8) the rotation is a few KB of work in a kernel of its own per layer (the H200 1.24B
+step: 16 of its 133 launches, ``_horizontal_mul_neg_cat_add``). That kernel also writes k and v into the cache,
+and the write stays a launch (``_horizontal_cache_write``), so the launch count is unchanged: what goes is the
+rotation's work. H200 (session 12): 1.24B b1 step 0.873 vs 0.900 ms, 8B b1 4.274 vs 4.161, b8 equal.
 
-When it fires: in the ``decode-rope`` pipeline (``MEMBOUND_DECODE_PIPELINE=decode-rope``, an A/B setting
-until a GPU run says it pays), or any pipeline that lists it; where the cost model (``ctx.cost``) estimates
+When it fires: in the ``decode-rope`` pipeline (``MEMBOUND_DECODE_PIPELINE=decode-rope``, an A/B setting: the
+H200 runs above were mixed), or any pipeline that lists it; where the cost model (``ctx.cost``) estimates
 the fused form faster at the decode dims, or without a cost model in the GEMV range. A form not matched is
 left alone; a match it declines is named in the pass log.
 

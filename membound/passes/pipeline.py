@@ -71,8 +71,10 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "prefill": CLEANUP_PASSES + KV_CACHE_PASSES,
     "decode": ("canonicalize", "dead-code-elimination"),
     "decode-fused": ("canonicalize", *LINEAR_FUSION_PASSES, "dead-code-elimination"),
-    # decode plus fuse-rope-linear (q and k rotated in the q/k/v projection's epilogue: a launch less per layer);
-    # an A/B setting (MEMBOUND_DECODE_PIPELINE=decode-rope) until a GPU run says it pays
+    # decode plus fuse-rope-linear (q and k rotated in the q/k/v projection's epilogue; the k/v cache write the
+    # rotation's kernel carried stays a launch). An A/B setting (MEMBOUND_DECODE_PIPELINE=decode-rope): on the H200
+    # (decode_e2e-nvidia-h200-2026-12-03-session12-swap) 1.24B b1 0.873 vs 0.900 ms, but 8B b1 4.274 vs 4.161, b8
+    # equal; it pays where the cache write also leaves the chain
     "decode-rope": ("canonicalize", "fuse-rope-linear", "dead-code-elimination"),
     # both (an A/B setting, MEMBOUND_DECODE_PIPELINE=decode-fused-rope): fuse-rope-linear first, so fuse-norm-linear
     # sees the q/k/v projection as linear_rope and folds its norm into rms_norm_linear_rope_sumsq
