@@ -310,6 +310,17 @@ class MemboundVariant:
     env: Optional[dict[str, str]] = None  # environment while it compiles and runs (MEMBOUND_DECODE_PIPELINE)
 
 
+# triton+graphs under an environment A/B setting: --membound-backends name -> (label suffix, environment)
+ENV_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "triton+graphs+fused": ("decode-fused", {"MEMBOUND_DECODE_PIPELINE": "decode-fused"}),
+    "triton+graphs+rope": ("decode-rope", {"MEMBOUND_DECODE_PIPELINE": "decode-rope"}),
+    "triton+graphs+fused-rope": ("decode-fused-rope", {"MEMBOUND_DECODE_PIPELINE": "decode-fused-rope"}),
+    "triton+graphs+gated": ("gated-down", {"MEMBOUND_LINEAR_GLU": "0"}),
+    "triton+graphs+swap": ("swap", {"MEMBOUND_LINEAR_SWAP": "1"}),
+    "triton+graphs+noswap": ("noswap", {"MEMBOUND_LINEAR_SWAP": "0"}),
+}
+
+
 def membound_variants(backends: list[str], schemes: tuple[str, ...] = ()) -> list[MemboundVariant]:
     """reference; triton if it resolves; a CUDA-graph variant if membound exposes an option for one; then the
     last of those once per quantization scheme."""
@@ -327,31 +338,14 @@ def membound_variants(backends: list[str], schemes: tuple[str, ...] = ()) -> lis
                 out.append(MemboundVariant("membound triton", {}, {}, f"failed: {first_line(exc)}"))
         elif name == "triton+graphs":
             out.append(graphs_variant(BACKENDS))
-        elif name == "triton+graphs+fused":
+        elif name in ENV_VARIANTS:
             base = graphs_variant(BACKENDS)
-            out.append(MemboundVariant(f"{base.label} decode-fused", base.compile_kwargs, {}, base.unavailable,
-                                       env={"MEMBOUND_DECODE_PIPELINE": "decode-fused"}))
-        elif name == "triton+graphs+rope":
-            base = graphs_variant(BACKENDS)
-            out.append(MemboundVariant(f"{base.label} decode-rope", base.compile_kwargs, {}, base.unavailable,
-                                       env={"MEMBOUND_DECODE_PIPELINE": "decode-rope"}))
-        elif name == "triton+graphs+fused-rope":
-            base = graphs_variant(BACKENDS)
-            out.append(MemboundVariant(f"{base.label} decode-fused-rope", base.compile_kwargs, {}, base.unavailable,
-                                       env={"MEMBOUND_DECODE_PIPELINE": "decode-fused-rope"}))
-        elif name in ("triton+graphs+swap", "triton+graphs+noswap"):
-            base = graphs_variant(BACKENDS)
-            on = name.endswith("+swap")
-            out.append(MemboundVariant(f"{base.label} {'swap' if on else 'noswap'}", base.compile_kwargs, {},
-                                       base.unavailable, env={"MEMBOUND_LINEAR_SWAP": "1" if on else "0"}))
-        elif name == "triton+graphs+gated":
-            base = graphs_variant(BACKENDS)
-            out.append(MemboundVariant(f"{base.label} gated-down", base.compile_kwargs, {}, base.unavailable,
-                                       env={"MEMBOUND_LINEAR_GLU": "0"}))
+            suffix, env = ENV_VARIANTS[name]
+            out.append(MemboundVariant(f"{base.label} {suffix}", base.compile_kwargs, {}, base.unavailable,
+                                       env=dict(env)))
         else:
             raise ValueError(f"--membound-backends: unknown {name!r}; use reference, triton, triton+graphs, "
-                             f"triton+graphs+fused, triton+graphs+rope, triton+graphs+fused-rope, triton+graphs+gated, "
-                             f"triton+graphs+swap, triton+graphs+noswap")
+                             f"{', '.join(ENV_VARIANTS)}")
     # the quantized rows build on the last variant without an environment A/B (decode-fused, gated-down)
     base = next((v for v in reversed(out) if not v.env), out[-1] if out else None)
     for scheme in schemes:

@@ -506,8 +506,9 @@ SWAP_DEFAULT = "1"
 
 
 def swap_product() -> bool:
-    """Whether the tensor-core path (3 <= M <= 16) runs the swapped product (``LinearConfig.swap``): read at each
-    config choice, so an A/B run can set ``MEMBOUND_LINEAR_SWAP`` (``1`` / ``0``) per compiled model."""
+    """Whether :func:`pick_config` may choose the swapped product (``LinearConfig.swap``: at 3 <= M <= 16, and for
+    the large or long-K 16-bit weights at M <= 2): read at each config choice, so an A/B run can set
+    ``MEMBOUND_LINEAR_SWAP`` (``1`` / ``0``) per compiled model."""
     return os.environ.get(SWAP_ENV, SWAP_DEFAULT).strip() == "1"
 
 
@@ -597,26 +598,36 @@ def linear_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: t
     broadcastable to x's rows. Each program streams a head's column pairs ``(j, j + head_dim / 2)`` as two tiles
     (the weight is not permuted), so one launch replaces the projection and the rotation kernel after it.
     M > 16, or where the kernel cannot run: torch."""
+    from membound.ir.ops.matmul import _linear_rope
+
+    rope = _rope_operand("linear_rope", x, weight, cos, sin, head_dim, rope_cols)
+
+    def reference() -> torch.Tensor:
+        return _linear_rope(x, weight, cos, sin, bias, head_dim=head_dim, rope_cols=rope_cols)
+
+    if rope[0].dtype != x.dtype or rope[1].dtype != x.dtype:
+        return fallback("linear_rope", f"cos/sin dtype {rope[0].dtype} differs from x's {x.dtype}", reference(), out)
+    return _small_m("linear_rope", x, None, weight, bias, out, config, reference, static_weight, rope=rope)
+
+
+def _rope_operand(op: str, x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  head_dim: int, rope_cols: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The rotation's checks and its ``rope`` argument of :func:`_small_m`: cos and sin as one ``[head_dim]`` row
+    per row of x (``[M, head_dim]``), the head dim and the rotated columns."""
     from membound.ir.ops.matmul import rope_rows
 
     if head_dim <= 0 or head_dim % 2 or rope_cols < 0 or rope_cols % head_dim:
-        raise ValueError(f"linear_rope: rope_cols={rope_cols} must be whole heads of an even head_dim={head_dim}")
+        raise ValueError(f"{op}: rope_cols={rope_cols} must be whole heads of an even head_dim={head_dim}")
     if weight.dim() == 2 and rope_cols > weight.shape[0]:
-        raise ValueError(f"linear_rope: rope_cols={rope_cols} exceeds the weight's {weight.shape[0]} rows")
-    k = weight.shape[-1]
+        raise ValueError(f"{op}: rope_cols={rope_cols} exceeds the weight's {weight.shape[0]} rows")
     lead = tuple(x.shape[:-1])
-    cs, sn = rope_rows(cos, lead, head_dim, "cos"), rope_rows(sin, lead, head_dim, "sin")
-
-    def reference() -> torch.Tensor:
-        from membound.ir.ops.matmul import _linear_rope
-
-        return _linear_rope(x, weight, cos, sin, bias, head_dim=head_dim, rope_cols=rope_cols)
-
-    if cs.dtype != x.dtype or sn.dtype != x.dtype:
-        return fallback("linear_rope", f"cos/sin dtype {cs.dtype} differs from x's {x.dtype}", reference(), out)
+    try:
+        cs, sn = rope_rows(cos, lead, head_dim, "cos"), rope_rows(sin, lead, head_dim, "sin")
+    except ValueError as e:  # rope_rows names linear_rope
+        raise ValueError(f"{op}: {str(e).partition(': ')[2]}") from e
+    k = x.shape[-1] if x.dim() else 0
     m = x.numel() // k if k else 0
-    return _small_m("linear_rope", x, None, weight, bias, out, config, reference, static_weight,
-                    rope=(cs.reshape(m, head_dim), sn.reshape(m, head_dim), head_dim, rope_cols))
+    return cs.reshape(m, head_dim), sn.reshape(m, head_dim), head_dim, rope_cols
 
 
 def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
@@ -702,30 +713,20 @@ def rms_norm_linear_rope_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight
     rotates them. One launch: each program sums x's partials for its 1 / rms and norms x as it loads it (``NORM``,
     ``SUMSQ_IN``), streams a head's column pairs ``(j, j + head_dim / 2)`` as two tiles and stores them rotated
     (``ROPE``). M > 16, or where the kernel cannot run: the op's reference (torch)."""
-    from membound.ir.ops.matmul import _rms_norm_linear_rope_sumsq, rope_rows
+    from membound.ir.ops.matmul import _rms_norm_linear_rope_sumsq
 
     op = "rms_norm_linear_rope_sumsq"
     _check_norm_sumsq(op, x, sumsq, norm_weight)
-    if head_dim <= 0 or head_dim % 2 or rope_cols < 0 or rope_cols % head_dim:
-        raise ValueError(f"{op}: rope_cols={rope_cols} must be whole heads of an even head_dim={head_dim}")
-    if weight.dim() == 2 and rope_cols > weight.shape[0]:
-        raise ValueError(f"{op}: rope_cols={rope_cols} exceeds the weight's {weight.shape[0]} rows")
-    lead = tuple(x.shape[:-1])
-    try:
-        cs, sn = rope_rows(cos, lead, head_dim, "cos"), rope_rows(sin, lead, head_dim, "sin")
-    except ValueError as e:
-        raise ValueError(f"{op}: {str(e).partition(': ')[2]}") from e
+    rope = _rope_operand(op, x, weight, cos, sin, head_dim, rope_cols)
 
     def reference() -> torch.Tensor:
         return _rms_norm_linear_rope_sumsq(x, sumsq, norm_weight, weight, cos, sin, bias, eps=eps, head_dim=head_dim,
                                            rope_cols=rope_cols)
 
-    if cs.dtype != x.dtype or sn.dtype != x.dtype:
-        return fallback(op, f"cos/sin dtype {cs.dtype} differs from x's {x.dtype}", reference(), out)
-    k = x.shape[-1]
-    m = x.numel() // k if k else 0
+    if rope[0].dtype != x.dtype or rope[1].dtype != x.dtype:
+        return fallback(op, f"cos/sin dtype {rope[0].dtype} differs from x's {x.dtype}", reference(), out)
     return _small_m(op, x, None, weight, bias, out, config, reference, static_weight, norm=(norm_weight, float(eps)),
-                    sumsq=(sumsq, "in"), rope=(cs.reshape(m, head_dim), sn.reshape(m, head_dim), head_dim, rope_cols))
+                    sumsq=(sumsq, "in"), rope=rope)
 
 
 def linear_add_sumsq(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
