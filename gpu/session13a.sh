@@ -12,7 +12,8 @@ timeout 200 python benches/experiments/resident_gemv.py --out "$W" >"$W/resident
 grep -vE "^check" "$W/resident.log" | tail -40
 echo "== swap sweep M=16 ($((SECONDS - start)) s)"
 timeout $((480 - SECONDS)) python benches/gemv_sweep.py --tensor-cores --swap --tc-batches 16 --models llama-8b,llama-1b \
+    --shapes down_plain,gate_up_glu,qkv,o,lm_head --budget-s $((430 - SECONDS)) \
     --out "$W/sweep" >"$W/sweep16.log" 2>&1
-tail -4 "$W/sweep16.log"
+grep -E " m16:|bandwidth|skipped" "$W/sweep16.log" | head -16
 tar czf "$OUT/session13a.tgz" -C "$W" . && rm -rf "$W"
 echo "($((SECONDS - start)) s)"
