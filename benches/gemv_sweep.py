@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from benches._results import gpu_slug, write_record  # noqa: E402
 from membound.backends.triton.kernels.linear import (  # noqa: E402
+    RESIDENT_ENV,
     SMALL_M,
     LinearConfig,
     gated_linear,
@@ -101,7 +102,8 @@ def tc_grid(m: int, swap: bool = False) -> list[LinearConfig]:
 
 
 def describe(c: LinearConfig) -> str:
-    return (f"{'swap' if c.swap else 'dot' if c.use_dot else 'fma'} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} "
+    kind = 'swap' if c.swap else 'dot' if c.use_dot else 'res' if c.resident else 'fma'
+    return (f"{kind} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} "
             f"w{c.num_warps} st{c.num_stages}{'' if c.prefetch or c.use_dot else ' noprefetch'}")
 
 
@@ -285,6 +287,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--tc-batches", default="8,16,32")
     ap.add_argument("--swap", action="store_true", help="with --tensor-cores: the swapped product's grid (W as "
                                                         "the MMA's A operand) instead of the plain one")
+    ap.add_argument("--resident", action="store_true", help="at M <= 2: the resident register tiles' grid (each "
+                                                           "program's K range loaded whole before the PDL wait)")
     ap.add_argument("--stream-mb", type=int, default=None, help="weight copies per replay (default 512; 256 with "
                                                                    "--tensor-cores)")
     ap.add_argument("--budget-s", type=float, default=None,
@@ -303,10 +307,46 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def configs_for(m: int, glu: bool = False, swap: bool = False) -> list[LinearConfig]:
+def resident_grid(m: int, k: int, glu: bool = False) -> list[LinearConfig]:
+    """The resident register tiles at M <= 2 rows and reduction K (``LinearConfig.resident``: each program's K
+    range one tile, loaded before the PDL wait): K unsplit or split 2 or 4 ways (``BLOCK_K`` the split's width,
+    a power of two, at most 8192), 8K, 16K or 32K weight elements a program (``glu``: half of them output
+    columns' gate rows, half up rows), 4 warps, and 8 warps for the 32K tiles."""
+    out = []
+    for split in (1, 2, 4):
+        bk = max(16, 1 << (-(-k // split) - 1).bit_length())
+        if bk > 8192 or (split > 1 and -(-k // bk) < split):
+            continue
+        for elems, warps in ((8192, 4), (16384, 4), (32768, 4), (32768, 8)):
+            bn = elems // bk // (2 if glu else 1)
+            if bn >= 1:
+                out.append(LinearConfig(1 if m == 1 else 2, bn, bk, split, False, warps, 3, resident=True))
+    return out
+
+
+def configs_for(m: int, glu: bool = False, swap: bool = False, resident_k: Optional[int] = None) -> list[LinearConfig]:
     """The grid at M rows: the register path up to 2 rows, the tensor-core path above (``glu``: a linear_glu
-    shape, whose register tiles count output columns); ``swap``: the swapped product's grid at every M."""
+    shape, whose register tiles count output columns); ``swap``: the swapped product's grid at every M;
+    ``resident_k``: the resident register tiles at that K (M <= 2)."""
+    if resident_k is not None and m <= 2:
+        return resident_grid(m, resident_k, glu)
     return tc_grid(m, swap) if swap or m > 2 else grid(m, glu)
+
+
+def without_resident(m: int, n: int, k: int, glu: bool, dev: torch.device) -> LinearConfig:
+    """The config ``linear`` (or ``linear_glu``, its output-column tiles) picks with the resident tiles off."""
+    saved = os.environ.get(RESIDENT_ENV)
+    os.environ[RESIDENT_ENV] = "0"
+    try:
+        cfg = pick_config(m, n, k, torch.bfloat16, dev, glu=glu)
+    finally:
+        if saved is None:
+            del os.environ[RESIDENT_ENV]
+        else:
+            os.environ[RESIDENT_ENV] = saved
+    if glu:
+        cfg = replace(cfg, block_n=max(cfg.block_n // 2, 64 if cfg.swap else 16 if cfg.use_dot else 1))
+    return cfg
 
 
 def smoke(args: argparse.Namespace) -> int:
@@ -340,6 +380,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows: list[dict] = []
     gpu, date = torch.cuda.get_device_name(), datetime.date.today().isoformat()
     kind = ("-tc" if args.tensor_cores else "") + ("-swap" if args.swap else "") + ("-quick" if args.quick else "")
+    kind += "-resident" if args.resident else ""
     stem = f"gemv_sweep{kind}-{gpu_slug(gpu)}-{date}"
     record = {"bench": "gemv_sweep", "device": gpu, "date": date, "read_bw": read_bw, "args": vars(args),
               "method": __doc__.split("\n\n", 2)[2].strip(), "rows": rows,
@@ -355,7 +396,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             copies = max(1, math.ceil((args.stream_mb << 20) / (n * k * 2)))
             ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 for _ in range(copies)]
             for m in args.ms:
-                Case(model, name, m, ws, read_bw, rows).run_all(configs_for(m, name in GLU, args.swap), args.quick)
+                grid_m = configs_for(m, name in GLU, args.swap, k if args.resident else None)
+                if args.resident and m <= 2:  # beside the resident grid: what the library picks without it
+                    grid_m = [without_resident(m, n, k, name in GLU, dev)] + grid_m
+                Case(model, name, m, ws, read_bw, rows).run_all(grid_m, args.quick)
                 print(summary(rows, (model, name, m)), flush=True)
             del ws
             torch.cuda.empty_cache()

@@ -75,6 +75,8 @@ LINEAR_CASES = [
     ((1, 33), 21, False, LinearConfig(16, 16, 16, use_dot=True)),     # M=1 through the dot path
     ((5, 300), 37, True, LinearConfig(16, 16, 32, split_k=3, use_dot=True, swap=True)),  # W as the A operand, split
     ((9, 1, 77), 130, False, LinearConfig(16, 64, 32, use_dot=True, swap=True)),  # ... 64-row tiles, N tail
+    ((2, 300), 37, True, LinearConfig(2, 8, 512, resident=True)),     # resident: K in one register tile
+    ((1, 1, 300), 19, False, LinearConfig(1, 4, 128, split_k=3, resident=True)),  # ... K split, N tail
     ((16, 33), 13, True, None),                                        # M = 16, the kernel's limit (K < 3N: not cuBLAS)
 ]
 
@@ -136,6 +138,18 @@ def test_long_k_linear_at_small_batch_runs_cublas_into_out_on_cuda(bias: bool, m
     close(out, x @ w.t() + (b if bias else 0), torch.float32)
 
 
+def test_linear_config_refuses_forms_of_the_other_path() -> None:
+    """swap is a form of the tensor-core product, resident of the register one: a config that mixes them is
+    refused when made (not silently run as the other form); a resident tile that does not cover a program's K
+    range is refused at the launch, naming block_k and K."""
+    with pytest.raises(ValueError, match="swap"):
+        LinearConfig(2, 8, 32, swap=True)
+    with pytest.raises(ValueError, match="resident"):
+        LinearConfig(16, 16, 32, use_dot=True, resident=True)
+    with pytest.raises(ValueError, match="block_k=64 does not cover K=300"):
+        linear(rand(1, 300), rand(7, 300), config=LinearConfig(1, 4, 64, split_k=2, resident=True))
+
+
 def test_linear_falls_back_for_a_transposed_weight() -> None:
     x, w = rand(2, 9), rand(9, 4).t()  # weight [4, 9] with K-stride 4
     with trace() as calls:
@@ -152,6 +166,7 @@ def test_linear_falls_back_for_a_transposed_weight() -> None:
     (5, 77, 21, LinearConfig(16, 16, 32, use_dot=True)),           # ... formed first (PRE_GATE, the default)
     (7, 600, 21, LinearConfig(16, 16, 64, split_k=2, use_dot=True, pre_gate=True)),  # ... per K range, 2 chunks
     (6, 77, 21, LinearConfig(16, 16, 32, use_dot=True, swap=True)),  # ... the swapped product (W as the A operand)
+    (2, 300, 19, LinearConfig(2, 4, 128, split_k=3, resident=True)),  # resident register tiles, K split
     (20, 33, 9, None),                                             # M > 16: torch forms the product, cuBLAS
 ])
 def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dtype: torch.dtype) -> None:

@@ -49,7 +49,7 @@ def configs(m: int) -> list[Optional[object]]:
     if m > 16:
         return [None]
     if m <= 2:
-        return [None, LinearConfig(2, 8, 32, split_k=3)]
+        return [None, LinearConfig(2, 8, 32, split_k=3), LinearConfig(2, 8, 64, split_k=3, resident=True)]
     return [None, LinearConfig(16, 16, 32, split_k=3, use_dot=True),
             LinearConfig(16, 16, 32, split_k=2, use_dot=True, pre_gate=False)]
 

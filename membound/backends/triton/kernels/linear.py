@@ -173,7 +173,7 @@ def _linear_small_m(
     SS_CHUNK: tl.constexpr = 16,
     L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False, GATE_ROWS: tl.constexpr = 16,
     ROPE: tl.constexpr = False, HALF: tl.constexpr = 1, cs_ptr=None, sn_ptr=None, stride_cm=0, ROPE_N=0,
-    ROPE_PROGRAMS=0, SWAP: tl.constexpr = False,
+    ROPE_PROGRAMS=0, SWAP: tl.constexpr = False, RESIDENT: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
@@ -192,6 +192,7 @@ def _linear_small_m(
     if USE_DOT:
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
     tl.static_assert(not SWAP or USE_DOT, "SWAP is a form of the tensor-core product")
+    tl.static_assert(not RESIDENT or not USE_DOT, "RESIDENT is a form of the register product")
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     ms = tl.arange(0, BLOCK_M)
@@ -234,6 +235,18 @@ def _linear_small_m(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if TWO:
             acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    elif RESIDENT:
+        # the program's whole weight slice is one tile (BLOCK_K covers its K range: the launcher checks), held in
+        # registers; a parameter weight's is loaded before the wait, so a decode GEMV's stream starts while the
+        # kernel before it finishes (H200: the fixed cost of a 1.24B q/k/v GEMV in a graph chain 3.0 -> 1.6 us,
+        # benches/experiments/resident_gemv.py)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if TWO:
+            acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if EARLY_W:
+            w_res = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
+            if TWO:
+                w_res2 = _w_tile(w2_rows, row_ok2, k_start + tl.arange(0, BLOCK_K), k_end)
     else:
         # defer the K reduction: one fp32 FMA per loaded W element, a single tree-sum at the end
         acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
@@ -250,7 +263,13 @@ def _linear_small_m(
         # the wait: the DRAM stays busy while the kernels before this one finish (_launch.l2_prefetch)
         l2_prefetch_rows(w_ptr, pid_n, N, stride_wn, k_start, k_end - k_start, pf_bytes, BLOCK_N)
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
-    if not USE_DOT:
+    if RESIDENT:
+        if not EARLY_W:
+            # a weight some earlier kernel may have written: read only after the wait
+            w_res = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
+            if TWO:
+                w_res2 = _w_tile(w2_rows, row_ok2, k_start + tl.arange(0, BLOCK_K), k_end)
+    elif not USE_DOT:
         if PREFETCH and not EARLY_W:
             # a weight some earlier kernel may have written: read only after the wait
             w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
@@ -341,6 +360,11 @@ def _linear_small_m(
             if TWO:
                 w_t2 = tl.load(w2_rows[None, :] + ks[:, None], mask=row_ok2[None, :] & k_ok[:, None], other=0.0)
                 acc2 = tl.dot(x, w_t2, acc2, input_precision=INPUT_PRECISION)
+        elif RESIDENT:
+            # one pass (the tile is the whole K range): the products reduced at once
+            acc += tl.sum(x[:, None, :].to(tl.float32) * w_res[None, :, :].to(tl.float32), axis=2)
+            if TWO:
+                acc2 += tl.sum(x[:, None, :].to(tl.float32) * w_res2[None, :, :].to(tl.float32), axis=2)
         else:
             if PREFETCH:
                 # registers double-buffer W: the next tile's load is in flight while this one is used
@@ -356,7 +380,7 @@ def _linear_small_m(
             acc3 += x[:, None, :].to(tl.float32) * w[None, :, :].to(tl.float32)
             if TWO:
                 acc3_2 += x[:, None, :].to(tl.float32) * w2[None, :, :].to(tl.float32)
-    if not USE_DOT:
+    if not USE_DOT and not RESIDENT:
         acc = tl.sum(acc3, axis=2)
         if TWO:
             acc2 = tl.sum(acc3_2, axis=2)
@@ -440,6 +464,15 @@ class LinearConfig:
     # of one row and 512 columns a step; now a [GATE_ROWS, 4096 / GATE_ROWS] tile a step (not yet timed). The
     # norm takes the same path (issue 13)
     pre_gate: bool = True
+    # register path: each program's whole K range is one [BLOCK_N, BLOCK_K] tile held in registers, a parameter
+    # weight's loaded before the PDL wait (``RESIDENT``; see RESIDENT_ELEMS); BLOCK_K must cover K / split_k
+    resident: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resident and self.use_dot:
+            raise ValueError("LinearConfig: resident is a form of the register product (use_dot=False)")
+        if self.swap and not self.use_dot:
+            raise ValueError("LinearConfig: swap is a form of the tensor-core product (use_dot=True)")
 
 
 def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device, glu: bool = False) -> LinearConfig:
@@ -474,6 +507,12 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     down 31.4 against 33.5; 1B gate/up 19.0 against 22.4, head 127.2 against 142.9, down 11.7 against 12.6).
     The small square ones keep the register tile (1B q/k/v 5.6 against 6.5, o 4.5 against 5.1; 8B o 11.3
     against 11.5). Its split rule picks each of those shapes' best split."""
+    if m <= 2 and resident_product() and next_pow2(k) <= RESIDENT_MAX_K:
+        # resident register tiles: the program's whole K range in one tile, loaded before the PDL wait
+        e = torch.empty((), dtype=dtype).element_size()
+        block_k = max(16, next_pow2(k))
+        block_n = max(2 if glu else 1, RESIDENT_ELEMS * 2 // e // block_k)
+        return LinearConfig(next_pow2(m), block_n, block_k, 1, False, num_warps=4, num_stages=3, resident=True)
     if swap_product() and (m > 2 or (dtype != torch.float32 and (n * k >= 24 * 2**20 or k >= 3 * n))):
         # the swapped product: 64 weight rows a tile (one warpgroup MMA; linear_glu's programs two of them), 256 B
         # of each a step, 4 stages; K split until the programs fill two thirds of the SMs and no split spans more
@@ -499,6 +538,20 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     while programs * split < target and k >= min_tiles * block_k * (2 * split) and split < 16:
         split *= 2
     return LinearConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
+
+
+RESIDENT_ENV = "MEMBOUND_LINEAR_RESIDENT"
+RESIDENT_DEFAULT = "1"
+# the resident tiles' 16-bit weight elements a program (4 warps: 64 registers a thread of packed pairs; the H200
+# experiment's 32K-element tiles were slower, spilling), and the longest K a program takes whole
+RESIDENT_ELEMS = 16384
+RESIDENT_MAX_K = 4096
+
+
+def resident_product() -> bool:
+    """Whether :func:`pick_config` may choose the resident register tiles (``LinearConfig.resident``, M <= 2):
+    read at each config choice, so an A/B run can set ``MEMBOUND_LINEAR_RESIDENT`` (``1`` / ``0``)."""
+    return os.environ.get(RESIDENT_ENV, RESIDENT_DEFAULT).strip() == "1"
 
 
 SWAP_ENV = "MEMBOUND_LINEAR_SWAP"
@@ -832,6 +885,9 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m}")
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split = cdiv(k, k_per_split)  # no empty splits
+    if cfg.resident and k_per_split > cfg.block_k:
+        raise ValueError(f"{op}: a resident config holds one K tile a program; block_k={cfg.block_k} does not cover "
+                         f"K={k} in split_k={cfg.split_k} parts (K / split_k = {cdiv(k, cfg.split_k)})")
     n_blocks = cdiv(n, cfg.block_n)
     rope_args: dict = {}
     if rope is not None:
@@ -871,7 +927,8 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         num_stages=cfg.num_stages, GLU=glu, GATE_ROWS=min(next_pow2(m), cfg.block_m),
         **pdl_options(x.device),
         **(l2_prefetch_bytes(weight, static_weight, n * split, k_per_split) if rope is None
-           else {"L2_PREFETCH": False, "pf_bytes": 0}), **rope_args, SWAP=cfg.use_dot and cfg.swap)
+           else {"L2_PREFETCH": False, "pf_bytes": 0}), **rope_args, SWAP=cfg.swap,
+        RESIDENT=cfg.resident)
     note(op, "kernel")
     return y
 
