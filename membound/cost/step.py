@@ -369,6 +369,11 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # more than this per-op line says
     "gemv_swap": KernelPrior(fixed=3.35e-6 - _GAP_PDL, efficiency=0.996,
                              source="[SW] swapped GEMV, M=1 and 8, 10 shapes"),
+    # the resident register tiles (kernels/linear.py's LinearConfig.resident: a program's whole K range loaded
+    # before the PDL wait), M <= 2 and K <= 4096: PROVISIONAL, from benches/experiments/resident_gemv.py's
+    # single-shape chains (1.24B q/k/v 4.58 us, o 3.62; 8B q/k/v 13.62, o 9.87, gate/up 53.45; H200, 4227 GB/s)
+    "gemv_resident": KernelPrior(fixed=1.6e-6 - _GAP_PDL, efficiency=1.0,
+                                 source="resident_gemv experiment, M=1, 5 shapes (provisional)"),
     "gemv_dot": KernelPrior(fixed=4.43e-6, efficiency=0.949, source="[PS] linear at b8, 1.24B and 8B, 8 shapes"),
     # gated_linear on tensor cores: each program forms silu(gate) * up once for the real rows into a scratch,
     # then runs gemv_dot's loop (PRE_GATE, a66c1ba; on since 65f9138). In the step: [PS] b8 down projections,

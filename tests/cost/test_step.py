@@ -103,6 +103,7 @@ def test_priors_per_card() -> None:
                                        ("gated_linear", 1024, "cublas")])
 def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMBOUND_LINEAR_SWAP", "0")  # the paths before the swapped product (see the test below)
+    monkeypatch.setenv("MEMBOUND_LINEAR_RESIDENT", "0")  # ... and the resident tiles
     assert linear_kind(op, m) == kind
 
 
@@ -114,10 +115,25 @@ def test_linear_kind_follows_the_library_path(op: str, m: int, kind: str, monkey
                                            ("linear", 8, 4096, 14336, "gemv_swap"),
                                            ("gated_linear", 8, 4096, 14336, "gemv_dot_gated"),
                                            ("linear", 17, 4096, 14336, "cublas")])
-def test_linear_kind_with_the_swapped_product(op: str, m: int, n: int, k: int, kind: str) -> None:
-    """The default (MEMBOUND_LINEAR_SWAP on): every 3 <= M <= 16 GEMV, and at M <= 2 the weights of N x K >= 24M
-    values or K >= 3N (linear_glu's weight: 2N rows), run the swapped product; the down projection at batch leaves
-    cuBLAS; M > 16 is cuBLAS still."""
+def test_linear_kind_with_the_swapped_product(op: str, m: int, n: int, k: int, kind: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEMBOUND_LINEAR_SWAP on (the default), the resident tiles off: every 3 <= M <= 16 GEMV, and at M <= 2 the
+    weights of N x K >= 24M values or K >= 3N (linear_glu's weight: 2N rows), run the swapped product; the down
+    projection at batch leaves cuBLAS; M > 16 is cuBLAS still."""
+    monkeypatch.setenv("MEMBOUND_LINEAR_RESIDENT", "0")
+    assert linear_kind(op, m, n, k) == kind
+
+
+@pytest.mark.parametrize("op,m,n,k,kind", [("linear", 1, 2048, 2048, "gemv_resident"),
+                                           ("linear", 2, 6144, 4096, "gemv_resident"),
+                                           ("linear_glu", 1, 14336, 4096, "gemv_resident"),
+                                           ("linear_rope", 1, 3072, 2048, "gemv_resident"),
+                                           ("gated_linear", 1, 2048, 3000, "gemv_resident"),
+                                           ("linear", 1, 2048, 8192, "gemv_swap"), ("linear", 3, 2048, 2048, "gemv_swap"),
+                                           ("linear_add", 1, 4096, 14336, "gemv_swap")])
+def test_linear_kind_with_the_resident_tiles(op: str, m: int, n: int, k: int, kind: str) -> None:
+    """The default (MEMBOUND_LINEAR_RESIDENT on): at M <= 2 every GEMV whose K fits one resident tile (K <= 4096)
+    runs it, fused forms too; a longer K (the down projections) and M >= 3 keep the swapped product."""
     assert linear_kind(op, m, n, k) == kind
 
 
@@ -131,6 +147,7 @@ def test_long_k_linears_at_batch_go_to_cublas(op: str, m: int, n: int, k: int, k
     """Without the swapped product, a plain linear with K >= 3N at 3 <= M <= 16 runs cuBLAS (kernels/linear.py's
     prefers_cublas); the fused forms keep the kernel (cuBLAS has no prologue or epilogue of theirs)."""
     monkeypatch.setenv("MEMBOUND_LINEAR_SWAP", "0")
+    monkeypatch.setenv("MEMBOUND_LINEAR_RESIDENT", "0")
     assert linear_kind(op, m, n, k) == kind
 
 

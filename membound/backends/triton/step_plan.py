@@ -68,6 +68,8 @@ def linear_kind(op: str, m: int, n: int = 1, k: int = 1) -> str:
     # covers); linear_glu's weight has 2N rows for its N output columns
     cfg = pick_config(max(m, 1), 2 * n if op == "linear_glu" else n, k, torch.bfloat16, torch.device("cpu"),
                       glu=op in ("linear_glu", "linear_rope", "rms_norm_linear_rope_sumsq"))
+    if cfg.resident:
+        return "gemv_resident"
     if cfg.swap and op not in _GATED:
         return "gemv_swap"
     kind = "gemv_dot" if cfg.use_dot else "gemv"
