@@ -318,6 +318,7 @@ ENV_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "triton+graphs+gated": ("gated-down", {"MEMBOUND_LINEAR_GLU": "0"}),
     "triton+graphs+swap": ("swap", {"MEMBOUND_LINEAR_SWAP": "1"}),
     "triton+graphs+noswap": ("noswap", {"MEMBOUND_LINEAR_SWAP": "0"}),
+    "triton+graphs+noresident": ("noresident", {"MEMBOUND_LINEAR_RESIDENT": "0"}),
 }
 
 
