@@ -309,15 +309,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def resident_grid(m: int, k: int, glu: bool = False) -> list[LinearConfig]:
     """The resident register tiles at M <= 2 rows and reduction K (``LinearConfig.resident``: each program's K
-    range one tile, loaded before the PDL wait): K unsplit or split 2 or 4 ways (``BLOCK_K`` the split's width,
-    a power of two, at most 8192), 8K, 16K or 32K weight elements a program (``glu``: half of them output
-    columns' gate rows, half up rows), 4 warps, and 8 warps for the 32K tiles."""
+    range one tile, loaded before the PDL wait): K unsplit (8K, 16K or 32K weight elements a program) or split in
+    two (8K or 16K), ``BLOCK_K`` the split's width as a power of two, at most 8192; ``glu``: half of a program's
+    rows are output columns' gate rows, half up rows; 4 warps."""
     out = []
-    for split in (1, 2, 4):
+    for split in (1, 2):
         bk = max(16, 1 << (-(-k // split) - 1).bit_length())
         if bk > 8192 or (split > 1 and -(-k // bk) < split):
             continue
-        for elems, warps in ((8192, 4), (16384, 4), (32768, 4), (32768, 8)):
+        for elems, warps in ((8192, 4), (16384, 4), (32768, 4))[:3 if split == 1 else 2]:
             bn = elems // bk // (2 if glu else 1)
             if bn >= 1:
                 out.append(LinearConfig(1 if m == 1 else 2, bn, bk, split, False, warps, 3, resident=True))
