@@ -308,7 +308,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def resident_grid(m: int, k: int, glu: bool = False) -> list[LinearConfig]:
-    """The resident register tiles at M <= 2 rows and reduction K (``LinearConfig.resident``: each program's K
+    """The resident register tiles at M rows (``BLOCK_M`` its power of two; the library runs them at M <= 2) and
+    reduction K (``LinearConfig.resident``: each program's K
     range one tile, loaded before the PDL wait): K unsplit (8K, 16K or 32K weight elements a program) or split in
     two (8K or 16K), ``BLOCK_K`` the split's width as a power of two, at most 8192; ``glu``: half of a program's
     rows are output columns' gate rows, half up rows; 4 warps."""
@@ -320,7 +321,7 @@ def resident_grid(m: int, k: int, glu: bool = False) -> list[LinearConfig]:
         for elems, warps in ((8192, 4), (16384, 4), (32768, 4))[:3 if split == 1 else 2]:
             bn = elems // bk // (2 if glu else 1)
             if bn >= 1:
-                out.append(LinearConfig(1 if m == 1 else 2, bn, bk, split, False, warps, 3, resident=True))
+                out.append(LinearConfig(1 << (m - 1).bit_length(), bn, bk, split, False, warps, 3, resident=True))
     return out
 
 
@@ -328,7 +329,7 @@ def configs_for(m: int, glu: bool = False, swap: bool = False, resident_k: Optio
     """The grid at M rows: the register path up to 2 rows, the tensor-core path above (``glu``: a linear_glu
     shape, whose register tiles count output columns); ``swap``: the swapped product's grid at every M;
     ``resident_k``: the resident register tiles at that K (M <= 2)."""
-    if resident_k is not None and m <= 2:
+    if resident_k is not None:
         return resident_grid(m, resident_k, glu)
     return tc_grid(m, swap) if swap or m > 2 else grid(m, glu)
 
@@ -397,7 +398,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * k ** -0.5 for _ in range(copies)]
             for m in args.ms:
                 grid_m = configs_for(m, name in GLU, args.swap, k if args.resident else None)
-                if args.resident and m <= 2:  # beside the resident grid: what the library picks without it
+                if args.resident and m <= SMALL_M:  # beside the resident grid: what the library picks without it
                     grid_m = [without_resident(m, n, k, name in GLU, dev)] + grid_m
                 Case(model, name, m, ws, read_bw, rows).run_all(grid_m, args.quick)
                 print(summary(rows, (model, name, m)), flush=True)

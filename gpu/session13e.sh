@@ -16,9 +16,9 @@ timeout 90 python -m pytest -q -rfE -n 12 -p no:cacheprovider tests/backends/tes
     tests/backends/test_norm_stats_kernels.py -k "linear or gated or rope or glu or norm" >"$W/tests.log" 2>&1
 grep -E "(FAILED|ERROR) tests/" "$W/tests.log" | sort -u | head -10; tail -1 "$W/tests.log"
 echo "== resident sweep M=1 ($((SECONDS - start)) s)"
-timeout $((230 - SECONDS)) python benches/gemv_sweep.py --resident --batches 1 --models llama-1b,llama-8b \
+timeout $((230 - SECONDS)) python benches/gemv_sweep.py --resident --batches 1,8 --models llama-1b,llama-8b \
     --shapes qkv,o,gate_up_glu,lm_head --budget-s $((190 - SECONDS)) --out "$W/sweep" >"$W/sweep.log" 2>&1
-grep -E " m1:|bandwidth|skipped" "$W/sweep.log" | head -12
+grep -E " m(1|8):|bandwidth|skipped" "$W/sweep.log" | head -20
 echo "== e2e b1 $VARIANTS ($((SECONDS - start)) s)"
 timeout $((540 - SECONDS)) python benches/decode_e2e.py --models llama-8b,llama-1b --batches 1 \
     --contenders membound,compile --membound-backends "$VARIANTS" --cd-tuning --budget-s $((480 - SECONDS)) \
