@@ -277,7 +277,8 @@ def run_case(case: ModelCase, backends: tuple[str, ...] = BACKENDS, device: str 
 
 @contextlib.contextmanager
 def forced_splits() -> Iterator[None]:
-    """Within: flash-decoding over 16-slot chunks and split-K GEMVs (``BLOCK_K`` 16, K in 2-4 parts),
+    """Within: flash-decoding over 16-slot chunks and split-K GEMVs (``BLOCK_K`` 16, K in 2-4 parts; a resident
+    tile as wide as its part),
     whatever the heuristics would pick (on the CPU they pick one split), so every decode step takes the
     split launches and their last-arriving-program merges."""
     attention = importlib.import_module("membound.backends.triton.kernels.decode_attention")
@@ -287,8 +288,12 @@ def forced_splits() -> Iterator[None]:
     def attention_config(*args: Any) -> Any:
         return dataclasses.replace(pick_attention(*args), block_t=16, chunk=16)
 
-    def linear_config(m: int, n: int, k: int, *args: Any) -> Any:
-        return dataclasses.replace(pick_linear(m, n, k, *args), block_k=16, split_k=max(2, min(4, k // 16)))
+    def linear_config(m: int, n: int, k: int, *args: Any, **kwargs: Any) -> Any:
+        cfg = pick_linear(m, n, k, *args, **kwargs)
+        split = max(2, min(4, k // 16))
+        # a resident tile holds a program's whole K range: as wide as one split (a power of two)
+        block_k = max(16, 1 << (-(-k // split) - 1).bit_length()) if cfg.resident else 16
+        return dataclasses.replace(cfg, block_k=block_k, split_k=split)
 
     attention.pick_config, linear.pick_config = attention_config, linear_config
     try:

@@ -167,10 +167,11 @@ def test_linear_glu_register_tiles_stay_narrow(monkeypatch: pytest.MonkeyPatch) 
     """pick_config's glu rule: at M <= 2 a merged gate/up weight keeps the narrow register tile (four weight rows,
     512 bf16 of each a step: two output columns a program) where the plain linear over the same rows takes the
     wide one (eight rows, 256), as the H200 GLU sweep measured faster at the 8B shape; tensor cores unchanged.
-    Without the swapped product (which takes these sizes by default)."""
+    Without the swapped product and the resident tiles (which take these sizes by default)."""
     from membound.backends.triton.kernels.linear import pick_config
 
     monkeypatch.setenv("MEMBOUND_LINEAR_SWAP", "0")
+    monkeypatch.setenv("MEMBOUND_LINEAR_RESIDENT", "0")
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     for n2, k in ((16384, 2048), (28672, 4096)):  # the 1.24B and 8B merged gate/up projections
         plain, glu = pick_config(1, n2, k, bf16, cpu), pick_config(1, n2, k, bf16, cpu, glu=True)

@@ -87,6 +87,8 @@ def test_forced_splits_split_every_decode_launch_and_restore_the_heuristics() ->
     before = (attention.pick_config, linear.pick_config)
     with model_fuzz.forced_splits():
         cfg = linear.pick_config(1, 24, 40, torch.float32, torch.device("cpu"))
+        assert cfg.resident and cfg.block_k == 32 and cfg.split_k == 2  # K = 40 in two resident parts of 20
+        cfg = linear.pick_config(3, 24, 40, torch.float32, torch.device("cpu"))
         assert cfg.block_k == 16 and cfg.split_k == 2  # K = 40 in three 16-wide tiles: two splits
         dec = attention.pick_config(2, 2, 45, True, 16, torch.float32, torch.device("cpu"))
         assert dec.chunk == 16 and -(-45 // dec.chunk) == 3
