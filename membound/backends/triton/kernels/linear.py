@@ -507,7 +507,7 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     down 31.4 against 33.5; 1B gate/up 19.0 against 22.4, head 127.2 against 142.9, down 11.7 against 12.6).
     The small square ones keep the register tile (1B q/k/v 5.6 against 6.5, o 4.5 against 5.1; 8B o 11.3
     against 11.5). Its split rule picks each of those shapes' best split."""
-    if m <= 2 and resident_product() and next_pow2(k) <= RESIDENT_MAX_K:
+    if m <= RESIDENT_MAX_M and resident_product() and next_pow2(k) <= RESIDENT_MAX_K:
         # resident register tiles: the program's whole K range in one tile, loaded before the PDL wait
         e = torch.empty((), dtype=dtype).element_size()
         block_k = max(16, next_pow2(k))
@@ -546,6 +546,7 @@ RESIDENT_DEFAULT = "1"
 # experiment's 32K-element tiles were slower, spilling), and the longest K a program takes whole
 RESIDENT_ELEMS = 16384
 RESIDENT_MAX_K = 4096
+RESIDENT_MAX_M = 2  # the rows it runs at (the x rows multiply its FMAs; M = 8 sweeps: gemv_sweep --resident)
 
 
 def resident_product() -> bool:
