@@ -344,6 +344,8 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        32 over the ten 1.24B / 8B projections (CUDA-graph replay, read bandwidth 4239 GB/s).
 #  [SW] gemv_sweep-tc-swap-nvidia-h200-2026-12-03.json: the swapped tensor-core GEMV's grid at M = 1 and 8 over the
 #        1.24B / 8B q/k/v, o, merged gate/up (linear_glu), down and head projections (CUDA-graph replay, 4210 GB/s).
+#  [RS] gemv_sweep-resident-nvidia-h200-2026-12-03-session13.json: the resident register tiles' grid at M = 1 and 8
+#        over the 1.24B / 8B q/k/v, o, linear_glu and head (CUDA-graph replay, read bandwidth 4260 GB/s).
 #  [AT] attention-nvidia-h200-2026-12-01-quick.json: our decode attention at batch 16, 32k cached
 #        positions streams at 83% of read bandwidth (the fixed part is negligible there).
 _H200_LAUNCH = LaunchPrior(
@@ -370,10 +372,10 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     "gemv_swap": KernelPrior(fixed=3.35e-6 - _GAP_PDL, efficiency=0.996,
                              source="[SW] swapped GEMV, M=1 and 8, 10 shapes"),
     # the resident register tiles (kernels/linear.py's LinearConfig.resident: a program's whole K range loaded
-    # before the PDL wait), M <= 2 and K <= 4096: PROVISIONAL, from benches/experiments/resident_gemv.py's
-    # single-shape chains (1.24B q/k/v 4.58 us, o 3.62; 8B q/k/v 13.62, o 9.87, gate/up 53.45; H200, 4227 GB/s)
-    "gemv_resident": KernelPrior(fixed=1.6e-6 - _GAP_PDL, efficiency=1.0,
-                                 source="resident_gemv experiment, M=1, 5 shapes (provisional)"),
+    # before the PDL wait), M <= 2, K <= 4096, weights of at most 8M values: [RS] the 1.24B q/k/v 5.0 us at 12.6 MB
+    # and o 4.3 at 8.4 MB (their picked tiles) at gemv's efficiency: 1.66 us + 0.904 (o: 3.89 predicted)
+    "gemv_resident": KernelPrior(fixed=1.66e-6 - _GAP_PDL, efficiency=0.904,
+                                 source="[RS] resident tiles, M=1, 1.24B q/k/v and o"),
     "gemv_dot": KernelPrior(fixed=4.43e-6, efficiency=0.949, source="[PS] linear at b8, 1.24B and 8B, 8 shapes"),
     # gated_linear on tensor cores: each program forms silu(gate) * up once for the real rows into a scratch,
     # then runs gemv_dot's loop (PRE_GATE, a66c1ba; on since 65f9138). In the step: [PS] b8 down projections,

@@ -125,15 +125,16 @@ def test_linear_kind_with_the_swapped_product(op: str, m: int, n: int, k: int, k
 
 
 @pytest.mark.parametrize("op,m,n,k,kind", [("linear", 1, 2048, 2048, "gemv_resident"),
-                                           ("linear", 2, 6144, 4096, "gemv_resident"),
-                                           ("linear_glu", 1, 14336, 4096, "gemv_resident"),
                                            ("linear_rope", 1, 3072, 2048, "gemv_resident"),
-                                           ("gated_linear", 1, 2048, 3000, "gemv_resident"),
+                                           ("gated_linear", 2, 2048, 3000, "gemv_resident"),
+                                           ("linear", 1, 4096, 4096, "gemv"), ("linear", 2, 6144, 4096, "gemv_swap"),
+                                           ("linear_glu", 1, 8192, 2048, "gemv_swap"),
                                            ("linear", 1, 2048, 8192, "gemv_swap"), ("linear", 3, 2048, 2048, "gemv_swap"),
                                            ("linear_add", 1, 4096, 14336, "gemv_swap")])
 def test_linear_kind_with_the_resident_tiles(op: str, m: int, n: int, k: int, kind: str) -> None:
-    """The default (MEMBOUND_LINEAR_RESIDENT on): at M <= 2 every GEMV whose K fits one resident tile (K <= 4096)
-    runs it, fused forms too; a longer K (the down projections) and M >= 3 keep the swapped product."""
+    """The default (MEMBOUND_LINEAR_RESIDENT on): at M <= 2 a GEMV whose K fits one resident tile (K <= 4096) and
+    whose weight is small (at most 8M values: the 1.24B q/k/v and o) runs it, fused forms too; larger weights keep
+    the register tile or the swapped product, as do a longer K (the down projections) and M >= 3."""
     assert linear_kind(op, m, n, k) == kind
 
 

@@ -180,7 +180,7 @@ def test_step_plan_prices_it_as_the_plain_linear() -> None:
     from membound.backends.triton.step_plan import linear_kind
 
     assert [linear_kind("linear_glu", m) for m in (1, 8, 17)] == ["gemv_resident", "gemv_swap", "cublas"]
-    assert [linear_kind(op, 1, 14336, 4096) for op in ("linear_glu", "linear")] == ["gemv_resident"] * 2  # 8B size
+    assert [linear_kind(op, 1, 14336, 4096) for op in ("linear_glu", "linear")] == ["gemv_swap"] * 2  # 8B size
     assert linear_kind("gated_linear", 8) == "gemv_dot_gated"
 
 

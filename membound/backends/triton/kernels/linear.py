@@ -507,7 +507,8 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     down 31.4 against 33.5; 1B gate/up 19.0 against 22.4, head 127.2 against 142.9, down 11.7 against 12.6).
     The small square ones keep the register tile (1B q/k/v 5.6 against 6.5, o 4.5 against 5.1; 8B o 11.3
     against 11.5). Its split rule picks each of those shapes' best split."""
-    if m <= RESIDENT_MAX_M and resident_product() and next_pow2(k) <= RESIDENT_MAX_K:
+    if (m <= RESIDENT_MAX_M and resident_product() and next_pow2(k) <= RESIDENT_MAX_K
+            and n * k <= RESIDENT_MAX_WEIGHT):
         # resident register tiles: the program's whole K range in one tile, loaded before the PDL wait
         e = torch.empty((), dtype=dtype).element_size()
         block_k = max(16, next_pow2(k))
@@ -546,7 +547,14 @@ RESIDENT_DEFAULT = "1"
 # experiment's 32K-element tiles were slower, spilling), and the longest K a program takes whole
 RESIDENT_ELEMS = 16384
 RESIDENT_MAX_K = 4096
-RESIDENT_MAX_M = 2  # the rows it runs at (the x rows multiply its FMAs; M = 8 sweeps: gemv_sweep --resident)
+RESIDENT_MAX_M = 2  # the rows it runs at: the x rows multiply its FMAs (H200 M = 8: 1.6-3x the swapped product)
+# the largest weight (values) it takes. H200 sweep (gemv_sweep-resident-nvidia-h200-2026-12-03-session13, M = 1):
+# it won only on the small 1.24B q/k/v (5.0 against 5.4 us for the register tile) and o (3.8-4.3 against 4.3);
+# the swapped product streamed the large ones faster (1.24B linear_glu 17.5 against 21.2, head 119 against 128;
+# 8B q/k/v 14.9 against 16.5, linear_glu 57.8 against 63.6), and the 8B o (16.8M values) ran the register tile
+# faster (10.6 against 12.4). Taken everywhere K <= 4096, the decode step lost 6-7% (decode_e2e-...-session13-
+# resident-all: 1.24B b1 0.980 against 0.919 ms, 8B b1 4.492 against 4.197)
+RESIDENT_MAX_WEIGHT = 8 * 2**20
 
 
 def resident_product() -> bool:
