@@ -506,7 +506,13 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     (8B gate/up 58.7 against 64.6 for the register tile, head 244.8 against 268.1, q/k/v 15.9 against 17.5,
     down 31.4 against 33.5; 1B gate/up 19.0 against 22.4, head 127.2 against 142.9, down 11.7 against 12.6).
     The small square ones keep the register tile (1B q/k/v 5.6 against 6.5, o 4.5 against 5.1; 8B o 11.3
-    against 11.5). Its split rule picks each of those shapes' best split."""
+    against 11.5). Its split rule picks each of those shapes' best split.
+
+    The resident register tiles (``resident``; ``MEMBOUND_LINEAR_RESIDENT``, default on) come first at M <= 2 for a
+    K of at most 4096 and a weight of at most ``RESIDENT_MAX_WEIGHT`` values: each program holds its whole K range,
+    ``RESIDENT_ELEMS`` weight values (4 warps, 64 registers a thread), loaded before the PDL wait. In a chain of
+    decode GEMVs (``benches/experiments/resident_gemv.py``, H200) that cut a GEMV's fixed cost from ~3.0 to ~1.6 us;
+    in the sweep and the decode step it paid only on the small 1.24B q/k/v and o (see RESIDENT_MAX_WEIGHT)."""
     if (m <= RESIDENT_MAX_M and resident_product() and next_pow2(k) <= RESIDENT_MAX_K
             and n * k <= RESIDENT_MAX_WEIGHT):
         # resident register tiles: the program's whole K range in one tile, loaded before the PDL wait
