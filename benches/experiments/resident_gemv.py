@@ -19,6 +19,12 @@ layer of the 1.24B and 8B decode shapes (q/k/v, o, gate/up, down), the library's
 resident kernel where it applies, M = 1; plus single-shape chains. Checked against ``x @ w.T`` in fp32
 (bf16 tolerance: atol 2e-2, rtol 2e-2). Writes ``$OUT/resident_gemv.json``.
 
+Caveat of the committed run (``resident_gemv-nvidia-h200-2026-12-03-session13``): its "library" rows called
+``linear`` without ``static_weight=True``, so the library's register tile loaded even its first weight tile after
+the wait, which the decode step does not do (its parameters are static): the 1.24B q/k/v took 5.95 us there
+against 5.4 in gemv_sweep. The library's resident tiles, swept (``gemv_sweep --resident``) and in the decode step,
+gained ~0.4 us a GEMV on the small 1.24B weights, not this run's 1.4. Fixed since (``static_weight=True``).
+
     python benches/experiments/resident_gemv.py [--quick]
 """
 
@@ -154,7 +160,7 @@ class Chain:
                 x = self.inputs(i, prev)
                 cfg = pick(i)
                 if cfg is None:
-                    linear(x, self.ws[layer][i], out=self.outs[i])
+                    linear(x, self.ws[layer][i], out=self.outs[i], static_weight=True)
                 else:
                     resident_linear(x, self.ws[layer][i], self.outs[i], self.parts[i], cfg[0], cfg[1], cfg[2])
                 prev = self.outs[i]
@@ -231,7 +237,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     return x if n < k else bufs[j % 2][:, :k]
 
                 from membound.backends.triton.kernels.linear import linear
-                single = {"library": lambda j, w: linear(src(j), w, out=bufs[(j + 1) % 2])}
+                single = {"library": lambda j, w: linear(src(j), w, out=bufs[(j + 1) % 2], static_weight=True)}
                 for bn, kc, nw in ((8, min(k, kmax), 4), (4, min(k, kmax), 4), (8, 1024, 4), (16, min(k, kmax), 8)):
                     single[f"resident bn{bn} kc{kc} w{nw}"] = (
                         lambda j, w, bn=bn, kc=kc, nw=nw: resident_linear(src(j), w, bufs[(j + 1) % 2], part, bn,
