@@ -362,16 +362,9 @@ def _linear_small_m(
                 acc2 = tl.dot(x, w_t2, acc2, input_precision=INPUT_PRECISION)
         elif RESIDENT:
             # one pass (the tile is the whole K range): the products reduced at once
-            if BLOCK_M == 1:
-                # one row: x as a vector against the 2-D tile (no 3-D broadcast and its layout shuffles)
-                x1 = tl.sum(x, axis=0).to(tl.float32)
-                acc += tl.sum(w_res.to(tl.float32) * x1[None, :], axis=1)[None, :]
-                if TWO:
-                    acc2 += tl.sum(w_res2.to(tl.float32) * x1[None, :], axis=1)[None, :]
-            else:
-                acc += tl.sum(x[:, None, :].to(tl.float32) * w_res[None, :, :].to(tl.float32), axis=2)
-                if TWO:
-                    acc2 += tl.sum(x[:, None, :].to(tl.float32) * w_res2[None, :, :].to(tl.float32), axis=2)
+            acc += tl.sum(x[:, None, :].to(tl.float32) * w_res[None, :, :].to(tl.float32), axis=2)
+            if TWO:
+                acc2 += tl.sum(x[:, None, :].to(tl.float32) * w_res2[None, :, :].to(tl.float32), axis=2)
         else:
             if PREFETCH:
                 # registers double-buffer W: the next tile's load is in flight while this one is used
