@@ -41,6 +41,20 @@ def test_tensor_core_grid(m: int, block_m: int) -> None:
     assert bench.configs_for(m) == configs and bench.configs_for(1) == bench.grid(1)
 
 
+@pytest.mark.parametrize("m,k,glu", [(1, 2048, False), (2, 4096, True), (8, 14336, False), (1, 100, False)])
+def test_resident_grid_covers_k_in_each_program(m: int, k: int, glu: bool) -> None:
+    """Every resident config holds a program's whole K range (block_k x split >= K, block_k a power of two at most
+    8192), at most 32K weight values a program (glu: gate and up rows together), and launches without the
+    launcher's refusal at that K; configs_for gives it at any M when asked for a K."""
+    configs = bench.resident_grid(m, k, glu)
+    assert configs and configs == bench.configs_for(m, glu, resident_k=k)
+    for c in configs:
+        assert c.resident and not c.use_dot and c.block_m >= m
+        assert c.block_k & (c.block_k - 1) == 0 and c.block_k <= 8192 and c.block_k * c.split_k >= k
+        assert c.block_n * c.block_k * (2 if glu else 1) <= 32768
+        assert -(-k // c.split_k) <= c.block_k  # the launcher's check: the split's width fits the tile
+
+
 def test_best_overall_ranks_by_geomean_over_shapes() -> None:
     def row(shape: str, config: str, us: float) -> dict:
         return dict(model="llama-1b", shape=shape, m=8, config=config, us=us)
