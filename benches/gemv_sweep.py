@@ -34,12 +34,11 @@ import datetime
 import itertools
 import math
 import os
-import statistics
 import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benches._results import gpu_slug, write_record  # noqa: E402
+from benches._timing import graph_time  # noqa: E402
 from membound.backends.triton.kernels.linear import (  # noqa: E402
     RESIDENT_ENV,
     SMALL_M,
@@ -107,27 +107,6 @@ def describe(c: LinearConfig) -> str:
             f"w{c.num_warps} st{c.num_stages}{'' if c.prefetch or c.use_dot else ' noprefetch'}")
 
 
-def graph_time(fn: Callable[[], Any], replays: int = 10) -> float:
-    """Median seconds of one ``fn()`` replayed from a CUDA graph captured on the stream it was warmed up on."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(replays):
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e-3)
-    torch.cuda.current_stream().wait_stream(stream)
-    return statistics.median(times)
 
 
 def read_bandwidth(dev: torch.device) -> float:

@@ -28,10 +28,9 @@ import argparse
 import datetime
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -40,6 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benches._results import gpu_slug  # noqa: E402
+from benches._timing import graph_time  # noqa: E402
 
 # (name, h, K of the residual linear, N of the norm's reader)
 PAIRS = [("1b o->gate/up", 2048, 2048, 16384), ("1b down->qkv", 2048, 8192, 3072),
@@ -48,28 +48,6 @@ SMOKE_PAIRS = [("tiny o->gate/up", 24, 20, 44)]
 EPS = 1e-5
 
 
-def graph_time(fn: Callable[[], Any], replays: int = 10) -> float:
-    """Median seconds of one ``fn()`` replayed from a CUDA graph captured on the stream it was warmed up on
-    (split launches count into per-stream arrival counters that must exist before the capture)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(replays):
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e-3)
-    torch.cuda.current_stream().wait_stream(stream)
-    return statistics.median(times)
 
 
 def priced_reread_s(m: int, h: int, n: int) -> float:

@@ -33,16 +33,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from membound.backends.triton.kernels._launch import (
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benches._timing import graph_time  # noqa: E402
+from membound.backends.triton.kernels._launch import (  # noqa: E402
     arrive_last,
     cdiv,
     pdl_enter,
@@ -100,27 +104,6 @@ def resident_linear(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, part: O
     return out
 
 
-def graph_time(fn: Callable[[], Any], replays: int = 20) -> float:
-    """Median seconds of ``fn()`` replayed from a CUDA graph captured on the stream it was warmed up on."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(replays):
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e-3)
-    torch.cuda.current_stream().wait_stream(stream)
-    return statistics.median(times)
 
 
 SHAPES = {  # (name, N, K) of one decode layer, in order; each reads the previous output's first K columns
