@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -37,6 +36,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from benches._timing import graph_time
 from membound.backends.triton.kernels import quant_matmul as qm
 from membound.backends.triton.kernels.linear import gated_linear, linear
 from membound.ir.ops.quant import dequantize, quantize
@@ -50,23 +50,7 @@ TILES_M1 = [(256, 128, 4, 3), (128, 128, 2, 3), (64, 128, 2, 4), (128, 64, 4, 4)
 
 def time_graph(fn, replays: int = 15) -> float:
     """Median milliseconds of one replay of a CUDA graph of ``fn``."""
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=s):
-            fn()
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        ts = []
-        for _ in range(replays):
-            a.record()
-            g.replay()
-            b.record()
-            torch.cuda.synchronize()
-            ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+    return graph_time(fn, replays) * 1e3
 
 
 def read_bandwidth() -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benches._timing import graph_time as graph_time_s  # noqa: E402
 
 # (gate/up BLOCK_N, gate/up BLOCK_K, down BLOCK_N, down BLOCK_K); None = the wrapper's own choice
 # int4 experts (--scheme int4, group 128): wider tiles amortise the per-step x loads and address arithmetic
@@ -35,27 +36,8 @@ PLANS = (None, (32, 64, 32, 64), (16, 64, 16, 64), (32, 128, 16, 128), (64, 128,
 
 
 def graph_time(fn, reps: int = 200) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(5):
-        g.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    ts = []
-    for _ in range(reps):
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(ts)
+    """Median microseconds of one replay of a CUDA graph of ``fn``."""
+    return graph_time_s(fn, reps) * 1e6
 
 
 def main() -> int:

@@ -1,10 +1,10 @@
 """Which quant_linear path makes the 8B int8 decode step slower? Per-op and per-layer graphs, GEMV vs TC."""
 import json
 import os
-import statistics
 
 import torch
 
+from benches._timing import graph_time
 from membound.backends.triton.kernels import quant_matmul as qm
 from membound.ir.ops.quant import quantize
 
@@ -17,18 +17,8 @@ L = 8  # layers' worth of distinct weights (streams from HBM)
 
 
 def time_graph(fn, n=20):
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        fn(); torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=s):
-            fn()
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        ts = []
-        for _ in range(n):
-            a.record(); g.replay(); b.record(); torch.cuda.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts) * 1e3
+    """Median microseconds of one replay of a CUDA graph of ``fn``."""
+    return graph_time(fn, n) * 1e6
 
 
 rows = []
