@@ -53,6 +53,7 @@ from membound.backends.triton.kernels.linear import (  # noqa: E402
     SMALL_M,
     LinearConfig,
     gated_linear,
+    launch_config,
     linear,
     linear_bytes,
     linear_glu,
@@ -182,10 +183,9 @@ class Case:
             self.timed("cublas", lambda w, o: torch.mm(F.silu(self.x) * self.up if self.gated else self.x, w.t(),
                                                        out=o))
         # "library": linear's own choice at this shape (its heuristic config, or cuBLAS above SMALL_M rows)
-        chosen = "cublas" if self.m > SMALL_M else describe(pick_config(self.m, n, k, torch.bfloat16, self.x.device))
-        if self.glu and self.m <= SMALL_M:  # linear_glu: pick_config's glu tiles over 2N rows, block_n halved
-            cfg = pick_config(self.m, n, k, torch.bfloat16, self.x.device, glu=True)
-            chosen = describe(replace(cfg, block_n=max(cfg.block_n // 2, 16 if cfg.use_dot else 1)))
+        # (linear_glu: the paired tiles over its n = 2N merged rows, block_n in output columns)
+        chosen = "cublas" if self.m > SMALL_M else describe(
+            launch_config(self.m, n // 2 if self.glu else n, k, torch.bfloat16, self.x.device, glu=self.glu))
         self.timed(LIBRARY, lambda w, o: self.ours(w, o, None), chosen=chosen)
         if quick:  # a few neighbours of the heuristic's config
             heur = pick_config(min(self.m, SMALL_M), n, k, torch.bfloat16, self.x.device)
@@ -318,15 +318,12 @@ def without_resident(m: int, n: int, k: int, glu: bool, dev: torch.device) -> Li
     saved = os.environ.get(RESIDENT_ENV)
     os.environ[RESIDENT_ENV] = "0"
     try:
-        cfg = pick_config(m, n, k, torch.bfloat16, dev, glu=glu)
+        return launch_config(m, n // 2 if glu else n, k, torch.bfloat16, dev, glu=glu)
     finally:
         if saved is None:
             del os.environ[RESIDENT_ENV]
         else:
             os.environ[RESIDENT_ENV] = saved
-    if glu:
-        cfg = replace(cfg, block_n=max(cfg.block_n // 2, 64 if cfg.swap else 16 if cfg.use_dot else 1))
-    return cfg
 
 
 def smoke(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ Dims = Mapping[Union[str, sympy.Symbol], int]
 def linear_kind(op: str, m: int, n: int = 1, k: int = 1) -> str:
     """The kernel kind the library runs ``op`` (a bf16 GEMV op) with at ``m`` rows of ``[n, k]`` weight on a GPU
     (``kernels/linear.py``'s path choice)."""
-    from membound.backends.triton.kernels.linear import SMALL_M, pick_config, prefers_cublas
+    from membound.backends.triton.kernels.linear import PAIRED_OPS, SMALL_M, launch_config, prefers_cublas
 
     if op in QUANT_OPS:
         raise ValueError(f"linear_kind: {op} takes its kind from its scheme and shape: use quant_kind")
@@ -65,9 +65,10 @@ def linear_kind(op: str, m: int, n: int = 1, k: int = 1) -> str:
     if op == "linear" and prefers_cublas(m, n, k):
         return "cublas_gemv"
     # the path depends on m and the weight's size (the device enters only the split count, which the prior
-    # covers); linear_glu's weight has 2N rows for its N output columns
-    cfg = pick_config(max(m, 1), 2 * n if op == "linear_glu" else n, k, torch.bfloat16, torch.device("cpu"),
-                      glu=op in ("linear_glu", "linear_rope", "rms_norm_linear_rope_sumsq"))
+    # covers); the paired ops' tiles as the library picks them (linear_glu's weight has 2N rows for its N columns)
+    paired = PAIRED_OPS.get(op)
+    cfg = launch_config(max(m, 1), n, k, torch.bfloat16, torch.device("cpu"), glu=paired == "glu",
+                        rope=paired == "rope")
     if cfg.resident:
         return "gemv_resident"
     if cfg.swap and op not in _GATED:

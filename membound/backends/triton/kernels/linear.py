@@ -547,6 +547,23 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     return LinearConfig(block_m, block_n, block_k, split, use_dot, num_warps=4, num_stages=4 if use_dot else 3)
 
 
+# the ops whose programs stream two W tiles (launch_config's paired tiles): linear_glu's gate and up rows,
+# linear_rope's column pairs (j, j + D/2) of a head (and its norm form's)
+PAIRED_OPS = {"linear_glu": "glu", "linear_rope": "rope", "rms_norm_linear_rope_sumsq": "rope"}
+
+
+def launch_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device, *, glu: bool = False,
+                  rope: bool = False) -> LinearConfig:
+    """The config a library call of ``m`` rows and ``n`` output columns over ``k`` runs with when none is given:
+    :func:`pick_config`'s, except for the paired tiles (``glu``: linear_glu over its 2N merged rows; ``rope``:
+    linear_rope's N columns as pairs), picked as a linear over all those rows (the rows a program streams, the
+    programs and so the split) and ``block_n`` halved into the program's output columns (or pairs)."""
+    if not (glu or rope):
+        return pick_config(m, n, k, dtype, device)
+    cfg = pick_config(m, 2 * n if glu else n, k, dtype, device, glu=True)
+    return dataclasses.replace(cfg, block_n=max(cfg.block_n // 2, 64 if cfg.swap else 16 if cfg.use_dot else 1))
+
+
 RESIDENT_ENV = "MEMBOUND_LINEAR_RESIDENT"
 RESIDENT_DEFAULT = "1"
 # the resident tiles' 16-bit weight elements a program (4 warps: 64 registers a thread of packed pairs; the H200
@@ -888,14 +905,8 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
     r2 = _rows(residual, m, n) if residual is not None else None
     if config is not None:
         cfg = config
-    elif glu or rope is not None:
-        # the tiles of a linear over all 2N rows (pick_config's glu rule), each program's rows half gate, half up:
-        # the rows a program streams and the programs (so the split) of that linear; linear_rope's programs take
-        # column pairs the same way (N rows, block_n pairs)
-        cfg = pick_config(m, 2 * n if glu else n, k, x.dtype, x.device, glu=True)
-        cfg = dataclasses.replace(cfg, block_n=max(cfg.block_n // 2, 64 if cfg.swap else 16 if cfg.use_dot else 1))
     else:
-        cfg = pick_config(m, n, k, x.dtype, x.device)
+        cfg = launch_config(m, n, k, x.dtype, x.device, glu=glu, rope=rope is not None)
     if m > cfg.block_m:
         raise ValueError(f"{op}: config block_m={cfg.block_m} is smaller than M={m}")
     k_per_split = cdiv(cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
