@@ -163,6 +163,25 @@ def test_errors_name_the_argument(request: pytest.FixtureRequest) -> None:
         rms_norm_linear(x, rand(8, dtype=torch.float16, seed=4), w, eps=1e-5)
 
 
+def test_launch_config_pairs_tiles_over_the_paired_rows() -> None:
+    """linear_glu and linear_rope programs stream two W tiles: launch_config picks as a linear over all their rows
+    (linear_glu: 2N merged rows) and halves block_n into output columns, never under one MMA tile (64 columns
+    swapped, 16 on tensor cores) or one column; plain ops get pick_config's config; step_plan names the pairs."""
+    from membound.backends.triton.kernels.linear import PAIRED_OPS, launch_config, pick_config
+
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    assert launch_config(1, 3072, 2048, bf16, cpu) == pick_config(1, 3072, 2048, bf16, cpu)
+    for m, n, k in ((1, 8192, 2048), (2, 14336, 4096), (8, 14336, 4096), (1, 37, 300)):
+        whole = pick_config(m, 2 * n, k, bf16, cpu, glu=True)
+        glu = launch_config(m, n, k, bf16, cpu, glu=True)
+        floor = 64 if whole.swap else 16 if whole.use_dot else 1
+        assert glu.block_n == max(whole.block_n // 2, floor) and glu.split_k == whole.split_k
+        assert (glu.swap, glu.use_dot, glu.resident) == (whole.swap, whole.use_dot, whole.resident)
+        rope, pairs = launch_config(m, n, k, bf16, cpu, rope=True), pick_config(m, n, k, bf16, cpu, glu=True)
+        assert rope.block_n == max(pairs.block_n // 2, 64 if pairs.swap else 16 if pairs.use_dot else 1)
+    assert set(PAIRED_OPS.values()) == {"glu", "rope"} and PAIRED_OPS["linear_glu"] == "glu"
+
+
 def test_linear_glu_register_tiles_stay_narrow(monkeypatch: pytest.MonkeyPatch) -> None:
     """pick_config's glu rule: at M <= 2 a merged gate/up weight keeps the narrow register tile (four weight rows,
     512 bf16 of each a step: two output columns a program) where the plain linear over the same rows takes the
