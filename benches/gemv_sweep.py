@@ -103,7 +103,7 @@ def tc_grid(m: int, swap: bool = False) -> list[LinearConfig]:
 
 
 def describe(c: LinearConfig) -> str:
-    kind = 'swap' if c.swap else 'dot' if c.use_dot else 'res' if c.resident else 'fma'
+    kind = 'swap' if c.swap else 'dot' if c.use_dot else ('row' if c.row else 'res') if c.resident else 'fma'
     return (f"{kind} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} "
             f"w{c.num_warps} st{c.num_stages}{'' if c.prefetch or c.use_dot else ' noprefetch'}")
 
@@ -301,6 +301,8 @@ def resident_grid(m: int, k: int, glu: bool = False) -> list[LinearConfig]:
             bn = elems // bk // (2 if glu else 1)
             if bn >= 1:
                 out.append(LinearConfig(1 << (m - 1).bit_length(), bn, bk, split, False, warps, 3, resident=True))
+    if m == 1:  # the one-row form of each (x reduced as a vector: LinearConfig.row)
+        out += [replace(c, row=True) for c in out]
     return out
 
 

@@ -77,6 +77,8 @@ LINEAR_CASES = [
     ((9, 1, 77), 130, False, LinearConfig(16, 64, 32, use_dot=True, swap=True)),  # ... 64-row tiles, N tail
     ((2, 300), 37, True, LinearConfig(2, 8, 512, resident=True)),     # resident: K in one register tile
     ((1, 1, 300), 19, False, LinearConfig(1, 4, 128, split_k=3, resident=True)),  # ... K split, N tail
+    ((1, 300), 37, True, LinearConfig(1, 8, 512, resident=True, row=True)),  # ... one row, x reduced as a vector
+    ((1, 1, 300), 19, False, LinearConfig(1, 4, 128, split_k=3, resident=True, row=True)),  # ... split
     ((16, 33), 13, True, None),                                        # M = 16, the kernel's limit (K < 3N: not cuBLAS)
 ]
 
@@ -146,6 +148,8 @@ def test_linear_config_refuses_forms_of_the_other_path() -> None:
         LinearConfig(2, 8, 32, swap=True)
     with pytest.raises(ValueError, match="resident"):
         LinearConfig(16, 16, 32, use_dot=True, resident=True)
+    with pytest.raises(ValueError, match="row is a form of the resident tiles at block_m=1"):
+        LinearConfig(2, 8, 32, resident=True, row=True)
     with pytest.raises(ValueError, match="block_k=64 does not cover K=300"):
         linear(rand(1, 300), rand(7, 300), config=LinearConfig(1, 4, 64, split_k=2, resident=True))
 
@@ -179,6 +183,30 @@ def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dt
     assert calls == [("gated_linear", "cublas" if m > 16 else "kernel")]
     assert y.shape == (m, 1, n)
     close(y, get_op("gated_linear").reference(gate.float(), up.float(), w.float()), dtype)
+
+
+def test_resident_tiles_and_their_row_form_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEMBOUND_LINEAR_RESIDENT (default on) gives the small weights resident tiles at M <= 2 (not M = 3, not a
+    weight over 8M values or K over 4096); MEMBOUND_LINEAR_RESIDENT_ROW=1 adds the one-row form at M = 1 only; and
+    the row form's launch equals torch."""
+    from membound.backends.triton.kernels.linear import RESIDENT_ENV, RESIDENT_ROW_ENV, pick_config
+
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    monkeypatch.delenv(RESIDENT_ENV, raising=False)
+    monkeypatch.delenv(RESIDENT_ROW_ENV, raising=False)
+    assert [pick_config(m, 3072, 2048, bf16, cpu).resident for m in (1, 2, 3)] == [True, True, False]
+    assert not pick_config(1, 4096, 4096, bf16, cpu).resident and not pick_config(1, 2048, 8192, bf16, cpu).resident
+    assert not pick_config(1, 3072, 2048, bf16, cpu).row
+    monkeypatch.setenv(RESIDENT_ROW_ENV, "1")
+    one, two = pick_config(1, 3072, 2048, bf16, cpu), pick_config(2, 3072, 2048, bf16, cpu)
+    assert one.resident and one.row and two.resident and not two.row
+    monkeypatch.setenv(RESIDENT_ENV, "0")
+    assert not pick_config(1, 3072, 2048, bf16, cpu).resident
+    x, w = rand(1, 1, 150), rand(70, 150)
+    with trace() as calls:
+        y = linear(x, w, config=LinearConfig(1, 8, 256, resident=True, row=True))
+    assert calls == [("linear", "kernel")]
+    close(y, x @ w.t(), torch.float32)
 
 
 def test_swapped_product_is_chosen_by_the_environment_at_each_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,8 +46,9 @@ def configs(m: int) -> list[Optional[object]]:
     if m > 16:
         return [None]
     if m <= 2:
-        # ... and the resident form (each program's K range one register tile), K split
-        return [None, LinearConfig(2, 8, 32, split_k=3), LinearConfig(2, 8, 64, split_k=3, resident=True)]
+        # ... and the resident form (each program's K range one register tile), K split; at one row its vector form
+        row = [LinearConfig(1, 8, 64, split_k=3, resident=True, row=True)] if m == 1 else []
+        return [None, LinearConfig(2, 8, 32, split_k=3), LinearConfig(2, 8, 64, split_k=3, resident=True)] + row
     return [None, LinearConfig(16, 16, 32, split_k=3, use_dot=True),
             LinearConfig(16, 16, 32, split_k=2, use_dot=True, pre_gate=False),
             LinearConfig(16, 16, 64, use_dot=True),  # unsplit: the whole K in the prologue (several steps at K = 1100)

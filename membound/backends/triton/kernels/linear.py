@@ -173,7 +173,7 @@ def _linear_small_m(
     SS_CHUNK: tl.constexpr = 16,
     L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False, GATE_ROWS: tl.constexpr = 16,
     ROPE: tl.constexpr = False, HALF: tl.constexpr = 1, cs_ptr=None, sn_ptr=None, stride_cm=0, ROPE_N=0,
-    ROPE_PROGRAMS=0, SWAP: tl.constexpr = False, RESIDENT: tl.constexpr = False,
+    ROPE_PROGRAMS=0, SWAP: tl.constexpr = False, RESIDENT: tl.constexpr = False, RESIDENT_ROW: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
@@ -193,6 +193,7 @@ def _linear_small_m(
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
     tl.static_assert(not SWAP or USE_DOT, "SWAP is a form of the tensor-core product")
     tl.static_assert(not RESIDENT or not USE_DOT, "RESIDENT is a form of the register product")
+    tl.static_assert(not RESIDENT_ROW or (RESIDENT and BLOCK_M == 1), "RESIDENT_ROW: resident tiles of one row")
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     ms = tl.arange(0, BLOCK_M)
@@ -362,9 +363,17 @@ def _linear_small_m(
                 acc2 = tl.dot(x, w_t2, acc2, input_precision=INPUT_PRECISION)
         elif RESIDENT:
             # one pass (the tile is the whole K range): the products reduced at once
-            acc += tl.sum(x[:, None, :].to(tl.float32) * w_res[None, :, :].to(tl.float32), axis=2)
-            if TWO:
-                acc2 += tl.sum(x[:, None, :].to(tl.float32) * w_res2[None, :, :].to(tl.float32), axis=2)
+            if RESIDENT_ROW:
+                # one row (BLOCK_M = 1): x as a vector against the 2-D tile, without the 3-D broadcast's layout
+                # shuffles (sm_90 PTX: 4 barriers a program against 21, 128 B of shared memory against 4 KB)
+                x1 = tl.sum(x, axis=0).to(tl.float32)
+                acc += tl.sum(w_res.to(tl.float32) * x1[None, :], axis=1)[None, :]
+                if TWO:
+                    acc2 += tl.sum(w_res2.to(tl.float32) * x1[None, :], axis=1)[None, :]
+            else:
+                acc += tl.sum(x[:, None, :].to(tl.float32) * w_res[None, :, :].to(tl.float32), axis=2)
+                if TWO:
+                    acc2 += tl.sum(x[:, None, :].to(tl.float32) * w_res2[None, :, :].to(tl.float32), axis=2)
         else:
             if PREFETCH:
                 # registers double-buffer W: the next tile's load is in flight while this one is used
@@ -467,10 +476,15 @@ class LinearConfig:
     # register path: each program's whole K range is one [BLOCK_N, BLOCK_K] tile held in registers, a parameter
     # weight's loaded before the PDL wait (``RESIDENT``; see RESIDENT_ELEMS); BLOCK_K must cover K / split_k
     resident: bool = False
+    # resident tiles at block_m = 1: x reduced as a vector against the 2-D tile (RESIDENT_ROW). Interpreter-tested,
+    # sm_90-compiled, not yet timed: off by default (pick_config takes it with MEMBOUND_LINEAR_RESIDENT_ROW=1)
+    row: bool = False
 
     def __post_init__(self) -> None:
         if self.resident and self.use_dot:
             raise ValueError("LinearConfig: resident is a form of the register product (use_dot=False)")
+        if self.row and not (self.resident and self.block_m == 1):
+            raise ValueError("LinearConfig: row is a form of the resident tiles at block_m=1")
         if self.swap and not self.use_dot:
             raise ValueError("LinearConfig: swap is a form of the tensor-core product (use_dot=True)")
 
@@ -519,7 +533,8 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
         e = torch.empty((), dtype=dtype).element_size()
         block_k = max(16, next_pow2(k))
         block_n = max(2 if glu else 1, RESIDENT_ELEMS * 2 // e // block_k)
-        return LinearConfig(next_pow2(m), block_n, block_k, 1, False, num_warps=4, num_stages=3, resident=True)
+        return LinearConfig(next_pow2(m), block_n, block_k, 1, False, num_warps=4, num_stages=3, resident=True,
+                            row=m == 1 and os.environ.get(RESIDENT_ROW_ENV, "0").strip() == "1")
     if swap_product() and (m > 2 or (dtype != torch.float32 and (n * k >= 24 * 2**20 or k >= 3 * n))):
         # the swapped product: 64 weight rows a tile (one warpgroup MMA; linear_glu's programs two of them), 256 B
         # of each a step, 4 stages; K split until the programs fill two thirds of the SMs and no split spans more
@@ -566,6 +581,7 @@ def launch_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.devi
 
 RESIDENT_ENV = "MEMBOUND_LINEAR_RESIDENT"
 RESIDENT_DEFAULT = "1"
+RESIDENT_ROW_ENV = "MEMBOUND_LINEAR_RESIDENT_ROW"  # "1": the one-row form (LinearConfig.row) at M = 1, untimed
 # the resident tiles' 16-bit weight elements a program (4 warps: 64 registers a thread of packed pairs; the H200
 # experiment's 32K-element tiles were slower, spilling), and the longest K a program takes whole
 RESIDENT_ELEMS = 16384
@@ -954,7 +970,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         **pdl_options(x.device),
         **(l2_prefetch_bytes(weight, static_weight, n * split, k_per_split) if rope is None
            else {"L2_PREFETCH": False, "pf_bytes": 0}), **rope_args, SWAP=cfg.swap,
-        RESIDENT=cfg.resident)
+        RESIDENT=cfg.resident, RESIDENT_ROW=cfg.row)
     note(op, "kernel")
     return y
 
