@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from benches._results import gpu_slug, write_record  # noqa: E402
 from benches._timing import graph_time  # noqa: E402
+from membound.backends.triton.kernels._launch import cdiv, next_pow2  # noqa: E402
 from membound.backends.triton.kernels.linear import (  # noqa: E402
     RESIDENT_ENV,
     SMALL_M,
@@ -106,8 +107,6 @@ def describe(c: LinearConfig) -> str:
     kind = 'swap' if c.swap else 'dot' if c.use_dot else ('row' if c.row else 'res') if c.resident else 'fma'
     return (f"{kind} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} "
             f"w{c.num_warps} st{c.num_stages}{'' if c.prefetch or c.use_dot else ' noprefetch'}")
-
-
 
 
 def read_bandwidth(dev: torch.device) -> float:
@@ -266,7 +265,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--tc-batches", default="8,16,32")
     ap.add_argument("--swap", action="store_true", help="with --tensor-cores: the swapped product's grid (W as "
                                                         "the MMA's A operand) instead of the plain one")
-    ap.add_argument("--resident", action="store_true", help="at M <= 2: the resident register tiles' grid (each "
+    ap.add_argument("--resident", action="store_true", help="the resident register tiles' grid at each M (each "
                                                            "program's K range loaded whole before the PDL wait)")
     ap.add_argument("--stream-mb", type=int, default=None, help="weight copies per replay (default 512; 256 with "
                                                                    "--tensor-cores)")
@@ -287,20 +286,20 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def resident_grid(m: int, k: int, glu: bool = False) -> list[LinearConfig]:
-    """The resident register tiles at M rows (``BLOCK_M`` its power of two; the library runs them at M <= 2) and
-    reduction K (``LinearConfig.resident``: each program's K
-    range one tile, loaded before the PDL wait): K unsplit (8K, 16K or 32K weight elements a program) or split in
-    two (8K or 16K), ``BLOCK_K`` the split's width as a power of two, at most 8192; ``glu``: half of a program's
-    rows are output columns' gate rows, half up rows; 4 warps."""
+    """The resident register tiles (``LinearConfig.resident``: each program's K range one tile, loaded before the
+    PDL wait) at M rows (``BLOCK_M`` its power of two; the library runs them at M <= 2) and reduction K: K unsplit
+    (8K, 16K or 32K weight elements a program) or split in two (8K or 16K), ``BLOCK_K`` the split's width as a
+    power of two, at most 8192; ``glu``: half of a program's rows are output columns' gate rows, half up rows;
+    4 warps; at M = 1 also each in its one-row form."""
     out = []
     for split in (1, 2):
-        bk = max(16, 1 << (-(-k // split) - 1).bit_length())
-        if bk > 8192 or (split > 1 and -(-k // bk) < split):
+        bk = max(16, next_pow2(cdiv(k, split)))
+        if bk > 8192 or (split > 1 and cdiv(k, bk) < split):
             continue
         for elems, warps in ((8192, 4), (16384, 4), (32768, 4))[:3 if split == 1 else 2]:
             bn = elems // bk // (2 if glu else 1)
             if bn >= 1:
-                out.append(LinearConfig(1 << (m - 1).bit_length(), bn, bk, split, False, warps, 3, resident=True))
+                out.append(LinearConfig(next_pow2(m), bn, bk, split, False, warps, 3, resident=True))
     if m == 1:  # the one-row form of each (x reduced as a vector: LinearConfig.row)
         out += [replace(c, row=True) for c in out]
     return out
@@ -309,7 +308,7 @@ def resident_grid(m: int, k: int, glu: bool = False) -> list[LinearConfig]:
 def configs_for(m: int, glu: bool = False, swap: bool = False, resident_k: Optional[int] = None) -> list[LinearConfig]:
     """The grid at M rows: the register path up to 2 rows, the tensor-core path above (``glu``: a linear_glu
     shape, whose register tiles count output columns); ``swap``: the swapped product's grid at every M;
-    ``resident_k``: the resident register tiles at that K (M <= 2)."""
+    ``resident_k``: the resident register tiles at that K (at any M)."""
     if resident_k is not None:
         return resident_grid(m, resident_k, glu)
     return tc_grid(m, swap) if swap or m > 2 else grid(m, glu)

@@ -292,7 +292,7 @@ def forced_splits() -> Iterator[None]:
         cfg = pick_linear(m, n, k, *args, **kwargs)
         split = max(2, min(4, k // 16))
         # a resident tile holds a program's whole K range: as wide as one split (a power of two)
-        block_k = max(16, 1 << (-(-k // split) - 1).bit_length()) if cfg.resident else 16
+        block_k = max(16, linear.next_pow2(linear.cdiv(k, split))) if cfg.resident else 16
         return dataclasses.replace(cfg, block_k=block_k, split_k=split)
 
     attention.pick_config, linear.pick_config = attention_config, linear_config

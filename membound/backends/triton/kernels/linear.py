@@ -534,7 +534,7 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
         block_k = max(16, next_pow2(k))
         block_n = max(2 if glu else 1, RESIDENT_ELEMS * 2 // e // block_k)
         return LinearConfig(next_pow2(m), block_n, block_k, 1, False, num_warps=4, num_stages=3, resident=True,
-                            row=m == 1 and os.environ.get(RESIDENT_ROW_ENV, "0").strip() == "1")
+                            row=m == 1 and _env_flag(RESIDENT_ROW_ENV, "0"))
     if swap_product() and (m > 2 or (dtype != torch.float32 and (n * k >= 24 * 2**20 or k >= 3 * n))):
         # the swapped product: 64 weight rows a tile (one warpgroup MMA; linear_glu's programs two of them), 256 B
         # of each a step, 4 stages; K split until the programs fill two thirds of the SMs and no split spans more
@@ -596,10 +596,16 @@ RESIDENT_MAX_M = 2  # the rows it runs at: the x rows multiply its FMAs (H200 M 
 RESIDENT_MAX_WEIGHT = 8 * 2**20
 
 
+def _env_flag(name: str, default: str) -> bool:
+    """An on/off setting (``1`` on) read from the environment at each config choice, so an A/B run can set it per
+    compiled model."""
+    return os.environ.get(name, default).strip() == "1"
+
+
 def resident_product() -> bool:
     """Whether :func:`pick_config` may choose the resident register tiles (``LinearConfig.resident``, M <= 2):
-    read at each config choice, so an A/B run can set ``MEMBOUND_LINEAR_RESIDENT`` (``1`` / ``0``)."""
-    return os.environ.get(RESIDENT_ENV, RESIDENT_DEFAULT).strip() == "1"
+    ``MEMBOUND_LINEAR_RESIDENT`` (``1`` / ``0``), read at each config choice."""
+    return _env_flag(RESIDENT_ENV, RESIDENT_DEFAULT)
 
 
 SWAP_ENV = "MEMBOUND_LINEAR_SWAP"
@@ -610,7 +616,7 @@ def swap_product() -> bool:
     """Whether :func:`pick_config` may choose the swapped product (``LinearConfig.swap``: at 3 <= M <= 16, and for
     the large or long-K 16-bit weights at M <= 2): read at each config choice, so an A/B run can set
     ``MEMBOUND_LINEAR_SWAP`` (``1`` / ``0``) per compiled model."""
-    return os.environ.get(SWAP_ENV, SWAP_DEFAULT).strip() == "1"
+    return _env_flag(SWAP_ENV, SWAP_DEFAULT)
 
 
 def prefers_cublas(m: int, n: int, k: int) -> bool:
