@@ -319,7 +319,8 @@ ENV_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "triton+graphs+swap": ("swap", {"MEMBOUND_LINEAR_SWAP": "1"}),
     "triton+graphs+noswap": ("noswap", {"MEMBOUND_LINEAR_SWAP": "0"}),
     "triton+graphs+noresident": ("noresident", {"MEMBOUND_LINEAR_RESIDENT": "0"}),
-    "triton+graphs+resident-row": ("resident-row", {"MEMBOUND_LINEAR_RESIDENT_ROW": "1"}),
+    "triton+graphs+norow": ("norow", {"MEMBOUND_LINEAR_RESIDENT_ROW": "0"}),
+    "triton+graphs+row-loop": ("row-loop", {"MEMBOUND_LINEAR_ROW_LOOP": "1"}),
 }
 
 

@@ -104,7 +104,8 @@ def tc_grid(m: int, swap: bool = False) -> list[LinearConfig]:
 
 
 def describe(c: LinearConfig) -> str:
-    kind = 'swap' if c.swap else 'dot' if c.use_dot else ('row' if c.row else 'res') if c.resident else 'fma'
+    kind = ('swap' if c.swap else 'dot' if c.use_dot else ('row' if c.row else 'res') if c.resident
+            else 'rowloop' if c.row else 'fma')
     return (f"{kind} {c.block_m}x{c.block_n}x{c.block_k} s{c.split_k} "
             f"w{c.num_warps} st{c.num_stages}{'' if c.prefetch or c.use_dot else ' noprefetch'}")
 
@@ -285,12 +286,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
+# the register loop's one-row form in the resident grid at M = 1 (rows, columns a step, split): the tiles for a K
+# longer than one resident tile (the down projections), timed beside the resident ones everywhere
+ROW_LOOP_TILES = ((2, 2048, 1), (4, 1024, 1), (4, 2048, 1), (8, 1024, 1), (8, 512, 1), (4, 1024, 2))
+
+
 def resident_grid(m: int, k: int, glu: bool = False) -> list[LinearConfig]:
     """The resident register tiles (``LinearConfig.resident``: each program's K range one tile, loaded before the
     PDL wait) at M rows (``BLOCK_M`` its power of two; the library runs them at M <= 2) and reduction K: K unsplit
     (8K, 16K or 32K weight elements a program) or split in two (8K or 16K), ``BLOCK_K`` the split's width as a
     power of two, at most 8192; ``glu``: half of a program's rows are output columns' gate rows, half up rows;
-    4 warps; at M = 1 also each in its one-row form."""
+    4 warps; at M = 1 each in its one-row form instead, and the register loop's one-row form (ROW_LOOP_TILES)."""
     out = []
     for split in (1, 2):
         bk = max(16, next_pow2(cdiv(k, split)))
@@ -300,8 +306,10 @@ def resident_grid(m: int, k: int, glu: bool = False) -> list[LinearConfig]:
             bn = elems // bk // (2 if glu else 1)
             if bn >= 1:
                 out.append(LinearConfig(next_pow2(m), bn, bk, split, False, warps, 3, resident=True))
-    if m == 1:  # the one-row form of each (x reduced as a vector: LinearConfig.row)
-        out += [replace(c, row=True) for c in out]
+    if m == 1:  # the one-row form of each (x reduced as a vector: LinearConfig.row), and the register loop's
+        out = [replace(c, row=True) for c in out]  # (the 2-D tiles lost to it on every shape: session 14)
+        out += [LinearConfig(1, bn // (2 if glu else 1) or 1, bk, split, False, 4, 3, row=True)
+                for bn, bk, split in ROW_LOOP_TILES if bk <= max(16, next_pow2(k))]
     return out
 
 

@@ -346,6 +346,10 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        1.24B / 8B q/k/v, o, merged gate/up (linear_glu), down and head projections (CUDA-graph replay, 4210 GB/s).
 #  [RS] gemv_sweep-resident-nvidia-h200-2026-12-03-session13.json: the resident register tiles' grid at M = 1 and 8
 #        over the 1.24B / 8B q/k/v, o, linear_glu and head (CUDA-graph replay, read bandwidth 4260 GB/s).
+#  [RW] gemv_sweep-resident-nvidia-h200-2026-12-03-session14-row.json: the same grid at M = 1 with each config's
+#        one-row form (LinearConfig.row) over the same eight shapes (CUDA-graph replay, read bandwidth 4213 GB/s).
+#  [RL] gemv_sweep-resident-nvidia-h200-2026-12-03-session14-rowloop.json: the one-row forms at M = 1 (resident and
+#        the register loop's) over the 1.24B / 8B q/k/v, o, linear_glu, head and down (graph replay, 4213 GB/s).
 #  [AT] attention-nvidia-h200-2026-12-01-quick.json: our decode attention at batch 16, 32k cached
 #        positions streams at 83% of read bandwidth (the fixed part is negligible there).
 _H200_LAUNCH = LaunchPrior(
@@ -376,6 +380,16 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # and o 4.3 at 8.4 MB (their picked tiles) at gemv's efficiency: 1.66 us + 0.904 (o: 3.89 predicted)
     "gemv_resident": KernelPrior(fixed=1.66e-6 - _GAP_PDL, efficiency=0.904,
                                  source="[RS] resident tiles, M=1, 1.24B q/k/v and o"),
+    # their one-row form (LinearConfig.row: x a vector against the 2-D tile), the library's choice at M = 1 for
+    # every weight with K <= 4096: [RW] the picked tiles on the eight shapes (8-1051 MB), the line fitted to
+    # relative error: 1.23 us + 1.017 of the typical 4168 GB/s (residuals -7..+5%)
+    "gemv_row": KernelPrior(fixed=1.23e-6 - _GAP_PDL, efficiency=1.017,
+                            source="[RW] resident one-row tiles, M=1, 1.24B / 8B q/k/v, o, linear_glu, head"),
+    # the register loop's one-row form (LinearConfig.row, not resident), the library's choice at M = 1 past
+    # K = 4096 (the down projections): [RL] its 4 x 1024 tile on the eight shapes (8-1051 MB), the line fitted to
+    # relative error: 1.57 us + 0.993 (residuals -10..+6%)
+    "gemv_row_loop": KernelPrior(fixed=1.57e-6 - _GAP_PDL, efficiency=0.993,
+                                 source="[RL] one-row register loop, M=1, 1.24B / 8B projections and down"),
     "gemv_dot": KernelPrior(fixed=4.43e-6, efficiency=0.949, source="[PS] linear at b8, 1.24B and 8B, 8 shapes"),
     # gated_linear on tensor cores: each program forms silu(gate) * up once for the real rows into a scratch,
     # then runs gemv_dot's loop (PRE_GATE, a66c1ba; on since 65f9138). In the step: [PS] b8 down projections,

@@ -79,6 +79,8 @@ LINEAR_CASES = [
     ((1, 1, 300), 19, False, LinearConfig(1, 4, 128, split_k=3, resident=True)),  # ... K split, N tail
     ((1, 300), 37, True, LinearConfig(1, 8, 512, resident=True, row=True)),  # ... one row, x reduced as a vector
     ((1, 1, 300), 19, False, LinearConfig(1, 4, 128, split_k=3, resident=True, row=True)),  # ... split
+    ((1, 1, 300), 37, True, LinearConfig(1, 4, 64, split_k=2, row=True)),  # the register loop's one-row form, split
+    ((1, 300), 19, False, LinearConfig(1, 2, 128, row=True, prefetch=False)),  # ... not double-buffered, K tail
     ((16, 33), 13, True, None),                                        # M = 16, the kernel's limit (K < 3N: not cuBLAS)
 ]
 
@@ -148,8 +150,10 @@ def test_linear_config_refuses_forms_of_the_other_path() -> None:
         LinearConfig(2, 8, 32, swap=True)
     with pytest.raises(ValueError, match="resident"):
         LinearConfig(16, 16, 32, use_dot=True, resident=True)
-    with pytest.raises(ValueError, match="row is a form of the resident tiles at block_m=1"):
+    with pytest.raises(ValueError, match="row is a form of the register product at block_m=1"):
         LinearConfig(2, 8, 32, resident=True, row=True)
+    with pytest.raises(ValueError, match="row is a form of the register product at block_m=1"):
+        LinearConfig(1, 16, 32, use_dot=True, row=True)
     with pytest.raises(ValueError, match="block_k=64 does not cover K=300"):
         linear(rand(1, 300), rand(7, 300), config=LinearConfig(1, 4, 64, split_k=2, resident=True))
 
@@ -171,6 +175,7 @@ def test_linear_falls_back_for_a_transposed_weight() -> None:
     (7, 600, 21, LinearConfig(16, 16, 64, split_k=2, use_dot=True, pre_gate=True)),  # ... per K range, 2 chunks
     (6, 77, 21, LinearConfig(16, 16, 32, use_dot=True, swap=True)),  # ... the swapped product (W as the A operand)
     (2, 300, 19, LinearConfig(2, 4, 128, split_k=3, resident=True)),  # resident register tiles, K split
+    (1, 300, 19, LinearConfig(1, 4, 64, split_k=2, row=True)),      # the register loop's one-row form, K split
     (20, 33, 9, None),                                             # M > 16: torch forms the product, cuBLAS
 ])
 def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dtype: torch.dtype) -> None:
@@ -186,27 +191,46 @@ def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dt
 
 
 def test_resident_tiles_and_their_row_form_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MEMBOUND_LINEAR_RESIDENT (default on) gives the small weights resident tiles at M <= 2 (not M = 3, not a
-    weight over 8M values or K over 4096); MEMBOUND_LINEAR_RESIDENT_ROW=1 adds the one-row form at M = 1 only; and
-    the row form's launch equals torch."""
-    from membound.backends.triton.kernels.linear import RESIDENT_ENV, RESIDENT_ROW_ENV, pick_config
+    """The defaults: at M = 1 every weight with K <= 4096 runs the resident tiles' one-row form (MEMBOUND_LINEAR_
+    RESIDENT_ROW), at M = 2 only the small ones (at most 8M values) the resident tiles, M = 3 neither; a longer K
+    (the down projections) the register loop's one-row form at M = 1 (MEMBOUND_LINEAR_ROW_LOOP, default on);
+    RESIDENT_ROW=0 gives M = 1 the two-row rule; RESIDENT=0 no resident tiles; and each launch equals torch."""
+    from membound.backends.triton.kernels.linear import (
+        RESIDENT_ENV,
+        RESIDENT_ROW_ENV,
+        ROW_LOOP_ENV,
+        pick_config,
+    )
 
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
-    monkeypatch.delenv(RESIDENT_ENV, raising=False)
-    monkeypatch.delenv(RESIDENT_ROW_ENV, raising=False)
+    for env in (RESIDENT_ENV, RESIDENT_ROW_ENV, ROW_LOOP_ENV):
+        monkeypatch.delenv(env, raising=False)
     assert [pick_config(m, 3072, 2048, bf16, cpu).resident for m in (1, 2, 3)] == [True, True, False]
-    assert not pick_config(1, 4096, 4096, bf16, cpu).resident and not pick_config(1, 2048, 8192, bf16, cpu).resident
-    assert not pick_config(1, 3072, 2048, bf16, cpu).row
-    monkeypatch.setenv(RESIDENT_ROW_ENV, "1")
     one, two = pick_config(1, 3072, 2048, bf16, cpu), pick_config(2, 3072, 2048, bf16, cpu)
-    assert one.resident and one.row and two.resident and not two.row
+    assert one.row and not two.row
+    big = [pick_config(m, 128256, 4096, bf16, cpu) for m in (1, 2)]  # the 8B head: 525M values
+    assert big[0].resident and big[0].row and (big[0].block_n, big[0].block_k) == (4, 4096)
+    assert not big[1].resident and big[1].swap
+    down = pick_config(1, 2048, 8192, bf16, cpu)
+    assert down.row and not down.resident and not down.use_dot and not pick_config(2, 2048, 8192, bf16, cpu).row
+    monkeypatch.setenv(ROW_LOOP_ENV, "0")
+    down = pick_config(1, 2048, 8192, bf16, cpu)
+    assert not down.resident and not down.row and down.swap
+    monkeypatch.setenv(ROW_LOOP_ENV, "1")
+    monkeypatch.setenv(RESIDENT_ENV, "0")  # the loop's row form is not a resident tile: it stays
+    assert pick_config(1, 2048, 8192, bf16, cpu).row and not pick_config(1, 3072, 2048, bf16, cpu).resident
+    monkeypatch.setenv(RESIDENT_ENV, "1")
+    monkeypatch.setenv(RESIDENT_ROW_ENV, "0")
+    assert not pick_config(1, 2048, 8192, bf16, cpu).row  # the loop's row form goes with the resident one
+    assert not pick_config(1, 3072, 2048, bf16, cpu).row and not pick_config(1, 4096, 4096, bf16, cpu).resident
     monkeypatch.setenv(RESIDENT_ENV, "0")
     assert not pick_config(1, 3072, 2048, bf16, cpu).resident
     x, w = rand(1, 1, 150), rand(70, 150)
-    with trace() as calls:
-        y = linear(x, w, config=LinearConfig(1, 8, 256, resident=True, row=True))
-    assert calls == [("linear", "kernel")]
-    close(y, x @ w.t(), torch.float32)
+    for cfg in (LinearConfig(1, 8, 256, resident=True, row=True), LinearConfig(1, 4, 32, split_k=2, row=True)):
+        with trace() as calls:
+            y = linear(x, w, config=cfg)
+        assert calls == [("linear", "kernel")]
+        close(y, x @ w.t(), torch.float32)
 
 
 def test_swapped_product_is_chosen_by_the_environment_at_each_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,7 +47,9 @@ def configs(m: int) -> list[Optional[object]]:
         return [None]
     if m <= 2:
         # ... and the resident form (each program's K range one register tile), K split; at one row its vector form
-        row = [LinearConfig(1, 8, 64, split_k=3, resident=True, row=True)] if m == 1 else []
+        # and the register loop's
+        row = [LinearConfig(1, 8, 64, split_k=3, resident=True, row=True), LinearConfig(1, 4, 32, split_k=2, row=True)
+               ] if m == 1 else []
         return [None, LinearConfig(2, 8, 32, split_k=3), LinearConfig(2, 8, 64, split_k=3, resident=True)] + row
     return [None, LinearConfig(16, 16, 32, split_k=3, use_dot=True),
             LinearConfig(16, 16, 32, split_k=2, use_dot=True, pre_gate=False),

@@ -121,20 +121,27 @@ def test_linear_kind_with_the_swapped_product(op: str, m: int, n: int, k: int, k
     weights of N x K >= 24M values or K >= 3N (linear_glu's weight: 2N rows), run the swapped product; the down
     projection at batch leaves cuBLAS; M > 16 is cuBLAS still."""
     monkeypatch.setenv("MEMBOUND_LINEAR_RESIDENT", "0")
+    monkeypatch.setenv("MEMBOUND_LINEAR_ROW_LOOP", "0")  # ... and the register loop's one-row form
     assert linear_kind(op, m, n, k) == kind
 
 
-@pytest.mark.parametrize("op,m,n,k,kind", [("linear", 1, 2048, 2048, "gemv_resident"),
-                                           ("linear_rope", 1, 3072, 2048, "gemv_resident"),
+@pytest.mark.parametrize("op,m,n,k,kind", [("linear", 1, 2048, 2048, "gemv_row"),
+                                           ("linear_rope", 1, 3072, 2048, "gemv_row"),
                                            ("gated_linear", 2, 2048, 3000, "gemv_resident"),
-                                           ("linear", 1, 4096, 4096, "gemv"), ("linear", 2, 6144, 4096, "gemv_swap"),
-                                           ("linear_glu", 1, 8192, 2048, "gemv_swap"),
-                                           ("linear", 1, 2048, 8192, "gemv_swap"), ("linear", 3, 2048, 2048, "gemv_swap"),
-                                           ("linear_add", 1, 4096, 14336, "gemv_swap")])
+                                           ("linear", 1, 4096, 4096, "gemv_row"), ("linear", 2, 4096, 4096, "gemv"),
+                                           ("linear", 2, 6144, 4096, "gemv_swap"),
+                                           ("linear_glu", 1, 8192, 2048, "gemv_row"),
+                                           ("linear_glu", 2, 8192, 2048, "gemv_swap"),
+                                           ("linear", 1, 2048, 8192, "gemv_row_loop"),
+                                           ("linear", 2, 2048, 8192, "gemv_swap"), ("linear", 3, 2048, 2048, "gemv_swap"),
+                                           ("linear_add", 1, 4096, 14336, "gemv_row_loop"),
+                                           ("gated_linear", 1, 4096, 14336, "gemv_gated")])
 def test_linear_kind_with_the_resident_tiles(op: str, m: int, n: int, k: int, kind: str) -> None:
-    """The default (MEMBOUND_LINEAR_RESIDENT on): at M <= 2 a GEMV whose K fits one resident tile (K <= 4096) and
-    whose weight is small (at most 8M values: the 1.24B q/k/v and o) runs it, fused forms too; larger weights keep
-    the register tile or the swapped product, as do a longer K (the down projections) and M >= 3."""
+    """The defaults (MEMBOUND_LINEAR_RESIDENT and _RESIDENT_ROW on): at M = 1 a GEMV whose K fits one resident
+    tile (K <= 4096) runs the tiles' one-row form at any weight size, fused forms too; at M = 2 only a small weight
+    (at most 8M values: the 1.24B q/k/v and o) the resident tiles, larger ones the register tile or the swapped
+    product, as does M >= 3; a longer K (the down projections) runs the register loop's one-row form at M = 1
+    (MEMBOUND_LINEAR_ROW_LOOP, priced as its own kind but gated), the swapped product at M = 2."""
     assert linear_kind(op, m, n, k) == kind
 
 

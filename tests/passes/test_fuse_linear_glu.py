@@ -179,8 +179,9 @@ def test_step_plan_prices_it_as_the_plain_linear() -> None:
     """The step model's kinds: linear_glu runs the linear's loop over the merged weight (not the gated kinds)."""
     from membound.backends.triton.step_plan import linear_kind
 
-    assert [linear_kind("linear_glu", m) for m in (1, 8, 17)] == ["gemv_resident", "gemv_swap", "cublas"]
-    assert [linear_kind(op, 1, 14336, 4096) for op in ("linear_glu", "linear")] == ["gemv_swap"] * 2  # 8B size
+    assert [linear_kind("linear_glu", m) for m in (1, 8, 17)] == ["gemv_row", "gemv_swap", "cublas"]
+    assert [linear_kind(op, 1, 14336, 4096) for op in ("linear_glu", "linear")] == ["gemv_row"] * 2  # 8B size
+    assert [linear_kind(op, 2, 14336, 4096) for op in ("linear_glu", "linear")] == ["gemv_swap"] * 2
     assert linear_kind("gated_linear", 8) == "gemv_dot_gated"
 
 

@@ -131,7 +131,7 @@ def test_the_cost_model_decides_at_decode_and_declines_a_prefill() -> None:
 def test_step_plan_prices_it_as_the_plain_linear() -> None:
     from membound.backends.triton.step_plan import linear_kind
 
-    assert [linear_kind("linear_rope", m) for m in (1, 8, 17)] == ["gemv_resident", "gemv_swap", "cublas"]
+    assert [linear_kind("linear_rope", m) for m in (1, 8, 17)] == ["gemv_row", "gemv_swap", "cublas"]
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

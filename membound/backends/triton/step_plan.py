@@ -70,7 +70,9 @@ def linear_kind(op: str, m: int, n: int = 1, k: int = 1) -> str:
     cfg = launch_config(max(m, 1), n, k, torch.bfloat16, torch.device("cpu"), glu=paired == "glu",
                         rope=paired == "rope")
     if cfg.resident:
-        return "gemv_resident"
+        return "gemv_row" if cfg.row else "gemv_resident"
+    if cfg.row and op not in _GATED:
+        return "gemv_row_loop"
     if cfg.swap and op not in _GATED:
         return "gemv_swap"
     kind = "gemv_dot" if cfg.use_dot else "gemv"

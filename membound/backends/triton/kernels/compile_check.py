@@ -153,6 +153,15 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         label += f" split{split}" if split > 1 else ""
         out.append((_linear_small_m, label, args,
                     dict(num_warps=4, num_stages=4 if use_dot else 3)))
+        if m == 1:
+            # the one-row forms (LinearConfig.row): the register loop's (4K weight values a step; its split
+            # too) and the resident tile's (the whole K range: 16K values)
+            out.append((_linear_small_m, label + " row", dict(args, ROW=True, BLOCK_K=1024),
+                        dict(num_warps=4, num_stages=3)))
+            if split == 1:
+                out.append((_linear_small_m, label + " resident-row",
+                            dict(args, ROW=True, RESIDENT=True, BLOCK_K=k, BLOCK_N=(2 if glu or rope else 4)),
+                            dict(num_warps=4, num_stages=3)))
         if use_dot and not (gated or norm or res or ss or rope):
             # the swapped product (W the MMA's A operand, 64-row tiles): a Hopper warpgroup MMA
             out.append((_linear_small_m, label.replace("dot", "swap"), dict(args, SWAP=True, BLOCK_N=64),

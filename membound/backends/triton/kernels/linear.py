@@ -173,7 +173,7 @@ def _linear_small_m(
     SS_CHUNK: tl.constexpr = 16,
     L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False, GATE_ROWS: tl.constexpr = 16,
     ROPE: tl.constexpr = False, HALF: tl.constexpr = 1, cs_ptr=None, sn_ptr=None, stride_cm=0, ROPE_N=0,
-    ROPE_PROGRAMS=0, SWAP: tl.constexpr = False, RESIDENT: tl.constexpr = False, RESIDENT_ROW: tl.constexpr = False,
+    ROPE_PROGRAMS=0, SWAP: tl.constexpr = False, RESIDENT: tl.constexpr = False, ROW: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
@@ -193,7 +193,7 @@ def _linear_small_m(
         tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16x16 tiles: pad M to 16")
     tl.static_assert(not SWAP or USE_DOT, "SWAP is a form of the tensor-core product")
     tl.static_assert(not RESIDENT or not USE_DOT, "RESIDENT is a form of the register product")
-    tl.static_assert(not RESIDENT_ROW or (RESIDENT and BLOCK_M == 1), "RESIDENT_ROW: resident tiles of one row")
+    tl.static_assert(not ROW or (BLOCK_M == 1 and not USE_DOT), "ROW: the register product at one row")
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     ms = tl.arange(0, BLOCK_M)
@@ -249,10 +249,16 @@ def _linear_small_m(
             if TWO:
                 w_res2 = _w_tile(w2_rows, row_ok2, k_start + tl.arange(0, BLOCK_K), k_end)
     else:
-        # defer the K reduction: one fp32 FMA per loaded W element, a single tree-sum at the end
-        acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-        if TWO:
-            acc3_2 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+        # defer the K reduction: one fp32 FMA per loaded W element, a single tree-sum at the end (one row: the
+        # 2-D products of the tile and x as a vector)
+        if ROW:
+            acc3 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            if TWO:
+                acc3_2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        else:
+            acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+            if TWO:
+                acc3_2 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
         if PREFETCH and EARLY_W:
             # the first W tile of a parameter weight (no kernel writes it): loaded before the wait, so it
             # is in flight while the previous kernel finishes
@@ -363,7 +369,7 @@ def _linear_small_m(
                 acc2 = tl.dot(x, w_t2, acc2, input_precision=INPUT_PRECISION)
         elif RESIDENT:
             # one pass (the tile is the whole K range): the products reduced at once
-            if RESIDENT_ROW:
+            if ROW:
                 # one row (BLOCK_M = 1): x as a vector against the 2-D tile, without the 3-D broadcast's layout
                 # shuffles (sm_90 PTX: 4 barriers a program against 21, 128 B of shared memory against 4 KB)
                 x1 = tl.sum(x, axis=0).to(tl.float32)
@@ -386,13 +392,24 @@ def _linear_small_m(
                 w = _w_tile(w_rows, row_ok, ks, k_end)
                 if TWO:
                     w2 = _w_tile(w2_rows, row_ok2, ks, k_end)
-            acc3 += x[:, None, :].to(tl.float32) * w[None, :, :].to(tl.float32)
-            if TWO:
-                acc3_2 += x[:, None, :].to(tl.float32) * w2[None, :, :].to(tl.float32)
+            if ROW:
+                x1 = tl.sum(x, axis=0).to(tl.float32)
+                acc3 += w.to(tl.float32) * x1[None, :]
+                if TWO:
+                    acc3_2 += w2.to(tl.float32) * x1[None, :]
+            else:
+                acc3 += x[:, None, :].to(tl.float32) * w[None, :, :].to(tl.float32)
+                if TWO:
+                    acc3_2 += x[:, None, :].to(tl.float32) * w2[None, :, :].to(tl.float32)
     if not USE_DOT and not RESIDENT:
-        acc = tl.sum(acc3, axis=2)
-        if TWO:
-            acc2 = tl.sum(acc3_2, axis=2)
+        if ROW:
+            acc = tl.sum(acc3, axis=1)[None, :]
+            if TWO:
+                acc2 = tl.sum(acc3_2, axis=1)[None, :]
+        else:
+            acc = tl.sum(acc3, axis=2)
+            if TWO:
+                acc2 = tl.sum(acc3_2, axis=2)
     if SWAP:
         acc = tl.trans(acc)
         if TWO:
@@ -476,15 +493,15 @@ class LinearConfig:
     # register path: each program's whole K range is one [BLOCK_N, BLOCK_K] tile held in registers, a parameter
     # weight's loaded before the PDL wait (``RESIDENT``; see RESIDENT_ELEMS); BLOCK_K must cover K / split_k
     resident: bool = False
-    # resident tiles at block_m = 1: x reduced as a vector against the 2-D tile (RESIDENT_ROW). Interpreter-tested,
-    # sm_90-compiled, not yet timed: off by default (pick_config takes it with MEMBOUND_LINEAR_RESIDENT_ROW=1)
+    # the register product at block_m = 1 (resident or looping over K): x reduced as a vector against the 2-D tile
+    # (ROW), without the 3-D products' layout shuffles; pick_config's choice at M = 1 (see RESIDENT_ROW_ENV)
     row: bool = False
 
     def __post_init__(self) -> None:
         if self.resident and self.use_dot:
             raise ValueError("LinearConfig: resident is a form of the register product (use_dot=False)")
-        if self.row and not (self.resident and self.block_m == 1):
-            raise ValueError("LinearConfig: row is a form of the resident tiles at block_m=1")
+        if self.row and (self.use_dot or self.block_m != 1):
+            raise ValueError("LinearConfig: row is a form of the register product at block_m=1 (use_dot=False)")
         if self.swap and not self.use_dot:
             raise ValueError("LinearConfig: swap is a form of the tensor-core product (use_dot=True)")
 
@@ -527,14 +544,22 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     ``RESIDENT_ELEMS`` weight values (4 warps, 64 registers a thread), loaded before the PDL wait. In a chain of
     decode GEMVs (``benches/experiments/resident_gemv.py``, H200) that cut a GEMV's fixed cost from ~3.0 to ~1.6 us;
     in the sweep and the decode step it paid only on the small 1.24B q/k/v and o (see RESIDENT_MAX_WEIGHT)."""
+    row = m == 1 and _env_flag(RESIDENT_ROW_ENV, RESIDENT_ROW_DEFAULT)
     if (m <= RESIDENT_MAX_M and resident_product() and next_pow2(k) <= RESIDENT_MAX_K
-            and n * k <= RESIDENT_MAX_WEIGHT):
-        # resident register tiles: the program's whole K range in one tile, loaded before the PDL wait
+            and (row or n * k <= RESIDENT_MAX_WEIGHT)):
+        # resident register tiles: the program's whole K range in one tile, loaded before the PDL wait (one row:
+        # any weight; two rows, whose 3-D products cost layout shuffles: the small ones)
         e = torch.empty((), dtype=dtype).element_size()
         block_k = max(16, next_pow2(k))
         block_n = max(2 if glu else 1, RESIDENT_ELEMS * 2 // e // block_k)
         return LinearConfig(next_pow2(m), block_n, block_k, 1, False, num_warps=4, num_stages=3, resident=True,
-                            row=m == 1 and _env_flag(RESIDENT_ROW_ENV, "0"))
+                            row=row)
+    if row and next_pow2(k) > RESIDENT_MAX_K and _env_flag(ROW_LOOP_ENV, ROW_LOOP_DEFAULT):
+        # one row over a K too long for one tile (the down projections): the register product's loop in its
+        # one-row form, ROW_LOOP_TILE weight values a step, double-buffered in registers
+        block_k = min(ROW_LOOP_TILE[1], max(16, next_pow2(k)))
+        return LinearConfig(1, max(2 if glu else 1, ROW_LOOP_TILE[0]), block_k, 1, False, num_warps=4,
+                            num_stages=3, row=True)
     if swap_product() and (m > 2 or (dtype != torch.float32 and (n * k >= 24 * 2**20 or k >= 3 * n))):
         # the swapped product: 64 weight rows a tile (one warpgroup MMA; linear_glu's programs two of them), 256 B
         # of each a step, 4 stages; K split until the programs fill two thirds of the SMs and no split spans more
@@ -581,7 +606,21 @@ def launch_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.devi
 
 RESIDENT_ENV = "MEMBOUND_LINEAR_RESIDENT"
 RESIDENT_DEFAULT = "1"
-RESIDENT_ROW_ENV = "MEMBOUND_LINEAR_RESIDENT_ROW"  # "1": the one-row form (LinearConfig.row) at M = 1, untimed
+# the one-row form (LinearConfig.row) of the resident tiles at M = 1, for every weight with K <= 4096. H200
+# (gemv_sweep-resident-nvidia-h200-2026-12-03-session14-row, M = 1) it was the fastest config on all eight shapes
+# swept: 1.24B q/k/v 4.1 against 4.9 us (the 2-D resident tile), o 3.2 against 4.3, linear_glu 17.4 against 17.7
+# (swap), head 119.0 against 121.2; 8B q/k/v 13.8 against 15.0, o 9.8 against 10.5 (register tile), linear_glu 55.1
+# against 58.6, head 237.9 against 241.1; "0" turns it off
+RESIDENT_ROW_ENV = "MEMBOUND_LINEAR_RESIDENT_ROW"
+RESIDENT_ROW_DEFAULT = "1"
+# the one-row form of the register loop at M = 1 past RESIDENT_MAX_K (the down projections; ROW_LOOP_TILE: rows x
+# columns a step, double-buffered). H200 (gemv_sweep-resident-nvidia-h200-2026-12-03-session14-rowloop, M = 1): 8B
+# down 29.5 us against 31.2 for the swapped product, 1.24B down 10.8 against 11.1 (its best, 10.3, a resident
+# 2 x 8192 tile); in the decode step (decode_e2e-...-session14-rowloop, b1) 8B 3.943 ms against 4.108 without it,
+# 1.24B 0.917 against 0.908 (noise level). "0": the swapped product runs them
+ROW_LOOP_ENV = "MEMBOUND_LINEAR_ROW_LOOP"
+ROW_LOOP_DEFAULT = "1"
+ROW_LOOP_TILE = (4, 1024)
 # the resident tiles' 16-bit weight elements a program (4 warps: 64 registers a thread of packed pairs; the H200
 # experiment's 32K-element tiles were slower, spilling), and the longest K a program takes whole
 RESIDENT_ELEMS = 16384
@@ -976,7 +1015,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         **pdl_options(x.device),
         **(l2_prefetch_bytes(weight, static_weight, n * split, k_per_split) if rope is None
            else {"L2_PREFETCH": False, "pf_bytes": 0}), **rope_args, SWAP=cfg.swap,
-        RESIDENT=cfg.resident, RESIDENT_ROW=cfg.row)
+        RESIDENT=cfg.resident, ROW=cfg.row)
     note(op, "kernel")
     return y
 
