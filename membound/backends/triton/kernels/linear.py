@@ -543,7 +543,12 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
     K of at most 4096 and a weight of at most ``RESIDENT_MAX_WEIGHT`` values: each program holds its whole K range,
     ``RESIDENT_ELEMS`` weight values (4 warps, 64 registers a thread), loaded before the PDL wait. In a chain of
     decode GEMVs (``benches/experiments/resident_gemv.py``, H200) that cut a GEMV's fixed cost from ~3.0 to ~1.6 us;
-    in the sweep and the decode step it paid only on the small 1.24B q/k/v and o (see RESIDENT_MAX_WEIGHT)."""
+    in the sweep and the decode step it paid only on the small 1.24B q/k/v and o (see RESIDENT_MAX_WEIGHT).
+
+    At M = 1 both register forms run one-row (``row``: x a vector against the 2-D weight tile, no 3-D product's
+    layout shuffles), which changes the picture: the resident tiles' one-row form is the fastest config on every
+    K <= 4096 weight the H200 swept, large ones too (RESIDENT_ROW_ENV), and past K = 4096 the register loop's
+    one-row form beats the swapped product (ROW_LOOP_ENV)."""
     row = m == 1 and _env_flag(RESIDENT_ROW_ENV, RESIDENT_ROW_DEFAULT)
     if (m <= RESIDENT_MAX_M and resident_product() and next_pow2(k) <= RESIDENT_MAX_K
             and (row or n * k <= RESIDENT_MAX_WEIGHT)):
