@@ -45,11 +45,17 @@ def test_tensor_core_grid(m: int, block_m: int) -> None:
 def test_resident_grid_covers_k_in_each_program(m: int, k: int, glu: bool) -> None:
     """Every resident config holds a program's whole K range (block_k x split >= K, block_k a power of two at most
     8192), at most 32K weight values a program (glu: gate and up rows together), and launches without the
-    launcher's refusal at that K; configs_for gives it at any M when asked for a K."""
+    launcher's refusal at that K; configs_for gives it at any M when asked for a K. At M = 1 every config is a
+    one-row form: the resident tiles' and, where K spans a step, the register loop's (ROW_LOOP_TILES: K in steps)."""
     configs = bench.resident_grid(m, k, glu)
     assert configs and configs == bench.configs_for(m, glu, resident_k=k)
+    loops = [c for c in configs if not c.resident]
+    assert all(c.row and c.block_m == 1 and not c.use_dot for c in loops) and (len(loops) > 0) == (m == 1 and k >= 512)
+    assert all(c.row == (m == 1) for c in configs)
     for c in configs:
-        assert c.resident and not c.use_dot and c.block_m >= m
+        if not c.resident:
+            continue
+        assert not c.use_dot and c.block_m >= m
         assert c.block_k & (c.block_k - 1) == 0 and c.block_k <= 8192 and c.block_k * c.split_k >= k
         assert c.block_n * c.block_k * (2 if glu else 1) <= 32768
         assert -(-k // c.split_k) <= c.block_k  # the launcher's check: the split's width fits the tile
