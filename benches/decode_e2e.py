@@ -321,6 +321,8 @@ ENV_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "triton+graphs+noresident": ("noresident", {"MEMBOUND_LINEAR_RESIDENT": "0"}),
     "triton+graphs+norow": ("norow", {"MEMBOUND_LINEAR_RESIDENT_ROW": "0"}),
     "triton+graphs+row-loop": ("row-loop", {"MEMBOUND_LINEAR_ROW_LOOP": "1"}),
+    "triton+graphs+norow-loop": ("norow-loop", {"MEMBOUND_LINEAR_ROW_LOOP": "0"}),
+    "triton+graphs+early-kv": ("early-kv", {"MEMBOUND_DECODE_EARLY_KV": "1"}),
 }
 
 

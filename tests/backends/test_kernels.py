@@ -323,6 +323,32 @@ def test_cached_attention(b: int, hq: int, hkv: int, s: int, t: int, d: int, dv:
     close(y, want, dtype)
 
 
+@pytest.mark.parametrize("case", range(len(ATTN_CASES) + 3))
+def test_cached_attention_early_kv(case: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """static_past with MEMBOUND_DECODE_EARLY_KV=1: each chunk's first K/V tile loaded before the PDL wait (the
+    slots below the step's first new position), the new slots after it; equal to torch on every case above
+    (splits, per-row lengths, S > 1) and with a window, a soft cap and ALiBi; early_kv refuses a ring."""
+    from membound.backends.triton.kernels.decode_attention import early_kv
+
+    monkeypatch.setenv("MEMBOUND_DECODE_EARLY_KV", "1")
+    assert early_kv(True, False) and not early_kv(True, True) and not early_kv(False, False)
+    extra: dict = {}
+    if case < len(ATTN_CASES):
+        b, hq, hkv, s, t, d, dv, per_row, config, max_len = ATTN_CASES[case]
+    else:  # a window, a cap, ALiBi (each over a three-way split)
+        b, hq, hkv, s, t, d, dv, per_row, config, max_len = 2, 8, 2, 1, 45, 16, 16, True, DecodeConfig(16, 16, 16), None
+        extra = [dict(window=7), dict(softcap=5.0), dict(alibi=tuple(0.5 ** (i + 1) for i in range(hq)))][
+            case - len(ATTN_CASES)]
+    gen = torch.Generator().manual_seed(case)
+    q = rand(b, hq, s, d, gen=gen)
+    k, v = rand(b, hkv, t, d, gen=gen), rand(b, hkv, t, dv, gen=gen)
+    pos = _positions(b, s, t, per_row, gen)
+    with trace() as calls:
+        y = cached_attention(q, k, v, pos, scale=0.3, max_len=max_len, config=config, static_past=True, **extra)
+    ran_kernel(calls, "cached_attention")
+    close(y, get_op("cached_attention").reference(q, k, v, pos, scale=0.3, **extra), torch.float32)
+
+
 def test_cached_attention_reads_only_the_filled_prefix() -> None:
     """Slots past max(position) are never read: NaN there must not reach the output."""
     q, k, v = rand(1, 4, 1, 16), rand(1, 2, 37, 16), rand(1, 2, 37, 16)

@@ -385,11 +385,15 @@ def test_model_matches_eager(name: str, dtype: torch.dtype, request: pytest.Fixt
 
 
 @pytest.mark.parametrize("name", ["llama-small", "hf-llama", "hf-gpt2"])
-def test_generate_through_triton_equals_reference(name: str, request: pytest.FixtureRequest) -> None:
+def test_generate_through_triton_equals_reference(name: str, request: pytest.FixtureRequest,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The KV-cache program (prefill + S=1 decode, flash-decoding, cache writes, fused gated MLP) through
-    the generated kernels: greedy tokens equal the reference backend's (fp32), rows of two lengths."""
+    the generated kernels: greedy tokens equal the reference backend's (fp32), rows of two lengths. The
+    attention calls carry the static_past hint (their caches written this step only at the input positions),
+    and the kernel takes its early K/V loads (MEMBOUND_DECODE_EARLY_KV=1) here."""
     if not runs_here(request):
         return
+    monkeypatch.setenv("MEMBOUND_DECODE_EARLY_KV", "1")
     model = (_hf(name) if name.startswith("hf-") else small_llama()).to(device=DEVICE)
     vocab = 97
     ids = torch.randint(3, vocab, (2, 9), generator=torch.Generator().manual_seed(1)).to(DEVICE)
@@ -404,6 +408,8 @@ def test_generate_through_triton_equals_reference(name: str, request: pytest.Fix
     assert torch.equal(got, want), f"triton {got[:, 9:].tolist()} vs reference {want[:, 9:].tolist()}"
     source = tri._kv_program.decode.source
     assert "lib_cached_attention" in source
+    attn = [ln for ln in source.splitlines() if "= lib_cached_attention(" in ln]
+    assert attn and all("static_past=True" in ln for ln in attn), attn
     if name != "hf-gpt2":  # a gated (SwiGLU) MLP: the gate/up GEMV forms silu(gate) * up in its epilogue
         assert "lib_linear_glu" in source and "lib_gated_linear" not in source and "_fused_silu" not in source
 
@@ -465,6 +471,31 @@ def test_every_launch_honours_programmatic_dependent_launch() -> None:
     calls = [ln.strip() for ln in src.splitlines() if "= lib_linear(" in ln]
     assert len(calls) == 2
     assert "static_weight=True" in calls[0] and "static_weight" not in calls[1], calls
+
+
+def test_static_past_only_where_the_caches_are_written_at_the_input_positions() -> None:
+    """cached_attention is told its past slots are static only when its positions are a graph input and k and v
+    each come from one cache_write at those positions into a state cache; a cache written at other positions,
+    a cache an earlier kernel computed, or positions a kernel computed keep the loads after the PDL wait."""
+    from membound.backends.triton.codegen import past_is_static
+
+    def attention(k_src: str, pos_src: str) -> bool:
+        text = f"""graph @t(%q: f32[1, 4, 1, 8], %kn: f32[1, 2, 1, 8], %vn: f32[1, 2, 1, 8], %p: i64[1],
+                            %p2: i64[1]) state(%ck: f32[1, 2, 16, 8], %cv: f32[1, 2, 16, 8]) {{
+            %pp = add(%p, %p2) : i64[1]
+            %k0 = mul(%ck, %ck) : f32[1, 2, 16, 8]
+            %k = cache_write({k_src}, %kn, {pos_src}) : f32[1, 2, 16, 8]
+            %v = cache_write(%cv, %vn, {pos_src}) : f32[1, 2, 16, 8]
+            %o = cached_attention(%q, %k, %v, %p) : f32[1, 4, 1, 8]
+            return %o
+        }}"""
+        node = next(n for n in graph_from(text).nodes if n.op == "cached_attention")
+        return past_is_static(node)
+
+    assert attention("%ck", "%p")
+    assert not attention("%ck", "%p2")  # written at other positions than it reads up to
+    assert not attention("%k0", "%p")  # a cache some kernel of the step computed
+    assert not attention("%ck", "%pp")  # (and the attention's positions are an input but the write's are not)
 
 
 def test_views_fold_into_the_kernel_that_reads_them() -> None:

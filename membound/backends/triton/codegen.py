@@ -40,7 +40,26 @@ POINTWISE_BLOCK = 1024
 INT32_LIMIT = 2**31  # elements: index math at or past this many needs int64 (read when generating)
 # library ops are told when their weight (the lowering entry's ``static_weight`` input) is a parameter:
 # ``static_weight=True`` (a launch hint; see kernels.linear). The torch reference standing in ignores it.
-LAUNCH_HINTS = ("static_weight",)
+# cached_attention is told when the slots below its positions were written before the step
+# (``static_past=True``: see past_is_static)
+LAUNCH_HINTS = ("static_weight", "static_past")
+
+
+def past_is_static(node: Any) -> bool:
+    """Whether a ``cached_attention`` node reads caches this step wrote only at its own positions: positions a
+    graph input (no kernel of the step writes them), k and v each the result of one ``cache_write`` at those
+    positions into a state cache. The slots below the smallest position are then an earlier step's, and the
+    kernel may load them before the PDL wait."""
+    if node.op != "cached_attention" or len(node.inputs) != 4:  # (the ring form takes k_new, v_new too)
+        return False
+    pos = node.inputs[3]
+    if pos.kind != "input":
+        return False
+    for cache in node.inputs[1:3]:
+        w = cache.producer
+        if w is None or w.op != "cache_write" or w.inputs[0].kind != "state" or w.inputs[2] is not pos:
+            return False
+    return True
 
 
 def row_warps(block_n: int) -> int:
@@ -262,6 +281,8 @@ class ModuleWriter:
         w = static_weight_input(node.op)
         if step.impl == "library" and w is not None and w < len(node.inputs) and node.inputs[w].kind == "param":
             args.append("static_weight=True")  # no kernel writes a parameter: its loads may precede the PDL wait
+        if step.impl == "library" and past_is_static(node):
+            args.append("static_past=True")
         lines = [f"# {format_node(node)}"]
         if writes_into_buffer(step) and self.plan.buffer(node.results[0]) is not None:
             lines.append(self.buffer_line(node.results[0]))

@@ -187,6 +187,9 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         label = f"d{d} {'one split' if one else 'split'}" + (" ring" if ring else "") + f" q{block_q}"
         label += f" w{warps} t{block_t}" if block_t != 64 else ""
         out.append((_flash_decoding_split, label, args, dict(num_warps=warps, num_stages=3)))
+        if not ring:  # the first K/V tiles before the PDL wait (static_past)
+            out.append((_flash_decoding_split, label + " early-kv", dict(args, EARLY_KV=True),
+                        dict(num_warps=warps, num_stages=3)))
     out += _flash_attention_cases()
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", src_ptr="*i64", H=hkv, S=1, T=cap, D=d,
                 scb=hkv * cap * d, sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1,

@@ -138,6 +138,9 @@ DIRECT_ONE_CHUNK = os.environ.get("MEMBOUND_DECODE_DIRECT", "1") == "1"
 # MEMBOUND_DECODE_ACTIVE_ARRIVALS=1 for A/B runs (the GPU decode tests pass with it:
 # gpu-tests-...-session10-decode-active-arrivals.log)
 ACTIVE_ARRIVALS = os.environ.get("MEMBOUND_DECODE_ACTIVE_ARRIVALS", "0") == "1"
+# "1": the chunks' first K/V tiles loaded before the PDL wait where the compiler says the past slots are static
+# (cached_attention's static_past); read at each launch (an A/B setting, off until a GPU times it)
+EARLY_KV_ENV = "MEMBOUND_DECODE_EARLY_KV"
 
 
 # T and N_SPLITS grow with the cache's capacity: not specialised on (Triton would key a new compile on a
@@ -151,11 +154,13 @@ def _flash_decoding_split(
     ONE_SPLIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
     MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr, DIRECT: tl.constexpr = True,
-    ACTIVE_ARRIVALS: tl.constexpr = False,
+    ACTIVE_ARRIVALS: tl.constexpr = False, EARLY_KV: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
-    pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
+    tl.static_assert(not (EARLY_KV and RING), "EARLY_KV: a ring's new slot may be any slot")
+    if not EARLY_KV:
+        pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     pid_split = tl.program_id(0)
     pid_row = tl.program_id(1)
     # which (batch, kv head, block of query rows) this program serves
@@ -176,9 +181,11 @@ def _flash_decoding_split(
     dv_ok = dvs < DV
     # each row's position, read on the device: row r sees slots 0..pos[r]; padded rows see nothing.
     # q is loaded beside it (not after the branch on it): the two loads are one round trip, not two
+    # (EARLY_KV: the positions are the step's input, read before the PDL wait, q after it)
     pos = tl.load(pos_ptr + b * spb + s * sps, mask=row_ok, other=-1)
-    q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if not EARLY_KV:
+        q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     # the slots our rows see: the filled prefix up to the largest position among them, and with a
     # sliding window only the window (from the oldest slot any row still sees; a ring holds only the
     # window, so every slot may be seen)
@@ -199,16 +206,48 @@ def _flash_decoding_split(
         direct = n_active == 1
     else:
         direct = n_active < 0  # never: the partial and the merge (A/B runs)
+    k_base = k_ptr + b * skb + kvh * skh
+    v_base = v_ptr + b * svb + kvh * svh
+    tn = tl.arange(0, BLOCK_T)
+    t_first = chunk_start
+    if EARLY_KV:
+        # the chunk's first K and V tiles, loaded before the PDL wait: the slots below the step's first new
+        # position were written by earlier steps (the launcher's static_past: the caches come from this step's
+        # cache writes at these positions, over the model's state), the new ones only after the wait
+        old = tl.min(tl.where(row_ok, pos, T), axis=0)
+        ts = chunk_start + tn
+        pre = (ts < chunk_end) & (ts < old)
+        t64 = tl.full((), chunk_start, tl.int64)
+        k_pre = tl.load(k_base + t64 * skt + tn[None, :] * skt + ds[:, None] * skd,
+                        mask=pre[None, :] & d_ok[:, None], other=0.0, eviction_policy=KV_EVICT)
+        v_pre = tl.load(v_base + t64 * svt + tn[:, None] * svt + dvs[None, :] * svd,
+                        mask=pre[:, None] & dv_ok[None, :], other=0.0, eviction_policy=KV_EVICT)
+        pdl_enter(USE_PDL)
+        q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     if chunk_start < chunk_end:
         if HAS_ALIBI:  # each row's head slope, in log2 units like the scores
             slope = tl.load(slope_ptr + h, mask=row_ok, other=0.0) * _LOG2E
+        else:
+            slope = tl.zeros((BLOCK_Q,), dtype=tl.float32)
         m_i = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_Q,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
-        k_base = k_ptr + b * skb + kvh * skh
-        v_base = v_ptr + b * svb + kvh * svh
-        for t0 in range(chunk_start, chunk_end, BLOCK_T):
-            tn = tl.arange(0, BLOCK_T)
+        if EARLY_KV:
+            # the first tile: the preloaded slots, and this step's new ones (if any) read now
+            ts = chunk_start + tn
+            t_ok = ts < chunk_end
+            new = t_ok & (ts >= old)
+            t64 = tl.full((), chunk_start, tl.int64)
+            k_t = tl.where(new[None, :], tl.load(k_base + t64 * skt + tn[None, :] * skt + ds[:, None] * skd,
+                                                 mask=new[None, :] & d_ok[:, None], other=0.0), k_pre)
+            v = tl.where(new[:, None], tl.load(v_base + t64 * svt + tn[:, None] * svt + dvs[None, :] * svd,
+                                               mask=new[:, None] & dv_ok[None, :], other=0.0), v_pre)
+            scores = _tile_scores(q, k_t, ts, t_ok, pos, slope, qk_scale, softcap, T, WINDOW, HAS_SOFTCAP, RING,
+                                  HAS_WINDOW, HAS_ALIBI, INPUT_PRECISION)
+            m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
+            t_first = chunk_start + BLOCK_T
+        for t0 in range(t_first, chunk_end, BLOCK_T):
             ts = t0 + tn
             t_ok = ts < chunk_end
             t64 = tl.full((), t0, tl.int64)  # this tile's first slot, as a 64-bit offset
@@ -216,23 +255,8 @@ def _flash_decoding_split(
             # (KV_EVICT "evict_first": the cache is read once per step, so it need not stay in L2)
             k_t = tl.load(k_base + t64 * skt + tn[None, :] * skt + ds[:, None] * skd,
                           mask=t_ok[None, :] & d_ok[:, None], other=0.0, eviction_policy=KV_EVICT)
-            scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_Q, BLOCK_T], log2 units
-            if HAS_SOFTCAP:
-                scores = _softcap_log2(scores, softcap)
-            if RING:
-                # slot t of a ring of T slots holds the latest position j <= p with j = t (mod T); the
-                # rows share one position (ring steps have one new token), so this is one vector
-                p_top = tl.max(pos, axis=0)
-                key_pos = p_top - (p_top - ts + T) % T
-                visible = (key_pos[None, :] >= 0) & t_ok[None, :]
-            else:
-                key_pos = ts
-                visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
-            if HAS_WINDOW:
-                visible = visible & (key_pos[None, :] > pos[:, None] - WINDOW)
-            if HAS_ALIBI:  # ALiBi: slope * (key position - query position), after the cap, before the mask
-                scores += slope[:, None] * (key_pos[None, :] - pos[:, None]).to(tl.float32)
-            scores = tl.where(visible, scores, float("-inf"))
+            scores = _tile_scores(q, k_t, ts, t_ok, pos, slope, qk_scale, softcap, T, WINDOW, HAS_SOFTCAP, RING,
+                                  HAS_WINDOW, HAS_ALIBI, INPUT_PRECISION)
             v = tl.load(v_base + t64 * svt + tn[:, None] * svt + dvs[None, :] * svd,
                         mask=t_ok[:, None] & dv_ok[None, :], other=0.0, eviction_policy=KV_EVICT)
             m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
@@ -266,6 +290,30 @@ def _flash_decoding_split(
                     _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
                                     sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
                     reset_counter(lock_ptr, pid_row)
+
+
+@triton.jit
+def _tile_scores(q, k_t, ts, t_ok, pos, slope, qk_scale, softcap, T, WINDOW, HAS_SOFTCAP: tl.constexpr,
+                 RING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_ALIBI: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """The rows' scores against one K tile (slots ``ts``, ``t_ok`` within the chunk), in log2 units: the cap,
+    the ALiBi bias, and -inf where a slot is not visible (causal, ring, window)."""
+    scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_Q, BLOCK_T], log2 units
+    if HAS_SOFTCAP:
+        scores = _softcap_log2(scores, softcap)
+    if RING:
+        # slot t of a ring of T slots holds the latest position j <= p with j = t (mod T); the
+        # rows share one position (ring steps have one new token), so this is one vector
+        p_top = tl.max(pos, axis=0)
+        key_pos = p_top - (p_top - ts + T) % T
+        visible = (key_pos[None, :] >= 0) & t_ok[None, :]
+    else:
+        key_pos = ts
+        visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
+    if HAS_WINDOW:
+        visible = visible & (key_pos[None, :] > pos[:, None] - WINDOW)
+    if HAS_ALIBI:  # ALiBi: slope * (key position - query position), after the cap, before the mask
+        scores += slope[:, None] * (key_pos[None, :] - pos[:, None]).to(tl.float32)
+    return tl.where(visible, scores, float("-inf"))
 
 
 @triton.jit
@@ -507,8 +555,12 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
                      out: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
                      window: Optional[int] = None, softcap: Optional[float] = None,
                      max_len: Optional[int] = None, config: Optional[DecodeConfig] = None,
-                     alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
+                     alibi: Optional[tuple[float, ...]] = None, static_past: bool = False) -> torch.Tensor:
     """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype.
+
+    ``static_past=True`` promises that no kernel of this launch's chain wrote ``positions`` or the cache slots
+    below ``min(positions)`` (the step's input positions; caches written this step only at them: the
+    compiler's launch hint). The chunks' first K/V tiles are then loaded before the PDL wait (not for a ring).
 
     ``max_len``: optional upper bound of ``max(positions) + 1`` known on the host (the runtime's
     cache-length bucket); slots at or past it are never read, so it must not be too small. Without it
@@ -599,11 +651,18 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         HAS_SOFTCAP=softcap is not None,
         RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
         MERGE_ROWS=merge_rows,
-        KV_EVICT="evict_first" if cfg.evict_first else "",
+        KV_EVICT="evict_first" if cfg.evict_first else "", EARLY_KV=early_kv(static_past, ring),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl_options(q.device))
     note("cached_attention", "kernel")
     return y
+
+
+def early_kv(static_past: bool, ring: bool) -> bool:
+    """Whether a launch loads its chunks' first K/V tiles before the PDL wait: the compiler's promise that the
+    past slots are static (``static_past``), not a ring (whose new slot may be any slot), and
+    ``MEMBOUND_DECODE_EARLY_KV=1``."""
+    return static_past and not ring and os.environ.get(EARLY_KV_ENV, "0").strip() == "1"
 
 
 _SLOPES: dict[tuple[torch.device, tuple[float, ...]], torch.Tensor] = {}
