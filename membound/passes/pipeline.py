@@ -22,8 +22,8 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
 * ``decode-fused-rope``: both: fuse-linear-residual, fuse-rope-linear, then fuse-norm-linear, which folds a norm
   read by the q/k/v ``linear_rope`` into ``rms_norm_linear_rope_sumsq`` (the norm from the previous down
   projection's partials in the prologue, q and k rotated in the epilogue). A Llama layer (after the first) is
-  still 6 launches with the gated down projection (``MEMBOUND_LINEAR_GLU=0``), 7 with fuse-linear-glu's gate/up
-  GEMV (whose post-attention norm stays a launch: linear_glu has no normed form), as in ``decode-fused``: there
+  still 6 launches, with the gated down projection (``MEMBOUND_LINEAR_GLU=0``) or fuse-linear-glu's gate/up GEMV
+  (its post-attention norm folded in: ``rms_norm_linear_glu_sumsq``), as in ``decode-fused``: there
   the rotation shares one horizontal kernel with the k/v cache write, which stays a launch (a plain copy now).
   What it saves is the rotation's work in that launch, not a launch. An A/B setting,
   ``MEMBOUND_DECODE_PIPELINE=decode-fused-rope``.

@@ -113,7 +113,8 @@ def as_quant_config(quantize: Union[None, str, QuantConfig]) -> Optional[QuantCo
 # linears with a neighbour folded in (fuse-linear-glu, fuse-linear-residual, fuse-norm-linear, fuse-rope-linear): no
 # quantized form; a pipeline that runs those passes first leaves them in float, and the pass log says so
 _FUSED_FORMS = ("linear_glu", "linear_add", "gated_linear_add", "rms_norm_linear", "rms_norm_linear_sumsq",
-                "linear_add_sumsq", "gated_linear_add_sumsq", "linear_rope", "rms_norm_linear_rope_sumsq")
+                "linear_add_sumsq", "gated_linear_add_sumsq", "linear_rope", "rms_norm_linear_rope_sumsq",
+                "rms_norm_linear_glu_sumsq")
 # where each matched op keeps its weight; ``matmul(x, W[K, N])`` (GPT-2's Conv1D) is linear(x, W.T)
 _WEIGHT_INDEX = {"linear": 1, "gated_linear": 2, "matmul": 1}
 

@@ -85,19 +85,20 @@ def test_a_layer_is_six_launches_instead_of_eight(monkeypatch: pytest.MonkeyPatc
     assert ops[3] == "linear_add_sumsq" and ops[-1] == "gated_linear_add", after
     assert not any("rms_norm" in name and name.startswith("_fused") for name in after), after
     # fuse-linear-glu on (the default): the gating in the gate/up GEMV, the down projection a plain linear with
-    # the residual in its epilogue; there is no normed form of linear_glu, so the post-attention RMSNorm is its
-    # own launch again: seven
+    # the residual in its epilogue; the post-attention RMSNorm folds into the gate/up GEMV's prologue
+    # (rms_norm_linear_glu_sumsq, from the o projection's partials): six still
     monkeypatch.setenv("MEMBOUND_LINEAR_GLU", "1")
     glu = [name.split(" ")[0] for name in layer_launches(program(model, monkeypatch, fused=True))]
-    assert len(glu) == 7 and "linear_glu" in glu and not any(op.startswith("gated") for op in glu), glu
+    assert glu == ["rms_norm_linear_sumsq", glu[1], "cached_attention", "linear_add_sumsq",
+                   "rms_norm_linear_glu_sumsq", "linear_add"], glu
 
 
 def test_decode_fused_rope_moves_the_rotation_into_the_qkv_gemv(monkeypatch: pytest.MonkeyPatch) -> None:
     """decode-fused-rope: the q/k/v projection is one rms_norm_linear_rope_sumsq (its norm from the previous down
     projection's partials, q and k rotated in its epilogue). Still six launches, as decode-fused: there the rotation
     already shares its launch with the k/v cache write (one horizontal kernel), which stays a launch of its own, now
-    a plain cache write. With fuse-linear-glu on, seven (the post-attention norm stays: linear_glu has no normed
-    form)."""
+    a plain cache write. With fuse-linear-glu on, six too (the post-attention norm in the gate/up GEMV's
+    prologue: rms_norm_linear_glu_sumsq)."""
     pytest.importorskip("transformers")
     model = hf_llama()
     after = layer_launches(program(model, monkeypatch, fused=True, pipeline="decode-fused-rope"))
@@ -110,7 +111,7 @@ def test_decode_fused_rope_moves_the_rotation_into_the_qkv_gemv(monkeypatch: pyt
     monkeypatch.setenv("MEMBOUND_LINEAR_GLU", "1")
     glu = [name.split(" ")[0] for name in layer_launches(program(model, monkeypatch, fused=True,
                                                                  pipeline="decode-fused-rope"))]
-    assert len(glu) == 7 and glu[0] == "rms_norm_linear_rope_sumsq" and "linear_glu" in glu, glu
+    assert len(glu) == 6 and glu[0] == "rms_norm_linear_rope_sumsq" and "rms_norm_linear_glu_sumsq" in glu, glu
 
 
 def _greedy_equals_eager(model: torch.nn.Module, ids: torch.Tensor, new: int, logits_of) -> set[str]:

@@ -191,8 +191,8 @@ def test_gated_linear(m: int, k: int, n: int, config: Optional[LinearConfig], dt
 
 
 def test_resident_tiles_and_their_row_form_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The defaults: at M = 1 every weight with K <= 4096 runs the resident tiles' one-row form (MEMBOUND_LINEAR_
-    RESIDENT_ROW), at M = 2 only the small ones (at most 8M values) the resident tiles, M = 3 neither; a longer K
+    """The defaults: at M = 1 every weight with K <= 4096 runs the resident tiles' one-row form
+    (MEMBOUND_LINEAR_RESIDENT_ROW), at M = 2 only the small ones (at most 8M values) the resident tiles, M = 3 neither; a longer K
     (the down projections) the register loop's one-row form at M = 1 (MEMBOUND_LINEAR_ROW_LOOP, default on);
     RESIDENT_ROW=0 gives M = 1 the two-row rule; RESIDENT=0 no resident tiles; and each launch equals torch."""
     from membound.backends.triton.kernels.linear import (

@@ -152,6 +152,44 @@ def test_linear_glu(m: int, k: int, n: int, dtype: torch.dtype, request: pytest.
         linear_glu(x, w[1:])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
+@pytest.mark.parametrize("m,k,n", CASES + [(2, 64, 7)])
+def test_rms_norm_linear_glu_sumsq(m: int, k: int, n: int, dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
+    """The post-attention norm from x's partials in the prologue and silu(g) * u in the epilogue, one launch: equal
+    to the two parents one after the other (rms_norm_linear_sumsq over the 2N merged rows at the same tiles, then
+    silu and the product in torch, each rounded) within the unfused tolerance (bit for bit in fp16 at the default
+    tiles in the interpreter: EXACT); against eager fp32 (the norm, the merged projection, the gating) within
+    EAGER_TOL. The register path (M = 1, 2: resident, its row form, the register loop's row form, split-K), the
+    tensor cores (M = 3, 5: x normed into a scratch first, or in the loop; the swapped product); M = 20: torch."""
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import rms_norm_linear_glu_sumsq, rms_norm_linear_sumsq, trace
+    from membound.ir.ops.matmul import sumsq_partials
+
+    x, nw = rand(m, 1, k, dtype=dtype, seed=22), rand(k, dtype=dtype, seed=23)
+    w = rand(2 * n, k, dtype=dtype, seed=24) * k ** -0.5
+    ss = sumsq_partials(x)  # what the producer (linear_add_sumsq) writes
+    eager = get_op("rms_norm_linear_glu_sumsq").reference(x.float(), sumsq_partials(x.float()), nw.float(), w.float(),
+                                                         eps=1e-5)
+    for cfg in configs(m):
+        with trace() as calls:
+            y = rms_norm_linear_glu_sumsq(x, ss, nw, w, eps=1e-5, config=cfg)
+        assert ("rms_norm_linear_glu_sumsq", "cublas" if m > 16 else "kernel") in calls
+        assert y.dtype == dtype and y.shape == (m, 1, n)
+        plain = None if cfg is None else dataclasses.replace(cfg, block_n=2 * cfg.block_n)
+        g, u = rms_norm_linear_sumsq(x, ss, nw, w, eps=1e-5, config=plain).chunk(2, dim=-1)
+        unfused = torch.nn.functional.silu(g) * u
+        tol = (EXACT or UNFUSED_TOL)[dtype] if cfg is None and dtype == torch.float16 else UNFUSED_TOL[dtype]
+        torch.testing.assert_close(y, unfused, **tol)
+        torch.testing.assert_close(y.float(), eager, **EAGER_TOL[dtype])
+    with pytest.raises(ValueError, match="rms_norm_linear_glu_sumsq: sumsq must be fp32"):
+        rms_norm_linear_glu_sumsq(x, ss[..., :1], nw, w, eps=1e-5)
+    with pytest.raises(ValueError, match="rms_norm_linear_glu_sumsq: weight must be \\[2N, K\\]"):
+        rms_norm_linear_glu_sumsq(x, ss, nw, w[1:], eps=1e-5)
+    with pytest.raises(ValueError, match="rms_norm_linear_glu_sumsq: act='gelu' has no kernel"):
+        rms_norm_linear_glu_sumsq(x, ss, nw, w, eps=1e-5, act="gelu")
+
+
 def test_errors_name_the_argument(request: pytest.FixtureRequest) -> None:
     if not INTERP.runs_here(request):
         return

@@ -33,6 +33,7 @@ SKIPPED = {
     "gated_linear_add": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "rms_norm_linear_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "rms_norm_linear_rope_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
+    "rms_norm_linear_glu_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "linear_add_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
     "gated_linear_add_sumsq": "fused GEMV family: test_fused_gemv_costs_by_hand below",
 }
@@ -177,6 +178,11 @@ def test_fused_gemv_costs_by_hand() -> None:
     assert cost("rms_norm_linear_rope_sumsq", [[7, 5], [7, 2], [5], [3, 5], [7, 2], [7, 2]], [7, 3], eps=1e-6,
                 head_dim=2, rope_cols=2) == (210 + 3 * 35 + 14 + 3 * 14,
                                              4 * (35 + 14 + 5 + 15 + 14 + 14 + 21) + 7 * 1 * 4 * 2)
+    # the merged gate/up projection with the norm from the partials: linear_glu's 2 x 7 x 6 x 5 + 5 a gated output
+    # (silu and the product), the norm's 3 a normed element, the partials summed; bytes as the plain form's with
+    # the [6, 5] weight, the [7, 3] gated output, and each of the 7 rows' one program re-reading its 2 partials
+    assert cost("rms_norm_linear_glu_sumsq", [[7, 5], [7, 2], [5], [6, 5]], [7, 3], eps=1e-6, act="silu") == (
+        420 + 5 * 21 + 3 * 35 + 14, 4 * (35 + 14 + 5 + 30 + 21) + 7 * 1 * 4 * 2)
     f, b = get_op("linear_add_sumsq").cost([TensorType(torch.float32, s) for s in ([7, 5], [3, 5], [7, 3])],
                                            [TensorType(torch.float32, [7, 3]), TensorType(torch.float32, [7, 1])], {})
     assert (int(f), int(b)) == (210 + 21 + 2 * 21, 4 * (35 + 15 + 21 + 21 + 7))

@@ -505,6 +505,22 @@ case("rms_norm_linear_rope_sumsq", [A(f16, 2, 1, 7), A(f32, 2, 1, 2, gen="pos"),
                                     A(f16, 1, 8), A(f16, 1, 8)],
      _norm_rope_from_sumsq(1e-5, 8, 16), eps=1e-5, head_dim=8, rope_cols=16)
 
+
+
+def _norm_glu_from_sumsq(eps: float) -> Callable[..., torch.Tensor]:
+    """rms_norm_linear_glu_sumsq: the norm from the partials, the merged gate/up product, silu(g) * u."""
+    def f(x: torch.Tensor, ss: torch.Tensor, nw: torch.Tensor, w: torch.Tensor, act: str = "silu") -> torch.Tensor:
+        return _linear_glu(x * (ss.sum(-1, keepdim=True) / x.shape[-1] + eps) ** -0.5 * nw, w)
+    return f
+
+
+case("rms_norm_linear_glu_sumsq", [A(f32, 7, 9), A(f32, 7, 3, gen="pos"), A(f32, 9), A(f32, 10, 9)],
+     _norm_glu_from_sumsq(1e-6), eps=1e-6)
+case("rms_norm_linear_glu_sumsq", [A(f32, B, S, 8), A(f32, B, S, 2, gen="pos"), A(f32, 8), A(f32, 6, 8)],
+     _norm_glu_from_sumsq(1e-5), eps=1e-5, act="silu")
+case("rms_norm_linear_glu_sumsq", [A(f16, 2, 1, 7), A(f32, 2, 1, 2, gen="pos"), A(f16, 7), A(f16, 16, 7)],
+     _norm_glu_from_sumsq(1e-5), eps=1e-5)
+
 case("matmul", [A(f32, 3, 4), A(f32, 4, 5)], _matmul)
 case("matmul", [A(f32, 2, 3, 4), A(f32, 4, 1)], _matmul)
 case("matmul", [A(f32, 2, 1, 3, 4), A(f32, 5, 4, 6)], _matmul)
@@ -1008,6 +1024,13 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("gated_linear_add_sumsq", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 6, 4), T(f16, 3, 6)], {}, ValueError),
     ("rms_norm_linear_sumsq", [T(f32, 3, 9), T(f32, 3, 2), T(f32, 9), T(f32, 5, 9)], {"eps": 1e-6}, ValueError),
     ("rms_norm_linear_sumsq", [T(f32, 3, 9), T(f16, 3, 3), T(f32, 9), T(f32, 5, 9)], {"eps": 1e-6}, ValueError),
+    ("rms_norm_linear_glu_sumsq", [T(f32, 3, 9), T(f32, 3, 2), T(f32, 9), T(f32, 8, 9)], {"eps": 1e-6},
+     ValueError),  # sumsq: not x's partials
+    ("rms_norm_linear_glu_sumsq", [T(f32, 3, 9), T(f32, 3, 3), T(f32, 9), T(f32, 7, 9)], {"eps": 1e-6},
+     ValueError),  # an odd number of merged rows
+    ("rms_norm_linear_glu_sumsq", [T(f32, 3, 9), T(f32, 3, 3), T(f32, 9), T(f32, 8, 9)], {"eps": 1e-6, "act": "relu"},
+     ValueError),
+    ("rms_norm_linear_glu_sumsq", [T(f32, 3, 9), T(f32, 3, 3), T(f16, 9), T(f32, 8, 9)], {"eps": 1e-6}, TypeError),
     ("rms_norm_linear_rope_sumsq", [T(f32, 3, 9), T(f32, 3, 2), T(f32, 9), T(f32, 8, 9), T(f32, 3, 4), T(f32, 3, 4)],
      {"eps": 1e-6, "head_dim": 4, "rope_cols": 8}, ValueError),  # sumsq: not x's partials
     ("rms_norm_linear_rope_sumsq", [T(f32, 3, 9), T(f32, 3, 3), T(f32, 7), T(f32, 8, 9), T(f32, 3, 4), T(f32, 3, 4)],

@@ -256,6 +256,7 @@ TABLE: list[Lowering] = [
     library("gated_linear_add", "linear:gated_linear_add", static_weight=2),
     library("rms_norm_linear_sumsq", "linear:rms_norm_linear_sumsq", static_weight=3),
     library("rms_norm_linear_rope_sumsq", "linear:rms_norm_linear_rope_sumsq", static_weight=3),
+    library("rms_norm_linear_glu_sumsq", "linear:rms_norm_linear_glu_sumsq", static_weight=3),
     library("linear_add_sumsq", "linear:linear_add_sumsq", static_weight=1),
     library("gated_linear_add_sumsq", "linear:gated_linear_add_sumsq", static_weight=2),
     library("quant_linear", "quant_matmul:quant_linear", static_weight=1),

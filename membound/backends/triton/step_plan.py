@@ -46,7 +46,7 @@ from membound.ir.graph import Node
 # our GEMV library's ops; the fused forms (a norm prologue, a residual epilogue) run the same kernel
 LINEAR_OPS = ("linear", "gated_linear", "rms_norm_linear", "linear_add", "gated_linear_add",
               "rms_norm_linear_sumsq", "linear_add_sumsq", "gated_linear_add_sumsq", "linear_glu",
-              "linear_rope", "rms_norm_linear_rope_sumsq")
+              "linear_rope", "rms_norm_linear_rope_sumsq", "rms_norm_linear_glu_sumsq")
 _GATED = ("gated_linear", "gated_linear_add", "gated_linear_add_sumsq")
 QUANT_OPS = ("quant_linear", "quant_gated_linear")
 

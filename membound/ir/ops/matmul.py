@@ -170,8 +170,7 @@ define_op("gated_linear", inputs=("gate", "up", "weight"), attrs={"act": "silu"}
 # ---------------------------------------------------------------------------------------------
 
 
-def _infer_linear_glu(x: TensorType, weight: TensorType, act: str = "silu") -> TensorType:
-    op = "linear_glu"
+def _infer_linear_glu(x: TensorType, weight: TensorType, act: str = "silu", *, op: str = "linear_glu") -> TensorType:
     dtype = same_dtype(op, ("x", x), ("weight", weight))
     require_float(op, x, "x")
     if act not in GATED_ACTIVATIONS:
@@ -559,3 +558,40 @@ define_op("rms_norm_linear_rope_sumsq", inputs=("x", "sumsq", "norm_weight", "we
           doc="rms_norm_linear_sumsq(x, sumsq, norm_weight, weight, bias) with its first rope_cols columns (whole "
               "heads of head_dim) rotated as linear_rope rotates them: the norm from the producer's partials in "
               "the GEMV's prologue, q and k's rotary embedding in its epilogue")
+
+
+# ---------------------------------------------------------------------------------------------
+# the gated MLP's merged gate/up projection with its norm (fuse-norm-linear over fuse-linear-glu's linear_glu):
+# the post-attention RMSNorm from the statistics the o projection wrote, the gating in the epilogue
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_rms_norm_linear_glu_sumsq(x: TensorType, sumsq: TensorType, norm_weight: TensorType, weight: TensorType,
+                                     *, eps: float, act: str = "silu") -> TensorType:
+    op = "rms_norm_linear_glu_sumsq"
+    _infer_rms_norm_linear_sumsq(x, sumsq, norm_weight, weight, eps=eps, op=op)  # the norm's operands
+    return _infer_linear_glu(x, weight, act, op=op)
+
+
+def _rms_norm_linear_glu_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: torch.Tensor,
+                               weight: torch.Tensor, *, eps: float, act: str = "silu") -> torch.Tensor:
+    """Its two parents composed: x normed from its partials as ``rms_norm_linear_sumsq`` norms it (rounded as
+    eager rounds it), then ``linear_glu``'s ``act(g) * u`` over the merged projection."""
+    ms = sumsq.sum(-1, keepdim=True) / x.shape[-1]
+    normed = (x.float() * torch.rsqrt(ms + eps)).to(x.dtype) * norm_weight
+    return _linear_glu(normed, weight, act)
+
+
+def _rms_norm_linear_glu_sumsq_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
+                                     attrs: dict[str, Any]) -> sympy.Expr:
+    x = ins[0]
+    return _linear_glu_flops([x, ins[3]], outs, attrs) + 3 * x.numel() + ins[1].numel()
+
+
+define_op("rms_norm_linear_glu_sumsq", inputs=("x", "sumsq", "norm_weight", "weight"),
+          attrs={"eps": REQUIRED, "act": "silu"}, kind="matmul", infer=_infer_rms_norm_linear_glu_sumsq,
+          reference=_rms_norm_linear_glu_sumsq, flops=_rms_norm_linear_glu_sumsq_flops,
+          bytes=_rms_norm_linear_sumsq_bytes,
+          doc="linear_glu(rms_norm(x, norm_weight, eps), weight) with x's mean square from the partial sums of "
+              "squares its producer wrote (sumsq): the norm in the GEMV's prologue, act(g) * u in its epilogue",
+          positionwise=True)

@@ -42,6 +42,7 @@ from membound.backends.triton.kernels.linear import (
     linear_glu,
     linear_rope,
     rms_norm_linear,
+    rms_norm_linear_glu_sumsq,
     rms_norm_linear_rope_sumsq,
     rms_norm_linear_sumsq,
 )
@@ -75,5 +76,5 @@ __all__ = [
     "linear_add_sumsq", "linear_bytes", "linear_glu", "linear_rope", "moe",
     "moe_bytes", "quant_gated_linear",
     "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm", "rms_norm_linear",
-    "rms_norm_linear_rope_sumsq", "rms_norm_linear_sumsq", "rms_norm_bytes", "trace",
+    "rms_norm_linear_glu_sumsq", "rms_norm_linear_rope_sumsq", "rms_norm_linear_sumsq", "rms_norm_bytes", "trace",
 ]

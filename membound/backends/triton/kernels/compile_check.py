@@ -123,6 +123,9 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
             (1, False, 1, 2, 512, 1, "glu", False, False, ""),
             (1, False, 1, 2, 512, 2, "glu", False, False, ""),
             (8, True, 16, 16, 128, 2, "glu", False, False, ""),
+            # rms_norm_linear_glu_sumsq (the same, x normed from its producer's partials)
+            (1, False, 1, 2, 512, 1, "glu", True, False, "in"),
+            (8, True, 16, 16, 128, 2, "glu", True, False, "in"),
             # linear_rope (q/k/v merged: q and k rotated, 5120 columns of head dim 128; pairs of a head's columns)
             (1, False, 1, 2, 512, 1, "rope", False, False, ""),
             (1, False, 1, 2, 512, 2, "rope", False, False, ""),

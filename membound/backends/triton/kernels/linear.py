@@ -181,8 +181,8 @@ def _linear_small_m(
     if SUMSQ_OUT:
         tl.static_assert(BLOCK_N % SUMSQ_COLUMNS == 0, "a program owns whole blocks of the partial sums")
     tl.static_assert(not (NORM and GATED), "a norm prologue and gating are two forms of x: one at a time")
-    tl.static_assert(not GLU or not (GATED or NORM or RESIDUAL or SUMSQ_OUT or HAS_BIAS),
-                     "linear_glu: a plain x, no bias, and its output is the gated product")
+    tl.static_assert(not GLU or not (GATED or RESIDUAL or SUMSQ_OUT or HAS_BIAS),
+                     "linear_glu: x plain or normed, no bias, and its output is the gated product")
     # the norm forms x as it is loaded (NORM, its mean square from SUMSQ_IN's partials or a prologue), the rotation
     # picks the program's weight rows and finishes its output tiles: orthogonal (rms_norm_linear_rope_sumsq)
     tl.static_assert(not ROPE or not (GLU or GATED or RESIDUAL or SUMSQ_OUT or L2_PREFETCH),
@@ -594,7 +594,8 @@ def pick_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device
 
 # the ops whose programs stream two W tiles (launch_config's paired tiles): linear_glu's gate and up rows,
 # linear_rope's column pairs (j, j + D/2) of a head (and its norm form's)
-PAIRED_OPS = {"linear_glu": "glu", "linear_rope": "rope", "rms_norm_linear_rope_sumsq": "rope"}
+PAIRED_OPS = {"linear_glu": "glu", "linear_rope": "rope", "rms_norm_linear_rope_sumsq": "rope",
+              "rms_norm_linear_glu_sumsq": "glu"}
 
 
 def launch_config(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device, *, glu: bool = False,
@@ -916,6 +917,24 @@ def _sumsq_buffer(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The partials of an ``[..., N]`` output: written whole by the kernel (or the reference path)."""
     n = weight.shape[0] if weight.dim() == 2 else 0
     return torch.empty(tuple(x.shape[:-1]) + (cdiv(n, SUMSQ_COLUMNS),), dtype=torch.float32, device=x.device)
+
+
+def rms_norm_linear_glu_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor,
+                              out: Optional[torch.Tensor] = None, *, eps: float, act: str = "silu",
+                              config: Optional[LinearConfig] = None, static_weight: bool = False) -> torch.Tensor:
+    """The IR op ``rms_norm_linear_glu_sumsq``: :func:`linear_glu` over ``rms_norm(x, norm_weight, eps)``, x's mean
+    square from ``sumsq`` (the partials its producer wrote). One launch: each program sums the partials for its
+    1 / rms and norms x as it loads it (``NORM``, ``SUMSQ_IN``), streams its columns' gate and up rows as two tiles
+    and stores ``silu(gate) * up`` (``GLU``). M > 16, or where the kernel cannot run: the op's reference."""
+    from membound.ir.ops.matmul import GATED_ACTIVATIONS, _rms_norm_linear_glu_sumsq
+
+    op = "rms_norm_linear_glu_sumsq"
+    if act != "silu":
+        raise ValueError(f"{op}: act={act!r} has no kernel (silu does); known: {sorted(GATED_ACTIVATIONS)}")
+    _check_norm_sumsq(op, x, sumsq, norm_weight)
+    return _small_m(op, x, None, weight, None, out, config,
+                    lambda: _rms_norm_linear_glu_sumsq(x, sumsq, norm_weight, weight, eps=eps, act=act),
+                    static_weight, norm=(norm_weight, float(eps)), sumsq=(sumsq, "in"), glu=True)
 
 
 def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor],
