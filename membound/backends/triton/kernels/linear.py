@@ -7,7 +7,10 @@ program, with vectorised loads; the few x rows are re-read per program but stay 
 
 Two inner products, chosen by ``USE_DOT``:
 - ``USE_DOT=False`` (M <= 2): multiply-accumulate in registers into ``acc[BLOCK_M, BLOCK_N, BLOCK_K]``
-  and reduce over K once at the end (no tensor cores, no shared memory: the plain GEMV).
+  and reduce over K once at the end (no tensor cores, no shared memory: the plain GEMV). At one row
+  (``ROW``) x is a vector against the 2-D weight tile (``acc[BLOCK_N, BLOCK_K]``): no 3-D product's layout
+  shuffles, the H200's fastest form at M = 1 on every Llama shape; with ``RESIDENT`` a program's whole K range
+  is one register tile, loaded before the PDL wait for a parameter weight.
 - ``USE_DOT=True`` (M > 2): pad M to 16 rows and use ``tl.dot`` (tensor cores; the loads feeding the
   dot are software-pipelined). The padded rows cost FLOPs, which are free when memory-bound.
 
@@ -32,7 +35,8 @@ norm reduces (the rounded output upcast to fp32), so a residual linear followed 
 neither a norm kernel nor a re-reduction: each consumer program sums the K / 4 partials (2-4 KB a row at
 the Llama shapes, one vector load, from L2). ``ROPE`` (``linear_rope``, from fuse-rope-linear): each program
 streams a head's column pairs ``(j, j + D/2)`` as two tiles and stores them rotated; it changes which rows a
-program owns and its epilogue, not x, so it takes ``NORM`` too (``rms_norm_linear_rope_sumsq``).
+program owns and its epilogue, not x, so it takes ``NORM`` too (``rms_norm_linear_rope_sumsq``), as ``GLU`` does
+(``rms_norm_linear_glu_sumsq``).
 
 For M > 16 the wrapper calls ``torch.nn.functional.linear`` (cuBLAS), which wins once W is reused
 across enough rows. Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, a weight
