@@ -167,6 +167,16 @@ def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     return out, time.perf_counter() - t
 
 
+def step_seconds(call: Callable[[int], Any], n: int, first_full_s: float, reps: int) -> float:
+    """The decode step alone: (a call of ``n`` tokens - a call of ``n // 2``) / the tokens between (the prefill
+    cancels), each call's time the median of ``reps`` (the full call's first time is ``first_full_s``, already
+    measured): one pair of calls moved A/B differences of a few percent between runs (session 14)."""
+    half = n // 2
+    full = [first_full_s] + [timed(lambda: call(n))[1] for _ in range(reps - 1)]
+    halves = [timed(lambda: call(half))[1] for _ in range(reps)]
+    return (statistics.median(full) - statistics.median(halves)) / (n - half)
+
+
 def step_bytes_total(weight_bytes: int, kv_bytes_per_token: int, batch: int, prompt: int, new_tokens: int) -> int:
     """Bytes the N forward steps of one generate call must read: step t (t = 0 is the prefill) reads every
     weight once and the K/V of ``prompt + t`` positions of each row."""
@@ -482,9 +492,7 @@ class Bench:
                     # contenders by step where the prefill dominates the call (long prompts). Only the compile
                     # contenders: their static cache is sized once per batch, so a shorter call reuses the
                     # compiled step (HF's static cache is sized per call: a shorter call would recompile)
-                    half = n // 2
-                    _, t_half = timed(lambda: gen(ids, half))
-                    row.step_s = (row.timed_s - t_half) / (n - half)
+                    row.step_s = step_seconds(lambda k: gen(ids, k), n, row.timed_s, self.args.step_reps)
         except Exception as exc:  # noqa: BLE001 (one contender's failure must not end the bench)
             row.status = f"failed: {first_line(exc)}"
             row.error = traceback.format_exc()[-3000:]
@@ -650,8 +658,8 @@ class Bench:
             return
         half = n // 2
         try:
-            _, t_half = timed(lambda: membound.generate(compiled, ids, half))
-            row.step_s = (row.timed_s - t_half) / (n - half)
+            row.step_s = step_seconds(lambda k: membound.generate(compiled, ids, k), n, row.timed_s,
+                                      self.args.step_reps)
         except Exception as exc:  # noqa: BLE001 (never end the bench)
             row.note += f"; step timing failed: {first_line(exc)}"
         try:
@@ -705,8 +713,8 @@ def table(record: dict[str, Any]) -> str:
                      f"{fmt(r['compile_s'], '9.1f')} {agree:>12s}")
     stepped = [r for r in rows if r.get("step_s") and r["status"] == "ok"]
     if stepped:
-        lines.append("decode step alone (call - call of half the tokens, per token between): ms, and % of read "
-                     "bandwidth over the bytes a step must read at the average position of those steps")
+        lines.append("decode step alone (median call - median call of half the tokens, per token between): ms, and "
+                     "% of read bandwidth over the bytes a step must read at the average position of those steps")
         for r in stepped:
             info = record.get("models", {}).get(r["model"], {})
             n = record["new_tokens"]
@@ -777,6 +785,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="skip contenders that would start after this many seconds (GPU default 510)")
     p.add_argument("--warm-caches", action="store_true",
                    help="keep the usual Inductor/Triton/membound caches (default: fresh ones, so compiles are cold)")
+    p.add_argument("--step-reps", type=int, default=3,
+                   help="the decode step alone: median of this many full and half calls each (default 3)")
     p.add_argument("--cd-tuning", action="store_true",
                    help="compile contender: Inductor coordinate_descent_tuning on, as gpt-fast (longer compiles)")
     p.add_argument("--smoke", action="store_true", help="CPU, llama-tiny fp32, b1/b2, 8 tokens (checks the script)")

@@ -190,3 +190,21 @@ def test_merge_joins_files_of_one_card_only(tmp_path: Path, monkeypatch: pytest.
     assert (results / "decode_e2e-h-2026-01-02-merged.json").read_text() == "another table\n"
     assert json.loads((results / "decode_e2e-h-2026-01-02-merged-2.json").read_text())["rows"] == merged["rows"]
     assert bench.main(["--merge", str(a), str(record("G", "llama-8b"))]) == 2
+
+
+def test_step_seconds_is_the_median_difference_per_token_between() -> None:
+    """The decode step alone: medians of the full and the half call (the full call's first time given), their
+    difference over the tokens between; a slow outlier in one call does not move it."""
+    calls: list[int] = []
+    slow = {"left": 1}
+
+    def call(k: int) -> None:
+        calls.append(k)
+        extra = 0.05 if k == 10 and slow["left"] else 0.0  # one half call hit by a hiccup
+        if extra:
+            slow["left"] -= 1
+        time.sleep(0.01 + 0.002 * k + extra)
+
+    step = bench.step_seconds(call, 20, 0.01 + 0.002 * 20, reps=3)
+    assert calls == [20, 20, 10, 10, 10]
+    assert step == pytest.approx(0.002, rel=0.25)
