@@ -494,9 +494,14 @@ def _rms_norm_linear_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: to
                            bias: torch.Tensor | None = None, *, eps: float) -> torch.Tensor:
     """``linear(rms_norm(x, norm_weight), weight, bias)`` with the mean square taken from the partials
     ``sumsq`` of x (rounded as eager's RMSNorm: the normed value, then the product with the weight)."""
+    return torch.nn.functional.linear(_normed_from_sumsq(x, sumsq, norm_weight, eps), weight, bias)
+
+
+def _normed_from_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``rms_norm(x, norm_weight, eps)`` with the mean square from x's partial sums of squares ``sumsq``, rounded
+    as eager's RMSNorm rounds it (the normed value, then the product with the weight)."""
     ms = sumsq.sum(-1, keepdim=True) / x.shape[-1]
-    normed = (x.float() * torch.rsqrt(ms + eps)).to(x.dtype) * norm_weight
-    return torch.nn.functional.linear(normed, weight, bias)
+    return (x.float() * torch.rsqrt(ms + eps)).to(x.dtype) * norm_weight
 
 
 def _rms_norm_linear_sumsq_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
@@ -577,9 +582,7 @@ def _rms_norm_linear_glu_sumsq(x: torch.Tensor, sumsq: torch.Tensor, norm_weight
                                weight: torch.Tensor, *, eps: float, act: str = "silu") -> torch.Tensor:
     """Its two parents composed: x normed from its partials as ``rms_norm_linear_sumsq`` norms it (rounded as
     eager rounds it), then ``linear_glu``'s ``act(g) * u`` over the merged projection."""
-    ms = sumsq.sum(-1, keepdim=True) / x.shape[-1]
-    normed = (x.float() * torch.rsqrt(ms + eps)).to(x.dtype) * norm_weight
-    return _linear_glu(normed, weight, act)
+    return _linear_glu(_normed_from_sumsq(x, sumsq, norm_weight, eps), weight, act)
 
 
 def _rms_norm_linear_glu_sumsq_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
