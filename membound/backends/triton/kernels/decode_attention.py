@@ -219,10 +219,8 @@ def _flash_decoding_split(
         ts = chunk_start + tn
         pre = (ts < chunk_end) & (ts < old)
         t64 = tl.full((), chunk_start, tl.int64)
-        k_pre = tl.load(k_base + t64 * skt + tn[None, :] * skt + ds[:, None] * skd,
-                        mask=pre[None, :] & d_ok[:, None], other=0.0, eviction_policy=KV_EVICT)
-        v_pre = tl.load(v_base + t64 * svt + tn[:, None] * svt + dvs[None, :] * svd,
-                        mask=pre[:, None] & dv_ok[None, :], other=0.0, eviction_policy=KV_EVICT)
+        k_pre = _k_tile(k_base, t64, tn, ds, skt, skd, pre, d_ok, KV_EVICT)
+        v_pre = _v_tile(v_base, t64, tn, dvs, svt, svd, pre, dv_ok, KV_EVICT)
         pdl_enter(USE_PDL)
         q = tl.load(q_ptr + b * sqb + h[:, None] * sqh + s[:, None] * sqs + ds[None, :] * sqd,
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
@@ -240,10 +238,8 @@ def _flash_decoding_split(
             t_ok = ts < chunk_end
             new = t_ok & (ts >= old)
             t64 = tl.full((), chunk_start, tl.int64)
-            k_t = tl.where(new[None, :], tl.load(k_base + t64 * skt + tn[None, :] * skt + ds[:, None] * skd,
-                                                 mask=new[None, :] & d_ok[:, None], other=0.0), k_pre)
-            v = tl.where(new[:, None], tl.load(v_base + t64 * svt + tn[:, None] * svt + dvs[None, :] * svd,
-                                               mask=new[:, None] & dv_ok[None, :], other=0.0), v_pre)
+            k_t = tl.where(new[None, :], _k_tile(k_base, t64, tn, ds, skt, skd, new, d_ok, ""), k_pre)
+            v = tl.where(new[:, None], _v_tile(v_base, t64, tn, dvs, svt, svd, new, dv_ok, ""), v_pre)
             scores = _tile_scores(q, k_t, ts, t_ok, pos, slope, qk_scale, softcap, T, WINDOW, HAS_SOFTCAP, RING,
                                   HAS_WINDOW, HAS_ALIBI, INPUT_PRECISION)
             m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
@@ -254,12 +250,10 @@ def _flash_decoding_split(
             t64 = tl.full((), t0, tl.int64)  # this tile's first slot, as a 64-bit offset
             # one K tile, loaded once for every query row of the kv group: K^T [BLOCK_D, BLOCK_T]
             # (KV_EVICT "evict_first": the cache is read once per step, so it need not stay in L2)
-            k_t = tl.load(k_base + t64 * skt + tn[None, :] * skt + ds[:, None] * skd,
-                          mask=t_ok[None, :] & d_ok[:, None], other=0.0, eviction_policy=KV_EVICT)
+            k_t = _k_tile(k_base, t64, tn, ds, skt, skd, t_ok, d_ok, KV_EVICT)
             scores = _tile_scores(q, k_t, ts, t_ok, pos, slope, qk_scale, softcap, T, WINDOW, HAS_SOFTCAP, RING,
                                   HAS_WINDOW, HAS_ALIBI, INPUT_PRECISION)
-            v = tl.load(v_base + t64 * svt + tn[:, None] * svt + dvs[None, :] * svd,
-                        mask=t_ok[:, None] & dv_ok[None, :], other=0.0, eviction_policy=KV_EVICT)
+            v = _v_tile(v_base, t64, tn, dvs, svt, svd, t_ok, dv_ok, KV_EVICT)
             m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
         # this chunk's rows, normalised: o = acc / l with its log-sum-exp lse = m + log2(l) (-inf for a
         # row that saw no slot here: weight 0 in the merge)
@@ -291,6 +285,21 @@ def _flash_decoding_split(
                     _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
                                     sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
                     reset_counter(lock_ptr, pid_row)
+
+
+@triton.jit
+def _k_tile(k_base, t0, tn, ds, skt, skd, t_mask, d_ok, EVICT: tl.constexpr):
+    """K^T ``[BLOCK_D, BLOCK_T]`` of the slots ``t0 + tn`` where ``t_mask`` (zeros elsewhere); ``t0`` a 64-bit
+    offset. Loaded once for every query row of the kv group."""
+    return tl.load(k_base + t0 * skt + tn[None, :] * skt + ds[:, None] * skd, mask=t_mask[None, :] & d_ok[:, None],
+                   other=0.0, eviction_policy=EVICT)
+
+
+@triton.jit
+def _v_tile(v_base, t0, tn, dvs, svt, svd, t_mask, dv_ok, EVICT: tl.constexpr):
+    """V ``[BLOCK_T, BLOCK_DV]`` of the slots ``t0 + tn`` where ``t_mask`` (zeros elsewhere)."""
+    return tl.load(v_base + t0 * svt + tn[:, None] * svt + dvs[None, :] * svd, mask=t_mask[:, None] & dv_ok[None, :],
+                   other=0.0, eviction_policy=EVICT)
 
 
 @triton.jit
