@@ -188,3 +188,36 @@ def test_step_plan_prices_it_as_the_plain_linear() -> None:
     from membound.backends.triton.step_plan import linear_kind
 
     assert [linear_kind("rms_norm_linear_rope_sumsq", m) for m in (1, 8, 17)] == ["gemv_row", "gemv_swap", "cublas"]
+
+
+GLU_READER = """graph @f(%a: f32[B, 1, 12], %h: f32[B, 1, 16]) params(%wo: f32[16, 12], %ln: f32[16],
+      %wgu: f32[22, 16]) {
+  %h2 = linear_add(%a, %wo, %h) : f32[B, 1, 16]
+  %n = rms_norm(%h2, %ln) {eps=1e-05} : f32[B, 1, 16]
+  %y = linear_glu(%n, %wgu) {act="silu"} : f32[B, 1, 11]
+  return %h2, %y
+}"""
+
+GLU_READER_AFTER = """graph @f(%a: f32[B, 1, 12], %h: f32[B, 1, 16]) params(%wo: f32[16, 12], %ln: f32[16],
+      %wgu: f32[22, 16]) {
+  %0, %1 = linear_add_sumsq(%a, %wo, %h) : f32[B, 1, 16], f32[B, 1, 4]
+  %2 = rms_norm_linear_glu_sumsq(%0, %1, %ln, %wgu) {act="silu", eps=1e-05} : f32[B, 1, 11]
+  return %0, %2
+}"""
+
+
+def test_a_norm_read_by_linear_glu() -> None:
+    """The post-attention norm of the o projection's output, read by fuse-linear-glu's gate/up GEMV: the producer
+    writes the partials and the GEMV takes the norm (rms_norm_linear_glu_sumsq), equal to the unfused graph; the
+    same norm of a graph input (no statistics) stays, prologue or not, and the log says why."""
+    check_rewrite(fuse_norm_linear, GLU_READER, GLU_READER_AFTER)
+    check_numerics(fuse_norm_linear, GLU_READER, rtol=1e-5, atol=1e-5)
+    no_stats = """graph @f(%h: f32[B, 1, 16]) params(%ln: f32[16], %wgu: f32[22, 16]) {
+      %n = rms_norm(%h, %ln) {eps=1e-05} : f32[B, 1, 16]
+      %y = linear_glu(%n, %wgu) {act="silu"} : f32[B, 1, 11]
+      return %y
+    }"""
+    check_unchanged(fuse_norm_linear, no_stats)
+    g, ctx = parse_with_params(no_stats), PassContext(current_pass="fuse-norm-linear")
+    assert apply(FuseNormLinear(prologue=True), g, ctx) is False
+    assert any("linear_glu, which has no prologue form" in line for line in ctx.log), ctx.log
