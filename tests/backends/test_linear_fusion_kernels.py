@@ -378,3 +378,56 @@ def test_linear_rope_checks_its_arguments() -> None:
         linear_rope(x, w, cos, cos, head_dim=8, rope_cols=32)
     with pytest.raises(ValueError, match="must broadcast to x's rows"):
         linear_rope(x, w, torch.randn(3, 8), cos, head_dim=8, rope_cols=16)
+
+
+# the swapped product's tiles for the early first tile: several K tiles a program (split), one tile covering each
+# split (the whole weight slice before the wait, the loop empty), one tile over all of K (unsplit)
+EARLY_SWAP_CONFIGS = [(16, 16, 32, 2), (16, 16, 256, 2), (16, 16, 512, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f16"])
+@pytest.mark.parametrize("block", EARLY_SWAP_CONFIGS, ids=["tiles", "tile-a-split", "one-tile"])
+def test_swap_early_first_tile_equals_the_loop(block: tuple[int, int, int, int], dtype: torch.dtype,
+                                               request: pytest.FixtureRequest,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MEMBOUND_LINEAR_SWAP_EARLY=1``: a swapped-product launch over a parameter weight (``static_weight``) loads
+    its first W tile before the PDL wait and peels that K tile off the loop. Every form of x (plain, gated, normed
+    from a prologue or from partials), every epilogue (bias, residual, sums of squares, glu, rope) and split-K
+    give what the loop alone gives (static_weight=False, the same tiles): bit for bit in the interpreter (the same
+    K order), else within the unfused tolerance. M = 5, K = 300 (a K tail in the last tile), odd N."""
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton import kernels as K
+    from membound.backends.triton.kernels import LinearConfig
+    from membound.ir.ops.matmul import sumsq_partials
+
+    monkeypatch.setenv("MEMBOUND_LINEAR_SWAP_EARLY", "1")
+    bm, bn, bk, split = block
+    cfg = LinearConfig(bm, bn, bk, split_k=split, use_dot=True, swap=True)
+    m, k, n, d = 5, 300, 37, 8
+    x, gu = rand(m, 1, k, dtype=dtype, seed=30), rand(m, 1, 2 * k, dtype=dtype, seed=31)
+    w, w2 = rand(n, k, dtype=dtype, seed=32) * k ** -0.5, rand(2 * n, k, dtype=dtype, seed=33) * k ** -0.5
+    b, r, nw = rand(n, dtype=dtype, seed=34), rand(m, 1, n, dtype=dtype, seed=35), rand(k, dtype=dtype, seed=36)
+    wq = rand(5 * d, k, dtype=dtype, seed=37) * k ** -0.5  # 3 heads rotated, 2 not
+    cos, sin = _rope_tables(m, d, dtype)
+    ss = sumsq_partials(x)
+    runs = {
+        "linear": lambda **o: K.linear(x, w, b, config=cfg, **o),
+        "gated_linear": lambda **o: K.gated_linear(gu[..., :k], gu[..., k:], w, config=cfg, **o),
+        "linear_glu": lambda **o: K.linear_glu(x, w2, config=cfg, **o),
+        "rms_norm_linear": lambda **o: K.rms_norm_linear(x, nw, w, b, eps=1e-5, config=cfg, **o),
+        "linear_add": lambda **o: K.linear_add(x, w, r, b, config=cfg, **o),
+        "gated_linear_add_sumsq": lambda **o: K.gated_linear_add_sumsq(gu[..., :k], gu[..., k:], w, r, config=cfg,
+                                                                       **o),
+        "rms_norm_linear_sumsq": lambda **o: K.rms_norm_linear_sumsq(x, ss, nw, w, b, eps=1e-5, config=cfg, **o),
+        "rms_norm_linear_glu_sumsq": lambda **o: K.rms_norm_linear_glu_sumsq(x, ss, nw, w2, eps=1e-5, config=cfg,
+                                                                             **o),
+        "linear_rope": lambda **o: K.linear_rope(x, wq, cos, sin, head_dim=d, rope_cols=3 * d, config=cfg, **o),
+    }
+    tol = (EXACT or UNFUSED_TOL)[dtype]
+    for name, run in runs.items():
+        with K.trace() as calls:
+            early, loop = run(static_weight=True), run(static_weight=False)
+        assert calls == [(name, "kernel")] * 2, name
+        for a, c in zip(early if isinstance(early, tuple) else (early,), loop if isinstance(loop, tuple) else (loop,)):
+            torch.testing.assert_close(a, c, **tol, msg=lambda s, name=name: f"{name}: {s}")

@@ -169,6 +169,9 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
             # the swapped product (W the MMA's A operand, 64-row tiles): a Hopper warpgroup MMA
             out.append((_linear_small_m, label.replace("dot", "swap"), dict(args, SWAP=True, BLOCK_N=64),
                         dict(num_warps=4, num_stages=4)))
+            # ... with its first W tile(s) loaded into registers before the PDL wait (MEMBOUND_LINEAR_SWAP_EARLY)
+            out.append((_linear_small_m, label.replace("dot", "swap") + " early",
+                        dict(args, SWAP=True, BLOCK_N=64, EARLY_SWAP=True), dict(num_warps=4, num_stages=4)))
     hkv, g, cap, d = 8, 4, 16384, 128  # Llama-3-8B: 8 kv heads, 4 q heads each
     strides = dict(sqb=32 * d, sqh=d, sqs=d, sqd=1, skb=hkv * cap * d, skh=cap * d, skt=d, skd=1, svb=hkv * cap * d,
                    svh=cap * d, svt=d, svd=1, spb=1, sps=1, sob=32 * d, soh=d, sos=d, sod=1)

@@ -85,6 +85,23 @@ def _w_tile(w_rows, row_ok, ks, k_end):
 
 
 @triton.jit
+def _x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, k_ok, stride_xm, stride_um, rstd, GATED_X: tl.constexpr,
+            NORM_X: tl.constexpr):
+    """The few x rows of one K tile (re-read by every program, served from L2), formed as the op forms them:
+    ``GATED_X`` silu(gate) * up, ``NORM_X`` rms_norm(x) * weight, each rounded to the dtype as eager rounds it
+    (never stored)."""
+    x = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+    if GATED_X:
+        u = tl.load(u_ptr + ms[:, None] * stride_um + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        x = _silu_mul(x, u)
+    if NORM_X:
+        nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
+        xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
+        x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(x.dtype)
+    return x
+
+
+@triton.jit
 def _finish(acc, r_ptr, ms, rows, stride_rm, mask, dtype, RESIDUAL: tl.constexpr):
     """The output tile in ``dtype``: the product rounded, then (``RESIDUAL``) the residual added and rounded
     again, as eager's ``residual + linear(x)`` rounds."""
@@ -178,6 +195,7 @@ def _linear_small_m(
     L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False, GATE_ROWS: tl.constexpr = 16,
     ROPE: tl.constexpr = False, HALF: tl.constexpr = 1, cs_ptr=None, sn_ptr=None, stride_cm=0, ROPE_N=0,
     ROPE_PROGRAMS=0, SWAP: tl.constexpr = False, RESIDENT: tl.constexpr = False, ROW: tl.constexpr = False,
+    EARLY_SWAP: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
@@ -198,6 +216,7 @@ def _linear_small_m(
     tl.static_assert(not SWAP or USE_DOT, "SWAP is a form of the tensor-core product")
     tl.static_assert(not RESIDENT or not USE_DOT, "RESIDENT is a form of the register product")
     tl.static_assert(not ROW or (BLOCK_M == 1 and not USE_DOT), "ROW: the register product at one row")
+    tl.static_assert(not EARLY_SWAP or (SWAP and EARLY_W), "EARLY_SWAP: a parameter weight's swapped product")
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     ms = tl.arange(0, BLOCK_M)
@@ -236,6 +255,13 @@ def _linear_small_m(
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         if TWO:
             acc2 = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        if EARLY_SWAP:
+            # a parameter weight's first K tile, loaded into registers before the wait: it is in flight while the
+            # kernel before this one finishes (the loop's own tiles start after the wait); a config whose BLOCK_K
+            # covers the program's K range so holds its whole weight slice before the wait
+            w_first = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
+            if TWO:
+                w_first2 = _w_tile(w2_rows, row_ok2, k_start + tl.arange(0, BLOCK_K), k_end)
     elif USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if TWO:
@@ -342,20 +368,23 @@ def _linear_small_m(
         stride_xm = K
     GATED_X: tl.constexpr = GATED and not PRE_GATE
     NORM_X: tl.constexpr = NORM and not PRE_GATE
-    for k0 in range(k_start, k_end, BLOCK_K):
+    if not NORM:
+        rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)  # (unused: _x_tile's NORM_X is off)
+    loop_start = k_start
+    if EARLY_SWAP:
+        # the first K tile, peeled off the loop: its W tile came before the wait
+        ks = k_start + tl.arange(0, BLOCK_K)
+        x_t = tl.trans(_x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, ks < k_end, stride_xm, stride_um, rstd, GATED_X,
+                               NORM_X))
+        acc = tl.dot(w_first, x_t, acc, input_precision=INPUT_PRECISION)
+        if TWO:
+            acc2 = tl.dot(w_first2, x_t, acc2, input_precision=INPUT_PRECISION)
+        loop_start = k_start + BLOCK_K
+    for k0 in range(loop_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
-        # the few x rows of this K tile (re-read by every program, served from L2)
-        x = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        if GATED_X:
-            # gated_linear: x = silu(gate) * up, each rounded to the dtype as eager rounds it (never stored)
-            u = tl.load(u_ptr + ms[:, None] * stride_um + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            x = _silu_mul(x, u)
-        if NORM_X:
-            # rms_norm(x, nw) rounded as eager rounds it: the normed value, then the product with the weight
-            nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
-            xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
-            x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(x.dtype)
+        # the few x rows of this K tile (gated_linear: silu(gate) * up; a norm prologue: the normed row)
+        x = _x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, k_ok, stride_xm, stride_um, rstd, GATED_X, NORM_X)
         if SWAP:
             w_s = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             x_t = tl.trans(x)
@@ -666,6 +695,19 @@ def swap_product() -> bool:
     the large or long-K 16-bit weights at M <= 2): read at each config choice, so an A/B run can set
     ``MEMBOUND_LINEAR_SWAP`` (``1`` / ``0``) per compiled model."""
     return _env_flag(SWAP_ENV, SWAP_DEFAULT)
+
+
+# the swapped product's first W tile of a parameter weight loaded into registers before the PDL wait (kernel
+# EARLY_SWAP; the register paths load theirs early already): "1" on, "0" off (A/B runs). Not yet timed on a GPU
+SWAP_EARLY_ENV = "MEMBOUND_LINEAR_SWAP_EARLY"
+SWAP_EARLY_DEFAULT = "0"
+
+
+def swap_early() -> bool:
+    """Whether a swapped-product launch over a parameter weight loads its first W tile before the PDL wait:
+    ``MEMBOUND_LINEAR_SWAP_EARLY`` (``1`` / ``0``), read at each launch (a CUDA graph keeps the variant it
+    captured)."""
+    return _env_flag(SWAP_EARLY_ENV, SWAP_EARLY_DEFAULT)
 
 
 def prefers_cublas(m: int, n: int, k: int) -> bool:
@@ -1043,7 +1085,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         **pdl_options(x.device),
         **(l2_prefetch_bytes(weight, static_weight, n * split, k_per_split) if rope is None
            else {"L2_PREFETCH": False, "pf_bytes": 0}), **rope_args, SWAP=cfg.swap,
-        RESIDENT=cfg.resident, ROW=cfg.row)
+        RESIDENT=cfg.resident, ROW=cfg.row, EARLY_SWAP=cfg.swap and static_weight and swap_early())
     note(op, "kernel")
     return y
 
