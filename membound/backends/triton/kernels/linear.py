@@ -698,7 +698,11 @@ def swap_product() -> bool:
 
 
 # the swapped product's first W tile of a parameter weight loaded into registers before the PDL wait (kernel
-# EARLY_SWAP; the register paths load theirs early already): "1" on, "0" off (A/B runs). Not yet timed on a GPU
+# EARLY_SWAP; the register paths load theirs early already): "1" on, "0" off. Off: on the H200 it was slower
+# everywhere it was timed (decode_e2e-nvidia-h200-2026-12-04-session15-swap-early, batch 8 decode step: 8B 4.422
+# against 4.374 ms, 1.24B 1.070 against 0.868; gemv_sweep-tc-swap-...-session15-early{0,1}, M = 8, 8B: o 12.2 against
+# 11.4 us, q/k/v 16.3 / 15.9, gate/up 60.7 / 59.8). The register tile costs the loop shared memory (sm_90: 100 KB
+# a program against 80, 184 against 147 for linear_glu) and goes to the MMA through shared memory anyway
 SWAP_EARLY_ENV = "MEMBOUND_LINEAR_SWAP_EARLY"
 SWAP_EARLY_DEFAULT = "0"
 
