@@ -24,10 +24,11 @@ graph @f(%x: bf16[B, S, 64]) params(%g: bf16[64]) {
 
 The rules (``RULES`` below, each with a ``# before -> after`` comment) fold view chains and identity
 views, drop no-op casts, apply algebraic identities with constants, normalise matmul forms to
-``linear`` and recognise ``rms_norm``. Every rule keeps the exact numerics of the graph it rewrites:
-an ``rms_norm`` chain computed in low precision without the f32 casts is left alone, because
-``rms_norm`` computes in f32. No cost question: each rule removes ops or keeps their number.
-Rules run to a fixpoint (``pattern.rewrite_to_fixpoint``); the nodes they orphan are erased.
+``linear`` (and a matmul over a reduction of length one to ``mul``) and recognise ``rms_norm``. Every
+rule keeps the exact numerics of the graph it rewrites: an ``rms_norm`` chain computed in low precision
+without the f32 casts is left alone, because ``rms_norm`` computes in f32. No cost question: each rule
+removes ops or keeps their number. Rules run to a fixpoint (``pattern.rewrite_to_fixpoint``); the nodes
+they orphan are erased.
 """
 
 from __future__ import annotations
@@ -145,6 +146,20 @@ def matmul_to_linear(m: Match) -> Optional[Value]:
     return m.builder.call("linear", x, w)
 
 
+def matmul_k1_to_mul(m: Match) -> Optional[Value]:
+    """A matmul over a reduction of length one is an outer product: ``a[..., M, 1] @ b[..., 1, N]`` is
+    ``a * b`` broadcast, the same one product per output (rounded once either way), batch dims broadcast alike.
+    As an elementwise op it fuses with its neighbours instead of taking a GEMM launch (Hugging Face's rotary
+    embedding spells ``inv_freq x positions`` so in some versions: a cuBLAS launch per step)."""
+    a, b = m["a"], m["b"]
+    if a.dtype != b.dtype:  # (the IR's matmul takes operands of rank >= 2 only: no vector forms here)
+        return None
+    if not (dims_equal(a.shape[-1], 1) and dims_equal(b.shape[-2], 1)):
+        return None
+    out = m.builder.call("mul", a, b)
+    return out if out.type.equivalent(m.value.type) else None
+
+
 def fold_bias_into_linear(m: Match) -> Optional[Value]:
     lin, b = m["lin"], m["b"]
     w = lin.producer.inputs[1]  # type: ignore[union-attr]
@@ -234,6 +249,8 @@ RULES: list[Rule] = [
     Rule(Pat("logical_or", Any_("x"), Const(False)), identity_if_same_type, name="or-false"),
     # matmul(x, transpose(w, -1, -2)) -> linear(x, w)      (w a 2-D param; matmul(x, w) stays matmul)
     Rule(Pat("matmul", Any_("x"), Pat(_PERMUTE_LIKE, Any_("w", is_2d_param), name="wt")), matmul_to_linear),
+    # matmul(a[..., M, 1], b[..., 1, N]) -> mul(a, b)      (a reduction of length one: an outer product)
+    Rule(Pat("matmul", Any_("a"), Any_("b")), matmul_k1_to_mul, name="matmul-k1-to-mul"),
     # add(linear(x, w), b[N]) -> linear(x, w, b)      (the linear has no other user)
     Rule(Pat("add", Pat("linear", Any_("x"), Any_("w"), name="lin", one_use=True), Any_("b")),
          fold_bias_into_linear),
