@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _triton_interp import Interpreted  # sets TRITON_INTERPRET=1 before triton is imported
+from _triton_interp import DEVICE, Interpreted  # sets TRITON_INTERPRET=1 before triton is imported
 
 import membound
 
@@ -38,9 +38,10 @@ class Rotary(torch.nn.Module):
 def test_rotary_matmul_becomes_one_fused_kernel(backend: str, request: pytest.FixtureRequest) -> None:
     if backend == "triton" and not INTERP.runs_here(request):
         return
-    model = Rotary().eval()
-    x = torch.randn(3, 5, 12)
-    pos = torch.tensor([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11], [2, 3, 5, 8, 13]])
+    dev = DEVICE if backend == "triton" else "cpu"
+    model = Rotary().eval().to(dev)
+    x = torch.randn(3, 5, 12, device=dev)
+    pos = torch.tensor([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11], [2, 3, 5, 8, 13]], device=dev)
     compiled = membound.compile(model, backend=backend)
     with torch.no_grad():
         got, want = compiled(x, pos), model(x, pos)
