@@ -16,7 +16,7 @@ and ``attention(..., impl=)`` ("kernel" or "sdpa": overrides the per-shape cost 
 Which op runs which launcher is one field of the op's entry in the lowering registry
 (``membound.backends.triton.lowering``: ``library("moe", "moe:moe")``); ``LIBRARY`` is derived from it.
 ``add_rms_norm`` (the residual add fused into the norm, returning both) is not an IR op: the backend
-generates that fusion as a row kernel, and benches/kernels.py compares the two.
+generates that fusion as a row kernel, and benches/kernel_bench.py compares the two.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Do the library kernels stream at HBM bandwidth? Each kernel against the best library, decode shapes.
 
-    PYTHONPATH=. python benches/kernels.py --out DIR          # CUDA GPU, under 2 minutes
-    PYTHONPATH=. python benches/kernels.py --smoke --out DIR  # CPU, Triton interpreter, tiny sizes
+    PYTHONPATH=. python benches/kernel_bench.py --out DIR          # CUDA GPU, under 2 minutes
+    PYTHONPATH=. python benches/kernel_bench.py --smoke --out DIR  # CPU, Triton interpreter, tiny sizes
 
 Shapes: Llama-3.2-1B (hidden 2048, MLP 8192, 32/8 heads of 64) and Llama-3-8B (4096, 14336, 32/8
 heads of 128), bf16, batch 1 and 8, one new token:
@@ -256,7 +256,8 @@ class Bench:
 
 
 def _describe(cfg: Any) -> str:
-    kind = "dot" if cfg.use_dot else "fma"
+    kind = ("swap" if cfg.swap else "dot") if cfg.use_dot else ("row" if cfg.row else "fma")
+    kind += " resident" if cfg.resident else ""
     return f"{kind} {cfg.block_m}x{cfg.block_n}x{cfg.block_k} split{cfg.split_k}"
 
 
@@ -266,10 +267,12 @@ def _other_inner_product(cfg: Any, m: int) -> Any:
 
     from membound.backends.triton.kernels._launch import next_pow2
 
+    # (the forms of one inner product do not carry over: swap is a tensor-core form, resident and row register ones)
     if cfg.use_dot:  # keep the register accumulator [BLOCK_M, 16, BLOCK_K] at 64 fp32 per thread
-        return replace(cfg, use_dot=False, block_m=next_pow2(m), block_n=16, block_k=256 if m <= 2 else 64,
-                       num_stages=3)
-    return replace(cfg, use_dot=True, block_m=16, block_n=32, block_k=128, num_stages=4)
+        return replace(cfg, use_dot=False, swap=False, block_m=next_pow2(m), block_n=16,
+                       block_k=256 if m <= 2 else 64, num_stages=3)
+    return replace(cfg, use_dot=True, resident=False, row=False, split_k=cfg.split_k if not cfg.resident else 1,
+                   block_m=16, block_n=32, block_k=128, num_stages=4)
 
 
 if __name__ == "__main__":
