@@ -740,6 +740,17 @@ def table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_PROMPT = 128
+
+
+def result_name(slug: str, date: str, models: list[str], prompt: int, smoke: bool) -> str:
+    """The result file's name: the card and date, the models unless both default ones (or a smoke run), and the
+    prompt length unless the default 128 (runs of several contexts into one folder kept apart)."""
+    suffix = "" if sorted(models) == ["llama-1b", "llama-8b"] or smoke else "-" + "+".join(models)
+    suffix += "" if prompt == DEFAULT_PROMPT or smoke else f"-prompt{prompt}"
+    return f"decode_e2e-{slug}-{date}{suffix}.json"
+
+
 def merge(paths: list[str], out: Optional[str]) -> int:
     """Join result files of one card (e.g. llama-1b and llama-8b run in two device calls) into one."""
     records = [json.loads(Path(p).read_text()) for p in paths]
@@ -776,7 +787,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--models", default="llama-1b,llama-8b")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--prompt", type=int, default=DEFAULT_PROMPT)
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--membound-backends", default="reference,triton,triton+graphs")
     p.add_argument("--quantize", default="",
@@ -830,8 +841,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.manual_seed(0)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     date = datetime.date.today().isoformat()
-    suffix = "" if sorted(args.models) == ["llama-1b", "llama-8b"] or args.smoke else "-" + "+".join(args.models)
-    fname = f"decode_e2e-{gpu_slug(name)}-{date}{suffix}.json"
+    fname = result_name(gpu_slug(name), date, args.models, args.prompt, args.smoke)
     targets = [] if args.smoke else [ROOT / "benches" / "results" / fname]
     if args.out:
         targets.append(Path(args.out) / fname)

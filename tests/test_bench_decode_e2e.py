@@ -208,3 +208,13 @@ def test_step_seconds_is_the_median_difference_per_token_between() -> None:
     step = bench.step_seconds(call, 20, 0.01 + 0.002 * 20, reps=3)
     assert calls == [20, 20, 10, 10, 10]
     assert step == pytest.approx(0.002, rel=0.25)
+
+
+def test_result_names_keep_contexts_and_model_subsets_apart() -> None:
+    """Runs of several prompt lengths (issue 12's 4k / 16k / 32k) into one folder got one file name: the last run
+    overwrote the others. The prompt is in the name unless it is the default."""
+    assert bench.result_name("h200", "2026-12-04", ["llama-8b", "llama-1b"], 128, False) == "decode_e2e-h200-2026-12-04.json"
+    names = {bench.result_name("h200", "2026-12-04", ["llama-1b"], p, False) for p in (128, 4096, 16384)}
+    assert names == {"decode_e2e-h200-2026-12-04-llama-1b.json", "decode_e2e-h200-2026-12-04-llama-1b-prompt4096.json",
+                     "decode_e2e-h200-2026-12-04-llama-1b-prompt16384.json"}
+    assert bench.result_name("cpu", "2026-12-04", ["llama-tiny"], 64, True) == "decode_e2e-cpu-2026-12-04.json"
