@@ -525,6 +525,22 @@ def _repeat_interleave(t: Translator, a: Args) -> Value:
     return t.emit("reshape", t.emit("expand", wide, shape=tuple(shape)), shape=t.out_type().shape)
 
 
+@rule(aten.repeat.default)
+def _repeat(t: Translator, a: Args) -> Value:
+    """``x.repeat(r_0, ..., r_n)`` tiles x: ``out[.., k * s_i + j, ..] = x[.., j, ..]`` (new leading dims for the
+    extra sizes) -> ``reshape(expand(reshape(x, [1, s_0, 1, s_1, ...]), [r_0, s_0, r_1, s_1, ...]))``: each copy
+    index outside the dim it repeats (BLOOM's ALiBi bias, one row per head and batch row)."""
+    x = a.self
+    reps = [t.dim(r) for r in a.repeats]
+    if len(reps) < x.rank:
+        raise ValueError(f"repeat: {len(reps)} sizes for a rank-{x.rank} tensor (torch needs at least the rank)")
+    shape = [1] * (len(reps) - x.rank) + list(x.shape)
+    interleaved = tuple(d for s in shape for d in (1, s))
+    wide = tuple(d for r, s in zip(reps, shape) for d in (r, s))
+    tiled = t.emit("expand", t.emit("reshape", x, shape=interleaved), shape=wide)
+    return t.emit("reshape", tiled, shape=t.out_type().shape)
+
+
 @rule(aten.expand_as.default)
 def _expand_as(t: Translator, a: Args) -> Value:
     return t.emit("expand", a.self, shape=t.out_type().shape)
