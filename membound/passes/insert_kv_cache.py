@@ -56,7 +56,9 @@ graph unchanged and says why in the pass log:
 - no op on the data path mixes sequence positions other than attention (no reduction, softmax, sort
   or matmul contraction over a dim containing ``S``; routing ops over the flattened token axis
   ``B*S`` — MoE dispatch — are token-wise and allowed);
-- positions enter only as ``arange(0, S)`` (RoPE tables, learned position embeddings).
+- positions enter only as ``arange(0, S)`` (RoPE tables, learned position embeddings) or as a count
+  ``cumsum(ones, dim=S)`` (OPT's learned positions); any other scan or reduction over ``S`` on the way
+  to the outputs refuses the rewrite, naming the op.
 This is not a cost-model decision: caching is what makes a token cost O(1) instead of O(S).
 """
 
@@ -148,7 +150,34 @@ def _analyze(g: Graph) -> _Plan:
             continue
         if n.op == "arange" and n.attrs["start"] == 0 and n.attrs["step"] == 1 and n.attrs["end"] == S:
             plan.sources[id(n)] = "arange"
+        elif _counts_positions(n):
+            plan.sources[id(n)] = "count"
+    # what stays live past the attentions' masks must not compute on the sequence in any other way: a scan or
+    # reduction over S off the data path (a position formula this pass does not know) would be specialised to
+    # S = 1 at decode and give every step the first position's value, a silent wrong answer
+    live = _live_without_masks(g, {id(a): i for i, a in enumerate(attentions)})
+    for n in g.nodes:
+        if id(n) in data or id(n) not in live or id(n) in plan.sources:
+            continue
+        for d in _dims_reduced(n):
+            dim = n.inputs[0].shape[d]
+            if S in dim.free_symbols:
+                raise NotCacheable(f"{n.op} at %{n.results[0].name} computes positions over the sequence dim "
+                                   f"({dim}) in a form this pass does not know (it knows arange(0, S) and a "
+                                   f"cumsum of ones along S): decoding it per row could be wrong")
     return plan
+
+
+def _counts_positions(n: Node) -> bool:
+    """``cumsum(full(1), dim=S)`` over ``[1 or B, S]``: the positions ``1..S`` of every row (OPT counts its
+    positions so, from a mask of ones: ``cumsum(mask, 1) * mask - 1``)."""
+    if n.op != "cumsum" or n.inputs[0].producer is None or n.inputs[0].producer.op != "full":
+        return False
+    x, full = n.inputs[0], n.inputs[0].producer
+    value = full.attrs.get("value")
+    if isinstance(value, bool) or value != 1 or x.rank != 2 or x.shape[0] not in (1, B) or x.shape[1] != S:
+        return False
+    return n.attrs["dim"] % 2 == 1 and n.attrs.get("dtype") in (None, x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +260,10 @@ class _Builder:
                 p = positions if n.result.dtype == torch.int64 else self.call("cast", positions, dtype=n.result.dtype)
                 self.map[id(n.result)] = p
                 self.lifted.add(id(p))
+            elif self.plan.sources.get(id(n)) == "count":
+                # the count 1..S of each row is its positions + 1: [B, S], dim 0 already the batch (not lifted)
+                p = positions if n.result.dtype == torch.int64 else self.call("cast", positions, dtype=n.result.dtype)
+                self.map[id(n.result)] = self.call("add", p, self.call("constant", value=1, dtype=n.result.dtype))
             else:
                 self.emit(n)
         outs = [self.normal(v, None) for v in old.outputs]
