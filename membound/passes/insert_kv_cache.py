@@ -56,7 +56,8 @@ graph unchanged and says why in the pass log:
 - no op on the data path mixes sequence positions other than attention (no reduction, softmax, sort
   or matmul contraction over a dim containing ``S``; routing ops over the flattened token axis
   ``B*S`` — MoE dispatch — are token-wise and allowed);
-- positions enter only as ``arange(0, S)`` (RoPE tables, learned position embeddings) or as a count
+- positions enter only as ``arange(0, S)`` (RoPE tables, learned position embeddings, a table's rows
+  gathered at them: GPT-J's ``embed_positions[position_ids]``) or as a count
   ``cumsum(ones, dim=S)`` (OPT's learned positions); any other scan or reduction over ``S`` on the way
   to the outputs refuses the rewrite, naming the op.
 This is not a cost-model decision: caching is what makes a token cost O(1) instead of O(S).
@@ -341,6 +342,11 @@ class _Builder:
             out = self.g.append(self.g.create_node(op, ins, attrs)).result
         elif op == "embedding" and id(ins_new[1]) in self.lifted and id(ins_new[0]) not in self.lifted:
             out = self.call(op, *ins_new)
+        elif (op == "index" and len(ins_new) == 2 and tuple(attrs["dims"]) == (0,) and id(ins_new[1]) in self.lifted
+              and id(ins_new[0]) not in self.lifted):
+            # a table's rows gathered at positions (GPT-J's sin/cos table[position_ids]): an embedding by another
+            # name, the gathered rows keep the index's (lifted) leading dims
+            out = self.call(op, *ins_new, **attrs)
         elif get_op(op).lift is not None:  # the op says how its attributes follow the new leading dim
             if op == "cat":
                 ins_new = [v if id(v) in self.lifted else self.lift_plain(v) for v in ins_new]

@@ -28,6 +28,9 @@ def build_hf(name: str) -> torch.nn.Module:
         m = T.OPTForCausalLM(T.OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                                           num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=32,
                                           bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    elif name == "gptj":  # rotary sin/cos rows gathered from a table at position_ids (index, not embedding)
+        m = T.GPTJForCausalLM(T.GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
+                                            n_positions=128, bos_token_id=1, eos_token_id=2, pad_token_id=0))
     elif name.startswith("gpt2"):
         attn = name.split("-")[1]
         m = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128,

@@ -43,7 +43,10 @@ CASES = [("builtin", "llama-tiny"), ("builtin", "gpt2-tiny"), ("builtin", "mixtr
          ("hf", "llama"), ("hf", "qwen2"), ("hf", "gpt2-eager"),
          # OPT counts its positions (cumsum of a mask of ones): decoded with position 0 at every step, silently,
          # until insert-kv-cache learned that count (session 15)
-         ("hf", "opt")]
+         ("hf", "opt"),
+         # GPT-J gathers its rotary rows with table[position_ids] (an index op): refused with "index ... cannot make
+         # per-row" until insert-kv-cache treated that gather like an embedding (session 15)
+         ("hf", "gptj")]
 
 
 def _build(kind, name):
