@@ -38,8 +38,13 @@ and ``arange(S)``) folds the same way, its slopes becoming ``alibi=[m_0, ...]``:
     // becomes
     %o = attention(%q, %k, %v) {causal=true, scale=0.5, alibi=[0.25, 0.0625, 0.015625, 0.00390625]} : ...
 
-A mask it cannot prove is kept (a log line says why). A softmax feeding a matmul that no form
-matches stays unfused, with a log line naming its input chain.
+Heads flattened into the batch are the same attention (BLOOM: ``baddbmm(alibi, q3, k3.T)`` over
+``[B*H, S, D]`` views of rank-4 q/k/v, the scores viewed as ``[B, H, S, L]`` for the mask and the softmax and
+as ``[B*H, S, L]`` again for v): it becomes ``attention`` over the rank-4 tensors, the bias viewed as
+``[B, H, ., L]`` and added to the mask, which then folds to ``causal`` and ``alibi`` as above.
+
+A mask it cannot prove is kept (a log line says why). A softmax feeding a matmul (directly, or through a
+cast or reshape) that no form matches stays unfused, with a log line naming its input chain.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from __future__ import annotations
 from typing import Optional
 
 import sympy
+import torch
 
 from membound.ir import Graph, Value
 from membound.ir.types import dims_equal
@@ -120,6 +126,82 @@ def _fuse(m: Match) -> Optional[Value]:
     return out
 
 
+# the same attention over heads flattened into the batch (BLOOM: baddbmm / bmm over [B*H, S, D]; the scores viewed
+# as [B, H, S, L] for the mask and the softmax, then as [B*H, S, L] again for the product with v)
+_Q3 = Pat("reshape", Any_("q4"), name="q3")
+_SCORES3 = Pat("matmul", _Q3, Pat("transpose", Pat("reshape", Any_("k4"), name="k3"), name="k3t"))
+_SCALED3 = Alt(Pat("mul", _SCORES3, Const(name="scale")), Pat("div", _SCORES3, Const(name="inv_scale")), _SCORES3)
+_VIEW4 = Pat("reshape", Alt(Pat("add", _SCALED3, Any_("bias3")), _SCALED3), name="s4")
+_MASKED4 = Alt(
+    Pat("add", _VIEW4, Any_("add_mask")),
+    Pat("where", Any_("fill"), Const(_very_negative), _VIEW4),
+    Pat("where", Any_("keep"), _VIEW4, Const(_very_negative)),
+    _VIEW4,
+)
+_SOFTMAX4 = Pat("softmax", Alt(_MASKED4, Pat("cast", _MASKED4)), name="probs", attrs={"dim": lambda d: d in (-1, 3)})
+_ATTN3 = Pat("matmul", Pat("reshape", Opt("cast", _SOFTMAX4), name="p3"), Pat("reshape", Any_("v4"), name="v3"))
+
+
+def _merges_heads(x4: Value, x3: Value) -> bool:
+    """``x3`` is ``x4 [B, H, N, D]`` with its first two dims merged: ``[B*H, N, D]``."""
+    return (x4.rank == 4 and x3.rank == 3 and dims_equal(x3.shape[0], x4.shape[0] * x4.shape[1])
+            and dims_equal(x3.shape[1], x4.shape[2]) and dims_equal(x3.shape[2], x4.shape[3]))
+
+
+def _fuse_flat(m: Match) -> Optional[Value]:
+    # reshape(matmul(reshape(softmax(reshape(q3 @ k3.T * c + bias) + mask)), v3)) over [B*H, ...] views of rank-4
+    # q/k/v -> reshape(attention(q, k, v, bias + mask) {scale=c})
+    q, k, v = m["q4"], m["k4"], m["v4"]
+    if not (_merges_heads(q, m["q3"]) and _merges_heads(k, m["k3"]) and _merges_heads(v, m["v3"])):
+        m.note("flattened-heads form: q/k/v are not [B, H, S, D] tensors viewed as [B*H, S, D]")
+        return None
+    kt = m["k3t"].producer
+    assert kt is not None
+    if {kt.attrs["dim0"] % 3, kt.attrs["dim1"] % 3} != {1, 2} or not (q.dtype == k.dtype == v.dtype):
+        m.note("flattened-heads form: k is not transposed over its last two dims, or q/k/v differ in dtype")
+        return None
+    want4 = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    s4, p3 = m["s4"], m["p3"]
+    if not (s4.rank == 4 and all(dims_equal(a, b) for a, b in zip(s4.shape, want4)) and _merges_heads(m["probs"], p3)):
+        m.note("flattened-heads form: the scores are not viewed as [B, H, S, L] and back")
+        return None
+    if m.value.dtype != q.dtype:
+        m.note(f"attention output is {m.value.dtype} while q is {q.dtype}")
+        return None
+    scale = 1.0
+    if "scale" in m:
+        scale = float(m["scale"].producer.attrs["value"])
+    elif "inv_scale" in m:
+        scale = 1.0 / float(m["inv_scale"].producer.attrs["value"])
+    b = m.builder
+    terms: list[Value] = []
+    if "bias3" in m:  # the bias added to the flattened scores ([B*H or 1, 1 or S, L]: ALiBi), as [B, H, ., L]
+        bias = m["bias3"]
+        if bias.rank != 3 or not dims_equal(bias.shape[2], k.shape[2]):
+            m.note(f"flattened-heads form: a bias {bias.type} that is not [B*H, ., L]")
+            return None
+        if dims_equal(bias.shape[0], q.shape[0] * q.shape[1]):
+            lead = (q.shape[0], q.shape[1])
+        elif dims_equal(bias.shape[0], 1):
+            lead = (1, 1)
+        else:
+            m.note(f"flattened-heads form: a bias {bias.type} that is not [B*H, ., L]")
+            return None
+        terms.append(b.call("reshape", bias, shape=lead + (bias.shape[1], bias.shape[2])))
+    if "add_mask" in m:
+        terms.append(m["add_mask"])
+    elif "fill" in m or "keep" in m:
+        if terms:
+            m.note("flattened-heads form: a boolean mask beside an additive bias")
+            return None
+        keep = b.call("logical_not", m["fill"]) if "fill" in m else m["keep"]
+        terms.append(keep)
+    terms = [t if t.dtype in (q.dtype, torch.bool) else b.call("cast", t, dtype=q.dtype) for t in terms]
+    mask = terms[0] if len(terms) == 1 else b.call("add", terms[0], terms[1]) if terms else None
+    out = b.call("attention", q, k, v, *([mask] if mask is not None else []), causal=False, scale=scale, softcap=None)
+    return b.call("reshape", out, shape=tuple(m.value.shape))
+
+
 def _softcap(m: Match) -> Optional[float]:
     """The soft-cap c of ``c * tanh(s / c)`` (None: no capping; 0.0: a tanh form that is not a soft cap)."""
     if "cap" not in m:
@@ -176,6 +258,8 @@ def _fold_repeat_kv(m: Match) -> Optional[Value]:
 RULES = [
     # matmul(softmax(mul(matmul(q, transpose(k)), c) + mask), v) -> attention(q, k, v, mask) {scale=c}
     Rule(_ATTN, _fuse, name="fuse-softmax-attention"),
+    # the same over heads flattened into the batch, a bias added before the [B, H, S, L] view (BLOOM's baddbmm)
+    Rule(_ATTN3, _fuse_flat, name="fuse-flattened-heads-attention"),
     # attention(q, reshape(expand(unsqueeze(k))), ...) -> attention(q, k, ...)   (repeat_kv into GQA)
     Rule(Pat("attention", Any_(), Any_(), Any_(), ...), _fold_repeat_kv, name="fold-repeat-kv"),
 ]
@@ -220,9 +304,13 @@ def _fold_constant_masks(graph: Graph, notes: list[str]) -> int:
 
 def _unfused_softmaxes(graph: Graph) -> list[str]:
     """A line for each softmax that feeds a matmul but was not fused: what its input chain is."""
+    def feeds_matmul(v: Value, hops: int = 2) -> bool:  # directly or through a cast / reshape (flattened heads)
+        return any(u.op == "matmul" or (hops and u.op in ("cast", "reshape") and feeds_matmul(u.results[0], hops - 1))
+                   for u in v.users)
+
     lines = []
     for n in graph.nodes:
-        if n.op != "softmax" or not any(u.op == "matmul" for u in n.result.users):
+        if n.op != "softmax" or not feeds_matmul(n.result):
             continue
         chain, cur = [], n.inputs[0]
         while cur.producer is not None and len(chain) < 6 and cur.producer.op != "matmul":

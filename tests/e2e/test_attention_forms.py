@@ -1,5 +1,6 @@
 """Attention forms of real models: sliding windows (Mistral, alternating local/global layers), soft-capping
-(Gemma 2), eager and sdpa capture. Each ends in ``attention`` ops and decodes eager's greedy tokens."""
+(Gemma 2), heads flattened into the batch with an ALiBi bias (BLOOM), eager and sdpa capture. Each ends in
+``attention`` ops and decodes eager's greedy tokens."""
 
 import pytest
 import torch
@@ -26,6 +27,9 @@ def _hf(name: str, attn: str, window: int = 4) -> torch.nn.Module:
     elif name == "gemma2":              # soft-capped logits, local/global layers
         m = T.Gemma2ForCausalLM(T.Gemma2Config(**_common(), head_dim=8, sliding_window=window,
                                                attn_logit_softcapping=5.0, attn_implementation=attn))
+    elif name == "bloom":               # heads flattened into the batch (baddbmm / bmm), ALiBi added before the view
+        m = T.BloomForCausalLM(T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1,
+                                             eos_token_id=2, pad_token_id=0, attn_implementation=attn))
     elif name == "llama":
         m = T.LlamaForCausalLM(T.LlamaConfig(**_common(), attn_implementation=attn))
     else:
@@ -83,3 +87,28 @@ def test_mask_that_cannot_be_proven_refuses_with_the_reason(monkeypatch):
     ids, _ = prompts(VOCAB, [9])
     with pytest.raises(KVCacheError, match="constant 6, past the largest size"):
         membound.generate(membound.compile(model), ids, 4)
+
+
+def test_bloom_flattened_heads_with_alibi_fuse_and_decode_with_the_cache():
+    """BLOOM scores all heads in one baddbmm over [B*H, S, D] (ALiBi added there), views them as [B, H, S, L] for the
+    causal mask and the softmax, and multiplies by v over [B*H, ...] again. Before fuse-attention knew that form it
+    stayed unfused and generate refused the KV cache ("no attention op"); now each layer is one causal attention with
+    BLOOM's slopes 2^(-8 (h + 1) / H), cached_attention decodes it, and greedy tokens equal eager's recomputation."""
+    model = _hf("bloom", "eager")
+    model.generation_config.eos_token_id = None
+    ids = torch.randint(3, VOCAB, (2, 7))
+    cap = capture_export(model, (ids,), {"use_cache": False}, dynamic=True)
+    ctx = PassContext()
+    g = PassManager(default_pipeline() + ["fuse-attention", "dead-code-elimination"]).run(cap.graph, ctx)
+    slopes = tuple(2.0 ** (-8.0 * (h + 1) / 4) for h in range(4))
+    got = [(n.attrs["causal"], n.attrs["alibi"], len(n.inputs)) for n in g.nodes if n.op == "attention"]
+    assert got == [(True, slopes, 3)] * 2, "\n".join(ctx.log)
+    assert g.count("softmax") == 0
+    ids, mask = prompts(VOCAB, [9, 6])
+    compiled = membound.compile(model)
+    with torch.no_grad():
+        out = membound.generate(compiled, ids, 8, attention_mask=mask)
+        ref = recompute(model, ids, mask, 8)
+    assert torch.equal(out[:, ids.shape[1]:], ref), (out[:, ids.shape[1]:], ref)
+    alibi = [n.attrs["alibi"] for n in compiled._kv_program.decode_graph.nodes if n.op == "cached_attention"]
+    assert alibi == [slopes] * 2
