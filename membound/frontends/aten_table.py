@@ -193,6 +193,14 @@ family({getattr(aten, n).default: n for n in (
     "reciprocal", "floor", "logical_not", "bitwise_not")}, _unary)
 
 
+@rule(aten.square.default)
+def _square(t: Translator, a: Args) -> Value:
+    """``x.square()`` -> ``mul(x, x)``: the same single rounding (Persimmon's and Nemotron's squared ReLU); a
+    bool x counts as int64, as torch's result does."""
+    x = a.self if a.self.dtype != torch.bool else t.cast(a.self, torch.int64)
+    return t.emit("mul", x, x)
+
+
 @rule(aten.gelu.default)
 def _gelu(t: Translator, a: Args) -> Value:
     return t.emit("gelu", a.self, approximate=a.approximate)

@@ -68,6 +68,7 @@ CASES: list[tuple[str, Callable[..., Any], Callable[[int, int], tuple]]] = [
     ("repeat_interleave", lambda x: (x.repeat_interleave(3, dim=0), x.repeat_interleave(2, dim=-1),
                                      x.repeat_interleave(2)),
      lambda b, s: (_x(b, s, 4),)),
+    ("square", lambda x: (x.square(), torch.square(x * 3), (x > 0).square()), lambda b, s: (_x(b, s, 4),)),
     ("repeat", lambda x: (x.repeat(2, 1, 3), x.repeat(1, 2, 1, 1), x[0].repeat(3, 1) * 1.5),
      lambda b, s: (_x(b, s, 4),)),
     ("slicing", lambda x: (x[:, 1:], x[:, -2:], x[:, :-1], x[..., 1:3], x[:, ::2], x[:, -1], x[1], x[:, 2:100],
