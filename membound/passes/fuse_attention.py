@@ -38,6 +38,10 @@ and ``arange(S)``) folds the same way, its slopes becoming ``alibi=[m_0, ...]``:
     // becomes
     %o = attention(%q, %k, %v) {causal=true, scale=0.5, alibi=[0.25, 0.0625, 0.015625, 0.00390625]} : ...
 
+A boolean mask applied with ``where`` and then an additive one (GPT-Neo: its causal bias, filled with a
+stored ``finfo.min`` scalar, which the pass first reads as a constant; then the attention mask) become one
+additive mask: the additive one plus ``where(keep, 0, fill)``.
+
 Heads flattened into the batch are the same attention (BLOOM: ``baddbmm(alibi, q3, k3.T)`` over
 ``[B*H, S, D]`` views of rank-4 q/k/v, the scores viewed as ``[B, H, S, L]`` for the mask and the softmax and
 as ``[B*H, S, L]`` again for v): it becomes ``attention`` over the rank-4 tensors, the bias viewed as
@@ -76,10 +80,14 @@ _CAPPED = Alt(
         Const(name="cap")),
     _SCALED,
 )
+_FILLED = Alt(
+    Pat("where", Any_("fill"), Const(_very_negative, name="neg"), _CAPPED),   # masked_fill(fill, -inf)
+    Pat("where", Any_("keep"), _CAPPED, Const(_very_negative, name="neg")),
+)
 _MASKED = Alt(
     Pat("add", _CAPPED, Any_("add_mask")),
-    Pat("where", Any_("fill"), Const(_very_negative), _CAPPED),   # masked_fill(fill, -inf)
-    Pat("where", Any_("keep"), _CAPPED, Const(_very_negative)),
+    Pat("add", _FILLED, Any_("add_mask")),   # a boolean mask, then an additive one (GPT-Neo: causal bias, padding)
+    _FILLED,
     _CAPPED,
 )
 # HF eager attention upcasts the scores to f32 for the softmax and casts back; fused kernels keep the
@@ -111,6 +119,13 @@ def _fuse(m: Match) -> Optional[Value]:
         mask = m["add_mask"]
         if mask.dtype != q.dtype:
             mask = b.call("cast", mask, dtype=q.dtype)
+        if "fill" in m or "keep" in m:
+            # both: the boolean one as an additive 0 / fill term (the same scores where it keeps, its fill value
+            # plus the additive mask where it does not: fill dominates, probability 0 either way)
+            zero = b.call("constant", value=0.0, dtype=q.dtype)
+            neg = b.call("constant", value=float(m["neg"].producer.attrs["value"]), dtype=q.dtype)
+            term = b.call("where", m["keep"], zero, neg) if "keep" in m else b.call("where", m["fill"], neg, zero)
+            mask = b.call("add", mask, term)
     elif "fill" in m:
         mask = b.call("logical_not", m["fill"])
     elif "keep" in m:
@@ -302,6 +317,26 @@ def _fold_constant_masks(graph: Graph, notes: list[str]) -> int:
     return folded
 
 
+def _materialize_scalar_fills(graph: Graph) -> int:
+    """A ``where`` whose fill is a stored 0-d tensor of a very negative value (GPT-Neo's ``torch.tensor(finfo.min)``,
+    captured as a lifted buffer) reads a ``constant`` of that value and dtype instead: the same scalar, now visible
+    to the mask patterns. Returns how many fills were replaced."""
+    replaced = 0
+    for n in list(graph.nodes):
+        if n.op != "where":
+            continue
+        for i in (1, 2):
+            v = n.inputs[i]
+            t = graph.tensors.get(v.name) if v.kind == "param" and v.rank == 0 else None
+            if t is None or not t.dtype.is_floating_point or not _very_negative(float(t)):
+                continue
+            c = graph.create_node("constant", [], {"value": float(t), "dtype": v.dtype})
+            graph.insert_before(n, c)
+            n.replace_input(v, c.result)
+            replaced += 1
+    return replaced
+
+
 def _unfused_softmaxes(graph: Graph) -> list[str]:
     """A line for each softmax that feeds a matmul but was not fused: what its input chain is."""
     def feeds_matmul(v: Value, hops: int = 2) -> bool:  # directly or through a cast / reshape (flattened heads)
@@ -329,7 +364,8 @@ def fuse_attention(graph: Graph, ctx: PassContext) -> bool:
     turn masks proven causal (or sliding-window) into the ``causal``/``window`` attributes."""
     notes: list[str] = []
     counts: dict[str, int] = {}
-    changed = rewrite_to_fixpoint(graph, RULES, notes=notes, counts=counts)
+    changed = _materialize_scalar_fills(graph) > 0
+    changed = rewrite_to_fixpoint(graph, RULES, notes=notes, counts=counts) or changed
     folded = _fold_constant_masks(graph, notes)
     if folded:
         counts["causal-mask-to-attribute"] = folded

@@ -1,5 +1,6 @@
 """Attention forms of real models: sliding windows (Mistral, alternating local/global layers), soft-capping
-(Gemma 2), heads flattened into the batch with an ALiBi bias (BLOOM), eager and sdpa capture. Each ends in
+(Gemma 2), heads flattened into the batch with an ALiBi bias (BLOOM), a causal bias applied with a stored
+fill scalar beside an additive mask (GPT-Neo), eager and sdpa capture. Each ends in
 ``attention`` ops and decodes eager's greedy tokens."""
 
 import pytest
@@ -27,6 +28,12 @@ def _hf(name: str, attn: str, window: int = 4) -> torch.nn.Module:
     elif name == "gemma2":              # soft-capped logits, local/global layers
         m = T.Gemma2ForCausalLM(T.Gemma2Config(**_common(), head_dim=8, sliding_window=window,
                                                attn_logit_softcapping=5.0, attn_implementation=attn))
+    elif name == "gpt_neo":             # global then local layers; the causal bias applied by where() with a stored
+        #                                     finfo.min scalar, then the additive mask; no score scaling
+        m = T.GPTNeoForCausalLM(T.GPTNeoConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
+                                               attention_types=[[["global", "local"], 1]], window_size=window,
+                                               max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+                                               attn_implementation=attn))
     elif name == "bloom":               # heads flattened into the batch (baddbmm / bmm), ALiBi added before the view
         m = T.BloomForCausalLM(T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1,
                                              eos_token_id=2, pad_token_id=0, attn_implementation=attn))
@@ -42,7 +49,7 @@ FORMS = [("mistral", "sdpa", [(True, 4, None)] * 2), ("mistral", "eager", [(True
          ("qwen2-alternating", "sdpa", [(True, None, None), (True, 4, None)]),
          ("gemma2", "eager", [(True, 4, 5.0), (True, None, 5.0)]),
          ("llama", "eager", [(True, None, None)] * 2), ("gpt2", "eager", [(True, None, None)] * 2),
-         ("gpt2", "sdpa", [(True, None, None)] * 2)]
+         ("gpt2", "sdpa", [(True, None, None)] * 2), ("gpt_neo", "eager", [(True, None, None), (True, 4, None)])]
 
 
 @pytest.mark.parametrize("name, attn, want", FORMS, ids=[f"{n}-{a}" for n, a, _ in FORMS])
@@ -63,7 +70,8 @@ def test_hf_attention_ends_as_attention_ops_with_window_and_softcap(name, attn, 
     torch.testing.assert_close(run_graph(g, [ids])[0], ref, rtol=1e-4, atol=1e-5)  # fp32
 
 
-@pytest.mark.parametrize("name, attn", [("mistral", "sdpa"), ("qwen2-alternating", "sdpa"), ("gemma2", "eager")])
+@pytest.mark.parametrize("name, attn", [("mistral", "sdpa"), ("qwen2-alternating", "sdpa"), ("gemma2", "eager"),
+                                        ("gpt_neo", "eager")])
 def test_window_shorter_than_prompt_generates_eager_greedy_tokens(name, attn):
     # window 4 < prompt 9 + 8 new tokens: before the fix the cached path dropped the window silently
     model = _hf(name, attn)
