@@ -32,7 +32,9 @@ def main() -> int:
                     help="every case in this dtype (default: float32 on the CPU, a random one per case on cuda)")
     ap.add_argument("--seed", type=int, default=0, help="the first case's seed; cases take seed, seed+1, ...")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="run exactly these cases, then stop")
-    ap.add_argument("--families", nargs="*", default=None, help="limit the draw to these families")
+    ap.add_argument("--families", nargs="*", default=None,
+                    help="limit the draw to these families (also the opt-in ones, model_fuzz.EXTRA_FAMILIES: "
+                         "hf-opt hf-gptj hf-bloom hf-gptneo)")
     ap.add_argument("--backends", nargs="*", default=["reference", "triton"])
     ap.add_argument("--max-layers", type=int, default=2)
     ap.add_argument("--cuda-graphs", action="store_true", help="triton decode steps replay CUDA graphs (cuda)")

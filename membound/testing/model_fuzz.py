@@ -34,6 +34,14 @@ from typing import Any, Iterator, Optional
 import torch
 
 FAMILIES = ("hf-llama", "hf-mistral", "hf-qwen2", "hf-gpt2", "llama", "gpt2", "mixtral")
+# drawn only when asked for (``families=`` / ``--families``; the default draw, and so every fixed seed, is unchanged):
+# HF OPT (counted learned positions), GPT-J (rotary rows gathered from a table), BLOOM (flattened heads, ALiBi),
+# GPT-Neo (a where-applied causal bias, global and local layers)
+EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo")
+_HF_CLASSES = {"hf-llama": ("LlamaConfig", "LlamaForCausalLM"), "hf-mistral": ("MistralConfig", "MistralForCausalLM"),
+               "hf-qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "hf-gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+               "hf-opt": ("OPTConfig", "OPTForCausalLM"), "hf-gptj": ("GPTJConfig", "GPTJForCausalLM"),
+               "hf-bloom": ("BloomConfig", "BloomForCausalLM"), "hf-gptneo": ("GPTNeoConfig", "GPTNeoForCausalLM")}
 BACKENDS = ("reference", "triton")
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # atol = rtol
 MARGIN = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 0.25}
@@ -107,6 +115,8 @@ def draw_case(seed: int, families: tuple[str, ...] = FAMILIES, dtype: str = "flo
                       activation_function=rng.choice(["gelu_new", "gelu", "relu", "silu", "gelu_pytorch_tanh"]),
                       scale_attn_by_inverse_layer_idx=rng.random() < 0.3,
                       attn_implementation=rng.choice(["eager", "sdpa"]))
+    elif family in EXTRA_FAMILIES:
+        config = _extra_config(family, rng, vocab, heads, head_dim, layers, width, eps, tie)
     elif family == "gpt2":
         heads = rng.choice([1, 2, 4])
         config = dict(vocab_size=vocab, n_positions=64, dim=heads * head_dim, n_layers=layers, n_heads=heads,
@@ -123,6 +133,30 @@ def draw_case(seed: int, families: tuple[str, ...] = FAMILIES, dtype: str = "flo
                      new_tokens=rng.randint(1, max_new_tokens), dtype=dtype, masked_forward=rng.random() < 0.7)
 
 
+def _extra_config(family: str, rng: random.Random, vocab: int, heads: int, head_dim: int, layers: int, width: int,
+                  eps: float, tie: bool) -> dict[str, Any]:
+    """The config draw of an ``EXTRA_FAMILIES`` member (multi-head attention: these families have no GQA)."""
+    hidden = heads * head_dim
+    if family == "hf-opt":
+        return dict(vocab_size=vocab, hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=layers,
+                    ffn_dim=width, max_position_embeddings=64, word_embed_proj_dim=hidden,
+                    do_layer_norm_before=rng.random() < 0.7, activation_function=rng.choice(["relu", "gelu"]),
+                    tie_word_embeddings=tie or rng.random() < 0.5)
+    if family == "hf-gptj":
+        return dict(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=64,
+                    rotary_dim=rng.choice([head_dim // 2 - head_dim // 2 % 2, head_dim]), n_inner=width,
+                    layer_norm_epsilon=eps, activation_function=rng.choice(["gelu_new", "relu"]),
+                    tie_word_embeddings=tie)
+    if family == "hf-bloom":
+        return dict(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=heads, layer_norm_epsilon=eps,
+                    tie_word_embeddings=tie or rng.random() < 0.5)
+    kinds = [rng.choice(["global", "local"]) for _ in range(layers)]  # hf-gptneo: each layer global or local
+    return dict(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=width,
+                attention_types=[[kinds, 1]], window_size=rng.choice([2, 4, 256]), max_position_embeddings=64,
+                layer_norm_epsilon=eps, activation_function=rng.choice(["gelu_new", "relu"]),
+                tie_word_embeddings=tie)
+
+
 def build_case_model(case: ModelCase, device: str = "cpu") -> torch.nn.Module:
     """The eager model of ``case`` in its dtype on ``device``, weights ``N(0, 1/fan_in)`` from the seed
     (HF's default std of 0.02 makes tiny models' logits nearly uniform: every greedy step a near tie)."""
@@ -131,9 +165,7 @@ def build_case_model(case: ModelCase, device: str = "cpu") -> torch.nn.Module:
     if case.family.startswith("hf-"):
         import transformers as T
 
-        kind = {"hf-llama": (T.LlamaConfig, T.LlamaForCausalLM), "hf-mistral": (T.MistralConfig, T.MistralForCausalLM),
-                "hf-qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM), "hf-gpt2": (T.GPT2Config, T.GPT2LMHeadModel)}
-        config_cls, model_cls = kind[case.family]
+        config_cls, model_cls = (getattr(T, name) for name in _HF_CLASSES[case.family])
         config = config_cls(**case.config, bos_token_id=1, eos_token_id=None, pad_token_id=0)
         model = model_cls(config)
         model.generation_config.eos_token_id = None  # the eager oracle does not stop at EOS

@@ -20,7 +20,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserW
 # (family, seed): each draw is one layer and 2-3 new tokens; together they cover an HF Llama with GQA 2:1,
 # attention and MLP biases, relu, head_dim 12 under a 32-wide hidden state and a left-padded row; an HF
 # GPT-2 (eager attention, relu, tied embeddings) with a one-token row; membound's Llama with GQA 4:1
-CASES = [("hf-llama", 109), ("hf-gpt2", 4), ("llama", 15)]
+CASES = [("hf-llama", 109), ("hf-gpt2", 4), ("llama", 15),
+         # the opt-in families (session 15's fixes): OPT's counted positions, GPT-J's gathered rotary rows, BLOOM's
+         # flattened heads with ALiBi, a GPT-Neo local layer whose window (4) is shorter than a prompt (5); each
+         # with left padding
+         ("hf-opt", 2), ("hf-gptj", 1), ("hf-bloom", 4), ("hf-gptneo", 18)]
 
 
 @pytest.mark.parametrize("family,seed", CASES)
