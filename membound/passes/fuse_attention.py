@@ -102,14 +102,9 @@ def _fuse(m: Match) -> Optional[Value]:
     if not (q.rank == kt.rank == v.rank == 4) or not (q.dtype == kt.dtype == v.dtype):
         m.note("q/k/v are not rank-4 tensors of one dtype")
         return None
-    if m.value.dtype != q.dtype:
-        m.note(f"attention output is {m.value.dtype} while q is {q.dtype}")
+    scale = _scale_of(m, q)
+    if scale is None:
         return None
-    scale = 1.0
-    if "scale" in m:
-        scale = float(m["scale"].producer.attrs["value"])
-    elif "inv_scale" in m:
-        scale = 1.0 / float(m["inv_scale"].producer.attrs["value"])
     softcap = _softcap(m)
     if softcap == 0.0:
         return None
@@ -180,14 +175,9 @@ def _fuse_flat(m: Match) -> Optional[Value]:
     if not (s4.rank == 4 and all(dims_equal(a, b) for a, b in zip(s4.shape, want4)) and _merges_heads(m["probs"], p3)):
         m.note("flattened-heads form: the scores are not viewed as [B, H, S, L] and back")
         return None
-    if m.value.dtype != q.dtype:
-        m.note(f"attention output is {m.value.dtype} while q is {q.dtype}")
+    scale = _scale_of(m, q)
+    if scale is None:
         return None
-    scale = 1.0
-    if "scale" in m:
-        scale = float(m["scale"].producer.attrs["value"])
-    elif "inv_scale" in m:
-        scale = 1.0 / float(m["inv_scale"].producer.attrs["value"])
     b = m.builder
     terms: list[Value] = []
     if "bias3" in m:  # the bias added to the flattened scores ([B*H or 1, 1 or S, L]: ALiBi), as [B, H, ., L]
@@ -215,6 +205,18 @@ def _fuse_flat(m: Match) -> Optional[Value]:
     mask = terms[0] if len(terms) == 1 else b.call("add", terms[0], terms[1]) if terms else None
     out = b.call("attention", q, k, v, *([mask] if mask is not None else []), causal=False, scale=scale, softcap=None)
     return b.call("reshape", out, shape=tuple(m.value.shape))
+
+
+def _scale_of(m: Match, q: Value) -> Optional[float]:
+    """The scores' scale (``mul`` by c, ``div`` by 1/c, or 1); None when the output's dtype is not q's."""
+    if m.value.dtype != q.dtype:
+        m.note(f"attention output is {m.value.dtype} while q is {q.dtype}")
+        return None
+    if "scale" in m:
+        return float(m["scale"].producer.attrs["value"])
+    if "inv_scale" in m:
+        return 1.0 / float(m["inv_scale"].producer.attrs["value"])
+    return 1.0
 
 
 def _softcap(m: Match) -> Optional[float]:

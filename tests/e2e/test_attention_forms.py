@@ -52,13 +52,30 @@ FORMS = [("mistral", "sdpa", [(True, 4, None)] * 2), ("mistral", "eager", [(True
          ("gpt2", "sdpa", [(True, None, None)] * 2), ("gpt_neo", "eager", [(True, None, None), (True, 4, None)])]
 
 
+def _fused(model: torch.nn.Module, ids: torch.Tensor) -> tuple:
+    """The captured model after the default pipeline and fuse-attention, and the pass log."""
+    cap = capture_export(model, (ids,), {"use_cache": False}, dynamic=True)
+    ctx = PassContext()
+    return PassManager(default_pipeline() + ["fuse-attention", "dead-code-elimination"]).run(cap.graph, ctx), ctx
+
+
+def _generate_equals_recompute(model: torch.nn.Module) -> object:
+    """Greedy generate (rows of 9 and 6 tokens, 8 new) equals eager recomputation; returns the compiled model."""
+    model.generation_config.eos_token_id = None  # the oracle does not stop at EOS
+    ids, mask = prompts(VOCAB, [9, 6])
+    compiled = membound.compile(model)
+    with torch.no_grad():
+        out = membound.generate(compiled, ids, 8, attention_mask=mask)
+        ref = recompute(model, ids, mask, 8)
+    assert torch.equal(out[:, ids.shape[1]:], ref), (out[:, ids.shape[1]:], ref)
+    return compiled
+
+
 @pytest.mark.parametrize("name, attn, want", FORMS, ids=[f"{n}-{a}" for n, a, _ in FORMS])
 def test_hf_attention_ends_as_attention_ops_with_window_and_softcap(name, attn, want):
     model = _hf(name, attn)
     ids = torch.randint(3, VOCAB, (2, 7))
-    cap = capture_export(model, (ids,), {"use_cache": False}, dynamic=True)
-    ctx = PassContext()
-    g = PassManager(default_pipeline() + ["fuse-attention", "dead-code-elimination"]).run(cap.graph, ctx)
+    g, ctx = _fused(model, ids)
     got = [(n.attrs["causal"], n.attrs["window"], n.attrs["softcap"]) for n in g.nodes if n.op == "attention"]
     assert got == want, "\n".join(ctx.log)
     assert g.count("softmax") == 0
@@ -74,14 +91,7 @@ def test_hf_attention_ends_as_attention_ops_with_window_and_softcap(name, attn, 
                                         ("gpt_neo", "eager")])
 def test_window_shorter_than_prompt_generates_eager_greedy_tokens(name, attn):
     # window 4 < prompt 9 + 8 new tokens: before the fix the cached path dropped the window silently
-    model = _hf(name, attn)
-    model.generation_config.eos_token_id = None  # the oracle below does not stop at EOS
-    ids, mask = prompts(VOCAB, [9, 6])
-    compiled = membound.compile(model)
-    with torch.no_grad():
-        out = membound.generate(compiled, ids, 8, attention_mask=mask)
-        ref = recompute(model, ids, mask, 8)
-    assert torch.equal(out[:, ids.shape[1]:], ref), (out[:, ids.shape[1]:], ref)
+    compiled = _generate_equals_recompute(_hf(name, attn))
     windows = [n.attrs["window"] for n in compiled._kv_program.prefill_graph.nodes if n.op == "cached_attention"]
     assert 4 in windows
 
@@ -103,20 +113,11 @@ def test_bloom_flattened_heads_with_alibi_fuse_and_decode_with_the_cache():
     stayed unfused and generate refused the KV cache ("no attention op"); now each layer is one causal attention with
     BLOOM's slopes 2^(-8 (h + 1) / H), cached_attention decodes it, and greedy tokens equal eager's recomputation."""
     model = _hf("bloom", "eager")
-    model.generation_config.eos_token_id = None
-    ids = torch.randint(3, VOCAB, (2, 7))
-    cap = capture_export(model, (ids,), {"use_cache": False}, dynamic=True)
-    ctx = PassContext()
-    g = PassManager(default_pipeline() + ["fuse-attention", "dead-code-elimination"]).run(cap.graph, ctx)
+    g, ctx = _fused(model, torch.randint(3, VOCAB, (2, 7)))
     slopes = tuple(2.0 ** (-8.0 * (h + 1) / 4) for h in range(4))
     got = [(n.attrs["causal"], n.attrs["alibi"], len(n.inputs)) for n in g.nodes if n.op == "attention"]
     assert got == [(True, slopes, 3)] * 2, "\n".join(ctx.log)
     assert g.count("softmax") == 0
-    ids, mask = prompts(VOCAB, [9, 6])
-    compiled = membound.compile(model)
-    with torch.no_grad():
-        out = membound.generate(compiled, ids, 8, attention_mask=mask)
-        ref = recompute(model, ids, mask, 8)
-    assert torch.equal(out[:, ids.shape[1]:], ref), (out[:, ids.shape[1]:], ref)
+    compiled = _generate_equals_recompute(model)
     alibi = [n.attrs["alibi"] for n in compiled._kv_program.decode_graph.nodes if n.op == "cached_attention"]
     assert alibi == [slopes] * 2
