@@ -79,17 +79,25 @@ class MaskPositionsGPT2(GPT2):
 
 
 def test_generate_with_cumsum_positions_equals_reference(request: pytest.FixtureRequest) -> None:
+    """Positions counted as ``cumsum(ones) - 1``: the KV step reads them from its positions input (the count is
+    positions + 1, insert-kv-cache), so each new token gets its own position. Until session 15 the decode step kept
+    the cumsum over its one new token, giving every token position 0; this test then asserted that cumsum was in
+    the step and, with the default init's near-uniform logits (the same token every step), could not see the wrong
+    positions. Weights ``N(0, 1/fan_in)`` make the greedy tokens vary (six of them per row)."""
     if not INTERP.runs_here(request):
         return
-    torch.manual_seed(0)
+    from membound.models.build import init_weights
+
     model = MaskPositionsGPT2(GPT2Config(vocab_size=64, n_positions=16, dim=16, n_layers=1, n_heads=2))
+    init_weights(model, 0)
     model = model.eval().to(DEVICE)
     ids = torch.randint(1, 64, (2, 3), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     tri = membound.compile(model, backend="triton", cuda_graphs=False)
     with torch.no_grad():
-        got = membound.generate(tri, ids, 3)
+        got = membound.generate(tri, ids, 6)
         want = ids
-        for _ in range(3):  # greedy decoding by full recomputation, in eager
+        for _ in range(6):  # greedy decoding by full recomputation, in eager
             want = torch.cat([want, model(want)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(got, want), f"{got.tolist()} vs {want.tolist()}"
-    assert any("cumsum" in n for n in tri._kv_program.decode.partition.notes)
+    assert len({t for row in got[:, 3:].tolist() for t in row}) > 2  # varied tokens: the test can fail
+    assert "cumsum" not in {n.op for n in tri._kv_program.decode_graph.nodes}
