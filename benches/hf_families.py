@@ -1,0 +1,193 @@
+"""Which Hugging Face causal-LM families compile and decode right? A sweep of tiny random-weight configs.
+
+    PYTHONPATH=. python benches/hf_families.py --out DIR                     # CPU, ~5 minutes: every family, both
+                                                                             # backends (triton in the interpreter)
+    PYTHONPATH=. python benches/hf_families.py --families bloom opt --backends reference
+    PYTHONPATH=. python benches/hf_families.py --smoke --out DIR             # CPU: two families, reference (CI)
+
+For each family in ``FAMILIES`` (the ``transformers`` class and config, at a tiny shape: hidden 64, 2 layers,
+4 heads of 16 (2 kv heads where the family has GQA), vocab 97, fp32, seeded random weights) and each backend:
+``membound.compile`` then ``membound.generate`` greedy, 6 new tokens, on a left-padded batch of three rows (7, 4
+and 6 prompt tokens), against eager greedy decoding of each row alone by full recomputation (the oracle does not
+depend on HF's cache or padding handling). A row is ``ok`` when every token equals the oracle's; any exception is
+recorded with its type and first line (a family membound refuses says why). Not a speed bench: correctness of
+capture, fusion and the KV-cache rewrite on real model code. Writes ``results/hf_families-<device>-<date>.json``
+and a copy under ``--out``; the table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+VOCAB = 97
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=128, eos_token_id=None, pad_token_id=0, bos_token_id=1)
+MOE = dict(num_experts=4, num_experts_per_tok=2)
+# name -> (model class, config class, config keywords over COMMON)
+FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "llama": ("LlamaForCausalLM", "LlamaConfig", {}),
+    "llama-rope-llama3": ("LlamaForCausalLM", "LlamaConfig", dict(rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64})),
+    "llama-rope-yarn": ("LlamaForCausalLM", "LlamaConfig", dict(rope_scaling={
+        "rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64})),
+    "mistral-window": ("MistralForCausalLM", "MistralConfig", dict(sliding_window=3)),
+    "qwen2-window": ("Qwen2ForCausalLM", "Qwen2Config", dict(use_sliding_window=True, sliding_window=3,
+                                                             max_window_layers=1)),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(head_dim=16)),
+    "qwen2-moe": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig", dict(MOE, moe_intermediate_size=32,
+                                                               shared_expert_intermediate_size=48)),
+    "qwen3-moe": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig", dict(MOE, moe_intermediate_size=32, head_dim=16)),
+    "mixtral": ("MixtralForCausalLM", "MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "olmoe": ("OlmoeForCausalLM", "OlmoeConfig", MOE),
+    "granite-moe": ("GraniteMoeForCausalLM", "GraniteMoeConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "gemma": ("GemmaForCausalLM", "GemmaConfig", dict(head_dim=16)),
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(head_dim=16, sliding_window=3)),
+    "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(head_dim=16, sliding_window=4)),
+    "phi": ("PhiForCausalLM", "PhiConfig", {}),
+    "phi3-window": ("Phi3ForCausalLM", "Phi3Config", dict(sliding_window=3)),
+    "olmo": ("OlmoForCausalLM", "OlmoConfig", {}),
+    "olmo2": ("Olmo2ForCausalLM", "Olmo2Config", {}),
+    "stablelm": ("StableLmForCausalLM", "StableLmConfig", {}),
+    "gpt-neox": ("GPTNeoXForCausalLM", "GPTNeoXConfig", {}),
+    "starcoder2": ("Starcoder2ForCausalLM", "Starcoder2Config", {}),
+    "granite": ("GraniteForCausalLM", "GraniteConfig", {}),
+    "cohere": ("CohereForCausalLM", "CohereConfig", {}),
+    "glm": ("GlmForCausalLM", "GlmConfig", dict(head_dim=16)),
+    "helium": ("HeliumForCausalLM", "HeliumConfig", dict(head_dim=16)),
+    "smollm3": ("SmolLM3ForCausalLM", "SmolLM3Config", {}),
+    "exaone4": ("Exaone4ForCausalLM", "Exaone4Config", {}),
+    "nemotron": ("NemotronForCausalLM", "NemotronConfig", dict(head_dim=16)),
+    "persimmon": ("PersimmonForCausalLM", "PersimmonConfig", {}),
+    "falcon": ("FalconForCausalLM", "FalconConfig", dict(new_decoder_architecture=True, num_kv_heads=2)),
+    "falcon-alibi": ("FalconForCausalLM", "FalconConfig", dict(alibi=True, multi_query=True)),
+    "bloom": ("BloomForCausalLM", "BloomConfig", dict(n_layer=2, n_head=4)),
+    "opt": ("OPTForCausalLM", "OPTConfig", dict(ffn_dim=96, word_embed_proj_dim=64)),
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)),
+    "gpt-bigcode": ("GPTBigCodeForCausalLM", "GPTBigCodeConfig", dict(n_embd=64, n_layer=2, n_head=4,
+                                                                       n_positions=128)),
+    "gptj": ("GPTJForCausalLM", "GPTJConfig", dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=128)),
+    "gpt-neo": ("GPTNeoForCausalLM", "GPTNeoConfig", dict(num_layers=2, num_heads=4, window_size=3,
+                                                         attention_types=[[["global", "local"], 1]])),
+    "codegen": ("CodeGenForCausalLM", "CodeGenConfig", dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
+                                                           n_positions=128, n_ctx=128)),
+    "biogpt": ("BioGptForCausalLM", "BioGptConfig", {}),
+    # known to stop with a clear error (the reason is recorded): an ALiBi table sliced to min(S, max_seq_len)
+    # (MPT), a softmax over flattened heads after a max clamp (XGLM), a convolution (state-space models)
+    "mpt": ("MptForCausalLM", "MptConfig", dict(d_model=64, n_heads=4, n_layers=2, max_seq_len=128,
+                                                expansion_ratio=2)),
+    "xglm": ("XGLMForCausalLM", "XGLMConfig", dict(d_model=64, num_layers=2, attention_heads=4, ffn_dim=96)),
+    "mamba": ("MambaForCausalLM", "MambaConfig", dict(state_size=4, expand=2, conv_kernel=3)),
+}
+SMOKE = ("llama", "opt")
+LENGTHS = (7, 4, 6)
+NEW_TOKENS = 6
+
+
+def build(name: str) -> Any:
+    import torch
+    import transformers as T
+
+    model_cls, config_cls, extra = FAMILIES[name]
+    torch.manual_seed(0)
+    return getattr(T, model_cls)(getattr(T, config_cls)(**{**COMMON, **extra})).eval()
+
+
+def eager_greedy(model: Any, row: Any, new: int) -> list[int]:
+    """The oracle: one row alone, the whole sequence recomputed for every token."""
+    import torch
+
+    seq = row[None]
+    with torch.no_grad():
+        for _ in range(new):
+            seq = torch.cat([seq, model(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[0, len(row):].tolist()
+
+
+def check(name: str, backend: str) -> dict[str, Any]:
+    import torch
+
+    import membound
+
+    start = time.perf_counter()
+    row: dict[str, Any] = {"family": name, "backend": backend, "class": FAMILIES[name][0]}
+    try:
+        model = build(name)
+        gen = torch.Generator().manual_seed(2)
+        rows = [torch.randint(2, VOCAB, (n,), generator=gen) for n in LENGTHS]
+        width = max(LENGTHS)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):  # left padding
+            ids[i, width - len(r):] = r
+            mask[i, width - len(r):] = 1
+        compiled = membound.compile(model, backend=backend)
+        with torch.no_grad():
+            out = membound.generate(compiled, ids, NEW_TOKENS, attention_mask=mask)
+        ok = [out[i, width:].tolist() == eager_greedy(model, r, NEW_TOKENS) for i, r in enumerate(rows)]
+        row.update(status="ok" if all(ok) else "wrong tokens", rows_ok=sum(ok), rows=len(ok))
+    except Exception as exc:  # noqa: BLE001 (recorded, the sweep goes on)
+        row.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                   traceback=traceback.format_exc()[-2000:])
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    return row
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", nargs="*", default=None, help=f"default: all ({len(FAMILIES)})")
+    ap.add_argument("--backends", nargs="*", default=["reference", "triton"])
+    ap.add_argument("--smoke", action="store_true", help=f"CPU: {', '.join(SMOKE)} on the reference backend")
+    ap.add_argument("--out", default=os.environ.get("OUT"))
+    args = ap.parse_args(argv)
+    if "triton" in args.backends and not args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU tensors: the kernels in the interpreter
+    names = list(SMOKE) if args.smoke else (args.families or list(FAMILIES))
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        ap.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    backends = ["reference"] if args.smoke else args.backends
+    import torch
+    import transformers
+
+    rows = []
+    for name in names:
+        for backend in backends:
+            rows.append(check(name, backend))
+            r = rows[-1]
+            print(f"{name:18s} {backend:9s} {r['status']:12s} {r.get('error', '')[:150]}", flush=True)
+    date = datetime.date.today().isoformat()
+    record = {"bench": "hf_families", "device": "cpu", "date": date, "smoke": args.smoke,
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "python": sys.version.split()[0]},
+              "method": __doc__.split("\n\n")[2], "rows": rows}
+    fname = f"hf_families-cpu-{date}{'-smoke' if args.smoke else ''}.json"
+    targets = [] if args.smoke else [ROOT / "benches" / "results" / fname]
+    if args.out:
+        targets.append(Path(args.out) / fname)
+    for t in targets:
+        t.parent.mkdir(parents=True, exist_ok=True)
+        t.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"\n{'family':18s} " + " ".join(f"{b:12s}" for b in backends))
+    for name in names:
+        cells = [next(r["status"] for r in rows if r["family"] == name and r["backend"] == b) for b in backends]
+        print(f"{name:18s} " + " ".join(f"{c:12s}" for c in cells))
+    ok = sum(r["status"] == "ok" for r in rows)
+    print(f"{ok}/{len(rows)} ok (transformers {transformers.__version__})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

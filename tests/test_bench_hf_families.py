@@ -1,0 +1,26 @@
+"""``benches/hf_families.py --smoke`` on the CPU: two families (HF Llama, and OPT, whose counted positions once
+decoded wrong silently) compile and decode eager's greedy tokens on a left-padded batch; the record and the
+table come out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_families_decode_eager_tokens(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "benches" / "hf_families.py"), "--smoke", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = tmp_path.glob("hf_families-cpu-*-smoke.json")
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["family"], r["backend"], r["status"]) for r in rows] == [("llama", "reference", "ok"),
+                                                                       ("opt", "reference", "ok")], rows
+    assert all(r["rows_ok"] == r["rows"] == 3 for r in rows)
+    assert proc.stdout.strip().splitlines()[-1].startswith("2/2 ok")
