@@ -96,10 +96,31 @@ _SOFTMAX = Pat("softmax", Alt(_MASKED, Pat("cast", _MASKED)), name="probs", attr
 _ATTN = Pat("matmul", Opt("cast", _SOFTMAX), Any_("v"))
 
 
+def _half_qk(q: Value, kt: Value, v: Value) -> Optional[tuple[Value, Value]]:
+    """Scores taken in f32 from half-precision q and k (GPT-Neo: ``q.to(f32) @ k.to(f32).T``) while v and the output
+    stay half: the half q and k (un-transposed). The kernels accumulate the scores in f32 from the same half values,
+    so the products are the same and only the order of the sums differs."""
+    def source(x: Value) -> Optional[Value]:
+        p = x.producer
+        ok = p is not None and p.op == "cast" and x.dtype == torch.float32 and p.inputs[0].dtype == v.dtype
+        return p.inputs[0] if ok else None
+
+    t = kt.producer
+    if t is None or t.op != "transpose" or {t.attrs["dim0"] % 4, t.attrs["dim1"] % 4} != {2, 3}:
+        return None
+    qs, ks = source(q), source(t.inputs[0])
+    return (qs, ks) if qs is not None and ks is not None else None
+
+
 def _fuse(m: Match) -> Optional[Value]:
     # matmul(softmax(scale * q @ k.T + mask), v) -> attention(q, k, v, mask) {scale}
     q, kt, v = m["q"], m["kt"], m["v"]
-    if not (q.rank == kt.rank == v.rank == 4) or not (q.dtype == kt.dtype == v.dtype):
+    half = None
+    if v.dtype in (torch.float16, torch.bfloat16) and q.dtype == kt.dtype == torch.float32 and m.value.dtype == v.dtype:
+        half = _half_qk(q, kt, v)
+        if half is not None:
+            q = half[0]
+    if not (q.rank == kt.rank == v.rank == 4) or not (q.dtype == (half[1] if half else kt).dtype == v.dtype):
         m.note("q/k/v are not rank-4 tensors of one dtype")
         return None
     scale = _scale_of(m, q)
@@ -125,7 +146,7 @@ def _fuse(m: Match) -> Optional[Value]:
         mask = b.call("logical_not", m["fill"])
     elif "keep" in m:
         mask = m["keep"]
-    k = _transposed_back(b, kt)
+    k = half[1] if half is not None else _transposed_back(b, kt)
     k2, v2 = _unrepeat(k), _unrepeat(v)
     if k2.shape[1] == v2.shape[1]:
         k, v = k2, v2

@@ -121,3 +121,21 @@ def test_bloom_flattened_heads_with_alibi_fuse_and_decode_with_the_cache():
     compiled = _generate_equals_recompute(model)
     alibi = [n.attrs["alibi"] for n in compiled._kv_program.decode_graph.nodes if n.op == "cached_attention"]
     assert alibi == [slopes] * 2
+
+
+def test_gpt_neo_in_half_precision_fuses_its_f32_scores():
+    """GPT-Neo upcasts q and k to f32 for the scores (``q.to(f32) @ k.to(f32).T``) while v and the output stay
+    half: fused onto the half q and k (the kernels accumulate the scores in f32 from the same half values), where
+    before the mixed dtypes left it unfused and generate refused the KV cache. fp16 logits against eager fp16
+    within 1e-2 of their scale (the sums' order differs)."""
+    model = _hf("gpt_neo", "eager").to(torch.float16)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    g, ctx = _fused(model, ids)
+    got = [(n.attrs["causal"], n.attrs["window"], n.inputs[0].dtype) for n in g.nodes if n.op == "attention"]
+    assert got == [(True, None, torch.float16), (True, 4, torch.float16)], "\n".join(ctx.log)
+    from membound.backends.reference import run_graph
+
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits.float()
+    out = run_graph(g, [ids])[0].float()
+    assert float((out - ref).abs().max()) <= 1e-2 * float(ref.abs().max())
