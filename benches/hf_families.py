@@ -105,21 +105,11 @@ def build(name: str) -> Any:
     return getattr(T, model_cls)(getattr(T, config_cls)(**{**COMMON, **extra})).eval()
 
 
-def eager_greedy(model: Any, row: Any, new: int) -> list[int]:
-    """The oracle: one row alone, the whole sequence recomputed for every token."""
-    import torch
-
-    seq = row[None]
-    with torch.no_grad():
-        for _ in range(new):
-            seq = torch.cat([seq, model(seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return seq[0, len(row):].tolist()
-
-
 def check(name: str, backend: str) -> dict[str, Any]:
     import torch
 
     import membound
+    from membound.testing.model_fuzz import greedy_oracle
 
     start = time.perf_counter()
     row: dict[str, Any] = {"family": name, "backend": backend, "class": FAMILIES[name][0]}
@@ -136,7 +126,9 @@ def check(name: str, backend: str) -> dict[str, Any]:
         compiled = membound.compile(model, backend=backend)
         with torch.no_grad():
             out = membound.generate(compiled, ids, NEW_TOKENS, attention_mask=mask)
-        ok = [out[i, width:].tolist() == eager_greedy(model, r, NEW_TOKENS) for i, r in enumerate(rows)]
+        # the oracle: each row alone (its padding dropped), the whole sequence recomputed for every token
+        oracle = greedy_oracle(model, ids, mask, NEW_TOKENS, hf=True)
+        ok = [out[i, width:].tolist() == tokens for i, (tokens, _) in enumerate(oracle)]
         row.update(status="ok" if all(ok) else "wrong tokens", rows_ok=sum(ok), rows=len(ok))
     except Exception as exc:  # noqa: BLE001 (recorded, the sweep goes on)
         row.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",

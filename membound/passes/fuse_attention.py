@@ -58,7 +58,7 @@ from typing import Optional
 import sympy
 import torch
 
-from membound.ir import Graph, Value
+from membound.ir import Graph, Node, Value
 from membound.ir.types import dims_equal
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.mask_form import depends_on_inputs, mask_form
@@ -80,10 +80,13 @@ _CAPPED = Alt(
         Const(name="cap")),
     _SCALED,
 )
-_FILLED = Alt(
-    Pat("where", Any_("fill"), Const(_very_negative, name="neg"), _CAPPED),   # masked_fill(fill, -inf)
-    Pat("where", Any_("keep"), _CAPPED, Const(_very_negative, name="neg")),
-)
+def _filled(scores: Pat) -> list[Pat]:
+    """``scores`` masked by a boolean: ``masked_fill(fill, -inf)`` or ``where(keep, scores, -inf)``."""
+    return [Pat("where", Any_("fill"), Const(_very_negative, name="neg"), scores),
+            Pat("where", Any_("keep"), scores, Const(_very_negative, name="neg"))]
+
+
+_FILLED = Alt(*_filled(_CAPPED))
 _MASKED = Alt(
     Pat("add", _CAPPED, Any_("add_mask")),
     Pat("add", _FILLED, Any_("add_mask")),   # a boolean mask, then an additive one (GPT-Neo: causal bias, padding)
@@ -96,6 +99,31 @@ _SOFTMAX = Pat("softmax", Alt(_MASKED, Pat("cast", _MASKED)), name="probs", attr
 _ATTN = Pat("matmul", Opt("cast", _SOFTMAX), Any_("v"))
 
 
+def _swaps_last_two(node: Optional[Node], rank: int) -> bool:
+    """``node`` is a transpose of the last two dims of a rank-``rank`` tensor (k.T)."""
+    return (node is not None and node.op == "transpose"
+            and {node.attrs["dim0"] % rank, node.attrs["dim1"] % rank} == {rank - 2, rank - 1})
+
+
+def _mask_of(m: Match, b, dtype: torch.dtype) -> Optional[Value]:
+    """The mask a matched form applies (None: none): an additive one in ``dtype``, plus ``where(keep, 0, fill)`` when
+    a boolean one came first (the same scores where it keeps, its fill value plus the additive mask where it does
+    not: fill dominates, probability 0 either way); a boolean one alone as the keep mask."""
+    if "add_mask" in m:
+        mask = m["add_mask"]
+        if mask.dtype != dtype:
+            mask = b.call("cast", mask, dtype=dtype)
+        if "fill" in m or "keep" in m:
+            zero = b.call("constant", value=0.0, dtype=dtype)
+            neg = b.call("constant", value=float(m["neg"].producer.attrs["value"]), dtype=dtype)
+            term = b.call("where", m["keep"], zero, neg) if "keep" in m else b.call("where", m["fill"], neg, zero)
+            mask = b.call("add", mask, term)
+        return mask
+    if "fill" in m:
+        return b.call("logical_not", m["fill"])
+    return m["keep"] if "keep" in m else None
+
+
 def _half_qk(q: Value, kt: Value, v: Value) -> Optional[tuple[Value, Value]]:
     """Scores taken in f32 from half-precision q and k (GPT-Neo: ``q.to(f32) @ k.to(f32).T``) while v and the output
     stay half: the half q and k (un-transposed). The kernels accumulate the scores in f32 from the same half values,
@@ -106,8 +134,9 @@ def _half_qk(q: Value, kt: Value, v: Value) -> Optional[tuple[Value, Value]]:
         return p.inputs[0] if ok else None
 
     t = kt.producer
-    if t is None or t.op != "transpose" or {t.attrs["dim0"] % 4, t.attrs["dim1"] % 4} != {2, 3}:
+    if not _swaps_last_two(t, 4):
         return None
+    assert t is not None
     qs, ks = source(q), source(t.inputs[0])
     return (qs, ks) if qs is not None and ks is not None else None
 
@@ -118,9 +147,10 @@ def _fuse(m: Match) -> Optional[Value]:
     half = None
     if v.dtype in (torch.float16, torch.bfloat16) and q.dtype == kt.dtype == torch.float32 and m.value.dtype == v.dtype:
         half = _half_qk(q, kt, v)
-        if half is not None:
-            q = half[0]
-    if not (q.rank == kt.rank == v.rank == 4) or not (q.dtype == (half[1] if half else kt).dtype == v.dtype):
+    if half is not None:
+        q = half[0]
+    k_dtype = half[1].dtype if half is not None else kt.dtype
+    if not (q.rank == kt.rank == v.rank == 4) or not (q.dtype == k_dtype == v.dtype):
         m.note("q/k/v are not rank-4 tensors of one dtype")
         return None
     scale = _scale_of(m, q)
@@ -130,22 +160,7 @@ def _fuse(m: Match) -> Optional[Value]:
     if softcap == 0.0:
         return None
     b = m.builder
-    mask: Optional[Value] = None
-    if "add_mask" in m:
-        mask = m["add_mask"]
-        if mask.dtype != q.dtype:
-            mask = b.call("cast", mask, dtype=q.dtype)
-        if "fill" in m or "keep" in m:
-            # both: the boolean one as an additive 0 / fill term (the same scores where it keeps, its fill value
-            # plus the additive mask where it does not: fill dominates, probability 0 either way)
-            zero = b.call("constant", value=0.0, dtype=q.dtype)
-            neg = b.call("constant", value=float(m["neg"].producer.attrs["value"]), dtype=q.dtype)
-            term = b.call("where", m["keep"], zero, neg) if "keep" in m else b.call("where", m["fill"], neg, zero)
-            mask = b.call("add", mask, term)
-    elif "fill" in m:
-        mask = b.call("logical_not", m["fill"])
-    elif "keep" in m:
-        mask = m["keep"]
+    mask = _mask_of(m, b, q.dtype)
     k = half[1] if half is not None else _transposed_back(b, kt)
     k2, v2 = _unrepeat(k), _unrepeat(v)
     if k2.shape[1] == v2.shape[1]:
@@ -163,12 +178,7 @@ _Q3 = Pat("reshape", Any_("q4"), name="q3")
 _SCORES3 = Pat("matmul", _Q3, Pat("transpose", Pat("reshape", Any_("k4"), name="k3"), name="k3t"))
 _SCALED3 = Alt(Pat("mul", _SCORES3, Const(name="scale")), Pat("div", _SCORES3, Const(name="inv_scale")), _SCORES3)
 _VIEW4 = Pat("reshape", Alt(Pat("add", _SCALED3, Any_("bias3")), _SCALED3), name="s4")
-_MASKED4 = Alt(
-    Pat("add", _VIEW4, Any_("add_mask")),
-    Pat("where", Any_("fill"), Const(_very_negative), _VIEW4),
-    Pat("where", Any_("keep"), _VIEW4, Const(_very_negative)),
-    _VIEW4,
-)
+_MASKED4 = Alt(Pat("add", _VIEW4, Any_("add_mask")), *_filled(_VIEW4), _VIEW4)
 _SOFTMAX4 = Pat("softmax", Alt(_MASKED4, Pat("cast", _MASKED4)), name="probs", attrs={"dim": lambda d: d in (-1, 3)})
 _ATTN3 = Pat("matmul", Pat("reshape", Opt("cast", _SOFTMAX4), name="p3"), Pat("reshape", Any_("v4"), name="v3"))
 
@@ -186,9 +196,7 @@ def _fuse_flat(m: Match) -> Optional[Value]:
     if not (_merges_heads(q, m["q3"]) and _merges_heads(k, m["k3"]) and _merges_heads(v, m["v3"])):
         m.note("flattened-heads form: q/k/v are not [B, H, S, D] tensors viewed as [B*H, S, D]")
         return None
-    kt = m["k3t"].producer
-    assert kt is not None
-    if {kt.attrs["dim0"] % 3, kt.attrs["dim1"] % 3} != {1, 2} or not (q.dtype == k.dtype == v.dtype):
+    if not _swaps_last_two(m["k3t"].producer, 3) or not (q.dtype == k.dtype == v.dtype):
         m.note("flattened-heads form: k is not transposed over its last two dims, or q/k/v differ in dtype")
         return None
     want4 = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
@@ -213,16 +221,14 @@ def _fuse_flat(m: Match) -> Optional[Value]:
         else:
             m.note(f"flattened-heads form: a bias {bias.type} that is not [B*H, ., L]")
             return None
-        terms.append(b.call("reshape", bias, shape=lead + (bias.shape[1], bias.shape[2])))
-    if "add_mask" in m:
-        terms.append(m["add_mask"])
-    elif "fill" in m or "keep" in m:
-        if terms:
+        bias4 = b.call("reshape", bias, shape=lead + (bias.shape[1], bias.shape[2]))
+        terms.append(bias4 if bias4.dtype == q.dtype else b.call("cast", bias4, dtype=q.dtype))
+    masked = _mask_of(m, b, q.dtype)
+    if masked is not None:
+        if terms and masked.dtype == torch.bool:
             m.note("flattened-heads form: a boolean mask beside an additive bias")
             return None
-        keep = b.call("logical_not", m["fill"]) if "fill" in m else m["keep"]
-        terms.append(keep)
-    terms = [t if t.dtype in (q.dtype, torch.bool) else b.call("cast", t, dtype=q.dtype) for t in terms]
+        terms.append(masked)
     mask = terms[0] if len(terms) == 1 else b.call("add", terms[0], terms[1]) if terms else None
     out = b.call("attention", q, k, v, *([mask] if mask is not None else []), causal=False, scale=scale, softcap=None)
     return b.call("reshape", out, shape=tuple(m.value.shape))
@@ -256,7 +262,8 @@ def _softcap(m: Match) -> Optional[float]:
 def _transposed_back(b, kt: Value) -> Value:
     """k from k.T: undo a transpose of the last two dims when that is what produced it, else add one."""
     p = kt.producer
-    if p is not None and p.op == "transpose" and {p.attrs["dim0"] % 4, p.attrs["dim1"] % 4} == {2, 3}:
+    if _swaps_last_two(p, 4):
+        assert p is not None
         return p.inputs[0]
     return b.call("transpose", kt, dim0=2, dim1=3)
 

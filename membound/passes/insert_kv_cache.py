@@ -257,14 +257,14 @@ class _Builder:
                 self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, *ring,
                                                    scale=n.attrs["scale"], window=window, softcap=n.attrs["softcap"],
                                                    alibi=n.attrs["alibi"])
-            elif self.plan.sources.get(id(n)) == "arange":
-                p = positions if n.result.dtype == torch.int64 else self.call("cast", positions, dtype=n.result.dtype)
-                self.map[id(n.result)] = p
-                self.lifted.add(id(p))
-            elif self.plan.sources.get(id(n)) == "count":
-                # the count 1..S of each row is its positions + 1: [B, S], dim 0 already the batch (not lifted)
-                p = positions if n.result.dtype == torch.int64 else self.call("cast", positions, dtype=n.result.dtype)
-                self.map[id(n.result)] = self.call("add", p, self.call("constant", value=1, dtype=n.result.dtype))
+            elif id(n) in self.plan.sources:
+                dtype = n.result.dtype
+                p = positions if dtype == torch.int64 else self.call("cast", positions, dtype=dtype)
+                if self.plan.sources[id(n)] == "arange":
+                    self.map[id(n.result)] = p
+                    self.lifted.add(id(p))
+                else:  # "count": each row's 1..S is its positions + 1, [B, S], dim 0 already the batch (not lifted)
+                    self.map[id(n.result)] = self.call("add", p, self.call("constant", value=1, dtype=dtype))
             else:
                 self.emit(n)
         outs = [self.normal(v, None) for v in old.outputs]
