@@ -549,8 +549,9 @@ def _repeat(t: Translator, a: Args) -> Value:
     return t.emit("reshape", tiled, shape=t.out_type().shape)
 
 
-@rule(aten.expand_as.default)
+@rule(aten.expand_as.default, aten.broadcast_to.default)
 def _expand_as(t: Translator, a: Args) -> Value:
+    """``expand_as`` / ``broadcast_to`` (Falcon's ALiBi in transformers 5.17): an expand to the result's shape."""
     return t.emit("expand", a.self, shape=t.out_type().shape)
 
 

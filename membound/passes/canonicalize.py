@@ -168,6 +168,68 @@ def fold_bias_into_linear(m: Match) -> Optional[Value]:
     return m.builder.call("linear", m["x"], w, b)
 
 
+
+# ---------------------------------------------------------------------------------------------
+# gathers
+# ---------------------------------------------------------------------------------------------
+_BCAST = "b"     # a dim broadcast from size one (expand): every index along it sees the same element
+_UNIT = "1"      # a dim of size one
+
+
+def _broadcast_layout(v: Value) -> tuple[Value, list[object]]:
+    """``v`` as views of a base value: ``(base, labels)``, one label per dim of ``v``: ``k`` (the int) when the
+    dim is base's axis ``k`` whole, ``_BCAST`` when it is a broadcast, ``_UNIT`` for size one. Follows expand
+    and the order-keeping views (reshape / squeeze / unsqueeze) where they only add or drop dims of size one;
+    any other view (or producer) is the base."""
+    node = v.producer
+    if node is not None and node.op in _RESHAPE_LIKE + ("expand",):
+        base, inner = _broadcast_layout(node.inputs[0])
+        x = node.inputs[0]
+        out: list[object]
+        if node.op == "expand":
+            lead = v.rank - x.rank
+            out = [_UNIT if dims_equal(d, 1) else _BCAST for d in v.shape[:lead]]
+            for lab, a, b in zip(inner, x.shape, v.shape[lead:]):
+                out.append(lab if dims_equal(a, b) else _BCAST if dims_equal(a, 1) else None)
+            if None not in out:
+                return base, out
+        else:
+            kept_in = [(lab, d) for lab, d in zip(inner, x.shape) if lab != _UNIT]
+            kept_out = [i for i, d in enumerate(v.shape) if not dims_equal(d, 1)]
+            if len(kept_in) == len(kept_out) and all(dims_equal(d, v.shape[i])
+                                                     for (_, d), i in zip(kept_in, kept_out)):
+                out = [_UNIT] * v.rank
+                for (lab, _), i in zip(kept_in, kept_out):
+                    out[i] = lab
+                return base, out
+    return v, [_UNIT if dims_equal(d, 1) else k for k, d in enumerate(v.shape)]
+
+
+def gather_of_broadcast_to_index(m: Match) -> Optional[Value]:
+    """``gather(x, idx, dim=d)`` where x is a table ``T`` broadcast along the dims before ``d`` and idx holds
+    positions ``p`` broadcast along the dims after ``d`` picks whole rows: ``out[..., s, j] = T[p[..., s], j]``,
+    i.e. ``T[p]`` (an ``index`` at dim 0, reshaped). Hugging Face GPT-J before transformers 5.2x spells its
+    rotary lookup so (``gather(table.repeat(B, 1, 1), 1, position_ids[..., None].repeat(1, 1, D))``); as an
+    index, insert-kv-cache lifts it like an embedding. Same elements, no arithmetic: exact."""
+    x, idx = m["x"], m["idx"]
+    d = _norm_dim(m.root.attrs["dim"], x.rank)
+    table, tlab = _broadcast_layout(x)
+    pos, plab = _broadcast_layout(idx)
+    # x: dims before d broadcast (or one), dims from d on exactly the table's axes
+    if table.rank != x.rank - d or tlab[d:] != list(range(table.rank)) or any(
+            t not in (_UNIT, _BCAST) for t in tlab[:d]):
+        return None
+    # idx: p's axes in order up to and including d (d its last), broadcast after, sized as x there
+    axes = [k for k, n in enumerate(pos.shape) if not dims_equal(n, 1)]   # p's own unit dims carry no label
+    if not axes or plab[d] != axes[-1] or [t for t in plab[:d + 1] if t != _UNIT] != axes:
+        return None
+    if any(t not in (_UNIT, _BCAST) for t in plab[d + 1:]) or not all(
+            dims_equal(a, b) for a, b in zip(idx.shape[d + 1:], x.shape[d + 1:])):
+        return None
+    rows = m.builder.call("index", table, pos, dims=(0,))
+    out = m.builder.call("reshape", rows, shape=tuple(m.value.shape))
+    return out if out.type.equivalent(m.value.type) else None
+
 # ---------------------------------------------------------------------------------------------
 # rms_norm
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +313,8 @@ RULES: list[Rule] = [
     Rule(Pat("matmul", Any_("x"), Pat(_PERMUTE_LIKE, Any_("w", is_2d_param), name="wt")), matmul_to_linear),
     # matmul(a[..., M, 1], b[..., 1, N]) -> mul(a, b)      (a reduction of length one: an outer product)
     Rule(Pat("matmul", Any_("a"), Any_("b")), matmul_k1_to_mul, name="matmul-k1-to-mul"),
+    # gather(x = T broadcast before dim, idx = p broadcast after dim) -> reshape(index(T, p))      (whole rows)
+    Rule(Pat("gather", Any_("x"), Any_("idx")), gather_of_broadcast_to_index, name="gather-rows-to-index"),
     # add(linear(x, w), b[N]) -> linear(x, w, b)      (the linear has no other user)
     Rule(Pat("add", Pat("linear", Any_("x"), Any_("w"), name="lin", one_use=True), Any_("b")),
          fold_bias_into_linear),

@@ -89,6 +89,8 @@ def _filled(scores: Pat) -> list[Pat]:
 _FILLED = Alt(*_filled(_CAPPED))
 _MASKED = Alt(
     Pat("add", _CAPPED, Any_("add_mask")),
+    # mask added, then scaled (CodeGen in transformers 5.17: (q @ k.T + mask) / sqrt(d)): scale c, mask c * mask
+    Pat(("mul", "div"), Pat("add", _SCORES, Any_("add_mask")), Const(name="post_scale"), name="post"),
     Pat("add", _FILLED, Any_("add_mask")),   # a boolean mask, then an additive one (GPT-Neo: causal bias, padding)
     _FILLED,
     _CAPPED,
@@ -115,7 +117,10 @@ def _mask_of(m: Match, b, dtype: torch.dtype) -> Optional[Value]:
             mask = b.call("cast", mask, dtype=dtype)
         if "fill" in m or "keep" in m:
             zero = b.call("constant", value=0.0, dtype=dtype)
-            neg = b.call("constant", value=float(m["neg"].producer.attrs["value"]), dtype=dtype)
+            # the fill in the mask's dtype: f32's finfo.min (GPT-Neo) has no fp16 / bf16 value, their own min means
+            # the same (masked); a constant out of its dtype's range is not one the backends can build
+            fill = max(float(m["neg"].producer.attrs["value"]), float(torch.finfo(dtype).min))
+            neg = b.call("constant", value=fill, dtype=dtype)
             term = b.call("where", m["keep"], zero, neg) if "keep" in m else b.call("where", m["fill"], neg, zero)
             mask = b.call("add", mask, term)
         return mask
@@ -161,6 +166,14 @@ def _fuse(m: Match) -> Optional[Value]:
         return None
     b = m.builder
     mask = _mask_of(m, b, q.dtype)
+    if "post_scale" in m:   # (s + mask) * c = c * s + c * mask: the scale moves onto the scores and the mask
+        c = float(m["post_scale"].producer.attrs["value"])
+        scale = c if m["post"].producer.op == "mul" else 1.0 / c
+        if not scale > 0:
+            m.note(f"scores scaled by {scale} after the mask: not a softmax scale")
+            return None
+        assert mask is not None
+        mask = b.call("mul", mask, b.call("constant", value=scale, dtype=mask.dtype))
     k = half[1] if half is not None else _transposed_back(b, kt)
     k2, v2 = _unrepeat(k), _unrepeat(v)
     if k2.shape[1] == v2.shape[1]:

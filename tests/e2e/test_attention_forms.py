@@ -3,6 +3,8 @@
 fill scalar beside an additive mask (GPT-Neo), eager and sdpa capture. Each ends in
 ``attention`` ops and decodes eager's greedy tokens."""
 
+import math
+
 import pytest
 import torch
 
@@ -139,3 +141,26 @@ def test_gpt_neo_in_half_precision_fuses_its_f32_scores():
         ref = model(ids, use_cache=False).logits.float()
     out = run_graph(g, [ids])[0].float()
     assert float((out - ref).abs().max()) <= 1e-2 * float(ref.abs().max())
+
+
+def test_gpt_neo_half_precision_padded_mask_builds_in_range_constants():
+    """With a padding mask GPT-Neo adds it after its boolean causal fill (``finfo(f32).min``); the fused form's
+    additive mask is in fp16, so that fill becomes fp16's own min: a constant of f32's min in fp16 has no value
+    (CUDA's ``torch.full`` refuses it, the first H200 run of the fuzzer found). Every constant the fused graph
+    builds fits its dtype, and the logits at real tokens match eager fp16 within 1e-2 of their scale."""
+    model = _hf("gpt_neo", "eager").to(torch.float16)
+    ids, mask = prompts(VOCAB, [7, 4, 6])
+    cap = capture_export(model, (ids,), {"attention_mask": mask, "use_cache": False}, dynamic=True)
+    g = PassManager(default_pipeline() + ["fuse-attention", "dead-code-elimination"]).run(cap.graph, PassContext())
+    assert sum(n.op == "attention" for n in g.nodes) == 2
+    for n in g.nodes:
+        if n.op in ("constant", "full") and n.result.dtype.is_floating_point:
+            value = float(n.attrs["value"])
+            assert not math.isfinite(value) or abs(value) <= torch.finfo(n.result.dtype).max, n
+    from membound.backends.reference import run_graph
+
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask, use_cache=False).logits.float()
+    out = run_graph(g, [ids, mask])[0].float()
+    keep = mask.bool()
+    assert float((out[keep] - ref[keep]).abs().max()) <= 1e-2 * float(ref[keep].abs().max())

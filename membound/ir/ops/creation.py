@@ -47,9 +47,20 @@ def _infer_constant(*, value: Any, dtype: Any) -> TensorType:
     return TensorType(dt, ())
 
 
+def _in_range(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` as ``dtype`` rounds it: a finite float beyond the dtype's range (f32's ``finfo.min`` in fp16) becomes
+    the infinity (or the max) a cast gives. ``torch.full`` refuses such values on CUDA ('cannot be converted ...
+    without overflow') while the CPU rounds them; rounding here on the host makes both devices agree with a cast."""
+    if (isinstance(value, float) and dtype.is_floating_point and math.isfinite(value)
+            and abs(value) > torch.finfo(dtype).max):
+        return float(torch.tensor(value, dtype=torch.float64).to(dtype))
+    return value
+
+
 def _constant(*, value: Any, dtype: Any) -> torch.Tensor:
     # torch.full, not torch.tensor: on a GPU torch.tensor copies from the host and stalls the stream
-    return torch.full((), value, dtype=attr_dtype("constant", dtype))
+    dt = attr_dtype("constant", dtype)
+    return torch.full((), _in_range(value, dt), dtype=dt)
 
 
 define_op("constant", inputs=(), attrs={"value": REQUIRED, "dtype": REQUIRED}, kind="creation",
@@ -64,7 +75,8 @@ def _infer_full(*, shape: Any, value: Any, dtype: Any) -> TensorType:
 
 
 def _full(*, shape: tuple[int, ...], value: Any, dtype: Any) -> torch.Tensor:
-    return torch.full(ints(shape), value, dtype=attr_dtype("full", dtype))
+    dt = attr_dtype("full", dtype)
+    return torch.full(ints(shape), _in_range(value, dt), dtype=dt)
 
 
 define_op("full", inputs=(), attrs={"shape": REQUIRED, "value": REQUIRED, "dtype": REQUIRED}, kind="creation",
