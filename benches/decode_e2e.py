@@ -334,6 +334,8 @@ ENV_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "triton+graphs+norow-loop": ("norow-loop", {"MEMBOUND_LINEAR_ROW_LOOP": "0"}),
     "triton+graphs+early-kv": ("early-kv", {"MEMBOUND_DECODE_EARLY_KV": "1"}),
     "triton+graphs+swap-early": ("swap-early", {"MEMBOUND_LINEAR_SWAP_EARLY": "1"}),
+    "triton+graphs+dv2": ("dv-split-2", {"MEMBOUND_DECODE_DV_SPLIT": "2"}),
+    "triton+graphs+dv4": ("dv-split-4", {"MEMBOUND_DECODE_DV_SPLIT": "4"}),
 }
 
 

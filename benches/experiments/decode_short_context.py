@@ -38,9 +38,12 @@ if str(ROOT) not in sys.path:
 # D = 64 there; MEMBOUND_DECODE_WIDE=0 for the 64-slot tiles): the first run (2026-12-03) timed MIN_TILES 1, 2, 4
 # without a direct span, the second MIN_TILES 4 and 2 with DIRECT_TILES 0, 6, 8 (the -direct result file; LEAST_TILES
 # was MIN_TILES then), session 11 the device split's least chunk (LEAST_TILES 4, 2, 1) under a grid sized by MIN_TILES
-VARIANTS = ((2, 4, 6, 4), (2, 4, 6, 2), (2, 4, 6, 1), (2, 2, 6, 2))
+# and the Dv split (DV_SPLIT, session 16; 1 = none) as a fifth
+VARIANTS = ((2, 4, 6, 4, 1), (2, 4, 6, 2, 1), (2, 4, 6, 1, 1), (2, 2, 6, 2, 1))
 # --long: the programs per SM the grid is sized for, at long contexts
-LONG_VARIANTS = ((1, 4, 6, 2), (2, 4, 6, 2), (3, 4, 6, 2), (4, 4, 6, 2), (2, 8, 6, 2))
+LONG_VARIANTS = ((1, 4, 6, 2, 1), (2, 4, 6, 2, 1), (3, 4, 6, 2, 1), (4, 4, 6, 2, 1), (2, 8, 6, 2, 1))
+# --dv-split: the defaults with the output's columns over 1, 2 and 4 programs (short contexts; with --long, long)
+DV_VARIANTS = ((2, 4, 6, 2, 1), (2, 4, 6, 2, 2), (2, 4, 6, 2, 4))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -48,6 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT"))
     p.add_argument("--long", action="store_true", help="contexts 4k and 32k, the programs-per-SM variants")
+    p.add_argument("--dv-split", action="store_true", help="the Dv split variants (DV_SPLIT 1, 2, 4)")
     args = p.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -63,9 +67,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     hq, hkv = (4, 2) if args.smoke else (32, 8)
     dims = (16,) if args.smoke else (64, 128)
     lengths = (40,) if args.smoke else (4096, 32768) if args.long else (128, 256, 384, 512, 1024, 2048, 4096)
-    variants = LONG_VARIANTS if args.long else VARIANTS
+    variants = DV_VARIANTS if args.dv_split else LONG_VARIANTS if args.long else VARIANTS
     batches = (1, 3) if args.smoke else (1, 8)
-    default = (da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES, da.LEAST_TILES)
+    default = (da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES, da.LEAST_TILES, da.DV_SPLIT)
     e = torch.empty((), dtype=bench.dtype).element_size()
     for d in dims:
         for length in lengths:
@@ -86,20 +90,22 @@ def main(argv: Optional[list[str]] = None) -> int:
                 flops = 4.0 * b * hq * length * d
                 bench.add("decode", case, "sdpa gqa", partial(F.scaled_dot_product_attention, enable_gqa=True), theirs,
                           want, flops, nbytes)
-                for pps, m, direct, least in variants:
-                    da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES, da.LEAST_TILES = pps, m, direct, least
+                for pps, m, direct, least, dv in variants:
+                    da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES, da.LEAST_TILES, da.DV_SPLIT = (pps, m, direct,
+                                                                                                      least, dv)
+                    label = f"pps{pps} min{m} dir{direct} least{least}" + (f" dv{dv}" if dv != 1 or args.dv_split else "")
                     try:
-                        bench.add("decode", case, f"pps{pps} min{m} dir{direct} least{least}", cached_attention, ours,
-                                  want, flops, nbytes)
+                        bench.add("decode", case, label, cached_attention, ours, want, flops, nbytes)
                     finally:
-                        da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES, da.LEAST_TILES = default
+                        da.PROGRAMS_PER_SM, da.MIN_TILES, da.DIRECT_TILES, da.LEAST_TILES, da.DV_SPLIT = default
                 del ours, theirs
     rows = [r.__dict__ for r in bench.rows]
     gpu = "cpu" if args.smoke else gpu_slug(torch.cuda.get_device_name())
     if args.out:
-        tag = "-long" if args.long else ""
+        tag = ("-long" if args.long else "") + ("-dv-split" if args.dv_split else "")
         path = Path(args.out) / f"decode_short_context{tag}-{gpu}-{datetime.date.today()}.json"
-        path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "default_pps_min_direct_least": default, "long": args.long,
+        path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "default_pps_min_direct_least_dv": default,
+                                    "long": args.long,
                                     "rows": rows}, indent=1))
         print(f"wrote {path}")
     names = list(dict.fromkeys(r["contender"] for r in rows))

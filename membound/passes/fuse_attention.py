@@ -45,7 +45,12 @@ additive mask: the additive one plus ``where(keep, 0, fill)``.
 Heads flattened into the batch are the same attention (BLOOM: ``baddbmm(alibi, q3, k3.T)`` over
 ``[B*H, S, D]`` views of rank-4 q/k/v, the scores viewed as ``[B, H, S, L]`` for the mask and the softmax and
 as ``[B*H, S, L]`` again for v): it becomes ``attention`` over the rank-4 tensors, the bias viewed as
-``[B, H, ., L]`` and added to the mask, which then folds to ``causal`` and ``alibi`` as above.
+``[B, H, ., L]`` and added to the mask, which then folds to ``causal`` and ``alibi`` as above. XGLM's variant
+takes the softmax over the ``[B*H, S, L]`` view, its masked scores floored at the dtype's lowest value first
+(``max(s + mask, finfo.min)``: the same but for sums that overflowed to -inf; the floor is dropped).
+
+A mask added before the scale (CodeGen in transformers 5.17: ``(q @ k.T + mask) / c``) is the scale ``1 / c`` with
+the mask ``mask / c``.
 
 A mask it cannot prove is kept (a log line says why). A softmax feeding a matmul (directly, or through a
 cast or reshape) that no form matches stays unfused, with a log line naming its input chain.
@@ -194,6 +199,13 @@ _VIEW4 = Pat("reshape", Alt(Pat("add", _SCALED3, Any_("bias3")), _SCALED3), name
 _MASKED4 = Alt(Pat("add", _VIEW4, Any_("add_mask")), *_filled(_VIEW4), _VIEW4)
 _SOFTMAX4 = Pat("softmax", Alt(_MASKED4, Pat("cast", _MASKED4)), name="probs", attrs={"dim": lambda d: d in (-1, 3)})
 _ATTN3 = Pat("matmul", Pat("reshape", Opt("cast", _SOFTMAX4), name="p3"), Pat("reshape", Any_("v4"), name="v3"))
+# ... or the masked scores viewed back as [B*H, S, L] before the softmax, after a floor (XGLM: max(s + mask,
+# finfo.min)); a floor at the dtype's lowest finite value changes only a sum that overflowed to -inf (|s| near 1e31
+# in f32), so it is dropped; a higher one is not a floor this form takes
+_FLOORED4 = Alt(Pat("maximum", _MASKED4, Const(_very_negative, name="floor")), _MASKED4)
+_VIEW3 = Pat("reshape", _FLOORED4, name="m3")
+_SOFTMAX3 = Pat("softmax", Alt(_VIEW3, Pat("cast", _VIEW3)), name="probs", attrs={"dim": lambda d: d in (-1, 2)})
+_ATTN3_SOFTMAX3 = Pat("matmul", Opt("cast", _SOFTMAX3), Pat("reshape", Any_("v4"), name="v3"))
 
 
 def _merges_heads(x4: Value, x3: Value) -> bool:
@@ -213,10 +225,19 @@ def _fuse_flat(m: Match) -> Optional[Value]:
         m.note("flattened-heads form: k is not transposed over its last two dims, or q/k/v differ in dtype")
         return None
     want4 = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    s4, p3 = m["s4"], m["p3"]
-    if not (s4.rank == 4 and all(dims_equal(a, b) for a, b in zip(s4.shape, want4)) and _merges_heads(m["probs"], p3)):
+    s4 = m["s4"]
+    if "p3" in m:   # the softmax over [B, H, S, L], its probabilities viewed as [B*H, S, L]
+        back = _merges_heads(m["probs"], m["p3"])
+    else:           # the masked scores viewed as [B*H, S, L], the softmax over that view
+        back = _merges_heads(m["m3"].producer.inputs[0], m["m3"])  # type: ignore[union-attr]
+    if not (s4.rank == 4 and all(dims_equal(a, b) for a, b in zip(s4.shape, want4)) and back):
         m.note("flattened-heads form: the scores are not viewed as [B, H, S, L] and back")
         return None
+    if "floor" in m:
+        floor = m["floor"]
+        if float(floor.producer.attrs["value"]) > float(torch.finfo(floor.dtype).min):  # type: ignore[union-attr]
+            m.note("flattened-heads form: the scores are floored above their dtype's lowest value")
+            return None
     scale = _scale_of(m, q)
     if scale is None:
         return None
@@ -318,6 +339,7 @@ RULES = [
     Rule(_ATTN, _fuse, name="fuse-softmax-attention"),
     # the same over heads flattened into the batch, a bias added before the [B, H, S, L] view (BLOOM's baddbmm)
     Rule(_ATTN3, _fuse_flat, name="fuse-flattened-heads-attention"),
+    Rule(_ATTN3_SOFTMAX3, _fuse_flat, name="fuse-flattened-heads-attention"),
     # attention(q, reshape(expand(unsqueeze(k))), ...) -> attention(q, k, ...)   (repeat_kv into GQA)
     Rule(Pat("attention", Any_(), Any_(), Any_(), ...), _fold_repeat_kv, name="fold-repeat-kv"),
 ]

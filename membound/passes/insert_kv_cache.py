@@ -57,7 +57,7 @@ graph unchanged and says why in the pass log:
   or matmul contraction over a dim containing ``S``; routing ops over the flattened token axis
   ``B*S`` — MoE dispatch — are token-wise and allowed);
 - positions enter only as ``arange(0, S)`` (RoPE tables, learned position embeddings, a table's rows
-  gathered at them: GPT-J's ``embed_positions[position_ids]``) or as a count
+  gathered at them: GPT-J's ``embed_positions[position_ids]``, XGLM's ``index_select``) or as a count
   ``cumsum(ones, dim=S)`` (OPT's learned positions); any other scan or reduction over ``S`` on the way
   to the outputs refuses the rewrite, naming the op.
 This is not a cost-model decision: caching is what makes a token cost O(1) instead of O(S).
@@ -347,6 +347,11 @@ class _Builder:
             # a table's rows gathered at positions (GPT-J's sin/cos table[position_ids]): an embedding by another
             # name, the gathered rows keep the index's (lifted) leading dims
             out = self.call(op, *ins_new, **attrs)
+        elif (op == "index_select" and attrs["dim"] % n.inputs[0].rank == 0 and id(ins_new[1]) in self.lifted
+              and id(ins_new[0]) not in self.lifted):
+            # the same with a flat index (XGLM's sinusoid table.index_select(0, position_ids.view(-1))): lifted, the
+            # index has the batch dim in front, which index_select does not take; as an index its rows keep it
+            out = self.call("index", *ins_new, dims=(0,))
         elif get_op(op).lift is not None:  # the op says how its attributes follow the new leading dim
             if op == "cat":
                 ins_new = [v if id(v) in self.lifted else self.lift_plain(v) for v in ins_new]

@@ -36,12 +36,14 @@ import torch
 FAMILIES = ("hf-llama", "hf-mistral", "hf-qwen2", "hf-gpt2", "llama", "gpt2", "mixtral")
 # drawn only when asked for (``families=`` / ``--families``; the default draw, and so every fixed seed, is unchanged):
 # HF OPT (counted learned positions), GPT-J (rotary rows gathered from a table), BLOOM (flattened heads, ALiBi),
-# GPT-Neo (a where-applied causal bias, global and local layers)
-EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo")
+# GPT-Neo (a where-applied causal bias, global and local layers), XGLM (flattened heads, a floored mask, sinusoid rows
+# by index_select), CodeGen (f32 scores, the mask added before the scale)
+EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo", "hf-xglm", "hf-codegen")
 _HF_CLASSES = {"hf-llama": ("LlamaConfig", "LlamaForCausalLM"), "hf-mistral": ("MistralConfig", "MistralForCausalLM"),
                "hf-qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "hf-gpt2": ("GPT2Config", "GPT2LMHeadModel"),
                "hf-opt": ("OPTConfig", "OPTForCausalLM"), "hf-gptj": ("GPTJConfig", "GPTJForCausalLM"),
-               "hf-bloom": ("BloomConfig", "BloomForCausalLM"), "hf-gptneo": ("GPTNeoConfig", "GPTNeoForCausalLM")}
+               "hf-bloom": ("BloomConfig", "BloomForCausalLM"), "hf-gptneo": ("GPTNeoConfig", "GPTNeoForCausalLM"),
+               "hf-xglm": ("XGLMConfig", "XGLMForCausalLM"), "hf-codegen": ("CodeGenConfig", "CodeGenForCausalLM")}
 BACKENDS = ("reference", "triton")
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # atol = rtol
 MARGIN = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 0.25}
@@ -150,6 +152,16 @@ def _extra_config(family: str, rng: random.Random, vocab: int, heads: int, head_
     if family == "hf-bloom":
         return dict(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=heads, layer_norm_epsilon=eps,
                     tie_word_embeddings=tie or rng.random() < 0.5)
+    if family == "hf-xglm":
+        return dict(vocab_size=vocab, d_model=hidden, num_layers=layers, attention_heads=heads, ffn_dim=width,
+                    max_position_embeddings=64, scale_embedding=rng.random() < 0.5,
+                    activation_function=rng.choice(["gelu", "relu"]), tie_word_embeddings=tie or rng.random() < 0.5)
+    if family == "hf-codegen":  # its fused qkv splits in 4 (mp_num): heads a multiple of 4
+        heads = 4 * rng.choice([1, 2])
+        return dict(vocab_size=vocab, n_embd=heads * head_dim, n_layer=layers, n_head=heads, n_positions=64, n_ctx=64,
+                    rotary_dim=rng.choice([head_dim // 2 - head_dim // 2 % 2, head_dim]), n_inner=width,
+                    layer_norm_epsilon=eps, activation_function=rng.choice(["gelu_new", "relu"]),
+                    tie_word_embeddings=tie)
     kinds = [rng.choice(["global", "local"]) for _ in range(layers)]  # hf-gptneo: each layer global or local
     return dict(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=width,
                 attention_types=[[kinds, 1]], window_size=rng.choice([2, 4, 256]), max_position_embeddings=64,

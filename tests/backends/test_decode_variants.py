@@ -35,6 +35,10 @@ VARIANTS = {
     "rows64-4warps": DecodeConfig(64, 16, 64, num_warps=4, num_stages=3, min_chunk=16),
     "rows16-1warp-evict": DecodeConfig(16, 32, 64, num_warps=1, num_stages=4, evict_first=True, min_chunk=32),
     "rows32-2warps-fixed": DecodeConfig(32, 16, 48, num_warps=2, num_stages=3),
+    # the output's columns over 2 / 4 programs (each reads all of K, its columns of V): direct, and merged per
+    # column block (16-column blocks at D = 64)
+    "rows16-dv2": DecodeConfig(16, 16, 64, num_warps=4, num_stages=3, dv_split=2),
+    "rows16-dv4-merge": DecodeConfig(16, 16, 32, min_chunk=16, dv_split=4),
 }
 
 CASES = [
@@ -47,6 +51,10 @@ CASES = [
     (3, 4, 2, 1000, 64, torch.float16, "known", 300, 2.0, "rows32-2warps-fixed"),  # window + soft-cap, 21 splits
     (1, 4, 1, 1000, 128, torch.float16, "capacity", None, 1.5, None),              # the heuristic's config
     (3, 1, 1, 130, 64, torch.float32, "known", None, None, None),                  # the heuristic, per-row lengths
+    (3, 4, 2, 7, 64, torch.float16, "capacity", None, None, "rows16-dv2"),         # Dv split, one chunk: direct
+    (1, 8, 1, 45, 128, torch.float32, "known", 37, None, "rows16-dv2"),            # Dv split, a window, one split
+    (3, 4, 2, 130, 64, torch.float16, "capacity", None, None, "rows16-dv4-merge"),  # 4 column blocks, each merged
+    (2, 4, 1, 1000, 128, torch.float32, "known", None, 2.0, "rows16-dv4-merge"),   # soft-cap, 32 splits a block
 ]
 
 
@@ -93,7 +101,7 @@ def record_launches(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     class Recorder:
         def __getitem__(self, grid: tuple[int, int]):
             def launch(*args, **kw):  # type: ignore[no-untyped-def]
-                seen.append({**dict(zip(real.arg_names, args)), "grid": grid})
+                seen.append({**dict(zip(real.arg_names, args)), **kw, "grid": grid})
                 return real[grid](*args, **kw)
             return launch
 
@@ -112,7 +120,7 @@ def test_device_split_spreads_a_short_prefix_over_the_grid(monkeypatch: pytest.M
     cfg = DecodeConfig(16, 16, 512, min_chunk=32)
     y = cached_attention(q, k, v, pos, config=cfg)
     (launch,) = seen
-    assert launch["grid"] == (8, 1) and launch["CHUNK_MIN"] == 32 and launch["N_SPLITS"] == 8
+    assert launch["grid"] == (8, 1, 1) and launch["CHUNK_MIN"] == 32 and launch["N_SPLITS"] == 8
     # on the device: 300 slots over 8 programs -> 38, rounded up to whole 16-slot tiles: 48 >= 32
     chunk = max(cdiv(cdiv(300, 8), 16) * 16, 32)
     assert chunk == 48 and cdiv(300, chunk) == 7  # seven programs stream, the eighth only counts in
@@ -270,3 +278,28 @@ def test_serial_tiles_follows_the_kernels_chunk_rule(monkeypatch: pytest.MonkeyP
     assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(2, False), (4, False), (6, False), (2, True),
                                                                   (2, True)]
     assert chain(384, 128, batch=8) == (6, False)
+
+
+def test_dv_split_fills_one_wave_and_splits_the_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MEMBOUND_DECODE_DV_SPLIT`` (``da.DV_SPLIT``): pick_config splits the output's columns while the grid fits
+    one wave (batch 8 at 8 kv heads on 132 SMs: wide tiles at D = 128 hold one program an SM, so 2 column blocks;
+    D = 64, two an SM, 4), never under 16 columns, and 1 when off; the launch's grid carries the split on axis 2
+    and the result equals the reference (16-column blocks)."""
+    cfg = lambda d, dtype=torch.bfloat16: da.pick_config(  # noqa: E731
+        4, 64, 512, False, d, dtype, torch.device("cpu"), sms=132)
+    monkeypatch.setattr(da, "DV_SPLIT", 1)
+    assert cfg(128).dv_split == 1 and cfg(64).dv_split == 1
+    monkeypatch.setattr(da, "DV_SPLIT", 4)
+    assert cfg(128).dv_split == (2 if da._wide(128, torch.bfloat16) else 4)
+    assert cfg(64).dv_split == 4 and cfg(16).dv_split == 1
+    assert da.pick_config(4, 512, 512, False, 64, torch.bfloat16, torch.device("cpu"), sms=132).dv_split == 1
+    seen = record_launches(monkeypatch)
+    gen = torch.Generator().manual_seed(5)
+    q = rand(2, 8, 1, 64, dtype=torch.float32, gen=gen)
+    k, v = rand(2, 2, 96, 64, dtype=torch.float32, gen=gen), rand(2, 2, 96, 64, dtype=torch.float32, gen=gen)
+    pos = torch.tensor([[70], [95]], device=DEVICE)
+    y = cached_attention(q, k, v, pos, config=DecodeConfig(16, 16, 32, min_chunk=16, dv_split=4))
+    (launch,) = seen
+    assert launch["grid"] == (3, 4, 4) and launch["BLOCK_DV"] == 16
+    want = get_op("cached_attention").reference(q, k, v, pos, scale=None)
+    torch.testing.assert_close(y, want.to(y.device), rtol=1e-4, atol=1e-4)

@@ -24,7 +24,10 @@ CASES = [("hf-llama", 109), ("hf-gpt2", 4), ("llama", 15),
          # the opt-in families (session 15's fixes): OPT's counted positions, GPT-J's gathered rotary rows, BLOOM's
          # flattened heads with ALiBi, a GPT-Neo local layer whose window (4) is shorter than a prompt (5); each
          # with left padding
-         ("hf-opt", 2), ("hf-gptj", 1), ("hf-bloom", 4), ("hf-gptneo", 18)]
+         ("hf-opt", 2), ("hf-gptj", 1), ("hf-bloom", 4), ("hf-gptneo", 18),
+         # session 16: XGLM (flattened heads, the mask floored at finfo.min, sinusoid rows by index_select), 12 heads;
+         # CodeGen (f32 scores, the mask added before the scale), 4 heads, rows of 9 and 8
+         ("hf-xglm", 3), ("hf-codegen", 2)]
 
 
 @pytest.mark.parametrize("family,seed", CASES)

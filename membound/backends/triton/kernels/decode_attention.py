@@ -142,6 +142,20 @@ ACTIVE_ARRIVALS = os.environ.get("MEMBOUND_DECODE_ACTIVE_ARRIVALS", "0") == "1"
 # (cached_attention's static_past); read at each launch. Off: on the H200 it did not pay (1.24B b1 decode step
 # 0.905 against 0.897 ms, decode_e2e-nvidia-h200-2026-12-03-session14-early-kv-fused)
 EARLY_KV_ENV = "MEMBOUND_DECODE_EARLY_KV"
+# A Dv split: a short prefix gives one program per (batch row, kv head, row block), most SMs idle (batch 8 at 8 kv
+# heads: 64 programs, each streaming its K and V alone, bound by the bytes one SM keeps in flight). Splitting the
+# output's columns over up to DV_SPLIT programs (each reads all of K, its columns of V: K's repeat reads come from L2)
+# puts more SMs on the bytes without a merge; taken while the grid still fits one wave (pick_config).
+# H200 (decode_short_context-dv-split-...-session16, generate's graph path, us per call, off -> 2 column blocks): at
+# D = 128 (wide tiles) batch 1 it gains at every context (256 slots 6.17 -> 5.83, 512 9.58 -> 8.01, 4096 14.68 ->
+# 13.71), batch 8 up to 1024 slots (256 7.14 -> 6.77, 512 13.54 -> 9.92: no merge) but loses past (2048 25.7 -> 28.2,
+# 4096 41.2 -> 52.0: one program then streams the whole prefix); at D = 64 it loses nearly everywhere (batch 8, 4
+# blocks: 256 slots 5.30 -> 8.62). In the decode step (decode_e2e-...-session16-dv-split) 8B batch 8 4.374 -> 4.364 ms
+# (0.2%), 1.24B batch 1 (D = 64) 0.889 -> 0.914: off by default.
+# MEMBOUND_DECODE_DV_SPLIT (the most column blocks), read at each pick_config (A/B runs); 1 = off. DV_SPLIT, when
+# set, overrides it (experiments)
+DV_SPLIT_ENV = "MEMBOUND_DECODE_DV_SPLIT"
+DV_SPLIT: Optional[int] = None
 
 
 # T and N_SPLITS grow with the cache's capacity: not specialised on (Triton would key a new compile on a
@@ -164,6 +178,10 @@ def _flash_decoding_split(
         pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
     pid_split = tl.program_id(0)
     pid_row = tl.program_id(1)
+    # axis 2: which BLOCK_DV columns of the output (a Dv split: each program reads all of K, its columns of V);
+    # the partials and the arrival counter are per (row block, column block)
+    pid_dv = tl.program_id(2)
+    prow = pid_row * tl.num_programs(2) + pid_dv
     # which (batch, kv head, block of query rows) this program serves
     qb = pid_row % N_QBLOCKS
     # 64-bit scalars for every base offset (a head's cache passes 2**31 elements at T * D >= 2**31);
@@ -177,7 +195,8 @@ def _flash_decoding_split(
     s = rows % S
     h = kvh * G + rows // S
     ds = tl.arange(0, BLOCK_D)
-    dvs = tl.arange(0, BLOCK_DV)
+    dv_local = tl.arange(0, BLOCK_DV)
+    dvs = pid_dv * BLOCK_DV + dv_local
     d_ok = ds < D
     dv_ok = dvs < DV
     # each row's position, read on the device: row r sees slots 0..pos[r]; padded rows see nothing.
@@ -265,10 +284,11 @@ def _flash_decoding_split(
         elif not ONE_SPLIT:
             # partials are [row programs, N_SPLITS, BLOCK_Q(, BLOCK_DV)] (padded rows are not stored:
             # with G = 4 they would be 3/4 of the partial's bytes)
-            slot = (pid_row * N_SPLITS + pid_split) * BLOCK_Q + rq
+            slot = (prow * N_SPLITS + pid_split) * BLOCK_Q + rq
             lse = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), float("-inf"))
             tl.store(lse_ptr + slot, lse, mask=row_ok)
-            tl.store(part_ptr + slot[:, None] * BLOCK_DV + dvs[None, :], o, mask=row_ok[:, None] & dv_ok[None, :])
+            tl.store(part_ptr + slot[:, None] * BLOCK_DV + dv_local[None, :], o,
+                     mask=row_ok[:, None] & dv_ok[None, :])
     if not ONE_SPLIT:
         if N_SPLITS > 1 and not direct:
             # the last program to count in merges the partials of the chunks that had slots (the same chunk rule
@@ -281,10 +301,11 @@ def _flash_decoding_split(
                 arrivals = N_SPLITS
                 counts_in = True
             if counts_in:
-                if arrive_last(lock_ptr, pid_row, arrivals):
-                    _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
+                if arrive_last(lock_ptr, prow, arrivals):
+                    _merge_partials(o_ptr, part_ptr, lse_ptr, prow, pid_dv * BLOCK_DV, n_active, N_SPLITS, qb, kvh,
+                                    G, S, DV, b,
                                     sob, soh, sos, sod, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
-                    reset_counter(lock_ptr, pid_row)
+                    reset_counter(lock_ptr, prow)
 
 
 @triton.jit
@@ -369,11 +390,12 @@ def _softcap_log2(scores, softcap):
 
 
 @triton.jit
-def _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, kvh, G, S, DV, b, sob, soh, sos, sod,
+def _merge_partials(o_ptr, part_ptr, lse_ptr, prow, dv0, n_active, N_SPLITS, qb, kvh, G, S, DV, b, sob, soh, sos, sod,
                     BLOCK_Q: tl.constexpr, BLOCK_DV: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
                     MERGE_ROWS: tl.constexpr):
-    """Merge the partials ``0 .. n_active - 1`` of one row block: ``out = sum_s 2^(lse_s - M) o_s / sum_s
-    2^(lse_s - M)``, M the largest lse; store the output.
+    """Merge the partials ``0 .. n_active - 1`` of one row block (``prow``: with a Dv split, of its column block,
+    whose first output column is ``dv0``): ``out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M)``, M the largest
+    lse; store the output.
 
     ``MERGE_ROWS`` query rows at once, as one flat axis of ``MERGE_ROWS * BLOCK_DV`` columns (column c is
     row c // BLOCK_DV, value c % BLOCK_DV; the lse of its row is read at every column of the row, one
@@ -395,7 +417,7 @@ def _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, k
         for sp0 in range(0, n_active, SPLIT_BLOCK):
             sp = sp0 + lanes
             ok = (sp < n_active)[:, None] & r_ok[None, :]
-            base = (pid_row * N_SPLITS + sp) * BLOCK_Q + r0  # [SPLIT_BLOCK]: row r0 of each partial
+            base = (prow * N_SPLITS + sp) * BLOCK_Q + r0  # [SPLIT_BLOCK]: row r0 of each partial
             # .cg: from L2, where the other programs' stores are (never a stale L1 line). Columns past DV
             # were never stored: their garbage stays in their own columns, which are not stored either
             lse = tl.load(lse_ptr + base[:, None] + rc[None, :], mask=ok, other=float("-inf"), cache_modifier=".cg")
@@ -413,8 +435,8 @@ def _merge_partials(o_ptr, part_ptr, lse_ptr, pid_row, n_active, N_SPLITS, qb, k
         row = qb * BLOCK_Q + r0 + rc
         h = kvh * G + row // S
         s = row % S
-        tl.store(o_ptr + b * sob + h * soh + s * sos + dv * sod, o.to(o_ptr.dtype.element_ty),
-                 mask=r_ok & (dv < DV))
+        tl.store(o_ptr + b * sob + h * soh + s * sos + (dv0 + dv) * sod, o.to(o_ptr.dtype.element_ty),
+                 mask=r_ok & (dv0 + dv < DV))
 
 
 @dataclass(frozen=True)
@@ -433,6 +455,7 @@ class DecodeConfig:
     evict_first: bool = False  # K/V loads hint L2 to evict their lines first (the cache is read once a step)
     min_chunk: int = 0  # the device split's smallest chunk, a multiple of block_t; 0 = chunk
     direct_span: int = 0  # a span of at most this many slots is one chunk (one program, no merge); 0 = none
+    dv_split: int = 1  # the output's columns over this many programs (each reads all of K, its columns of V)
 
     @property
     def least_chunk(self) -> int:
@@ -467,7 +490,12 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     least_tiles = max(1, min(_in_tiles(LEAST_TILES, head_dim, dtype), min_tiles))
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
-    splits = _best_split(programs, tiles, per_sm * (sms or sm_count(device)), min_tiles)
+    slots = per_sm * (sms or sm_count(device))
+    dv_split, most = 1, DV_SPLIT if DV_SPLIT is not None else int(os.environ.get(DV_SPLIT_ENV, "1") or "1")
+    while (dv_split * 2 <= most and next_pow2(head_dim) // (dv_split * 2) >= 16
+           and programs * dv_split * 2 <= slots):
+        dv_split *= 2
+    splits = _best_split(programs * dv_split, tiles, slots, min_tiles)
     chunk = cdiv(tiles, splits) * block_t
     # K/V tiles arrive by cp.async into a ring of num_stages buffers, num_stages - 1 of them in flight
     # (32 KB each at bf16, D = 128, 64 slots); a program with fewer tiles than that uses 2
@@ -476,7 +504,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
                         min_chunk=least_tiles * block_t,
-                        direct_span=direct_tiles(head_dim, dtype) * block_t)
+                        direct_span=direct_tiles(head_dim, dtype) * block_t, dv_split=dv_split)
 
 
 def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: int, dtype: torch.dtype,
@@ -638,20 +666,23 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     # directly when the grid has one split (a branch on the device). The merge's tile (merge_tile) comes from
     # the warps and head dim alone (masked lanes cost no bytes), so the split count never picks a variant.
     one = n_splits == 1 and max_len is not None
-    block_dv = max(16, next_pow2(dv))
+    # a Dv split: each of dv_split programs owns block_dv of the output's columns (at least 16 for tl.dot)
+    dv_split = max(1, min(cfg.dv_split, max(16, next_pow2(dv)) // 16))
+    block_dv = max(16, next_pow2(dv)) // dv_split
     split_block, merge_rows = merge_tile(rows, cfg.block_q, block_dv, cfg.num_warps)
     if one:
         part = lse = locks = y  # never touched: the kernel writes y directly
     else:  # fp32 buffers even for one split: the pointers' dtypes are part of the compiled variant
-        part = torch.empty((row_programs, n_splits, cfg.block_q, block_dv), dtype=torch.float32, device=q.device)
-        lse = torch.empty((row_programs, n_splits, cfg.block_q), dtype=torch.float32, device=q.device)
-        locks = split_counters(q.device, row_programs)
+        units = row_programs * dv_split  # (row block, column block): its partials and its arrival counter
+        part = torch.empty((units, n_splits, cfg.block_q, block_dv), dtype=torch.float32, device=q.device)
+        lse = torch.empty((units, n_splits, cfg.block_q), dtype=torch.float32, device=q.device)
+        locks = split_counters(q.device, units)
     spb, sps = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    # axis 0: the chunks of a row block; axis 1: (batch, kv head, query-row block)
+    # axis 0: the chunks of a row block; axis 1: (batch, kv head, query-row block); axis 2: the output's columns
     slopes = alibi_slopes(alibi, q.device) if alibi is not None else q
-    launchable(_flash_decoding_split, q.device)[(n_splits, row_programs)](
+    launchable(_flash_decoding_split, q.device)[(n_splits, row_programs, dv_split)](
         q, k, v, positions, y, part, lse, locks, slopes,
         hkv, g, s, cap, d, dv, cfg.least_chunk, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
         int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
