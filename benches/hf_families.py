@@ -87,9 +87,9 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "codegen": ("CodeGenForCausalLM", "CodeGenConfig", dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
                                                            n_positions=128, n_ctx=128)),
     "biogpt": ("BioGptForCausalLM", "BioGptConfig", {}),
-    # XGLM: flattened heads, the softmax over their [B*H, S, L] view after a floor (decodes since session 16)
-    # known to stop with a clear error (the reason is recorded): an ALiBi table sliced to min(S, max_seq_len)
-    # (MPT), a convolution (state-space models)
+    # XGLM: flattened heads, the softmax over their [B*H, S, L] view after a floor; MPT: an ALiBi table sliced to
+    # min(S, max_seq_len) keys (the capture takes S <= max_seq_len), then a boolean fill (both decode since session 16)
+    # known to stop with a clear error (the reason is recorded): a convolution (state-space models)
     "mpt": ("MptForCausalLM", "MptConfig", dict(d_model=64, n_heads=4, n_layers=2, max_seq_len=128,
                                                 expansion_ratio=2)),
     "xglm": ("XGLMForCausalLM", "XGLMConfig", dict(d_model=64, num_layers=2, attention_heads=4, ffn_dim=96)),

@@ -3,8 +3,8 @@
 # GPT-J's rotary lookup, Falcon's ALiBi and CodeGen's scaling differently from 5.25):
 #   1. benches/hf_families.py --device cuda: all 42 families, reference and triton backends (kernels compiled,
 #      CUDA graphs as generate uses them), in 8 processes over the CPU cores (compiles are CPU-bound)
-#   2. the model fuzzer on CUDA with CUDA graphs over the families session 15 made decode with the KV cache (OPT,
-#      GPT-J, BLOOM with ALiBi, GPT-Neo with local layers), random fp32 / fp16 / bf16 per case
+#   2. the model fuzzer on CUDA with CUDA graphs over the families sessions 15-16 made decode with the KV cache (OPT,
+#      GPT-J, BLOOM with ALiBi, GPT-Neo with local layers, XGLM, CodeGen, MPT), random fp32 / fp16 / bf16 per case
 #   3. the e2e tests of their forms (CPU tensors: the reference backend and the capture)
 # One tarball; the tables last.
 #
@@ -22,7 +22,7 @@ wait
 echo "hf_families: $(cat "$W"/hf?.log | grep -cE '^[a-z0-9-]+ +(reference|triton) +ok ') of $((${#all[@]} * 2)) runs ok"
 grep -hE '^[a-z0-9-]+ +(reference|triton) +(error|wrong)' "$W"/hf?.log | cut -c1-200
 timeout 150 python benches/fuzz_models.py --device cuda --cuda-graphs --minutes 2 \
-    --families hf-opt hf-gptj hf-bloom hf-gptneo --out "$W/fuzz_models-families.json" >"$W/fuzz.log" 2>&1
+    --families hf-opt hf-gptj hf-bloom hf-gptneo hf-xglm hf-codegen hf-mpt --out "$W/fuzz_models-families.json" >"$W/fuzz.log" 2>&1
 echo "fuzz rc $?"; python - "$W/fuzz_models-families.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

@@ -630,7 +630,7 @@ def _select(t: Translator, a: Args) -> Value:
     return t.emit("select", x, dim=dim, index=index)
 
 
-@rule(aten.cat.default)
+@rule(aten.cat.default, aten.concat.default)
 def _cat(t: Translator, a: Args) -> Value:
     dtype = t.out_type().dtype
     # torch's legacy rule: a 1-D empty operand is skipped (an empty Hugging Face DynamicCache starts so)

@@ -231,14 +231,88 @@ class Translator:
         try:
             node = self.graph.create_node(op, list(inputs), attrs, types)
         except (TypeError, ValueError, IndexError) as e:
-            raise _IRRejected(op_name(self.node.target), module_path(self.node), self.source(self.node),
-                              f"the IR op {op} rejects the translated operands: {e}") from e
+            node = self._on_the_hinted_branch(op, inputs, attrs, types)
+            if node is None:
+                raise _IRRejected(op_name(self.node.target), module_path(self.node), self.source(self.node),
+                                  f"the IR op {op} rejects the translated operands: {e}") from e
         assert self.node is not None
         node.meta["aten"] = op_name(self.node.target)
         node.meta["source"] = self.source(self.node)
         node.meta["module"] = module_path(self.node)
         self.graph.append(node)
         return node
+
+    def _on_the_hinted_branch(self, op: str, inputs: Sequence[Value], attrs: dict[str, Any],
+                              types: Optional[Sequence[TensorType]]) -> Any:
+        """The elementwise ``op`` whose operands do not broadcast because a dim holds a ``Max`` / ``Min`` of sizes,
+        retried with each such dim on the branch the captured sizes take, under a narrowed range of its symbol
+        (MPT slices its ALiBi table ``[max(0, 128 - S):]``, ``128 - Max(0, 128 - S)`` keys, added to scores over
+        ``S`` keys: equal for ``S <= 128``, which the eager model needs too). The narrowed range is the capture's
+        (a call outside it captures again), as torch guards on a branch it took; the operand is reshaped to the
+        branch's shape. None when no branch is linear in one symbol or the retry fails too (ranges restored)."""
+        from membound.ir import get_op
+
+        if get_op(op).kind != "elementwise" or not self._hints:
+            return None
+        saved = dict(self.ranges)
+        conds: list[sympy.Basic] = []
+        shapes = [tuple(self._hinted_branch(d, conds) for d in v.shape) for v in inputs]
+        if not conds or not all(self._narrow(c) for c in conds):
+            self.ranges = saved
+            return None
+        new = [v if shape == tuple(v.shape) else self.emit("reshape", v, shape=shape)
+               for v, shape in zip(inputs, shapes)]
+        try:
+            node = self.graph.create_node(op, new, attrs, types)
+        except (TypeError, ValueError, IndexError):
+            self.ranges = saved
+            return None
+        self.guards += [c for c in conds if c not in self.guards]
+        return node
+
+    def _hinted_branch(self, e: sympy.Expr, conds: list[sympy.Basic]) -> sympy.Expr:
+        """``e`` with every ``Max`` / ``Min`` replaced by the argument the captured sizes select; the conditions
+        under which it is selected go to ``conds``."""
+        if not isinstance(e, sympy.Basic) or not e.args:
+            return e
+        args = [self._hinted_branch(a, conds) for a in e.args]
+        if isinstance(e, (sympy.Max, sympy.Min)):
+            try:
+                values = [eval_dim(a, self._hints) for a in args]
+            except (TypeError, ValueError):
+                return e.func(*args)
+            pick = values.index(max(values) if isinstance(e, sympy.Max) else min(values))
+            for i, a in enumerate(args):
+                if i != pick:
+                    conds.append(sympy.Ge(args[pick], a) if isinstance(e, sympy.Max) else sympy.Le(args[pick], a))
+            return args[pick]
+        return e.func(*args)
+
+    def _narrow(self, cond: sympy.Basic) -> bool:
+        """Fold ``cond`` (``a >= b`` / ``a <= b``, linear in one symbol with an integer coefficient) into that
+        symbol's range; False when it is not of that form or excludes the captured size."""
+        if cond is sympy.true:
+            return True
+        if not isinstance(cond, (sympy.Ge, sympy.Le)):
+            return False
+        diff = sympy.expand(cond.lhs - cond.rhs if isinstance(cond, sympy.Ge) else cond.rhs - cond.lhs)  # >= 0
+        free = list(diff.free_symbols)
+        if len(free) != 1 or free[0] not in self._hints:
+            return False
+        s = free[0]
+        a, c = diff.coeff(s), diff.subs(s, 0)
+        if not (a.is_Integer and c.is_Integer) or a == 0 or sympy.expand(a * s + c - diff) != 0:
+            return False
+        lo, hi = self.ranges.get(s, (1, None))
+        if a > 0:   # s >= ceil(-c / a)
+            lo = max(lo, -(int(c) // int(a)))
+        else:       # s <= floor(c / -a)
+            bound = int(c) // -int(a)
+            hi = bound if hi is None else min(hi, bound)
+        if not lo <= self._hints[s] <= (hi if hi is not None else self._hints[s]):
+            return False
+        self.ranges[s] = (lo, hi)
+        return True
 
     def source(self, n: torch.fx.Node) -> str:
         """The user's source line for FX node ``n`` (see :func:`source_line`)."""

@@ -97,6 +97,7 @@ _MASKED = Alt(
     # mask added, then scaled (CodeGen in transformers 5.17: (q @ k.T + mask) / sqrt(d)): scale c, mask c * mask
     Pat(("mul", "div"), Pat("add", _SCORES, Any_("add_mask")), Const(name="post_scale"), name="post"),
     Pat("add", _FILLED, Any_("add_mask")),   # a boolean mask, then an additive one (GPT-Neo: causal bias, padding)
+    *_filled(Pat("add", _CAPPED, Any_("add_mask"))),  # an additive one, then a boolean one (MPT: ALiBi, then the mask)
     _FILLED,
     _CAPPED,
 )
@@ -202,7 +203,7 @@ _ATTN3 = Pat("matmul", Pat("reshape", Opt("cast", _SOFTMAX4), name="p3"), Pat("r
 # ... or the masked scores viewed back as [B*H, S, L] before the softmax, after a floor (XGLM: max(s + mask,
 # finfo.min)); a floor at the dtype's lowest finite value changes only a sum that overflowed to -inf (|s| near 1e31
 # in f32), so it is dropped; a higher one is not a floor this form takes
-_FLOORED4 = Alt(Pat("maximum", _MASKED4, Const(_very_negative, name="floor")), _MASKED4)
+_FLOORED4 = Alt(Pat("maximum", _MASKED4, Const(_very_negative, name="floor"), name="floored"), _MASKED4)
 _VIEW3 = Pat("reshape", _FLOORED4, name="m3")
 _SOFTMAX3 = Pat("softmax", Alt(_VIEW3, Pat("cast", _VIEW3)), name="probs", attrs={"dim": lambda d: d in (-1, 2)})
 _ATTN3_SOFTMAX3 = Pat("matmul", Opt("cast", _SOFTMAX3), Pat("reshape", Any_("v4"), name="v3"))
@@ -233,9 +234,9 @@ def _fuse_flat(m: Match) -> Optional[Value]:
     if not (s4.rank == 4 and all(dims_equal(a, b) for a, b in zip(s4.shape, want4)) and back):
         m.note("flattened-heads form: the scores are not viewed as [B, H, S, L] and back")
         return None
-    if "floor" in m:
-        floor = m["floor"]
-        if float(floor.producer.attrs["value"]) > float(torch.finfo(floor.dtype).min):  # type: ignore[union-attr]
+    if "floor" in m:   # (the floor's own dtype may be wider: XGLM's torch.full((), finfo(f16).min) is f32)
+        lowest = float(torch.finfo(m["floored"].dtype).min)
+        if float(m["floor"].producer.attrs["value"]) > lowest:  # type: ignore[union-attr]
             m.note("flattened-heads form: the scores are floored above their dtype's lowest value")
             return None
     scale = _scale_of(m, q)

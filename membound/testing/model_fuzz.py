@@ -37,13 +37,15 @@ FAMILIES = ("hf-llama", "hf-mistral", "hf-qwen2", "hf-gpt2", "llama", "gpt2", "m
 # drawn only when asked for (``families=`` / ``--families``; the default draw, and so every fixed seed, is unchanged):
 # HF OPT (counted learned positions), GPT-J (rotary rows gathered from a table), BLOOM (flattened heads, ALiBi),
 # GPT-Neo (a where-applied causal bias, global and local layers), XGLM (flattened heads, a floored mask, sinusoid rows
-# by index_select), CodeGen (f32 scores, the mask added before the scale)
-EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo", "hf-xglm", "hf-codegen")
+# by index_select), CodeGen (f32 scores, the mask added before the scale), MPT (an ALiBi table sliced by a max of
+# sizes, then a boolean fill)
+EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo", "hf-xglm", "hf-codegen", "hf-mpt")
 _HF_CLASSES = {"hf-llama": ("LlamaConfig", "LlamaForCausalLM"), "hf-mistral": ("MistralConfig", "MistralForCausalLM"),
                "hf-qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "hf-gpt2": ("GPT2Config", "GPT2LMHeadModel"),
                "hf-opt": ("OPTConfig", "OPTForCausalLM"), "hf-gptj": ("GPTJConfig", "GPTJForCausalLM"),
                "hf-bloom": ("BloomConfig", "BloomForCausalLM"), "hf-gptneo": ("GPTNeoConfig", "GPTNeoForCausalLM"),
-               "hf-xglm": ("XGLMConfig", "XGLMForCausalLM"), "hf-codegen": ("CodeGenConfig", "CodeGenForCausalLM")}
+               "hf-xglm": ("XGLMConfig", "XGLMForCausalLM"), "hf-codegen": ("CodeGenConfig", "CodeGenForCausalLM"),
+               "hf-mpt": ("MptConfig", "MptForCausalLM")}
 BACKENDS = ("reference", "triton")
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # atol = rtol
 MARGIN = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 0.25}
@@ -162,6 +164,10 @@ def _extra_config(family: str, rng: random.Random, vocab: int, heads: int, head_
                     rotary_dim=rng.choice([head_dim // 2 - head_dim // 2 % 2, head_dim]), n_inner=width,
                     layer_norm_epsilon=eps, activation_function=rng.choice(["gelu_new", "relu"]),
                     tie_word_embeddings=tie)
+    if family == "hf-mpt":  # ALiBi over max_seq_len keys (the prompt and new tokens stay within it)
+        return dict(vocab_size=vocab, d_model=hidden, n_heads=heads, n_layers=layers, max_seq_len=64,
+                    expansion_ratio=rng.choice([1, 2, 4]), layer_norm_epsilon=eps, no_bias=rng.random() < 0.5,
+                    attn_config={"alibi": True, "alibi_bias_max": rng.choice([4, 8])}, tie_word_embeddings=tie)
     kinds = [rng.choice(["global", "local"]) for _ in range(layers)]  # hf-gptneo: each layer global or local
     return dict(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=width,
                 attention_types=[[kinds, 1]], window_size=rng.choice([2, 4, 256]), max_position_embeddings=64,

@@ -27,7 +27,10 @@ CASES = [("hf-llama", 109), ("hf-gpt2", 4), ("llama", 15),
          ("hf-opt", 2), ("hf-gptj", 1), ("hf-bloom", 4), ("hf-gptneo", 18),
          # session 16: XGLM (flattened heads, the mask floored at finfo.min, sinusoid rows by index_select), 12 heads;
          # CodeGen (f32 scores, the mask added before the scale), 4 heads, rows of 9 and 8
-         ("hf-xglm", 3), ("hf-codegen", 2)]
+         ("hf-xglm", 3), ("hf-codegen", 2),
+         # MPT: its ALiBi table sliced by max(0, 64 - S) (the capture takes S <= 64), then a boolean fill; 12 heads
+         # (slopes by torch.concat), rows of 2, 5 and 4
+         ("hf-mpt", 14)]
 
 
 @pytest.mark.parametrize("family,seed", CASES)

@@ -176,6 +176,27 @@ def test_slice_bounds_use_the_ranges_torch_proved() -> None:
     assert not cap.matches((_x(3, 4),))
 
 
+def test_a_max_of_sizes_takes_the_captured_branch_under_a_narrowed_range() -> None:
+    """MPT's ALiBi: a table of 12 keys sliced ``[max(0, 12 - S):]`` (``12 - Max(0, 12 - S)`` keys) added to
+    scores over S keys broadcasts only where ``S <= 12``, as eager needs too: the add takes the branch the
+    captured S selects (the slice reshaped to S keys), S's range becomes (2, 12) and the condition a guard; a call
+    past 12 does not reuse the capture. Numerics equal eager's at 5 and 12 keys."""
+    table = torch.randn(3, 1, 12)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        start = max(0, table.size(2) - x.shape[-1])
+        return x + table[:, :, start:]
+
+    cap = capture_export(fn, (_x(2, 3, 7, 7),))
+    s = cap.graph.inputs[0].shape[-1]
+    assert cap.ranges[s] == (2, 12), cap.ranges
+    assert [str(g) for g in cap.guards] == [f"12 - {s} >= 0"], cap.guards
+    for n in (5, 12):
+        x = _x(2, 3, n, n)
+        _close(_run(cap, (x,)), fn(x))
+    assert cap.matches((_x(2, 3, 12, 12),)) and not cap.matches((_x(2, 3, 13, 13),))
+
+
 def test_static_capture_has_no_symbols() -> None:
     cap = capture_export(lambda x: x.softmax(-1), (_x(2, 5),), dynamic=False)
     assert cap.graph.symbols() == set()
