@@ -260,11 +260,11 @@ class Translator:
         if not conds or not all(self._narrow(c) for c in conds):
             self.ranges = saved
             return None
-        new = [v if shape == tuple(v.shape) else self.emit("reshape", v, shape=shape)
-               for v, shape in zip(inputs, shapes)]
         try:
+            new = [v if shape == tuple(v.shape) else self.emit("reshape", v, shape=shape)
+                   for v, shape in zip(inputs, shapes)]
             node = self.graph.create_node(op, new, attrs, types)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, _IRRejected):
             self.ranges = saved
             return None
         self.guards += [c for c in conds if c not in self.guards]
