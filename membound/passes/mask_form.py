@@ -15,7 +15,9 @@ its slice, so the sizes tried are small ones (1, 2, 3, 5, 8, 9) plus ``c - 1 .. 
 integer constant ``c`` of the slice (``c .. c + 2`` past 64: a band of width up to ``c + 1`` shows at
 ``c + 2``) (and every dim of a stored tensor it reads, such as GPT-2's causal
 ``bias`` buffer); a size the slice cannot be evaluated at (a stored mask
-sliced past its end) is skipped, as the model cannot run at it either. A constant above ``MAX_PROVABLE`` (the
+sliced past its end) is skipped, as the model cannot run at it either. A float mask cast to a narrower float
+(fuse-attention's cast of an f32 additive mask to half-precision q) is read before that cast: an ALiBi bias keeps
+its exact slopes, and every value under -1e4 is masked in either dtype. A constant above ``MAX_PROVABLE`` (the
 evaluation would build a ``[c, c]`` matrix) is not evaluated: the mask stays unproven, and callers
 refuse rather than guess. The band width must be the same at every size.
 """
@@ -91,11 +93,23 @@ def _evaluate(sub: Graph, b: int, s: int) -> torch.Tensor:
     for p in list(sub.params) + list(sub.state):
         env[id(p)] = sub.tensors[p.name].detach().cpu()
     for n in sub.nodes:
+        if _narrowing_float_cast(n):
+            # a float mask cast to half precision (fuse-attention casts an f32 additive mask to q's dtype): read in
+            # its wider dtype, so an ALiBi bias keeps its exact slopes (rounding would hide them; masked stays
+            # masked, since every value under -1e4 is masked in either dtype)
+            env[id(n.results[0])] = env[id(n.inputs[0])]
+            continue
         attrs = concretize(n.attrs, bind)
         res = get_op(n.op).reference(*[env[id(v)] for v in n.inputs], **attrs)
         for r, t in zip(n.results, res if len(n.results) > 1 else [res]):
             env[id(r)] = t
     return env[id(sub.outputs[0])]
+
+
+def _narrowing_float_cast(n: Any) -> bool:
+    src, dst = n.inputs[0].dtype if n.inputs else None, n.results[0].dtype
+    return (n.op == "cast" and src is not None and src.is_floating_point and dst.is_floating_point
+            and dst.itemsize < src.itemsize)
 
 
 def _band_width(keep: torch.Tensor, s: int) -> Optional[int]:

@@ -164,3 +164,41 @@ def test_gpt_neo_half_precision_padded_mask_builds_in_range_constants():
     out = run_graph(g, [ids, mask])[0].float()
     keep = mask.bool()
     assert float((out[keep] - ref[keep]).abs().max()) <= 1e-2 * float(ref[keep].abs().max())
+
+
+def test_mpt_half_precision_alibi_keeps_its_exact_slopes():
+    """MPT adds an f32 ALiBi table (sliced by ``max(0, max_seq_len - S)``) to its scores, then fills the mask. In
+    fp16 fuse-attention casts that additive mask to q's dtype, whose rounding hid the slopes of a head count that is
+    not a power of two (12 heads: ``2^(-8 k / 16)`` for odd k), so the KV cache was refused; the mask's form is now
+    read before that cast. Each layer folds to a causal attention with MPT's own slopes (to f32 precision), and the
+    fp16 logits at real tokens match eager within 1e-2 of their scale."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    model = T.MptForCausalLM(T.MptConfig(vocab_size=VOCAB, d_model=48, n_heads=12, n_layers=2, max_seq_len=32,
+                                         expansion_ratio=2)).eval().to(torch.float16)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    g, ctx = _fused(model, ids)
+    from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
+
+    table = build_mpt_alibi_tensor(12, 32).float()  # [H, 1, L]: slope_h * (j - (L - 1))
+    want = (table[:, 0, -1] - table[:, 0, -2]).tolist()
+
+    def exact(slopes: object) -> bool:
+        return slopes is not None and max(abs(a - b) for a, b in zip(slopes, want)) < 1e-6  # type: ignore[union-attr]
+
+    got = [(n.attrs["causal"], exact(n.attrs["alibi"])) for n in g.nodes if n.op == "attention"]
+    assert got == [(True, True)] * 2, "\n".join(ctx.log)
+    from membound.backends.reference import run_graph
+
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits.float()
+    out = run_graph(g, [ids])[0].float()
+    assert float((out - ref).abs().max()) <= 1e-2 * float(ref.abs().max())
+    # with left padding, the decode step's cached attention carries the same slopes
+    model.generation_config.eos_token_id = None
+    compiled = membound.compile(model)
+    pids, pmask = prompts(VOCAB, [7, 4, 6])
+    membound.generate(compiled, pids, 3, attention_mask=pmask)
+    alibi = [n.attrs["alibi"] for n in compiled._kv_program.decode_graph.nodes if n.op == "cached_attention"]
+    assert len(alibi) == 2 and all(exact(a) for a in alibi), alibi
