@@ -403,10 +403,26 @@ class Translator:
             elif n.op == "output":
                 outputs = list(torch.fx.node.map_arg(n.args[0], lambda a: self.env[a]))  # type: ignore[arg-type]
             elif n.op == "get_attr":
-                raise self._error("get_attr nodes are not expected in an exported graph (is it a training graph?)")
+                raise self._get_attr_error(n)
             else:
                 raise self._error(f"unexpected FX node kind {n.op}")
         return outputs
+
+    def _get_attr_error(self, n: torch.fx.Node) -> UnsupportedOpError:
+        """A ``get_attr`` in an exported inference graph holds a subgraph or function of a higher-order op: name the
+        op (at its user's source line) and what produces it, instead of the bare node."""
+        hops = [u for u in n.users if u.op == "call_function" and isinstance(u.target, torch._ops.HigherOrderOperator)]
+        if not hops:
+            return self._error("get_attr nodes are not expected in an exported graph (is it a training graph?)")
+        self.node = hops[0]
+        name = getattr(hops[0].target, "name", lambda: str(hops[0].target))()
+        why = {"flat_apply": "a function traced through torch.vmap (transformers 4.x builds its attention masks so)",
+               "wrap_with_set_grad_enabled": "a torch.no_grad / set_grad_enabled region inside the model (transformers "
+                                             "4.x wraps its rotary embedding so)",
+               "wrap_with_autocast": "a torch.autocast region inside the model"}.get(name, "a higher-order op")
+        return self._error(f"torch.export produced the higher-order op {name} ({why}); membound translates plain ATen "
+                           f"graphs. With Hugging Face models use transformers >= 5 (its masks and rotary embeddings "
+                           f"export as plain ops), or remove the region from the model's forward")
 
     def _placeholder(self, n: torch.fx.Node, role: Role) -> Resolved:
         val = n.meta.get("val")

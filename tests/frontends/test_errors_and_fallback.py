@@ -155,3 +155,27 @@ def test_a_rule_the_ir_rejects_falls_back_cleanly(monkeypatch: pytest.MonkeyPatc
     verify(cap.graph)
     assert cap.graph.ops() == ["torch_call", "constant", "add"]
     torch.testing.assert_close(run_graph(cap.graph, [x])[0], x.cos() + 1)
+
+
+class GradRegion(torch.nn.Module):
+    """A grad-mode region inside forward: torch.export wraps it in a higher-order op (transformers 4.x's rotary
+    embedding under ``@torch.no_grad()`` exports so, its vmapped masks as ``flat_apply``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            y = x * self.w
+        return y + 1
+
+
+def test_a_higher_order_op_is_named_with_its_cause_and_line() -> None:
+    """Not "get_attr nodes are not expected": the error names the higher-order op, what writes one, the module
+    (and its line where torch recorded one), and what to do."""
+    with pytest.raises(UnsupportedOpError) as info:
+        capture_export(GradRegion(), (torch.randn(2, 4),))
+    msg = str(info.value)
+    assert "wrap_with_set_grad_enabled" in msg and "set_grad_enabled region" in msg, msg
+    assert "transformers >= 5" in msg and "GradRegion" in msg, msg
