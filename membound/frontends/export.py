@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import logging
 import re
+import sys
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import sympy
@@ -100,7 +101,7 @@ def export_leaves(module: torch.nn.Module, leaves: Sequence[Any], name: str,
     try:
         # a fresh tracing context: inside a torch.compile backend, export must not add its guards to the
         # frame Dynamo is compiling
-        with torch.no_grad(), torch._guards.tracing(None), _quiet_specialisation_notes():
+        with torch.no_grad(), torch._guards.tracing(None), _quiet_specialisation_notes(), _hf_masks_without_vmap():
             ep = torch.export.export(module, tuple(leaves), dynamic_shapes={"leaves": shapes}, strict=False)
     except Exception as e:  # the model's own error or export's; either way the user needs the original
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -241,6 +242,52 @@ def _graph_name(name: str) -> str:
 def _guards(conds: Sequence[sympy.Basic]) -> list[sympy.Basic]:
     """Runtime asserts worth checking on reuse (those over input sizes; others are already implied)."""
     return [c for c in conds if isinstance(c, sympy.Basic) and c is not sympy.true]
+
+
+@contextlib.contextmanager
+def _hf_masks_without_vmap() -> Iterator[None]:
+    """transformers 4.5x builds its attention masks by ``torch.vmap`` of a mask function over (batch, head, query,
+    key) indices, which torch.export writes as higher-order ops (``flat_apply``) that membound does not translate.
+    While exporting (restored after), its ``sdpa_mask`` is replaced by :func:`_hf_mask_by_broadcast`, which calls
+    the same mask function once on broadcast index tensors (what 5.x does by default). Releases without
+    ``sdpa_mask_recent_torch`` (5.x) are left alone."""
+    mu = sys.modules.get("transformers.masking_utils")
+    if mu is None or not hasattr(mu, "sdpa_mask_recent_torch"):
+        yield
+        return
+    mapping = mu.ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    saved = mu.sdpa_mask, mapping.get("sdpa")
+    mu.sdpa_mask = _hf_mask_by_broadcast  # (eager_mask calls it by this name)
+    mapping["sdpa"] = _hf_mask_by_broadcast
+    try:
+        yield
+    finally:
+        mu.sdpa_mask = saved[0]
+        if saved[1] is not None:
+            mapping["sdpa"] = saved[1]
+
+
+def _hf_mask_by_broadcast(batch_size: int, cache_position: torch.Tensor, kv_length: int, kv_offset: int = 0,
+                          mask_function: Optional[Callable[..., Any]] = None,
+                          attention_mask: Optional[torch.Tensor] = None, local_size: Optional[int] = None,
+                          allow_is_causal_skip: bool = True, **kwargs: Any) -> Optional[torch.Tensor]:
+    """transformers 4.5x's boolean ``[B, 1, Q, KV]`` sdpa mask (True = attend) without vmap: the mask function (causal,
+    sliding window, chunked, padding, and their and/or combinations: comparisons and indexing that broadcast) is
+    called once with index tensors shaped ``[B, 1, 1, 1]``, ``[1, 1, 1, 1]``, ``[1, 1, Q, 1]`` and ``[1, 1, 1, KV]``."""
+    mu = sys.modules["transformers.masking_utils"]
+    mask_function = mask_function or mu.causal_mask_function
+    q_length = cache_position.shape[0]
+    padding_mask = mu.prepare_padding_mask(attention_mask, kv_length, kv_offset, _slice=False)
+    if allow_is_causal_skip and mu._ignore_causal_mask_sdpa(padding_mask, q_length, kv_length, kv_offset, local_size):
+        return None
+    device = cache_position.device
+    kv = torch.arange(kv_length, device=device) + kv_offset
+    if padding_mask is not None:
+        mask_function = mu.and_masks(mask_function, mu.padding_mask_function(padding_mask))
+    rows = torch.arange(batch_size, device=device)[:, None, None, None]
+    heads = torch.zeros((1, 1, 1, 1), dtype=torch.long, device=device)
+    mask = mask_function(rows, heads, cache_position[None, None, :, None], kv[None, None, None, :])
+    return mask.expand(batch_size, 1, q_length, kv_length)
 
 
 class _SpecialisationNoteFilter(logging.Filter):

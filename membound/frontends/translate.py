@@ -403,10 +403,49 @@ class Translator:
             elif n.op == "output":
                 outputs = list(torch.fx.node.map_arg(n.args[0], lambda a: self.env[a]))  # type: ignore[arg-type]
             elif n.op == "get_attr":
-                raise self._get_attr_error(n)
+                sub = getattr(fx_graph.owning_module, str(n.target), None)
+                if not (isinstance(sub, torch.fx.GraphModule) and n.users and all(
+                        u.op == "call_function" and _inlined_hop(u.target) for u in n.users)):
+                    raise self._get_attr_error(n)
+                self.env[n] = sub  # the body of a grad-mode / autocast-off region: translated inline at its call
             else:
                 raise self._error(f"unexpected FX node kind {n.op}")
         return outputs
+
+    def _inline_region(self, n: torch.fx.Node) -> None:
+        """A region torch.export wrapped in a higher-order op that changes no value of an inference graph: a grad-mode
+        switch (``wrap_with_set_grad_enabled``: transformers 4.x's rotary embedding under ``@torch.no_grad()``), or
+        autocast turned off (``wrap_with_autocast`` with enabled=False). Its body is translated in place, its results
+        the op's (a tuple, taken apart by getitem). Autocast turned on changes dtypes: refused."""
+        name = n.target.name()  # type: ignore[union-attr]
+        if name == "wrap_with_autocast":
+            enabled, body, operands = n.args[2], n.args[4], n.args[5:]
+            if enabled:
+                raise self._error("an autocast region with autocast enabled (its ops change dtype): membound "
+                                  "captures the model's own dtypes; run the model without autocast", fallback=False)
+        else:
+            body, operands = n.args[1], n.args[2:]
+        gm = self.env[body]  # type: ignore[index]
+        values = [self._resolve(a) for a in operands]
+        here, nodes = self._order[n], list(gm.graph.nodes)
+        outputs: list[Any] = []
+        for i, sn in enumerate(nodes):
+            self._order[sn] = here + (i + 1) / (len(nodes) + 1)
+        places = [sn for sn in nodes if sn.op == "placeholder"]
+        if len(places) != len(values):
+            raise self._error(f"{name}: {len(values)} operands for a body of {len(places)} inputs", fallback=False)
+        for sn, v in zip(places, values):
+            self.env[sn] = v
+        for sn in nodes:
+            self.node = sn
+            if sn.op == "call_function":
+                self._call(sn)
+            elif sn.op == "output":
+                outputs = list(torch.fx.node.map_arg(sn.args[0], lambda a: self.env[a]))  # type: ignore[arg-type]
+            elif sn.op != "placeholder":
+                raise self._error(f"{name}: an FX node of kind {sn.op} in its body")
+        self.node = n
+        self.env[n] = tuple(outputs)
 
     def _get_attr_error(self, n: torch.fx.Node) -> UnsupportedOpError:
         """A ``get_attr`` in an exported inference graph holds a subgraph or function of a higher-order op: name the
@@ -437,6 +476,9 @@ class Translator:
 
     def _call(self, n: torch.fx.Node) -> None:
         target = n.target
+        if _inlined_hop(target):
+            self._inline_region(n)
+            return
         rule = self.table.get(target) or self.table.get(op_name(target))
         mutated = None
         if rule is None and isinstance(target, torch._ops.OpOverload):
@@ -654,6 +696,12 @@ class Translator:
         node = self._append("torch_call", inputs, {"target": qualified_target(target), "args": args,
                                                    "kwargs": kwargs}, types)
         self.env[n] = node.results[0] if not isinstance(n.meta.get("val"), (list, tuple)) else list(node.results)
+
+
+def _inlined_hop(target: Any) -> bool:
+    """Higher-order ops whose body translates in place (see ``Translator._inline_region``)."""
+    return isinstance(target, torch._ops.HigherOrderOperator) and target.name() in (
+        "wrap_with_set_grad_enabled", "wrap_with_autocast")
 
 
 class _IRRejected(UnsupportedOpError):

@@ -157,9 +157,10 @@ def test_a_rule_the_ir_rejects_falls_back_cleanly(monkeypatch: pytest.MonkeyPatc
     torch.testing.assert_close(run_graph(cap.graph, [x])[0], x.cos() + 1)
 
 
-class GradRegion(torch.nn.Module):
-    """A grad-mode region inside forward: torch.export wraps it in a higher-order op (transformers 4.x's rotary
-    embedding under ``@torch.no_grad()`` exports so, its vmapped masks as ``flat_apply``)."""
+
+class Regions(torch.nn.Module):
+    """A grad-mode region and an autocast-off region inside forward: torch.export wraps the first in a higher-order
+    op (transformers 4.x's rotary embedding under ``@torch.no_grad()`` exports so)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -168,14 +169,24 @@ class GradRegion(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             y = x * self.w
-        return y + 1
+        with torch.autocast("cpu", enabled=False):
+            z = y.exp()
+        return z + 1
 
 
-def test_a_higher_order_op_is_named_with_its_cause_and_line() -> None:
-    """Not "get_attr nodes are not expected": the error names the higher-order op, what writes one, the module
-    (and its line where torch recorded one), and what to do."""
-    with pytest.raises(UnsupportedOpError) as info:
-        capture_export(GradRegion(), (torch.randn(2, 4),))
-    msg = str(info.value)
-    assert "wrap_with_set_grad_enabled" in msg and "set_grad_enabled region" in msg, msg
-    assert "transformers >= 5" in msg and "GradRegion" in msg, msg
+class AutocastOn(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return x @ x.T
+
+
+def test_grad_mode_regions_translate_inline_and_autocast_on_is_refused() -> None:
+    """``wrap_with_set_grad_enabled`` changes no value at inference: its body is translated in place (numerics equal
+    eager's at another batch size); autocast turned on changes dtypes: refused, naming the op and what to do."""
+    model = Regions()
+    cap = capture_export(model, (torch.randn(2, 4),))
+    assert [n.op for n in cap.graph.nodes] == ["mul", "exp", "constant", "add"], cap.graph
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(cap.unflatten_outputs(run_graph(cap.graph, cap.flatten_inputs((x,)))), model(x))
+    with pytest.raises(UnsupportedOpError, match="wrap_with_autocast: an autocast region with autocast enabled"):
+        capture_export(AutocastOn(), (torch.randn(2, 4),))
