@@ -27,7 +27,7 @@ from torch.export.graph_signature import InputKind, OutputKind
 
 from membound.frontends.aten_table import TABLE
 from membound.frontends.capture import Capture, ConstLeaf, InLeaf, TensorLeaf, flatten_call, leaf_paths
-from membound.frontends.errors import CaptureError
+from membound.frontends.errors import CaptureError, UnsupportedOpError
 from membound.frontends.symbols import SymbolTable
 from membound.frontends.translate import AsConstant, AsInput, AsParam, Role, Translator, output_leaves
 from membound.ir.graph import Graph
@@ -88,8 +88,20 @@ def capture_export(fn_or_module: Union[torch.nn.Module, Callable[..., Any]], arg
         else:
             in_leaves.append(ConstLeaf(x))
             roles.append(AsConstant(x))
-    return build_capture(ep, roles, spec, in_leaves, name=name, fallback=fallback, frontend="export",
-                         default_source=_definition(fn_or_module))
+    try:
+        return build_capture(ep, roles, spec, in_leaves, name=name, fallback=fallback, frontend="export",
+                             default_source=_definition(fn_or_module))
+    except UnsupportedOpError as e:
+        if "writes in place through" not in str(e):
+            raise
+        # an in-place write into a view whose base is read later (transformers 4.x builds some masks so): the
+        # functionalized program (run_decompositions with no decompositions: functional copies and scatters) says
+        # the same with value semantics; if that fails too, the original refusal is reported
+        try:
+            return build_capture(ep.run_decompositions({}), roles, spec, in_leaves, name=name, fallback=fallback,
+                                 frontend="export", default_source=_definition(fn_or_module))
+        except (UnsupportedOpError, CaptureError):
+            raise e from None  # the write the user wrote is the clearer message
 
 
 def export_leaves(module: torch.nn.Module, leaves: Sequence[Any], name: str,
