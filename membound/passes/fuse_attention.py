@@ -384,23 +384,44 @@ def _fold_constant_masks(graph: Graph, notes: list[str]) -> int:
 
 
 def _materialize_scalar_fills(graph: Graph) -> int:
-    """A ``where`` whose fill is a stored 0-d tensor of a very negative value (GPT-Neo's ``torch.tensor(finfo.min)``,
-    captured as a lifted buffer) reads a ``constant`` of that value and dtype instead: the same scalar, now visible
-    to the mask patterns. Returns how many fills were replaced."""
+    """Stored 0-d float tensors the attention forms read as scalars become ``constant`` nodes of their value and dtype
+    (captured as lifted buffers, the patterns could not see them): a very negative fill of a ``where`` (GPT-Neo's
+    ``torch.tensor(finfo.min)``) or floor of a ``maximum`` (XGLM in transformers 4.x), and the scale a ``mul`` /
+    ``div`` applies to a matmul's scores, masked or not (GPT-J and CodeGen in 4.x: ``scores / self.scale_attn``, a
+    buffer). The same scalar either way. Returns how many were replaced."""
     replaced = 0
     for n in list(graph.nodes):
-        if n.op != "where":
+        if n.op == "where":
+            slots, want = (1, 2), _very_negative
+        elif n.op == "maximum":
+            slots, want = (0, 1), _very_negative
+        elif n.op in ("mul", "div") and any(_scores_like(v) for v in n.inputs) and _feeds_softmax(n.result):
+            slots, want = ((1,) if n.op == "div" else (0, 1)), (lambda x: True)
+        else:
             continue
-        for i in (1, 2):
+        for i in slots:
             v = n.inputs[i]
             t = graph.tensors.get(v.name) if v.kind == "param" and v.rank == 0 else None
-            if t is None or not t.dtype.is_floating_point or not _very_negative(float(t)):
+            if t is None or not t.dtype.is_floating_point or not want(float(t)):
                 continue
             c = graph.create_node("constant", [], {"value": float(t), "dtype": v.dtype})
             graph.insert_before(n, c)
             n.replace_input(v, c.result)
             replaced += 1
     return replaced
+
+
+def _feeds_softmax(v: Value, hops: int = 4) -> bool:
+    """``v`` reaches a softmax through at most ``hops`` mask / view / cast ops (the scores' way in attention)."""
+    return any(u.op == "softmax" or (hops and u.op in ("add", "where", "maximum", "reshape", "cast", "mul", "div")
+                                     and _feeds_softmax(u.results[0], hops - 1)) for u in v.users)
+
+
+def _scores_like(v: Value) -> bool:
+    """A matmul's result, or one with a mask added (CodeGen scales after the mask)."""
+    p = v.producer
+    return p is not None and (p.op == "matmul" or (p.op == "add" and any(
+        u.producer is not None and u.producer.op == "matmul" for u in p.inputs)))
 
 
 def _unfused_softmaxes(graph: Graph) -> list[str]:

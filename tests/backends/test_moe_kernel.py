@@ -174,7 +174,10 @@ def test_views_of_a_concatenated_gate_up_weight() -> None:
 def test_ties_and_unchosen_experts() -> None:
     router, gate, up, down = _weights(6, 16, 11, torch.float32)
     router[4] = router[2]  # always tied
-    x = torch.randn(3, 16).to(DEVICE)
+    # a fixed draw: with equal router rows the reference's BLAS logits for experts 2 and 4 can still differ in the
+    # last bit (its blocking), so which one torch.topk keeps there is rounding; an unseeded x made this test fail
+    # about one run in 30 (CI, session 16: a new test ahead of it moved the global RNG)
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     _check(x, [router, gate, up, down], top_k=1)
 
 

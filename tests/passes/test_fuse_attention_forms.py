@@ -148,3 +148,41 @@ def test_softcap_with_mismatched_scales_is_not_fused():
     ctx = PassContext()
     assert not fuse_attention(g, ctx)
     assert any("not a soft cap" in line for line in ctx.log), ctx.log
+
+
+STORED_SCALARS = """graph @h(%q: f32[B, 4, S, 8], %k: f32[B, 4, S, 8], %v: f32[B, 4, S, 8], %m: f32[B, 1, S, S])
+    params(%scale_attn: f32[], %lowest: f32[]) {
+  %q3 = reshape(%q) {shape=[4*B, S, 8]} : f32[4*B, S, 8]
+  %k3 = reshape(%k) {shape=[4*B, S, 8]} : f32[4*B, S, 8]
+  %v3 = reshape(%v) {shape=[4*B, S, 8]} : f32[4*B, S, 8]
+  %kt = transpose(%k3) {dim0=1, dim1=2} : f32[4*B, 8, S]
+  %s3 = matmul(%q3, %kt) : f32[4*B, S, S]
+  %sc = div(%s3, %scale_attn) {rounding_mode=none} : f32[4*B, S, S]
+  %s4 = reshape(%sc) {shape=[B, 4, S, S]} : f32[B, 4, S, S]
+  %sm = add(%s4, %m) : f32[B, 4, S, S]
+  %fl = maximum(%sm, %lowest) : f32[B, 4, S, S]
+  %f3 = reshape(%fl) {shape=[4*B, S, S]} : f32[4*B, S, S]
+  %p = softmax(%f3) {dim=-1, dtype=none} : f32[4*B, S, S]
+  %o = matmul(%p, %v3) : f32[4*B, S, 8]
+  return %o
+}"""
+
+
+def test_stored_scale_and_floor_scalars_are_read_as_constants():
+    """transformers 4.x keeps attention scalars as 0-d buffers (GPT-J / CodeGen ``scores / self.scale_attn``, XGLM's
+    ``torch.tensor(finfo.min)`` floor): read as constants, the forms fuse (scale 1 / 4, the floor dropped at f32's
+    lowest value); the result equals the unfused graph's. A floor that is not very negative stays a stored value."""
+    g = parse(STORED_SCALARS)
+    g.tensors["scale_attn"] = torch.tensor(4.0)
+    g.tensors["lowest"] = torch.tensor(torch.finfo(torch.float32).min)
+    ins = _inputs(g)
+    ref = run_graph(g, ins)[0]
+    assert fuse_attention(g, PassContext())
+    (att,) = [n for n in g.nodes if n.op == "attention"]
+    assert att.attrs["scale"] == 0.25
+    torch.testing.assert_close(run_graph(g, ins)[0], ref, rtol=1e-5, atol=1e-6)
+    g2 = parse(STORED_SCALARS)
+    g2.tensors["scale_attn"] = torch.tensor(4.0)
+    g2.tensors["lowest"] = torch.tensor(-1.0)
+    fuse_attention(g2, PassContext())
+    assert not any(n.op == "attention" for n in g2.nodes)
