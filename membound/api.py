@@ -195,7 +195,10 @@ class CompiledModel:
         """Drop every compiled graph when a parameter or buffer of the module was replaced (or moved)."""
         if self._module is None:
             return
-        key = _state_key(self._module)
+        # under the capture lock: while another thread's torch.export traces this module its parameters are fake
+        # tensors, whose data pointers cannot be read (a two-thread first call failed so, once in a CI run)
+        with CAPTURE_LOCK:
+            key = _state_key(self._module)
         if self._state is not None and key != self._state and (self.entries or self._kv_program is not None):
             why = _state_change(self._state, key)
             _recompiles.info("%s: %s; dropping %d compiled graph(s), the next call recaptures", self._name(), why,

@@ -11,8 +11,8 @@
   ``sigmoid(shared_router @ h) * shared_mlp(h)``.
 
 Routing (attrs): ``top_k`` experts per token, chosen as ``torch.topk`` chooses (on exactly equal scores
-whichever its algorithm keeps: not a rule); ``softmax_first=True`` takes the softmax over all E logits and keeps the top k
-probabilities (Mixtral, Qwen2-MoE), ``False`` keeps the top k logits and takes their softmax;
+whichever its algorithm keeps: not a rule); ``softmax_first=True`` takes the softmax over all E logits and
+keeps the top k probabilities (Mixtral, Qwen2-MoE), ``False`` keeps the top k logits and takes their softmax;
 ``renormalize`` divides the kept weights by their sum. Expert outputs are combined in fp32 and the
 sum is rounded once to x's dtype.
 
