@@ -612,42 +612,39 @@ def _slice(t: Translator, a: Args) -> Value:
     return t.emit("slice", x, dim=dim, start=start, end=end, step=step)
 
 
-@rule(aten.slice_scatter.default)
-def _slice_scatter(t: Translator, a: Args) -> Value:
-    """``x`` with ``x[..., start:end, ...] = src`` (step 1; the functional form of a write into a slice, as
-    functionalization writes transformers 4.x's mask building): ``cat(x[:start], src, x[end:])`` along the dim."""
-    x, src = a.self, a.src
-    dim = _norm(a.dim, x.rank)
-    size = x.shape[dim]
-    if int(a.step or 1) != 1:
-        raise t.unsupported(f"slice_scatter with step {a.step}: only step 1 is translated")
-    start = _clamp_index(t, a.start, size, sympy.Integer(0))
-    end = start + src.shape[dim]
+def _spliced(t: Translator, x: Value, dim: int, start: sympy.Expr, middle: Value) -> Value:
+    """``x`` with ``middle`` in place of its slots ``start .. start + middle.shape[dim]`` along ``dim``:
+    ``cat(x[:start], middle, x[end:])``, empty ends left out."""
+    size, end = x.shape[dim], start + middle.shape[dim]
     parts = []
     if not (is_static(start) and int(start) == 0):
         parts.append(t.emit("slice", x, dim=dim, start=sympy.Integer(0), end=start, step=1))
-    parts.append(t.cast(src, x.dtype))
+    parts.append(t.cast(middle, x.dtype))
     if not dims_equal(end, size):
         parts.append(t.emit("slice", x, dim=dim, start=end, end=size, step=1))
     return t.emit("cat", *parts, dim=dim) if len(parts) > 1 else parts[0]
 
 
+@rule(aten.slice_scatter.default)
+def _slice_scatter(t: Translator, a: Args) -> Value:
+    """``x`` with ``x[..., start:end, ...] = src`` (step 1; the functional form of a write into a slice, as
+    functionalization writes transformers 4.x's mask building)."""
+    x = a.self
+    dim = _norm(a.dim, x.rank)
+    if int(a.step or 1) != 1:
+        raise t.unsupported(f"slice_scatter with step {a.step}: only step 1 is translated")
+    return _spliced(t, x, dim, _clamp_index(t, a.start, x.shape[dim], sympy.Integer(0)), a.src)
+
+
 @rule(aten.select_scatter.default)
 def _select_scatter(t: Translator, a: Args) -> Value:
-    """``x`` with ``x.select(dim, index) = src``: ``cat(x[:index], src[None], x[index + 1:])`` along the dim."""
-    x, src = a.self, a.src
+    """``x`` with ``x.select(dim, index) = src``: ``src`` as a slot of size one spliced in."""
+    x = a.self
     dim = _norm(a.dim, x.rank)
-    size = x.shape[dim]
     index = t.dim(a.index)
     if is_static(index) and int(index) < 0:
-        index = size + index
-    parts = []
-    if not (is_static(index) and int(index) == 0):
-        parts.append(t.emit("slice", x, dim=dim, start=sympy.Integer(0), end=index, step=1))
-    parts.append(t.emit("unsqueeze", t.cast(src, x.dtype), dim=dim))
-    if not dims_equal(index + 1, size):
-        parts.append(t.emit("slice", x, dim=dim, start=index + 1, end=size, step=1))
-    return t.emit("cat", *parts, dim=dim) if len(parts) > 1 else parts[0]
+        index = x.shape[dim] + index
+    return _spliced(t, x, dim, index, t.emit("unsqueeze", a.src, dim=dim))
 
 
 @rule(aten.narrow.default)

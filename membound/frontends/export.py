@@ -29,7 +29,15 @@ from membound.frontends.aten_table import TABLE
 from membound.frontends.capture import Capture, ConstLeaf, InLeaf, TensorLeaf, flatten_call, leaf_paths
 from membound.frontends.errors import CaptureError, UnsupportedOpError
 from membound.frontends.symbols import SymbolTable
-from membound.frontends.translate import AsConstant, AsInput, AsParam, Role, Translator, output_leaves
+from membound.frontends.translate import (
+    AsConstant,
+    AsInput,
+    AsParam,
+    InPlaceAliasError,
+    Role,
+    Translator,
+    output_leaves,
+)
 from membound.ir.graph import Graph
 
 _PREFIX = "m"  # the wrapped module's attribute name inside _FlatCall
@@ -91,9 +99,7 @@ def capture_export(fn_or_module: Union[torch.nn.Module, Callable[..., Any]], arg
     try:
         return build_capture(ep, roles, spec, in_leaves, name=name, fallback=fallback, frontend="export",
                              default_source=_definition(fn_or_module))
-    except UnsupportedOpError as e:
-        if "writes in place through" not in str(e):
-            raise
+    except InPlaceAliasError as e:
         # an in-place write into a view whose base is read later (transformers 4.x builds some masks so): the
         # functionalized program (run_decompositions with no decompositions: functional copies and scatters) says
         # the same with value semantics; if that fails too, the original refusal is reported

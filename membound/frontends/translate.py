@@ -380,24 +380,30 @@ class Translator:
     def cast(self, v: Value, dtype: torch.dtype) -> Value:
         return v if v.dtype == dtype else self.emit("cast", v, dtype=dtype)
 
-    def unsupported(self, reason: str, fallback: bool = True) -> UnsupportedOpError:
+    def unsupported(self, reason: str, fallback: bool = True,
+                    cls: type[UnsupportedOpError] = UnsupportedOpError) -> UnsupportedOpError:
         """The error to raise when a use of an op cannot be expressed (``raise t.unsupported(...)``)."""
-        return UnsupportedOpError(op_name(self.node.target), module_path(self.node), self.source(self.node),
-                                  reason, fallback)
+        return cls(op_name(self.node.target), module_path(self.node), self.source(self.node), reason, fallback)
 
-    def _error(self, msg: str, fallback: bool = False) -> UnsupportedOpError:
-        return self.unsupported(msg, fallback)
+    def _error(self, msg: str, fallback: bool = False,
+               cls: type[UnsupportedOpError] = UnsupportedOpError) -> UnsupportedOpError:
+        return self.unsupported(msg, fallback, cls)
 
     # ---- the walk -------------------------------------------------------------------------------
     def run(self, fx_graph: torch.fx.Graph, roles: dict[torch.fx.Node, Role]) -> list[Any]:
         """Translate every node; returns the resolved output leaves (Values or constants)."""
         self._order = {n: i for i, n in enumerate(fx_graph.nodes)}
         self._hints = self.symbols.hints()
+        return self._walk(fx_graph, lambda n: self._placeholder(n, roles[n]))
+
+    def _walk(self, fx_graph: torch.fx.Graph, placeholder: Callable[[torch.fx.Node], Any]) -> list[Any]:
+        """Translate ``fx_graph``'s nodes in order (the model's graph, or a region's body inlined into it), its
+        placeholders bound by ``placeholder``; returns the resolved output leaves."""
         outputs: list[Any] = []
         for n in fx_graph.nodes:
             self.node = n
             if n.op == "placeholder":
-                self.env[n] = self._placeholder(n, roles[n])
+                self.env[n] = placeholder(n)
             elif n.op == "call_function":
                 self._call(n)
             elif n.op == "output":
@@ -427,23 +433,15 @@ class Translator:
             body, operands = n.args[1], n.args[2:]
         gm = self.env[body]  # type: ignore[index]
         values = [self._resolve(a) for a in operands]
-        here, nodes = self._order[n], list(gm.graph.nodes)
-        outputs: list[Any] = []
-        for i, sn in enumerate(nodes):
-            self._order[sn] = here + (i + 1) / (len(nodes) + 1)
+        nodes = list(gm.graph.nodes)
         places = [sn for sn in nodes if sn.op == "placeholder"]
         if len(places) != len(values):
             raise self._error(f"{name}: {len(values)} operands for a body of {len(places)} inputs", fallback=False)
-        for sn, v in zip(places, values):
-            self.env[sn] = v
-        for sn in nodes:
-            self.node = sn
-            if sn.op == "call_function":
-                self._call(sn)
-            elif sn.op == "output":
-                outputs = list(torch.fx.node.map_arg(sn.args[0], lambda a: self.env[a]))  # type: ignore[arg-type]
-            elif sn.op != "placeholder":
-                raise self._error(f"{name}: an FX node of kind {sn.op} in its body")
+        here = self._order[n]
+        for i, sn in enumerate(nodes):  # (the in-place checks compare positions)
+            self._order[sn] = here + (i + 1) / (len(nodes) + 1)
+        bound = dict(zip(places, values))
+        outputs = self._walk(gm.graph, bound.__getitem__)
         self.node = n
         self.env[n] = tuple(outputs)
 
@@ -660,7 +658,7 @@ class Translator:
         for m in aliases:
             if any(self._order.get(u, -1) > here for u in m.users):
                 raise self._error(f"it writes in place through %{src.name}, which shares memory with %{m.name} "
-                                  "that is used later; the IR has value semantics", fallback=False)
+                                  "that is used later; the IR has value semantics", cls=InPlaceAliasError)
 
     # ---- fallback -------------------------------------------------------------------------------
     def _fallback_or_raise(self, n: torch.fx.Node) -> None:
@@ -702,6 +700,11 @@ def _inlined_hop(target: Any) -> bool:
     """Higher-order ops whose body translates in place (see ``Translator._inline_region``)."""
     return isinstance(target, torch._ops.HigherOrderOperator) and target.name() in (
         "wrap_with_set_grad_enabled", "wrap_with_autocast")
+
+
+class InPlaceAliasError(UnsupportedOpError):
+    """An in-place write through a view whose base (or another view of it) is read later: the IR has value
+    semantics. ``capture_export`` retries such a program functionalized."""
 
 
 class _IRRejected(UnsupportedOpError):
