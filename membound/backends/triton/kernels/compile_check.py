@@ -38,8 +38,7 @@ class Compiled:
     pdl_wait: bool = False  # griddepcontrol.wait: the kernel honours programmatic dependent launch
     # 2-byte scalar loads allowed: a GEMV's residual epilogue reads its BLOCK_M x BLOCK_N output tile
     # (4 to 512 values a program, beside megabytes of streamed weight) in the accumulator's layout; linear_rope's
-    # epilogue its rows' cos and sin at the tile's columns (four such loads); the late norm on tensor cores the
-    # norm weight's K tile (BLOCK_K values a step, beside BLOCK_N x BLOCK_K of weight)
+    # epilogue its rows' cos and sin at the tile's columns (four such loads)
     tile_loads: int = 0
 
     @property
@@ -89,11 +88,8 @@ def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options
     ptx, shared = compile_ptx(kernel, args, arch, **options)
     loads = dict(collections.Counter(re.findall(r"ld\.global[\w.]*", ptx)))
     mma = len(re.findall(r"\bmma\.|wgmma\.mma_async", ptx))  # tensor cores: mma (Ampere) or wgmma (Hopper)
-    # the residual epilogue reads its output tile; linear_rope's reads cos and sin at each pair's two columns; the
-    # late norm on tensor cores its K tile of the norm weight in the dot operand's layout (2 B a thread, in the
-    # loop and in a peeled first tile)
-    tile = (1 if args.get("RESIDUAL") else 0) + (4 if args.get("ROPE") else 0)
-    tile += 2 if args.get("NORM") and args.get("SUMSQ_IN") and args.get("USE_DOT") else 0
+    # the residual epilogue reads its output tile; linear_rope's reads cos and sin at each pair's two columns
+    tile = 1 if args.get("RESIDUAL") else 4 if args.get("ROPE") else 0
     return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), mma,
                     len(re.findall(r"wgmma\.mma_async", ptx)), "griddepcontrol.wait" in ptx, tile)
 
@@ -103,7 +99,7 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
     from membound.backends.triton.kernels.cache_write import _cache_write
     from membound.backends.triton.kernels.decode_attention import _flash_decoding_split, merge_tile
     from membound.backends.triton.kernels.embedding import _embedding
-    from membound.backends.triton.kernels.linear import SS_EARLY_VALUES, _linear_small_m
+    from membound.backends.triton.kernels.linear import _linear_small_m
     from membound.backends.triton.kernels.norm import _rms_norm
 
     out: list[tuple[Any, str, dict[str, Any], dict[str, Any]]] = []
@@ -148,10 +144,9 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                     stride_rm=n, stride_sm=ns if ss == "in" else n // 4, eps=1e-5, BLOCK_M=block_m, BLOCK_N=block_n,
                     BLOCK_K=block_k, SPLIT_K=split, HAS_BIAS=False, USE_DOT=use_dot, INPUT_PRECISION="tf32",
                     USE_PDL=True, PREFETCH=not use_dot, GATED=gated, EARLY_W=not gated,
-                    PRE_GATE=(gated or (norm and ss != "in")) and use_dot, NORM=norm, RESIDUAL=res,
-                    SUMSQ_IN=ss == "in", SUMSQ_OUT=ss == "out", SUMSQ_COLUMNS=4,
-                    SS_CHUNK=ns if block_m * ns <= SS_EARLY_VALUES else min(ns, max(16, 8192 // block_m)),
-                    SS_EARLY=block_m * ns <= SS_EARLY_VALUES, GLU=glu, GATE_ROWS=min(m, block_m))
+                    PRE_GATE=(gated or norm) and use_dot, NORM=norm, RESIDUAL=res, SUMSQ_IN=ss == "in",
+                    SUMSQ_OUT=ss == "out", SUMSQ_COLUMNS=4, SS_CHUNK=min(ns, max(16, 4096 // block_m)), GLU=glu,
+                    GATE_ROWS=min(m, block_m))
         if rope:
             args.update(ROPE=True, HALF=64, cs_ptr="*bf16", sn_ptr="*bf16", stride_cm=128, ROPE_N=5120,
                         ROPE_PROGRAMS=5120 // 2 // block_n)
@@ -170,9 +165,8 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                 out.append((_linear_small_m, label + " resident-row",
                             dict(args, ROW=True, RESIDENT=True, BLOCK_K=k, BLOCK_N=(2 if glu or rope else 4)),
                             dict(num_warps=4, num_stages=3)))
-        if use_dot and not (gated or rope or (norm and ss != "in")):
-            # the swapped product (W the MMA's A operand, 64-row tiles): a Hopper warpgroup MMA; plain, glu, and
-            # their statistics forms (x normed late from its producer's partials), as the decode-fused step runs
+        if use_dot and not (gated or norm or res or ss or rope):
+            # the swapped product (W the MMA's A operand, 64-row tiles): a Hopper warpgroup MMA
             out.append((_linear_small_m, label.replace("dot", "swap"), dict(args, SWAP=True, BLOCK_N=64),
                         dict(num_warps=4, num_stages=4)))
             # ... with its first W tile(s) loaded into registers before the PDL wait (MEMBOUND_LINEAR_SWAP_EARLY)

@@ -309,7 +309,7 @@ def _linear_small_m(
         # the residual tile, asked for now: it arrives while the weights stream, not after them
         r_tile = tl.load(r_ptr + out_r, mask=m_ok[:, None] & row_ok[None, :], other=0.0)
     else:
-        r_tile = tl.zeros((BLOCK_M, BLOCK_N), dtype=r_ptr.dtype.element_ty)  # (unused)
+        r_tile = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # (unused)
     if RESIDENT:
         if not EARLY_W:
             # a weight some earlier kernel may have written: read only after the wait
