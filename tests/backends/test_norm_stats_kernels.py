@@ -148,29 +148,6 @@ def test_producer_to_consumer(m: int, dtype: torch.dtype, request: pytest.Fixtur
         torch.testing.assert_close(out, linear(rms_norm(h2, nw, eps=1e-6), wn, config=cfg_c), **UNFUSED_TOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-@pytest.mark.parametrize("m,k", [(1, 2100), (3, 600), (3, 2100)])
-def test_partials_after_the_loop(m: int, k: int, dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
-    """The consumer norms late (x times the norm weight in the loop, the 1 / rms on the sums after it) and reads
-    the partials before the loop when they are few (M = 1 here: 525 of them), else after it in chunks of 8192 / 16
-    rows values (M = 3: 150 partials, one chunk; 525, two). Each against the unfused path, split-K on and off."""
-    if not INTERP.runs_here(request):
-        return
-    from membound.backends.triton.kernels import LinearConfig, linear, rms_norm, rms_norm_linear_sumsq
-    from membound.backends.triton.kernels.linear import SS_EARLY_VALUES
-
-    n = 9
-    x, nw = rand(m, 1, k, dtype=dtype, seed=21), rand(k, dtype=dtype, seed=22)
-    w = rand(n, k, dtype=dtype, seed=23) * k ** -0.5
-    ss = sumsq_partials(x)
-    block_m = 1 if m == 1 else 16  # the register path's one row, the tensor cores' padded tile
-    assert (block_m * 2 ** (ss.shape[-1] - 1).bit_length() <= SS_EARLY_VALUES) == (m == 1)
-    split = LinearConfig(2, 8, 64, split_k=3) if m <= 2 else LinearConfig(16, 16, 64, split_k=3, use_dot=True)
-    for cfg in (None, split):
-        y = rms_norm_linear_sumsq(x, ss, nw, w, eps=1e-5, config=cfg)
-        torch.testing.assert_close(y, linear(rms_norm(x, nw, eps=1e-5), w, config=cfg), **UNFUSED_TOL[dtype])
-
-
 def test_errors_name_the_argument(request: pytest.FixtureRequest) -> None:
     if not INTERP.runs_here(request):
         return

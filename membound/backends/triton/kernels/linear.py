@@ -76,7 +76,6 @@ from membound.backends.triton.kernels._launch import (
 
 SMALL_M = 16  # the kernel's range: up to one tensor-core tile of rows
 SUMSQ_COLUMNS = 4  # output columns per partial sum of squares (membound.ir.ops.matmul.SUMSQ_COLUMNS)
-SS_EARLY_VALUES = 2048  # the largest [BLOCK_M, NS] tile of partials a consumer loads before its loop
 
 
 @triton.jit
@@ -87,31 +86,28 @@ def _w_tile(w_rows, row_ok, ks, k_end):
 
 @triton.jit
 def _x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, k_ok, stride_xm, stride_um, rstd, GATED_X: tl.constexpr,
-            NORM_X: tl.constexpr, NORM_LATE: tl.constexpr = False):
+            NORM_X: tl.constexpr):
     """The few x rows of one K tile (re-read by every program, served from L2), formed as the op forms them:
     ``GATED_X`` silu(gate) * up, ``NORM_X`` rms_norm(x) * weight, each rounded to the dtype as eager rounds it
-    (never stored); with ``NORM_LATE`` the norm weight's product only, rounded once (the 1 / rms scales the
-    accumulators after the loop)."""
+    (never stored)."""
     x = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
     if GATED_X:
         u = tl.load(u_ptr + ms[:, None] * stride_um + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         x = _silu_mul(x, u)
     if NORM_X:
         nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
-        if NORM_LATE:
-            x = (x.to(tl.float32) * nw.to(tl.float32)[None, :]).to(x.dtype)
-        else:
-            xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
-            x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(x.dtype)
+        xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
+        x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(x.dtype)
     return x
 
 
 @triton.jit
-def _finish(acc, r, dtype, RESIDUAL: tl.constexpr):
-    """The output tile in ``dtype``: the product rounded, then (``RESIDUAL``) the residual tile ``r`` added and
-    rounded again, as eager's ``residual + linear(x)`` rounds."""
+def _finish(acc, r_ptr, ms, rows, stride_rm, mask, dtype, RESIDUAL: tl.constexpr):
+    """The output tile in ``dtype``: the product rounded, then (``RESIDUAL``) the residual added and rounded
+    again, as eager's ``residual + linear(x)`` rounds."""
     y = acc.to(dtype)
     if RESIDUAL:
+        r = tl.load(r_ptr + ms[:, None] * stride_rm + rows[None, :], mask=mask, other=0.0)
         y = (y.to(tl.float32) + r.to(tl.float32)).to(dtype)
     return y
 
@@ -195,7 +191,7 @@ def _linear_small_m(
     USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, GATED: tl.constexpr, EARLY_W: tl.constexpr,
     PRE_GATE: tl.constexpr = False, NORM: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
     SUMSQ_IN: tl.constexpr = False, SUMSQ_OUT: tl.constexpr = False, SUMSQ_COLUMNS: tl.constexpr = 4,
-    SS_CHUNK: tl.constexpr = 16, SS_EARLY: tl.constexpr = False,
+    SS_CHUNK: tl.constexpr = 16,
     L2_PREFETCH: tl.constexpr = False, pf_bytes=0, GLU: tl.constexpr = False, GATE_ROWS: tl.constexpr = 16,
     ROPE: tl.constexpr = False, HALF: tl.constexpr = 1, cs_ptr=None, sn_ptr=None, stride_cm=0, ROPE_N=0,
     ROPE_PROGRAMS=0, SWAP: tl.constexpr = False, RESIDENT: tl.constexpr = False, ROW: tl.constexpr = False,
@@ -304,12 +300,6 @@ def _linear_small_m(
         # the wait: the DRAM stays busy while the kernels before this one finish (_launch.l2_prefetch)
         l2_prefetch_rows(w_ptr, pid_n, N, stride_wn, k_start, k_end - k_start, pf_bytes, BLOCK_N)
     pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
-    out_r = ms[:, None] * stride_rm + rows[None, :]
-    if RESIDUAL and SPLIT_K == 1:
-        # the residual tile, asked for now: it arrives while the weights stream, not after them
-        r_tile = tl.load(r_ptr + out_r, mask=m_ok[:, None] & row_ok[None, :], other=0.0)
-    else:
-        r_tile = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # (unused)
     if RESIDENT:
         if not EARLY_W:
             # a weight some earlier kernel may have written: read only after the wait
@@ -322,26 +312,24 @@ def _linear_small_m(
             w_next = _w_tile(w_rows, row_ok, k_start + tl.arange(0, BLOCK_K), k_end)
             if TWO:
                 w_next2 = _w_tile(w2_rows, row_ok2, k_start + tl.arange(0, BLOCK_K), k_end)
-    # the statistics form (SUMSQ_IN) norms late: the loop multiplies x by the norm weight only and the 1 / rms
-    # scales the accumulators after it (linear in x: rms_norm(x) W^T = rstd * ((x * w) W^T)), so nothing waits
-    # on the partials in front of the weight stream, and the tensor-core path needs no scratch prologue
-    NORM_LATE: tl.constexpr = NORM and SUMSQ_IN
-    if NORM_LATE:
-        if SS_EARLY:
-            # the producer of x wrote its rows' sums of squares in NS = K / 4 partials (2-4 KB a row at the
-            # Llama shapes, from L2): at M <= 2 one vector load, issued here and summed after the loop
-            cs_all = tl.arange(0, SS_CHUNK)
-            ss_tile = tl.load(ss_ptr + ms[:, None] * stride_sm + cs_all[None, :],
-                              mask=m_ok[:, None] & (cs_all < NS)[None, :], other=0.0)
-    elif NORM:
-        # rms_norm prologue: every program reduces the whole rows of x (a few KB, from L2) for their 1 / rms, in
-        # fp32; x is normed tile by tile below, never stored
+    if NORM:
         ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            xs = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & (ks < K)[None, :],
-                         other=0.0).to(tl.float32)
-            ss += tl.sum(xs * xs, axis=1)
+        if SUMSQ_IN:
+            # the producer of x wrote its rows' sums of squares in NS = K / 4 partials (2-4 KB a row at the
+            # Llama shapes, from L2): a vector load per chunk (one at M <= 2), summed in a fixed order, while
+            # the first W tile is in flight
+            for c0 in range(0, NS, SS_CHUNK):
+                cs = c0 + tl.arange(0, SS_CHUNK)
+                ss += tl.sum(tl.load(ss_ptr + ms[:, None] * stride_sm + cs[None, :],
+                                     mask=m_ok[:, None] & (cs < NS)[None, :], other=0.0), axis=1)
+        else:
+            # rms_norm prologue: every program reduces the whole rows of x (a few KB, from L2) for their
+            # 1 / rms, in fp32; x is normed tile by tile below, never stored
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                xs = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & (ks < K)[None, :],
+                             other=0.0).to(tl.float32)
+                ss += tl.sum(xs * xs, axis=1)
         rstd = 1.0 / tl.sqrt(ss / K + eps)
     if PRE_GATE:
         # tensor cores: form x (silu(gate) * up, or the normed row) once for this program's K range, real rows
@@ -380,15 +368,14 @@ def _linear_small_m(
         stride_xm = K
     GATED_X: tl.constexpr = GATED and not PRE_GATE
     NORM_X: tl.constexpr = NORM and not PRE_GATE
-    tl.static_assert(not (NORM_LATE and PRE_GATE), "the late norm is formed in the loop, not in a scratch")
-    if not NORM or NORM_LATE:
-        rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)  # (unused: _x_tile's NORM_X is off, or late)
+    if not NORM:
+        rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)  # (unused: _x_tile's NORM_X is off)
     loop_start = k_start
     if EARLY_SWAP:
         # the first K tile, peeled off the loop: its W tile came before the wait
         ks = k_start + tl.arange(0, BLOCK_K)
         x_t = tl.trans(_x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, ks < k_end, stride_xm, stride_um, rstd, GATED_X,
-                               NORM_X, NORM_LATE))
+                               NORM_X))
         acc = tl.dot(w_first, x_t, acc, input_precision=INPUT_PRECISION)
         if TWO:
             acc2 = tl.dot(w_first2, x_t, acc2, input_precision=INPUT_PRECISION)
@@ -397,7 +384,7 @@ def _linear_small_m(
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
         # the few x rows of this K tile (gated_linear: silu(gate) * up; a norm prologue: the normed row)
-        x = _x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, k_ok, stride_xm, stride_um, rstd, GATED_X, NORM_X, NORM_LATE)
+        x = _x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, k_ok, stride_xm, stride_um, rstd, GATED_X, NORM_X)
         if SWAP:
             w_s = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             x_t = tl.trans(x)
@@ -460,21 +447,6 @@ def _linear_small_m(
         acc = tl.trans(acc)
         if TWO:
             acc2 = tl.trans(acc2)
-    if NORM_LATE:
-        # the rows' 1 / rms from the producer's partials (summed in a fixed order), applied to the sums: every
-        # split scales its partial, so the last program's sum is the scaled sum
-        if SS_EARLY:
-            ss = tl.sum(ss_tile, axis=1)
-        else:
-            ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for c0 in range(0, NS, SS_CHUNK):
-                cs = c0 + tl.arange(0, SS_CHUNK)
-                ss += tl.sum(tl.load(ss_ptr + ms[:, None] * stride_sm + cs[None, :],
-                                     mask=m_ok[:, None] & (cs < NS)[None, :], other=0.0), axis=1)
-        rstd = 1.0 / tl.sqrt(ss / K + eps)
-        acc = acc * rstd[:, None]
-        if TWO:
-            acc2 = acc2 * rstd[:, None]
 
     out_offs = ms[:, None] * N + rows[None, :]
     out_mask = m_ok[:, None] & row_ok[None, :]
@@ -501,7 +473,7 @@ def _linear_small_m(
         if GLU:
             y = _silu_mul(acc.to(out_ptr.dtype.element_ty), acc2.to(out_ptr.dtype.element_ty))
         else:
-            y = _finish(acc, r_tile, out_ptr.dtype.element_ty, RESIDUAL)
+            y = _finish(acc, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
         tl.store(out_ptr + out_offs, y, mask=out_mask)
         if SUMSQ_OUT:
             _store_sumsq(y, ss_ptr, ms, m_ok, out_mask, pid_n, N, stride_sm, BLOCK_N, SUMSQ_COLUMNS)
@@ -522,9 +494,7 @@ def _linear_small_m(
                 total2 = _split_sum(part_ptr, SPLIT_K, SPLIT_K, stride_split, out_offs, out_mask, BLOCK_M, BLOCK_N)
                 y = _silu_mul(total.to(out_ptr.dtype.element_ty), total2.to(out_ptr.dtype.element_ty))
             else:
-                if RESIDUAL:
-                    r_tile = tl.load(r_ptr + out_r, mask=out_mask, other=0.0)
-                y = _finish(total, r_tile, out_ptr.dtype.element_ty, RESIDUAL)
+                y = _finish(total, r_ptr, ms, rows, stride_rm, out_mask, out_ptr.dtype.element_ty, RESIDUAL)
             tl.store(out_ptr + out_offs, y, mask=out_mask)
             if SUMSQ_OUT:
                 _store_sumsq(y, ss_ptr, ms, m_ok, out_mask, pid_n, N, stride_sm, BLOCK_N, SUMSQ_COLUMNS)
@@ -1090,9 +1060,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         if cs.stride(1) != 1 or sn.stride(1) != 1 or sn.stride(0) != cs.stride(0):
             raise ValueError("linear_rope: cos and sin rows must be contiguous with one row stride")
     part = locks = gbuf = y  # placeholders the kernel never touches without a split / pre-gating
-    # the gating, or the norm prologue, formed into a scratch on the tensor-core path (the statistics form norms
-    # late, in the loop)
-    pre_gate = (u2 is not None or (norm is not None and sumsq is None)) and cfg.use_dot and cfg.pre_gate
+    pre_gate = (u2 is not None or norm is not None) and cfg.use_dot and cfg.pre_gate
     if pre_gate:
         gbuf = torch.empty((m, k), dtype=x.dtype, device=x.device)
     if split > 1:
@@ -1105,10 +1073,6 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         raise ValueError(f"{op}: config block_n={cfg.block_n} must be a multiple of {SUMSQ_COLUMNS} (whole blocks "
                          f"of the partial sums per program)")
     ns = ss2.shape[1] if ss2 is not None else 0
-    # the consumer's partials: one [BLOCK_M, NS] load issued before the loop when it is small (M <= 2 at the Llama
-    # widths: 8 registers a thread), else chunks of 8192 values after it
-    ss_early = cfg.block_m * next_pow2(max(ns, 1)) <= SS_EARLY_VALUES
-    ss_chunk = next_pow2(max(ns, 1)) if ss_early else min(next_pow2(max(ns, 1)), max(16, 8192 // cfg.block_m))
     launchable(_linear_small_m, x.device)[(n_blocks, split)](
         x2, u2 if u2 is not None else x2, weight, weight[n:] if glu else weight, b, y, part, locks, gbuf,
         norm[0] if norm is not None else weight, r2 if r2 is not None else y, ss2 if ss2 is not None else part,
@@ -1120,7 +1084,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         GATED=u2 is not None, EARLY_W=static_weight, PRE_GATE=pre_gate, NORM=norm is not None,
         RESIDUAL=r2 is not None, SUMSQ_IN=sumsq is not None and sumsq[1] == "in",
         SUMSQ_OUT=sumsq is not None and sumsq[1] == "out", SUMSQ_COLUMNS=SUMSQ_COLUMNS,
-        SS_CHUNK=ss_chunk, SS_EARLY=ss_early, num_warps=cfg.num_warps,
+        SS_CHUNK=min(next_pow2(max(ns, 1)), max(16, 4096 // cfg.block_m)), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, GLU=glu, GATE_ROWS=min(next_pow2(m), cfg.block_m),
         **pdl_options(x.device),
         **(l2_prefetch_bytes(weight, static_weight, n * split, k_per_split) if rope is None
