@@ -317,7 +317,10 @@ def _linear_small_m(
         if SUMSQ_IN:
             # the producer of x wrote its rows' sums of squares in NS = K / 4 partials (2-4 KB a row at the
             # Llama shapes, from L2): a vector load per chunk (one at M <= 2), summed in a fixed order, while
-            # the first W tile is in flight
+            # the first W tile is in flight. (Tried, session 17: norming late instead, x times the norm weight in
+            # the loop and the 1 / rms on the sums after it, with no scratch prologue on tensor cores. H200
+            # norm_stats-...-session17-late-norm: a consumer's extra cost rose at three of four M = 8 / M = 1
+            # pairs, 8B o -> gate/up M = 1 +1.9 -> +9.0 us, 8B down -> q/k/v M = 8 +11.8 -> +19.0; reverted)
             for c0 in range(0, NS, SS_CHUNK):
                 cs = c0 + tl.arange(0, SS_CHUNK)
                 ss += tl.sum(tl.load(ss_ptr + ms[:, None] * stride_sm + cs[None, :],
