@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -496,6 +497,35 @@ def test_static_past_only_where_the_caches_are_written_at_the_input_positions() 
     assert not attention("%ck", "%p2")  # written at other positions than it reads up to
     assert not attention("%k0", "%p")  # a cache some kernel of the step computed
     assert not attention("%ck", "%pp")  # (and the attention's positions are an input but the write's are not)
+
+
+def test_attention_is_told_the_next_linears_weight() -> None:
+    """cached_attention gets ``prefetch=<the o projection's weight>`` (what it may ask L2 for while it runs) when a
+    linear reads its output as x through views only; not a weight some kernel computes, not a linear that reads it
+    through arithmetic, and the torch reference standing in drops the hint."""
+    from membound.backends.triton.codegen import next_weight
+
+    def hinted(tail: str) -> Optional[str]:
+        text = f"""graph @t(%q: f32[1, 4, 1, 8], %p: i64[1]) params(%wo: f32[32, 32]) state(%ck: f32[1, 2, 16, 8],
+                            %cv: f32[1, 2, 16, 8]) {{
+            %o = cached_attention(%q, %ck, %cv, %p) : f32[1, 4, 1, 8]
+            %t = transpose(%o) {{dim0=1, dim1=2}} : f32[1, 1, 4, 8]
+            %r = reshape(%t) {{shape=[1, 1, 32]}} : f32[1, 1, 32]
+            {tail}
+        }}"""
+        g = graph_from(text)
+        w = next_weight(next(n for n in g.nodes if n.op == "cached_attention"))
+        src = TritonExecutable(g).source
+        call = next(ln.strip() for ln in src.splitlines() if "= lib_cached_attention(" in ln)
+        assert ("prefetch=" in call) == (w is not None), call
+        return None if w is None else w.name
+
+    assert hinted("%y = linear(%r, %wo) : f32[1, 1, 32]\n return %y") == "wo"
+    assert hinted("%w2 = mul(%wo, %wo) : f32[32, 32]\n %y = linear(%r, %w2) : f32[1, 1, 32]\n return %y") is None
+    assert hinted("%e = exp(%r) : f32[1, 1, 32]\n %y = linear(%e, %wo) : f32[1, 1, 32]\n return %y") is None
+    from membound.backends.triton.executable import _without_out
+
+    assert _without_out(lambda x, **kw: kw)(1, prefetch=object(), scale=0.5) == {"scale": 0.5}
 
 
 def test_views_fold_into_the_kernel_that_reads_them() -> None:

@@ -19,7 +19,7 @@ import dataclasses
 import keyword
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Optional
 
 import sympy
 import torch
@@ -28,7 +28,7 @@ from membound.backends.triton.facts import Call, GraphFacts, Kernel
 from membound.backends.triton.indexing import expr_code
 from membound.backends.triton.kernel import CodegenError, KernelEmitter, KernelSource
 from membound.backends.triton.lower_pointwise import HELPERS
-from membound.backends.triton.lowering import static_weight_input
+from membound.backends.triton.lowering import classify, static_weight_input
 from membound.backends.triton.memory_plan import MemoryPlan, writes_into_buffer
 from membound.backends.triton.partition import Partition
 from membound.ir.graph import Graph, Value
@@ -41,8 +41,9 @@ INT32_LIMIT = 2**31  # elements: index math at or past this many needs int64 (re
 # library ops are told when their weight (the lowering entry's ``static_weight`` input) is a parameter:
 # ``static_weight=True`` (a launch hint; see kernels.linear). The torch reference standing in ignores it.
 # cached_attention is told when the slots below its positions were written before the step
-# (``static_past=True``: see past_is_static)
-LAUNCH_HINTS = ("static_weight", "static_past")
+# (``static_past=True``: see past_is_static), and which parameter weight the linear after it streams
+# (``prefetch=<weight>``: see next_weight)
+LAUNCH_HINTS = ("static_weight", "static_past", "prefetch")
 
 
 def past_is_static(node: Any) -> bool:
@@ -60,6 +61,27 @@ def past_is_static(node: Any) -> bool:
         if w is None or w.op != "cache_write" or w.inputs[0].kind != "state" or w.inputs[2] is not pos:
             return False
     return True
+
+
+def next_weight(node: Any) -> Optional[Value]:
+    """The parameter weight of the linear that reads a ``cached_attention`` node's output as its x, through views
+    only (transpose, reshape: the heads back into rows), or None: what the decode attention may ask L2 for while
+    it runs (the o projection's)."""
+    if node.op != "cached_attention":
+        return None
+    frontier, seen = [node.results[0]], set()
+    while frontier:
+        value = frontier.pop()
+        for user in value.users:
+            if id(user) in seen:
+                continue
+            seen.add(id(user))
+            w = static_weight_input(user.op)
+            if w is not None and w < len(user.inputs) and user.inputs[0] is value and user.inputs[w].kind == "param":
+                return user.inputs[w]
+            if classify(user) == "view" and len(user.results) == 1:
+                frontier.append(user.results[0])
+    return None
 
 
 def row_warps(block_n: int) -> int:
@@ -283,6 +305,9 @@ class ModuleWriter:
             args.append("static_weight=True")  # no kernel writes a parameter: its loads may precede the PDL wait
         if step.impl == "library" and past_is_static(node):
             args.append("static_past=True")
+        weight = next_weight(node) if step.impl == "library" else None
+        if weight is not None:
+            args.append(f"prefetch={self.names(weight)}")  # the next linear's weight, asked of L2 during attention
         lines = [f"# {format_node(node)}"]
         if writes_into_buffer(step) and self.plan.buffer(node.results[0]) is not None:
             lines.append(self.buffer_line(node.results[0]))

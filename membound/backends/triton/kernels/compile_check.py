@@ -196,6 +196,10 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         if not ring:  # the first K/V tiles before the PDL wait (static_past)
             out.append((_flash_decoding_split, label + " early-kv", dict(args, EARLY_KV=True),
                         dict(num_warps=warps, num_stages=3)))
+        if block_t == 128 and not ring:  # the o projection's weight asked of L2 first (prefetch=, issue 13)
+            out.append((_flash_decoding_split, label + " prefetch",
+                        dict(args, pf_ptr="*bf16", pf_elems=4096 * 4096, PREFETCH=True, PF_PIECE=8192),
+                        dict(num_warps=warps, num_stages=3)))
     out += _flash_attention_cases()
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", src_ptr="*i64", H=hkv, S=1, T=cap, D=d,
                 scb=hkv * cap * d, sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1,

@@ -59,6 +59,7 @@ from membound.backends.triton.kernels._launch import (
     cdiv,
     check_out,
     fallback,
+    l2_prefetch,
     launchable,
     log_once,
     next_pow2,
@@ -156,6 +157,14 @@ EARLY_KV_ENV = "MEMBOUND_DECODE_EARLY_KV"
 # set, overrides it (experiments)
 DV_SPLIT_ENV = "MEMBOUND_DECODE_DV_SPLIT"
 DV_SPLIT: Optional[int] = None
+# The next weight asked of L2 while attention runs (``prefetch=``: the compiler's launch hint, the parameter weight
+# of the linear that reads this attention's output, i.e. the o projection). A decode step's attention is latency
+# bound (a few MB of K/V over 6-9 us on the H200) while HBM could stream; its programs first ask L2 for up to
+# MEMBOUND_DECODE_PREFETCH_MB of that weight (cp.async.bulk.prefetch.L2, split evenly over the grid, issued before
+# the PDL wait: no kernel writes a parameter), so the o projection's GEMV then reads from L2. 0 = off; read at each
+# launch (a CUDA graph keeps what it captured)
+PREFETCH_ENV = "MEMBOUND_DECODE_PREFETCH_MB"
+PREFETCH_PIECE = 16384  # bytes per prefetch instruction
 
 
 # T and N_SPLITS grow with the cache's capacity: not specialised on (Triton would key a new compile on a
@@ -170,9 +179,21 @@ def _flash_decoding_split(
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, RING: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
     MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr, DIRECT: tl.constexpr = True,
     ACTIVE_ARRIVALS: tl.constexpr = False, EARLY_KV: tl.constexpr = False,
+    pf_ptr=None, pf_elems=0, PREFETCH: tl.constexpr = False, PF_PIECE: tl.constexpr = 8192,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
+    if PREFETCH:
+        # the next weight's first pf_elems elements asked of L2, an even share a program (idle ones too), in pieces
+        # of PF_PIECE elements: a parameter (no kernel writes it), so before the PDL wait
+        n_prog = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
+        flat = tl.program_id(0) + tl.num_programs(0) * (tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
+        share = tl.cdiv(tl.cdiv(pf_elems, n_prog), 16) * 16  # (whole 16-element steps: 16-byte aligned for 8 bits up)
+        lo_e = flat * share
+        hi_e = tl.minimum(lo_e + share, pf_elems)
+        ELEM: tl.constexpr = pf_ptr.dtype.element_ty.primitive_bitwidth // 8
+        for e0 in range(lo_e, hi_e, PF_PIECE):
+            l2_prefetch(pf_ptr + e0, (tl.minimum(PF_PIECE, hi_e - e0) * ELEM) // 16 * 16)
     tl.static_assert(not (EARLY_KV and RING), "EARLY_KV: a ring's new slot may be any slot")
     if not EARLY_KV:
         pdl_enter(USE_PDL)  # programmatic dependent launch: earlier kernels' writes are visible after this
@@ -593,8 +614,12 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
                      out: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
                      window: Optional[int] = None, softcap: Optional[float] = None,
                      max_len: Optional[int] = None, config: Optional[DecodeConfig] = None,
-                     alibi: Optional[tuple[float, ...]] = None, static_past: bool = False) -> torch.Tensor:
+                     alibi: Optional[tuple[float, ...]] = None, static_past: bool = False,
+                     prefetch: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype.
+
+    ``prefetch``: a parameter weight the next kernels read (the compiler's launch hint: the o projection's); the
+    programs ask L2 for its first ``MEMBOUND_DECODE_PREFETCH_MB`` before their PDL wait (:data:`PREFETCH_ENV`).
 
     ``static_past=True`` promises that no kernel of this launch's chain wrote ``positions`` or the cache slots
     below ``min(positions)`` (the step's input positions; caches written this step only at them: the
@@ -693,10 +718,24 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
         MERGE_ROWS=merge_rows,
         KV_EVICT="evict_first" if cfg.evict_first else "", EARLY_KV=early_kv(static_past, ring),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **prefetch_args(prefetch),
         **pdl_options(q.device))
     note("cached_attention", "kernel")
     return y
+
+
+def prefetch_args(weight: Optional[torch.Tensor]) -> dict:
+    """The kernel's L2 prefetch arguments for ``weight`` (see :data:`PREFETCH_ENV`): its first
+    ``MEMBOUND_DECODE_PREFETCH_MB`` (whole 16-byte steps), only on CUDA sm_90+ (``cp.async.bulk.prefetch.L2``) and
+    for a contiguous, 16-byte aligned weight; else none."""
+    mb = float(os.environ.get(PREFETCH_ENV, "0") or "0")
+    if (weight is None or mb <= 0 or weight.device.type != "cuda" or not weight.is_contiguous()
+            or weight.data_ptr() % 16 or torch.cuda.get_device_capability(weight.device)[0] < 9):
+        return {}
+    elems = min(weight.numel(), int(mb * 2**20) // weight.element_size()) // 16 * 16
+    if elems <= 0:
+        return {}
+    return dict(pf_ptr=weight, pf_elems=elems, PREFETCH=True, PF_PIECE=PREFETCH_PIECE // weight.element_size())
 
 
 def early_kv(static_past: bool, ring: bool) -> bool:
