@@ -162,7 +162,10 @@ DV_SPLIT: Optional[int] = None
 # bound (a few MB of K/V over 6-9 us on the H200) while HBM could stream; its programs first ask L2 for up to
 # MEMBOUND_DECODE_PREFETCH_MB of that weight (cp.async.bulk.prefetch.L2, split evenly over the grid, issued before
 # the PDL wait: no kernel writes a parameter), so the o projection's GEMV then reads from L2. 0 = off; read at each
-# launch (a CUDA graph keeps what it captured)
+# launch (a CUDA graph keeps what it captured). Off: on the H200 it lost (decode_e2e-...-session17-prefetch-{0,8,64}mb,
+# decode step ms at 0 / 8 / 64 MB: 1.24B b1 0.878 / 0.922 / 0.923, b8 0.961 / 0.990 / 0.956; 8B b1 3.904 / 4.063 /
+# 4.319, b8 4.289 / 4.285 / 4.348), as the GEMVs' own L2 prefetch did (_launch.L2_PREFETCH_TOTAL): asking L2 for
+# weights ahead slows the kernels that stream, even behind a latency-bound attention
 PREFETCH_ENV = "MEMBOUND_DECODE_PREFETCH_MB"
 PREFETCH_PIECE = 16384  # bytes per prefetch instruction
 
