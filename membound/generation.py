@@ -56,8 +56,12 @@ def resolve_config(model: Any, generation_config: Any, kwargs: dict[str, Any]) -
     """The effective GenerationConfig (HF's precedence) and the keyword arguments that are not its fields."""
     from transformers import GenerationConfig
 
-    config = copy.deepcopy(generation_config) if generation_config is not None else GenerationConfig()
     own = getattr(model, "generation_config", None)
+    if not hasattr(GenerationConfig, "_get_default_generation_params"):
+        # transformers 4.x: fields hold their defaults, and a given config replaces the model's whole
+        config = copy.deepcopy(generation_config if generation_config is not None else own or GenerationConfig())
+        return config, config.update(**kwargs)
+    config = copy.deepcopy(generation_config) if generation_config is not None else GenerationConfig()
     if own is not None:
         config.update(**own.to_dict(), defaults_only=True, allow_custom_entries=True)
     config.update(**config._get_default_generation_params(), defaults_only=True)
@@ -69,7 +73,10 @@ def check_supported(config: Any) -> None:
     """Raise for every option that is set to something other than HF's default and that membound lacks."""
     from transformers import GenerationConfig
 
-    defaults = GenerationConfig._get_default_generation_params()
+    if hasattr(GenerationConfig, "_get_default_generation_params"):
+        defaults = GenerationConfig._get_default_generation_params()
+    else:  # transformers 4.x: a fresh config holds the defaults
+        defaults = GenerationConfig().to_dict()
     bad = []
     for key, value in config.to_dict().items():
         if key in SUPPORTED or value is None:
@@ -198,7 +205,7 @@ def hf_generate(compiled: Any, inputs: Optional[torch.Tensor] = None, generation
             out = carried_cache_loop(compiled, position_kw, input_ids, new, **options)
         else:
             program = build_kv_program(compiled, input_ids)
-            out = decode_loop(program, input_ids, new, max_cache_len=config.max_cache_len, **options)
+            out = decode_loop(program, input_ids, new, max_cache_len=getattr(config, "max_cache_len", None), **options)
     if streamer is not None:
         streamer.end()
     seconds = time.perf_counter() - start

@@ -119,7 +119,8 @@ def export_leaves(module: torch.nn.Module, leaves: Sequence[Any], name: str,
     try:
         # a fresh tracing context: inside a torch.compile backend, export must not add its guards to the
         # frame Dynamo is compiling
-        with torch.no_grad(), torch._guards.tracing(None), _quiet_specialisation_notes(), _hf_masks_without_vmap():
+        with torch.no_grad(), torch._guards.tracing(None), _quiet_specialisation_notes(), _hf_masks_without_vmap(), \
+                _hf_moe_blocks_dense(module):
             ep = torch.export.export(module, tuple(leaves), dynamic_shapes={"leaves": shapes}, strict=False)
     except Exception as e:  # the model's own error or export's; either way the user needs the original
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -306,6 +307,58 @@ def _hf_mask_by_broadcast(batch_size: int, cache_position: torch.Tensor, kv_leng
     heads = torch.zeros((1, 1, 1, 1), dtype=torch.long, device=device)
     mask = mask_function(rows, heads, cache_position[None, None, :, None], kv[None, None, None, :])
     return mask.expand(batch_size, 1, q_length, kv_length)
+
+
+# transformers 4.x mixture-of-experts blocks: a ModuleList of gated MLPs run on the tokens each expert was routed,
+# found by nonzero / where (data-dependent sizes torch.export cannot trace); 5.x writes them as grouped products
+_HF4_MOE_BLOCKS = ("MixtralSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "Qwen3MoeSparseMoeBlock", "OlmoeSparseMoeBlock")
+
+
+@contextlib.contextmanager
+def _hf_moe_blocks_dense(module: torch.nn.Module) -> Iterator[None]:
+    """While exporting (restored after), each transformers 4.x MoE block of ``module`` (Mixtral, Qwen2-MoE, Qwen3-MoE,
+    OLMoE: ``_HF4_MOE_BLOCKS``, at inference) runs :func:`_hf_moe_dense_forward`, the same routing with every
+    expert weighted by ``where(ids == e, weights, 0)``: a graph of fixed shape that fuse-moe's looped form turns into
+    one ``moe`` op. Blocks of other releases (5.x's experts are one module of 3-D weights), a block in training
+    with router jitter, and classes outside ``transformers`` are left alone."""
+    swapped = []
+    for sub in module.modules():
+        cls = type(sub)
+        if (cls.__name__ in _HF4_MOE_BLOCKS and cls.__module__.startswith("transformers.models.")
+                and isinstance(getattr(sub, "experts", None), torch.nn.ModuleList)
+                and isinstance(getattr(sub, "gate", None), torch.nn.Linear)
+                and isinstance(getattr(sub, "top_k", None), int)
+                and not (sub.training and getattr(sub, "jitter_noise", 0)) and "forward" not in vars(sub)):
+            sub.forward = _hf_moe_dense_forward.__get__(sub, cls)
+            swapped.append(sub)
+    try:
+        yield
+    finally:
+        for sub in swapped:
+            del sub.forward
+
+
+def _hf_moe_dense_forward(self: Any, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 4.x MoE block's forward, equal to its own: softmax in fp32, top-k, renormalised where the block does
+    (Mixtral always, the others by ``norm_topk_prob``), cast back; then, expert by expert in index order, the
+    expert's output on every token times its weight (0 where not routed, so the sum adds exactly the products the
+    sparse loop's ``index_add_`` adds, in the same order); Qwen2-MoE's sigmoid-gated shared expert added last.
+    Returns ``(hidden, router_logits)`` as the block does."""
+    batch, seq, dim = hidden_states.shape
+    h = hidden_states.view(-1, dim)
+    router_logits = self.gate(h)
+    weights = torch.nn.functional.softmax(router_logits, dim=1, dtype=torch.float)
+    weights, ids = torch.topk(weights, self.top_k, dim=-1)
+    if getattr(self, "norm_topk_prob", True):
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    weights = weights.to(h.dtype)
+    out = torch.zeros((batch * seq, dim), dtype=h.dtype, device=h.device)
+    for e, expert in enumerate(self.experts):
+        w = torch.where(ids == e, weights, torch.zeros_like(weights)).sum(dim=-1, keepdim=True)
+        out = out + (expert(h) * w).to(h.dtype)
+    if hasattr(self, "shared_expert") and hasattr(self, "shared_expert_gate"):
+        out = out + torch.nn.functional.sigmoid(self.shared_expert_gate(h)) * self.shared_expert(h)
+    return out.reshape(batch, seq, dim), router_logits
 
 
 class _SpecialisationNoteFilter(logging.Filter):

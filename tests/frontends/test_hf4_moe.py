@@ -1,0 +1,107 @@
+"""transformers 4.x writes its mixture-of-experts blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) as a loop over the
+experts some token was routed to, found by ``nonzero`` / ``where``: data-dependent sizes torch.export cannot
+trace. ``capture_export`` runs such a block densely while exporting (every expert on every token, weighted by
+``where(ids == e, weights, 0)``), which fuse-moe's looped form turns into one ``moe`` op. CI has transformers 5.x,
+so the 4.x blocks are stood in for by classes of the same names and module, their forward written out as 4.57
+writes it; the sweep under a real 4.57 is ``benches/hf_families.py`` with it on ``PYTHONPATH`` (Mixtral, Qwen2-MoE,
+Qwen3-MoE, OLMoE decode, session 17)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from membound.backends.reference import run_graph
+from membound.frontends import capture_export
+from membound.passes import PassContext, PassManager, default_pipeline
+
+
+class _MLP(nn.Module):
+    def __init__(self, d: int, i: int) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj = nn.Linear(d, i, bias=False), nn.Linear(d, i, bias=False)
+        self.down_proj = nn.Linear(i, d, bias=False)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen2MoeSparseMoeBlock(nn.Module):
+    """transformers 4.57's block: the sparse loop (``nonzero``, ``where``, ``index_add_``), an optional
+    renormalisation, a sigmoid-gated shared expert."""
+
+    def __init__(self, d: int, i: int, e: int, k: int, norm: bool, shared: bool) -> None:
+        super().__init__()
+        self.num_experts, self.top_k, self.norm_topk_prob = e, k, norm
+        self.gate = nn.Linear(d, e, bias=False)
+        self.experts = nn.ModuleList([_MLP(d, i) for _ in range(e)])
+        if shared:
+            self.shared_expert = _MLP(d, 2 * i)
+            self.shared_expert_gate = nn.Linear(d, 1, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        router_logits = self.gate(hidden_states)
+        routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
+        routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        final = torch.zeros((batch_size * sequence_length, hidden_dim), dtype=hidden_states.dtype)
+        expert_mask = F.one_hot(selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
+        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert_idx in expert_hit:
+            idx, top_x = torch.where(expert_mask[expert_idx].squeeze(0))
+            current = hidden_states[None, top_x].reshape(-1, hidden_dim)
+            out = self.experts[expert_idx](current) * routing_weights[top_x, idx, None]
+            final.index_add_(0, top_x, out.to(hidden_states.dtype))
+        if hasattr(self, "shared_expert"):
+            final = final + F.sigmoid(self.shared_expert_gate(hidden_states)) * self.shared_expert(hidden_states)
+        return final.reshape(batch_size, sequence_length, hidden_dim), router_logits
+
+
+Qwen2MoeSparseMoeBlock.__module__ = "transformers.models.qwen2_moe.modeling_qwen2_moe"
+
+
+class Layer(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.mlp = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x)[0]
+
+
+@pytest.mark.parametrize("norm,shared", [(True, False), (False, True)], ids=["renormalised", "shared-expert"])
+def test_a_4x_moe_block_captures_and_fuses(norm: bool, shared: bool) -> None:
+    torch.manual_seed(0)
+    layer = Layer(Qwen2MoeSparseMoeBlock(12, 10, 4, 2, norm, shared)).eval()
+    x = torch.randn(2, 3, 12)
+    cap = capture_export(layer, (x,), {})
+    assert "forward" not in vars(layer.mlp)  # the swap is undone
+    ctx = PassContext()
+    g = PassManager(default_pipeline() + ["dead-code-elimination"]).run(cap.graph, ctx)
+    assert g.count("moe") == 1 and g.count("topk") == 0, ctx.log
+    form = "looped + shared expert" if shared else "looped"
+    assert f"fuse-moe: {form}: 1" in ctx.log, ctx.log
+    for xs in (x, x[:1, :1]):  # another size (the capture is dynamic), and one token: most experts get none
+        with torch.no_grad():
+            want = layer(xs)
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_other_blocks_are_left_alone() -> None:
+    """The same forward under a class outside transformers still fails to export (data-dependent), naming it."""
+    from membound.frontends.errors import CaptureError
+
+    class Mine(Qwen2MoeSparseMoeBlock):
+        pass
+
+    Mine.__name__ = Mine.__qualname__ = "Qwen2MoeSparseMoeBlock"  # the name, but the test's module
+    layer = Layer(Mine(12, 10, 4, 2, True, False)).eval()
+    with pytest.raises(CaptureError, match="torch.export failed"):
+        capture_export(layer, (torch.randn(2, 3, 12),), {})
