@@ -52,10 +52,16 @@ class UnsupportedGenerationOption(ValueError):
     """``compiled.generate`` was asked for something membound's decode loop does not do."""
 
 
-def resolve_config(model: Any, generation_config: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The effective GenerationConfig (HF's precedence) and the keyword arguments that are not its fields."""
+def _hf_generation_config() -> Any:
+    """transformers' ``GenerationConfig`` class, as installed (5.x, or 4.x: see :func:`resolve_config`)."""
     from transformers import GenerationConfig
 
+    return GenerationConfig
+
+
+def resolve_config(model: Any, generation_config: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The effective GenerationConfig (HF's precedence) and the keyword arguments that are not its fields."""
+    GenerationConfig = _hf_generation_config()
     own = getattr(model, "generation_config", None)
     if not hasattr(GenerationConfig, "_get_default_generation_params"):
         # transformers 4.x: fields hold their defaults, and a given config replaces the model's whole
@@ -71,8 +77,7 @@ def resolve_config(model: Any, generation_config: Any, kwargs: dict[str, Any]) -
 
 def check_supported(config: Any) -> None:
     """Raise for every option that is set to something other than HF's default and that membound lacks."""
-    from transformers import GenerationConfig
-
+    GenerationConfig = _hf_generation_config()
     if hasattr(GenerationConfig, "_get_default_generation_params"):
         defaults = GenerationConfig._get_default_generation_params()
     else:  # transformers 4.x: a fresh config holds the defaults

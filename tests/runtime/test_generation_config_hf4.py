@@ -1,7 +1,9 @@
 """``compiled.generate`` reads HF's GenerationConfig as the installed transformers defines it. 5.x leaves unset
 fields ``None`` and fills them from ``_get_default_generation_params`` (a given config merged over the model's);
 4.x keeps the defaults in the fields and has neither that method nor ``update(defaults_only=...)`` (a given config
-replaces the model's). CI has 5.x: the 4.x class is stood in for by ``_Config4x``, the API 4.57 has."""
+replaces the model's). CI has 5.x: the 4.x class is stood in for by ``_Config4x``, the API 4.57 has, through
+``membound.generation._hf_generation_config`` (patching the attribute on transformers' lazy module did not reach
+``resolve_config`` in one CI worker)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import transformers
 
+from membound import generation
 from membound.generation import UnsupportedGenerationOption, check_supported, resolve_config
 
 
@@ -38,7 +40,7 @@ class _Config4x:
 
 @pytest.fixture
 def hf4(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transformers, "GenerationConfig", _Config4x)
+    monkeypatch.setattr(generation, "_hf_generation_config", lambda: _Config4x)
 
 
 def test_the_models_config_then_the_keywords(hf4: None) -> None:

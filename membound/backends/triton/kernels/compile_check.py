@@ -119,6 +119,7 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
             (1, False, 1, 4, 512, 1, False, False, True, "out"),
             (1, False, 1, 4, 512, 2, True, False, True, "out"),
             (8, True, 16, 32, 128, 2, True, False, True, "out"),
+            (8, True, 16, 32, 128, 1, False, False, True, "out"),
             # linear_glu (gate/up merged: 28672 x 4096 at 8B; each program half gate, half up rows)
             (1, False, 1, 2, 512, 1, "glu", False, False, ""),
             (1, False, 1, 2, 512, 2, "glu", False, False, ""),
@@ -165,8 +166,9 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                 out.append((_linear_small_m, label + " resident-row",
                             dict(args, ROW=True, RESIDENT=True, BLOCK_K=k, BLOCK_N=(2 if glu or rope else 4)),
                             dict(num_warps=4, num_stages=3)))
-        if use_dot and not (gated or norm or res or ss or rope):
-            # the swapped product (W the MMA's A operand, 64-row tiles): a Hopper warpgroup MMA
+        if use_dot and not (gated or rope):
+            # the swapped product (W the MMA's A operand, 64-row tiles): a Hopper warpgroup MMA; plain and glu, and
+            # with a norm (its scratch prologue), a residual or the norm's partials, as the decode-fused step runs
             out.append((_linear_small_m, label.replace("dot", "swap"), dict(args, SWAP=True, BLOCK_N=64),
                         dict(num_warps=4, num_stages=4)))
             # ... with its first W tile(s) loaded into registers before the PDL wait (MEMBOUND_LINEAR_SWAP_EARLY)
