@@ -197,6 +197,10 @@ def hf_generate(compiled: Any, inputs: Optional[torch.Tensor] = None, generation
         if streamer is not None:
             streamer.put(tokens.cpu())
 
+    # without a streamer the loop may run a step or two past the last EOS (all-pad steps, cut from the result) rather
+    # than wait for the device each token (runtime.generate.AllFinished)
+    stream.pads_ok = streamer is None  # type: ignore[attr-defined]
+
     options = dict(attention_mask=attention_mask, temperature=float(config.temperature) if sampling else 0.0,
                    top_k=config.top_k if sampling else None, top_p=config.top_p if sampling else None,
                    eos_token_id=eos, pad_token_id=pad, stream=stream, generator=generator,

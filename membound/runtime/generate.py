@@ -195,6 +195,11 @@ def token_loop(logits: torch.Tensor, step: Callable[[int, torch.Tensor], torch.T
     """
     finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     eos_ids = torch.tensor(sorted(eos), device=logits.device) if eos else None
+    # greedy decoding whose stream (if any) may see extra all-pad steps reads "every row finished" without waiting
+    # for the device (AllFinished); sampling keeps the exact stop (the generator draws no extra numbers)
+    lagged = (AllFinished(logits.device) if eos_ids is not None and temperature == 0.0
+              and (stream is None or getattr(stream, "pads_ok", False)) else None)
+    every: list[torch.Tensor] = []  # per step, on the device: every row had finished after it (lagged only)
     out = []
     for i in range(max_new_tokens):
         last = logits[:, -1] if process is None else process(logits[:, -1])
@@ -206,12 +211,68 @@ def token_loop(logits: torch.Tensor, step: Callable[[int, torch.Tensor], torch.T
             stream(nxt)
         if eos_ids is not None:
             finished |= torch.isin(nxt, eos_ids)
-            if bool(finished.all()):
-                break
+            if lagged is None:
+                if bool(finished.all()):  # a host sync a token
+                    break
+            else:
+                every.append(finished.all())
+                lagged.push(every[-1])
+                if lagged.seen():
+                    break
         if i == max_new_tokens - 1:
             break
         logits = step(i, nxt)
-    return torch.stack(out, dim=1)
+    tokens = torch.stack(out, dim=1)
+    if every:
+        # the steps after the one that finished the last row emitted only pads: cut them, so the result is the
+        # exact stop's
+        flags = torch.stack(every)
+        if bool(flags.any()):
+            tokens = tokens[:, :int(flags.int().argmax()) + 1]
+    return tokens
+
+
+class AllFinished:
+    """Whether every row has finished, as the host can know it without waiting for the device: each step's flag is
+    copied into pinned host memory behind an event (a ring of ``slots``); :meth:`seen` reads the flags whose copies
+    have completed, in order. On a GPU that runs a step or two behind the host, the loop learns of the last EOS
+    that many steps late (those steps emit pads, cut afterwards) instead of stopping the host each token until the
+    device catches up; on the CPU the copy is done at once. A ring whose every slot is still in flight waits for the
+    oldest (a device far behind)."""
+
+    def __init__(self, device: torch.device, slots: int = 8) -> None:
+        self.cuda = device.type == "cuda"
+        self.host = torch.zeros(slots, dtype=torch.bool, pin_memory=self.cuda)
+        self.pending: list[tuple[int, Optional[torch.cuda.Event]]] = []  # (slot, its copy's event), oldest first
+        self.next = 0
+        self.done = False
+
+    def push(self, flag: torch.Tensor) -> None:
+        if len(self.pending) == len(self.host):
+            self._read(wait=True)
+        slot, self.next = self.next, (self.next + 1) % len(self.host)
+        self.host[slot].copy_(flag, non_blocking=self.cuda)
+        event = None
+        if self.cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self.pending.append((slot, event))
+
+    def seen(self) -> bool:
+        """True once a completed flag says every row has finished."""
+        self._read(wait=False)
+        return self.done
+
+    def _read(self, wait: bool) -> None:
+        while self.pending:
+            slot, event = self.pending[0]
+            if event is not None and not event.query():
+                if not wait:
+                    return
+                event.synchronize()
+            self.pending.pop(0)
+            self.done = self.done or bool(self.host[slot])
+            wait = False
 
 
 def _run(executable: Executable, graph: Graph, inputs: list[torch.Tensor], state: dict[str, torch.Tensor]
