@@ -114,3 +114,28 @@ def test_hf_generate_with_a_late_stop_equals_hf(k: int, monkeypatch: pytest.Monk
 
     assert torch.equal(compiled.generate(ids, max_new_tokens=8, do_sample=False, streamer=Streamer()), ref)
     assert used == [k]  # the streamer's run checked every token
+
+
+@pytest.mark.gpu
+def test_the_real_ring_on_a_gpu_gives_the_exact_stop() -> None:
+    """On CUDA the flags go through pinned memory and events: the same tokens as the per-token check, and at most
+    the ring's length of extra steps."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    logits_at = _script(ROWS)
+
+    def run(stream):
+        calls = []
+
+        def step(i, tokens):
+            calls.append(i)
+            torch.cuda._sleep(100_000)  # a device that runs behind the host, as a decode step does
+            return logits_at(i + 1).cuda()
+
+        out = gen.token_loop(logits_at(0).cuda(), step, 10, temperature=0.0, top_k=None, top_p=None, eos={EOS},
+                             pad=PAD, stream=stream, generator=None)
+        return out.cpu(), len(calls)
+
+    exact, exact_steps = run(lambda t: None)
+    late, late_steps = run(None)
+    assert torch.equal(late, exact) and exact_steps == 4 and late_steps <= 4 + 8
