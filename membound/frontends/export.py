@@ -312,6 +312,8 @@ def _hf_mask_by_broadcast(batch_size: int, cache_position: torch.Tensor, kv_leng
 # transformers 4.x mixture-of-experts blocks: a ModuleList of gated MLPs run on the tokens each expert was routed,
 # found by nonzero / where (data-dependent sizes torch.export cannot trace); 5.x writes them as grouped products
 _HF4_MOE_BLOCKS = ("MixtralSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "Qwen3MoeSparseMoeBlock", "OlmoeSparseMoeBlock")
+# ... and Granite-MoE's: experts as two [E, *, *] parameters, token groups sized with .tolist()
+_HF4_GRANITE_MOE = ("GraniteMoeMoE", "GraniteMoeSharedMoE")
 
 
 @contextlib.contextmanager
@@ -324,12 +326,19 @@ def _hf_moe_blocks_dense(module: torch.nn.Module) -> Iterator[None]:
     swapped = []
     for sub in module.modules():
         cls = type(sub)
-        if (cls.__name__ in _HF4_MOE_BLOCKS and cls.__module__.startswith("transformers.models.")
-                and isinstance(getattr(sub, "experts", None), torch.nn.ModuleList)
+        if not cls.__module__.startswith("transformers.models.") or "forward" in vars(sub):
+            continue
+        if (cls.__name__ in _HF4_MOE_BLOCKS and isinstance(getattr(sub, "experts", None), torch.nn.ModuleList)
                 and isinstance(getattr(sub, "gate", None), torch.nn.Linear)
                 and isinstance(getattr(sub, "top_k", None), int)
-                and not (sub.training and getattr(sub, "jitter_noise", 0)) and "forward" not in vars(sub)):
+                and not (sub.training and getattr(sub, "jitter_noise", 0))):
             sub.forward = _hf_moe_dense_forward.__get__(sub, cls)
+            swapped.append(sub)
+        elif (cls.__name__ in _HF4_GRANITE_MOE and isinstance(getattr(getattr(sub, "router", None), "layer", None),
+                                                              torch.nn.Linear)
+                and all(getattr(getattr(sub, n, None), "weight", None) is not None
+                        for n in ("input_linear", "output_linear"))):
+            sub.forward = _hf_granite_moe_dense_forward.__get__(sub, cls)
             swapped.append(sub)
     try:
         yield
@@ -359,6 +368,26 @@ def _hf_moe_dense_forward(self: Any, hidden_states: torch.Tensor) -> tuple[torch
     if hasattr(self, "shared_expert") and hasattr(self, "shared_expert_gate"):
         out = out + torch.nn.functional.sigmoid(self.shared_expert_gate(h)) * self.shared_expert(h)
     return out.reshape(batch, seq, dim), router_logits
+
+
+def _hf_granite_moe_dense_forward(self: Any, layer_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers 4.x Granite-MoE's block (``GraniteMoeMoE``), equal to its own: the router's fp32 logits, top-k,
+    softmax over the k, cast back; then, expert by expert in index order (the order its sorted groups add a token's
+    outputs in), ``act(x W_in[e]^T [:I]) * (x W_in[e]^T [I:])`` through ``W_out[e]``, times the token's weight for
+    that expert (0 where not routed). Its experts are slices of two ``[E, *, *]`` parameters, which fuse-moe's looped
+    form does not take: the block stays dense (correct; every expert runs on every token)."""
+    batch, seq, dim = layer_input.shape
+    x = layer_input.reshape(-1, dim)
+    logits = self.router.layer(x).float()
+    top_logits, ids = logits.topk(self.router.top_k, dim=1)
+    gates = torch.softmax(top_logits, dim=1).type_as(x)
+    out = torch.zeros((batch * seq, dim), dtype=x.dtype, device=x.device)
+    for e in range(self.input_linear.weight.shape[0]):
+        w = torch.where(ids == e, gates, torch.zeros_like(gates)).sum(dim=-1, keepdim=True)
+        gate, up = torch.nn.functional.linear(x, self.input_linear.weight[e]).chunk(2, dim=-1)
+        y = torch.nn.functional.linear(self.activation(gate) * up, self.output_linear.weight[e])
+        out = out + y * w
+    return out.view(batch, seq, dim), logits
 
 
 class _SpecialisationNoteFilter(logging.Filter):

@@ -4,7 +4,8 @@ trace. ``capture_export`` runs such a block densely while exporting (every exper
 ``where(ids == e, weights, 0)``), which fuse-moe's looped form turns into one ``moe`` op. CI has transformers 5.x,
 so the 4.x blocks are stood in for by classes of the same names and module, their forward written out as 4.57
 writes it; the sweep under a real 4.57 is ``benches/hf_families.py`` with it on ``PYTHONPATH`` (Mixtral, Qwen2-MoE,
-Qwen3-MoE, OLMoE decode, session 17)."""
+Qwen3-MoE, OLMoE and Granite-MoE decode, session 17). Granite-MoE's experts are slices of two 3-D parameters: its
+block is captured densely, not fused."""
 
 from __future__ import annotations
 
@@ -89,6 +90,71 @@ def test_a_4x_moe_block_captures_and_fuses(norm: bool, shared: bool) -> None:
     form = "looped + shared expert" if shared else "looped"
     assert f"fuse-moe: {form}: 1" in ctx.log, ctx.log
     for xs in (x, x[:1, :1]):  # another size (the capture is dynamic), and one token: most experts get none
+        with torch.no_grad():
+            want = layer(xs)
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
+
+
+class _Experts(nn.Module):
+    def __init__(self, e: int, out: int, inp: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(e, out, inp) * inp ** -0.5)
+
+    def forward(self, inputs: torch.Tensor, expert_size: list[int]) -> torch.Tensor:
+        parts = inputs.split(expert_size, dim=0)
+        return torch.cat([F.linear(parts[i], self.weight[i]) for i in range(self.weight.shape[0])], dim=0)
+
+
+class _Router(nn.Module):
+    def __init__(self, d: int, e: int, k: int) -> None:
+        super().__init__()
+        self.num_experts, self.top_k = e, k
+        self.layer = nn.Linear(d, e, bias=False)
+
+    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        logits = self.layer(x).float()
+        top_logits, top_ids = logits.topk(self.top_k, dim=1)
+        gates = torch.softmax(top_logits, dim=1).type_as(x)
+        expert_size = torch.zeros(x.shape[0], self.num_experts).scatter(1, top_ids, 1).long().sum(0).tolist()
+        _, order = top_ids.flatten().sort(0)
+        return order, order.div(self.top_k, rounding_mode="trunc"), gates.flatten()[order], expert_size, logits
+
+
+class GraniteMoeMoE(nn.Module):
+    """transformers 4.57's Granite-MoE block: tokens grouped by expert (sizes read with ``.tolist()``), experts as
+    slices of two [E, *, *] parameters, softmax after the top-k."""
+
+    def __init__(self, d: int, i: int, e: int, k: int) -> None:
+        super().__init__()
+        self.input_size = d
+        self.input_linear, self.output_linear = _Experts(e, 2 * i, d), _Experts(e, d, i)
+        self.router = _Router(d, e, k)
+        self.activation = nn.SiLU()
+
+    def forward(self, layer_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bsz, length, emb = layer_input.size()
+        layer_input = layer_input.reshape(-1, emb)
+        _, batch_index, batch_gates, expert_size, router_logits = self.router(layer_input)
+        hidden = self.input_linear(layer_input[batch_index], expert_size)
+        chunked = hidden.chunk(2, dim=-1)
+        outputs = self.output_linear(self.activation(chunked[0]) * chunked[1], expert_size) * batch_gates[:, None]
+        zeros = torch.zeros((bsz * length, self.input_size), dtype=outputs.dtype)
+        return zeros.index_add(0, batch_index, outputs).view(bsz, length, self.input_size), router_logits
+
+
+GraniteMoeMoE.__module__ = "transformers.models.granitemoe.modeling_granitemoe"
+
+
+def test_a_4x_granite_moe_block_captures_densely() -> None:
+    """Granite-MoE's experts are parameter slices, which fuse-moe's looped form does not take: the block is
+    captured (it was refused: data-dependent sizes) and runs densely, equal to eager."""
+    torch.manual_seed(0)
+    layer = Layer(GraniteMoeMoE(12, 10, 4, 2)).eval()
+    x = torch.randn(2, 3, 12)
+    cap = capture_export(layer, (x,), {})
+    assert "forward" not in vars(layer.mlp)
+    g = PassManager(default_pipeline() + ["dead-code-elimination"]).run(cap.graph, PassContext())
+    for xs in (x, x[:1, :1]):
         with torch.no_grad():
             want = layer(xs)
         torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
