@@ -322,7 +322,8 @@ def _hf_moe_blocks_dense(module: torch.nn.Module) -> Iterator[None]:
     OLMoE: ``_HF4_MOE_BLOCKS``, at inference) runs :func:`_hf_moe_dense_forward`, the same routing with every
     expert weighted by ``where(ids == e, weights, 0)``: a graph of fixed shape that fuse-moe's looped form turns into
     one ``moe`` op. Blocks of other releases (5.x's experts are one module of 3-D weights), a block in training
-    with router jitter, and classes outside ``transformers`` are left alone."""
+    with router jitter, and classes outside ``transformers`` are left alone. Granite-MoE's block (``_HF4_GRANITE_MOE``)
+    runs :func:`_hf_granite_moe_dense_forward`."""
     swapped = []
     for sub in module.modules():
         cls = type(sub)
@@ -374,8 +375,8 @@ def _hf_granite_moe_dense_forward(self: Any, layer_input: torch.Tensor) -> tuple
     """transformers 4.x Granite-MoE's block (``GraniteMoeMoE``), equal to its own: the router's fp32 logits, top-k,
     softmax over the k, cast back; then, expert by expert in index order (the order its sorted groups add a token's
     outputs in), ``act(x W_in[e]^T [:I]) * (x W_in[e]^T [I:])`` through ``W_out[e]``, times the token's weight for
-    that expert (0 where not routed). Its experts are slices of two ``[E, *, *]`` parameters, which fuse-moe's looped
-    form does not take: the block stays dense (correct; every expert runs on every token)."""
+    that expert (0 where not routed); fuse-moe's looped form takes the experts, slices of two ``[E, *, *]``
+    parameters, as views of them."""
     batch, seq, dim = layer_input.shape
     x = layer_input.reshape(-1, dim)
     logits = self.router.layer(x).float()

@@ -60,7 +60,9 @@ read only views of ``h``, parameters and constants. The experts inside are recog
 - gathered (gpt-fast, the built-in Mixtral): ``w[expert_ids]`` of three ``[E, *, *]`` parameters,
   batched products; the one feeding ``silu`` is gate, the one multiplied with it up, the last down;
 - looped (dense loop over experts, ``where(ids == e, ...)``): E gated MLPs of 2-D weights, each
-  weighted by a value built from ``eq(ids, e)``; their weights are stacked into new parameters.
+  weighted by a value built from ``eq(ids, e)``; their weights are stacked into new parameters. Or E
+  slices ``P_in[e]`` / ``P_out[e]`` of two ``[E, 2I, D]`` / ``[E, D, I]`` parameters, the gate/up product
+  split in halves (transformers 4.x Granite-MoE as ``capture_export`` writes it densely): views of them.
 
 Then, if ``out`` is added to a sigmoid-gated shared expert of ``h`` (Qwen2-MoE), that is absorbed
 too. Expert weights are passed as ``[E, N, K]`` parameters: the model's own tensors where the layout
@@ -495,13 +497,47 @@ def _gated_mlp(v: Value, h: Value) -> Optional[tuple[Value, Value, Value]]:
     return lg.inputs[1], lu.inputs[1], lin.inputs[1]
 
 
+def _param_slice(v: Value) -> Optional[tuple[Value, int]]:
+    """``v = select(P, dim=0, index=e)`` of a 3-D parameter: (P, e)."""
+    sel = _producer(v, "select")
+    if sel is None or sel.attrs["dim"] != 0 or sel.inputs[0].kind != "param" or sel.inputs[0].rank != 3:
+        return None
+    return sel.inputs[0], int(sel.attrs["index"])
+
+
+def _sliced_mlp(v: Value, h: Value) -> Optional[tuple[Value, Value, int, int]]:
+    """``v = linear(silu(g) * u, P_out[e])`` with g, u the two halves of ``linear(h, P_in[e])`` (one expert of two
+    ``[E, *, *]`` parameters, HF 4.x Granite-MoE's dense form): (P_in, P_out, e, half)."""
+    lin = _producer(v, "linear")
+    if lin is None or len(lin.inputs) != 2 or (down := _param_slice(lin.inputs[1])) is None:
+        return None
+    try:
+        g, u = _gated_product(lin.inputs[0])
+    except NoMatch:
+        return None
+    split = _producer(g, "split")
+    if (split is None or u.producer is not split or (g.index, u.index) != (0, 1)
+            or len(split.attrs["sizes"]) != 2 or len(set(split.attrs["sizes"])) != 1
+            or split.attrs["dim"] % split.inputs[0].rank != split.inputs[0].rank - 1):
+        return None
+    up = _producer(split.inputs[0], "linear")
+    if up is None or len(up.inputs) != 2 or _tokens_of(up.inputs[0]) is not h:
+        return None
+    gate_up = _param_slice(up.inputs[1])
+    if gate_up is None or gate_up[1] != down[1]:
+        return None
+    return gate_up[0], down[0], down[1], int(split.attrs["sizes"][0])
+
+
 def _looped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
     h = _tokens_of(r.h)
     ids = {id(n) for n in block.nodes}
     experts: dict[int, tuple[Value, Value, Value]] = {}
+    sliced: dict[int, tuple[Value, Value, int, int]] = {}
     for v in block.externals:
         mlp = _gated_mlp(v, h)
-        if mlp is None:
+        piece = _sliced_mlp(v, h) if mlp is None else None
+        if mlp is None and piece is None:
             continue
         users = [u for u in v.users if id(u) in ids]
         consts: set[int] = set()
@@ -515,9 +551,17 @@ def _looped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weig
         if len(consts) != 1:
             raise NoMatch(f"expert output %{v.name} is not weighted by one eq(expert_ids, e)")
         e = consts.pop()
-        if e in experts:
+        if e in experts or e in sliced:
             raise NoMatch(f"expert {e} appears twice")
-        experts[e] = mlp
+        if piece is not None:
+            if piece[2] != e:
+                raise NoMatch(f"expert output %{v.name} is weighted as expert {e} but computed with slice {piece[2]}")
+            sliced[e] = piece
+        else:
+            assert mlp is not None
+            experts[e] = mlp
+    if sliced:
+        return _sliced_weights(block, r, h, sliced)
     if sorted(experts) != list(range(r.experts)):
         raise NoMatch(f"found experts {sorted(experts)} of {r.experts} gated MLPs")
     _check_tokens(block, r, allowed=tuple(v for v in block.externals if _gated_mlp(v, h) is not None))
@@ -531,6 +575,26 @@ def _looped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weig
         shape = (r.experts, *(int(s) for s in ps[0].shape))
         out.append(Weight(ps[0], shape, f"{prefix}{role}", _stacker([p.name for p in ps])))
     return out[0], out[1], out[2]
+
+
+def _sliced_weights(block: Block, r: Router, h: Value, sliced: dict[int, tuple[Value, Value, int, int]]
+                    ) -> tuple[Weight, Weight, Weight]:
+    """The looped form over slices of two ``[E, 2I, D]`` / ``[E, D, I]`` parameters: every expert from the same two,
+    slice e weighted as expert e; the gate/up halves are views of the first (no copies)."""
+    if sorted(sliced) != list(range(r.experts)):
+        raise NoMatch(f"found sliced experts {sorted(sliced)} of {r.experts}")
+    if len({(id(p_in), id(p_out), half) for p_in, p_out, _, half in sliced.values()}) != 1:
+        raise NoMatch("the sliced experts do not all come from the same two parameters")
+    p_in, p_out, _, half = sliced[0]
+    d = int(r.h.shape[1])
+    if (tuple(p_in.shape) != (r.experts, 2 * half, d) or tuple(p_out.shape) != (r.experts, d, half)):
+        raise NoMatch(f"expert weights %{p_in.name} {p_in.type} and %{p_out.name} {p_out.type} are not "
+                      f"[E, 2I, D] and [E, D, I]")
+    _check_tokens(block, r, allowed=tuple(v for v in block.externals if _sliced_mlp(v, h) is not None))
+    e = r.experts
+    return (Weight(p_in, (e, half, d), f"{p_in.name}.gate", lambda ts: ts[p_in.name][:, :half]),
+            Weight(p_in, (e, half, d), f"{p_in.name}.up", lambda ts: ts[p_in.name][:, half:]),
+            Weight(p_out, (e, d, half)))
 
 
 def _stacker(names: list[str]) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:

@@ -4,8 +4,7 @@ trace. ``capture_export`` runs such a block densely while exporting (every exper
 ``where(ids == e, weights, 0)``), which fuse-moe's looped form turns into one ``moe`` op. CI has transformers 5.x,
 so the 4.x blocks are stood in for by classes of the same names and module, their forward written out as 4.57
 writes it; the sweep under a real 4.57 is ``benches/hf_families.py`` with it on ``PYTHONPATH`` (Mixtral, Qwen2-MoE,
-Qwen3-MoE, OLMoE and Granite-MoE decode, session 17). Granite-MoE's experts are slices of two 3-D parameters: its
-block is captured densely, not fused."""
+Qwen3-MoE, OLMoE and Granite-MoE decode, session 17)."""
 
 from __future__ import annotations
 
@@ -145,15 +144,17 @@ class GraniteMoeMoE(nn.Module):
 GraniteMoeMoE.__module__ = "transformers.models.granitemoe.modeling_granitemoe"
 
 
-def test_a_4x_granite_moe_block_captures_densely() -> None:
-    """Granite-MoE's experts are parameter slices, which fuse-moe's looped form does not take: the block is
-    captured (it was refused: data-dependent sizes) and runs densely, equal to eager."""
+def test_a_4x_granite_moe_block_captures_and_fuses() -> None:
+    """Granite-MoE (it was refused: data-dependent sizes) is captured densely, its experts slices of two parameters,
+    which fuse-moe's looped form takes as views: one moe op, equal to eager."""
     torch.manual_seed(0)
     layer = Layer(GraniteMoeMoE(12, 10, 4, 2)).eval()
     x = torch.randn(2, 3, 12)
     cap = capture_export(layer, (x,), {})
     assert "forward" not in vars(layer.mlp)
-    g = PassManager(default_pipeline() + ["dead-code-elimination"]).run(cap.graph, PassContext())
+    ctx = PassContext()
+    g = PassManager(default_pipeline() + ["dead-code-elimination"]).run(cap.graph, ctx)
+    assert g.count("moe") == 1 and "fuse-moe: looped: 1" in ctx.log, ctx.log
     for xs in (x, x[:1, :1]):
         with torch.no_grad():
             want = layer(xs)
