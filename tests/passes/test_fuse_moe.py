@@ -135,38 +135,30 @@ LOOPED_AFTER = """graph @loop(%x: f32[T, 8]) params(%router: f32[2, 8], %moe.w_g
 
 # transformers 4.x Granite-MoE as its dense capture writes it: each expert a slice of two [E, *, *] parameters, the
 # gate/up product split in halves, the router's softmax after the top-k
-SLICED = """graph @sliced(%x: f32[T, 8]) params(%win: f32[2, 12, 8], %wout: f32[2, 8, 6], %router: f32[2, 8]) {
+def _sliced_expert(e: int) -> str:
+    return f"""  %c{e} = constant() {{value={e}, dtype=i64}} : i64[]
+  %q{e} = eq(%i, %c{e}) : bool[T, 1]
+  %r{e} = where(%q{e}, %p, %z) : f32[T, 1]
+  %w{e} = sum(%r{e}) {{dims=[-1], keepdim=true, dtype=none}} : f32[T, 1]
+  %s{e} = select(%win) {{dim=0, index={e}}} : f32[12, 8]
+  %h{e} = linear(%x, %s{e}) : f32[T, 12]
+  %g{e}, %u{e} = split(%h{e}) {{dim=1, sizes=[6, 6]}} : f32[T, 6], f32[T, 6]
+  %a{e} = silu(%g{e}) : f32[T, 6]
+  %m{e} = mul(%a{e}, %u{e}) : f32[T, 6]
+  %d{e} = select(%wout) {{dim=0, index={e}}} : f32[8, 6]
+  %y{e} = linear(%m{e}, %d{e}) : f32[T, 8]
+  %o{e} = mul(%y{e}, %w{e}) : f32[T, 8]
+"""
+
+
+SLICED = ("""graph @sliced(%x: f32[T, 8]) params(%win: f32[2, 12, 8], %wout: f32[2, 8, 6], %router: f32[2, 8]) {
   %l = linear(%x, %router) : f32[T, 2]
   %v, %i = topk(%l) {k=1, dim=1, largest=true, sorted=true} : f32[T, 1], i64[T, 1]
   %p = softmax(%v) {dim=1, dtype=none} : f32[T, 1]
   %z = full() {shape=[T, 1], value=0.0, dtype=f32} : f32[T, 1]
-  %c0 = constant() {value=0, dtype=i64} : i64[]
-  %q0 = eq(%i, %c0) : bool[T, 1]
-  %r0 = where(%q0, %p, %z) : f32[T, 1]
-  %w0 = sum(%r0) {dims=[-1], keepdim=true, dtype=none} : f32[T, 1]
-  %s0 = select(%win) {dim=0, index=0} : f32[12, 8]
-  %h0 = linear(%x, %s0) : f32[T, 12]
-  %g0, %u0 = split(%h0) {dim=1, sizes=[6, 6]} : f32[T, 6], f32[T, 6]
-  %a0 = silu(%g0) : f32[T, 6]
-  %m0 = mul(%a0, %u0) : f32[T, 6]
-  %d0 = select(%wout) {dim=0, index=0} : f32[8, 6]
-  %y0 = linear(%m0, %d0) : f32[T, 8]
-  %o0 = mul(%y0, %w0) : f32[T, 8]
-  %c1 = constant() {value=1, dtype=i64} : i64[]
-  %q1 = eq(%i, %c1) : bool[T, 1]
-  %r1 = where(%q1, %p, %z) : f32[T, 1]
-  %w1 = sum(%r1) {dims=[-1], keepdim=true, dtype=none} : f32[T, 1]
-  %s1 = select(%win) {dim=0, index=1} : f32[12, 8]
-  %h1 = linear(%x, %s1) : f32[T, 12]
-  %g1, %u1 = split(%h1) {dim=1, sizes=[6, 6]} : f32[T, 6], f32[T, 6]
-  %a1 = silu(%g1) : f32[T, 6]
-  %m1 = mul(%a1, %u1) : f32[T, 6]
-  %d1 = select(%wout) {dim=0, index=1} : f32[8, 6]
-  %y1 = linear(%m1, %d1) : f32[T, 8]
-  %o1 = mul(%y1, %w1) : f32[T, 8]
-  %out = add(%o0, %o1) : f32[T, 8]
+""" + _sliced_expert(0) + _sliced_expert(1) + """  %out = add(%o0, %o1) : f32[T, 8]
   return %out
-}"""
+}""")
 
 SLICED_AFTER = """graph @sliced(%x: f32[T, 8]) params(%wout: f32[2, 8, 6], %router: f32[2, 8], %win.gate: f32[2, 6, 8], %win.up: f32[2, 6, 8]) {
   %0 = moe(%x, %router, %win.gate, %win.up, %wout) {top_k=1, softmax_first=false, renormalize=false, act="silu"} : f32[T, 8]
