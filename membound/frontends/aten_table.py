@@ -641,10 +641,7 @@ def _select_scatter(t: Translator, a: Args) -> Value:
     """``x`` with ``x.select(dim, index) = src``: ``src`` as a slot of size one spliced in."""
     x = a.self
     dim = _norm(a.dim, x.rank)
-    index = t.dim(a.index)
-    if is_static(index) and int(index) < 0:
-        index = x.shape[dim] + index
-    return _spliced(t, x, dim, index, t.emit("unsqueeze", a.src, dim=dim))
+    return _spliced(t, x, dim, _index_along(t, x, dim, a.index), t.emit("unsqueeze", a.src, dim=dim))
 
 
 @rule(aten.narrow.default)
@@ -659,10 +656,13 @@ def _narrow(t: Translator, a: Args) -> Value:
 def _select(t: Translator, a: Args) -> Value:
     x = a.self
     dim = _norm(a.dim, x.rank)
-    index = t.dim(a.index)
-    if is_static(index) and int(index) < 0:
-        index = x.shape[dim] + index
-    return t.emit("select", x, dim=dim, index=index)
+    return t.emit("select", x, dim=dim, index=_index_along(t, x, dim, a.index))
+
+
+def _index_along(t: Translator, x: Value, dim: int, index: Any) -> sympy.Expr:
+    """``index`` into ``x`` along ``dim`` as a size expression, a static negative one counted from the end."""
+    i = t.dim(index)
+    return x.shape[dim] + i if is_static(i) and int(i) < 0 else i
 
 
 @rule(aten.cat.default, aten.concat.default)
