@@ -199,7 +199,6 @@ def token_loop(logits: torch.Tensor, step: Callable[[int, torch.Tensor], torch.T
     # for the device (AllFinished); sampling keeps the exact stop (the generator draws no extra numbers)
     lagged = (AllFinished(logits.device) if eos_ids is not None and temperature == 0.0
               and (stream is None or getattr(stream, "pads_ok", False)) else None)
-    every: list[torch.Tensor] = []  # per step, on the device: every row had finished after it (lagged only)
     out = []
     for i in range(max_new_tokens):
         last = logits[:, -1] if process is None else process(logits[:, -1])
@@ -215,20 +214,17 @@ def token_loop(logits: torch.Tensor, step: Callable[[int, torch.Tensor], torch.T
                 if bool(finished.all()):  # a host sync a token
                     break
             else:
-                every.append(finished.all())
-                lagged.push(every[-1])
+                lagged.push(finished.all())
                 if lagged.seen():
                     break
         if i == max_new_tokens - 1:
             break
         logits = step(i, nxt)
     tokens = torch.stack(out, dim=1)
-    if every:
+    if lagged is not None and (first := lagged.first_finished()) is not None:
         # the steps after the one that finished the last row emitted only pads: cut them, so the result is the
         # exact stop's
-        flags = torch.stack(every)
-        if bool(flags.any()):
-            tokens = tokens[:, :int(flags.int().argmax()) + 1]
+        tokens = tokens[:, :first + 1]
     return tokens
 
 
@@ -243,35 +239,48 @@ class AllFinished:
     def __init__(self, device: torch.device, slots: int = 8) -> None:
         self.cuda = device.type == "cuda"
         self.host = torch.zeros(slots, dtype=torch.bool, pin_memory=self.cuda)
-        self.pending: list[tuple[int, Optional[torch.cuda.Event]]] = []  # (slot, its copy's event), oldest first
-        self.next = 0
-        self.done = False
+        # (step, slot, its copy's event), oldest first
+        self.pending: list[tuple[int, int, Optional[torch.cuda.Event]]] = []
+        self.steps = 0  # flags pushed
+        self.first: Optional[int] = None  # the first step whose flag read true
+
+    @property
+    def done(self) -> bool:
+        return self.first is not None
 
     def push(self, flag: torch.Tensor) -> None:
         if len(self.pending) == len(self.host):
             self._read(wait=True)
-        slot, self.next = self.next, (self.next + 1) % len(self.host)
+        slot = self.steps % len(self.host)
         self.host[slot].copy_(flag, non_blocking=self.cuda)
         event = None
         if self.cuda:
             event = torch.cuda.Event()
             event.record()
-        self.pending.append((slot, event))
+        self.pending.append((self.steps, slot, event))
+        self.steps += 1
 
     def seen(self) -> bool:
         """True once a completed flag says every row has finished."""
         self._read(wait=False)
         return self.done
 
+    def first_finished(self) -> Optional[int]:
+        """The first step after which every row had finished (waiting for the flags still in flight), or None."""
+        while self.pending and not self.done:
+            self._read(wait=True)
+        return self.first
+
     def _read(self, wait: bool) -> None:
         while self.pending:
-            slot, event = self.pending[0]
+            step, slot, event = self.pending[0]
             if event is not None and not event.query():
                 if not wait:
                     return
                 event.synchronize()
             self.pending.pop(0)
-            self.done = self.done or bool(self.host[slot])
+            if self.first is None and bool(self.host[slot]):
+                self.first = step
             wait = False
 
 

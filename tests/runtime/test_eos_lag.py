@@ -47,6 +47,9 @@ class _Late(gen.AllFinished):
     def seen(self) -> bool:
         return any(self.flags[:max(0, len(self.flags) - self.k)])
 
+    def first_finished(self):  # type: ignore[no-untyped-def]
+        return self.flags.index(True) if True in self.flags else None
+
 
 ROWS = [[1, 2, EOS, 5, 5, 5, 5, 5, 5, 5], [4, 4, 4, 4, EOS, 6, 6, 6, 6, 6]]
 
@@ -83,6 +86,7 @@ def test_the_ring_reads_its_oldest_slot_when_full() -> None:
     assert len(flags.pending) == 2 and not flags.done  # (nothing read yet)
     flags.push(torch.tensor(False))  # both slots taken: the oldest two are read, the slot reused
     assert flags.done and len(flags.pending) == 1 and flags.seen()
+    assert flags.first_finished() == 1  # the step whose flag first read true
 
 
 @pytest.mark.parametrize("k", [1, 4])
