@@ -203,6 +203,7 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                         dict(args, pf_ptr="*bf16", pf_elems=4096 * 4096, PREFETCH=True, PF_PIECE=8192),
                         dict(num_warps=warps, num_stages=3)))
     out += _flash_attention_cases()
+    out += _attn_block_cases()
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", src_ptr="*i64", H=hkv, S=1, T=cap, D=d,
                 scb=hkv * cap * d, sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1,
                 BLOCK_D=d, USE_PDL=True, HAS_SRC=False)
@@ -237,6 +238,27 @@ def _flash_attention_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, A
                     EVEN_D=True)
         label = f"d{d} causal" + (" window" if window else "") + (" softcap" if softcap else "")
         out.append((_flash_attention_fwd, label, args, dict(num_warps=warps, num_stages=stages)))
+    return out
+
+
+def _attn_block_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
+    """The one-launch attention block (``attn_block``) at the Llama-3.2-1B and Llama-3-8B decode shapes, bf16:
+    one split and four, 32 KB resident weight tiles."""
+    from membound.backends.triton.kernels.attn_block import _attn_block
+
+    out: list[tuple[Any, str, dict[str, Any], dict[str, Any]]] = []
+    for k, hq, hkv, d, rows, splits in ((2048, 32, 8, 64, 8, 1), (2048, 32, 8, 64, 8, 4), (4096, 32, 8, 128, 4, 1),
+                                        (4096, 32, 8, 128, 4, 4)):
+        cap = 4096
+        n_a = (hq + 2 * hkv) * (d // 2) // (rows // 2)
+        args = dict(x_ptr="*bf16", nw_ptr="*bf16", w_ptr="*bf16", b_ptr="*bf16", cos_ptr="*bf16", sin_ptr="*bf16",
+                    pos_ptr="*i64", kc_ptr="*bf16", vc_ptr="*bf16", wo_off=-(2**24), out_ptr="*bf16", q_ptr="*bf16",
+                    a_ptr="*bf16", part_ptr="*fp32", lse_ptr="*fp32", cnt_ptr="*i32", eps=1e-5, qk_scale=0.18,
+                    N_A=n_a, N_B=hkv * splits, N_ITEMS=n_a + hkv * splits + k // rows, HQ=hq, HKV=hkv, G=hq // hkv,
+                    HALF=d // 2, KQ=k, KO=hq * d, swr=k, sor=hq * d, skh=cap * d, skt=d, skd=1, svh=cap * d, svt=d,
+                    svd=1, D=d, ROWS=rows, BLOCK_K=k, SPLITS=splits, BLOCK_G=16, BLOCK_D=d, BLOCK_T=64 if d == 64 else 32,
+                    HAS_BIAS=False, INPUT_PRECISION="tf32", USE_PDL=True, ROW_ALIGN=8)
+        out.append((_attn_block, f"k{k} d{d} rows{rows} split{splits}", args, dict(num_warps=8, num_stages=1)))
     return out
 
 

@@ -1,0 +1,467 @@
+"""One launch for a decode layer's attention block (issue 13): ``x + o_proj(attention(rope(qkv(rms_norm(x)))))``.
+
+At batch 1 the attention block of a Llama layer is five dependent kernels (norm and q/k/v GEMV, rotation and
+cache write, flash-decoding, o GEMV with the residual add) over ~21 MB of weights at the Llama-3.2-1B shape: ~5 us
+of streaming at the H200's read bandwidth, measured at ~19 us in the decode step (session 15's profile). Most of
+the rest is latency: each kernel's ramp-up and tail, and attention (~1 MB of cache) that leaves HBM idle for
+~6 us. This kernel runs the block as one grid of work items in three phases, each program taking items
+``pid, pid + P, pid + 2P, ...`` of one ordered list:
+
+- **A** (``N_A`` items): ``ROWS`` rows of the merged q/k/v weight against ``rms_norm(x) * norm_weight`` (each
+  program reduces x itself, 4-8 KB), as ``ROWS / 2`` rotary pairs ``(j, j + D/2)`` of one head, so the rotation
+  happens in the epilogue; q goes to a scratch vector, k and v into the caches at the step's position. Each item
+  then counts in on counter 0.
+- **B** (``HKV * SPLITS`` items): flash-decoding for one kv head (its ``G`` query heads share every K/V tile)
+  over one of ``SPLITS`` chunks of the filled prefix, once counter 0 says every A item is done; the last of a
+  head's splits merges the partials; the head's output goes to a scratch vector and counts in on counter 1.
+- **C** (``N_C`` items): ``ROWS`` rows of the o projection once counter 1 says every head is done, plus the
+  residual x, stored to ``out``.
+
+Items are taken in list order and an item waits only on items before it, so the grid cannot deadlock as long
+as the programs holding the earlier items run: always when ``P`` programs fit on the device at once, and with
+more (one item per program, the default) because blocks are dispatched in index order. Each program's *first*
+item has its weight tile (``[ROWS, BLOCK_K]``: a whole row range, resident in registers) loaded before the
+programmatic-dependent-launch wait, so with one item per program every A and C weight byte is requested at
+launch, while the kernel before is finishing: the o projection streams while attention runs.
+
+The last program to finish (counter 2) sets counters 0-2 back to zero; each head's merger resets its own (3 + h):
+the launch leaves the per-stream counter buffer zeroed, as every split kernel of the library does.
+
+Numerics follow eager's roundings: the normed x rounded to the dtype, then times the norm weight and rounded;
+q/k/v rounded, rotated with each product rounded (``linear._rope_pair``); attention in fp32 (base 2), its output
+rounded; the o product rounded, the residual added and rounded.
+
+Scope (the experiment's; ``attention_block`` checks it and says what is missing): one token (B = 1, S = 1), a
+linear cache ``[1, HKV, T, D]`` without window, soft-cap or ALiBi, an o projection without bias, fp16 / bf16 /
+fp32. Not yet wired into a pass: ``benches/experiments/attn_block.py`` times it against the library kernels'
+chain for the same block on the GPU first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from membound.backends.triton.kernels._launch import (
+    arrive_last,
+    cdiv,
+    check_out,
+    fallback,
+    launchable,
+    next_pow2,
+    note,
+    pdl_enter,
+    pdl_options,
+    reset_counter,
+    sm_count,
+    split_counters,
+    unsupported_device,
+    unsupported_dtype,
+)
+from membound.backends.triton.kernels.decode_attention import LOG2E, _online_softmax
+from membound.backends.triton.kernels.linear import _rope_pair
+
+COUNTERS = 3  # a_done, b_done, finished; then one arrival counter per kv head
+
+
+@dataclass(frozen=True)
+class AttnBlockConfig:
+    rows: int = 16  # weight rows per A or C item (A: rows / 2 rotary pairs of one head); a power of two >= 2
+    splits: int = 1  # chunks of the filled prefix per kv head (B items per head)
+    block_t: int = 32  # cache slots per attention tile
+    num_warps: int = 8
+    programs: Optional[int] = None  # grid size; None: one program per item
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "splits", "block_t"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"AttnBlockConfig: {name}={v} must be a power of two")
+        if self.rows < 2:
+            raise ValueError("AttnBlockConfig: rows must be at least 2 (one rotary pair)")
+        if self.block_t < 16:
+            raise ValueError("AttnBlockConfig: block_t must be at least 16 (tl.dot tiles)")
+
+
+def pick_config(k: int, hq: int, hkv: int, d: int, capacity: int, dtype: torch.dtype,
+                device: torch.device) -> AttnBlockConfig:
+    """A first guess, to be swept on the GPU (``benches/experiments/attn_block.py``): 32 KB weight tiles (the
+    library's resident GEMV tiles), one split per kv head up to 4K slots of capacity, then enough splits to give
+    each kv head about two programs per SM between them."""
+    e = torch.empty((), dtype=dtype).element_size()
+    rows = max(2, min(64, (32768 // e) // next_pow2(k)))
+    splits = 1
+    while splits < 16 and capacity > 4096 * splits and hkv * splits < sm_count(device):
+        splits *= 2
+    return AttnBlockConfig(rows=rows, splits=splits, block_t=64 if d <= 64 else 32, num_warps=8)
+
+
+@triton.jit
+def _spin_until(cnt_ptr, target):
+    """Wait until counter ``cnt_ptr`` reaches ``target``; acquires the writes released before each count."""
+    seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+
+
+@triton.jit
+def _count_in(cnt_ptr):
+    """This program's stores done (every thread: the barrier), then counter ``cnt_ptr`` + 1, released."""
+    tl.debug_barrier()
+    tl.atomic_add(cnt_ptr, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor,
+               D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ALIGN: tl.constexpr):
+    """The weight tile of ``item``: A items rows ``(j, j + HALF)`` interleaved of one q/k/v head, C items ``ROWS``
+    rows of the o projection; B items none (all masked off)."""
+    r = tl.arange(0, ROWS)
+    ks = tl.arange(0, BLOCK_K)
+    PAIRS: tl.constexpr = ROWS // 2
+    per_head = tl.cdiv(HALF, PAIRS)
+    is_a = item < N_A
+    # A: head h, pairs j0 .. j0 + PAIRS; row r is pair r // 2, half r % 2
+    head = item // per_head
+    j = (item % per_head) * PAIRS + r // 2
+    a_rows = head * D + (r % 2) * HALF + j
+    a_ok = (j < HALF) & (item + 0 * r < N_A)  # (a vector: the interpreter's bool & 0-d bool is int32)
+    # C: rows n0 .. n0 + ROWS of the o projection
+    c_item = item - N_A - N_B
+    c_rows = c_item * ROWS + r
+    c_ok = (c_item + 0 * r >= 0) & (c_rows < KQ)
+    # one base pointer (``wo_off``: the o projection's first element counted from the q/k/v weight's), so the
+    # selected rows keep the alignment the compiler needs for 16-byte loads (a select of two pointers loses it)
+    row_off = tl.where(is_a, a_rows.to(tl.int64) * swr, wo_off + c_rows.to(tl.int64) * sor)
+    if ROW_ALIGN > 1:  # the select hides the strides' alignment from the compiler: stated (the launcher checks it)
+        row_off = tl.multiple_of(row_off, ROW_ALIGN)
+    ptrs = w_ptr + row_off[:, None] + ks[None, :]
+    mask = (a_ok[:, None] & (ks < KQ)[None, :]) | (c_ok[:, None] & (ks < KO)[None, :])  # (a_ok, c_ok exclusive)
+    return ptrs, mask
+
+
+@triton.jit
+def _phase_a(item, w, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
+             HQ, HKV, HALF, KQ, skh, skt, skd, svh, svt, svd,
+             D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """One A item: ``ROWS / 2`` rotary pairs of one q, k or v head from its resident weight tile ``w``."""
+    PAIRS: tl.constexpr = ROWS // 2
+    per_head = tl.cdiv(HALF, PAIRS)
+    head = item // per_head
+    jj = (item % per_head) * PAIRS + tl.arange(0, PAIRS)
+    j_ok = jj < HALF
+    ks = tl.arange(0, BLOCK_K)
+    k_ok = ks < KQ
+    # x normed as eager norms it (rounded to the dtype, times the weight, rounded)
+    x = tl.load(x_ptr + ks, mask=k_ok, other=0.0)
+    nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
+    xn = (x.to(tl.float32) * rstd).to(x.dtype)
+    xn = (xn.to(tl.float32) * nw.to(tl.float32)).to(x.dtype).to(tl.float32)
+    y = tl.sum(w.to(tl.float32) * xn[None, :], axis=1)  # [ROWS]: pair-interleaved
+    y1, y2 = tl.split(tl.reshape(y, (PAIRS, 2)))
+    if HAS_BIAS:
+        y1 += tl.load(b_ptr + head * D + jj, mask=j_ok, other=0.0).to(tl.float32)
+        y2 += tl.load(b_ptr + head * D + HALF + jj, mask=j_ok, other=0.0).to(tl.float32)
+    dt = x.dtype
+    one = tl.arange(0, 1)
+    ok2 = j_ok[None, :]
+    rot = (tl.zeros((PAIRS,), tl.int32) + head) < HQ + HKV  # q and k heads rotate, v heads do not
+    o1, o2 = _rope_pair(y1.to(dt)[None, :], y2.to(dt)[None, :], cos_ptr, sin_ptr, one, jj, HALF, 0, ok2, rot)
+    o1 = tl.reshape(o1, (PAIRS,))
+    o2 = tl.reshape(o2, (PAIRS,))
+    if head < HQ:
+        tl.store(q_ptr + head * D + jj, o1, mask=j_ok)
+        tl.store(q_ptr + head * D + HALF + jj, o2, mask=j_ok)
+    elif head < HQ + HKV:
+        base = kc_ptr + (head - HQ).to(tl.int64) * skh + pos.to(tl.int64) * skt
+        tl.store(base + jj * skd, o1, mask=j_ok)
+        tl.store(base + (HALF + jj) * skd, o2, mask=j_ok)
+    else:
+        base = vc_ptr + (head - HQ - HKV).to(tl.int64) * svh + pos.to(tl.int64) * svt
+        tl.store(base + jj * svd, o1, mask=j_ok)
+        tl.store(base + (HALF + jj) * svd, o2, mask=j_ok)
+    _count_in(cnt_ptr)
+
+
+@triton.jit
+def _phase_b(item, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, G,
+             skh, skt, skd, svh, svt, svd,
+             D: tl.constexpr, SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_T: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """One B item: kv head ``item // SPLITS`` over chunk ``item % SPLITS`` of slots ``0 .. pos``."""
+    kvh = item // SPLITS
+    split = item % SPLITS
+    _spin_until(cnt_ptr, N_A)  # every q, k, v value of this step stored
+    rg = tl.arange(0, BLOCK_G)
+    ds = tl.arange(0, BLOCK_D)
+    g_ok = rg < G
+    d_ok = ds < D
+    q = tl.load(q_ptr + (kvh * G + rg)[:, None] * D + ds[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+    span = pos + 1
+    chunk = tl.cdiv(tl.cdiv(span, SPLITS), BLOCK_T) * BLOCK_T
+    start = split * chunk
+    end = tl.minimum(start + chunk, span)
+    k_base = kc_ptr + kvh.to(tl.int64) * skh
+    v_base = vc_ptr + kvh.to(tl.int64) * svh
+    tn = tl.arange(0, BLOCK_T)
+    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    for t0 in range(start, end, BLOCK_T):
+        ts = t0 + tn
+        t_ok = ts < end
+        k_t = tl.load(k_base + ts.to(tl.int64)[None, :] * skt + ds[:, None] * skd,
+                      mask=t_ok[None, :] & d_ok[:, None], other=0.0)
+        scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale
+        scores = tl.where(t_ok[None, :], scores, float("-inf"))
+        v = tl.load(v_base + ts.to(tl.int64)[:, None] * svt + ds[None, :] * svd,
+                    mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+        m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
+    o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    out_offs = (kvh * G + rg)[:, None] * D + ds[None, :]
+    out_mask = g_ok[:, None] & d_ok[None, :]
+    if SPLITS == 1:
+        tl.store(a_ptr + out_offs, o.to(a_ptr.dtype.element_ty), mask=out_mask)
+        _count_in(cnt_ptr + 1)
+    else:
+        # partials [HKV, SPLITS, BLOCK_G(, BLOCK_D)]: o normalised, lse = m + log2(l) (-inf for an empty chunk)
+        slot = (kvh * SPLITS + split) * BLOCK_G + rg
+        lse = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), float("-inf"))
+        tl.store(lse_ptr + slot, lse)
+        tl.store(part_ptr + slot[:, None] * BLOCK_D + ds[None, :], o)
+        if arrive_last(cnt_ptr + 3, kvh, SPLITS):
+            m = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+            den = tl.zeros((BLOCK_G,), dtype=tl.float32)
+            num = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+            for s in range(0, SPLITS):
+                sl = (kvh * SPLITS + s) * BLOCK_G + rg
+                ls = tl.load(lse_ptr + sl)
+                os_ = tl.load(part_ptr + sl[:, None] * BLOCK_D + ds[None, :])
+                m_new = tl.maximum(m, ls)
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp2(m - m_safe)
+                w = tl.exp2(ls - m_safe)
+                den = den * alpha + w
+                num = num * alpha[:, None] + os_ * w[:, None]
+                m = m_new
+            o = num / tl.where(den > 0.0, den, 1.0)[:, None]
+            tl.store(a_ptr + out_offs, o.to(a_ptr.dtype.element_ty), mask=out_mask)
+            reset_counter(cnt_ptr + 3, kvh)
+            _count_in(cnt_ptr + 1)
+
+
+@triton.jit
+def _phase_c(item, w, x_ptr, a_ptr, out_ptr, cnt_ptr, N_A, N_B, HKV, KQ, KO,
+             ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One C item: ``ROWS`` rows of the o projection from the resident tile ``w``, plus the residual."""
+    rows = (item - N_A - N_B) * ROWS + tl.arange(0, ROWS)
+    r_ok = rows < KQ
+    ks = tl.arange(0, BLOCK_K)
+    _spin_until(cnt_ptr + 1, HKV)  # every head's attention output stored
+    a = tl.load(a_ptr + ks, mask=ks < KO, other=0.0)
+    y = tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1).to(a.dtype)
+    r = tl.load(x_ptr + rows, mask=r_ok, other=0.0)
+    tl.store(out_ptr + rows, (y.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=r_ok)
+
+
+@triton.jit
+def _item(item, w, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
+          part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
+          skh, skt, skd, svh, svt, svd,
+          D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr,
+          BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr,
+          INPUT_PRECISION: tl.constexpr):
+    if item < N_A:
+        _phase_a(item, w, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
+                 HQ, HKV, HALF, KQ, skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, HAS_BIAS)
+    elif item < N_A + N_B:
+        _phase_b(item - N_A, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, G,
+                 skh, skt, skd, svh, svt, svd, D, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
+    else:
+        _phase_c(item, w, x_ptr, a_ptr, out_ptr, cnt_ptr, N_A, N_B, HKV, KQ, KO, ROWS, BLOCK_K)
+
+
+@triton.jit
+def _attn_block(
+    x_ptr, nw_ptr, w_ptr, b_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, wo_off, out_ptr,
+    q_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr,
+    eps, qk_scale, N_A, N_B, N_ITEMS, HQ, HKV, G, HALF, KQ, KO,
+    swr, sor, skh, skt, skd, svh, svt, svd,
+    D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr, ROW_ALIGN: tl.constexpr = 1,
+):
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    # the first item's weight tile, before the PDL wait (parameters: no kernel writes them)
+    ptrs, mask = _tile_ptrs(pid, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K, ROW_ALIGN)
+    w_first = tl.load(ptrs, mask=mask, other=0.0)
+    pdl_enter(USE_PDL)
+    pos = tl.load(pos_ptr)
+    ks = tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + ks, mask=ks < KQ, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / KQ + eps)
+    if pid < N_ITEMS:
+        _item(pid, w_first, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
+              part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
+              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, HAS_BIAS,
+              INPUT_PRECISION)
+    for item in range(pid + n_prog, N_ITEMS, n_prog):
+        ptrs, mask = _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K, ROW_ALIGN)
+        w = tl.load(ptrs, mask=mask, other=0.0)
+        _item(item, w, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
+              part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
+              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, HAS_BIAS,
+              INPUT_PRECISION)
+    # the last program out leaves the phase counters zeroed for the next launch on this stream
+    if arrive_last(cnt_ptr, 2, n_prog):
+        reset_counter(cnt_ptr, 0)
+        reset_counter(cnt_ptr, 1)
+        reset_counter(cnt_ptr, 2)
+
+
+def attention_block_reference(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor,
+                              cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                              position: torch.Tensor, o_weight: torch.Tensor, *, eps: float, num_heads: int,
+                              num_kv_heads: int, head_dim: int, scale: Optional[float] = None,
+                              qkv_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Eager torch, rounded as HF's Llama layer rounds: writes k, v at ``position`` into the caches, returns
+    ``x + o_proj(attention)`` shaped like x."""
+    hq, hkv, d = num_heads, num_kv_heads, head_dim
+    dt = x.dtype
+    xr = x.reshape(1, -1)
+    xf = xr.float()
+    xn = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dt)
+    qkv = torch.nn.functional.linear(norm_weight * xn, qkv_weight, qkv_bias)
+    q = qkv[:, :hq * d].reshape(1, hq, 1, d)
+    k = qkv[:, hq * d:(hq + hkv) * d].reshape(1, hkv, 1, d)
+    v = qkv[:, (hq + hkv) * d:].reshape(1, hkv, 1, d)
+    c, s = cos.reshape(d).to(dt), sin.reshape(d).to(dt)
+
+    def rotate(t: torch.Tensor) -> torch.Tensor:
+        t1, t2 = t[..., :d // 2], t[..., d // 2:]
+        return t * c + torch.cat((-t2, t1), dim=-1) * s
+
+    q, k = rotate(q), rotate(k)
+    p = int(position.reshape(-1)[0])
+    k_cache[:, :, p] = k[:, :, 0]
+    v_cache[:, :, p] = v[:, :, 0]
+    keys = k_cache[:, :, :p + 1].repeat_interleave(hq // hkv, dim=1).float()
+    vals = v_cache[:, :, :p + 1].repeat_interleave(hq // hkv, dim=1).float()
+    sc = scale if scale is not None else 1.0 / math.sqrt(d)
+    att = torch.softmax((q.float() @ keys.transpose(-1, -2)) * sc, dim=-1) @ vals
+    a = att.to(dt).reshape(1, hq * d)
+    return (xr + torch.nn.functional.linear(a, o_weight)).reshape(x.shape)
+
+
+def _scope(x: torch.Tensor, qkv_weight: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+           o_weight: torch.Tensor, hq: int, hkv: int, d: int, position: torch.Tensor) -> Optional[str]:
+    """Why the kernel cannot take these operands (None: it can); shape errors raise."""
+    k = x.shape[-1]
+    if x.numel() != k:
+        return f"x {tuple(x.shape)} holds {x.numel() // max(k, 1)} tokens; the kernel takes one (batch 1, S = 1)"
+    if hq % hkv:
+        raise ValueError(f"attention_block: num_heads={hq} is not a multiple of num_kv_heads={hkv}")
+    if d % 2:
+        raise ValueError(f"attention_block: head_dim={d} must be even (rotary pairs)")
+    if tuple(qkv_weight.shape) != ((hq + 2 * hkv) * d, k):
+        raise ValueError(f"attention_block: qkv_weight {tuple(qkv_weight.shape)} must be [(num_heads + 2 * "
+                         f"num_kv_heads) * head_dim, K] = [{(hq + 2 * hkv) * d}, {k}]")
+    if tuple(o_weight.shape) != (k, hq * d):
+        raise ValueError(f"attention_block: o_weight {tuple(o_weight.shape)} must be [K, num_heads * head_dim] = "
+                         f"[{k}, {hq * d}]")
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if c.dim() != 4 or c.shape[0] != 1 or c.shape[1] != hkv or c.shape[3] != d:
+            raise ValueError(f"attention_block: {name} {tuple(c.shape)} must be [1, num_kv_heads, T, head_dim]")
+    if position.numel() != 1 or position.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"attention_block: position must be one int32/int64 value, got {position.dtype} "
+                         f"{tuple(position.shape)}")
+    if qkv_weight.stride(1) != 1 or o_weight.stride(1) != 1 or not x.is_contiguous():
+        return "x, or a weight's rows, not contiguous"
+    if next_pow2(max(k, hq * d)) > 8192:
+        return f"K = {max(k, hq * d)}: the resident weight tiles hold at most 8192 columns"
+    return None
+
+
+def _element_offset(t: torch.Tensor, base: torch.Tensor) -> int:
+    """Where ``t``'s first element lies, in elements counted from ``base``'s (same dtype and device; may be
+    negative): the kernel reads both weights through ``base``'s pointer."""
+    delta = t.data_ptr() - base.data_ptr()
+    e = t.element_size()
+    if delta % e:
+        raise ValueError("attention_block: the o projection's storage is not element-aligned with the q/k/v weight's")
+    return delta // e
+
+
+def attention_block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
+                    o_weight: torch.Tensor, out: Optional[torch.Tensor] = None, *, eps: float, num_heads: int,
+                    num_kv_heads: int, head_dim: int, scale: Optional[float] = None,
+                    qkv_bias: Optional[torch.Tensor] = None, config: Optional[AttnBlockConfig] = None) -> torch.Tensor:
+    """A decode layer's attention block in one launch (see the module): writes this token's k and v into the
+    caches at ``position`` (a device scalar) and returns ``x + o_proj(attention)``.
+
+    ``x`` ``[..., K]`` one token; ``qkv_weight`` the merged ``[(Hq + 2 Hkv) D, K]`` q/k/v projection (bias
+    ``qkv_bias``); ``cos``/``sin`` the ``[D]`` rotary row of ``position``; caches ``[1, Hkv, T, D]``; ``o_weight``
+    ``[K, Hq D]``. Where the kernel cannot run: :func:`attention_block_reference`, saying why."""
+    hq, hkv, d = num_heads, num_kv_heads, head_dim
+    reason = _scope(x, qkv_weight, k_cache, v_cache, o_weight, hq, hkv, d, position)
+    tensors = [x, norm_weight, qkv_weight, cos, sin, k_cache, v_cache, position, o_weight]
+    if qkv_bias is not None:
+        tensors.append(qkv_bias)
+    reason = reason or unsupported_device(*tensors) or unsupported_dtype("attention_block", x)
+    if reason is None and len({t.dtype for t in tensors if t is not position}) != 1:
+        reason = "operands of several dtypes"
+    if reason is not None:
+        ref = attention_block_reference(x, norm_weight, qkv_weight, cos, sin, k_cache, v_cache, position, o_weight,
+                                        eps=eps, num_heads=hq, num_kv_heads=hkv, head_dim=d, scale=scale,
+                                        qkv_bias=qkv_bias)
+        return fallback("attention_block", reason, ref, out)
+    y = check_out("attention_block", out, tuple(x.shape), x.dtype, x.device)
+    k = x.shape[-1]
+    ko = hq * d
+    cap = k_cache.shape[2]
+    cfg = config or pick_config(k, hq, hkv, d, cap, x.dtype, x.device)
+    g = hq // hkv
+    half = d // 2
+    n_a = (hq + 2 * hkv) * cdiv(half, cfg.rows // 2)
+    n_b = hkv * cfg.splits
+    n_c = cdiv(k, cfg.rows)
+    n_items = n_a + n_b + n_c
+    block_g = max(16, next_pow2(g))
+    block_d = max(16, next_pow2(d))
+    dev = x.device
+    q_buf = torch.empty(ko, dtype=x.dtype, device=dev)
+    a_buf = torch.empty(ko, dtype=x.dtype, device=dev)
+    part = torch.empty(max(1, hkv * cfg.splits * block_g * block_d if cfg.splits > 1 else 1), dtype=torch.float32,
+                       device=dev)
+    lse = torch.empty(max(1, hkv * cfg.splits * block_g if cfg.splits > 1 else 1), dtype=torch.float32, device=dev)
+    counters = split_counters(dev, COUNTERS + hkv)
+    programs = min(n_items, cfg.programs or n_items)
+    if programs < n_items and dev.type != "cuda":
+        # program 0 would wait for items of programs the interpreter has not started (it runs them one by one)
+        raise ValueError(f"attention_block: config.programs={cfg.programs} < {n_items} items needs a GPU (the "
+                         f"Triton interpreter runs programs one after another); pass programs=None on CPU")
+    wo_off = _element_offset(o_weight, qkv_weight)
+    # the rows' common alignment in elements, up to one 16-byte vector (the weight tiles' loads)
+    align = math.gcd(qkv_weight.stride(0), o_weight.stride(0), wo_off, 16 // x.element_size())
+    kernel = launchable(_attn_block, dev)
+    kernel[(programs,)](
+        x, norm_weight, qkv_weight, qkv_bias if qkv_bias is not None else x, cos.reshape(-1), sin.reshape(-1),
+        position, k_cache, v_cache, wo_off, y, q_buf, a_buf, part, lse, counters,
+        float(eps), float((scale if scale is not None else 1.0 / math.sqrt(d)) * LOG2E), n_a, n_b, n_items,
+        hq, hkv, g, half, k, ko,
+        qkv_weight.stride(0), o_weight.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
+        v_cache.stride(1), v_cache.stride(2), v_cache.stride(3),
+        D=d, ROWS=cfg.rows, BLOCK_K=next_pow2(max(k, ko)), SPLITS=cfg.splits, BLOCK_G=block_g, BLOCK_D=block_d,
+        BLOCK_T=cfg.block_t, HAS_BIAS=qkv_bias is not None,
+        INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        ROW_ALIGN=align, num_warps=cfg.num_warps, num_stages=1, **pdl_options(dev),
+    )
+    note("attention_block", "kernel")
+    return y
