@@ -364,7 +364,8 @@ def _scope(x: torch.Tensor, qkv_weight: torch.Tensor, k_cache: torch.Tensor, v_c
     """Why the kernel cannot take these operands (None: it can); shape errors raise."""
     k = x.shape[-1]
     if x.numel() != k:
-        return f"x {tuple(x.shape)} holds {x.numel() // max(k, 1)} tokens; the kernel takes one (batch 1, S = 1)"
+        raise ValueError(f"attention_block: x {tuple(x.shape)} holds {x.numel() // max(k, 1)} tokens; the op takes "
+                         f"one (batch 1, S = 1)")
     if hq % hkv:
         raise ValueError(f"attention_block: num_heads={hq} is not a multiple of num_kv_heads={hkv}")
     if d % 2:

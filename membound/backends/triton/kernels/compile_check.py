@@ -23,7 +23,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-STREAMING = ("_linear_small_m", "_flash_decoding_split")
+STREAMING = ("_linear_small_m", "_flash_decoding_split", "_attn_block")
 
 
 @dataclass
@@ -90,6 +90,8 @@ def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options
     mma = len(re.findall(r"\bmma\.|wgmma\.mma_async", ptx))  # tensor cores: mma (Ampere) or wgmma (Hopper)
     # the residual epilogue reads its output tile; linear_rope's reads cos and sin at each pair's two columns
     tile = 1 if args.get("RESIDUAL") else 4 if args.get("ROPE") else 0
+    if kernel.__name__ == "_attn_block":
+        tile = 5  # the rotation's cos and sin at each pair's two columns, and the residual's rows
     return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), mma,
                     len(re.findall(r"wgmma\.mma_async", ptx)), "griddepcontrol.wait" in ptx, tile)
 
@@ -256,8 +258,8 @@ def _attn_block_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]
                     a_ptr="*bf16", part_ptr="*fp32", lse_ptr="*fp32", cnt_ptr="*i32", eps=1e-5, qk_scale=0.18,
                     N_A=n_a, N_B=hkv * splits, N_ITEMS=n_a + hkv * splits + k // rows, HQ=hq, HKV=hkv, G=hq // hkv,
                     HALF=d // 2, KQ=k, KO=hq * d, swr=k, sor=hq * d, skh=cap * d, skt=d, skd=1, svh=cap * d, svt=d,
-                    svd=1, D=d, ROWS=rows, BLOCK_K=k, SPLITS=splits, BLOCK_G=16, BLOCK_D=d, BLOCK_T=64 if d == 64 else 32,
-                    HAS_BIAS=False, INPUT_PRECISION="tf32", USE_PDL=True, ROW_ALIGN=8)
+                    svd=1, D=d, ROWS=rows, BLOCK_K=k, SPLITS=splits, BLOCK_G=16, BLOCK_D=d,
+                    BLOCK_T=64 if d == 64 else 32, HAS_BIAS=False, INPUT_PRECISION="tf32", USE_PDL=True, ROW_ALIGN=8)
         out.append((_attn_block, f"k{k} d{d} rows{rows} split{splits}", args, dict(num_warps=8, num_stages=1)))
     return out
 
