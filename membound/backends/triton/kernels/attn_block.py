@@ -64,7 +64,6 @@ from membound.backends.triton.kernels._launch import (
     unsupported_dtype,
 )
 from membound.backends.triton.kernels.decode_attention import LOG2E, _online_softmax
-from membound.backends.triton.kernels.linear import _rope_pair
 
 COUNTERS = 3  # a_done, b_done, finished; then one arrival counter per kv head
 
@@ -146,45 +145,64 @@ def _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor,
 
 
 @triton.jit
-def _phase_a(item, w, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
-             HQ, HKV, HALF, KQ, skh, skt, skd, svh, svt, svd,
-             D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """One A item: ``ROWS / 2`` rotary pairs of one q, k or v head from its resident weight tile ``w``."""
+def _a_bias(item, b_ptr, N_A, HALF, D: tl.constexpr, PAIRS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The bias of A item ``item``'s two column sets (zeros without a bias or for another kind of item): a
+    parameter, so the first item's is loaded before the PDL wait."""
+    per_head = tl.cdiv(HALF, PAIRS)
+    jj = (item % per_head) * PAIRS + tl.arange(0, PAIRS)
+    ok = (jj < HALF) & (item + 0 * jj < N_A)
+    base = b_ptr + (item // per_head) * D + jj
+    if HAS_BIAS:
+        return tl.load(base, mask=ok, other=0.0).to(tl.float32), tl.load(base + HALF, mask=ok, other=0.0).to(tl.float32)
+    else:
+        return tl.zeros((PAIRS,), tl.float32), tl.zeros((PAIRS,), tl.float32)
+
+
+@triton.jit
+def _a_rope(item, cos_ptr, sin_ptr, N_A, HALF, PAIRS: tl.constexpr):
+    """cos and sin at A item ``item``'s pair columns ``j`` and ``j + HALF`` (the step's rotary row: written by an
+    earlier kernel, so after the wait), as fp32."""
+    per_head = tl.cdiv(HALF, PAIRS)
+    jj = (item % per_head) * PAIRS + tl.arange(0, PAIRS)
+    ok = (jj < HALF) & (item + 0 * jj < N_A)
+    c1 = tl.load(cos_ptr + jj, mask=ok, other=0.0).to(tl.float32)
+    c2 = tl.load(cos_ptr + HALF + jj, mask=ok, other=0.0).to(tl.float32)
+    s1 = tl.load(sin_ptr + jj, mask=ok, other=0.0).to(tl.float32)
+    s2 = tl.load(sin_ptr + HALF + jj, mask=ok, other=0.0).to(tl.float32)
+    return c1, c2, s1, s2
+
+
+@triton.jit
+def _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
+             HQ, HKV, HALF, skh, skt, skd, svh, svt, svd, D: tl.constexpr, ROWS: tl.constexpr):
+    """One A item: ``ROWS / 2`` rotary pairs of one q, k or v head from its resident weight tile ``w`` against the
+    normed x ``xn`` (fp32 of the rounded values); ``bias*``, ``c*``, ``s*`` its columns' bias, cos and sin."""
     PAIRS: tl.constexpr = ROWS // 2
     per_head = tl.cdiv(HALF, PAIRS)
     head = item // per_head
     jj = (item % per_head) * PAIRS + tl.arange(0, PAIRS)
     j_ok = jj < HALF
-    ks = tl.arange(0, BLOCK_K)
-    k_ok = ks < KQ
-    # x normed as eager norms it (rounded to the dtype, times the weight, rounded)
-    x = tl.load(x_ptr + ks, mask=k_ok, other=0.0)
-    nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
-    xn = (x.to(tl.float32) * rstd).to(x.dtype)
-    xn = (xn.to(tl.float32) * nw.to(tl.float32)).to(x.dtype).to(tl.float32)
+    dt = q_ptr.dtype.element_ty
     y = tl.sum(w.to(tl.float32) * xn[None, :], axis=1)  # [ROWS]: pair-interleaved
     y1, y2 = tl.split(tl.reshape(y, (PAIRS, 2)))
-    if HAS_BIAS:
-        y1 += tl.load(b_ptr + head * D + jj, mask=j_ok, other=0.0).to(tl.float32)
-        y2 += tl.load(b_ptr + head * D + HALF + jj, mask=j_ok, other=0.0).to(tl.float32)
-    dt = x.dtype
-    one = tl.arange(0, 1)
-    ok2 = j_ok[None, :]
-    rot = (tl.zeros((PAIRS,), tl.int32) + head) < HQ + HKV  # q and k heads rotate, v heads do not
-    o1, o2 = _rope_pair(y1.to(dt)[None, :], y2.to(dt)[None, :], cos_ptr, sin_ptr, one, jj, HALF, 0, ok2, rot)
-    o1 = tl.reshape(o1, (PAIRS,))
-    o2 = tl.reshape(o2, (PAIRS,))
-    if head < HQ:
-        tl.store(q_ptr + head * D + jj, o1, mask=j_ok)
-        tl.store(q_ptr + head * D + HALF + jj, o2, mask=j_ok)
-    elif head < HQ + HKV:
-        base = kc_ptr + (head - HQ).to(tl.int64) * skh + pos.to(tl.int64) * skt
-        tl.store(base + jj * skd, o1, mask=j_ok)
-        tl.store(base + (HALF + jj) * skd, o2, mask=j_ok)
+    a1 = (y1 + bias1).to(dt).to(tl.float32)
+    a2 = (y2 + bias2).to(dt).to(tl.float32)
+    if head < HQ + HKV:
+        # q and k heads: t * cos + rotate_half(t) * sin, each product rounded, then the sum (as eager rounds it;
+        # rotate_half(t) = cat(-t2, t1))
+        o1 = ((a1 * c1).to(dt).to(tl.float32) + (-(a2 * s1)).to(dt).to(tl.float32)).to(dt)
+        o2 = ((a2 * c2).to(dt).to(tl.float32) + (a1 * s2).to(dt).to(tl.float32)).to(dt)
+        if head < HQ:
+            tl.store(q_ptr + head * D + jj, o1, mask=j_ok)
+            tl.store(q_ptr + head * D + HALF + jj, o2, mask=j_ok)
+        else:
+            base = kc_ptr + (head - HQ).to(tl.int64) * skh + pos.to(tl.int64) * skt
+            tl.store(base + jj * skd, o1, mask=j_ok)
+            tl.store(base + (HALF + jj) * skd, o2, mask=j_ok)
     else:
         base = vc_ptr + (head - HQ - HKV).to(tl.int64) * svh + pos.to(tl.int64) * svt
-        tl.store(base + jj * svd, o1, mask=j_ok)
-        tl.store(base + (HALF + jj) * svd, o2, mask=j_ok)
+        tl.store(base + jj * svd, a1.to(dt), mask=j_ok)
+        tl.store(base + (HALF + jj) * svd, a2.to(dt), mask=j_ok)
     _count_in(cnt_ptr)
 
 
@@ -215,12 +233,13 @@ def _phase_b(item, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos
     for t0 in range(start, end, BLOCK_T):
         ts = t0 + tn
         t_ok = ts < end
+        # both tiles asked for before either is used: one round trip a tile, not two
         k_t = tl.load(k_base + ts.to(tl.int64)[None, :] * skt + ds[:, None] * skd,
                       mask=t_ok[None, :] & d_ok[:, None], other=0.0)
-        scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale
-        scores = tl.where(t_ok[None, :], scores, float("-inf"))
         v = tl.load(v_base + ts.to(tl.int64)[:, None] * svt + ds[None, :] * svd,
                     mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+        scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale
+        scores = tl.where(t_ok[None, :], scores, float("-inf"))
         m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     out_offs = (kvh * G + rg)[:, None] * D + ds[None, :]
@@ -262,23 +281,23 @@ def _phase_c(item, w, x_ptr, a_ptr, out_ptr, cnt_ptr, N_A, N_B, HKV, KQ, KO,
     rows = (item - N_A - N_B) * ROWS + tl.arange(0, ROWS)
     r_ok = rows < KQ
     ks = tl.arange(0, BLOCK_K)
+    r = tl.load(x_ptr + rows, mask=r_ok, other=0.0)  # the residual (the layer's input) while we wait
     _spin_until(cnt_ptr + 1, HKV)  # every head's attention output stored
     a = tl.load(a_ptr + ks, mask=ks < KO, other=0.0)
     y = tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1).to(a.dtype)
-    r = tl.load(x_ptr + rows, mask=r_ok, other=0.0)
     tl.store(out_ptr + rows, (y.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=r_ok)
 
 
 @triton.jit
-def _item(item, w, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
+def _item(item, w, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
           part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
           skh, skt, skd, svh, svt, svd,
           D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr,
-          BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr,
-          INPUT_PRECISION: tl.constexpr):
+          BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     if item < N_A:
-        _phase_a(item, w, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
-                 HQ, HKV, HALF, KQ, skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, HAS_BIAS)
+        c1, c2, s1, s2 = _a_rope(item, cos_ptr, sin_ptr, N_A, HALF, ROWS // 2)
+        _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
+                 HQ, HKV, HALF, skh, skt, skd, svh, svt, svd, D, ROWS)
     elif item < N_A + N_B:
         _phase_b(item - N_A, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, G,
                  skh, skt, skd, svh, svt, svd, D, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
@@ -298,26 +317,33 @@ def _attn_block(
 ):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
-    # the first item's weight tile, before the PDL wait (parameters: no kernel writes them)
+    ks = tl.arange(0, BLOCK_K)
+    k_ok = ks < KQ
+    # parameters first, before the PDL wait (no kernel writes them): the first item's weight tile (and bias), and
+    # the norm's weight
     ptrs, mask = _tile_ptrs(pid, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K, ROW_ALIGN)
     w_first = tl.load(ptrs, mask=mask, other=0.0)
+    bias1, bias2 = _a_bias(pid, b_ptr, N_A, HALF, D, ROWS // 2, HAS_BIAS)
+    nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
     pdl_enter(USE_PDL)
     pos = tl.load(pos_ptr)
-    ks = tl.arange(0, BLOCK_K)
-    x = tl.load(x_ptr + ks, mask=ks < KQ, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / KQ + eps)
+    # x normed as eager norms it (rounded to the dtype, times the weight, rounded), once a program
+    x = tl.load(x_ptr + ks, mask=k_ok, other=0.0)
+    xf = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / KQ + eps)
+    xn = (xf * rstd).to(x.dtype)
+    xn = (xn.to(tl.float32) * nw.to(tl.float32)).to(x.dtype).to(tl.float32)
     if pid < N_ITEMS:
-        _item(pid, w_first, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
+        _item(pid, w_first, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
               part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
-              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, HAS_BIAS,
-              INPUT_PRECISION)
+              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
     for item in range(pid + n_prog, N_ITEMS, n_prog):
         ptrs, mask = _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K, ROW_ALIGN)
         w = tl.load(ptrs, mask=mask, other=0.0)
-        _item(item, w, x_ptr, nw_ptr, rstd, b_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
+        bias1, bias2 = _a_bias(item, b_ptr, N_A, HALF, D, ROWS // 2, HAS_BIAS)
+        _item(item, w, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
               part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
-              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, HAS_BIAS,
-              INPUT_PRECISION)
+              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
     # the last program out leaves the phase counters zeroed for the next launch on this stream
     if arrive_last(cnt_ptr, 2, n_prog):
         reset_counter(cnt_ptr, 0)
