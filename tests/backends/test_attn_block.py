@@ -19,6 +19,8 @@ import pytest
 import torch
 from _triton_interp import DEVICE, Interpreted  # sets TRITON_INTERPRET=1 before triton is imported
 
+from membound.ir.ops import get_op  # noqa: E402
+
 INTERP = Interpreted(__file__)
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2),
        torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
@@ -117,11 +119,26 @@ def test_attention_block_scope_and_errors(request: pytest.FixtureRequest) -> Non
     ops = operands(48, hq, hkv, d, 24, 5, torch.float32)
     kw = dict(eps=1e-5, num_heads=hq, num_kv_heads=hkv, head_dim=d)
     two = dict(ops, x=torch.cat([ops["x"], ops["x"]], dim=1))
-    with pytest.raises(ValueError, match="2 tokens"):
-        attention_block(**two, **kw)
+    # two rows: the library's kernels in turn, equal to the IR op's reference (rows of their own caches)
+    two = dict(ops, x=torch.cat([ops["x"], -ops["x"]], dim=0), position=torch.tensor([[5], [3]], device=DEVICE),
+               k_cache=torch.cat([ops["k_cache"]] * 2), v_cache=torch.cat([ops["v_cache"]] * 2),
+               cos=torch.stack([ops["cos"]] * 2)[:, None], sin=torch.stack([ops["sin"]] * 2)[:, None])
+    ref_two = {n: (t.clone() if n.endswith("cache") else t) for n, t in two.items() if t is not None}
+    want = get_op("attention_block").reference(*(ref_two[n] for n in ("x", "norm_weight", "qkv_weight", "cos", "sin",
+                                                                      "k_cache", "v_cache", "position", "o_weight")),
+                                               **kw)
+    with trace() as calls:
+        got = attention_block(**two, **kw)
+    assert calls[-1] == ("attention_block", "fallback: 2 tokens (the one-launch kernel takes one: batch 1): the "
+                                            "library's kernels in turn"), calls
+    assert [c[0] for c in calls[:-1]] == ["rms_norm", "linear_rope", "cache_write", "cache_write", "cached_attention",
+                                          "linear_add"], calls
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+    torch.testing.assert_close(two["k_cache"], ref_two["k_cache"], **TOL[torch.float32])
     with trace() as calls:  # a transposed weight: the reference, saying why
         attention_block(**dict(ops, o_weight=ops["o_weight"].t().contiguous().t()), **kw)
-    assert calls == [("attention_block", "fallback: x, or a weight's rows, not contiguous")]
+    assert calls[-1] == ("attention_block", "fallback: x, or a weight's rows, not contiguous: the library's kernels "
+                                            "in turn"), calls
     with pytest.raises(ValueError, match="qkv_weight"):
         attention_block(**dict(ops, qkv_weight=ops["qkv_weight"][:-1]), **kw)
     with pytest.raises(ValueError, match="o_weight"):

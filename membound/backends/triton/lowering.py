@@ -263,6 +263,8 @@ TABLE: list[Lowering] = [
     library("quant_gated_linear", "quant_matmul:quant_gated_linear", static_weight=2),
     library("attention", "flash_attention:attention"),
     library("cached_attention", "decode_attention:cached_attention"),
+    # (its weights must be parameters: the kernel reads them before the PDL wait, fuse-attention-block checks)
+    library("attention_block", "attn_block:attention_block"),
     library("moe", "moe:moe"),
     library("quant_moe", "moe:quant_moe"),
 ]

@@ -268,3 +268,100 @@ def _copy_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: di
 
 define_op("state_copy", inputs=("state", "value"), kind="state", infer=_infer_copy, reference=_copy,
           bytes=_copy_bytes, side_effects=True, doc="overwrite a state buffer with value (broadcast, cast by copy_)")
+
+
+# ---------------------------------------------------------------------------------------------
+# attention_block(x[B, 1, K], ...) -> [B, 1, K]: a decode layer's attention block as one op (issue 13)
+# ---------------------------------------------------------------------------------------------
+def _block_parts(attrs: dict[str, Any]) -> tuple[int, int, int]:
+    return int(attrs["num_heads"]), int(attrs["num_kv_heads"]), int(attrs["head_dim"])
+
+
+def _infer_block(x: TensorType, norm_weight: TensorType, qkv_weight: TensorType, cos: TensorType, sin: TensorType,
+                 k: TensorType, v: TensorType, positions: TensorType, o_weight: TensorType,
+                 qkv_bias: Optional[TensorType] = None, *, eps: float, num_heads: int, num_kv_heads: int,
+                 head_dim: int, scale: Optional[float] = None) -> TensorType:
+    op = "attention_block"
+    hq, hkv, d = _block_parts(dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim))
+    if hq <= 0 or hkv <= 0 or hq % hkv or d <= 0 or d % 2:
+        fail(op, f"num_heads={hq} must be a positive multiple of num_kv_heads={hkv}, head_dim={d} even")
+    tensors = [("x", x), ("norm_weight", norm_weight), ("qkv_weight", qkv_weight), ("cos", cos), ("sin", sin),
+               ("k", k), ("v", v), ("o_weight", o_weight)] + ([("qkv_bias", qkv_bias)] if qkv_bias is not None else [])
+    same_dtype(op, *tensors)
+    if x.rank != 3 or x.shape[1] != 1:
+        fail(op, f"x must be one new token a row, [B, 1, K]; got {x}")
+    b, _, kdim = x.shape
+    n = (hq + 2 * hkv) * d
+    for name, t, want in (("norm_weight", norm_weight, (kdim,)), ("qkv_weight", qkv_weight, (n, kdim)),
+                          ("o_weight", o_weight, (kdim, hq * d))) + (
+                             (("qkv_bias", qkv_bias, (n,)),) if qkv_bias is not None else ()):
+        if t.rank != len(want):
+            fail(op, f"{name} must be {list(want)}, got {t}")
+        for i, w in enumerate(want):
+            require_same_dim(op, t.shape[i], w, f"{name} {t} vs {list(want)}")
+    for name, c in (("k", k), ("v", v)):
+        if c.rank != 4:
+            fail(op, f"cache {name} must be [B, Hkv, T, D], got {c}")
+        require_same_dim(op, c.shape[0], b, f"cache {name} {c} batch vs x {x}")
+        require_same_dim(op, c.shape[1], hkv, f"cache {name} {c} heads vs num_kv_heads={hkv}")
+        require_same_dim(op, c.shape[3], d, f"cache {name} {c} head dim vs head_dim={d}")
+    for name, t in (("cos", cos), ("sin", sin)):
+        if t.rank != 3 or t.shape[1] != 1:
+            fail(op, f"{name} must be the rotary rows [B', 1, head_dim], got {t}")
+        require_same_dim(op, t.shape[2], d, f"{name} {t} vs head_dim={d}")
+    _check_positions(op, positions, b, x.shape[1])
+    return x
+
+
+def _block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor, cos: torch.Tensor,
+           sin: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, o_weight: torch.Tensor,
+           qkv_bias: Optional[torch.Tensor] = None, *, eps: float, num_heads: int, num_kv_heads: int, head_dim: int,
+           scale: Optional[float] = None) -> torch.Tensor:
+    """The ops it stands for, each by its own reference (so it rounds as the unfused graph does): ``rms_norm``,
+    ``linear_rope`` (q and k rotated), the split into heads, ``cache_write`` of k and v (in place), then
+    ``cached_attention``, the o projection and the residual add."""
+    from membound.ir.ops.matmul import _linear_rope
+    from membound.ir.ops.reduce import _rms_norm
+
+    hq, hkv, d = num_heads, num_kv_heads, head_dim
+    b = x.shape[0]
+    qkv = _linear_rope(_rms_norm(x, norm_weight, eps=eps), qkv_weight, cos, sin, qkv_bias, head_dim=d,
+                       rope_cols=(hq + hkv) * d)
+    q, kn, vn = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+    heads = [t.reshape(b, 1, h, d).transpose(1, 2) for t, h in ((q, hq), (kn, hkv), (vn, hkv))]
+    kc = _write(k, heads[1], positions, dim=2)
+    vc = _write(v, heads[2], positions, dim=2)
+    a = _cached(heads[0], kc, vc, positions, scale=scale)
+    return x + F.linear(a.transpose(1, 2).reshape(b, 1, hq * d), o_weight)
+
+
+def _block_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """Both projections (2 FLOPs a weight per row) and the attention over the filled length T."""
+    x, qkv_w, o_w = ins[0], ins[2], ins[8]
+    b = x.shape[0]
+    hq, hkv, d = _block_parts(attrs)
+    q = TensorType(x.dtype, (b, hq, 1, d))
+    return 2 * b * (qkv_w.numel() + o_w.numel()) + _cached_flops([q, ins[5], ins[6], ins[7]], [q], attrs)
+
+
+def _block_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """Every weight once, x (read) and the output (written), cos / sin, the new k and v written, and K / V over the
+    filled length (``cached_attention``'s count): what one launch must move."""
+    x = ins[0]
+    b = x.shape[0]
+    hq, hkv, d = _block_parts(attrs)
+    q = TensorType(x.dtype, (b, hq, 1, d))
+    weights = sum((t.nbytes() for t in (ins[1], ins[2], ins[8], *ins[9:])), sympy.Integer(0))
+    new_kv = 2 * b * hkv * d * (x.nbytes() / x.numel())
+    attention = _cached_bytes([q, ins[5], ins[6], ins[7]], [q], attrs) - 2 * q.nbytes()
+    return weights + 2 * x.nbytes() + ins[3].nbytes() + ins[4].nbytes() + new_kv + attention
+
+
+define_op("attention_block", inputs=("x", "norm_weight", "qkv_weight", "cos", "sin", "k", "v", "positions",
+                                     "o_weight", "qkv_bias?"),
+          attrs={"eps": 1e-6, "num_heads": 1, "num_kv_heads": 1, "head_dim": 2, "scale": None}, kind="composite",
+          infer=_infer_block, reference=_block, flops=_block_flops, bytes=_block_bytes, side_effects=True,
+          tensor_core=False,
+          doc="a decode layer's attention block, one new token a row: x + linear(cached_attention(q, k', v'), "
+              "o_weight) where q, k, v are the heads of linear_rope(rms_norm(x, norm_weight, eps), qkv_weight, cos, "
+              "sin, qkv_bias) (q and k rotated) and k', v' the state caches with k, v written at positions (in place)")

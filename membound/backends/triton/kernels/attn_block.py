@@ -385,17 +385,18 @@ def attention_block_reference(x: torch.Tensor, norm_weight: torch.Tensor, qkv_we
     return (xr + torch.nn.functional.linear(a, o_weight)).reshape(x.shape)
 
 
-def _scope(x: torch.Tensor, qkv_weight: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-           o_weight: torch.Tensor, hq: int, hkv: int, d: int, position: torch.Tensor) -> Optional[str]:
-    """Why the kernel cannot take these operands (None: it can); shape errors raise."""
-    k = x.shape[-1]
-    if x.numel() != k:
-        raise ValueError(f"attention_block: x {tuple(x.shape)} holds {x.numel() // max(k, 1)} tokens; the op takes "
-                         f"one (batch 1, S = 1)")
-    if hq % hkv:
+def _scope(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor, cos: torch.Tensor,
+           k_cache: torch.Tensor, v_cache: torch.Tensor, o_weight: torch.Tensor, hq: int, hkv: int, d: int,
+           position: torch.Tensor) -> Optional[str]:
+    """Why the kernel cannot take these operands (None: it can: one token); malformed operands raise."""
+    k = x.shape[-1] if x.dim() else 0
+    rows = x.numel() // max(k, 1)
+    if hq <= 0 or hkv <= 0 or hq % hkv:
         raise ValueError(f"attention_block: num_heads={hq} is not a multiple of num_kv_heads={hkv}")
-    if d % 2:
+    if d <= 0 or d % 2:
         raise ValueError(f"attention_block: head_dim={d} must be even (rotary pairs)")
+    if norm_weight.shape != (k,):
+        raise ValueError(f"attention_block: norm_weight {tuple(norm_weight.shape)} must be [K] = [{k}]")
     if tuple(qkv_weight.shape) != ((hq + 2 * hkv) * d, k):
         raise ValueError(f"attention_block: qkv_weight {tuple(qkv_weight.shape)} must be [(num_heads + 2 * "
                          f"num_kv_heads) * head_dim, K] = [{(hq + 2 * hkv) * d}, {k}]")
@@ -403,16 +404,47 @@ def _scope(x: torch.Tensor, qkv_weight: torch.Tensor, k_cache: torch.Tensor, v_c
         raise ValueError(f"attention_block: o_weight {tuple(o_weight.shape)} must be [K, num_heads * head_dim] = "
                          f"[{k}, {hq * d}]")
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if c.dim() != 4 or c.shape[0] != 1 or c.shape[1] != hkv or c.shape[3] != d:
-            raise ValueError(f"attention_block: {name} {tuple(c.shape)} must be [1, num_kv_heads, T, head_dim]")
-    if position.numel() != 1 or position.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"attention_block: position must be one int32/int64 value, got {position.dtype} "
-                         f"{tuple(position.shape)}")
+        if c.dim() != 4 or c.shape[0] != rows or c.shape[1] != hkv or c.shape[3] != d:
+            raise ValueError(f"attention_block: {name} {tuple(c.shape)} must be [B, num_kv_heads, T, head_dim] with "
+                             f"B = {rows} (x's tokens, one a row)")
+    if position.dtype not in (torch.int32, torch.int64) or position.numel() not in (1, rows):
+        raise ValueError(f"attention_block: positions must be int32/int64, one a row or one for all, got "
+                         f"{position.dtype} {tuple(position.shape)}")
+    if rows != 1:
+        return f"{rows} tokens (the one-launch kernel takes one: batch 1)"
+    if cos.numel() != d:
+        return f"cos/sin of {cos.numel()} values (the kernel takes one rotary row of head_dim={d})"
     if qkv_weight.stride(1) != 1 or o_weight.stride(1) != 1 or not x.is_contiguous():
         return "x, or a weight's rows, not contiguous"
     if next_pow2(max(k, hq * d)) > 8192:
         return f"K = {max(k, hq * d)}: the resident weight tiles hold at most 8192 columns"
     return None
+
+
+def _unfused(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor, cos: torch.Tensor,
+             sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
+             o_weight: torch.Tensor, qkv_bias: Optional[torch.Tensor], eps: float, hq: int, hkv: int, d: int,
+             scale: Optional[float]) -> torch.Tensor:
+    """The block as the library's kernels in turn (any number of rows): the norm, the q/k/v projection with q
+    and k rotated, both cache writes, flash-decoding, the o projection with the residual. Each falls back to
+    its torch reference where it cannot run."""
+    from membound.backends.triton.kernels.cache_write import cache_write
+    from membound.backends.triton.kernels.decode_attention import cached_attention
+    from membound.backends.triton.kernels.linear import linear_add, linear_rope
+    from membound.backends.triton.kernels.norm import rms_norm
+
+    k = x.shape[-1]
+    rows = x.numel() // k
+    xs = x.reshape(rows, 1, k)
+    qkv = linear_rope(rms_norm(xs, norm_weight, eps=eps), qkv_weight, cos, sin, qkv_bias, head_dim=d,
+                      rope_cols=(hq + hkv) * d, static_weight=True)
+    q, kn, vn = (t.reshape(rows, 1, h, d).transpose(1, 2)
+                 for t, h in zip(qkv.split([hq * d, hkv * d, hkv * d], dim=-1), (hq, hkv, hkv)))
+    pos = positions.reshape(rows, 1) if positions.numel() == rows else positions.reshape(1)
+    cache_write(k_cache, kn, pos)
+    cache_write(v_cache, vn, pos)
+    a = cached_attention(q, k_cache, v_cache, pos, scale=scale)
+    return linear_add(a.transpose(1, 2).reshape(rows, 1, hq * d), o_weight, xs, static_weight=True).reshape(x.shape)
 
 
 def _element_offset(t: torch.Tensor, base: torch.Tensor) -> int:
@@ -427,17 +459,20 @@ def _element_offset(t: torch.Tensor, base: torch.Tensor) -> int:
 
 def attention_block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor, cos: torch.Tensor,
                     sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
-                    o_weight: torch.Tensor, out: Optional[torch.Tensor] = None, *, eps: float, num_heads: int,
-                    num_kv_heads: int, head_dim: int, scale: Optional[float] = None,
-                    qkv_bias: Optional[torch.Tensor] = None, config: Optional[AttnBlockConfig] = None) -> torch.Tensor:
-    """A decode layer's attention block in one launch (see the module): writes this token's k and v into the
-    caches at ``position`` (a device scalar) and returns ``x + o_proj(attention)``.
+                    o_weight: torch.Tensor, qkv_bias: Optional[torch.Tensor] = None,
+                    out: Optional[torch.Tensor] = None, *, eps: float, num_heads: int, num_kv_heads: int,
+                    head_dim: int, scale: Optional[float] = None,
+                    config: Optional[AttnBlockConfig] = None) -> torch.Tensor:
+    """The IR op ``attention_block``: a decode layer's attention block, in one launch at batch 1 (see the module):
+    writes the token's k and v into the caches at ``position`` (on the device) and returns ``x + o_proj(attention)``.
 
-    ``x`` ``[..., K]`` one token; ``qkv_weight`` the merged ``[(Hq + 2 Hkv) D, K]`` q/k/v projection (bias
-    ``qkv_bias``); ``cos``/``sin`` the ``[D]`` rotary row of ``position``; caches ``[1, Hkv, T, D]``; ``o_weight``
-    ``[K, Hq D]``. Where the kernel cannot run: :func:`attention_block_reference`, saying why."""
+    ``x`` ``[..., K]`` one new token a row; ``qkv_weight`` the merged ``[(Hq + 2 Hkv) D, K]`` q/k/v projection
+    (bias ``qkv_bias``); ``cos``/``sin`` the ``[D]`` rotary row(s); caches ``[B, Hkv, T, D]``; ``o_weight``
+    ``[K, Hq D]``. The weights (and the norm's and bias) must be parameters: no kernel before it in the stream
+    may write them (they are read before the PDL wait). Several rows, or operands the kernel does not take: the
+    library's kernels in turn, saying why."""
     hq, hkv, d = num_heads, num_kv_heads, head_dim
-    reason = _scope(x, qkv_weight, k_cache, v_cache, o_weight, hq, hkv, d, position)
+    reason = _scope(x, norm_weight, qkv_weight, cos, k_cache, v_cache, o_weight, hq, hkv, d, position)
     tensors = [x, norm_weight, qkv_weight, cos, sin, k_cache, v_cache, position, o_weight]
     if qkv_bias is not None:
         tensors.append(qkv_bias)
@@ -445,10 +480,9 @@ def attention_block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torc
     if reason is None and len({t.dtype for t in tensors if t is not position}) != 1:
         reason = "operands of several dtypes"
     if reason is not None:
-        ref = attention_block_reference(x, norm_weight, qkv_weight, cos, sin, k_cache, v_cache, position, o_weight,
-                                        eps=eps, num_heads=hq, num_kv_heads=hkv, head_dim=d, scale=scale,
-                                        qkv_bias=qkv_bias)
-        return fallback("attention_block", reason, ref, out)
+        y = _unfused(x, norm_weight, qkv_weight, cos, sin, k_cache, v_cache, position, o_weight, qkv_bias, eps, hq,
+                     hkv, d, scale)
+        return fallback("attention_block", f"{reason}: the library's kernels in turn", y, out)
     y = check_out("attention_block", out, tuple(x.shape), x.dtype, x.device)
     k = x.shape[-1]
     ko = hq * d
