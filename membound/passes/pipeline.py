@@ -27,6 +27,10 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
   the rotation shares one horizontal kernel with the k/v cache write, which stays a launch (a plain copy now).
   What it saves is the rotation's work in that launch, not a launch. An A/B setting,
   ``MEMBOUND_DECODE_PIPELINE=decode-fused-rope``.
+* ``decode-block``: fuse-rope-linear, then fuse-attention-block: each layer's attention block (norm, q/k/v with the
+  rotation, the cache writes, attention, o projection and residual) one ``attention_block`` op, one launch at
+  batch 1; the MLP as in ``decode`` (4 launches a Llama layer). An A/B setting,
+  ``MEMBOUND_DECODE_PIPELINE=decode-block``, until a GPU has timed it.
 
 ``default_pipeline()`` is the forward pipeline.
 """
@@ -80,6 +84,10 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     # sees the q/k/v projection as linear_rope and folds its norm into rms_norm_linear_rope_sumsq
     "decode-fused-rope": ("canonicalize", "fuse-linear-residual", "fuse-rope-linear", "fuse-norm-linear",
                           "dead-code-elimination"),
+    # each layer's attention block as one attention_block op (one launch at batch 1, kernels/attn_block.py), the
+    # MLP as in decode: 4 launches a Llama layer. An A/B setting (MEMBOUND_DECODE_PIPELINE=decode-block) until
+    # benches/experiments/attn_block.py has timed it on a GPU (session 18 had none)
+    "decode-block": ("canonicalize", "fuse-rope-linear", "fuse-attention-block", "dead-code-elimination"),
 }
 DEFAULT_PASSES = PIPELINES["forward"]
 
