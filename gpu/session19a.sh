@@ -7,7 +7,8 @@
 #   2. benches/experiments/attn_block.py --quick: per layer (attention block + the same MLP), the library's chain
 #      of kernels against attention_block, with and without PDL, 1.24B and 8B, context 256 and 4096.
 # Results under $OUT (tests.log, attn_block.log, attn_block.json). Then, if it pays: the full sweep (no --quick)
-# and gpu/session18a.sh (the 8B step against torch.compile, the EOS-stop timing), then pytest -m gpu.
+# gpu/session19b.sh (the whole decode step with the decode-block pipeline against the default), gpu/session18a.sh
+# (the 8B step against torch.compile, the EOS-stop timing), then pytest -m gpu.
 #
 #   bash gpu/session19a.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
