@@ -110,7 +110,7 @@ def configs(model: str, ctx: int, dims, dev: torch.device, quick: bool) -> list[
     base = pick_config(k, hq, hkv, d, ctx, DTYPE, dev)
     sms = sm_count(dev)
     out = [base]
-    rows_opts = (base.rows // 2, base.rows, base.rows * 2) if not quick else (base.rows,)
+    rows_opts = (base.rows // 2, base.rows, base.rows * 2) if not quick else (base.rows, base.rows * 2)
     for rows in rows_opts:
         for warps in ((4, 8) if not quick else (8,)):
             for programs in (None, sms, 2 * sms):
@@ -132,7 +132,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="llama-1b,llama-8b")
     ap.add_argument("--contexts", default="256,4096")
-    ap.add_argument("--quick", action="store_true", help="the default config and the grid choices only")
+    ap.add_argument("--quick", action="store_true", help="8 warps, the default tile rows and twice them, the grid choices")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--smoke", action="store_true",
                     help="CPU under TRITON_INTERPRET=1, the tiny model, one call a variant (not a timing)")

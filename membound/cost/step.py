@@ -457,6 +457,12 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # of a split row block counts as DECODE_MERGE_SERIAL tiles (decode_short_context, H200: 6 us more alone)
     "decode_attention": KernelPrior(fixed=0.5e-6, efficiency=0.83, per_serial=3.5e-6,
                                     source="[PS] 2026-12-03 latency chain, 4 cases; [AT] bandwidth"),
+    # a decode layer's attention block as one launch at one row (kernels/attn_block.py): unmeasured. Its weights
+    # stream from launch (each program's tile before the PDL wait), then a chain of dependent round trips (x, the
+    # q/k/v items' release, the attention items' poll and q, the key tiles, their release, the o items' poll and
+    # read, the store): ~8 of ~0.75 us, plus the q/k/v weights' share of the stream before attention can start
+    "attention_block": KernelPrior(fixed=6.0e-6, efficiency=0.8, source="unmeasured: a guess from the kernel's "
+                                                                       "dependency chain (session 18, no GPU)"),
     # prefill flash attention: attention bench prefill rows reach 240-470 of 989 TFLOP/s
     "attention": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.35, source="[AT] prefill rows"),
     # generated pointwise / row / sectioned kernels: [P1] 1.5-2.5 us at a few KB; bandwidth unmeasured

@@ -22,6 +22,7 @@ from membound.ir.ops import all_ops, get_op  # noqa: E402
 SKIPPED = {
     "cache_write": "state op; tests/ir/test_kv_cache_ops.py",
     "cached_attention": "KV-cache op; tests/ir/test_kv_cache_ops.py",
+    "attention_block": "KV-cache op: test_attention_block_costs_by_hand below",
     "state_copy": "state op; tests/ir/test_kv_cache_ops.py",
     "moe": "MoE op family: its own tests",
     "quant_moe": "MoE op family: tests/ir/test_moe_op.py",
@@ -188,3 +189,23 @@ def test_fused_gemv_costs_by_hand() -> None:
     assert (int(f), int(b)) == (210 + 21 + 2 * 21, 4 * (35 + 15 + 21 + 21 + 7))
     assert cost("gated_linear_add", [[7, 5], [7, 5], [3, 5], [7, 3]], [7, 3], act="silu") == (
         385 + 21, 4 * (35 + 35 + 15 + 21 + 21))   # gated_linear's 385 at these shapes: the table's row
+
+
+def test_attention_block_costs_by_hand() -> None:
+    """x f32[1, 1, 8], 2 q heads over 1 kv head of dim 4, caches [1, 1, T, 4]: the projections 2 * (16 * 8 + 8 * 8) =
+    384 FLOPs, the attention over the T filled slots 2 * 2 heads * T * (4 + 4) = 32 T. Bytes, 4 each: the weights
+    (norm 8, q/k/v 16 x 8, o 8 x 8: 200 values), x read and the output written (16), cos and sin (8), the new k and
+    v written (8), the positions (one i64: 8 bytes) and K / V over T slots (8 values a slot): 936 + 32 T."""
+    import sympy
+    import torch
+
+    from membound.ir import TensorType
+
+    t = sympy.Symbol("T", positive=True, integer=True)
+    f32 = torch.float32
+    ins = [TensorType(f32, s) for s in ([1, 1, 8], [8], [16, 8], [1, 1, 4], [1, 1, 4], [1, 1, t, 4], [1, 1, t, 4])]
+    ins += [TensorType(torch.int64, [1, 1]), TensorType(f32, [8, 8])]
+    f, b = get_op("attention_block").cost(ins, [TensorType(f32, [1, 1, 8])],
+                                          dict(eps=1e-6, num_heads=2, num_kv_heads=1, head_dim=4, scale=None))
+    assert sympy.simplify(f - (384 + 32 * t)) == 0, f
+    assert sympy.simplify(b - (936 + 32 * t)) == 0, b

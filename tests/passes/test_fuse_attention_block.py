@@ -139,3 +139,31 @@ def test_hf_models_decode_with_the_block_kernel(family: str, monkeypatch: pytest
     assert ("attention_block", "kernel") in calls and not any(c[0] == "attention_block" and c[1] != "kernel"
                                                               for c in calls), sorted(set(calls))
     PassManager(named_pipeline("decode-block"))  # the named pipeline builds
+
+
+def test_the_step_model_prices_the_op_as_its_launches() -> None:
+    """``step_plan.attention_block_works``: one launch of its own kind at one row; at 8 rows the six launches of the
+    library's kernels in turn (norm, q/k/v GEMV, two cache writes, flash-decoding, o GEMV), their bytes the op's."""
+    from membound.backends.triton.step_plan import attention_block_works
+    from membound.cost.roofline import bindings, evaluate
+    from membound.ir.ops import get_op
+
+    g = parse_with_params(example()[0])
+    assert apply(fuse_attention_block, g)
+    node = g.nodes[0]
+    for rows in (1, 8):
+        dims = {"B": rows, "T": 7}
+        flops, nbytes = (float(evaluate(c, bindings(dims), "cost"))
+                         for c in get_op("attention_block").cost([v.type for v in node.inputs],
+                                                                 [v.type for v in node.results], node.attrs))
+        works = attention_block_works(node, "blk", flops, nbytes, dims, "fp32")
+        if rows == 1:
+            assert [(w.kind, w.bytes, w.flops) for w in works] == [("attention_block", nbytes, flops)]
+            continue
+        assert [w.kind for w in works][:1] + [w.kind for w in works][2:5] == \
+            ["fused", "library", "library", "decode_attention"], works
+        assert all(works[i].kind.startswith(("gemv", "cublas")) for i in (1, 5)), works
+        # the GEMVs' FLOPs and the attention's add up to the op's; the bytes too, but for the norm's own launch
+        # (x read and written once more) and the GEMVs' reading of their inputs
+        assert abs(sum(w.flops for w in works) - flops) < 1e-6 * flops
+        assert nbytes <= sum(w.bytes for w in works) <= 1.3 * nbytes, (nbytes, works)

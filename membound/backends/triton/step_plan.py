@@ -145,6 +145,9 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
         if node.op in ("moe", "quant_moe") and impl == "library":
             out += moe_works(node, name, est.flops, nbytes, dims, precision, hardware)
             continue
+        if node.op == "attention_block" and impl == "library":
+            out += attention_block_works(node, name, est.flops, nbytes, dims, precision)
+            continue
         serial = decode_serial(node, dims, hardware) if kind == "decode_attention" else 0.0
         out.append(KernelWork(name, kind, est.flops, max(nbytes, 0.0), precision, serial))
     return out
@@ -176,6 +179,34 @@ def decode_serial(node: Node, dims: Dims, hardware: Optional[Hardware] = None) -
     tiles, merged = da.serial_tiles(hq // max(hkv, 1) * s, bsz * hkv, filled, 1 << filled.bit_length(), d,
                                     q.dtype, sms)
     return min(tiles, da.direct_tiles(d, q.dtype)) + (DECODE_MERGE_SERIAL if merged else 0.0)
+
+
+def attention_block_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims,
+                          precision: str) -> list[KernelWork]:
+    """An ``attention_block`` op as ``kernels/attn_block.py`` runs it: one launch at one row (its own prior: the
+    weights streamed, a chain of dependent round trips), else the library's kernels in turn (the norm, the q/k/v
+    GEMV with the rotation, two cache writes, flash-decoding, the o GEMV with the residual), the op's bytes and
+    FLOPs split as they read them."""
+    env = bindings(dims)
+    x, qkv_w, o_w = node.inputs[0], node.inputs[2], node.inputs[8]
+    k = int(evaluate(x.shape[-1], env, "attention_block K"))
+    m = int(evaluate(x.type.numel() / x.shape[-1], env, "attention_block rows"))
+    if m == 1:
+        return [KernelWork(name, "attention_block", flops, nbytes, precision)]
+    itemsize = x.dtype.itemsize
+    n_qkv, n_o = int(evaluate(qkv_w.shape[0], env, "qkv rows")), int(evaluate(o_w.shape[1], env, "o columns"))
+    qkv_bytes = float(n_qkv * k * itemsize + m * (k + n_qkv) * itemsize)
+    o_bytes = float(k * n_o * itemsize + m * (n_o + 2 * k) * itemsize)
+    kv_new = float(2 * m * (n_qkv - n_o) // 2 * itemsize)
+    proj_flops = 2.0 * m * k * (n_qkv + n_o)
+    rest = max(nbytes - qkv_bytes - o_bytes - kv_new, 0.0)  # K / V over the filled length, cos / sin
+    return [KernelWork(f"{name} (norm)", "fused", 0.0, float(2 * m * k * itemsize), precision),
+            KernelWork(f"{name} (q/k/v)", linear_kind("linear_rope", m, n_qkv, k), proj_flops * n_qkv / (n_qkv + n_o),
+                       qkv_bytes, precision),
+            *[KernelWork(f"{name} (cache write)", "library", 0.0, kv_new, precision)] * 2,
+            KernelWork(f"{name} (attention)", "decode_attention", max(flops - proj_flops, 0.0), rest, precision),
+            KernelWork(f"{name} (o)", linear_kind("linear_add", m, k, n_o), proj_flops * n_o / (n_qkv + n_o), o_bytes,
+                       precision)]
 
 
 def dequant_works(node: Node, name: str, kind: str, flops: float, nbytes: float, dims: Dims,
@@ -252,4 +283,5 @@ def moe_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, pr
     return head + body + tail
 
 
-__all__ = ["call_kind", "dequant_works", "kernel_works", "linear_kind", "moe_works", "quant_kind"]
+__all__ = ["attention_block_works", "call_kind", "dequant_works", "kernel_works", "linear_kind", "moe_works",
+           "quant_kind"]
