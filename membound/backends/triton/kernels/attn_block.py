@@ -75,6 +75,8 @@ class AttnBlockConfig:
     block_t: int = 32  # cache slots per attention tile
     num_warps: int = 8
     programs: Optional[int] = None  # grid size; None: one program per item
+    # software pipelining of the attention items' key/value tiles (Triton's num_stages: 1 none, 2-3 cp.async ahead)
+    num_stages: int = 1
 
     def __post_init__(self) -> None:
         for name in ("rows", "splits", "block_t"):
@@ -522,7 +524,7 @@ def attention_block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torc
         D=d, ROWS=cfg.rows, BLOCK_K=next_pow2(max(k, ko)), SPLITS=cfg.splits, BLOCK_G=block_g, BLOCK_D=block_d,
         BLOCK_T=cfg.block_t, HAS_BIAS=qkv_bias is not None,
         INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        ROW_ALIGN=align, num_warps=cfg.num_warps, num_stages=1, **pdl_options(dev),
+        ROW_ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(dev),
     )
     note("attention_block", "kernel")
     return y
