@@ -326,11 +326,14 @@ def _attn_block(
     ptrs, mask = _tile_ptrs(pid, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K, ROW_ALIGN)
     w_first = tl.load(ptrs, mask=mask, other=0.0)
     bias1, bias2 = _a_bias(pid, b_ptr, N_A, HALF, D, ROWS // 2, HAS_BIAS)
-    nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0)
+    # only programs with A items (their first item is one: the rest come pid + n_prog, ... later) read x and the
+    # norm's weight (at 8B ~1000 o-projection programs would each re-read 16 KB of them from L2 for nothing)
+    a_prog = k_ok & (pid + 0 * ks < N_A)
+    nw = tl.load(nw_ptr + ks, mask=a_prog, other=0.0)
     pdl_enter(USE_PDL)
     pos = tl.load(pos_ptr)
     # x normed as eager norms it (rounded to the dtype, times the weight, rounded), once a program
-    x = tl.load(x_ptr + ks, mask=k_ok, other=0.0)
+    x = tl.load(x_ptr + ks, mask=a_prog, other=0.0)
     xf = x.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / KQ + eps)
     xn = (xf * rstd).to(x.dtype)
