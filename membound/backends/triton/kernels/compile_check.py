@@ -2,6 +2,7 @@
 
     python -m membound.backends.triton.kernels.compile_check            # table, sm_90 (H100/H200)
     python -m membound.backends.triton.kernels.compile_check --json     # one JSON object per line
+    python -m membound.backends.triton.kernels.compile_check --regs     # registers and spills (bundled ptxas)
 
 The Triton interpreter runs kernels as numpy and never meets the compiler, so it cannot tell whether
 a kernel compiles, nor whether its loads are vectorised. This check compiles each kernel at a
@@ -21,7 +22,7 @@ import json
 import re
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional
 
 STREAMING = ("_linear_small_m", "_flash_decoding_split", "_attn_block")
 
@@ -82,6 +83,34 @@ def compile_ptx(kernel: Any, args: dict[str, Any], arch: int = 90, **options: An
     src = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     return compiled.asm["ptx"], int(compiled.metadata.shared)
+
+
+def ptxas_info(ptx: str, arch: int = 90) -> Optional[tuple[int, int]]:
+    """(registers a thread, spilled bytes stored) of ``ptx`` as the ptxas bundled with Triton assembles it
+    (``-v``), or None when no bundled ptxas takes this PTX version. The newest one first (``ptxas-blackwell``):
+    an older ptxas refuses PTX of a newer ISA version. Occupancy without a GPU: 65536 registers an SM."""
+    import os
+    import subprocess
+    import tempfile
+
+    import triton
+
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        for name in ("ptxas-blackwell", "ptxas"):
+            exe = os.path.join(bin_dir, name)
+            if not os.path.exists(exe):
+                continue
+            run = subprocess.run([exe, f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", "-v", path,
+                                  "-o", os.devnull], capture_output=True, text=True)
+            regs = re.search(r"Used (\d+) registers", run.stderr)
+            if run.returncode == 0 and regs:
+                spill = re.search(r"(\d+) bytes spill stores", run.stderr)
+                return int(regs.group(1)), int(spill.group(1)) if spill else 0
+    return None
 
 
 def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options: Any) -> Compiled:
@@ -274,7 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability as an int (80 = A100, 90 = H100/H200)")
     p.add_argument("--json", action="store_true", help="one JSON object per kernel instead of a table")
+    p.add_argument("--regs", action="store_true",
+                   help="registers a thread and spilled bytes per kernel (the bundled ptxas; slower)")
     args = p.parse_args(argv)
+    if args.regs:
+        for kernel, label, kargs, options in cases():
+            info = ptxas_info(compile_ptx(kernel, kargs, args.arch, **options)[0], args.arch)
+            warps = options.get("num_warps", 4)
+            print(f"{kernel.__name__:26s} {label:40s} warps {warps:2d}  "
+                  + (f"registers {info[0]:3d}  spill stores {info[1]:4d} B  programs an SM by registers "
+                     f"{65536 // (info[0] * 32 * warps)}" if info else "no bundled ptxas takes this PTX"))
+        return 0
     results = run(args.arch)
     for r in results:
         if args.json:
