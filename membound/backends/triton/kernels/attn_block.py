@@ -10,10 +10,11 @@ the rest is latency: each kernel's ramp-up and tail, and attention (~1 MB of cac
 - **A** (``N_A`` items): ``ROWS`` rows of the merged q/k/v weight against ``rms_norm(x) * norm_weight`` (each
   program reduces x itself, 4-8 KB), as ``ROWS / 2`` rotary pairs ``(j, j + D/2)`` of one head, so the rotation
   happens in the epilogue; q goes to a scratch vector, k and v into the caches at the step's position. Each item
-  then counts in on counter 0.
+  then counts in on its kv head's counter (the head it is, or whose group its q head is in).
 - **B** (``HKV * SPLITS`` items): flash-decoding for one kv head (its ``G`` query heads share every K/V tile)
-  over one of ``SPLITS`` chunks of the filled prefix, once counter 0 says every A item is done; the last of a
-  head's splits merges the partials; the head's output goes to a scratch vector and counts in on counter 1.
+  over one of ``SPLITS`` chunks of the filled prefix, once that head's counter says its q/k/v items are done; the
+  last of a head's splits merges the partials; the head's output goes to a scratch vector and counts in on
+  counter 1.
 - **C** (``N_C`` items): ``ROWS`` rows of the o projection once counter 1 says every head is done, plus the
   residual x, stored to ``out``.
 
@@ -24,7 +25,7 @@ item has its weight tile (``[ROWS, BLOCK_K]``: a whole row range, resident in re
 programmatic-dependent-launch wait, so with one item per program every A and C weight byte is requested at
 launch, while the kernel before is finishing: the o projection streams while attention runs.
 
-The last program to finish (counter 2) sets counters 0-2 back to zero; each head's merger resets its own (3 + h):
+The last program to finish (counter 2) sets counters 1-2 back to zero; each head's merger resets its own two:
 the launch leaves the per-stream counter buffer zeroed, as every split kernel of the library does.
 
 Numerics follow eager's roundings: the normed x rounded to the dtype, then times the norm weight and rounded;
@@ -65,7 +66,9 @@ from membound.backends.triton.kernels._launch import (
 )
 from membound.backends.triton.kernels.decode_attention import LOG2E, _online_softmax
 
-COUNTERS = 3  # a_done, b_done, finished; then one arrival counter per kv head
+# counters in the per-stream buffer: 0 unused, 1 kv heads attended, 2 programs finished, then per kv head its
+# splits' arrivals (3 + h) and its q/k/v items done (3 + HKV + h)
+COUNTERS = 3
 
 
 @dataclass(frozen=True)
@@ -92,22 +95,31 @@ class AttnBlockConfig:
 def pick_config(k: int, hq: int, hkv: int, d: int, capacity: int, dtype: torch.dtype,
                 device: torch.device) -> AttnBlockConfig:
     """A first guess, to be swept on the GPU (``benches/experiments/attn_block.py``): 32 KB weight tiles (the
-    library's resident GEMV tiles), one split per kv head up to 4K slots of capacity, then enough splits to give
-    each kv head about two programs per SM between them."""
+    library's resident GEMV tiles: ~120 registers a thread at 8 warps, two programs an SM); K and V tiles of 128
+    slots at head dim 64 (32 KB), 32 at 128 (16 KB); one split per kv head up to 1024 slots of capacity, past it enough
+    splits for about 512 slots a program, at most one program an SM over the kv heads, and their key tiles
+    software-pipelined (3 stages: 64 KB of shared memory a program)."""
     e = torch.empty((), dtype=dtype).element_size()
     rows = max(2, min(64, (32768 // e) // next_pow2(k)))
+    # (64-slot tiles at head dim 128 spill at 128 registers a thread in sm_90 SASS: compile_check --regs)
+    block_t = max(16, min(128, (16384 if d <= 64 else 8192) // (next_pow2(d) * e)))
     splits = 1
-    while splits < 16 and capacity > 4096 * splits and hkv * splits < sm_count(device):
+    while splits < 64 and capacity > 512 * splits and capacity > 1024 and hkv * splits * 2 <= sm_count(device):
         splits *= 2
-    return AttnBlockConfig(rows=rows, splits=splits, block_t=64 if d <= 64 else 32, num_warps=8)
+    return AttnBlockConfig(rows=rows, splits=splits, block_t=block_t, num_warps=8, num_stages=3 if splits > 1 else 1)
 
 
 @triton.jit
 def _spin_until(cnt_ptr, target):
-    """Wait until counter ``cnt_ptr`` reaches ``target``; acquires the writes released before each count."""
-    seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+    """Wait until counter ``cnt_ptr`` reaches ``target``, then acquire the writes released before each count.
+
+    Polls with plain (volatile) loads, not atomics: hundreds of programs wait on one counter while others count
+    in on it, and read-modify-writes would queue behind each other at its L2 slice. One acquiring atomic once the
+    target is seen reads the last count and so synchronises with every release before it."""
+    seen = tl.load(cnt_ptr, volatile=True)
     while seen < target:
-        seen = tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+        seen = tl.load(cnt_ptr, volatile=True)
+    tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
 
 
 @triton.jit
@@ -176,7 +188,7 @@ def _a_rope(item, cos_ptr, sin_ptr, N_A, HALF, PAIRS: tl.constexpr):
 
 @triton.jit
 def _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
-             HQ, HKV, HALF, skh, skt, skd, svh, svt, svd, D: tl.constexpr, ROWS: tl.constexpr):
+             HQ, HKV, G, HALF, skh, skt, skd, svh, svt, svd, D: tl.constexpr, ROWS: tl.constexpr):
     """One A item: ``ROWS / 2`` rotary pairs of one q, k or v head from its resident weight tile ``w`` against the
     normed x ``xn`` (fp32 of the rounded values); ``bias*``, ``c*``, ``s*`` its columns' bias, cos and sin."""
     PAIRS: tl.constexpr = ROWS // 2
@@ -205,18 +217,21 @@ def _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, p
         base = vc_ptr + (head - HQ - HKV).to(tl.int64) * svh + pos.to(tl.int64) * svt
         tl.store(base + jj * svd, a1.to(dt), mask=j_ok)
         tl.store(base + (HALF + jj) * svd, a2.to(dt), mask=j_ok)
-    _count_in(cnt_ptr)
+    # counted in on its kv head's counter: the attention items of that head wait for its G + 2 heads only
+    group = tl.where(head < HQ, head // G, tl.where(head < HQ + HKV, head - HQ, head - HQ - HKV))
+    _count_in(cnt_ptr + 3 + HKV + group)
 
 
 @triton.jit
-def _phase_b(item, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, G,
+def _phase_b(item, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, A_PER_HEAD, HKV, G,
              skh, skt, skd, svh, svt, svd,
              D: tl.constexpr, SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_T: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """One B item: kv head ``item // SPLITS`` over chunk ``item % SPLITS`` of slots ``0 .. pos``."""
     kvh = item // SPLITS
     split = item % SPLITS
-    _spin_until(cnt_ptr, N_A)  # every q, k, v value of this step stored
+    ready = cnt_ptr + 3 + HKV + kvh
+    _spin_until(ready, (G + 2) * A_PER_HEAD)  # this kv head's q, k and v values of this step stored
     rg = tl.arange(0, BLOCK_G)
     ds = tl.arange(0, BLOCK_D)
     g_ok = rg < G
@@ -248,6 +263,7 @@ def _phase_b(item, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos
     out_mask = g_ok[:, None] & d_ok[None, :]
     if SPLITS == 1:
         tl.store(a_ptr + out_offs, o.to(a_ptr.dtype.element_ty), mask=out_mask)
+        reset_counter(ready, 0)  # (its only reader, past its wait)
         _count_in(cnt_ptr + 1)
     else:
         # partials [HKV, SPLITS, BLOCK_G(, BLOCK_D)]: o normalised, lse = m + log2(l) (-inf for an empty chunk)
@@ -273,6 +289,7 @@ def _phase_b(item, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos
             o = num / tl.where(den > 0.0, den, 1.0)[:, None]
             tl.store(a_ptr + out_offs, o.to(a_ptr.dtype.element_ty), mask=out_mask)
             reset_counter(cnt_ptr + 3, kvh)
+            reset_counter(ready, 0)  # every split of the head is past its wait: they all counted in above
             _count_in(cnt_ptr + 1)
 
 
@@ -299,9 +316,10 @@ def _item(item, w, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_
     if item < N_A:
         c1, c2, s1, s2 = _a_rope(item, cos_ptr, sin_ptr, N_A, HALF, ROWS // 2)
         _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
-                 HQ, HKV, HALF, skh, skt, skd, svh, svt, svd, D, ROWS)
+                 HQ, HKV, G, HALF, skh, skt, skd, svh, svt, svd, D, ROWS)
     elif item < N_A + N_B:
-        _phase_b(item - N_A, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, G,
+        _phase_b(item - N_A, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale,
+                 tl.cdiv(HALF, ROWS // 2), HKV, G,
                  skh, skt, skd, svh, svt, svd, D, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
     else:
         _phase_c(item, w, x_ptr, a_ptr, out_ptr, cnt_ptr, N_A, N_B, HKV, KQ, KO, ROWS, BLOCK_K)
@@ -351,7 +369,6 @@ def _attn_block(
               skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
     # the last program out leaves the phase counters zeroed for the next launch on this stream
     if arrive_last(cnt_ptr, 2, n_prog):
-        reset_counter(cnt_ptr, 0)
         reset_counter(cnt_ptr, 1)
         reset_counter(cnt_ptr, 2)
 
@@ -507,7 +524,7 @@ def attention_block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torc
     part = torch.empty(max(1, hkv * cfg.splits * block_g * block_d if cfg.splits > 1 else 1), dtype=torch.float32,
                        device=dev)
     lse = torch.empty(max(1, hkv * cfg.splits * block_g if cfg.splits > 1 else 1), dtype=torch.float32, device=dev)
-    counters = split_counters(dev, COUNTERS + hkv)
+    counters = split_counters(dev, COUNTERS + 2 * hkv)
     programs = min(n_items, cfg.programs or n_items)
     if programs < n_items and dev.type != "cuda":
         # program 0 would wait for items of programs the interpreter has not started (it runs them one by one)

@@ -288,7 +288,7 @@ def _attn_block_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]
                     N_A=n_a, N_B=hkv * splits, N_ITEMS=n_a + hkv * splits + k // rows, HQ=hq, HKV=hkv, G=hq // hkv,
                     HALF=d // 2, KQ=k, KO=hq * d, swr=k, sor=hq * d, skh=cap * d, skt=d, skd=1, svh=cap * d, svt=d,
                     svd=1, D=d, ROWS=rows, BLOCK_K=k, SPLITS=splits, BLOCK_G=16, BLOCK_D=d,
-                    BLOCK_T=64 if d == 64 else 32, HAS_BIAS=False, INPUT_PRECISION="tf32", USE_PDL=True, ROW_ALIGN=8)
+                    BLOCK_T=128 if d == 64 else 32, HAS_BIAS=False, INPUT_PRECISION="tf32", USE_PDL=True, ROW_ALIGN=8)
         out.append((_attn_block, f"k{k} d{d} rows{rows} split{splits}", args, dict(num_warps=8, num_stages=1)))
         if splits == 1:  # the key/value tiles software-pipelined (AttnBlockConfig.num_stages)
             out.append((_attn_block, f"k{k} d{d} rows{rows} stages3", args, dict(num_warps=8, num_stages=3)))
