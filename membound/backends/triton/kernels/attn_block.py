@@ -7,7 +7,8 @@ the rest is latency: each kernel's ramp-up and tail, and attention (~1 MB of cac
 ~6 us. This kernel runs the block as one grid of work items in three phases, each program taking items
 ``pid, pid + P, pid + 2P, ...`` of one ordered list:
 
-- **A** (``N_A`` items): ``ROWS`` rows of the merged q/k/v weight against ``rms_norm(x) * norm_weight`` (each
+- **A** (``N_A`` items, kv group by group: its q heads, its k head, its v head): ``ROWS`` rows of the merged q/k/v
+  weight against ``rms_norm(x) * norm_weight`` (each
   program reduces x itself, 4-8 KB), as ``ROWS / 2`` rotary pairs ``(j, j + D/2)`` of one head, so the rotation
   happens in the epilogue; q goes to a scratch vector, k and v into the caches at the step's position. Each item
   then counts in on its kv head's counter (the head it is, or whose group its q head is in).
@@ -98,7 +99,8 @@ def pick_config(k: int, hq: int, hkv: int, d: int, capacity: int, dtype: torch.d
     library's resident GEMV tiles: ~120 registers a thread at 8 warps, two programs an SM); K and V tiles of 128
     slots at head dim 64 (32 KB), 32 at 128 (16 KB); one split per kv head up to 1024 slots of capacity, past it enough
     splits for about 512 slots a program, at most one program an SM over the kv heads, and their key tiles
-    software-pipelined (3 stages: 64 KB of shared memory a program)."""
+    software-pipelined (3 stages of half-size tiles: 64 KB of shared memory a program, where full-size ones took 128
+    KB at head dim 64 and one program an SM)."""
     e = torch.empty((), dtype=dtype).element_size()
     rows = max(2, min(64, (32768 // e) // next_pow2(k)))
     # (64-slot tiles at head dim 128 spill at 128 registers a thread in sm_90 SASS: compile_check --regs)
@@ -106,7 +108,9 @@ def pick_config(k: int, hq: int, hkv: int, d: int, capacity: int, dtype: torch.d
     splits = 1
     while splits < 64 and capacity > 512 * splits and capacity > 1024 and hkv * splits * 2 <= sm_count(device):
         splits *= 2
-    return AttnBlockConfig(rows=rows, splits=splits, block_t=block_t, num_warps=8, num_stages=3 if splits > 1 else 1)
+    if splits > 1:  # pipelined: three stages of half-size tiles (48 KB of shared memory at most, not 96)
+        return AttnBlockConfig(rows=rows, splits=splits, block_t=max(16, block_t // 2), num_warps=8, num_stages=3)
+    return AttnBlockConfig(rows=rows, splits=splits, block_t=block_t, num_warps=8)
 
 
 @triton.jit
@@ -130,7 +134,17 @@ def _count_in(cnt_ptr):
 
 
 @triton.jit
-def _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor,
+def _a_head(item, per_head, G, HQ, HKV):
+    """The head (among the merged weight's q, k, v heads) of A item ``item``. Items go kv group by group: its G q
+    heads, its k head, its v head, so the first groups' attention can start while later groups' rows stream."""
+    slot = item // per_head
+    group = slot // (G + 2)
+    r = slot % (G + 2)
+    return tl.where(r < G, group * G + r, tl.where(r == G, HQ + group, HQ + HKV + group))
+
+
+@triton.jit
+def _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HQ, HKV, G, HALF, KQ, KO, swr, sor,
                D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, ROW_ALIGN: tl.constexpr):
     """The weight tile of ``item``: A items rows ``(j, j + HALF)`` interleaved of one q/k/v head, C items ``ROWS``
     rows of the o projection; B items none (all masked off)."""
@@ -140,7 +154,7 @@ def _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor,
     per_head = tl.cdiv(HALF, PAIRS)
     is_a = item < N_A
     # A: head h, pairs j0 .. j0 + PAIRS; row r is pair r // 2, half r % 2
-    head = item // per_head
+    head = _a_head(item, per_head, G, HQ, HKV)
     j = (item % per_head) * PAIRS + r // 2
     a_rows = head * D + (r % 2) * HALF + j
     a_ok = (j < HALF) & (item + 0 * r < N_A)  # (a vector: the interpreter's bool & 0-d bool is int32)
@@ -159,13 +173,13 @@ def _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor,
 
 
 @triton.jit
-def _a_bias(item, b_ptr, N_A, HALF, D: tl.constexpr, PAIRS: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _a_bias(item, b_ptr, N_A, HQ, HKV, G, HALF, D: tl.constexpr, PAIRS: tl.constexpr, HAS_BIAS: tl.constexpr):
     """The bias of A item ``item``'s two column sets (zeros without a bias or for another kind of item): a
     parameter, so the first item's is loaded before the PDL wait."""
     per_head = tl.cdiv(HALF, PAIRS)
     jj = (item % per_head) * PAIRS + tl.arange(0, PAIRS)
     ok = (jj < HALF) & (item + 0 * jj < N_A)
-    base = b_ptr + (item // per_head) * D + jj
+    base = b_ptr + _a_head(item, per_head, G, HQ, HKV) * D + jj
     if HAS_BIAS:
         return tl.load(base, mask=ok, other=0.0).to(tl.float32), tl.load(base + HALF, mask=ok, other=0.0).to(tl.float32)
     else:
@@ -193,7 +207,7 @@ def _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, p
     normed x ``xn`` (fp32 of the rounded values); ``bias*``, ``c*``, ``s*`` its columns' bias, cos and sin."""
     PAIRS: tl.constexpr = ROWS // 2
     per_head = tl.cdiv(HALF, PAIRS)
-    head = item // per_head
+    head = _a_head(item, per_head, G, HQ, HKV)
     jj = (item % per_head) * PAIRS + tl.arange(0, PAIRS)
     j_ok = jj < HALF
     dt = q_ptr.dtype.element_ty
@@ -341,9 +355,10 @@ def _attn_block(
     k_ok = ks < KQ
     # parameters first, before the PDL wait (no kernel writes them): the first item's weight tile (and bias), and
     # the norm's weight
-    ptrs, mask = _tile_ptrs(pid, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K, ROW_ALIGN)
+    ptrs, mask = _tile_ptrs(pid, w_ptr, wo_off, N_A, N_B, HQ, HKV, G, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K,
+                            ROW_ALIGN)
     w_first = tl.load(ptrs, mask=mask, other=0.0)
-    bias1, bias2 = _a_bias(pid, b_ptr, N_A, HALF, D, ROWS // 2, HAS_BIAS)
+    bias1, bias2 = _a_bias(pid, b_ptr, N_A, HQ, HKV, G, HALF, D, ROWS // 2, HAS_BIAS)
     # only programs with A items (their first item is one: the rest come pid + n_prog, ... later) read x and the
     # norm's weight (at 8B ~1000 o-projection programs would each re-read 16 KB of them from L2 for nothing)
     a_prog = k_ok & (pid + 0 * ks < N_A)
@@ -361,9 +376,10 @@ def _attn_block(
               part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
               skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
     for item in range(pid + n_prog, N_ITEMS, n_prog):
-        ptrs, mask = _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K, ROW_ALIGN)
+        ptrs, mask = _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HQ, HKV, G, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K,
+                                ROW_ALIGN)
         w = tl.load(ptrs, mask=mask, other=0.0)
-        bias1, bias2 = _a_bias(item, b_ptr, N_A, HALF, D, ROWS // 2, HAS_BIAS)
+        bias1, bias2 = _a_bias(item, b_ptr, N_A, HQ, HKV, G, HALF, D, ROWS // 2, HAS_BIAS)
         _item(item, w, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
               part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
               skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
