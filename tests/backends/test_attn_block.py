@@ -175,7 +175,7 @@ def test_pick_config_rules(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("shape", [(2048, 32, 8, 64, 2048, 700), (4096, 32, 8, 128, 8192, 5000)])
 def test_attention_block_gpu_bf16(shape: tuple, persistent: bool) -> None:
     """bf16 at the Llama-3.2-1B and Llama-3-8B shapes, one program per item and the persistent form (one per SM,
-    items striding), with 1 and 4 splits; then replayed from a CUDA graph at a later position."""
+    items striding), with 1 split and 4 (pipelined key tiles); then replayed from a CUDA graph at a later position."""
     from membound.backends.triton.kernels._launch import sm_count
     from membound.backends.triton.kernels.attn_block import AttnBlockConfig, attention_block
 
@@ -183,7 +183,7 @@ def test_attention_block_gpu_bf16(shape: tuple, persistent: bool) -> None:
     dev = torch.device("cuda")
     for splits in (1, 4):
         config = AttnBlockConfig(rows=max(2, 16384 // k), splits=splits, block_t=64 if d == 64 else 32,
-                                 programs=sm_count(dev) if persistent else None)
+                                 programs=sm_count(dev) if persistent else None, num_stages=3 if splits > 1 else 1)
         ops = operands(k, hq, hkv, d, cap, pos, torch.bfloat16, device="cuda", seed=splits)
         got, want, ref_ops, calls = run_both(ops, hq, hkv, d, config)
         assert calls == [("attention_block", "kernel")]
