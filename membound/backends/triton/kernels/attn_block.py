@@ -124,6 +124,9 @@ def _spin_until(cnt_ptr, target):
     while seen < target:
         seen = tl.load(cnt_ptr, volatile=True)
     tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")
+    # (a scalar atomic runs on one thread: every thread's loads from here on come after its acquire, as after
+    # arrive_last, whose result every thread reads)
+    tl.debug_barrier()
 
 
 @triton.jit
