@@ -121,12 +121,14 @@ def configs(model: str, ctx: int, dims, dev: torch.device, quick: bool) -> list[
     for splits in (base.splits * 2, base.splits * 4):
         out.append(AttnBlockConfig(rows=base.rows, splits=splits, block_t=base.block_t, num_warps=8))
     out.append(AttnBlockConfig(rows=base.rows, splits=base.splits, block_t=base.block_t, num_warps=8, num_stages=3))
+    out.append(AttnBlockConfig(rows=base.rows, splits=base.splits, block_t=base.block_t, num_warps=8,
+                               num_stages=base.num_stages, early_kv=True))
     return out
 
 
 def describe(c: AttnBlockConfig) -> str:
     grid = "items" if c.programs is None else f"{c.programs}p"
-    return f"block r{c.rows} s{c.splits} t{c.block_t} w{c.num_warps} st{c.num_stages} {grid}"
+    return f"block r{c.rows} s{c.splits} t{c.block_t} w{c.num_warps} st{c.num_stages}{' early' if c.early_kv else ''} {grid}"
 
 
 def main() -> int:

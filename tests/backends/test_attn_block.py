@@ -71,7 +71,9 @@ CASES = [
     (56, 4, 4, 14, 17, 0, 4, 2, 16, True),  # GQA 1, D = 14 (under the dot tile), the first token: split 1 empty
     (72, 2, 1, 24, 50, 37, 2, 2, 16, True),  # K = 72 != Hq * D = 48; one rotary pair an item
     (32, 8, 1, 16, 70, 69, 16, 4, 16, False),  # G = 8, every split busy
+    (48, 4, 2, 16, 300, 200, 4, 2, 32, False),  # several key tiles a split; with EARLY_KV below
 ]
+EARLY_KV_CASES = {1, 2, 5}  # (the early first tiles: a split with and without this step's slot, the first token)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -82,7 +84,8 @@ def test_attention_block_matches_eager(case: int, dtype: torch.dtype, request: p
     from membound.backends.triton.kernels.attn_block import AttnBlockConfig
 
     k, hq, hkv, d, cap, pos, rows, splits, block_t, bias = CASES[case]
-    config = None if rows is None else AttnBlockConfig(rows=rows, splits=splits, block_t=block_t)
+    config = None if rows is None else AttnBlockConfig(rows=rows, splits=splits, block_t=block_t,
+                                                       early_kv=case in EARLY_KV_CASES)
     ops = operands(k, hq, hkv, d, cap, pos, dtype, bias=bias, seed=case)
     before_k = ops["k_cache"].clone()
     got, want, ref_ops, calls = run_both(ops, hq, hkv, d, config)

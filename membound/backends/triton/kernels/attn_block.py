@@ -81,6 +81,8 @@ class AttnBlockConfig:
     programs: Optional[int] = None  # grid size; None: one program per item
     # software pipelining of the attention items' key/value tiles (Triton's num_stages: 1 none, 2-3 cp.async ahead)
     num_stages: int = 1
+    # the attention items' first key/value tiles (but this step's slot) loaded before they wait for the q/k/v items
+    early_kv: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rows", "splits", "block_t"):
@@ -240,20 +242,29 @@ def _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, p
 
 
 @triton.jit
+def _kv_tile(base, ts, ds, st, sd, t_mask, d_ok, TRANSPOSED: tl.constexpr):
+    """Slots ``ts`` of one head's cache where ``t_mask`` (zeros elsewhere): K^T ``[BLOCK_D, BLOCK_T]``
+    (``TRANSPOSED``) or V ``[BLOCK_T, BLOCK_D]``."""
+    if TRANSPOSED:
+        return tl.load(base + ts.to(tl.int64)[None, :] * st + ds[:, None] * sd, mask=t_mask[None, :] & d_ok[:, None],
+                       other=0.0)
+    else:
+        return tl.load(base + ts.to(tl.int64)[:, None] * st + ds[None, :] * sd, mask=t_mask[:, None] & d_ok[None, :],
+                       other=0.0)
+
+
+@triton.jit
 def _phase_b(item, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, A_PER_HEAD, HKV, G,
              skh, skt, skd, svh, svt, svd,
              D: tl.constexpr, SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-             BLOCK_T: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+             BLOCK_T: tl.constexpr, INPUT_PRECISION: tl.constexpr, EARLY_KV: tl.constexpr):
     """One B item: kv head ``item // SPLITS`` over chunk ``item % SPLITS`` of slots ``0 .. pos``."""
     kvh = item // SPLITS
     split = item % SPLITS
-    ready = cnt_ptr + 3 + HKV + kvh
-    _spin_until(ready, (G + 2) * A_PER_HEAD)  # this kv head's q, k and v values of this step stored
     rg = tl.arange(0, BLOCK_G)
     ds = tl.arange(0, BLOCK_D)
     g_ok = rg < G
     d_ok = ds < D
-    q = tl.load(q_ptr + (kvh * G + rg)[:, None] * D + ds[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0)
     span = pos + 1
     chunk = tl.cdiv(tl.cdiv(span, SPLITS), BLOCK_T) * BLOCK_T
     start = split * chunk
@@ -261,17 +272,37 @@ def _phase_b(item, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos
     k_base = kc_ptr + kvh.to(tl.int64) * skh
     v_base = vc_ptr + kvh.to(tl.int64) * svh
     tn = tl.arange(0, BLOCK_T)
+    # EARLY_KV: the chunk's first K and V tiles, but this step's slot, while the q/k/v items still stream (earlier
+    # steps wrote them, visible since the PDL wait; only slot ``pos`` is this step's). Off by default: held across
+    # the wait they took the 1.24B block from 109 to 168 registers a thread (one program an SM, not two)
+    ts0 = start + tn
+    if EARLY_KV:
+        old = (ts0 < end) & (ts0 < pos)
+        k_pre = _kv_tile(k_base, ts0, ds, skt, skd, old, d_ok, True)
+        v_pre = _kv_tile(v_base, ts0, ds, svt, svd, old, d_ok, False)
+    ready = cnt_ptr + 3 + HKV + kvh
+    _spin_until(ready, (G + 2) * A_PER_HEAD)  # this kv head's q, k and v values of this step stored
+    q = tl.load(q_ptr + (kvh * G + rg)[:, None] * D + ds[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0)
     m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-    for t0 in range(start, end, BLOCK_T):
+    t_first = start
+    if EARLY_KV:
+        if start < end:  # the first tile: the preloaded slots and this step's (if in this chunk)
+            t_ok = ts0 < end
+            new = t_ok & (ts0 >= pos)
+            k_t = tl.where(new[None, :], _kv_tile(k_base, ts0, ds, skt, skd, new, d_ok, True), k_pre)
+            v = tl.where(new[:, None], _kv_tile(v_base, ts0, ds, svt, svd, new, d_ok, False), v_pre)
+            scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale
+            scores = tl.where(t_ok[None, :], scores, float("-inf"))
+            m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
+        t_first = start + BLOCK_T
+    for t0 in range(t_first, end, BLOCK_T):
         ts = t0 + tn
         t_ok = ts < end
         # both tiles asked for before either is used: one round trip a tile, not two
-        k_t = tl.load(k_base + ts.to(tl.int64)[None, :] * skt + ds[:, None] * skd,
-                      mask=t_ok[None, :] & d_ok[:, None], other=0.0)
-        v = tl.load(v_base + ts.to(tl.int64)[:, None] * svt + ds[None, :] * svd,
-                    mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+        k_t = _kv_tile(k_base, ts, ds, skt, skd, t_ok, d_ok, True)
+        v = _kv_tile(v_base, ts, ds, svt, svd, t_ok, d_ok, False)
         scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale
         scores = tl.where(t_ok[None, :], scores, float("-inf"))
         m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
@@ -329,7 +360,8 @@ def _item(item, w, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_
           part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
           skh, skt, skd, svh, svt, svd,
           D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr,
-          BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+          BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+          EARLY_KV: tl.constexpr):
     if item < N_A:
         c1, c2, s1, s2 = _a_rope(item, cos_ptr, sin_ptr, N_A, HALF, ROWS // 2)
         _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
@@ -337,7 +369,7 @@ def _item(item, w, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_
     elif item < N_A + N_B:
         _phase_b(item - N_A, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale,
                  tl.cdiv(HALF, ROWS // 2), HKV, G,
-                 skh, skt, skd, svh, svt, svd, D, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
+                 skh, skt, skd, svh, svt, svd, D, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION, EARLY_KV)
     else:
         _phase_c(item, w, x_ptr, a_ptr, out_ptr, cnt_ptr, N_A, N_B, HKV, KQ, KO, ROWS, BLOCK_K)
 
@@ -350,7 +382,7 @@ def _attn_block(
     swr, sor, skh, skt, skd, svh, svt, svd,
     D: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr, BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    USE_PDL: tl.constexpr, ROW_ALIGN: tl.constexpr = 1,
+    USE_PDL: tl.constexpr, ROW_ALIGN: tl.constexpr = 1, EARLY_KV: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
@@ -377,7 +409,8 @@ def _attn_block(
     if pid < N_ITEMS:
         _item(pid, w_first, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
               part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
-              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
+              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION,
+              EARLY_KV)
     for item in range(pid + n_prog, N_ITEMS, n_prog):
         ptrs, mask = _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HQ, HKV, G, HALF, KQ, KO, swr, sor, D, ROWS, BLOCK_K,
                                 ROW_ALIGN)
@@ -385,7 +418,8 @@ def _attn_block(
         bias1, bias2 = _a_bias(item, b_ptr, N_A, HQ, HKV, G, HALF, D, ROWS // 2, HAS_BIAS)
         _item(item, w, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_ptr, a_ptr, out_ptr,
               part_ptr, lse_ptr, cnt_ptr, pos, qk_scale, N_A, N_B, HQ, HKV, G, HALF, KQ, KO,
-              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION)
+              skh, skt, skd, svh, svt, svd, D, ROWS, BLOCK_K, SPLITS, BLOCK_G, BLOCK_D, BLOCK_T, INPUT_PRECISION,
+              EARLY_KV)
     # the last program out leaves the phase counters zeroed for the next launch on this stream
     if arrive_last(cnt_ptr, 2, n_prog):
         reset_counter(cnt_ptr, 1)
@@ -563,7 +597,7 @@ def attention_block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torc
         D=d, ROWS=cfg.rows, BLOCK_K=next_pow2(max(k, ko)), SPLITS=cfg.splits, BLOCK_G=block_g, BLOCK_D=block_d,
         BLOCK_T=cfg.block_t, HAS_BIAS=qkv_bias is not None,
         INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        ROW_ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(dev),
+        ROW_ALIGN=align, EARLY_KV=cfg.early_kv, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(dev),
     )
     note("attention_block", "kernel")
     return y

@@ -290,6 +290,9 @@ def _attn_block_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]
                     svd=1, D=d, ROWS=rows, BLOCK_K=k, SPLITS=splits, BLOCK_G=16, BLOCK_D=d,
                     BLOCK_T=128 if d == 64 else 32, HAS_BIAS=False, INPUT_PRECISION="tf32", USE_PDL=True, ROW_ALIGN=8)
         out.append((_attn_block, f"k{k} d{d} rows{rows} split{splits}", args, dict(num_warps=8, num_stages=1)))
+        if splits == 1:  # the first key/value tiles before the wait (AttnBlockConfig.early_kv)
+            out.append((_attn_block, f"k{k} d{d} rows{rows} early-kv", dict(args, EARLY_KV=True),
+                        dict(num_warps=8, num_stages=1)))
         if splits == 1:  # the key/value tiles software-pipelined (AttnBlockConfig.num_stages)
             out.append((_attn_block, f"k{k} d{d} rows{rows} stages3", dict(args, BLOCK_T=args["BLOCK_T"] // 2),
                         dict(num_warps=8, num_stages=3)))
