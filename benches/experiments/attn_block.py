@@ -157,6 +157,15 @@ def main() -> int:
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (smoke)"
     print(f"read bandwidth {bw / 1e9:.0f} GB/s (x.sum over 2 GiB); {device_name}", flush=True)
     results = []
+
+    def save() -> Path:
+        out = Path(args.out) / "attn_block.json"
+        out.write_text(json.dumps(dict(device=device_name, read_bw=bw, seconds=time.time() - t0,
+                                       formula="pct_read_bw = (layer weights + live K/V cache bytes) / read_bw / "
+                                               "time per layer",
+                                       results=results), indent=1))
+        return out
+
     for model in args.models.split(","):
         k, hq, hkv, d, ffn, n_layers = MODELS[model]
         dims = (k, hq, hkv, d)
@@ -214,12 +223,10 @@ def main() -> int:
                     print(json.dumps(row), flush=True)
             _launch.set_pdl_mode(None)
             del layers, snapshot
-            torch.cuda.empty_cache()
-    out = Path(args.out) / "attn_block.json"
-    out.write_text(json.dumps(dict(device=device_name, read_bw=bw, seconds=time.time() - t0,
-                                   formula="pct_read_bw = (layer weights + live K/V cache bytes) / read_bw / "
-                                           "time per layer",
-                                   results=results), indent=1))
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            save()  # after every case: a run cut short by its timeout keeps what it measured
+    out = save()
     print(f"\n{'model':9s} {'ctx':>5s} {'pdl':>3s} {'library us':>10s} {'%bw':>5s} | {'pick us':>8s} {'%bw':>5s} | "
           f"{'best block variant':30s} {'us':>7s} {'%bw':>5s}  (us a layer, attention block + MLP)")
     for key in dict.fromkeys((r["model"], r["context"], r["pdl"]) for r in results):
