@@ -29,7 +29,8 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
   ``MEMBOUND_DECODE_PIPELINE=decode-fused-rope``.
 * ``decode-block``: fuse-rope-linear, then fuse-attention-block: each layer's attention block (norm, q/k/v with the
   rotation, the cache writes, attention, o projection and residual) one ``attention_block`` op, one launch at
-  batch 1; the MLP as in ``decode`` (4 launches a Llama layer). An A/B setting,
+  batch 1; then fuse-linear-residual (the MLP's residual add in the down projection): 4 launches a Llama
+  layer. An A/B setting,
   ``MEMBOUND_DECODE_PIPELINE=decode-block``, until a GPU has timed it.
 
 ``default_pipeline()`` is the forward pipeline.
@@ -85,9 +86,12 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "decode-fused-rope": ("canonicalize", "fuse-linear-residual", "fuse-rope-linear", "fuse-norm-linear",
                           "dead-code-elimination"),
     # each layer's attention block as one attention_block op (one launch at batch 1, kernels/attn_block.py), the
-    # MLP as in decode: 4 launches a Llama layer. An A/B setting (MEMBOUND_DECODE_PIPELINE=decode-block) until
-    # benches/experiments/attn_block.py has timed it on a GPU (session 18 had none)
-    "decode-block": ("canonicalize", "fuse-rope-linear", "fuse-attention-block", "dead-code-elimination"),
+    # MLP's residual add in the down projection's epilogue (fuse-linear-residual: the add no longer shares a kernel
+    # with the next layer's norm, which the block forms): 4 launches a Llama layer (67 a 1.24B step against 131). An
+    # A/B setting (MEMBOUND_DECODE_PIPELINE=decode-block) until benches/experiments/attn_block.py and
+    # gpu/session19b.sh have timed it on a GPU (session 18 had none)
+    "decode-block": ("canonicalize", "fuse-rope-linear", "fuse-attention-block", "fuse-linear-residual",
+                     "dead-code-elimination"),
 }
 DEFAULT_PASSES = PIPELINES["forward"]
 

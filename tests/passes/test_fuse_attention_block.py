@@ -174,3 +174,20 @@ def test_the_step_model_prices_the_op_as_its_launches() -> None:
         # (x read and written once more) and the GEMVs' reading of their inputs
         assert abs(sum(w.flops for w in works) - flops) < 1e-6 * flops
         assert nbytes <= sum(w.bytes for w in works) <= 1.3 * nbytes, (nbytes, works)
+
+
+def test_a_llama_layer_is_four_launches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode step's launches as the triton partition makes them (``predict_decode_step``, no GPU needed): with
+    ``decode-block`` a Llama layer is the block, the post-attention norm, the gate/up GEMV and the down GEMV with
+    the residual add (fuse-linear-residual: the add no longer shares a kernel with the next layer's norm), 4 launches
+    against the default pipeline's 8."""
+    from membound.step_prediction import predict_decode_step
+
+    model = tiny_hf("llama")
+    default = predict_decode_step(model, batch=1, cache_len=16, hardware="h200")
+    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-block")
+    block = predict_decode_step(tiny_hf("llama"), batch=1, cache_len=16, hardware="h200")
+    layers = 2
+    assert len(default.launches) - len(block.launches) == 4 * layers, (len(default.launches), len(block.launches))
+    kinds = [w.work.kind for w in block.launches]
+    assert kinds.count("attention_block") == layers, kinds
