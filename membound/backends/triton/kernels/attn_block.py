@@ -33,10 +33,11 @@ Numerics follow eager's roundings: the normed x rounded to the dtype, then times
 q/k/v rounded, rotated with each product rounded (``linear._rope_pair``); attention in fp32 (base 2), its output
 rounded; the o product rounded, the residual added and rounded.
 
-Scope (the experiment's; ``attention_block`` checks it and says what is missing): one token (B = 1, S = 1), a
-linear cache ``[1, HKV, T, D]`` without window, soft-cap or ALiBi, an o projection without bias, fp16 / bf16 /
-fp32. Not yet wired into a pass: ``benches/experiments/attn_block.py`` times it against the library kernels'
-chain for the same block on the GPU first.
+The kernel's scope: one token (B = 1, S = 1), a linear cache ``[1, HKV, T, D]`` without window, soft-cap or ALiBi
+(fuse-attention-block only makes the op then), an o projection without bias, fp16 / bf16 / fp32. ``attention_block``
+(the IR op's launcher) runs the library's kernels in turn for anything else, several rows above all, and says why.
+Made by fuse-attention-block in the ``decode-block`` pipeline (off by default until timed on a GPU:
+``benches/experiments/attn_block.py`` against the library's chain for the same block, ``gpu/session19a.sh``).
 """
 
 from __future__ import annotations
