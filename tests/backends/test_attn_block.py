@@ -1,7 +1,7 @@
 """The one-launch attention block (``kernels/attn_block.py``, issue 13): norm, q/k/v with the rotation, the cache
 write, flash-decoding and the o projection with the residual, as ordered work items of one grid.
 
-Checked against ``attention_block_reference`` (eager torch, rounded as HF's Llama layer rounds) at small odd
+Checked against ``eager_block`` (eager torch, rounded as HF's Llama layer rounds) at small odd
 sizes: head dims 14, 16, 20, 24 (not powers of two, one under the 16-wide dot tile), GQA groups 1, 2, 3, 8, a
 K that differs from Hq * D, a bias on q/k/v, positions 0 (the first token: later splits empty), mid-cache and the
 last slot, one split and several, rotary items that cover part of a head. The caches must hold the reference's
@@ -13,6 +13,7 @@ outputs (the same roundings, fp32 accumulation in another order); bf16 (GPU only
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import pytest
@@ -24,6 +25,41 @@ from membound.ir.ops import get_op  # noqa: E402
 INTERP = Interpreted(__file__)
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2),
        torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
+
+
+def eager_block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                position: torch.Tensor, o_weight: torch.Tensor, *, eps: float, num_heads: int,
+                num_kv_heads: int, head_dim: int, scale: Optional[float] = None,
+                qkv_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The oracle, one token: eager torch rounded as HF's Llama layer rounds (written apart from the IR op's
+    reference, which composes membound's own op references): writes k, v at ``position`` into the caches, returns
+    ``x + o_proj(attention)`` shaped like x."""
+    hq, hkv, d = num_heads, num_kv_heads, head_dim
+    dt = x.dtype
+    xr = x.reshape(1, -1)
+    xf = xr.float()
+    xn = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dt)
+    qkv = torch.nn.functional.linear(norm_weight * xn, qkv_weight, qkv_bias)
+    q = qkv[:, :hq * d].reshape(1, hq, 1, d)
+    k = qkv[:, hq * d:(hq + hkv) * d].reshape(1, hkv, 1, d)
+    v = qkv[:, (hq + hkv) * d:].reshape(1, hkv, 1, d)
+    c, s = cos.reshape(d).to(dt), sin.reshape(d).to(dt)
+
+    def rotate(t: torch.Tensor) -> torch.Tensor:
+        t1, t2 = t[..., :d // 2], t[..., d // 2:]
+        return t * c + torch.cat((-t2, t1), dim=-1) * s
+
+    q, k = rotate(q), rotate(k)
+    p = int(position.reshape(-1)[0])
+    k_cache[:, :, p] = k[:, :, 0]
+    v_cache[:, :, p] = v[:, :, 0]
+    keys = k_cache[:, :, :p + 1].repeat_interleave(hq // hkv, dim=1).float()
+    vals = v_cache[:, :, :p + 1].repeat_interleave(hq // hkv, dim=1).float()
+    sc = scale if scale is not None else 1.0 / math.sqrt(d)
+    att = torch.softmax((q.float() @ keys.transpose(-1, -2)) * sc, dim=-1) @ vals
+    a = att.to(dt).reshape(1, hq * d)
+    return (xr + torch.nn.functional.linear(a, o_weight)).reshape(x.shape)
 
 
 def operands(k: int, hq: int, hkv: int, d: int, cap: int, pos: int, dtype: torch.dtype, *, bias: bool = False,
@@ -46,10 +82,10 @@ def operands(k: int, hq: int, hkv: int, d: int, cap: int, pos: int, dtype: torch
 
 def run_both(ops: dict, hq: int, hkv: int, d: int, config: Optional[object] = None):
     from membound.backends.triton.kernels._launch import trace
-    from membound.backends.triton.kernels.attn_block import attention_block, attention_block_reference
+    from membound.backends.triton.kernels.attn_block import attention_block
 
     ref_ops = {name: (t.clone() if name in ("k_cache", "v_cache") else t) for name, t in ops.items()}
-    want = attention_block_reference(**ref_ops, eps=1e-5, num_heads=hq, num_kv_heads=hkv, head_dim=d)
+    want = eager_block(**ref_ops, eps=1e-5, num_heads=hq, num_kv_heads=hkv, head_dim=d)
     with trace() as calls:
         got = attention_block(**ops, eps=1e-5, num_heads=hq, num_kv_heads=hkv, head_dim=d, config=config)
     return got, want, ref_ops, calls
@@ -202,9 +238,7 @@ def test_attention_block_gpu_bf16(shape: tuple, persistent: bool) -> None:
     ref_ops = {n: (t.clone() if n.endswith("cache") else t) for n, t in graph_ops.items()}
     g.replay()
     torch.cuda.synchronize()
-    from membound.backends.triton.kernels.attn_block import attention_block_reference
-
-    want = attention_block_reference(**ref_ops, eps=1e-5, num_heads=hq, num_kv_heads=hkv, head_dim=d)
+    want = eager_block(**ref_ops, eps=1e-5, num_heads=hq, num_kv_heads=hkv, head_dim=d)
     check(out, want, graph_ops, ref_ops, torch.bfloat16)
 
 

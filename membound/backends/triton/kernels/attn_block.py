@@ -30,7 +30,7 @@ The last program to finish (counter 2) sets counters 1-2 back to zero; each head
 the launch leaves the per-stream counter buffer zeroed, as every split kernel of the library does.
 
 Numerics follow eager's roundings: the normed x rounded to the dtype, then times the norm weight and rounded;
-q/k/v rounded, rotated with each product rounded (``linear._rope_pair``); attention in fp32 (base 2), its output
+q/k/v rounded, rotated with each product rounded (``linear.rotate_rounded``); attention in fp32 (base 2), its output
 rounded; the o product rounded, the residual added and rounded.
 
 The kernel's scope: one token (B = 1, S = 1), a linear cache ``[1, HKV, T, D]`` without window, soft-cap or ALiBi
@@ -67,6 +67,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_dtype,
 )
 from membound.backends.triton.kernels.decode_attention import LOG2E, _online_softmax
+from membound.backends.triton.kernels.linear import rotate_rounded
 
 # counters in the per-stream buffer: 0 unused, 1 kv heads attended, 2 programs finished, then per kv head its
 # splits' arrivals (3 + h) and its q/k/v items done (3 + HKV + h)
@@ -179,13 +180,19 @@ def _tile_ptrs(item, w_ptr, wo_off, N_A, N_B, HQ, HKV, G, HALF, KQ, KO, swr, sor
 
 
 @triton.jit
+def _a_cols(item, N_A, HALF, PAIRS: tl.constexpr):
+    """A item ``item``'s pair columns ``j`` within its head (the first of each pair; the second is ``j + HALF``),
+    and which exist (none for another kind of item)."""
+    jj = (item % tl.cdiv(HALF, PAIRS)) * PAIRS + tl.arange(0, PAIRS)
+    return jj, (jj < HALF) & (item + 0 * jj < N_A)
+
+
+@triton.jit
 def _a_bias(item, b_ptr, N_A, HQ, HKV, G, HALF, D: tl.constexpr, PAIRS: tl.constexpr, HAS_BIAS: tl.constexpr):
     """The bias of A item ``item``'s two column sets (zeros without a bias or for another kind of item): a
     parameter, so the first item's is loaded before the PDL wait."""
-    per_head = tl.cdiv(HALF, PAIRS)
-    jj = (item % per_head) * PAIRS + tl.arange(0, PAIRS)
-    ok = (jj < HALF) & (item + 0 * jj < N_A)
-    base = b_ptr + _a_head(item, per_head, G, HQ, HKV) * D + jj
+    jj, ok = _a_cols(item, N_A, HALF, PAIRS)
+    base = b_ptr + _a_head(item, tl.cdiv(HALF, PAIRS), G, HQ, HKV) * D + jj
     if HAS_BIAS:
         return tl.load(base, mask=ok, other=0.0).to(tl.float32), tl.load(base + HALF, mask=ok, other=0.0).to(tl.float32)
     else:
@@ -193,12 +200,9 @@ def _a_bias(item, b_ptr, N_A, HQ, HKV, G, HALF, D: tl.constexpr, PAIRS: tl.const
 
 
 @triton.jit
-def _a_rope(item, cos_ptr, sin_ptr, N_A, HALF, PAIRS: tl.constexpr):
-    """cos and sin at A item ``item``'s pair columns ``j`` and ``j + HALF`` (the step's rotary row: written by an
-    earlier kernel, so after the wait), as fp32."""
-    per_head = tl.cdiv(HALF, PAIRS)
-    jj = (item % per_head) * PAIRS + tl.arange(0, PAIRS)
-    ok = (jj < HALF) & (item + 0 * jj < N_A)
+def _a_rope(jj, ok, cos_ptr, sin_ptr, HALF):
+    """cos and sin at an A item's pair columns ``jj`` and ``jj + HALF`` where ``ok`` (the step's rotary row: written
+    by an earlier kernel, so after the wait), as fp32."""
     c1 = tl.load(cos_ptr + jj, mask=ok, other=0.0).to(tl.float32)
     c2 = tl.load(cos_ptr + HALF + jj, mask=ok, other=0.0).to(tl.float32)
     s1 = tl.load(sin_ptr + jj, mask=ok, other=0.0).to(tl.float32)
@@ -207,25 +211,20 @@ def _a_rope(item, cos_ptr, sin_ptr, N_A, HALF, PAIRS: tl.constexpr):
 
 
 @triton.jit
-def _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
+def _phase_a(item, jj, j_ok, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
              HQ, HKV, G, HALF, skh, skt, skd, svh, svt, svd, D: tl.constexpr, ROWS: tl.constexpr):
-    """One A item: ``ROWS / 2`` rotary pairs of one q, k or v head from its resident weight tile ``w`` against the
-    normed x ``xn`` (fp32 of the rounded values); ``bias*``, ``c*``, ``s*`` its columns' bias, cos and sin."""
+    """One A item: ``ROWS / 2`` rotary pairs (columns ``jj`` where ``j_ok``, and ``jj + HALF``) of one q, k or v head
+    from its resident weight tile ``w`` against the normed x ``xn`` (fp32 of the rounded values); ``bias*``, ``c*``,
+    ``s*`` its columns' bias, cos and sin."""
     PAIRS: tl.constexpr = ROWS // 2
-    per_head = tl.cdiv(HALF, PAIRS)
-    head = _a_head(item, per_head, G, HQ, HKV)
-    jj = (item % per_head) * PAIRS + tl.arange(0, PAIRS)
-    j_ok = jj < HALF
+    head = _a_head(item, tl.cdiv(HALF, PAIRS), G, HQ, HKV)
     dt = q_ptr.dtype.element_ty
     y = tl.sum(w.to(tl.float32) * xn[None, :], axis=1)  # [ROWS]: pair-interleaved
     y1, y2 = tl.split(tl.reshape(y, (PAIRS, 2)))
-    a1 = (y1 + bias1).to(dt).to(tl.float32)
-    a2 = (y2 + bias2).to(dt).to(tl.float32)
-    if head < HQ + HKV:
-        # q and k heads: t * cos + rotate_half(t) * sin, each product rounded, then the sum (as eager rounds it;
-        # rotate_half(t) = cat(-t2, t1))
-        o1 = ((a1 * c1).to(dt).to(tl.float32) + (-(a2 * s1)).to(dt).to(tl.float32)).to(dt)
-        o2 = ((a2 * c2).to(dt).to(tl.float32) + (a1 * s2).to(dt).to(tl.float32)).to(dt)
+    r1 = (y1 + bias1).to(dt)
+    r2 = (y2 + bias2).to(dt)
+    if head < HQ + HKV:  # q and k heads rotate, v heads do not
+        o1, o2 = rotate_rounded(r1, r2, c1, c2, s1, s2)
         if head < HQ:
             tl.store(q_ptr + head * D + jj, o1, mask=j_ok)
             tl.store(q_ptr + head * D + HALF + jj, o2, mask=j_ok)
@@ -235,8 +234,8 @@ def _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, p
             tl.store(base + (HALF + jj) * skd, o2, mask=j_ok)
     else:
         base = vc_ptr + (head - HQ - HKV).to(tl.int64) * svh + pos.to(tl.int64) * svt
-        tl.store(base + jj * svd, a1.to(dt), mask=j_ok)
-        tl.store(base + (HALF + jj) * svd, a2.to(dt), mask=j_ok)
+        tl.store(base + jj * svd, r1, mask=j_ok)
+        tl.store(base + (HALF + jj) * svd, r2, mask=j_ok)
     # counted in on its kv head's counter: the attention items of that head wait for its G + 2 heads only
     group = tl.where(head < HQ, head // G, tl.where(head < HQ + HKV, head - HQ, head - HQ - HKV))
     _count_in(cnt_ptr + 3 + HKV + group)
@@ -245,7 +244,9 @@ def _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, p
 @triton.jit
 def _kv_tile(base, ts, ds, st, sd, t_mask, d_ok, TRANSPOSED: tl.constexpr):
     """Slots ``ts`` of one head's cache where ``t_mask`` (zeros elsewhere): K^T ``[BLOCK_D, BLOCK_T]``
-    (``TRANSPOSED``) or V ``[BLOCK_T, BLOCK_D]``."""
+    (``TRANSPOSED``) or V ``[BLOCK_T, BLOCK_D]``. Not ``decode_attention._k_tile`` / ``_v_tile`` (a 64-bit first slot
+    plus 32-bit offsets): in this kernel that form took the unpipelined 4-split configs from 124 to 184 registers a
+    thread (compile_check --regs), one program an SM instead of two; 64-bit slot vectors here."""
     if TRANSPOSED:
         return tl.load(base + ts.to(tl.int64)[None, :] * st + ds[:, None] * sd, mask=t_mask[None, :] & d_ok[:, None],
                        other=0.0)
@@ -364,8 +365,9 @@ def _item(item, w, xn, bias1, bias2, cos_ptr, sin_ptr, x_ptr, q_ptr, kc_ptr, vc_
           BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, INPUT_PRECISION: tl.constexpr,
           EARLY_KV: tl.constexpr):
     if item < N_A:
-        c1, c2, s1, s2 = _a_rope(item, cos_ptr, sin_ptr, N_A, HALF, ROWS // 2)
-        _phase_a(item, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
+        jj, j_ok = _a_cols(item, N_A, HALF, ROWS // 2)
+        c1, c2, s1, s2 = _a_rope(jj, j_ok, cos_ptr, sin_ptr, HALF)
+        _phase_a(item, jj, j_ok, w, xn, bias1, bias2, c1, c2, s1, s2, q_ptr, kc_ptr, vc_ptr, pos, cnt_ptr,
                  HQ, HKV, G, HALF, skh, skt, skd, svh, svt, svd, D, ROWS)
     elif item < N_A + N_B:
         _phase_b(item - N_A, q_ptr, kc_ptr, vc_ptr, a_ptr, part_ptr, lse_ptr, cnt_ptr, pos, qk_scale,
@@ -425,40 +427,6 @@ def _attn_block(
     if arrive_last(cnt_ptr, 2, n_prog):
         reset_counter(cnt_ptr, 1)
         reset_counter(cnt_ptr, 2)
-
-
-def attention_block_reference(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor,
-                              cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                              position: torch.Tensor, o_weight: torch.Tensor, *, eps: float, num_heads: int,
-                              num_kv_heads: int, head_dim: int, scale: Optional[float] = None,
-                              qkv_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Eager torch, rounded as HF's Llama layer rounds: writes k, v at ``position`` into the caches, returns
-    ``x + o_proj(attention)`` shaped like x."""
-    hq, hkv, d = num_heads, num_kv_heads, head_dim
-    dt = x.dtype
-    xr = x.reshape(1, -1)
-    xf = xr.float()
-    xn = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dt)
-    qkv = torch.nn.functional.linear(norm_weight * xn, qkv_weight, qkv_bias)
-    q = qkv[:, :hq * d].reshape(1, hq, 1, d)
-    k = qkv[:, hq * d:(hq + hkv) * d].reshape(1, hkv, 1, d)
-    v = qkv[:, (hq + hkv) * d:].reshape(1, hkv, 1, d)
-    c, s = cos.reshape(d).to(dt), sin.reshape(d).to(dt)
-
-    def rotate(t: torch.Tensor) -> torch.Tensor:
-        t1, t2 = t[..., :d // 2], t[..., d // 2:]
-        return t * c + torch.cat((-t2, t1), dim=-1) * s
-
-    q, k = rotate(q), rotate(k)
-    p = int(position.reshape(-1)[0])
-    k_cache[:, :, p] = k[:, :, 0]
-    v_cache[:, :, p] = v[:, :, 0]
-    keys = k_cache[:, :, :p + 1].repeat_interleave(hq // hkv, dim=1).float()
-    vals = v_cache[:, :, :p + 1].repeat_interleave(hq // hkv, dim=1).float()
-    sc = scale if scale is not None else 1.0 / math.sqrt(d)
-    att = torch.softmax((q.float() @ keys.transpose(-1, -2)) * sc, dim=-1) @ vals
-    a = att.to(dt).reshape(1, hq * d)
-    return (xr + torch.nn.functional.linear(a, o_weight)).reshape(x.shape)
 
 
 def _scope(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tensor, cos: torch.Tensor,
@@ -575,9 +543,9 @@ def attention_block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torc
     dev = x.device
     q_buf = torch.empty(ko, dtype=x.dtype, device=dev)
     a_buf = torch.empty(ko, dtype=x.dtype, device=dev)
-    part = torch.empty(max(1, hkv * cfg.splits * block_g * block_d if cfg.splits > 1 else 1), dtype=torch.float32,
-                       device=dev)
-    lse = torch.empty(max(1, hkv * cfg.splits * block_g if cfg.splits > 1 else 1), dtype=torch.float32, device=dev)
+    partials = hkv * cfg.splits * block_g if cfg.splits > 1 else 1  # (one split: no partials, nothing read)
+    part = torch.empty(partials * block_d, dtype=torch.float32, device=dev)
+    lse = torch.empty(partials, dtype=torch.float32, device=dev)
     counters = split_counters(dev, COUNTERS + 2 * hkv)
     programs = min(n_items, cfg.programs or n_items)
     if programs < n_items and dev.type != "cuda":

@@ -133,11 +133,21 @@ def _rope_pair(y1, y2, cs_ptr, sn_ptr, ms, jj, HALF, stride_cm, mask, rope_prog)
     c2 = tl.load(cs_ptr + offs + HALF, mask=ok, other=0.0).to(tl.float32)
     s1 = tl.load(sn_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     s2 = tl.load(sn_ptr + offs + HALF, mask=ok, other=0.0).to(tl.float32)
+    o1, o2 = rotate_rounded(y1, y2, c1, c2, s1, s2)
+    return tl.where(rope_prog[None, :], o1, y1), tl.where(rope_prog[None, :], o2, y2)
+
+
+@triton.jit
+def rotate_rounded(y1, y2, c1, c2, s1, s2):
+    """A rotary pair ``(y1, y2)`` (columns ``j`` and ``j + D/2`` of a head, in the output dtype) rotated as eager
+    rounds ``t * cos + rotate_half(t) * sin``: each product rounded to the dtype, then the sum (rotate_half(t) =
+    cat(-t2, t1)); ``c*``, ``s*`` fp32 cos and sin at the two columns. Shared by ``linear_rope``'s epilogue and the
+    attention block's q/k items (``attn_block``)."""
     dt = y1.dtype
     a1, a2 = y1.to(tl.float32), y2.to(tl.float32)
     o1 = ((a1 * c1).to(dt).to(tl.float32) + (-(a2 * s1)).to(dt).to(tl.float32)).to(dt)
     o2 = ((a2 * c2).to(dt).to(tl.float32) + (a1 * s2).to(dt).to(tl.float32)).to(dt)
-    return tl.where(rope_prog[None, :], o1, y1), tl.where(rope_prog[None, :], o2, y2)
+    return o1, o2
 
 
 @triton.jit
