@@ -57,7 +57,7 @@ from typing import Optional
 from membound.ir import Graph, Node, Value
 from membound.passes.gemv_regime import beyond_gemv, decode_dims, seconds, seconds_of
 from membound.passes.manager import PassContext, register_pass
-from membound.passes.pattern import is_2d_param, is_single_use
+from membound.passes.pattern import heads_view, is_2d_param, is_single_use, static_int
 
 
 @dataclass
@@ -67,10 +67,6 @@ class Block:
     attrs: dict
     nodes: list[Node]  # every node replaced, consumers first (the order they are erased in)
     add: Node
-
-
-def _int(d: object) -> Optional[int]:
-    return int(d) if getattr(d, "is_Integer", False) or isinstance(d, int) else None
 
 
 def _producer(v: Value, op: str) -> Optional[Node]:
@@ -86,20 +82,6 @@ def _only_user(v: Value, op: str) -> Optional[Node]:
     return user if user.op == op else None
 
 
-def _heads_view(t: Value) -> Optional[tuple[Value, list[Node]]]:
-    """``(part, [transpose, reshape])`` when ``t = transpose(reshape(part, [B, 1, H, D]), 1, 2)``, single-use links."""
-    tr = _producer(t, "transpose")
-    if tr is None or {tr.attrs.get("dim0") % 4, tr.attrs.get("dim1") % 4} != {1, 2} or not is_single_use(t):
-        return None
-    rs = _producer(tr.inputs[0], "reshape")
-    if rs is None or not is_single_use(tr.inputs[0]) or rs.results[0].rank != 4:
-        return None
-    part = rs.inputs[0]
-    if part.rank != 3 or not is_single_use(part) or part.shape[:2] != rs.results[0].shape[:2]:
-        return None
-    return part, [tr, rs]
-
-
 def match_block(ca: Node) -> tuple[Optional[Block], str]:
     """The attention block around ``ca`` (a ``cached_attention``), or (None, why not; "" when it is not worth a
     log line: not over cache writes at all)."""
@@ -111,14 +93,15 @@ def match_block(ca: Node) -> tuple[Optional[Block], str]:
         return None, ""
     if any(ca.attrs.get(a) is not None for a in ("window", "softcap", "alibi")):
         return None, "a window, soft-cap or ALiBi (the one-launch kernel has none)"
-    if q_t.rank != 4 or _int(q_t.shape[2]) != 1:
+    if q_t.rank != 4 or static_int(q_t.shape[2]) != 1:
         return None, "not one new token a row"
     for w in (wk, wv):
         cache, _, wpos = w.inputs
         if (cache.kind != "state" or wpos is not pos or w.attrs.get("dim", 2) % 4 != 2
                 or not is_single_use(w.results[0])):
             return None, "the caches are not state buffers written at the attention's positions and read by it alone"
-    views = [_heads_view(t) for t in (q_t, wk.inputs[1], wv.inputs[1])]
+    # q, k, v as head views of the projection's columns, each read only by what reads it here
+    views = [heads_view(t) if is_single_use(t) else None for t in (q_t, wk.inputs[1], wv.inputs[1])]
     if any(v is None for v in views):
         return None, "q, k and v are not head views of a projection's columns"
     parts = [v[0] for v in views]  # type: ignore[index]
@@ -130,8 +113,8 @@ def match_block(ca: Node) -> tuple[Optional[Block], str]:
     lin = _producer(qkv, "linear_rope")
     if lin is None or not is_single_use(qkv):
         return None, "the projection is not a linear_rope (run fuse-rope-linear first) read only by the split"
-    hq, hkv = _int(q_t.shape[1]), _int(wk.inputs[1].shape[1])
-    d = _int(q_t.shape[3])
+    hq, hkv = static_int(q_t.shape[1]), static_int(wk.inputs[1].shape[1])
+    d = static_int(q_t.shape[3])
     if hq is None or hkv is None or d is None or lin.attrs.get("head_dim") != d \
             or lin.attrs.get("rope_cols") != (hq + hkv) * d:
         return None, "the rotated columns are not q and k"
@@ -153,7 +136,7 @@ def match_block(ca: Node) -> tuple[Optional[Block], str]:
         return None, "the o projection has a bias or a weight that is not a parameter"
     if len(add.inputs) != 2 or not any(i is x for i in add.inputs) or add.results[0].type != x.type:
         return None, "the residual add does not add the block's input"
-    if x.rank != 3 or _int(x.shape[1]) != 1:
+    if x.rank != 3 or static_int(x.shape[1]) != 1:
         return None, "the block's input is not [B, 1, K]"
     inputs = [x, norm.inputs[1], wqkv, cs, sn, wk.inputs[0], wv.inputs[0], pos, o.inputs[1], *bias]
     attrs = dict(eps=norm.attrs["eps"], num_heads=hq, num_kv_heads=hkv, head_dim=d, scale=ca.attrs.get("scale"))

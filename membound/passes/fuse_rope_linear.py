@@ -43,13 +43,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import sympy
-
 from membound.ir import Graph, Node, Value
 from membound.passes.cse import attrs_key
 from membound.passes.gemv_regime import beyond_gemv, decode_dims, seconds, seconds_of
 from membound.passes.manager import PassContext, register_pass
-from membound.passes.pattern import is_2d_param, is_single_use
+from membound.passes.pattern import heads_view, is_2d_param, is_single_use, static_int
 
 
 @dataclass
@@ -68,10 +66,6 @@ class Rope:
 
 def _users(v: Value) -> set[int]:
     return {id(u) for u in v.users}
-
-
-def _int(d: sympy.Expr) -> Optional[int]:
-    return int(d) if isinstance(d, (int, sympy.Integer)) or getattr(d, "is_Integer", False) else None
 
 
 def _last_dim(node: Node, v: Value) -> bool:
@@ -116,7 +110,7 @@ def match_rope(add: Node) -> Optional[Rope]:
         if first is None or second is None:
             continue
         for t, cos in (first[1:], first[1:][::-1]):
-            d = _int(t.shape[-1]) if t.rank else None
+            d = static_int(t.shape[-1]) if t.rank else None
             if d is None or d % 2 or t.rank != 4:
                 continue
             for rot, sin in (second[1:], second[1:][::-1]):
@@ -137,18 +131,10 @@ def match_rope(add: Node) -> Optional[Rope]:
 
 def _view_of_part(t: Value, d: int) -> Optional[Value]:
     """``part`` when ``t = transpose(reshape(part, [B, S, H, d]), 1, 2)`` with single-use links, else None."""
-    tr = t.producer
-    if tr is None or tr.op != "transpose" or {tr.attrs.get("dim0") % 4, tr.attrs.get("dim1") % 4} != {1, 2}:
+    found = heads_view(t)
+    if found is None or static_int(found[1][1].results[0].shape[-1]) != d:  # (the reshape's head dim)
         return None
-    rs = tr.inputs[0].producer
-    if rs is None or rs.op != "reshape" or not is_single_use(tr.inputs[0]):
-        return None
-    part = rs.inputs[0]
-    if part.rank != 3 or rs.results[0].rank != 4 or _int(rs.results[0].shape[-1]) != d:
-        return None
-    if part.shape[:2] != rs.results[0].shape[:2] or not is_single_use(part):
-        return None
-    return part
+    return found[0]
 
 
 def _tables_ok(cos: Value, sin: Value, t: Value) -> bool:
@@ -181,7 +167,7 @@ def _site(lin: Node, ropes: list[Rope]) -> tuple[Optional[Site], str]:
     if len(by_part) != len(ropes):
         return None, "a part is rotated twice"
     if len(ropes) == 1 and ropes[0].part is out:
-        n = _int(out.shape[-1])
+        n = static_int(out.shape[-1])
         return (Site(lin, ropes, n, None), "") if n is not None else (None, "the columns are not static")
     split = out.users[0] if is_single_use(out) else None
     if split is None or split.op != "split" or not _last_dim(split, out):
@@ -192,7 +178,7 @@ def _site(lin: Node, ropes: list[Rope]) -> tuple[Optional[Site], str]:
             if any(id(p) in by_part for p in split.results[i:]):
                 return None, "the rotated parts are not a prefix of the split (q and k first)"
             break
-        size = _int(part.shape[-1])
+        size = static_int(part.shape[-1])
         if size is None or size % d:
             return None, "a rotated part is not whole heads of static size"
         cols += size

@@ -51,6 +51,26 @@ def is_2d_param(v: Value) -> bool:
     return v.kind == "param" and v.rank == 2
 
 
+def static_int(d: Any) -> Optional[int]:
+    """A dim as an int when it is a literal (an int or a sympy Integer), else None (symbolic)."""
+    return int(d) if isinstance(d, int) or getattr(d, "is_Integer", False) else None
+
+
+def heads_view(t: Value) -> Optional[tuple[Value, list[Node]]]:
+    """``(part, [transpose, reshape])`` when ``t = transpose(reshape(part, [B, S, H, D]), 1, 2)`` (the heads of a
+    projection's columns ``part`` ``[B, S, H * D]``), the reshape's result and ``part`` read once; else None."""
+    tr = t.producer
+    if tr is None or tr.op != "transpose" or {tr.attrs.get("dim0") % 4, tr.attrs.get("dim1") % 4} != {1, 2}:
+        return None
+    rs = tr.inputs[0].producer
+    if rs is None or rs.op != "reshape" or not is_single_use(tr.inputs[0]) or rs.results[0].rank != 4:
+        return None
+    part = rs.inputs[0]
+    if part.rank != 3 or part.shape[:2] != rs.results[0].shape[:2] or not is_single_use(part):
+        return None
+    return part, [tr, rs]
+
+
 def is_single_use(v: Value) -> bool:
     """True when exactly one node reads ``v`` (once or several times) and it is not a graph output."""
     graph = v.producer.graph if v.producer is not None else None
