@@ -197,7 +197,8 @@ def attention_block_works(node: Node, name: str, flops: float, nbytes: float, di
     n_qkv, n_o = int(evaluate(qkv_w.shape[0], env, "qkv rows")), int(evaluate(o_w.shape[1], env, "o columns"))
     qkv_bytes = float(n_qkv * k * itemsize + m * (k + n_qkv) * itemsize)
     o_bytes = float(k * n_o * itemsize + m * (n_o + 2 * k) * itemsize)
-    kv_new = float(2 * m * (n_qkv - n_o) // 2 * itemsize)
+    # one cache write: its m * Hkv * D new values read and written (n_qkv - n_o = 2 Hkv D)
+    kv_new = float(m * (n_qkv - n_o) * itemsize)
     proj_flops = 2.0 * m * k * (n_qkv + n_o)
     rest = max(nbytes - qkv_bytes - o_bytes - kv_new, 0.0)  # K / V over the filled length, cos / sin
     return [KernelWork(f"{name} (norm)", "fused", 0.0, float(2 * m * k * itemsize), precision),
