@@ -56,6 +56,10 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "mixtral": ("MixtralForCausalLM", "MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
     "olmoe": ("OlmoeForCausalLM", "OlmoeConfig", MOE),
     "granite-moe": ("GraniteMoeForCausalLM", "GraniteMoeConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    # attention sinks, a sliding (3) then a full layer, q/k/v and o biases, experts with biases and a clamped SwiGLU
+    "gpt-oss": ("GptOssForCausalLM", "GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=16,
+                                                          sliding_window=3,
+                                                          layer_types=["sliding_attention", "full_attention"])),
     "gemma": ("GemmaForCausalLM", "GemmaConfig", dict(head_dim=16)),
     "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(head_dim=16, sliding_window=3)),
     "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(head_dim=16, sliding_window=4)),

@@ -38,6 +38,15 @@ and ``arange(S)``) folds the same way, its slopes becoming ``alibi=[m_0, ...]``:
     // becomes
     %o = attention(%q, %k, %v) {causal=true, scale=0.5, alibi=[0.25, 0.0625, 0.015625, 0.00390625]} : ...
 
+Attention sinks (gpt-oss): the masked scores joined by a column of per-head logits (``cat(s, expand(sinks))``),
+the row max subtracted (a no-op under the softmax), and the softmax's last column dropped before the product with
+v, become ``attention(q, k, v, mask?, sinks) {sinks=true}``; the mask then folds as above::
+
+    %j = cat(%masked, %sink_col) {dim=-1}      // sink_col: sinks [Hq] viewed [1, Hq, 1, 1], expanded to [B, Hq, S, 1]
+    %p = softmax(sub(%j, amax(%j))) ; %pk = slice(%p) {dim=3, start=0, end=L} ; %o = matmul(%pk, %v)
+    // becomes
+    %o = attention(%q, %k, %v, %mask, %sinks) {sinks=true}
+
 A boolean mask applied with ``where`` and then an additive one (GPT-Neo: its causal bias, filled with a
 stored ``finfo.min`` scalar, which the pass first reads as a constant; then the attention mask) become one
 additive mask: the additive one plus ``where(keep, 0, fill)``.
@@ -64,6 +73,7 @@ import sympy
 import torch
 
 from membound.ir import Graph, Node, Value
+from membound.ir.ops.attention import attention_parts
 from membound.ir.types import dims_equal
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.mask_form import depends_on_inputs, mask_form
@@ -105,6 +115,13 @@ _MASKED = Alt(
 # softmax in f32 internally anyway, so that form fuses too
 _SOFTMAX = Pat("softmax", Alt(_MASKED, Pat("cast", _MASKED)), name="probs", attrs={"dim": lambda d: d in (-1, 3)})
 _ATTN = Pat("matmul", Opt("cast", _SOFTMAX), Any_("v"))
+# attention sinks (gpt-oss): the masked scores joined by a column of per-head logits, their row max subtracted (a
+# no-op under the softmax), the softmax's last column (the sink's weight) dropped before the product with v
+_LAST = {"dim": lambda d: d in (-1, 3)}
+_JOINED = Pat("cat", Alt(_MASKED, Pat("cast", _MASKED)), Any_("sink_col"), name="joined", attrs=_LAST)
+_SINK_SOFTMAX = Pat("softmax", Alt(Pat("sub", _JOINED, Pat("amax", Any_("joined"), name="row_max")), _JOINED),
+                    name="probs", attrs=_LAST)
+_SINK_ATTN = Pat("matmul", Opt("cast", Pat("slice", _SINK_SOFTMAX, name="kept", attrs=_LAST)), Any_("v"))
 
 
 def _swaps_last_two(node: Optional[Node], rank: int) -> bool:
@@ -152,8 +169,47 @@ def _half_qk(q: Value, kt: Value, v: Value) -> Optional[tuple[Value, Value]]:
     return (qs, ks) if qs is not None and ks is not None else None
 
 
+def _sinks_of(m: Match) -> Optional[Value]:
+    """The per-head sink logits ``[Hq]`` of a matched sink form (see ``_SINK_ATTN``), or None (a note says why):
+    the joined column must be one logit a head broadcast over rows and queries, the max taken over the joined
+    row (keepdim), the slice the first L columns (the keys)."""
+    joined, col = m["joined"], m["sink_col"]
+    if joined.rank != 4:
+        m.note("sink form: the joined scores are not [B, H, S, L + 1]")
+        return None
+    b, hq, _, length = joined.shape
+    if "row_max" in m:
+        red = m["row_max"].producer
+        assert red is not None
+        if tuple(d % 4 for d in red.attrs["dims"]) != (3,) or not red.attrs["keepdim"]:
+            m.note("sink form: the subtracted max is not the joined row's (dims=[-1], keepdim)")
+            return None
+    kept = m["kept"].producer
+    assert kept is not None
+    if not (kept.attrs["start"] == 0 and kept.attrs["step"] == 1 and dims_equal(kept.attrs["end"], length - 1)
+            and dims_equal(col.shape[3], 1) if col.rank == 4 else False):
+        m.note("sink form: not one joined column whose probability is dropped (slice [0, L) of L + 1)")
+        return None
+    src = col
+    while src.producer is not None and src.producer.op in ("expand", "cast"):
+        src = src.producer.inputs[0]
+    if src.producer is not None and src.producer.op == "reshape":
+        src = src.producer.inputs[0]
+    per_head = src.rank == 1 or (src.rank == 4 and all(dims_equal(src.shape[i], 1) for i in (0, 2, 3)))
+    if not (per_head and dims_equal(src.shape[0 if src.rank == 1 else 1], hq)) or src.dtype == torch.bool:
+        m.note(f"sink form: the joined column is {col.type}, not one logit a query head broadcast over the rows")
+        return None
+    return src if src.rank == 1 else m.builder.call("reshape", src, shape=(hq,))
+
+
 def _fuse(m: Match) -> Optional[Value]:
     # matmul(softmax(scale * q @ k.T + mask), v) -> attention(q, k, v, mask) {scale}
+    # (matmul(softmax(cat(scale * q @ k.T + mask, sinks))[..., :L], v) -> attention(q, k, v, mask, sinks) {sinks})
+    sinks = None
+    if "joined" in m:
+        sinks = _sinks_of(m)
+        if sinks is None:
+            return None
     q, kt, v = m["q"], m["kt"], m["v"]
     half = None
     if v.dtype in (torch.float16, torch.bfloat16) and q.dtype == kt.dtype == torch.float32 and m.value.dtype == v.dtype:
@@ -184,8 +240,8 @@ def _fuse(m: Match) -> Optional[Value]:
     k2, v2 = _unrepeat(k), _unrepeat(v)
     if k2.shape[1] == v2.shape[1]:
         k, v = k2, v2
-    inputs = [q, k, v] + ([mask] if mask is not None else [])
-    out = b.call("attention", *inputs, causal=False, scale=scale, softcap=softcap)
+    inputs = [q, k, v] + ([mask] if mask is not None else []) + ([sinks] if sinks is not None else [])
+    out = b.call("attention", *inputs, causal=False, scale=scale, softcap=softcap, sinks=sinks is not None)
     if not out.type.equivalent(m.value.type):
         return None
     return out
@@ -338,6 +394,8 @@ def _fold_repeat_kv(m: Match) -> Optional[Value]:
 RULES = [
     # matmul(softmax(mul(matmul(q, transpose(k)), c) + mask), v) -> attention(q, k, v, mask) {scale=c}
     Rule(_ATTN, _fuse, name="fuse-softmax-attention"),
+    # ... with per-head sink logits joining the softmax (gpt-oss)
+    Rule(_SINK_ATTN, _fuse, name="fuse-sink-attention"),
     # the same over heads flattened into the batch, a bias added before the [B, H, S, L] view (BLOOM's baddbmm)
     Rule(_ATTN3, _fuse_flat, name="fuse-flattened-heads-attention"),
     Rule(_ATTN3_SOFTMAX3, _fuse_flat, name="fuse-flattened-heads-attention"),
@@ -355,9 +413,11 @@ def _fold_constant_masks(graph: Graph, notes: list[str]) -> int:
     data = depends_on_inputs(graph)
     folded = 0
     for node in list(graph.nodes):
-        if node.op != "attention" or len(node.inputs) != 4:
+        if node.op != "attention":
             continue
-        q, k, v, mask = node.inputs
+        q, k, v, mask, sinks = attention_parts(node)
+        if mask is None:
+            continue
         if mask.kind == "input" or (mask.producer is not None and id(mask.producer) in data):
             continue  # a padding mask: it changes with the inputs
         if not (dims_equal(q.shape[2], k.shape[2])):
@@ -374,7 +434,7 @@ def _fold_constant_masks(graph: Graph, notes: list[str]) -> int:
             notes.append(f"attention at %{node.result.name} keeps its mask: ALiBi slopes for {len(alibi)} heads, "
                          f"q has {q.shape[1]}")
             continue
-        new = graph.create_node("attention", [q, k, v],
+        new = graph.create_node("attention", [q, k, v] + ([sinks] if sinks is not None else []),
                                 dict(node.attrs, causal=True, window=form.window, alibi=alibi))
         graph.insert_before(node, new)
         graph.replace_all_uses(node.result, new.result)

@@ -85,12 +85,16 @@ def _only_user(v: Value, op: str) -> Optional[Node]:
 def match_block(ca: Node) -> tuple[Optional[Block], str]:
     """The attention block around ``ca`` (a ``cached_attention``), or (None, why not; "" when it is not worth a
     log line: not over cache writes at all)."""
-    if ca.op != "cached_attention" or len(ca.inputs) != 4:
+    if ca.op != "cached_attention" or len(ca.inputs) < 4:
         return None, ""
-    q_t, kw, vw, pos = ca.inputs
+    q_t, kw, vw, pos = ca.inputs[:4]
     wk, wv = _producer(kw, "cache_write"), _producer(vw, "cache_write")
     if wk is None or wv is None:
         return None, ""
+    if ca.attrs.get("sinks"):
+        return None, "attention sinks (the one-launch kernel has none)"
+    if len(ca.inputs) != 4:
+        return None, "a ring cache (the one-launch kernel reads a linear one)"
     if any(ca.attrs.get(a) is not None for a in ("window", "softcap", "alibi")):
         return None, "a window, soft-cap or ALiBi (the one-launch kernel has none)"
     if q_t.rank != 4 or static_int(q_t.shape[2]) != 1:

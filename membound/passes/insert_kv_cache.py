@@ -71,6 +71,7 @@ from typing import Any, Optional
 import torch
 
 from membound.ir import Graph, Node, Value, get_op
+from membound.ir.ops.attention import attention_parts
 from membound.ir.types import B, S, T, TensorType
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.mask_form import mask_form
@@ -114,12 +115,12 @@ def _analyze(g: Graph) -> _Plan:
         if not (q.shape[2] == S and k.shape[2] == S and v.shape[2] == S):
             raise NotCacheable(f"attention #{i} is not self-attention over the sequence S "
                                f"(q {q.type}, k {k.type}): cross-attention is not cached")
-        if a.attrs["causal"] and len(a.inputs) == 3:
+        mask = attention_parts(a)[3]
+        if a.attrs["causal"] and mask is None:
             continue
-        if len(a.inputs) == 3:
+        if mask is None:
             raise NotCacheable(f"attention #{i} is bidirectional (causal=false, no mask): a token would see "
                                f"later tokens, so a KV cache would change the result")
-        mask = a.inputs[3]
         if mask.producer is not None and id(mask.producer) in data or mask.kind == "input":
             raise NotCacheable(f"attention #{i}: its mask depends on the inputs (a padding mask?); "
                                f"pass no attention_mask and let generate() handle lengths")
@@ -254,9 +255,11 @@ class _Builder:
                     slot, ring = ring_slots[window], (k, v)
                 kw = self.call("cache_write", kc, k, slot, dim=2)
                 vw = self.call("cache_write", vc, v, slot, dim=2)
-                self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, *ring,
+                sinks = attention_parts(n)[4]
+                extra = (*ring, self.map[id(sinks)]) if sinks is not None else ring  # ([Hq]: no position)
+                self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, *extra,
                                                    scale=n.attrs["scale"], window=window, softcap=n.attrs["softcap"],
-                                                   alibi=n.attrs["alibi"])
+                                                   alibi=n.attrs["alibi"], sinks=sinks is not None)
             elif id(n) in self.plan.sources:
                 dtype = n.result.dtype
                 p = positions if dtype == torch.int64 else self.call("cast", positions, dtype=dtype)
@@ -378,7 +381,9 @@ def _live_without_masks(g: Graph, attention_ids: dict[int, int]) -> set[int]:
         if id(n) in live:
             continue
         live.add(id(n))
-        inputs = n.inputs[:3] if id(n) in attention_ids else n.inputs
+        # (an attention's mask is dropped, its q, k, v and sink logits kept)
+        inputs = [x for i, x in enumerate(attention_parts(n)) if x is not None and i != 3] \
+            if id(n) in attention_ids else n.inputs
         work += [v.producer for v in inputs if v.producer is not None]
     return live
 

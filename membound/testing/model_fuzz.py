@@ -38,14 +38,15 @@ FAMILIES = ("hf-llama", "hf-mistral", "hf-qwen2", "hf-gpt2", "llama", "gpt2", "m
 # HF OPT (counted learned positions), GPT-J (rotary rows gathered from a table), BLOOM (flattened heads, ALiBi),
 # GPT-Neo (a where-applied causal bias, global and local layers), XGLM (flattened heads, a floored mask, sinusoid rows
 # by index_select), CodeGen (f32 scores, the mask added before the scale), MPT (an ALiBi table sliced by a max of
-# sizes, then a boolean fill)
-EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo", "hf-xglm", "hf-codegen", "hf-mpt")
+# sizes, then a boolean fill), gpt-oss (attention sinks, sliding and full layers, q/k/v and o biases, YaRN rotary, a
+# mixture of experts with biases and a clamped SwiGLU)
+EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo", "hf-xglm", "hf-codegen", "hf-mpt", "hf-gpt-oss")
 _HF_CLASSES = {"hf-llama": ("LlamaConfig", "LlamaForCausalLM"), "hf-mistral": ("MistralConfig", "MistralForCausalLM"),
                "hf-qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "hf-gpt2": ("GPT2Config", "GPT2LMHeadModel"),
                "hf-opt": ("OPTConfig", "OPTForCausalLM"), "hf-gptj": ("GPTJConfig", "GPTJForCausalLM"),
                "hf-bloom": ("BloomConfig", "BloomForCausalLM"), "hf-gptneo": ("GPTNeoConfig", "GPTNeoForCausalLM"),
                "hf-xglm": ("XGLMConfig", "XGLMForCausalLM"), "hf-codegen": ("CodeGenConfig", "CodeGenForCausalLM"),
-               "hf-mpt": ("MptConfig", "MptForCausalLM")}
+               "hf-mpt": ("MptConfig", "MptForCausalLM"), "hf-gpt-oss": ("GptOssConfig", "GptOssForCausalLM")}
 BACKENDS = ("reference", "triton")
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # atol = rtol
 MARGIN = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 0.25}
@@ -139,8 +140,18 @@ def draw_case(seed: int, families: tuple[str, ...] = FAMILIES, dtype: str = "flo
 
 def _extra_config(family: str, rng: random.Random, vocab: int, heads: int, head_dim: int, layers: int, width: int,
                   eps: float, tie: bool) -> dict[str, Any]:
-    """The config draw of an ``EXTRA_FAMILIES`` member (multi-head attention: these families have no GQA)."""
+    """The config draw of an ``EXTRA_FAMILIES`` member (multi-head attention, but gpt-oss: the others have no
+    GQA)."""
     hidden = heads * head_dim
+    if family == "hf-gpt-oss":  # GQA over the heads' divisors; each layer sliding (a window of 2-7) or full
+        experts = rng.choice([2, 3, 4])
+        kv_heads = rng.choice([d for d in (1, 2, 3, 4) if heads % d == 0])
+        return dict(vocab_size=vocab, hidden_size=rng.choice([hidden, 2 * hidden]), head_dim=head_dim,
+                    num_attention_heads=heads, num_key_value_heads=kv_heads,
+                    num_hidden_layers=layers, intermediate_size=width, rms_norm_eps=eps, num_local_experts=experts,
+                    num_experts_per_tok=rng.randint(1, min(2, experts)), sliding_window=rng.choice([2, 4, 7]),
+                    layer_types=[rng.choice(["sliding_attention", "full_attention"]) for _ in range(layers)],
+                    max_position_embeddings=64, tie_word_embeddings=tie)
     if family == "hf-opt":
         return dict(vocab_size=vocab, hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=layers,
                     ffn_dim=width, max_position_embeddings=64, word_embed_proj_dim=hidden,

@@ -30,7 +30,10 @@ CASES = [("hf-llama", 109), ("hf-gpt2", 4), ("llama", 15),
          ("hf-xglm", 3), ("hf-codegen", 2),
          # MPT: its ALiBi table sliced by max(0, 64 - S) (the capture takes S <= 64), then a boolean fill; 12 heads
          # (slopes by torch.concat), rows of 2, 5 and 4
-         ("hf-mpt", 14)]
+         ("hf-mpt", 14),
+         # gpt-oss: attention sinks on a sliding layer whose window (4) is shorter than a prompt (rows of 4 and 6), GQA 4:1,
+         # q/k/v and o biases, 3 experts (top 2) with biases and the clamped SwiGLU
+         ("hf-gpt-oss", 14)]
 
 
 @pytest.mark.parametrize("family,seed", CASES)

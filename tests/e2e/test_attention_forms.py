@@ -1,6 +1,6 @@
 """Attention forms of real models: sliding windows (Mistral, alternating local/global layers), soft-capping
 (Gemma 2), heads flattened into the batch with an ALiBi bias (BLOOM), a causal bias applied with a stored
-fill scalar beside an additive mask (GPT-Neo), eager and sdpa capture. Each ends in
+fill scalar beside an additive mask (GPT-Neo), attention sinks (gpt-oss), eager and sdpa capture. Each ends in
 ``attention`` ops and decodes eager's greedy tokens."""
 
 import math
@@ -41,6 +41,14 @@ def _hf(name: str, attn: str, window: int = 4) -> torch.nn.Module:
                                              eos_token_id=2, pad_token_id=0, attn_implementation=attn))
     elif name == "llama":
         m = T.LlamaForCausalLM(T.LlamaConfig(**_common(), attn_implementation=attn))
+    elif name == "gpt_oss":             # attention sinks; a sliding then a full layer; experts with biases
+        m = T.GptOssForCausalLM(T.GptOssConfig(**_common(), head_dim=8, sliding_window=window, num_local_experts=3,
+                                               num_experts_per_tok=2, layer_types=["sliding_attention",
+                                                                                   "full_attention"],
+                                               attn_implementation=attn))
+        with torch.no_grad():  # sinks from below to above the scores (HF initialises them near 0)
+            for layer in m.model.layers:
+                layer.self_attn.sinks.copy_(torch.linspace(-1.0, 3.0, layer.self_attn.sinks.numel()))
     else:
         m = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128,
                                            bos_token_id=1, eos_token_id=2, attn_implementation=attn))
@@ -202,3 +210,28 @@ def test_mpt_half_precision_alibi_keeps_its_exact_slopes():
     membound.generate(compiled, pids, 3, attention_mask=pmask)
     alibi = [n.attrs["alibi"] for n in compiled._kv_program.decode_graph.nodes if n.op == "cached_attention"]
     assert len(alibi) == 2 and all(exact(a) for a in alibi), alibi
+
+
+def test_gpt_oss_sinks_fuse_and_decode_with_the_cache():
+    """gpt-oss joins each head's learned sink logit to the masked scores (``cat``), subtracts the row max, takes the
+    softmax and drops the sink's column before the product with v. Before fuse-attention knew the form it stayed
+    unfused and generate refused the KV cache ("no attention op"); now each layer is one causal attention with its
+    sinks as an operand (``sinks=true``; the sliding layer's window an attribute), cached_attention carries them,
+    and greedy tokens equal eager's recomputation with a window (4) shorter than the prompt (9)."""
+    model = _hf("gpt_oss", "eager")
+    ids = torch.randint(3, VOCAB, (2, 7))
+    g, ctx = _fused(model, ids)
+    got = [(n.attrs["causal"], n.attrs["window"], n.attrs["sinks"], n.inputs[-1].name) for n in g.nodes
+           if n.op == "attention"]
+    assert got == [(True, 4, True, "model.layers.0.self_attn.sinks"),
+                   (True, None, True, "model.layers.1.self_attn.sinks")], "\n".join(ctx.log)
+    assert g.count("softmax") == 2  # the routers' (top-k weights), no attention's
+    from membound.backends.reference import run_graph
+
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+    torch.testing.assert_close(run_graph(g, [ids])[0], ref, rtol=1e-4, atol=1e-5)  # fp32
+    compiled = _generate_equals_recompute(model)
+    cached = [(n.attrs["window"], n.attrs["sinks"]) for n in compiled._kv_program.decode_graph.nodes
+              if n.op == "cached_attention"]
+    assert cached == [(4, True), (None, True)]

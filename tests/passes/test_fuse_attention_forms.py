@@ -75,8 +75,58 @@ GPT2_TRIL_AFTER = """graph @t(%q: f32[B, 2, S, 8], %k: f32[B, 2, S, 8], %v: f32[
   return %0
 }"""
 
-CASES = [(SOFTCAP, SOFTCAP_AFTER), (WINDOW, WINDOW_AFTER), (GPT2_TRIL, GPT2_TRIL_AFTER)]
-IDS = ["softcap", "window-mask", "gpt2-tril"]
+# gpt-oss: per-head sink logits joined to the masked scores, the row max subtracted, the sink's column dropped
+SINKS = """graph @s(%q: f32[B, 4, S, 8], %k: f32[B, 4, S, 8], %v: f32[B, 4, S, 8], %m: f32[B, 1, S, S], %sk: f32[4]) {
+  %kt = transpose(%k) {dim0=2, dim1=3} : f32[B, 4, 8, S]
+  %s = matmul(%q, %kt) : f32[B, 4, S, S]
+  %c = constant() {value=0.25, dtype=f32} : f32[]
+  %ss = mul(%s, %c) : f32[B, 4, S, S]
+  %sm = add(%ss, %m) : f32[B, 4, S, S]
+  %r = reshape(%sk) {shape=[1, 4, 1, 1]} : f32[1, 4, 1, 1]
+  %e = expand(%r) {shape=[B, 4, S, 1]} : f32[B, 4, S, 1]
+  %j = cat(%sm, %e) {dim=-1} : f32[B, 4, S, S + 1]
+  %mx = amax(%j) {dims=[-1], keepdim=true} : f32[B, 4, S, 1]
+  %d = sub(%j, %mx) : f32[B, 4, S, S + 1]
+  %p = softmax(%d) {dim=-1, dtype=none} : f32[B, 4, S, S + 1]
+  %pk = slice(%p) {dim=3, start=0, end=S, step=1} : f32[B, 4, S, S]
+  %o = matmul(%pk, %v) : f32[B, 4, S, 8]
+  return %o
+}"""
+SINKS_AFTER = """graph @s(%q: f32[B, 4, S, 8], %k: f32[B, 4, S, 8], %v: f32[B, 4, S, 8], %m: f32[B, 1, S, S], %sk: f32[4]) {
+  %0 = attention(%q, %k, %v, %m, %sk) {causal=false, scale=0.25, window=none, softcap=none, sinks=true} : f32[B, 4, S, 8]
+  return %0
+}"""
+# ... with the sliding-window mask of WINDOW (folded to attributes, the sinks kept) and no max subtracted
+SINKS_WINDOW = WINDOW.replace("%v: f32[B, 2, S, 8])", "%v: f32[B, 2, S, 8], %sk: f32[4])").replace(
+    "  %o = attention(%q, %k, %v, %keep) {causal=false, scale=0.5} : f32[B, 4, S, 8]\n", """\
+  %ks = unsqueeze(%k) {dim=2} : f32[B, 2, 1, S, 8]
+  %ke = expand(%ks) {shape=[B, 2, 2, S, 8]} : f32[B, 2, 2, S, 8]
+  %kr = reshape(%ke) {shape=[B, 4, S, 8]} : f32[B, 4, S, 8]
+  %kt = transpose(%kr) {dim0=2, dim1=3} : f32[B, 4, 8, S]
+  %s = matmul(%q, %kt) : f32[B, 4, S, S]
+  %c = constant() {value=0.5, dtype=f32} : f32[]
+  %ss = mul(%s, %c) : f32[B, 4, S, S]
+  %z = constant() {value=0.0, dtype=f32} : f32[]
+  %ni = constant() {value=-inf, dtype=f32} : f32[]
+  %add = where(%keep, %z, %ni) : f32[S, S]
+  %sm = add(%ss, %add) : f32[B, 4, S, S]
+  %r = reshape(%sk) {shape=[1, 4, 1, 1]} : f32[1, 4, 1, 1]
+  %e = expand(%r) {shape=[B, 4, S, 1]} : f32[B, 4, S, 1]
+  %j = cat(%sm, %e) {dim=-1} : f32[B, 4, S, S + 1]
+  %p = softmax(%j) {dim=-1, dtype=none} : f32[B, 4, S, S + 1]
+  %pk = slice(%p) {dim=3, start=0, end=S, step=1} : f32[B, 4, S, S]
+  %vs = unsqueeze(%v) {dim=2} : f32[B, 2, 1, S, 8]
+  %ve = expand(%vs) {shape=[B, 2, 2, S, 8]} : f32[B, 2, 2, S, 8]
+  %vr = reshape(%ve) {shape=[B, 4, S, 8]} : f32[B, 4, S, 8]
+  %o = matmul(%pk, %vr) : f32[B, 4, S, 8]
+""")
+SINKS_WINDOW_AFTER = WINDOW_AFTER.replace("%v: f32[B, 2, S, 8])", "%v: f32[B, 2, S, 8], %sk: f32[4])").replace(
+    "attention(%q, %k, %v) {causal=true, scale=0.5, window=3}", "attention(%q, %k, %v, %sk) {causal=true, scale=0.5, "
+    "window=3, sinks=true}")
+
+CASES = [(SOFTCAP, SOFTCAP_AFTER), (WINDOW, WINDOW_AFTER), (GPT2_TRIL, GPT2_TRIL_AFTER), (SINKS, SINKS_AFTER),
+         (SINKS_WINDOW, SINKS_WINDOW_AFTER)]
+IDS = ["softcap", "window-mask", "gpt2-tril", "sinks", "sinks-window-gqa"]
 
 
 def _run(text):
@@ -186,3 +236,47 @@ def test_stored_scale_and_floor_scalars_are_read_as_constants():
     g2.tensors["lowest"] = torch.tensor(-1.0)
     fuse_attention(g2, PassContext())
     assert not any(n.op == "attention" for n in g2.nodes)
+
+
+SINK_LEFT_ALONE = [
+    # (what changes, the log's reason)
+    ({"%pk = slice(%p) {dim=3, start=0, end=S, step=1}": "%pk = slice(%p) {dim=3, start=1, end=S + 1, step=1}"},
+     "not one joined column whose probability is dropped"),
+    ({"%mx = amax(%j) {dims=[-1], keepdim=true} : f32[B, 4, S, 1]": "%mx = amax(%j) {dims=[-2], keepdim=true} : "
+      "f32[B, 4, 1, S + 1]"}, "the subtracted max is not the joined row's"),
+    # a sink column per row and query (an input of that shape), not one logit a head
+    ({"%e = expand(%r) {shape=[B, 4, S, 1]} : f32[B, 4, S, 1]": "%e = mul(%m1, %m1) : f32[B, 4, S, 1]",
+      "%sk: f32[4])": "%sk: f32[4], %m1: f32[B, 4, S, 1])"},
+     "not one logit a query head broadcast over the rows"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(SINK_LEFT_ALONE)))
+def test_sink_forms_it_leaves_alone_say_why(case):
+    swaps, why = SINK_LEFT_ALONE[case]
+    text = SINKS
+    for old, new in swaps.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    g = parse(text)
+    before = print_graph(g)
+    ctx = PassContext()
+    fuse_attention(g, ctx)
+    assert not any(n.op == "attention" for n in g.nodes), print_graph(g)
+    assert print_graph(g) == before
+    assert any(why in line for line in ctx.log), ctx.log
+
+
+def test_sinks_take_weight_from_the_keys():
+    """The fused graph equals the unfused one (test_numerics_unchanged) and differs from attention without the sink
+    column: the test would catch a sink dropped on the way."""
+    g = parse(SINKS)
+    ins = _inputs(g)
+    ins[-1] = torch.full((4,), 3.0)  # a sink well above the scores: most of each row's weight
+    ref = run_graph(g, ins)[0]
+    assert fuse_attention(g, PassContext())
+    torch.testing.assert_close(run_graph(g, ins)[0], ref, rtol=1e-5, atol=1e-6)
+    (node,) = [n for n in g.nodes if n.op == "attention"]
+    node.attrs = dict(node.attrs, sinks=False)
+    node.inputs = node.inputs[:4]
+    assert (run_graph(g, ins)[0] - ref).abs().max() > 0.1

@@ -33,6 +33,7 @@ from membound.backends.triton.memory_plan import MemoryPlan, writes_into_buffer
 from membound.backends.triton.partition import Partition
 from membound.ir.graph import Graph, Value
 from membound.ir.ops import get_op
+from membound.ir.ops.kv_cache import cached_parts
 from membound.ir.printer import float_literal, format_node
 from membound.ir.types import numel
 
@@ -51,9 +52,11 @@ def past_is_static(node: Any) -> bool:
     graph input (no kernel of the step writes them), k and v each the result of one ``cache_write`` at those
     positions into a state cache. The slots below the smallest position are then an earlier step's, and the
     kernel may load them before the PDL wait."""
-    if node.op != "cached_attention" or len(node.inputs) != 4:  # (the ring form takes k_new, v_new too)
+    if node.op != "cached_attention":
         return False
-    pos = node.inputs[3]
+    _, _, _, pos, k_new, _, _ = cached_parts(node)
+    if k_new is not None:  # (a ring's new slot may be any slot)
+        return False
     if pos.kind != "input":
         return False
     for cache in node.inputs[1:3]:

@@ -16,6 +16,11 @@ Two attributes cover the score transforms real model families use:
   scores of head h get ``m_h * (j - i)`` added (key j, query i; a bias ``m_h * j`` as models write it
   differs by a constant per row, which the softmax ignores), after any soft-cap and before the mask.
   ``None`` means none.
+- ``sinks=true`` (attention sinks, gpt-oss): the last operand is ``sinks[Hq]``, one learned logit per query head
+  that joins every row's softmax as a key whose value is zero: each row's weights are
+  ``exp(s_j) / (exp(sink_h) + sum_j exp(s_j))``, the scores ``s`` taken after scale, soft-cap, ALiBi and mask
+  (Hugging Face's eager form: ``softmax(cat([scores, sinks], -1))[..., :-1] @ v``). A row that sees no key gives
+  0. The operands are then ``q, k, v, mask?, sinks``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,42 @@ from membound.ir.ops._common import fail, provably_different, require_float, req
 from membound.ir.types import TensorType, broadcast_shapes, dims_equal
 
 _OP = "attention"
+
+
+def split_sinks(op: str, rest: Sequence[Any], sinks: bool) -> tuple[list[Any], Any]:
+    """The optional operands after the required ones (types, tensors or IR values), with the sink logits (the last
+    operand, ``sinks=true``) apart: ``(others, sinks or None)``."""
+    if not sinks:
+        return list(rest), None
+    if not rest:
+        fail(op, "attribute sinks=true needs the per-head sink logits [Hq] as the last operand")
+    return list(rest[:-1]), rest[-1]
+
+
+def attention_parts(node: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """An ``attention`` node's ``(q, k, v, mask or None, sinks or None)``."""
+    others, sink = split_sinks(_OP, node.inputs[3:], node.attrs.get("sinks", False))
+    return node.inputs[0], node.inputs[1], node.inputs[2], (others[0] if others else None), sink
+
+
+def check_sinks(op: str, sinks: TensorType | None, flag: Any, hq: sympy.Expr) -> None:
+    """The ``sinks`` attribute (a bool) and, with it, the sink logits' operand: ``[Hq]`` floats."""
+    if not isinstance(flag, bool):
+        fail(op, f"attribute sinks must be a bool, got {flag!r}", TypeError)
+    if sinks is None:
+        return
+    if not sinks.dtype.is_floating_point or sinks.rank != 1 or provably_different(sinks.shape[0], hq):
+        fail(op, f"sinks must be [Hq] = [{hq}] floats (one logit a query head), got {sinks}")
+
+
+def sink_softmax(s: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+    """Softmax of f32 scores ``s [.., H, S, L]`` over the last dim, each head's sink logit (``sinks [H]``, or none)
+    taking part as one more key: the weights of the real keys only. Rows that see nothing (all -inf, no sinks)
+    give zeros."""
+    if sinks is None:
+        return torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)
+    col = sinks.float().reshape(-1, 1, 1).expand(*s.shape[:-1], 1)
+    return torch.softmax(torch.cat([s, col], dim=-1), dim=-1)[..., :-1]
 
 
 def _check_mask(mask: TensorType, q: TensorType, scores: tuple[sympy.Expr, ...]) -> None:
@@ -76,9 +117,14 @@ def check_window_softcap(op: str, window: int | None, softcap: float | None) -> 
         fail(op, f"attribute softcap must be None or a positive float, got {softcap!r}", TypeError)
 
 
-def _infer_attention(q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None = None, *,
+def _infer_attention(q: TensorType, k: TensorType, v: TensorType, *rest: TensorType,
                      causal: bool, scale: float | None, window: int | None = None,
-                     softcap: float | None = None, alibi: tuple[float, ...] | None = None) -> TensorType:
+                     softcap: float | None = None, alibi: tuple[float, ...] | None = None,
+                     sinks: bool = False) -> TensorType:
+    others, sink = split_sinks(_OP, rest, sinks)
+    if len(others) > 1:
+        fail(_OP, f"takes q, k, v, mask?, and the sink logits with sinks=true; got {3 + len(rest)} operands")
+    mask = others[0] if others else None
     dtype = same_dtype(_OP, ("q", q), ("k", k), ("v", v))
     require_float(_OP, q, "q")
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
@@ -98,6 +144,7 @@ def _infer_attention(q: TensorType, k: TensorType, v: TensorType, mask: TensorTy
         fail(_OP, f"attribute scale must be None or a float, got {scale!r}", TypeError)
     check_window_softcap(_OP, window, softcap)
     check_alibi(_OP, alibi, hq)
+    check_sinks(_OP, sink, sinks, hq)
     if window is not None and not causal:
         fail(_OP, f"window={window} needs causal=true (a sliding window looks back from each query)")
     if mask is not None:
@@ -119,9 +166,9 @@ def window_keep(q_pos: torch.Tensor, length: int, window: int | None) -> torch.T
 
 def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
                          additive: torch.Tensor | None, *, scale: float | None, softcap: float | None,
-                         bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain-torch attention with soft-capped scores (SDPA has no soft-capping) and an f32 ``bias``
-    (ALiBi) added after the cap; softmax in f32."""
+                         bias: torch.Tensor | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-torch attention with soft-capped scores (SDPA has no soft-capping), an f32 ``bias`` (ALiBi) added
+    after the cap, and per-head sink logits (``sinks [Hq]``) in the softmax; softmax in f32."""
     g = q.shape[1] // k.shape[1]
     if g != 1:
         k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
@@ -135,16 +182,18 @@ def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep
         s = s + additive.float()
     if keep is not None:
         s = s.masked_fill(~keep, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    p = torch.nan_to_num(p, nan=0.0)  # a row that sees nothing gives 0, as the kernels do
+    p = sink_softmax(s, sinks)  # a row that sees nothing gives 0, as the kernels do
     return (p @ v.float()).to(q.dtype)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.Tensor | None,
                causal: bool, scale: float | None, window: int | None = None,
-               softcap: float | None = None, alibi: tuple[float, ...] | None = None) -> torch.Tensor:
+               softcap: float | None = None, alibi: tuple[float, ...] | None = None,
+               sinks: bool = False) -> torch.Tensor:
+    others, sink = split_sinks(_OP, rest, sinks)
+    mask = others[0] if others else None
     gqa = q.shape[1] != k.shape[1]
-    if window is None and softcap is None and alibi is None:
+    if window is None and softcap is None and alibi is None and sink is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
     keep = None
     if causal:  # top-left aligned, as SDPA's is_causal
@@ -156,12 +205,12 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
         additive = mask
     if alibi is not None:
         bias = alibi_bias(alibi, torch.arange(q.shape[2], device=q.device), torch.arange(k.shape[2], device=q.device))
-        return softcapped_attention(q, k, v, keep, additive, scale=scale, softcap=softcap, bias=bias)
-    if softcap is None:
+        return softcapped_attention(q, k, v, keep, additive, scale=scale, softcap=softcap, bias=bias, sinks=sink)
+    if softcap is None and sink is None:
         assert keep is not None  # window needs causal
         bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
-    return softcapped_attention(q, k, v, keep, additive, scale=scale, softcap=softcap)
+    return softcapped_attention(q, k, v, keep, additive, scale=scale, softcap=softcap, sinks=sink)
 
 
 def _attention_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
@@ -185,8 +234,9 @@ def _attention_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
     return default_bytes(ins, outs, attrs)
 
 
-define_op(_OP, inputs=("q", "k", "v", "mask?"),
-          attrs={"causal": False, "scale": None, "window": None, "softcap": None, "alibi": None},
+define_op(_OP, inputs=("q", "k", "v", "mask?", "sinks?"),
+          attrs={"causal": False, "scale": None, "window": None, "softcap": None, "alibi": None, "sinks": False},
           kind="attention",
           infer=_infer_attention, reference=_attention, flops=_attention_flops, bytes=_attention_bytes,
-          doc="softmax(q @ k.T * scale + mask) @ v with GQA (Hq % Hkv == 0); causal is top-left aligned")
+          doc="softmax(q @ k.T * scale + mask) @ v with GQA (Hq % Hkv == 0); causal is top-left aligned; with "
+              "sinks=true a per-head sink logit (the last operand) joins each row's softmax")

@@ -43,8 +43,10 @@ from membound.ir.ops._common import fail, require_index, require_same_dim, same_
 from membound.ir.ops.attention import (
     alibi_bias,
     check_alibi,
+    check_sinks,
     check_window_softcap,
     softcapped_attention,
+    split_sinks,
     window_keep,
 )
 from membound.ir.types import T, TensorType
@@ -127,11 +129,21 @@ define_op("cache_write", inputs=("cache", "values", "positions"), attrs={"dim": 
 # ---------------------------------------------------------------------------------------------
 # cached_attention(q[B, Hq, S, D], k[B, Hkv, T, D], v[B, Hkv, T, Dv], positions) -> [B, Hq, S, Dv]
 # ---------------------------------------------------------------------------------------------
-def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: TensorType,
-                  k_new: Optional[TensorType] = None, v_new: Optional[TensorType] = None, *,
+def cached_parts(node: Any) -> tuple[Any, Any, Any, Any, Any, Any, Any]:
+    """A ``cached_attention`` node's ``(q, k, v, positions, k_new or None, v_new or None, sinks or None)``."""
+    ring, sink = split_sinks("cached_attention", node.inputs[4:], node.attrs.get("sinks", False))
+    k_new, v_new = (ring + [None, None])[:2]
+    return (*node.inputs[:4], k_new, v_new, sink)
+
+
+def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: TensorType, *rest: TensorType,
                   scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
-                  alibi: Optional[tuple[float, ...]] = None) -> TensorType:
+                  alibi: Optional[tuple[float, ...]] = None, sinks: bool = False) -> TensorType:
     op = "cached_attention"
+    ring, sink = split_sinks(op, rest, sinks)
+    if len(ring) not in (0, 2):
+        fail(op, "a ring cache needs both the new keys and the new values (k_new, v_new), or neither")
+    k_new, v_new = (ring[0], ring[1]) if ring else (None, None)
     check_window_softcap(op, window, softcap)
     check_alibi(op, alibi, q.shape[1] if q.rank == 4 else sympy.Integer(len(alibi or ())))
     dtype = same_dtype(op, ("q", q), ("k", k), ("v", v))
@@ -145,8 +157,7 @@ def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: Tensor
     if (hq % k.shape[1]) != 0 and isinstance(hq % k.shape[1], sympy.Integer):
         fail(op, f"query heads {hq} must be a multiple of kv heads {k.shape[1]}")
     _check_positions(op, positions, b, s)
-    if (k_new is None) != (v_new is None):
-        fail(op, "a ring cache needs both the new keys and the new values (k_new, v_new), or neither")
+    check_sinks(op, sink, sinks, hq)
     if k_new is not None and v_new is not None:
         if window is None:
             fail(op, "ring caches (k_new, v_new given) need a window: a ring of W slots holds the last W positions")
@@ -161,10 +172,11 @@ def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: Tensor
     return TensorType(dtype, (b, hq, s, v.shape[3]))
 
 
-def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-            k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None, *,
+def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, *rest: torch.Tensor,
             scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
-            alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
+            alibi: Optional[tuple[float, ...]] = None, sinks: bool = False) -> torch.Tensor:
+    ring, sink = split_sinks("cached_attention", rest, sinks)
+    k_new, v_new = (ring[0], ring[1]) if len(ring) == 2 else (None, None)
     pos = positions if positions.dim() == 2 else positions[None, :]
     if k_new is not None and v_new is not None:
         k, v, mask, key_pos = _ring_keys(k, v, pos, k_new, v_new, window)
@@ -179,9 +191,9 @@ def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         key_pos = torch.arange(length, device=pos.device)[None, None, :]
     if alibi is not None:  # m_h * (key position - query position), per row
         bias = alibi_bias(alibi, pos, key_pos.expand(pos.shape[0], -1, -1)[:, 0])  # [B|1, H, S, L]
-        return softcapped_attention(q, k, v, mask, None, scale=scale, softcap=softcap, bias=bias)
-    if softcap is not None:
-        return softcapped_attention(q, k, v, mask, None, scale=scale, softcap=softcap)
+        return softcapped_attention(q, k, v, mask, None, scale=scale, softcap=softcap, bias=bias, sinks=sink)
+    if softcap is not None or sink is not None:
+        return softcapped_attention(q, k, v, mask, None, scale=scale, softcap=softcap, sinks=sink)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                           enable_gqa=q.shape[1] != k.shape[1])
 
@@ -237,12 +249,13 @@ def _cached_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: 
     return q.nbytes() + outs[0].nbytes() + pos.nbytes() + per_slot * _seen(attrs)
 
 
-define_op("cached_attention", inputs=("q", "k", "v", "positions", "k_new?", "v_new?"),
-          attrs={"scale": None, "window": None, "softcap": None, "alibi": None}, kind="attention",
+define_op("cached_attention", inputs=("q", "k", "v", "positions", "k_new?", "v_new?", "sinks?"),
+          attrs={"scale": None, "window": None, "softcap": None, "alibi": None, "sinks": False}, kind="attention",
           infer=_infer_cached, reference=_cached, flops=_cached_flops, bytes=_cached_bytes,
           doc="attention of new queries over a KV cache; the query at position p sees cache slots 0..p "
               "(p - window < slot <= p with a window; softcap as in attention); with k_new, v_new the caches "
-              "are rings of the window's size (position p in slot p mod capacity)")
+              "are rings of the window's size (position p in slot p mod capacity); with sinks=true a per-head sink "
+              "logit (the last operand) joins each row's softmax, as in attention")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ class Compiled:
     pdl_wait: bool = False  # griddepcontrol.wait: the kernel honours programmatic dependent launch
     # 2-byte scalar loads allowed: a GEMV's residual epilogue reads its BLOCK_M x BLOCK_N output tile
     # (4 to 512 values a program, beside megabytes of streamed weight) in the accumulator's layout; linear_rope's
-    # epilogue its rows' cos and sin at the tile's columns (four such loads)
+    # epilogue its rows' cos and sin at the tile's columns (four such loads); attention sinks, the rows' logits
     tile_loads: int = 0
 
     @property
@@ -121,6 +121,8 @@ def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options
     tile = 1 if args.get("RESIDUAL") else 4 if args.get("ROPE") else 0
     if kernel.__name__ == "_attn_block":
         tile = 5  # the rotation's cos and sin at each pair's two columns, and the residual's rows
+    if args.get("HAS_SINKS"):
+        tile += 2  # the rows' sink logits (one a query head: 16 values, once a program)
     return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), mma,
                     len(re.findall(r"wgmma\.mma_async", ptx)), "griddepcontrol.wait" in ptx, tile)
 
@@ -216,7 +218,7 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                                                (False, False, 16, 8, 128), (False, True, 16, 8, 128)):
         split_block, merge_rows = merge_tile(g, block_q, d, warps)
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", o_ptr="*bf16", part_ptr="*fp32",
-                    lse_ptr="*fp32", lock_ptr="*i32", slope_ptr="*fp32",
+                    lse_ptr="*fp32", lock_ptr="*i32", slope_ptr="*fp32", sink_ptr="*bf16",
                     HKV=hkv, G=g, S=1, T=4096 if ring else cap, D=d, DV=d, CHUNK_MIN=256, N_QBLOCKS=1,
                     N_SPLITS=32, qk_scale=0.127, WINDOW=4096 if ring else 0, softcap=1.0, DIRECT_SPAN=384, **strides,
                     BLOCK_Q=block_q,
@@ -228,6 +230,9 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         out.append((_flash_decoding_split, label, args, dict(num_warps=warps, num_stages=3)))
         if not ring:  # the first K/V tiles before the PDL wait (static_past)
             out.append((_flash_decoding_split, label + " early-kv", dict(args, EARLY_KV=True),
+                        dict(num_warps=warps, num_stages=3)))
+        if block_t == 128:  # attention sinks (gpt-oss: one logit a head starts the first chunk's softmax)
+            out.append((_flash_decoding_split, label + " sinks", dict(args, HAS_SINKS=True),
                         dict(num_warps=warps, num_stages=3)))
         if block_t == 128 and not ring:  # the o projection's weight asked of L2 first (prefetch=, issue 13)
             out.append((_flash_decoding_split, label + " prefetch",
@@ -263,12 +268,15 @@ def _flash_attention_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, A
                        svb=hkv * s * d, svh=s * d, svt=d, svd=1, smb=0, smh=0, sms=0, sml=0, spb=0, sps=0,
                        sob=hq * s * d, soh=s * d, sos=d, sod=1)
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", mask_ptr="*bf16", pos_ptr="*bf16", o_ptr="*bf16",
-                    HQ=hq, G=hq // hkv, S=s, L=s, D=d, DV=d, qk_scale=0.127, WINDOW=1024, softcap=50.0, **strides,
+                    sink_ptr="*bf16", HQ=hq, G=hq // hkv, S=s, L=s, D=d, DV=d, qk_scale=0.127, WINDOW=1024, softcap=50.0, **strides,
                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=d, BLOCK_DV=d, CAUSAL=True, HAS_POS=False,
                     HAS_WINDOW=window, HAS_SOFTCAP=softcap, MASK_KIND=0, INPUT_PRECISION="tf32", USE_PDL=True,
                     EVEN_D=True)
         label = f"d{d} causal" + (" window" if window else "") + (" softcap" if softcap else "")
         out.append((_flash_attention_fwd, label, args, dict(num_warps=warps, num_stages=stages)))
+        if window:  # gpt-oss's sliding layers: head dim 64, a window, attention sinks
+            out.append((_flash_attention_fwd, label + " sinks", dict(args, HAS_SINKS=True),
+                        dict(num_warps=warps, num_stages=stages)))
     return out
 
 

@@ -73,6 +73,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_dtype,
 )
 from membound.ir.ops import get_op
+from membound.ir.ops.attention import split_sinks
 
 LOG2E = 1.4426950408889634
 _LOG2E: tl.constexpr = tl.constexpr(LOG2E)  # the same, for kernels
@@ -174,7 +175,7 @@ PREFETCH_PIECE = 16384  # bytes per prefetch instruction
 # value turning divisible by 16), so a cache that grows to its next bucket reuses the compiled kernel
 @triton.jit(do_not_specialize=["T", "N_SPLITS"])
 def _flash_decoding_split(
-    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, part_ptr, lse_ptr, lock_ptr, slope_ptr,
+    q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, part_ptr, lse_ptr, lock_ptr, slope_ptr, sink_ptr,
     HKV, G, S, T, D, DV, CHUNK_MIN, N_QBLOCKS, N_SPLITS, qk_scale, WINDOW, softcap, DIRECT_SPAN,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, spb, sps, sob, soh, sos, sod,
     BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -183,6 +184,7 @@ def _flash_decoding_split(
     MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr, DIRECT: tl.constexpr = True,
     ACTIVE_ARRIVALS: tl.constexpr = False, EARLY_KV: tl.constexpr = False,
     pf_ptr=None, pf_elems=0, PREFETCH: tl.constexpr = False, PF_PIECE: tl.constexpr = 8192,
+    HAS_SINKS: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -274,6 +276,12 @@ def _flash_decoding_split(
             slope = tl.zeros((BLOCK_Q,), dtype=tl.float32)
         m_i = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
         l_i = tl.zeros((BLOCK_Q,), dtype=tl.float32)
+        if HAS_SINKS:
+            # each row's head sink logit (log2 units) as a key whose value is 0, in the first chunk only (a split's
+            # partials then carry it once into the merge; the first chunk always has slots for a real row)
+            m_i = tl.load(sink_ptr + h, mask=row_ok & (pid_split + 0 * rq == 0), other=float("-inf")).to(
+                tl.float32) * _LOG2E
+            l_i = tl.where(m_i > float("-inf"), 1.0, 0.0)
         acc = tl.zeros((BLOCK_Q, BLOCK_DV), dtype=tl.float32)
         if EARLY_KV:
             # the first tile: the preloaded slots, and this step's new ones (if any) read now
@@ -613,13 +621,13 @@ def cached_attention_bytes(b: int, hq: int, hkv: int, s: int, length: int, d: in
 
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-                     k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None,
-                     out: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
+                     *operands: torch.Tensor, out: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                      window: Optional[int] = None, softcap: Optional[float] = None,
                      max_len: Optional[int] = None, config: Optional[DecodeConfig] = None,
                      alibi: Optional[tuple[float, ...]] = None, static_past: bool = False,
-                     prefetch: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype.
+                     prefetch: Optional[torch.Tensor] = None, sinks: bool = False) -> torch.Tensor:
+    """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype. Operands after the
+    positions: ``k_new, v_new`` (a ring cache), then the ``[Hq]`` sink logits with ``sinks=True``.
 
     ``prefetch``: a parameter weight the next kernels read (the compiler's launch hint: the o projection's); the
     programs ask L2 for its first ``MEMBOUND_DECODE_PREFETCH_MB`` before their PDL wait (:data:`PREFETCH_ENV`).
@@ -638,17 +646,23 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     new token reads every slot of the ring, several new tokens (a prefill from position 0) attend over
     ``k_new, v_new`` with the flash kernel.
     """
+    news, sink = split_sinks("cached_attention", operands, sinks)
+    if len(news) not in (0, 2):
+        raise ValueError("cached_attention: a ring cache needs both k_new and v_new, or neither")
+    k_new, v_new = (news[0], news[1]) if news else (None, None)
     _check(q, k, v, positions, k_new, v_new)
+    check_sinks("cached_attention", sink, q)
     ring = k_new is not None
+    sink_args = dict(sinks=True) if sink is not None else {}  # (the reference's)
+    extra = (*news, *([sink] if sink is not None else []))
     bsz, hq, s, d = q.shape
     hkv, cap, dv = k.shape[1], k.shape[2], v.shape[3]
-    reason = unsupported_device(q, k, v, positions) or unsupported_dtype("cached_attention", q)
+    reason = unsupported_device(q, k, v, positions, *extra) or unsupported_dtype("cached_attention", q)
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
     if reason is not None or q.numel() == 0:
-        news = (k_new, v_new) if ring else ()
-        ref = get_op("cached_attention").reference(q, k, v, positions, *news, scale=scale, window=window,
-                                                   softcap=softcap, alibi=alibi)
+        ref = get_op("cached_attention").reference(q, k, v, positions, *extra, scale=scale, window=window,
+                                                   softcap=softcap, alibi=alibi, **sink_args)
         return fallback("cached_attention", reason or "empty query", ref, out)
 
     y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
@@ -658,8 +672,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         # the prefill kernel takes no bias yet: the torch reference, correct but not fast
         log_once("membound: triton cached_attention prefill with an ALiBi bias runs the torch reference (the flash "
                  "kernel takes no bias yet): correct, not fast")
-        ref = get_op("cached_attention").reference(q, k, v, positions, *((k_new, v_new) if ring else ()), scale=scale,
-                                                   window=window, softcap=softcap, alibi=alibi)
+        ref = get_op("cached_attention").reference(q, k, v, positions, *extra, scale=scale, window=window,
+                                                   softcap=softcap, alibi=alibi, **sink_args)
         return fallback("cached_attention", "ALiBi prefill", ref, out)
     if ring and s > 1:
         # a prefill over a ring: the new keys are the sequence from position 0 (the ring may already
@@ -667,7 +681,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         from membound.backends.triton.kernels.flash_attention import flash_attention
 
         assert k_new is not None and v_new is not None
-        flash_attention(q, k_new, v_new, None, y, scale=scale, window=window, softcap=softcap, positions=positions)
+        flash_attention(q, k_new, v_new, None, y, scale=scale, window=window, softcap=softcap, positions=positions,
+                        sinks=sink)
         note("cached_attention", "kernel")
         return y
     if rows > PREFILL_ROWS and config is None and not ring:
@@ -675,7 +690,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         # kernel (every row block reads the whole prefix) does not; at this many rows both are compute-bound
         from membound.backends.triton.kernels.flash_attention import flash_attention
 
-        flash_attention(q, k, v, None, y, scale=scale, window=window, softcap=softcap, positions=positions)
+        flash_attention(q, k, v, None, y, scale=scale, window=window, softcap=softcap, positions=positions,
+                        sinks=sink)
         note("cached_attention", "kernel")
         return y
     length = cap if max_len is None else max(1, min(int(max_len), cap))
@@ -711,7 +727,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     # axis 0: the chunks of a row block; axis 1: (batch, kv head, query-row block); axis 2: the output's columns
     slopes = alibi_slopes(alibi, q.device) if alibi is not None else q
     launchable(_flash_decoding_split, q.device)[(n_splits, row_programs, dv_split)](
-        q, k, v, positions, y, part, lse, locks, slopes,
+        q, k, v, positions, y, part, lse, locks, slopes, sink if sink is not None else q,
         hkv, g, s, cap, d, dv, cfg.least_chunk, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
         int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
@@ -721,7 +737,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
         MERGE_ROWS=merge_rows,
         KV_EVICT="evict_first" if cfg.evict_first else "", EARLY_KV=early_kv(static_past, ring),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **prefetch_args(prefetch),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **prefetch_args(prefetch), HAS_SINKS=sink is not None,
         **pdl_options(q.device))
     note("cached_attention", "kernel")
     return y
@@ -759,6 +775,17 @@ def alibi_slopes(alibi: tuple[float, ...], device: torch.device) -> torch.Tensor
     if t is None:
         t = _SLOPES[key] = torch.tensor(alibi, dtype=torch.float32, device=device)
     return t
+
+
+def check_sinks(op: str, sinks: Optional[torch.Tensor], q: torch.Tensor) -> None:
+    """Sink logits must be ``[Hq]`` floats on q's device."""
+    if sinks is None:
+        return
+    if sinks.dim() != 1 or sinks.shape[0] != q.shape[1] or not sinks.dtype.is_floating_point:
+        raise ValueError(f"{op}: sinks must be [Hq] = [{q.shape[1]}] floats (one logit a query head), got "
+                         f"{sinks.dtype} {tuple(sinks.shape)}")
+    if sinks.device != q.device:
+        raise ValueError(f"{op}: sinks are on {sinks.device}, q on {q.device}")
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,

@@ -55,18 +55,21 @@ from membound.backends.triton.kernels.decode_attention import (
     MAX_HEAD_DIM,
     _online_softmax,
     _softcap_log2,
+    check_sinks,
 )
 from membound.ir.ops import get_op
+from membound.ir.ops.attention import split_sinks
 
 
 @triton.jit
 def _flash_attention_fwd(
-    q_ptr, k_ptr, v_ptr, mask_ptr, pos_ptr, o_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, pos_ptr, o_ptr, sink_ptr,
     HQ, G, S, L, D, DV, qk_scale, WINDOW, softcap,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, smb, smh, sms, sml, spb, sps, sob, soh, sos, sod,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr, EVEN_D: tl.constexpr = False,
+    HAS_SINKS: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, keys and head dims to 16")
@@ -118,6 +121,9 @@ def _flash_attention_fwd(
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if HAS_SINKS:  # the head's sink logit (log2 units) starts the softmax as a key whose value is 0
+        m_i = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(sink_ptr + h).to(tl.float32) * _LOG2E
+        l_i = tl.where(m_i > float("-inf"), 1.0, 0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     k_base = k_ptr + b * skb + kvh * skh
     v_base = v_ptr + b * svb + kvh * svh
@@ -252,16 +258,17 @@ def attention_flops(b: int, hq: int, s: int, length: int, d: int, dv: int, causa
 
 
 def choose_impl(b: int, hq: int, s: int, length: int, d: int, dv: int, *, causal: bool, window: Optional[int],
-                softcap: Optional[float], has_mask: bool, dtype: torch.dtype) -> str:
+                softcap: Optional[float], has_mask: bool, dtype: torch.dtype, sinks: bool = False) -> str:
     """``"kernel"`` or ``"sdpa"``: the implementation with the smaller predicted time at this shape.
 
     Both are compute-bound at prefill, so time = FLOPs / (efficiency * peak); the peak cancels.
     SDPA has no soft-capping (the torch alternative materialises the scores: always slower), and no
     sliding window: it takes the window as a materialised ``[S, L]`` mask, visits every key (the
     full FLOPs, causal halving lost) and reads the mask (counted as FLOPs at the device's ridge
-    point, 1 byte = 300 FLOPs on Hopper in 16-bit). Our kernel skips the tiles outside the window.
+    point, 1 byte = 300 FLOPs on Hopper in 16-bit). Our kernel skips the tiles outside the window. SDPA has no
+    attention sinks either.
     """
-    if softcap is not None:
+    if softcap is not None or sinks:
         return "kernel"
     ours = attention_flops(b, hq, s, length, d, dv, causal, window) / OURS_EFFICIENCY[causal]
     if window is not None and window < length:
@@ -278,9 +285,11 @@ def choose_impl(b: int, hq: int, s: int, length: int, d: int, dv: int, *, causal
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
                     out: Optional[torch.Tensor] = None, *, causal: bool = False, scale: Optional[float] = None,
                     window: Optional[int] = None, softcap: Optional[float] = None,
-                    positions: Optional[torch.Tensor] = None, config: Optional[FlashConfig] = None) -> torch.Tensor:
+                    positions: Optional[torch.Tensor] = None, config: Optional[FlashConfig] = None,
+                    sinks: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run the flash kernel (no cost choice): the IR op ``attention``, or with ``positions`` ([S] or
-    [B, S]: each query row's cache slot) the prefill of ``cached_attention`` (then causal is implied)."""
+    [B, S]: each query row's cache slot) the prefill of ``cached_attention`` (then causal is implied).
+    ``sinks``: ``[Hq]`` per-head sink logits (the op's ``sinks=true`` operand), on q's device."""
     bsz, hq, s, d = q.shape
     hkv, length, dv = k.shape[1], k.shape[2], v.shape[3]
     y = check_out("attention", out, (bsz, hq, s, dv), q.dtype, q.device)
@@ -303,28 +312,36 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
     block_d, block_dv = max(16, next_pow2(d)), max(16, next_pow2(dv))  # head dims padded to a power of two
     grid = (cdiv(s, cfg.block_m), bsz * hq)
     launchable(_flash_attention_fwd, q.device)[grid](
-        q, k, v, mask_arg, pos_arg, y,
+        q, k, v, mask_arg, pos_arg, y, sinks if sinks is not None else q,
         hq, hq // hkv, s, length, d, dv, qk_scale, int(window or 0), float(softcap or 1.0),
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *p_strides, *y.stride(),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         CAUSAL=causal, HAS_POS=positions is not None, HAS_WINDOW=window is not None and causal,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
-        EVEN_D=d == block_d and dv == block_dv,
+        EVEN_D=d == block_d and dv == block_dv, HAS_SINKS=sinks is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
     return y
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
-              out: Optional[torch.Tensor] = None, *, causal: bool = False, scale: Optional[float] = None,
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *operands: Optional[torch.Tensor],
+              out: Optional[torch.Tensor] = None, causal: bool = False, scale: Optional[float] = None,
               window: Optional[int] = None, softcap: Optional[float] = None, impl: Optional[str] = None,
-              config: Optional[FlashConfig] = None, alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
-    """The IR op ``attention``: our flash kernel or torch's SDPA, as ``choose_impl`` (the cost rule) says
-    for this shape; ``impl="kernel"`` / ``"sdpa"`` forces one (benches, tests)."""
-    _check(q, k, v, mask)
+              config: Optional[FlashConfig] = None, alibi: Optional[tuple[float, ...]] = None,
+              sinks: bool = False) -> torch.Tensor:
+    """The IR op ``attention`` (operands ``q, k, v, mask?``, then the ``[Hq]`` sink logits with ``sinks=True``):
+    our flash kernel or torch's SDPA, as ``choose_impl`` (the cost rule) says for this shape; ``impl="kernel"`` /
+    ``"sdpa"`` forces one (benches, tests; SDPA has no sinks: the torch reference then)."""
+    rest, sink = split_sinks("attention", operands, sinks)
+    if len(rest) > 1:
+        raise TypeError(f"attention: takes q, k, v, mask?, and the sink logits with sinks=True; got "
+                        f"{3 + len(operands)} tensors")
+    mask = rest[0] if rest else None
+    _check(q, k, v, mask, sink)
     bsz, hq, s, d = q.shape
     length, dv = k.shape[2], v.shape[3]
     attrs = dict(causal=causal, scale=scale, window=window, softcap=softcap)
-    reason = unsupported_device(q, k, v) or unsupported_dtype("attention", q)
+    reason = unsupported_device(q, k, v, *rest, *([sink] if sink is not None else [])) or unsupported_dtype(
+        "attention", q)
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
     if reason is None and q.numel() == 0:
@@ -336,18 +353,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
     if reason is None:
         if impl is None and not interpreting():
             impl = choose_impl(bsz, hq, s, length, d, dv, causal=causal, window=window, softcap=softcap,
-                               has_mask=mask is not None, dtype=q.dtype)
+                               has_mask=mask is not None, dtype=q.dtype, sinks=sink is not None)
         if impl == "sdpa":
             reason = "the cost rule picks SDPA at this shape"
     if reason is not None:
-        ref = get_op("attention").reference(q, k, v, mask, alibi=alibi, **attrs)
+        extra = [x for x in (mask, sink) if x is not None]
+        ref = get_op("attention").reference(q, k, v, *extra, alibi=alibi, sinks=sink is not None, **attrs)
         return fallback("attention", reason, ref, out)
-    y = flash_attention(q, k, v, mask, out, config=config, **attrs)
+    y = flash_attention(q, k, v, mask, out, config=config, sinks=sink, **attrs)
     note("attention", "kernel")
     return y
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+           sinks: Optional[torch.Tensor] = None) -> None:
     op = "attention"
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"{op}: needs q[B, Hq, S, D], k[B, Hkv, L, D], v[B, Hkv, L, Dv]; got q {tuple(q.shape)}, "
@@ -360,6 +379,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
         raise ValueError(f"{op}: query heads {hq} must be a multiple of kv heads {k.shape[1]}")
     if q.dtype != k.dtype or q.dtype != v.dtype:
         raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_sinks(op, sinks, q)
     if mask is not None:
         try:
             torch.broadcast_shapes(mask.shape, (bsz, hq, s, k.shape[2]))
