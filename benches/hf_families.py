@@ -75,6 +75,7 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "glm": ("GlmForCausalLM", "GlmConfig", dict(head_dim=16)),
     "helium": ("HeliumForCausalLM", "HeliumConfig", dict(head_dim=16)),
     "smollm3": ("SmolLM3ForCausalLM", "SmolLM3Config", {}),
+    "apertus": ("ApertusForCausalLM", "ApertusConfig", dict(head_dim=16)),  # xIELU (softplus, expm1), q/k norms
     "exaone4": ("Exaone4ForCausalLM", "Exaone4Config", {}),
     "nemotron": ("NemotronForCausalLM", "NemotronConfig", dict(head_dim=16)),
     "persimmon": ("PersimmonForCausalLM", "PersimmonConfig", {}),

@@ -190,7 +190,7 @@ def _unary(ir_op: str, t: Translator, a: Args) -> Value:
 
 family({getattr(aten, n).default: n for n in (
     "neg", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu", "silu", "erf",
-    "reciprocal", "floor", "logical_not", "bitwise_not")}, _unary)
+    "reciprocal", "floor", "logical_not", "bitwise_not", "expm1", "log1p")}, _unary)
 
 
 @rule(aten.square.default)
@@ -204,6 +204,12 @@ def _square(t: Translator, a: Args) -> Value:
 @rule(aten.gelu.default)
 def _gelu(t: Translator, a: Args) -> Value:
     return t.emit("gelu", a.self, approximate=a.approximate)
+
+
+@rule(aten.softplus.default)
+def _softplus(t: Translator, a: Args) -> Value:
+    """``F.softplus(x, beta, threshold)`` (Doge's and Apertus' activations, gated delta nets' step sizes)."""
+    return t.emit("softplus", a.self, beta=float(a.beta), threshold=float(a.threshold))
 
 
 @rule(aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)

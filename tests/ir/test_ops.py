@@ -137,6 +137,10 @@ UNARY: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str, str]] = {
     "erf": (lambda x: torch.special.erf(x), "randn", "float"),
     "reciprocal": (lambda x: 1 / x, "nonzero", "float"),
     "silu": (lambda x: x / (1 + torch.exp(-x)), "randn", "float_only"),
+    "expm1": (lambda x: torch.exp(x.double()).sub(1).to(x.dtype) if x.is_floating_point() else torch.exp(
+        x.double()).sub(1).float(), "randn", "float"),
+    "log1p": (lambda x: torch.log(1 + x.double()).to(x.dtype if x.is_floating_point() else torch.float32), "pos",
+              "float"),
     "logical_not": (lambda x: x == 0, "randn", "any"),
     "bitwise_not": (_bitwise_not, "randn", "integral"),
 }
@@ -163,6 +167,11 @@ for _dt in (f32, f16, bf16):
     case("gelu", [A(_dt, 7)], lambda x: 0.5 * x * (1 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))),
          approximate="tanh")
 case("gelu", [A(f32, B, S)], lambda x: 0.5 * x * (1 + torch.special.erf(x / math.sqrt(2))))
+for _dt in (f32, f16, bf16):  # softplus: log(1 + e**(b x)) / b, x past the threshold (wide inputs reach it)
+    case("softplus", [A(_dt, 3, 1, 5)], lambda x: torch.log(1 + torch.exp(x.double())).to(x.dtype))
+    case("softplus", [A(_dt, B, 3)], lambda x: torch.log(1 + torch.exp(x.double())).to(x.dtype))
+    case("softplus", [A(_dt, 2, 9)], lambda x: torch.where(2 * x > 1.5, x.double(), torch.log(1 + torch.exp(
+        2 * x.double())) / 2).to(x.dtype), beta=2.0, threshold=1.5)
 
 # ---- elementwise: binary --------------------------------------------------------------------
 # name -> (expected expression, generator of b, dtype pairs)
@@ -956,7 +965,7 @@ def test_docs_and_registry_agree() -> None:
     for line in doc.splitlines():
         cells = line.split("|")
         if len(cells) > 3 and cells[1].strip() not in ("family (module)", "---"):
-            names |= set(re.findall(r"[a-z_]+", cells[2].split("(")[0].replace("`", " ")))
+            names |= set(re.findall(r"[a-z_][a-z0-9_]*", cells[2].split("(")[0].replace("`", " ")))
     assert len(names) > 60, names
     assert names <= set(all_ops()), f"documented but not registered: {sorted(names - set(all_ops()))}"
     assert _our_ops() <= names, f"registered but not documented: {sorted(_our_ops() - names)}"
@@ -973,6 +982,8 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("neg", [T(boolean, 3)], {}, TypeError),
     ("silu", [T(i64, 3)], {}, TypeError),
     ("gelu", [T(f32, 3)], {"approximate": "fast"}, ValueError),
+    ("softplus", [T(i64, 3)], {}, TypeError),
+    ("softplus", [T(f32, 3)], {"beta": 0.0}, ValueError),
     ("add", [T(f32, 3, 4), T(f32, 5)], {}, ValueError),
     ("add", [T(f32, 3)], {}, TypeError),  # arity
     ("add", [T(f32, 3), T(f32, 3)], {"alpha": 2}, TypeError),  # unknown attribute

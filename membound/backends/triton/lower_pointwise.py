@@ -126,6 +126,14 @@ def write_gelu(node: Node, a: list[str]) -> Expr:
     return f"0.5 * {x} * (1.0 + tl.erf({x} * 0.7071067811865476))", NO_HELPERS
 
 
+def write_softplus(node: Node, a: list[str]) -> Expr:
+    """``log(1 + e**(b x)) / b`` as ``max(b x, 0) + log(1 + e**-|b x|)`` (no overflow), ``x`` past the threshold."""
+    x, beta, thr = a[0], repr(float(node.attrs["beta"])), repr(float(node.attrs["threshold"]))
+    bx = f"({beta} * {x})"
+    soft = f"(tl.maximum({bx}, 0.0) + tl.log(1.0 + tl.exp(-tl.abs({bx})))) / {beta}"
+    return f"tl.where({bx} > {thr}, {x}, {soft})", NO_HELPERS
+
+
 def write_pow(node: Node, a: list[str]) -> Expr:
     return _POW[pow_exponent(node)].format(a[0]), NO_HELPERS  # type: ignore[index]
 

@@ -1,4 +1,5 @@
-"""Elementwise ops: unary math, binary arithmetic/comparison/logic, ``where``, ``clamp``, ``cast``, ``gelu``.
+"""Elementwise ops: unary math, binary arithmetic/comparison/logic, ``where``, ``clamp``, ``cast``, ``gelu``,
+``softplus``.
 
 Most ops are declared from two tables (``_UNARY``, ``_BINARY``): a row gives the op name, the torch
 function that is its reference, the dtype rule and the FLOPs per output element. Dtype rules follow
@@ -61,6 +62,8 @@ _UNARY: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], str, int, str]] 
     ("floor", torch.floor, "numeric", 1, "round toward -inf (integers unchanged)"),
     ("exp", torch.exp, "float", 4, "e**x"),
     ("log", torch.log, "float", 4, "natural log"),
+    ("expm1", torch.expm1, "float", 4, "e**x - 1 (exact near 0)"),
+    ("log1p", torch.log1p, "float", 4, "log(1 + x) (exact near 0)"),
     ("sqrt", torch.sqrt, "float", 4, "square root"),
     ("rsqrt", torch.rsqrt, "float", 4, "1 / sqrt(x)"),
     ("sin", torch.sin, "float", 4, "sine"),
@@ -103,6 +106,25 @@ def _gelu(x: torch.Tensor, *, approximate: str) -> torch.Tensor:
 
 define_op("gelu", inputs=("x",), attrs={"approximate": "none"}, kind="elementwise", infer=_infer_gelu,
           reference=_gelu, flops=per_output(8), doc="Gaussian error linear unit (erf form, or tanh approximation)")
+
+
+# softplus: log(1 + e**(beta x)) / beta, x itself where beta x > threshold (torch's)
+def _infer_softplus(x: TensorType, *, beta: float, threshold: float) -> TensorType:
+    for name, v in (("beta", beta), ("threshold", threshold)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            fail("softplus", f"attribute {name} must be a number, got {v!r}", TypeError)
+    if beta == 0:
+        fail("softplus", "attribute beta must not be 0")
+    return TensorType(_apply_rule("softplus", "float_only", x.dtype, str(x)), x.shape)
+
+
+def _softplus(x: torch.Tensor, *, beta: float, threshold: float) -> torch.Tensor:
+    return F.softplus(x, beta=beta, threshold=threshold)
+
+
+define_op("softplus", inputs=("x",), attrs={"beta": 1.0, "threshold": 20.0}, kind="elementwise",
+          infer=_infer_softplus, reference=_softplus, flops=per_output(8),
+          doc="log(1 + exp(beta * x)) / beta; x where beta * x > threshold")
 
 
 # ---------------------------------------------------------------------------------------------
