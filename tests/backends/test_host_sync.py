@@ -27,11 +27,21 @@ def test_host_sync_is_declared_on_the_ops_that_need_it() -> None:
     assert not get_op("linear").extra.get("host_sync")
 
 
-def test_a_triton_step_running_grouped_mm_in_torch_is_named() -> None:
+def test_a_triton_step_running_a_host_syncing_op_in_torch_is_named() -> None:
+    """grouped_mm has a library kernel that reads the offsets on the device (no sync); an opaque torch call
+    (``fallback="torch"``) runs through torch and is named."""
+    from membound.ir import TensorType
+
     g = parse(GROUPED)
     g.tensors["w"] = torch.randn(4, 8, 6)
-    assert host_syncing_ops(TritonExecutable(g)) == ["grouped_mm"]
+    assert host_syncing_ops(TritonExecutable(g)) == []
     p = parse(PLAIN)
     p.tensors["w"] = torch.randn(6, 8)
     assert host_syncing_ops(TritonExecutable(p)) == []
+    y = p.nodes[-1].result
+    call = p.create_node("torch_call", [y], {"target": "aten::special_bessel_j0.default", "args": ("%0",),
+                                             "kwargs": ()}, types=[TensorType(torch.float32, y.shape)])
+    p.append(call)
+    p.outputs[0] = call.result
+    assert host_syncing_ops(TritonExecutable(p)) == ["torch_call"]
     assert host_syncing_ops(ReferenceExecutable(g)) == []  # no partition: the reference backend never graphs

@@ -531,12 +531,12 @@ def test_kernels_compile_for_hopper_with_vector_loads() -> None:
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     kernels = {r["kernel"] for r in results}
     assert kernels == {"_linear_small_m", "_flash_decoding_split", "_cache_write", "_rms_norm", "_embedding",
-                       "_flash_attention_fwd", "_attn_block"}
+                       "_flash_attention_fwd", "_attn_block", "_grouped_mm"}
     for r in results:
-        if r["kernel"] in ("_linear_small_m", "_flash_decoding_split", "_rms_norm", "_attn_block"):
+        if r["kernel"] in ("_linear_small_m", "_flash_decoding_split", "_rms_norm", "_attn_block", "_grouped_mm"):
             assert r["vectorised"], f"{r['kernel']} {r['config']}: loads {r['loads']}, cp.async {r['cp_async']}"
     assert all(r["mma"] > 0 for r in results
-               if r["kernel"] in ("_flash_decoding_split", "_flash_attention_fwd", "_attn_block"))
+               if r["kernel"] in ("_flash_decoding_split", "_flash_attention_fwd", "_attn_block", "_grouped_mm"))
     # flash-decoding's 64-row blocks at 4 warps: every tl.dot one Hopper wgmma (16 rows per warp)
     assert all(r["wgmma"] > 0 for r in results if r["kernel"] == "_flash_decoding_split" and "q64" in r["config"])
     # the GEMV's swapped tensor-core product: W's 64-row tile is a warpgroup MMA's A operand (plain, glu, and the

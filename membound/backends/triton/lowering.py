@@ -270,6 +270,8 @@ TABLE: list[Lowering] = [
     library("quant_linear", "quant_matmul:quant_linear", static_weight=1),
     library("quant_gated_linear", "quant_matmul:quant_gated_linear", static_weight=2),
     library("attention", "flash_attention:attention"),
+    # (the group offsets read on the device: no host synchronisation, so a step holding one can be a CUDA graph)
+    library("grouped_mm", "grouped_mm:grouped_mm"),
     library("cached_attention", "decode_attention:cached_attention"),
     # (its weights must be parameters: the kernel reads them before the PDL wait, fuse-attention-block checks)
     library("attention_block", "attn_block:attention_block"),

@@ -119,8 +119,16 @@ def _grouped_mm_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], att
     return 2 * x.shape[0] * x.shape[1] * w.shape[2]  # each row meets one expert
 
 
+def _grouped_mm_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """x, the offsets and the result once, and the weights of the groups that can have rows: at most one a row,
+    ``min(E, N)`` of the E (a decode step's few routed rows read their experts only)."""
+    x, w, offsets = ins
+    per_group = w.nbytes() / w.shape[0]
+    return x.nbytes() + offsets.nbytes() + outs[0].nbytes() + sympy.Min(w.shape[0], x.shape[0]) * per_group
+
+
 define_op("grouped_mm", inputs=("x", "w", "offsets"), kind="matmul", infer=_infer_grouped_mm,
-          reference=_grouped_mm, flops=_grouped_mm_flops, host_sync=True,
+          reference=_grouped_mm, flops=_grouped_mm_flops, bytes=_grouped_mm_bytes, host_sync=True,
           doc="x[N, K] rows grouped by cumulative ends offsets[E]; group e times w[e][K, M] -> [N, M]")
 
 

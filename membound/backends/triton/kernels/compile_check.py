@@ -240,6 +240,13 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                         dict(num_warps=warps, num_stages=3)))
     out += _flash_attention_cases()
     out += _attn_block_cases()
+    # grouped_mm at gpt-oss-20b's gate/up (32 experts, K = 2880, M = 5760), 16 rows a program (decode)
+    from membound.backends.triton.kernels.grouped_mm import _grouped_mm
+
+    args = dict(x_ptr="*bf16", w_ptr="*bf16", off_ptr="*i32", y_ptr="*bf16", N=4, K=2880, M=5760, E=32, sxn=2880,
+                sxk=1, swe=2880 * 5760, swk=5760, swm=1, syn=5760, sym=1, BLOCK_R=16, BLOCK_M=64, BLOCK_K=64,
+                BLOCK_E=32, INPUT_PRECISION="tf32", USE_PDL=True)
+    out.append((_grouped_mm, "gpt-oss gate/up r16", args, dict(num_warps=4, num_stages=3)))
     args = dict(cache_ptr="*bf16", val_ptr="*bf16", pos_ptr="*i64", src_ptr="*i64", H=hkv, S=1, T=cap, D=d,
                 scb=hkv * cap * d, sch=cap * d, sct=d, scd=1, svb=hkv * d, svh=d, svs=hkv * d, svd=1, spb=1, sps=1,
                 BLOCK_D=d, USE_PDL=True, HAS_SRC=False)
