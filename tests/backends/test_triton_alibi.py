@@ -1,9 +1,9 @@
-"""ALiBi in the Triton launchers: flash-decoding adds ``m_h * (key position - query position)`` in the
-kernel (plain and ring caches, split merges); prefill runs the torch reference with a log line."""
+"""ALiBi in the Triton launchers: flash-decoding and the flash prefill kernel add ``m_h * (key position - query
+position)`` to the scores (plain and ring caches, split merges; prefill causal or not, windowed, soft-capped, on
+both the masked and the unmasked full-tile loops; cached_attention's prefill through the flash kernel)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import pytest
@@ -49,18 +49,34 @@ def test_decode_kernel_adds_the_alibi_bias(s: int, g: int, t: int, ring: bool, c
     assert not torch.allclose(plain, ref, atol=1e-3)  # the bias matters at these sizes
 
 
-def test_prefill_with_alibi_falls_back_with_a_log_line(caplog: pytest.LogCaptureFixture,
-                                                        request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("attrs", [dict(causal=True, scale=None), dict(causal=False, scale=0.3),
+                                   dict(causal=True, scale=None, window=5, softcap=3.0)])
+def test_prefill_kernel_adds_the_alibi_bias(attrs: dict, request: pytest.FixtureRequest) -> None:
+    """37 rows in 16-row blocks: the causal blocks have whole tiles before the diagonal (the unmasked loop)."""
     if not INTERP.runs_here(request):
         return
     torch.manual_seed(1)
-    q, k, v = (torch.randn(1, 4, 9, 16, device=DEVICE) for _ in range(3))
-    from membound.backends.triton.kernels import _launch
+    q = torch.randn(2, 4, 37, 16, device=DEVICE)
+    k, v = torch.randn(2, 2, 37, 16, device=DEVICE), torch.randn(2, 2, 37, 16, device=DEVICE)
+    alibi = tuple(4 * m for m in _slopes(4))  # steep: the bias moves the weights a lot
+    ref = get_op("attention").reference(q, k, v, alibi=alibi, **attrs)
+    with trace() as calls:
+        got = attention(q, k, v, alibi=alibi, **attrs)
+    assert calls == [("attention", "kernel")], calls
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)  # fp32
+    assert not torch.allclose(get_op("attention").reference(q, k, v, **attrs), ref, atol=1e-2)
 
-    _launch._LOGGED.clear()  # the line is logged once per process
-    with caplog.at_level(logging.INFO, logger="membound"), trace() as calls:
-        got = attention(q, k, v, causal=True, alibi=_slopes(4))
-    assert calls and calls[0][1].startswith("fallback: ALiBi"), calls
-    assert any("attention with an ALiBi bias runs the torch reference" in r.getMessage() for r in caplog.records)
-    torch.testing.assert_close(got, get_op("attention").reference(q, k, v, causal=True, scale=None,
-                                                                   alibi=_slopes(4)))
+
+def test_cached_prefill_with_alibi_runs_the_flash_kernel(request: pytest.FixtureRequest) -> None:
+    """G * S = 160 query rows (past PREFILL_ROWS) take the flash kernel with each row's cache position."""
+    if not INTERP.runs_here(request):
+        return
+    torch.manual_seed(2)
+    q = torch.randn(1, 4, 40, 16, device=DEVICE)
+    k, v = torch.randn(1, 1, 48, 16, device=DEVICE), torch.randn(1, 1, 48, 16, device=DEVICE)
+    pos = torch.arange(40, device=DEVICE)
+    with trace() as calls:
+        got = cached_attention(q, k, v, pos, alibi=_slopes(4))
+    assert calls == [("cached_attention", "kernel")], calls
+    torch.testing.assert_close(got, get_op("cached_attention").reference(q, k, v, pos, scale=None, alibi=_slopes(4)),
+                               rtol=1e-4, atol=1e-4)

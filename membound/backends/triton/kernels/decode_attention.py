@@ -61,7 +61,6 @@ from membound.backends.triton.kernels._launch import (
     fallback,
     l2_prefetch,
     launchable,
-    log_once,
     next_pow2,
     note,
     pdl_enter,
@@ -668,13 +667,6 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
     g = hq // hkv
     rows = g * s
-    if alibi is not None and (rows > PREFILL_ROWS or (ring and s > 1)) and config is None:
-        # the prefill kernel takes no bias yet: the torch reference, correct but not fast
-        log_once("membound: triton cached_attention prefill with an ALiBi bias runs the torch reference (the flash "
-                 "kernel takes no bias yet): correct, not fast")
-        ref = get_op("cached_attention").reference(q, k, v, positions, *extra, scale=scale, window=window,
-                                                   softcap=softcap, alibi=alibi, **sink_args)
-        return fallback("cached_attention", "ALiBi prefill", ref, out)
     if ring and s > 1:
         # a prefill over a ring: the new keys are the sequence from position 0 (the ring may already
         # have overwritten the first of them); key index c is position c
@@ -682,7 +674,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
 
         assert k_new is not None and v_new is not None
         flash_attention(q, k_new, v_new, None, y, scale=scale, window=window, softcap=softcap, positions=positions,
-                        sinks=sink)
+                        sinks=sink, alibi=alibi)
         note("cached_attention", "kernel")
         return y
     if rows > PREFILL_ROWS and config is None and not ring:
@@ -691,7 +683,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         from membound.backends.triton.kernels.flash_attention import flash_attention
 
         flash_attention(q, k, v, None, y, scale=scale, window=window, softcap=softcap, positions=positions,
-                        sinks=sink)
+                        sinks=sink, alibi=alibi)
         note("cached_attention", "kernel")
         return y
     length = cap if max_len is None else max(1, min(int(max_len), cap))

@@ -41,7 +41,6 @@ from membound.backends.triton.kernels._launch import (
     fallback,
     interpreting,
     launchable,
-    log_once,
     next_pow2,
     note,
     pdl_enter,
@@ -55,6 +54,7 @@ from membound.backends.triton.kernels.decode_attention import (
     MAX_HEAD_DIM,
     _online_softmax,
     _softcap_log2,
+    alibi_slopes,
     check_sinks,
 )
 from membound.ir.ops import get_op
@@ -63,13 +63,13 @@ from membound.ir.ops.attention import split_sinks
 
 @triton.jit
 def _flash_attention_fwd(
-    q_ptr, k_ptr, v_ptr, mask_ptr, pos_ptr, o_ptr, sink_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, pos_ptr, o_ptr, sink_ptr, slope_ptr,
     HQ, G, S, L, D, DV, qk_scale, WINDOW, softcap,
     sqb, sqh, sqs, sqd, skb, skh, skt, skd, svb, svh, svt, svd, smb, smh, sms, sml, spb, sps, sob, soh, sos, sod,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr, EVEN_D: tl.constexpr = False,
-    HAS_SINKS: tl.constexpr = False,
+    HAS_SINKS: tl.constexpr = False, HAS_ALIBI: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, keys and head dims to 16")
@@ -125,19 +125,25 @@ def _flash_attention_fwd(
         m_i = tl.zeros((BLOCK_M,), dtype=tl.float32) + tl.load(sink_ptr + h).to(tl.float32) * _LOG2E
         l_i = tl.where(m_i > float("-inf"), 1.0, 0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    slope = 0.0
+    if HAS_ALIBI:  # the head's ALiBi slope, in log2 units like the scores
+        slope = tl.load(slope_ptr + h) * _LOG2E
     k_base = k_ptr + b * skb + kvh * skh
     v_base = v_ptr + b * svb + kvh * svh
     m_rows = mask_ptr + b * smb + h * smh + rows64[:, None] * sms  # [BLOCK_M, 1] row starts of the mask
     # the tiles before the full ones (a window's edge), the full ones, the rest (the diagonal, the tail)
     m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, lo, full_lo, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D)
+                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
+                                 slope, HAS_ALIBI)
     m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                 BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D)
+                                 BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
+                                 slope, HAS_ALIBI)
     m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D)
+                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
+                                 slope, HAS_ALIBI)
     # a row that saw nothing (a padded row) writes 0
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(o_ptr + b * sob + h * soh + rows64[:, None] * sos + dvs[None, :] * sod, o.to(o_ptr.dtype.element_ty),
@@ -149,11 +155,12 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
                  skt, skd, svt, svd, sml, D, DV, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_DV: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                 EVEN_D: tl.constexpr):
+                 EVEN_D: tl.constexpr, slope, HAS_ALIBI: tl.constexpr):
     """The key tiles ``[start, end)`` of one row block into the online softmax. ``MASKED``: keys past ``hi``,
     the causal diagonal, the window and the mask operand are applied (scores -inf where not visible);
     otherwise every key of every tile is visible to every row (the caller's full range): plain loads when
-    the head dims need no padding, the scale folded into the exponent, no select."""
+    the head dims need no padding, the scale folded into the exponent, no select. ``HAS_ALIBI``: ``slope`` (log2
+    units) times (key position - query position) added after any soft-cap, on both paths."""
     tn = tl.arange(0, BLOCK_N)
     ds = tl.arange(0, BLOCK_D)
     dvs = tl.arange(0, BLOCK_DV)
@@ -170,6 +177,8 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
             scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
             if HAS_SOFTCAP:
                 scores = _softcap_log2(scores, softcap)  # c * tanh(s / c)
+            if HAS_ALIBI:
+                scores += slope * (ts[None, :] - qpos[:, None]).to(tl.float32)
             visible = t_ok[None, :]
             if CAUSAL:
                 visible = visible & (ts[None, :] <= qpos[:, None])
@@ -191,8 +200,12 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
                 k_t = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
             raw = tl.dot(q, k_t, input_precision=INPUT_PRECISION)
             # every score is finite here, so the running max is too after the first tile: no -inf guard
-            if HAS_SOFTCAP:
-                scores = _softcap_log2(raw * qk_scale, softcap)
+            if HAS_SOFTCAP or HAS_ALIBI:
+                scores = raw * qk_scale
+                if HAS_SOFTCAP:
+                    scores = _softcap_log2(scores, softcap)
+                if HAS_ALIBI:
+                    scores += slope * (ts[None, :] - qpos[:, None]).to(tl.float32)
                 m_new = tl.maximum(m_i, tl.max(scores, axis=1))
                 p = tl.exp2(scores - m_new[:, None])
             else:
@@ -258,17 +271,17 @@ def attention_flops(b: int, hq: int, s: int, length: int, d: int, dv: int, causa
 
 
 def choose_impl(b: int, hq: int, s: int, length: int, d: int, dv: int, *, causal: bool, window: Optional[int],
-                softcap: Optional[float], has_mask: bool, dtype: torch.dtype, sinks: bool = False) -> str:
+                softcap: Optional[float], has_mask: bool, dtype: torch.dtype, score_terms: bool = False) -> str:
     """``"kernel"`` or ``"sdpa"``: the implementation with the smaller predicted time at this shape.
 
     Both are compute-bound at prefill, so time = FLOPs / (efficiency * peak); the peak cancels.
     SDPA has no soft-capping (the torch alternative materialises the scores: always slower), and no
     sliding window: it takes the window as a materialised ``[S, L]`` mask, visits every key (the
     full FLOPs, causal halving lost) and reads the mask (counted as FLOPs at the device's ridge
-    point, 1 byte = 300 FLOPs on Hopper in 16-bit). Our kernel skips the tiles outside the window. SDPA has no
-    attention sinks either.
+    point, 1 byte = 300 FLOPs on Hopper in 16-bit). Our kernel skips the tiles outside the window. Nor does SDPA
+    take attention sinks or ALiBi slopes (``score_terms``): it would need them materialised.
     """
-    if softcap is not None or sinks:
+    if softcap is not None or score_terms:
         return "kernel"
     ours = attention_flops(b, hq, s, length, d, dv, causal, window) / OURS_EFFICIENCY[causal]
     if window is not None and window < length:
@@ -286,10 +299,11 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
                     out: Optional[torch.Tensor] = None, *, causal: bool = False, scale: Optional[float] = None,
                     window: Optional[int] = None, softcap: Optional[float] = None,
                     positions: Optional[torch.Tensor] = None, config: Optional[FlashConfig] = None,
-                    sinks: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    sinks: Optional[torch.Tensor] = None, alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
     """Run the flash kernel (no cost choice): the IR op ``attention``, or with ``positions`` ([S] or
     [B, S]: each query row's cache slot) the prefill of ``cached_attention`` (then causal is implied).
-    ``sinks``: ``[Hq]`` per-head sink logits (the op's ``sinks=true`` operand), on q's device."""
+    ``sinks``: ``[Hq]`` per-head sink logits (the op's ``sinks=true`` operand), on q's device; ``alibi``: one slope a
+    query head (the op's attribute: ``slope * (key position - query position)`` added to the scores)."""
     bsz, hq, s, d = q.shape
     hkv, length, dv = k.shape[1], k.shape[2], v.shape[3]
     y = check_out("attention", out, (bsz, hq, s, dv), q.dtype, q.device)
@@ -313,12 +327,13 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
     grid = (cdiv(s, cfg.block_m), bsz * hq)
     launchable(_flash_attention_fwd, q.device)[grid](
         q, k, v, mask_arg, pos_arg, y, sinks if sinks is not None else q,
+        alibi_slopes(alibi, q.device) if alibi is not None else q,
         hq, hq // hkv, s, length, d, dv, qk_scale, int(window or 0), float(softcap or 1.0),
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *p_strides, *y.stride(),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
         CAUSAL=causal, HAS_POS=positions is not None, HAS_WINDOW=window is not None and causal,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
-        EVEN_D=d == block_d and dv == block_dv, HAS_SINKS=sinks is not None,
+        EVEN_D=d == block_d and dv == block_dv, HAS_SINKS=sinks is not None, HAS_ALIBI=alibi is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
     return y
 
@@ -346,21 +361,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *operands: Opti
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
     if reason is None and q.numel() == 0:
         reason = "empty query"
-    if reason is None and alibi is not None:
-        reason = "ALiBi bias (the kernel takes no bias yet)"
-        log_once("membound: triton attention with an ALiBi bias runs the torch reference (no kernel takes a "
-                 "bias yet): correct, not fast")
     if reason is None:
         if impl is None and not interpreting():
             impl = choose_impl(bsz, hq, s, length, d, dv, causal=causal, window=window, softcap=softcap,
-                               has_mask=mask is not None, dtype=q.dtype, sinks=sink is not None)
+                               has_mask=mask is not None, dtype=q.dtype,
+                               score_terms=sink is not None or alibi is not None)
         if impl == "sdpa":
             reason = "the cost rule picks SDPA at this shape"
     if reason is not None:
         extra = [x for x in (mask, sink) if x is not None]
         ref = get_op("attention").reference(q, k, v, *extra, alibi=alibi, sinks=sink is not None, **attrs)
         return fallback("attention", reason, ref, out)
-    y = flash_attention(q, k, v, mask, out, config=config, sinks=sink, **attrs)
+    y = flash_attention(q, k, v, mask, out, config=config, sinks=sink, alibi=alibi, **attrs)
     note("attention", "kernel")
     return y
 
