@@ -275,8 +275,8 @@ def _flash_attention_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, A
                        svb=hkv * s * d, svh=s * d, svt=d, svd=1, smb=0, smh=0, sms=0, sml=0, spb=0, sps=0,
                        sob=hq * s * d, soh=s * d, sos=d, sod=1)
         args = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", mask_ptr="*bf16", pos_ptr="*bf16", o_ptr="*bf16",
-                    sink_ptr="*bf16", slope_ptr="*fp32", HQ=hq, G=hq // hkv, S=s, L=s, D=d, DV=d, qk_scale=0.127, WINDOW=1024,
-                    softcap=50.0, **strides,
+                    sink_ptr="*bf16", slope_ptr="*fp32", HQ=hq, G=hq // hkv, S=s, L=s, D=d, DV=d, qk_scale=0.127,
+                    WINDOW=1024, softcap=50.0, **strides,
                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=d, BLOCK_DV=d, CAUSAL=True, HAS_POS=False,
                     HAS_WINDOW=window, HAS_SOFTCAP=softcap, MASK_KIND=0, INPUT_PRECISION="tf32", USE_PDL=True,
                     EVEN_D=True)
