@@ -1,0 +1,235 @@
+"""gpt-oss decode: Hugging Face and membound on the same weights, one run.
+
+    PYTHONPATH=. python benches/gpt_oss.py                 # GPU: gpt-oss-20b's shape cut to 8 layers, batch 1 and 8
+    PYTHONPATH=. python benches/gpt_oss.py --quick         # GPU: the same, 32 tokens, no hf static
+    PYTHONPATH=. python benches/gpt_oss.py --smoke         # CPU: a tiny shape, fp32 (plumbing only)
+
+The model is ``transformers.GptOssForCausalLM`` with gpt-oss-20b's published config (hidden 2880, 64 query and 8
+kv heads of 64, 32 experts top-4 of I = 2880 with biases and the clamped SwiGLU, attention sinks, sliding (128)
+and full layers alternating, YaRN rotary), cut to ``--layers`` layers (default 8: ~7.6B parameters, 15 GB in
+bf16), random bf16 weights (the real checkpoint's experts are MXFP4; HF dequantizes them to bf16 where its MXFP4
+kernels are absent, which is what this times). Contenders on the same module:
+
+- ``membound``: ``membound.generate(membound.compile(model), ...)`` (attention sinks in the flash kernels; the
+  experts, which fuse-moe does not fuse, through the grouped_mm kernel, so the decode step is a CUDA graph);
+- ``hf eager``: ``model.generate`` (dynamic cache) — batch 1 only unless ``--hf-batches``;
+- ``hf static``: ``generate(..., cache_implementation="static")`` (compiles itself) — not in ``--quick``.
+
+Decode tokens/s = batch * (N - 1) / (t(generate N) - t(generate 1)): the prefill and the first token cancel.
+Each contender's first greedy tokens at batch 1 are compared with HF eager's (bf16: the first divergence is
+reported, not fatal). Roofline per decode step: the bytes it must read (every non-expert weight once, the input
+embedding excepted (gathered); per layer the expected distinct experts ``E * (1 - (1 - k/E)^B)`` times one
+expert's weights and biases; the live K/V, a sliding layer's capped at its window) over the read bandwidth of
+``x.sum()`` measured in this run. JSON to ``benches/results/gpt_oss-<gpu>-<date>[-quick|-smoke].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benches"))
+sys.path.insert(0, str(ROOT))
+
+from decode_e2e import first_line, free_memory, gpu_slug, read_bandwidth, reset_dynamo  # noqa: E402
+from moe import experts_read, hf_generate, seconds  # noqa: E402
+
+import membound  # noqa: E402
+
+# gpt-oss-20b's config (openai/gpt-oss-20b config.json); "120b" the larger model's expert count and layers
+SHAPES: dict[str, dict[str, Any]] = {
+    "20b": dict(vocab_size=201088, hidden_size=2880, intermediate_size=2880, num_attention_heads=64,
+                num_key_value_heads=8, head_dim=64, num_local_experts=32, num_experts_per_tok=4, sliding_window=128,
+                num_hidden_layers=24, max_position_embeddings=131072, rms_norm_eps=1e-5, swiglu_limit=7.0,
+                rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
+                                 "original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0,
+                                 "truncate": False}),
+    "120b": dict(vocab_size=201088, hidden_size=2880, intermediate_size=2880, num_attention_heads=64,
+                 num_key_value_heads=8, head_dim=64, num_local_experts=128, num_experts_per_tok=4,
+                 sliding_window=128, num_hidden_layers=36, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                 swiglu_limit=7.0),
+    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=8, num_hidden_layers=2,
+                 max_position_embeddings=256),
+}
+CHECK = 8  # greedy tokens compared with HF eager
+
+
+def build(shape: str, layers: Optional[int], device: str, dtype: torch.dtype, seed: int = 0) -> Any:
+    """The HF model of ``shape`` cut to ``layers`` layers (alternating sliding and full, sliding first, as the
+    checkpoints), random weights: N(0, 0.02), norms 1, sinks N(0, 1)."""
+    import transformers as T
+
+    kw = dict(SHAPES[shape])
+    n = layers or kw["num_hidden_layers"]
+    kw.update(num_hidden_layers=n, layer_types=["sliding_attention" if i % 2 == 0 else "full_attention"
+                                                for i in range(n)],
+              bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False)
+    cfg = T.GptOssConfig(**kw)
+    with torch.device("meta"):
+        model = T.GptOssForCausalLM(cfg)
+    model = model.to(dtype).to_empty(device=device)
+    gen = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith("sinks"):
+                p.normal_(0.0, 1.0, generator=gen)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+        rotary = type(model.model.rotary_emb)
+        model.model.rotary_emb = rotary(cfg).to(device)  # (its inv_freq buffer was left empty on meta)
+    model.generation_config.eos_token_id = None
+    return model.eval().requires_grad_(False)
+
+
+def step_bytes(cfg: Any, batch: int, context: int, itemsize: int) -> float:
+    """Bytes one decode step must read (see the module docstring)."""
+    d, hd, e, k = cfg.hidden_size, cfg.head_dim, cfg.num_local_experts, cfg.num_experts_per_tok
+    i = cfg.intermediate_size
+    attn = d * hd * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads) \
+        + hd * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) + d + cfg.num_attention_heads
+    router = e * d + e
+    expert = d * 2 * i + 2 * i + i * d + d
+    per_layer = attn + router + 2 * d + experts_read(e, k, batch) * expert
+    kv = 0
+    for t in cfg.layer_types:
+        seen = min(context, cfg.sliding_window) if t == "sliding_attention" else context
+        kv += 2 * batch * cfg.num_key_value_heads * seen * hd
+    return itemsize * (cfg.num_hidden_layers * per_layer + cfg.vocab_size * d + d + kv)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+        self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.rows: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+
+    def row(self, **kw: Any) -> None:
+        self.rows.append(kw)
+        rate = kw.get("tok_s")
+        extra = (f"{rate:9.1f} tok/s  {kw['pct_roofline']:5.1f}% roofline" if rate is not None
+                 else kw.get("error", ""))
+        print(f"  {kw['shape']:6s} b{kw.get('batch', 1):<3d} {kw['contender']:10s} {extra}", flush=True)
+
+    def decode(self, shape: str, name: str, gen: Callable[[torch.Tensor, int], torch.Tensor], cfg: Any,
+               batches: list[int], ref: tuple[torch.Tensor, torch.Tensor], bw: float) -> None:
+        n, prompt = self.args.new_tokens, self.args.prompt
+        for b in batches:
+            ids = ref[0] if b == 1 else torch.randint(0, cfg.vocab_size, (b, prompt), device=self.device,
+                                                      generator=self.gen)
+            try:
+                t0 = time.perf_counter()
+                first = gen(ids, n)  # cold: compiles
+                cold = time.perf_counter() - t0
+                agree = None
+                if b == 1:
+                    m = min(CHECK, first.shape[1])
+                    same = (first[0, :m].cpu() == ref[1][0, :m].cpu()).tolist()
+                    agree = same.index(False) if False in same else m
+                full = min(seconds(lambda ids=ids: gen(ids, n)) for _ in range(2))
+                one = min(seconds(lambda ids=ids: gen(ids, 1)) for _ in range(2))
+                if full <= one:
+                    raise RuntimeError(f"timing: the {n}-token call ({full:.4f} s) was not slower than the "
+                                       f"1-token call ({one:.4f} s)")
+                rate = b * (n - 1) / (full - one)
+                itemsize = torch.empty((), dtype=self.dtype).element_size()
+                roof = b / (step_bytes(cfg, b, prompt + n // 2, itemsize) / (bw * 1e9))
+                self.row(shape=shape, batch=b, contender=name, tok_s=rate, cold_s=cold, roofline_tok_s=roof,
+                         pct_roofline=100 * rate / roof, agree_first=agree, step_ms=1e3 * (full - one) / (n - 1))
+            except Exception as e:  # a failure is a row
+                self.row(shape=shape, batch=b, contender=name, error=first_line(e))
+                break
+            finally:
+                free_memory()
+
+    def run_shape(self, shape: str, bw: float) -> None:
+        a = self.args
+        self.gen = torch.Generator(self.device).manual_seed(0)
+        print(f"{shape} ({a.layers or 'all'} layers): building ({self.dtype} random weights)", flush=True)
+        model = build(shape, a.layers, self.device, self.dtype)
+        cfg = model.config
+        prompt = torch.randint(0, cfg.vocab_size, (1, a.prompt), device=self.device, generator=self.gen)
+        ref = (prompt, hf_generate(model, prompt, max(CHECK, a.new_tokens)))
+        compiled = membound.compile(model)
+        contenders: list[tuple[str, Callable[[torch.Tensor, int], torch.Tensor], list[int]]] = [
+            ("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:], a.batches)]
+        hf_batches = [b for b in a.hf_batches if b in a.batches] or [1]
+        contenders.append(("hf eager", lambda ids, n: hf_generate(model, ids, n), hf_batches))
+        if not (a.smoke or a.quick):
+            contenders.append(("hf static", lambda ids, n: hf_generate(model, ids, n, cache_implementation="static"),
+                               hf_batches))
+        for name, gen, bs in contenders:
+            if a.budget_s and time.perf_counter() - self.started > a.budget_s:
+                self.row(shape=shape, contender=name, error="skipped: over --budget-s")
+                continue
+            self.decode(shape, name, gen, cfg, bs, ref, bw)
+            if name.startswith("hf "):
+                reset_dynamo()
+        del compiled, model
+        free_memory()
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES))
+    p.add_argument("--layers", type=int, default=None, help="layers kept (default 8 on a GPU, all for tiny)")
+    p.add_argument("--batches", nargs="+", type=int, default=None)
+    p.add_argument("--new-tokens", type=int, default=None)
+    p.add_argument("--hf-batches", nargs="+", type=int, default=[1], help="HF contenders' decode batches")
+    p.add_argument("--prompt", type=int, default=32)
+    p.add_argument("--quick", action="store_true", help="batch 1 and 8, 32 tokens, no hf static")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, fp32 (plumbing only)")
+    p.add_argument("--budget-s", type=float, default=None, help="skip contenders starting later (GPU: 450)")
+    p.add_argument("--out", default=str(ROOT / "benches" / "results"))
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.shapes, a.batches, a.new_tokens = a.shapes or ["tiny"], a.batches or [1, 2], a.new_tokens or 4
+    elif a.quick:
+        a.batches, a.new_tokens = a.batches or [1, 8], a.new_tokens or 32
+    a.shapes = a.shapes or ["20b"]
+    a.layers = a.layers if a.layers is not None else (None if a.smoke else 8)
+    a.batches = a.batches or [1, 8]
+    a.new_tokens = a.new_tokens or 64
+    if a.budget_s is None and torch.cuda.is_available() and not a.smoke:
+        a.budget_s = 450.0
+    return a
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = parse_args(argv)
+    bench = Bench(a)
+    bw = read_bandwidth(bench.device, 2 << 30 if bench.device == "cuda" else 64 << 20)
+    card = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"
+    print(f"{card}: read bandwidth {bw:.0f} GB/s", flush=True)
+    with torch.no_grad():
+        for shape in a.shapes:
+            bench.run_shape(shape, bw)
+    record = {"bench": "gpt_oss", "card": card, "date": datetime.date.today().isoformat(), "read_gb_s": bw,
+              "torch": torch.__version__, "args": vars(a), "rows": bench.rows,
+              "roofline": "batch / (bytes / read_gb_s); bytes = layers * (attention weights and biases + sinks + "
+                          "router + norms + E*(1-(1-k/E)^batch) * (gate_up + down weights and biases)) + lm_head + "
+                          "final norm + K/V of the live context (sliding layers: at most the window); the input "
+                          "embedding gathered, not counted"}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "-smoke" if a.smoke else "-quick" if a.quick else ""
+    path = out / f"gpt_oss-{gpu_slug(card)}-{record['date']}{suffix}.json"
+    path.write_text(json.dumps(record, indent=1, default=str))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
