@@ -177,8 +177,7 @@ class Bench:
             self.decode(shape, name, gen, cfg, bs, ref, bw)
             if name.startswith("hf "):
                 reset_dynamo()
-        del compiled, model
-        free_memory()
+        contenders.clear()  # (the model and its compiled twin go with this frame; main frees memory after)
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -216,6 +215,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with torch.no_grad():
         for shape in a.shapes:
             bench.run_shape(shape, bw)
+            free_memory()
     record = {"bench": "gpt_oss", "card": card, "date": datetime.date.today().isoformat(), "read_gb_s": bw,
               "torch": torch.__version__, "args": vars(a), "rows": bench.rows,
               "roofline": "batch / (bytes / read_gb_s); bytes = layers * (attention weights and biases + sinks + "
