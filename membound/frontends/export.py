@@ -314,6 +314,8 @@ def _hf_mask_by_broadcast(batch_size: int, cache_position: torch.Tensor, kv_leng
 _HF4_MOE_BLOCKS = ("MixtralSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "Qwen3MoeSparseMoeBlock", "OlmoeSparseMoeBlock")
 # ... and Granite-MoE's: experts as two [E, *, *] parameters, token groups sized with .tolist()
 _HF4_GRANITE_MOE = ("GraniteMoeMoE", "GraniteMoeSharedMoE")
+# ... and gpt-oss's experts (4.55-4.57), which loop over the experts hit (nonzero) on the CPU and in training
+_HF4_GPT_OSS_EXPERTS = ("GptOssExperts",)
 
 
 @contextlib.contextmanager
@@ -323,7 +325,8 @@ def _hf_moe_blocks_dense(module: torch.nn.Module) -> Iterator[None]:
     expert weighted by ``where(ids == e, weights, 0)``: a graph of fixed shape that fuse-moe's looped form turns into
     one ``moe`` op. Blocks of other releases (5.x's experts are one module of 3-D weights), a block in training
     with router jitter, and classes outside ``transformers`` are left alone. Granite-MoE's block (``_HF4_GRANITE_MOE``)
-    runs :func:`_hf_granite_moe_dense_forward`."""
+    runs :func:`_hf_granite_moe_dense_forward`, 4.x gpt-oss's experts (``_HF4_GPT_OSS_EXPERTS``)
+    :func:`_hf_gpt_oss_dense_forward`."""
     swapped = []
     for sub in module.modules():
         cls = type(sub)
@@ -340,6 +343,11 @@ def _hf_moe_blocks_dense(module: torch.nn.Module) -> Iterator[None]:
                 and all(getattr(getattr(sub, n, None), "weight", None) is not None
                         for n in ("input_linear", "output_linear"))):
             sub.forward = _hf_granite_moe_dense_forward.__get__(sub, cls)
+            swapped.append(sub)
+        elif (cls.__name__ in _HF4_GPT_OSS_EXPERTS and not sub.training and _transformers_major() == 4
+                and all(getattr(getattr(sub, n, None), "dim", lambda: 0)() == 3 for n in ("gate_up_proj", "down_proj"))
+                and "routing_weights" in inspect.signature(cls.forward).parameters):
+            sub.forward = _hf_gpt_oss_dense_forward.__get__(sub, cls)
             swapped.append(sub)
     try:
         yield
@@ -389,6 +397,37 @@ def _hf_granite_moe_dense_forward(self: Any, layer_input: torch.Tensor) -> tuple
         y = torch.nn.functional.linear(self.activation(gate) * up, self.output_linear.weight[e])
         out = out + y * w
     return out.view(batch, seq, dim), logits
+
+
+def _transformers_major() -> int:
+    """The major version of the loaded ``transformers`` (0 when it is not loaded: no HF module to swap)."""
+    mod = sys.modules.get("transformers")
+    try:
+        return int(str(getattr(mod, "__version__", "0")).split(".")[0])
+    except ValueError:
+        return 0
+
+
+def _hf_gpt_oss_dense_forward(self: Any, hidden_states: torch.Tensor, router_indices: Any = None,
+                              routing_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """transformers 4.x gpt-oss experts (``GptOssExperts``), equal to their own: every expert on every token, as
+    their inference branch off the CPU computes it (``bmm`` over ``[E, T, D]``, interleaved gate/up columns, the
+    clamped SwiGLU, biases), each expert's output times the token's routing weight for it (0 where not routed,
+    ``routing_weights`` being ``[T, E]`` scores), summed over the experts in index order (the order the CPU
+    branch's ``index_add_`` adds them in; the added zeros change no sum). Their CPU branch loops over the experts
+    hit (``nonzero``), whose data-dependent sizes torch.export cannot trace."""
+    batch = hidden_states.shape[0]
+    h = hidden_states.reshape(-1, self.hidden_size)
+    experts = routing_weights.shape[1]
+    x = h.repeat(experts, 1).view(experts, -1, self.hidden_size)
+    gate_up = torch.bmm(x, self.gate_up_proj) + self.gate_up_proj_bias[..., None, :]
+    gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+    gate = gate.clamp(min=None, max=self.limit)
+    up = up.clamp(min=-self.limit, max=self.limit)
+    glu = gate * torch.sigmoid(gate * self.alpha)
+    out = torch.bmm((up + 1) * glu, self.down_proj) + self.down_proj_bias[..., None, :]
+    out = out * routing_weights.transpose(0, 1)[..., None]
+    return out.sum(dim=0).to(h.dtype).view(batch, -1, self.hidden_size)
 
 
 class _SpecialisationNoteFilter(logging.Filter):

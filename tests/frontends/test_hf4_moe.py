@@ -4,7 +4,7 @@ trace. ``capture_export`` runs such a block densely while exporting (every exper
 ``where(ids == e, weights, 0)``), which fuse-moe's looped form turns into one ``moe`` op. CI has transformers 5.x,
 so the 4.x blocks are stood in for by classes of the same names and module, their forward written out as 4.57
 writes it; the sweep under a real 4.57 is ``benches/hf_families.py`` with it on ``PYTHONPATH`` (Mixtral, Qwen2-MoE,
-Qwen3-MoE, OLMoE and Granite-MoE decode, session 17)."""
+Qwen3-MoE, OLMoE and Granite-MoE decode, session 17; gpt-oss, whose experts are captured densely, session 19)."""
 
 from __future__ import annotations
 
@@ -159,6 +159,82 @@ def test_a_4x_granite_moe_block_captures_and_fuses() -> None:
         with torch.no_grad():
             want = layer(xs)
         torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
+
+
+class GptOssExperts(nn.Module):
+    """transformers 4.57's gpt-oss experts, their CPU branch: a loop over the experts hit (``nonzero``), interleaved
+    gate/up columns with a bias, the clamped SwiGLU, the down bias, routing weights ``[T, E]``."""
+
+    def __init__(self, d: int, i: int, e: int) -> None:
+        super().__init__()
+        self.hidden_size, self.expert_dim, self.alpha, self.limit = d, i, 1.702, 7.0
+        self.gate_up_proj = nn.Parameter(torch.randn(e, d, 2 * i) * d ** -0.5)
+        self.gate_up_proj_bias = nn.Parameter(torch.randn(e, 2 * i) * 0.1)
+        self.down_proj = nn.Parameter(torch.randn(e, i, d) * i ** -0.5)
+        self.down_proj_bias = nn.Parameter(torch.randn(e, d) * 0.1)
+
+    def forward(self, hidden_states: torch.Tensor, router_indices=None, routing_weights=None):  # type: ignore
+        batch_size = hidden_states.shape[0]
+        hidden_states = hidden_states.reshape(-1, self.hidden_size)
+        num_experts = routing_weights.shape[1]
+        next_states = torch.zeros_like(hidden_states)
+        expert_mask = F.one_hot(router_indices, num_classes=num_experts + 1).permute(2, 1, 0)
+        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert_idx in expert_hit[:]:
+            expert_idx = expert_idx[0]
+            if expert_idx == num_experts:
+                continue
+            _, token_idx = torch.where(expert_mask[expert_idx])
+            gate_up = hidden_states[token_idx] @ self.gate_up_proj[expert_idx] + self.gate_up_proj_bias[expert_idx]
+            gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+            gate = gate.clamp(min=None, max=self.limit)
+            up = up.clamp(min=-self.limit, max=self.limit)
+            glu = gate * torch.sigmoid(gate * self.alpha)
+            out = ((up + 1) * glu) @ self.down_proj[expert_idx] + self.down_proj_bias[expert_idx]
+            next_states.index_add_(0, token_idx, (out * routing_weights[token_idx, expert_idx, None]))
+        return next_states.view(batch_size, -1, self.hidden_size)
+
+
+GptOssExperts.__module__ = "transformers.models.gpt_oss.modeling_gpt_oss"
+
+
+class _GptOssMLP(nn.Module):
+    def __init__(self, d: int, i: int, e: int, k: int) -> None:
+        super().__init__()
+        self.top_k = k
+        self.router = nn.Linear(d, e)
+        self.experts = GptOssExperts(d, i, e)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x.reshape(-1, x.shape[-1])
+        logits = self.router(h)
+        top, ids = torch.topk(logits, self.top_k, dim=-1)
+        scores = torch.zeros_like(logits).scatter_(1, ids, torch.softmax(top, dim=1))
+        return self.experts(x, router_indices=ids, routing_weights=scores), scores
+
+
+def test_4x_gpt_oss_experts_capture_densely(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4.57's gpt-oss experts on the CPU loop over the experts hit (refused: data-dependent sizes); under
+    transformers 4.x they are captured as every expert on every token weighted by the [T, E] scores, equal to
+    eager (rows of 1 and 6 tokens). Under 5.x (CI's) the class is left alone: its experts take [T, k] weights."""
+    import membound.frontends.export as export
+
+    torch.manual_seed(1)
+    layer = Layer(_GptOssMLP(12, 10, 4, 2)).eval()
+    x = torch.randn(2, 3, 12)
+    monkeypatch.setattr(export, "_transformers_major", lambda: 4)
+    cap = capture_export(layer, (x,), {})
+    assert "forward" not in vars(layer.mlp.experts)
+    g = PassManager(default_pipeline() + ["dead-code-elimination"]).run(cap.graph, PassContext())
+    for xs in (x, x[:1, :1]):
+        with torch.no_grad():
+            want = layer(xs)
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(export, "_transformers_major", lambda: 5)
+    from membound.frontends.errors import CaptureError
+
+    with pytest.raises(CaptureError, match="torch.export failed"):
+        capture_export(layer, (x,), {})
 
 
 def test_other_blocks_are_left_alone() -> None:
