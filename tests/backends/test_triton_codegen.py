@@ -326,7 +326,7 @@ def float_unary_lowerings() -> list[str]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 def test_every_float_unary_lowering_matches_reference(dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
     """Taken from the lowering table: a float unary op added there is checked here without a new line.
-    Inputs are positive (log, sqrt) and negative (the rest) so both halves of each function run."""
+    Inputs are positive (log, log1p, sqrt) and negative (the rest) so both halves of each function run."""
     if not runs_here(request):
         return
     ops = float_unary_lowerings()
@@ -337,7 +337,7 @@ def test_every_float_unary_lowering_matches_reference(dtype: torch.dtype, reques
         lines.append(f"%{op} = {op}(%a) : {dt}[B, 7]")
         lines.append(f"%{op}_n = {op}(%x) : {dt}[B, 7]")
     outs = ", ".join(f"%{op}" for op in ops) + ", " + ", ".join(f"%{op}_n" for op in ops if op not in
-                                                                 ("log", "sqrt", "rsqrt"))
+                                                                 ("log", "log1p", "sqrt", "rsqrt"))
     g = graph_from(f"graph @t(%x: {dt}[B, 7]) {{\n" + "\n".join(lines) + f"\nreturn {outs}\n}}")
     exe = TritonExecutable(g)
     assert not exe.partition.calls, exe.partition.describe()
