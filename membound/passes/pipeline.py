@@ -32,6 +32,9 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
   batch 1; then fuse-linear-residual (the MLP's residual add in the down projection): 4 launches a Llama
   layer. An A/B setting,
   ``MEMBOUND_DECODE_PIPELINE=decode-block``, until a GPU has timed it.
+* ``decode-layer``: ``decode-block`` plus fuse-mlp-block (the MLP's norm, gate/up and down with the residual one
+  ``mlp_block`` op, one launch at batch 1): 2 launches a Llama layer. An A/B setting,
+  ``MEMBOUND_DECODE_PIPELINE=decode-layer``, until a GPU has timed it.
 
 ``default_pipeline()`` is the forward pipeline.
 """
@@ -92,6 +95,11 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     # gpu/session19b.sh have timed it on a GPU (session 18 had none)
     "decode-block": ("canonicalize", "fuse-rope-linear", "fuse-attention-block", "fuse-linear-residual",
                      "dead-code-elimination"),
+    # decode-block plus fuse-mlp-block: each layer's MLP (its norm, gate/up with the gating, down with the residual)
+    # as one mlp_block op too (kernels/mlp_block.py): 2 launches a Llama layer (35 a 1.24B step). An A/B setting
+    # (MEMBOUND_DECODE_PIPELINE=decode-layer) until a GPU has timed it (session 19 had none)
+    "decode-layer": ("canonicalize", "fuse-rope-linear", "fuse-attention-block", "fuse-linear-residual",
+                     "fuse-mlp-block", "dead-code-elimination"),
 }
 DEFAULT_PASSES = PIPELINES["forward"]
 

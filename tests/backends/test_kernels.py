@@ -531,9 +531,10 @@ def test_kernels_compile_for_hopper_with_vector_loads() -> None:
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     kernels = {r["kernel"] for r in results}
     assert kernels == {"_linear_small_m", "_flash_decoding_split", "_cache_write", "_rms_norm", "_embedding",
-                       "_flash_attention_fwd", "_attn_block", "_grouped_mm"}
+                       "_flash_attention_fwd", "_attn_block", "_grouped_mm", "_mlp_block"}
     for r in results:
-        if r["kernel"] in ("_linear_small_m", "_flash_decoding_split", "_rms_norm", "_attn_block", "_grouped_mm"):
+        if r["kernel"] in ("_linear_small_m", "_flash_decoding_split", "_rms_norm", "_attn_block", "_grouped_mm",
+                           "_mlp_block"):
             assert r["vectorised"], f"{r['kernel']} {r['config']}: loads {r['loads']}, cp.async {r['cp_async']}"
     assert all(r["mma"] > 0 for r in results
                if r["kernel"] in ("_flash_decoding_split", "_flash_attention_fwd", "_attn_block", "_grouped_mm"))

@@ -23,6 +23,7 @@ SKIPPED = {
     "cache_write": "state op; tests/ir/test_kv_cache_ops.py",
     "cached_attention": "KV-cache op; tests/ir/test_kv_cache_ops.py",
     "attention_block": "KV-cache op: test_attention_block_costs_by_hand below",
+    "mlp_block": "decode block op: test_mlp_block_costs_by_hand below",
     "state_copy": "state op; tests/ir/test_kv_cache_ops.py",
     "moe": "MoE op family: its own tests",
     "quant_moe": "MoE op family: tests/ir/test_moe_op.py",
@@ -212,3 +213,17 @@ def test_attention_block_costs_by_hand() -> None:
                                           dict(eps=1e-6, num_heads=2, num_kv_heads=1, head_dim=4, scale=None))
     assert sympy.simplify(f - (384 + 32 * t)) == 0, f
     assert sympy.simplify(b - (936 + 32 * t)) == 0, b
+
+
+def test_mlp_block_costs_by_hand() -> None:
+    """x f32[3, 1, 8], I = 6 (gate/up [12, 8], down [8, 6]): FLOPs per row the norm 5 * 8 = 40, gate/up 2 * 12 * 8 = 192,
+    the gating 5 * 6 = 30, down 2 * 8 * 6 = 96, the residual 8: 366, 1098 for 3 rows. Bytes, 4 each: x read and the
+    output written (24 + 24 values), the norm weight 8, gate/up 96, down 48: 200 values, 800 bytes."""
+    import torch
+
+    from membound.ir import TensorType
+
+    f32 = torch.float32
+    ins = [TensorType(f32, s) for s in ([3, 1, 8], [8], [12, 8], [8, 6])]
+    f, b = get_op("mlp_block").cost(ins, [TensorType(f32, [3, 1, 8])], dict(eps=1e-6, act="silu"))
+    assert int(f) == 1098 and int(b) == 800, (f, b)

@@ -456,6 +456,13 @@ case("linear_rope", [A(f16, 2, 1, 9), A(f16, 16, 9), A(f16, 1, 8), A(f16, 1, 8)]
 case("linear_add", [A(f32, 7, 5), A(f32, 3, 5), A(f32, 7, 3)], lambda x, w, r: r + _linear(x, w))
 case("linear_add", [A(f16, 2, 1, 9), A(f16, 6, 9), A(f16, 2, 1, 6)], lambda x, w, r: r + _linear(x, w))
 case("linear_add", [A(f32, B, S, 5), A(f32, 4, 5), A(f32, B, S, 4)], lambda x, w, r: r + _linear(x, w))
+# mlp_block: x + linear(linear_glu(rms_norm(x, nw), w_gate_up), w_down), written out
+case("mlp_block", [A(f32, 3, 1, 5), A(f32, 5), A(f32, 8, 5), A(f32, 5, 4)],
+     lambda x, nw, wgu, wd: x + _linear(_linear_glu(_rms(1e-6)(x, nw), wgu), wd), eps=1e-6)
+case("mlp_block", [A(f16, 1, 1, 9), A(f16, 9), A(f16, 6, 9), A(f16, 9, 3)],
+     lambda x, nw, wgu, wd: x + _linear(_linear_glu(_rms(1e-5)(x, nw), wgu), wd), eps=1e-5, act="silu")
+case("mlp_block", [A(f32, B, 1, 6), A(f32, 6), A(f32, 4, 6), A(f32, 6, 2)],
+     lambda x, nw, wgu, wd: x + _linear(_linear_glu(_rms(1e-6)(x, nw), wgu), wd), eps=1e-6)
 case("rms_norm_linear", [A(f32, 7, 5), A(f32, 5), A(f32, 3, 5)],
      lambda x, nw, w: _linear(_rms(1e-6)(x, nw), w), eps=1e-6)
 case("rms_norm_linear", [A(f32, B, S, 6), A(f32, 6), A(f32, 4, 6)],
@@ -983,6 +990,8 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("silu", [T(i64, 3)], {}, TypeError),
     ("gelu", [T(f32, 3)], {"approximate": "fast"}, ValueError),
     ("softplus", [T(i64, 3)], {}, TypeError),
+    ("mlp_block", [T(f32, 1, 8), T(f32, 8), T(f32, 12, 8), T(f32, 8, 5)], {"eps": 1e-6}, ValueError),  # I = 6
+    ("mlp_block", [T(f32, 1, 8), T(f32, 8), T(f32, 12, 8), T(f32, 8, 6)], {"eps": 1e-6, "act": "gelu"}, ValueError),
     ("softplus", [T(f32, 3)], {"beta": 0.0}, ValueError),
     ("add", [T(f32, 3, 4), T(f32, 5)], {}, ValueError),
     ("add", [T(f32, 3)], {}, TypeError),  # arity

@@ -275,6 +275,8 @@ TABLE: list[Lowering] = [
     library("cached_attention", "decode_attention:cached_attention"),
     # (its weights must be parameters: the kernel reads them before the PDL wait, fuse-attention-block checks)
     library("attention_block", "attn_block:attention_block"),
+    # (the same: its weights must be parameters, fuse-mlp-block checks)
+    library("mlp_block", "mlp_block:mlp_block"),
     library("moe", "moe:moe"),
     library("quant_moe", "moe:quant_moe"),
 ]

@@ -148,6 +148,9 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
         if node.op == "attention_block" and impl == "library":
             out += attention_block_works(node, name, est.flops, nbytes, dims, precision)
             continue
+        if node.op == "mlp_block" and impl == "library":
+            out += mlp_block_works(node, name, est.flops, nbytes, dims, precision)
+            continue
         serial = decode_serial(node, dims, hardware) if kind == "decode_attention" else 0.0
         out.append(KernelWork(name, kind, est.flops, max(nbytes, 0.0), precision, serial))
     return out
@@ -208,6 +211,27 @@ def attention_block_works(node: Node, name: str, flops: float, nbytes: float, di
             KernelWork(f"{name} (attention)", "decode_attention", max(flops - proj_flops, 0.0), rest, precision),
             KernelWork(f"{name} (o)", linear_kind("linear_add", m, k, n_o), proj_flops * n_o / (n_qkv + n_o), o_bytes,
                        precision)]
+
+
+def mlp_block_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims,
+                    precision: str) -> list[KernelWork]:
+    """An ``mlp_block`` op as ``kernels/mlp_block.py`` runs it: one launch at one row (its own prior), else the
+    library's kernels in turn (the norm, the gate/up GEMV with the gating, the down GEMV with the residual), the
+    op's FLOPs split as they compute them and each launch's bytes its weight plus the rows it reads and writes."""
+    env = bindings(dims)
+    x, gate_up = node.inputs[0], node.inputs[2]
+    k = int(evaluate(x.shape[-1], env, "mlp_block K"))
+    m = int(evaluate(x.type.numel() / x.shape[-1], env, "mlp_block rows"))
+    if m == 1:
+        return [KernelWork(name, "mlp_block", flops, nbytes, precision)]
+    itemsize = x.dtype.itemsize
+    i = int(evaluate(gate_up.shape[0], env, "mlp_block 2I")) // 2
+    gu_flops, down_flops = 2.0 * m * 2 * i * k, 2.0 * m * k * i
+    return [KernelWork(f"{name} (norm)", "fused", 5.0 * m * k, float(2 * m * k * itemsize), precision),
+            KernelWork(f"{name} (gate/up)", linear_kind("linear_glu", m, 2 * i, k), gu_flops + 5.0 * m * i,
+                       float((2 * i * k + m * (k + i)) * itemsize), precision),
+            KernelWork(f"{name} (down)", linear_kind("linear_add", m, k, i), down_flops + m * k,
+                       float((k * i + m * (i + 2 * k)) * itemsize), precision)]
 
 
 def dequant_works(node: Node, name: str, kind: str, flops: float, nbytes: float, dims: Dims,

@@ -606,3 +606,50 @@ define_op("rms_norm_linear_glu_sumsq", inputs=("x", "sumsq", "norm_weight", "wei
           doc="linear_glu(rms_norm(x, norm_weight, eps), weight) with x's mean square from the partial sums of "
               "squares its producer wrote (sumsq): the norm in the GEMV's prologue, act(g) * u in its epilogue",
           positionwise=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# mlp_block(x[..., K], norm_weight[K], gate_up_weight[2I, K], down_weight[K, I]) -> [..., K]: a decode layer's gated
+# MLP with its norm and residual, one op (fuse-mlp-block); one launch at batch 1 (kernels/mlp_block.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _infer_mlp_block(x: TensorType, norm_weight: TensorType, gate_up_weight: TensorType, down_weight: TensorType, *,
+                     eps: Any, act: str = "silu") -> TensorType:
+    op = "mlp_block"
+    dtype = same_dtype(op, ("x", x), ("norm_weight", norm_weight), ("gate_up_weight", gate_up_weight),
+                       ("down_weight", down_weight))
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+        fail(op, f"attribute eps must be a non-negative float, got {eps!r}", TypeError)
+    h = _infer_linear_glu(TensorType(dtype, x.shape), gate_up_weight, act, op=op)
+    if norm_weight.rank != 1 or down_weight.rank != 2:
+        fail(op, f"needs norm_weight[K] and down_weight[K, I], got {norm_weight}, {down_weight}")
+    require_same_dim(op, norm_weight.shape[0], x.shape[-1], f"norm_weight {norm_weight} vs x {x}")
+    require_same_dim(op, down_weight.shape[0], x.shape[-1], f"down_weight {down_weight} rows vs x {x}")
+    require_same_dim(op, down_weight.shape[1], h.shape[-1], f"down_weight {down_weight} columns vs I = "
+                     f"{h.shape[-1]}")
+    return TensorType(dtype, x.shape)
+
+
+def _mlp_block(x: torch.Tensor, norm_weight: torch.Tensor, gate_up_weight: torch.Tensor, down_weight: torch.Tensor,
+               *, eps: float, act: str = "silu") -> torch.Tensor:
+    """The ops it stands for, each by its own reference (so the reference backend rounds as the unfused graph):
+    ``linear_add(linear_glu(rms_norm(x, norm_weight), gate_up_weight), down_weight, x)``."""
+    n = get_op("rms_norm").reference(x, norm_weight, eps=eps)
+    return _linear_add(_linear_glu(n, gate_up_weight, act), down_weight, x)
+
+
+def _mlp_block_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """The norm (5 a value), the gate/up product and its gating, the down product and the residual add."""
+    x, _, gate_up, down = ins
+    m = numel(x.shape[:-1])
+    k = x.shape[-1]
+    i = down.shape[1]
+    return 5 * m * k + 2 * m * 2 * i * k + 5 * m * i + 2 * m * k * i + m * k
+
+
+define_op("mlp_block", inputs=("x", "norm_weight", "gate_up_weight", "down_weight"),
+          attrs={"eps": REQUIRED, "act": "silu"}, kind="matmul", infer=_infer_mlp_block, reference=_mlp_block,
+          flops=_mlp_block_flops, positionwise=True,
+          doc="x + linear(linear_glu(rms_norm(x, norm_weight, eps), gate_up_weight, act), down_weight): a decode "
+              "layer's gated MLP with its norm and residual (fuse-mlp-block); one launch at batch 1")

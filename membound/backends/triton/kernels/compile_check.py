@@ -121,6 +121,8 @@ def _inspect(kernel: Any, label: str, args: dict[str, Any], arch: int, **options
     tile = 1 if args.get("RESIDUAL") else 4 if args.get("ROPE") else 0
     if kernel.__name__ == "_attn_block":
         tile = 5  # the rotation's cos and sin at each pair's two columns, and the residual's rows
+    if kernel.__name__ == "_mlp_block":
+        tile = 2  # the residual's rows (in the first item's copy of the code and the loop's)
     if args.get("HAS_SINKS"):
         tile += 2  # the rows' sink logits (one a query head: 16 values, once a program)
     return Compiled(kernel.__name__, label, shared, loads, ptx.count("cp.async."), mma,
@@ -240,6 +242,7 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
                         dict(num_warps=warps, num_stages=3)))
     out += _flash_attention_cases()
     out += _attn_block_cases()
+    out += _mlp_block_cases()
     # grouped_mm at gpt-oss-20b's gate/up (32 experts, K = 2880, M = 5760), 16 rows a program (decode)
     from membound.backends.triton.kernels.grouped_mm import _grouped_mm
 
@@ -315,6 +318,22 @@ def _attn_block_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]
         if splits == 1:  # the key/value tiles software-pipelined (AttnBlockConfig.num_stages)
             out.append((_attn_block, f"k{k} d{d} rows{rows} stages3", dict(args, BLOCK_T=args["BLOCK_T"] // 2),
                         dict(num_warps=8, num_stages=3)))
+    return out
+
+
+def _mlp_block_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
+    """The one-launch MLP block (``mlp_block``) at the Llama-3.2-1B (K 2048, I 8192) and Llama-3-8B (K 4096,
+    I 14336) decode shapes, bf16, 32 KB weight tiles."""
+    from membound.backends.triton.kernels.mlp_block import _mlp_block, chunks
+
+    out: list[tuple[Any, str, dict[str, Any], dict[str, Any]]] = []
+    for k, i in ((2048, 8192), (4096, 14336)):
+        rows, chp = 16384 // k, chunks(k, i)
+        n_d = i // (rows // 2)
+        args = dict(x_ptr="*bf16", nw_ptr="*bf16", w_ptr="*bf16", wd_off=2 * i * k, out_ptr="*bf16", h_ptr="*bf16",
+                    cnt_ptr="*i32", eps=1e-5, N_D=n_d, N_ITEMS=n_d + k // (rows // chp), I=i, K=k, swr=k, sdr=i,
+                    ROWS=rows, BLOCK_K=k, CHP=chp, USE_PDL=True, ROW_ALIGN=8)
+        out.append((_mlp_block, f"k{k} i{i} rows{rows}", args, dict(num_warps=8, num_stages=1)))
     return out
 
 
