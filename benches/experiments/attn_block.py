@@ -14,7 +14,9 @@ replays), every chain followed by the same MLP (``rms_norm`` -> ``linear_glu`` -
   ``cached_attention`` -> ``linear_add`` (o + residual): 9 launches a layer with the MLP (the default compiled step
   runs 8: its rotation and both cache writes are one generated kernel);
 - ``block <config>``: ``attention_block`` with the MLP: 4 launches a layer; a sweep of tile rows, warps, splits
-  and grid size (one program per item, or persistent: SMs or 2 x SMs programs).
+  and grid size (one program per item, or persistent: SMs or 2 x SMs programs);
+- ``block+mlp ...``: ``attention_block`` (its picked config) and the MLP as one ``mlp_block`` (``kernels/mlp_block.py``,
+  session 19): 2 launches a layer; the MLP's grid one program per item, or persistent (2 x SMs programs).
 
 Both with and without programmatic dependent launch. Checked first: the last layer's output of each chain against
 the library chain's (bf16: 5e-2 after L layers of random weights scaled to keep O(1) values). Reported: us a layer,
@@ -47,6 +49,8 @@ from membound.backends.triton.kernels.attn_block import AttnBlockConfig, attenti
 from membound.backends.triton.kernels.cache_write import cache_write  # noqa: E402
 from membound.backends.triton.kernels.decode_attention import cached_attention  # noqa: E402
 from membound.backends.triton.kernels.linear import linear_add, linear_glu, linear_rope  # noqa: E402
+from membound.backends.triton.kernels.mlp_block import MlpBlockConfig, mlp_block  # noqa: E402
+from membound.backends.triton.kernels.mlp_block import pick_config as pick_mlp  # noqa: E402
 from membound.backends.triton.kernels.norm import rms_norm  # noqa: E402
 
 # (hidden K, q heads, kv heads, head dim, MLP width, layers)
@@ -98,6 +102,15 @@ def block_layer(h, layer: Layer, cos, sin, pos, ctx: int, dims, config: AttnBloc
     h = attention_block(h, layer.norm1, layer.qkv, cos, sin, layer.k_cache, layer.v_cache, pos, layer.o, eps=EPS,
                         num_heads=hq, num_kv_heads=hkv, head_dim=d, config=config)
     return mlp(h, layer)
+
+
+def layer_of_two(h, layer: Layer, cos, sin, pos, ctx: int, dims, config: AttnBlockConfig,
+                 mlp_config: MlpBlockConfig) -> torch.Tensor:
+    """The attention block and the MLP block: 2 launches a layer."""
+    k, hq, hkv, d = dims
+    h = attention_block(h, layer.norm1, layer.qkv, cos, sin, layer.k_cache, layer.v_cache, pos, layer.o, eps=EPS,
+                        num_heads=hq, num_kv_heads=hkv, head_dim=d, config=config)
+    return mlp_block(h, layer.norm2, layer.gate_up, layer.down, eps=EPS, config=mlp_config)
 
 
 def read_bandwidth(dev: torch.device) -> float:
@@ -200,6 +213,15 @@ def main() -> int:
             for c in configs(model, ctx, dims, dev, args.quick):
                 variants.append((describe(c), chain(lambda h, ly, c=c: block_layer(h, ly, cos, sin, pos, ctx, dims,
                                                                                        c)), 4))
+            base = pick_config(k, hq, hkv, d, ctx, DTYPE, dev)
+            mlp_base = pick_mlp(k, ffn, DTYPE)
+            mlp_configs = [mlp_base] + ([MlpBlockConfig(rows=mlp_base.rows, programs=2 * sm_count(dev))]
+                                        if dev.type == "cuda" else [])
+            for mc in mlp_configs:
+                grid = "items" if mc.programs is None else f"{mc.programs}p"
+                variants.append((f"block+mlp r{mc.rows} {grid}",
+                                 chain(lambda h, ly, mc=mc: layer_of_two(h, ly, cos, sin, pos, ctx, dims, base, mc)),
+                                 2))
             restore()
             want = variants[0][1]().float()
             for pdl_mode in (1, 0):

@@ -25,7 +25,7 @@ rounded, the product rounded (``linear._silu_mul``); the down product rounded, t
 Scope: one token (B = 1), ``act="silu"``, contiguous x and weight rows, K up to 8192, fp16 / bf16 / fp32.
 ``mlp_block`` (the IR op's launcher) runs the library's kernels in turn for anything else (rms_norm, linear_glu,
 linear_add) and says why. Made by fuse-mlp-block in the ``decode-layer`` pipeline (off by default until timed on
-a GPU: ``benches/experiments/attn_block.py --mlp``).
+a GPU: the ``block+mlp`` rows of ``benches/experiments/attn_block.py``, ``gpu/session19a.sh``).
 """
 
 from __future__ import annotations
