@@ -463,11 +463,11 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # read, the store): ~8 of ~0.75 us, plus the q/k/v weights' share of the stream before attention can start
     "attention_block": KernelPrior(fixed=6.0e-6, efficiency=0.8, source="unmeasured: a guess from the kernel's "
                                                                        "dependency chain (session 18, no GPU)"),
-    # the one-launch MLP block (kernels/mlp_block.py), one row: its weights stream from launch, then a shorter chain
-    # than the attention block's (x, the gate/up items' release, the down items' poll and read of the gating, the
-    # store): ~4 round trips
-    "mlp_block": KernelPrior(fixed=4.0e-6, efficiency=0.8, source="unmeasured: a guess from the kernel's dependency "
-                                                                 "chain (session 19, no GPU)"),
+    # the one-launch MLP block (kernels/mlp_block.py), one row: its programs hold the resident one-row tiles whose
+    # streaming [RW] measured (gemv_row's efficiency), then a chain shorter than the attention block's (x, the
+    # gate/up items' release, the down items' poll and read of the gating, the store): ~4 round trips
+    "mlp_block": KernelPrior(fixed=4.0e-6, efficiency=1.017, source="unmeasured: gemv_row's streaming and a guess "
+                                                                   "from the kernel's dependency chain (session 19)"),
     # prefill flash attention: attention bench prefill rows reach 240-470 of 989 TFLOP/s
     "attention": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.35, source="[AT] prefill rows"),
     # generated pointwise / row / sectioned kernels: [P1] 1.5-2.5 us at a few KB; bandwidth unmeasured
