@@ -26,8 +26,6 @@ expert's weights and biases; the live K/V, a sliding layer's capped at its windo
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches"))
 sys.path.insert(0, str(ROOT))
 
-from decode_e2e import first_line, free_memory, gpu_slug, read_bandwidth, reset_dynamo  # noqa: E402
-from moe import experts_read, hf_generate, seconds  # noqa: E402
+from decode_e2e import free_memory, read_bandwidth, reset_dynamo  # noqa: E402
+from moe import Bench as MoeBench  # noqa: E402
+from moe import experts_read, hf_generate, write_record  # noqa: E402
 
 import membound  # noqa: E402
 
@@ -108,51 +107,8 @@ def step_bytes(cfg: Any, batch: int, context: int, itemsize: int) -> float:
     return itemsize * (cfg.num_hidden_layers * per_layer + cfg.vocab_size * d + d + kv)
 
 
-class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-        self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.rows: list[dict[str, Any]] = []
-        self.started = time.perf_counter()
-
-    def row(self, **kw: Any) -> None:
-        self.rows.append(kw)
-        rate = kw.get("tok_s")
-        extra = (f"{rate:9.1f} tok/s  {kw['pct_roofline']:5.1f}% roofline" if rate is not None
-                 else kw.get("error", ""))
-        print(f"  {kw['shape']:6s} b{kw.get('batch', 1):<3d} {kw['contender']:10s} {extra}", flush=True)
-
-    def decode(self, shape: str, name: str, gen: Callable[[torch.Tensor, int], torch.Tensor], cfg: Any,
-               batches: list[int], ref: tuple[torch.Tensor, torch.Tensor], bw: float) -> None:
-        n, prompt = self.args.new_tokens, self.args.prompt
-        for b in batches:
-            ids = ref[0] if b == 1 else torch.randint(0, cfg.vocab_size, (b, prompt), device=self.device,
-                                                      generator=self.gen)
-            try:
-                t0 = time.perf_counter()
-                first = gen(ids, n)  # cold: compiles
-                cold = time.perf_counter() - t0
-                agree = None
-                if b == 1:
-                    m = min(CHECK, first.shape[1])
-                    same = (first[0, :m].cpu() == ref[1][0, :m].cpu()).tolist()
-                    agree = same.index(False) if False in same else m
-                full = min(seconds(lambda ids=ids: gen(ids, n)) for _ in range(2))
-                one = min(seconds(lambda ids=ids: gen(ids, 1)) for _ in range(2))
-                if full <= one:
-                    raise RuntimeError(f"timing: the {n}-token call ({full:.4f} s) was not slower than the "
-                                       f"1-token call ({one:.4f} s)")
-                rate = b * (n - 1) / (full - one)
-                itemsize = torch.empty((), dtype=self.dtype).element_size()
-                roof = b / (step_bytes(cfg, b, prompt + n // 2, itemsize) / (bw * 1e9))
-                self.row(shape=shape, batch=b, contender=name, tok_s=rate, cold_s=cold, roofline_tok_s=roof,
-                         pct_roofline=100 * rate / roof, agree_first=agree, step_ms=1e3 * (full - one) / (n - 1))
-            except Exception as e:  # a failure is a row
-                self.row(shape=shape, batch=b, contender=name, error=first_line(e))
-                break
-            finally:
-                free_memory()
+class Bench(MoeBench):
+    """``benches/moe.py``'s bench (rows, the decode measurement) over HF gpt-oss."""
 
     def run_shape(self, shape: str, bw: float) -> None:
         a = self.args
@@ -170,11 +126,16 @@ class Bench:
         if not (a.smoke or a.quick):
             contenders.append(("hf static", lambda ids, n: hf_generate(model, ids, n, cache_implementation="static"),
                                hf_batches))
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+
+        def bytes_of(batch: int, context: int) -> float:
+            return step_bytes(cfg, batch, context, itemsize)
+
         for name, gen, bs in contenders:
             if a.budget_s and time.perf_counter() - self.started > a.budget_s:
-                self.row(shape=shape, contender=name, error="skipped: over --budget-s")
+                self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
                 continue
-            self.decode(shape, name, gen, cfg, bs, ref, bw)
+            self.decode(shape, name, gen, cfg.vocab_size, bs, ref, bw, bytes_of)
             if name.startswith("hf "):
                 reset_dynamo()
         contenders.clear()  # (the model and its compiled twin go with this frame; main frees memory after)
@@ -216,18 +177,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         for shape in a.shapes:
             bench.run_shape(shape, bw)
             free_memory()
-    record = {"bench": "gpt_oss", "card": card, "date": datetime.date.today().isoformat(), "read_gb_s": bw,
-              "torch": torch.__version__, "args": vars(a), "rows": bench.rows,
-              "roofline": "batch / (bytes / read_gb_s); bytes = layers * (attention weights and biases + sinks + "
-                          "router + norms + E*(1-(1-k/E)^batch) * (gate_up + down weights and biases)) + lm_head + "
-                          "final norm + K/V of the live context (sliding layers: at most the window); the input "
-                          "embedding gathered, not counted"}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "-smoke" if a.smoke else "-quick" if a.quick else ""
-    path = out / f"gpt_oss-{gpu_slug(card)}-{record['date']}{suffix}.json"
-    path.write_text(json.dumps(record, indent=1, default=str))
-    print(f"wrote {path}")
+    write_record("gpt_oss", card, bw, a, bench.rows,
+                 "batch / (bytes / read_gb_s); bytes = layers * (attention weights and biases + sinks + router + "
+                 "norms + E*(1-(1-k/E)^batch) * (gate_up + down weights and biases)) + lm_head + final norm + K/V of "
+                 "the live context (sliding layers: at most the window); the input embedding gathered, not counted")
     return 0
 
 

@@ -244,15 +244,14 @@ class Bench:
         extra = f"{rate:9.1f} tok/s" if rate is not None else kw.get("error", "")
         print(f"  {kw['shape']:8s} {kw['mode']:7s} b{kw.get('batch', 1):<3d} {kw['contender']:15s} {extra}", flush=True)
 
-    def decode(self, shape: str, name: str, gen: Callable[[torch.Tensor, int], torch.Tensor], c: MixtralConfig,
+    def decode(self, shape: str, name: str, gen: Callable[[torch.Tensor, int], torch.Tensor], vocab: int,
                batches: list[int], ref: tuple[torch.Tensor, torch.Tensor], bw: float,
-               scheme: Optional[str] = None) -> None:
-        """``ref``: (a batch-1 prompt, HF eager's first greedy tokens after it); ``scheme``: the weights'
-        quantization, for the roofline."""
+               step_bytes: Callable[[int, int], float]) -> None:
+        """``ref``: (a batch-1 prompt, HF eager's first greedy tokens after it); ``step_bytes(batch, context)``: the
+        bytes a decode step must read, for the roofline (``active_bytes`` here; benches/gpt_oss.py's own)."""
         n, prompt = self.args.new_tokens, self.args.prompt
         for b in batches:
-            ids = ref[0] if b == 1 else torch.randint(0, c.vocab_size, (b, prompt), device=self.device,
-                                                      generator=self.gen)
+            ids = ref[0] if b == 1 else torch.randint(0, vocab, (b, prompt), device=self.device, generator=self.gen)
             try:
                 t0 = time.perf_counter()
                 first = gen(ids, n)  # cold: compiles
@@ -268,9 +267,10 @@ class Bench:
                     raise RuntimeError(f"timing: the {n}-token call ({full:.4f} s) was not slower than the "
                                        f"1-token call ({one:.4f} s)")
                 rate = b * (n - 1) / (full - one)
-                roof = b / (active_bytes(c, b, prompt + n // 2, scheme) / (bw * 1e9))
+                roof = b / (step_bytes(b, prompt + n // 2) / (bw * 1e9))
                 self.row(shape=shape, mode="decode", batch=b, contender=name, tok_s=rate, cold_s=cold,
-                         roofline_tok_s=roof, pct_roofline=100 * rate / roof, agree_first=agree)
+                         roofline_tok_s=roof, pct_roofline=100 * rate / roof, agree_first=agree,
+                         step_ms=1e3 * (full - one) / (n - 1))
             except Exception as e:  # a failure is a row
                 self.row(shape=shape, mode="decode", batch=b, contender=name, error=first_line(e))
                 break
@@ -344,7 +344,8 @@ class Bench:
                 self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
                 continue
             scheme = name.split()[1] if name in ("membound int8", "membound int4") else None
-            self.decode(shape, name, gen, c, bs, ref, bw, scheme)
+            self.decode(shape, name, gen, c.vocab_size, bs, ref, bw,
+                        lambda b, ctx, scheme=scheme: active_bytes(c, b, ctx, scheme))
             if (name in ("hf eager", "gather compile") or name.startswith("membound")) and not a.quick:
                 self.prefill(shape, name, gen, c.vocab_size)
             if name.startswith("hf "):
@@ -396,20 +397,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     with torch.no_grad():
         for shape in a.shapes:
             bench.run_shape(shape, bw)
-    record = {"bench": "moe", "card": card, "date": datetime.date.today().isoformat(), "read_gb_s": bw,
-              "torch": torch.__version__, "args": vars(a), "rows": bench.rows,
-              "roofline": "batch / (bytes / read_gb_s); bytes = layers * (attention + router + norms + "
-                          "E*(1-(1-k/E)^batch) * 3*D*I (experts_read)) + lm_head + K/V of the live context; "
-                          "bf16, except the "
-                          "attention, expert and lm_head weights of the membound int8/int4 rows at their "
-                          "packed size (int8 1 byte, int4 0.5 + 4/128)"}
+    write_record("moe", card, bw, a, bench.rows,
+                 "batch / (bytes / read_gb_s); bytes = layers * (attention + router + norms + "
+                 "E*(1-(1-k/E)^batch) * 3*D*I (experts_read)) + lm_head + K/V of the live context; bf16, except the "
+                 "attention, expert and lm_head weights of the membound int8/int4 rows at their packed size (int8 1 "
+                 "byte, int4 0.5 + 4/128)")
+    return 0
+
+
+def write_record(bench: str, card: str, bw: float, a: argparse.Namespace, rows: list, roofline: str) -> Path:
+    """The run's JSON (``<bench>-<gpu>-<date>[-smoke|-quick].json`` under ``--out``); returns its path."""
+    record = {"bench": bench, "card": card, "date": datetime.date.today().isoformat(), "read_gb_s": bw,
+              "torch": torch.__version__, "args": vars(a), "rows": rows, "roofline": roofline}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-smoke" if a.smoke else "-quick" if a.quick else ""
-    path = out / f"moe-{gpu_slug(card)}-{record['date']}{suffix}.json"
+    path = out / f"{bench}-{gpu_slug(card)}-{record['date']}{suffix}.json"
     path.write_text(json.dumps(record, indent=1, default=str))
     print(f"wrote {path}")
-    return 0
+    return path
 
 
 if __name__ == "__main__":
