@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from membound.ir import Graph, Node, Value
-from membound.passes.gemv_regime import beyond_gemv, decode_dims, seconds, seconds_of
+from membound.passes.gemv_regime import fuse_blocks
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.pattern import heads_view, is_2d_param, is_single_use, static_int
 
@@ -149,44 +149,9 @@ def match_block(ca: Node) -> tuple[Optional[Block], str]:
     return Block(x, inputs, attrs, nodes, add), ""
 
 
-def _declines(ctx: PassContext, block: Block) -> Optional[str]:
-    """None when the op pays, else why not (for the pass log)."""
-    if ctx.cost is None:
-        return beyond_gemv(block.x, "the block is not at decode sizes")
-    dims = decode_dims(ctx, block.inputs)
-    apart = sum(seconds(ctx, n, dims) for n in block.nodes)
-    together = seconds_of(ctx, "attention_block", block.inputs, block.attrs, dims)
-    if together >= apart:
-        return f"the cost model says {apart:.3g}s apart and {together:.3g}s as one op"
-    return None
-
-
-def _rewrite(graph: Graph, block: Block) -> None:
-    fused = graph.insert_before(block.add, graph.create_node("attention_block", block.inputs, block.attrs))
-    graph.replace_all_uses(block.add.results[0], fused.results[0])
-    for node in block.nodes:
-        graph.erase_node(node)
-
-
 @register_pass("fuse-attention-block")
 def fuse_attention_block(graph: Graph, ctx: PassContext) -> bool:
     """Replace each decode attention block (norm -> q/k/v with rope -> cache writes -> attention -> o + residual)
     with one ``attention_block`` op."""
-    fused = 0
-    for node in list(graph.nodes):
-        if node.graph is not graph or node.op != "cached_attention":
-            continue
-        block, why = match_block(node)
-        if block is None:
-            if why:
-                ctx.note(f"%{node.results[0].name} not fused: {why}")
-            continue
-        reason = _declines(ctx, block)
-        if reason is not None:
-            ctx.note(f"%{node.results[0].name} not fused: {reason}")
-            continue
-        _rewrite(graph, block)
-        fused += 1
-    if fused:
-        ctx.note(f"attention_block: {fused}")
-    return fused > 0
+    return fuse_blocks(graph, ctx, "cached_attention", "attention_block", match_block,
+                       lambda b: (b.inputs, b.attrs, b.nodes, b.add))

@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import Optional
 
 from membound.ir import Graph, Node
-from membound.passes.gemv_regime import beyond_gemv, decode_dims, seconds, seconds_of
+from membound.passes.gemv_regime import fuse_blocks
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.pattern import is_2d_param, is_single_use
 
@@ -68,42 +68,8 @@ def match_mlp(glu: Node) -> tuple[Optional[tuple[list, dict, list[Node]]], str]:
     return (inputs, dict(eps=norm.attrs["eps"], act="silu"), [down, glu, norm]), ""
 
 
-def _declines(ctx: PassContext, inputs: list, attrs: dict, nodes: list[Node]) -> Optional[str]:
-    """None when the op pays, else why not (for the pass log)."""
-    if ctx.cost is None:
-        return beyond_gemv(inputs[0], "the block is not at decode sizes")
-    dims = decode_dims(ctx, inputs)
-    apart = sum(seconds(ctx, n, dims) for n in nodes)
-    together = seconds_of(ctx, "mlp_block", inputs, attrs, dims)
-    if together >= apart:
-        return f"the cost model says {apart:.3g}s apart and {together:.3g}s as one op"
-    return None
-
-
 @register_pass("fuse-mlp-block")
 def fuse_mlp_block(graph: Graph, ctx: PassContext) -> bool:
     """Replace each decode MLP block (rms_norm -> linear_glu -> linear_add of the norm's input) with one
     ``mlp_block`` op."""
-    fused = 0
-    for node in list(graph.nodes):
-        if node.graph is not graph or node.op != "linear_glu":
-            continue
-        match, why = match_mlp(node)
-        if match is None:
-            if why:
-                ctx.note(f"%{node.results[0].name} not fused: {why}")
-            continue
-        inputs, attrs, nodes = match
-        reason = _declines(ctx, inputs, attrs, nodes)
-        if reason is not None:
-            ctx.note(f"%{node.results[0].name} not fused: {reason}")
-            continue
-        down = nodes[0]
-        new = graph.insert_before(down, graph.create_node("mlp_block", inputs, attrs))
-        graph.replace_all_uses(down.results[0], new.results[0])
-        for n in nodes:
-            graph.erase_node(n)
-        fused += 1
-    if fused:
-        ctx.note(f"mlp_block: {fused}")
-    return fused > 0
+    return fuse_blocks(graph, ctx, "linear_glu", "mlp_block", match_mlp, lambda b: (b[0], b[1], b[2], b[2][0]))

@@ -9,7 +9,7 @@ at every symbolic dim = 1 (one token per row), or at the dims the pass's option 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from membound.ir import Graph, Node, Value
 from membound.ir.types import numel, sym
@@ -51,3 +51,50 @@ def seconds_of(ctx: PassContext, op: str, inputs: Sequence[Value], attrs: dict[s
     node = scratch.call_multi(op, *args, **attrs)[0].producer
     assert node is not None
     return seconds(ctx, node, dims)
+
+
+def block_declines(ctx: PassContext, op: str, inputs: Sequence[Value], attrs: dict[str, Any],
+                   nodes: Sequence[Node], what: str) -> Optional[str]:
+    """Why a block of ``nodes`` should not become one ``op(inputs) {attrs}`` (None: it pays), for the pass log:
+    without a cost model, a block past the GEMV range (``what``: the log's words for that); with one, the op not
+    faster than the nodes it replaces at the decode dims."""
+    if ctx.cost is None:
+        return beyond_gemv(inputs[0], what)
+    dims = decode_dims(ctx, inputs)
+    apart = sum(seconds(ctx, n, dims) for n in nodes)
+    together = seconds_of(ctx, op, inputs, attrs, dims)
+    if together >= apart:
+        return f"the cost model says {apart:.3g}s apart and {together:.3g}s as one op"
+    return None
+
+
+def fuse_blocks(graph: Graph, ctx: PassContext, anchor: str, op: str,
+                match: Callable[[Node], tuple[Optional[Any], str]],
+                parts: Callable[[Any], tuple[Sequence[Value], dict[str, Any], Sequence[Node], Node]]) -> bool:
+    """The driver of the block-fusing passes (fuse-attention-block, fuse-mlp-block): for each ``anchor`` node,
+    ``match(node)`` gives the block around it or ``(None, why not)`` ("" when not worth a log line); ``parts(block)``
+    its op's inputs and attributes, the nodes it replaces (consumers first: erased in that order) and the node whose
+    result the op's replaces. Each block the cost rule (:func:`block_declines`) takes becomes one ``op`` node; the
+    log names every block left alone and why, then the count."""
+    fused = 0
+    for node in list(graph.nodes):
+        if node.graph is not graph or node.op != anchor:
+            continue
+        block, why = match(node)
+        if block is None:
+            if why:
+                ctx.note(f"%{node.results[0].name} not fused: {why}")
+            continue
+        inputs, attrs, nodes, last = parts(block)
+        reason = block_declines(ctx, op, inputs, attrs, nodes, "the block is not at decode sizes")
+        if reason is not None:
+            ctx.note(f"%{node.results[0].name} not fused: {reason}")
+            continue
+        new = graph.insert_before(last, graph.create_node(op, list(inputs), attrs))
+        graph.replace_all_uses(last.results[0], new.results[0])
+        for n in nodes:
+            graph.erase_node(n)
+        fused += 1
+    if fused:
+        ctx.note(f"{op}: {fused}")
+    return fused > 0

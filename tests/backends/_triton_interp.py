@@ -68,3 +68,23 @@ class Interpreted:
                 if failure is None:
                     failure = case.find("error")
                 self.results[case.get("name", "")] = "" if failure is None else (failure.text or "failed")[-4000:]
+
+
+def hopper_registers(cases: str, labels: str = "") -> dict:
+    """``{label: (registers a thread, spilled bytes)}`` of the sm_90 builds of ``compile_check.<cases>()``'s kernels
+    whose label contains ``labels``, from the ptxas bundled with Triton (no GPU; in a process without
+    TRITON_INTERPRET, which the compiler needs). Skips the test when no bundled ptxas reads Triton's PTX."""
+    import json
+
+    code = ("import json\n"
+            f"from membound.backends.triton.kernels.compile_check import {cases}, compile_ptx, ptxas_info\n"
+            "print(json.dumps({label: ptxas_info(compile_ptx(kernel, args, 90, **options)[0], 90)\n"
+            f"                  for kernel, label, args, options in {cases}() if {labels!r} in label}}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    if any(v is None for v in info.values()):
+        pytest.skip(f"no bundled ptxas reads this Triton's PTX: {info}")
+    return info

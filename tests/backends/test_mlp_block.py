@@ -147,23 +147,9 @@ def test_mlp_block_fits_in_registers_on_hopper() -> None:
     """sm_90 (no GPU needed, in a process without TRITON_INTERPRET): at the 1.24B and 8B shapes the kernel
     assembles without spills and at most 128 registers a thread (two 8-warp programs an SM). Skipped when no
     bundled ptxas reads Triton's PTX."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from _triton_interp import hopper_registers
 
-    code = ("import json\n"
-            "from membound.backends.triton.kernels.compile_check import _mlp_block_cases, compile_ptx, ptxas_info\n"
-            "print(json.dumps({label: ptxas_info(compile_ptx(kernel, args, 90, **options)[0], 90)\n"
-            "                  for kernel, label, args, options in _mlp_block_cases()}))\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info = hopper_registers("_mlp_block_cases", "")
     assert len(info) == 2, info
-    if any(v is None for v in info.values()):
-        pytest.skip(f"no bundled ptxas reads this Triton's PTX: {info}")
     for label, (regs, spill) in info.items():
         assert spill == 0 and regs <= 128, (label, regs, spill)
