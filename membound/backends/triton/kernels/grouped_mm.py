@@ -12,8 +12,9 @@ reference's per-group product). Only the weights of groups that have rows move: 
 active experts' once per column block.
 
 Tiles (``pick_config``): 16 rows while there are few (decode), 64 past 64 rows; 64 output columns (M contiguous in
-HF's ``[E, K, M]`` experts: 16-byte loads); 64 K a step. Falls back to the torch reference for: dtypes other than
-fp16/bf16/fp32, CPU tensors without ``TRITON_INTERPRET=1``, more than 1024 groups.
+HF's ``[E, K, M]`` experts: 16-byte loads), fewer while the grid would not fill the SMs; 64 K a step. Falls back
+to the torch reference for: dtypes other than fp16/bf16/fp32, CPU tensors without ``TRITON_INTERPRET=1``, more than
+1024 groups.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from membound.backends.triton.kernels._launch import (
     note,
     pdl_enter,
     pdl_options,
+    sm_count,
     unsupported_device,
     unsupported_dtype,
 )
@@ -87,11 +89,17 @@ class GroupedConfig:
 
 
 def pick_config(n: int, m: int, k: int, device: torch.device) -> GroupedConfig:
-    """16 rows a program at decode (a few routed rows), 64 past 64 rows; 64 x 64 weight tiles (16 x 16 under the
-    interpreter, whose cost is per element)."""
+    """16 rows a program at decode (a few routed rows), 64 past 64 rows; 64 x 64 weight tiles, narrowed to 32 or 16
+    columns while the grid would leave SMs idle (a decode step's grid is its column blocks: gpt-oss-20b's down
+    projection, M = 2880, is 45 programs of 64 columns on 132 SMs, 180 of 16). A first guess, not yet timed on a
+    GPU; 16 x 16 tiles under the interpreter (whose cost is per element)."""
     if device.type != "cuda":
         return GroupedConfig(16, 16, 16, 4, 1)
-    return GroupedConfig(64 if n > 64 else 16, 64, 64, 4, 3)
+    block_r = 64 if n > 64 else 16
+    block_m = 64
+    while block_m > 16 and cdiv(n, block_r) * cdiv(m, block_m) < sm_count(device):
+        block_m //= 2
+    return GroupedConfig(block_r, block_m, 64, 4, 3)
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, out: Optional[torch.Tensor] = None, *,
