@@ -56,6 +56,16 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "mixtral": ("MixtralForCausalLM", "MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
     "olmoe": ("OlmoeForCausalLM", "OlmoeConfig", MOE),
     "granite-moe": ("GraniteMoeForCausalLM", "GraniteMoeConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    # DeepSeek-V2: multi-head latent attention, a complex rotary embedding (polar, view_as_complex), experts
+    "deepseek-v2": ("DeepseekV2ForCausalLM", "DeepseekV2Config", dict(
+        num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=16,
+        q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, moe_intermediate_size=32)),
+    # multi-head latent attention (kv heads = heads), group-limited routing with a score correction bias, a dense
+    # first layer then experts with a shared one
+    "deepseek-v3": ("DeepseekV3ForCausalLM", "DeepseekV3Config", dict(
+        num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=16,
+        q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_group=2, topk_group=1,
+        moe_intermediate_size=32)),
     # attention sinks, a sliding (3) then a full layer, q/k/v and o biases, experts with biases and a clamped SwiGLU
     "gpt-oss": ("GptOssForCausalLM", "GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=16,
                                                           sliding_window=3,

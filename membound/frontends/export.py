@@ -120,7 +120,7 @@ def export_leaves(module: torch.nn.Module, leaves: Sequence[Any], name: str,
         # a fresh tracing context: inside a torch.compile backend, export must not add its guards to the
         # frame Dynamo is compiling
         with torch.no_grad(), torch._guards.tracing(None), _quiet_specialisation_notes(), _hf_masks_without_vmap(), \
-                _hf_moe_blocks_dense(module):
+                _hf_moe_blocks_dense(module), _hf_rotary_without_complex(module):
             ep = torch.export.export(module, tuple(leaves), dynamic_shapes={"leaves": shapes}, strict=False)
     except Exception as e:  # the model's own error or export's; either way the user needs the original
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -428,6 +428,65 @@ def _hf_gpt_oss_dense_forward(self: Any, hidden_states: torch.Tensor, router_ind
     out = torch.bmm((up + 1) * glu, self.down_proj) + self.down_proj_bias[..., None, :]
     out = out * routing_weights.transpose(0, 1)[..., None]
     return out.sum(dim=0).to(h.dtype).view(batch, -1, self.hidden_size)
+
+
+# Hugging Face families whose rotary embedding is a complex tensor (``torch.polar``, ``view_as_complex``): the module
+# defining them -> how its ``apply_rotary_emb`` broadcasts the frequencies over q / k ``[B, ., ., D]``
+_HF_COMPLEX_ROTARY = {"transformers.models.deepseek_v2.modeling_deepseek_v2": lambda f: f.unsqueeze(1),
+                      "transformers.models.llama4.modeling_llama4": lambda f: f[:, :, None]}
+
+
+@contextlib.contextmanager
+def _hf_rotary_without_complex(module: torch.nn.Module) -> Iterator[None]:
+    """While exporting (restored after), the complex rotary embedding of the families in ``_HF_COMPLEX_ROTARY``
+    (DeepSeek-V2, Llama 4: ``freqs_cis = polar(1, f) * scaling``, then ``view_as_real(view_as_complex(x) *
+    freqs_cis)``; the IR has no complex dtype) runs as the same arithmetic on real tensors: the embedding returns
+    ``(cos f, sin f) * scaling`` stacked in a last dim of 2 (the complex value's two parts), and the module's
+    ``apply_rotary_emb`` rotates each (even, odd) pair as the complex product does, ``(a c - b s, a s + b c)`` in
+    fp32, rounded back to x's dtype. Modules outside those families are left alone."""
+    patched: list[tuple[Any, str, Any]] = []
+    for sub in module.modules():
+        mod = sys.modules.get(type(sub).__module__)
+        if (type(sub).__module__ not in _HF_COMPLEX_ROTARY or not type(sub).__name__.endswith("RotaryEmbedding")
+                or "forward" in vars(sub) or mod is None or not callable(getattr(mod, "apply_rotary_emb", None))):
+            continue
+        sub.forward = _real_rotary_forward.__get__(sub, type(sub))
+        patched.append((sub, "forward", None))
+        if not any(m is mod for m, _, _ in patched):
+            spread = _HF_COMPLEX_ROTARY[type(sub).__module__]
+            patched.append((mod, "apply_rotary_emb", mod.apply_rotary_emb))
+            mod.apply_rotary_emb = _real_apply_rotary_emb(spread)
+    try:
+        yield
+    finally:
+        for owner, name, old in reversed(patched):
+            if old is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, old)
+
+
+def _real_rotary_forward(self: Any, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """``polar(1, f) * attention_scaling`` as its real and imaginary parts, ``[..., D/2, 2]``."""
+    freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+    return torch.stack([torch.cos(freqs), torch.sin(freqs)], dim=-1) * self.attention_scaling
+
+
+def _real_apply_rotary_emb(spread: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    """An ``apply_rotary_emb(xq, xk, freqs)`` over the real ``[..., D/2, 2]`` frequencies, broadcast over q / k as
+    ``spread`` says the family's complex one is."""
+    def apply_rotary_emb(xq: torch.Tensor, xk: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = spread(freqs.to(xq.device))
+        c, s = f[..., 0], f[..., 1]
+
+        def rotate(x: torch.Tensor) -> torch.Tensor:
+            pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+            a, b = pairs[..., 0], pairs[..., 1]
+            return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(3).type_as(x)
+
+        return rotate(xq), rotate(xk)
+
+    return apply_rotary_emb
 
 
 class _SpecialisationNoteFilter(logging.Filter):
