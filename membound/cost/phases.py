@@ -197,9 +197,10 @@ def kv_source(value: Value) -> Value:
 
 def kv_elements_per_token(value: Value) -> Optional[sympy.Expr]:
     """Elements per token (per batch row and position) of ``value``'s cache source; None if it scales
-    neither with B*S (new tokens) nor with B*T (an explicit cache): then it is not per-token data."""
+    neither with B*S (new tokens) nor with B*T (an explicit cache): then it is not per-token data. A graph
+    captured from a one-row example has its batch dim specialised to 1: then S (or T) alone."""
     numel = kv_source(value).type.numel()
-    for tokens in (B * S, B * T):
+    for tokens in (B * S, B * T, S, T):
         per_token = sympy.simplify(numel / tokens)
         if not per_token.free_symbols:
             return per_token

@@ -134,3 +134,21 @@ def test_moe_notes_give_the_active_expert_bytes_per_token() -> None:
     assert f"{si(total * k / e, 'B')} per token" in note
     assert not any(n.startswith("before: ") for n in report.notes)  # the captured graph has no moe op
     assert "(100%)" in moe_active_bytes(compiled.ir, batch=2)
+
+
+def test_a_one_row_example_sizes_the_kv_cache() -> None:
+    """A one-prompt example (``[1, S]`` ids) captures a graph whose batch dim is specialised to 1; the KV cache is
+    then sized per position alone (it raised "not per-token data" before). HF gpt-oss (attention sinks, experts)
+    with one row: two attention ops, the cache per token 2 layers x k, v x 2 kv heads x 16 x 4 bytes."""
+    import transformers as T
+
+    cfg = T.GptOssConfig(vocab_size=97, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                         num_experts_per_tok=2, sliding_window=3, layer_types=["sliding_attention", "full_attention"],
+                         max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = T.GptOssForCausalLM(cfg).eval()
+    report = explain(model, (torch.randint(0, 97, (1, 8)),), hardware=H100, measure=False)
+    after = report.tables[("after", "decode")]
+    assert [r.op for r in after].count("attention") == 2
+    assert int(report.phases["after"].kv_bytes_per_token) == 2 * 2 * 2 * 16 * 4
