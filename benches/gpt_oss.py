@@ -1,7 +1,7 @@
 """gpt-oss decode: Hugging Face and membound on the same weights, one run.
 
     PYTHONPATH=. python benches/gpt_oss.py                 # GPU: gpt-oss-20b's shape cut to 8 layers, batch 1 and 8
-    PYTHONPATH=. python benches/gpt_oss.py --quick         # GPU: the same, 32 tokens, no hf static
+    PYTHONPATH=. python benches/gpt_oss.py --quick         # GPU: 4 layers, 32 tokens, no hf static
     PYTHONPATH=. python benches/gpt_oss.py --smoke         # CPU: a tiny shape, fp32 (plumbing only)
 
 The model is ``transformers.GptOssForCausalLM`` with gpt-oss-20b's published config (hidden 2880, 64 query and 8
@@ -60,6 +60,9 @@ SHAPES: dict[str, dict[str, Any]] = {
                  max_position_embeddings=256),
 }
 CHECK = 8  # greedy tokens compared with HF eager
+ROOFLINE = ("batch / (bytes / read_gb_s); bytes = layers * (attention weights and biases + sinks + router + norms + "
+            "E*(1-(1-k/E)^batch) * (gate_up + down weights and biases)) + lm_head + final norm + K/V of the live "
+            "context (sliding layers: at most the window); the input embedding gathered, not counted")
 
 
 def build(shape: str, layers: Optional[int], device: str, dtype: torch.dtype, seed: int = 0) -> Any:
@@ -110,6 +113,11 @@ def step_bytes(cfg: Any, batch: int, context: int, itemsize: int) -> float:
 class Bench(MoeBench):
     """``benches/moe.py``'s bench (rows, the decode measurement) over HF gpt-oss."""
 
+    card = "cpu"
+
+    def save(self, bw: float) -> Path:
+        return write_record("gpt_oss", self.card, bw, self.args, self.rows, ROOFLINE)
+
     def run_shape(self, shape: str, bw: float) -> None:
         a = self.args
         self.gen = torch.Generator(self.device).manual_seed(0)
@@ -136,6 +144,7 @@ class Bench(MoeBench):
                 self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
                 continue
             self.decode(shape, name, gen, cfg.vocab_size, bs, ref, bw, bytes_of)
+            self.save(bw)  # after every contender: a run cut short by its timeout keeps what it measured
             if name.startswith("hf "):
                 reset_dynamo()
         contenders.clear()  # (the model and its compiled twin go with this frame; main frees memory after)
@@ -149,7 +158,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=None)
     p.add_argument("--hf-batches", nargs="+", type=int, default=[1], help="HF contenders' decode batches")
     p.add_argument("--prompt", type=int, default=32)
-    p.add_argument("--quick", action="store_true", help="batch 1 and 8, 32 tokens, no hf static")
+    p.add_argument("--quick", action="store_true", help="4 layers, batch 1 and 8, 32 tokens, no hf static")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, fp32 (plumbing only)")
     p.add_argument("--budget-s", type=float, default=None, help="skip contenders starting later (GPU: 450)")
     p.add_argument("--out", default=str(ROOT / "benches" / "results"))
@@ -159,7 +168,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     elif a.quick:
         a.batches, a.new_tokens = a.batches or [1, 8], a.new_tokens or 32
     a.shapes = a.shapes or ["20b"]
-    a.layers = a.layers if a.layers is not None else (None if a.smoke else 8)
+    a.layers = a.layers if a.layers is not None else (None if a.smoke else 4 if a.quick else 8)
     a.batches = a.batches or [1, 8]
     a.new_tokens = a.new_tokens or 64
     if a.budget_s is None and torch.cuda.is_available() and not a.smoke:
@@ -171,16 +180,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = parse_args(argv)
     bench = Bench(a)
     bw = read_bandwidth(bench.device, 2 << 30 if bench.device == "cuda" else 64 << 20)
-    card = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"
+    card = bench.card = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"
     print(f"{card}: read bandwidth {bw:.0f} GB/s", flush=True)
     with torch.no_grad():
         for shape in a.shapes:
             bench.run_shape(shape, bw)
             free_memory()
-    write_record("gpt_oss", card, bw, a, bench.rows,
-                 "batch / (bytes / read_gb_s); bytes = layers * (attention weights and biases + sinks + router + "
-                 "norms + E*(1-(1-k/E)^batch) * (gate_up + down weights and biases)) + lm_head + final norm + K/V of "
-                 "the live context (sliding layers: at most the window); the input embedding gathered, not counted")
+    bench.save(bw)
     return 0
 
 

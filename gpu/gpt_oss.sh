@@ -3,8 +3,9 @@
 #   1. the GPU tests of session 19's kernels: attention sinks (flash prefill and flash-decoding, bf16, a CUDA-graph
 #      replay), the grouped_mm kernel (bf16; a gpt-oss decode step with no host sync), ALiBi in the flash prefill
 #      kernel, the HF-families gpt-oss / apertus rows on the GPU;
-#   2. benches/gpt_oss.py --quick: gpt-oss-20b's shape cut to 8 layers (bf16 random weights), membound against HF
-#      eager, batch 1 and 8, 32 tokens, greedy tokens checked against HF's first.
+#   2. benches/gpt_oss.py --quick: gpt-oss-20b's shape cut to 4 layers (bf16 random weights), membound against HF
+#      eager, batch 1 and 8, 32 tokens, greedy tokens checked against HF's first (the JSON is rewritten after each
+#      contender, so a timeout keeps what was measured).
 # Results under $OUT (tests.log, families.log, gpt_oss.log, gpt_oss-*.json).
 #
 #   bash gpu/gpt_oss.sh
@@ -18,6 +19,6 @@ timeout 90 python benches/hf_families.py --device cuda --families gpt-oss apertu
     >"$OUT/families.log" 2>&1
 echo "rc $?"; tail -6 "$OUT/families.log"
 echo "== gpt-oss decode ($((SECONDS - start)) s)"
-timeout 240 python benches/gpt_oss.py --quick --out "$OUT" >"$OUT/gpt_oss.log" 2>&1
+timeout 270 python benches/gpt_oss.py --quick --budget-s 200 --out "$OUT" >"$OUT/gpt_oss.log" 2>&1
 echo "rc $?"; grep -E "tok/s|roofline|error|wrote" "$OUT/gpt_oss.log" | tail -12
 echo "($((SECONDS - start)) s)"
