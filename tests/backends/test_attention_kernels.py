@@ -154,6 +154,8 @@ def test_choose_impl_rule() -> None:
     assert choose_impl(**shape, causal=True, window=None, softcap=None) == "sdpa"
     assert choose_impl(**shape, causal=True, window=None, softcap=50.0) == "kernel"
     assert choose_impl(**shape, causal=True, window=1024, softcap=None) == "kernel"
+    # attention sinks and ALiBi slopes: SDPA takes neither (it would need them materialised)
+    assert choose_impl(**shape, causal=True, window=None, softcap=None, score_terms=True) == "kernel"
 
 
 @pytest.mark.gpu
