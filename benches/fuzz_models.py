@@ -73,6 +73,8 @@ def main() -> int:
         status = "ok" if result.ok else "FAILED"
         took = time.monotonic() - t
         print(f"[{time.monotonic() - start:7.1f}s] {status} ({took:.1f}s) {case.describe()}", flush=True)
+        for line in result.arbitrated:  # (eager in the half dtype strays as far: not a failure)
+            print(f"    arbitrated: {line}", flush=True)
         if not result.ok:
             failures.append(dict(case=case.describe(), mismatches=result.mismatches, errors=result.errors))
             for line in result.mismatches + [f"{k}: {v}" for k, v in result.errors.items()]:

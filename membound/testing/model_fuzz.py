@@ -9,7 +9,9 @@ embeddings, GPT-2 attention options, Mistral's sliding window, the batch, each r
 ``TRITON_INTERPRET=1`` on the CPU):
 
 1. **forward**: the compiled model's logits equal eager's at every non-padded position, within the
-   dtype's tolerance (``TOLERANCE``: fp32 atol = rtol = 1e-4; fp16 2e-2; bf16 6e-2);
+   dtype's tolerance (``TOLERANCE``: fp32 atol = rtol = 1e-4; fp16 2e-2; bf16 6e-2); in fp16 / bf16 a difference
+   eager shares (eager in the half dtype as far from eager in fp32 there: ``_arbitrate``) is recorded in
+   ``arbitrated``, not as a mismatch;
 2. **generate**: ``membound.generate`` greedy tokens equal eager greedy decoding (the whole sequence
    recomputed for every token, one row at a time without its padding). A token is compared only
    while eager's top-2 logit margin is clear (``MARGIN``: 1e-3 in fp32, 5e-2 in fp16, 0.25 in bf16):
@@ -81,6 +83,8 @@ class CaseResult:
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
     tokens_compared: int = 0
     tokens_skipped: int = 0
+    # half-precision forward differences from eager that eager itself shares (see _arbitrate): not mismatches
+    arbitrated: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -295,6 +299,23 @@ def _close(got: torch.Tensor, want: torch.Tensor, tol: float) -> tuple[bool, flo
     return bool(finite) and not bool(bad.any()), float(err.max()) if err.numel() else 0.0
 
 
+def _arbitrate(model: torch.nn.Module, ids: torch.Tensor, kwargs: dict[str, Any], got: torch.Tensor,
+               want: torch.Tensor, valid: torch.Tensor, tol: float) -> tuple[bool, float]:
+    """A half-precision forward that differs from eager's: eager in fp32 (on a copy of the model) decides. The
+    difference counts only where the compiled logits are further from fp32 than eager's own half-precision logits
+    are, by more than the tolerance (eager's fp16 softmax over a sink column, or a near-tie of two experts' router
+    logits, can stray by whole units where the compiled model, which routes and normalises in fp32, does not).
+    Returns (no such position, the largest excess)."""
+    import copy
+
+    with torch.no_grad():
+        ref = _logits(copy.deepcopy(model).float()(ids, **kwargs)).float()[valid]
+    ours = (got.float()[valid] - ref).abs()
+    theirs = (want.float()[valid] - ref).abs()
+    excess = ours - theirs
+    return not bool((excess > tol + tol * ref.abs()).any()), float(excess.max()) if excess.numel() else 0.0
+
+
 def run_case(case: ModelCase, backends: tuple[str, ...] = BACKENDS, device: str = "cpu",
              generate: bool = True, cuda_graphs: bool = False) -> CaseResult:
     """Compile ``case``'s model with each backend and compare forward logits and greedy tokens with eager
@@ -319,6 +340,12 @@ def run_case(case: ModelCase, backends: tuple[str, ...] = BACKENDS, device: str 
             with torch.no_grad():
                 got = _logits(compiled(ids, **kwargs))
             ok, err = _close(got[valid], want[valid], TOLERANCE[dtype])
+            if not ok and dtype != torch.float32:
+                fair, excess = _arbitrate(model, ids, kwargs, got, want, valid, TOLERANCE[dtype])
+                if fair:
+                    result.arbitrated.append(f"{stage}: logits differ from eager by up to {err:.3g}, but eager in "
+                                             f"{case.dtype} is as far from eager in fp32 there")
+                    ok = True
             if not ok:
                 result.mismatches.append(f"{stage}: logits differ from eager by up to {err:.3g} "
                                          f"(tolerance {TOLERANCE[dtype]:g})")
@@ -387,5 +414,6 @@ def summarize(results: list[CaseResult], extra: Optional[dict[str, Any]] = None)
     return dict(extra or {}, cases=len(results), passed=sum(r.ok for r in results),
                 cases_with_mismatches=sum(bool(r.mismatches) for r in results),
                 cases_with_exceptions=sum(bool(r.errors) for r in results), exception_types=errors,
+                cases_arbitrated=sum(bool(r.arbitrated) for r in results),
                 tokens_compared=sum(r.tokens_compared for r in results),
                 tokens_skipped_near_ties=sum(r.tokens_skipped for r in results), families=families)

@@ -115,3 +115,25 @@ def test_every_draw_builds() -> None:
     for seed in range(2000, 2060):
         case = draw_case(seed)
         model_fuzz.build_case_model(case)
+
+
+def test_a_half_precision_difference_eager_shares_is_arbitrated_not_a_mismatch() -> None:
+    """``_arbitrate``: eager in fp32 decides a half-precision forward difference. A compiled result near fp32 where
+    eager's fp16 strays passes; one that strays further than eager's fp16 does not."""
+    import torch.nn as nn
+
+    from membound.testing.model_fuzz import _arbitrate
+
+    class Logits(nn.Module):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return ids.float()[..., None] * torch.ones(3)
+
+    ids = torch.tensor([[1, 2, 3]])
+    exact = Logits()(ids)  # the fp32 eager logits
+    valid = torch.ones(1, 3, dtype=torch.bool)
+    eager_half = exact.clone()
+    eager_half[0, 1] += 1.5  # eager's half precision strays at one position
+    fair, _ = _arbitrate(Logits(), ids, {}, exact + 0.01, eager_half, valid, 2e-2)
+    assert fair
+    unfair, excess = _arbitrate(Logits(), ids, {}, exact + 2.0, eager_half, valid, 2e-2)
+    assert not unfair and excess > 0.4
