@@ -13,8 +13,9 @@ For each family in ``FAMILIES`` (the ``transformers`` class and config, at a tin
 and 6 prompt tokens), against eager greedy decoding of each row alone by full recomputation (the oracle does not
 depend on HF's cache or padding handling). A row is ``ok`` when every token equals the oracle's (on a GPU: while
 the oracle's top-2 logit margin is at least 1e-3, as the model fuzzer compares); any exception is recorded with its
-type and first line (a family membound refuses says why). Not a speed bench: correctness of capture, fusion and the
-KV-cache rewrite on real model code. Writes ``results/hf_families-<device>-<date>-transformers<version>.json`` (a
+type and first line (a family membound refuses says why). Each row also records the decode graph's counts of
+``DECODE_OPS`` (which attention form, one-launch blocks and MoE form the family's decode step ended with). Not a
+speed bench: correctness of capture, fusion and the KV-cache rewrite on real model code. Writes ``results/hf_families-<device>-<date>-transformers<version>.json`` (a
 run over some families: ``-some``) and a copy under ``--out``; the table last.
 """
 
@@ -124,6 +125,22 @@ def build(name: str) -> Any:
     return getattr(T, model_cls)(getattr(T, config_cls)(**{**COMMON, **extra})).eval()
 
 
+# the decode graph's ops a row records: which fusions fired for the family (attention forms, the one-launch
+# blocks, MoE as one op or as grouped products), and what stayed outside the kernels (opaque torch calls)
+DECODE_OPS = ("cached_attention", "attention_block", "mlp_block", "moe", "grouped_mm", "linear_glu", "linear_rope",
+              "torch_call")
+
+
+def decode_ops(compiled: Any) -> dict[str, int]:
+    """Counts of ``DECODE_OPS`` in the decode graph ``generate`` built (``{}`` when there is none)."""
+    program = getattr(compiled, "_kv_program", None)
+    graph = getattr(program, "decode_graph", None)
+    if graph is None:
+        return {}
+    ops = [n.op for n in graph.nodes]
+    return {op: ops.count(op) for op in DECODE_OPS if op in ops}
+
+
 def check(name: str, backend: str, device: str = "cpu") -> dict[str, Any]:
     import torch
 
@@ -146,6 +163,7 @@ def check(name: str, backend: str, device: str = "cpu") -> dict[str, Any]:
         compiled = membound.compile(model, backend=backend)
         with torch.no_grad():
             out = membound.generate(compiled, ids, NEW_TOKENS, attention_mask=mask)
+        row["decode_ops"] = decode_ops(compiled)
         # the oracle: each row alone (its padding dropped), the whole sequence recomputed for every token
         oracle = greedy_oracle(model, ids, mask, NEW_TOKENS, hf=True)
         if device == "cpu":  # the same kernels' arithmetic on one machine: every token equal

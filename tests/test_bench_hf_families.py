@@ -23,4 +23,6 @@ def test_smoke_families_decode_eager_tokens(tmp_path: Path) -> None:
     assert [(r["family"], r["backend"], r["status"]) for r in rows] == [("llama", "reference", "ok"),
                                                                        ("opt", "reference", "ok")], rows
     assert all(r["rows_ok"] == r["rows"] == 3 for r in rows)
+    # which ops the decode graph kept: Llama's two layers attend through the KV cache, their MLP gated in the GEMV
+    assert rows[0]["decode_ops"]["cached_attention"] == 2 and rows[0]["decode_ops"]["linear_glu"] == 2, rows[0]
     assert proc.stdout.strip().splitlines()[-1].startswith("2/2 ok")
