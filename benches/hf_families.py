@@ -15,8 +15,9 @@ depend on HF's cache or padding handling). A row is ``ok`` when every token equa
 the oracle's top-2 logit margin is at least 1e-3, as the model fuzzer compares); any exception is recorded with its
 type and first line (a family membound refuses says why). Each row also records the decode graph's counts of
 ``DECODE_OPS`` (which attention form, one-launch blocks and MoE form the family's decode step ended with). Not a
-speed bench: correctness of capture, fusion and the KV-cache rewrite on real model code. Writes ``results/hf_families-<device>-<date>-transformers<version>.json`` (a
-run over some families: ``-some``) and a copy under ``--out``; the table last.
+speed bench: correctness of capture, fusion and the KV-cache rewrite on real model code. Writes
+``results/hf_families-<device>-<date>-transformers<version>.json`` (a run over some families: ``-some``) and a copy
+under ``--out``; the table last.
 """
 
 from __future__ import annotations
