@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import sympy
 import torch
@@ -92,3 +92,29 @@ def tiny_hf(family: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM,
             "mistral": tf.MistralForCausalLM}[family](cfg).eval()
+
+
+def triton_decode_with(pipeline: str, model: torch.nn.Module, rows: int, op: str, monkeypatch: Any) -> None:
+    """Greedy generate on the triton backend with decode pipeline ``pipeline`` equals the default pipeline's tokens
+    (``rows`` prompts of 7 tokens, the last left-padded by 3 when there are several); at one row every ``op`` call
+    ran its one-launch kernel, at several the library's kernels in turn, the trace saying why."""
+    import membound
+    from membound.backends.triton.kernels._launch import trace
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    ids = torch.randint(0, 97, (rows, 7), generator=torch.Generator().manual_seed(3)).to(device)
+    mask = torch.ones_like(ids)
+    mask[rows - 1, :3] = 0 if rows > 1 else 1
+    want = membound.generate(membound.compile(model, backend="triton"), ids, 4, attention_mask=mask)
+    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", pipeline)
+    compiled = membound.compile(model, backend="triton")
+    with trace() as calls:
+        got = membound.generate(compiled, ids, 4, attention_mask=mask)
+    assert torch.equal(got, want)
+    paths = {c[1] for c in calls if c[0] == op}
+    if rows == 1:
+        assert paths == {"kernel"}, sorted(set(calls))
+    else:
+        assert paths == {f"fallback: {rows} tokens (the one-launch kernel takes one: batch 1): the library's kernels "
+                         "in turn"}, paths

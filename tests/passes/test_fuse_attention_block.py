@@ -16,7 +16,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton backend's kernels on the CPU
 
 import pytest  # noqa: E402
-from pass_testing import apply, check_numerics, check_rewrite, check_unchanged, parse_with_params, tiny_hf  # noqa: E402
+from pass_testing import (  # noqa: E402
+    apply,
+    check_numerics,
+    check_rewrite,
+    check_unchanged,
+    parse_with_params,
+    tiny_hf,
+    triton_decode_with,
+)
 
 import membound  # noqa: E402
 import membound.passes.fuse_attention_block as module  # noqa: E402
@@ -127,25 +135,7 @@ def test_hf_models_decode_with_the_block_kernel(family: str, rows: int, monkeypa
     """The triton backend: at batch 1 each layer's block is the one-launch kernel (traced), at batch 2 (row 1 left
     padded: per-row positions) the library's kernels in turn, the trace saying why; greedy generate equals the
     default pipeline's tokens (fp32; ~10 s a case under the interpreter)."""
-    from membound.backends.triton.kernels._launch import trace
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = tiny_hf(family).to(device)
-    ids = torch.randint(0, 97, (rows, 7), generator=torch.Generator().manual_seed(3)).to(device)
-    mask = torch.ones_like(ids)
-    mask[rows - 1, :3] = 0 if rows > 1 else 1
-    want = membound.generate(membound.compile(model, backend="triton"), ids, 4, attention_mask=mask)
-    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-block")
-    compiled = membound.compile(model, backend="triton")
-    with trace() as calls:
-        got = membound.generate(compiled, ids, 4, attention_mask=mask)
-    assert torch.equal(got, want)
-    paths = {c[1] for c in calls if c[0] == "attention_block"}
-    if rows == 1:
-        assert paths == {"kernel"}, sorted(set(calls))
-    else:
-        assert paths == {"fallback: 2 tokens (the one-launch kernel takes one: batch 1): the library's kernels in "
-                         "turn"}, paths
+    triton_decode_with("decode-block", tiny_hf(family), rows, "attention_block", monkeypatch)
 
 
 def test_the_step_model_prices_the_op_as_its_launches() -> None:

@@ -15,7 +15,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton backend's kernels on the CPU
 
 import pytest  # noqa: E402
-from pass_testing import apply, check_numerics, check_unchanged, parse_with_params, tiny_hf  # noqa: E402
+from pass_testing import (  # noqa: E402
+    apply,
+    check_numerics,
+    check_unchanged,
+    parse_with_params,
+    tiny_hf,
+    triton_decode_with,
+)
 
 import membound  # noqa: E402
 import membound.passes.fuse_mlp_block as module  # noqa: E402
@@ -111,25 +118,7 @@ def test_hf_models_decode_with_the_layer_pipeline_reference(family: str, rows: i
 def test_hf_llama_decodes_with_the_mlp_kernel(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The triton backend: at batch 1 each layer's MLP is the one-launch kernel (traced), at batch 2 (row 1 left
     padded) the library's kernels in turn, the trace saying why; greedy tokens equal the default pipeline's."""
-    from membound.backends.triton.kernels._launch import trace
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = tiny_hf("llama").to(device)
-    ids = torch.randint(0, 97, (rows, 7), generator=torch.Generator().manual_seed(3)).to(device)
-    mask = torch.ones_like(ids)
-    mask[rows - 1, :3] = 0 if rows > 1 else 1
-    want = membound.generate(membound.compile(model, backend="triton"), ids, 4, attention_mask=mask)
-    monkeypatch.setenv("MEMBOUND_DECODE_PIPELINE", "decode-layer")
-    compiled = membound.compile(model, backend="triton")
-    with trace() as calls:
-        got = membound.generate(compiled, ids, 4, attention_mask=mask)
-    assert torch.equal(got, want)
-    paths = {c[1] for c in calls if c[0] == "mlp_block"}
-    if rows == 1:
-        assert paths == {"kernel"}, sorted(set(calls))
-    else:
-        assert paths == {"fallback: 2 tokens (the one-launch kernel takes one: batch 1): the library's kernels in "
-                         "turn"}, paths
+    triton_decode_with("decode-layer", tiny_hf("llama"), rows, "mlp_block", monkeypatch)
 
 
 def test_a_llama_layer_is_two_launches(monkeypatch: pytest.MonkeyPatch) -> None:
