@@ -209,13 +209,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{name:18s} {backend:9s} {r['status']:12s} {r.get('error', '')[:150]}", flush=True)
     date = datetime.date.today().isoformat()
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name().lower().replace(" ", "-")
+    pipeline = os.environ.get("MEMBOUND_DECODE_PIPELINE", "decode")
     record = {"bench": "hf_families", "device": device, "date": date, "smoke": args.smoke,
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "python": sys.version.split()[0]},
+                           "python": sys.version.split()[0]}, "decode_pipeline": pipeline,
               "method": __doc__.split("\n\n")[2], "rows": rows}
     # the transformers version names the file (model code changes between releases: GPT-J, Falcon and CodeGen spell
-    # their attention differently in 5.17 and 5.25); a run over some families does not replace the full run's file
+    # their attention differently in 5.17 and 5.25); a run over some families, or with another decode pipeline
+    # (MEMBOUND_DECODE_PIPELINE), does not replace the default full run's file
     part = "-smoke" if args.smoke else ("-some" if args.families else "")
+    part += "" if pipeline == "decode" else f"-{pipeline}"
     fname = f"hf_families-{device}-{date}-transformers{transformers.__version__}{part}.json"
     targets = [] if args.smoke else [ROOT / "benches" / "results" / fname]
     if args.out:
