@@ -42,13 +42,18 @@ FAMILIES = ("hf-llama", "hf-mistral", "hf-qwen2", "hf-gpt2", "llama", "gpt2", "m
 # by index_select), CodeGen (f32 scores, the mask added before the scale), MPT (an ALiBi table sliced by a max of
 # sizes, then a boolean fill), gpt-oss (attention sinks, sliding and full layers, q/k/v and o biases, YaRN rotary, a
 # mixture of experts with biases and a clamped SwiGLU)
-EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo", "hf-xglm", "hf-codegen", "hf-mpt", "hf-gpt-oss")
+# DeepSeek-V2 / V3 (multi-head latent attention, V2's complex rotary captured as real arithmetic, experts after a
+# dense first layer; V3's group-limited routing with a correction bias)
+EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo", "hf-xglm", "hf-codegen", "hf-mpt", "hf-gpt-oss",
+                  "hf-deepseek-v2", "hf-deepseek-v3")
 _HF_CLASSES = {"hf-llama": ("LlamaConfig", "LlamaForCausalLM"), "hf-mistral": ("MistralConfig", "MistralForCausalLM"),
                "hf-qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "hf-gpt2": ("GPT2Config", "GPT2LMHeadModel"),
                "hf-opt": ("OPTConfig", "OPTForCausalLM"), "hf-gptj": ("GPTJConfig", "GPTJForCausalLM"),
                "hf-bloom": ("BloomConfig", "BloomForCausalLM"), "hf-gptneo": ("GPTNeoConfig", "GPTNeoForCausalLM"),
                "hf-xglm": ("XGLMConfig", "XGLMForCausalLM"), "hf-codegen": ("CodeGenConfig", "CodeGenForCausalLM"),
-               "hf-mpt": ("MptConfig", "MptForCausalLM"), "hf-gpt-oss": ("GptOssConfig", "GptOssForCausalLM")}
+               "hf-mpt": ("MptConfig", "MptForCausalLM"), "hf-gpt-oss": ("GptOssConfig", "GptOssForCausalLM"),
+               "hf-deepseek-v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM"),
+               "hf-deepseek-v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM")}
 BACKENDS = ("reference", "triton")
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # atol = rtol
 MARGIN = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 0.25}
@@ -147,6 +152,18 @@ def _extra_config(family: str, rng: random.Random, vocab: int, heads: int, head_
     """The config draw of an ``EXTRA_FAMILIES`` member (multi-head attention, but gpt-oss: the others have no
     GQA)."""
     hidden = heads * head_dim
+    if family in ("hf-deepseek-v2", "hf-deepseek-v3"):  # latent attention: kv heads = heads; rope + nope head dims
+        rope = rng.choice([4, 8])
+        experts = rng.choice([4, 8])
+        config = dict(vocab_size=vocab, hidden_size=heads * rng.choice([8, 16]), num_attention_heads=heads,
+                      num_key_value_heads=heads, num_hidden_layers=layers, intermediate_size=width,
+                      rms_norm_eps=eps, kv_lora_rank=rng.choice([8, 16]), q_lora_rank=rng.choice([None, 16]),
+                      qk_rope_head_dim=rope, qk_nope_head_dim=rng.choice([4, 8]), v_head_dim=rng.choice([8, 16]),
+                      n_routed_experts=experts, num_experts_per_tok=rng.randint(1, 2), moe_intermediate_size=width,
+                      first_k_dense_replace=rng.randint(0, 1), max_position_embeddings=64, tie_word_embeddings=tie)
+        if family == "hf-deepseek-v3":
+            config.update(n_group=2, topk_group=rng.randint(1, 2))
+        return config
     if family == "hf-gpt-oss":  # GQA over the heads' divisors; each layer sliding (a window of 2-7) or full
         experts = rng.choice([2, 3, 4])
         kv_heads = rng.choice([d for d in (1, 2, 3, 4) if heads % d == 0])

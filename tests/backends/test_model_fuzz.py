@@ -33,7 +33,10 @@ CASES = [("hf-llama", 109), ("hf-gpt2", 4), ("llama", 15),
          ("hf-mpt", 14),
          # gpt-oss: attention sinks on a sliding layer whose window (4) is shorter than a prompt (rows of 4 and 6), GQA 4:1,
          # q/k/v and o biases, 3 experts (top 2) with biases and the clamped SwiGLU
-         ("hf-gpt-oss", 14)]
+         ("hf-gpt-oss", 14),
+         # session 19: DeepSeek-V2 (latent attention, its complex rotary captured as real arithmetic, 8 experts top-1
+         # with a shared one), 6 heads, rows of 5, 3 and 7
+         ("hf-deepseek-v2", 5)]
 
 
 @pytest.mark.parametrize("family,seed", CASES)
