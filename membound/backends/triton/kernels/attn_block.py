@@ -491,6 +491,17 @@ def _unfused(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torch.Tenso
     return linear_add(a.transpose(1, 2).reshape(rows, 1, hq * d), o_weight, xs, static_weight=True).reshape(x.shape)
 
 
+def ordered_grid(op: str, n_items: int, programs: Optional[int], device: torch.device) -> int:
+    """The grid of a kernel of ordered work items (this one, ``mlp_block``): one program an item, or ``programs``
+    taking items ``pid, pid + P, ...`` on a GPU (the interpreter runs programs one after another: program 0 would
+    wait for items of programs it has not started)."""
+    grid = min(n_items, programs or n_items)
+    if grid < n_items and device.type != "cuda":
+        raise ValueError(f"{op}: config.programs={programs} < {n_items} items needs a GPU (the Triton interpreter "
+                         f"runs programs one after another); pass programs=None on CPU")
+    return grid
+
+
 def _element_offset(t: torch.Tensor, base: torch.Tensor) -> int:
     """Where ``t``'s first element lies, in elements counted from ``base``'s (same dtype and device; may be
     negative): the kernel reads both weights through ``base``'s pointer."""
@@ -547,11 +558,7 @@ def attention_block(x: torch.Tensor, norm_weight: torch.Tensor, qkv_weight: torc
     part = torch.empty(partials * block_d, dtype=torch.float32, device=dev)
     lse = torch.empty(partials, dtype=torch.float32, device=dev)
     counters = split_counters(dev, COUNTERS + 2 * hkv)
-    programs = min(n_items, cfg.programs or n_items)
-    if programs < n_items and dev.type != "cuda":
-        # program 0 would wait for items of programs the interpreter has not started (it runs them one by one)
-        raise ValueError(f"attention_block: config.programs={cfg.programs} < {n_items} items needs a GPU (the "
-                         f"Triton interpreter runs programs one after another); pass programs=None on CPU")
+    programs = ordered_grid("attention_block", n_items, cfg.programs, dev)
     wo_off = _element_offset(o_weight, qkv_weight)
     # the rows' common alignment in elements, up to one 16-byte vector (the weight tiles' loads)
     align = math.gcd(qkv_weight.stride(0), o_weight.stride(0), wo_off, 16 // x.element_size())

@@ -53,7 +53,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_device,
     unsupported_dtype,
 )
-from membound.backends.triton.kernels.attn_block import _count_in, _element_offset, _spin_until
+from membound.backends.triton.kernels.attn_block import _count_in, _element_offset, _spin_until, ordered_grid
 from membound.backends.triton.kernels.linear import _silu_mul
 
 # counters in the per-stream buffer: 0 unused, 1 gate/up items done, 2 programs finished
@@ -241,11 +241,7 @@ def mlp_block(x: torch.Tensor, norm_weight: torch.Tensor, gate_up_weight: torch.
     dev = x.device
     h = torch.empty(i, dtype=x.dtype, device=dev)
     counters = split_counters(dev, COUNTERS)
-    programs = min(n_items, cfg.programs or n_items)
-    if programs < n_items and dev.type != "cuda":
-        # program 0 would wait for items of programs the interpreter has not started (it runs them one by one)
-        raise ValueError(f"mlp_block: config.programs={cfg.programs} < {n_items} items needs a GPU (the Triton "
-                         f"interpreter runs programs one after another); pass programs=None on CPU")
+    programs = ordered_grid("mlp_block", n_items, cfg.programs, dev)
     wd_off = _element_offset(down_weight, gate_up_weight)
     align = math.gcd(gate_up_weight.stride(0), down_weight.stride(0), wd_off, 16 // x.element_size())
     launchable(_mlp_block, dev)[(programs,)](
