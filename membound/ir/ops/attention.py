@@ -50,10 +50,19 @@ def split_sinks(op: str, rest: Sequence[Any], sinks: bool) -> tuple[list[Any], A
     return list(rest[:-1]), rest[-1]
 
 
+def attention_extras(rest: Sequence[Any], sinks: bool) -> tuple[Any, Any]:
+    """``(mask or None, sinks or None)`` of ``attention``'s operands after q, k, v (types, tensors or IR values):
+    the IR op, its reference and the Triton launcher all read them so."""
+    others, sink = split_sinks(_OP, rest, sinks)
+    if len(others) > 1:
+        fail(_OP, f"takes q, k, v, mask?, and with sinks=True the sink logits last; got {3 + len(rest)} operands",
+             TypeError)
+    return (others[0] if others else None), sink
+
+
 def attention_parts(node: Any) -> tuple[Any, Any, Any, Any, Any]:
     """An ``attention`` node's ``(q, k, v, mask or None, sinks or None)``."""
-    others, sink = split_sinks(_OP, node.inputs[3:], node.attrs.get("sinks", False))
-    return node.inputs[0], node.inputs[1], node.inputs[2], (others[0] if others else None), sink
+    return (*node.inputs[:3], *attention_extras(node.inputs[3:], node.attrs.get("sinks", False)))
 
 
 def check_sinks(op: str, sinks: TensorType | None, flag: Any, hq: sympy.Expr) -> None:
@@ -121,10 +130,7 @@ def _infer_attention(q: TensorType, k: TensorType, v: TensorType, *rest: TensorT
                      causal: bool, scale: float | None, window: int | None = None,
                      softcap: float | None = None, alibi: tuple[float, ...] | None = None,
                      sinks: bool = False) -> TensorType:
-    others, sink = split_sinks(_OP, rest, sinks)
-    if len(others) > 1:
-        fail(_OP, f"takes q, k, v, mask?, and the sink logits with sinks=true; got {3 + len(rest)} operands")
-    mask = others[0] if others else None
+    mask, sink = attention_extras(rest, sinks)
     dtype = same_dtype(_OP, ("q", q), ("k", k), ("v", v))
     require_float(_OP, q, "q")
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
@@ -190,8 +196,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.T
                causal: bool, scale: float | None, window: int | None = None,
                softcap: float | None = None, alibi: tuple[float, ...] | None = None,
                sinks: bool = False) -> torch.Tensor:
-    others, sink = split_sinks(_OP, rest, sinks)
-    mask = others[0] if others else None
+    mask, sink = attention_extras(rest, sinks)
     gqa = q.shape[1] != k.shape[1]
     if window is None and softcap is None and alibi is None and sink is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)

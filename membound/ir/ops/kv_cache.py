@@ -129,21 +129,25 @@ define_op("cache_write", inputs=("cache", "values", "positions"), attrs={"dim": 
 # ---------------------------------------------------------------------------------------------
 # cached_attention(q[B, Hq, S, D], k[B, Hkv, T, D], v[B, Hkv, T, Dv], positions) -> [B, Hq, S, Dv]
 # ---------------------------------------------------------------------------------------------
+def cached_extras(rest: Sequence[Any], sinks: bool) -> tuple[Any, Any, Any]:
+    """``(k_new or None, v_new or None, sinks or None)`` of ``cached_attention``'s operands after the positions
+    (types, tensors or IR values): the IR op, its reference and the Triton launcher all read them so."""
+    ring, sink = split_sinks("cached_attention", rest, sinks)
+    if len(ring) not in (0, 2):
+        fail("cached_attention", "a ring cache needs both the new keys and the new values (k_new, v_new), or neither")
+    return (ring[0], ring[1], sink) if ring else (None, None, sink)
+
+
 def cached_parts(node: Any) -> tuple[Any, Any, Any, Any, Any, Any, Any]:
     """A ``cached_attention`` node's ``(q, k, v, positions, k_new or None, v_new or None, sinks or None)``."""
-    ring, sink = split_sinks("cached_attention", node.inputs[4:], node.attrs.get("sinks", False))
-    k_new, v_new = (ring + [None, None])[:2]
-    return (*node.inputs[:4], k_new, v_new, sink)
+    return (*node.inputs[:4], *cached_extras(node.inputs[4:], node.attrs.get("sinks", False)))
 
 
 def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: TensorType, *rest: TensorType,
                   scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
                   alibi: Optional[tuple[float, ...]] = None, sinks: bool = False) -> TensorType:
     op = "cached_attention"
-    ring, sink = split_sinks(op, rest, sinks)
-    if len(ring) not in (0, 2):
-        fail(op, "a ring cache needs both the new keys and the new values (k_new, v_new), or neither")
-    k_new, v_new = (ring[0], ring[1]) if ring else (None, None)
+    k_new, v_new, sink = cached_extras(rest, sinks)
     check_window_softcap(op, window, softcap)
     check_alibi(op, alibi, q.shape[1] if q.rank == 4 else sympy.Integer(len(alibi or ())))
     dtype = same_dtype(op, ("q", q), ("k", k), ("v", v))
@@ -175,8 +179,7 @@ def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: Tensor
 def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, *rest: torch.Tensor,
             scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
             alibi: Optional[tuple[float, ...]] = None, sinks: bool = False) -> torch.Tensor:
-    ring, sink = split_sinks("cached_attention", rest, sinks)
-    k_new, v_new = (ring[0], ring[1]) if len(ring) == 2 else (None, None)
+    k_new, v_new, sink = cached_extras(rest, sinks)
     pos = positions if positions.dim() == 2 else positions[None, :]
     if k_new is not None and v_new is not None:
         k, v, mask, key_pos = _ring_keys(k, v, pos, k_new, v_new, window)

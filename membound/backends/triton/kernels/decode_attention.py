@@ -72,7 +72,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_dtype,
 )
 from membound.ir.ops import get_op
-from membound.ir.ops.attention import split_sinks
+from membound.ir.ops.kv_cache import cached_extras
 
 LOG2E = 1.4426950408889634
 _LOG2E: tl.constexpr = tl.constexpr(LOG2E)  # the same, for kernels
@@ -645,15 +645,12 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     new token reads every slot of the ring, several new tokens (a prefill from position 0) attend over
     ``k_new, v_new`` with the flash kernel.
     """
-    news, sink = split_sinks("cached_attention", operands, sinks)
-    if len(news) not in (0, 2):
-        raise ValueError("cached_attention: a ring cache needs both k_new and v_new, or neither")
-    k_new, v_new = (news[0], news[1]) if news else (None, None)
+    k_new, v_new, sink = cached_extras(operands, sinks)
     _check(q, k, v, positions, k_new, v_new)
     check_sinks("cached_attention", sink, q)
     ring = k_new is not None
     sink_args = dict(sinks=True) if sink is not None else {}  # (the reference's)
-    extra = (*news, *([sink] if sink is not None else []))
+    extra = [x for x in (k_new, v_new, sink) if x is not None]
     bsz, hq, s, d = q.shape
     hkv, cap, dv = k.shape[1], k.shape[2], v.shape[3]
     reason = unsupported_device(q, k, v, positions, *extra) or unsupported_dtype("cached_attention", q)
@@ -782,9 +779,7 @@ def check_sinks(op: str, sinks: Optional[torch.Tensor], q: torch.Tensor) -> None
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
            k_new: Optional[torch.Tensor] = None, v_new: Optional[torch.Tensor] = None) -> None:
-    op = "cached_attention"
-    if (k_new is None) != (v_new is None):
-        raise ValueError(f"{op}: a ring cache needs both k_new and v_new, or neither")
+    op = "cached_attention"  # (k_new and v_new come both or neither: cached_extras checked)
     if k_new is not None and v_new is not None:
         s = q.shape[2]
         for name, new, cache in (("k_new", k_new, k), ("v_new", v_new, v)):

@@ -58,7 +58,7 @@ from membound.backends.triton.kernels.decode_attention import (
     check_sinks,
 )
 from membound.ir.ops import get_op
-from membound.ir.ops.attention import split_sinks
+from membound.ir.ops.attention import attention_extras
 
 
 @triton.jit
@@ -346,17 +346,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *operands: Opti
     """The IR op ``attention`` (operands ``q, k, v, mask?``, then the ``[Hq]`` sink logits with ``sinks=True``):
     our flash kernel or torch's SDPA, as ``choose_impl`` (the cost rule) says for this shape; ``impl="kernel"`` /
     ``"sdpa"`` forces one (benches, tests; SDPA has no sinks: the torch reference then)."""
-    rest, sink = split_sinks("attention", operands, sinks)
-    if len(rest) > 1:
-        raise TypeError(f"attention: takes q, k, v, mask?, and the sink logits with sinks=True; got "
-                        f"{3 + len(operands)} tensors")
-    mask = rest[0] if rest else None
+    mask, sink = attention_extras(operands, sinks)
     _check(q, k, v, mask, sink)
     bsz, hq, s, d = q.shape
     length, dv = k.shape[2], v.shape[3]
     attrs = dict(causal=causal, scale=scale, window=window, softcap=softcap)
-    reason = unsupported_device(q, k, v, *rest, *([sink] if sink is not None else [])) or unsupported_dtype(
-        "attention", q)
+    extra = [x for x in (mask, sink) if x is not None]
+    reason = unsupported_device(q, k, v, *extra) or unsupported_dtype("attention", q)
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
     if reason is None and q.numel() == 0:
@@ -369,7 +365,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *operands: Opti
         if impl == "sdpa":
             reason = "the cost rule picks SDPA at this shape"
     if reason is not None:
-        extra = [x for x in (mask, sink) if x is not None]
         ref = get_op("attention").reference(q, k, v, *extra, alibi=alibi, sinks=sink is not None, **attrs)
         return fallback("attention", reason, ref, out)
     y = flash_attention(q, k, v, mask, out, config=config, sinks=sink, alibi=alibi, **attrs)
