@@ -405,7 +405,8 @@ RULES = [
 
 
 def _fold_constant_masks(graph: Graph, notes: list[str]) -> int:
-    """attention(q, k, v, mask) with a mask proven causal (windowed) -> attention {causal=true, window}.
+    """attention(q, k, v, mask) with a mask proven causal (windowed, chunked) -> attention {causal=true, window,
+    chunk}.
 
     Only masks that do not depend on the graph inputs (built from ``arange(S)``) are tried; the
     proof is ``mask_form``'s. Kernels then skip the masked blocks instead of reading a mask.
@@ -435,7 +436,8 @@ def _fold_constant_masks(graph: Graph, notes: list[str]) -> int:
                          f"q has {q.shape[1]}")
             continue
         new = graph.create_node("attention", [q, k, v] + ([sinks] if sinks is not None else []),
-                                dict(node.attrs, causal=True, window=form.window, alibi=alibi))
+                                dict(node.attrs, causal=True, window=form.window, alibi=alibi,
+                                     chunk=form.chunk))
         graph.insert_before(node, new)
         graph.replace_all_uses(node.result, new.result)
         graph.erase_node(node)

@@ -39,7 +39,7 @@ one row the op runs the library's kernels in turn (its wrapper says so), so the 
 
 What it matches: the shape above, where every link is read only by the next (the caches' writes only by the
 attention), the weights (and the norm's, and a q/k/v bias) are parameters (the kernel reads them before its PDL
-wait), the attention has no window, soft-cap, ALiBi or ring, and the split gives q, k, v in that order as whole
+wait), the attention has no window, chunks, soft-cap, ALiBi or ring, and the split gives q, k, v in that order as whole
 heads. The residual add may take its operands in either order. A form not matched is left alone, named in the
 pass log when it got as far as a ``cached_attention`` over ``cache_write`` results.
 
@@ -95,8 +95,8 @@ def match_block(ca: Node) -> tuple[Optional[Block], str]:
         return None, "attention sinks (the one-launch kernel has none)"
     if len(ca.inputs) != 4:
         return None, "a ring cache (the one-launch kernel reads a linear one)"
-    if any(ca.attrs.get(a) is not None for a in ("window", "softcap", "alibi")):
-        return None, "a window, soft-cap or ALiBi (the one-launch kernel has none)"
+    if any(ca.attrs.get(a) is not None for a in ("window", "chunk", "softcap", "alibi")):
+        return None, "a window, attention chunks, soft-cap or ALiBi (the one-launch kernel has none)"
     if q_t.rank != 4 or static_int(q_t.shape[2]) != 1:
         return None, "not one new token a row"
     for w in (wk, wv):

@@ -50,7 +50,8 @@ When it fires: when it can prove the model is causal and position-consistent, el
 graph unchanged and says why in the pass log:
 - every attention is self-attention over ``S`` and causal (``causal=true``, or a mask that does not
   depend on the inputs and is proven by ``mask_form`` to be the lower triangle, or a sliding-window
-  band ``0 <= i - j < W``, whose window the cached attention then carries: ``{window=W}``). A mask
+  band ``0 <= i - j < W``, whose window the cached attention then carries: ``{window=W}``, or causal within
+  chunks of C positions, ``i // C == j // C``: ``{chunk=C}``, Llama 4's local layers). A mask
   it cannot prove refuses the whole rewrite with the reason: a dropped mask would decode wrong
   tokens silently;
 - no op on the data path mixes sequence positions other than attention (no reduction, softmax, sort
@@ -88,6 +89,7 @@ class _Plan:
     data: set[int]                       # ids of nodes on the data path (reachable from graph inputs)
     sources: dict[int, str]              # id(node) -> kind of position source
     notes: list[str] = field(default_factory=list)
+    chunks: list[Optional[int]] = field(default_factory=list)  # per attention: its chunk size (Llama 4), or None
 
 
 def _dims_reduced(node: Node) -> list[int]:
@@ -109,7 +111,8 @@ def _analyze(g: Graph) -> _Plan:
     attentions = [n for n in g.nodes if n.op == "attention"]
     if not attentions:
         raise NotCacheable("no attention op (after fuse-attention): nothing to cache")
-    plan = _Plan(attentions, [a.attrs["window"] for a in attentions], data, {})
+    plan = _Plan(attentions, [a.attrs["window"] for a in attentions], data, {},
+                 chunks=[a.attrs.get("chunk") for a in attentions])
     for i, a in enumerate(attentions):
         q, k, v = a.inputs[:3]
         if not (q.shape[2] == S and k.shape[2] == S and v.shape[2] == S):
@@ -127,10 +130,13 @@ def _analyze(g: Graph) -> _Plan:
         form = mask_form(g, mask)
         if isinstance(form, str):
             raise NotCacheable(f"attention #{i}: its mask is not proven causal: {form}")
-        plan.windows[i] = form.window
+        plan.windows[i], plan.chunks[i] = form.window, form.chunk
         if form.window is not None:
             plan.notes.append(f"attention #{i}: causal mask with a sliding window of {form.window} positions "
                               f"carried onto cached_attention")
+        if form.chunk is not None:
+            plan.notes.append(f"attention #{i}: causal mask within chunks of {form.chunk} positions carried onto "
+                              f"cached_attention")
     attention_ids = {id(a) for a in attentions}
     for n in g.nodes:
         if id(n) not in data or id(n) in attention_ids:
@@ -209,6 +215,11 @@ class _Builder:
             return self.unsqueeze_at1(new, rank - ro - 1)
         if ro == rank and old.shape[0] == 1:
             return self.call("squeeze", new, dims=(1,))
+        if ro == rank and old.shape[0] == B:
+            # the value was broadcast to the batch before it met it (Llama 4's attention temperature,
+            # ``scales.view(1, S, 1, 1).expand(B, S, 1, 1)``): batch row b takes row b's positions, the diagonal
+            rows = self.call("arange", end=B)
+            return self.call("index", new, rows, rows, dims=(0, 1))
         raise NotCacheable(f"position-dependent %{old.name}: {old.type} meets the batch at {where} in a way "
                            f"per-row positions cannot express")
 
@@ -259,7 +270,8 @@ class _Builder:
                 extra = (*ring, self.map[id(sinks)]) if sinks is not None else ring  # ([Hq]: no position)
                 self.map[id(n.result)] = self.call("cached_attention", q, kw, vw, positions, *extra,
                                                    scale=n.attrs["scale"], window=window, softcap=n.attrs["softcap"],
-                                                   alibi=n.attrs["alibi"], sinks=sinks is not None)
+                                                   alibi=n.attrs["alibi"], sinks=sinks is not None,
+                                                   chunk=self.plan.chunks[attention_index[id(n)]])
             elif id(n) in self.plan.sources:
                 dtype = n.result.dtype
                 p = positions if dtype == torch.int64 else self.call("cast", positions, dtype=dtype)

@@ -34,18 +34,21 @@ from membound.ir import Graph, Value, get_op, print_graph
 from membound.ir.types import B, S, concretize, eval_dim
 from membound.passes.manager import PassContext
 
-MAX_PROVABLE = 4100  # the largest size a mask is evaluated at ([S, S] bools: 17 MB)
+MAX_PROVABLE = 8194  # the largest size a mask is evaluated at ([S, S] bools: 67 MB; Llama 4 chunks of 8192 + 2)
 _SMALL_SIZES = (1, 2, 3, 5, 8)
 
 
 @dataclass(frozen=True)
 class MaskForm:
-    """A proven mask: causal (key j visible from query i iff j <= i), and ``i - j < window`` if set; an
+    """A proven mask: causal (key j visible from query i iff j <= i), and ``i - j < window`` if set, or
+    ``i // chunk == j // chunk`` if ``chunk`` is set (Llama 4's chunked attention: a query sees the keys of its
+    own chunk of ``chunk`` positions, up to itself); an
     additive mask may also carry ALiBi: ``alibi[h] * j`` plus a constant per row, on head h (dim -3 of
     the mask; one slope when that dim broadcasts)."""
 
     window: Optional[int] = None
     alibi: Optional[tuple[float, ...]] = None
+    chunk: Optional[int] = None
 
 
 def backward_slice(g: Graph, outputs: list[Value]) -> Graph:
@@ -112,6 +115,22 @@ def _narrowing_float_cast(n: Any) -> bool:
             and dst.itemsize < src.itemsize)
 
 
+def _chunk_size(keep: torch.Tensor, s: int) -> Optional[int]:
+    """C if ``keep`` (broadcast over its leading dims) is causal within chunks of C positions: ``j <= i`` and
+    ``i // C == j // C``, with 1 < C < s (else None)."""
+    first = keep.reshape(-1, s, s)[0]
+    below = first.diagonal(-1)  # keep[i, i - 1], i = 1 .. s-1: false first at i = C, where a new chunk starts
+    starts = (~below).nonzero()
+    if starts.numel() == 0:
+        return None
+    c = int(starts[0]) + 1
+    if c < 2:
+        return None
+    i = torch.arange(s)
+    chunked = (i[None, :] <= i[:, None]) & (i[None, :] // c == i[:, None] // c)
+    return c if torch.equal(keep, chunked.expand_as(keep)) else None
+
+
 def _band_width(keep: torch.Tensor, s: int) -> Optional[int]:
     """W if ``keep`` (broadcast over its leading dims) is ``0 <= i - j < W`` everywhere (W = s: the triangle)."""
     last_row = keep.reshape(-1, s, s)[0, s - 1]
@@ -160,6 +179,7 @@ def _prove(sub: Graph) -> Union[MaskForm, str]:
     for c in constants:  # a band of width up to c + 1 shows at c + 2; c - 1 only where it is cheap
         sizes.update(x for x in ((c - 1, c, c + 1, c + 2) if c <= 64 else (c, c + 1, c + 2)) if x >= 1)
     widths: dict[int, int] = {}
+    chunks: dict[int, int] = {}  # sizes where the mask is causal within chunks (and no band): the chunk size
     alibi: Optional[tuple[float, ...]] = None
     for s in sorted(sizes):
         for b in ((1, 2) if s <= 8 else (1,)):
@@ -182,8 +202,22 @@ def _prove(sub: Graph) -> Union[MaskForm, str]:
                 return f"the mask has shape {tuple(m.shape)} at S={s}, not [..., S, S]"
             w = _band_width(m, s)
             if w is None:
-                return f"at S={s} the mask is not a causal band 0 <= i - j < W (bidirectional, padded or strided)"
+                c = _chunk_size(m, s)
+                if c is None:
+                    return (f"at S={s} the mask is neither a causal band 0 <= i - j < W nor causal within chunks "
+                            f"(bidirectional, padded or strided)")
+                chunks[s] = c
+                continue
             widths[s] = w
+    if chunks:
+        # a chunk C shows as the full triangle up to S = C and as chunks of C past it (a band, never)
+        chunk = min(chunks.values())
+        if set(chunks.values()) != {chunk} or any(w != s or s > chunk for s, w in widths.items()):
+            return (f"the mask's chunks change with the length (chunks of {sorted(set(chunks.values()))} at S="
+                    f"{sorted(chunks)}, full triangles at S={sorted(s for s, w in widths.items() if w == s)})")
+        if alibi is not None and any(alibi):
+            return "the mask is chunked and carries ALiBi slopes (no kernel has both)"
+        return MaskForm(chunk=chunk)
     # a window W shows as the full triangle up to S = W and as a band of width W past it
     narrower = [w for s, w in widths.items() if w < s]
     window = min(narrower) if narrower else None

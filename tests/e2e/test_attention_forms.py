@@ -1,6 +1,7 @@
 """Attention forms of real models: sliding windows (Mistral, alternating local/global layers), soft-capping
 (Gemma 2), heads flattened into the batch with an ALiBi bias (BLOOM), a causal bias applied with a stored
-fill scalar beside an additive mask (GPT-Neo), attention sinks (gpt-oss), eager and sdpa capture. Each ends in
+fill scalar beside an additive mask (GPT-Neo), attention sinks (gpt-oss), chunked attention (Llama 4), eager and sdpa
+capture. Each ends in
 ``attention`` ops and decodes eager's greedy tokens."""
 
 import math
@@ -49,6 +50,12 @@ def _hf(name: str, attn: str, window: int = 4) -> torch.nn.Module:
         with torch.no_grad():  # sinks from below to above the scores (HF initialises them near 0)
             for layer in m.model.layers:
                 layer.self_attn.sinks.copy_(torch.linspace(-1.0, 3.0, layer.self_attn.sinks.numel()))
+    elif name == "llama4":              # layer 0 chunked (chunks of `window`) with RoPE, layer 1 full, NoPE, with the
+        #                                     position-dependent attention temperature; q/k L2 norms; experts
+        m = T.Llama4ForCausalLM(T.Llama4TextConfig(**_common(), head_dim=8, attention_chunk_size=window,
+                                                   no_rope_layers=[1, 0], num_local_experts=3, num_experts_per_tok=1,
+                                                   intermediate_size_mlp=64, interleave_moe_layer_step=1,
+                                                   floor_scale=4, attn_implementation=attn))
     else:
         m = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128,
                                            bos_token_id=1, eos_token_id=2, attn_implementation=attn))
@@ -235,3 +242,38 @@ def test_gpt_oss_sinks_fuse_and_decode_with_the_cache():
     cached = [(n.attrs["window"], n.attrs["sinks"]) for n in compiled._kv_program.decode_graph.nodes
               if n.op == "cached_attention"]
     assert cached == [(4, True), (None, True)]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_llama4_chunked_attention_folds_to_chunk_and_decodes_with_the_cache(attn):
+    """Llama 4's local layers see only their chunk of ``attention_chunk_size`` positions (``i // C == j // C``), its
+    NoPE layers scale q by a temperature that grows with the position. Before, the chunked mask was no band and
+    generate refused the cache, and the temperature (``[1, S, 1, 1]`` expanded to the batch) could not be made
+    per-row. Now the chunked layer is ``attention {causal=true, chunk=4}``, the full one plain causal, and greedy
+    tokens equal eager's recomputation with prompts (9, 6) and 8 new tokens crossing chunk edges."""
+    model = _hf("llama4", attn)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    g, ctx = _fused(model, ids)
+    got = [(n.attrs["causal"], n.attrs["window"], n.attrs["chunk"]) for n in g.nodes if n.op == "attention"]
+    assert got == [(True, None, 4), (True, None, None)], "\n".join(ctx.log)
+    from membound.backends.reference import run_graph
+
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+    torch.testing.assert_close(run_graph(g, [ids])[0], ref, rtol=1e-4, atol=1e-5)  # fp32
+    compiled = _generate_equals_recompute(model)
+    cached = [n.attrs["chunk"] for n in compiled._kv_program.decode_graph.nodes if n.op == "cached_attention"]
+    assert cached == [4, None]
+
+
+def test_llama4_real_chunk_size_is_proven():
+    """Llama 4's chunks are 8192 positions: the mask is evaluated up to 8194 (MAX_PROVABLE), so the cache is not
+    refused, and the decode graph carries chunk=8192 (a dropped chunk would be silently wrong past 8192 tokens)."""
+    model = _hf("llama4", "sdpa", window=8192)
+    model.generation_config.eos_token_id = None
+    ids, mask = prompts(VOCAB, [5])
+    compiled = membound.compile(model)
+    with torch.no_grad():
+        membound.generate(compiled, ids, 2, attention_mask=mask)
+    cached = [n.attrs["chunk"] for n in compiled._kv_program.decode_graph.nodes if n.op == "cached_attention"]
+    assert cached == [8192, None]

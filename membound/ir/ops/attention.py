@@ -10,6 +10,9 @@ Two attributes cover the score transforms real model families use:
 - ``window=W`` (sliding-window attention, Mistral / Gemma local layers): with ``causal=true``, the
   query at index i sees keys ``i - W < j <= i``, the last W positions including itself (Hugging
   Face's ``sliding_window``). ``None`` means no window.
+- ``chunk=C`` (chunked attention, Llama 4's local layers): with ``causal=true``, the query at index i sees
+  keys ``C * (i // C) <= j <= i``, those of its own chunk of C positions up to itself (Hugging Face's
+  ``attention_chunk_size``). ``None`` means no chunks; a window and chunks do not combine.
 - ``softcap=c`` (logit soft-capping, Gemma 2): scores become ``c * tanh(scale * q.k / c)`` before the
   mask and the softmax. ``None`` means none.
 - ``alibi=(m_0, .., m_{Hq-1})`` (ALiBi, Bloom / Falcon / MPT style): one slope per query head; the
@@ -117,11 +120,16 @@ def alibi_bias(alibi: tuple[float, ...], q_pos: torch.Tensor, k_pos: torch.Tenso
     return slopes[:, None, None] * rel[..., None, :, :]
 
 
-def check_window_softcap(op: str, window: int | None, softcap: float | None) -> None:
-    """The shared checks of the ``window`` and ``softcap`` attributes (``attention``, ``cached_attention``)."""
+def check_window_softcap(op: str, window: int | None, softcap: float | None, chunk: int | None = None) -> None:
+    """The shared checks of the ``window``, ``chunk`` and ``softcap`` attributes (``attention``,
+    ``cached_attention``)."""
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         fail(op, f"attribute window must be None or a positive int (positions seen, itself included), got "
              f"{window!r}", TypeError)
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        fail(op, f"attribute chunk must be None or a positive int (positions a chunk holds), got {chunk!r}", TypeError)
+    if chunk is not None and window is not None:
+        fail(op, f"window={window} and chunk={chunk} do not combine (a layer is sliding-window or chunked)")
     if softcap is not None and (isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or softcap <= 0):
         fail(op, f"attribute softcap must be None or a positive float, got {softcap!r}", TypeError)
 
@@ -129,7 +137,7 @@ def check_window_softcap(op: str, window: int | None, softcap: float | None) -> 
 def _infer_attention(q: TensorType, k: TensorType, v: TensorType, *rest: TensorType,
                      causal: bool, scale: float | None, window: int | None = None,
                      softcap: float | None = None, alibi: tuple[float, ...] | None = None,
-                     sinks: bool = False) -> TensorType:
+                     sinks: bool = False, chunk: int | None = None) -> TensorType:
     mask, sink = attention_extras(rest, sinks)
     dtype = same_dtype(_OP, ("q", q), ("k", k), ("v", v))
     require_float(_OP, q, "q")
@@ -148,11 +156,13 @@ def _infer_attention(q: TensorType, k: TensorType, v: TensorType, *rest: TensorT
         fail(_OP, f"attribute causal must be a bool, got {causal!r}", TypeError)
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         fail(_OP, f"attribute scale must be None or a float, got {scale!r}", TypeError)
-    check_window_softcap(_OP, window, softcap)
+    check_window_softcap(_OP, window, softcap, chunk)
     check_alibi(_OP, alibi, hq)
     check_sinks(_OP, sink, sinks, hq)
     if window is not None and not causal:
         fail(_OP, f"window={window} needs causal=true (a sliding window looks back from each query)")
+    if chunk is not None and not causal:
+        fail(_OP, f"chunk={chunk} needs causal=true (a query sees its chunk up to itself)")
     if mask is not None:
         if causal:
             fail(_OP, "causal=True cannot be combined with an explicit mask (as in torch SDPA); fold causality "
@@ -161,13 +171,25 @@ def _infer_attention(q: TensorType, k: TensorType, v: TensorType, *rest: TensorT
     return TensorType(dtype, (b, hq, s, v.shape[3]))
 
 
-def window_keep(q_pos: torch.Tensor, length: int, window: int | None) -> torch.Tensor:
-    """``keep[..., i, j]``: key j is visible from a query at position ``q_pos[..., i]`` (causal, windowed)."""
+def window_keep(q_pos: torch.Tensor, length: int, window: int | None, chunk: int | None = None) -> torch.Tensor:
+    """``keep[..., i, j]``: key j is visible from a query at position ``q_pos[..., i]`` (causal, windowed or
+    chunked)."""
     j = torch.arange(length, device=q_pos.device)
     keep = j <= q_pos[..., None]
     if window is not None:
         keep = keep & (j > q_pos[..., None] - window)
+    if chunk is not None:
+        keep = keep & (j >= q_pos[..., None] - q_pos[..., None] % chunk)
     return keep
+
+
+def first_key(pos: int, window: int | None, chunk: int | None) -> int:
+    """The first key a causal query at ``pos`` sees: 0, ``pos - window + 1`` or its chunk's start."""
+    if window is not None:
+        return max(0, pos - window + 1)
+    if chunk is not None:
+        return pos - pos % chunk
+    return 0
 
 
 def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
@@ -195,14 +217,14 @@ def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.Tensor | None,
                causal: bool, scale: float | None, window: int | None = None,
                softcap: float | None = None, alibi: tuple[float, ...] | None = None,
-               sinks: bool = False) -> torch.Tensor:
+               sinks: bool = False, chunk: int | None = None) -> torch.Tensor:
     mask, sink = attention_extras(rest, sinks)
     gqa = q.shape[1] != k.shape[1]
-    if window is None and softcap is None and alibi is None and sink is None:
+    if window is None and chunk is None and softcap is None and alibi is None and sink is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
     keep = None
     if causal:  # top-left aligned, as SDPA's is_causal
-        keep = window_keep(torch.arange(q.shape[2], device=q.device), k.shape[2], window)
+        keep = window_keep(torch.arange(q.shape[2], device=q.device), k.shape[2], window, chunk)
     additive = None
     if mask is not None and mask.dtype == torch.bool:
         keep = mask if keep is None else keep & mask
@@ -212,7 +234,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.T
         bias = alibi_bias(alibi, torch.arange(q.shape[2], device=q.device), torch.arange(k.shape[2], device=q.device))
         return softcapped_attention(q, k, v, keep, additive, scale=scale, softcap=softcap, bias=bias, sinks=sink)
     if softcap is None and sink is None:
-        assert keep is not None  # window needs causal
+        assert keep is not None  # window and chunk need causal
         bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
     return softcapped_attention(q, k, v, keep, additive, scale=scale, softcap=softcap, sinks=sink)
@@ -221,11 +243,12 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.T
 def _attention_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
     """QK^T (2*S*L*D) plus PV (2*S*L*Dv) per query head: 4*B*H*S*L*D when Dv = D.
 
-    Causal square attention does half of it; a window W < L sees at most W keys per query."""
+    Causal square attention does half of it; a window W < L sees at most W keys per query, a chunk C at most C
+    (about C / 2 on average, counted as C: an upper bound)."""
     q, k, v = ins[0], ins[1], ins[2]
     b, hq, s, d = q.shape
     seq_kv, dv = k.shape[2], v.shape[3]
-    window = attrs.get("window")
+    window = attrs.get("window") or attrs.get("chunk")
     if window is not None and attrs.get("causal"):
         return 2 * b * hq * s * sympy.Min(seq_kv, sympy.Integer(window)) * (d + dv)
     flops = 2 * b * hq * s * seq_kv * (d + dv)
@@ -240,7 +263,8 @@ def _attention_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
 
 
 define_op(_OP, inputs=("q", "k", "v", "mask?", "sinks?"),
-          attrs={"causal": False, "scale": None, "window": None, "softcap": None, "alibi": None, "sinks": False},
+          attrs={"causal": False, "scale": None, "window": None, "softcap": None, "alibi": None, "sinks": False,
+                 "chunk": None},
           kind="attention",
           infer=_infer_attention, reference=_attention, flops=_attention_flops, bytes=_attention_bytes,
           doc="softmax(q @ k.T * scale + mask) @ v with GQA (Hq % Hkv == 0); causal is top-left aligned; with "

@@ -25,6 +25,9 @@ One new token (decode, ``S = 1``) reads the ring: slot ``t`` holds the latest po
 ``c`` being position ``c``: a multi-token step must start at position 0 in every row (a prompt longer
 than the window has overwritten its own first slots by the time its last keys are written).
 
+**Chunked layers** (Llama 4's ``attention_chunk_size``, ``chunk=C``) keep a linear cache: the query at position
+``p`` reads slots ``p - p % C .. p``, so a kernel streams at most one chunk of it.
+
 Entries are written in order of ``s``: when several entries of a row go to one slot (that prefill
 longer than its ring), the last one is what the slot holds, on every device and in every backend
 (``last_writers``); a parallel scatter left it to chance on a GPU.
@@ -145,10 +148,11 @@ def cached_parts(node: Any) -> tuple[Any, Any, Any, Any, Any, Any, Any]:
 
 def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: TensorType, *rest: TensorType,
                   scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
-                  alibi: Optional[tuple[float, ...]] = None, sinks: bool = False) -> TensorType:
+                  alibi: Optional[tuple[float, ...]] = None, sinks: bool = False,
+                  chunk: Optional[int] = None) -> TensorType:
     op = "cached_attention"
     k_new, v_new, sink = cached_extras(rest, sinks)
-    check_window_softcap(op, window, softcap)
+    check_window_softcap(op, window, softcap, chunk)
     check_alibi(op, alibi, q.shape[1] if q.rank == 4 else sympy.Integer(len(alibi or ())))
     dtype = same_dtype(op, ("q", q), ("k", k), ("v", v))
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
@@ -178,7 +182,8 @@ def _infer_cached(q: TensorType, k: TensorType, v: TensorType, positions: Tensor
 
 def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, *rest: torch.Tensor,
             scale: Optional[float], window: Optional[int] = None, softcap: Optional[float] = None,
-            alibi: Optional[tuple[float, ...]] = None, sinks: bool = False) -> torch.Tensor:
+            alibi: Optional[tuple[float, ...]] = None, sinks: bool = False,
+            chunk: Optional[int] = None) -> torch.Tensor:
     k_new, v_new, sink = cached_extras(rest, sinks)
     pos = positions if positions.dim() == 2 else positions[None, :]
     if k_new is not None and v_new is not None:
@@ -189,8 +194,9 @@ def _cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.
         if length > k.shape[2]:
             raise ValueError(f"cached_attention: position {length - 1} is past the cache's {k.shape[2]} slots")
         k, v = k[:, :, :length], v[:, :, :length]
-        # query at position p sees slots j <= p (and j > p - window): causal, bottom-right aligned per row
-        mask = window_keep(pos, length, window)[:, None]  # [B|1, 1, S, L]
+        # query at position p sees slots j <= p (and j > p - window, or j in p's chunk): causal, bottom-right
+        # aligned per row
+        mask = window_keep(pos, length, window, chunk)[:, None]  # [B|1, 1, S, L]
         key_pos = torch.arange(length, device=pos.device)[None, None, :]
     if alibi is not None:  # m_h * (key position - query position), per row
         bias = alibi_bias(alibi, pos, key_pos.expand(pos.shape[0], -1, -1)[:, 0])  # [B|1, H, S, L]
@@ -226,10 +232,10 @@ def _cached_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: 
     """Each new query attends over the cache slots it sees. The filled length is the symbol T and the S new
     tokens are its last S positions (a decode step, or a prefill from position 0 at S = T), so query i sees
     T - S + i + 1 slots: S * (T - S) + S * (S + 1) / 2 in all (the causal half of a prefill, not S * T).
-    With a window each sees at most the window: S * min(T, window), an upper bound."""
+    With a window (or chunks) each sees at most the window (the chunk): S * min(T, window), an upper bound."""
     q, v = ins[0], ins[2]
     b, hq, s, d = q.shape
-    if attrs.get("window") is None:
+    if attrs.get("window") is None and attrs.get("chunk") is None:
         seen = s * (T - s) + s * (s + 1) / 2
     else:
         seen = s * _seen(attrs)
@@ -237,15 +243,16 @@ def _cached_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: 
 
 
 def _seen(attrs: dict[str, Any]) -> sympy.Expr:
-    """Cache slots one query reads: the filled length T, or the window when it is shorter."""
-    window = attrs.get("window")
+    """Cache slots one query reads: the filled length T, or the window (the chunk) when it is shorter."""
+    window = attrs.get("window") or attrs.get("chunk")
     return T if window is None else sympy.Min(T, sympy.Integer(window))
 
 
 def _cached_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
     """q and the output once, plus K and V for the T filled slots (at Hkv heads): linear in T.
 
-    With a sliding window only the last ``window`` slots are read."""
+    With a sliding window only the last ``window`` slots are read; with chunks at most a chunk's (counted whole: an
+    upper bound, since the step's query is somewhere in its chunk)."""
     q, k, v, pos = ins[:4]
     b, hkv, _, d = k.shape
     per_slot = b * hkv * (d + v.shape[3]) * (k.nbytes() / k.numel())
@@ -253,10 +260,11 @@ def _cached_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: 
 
 
 define_op("cached_attention", inputs=("q", "k", "v", "positions", "k_new?", "v_new?", "sinks?"),
-          attrs={"scale": None, "window": None, "softcap": None, "alibi": None, "sinks": False}, kind="attention",
+          attrs={"scale": None, "window": None, "softcap": None, "alibi": None, "sinks": False, "chunk": None},
+          kind="attention",
           infer=_infer_cached, reference=_cached, flops=_cached_flops, bytes=_cached_bytes,
           doc="attention of new queries over a KV cache; the query at position p sees cache slots 0..p "
-              "(p - window < slot <= p with a window; softcap as in attention); with k_new, v_new the caches "
+              "(p - window < slot <= p with a window, p - p % chunk <= slot <= p with chunks; softcap as in attention); with k_new, v_new the caches "
               "are rings of the window's size (position p in slot p mod capacity); with sinks=true a per-head sink "
               "logit (the last operand) joins each row's softmax, as in attention")
 

@@ -183,7 +183,7 @@ def _flash_decoding_split(
     MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr, DIRECT: tl.constexpr = True,
     ACTIVE_ARRIVALS: tl.constexpr = False, EARLY_KV: tl.constexpr = False,
     pf_ptr=None, pf_elems=0, PREFETCH: tl.constexpr = False, PF_PIECE: tl.constexpr = 8192,
-    HAS_SINKS: tl.constexpr = False,
+    HAS_SINKS: tl.constexpr = False, CHUNKED: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -235,7 +235,7 @@ def _flash_decoding_split(
     # sliding window only the window (from the oldest slot any row still sees; a ring holds only the
     # window, so every slot may be seen)
     filled = tl.minimum(tl.max(pos, axis=0) + 1, T)
-    lo = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING)
+    lo = _window_start(pos, row_ok, WINDOW, HAS_WINDOW and not RING, CHUNKED)
     # that span is split evenly over the N_SPLITS programs of this row block, on the device: the grid need
     # not know the filled length (a CUDA graph sized for the capacity splits a short prefix as finely as a
     # long one), never into chunks under CHUNK_MIN slots (the tail programs then have nothing to do), and a
@@ -291,7 +291,7 @@ def _flash_decoding_split(
             k_t = tl.where(new[None, :], _k_tile(k_base, t64, tn, ds, skt, skd, new, d_ok, ""), k_pre)
             v = tl.where(new[:, None], _v_tile(v_base, t64, tn, dvs, svt, svd, new, dv_ok, ""), v_pre)
             scores = _tile_scores(q, k_t, ts, t_ok, pos, slope, qk_scale, softcap, T, WINDOW, HAS_SOFTCAP, RING,
-                                  HAS_WINDOW, HAS_ALIBI, INPUT_PRECISION)
+                                  HAS_WINDOW, HAS_ALIBI, INPUT_PRECISION, CHUNKED)
             m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
             t_first = chunk_start + BLOCK_T
         for t0 in range(t_first, chunk_end, BLOCK_T):
@@ -302,7 +302,7 @@ def _flash_decoding_split(
             # (KV_EVICT "evict_first": the cache is read once per step, so it need not stay in L2)
             k_t = _k_tile(k_base, t64, tn, ds, skt, skd, t_ok, d_ok, KV_EVICT)
             scores = _tile_scores(q, k_t, ts, t_ok, pos, slope, qk_scale, softcap, T, WINDOW, HAS_SOFTCAP, RING,
-                                  HAS_WINDOW, HAS_ALIBI, INPUT_PRECISION)
+                                  HAS_WINDOW, HAS_ALIBI, INPUT_PRECISION, CHUNKED)
             v = _v_tile(v_base, t64, tn, dvs, svt, svd, t_ok, dv_ok, KV_EVICT)
             m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
         # this chunk's rows, normalised: o = acc / l with its log-sum-exp lse = m + log2(l) (-inf for a
@@ -356,9 +356,10 @@ def _v_tile(v_base, t0, tn, dvs, svt, svd, t_mask, dv_ok, EVICT: tl.constexpr):
 
 @triton.jit
 def _tile_scores(q, k_t, ts, t_ok, pos, slope, qk_scale, softcap, T, WINDOW, HAS_SOFTCAP: tl.constexpr,
-                 RING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_ALIBI: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                 RING: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_ALIBI: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                 CHUNKED: tl.constexpr):
     """The rows' scores against one K tile (slots ``ts``, ``t_ok`` within the chunk), in log2 units: the cap,
-    the ALiBi bias, and -inf where a slot is not visible (causal, ring, window)."""
+    the ALiBi bias, and -inf where a slot is not visible (causal, ring, window or attention chunk)."""
     scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_Q, BLOCK_T], log2 units
     if HAS_SOFTCAP:
         scores = _softcap_log2(scores, softcap)
@@ -372,7 +373,7 @@ def _tile_scores(q, k_t, ts, t_ok, pos, slope, qk_scale, softcap, T, WINDOW, HAS
         key_pos = ts
         visible = (ts[None, :] <= pos[:, None]) & t_ok[None, :]
     if HAS_WINDOW:
-        visible = visible & (key_pos[None, :] > pos[:, None] - WINDOW)
+        visible = visible & (key_pos[None, :] >= first_key(pos, WINDOW, CHUNKED)[:, None])
     if HAS_ALIBI:  # ALiBi: slope * (key position - query position), after the cap, before the mask
         scores += slope[:, None] * (key_pos[None, :] - pos[:, None]).to(tl.float32)
     return tl.where(visible, scores, float("-inf"))
@@ -387,13 +388,25 @@ def _chunk(span, N_SPLITS, CHUNK_MIN, DIRECT_SPAN, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
-def _window_start(pos, row_ok, WINDOW, HAS_WINDOW: tl.constexpr):
-    """The oldest slot any row still sees: ``min(pos) - WINDOW + 1`` (0 without a window)."""
+def _window_start(pos, row_ok, WINDOW, HAS_WINDOW: tl.constexpr, CHUNKED: tl.constexpr = False):
+    """The oldest slot any row still sees: ``min(pos) - WINDOW + 1``, or with ``CHUNKED`` the start of the chunk
+    of ``WINDOW`` positions that ``min(pos)`` is in (0 without either)."""
     if HAS_WINDOW:
-        oldest = tl.min(tl.where(row_ok, pos, 2147483647), axis=0) - WINDOW + 1
+        oldest = first_key(tl.min(tl.where(row_ok, pos, 2147483647), axis=0), WINDOW, CHUNKED)
         return tl.maximum(oldest, 0)
     else:
         return 0
+
+
+@triton.jit
+def first_key(pos, WINDOW, CHUNKED: tl.constexpr):
+    """The first key a causal query at ``pos`` sees: ``pos - WINDOW + 1`` in a sliding window of ``WINDOW``
+    positions (negative near the start), ``pos - pos % WINDOW`` in chunks of ``WINDOW`` positions (Llama 4). The
+    kernels take a chunk size in their ``WINDOW`` argument, ``CHUNKED`` saying which it is."""
+    if CHUNKED:
+        return pos - pos % WINDOW
+    else:
+        return pos - WINDOW + 1
 
 
 @triton.jit
@@ -624,7 +637,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
                      window: Optional[int] = None, softcap: Optional[float] = None,
                      max_len: Optional[int] = None, config: Optional[DecodeConfig] = None,
                      alibi: Optional[tuple[float, ...]] = None, static_past: bool = False,
-                     prefetch: Optional[torch.Tensor] = None, sinks: bool = False) -> torch.Tensor:
+                     prefetch: Optional[torch.Tensor] = None, sinks: bool = False,
+                     chunk: Optional[int] = None) -> torch.Tensor:
     """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype. Operands after the
     positions: ``k_new, v_new`` (a ring cache), then the ``[Hq]`` sink logits with ``sinks=True``.
 
@@ -639,7 +653,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     cache-length bucket); slots at or past it are never read, so it must not be too small. Without it
     the grid covers the capacity T and idle programs exit at once. ``config`` overrides the heuristic.
     With ``window`` only the last ``window`` slots before each position are read: programs whose
-    chunk lies wholly before the window exit at once, the merge starts at the window's first chunk.
+    chunk lies wholly before the window exit at once, the merge starts at the window's first chunk. ``chunk``
+    (Llama 4's chunked layers) reads the slots of each position's chunk the same way.
 
     With ``k_new, v_new`` the caches are rings (position p in slot p mod capacity, see the IR op): one
     new token reads every slot of the ring, several new tokens (a prefill from position 0) attend over
@@ -649,16 +664,20 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     _check(q, k, v, positions, k_new, v_new)
     check_sinks("cached_attention", sink, q)
     ring = k_new is not None
-    sink_args = dict(sinks=True) if sink is not None else {}  # (the reference's)
+    ref_args = dict(sinks=True) if sink is not None else {}  # (the reference's)
     extra = [x for x in (k_new, v_new, sink) if x is not None]
     bsz, hq, s, d = q.shape
     hkv, cap, dv = k.shape[1], k.shape[2], v.shape[3]
+    if chunk is not None and (window is not None or ring):
+        raise ValueError("cached_attention: chunk does not combine with a window or a ring cache (the IR op's rule)")
+    if chunk is not None:
+        ref_args["chunk"] = chunk
     reason = unsupported_device(q, k, v, positions, *extra) or unsupported_dtype("cached_attention", q)
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
         reason = f"head dim {max(d, dv)} > {MAX_HEAD_DIM}"
     if reason is not None or q.numel() == 0:
         ref = get_op("cached_attention").reference(q, k, v, positions, *extra, scale=scale, window=window,
-                                                   softcap=softcap, alibi=alibi, **sink_args)
+                                                   softcap=softcap, alibi=alibi, **ref_args)
         return fallback("cached_attention", reason or "empty query", ref, out)
 
     y = check_out("cached_attention", out, (bsz, hq, s, dv), q.dtype, q.device)
@@ -680,7 +699,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         from membound.backends.triton.kernels.flash_attention import flash_attention
 
         flash_attention(q, k, v, None, y, scale=scale, window=window, softcap=softcap, positions=positions,
-                        sinks=sink, alibi=alibi)
+                        sinks=sink, alibi=alibi, chunk=chunk)
         note("cached_attention", "kernel")
         return y
     length = cap if max_len is None else max(1, min(int(max_len), cap))
@@ -717,11 +736,11 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     slopes = alibi_slopes(alibi, q.device) if alibi is not None else q
     launchable(_flash_decoding_split, q.device)[(n_splits, row_programs, dv_split)](
         q, k, v, positions, y, part, lse, locks, slopes, sink if sink is not None else q,
-        hkv, g, s, cap, d, dv, cfg.least_chunk, n_qblocks, n_splits, qk_scale, int(window or 0), float(softcap or 1.0),
-        int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
+        hkv, g, s, cap, d, dv, cfg.least_chunk, n_qblocks, n_splits, qk_scale, int(window or chunk or 0),
+        float(softcap or 1.0), int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
         BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
         ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK, ACTIVE_ARRIVALS=ACTIVE_ARRIVALS, INPUT_PRECISION=precision,
-        HAS_WINDOW=window is not None,
+        HAS_WINDOW=window is not None or chunk is not None, CHUNKED=chunk is not None,
         HAS_SOFTCAP=softcap is not None,
         RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
         MERGE_ROWS=merge_rows,

@@ -56,6 +56,7 @@ from membound.backends.triton.kernels.decode_attention import (
     _softcap_log2,
     alibi_slopes,
     check_sinks,
+    first_key,
 )
 from membound.ir.ops import get_op
 from membound.ir.ops.attention import attention_extras
@@ -69,7 +70,7 @@ def _flash_attention_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr, EVEN_D: tl.constexpr = False,
-    HAS_SINKS: tl.constexpr = False, HAS_ALIBI: tl.constexpr = False,
+    HAS_SINKS: tl.constexpr = False, HAS_ALIBI: tl.constexpr = False, CHUNKED: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, keys and head dims to 16")
@@ -106,10 +107,10 @@ def _flash_attention_fwd(
         bottom = tl.min(tl.where(row_ok, qpos, 2147483647), axis=0)
         hi = tl.minimum(top + 1, L)
         full_end = tl.minimum(bottom + 1, hi)
-        if HAS_WINDOW:
-            lo = tl.maximum(bottom - WINDOW + 1, 0)
-            # the first key every row still sees is top - WINDOW + 1; the full tiles start at a tile edge
-            full_lo = lo + tl.cdiv(tl.maximum(top - WINDOW + 1 - lo, 0), BLOCK_N) * BLOCK_N
+        if HAS_WINDOW:  # (or chunks of WINDOW positions: the first key a query sees grows with its position)
+            lo = tl.maximum(first_key(bottom, WINDOW, CHUNKED), 0)
+            # the first key every row still sees is the top row's; the full tiles start at a tile edge
+            full_lo = lo + tl.cdiv(tl.maximum(first_key(top, WINDOW, CHUNKED) - lo, 0), BLOCK_N) * BLOCK_N
     full_lo = tl.minimum(full_lo, hi)
     n_full = tl.maximum(full_end - full_lo, 0) // BLOCK_N
     if MASK_KIND != 0:
@@ -135,15 +136,15 @@ def _flash_attention_fwd(
     m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, lo, full_lo, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
                                  BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
-                                 slope, HAS_ALIBI)
+                                 slope, HAS_ALIBI, CHUNKED)
     m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
                                  BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
-                                 slope, HAS_ALIBI)
+                                 slope, HAS_ALIBI, CHUNKED)
     m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
                                  BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
-                                 slope, HAS_ALIBI)
+                                 slope, HAS_ALIBI, CHUNKED)
     # a row that saw nothing (a padded row) writes 0
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(o_ptr + b * sob + h * soh + rows64[:, None] * sos + dvs[None, :] * sod, o.to(o_ptr.dtype.element_ty),
@@ -155,7 +156,7 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
                  skt, skd, svt, svd, sml, D, DV, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_DV: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                 EVEN_D: tl.constexpr, slope, HAS_ALIBI: tl.constexpr):
+                 EVEN_D: tl.constexpr, slope, HAS_ALIBI: tl.constexpr, CHUNKED: tl.constexpr):
     """The key tiles ``[start, end)`` of one row block into the online softmax. ``MASKED``: keys past ``hi``,
     the causal diagonal, the window and the mask operand are applied (scores -inf where not visible);
     otherwise every key of every tile is visible to every row (the caller's full range): plain loads when
@@ -182,8 +183,8 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
             visible = t_ok[None, :]
             if CAUSAL:
                 visible = visible & (ts[None, :] <= qpos[:, None])
-                if HAS_WINDOW:
-                    visible = visible & (ts[None, :] > qpos[:, None] - WINDOW)
+                if HAS_WINDOW:  # a sliding window, or chunks
+                    visible = visible & (ts[None, :] >= first_key(qpos, WINDOW, CHUNKED)[:, None])
             if MASK_KIND != 0:
                 mvals = tl.load(m_rows + n64 * sml + tn[None, :] * sml, mask=row_ok[:, None] & t_ok[None, :], other=0)
                 if MASK_KIND == 1:  # bool: True = attend
@@ -299,11 +300,15 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
                     out: Optional[torch.Tensor] = None, *, causal: bool = False, scale: Optional[float] = None,
                     window: Optional[int] = None, softcap: Optional[float] = None,
                     positions: Optional[torch.Tensor] = None, config: Optional[FlashConfig] = None,
-                    sinks: Optional[torch.Tensor] = None, alibi: Optional[tuple[float, ...]] = None) -> torch.Tensor:
+                    sinks: Optional[torch.Tensor] = None, alibi: Optional[tuple[float, ...]] = None,
+                    chunk: Optional[int] = None) -> torch.Tensor:
     """Run the flash kernel (no cost choice): the IR op ``attention``, or with ``positions`` ([S] or
     [B, S]: each query row's cache slot) the prefill of ``cached_attention`` (then causal is implied).
     ``sinks``: ``[Hq]`` per-head sink logits (the op's ``sinks=true`` operand), on q's device; ``alibi``: one slope a
-    query head (the op's attribute: ``slope * (key position - query position)`` added to the scores)."""
+    query head (the op's attribute: ``slope * (key position - query position)`` added to the scores); ``chunk``: causal
+    within chunks of that many positions (Llama 4; not with a window)."""
+    if chunk is not None and window is not None:
+        raise ValueError(f"attention: window={window} and chunk={chunk} do not combine")
     bsz, hq, s, d = q.shape
     hkv, length, dv = k.shape[1], k.shape[2], v.shape[3]
     y = check_out("attention", out, (bsz, hq, s, dv), q.dtype, q.device)
@@ -328,10 +333,11 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
     launchable(_flash_attention_fwd, q.device)[grid](
         q, k, v, mask_arg, pos_arg, y, sinks if sinks is not None else q,
         alibi_slopes(alibi, q.device) if alibi is not None else q,
-        hq, hq // hkv, s, length, d, dv, qk_scale, int(window or 0), float(softcap or 1.0),
+        hq, hq // hkv, s, length, d, dv, qk_scale, int(window or chunk or 0), float(softcap or 1.0),
         *q.stride(), *k.stride(), *v.stride(), *m_strides, *p_strides, *y.stride(),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        CAUSAL=causal, HAS_POS=positions is not None, HAS_WINDOW=window is not None and causal,
+        CAUSAL=causal, HAS_POS=positions is not None, HAS_WINDOW=(window or chunk) is not None and causal,
+        CHUNKED=chunk is not None,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
         EVEN_D=d == block_d and dv == block_dv, HAS_SINKS=sinks is not None, HAS_ALIBI=alibi is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
@@ -342,7 +348,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *operands: Opti
               out: Optional[torch.Tensor] = None, causal: bool = False, scale: Optional[float] = None,
               window: Optional[int] = None, softcap: Optional[float] = None, impl: Optional[str] = None,
               config: Optional[FlashConfig] = None, alibi: Optional[tuple[float, ...]] = None,
-              sinks: bool = False) -> torch.Tensor:
+              sinks: bool = False, chunk: Optional[int] = None) -> torch.Tensor:
     """The IR op ``attention`` (operands ``q, k, v, mask?``, then the ``[Hq]`` sink logits with ``sinks=True``):
     our flash kernel or torch's SDPA, as ``choose_impl`` (the cost rule) says for this shape; ``impl="kernel"`` /
     ``"sdpa"`` forces one (benches, tests; SDPA has no sinks: the torch reference then)."""
@@ -350,7 +356,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *operands: Opti
     _check(q, k, v, mask, sink)
     bsz, hq, s, d = q.shape
     length, dv = k.shape[2], v.shape[3]
-    attrs = dict(causal=causal, scale=scale, window=window, softcap=softcap)
+    attrs = dict(causal=causal, scale=scale, window=window, softcap=softcap, chunk=chunk)
     extra = [x for x in (mask, sink) if x is not None]
     reason = unsupported_device(q, k, v, *extra) or unsupported_dtype("attention", q)
     if reason is None and max(d, dv) > MAX_HEAD_DIM:
@@ -359,7 +365,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *operands: Opti
         reason = "empty query"
     if reason is None:
         if impl is None and not interpreting():
-            impl = choose_impl(bsz, hq, s, length, d, dv, causal=causal, window=window, softcap=softcap,
+            impl = choose_impl(bsz, hq, s, length, d, dv, causal=causal, window=window or chunk, softcap=softcap,
                                has_mask=mask is not None, dtype=q.dtype,
                                score_terms=sink is not None or alibi is not None)
         if impl == "sdpa":
