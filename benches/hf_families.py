@@ -72,6 +72,11 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "gpt-oss": ("GptOssForCausalLM", "GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=16,
                                                           sliding_window=3,
                                                           layer_types=["sliding_attention", "full_attention"])),
+    # chunked attention (chunks of 4 < prompt + new tokens) with RoPE, then a full NoPE layer with the position's
+    # attention temperature; q/k L2 norms; experts (top 1, a shared expert, sigmoid router weights on the input)
+    "llama4": ("Llama4ForCausalLM", "Llama4TextConfig", dict(
+        head_dim=16, attention_chunk_size=4, no_rope_layers=[1, 0], num_local_experts=4, num_experts_per_tok=1,
+        intermediate_size_mlp=96, interleave_moe_layer_step=1, floor_scale=4)),
     "gemma": ("GemmaForCausalLM", "GemmaConfig", dict(head_dim=16)),
     "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(head_dim=16, sliding_window=3)),
     "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(head_dim=16, sliding_window=4)),

@@ -1,5 +1,5 @@
-"""Attention kernels against the IR ops' torch references: flash-decoding with sliding windows and
-soft-capping, and the flash prefill kernel (``attention``) at odd sizes.
+"""Attention kernels against the IR ops' torch references: flash-decoding with sliding windows, attention chunks
+and soft-capping, and the flash prefill kernel (``attention``) at odd sizes.
 
 CPU: the Triton interpreter (``TRITON_INTERPRET=1``), fp32 and fp16; GPU: the same cases compiled,
 plus bf16 (``gpu`` mark). Inputs random, never zero. Tolerances: fp32 1e-4, fp16 1e-2, bf16 2e-2.
@@ -86,6 +86,46 @@ def test_cached_attention_window_reads_only_the_window() -> None:
     close(y, want, torch.float32)
 
 
+CHUNK_CASES = [
+    # (B, Hq, Hkv, S, T, chunk, config): Llama 4's chunked layers (the query at p sees slots p - p % C .. p)
+    (2, 4, 2, 1, 45, 8, DecodeConfig(16, 16, 16)),     # one token a row, rows in different chunks
+    (3, 4, 1, 5, 40, 4, None),                         # S = 5 rows crossing chunk edges (per-row first slot)
+    (1, 8, 2, 1, 70, 48, DecodeConfig(16, 16, 16)),    # a chunk over several splits: split merge
+    (2, 4, 4, 2, 29, 100, None),                       # chunk larger than the cache: plain causal
+]
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("b,hq,hkv,s,t,chunk,config", CHUNK_CASES)
+def test_cached_attention_chunks(b: int, hq: int, hkv: int, s: int, t: int, chunk: int,
+                                 config: Optional[DecodeConfig], dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(b * 100 + hq * 10 + s + t + chunk)
+    q = rand(b, hq, s, 16, dtype=dtype, gen=gen)
+    k, v = rand(b, hkv, t, 16, dtype=dtype, gen=gen), rand(b, hkv, t, 16, dtype=dtype, gen=gen)
+    starts = torch.randint(0, t - s + 1, (b, 1), generator=gen)
+    pos = (starts + torch.arange(s)[None, :]).to(DEVICE)
+    with trace() as calls:
+        y = cached_attention(q, k, v, pos, scale=0.3, chunk=chunk, config=config)
+    ran_kernel(calls, "cached_attention")
+    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=0.3, chunk=chunk)
+    close(y, want, dtype)
+
+
+def test_cached_attention_chunk_reads_only_the_chunk() -> None:
+    """Slots before the position's chunk are never read: NaN there must not reach the output (position 50, chunks
+    of 16: slots 48..50), nor does the chunk combine with a window."""
+    q, k, v = rand(1, 4, 1, 16), rand(1, 2, 64, 16), rand(1, 2, 64, 16)
+    pos = torch.tensor([50], device=DEVICE)
+    want = get_op("cached_attention").reference(q, k, v, pos, scale=None, chunk=16)
+    k[:, :, :48], v[:, :, :48] = float("nan"), float("nan")
+    with trace() as calls:
+        y = cached_attention(q, k, v, pos, chunk=16, config=DecodeConfig(16, 16, 16))
+    ran_kernel(calls, "cached_attention")
+    close(y, want, torch.float32)
+    with pytest.raises(ValueError, match="chunk does not combine with a window"):
+        cached_attention(q, k, v, pos, chunk=16, window=4)
+
+
 # ---------------------------------------------------------------------------------------------
 # attention (flash prefill)
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +184,40 @@ def test_flash_attention_as_cached_prefill() -> None:
     pos = torch.stack([torch.arange(11), torch.arange(11) + 7]).to(DEVICE)
     y = flash_attention(q, k, v, positions=pos, scale=0.3, window=5, config=FlashConfig(16, 16))
     want = get_op("cached_attention").reference(q, k, v, pos, scale=0.3, window=5)
+    close(y, want, torch.float32)
+
+
+CHUNK_PREFILL_CASES = [
+    # (B, Hq, Hkv, S, D, chunk): causal within chunks, row blocks spanning chunk edges (16-row blocks in the
+    # interpreter), whole chunks of unmasked tiles
+    (1, 4, 2, 13, 64, 4),
+    (2, 4, 1, 37, 80, 8),
+    (1, 2, 2, 70, 64, 32),     # 32-key chunks: two full 16-key tiles each, masked diagonals
+    (1, 2, 1, 21, 64, 64),     # chunk larger than S: plain causal
+]
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("b,hq,hkv,s,d,chunk", CHUNK_PREFILL_CASES)
+def test_flash_attention_chunks(b: int, hq: int, hkv: int, s: int, d: int, chunk: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(b + hq + s + d + chunk)
+    q = rand(b, hq, s, d, dtype=dtype, gen=gen)
+    k, v = rand(b, hkv, s, d, dtype=dtype, gen=gen), rand(b, hkv, s, d, dtype=dtype, gen=gen)
+    attrs = dict(causal=True, scale=0.2, chunk=chunk)
+    with trace() as calls:
+        y = attention(q, k, v, impl="kernel", **attrs)
+    ran_kernel(calls, "attention")
+    want = get_op("attention").reference(q.float(), k.float(), v.float(), **attrs)
+    close(y, want, dtype)
+
+
+def test_flash_attention_chunks_as_cached_prefill() -> None:
+    """Right-padded prefill over a cache with chunks of 8: row 1 starts at slot 7, so its row blocks straddle
+    chunk edges at other rows than row 0's."""
+    q, k, v = rand(2, 4, 11, 64), rand(2, 2, 29, 64), rand(2, 2, 29, 64)
+    pos = torch.stack([torch.arange(11), torch.arange(11) + 7]).to(DEVICE)
+    y = flash_attention(q, k, v, positions=pos, scale=0.3, chunk=8, config=FlashConfig(16, 16))
+    want = get_op("cached_attention").reference(q, k, v, pos, scale=0.3, chunk=8)
     close(y, want, torch.float32)
 
 

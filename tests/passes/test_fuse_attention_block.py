@@ -62,7 +62,7 @@ def test_the_residual_add_either_way_and_a_bias() -> None:
 
 LEFT_ALONE = [
     # (what changes, the log's reason)
-    ({"{scale=0.5}": "{scale=0.5, window=3}"}, "a window, soft-cap or ALiBi"),
+    ({"{scale=0.5}": "{scale=0.5, window=3}"}, "a window, attention chunks, soft-cap or ALiBi"),
     ({"%y0 = linear(%a, %wo)": "%y0 = linear(%a, %wo, %ln)"}, "the o projection has a bias"),
     ({"%y = add(%x, %y0)": "%y = add(%y0, %y0)"}, "the residual add does not add the block's input"),
     ({"%q, %k, %v = split(%qkv) {dim=-1, sizes=[16, 8, 8]} : f32[B, 1, 16], f32[B, 1, 8], f32[B, 1, 8]":

@@ -124,9 +124,28 @@ SINKS_WINDOW_AFTER = WINDOW_AFTER.replace("%v: f32[B, 2, S, 8])", "%v: f32[B, 2,
     "attention(%q, %k, %v) {causal=true, scale=0.5, window=3}", "attention(%q, %k, %v, %sk) {causal=true, scale=0.5, "
     "window=3, sinks=true}")
 
+# Llama 4's chunked attention: causal within chunks of 3 positions, j // 3 == i // 3 (HF's chunked_causal_mask)
+CHUNK = """graph @c(%q: f32[B, 4, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2, S, 8]) {
+  %i = arange() {start=0, end=S, step=1, dtype=i64} : i64[S]
+  %qi = unsqueeze(%i) {dim=1} : i64[S, 1]
+  %ki = unsqueeze(%i) {dim=0} : i64[1, S]
+  %le = le(%ki, %qi) : bool[S, S]
+  %c = constant() {value=3, dtype=i64} : i64[]
+  %qc = div(%qi, %c) {rounding_mode="floor"} : i64[S, 1]
+  %kc = div(%ki, %c) {rounding_mode="floor"} : i64[1, S]
+  %same = eq(%kc, %qc) : bool[S, S]
+  %keep = logical_and(%le, %same) : bool[S, S]
+  %o = attention(%q, %k, %v, %keep) {causal=false, scale=0.5} : f32[B, 4, S, 8]
+  return %o
+}"""
+CHUNK_AFTER = """graph @c(%q: f32[B, 4, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2, S, 8]) {
+  %0 = attention(%q, %k, %v) {causal=true, scale=0.5, chunk=3} : f32[B, 4, S, 8]
+  return %0
+}"""
+
 CASES = [(SOFTCAP, SOFTCAP_AFTER), (WINDOW, WINDOW_AFTER), (GPT2_TRIL, GPT2_TRIL_AFTER), (SINKS, SINKS_AFTER),
-         (SINKS_WINDOW, SINKS_WINDOW_AFTER)]
-IDS = ["softcap", "window-mask", "gpt2-tril", "sinks", "sinks-window-gqa"]
+         (SINKS_WINDOW, SINKS_WINDOW_AFTER), (CHUNK, CHUNK_AFTER)]
+IDS = ["softcap", "window-mask", "gpt2-tril", "sinks", "sinks-window-gqa", "chunk-mask"]
 
 
 def _run(text):
@@ -172,7 +191,20 @@ def test_bidirectional_band_keeps_its_mask_and_says_why():
     g, ctx = _run(text)
     attn = [n for n in g.nodes if n.op == "attention"]
     assert len(attn) == 1 and len(attn[0].inputs) == 4 and attn[0].attrs["causal"] is False
-    assert any("keeps its mask" in line and "not a causal band" in line for line in ctx.log), ctx.log
+    assert any("keeps its mask" in line and "neither a causal band" in line for line in ctx.log), ctx.log
+
+
+def test_chunks_with_a_window_keep_their_mask_and_say_why():
+    # causal within chunks of 3 *and* a window of 2: neither form alone, no kernel has both: the mask stays
+    text = CHUNK.replace("%keep = logical_and(%le, %same) : bool[S, S]", """%both = logical_and(%le, %same) : bool[S, S]
+  %w = constant() {value=2, dtype=i64} : i64[]
+  %lo = sub(%qi, %w) : i64[S, 1]
+  %gt = gt(%ki, %lo) : bool[S, S]
+  %keep = logical_and(%both, %gt) : bool[S, S]""")
+    g, ctx = _run(text)
+    attn = [n for n in g.nodes if n.op == "attention"]
+    assert len(attn) == 1 and len(attn[0].inputs) == 4 and attn[0].attrs["chunk"] is None
+    assert any("keeps its mask" in line and "nor causal within chunks" in line for line in ctx.log), ctx.log
 
 
 def test_unrecognised_form_is_left_unfused_with_a_log_line():
