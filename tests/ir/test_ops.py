@@ -560,13 +560,16 @@ case("grouped_mm", [A(f32, S, 4), A(f32, 3, 4, 5), A(i64, 3, gen="offsets", hi=S
 
 
 # ---- attention --------------------------------------------------------------------------------
-def _attention(causal: bool = False, scale: Any = None) -> Callable[..., torch.Tensor]:
+def _attention(causal: bool = False, scale: Any = None, chunk: Any = None) -> Callable[..., torch.Tensor]:
     def expect(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None) -> torch.Tensor:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
         s = q @ k.transpose(-1, -2) * (scale if scale is not None else q.shape[-1] ** -0.5)
         if causal:
             keep = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).tril()
+            if chunk is not None:  # and in the query's chunk: i // chunk == j // chunk
+                i = torch.arange(q.shape[2])
+                keep = keep & (i[:, None] // chunk == torch.arange(k.shape[2])[None, :] // chunk)
             s = s.masked_fill(~keep, -math.inf)
         if mask is not None:
             s = s.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else s + mask
@@ -583,6 +586,8 @@ case("attention", [A(f32, 2, 4, 5, 8), A(f32, 2, 2, 7, 8), A(f32, 2, 2, 7, 6), A
 case("attention", [A(f32, 2, 2, 1, 4), A(f32, 2, 2, 9, 4), A(f32, 2, 2, 9, 4), A(f32, 2, 1, 1, 9)], _attention())
 case("attention", [A(f16, 1, 8, 3, 16), A(f16, 1, 1, 3, 16), A(f16, 1, 1, 3, 16)], _attention())
 case("attention", [A(f32, B, 4, S, 8), A(f32, B, 2, S, 8), A(f32, B, 2, S, 8)], _attention(True), causal=True)
+case("attention", [A(f32, 1, 2, 9, 4), A(f32, 1, 1, 9, 4), A(f32, 1, 1, 9, 4)], _attention(True, chunk=4), causal=True,
+     chunk=4)
 case("attention", [A(f32, B, 2, S, 8), A(f32, B, 2, S, 8), A(f32, B, 2, S, 8), A(boolean, B, 1, S, S, gen="mask")],
      _attention())
 
@@ -1078,6 +1083,9 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("attention", [T(f32, 1, 2, 5, 8), T(f32, 1, 2, 5, 8), T(f32, 1, 2, 5, 8), T(boolean, 5, 5)],
      {"causal": True}, ValueError),
     ("attention", [T(f32, 2, 5, 8), T(f32, 2, 5, 8), T(f32, 2, 5, 8)], {}, ValueError),
+    ("attention", [T(f32, 1, 2, 5, 8), T(f32, 1, 2, 5, 8), T(f32, 1, 2, 5, 8)], {"chunk": 4}, ValueError),
+    ("attention", [T(f32, 1, 2, 5, 8), T(f32, 1, 2, 5, 8), T(f32, 1, 2, 5, 8)], {"causal": True, "chunk": 2.5},
+     TypeError),
     ("attention", [T(f16, 1, 2, 5, 8), T(f32, 1, 2, 5, 8), T(f32, 1, 2, 5, 8)], {}, TypeError),
     ("reshape", [T(f32, 2, 3)], {"shape": (7,)}, ValueError),
     ("reshape", [T(f32, S, 4)], {"shape": (S, 8)}, ValueError),

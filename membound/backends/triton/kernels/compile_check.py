@@ -236,6 +236,9 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
         if block_t == 128:  # attention sinks (gpt-oss: one logit a head starts the first chunk's softmax)
             out.append((_flash_decoding_split, label + " sinks", dict(args, HAS_SINKS=True),
                         dict(num_warps=warps, num_stages=3)))
+        if block_t == 128 and not ring:  # Llama 4's chunked layers: chunks of 8192 (WINDOW), one chunk's slots read
+            out.append((_flash_decoding_split, label + " chunked",
+                        dict(args, WINDOW=8192, HAS_WINDOW=True, CHUNKED=True), dict(num_warps=warps, num_stages=3)))
         if block_t == 128 and not ring:  # the o projection's weight asked of L2 first (prefetch=, issue 13)
             out.append((_flash_decoding_split, label + " prefetch",
                         dict(args, pf_ptr="*bf16", pf_elems=4096 * 4096, PREFETCH=True, PF_PIECE=8192),
@@ -287,6 +290,10 @@ def _flash_attention_cases() -> list[tuple[Any, str, dict[str, Any], dict[str, A
         out.append((_flash_attention_fwd, label, args, dict(num_warps=warps, num_stages=stages)))
         if window:  # gpt-oss's sliding layers: head dim 64, a window, attention sinks
             out.append((_flash_attention_fwd, label + " sinks", dict(args, HAS_SINKS=True),
+                        dict(num_warps=warps, num_stages=stages)))
+        if d == 128:  # Llama 4's chunked layers (chunks of 8192 in WINDOW)
+            out.append((_flash_attention_fwd, label + " chunked", dict(args, WINDOW=8192, HAS_WINDOW=True,
+                                                                       CHUNKED=True),
                         dict(num_warps=warps, num_stages=stages)))
         if d == 128:  # ALiBi slopes (BLOOM, MPT, Falcon) on the unmasked and masked loops
             out.append((_flash_attention_fwd, label + " alibi", dict(args, slope_ptr="*fp32", HAS_ALIBI=True),
