@@ -44,8 +44,10 @@ FAMILIES = ("hf-llama", "hf-mistral", "hf-qwen2", "hf-gpt2", "llama", "gpt2", "m
 # mixture of experts with biases and a clamped SwiGLU)
 # DeepSeek-V2 / V3 (multi-head latent attention, V2's complex rotary captured as real arithmetic, experts after a
 # dense first layer; V3's group-limited routing with a correction bias)
+# Llama 4 (chunked attention with chunks of 2-5 positions on RoPE layers, full NoPE layers with the position's
+# attention temperature, q/k L2 norms, experts with a shared one and sigmoid router weights on the input)
 EXTRA_FAMILIES = ("hf-opt", "hf-gptj", "hf-bloom", "hf-gptneo", "hf-xglm", "hf-codegen", "hf-mpt", "hf-gpt-oss",
-                  "hf-deepseek-v2", "hf-deepseek-v3")
+                  "hf-deepseek-v2", "hf-deepseek-v3", "hf-llama4")
 _HF_CLASSES = {"hf-llama": ("LlamaConfig", "LlamaForCausalLM"), "hf-mistral": ("MistralConfig", "MistralForCausalLM"),
                "hf-qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "hf-gpt2": ("GPT2Config", "GPT2LMHeadModel"),
                "hf-opt": ("OPTConfig", "OPTForCausalLM"), "hf-gptj": ("GPTJConfig", "GPTJForCausalLM"),
@@ -53,7 +55,8 @@ _HF_CLASSES = {"hf-llama": ("LlamaConfig", "LlamaForCausalLM"), "hf-mistral": ("
                "hf-xglm": ("XGLMConfig", "XGLMForCausalLM"), "hf-codegen": ("CodeGenConfig", "CodeGenForCausalLM"),
                "hf-mpt": ("MptConfig", "MptForCausalLM"), "hf-gpt-oss": ("GptOssConfig", "GptOssForCausalLM"),
                "hf-deepseek-v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM"),
-               "hf-deepseek-v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM")}
+               "hf-deepseek-v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM"),
+               "hf-llama4": ("Llama4TextConfig", "Llama4ForCausalLM")}
 BACKENDS = ("reference", "triton")
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}  # atol = rtol
 MARGIN = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 0.25}
@@ -172,6 +175,17 @@ def _extra_config(family: str, rng: random.Random, vocab: int, heads: int, head_
                     num_hidden_layers=layers, intermediate_size=width, rms_norm_eps=eps, num_local_experts=experts,
                     num_experts_per_tok=rng.randint(1, min(2, experts)), sliding_window=rng.choice([2, 4, 7]),
                     layer_types=[rng.choice(["sliding_attention", "full_attention"]) for _ in range(layers)],
+                    max_position_embeddings=64, tie_word_embeddings=tie)
+    if family == "hf-llama4":  # GQA over the heads' divisors; each layer chunked with RoPE or full without
+        experts = rng.choice([1, 2, 4])
+        kv_heads = rng.choice([d for d in (1, 2, 3, 4) if heads % d == 0])
+        return dict(vocab_size=vocab, hidden_size=hidden, head_dim=head_dim, num_attention_heads=heads,
+                    num_key_value_heads=kv_heads, num_hidden_layers=layers, intermediate_size=width,
+                    intermediate_size_mlp=rng.choice([width, 2 * width]), rms_norm_eps=eps, num_local_experts=experts,
+                    num_experts_per_tok=1, interleave_moe_layer_step=rng.choice([1, 2]),
+                    attention_chunk_size=rng.choice([2, 3, 5]), no_rope_layers=[rng.randint(0, 1) for _ in range(layers)],
+                    use_qk_norm=rng.random() < 0.5, attn_temperature_tuning=rng.random() < 0.7,
+                    floor_scale=rng.choice([2, 4, 8]), attn_scale=rng.choice([0.1, 0.5]), rope_theta=10000.0,
                     max_position_embeddings=64, tie_word_embeddings=tie)
     if family == "hf-opt":
         return dict(vocab_size=vocab, hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=layers,

@@ -36,7 +36,10 @@ CASES = [("hf-llama", 109), ("hf-gpt2", 4), ("llama", 15),
          ("hf-gpt-oss", 14),
          # session 19: DeepSeek-V2 (latent attention, its complex rotary captured as real arithmetic, 8 experts top-1
          # with a shared one), 6 heads, rows of 5, 3 and 7
-         ("hf-deepseek-v2", 5)]
+         ("hf-deepseek-v2", 5),
+         # session 20: Llama 4, a chunked RoPE layer (chunks of 2) against rows of 7, 1 and 8 (left padding), GQA 3:1,
+         # 2 experts with a shared one, the router's sigmoid weight on the input
+         ("hf-llama4", 27)]
 
 
 @pytest.mark.parametrize("family,seed", CASES)
