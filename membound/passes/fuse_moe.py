@@ -47,7 +47,7 @@ How it matches. The anchor is a ``topk`` over router scores: ``topk(softmax(line
 (softmax first) or ``softmax(topk(linear(h, R)).values)`` (softmax after), optionally renormalised
 (``v / sum(v)``), casts allowed. The *block* is every node that depends on the topk, up to the first
 value ``out`` of ``T x D`` elements that all of them flow into and nothing else reads; the block may
-read only views of ``h``, parameters and constants. The experts inside are recognised in four forms:
+read only views of ``h``, parameters and constants. The experts inside are recognised in five forms:
 
 - grouped (current HF Mixtral / Qwen2-MoE, both of transformers' CPU and CUDA paths): two
   ``grouped_mm`` over offsets counted by ``histc`` of the sorted expert ids, the first over a
@@ -63,6 +63,13 @@ read only views of ``h``, parameters and constants. The experts inside are recog
   weighted by a value built from ``eq(ids, e)``; their weights are stacked into new parameters. Or E
   slices ``P_in[e]`` / ``P_out[e]`` of two ``[E, 2I, D]`` / ``[E, D, I]`` parameters, the gate/up product
   split in halves (transformers 4.x Granite-MoE as ``capture_export`` writes it densely): views of them.
+
+- dense (Llama 4): a ``topk`` of the router logits scattered into ``-inf`` and passed through a sigmoid (a
+  ``[T, E]`` score, 0 for the experts a token did not choose); every expert runs on every token
+  (``h.repeat(E, 1)``), each copy scaled by its score *before* the expert, ``bmm`` with the ``[E, D, 2I]``
+  gate/up and ``[E, I, D]`` down weights, summed over the experts: ``moe {score="sigmoid",
+  weight_input=true}``, which reads only the chosen experts (the dense form streams all E). Its weights are
+  K-major, so the op gets ``[E, I, D]`` / ``[E, D, I]`` copies (the model's own tensors stay with the model).
 
 Then, if ``out`` is added to a sigmoid-gated shared expert of ``h`` (Qwen2-MoE), that is absorbed
 too. Expert weights are passed as ``[E, N, K]`` parameters: the model's own tensors where the layout
@@ -83,6 +90,8 @@ import sympy
 import torch
 
 from membound.ir import Graph, Node, Value
+from membound.ir.ops._common import numel
+from membound.ir.types import dims_equal
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.pattern import erase_if_dead
 
@@ -133,7 +142,8 @@ class Router:
     top_k: int
     softmax_first: bool
     renormalize: bool = False
-    weights: Value = field(init=False)  # routing weights after softmax / renormalisation
+    score: str = "softmax"  # "sigmoid": Llama 4's sigmoid of the kept logits, scattered into a dense [T, E]
+    weights: Value = field(init=False)  # routing weights after softmax / renormalisation ([T, E] for "sigmoid")
 
     @property
     def ids(self) -> Value:
@@ -161,14 +171,38 @@ def _router(topk: Node) -> Router:
     w = topk.results[0]
     if not r.softmax_first:
         after = [u for u in w.users if u.op == "softmax"]
+        dense = _sigmoid_scores(topk)
+        if dense is not None and not after:
+            r.score, r.weights = "sigmoid", dense
+            return r
         if len(after) != 1:
-            raise NoMatch("top-k router logits are not followed by a softmax")
+            raise NoMatch("top-k router logits are not followed by a softmax, nor scattered into -inf and passed "
+                          "through a sigmoid")
         w = after[0].result
     divs = [u for u in w.users if u.op == "div" and u.inputs[0] is w]
     if divs and (s := _producer(divs[0].inputs[1], "sum")) is not None and s.inputs[0] is w:
         r.renormalize, w = True, divs[0].result
     r.weights = w
     return r
+
+
+def _sigmoid_scores(topk: Node) -> Optional[Value]:
+    """Llama 4's router scores: ``sigmoid(full(-inf).scatter(1, ids, values))``, ``[T, E]``, the chosen experts'
+    sigmoid of their logit and 0 elsewhere; None when ``topk`` is not read so."""
+    values, ids = topk.results
+    users = [u for u in values.users if u.op == "scatter"]
+    if len(users) != 1 or len(values.users) != 1:
+        return None
+    sc = users[0]
+    base = _producer(sc.inputs[0], "full")
+    dim = sc.attrs.get("dim")
+    if (base is None or sc.inputs[1] is not ids or sc.inputs[2] is not values or sc.attrs.get("reduce") not in
+            (None, "none") or dim not in (-1, 1) or base.attrs.get("value") != float("-inf")):
+        return None
+    sig = [u for u in sc.result.users if u.op == "sigmoid"]
+    if len(sig) != 1 or len(sc.result.users) != 1:
+        return None
+    return sig[0].result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,8 +646,76 @@ def _common_prefix(names: list[str]) -> str:
     return ".".join(common) + "." if common else "moe."
 
 
+def _repeated_tokens_expert_major(v: Value, r: Router) -> bool:
+    """``v`` is ``h.repeat(E, 1)``: ``[E*T, D]`` whose row ``e*T + t`` is token t, as the capture writes it:
+    reshape of expand(``[1, ...]`` view of h over dim 0 only)."""
+    rs = _producer(v, "reshape")
+    ex = _producer(rs.inputs[0], "expand") if rs is not None else None
+    if ex is None or v.rank != 2 or not dims_equal(v.shape[1], r.h.shape[1]):
+        return False
+    src = ex.inputs[0]
+    if src.rank != ex.result.rank or src.shape[0] != 1 or ex.result.shape[0] != r.experts:
+        return False
+    if any(not dims_equal(a, b) for a, b in zip(src.shape[1:], ex.result.shape[1:])):
+        return False  # only dim 0 expanded: the tokens keep their order inside each expert's copy
+    return _tokens_of(src) is _tokens_of(r.h) and dims_equal(numel(src.shape), numel(r.h.shape))
+
+
+def _dense(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
+    """Llama 4's experts: every expert over every token (``h.repeat(E, 1)``), each copy scaled by the token's
+    routing weight for that expert first (0 where it did not choose it: the expert, with no biases, then gives
+    0), a batched product with the ``[E, D, 2I]`` gate/up weight, ``up * silu(gate)``, one with the ``[E, I, D]``
+    down weight, summed over the experts. The weights become ``[E, I, D]`` / ``[E, D, I]`` copies (the model's
+    are K-major; the expert kernels read rows contiguous in K)."""
+    if r.score != "sigmoid":
+        raise NoMatch("the dense form scales the tokens by the router's sigmoid scores (Llama 4)")
+    total = _producer(block.out, "sum")
+    if total is None or tuple(total.attrs["dims"]) not in ((0,), (-3,)) or total.attrs.get("keepdim") \
+            or total.inputs[0].rank != 3:
+        raise NoMatch(f"the block's result %{block.out.name} is not a sum over the experts' outputs")
+    down = _producer(total.inputs[0], "matmul")
+    if down is None or down.inputs[1].kind != "param" or down.inputs[1].rank != 3:
+        raise NoMatch("the experts' sum does not read a product with a 3-D down weight")
+    gate, up = _gated_product(down.inputs[0])
+    split = _producer(gate, "split")
+    if split is None or up.producer is not split or (gate.index, up.index) != (0, 1) \
+            or len(split.attrs["sizes"]) != 2 or len(set(split.attrs["sizes"])) != 1 \
+            or split.attrs["dim"] % split.inputs[0].rank != 2:
+        raise NoMatch("gate and up are not the two halves of one product")
+    gu = _producer(split.inputs[0], "matmul")
+    if gu is None or gu.inputs[1].kind != "param" or gu.inputs[1].rank != 3:
+        raise NoMatch("gate and up are not a product with a 3-D weight")
+    scaled = _producer(gu.inputs[0], "reshape")
+    mul = _producer(scaled.inputs[0], "mul") if scaled is not None else None
+    if mul is None or gu.inputs[0].shape[0] != r.experts:
+        raise NoMatch(f"the gate/up product's rows %{gu.inputs[0].name} are not [E, T, D] scaled tokens")
+    rep = None
+    for a, b in (mul.inputs, mul.inputs[::-1]):
+        col = _producer(_through(b, ("cast",)), "reshape")
+        tr = _producer(col.inputs[0], "transpose") if col is not None else None
+        if (tr is not None and {tr.attrs["dim0"] % 2, tr.attrs["dim1"] % 2} == {0, 1}
+                and _through(tr.inputs[0], ("cast",)) is r.weights and _repeated_tokens_expert_major(a, r)):
+            rep = a
+    if rep is None:
+        raise NoMatch("the tokens are not each expert's copy scaled by its column of the router scores")
+    e, d, half = r.experts, int(r.h.shape[1]), int(split.attrs["sizes"][0])
+    wgu, wd = gu.inputs[1], down.inputs[1]
+    if tuple(wgu.shape) != (e, d, 2 * half) or tuple(wd.shape) != (e, half, d):
+        raise NoMatch(f"expert weights %{wgu.name} {wgu.type} and %{wd.name} {wd.type} are not [E, D, 2I] and "
+                      "[E, I, D]")
+    _check_tokens(block, r, allowed=(rep,))
+    return (Weight(wgu, (e, half, d), f"{wgu.name}.gate",
+                   lambda ts: ts[wgu.name][:, :, :half].transpose(1, 2).contiguous()),
+            Weight(wgu, (e, half, d), f"{wgu.name}.up",
+                   lambda ts: ts[wgu.name][:, :, half:].transpose(1, 2).contiguous()),
+            Weight(wd, (e, d, half), f"{wd.name}.t", lambda ts: ts[wd.name].transpose(1, 2).contiguous()))
+
+
 FORMS: list[tuple[str, Callable[[Graph, Router, Block], tuple[Weight, Weight, Weight]]]] = [
     ("grouped", _grouped), ("batched", _batched), ("gathered", _gathered), ("looped", _looped)]
+# routers whose weights scale the tokens before the experts (score="sigmoid", Llama 4): only this form
+WEIGHTED_INPUT_FORMS: list[tuple[str, Callable[[Graph, Router, Block], tuple[Weight, Weight, Weight]]]] = [
+    ("dense", _dense)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,7 +765,7 @@ def _fuse_one(graph: Graph, topk: Node) -> str:
     r = _router(topk)
     block = _block(graph, r)
     reasons = []
-    for name, form in FORMS:
+    for name, form in (WEIGHTED_INPUT_FORMS if r.score == "sigmoid" else FORMS):
         try:
             weights = form(graph, r, block)
             break
@@ -681,7 +783,8 @@ def _fuse_one(graph: Graph, topk: Node) -> str:
     operands = [h, r.weight] + [_materialise(graph, w, h.dtype) for w in weights]
     operands += shared[1] if shared is not None else []
     node = graph.create_node("moe", operands, dict(top_k=r.top_k, softmax_first=r.softmax_first,
-                                                   renormalize=r.renormalize, act="silu"))
+                                                   renormalize=r.renormalize, act="silu", score=r.score,
+                                                   weight_input=r.score == "sigmoid"))
     graph.insert_before(anchor, node)
     new = node.result
     fixups = [("reshape", {"shape": replaced.shape}, tuple(new.shape) != tuple(replaced.shape)),

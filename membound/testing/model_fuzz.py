@@ -183,7 +183,8 @@ def _extra_config(family: str, rng: random.Random, vocab: int, heads: int, head_
                     num_key_value_heads=kv_heads, num_hidden_layers=layers, intermediate_size=width,
                     intermediate_size_mlp=rng.choice([width, 2 * width]), rms_norm_eps=eps, num_local_experts=experts,
                     num_experts_per_tok=1, interleave_moe_layer_step=rng.choice([1, 2]),
-                    attention_chunk_size=rng.choice([2, 3, 5]), no_rope_layers=[rng.randint(0, 1) for _ in range(layers)],
+                    attention_chunk_size=rng.choice([2, 3, 5]),
+                    no_rope_layers=[rng.randint(0, 1) for _ in range(layers)],
                     use_qk_norm=rng.random() < 0.5, attn_temperature_tuning=rng.random() < 0.7,
                     floor_scale=rng.choice([2, 4, 8]), attn_scale=rng.choice([0.1, 0.5]), rope_theta=10000.0,
                     max_position_embeddings=64, tie_word_embeddings=tie)

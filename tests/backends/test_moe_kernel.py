@@ -40,10 +40,10 @@ def _weights(e: int, d: int, i: int, dtype: torch.dtype, shared: int = 0) -> lis
     return ws + ([r(shared, d), r(shared, d), r(d, shared), r(1, d)] if shared else [])
 
 
-def _check(x: torch.Tensor, ws: list[torch.Tensor], **attrs: object) -> None:
+def _check(x: torch.Tensor, ws: list[torch.Tensor], path: object = None, **attrs: object) -> None:
     attrs = dict(dict(top_k=2, softmax_first=True, renormalize=True, act="silu"), **attrs)
     with trace() as calls:
-        got = moe(x, *ws, **attrs)
+        got = moe(x, *ws, path=path, **attrs)
     assert calls == [("moe", "kernel")]
     want = get_op("moe").reference(x, *ws, **attrs)
     assert got.shape == x.shape and got.dtype == x.dtype
@@ -382,3 +382,27 @@ def test_decode_step_replays_in_a_cuda_graph() -> None:
     graph.replay()
     want = get_op("moe").reference(x, *ws, top_k=2, softmax_first=True, renormalize=True, act="silu")
     torch.testing.assert_close(y.float(), want.float(), **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens,k", [(1, 1), (6, 2), (37, 1)])
+@pytest.mark.parametrize("path", ["decode", "grouped"])
+def test_sigmoid_scores_on_the_input(dtype: torch.dtype, tokens: int, k: int, path: str) -> None:
+    """Llama 4's routing: the kept logits through a sigmoid, each token scaled by its weight (in its dtype) before
+    the expert and the outputs summed unweighted, on both paths (routed in torch; no host sync)."""
+    ws = _weights(5, 40, 23, dtype)
+    x = torch.randn(tokens, 40, generator=torch.Generator().manual_seed(tokens)).to(DEVICE, dtype)
+    _check(x, ws, top_k=k, softmax_first=False, renormalize=False, score="sigmoid", weight_input=True, path=path)
+
+
+@pytest.mark.parametrize("tokens", [1, 37])
+def test_int8_experts_with_sigmoid_scores_on_the_input(tokens: int) -> None:
+    ws = _weights(5, 40, 23, torch.float32)
+    packed = _int8_experts(ws)
+    x = torch.randn(tokens, 40, generator=torch.Generator().manual_seed(tokens)).to(DEVICE)
+    attrs = dict(top_k=1, softmax_first=False, renormalize=False, act="silu", score="sigmoid", weight_input=True)
+    with trace() as calls:
+        got = quant_moe(x, ws[0], *packed, scheme="int8", **attrs)
+    assert calls == [("quant_moe", "kernel")]
+    want = get_op("quant_moe").reference(x, ws[0], *packed, scheme="int8", **attrs)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])

@@ -54,6 +54,31 @@ def per_token(x: torch.Tensor, router: torch.Tensor, wg: torch.Tensor, wu: torch
     return out.reshape(x.shape)
 
 
+def per_token_llama4(x: torch.Tensor, router: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor,
+                     top_k: int) -> torch.Tensor:
+    """Llama 4's routing, token by token in float64: sigmoid of each kept logit, the token scaled by it before the
+    expert."""
+    h = x.reshape(-1, x.shape[-1]).double()
+    out = torch.zeros_like(h)
+    for t in range(h.shape[0]):
+        w, idx = F.linear(h[t], router.double()).topk(top_k)
+        for wk, e in zip(w.sigmoid(), idx):
+            ht = h[t] * wk
+            out[t] += wd[e].double() @ (F.silu(wg[e].double() @ ht) * (wu[e].double() @ ht))
+    return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_sigmoid_scores_on_the_input_match_per_token_loop(top_k: int) -> None:
+    ws = _weights(5, 12, 7)
+    x = torch.randn(2, 9, 12)
+    attrs = dict(top_k=top_k, softmax_first=False, renormalize=False, act="silu", score="sigmoid", weight_input=True)
+    got = get_op("moe").reference(x, *ws, **attrs)
+    assert _rel(got, per_token_llama4(x, *ws, top_k=top_k)) < 1e-5
+    plain = get_op("moe").reference(x, *ws, **dict(attrs, weight_input=False))  # weight after the expert: differs
+    assert _rel(plain, got) > 1e-2
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
@@ -134,6 +159,9 @@ BAD = [
     (TensorType(f32, (3, 64)), _types(), {"top_k": 2}, TypeError),
     (TensorType(f16, (3, 64)), _types(), {"top_k": 2, "act": "relu"}, ValueError),
     (TensorType(f16, (3, 64)), _types() + [TensorType(f16, (32, 64))], {"top_k": 2}, ValueError),
+    (TensorType(f16, (3, 64)), _types(), {"top_k": 2, "score": "sigmoid"}, ValueError),  # needs softmax_first=False
+    (TensorType(f16, (3, 64)), _types(), {"top_k": 2, "softmax_first": False, "score": "tanh"}, ValueError),
+    (TensorType(f16, (3, 64)), _types(), {"top_k": 2, "weight_input": 1}, TypeError),
 ]
 
 

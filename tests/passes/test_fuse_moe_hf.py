@@ -123,7 +123,52 @@ BATCHED_AFTER = """graph @MixtralSparseMoeBlock(%hidden_states: f32[B, S, 8]) pa
   return %30
 }"""
 
-CASES = {"grouped-sentinels": (GROUPED_SENTINELS, GROUPED_SENTINELS_AFTER), "batched": (BATCHED, BATCHED_AFTER)}
+# Llama 4 (transformers 5.25, Llama4TextMoe captured, canonicalised): every expert over every token, each copy scaled
+# by the token's sigmoid router score (0 for the experts it did not choose) before the expert; gate/up [E, D, 2I]
+LLAMA4 = """graph @Llama4TextMoe(%hidden_states: f32[B, S, 8]) params(%experts.gate_up_proj: f32[3, 8, 12], %experts.down_proj: f32[3, 6, 8], %router.weight: f32[3, 8], %shared_expert.gate_proj.weight: f32[6, 8], %shared_expert.up_proj.weight: f32[6, 8], %shared_expert.down_proj.weight: f32[8, 6]) {
+  %0 = reshape(%hidden_states) {shape=[B*S, 8]} : f32[B*S, 8]
+  %1 = linear(%0, %router.weight) : f32[B*S, 3]
+  %2, %3 = topk(%1) {k=1, dim=1, largest=true, sorted=true} : f32[B*S, 1], i64[B*S, 1]
+  %4 = full() {shape=[B*S, 3], value=-inf, dtype=f32} : f32[B*S, 3]
+  %5 = scatter(%4, %3, %2) {dim=1, reduce=none} : f32[B*S, 3]
+  %6 = sigmoid(%5) : f32[B*S, 3]
+  %29 = reshape(%hidden_states) {shape=[1, B*S, 1, 8]} : f32[1, B*S, 1, 8]
+  %8 = expand(%29) {shape=[3, B*S, 1, 8]} : f32[3, B*S, 1, 8]
+  %9 = reshape(%8) {shape=[3*B*S, 8]} : f32[3*B*S, 8]
+  %10 = transpose(%6) {dim0=0, dim1=1} : f32[3, B*S]
+  %11 = reshape(%10) {shape=[3*B*S, 1]} : f32[3*B*S, 1]
+  %12 = mul(%9, %11) : f32[3*B*S, 8]
+  %13 = reshape(%12) {shape=[3, B*S, 8]} : f32[3, B*S, 8]
+  %14 = matmul(%13, %experts.gate_up_proj) : f32[3, B*S, 12]
+  %15, %16 = split(%14) {dim=2, sizes=[6, 6]} : f32[3, B*S, 6], f32[3, B*S, 6]
+  %17 = silu(%15) : f32[3, B*S, 6]
+  %18 = mul(%16, %17) : f32[3, B*S, 6]
+  %19 = matmul(%18, %experts.down_proj) : f32[3, B*S, 8]
+  %21 = linear(%0, %shared_expert.gate_proj.weight) : f32[B*S, 6]
+  %22 = silu(%21) : f32[B*S, 6]
+  %23 = linear(%0, %shared_expert.up_proj.weight) : f32[B*S, 6]
+  %24 = mul(%22, %23) : f32[B*S, 6]
+  %25 = linear(%24, %shared_expert.down_proj.weight) : f32[B*S, 8]
+  %27 = sum(%19) {dims=[0], keepdim=false, dtype=none} : f32[B*S, 8]
+  %28 = add(%25, %27) : f32[B*S, 8]
+  return %28, %1
+}"""
+
+LLAMA4_AFTER = """graph @Llama4TextMoe(%hidden_states: f32[B, S, 8]) params(%router.weight: f32[3, 8], %shared_expert.gate_proj.weight: f32[6, 8], %shared_expert.up_proj.weight: f32[6, 8], %shared_expert.down_proj.weight: f32[8, 6], %experts.gate_up_proj.gate: f32[3, 6, 8], %experts.gate_up_proj.up: f32[3, 6, 8], %experts.down_proj.t: f32[3, 8, 6]) {
+  %0 = reshape(%hidden_states) {shape=[B*S, 8]} : f32[B*S, 8]
+  %1 = linear(%0, %router.weight) : f32[B*S, 3]
+  %21 = linear(%0, %shared_expert.gate_proj.weight) : f32[B*S, 6]
+  %22 = silu(%21) : f32[B*S, 6]
+  %23 = linear(%0, %shared_expert.up_proj.weight) : f32[B*S, 6]
+  %24 = mul(%22, %23) : f32[B*S, 6]
+  %25 = linear(%24, %shared_expert.down_proj.weight) : f32[B*S, 8]
+  %7 = moe(%0, %router.weight, %experts.gate_up_proj.gate, %experts.gate_up_proj.up, %experts.down_proj.t) {top_k=1, softmax_first=false, renormalize=false, act="silu", score="sigmoid", weight_input=true} : f32[B*S, 8]
+  %28 = add(%25, %7) : f32[B*S, 8]
+  return %28, %1
+}"""
+
+CASES = {"grouped-sentinels": (GROUPED_SENTINELS, GROUPED_SENTINELS_AFTER), "batched": (BATCHED, BATCHED_AFTER),
+         "llama4-dense": (LLAMA4, LLAMA4_AFTER)}
 
 
 @pytest.mark.parametrize("before,expected", list(CASES.values()), ids=list(CASES))
@@ -155,6 +200,11 @@ UNCHANGED = {
     "narrowing-clamp": (BATCHED.replace("{min=0, max=2}", "{min=0, max=1}"),
                         "batched: %16 is not W[expert_ids] @ x[..., None]"),
     # x.repeat(2, 1) (tokens tiled) instead of repeat_interleave: pair (t, j) would read token t's neighbour
+    # the scores read token-major (row t * E + e) against the expert-major token copies: expert e would get the
+    # wrong tokens' weights
+    "llama4-scores-token-major": (LLAMA4.replace("%10 = transpose(%6) {dim0=0, dim1=1}", "%10 = reshape(%6) {shape=[3, B*S]}"),
+                                  "dense: the tokens are not each expert's copy scaled by its column of the router "
+                                  "scores"),
     "tiled-tokens": (BATCHED.replace("%8 = unsqueeze(%0) {dim=1} : f32[B*S, 1, 8]", "%8 = unsqueeze(%0) {dim=0} : f32[1, B*S, 8]")
                      .replace("%9 = expand(%8) {shape=[B*S, 2, 8]} : f32[B*S, 2, 8]", "%9 = expand(%8) {shape=[2, B*S, 8]} : f32[2, B*S, 8]"),
                      "batched: the gate/up product's rows %15 are not each token repeated top-k times"),
@@ -216,4 +266,28 @@ def test_hf_block_fuses_and_matches_eager(name: str, impl: str, sentinels: bool,
         with torch.no_grad():
             want = block(xs)
         want = want[0] if isinstance(want, tuple) else want
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_llama4_block_fuses_and_matches_eager() -> None:
+    """Llama 4's block (dense experts, sigmoid scores on the input, an ungated shared expert left beside the op) in
+    fp32 against eager, many tokens and one; its experts' weights become [E, I, D] / [E, D, I] copies."""
+    torch.manual_seed(0)
+    config = transformers.Llama4TextConfig(hidden_size=12, intermediate_size=8, num_local_experts=5,
+                                           num_experts_per_tok=1)
+    block = transformers.models.llama4.modeling_llama4.Llama4TextMoe(config).eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 7, 12)
+    cap = capture_export(block, (x,), {})
+    ctx = PassContext()
+    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
+        cap.graph, ctx)
+    assert "fuse-moe: dense: 1" in ctx.log, ctx.log
+    assert g.count("moe") == 1 and g.count("topk") == 0 and g.count("matmul") == 0 and g.count("scatter") == 0
+    gate = g.tensors["experts.gate_up_proj.gate"]
+    assert gate.is_contiguous() and torch.equal(gate, block.experts.gate_up_proj[:, :, :8].transpose(1, 2))
+    for xs in (x, x[:1, :1]):
+        with torch.no_grad():
+            want = block(xs)[0].reshape(-1, 12)
         torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)

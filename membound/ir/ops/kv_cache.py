@@ -264,9 +264,10 @@ define_op("cached_attention", inputs=("q", "k", "v", "positions", "k_new?", "v_n
           kind="attention",
           infer=_infer_cached, reference=_cached, flops=_cached_flops, bytes=_cached_bytes,
           doc="attention of new queries over a KV cache; the query at position p sees cache slots 0..p "
-              "(p - window < slot <= p with a window, p - p % chunk <= slot <= p with chunks; softcap as in attention); with k_new, v_new the caches "
-              "are rings of the window's size (position p in slot p mod capacity); with sinks=true a per-head sink "
-              "logit (the last operand) joins each row's softmax, as in attention")
+              "(p - window < slot <= p with a window, p - p % chunk <= slot <= p with chunks; softcap as in "
+              "attention); with k_new, v_new the caches are rings of the window's size (position p in slot p mod "
+              "capacity); with sinks=true a per-head sink logit (the last operand) joins each row's softmax, as in "
+              "attention")
 
 
 # ---------------------------------------------------------------------------------------------

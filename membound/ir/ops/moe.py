@@ -13,7 +13,10 @@
 Routing (attrs): ``top_k`` experts per token, chosen as ``torch.topk`` chooses (on exactly equal scores
 whichever its algorithm keeps: not a rule); ``softmax_first=True`` takes the softmax over all E logits and
 keeps the top k probabilities (Mixtral, Qwen2-MoE), ``False`` keeps the top k logits and takes their softmax;
-``renormalize`` divides the kept weights by their sum. Expert outputs are combined in fp32 and the
+``renormalize`` divides the kept weights by their sum. ``score="sigmoid"`` (Llama 4; with ``softmax_first=False``)
+maps each kept logit through a sigmoid instead of the softmax over the k. ``weight_input=True`` (Llama 4) scales a
+token by its routing weight (rounded to x's dtype, the product too) *before* the expert, whose output then joins
+the sum unweighted; otherwise the weight scales the expert's output. Expert outputs are combined in fp32 and the
 sum is rounded once to x's dtype.
 
 Cost: a token reads only its experts' weights, so the bytes are the *active* weights: ``min(E, T *
@@ -36,6 +39,7 @@ from membound.ir.ops.quant import INT4_GROUP_SIZES, QWEIGHT_DTYPE, dequantize, n
 from membound.ir.types import TensorType, dtype_name
 
 ACTIVATIONS = {"silu": F.silu}
+SCORES = ("softmax", "sigmoid")  # how the kept logits become routing weights (``score``)
 
 
 def route_topk(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_first: bool
@@ -48,10 +52,10 @@ def route_topk(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_fir
 
 
 def route(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_first: bool,
-          renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+          renormalize: bool, score: str = "softmax") -> tuple[torch.Tensor, torch.Tensor]:
     """``(weights f32[T, k], experts i64[T, k])`` of tokens ``h[T, D]``: the routing every form computes."""
     top, experts = route_topk(h, router, top_k=top_k, softmax_first=softmax_first)
-    weights = top if softmax_first else top.softmax(dim=-1)
+    weights = top if softmax_first else top.sigmoid() if score == "sigmoid" else top.softmax(dim=-1)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights, experts
@@ -77,7 +81,8 @@ def shared_expert(h: torch.Tensor, shared: Sequence[torch.Tensor], act: str) -> 
 def _infer_moe(x: TensorType, router: TensorType, w_gate: TensorType, w_up: TensorType, w_down: TensorType,
                shared_gate: Optional[TensorType] = None, shared_up: Optional[TensorType] = None,
                shared_down: Optional[TensorType] = None, shared_router: Optional[TensorType] = None, *,
-               top_k: Any, softmax_first: Any, renormalize: Any, act: Any) -> TensorType:
+               top_k: Any, softmax_first: Any, renormalize: Any, act: Any, score: Any = "softmax",
+               weight_input: Any = False) -> TensorType:
     require_float("moe", x, "x")
     weights = [("router", router), ("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)]
     shared = [("shared_gate", shared_gate), ("shared_up", shared_up), ("shared_down", shared_down),
@@ -114,6 +119,12 @@ def _infer_moe(x: TensorType, router: TensorType, w_gate: TensorType, w_up: Tens
             fail("moe", f"attribute {attr} must be a bool, got {v!r}", TypeError)
     if act not in ACTIVATIONS:
         fail("moe", f"attribute act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+    if score not in SCORES:
+        fail("moe", f"attribute score must be one of {SCORES}, got {score!r}")
+    if score == "sigmoid" and softmax_first:
+        fail("moe", "score='sigmoid' maps the kept top-k logits: it needs softmax_first=False")
+    if not isinstance(weight_input, bool):
+        fail("moe", f"attribute weight_input must be a bool, got {weight_input!r}", TypeError)
     return TensorType(dtype, x.shape)
 
 
@@ -123,16 +134,23 @@ def _infer_moe(x: TensorType, router: TensorType, w_gate: TensorType, w_up: Tens
 
 
 def _moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-         *shared: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str) -> torch.Tensor:
+         *shared: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str,
+         score: str = "softmax", weight_input: bool = False) -> torch.Tensor:
     h = x.reshape(-1, x.shape[-1])  # [T, D]
-    weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize)
+    weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
+                             score=score)
     out = torch.zeros(h.shape, dtype=torch.float32, device=x.device)  # [T, D]
     for e in range(router.shape[0]):
         rows, slot = (experts == e).nonzero(as_tuple=True)  # the tokens that chose e, and in which slot
         if rows.numel() == 0:
             continue
+        w = weights[rows, slot, None]
+        if weight_input:  # the token scaled before the expert, in x's dtype (Llama 4's routed_in)
+            y = expert_mlp(h[rows] * w.to(h.dtype), w_gate[e], w_up[e], w_down[e], act)
+            out.index_add_(0, rows, y.float())
+            continue
         y = expert_mlp(h[rows], w_gate[e], w_up[e], w_down[e], act)  # [M, D]
-        out.index_add_(0, rows, y.float() * weights[rows, slot, None])
+        out.index_add_(0, rows, y.float() * w)
     if shared:
         out += shared_expert(h, shared, act)
     return out.to(x.dtype).reshape(x.shape)
@@ -186,7 +204,8 @@ def _moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dic
 
 define_op("moe", inputs=("x", "router", "w_gate", "w_up", "w_down", "shared_gate?", "shared_up?", "shared_down?",
                          "shared_router?"),
-          attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu"}, kind="moe",
+          attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu", "score": "softmax",
+                 "weight_input": False}, kind="moe",
           infer=_infer_moe, reference=_moe, flops=_moe_flops, bytes=_moe_bytes, host_sync=True,
           doc="routed mixture of gated-MLP experts (top_k of E per token, fp32 combine), optional gated shared "
               "expert; bytes count the active experts only")
@@ -229,7 +248,7 @@ def expert_in_features(router: Any, q_gate: Any) -> tuple[Any, Any, Any]:
 def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_gate: TensorType, q_up: TensorType,
                      s_up: TensorType, q_down: TensorType, s_down: TensorType, *shared: Optional[TensorType],
                      top_k: Any, softmax_first: Any, renormalize: Any, act: Any, scheme: Any,
-                     group_size: Any) -> TensorType:
+                     group_size: Any, score: Any = "softmax", weight_input: Any = False) -> TensorType:
     if scheme not in QUANT_MOE_SCHEMES:
         fail("quant_moe", f"attribute scheme must be one of {QUANT_MOE_SCHEMES}, got {scheme!r}")
     if scheme == "int4" and group_size not in INT4_GROUP_SIZES:
@@ -254,7 +273,7 @@ def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_ga
         floats.append(TensorType(x.dtype, (q.shape[0], q.shape[1], k)))
     try:
         return _infer_moe(x, router, *floats, *shared, top_k=top_k, softmax_first=softmax_first,
-                          renormalize=renormalize, act=act)
+                          renormalize=renormalize, act=act, score=score, weight_input=weight_input)
     except (TypeError, ValueError) as e:
         raise type(e)(f"quant_moe: {str(e).removeprefix('moe: ')}") from None
 
@@ -262,13 +281,13 @@ def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_ga
 def _quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gate: torch.Tensor,
                q_up: torch.Tensor, s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor,
                *shared: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str,
-               scheme: str, group_size: int = 0) -> torch.Tensor:
+               scheme: str, group_size: int = 0, score: str = "softmax", weight_input: bool = False) -> torch.Tensor:
     """Dequantize the experts to x's dtype (O(weights), once per call), then ``moe``'s reference."""
     ks = expert_in_features(router, q_gate)
     ws = [dequantize_experts(q, sc, x.dtype, scheme, group_size, k)
           for (q, sc), k in zip(((q_gate, s_gate), (q_up, s_up), (q_down, s_down)), ks)]
     return _moe(x, router, *ws, *shared, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
-                act=act)
+                act=act, score=score, weight_input=weight_input)
 
 
 def _as_float(ins: Sequence[TensorType]) -> list[TensorType]:
@@ -299,7 +318,7 @@ def _quant_moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
 define_op("quant_moe", inputs=("x", "router", "q_gate", "s_gate", "q_up", "s_up", "q_down", "s_down", "shared_gate?",
                                "shared_up?", "shared_down?", "shared_router?"),
           attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu", "scheme": "int8",
-                 "group_size": 0},
+                 "group_size": 0, "score": "softmax", "weight_input": False},
           kind="moe", infer=_infer_quant_moe, reference=_quant_moe, flops=_quant_moe_flops, bytes=_quant_moe_bytes,
           host_sync=True, doc="moe over int8 / int4 / fp8 expert weights; bytes count the active experts' codes and "
                               "scales only")

@@ -669,12 +669,16 @@ def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
 def moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
         *shared: torch.Tensor, out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True,
         renormalize: bool = True, act: str = "silu", path: Optional[str] = None,
-        configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None) -> torch.Tensor:
+        configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None, score: str = "softmax",
+        weight_input: bool = False) -> torch.Tensor:
     """The IR op ``moe`` (see ``membound.ir.ops.moe``): grouped expert kernels, routing and combine in torch.
 
     ``path``: ``"decode"`` or ``"grouped"`` forces one (default: :func:`moe_path` prices both); ``configs``:
-    the grouped kernels' tiles (gate/up, down), which force the grouped path (default: ``pick_grouped_config``)."""
-    attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act)
+    the grouped kernels' tiles (gate/up, down), which force the grouped path (default: ``pick_grouped_config``).
+    ``score="sigmoid"``, ``weight_input=True`` (Llama 4): routed in torch (``sorted_pairs``), each pair's token
+    scaled by its weight before the gate/up kernel, the down kernel's outputs unweighted."""
+    attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act, score=score,
+                 weight_input=weight_input)
     _check_shapes("moe", x, router, w_gate, w_down)
     reason = _unsupported(x, (router, w_gate, w_up, w_down), act)
     if reason is not None:
@@ -686,11 +690,13 @@ def quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gat
               s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor, *shared: torch.Tensor,
               out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True, renormalize: bool = True,
               act: str = "silu", scheme: str = "int8", group_size: int = 0, path: Optional[str] = None,
-              configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None) -> torch.Tensor:
+              configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None, score: str = "softmax",
+              weight_input: bool = False) -> torch.Tensor:
     """The IR op ``quant_moe``: the same kernels reading int8 / int4 / fp8 expert weights, dequantized in
     registers (a decode token streams 1 byte, or half a byte, per active expert weight). ``path``, ``configs``:
     as :func:`moe`."""
-    attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act)
+    attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act, score=score,
+                 weight_input=weight_input)
     packed = (q_gate, s_gate, q_up, s_up, q_down, s_down)
     _check_shapes("quant_moe", x, router, q_gate, q_down)
     reason = None if scheme in SCHEME_CODE else f"quant_moe: scheme {scheme!r} has no kernel"
@@ -735,6 +741,17 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     quant = dict(SCHEME=scheme, GROUP=max(group, 1), INPUT_PRECISION=precision)
     combined_in_kernel = False
 
+    # Llama 4's routing (a sigmoid of the kept logits, the weight on the token before the expert): in torch, then the
+    # gate/up kernels read each pair's scaled token (x_in row p = pair p, so their token of a pair is the pair) and
+    # the down kernel weights by 1
+    plain = attrs["score"] == "softmax" and not attrs["weight_input"]
+    x_in, k_in = h, top_k
+    if not plain and t > 0:
+        rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"],
+                                          attrs["score"])
+        if attrs["weight_input"]:
+            x_in, k_in = h.repeat_interleave(top_k, dim=0) * rw[:, None].to(h.dtype), 1
+            rw = torch.ones_like(rw)
     pairs = int4_pairs_path(scheme == INT4.value, x.dtype)
     halves = 2 + (0 if not pairs else 1 if pairs_ptx(x.device) else 2)
 
@@ -755,18 +772,19 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         # 668.7 against 693.6 at T = 8 for 64). Asked gate/up's first, then down's (moe_decode_tiles.py's plans)
         plan = decode_plan(t, e, top_k, d, i, scheme == INT4.value, group, pairs, sm_count(x.device))
         bn_g, bk_g, bn_d, bk_d = plan.bn_gate_up, plan.bk_gate_up, plan.bn_down, plan.bk_down
-        split, k_per_split, n_blocks, routed = plan.split, plan.k_per_split, plan.n_blocks, plan.routed
+        split, k_per_split, n_blocks, routed = plan.split, plan.k_per_split, plan.n_blocks, plan.routed and plain
         if routed:
             logits, top, idx = router_topk(h, router, top_k)
             rw, order, offsets = top, idx, idx  # unread
         else:
-            rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
+            if plain:
+                rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
             logits, top, idx = rw, rw, order  # unread
         p2 = triton.next_power_of_2
         route_args = dict(ROUTED=routed, BLOCK_P=max(2, p2(t * top_k)))
         launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn_g))](
-            h, w_gate, w_up, s_gate, s_up, hidden, idx, order, offsets, t * top_k, i, d, w_gate.shape[-1], top_k,
-            h.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
+            x_in, w_gate, w_up, s_gate, s_up, hidden, idx, order, offsets, t * top_k, i, d, w_gate.shape[-1], k_in,
+            x_in.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
             s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn_g, BLOCK_K=bk_g, **quant,
             RUNS=runs(bk_g), **route_args, num_warps=4)
         locks = n_locks = 0  # counters: the split's per (expert, column block), then the combine's per token
@@ -793,7 +811,8 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     else:
         # routing weight per pair, pairs sorted by expert (stable: a token's pairs stay in slot order),
         # offsets[e] = first pair of e (moe_route.sorted_pairs)
-        rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
+        if plain:
+            rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
         cfg_gu, cfg_dn = configs or (pick_grouped_config(t * top_k, e, i, d, x.dtype, scheme_name, group, True),
                                      pick_grouped_config(t * top_k, e, d, i, x.dtype, scheme_name, group, False))
         cfg_gu, cfg_dn = _fit(cfg_gu, i, d, scheme, group), _fit(cfg_dn, d, i, scheme, group)
@@ -803,9 +822,9 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         blk_expert, blk_start = tables[cfg_gu.block_m]
         mb = blk_expert.shape[0]
         launchable(_moe_grouped_gate_up, x.device)[(mb * cdiv(i, cfg_gu.block_n),)](
-            h, w_gate, w_up, s_gate, s_up, hidden, order, offsets, blk_expert, blk_start, e, mb,
+            x_in, w_gate, w_up, s_gate, s_up, hidden, order, offsets, blk_expert, blk_start, e, mb,
             min(cfg_gu.group_m or mb, mb), i, d, w_gate.shape[-1],
-            top_k, h.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0),
+            k_in, x_in.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0),
             sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=cfg_gu.block_m, BLOCK_N=cfg_gu.block_n,
             BLOCK_K=cfg_gu.block_k, **quant, RUNS=runs(cfg_gu.block_k), num_warps=cfg_gu.num_warps,
             num_stages=cfg_gu.num_stages)

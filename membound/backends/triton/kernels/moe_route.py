@@ -142,15 +142,17 @@ def route_pairs(top: torch.Tensor, idx: torch.Tensor, experts: int, softmax_firs
     return weights, order, offsets
 
 
-def sorted_pairs(h: torch.Tensor, router: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sorted_pairs(h: torch.Tensor, router: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool,
+                 score: str = "softmax") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(weights f32[T*k], order i64[T*k], offsets i64[E+1])`` of tokens ``h[T, D]``: the router's top-k as
-    ``route`` computes it, then :func:`route_pairs` where it :func:`fits`, else the same in torch."""
+    ``route`` computes it, then :func:`route_pairs` where it :func:`fits`, else the same in torch (always for
+    ``score="sigmoid"``, which :func:`route_pairs` does not compute)."""
     t, e = h.shape[0], router.shape[0]
-    if fits(t, e, top_k):
+    if fits(t, e, top_k) and score == "softmax":
         top, idx = route_topk(h, router, top_k=top_k, softmax_first=softmax_first)
         return route_pairs(top, idx, e, softmax_first, renormalize)
-    weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize)
+    weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
+                             score=score)
     order = torch.sort(experts.reshape(-1), stable=True).indices  # [T * k]
     # per-expert counts by comparison, not bincount (whose output size needs a host sync: no CUDA graph)
     counts = (experts.reshape(-1, 1) == torch.arange(e, device=h.device)).sum(dim=0)  # [E]
