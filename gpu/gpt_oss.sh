@@ -15,7 +15,8 @@ echo "== GPU tests: sinks, grouped_mm, ALiBi prefill"
 timeout 200 python -m pytest -q -p no:cacheprovider tests/backends/test_attention_sinks.py \
     tests/backends/test_grouped_mm_kernel.py tests/backends/test_triton_alibi.py \
     "tests/backends/test_attention_kernels.py::test_cached_attention_chunks" \
-    "tests/backends/test_attention_kernels.py::test_flash_attention_chunks" >"$OUT/tests.log" 2>&1
+    "tests/backends/test_attention_kernels.py::test_flash_attention_chunks" \
+    "tests/backends/test_moe_kernel.py::test_sigmoid_scores_on_the_input" >"$OUT/tests.log" 2>&1
 echo "rc $?"; tail -5 "$OUT/tests.log"
 echo "== families on the GPU ($((SECONDS - start)) s)"
 timeout 120 python benches/hf_families.py --device cuda --families gpt-oss apertus bloom deepseek-v2 deepseek-v3 llama4 --out "$OUT" \
