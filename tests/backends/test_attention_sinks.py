@@ -41,7 +41,9 @@ def sinks_for(hq: int, dtype: torch.dtype) -> torch.Tensor:
 def check(got: torch.Tensor, want: torch.Tensor, without: torch.Tensor, dtype: torch.dtype) -> None:
     assert got.dtype == dtype
     torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
-    assert (want.float() - without.float()).abs().max() > 10 * TOL[dtype]["atol"], "the sinks changed nothing"
+    # both references are fp32 on the same inputs: the sinks' effect does not depend on the kernel's dtype (a bound of
+    # 10 x bf16's tolerance failed on session 20's H200 run at an effect of 0.119, the kernel matching)
+    assert (want.float() - without.float()).abs().max() > 0.05, "the sinks changed nothing"
 
 
 PREFILL = [

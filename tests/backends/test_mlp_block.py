@@ -106,8 +106,9 @@ def test_mlp_block_scope_and_errors(request: pytest.FixtureRequest) -> None:
         mlp_block(**dict(one, down_weight=one["down_weight"][:, :39]), eps=1e-5)
     with pytest.raises(ValueError, match=r"gate_up_weight \(79, 24\) must be \[2I, K\]"):
         mlp_block(**dict(one, gate_up_weight=one["gate_up_weight"][:79]), eps=1e-5)
-    with pytest.raises(ValueError, match="needs a GPU"):
-        mlp_block(**one, eps=1e-5, config=MlpBlockConfig(rows=8, programs=4))
+    if DEVICE == "cpu":  # (on a GPU a persistent grid is the kernel's other form: session 20's H200 run raised nothing)
+        with pytest.raises(ValueError, match="needs a GPU"):
+            mlp_block(**one, eps=1e-5, config=MlpBlockConfig(rows=8, programs=4))
     few = operands(9, 72, torch.float32, seed=6)  # a down row in 8 pieces of 16 columns: 4-row tiles hold half
     with pytest.raises(ValueError, match="rows=4 is under the 8 pieces"):
         mlp_block(**few, eps=1e-5, config=MlpBlockConfig(rows=4))
