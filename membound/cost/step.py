@@ -338,6 +338,9 @@ def predict_step(works: Sequence[KernelWork], hardware: Hardware, priors: Option
 #        medians per shape, bytes from the built-in Llama's launches; no read probe: over the typical 4168
 #        GB/s. step_calibration.py --fit prints the fits. Its b1 rows confirm [QM]'s GEMV lines in the step
 #        (gemv 2.06 us + 0.918, gemv_gated 3.03 us + 0.828).
+#  [PL] profile_step-quick-decode-layer-nvidia-h200-2026-12-05-session20.json: the decode-layer step (one
+#        attention_block and one mlp_block a layer) profiled as [PS], H200, Triton 3.6; kernel durations (PDL
+#        waits included), bytes as the ops count them (weights, and the K/V cache at context 256).
 #  [MO] moe_decode_tiles-nvidia-h200-2026-12-02-session7-maxnreg-64.json: one moe op (router, top-k, the gate/up and
 #        down kernels with the routing and the combine in them) at the Mixtral-8x7B layer, bf16, CUDA graph.
 #  [GT] gemv_sweep-tc-nvidia-h200-2026-12-02-session8.json: bf16 tensor-core tile grid and cuBLAS at M = 8, 16,
@@ -457,17 +460,17 @@ _H200_KERNELS: dict[str, KernelPrior] = {
     # of a split row block counts as DECODE_MERGE_SERIAL tiles (decode_short_context, H200: 6 us more alone)
     "decode_attention": KernelPrior(fixed=0.5e-6, efficiency=0.83, per_serial=3.5e-6,
                                     source="[PS] 2026-12-03 latency chain, 4 cases; [AT] bandwidth"),
-    # a decode layer's attention block as one launch at one row (kernels/attn_block.py): unmeasured. Its weights
-    # stream from launch (each program's tile before the PDL wait), then a chain of dependent round trips (x, the
-    # q/k/v items' release, the attention items' poll and q, the key tiles, their release, the o items' poll and
-    # read, the store): ~8 of ~0.75 us, plus the q/k/v weights' share of the stream before attention can start
-    "attention_block": KernelPrior(fixed=6.0e-6, efficiency=0.8, source="unmeasured: a guess from the kernel's "
-                                                                       "dependency chain (session 18, no GPU)"),
-    # the one-launch MLP block (kernels/mlp_block.py), one row: its programs hold the resident one-row tiles whose
-    # streaming [RW] measured (gemv_row's efficiency), then a chain shorter than the attention block's (x, the
-    # gate/up items' release, the down items' poll and read of the gating, the store): ~4 round trips
-    "mlp_block": KernelPrior(fixed=4.0e-6, efficiency=1.017, source="unmeasured: gemv_row's streaming and a guess "
-                                                                   "from the kernel's dependency chain (session 19)"),
+    # a decode layer's attention block as one launch at one row (kernels/attn_block.py). [PL] 2026-12-05 (session
+    # 20, H200, Triton 3.6, read bandwidth 4113 GB/s): 27.32 us a layer at the 1.24B shape (21.5 MB of weights and
+    # cache), 83.64 at 8B (84.9 MB): a line through both, 8.2 us + 0.274 of the read bandwidth (the guess before
+    # was 6 us + 0.8). Triton 3.6 gave the kernel 176 registers a thread (one 8-warp program an SM, where the
+    # one-item-per-program grid counts on two)
+    "attention_block": KernelPrior(fixed=8.2e-6, efficiency=0.274, source="[PL] 2026-12-05 decode-layer step, "
+                                                                         "1.24B and 8B b1"),
+    # the one-launch MLP block (kernels/mlp_block.py), one row. [PL] 2026-12-05: 48.23 us a layer at 1.24B (100.7 MB),
+    # 150.17 at 8B (352.3 MB): 7.45 us + 0.600 of the read bandwidth (the guess before: 4 us + gemv_row's 1.017)
+    "mlp_block": KernelPrior(fixed=7.45e-6, efficiency=0.600, source="[PL] 2026-12-05 decode-layer step, 1.24B "
+                                                                    "and 8B b1"),
     # prefill flash attention: attention bench prefill rows reach 240-470 of 989 TFLOP/s
     "attention": KernelPrior(fixed=5.0e-6, efficiency=0.8, compute_efficiency=0.35, source="[AT] prefill rows"),
     # generated pointwise / row / sectioned kernels: [P1] 1.5-2.5 us at a few KB; bandwidth unmeasured

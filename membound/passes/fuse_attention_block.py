@@ -43,10 +43,12 @@ wait), the attention has no window, chunks, soft-cap, ALiBi or ring, and the spl
 heads. The residual add may take its operands in either order. A form not matched is left alone, named in the
 pass log when it got as far as a ``cached_attention`` over ``cache_write`` results.
 
-When it fires: in the ``decode-block`` pipeline (``MEMBOUND_DECODE_PIPELINE=decode-block``, an A/B setting until
-the GPU measures it: ``benches/experiments/attn_block.py``), or any pipeline that lists it after
-fuse-rope-linear; where the cost model estimates the op faster than the nodes it replaces at the decode dims, or
-without a cost model in the GEMV range.
+When it fires: in the ``decode-block`` pipeline (``MEMBOUND_DECODE_PIPELINE=decode-block``, an A/B setting: on an
+H200 the op lost to the library's chain, session 20, ``benches/experiments/attn_block.py``), or any pipeline that
+lists it after fuse-rope-linear; where the cost model estimates the op faster than the nodes it replaces at the
+decode dims, or without a cost model in the GEMV range. (The roofline cost model counts the launches it saves, not
+the kernel's lower bandwidth: it does not decline the op. The step model's prior does know it, from session 20's
+profile.)
 """
 
 from __future__ import annotations

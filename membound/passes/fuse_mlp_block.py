@@ -26,9 +26,11 @@ gating are read only by the next node, the residual is the norm's input itself, 
 (the kernel reads them before its PDL wait), no bias, silu gating. A form not matched is left alone, named in the
 pass log when it got as far as a ``linear_glu`` over an ``rms_norm``.
 
-When it fires: in the ``decode-layer`` pipeline (``MEMBOUND_DECODE_PIPELINE=decode-layer``, an A/B setting until a
-GPU measures it), or any pipeline that lists it after fuse-linear-glu and fuse-linear-residual; where the cost model
-estimates the op faster than the nodes it replaces at the decode dims, or without a cost model in the GEMV range.
+When it fires: in the ``decode-layer`` pipeline (``MEMBOUND_DECODE_PIPELINE=decode-layer``, an A/B setting: slower
+than the default on an H200, session 20), or any pipeline that lists it after fuse-linear-glu and
+fuse-linear-residual; where the cost model estimates the op faster than the nodes it replaces at the decode dims,
+or without a cost model in the GEMV range (the roofline model counts the launch it saves, not the kernel's ~60%
+streaming: it does not decline the op).
 """
 
 from __future__ import annotations

@@ -31,10 +31,11 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
   rotation, the cache writes, attention, o projection and residual) one ``attention_block`` op, one launch at
   batch 1; then fuse-linear-residual (the MLP's residual add in the down projection): 4 launches a Llama
   layer. An A/B setting,
-  ``MEMBOUND_DECODE_PIPELINE=decode-block``, until a GPU has timed it.
+  ``MEMBOUND_DECODE_PIPELINE=decode-block``; slower than the default on the H200 (session 20).
 * ``decode-layer``: ``decode-block`` plus fuse-mlp-block (the MLP's norm, gate/up and down with the residual one
   ``mlp_block`` op, one launch at batch 1): 2 launches a Llama layer. An A/B setting,
-  ``MEMBOUND_DECODE_PIPELINE=decode-layer``, until a GPU has timed it.
+  ``MEMBOUND_DECODE_PIPELINE=decode-layer``; slower than the default on the H200 (session 20: 1.229 against 0.876
+  ms a 1.24B step at batch 1).
 
 ``default_pipeline()`` is the forward pipeline.
 """
@@ -91,13 +92,15 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     # each layer's attention block as one attention_block op (one launch at batch 1, kernels/attn_block.py), the
     # MLP's residual add in the down projection's epilogue (fuse-linear-residual: the add no longer shares a kernel
     # with the next layer's norm, which the block forms): 4 launches a Llama layer (67 a 1.24B step against 131). An
-    # A/B setting (MEMBOUND_DECODE_PIPELINE=decode-block) until benches/experiments/attn_block.py and
-    # gpu/session19b.sh have timed it on a GPU (session 18 had none)
+    # A/B setting (MEMBOUND_DECODE_PIPELINE=decode-block): per layer at the 1.24B shape
+    # benches/experiments/attn_block.py timed 52.6 us (48.3 on a persistent grid) against the library chain's 46.5
+    # (session 20, H200): off
     "decode-block": ("canonicalize", "fuse-rope-linear", "fuse-attention-block", "fuse-linear-residual",
                      "dead-code-elimination"),
     # decode-block plus fuse-mlp-block: each layer's MLP (its norm, gate/up with the gating, down with the residual)
     # as one mlp_block op too (kernels/mlp_block.py): 2 launches a Llama layer (35 a 1.24B step). An A/B setting
-    # (MEMBOUND_DECODE_PIPELINE=decode-layer) until a GPU has timed it (session 19 had none)
+    # (MEMBOUND_DECODE_PIPELINE=decode-layer), measured slower (session 20, H200, Triton 3.6:
+    # decode-layer's step 1.229 ms against the default's 0.876 at 1.24B batch 1, 7.33 against 3.93 at 8B): off
     "decode-layer": ("canonicalize", "fuse-rope-linear", "fuse-attention-block", "fuse-linear-residual",
                      "fuse-mlp-block", "dead-code-elimination"),
 }
