@@ -79,8 +79,13 @@ _LOG2E: tl.constexpr = tl.constexpr(LOG2E)  # the same, for kernels
 MAX_HEAD_DIM = 256
 PREFILL_ROWS = 128  # query rows per kv head (G * S) past which prefill runs the flash kernel
 MERGE_LANES = 16  # partials the merge loads at once (at most; merge_tile)
-MERGE_REGS = 32  # fp32 values a thread may hold per merge tile (merge_tile): at 64, triton 3.6's sm_90 build of
-#                   the 64-row variant spilled 948 B (3.9's none); at 32 neither spills
+MERGE_REGS = int(os.environ.get("MEMBOUND_DECODE_MERGE_REGS", "32"))
+# MERGE_REGS: fp32 values a thread may hold per merge tile (merge_tile): at 64, triton 3.6's sm_90 build of the
+# 64-row variant spilled 948 B (3.9's none); at 32 neither spills. But the merge's rows set the whole kernel's
+# registers under Triton 3.6 (the GPU machine's; session 20, compile_check with triton 3.6 from PyPI): the 16-row
+# block at head dim 64 and 4 warps (merge_rows 4) assembles at 255 registers and 12 B of spills (3.9: 123), at head
+# dim 128 and 8 warps at 255 (3.9: 124); at MEMBOUND_DECODE_MERGE_REGS=8 (merge_rows 1) 125 and 128. Untimed: an
+# A/B setting until gpu/session21a.sh times it
 # pick_config's constants. gpu/decode_attn.sh times the alternatives on a GPU and prints, last, the values of these
 # that select its best variant (benches/experiments/decode_attn_variants.py: VARIANTS)
 DECODE_WARPS = 4  # warps per program
