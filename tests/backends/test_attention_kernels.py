@@ -61,16 +61,21 @@ DECODE_CASES = [
 def test_cached_attention_window_softcap(b: int, hq: int, hkv: int, s: int, t: int, window: int,
                                          softcap: Optional[float], config: Optional[DecodeConfig],
                                          dtype: torch.dtype) -> None:
-    gen = torch.Generator().manual_seed(b * 100 + hq * 10 + s + t)
+    check_decode(b, hq, hkv, s, t, config, dtype, b * 100 + hq * 10 + s + t, window=window, softcap=softcap)
+
+
+def check_decode(b: int, hq: int, hkv: int, s: int, t: int, config: Optional[DecodeConfig], dtype: torch.dtype,
+                 seed: int, **attrs: object) -> None:
+    """flash-decoding against the op's reference (fp32 inputs) at rows of random positions, head dim 16."""
+    gen = torch.Generator().manual_seed(seed)
     q = rand(b, hq, s, 16, dtype=dtype, gen=gen)
     k, v = rand(b, hkv, t, 16, dtype=dtype, gen=gen), rand(b, hkv, t, 16, dtype=dtype, gen=gen)
     starts = torch.randint(0, t - s + 1, (b, 1), generator=gen)
     pos = (starts + torch.arange(s)[None, :]).to(DEVICE)
     with trace() as calls:
-        y = cached_attention(q, k, v, pos, scale=0.3, window=window, softcap=softcap, config=config)
+        y = cached_attention(q, k, v, pos, scale=0.3, config=config, **attrs)
     ran_kernel(calls, "cached_attention")
-    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=0.3, window=window,
-                                                softcap=softcap)
+    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=0.3, **attrs)
     close(y, want, dtype)
 
 
@@ -99,16 +104,7 @@ CHUNK_CASES = [
 @pytest.mark.parametrize("b,hq,hkv,s,t,chunk,config", CHUNK_CASES)
 def test_cached_attention_chunks(b: int, hq: int, hkv: int, s: int, t: int, chunk: int,
                                  config: Optional[DecodeConfig], dtype: torch.dtype) -> None:
-    gen = torch.Generator().manual_seed(b * 100 + hq * 10 + s + t + chunk)
-    q = rand(b, hq, s, 16, dtype=dtype, gen=gen)
-    k, v = rand(b, hkv, t, 16, dtype=dtype, gen=gen), rand(b, hkv, t, 16, dtype=dtype, gen=gen)
-    starts = torch.randint(0, t - s + 1, (b, 1), generator=gen)
-    pos = (starts + torch.arange(s)[None, :]).to(DEVICE)
-    with trace() as calls:
-        y = cached_attention(q, k, v, pos, scale=0.3, chunk=chunk, config=config)
-    ran_kernel(calls, "cached_attention")
-    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=0.3, chunk=chunk)
-    close(y, want, dtype)
+    check_decode(b, hq, hkv, s, t, config, dtype, b * 100 + hq * 10 + s + t + chunk, chunk=chunk)
 
 
 def test_cached_attention_chunk_reads_only_the_chunk() -> None:
