@@ -79,14 +79,16 @@ def check_decode(b: int, hq: int, hkv: int, s: int, t: int, config: Optional[Dec
     close(y, want, dtype)
 
 
-def test_cached_attention_window_reads_only_the_window() -> None:
-    """Slots older than the window are never read: NaN there must not reach the output."""
+@pytest.mark.parametrize("attrs,first", [(dict(window=8), 43), (dict(chunk=16), 48)], ids=["window", "chunk"])
+def test_cached_attention_reads_only_what_it_sees(attrs: dict, first: int) -> None:
+    """Slots older than the window (position 50, window 8: 43..50) or before the position's chunk (chunks of 16:
+    48..50) are never read: NaN there must not reach the output."""
     q, k, v = rand(1, 4, 1, 16), rand(1, 2, 64, 16), rand(1, 2, 64, 16)
     pos = torch.tensor([50], device=DEVICE)
-    want = get_op("cached_attention").reference(q, k, v, pos, scale=None, window=8)
-    k[:, :, :43], v[:, :, :43] = float("nan"), float("nan")
+    want = get_op("cached_attention").reference(q, k, v, pos, scale=None, **attrs)
+    k[:, :, :first], v[:, :, :first] = float("nan"), float("nan")
     with trace() as calls:
-        y = cached_attention(q, k, v, pos, window=8, config=DecodeConfig(16, 16, 16))
+        y = cached_attention(q, k, v, pos, config=DecodeConfig(16, 16, 16), **attrs)
     ran_kernel(calls, "cached_attention")
     close(y, want, torch.float32)
 
@@ -107,17 +109,9 @@ def test_cached_attention_chunks(b: int, hq: int, hkv: int, s: int, t: int, chun
     check_decode(b, hq, hkv, s, t, config, dtype, b * 100 + hq * 10 + s + t + chunk, chunk=chunk)
 
 
-def test_cached_attention_chunk_reads_only_the_chunk() -> None:
-    """Slots before the position's chunk are never read: NaN there must not reach the output (position 50, chunks
-    of 16: slots 48..50), nor does the chunk combine with a window."""
+def test_cached_attention_chunk_and_window_do_not_combine() -> None:
     q, k, v = rand(1, 4, 1, 16), rand(1, 2, 64, 16), rand(1, 2, 64, 16)
     pos = torch.tensor([50], device=DEVICE)
-    want = get_op("cached_attention").reference(q, k, v, pos, scale=None, chunk=16)
-    k[:, :, :48], v[:, :, :48] = float("nan"), float("nan")
-    with trace() as calls:
-        y = cached_attention(q, k, v, pos, chunk=16, config=DecodeConfig(16, 16, 16))
-    ran_kernel(calls, "cached_attention")
-    close(y, want, torch.float32)
     with pytest.raises(ValueError, match="chunk does not combine with a window"):
         cached_attention(q, k, v, pos, chunk=16, window=4)
 
