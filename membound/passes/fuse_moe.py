@@ -748,7 +748,9 @@ def _shared(out: Value, h: Value) -> Optional[tuple[Node, list[Value]]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _materialise(graph: Graph, w: Weight, dtype: torch.dtype) -> Value:
+def _materialise(graph: Graph, w: Weight, dtype: torch.dtype, copies: Optional[list[str]] = None) -> Value:
+    """The parameter for ``w``: the model's own, a view of it, or a new tensor (then named in ``copies`` with its
+    size: memory the compiled model holds beside the model's weights)."""
     if w.make is None:
         return w.param
     from membound.ir.types import TensorType
@@ -757,11 +759,16 @@ def _materialise(graph: Graph, w: Weight, dtype: torch.dtype) -> Value:
         tensor: Optional[torch.Tensor] = w.make(graph.tensors)
     except KeyError:  # a graph without tensors (IR text): the new parameter has a type only
         tensor = None
+    source = graph.tensors.get(w.param.name)
+    if copies is not None and tensor is not None and source is not None \
+            and tensor.untyped_storage().data_ptr() != source.untyped_storage().data_ptr():
+        copies.append(f"{w.name} ({tensor.numel() * tensor.element_size() / 2**20:.3g} MiB)")
     return graph.add_param(w.name, TensorType(dtype, w.shape), tensor)
 
 
-def _fuse_one(graph: Graph, topk: Node) -> str:
-    """Rewrite the block of ``topk``; returns the form's name (NoMatch when it does not match)."""
+def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> str:
+    """Rewrite the block of ``topk``; returns the form's name (NoMatch when it does not match). New expert tensors
+    that are copies, not views, of the model's are named in ``copies``."""
     r = _router(topk)
     block = _block(graph, r)
     reasons = []
@@ -780,7 +787,7 @@ def _fuse_one(graph: Graph, topk: Node) -> str:
     replaced = shared[0].result if shared is not None else out
     anchor = replaced.producer
     assert anchor is not None
-    operands = [h, r.weight] + [_materialise(graph, w, h.dtype) for w in weights]
+    operands = [h, r.weight] + [_materialise(graph, w, h.dtype, copies) for w in weights]
     operands += shared[1] if shared is not None else []
     node = graph.create_node("moe", operands, dict(top_k=r.top_k, softmax_first=r.softmax_first,
                                                    renormalize=r.renormalize, act="silu", score=r.score,
@@ -806,7 +813,11 @@ def fuse_moe(graph: Graph, ctx: PassContext) -> bool:
         if topk.graph is not graph:
             continue  # erased with an earlier block
         try:
-            form = _fuse_one(graph, topk)
+            copies: list[str] = []
+            form = _fuse_one(graph, topk, copies)
+            if copies:
+                ctx.note(f"topk %{topk.results[0].name}: expert weights copied to the [E, N, K] layout the kernels "
+                         f"read (memory beside the model's own): {', '.join(copies)}")
         except NoMatch as e:
             ctx.note(f"topk %{topk.results[0].name} left unfused: {e}")
             continue

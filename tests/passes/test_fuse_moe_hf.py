@@ -284,6 +284,7 @@ def test_llama4_block_fuses_and_matches_eager() -> None:
     g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
         cap.graph, ctx)
     assert "fuse-moe: dense: 1" in ctx.log, ctx.log
+    assert any("expert weights copied" in line and "experts.down_proj.t" in line for line in ctx.log), ctx.log
     assert g.count("moe") == 1 and g.count("topk") == 0 and g.count("matmul") == 0 and g.count("scatter") == 0
     gate = g.tensors["experts.gate_up_proj.gate"]
     assert gate.is_contiguous() and torch.equal(gate, block.experts.gate_up_proj[:, :, :8].transpose(1, 2))
