@@ -9,7 +9,8 @@ Prefill (the ``attention`` op): 32 query heads over 8 kv heads, head dim 64 and 
 (``flash_attention``: K/V read in place by GQA), SDPA with ``enable_gqa=True``, and SDPA on K/V
 expanded to the query heads beforehand (not timed: the form whose flash/cuDNN backends are the
 fastest). FLOPs = 4 * B * Hq * S * L * D, halved for causal; TFLOP/s = FLOPs / median time. Full mode
-adds a sliding window of 1024 at S = 8192 (ours skips the tiles; SDPA takes a materialised mask).
+adds a sliding window of 1024 and Llama 4's chunked causal attention (chunks of 2048) at S = 8192 (ours skips the
+tiles; SDPA takes a materialised mask).
 
 Decode (``cached_attention``, flash-decoding, one new token): 32/8 heads, head dim 128, bf16, cache
 length 4k .. 128k, batch 1 .. 64 (cases above 40 GB of cache are skipped). Contenders: ours with
@@ -17,7 +18,8 @@ length 4k .. 128k, batch 1 .. 64 (cases above 40 GB of cache are skipped). Conte
 cap=C``: no ``max_len``, a cache of capacity C, the power of two above the filled length, so the grid covers C
 in small chunks); SDPA (``enable_gqa``) on the filled prefix. GB/s = (K and V of the
 filled slots at kv heads + q + output) / median time, and % of the read bandwidth measured in the
-same run (``x.sum()`` over 2 GiB). Full mode adds a window of 4096 over a 32k cache.
+same run (``x.sum()`` over 2 GiB). Full mode adds a window of 4096 over a 32k cache, and chunks of 8192
+(the last position of the longest cache reads its chunk).
 
 Method (``/work/shared/BENCHMARKS.md``): every contender is timed inside a CUDA graph
 (``triton.testing.do_bench_cudagraph``, median of 10 replays of a graph of many calls), so the time is
@@ -84,14 +86,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     bench = Bench("cpu" if args.smoke else "cuda", args.smoke)
     if args.smoke:
-        bench.prefill(dims=(16,), seqs=(37,), tokens=74, heads=(4, 2))
-        bench.decode(dims=16, lengths=(45,), batches=(1, 3), heads=(4, 2), chunks=(16,))
+        bench.prefill(dims=(16,), seqs=(37,), tokens=74, heads=(4, 2), attn_chunk=16)
+        bench.decode(dims=16, lengths=(45,), batches=(1, 3), heads=(4, 2), chunks=(16,), attn_chunk=16)
     elif args.quick:
         bench.prefill(dims=(64, 128), seqs=(1024, 4096), tokens=16384)
         bench.decode(dims=128, lengths=(4096, 32768), batches=(1, 16), chunks=(256, 1024, 4096))
     else:
-        bench.prefill(dims=(64, 128), seqs=(512, 1024, 2048, 4096, 8192), tokens=16384, window=1024)
-        bench.decode(dims=128, lengths=(4096, 16384, 32768, 131072), batches=(1, 8, 32, 64), window=4096)
+        bench.prefill(dims=(64, 128), seqs=(512, 1024, 2048, 4096, 8192), tokens=16384, window=1024, attn_chunk=2048)
+        bench.decode(dims=128, lengths=(4096, 16384, 32768, 131072), batches=(1, 8, 32, 64), window=4096,
+                     attn_chunk=8192)
     bench.write(args.out, "quick" if args.quick else "smoke" if args.smoke else "full")
     bench.print_table()
     return 0
@@ -180,7 +183,7 @@ class Bench:
 
     # ---- prefill -----------------------------------------------------------------------------
     def prefill(self, dims: tuple[int, ...], seqs: tuple[int, ...], tokens: int, heads: tuple[int, int] = (HQ, HKV),
-                window: Optional[int] = None) -> None:
+                window: Optional[int] = None, attn_chunk: Optional[int] = None) -> None:
 
 
         hq, hkv = heads
@@ -189,6 +192,8 @@ class Bench:
                 self._prefill_case(max(1, tokens // s), hq, hkv, s, d)
             if window is not None:
                 self._prefill_window(d, max(seqs), tokens, hq, hkv, window)
+            if attn_chunk is not None:  # Llama 4's chunked layers: causal within chunks of attn_chunk positions
+                self._prefill_window(d, max(seqs), tokens, hq, hkv, None, attn_chunk)
 
     def _prefill_case(self, b: int, hq: int, hkv: int, s: int, d: int) -> None:
         import torch.nn.functional as F
@@ -210,7 +215,9 @@ class Bench:
             self.add("prefill", case, "sdpa expanded kv", partial(sdpa, is_causal=causal), expanded, want, flops,
                      nbytes)
 
-    def _prefill_window(self, d: int, s: int, tokens: int, hq: int, hkv: int, window: int) -> None:
+    def _prefill_window(self, d: int, s: int, tokens: int, hq: int, hkv: int, window: Optional[int],
+                        attn_chunk: Optional[int] = None) -> None:
+        """A sliding window, or (``attn_chunk``) causal attention within chunks, against SDPA on its mask."""
         import torch.nn.functional as F
 
         from membound.backends.triton.kernels import flash_attention
@@ -221,20 +228,26 @@ class Bench:
         gqa = [(self.rand(b, hq, s, d), self.rand(b, hkv, s, d), self.rand(b, hkv, s, d))
                for _ in range(self.copies(nbytes))]
         i = torch.arange(s, device=self.device)
-        keep = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
-        flops = 4.0 * b * hq * s * min(window, s) * d
-        case = f"b{b} s{s} d{d} window{window}"
+        keep = i[None, :] <= i[:, None]
+        if window is not None:
+            keep = keep & (i[None, :] > i[:, None] - window)
+            flops = 4.0 * b * hq * s * min(window, s) * d
+            case = f"b{b} s{s} d{d} window{window}"
+        else:  # the keys each query sees, summed: i % C + 1 for query i
+            keep = keep & (i[None, :] // attn_chunk == i[:, None] // attn_chunk)
+            flops = 4.0 * b * hq * float((i % attn_chunk + 1).sum()) * d
+            case = f"b{b} s{s} d{d} chunk{attn_chunk}"
         # K/V expanded beforehand: SDPA's memory-efficient backend takes a mask, its GQA path may not
         expanded = [(q, k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)) for q, k, v in gqa]
         want = F.scaled_dot_product_attention(*expanded[0], attn_mask=keep)
-        self.add("prefill", case, "membound", partial(flash_attention, causal=True, window=window), gqa, want,
-                 flops, nbytes)
+        self.add("prefill", case, "membound", partial(flash_attention, causal=True, window=window, chunk=attn_chunk),
+                 gqa, want, flops, nbytes)
         self.add("prefill", case, "sdpa expanded kv + mask", partial(F.scaled_dot_product_attention, attn_mask=keep),
                  expanded, want, flops, nbytes)
 
     # ---- decode ------------------------------------------------------------------------------
     def decode(self, dims: int, lengths: tuple[int, ...], batches: tuple[int, ...], heads: tuple[int, int] = (HQ, HKV),
-               window: Optional[int] = None, chunks: tuple[int, ...] = ()) -> None:
+               window: Optional[int] = None, chunks: tuple[int, ...] = (), attn_chunk: Optional[int] = None) -> None:
         hq, hkv = heads
         d = dims
         e = self.torch.empty((), dtype=self.dtype).element_size()
@@ -246,9 +259,11 @@ class Bench:
         if window is not None:
             self._decode_case(1, hq, hkv, 32768, d, window)
             self._decode_case(16, hq, hkv, 32768, d, window)
+        if attn_chunk is not None:  # Llama 4's chunked layers: the last position reads its chunk only
+            self._decode_case(1, hq, hkv, max(lengths), d, None, attn_chunk=attn_chunk)
 
     def _decode_case(self, b: int, hq: int, hkv: int, length: int, d: int, window: Optional[int],
-                     chunks: tuple[int, ...] = ()) -> None:
+                     chunks: tuple[int, ...] = (), attn_chunk: Optional[int] = None) -> None:
         import torch.nn.functional as F
 
         from membound.backends.triton.kernels import cached_attention
@@ -256,6 +271,8 @@ class Bench:
 
         torch = self.torch
         seen = length if window is None else min(window, length)
+        if attn_chunk is not None:  # the query at position length - 1 sees its chunk up to itself
+            seen = (length - 1) % attn_chunk + 1
         e = torch.empty((), dtype=self.dtype).element_size()
         nbytes = e * (2 * b * hkv * seen * d + 2 * b * hq * d)
         pos = torch.full((b, 1), length - 1, dtype=torch.int64, device=self.device)
@@ -268,13 +285,14 @@ class Bench:
             theirs.append((q, k[:, :, length - seen:], v[:, :, length - seen:]))
         flops = 4.0 * b * hq * seen * d
         size = f"{length // 1024}k" if length >= 1024 else str(length)
-        case = f"b{b} cache{size}" + (f" window{window}" if window else "")
+        case = f"b{b} cache{size}" + (f" window{window}" if window else "") + (f" chunk{attn_chunk}" if attn_chunk
+                                                                                 else "")
         want = F.scaled_dot_product_attention(*theirs[0], enable_gqa=True)
-        self.add("decode", case, "membound", partial(cached_attention, max_len=length, window=window), ours, want,
-                 flops, nbytes)
+        self.add("decode", case, "membound", partial(cached_attention, max_len=length, window=window, chunk=attn_chunk),
+                 ours, want, flops, nbytes)
         self.add("decode", case, "sdpa gqa", partial(F.scaled_dot_product_attention, enable_gqa=True), theirs, want,
                  flops, nbytes)
-        if window is None and 2 * 2 * b * hkv * length * d * e <= MAX_CACHE_BYTES:
+        if window is None and attn_chunk is None and 2 * 2 * b * hkv * length * d * e <= MAX_CACHE_BYTES:
             # what generate's CUDA-graph step runs: no known length, so the grid covers the capacity (the
             # power-of-two bucket above the filled length) in small chunks and idle programs exit at once
             cap = 1 << length.bit_length()
