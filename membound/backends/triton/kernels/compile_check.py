@@ -243,6 +243,10 @@ def cases() -> list[tuple[Any, str, dict[str, Any], dict[str, Any]]]:
             out.append((_flash_decoding_split, label + " prefetch",
                         dict(args, pf_ptr="*bf16", pf_elems=4096 * 4096, PREFETCH=True, PF_PIECE=8192),
                         dict(num_warps=warps, num_stages=3)))
+        if block_q == 16 and warps == 4 and not ring:  # the Llama-3.2-1B shape (head dim 64): pick_config's default
+            d64 = dict(args, D=64, DV=64, BLOCK_D=64, BLOCK_DV=64)
+            d64.update(zip(("SPLIT_BLOCK", "MERGE_ROWS"), merge_tile(g, block_q, 64, warps)))
+            out.append((_flash_decoding_split, "d64 split q16", d64, dict(num_warps=warps, num_stages=3)))
     out += _flash_attention_cases()
     out += _attn_block_cases()
     out += _mlp_block_cases()
