@@ -304,17 +304,20 @@ def _param_3d(v: Value) -> tuple[Value, Transform]:
 
 
 def _linear_form(v: Value, suffix: str, rows: Optional[slice] = None) -> Weight:
-    """The ``[E, N, K]`` weight whose ``[K, N]`` transposes are ``v`` (a grouped_mm operand), rows
-    ``rows`` of N."""
+    """The ``[E, N, K]`` weight whose ``[K, N]`` transposes are ``v`` (a grouped_mm or bmm operand), rows
+    ``rows`` of N: the parameter itself, a view of it whose rows are contiguous in K (HF's gate/up halves), or,
+    where the model stores it K-major (Llama 4's ``[E, D, 2I]``), a contiguous copy: the expert kernels stream
+    rows contiguous in K."""
     param, transform = _param_3d(v)
 
-    def form(t: torch.Tensor) -> torch.Tensor:
+    def view(t: torch.Tensor) -> torch.Tensor:
         w = transform(t).transpose(1, 2)
         return w[:, rows] if rows is not None else w
 
-    probe = form(torch.empty(tuple(int(d) for d in param.shape), device="meta"))
+    probe = view(torch.empty(tuple(int(d) for d in param.shape), device="meta"))
     if probe.shape == tuple(int(d) for d in param.shape) and probe.stride() == _contiguous(param):
         return Weight(param, tuple(probe.shape))
+    form = view if probe.stride(-1) == 1 else (lambda t: view(t).contiguous())
     return Weight(param, tuple(probe.shape), f"{param.name}.{suffix}", lambda ts: form(ts[param.name]))
 
 
@@ -335,6 +338,15 @@ def _check_tokens(block: Block, r: Router, allowed: tuple[Value, ...] = ()) -> N
             continue
         raise NoMatch(f"the block reads %{v.name} ({v.producer.op if v.producer else v.kind}), which is not "
                       f"the tokens %{r.h.name}, a parameter or a constant")
+
+
+def _halves(gate: Value, up: Value) -> Node:
+    """The ``split`` whose two equal halves are ``gate`` and ``up``, in that order (NoMatch otherwise)."""
+    split = _producer(gate, "split")
+    if split is None or up.producer is not split or (gate.index, up.index) != (0, 1) \
+            or len(set(split.attrs["sizes"])) != 1 or len(split.attrs["sizes"]) != 2:
+        raise NoMatch("gate and up are not the two halves of one product")
+    return split
 
 
 def _gated_product(v: Value) -> tuple[Value, Value]:
@@ -477,11 +489,7 @@ def _batched(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Wei
     muls = [u for n in silus for u in n.result.users if u.op == "mul"]
     if len(silus) != 1 or len(muls) != 1:
         raise NoMatch(f"{len(silus)} silu in the block, not one silu(gate) * up")
-    gate, up = _gated_product(muls[0].result)
-    split = _producer(gate, "split")
-    if split is None or up.producer is not split or (gate.index, up.index) != (0, 1) \
-            or len(set(split.attrs["sizes"])) != 1 or len(split.attrs["sizes"]) != 2:
-        raise NoMatch("gate and up are not the two halves of one product")
+    split = _halves(*_gated_product(muls[0].result))
     gate_up, x = _batched_product(split.inputs[0], r)
     if not _repeated_tokens(x.producer.inputs[0], r):
         raise NoMatch(f"the gate/up product's rows %{x.name} are not each token repeated top-k times")
@@ -676,11 +684,8 @@ def _dense(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weigh
     down = _producer(total.inputs[0], "matmul")
     if down is None or down.inputs[1].kind != "param" or down.inputs[1].rank != 3:
         raise NoMatch("the experts' sum does not read a product with a 3-D down weight")
-    gate, up = _gated_product(down.inputs[0])
-    split = _producer(gate, "split")
-    if split is None or up.producer is not split or (gate.index, up.index) != (0, 1) \
-            or len(split.attrs["sizes"]) != 2 or len(set(split.attrs["sizes"])) != 1 \
-            or split.attrs["dim"] % split.inputs[0].rank != 2:
+    split = _halves(*_gated_product(down.inputs[0]))
+    if split.attrs["dim"] % split.inputs[0].rank != 2:
         raise NoMatch("gate and up are not the two halves of one product")
     gu = _producer(split.inputs[0], "matmul")
     if gu is None or gu.inputs[1].kind != "param" or gu.inputs[1].rank != 3:
@@ -704,11 +709,7 @@ def _dense(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weigh
         raise NoMatch(f"expert weights %{wgu.name} {wgu.type} and %{wd.name} {wd.type} are not [E, D, 2I] and "
                       "[E, I, D]")
     _check_tokens(block, r, allowed=(rep,))
-    return (Weight(wgu, (e, half, d), f"{wgu.name}.gate",
-                   lambda ts: ts[wgu.name][:, :, :half].transpose(1, 2).contiguous()),
-            Weight(wgu, (e, half, d), f"{wgu.name}.up",
-                   lambda ts: ts[wgu.name][:, :, half:].transpose(1, 2).contiguous()),
-            Weight(wd, (e, d, half), f"{wd.name}.t", lambda ts: ts[wd.name].transpose(1, 2).contiguous()))
+    return _linear_form(wgu, "gate", slice(0, half)), _linear_form(wgu, "up", slice(half, None)), _linear_form(wd, "t")
 
 
 FORMS: list[tuple[str, Callable[[Graph, Router, Block], tuple[Weight, Weight, Weight]]]] = [
