@@ -183,15 +183,6 @@ def window_keep(q_pos: torch.Tensor, length: int, window: int | None, chunk: int
     return keep
 
 
-def first_key(pos: int, window: int | None, chunk: int | None) -> int:
-    """The first key a causal query at ``pos`` sees: 0, ``pos - window + 1`` or its chunk's start."""
-    if window is not None:
-        return max(0, pos - window + 1)
-    if chunk is not None:
-        return pos - pos % chunk
-    return 0
-
-
 def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
                          additive: torch.Tensor | None, *, scale: float | None, softcap: float | None,
                          bias: torch.Tensor | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
