@@ -22,6 +22,7 @@ import torch
 
 from membound.backends.reference import run_graph
 from membound.ir.graph import Graph
+from membound.ir.ops.moe import moe_operands
 
 QUANT_OPS = ("quant_linear", "quant_gated_linear")  # and quant_moe, one row per op
 
@@ -139,8 +140,9 @@ def _moe_probe(probe: Graph, node: Any, float_graph: Graph, weights: dict[str, t
             return None
         floats.append(probe.add_param(f"{name}.float_probe", _type_of(w), w))
     routed = {k: v for k, v in node.attrs.items() if k not in ("scheme", "group_size")}
-    quant = probe.create_node("quant_moe", list(node.inputs[:8]), dict(node.attrs))
-    ref = probe.create_node("moe", [node.inputs[0], node.inputs[1], *floats], routed)
+    head, _, biases = moe_operands(node)  # (the shared expert left out; the biases are the routed experts')
+    quant = probe.create_node("quant_moe", [*head, *biases], dict(node.attrs))
+    ref = probe.create_node("moe", [node.inputs[0], node.inputs[1], *floats, *biases], routed)
     probe.append(quant)
     probe.append(ref)
     parts = [n.split(".") for n in names]

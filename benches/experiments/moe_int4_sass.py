@@ -43,13 +43,13 @@ def args_for(kernel: str, runs: int, BK: int) -> dict:
     if kernel == "gate_up":
         kw = D // 2
         return dict(x_ptr="*bf16", wg_ptr="*u8", wu_ptr="*u8", sg_ptr="*bf16", su_ptr="*bf16", h_ptr="*bf16",
-                    idx_ptr="*i64", order_ptr="*i64", offs_ptr="*i64", P=2, I=I, K=D, KW=kw, TOP_K=2, stride_x=D,
+                    idx_ptr="*i64", order_ptr="*i64", offs_ptr="*i64", bg_ptr="*bf16", bu_ptr="*bf16", P=2, I=I, K=D, KW=kw, TOP_K=2, stride_x=D,
                     stride_ge=I * kw, stride_gn=kw, stride_ue=I * kw, stride_un=kw, stride_sg=I * 64, stride_sgn=64,
                     stride_su=I * 64, stride_sun=64, stride_h=I, **common)
     kw = I // 2
     return dict(h_ptr="*bf16", wd_ptr="*u8", sd_ptr="*bf16", y_ptr="*fp32", idx_ptr="*i64", order_ptr="*i64",
                 offs_ptr="*i64", rw_ptr="*fp32", logit_ptr="*fp32", top_ptr="*fp32", part_ptr="*fp32",
-                lock_ptr="*i32", out_ptr="*bf16", P=2, E=E, TOP_K=2, D=D, I=I, KW=kw, K_PER_SPLIT=I // 2,
+                lock_ptr="*i32", out_ptr="*bf16", bd_ptr="*bf16", P=2, E=E, TOP_K=2, D=D, I=I, KW=kw, K_PER_SPLIT=I // 2,
                 COUNT_BASE=E * D // BN, stride_h=I, stride_de=D * kw, stride_dn=kw, stride_sd=D * 224,
                 stride_sdn=224, stride_y=D, stride_split=2 * D, stride_o=D, SPLIT_K=2, SOFTMAX_FIRST=True,
                 RENORM=True, COMBINE=True, BLOCK_KK=2, BLOCK_E=E, **common)

@@ -47,7 +47,7 @@ How it matches. The anchor is a ``topk`` over router scores: ``topk(softmax(line
 (softmax first) or ``softmax(topk(linear(h, R)).values)`` (softmax after), optionally renormalised
 (``v / sum(v)``), casts allowed. The *block* is every node that depends on the topk, up to the first
 value ``out`` of ``T x D`` elements that all of them flow into and nothing else reads; the block may
-read only views of ``h``, parameters and constants. The experts inside are recognised in five forms:
+read only views of ``h``, parameters and constants. The experts inside are recognised in these forms:
 
 - grouped (current HF Mixtral / Qwen2-MoE, both of transformers' CPU and CUDA paths): two
   ``grouped_mm`` over offsets counted by ``histc`` of the sorted expert ids, the first over a
@@ -57,6 +57,13 @@ read only views of ``h``, parameters and constants. The experts inside are recog
 - batched (HF's ``batched_mm``, what ``generate`` decodes with off the CPU): each token repeated
   top-k times, ``gate_up[ids] @ x`` and ``down[ids] @ h`` as batched products, ids clamped to
   ``[0, E - 1]`` or not;
+- gpt-oss, in the grouped and batched forms: a router with a bias (``linear(h, R, b)``, its top-k logits then a
+  softmax), K-major ``[E, D, 2I]`` / ``[E, I, D]`` weights (``x @ W``), gate and up the even and odd columns of one
+  product, a bias gathered by expert added to each product, and the clamped SwiGLU
+  ``(clamp(u, -L, L) + 1) * g' * sigmoid(alpha * g')``, ``g' = clamp(g, max=L)``: ``moe {bias=true,
+  act="clamped_swiglu", alpha, limit}`` over ``[E, N, K]`` copies of the weights and contiguous copies of the
+  gate/up bias columns (the log names them with their size). Biases on some of the router and products but not all
+  are declined (the op takes the four or none);
 - gathered (gpt-fast, the built-in Mixtral): ``w[expert_ids]`` of three ``[E, *, *]`` parameters,
   batched products; the one feeding ``silu`` is gate, the one multiplied with it up, the last down;
 - looped (dense loop over experts, ``where(ids == e, ...)``): E gated MLPs of 2-D weights, each
@@ -70,6 +77,9 @@ read only views of ``h``, parameters and constants. The experts inside are recog
   gate/up and ``[E, I, D]`` down weights, summed over the experts: ``moe {score="sigmoid",
   weight_input=true}``, which reads only the chosen experts (the dense form streams all E). Its weights are
   K-major, so the op gets ``[E, I, D]`` / ``[E, D, I]`` copies (the model's own tensors stay with the model).
+
+Every form's weights must come out ``[E, I, D]`` / ``[E, D, I]``, and a parameter the block reads that none of its
+weights or biases accounts for declines the block (its product would be dropped).
 
 Then, if ``out`` is added to a sigmoid-gated shared expert of ``h`` (Qwen2-MoE), that is absorbed
 too. Expert weights are passed as ``[E, N, K]`` parameters: the model's own tensors where the layout
@@ -143,6 +153,7 @@ class Router:
     softmax_first: bool
     renormalize: bool = False
     score: str = "softmax"  # "sigmoid": Llama 4's sigmoid of the kept logits, scattered into a dense [T, E]
+    bias: Optional[Value] = None  # the router linear's bias [E] (gpt-oss)
     weights: Value = field(init=False)  # routing weights after softmax / renormalisation ([T, E] for "sigmoid")
 
     @property
@@ -162,12 +173,15 @@ def _router(topk: Node) -> Router:
     softmax = _producer(scores, "softmax")
     logits = _through(softmax.inputs[0], ("cast",)) if softmax is not None else scores
     linear = _producer(logits, "linear")
-    if linear is None or len(linear.inputs) != 2 or linear.inputs[1].kind != "param":
-        raise NoMatch(f"topk input %{topk.inputs[0].name} is not softmax(linear(h, router)) or linear(h, router)")
-    h, weight = linear.inputs
+    if linear is None or linear.inputs[1].kind != "param" or (len(linear.inputs) == 3
+                                                              and linear.inputs[2].kind != "param"):
+        raise NoMatch(f"topk input %{topk.inputs[0].name} is not softmax(linear(h, router)) or linear(h, router), "
+                      "the router a parameter (its bias too, if any)")
+    h, weight = linear.inputs[:2]
     if h.rank != 2 or weight.rank != 2 or not _static(weight.shape[0]):
         raise NoMatch(f"router linear %{linear.result.name} is not [T, D] x [E, D]")
-    r = Router(topk, h, weight, int(topk.attrs["k"]), softmax is not None)
+    r = Router(topk, h, weight, int(topk.attrs["k"]), softmax is not None,
+               bias=linear.inputs[2] if len(linear.inputs) == 3 else None)
     w = topk.results[0]
     if not r.softmax_first:
         after = [u for u in w.users if u.op == "softmax"]
@@ -360,6 +374,162 @@ def _gated_product(v: Value) -> tuple[Value, Value]:
     raise NoMatch(f"%{mul.result.name} multiplies no silu (only silu experts are fused)")
 
 
+@dataclass
+class Experts:
+    """What a form found: the three ``[E, N, K]`` weights, the activation, and (gpt-oss) the experts' biases
+    ``[E, I]``, ``[E, I]``, ``[E, D]``."""
+
+    gate: Weight
+    up: Weight
+    down: Weight
+    act: str = "silu"
+    alpha: float = 1.0
+    limit: Optional[float] = None
+    biases: Optional[tuple[Weight, Weight, Weight]] = None
+
+
+@dataclass
+class Activation:
+    gate: Value  # the gate product (the activation's first input)
+    up: Value
+    act: str = "silu"
+    alpha: float = 1.0
+    limit: Optional[float] = None
+
+
+def _const(v: Value) -> Optional[float]:
+    """The value of a scalar constant (through views, casts and expands), or None."""
+    c = _producer(_through(v, VIEWS + ("cast", "expand")), "constant")
+    return float(c.attrs["value"]) if c is not None else None
+
+
+def _clamped_swiglu(v: Value) -> Optional[Activation]:
+    """gpt-oss's ``(clamp(u, -L, L) + 1) * (g' * sigmoid(g' * alpha))``, ``g' = clamp(g, max=L)`` (either order of
+    each product, casts allowed; no clamps at all: ``limit`` None), or None."""
+    mul = _producer(_through(v, ("cast",)), "mul")
+    if mul is None:
+        return None
+    for a, b in (mul.inputs, mul.inputs[::-1]):
+        add = _producer(_through(a, ("cast",)), "add")
+        glu = _producer(_through(b, ("cast",)), "mul")
+        if add is None or glu is None:
+            continue
+        ones = [x for x in add.inputs if _const(x) == 1.0]
+        if not ones:
+            continue
+        u = _other(add, ones[0])
+        for g, sg in (glu.inputs, glu.inputs[::-1]):
+            sig = _producer(_through(sg, ("cast",)), "sigmoid")
+            scaled = _producer(_through(sig.inputs[0], ("cast",)), "mul") if sig is not None else None
+            if scaled is None or g not in scaled.inputs or (alpha := _const(_other(scaled, g))) is None:
+                continue
+            gc, uc = _producer(g, "clamp"), _producer(u, "clamp")
+            if gc is None and uc is None:
+                return Activation(g, u, "clamped_swiglu", alpha, None)
+            if gc is None or uc is None or gc.attrs["min"] is not None or gc.attrs["max"] is None:
+                continue
+            limit = float(gc.attrs["max"])
+            if uc.attrs["max"] is None or uc.attrs["min"] is None or float(uc.attrs["max"]) != limit \
+                    or float(uc.attrs["min"]) != -limit or not limit > 0:
+                continue
+            return Activation(gc.inputs[0], uc.inputs[0], "clamped_swiglu", alpha, limit)
+    return None
+
+
+def _activation(v: Value) -> Activation:
+    """The experts' activation ``v``: ``silu(g) * u`` or the clamped SwiGLU (NoMatch otherwise)."""
+    found = _clamped_swiglu(v)
+    if found is not None:
+        return found
+    try:
+        return Activation(*_gated_product(v))
+    except NoMatch:
+        raise NoMatch(f"%{v.name} is neither silu(gate) * up nor the clamped SwiGLU "
+                      "(clamp(up, -L, L) + 1) * gate' * sigmoid(alpha * gate')") from None
+
+
+def _gate_up_source(a: Activation) -> tuple[Value, slice, slice]:
+    """The one product whose columns ``a``'s gate and up are: the two halves of a ``split`` (Mixtral) or the even
+    and odd columns (gpt-oss's interleaved gate/up): ``(product, gate rows, up rows)`` of its ``[E, N, K]`` weight
+    (NoMatch otherwise)."""
+    gs, us = _producer(a.gate, "slice"), _producer(a.up, "slice")
+    if gs is not None and us is not None and gs.inputs[0] is us.inputs[0]:
+        src = gs.inputs[0]
+        n = src.shape[-1]
+        last = src.rank - 1
+        if (gs.attrs["dim"] % src.rank, us.attrs["dim"] % src.rank) == (last, last) and _static(n) \
+                and (gs.attrs["start"], us.attrs["start"], gs.attrs["step"], us.attrs["step"]) == (0, 1, 2, 2) \
+                and int(n) % 2 == 0 and all(sl.attrs["end"] is None or int(sl.attrs["end"]) >= int(n)
+                                            for sl in (gs, us)):
+            return src, slice(0, None, 2), slice(1, None, 2)
+        raise NoMatch("gate and up are slices of one product, but not its even and odd columns")
+    split = _halves(a.gate, a.up)
+    if split.attrs["dim"] % split.inputs[0].rank != split.inputs[0].rank - 1:
+        raise NoMatch("gate and up are not the two halves of one product's columns")
+    half = int(split.attrs["sizes"][0])
+    return split.inputs[0], slice(0, half), slice(half, None)
+
+
+def _biased(v: Value, ids_ok: Callable[[Value], bool]) -> tuple[Value, Optional[Value]]:
+    """``v = add(p, index(B, ids))`` (either order) with ``B[E, N]`` a parameter gathered by rows' expert ids
+    (``ids_ok``): ``(p, B)``; else ``(v, None)``."""
+    add = _producer(v, "add")
+    if add is None:
+        return v, None
+    for a, b in (add.inputs, add.inputs[::-1]):
+        g = _producer(b, "index")
+        if (g is not None and g.attrs.get("dims") == (0,) and g.inputs[0].kind == "param" and g.inputs[0].rank == 2
+                and ids_ok(g.inputs[1])):
+            return a, g.inputs[0]
+    return v, None
+
+
+def _bias_rows(b: Value, rows: Optional[slice], suffix: str) -> Weight:
+    """An ``[E, N]`` bias parameter's rows ``rows`` as a contiguous ``[E, rows]`` tensor (the epilogues read each
+    expert's row contiguous): the parameter itself, or a copy."""
+    e, n = (int(d) for d in b.shape)
+    if rows is None:
+        return Weight(b, (e, n))
+    width = len(range(n)[rows])
+    return Weight(b, (e, width), f"{b.name}.{suffix}", lambda ts: ts[b.name][:, rows].contiguous())
+
+
+def _expert_biases(r: Router, gate_up: Optional[Value], down: Optional[Value], gate_rows: slice, up_rows: slice
+                   ) -> Optional[tuple[Weight, Weight, Weight]]:
+    """The experts' biases (gate/up rows of one ``[E, 2I]`` parameter, down ``[E, D]``), all or none, and with the
+    router's bias, all or none (``moe``'s ``bias=true`` takes the four)."""
+    found = (gate_up is not None, down is not None, r.bias is not None)
+    if not any(found):
+        return None
+    if not all(found):
+        raise NoMatch("biases on some of the router, the gate/up and the down products but not all "
+                      f"(router {found[2]}, gate/up {found[0]}, down {found[1]}): moe takes all four or none")
+    assert gate_up is not None and down is not None
+    return _bias_rows(gate_up, gate_rows, "gate"), _bias_rows(gate_up, up_rows, "up"), _bias_rows(down, None, "")
+
+
+def _sorted_ids(r: Router) -> Callable[[Value], bool]:
+    """Whether a value is the expert ids sorted (``sort(ids).values``, through views and casts)."""
+    def check(v: Value) -> bool:
+        v = _through(v, VIEWS + ("cast",))
+        sort = _producer(v, "sort")
+        return sort is not None and v is sort.results[0] and _through(sort.inputs[0], VIEWS) is r.ids
+    return check
+
+
+def _down_bias(down: Node, r: Router, ids_ok: Callable[[Value], bool]) -> Optional[Value]:
+    """The bias parameter added to the down product (through sentinel masks and a squeeze), or None."""
+    v = down.result
+    while len(v.users) == 1 and (v.users[0].op == "squeeze" or (v.users[0].op == "where"
+                                                                and _never_true(v.users[0].inputs[0], r))):
+        v = v.users[0].result
+    adds = [u for u in v.users if u.op == "add"]
+    if len(v.users) != 1 or len(adds) != 1:
+        return None
+    _, bias = _biased(adds[0].result, ids_ok)
+    return bias
+
+
 def _unmasked(v: Value, r: Router) -> Value:
     """``v`` with sentinel masks walked back over: ``where(ids >= c, fill, x)`` with ``c >= E`` is ``x``,
     since top-k expert ids are always below E (transformers 5.17 masks expert-parallel sentinels so)."""
@@ -385,7 +555,7 @@ def _never_true(mask: Value, r: Router) -> bool:
     return float(const.attrs["value"]) >= limit
 
 
-def _grouped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
+def _grouped(graph: Graph, r: Router, block: Block) -> Experts:
     gmm = [n for n in block.nodes if n.op == "grouped_mm"]
     if len(gmm) != 2:
         raise NoMatch(f"{len(gmm)} grouped_mm in the block, not 2")
@@ -402,16 +572,15 @@ def _grouped(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Wei
     rows = _producer(_through(_unmasked(up.inputs[0], r), ("cast",)), "index")
     if rows is None or _tokens_of(rows.inputs[0]) is not _tokens_of(r.h):
         raise NoMatch(f"the first grouped_mm's rows %{up.inputs[0].name} are not tokens gathered by expert")
-    gate, upv = _gated_product(_unmasked(down.inputs[0], r))
-    split = _producer(gate, "split")
-    if split is None or upv.producer is not split or _unmasked(split.inputs[0], r) is not up.result:
-        raise NoMatch("gate and up are not the two halves of the first grouped_mm")
-    half = int(up.result.shape[1]) // 2
-    if split.attrs["sizes"] != (half, half) or (gate.index, upv.index) != (0, 1):
-        raise NoMatch(f"split {split.attrs['sizes']} is not [gate; up] halves")
+    act = _activation(_unmasked(down.inputs[0], r))
+    src, gate_rows, up_rows = _gate_up_source(act)
+    product, gate_up_bias = _biased(_unmasked(src, r), _sorted_ids(r))
+    if _unmasked(product, r) is not up.result:
+        raise NoMatch("gate and up are not the two halves (or the even and odd columns) of the first grouped_mm")
     _check_tokens(block, r)
-    return (_linear_form(up.inputs[1], "gate", slice(0, half)), _linear_form(up.inputs[1], "up", slice(half, None)),
-            _linear_form(down.inputs[1], "down"))
+    biases = _expert_biases(r, gate_up_bias, _down_bias(down, r, _sorted_ids(r)), gate_rows, up_rows)
+    return Experts(_linear_form(up.inputs[1], "gate", gate_rows), _linear_form(up.inputs[1], "up", up_rows),
+                   _linear_form(down.inputs[1], "t"), act.act, act.alpha, act.limit, biases)
 
 
 def _gathered(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
@@ -468,45 +637,62 @@ def _repeated_tokens(v: Value, r: Router) -> bool:
     return tuple(e.result.shape[1:]) == (r.top_k, r.h.shape[1]) and v.rank == 2
 
 
-def _batched_product(v: Value, r: Router) -> tuple[Node, Value]:
-    """``v = squeeze(matmul(index(W, ids), unsqueeze(x, -1)))``: (the gather of W, ``unsqueeze(x, -1)``)."""
-    mm = _producer(_through(v, ("squeeze",)), "matmul")
-    if mm is None:
-        raise NoMatch(f"%{v.name} is not a batched product of gathered expert weights")
-    w, x = mm.inputs
-    gather = _producer(w, "index")
-    col = _producer(x, "unsqueeze")
-    if gather is None or gather.attrs.get("dims") != (0,) or not _is_expert_ids(gather.inputs[1], r) \
-            or gather.inputs[0].kind != "param" or col is None or col.attrs["dim"] not in (-1, x.rank - 1):
-        raise NoMatch(f"%{mm.result.name} is not W[expert_ids] @ x[..., None] of a 3-D parameter W")
-    return gather, x
+def _batched_operands(mm: Node, r: Router) -> Optional[tuple[Node, Value, bool]]:
+    """A batched product of gathered expert weights: ``W[ids] @ x[..., None]`` (Mixtral's ``[E, N, K]`` weights)
+    or ``x[:, None, :] @ W[ids]`` (gpt-oss's ``[E, K, N]``): ``(the gather of W, the unsqueezed rows, whether W is
+    K-major)``, or None."""
+    if mm.op != "matmul" or mm.inputs[0].rank != 3 or mm.inputs[1].rank != 3:
+        return None
+    for w, x, k_major in ((mm.inputs[0], mm.inputs[1], False), (mm.inputs[1], mm.inputs[0], True)):
+        gather, col = _producer(w, "index"), _producer(x, "unsqueeze")
+        if gather is None or col is None or gather.attrs.get("dims") != (0,) or gather.inputs[0].kind != "param" \
+                or gather.inputs[0].rank != 3 or not _is_expert_ids(gather.inputs[1], r):
+            continue
+        if col.attrs["dim"] % x.rank == (1 if k_major else 2):
+            return gather, x, k_major
+    return None
 
 
-def _batched(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weight]:
+def _weight_rows(param: Value, k_major: bool, suffix: str, rows: Optional[slice]) -> Weight:
+    """The ``[E, N, K]`` expert weight of a batched product's parameter (``k_major``: stored ``[E, K, N]``, copied
+    contiguous by :func:`_linear_form`), rows ``rows`` of N (views of an ``[E, N, K]`` parameter)."""
+    if k_major:
+        return _linear_form(param, suffix, rows)
+    shape = tuple(int(d) for d in param.shape)
+    if rows is None:
+        return Weight(param, shape)
+    return Weight(param, (shape[0], len(range(shape[1])[rows]), shape[2]), f"{param.name}.{suffix}",
+                  lambda ts: ts[param.name][:, rows])
+
+
+def _batched(graph: Graph, r: Router, block: Block) -> Experts:
     """HF's ``batched_mm`` experts (what ``generate`` switches to for decoding off the CPU): the
-    concatenated gate/up weight and the down weight gathered per (token, expert) pair, ``bmm`` each."""
-    silus = [n for n in block.nodes if n.op == "silu"]
-    muls = [u for n in silus for u in n.result.users if u.op == "mul"]
-    if len(silus) != 1 or len(muls) != 1:
-        raise NoMatch(f"{len(silus)} silu in the block, not one silu(gate) * up")
-    split = _halves(*_gated_product(muls[0].result))
-    gate_up, x = _batched_product(split.inputs[0], r)
+    concatenated gate/up weight and the down weight gathered per (token, expert) pair, ``bmm`` each
+    (Mixtral: ``W[ids] @ x``; gpt-oss: ``x @ W[ids]``, biases gathered the same way)."""
+    prods = [(n, found) for n in block.nodes if (found := _batched_operands(n, r)) is not None]
+    for n in block.nodes:  # a product of gathered expert weights that is not one of the two forms: say which
+        gathers = [_producer(v, "index") for v in n.inputs] if n.op == "matmul" else []
+        if any(g is not None and g.inputs[0].kind == "param" and g.inputs[0].rank == 3 for g in gathers) \
+                and all(m is not n for m, _ in prods):
+            raise NoMatch(f"%{n.result.name} is not W[expert_ids] @ x[..., None] (nor x[:, None] @ W[expert_ids])")
+    if len(prods) != 2:
+        raise NoMatch(f"{len(prods)} batched products of gathered expert weights, not 2 (gate/up, down)")
+    (gu, (gu_gather, x, gu_k_major)), (dn, (dn_gather, h, dn_k_major)) = prods
     if not _repeated_tokens(x.producer.inputs[0], r):
         raise NoMatch(f"the gate/up product's rows %{x.name} are not each token repeated top-k times")
-    downs = [u for u in muls[0].result.users if u.op == "unsqueeze"]
-    if len(downs) != 1 or len(downs[0].result.users) != 1:
-        raise NoMatch(f"silu(gate) * up %{muls[0].result.name} does not feed one down product")
-    down, _ = _batched_product(downs[0].result.users[0].result, r)
-    d, half = r.h.shape[1], int(split.attrs["sizes"][0])
-    wgu, wd = gate_up.inputs[0], down.inputs[0]
-    if tuple(wgu.shape[1:]) != (2 * half, d) or tuple(wd.shape[1:]) != (d, half):
-        raise NoMatch(f"expert weights %{wgu.name} {wgu.type} and %{wd.name} {wd.type} are not "
-                      "[E, 2I, D] and [E, D, I]")
+    act = _activation(h.producer.inputs[0])
+    src, gate_rows, up_rows = _gate_up_source(act)
+    ids_ok: Callable[[Value], bool] = lambda v: _is_expert_ids(v, r)  # noqa: E731
+    product, gate_up_bias = _biased(src, ids_ok)
+    if _through(product, ("squeeze",)) is not gu.result:
+        raise NoMatch("gate and up are not the two halves (or the even and odd columns) of the gate/up product")
     _check_tokens(block, r, allowed=(x,))
-    e = r.experts
-    return (Weight(wgu, (e, half, int(d)), f"{wgu.name}.gate", lambda ts: ts[wgu.name][:, :half]),
-            Weight(wgu, (e, half, int(d)), f"{wgu.name}.up", lambda ts: ts[wgu.name][:, half:]),
-            Weight(wd, tuple(int(s) for s in wd.shape)))
+    biases = _expert_biases(r, gate_up_bias, _down_bias(dn, r, ids_ok), gate_rows, up_rows)
+    wgu, wd = gu_gather.inputs[0], dn_gather.inputs[0]
+    return Experts(_weight_rows(wgu, gu_k_major, "gate", gate_rows), _weight_rows(wgu, gu_k_major, "up", up_rows),
+                   _weight_rows(wd, dn_k_major, "t", None) if dn_k_major else Weight(wd, tuple(int(d) for d in
+                                                                                                 wd.shape)),
+                   act.act, act.alpha, act.limit, biases)
 
 
 def _descendants(n: Node, within: set[int]) -> set[int]:
@@ -712,11 +898,13 @@ def _dense(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, Weigh
     return _linear_form(wgu, "gate", slice(0, half)), _linear_form(wgu, "up", slice(half, None)), _linear_form(wd, "t")
 
 
-FORMS: list[tuple[str, Callable[[Graph, Router, Block], tuple[Weight, Weight, Weight]]]] = [
-    ("grouped", _grouped), ("batched", _batched), ("gathered", _gathered), ("looped", _looped)]
+Form = Callable[[Graph, Router, Block], Union[Experts, tuple[Weight, Weight, Weight]]]
+FORMS: list[tuple[str, Form]] = [("grouped", _grouped), ("batched", _batched), ("gathered", _gathered),
+                                 ("looped", _looped)]
 # routers whose weights scale the tokens before the experts (score="sigmoid", Llama 4): only this form
-WEIGHTED_INPUT_FORMS: list[tuple[str, Callable[[Graph, Router, Block], tuple[Weight, Weight, Weight]]]] = [
-    ("dense", _dense)]
+WEIGHTED_INPUT_FORMS: list[tuple[str, Form]] = [("dense", _dense)]
+# forms that find the experts' biases and the clamped SwiGLU (gpt-oss); the others decline a biased router
+BIASED_FORMS = ("grouped", "batched")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,6 +955,26 @@ def _materialise(graph: Graph, w: Weight, dtype: torch.dtype, copies: Optional[l
     return graph.add_param(w.name, TensorType(dtype, w.shape), tensor)
 
 
+def _check_experts(r: Router, block: Block, x: Experts) -> None:
+    """What every form must give: gate/up ``[E, I, D]``, down ``[E, D, I]``, biases ``[E, I]``, ``[E, I]``, ``[E, D]``
+    with the router's, and no parameter the block reads left out (its product would be dropped silently)."""
+    e, d = r.experts, int(r.h.shape[1])
+    i = x.gate.shape[1]
+    want = [(x.gate, (e, i, d)), (x.up, (e, i, d)), (x.down, (e, d, i))]
+    if x.biases is not None:
+        want += list(zip(x.biases, ((e, i), (e, i), (e, d))))
+    for w, shape in want:
+        if tuple(w.shape) != shape:
+            raise NoMatch(f"expert tensor %{w.param.name} gives {list(w.shape)} where {list(shape)} belongs")
+    if (x.biases is not None) != (r.bias is not None):
+        raise NoMatch("the router has a bias and the experts none, or the reverse")
+    used = {id(w.param) for w in (x.gate, x.up, x.down, *(x.biases or ()))}
+    for v in block.externals:
+        p = _through(v, ("transpose",))
+        if p.kind == "param" and id(p) not in used:
+            raise NoMatch(f"the block reads parameter %{p.name}, which the recognised experts do not account for")
+
+
 def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> str:
     """Rewrite the block of ``topk``; returns the form's name (NoMatch when it does not match). New expert tensors
     that are copies, not views, of the model's are named in ``copies``."""
@@ -775,12 +983,17 @@ def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> s
     reasons = []
     for name, form in (WEIGHTED_INPUT_FORMS if r.score == "sigmoid" else FORMS):
         try:
-            weights = form(graph, r, block)
+            if r.bias is not None and name not in BIASED_FORMS:
+                raise NoMatch("its router has a bias, which only the grouped and batched forms take")
+            found = form(graph, r, block)
+            experts = found if isinstance(found, Experts) else Experts(*found)
+            _check_experts(r, block, experts)
             break
         except NoMatch as e:
             reasons.append(f"{name}: {e}")
     else:
         raise NoMatch("; ".join(reasons))
+    weights = (experts.gate, experts.up, experts.down)
     h, out = r.h, block.out
     while len(out.users) == 1 and out.users[0].op == "cast" and out.users[0].result.dtype == h.dtype:
         out = out.users[0].result
@@ -790,9 +1003,14 @@ def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> s
     assert anchor is not None
     operands = [h, r.weight] + [_materialise(graph, w, h.dtype, copies) for w in weights]
     operands += shared[1] if shared is not None else []
+    if experts.biases is not None:
+        assert r.bias is not None
+        operands += [r.bias] + [_materialise(graph, b, h.dtype, copies) for b in experts.biases]
     node = graph.create_node("moe", operands, dict(top_k=r.top_k, softmax_first=r.softmax_first,
-                                                   renormalize=r.renormalize, act="silu", score=r.score,
-                                                   weight_input=r.score == "sigmoid"))
+                                                   renormalize=r.renormalize, act=experts.act, score=r.score,
+                                                   weight_input=r.score == "sigmoid",
+                                                   bias=experts.biases is not None, alpha=experts.alpha,
+                                                   limit=experts.limit))
     graph.insert_before(anchor, node)
     new = node.result
     fixups = [("reshape", {"shape": replaced.shape}, tuple(new.shape) != tuple(replaced.shape)),

@@ -1,9 +1,9 @@
 """The ``grouped_mm`` library kernel (rows sorted by group, each group times its ``[K, M]`` weight, offsets read on
 the device) against the IR op's torch reference: odd sizes, empty groups (first, middle, last), rows past the last
 offset (zeros), one row, int32 and int64 offsets, strided operands, fp32 and fp16 under the interpreter (bf16 on a
-GPU). Tolerances: fp32 1e-5, fp16 1e-2 relative to the result's scale, bf16 2e-2. Also: an HF gpt-oss decode step,
-whose unfused experts run grouped_mm, holds no host-syncing op on the triton backend (so generate's decode step may
-be a CUDA graph)."""
+GPU). Tolerances: fp32 1e-5, fp16 1e-2 relative to the result's scale, bf16 2e-2. Also: an HF gpt-oss decode step
+(whose experts ran grouped_mm until fuse-moe took them in session 21) holds no host-syncing op on the triton backend
+(so generate's decode step may be a CUDA graph)."""
 
 from __future__ import annotations
 
@@ -73,9 +73,9 @@ def test_bad_operands_name_the_op() -> None:
 
 
 def test_gpt_oss_decode_step_holds_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
-    """gpt-oss's experts (interleaved gate/up columns, biases, a clamped SwiGLU) stay unfused: the decode graph keeps
-    two grouped_mm a layer, now the library kernel, so nothing in the step reads device values on the host; greedy
-    tokens equal eager's."""
+    """gpt-oss's experts (interleaved gate/up columns, biases, a clamped SwiGLU), which ran as two grouped_mm a layer
+    (this kernel) until session 21, are now one fused ``moe`` a layer: the decode graph holds no grouped_mm and
+    nothing in the step reads device values on the host; greedy tokens equal eager's."""
     import transformers as T
 
     import membound
@@ -91,9 +91,10 @@ def test_gpt_oss_decode_step_holds_no_host_sync(monkeypatch: pytest.MonkeyPatch)
     compiled = membound.compile(model, backend="triton")
     with trace() as calls:
         out = membound.generate(compiled, ids, 4)
-    assert ("grouped_mm", "kernel") in calls, sorted(set(calls))
+    assert ("moe", "kernel") in calls, sorted(set(calls))
     program = compiled._kv_program
-    assert [n.op for n in program.decode_graph.nodes].count("grouped_mm") == 2
+    ops = [n.op for n in program.decode_graph.nodes]
+    assert ops.count("moe") == 1 and ops.count("grouped_mm") == 0
     assert host_syncing_ops(program.decode) == []
     with torch.no_grad():
         want = model.generate(ids, max_new_tokens=4, do_sample=False)

@@ -406,3 +406,71 @@ def test_int8_experts_with_sigmoid_scores_on_the_input(tokens: int) -> None:
     assert calls == [("quant_moe", "kernel")]
     want = get_op("quant_moe").reference(x, ws[0], *packed, scheme="int8", **attrs)
     torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+def _biases(e: int, d: int, i: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """gpt-oss's four biases (router [E], gate/up [E, I], down [E, D]), never zero; gate/up as the strided halves of
+    one interleaved ``[E, 2I]`` tensor, as the model stores them (the launcher reads contiguous copies)."""
+    g = torch.Generator().manual_seed(7)
+    gate_up = (torch.rand(e, 2 * i, generator=g) + 0.5).to(DEVICE, dtype)
+    return [(torch.rand(e, generator=g) - 0.5).to(DEVICE, dtype), gate_up[:, 0::2], gate_up[:, 1::2],
+            (torch.rand(e, d, generator=g) - 0.5).to(DEVICE, dtype)]
+
+
+GPT_OSS = dict(softmax_first=False, renormalize=False, act="clamped_swiglu", bias=True, alpha=1.702)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens,k", [(1, 2), (3, 3), (37, 2)])
+@pytest.mark.parametrize("path", ["decode", "grouped"])
+@pytest.mark.parametrize("limit", [0.3, None])
+def test_biases_and_clamped_swiglu(dtype: torch.dtype, tokens: int, k: int, path: str, limit: object) -> None:
+    """gpt-oss's experts: the router's bias in its logits (top-k of the logits, softmax over the k), each expert's
+    gate/up/down biases after their products, the clamped SwiGLU; the limit is small enough (0.3 against gate/up
+    values around 1) that the clamps bind, or absent. Decode (routed in the kernels at T = 1, 3) and grouped."""
+    ws = _weights(5, 40, 23, dtype)
+    x = torch.randn(tokens, 40, generator=torch.Generator().manual_seed(tokens)).to(DEVICE, dtype) * 2
+    _check(x, ws + _biases(5, 40, 23, dtype), path=path, top_k=k, limit=limit, **GPT_OSS)
+
+
+def test_clamped_swiglu_limit_binds() -> None:
+    """The clamps change the result at the tested limit (the test above would not see a kernel that ignored them)."""
+    ws = _weights(5, 40, 23, torch.float32) + _biases(5, 40, 23, torch.float32)
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE) * 2
+    ref = get_op("moe").reference
+    clamped = ref(x, *ws, top_k=2, limit=0.3, **GPT_OSS)
+    free = ref(x, *ws, top_k=2, limit=None, **GPT_OSS)
+    assert (clamped - free).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("tokens", [1, 37])
+def test_int8_experts_with_biases_and_clamped_swiglu(tokens: int) -> None:
+    ws = _weights(5, 40, 23, torch.float32)
+    packed = _int8_experts(ws)
+    x = torch.randn(tokens, 40, generator=torch.Generator().manual_seed(tokens)).to(DEVICE) * 2
+    attrs = dict(top_k=2, limit=0.3, **GPT_OSS)
+    biases = _biases(5, 40, 23, torch.float32)
+    with trace() as calls:
+        got = quant_moe(x, ws[0], *packed, *biases, scheme="int8", **attrs)
+    assert calls == [("quant_moe", "kernel")]
+    want = get_op("quant_moe").reference(x, ws[0], *packed, *biases, scheme="int8", **attrs)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("tokens,fused", [(1, True), (2, False)])
+def test_router_bias_in_the_one_launch_logits(tokens: int, fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode path's router logits kernel adds the router's bias (routing in the kernels), and the sorted
+    routing in torch adds it too (a grid past one wave): both pick the experts the biased logits pick, which
+    the bias alone decides here (router weights near zero)."""
+    import importlib
+
+    moe_mod = importlib.import_module("membound.backends.triton.kernels.moe")
+    monkeypatch.setattr(moe_mod, "FUSED_DOWN_PROGRAMS_PER_SM", 10**6 if fused else 0)
+    ws = _weights(6, 24, 19, torch.float32)
+    ws[0] = ws[0] * 1e-3
+    biases = _biases(6, 24, 19, torch.float32)
+    biases[0] = torch.tensor([0.0, 3.0, -1.0, 2.5, 0.5, -2.0], device=DEVICE)  # experts 1 and 3 win
+    x = torch.randn(tokens, 24, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    _check(x, ws + biases, path="decode", top_k=2, limit=7.0, **GPT_OSS)
+    without = get_op("moe").reference(x, *ws, biases[0] * 0, *biases[1:], top_k=2, limit=7.0, **GPT_OSS)
+    assert (without - get_op("moe").reference(x, *ws, *biases, top_k=2, limit=7.0, **GPT_OSS)).abs().max() > 1e-3

@@ -319,11 +319,11 @@ for scheme, wdt in ((0, "bf16"), (1, "i8")):
     const = dict(INPUT_PRECISION="tf32", SCHEME=scheme, GROUP=1, RUNS=False)
     cases = [(M._moe_grouped_gate_up, gu, dict(x_ptr="*bf16", wg_ptr="*" + wdt, wu_ptr="*" + wdt, sg_ptr="*bf16",
               su_ptr="*bf16", h_ptr="*bf16", pair_ptr="*i64", offs_ptr="*i64", blk_expert_ptr="*i32",
-              blk_start_ptr="*i64", E=8, M_BLOCKS=72, GROUP_M=72, I=I, K=D, KW=D, TOP_K=2, stride_x=D, stride_ge=2 * I * D, stride_gn=D,
+              blk_start_ptr="*i64", bg_ptr="*bf16", bu_ptr="*bf16", E=8, M_BLOCKS=72, GROUP_M=72, I=I, K=D, KW=D, TOP_K=2, stride_x=D, stride_ge=2 * I * D, stride_gn=D,
               stride_ue=2 * I * D, stride_un=D, stride_sg=I, stride_sgn=1, stride_su=I, stride_sun=1, stride_h=I)),
              (M._moe_grouped_down, dn, dict(h_ptr="*bf16", wd_ptr="*" + wdt, sd_ptr="*bf16", y_ptr="*fp32",
               pair_ptr="*i64", weight_ptr="*fp32", offs_ptr="*i64", blk_expert_ptr="*i32", blk_start_ptr="*i64",
-              E=8, M_BLOCKS=40, GROUP_M=8, D=D, I=I, KW=I, stride_h=I, stride_de=D * I, stride_dn=I, stride_sd=D, stride_sdn=1, stride_y=D))]
+              bd_ptr="*bf16", E=8, M_BLOCKS=40, GROUP_M=8, D=D, I=I, KW=I, stride_h=I, stride_de=D * I, stride_dn=I, stride_sd=D, stride_sdn=1, stride_y=D))]
     for kernel, cfg, args in cases:
         args.update(const, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
         ptx, shared = compile_ptx(kernel, args, 90, num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -292,3 +292,76 @@ def test_llama4_block_fuses_and_matches_eager() -> None:
         with torch.no_grad():
             want = block(xs)[0].reshape(-1, 12)
         torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
+
+
+class _FirstResult(torch.nn.Module):
+    """gpt-oss's MLP returns (hidden, router scores); its decoder layer keeps the first (the scores die there)."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)[0]
+
+
+def _gpt_oss_block(impl: str, limit: float) -> Any:
+    torch.manual_seed(0)
+    config = transformers.GptOssConfig(hidden_size=16, intermediate_size=8, num_local_experts=5, num_experts_per_tok=2,
+                                       swiglu_limit=limit)
+    block = transformers.models.gpt_oss.modeling_gpt_oss.GptOssMLP(config)
+    block.experts.config = config
+    config._experts_implementation = impl
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return _FirstResult(block).eval()
+
+
+@pytest.mark.parametrize("impl,cuda", [("grouped_mm", False), ("grouped_mm", True), ("batched_mm", False)],
+                         ids=["grouped", "grouped-cuda", "batched"])
+@pytest.mark.parametrize("limit", [7.0, 0.5])
+def test_gpt_oss_block_fuses_and_matches_eager(impl: str, cuda: bool, limit: float) -> None:
+    """gpt-oss's experts (a router bias, interleaved gate/up columns of a K-major ``[E, D, 2I]`` weight, gate/up and
+    down biases, the clamped SwiGLU with its alpha and limit) become one ``moe {bias=true, act="clamped_swiglu"}``
+    whose weights are ``[E, N, K]`` copies, equal to eager in fp32 (1e-5) on many tokens and one. The limit 0.5
+    binds at these weights (7.0, gpt-oss's, hardly does)."""
+    block = _gpt_oss_block(impl, limit)
+    x = torch.randn(2, 7, 16)
+    with cuda_moe_path() if cuda else contextlib.nullcontext():
+        cap = capture_export(block, (x,), {})
+    ctx = PassContext()
+    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
+        cap.graph, ctx)
+    assert f"fuse-moe: {impl.split('_')[0]}: 1" in ctx.log, ctx.log
+    assert any("expert weights copied" in line and "block.experts.down_proj.t" in line for line in ctx.log), ctx.log
+    assert g.count("moe") == 1 and g.count("topk") == 0 and g.count("index") == 0 and g.count("clamp") == 0
+    node = next(n for n in g.nodes if n.op == "moe")
+    assert node.attrs["bias"] is True and node.attrs["act"] == "clamped_swiglu"
+    assert node.attrs["alpha"] == pytest.approx(1.702) and node.attrs["limit"] == limit
+    assert not node.attrs["softmax_first"] and not node.attrs["renormalize"]
+    experts = block.block.experts
+    gate = g.tensors["block.experts.gate_up_proj.gate"]
+    assert gate.is_contiguous() and torch.equal(gate, experts.gate_up_proj[:, :, 0::2].transpose(1, 2))
+    assert torch.equal(g.tensors["block.experts.gate_up_proj_bias.up"], experts.gate_up_proj_bias[:, 1::2])
+    for xs in (x, x[:1, :1]):  # also one token: most experts receive none
+        with torch.no_grad():
+            want = block(xs)
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt_oss_block_without_its_down_bias_is_left_alone() -> None:
+    """A biased router and gate/up whose down product has no bias: moe takes all four biases or none, so the block
+    stays unfused and the log says which are missing (never fused with a bias dropped)."""
+    block = _gpt_oss_block("batched_mm", 7.0)
+    cap = capture_export(block, (torch.randn(2, 7, 16),), {})
+    graph = cap.graph
+    add = next(n for n in graph.nodes if n.op == "add" and any(
+        v.producer is not None and v.producer.op == "index" and v.producer.inputs[0].name.endswith("down_proj_bias")
+        for v in n.inputs))
+    product = next(v for v in add.inputs if not (v.producer is not None and v.producer.op == "index"))
+    graph.replace_all_uses(add.result, product)
+    ctx = PassContext()
+    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
+        graph, ctx)
+    assert g.count("moe") == 0
+    assert any("moe takes all four or none" in line for line in ctx.log), ctx.log

@@ -268,7 +268,7 @@ def moe_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, pr
     two thirds of the experts' to gate/up (with x), the rest to down; its FLOPs likewise."""
     import importlib
 
-    from membound.ir.ops.moe import expert_bytes
+    from membound.ir.ops.moe import expert_bytes, moe_operands
 
     km = importlib.import_module("membound.backends.triton.kernels.moe")  # (the package re-exports a function moe)
     hw = hardware or Hardware.named("h200")
@@ -294,7 +294,7 @@ def moe_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, pr
     if path == "decode":
         pairs = km.int4_pairs_path(scheme == "int4", dtype)
         routed = km.decode_plan(t, e, top_k, d, i, scheme == "int4", group, pairs, hw.sm_count).routed
-        shared = len(node.inputs) > (8 if node.op == "quant_moe" else 5)
+        shared = bool(moe_operands(node)[1])
     if routed:
         head = launches("router", "fused", 1, router_flops, routing_bytes) + launches("top-k", "torch")
     else:

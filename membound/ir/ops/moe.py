@@ -1,6 +1,7 @@
 """Mixture of experts: ``moe``, one op for a whole routed MLP block.
 
-``moe(x, router, w_gate, w_up, w_down[, shared_gate, shared_up, shared_down, shared_router])``
+``moe(x, router, w_gate, w_up, w_down[, shared_gate, shared_up, shared_down, shared_router][, router_bias, b_gate,
+b_up, b_down])``
 
 - ``x[..., D]``: the tokens (``T`` = product of the leading dims);
 - ``router[E, D]``: the router's linear (no bias); logits are formed in x's dtype and routed in fp32;
@@ -8,7 +9,14 @@
   ``w_down[e] @ (act(w_gate[e] @ h) * (w_up[e] @ h))``, in x's dtype;
 - optional shared expert (Qwen2-MoE): ``shared_gate[Is, D]``, ``shared_up[Is, D]``,
   ``shared_down[D, Is]`` and its gate ``shared_router[1, D]``: every token adds
-  ``sigmoid(shared_router @ h) * shared_mlp(h)``.
+  ``sigmoid(shared_router @ h) * shared_mlp(h)``;
+- ``bias=true`` (gpt-oss): the last four operands are biases, ``router_bias[E]`` on the router's logits and
+  ``b_gate[E, I]``, ``b_up[E, I]``, ``b_down[E, D]`` on each expert's three products (each product rounded to x's
+  dtype, then its bias added).
+
+Activation (attr ``act``): ``"silu"``, ``silu(g) * u``; ``"clamped_swiglu"`` (gpt-oss), with attrs ``alpha`` and
+``limit``: ``g' = min(g, limit)``, ``u' = clamp(u, -limit, limit)``, ``g' * sigmoid(alpha * g') * (u' + 1)``
+(``limit=none``: no clamp). ``alpha`` and ``limit`` belong to ``clamped_swiglu`` only.
 
 Routing (attrs): ``top_k`` experts per token, chosen as ``torch.topk`` chooses (on exactly equal scores
 whichever its algorithm keeps: not a rule); ``softmax_first=True`` takes the softmax over all E logits and
@@ -38,23 +46,56 @@ from membound.ir.ops._common import fail, numel, require_float, require_same_dim
 from membound.ir.ops.quant import INT4_GROUP_SIZES, QWEIGHT_DTYPE, dequantize, num_groups
 from membound.ir.types import TensorType, dtype_name
 
-ACTIVATIONS = {"silu": F.silu}
+ACTIVATIONS = ("silu", "clamped_swiglu")  # act: how an expert combines its gate and up products (gated_act)
 SCORES = ("softmax", "sigmoid")  # how the kept logits become routing weights (``score``)
+BIASES = ("router_bias", "b_gate", "b_up", "b_down")  # bias=true: the last four operands, in this order
 
 
-def route_topk(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_first: bool
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def gated_act(g: torch.Tensor, u: torch.Tensor, act: str, alpha: float = 1.0, limit: Optional[float] = None
+              ) -> torch.Tensor:
+    """An expert's activation of its gate and up products ``g``, ``u`` (``act``, see the module), in their dtype
+    (each operation rounded there, as the models compute it)."""
+    if act == "silu":
+        return F.silu(g) * u
+    if limit is not None:
+        g, u = g.clamp(max=limit), u.clamp(min=-limit, max=limit)
+    return (u + 1) * (g * torch.sigmoid(g * alpha))
+
+
+def moe_extras(op: str, rest: Sequence[Any], bias: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """``(shared, biases)``: the operands after the expert weights (types, tensors or IR values) split into the
+    shared expert's four (or none) and, with ``bias=true``, the four biases (:data:`BIASES`; else none)."""
+    rest = tuple(rest)
+    if bias is True:
+        if len(rest) < len(BIASES):
+            fail(op, f"attribute bias=true needs {', '.join(BIASES)} as the last four operands; got {len(rest)} "
+                     "operands after the expert weights")
+        return rest[:-len(BIASES)], rest[-len(BIASES):]
+    return rest, ()
+
+
+def moe_operands(node: Any) -> tuple[list[Any], tuple[Any, ...], tuple[Any, ...]]:
+    """A ``moe`` / ``quant_moe`` node's ``(x, router and expert weights [5 or 8 values], shared, biases)``."""
+    head = 8 if node.op == "quant_moe" else 5
+    shared, biases = moe_extras(node.op, node.inputs[head:], node.attrs.get("bias", False))
+    return list(node.inputs[:head]), shared, biases
+
+
+def route_topk(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_first: bool,
+               router_bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.topk`` of the router's fp32 scores for tokens ``h[T, D]``: ``(values, experts)`` ``[T, k]``, the
-    values the probabilities (``softmax_first``) or the logits. What :func:`route` and the decode kernels'
-    one-launch tail (``moe_route.route_pairs``) start from; its tie-breaking is the model's."""
-    logits = F.linear(h, router).float()  # [T, E]
+    values the probabilities (``softmax_first``) or the logits (``F.linear(h, router, router_bias)`` in h's dtype).
+    What :func:`route` and the decode kernels' one-launch tail (``moe_route.route_pairs``) start from; its
+    tie-breaking is the model's."""
+    logits = F.linear(h, router, router_bias).float()  # [T, E]
     return torch.topk(logits.softmax(dim=-1) if softmax_first else logits, top_k, dim=-1)
 
 
 def route(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_first: bool,
-          renormalize: bool, score: str = "softmax") -> tuple[torch.Tensor, torch.Tensor]:
+          renormalize: bool, score: str = "softmax", router_bias: Optional[torch.Tensor] = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weights f32[T, k], experts i64[T, k])`` of tokens ``h[T, D]``: the routing every form computes."""
-    top, experts = route_topk(h, router, top_k=top_k, softmax_first=softmax_first)
+    top, experts = route_topk(h, router, top_k=top_k, softmax_first=softmax_first, router_bias=router_bias)
     weights = top if softmax_first else top.sigmoid() if score == "sigmoid" else top.softmax(dim=-1)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -62,15 +103,22 @@ def route(h: torch.Tensor, router: torch.Tensor, *, top_k: int, softmax_first: b
 
 
 def expert_mlp(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-               act: str) -> torch.Tensor:
-    """``w_down @ (act(w_gate @ h) * (w_up @ h))`` for rows ``h[M, D]``, in h's dtype."""
-    return F.linear(ACTIVATIONS[act](F.linear(h, w_gate)) * F.linear(h, w_up), w_down)
+               act: str, biases: Sequence[Optional[torch.Tensor]] = (None, None, None), alpha: float = 1.0,
+               limit: Optional[float] = None) -> torch.Tensor:
+    """``w_down @ act(w_gate @ h, w_up @ h)`` for rows ``h[M, D]``, in h's dtype; ``biases`` (gate, up, down rows,
+    or None) each added to its product once the product is rounded to h's dtype."""
+    def product(a: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        y = F.linear(a, w)
+        return y if b is None else y + b
+
+    g, u = product(h, w_gate, biases[0]), product(h, w_up, biases[1])
+    return product(gated_act(g, u, act, alpha, limit), w_down, biases[2])
 
 
-def shared_expert(h: torch.Tensor, shared: Sequence[torch.Tensor], act: str) -> torch.Tensor:
-    """Qwen2-MoE's shared expert, gated per token: ``sigmoid(h @ g.T) * mlp(h)`` in fp32."""
+def shared_expert(h: torch.Tensor, shared: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Qwen2-MoE's shared expert (a silu MLP), gated per token: ``sigmoid(h @ g.T) * mlp(h)`` in fp32."""
     gate, up, down, router = shared
-    return torch.sigmoid(F.linear(h, router)).float() * expert_mlp(h, gate, up, down, act).float()
+    return torch.sigmoid(F.linear(h, router)).float() * expert_mlp(h, gate, up, down, "silu").float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,37 +127,34 @@ def shared_expert(h: torch.Tensor, shared: Sequence[torch.Tensor], act: str) -> 
 
 
 def _infer_moe(x: TensorType, router: TensorType, w_gate: TensorType, w_up: TensorType, w_down: TensorType,
-               shared_gate: Optional[TensorType] = None, shared_up: Optional[TensorType] = None,
-               shared_down: Optional[TensorType] = None, shared_router: Optional[TensorType] = None, *,
-               top_k: Any, softmax_first: Any, renormalize: Any, act: Any, score: Any = "softmax",
-               weight_input: Any = False) -> TensorType:
+               *rest: TensorType, top_k: Any, softmax_first: Any, renormalize: Any, act: Any, score: Any = "softmax",
+               weight_input: Any = False, bias: Any = False, alpha: Any = 1.0, limit: Any = None) -> TensorType:
     require_float("moe", x, "x")
+    if not isinstance(bias, bool):
+        fail("moe", f"attribute bias must be a bool, got {bias!r}", TypeError)
+    shared_types, bias_types = moe_extras("moe", rest, bias)
+    if len(shared_types) not in (0, 4):
+        fail("moe", f"the shared expert needs all of shared_gate/up/down/router, got {len(shared_types)} operands "
+                    "where 4 or none belong")
     weights = [("router", router), ("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)]
-    shared = [("shared_gate", shared_gate), ("shared_up", shared_up), ("shared_down", shared_down),
-              ("shared_router", shared_router)]
-    given = [(n, t) for n, t in shared if t is not None]
-    if given and len(given) != 4:
-        fail("moe", f"the shared expert needs all of shared_gate/up/down/router, got {[n for n, _ in given]}")
-    dtype = same_dtype("moe", ("x", x), *weights, *given)
+    given = list(zip(("shared_gate", "shared_up", "shared_down", "shared_router"), shared_types))
+    dtype = same_dtype("moe", ("x", x), *weights, *given, *zip(BIASES, bias_types))
     if x.rank < 1 or router.rank != 2 or (w_gate.rank, w_up.rank, w_down.rank) != (3, 3, 3):
         fail("moe", f"needs x[..., D], router[E, D], w_gate/w_up[E, I, D], w_down[E, D, I]; got x {x}, "
                     f"router {router}, w_gate {w_gate}, w_up {w_up}, w_down {w_down}")
     e, d = router.shape
     i = w_gate.shape[1]
     require_same_dim("moe", x.shape[-1], d, f"x {x} and router {router} disagree on D")
-    for name, t, want in (("w_gate", w_gate, (e, i, d)), ("w_up", w_up, (e, i, d)), ("w_down", w_down, (e, d, i))):
+    wants = [("w_gate", w_gate, (e, i, d)), ("w_up", w_up, (e, i, d)), ("w_down", w_down, (e, d, i))]
+    if given:
+        si = shared_types[0].shape[0]
+        wants += [(name, t, want) for (name, t), want in zip(given, ((si, d), (si, d), (d, si), (1, d)))]
+    wants += [(name, t, want) for (name, t), want in zip(zip(BIASES, bias_types), ((e,), (e, i), (e, i), (e, d)))]
+    for name, t, want in wants:
+        if t.rank != len(want):
+            fail("moe", f"{name} must be [{', '.join(map(str, want))}], got {t}")
         for have, need in zip(t.shape, want):
             require_same_dim("moe", have, need, f"{name} {t} must be [{', '.join(map(str, want))}]")
-    if given:
-        assert shared_gate is not None and shared_up is not None and shared_down is not None
-        assert shared_router is not None
-        si = shared_gate.shape[0]
-        for name, t, want in (("shared_gate", shared_gate, (si, d)), ("shared_up", shared_up, (si, d)),
-                              ("shared_down", shared_down, (d, si)), ("shared_router", shared_router, (1, d))):
-            if t.rank != 2:
-                fail("moe", f"{name} must be 2-D, got {t}")
-            for have, need in zip(t.shape, want):
-                require_same_dim("moe", have, need, f"{name} {t} must be [{', '.join(map(str, want))}]")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         fail("moe", f"attribute top_k must be a positive int, got {top_k!r}", TypeError)
     if isinstance(e, sympy.Integer) and top_k > int(e):
@@ -118,7 +163,14 @@ def _infer_moe(x: TensorType, router: TensorType, w_gate: TensorType, w_up: Tens
         if not isinstance(v, bool):
             fail("moe", f"attribute {attr} must be a bool, got {v!r}", TypeError)
     if act not in ACTIVATIONS:
-        fail("moe", f"attribute act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        fail("moe", f"attribute act must be one of {list(ACTIVATIONS)}, got {act!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        fail("moe", f"attribute alpha must be a number, got {alpha!r}", TypeError)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+        fail("moe", f"attribute limit must be none or a positive number, got {limit!r}", TypeError)
+    if act != "clamped_swiglu" and (alpha != 1.0 or limit is not None):
+        fail("moe", f"attributes alpha and limit belong to act='clamped_swiglu'; act={act!r} takes neither "
+                    f"(got alpha={alpha!r}, limit={limit!r})")
     if score not in SCORES:
         fail("moe", f"attribute score must be one of {SCORES}, got {score!r}")
     if score == "sigmoid" and softmax_first:
@@ -134,25 +186,29 @@ def _infer_moe(x: TensorType, router: TensorType, w_gate: TensorType, w_up: Tens
 
 
 def _moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-         *shared: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str,
-         score: str = "softmax", weight_input: bool = False) -> torch.Tensor:
+         *rest: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str,
+         score: str = "softmax", weight_input: bool = False, bias: bool = False, alpha: float = 1.0,
+         limit: Optional[float] = None) -> torch.Tensor:
+    shared, biases = moe_extras("moe", rest, bias)
+    router_bias, b_gate, b_up, b_down = biases or (None, None, None, None)
     h = x.reshape(-1, x.shape[-1])  # [T, D]
     weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
-                             score=score)
+                             score=score, router_bias=router_bias)
     out = torch.zeros(h.shape, dtype=torch.float32, device=x.device)  # [T, D]
     for e in range(router.shape[0]):
         rows, slot = (experts == e).nonzero(as_tuple=True)  # the tokens that chose e, and in which slot
         if rows.numel() == 0:
             continue
         w = weights[rows, slot, None]
+        own = [b[e] if b is not None else None for b in (b_gate, b_up, b_down)]
         if weight_input:  # the token scaled before the expert, in x's dtype (Llama 4's routed_in)
-            y = expert_mlp(h[rows] * w.to(h.dtype), w_gate[e], w_up[e], w_down[e], act)
+            y = expert_mlp(h[rows] * w.to(h.dtype), w_gate[e], w_up[e], w_down[e], act, own, alpha, limit)
             out.index_add_(0, rows, y.float())
             continue
-        y = expert_mlp(h[rows], w_gate[e], w_up[e], w_down[e], act)  # [M, D]
+        y = expert_mlp(h[rows], w_gate[e], w_up[e], w_down[e], act, own, alpha, limit)  # [M, D]
         out.index_add_(0, rows, y.float() * w)
     if shared:
-        out += shared_expert(h, shared, act)
+        out += shared_expert(h, shared)
     return out.to(x.dtype).reshape(x.shape)
 
 
@@ -173,9 +229,12 @@ def _moe_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dic
     i = ins[2].shape[1]
     k = attrs["top_k"]
     flops = 2 * t * e * d + t * k * (6 * i * d + 5 * i + 2 * d)
-    if len(ins) > 5:
-        si = ins[5].shape[0]
+    shared, biases = moe_extras("moe", ins[5:], attrs.get("bias", False))
+    if shared:
+        si = shared[0].shape[0]
         flops += t * (6 * si * d + 5 * si + 2 * d + 4 * d)
+    if biases:  # the router's and each chosen expert's three bias adds; the clamps and sigmoid are in the 5 * I
+        flops += t * e + t * k * (2 * i + d)
     return flops
 
 
@@ -185,44 +244,50 @@ def active_experts(tokens: sympy.Expr, experts: sympy.Expr, top_k: int) -> sympy
 
 
 def expert_bytes(node: Any) -> tuple[int, int]:
-    """(E, bytes of one expert's gate/up/down weights) of a ``moe`` or ``quant_moe`` node (static shapes)."""
+    """(E, bytes of one expert's gate/up/down weights and biases) of a ``moe`` or ``quant_moe`` node (static
+    shapes)."""
     weights = node.inputs[2:8] if node.op == "quant_moe" else node.inputs[2:5]
+    weights = [*weights, *moe_operands(node)[2][1:]]  # the experts' biases (not the router's)
     experts = int(node.inputs[1].type.shape[0])
     return experts, int(sum(v.type.nbytes() for v in weights)) // experts
 
 
 def _moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
-    """x, the result, the router, the shared expert, and the gate/up/down of the active experts only."""
+    """x, the result, the router (and its bias), the shared expert, and the gate/up/down (and their biases) of the
+    active experts only."""
     x, router, w_gate, w_up, w_down = ins[:5]
-    per_expert = (w_gate.nbytes() + w_up.nbytes() + w_down.nbytes()) / router.shape[0]
-    total = x.nbytes() + outs[0].nbytes() + router.nbytes()
+    shared, biases = moe_extras("moe", ins[5:], attrs.get("bias", False))
+    per_expert = (w_gate.nbytes() + w_up.nbytes() + w_down.nbytes() + sum(b.nbytes() for b in biases[1:]))
+    per_expert = per_expert / router.shape[0]
+    total = x.nbytes() + outs[0].nbytes() + router.nbytes() + sum(b.nbytes() for b in biases[:1])
     total += active_experts(_tokens(ins), router.shape[0], attrs["top_k"]) * per_expert
-    for t in ins[5:]:
+    for t in shared:
         total += t.nbytes()
     return total
 
 
 define_op("moe", inputs=("x", "router", "w_gate", "w_up", "w_down", "shared_gate?", "shared_up?", "shared_down?",
-                         "shared_router?"),
+                         "shared_router?", "router_bias?", "b_gate?", "b_up?", "b_down?"),
           attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu", "score": "softmax",
-                 "weight_input": False}, kind="moe",
+                 "weight_input": False, "bias": False, "alpha": 1.0, "limit": None}, kind="moe",
           infer=_infer_moe, reference=_moe, flops=_moe_flops, bytes=_moe_bytes, host_sync=True,
           doc="routed mixture of gated-MLP experts (top_k of E per token, fp32 combine), optional gated shared "
-              "expert; bytes count the active experts only")
+              "expert, optional router and expert biases (bias=true), silu or clamped SwiGLU experts; bytes count the "
+              "active experts only")
 
 
 # ---------------------------------------------------------------------------------------------
 # quant_moe: the same block over weight-only quantized experts (int8, int4, fp8)
 # ---------------------------------------------------------------------------------------------
 # quant_moe(x, router, q_gate, s_gate, q_up, s_up, q_down, s_down[, shared_gate, shared_up, shared_down,
-# shared_router]) {scheme, group_size}: each expert weight [E, N, K] is stored in one of
-# membound.ir.ops.quant's formats applied to its E * N rows, with a leading E on codes and scales:
+# shared_router][, router_bias, b_gate, b_up, b_down]) {scheme, group_size}: each expert weight [E, N, K] is stored
+# in one of membound.ir.ops.quant's formats applied to its E * N rows, with a leading E on codes and scales:
 # - int8: i8 codes [E, N, K], per-output-channel scales [E, N];
 # - int4: u8 codes [E, N, ceil(K / 2)] (two per byte, even k in the low nibble), (scale, offset) pairs
 #   [E, N, ceil(K / group_size), 2];
 # - fp8: e4m3 codes [E, N, K], per-output-channel scales [E, N].
 # Scales are in x's dtype. K is D for gate/up and I for down (from the router and the gate codes), so
-# int4's odd K needs no attribute. Everything else is ``moe``'s; the router and shared expert stay float.
+# int4's odd K needs no attribute. Everything else is ``moe``'s; the router, shared expert and biases stay float.
 
 QUANT_MOE_SCHEMES = ("int8", "int4", "fp8")
 
@@ -248,7 +313,8 @@ def expert_in_features(router: Any, q_gate: Any) -> tuple[Any, Any, Any]:
 def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_gate: TensorType, q_up: TensorType,
                      s_up: TensorType, q_down: TensorType, s_down: TensorType, *shared: Optional[TensorType],
                      top_k: Any, softmax_first: Any, renormalize: Any, act: Any, scheme: Any,
-                     group_size: Any, score: Any = "softmax", weight_input: Any = False) -> TensorType:
+                     group_size: Any, score: Any = "softmax", weight_input: Any = False, bias: Any = False,
+                     alpha: Any = 1.0, limit: Any = None) -> TensorType:
     if scheme not in QUANT_MOE_SCHEMES:
         fail("quant_moe", f"attribute scheme must be one of {QUANT_MOE_SCHEMES}, got {scheme!r}")
     if scheme == "int4" and group_size not in INT4_GROUP_SIZES:
@@ -273,7 +339,8 @@ def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_ga
         floats.append(TensorType(x.dtype, (q.shape[0], q.shape[1], k)))
     try:
         return _infer_moe(x, router, *floats, *shared, top_k=top_k, softmax_first=softmax_first,
-                          renormalize=renormalize, act=act, score=score, weight_input=weight_input)
+                          renormalize=renormalize, act=act, score=score, weight_input=weight_input, bias=bias,
+                          alpha=alpha, limit=limit)
     except (TypeError, ValueError) as e:
         raise type(e)(f"quant_moe: {str(e).removeprefix('moe: ')}") from None
 
@@ -281,13 +348,14 @@ def _infer_quant_moe(x: TensorType, router: TensorType, q_gate: TensorType, s_ga
 def _quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gate: torch.Tensor,
                q_up: torch.Tensor, s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor,
                *shared: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool, act: str,
-               scheme: str, group_size: int = 0, score: str = "softmax", weight_input: bool = False) -> torch.Tensor:
+               scheme: str, group_size: int = 0, score: str = "softmax", weight_input: bool = False,
+               bias: bool = False, alpha: float = 1.0, limit: Optional[float] = None) -> torch.Tensor:
     """Dequantize the experts to x's dtype (O(weights), once per call), then ``moe``'s reference."""
     ks = expert_in_features(router, q_gate)
     ws = [dequantize_experts(q, sc, x.dtype, scheme, group_size, k)
           for (q, sc), k in zip(((q_gate, s_gate), (q_up, s_up), (q_down, s_down)), ks)]
     return _moe(x, router, *ws, *shared, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
-                act=act, score=score, weight_input=weight_input)
+                act=act, score=score, weight_input=weight_input, bias=bias, alpha=alpha, limit=limit)
 
 
 def _as_float(ins: Sequence[TensorType]) -> list[TensorType]:
@@ -305,23 +373,27 @@ def _quant_moe_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attr
 
 
 def _quant_moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
-    """x, the result, the router, the shared expert, and the codes and scales of the active experts."""
+    """x, the result, the router (and its bias), the shared expert, and the codes, scales and biases of the active
+    experts."""
     x, router = ins[:2]
-    per_expert = sum(t.nbytes() for t in ins[2:8]) / router.shape[0]
-    total = x.nbytes() + outs[0].nbytes() + router.nbytes()
+    shared, biases = moe_extras("quant_moe", ins[8:], attrs.get("bias", False))
+    per_expert = (sum(t.nbytes() for t in ins[2:8]) + sum(b.nbytes() for b in biases[1:])) / router.shape[0]
+    total = x.nbytes() + outs[0].nbytes() + router.nbytes() + sum(b.nbytes() for b in biases[:1])
     total += active_experts(_tokens(ins), router.shape[0], attrs["top_k"]) * per_expert
-    for t in ins[8:]:
+    for t in shared:
         total += t.nbytes()
     return total
 
 
 define_op("quant_moe", inputs=("x", "router", "q_gate", "s_gate", "q_up", "s_up", "q_down", "s_down", "shared_gate?",
-                               "shared_up?", "shared_down?", "shared_router?"),
+                               "shared_up?", "shared_down?", "shared_router?", "router_bias?", "b_gate?", "b_up?",
+                               "b_down?"),
           attrs={"top_k": REQUIRED, "softmax_first": True, "renormalize": True, "act": "silu", "scheme": "int8",
-                 "group_size": 0, "score": "softmax", "weight_input": False},
+                 "group_size": 0, "score": "softmax", "weight_input": False, "bias": False, "alpha": 1.0,
+                 "limit": None},
           kind="moe", infer=_infer_quant_moe, reference=_quant_moe, flops=_quant_moe_flops, bytes=_quant_moe_bytes,
           host_sync=True, doc="moe over int8 / int4 / fp8 expert weights; bytes count the active experts' codes and "
                               "scales only")
 
-__all__ = ["ACTIVATIONS", "QUANT_MOE_SCHEMES", "active_experts", "dequantize_experts", "expert_bytes",
-           "expert_in_features", "expert_mlp", "route", "shared_expert"]
+__all__ = ["ACTIVATIONS", "BIASES", "QUANT_MOE_SCHEMES", "active_experts", "dequantize_experts", "expert_bytes",
+           "expert_in_features", "expert_mlp", "gated_act", "moe_extras", "moe_operands", "route", "shared_expert"]

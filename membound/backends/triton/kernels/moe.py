@@ -76,7 +76,7 @@ from membound.backends.triton.kernels._launch import (
 from membound.backends.triton.kernels.int4_pairs import int4_pairs, pairs_ptx
 from membound.backends.triton.kernels.moe_route import fits, router_topk, sorted_pairs
 from membound.ir.ops import get_op
-from membound.ir.ops.moe import shared_expert
+from membound.ir.ops.moe import moe_extras, shared_expert
 from membound.ir.ops.quant import QWEIGHT_DTYPE
 
 BLOCK_M = 16  # the decode walk's pairs per tile: one tensor-core tile of rows (the grouped path: GroupedConfig)
@@ -125,6 +125,10 @@ INT4: tl.constexpr = tl.constexpr(2)
 FP8: tl.constexpr = tl.constexpr(3)
 SCHEME_CODE = {"int8": INT8.value, "int4": INT4.value, "fp8": FP8.value}
 _SCHEME_NAME = {code: name for name, code in SCHEME_CODE.items()}
+# ACT: the experts' activation (membound.ir.ops.moe.gated_act)
+SILU: tl.constexpr = tl.constexpr(0)
+CLAMPED_SWIGLU: tl.constexpr = tl.constexpr(1)
+ACT_CODE = {"silu": SILU.value, "clamped_swiglu": CLAMPED_SWIGLU.value}
 
 
 @triton.jit
@@ -377,11 +381,12 @@ def _combine(y_ptr, out_ptr, cnt_ptr, pair, m_ok, ns, n_ok, pid_n, N_BLOCKS, TOP
 
 @triton.jit
 def _moe_gate_up(
-    x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, idx_ptr, order_ptr, offs_ptr,
+    x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, idx_ptr, order_ptr, offs_ptr, bg_ptr, bu_ptr,
     P, I, K, KW, TOP_K,
     stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_sgn, stride_su, stride_sun, stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, ROUTED: tl.constexpr, BLOCK_P: tl.constexpr,
+    HAS_BIAS: tl.constexpr = False, ACT: tl.constexpr = 0, ALPHA: tl.constexpr = 1.0, LIMIT: tl.constexpr = 0.0,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
@@ -401,19 +406,20 @@ def _moe_gate_up(
                                          sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_ue,
                                          stride_un, stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP,
                                          BLOCK_K, RUNS, INPUT_PRECISION)
-        _act_store(acc_g, acc_u, h_ptr, pair, m_ok, ns, n_ok, stride_h)  # hidden rows by pair
+        _act_store(acc_g, acc_u, h_ptr, pair, m_ok, ns, n_ok, stride_h, bg_ptr, bu_ptr, e * I, HAS_BIAS, ACT, ALPHA,
+                   LIMIT)  # hidden rows by pair
 
 
 @triton.jit
 def _moe_down(
     h_ptr, wd_ptr, sd_ptr, y_ptr, idx_ptr, order_ptr, offs_ptr, rw_ptr, logit_ptr, top_ptr, part_ptr, lock_ptr,
-    out_ptr,
+    out_ptr, bd_ptr,
     P, E, TOP_K, D, I, KW, K_PER_SPLIT, COUNT_BASE,
     stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y, stride_split, stride_o,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, SPLIT_K: tl.constexpr,
     ROUTED: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, COMBINE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_KK: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_KK: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr = False,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
@@ -439,7 +445,7 @@ def _moe_down(
         else:
             rw = _pair_weights(pair, m_ok, rw_ptr, logit_ptr, top_ptr, E, TOP_K, ROUTED, SOFTMAX_FIRST, RENORM,
                                BLOCK_KK, BLOCK_E)
-            _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y)
+            _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y, bd_ptr, e * D, HAS_BIAS)
             if COMBINE:
                 _combine(y_ptr, out_ptr, lock_ptr + COUNT_BASE, pair, m_ok, ns, n_ok, pid_n, tl.num_programs(1),
                          TOP_K, stride_y, stride_o, BLOCK_KK)
@@ -456,7 +462,7 @@ def _moe_down(
                                        cache_modifier=".cg")  # from L2: the other programs' stores
                     rw = _pair_weights(pair, m_ok, rw_ptr, logit_ptr, top_ptr, E, TOP_K, ROUTED, SOFTMAX_FIRST,
                                        RENORM, BLOCK_KK, BLOCK_E)
-                    _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y)
+                    _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y, bd_ptr, e * D, HAS_BIAS)
                     if COMBINE:
                         _combine(y_ptr, out_ptr, lock_ptr + COUNT_BASE, pair, m_ok, ns, n_ok, pid_n,
                                  tl.num_programs(1), TOP_K, stride_y, stride_o, BLOCK_KK)
@@ -464,21 +470,44 @@ def _moe_down(
 
 
 @triton.jit
-def _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h):
-    """``silu(gate) * up`` of the pairs' rows, stored in the activation dtype (both gate/up kernels), rounded
-    like the reference: each product in the activation dtype, then the activation, then the product."""
-    g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
-    u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
-    act = (g / (1.0 + tl.exp(-g))).to(h_ptr.dtype.element_ty).to(tl.float32) * u
-    tl.store(h_ptr + ms[:, None] * stride_h + ns[None, :], act.to(h_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+def _rounded(v, dt):
+    """``v`` (fp32) rounded to ``dt`` and back: one operation of the reference, computed in the activation dtype."""
+    return v.to(dt).to(tl.float32)
 
 
 @triton.jit
-def _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y):
-    """The expert's output rounded to the activation dtype, times the pairs' routing weights ``rw``, stored in
-    fp32."""
-    y = acc.to(h_ptr.dtype.element_ty).to(tl.float32)
+def _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h, bg_ptr, bu_ptr, bias_row, HAS_BIAS: tl.constexpr,
+               ACT: tl.constexpr, ALPHA: tl.constexpr, LIMIT: tl.constexpr):
+    """The activation of the pairs' gate and up rows (``ACT``: ``silu(g) * u``, or the clamped SwiGLU
+    ``min(g, L) * sigmoid(ALPHA * min(g, L)) * (clamp(u, -L, L) + 1)``, no clamp where ``LIMIT`` is 0), stored in the
+    activation dtype (both gate/up kernels), rounded like the reference: each product in the activation dtype,
+    its bias added (``HAS_BIAS``: the expert's bias row starts at ``bias_row``, contiguous), then each operation
+    of the activation."""
+    dt = h_ptr.dtype.element_ty
+    g = _rounded(acc_g, dt)
+    u = _rounded(acc_u, dt)
+    if HAS_BIAS:
+        g = _rounded(g + tl.load(bg_ptr + bias_row + ns, mask=n_ok, other=0.0).to(tl.float32)[None, :], dt)
+        u = _rounded(u + tl.load(bu_ptr + bias_row + ns, mask=n_ok, other=0.0).to(tl.float32)[None, :], dt)
+    if ACT == SILU:
+        act = _rounded(g / (1.0 + tl.exp(-g)), dt) * u
+    else:
+        if LIMIT > 0:
+            g = tl.minimum(g, LIMIT)
+            u = tl.minimum(tl.maximum(u, -LIMIT), LIMIT)
+        sig = _rounded(1.0 / (1.0 + tl.exp(-_rounded(g * ALPHA, dt))), dt)
+        act = _rounded(u + 1.0, dt) * _rounded(g * sig, dt)
+    tl.store(h_ptr + ms[:, None] * stride_h + ns[None, :], act.to(dt), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y, bd_ptr, bias_row, HAS_BIAS: tl.constexpr):
+    """The expert's output rounded to the activation dtype (its bias added and the sum rounded again:
+    ``HAS_BIAS``, the expert's row at ``bias_row``), times the pairs' routing weights ``rw``, stored in fp32."""
+    y = _rounded(acc, h_ptr.dtype.element_ty)
+    if HAS_BIAS:
+        y = _rounded(y + tl.load(bd_ptr + bias_row + ns, mask=n_ok, other=0.0).to(tl.float32)[None, :],
+                     h_ptr.dtype.element_ty)
     tl.store(y_ptr + pair[:, None] * stride_y + ns[None, :], y * rw[:, None], mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -510,11 +539,12 @@ def _tile(pid, M_BLOCKS, N_BLOCKS, GROUP_M):
 
 @triton.jit(do_not_specialize=["M_BLOCKS", "GROUP_M"])  # they follow T: one compile for all
 def _moe_grouped_gate_up(
-    x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr,
+    x_ptr, wg_ptr, wu_ptr, sg_ptr, su_ptr, h_ptr, pair_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr, bg_ptr, bu_ptr,
     E, M_BLOCKS, GROUP_M, I, K, KW, TOP_K,
     stride_x, stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_sgn, stride_su, stride_sun, stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
+    HAS_BIAS: tl.constexpr = False, ACT: tl.constexpr = 0, ALPHA: tl.constexpr = 1.0, LIMIT: tl.constexpr = 0.0,
 ):
     pid_m, pid_n = _tile(tl.program_id(0), M_BLOCKS, tl.cdiv(I, BLOCK_N), GROUP_M)
     e = tl.load(blk_expert_ptr + pid_m).to(tl.int64)  # 64-bit: E * I * K weights pass 2**31 elements
@@ -538,16 +568,16 @@ def _moe_grouped_gate_up(
                                      sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_ue, stride_un,
                                      stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP, BLOCK_K, RUNS,
                                      INPUT_PRECISION)
-    _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h)
+    _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h, bg_ptr, bu_ptr, e * I, HAS_BIAS, ACT, ALPHA, LIMIT)
 
 
 @triton.jit(do_not_specialize=["M_BLOCKS", "GROUP_M"])  # they follow T: one compile for all
 def _moe_grouped_down(
-    h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr,
+    h_ptr, wd_ptr, sd_ptr, y_ptr, pair_ptr, weight_ptr, offs_ptr, blk_expert_ptr, blk_start_ptr, bd_ptr,
     E, M_BLOCKS, GROUP_M, D, I, KW,
     stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
+    SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, HAS_BIAS: tl.constexpr = False,
 ):
     pid_m, pid_n = _tile(tl.program_id(0), M_BLOCKS, tl.cdiv(D, BLOCK_N), GROUP_M)
     e = tl.load(blk_expert_ptr + pid_m).to(tl.int64)
@@ -566,7 +596,7 @@ def _moe_grouped_down(
         acc = _down_step(acc, h_ptr + ms[:, None] * stride_h, m_ok, k0, I, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd,
                          stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
     rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
-    _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y)
+    _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y, bd_ptr, e * D, HAS_BIAS)
 
 
 # decode's down projection splits K (I, the long side: 14336 at Mixtral-8x7B) while the programs of the experts a
@@ -650,8 +680,8 @@ def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
                  quant: tuple[torch.Tensor, ...] = (), scheme: str = "int8") -> Optional[str]:
     """Why the kernels cannot run (None: they can). ``quant``: the expert codes (gate, up, down) then scales."""
     op = "quant_moe" if quant else "moe"
-    if act != "silu":
-        return f"{op}: act={act!r} has no kernel (silu does)"
+    if act not in ACT_CODE:
+        return f"{op}: act={act!r} has no kernel ({', '.join(ACT_CODE)} do)"
     reason = unsupported_dtype(op, x, *weights) or unsupported_device(x, *weights, *quant)
     if reason is not None:
         return reason
@@ -667,47 +697,51 @@ def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
 
 
 def moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-        *shared: torch.Tensor, out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True,
+        *rest: torch.Tensor, out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True,
         renormalize: bool = True, act: str = "silu", path: Optional[str] = None,
         configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None, score: str = "softmax",
-        weight_input: bool = False) -> torch.Tensor:
+        weight_input: bool = False, bias: bool = False, alpha: float = 1.0, limit: Optional[float] = None
+        ) -> torch.Tensor:
     """The IR op ``moe`` (see ``membound.ir.ops.moe``): grouped expert kernels, routing and combine in torch.
 
     ``path``: ``"decode"`` or ``"grouped"`` forces one (default: :func:`moe_path` prices both); ``configs``:
     the grouped kernels' tiles (gate/up, down), which force the grouped path (default: ``pick_grouped_config``).
     ``score="sigmoid"``, ``weight_input=True`` (Llama 4): routed in torch (``sorted_pairs``), each pair's token
-    scaled by its weight before the gate/up kernel, the down kernel's outputs unweighted."""
+    scaled by its weight before the gate/up kernel, the down kernel's outputs unweighted. ``bias=True``
+    (gpt-oss; ``rest`` ends with the router's and the experts' biases): the router's in its logits, the experts'
+    in the kernels' epilogues; ``act="clamped_swiglu"`` with ``alpha``, ``limit`` in the gate/up epilogue."""
     attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act, score=score,
-                 weight_input=weight_input)
+                 weight_input=weight_input, bias=bias, alpha=alpha, limit=limit)
     _check_shapes("moe", x, router, w_gate, w_down)
-    reason = _unsupported(x, (router, w_gate, w_up, w_down), act)
+    reason = _unsupported(x, (router, w_gate, w_up, w_down, *rest), act)
     if reason is not None:
-        return fallback("moe", reason, get_op("moe").reference(x, router, w_gate, w_up, w_down, *shared, **attrs), out)
-    return _launch("moe", x, router, (w_gate, w_up, w_down), None, shared, out, attrs, path=path, configs=configs)
+        return fallback("moe", reason, get_op("moe").reference(x, router, w_gate, w_up, w_down, *rest, **attrs), out)
+    return _launch("moe", x, router, (w_gate, w_up, w_down), None, rest, out, attrs, path=path, configs=configs)
 
 
 def quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gate: torch.Tensor, q_up: torch.Tensor,
-              s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor, *shared: torch.Tensor,
+              s_up: torch.Tensor, q_down: torch.Tensor, s_down: torch.Tensor, *rest: torch.Tensor,
               out: Optional[torch.Tensor] = None, top_k: int, softmax_first: bool = True, renormalize: bool = True,
               act: str = "silu", scheme: str = "int8", group_size: int = 0, path: Optional[str] = None,
               configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None, score: str = "softmax",
-              weight_input: bool = False) -> torch.Tensor:
+              weight_input: bool = False, bias: bool = False, alpha: float = 1.0, limit: Optional[float] = None
+              ) -> torch.Tensor:
     """The IR op ``quant_moe``: the same kernels reading int8 / int4 / fp8 expert weights, dequantized in
     registers (a decode token streams 1 byte, or half a byte, per active expert weight). ``path``, ``configs``:
     as :func:`moe`."""
     attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act, score=score,
-                 weight_input=weight_input)
+                 weight_input=weight_input, bias=bias, alpha=alpha, limit=limit)
     packed = (q_gate, s_gate, q_up, s_up, q_down, s_down)
     _check_shapes("quant_moe", x, router, q_gate, q_down)
     reason = None if scheme in SCHEME_CODE else f"quant_moe: scheme {scheme!r} has no kernel"
-    reason = reason or _unsupported(x, (router, *shared), act, quant=(q_gate, q_up, q_down, s_gate, s_up, s_down),
+    reason = reason or _unsupported(x, (router, *rest), act, quant=(q_gate, q_up, q_down, s_gate, s_up, s_down),
                                     scheme=scheme)
     if reason is not None:
-        want = get_op("quant_moe").reference(x, router, *packed, *shared, scheme=scheme, group_size=group_size,
+        want = get_op("quant_moe").reference(x, router, *packed, *rest, scheme=scheme, group_size=group_size,
                                              **attrs)
         return fallback("quant_moe", reason, want, out)
     codes = tuple(q.view(torch.uint8) if scheme == "fp8" else q for q in (q_gate, q_up, q_down))
-    return _launch("quant_moe", x, router, codes, (s_gate, s_up, s_down), shared, out, attrs,
+    return _launch("quant_moe", x, router, codes, (s_gate, s_up, s_down), rest, out, attrs,
                    scheme=SCHEME_CODE[scheme], group=group_size, path=path, configs=configs)
 
 
@@ -719,10 +753,17 @@ def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.
 
 
 def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch.Tensor, ...],
-            scales: Optional[tuple[torch.Tensor, ...]], shared: tuple[torch.Tensor, ...], out: Optional[torch.Tensor],
+            scales: Optional[tuple[torch.Tensor, ...]], rest: tuple[torch.Tensor, ...], out: Optional[torch.Tensor],
             attrs: dict, scheme: int = 0, group: int = 0, path: Optional[str] = None,
             configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None) -> torch.Tensor:
     w_gate, w_up, w_down = weights
+    shared, biases = moe_extras(op, rest, attrs["bias"])
+    # the biases: the router's into its logits; each expert's row read contiguous by the epilogues (a no-op for the
+    # contiguous copies fuse-moe makes)
+    router_bias, b_gate, b_up, b_down = (b.contiguous() for b in biases) if biases else (None, w_gate, w_gate,
+                                                                                          w_gate)
+    act = dict(HAS_BIAS=bool(biases), ACT=ACT_CODE[attrs["act"]], ALPHA=float(attrs["alpha"]),
+               LIMIT=float(attrs["limit"] or 0.0))
     s_gate, s_up, s_down = scales if scales is not None else (w_gate, w_up, w_down)  # unread without a scheme
     top_k, e, d = attrs["top_k"], router.shape[0], router.shape[1]
     result = check_out(op, out, tuple(x.shape), x.dtype, x.device)
@@ -748,7 +789,7 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     x_in, k_in = h, top_k
     if not plain and t > 0:
         rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"],
-                                          attrs["score"])
+                                          attrs["score"], router_bias)
         if attrs["weight_input"]:
             x_in, k_in = h.repeat_interleave(top_k, dim=0) * rw[:, None].to(h.dtype), 1
             rw = torch.ones_like(rw)
@@ -774,19 +815,20 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         bn_g, bk_g, bn_d, bk_d = plan.bn_gate_up, plan.bk_gate_up, plan.bn_down, plan.bk_down
         split, k_per_split, n_blocks, routed = plan.split, plan.k_per_split, plan.n_blocks, plan.routed and plain
         if routed:
-            logits, top, idx = router_topk(h, router, top_k)
+            logits, top, idx = router_topk(h, router, top_k, router_bias)
             rw, order, offsets = top, idx, idx  # unread
         else:
             if plain:
-                rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
+                rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"],
+                                                  router_bias=router_bias)
             logits, top, idx = rw, rw, order  # unread
         p2 = triton.next_power_of_2
         route_args = dict(ROUTED=routed, BLOCK_P=max(2, p2(t * top_k)))
         launchable(_moe_gate_up, x.device)[(e, cdiv(i, bn_g))](
-            x_in, w_gate, w_up, s_gate, s_up, hidden, idx, order, offsets, t * top_k, i, d, w_gate.shape[-1], k_in,
-            x_in.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0), sn[0],
-            s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn_g, BLOCK_K=bk_g, **quant,
-            RUNS=runs(bk_g), **route_args, num_warps=4)
+            x_in, w_gate, w_up, s_gate, s_up, hidden, idx, order, offsets, b_gate, b_up, t * top_k, i, d,
+            w_gate.shape[-1], k_in, x_in.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1),
+            s_gate.stride(0), sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn_g,
+            BLOCK_K=bk_g, **quant, RUNS=runs(bk_g), **route_args, **act, num_warps=4)
         locks = n_locks = 0  # counters: the split's per (expert, column block), then the combine's per token
         if split > 1:
             n_locks = e * n_blocks
@@ -802,17 +844,19 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         lock_arg = locks if split > 1 or combined_in_kernel else offsets  # unread unsplit without the combine
         cap = dict(maxnreg=DOWN_MAXNREG) if x.is_cuda and routed and DOWN_MAXNREG > 0 else {}
         launchable(_moe_down, x.device)[(e, n_blocks, split)](
-            hidden, w_down, s_down, y, idx, order, offsets, rw, logits, top, part, lock_arg, result,
+            hidden, w_down, s_down, y, idx, order, offsets, rw, logits, top, part, lock_arg, result, b_down,
             t * top_k, e, top_k, d, i, w_down.shape[-1], k_per_split, n_locks,
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
             t * top_k * d, d, BLOCK_M=BLOCK_M, BLOCK_N=bn_d, BLOCK_K=bk_d, **quant, RUNS=runs(bk_d), SPLIT_K=split,
             SOFTMAX_FIRST=attrs["softmax_first"], RENORM=attrs["renormalize"], COMBINE=combined_in_kernel,
-            BLOCK_KK=max(2, p2(top_k)), BLOCK_E=max(2, p2(e)), **route_args, num_warps=4, **cap)
+            BLOCK_KK=max(2, p2(top_k)), BLOCK_E=max(2, p2(e)), HAS_BIAS=act["HAS_BIAS"], **route_args, num_warps=4,
+            **cap)
     else:
         # routing weight per pair, pairs sorted by expert (stable: a token's pairs stay in slot order),
         # offsets[e] = first pair of e (moe_route.sorted_pairs)
         if plain:
-            rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"])
+            rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"],
+                                              router_bias=router_bias)
         cfg_gu, cfg_dn = configs or (pick_grouped_config(t * top_k, e, i, d, x.dtype, scheme_name, group, True),
                                      pick_grouped_config(t * top_k, e, d, i, x.dtype, scheme_name, group, False))
         cfg_gu, cfg_dn = _fit(cfg_gu, i, d, scheme, group), _fit(cfg_dn, d, i, scheme, group)
@@ -822,24 +866,24 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
         blk_expert, blk_start = tables[cfg_gu.block_m]
         mb = blk_expert.shape[0]
         launchable(_moe_grouped_gate_up, x.device)[(mb * cdiv(i, cfg_gu.block_n),)](
-            x_in, w_gate, w_up, s_gate, s_up, hidden, order, offsets, blk_expert, blk_start, e, mb,
+            x_in, w_gate, w_up, s_gate, s_up, hidden, order, offsets, blk_expert, blk_start, b_gate, b_up, e, mb,
             min(cfg_gu.group_m or mb, mb), i, d, w_gate.shape[-1],
             k_in, x_in.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0),
             sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=cfg_gu.block_m, BLOCK_N=cfg_gu.block_n,
-            BLOCK_K=cfg_gu.block_k, **quant, RUNS=runs(cfg_gu.block_k), num_warps=cfg_gu.num_warps,
+            BLOCK_K=cfg_gu.block_k, **quant, RUNS=runs(cfg_gu.block_k), **act, num_warps=cfg_gu.num_warps,
             num_stages=cfg_gu.num_stages)
         blk_expert, blk_start = tables[cfg_dn.block_m]
         mb = blk_expert.shape[0]
         launchable(_moe_grouped_down, x.device)[(mb * cdiv(d, cfg_dn.block_n),)](
-            hidden, w_down, s_down, y, order, rw, offsets, blk_expert, blk_start, e, mb,
+            hidden, w_down, s_down, y, order, rw, offsets, blk_expert, blk_start, b_down, e, mb,
             min(cfg_dn.group_m or mb, mb), d, i, w_down.shape[-1],
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
             BLOCK_M=cfg_dn.block_m, BLOCK_N=cfg_dn.block_n, BLOCK_K=cfg_dn.block_k, **quant, RUNS=runs(cfg_dn.block_k),
-            num_warps=cfg_dn.num_warps, num_stages=cfg_dn.num_stages)
+            HAS_BIAS=act["HAS_BIAS"], num_warps=cfg_dn.num_warps, num_stages=cfg_dn.num_stages)
     if not combined_in_kernel:
         combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
         if shared:
-            combined += shared_expert(h, shared, attrs["act"])
+            combined += shared_expert(h, shared)
         result.copy_(combined.view(x.shape))
     note(op, "kernel")
     return result

@@ -29,6 +29,8 @@ whose down kernel would not fit one wave with the routing in it.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -77,9 +79,10 @@ def _route_pairs(
 
 
 @triton.jit
-def _router_logits(x_ptr, w_ptr, out_ptr, E, D, stride_x, stride_w, BLOCK_D: tl.constexpr):
-    """Program (token t, expert e): ``x[t] . router[e]`` accumulated in fp32, rounded to x's dtype (what
-    ``F.linear(x, router).float()`` gives) and stored in fp32."""
+def _router_logits(x_ptr, w_ptr, b_ptr, out_ptr, E, D, stride_x, stride_w, BLOCK_D: tl.constexpr,
+                   HAS_BIAS: tl.constexpr = False):
+    """Program (token t, expert e): ``x[t] . router[e]`` accumulated in fp32, plus the bias ``b[e]``
+    (``HAS_BIAS``), rounded to x's dtype (what ``F.linear(x, router, b).float()`` gives) and stored in fp32."""
     t = tl.program_id(0).to(tl.int64)
     e = tl.program_id(1).to(tl.int64)
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -89,14 +92,18 @@ def _router_logits(x_ptr, w_ptr, out_ptr, E, D, stride_x, stride_w, BLOCK_D: tl.
         xv = tl.load(x_ptr + t * stride_x + ds, mask=ok, other=0.0).to(tl.float32)
         wv = tl.load(w_ptr + e * stride_w + ds, mask=ok, other=0.0).to(tl.float32)
         acc += xv * wv
-    logit = tl.sum(acc, axis=0).to(x_ptr.dtype.element_ty).to(tl.float32)
+    logit = tl.sum(acc, axis=0)
+    if HAS_BIAS:
+        logit += tl.load(b_ptr + e).to(tl.float32)
+    logit = logit.to(x_ptr.dtype.element_ty).to(tl.float32)
     tl.store(out_ptr + t * E + e, logit)
 
 
-def router_topk(h: torch.Tensor, router: torch.Tensor, top_k: int
+def router_topk(h: torch.Tensor, router: torch.Tensor, top_k: int, router_bias: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logits f32[T, E], values f32[T, k], experts i64[T, k])`` for tokens ``h[T, D]``: the router's logits
-    rounded through h's dtype, as ``F.linear(h, router).float()``, in one launch (cuBLAS takes three for a
+    (plus ``router_bias[E]``) rounded through h's dtype, as ``F.linear(h, router, router_bias).float()``, in one
+    launch (cuBLAS takes three for a
     decode step's: a split-K GEMV, its reduction, the cast), then ``torch.topk`` of the logits. The experts
     are ``route_topk``'s: the softmax is monotonic, so the top-k of the logits and of the probabilities are
     the same experts, ties included (equal logits give equal probabilities; ``torch.topk`` breaks them the
@@ -107,10 +114,12 @@ def router_topk(h: torch.Tensor, router: torch.Tensor, top_k: int
     e = router.shape[0]
     if h.stride(-1) == 1 and router.stride(-1) == 1 and t > 0:
         logits = torch.empty((t, e), dtype=torch.float32, device=h.device)
-        launchable(_router_logits, h.device)[(t, e)](h, router, logits, e, d, h.stride(0), router.stride(0),
-                                                     BLOCK_D=min(4096, triton.next_power_of_2(d)), num_warps=4)
+        bias = router_bias.contiguous() if router_bias is not None else router
+        launchable(_router_logits, h.device)[(t, e)](h, router, bias, logits, e, d, h.stride(0), router.stride(0),
+                                                     BLOCK_D=min(4096, triton.next_power_of_2(d)),
+                                                     HAS_BIAS=router_bias is not None, num_warps=4)
     else:
-        logits = F.linear(h, router).float()
+        logits = F.linear(h, router, router_bias).float()
     top, idx = torch.topk(logits, top_k, dim=-1, sorted=not h.is_cuda)
     return logits, top, idx
 
@@ -143,16 +152,17 @@ def route_pairs(top: torch.Tensor, idx: torch.Tensor, experts: int, softmax_firs
 
 
 def sorted_pairs(h: torch.Tensor, router: torch.Tensor, top_k: int, softmax_first: bool, renormalize: bool,
-                 score: str = "softmax") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 score: str = "softmax", router_bias: Optional[torch.Tensor] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(weights f32[T*k], order i64[T*k], offsets i64[E+1])`` of tokens ``h[T, D]``: the router's top-k as
-    ``route`` computes it, then :func:`route_pairs` where it :func:`fits`, else the same in torch (always for
-    ``score="sigmoid"``, which :func:`route_pairs` does not compute)."""
+    ``route`` computes it (``router_bias``: added to the logits), then :func:`route_pairs` where it :func:`fits`,
+    else the same in torch (always for ``score="sigmoid"``, which :func:`route_pairs` does not compute)."""
     t, e = h.shape[0], router.shape[0]
     if fits(t, e, top_k) and score == "softmax":
-        top, idx = route_topk(h, router, top_k=top_k, softmax_first=softmax_first)
+        top, idx = route_topk(h, router, top_k=top_k, softmax_first=softmax_first, router_bias=router_bias)
         return route_pairs(top, idx, e, softmax_first, renormalize)
     weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
-                             score=score)
+                             score=score, router_bias=router_bias)
     order = torch.sort(experts.reshape(-1), stable=True).indices  # [T * k]
     # per-expert counts by comparison, not bincount (whose output size needs a host sync: no CUDA graph)
     counts = (experts.reshape(-1, 1) == torch.arange(e, device=h.device)).sum(dim=0)  # [E]
