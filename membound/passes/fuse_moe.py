@@ -509,9 +509,18 @@ def _expert_biases(r: Router, gate_up: Optional[Value], down: Optional[Value], g
 
 
 def _sorted_ids(r: Router) -> Callable[[Value], bool]:
-    """Whether a value is the expert ids sorted (``sort(ids).values``, through views and casts)."""
+    """Whether a value is the expert ids sorted (``sort(ids).values``, through views, casts and clamps to
+    ``[0, E - 1]``: transformers 5.17 clamps expert-parallel sentinels before it gathers the biases)."""
     def check(v: Value) -> bool:
-        v = _through(v, VIEWS + ("cast",))
+        while True:
+            v = _through(v, VIEWS + ("cast",))
+            c = _producer(v, "clamp")
+            if c is None:
+                break
+            lo, hi = c.attrs["min"], c.attrs["max"]
+            if (lo is not None and lo > 0) or (hi is not None and hi < r.experts - 1):
+                return False
+            v = c.inputs[0]
         sort = _producer(v, "sort")
         return sort is not None and v is sort.results[0] and _through(sort.inputs[0], VIEWS) is r.ids
     return check

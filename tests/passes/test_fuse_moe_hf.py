@@ -305,27 +305,32 @@ class _FirstResult(torch.nn.Module):
         return self.block(x)[0]
 
 
-def _gpt_oss_block(impl: str, limit: float) -> Any:
+def _gpt_oss_block(impl: str, limit: float, sentinels: bool = False) -> Any:
     torch.manual_seed(0)
     config = transformers.GptOssConfig(hidden_size=16, intermediate_size=8, num_local_experts=5, num_experts_per_tok=2,
                                        swiglu_limit=limit)
     block = transformers.models.gpt_oss.modeling_gpt_oss.GptOssMLP(config)
     block.experts.config = config
     config._experts_implementation = impl
+    if hasattr(block.experts, "_is_expert_parallel"):
+        block.experts._is_expert_parallel = sentinels  # 5.17's form: masks, and the ids clamped for the bias gathers
     for p in block.parameters():
         torch.nn.init.normal_(p, std=0.5)
     return _FirstResult(block).eval()
 
 
-@pytest.mark.parametrize("impl,cuda", [("grouped_mm", False), ("grouped_mm", True), ("batched_mm", False)],
-                         ids=["grouped", "grouped-cuda", "batched"])
+@pytest.mark.parametrize("impl,cuda,sentinels", [("grouped_mm", False, False), ("grouped_mm", True, False),
+                                                  ("grouped_mm", True, True), ("batched_mm", False, False),
+                                                  ("batched_mm", False, True)],
+                         ids=["grouped", "grouped-cuda", "grouped-cuda-sentinels", "batched", "batched-sentinels"])
 @pytest.mark.parametrize("limit", [7.0, 0.5])
-def test_gpt_oss_block_fuses_and_matches_eager(impl: str, cuda: bool, limit: float) -> None:
+def test_gpt_oss_block_fuses_and_matches_eager(impl: str, cuda: bool, sentinels: bool, limit: float) -> None:
     """gpt-oss's experts (a router bias, interleaved gate/up columns of a K-major ``[E, D, 2I]`` weight, gate/up and
     down biases, the clamped SwiGLU with its alpha and limit) become one ``moe {bias=true, act="clamped_swiglu"}``
     whose weights are ``[E, N, K]`` copies, equal to eager in fp32 (1e-5) on many tokens and one. The limit 0.5
-    binds at these weights (7.0, gpt-oss's, hardly does)."""
-    block = _gpt_oss_block(impl, limit)
+    binds at these weights (7.0, gpt-oss's, hardly does). ``sentinels``: transformers 5.17's expert-parallel masks
+    (always written there) and the clamped ids its bias gathers read."""
+    block = _gpt_oss_block(impl, limit, sentinels)
     x = torch.randn(2, 7, 16)
     with cuda_moe_path() if cuda else contextlib.nullcontext():
         cap = capture_export(block, (x,), {})
