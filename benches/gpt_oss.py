@@ -11,7 +11,8 @@ bf16), random bf16 weights (the real checkpoint's experts are MXFP4; HF dequanti
 kernels are absent, which is what this times). Contenders on the same module:
 
 - ``membound``: ``membound.generate(membound.compile(model), ...)`` (attention sinks in the flash kernels; the
-  experts, which fuse-moe does not fuse, through the grouped_mm kernel, so the decode step is a CUDA graph);
+  experts fused into one ``moe`` a layer since session 21 (biases and the clamped SwiGLU in the expert kernels'
+  epilogues; until then two grouped_mm a layer), the decode step a CUDA graph);
 - ``hf eager``: ``model.generate`` (dynamic cache) — batch 1 only unless ``--hf-batches``;
 - ``hf static``: ``generate(..., cache_implementation="static")`` (compiles itself) — not in ``--quick``.
 

@@ -474,3 +474,62 @@ def test_router_bias_in_the_one_launch_logits(tokens: int, fused: bool, monkeypa
     _check(x, ws + biases, path="decode", top_k=2, limit=7.0, **GPT_OSS)
     without = get_op("moe").reference(x, *ws, biases[0] * 0, *biases[1:], top_k=2, limit=7.0, **GPT_OSS)
     assert (without - get_op("moe").reference(x, *ws, *biases, top_k=2, limit=7.0, **GPT_OSS)).abs().max() > 1e-3
+
+
+def test_gpt_oss_expert_kernels_compile_for_hopper() -> None:
+    """The interpreter never meets the compiler: compile the decode and grouped expert kernels with gpt-oss's
+    epilogues (biases, the clamped SwiGLU: ``HAS_BIAS``, ``ACT``, float ``ALPHA`` / ``LIMIT`` constexprs) for sm_90 at
+    gpt-oss-20b's layer (D = I = 2880, 32 experts, top-4), bf16, as the launcher plans a batch-1 step (no GPU
+    needed; a process without TRITON_INTERPRET)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import importlib, json, re
+from membound.backends.triton.kernels.compile_check import compile_ptx
+M = importlib.import_module("membound.backends.triton.kernels.moe")
+D, I, E, K = 2880, 2880, 32, 4
+plan = M.decode_plan(1, E, K, D, I, False, 0, False, 132)
+act = dict(HAS_BIAS=True, ACT=M.ACT_CODE["clamped_swiglu"], ALPHA=1.702, LIMIT=7.0)
+common = dict(INPUT_PRECISION="tf32", SCHEME=0, GROUP=1, RUNS=0)
+gu = dict(x_ptr="*bf16", wg_ptr="*bf16", wu_ptr="*bf16", sg_ptr="*bf16", su_ptr="*bf16", h_ptr="*bf16", idx_ptr="*i64",
+          order_ptr="*i64", offs_ptr="*i64", bg_ptr="*bf16", bu_ptr="*bf16", P=K, I=I, K=D, KW=D, TOP_K=K, stride_x=D,
+          stride_ge=I * D, stride_gn=D, stride_ue=I * D, stride_un=D, stride_sg=I, stride_sgn=1, stride_su=I,
+          stride_sun=1, stride_h=I, BLOCK_M=16, BLOCK_N=plan.bn_gate_up, BLOCK_K=plan.bk_gate_up, ROUTED=True,
+          BLOCK_P=K, **common, **act)
+dn = dict(h_ptr="*bf16", wd_ptr="*bf16", sd_ptr="*bf16", y_ptr="*fp32", idx_ptr="*i64", order_ptr="*i64",
+          offs_ptr="*i64", rw_ptr="*fp32", logit_ptr="*fp32", top_ptr="*fp32", part_ptr="*fp32", lock_ptr="*i32",
+          out_ptr="*bf16", bd_ptr="*bf16", P=K, E=E, TOP_K=K, D=D, I=I, KW=I, K_PER_SPLIT=plan.k_per_split,
+          COUNT_BASE=E * plan.n_blocks, stride_h=I, stride_de=D * I, stride_dn=I, stride_sd=D, stride_sdn=1,
+          stride_y=D, stride_split=K * D, stride_o=D, BLOCK_M=16, BLOCK_N=plan.bn_down, BLOCK_K=plan.bk_down,
+          SPLIT_K=plan.split, ROUTED=True, SOFTMAX_FIRST=False, RENORM=False, COMBINE=True, BLOCK_P=K, BLOCK_KK=K,
+          BLOCK_E=E, HAS_BIAS=True, **common)
+ggu, gdn = M.GROUPED_TILES[(64, "gate_up")], M.GROUPED_TILES[(64, "down")]
+grouped_gu = dict(x_ptr="*bf16", wg_ptr="*bf16", wu_ptr="*bf16", sg_ptr="*bf16", su_ptr="*bf16", h_ptr="*bf16",
+                  pair_ptr="*i64", offs_ptr="*i64", blk_expert_ptr="*i32", blk_start_ptr="*i64", bg_ptr="*bf16",
+                  bu_ptr="*bf16", E=E, M_BLOCKS=72, GROUP_M=72, I=I, K=D, KW=D, TOP_K=K, stride_x=D,
+                  stride_ge=I * D, stride_gn=D, stride_ue=I * D, stride_un=D, stride_sg=I, stride_sgn=1, stride_su=I,
+                  stride_sun=1, stride_h=I, BLOCK_M=ggu.block_m, BLOCK_N=ggu.block_n, BLOCK_K=ggu.block_k, **common,
+                  **act)
+grouped_dn = dict(h_ptr="*bf16", wd_ptr="*bf16", sd_ptr="*bf16", y_ptr="*fp32", pair_ptr="*i64", weight_ptr="*fp32",
+                  offs_ptr="*i64", blk_expert_ptr="*i32", blk_start_ptr="*i64", bd_ptr="*bf16", E=E, M_BLOCKS=72,
+                  GROUP_M=72, D=D, I=I, KW=I, stride_h=I, stride_de=D * I, stride_dn=I, stride_sd=D, stride_sdn=1,
+                  stride_y=D, BLOCK_M=gdn.block_m, BLOCK_N=gdn.block_n, BLOCK_K=gdn.block_k, HAS_BIAS=True, **common)
+for kernel, args, warps in ((M._moe_gate_up, gu, 4), (M._moe_down, dn, 4), (M._moe_grouped_gate_up, grouped_gu,
+                            ggu.num_warps), (M._moe_grouped_down, grouped_dn, gdn.num_warps)):
+    ptx, shared = compile_ptx(kernel, args, 90, num_warps=warps)
+    print(json.dumps(dict(kernel=kernel.__name__, shared=shared, mma=len(re.findall(r"mma", ptx)),
+                          sigmoid=ptx.count("ex2"))))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["kernel"] for r in results] == ["_moe_gate_up", "_moe_down", "_moe_grouped_gate_up", "_moe_grouped_down"]
+    for r in results:
+        assert r["mma"] > 0 and r["shared"] <= 228 * 1024, r
+    assert results[0]["sigmoid"] > 0 and results[2]["sigmoid"] > 0  # the SwiGLU's exp in both gate/up epilogues
