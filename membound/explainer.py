@@ -337,17 +337,17 @@ def moe_active_bytes(graph: Graph, batch: int) -> str:
     """The expert-weight bytes a decode step of ``batch`` tokens reads through the graph's ``moe`` ops
     (each token its top-k experts: ``min(E, batch * k)`` per op), of all the expert weights; "" without
     ``moe`` ops."""
-    from membound.ir.ops.moe import expert_bytes
+    from membound.ir.ops.moe import MOE_OPS, expert_bytes, expert_top_k
 
-    nodes = [n for n in graph.nodes if n.op in ("moe", "quant_moe")]
+    nodes = [n for n in graph.nodes if n.op in MOE_OPS]
     if not nodes:
         return ""
     active = total = 0
     for n in nodes:
         experts, per_expert = expert_bytes(n)
-        active += min(experts, batch * n.attrs["top_k"]) * per_expert
+        active += min(experts, batch * expert_top_k(n)) * per_expert
         total += experts * per_expert
-    ks = sorted({f"top-{n.attrs['top_k']} of {expert_bytes(n)[0]}" for n in nodes})
+    ks = sorted({f"top-{expert_top_k(n)} of {expert_bytes(n)[0]}" for n in nodes})
     return (f"{len(nodes)} moe ops ({', '.join(ks)} experts): a decode step at B={batch} reads "
             f"{si(active, 'B')} of the {si(total, 'B')} of expert weights ({active / total:.0%}), "
             f"{si(active / batch, 'B')} per token")

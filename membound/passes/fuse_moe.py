@@ -154,6 +154,9 @@ class Router:
     renormalize: bool = False
     score: str = "softmax"  # "sigmoid": Llama 4's sigmoid of the kept logits, scattered into a dense [T, E]
     bias: Optional[Value] = None  # the router linear's bias [E] (gpt-oss)
+    # a routing the graph computes (moe_experts): the experts' count, and the block's nodes (not all of topk's users)
+    given_experts: Optional[int] = None
+    region: Optional[list[Node]] = None
     weights: Value = field(init=False)  # routing weights after softmax / renormalisation ([T, E] for "sigmoid")
 
     @property
@@ -162,7 +165,11 @@ class Router:
 
     @property
     def experts(self) -> int:
-        return int(self.weight.shape[0])
+        return self.given_experts if self.given_experts is not None else int(self.weight.shape[0])
+
+    @property
+    def given(self) -> bool:
+        return self.given_experts is not None
 
 
 def _router(topk: Node) -> Router:
@@ -219,6 +226,94 @@ def _sigmoid_scores(topk: Node) -> Optional[Value]:
     return sig[0].result
 
 
+def _ancestors(v: Value) -> set[int]:
+    seen: set[int] = set()
+    work = [v]
+    while work:
+        n = work.pop().producer
+        if n is not None and id(n) not in seen:
+            seen.add(id(n))
+            work.extend(n.inputs)
+    return seen
+
+
+def _weighting(graph: Graph, topk: Node) -> tuple[Value, Node]:
+    """A routing the graph computes: the float ``[T, k]`` value ``w`` whose flattened copy (permuted by the sort of
+    the expert ids, in the grouped form) is unsqueezed and multiplied into the ``[T * k, D]`` expert outputs, and
+    that ``mul``; NoMatch if there is not exactly one."""
+    ids = topk.results[1]
+    perms = [n.results[1] for n in graph.nodes if n.op == "sort" and _through(n.inputs[0], VIEWS) is ids]
+    found: list[tuple[Value, Node]] = []
+    for n in _downstream(graph, topk, {id(topk)})[1:]:
+        if n.op != "mul" or n.result.rank != 2:
+            continue
+        for b in n.inputs:
+            col = _producer(b, "unsqueeze")
+            if col is None or col.inputs[0].rank != 1:
+                continue
+            src = col.inputs[0]
+            gather = _producer(src, "index")
+            if gather is not None and gather.attrs.get("dims") == (0,) and any(gather.inputs[1] is p for p in perms):
+                src = gather.inputs[0]
+            w = _through(src, ("reshape",))
+            if w.rank == 2 and w.dtype.is_floating_point and all(dims_equal(a, b) for a, b in zip(w.shape, ids.shape)):
+                found.append((w, n))
+    if len(found) != 1:
+        raise NoMatch(f"{len(found)} products of the expert outputs with a [T, k] routing weight, not 1")
+    return found[0]
+
+
+def _given_router(graph: Graph, topk: Node) -> Router:
+    """The routing of a block whose router ``moe`` does not name (DeepSeek-V3's group-limited top-k of biased
+    sigmoid scores, a scale): the experts' ids (``topk``'s indices) and weights (:func:`_weighting`) as the graph
+    computes them, the block the nodes that read them but do not compute the weights. Its tokens: the one float
+    value, not a parameter, constant or the weights, the block reads."""
+    ids = topk.results[1]
+    if ids.rank != 2 or not _static(ids.shape[1]):
+        raise NoMatch("the top-k's ids are not [T, k]")
+    w, _ = _weighting(graph, topk)
+    routing = _ancestors(w)
+    seeds = {id(topk)} | ({id(w.producer)} if w.producer is not None else set())
+    region = [topk] + [n for n in _downstream(graph, topk, seeds)[1:] if id(n) not in routing]
+    inside = {id(n) for n in region}
+    tokens = [v for n in region[1:] for v in n.inputs
+              if (v.producer is None or id(v.producer) not in inside) and v is not w and v is not ids
+              and v.dtype.is_floating_point and v.kind != "param" and not _is_constant(v)
+              and _through(v, ("transpose",)).kind != "param"]
+    if not tokens:
+        raise NoMatch("the experts read no token values")
+    h = tokens[0]  # the first the region reads (the block checks that it reads no other), as [T, D]
+    while not (h.rank == 2 and dims_equal(h.shape[0], ids.shape[0])) and h.producer is not None \
+            and h.producer.op in VIEWS + ("cast", "expand"):
+        h = h.producer.inputs[0]
+    if h.rank != 2 or not dims_equal(h.shape[0], ids.shape[0]):
+        raise NoMatch(f"the experts' tokens %{h.name} are not [T, D] for the ids' T")
+    experts = {int(p.shape[0]) for n in region for v in n.inputs
+               if (p := _through(v, ("transpose",))).kind == "param" and p.rank == 3}
+    if len(experts) != 1:
+        raise NoMatch(f"the experts' 3-D weights disagree on E: {sorted(experts)}")
+    r = Router(topk, h, w, int(ids.shape[1]), True, given_experts=experts.pop(), region=region)
+    r.weights = w
+    return r
+
+
+def _check_given_weighting(graph: Graph, r: Router, block: Block) -> None:
+    """The given weights reach the block through one chain (views, the sort's permutation, an unsqueeze) ending in
+    the one ``mul`` with the expert outputs: each pair's output is weighted once, by its weight."""
+    _, mul = _weighting(graph, r.topk)
+    ids = {id(n) for n in block.nodes}
+    if id(mul) not in ids:
+        raise NoMatch("the routing weights are not multiplied inside the block")
+    readers = [n for n in block.nodes if any(v is r.weights for v in n.inputs)]
+    while len(readers) == 1 and readers[0] is not mul and readers[0].op in VIEWS + ("index", "unsqueeze"):
+        users = [u for u in readers[0].result.users if id(u) in ids]
+        if len(readers[0].result.users) != 1:
+            break
+        readers = users
+    if readers != [mul]:
+        raise NoMatch("the routing weights are read by more than the one product with the expert outputs")
+
+
 # ---------------------------------------------------------------------------------------------
 # the block: everything downstream of topk up to the first value it all flows into
 # ---------------------------------------------------------------------------------------------
@@ -244,14 +339,20 @@ def _ancestors_within(v: Value, allowed: set[int]) -> set[int]:
     return seen
 
 
-def _block(graph: Graph, r: Router) -> Block:
-    start = graph.nodes.index(r.topk)
-    down: set[int] = {id(r.topk)}
-    order: list[Node] = [r.topk]
-    for n in graph.nodes[start + 1:]:
+def _downstream(graph: Graph, first: Node, seeds: set[int]) -> list[Node]:
+    """``first`` and the nodes after it that read (transitively) a result of a node in ``seeds``, in order."""
+    down = set(seeds) | {id(first)}
+    order: list[Node] = [first]
+    for n in graph.nodes[graph.nodes.index(first) + 1:]:
         if any(v.producer is not None and id(v.producer) in down for v in n.inputs):
             down.add(id(n))
             order.append(n)
+    return order
+
+
+def _block(graph: Graph, r: Router) -> Block:
+    order = r.region if r.region is not None else _downstream(graph, r.topk, {id(r.topk)})
+    down = {id(n) for n in order}
     want = r.h.shape[0] * r.h.shape[1]
     why = "no value of T x D elements collects every routed value"
     for pos, n in enumerate(order[1:], 1):
@@ -264,7 +365,8 @@ def _block(graph: Graph, r: Router) -> Block:
             continue  # something routed does not flow into this value
         nodes = order[:pos + 1]
         ids = {id(m) for m in nodes}
-        leaks = [m for m in nodes[:-1] for v in m.results for u in v.users if id(u) not in ids]
+        leaks = [m for m in nodes[:-1] if not (r.given and m is r.topk)  # (given: the graph's routing reads ids)
+                 for v in m.results for u in v.users if id(u) not in ids]
         outputs = {id(v) for v in graph.outputs}
         returned = [m for m in nodes[:-1] if any(id(v) in outputs for v in m.results)]
         if leaks or returned:  # a partial sum (one expert of a loop): look further
@@ -275,7 +377,8 @@ def _block(graph: Graph, r: Router) -> Block:
             for v in m.inputs:
                 if (v.producer is None or id(v.producer) not in ids) and v not in externals:
                     externals.append(v)
-        return Block(nodes, n.result, [v for v in externals if v is not r.topk.inputs[0]])
+        skip = (r.topk.inputs[0], r.weights) if r.given else (r.topk.inputs[0],)
+        return Block(nodes, n.result, [v for v in externals if all(v is not s for s in skip)])
     raise NoMatch(why)
 
 
@@ -498,8 +601,10 @@ def _expert_biases(r: Router, gate_up: Optional[Value], down: Optional[Value], g
                    ) -> Optional[tuple[Weight, Weight, Weight]]:
     """The experts' biases (gate/up rows of one ``[E, 2I]`` parameter, down ``[E, D]``), all or none, and with the
     router's bias, all or none (``moe``'s ``bias=true`` takes the four)."""
-    found = (gate_up is not None, down is not None, r.bias is not None)
-    if not any(found):
+    found = (gate_up is not None, down is not None, r.bias is not None or r.given)
+    if not any(found[:2]):
+        if r.bias is not None:
+            raise NoMatch("the router has a bias and the experts none: moe takes all four biases or none")
         return None
     if not all(found):
         raise NoMatch("biases on some of the router, the gate/up and the down products but not all "
@@ -975,7 +1080,7 @@ def _check_experts(r: Router, block: Block, x: Experts) -> None:
     for w, shape in want:
         if tuple(w.shape) != shape:
             raise NoMatch(f"expert tensor %{w.param.name} gives {list(w.shape)} where {list(shape)} belongs")
-    if (x.biases is not None) != (r.bias is not None):
+    if not r.given and (x.biases is not None) != (r.bias is not None):
         raise NoMatch("the router has a bias and the experts none, or the reverse")
     used = {id(w.param) for w in (x.gate, x.up, x.down, *(x.biases or ()))}
     for v in block.externals:
@@ -987,16 +1092,26 @@ def _check_experts(r: Router, block: Block, x: Experts) -> None:
 def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> str:
     """Rewrite the block of ``topk``; returns the form's name (NoMatch when it does not match). New expert tensors
     that are copies, not views, of the model's are named in ``copies``."""
-    r = _router(topk)
+    try:
+        r = _router(topk)
+    except NoMatch as e:
+        try:
+            r = _given_router(graph, topk)
+        except NoMatch as given:
+            raise NoMatch(f"{e}; nor a routing the graph computes for moe_experts: {given}") from None
     block = _block(graph, r)
     reasons = []
-    for name, form in (WEIGHTED_INPUT_FORMS if r.score == "sigmoid" else FORMS):
+    forms = WEIGHTED_INPUT_FORMS if r.score == "sigmoid" else FORMS
+    for name, form in forms:
         try:
-            if r.bias is not None and name not in BIASED_FORMS:
-                raise NoMatch("its router has a bias, which only the grouped and batched forms take")
+            if (r.bias is not None or r.given) and name not in BIASED_FORMS:
+                raise NoMatch("its router has a bias or is the graph's own, which only the grouped and batched "
+                              "forms take")
             found = form(graph, r, block)
             experts = found if isinstance(found, Experts) else Experts(*found)
             _check_experts(r, block, experts)
+            if r.given:
+                _check_given_weighting(graph, r, block)
             break
         except NoMatch as e:
             reasons.append(f"{name}: {e}")
@@ -1006,20 +1121,23 @@ def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> s
     h, out = r.h, block.out
     while len(out.users) == 1 and out.users[0].op == "cast" and out.users[0].result.dtype == h.dtype:
         out = out.users[0].result
-    shared = _shared(out, _tokens_of(h)) if out.dtype == h.dtype else None
+    shared = _shared(out, _tokens_of(h)) if out.dtype == h.dtype and not r.given else None
     replaced = shared[0].result if shared is not None else out
     anchor = replaced.producer
     assert anchor is not None
-    operands = [h, r.weight] + [_materialise(graph, w, h.dtype, copies) for w in weights]
-    operands += shared[1] if shared is not None else []
-    if experts.biases is not None:
-        assert r.bias is not None
-        operands += [r.bias] + [_materialise(graph, b, h.dtype, copies) for b in experts.biases]
-    node = graph.create_node("moe", operands, dict(top_k=r.top_k, softmax_first=r.softmax_first,
-                                                   renormalize=r.renormalize, act=experts.act, score=r.score,
-                                                   weight_input=r.score == "sigmoid",
-                                                   bias=experts.biases is not None, alpha=experts.alpha,
-                                                   limit=experts.limit))
+    expert_ops = [_materialise(graph, w, h.dtype, copies) for w in weights]
+    bias_ops = [_materialise(graph, b, h.dtype, copies) for b in experts.biases or ()]
+    act = dict(act=experts.act, bias=experts.biases is not None, alpha=experts.alpha, limit=experts.limit)
+    if r.given:  # the graph's routing stays; the experts become moe_experts over its weights and ids
+        node = graph.create_node("moe_experts", [h, r.weights, r.ids, *expert_ops, *bias_ops], act)
+    else:
+        operands = [h, r.weight, *expert_ops, *(shared[1] if shared is not None else [])]
+        if experts.biases is not None:
+            assert r.bias is not None
+            operands += [r.bias, *bias_ops]
+        node = graph.create_node("moe", operands, dict(top_k=r.top_k, softmax_first=r.softmax_first,
+                                                       renormalize=r.renormalize, score=r.score,
+                                                       weight_input=r.score == "sigmoid", **act))
     graph.insert_before(anchor, node)
     new = node.result
     fixups = [("reshape", {"shape": replaced.shape}, tuple(new.shape) != tuple(replaced.shape)),
@@ -1030,7 +1148,7 @@ def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> s
             new = fix.result
     graph.replace_all_uses(replaced, new)
     erase_if_dead(graph, anchor)
-    return name + (" + shared expert" if shared is not None else "")
+    return name + (" + shared expert" if shared is not None else "") + (" (given routing)" if r.given else "")
 
 
 @register_pass("fuse-moe")

@@ -533,3 +533,48 @@ for kernel, args, warps in ((M._moe_gate_up, gu, 4), (M._moe_down, dn, 4), (M._m
     for r in results:
         assert r["mma"] > 0 and r["shared"] <= 228 * 1024, r
     assert results[0]["sigmoid"] > 0 and results[2]["sigmoid"] > 0  # the SwiGLU's exp in both gate/up epilogues
+
+
+def _given_routing(tokens: int, e: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A routing as a graph computes it (DeepSeek-style: any weights, k distinct experts a token)."""
+    g = torch.Generator().manual_seed(tokens * 31 + k)
+    ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(tokens)]).to(DEVICE)
+    weights = (torch.rand(tokens, k, generator=g) * 2.5).to(DEVICE, dtype)
+    return weights, ids
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens,k", [(1, 2), (3, 3), (37, 2), (70, 2)])  # 140 pairs: past the one-launch sort
+@pytest.mark.parametrize("path", ["decode", "grouped"])
+def test_moe_experts_with_a_given_routing(dtype: torch.dtype, tokens: int, k: int, path: str) -> None:
+    """``moe_experts``: the graph's routing weights and ids (any weights, not a softmax: here up to 2.5, as
+    DeepSeek-V3's scaled sigmoid scores) into the expert kernels on both paths, against the reference."""
+    from membound.backends.triton.kernels import moe_experts
+
+    ws = _weights(6, 40, 23, dtype)[1:]
+    x = torch.randn(tokens, 40, generator=torch.Generator().manual_seed(tokens)).to(DEVICE, dtype)
+    weights, ids = _given_routing(tokens, 6, k, torch.float32)
+    with trace() as calls:
+        got = moe_experts(x, weights, ids, *ws, path=path)
+    assert calls == [("moe_experts", "kernel")]
+    want = get_op("moe_experts").reference(x, weights, ids, *ws, act="silu")
+    torch.testing.assert_close(got.float(), want.float(), **TOL[dtype])
+    # and the weights matter: the same ids with other weights give another result
+    other = get_op("moe_experts").reference(x, weights.flip(-1), ids, *ws, act="silu")
+    assert (other.float() - want.float()).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("path", ["decode", "grouped"])
+def test_moe_experts_with_biases_and_clamped_swiglu(path: str) -> None:
+    from membound.backends.triton.kernels import moe_experts
+
+    ws = _weights(5, 40, 23, torch.float32)[1:]
+    biases = _biases(5, 40, 23, torch.float32)[1:]
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE) * 2
+    weights, ids = _given_routing(3, 5, 2, torch.float16)  # weights in another float dtype than x
+    attrs = dict(act="clamped_swiglu", alpha=1.702, limit=0.3, bias=True)
+    with trace() as calls:
+        got = moe_experts(x, weights, ids, *ws, *biases, path=path, **attrs)
+    assert calls == [("moe_experts", "kernel")]
+    want = get_op("moe_experts").reference(x, weights, ids, *ws, *biases, **attrs)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])

@@ -235,3 +235,146 @@ def test_quant_moe_codes_must_match_the_scheme() -> None:
         get_op("quant_moe").infer_types([TensorType(f16, (3, 65)), *ts],
                                         get_op("quant_moe").normalize_attrs({"top_k": 2, "scheme": "int4",
                                                                              "group_size": 32}))
+
+
+# ---- gpt-oss: biases and the clamped SwiGLU ------------------------------------------------------------------
+
+
+def _per_token_gpt_oss(x: torch.Tensor, ws: list[torch.Tensor], biases: list[torch.Tensor], top_k: int, alpha: float,
+                       limit: float) -> torch.Tensor:
+    """gpt-oss's block token by token in float64, written from its definition: top-k of the biased logits, softmax
+    over the k; each expert ``down(act(gate(h) + bg, up(h) + bu)) + bd``, act the clamped SwiGLU."""
+    router, wg, wu, wd = (w.double() for w in ws)
+    rb, bg, bu, bd = (b.double() for b in biases)
+    h = x.double()
+    out = torch.zeros_like(h)
+    for t in range(h.shape[0]):
+        top, idx = (router @ h[t] + rb).topk(top_k)
+        for wk, e in zip(top.softmax(-1), idx):
+            g = (wg[e] @ h[t] + bg[e]).clamp(max=limit)
+            u = (wu[e] @ h[t] + bu[e]).clamp(-limit, limit)
+            out[t] += wk * (wd[e] @ ((u + 1) * g * torch.sigmoid(alpha * g)) + bd[e])
+    return out
+
+
+def _bias_tensors(e: int, d: int, i: int, seed: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(e, generator=g), torch.randn(e, i, generator=g), torch.randn(e, i, generator=g),
+            torch.randn(e, d, generator=g)]
+
+
+@pytest.mark.parametrize("limit", [0.4, 50.0])  # binding at these weights, and not
+def test_biases_and_clamped_swiglu_match_a_per_token_loop(limit: float) -> None:
+    ws, biases = _weights(6, 16, 12, seed=2), _bias_tensors(6, 16, 12)
+    x = torch.randn(9, 16, generator=torch.Generator().manual_seed(4)) * 2
+    got = get_op("moe").reference(x, *ws, *biases, top_k=3, softmax_first=False, renormalize=False,
+                                  act="clamped_swiglu", alpha=1.702, limit=limit, bias=True)
+    want = _per_token_gpt_oss(x, ws, biases, 3, 1.702, limit)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_biased_active_bytes_count_the_active_experts_biases() -> None:
+    e, d, i = 8, 64, 96
+    types = _types() + [TensorType(f16, (e,)), TensorType(f16, (e, i)), TensorType(f16, (e, i)),
+                        TensorType(f16, (e, d))]
+    x = TensorType(f16, (1, d))
+    attrs = get_op("moe").normalize_attrs({"top_k": 2, "bias": True, "act": "clamped_swiglu", "limit": 7.0})
+    out = get_op("moe").infer_types([x, *types], attrs)
+    _, nbytes = get_op("moe").cost([x, *types], out, attrs)
+    plain_attrs = get_op("moe").normalize_attrs({"top_k": 2})
+    _, plain = get_op("moe").cost([x, *_types()], out, plain_attrs)
+    assert int(nbytes - plain) == e * 2 + 2 * (2 * i + d) * 2  # the router's bias, 2 experts' bias rows
+
+
+BAD_BIASED = [
+    ({"top_k": 2, "bias": True}, 0, ValueError, "bias=true needs router_bias"),
+    ({"top_k": 2, "bias": 1}, 4, TypeError, "bias must be a bool"),
+    ({"top_k": 2, "bias": True, "act": "swish"}, 4, ValueError, "act must be one of"),
+    ({"top_k": 2, "alpha": 2.0}, 0, ValueError, "belong to act='clamped_swiglu'"),
+    ({"top_k": 2, "act": "clamped_swiglu", "limit": -1.0}, 0, TypeError, "limit must be none or a positive"),
+]
+
+
+@pytest.mark.parametrize("attrs,n_bias,exc,match", BAD_BIASED)
+def test_bad_bias_and_act_attrs_name_the_op(attrs: dict[str, Any], n_bias: int, exc: type[Exception],
+                                            match: str) -> None:
+    e, d, i = 8, 64, 96
+    biases = [TensorType(f16, (e,)), TensorType(f16, (e, i)), TensorType(f16, (e, i)), TensorType(f16, (e, d))]
+    with pytest.raises(exc, match=f"^moe: .*{match}"):
+        get_op("moe").infer_types([TensorType(f16, (3, d)), *_types(), *biases[:n_bias]],
+                                  get_op("moe").normalize_attrs(attrs))
+
+
+def test_a_bias_of_the_wrong_shape_is_named() -> None:
+    e, d, i = 8, 64, 96
+    biases = [TensorType(f16, (e,)), TensorType(f16, (e, i)), TensorType(f16, (e, d)), TensorType(f16, (e, d))]
+    with pytest.raises(ValueError, match=r"^moe: b_up .* must be \[8, 96\]"):
+        get_op("moe").infer_types([TensorType(f16, (3, d)), *_types(), *biases],
+                                  get_op("moe").normalize_attrs({"top_k": 2, "bias": True}))
+
+
+# ---- moe_experts: a routing the graph computes ---------------------------------------------------------------
+
+
+def test_moe_experts_matches_a_per_token_loop_and_moe() -> None:
+    """``moe_experts`` with any weights (here DeepSeek-like: above 1) equals its definition token by token, and with
+    moe's own routing (weights, ids from ``route``) equals ``moe``."""
+    from membound.ir.ops.moe import route
+
+    ws = _weights(6, 16, 12, seed=5)
+    x = torch.randn(7, 16, generator=torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(7)
+    ids = torch.stack([torch.randperm(6, generator=g)[:2] for _ in range(7)])
+    weights = torch.rand(7, 2, generator=g) * 2.5
+    got = get_op("moe_experts").reference(x, weights, ids, *ws[1:], act="silu")
+    want = torch.zeros(7, 16, dtype=torch.float64)
+    for t in range(7):
+        for w, e in zip(weights[t], ids[t]):
+            h = x[t].double()
+            want[t] += w * (ws[3][e].double() @ (F.silu(ws[1][e].double() @ h) * (ws[2][e].double() @ h)))
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    rw, experts = route(x, ws[0], top_k=2, softmax_first=True, renormalize=True)
+    torch.testing.assert_close(get_op("moe_experts").reference(x, rw, experts, *ws[1:], act="silu"),
+                               get_op("moe").reference(x, *ws, top_k=2, softmax_first=True, renormalize=True,
+                                                       act="silu"), rtol=1e-5, atol=1e-5)
+
+
+def test_moe_experts_reads_only_the_active_experts() -> None:
+    e, d, i = 8, 64, 96
+    x, w, ids = TensorType(f16, (B, d)), TensorType(torch.float32, (B, 2)), TensorType(torch.int64, (B, 2))
+    experts = [TensorType(f16, (e, i, d)), TensorType(f16, (e, i, d)), TensorType(f16, (e, d, i))]
+    op = get_op("moe_experts")
+    attrs = op.normalize_attrs({})
+    out = op.infer_types([x, w, ids, *experts], attrs)
+    _, nbytes = op.cost([x, w, ids, *experts], out, attrs)
+    per_expert = 3 * i * d * 2
+    fixed = 2 * B * d * 2 + B * 2 * 4 + B * 2 * 8
+    assert sympy.simplify(nbytes.subs(B, 1) - (fixed.subs(B, 1) + 2 * per_expert)) == 0
+    assert sympy.simplify(nbytes.subs(B, 64) - (fixed.subs(B, 64) + 8 * per_expert)) == 0
+
+
+def _experts_types(e: int = 8, d: int = 64, i: int = 96) -> list[TensorType]:
+    return [TensorType(f16, (e, i, d)), TensorType(f16, (e, i, d)), TensorType(f16, (e, d, i))]
+
+
+BAD_EXPERTS = [
+    ([TensorType(f16, (3, 64)), TensorType(f16, (3, 2)), TensorType(f16, (3, 2))], {}, TypeError, "ids must be"),
+    ([TensorType(f16, (3, 64)), TensorType(f16, (3, 2)), TensorType(torch.int64, (3, 3))], {}, ValueError,
+     r"weights f16\[3, 2\] and ids i64\[3, 3\] must both be \[T, k\]"),
+    ([TensorType(f16, (3, 32)), TensorType(f16, (3, 2)), TensorType(torch.int64, (3, 2))], {}, ValueError,
+     "w_gate"),
+    ([TensorType(f16, (3, 64)), TensorType(f16, (3, 9)), TensorType(torch.int64, (3, 9))], {}, ValueError,
+     "more than the 8 experts"),
+    ([TensorType(f16, (3, 64)), TensorType(f16, (3, 2)), TensorType(torch.int64, (3, 2))], {"bias": True},
+     ValueError, "takes 3 bias operands"),
+    ([TensorType(f16, (3, 64)), TensorType(torch.int64, (3, 2)), TensorType(torch.int64, (3, 2))], {}, TypeError,
+     "weights"),
+]
+
+
+@pytest.mark.parametrize("head,attrs,exc,match", BAD_EXPERTS)
+def test_moe_experts_bad_inputs_name_the_op(head: list[TensorType], attrs: dict[str, Any], exc: type[Exception],
+                                            match: str) -> None:
+    op = get_op("moe_experts")
+    with pytest.raises(exc, match=f"^moe_experts: .*{match}"):
+        op.infer_types([*head, *_experts_types()], op.normalize_attrs(attrs))

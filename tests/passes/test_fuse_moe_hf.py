@@ -370,3 +370,69 @@ def test_gpt_oss_block_without_its_down_bias_is_left_alone() -> None:
         graph, ctx)
     assert g.count("moe") == 0
     assert any("moe takes all four or none" in line for line in ctx.log), ctx.log
+
+
+def _deepseek_block(version: str, impl: str) -> Any:
+    torch.manual_seed(0)
+    common = dict(hidden_size=16, moe_intermediate_size=8, n_routed_experts=8, num_experts_per_tok=2, n_group=2,
+                  topk_group=1, n_shared_experts=1, intermediate_size=24, num_attention_heads=4,
+                  num_key_value_heads=4)
+    if version == "v3":
+        config = transformers.DeepseekV3Config(**common)
+        block = transformers.models.deepseek_v3.modeling_deepseek_v3.DeepseekV3MoE(config)
+    else:
+        config = transformers.DeepseekV2Config(**common, topk_method="group_limited_greedy")
+        block = transformers.models.deepseek_v2.modeling_deepseek_v2.DeepseekV2Moe(config)
+    for m in block.modules():
+        if hasattr(m, "config"):
+            m.config._experts_implementation = impl
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return block.eval()
+
+
+@pytest.mark.parametrize("impl,cuda", [("grouped_mm", False), ("grouped_mm", True), ("batched_mm", False)],
+                         ids=["grouped", "grouped-cuda", "batched"])
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_deepseek_block_experts_fuse_with_the_graphs_routing(version: str, impl: str, cuda: bool) -> None:
+    """DeepSeek-V2 (group-limited greedy over softmax scores) and V3 (sigmoid scores plus a correction bias, the
+    top groups, a scaled renormalisation) route in ways ``moe`` does not name: their routing stays as the graph's
+    ops and the experts become one ``moe_experts`` over its weights and ids (no sort, histc, gathers or products
+    left); the ungated shared expert stays beside it. Equal to eager in fp32 (1e-5), many tokens and one."""
+    block = _deepseek_block(version, impl)
+    x = torch.randn(2, 7, 16)
+    with cuda_moe_path() if cuda else contextlib.nullcontext():
+        cap = capture_export(block, (x,), {})
+    ctx = PassContext()
+    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
+        cap.graph, ctx)
+    assert f"fuse-moe: {impl.split('_')[0]} (given routing): 1" in ctx.log, ctx.log
+    ops = [n.op for n in g.nodes]
+    assert ops.count("moe_experts") == 1 and ops.count("moe") == 0
+    assert ops.count("grouped_mm") == ops.count("histc") == ops.count("sort") == ops.count("matmul") == 0
+    node = next(n for n in g.nodes if n.op == "moe_experts")
+    assert node.inputs[2].producer.op == "topk" and node.attrs["act"] == "silu" and not node.attrs["bias"]
+    for xs in (x, x[:1, :1]):
+        with torch.no_grad():
+            want = block(xs)
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_routing_weight_read_twice_is_left_alone() -> None:
+    """moe_experts weights each pair's output once: a block that also adds the routing weights elsewhere into its
+    result (not a form the pass knows) keeps its ops, and the log says why."""
+    block = _deepseek_block("v3", "batched_mm")
+    cap = capture_export(block, (torch.randn(2, 7, 16),), {})
+    graph = cap.graph
+    mul = next(n for n in graph.nodes if n.op == "mul" and n.result.rank == 2 and any(
+        v.producer is not None and v.producer.op == "unsqueeze" and v.producer.inputs[0].rank == 1 for v in n.inputs))
+    col = next(v for v in mul.inputs if v.producer is not None and v.producer.op == "unsqueeze")
+    twice = graph.insert_after(mul, graph.create_node("add", [mul.result, col]))  # weights added a second time
+    for u in list(mul.result.users):
+        if u is not twice:
+            u.replace_input(mul.result, twice.result)
+    ctx = PassContext()
+    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
+        graph, ctx)
+    assert g.count("moe_experts") == 0
+    assert any("routing weights are read by more than the one product" in line for line in ctx.log), ctx.log

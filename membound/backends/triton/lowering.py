@@ -278,6 +278,7 @@ TABLE: list[Lowering] = [
     # (the same: its weights must be parameters, fuse-mlp-block checks)
     library("mlp_block", "mlp_block:mlp_block"),
     library("moe", "moe:moe"),
+    library("moe_experts", "moe:moe_experts"),
     library("quant_moe", "moe:quant_moe"),
 ]
 

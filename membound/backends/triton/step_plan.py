@@ -42,6 +42,7 @@ from membound.cost import Hardware, RooflineCost
 from membound.cost.roofline import bindings, evaluate
 from membound.cost.step import KernelWork
 from membound.ir.graph import Node
+from membound.ir.ops.moe import MOE_OPS
 
 # our GEMV library's ops; the fused forms (a norm prologue, a residual epilogue) run the same kernel
 LINEAR_OPS = ("linear", "gated_linear", "rms_norm_linear", "linear_add", "gated_linear_add",
@@ -142,7 +143,7 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
         if kind.startswith("quant_dequant_"):
             out += dequant_works(node, name, kind, est.flops, nbytes, dims, precision)
             continue
-        if node.op in ("moe", "quant_moe") and impl == "library":
+        if node.op in MOE_OPS and impl == "library":
             out += moe_works(node, name, est.flops, nbytes, dims, precision, hardware)
             continue
         if node.op == "attention_block" and impl == "library":
@@ -268,29 +269,39 @@ def moe_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, pr
     two thirds of the experts' to gate/up (with x), the rest to down; its FLOPs likewise."""
     import importlib
 
-    from membound.ir.ops.moe import expert_bytes, moe_operands
+    from membound.ir.ops.moe import expert_bytes, expert_top_k, moe_operands
 
     km = importlib.import_module("membound.backends.triton.kernels.moe")  # (the package re-exports a function moe)
     hw = hardware or Hardware.named("h200")
     env = bindings(dims)
-    x, router = node.inputs[0], node.inputs[1]
+    given = node.op == "moe_experts"  # the graph's routing (weights, ids) instead of a router
+    x = node.inputs[0]
     d = int(evaluate(x.shape[-1], env, f"{node.op} D"))
     t = int(evaluate(x.type.numel() / x.shape[-1], env, f"{node.op} tokens"))
     e, _ = expert_bytes(node)
-    top_k, i = int(node.attrs["top_k"]), int(node.inputs[2].shape[1])
+    top_k, i = expert_top_k(node), int(node.inputs[3 if given else 2].shape[1])
     scheme = node.attrs.get("scheme") if node.op == "quant_moe" else None
     group = int(node.attrs.get("group_size", 0) or 0)
     dtype = x.dtype
     x_bytes = float(evaluate(x.type.nbytes(), env, f"{node.op} x bytes"))
-    routing_bytes = float(router.type.nbytes()) + x_bytes
+    routing_bytes = (float(evaluate(node.inputs[1].type.nbytes() + node.inputs[2].type.nbytes(), env,
+                                    f"{node.op} routing bytes")) if given
+                     else float(node.inputs[1].type.nbytes()) + x_bytes)
     experts = max(nbytes - routing_bytes - x_bytes, 0.0)  # the active experts' weights (and a shared expert's)
-    router_flops = 2.0 * t * e * d
+    router_flops = 0.0 if given else 2.0 * t * e * d
 
     def launches(part: str, kind: str, count: int = 1, work: float = 0.0, moved: float = 0.0) -> list[KernelWork]:
         return [KernelWork(f"{name} ({part})", kind, work, moved, precision)] * count  # FLOPs, bytes
 
     path = km.moe_path(t, e, top_k, d, i, dtype, torch.device("cpu"), scheme, group, hw=hw)
     routed = shared = False
+    if given:  # the pairs sorted in one launch (moe_route.given_pairs), the combine in torch
+        head = launches("routing", "fused", 1, 0.0, routing_bytes)
+        head += launches("routing", "torch", BLOCK_TABLE_LAUNCHES) if path != "decode" else []
+        kind = "moe_decode" if path == "decode" else "moe_grouped"
+        return head + [KernelWork(f"{name} (gate/up)", kind, flops * 2 / 3, experts * 2 / 3 + x_bytes, precision),
+                       KernelWork(f"{name} (down)", kind, flops / 3, experts / 3 + x_bytes, precision)] + \
+            launches("combine", "torch", COMBINE_LAUNCHES)
     if path == "decode":
         pairs = km.int4_pairs_path(scheme == "int4", dtype)
         routed = km.decode_plan(t, e, top_k, d, i, scheme == "int4", group, pairs, hw.sm_count).routed

@@ -162,15 +162,7 @@ def _infer_moe(x: TensorType, router: TensorType, w_gate: TensorType, w_up: Tens
     for attr, v in (("softmax_first", softmax_first), ("renormalize", renormalize)):
         if not isinstance(v, bool):
             fail("moe", f"attribute {attr} must be a bool, got {v!r}", TypeError)
-    if act not in ACTIVATIONS:
-        fail("moe", f"attribute act must be one of {list(ACTIVATIONS)}, got {act!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        fail("moe", f"attribute alpha must be a number, got {alpha!r}", TypeError)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
-        fail("moe", f"attribute limit must be none or a positive number, got {limit!r}", TypeError)
-    if act != "clamped_swiglu" and (alpha != 1.0 or limit is not None):
-        fail("moe", f"attributes alpha and limit belong to act='clamped_swiglu'; act={act!r} takes neither "
-                    f"(got alpha={alpha!r}, limit={limit!r})")
+    _check_act("moe", act, alpha, limit)
     if score not in SCORES:
         fail("moe", f"attribute score must be one of {SCORES}, got {score!r}")
     if score == "sigmoid" and softmax_first:
@@ -194,19 +186,8 @@ def _moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torc
     h = x.reshape(-1, x.shape[-1])  # [T, D]
     weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
                              score=score, router_bias=router_bias)
-    out = torch.zeros(h.shape, dtype=torch.float32, device=x.device)  # [T, D]
-    for e in range(router.shape[0]):
-        rows, slot = (experts == e).nonzero(as_tuple=True)  # the tokens that chose e, and in which slot
-        if rows.numel() == 0:
-            continue
-        w = weights[rows, slot, None]
-        own = [b[e] if b is not None else None for b in (b_gate, b_up, b_down)]
-        if weight_input:  # the token scaled before the expert, in x's dtype (Llama 4's routed_in)
-            y = expert_mlp(h[rows] * w.to(h.dtype), w_gate[e], w_up[e], w_down[e], act, own, alpha, limit)
-            out.index_add_(0, rows, y.float())
-            continue
-        y = expert_mlp(h[rows], w_gate[e], w_up[e], w_down[e], act, own, alpha, limit)  # [M, D]
-        out.index_add_(0, rows, y.float() * w)
+    out = combine_experts(h, weights, experts, w_gate, w_up, w_down, act, (b_gate, b_up, b_down), alpha, limit,
+                          weight_input)
     if shared:
         out += shared_expert(h, shared)
     return out.to(x.dtype).reshape(x.shape)
@@ -243,13 +224,25 @@ def active_experts(tokens: sympy.Expr, experts: sympy.Expr, top_k: int) -> sympy
     return sympy.Min(experts, tokens * top_k)
 
 
+MOE_OPS = ("moe", "quant_moe", "moe_experts")  # the routed-experts ops (one decode step reads top_k of E each)
+
+
 def expert_bytes(node: Any) -> tuple[int, int]:
-    """(E, bytes of one expert's gate/up/down weights and biases) of a ``moe`` or ``quant_moe`` node (static
-    shapes)."""
-    weights = node.inputs[2:8] if node.op == "quant_moe" else node.inputs[2:5]
-    weights = [*weights, *moe_operands(node)[2][1:]]  # the experts' biases (not the router's)
-    experts = int(node.inputs[1].type.shape[0])
+    """(E, bytes of one expert's gate/up/down weights and biases) of a ``moe``, ``quant_moe`` or ``moe_experts``
+    node (static shapes)."""
+    if node.op == "moe_experts":
+        weights = node.inputs[3:]  # gate, up, down and their biases
+        experts = int(node.inputs[3].type.shape[0])
+    else:
+        weights = node.inputs[2:8] if node.op == "quant_moe" else node.inputs[2:5]
+        weights = [*weights, *moe_operands(node)[2][1:]]  # the experts' biases (not the router's)
+        experts = int(node.inputs[1].type.shape[0])
     return experts, int(sum(v.type.nbytes() for v in weights)) // experts
+
+
+def expert_top_k(node: Any) -> int:
+    """Experts a token reads in a node of :data:`MOE_OPS`: ``top_k``, or the given routing's k."""
+    return int(node.inputs[2].type.shape[1]) if node.op == "moe_experts" else int(node.attrs["top_k"])
 
 
 def _moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
@@ -274,6 +267,118 @@ define_op("moe", inputs=("x", "router", "w_gate", "w_up", "w_down", "shared_gate
           doc="routed mixture of gated-MLP experts (top_k of E per token, fp32 combine), optional gated shared "
               "expert, optional router and expert biases (bias=true), silu or clamped SwiGLU experts; bytes count the "
               "active experts only")
+
+
+# ---------------------------------------------------------------------------------------------
+# moe_experts: the experts of a block whose routing the graph computes (DeepSeek-V2/V3's group-limited routing,
+# the score-correction bias, a scaling factor: routers moe does not name)
+# ---------------------------------------------------------------------------------------------
+# moe_experts(x[T, D], weights[T, k], ids[T, k], w_gate, w_up, w_down[, b_gate, b_up, b_down]) {act, alpha, limit,
+# bias}: out[t] = sum_j weights[t, j] * expert_{ids[t, j]}(x[t]), the experts as moe's (same act, biases after
+# each product), combined in fp32 (the weights taken in fp32) and rounded once to x's dtype. The routing is the
+# graph's own (its ops run before); ids must be in [0, E) and a token's k ids distinct.
+
+EXPERT_BIASES = ("b_gate", "b_up", "b_down")
+
+
+def combine_experts(h: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, w_gate: torch.Tensor,
+                    w_up: torch.Tensor, w_down: torch.Tensor, act: str, biases: Sequence[Optional[torch.Tensor]],
+                    alpha: float, limit: Optional[float], weight_input: bool = False) -> torch.Tensor:
+    """``sum_j weights[t, j] * expert_{experts[t, j]}(h[t])`` in fp32 ``[T, D]``: tokens grouped by expert (each
+    expert's weights used once, on its rows). ``weight_input``: the token scaled by its weight (rounded to h's dtype,
+    the product too) before the expert, whose output joins the sum unweighted."""
+    out = torch.zeros(h.shape, dtype=torch.float32, device=h.device)  # [T, D]
+    for e in range(w_gate.shape[0]):
+        rows, slot = (experts == e).nonzero(as_tuple=True)  # the tokens that chose e, and in which slot
+        if rows.numel() == 0:
+            continue
+        w = weights[rows, slot, None].float()
+        own = [b[e] if b is not None else None for b in biases]
+        if weight_input:  # (Llama 4's routed_in)
+            y = expert_mlp(h[rows] * w.to(h.dtype), w_gate[e], w_up[e], w_down[e], act, own, alpha, limit)
+            out.index_add_(0, rows, y.float())
+            continue
+        y = expert_mlp(h[rows], w_gate[e], w_up[e], w_down[e], act, own, alpha, limit)  # [M, D]
+        out.index_add_(0, rows, y.float() * w)
+    return out
+
+
+def _infer_moe_experts(x: TensorType, weights: TensorType, ids: TensorType, w_gate: TensorType, w_up: TensorType,
+                       w_down: TensorType, *biases: TensorType, act: Any, alpha: Any = 1.0, limit: Any = None,
+                       bias: Any = False) -> TensorType:
+    op = "moe_experts"
+    require_float(op, x, "x")
+    require_float(op, weights, "weights")
+    if ids.dtype not in (torch.int64, torch.int32):
+        fail(op, f"ids must be i64/i32 expert indices, got {ids}", TypeError)
+    if not isinstance(bias, bool):
+        fail(op, f"attribute bias must be a bool, got {bias!r}", TypeError)
+    if len(biases) != (3 if bias else 0):
+        fail(op, f"bias={bias} takes {3 if bias else 0} bias operands ({', '.join(EXPERT_BIASES)}), got {len(biases)}")
+    if x.rank != 2 or weights.rank != 2 or ids.rank != 2 or (w_gate.rank, w_up.rank, w_down.rank) != (3, 3, 3):
+        fail(op, f"needs x[T, D], weights[T, k], ids[T, k], w_gate/w_up[E, I, D], w_down[E, D, I]; got x {x}, "
+                 f"weights {weights}, ids {ids}, w_gate {w_gate}, w_up {w_up}, w_down {w_down}")
+    same_dtype(op, ("x", x), ("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down), *zip(EXPERT_BIASES, biases))
+    t, d = x.shape
+    e, i = w_gate.shape[:2]
+    for a, b in zip(weights.shape, ids.shape):
+        require_same_dim(op, a, b, f"weights {weights} and ids {ids} must both be [T, k]")
+    wants = [("weights", weights, (t, ids.shape[1])), ("w_gate", w_gate, (e, i, d)), ("w_up", w_up, (e, i, d)),
+             ("w_down", w_down, (e, d, i))]
+    wants += [(n, b, want) for n, b, want in zip(EXPERT_BIASES, biases, ((e, i), (e, i), (e, d)))]
+    for name, tt, want in wants:
+        if tt.rank != len(want):
+            fail(op, f"{name} must be [{', '.join(map(str, want))}], got {tt}")
+        for have, need in zip(tt.shape, want):
+            require_same_dim(op, have, need, f"{name} {tt} must be [{', '.join(map(str, want))}]")
+    if isinstance(ids.shape[1], sympy.Integer) and isinstance(e, sympy.Integer) and int(ids.shape[1]) > int(e):
+        fail(op, f"{ids.shape[1]} experts a token is more than the {e} experts")
+    _check_act(op, act, alpha, limit)
+    return TensorType(x.dtype, x.shape)
+
+
+def _check_act(op: str, act: Any, alpha: Any, limit: Any) -> None:
+    if act not in ACTIVATIONS:
+        fail(op, f"attribute act must be one of {list(ACTIVATIONS)}, got {act!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        fail(op, f"attribute alpha must be a number, got {alpha!r}", TypeError)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+        fail(op, f"attribute limit must be none or a positive number, got {limit!r}", TypeError)
+    if act != "clamped_swiglu" and (alpha != 1.0 or limit is not None):
+        fail(op, f"attributes alpha and limit belong to act='clamped_swiglu'; act={act!r} takes neither "
+                 f"(got alpha={alpha!r}, limit={limit!r})")
+
+
+def _moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+                 w_down: torch.Tensor, *biases: torch.Tensor, act: str, alpha: float = 1.0,
+                 limit: Optional[float] = None, bias: bool = False) -> torch.Tensor:
+    out = combine_experts(x, weights, ids.long(), w_gate, w_up, w_down, act, biases or (None, None, None), alpha,
+                          limit)
+    return out.to(x.dtype)
+
+
+def _moe_experts_flops(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """Each token's k experts ``6*I*D + 5*I`` and the weighted combine; the biases' adds."""
+    x, weights, _, w_gate = ins[:4]
+    t, k = x.shape[0], weights.shape[1]
+    i, d = w_gate.shape[1], x.shape[1]
+    return t * k * (6 * i * d + 5 * i + 2 * d + (2 * i + d if attrs.get("bias") else 0))
+
+
+def _moe_experts_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
+    """x, the weights and ids, the result, and the gate/up/down (and their biases) of the active experts only."""
+    x, weights, ids = ins[:3]
+    e = ins[3].shape[0]
+    per_expert = sum(w.nbytes() for w in ins[3:]) / e
+    return (x.nbytes() + weights.nbytes() + ids.nbytes() + outs[0].nbytes()
+            + active_experts(x.shape[0], e, weights.shape[1]) * per_expert)
+
+
+define_op("moe_experts", inputs=("x", "weights", "ids", "w_gate", "w_up", "w_down", "b_gate?", "b_up?", "b_down?"),
+          attrs={"act": "silu", "alpha": 1.0, "limit": None, "bias": False}, kind="moe", infer=_infer_moe_experts,
+          reference=_moe_experts, flops=_moe_experts_flops, bytes=_moe_experts_bytes, host_sync=True,
+          doc="the experts of a routed block whose routing (weights, ids) the graph computes: each token's k experts, "
+              "weighted, combined in fp32; bytes count the active experts only")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,5 +500,6 @@ define_op("quant_moe", inputs=("x", "router", "q_gate", "s_gate", "q_up", "s_up"
           host_sync=True, doc="moe over int8 / int4 / fp8 expert weights; bytes count the active experts' codes and "
                               "scales only")
 
-__all__ = ["ACTIVATIONS", "BIASES", "QUANT_MOE_SCHEMES", "active_experts", "dequantize_experts", "expert_bytes",
-           "expert_in_features", "expert_mlp", "gated_act", "moe_extras", "moe_operands", "route", "shared_expert"]
+__all__ = ["ACTIVATIONS", "BIASES", "EXPERT_BIASES", "MOE_OPS", "QUANT_MOE_SCHEMES", "active_experts",
+           "combine_experts", "dequantize_experts", "expert_bytes", "expert_in_features", "expert_mlp", "expert_top_k",
+           "gated_act", "moe_extras", "moe_operands", "route", "shared_expert"]

@@ -74,7 +74,7 @@ from membound.backends.triton.kernels._launch import (
     unsupported_dtype,
 )
 from membound.backends.triton.kernels.int4_pairs import int4_pairs, pairs_ptx
-from membound.backends.triton.kernels.moe_route import fits, router_topk, sorted_pairs
+from membound.backends.triton.kernels.moe_route import fits, given_pairs, router_topk, sorted_pairs
 from membound.ir.ops import get_op
 from membound.ir.ops.moe import moe_extras, shared_expert
 from membound.ir.ops.quant import QWEIGHT_DTYPE
@@ -745,6 +745,28 @@ def quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gat
                    scheme=SCHEME_CODE[scheme], group=group_size, path=path, configs=configs)
 
 
+def moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+                w_down: torch.Tensor, *biases: torch.Tensor, out: Optional[torch.Tensor] = None, act: str = "silu",
+                alpha: float = 1.0, limit: Optional[float] = None, bias: bool = False, path: Optional[str] = None,
+                configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None) -> torch.Tensor:
+    """The IR op ``moe_experts``: the routing the graph computed (``weights``, ``ids`` ``[T, k]``) into the pairs
+    sorted by expert (``moe_route.given_pairs``: one launch for a decode step), then ``moe``'s expert kernels on
+    either path, the combine in torch. ``path``, ``configs``: as :func:`moe`."""
+    attrs = dict(act=act, alpha=alpha, limit=limit, bias=bias)
+    op = "moe_experts"
+    if x.dim() != 2 or weights.shape != ids.shape or w_gate.shape[-1] != x.shape[-1]:
+        raise ValueError(f"{op}: x {tuple(x.shape)}, weights {tuple(weights.shape)}, ids {tuple(ids.shape)}, gate "
+                         f"{tuple(w_gate.shape)} disagree (x[T, D], weights and ids [T, k], gate [E, I, D])")
+    reason = _unsupported(x, (w_gate, w_up, w_down, *biases), act) or unsupported_device(weights, ids)
+    if reason is not None:
+        want = get_op(op).reference(x, weights, ids, w_gate, w_up, w_down, *biases, **attrs)
+        return fallback(op, reason.replace("moe:", f"{op}:"), want, out)
+    full = dict(attrs, top_k=ids.shape[1], softmax_first=True, renormalize=False, score="softmax",
+                weight_input=False)
+    return _launch(op, x, None, (w_gate, w_up, w_down), None, biases if bias else (), out, full, path=path,
+                   configs=configs, given=(weights, ids))
+
+
 def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_down: torch.Tensor) -> None:
     e, d = router.shape
     if x.shape[-1] != d or w_gate.shape[0] != e or w_down.shape[1] != d:
@@ -752,20 +774,26 @@ def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.
                          f"down {tuple(w_down.shape)} do not agree on E and D")
 
 
-def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch.Tensor, ...],
+def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: tuple[torch.Tensor, ...],
             scales: Optional[tuple[torch.Tensor, ...]], rest: tuple[torch.Tensor, ...], out: Optional[torch.Tensor],
             attrs: dict, scheme: int = 0, group: int = 0, path: Optional[str] = None,
-            configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None) -> torch.Tensor:
+            configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None,
+            given: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    """The expert kernels of ``moe`` / ``quant_moe`` (routed by ``router``) and ``moe_experts`` (``given``: the
+    graph's routing weights and ids, ``router`` None; ``rest`` its expert biases, or none)."""
     w_gate, w_up, w_down = weights
-    shared, biases = moe_extras(op, rest, attrs["bias"])
+    if given is not None:
+        shared, biases = (), (None, *rest) if rest else ()  # (no router bias: the routing is given)
+    else:
+        shared, biases = moe_extras(op, rest, attrs["bias"])
     # the biases: the router's into its logits; each expert's row read contiguous by the epilogues (a no-op for the
     # contiguous copies fuse-moe makes)
-    router_bias, b_gate, b_up, b_down = (b.contiguous() for b in biases) if biases else (None, w_gate, w_gate,
-                                                                                          w_gate)
+    router_bias, b_gate, b_up, b_down = ((None if b is None else b.contiguous() for b in biases) if biases
+                                         else (None, w_gate, w_gate, w_gate))
     act = dict(HAS_BIAS=bool(biases), ACT=ACT_CODE[attrs["act"]], ALPHA=float(attrs["alpha"]),
                LIMIT=float(attrs["limit"] or 0.0))
     s_gate, s_up, s_down = scales if scales is not None else (w_gate, w_up, w_down)  # unread without a scheme
-    top_k, e, d = attrs["top_k"], router.shape[0], router.shape[1]
+    top_k, e, d = attrs["top_k"], w_gate.shape[0], x.shape[-1]
     result = check_out(op, out, tuple(x.shape), x.dtype, x.device)
     h = x.reshape(-1, d).contiguous()  # [T, D]
     t, i = h.shape[0], w_gate.shape[1]
@@ -785,9 +813,11 @@ def _launch(op: str, x: torch.Tensor, router: torch.Tensor, weights: tuple[torch
     # Llama 4's routing (a sigmoid of the kept logits, the weight on the token before the expert): in torch, then the
     # gate/up kernels read each pair's scaled token (x_in row p = pair p, so their token of a pair is the pair) and
     # the down kernel weights by 1
-    plain = attrs["score"] == "softmax" and not attrs["weight_input"]
+    plain = attrs["score"] == "softmax" and not attrs["weight_input"] and given is None
     x_in, k_in = h, top_k
-    if not plain and t > 0:
+    if given is not None and t > 0:  # moe_experts: the pairs of the graph's routing
+        rw, order, offsets = given_pairs(given[0].reshape(t, top_k), given[1].reshape(t, top_k), e)
+    elif not plain and t > 0:
         rw, order, offsets = sorted_pairs(h, router, top_k, attrs["softmax_first"], attrs["renormalize"],
                                           attrs["score"], router_bias)
         if attrs["weight_input"]:
@@ -1063,4 +1093,5 @@ def moe_bytes(tokens: int, experts: int, top_k: int, hidden: int, intermediate: 
     return min(experts, tokens * top_k) * 3 * hidden * intermediate * itemsize
 
 
-__all__ = ["GroupedConfig", "moe", "moe_bytes", "moe_path", "path_times", "pick_grouped_config", "quant_moe"]
+__all__ = ["GroupedConfig", "moe", "moe_bytes", "moe_experts", "moe_path", "path_times", "pick_grouped_config",
+           "quant_moe"]

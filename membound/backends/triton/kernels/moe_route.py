@@ -163,9 +163,26 @@ def sorted_pairs(h: torch.Tensor, router: torch.Tensor, top_k: int, softmax_firs
         return route_pairs(top, idx, e, softmax_first, renormalize)
     weights, experts = route(h, router, top_k=top_k, softmax_first=softmax_first, renormalize=renormalize,
                              score=score, router_bias=router_bias)
+    return _pairs_in_torch(weights, experts, e)
+
+
+def given_pairs(weights: torch.Tensor, ids: torch.Tensor, experts: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(weights f32[T*k], order i64[T*k], offsets i64[E+1])`` of a routing the graph computed (``moe_experts``'s
+    ``weights[T, k]`` and expert ``ids[T, k]``): :func:`route_pairs` taking the weights as they are where it
+    :func:`fits` (one launch), else torch ops; no host sync either way."""
+    t, k = ids.shape
+    if fits(t, experts, k):
+        return route_pairs(weights.float(), ids, experts, softmax_first=True, renormalize=False)
+    return _pairs_in_torch(weights.float(), ids.long(), experts)
+
+
+def _pairs_in_torch(weights: torch.Tensor, experts: torch.Tensor, e: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`route_pairs`'s results in torch ops, for any number of pairs."""
     order = torch.sort(experts.reshape(-1), stable=True).indices  # [T * k]
     # per-expert counts by comparison, not bincount (whose output size needs a host sync: no CUDA graph)
-    counts = (experts.reshape(-1, 1) == torch.arange(e, device=h.device)).sum(dim=0)  # [E]
-    offsets = torch.zeros(e + 1, dtype=torch.int64, device=h.device)
+    counts = (experts.reshape(-1, 1) == torch.arange(e, device=weights.device)).sum(dim=0)  # [E]
+    offsets = torch.zeros(e + 1, dtype=torch.int64, device=weights.device)
     offsets[1:] = torch.cumsum(counts, 0)
     return weights.reshape(-1).contiguous(), order, offsets
