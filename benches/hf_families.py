@@ -133,8 +133,8 @@ def build(name: str) -> Any:
 
 # the decode graph's ops a row records: which fusions fired for the family (attention forms, the one-launch
 # blocks, MoE as one op or as grouped products), and what stayed outside the kernels (opaque torch calls)
-DECODE_OPS = ("cached_attention", "attention_block", "mlp_block", "moe", "grouped_mm", "linear_glu", "linear_rope",
-              "torch_call")
+DECODE_OPS = ("cached_attention", "attention_block", "mlp_block", "moe", "moe_experts", "grouped_mm", "linear_glu",
+              "linear_rope", "torch_call")
 
 
 def decode_ops(compiled: Any) -> dict[str, int]:

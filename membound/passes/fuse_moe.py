@@ -78,6 +78,13 @@ read only views of ``h``, parameters and constants. The experts inside are recog
   weight_input=true}``, which reads only the chosen experts (the dense form streams all E). Its weights are
   K-major, so the op gets ``[E, I, D]`` / ``[E, D, I]`` copies (the model's own tensors stay with the model).
 
+A router none of these name (DeepSeek-V2's group-limited greedy top-k, V3's sigmoid scores with a correction bias,
+the top groups and a scale; any ``topk`` whose input is not ``[softmax](linear(h, R))``): the routing stays as the
+graph computes it, and the experts, in the grouped or batched form, become ``moe_experts(h, w, ids, ...)`` over the
+top-k's ids and the float ``[T, k]`` weights ``w`` that multiply the expert outputs (flattened, in the grouped form
+permuted by the ids' sort, unsqueezed: exactly one such product, and ``w`` read by the block through it alone). The
+block is then the nodes that read the ids or ``w`` but do not compute ``w``.
+
 Every form's weights must come out ``[E, I, D]`` / ``[E, D, I]``, and a parameter the block reads that none of its
 weights or biases accounts for declines the block (its product would be dropped).
 

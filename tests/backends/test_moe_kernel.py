@@ -578,3 +578,37 @@ def test_moe_experts_with_biases_and_clamped_swiglu(path: str) -> None:
     assert calls == [("moe_experts", "kernel")]
     want = get_op("moe_experts").reference(x, weights, ids, *ws, *biases, **attrs)
     torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+def test_deepseek_v3_decode_step_runs_its_experts_as_one_launch_pair_without_host_sync() -> None:
+    """HF DeepSeek-V3 (group-limited routing of biased sigmoid scores) on the triton backend: its experts run as
+    ``moe_experts`` over the graph's routing (the pairs sorted in one launch, the expert kernels), nothing in the
+    decode step reads device values on the host (so it may be a CUDA graph), and greedy tokens equal eager's."""
+    import transformers as T
+
+    import membound
+    from membound.api import host_syncing_ops
+
+    cfg = T.DeepseekV3Config(vocab_size=61, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
+                             num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+                             kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                             max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = T.DeepseekV3ForCausalLM(cfg).eval().to(DEVICE)
+    with torch.no_grad():  # HF initialises the router and its correction bias to zeros: every score would tie
+        for layer in model.model.layers[1:]:
+            layer.mlp.gate.weight.normal_(0, 0.5)
+            layer.mlp.gate.e_score_correction_bias.normal_(0, 0.1)
+    ids = torch.randint(3, 61, (1, 6), device=DEVICE)
+    compiled = membound.compile(model, backend="triton")
+    with trace() as calls:
+        out = membound.generate(compiled, ids, 4)
+    assert ("moe_experts", "kernel") in calls, sorted(set(calls))
+    program = compiled._kv_program
+    ops = [n.op for n in program.decode_graph.nodes]
+    assert ops.count("moe_experts") == 1 and ops.count("grouped_mm") == 0
+    assert host_syncing_ops(program.decode) == []
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, want)

@@ -80,3 +80,33 @@ def test_the_op_bytes_are_all_counted(program) -> None:
     items = moe_works(node, "moe", est.flops, est.bytes, dims, "fp32", Hardware.named("h200"))
     x_bytes = float(node.inputs[0].type.numel().subs({s: 1 for s in node.inputs[0].type.free_symbols()})) * 4
     assert sum(w.bytes for w in items) == pytest.approx(est.bytes + x_bytes, rel=1e-6)
+
+
+def _given_layer(tokens: int):
+    """A moe_experts node at DeepSeek-V3's layer shape cut to 64 experts (types only: D 7168, I 2048, top-8, bf16)."""
+    from membound.ir import Graph
+    from membound.ir.types import TensorType
+
+    bf16 = torch.bfloat16
+    g = Graph("deepseek_layer")
+    x = g.add_input("x", TensorType(bf16, (tokens, 7168)))
+    w = g.add_input("weights", TensorType(torch.float32, (tokens, 8)))
+    ids = g.add_input("ids", TensorType(torch.int64, (tokens, 8)))
+    ws = [g.add_param(n, TensorType(bf16, shape)) for n, shape in (
+        ("w_gate", (64, 2048, 7168)), ("w_up", (64, 2048, 7168)), ("w_down", (64, 7168, 2048)))]
+    node = g.call("moe_experts", x, w, ids, *ws).producer
+    est = RooflineCost(Hardware.named("h200")).estimate(node, {})
+    return est, moe_works(node, "moe_experts", est.flops, est.bytes, {}, "bf16", Hardware.named("h200"))
+
+
+@pytest.mark.parametrize("tokens,kinds", [
+    (1, ["fused", "moe_decode", "moe_decode", "torch", "torch"]),  # the pairs sorted in one launch
+    (512, ["fused", "torch", "torch", "torch", "moe_grouped", "moe_grouped", "torch", "torch"]),  # + block table
+])
+def test_a_given_routing_is_one_sorting_launch_then_the_expert_kernels(tokens: int, kinds: list[str]) -> None:
+    """moe_experts has no router: its launches are the pairs' sort (moe_route.given_pairs), the two expert kernels
+    (and the grouped path's block table), the combine; they read the op's bytes and do its FLOPs."""
+    est, items = _given_layer(tokens)
+    assert [w.kind for w in items] == kinds
+    assert sum(w.bytes for w in items) == pytest.approx(float(est.bytes), rel=0.01)
+    assert sum(w.flops for w in items) == pytest.approx(float(est.flops), rel=1e-6)
