@@ -326,7 +326,7 @@ def _hf_moe_blocks_dense(module: torch.nn.Module) -> Iterator[None]:
     one ``moe`` op. Blocks of other releases (5.x's experts are one module of 3-D weights), a block in training
     with router jitter, and classes outside ``transformers`` are left alone. Granite-MoE's block (``_HF4_GRANITE_MOE``)
     runs :func:`_hf_granite_moe_dense_forward`, 4.x gpt-oss's experts (``_HF4_GPT_OSS_EXPERTS``)
-    :func:`_hf_gpt_oss_dense_forward`."""
+    :func:`_hf_gpt_oss_routed_forward`."""
     swapped = []
     for sub in module.modules():
         cls = type(sub)
@@ -347,7 +347,7 @@ def _hf_moe_blocks_dense(module: torch.nn.Module) -> Iterator[None]:
         elif (cls.__name__ in _HF4_GPT_OSS_EXPERTS and not sub.training and _transformers_major() == 4
                 and all(getattr(getattr(sub, n, None), "dim", lambda: 0)() == 3 for n in ("gate_up_proj", "down_proj"))
                 and "routing_weights" in inspect.signature(cls.forward).parameters):
-            sub.forward = _hf_gpt_oss_dense_forward.__get__(sub, cls)
+            sub.forward = _hf_gpt_oss_routed_forward.__get__(sub, cls)
             swapped.append(sub)
     try:
         yield
@@ -408,26 +408,30 @@ def _transformers_major() -> int:
         return 0
 
 
-def _hf_gpt_oss_dense_forward(self: Any, hidden_states: torch.Tensor, router_indices: Any = None,
-                              routing_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """transformers 4.x gpt-oss experts (``GptOssExperts``), equal to their own: every expert on every token, as
-    their inference branch off the CPU computes it (``bmm`` over ``[E, T, D]``, interleaved gate/up columns, the
-    clamped SwiGLU, biases), each expert's output times the token's routing weight for it (0 where not routed,
-    ``routing_weights`` being ``[T, E]`` scores), summed over the experts in index order (the order the CPU
-    branch's ``index_add_`` adds them in; the added zeros change no sum). Their CPU branch loops over the experts
-    hit (``nonzero``), whose data-dependent sizes torch.export cannot trace."""
+def _hf_gpt_oss_routed_forward(self: Any, hidden_states: torch.Tensor, router_indices: Any = None,
+                               routing_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """transformers 4.x gpt-oss experts (``GptOssExperts``), equal to their own: each token's top-k experts (the
+    ``router_indices``), their weights gathered from the ``[T, E]`` scores ``routing_weights``, each pair's
+    interleaved gate/up product with its bias, the clamped SwiGLU, the down product with its bias, weighted and
+    summed over the k: the form of 5.x's ``batched_mm`` experts, which fuse-moe makes one ``moe``. (The CPU branch
+    of 4.x sums the pairs in expert order, this one in slot order: fp32 sums of k terms, rounding apart.) Their CPU
+    branch loops over the experts hit (``nonzero``), whose data-dependent sizes torch.export cannot trace; their
+    GPU branch runs every expert on every token."""
     batch = hidden_states.shape[0]
     h = hidden_states.reshape(-1, self.hidden_size)
-    experts = routing_weights.shape[1]
-    x = h.repeat(experts, 1).view(experts, -1, self.hidden_size)
-    gate_up = torch.bmm(x, self.gate_up_proj) + self.gate_up_proj_bias[..., None, :]
+    k = router_indices.shape[-1]
+    ids = router_indices.reshape(-1, k)
+    weights = routing_weights.gather(1, ids)  # [T, k]
+    flat = ids.reshape(-1)
+    x = h.unsqueeze(1).expand(-1, k, -1).reshape(-1, self.hidden_size)  # each token k times
+    gate_up = (x.unsqueeze(1) @ self.gate_up_proj[flat]).squeeze(1) + self.gate_up_proj_bias[flat]
     gate, up = gate_up[..., ::2], gate_up[..., 1::2]
     gate = gate.clamp(min=None, max=self.limit)
     up = up.clamp(min=-self.limit, max=self.limit)
     glu = gate * torch.sigmoid(gate * self.alpha)
-    out = torch.bmm((up + 1) * glu, self.down_proj) + self.down_proj_bias[..., None, :]
-    out = out * routing_weights.transpose(0, 1)[..., None]
-    return out.sum(dim=0).to(h.dtype).view(batch, -1, self.hidden_size)
+    out = (((up + 1) * glu).unsqueeze(1) @ self.down_proj[flat]).squeeze(1) + self.down_proj_bias[flat]
+    out = out * weights.reshape(-1).unsqueeze(-1)
+    return out.view(-1, k, self.hidden_size).sum(dim=1).to(h.dtype).view(batch, -1, self.hidden_size)
 
 
 # Hugging Face families whose rotary embedding is a complex tensor (``torch.polar``, ``view_as_complex``): the module

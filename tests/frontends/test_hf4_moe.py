@@ -215,8 +215,9 @@ class _GptOssMLP(nn.Module):
 
 def test_4x_gpt_oss_experts_capture_densely(monkeypatch: pytest.MonkeyPatch) -> None:
     """4.57's gpt-oss experts on the CPU loop over the experts hit (refused: data-dependent sizes); under
-    transformers 4.x they are captured as every expert on every token weighted by the [T, E] scores, equal to
-    eager (rows of 1 and 6 tokens). Under 5.x (CI's) the class is left alone: its experts take [T, k] weights."""
+    transformers 4.x they are captured as each token's k experts (5.x's batched form), which fuse-moe makes one
+    ``moe`` (biases, the clamped SwiGLU), equal to eager (rows of 1 and 6 tokens). Under 5.x (CI's) the class is
+    left alone: its experts take [T, k] weights."""
     import membound.frontends.export as export
 
     torch.manual_seed(1)
@@ -226,6 +227,8 @@ def test_4x_gpt_oss_experts_capture_densely(monkeypatch: pytest.MonkeyPatch) -> 
     cap = capture_export(layer, (x,), {})
     assert "forward" not in vars(layer.mlp.experts)
     g = PassManager(default_pipeline() + ["dead-code-elimination"]).run(cap.graph, PassContext())
+    moe = [n for n in g.nodes if n.op == "moe"]
+    assert len(moe) == 1 and moe[0].attrs["bias"] and moe[0].attrs["act"] == "clamped_swiglu", g
     for xs in (x, x[:1, :1]):
         with torch.no_grad():
             want = layer(xs)
