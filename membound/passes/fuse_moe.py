@@ -85,6 +85,10 @@ top-k's ids and the float ``[T, k]`` weights ``w`` that multiply the expert outp
 permuted by the ids' sort, unsqueezed: exactly one such product, and ``w`` read by the block through it alone). The
 block is then the nodes that read the ids or ``w`` but do not compute ``w``.
 
+Copies of K-major experts (gpt-oss, Llama 4) are memory beside the model's own: the block stays unfused where they
+would take more than half the free memory of the CUDA device holding the weights (``COPY_FREE_SHARE``;
+gpt-oss-20b's ~36 GiB of bf16 copies beside its 42 GiB do not fit an 80 GB card), and the log says so.
+
 Every form's weights must come out ``[E, I, D]`` / ``[E, D, I]``, and a parameter the block reads that none of its
 weights or biases accounts for declines the block (its product would be dropped).
 
@@ -101,7 +105,7 @@ it is never slower; the backend chooses between its decode and grouped kernels f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import sympy
 import torch
@@ -1076,6 +1080,46 @@ def _materialise(graph: Graph, w: Weight, dtype: torch.dtype, copies: Optional[l
     return graph.add_param(w.name, TensorType(dtype, w.shape), tensor)
 
 
+# the share of a device's free memory the [E, N, K] copies of K-major experts may take (the rest stays for the KV cache
+# and activations); past it the block stays unfused, its products reading the model's own weights
+COPY_FREE_SHARE = 0.5
+
+
+def copy_bytes(graph: Graph, weights: Sequence[Weight]) -> int:
+    """Bytes of the new tensors ``weights`` would make (copies, not views, of the model's), found on meta tensors."""
+    total = 0
+    for w in weights:
+        source = graph.tensors.get(w.param.name)
+        if w.make is None or source is None:
+            continue
+        probe = w.make({w.param.name: torch.empty_strided(source.shape, source.stride(), dtype=source.dtype,
+                                                          device="meta")})
+        if probe._base is None:  # (a view of the probe keeps it as its base)
+            total += probe.numel() * probe.element_size()
+    return total
+
+
+def _check_copies_fit(graph: Graph, weights: Sequence[Weight]) -> None:
+    """NoMatch when the copies would take more than :data:`COPY_FREE_SHARE` of the free memory of the CUDA device
+    holding the model's weights (gpt-oss-20b's experts, ~36 GiB of bf16 copies beside its own 42, do not fit an
+    80 GB card); CPU tensors: no limit."""
+    need = copy_bytes(graph, weights)
+    room = free_memory([graph.tensors[w.param.name].device for w in weights if w.param.name in graph.tensors])
+    if need == 0 or room is None:
+        return
+    device, free = room
+    if need > COPY_FREE_SHARE * free:
+        raise NoMatch(f"its experts are stored K-major: the [E, N, K] copies the kernels read would take "
+                      f"{need / 2**30:.3g} GiB, more than {COPY_FREE_SHARE:.0%} of the {free / 2**30:.3g} GiB free on "
+                      f"{device} (left unfused: its products read the model's own weights)")
+
+
+def free_memory(devices: Sequence[torch.device]) -> Optional[tuple[str, int]]:
+    """(name, free bytes) of the first CUDA device among ``devices``; None without one."""
+    cuda = [d for d in devices if d.type == "cuda"]
+    return (str(cuda[0]), torch.cuda.mem_get_info(cuda[0])[0]) if cuda else None
+
+
 def _check_experts(r: Router, block: Block, x: Experts) -> None:
     """What every form must give: gate/up ``[E, I, D]``, down ``[E, D, I]``, biases ``[E, I]``, ``[E, I]``, ``[E, D]``
     with the router's, and no parameter the block reads left out (its product would be dropped silently)."""
@@ -1119,6 +1163,7 @@ def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> s
             _check_experts(r, block, experts)
             if r.given:
                 _check_given_weighting(graph, r, block)
+            _check_copies_fit(graph, [experts.gate, experts.up, experts.down, *(experts.biases or ())])
             break
         except NoMatch as e:
             reasons.append(f"{name}: {e}")

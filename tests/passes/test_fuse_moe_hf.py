@@ -436,3 +436,26 @@ def test_a_routing_weight_read_twice_is_left_alone() -> None:
         graph, ctx)
     assert g.count("moe_experts") == 0
     assert any("routing weights are read by more than the one product" in line for line in ctx.log), ctx.log
+
+
+def test_k_major_copies_that_do_not_fit_the_device_leave_the_block_unfused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpt-oss's experts are K-major, so the fused op reads [E, N, K] copies; where those would take more than half
+    the free memory of the weights' CUDA device (gpt-oss-20b on an 80 GB card), the block stays unfused (its grouped
+    products read the model's own weights) and the log says how much was asked of how much."""
+    import membound.passes.fuse_moe as fm
+
+    block = _gpt_oss_block("grouped_mm", 7.0)
+    x = torch.randn(2, 7, 16)
+    cap = capture_export(block, (x,), {})
+    need = sum(t.numel() * t.element_size() for n, t in block.named_parameters() if n.endswith(("gate_up_proj",
+                                                                                                 "down_proj")))
+    monkeypatch.setattr(fm, "free_memory", lambda devices: ("cuda:0", need))  # half of what the copies need
+    ctx = PassContext()
+    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
+        cap.graph, ctx)
+    assert g.count("moe") == 0 and g.count("grouped_mm") == 2
+    assert any("copies the kernels read would take" in line and "free on cuda:0" in line for line in ctx.log), ctx.log
+    monkeypatch.setattr(fm, "free_memory", lambda devices: ("cuda:0", 3 * need))  # room enough: fused
+    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
+        capture_export(block, (x,), {}).graph, PassContext())
+    assert g.count("moe") == 1
