@@ -85,9 +85,11 @@ top-k's ids and the float ``[T, k]`` weights ``w`` that multiply the expert outp
 permuted by the ids' sort, unsqueezed: exactly one such product, and ``w`` read by the block through it alone). The
 block is then the nodes that read the ids or ``w`` but do not compute ``w``.
 
-Copies of K-major experts (gpt-oss, Llama 4) are memory beside the model's own: the block stays unfused where they
-would take more than half the free memory of the CUDA device holding the weights (``COPY_FREE_SHARE``;
-gpt-oss-20b's ~36 GiB of bf16 copies beside its 42 GiB do not fit an 80 GB card), and the log says so.
+Copies of K-major experts (gpt-oss, Llama 4) are memory beside the model's own: where they would take more than half
+the free memory of the CUDA device holding the weights (``COPY_FREE_SHARE``; gpt-oss-20b's ~36 GiB of bf16 copies
+beside its 42 GiB do not fit an 80 GB card), the op reads views of the model's weights instead (the kernels take
+any strides; not yet timed against the copies), and the log says so. Stacked copies (the looped form) that do not
+fit leave the block unfused.
 
 Every form's weights must come out ``[E, I, D]`` / ``[E, D, I]``, and a parameter the block reads that none of its
 weights or biases accounts for declines the block (its product would be dropped).
@@ -104,7 +106,8 @@ it is never slower; the backend chooses between its decode and grouped kernels f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence, Union
 
 import sympy
@@ -406,12 +409,14 @@ def _is_constant(v: Value) -> bool:
 @dataclass
 class Weight:
     """An ``[E, N, K]`` expert weight: the parameter ``param`` as it is (``make is None``) or a new
-    parameter ``make(tensors)`` called ``name``."""
+    parameter ``make(tensors)`` called ``name``; ``view``: where ``make`` copies a K-major weight, the same values
+    as a view of the model's tensor (the kernels read any strides; taken where the copies would not fit)."""
 
     param: Value
     shape: tuple[int, ...]
     name: str = ""
     make: Optional[Callable[[dict[str, torch.Tensor]], torch.Tensor]] = None
+    view: Optional[Callable[[dict[str, torch.Tensor]], torch.Tensor]] = None
 
 
 def _param_3d(v: Value) -> tuple[Value, Transform]:
@@ -445,8 +450,10 @@ def _linear_form(v: Value, suffix: str, rows: Optional[slice] = None) -> Weight:
     probe = view(torch.empty(tuple(int(d) for d in param.shape), device="meta"))
     if probe.shape == tuple(int(d) for d in param.shape) and probe.stride() == _contiguous(param):
         return Weight(param, tuple(probe.shape))
-    form = view if probe.stride(-1) == 1 else (lambda t: view(t).contiguous())
-    return Weight(param, tuple(probe.shape), f"{param.name}.{suffix}", lambda ts: form(ts[param.name]))
+    if probe.stride(-1) == 1:
+        return Weight(param, tuple(probe.shape), f"{param.name}.{suffix}", lambda ts: view(ts[param.name]))
+    return Weight(param, tuple(probe.shape), f"{param.name}.{suffix}", lambda ts: view(ts[param.name]).contiguous(),
+                  lambda ts: view(ts[param.name]))
 
 
 def _contiguous(v: Value) -> tuple[int, ...]:
@@ -1082,7 +1089,7 @@ def _materialise(graph: Graph, w: Weight, dtype: torch.dtype, copies: Optional[l
 
 # the share of a device's free memory the [E, N, K] copies of K-major experts may take (the rest stays for the KV cache
 # and activations); past it the block stays unfused, its products reading the model's own weights
-COPY_FREE_SHARE = 0.5
+COPY_FREE_SHARE = float(os.environ.get("MEMBOUND_MOE_COPY_SHARE", "0.5"))  # 0: always in place (A/B runs)
 
 
 def copy_bytes(graph: Graph, weights: Sequence[Weight]) -> int:
@@ -1099,19 +1106,25 @@ def copy_bytes(graph: Graph, weights: Sequence[Weight]) -> int:
     return total
 
 
-def _check_copies_fit(graph: Graph, weights: Sequence[Weight]) -> None:
-    """NoMatch when the copies would take more than :data:`COPY_FREE_SHARE` of the free memory of the CUDA device
-    holding the model's weights (gpt-oss-20b's experts, ~36 GiB of bf16 copies beside its own 42, do not fit an
-    80 GB card); CPU tensors: no limit."""
+def _fit_copies(graph: Graph, x: Experts) -> tuple[Experts, str]:
+    """``x`` as it is while its copies take at most :data:`COPY_FREE_SHARE` of the free memory of the CUDA device
+    holding the model's weights (CPU tensors: no limit); past that, its K-major weights as views of the model's
+    (read in place, at any strides) and a note saying so. NoMatch where even then the copies left (stacked
+    experts) do not fit. gpt-oss-20b's experts make ~36 GiB of bf16 copies beside its own 42: not on an 80 GB card."""
+    weights = [x.gate, x.up, x.down, *(x.biases or ())]
     need = copy_bytes(graph, weights)
     room = free_memory([graph.tensors[w.param.name].device for w in weights if w.param.name in graph.tensors])
-    if need == 0 or room is None:
-        return
+    if need == 0 or room is None or need <= COPY_FREE_SHARE * room[1]:
+        return x, ""
     device, free = room
-    if need > COPY_FREE_SHARE * free:
-        raise NoMatch(f"its experts are stored K-major: the [E, N, K] copies the kernels read would take "
-                      f"{need / 2**30:.3g} GiB, more than {COPY_FREE_SHARE:.0%} of the {free / 2**30:.3g} GiB free on "
-                      f"{device} (left unfused: its products read the model's own weights)")
+    gate, up, down = (replace(w, make=w.view, view=None) if w.view is not None else w for w in (x.gate, x.up, x.down))
+    left = copy_bytes(graph, [gate, up, down, *(x.biases or ())])
+    if left > COPY_FREE_SHARE * free:
+        raise NoMatch(f"its experts' [E, N, K] copies would take {left / 2**30:.3g} GiB, more than "
+                      f"{COPY_FREE_SHARE:.0%} of the {free / 2**30:.3g} GiB free on {device}")
+    return replace(x, gate=gate, up=up, down=down), (
+        f"expert weights read in place, K-major: [E, N, K] copies would take {need / 2**30:.3g} GiB, more than "
+        f"{COPY_FREE_SHARE:.0%} of the {free / 2**30:.3g} GiB free on {device}")
 
 
 def free_memory(devices: Sequence[torch.device]) -> Optional[tuple[str, int]]:
@@ -1140,7 +1153,8 @@ def _check_experts(r: Router, block: Block, x: Experts) -> None:
             raise NoMatch(f"the block reads parameter %{p.name}, which the recognised experts do not account for")
 
 
-def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> str:
+def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None, notes: Optional[list[str]] = None
+              ) -> str:
     """Rewrite the block of ``topk``; returns the form's name (NoMatch when it does not match). New expert tensors
     that are copies, not views, of the model's are named in ``copies``."""
     try:
@@ -1163,7 +1177,9 @@ def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None) -> s
             _check_experts(r, block, experts)
             if r.given:
                 _check_given_weighting(graph, r, block)
-            _check_copies_fit(graph, [experts.gate, experts.up, experts.down, *(experts.biases or ())])
+            experts, note = _fit_copies(graph, experts)
+            if note and notes is not None:
+                notes.append(note)
             break
         except NoMatch as e:
             reasons.append(f"{name}: {e}")
@@ -1212,7 +1228,10 @@ def fuse_moe(graph: Graph, ctx: PassContext) -> bool:
             continue  # erased with an earlier block
         try:
             copies: list[str] = []
-            form = _fuse_one(graph, topk, copies)
+            notes: list[str] = []
+            form = _fuse_one(graph, topk, copies, notes)
+            for note in notes:
+                ctx.note(f"topk %{topk.results[0].name}: {note}")
             if copies:
                 ctx.note(f"topk %{topk.results[0].name}: expert weights copied to the [E, N, K] layout the kernels "
                          f"read (memory beside the model's own): {', '.join(copies)}")

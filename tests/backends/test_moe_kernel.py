@@ -181,16 +181,29 @@ def test_ties_and_unchosen_experts() -> None:
     _check(x, [router, gate, up, down], top_k=1)
 
 
-def test_registered_and_falls_back_for_column_major_weights() -> None:
+def test_registered_and_takes_k_major_float_weights() -> None:
+    """Float expert weights at any strides run the kernels (K-major views: fuse-moe's where the [E, N, K] copies
+    would not fit the device), on both paths; packed int8 codes whose rows are not contiguous fall back."""
     assert LIBRARY["moe"] is moe
-    router, gate, up, down = _weights(3, 8, 5, torch.float32)
-    gate_cols = gate.transpose(1, 2).contiguous().transpose(1, 2)  # same values, K not contiguous
-    x = torch.randn(2, 8).to(DEVICE)
+    router, gate, up, down = _weights(3, 40, 23, torch.float32)
+    k_major = [w.transpose(1, 2).contiguous().transpose(1, 2) for w in (gate, up, down)]  # same values, K strided
+    interleaved = torch.stack([gate, up], dim=2).reshape(3, 46, 40).transpose(1, 2).contiguous()  # [E, D, 2I]
+    views = [interleaved.transpose(1, 2)[:, 0::2], interleaved.transpose(1, 2)[:, 1::2], k_major[2]]
+    assert torch.equal(views[0], gate) and views[0].stride(-1) != 1
+    x = torch.randn(5, 40).to(DEVICE)
+    want = get_op("moe").reference(x, router, gate, up, down, top_k=2, softmax_first=True, renormalize=True,
+                                   act="silu")
+    for ws in (k_major, views):
+        for path in ("decode", "grouped"):
+            with trace() as calls:
+                got = moe(x, router, *ws, top_k=2, path=path)
+            assert calls == [("moe", "kernel")]
+            torch.testing.assert_close(got, want, **TOL[torch.float32])
+    packed = _int8_experts([router, gate, up, down])
+    packed[0] = packed[0].transpose(1, 2).contiguous().transpose(1, 2)
     with trace() as calls:
-        got = moe(x, router, gate_cols, up, down, top_k=2)
-    assert calls[0][1].startswith("fallback: moe: expert weight rows must be contiguous")
-    torch.testing.assert_close(got, get_op("moe").reference(x, router, gate, up, down, top_k=2, softmax_first=True,
-                                                            renormalize=True, act="silu"))
+        quant_moe(x, router, *packed, scheme="int8", top_k=2)
+    assert calls[0][1].startswith("fallback: quant_moe: packed expert rows must be contiguous")
 
 
 def _int8_experts(ws: list[torch.Tensor]) -> list[torch.Tensor]:

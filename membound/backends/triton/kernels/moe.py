@@ -45,8 +45,10 @@ row's (scale, offset) is one load per tile. Each m-block dequantizes its expert'
 tile reads each byte for both its nibbles (slow, see ``_weight_tile``) unless ``INT4_HALVES``, where each
 byte is read once and the tile split into x's even and odd columns (the default).
 
-Falls back to the torch reference for dtypes other than fp16/bf16/fp32, activations other than
-silu, weights whose rows are not contiguous, and CPU tensors without ``TRITON_INTERPRET=1``.
+Float expert weights may have any strides (K-major views: fuse-moe passes them where ``[E, N, K]`` copies would not
+fit the device; a K stride of 1 is specialised at the launch, the code of contiguous rows unchanged); packed
+(quantized) rows must be contiguous. Falls back to the torch reference for dtypes other than fp16/bf16/fp32,
+activations without a kernel, packed rows that are not contiguous, and CPU tensors without ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -140,8 +142,8 @@ def _row_scales(s_ptr, e, ns, n_ok, stride_se, SCHEME: tl.constexpr):
 
 
 @triton.jit
-def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_wn, stride_se, stride_sn, row_scale,
-                 SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_wn, stride_wk, stride_se, stride_sn,
+                 row_scale, SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
     """The ``[BLOCK_K, BLOCK_N]`` tile of ``W[e].T`` at columns ``ks`` (``k0 .. k0 + BLOCK_K``; a stored row is
     ``KW`` elements wide: K, or int4's ceil(K / 2) bytes, a size Triton sees divisible by 16 at real shapes): the
     float weights as stored (``NONE``), or dequantized in fp32 (the caller rounds to the activation dtype,
@@ -165,7 +167,9 @@ def _weight_tile(w_ptr, s_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_we, stride_
         offset = tl.load(pair + 1, mask=n_ok, other=0.0).to(tl.float32)
         w = tl.where(mask, code * scale[None, :] + offset[None, :], 0.0)
     else:
-        w = tl.load(rows + ks[:, None], mask=mask, other=0)
+        # float weights at any K stride (1 at the launch: specialised away; K-major views, fuse-moe's where copies
+        # would not fit the device); packed codes are always K-contiguous
+        w = tl.load(rows + ks[:, None] * stride_wk, mask=mask, other=0)
         if SCHEME == FP8:  # passed as its bytes (u8)
             w = w.to(tl.float8e4nv, bitcast=True)
         if SCHEME != NONE:
@@ -244,8 +248,8 @@ def _dot_int4_halves(acc, xe, xo, w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, st
 
 @triton.jit
 def _gate_up_step(acc_g, acc_u, x_rows, m_ok, k0, K, KW, wg_ptr, wu_ptr, sg_ptr, su_ptr, e, ns, n_ok, sg, su,
-                  stride_ge, stride_gn, stride_ue, stride_un, stride_sg, stride_sgn, stride_su, stride_sun,
-                  SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, RUNS: tl.constexpr,
+                  stride_ge, stride_gn, stride_gk, stride_ue, stride_un, stride_uk, stride_sg, stride_sgn, stride_su,
+                  stride_sun, SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, RUNS: tl.constexpr,
                   INPUT_PRECISION: tl.constexpr):
     """One K tile of gate and up, for both expert kernels (decode walk, grouped): the rows ``x_rows`` (pointers
     ``[BLOCK_M, 1]``, ``m_ok`` their mask) times the ``[BLOCK_K, BLOCK_N]`` tiles of ``W.T`` (each row of W is
@@ -260,19 +264,19 @@ def _gate_up_step(acc_g, acc_u, x_rows, m_ok, k0, K, KW, wg_ptr, wu_ptr, sg_ptr,
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
         x = tl.load(x_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_sg, stride_sgn,
-                          sg, SCHEME, GROUP, BLOCK_K).to(x.dtype)
-        wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_su, stride_sun,
-                          su, SCHEME, GROUP, BLOCK_K).to(x.dtype)
+        wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_gk, stride_sg,
+                          stride_sgn, sg, SCHEME, GROUP, BLOCK_K).to(x.dtype)
+        wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_uk, stride_su,
+                          stride_sun, su, SCHEME, GROUP, BLOCK_K).to(x.dtype)
         acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
         acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
     return acc_g, acc_u
 
 
 @triton.jit
-def _down_step(acc, h_rows, m_ok, k0, k_bound, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd, stride_de, stride_dn, stride_sd,
-               stride_sdn, SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, RUNS: tl.constexpr,
-               INPUT_PRECISION: tl.constexpr):
+def _down_step(acc, h_rows, m_ok, k0, k_bound, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd, stride_de, stride_dn, stride_dk,
+               stride_sd, stride_sdn, SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr,
+               RUNS: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """One K tile of the down projection (as :func:`_gate_up_step`, one weight, columns up to ``k_bound``)."""
     if SCHEME == INT4 and RUNS >= 2:
         he, ho = _x_halves(h_rows, m_ok[:, None], k0, k_bound, BLOCK_K)
@@ -282,8 +286,8 @@ def _down_step(acc, h_rows, m_ok, k0, k_bound, KW, wd_ptr, sd_ptr, e, ns, n_ok, 
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_bound
         h = tl.load(h_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_sd, stride_sdn,
-                         sd, SCHEME, GROUP, BLOCK_K).to(h.dtype)
+        w = _weight_tile(wd_ptr, sd_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_de, stride_dn, stride_dk, stride_sd,
+                         stride_sdn, sd, SCHEME, GROUP, BLOCK_K).to(h.dtype)
         acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
     return acc
 
@@ -387,6 +391,7 @@ def _moe_gate_up(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, ROUTED: tl.constexpr, BLOCK_P: tl.constexpr,
     HAS_BIAS: tl.constexpr = False, ACT: tl.constexpr = 0, ALPHA: tl.constexpr = 1.0, LIMIT: tl.constexpr = 0.0,
+    stride_gk=1, stride_uk=1,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
@@ -403,9 +408,9 @@ def _moe_gate_up(
         acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             acc_g, acc_u = _gate_up_step(acc_g, acc_u, x_ptr + tok[:, None] * stride_x, m_ok, k0, K, KW, wg_ptr, wu_ptr,
-                                         sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_ue,
-                                         stride_un, stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP,
-                                         BLOCK_K, RUNS, INPUT_PRECISION)
+                                         sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_gk,
+                                         stride_ue, stride_un, stride_uk, stride_sg, stride_sgn, stride_su, stride_sun,
+                                         SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
         _act_store(acc_g, acc_u, h_ptr, pair, m_ok, ns, n_ok, stride_h, bg_ptr, bu_ptr, e * I, HAS_BIAS, ACT, ALPHA,
                    LIMIT)  # hidden rows by pair
 
@@ -420,6 +425,7 @@ def _moe_down(
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, SPLIT_K: tl.constexpr,
     ROUTED: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, COMBINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_KK: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr = False,
+    stride_dk=1,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
@@ -435,7 +441,7 @@ def _moe_down(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_start, k_end, BLOCK_K):
             acc = _down_step(acc, h_ptr + pair[:, None] * stride_h, m_ok, k0, k_end, KW, wd_ptr, sd_ptr, e, ns, n_ok,
-                             sd, stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS,
+                             sd, stride_de, stride_dn, stride_dk, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS,
                              INPUT_PRECISION)
         if SPLIT_K > 1:
             # an fp32 partial per pair; the last of the SPLIT_K programs of (e, pid_n) sums them in split order
@@ -545,6 +551,7 @@ def _moe_grouped_gate_up(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
     HAS_BIAS: tl.constexpr = False, ACT: tl.constexpr = 0, ALPHA: tl.constexpr = 1.0, LIMIT: tl.constexpr = 0.0,
+    stride_gk=1, stride_uk=1,
 ):
     pid_m, pid_n = _tile(tl.program_id(0), M_BLOCKS, tl.cdiv(I, BLOCK_N), GROUP_M)
     e = tl.load(blk_expert_ptr + pid_m).to(tl.int64)  # 64-bit: E * I * K weights pass 2**31 elements
@@ -565,9 +572,9 @@ def _moe_grouped_gate_up(
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         acc_g, acc_u = _gate_up_step(acc_g, acc_u, x_ptr + tok[:, None] * stride_x, m_ok, k0, K, KW, wg_ptr, wu_ptr,
-                                     sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_ue, stride_un,
-                                     stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP, BLOCK_K, RUNS,
-                                     INPUT_PRECISION)
+                                     sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_gk, stride_ue,
+                                     stride_un, stride_uk, stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP,
+                                     BLOCK_K, RUNS, INPUT_PRECISION)
     _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h, bg_ptr, bu_ptr, e * I, HAS_BIAS, ACT, ALPHA, LIMIT)
 
 
@@ -578,6 +585,7 @@ def _moe_grouped_down(
     stride_h, stride_de, stride_dn, stride_sd, stride_sdn, stride_y,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, HAS_BIAS: tl.constexpr = False,
+    stride_dk=1,
 ):
     pid_m, pid_n = _tile(tl.program_id(0), M_BLOCKS, tl.cdiv(D, BLOCK_N), GROUP_M)
     e = tl.load(blk_expert_ptr + pid_m).to(tl.int64)
@@ -594,7 +602,8 @@ def _moe_grouped_down(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, I, BLOCK_K):
         acc = _down_step(acc, h_ptr + ms[:, None] * stride_h, m_ok, k0, I, KW, wd_ptr, sd_ptr, e, ns, n_ok, sd,
-                         stride_de, stride_dn, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
+                         stride_de, stride_dn, stride_dk, stride_sd, stride_sdn, SCHEME, GROUP, BLOCK_K, RUNS,
+                         INPUT_PRECISION)
     rw = tl.load(weight_ptr + pair, mask=m_ok, other=0.0)
     _down_store(acc, h_ptr, y_ptr, rw, pair, m_ok, ns, n_ok, stride_y, bd_ptr, e * D, HAS_BIAS)
 
@@ -689,8 +698,8 @@ def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
     if any(q.dtype != QWEIGHT_DTYPE[scheme] for q in codes) or any(sc.dtype != x.dtype or not sc.is_contiguous()
                                                                   for sc in scales):
         return f"{op}: expects {scheme} codes ({QWEIGHT_DTYPE[scheme]}) and contiguous scales in x's dtype"
-    if any(w.stride(-1) != 1 for w in (*weights, *codes) if w.dim() == 3):
-        return f"{op}: expert weight rows must be contiguous (stride 1 along K)"
+    if any(q.stride(-1) != 1 for q in codes):
+        return f"{op}: packed expert rows must be contiguous (stride 1 along K)"
     if scheme == "fp8" and x.is_cuda and torch.cuda.get_device_capability(x.device) < (8, 9):
         return f"{op}: fp8 experts need compute capability 8.9+ (Ada, Hopper)"
     return None
@@ -858,7 +867,8 @@ def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: t
             x_in, w_gate, w_up, s_gate, s_up, hidden, idx, order, offsets, b_gate, b_up, t * top_k, i, d,
             w_gate.shape[-1], k_in, x_in.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1),
             s_gate.stride(0), sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn_g,
-            BLOCK_K=bk_g, **quant, RUNS=runs(bk_g), **route_args, **act, num_warps=4)
+            BLOCK_K=bk_g, **quant, RUNS=runs(bk_g), **route_args, **act, stride_gk=w_gate.stride(2),
+            stride_uk=w_up.stride(2), num_warps=4)
         locks = n_locks = 0  # counters: the split's per (expert, column block), then the combine's per token
         if split > 1:
             n_locks = e * n_blocks
@@ -879,8 +889,8 @@ def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: t
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
             t * top_k * d, d, BLOCK_M=BLOCK_M, BLOCK_N=bn_d, BLOCK_K=bk_d, **quant, RUNS=runs(bk_d), SPLIT_K=split,
             SOFTMAX_FIRST=attrs["softmax_first"], RENORM=attrs["renormalize"], COMBINE=combined_in_kernel,
-            BLOCK_KK=max(2, p2(top_k)), BLOCK_E=max(2, p2(e)), HAS_BIAS=act["HAS_BIAS"], **route_args, num_warps=4,
-            **cap)
+            BLOCK_KK=max(2, p2(top_k)), BLOCK_E=max(2, p2(e)), HAS_BIAS=act["HAS_BIAS"], **route_args,
+            stride_dk=w_down.stride(2), num_warps=4, **cap)
     else:
         # routing weight per pair, pairs sorted by expert (stable: a token's pairs stay in slot order),
         # offsets[e] = first pair of e (moe_route.sorted_pairs)
@@ -900,8 +910,8 @@ def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: t
             min(cfg_gu.group_m or mb, mb), i, d, w_gate.shape[-1],
             k_in, x_in.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0),
             sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=cfg_gu.block_m, BLOCK_N=cfg_gu.block_n,
-            BLOCK_K=cfg_gu.block_k, **quant, RUNS=runs(cfg_gu.block_k), **act, num_warps=cfg_gu.num_warps,
-            num_stages=cfg_gu.num_stages)
+            BLOCK_K=cfg_gu.block_k, **quant, RUNS=runs(cfg_gu.block_k), **act, stride_gk=w_gate.stride(2),
+            stride_uk=w_up.stride(2), num_warps=cfg_gu.num_warps, num_stages=cfg_gu.num_stages)
         blk_expert, blk_start = tables[cfg_dn.block_m]
         mb = blk_expert.shape[0]
         launchable(_moe_grouped_down, x.device)[(mb * cdiv(d, cfg_dn.block_n),)](
@@ -909,7 +919,8 @@ def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: t
             min(cfg_dn.group_m or mb, mb), d, i, w_down.shape[-1],
             hidden.stride(0), w_down.stride(0), w_down.stride(1), s_down.stride(0), sn[2], y.stride(0),
             BLOCK_M=cfg_dn.block_m, BLOCK_N=cfg_dn.block_n, BLOCK_K=cfg_dn.block_k, **quant, RUNS=runs(cfg_dn.block_k),
-            HAS_BIAS=act["HAS_BIAS"], num_warps=cfg_dn.num_warps, num_stages=cfg_dn.num_stages)
+            HAS_BIAS=act["HAS_BIAS"], stride_dk=w_down.stride(2), num_warps=cfg_dn.num_warps,
+            num_stages=cfg_dn.num_stages)
     if not combined_in_kernel:
         combined = y.view(t, top_k, d).sum(dim=1)  # [T, D] fp32
         if shared:
