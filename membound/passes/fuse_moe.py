@@ -1094,14 +1094,21 @@ COPY_FREE_SHARE = float(os.environ.get("MEMBOUND_MOE_COPY_SHARE", "0.5"))  # 0: 
 
 def copy_bytes(graph: Graph, weights: Sequence[Weight]) -> int:
     """Bytes of the new tensors ``weights`` would make (copies, not views, of the model's), found on meta tensors."""
-    total = 0
+    class Meta(dict):  # the graph's tensors as meta tensors of the same strides, made when asked for
+        def __missing__(self, name: str) -> torch.Tensor:
+            t = graph.tensors[name]
+            self[name] = meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+            return meta
+
+    tensors, total = Meta(), 0
     for w in weights:
-        source = graph.tensors.get(w.param.name)
-        if w.make is None or source is None:
+        try:
+            probe = w.make(tensors) if w.make is not None else None
+        except KeyError:  # a graph without tensors (IR text): nothing to copy
+            probe = None
+        if probe is None:
             continue
-        probe = w.make({w.param.name: torch.empty_strided(source.shape, source.stride(), dtype=source.dtype,
-                                                          device="meta")})
-        if probe._base is None:  # (a view of the probe keeps it as its base)
+        if probe._base is None:  # (a view of a probe keeps it as its base; stacks and .contiguous() do not)
             total += probe.numel() * probe.element_size()
     return total
 
