@@ -224,6 +224,16 @@ def test_unmatched_blocks_stay_and_say_why(text: str, why: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _fused(block: Any, x: torch.Tensor, cuda: bool = False) -> tuple[Any, PassContext]:
+    """``block`` captured at ``x`` (``cuda``: transformers' CUDA MoE path), cleaned up and through fuse-moe."""
+    with cuda_moe_path() if cuda else contextlib.nullcontext():
+        cap = capture_export(block, (x,), {})
+    ctx = PassContext()
+    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
+        cap.graph, ctx)
+    return g, ctx
+
+
 def _block(name: str, impl: str, sentinels: bool) -> Any:
     torch.manual_seed(0)
     if name == "mixtral":
@@ -254,11 +264,7 @@ FORMS = [("grouped_mm", False, False), ("grouped_mm", True, False), ("grouped_mm
 def test_hf_block_fuses_and_matches_eager(name: str, impl: str, sentinels: bool, cuda: bool) -> None:
     block = _block(name, impl, sentinels)
     x = torch.randn(2, 7, 12)
-    with cuda_moe_path() if cuda else contextlib.nullcontext():
-        cap = capture_export(block, (x,), {})
-    ctx = PassContext()
-    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
-        cap.graph, ctx)
+    g, ctx = _fused(block, x, cuda)
     form = impl.split("_")[0] + (" + shared expert" if name == "qwen2-moe" else "")
     assert f"fuse-moe: {form}: 1" in ctx.log, ctx.log
     assert g.count("moe") == 1 and g.count("topk") == 0 and g.count("grouped_mm") == 0 and g.count("index") == 0
@@ -332,11 +338,7 @@ def test_gpt_oss_block_fuses_and_matches_eager(impl: str, cuda: bool, sentinels:
     (always written there) and the clamped ids its bias gathers read."""
     block = _gpt_oss_block(impl, limit, sentinels)
     x = torch.randn(2, 7, 16)
-    with cuda_moe_path() if cuda else contextlib.nullcontext():
-        cap = capture_export(block, (x,), {})
-    ctx = PassContext()
-    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
-        cap.graph, ctx)
+    g, ctx = _fused(block, x, cuda)
     assert f"fuse-moe: {impl.split('_')[0]}: 1" in ctx.log, ctx.log
     assert any("expert weights copied" in line and "block.experts.down_proj.t" in line for line in ctx.log), ctx.log
     assert g.count("moe") == 1 and g.count("topk") == 0 and g.count("index") == 0 and g.count("clamp") == 0
@@ -401,11 +403,7 @@ def test_deepseek_block_experts_fuse_with_the_graphs_routing(version: str, impl:
     left); the ungated shared expert stays beside it. Equal to eager in fp32 (1e-5), many tokens and one."""
     block = _deepseek_block(version, impl)
     x = torch.randn(2, 7, 16)
-    with cuda_moe_path() if cuda else contextlib.nullcontext():
-        cap = capture_export(block, (x,), {})
-    ctx = PassContext()
-    g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
-        cap.graph, ctx)
+    g, ctx = _fused(block, x, cuda)
     assert f"fuse-moe: {impl.split('_')[0]} (given routing): 1" in ctx.log, ctx.log
     ops = [n.op for n in g.nodes]
     assert ops.count("moe_experts") == 1 and ops.count("moe") == 0
