@@ -77,8 +77,9 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama4": ("Llama4ForCausalLM", "Llama4TextConfig", dict(
         head_dim=16, attention_chunk_size=4, no_rope_layers=[1, 0], num_local_experts=4, num_experts_per_tok=1,
         intermediate_size_mlp=96, interleave_moe_layer_step=1, floor_scale=4)),
-    # session 21: MoE families whose routers moe does not name (GLM-4.5's and EXAONE's DeepSeek-V3-style group-limited
-    # sigmoid routing, ERNIE 4.5's, MiniMax-M2's): their experts run as moe_experts over the graph's routing
+    # session 21: MoE families whose routers moe does not name (GLM-4.5's, EXAONE's and dots.llm1's DeepSeek-V3-style
+    # group-limited sigmoid routing, ERNIE 4.5's, MiniMax-M2's): their experts run as moe_experts over the graph's
+    # routing
     "glm4-moe": ("Glm4MoeForCausalLM", "Glm4MoeConfig", dict(
         n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=32,
         first_k_dense_replace=1, head_dim=16)),
@@ -88,6 +89,9 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
                                                                    head_dim=16)),
     "exaone-moe": ("ExaoneMoeForCausalLM", "ExaoneMoeConfig", dict(num_experts=4, num_experts_per_tok=2,
                                                                    moe_intermediate_size=32, head_dim=16)),
+    "dots1": ("Dots1ForCausalLM", "Dots1Config", dict(
+        n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=32,
+        first_k_dense_replace=1, head_dim=16, n_shared_experts=1)),
     # ... and ones it does (softmax top-k routers, a shared expert or none), and PhiMoE's sparsemixer routing, whose
     # experts stay two grouped_mm (its weights are not one product with the expert outputs)
     "hunyuan-moe": ("HunYuanMoEV1ForCausalLM", "HunYuanMoEV1Config", dict(num_experts=4, moe_topk=2, head_dim=16)),
