@@ -83,7 +83,7 @@ def quantization_report(float_graph: Graph, quant_graph: Graph, weights: dict[st
     outputs = list(probe.outputs)
     pairs: list[tuple[int, LayerError]] = []
     for node in list(probe.nodes):
-        if node.op == "quant_moe":
+        if node.op in ("quant_moe", "quant_moe_experts"):
             moe = _moe_probe(probe, node, float_graph, weights)
             if moe is not None:
                 layer, outs = moe
@@ -140,9 +140,13 @@ def _moe_probe(probe: Graph, node: Any, float_graph: Graph, weights: dict[str, t
             return None
         floats.append(probe.add_param(f"{name}.float_probe", _type_of(w), w))
     routed = {k: v for k, v in node.attrs.items() if k not in ("scheme", "group_size")}
-    head, _, biases = moe_operands(node)  # (the shared expert left out; the biases are the routed experts')
-    quant = probe.create_node("quant_moe", [*head, *biases], dict(node.attrs))
-    ref = probe.create_node("moe", [node.inputs[0], node.inputs[1], *floats, *biases], routed)
+    if node.op == "quant_moe_experts":  # the graph's routing (weights, ids) feeds both
+        quant = probe.create_node(node.op, list(node.inputs), dict(node.attrs))
+        ref = probe.create_node("moe_experts", [*node.inputs[:3], *floats, *node.inputs[9:]], routed)
+    else:
+        head, _, biases = moe_operands(node)  # (the shared expert left out; the biases are the routed experts')
+        quant = probe.create_node("quant_moe", [*head, *biases], dict(node.attrs))
+        ref = probe.create_node("moe", [node.inputs[0], node.inputs[1], *floats, *biases], routed)
     probe.append(quant)
     probe.append(ref)
     parts = [n.split(".") for n in names]

@@ -59,11 +59,10 @@ def _packed_of(graph: Graph) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict
 
 
 def _expert_k(node: Any, name: str) -> int:
-    """K of the expert weight ``name`` of a ``quant_moe`` (its float shape's last dim)."""
-    from membound.ir.ops.moe import expert_in_features
+    """K of the expert weight ``name`` of a ``quant_moe`` / ``quant_moe_experts`` (its float shape's last dim)."""
+    from membound.ir.ops.moe import packed_expert_operands
 
-    ks = expert_in_features(node.inputs[1], node.inputs[2])
-    return int(next(k for v, k in zip(node.inputs[2:8:2], ks) if v.name == f"{name}.qweight"))
+    return int(next(k for q, _, k in packed_expert_operands(node) if q.name == f"{name}.qweight"))
 
 
 def save_quantized(compiled: Any, directory: Union[str, os.PathLike[str]]) -> Path:

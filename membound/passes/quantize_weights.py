@@ -22,7 +22,9 @@ table keeps its float copy for the gather). A weight read by several linears is 
 
 A ``moe`` over parameter experts becomes ``quant_moe`` over the same scheme's packed experts (each
 ``[E, N, K]`` weight quantized as its E * N rows: codes ``<name>.qweight``, scales ``<name>.scales``, a
-leading E on both); its router and shared expert stay float.
+leading E on both); its router and shared expert stay float. A ``moe_experts`` (the experts of a routing the graph
+computes: DeepSeek, GLM-4.5) becomes ``quant_moe_experts`` the same way, and a linear whose scores feed the top-k
+of such a routing (its router) stays float: quantized, it could pick other experts.
 
 ```
 // before: %y = moe(%x, %router, %wg, %wu, %wd) {top_k=2, ...}     (%wg: bf16[8, 14336, 4096])
@@ -117,6 +119,7 @@ _FUSED_FORMS = ("linear_glu", "linear_add", "gated_linear_add", "rms_norm_linear
                 "rms_norm_linear_glu_sumsq")
 # where each matched op keeps its weight; ``matmul(x, W[K, N])`` (GPT-2's Conv1D) is linear(x, W.T)
 _WEIGHT_INDEX = {"linear": 1, "gated_linear": 2, "matmul": 1}
+QUANT_EXPERT_OPS = ("quant_moe", "quant_moe_experts")  # the quantized forms of moe and moe_experts
 
 
 def _candidate(node: Node, config: QuantConfig) -> Optional[Value]:
@@ -132,6 +135,23 @@ def _candidate(node: Node, config: QuantConfig) -> Optional[Value]:
     if node.op == "matmul" and (node.inputs[0].rank < 2 or node.inputs[0].dtype != w.dtype):
         return None
     return w
+
+
+ROUTER_PATH = ("cast", "sigmoid", "softmax", "add", "reshape", "view", "where", "mul", "div")  # scores to a top-k
+
+
+def _routes(node: Node, depth: int = 4) -> bool:
+    """Whether ``node``'s result reaches a ``topk`` through at most ``depth`` score-shaping ops (:data:`ROUTER_PATH`):
+    an MoE router the graph computes itself (DeepSeek-V3: linear, sigmoid, plus a correction bias, top-k)."""
+    frontier = [node]
+    for _ in range(depth + 1):
+        users = [u for n in frontier for v in n.results for u in v.users]
+        if any(u.op == "topk" for u in users):
+            return True
+        frontier = [u for u in users if u.op in ROUTER_PATH]
+        if not frontier:
+            return False
+    return False
 
 
 def _nk(node: Node, w: Value) -> tuple[int, int]:
@@ -270,10 +290,11 @@ class QuantizeWeights:
         changed = False
         counts = {"quantized": 0, "declined": 0, "moe": 0}
         for node in list(graph.nodes):
-            if node.op == "moe":
+            if node.op in ("moe", "moe_experts"):
                 why = self._quantize_moe(graph, node, ctx)
                 if why is not None:
-                    ctx.note(f"moe %{node.results[0].name}: experts left in {dtype_name(node.inputs[0].dtype)}: {why}")
+                    ctx.note(f"{node.op} %{node.results[0].name}: experts left in "
+                             f"{dtype_name(node.inputs[0].dtype)}: {why}")
                 counts["moe" if why is None else "declined"] += 1
                 changed |= why is None
                 continue
@@ -285,6 +306,11 @@ class QuantizeWeights:
                 continue
             w = _candidate(node, config)
             if w is None:
+                continue
+            if _routes(node):
+                ctx.note(f"%{node.results[0].name} ({w.name}) left in {dtype_name(w.dtype)}: a router (its scores "
+                         f"feed a top-k that picks the experts; quantized, they could pick others)")
+                counts["declined"] += 1
                 continue
             n, k = _nk(node, w)
             if n < 1 or k < 1:
@@ -324,10 +350,13 @@ class QuantizeWeights:
         return changed
 
     def _quantize_moe(self, graph: Graph, node: Node, ctx: PassContext) -> Optional[str]:
-        """Replace ``moe`` by ``quant_moe`` over quantized copies of its gate/up/down experts; why not, or None
-        when done. The router and the shared expert stay in float (a few percent of a token's bytes)."""
+        """Replace ``moe`` by ``quant_moe`` (``moe_experts`` by ``quant_moe_experts``) over quantized copies of its
+        gate/up/down experts; why not, or None when done. The router, the shared expert and the biases stay in
+        float (a few percent of a token's bytes)."""
         config = self.config
-        x, weights = node.inputs[0], node.inputs[2:5]
+        head = 3 if node.op == "moe_experts" else 2  # the operands before the experts: x, router / weights, ids
+        quant_op = "quant_moe_experts" if node.op == "moe_experts" else "quant_moe"
+        x, weights = node.inputs[0], node.inputs[head:head + 3]
         if config.scheme not in QUANT_MOE_SCHEMES:
             return f"only {', '.join(QUANT_MOE_SCHEMES)} experts have a kernel, not {config.scheme}"
         if x.dtype == torch.float64:
@@ -341,7 +370,7 @@ class QuantizeWeights:
         ins = [scratch.add_input(f"i{i}", v.type) for i, v in enumerate(node.inputs)]
         packed_in = [scratch.add_param(f"p{i}", t) for i, t in enumerate(types)]
         attrs = dict(node.attrs, scheme=config.scheme, group_size=config.effective_group_size)
-        probe = scratch.create_node("quant_moe", ins[:2] + packed_in + ins[5:], attrs)
+        probe = scratch.create_node(quant_op, ins[:head] + packed_in + ins[head + 3:], attrs)
         reason = _declines(ctx, node, probe)
         if reason is not None:
             return reason
@@ -349,8 +378,8 @@ class QuantizeWeights:
         for w, (q_type, s_type) in zip(weights, zip(types[::2], types[1::2])):
             q, sc = _packed_experts(graph, w, config, tuple(int(d) for d in q_type.shape))
             packed += [graph.add_param(f"{w.name}.qweight", q_type, q), graph.add_param(f"{w.name}.scales", s_type, sc)]
-        operands = [node.inputs[0], node.inputs[1], *packed, *node.inputs[5:]]
-        new = graph.insert_before(node, graph.create_node("quant_moe", operands, attrs))
+        operands = [*node.inputs[:head], *packed, *node.inputs[head + 3:]]
+        new = graph.insert_before(node, graph.create_node(quant_op, operands, attrs))
         new.meta.update(node.meta)
         new.meta["quantized_from"] = tuple(w.name for w in weights)
         graph.replace_all_uses(node.results[0], new.results[0])
@@ -382,32 +411,33 @@ def packed_linears(graph: Graph) -> Iterator[tuple[Node, str, torch.Tensor, torc
 
 def packed_experts(graph: Graph) -> Iterator[tuple[Node, str, torch.Tensor, torch.Tensor]]:
     """``(node, float parameter name, codes [E, N, K], scales [E, N])`` of every expert weight (gate, up,
-    down) of every ``quant_moe`` of ``graph`` whose packed tensors are bound."""
+    down) of every ``quant_moe`` / ``quant_moe_experts`` of ``graph`` whose packed tensors are bound."""
+    from membound.ir.ops.moe import packed_expert_operands
+
     for node in graph.nodes:
-        if node.op != "quant_moe":
+        if node.op not in QUANT_EXPERT_OPS:
             continue
-        for qi in (2, 4, 6):
-            qv, sv = node.inputs[qi], node.inputs[qi + 1]
+        for qv, sv, _ in packed_expert_operands(node):
             q, s = graph.tensors.get(qv.name), graph.tensors.get(sv.name)
             if q is not None and s is not None:
                 yield node, qv.name.removesuffix(".qweight"), q, s
 
 
 def dequantized_experts(graph: Graph, node: Optional[Node] = None) -> dict[str, torch.Tensor]:
-    """For every ``quant_moe`` of ``graph`` (or just ``node``): the float ``[E, N, K]`` expert weights its
-    codes and scales stand for, in the scales' dtype, by the float parameter name the ``moe`` read
-    (``<name>.qweight`` / ``<name>.scales``): what an eager model with dequantized experts would hold."""
-    from membound.ir.ops.moe import dequantize_experts, expert_in_features
+    """For every ``quant_moe`` / ``quant_moe_experts`` of ``graph`` (or just ``node``): the float ``[E, N, K]``
+    expert weights its codes and scales stand for, in the scales' dtype, by the float parameter name the float op
+    read (``<name>.qweight`` / ``<name>.scales``): what an eager model with dequantized experts would hold."""
+    from membound.ir.ops.moe import dequantize_experts, packed_expert_operands
 
     out: dict[str, torch.Tensor] = {}
     for n in graph.nodes:
-        if n.op != "quant_moe" or (node is not None and n is not node):
+        if n.op not in QUANT_EXPERT_OPS or (node is not None and n is not node):
             continue
-        for qi, k in zip((2, 4, 6), expert_in_features(n.inputs[1], n.inputs[2])):
-            q, s = graph.tensors.get(n.inputs[qi].name), graph.tensors.get(n.inputs[qi + 1].name)
+        for qv, sv, k in packed_expert_operands(n):
+            q, s = graph.tensors.get(qv.name), graph.tensors.get(sv.name)
             if q is None or s is None:
                 continue
-            name = n.inputs[qi].name.removesuffix(".qweight")
+            name = qv.name.removesuffix(".qweight")
             out[name] = dequantize_experts(q, s, s.dtype, n.attrs["scheme"], n.attrs["group_size"], int(k))
     return out
 

@@ -625,3 +625,71 @@ def test_deepseek_v3_decode_step_runs_its_experts_as_one_launch_pair_without_hos
     with torch.no_grad():
         want = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("scheme,group", [("int8", 0), ("int4", 16)])
+@pytest.mark.parametrize("tokens,path", [(1, "decode"), (3, "decode"), (37, "grouped")])
+def test_quant_moe_experts_with_a_given_routing(scheme: str, group: int, tokens: int, path: str) -> None:
+    """``quant_moe_experts``: the graph's routing into the quantized expert kernels (int8; int4 groups of 16, odd
+    K = 40 / I = 23 ending in partial groups), against the reference that dequantizes then runs moe_experts."""
+    from membound.backends.triton.kernels import quant_moe_experts
+
+    ws = _weights(6, 40, 23, torch.float32)
+    packed = []
+    for w in ws[1:4]:
+        q, sc = quantize(w.reshape(-1, w.shape[-1]), scheme, group)
+        packed += [q.view(w.shape[0], w.shape[1], -1), sc.view(w.shape[0], w.shape[1], *sc.shape[1:])]
+    x = torch.randn(tokens, 40, generator=torch.Generator().manual_seed(tokens)).to(DEVICE)
+    weights, ids = _given_routing(tokens, 6, 2, torch.float32)
+    with trace() as calls:
+        got = quant_moe_experts(x, weights, ids, *packed, scheme=scheme, group_size=group, path=path)
+    assert calls == [("quant_moe_experts", "kernel")]
+    want = get_op("quant_moe_experts").reference(x, weights, ids, *packed, act="silu", scheme=scheme,
+                                                 group_size=group)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+def test_quantized_deepseek_v3_experts_equal_eager_with_dequantized_experts() -> None:
+    """HF DeepSeek-V3 compiled with ``quantize=int8`` on the triton backend: its experts become ``quant_moe_experts``
+    (the graph's routing, int8 codes), equal within 1e-4 to an eager model holding the dequantized experts (gate and
+    up put back together into its ``[E, 2I, D]`` weight), and not to the float model."""
+    import transformers as T
+
+    import membound
+    from membound.passes.quantize_weights import dequantized_experts, dequantized_weights
+
+    cfg = T.DeepseekV3Config(vocab_size=61, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
+                             num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+                             kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                             max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = T.DeepseekV3ForCausalLM(cfg).eval().to(DEVICE)
+    with torch.no_grad():
+        for layer in model.model.layers[1:]:
+            layer.mlp.gate.weight.normal_(0, 0.5)
+            layer.mlp.experts.gate_up_proj.normal_(0, 0.3)
+            layer.mlp.experts.down_proj.normal_(0, 0.3)
+    ids = torch.randint(3, 61, (2, 5), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    compiled = membound.compile(model, quantize="int8", backend="triton")
+    with trace() as calls:
+        got = compiled(ids).logits
+    assert ("quant_moe_experts", "kernel") in calls, sorted(set(calls))
+    twin = copy.deepcopy(model)
+    experts = dequantized_experts(compiled.ir)
+    assert experts, "no quantized experts"
+    for name, w in {**dequantized_weights(compiled.ir), **experts}.items():
+        module, _, leaf = name.rpartition(".")
+        if leaf in ("gate", "up"):  # views of gate_up_proj [E, 2I, D]: its halves
+            module, _, proj = module.rpartition(".")
+            target = getattr(twin.get_submodule(module), proj)
+            with torch.no_grad():
+                half = target.shape[1] // 2
+                (target[:, :half] if leaf == "gate" else target[:, half:]).copy_(w)
+            continue
+        setattr(twin.get_submodule(module), leaf, torch.nn.Parameter(w, requires_grad=False))
+    with torch.no_grad():
+        want = twin(ids).logits
+        exact = model(ids).logits
+    assert float((got - want).norm() / want.norm()) <= 1e-4
+    assert float((got - exact).norm() / exact.norm()) > 1e-5

@@ -378,3 +378,36 @@ def test_moe_experts_bad_inputs_name_the_op(head: list[TensorType], attrs: dict[
     op = get_op("moe_experts")
     with pytest.raises(exc, match=f"^moe_experts: .*{match}"):
         op.infer_types([*head, *_experts_types()], op.normalize_attrs(attrs))
+
+
+def test_quant_moe_experts_equals_moe_experts_over_the_dequantized_experts() -> None:
+    from membound.ir.ops.moe import dequantize_experts
+    from membound.ir.ops.quant import quantize
+
+    ws = _weights(6, 16, 12, seed=8)[1:]
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(10)
+    ids = torch.stack([torch.randperm(6, generator=g)[:2] for _ in range(5)])
+    weights = torch.rand(5, 2, generator=g)
+    packed, floats = [], []
+    for w in ws:
+        q, sc = quantize(w.reshape(-1, w.shape[-1]), "int4", 16)
+        q, sc = q.view(w.shape[0], w.shape[1], -1), sc.view(w.shape[0], w.shape[1], *sc.shape[1:])
+        packed += [q, sc]
+        floats.append(dequantize_experts(q, sc, x.dtype, "int4", 16, w.shape[-1]))
+    got = get_op("quant_moe_experts").reference(x, weights, ids, *packed, act="silu", scheme="int4", group_size=16)
+    torch.testing.assert_close(got, get_op("moe_experts").reference(x, weights, ids, *floats, act="silu"))
+
+
+def test_quant_moe_experts_bad_inputs_name_the_op() -> None:
+    op = get_op("quant_moe_experts")
+    e, d, i = 8, 64, 96
+    codes = [TensorType(torch.int8, (e, i, d)), TensorType(f16, (e, i)), TensorType(torch.int8, (e, i, d)),
+             TensorType(f16, (e, i)), TensorType(torch.int8, (e, d, i)), TensorType(f16, (e, d))]
+    head = [TensorType(f16, (3, d)), TensorType(torch.float32, (3, 2)), TensorType(torch.int64, (3, 2))]
+    out = op.infer_types([*head, *codes], op.normalize_attrs({}))
+    assert out[0] == head[0]
+    with pytest.raises(TypeError, match="^quant_moe_experts: int8 q_gate must be i8"):
+        op.infer_types([*head, TensorType(f16, (e, i, d)), *codes[1:]], op.normalize_attrs({}))
+    with pytest.raises(ValueError, match="^quant_moe_experts: weights .* and ids .* must both be"):
+        op.infer_types([head[0], head[1], TensorType(torch.int64, (3, 3)), *codes], op.normalize_attrs({}))

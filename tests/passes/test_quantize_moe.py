@@ -123,3 +123,27 @@ def test_int8_mixtral_compiles_to_quant_moe_close_to_eager() -> None:
         want = model(ids)
     got = compiled(ids)
     assert float((got - want).norm() / want.norm()) < 3e-2
+
+
+def test_a_router_the_graph_computes_stays_float() -> None:
+    """DeepSeek-V3's router is a plain linear whose sigmoid scores (plus a correction bias) feed the top-k that picks
+    the experts: quantize-weights leaves it float and says why, and quantizes the experts (quant_moe_experts) and
+    the other linears."""
+    import transformers as T
+
+    import membound
+
+    cfg = T.DeepseekV3Config(vocab_size=61, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
+                             num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+                             kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                             max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = T.DeepseekV3ForCausalLM(cfg).eval()
+    compiled = membound.compile(model, quantize="int8", backend="reference")
+    compiled(torch.randint(3, 61, (1, 4)))
+    ops = [n.op for n in compiled.ir.nodes]
+    assert ops.count("quant_moe_experts") == 1 and ops.count("moe_experts") == 0
+    router = [n for n in compiled.ir.nodes if n.op == "linear" and n.inputs[1].name == "model.layers.1.mlp.gate.weight"]
+    assert len(router) == 1  # still a float linear
+    assert any(n.op == "quant_linear" and n.meta.get("quantized_from") == "lm_head.weight" for n in compiled.ir.nodes)

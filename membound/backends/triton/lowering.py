@@ -280,6 +280,7 @@ TABLE: list[Lowering] = [
     library("moe", "moe:moe"),
     library("moe_experts", "moe:moe_experts"),
     library("quant_moe", "moe:quant_moe"),
+    library("quant_moe_experts", "moe:quant_moe_experts"),
 ]
 
 LOWERINGS: dict[str, Lowering] = {}

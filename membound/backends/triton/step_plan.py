@@ -274,13 +274,13 @@ def moe_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, pr
     km = importlib.import_module("membound.backends.triton.kernels.moe")  # (the package re-exports a function moe)
     hw = hardware or Hardware.named("h200")
     env = bindings(dims)
-    given = node.op == "moe_experts"  # the graph's routing (weights, ids) instead of a router
+    given = node.op in ("moe_experts", "quant_moe_experts")  # the graph's routing (weights, ids), not a router
     x = node.inputs[0]
     d = int(evaluate(x.shape[-1], env, f"{node.op} D"))
     t = int(evaluate(x.type.numel() / x.shape[-1], env, f"{node.op} tokens"))
     e, _ = expert_bytes(node)
     top_k, i = expert_top_k(node), int(node.inputs[3 if given else 2].shape[1])
-    scheme = node.attrs.get("scheme") if node.op == "quant_moe" else None
+    scheme = node.attrs.get("scheme") if node.op.startswith("quant_") else None
     group = int(node.attrs.get("group_size", 0) or 0)
     dtype = x.dtype
     x_bytes = float(evaluate(x.type.nbytes(), env, f"{node.op} x bytes"))

@@ -224,14 +224,15 @@ def active_experts(tokens: sympy.Expr, experts: sympy.Expr, top_k: int) -> sympy
     return sympy.Min(experts, tokens * top_k)
 
 
-MOE_OPS = ("moe", "quant_moe", "moe_experts")  # the routed-experts ops (one decode step reads top_k of E each)
+# the routed-experts ops (one decode step reads top_k of E each)
+MOE_OPS = ("moe", "quant_moe", "moe_experts", "quant_moe_experts")
 
 
 def expert_bytes(node: Any) -> tuple[int, int]:
     """(E, bytes of one expert's gate/up/down weights and biases) of a ``moe``, ``quant_moe`` or ``moe_experts``
     node (static shapes)."""
-    if node.op == "moe_experts":
-        weights = node.inputs[3:]  # gate, up, down and their biases
+    if node.op in ("moe_experts", "quant_moe_experts"):
+        weights = node.inputs[3:]  # gate, up, down (codes and scales) and their biases
         experts = int(node.inputs[3].type.shape[0])
     else:
         weights = node.inputs[2:8] if node.op == "quant_moe" else node.inputs[2:5]
@@ -242,7 +243,7 @@ def expert_bytes(node: Any) -> tuple[int, int]:
 
 def expert_top_k(node: Any) -> int:
     """Experts a token reads in a node of :data:`MOE_OPS`: ``top_k``, or the given routing's k."""
-    return int(node.inputs[2].type.shape[1]) if node.op == "moe_experts" else int(node.attrs["top_k"])
+    return int(node.inputs[2].type.shape[1]) if "experts" in node.op else int(node.attrs["top_k"])
 
 
 def _moe_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict[str, Any]) -> sympy.Expr:
@@ -500,6 +501,97 @@ define_op("quant_moe", inputs=("x", "router", "q_gate", "s_gate", "q_up", "s_up"
           host_sync=True, doc="moe over int8 / int4 / fp8 expert weights; bytes count the active experts' codes and "
                               "scales only")
 
+# ---------------------------------------------------------------------------------------------
+# quant_moe_experts: moe_experts over quantized experts
+# ---------------------------------------------------------------------------------------------
+# quant_moe_experts(x, weights, ids, q_gate, s_gate, q_up, s_up, q_down, s_down[, b_gate, b_up, b_down])
+# {act, alpha, limit, bias, scheme, group_size}: the experts stored as quant_moe's (K = D for gate/up from x, I for
+# down from the gate codes' rows); the routing, combine and biases as moe_experts'.
+
+
+def _experts_float_types(x: TensorType, q_gate: TensorType, q_up: TensorType, q_down: TensorType
+                         ) -> list[TensorType]:
+    d, i = x.shape[-1], q_gate.shape[1]
+    return [TensorType(x.dtype, (q.shape[0], q.shape[1], k)) for q, k in ((q_gate, d), (q_up, d), (q_down, i))]
+
+
+def _infer_quant_moe_experts(x: TensorType, weights: TensorType, ids: TensorType, q_gate: TensorType,
+                             s_gate: TensorType, q_up: TensorType, s_up: TensorType, q_down: TensorType,
+                             s_down: TensorType, *biases: TensorType, act: Any, alpha: Any = 1.0, limit: Any = None,
+                             bias: Any = False, scheme: Any = "int8", group_size: Any = 0) -> TensorType:
+    op = "quant_moe_experts"
+    require_float(op, x, "x")
+    # the codes and scales as quant_moe checks them, with x's D for the router's
+    router = TensorType(x.dtype, (q_gate.shape[0], x.shape[-1]))
+    try:
+        _infer_quant_moe(x, router, q_gate, s_gate, q_up, s_up, q_down, s_down, top_k=1, softmax_first=True,
+                         renormalize=False, act=act, scheme=scheme, group_size=group_size, alpha=alpha, limit=limit)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{op}: {str(e).removeprefix('quant_moe: ')}") from None
+    try:
+        return _infer_moe_experts(x, weights, ids, *_experts_float_types(x, q_gate, q_up, q_down), *biases, act=act,
+                                  alpha=alpha, limit=limit, bias=bias)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{op}: {str(e).removeprefix('moe_experts: ')}") from None
+
+
+def _quant_moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, q_gate: torch.Tensor,
+                       s_gate: torch.Tensor, q_up: torch.Tensor, s_up: torch.Tensor, q_down: torch.Tensor,
+                       s_down: torch.Tensor, *biases: torch.Tensor, act: str, alpha: float = 1.0,
+                       limit: Optional[float] = None, bias: bool = False, scheme: str = "int8",
+                       group_size: int = 0) -> torch.Tensor:
+    """Dequantize the experts to x's dtype (O(weights), once per call), then ``moe_experts``' reference."""
+    d, i = x.shape[-1], q_gate.shape[1]
+    ws = [dequantize_experts(q, sc, x.dtype, scheme, group_size, k)
+          for (q, sc), k in zip(((q_gate, s_gate), (q_up, s_up), (q_down, s_down)), (d, d, i))]
+    return _moe_experts(x, weights, ids, *ws, *biases, act=act, alpha=alpha, limit=limit, bias=bias)
+
+
+def _quant_experts_float(ins: Sequence[TensorType]) -> list[TensorType]:
+    """quant_moe_experts' operand types as moe_experts' would be."""
+    return [*ins[:3], *_experts_float_types(ins[0], ins[3], ins[5], ins[7]), *ins[9:]]
+
+
+def _quant_moe_experts_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
+                             attrs: dict[str, Any]) -> sympy.Expr:
+    """moe_experts' FLOPs plus 2 per active expert weight element to dequantize it."""
+    floats = _quant_experts_float(ins)
+    e = ins[3].shape[0]
+    per_expert = sum(numel(w.shape) for w in floats[3:6]) / e
+    return (_moe_experts_flops(floats, outs, attrs)
+            + 2 * active_experts(ins[0].shape[0], e, ins[1].shape[1]) * per_expert)
+
+
+def _quant_moe_experts_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType],
+                             attrs: dict[str, Any]) -> sympy.Expr:
+    """x, the weights and ids, the result, and the codes, scales and biases of the active experts."""
+    x, weights, ids = ins[:3]
+    e = ins[3].shape[0]
+    per_expert = sum(t.nbytes() for t in ins[3:]) / e
+    return (x.nbytes() + weights.nbytes() + ids.nbytes() + outs[0].nbytes()
+            + active_experts(x.shape[0], e, weights.shape[1]) * per_expert)
+
+
+define_op("quant_moe_experts", inputs=("x", "weights", "ids", "q_gate", "s_gate", "q_up", "s_up", "q_down", "s_down",
+                                       "b_gate?", "b_up?", "b_down?"),
+          attrs={"act": "silu", "alpha": 1.0, "limit": None, "bias": False, "scheme": "int8", "group_size": 0},
+          kind="moe", infer=_infer_quant_moe_experts, reference=_quant_moe_experts, flops=_quant_moe_experts_flops,
+          bytes=_quant_moe_experts_bytes, host_sync=True,
+          doc="moe_experts over int8 / int4 / fp8 expert weights; bytes count the active experts' codes and scales")
+
+
+def packed_expert_operands(node: Any) -> list[tuple[Any, Any, Any]]:
+    """``(codes, scales, K)`` of the gate, up and down experts of a ``quant_moe`` or ``quant_moe_experts`` node
+    (IR values; K its float weight's last dim)."""
+    if node.op == "quant_moe_experts":
+        q_start, d = 3, node.inputs[0].shape[-1]
+    else:
+        q_start, d = 2, node.inputs[1].shape[1]
+    codes = node.inputs[q_start:q_start + 6]
+    i = codes[0].shape[1]
+    return [(codes[j], codes[j + 1], k) for j, k in zip((0, 2, 4), (d, d, i))]
+
+
 __all__ = ["ACTIVATIONS", "BIASES", "EXPERT_BIASES", "MOE_OPS", "QUANT_MOE_SCHEMES", "active_experts",
            "combine_experts", "dequantize_experts", "expert_bytes", "expert_in_features", "expert_mlp", "expert_top_k",
-           "gated_act", "moe_extras", "moe_operands", "route", "shared_expert"]
+           "gated_act", "moe_extras", "moe_operands", "packed_expert_operands", "route", "shared_expert"]

@@ -46,7 +46,7 @@ from membound.backends.triton.kernels.linear import (
     rms_norm_linear_rope_sumsq,
     rms_norm_linear_sumsq,
 )
-from membound.backends.triton.kernels.moe import moe, moe_bytes, moe_experts, quant_moe
+from membound.backends.triton.kernels.moe import moe, moe_bytes, moe_experts, quant_moe, quant_moe_experts
 from membound.backends.triton.kernels.norm import add_rms_norm, rms_norm, rms_norm_bytes
 from membound.backends.triton.kernels.quant_matmul import (
     QuantConfig,
@@ -75,6 +75,6 @@ __all__ = [
     "flash_attention", "gated_linear", "gated_linear_add", "gated_linear_add_sumsq", "linear", "linear_add",
     "linear_add_sumsq", "linear_bytes", "linear_glu", "linear_rope", "moe",
     "moe_bytes", "moe_experts", "quant_gated_linear",
-    "quant_linear", "quant_linear_bytes", "quant_moe", "rms_norm", "rms_norm_linear",
+    "quant_linear", "quant_linear_bytes", "quant_moe", "quant_moe_experts", "rms_norm", "rms_norm_linear",
     "rms_norm_linear_glu_sumsq", "rms_norm_linear_rope_sumsq", "rms_norm_linear_sumsq", "rms_norm_bytes", "trace",
 ]

@@ -776,6 +776,33 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w_gat
                    configs=configs, given=(weights, ids))
 
 
+def quant_moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, q_gate: torch.Tensor,
+                      s_gate: torch.Tensor, q_up: torch.Tensor, s_up: torch.Tensor, q_down: torch.Tensor,
+                      s_down: torch.Tensor, *biases: torch.Tensor, out: Optional[torch.Tensor] = None,
+                      act: str = "silu", alpha: float = 1.0, limit: Optional[float] = None, bias: bool = False,
+                      scheme: str = "int8", group_size: int = 0, path: Optional[str] = None,
+                      configs: Optional[tuple[GroupedConfig, GroupedConfig]] = None) -> torch.Tensor:
+    """The IR op ``quant_moe_experts``: :func:`moe_experts` over quantized experts, dequantized in registers as
+    :func:`quant_moe` does."""
+    op = "quant_moe_experts"
+    attrs = dict(act=act, alpha=alpha, limit=limit, bias=bias)
+    packed = (q_gate, s_gate, q_up, s_up, q_down, s_down)
+    if x.dim() != 2 or weights.shape != ids.shape or q_gate.shape[0] != q_down.shape[0]:
+        raise ValueError(f"{op}: x {tuple(x.shape)}, weights {tuple(weights.shape)}, ids {tuple(ids.shape)}, gate "
+                         f"codes {tuple(q_gate.shape)} disagree (x[T, D], weights and ids [T, k], codes [E, I, *])")
+    reason = None if scheme in SCHEME_CODE else f"{op}: scheme {scheme!r} has no kernel"
+    reason = reason or _unsupported(x, tuple(biases), act, quant=(q_gate, q_up, q_down, s_gate, s_up, s_down),
+                                    scheme=scheme) or unsupported_device(weights, ids)
+    if reason is not None:
+        want = get_op(op).reference(x, weights, ids, *packed, *biases, scheme=scheme, group_size=group_size, **attrs)
+        return fallback(op, reason.replace("quant_moe:", f"{op}:"), want, out)
+    codes = tuple(q.view(torch.uint8) if scheme == "fp8" else q for q in (q_gate, q_up, q_down))
+    full = dict(attrs, top_k=ids.shape[1], softmax_first=True, renormalize=False, score="softmax",
+                weight_input=False)
+    return _launch(op, x, None, codes, (s_gate, s_up, s_down), biases if bias else (), out, full,
+                   scheme=SCHEME_CODE[scheme], group=group_size, path=path, configs=configs, given=(weights, ids))
+
+
 def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_down: torch.Tensor) -> None:
     e, d = router.shape
     if x.shape[-1] != d or w_gate.shape[0] != e or w_down.shape[1] != d:
@@ -1105,4 +1132,4 @@ def moe_bytes(tokens: int, experts: int, top_k: int, hidden: int, intermediate: 
 
 
 __all__ = ["GroupedConfig", "moe", "moe_bytes", "moe_experts", "moe_path", "path_times", "pick_grouped_config",
-           "quant_moe"]
+           "quant_moe", "quant_moe_experts"]
