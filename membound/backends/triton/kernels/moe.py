@@ -839,7 +839,7 @@ def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: t
                                                                  group)
     if path not in PATHS:
         raise ValueError(f"{op}: path={path!r}; expected one of {PATHS}")
-    hidden = torch.empty((t * top_k, i), dtype=x.dtype, device=x.device)  # silu(gate) * up per pair
+    hidden = torch.empty((t * top_k, i), dtype=x.dtype, device=x.device)  # act(gate, up) per pair
     y = torch.empty((t * top_k, d), dtype=torch.float32, device=x.device)  # weighted expert outputs, pair order
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     sn = [sc.stride(1) if sc.dim() > 1 else 0 for sc in (s_gate, s_up, s_down)]
