@@ -11,12 +11,16 @@ captured in a CUDA graph. Then, on the **decode** path (few pairs per expert):
 - ``_moe_gate_up``: one program per (expert e, block of ``BLOCK_N`` rows of I). It walks e's pairs
   ``BLOCK_M`` (16) at a time, gathers their token rows of x, and multiplies them with its gate and up
   tiles (``tl.dot``; the padded rows of a decode step cost FLOPs, which are free when memory-bound),
-  then stores ``silu(gate) * up`` for those pairs. A program of an expert nobody chose returns before
+  then stores ``act(gate, up)`` for those pairs (``silu(gate) * up``, or gpt-oss's clamped SwiGLU, each
+  product's bias added first where the op has biases). A program of an expert nobody chose returns before
   loading anything: a decode token reads only its top_k experts' weights.
 - ``_moe_down``: one program per (expert e, block of D rows of the down weight, K split): the same walk
-  over e's pairs, ``h @ w_down[e].T`` times the pair's routing weight, stored per pair in fp32. K (I, the
+  over e's pairs, ``h @ w_down[e].T`` (plus its bias) times the pair's routing weight, stored per pair in fp32. K (I, the
   long side) is split while the active experts' programs would leave SMs idle (``down_split``); the last
   program of a split sums its partials in split order.
+
+``moe_experts`` / ``quant_moe_experts`` (a routing the graph computed: DeepSeek, GLM-4.5) skip the routing: their
+weights and ids become the sorted pairs in one launch (``moe_route.given_pairs``), then the same kernels.
 
 Each program re-streams its weight tile for every 16 pairs, so with many pairs per expert (prefill) the
 walk reads the experts many times over, through 16-row MMAs. The **grouped** path is a grouped GEMM
