@@ -15,7 +15,8 @@ captured in a CUDA graph. Then, on the **decode** path (few pairs per expert):
   product's bias added first where the op has biases). A program of an expert nobody chose returns before
   loading anything: a decode token reads only its top_k experts' weights.
 - ``_moe_down``: one program per (expert e, block of D rows of the down weight, K split): the same walk
-  over e's pairs, ``h @ w_down[e].T`` (plus its bias) times the pair's routing weight, stored per pair in fp32. K (I, the
+  over e's pairs, ``h @ w_down[e].T`` (plus its bias) times the pair's routing weight, stored per pair in
+  fp32. K (I, the
   long side) is split while the active experts' programs would leave SMs idle (``down_split``); the last
   program of a split sums its partials in split order.
 
