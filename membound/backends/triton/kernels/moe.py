@@ -16,9 +16,8 @@ captured in a CUDA graph. Then, on the **decode** path (few pairs per expert):
   loading anything: a decode token reads only its top_k experts' weights.
 - ``_moe_down``: one program per (expert e, block of D rows of the down weight, K split): the same walk
   over e's pairs, ``h @ w_down[e].T`` (plus its bias) times the pair's routing weight, stored per pair in
-  fp32. K (I, the
-  long side) is split while the active experts' programs would leave SMs idle (``down_split``); the last
-  program of a split sums its partials in split order.
+  fp32. K (I, the long side) is split while the active experts' programs would leave SMs idle
+  (``down_split``); the last program of a split sums its partials in split order.
 
 ``moe_experts`` / ``quant_moe_experts`` (a routing the graph computed: DeepSeek, GLM-4.5) skip the routing: their
 weights and ids become the sorted pairs in one launch (``moe_route.given_pairs``), then the same kernels.
