@@ -1,0 +1,200 @@
+"""DeepSeek-V3-style MoE decode (routing the graph computes: ``moe_experts``): Hugging Face and membound on the
+same weights, one run.
+
+    PYTHONPATH=. python benches/deepseek_moe.py            # GPU: the v2-lite-v3 shape cut to 8 layers, batch 1 and 8
+    PYTHONPATH=. python benches/deepseek_moe.py --quick    # GPU: 4 layers, 32 tokens, no int8
+    PYTHONPATH=. python benches/deepseek_moe.py --smoke    # CPU: a tiny shape, fp32 (plumbing only)
+
+The model is ``transformers.DeepseekV3ForCausalLM``: multi-head latent attention, a dense first layer, then MoE
+layers whose router is V3's (sigmoid scores plus a correction bias, top groups, top-k, renormalised and scaled),
+which fuse-moe leaves as the graph's ops and whose experts become one ``moe_experts`` a layer. Shape ``v2-lite-v3``:
+DeepSeek-V2-Lite's sizes (hidden 2048, 16 heads, KV LoRA rank 512, no Q LoRA, 64 routed experts of I = 1408, top-6,
+2 shared experts, vocab 102400; deepseek-ai/DeepSeek-V2-Lite config.json) with V3's router (one group); a synthetic
+shape, not a released checkpoint, chosen to fit one GPU at 8 layers (~2.9B parameters, bf16; the routers and
+their correction biases in fp32, as HF loads DeepSeek-V3 checkpoints). Random weights N(0, 0.02), norms 1, the
+routers N(0, 0.5) and their correction biases N(0, 0.1) (HF's zeros would tie every score). Contenders:
+
+- ``membound``: ``membound.generate(membound.compile(model), ...)`` (the experts as ``moe_experts``, CUDA graphs);
+- ``membound int8``: the same with ``quantize="int8"`` (``quant_moe_experts``; routers left float) — not in
+  ``--quick``;
+- ``hf eager``: ``model.generate`` (dynamic cache) — batch 1 only unless ``--hf-batches``.
+
+Decode tokens/s = batch * (N - 1) / (t(generate N) - t(generate 1)). Roofline per decode step: every parameter
+once except the input embedding (gathered) and the routed experts, of which the expected distinct ones
+``E * (1 - (1 - k/E)^B)`` per MoE layer; the live K/V as HF caches it (keys of qk_nope + qk_rope, values of v_head_dim,
+per head); over the read bandwidth of ``x.sum()`` in this run (the int8 row counts the experts and linears at int8
+plus a bf16 scale per row). JSON to ``benches/results/deepseek_moe-<gpu>-<date>[-quick|-smoke].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benches"))
+sys.path.insert(0, str(ROOT))
+
+from decode_e2e import free_memory, read_bandwidth, reset_dynamo  # noqa: E402
+from moe import Bench as MoeBench  # noqa: E402
+from moe import experts_read, hf_generate, write_record  # noqa: E402
+
+import membound  # noqa: E402
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "v2-lite-v3": dict(vocab_size=102400, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
+                       num_attention_heads=16, num_key_value_heads=16, kv_lora_rank=512, q_lora_rank=None,
+                       qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=64,
+                       num_experts_per_tok=6, n_shared_experts=2, first_k_dense_replace=1, n_group=1, topk_group=1,
+                       routed_scaling_factor=1.0, num_hidden_layers=27, max_position_embeddings=4096),
+    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                 num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_nope_head_dim=8,
+                 qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+                 first_k_dense_replace=1, n_group=2, topk_group=1, num_hidden_layers=3, max_position_embeddings=256),
+}
+CHECK = 8  # greedy tokens compared with HF eager
+ROOFLINE = ("batch / (bytes / read_gb_s); bytes = every parameter but the input embedding (gathered) and the routed "
+            "experts, + per MoE layer E*(1-(1-k/E)^batch) routed experts, + the live K/V as HF caches it (heads * "
+            "(qk_nope + qk_rope + v_head_dim) per token and layer); int8 rows: experts and linears at 1 byte + a "
+            "2-byte scale per row")
+
+
+def build(shape: str, layers: Optional[int], device: str, dtype: torch.dtype, seed: int = 0) -> Any:
+    """The HF model of ``shape`` cut to ``layers`` layers, random weights (see the module docstring)."""
+    import transformers as T
+
+    kw = dict(SHAPES[shape])
+    kw.update(num_hidden_layers=layers or kw["num_hidden_layers"], bos_token_id=None, eos_token_id=None,
+              pad_token_id=None, tie_word_embeddings=False)
+    cfg = T.DeepseekV3Config(**kw)
+    with torch.device("meta"):
+        model = T.DeepseekV3ForCausalLM(cfg)
+    model = model.to(dtype)
+    for name, module in model.named_modules():  # HF loads the routers in fp32 (_keep_in_fp32_modules_strict)
+        if name.endswith("mlp.gate"):
+            module.float()
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.rsplit(".", 1)[0].rsplit(".", 1)[-1] and name.endswith("weight"):
+                p.fill_(1.0)
+            elif name.endswith("mlp.gate.weight"):
+                p.normal_(0.0, 0.5, generator=gen)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn(b.shape, generator=torch.Generator().manual_seed(seed)) * 0.1)
+        rotary = type(model.model.rotary_emb)
+        model.model.rotary_emb = rotary(cfg).to(device)  # (its inv_freq buffer was left empty on meta)
+    model.generation_config.eos_token_id = None
+    return model.eval().requires_grad_(False)
+
+
+def step_bytes(model: Any, batch: int, context: int, scheme: Optional[str] = None) -> float:
+    """Bytes one decode step must read (see the module docstring)."""
+    cfg = model.config
+    e, k = cfg.n_routed_experts, cfg.num_experts_per_tok
+    total = 0.0
+    for name, p in model.named_parameters():
+        if name.endswith("embed_tokens.weight"):
+            continue
+        size = p.numel() * p.element_size()
+        if scheme == "int8" and p.dim() >= 2 and not name.endswith("mlp.gate.weight"):
+            size = p.numel() + 2 * p.numel() // p.shape[-1]  # codes + a bf16 scale per row
+        if ".mlp.experts." in name and p.dim() == 3:  # routed experts: the expected distinct ones of E
+            size *= experts_read(e, k, batch) / e
+        total += size
+    itemsize = next(model.parameters()).element_size()
+    per_token = cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
+    return total + itemsize * batch * context * per_token * cfg.num_hidden_layers
+
+
+class Bench(MoeBench):
+    """``benches/moe.py``'s bench (rows, the decode measurement) over HF DeepSeek-V3."""
+
+    card = "cpu"
+
+    def save(self, bw: float) -> Path:
+        return write_record("deepseek_moe", self.card, bw, self.args, self.rows, ROOFLINE)
+
+    def run_shape(self, shape: str, bw: float) -> None:
+        a = self.args
+        self.gen = torch.Generator(self.device).manual_seed(0)
+        print(f"{shape} ({a.layers or 'all'} layers): building ({self.dtype} random weights)", flush=True)
+        model = build(shape, a.layers, self.device, self.dtype)
+        cfg = model.config
+        prompt = torch.randint(0, cfg.vocab_size, (1, a.prompt), device=self.device, generator=self.gen)
+        ref = (prompt, hf_generate(model, prompt, max(CHECK, a.new_tokens)))
+        compiled = membound.compile(model)
+        contenders: list[tuple[str, Callable[[torch.Tensor, int], torch.Tensor], list[int], Optional[str]]] = [
+            ("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:], a.batches, None)]
+        if not (a.smoke or a.quick):
+            quantized = membound.compile(model, quantize="int8")
+            contenders.append(("membound int8", lambda ids, n: membound.generate(quantized, ids, n)[:, ids.shape[1]:],
+                               [b for b in a.batches if b <= 8], "int8"))
+        hf_batches = [b for b in a.hf_batches if b in a.batches] or [1]
+        contenders.append(("hf eager", lambda ids, n: hf_generate(model, ids, n), hf_batches, None))
+        for name, gen, bs, scheme in contenders:
+            if a.budget_s and time.perf_counter() - self.started > a.budget_s:
+                self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
+                continue
+
+            def bytes_of(batch: int, context: int, scheme: Optional[str] = scheme) -> float:
+                return step_bytes(model, batch, context, scheme)
+
+            self.decode(shape, name, gen, cfg.vocab_size, bs, ref, bw, bytes_of)
+            self.save(bw)  # after every contender: a run cut short by its timeout keeps what it measured
+            if name.startswith("hf "):
+                reset_dynamo()
+        contenders.clear()
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES))
+    p.add_argument("--layers", type=int, default=None, help="layers kept (default 8 on a GPU, all for tiny)")
+    p.add_argument("--batches", nargs="+", type=int, default=None)
+    p.add_argument("--new-tokens", type=int, default=None)
+    p.add_argument("--hf-batches", nargs="+", type=int, default=[1], help="HF contenders' decode batches")
+    p.add_argument("--prompt", type=int, default=32)
+    p.add_argument("--quick", action="store_true", help="4 layers, batch 1 and 8, 32 tokens, no int8")
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, fp32 (plumbing only)")
+    p.add_argument("--budget-s", type=float, default=None, help="skip contenders starting later (GPU: 450)")
+    p.add_argument("--out", default=str(ROOT / "benches" / "results"))
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.shapes, a.batches, a.new_tokens = a.shapes or ["tiny"], a.batches or [1, 2], a.new_tokens or 4
+    elif a.quick:
+        a.batches, a.new_tokens = a.batches or [1, 8], a.new_tokens or 32
+    a.shapes = a.shapes or ["v2-lite-v3"]
+    a.layers = a.layers if a.layers is not None else (None if a.smoke else 4 if a.quick else 8)
+    a.batches = a.batches or [1, 8]
+    a.new_tokens = a.new_tokens or 64
+    if a.budget_s is None and torch.cuda.is_available() and not a.smoke:
+        a.budget_s = 450.0
+    return a
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = parse_args(argv)
+    bench = Bench(a)
+    bw = read_bandwidth(bench.device, 2 << 30 if bench.device == "cuda" else 64 << 20)
+    card = bench.card = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"
+    print(f"{card}: read bandwidth {bw:.0f} GB/s", flush=True)
+    with torch.no_grad():
+        for shape in a.shapes:
+            bench.run_shape(shape, bw)
+            free_memory()
+    bench.save(bw)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
