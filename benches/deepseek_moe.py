@@ -10,7 +10,7 @@ layers whose router is V3's (sigmoid scores plus a correction bias, top groups, 
 which fuse-moe leaves as the graph's ops and whose experts become one ``moe_experts`` a layer. Shape ``v2-lite-v3``:
 DeepSeek-V2-Lite's sizes (hidden 2048, 16 heads, KV LoRA rank 512, no Q LoRA, 64 routed experts of I = 1408, top-6,
 2 shared experts, vocab 102400; deepseek-ai/DeepSeek-V2-Lite config.json) with V3's router (one group); a synthetic
-shape, not a released checkpoint, chosen to fit one GPU at 8 layers (~2.9B parameters, bf16; the routers and
+shape, not a released checkpoint, chosen to fit one GPU at 8 layers (4.6B parameters, 9.2 GB in bf16; the routers and
 their correction biases in fp32, as HF loads DeepSeek-V3 checkpoints). Random weights N(0, 0.02), norms 1, the
 routers N(0, 0.5) and their correction biases N(0, 0.1) (HF's zeros would tie every score). Contenders:
 
