@@ -28,7 +28,6 @@ plus a bf16 scale per row). JSON to ``benches/results/deepseek_moe-<gpu>-<date>[
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches"))
 sys.path.insert(0, str(ROOT))
 
-from decode_e2e import free_memory, read_bandwidth, reset_dynamo  # noqa: E402
+from decode_e2e import reset_dynamo  # noqa: E402
+from gpt_oss import hf_moe_args, run_bench  # noqa: E402
 from moe import Bench as MoeBench  # noqa: E402
 from moe import experts_read, hf_generate, write_record  # noqa: E402
 
@@ -156,44 +156,9 @@ class Bench(MoeBench):
         contenders.clear()
 
 
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES))
-    p.add_argument("--layers", type=int, default=None, help="layers kept (default 8 on a GPU, all for tiny)")
-    p.add_argument("--batches", nargs="+", type=int, default=None)
-    p.add_argument("--new-tokens", type=int, default=None)
-    p.add_argument("--hf-batches", nargs="+", type=int, default=[1], help="HF contenders' decode batches")
-    p.add_argument("--prompt", type=int, default=32)
-    p.add_argument("--quick", action="store_true", help="4 layers, batch 1 and 8, 32 tokens, no int8")
-    p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, fp32 (plumbing only)")
-    p.add_argument("--budget-s", type=float, default=None, help="skip contenders starting later (GPU: 450)")
-    p.add_argument("--out", default=str(ROOT / "benches" / "results"))
-    a = p.parse_args(argv)
-    if a.smoke:
-        a.shapes, a.batches, a.new_tokens = a.shapes or ["tiny"], a.batches or [1, 2], a.new_tokens or 4
-    elif a.quick:
-        a.batches, a.new_tokens = a.batches or [1, 8], a.new_tokens or 32
-    a.shapes = a.shapes or ["v2-lite-v3"]
-    a.layers = a.layers if a.layers is not None else (None if a.smoke else 4 if a.quick else 8)
-    a.batches = a.batches or [1, 8]
-    a.new_tokens = a.new_tokens or 64
-    if a.budget_s is None and torch.cuda.is_available() and not a.smoke:
-        a.budget_s = 450.0
-    return a
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    a = parse_args(argv)
-    bench = Bench(a)
-    bw = read_bandwidth(bench.device, 2 << 30 if bench.device == "cuda" else 64 << 20)
-    card = bench.card = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"
-    print(f"{card}: read bandwidth {bw:.0f} GB/s", flush=True)
-    with torch.no_grad():
-        for shape in a.shapes:
-            bench.run_shape(shape, bw)
-            free_memory()
-    bench.save(bw)
-    return 0
+    return run_bench(Bench(hf_moe_args(argv, __doc__, SHAPES, "v2-lite-v3", quick="4 layers, batch 1 and 8, 32 "
+                                                                                   "tokens, no int8")))
 
 
 if __name__ == "__main__":

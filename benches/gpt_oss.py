@@ -151,15 +151,18 @@ class Bench(MoeBench):
         contenders.clear()  # (the model and its compiled twin go with this frame; main frees memory after)
 
 
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", nargs="+", default=None, choices=sorted(SHAPES))
+def hf_moe_args(argv: Optional[list[str]], doc: str, shapes: dict[str, Any], default_shape: str,
+                quick: str = "4 layers, batch 1 and 8, 32 tokens, no hf static") -> argparse.Namespace:
+    """The command line of the HF MoE decode benches (this one, ``deepseek_moe.py``): shapes, layers kept, batches,
+    tokens, ``--quick`` (4 layers), ``--smoke`` (CPU, the ``tiny`` shape), a time budget."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="+", default=None, choices=sorted(shapes))
     p.add_argument("--layers", type=int, default=None, help="layers kept (default 8 on a GPU, all for tiny)")
     p.add_argument("--batches", nargs="+", type=int, default=None)
     p.add_argument("--new-tokens", type=int, default=None)
     p.add_argument("--hf-batches", nargs="+", type=int, default=[1], help="HF contenders' decode batches")
     p.add_argument("--prompt", type=int, default=32)
-    p.add_argument("--quick", action="store_true", help="4 layers, batch 1 and 8, 32 tokens, no hf static")
+    p.add_argument("--quick", action="store_true", help=quick)
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, fp32 (plumbing only)")
     p.add_argument("--budget-s", type=float, default=None, help="skip contenders starting later (GPU: 450)")
     p.add_argument("--out", default=str(ROOT / "benches" / "results"))
@@ -168,7 +171,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         a.shapes, a.batches, a.new_tokens = a.shapes or ["tiny"], a.batches or [1, 2], a.new_tokens or 4
     elif a.quick:
         a.batches, a.new_tokens = a.batches or [1, 8], a.new_tokens or 32
-    a.shapes = a.shapes or ["20b"]
+    a.shapes = a.shapes or [default_shape]
     a.layers = a.layers if a.layers is not None else (None if a.smoke else 4 if a.quick else 8)
     a.batches = a.batches or [1, 8]
     a.new_tokens = a.new_tokens or 64
@@ -177,18 +180,21 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return a
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    a = parse_args(argv)
-    bench = Bench(a)
+def run_bench(bench: Any) -> int:
+    """Measure the read bandwidth, run every shape of ``bench.args``, write the record."""
     bw = read_bandwidth(bench.device, 2 << 30 if bench.device == "cuda" else 64 << 20)
     card = bench.card = torch.cuda.get_device_name() if bench.device == "cuda" else "cpu"
     print(f"{card}: read bandwidth {bw:.0f} GB/s", flush=True)
     with torch.no_grad():
-        for shape in a.shapes:
+        for shape in bench.args.shapes:
             bench.run_shape(shape, bw)
             free_memory()
     bench.save(bw)
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_bench(Bench(hf_moe_args(argv, __doc__, SHAPES, "20b")))
 
 
 if __name__ == "__main__":

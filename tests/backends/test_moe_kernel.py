@@ -597,22 +597,11 @@ def test_deepseek_v3_decode_step_runs_its_experts_as_one_launch_pair_without_hos
     """HF DeepSeek-V3 (group-limited routing of biased sigmoid scores) on the triton backend: its experts run as
     ``moe_experts`` over the graph's routing (the pairs sorted in one launch, the expert kernels), nothing in the
     decode step reads device values on the host (so it may be a CUDA graph), and greedy tokens equal eager's."""
-    import transformers as T
-
     import membound
     from membound.api import host_syncing_ops
+    from tests.e2e.hf_moe import tiny_deepseek_v3
 
-    cfg = T.DeepseekV3Config(vocab_size=61, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
-                             num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
-                             kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
-                             max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = T.DeepseekV3ForCausalLM(cfg).eval().to(DEVICE)
-    with torch.no_grad():  # HF initialises the router and its correction bias to zeros: every score would tie
-        for layer in model.model.layers[1:]:
-            layer.mlp.gate.weight.normal_(0, 0.5)
-            layer.mlp.gate.e_score_correction_bias.normal_(0, 0.1)
+    model = tiny_deepseek_v3(DEVICE)
     ids = torch.randint(3, 61, (1, 6), device=DEVICE)
     compiled = membound.compile(model, backend="triton")
     with trace() as calls:
@@ -653,23 +642,11 @@ def test_quantized_deepseek_v3_experts_equal_eager_with_dequantized_experts() ->
     """HF DeepSeek-V3 compiled with ``quantize=int8`` on the triton backend: its experts become ``quant_moe_experts``
     (the graph's routing, int8 codes), equal within 1e-4 to an eager model holding the dequantized experts (gate and
     up put back together into its ``[E, 2I, D]`` weight), and not to the float model."""
-    import transformers as T
-
     import membound
     from membound.passes.quantize_weights import dequantized_experts, dequantized_weights
+    from tests.e2e.hf_moe import tiny_deepseek_v3
 
-    cfg = T.DeepseekV3Config(vocab_size=61, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
-                             num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
-                             kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
-                             max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = T.DeepseekV3ForCausalLM(cfg).eval().to(DEVICE)
-    with torch.no_grad():
-        for layer in model.model.layers[1:]:
-            layer.mlp.gate.weight.normal_(0, 0.5)
-            layer.mlp.experts.gate_up_proj.normal_(0, 0.3)
-            layer.mlp.experts.down_proj.normal_(0, 0.3)
+    model = tiny_deepseek_v3(DEVICE, experts=0.3)
     ids = torch.randint(3, 61, (2, 5), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     compiled = membound.compile(model, quantize="int8", backend="triton")
     with trace() as calls:

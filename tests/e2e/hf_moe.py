@@ -80,3 +80,26 @@ def cuda_moe_path() -> Iterator[None]:
         mapping["grouped_mm"], meta.device_hint = original, device_hint
 
 
+
+
+def tiny_deepseek_v3(device: str = "cpu", experts: float = 0.0) -> Any:
+    """A 2-layer HF ``DeepseekV3ForCausalLM`` (a dense first layer, then experts routed as V3 routes: sigmoid scores
+    plus a correction bias, top groups, top-k), vocabulary 61, random weights; its router and correction bias drawn
+    (HF initialises both to zeros: every score would tie), and its experts too when ``experts`` (their std)."""
+    import transformers as T
+
+    cfg = T.DeepseekV3Config(vocab_size=61, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
+                             num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
+                             kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                             max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = T.DeepseekV3ForCausalLM(cfg).eval().to(device)
+    with torch.no_grad():
+        for layer in model.model.layers[1:]:
+            layer.mlp.gate.weight.normal_(0, 0.5)
+            layer.mlp.gate.e_score_correction_bias.normal_(0, 0.1)
+            if experts:
+                layer.mlp.experts.gate_up_proj.normal_(0, experts)
+                layer.mlp.experts.down_proj.normal_(0, experts)
+    return model

@@ -129,17 +129,10 @@ def test_a_router_the_graph_computes_stays_float() -> None:
     """DeepSeek-V3's router is a plain linear whose sigmoid scores (plus a correction bias) feed the top-k that picks
     the experts: quantize-weights leaves it float and says why, and quantizes the experts (quant_moe_experts) and
     the other linears."""
-    import transformers as T
-
     import membound
+    from tests.e2e.hf_moe import tiny_deepseek_v3
 
-    cfg = T.DeepseekV3Config(vocab_size=61, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
-                             num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
-                             kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
-                             max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = T.DeepseekV3ForCausalLM(cfg).eval()
+    model = tiny_deepseek_v3()
     compiled = membound.compile(model, quantize="int8", backend="reference")
     compiled(torch.randint(3, 61, (1, 4)))
     ops = [n.op for n in compiled.ir.nodes]
