@@ -29,9 +29,8 @@ plus a bf16 scale per row). JSON to ``benches/results/deepseek_moe-<gpu>-<date>[
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -39,10 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches"))
 sys.path.insert(0, str(ROOT))
 
-from decode_e2e import reset_dynamo  # noqa: E402
-from gpt_oss import hf_moe_args, run_bench  # noqa: E402
-from moe import Bench as MoeBench  # noqa: E402
-from moe import experts_read, hf_generate, write_record  # noqa: E402
+from gpt_oss import Bench as GptOssBench  # noqa: E402
+from gpt_oss import Contender, hf_moe_args, run_bench  # noqa: E402
+from moe import experts_read  # noqa: E402
 
 import membound  # noqa: E402
 
@@ -57,7 +55,6 @@ SHAPES: dict[str, dict[str, Any]] = {
                  qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
                  first_k_dense_replace=1, n_group=2, topk_group=1, num_hidden_layers=3, max_position_embeddings=256),
 }
-CHECK = 8  # greedy tokens compared with HF eager
 ROOFLINE = ("batch / (bytes / read_gb_s); bytes = every parameter but the input embedding (gathered) and the routed "
             "experts, + per MoE layer E*(1-(1-k/E)^batch) routed experts, + the live K/V as HF caches it (heads * "
             "(qk_nope + qk_rope + v_head_dim) per token and layer); int8 rows: experts and linears at 1 byte + a "
@@ -116,44 +113,23 @@ def step_bytes(model: Any, batch: int, context: int, scheme: Optional[str] = Non
     return total + itemsize * batch * context * per_token * cfg.num_hidden_layers
 
 
-class Bench(MoeBench):
-    """``benches/moe.py``'s bench (rows, the decode measurement) over HF DeepSeek-V3."""
+class Bench(GptOssBench):
+    """The gpt-oss bench's rows and contenders over HF DeepSeek-V3, and its int8 twin."""
 
-    card = "cpu"
+    name = "deepseek_moe"
+    roofline = ROOFLINE
 
-    def save(self, bw: float) -> Path:
-        return write_record("deepseek_moe", self.card, bw, self.args, self.rows, ROOFLINE)
+    def build_model(self, shape: str) -> Any:
+        return build(shape, self.args.layers, self.device, self.dtype)
 
-    def run_shape(self, shape: str, bw: float) -> None:
-        a = self.args
-        self.gen = torch.Generator(self.device).manual_seed(0)
-        print(f"{shape} ({a.layers or 'all'} layers): building ({self.dtype} random weights)", flush=True)
-        model = build(shape, a.layers, self.device, self.dtype)
-        cfg = model.config
-        prompt = torch.randint(0, cfg.vocab_size, (1, a.prompt), device=self.device, generator=self.gen)
-        ref = (prompt, hf_generate(model, prompt, max(CHECK, a.new_tokens)))
-        compiled = membound.compile(model)
-        contenders: list[tuple[str, Callable[[torch.Tensor, int], torch.Tensor], list[int], Optional[str]]] = [
-            ("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:], a.batches, None)]
-        if not (a.smoke or a.quick):
-            quantized = membound.compile(model, quantize="int8")
-            contenders.append(("membound int8", lambda ids, n: membound.generate(quantized, ids, n)[:, ids.shape[1]:],
-                               [b for b in a.batches if b <= 8], "int8"))
-        hf_batches = [b for b in a.hf_batches if b in a.batches] or [1]
-        contenders.append(("hf eager", lambda ids, n: hf_generate(model, ids, n), hf_batches, None))
-        for name, gen, bs, scheme in contenders:
-            if a.budget_s and time.perf_counter() - self.started > a.budget_s:
-                self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
-                continue
+    def step_bytes(self, model: Any, batch: int, context: int, scheme: Optional[str]) -> float:
+        return step_bytes(model, batch, context, scheme)
 
-            def bytes_of(batch: int, context: int, scheme: Optional[str] = scheme) -> float:
-                return step_bytes(model, batch, context, scheme)
-
-            self.decode(shape, name, gen, cfg.vocab_size, bs, ref, bw, bytes_of)
-            self.save(bw)  # after every contender: a run cut short by its timeout keeps what it measured
-            if name.startswith("hf "):
-                reset_dynamo()
-        contenders.clear()
+    def more_contenders(self, model: Any, hf_batches: list[int]) -> list[Contender]:
+        """membound with ``quantize="int8"`` (``quant_moe_experts``), batches up to 8."""
+        quantized = membound.compile(model, quantize="int8")
+        return [("membound int8", lambda ids, n: membound.generate(quantized, ids, n)[:, ids.shape[1]:],
+                 [b for b in self.args.batches if b <= 8], "int8")]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -61,6 +61,8 @@ SHAPES: dict[str, dict[str, Any]] = {
                  max_position_embeddings=256),
 }
 CHECK = 8  # greedy tokens compared with HF eager
+# (name, generate(ids, n) -> the n new tokens, batches, the quantization scheme its roofline counts or None)
+Contender = tuple[str, Callable[[torch.Tensor, int], torch.Tensor], list[int], Optional[str]]
 ROOFLINE = ("batch / (bytes / read_gb_s); bytes = layers * (attention weights and biases + sinks + router + norms + "
             "E*(1-(1-k/E)^batch) * (gate_up + down weights and biases)) + lm_head + final norm + K/V of the live "
             "context (sliding layers: at most the window); the input embedding gathered, not counted")
@@ -112,38 +114,50 @@ def step_bytes(cfg: Any, batch: int, context: int, itemsize: int) -> float:
 
 
 class Bench(MoeBench):
-    """``benches/moe.py``'s bench (rows, the decode measurement) over HF gpt-oss."""
+    """``benches/moe.py``'s bench (rows, the decode measurement) over HF gpt-oss; ``deepseek_moe.py``'s subclasses it
+    (``name``, ``roofline``, ``build_model``, ``step_bytes``, ``more_contenders``)."""
 
     card = "cpu"
+    name = "gpt_oss"
+    roofline = ROOFLINE
 
     def save(self, bw: float) -> Path:
-        return write_record("gpt_oss", self.card, bw, self.args, self.rows, ROOFLINE)
+        return write_record(self.name, self.card, bw, self.args, self.rows, self.roofline)
+
+    def build_model(self, shape: str) -> Any:
+        return build(shape, self.args.layers, self.device, self.dtype)
+
+    def step_bytes(self, model: Any, batch: int, context: int, scheme: Optional[str]) -> float:
+        return step_bytes(model.config, batch, context, torch.empty((), dtype=self.dtype).element_size())
+
+    def more_contenders(self, model: Any, hf_batches: list[int]) -> list[Contender]:
+        """Contenders beyond membound and HF eager (none in ``--quick`` / ``--smoke``): HF's static cache."""
+        return [("hf static", lambda ids, n: hf_generate(model, ids, n, cache_implementation="static"), hf_batches,
+                 None)]
 
     def run_shape(self, shape: str, bw: float) -> None:
         a = self.args
         self.gen = torch.Generator(self.device).manual_seed(0)
         print(f"{shape} ({a.layers or 'all'} layers): building ({self.dtype} random weights)", flush=True)
-        model = build(shape, a.layers, self.device, self.dtype)
+        model = self.build_model(shape)
         cfg = model.config
         prompt = torch.randint(0, cfg.vocab_size, (1, a.prompt), device=self.device, generator=self.gen)
         ref = (prompt, hf_generate(model, prompt, max(CHECK, a.new_tokens)))
         compiled = membound.compile(model)
-        contenders: list[tuple[str, Callable[[torch.Tensor, int], torch.Tensor], list[int]]] = [
-            ("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:], a.batches)]
         hf_batches = [b for b in a.hf_batches if b in a.batches] or [1]
-        contenders.append(("hf eager", lambda ids, n: hf_generate(model, ids, n), hf_batches))
+        contenders: list[Contender] = [
+            ("membound", lambda ids, n: membound.generate(compiled, ids, n)[:, ids.shape[1]:], a.batches, None),
+            ("hf eager", lambda ids, n: hf_generate(model, ids, n), hf_batches, None)]
         if not (a.smoke or a.quick):
-            contenders.append(("hf static", lambda ids, n: hf_generate(model, ids, n, cache_implementation="static"),
-                               hf_batches))
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-
-        def bytes_of(batch: int, context: int) -> float:
-            return step_bytes(cfg, batch, context, itemsize)
-
-        for name, gen, bs in contenders:
+            contenders[1:1] = self.more_contenders(model, hf_batches)
+        for name, gen, bs, scheme in contenders:
             if a.budget_s and time.perf_counter() - self.started > a.budget_s:
                 self.row(shape=shape, mode="decode", contender=name, error="skipped: over --budget-s")
                 continue
+
+            def bytes_of(batch: int, context: int, scheme: Optional[str] = scheme) -> float:
+                return self.step_bytes(model, batch, context, scheme)
+
             self.decode(shape, name, gen, cfg.vocab_size, bs, ref, bw, bytes_of)
             self.save(bw)  # after every contender: a run cut short by its timeout keeps what it measured
             if name.startswith("hf "):
