@@ -92,8 +92,8 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dots1": ("Dots1ForCausalLM", "Dots1Config", dict(
         n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=32,
         first_k_dense_replace=1, head_dim=16, n_shared_experts=1)),
-    # ... and ones it does (softmax top-k routers, a shared expert or none), and PhiMoE's sparsemixer routing, whose
-    # experts stay two grouped_mm (its weights are not one product with the expert outputs)
+    # ... and ones it does (softmax top-k routers, a shared expert or none), and PhiMoE's sparsemixer routing (two
+    # max indices, no topk: moe_experts over the ids the experts are sorted by)
     "hunyuan-moe": ("HunYuanMoEV1ForCausalLM", "HunYuanMoEV1Config", dict(num_experts=4, moe_topk=2, head_dim=16)),
     "flex-olmo": ("FlexOlmoForCausalLM", "FlexOlmoConfig", dict(num_experts=4, num_experts_per_tok=2)),
     "granite-moe-shared": ("GraniteMoeSharedForCausalLM", "GraniteMoeSharedConfig", dict(

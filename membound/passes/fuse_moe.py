@@ -79,8 +79,9 @@ read only views of ``h``, parameters and constants. The experts inside are recog
   K-major, so the op gets ``[E, I, D]`` / ``[E, D, I]`` copies (the model's own tensors stay with the model).
 
 A router none of these name (DeepSeek-V2's group-limited greedy top-k, V3's sigmoid scores with a correction bias,
-the top groups and a scale; any ``topk`` whose input is not ``[softmax](linear(h, R))``): the routing stays as the
-graph computes it, and the experts, in the grouped or batched form, become ``moe_experts(h, w, ids, ...)`` over the
+the top groups and a scale; any ``topk`` whose input is not ``[softmax](linear(h, R))``; or expert ids no ``topk``
+makes, PhiMoE's sparsemixer joining two ``max`` indices, found as what the experts are sorted or gathered by): the
+routing stays as the graph computes it, and the experts, in the grouped or batched form, become ``moe_experts(h, w, ids, ...)`` over the
 top-k's ids and the float ``[T, k]`` weights ``w`` that multiply the expert outputs (flattened, in the grouped form
 permuted by the ids' sort, unsqueezed: exactly one such product, and ``w`` read by the block through it alone). The
 block is then the nodes that read the ids or ``w`` but do not compute ``w``.
@@ -171,11 +172,12 @@ class Router:
     # a routing the graph computes (moe_experts): the experts' count, and the block's nodes (not all of topk's users)
     given_experts: Optional[int] = None
     region: Optional[list[Node]] = None
+    given_ids: Optional[Value] = None  # the expert ids where no topk makes them (``topk`` is then their producer)
     weights: Value = field(init=False)  # routing weights after softmax / renormalisation ([T, E] for "sigmoid")
 
     @property
     def ids(self) -> Value:
-        return self.topk.results[1]
+        return self.given_ids if self.given_ids is not None else self.topk.results[1]
 
     @property
     def experts(self) -> int:
@@ -251,11 +253,10 @@ def _ancestors(v: Value) -> set[int]:
     return seen
 
 
-def _weighting(graph: Graph, topk: Node) -> tuple[Value, Node]:
+def _weighting(graph: Graph, topk: Node, ids: Value) -> tuple[Value, Node]:
     """A routing the graph computes: the float ``[T, k]`` value ``w`` whose flattened copy (permuted by the sort of
-    the expert ids, in the grouped form) is unsqueezed and multiplied into the ``[T * k, D]`` expert outputs, and
-    that ``mul``; NoMatch if there is not exactly one."""
-    ids = topk.results[1]
+    the expert ids ``ids``, made by ``topk``, in the grouped form) is unsqueezed and multiplied into the ``[T * k, D]``
+    expert outputs, and that ``mul``; NoMatch if there is not exactly one."""
     perms = [n.results[1] for n in graph.nodes if n.op == "sort" and _through(n.inputs[0], VIEWS) is ids]
     found: list[tuple[Value, Node]] = []
     for n in _downstream(graph, topk, {id(topk)})[1:]:
@@ -277,15 +278,16 @@ def _weighting(graph: Graph, topk: Node) -> tuple[Value, Node]:
     return found[0]
 
 
-def _given_router(graph: Graph, topk: Node) -> Router:
+def _given_router(graph: Graph, topk: Node, ids: Optional[Value] = None) -> Router:
     """The routing of a block whose router ``moe`` does not name (DeepSeek-V3's group-limited top-k of biased
-    sigmoid scores, a scale): the experts' ids (``topk``'s indices) and weights (:func:`_weighting`) as the graph
-    computes them, the block the nodes that read them but do not compute the weights. Its tokens: the one float
-    value, not a parameter, constant or the weights, the block reads."""
-    ids = topk.results[1]
-    if ids.rank != 2 or not _static(ids.shape[1]):
-        raise NoMatch("the top-k's ids are not [T, k]")
-    w, _ = _weighting(graph, topk)
+    sigmoid scores, a scale; PhiMoE's sparsemixer, whose ids are two ``max`` indices joined): the experts' ids
+    (``topk``'s indices, or ``ids``, which ``topk`` then makes) and weights (:func:`_weighting`) as the graph
+    computes them, the block the nodes that read them but do not compute the weights. Its tokens: the first float
+    value, not a parameter, constant or the weights, they read (the forms check the block reads no other)."""
+    ids = ids if ids is not None else topk.results[1]
+    if ids.rank != 2 or not _static(ids.shape[1]) or ids.dtype.is_floating_point:
+        raise NoMatch("the expert ids are not [T, k] integers")
+    w, _ = _weighting(graph, topk, ids)
     routing = _ancestors(w)
     seeds = {id(topk)} | ({id(w.producer)} if w.producer is not None else set())
     region = [topk] + [n for n in _downstream(graph, topk, seeds)[1:] if id(n) not in routing]
@@ -306,7 +308,8 @@ def _given_router(graph: Graph, topk: Node) -> Router:
                if (p := _through(v, ("transpose",))).kind == "param" and p.rank == 3}
     if len(experts) != 1:
         raise NoMatch(f"the experts' 3-D weights disagree on E: {sorted(experts)}")
-    r = Router(topk, h, w, int(ids.shape[1]), True, given_experts=experts.pop(), region=region)
+    r = Router(topk, h, w, int(ids.shape[1]), True, given_experts=experts.pop(), region=region,
+               given_ids=None if ids is topk.results[-1] and topk.op == "topk" else ids)
     r.weights = w
     return r
 
@@ -314,7 +317,7 @@ def _given_router(graph: Graph, topk: Node) -> Router:
 def _check_given_weighting(graph: Graph, r: Router, block: Block) -> None:
     """The given weights reach the block through one chain (views, the sort's permutation, an unsqueeze) ending in
     the one ``mul`` with the expert outputs: each pair's output is weighted once, by its weight."""
-    _, mul = _weighting(graph, r.topk)
+    _, mul = _weighting(graph, r.topk, r.ids)
     ids = {id(n) for n in block.nodes}
     if id(mul) not in ids:
         raise NoMatch("the routing weights are not multiplied inside the block")
@@ -391,7 +394,7 @@ def _block(graph: Graph, r: Router) -> Block:
             for v in m.inputs:
                 if (v.producer is None or id(v.producer) not in ids) and v not in externals:
                     externals.append(v)
-        skip = (r.topk.inputs[0], r.weights) if r.given else (r.topk.inputs[0],)
+        skip = (*r.topk.inputs, r.weights) if r.given else (r.topk.inputs[0],)
         return Block(nodes, n.result, [v for v in externals if all(v is not s for s in skip)])
     raise NoMatch(why)
 
@@ -1160,17 +1163,20 @@ def _check_experts(r: Router, block: Block, x: Experts) -> None:
             raise NoMatch(f"the block reads parameter %{p.name}, which the recognised experts do not account for")
 
 
-def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None, notes: Optional[list[str]] = None
-              ) -> str:
+def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None, notes: Optional[list[str]] = None,
+              ids: Optional[Value] = None) -> str:
     """Rewrite the block of ``topk``; returns the form's name (NoMatch when it does not match). New expert tensors
     that are copies, not views, of the model's are named in ``copies``."""
-    try:
-        r = _router(topk)
-    except NoMatch as e:
+    if ids is not None:  # expert ids no topk makes: only the graph's own routing
+        r = _given_router(graph, topk, ids)
+    else:
         try:
-            r = _given_router(graph, topk)
-        except NoMatch as given:
-            raise NoMatch(f"{e}; nor a routing the graph computes for moe_experts: {given}") from None
+            r = _router(topk)
+        except NoMatch as e:
+            try:
+                r = _given_router(graph, topk)
+            except NoMatch as given:
+                raise NoMatch(f"{e}; nor a routing the graph computes for moe_experts: {given}") from None
     block = _block(graph, r)
     reasons = []
     forms = WEIGHTED_INPUT_FORMS if r.score == "sigmoid" else FORMS
@@ -1226,6 +1232,28 @@ def _fuse_one(graph: Graph, topk: Node, copies: Optional[list[str]] = None, note
     return name + (" + shared expert" if shared is not None else "") + (" (given routing)" if r.given else "")
 
 
+def _untopped_ids(graph: Graph) -> list[Value]:
+    """``[T, k]`` integer values that expert products are routed by (sorted for the grouped form, gathering 3-D
+    parameters for the batched one) and that no ``topk`` makes."""
+    found: dict[int, Value] = {}
+    for n in graph.nodes:
+        if n.op == "sort":
+            v = n.inputs[0]
+        elif n.op == "index" and n.attrs.get("dims") == (0,) and n.inputs[0].kind == "param" and n.inputs[0].rank == 3:
+            v = n.inputs[1]
+        else:
+            continue
+        while True:  # through views and clamps
+            v = _through(v, VIEWS)
+            c = _producer(v, "clamp")
+            if c is None:
+                break
+            v = c.inputs[0]
+        if v.rank == 2 and not v.dtype.is_floating_point and v.producer is not None and v.producer.op != "topk":
+            found.setdefault(id(v), v)
+    return list(found.values())
+
+
 @register_pass("fuse-moe")
 def fuse_moe(graph: Graph, ctx: PassContext) -> bool:
     """Rewrite every recognised mixture-of-experts block (anchored at its router's ``topk``) to ``moe``."""
@@ -1244,6 +1272,16 @@ def fuse_moe(graph: Graph, ctx: PassContext) -> bool:
                          f"read (memory beside the model's own): {', '.join(copies)}")
         except NoMatch as e:
             ctx.note(f"topk %{topk.results[0].name} left unfused: {e}")
+            continue
+        fused[form] = fused.get(form, 0) + 1
+    for ids in _untopped_ids(graph):  # expert ids made by other ops (PhiMoE's sparsemixer: two max indices)
+        anchor = ids.producer
+        if anchor is None or anchor.graph is not graph:
+            continue
+        try:
+            form = _fuse_one(graph, anchor, ids=ids)
+        except NoMatch as e:
+            ctx.note(f"expert ids %{ids.name} left unfused: {e}")
             continue
         fused[form] = fused.get(form, 0) + 1
     if not fused:

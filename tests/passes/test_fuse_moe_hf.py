@@ -465,3 +465,24 @@ def test_k_major_experts_are_read_in_place_where_their_copies_would_not_fit(monk
     g = PassManager([get_pass(p) for p in CLEANUP_PASSES] + [fuse_moe, get_pass("dead-code-elimination")]).run(
         capture_export(block, (x,), {}).graph, PassContext())
     assert g.tensors["block.experts.gate_up_proj.gate"].is_contiguous()
+
+
+def test_phimoe_sparsemixer_ids_without_a_topk_fuse_with_the_graphs_routing() -> None:
+    """PhiMoE's sparsemixer picks each token's two experts with two ``max`` and joins their indices: no ``topk`` to
+    anchor on. fuse-moe finds the ids the experts are sorted by instead, and the experts become one ``moe_experts`` a
+    layer over the graph's routing; greedy tokens equal eager's (reference backend, fp32)."""
+    import membound
+
+    torch.manual_seed(0)
+    config = transformers.PhimoeConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                       num_experts_per_tok=2, max_position_embeddings=64)
+    model = transformers.PhimoeForCausalLM(config).eval()
+    ids = torch.randint(3, 61, (1, 6))
+    compiled = membound.compile(model, backend="reference")
+    out = membound.generate(compiled, ids, 4)
+    ops = [n.op for n in compiled._kv_program.decode_graph.nodes]
+    assert ops.count("moe_experts") == 2 and ops.count("grouped_mm") == 0 and ops.count("sort") == 0, ops
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, want)
