@@ -81,10 +81,10 @@ read only views of ``h``, parameters and constants. The experts inside are recog
 A router none of these name (DeepSeek-V2's group-limited greedy top-k, V3's sigmoid scores with a correction bias,
 the top groups and a scale; any ``topk`` whose input is not ``[softmax](linear(h, R))``; or expert ids no ``topk``
 makes, PhiMoE's sparsemixer joining two ``max`` indices, found as what the experts are sorted or gathered by): the
-routing stays as the graph computes it, and the experts, in the grouped or batched form, become ``moe_experts(h, w, ids, ...)`` over the
-top-k's ids and the float ``[T, k]`` weights ``w`` that multiply the expert outputs (flattened, in the grouped form
-permuted by the ids' sort, unsqueezed: exactly one such product, and ``w`` read by the block through it alone). The
-block is then the nodes that read the ids or ``w`` but do not compute ``w``.
+routing stays as the graph computes it, and the experts, in the grouped or batched form, become
+``moe_experts(h, w, ids, ...)`` over the ids and the float ``[T, k]`` weights ``w`` that multiply the expert outputs
+(flattened, in the grouped form permuted by the ids' sort, unsqueezed: exactly one such product, and ``w`` read by
+the block through it alone). The block is then the nodes that read the ids or ``w`` but do not compute ``w``.
 
 Copies of K-major experts (gpt-oss, Llama 4) are memory beside the model's own: where they would take more than half
 the free memory of the CUDA device holding the weights (``COPY_FREE_SHARE``; gpt-oss-20b's ~36 GiB of bf16 copies
