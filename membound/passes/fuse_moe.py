@@ -638,17 +638,9 @@ def _sorted_ids(r: Router) -> Callable[[Value], bool]:
     """Whether a value is the expert ids sorted (``sort(ids).values``, through views, casts and clamps to
     ``[0, E - 1]``: transformers 5.17 clamps expert-parallel sentinels before it gathers the biases)."""
     def check(v: Value) -> bool:
-        while True:
-            v = _through(v, VIEWS + ("cast",))
-            c = _producer(v, "clamp")
-            if c is None:
-                break
-            lo, hi = c.attrs["min"], c.attrs["max"]
-            if (lo is not None and lo > 0) or (hi is not None and hi < r.experts - 1):
-                return False
-            v = c.inputs[0]
-        sort = _producer(v, "sort")
-        return sort is not None and v is sort.results[0] and _through(sort.inputs[0], VIEWS) is r.ids
+        u = _unclamped(v, VIEWS + ("cast",), r.experts)
+        sort = _producer(u, "sort") if u is not None else None
+        return sort is not None and u is sort.results[0] and _through(sort.inputs[0], VIEWS) is r.ids
     return check
 
 
@@ -750,17 +742,24 @@ def _gathered(graph: Graph, r: Router, block: Block) -> tuple[Weight, Weight, We
     return weights[0], weights[1], weights[2]
 
 
-def _is_expert_ids(v: Value, r: Router) -> bool:
-    """``v`` is the top-k ids through views and clamps to [0, E - 1] (no-ops on top-k ids)."""
+def _unclamped(v: Value, ops: tuple[str, ...], experts: Optional[int] = None) -> Optional[Value]:
+    """``v`` walked back over ``ops`` (views, casts) and clamps that keep ``[0, experts - 1]`` (no-ops on expert ids;
+    transformers clamps expert-parallel sentinels so); None at a clamp that narrows that range. ``experts`` None:
+    over any clamp."""
     while True:
-        v = _through(v, VIEWS)
+        v = _through(v, ops)
         c = _producer(v, "clamp")
         if c is None:
-            return v is r.ids
+            return v
         lo, hi = c.attrs["min"], c.attrs["max"]
-        if (lo is not None and lo > 0) or (hi is not None and hi < r.experts - 1):
-            return False
+        if experts is not None and ((lo is not None and lo > 0) or (hi is not None and hi < experts - 1)):
+            return None
         v = c.inputs[0]
+
+
+def _is_expert_ids(v: Value, r: Router) -> bool:
+    """``v`` is the top-k ids through views and clamps to [0, E - 1] (no-ops on top-k ids)."""
+    return _unclamped(v, VIEWS, r.experts) is r.ids
 
 
 def _repeated_tokens(v: Value, r: Router) -> bool:
@@ -1243,12 +1242,8 @@ def _untopped_ids(graph: Graph) -> list[Value]:
             v = n.inputs[1]
         else:
             continue
-        while True:  # through views and clamps
-            v = _through(v, VIEWS)
-            c = _producer(v, "clamp")
-            if c is None:
-                break
-            v = c.inputs[0]
+        v = _unclamped(v, VIEWS)
+        assert v is not None  # (no bound given: every clamp is walked over)
         if v.rank == 2 and not v.dtype.is_floating_point and v.producer is not None and v.producer.op != "topk":
             found.setdefault(id(v), v)
     return list(found.values())
