@@ -150,11 +150,7 @@ def _infer_moe(x: TensorType, router: TensorType, w_gate: TensorType, w_up: Tens
         si = shared_types[0].shape[0]
         wants += [(name, t, want) for (name, t), want in zip(given, ((si, d), (si, d), (d, si), (1, d)))]
     wants += [(name, t, want) for (name, t), want in zip(zip(BIASES, bias_types), ((e,), (e, i), (e, i), (e, d)))]
-    for name, t, want in wants:
-        if t.rank != len(want):
-            fail("moe", f"{name} must be [{', '.join(map(str, want))}], got {t}")
-        for have, need in zip(t.shape, want):
-            require_same_dim("moe", have, need, f"{name} {t} must be [{', '.join(map(str, want))}]")
+    _require_shapes("moe", wants)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         fail("moe", f"attribute top_k must be a positive int, got {top_k!r}", TypeError)
     if isinstance(e, sympy.Integer) and top_k > int(e):
@@ -327,15 +323,20 @@ def _infer_moe_experts(x: TensorType, weights: TensorType, ids: TensorType, w_ga
     wants = [("weights", weights, (t, ids.shape[1])), ("w_gate", w_gate, (e, i, d)), ("w_up", w_up, (e, i, d)),
              ("w_down", w_down, (e, d, i))]
     wants += [(n, b, want) for n, b, want in zip(EXPERT_BIASES, biases, ((e, i), (e, i), (e, d)))]
-    for name, tt, want in wants:
-        if tt.rank != len(want):
-            fail(op, f"{name} must be [{', '.join(map(str, want))}], got {tt}")
-        for have, need in zip(tt.shape, want):
-            require_same_dim(op, have, need, f"{name} {tt} must be [{', '.join(map(str, want))}]")
+    _require_shapes(op, wants)
     if isinstance(ids.shape[1], sympy.Integer) and isinstance(e, sympy.Integer) and int(ids.shape[1]) > int(e):
         fail(op, f"{ids.shape[1]} experts a token is more than the {e} experts")
     _check_act(op, act, alpha, limit)
     return TensorType(x.dtype, x.shape)
+
+
+def _require_shapes(op: str, wants: Sequence[tuple[str, TensorType, tuple[Any, ...]]]) -> None:
+    """Each ``(name, type, shape)``: the operand has that rank and those dims (symbolic ones where provable)."""
+    for name, t, want in wants:
+        if t.rank != len(want):
+            fail(op, f"{name} must be [{', '.join(map(str, want))}], got {t}")
+        for have, need in zip(t.shape, want):
+            require_same_dim(op, have, need, f"{name} {t} must be [{', '.join(map(str, want))}]")
 
 
 def _check_act(op: str, act: Any, alpha: Any, limit: Any) -> None:
