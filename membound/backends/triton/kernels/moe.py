@@ -689,13 +689,14 @@ def _block(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
 
-def _unsupported(x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
-                 quant: tuple[torch.Tensor, ...] = (), scheme: str = "int8") -> Optional[str]:
-    """Why the kernels cannot run (None: they can). ``quant``: the expert codes (gate, up, down) then scales."""
-    op = "quant_moe" if quant else "moe"
+def _unsupported(op: str, x: torch.Tensor, weights: tuple[torch.Tensor, ...], act: str,
+                 quant: tuple[torch.Tensor, ...] = (), scheme: str = "int8",
+                 routing: tuple[torch.Tensor, ...] = ()) -> Optional[str]:
+    """Why the kernels cannot run ``op`` (None: they can). ``weights``: the float operands; ``quant``: the expert
+    codes (gate, up, down) then scales; ``routing``: a given routing's weights and ids (any dtype, x's device)."""
     if act not in ACT_CODE:
         return f"{op}: act={act!r} has no kernel ({', '.join(ACT_CODE)} do)"
-    reason = unsupported_dtype(op, x, *weights) or unsupported_device(x, *weights, *quant)
+    reason = unsupported_dtype(op, x, *weights) or unsupported_device(x, *weights, *quant, *routing)
     if reason is not None:
         return reason
     codes, scales = quant[:3], quant[3:]
@@ -726,7 +727,7 @@ def moe(x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_up: torch
     attrs = dict(top_k=top_k, softmax_first=softmax_first, renormalize=renormalize, act=act, score=score,
                  weight_input=weight_input, bias=bias, alpha=alpha, limit=limit)
     _check_shapes("moe", x, router, w_gate, w_down)
-    reason = _unsupported(x, (router, w_gate, w_up, w_down, *rest), act)
+    reason = _unsupported("moe", x, (router, w_gate, w_up, w_down, *rest), act)
     if reason is not None:
         return fallback("moe", reason, get_op("moe").reference(x, router, w_gate, w_up, w_down, *rest, **attrs), out)
     return _launch("moe", x, router, (w_gate, w_up, w_down), None, rest, out, attrs, path=path, configs=configs)
@@ -747,8 +748,8 @@ def quant_moe(x: torch.Tensor, router: torch.Tensor, q_gate: torch.Tensor, s_gat
     packed = (q_gate, s_gate, q_up, s_up, q_down, s_down)
     _check_shapes("quant_moe", x, router, q_gate, q_down)
     reason = None if scheme in SCHEME_CODE else f"quant_moe: scheme {scheme!r} has no kernel"
-    reason = reason or _unsupported(x, (router, *rest), act, quant=(q_gate, q_up, q_down, s_gate, s_up, s_down),
-                                    scheme=scheme)
+    reason = reason or _unsupported("quant_moe", x, (router, *rest), act,
+                                    quant=(q_gate, q_up, q_down, s_gate, s_up, s_down), scheme=scheme)
     if reason is not None:
         want = get_op("quant_moe").reference(x, router, *packed, *rest, scheme=scheme, group_size=group_size,
                                              **attrs)
@@ -765,19 +766,15 @@ def moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w_gat
     """The IR op ``moe_experts``: the routing the graph computed (``weights``, ``ids`` ``[T, k]``) into the pairs
     sorted by expert (``moe_route.given_pairs``: one launch for a decode step), then ``moe``'s expert kernels on
     either path, the combine in torch. ``path``, ``configs``: as :func:`moe`."""
-    attrs = dict(act=act, alpha=alpha, limit=limit, bias=bias)
     op = "moe_experts"
-    if x.dim() != 2 or weights.shape != ids.shape or w_gate.shape[-1] != x.shape[-1]:
-        raise ValueError(f"{op}: x {tuple(x.shape)}, weights {tuple(weights.shape)}, ids {tuple(ids.shape)}, gate "
-                         f"{tuple(w_gate.shape)} disagree (x[T, D], weights and ids [T, k], gate [E, I, D])")
-    reason = _unsupported(x, (w_gate, w_up, w_down, *biases), act) or unsupported_device(weights, ids)
+    attrs = dict(act=act, alpha=alpha, limit=limit, bias=bias)
+    _check_given(op, x, weights, ids, w_gate)
+    reason = _unsupported(op, x, (w_gate, w_up, w_down, *biases), act, routing=(weights, ids))
     if reason is not None:
         want = get_op(op).reference(x, weights, ids, w_gate, w_up, w_down, *biases, **attrs)
-        return fallback(op, reason.replace("moe:", f"{op}:"), want, out)
-    full = dict(attrs, top_k=ids.shape[1], softmax_first=True, renormalize=False, score="softmax",
-                weight_input=False)
-    return _launch(op, x, None, (w_gate, w_up, w_down), None, biases if bias else (), out, full, path=path,
-                   configs=configs, given=(weights, ids))
+        return fallback(op, reason, want, out)
+    return _launch(op, x, None, (w_gate, w_up, w_down), None, biases if bias else (), out, _given_attrs(attrs, ids),
+                   path=path, configs=configs, given=(weights, ids))
 
 
 def quant_moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, q_gate: torch.Tensor,
@@ -791,20 +788,33 @@ def quant_moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
     op = "quant_moe_experts"
     attrs = dict(act=act, alpha=alpha, limit=limit, bias=bias)
     packed = (q_gate, s_gate, q_up, s_up, q_down, s_down)
-    if x.dim() != 2 or weights.shape != ids.shape or q_gate.shape[0] != q_down.shape[0]:
-        raise ValueError(f"{op}: x {tuple(x.shape)}, weights {tuple(weights.shape)}, ids {tuple(ids.shape)}, gate "
-                         f"codes {tuple(q_gate.shape)} disagree (x[T, D], weights and ids [T, k], codes [E, I, *])")
+    _check_given(op, x, weights, ids, q_gate, q_down)
     reason = None if scheme in SCHEME_CODE else f"{op}: scheme {scheme!r} has no kernel"
-    reason = reason or _unsupported(x, tuple(biases), act, quant=(q_gate, q_up, q_down, s_gate, s_up, s_down),
-                                    scheme=scheme) or unsupported_device(weights, ids)
+    reason = reason or _unsupported(op, x, tuple(biases), act, quant=(q_gate, q_up, q_down, s_gate, s_up, s_down),
+                                    scheme=scheme, routing=(weights, ids))
     if reason is not None:
         want = get_op(op).reference(x, weights, ids, *packed, *biases, scheme=scheme, group_size=group_size, **attrs)
-        return fallback(op, reason.replace("quant_moe:", f"{op}:"), want, out)
+        return fallback(op, reason, want, out)
     codes = tuple(q.view(torch.uint8) if scheme == "fp8" else q for q in (q_gate, q_up, q_down))
-    full = dict(attrs, top_k=ids.shape[1], softmax_first=True, renormalize=False, score="softmax",
-                weight_input=False)
-    return _launch(op, x, None, codes, (s_gate, s_up, s_down), biases if bias else (), out, full,
+    return _launch(op, x, None, codes, (s_gate, s_up, s_down), biases if bias else (), out, _given_attrs(attrs, ids),
                    scheme=SCHEME_CODE[scheme], group=group_size, path=path, configs=configs, given=(weights, ids))
+
+
+def _check_given(op: str, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate: torch.Tensor,
+                 down: Optional[torch.Tensor] = None) -> None:
+    """A given routing's operands agree: ``x[T, D]``, ``weights`` and ``ids`` ``[T, k]``, the gate ``[E, I, D]``
+    (float: its K is D) or, quantized (``down`` given), gate and down codes over the same E."""
+    agree = x.dim() == 2 and weights.shape == ids.shape and (
+        gate.shape[-1] == x.shape[-1] if down is None else gate.shape[0] == down.shape[0])
+    if not agree:
+        raise ValueError(f"{op}: x {tuple(x.shape)}, weights {tuple(weights.shape)}, ids {tuple(ids.shape)}, gate "
+                         f"{tuple(gate.shape)} disagree (x[T, D], weights and ids [T, k], gate [E, I, D])")
+
+
+def _given_attrs(attrs: dict, ids: torch.Tensor) -> dict:
+    """``_launch``'s attributes of a given routing: ``moe``'s with top_k the ids' k and no routing of its own."""
+    return dict(attrs, top_k=ids.shape[1], softmax_first=True, renormalize=False, score="softmax",
+                weight_input=False)
 
 
 def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.Tensor, w_down: torch.Tensor) -> None:
