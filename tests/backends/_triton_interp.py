@@ -70,6 +70,17 @@ class Interpreted:
                 self.results[case.get("name", "")] = "" if failure is None else (failure.text or "failed")[-4000:]
 
 
+def compiled_in_subprocess(script: str, timeout: int = 300) -> str:
+    """The standard output of ``script`` run in a fresh process without TRITON_INTERPRET (Triton's compiler runs
+    there, no GPU needed: ``compile_check.compile_ptx`` builds for sm_90), the repository on its path; the script
+    must succeed."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def hopper_registers(cases: str, labels: str = "") -> dict:
     """``{label: (registers a thread, spilled bytes)}`` of the sm_90 builds of ``compile_check.<cases>()``'s kernels
     whose label contains ``labels``, from the ptxas bundled with Triton (no GPU; in a process without
@@ -80,11 +91,7 @@ def hopper_registers(cases: str, labels: str = "") -> dict:
             f"from membound.backends.triton.kernels.compile_check import {cases}, compile_ptx, ptxas_info\n"
             "print(json.dumps({label: ptxas_info(compile_ptx(kernel, args, 90, **options)[0], 90)\n"
             f"                  for kernel, label, args, options in {cases}() if {labels!r} in label}}))\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info = json.loads(compiled_in_subprocess(code).strip().splitlines()[-1])
     if any(v is None for v in info.values()):
         pytest.skip(f"no bundled ptxas reads this Triton's PTX: {info}")
     return info

@@ -495,9 +495,6 @@ def test_gpt_oss_expert_kernels_compile_for_hopper() -> None:
     gpt-oss-20b's layer (D = I = 2880, 32 experts, top-4), bf16, as the launcher plans a batch-1 step (no GPU
     needed; a process without TRITON_INTERPRET)."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
     script = """
 import importlib, json, re
@@ -536,12 +533,9 @@ for kernel, args, warps in ((M._moe_gate_up, gu, 4), (M._moe_down, dn, 4), (M._m
     print(json.dumps(dict(kernel=kernel.__name__, shared=shared, mma=len(re.findall(r"mma", ptx)),
                           sigmoid=ptx.count("ex2"))))
 """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    from _triton_interp import compiled_in_subprocess
+
+    results = [json.loads(line) for line in compiled_in_subprocess(script).splitlines() if line.startswith("{")]
     assert [r["kernel"] for r in results] == ["_moe_gate_up", "_moe_down", "_moe_grouped_gate_up", "_moe_grouped_down"]
     for r in results:
         assert r["mma"] > 0 and r["shared"] <= 228 * 1024, r

@@ -305,9 +305,6 @@ def test_grouped_kernels_compile_for_hopper_with_wgmma() -> None:
     layer, bf16, with their default tiles (no GPU needed; a process without TRITON_INTERPRET): Hopper's wgmma
     on 64- and 128-row blocks, tiles copied by cp.async, for plain and int8 experts."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
     script = """
 import importlib, json, re
@@ -331,12 +328,9 @@ for scheme, wdt in ((0, "bf16"), (1, "i8")):
                               wgmma=len(re.findall(r"wgmma\\.mma_async", ptx)),
                               mma_sync=len(re.findall(r"\\bmma\\.sync", ptx)), cp_async=ptx.count("cp.async.cg"))))
 """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    from _triton_interp import compiled_in_subprocess
+
+    results = [json.loads(line) for line in compiled_in_subprocess(script).splitlines() if line.startswith("{")]
     assert len(results) == 4
     for r in results:
         assert r["wgmma"] > 0 and r["mma_sync"] == 0 and r["cp_async"] > 0, r

@@ -871,15 +871,13 @@ for dtype in (torch.float32, torch.bfloat16):
             ptx, _ = compile_ptx(fn, args)
             print(ks.kernel.name, dtype, b, "stores", ptx.count("st.global"))
 """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("_horizontal")]
+    from _triton_interp import compiled_in_subprocess
+
+    stdout = compiled_in_subprocess(script, timeout=600)
+    lines = [line for line in stdout.splitlines() if line.startswith("_horizontal")]
     # per sections kernel (rope + cache writes; embedding + rope table once the first norm is a GEMV prologue):
     # 2 dtypes x 2 B
-    assert len(lines) in (4, 8) and all(int(line.split()[-1]) > 0 for line in lines), proc.stdout
+    assert len(lines) in (4, 8) and all(int(line.split()[-1]) > 0 for line in lines), stdout
 
 
 # ---------------------------------------------------------------------------------------------
