@@ -103,3 +103,23 @@ def tiny_deepseek_v3(device: str = "cpu", experts: float = 0.0) -> Any:
                 layer.mlp.experts.gate_up_proj.normal_(0, experts)
                 layer.mlp.experts.down_proj.normal_(0, experts)
     return model
+
+
+def triton_decode_ops(model: Any, ids: torch.Tensor, kernel: str, new_tokens: int = 4) -> list[str]:
+    """``model`` compiled for the triton backend, generating ``new_tokens`` after ``ids``: the library kernel
+    ``kernel`` ran, no op of the decode step reads device values on the host (a CUDA graph may hold it), and the
+    greedy tokens equal HF's; returns the decode graph's ops."""
+    import membound
+    from membound.api import host_syncing_ops
+    from membound.backends.triton.kernels import trace
+
+    compiled = membound.compile(model, backend="triton")
+    with trace() as calls:
+        out = membound.generate(compiled, ids, new_tokens)
+    assert (kernel, "kernel") in calls, sorted(set(calls))
+    program = compiled._kv_program
+    assert host_syncing_ops(program.decode) == []
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=new_tokens, do_sample=False)
+    assert torch.equal(out, want)
+    return [n.op for n in program.decode_graph.nodes]
