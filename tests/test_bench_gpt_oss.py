@@ -1,6 +1,6 @@
-"""``benches/gpt_oss.py --smoke`` on the CPU (a tiny gpt-oss, fp32): membound's greedy tokens agree with HF eager's
-before anything is timed, every contender gives a row, the roofline is computed; the numbers mean nothing on the
-CPU."""
+"""The HF MoE decode benches' ``--smoke`` runs on the CPU (``benches/gpt_oss.py``: a tiny gpt-oss;
+``benches/deepseek_moe.py``: a tiny DeepSeek-V3; fp32): membound's greedy tokens agree with HF eager's before
+anything is timed, every contender gives a row, the roofline is computed; the numbers mean nothing on the CPU."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_smoke_rows(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benches" / "gpt_oss.py"), "--smoke", "--out", str(tmp_path)],
+@pytest.mark.parametrize("bench", ["gpt_oss", "deepseek_moe"])
+def test_smoke_rows(bench: str, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benches" / f"{bench}.py"), "--smoke", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (path,) = tmp_path.glob("gpt_oss-cpu-*-smoke.json")
+    (path,) = tmp_path.glob(f"{bench}-cpu-*-smoke.json")
     record = json.loads(path.read_text())
     rows = {(r["contender"], r["batch"]): r for r in record["rows"]}
     assert set(rows) == {("membound", 1), ("membound", 2), ("hf eager", 1)}, record["rows"]
