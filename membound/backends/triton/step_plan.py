@@ -261,7 +261,9 @@ BLOCK_TABLE_LAUNCHES = 3  # the grouped path's block table (kernels/moe.py _bloc
 
 def moe_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, precision: str,
               hardware: Optional[Hardware] = None) -> list[KernelWork]:
-    """A ``moe`` / ``quant_moe`` op as the launches ``kernels/moe.py`` makes at these dims. Decode path
+    """A ``moe`` / ``quant_moe`` op as the launches ``kernels/moe.py`` makes at these dims (``moe_experts`` /
+    ``quant_moe_experts``: one launch sorting the given routing's pairs, the grouped path's block table, the two
+    kernels, the combine). Decode path
     (``moe_path``) routed in the kernels (``decode_plan``): the router's logits (``fused``), ``torch.topk``,
     the gate/up and the down kernel (``moe_decode``; the combine is the down kernel's). Routed in torch: its
     routing launches, the two kernels and the combine. Grouped path: routing, block table, two grouped GEMMs
@@ -295,18 +297,14 @@ def moe_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, pr
 
     path = km.moe_path(t, e, top_k, d, i, dtype, torch.device("cpu"), scheme, group, hw=hw)
     routed = shared = False
-    if given:  # the pairs sorted in one launch (moe_route.given_pairs), the combine in torch
-        head = launches("routing", "fused", 1, 0.0, routing_bytes)
-        head += launches("routing", "torch", BLOCK_TABLE_LAUNCHES) if path != "decode" else []
-        kind = "moe_decode" if path == "decode" else "moe_grouped"
-        return head + [KernelWork(f"{name} (gate/up)", kind, flops * 2 / 3, experts * 2 / 3 + x_bytes, precision),
-                       KernelWork(f"{name} (down)", kind, flops / 3, experts / 3 + x_bytes, precision)] + \
-            launches("combine", "torch", COMBINE_LAUNCHES)
-    if path == "decode":
+    if path == "decode" and not given:
         pairs = km.int4_pairs_path(scheme == "int4", dtype)
         routed = km.decode_plan(t, e, top_k, d, i, scheme == "int4", group, pairs, hw.sm_count).routed
         shared = bool(moe_operands(node)[1])
-    if routed:
+    if given:  # the pairs sorted in one launch (moe_route.given_pairs), the grouped path's block table in torch
+        head = launches("routing", "fused", 1, 0.0, routing_bytes)
+        head += launches("routing", "torch", BLOCK_TABLE_LAUNCHES) if path != "decode" else []
+    elif routed:
         head = launches("router", "fused", 1, router_flops, routing_bytes) + launches("top-k", "torch")
     else:
         head = launches("router", "cublas", 1, router_flops, routing_bytes)
