@@ -172,7 +172,8 @@ class Router:
     # a routing the graph computes (moe_experts): the experts' count, and the block's nodes (not all of topk's users)
     given_experts: Optional[int] = None
     region: Optional[list[Node]] = None
-    given_ids: Optional[Value] = None  # the expert ids where no topk makes them (``topk`` is then their producer)
+    given_ids: Optional[Value] = None  # the expert ids (``topk`` is their producer: a topk or, PhiMoE, another op)
+    given_mul: Optional[Node] = None  # the one product of the expert outputs with the routing weights
     weights: Value = field(init=False)  # routing weights after softmax / renormalisation ([T, E] for "sigmoid")
 
     @property
@@ -287,7 +288,7 @@ def _given_router(graph: Graph, topk: Node, ids: Optional[Value] = None) -> Rout
     ids = ids if ids is not None else topk.results[1]
     if ids.rank != 2 or not _static(ids.shape[1]) or ids.dtype.is_floating_point:
         raise NoMatch("the expert ids are not [T, k] integers")
-    w, _ = _weighting(graph, topk, ids)
+    w, mul = _weighting(graph, topk, ids)
     routing = _ancestors(w)
     seeds = {id(topk)} | ({id(w.producer)} if w.producer is not None else set())
     region = [topk] + [n for n in _downstream(graph, topk, seeds)[1:] if id(n) not in routing]
@@ -308,8 +309,8 @@ def _given_router(graph: Graph, topk: Node, ids: Optional[Value] = None) -> Rout
                if (p := _through(v, ("transpose",))).kind == "param" and p.rank == 3}
     if len(experts) != 1:
         raise NoMatch(f"the experts' 3-D weights disagree on E: {sorted(experts)}")
-    r = Router(topk, h, w, int(ids.shape[1]), True, given_experts=experts.pop(), region=region,
-               given_ids=None if ids is topk.results[-1] and topk.op == "topk" else ids)
+    r = Router(topk, h, w, int(ids.shape[1]), True, given_experts=experts.pop(), region=region, given_ids=ids,
+               given_mul=mul)
     r.weights = w
     return r
 
@@ -317,7 +318,7 @@ def _given_router(graph: Graph, topk: Node, ids: Optional[Value] = None) -> Rout
 def _check_given_weighting(graph: Graph, r: Router, block: Block) -> None:
     """The given weights reach the block through one chain (views, the sort's permutation, an unsqueeze) ending in
     the one ``mul`` with the expert outputs: each pair's output is weighted once, by its weight."""
-    _, mul = _weighting(graph, r.topk, r.ids)
+    mul = r.given_mul
     ids = {id(n) for n in block.nodes}
     if id(mul) not in ids:
         raise NoMatch("the routing weights are not multiplied inside the block")
