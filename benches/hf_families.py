@@ -40,6 +40,9 @@ VOCAB = 97
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128, eos_token_id=None, pad_token_id=0, bos_token_id=1)
 MOE = dict(num_experts=4, num_experts_per_tok=2)
+# multi-head latent attention at the tiny shape (DeepSeek-V2/V3, GLM-4.7-Flash, LongCat-Flash)
+MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+           v_head_dim=16)
 # name -> (model class, config class, config keywords over COMMON)
 FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama": ("LlamaForCausalLM", "LlamaConfig", {}),
@@ -60,13 +63,11 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "granite-moe": ("GraniteMoeForCausalLM", "GraniteMoeConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
     # DeepSeek-V2: multi-head latent attention, a complex rotary embedding (polar, view_as_complex), experts
     "deepseek-v2": ("DeepseekV2ForCausalLM", "DeepseekV2Config", dict(
-        num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=16,
-        q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, moe_intermediate_size=32)),
+        MLA, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, moe_intermediate_size=32)),
     # multi-head latent attention (kv heads = heads), group-limited routing with a score correction bias, a dense
     # first layer then experts with a shared one
     "deepseek-v3": ("DeepseekV3ForCausalLM", "DeepseekV3Config", dict(
-        num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1, kv_lora_rank=16,
-        q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_group=2, topk_group=1,
+        MLA, n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1, n_group=2, topk_group=1,
         moe_intermediate_size=32)),
     # attention sinks, a sliding (3) then a full layer, q/k/v and o biases, experts with biases and a clamped SwiGLU
     "gpt-oss": ("GptOssForCausalLM", "GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2, head_dim=16,
@@ -92,6 +93,14 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "dots1": ("Dots1ForCausalLM", "Dots1Config", dict(
         n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=32,
         first_k_dense_replace=1, head_dim=16, n_shared_experts=1)),
+    # session 22: multi-head latent attention with moe_experts: GLM-4.7-Flash (GLM-4.5's routing, a dense first
+    # layer) and LongCat-Flash (a softmax router over real and zero experts, the zero experts passing the input
+    # through; one layer of two attention blocks and a dense MLP beside the experts)
+    "glm4-moe-lite": ("Glm4MoeLiteForCausalLM", "Glm4MoeLiteConfig", dict(
+        MLA, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, mlp_layer_types=["dense", "sparse"])),
+    "longcat-flash": ("LongcatFlashForCausalLM", "LongcatFlashConfig", dict(
+        MLA, head_dim=8, n_routed_experts=4, moe_topk=2, zero_expert_num=2, expert_ffn_hidden_size=32,
+        ffn_hidden_size=96, num_layers=1)),
     # ... and ones it does (softmax top-k routers, a shared expert or none), and PhiMoE's sparsemixer routing (two
     # max indices, no topk: moe_experts over the ids the experts are sorted by)
     "hunyuan-moe": ("HunYuanMoEV1ForCausalLM", "HunYuanMoEV1Config", dict(num_experts=4, moe_topk=2, head_dim=16)),
