@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from decode_e2e import free_memory, read_bandwidth, reset_dynamo  # noqa: E402
 from moe import Bench as MoeBench  # noqa: E402
-from moe import experts_read, hf_generate, write_record  # noqa: E402
+from moe import experts_read, hf_generate, hf_reference, write_record  # noqa: E402
 
 import membound  # noqa: E402
 
@@ -142,7 +142,7 @@ class Bench(MoeBench):
         model = self.build_model(shape)
         cfg = model.config
         prompt = torch.randint(0, cfg.vocab_size, (1, a.prompt), device=self.device, generator=self.gen)
-        ref = (prompt, hf_generate(model, prompt, max(CHECK, a.new_tokens)))
+        ref = hf_reference(model, prompt, max(CHECK, a.new_tokens))
         compiled = membound.compile(model)
         hf_batches = [b for b in a.hf_batches if b in a.batches] or [1]
         contenders: list[Contender] = [

@@ -198,6 +198,33 @@ def hf_generate(hf: Any, ids: torch.Tensor, new: int, **kw: Any) -> torch.Tensor
     return out[:, ids.shape[1]:]
 
 
+def hf_reference(hf: Any, ids: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the prompt, HF eager's ``new`` greedy tokens after it, their logits ``[new, V]`` in fp32): what a contender's
+    batch-1 tokens are checked against, and, where they diverge, how close HF's own choice was there."""
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                      do_sample=False, output_logits=True, return_dict_in_generate=True)
+    logits = torch.stack([step[0].float() for step in out.logits])
+    return ids, out.sequences[:, ids.shape[1]:], logits
+
+
+def divergence(tokens: torch.Tensor, ref: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """``agree_first``: how many of a batch-1 contender's first ``CHECK`` greedy tokens equal HF eager's before the
+    first that differs. Where one differs (same prefix up to there), HF's logits at that step say whether it was a
+    near-tie: ``hf_margin`` (HF's top logit minus the logit HF gives the contender's token) and ``hf_rank`` (that
+    token's rank among HF's, 0 = HF's choice), against ``hf_logit_scale`` (HF's largest |logit| there; a bf16 logit
+    is rounded to about 2**-8 of its size)."""
+    m = min(CHECK, tokens.shape[1], ref[1].shape[1])
+    same = (tokens[0, :m].cpu() == ref[1][0, :m].cpu()).tolist()
+    agree = same.index(False) if False in same else m
+    row: dict[str, Any] = {"agree_first": agree}
+    if agree < m and len(ref) > 2:
+        logits = ref[2][agree].cpu()
+        ours = int(tokens[0, agree])
+        row.update(hf_margin=float(logits.max() - logits[ours]), hf_rank=int((logits > logits[ours]).sum()),
+                   hf_logit_scale=float(logits.abs().max()))
+    return row
+
+
 # ---- measuring ---------------------------------------------------------------------------------
 
 def seconds(fn: Callable[[], Any]) -> float:
@@ -245,10 +272,11 @@ class Bench:
         print(f"  {kw['shape']:8s} {kw['mode']:7s} b{kw.get('batch', 1):<3d} {kw['contender']:15s} {extra}", flush=True)
 
     def decode(self, shape: str, name: str, gen: Callable[[torch.Tensor, int], torch.Tensor], vocab: int,
-               batches: list[int], ref: tuple[torch.Tensor, torch.Tensor], bw: float,
+               batches: list[int], ref: tuple[torch.Tensor, ...], bw: float,
                step_bytes: Callable[[int, int], float]) -> None:
-        """``ref``: (a batch-1 prompt, HF eager's first greedy tokens after it); ``step_bytes(batch, context)``: the
-        bytes a decode step must read, for the roofline (``active_bytes`` here; benches/gpt_oss.py's own)."""
+        """``ref``: (a batch-1 prompt, HF eager's first greedy tokens after it, their logits: ``hf_reference``);
+        ``step_bytes(batch, context)``: the bytes a decode step must read, for the roofline (``active_bytes`` here;
+        benches/gpt_oss.py's own)."""
         n, prompt = self.args.new_tokens, self.args.prompt
         for b in batches:
             ids = ref[0] if b == 1 else torch.randint(0, vocab, (b, prompt), device=self.device, generator=self.gen)
@@ -256,11 +284,8 @@ class Bench:
                 t0 = time.perf_counter()
                 first = gen(ids, n)  # cold: compiles
                 cold = time.perf_counter() - t0
-                agree = None
-                if b == 1:  # greedy tokens equal to HF eager's, before the first divergence (bf16)
-                    m = min(CHECK, first.shape[1])
-                    same = (first[0, :m].cpu() == ref[1][0, :m].cpu()).tolist()
-                    agree = same.index(False) if False in same else m
+                # batch 1: greedy tokens equal to HF eager's before the first divergence (bf16), and how close
+                agree = divergence(first, ref) if b == 1 else {"agree_first": None}
                 full = min(seconds(lambda ids=ids: gen(ids, n)) for _ in range(2))
                 one = min(seconds(lambda ids=ids: gen(ids, 1)) for _ in range(2))
                 if full <= one:  # noise larger than the decode itself (CPU smoke): no rate, not an absurd one
@@ -269,7 +294,7 @@ class Bench:
                 rate = b * (n - 1) / (full - one)
                 roof = b / (step_bytes(b, prompt + n // 2) / (bw * 1e9))
                 self.row(shape=shape, mode="decode", batch=b, contender=name, tok_s=rate, cold_s=cold,
-                         roofline_tok_s=roof, pct_roofline=100 * rate / roof, agree_first=agree,
+                         roofline_tok_s=roof, pct_roofline=100 * rate / roof, **agree,
                          step_ms=1e3 * (full - one) / (n - 1))
             except Exception as e:  # a failure is a row
                 self.row(shape=shape, mode="decode", batch=b, contender=name, error=first_line(e))
@@ -306,7 +331,7 @@ class Bench:
         hf = build_hf(model)
         batches = a.batches
         prompt = torch.randint(0, c.vocab_size, (1, a.prompt), device=self.device, generator=self.gen)
-        ref = (prompt, hf_generate(hf, prompt, max(CHECK, a.new_tokens)))
+        ref = hf_reference(hf, prompt, max(CHECK, a.new_tokens))
         # the gather-experts contender and membound first, the Hugging Face rows last: a run cut short by
         # --budget-s loses the slowest, weakest contenders, not the ones the goals compare
         contenders: list[tuple[str, Callable[[torch.Tensor, int], torch.Tensor], list[int]]] = []

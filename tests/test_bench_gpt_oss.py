@@ -26,3 +26,17 @@ def test_smoke_rows(bench: str, tmp_path: Path) -> None:
     assert all("error" not in r for r in rows.values()), record["rows"]
     assert rows[("membound", 1)]["agree_first"] == 4  # every checked greedy token equals HF eager's
     assert all(r["roofline_tok_s"] > 0 and r["tok_s"] > 0 for r in rows.values())
+
+
+def test_divergence_names_hf_margin_and_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a contender's greedy token first differs from HF's, the row says how far HF's own logits put it."""
+    monkeypatch.syspath_prepend(str(ROOT / "benches"))
+    import torch
+    from moe import divergence
+
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 0.0, 4.5, -9.0], [0.0, 0.0, 1.0, 0.0]])
+    ref = (torch.zeros(1, 2, dtype=torch.long), torch.tensor([[1, 0, 2]]), logits)
+    assert divergence(torch.tensor([[1, 0, 2]]), ref) == {"agree_first": 3}
+    row = divergence(torch.tensor([[1, 2, 0]]), ref)  # step 1: ours 2, HF's 0 (5.0 against 4.5)
+    assert row == {"agree_first": 1, "hf_margin": 0.5, "hf_rank": 1, "hf_logit_scale": 9.0}
+    assert divergence(torch.tensor([[3, 0, 2]]), ref[:2]) == {"agree_first": 0}  # no logits: the count only
