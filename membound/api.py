@@ -268,9 +268,10 @@ class CompiledModel:
                 return self.fn(*args, **kwargs)
             reason = reasons[0] if reasons else self.__dict__.pop("_stale_reason", None) or "first call"
             entry = self._compile(args, kwargs, reason)
+        inputs = entry.capture.flatten_inputs(args, kwargs)
         with serial(self):  # forward calls share the backend's buffers: one at a time
-            outputs = entry.executable(entry.capture.flatten_inputs(args, kwargs))
-        return entry.capture.unflatten_outputs(outputs)
+            outputs = entry.executable(inputs)
+        return entry.capture.unflatten_outputs(outputs, inputs)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "CompiledModel":
         # a copy of the model (or function) with the same options, compiled afresh on its first call:

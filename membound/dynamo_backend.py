@@ -77,12 +77,12 @@ def membound_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     def run(*args: Any) -> Any:
         inputs = capture.flatten_inputs(args, {})
         if not live:
-            return capture.unflatten_outputs(executable(_one_device(inputs, {}, written, capture.name)))
+            return capture.unflatten_outputs(executable(_one_device(inputs, {}, written, capture.name)), inputs)
         # the call's own cache tensors (a new generate call brings a new StaticCache), by reference
         own = {name: args[pos] for pos, name in live.items()}
         own.update({name: graph.tensors[name] for name in on_cpu if name not in own})
-        inputs = _one_device(inputs, own, written, capture.name, home)
-        return capture.unflatten_outputs(executable(inputs, {**graph.tensors, **own}))
+        moved = _one_device(inputs, own, written, capture.name, home)
+        return capture.unflatten_outputs(executable(moved, {**graph.tensors, **own}), inputs)
 
     run.membound_graph = compiled.ir  # type: ignore[attr-defined]
     run.membound_input_graph = compiled.input_ir  # type: ignore[attr-defined]

@@ -136,6 +136,11 @@ family({aten.add.Tensor: "add", aten.add.Scalar: "add", aten.sub.Tensor: "sub", 
         aten.eq.Tensor: "eq", aten.eq.Scalar: "eq", aten.ne.Tensor: "ne", aten.ne.Scalar: "ne",
         aten.lt.Tensor: "lt", aten.lt.Scalar: "lt", aten.le.Tensor: "le", aten.le.Scalar: "le",
         aten.gt.Tensor: "gt", aten.gt.Scalar: "gt", aten.ge.Tensor: "ge", aten.ge.Scalar: "ge",
+        # torch.greater & co. (aliases the exported graph keeps as written)
+        aten.greater.Tensor: "gt", aten.greater.Scalar: "gt", aten.greater_equal.Tensor: "ge",
+        aten.greater_equal.Scalar: "ge", aten.less.Tensor: "lt", aten.less.Scalar: "lt",
+        aten.less_equal.Tensor: "le", aten.less_equal.Scalar: "le", aten.not_equal.Tensor: "ne",
+        aten.not_equal.Scalar: "ne",
         aten.logical_and.default: "logical_and", aten.logical_or.default: "logical_or",
         aten.bitwise_and.Tensor: "bitwise_and", aten.bitwise_and.Scalar: "bitwise_and",
         aten.bitwise_or.Tensor: "bitwise_or", aten.bitwise_or.Scalar: "bitwise_or"}, _binary)
@@ -324,6 +329,22 @@ def _reduce(ir_op: str, t: Translator, a: Args) -> Value:
 family({aten.sum.dim_IntList: "sum", aten.sum.default: "sum", aten.mean.dim: "mean", aten.mean.default: "mean",
         aten.amax.default: "amax", aten.amin.default: "amin", aten.max.default: "amax", aten.min.default: "amin"},
        _reduce)
+
+
+def _any_all(ir_op: str, t: Translator, a: Args) -> Value:
+    """``any`` / ``all`` over dims (all of them when none are named): a count of the true (``any``: > 0) or false
+    (``all``: == 0) elements, in int64."""
+    x = a.self
+    truth = x if x.dtype == torch.bool else t.emit("ne", *_operands(t, x, 0))
+    if ir_op == "all":
+        truth = t.emit("eq", *_operands(t, truth, False))
+    dims = _dims(a.get("dim"))
+    count = t.emit("sum", t.cast(truth, torch.int64), dims=dims, keepdim=bool(a.get("keepdim") or False))
+    return t.emit("gt" if ir_op == "any" else "eq", *_operands(t, count, 0))
+
+
+family({aten.any.dim: "any", aten.any.dims: "any", aten.any.default: "any", aten.all.dim: "all",
+        aten.all.dims: "all", aten.all.default: "all"}, _any_all)
 
 
 @rule(aten.argmax.default)
@@ -809,6 +830,19 @@ def _arange(t: Translator, a: Args) -> Value:
         raise t.unsupported("arange with float bounds (the IR's arange takes integer dims)")
     start, end, step = (t.dim(b) for b in bound)
     return t.emit("arange", start=start, end=end, step=step, dtype=dtype)
+
+
+@rule(aten.one_hot.default)
+def _one_hot(t: Translator, a: Args) -> Value:
+    """``one_hot(ids, n)``: ``ids[..., None] == arange(n)`` as int64 (n given: the classes are a static dim; with
+    ``num_classes=-1`` torch sizes them from the data, which a graph of fixed shape cannot)."""
+    n = a.get("num_classes", -1)
+    if not isinstance(n, int) or n < 0:
+        raise t.unsupported("one_hot without num_classes (the class count would come from the data): pass "
+                            "num_classes")
+    classes = t.emit("arange", start=t.dim(0), end=t.dim(n), step=t.dim(1), dtype=a.self.dtype)
+    hit = t.emit("eq", t.emit("unsqueeze", a.self, dim=-1), classes)
+    return t.cast(hit, torch.int64)
 
 
 @rule(aten.copy.default)

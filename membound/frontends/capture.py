@@ -76,7 +76,15 @@ class ConstOut:
     value: Any
 
 
-OutLeaf = Union[TensorOut, ConstOut]
+@dataclass(frozen=True)
+class SymOut:
+    """The output leaf is an int the graph computes from its inputs' sizes (a Dynamo subgraph hands the code after
+    its graph break a size so): ``expr`` over the dim symbols, evaluated from each call's input shapes."""
+
+    expr: sympy.Expr
+
+
+OutLeaf = Union[TensorOut, ConstOut, SymOut]
 
 Range = tuple[int, Optional[int]]
 
@@ -132,13 +140,41 @@ class Capture:
                 out[leaf.index] = x
         return out  # type: ignore[return-value]
 
-    def unflatten_outputs(self, outputs: Sequence[torch.Tensor]) -> Any:
-        """The model's own return value (e.g. a ``ModelOutput``) from the graph's output tensors."""
+    def unflatten_outputs(self, outputs: Sequence[torch.Tensor],
+                          inputs: Optional[Sequence[torch.Tensor]] = None) -> Any:
+        """The model's own return value (e.g. a ``ModelOutput``) from the graph's output tensors; ``inputs`` (the
+        call's graph inputs, ``flatten_inputs``) give the sizes an int output (``SymOut``) is computed from."""
         expected = sum(isinstance(leaf, TensorOut) for leaf in self.out_leaves)
         if len(outputs) != expected:
             raise ValueError(f"expected {expected} output tensors, got {len(outputs)}")
-        leaves = [outputs[leaf.index] if isinstance(leaf, TensorOut) else leaf.value for leaf in self.out_leaves]
+        sizes: Optional[dict[sympy.Symbol, int]] = None
+        leaves = []
+        for leaf in self.out_leaves:
+            if isinstance(leaf, TensorOut):
+                leaves.append(outputs[leaf.index])
+            elif isinstance(leaf, SymOut):
+                if sizes is None:
+                    if inputs is None:
+                        raise ValueError(f"{self.name or 'the graph'} returns sizes ({leaf.expr}): pass the call's "
+                                         "graph inputs to unflatten_outputs")
+                    sizes = self.input_sizes(inputs)
+                leaves.append(int(leaf.expr.xreplace(sizes)))
+            else:
+                leaves.append(leaf.value)
         return pytree.tree_unflatten(leaves, self.out_spec)
+
+    def input_sizes(self, inputs: Sequence[torch.Tensor]) -> dict[sympy.Symbol, int]:
+        """Each dim symbol of the captured input types, bound to the size it has in ``inputs``."""
+        sizes: dict[sympy.Symbol, int] = {}
+        for t, x in zip(self.input_types, inputs):
+            for d, n in zip(t.shape, x.shape):
+                if isinstance(d, sympy.Symbol):
+                    sizes[d] = int(n)
+        return sizes
+
+    def input_symbols(self) -> set[sympy.Symbol]:
+        """The dim symbols a call's input shapes bind."""
+        return {d for t in self.input_types for d in t.shape if isinstance(d, sympy.Symbol)}
 
     # ---- reuse ----------------------------------------------------------------------------------
     def matches(self, args: Sequence[Any], kwargs: Optional[dict[str, Any]] = None) -> bool:

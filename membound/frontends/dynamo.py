@@ -6,7 +6,11 @@ The backend *registration* (which must return a callable) lives in the API layer
 
     def backend(gm, example_inputs):
         cap = capture_dynamo(gm, example_inputs)
-        return lambda *args: cap.unflatten_outputs(run(cap.graph, cap.flatten_inputs(args)))
+
+        def call(*args):
+            xs = cap.flatten_inputs(args)
+            return cap.unflatten_outputs(run(cap.graph, xs), xs)  # (xs: the sizes a subgraph may return)
+        return call
 
 Dynamo's graph inputs are more than activations. Each placeholder is classified from its
 ``grapharg`` (Dynamo's record of where the value came from):
@@ -37,7 +41,7 @@ import torch.fx
 
 from membound.frontends.capture import Capture, ConstLeaf, InLeaf, ParamLeaf, SymLeaf, TensorLeaf, flatten_call
 from membound.frontends.errors import CaptureError
-from membound.frontends.export import build_capture, export_leaves
+from membound.frontends.export import build_capture_functional, export_leaves
 from membound.frontends.translate import AsInput, AsParam, Role
 
 
@@ -121,7 +125,7 @@ def capture_dynamo(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], dyna
     ep = export_leaves(_DynamoCall(gm, plan), leaves, name,
                        dynamic=[dynamic and isinstance(r, AsInput) for r in roles])
     _, in_spec = flatten_call(tuple(example_inputs), {})
-    cap = build_capture(ep, roles, in_spec, in_leaves, name=name, fallback=fallback, frontend="dynamo")
+    cap = build_capture_functional(ep, roles, in_spec, in_leaves, name=name, fallback=fallback, frontend="dynamo")
     _bind_sym_leaves(cap, placeholders, example_inputs)
     cap.graph.meta["call_state"] = call_state
     return cap

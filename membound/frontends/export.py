@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import re
 import sys
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -36,6 +37,7 @@ from membound.frontends.translate import (
     InPlaceAliasError,
     Role,
     Translator,
+    bound_sizes,
     output_leaves,
 )
 from membound.ir.graph import Graph
@@ -96,16 +98,24 @@ def capture_export(fn_or_module: Union[torch.nn.Module, Callable[..., Any]], arg
         else:
             in_leaves.append(ConstLeaf(x))
             roles.append(AsConstant(x))
+    return build_capture_functional(ep, roles, spec, in_leaves, name=name, fallback=fallback, frontend="export",
+                                    default_source=_definition(fn_or_module))
+
+
+def build_capture_functional(ep: ExportedProgram, *args: Any, **kwargs: Any) -> Capture:
+    """:func:`build_capture`; where it refuses an in-place write into a view whose base is read later
+    (``InPlaceAliasError``: transformers 4.x builds some masks so, MLA blocks fill halves of a key buffer so), the
+    functionalized program (``run_decompositions`` with no decompositions: functional copies and scatters), which
+    says the same with value semantics. If that fails too, the original refusal is reported."""
     try:
-        return build_capture(ep, roles, spec, in_leaves, name=name, fallback=fallback, frontend="export",
-                             default_source=_definition(fn_or_module))
+        return build_capture(ep, *args, **kwargs)
     except InPlaceAliasError as e:
-        # an in-place write into a view whose base is read later (transformers 4.x builds some masks so): the
-        # functionalized program (run_decompositions with no decompositions: functional copies and scatters) says
-        # the same with value semantics; if that fails too, the original refusal is reported
         try:
-            return build_capture(ep.run_decompositions({}), roles, spec, in_leaves, name=name, fallback=fallback,
-                                 frontend="export", default_source=_definition(fn_or_module))
+            # (retraced in a fresh tracing context, as export_leaves exports: inside a torch.compile backend the
+            # retrace would otherwise add its symbols and guards to the frame Dynamo is compiling)
+            with torch._guards.tracing(None):
+                functional = ep.run_decompositions({})
+            return build_capture(functional, *args, **kwargs)
         except (UnsupportedOpError, CaptureError):
             raise e from None  # the write the user wrote is the clearer message
 
@@ -121,13 +131,38 @@ def export_leaves(module: torch.nn.Module, leaves: Sequence[Any], name: str,
         # frame Dynamo is compiling
         with torch.no_grad(), torch._guards.tracing(None), _quiet_specialisation_notes(), _hf_masks_without_vmap(), \
                 _hf_moe_blocks_dense(module), _hf_rotary_without_complex(module):
-            ep = torch.export.export(module, tuple(leaves), dynamic_shapes={"leaves": shapes}, strict=False)
+            # (a graph of no inputs, e.g. a Dynamo subgraph between two breaks that only makes constants, takes no
+            # dynamic_shapes: export rejects a dict naming an argument it was not given)
+            ep = torch.export.export(module, tuple(leaves), dynamic_shapes={"leaves": shapes} if leaves else None,
+                                     strict=False)
     except Exception as e:  # the model's own error or export's; either way the user needs the original
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CaptureError(f"capturing {name} with torch.export failed: {type(e).__name__}: {first}\n"
-                           f"  (the original exception is chained below)") from e
+                           f"{_data_dependent_hint(e)}  (the original exception is chained below)") from e
     _strip_wrapper_from_module_stacks(ep)
     return ep
+
+
+# where torch.export's data-dependent errors name the user's line ("The following call raised this error:" then a
+# traceback entry and its code)
+_RAISED_AT = re.compile(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+), in (\S+)\n\s*(.+)')
+
+
+def _data_dependent_hint(e: BaseException) -> str:
+    """For an export failure on control flow that depends on tensor values (a Python branch or loop over a
+    ``nonzero``, ``.item()`` or a sum, as MoE blocks that visit only the experts hit do): the model's line, taken
+    from torch's message, and what to do. Empty for other failures."""
+    text = str(e)
+    if "data-dependent" not in text and "DataDependent" not in type(e).__name__:
+        return ""
+    at = _RAISED_AT.search(text)
+    where = (f" at {os.path.basename(at.group(1))}:{at.group(2)} in {at.group(3)}: `{at.group(4).strip()}`"
+             if at else "")
+    return (f"  The model branches or loops on a value computed from its inputs{where}. membound captures one graph "
+            f"of fixed structure: write that code without a data-dependent branch (an MoE block: compute every "
+            f"expert, or each token's k experts by gathering their weights, and weight the outputs by the routing, "
+            f"as transformers 5.x's experts implementations do), or compile the model with torch.compile(model, "
+            f"backend=\"membound\"), which runs that code eagerly and compiles the graphs around it.\n")
 
 
 def build_capture(ep: ExportedProgram, roles: Sequence[Role], in_spec: pytree.TreeSpec,
@@ -169,10 +204,12 @@ def build_capture(ep: ExportedProgram, roles: Sequence[Role], in_spec: pytree.Tr
     graph.set_outputs(values)
     graph.remove_unused_params()  # e.g. HF's original_inv_freq: registered, never read
     inputs = [n for n in placeholders if isinstance(node_roles[n], AsInput)]
-    return Capture(graph=graph, in_spec=in_spec, in_leaves=tuple(in_leaves), out_spec=out_spec,
-                   out_leaves=tuple(out_leaves), devices=tuple(n.meta["val"].device for n in inputs),
-                   ranges=translator.ranges, guards=tuple(_guards(translator.guards)),
-                   frontend=frontend, name=name)
+    cap = Capture(graph=graph, in_spec=in_spec, in_leaves=tuple(in_leaves), out_spec=out_spec,
+                  out_leaves=tuple(out_leaves), devices=tuple(n.meta["val"].device for n in inputs),
+                  ranges=translator.ranges, guards=tuple(_guards(translator.guards)),
+                  frontend=frontend, name=name)
+    bound_sizes(cap.out_leaves, leaf_paths(out_spec, call=False), cap.input_symbols(), name)
+    return cap
 
 
 # ---------------------------------------------------------------------------------------------

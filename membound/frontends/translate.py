@@ -26,7 +26,7 @@ import sympy
 import torch
 import torch.fx
 
-from membound.frontends.capture import ConstOut, OutLeaf, TensorOut
+from membound.frontends.capture import ConstOut, OutLeaf, SymOut, TensorOut
 from membound.frontends.errors import CaptureError, UnsupportedOpError
 from membound.frontends.symbols import SymbolTable
 from membound.ir.graph import Graph, Value
@@ -746,12 +746,20 @@ def output_leaves(outputs: list[Any], paths: list[str], name: str) -> tuple[list
             raise CaptureError(f"{name} returns a Python number computed from tensor data at output {path} "
                                f"({r.source}); the graph can only return tensors: return the tensor itself "
                                "(drop .item()/float()) or compute the number outside the model")
-        elif isinstance(r, sympy.Basic):
-            raise CaptureError(f"{name} returns a Python number computed from tensor sizes or data at output "
-                               f"{path} ({r}); the graph can only return tensors: return a tensor (e.g. "
-                               f"torch.tensor(...)) or compute it outside the model")
+        elif isinstance(r, sympy.Expr):  # a size: computed from each call's input shapes (see bound_sizes)
+            leaves.append(SymOut(r) if r.free_symbols else ConstOut(int(r)))
         elif r is None or isinstance(r, (bool, int, float, str, torch.dtype, torch.device)):
             leaves.append(ConstOut(r))
         else:
             raise CaptureError(f"{name} returns {type(r).__name__} at output {path}, which the IR cannot express")
     return values, leaves
+
+
+def bound_sizes(leaves: Sequence[OutLeaf], paths: list[str], inputs: set[sympy.Symbol], name: str) -> None:
+    """An int output must be a function of the sizes a call's input shapes bind (``inputs``): not of a size only
+    the graph knows (a ``nonzero``'s count)."""
+    for path, leaf in zip(paths, leaves):
+        if isinstance(leaf, SymOut) and not leaf.expr.free_symbols <= inputs:
+            raise CaptureError(f"{name} returns a Python number computed from tensor sizes or data at output "
+                               f"{path} ({leaf.expr}); the graph can only return tensors and sizes of its "
+                               f"inputs: return a tensor (e.g. torch.tensor(...)) or compute it outside the model")

@@ -78,10 +78,22 @@ def test_number_computed_from_data_as_output_is_refused_with_its_path() -> None:
     assert "['total']" in str(e.value) and ".item()" in str(e.value)
 
 
-def test_number_computed_from_sizes_as_output_is_refused_with_its_path() -> None:
+def test_sizes_of_the_inputs_are_outputs_computed_per_call() -> None:
+    """A size the model returns (a Dynamo subgraph hands the code after its break ``b, t`` so) is computed from each
+    call's input shapes, not baked in; a count only the graph knows (a ``nonzero``'s) is refused, naming the output."""
+    cap = capture_export(lambda x: (x + 1, x.shape[0] * x.shape[1], x.shape[1] - 1), (torch.randn(2, 3),))
+    assert len(cap.graph.outputs) == 1
+    for shape in [(2, 3), (4, 5)]:
+        x = torch.randn(*shape)
+        xs = cap.flatten_inputs((x,))
+        y, n, m = cap.unflatten_outputs(run_graph(cap.graph, xs), xs)
+        assert (n, m) == (shape[0] * shape[1], shape[1] - 1)
+        torch.testing.assert_close(y, x + 1)
+    with pytest.raises(ValueError, match="returns sizes"):
+        cap.unflatten_outputs(run_graph(cap.graph, xs))
     with pytest.raises(CaptureError) as e:
-        capture_export(lambda x: (x + 1, x.shape[0] * x.shape[1]), (torch.randn(2, 3),))
-    assert "[1]" in str(e.value)
+        capture_export(lambda x: (x + 1, x.nonzero().shape[0]), (torch.randn(2, 3),), fallback="torch")
+    assert "output[1]" in str(e.value) and "sizes of its inputs" in str(e.value)
 
 
 def test_none_and_constant_outputs_are_kept() -> None:
@@ -190,3 +202,24 @@ def test_grad_mode_regions_translate_inline_and_autocast_on_is_refused() -> None
     torch.testing.assert_close(cap.unflatten_outputs(run_graph(cap.graph, cap.flatten_inputs((x,)))), model(x))
     with pytest.raises(UnsupportedOpError, match="wrap_with_autocast: an autocast region with autocast enabled"):
         capture_export(AutocastOn(), (torch.randn(2, 4),))
+
+
+class _ExpertsHit(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        for e in (x > 0).any(0).nonzero():  # the experts hit: a loop whose trip count is data
+            out = out + x[:, int(e)].unsqueeze(-1)
+        return out
+
+
+def test_a_data_dependent_loop_names_its_line_and_what_to_do() -> None:
+    with pytest.raises(CaptureError) as e:
+        capture_export(_ExpertsHit(), (torch.randn(3, 4),))
+    msg = str(e.value)
+    assert "test_errors_and_fallback.py:" in msg and "`for e in (x > 0).any(0).nonzero():" in msg, msg
+    assert "fixed structure" in msg and 'torch.compile(model, backend="membound")' in msg, msg
+    import membound.dynamo_backend  # noqa: F401  (the advice holds: the backend compiles around the loop)
+
+    torch._dynamo.reset()
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(torch.compile(_ExpertsHit(), backend="membound")(x), _ExpertsHit()(x))
