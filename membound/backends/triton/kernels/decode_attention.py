@@ -84,8 +84,9 @@ MERGE_REGS = int(os.environ.get("MEMBOUND_DECODE_MERGE_REGS", "32"))
 # 64-row variant spilled 948 B (3.9's none); at 32 neither spills. But the merge's rows set the whole kernel's
 # registers under Triton 3.6 (the GPU machine's; session 20, compile_check with triton 3.6 from PyPI): the 16-row
 # block at head dim 64 and 4 warps (merge_rows 4) assembles at 255 registers and 12 B of spills (3.9: 123), at head
-# dim 128 and 8 warps at 255 (3.9: 124); at MEMBOUND_DECODE_MERGE_REGS=8 (merge_rows 1) 125 and 128. Untimed: an
-# A/B setting until gpu/session21a.sh times it
+# dim 128 and 8 warps at 255 (3.9: 124); at MEMBOUND_DECODE_MERGE_REGS=8 (merge_rows 1) 125 and 128. Timed (session
+# 22, H100, 1.24B shape at batch 1, two runs each): the fewer registers did not pay, 8 ran the whole call 2% slower
+# at 4096- and 32768-token prompts (decode_e2e-nvidia-h100-...-session22-merge-regs*), so 32 stays
 # pick_config's constants. gpu/decode_attn.sh times the alternatives on a GPU and prints, last, the values of these
 # that select its best variant (benches/experiments/decode_attn_variants.py: VARIANTS)
 DECODE_WARPS = 4  # warps per program
