@@ -353,6 +353,9 @@ _HF4_MOE_BLOCKS = ("MixtralSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "Qwen3MoeS
 _HF4_GRANITE_MOE = ("GraniteMoeMoE", "GraniteMoeSharedMoE")
 # ... and gpt-oss's experts (4.55-4.57), which loop over the experts hit (nonzero) on the CPU and in training
 _HF4_GPT_OSS_EXPERTS = ("GptOssExperts",)
+# transformers releases before the experts-implementation hook reached LongCat-Flash (5.17): its experts module loops
+# over the experts hit and runs the zero (identity) experts itself
+_HF_LONGCAT_LOOPED_EXPERTS = ("LongcatFlashExperts",)
 
 
 @contextlib.contextmanager
@@ -385,6 +388,11 @@ def _hf_moe_blocks_dense(module: torch.nn.Module) -> Iterator[None]:
                 and all(getattr(getattr(sub, n, None), "dim", lambda: 0)() == 3 for n in ("gate_up_proj", "down_proj"))
                 and "routing_weights" in inspect.signature(cls.forward).parameters):
             sub.forward = _hf_gpt_oss_routed_forward.__get__(sub, cls)
+            swapped.append(sub)
+        elif (cls.__name__ in _HF_LONGCAT_LOOPED_EXPERTS and not sub.training
+                and all(hasattr(sub, n) for n in ("total_experts", "num_routed_experts", "identity_expert"))
+                and getattr(sub, "gate_up_proj", None) is not None):
+            sub.forward = _hf_longcat_routed_forward.__get__(sub, cls)
             swapped.append(sub)
     try:
         yield
@@ -469,6 +477,28 @@ def _hf_gpt_oss_routed_forward(self: Any, hidden_states: torch.Tensor, router_in
     out = (((up + 1) * glu).unsqueeze(1) @ self.down_proj[flat]).squeeze(1) + self.down_proj_bias[flat]
     out = out * weights.reshape(-1).unsqueeze(-1)
     return out.view(-1, k, self.hidden_size).sum(dim=1).to(h.dtype).view(batch, -1, self.hidden_size)
+
+
+def _hf_longcat_routed_forward(self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                               top_k_weights: torch.Tensor) -> torch.Tensor:
+    """transformers 5.17 LongCat-Flash experts (``LongcatFlashExperts``, ``total_experts`` of them, the last
+    ``zero_expert_num`` identities), equal to their own: the identity slots' weights summed and applied to the input;
+    the routed slots in the form of later releases' ``batched_mm`` experts (each token's k experts' weights gathered,
+    gate and up halves of one product, the activation, the down product, weighted and summed over the k; an identity
+    slot reads expert 0 with weight 0), which fuse-moe makes one ``moe_experts``. Their own forward loops over the
+    experts hit (``nonzero``), whose data-dependent sizes torch.export cannot trace. (They add the pairs in expert
+    order, this in slot order: rounding apart.)"""
+    routed = self.num_routed_experts
+    tokens, k = top_k_index.shape
+    identity = top_k_index >= routed
+    identity_weights = top_k_weights.masked_fill(~identity, 0.0).sum(dim=-1, keepdim=True)
+    ids = torch.where(identity, torch.zeros_like(top_k_index), top_k_index).reshape(-1)
+    weights = top_k_weights.masked_fill(identity, 0.0).reshape(-1)
+    x = hidden_states.repeat_interleave(k, dim=0)  # each token k times
+    gate, up = torch.bmm(self.gate_up_proj[:routed][ids], x.unsqueeze(-1)).squeeze(-1).chunk(2, dim=-1)
+    out = torch.bmm(self.down_proj[ids], (self.act_fn(gate) * up).unsqueeze(-1)).squeeze(-1)
+    out = (out * weights.unsqueeze(-1)).view(tokens, k, -1).sum(dim=1)
+    return out.to(hidden_states.dtype) + (hidden_states * identity_weights).to(hidden_states.dtype)
 
 
 # Hugging Face families whose rotary embedding is a complex tensor (``torch.polar``, ``view_as_complex``): the module

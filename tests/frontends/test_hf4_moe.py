@@ -4,7 +4,8 @@ trace. ``capture_export`` runs such a block densely while exporting (every exper
 ``where(ids == e, weights, 0)``), which fuse-moe's looped form turns into one ``moe`` op. CI has transformers 5.x,
 so the 4.x blocks are stood in for by classes of the same names and module, their forward written out as 4.57
 writes it; the sweep under a real 4.57 is ``benches/hf_families.py`` with it on ``PYTHONPATH`` (Mixtral, Qwen2-MoE,
-Qwen3-MoE, OLMoE and Granite-MoE decode, session 17; gpt-oss, whose experts are captured densely, session 19)."""
+Qwen3-MoE, OLMoE and Granite-MoE decode, session 17; gpt-oss, whose experts are captured densely, session 19).
+transformers 5.17's LongCat-Flash experts loop the same way; they are stood in for likewise (session 22)."""
 
 from __future__ import annotations
 
@@ -251,3 +252,65 @@ def test_other_blocks_are_left_alone() -> None:
     layer = Layer(Mine(12, 10, 4, 2, True, False)).eval()
     with pytest.raises(CaptureError, match="torch.export failed"):
         capture_export(layer, (torch.randn(2, 3, 12),), {})
+
+
+class LongcatFlashExperts(nn.Module):
+    """transformers 5.17's LongCat-Flash experts: ``total_experts`` gate/up weights (the last ``zero_expert_num``
+    unused), ``num_routed_experts`` down weights, a loop over the experts hit in which a zero expert passes its tokens
+    through (``identity_expert``) and a routed one runs its gated MLP, each weighted and ``index_add_``-ed."""
+
+    def __init__(self, d: int, i: int, routed: int, zero: int) -> None:
+        super().__init__()
+        self.num_routed_experts, self.zero_expert_num, self.total_experts = routed, zero, routed + zero
+        self.act_fn, self.identity_expert = nn.SiLU(), nn.Identity()
+        self.gate_up_proj = nn.Parameter(torch.randn(routed + zero, 2 * i, d) * 0.3)
+        self.down_proj = nn.Parameter(torch.randn(routed, d, i) * 0.3)
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(hidden_states)
+        mask = F.one_hot(top_k_index, num_classes=self.total_experts).permute(2, 1, 0)
+        for e in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
+            e = int(e.item())
+            slot, tok = torch.where(mask[e])
+            x = hidden_states[tok]
+            if e >= self.num_routed_experts:
+                y = self.identity_expert(x)
+            else:
+                gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)
+                y = F.linear(self.act_fn(gate) * up, self.down_proj[e])
+            out.index_add_(0, tok, (y * top_k_weights[tok, slot, None]).to(out.dtype))
+        return out
+
+
+LongcatFlashExperts.__module__ = "transformers.models.longcat_flash.modeling_longcat_flash"
+
+
+class _LongcatMoE(nn.Module):
+    def __init__(self, d: int, i: int, routed: int, zero: int, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.router = nn.Linear(d, routed + zero, bias=False)
+        self.experts = LongcatFlashExperts(d, i, routed, zero)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, x.shape[-1])
+        scores = self.router(h).softmax(-1)
+        ids = scores.topk(self.k, dim=-1).indices
+        return self.experts(h, ids, scores.gather(1, ids) * 2.0).reshape(x.shape)
+
+
+def test_517_longcat_experts_capture_as_each_tokens_k_experts() -> None:
+    """5.17's LongCat-Flash experts (refused before: the loop over the experts hit) are captured as each token's k
+    experts plus the zero experts' weighted input, equal to eager with every routed and zero expert hit."""
+    torch.manual_seed(0)
+    layer = _LongcatMoE(12, 10, 4, 2, 3).eval()
+    x = torch.randn(2, 7, 12)
+    cap = capture_export(layer, (x,), {})
+    assert "forward" not in vars(layer.experts)
+    ids = layer.router(x.reshape(-1, 12)).softmax(-1).topk(3, dim=-1).indices
+    assert set(ids.flatten().tolist()) == set(range(6))  # the draw hits every expert, zero ones included
+    for xs in (x, x[:1, :1]):
+        with torch.no_grad():
+            want = layer(xs)
+        torch.testing.assert_close(run_graph(cap.graph, [xs])[0], want, rtol=1e-5, atol=1e-5)
