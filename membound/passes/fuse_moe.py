@@ -1250,10 +1250,39 @@ def _untopped_ids(graph: Graph) -> list[Value]:
     return list(found.values())
 
 
+def _note_unfused(graph: Graph, unfused: list[tuple[Node, str]], ctx: PassContext) -> None:
+    """One note per top-k left unfused: why, or, for a top-k inside the routing of a block fused over the graph's
+    routing (DeepSeek-V3's group selection), that it is part of it (the why would only say it is no router)."""
+    given = [n for n in graph.nodes if n.op == "moe_experts"]
+    routing = {id(n): g for g in given for v in g.inputs[1:3] for n in _producers(v)}  # (weights, ids)
+    for topk, why in unfused:
+        if topk.graph is not graph:
+            continue
+        owner = routing.get(id(topk))
+        if owner is not None:
+            ctx.note(f"topk %{topk.results[0].name}: part of the routing moe_experts %{owner.results[0].name} "
+                     "reads (stays as the graph computes it)")
+        else:
+            ctx.note(f"topk %{topk.results[0].name} left unfused: {why}")
+
+
+def _producers(v: Value) -> list[Node]:
+    """The nodes ``v`` is computed from (transitively)."""
+    seen: dict[int, Node] = {}
+    work = [v]
+    while work:
+        n = work.pop().producer
+        if n is not None and id(n) not in seen:
+            seen[id(n)] = n
+            work.extend(n.inputs)
+    return list(seen.values())
+
+
 @register_pass("fuse-moe")
 def fuse_moe(graph: Graph, ctx: PassContext) -> bool:
     """Rewrite every recognised mixture-of-experts block (anchored at its router's ``topk``) to ``moe``."""
     fused: dict[str, int] = {}
+    unfused: list[tuple[Node, str]] = []  # (topk, why): noted after the loop (see _note_unfused)
     for topk in [n for n in graph.nodes if n.op == "topk"]:
         if topk.graph is not graph:
             continue  # erased with an earlier block
@@ -1267,7 +1296,7 @@ def fuse_moe(graph: Graph, ctx: PassContext) -> bool:
                 ctx.note(f"topk %{topk.results[0].name}: expert weights copied to the [E, N, K] layout the kernels "
                          f"read (memory beside the model's own): {', '.join(copies)}")
         except NoMatch as e:
-            ctx.note(f"topk %{topk.results[0].name} left unfused: {e}")
+            unfused.append((topk, str(e)))
             continue
         fused[form] = fused.get(form, 0) + 1
     for ids in _untopped_ids(graph):  # expert ids made by other ops (PhiMoE's sparsemixer: two max indices)
@@ -1280,6 +1309,7 @@ def fuse_moe(graph: Graph, ctx: PassContext) -> bool:
             ctx.note(f"expert ids %{ids.name} left unfused: {e}")
             continue
         fused[form] = fused.get(form, 0) + 1
+    _note_unfused(graph, unfused, ctx)
     if not fused:
         return False
     graph.remove_unused_params()

@@ -405,6 +405,10 @@ def test_deepseek_block_experts_fuse_with_the_graphs_routing(version: str, impl:
     x = torch.randn(2, 7, 16)
     g, ctx = _fused(block, x, cuda)
     assert f"fuse-moe: {impl.split('_')[0]} (given routing): 1" in ctx.log, ctx.log
+    # the routing's own top-ks (V3's group selection) are said to be part of it, not "left unfused"
+    assert not any("left unfused" in line for line in ctx.log), ctx.log
+    if version == "v3":
+        assert sum("part of the routing moe_experts" in line for line in ctx.log) >= 1, ctx.log
     ops = [n.op for n in g.nodes]
     assert ops.count("moe_experts") == 1 and ops.count("moe") == 0
     assert ops.count("grouped_mm") == ops.count("histc") == ops.count("sort") == ops.count("matmul") == 0
