@@ -206,6 +206,40 @@ def test_registered_and_takes_k_major_float_weights() -> None:
     assert calls[0][1].startswith("fallback: quant_moe: packed expert rows must be contiguous")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_interleaved_gate_up_in_place_paired_load(dtype: torch.dtype, bias: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEMBOUND_MOE_INPLACE_PAIRS: gate and up read in place as the even and odd columns of one K-major weight
+    (gpt-oss's layout) come from one load of adjacent columns split in registers; equal to the reference on both
+    paths, at odd sizes (I = 23: the last column block half empty), with gpt-oss's biases and clamped SwiGLU."""
+    import importlib
+
+    kernels = importlib.import_module("membound.backends.triton.kernels.moe")
+    monkeypatch.setattr(kernels, "INPLACE_PAIRS", True)
+    router, gate, up, down = _weights(3, 40, 23, dtype)
+    interleaved = torch.stack([gate, up], dim=2).reshape(3, 46, 40).transpose(1, 2).contiguous()  # [E, D, 2I]
+    wg, wu = interleaved.transpose(1, 2)[:, 0::2], interleaved.transpose(1, 2)[:, 1::2]
+    assert kernels.interleaved_pair(wg, wu) and not kernels.interleaved_pair(wg, wg)
+    assert not kernels.interleaved_pair(gate, up)
+    k_down = down.transpose(1, 2).contiguous().transpose(1, 2)
+    extra: dict = {}
+    rest: tuple = ()
+    if bias:
+        g = torch.Generator().manual_seed(3)
+        rest = tuple((torch.randn(*shape, generator=g) * 0.1).to(DEVICE, dtype) for shape in ((3,), (3, 23), (3, 23),
+                                                                                            (3, 40)))
+        extra = dict(bias=True, act="clamped_swiglu", alpha=1.702, limit=7.0)
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
+    want = get_op("moe").reference(x, router, gate, up, down, *rest, top_k=2, softmax_first=True, renormalize=True,
+                                   **{"act": "silu", **extra})
+    for path in ("decode", "grouped"):
+        with trace() as calls:
+            got = moe(x, router, wg, wu, k_down, *rest, top_k=2, path=path, **extra)
+        assert calls == [("moe", "kernel")]
+        torch.testing.assert_close(got, want, **TOL[dtype])
+
+
 def _int8_experts(ws: list[torch.Tensor]) -> list[torch.Tensor]:
     """(codes i8 [E, N, K], scales [E, N]) of gate, up, down: per-row int8 of the E * N rows."""
     out = []
@@ -531,15 +565,31 @@ for kernel, args, warps in ((M._moe_gate_up, gu, 4), (M._moe_down, dn, 4), (M._m
                             ggu.num_warps), (M._moe_grouped_down, grouped_dn, gdn.num_warps)):
     ptx, shared = compile_ptx(kernel, args, 90, num_warps=warps)
     print(json.dumps(dict(kernel=kernel.__name__, shared=shared, mma=len(re.findall(r"mma", ptx)),
-                          sigmoid=ptx.count("ex2"))))
+                          sigmoid=ptx.count("ex2"), scalar=ptx.count("ld.global.b16"))))
+# gate/up read in place as the even and odd columns of one K-major [E, D, 2I] weight, loaded paired
+# (MEMBOUND_MOE_INPLACE_PAIRS), and the same views loaded as two stride-2 tiles (the default)
+inplace = dict(stride_ge=2 * I * D, stride_gn=2, stride_gk=2 * I, stride_ue=2 * I * D, stride_un=2, stride_uk=2 * I)
+for paired in (True, False):
+    for kernel, args, warps in ((M._moe_gate_up, gu, 4), (M._moe_grouped_gate_up, grouped_gu, ggu.num_warps)):
+        ptx, shared = compile_ptx(kernel, {**args, **inplace, "PAIRED": paired}, 90, num_warps=warps)
+        print(json.dumps(dict(kernel=kernel.__name__ + ("-paired" if paired else "-strided"), shared=shared,
+                              mma=len(re.findall(r"mma", ptx)), sigmoid=ptx.count("ex2"),
+                              scalar=ptx.count("ld.global.b16"))))
 """
     from _triton_interp import compiled_in_subprocess
 
     results = [json.loads(line) for line in compiled_in_subprocess(script).splitlines() if line.startswith("{")]
-    assert [r["kernel"] for r in results] == ["_moe_gate_up", "_moe_down", "_moe_grouped_gate_up", "_moe_grouped_down"]
+    assert [r["kernel"] for r in results] == ["_moe_gate_up", "_moe_down", "_moe_grouped_gate_up", "_moe_grouped_down",
+                                              "_moe_gate_up-paired", "_moe_grouped_gate_up-paired",
+                                              "_moe_gate_up-strided", "_moe_grouped_gate_up-strided"]
     for r in results:
         assert r["mma"] > 0 and r["shared"] <= 228 * 1024, r
     assert results[0]["sigmoid"] > 0 and results[2]["sigmoid"] > 0  # the SwiGLU's exp in both gate/up epilogues
+    # the paired in-place tiles load as the copies do (16-byte async copies, no 2-byte loads); the stride-2 ones
+    # fall back to a 2-byte load per weight element (Triton 3.9 and 3.6, sm_90)
+    gate_up = [r for r in results if "gate_up" in r["kernel"]]
+    assert all(r["scalar"] == 0 for r in gate_up if not r["kernel"].endswith("strided")), gate_up
+    assert all(r["scalar"] > 0 for r in gate_up if r["kernel"].endswith("strided")), gate_up
 
 
 def _given_routing(tokens: int, e: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,6 +114,14 @@ INT4_PAIRS_BLOCK_N, INT4_PAIRS_BLOCK_K = 64, 128
 # fused down kernel 80-96 registers (sm_90; 54 unfused), 5 programs of 4 warps an SM, so 1024 programs took two
 # waves where the unfused kernel's took one (its time 217 -> 316 and 379 us)
 FUSED_ROUTING = os.environ.get("MEMBOUND_MOE_FUSED_ROUTING", "1") == "1"
+# MEMBOUND_MOE_INPLACE_PAIRS: gate/up experts read in place as the even and odd columns of one K-major weight
+# (gpt-oss's, where fuse-moe's [E, N, K] copies would not fit) loaded as one tile of adjacent columns, split in
+# registers (_gate_up_step's PAIRED), instead of two stride-2 loads Triton cannot vectorise. On the H100 the stride-2
+# in-place path ran gpt-oss-20b's shape (4 layers) at 740 tok/s against 1346 for the copies at batch 1 (session 22).
+# Its sm_90 PTX (Triton 3.9 and 3.6) says why: a 2-byte ld.global per weight element, where the copies and the paired
+# tiles stream 16-byte cp.async into shared memory (tests/backends/test_moe_kernel.py checks both). The paired load
+# is the default on that evidence; its speed is untimed (gpu/session23b.sh). 0: the stride-2 loads (A/B runs)
+INPLACE_PAIRS = os.environ.get("MEMBOUND_MOE_INPLACE_PAIRS", "1") == "1"
 # MEMBOUND_MOE_DOWN_MAXNREG: the fused down kernel's register cap (0: none). At 64 ptxas fits it with 16-32 bytes
 # spilled before the K loop and reloaded after it, and 8 programs of 4 warps share an SM instead of 5. On the H200 at
 # the 8x7B layer (one moe op, CUDA-graph replay, 2026-12-02 seventh session, benches/results/moe_decode_tiles-nvidia-
@@ -254,11 +262,25 @@ def _dot_int4_halves(acc, xe, xo, w_ptr, s_ptr, e, ns, n_ok, k0, k_bound, KW, st
 def _gate_up_step(acc_g, acc_u, x_rows, m_ok, k0, K, KW, wg_ptr, wu_ptr, sg_ptr, su_ptr, e, ns, n_ok, sg, su,
                   stride_ge, stride_gn, stride_gk, stride_ue, stride_un, stride_uk, stride_sg, stride_sgn, stride_su,
                   stride_sun, SCHEME: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, RUNS: tl.constexpr,
-                  INPUT_PRECISION: tl.constexpr):
+                  INPUT_PRECISION: tl.constexpr, n0=0, N=0, BLOCK_N: tl.constexpr = 16, PAIRED: tl.constexpr = False):
     """One K tile of gate and up, for both expert kernels (decode walk, grouped): the rows ``x_rows`` (pointers
     ``[BLOCK_M, 1]``, ``m_ok`` their mask) times the ``[BLOCK_K, BLOCK_N]`` tiles of ``W.T`` (each row of W is
-    contiguous in K), dequantized in registers and rounded to x's dtype; int4 halves: two dots each."""
-    if SCHEME == INT4 and RUNS >= 2:
+    contiguous in K), dequantized in registers and rounded to x's dtype; int4 halves: two dots each.
+
+    ``PAIRED`` (float weights only): gate and up are the even and odd columns of one K-major ``[K, 2N]`` weight read
+    in place (gpt-oss's, where fuse-moe's copies would not fit): one load of the ``2 * BLOCK_N`` adjacent columns
+    from ``2 * n0`` (contiguous, so vectorised, where the two stride-2 loads are not), split into the two tiles."""
+    if PAIRED:
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        x = tl.load(x_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        cols = 2 * n0 + tl.arange(0, 2 * BLOCK_N)
+        both = tl.load(wg_ptr + e * stride_ge + cols[None, :] + ks[:, None] * stride_gk,
+                       mask=k_ok[:, None] & (cols < 2 * N)[None, :], other=0)
+        wg, wu = tl.split(tl.reshape(both, (BLOCK_K, BLOCK_N, 2)))
+        acc_g = tl.dot(x, wg.to(x.dtype), acc_g, input_precision=INPUT_PRECISION)
+        acc_u = tl.dot(x, wu.to(x.dtype), acc_u, input_precision=INPUT_PRECISION)
+    elif SCHEME == INT4 and RUNS >= 2:
         xe, xo = _x_halves(x_rows, m_ok[:, None], k0, K, BLOCK_K)
         acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, KW, stride_ge, stride_gn,
                                  stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION, RUNS)
@@ -395,7 +417,7 @@ def _moe_gate_up(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr, ROUTED: tl.constexpr, BLOCK_P: tl.constexpr,
     HAS_BIAS: tl.constexpr = False, ACT: tl.constexpr = 0, ALPHA: tl.constexpr = 1.0, LIMIT: tl.constexpr = 0.0,
-    stride_gk=1, stride_uk=1,
+    stride_gk=1, stride_uk=1, PAIRED: tl.constexpr = False,
 ):
     e = tl.program_id(0).to(tl.int64)  # E * I * K weights pass 2**31 elements in big MoEs
     pid_n = tl.program_id(1)
@@ -414,7 +436,8 @@ def _moe_gate_up(
             acc_g, acc_u = _gate_up_step(acc_g, acc_u, x_ptr + tok[:, None] * stride_x, m_ok, k0, K, KW, wg_ptr, wu_ptr,
                                          sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_gk,
                                          stride_ue, stride_un, stride_uk, stride_sg, stride_sgn, stride_su, stride_sun,
-                                         SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION)
+                                         SCHEME, GROUP, BLOCK_K, RUNS, INPUT_PRECISION, pid_n * BLOCK_N, I, BLOCK_N,
+                                         PAIRED)
         _act_store(acc_g, acc_u, h_ptr, pair, m_ok, ns, n_ok, stride_h, bg_ptr, bu_ptr, e * I, HAS_BIAS, ACT, ALPHA,
                    LIMIT)  # hidden rows by pair
 
@@ -555,7 +578,7 @@ def _moe_grouped_gate_up(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     SCHEME: tl.constexpr, GROUP: tl.constexpr, RUNS: tl.constexpr,
     HAS_BIAS: tl.constexpr = False, ACT: tl.constexpr = 0, ALPHA: tl.constexpr = 1.0, LIMIT: tl.constexpr = 0.0,
-    stride_gk=1, stride_uk=1,
+    stride_gk=1, stride_uk=1, PAIRED: tl.constexpr = False,
 ):
     pid_m, pid_n = _tile(tl.program_id(0), M_BLOCKS, tl.cdiv(I, BLOCK_N), GROUP_M)
     e = tl.load(blk_expert_ptr + pid_m).to(tl.int64)  # 64-bit: E * I * K weights pass 2**31 elements
@@ -578,7 +601,7 @@ def _moe_grouped_gate_up(
         acc_g, acc_u = _gate_up_step(acc_g, acc_u, x_ptr + tok[:, None] * stride_x, m_ok, k0, K, KW, wg_ptr, wu_ptr,
                                      sg_ptr, su_ptr, e, ns, n_ok, sg, su, stride_ge, stride_gn, stride_gk, stride_ue,
                                      stride_un, stride_uk, stride_sg, stride_sgn, stride_su, stride_sun, SCHEME, GROUP,
-                                     BLOCK_K, RUNS, INPUT_PRECISION)
+                                     BLOCK_K, RUNS, INPUT_PRECISION, pid_n * BLOCK_N, I, BLOCK_N, PAIRED)
     _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h, bg_ptr, bu_ptr, e * I, HAS_BIAS, ACT, ALPHA, LIMIT)
 
 
@@ -824,6 +847,14 @@ def _check_shapes(op: str, x: torch.Tensor, router: torch.Tensor, w_gate: torch.
                          f"down {tuple(w_down.shape)} do not agree on E and D")
 
 
+def interleaved_pair(w_gate: torch.Tensor, w_up: torch.Tensor) -> bool:
+    """Whether ``[E, N, K]`` gate and up are the even and odd columns of one K-major ``[E, K, 2N]`` weight (views
+    of it: up one element past gate, both stepping 2 along N, the same expert and K strides)."""
+    return (w_gate.stride(1) == w_up.stride(1) == 2 and w_gate.stride(0) == w_up.stride(0)
+            and w_gate.stride(2) == w_up.stride(2) and w_gate.shape == w_up.shape and w_gate.dtype == w_up.dtype
+            and w_up.data_ptr() - w_gate.data_ptr() == w_gate.element_size())
+
+
 def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: tuple[torch.Tensor, ...],
             scales: Optional[tuple[torch.Tensor, ...]], rest: tuple[torch.Tensor, ...], out: Optional[torch.Tensor],
             attrs: dict, scheme: int = 0, group: int = 0, path: Optional[str] = None,
@@ -859,6 +890,7 @@ def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: t
     sn = [sc.stride(1) if sc.dim() > 1 else 0 for sc in (s_gate, s_up, s_down)]
     quant = dict(SCHEME=scheme, GROUP=max(group, 1), INPUT_PRECISION=precision)
     combined_in_kernel = False
+    paired = INPLACE_PAIRS and scheme == 0 and interleaved_pair(w_gate, w_up)
 
     # Llama 4's routing (a sigmoid of the kept logits, the weight on the token before the expert): in torch, then the
     # gate/up kernels read each pair's scaled token (x_in row p = pair p, so their token of a pair is the pair) and
@@ -909,7 +941,7 @@ def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: t
             w_gate.shape[-1], k_in, x_in.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1),
             s_gate.stride(0), sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=BLOCK_M, BLOCK_N=bn_g,
             BLOCK_K=bk_g, **quant, RUNS=runs(bk_g), **route_args, **act, stride_gk=w_gate.stride(2),
-            stride_uk=w_up.stride(2), num_warps=4)
+            stride_uk=w_up.stride(2), PAIRED=paired, num_warps=4)
         locks = n_locks = 0  # counters: the split's per (expert, column block), then the combine's per token
         if split > 1:
             n_locks = e * n_blocks
@@ -952,7 +984,7 @@ def _launch(op: str, x: torch.Tensor, router: Optional[torch.Tensor], weights: t
             k_in, x_in.stride(0), w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1), s_gate.stride(0),
             sn[0], s_up.stride(0), sn[1], hidden.stride(0), BLOCK_M=cfg_gu.block_m, BLOCK_N=cfg_gu.block_n,
             BLOCK_K=cfg_gu.block_k, **quant, RUNS=runs(cfg_gu.block_k), **act, stride_gk=w_gate.stride(2),
-            stride_uk=w_up.stride(2), num_warps=cfg_gu.num_warps, num_stages=cfg_gu.num_stages)
+            stride_uk=w_up.stride(2), PAIRED=paired, num_warps=cfg_gu.num_warps, num_stages=cfg_gu.num_stages)
         blk_expert, blk_start = tables[cfg_dn.block_m]
         mb = blk_expert.shape[0]
         launchable(_moe_grouped_down, x.device)[(mb * cdiv(d, cfg_dn.block_n),)](
