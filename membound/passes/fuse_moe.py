@@ -1254,7 +1254,7 @@ def _note_unfused(graph: Graph, unfused: list[tuple[Node, str]], ctx: PassContex
     """One note per top-k left unfused: why, or, for a top-k inside the routing of a block fused over the graph's
     routing (DeepSeek-V3's group selection), that it is part of it (the why would only say it is no router)."""
     given = [n for n in graph.nodes if n.op == "moe_experts"]
-    routing = {id(n): g for g in given for v in g.inputs[1:3] for n in _producers(v)}  # (weights, ids)
+    routing = {node: g for g in given for v in g.inputs[1:3] for node in _ancestors(v)}  # (weights, ids)
     for topk, why in unfused:
         if topk.graph is not graph:
             continue
@@ -1264,18 +1264,6 @@ def _note_unfused(graph: Graph, unfused: list[tuple[Node, str]], ctx: PassContex
                      "reads (stays as the graph computes it)")
         else:
             ctx.note(f"topk %{topk.results[0].name} left unfused: {why}")
-
-
-def _producers(v: Value) -> list[Node]:
-    """The nodes ``v`` is computed from (transitively)."""
-    seen: dict[int, Node] = {}
-    work = [v]
-    while work:
-        n = work.pop().producer
-        if n is not None and id(n) not in seen:
-            seen[id(n)] = n
-            work.extend(n.inputs)
-    return list(seen.values())
 
 
 @register_pass("fuse-moe")
