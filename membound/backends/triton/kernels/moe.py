@@ -270,17 +270,7 @@ def _gate_up_step(acc_g, acc_u, x_rows, m_ok, k0, K, KW, wg_ptr, wu_ptr, sg_ptr,
     ``PAIRED`` (float weights only): gate and up are the even and odd columns of one K-major ``[K, 2N]`` weight read
     in place (gpt-oss's, where fuse-moe's copies would not fit): one load of the ``2 * BLOCK_N`` adjacent columns
     from ``2 * n0`` (contiguous, so vectorised, where the two stride-2 loads are not), split into the two tiles."""
-    if PAIRED:
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        x = tl.load(x_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        cols = 2 * n0 + tl.arange(0, 2 * BLOCK_N)
-        both = tl.load(wg_ptr + e * stride_ge + cols[None, :] + ks[:, None] * stride_gk,
-                       mask=k_ok[:, None] & (cols < 2 * N)[None, :], other=0)
-        wg, wu = tl.split(tl.reshape(both, (BLOCK_K, BLOCK_N, 2)))
-        acc_g = tl.dot(x, wg.to(x.dtype), acc_g, input_precision=INPUT_PRECISION)
-        acc_u = tl.dot(x, wu.to(x.dtype), acc_u, input_precision=INPUT_PRECISION)
-    elif SCHEME == INT4 and RUNS >= 2:
+    if SCHEME == INT4 and RUNS >= 2:
         xe, xo = _x_halves(x_rows, m_ok[:, None], k0, K, BLOCK_K)
         acc_g = _dot_int4_halves(acc_g, xe, xo, wg_ptr, sg_ptr, e, ns, n_ok, k0, K, KW, stride_ge, stride_gn,
                                  stride_sg, stride_sgn, GROUP, BLOCK_K, INPUT_PRECISION, RUNS)
@@ -290,10 +280,17 @@ def _gate_up_step(acc_g, acc_u, x_rows, m_ok, k0, K, KW, wg_ptr, wu_ptr, sg_ptr,
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
         x = tl.load(x_rows + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_gk, stride_sg,
-                          stride_sgn, sg, SCHEME, GROUP, BLOCK_K).to(x.dtype)
-        wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_uk, stride_su,
-                          stride_sun, su, SCHEME, GROUP, BLOCK_K).to(x.dtype)
+        if PAIRED:  # (float weights: the launcher pairs only those)
+            cols = 2 * n0 + tl.arange(0, 2 * BLOCK_N)
+            both = tl.load(wg_ptr + e * stride_ge + cols[None, :] + ks[:, None] * stride_gk,
+                           mask=k_ok[:, None] & (cols < 2 * N)[None, :], other=0)
+            wg, wu = tl.split(tl.reshape(both, (BLOCK_K, BLOCK_N, 2)))
+            wg, wu = wg.to(x.dtype), wu.to(x.dtype)
+        else:
+            wg = _weight_tile(wg_ptr, sg_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ge, stride_gn, stride_gk,
+                              stride_sg, stride_sgn, sg, SCHEME, GROUP, BLOCK_K).to(x.dtype)
+            wu = _weight_tile(wu_ptr, su_ptr, e, ns, n_ok, ks, k_ok, k0, KW, stride_ue, stride_un, stride_uk,
+                              stride_su, stride_sun, su, SCHEME, GROUP, BLOCK_K).to(x.dtype)
         acc_g = tl.dot(x, wg, acc_g, input_precision=INPUT_PRECISION)
         acc_u = tl.dot(x, wu, acc_u, input_precision=INPUT_PRECISION)
     return acc_g, acc_u
