@@ -192,17 +192,20 @@ def build_hf(model: Mixtral) -> Any:
     return hf.eval().requires_grad_(False)
 
 
+def _hf_greedy(hf: Any, ids: torch.Tensor, new: int, **kw: Any) -> Any:
+    """HF's ``generate``: exactly ``new`` greedy tokens after the unpadded prompt ``ids``."""
+    return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, **kw)
+
+
 def hf_generate(hf: Any, ids: torch.Tensor, new: int, **kw: Any) -> torch.Tensor:
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                      do_sample=False, **kw)
-    return out[:, ids.shape[1]:]
+    return _hf_greedy(hf, ids, new, **kw)[:, ids.shape[1]:]
 
 
 def hf_reference(hf: Any, ids: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the prompt, HF eager's ``new`` greedy tokens after it, their logits ``[new, V]`` in fp32): what a contender's
     batch-1 tokens are checked against, and, where they diverge, how close HF's own choice was there."""
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                      do_sample=False, output_logits=True, return_dict_in_generate=True)
+    out = _hf_greedy(hf, ids, new, output_logits=True, return_dict_in_generate=True)
     logits = torch.stack([step[0].float() for step in out.logits])
     return ids, out.sequences[:, ids.shape[1]:], logits
 
