@@ -654,13 +654,43 @@ def _spliced(t: Translator, x: Value, dim: int, start: sympy.Expr, middle: Value
 
 @rule(aten.slice_scatter.default)
 def _slice_scatter(t: Translator, a: Args) -> Value:
-    """``x`` with ``x[..., start:end, ...] = src`` (step 1; the functional form of a write into a slice, as
-    functionalization writes transformers 4.x's mask building)."""
+    """``x`` with ``x[..., start:end:step, ...] = src`` (the functional form of a write into a slice, as
+    functionalization writes transformers 4.x's mask building, and Qwen3.5's interleaved multimodal rotary
+    frequencies with step 3)."""
     x = a.self
     dim = _norm(a.dim, x.rank)
-    if int(a.step or 1) != 1:
-        raise t.unsupported(f"slice_scatter with step {a.step}: only step 1 is translated")
-    return _spliced(t, x, dim, _clamp_index(t, a.start, x.shape[dim], sympy.Integer(0)), a.src)
+    start = _clamp_index(t, a.start, x.shape[dim], sympy.Integer(0))
+    step = int(a.step or 1)
+    if step == 1:
+        return _spliced(t, x, dim, start, a.src)
+    return _strided_splice(t, x, dim, start, step, a.src)
+
+
+def _strided_splice(t: Translator, x: Value, dim: int, start: sympy.Expr, step: int, src: Value) -> Value:
+    """``x`` with ``src``'s ``n`` slots in place of ``x``'s slots ``start, start + step, ...`` along ``dim``, from
+    step-1 pieces: the first ``n - 1`` groups of ``step`` slots seen as ``[n - 1, step]`` with column 0 replaced
+    (a reshape, a splice on the new axis, a reshape back), then the last slot alone (the group after it may run
+    past the end of ``x``)."""
+    n = src.shape[dim]
+    if not is_static(n):
+        raise t.unsupported(f"slice_scatter with step {step} over {n} (symbolic) slots: only a static count of "
+                            "slots is translated with a step other than 1")
+    n, src = int(n), t.cast(src, x.dtype)
+    if n == 0:
+        return x
+    lead, tail = x.shape[:dim], x.shape[dim + 1:]
+    pieces = []
+    if n > 1:
+        span = (n - 1) * step
+        groups = t.emit("reshape", t.emit("slice", x, dim=dim, start=start, end=start + span, step=1),
+                        shape=lead + (sympy.Integer(n - 1), sympy.Integer(step)) + tail)
+        head = t.emit("reshape", t.emit("slice", src, dim=dim, start=sympy.Integer(0), end=sympy.Integer(n - 1),
+                                        step=1), shape=lead + (sympy.Integer(n - 1), sympy.Integer(1)) + tail)
+        groups = _spliced(t, groups, dim + 1, sympy.Integer(0), head)
+        pieces.append(t.emit("reshape", groups, shape=lead + (sympy.Integer(span),) + tail))
+    pieces.append(t.emit("slice", src, dim=dim, start=sympy.Integer(n - 1), end=sympy.Integer(n), step=1)
+                  if n > 1 else src)
+    return _spliced(t, x, dim, start, t.emit("cat", *pieces, dim=dim) if len(pieces) > 1 else pieces[0])
 
 
 @rule(aten.select_scatter.default)

@@ -116,8 +116,14 @@ def build_capture_functional(ep: ExportedProgram, *args: Any, **kwargs: Any) -> 
             with torch._guards.tracing(None):
                 functional = ep.run_decompositions({})
             return build_capture(functional, *args, **kwargs)
-        except (UnsupportedOpError, CaptureError):
-            raise e from None  # the write the user wrote is the clearer message
+        except (UnsupportedOpError, CaptureError) as r:
+            if not isinstance(r, UnsupportedOpError) or r.source == e.source:
+                raise e from None  # refused at the write itself: the write the user wrote is the clearer message
+            # refused further on (Qwen3.5: its rotary write passes, its conv1d does not): the op that stops the
+            # capture now, saying the in-place write is not the obstacle
+            r.add_note(f"(the in-place write at {e.source or 'an earlier line'} was captured by functionalizing the "
+                       "program; this op is the one left)")
+            raise r from None
 
 
 def export_leaves(module: torch.nn.Module, leaves: Sequence[Any], name: str,

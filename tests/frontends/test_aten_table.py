@@ -175,6 +175,46 @@ def test_write_through_a_view_translates_functionalized_or_is_refused_not_mistra
     assert "test_aten_table.py" in msg  # points at the function
 
 
+def test_strided_writes_into_a_static_dim_translate_through_functionalization() -> None:
+    """Qwen3.5's multimodal rotary frequencies: rows of a ``[3, B, S, D]`` table written into row 0 at every third
+    slot of the static last dim (``g[..., 1:12:3] = f[1, ..., 1:12:3]``), row 0 read afterwards. Functionalized,
+    those are ``slice_scatter``s with step 3, spliced from step-1 pieces. Also a single slot, a step whose last
+    group would run past the end (2, 7, 12 of 16), and a step-2 write from a narrower dtype. Eager's values at the
+    capture's size and another."""
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        f = x * 1.5
+        g = f[0]
+        for d, sl in ((1, slice(1, 12, 3)), (2, slice(2, 12, 3)), (1, slice(13, 16, 3)), (2, slice(2, 16, 5))):
+            g[..., sl] = f[d, ..., sl]
+        g[..., 3:9:2] = f[1, ..., 3:9:2].half()
+        return torch.cat((g, g), dim=-1) + 1
+
+    cap = capture_export(fn, (_x(3, 2, 5, 16),))
+    assert "slice_scatter" not in str(cap.graph)
+    for x in (_x(3, 2, 5, 16), _x(3, 1, 9, 16)):
+        _close(_run(cap, (x,)), fn(x))
+
+
+def test_an_op_refused_past_a_functionalized_write_is_the_one_reported() -> None:
+    """Once functionalization gets past an in-place write, the op that still stops the capture (Qwen3.5's conv1d,
+    after its rotary write) is what the error names, with a note that the write was not the obstacle."""
+    class Block(torch.nn.Module):  # a module: torch.export records each line of its forward
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 1, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = x * 1.5
+            g = f[0]
+            g[..., 1:4:2] = f[1, ..., 1:4:2]
+            return torch.nn.functional.conv1d(g, self.w, groups=4) + f.sum()
+
+    with pytest.raises(UnsupportedOpError) as e:
+        capture_export(Block(), (_x(2, 1, 4, 6),))
+    assert "aten.conv1d" in str(e.value), str(e.value)
+    assert any("functionalizing" in n for n in getattr(e.value, "__notes__", [])), e.value
+
+
 def test_symbolic_shapes_are_named_after_the_first_input() -> None:
     cap = capture_export(lambda x, y: x.sum(-1, keepdim=True) * y.mean(-1, keepdim=True), (_x(2, 5, 3), _x(2, 1, 4)))
     x, y = cap.graph.inputs
