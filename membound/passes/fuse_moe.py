@@ -93,7 +93,10 @@ any strides; not yet timed against the copies), and the log says so. Stacked cop
 fit leave the block unfused.
 
 Every form's weights must come out ``[E, I, D]`` / ``[E, D, I]``, and a parameter the block reads that none of its
-weights or biases accounts for declines the block (its product would be dropped).
+weights or biases accounts for declines the block (its product would be dropped). In the batched and given forms a
+weight may be read through ``P[:E]``, the first E experts of a larger parameter (transformers 5.17's LongCat-Flash
+keeps its zero experts' unused gate/up weights after the routed ones): the op gets views of those experts (or, K-major,
+copies of those alone).
 
 Then, if ``out`` is added to a sigmoid-gated shared expert of ``h`` (Qwen2-MoE), that is absorbed
 too. Expert weights are passed as ``[E, N, K]`` parameters: the model's own tensors where the layout
@@ -152,6 +155,23 @@ def _other(node: Node, v: Value) -> Value:
 
 def _static(d: sympy.Expr) -> bool:
     return isinstance(d, (int, sympy.Integer))
+
+
+def _prefix(v: Value) -> tuple[Value, Optional[int]]:
+    """``v = P[:n]`` along dim 0 of a 3-D parameter ``P`` (static ``n``: the first n experts; transformers 5.17
+    LongCat-Flash's gate/up weights hold its zero experts' unused ones after the routed): ``(P, n)``; else
+    ``(v, None)``."""
+    sl = _producer(v, "slice")
+    if sl is None or sl.inputs[0].kind != "param" or sl.inputs[0].rank != 3 or sl.attrs["dim"] % 3 != 0 \
+            or sl.attrs["step"] != 1 or not (_static(sl.attrs["start"]) and int(sl.attrs["start"]) == 0) \
+            or not _static(v.shape[0]):
+        return v, None
+    return sl.inputs[0], int(v.shape[0])
+
+
+def _expert_param(v: Value) -> bool:
+    """``v`` is a parameter or the first experts of a 3-D one (:func:`_prefix`)."""
+    return v.kind == "param" or _prefix(v)[1] is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +315,7 @@ def _given_router(graph: Graph, topk: Node, ids: Optional[Value] = None) -> Rout
     inside = {id(n) for n in region}
     tokens = [v for n in region[1:] for v in n.inputs
               if (v.producer is None or id(v.producer) not in inside) and v is not w and v is not ids
-              and v.dtype.is_floating_point and v.kind != "param" and not _is_constant(v)
-              and _through(v, ("transpose",)).kind != "param"]
+              and v.dtype.is_floating_point and not _is_constant(v) and not _expert_param(_through(v, ("transpose",)))]
     if not tokens:
         raise NoMatch("the experts read no token values")
     h = tokens[0]  # the first the region reads (the block checks that it reads no other), as [T, D]
@@ -306,7 +325,7 @@ def _given_router(graph: Graph, topk: Node, ids: Optional[Value] = None) -> Rout
     if h.rank != 2 or not dims_equal(h.shape[0], ids.shape[0]):
         raise NoMatch(f"the experts' tokens %{h.name} are not [T, D] for the ids' T")
     experts = {int(p.shape[0]) for n in region for v in n.inputs
-               if (p := _through(v, ("transpose",))).kind == "param" and p.rank == 3}
+               if _expert_param(p := _through(v, ("transpose",))) and p.rank == 3}
     if len(experts) != 1:
         raise NoMatch(f"the experts' 3-D weights disagree on E: {sorted(experts)}")
     r = Router(topk, h, w, int(ids.shape[1]), True, given_experts=experts.pop(), region=region, given_ids=ids,
@@ -473,7 +492,7 @@ def _check_tokens(block: Block, r: Router, allowed: tuple[Value, ...] = ()) -> N
     for v in block.externals:
         if v in allowed or _tokens_of(v) is _tokens_of(r.h) or _is_constant(v):
             continue
-        if _through(v, ("transpose",)).kind == "param":
+        if _expert_param(_through(v, ("transpose",))):
             continue
         raise NoMatch(f"the block reads %{v.name} ({v.producer.op if v.producer else v.kind}), which is not "
                       f"the tokens %{r.h.name}, a parameter or a constant")
@@ -780,7 +799,7 @@ def _batched_operands(mm: Node, r: Router) -> Optional[tuple[Node, Value, bool]]
         return None
     for w, x, k_major in ((mm.inputs[0], mm.inputs[1], False), (mm.inputs[1], mm.inputs[0], True)):
         gather, col = _producer(w, "index"), _producer(x, "unsqueeze")
-        if gather is None or col is None or gather.attrs.get("dims") != (0,) or gather.inputs[0].kind != "param" \
+        if gather is None or col is None or gather.attrs.get("dims") != (0,) or not _expert_param(gather.inputs[0]) \
                 or gather.inputs[0].rank != 3 or not _is_expert_ids(gather.inputs[1], r):
             continue
         if col.attrs["dim"] % x.rank == (1 if k_major else 2):
@@ -790,7 +809,11 @@ def _batched_operands(mm: Node, r: Router) -> Optional[tuple[Node, Value, bool]]
 
 def _weight_rows(param: Value, k_major: bool, suffix: str, rows: Optional[slice]) -> Weight:
     """The ``[E, N, K]`` expert weight of a batched product's parameter (``k_major``: stored ``[E, K, N]``, copied
-    contiguous by :func:`_linear_form`), rows ``rows`` of N (views of an ``[E, N, K]`` parameter)."""
+    contiguous by :func:`_linear_form`), rows ``rows`` of N (views of an ``[E, N, K]`` parameter), or of its first
+    experts (:func:`_prefix`: a view of those, which the copies of a K-major weight take alone)."""
+    source, n = _prefix(param)
+    if n is not None:
+        return _first_experts(_weight_rows(source, k_major, suffix, rows), n)
     if k_major:
         return _linear_form(param, suffix, rows)
     shape = tuple(int(d) for d in param.shape)
@@ -800,6 +823,21 @@ def _weight_rows(param: Value, k_major: bool, suffix: str, rows: Optional[slice]
                   lambda ts: ts[param.name][:, rows])
 
 
+def _first_experts(w: Weight, n: int) -> Weight:
+    """``w`` (of a whole parameter) cut to its first ``n`` experts: views of the parameter's, and a copy only where
+    ``w`` copies (a K-major weight), of those experts alone."""
+    name, full = w.param.name, w.make
+
+    def first(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: ts[name][:n]}  # (a KeyError where the graph has no tensors, as make's own)
+
+    make: Callable[[dict[str, torch.Tensor]], torch.Tensor] = (lambda ts: ts[name][:n]) if full is None else \
+        (lambda ts: full(first(ts)))
+    view = w.view
+    return Weight(w.param, (n, *w.shape[1:]), w.name or f"{name}.first{n}", make,
+                  (lambda ts: view(first(ts))) if view is not None else None)
+
+
 def _batched(graph: Graph, r: Router, block: Block) -> Experts:
     """HF's ``batched_mm`` experts (what ``generate`` switches to for decoding off the CPU): the
     concatenated gate/up weight and the down weight gathered per (token, expert) pair, ``bmm`` each
@@ -807,7 +845,7 @@ def _batched(graph: Graph, r: Router, block: Block) -> Experts:
     prods = [(n, found) for n in block.nodes if (found := _batched_operands(n, r)) is not None]
     for n in block.nodes:  # a product of gathered expert weights that is not one of the two forms: say which
         gathers = [_producer(v, "index") for v in n.inputs] if n.op == "matmul" else []
-        if any(g is not None and g.inputs[0].kind == "param" and g.inputs[0].rank == 3 for g in gathers) \
+        if any(g is not None and _expert_param(g.inputs[0]) and g.inputs[0].rank == 3 for g in gathers) \
                 and all(m is not n for m, _ in prods):
             raise NoMatch(f"%{n.result.name} is not W[expert_ids] @ x[..., None] (nor x[:, None] @ W[expert_ids])")
     if len(prods) != 2:
@@ -825,8 +863,7 @@ def _batched(graph: Graph, r: Router, block: Block) -> Experts:
     biases = _expert_biases(r, gate_up_bias, _down_bias(dn, r, ids_ok), gate_rows, up_rows)
     wgu, wd = gu_gather.inputs[0], dn_gather.inputs[0]
     return Experts(_weight_rows(wgu, gu_k_major, "gate", gate_rows), _weight_rows(wgu, gu_k_major, "up", up_rows),
-                   _weight_rows(wd, dn_k_major, "t", None) if dn_k_major else Weight(wd, tuple(int(d) for d in
-                                                                                                 wd.shape)),
+                   _weight_rows(wd, dn_k_major, "t", None),
                    act.act, act.alpha, act.limit, biases)
 
 
@@ -1158,7 +1195,7 @@ def _check_experts(r: Router, block: Block, x: Experts) -> None:
         raise NoMatch("the router has a bias and the experts none, or the reverse")
     used = {id(w.param) for w in (x.gate, x.up, x.down, *(x.biases or ()))}
     for v in block.externals:
-        p = _through(v, ("transpose",))
+        p = _prefix(_through(v, ("transpose",)))[0]
         if p.kind == "param" and id(p) not in used:
             raise NoMatch(f"the block reads parameter %{p.name}, which the recognised experts do not account for")
 

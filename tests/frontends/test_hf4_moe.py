@@ -314,3 +314,57 @@ def test_517_longcat_experts_capture_as_each_tokens_k_experts() -> None:
         with torch.no_grad():
             want = layer(xs)
         torch.testing.assert_close(run_graph(cap.graph, [xs])[0], want, rtol=1e-5, atol=1e-5)
+    # fuse-moe reads the routed experts' gate/up weights through the slice [:routed] of the parameter (which holds the
+    # zero experts' unused ones after them): one moe_experts whose weights are views of the model's, no copies
+    ctx = PassContext()
+    g = PassManager(default_pipeline() + ["dead-code-elimination"]).run(cap.graph, ctx)
+    assert g.count("moe_experts") == 1 and g.count("matmul") == 0, (ctx.log, g)
+    (node,) = [n for n in g.nodes if n.op == "moe_experts"]
+    experts = layer.experts
+    for w, shape in zip(node.inputs[3:], ((4, 10, 12), (4, 10, 12), (4, 12, 10))):
+        assert tuple(w.shape) == shape
+        assert g.tensors[w.name].untyped_storage().data_ptr() in (experts.gate_up_proj.untyped_storage().data_ptr(),
+                                                                 experts.down_proj.untyped_storage().data_ptr())
+    for xs in (x, x[:1, :1]):
+        with torch.no_grad():
+            want = layer(xs)
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
+
+
+class _KMajorPrefixMoE(nn.Module):
+    """gpt-oss-style batched experts (``x[:, None] @ W[ids]``, K-major ``[E, D, 2I]`` / ``[E, I, D]`` weights, gate and
+    up the even and odd columns) whose gate/up parameter holds two unused experts after the router's E, read
+    through ``[:E]``."""
+
+    def __init__(self, d: int, i: int, e: int, k: int) -> None:
+        super().__init__()
+        self.e, self.k = e, k
+        self.router = nn.Linear(d, e, bias=False)
+        self.gate_up = nn.Parameter(torch.randn(e + 2, d, 2 * i) * 0.3)
+        self.down = nn.Parameter(torch.randn(e, i, d) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, x.shape[-1])
+        w, ids = self.router(h).softmax(-1).topk(self.k, dim=-1)
+        ids = ids.reshape(-1)
+        rows = h.repeat_interleave(self.k, dim=0)
+        gu = torch.bmm(rows[:, None], self.gate_up[:self.e][ids]).squeeze(1)
+        y = torch.bmm((F.silu(gu[:, ::2]) * gu[:, 1::2])[:, None], self.down[ids]).squeeze(1)
+        return (y * w.reshape(-1, 1)).view(h.shape[0], self.k, -1).sum(dim=1).reshape(x.shape)
+
+
+def test_k_major_experts_read_through_a_prefix_slice_fuse_with_copies_of_those_experts_alone() -> None:
+    torch.manual_seed(0)
+    layer = _KMajorPrefixMoE(12, 5, 4, 2).eval()
+    x = torch.randn(2, 5, 12)
+    cap = capture_export(layer, (x,), {})
+    ctx = PassContext()
+    g = PassManager(default_pipeline() + ["dead-code-elimination"]).run(cap.graph, ctx)
+    assert g.count("moe") == 1 and g.count("matmul") == 0, (ctx.log, g)
+    (node,) = [n for n in g.nodes if n.op == "moe"]
+    shapes = [tuple(g.tensors[v.name].shape) for v in node.inputs if v.kind == "param" and v.rank == 3]
+    assert shapes == [(4, 5, 12), (4, 5, 12), (4, 12, 5)], shapes  # [E, N, K] copies of the 4 routed experts
+    for xs in (x, x[:1, :3]):
+        with torch.no_grad():
+            want = layer(xs)
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)
