@@ -101,6 +101,12 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "longcat-flash": ("LongcatFlashForCausalLM", "LongcatFlashConfig", dict(
         MLA, head_dim=8, n_routed_experts=4, moe_topk=2, zero_expert_num=2, expert_ffn_hidden_size=32,
         ffn_hidden_size=96, num_layers=1)),
+    # session 23: MiMo-V2-Flash: full-attention layers that subtract the scores' row max before the softmax, sliding
+    # (3) ones with attention sinks (gpt-oss's form), v heads narrower than q/k's, a dense first layer then experts
+    "mimo-v2-flash": ("MiMoV2FlashForCausalLM", "MiMoV2FlashConfig", dict(
+        head_dim=16, v_head_dim=8, sliding_window=3, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, layer_types=["full_attention", "sliding_attention"],
+        mlp_layer_types=["dense", "sparse"])),
     # ... and ones it does (softmax top-k routers, a shared expert or none), and PhiMoE's sparsemixer routing (two
     # max indices, no topk: moe_experts over the ids the experts are sorted by)
     "hunyuan-moe": ("HunYuanMoEV1ForCausalLM", "HunYuanMoEV1Config", dict(num_experts=4, moe_topk=2, head_dim=16)),

@@ -370,6 +370,20 @@ family({aten.softmax.int: "softmax", aten._softmax.default: "softmax", aten.log_
         aten._log_softmax.default: "log_softmax"}, _softmax)
 
 
+@rule(aten.logsumexp.default)
+def _logsumexp(t: Translator, a: Args) -> Value:
+    """``log(sum(exp(x - m))) + m`` over ``dim``, ``m`` the max over it, taken as 0 where it is infinite (all
+    -inf: -inf; +inf: inf, as torch). Granite-SWA scales its attention output by ``sigmoid(logsumexp(s) - sink)``."""
+    x = t.cast(a.self, t.out_type().dtype)  # (integers promote to the default float, as torch's)
+    dims = tuple(_norm(d, x.rank) for d in _dims(a.dim)) or tuple(range(x.rank))
+    m = t.emit("amax", x, dims=dims, keepdim=True)
+    infinite = t.emit("eq", *_operands(t, t.emit("abs", m), float("inf")))
+    m = t.emit("where", infinite, t.tensor(0.0, like=m), m)
+    total = t.emit("sum", t.emit("exp", t.emit("sub", x, m)), dims=dims, keepdim=bool(a.get("keepdim")),
+                   dtype=None)
+    return t.emit("add", t.emit("log", total), m if a.get("keepdim") else t.emit("squeeze", m, dims=dims))
+
+
 @rule(aten.cumsum.default)
 def _cumsum(t: Translator, a: Args) -> Value:
     return t.emit("cumsum", a.self, dim=a.dim, dtype=_dtype_attr(t, a.self))

@@ -113,7 +113,11 @@ _MASKED = Alt(
 )
 # HF eager attention upcasts the scores to f32 for the softmax and casts back; fused kernels keep the
 # softmax in f32 internally anyway, so that form fuses too
-_SOFTMAX = Pat("softmax", Alt(_MASKED, Pat("cast", _MASKED)), name="probs", attrs={"dim": lambda d: d in (-1, 3)})
+# ... its row max subtracted first (MiMo-V2-Flash's full-attention layers: ``s - s.max(-1, keepdim).values``, a no-op
+# under the softmax, checked in ``_fuse`` to be the max of the same scores over the softmax's dim)
+_SHIFTED = Pat("sub", Alt(_MASKED, Pat("cast", _MASKED)), Pat("amax", Any_("shift_of"), name="shift_max"), name="shift")
+_SOFTMAX = Pat("softmax", Alt(_MASKED, Pat("cast", _MASKED), _SHIFTED), name="probs",
+               attrs={"dim": lambda d: d in (-1, 3)})
 _ATTN = Pat("matmul", Opt("cast", _SOFTMAX), Any_("v"))
 # attention sinks (gpt-oss): the masked scores joined by a column of per-head logits, their row max subtracted (a
 # no-op under the softmax), the softmax's last column (the sink's weight) dropped before the product with v
@@ -209,6 +213,13 @@ def _fuse(m: Match) -> Optional[Value]:
     if "joined" in m:
         sinks = _sinks_of(m)
         if sinks is None:
+            return None
+    if "shift" in m:  # softmax(s - max(s)) is softmax(s) only for the max of those scores over the softmax's dim
+        shift, red = m["shift"].producer, m["shift_max"].producer
+        assert shift is not None and red is not None
+        if (m["shift_of"] is not shift.inputs[0] or tuple(d % 4 for d in red.attrs["dims"]) != (3,)
+                or not red.attrs["keepdim"] or m["shift"].rank != 4):
+            m.note(f"the scores' shift %{m['shift'].name} is not their own row max (dims=[-1], keepdim)")
             return None
     q, kt, v = m["q"], m["kt"], m["v"]
     half = None

@@ -215,6 +215,24 @@ def test_an_op_refused_past_a_functionalized_write_is_the_one_reported() -> None
     assert any("functionalizing" in n for n in getattr(e.value, "__notes__", [])), e.value
 
 
+def test_logsumexp_over_dims_equals_torch_with_infinite_rows() -> None:
+    """``logsumexp`` (Granite-SWA's sink scale) over one dim, two dims kept, and an integer input; a row of -inf
+    gives -inf and a row holding +inf gives inf, as torch's."""
+    def fn(x: torch.Tensor, i: torch.Tensor) -> tuple:
+        return torch.logsumexp(x, dim=-1), torch.logsumexp(x, dim=(0, 2), keepdim=True), torch.logsumexp(i, 1)
+
+    x = _x(3, 5, 7)
+    x[0, 1] = float("-inf")
+    x[1, 2, 3] = float("inf")
+    i = torch.randint(-3, 4, (2, 6))
+    cap = capture_export(fn, (x, i))
+    for got, want in zip(_run(cap, (x, i)), fn(x, i)):
+        torch.testing.assert_close(got, want)
+    x2 = _x(2, 9, 4)
+    for got, want in zip(_run(cap, (x2, i)), fn(x2, i)):
+        torch.testing.assert_close(got, want)
+
+
 def test_symbolic_shapes_are_named_after_the_first_input() -> None:
     cap = capture_export(lambda x, y: x.sum(-1, keepdim=True) * y.mean(-1, keepdim=True), (_x(2, 5, 3), _x(2, 1, 4)))
     x, y = cap.graph.inputs

@@ -143,9 +143,44 @@ CHUNK_AFTER = """graph @c(%q: f32[B, 4, S, 8], %k: f32[B, 2, S, 8], %v: f32[B, 2
   return %0
 }"""
 
+# MiMo-V2-Flash's full-attention layers: the masked scores' row max subtracted before the softmax (no sink column)
+SHIFTED = """graph @m(%q: f32[B, 4, S, 8], %k: f32[B, 4, S, 8], %v: f32[B, 4, S, 8], %m: f32[B, 1, S, S]) {
+  %kt = transpose(%k) {dim0=2, dim1=3} : f32[B, 4, 8, S]
+  %s = matmul(%q, %kt) : f32[B, 4, S, S]
+  %c = constant() {value=0.25, dtype=f32} : f32[]
+  %ss = mul(%s, %c) : f32[B, 4, S, S]
+  %sm = add(%ss, %m) : f32[B, 4, S, S]
+  %mx = amax(%sm) {dims=[-1], keepdim=true} : f32[B, 4, S, 1]
+  %d = sub(%sm, %mx) : f32[B, 4, S, S]
+  %p = softmax(%d) {dim=-1, dtype=none} : f32[B, 4, S, S]
+  %o = matmul(%p, %v) : f32[B, 4, S, 8]
+  return %o
+}"""
+SHIFTED_AFTER = """graph @m(%q: f32[B, 4, S, 8], %k: f32[B, 4, S, 8], %v: f32[B, 4, S, 8], %m: f32[B, 1, S, S]) {
+  %0 = attention(%q, %k, %v, %m) {causal=false, scale=0.25, window=none, softcap=none} : f32[B, 4, S, 8]
+  return %0
+}"""
+
 CASES = [(SOFTCAP, SOFTCAP_AFTER), (WINDOW, WINDOW_AFTER), (GPT2_TRIL, GPT2_TRIL_AFTER), (SINKS, SINKS_AFTER),
-         (SINKS_WINDOW, SINKS_WINDOW_AFTER), (CHUNK, CHUNK_AFTER)]
-IDS = ["softcap", "window-mask", "gpt2-tril", "sinks", "sinks-window-gqa", "chunk-mask"]
+         (SINKS_WINDOW, SINKS_WINDOW_AFTER), (CHUNK, CHUNK_AFTER), (SHIFTED, SHIFTED_AFTER)]
+IDS = ["softcap", "window-mask", "gpt2-tril", "sinks", "sinks-window-gqa", "chunk-mask", "row-max-shifted"]
+
+
+@pytest.mark.parametrize("old, new", [
+    ("%mx = amax(%sm) {dims=[-1], keepdim=true} : f32[B, 4, S, 1]",
+     "%mx = amax(%sm) {dims=[-2], keepdim=true} : f32[B, 4, 1, S]"),   # the max over the queries
+    ("%mx = amax(%sm) {dims=[-1], keepdim=true} : f32[B, 4, S, 1]",
+     "%mx = amax(%ss) {dims=[-1], keepdim=true} : f32[B, 4, S, 1]"),   # the max of other scores (before the mask)
+], ids=["other-dim", "other-scores"])
+def test_a_shift_that_is_not_the_rows_own_max_is_left_alone(old, new):
+    """Only the scores' own row max is a no-op under the softmax: another shift stays unfused, and the log says so."""
+    assert old in SHIFTED
+    g = parse(SHIFTED.replace(old, new))
+    before = print_graph(g)
+    ctx = PassContext()
+    fuse_attention(g, ctx)
+    assert print_graph(g) == before
+    assert any("is not their own row max" in line for line in ctx.log), ctx.log
 
 
 def _run(text):
