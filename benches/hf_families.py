@@ -107,6 +107,13 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         head_dim=16, v_head_dim=8, sliding_window=3, n_routed_experts=4, num_experts_per_tok=2,
         moe_intermediate_size=32, layer_types=["full_attention", "sliding_attention"],
         mlp_layer_types=["dense", "sparse"])),
+    # Granite-SWA (dense and MoE): a sliding (3) then a full layer, each head's sink applied as the output's scale
+    # sigmoid(logsumexp(scores) - sink), rewritten to gpt-oss's sink column
+    "granite-swa": ("GraniteSWAForCausalLM", "GraniteSWAConfig", dict(
+        head_dim=16, sliding_window=3, attention_multiplier=0.25, layer_types=["sliding_attention", "full_attention"])),
+    "granite-moe-swa": ("GraniteMoeSWAForCausalLM", "GraniteMoeSWAConfig", dict(
+        head_dim=16, sliding_window=3, attention_multiplier=0.25, num_local_experts=4, num_experts_per_tok=2,
+        layer_types=["sliding_attention", "full_attention"])),
     # ... and ones it does (softmax top-k routers, a shared expert or none), and PhiMoE's sparsemixer routing (two
     # max indices, no topk: moe_experts over the ids the experts are sorted by)
     "hunyuan-moe": ("HunYuanMoEV1ForCausalLM", "HunYuanMoEV1Config", dict(num_experts=4, moe_topk=2, head_dim=16)),

@@ -47,6 +47,11 @@ v, become ``attention(q, k, v, mask?, sinks) {sinks=true}``; the mask then folds
     // becomes
     %o = attention(%q, %k, %v, %mask, %sinks) {sinks=true}
 
+Sinks applied as a scale of the output (Granite-SWA: ``softmax(s) @ v * sigmoid(logsumexp(s) - sink)``, which is
+``exp(s) @ v / (sum(exp(s)) + exp(sink))``) are first rewritten to that sink column, logsumexp recognised as the
+frontend spells it; a logsumexp over other scores is left alone with a log line. The scores' own row max subtracted
+before the softmax with no sink column (MiMo-V2-Flash's full layers) is dropped as under the sink form.
+
 A boolean mask applied with ``where`` and then an additive one (GPT-Neo: its causal bias, filled with a
 stored ``finfo.min`` scalar, which the pass first reads as a constant; then the attention mask) become one
 additive mask: the additive one plus ``where(keep, 0, fill)``.
@@ -402,6 +407,61 @@ def _fold_repeat_kv(m: Match) -> Optional[Value]:
     return m.builder.call("attention", node.inputs[0], k2, v2, *node.inputs[3:], **node.attrs)
 
 
+# Granite-SWA's sinks: the attention output scaled by sigmoid(logsumexp(s) - sink) per head and query,
+# ``softmax(s) @ v * sigmoid(lse(s) - sink)`` = ``exp(s) @ v / (sum(exp(s)) + exp(sink))``: the sink joins the softmax
+# as a column whose probability is dropped (gpt-oss's form, which then fuses). logsumexp as the frontend spells it:
+# ``log(sum(exp(s - m'))) + m'``, m' the row max (0 where infinite)
+_LSE_MAX = Pat("amax", Any_("lse_of"), name="lse_max", attrs={"keepdim": True})
+_LSE_SHIFT = Pat("where", Pat("eq", Pat("abs", _LSE_MAX), Const()), Const(0), _LSE_MAX)
+_LSE = Pat("add", Pat("log", Pat("sum", Pat("exp", Pat("sub", Any_("lse_of"), _LSE_SHIFT)), name="lse_sum",
+                                 attrs={"keepdim": False})), Pat("squeeze", _LSE_SHIFT))
+_SINK_SCALE = Opt("cast", Pat("unsqueeze", Opt("cast", Pat("sigmoid", Opt("cast", Pat("sub", _LSE, Any_("sink_view"),
+                                                                                           name="lse_minus_sink")))),
+                              name="scale_col"))
+_SCALED_ATTN = Pat("mul", Pat("matmul", Opt("cast", Pat("softmax", Opt("cast", Any_("soft_of")), name="soft"),
+                                            name="soft_cast"), Any_("v"), name="pv"), _SINK_SCALE)
+
+
+def _lse_sinks_joined(m: Match) -> Optional[Value]:
+    # softmax(s) @ v * unsqueeze(sigmoid(logsumexp(s, -1) - sinks[1, H, 1]), -1)
+    #   -> softmax(cat(s, sinks[1, H, 1, 1] expanded))[..., :L] @ v
+    s, soft = m["lse_of"], m["soft"].producer
+    assert soft is not None
+    if m["soft_of"] is not s or s.rank != 4:
+        m.note(f"sink scale at %{m.value.name}: its logsumexp is not over the softmax's scores")
+        return None
+    red, total, col = m["lse_max"].producer, m["lse_sum"].producer, m["scale_col"].producer
+    assert red is not None and total is not None and col is not None
+    if (tuple(d % 4 for d in red.attrs["dims"]) != (3,) or tuple(d % 4 for d in total.attrs["dims"]) != (3,)
+            or soft.attrs["dim"] % 4 != 3 or col.attrs["dim"] % 4 != 3):
+        m.note(f"sink scale at %{m.value.name}: the logsumexp, the softmax and the scale are not all over the keys")
+        return None
+    b_, hq, rows, length = s.shape
+    src = m["sink_view"]
+    while src.producer is not None and src.producer.op in ("reshape", "cast"):
+        src = src.producer.inputs[0]
+    view = m["sink_view"]
+    if not (src.rank == 1 and dims_equal(src.shape[0], hq) and src.dtype.is_floating_point
+            and view.rank == 3 and dims_equal(view.shape[0], 1) and dims_equal(view.shape[2], 1)):
+        m.note(f"sink scale at %{m.value.name}: %{view.name} is not one logit a query head ([1, H, 1] of [H])")
+        return None
+    b = m.builder
+    sink = b.call("cast", src, dtype=s.dtype) if src.dtype != s.dtype else src
+    sink = b.call("expand", b.call("reshape", sink, shape=(1, hq, 1, 1)), shape=(b_, hq, rows, 1))
+    joined = b.call("cat", s, sink, dim=-1)
+    probs = b.call("softmax", joined, dim=-1, dtype=soft.attrs["dtype"])
+    kept = b.call("slice", probs, dim=3, start=0, end=length, step=1)
+    if "soft_cast" in m:
+        kept = b.call("cast", kept, dtype=m["soft_cast"].dtype)
+    out = b.call("matmul", kept, m["v"])
+    if out.dtype != m.value.dtype:
+        out = b.call("cast", out, dtype=m.value.dtype)
+    return out if out.type.equivalent(m.value.type) else None
+
+
+# run before RULES: the attention product inside must still be a matmul
+SINK_SCALE_RULES = [Rule(_SCALED_ATTN, _lse_sinks_joined, name="sink-scale-to-sink-column")]
+
 RULES = [
     # matmul(softmax(mul(matmul(q, transpose(k)), c) + mask), v) -> attention(q, k, v, mask) {scale=c}
     Rule(_ATTN, _fuse, name="fuse-softmax-attention"),
@@ -525,6 +585,7 @@ def fuse_attention(graph: Graph, ctx: PassContext) -> bool:
     notes: list[str] = []
     counts: dict[str, int] = {}
     changed = _materialize_scalar_fills(graph) > 0
+    changed = rewrite_to_fixpoint(graph, SINK_SCALE_RULES, notes=notes, counts=counts) or changed
     changed = rewrite_to_fixpoint(graph, RULES, notes=notes, counts=counts) or changed
     folded = _fold_constant_masks(graph, notes)
     if folded:

@@ -50,6 +50,25 @@ def _hf(name: str, attn: str, window: int = 4) -> torch.nn.Module:
         with torch.no_grad():  # sinks from below to above the scores (HF initialises them near 0)
             for layer in m.model.layers:
                 layer.self_attn.sinks.copy_(torch.linspace(-1.0, 3.0, layer.self_attn.sinks.numel()))
+    elif name == "granite_swa":         # a sliding then a full layer, each head's sink applied as the output's scale
+        #                                     sigmoid(logsumexp(scores) - sink)
+        m = T.GraniteSWAForCausalLM(T.GraniteSWAConfig(**_common(), head_dim=8, sliding_window=window,
+                                                       attention_multiplier=0.3,
+                                                       layer_types=["sliding_attention", "full_attention"],
+                                                       attn_implementation=attn))
+        with torch.no_grad():  # sinks from below to above the scores (HF initialises them at 0)
+            for layer in m.model.layers:
+                layer.self_attn.sinks.copy_(torch.linspace(-1.0, 3.0, layer.self_attn.sinks.numel()))
+    elif name == "mimo_v2_flash":       # a full layer whose scores' row max is subtracted before the softmax, then a
+        #                                     sliding one with gpt-oss's sinks; v heads narrower than q/k's
+        m = T.MiMoV2FlashForCausalLM(T.MiMoV2FlashConfig(**_common(), head_dim=8, v_head_dim=4, sliding_window=window,
+                                                         n_routed_experts=3, num_experts_per_tok=2,
+                                                         moe_intermediate_size=16,
+                                                         layer_types=["full_attention", "sliding_attention"],
+                                                         mlp_layer_types=["dense", "sparse"], attn_implementation=attn))
+        with torch.no_grad():
+            sinks = m.model.layers[1].self_attn.sinks
+            sinks.copy_(torch.linspace(-1.0, 3.0, sinks.numel()))
     elif name == "llama4":              # layer 0 chunked (chunks of `window`) with RoPE, layer 1 full, NoPE, with the
         #                                     position-dependent attention temperature; q/k L2 norms; experts
         m = T.Llama4ForCausalLM(T.Llama4TextConfig(**_common(), head_dim=8, attention_chunk_size=window,
@@ -242,6 +261,58 @@ def test_gpt_oss_sinks_fuse_and_decode_with_the_cache():
     cached = [(n.attrs["window"], n.attrs["sinks"]) for n in compiled._kv_program.decode_graph.nodes
               if n.op == "cached_attention"]
     assert cached == [(4, True), (None, True)]
+
+
+@pytest.mark.parametrize("name, want", [
+    ("granite_swa", [(True, 4, True), (True, None, True)]),
+    ("mimo_v2_flash", [(True, None, False), (True, 4, True)]),
+], ids=["granite-swa-sink-scale", "mimo-v2-flash-row-max"])
+def test_sink_scale_and_row_max_forms_fuse_and_decode_with_the_cache(name, want):
+    """Granite-SWA scales each head's output by ``sigmoid(logsumexp(s) - sink)``: the same as gpt-oss's sink column
+    (``exp(s) @ v / (sum exp(s) + exp(sink))``), rewritten to it and fused with ``sinks=true``. MiMo-V2-Flash's full
+    layers subtract the scores' row max before the softmax (a no-op under it). Every layer ends as one causal
+    attention, no softmax or logsumexp reduction is left, logits equal eager's, and greedy tokens with the cache equal
+    eager's recomputation with a window (4) shorter than the prompt (9)."""
+    model = _hf(name, "eager")
+    ids = torch.randint(3, VOCAB, (2, 7))
+    g, ctx = _fused(model, ids)
+    got = [(n.attrs["causal"], n.attrs["window"], n.attrs["sinks"]) for n in g.nodes if n.op == "attention"]
+    assert got == want, "\n".join(ctx.log)
+    assert g.count("amax") == 0 and g.count("log") == 0 and g.count("matmul") == 0, "\n".join(ctx.log)
+    from membound.backends.reference import run_graph
+
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+    torch.testing.assert_close(run_graph(g, [ids])[0], ref, rtol=1e-4, atol=1e-5)  # fp32
+    compiled = _generate_equals_recompute(model)
+    cached = [(n.attrs["window"], n.attrs["sinks"]) for n in compiled._kv_program.decode_graph.nodes
+              if n.op == "cached_attention"]
+    assert cached == [(w, sk) for _, w, sk in want]
+
+
+def test_a_sink_scale_over_other_scores_is_not_taken_for_sinks():
+    """``softmax(s) @ v * sigmoid(logsumexp(2 s) - sink)`` is no sink column: the rewrite declines, says why, and the
+    graph keeps eager's values."""
+    class Attn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sinks = torch.nn.Parameter(torch.linspace(-1.0, 2.0, 4))
+
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            s = q @ k.transpose(2, 3) * 0.3
+            scale = (torch.logsumexp(s * 2, dim=-1) - self.sinks.view(1, -1, 1)).sigmoid()
+            return (s.softmax(-1) @ v) * scale.unsqueeze(-1)
+
+    from membound.backends.reference import run_graph
+
+    m, xs = Attn(), [torch.randn(2, 4, 5, 8) for _ in range(3)]
+    cap = capture_export(m, tuple(xs), {})
+    ctx = PassContext()
+    g = PassManager(["fuse-attention", "dead-code-elimination"]).run(cap.graph, ctx)
+    assert all(not n.attrs.get("sinks") for n in g.nodes if n.op == "attention")
+    assert any("its logsumexp is not over the softmax's scores" in line for line in ctx.log), ctx.log
+    with torch.no_grad():
+        torch.testing.assert_close(run_graph(g, xs)[0], m(*xs), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
