@@ -421,6 +421,11 @@ def _build_kv_program(compiled: CompiledModel, input_ids: torch.Tensor, existing
         raise KVCacheError(f"cannot decode {name} with a KV cache: "
                            f"{reasons or 'insert-kv-cache did not fire'}. Use generate(..., kv_cache=False) to "
                            f"decode by full recomputation instead.")
+    # a capture torch.export proved only for S <= N (a branch on the sequence length: DeepSeek-V4's compressor emits
+    # its first entry at compress_rate tokens) is the model only up to N positions: no decode goes past them
+    seq = next((hi for sym, (_, hi) in capture.ranges.items() if str(sym) == str(S)), None)
+    if seq is not None:
+        step.meta["kv_cache"]["captured_positions"] = int(seq)
     decode = compile_graph_with(step.specialized({S: 1}), options, "decode", name=name,
                                 dump_dir=dump / "kv-decode" if dump else None)
     graphs = options.cuda_graphs if options.cuda_graphs is not None else decode.backend.supports_cuda_graphs

@@ -146,6 +146,11 @@ def capacity_limit(graph: Graph, max_cache_len: Optional[int]) -> tuple[Optional
                                       f"membound.generate(..., max_cache_len=N)"))
     if table is not None:
         limits.append((table, f"the model's learned position table has {table} rows; it cannot attend further"))
+    captured = graph.meta["kv_cache"].get("captured_positions")
+    if captured is not None:
+        limits.append((captured, f"torch.export captured the model for at most {captured} positions (its code takes "
+                                 f"another branch on longer sequences, which the cached decode would not follow); "
+                                 f"generate(..., kv_cache=False) recomputes every step instead"))
     if not limits:
         return None, ""
     return min(limits, key=lambda x: x[0])

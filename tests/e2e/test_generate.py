@@ -124,6 +124,49 @@ def test_max_length_error_says_the_limit_and_how_to_raise_it():
                           max_cache_len=32)
 
 
+class _Compressor(torch.nn.Module):
+    """A causal model whose keys gain a summary entry once the sequence reaches 8 tokens (DeepSeek-V4's compressed
+    attention emits its first entry at compress_rate tokens): captured at 5 tokens, torch.export proves the path
+    only for S <= 7."""
+
+    def __init__(self, vocab: int = 50, d: int = 16) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.qkv = torch.nn.Linear(d, 3 * d, bias=False)
+        self.summary = torch.nn.Linear(d, d, bias=False)
+        self.head = torch.nn.Linear(d, vocab, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids)
+        q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)
+        usable = ids.shape[1] // 8 * 8
+        if usable > 0:  # one summary key a full window of 8, visible to every query
+            block = self.summary(h[:, :usable].reshape(h.shape[0], -1, 8, h.shape[-1]).mean(2))[:, None]
+            k2, v2 = torch.cat([block, k], dim=2), torch.cat([block, v], dim=2)
+            mask = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()
+            mask = torch.cat([torch.ones(ids.shape[1], block.shape[2], dtype=torch.bool), mask], dim=1)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k2, v2, attn_mask=mask)
+        else:
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head(h + o[:, 0])
+
+
+def test_a_capture_proven_for_short_sequences_limits_the_cached_decode():
+    """A capture torch.export proves only for S <= 7 is the model only up to 7 positions: within them the cached
+    decode equals recomputation; past them generate refuses (it used to decode the short-sequence path silently,
+    wrong from the 8th position), naming the limit and kv_cache=False, which then gives recomputation's tokens."""
+    torch.manual_seed(0)
+    model = _Compressor().eval()
+    compiled = membound.compile(model)
+    ids = torch.randint(0, 50, (1, 5))
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.equal(membound.generate(compiled, ids, 2)[:, 5:], recompute(model, ids, ones, 2))
+        with pytest.raises(CacheCapacityError, match=r"at most 7 positions.*kv_cache=False"):
+            membound.generate(compiled, ids, 12)
+        assert torch.equal(membound.generate(compiled, ids, 12, kv_cache=False)[:, 5:], recompute(model, ids, ones, 12))
+
+
 def test_eos_stops_rows_and_pads_after(llama):
     _, compiled = llama
     ids = torch.randint(3, 256, (2, 6))
