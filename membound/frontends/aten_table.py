@@ -384,6 +384,57 @@ def _logsumexp(t: Translator, a: Args) -> Value:
     return t.emit("add", t.emit("log", total), m if a.get("keepdim") else t.emit("squeeze", m, dims=dims))
 
 
+@rule(aten.linalg_vector_norm.default)
+def _vector_norm(t: Translator, a: Args) -> Value:
+    """``||x||_ord`` over ``dim`` (all dims when None): 2 as ``sqrt(sum(x * x))``, 1 as ``sum(|x|)``, +-inf as the
+    max / min of ``|x|``, 0 as the count of non-zeros, any other ``ord`` as ``sum(|x| ** ord) ** (1 / ord)``;
+    ``dtype`` casts x first, as torch's."""
+    out = t.out_type().dtype
+    x = t.cast(a.self, out)
+    order = float(a.get("ord", 2) if a.get("ord") is not None else 2)
+    dims = tuple(_norm(d, x.rank) for d in _dims(a.get("dim"))) or tuple(range(x.rank))
+    keep = bool(a.get("keepdim") or False)
+    if order == float("inf") or order == float("-inf"):
+        return t.emit("amax" if order > 0 else "amin", t.emit("abs", x), dims=dims, keepdim=keep)
+    if order == 0:
+        return t.emit("sum", t.cast(t.emit("ne", *_operands(t, x, 0.0)), out), dims=dims, keepdim=keep, dtype=None)
+    if order == 2:
+        return t.emit("sqrt", t.emit("sum", t.emit("mul", x, x), dims=dims, keepdim=keep, dtype=None))
+    if order == 1:
+        return t.emit("sum", t.emit("abs", x), dims=dims, keepdim=keep, dtype=None)
+    powered = t.emit("pow", *_operands(t, t.emit("abs", x), order))
+    return t.emit("pow", *_operands(t, t.emit("sum", powered, dims=dims, keepdim=keep, dtype=None), 1.0 / order))
+
+
+@rule(aten.constant_pad_nd.default, aten.pad.default)
+def _constant_pad(t: Translator, a: Args) -> Value:
+    """``F.pad(x, pad, value=v)``: ``pad`` pairs (before, after) from the last dim backwards; a positive amount
+    joins a block of v (``full``), a negative one slices it off. Only ``mode="constant"`` is translated."""
+    mode = a.get("mode", "constant") or "constant"
+    if mode != "constant":
+        raise t.unsupported(f"pad with mode={mode!r}: only mode='constant' is translated")
+    x = a.self
+    value = a.get("value")
+    value = 0 if value is None else value
+    pads = [t.dim(p) for p in a.pad]
+    for i in range(len(pads) // 2):
+        dim = x.rank - 1 - i
+        before, after = pads[2 * i], pads[2 * i + 1]
+        for amount, front in ((before, True), (after, False)):
+            if not is_static(amount):
+                raise t.unsupported(f"pad by a symbolic amount {amount}: only static pads are translated")
+            amount = int(amount)
+            size = x.shape[dim]
+            if amount < 0:
+                start, end = (sympy.Integer(-amount), size) if front else (sympy.Integer(0), size + amount)
+                x = t.emit("slice", x, dim=dim, start=start, end=end, step=1)
+            elif amount > 0:
+                shape = tuple(sympy.Integer(amount) if d == dim else x.shape[d] for d in range(x.rank))
+                block = t.emit("full", shape=shape, value=_as(value, x.dtype), dtype=x.dtype)
+                x = t.emit("cat", *((block, x) if front else (x, block)), dim=dim)
+    return x
+
+
 @rule(aten.cumsum.default)
 def _cumsum(t: Translator, a: Args) -> Value:
     return t.emit("cumsum", a.self, dim=a.dim, dtype=_dtype_attr(t, a.self))

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from membound.backends.reference import run_graph
 from membound.frontends import UnsupportedOpError, capture_export
@@ -231,6 +232,25 @@ def test_logsumexp_over_dims_equals_torch_with_infinite_rows() -> None:
     x2 = _x(2, 9, 4)
     for got, want in zip(_run(cap, (x2, i)), fn(x2, i)):
         torch.testing.assert_close(got, want)
+
+
+def test_vector_norms_and_constant_pads_equal_torch() -> None:
+    """``linalg.vector_norm`` at ord 2 (default, over a dim and over all), 1 (two dims kept), inf, 0 and 3;
+    ``F.pad`` with a value, pads before and after, and negative pads that crop (the symbolic S among them), at the
+    capture's size and another; a reflect pad is refused by name."""
+    def fn(x: torch.Tensor) -> tuple:
+        norm = torch.linalg.vector_norm
+        return (norm(x, dim=-1), norm(x, ord=1, dim=(0, 2), keepdim=True), norm(x, ord=float("inf"), dim=1),
+                norm(x, ord=3, dim=-1), norm(x), norm(x, ord=0, dim=-1),
+                F.pad(x, (1, 2)), F.pad(x, (0, 0, 2, -1), value=-3.5), F.pad(x, (-1, 1, 1, 0, 0, 1)))
+
+    x = _x(3, 5, 7)
+    x[0, 0, :3] = 0.0
+    cap = capture_export(fn, (x,))
+    for xs in (x, _x(2, 6, 7)):
+        _close(_run(cap, (xs,)), fn(xs))
+    with pytest.raises(UnsupportedOpError, match="mode='reflect'"):
+        capture_export(lambda x: F.pad(x, (1, 1), mode="reflect"), (_x(2, 5, 7),))
 
 
 def test_symbolic_shapes_are_named_after_the_first_input() -> None:
