@@ -114,6 +114,14 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "granite-moe-swa": ("GraniteMoeSWAForCausalLM", "GraniteMoeSWAConfig", dict(
         head_dim=16, sliding_window=3, attention_multiplier=0.25, num_local_experts=4, num_experts_per_tok=2,
         layer_types=["sliding_attention", "full_attention"])),
+    # DeepSeek Sparse Attention (an indexer's top min(index_topk, L) keys scattered into the mask): dense while the
+    # top-k keeps every key (L <= index_topk, the capture's range; generate decodes with the cache no further)
+    "deepseek-v3.2": ("DeepseekV32ForCausalLM", "DeepseekV32Config", dict(
+        MLA, n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1, n_group=2, topk_group=1,
+        moe_intermediate_size=32, index_topk=16, index_head_dim=16, index_n_heads=2)),
+    "glm-moe-dsa": ("GlmMoeDsaForCausalLM", "GlmMoeDsaConfig", dict(
+        MLA, n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=32,
+        mlp_layer_types=["dense", "sparse"], index_topk=16, index_head_dim=16, index_n_heads=2)),
     # ... and ones it does (softmax top-k routers, a shared expert or none), and PhiMoE's sparsemixer routing (two
     # max indices, no topk: moe_experts over the ids the experts are sorted by)
     "hunyuan-moe": ("HunYuanMoEV1ForCausalLM", "HunYuanMoEV1Config", dict(num_experts=4, moe_topk=2, head_dim=16)),

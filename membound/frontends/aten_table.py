@@ -873,11 +873,43 @@ def _index_copy(t: Translator, a: Args) -> Value:
 def _scatter(t: Translator, a: Args) -> Value:
     x = a.self
     src = a.get("src")
+    if src is None and t.node.target is aten.scatter.value:
+        every = _scatter_over_every_slot(t, x, a.index, _norm(a.dim, x.rank), a.value)
+        if every is not None:
+            return every
     if src is None:  # scatter.value: a scalar broadcast over the index
         src = t.emit("expand", t.emit("constant", value=_as(a.value, x.dtype), dtype=x.dtype),
                      shape=tuple(a.index.shape))
     reduce = "add" if t.node.target is aten.scatter_add.default else None
     return t.emit("scatter", x, a.index, t.cast(src, x.dtype), dim=a.dim, reduce=reduce)
+
+
+def _scatter_over_every_slot(t: Translator, x: Value, index: Value, dim: int, value: Any) -> Optional[Value]:
+    """``x.scatter(dim, topk(y, k).indices, value)`` with ``k`` every slot of ``x`` along ``dim`` and the index as
+    large as ``x``: each row's indices are a permutation of its slots, so the result is ``full(value)``. DeepSeek
+    Sparse Attention's index mask (DeepSeek-V3.2, HY-V4, GLM-MoE-DSA) while its top-k keeps every key: ``k =
+    min(index_topk, L)``, taken on the captured branch ``L <= index_topk`` under that narrowed range and guard (a
+    longer call captures again; ``generate`` decodes with the cache no further). None where it does not apply."""
+    idx = index
+    while idx.producer is not None and idx.producer.op == "cast" and not idx.producer.inputs[0].dtype.is_floating_point:
+        idx = idx.producer.inputs[0]
+    topk = idx.producer
+    if topk is None or topk.op != "topk" or idx is not topk.results[1] or index.rank != x.rank \
+            or _norm(topk.attrs["dim"], idx.rank) != dim:
+        return None
+    conds: list[sympy.Basic] = []
+    shape = [t._hinted_branch(d, conds) for d in index.shape]
+    k = t._hinted_branch(topk.attrs["k"], conds)
+    if not (all(dims_equal(a, b) for a, b in zip(shape, x.shape)) and dims_equal(k, x.shape[dim])):
+        return None
+    saved = dict(t.ranges)
+    if not all(t._narrow(c) for c in conds):
+        t.ranges = saved
+        return None
+    for c in conds:
+        if c not in t.guards:
+            t.guards.append(c)
+    return t.emit("full", shape=tuple(x.shape), value=_as(value, x.dtype), dtype=x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

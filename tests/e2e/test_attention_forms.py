@@ -315,6 +315,36 @@ def test_a_sink_scale_over_other_scores_is_not_taken_for_sinks():
         torch.testing.assert_close(run_graph(g, xs)[0], m(*xs), rtol=1e-5, atol=1e-6)
 
 
+def test_deepseek_sparse_attention_decodes_as_dense_while_its_top_k_keeps_every_key():
+    """DeepSeek Sparse Attention (here GLM-MoE-DSA's; DeepSeek-V3.2 and HY-V4 spell it the same): an indexer's top
+    ``min(index_topk, L)`` keys scattered into a mask. Up to ``index_topk`` (10) keys that keeps every key, so each
+    layer is one causal attention (no indexer left) and greedy tokens with the cache equal eager's recomputation;
+    a call past 10 positions is refused, naming the limit, and ``kv_cache=False`` (the sparse path) matches eager."""
+    import transformers as T
+
+    from membound.runtime.kv_cache import CacheCapacityError
+
+    torch.manual_seed(0)
+    config = T.GlmMoeDsaConfig(**{**_common(), "num_key_value_heads": 4}, kv_lora_rank=16, q_lora_rank=16,
+                               qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, index_topk=10, index_head_dim=16,
+                               index_n_heads=2, mlp_layer_types=["dense", "dense"])
+    model = T.GlmMoeDsaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None
+    ids = torch.randint(3, VOCAB, (2, 7))
+    g, ctx = _fused(model, ids)
+    assert [(n.attrs["causal"], len(n.inputs)) for n in g.nodes if n.op == "attention"] == [(True, 3)] * 2, ctx.log
+    assert g.count("topk") == 0 and g.count("scatter") == 0
+    ids, mask = prompts(VOCAB, [6, 4])
+    compiled = membound.compile(model)
+    with torch.no_grad():
+        out = membound.generate(compiled, ids, 4, attention_mask=mask)
+        assert torch.equal(out[:, ids.shape[1]:], recompute(model, ids, mask, 4))
+        with pytest.raises(CacheCapacityError, match="at most 10 positions"):
+            membound.generate(compiled, ids, 5, attention_mask=mask)
+        out = membound.generate(compiled, ids, 5, attention_mask=mask, kv_cache=False)
+        assert torch.equal(out[:, ids.shape[1]:], recompute(model, ids, mask, 5))
+
+
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_llama4_chunked_attention_folds_to_chunk_and_decodes_with_the_cache(attn):
     """Llama 4's local layers see only their chunk of ``attention_chunk_size`` positions (``i // C == j // C``), its

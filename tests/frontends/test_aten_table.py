@@ -253,6 +253,43 @@ def test_vector_norms_and_constant_pads_equal_torch() -> None:
         capture_export(lambda x: F.pad(x, (1, 1), mode="reflect"), (_x(2, 5, 7),))
 
 
+class _SparseIndexMask(torch.nn.Module):
+    """DeepSeek Sparse Attention's mask: the top ``min(8, L)`` keys of an indexer's scores kept, the rest masked
+    (``ones.scatter(-1, topk.indices, False)`` then ``masked_fill``) on top of the causal mask."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        L = k.shape[2]
+        causal = torch.ones(L, L, dtype=torch.bool).tril()
+        index = (q[:, 0] @ w @ k[:, 0].transpose(1, 2)).masked_fill(~causal, float("-inf"))
+        top = index.topk(min(8, L), dim=-1).indices.to(torch.int32)
+        drop = torch.ones(q.shape[0], L, L, dtype=torch.bool).scatter(-1, top.long(), False)
+        bias = torch.zeros(L, L).masked_fill(~causal, float("-inf")).masked_fill(drop[:, None], float("-inf"))
+        return torch.softmax(q @ k.transpose(2, 3) + bias, dim=-1) @ v
+
+
+def test_a_top_k_keeping_every_key_scatters_a_constant_mask() -> None:
+    """While ``min(8, L) = L`` the top-k indices are a permutation of every key: the scatter is ``full(False)``,
+    taken under the range L <= 8 (a guard; the indexer is then dead code). Past 8 keys the capture does not match,
+    and one taken there keeps the scatter and the top-k. Eager's values either way."""
+    m = _SparseIndexMask()
+
+    def args(s: int) -> tuple:
+        return (_x(2, 3, s, 4), _x(2, 3, s, 4), _x(2, 3, s, 4), _x(4, 4))
+
+    cap = capture_export(m, args(5))
+    s = cap.graph.inputs[0].shape[2]
+    assert cap.ranges[s] == (2, 8) and [str(g) for g in cap.guards] == [f"{s} <= 8"], (cap.ranges, cap.guards)
+    assert cap.graph.count("scatter") == 0
+    for n in (5, 8):
+        xs = args(n)
+        _close(_run(cap, xs), m(*xs))
+    assert not cap.matches(args(9))
+    long = capture_export(m, args(11))
+    assert long.graph.count("scatter") == 1
+    xs = args(11)
+    _close(_run(long, xs), m(*xs))
+
+
 def test_symbolic_shapes_are_named_after_the_first_input() -> None:
     cap = capture_export(lambda x, y: x.sum(-1, keepdim=True) * y.mean(-1, keepdim=True), (_x(2, 5, 3), _x(2, 1, 4)))
     x, y = cap.graph.inputs
