@@ -122,6 +122,11 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "glm-moe-dsa": ("GlmMoeDsaForCausalLM", "GlmMoeDsaConfig", dict(
         MLA, n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=32,
         mlp_layer_types=["dense", "sparse"], index_topk=16, index_head_dim=16, index_n_heads=2)),
+    # HY-V4: DeepSeek Sparse Attention as above, hyper-connections, experts with a clamped silu (silu(min(g, L)) *
+    # clamp(u, -L, L)) over the graph's sigmoid routing
+    "hy-v4": ("HYV4ForCausalLM", "HYV4Config", dict(
+        head_dim=16, num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, swiglu_limit=0.5,
+        mlp_layer_types=["dense", "sparse"], index_topk=16)),
     # ... and ones it does (softmax top-k routers, a shared expert or none), and PhiMoE's sparsemixer routing (two
     # max indices, no topk: moe_experts over the ids the experts are sorted by)
     "hunyuan-moe": ("HunYuanMoEV1ForCausalLM", "HunYuanMoEV1Config", dict(num_experts=4, moe_topk=2, head_dim=16)),

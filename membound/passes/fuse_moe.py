@@ -586,10 +586,18 @@ def _activation(v: Value) -> Activation:
     if found is not None:
         return found
     try:
-        return Activation(*_gated_product(v))
+        g, u = _gated_product(v)
     except NoMatch:
         raise NoMatch(f"%{v.name} is neither silu(gate) * up nor the clamped SwiGLU "
                       "(clamp(up, -L, L) + 1) * gate' * sigmoid(alpha * gate')") from None
+    # HY-V4: silu(min(g, L)) * clamp(u, -L, L), both clamps at one L
+    gc, uc = _producer(g, "clamp"), _producer(_through(u, ("cast",)), "clamp")
+    if gc is not None and uc is not None and gc.attrs["min"] is None and gc.attrs["max"] is not None \
+            and uc.attrs["min"] is not None and uc.attrs["max"] is not None:
+        limit = float(gc.attrs["max"])
+        if limit > 0 and float(uc.attrs["max"]) == limit and float(uc.attrs["min"]) == -limit:
+            return Activation(gc.inputs[0], uc.inputs[0], "silu", 1.0, limit)
+    return Activation(g, u)
 
 
 def _gate_up_source(a: Activation) -> tuple[Value, slice, slice]:

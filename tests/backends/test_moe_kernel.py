@@ -490,6 +490,19 @@ def test_clamped_swiglu_limit_binds() -> None:
     assert (clamped - free).abs().max() > 0.05
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", ["decode", "grouped"])
+def test_clamped_silu_experts(dtype: torch.dtype, path: str) -> None:
+    """HY-V4's experts: ``silu(min(g, L)) * clamp(u, -L, L)`` (act silu with a limit; no bias, no alpha), the limit
+    small enough that the clamps bind: the kernels equal the reference, which differs from the unclamped silu."""
+    ws = _weights(5, 40, 23, dtype)
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype) * 2
+    _check(x, ws, path=path, top_k=2, limit=0.3)
+    ref, plain = get_op("moe").reference, dict(top_k=2, softmax_first=True, renormalize=True, act="silu")
+    x32, w32 = x.float(), [w.float() for w in ws]
+    assert (ref(x32, *w32, limit=0.3, **plain) - ref(x32, *w32, **plain)).abs().max() > 0.05
+
+
 @pytest.mark.parametrize("tokens", [1, 37])
 def test_int8_experts_with_biases_and_clamped_swiglu(tokens: int) -> None:
     ws = _weights(5, 40, 23, torch.float32)

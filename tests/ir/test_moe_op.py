@@ -290,7 +290,8 @@ BAD_BIASED = [
     ({"top_k": 2, "bias": True}, 0, ValueError, "bias=true needs router_bias"),
     ({"top_k": 2, "bias": 1}, 4, TypeError, "bias must be a bool"),
     ({"top_k": 2, "bias": True, "act": "swish"}, 4, ValueError, "act must be one of"),
-    ({"top_k": 2, "alpha": 2.0}, 0, ValueError, "belong to act='clamped_swiglu'"),
+    ({"top_k": 2, "alpha": 2.0}, 0, ValueError, "belongs to act='clamped_swiglu'"),
+    ({"top_k": 2, "limit": 0.0}, 0, TypeError, "limit must be none or a positive"),
     ({"top_k": 2, "act": "clamped_swiglu", "limit": -1.0}, 0, TypeError, "limit must be none or a positive"),
 ]
 

@@ -490,3 +490,29 @@ def test_phimoe_sparsemixer_ids_without_a_topk_fuse_with_the_graphs_routing() ->
     with torch.no_grad():
         want = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert torch.equal(out, want)
+
+
+@pytest.mark.skipif(not hasattr(transformers, "HYV4Config"), reason="HY-V4 is not in this transformers")
+@pytest.mark.parametrize("limit", [0.5, 100.0])
+def test_hy_v4_clamped_silu_experts_fuse_and_match_eager(limit: float) -> None:
+    """HY-V4's experts: ``silu(min(g, L)) * clamp(u, -L, L)`` (the clamped silu, no alpha, no +1) behind a routing
+    the graph computes, looped over the experts hit: one ``moe_experts {act="silu", limit=L}``, equal to eager in
+    fp32 (1e-5) on many tokens and one. The limit 0.5 binds at these weights; 100 does not."""
+    torch.manual_seed(0)
+    config = transformers.HYV4Config(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     num_key_value_heads=1, head_dim=8, moe_intermediate_size=8, num_local_experts=5,
+                                     num_experts_per_tok=2, n_shared_experts=1, swiglu_limit=limit,
+                                     mlp_layer_types=["dense", "sparse"], pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    # the block as the model holds it: the model picks its experts' implementation (grouped_mm on the CPU)
+    block = transformers.HYV4ForCausalLM(config).model.layers[1].mlp
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    block = block.eval()
+    x = torch.randn(2, 7, 16)
+    g, ctx = _fused(block, x)
+    (node,) = [n for n in g.nodes if n.op in ("moe", "moe_experts")]
+    assert (node.op, node.attrs["act"], node.attrs["limit"]) == ("moe_experts", "silu", limit), ctx.log
+    for xs in (x, x[:1, :1]):
+        with torch.no_grad():
+            want = block(xs)
+        torch.testing.assert_close(run_graph(g, [xs])[0], want, rtol=1e-5, atol=1e-5)

@@ -14,9 +14,10 @@ b_up, b_down])``
   ``b_gate[E, I]``, ``b_up[E, I]``, ``b_down[E, D]`` on each expert's three products (each product rounded to x's
   dtype, then its bias added).
 
-Activation (attr ``act``): ``"silu"``, ``silu(g) * u``; ``"clamped_swiglu"`` (gpt-oss), with attrs ``alpha`` and
-``limit``: ``g' = min(g, limit)``, ``u' = clamp(u, -limit, limit)``, ``g' * sigmoid(alpha * g') * (u' + 1)``
-(``limit=none``: no clamp). ``alpha`` and ``limit`` belong to ``clamped_swiglu`` only.
+Activation (attr ``act``): ``"silu"``, ``silu(g') * u'``; ``"clamped_swiglu"`` (gpt-oss), with attr ``alpha``:
+``g' * sigmoid(alpha * g') * (u' + 1)``. Both clamp by attr ``limit``: ``g' = min(g, limit)``,
+``u' = clamp(u, -limit, limit)`` (``limit=none``: no clamp, ``g' = g``, ``u' = u``; HY-V4 clamps its silu experts so).
+``alpha`` belongs to ``clamped_swiglu`` only.
 
 Routing (attrs): ``top_k`` experts per token, chosen as ``torch.topk`` chooses (on exactly equal scores
 whichever its algorithm keeps: not a rule); ``softmax_first=True`` takes the softmax over all E logits and
@@ -55,10 +56,10 @@ def gated_act(g: torch.Tensor, u: torch.Tensor, act: str, alpha: float = 1.0, li
               ) -> torch.Tensor:
     """An expert's activation of its gate and up products ``g``, ``u`` (``act``, see the module), in their dtype
     (each operation rounded there, as the models compute it)."""
-    if act == "silu":
-        return F.silu(g) * u
     if limit is not None:
         g, u = g.clamp(max=limit), u.clamp(min=-limit, max=limit)
+    if act == "silu":
+        return F.silu(g) * u
     return (u + 1) * (g * torch.sigmoid(g * alpha))
 
 
@@ -346,9 +347,8 @@ def _check_act(op: str, act: Any, alpha: Any, limit: Any) -> None:
         fail(op, f"attribute alpha must be a number, got {alpha!r}", TypeError)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
         fail(op, f"attribute limit must be none or a positive number, got {limit!r}", TypeError)
-    if act != "clamped_swiglu" and (alpha != 1.0 or limit is not None):
-        fail(op, f"attributes alpha and limit belong to act='clamped_swiglu'; act={act!r} takes neither "
-                 f"(got alpha={alpha!r}, limit={limit!r})")
+    if act != "clamped_swiglu" and alpha != 1.0:
+        fail(op, f"attribute alpha belongs to act='clamped_swiglu'; act={act!r} does not take it (got alpha={alpha!r})")
 
 
 def _moe_experts(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,

@@ -508,8 +508,9 @@ def _rounded(v, dt):
 @triton.jit
 def _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h, bg_ptr, bu_ptr, bias_row, HAS_BIAS: tl.constexpr,
                ACT: tl.constexpr, ALPHA: tl.constexpr, LIMIT: tl.constexpr):
-    """The activation of the pairs' gate and up rows (``ACT``: ``silu(g) * u``, or the clamped SwiGLU
-    ``min(g, L) * sigmoid(ALPHA * min(g, L)) * (clamp(u, -L, L) + 1)``, no clamp where ``LIMIT`` is 0), stored in the
+    """The activation of the pairs' gate and up rows (``ACT``: ``silu(g') * u'``, or the clamped SwiGLU
+    ``g' * sigmoid(ALPHA * g') * (u' + 1)``; ``g' = min(g, L)``, ``u' = clamp(u, -L, L)``, no clamp where ``LIMIT`` is
+    0), stored in the
     activation dtype (both gate/up kernels), rounded like the reference: each product in the activation dtype,
     its bias added (``HAS_BIAS``: the expert's bias row starts at ``bias_row``, contiguous), then each operation
     of the activation."""
@@ -519,12 +520,12 @@ def _act_store(acc_g, acc_u, h_ptr, ms, m_ok, ns, n_ok, stride_h, bg_ptr, bu_ptr
     if HAS_BIAS:
         g = _rounded(g + tl.load(bg_ptr + bias_row + ns, mask=n_ok, other=0.0).to(tl.float32)[None, :], dt)
         u = _rounded(u + tl.load(bu_ptr + bias_row + ns, mask=n_ok, other=0.0).to(tl.float32)[None, :], dt)
+    if LIMIT > 0:
+        g = tl.minimum(g, LIMIT)
+        u = tl.minimum(tl.maximum(u, -LIMIT), LIMIT)
     if ACT == SILU:
         act = _rounded(g / (1.0 + tl.exp(-g)), dt) * u
     else:
-        if LIMIT > 0:
-            g = tl.minimum(g, LIMIT)
-            u = tl.minimum(tl.maximum(u, -LIMIT), LIMIT)
         sig = _rounded(1.0 / (1.0 + tl.exp(-_rounded(g * ALPHA, dt))), dt)
         act = _rounded(u + 1.0, dt) * _rounded(g * sig, dt)
     tl.store(h_ptr + ms[:, None] * stride_h + ns[None, :], act.to(dt), mask=m_ok[:, None] & n_ok[None, :])
