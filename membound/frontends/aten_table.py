@@ -141,6 +141,10 @@ family({aten.add.Tensor: "add", aten.add.Scalar: "add", aten.sub.Tensor: "sub", 
         aten.greater_equal.Scalar: "ge", aten.less.Tensor: "lt", aten.less.Scalar: "lt",
         aten.less_equal.Tensor: "le", aten.less_equal.Scalar: "le", aten.not_equal.Tensor: "ne",
         aten.not_equal.Scalar: "ne",
+        # torch.multiply / subtract / divide / true_divide (Gemma 3n writes torch.multiply)
+        aten.multiply.Tensor: "mul", aten.multiply.Scalar: "mul", aten.subtract.Tensor: "sub",
+        aten.subtract.Scalar: "sub", aten.divide.Tensor: "div", aten.divide.Scalar: "div",
+        aten.true_divide.Tensor: "div", aten.true_divide.Scalar: "div",
         aten.logical_and.default: "logical_and", aten.logical_or.default: "logical_or",
         aten.bitwise_and.Tensor: "bitwise_and", aten.bitwise_and.Scalar: "bitwise_and",
         aten.bitwise_or.Tensor: "bitwise_or", aten.bitwise_or.Scalar: "bitwise_or"}, _binary)
@@ -196,6 +200,7 @@ def _unary(ir_op: str, t: Translator, a: Args) -> Value:
 family({getattr(aten, n).default: n for n in (
     "neg", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu", "silu", "erf",
     "reciprocal", "floor", "logical_not", "bitwise_not", "expm1", "log1p")}, _unary)
+family({aten.negative.default: "neg", aten.absolute.default: "abs"}, _unary)  # torch.negative / absolute
 
 
 @rule(aten.square.default)
