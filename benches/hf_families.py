@@ -138,6 +138,14 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "gemma": ("GemmaForCausalLM", "GemmaConfig", dict(head_dim=16)),
     "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(head_dim=16, sliding_window=3)),
     "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(head_dim=16, sliding_window=4)),
+    # Gemma 3n (text): AltUp, LAuReL, per-layer inputs, the first layer's activation sparsity (a Gaussian top-k
+    # whose quantile comes from tensor literals, evaluated at capture), the last two layers reading the first two's
+    # K/V (KV sharing)
+    "gemma3n": ("Gemma3nForCausalLM", "Gemma3nTextConfig", dict(
+        head_dim=16, num_hidden_layers=4, num_kv_shared_layers=2, sliding_window=4, laurel_rank=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        hidden_size_per_layer_input=8, vocab_size_per_layer_input=97, altup_num_inputs=2, intermediate_size=[96] * 4,
+        activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0])),
     "phi": ("PhiForCausalLM", "PhiConfig", {}),
     "phi3-window": ("Phi3ForCausalLM", "Phi3Config", dict(sliding_window=3)),
     "olmo": ("OlmoForCausalLM", "OlmoConfig", {}),

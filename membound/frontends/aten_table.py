@@ -389,6 +389,30 @@ def _logsumexp(t: Translator, a: Args) -> Value:
     return t.emit("add", t.emit("log", total), m if a.get("keepdim") else t.emit("squeeze", m, dims=dims))
 
 
+@rule(aten.var.dim, aten.var.correction, aten.std.dim, aten.std.correction)
+def _var_std(t: Translator, a: Args) -> Value:
+    """``x.var`` / ``x.std`` over ``dim`` (all when None): the mean of the squared deviations from the mean, times
+    ``N / (N - correction)`` (``unbiased``: correction 1), the square root for ``std``."""
+    x = a.self
+    dims = tuple(_norm(d, x.rank) for d in _dims(a.get("dim"))) or tuple(range(x.rank))
+    keep = bool(a.get("keepdim") or False)
+    correction = a.get("correction")
+    if correction is None:
+        correction = 1 if a.get("unbiased", True) is not False else 0
+    centred = t.emit("sub", x, t.emit("mean", x, dims=dims, keepdim=True, dtype=None))
+    var = t.emit("mean", t.emit("mul", centred, centred), dims=dims, keepdim=keep, dtype=None)
+    if correction:
+        n = sympy.Integer(1)
+        for d in dims:
+            n = n * x.shape[d]
+        if is_static(n):
+            var = t.emit("mul", *_operands(t, var, float(int(n)) / (int(n) - float(correction))))
+        else:
+            var = t.emit("div", t.emit("mul", var, t.cast(t.sym_scalar(n), var.dtype)),
+                         t.cast(t.sym_scalar(n - correction), var.dtype))
+    return t.emit("sqrt", var) if "std" in str(t.node.target) else var
+
+
 @rule(aten.linalg_vector_norm.default)
 def _vector_norm(t: Translator, a: Args) -> Value:
     """``||x||_ord`` over ``dim`` (all dims when None): 2 as ``sqrt(sum(x * x))``, 1 as ``sum(|x|)``, +-inf as the

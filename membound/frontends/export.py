@@ -185,7 +185,8 @@ def build_capture(ep: ExportedProgram, roles: Sequence[Role], in_spec: pytree.Tr
         if ispec.kind == InputKind.USER_INPUT:
             node_roles[node] = next(user_roles)
         elif ispec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-            node_roles[node] = AsParam(_fqn(ispec.target), _state_tensor(ep, ispec))
+            node_roles[node] = AsParam(_fqn(ispec.target), _state_tensor(ep, ispec),
+                                       constant=ispec.kind == InputKind.CONSTANT_TENSOR)
         else:
             raise CaptureError(f"{name}: export produced a {ispec.kind.name} input ({ispec.arg}); membound "
                                "supports tensor inputs, parameters, buffers and constants")

@@ -51,6 +51,7 @@ class AsParam:
 
     name: str
     tensor: torch.Tensor
+    constant: bool = False  # a tensor literal of the model's code (torch.export's CONSTANT_TENSOR), not a weight
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,8 @@ class Translator:
         self.table = table
         self.fallback = fallback
         self.env: dict[torch.fx.Node, Resolved] = {}
+        # values fixed at capture: tensor literals of the model's code and what is computed from them alone
+        self._known: dict[torch.fx.Node, Any] = {}
         self.node: Optional[torch.fx.Node] = None
         self.guards: list[sympy.Basic] = []
         self._alias_root: dict[torch.fx.Node, torch.fx.Node] = {}
@@ -466,6 +469,8 @@ class Translator:
         if isinstance(role, AsInput):
             return self.graph.add_input(role.name, self.symbols.tensor_type(val))
         if isinstance(role, AsParam):
+            if role.constant and role.tensor.numel() <= _KNOWN_NUMEL:
+                self._known[n] = role.tensor.detach().cpu()
             return self.graph.add_param(role.name, self.symbols.tensor_type(val), role.tensor)
         value = role.value
         if isinstance(value, torch.Tensor):  # a 0-d tensor standing for a Python float (Dynamo)
@@ -487,6 +492,10 @@ class Translator:
         if rule is None and isinstance(n.meta.get("val"), (torch.SymInt, torch.SymBool)) \
                 and not isinstance(target, torch._ops.OpOverload):
             rule = symbolic_value  # a Python function on SymInts (math.ceil, torch.sym_max...)
+        known = self._evaluate_known(n)
+        if rule is None and known is not None:  # no IR mapping, but a value fixed at capture: that value
+            self.env[n] = self._materialise_known(n, known)
+            return
         if rule is None:
             self._fallback_or_raise(n)
             return
@@ -660,6 +669,53 @@ class Translator:
                 raise self._error(f"it writes in place through %{src.name}, which shares memory with %{m.name} "
                                   "that is used later; the IR has value semantics", cls=InPlaceAliasError)
 
+    # ---- values fixed at capture ---------------------------------------------------------------------
+    def _evaluate_known(self, n: torch.fx.Node) -> Any:
+        """The value of ``n`` when it is computed from tensor literals of the model's code alone (Gemma 3n's
+        ``Normal(0, 1).icdf(torch.tensor(0.95))``: broadcasts, ``erfinv``, its argument checks), evaluated with torch
+        on the CPU and remembered for the nodes that read it; None otherwise. Only small tensors are followed, only
+        ops without side effects (no random ops, no in-place writes but ``detach_``)."""
+        target = n.target
+        if not isinstance(target, torch._ops.OpOverload) and target is not operator.getitem:
+            return None
+        nodes = [a for a in n.all_input_nodes]
+        if not nodes or not all(a in self._known for a in nodes):
+            return None
+        if isinstance(target, torch._ops.OpOverload):
+            tags = getattr(target, "tags", ())
+            if torch.Tag.nondeterministic_seeded in tags or (target._schema.is_mutable
+                                                             and target not in _KNOWN_INPLACE):
+                return None
+        resolve = lambda a: self._known[a].clone() if isinstance(self._known[a], torch.Tensor) else self._known[a]  # noqa: E731
+        args = torch.fx.node.map_arg(n.args, resolve)
+        kwargs = torch.fx.node.map_arg(n.kwargs, resolve)
+        kwargs = {k: ("cpu" if isinstance(v, torch.device) else v) for k, v in kwargs.items()}
+        try:
+            with torch.no_grad():
+                value = target(*args, **kwargs)
+        except Exception:  # noqa: BLE001 (not evaluable here: translated as usual)
+            return None
+        leaves = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, (torch.Tensor, bool, int, float)) and
+                   (not isinstance(v, torch.Tensor) or v.numel() <= _KNOWN_NUMEL) for v in leaves):
+            return None
+        self._known[n] = value
+        return value
+
+    def _materialise_known(self, n: torch.fx.Node, value: Any) -> Any:
+        """IR for a value fixed at capture: a 0-d tensor as a ``constant``, a larger one as a constant parameter
+        named after the node, a list element-wise; Python numbers stay numbers."""
+        if isinstance(value, (list, tuple)):
+            return [self._materialise_known(n, v) for v in value]
+        if not isinstance(value, torch.Tensor):
+            return value
+        if value.dim() == 0:
+            return self.emit("constant", value=value.item(), dtype=value.dtype)
+        device = next((t.device for t in self.graph.tensors.values()), torch.device("cpu"))
+        return self.graph.add_param(f"folded.{n.name}", TensorType(value.dtype, tuple(sympy.Integer(d) for d in
+                                                                                     value.shape)),
+                                    value.to(device))
+
     # ---- fallback -------------------------------------------------------------------------------
     def _fallback_or_raise(self, n: torch.fx.Node) -> None:
         target = n.target
@@ -694,6 +750,11 @@ class Translator:
         node = self._append("torch_call", inputs, {"target": qualified_target(target), "args": args,
                                                    "kwargs": kwargs}, types)
         self.env[n] = node.results[0] if not isinstance(n.meta.get("val"), (list, tuple)) else list(node.results)
+
+
+# values fixed at capture (Translator._evaluate_known): the largest tensor followed, and the in-place ops allowed
+_KNOWN_NUMEL = 4096
+_KNOWN_INPLACE = (torch.ops.aten.detach_.default,)
 
 
 def _inlined_hop(target: Any) -> bool:

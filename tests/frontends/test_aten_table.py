@@ -295,6 +295,48 @@ def test_a_top_k_keeping_every_key_scatters_a_constant_mask() -> None:
     _close(_run(long, xs), m(*xs))
 
 
+def test_var_and_std_over_dims_with_corrections_equal_torch() -> None:
+    def fn(x: torch.Tensor) -> tuple:
+        return (x.var(1), x.std((0, 2)), torch.var(x, -1, correction=2, keepdim=True), x.std(),
+                x.std(-1, keepdim=True, unbiased=False), torch.var(x, dim=1, correction=0))
+
+    cap = capture_export(fn, (_x(2, 5, 9),))
+    for xs in (_x(2, 5, 9), _x(3, 7, 9)):
+        _close(_run(cap, (xs,)), fn(xs))
+
+
+class _GaussianTopK(torch.nn.Module):
+    """Gemma 3n's activation sparsity: a cutoff ``mean + std * Normal(0, 1).icdf(0.95)`` whose quantile is computed
+    from a tensor literal (broadcasts, argument checks and ``erfinv``, none of them IR ops)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        target = torch.tensor(0.95, dtype=torch.float32, device=x.device)
+        multiplier = torch.distributions.normal.Normal(0, 1).icdf(target).type(x.dtype)
+        cutoff = x.mean(-1, keepdim=True) + x.std(-1, keepdim=True, unbiased=False) * multiplier
+        return torch.relu(x - cutoff)
+
+
+def test_ops_on_tensor_literals_alone_are_evaluated_at_capture() -> None:
+    """Ops with no IR mapping whose inputs are tensor literals of the model's code only are evaluated at capture
+    (``erfinv(2 * 0.95 - 1)`` becomes a constant, about 1.1631); the same op over a weight is still refused by name."""
+    m = _GaussianTopK()
+    cap = capture_export(m, (_x(2, 5, 9),))
+    assert any(n.op == "constant" and abs(float(n.attrs["value"]) - 1.16309) < 1e-4 for n in cap.graph.nodes)
+    for xs in (_x(2, 5, 9), _x(3, 4, 9)):
+        _close(_run(cap, (xs,)), m(xs))
+
+    class OnWeight(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.rand(9) * 0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.erfinv(self.w)
+
+    with pytest.raises(UnsupportedOpError, match="aten.erfinv"):
+        capture_export(OnWeight(), (_x(2, 5, 9),))
+
+
 def test_symbolic_shapes_are_named_after_the_first_input() -> None:
     cap = capture_export(lambda x, y: x.sum(-1, keepdim=True) * y.mean(-1, keepdim=True), (_x(2, 5, 3), _x(2, 1, 4)))
     x, y = cap.graph.inputs
