@@ -107,6 +107,19 @@ def _generate_equals_recompute(model: torch.nn.Module) -> object:
     return compiled
 
 
+def _logits_then_cached(model: torch.nn.Module, ids: torch.Tensor, g: object) -> list:
+    """The fused graph's logits equal eager's (fp32); greedy generate equals recomputation; returns the decode
+    graph's cached attentions as (window, sinks)."""
+    from membound.backends.reference import run_graph
+
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+    torch.testing.assert_close(run_graph(g, [ids])[0], ref, rtol=1e-4, atol=1e-5)  # fp32
+    compiled = _generate_equals_recompute(model)
+    return [(n.attrs["window"], n.attrs["sinks"]) for n in compiled._kv_program.decode_graph.nodes
+            if n.op == "cached_attention"]
+
+
 @pytest.mark.parametrize("name, attn, want", FORMS, ids=[f"{n}-{a}" for n, a, _ in FORMS])
 def test_hf_attention_ends_as_attention_ops_with_window_and_softcap(name, attn, want):
     model = _hf(name, attn)
@@ -252,14 +265,7 @@ def test_gpt_oss_sinks_fuse_and_decode_with_the_cache():
     assert got == [(True, 4, True, "model.layers.0.self_attn.sinks"),
                    (True, None, True, "model.layers.1.self_attn.sinks")], "\n".join(ctx.log)
     assert g.count("softmax") == 0 and g.count("moe") == 2  # no attention's; the routers' inside the fused experts
-    from membound.backends.reference import run_graph
-
-    with torch.no_grad():
-        ref = model(ids, use_cache=False).logits
-    torch.testing.assert_close(run_graph(g, [ids])[0], ref, rtol=1e-4, atol=1e-5)  # fp32
-    compiled = _generate_equals_recompute(model)
-    cached = [(n.attrs["window"], n.attrs["sinks"]) for n in compiled._kv_program.decode_graph.nodes
-              if n.op == "cached_attention"]
+    cached = _logits_then_cached(model, ids, g)
     assert cached == [(4, True), (None, True)]
 
 
@@ -279,14 +285,7 @@ def test_sink_scale_and_row_max_forms_fuse_and_decode_with_the_cache(name, want)
     got = [(n.attrs["causal"], n.attrs["window"], n.attrs["sinks"]) for n in g.nodes if n.op == "attention"]
     assert got == want, "\n".join(ctx.log)
     assert g.count("amax") == 0 and g.count("log") == 0 and g.count("matmul") == 0, "\n".join(ctx.log)
-    from membound.backends.reference import run_graph
-
-    with torch.no_grad():
-        ref = model(ids, use_cache=False).logits
-    torch.testing.assert_close(run_graph(g, [ids])[0], ref, rtol=1e-4, atol=1e-5)  # fp32
-    compiled = _generate_equals_recompute(model)
-    cached = [(n.attrs["window"], n.attrs["sinks"]) for n in compiled._kv_program.decode_graph.nodes
-              if n.op == "cached_attention"]
+    cached = _logits_then_cached(model, ids, g)
     assert cached == [(w, sk) for _, w, sk in want]
 
 
