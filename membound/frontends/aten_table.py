@@ -413,6 +413,46 @@ def _var_std(t: Translator, a: Args) -> Value:
     return t.emit("sqrt", var) if "std" in str(t.node.target) else var
 
 
+@rule(aten.conv1d.default, aten.conv1d.padding)
+def _conv1d(t: Translator, a: Args) -> Value:
+    """A depthwise 1-d convolution (``groups`` = channels, weight ``[C, 1, k]``, stride and dilation 1; LFM2's and the
+    state-space hybrids' short causal convolutions): ``bias + sum_j w[:, 0, j] * x_pad[..., j : j + L_out]`` over
+    the ``k`` taps, ``x_pad`` the input with ``padding`` zeros on both sides (``"valid"``: none). Any other
+    convolution is refused, naming what differs."""
+    x, w, bias = a.input, a.weight, a.get("bias")
+    stride, dilation, groups = _dims(a.get("stride") or 1), _dims(a.get("dilation") or 1), int(a.get("groups") or 1)
+    padding = a.get("padding") or 0
+    if isinstance(padding, str):
+        if padding != "valid":
+            raise t.unsupported(f"conv1d with padding={padding!r}: only 'valid' or a number is translated")
+        padding = 0
+    pad = _dims(padding)[0] if not isinstance(padding, int) else padding
+    if x.rank not in (2, 3) or w.rank != 3 or not is_static(w.shape[2]):
+        raise t.unsupported(f"conv1d of {x.type} by {w.type}: only [B, C, L] (or [C, L]) by a static [C, 1, k]")
+    channels = x.shape[-2]
+    if tuple(stride) != (1,) or tuple(dilation) != (1,) or not (dims_equal(w.shape[0], channels)
+                                                                  and dims_equal(w.shape[1], 1)
+                                                                  and is_static(channels) and groups == int(channels)):
+        raise t.unsupported(f"conv1d with stride={list(stride)}, dilation={list(dilation)}, groups={groups} over "
+                            f"{x.type} by {w.type}: only a depthwise convolution (groups = channels, weight [C, 1, k]) "
+                            "with stride and dilation 1 is translated")
+    k, dim = int(w.shape[2]), x.rank - 1
+    if pad:
+        shape = tuple(sympy.Integer(pad) if d == dim else x.shape[d] for d in range(x.rank))
+        zeros = t.emit("full", shape=shape, value=_as(0, x.dtype), dtype=x.dtype)
+        x = t.emit("cat", zeros, x, zeros, dim=dim)
+    length = x.shape[dim] - (k - 1)
+    out = None
+    for j in range(k):
+        tap = t.emit("slice", w, dim=2, start=sympy.Integer(j), end=sympy.Integer(j + 1), step=1)  # [C, 1, 1]
+        tap = t.emit("reshape", tap, shape=(channels, sympy.Integer(1)))
+        term = t.emit("mul", t.emit("slice", x, dim=dim, start=sympy.Integer(j), end=length + j, step=1), tap)
+        out = term if out is None else t.emit("add", out, term)
+    if bias is not None:
+        out = t.emit("add", out, t.emit("reshape", bias, shape=(channels, sympy.Integer(1))))
+    return out
+
+
 @rule(aten.linalg_vector_norm.default)
 def _vector_norm(t: Translator, a: Args) -> Value:
     """``||x||_ord`` over ``dim`` (all dims when None): 2 as ``sqrt(sum(x * x))``, 1 as ``sum(|x|)``, +-inf as the

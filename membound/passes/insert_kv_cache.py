@@ -55,12 +55,15 @@ graph unchanged and says why in the pass log:
   it cannot prove refuses the whole rewrite with the reason: a dropped mask would decode wrong
   tokens silently;
 - no op on the data path mixes sequence positions other than attention (no reduction, softmax, sort
-  or matmul contraction over a dim containing ``S``; routing ops over the flattened token axis
-  ``B*S`` — MoE dispatch — are token-wise and allowed);
+  or matmul contraction over a dim containing ``S``; no shift along it: a ``slice`` that keeps ``S``-many
+  slots but not the whole dim, a ``cat`` joining pieces along it, as a causal convolution's taps over its
+  zero-padded input do; routing ops over the flattened token axis ``B*S`` — MoE dispatch — are token-wise
+  and allowed);
 - positions enter only as ``arange(0, S)`` (RoPE tables, learned position embeddings, a table's rows
-  gathered at them: GPT-J's ``embed_positions[position_ids]``, XGLM's ``index_select``) or as a count
-  ``cumsum(ones, dim=S)`` (OPT's learned positions); any other scan or reduction over ``S`` on the way
-  to the outputs refuses the rewrite, naming the op.
+  gathered at them: GPT-J's ``embed_positions[position_ids]``, XGLM's ``index_select``), as a count
+  ``cumsum(ones, dim=S)`` (OPT's learned positions), or as a table's rows ``c .. c + S - 1`` read by slicing
+  (minGPT's ``pos_emb[:, :S, :]``: its rows at positions + c); any other scan, reduction or ``S``-long slice
+  on the way to the outputs refuses the rewrite, naming the op.
 This is not a cost-model decision: caching is what makes a token cost O(1) instead of O(S).
 """
 
@@ -73,7 +76,7 @@ import torch
 
 from membound.ir import Graph, Node, Value, get_op
 from membound.ir.ops.attention import attention_parts
-from membound.ir.types import B, S, T, TensorType
+from membound.ir.types import B, S, T, TensorType, dims_equal
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.mask_form import mask_form
 
@@ -88,6 +91,9 @@ class _Plan:
     windows: list[Optional[int]]         # per attention: the sliding window its cached form carries
     data: set[int]                       # ids of nodes on the data path (reachable from graph inputs)
     sources: dict[int, str]              # id(node) -> kind of position source
+    # id(slice node) -> (dim, first row): a table's rows c .. c + S - 1 read by slicing (minGPT's pos_emb[:, :S]),
+    # which are its rows at positions + c
+    tables: dict[int, tuple[int, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     chunks: list[Optional[int]] = field(default_factory=list)  # per attention: its chunk size (Llama 4), or None
 
@@ -153,6 +159,10 @@ def _analyze(g: Graph) -> _Plan:
         if n.op == "matmul" and S in n.inputs[0].shape[-1].free_symbols:
             raise NotCacheable(f"matmul at %{n.results[0].name} contracts over the sequence dim "
                                f"({n.inputs[0].shape[-1]}): tokens are mixed outside attention")
+        moved = _moves_positions(n)
+        if moved:
+            raise NotCacheable(f"{n.op} at %{n.results[0].name} {moved}: a position would read another position's "
+                               f"value (a causal convolution or a token shift), which the KV cache does not hold")
     for n in g.nodes:
         if id(n) in data:
             continue
@@ -160,13 +170,20 @@ def _analyze(g: Graph) -> _Plan:
             plan.sources[id(n)] = "arange"
         elif _counts_positions(n):
             plan.sources[id(n)] = "count"
+        elif (table := _table_rows_at_positions(n)) is not None:
+            plan.tables[id(n)] = table
     # what stays live past the attentions' masks must not compute on the sequence in any other way: a scan or
     # reduction over S off the data path (a position formula this pass does not know) would be specialised to
     # S = 1 at decode and give every step the first position's value, a silent wrong answer
     live = _live_without_masks(g, {id(a): i for i, a in enumerate(attentions)})
     for n in g.nodes:
-        if id(n) in data or id(n) not in live or id(n) in plan.sources:
+        if id(n) in data or id(n) not in live or id(n) in plan.sources or id(n) in plan.tables:
             continue
+        if n.op == "slice" and S in n.results[0].shape[n.attrs["dim"] % n.results[0].rank].free_symbols:
+            raise NotCacheable(f"slice at %{n.results[0].name} takes {n.results[0].shape[n.attrs['dim']]} slots of "
+                               f"{n.inputs[0].type} along dim {n.attrs['dim']} in a form this pass does not know (it "
+                               f"knows rows c .. c + S - 1 of a table whose other leading dims are 1): decoding would "
+                               f"read the first slots at every step")
         for d in _dims_reduced(n):
             dim = n.inputs[0].shape[d]
             if S in dim.free_symbols:
@@ -174,6 +191,40 @@ def _analyze(g: Graph) -> _Plan:
                                    f"({dim}) in a form this pass does not know (it knows arange(0, S) and a "
                                    f"cumsum of ones along S): decoding it per row could be wrong")
     return plan
+
+
+def _moves_positions(n: Node) -> str:
+    """How a data-path ``n`` moves values along a dim holding the sequence (empty: it does not): a ``slice`` whose
+    result still spans the sequence but not the whole dim (``x[:, j : S + j]``, the taps of a causal convolution;
+    a slice down to a fixed length, the last token's, selects rather than shifts), or a ``cat`` that joins pieces
+    along such a dim (``cat(zeros, x)``, a padding)."""
+    if n.op == "slice":
+        x, out = n.inputs[0], n.results[0]
+        d = n.attrs["dim"] % x.rank
+        size, length = x.shape[d], out.shape[d]
+        if S in size.free_symbols and S in length.free_symbols \
+                and not (n.attrs["start"] == 0 and n.attrs["step"] == 1 and dims_equal(length, size)):
+            return f"shifts the sequence dim ({size} -> slots {n.attrs['start']} to {n.attrs['end']})"
+    elif n.op == "cat" and len(n.inputs) > 1:
+        d = n.attrs["dim"] % n.results[0].rank
+        if S in n.results[0].shape[d].free_symbols:
+            return f"joins pieces along the sequence dim ({' + '.join(str(v.shape[d]) for v in n.inputs)})"
+    return ""
+
+
+def _table_rows_at_positions(n: Node) -> Optional[tuple[int, int]]:
+    """``(dim, c)`` when ``n`` slices a table's rows ``c .. c + S - 1`` along ``dim`` (a static first row, step 1, the
+    table's size along ``dim`` and the dims before it static, those before it 1): minGPT's ``pos_emb[:, :S]``,
+    a learned position table read by slicing; else None."""
+    if n.op != "slice" or n.attrs["step"] != 1 or not isinstance(n.attrs["start"], int) and not getattr(
+            n.attrs["start"], "is_Integer", False):
+        return None
+    x, out = n.inputs[0], n.results[0]
+    d = n.attrs["dim"] % x.rank
+    if not dims_equal(out.shape[d], S) or S in x.shape[d].free_symbols \
+            or any(not dims_equal(x.shape[i], 1) for i in range(d)) or x.rank - d < 2:
+        return None
+    return d, int(n.attrs["start"])
 
 
 def _counts_positions(n: Node) -> bool:
@@ -198,6 +249,7 @@ class _Builder:
         self.g = Graph(old.name)
         self.map: dict[int, Value] = {}
         self.lifted: set[int] = set()   # ids of NEW values that carry an extra leading B dim
+        self.table_rows: list[int] = []  # rows left past the first row sliced, per table read by slicing
 
     def call(self, op: str, *inputs: Value, **attrs: Any) -> Value:
         return self.g.call(op, *inputs, **attrs)
@@ -272,6 +324,8 @@ class _Builder:
                                                    scale=n.attrs["scale"], window=window, softcap=n.attrs["softcap"],
                                                    alibi=n.attrs["alibi"], sinks=sinks is not None,
                                                    chunk=self.plan.chunks[attention_index[id(n)]])
+            elif id(n) in self.plan.tables:
+                self.table_rows_at(n, positions)
             elif id(n) in self.plan.sources:
                 dtype = n.result.dtype
                 p = positions if dtype == torch.int64 else self.call("cast", positions, dtype=dtype)
@@ -301,9 +355,24 @@ class _Builder:
         }
         return g
 
+    def table_rows_at(self, n: Node, positions: Value) -> None:
+        """A table's rows ``c .. c + S - 1`` (``plan.tables``) as its rows at each row's positions + c: ``[B, S,
+        rest]`` gathered, viewed as the slice with the batch in front (lifted)."""
+        d, c = self.plan.tables[id(n)]
+        table = self.map[id(n.inputs[0])]
+        rows = table if d == 0 else self.call("reshape", table, shape=tuple(table.shape[d:]))
+        at = positions if c == 0 else self.call("add", positions, self.call("constant", value=c, dtype=torch.int64))
+        got = self.call("embedding", rows, at) if rows.rank == 2 else self.call("index", rows, at, dims=(0,))
+        if d:
+            got = self.call("reshape", got, shape=(B,) + (1,) * d + (S,) + tuple(table.shape[d + 1:]))
+        self.table_rows.append(int(table.shape[d]) - c)
+        self.map[id(n.result)] = got
+        self.lifted.add(id(got))
+
     def _max_positions(self) -> Optional[int]:
-        """Rows of a learned position table indexed by positions (GPT-2's wpe), else None (RoPE)."""
-        rows = None
+        """Rows of a learned position table indexed by positions (GPT-2's wpe; rows read by slicing, past the first
+        row sliced), else None (RoPE)."""
+        rows = min(self.table_rows) if self.table_rows else None
         for n in self.g.nodes:
             if n.op == "embedding" and id(n.inputs[1]) in self.lifted and n.inputs[0].kind == "param":
                 r = int(n.inputs[0].shape[0])

@@ -167,6 +167,67 @@ def test_a_capture_proven_for_short_sequences_limits_the_cached_decode():
         assert torch.equal(membound.generate(compiled, ids, 12, kv_cache=False)[:, 5:], recompute(model, ids, ones, 12))
 
 
+class _PositionForms(torch.nn.Module):
+    """A user's decoder whose positions come in a form of its own: a table sliced to the sequence (``"rows"``:
+    ``wpe[:S]``; ``"mingpt"``: ``pos_emb[:, :S, :]`` of a ``[1, 64, D]`` table; ``"offset"``: ``wpe[2 : S + 2]``;
+    ``"strided"``: ``wpe[: 2 * S : 2]``), or a causal depthwise convolution over the tokens (``"conv"``)."""
+
+    def __init__(self, form: str, vocab: int = 50, d: int = 16) -> None:
+        super().__init__()
+        self.form = form
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.wpe = torch.nn.Parameter(torch.randn(64, d))
+        self.pos_emb = torch.nn.Parameter(torch.randn(1, 64, d))
+        self.conv = torch.nn.Conv1d(d, d, 3, groups=d, padding=2)
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.head = torch.nn.Linear(d, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        s, h = ids.shape[1], self.emb(ids)
+        if self.form == "rows":
+            h = h + 3 * self.wpe[:s]
+        elif self.form == "mingpt":
+            h = h + 3 * self.pos_emb[:, :s, :]
+        elif self.form == "offset":
+            h = h + 3 * self.wpe[2:s + 2]
+        elif self.form == "strided":
+            h = h + 3 * self.wpe[:2 * s:2]
+        else:
+            h = h + 3 * self.conv(h.transpose(1, 2))[..., :s].transpose(1, 2)
+        q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)
+        return self.head(h + torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)[:, 0])
+
+
+@pytest.mark.parametrize("form", ["rows", "mingpt", "offset"])
+def test_a_position_table_read_by_slicing_decodes_at_each_positions_rows(form):
+    """``wpe[:S]`` (minGPT's ``pos_emb[:, :S, :]``, an offset's ``wpe[2:S+2]``) is the table's rows at the positions
+    (+ the offset): the cached decode reads the row of each step's position (it used to read the first rows at every
+    step, wrong from the second new token). Greedy tokens equal recomputation with left padding."""
+    torch.manual_seed(0)
+    model = _PositionForms(form).eval()
+    ids, mask = prompts(50, [6, 3])
+    with torch.no_grad():
+        out = membound.generate(membound.compile(model), ids, 10, attention_mask=mask)
+        assert torch.equal(out[:, ids.shape[1]:], recompute(model, ids, mask, 10))
+
+
+@pytest.mark.parametrize("form, why", [("conv", "joins pieces along the sequence dim"),
+                                       ("strided", "in a form this pass does not know")])
+def test_positions_mixed_in_other_ways_refuse_the_cache_and_say_why(form, why):
+    """A causal convolution over the tokens (each position reads the two before it, which the KV cache does not hold)
+    and a strided slice of a position table decoded with the cache were silently wrong; now generate refuses with
+    the reason, and ``kv_cache=False`` gives recomputation's tokens."""
+    torch.manual_seed(0)
+    model = _PositionForms(form).eval()
+    ids, mask = prompts(50, [6, 3])
+    compiled = membound.compile(model)
+    with torch.no_grad():
+        with pytest.raises(KVCacheError, match=why):
+            membound.generate(compiled, ids, 4, attention_mask=mask)
+        out = membound.generate(compiled, ids, 4, attention_mask=mask, kv_cache=False)
+        assert torch.equal(out[:, ids.shape[1]:], recompute(model, ids, mask, 4))
+
+
 def test_eos_stops_rows_and_pads_after(llama):
     _, compiled = llama
     ids = torch.randint(3, 256, (2, 6))
