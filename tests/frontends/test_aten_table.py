@@ -337,6 +337,31 @@ def test_ops_on_tensor_literals_alone_are_evaluated_at_capture() -> None:
         capture_export(OnWeight(), (_x(2, 5, 9),))
 
 
+class _DepthwiseConvs(torch.nn.Module):
+    """LFM2's short convolution (depthwise, kernel 3, padded by 2 and cut to the sequence, with a bias), one without
+    padding or bias, and a ``[C, L]`` input with ``padding="valid"``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.short = torch.nn.Conv1d(6, 6, 3, groups=6, padding=2)
+        self.valid = torch.nn.Conv1d(6, 6, 4, groups=6, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        return (self.short(x)[..., :x.shape[-1]], self.valid(x),
+                F.conv1d(x[0], self.valid.weight, groups=6, padding="valid"))
+
+
+def test_depthwise_conv1d_equals_torch_and_other_convolutions_are_refused() -> None:
+    m = _DepthwiseConvs()
+    cap = capture_export(m, (_x(2, 6, 9),))
+    for xs in (_x(2, 6, 9), _x(3, 6, 13)):
+        with torch.no_grad():
+            _close(_run(cap, (xs,)), m(xs))
+    dense = torch.nn.Conv1d(6, 4, 3)
+    with pytest.raises(UnsupportedOpError, match="only a depthwise convolution"):
+        capture_export(dense, (_x(2, 6, 9),))
+
+
 def test_symbolic_shapes_are_named_after_the_first_input() -> None:
     cap = capture_export(lambda x, y: x.sum(-1, keepdim=True) * y.mean(-1, keepdim=True), (_x(2, 5, 3), _x(2, 1, 4)))
     x, y = cap.graph.inputs
