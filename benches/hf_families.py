@@ -182,6 +182,9 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
                                                 expansion_ratio=2)),
     "xglm": ("XGLMForCausalLM", "XGLMConfig", dict(d_model=64, num_layers=2, attention_heads=4, ffn_dim=96)),
     "mamba": ("MambaForCausalLM", "MambaConfig", dict(state_size=4, expand=2, conv_kernel=3)),
+    # LFM2: captures (its short convolutions translate as their taps), but a convolution over the tokens needs a
+    # state the KV cache does not hold: generate refuses the cache, naming the convolution's shift (session 23)
+    "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(head_dim=16, layer_types=["conv", "full_attention"])),
 }
 SMOKE = ("llama", "opt")
 LENGTHS = (7, 4, 6)
