@@ -193,22 +193,34 @@ def _analyze(g: Graph) -> _Plan:
     return plan
 
 
+def _sequence_dim(d: Any) -> bool:
+    """A dim holding the sequence per row (``S``, ``S + 2``), not the flattened token axis ``B*S`` (MoE dispatch
+    moves tokens along that one token-wise)."""
+    free = getattr(d, "free_symbols", set())
+    return S in free and B not in free
+
+
 def _moves_positions(n: Node) -> str:
     """How a data-path ``n`` moves values along a dim holding the sequence (empty: it does not): a ``slice`` whose
     result still spans the sequence but not the whole dim (``x[:, j : S + j]``, the taps of a causal convolution;
-    a slice down to a fixed length, the last token's, selects rather than shifts), or a ``cat`` that joins pieces
-    along such a dim (``cat(zeros, x)``, a padding)."""
+    a slice down to a fixed length, the last token's, selects rather than shifts), a ``cat`` that joins pieces
+    along such a dim (``cat(zeros, x)``, a padding), or a gather along it (``x[:, idx]``, ``index_select``)."""
     if n.op == "slice":
         x, out = n.inputs[0], n.results[0]
         d = n.attrs["dim"] % x.rank
         size, length = x.shape[d], out.shape[d]
-        if S in size.free_symbols and S in length.free_symbols \
+        if _sequence_dim(size) and S in length.free_symbols \
                 and not (n.attrs["start"] == 0 and n.attrs["step"] == 1 and dims_equal(length, size)):
             return f"shifts the sequence dim ({size} -> slots {n.attrs['start']} to {n.attrs['end']})"
     elif n.op == "cat" and len(n.inputs) > 1:
         d = n.attrs["dim"] % n.results[0].rank
-        if S in n.results[0].shape[d].free_symbols:
+        if _sequence_dim(n.results[0].shape[d]):
             return f"joins pieces along the sequence dim ({' + '.join(str(v.shape[d]) for v in n.inputs)})"
+    elif n.op in ("index", "index_select", "gather") and n.inputs:
+        x = n.inputs[0]
+        dims = n.attrs["dims"] if n.op == "index" else (n.attrs["dim"],)
+        if any(_sequence_dim(x.shape[d % x.rank]) for d in dims):
+            return f"gathers along the sequence dim ({x.type})"
     return ""
 
 

@@ -170,7 +170,8 @@ def test_a_capture_proven_for_short_sequences_limits_the_cached_decode():
 class _PositionForms(torch.nn.Module):
     """A user's decoder whose positions come in a form of its own: a table sliced to the sequence (``"rows"``:
     ``wpe[:S]``; ``"mingpt"``: ``pos_emb[:, :S, :]`` of a ``[1, 64, D]`` table; ``"offset"``: ``wpe[2 : S + 2]``;
-    ``"strided"``: ``wpe[: 2 * S : 2]``), or a causal depthwise convolution over the tokens (``"conv"``)."""
+    ``"strided"``: ``wpe[: 2 * S : 2]``), a causal depthwise convolution over the tokens (``"conv"``), or a token
+    shift by a gather (``"gather"``)."""
 
     def __init__(self, form: str, vocab: int = 50, d: int = 16) -> None:
         super().__init__()
@@ -192,6 +193,8 @@ class _PositionForms(torch.nn.Module):
             h = h + 3 * self.wpe[2:s + 2]
         elif self.form == "strided":
             h = h + 3 * self.wpe[:2 * s:2]
+        elif self.form == "gather":  # each token reads the one before it (a token shift by a gather)
+            h = h + 3 * h[:, (torch.arange(s, device=ids.device) - 1).clamp(min=0)]
         else:
             h = h + 3 * self.conv(h.transpose(1, 2))[..., :s].transpose(1, 2)
         q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)
@@ -212,11 +215,13 @@ def test_a_position_table_read_by_slicing_decodes_at_each_positions_rows(form):
 
 
 @pytest.mark.parametrize("form, why", [("conv", "joins pieces along the sequence dim"),
-                                       ("strided", "in a form this pass does not know")])
+                                       ("strided", "in a form this pass does not know"),
+                                       ("gather", "gathers along the sequence dim")])
 def test_positions_mixed_in_other_ways_refuse_the_cache_and_say_why(form, why):
     """A causal convolution over the tokens (each position reads the two before it, which the KV cache does not hold)
-    and a strided slice of a position table decoded with the cache were silently wrong; now generate refuses with
-    the reason, and ``kv_cache=False`` gives recomputation's tokens."""
+    and a strided slice of a position table decoded with the cache were silently wrong, a token shift by a gather
+    failed inside the pass; now generate refuses with the reason, and ``kv_cache=False`` gives recomputation's
+    tokens."""
     torch.manual_seed(0)
     model = _PositionForms(form).eval()
     ids, mask = prompts(50, [6, 3])
