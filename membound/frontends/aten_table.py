@@ -969,7 +969,9 @@ def _scatter_over_every_slot(t: Translator, x: Value, index: Value, dim: int, va
     conds: list[sympy.Basic] = []
     shape = [t._hinted_branch(d, conds) for d in index.shape]
     k = t._hinted_branch(topk.attrs["k"], conds)
-    if not (all(dims_equal(a, b) for a, b in zip(shape, x.shape)) and dims_equal(k, x.shape[dim])):
+    ranked = t._hinted_branch(topk.inputs[0].shape[dim], conds)  # the slots the top-k chooses among
+    if not (all(dims_equal(a, b) for a, b in zip(shape, x.shape)) and dims_equal(k, x.shape[dim])
+            and dims_equal(ranked, x.shape[dim])):
         return None
     saved = dict(t.ranges)
     if not all(t._narrow(c) for c in conds):

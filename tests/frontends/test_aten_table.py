@@ -295,6 +295,12 @@ def test_a_top_k_keeping_every_key_scatters_a_constant_mask() -> None:
     xs = args(11)
     _close(_run(long, xs), m(*xs))
 
+    def wider(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # the top 5 of 10 slots: not every slot of x
+        return torch.zeros_like(x).scatter(-1, y.topk(x.shape[-1], dim=-1).indices, 1.0)
+
+    # (captured only: its indices may pass x's 5 slots, which eager would refuse at run time)
+    assert capture_export(wider, (_x(2, 5), _x(2, 10)), dynamic=False).graph.count("scatter") == 1
+
 
 def test_var_and_std_over_dims_with_corrections_equal_torch() -> None:
     def fn(x: torch.Tensor) -> tuple:
