@@ -202,16 +202,27 @@ def _sequence_dim(d: Any) -> bool:
 
 def _moves_positions(n: Node) -> str:
     """How a data-path ``n`` moves values along a dim holding the sequence (empty: it does not): a ``slice`` whose
-    result still spans the sequence but not the whole dim (``x[:, j : S + j]``, the taps of a causal convolution;
-    a slice down to a fixed length, the last token's, selects rather than shifts), a ``cat`` that joins pieces
-    along such a dim (``cat(zeros, x)``, a padding), or a gather along it (``x[:, idx]``, ``index_select``)."""
+    result still spans the sequence but not the whole dim (``x[:, j : S + j]``, the taps of a causal convolution), a
+    ``slice`` or ``select`` of fixed slots other than the last token (``x[:, :1]``: at decode the first slot is the
+    current token), a ``cat`` that joins pieces along such a dim (``cat(zeros, x)``, a padding), or a gather along it
+    (``x[:, idx]``, ``index_select``). The last token alone (``x[:, -1]``, ``x[:, -1:]``) is a selection, allowed."""
     if n.op == "slice":
         x, out = n.inputs[0], n.results[0]
         d = n.attrs["dim"] % x.rank
         size, length = x.shape[d], out.shape[d]
-        if _sequence_dim(size) and S in length.free_symbols \
-                and not (n.attrs["start"] == 0 and n.attrs["step"] == 1 and dims_equal(length, size)):
-            return f"shifts the sequence dim ({size} -> slots {n.attrs['start']} to {n.attrs['end']})"
+        if not _sequence_dim(size):
+            return ""
+        if S in length.free_symbols:
+            if not (n.attrs["start"] == 0 and n.attrs["step"] == 1 and dims_equal(length, size)):
+                return f"shifts the sequence dim ({size} -> slots {n.attrs['start']} to {n.attrs['end']})"
+        elif not (dims_equal(length, 1) and dims_equal(n.attrs["start"], size - 1)):
+            return (f"reads fixed slots {n.attrs['start']} to {n.attrs['end']} of the sequence dim ({size}), not the "
+                    f"last token's")
+    elif n.op == "select":
+        x = n.inputs[0]
+        size = x.shape[n.attrs["dim"] % x.rank]
+        if _sequence_dim(size) and not dims_equal(n.attrs["index"], size - 1):
+            return f"reads slot {n.attrs['index']} of the sequence dim ({size}), not the last token's"
     elif n.op == "cat" and len(n.inputs) > 1:
         d = n.attrs["dim"] % n.results[0].rank
         if _sequence_dim(n.results[0].shape[d]):

@@ -170,8 +170,8 @@ def test_a_capture_proven_for_short_sequences_limits_the_cached_decode():
 class _PositionForms(torch.nn.Module):
     """A user's decoder whose positions come in a form of its own: a table sliced to the sequence (``"rows"``:
     ``wpe[:S]``; ``"mingpt"``: ``pos_emb[:, :S, :]`` of a ``[1, 64, D]`` table; ``"offset"``: ``wpe[2 : S + 2]``;
-    ``"strided"``: ``wpe[: 2 * S : 2]``), a causal depthwise convolution over the tokens (``"conv"``), or a token
-    shift by a gather (``"gather"``)."""
+    ``"strided"``: ``wpe[: 2 * S : 2]``), a causal depthwise convolution over the tokens (``"conv"``), a token
+    shift by a gather (``"gather"``), or every token reading the first (``"first"``)."""
 
     def __init__(self, form: str, vocab: int = 50, d: int = 16) -> None:
         super().__init__()
@@ -195,6 +195,8 @@ class _PositionForms(torch.nn.Module):
             h = h + 3 * self.wpe[:2 * s:2]
         elif self.form == "gather":  # each token reads the one before it (a token shift by a gather)
             h = h + 3 * h[:, (torch.arange(s, device=ids.device) - 1).clamp(min=0)]
+        elif self.form == "first":  # every token reads the first one
+            h = h + 3 * h[:, :1]
         else:
             h = h + 3 * self.conv(h.transpose(1, 2))[..., :s].transpose(1, 2)
         q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)
@@ -216,12 +218,13 @@ def test_a_position_table_read_by_slicing_decodes_at_each_positions_rows(form):
 
 @pytest.mark.parametrize("form, why", [("conv", "joins pieces along the sequence dim"),
                                        ("strided", "in a form this pass does not know"),
-                                       ("gather", "gathers along the sequence dim")])
+                                       ("gather", "gathers along the sequence dim"),
+                                       ("first", "reads fixed slots 0 to 1 of the sequence dim")])
 def test_positions_mixed_in_other_ways_refuse_the_cache_and_say_why(form, why):
     """A causal convolution over the tokens (each position reads the two before it, which the KV cache does not hold)
-    and a strided slice of a position table decoded with the cache were silently wrong, a token shift by a gather
-    failed inside the pass; now generate refuses with the reason, and ``kv_cache=False`` gives recomputation's
-    tokens."""
+    a strided slice of a position table and every token reading the first one decoded with the cache were silently
+    wrong, a token shift by a gather failed inside the pass; now generate refuses with the reason, and
+    ``kv_cache=False`` gives recomputation's tokens."""
     torch.manual_seed(0)
     model = _PositionForms(form).eval()
     ids, mask = prompts(50, [6, 3])
