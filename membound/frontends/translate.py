@@ -702,18 +702,18 @@ class Translator:
         self._known[n] = value
         return value
 
-    def _materialise_known(self, n: torch.fx.Node, value: Any) -> Any:
+    def _materialise_known(self, n: torch.fx.Node, value: Any, name: str = "") -> Any:
         """IR for a value fixed at capture: a 0-d tensor as a ``constant``, a larger one as a constant parameter
-        named after the node, a list element-wise; Python numbers stay numbers."""
+        named after the node (``folded.<node>[.<i>]``), a list element-wise; Python numbers stay numbers."""
         if isinstance(value, (list, tuple)):
-            return [self._materialise_known(n, v) for v in value]
+            return [self._materialise_known(n, v, f"{name or n.name}.{i}") for i, v in enumerate(value)]
         if not isinstance(value, torch.Tensor):
             return value
         if value.dim() == 0:
             return self.emit("constant", value=value.item(), dtype=value.dtype)
         device = next((t.device for t in self.graph.tensors.values()), torch.device("cpu"))
-        return self.graph.add_param(f"folded.{n.name}", TensorType(value.dtype, tuple(sympy.Integer(d) for d in
-                                                                                     value.shape)),
+        return self.graph.add_param(f"folded.{name or n.name}",
+                                    TensorType(value.dtype, tuple(sympy.Integer(d) for d in value.shape)),
                                     value.to(device))
 
     # ---- fallback -------------------------------------------------------------------------------

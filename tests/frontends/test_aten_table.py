@@ -343,6 +343,17 @@ def test_ops_on_tensor_literals_alone_are_evaluated_at_capture() -> None:
     with pytest.raises(UnsupportedOpError, match="aten.erfinv"):
         capture_export(OnWeight(), (_x(2, 5, 9),))
 
+    class Tables(torch.nn.Module):  # literals broadcast to tables: each folded result its own constant parameter
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = torch.broadcast_tensors(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([[0.5], [2.0]]))
+            return x * torch.erfinv(a * 0.2) + torch.erfinv(b * 0.1)
+
+    cap = capture_export(Tables(), (_x(2, 3),), dynamic=False)
+    assert sorted(p.name for p in cap.graph.params) == ["folded.broadcast_tensors.0", "folded.broadcast_tensors.1",
+                                                         "folded.erfinv", "folded.erfinv_1"]
+    xs = _x(2, 3)
+    _close(_run(cap, (xs,)), Tables()(xs))
+
 
 class _DepthwiseConvs(torch.nn.Module):
     """LFM2's short convolution (depthwise, kernel 3, padded by 2 and cut to the sequence, with a bias), one without
