@@ -63,7 +63,10 @@ graph unchanged and says why in the pass log:
   gathered at them: GPT-J's ``embed_positions[position_ids]``, XGLM's ``index_select``), as a count
   ``cumsum(ones, dim=S)`` (OPT's learned positions), or as a table's rows ``c .. c + S - 1`` read by slicing
   (minGPT's ``pos_emb[:, :S, :]``: its rows at positions + c); any other scan, reduction or ``S``-long slice
-  on the way to the outputs refuses the rewrite, naming the op.
+  on the way to the outputs refuses the rewrite, naming the op;
+- the logits are ``[B, S, V]`` (each row's last position is picked before the position-wise tail), or the model
+  picks its last token itself with a constant ``[-1]`` (nanoGPT's ``x[:, [-1], :]``): that pick becomes each row's
+  last position.
 This is not a cost-model decision: caching is what makes a token cost O(1) instead of O(S).
 """
 
@@ -94,6 +97,8 @@ class _Plan:
     # id(slice node) -> (dim, first row): a table's rows c .. c + S - 1 read by slicing (minGPT's pos_emb[:, :S]),
     # which are its rows at positions + c
     tables: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # id(index node) of the model's own last-token selection (nanoGPT's x[:, [-1], :]): each row's last position
+    last_token: set[int] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     chunks: list[Optional[int]] = field(default_factory=list)  # per attention: its chunk size (Llama 4), or None
 
@@ -159,6 +164,9 @@ def _analyze(g: Graph) -> _Plan:
         if n.op == "matmul" and S in n.inputs[0].shape[-1].free_symbols:
             raise NotCacheable(f"matmul at %{n.results[0].name} contracts over the sequence dim "
                                f"({n.inputs[0].shape[-1]}): tokens are mixed outside attention")
+        if _selects_last_token(g, n):
+            plan.last_token.add(id(n))
+            continue
         moved = _moves_positions(n)
         if moved:
             raise NotCacheable(f"{n.op} at %{n.results[0].name} {moved}: a position would read another position's "
@@ -191,6 +199,17 @@ def _analyze(g: Graph) -> _Plan:
                                    f"({dim}) in a form this pass does not know (it knows arange(0, S) and a "
                                    f"cumsum of ones along S): decoding it per row could be wrong")
     return plan
+
+
+def _selects_last_token(g: Graph, n: Node) -> bool:
+    """``n`` takes the last position of a ``[B, S, ...]`` value with a constant index ``[-1]`` (nanoGPT's
+    ``x[:, [-1], :]`` before its LM head at inference)."""
+    if n.op != "index" or len(n.inputs) != 2 or tuple(n.attrs["dims"]) != (1,) or n.inputs[0].rank < 2 \
+            or n.inputs[0].shape[0] != B or n.inputs[0].shape[1] != S:
+        return False
+    idx = n.inputs[1]
+    table = g.tensors.get(idx.name) if idx.kind == "param" else None
+    return table is not None and table.numel() == 1 and int(table.reshape(-1)[0]) == -1
 
 
 def _sequence_dim(d: Any) -> bool:
@@ -273,6 +292,7 @@ class _Builder:
         self.map: dict[int, Value] = {}
         self.lifted: set[int] = set()   # ids of NEW values that carry an extra leading B dim
         self.table_rows: list[int] = []  # rows left past the first row sliced, per table read by slicing
+        self.picked_last = False  # the model picks its last token itself (plan.last_token): logits are [B, 1, V]
 
     def call(self, op: str, *inputs: Value, **attrs: Any) -> Value:
         return self.g.call(op, *inputs, **attrs)
@@ -349,6 +369,13 @@ class _Builder:
                                                    chunk=self.plan.chunks[attention_index[id(n)]])
             elif id(n) in self.plan.tables:
                 self.table_rows_at(n, positions)
+            elif id(n) in self.plan.last_token and last_index is not None:
+                # the model's own last-token pick: each row's last position (rows may be padded), [B, 1, ...]
+                x = self.normal(n.inputs[0], n)
+                rows = self.call("arange", start=0, end=B, step=1, dtype=torch.int64)
+                picked = self.call("unsqueeze", self.call("index", x, rows, last_index, dims=(0, 1)), dim=1)
+                self.map[id(n.result)] = picked
+                self.picked_last = True
             elif id(n) in self.plan.sources:
                 dtype = n.result.dtype
                 p = positions if dtype == torch.int64 else self.call("cast", positions, dtype=dtype)
@@ -360,11 +387,13 @@ class _Builder:
             else:
                 self.emit(n)
         outs = [self.normal(v, None) for v in old.outputs]
-        logits = [o for o in outs if o.rank == 3 and o.shape[0] == B and o.shape[1] == S and o.dtype.is_floating_point]
+        steps = (S, 1) if self.picked_last else (S,)
+        logits = [o for o in outs if o.rank == 3 and o.shape[0] == B and o.shape[1] in steps
+                  and o.dtype.is_floating_point]
         if not logits:
             raise NotCacheable(f"no output of shape [B, S, V] to sample from (outputs: {[str(o.type) for o in outs]})")
         out = logits[0]
-        if last_index is not None:
+        if last_index is not None and out.shape[1] == S:
             out = _sink_last_token(g, out, last_index)
         g.set_outputs([out])
         g.meta["kv_cache"] = {

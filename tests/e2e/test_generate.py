@@ -236,6 +236,39 @@ def test_positions_mixed_in_other_ways_refuse_the_cache_and_say_why(form, why):
         assert torch.equal(out[:, ids.shape[1]:], recompute(model, ids, mask, 4))
 
 
+class _NanoGPTLike(torch.nn.Module):
+    """nanoGPT's inference forward: ``(lm_head(x[:, [-1], :]), None)`` without targets, the model picking its last
+    token itself."""
+
+    def __init__(self, vocab: int = 50, d: int = 16) -> None:
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab, d), torch.nn.Embedding(64, d)
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.lm_head = torch.nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx: torch.Tensor, targets: object = None) -> tuple:
+        x = self.wte(idx) + self.wpe(torch.arange(0, idx.shape[1], dtype=torch.long, device=idx.device))
+        q, k, v = self.qkv(x)[:, None].chunk(3, dim=-1)
+        x = x + torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)[:, 0]
+        return self.lm_head(x[:, [-1], :]), None
+
+
+def test_a_model_that_picks_its_last_token_decodes_with_the_cache():
+    """nanoGPT's ``x[:, [-1], :]`` is each row's last position: the cached program picks each row's last real token
+    there (rows right-padded), and greedy tokens equal the model's own step-by-step loop. (Refused before: its
+    logits were not [B, S, V].)"""
+    torch.manual_seed(0)
+    model = _NanoGPTLike().eval()
+    ids, mask = prompts(50, [6, 3])
+    with torch.no_grad():
+        out = membound.generate(membound.compile(model), ids, 8, attention_mask=mask)
+        for i, (row, m) in enumerate(zip(ids, mask)):
+            seq = row[m.bool()][None]
+            for _ in range(8):
+                seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+            assert out[i, ids.shape[1]:].tolist() == seq[0, -8:].tolist()
+
+
 def test_eos_stops_rows_and_pads_after(llama):
     _, compiled = llama
     ids = torch.randint(3, 256, (2, 6))
