@@ -269,6 +269,41 @@ def test_a_model_that_picks_its_last_token_decodes_with_the_cache():
             assert out[i, ids.shape[1]:].tolist() == seq[0, -8:].tolist()
 
 
+class _MinGPTAttention(torch.nn.Module):
+    """minGPT's attention: a registered ``tril(ones(64, 64))`` buffer sliced ``[:, :, :T, :T]`` and ``masked_fill``ed,
+    a learned position table of 64 rows."""
+
+    def __init__(self, vocab: int = 50, d: int = 16) -> None:
+        super().__init__()
+        self.wte, self.wpe = torch.nn.Embedding(vocab, d), torch.nn.Embedding(64, d)
+        self.c_attn, self.c_proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.lm_head = torch.nn.Linear(d, vocab, bias=False)
+        self.register_buffer("bias", torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        b, t = idx.shape
+        x = self.wte(idx) + self.wpe(torch.arange(0, t, device=idx.device))
+        q, k, v = (y.view(b, t, 2, 8).transpose(1, 2) for y in self.c_attn(x).split(16, dim=2))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / 8 ** 0.5)
+        att = torch.softmax(att.masked_fill(self.bias[:, :, :t, :t] == 0, float("-inf")), dim=-1)
+        return self.lm_head(x + self.c_proj((att @ v).transpose(1, 2).contiguous().view(b, t, 16)))
+
+
+def test_a_stored_causal_mask_sliced_to_the_sequence_is_proven_and_decodes_with_the_cache():
+    """minGPT's stored triangle sliced to the sequence is proven causal at every size up to its 64 rows (past them
+    the model cannot run; it used to be refused, evaluated at 65): greedy tokens with the cache equal recomputation,
+    and a call past 64 positions is refused naming the limit."""
+    torch.manual_seed(0)
+    model = _MinGPTAttention().eval()
+    compiled = membound.compile(model)
+    ids, mask = prompts(50, [6, 3])
+    with torch.no_grad():
+        out = membound.generate(compiled, ids, 8, attention_mask=mask)
+        assert torch.equal(out[:, ids.shape[1]:], recompute(model, ids, mask, 8))
+        with pytest.raises(CacheCapacityError, match="64"):
+            membound.generate(compiled, ids, 60, attention_mask=mask)
+
+
 def test_eos_stops_rows_and_pads_after(llama):
     _, compiled = llama
     ids = torch.randint(3, 256, (2, 6))
