@@ -375,12 +375,17 @@ family({aten.softmax.int: "softmax", aten._softmax.default: "softmax", aten.log_
         aten._log_softmax.default: "log_softmax"}, _softmax)
 
 
+def _reduced_dims(dim: Any, rank: int) -> tuple[int, ...]:
+    """A reduction's ``dim`` argument (an int, a list, or None for all) as non-negative dims."""
+    return tuple(_norm(d, rank) for d in _dims(dim)) or tuple(range(rank))
+
+
 @rule(aten.logsumexp.default)
 def _logsumexp(t: Translator, a: Args) -> Value:
     """``log(sum(exp(x - m))) + m`` over ``dim``, ``m`` the max over it, taken as 0 where it is infinite (all
     -inf: -inf; +inf: inf, as torch). Granite-SWA scales its attention output by ``sigmoid(logsumexp(s) - sink)``."""
     x = t.cast(a.self, t.out_type().dtype)  # (integers promote to the default float, as torch's)
-    dims = tuple(_norm(d, x.rank) for d in _dims(a.dim)) or tuple(range(x.rank))
+    dims = _reduced_dims(a.dim, x.rank)
     m = t.emit("amax", x, dims=dims, keepdim=True)
     infinite = t.emit("eq", *_operands(t, t.emit("abs", m), float("inf")))
     m = t.emit("where", infinite, t.tensor(0.0, like=m), m)
@@ -394,7 +399,7 @@ def _var_std(t: Translator, a: Args) -> Value:
     """``x.var`` / ``x.std`` over ``dim`` (all when None): the mean of the squared deviations from the mean, times
     ``N / (N - correction)`` (``unbiased``: correction 1), the square root for ``std``."""
     x = a.self
-    dims = tuple(_norm(d, x.rank) for d in _dims(a.get("dim"))) or tuple(range(x.rank))
+    dims = _reduced_dims(a.get("dim"), x.rank)
     keep = bool(a.get("keepdim") or False)
     correction = a.get("correction")
     if correction is None:
@@ -437,10 +442,7 @@ def _conv1d(t: Translator, a: Args) -> Value:
                             f"{x.type} by {w.type}: only a depthwise convolution (groups = channels, weight [C, 1, k]) "
                             "with stride and dilation 1 is translated")
     k, dim = int(w.shape[2]), x.rank - 1
-    if pad:
-        shape = tuple(sympy.Integer(pad) if d == dim else x.shape[d] for d in range(x.rank))
-        zeros = t.emit("full", shape=shape, value=_as(0, x.dtype), dtype=x.dtype)
-        x = t.emit("cat", zeros, x, zeros, dim=dim)
+    x = _padded(t, x, dim, pad, pad, 0)
     length = x.shape[dim] - (k - 1)
     out = None
     for j in range(k):
@@ -461,7 +463,7 @@ def _vector_norm(t: Translator, a: Args) -> Value:
     out = t.out_type().dtype
     x = t.cast(a.self, out)
     order = float(a.get("ord", 2) if a.get("ord") is not None else 2)
-    dims = tuple(_norm(d, x.rank) for d in _dims(a.get("dim"))) or tuple(range(x.rank))
+    dims = _reduced_dims(a.get("dim"), x.rank)
     keep = bool(a.get("keepdim") or False)
     if order == float("inf") or order == float("-inf"):
         return t.emit("amax" if order > 0 else "amin", t.emit("abs", x), dims=dims, keepdim=keep)
@@ -486,22 +488,27 @@ def _constant_pad(t: Translator, a: Args) -> Value:
     value = a.get("value")
     value = 0 if value is None else value
     pads = [t.dim(p) for p in a.pad]
+    for amount in pads:
+        if not is_static(amount):
+            raise t.unsupported(f"pad by a symbolic amount {amount}: only static pads are translated")
     for i in range(len(pads) // 2):
-        dim = x.rank - 1 - i
-        before, after = pads[2 * i], pads[2 * i + 1]
-        for amount, front in ((before, True), (after, False)):
-            if not is_static(amount):
-                raise t.unsupported(f"pad by a symbolic amount {amount}: only static pads are translated")
-            amount = int(amount)
-            size = x.shape[dim]
-            if amount < 0:
-                start, end = (sympy.Integer(-amount), size) if front else (sympy.Integer(0), size + amount)
-                x = t.emit("slice", x, dim=dim, start=start, end=end, step=1)
-            elif amount > 0:
-                shape = tuple(sympy.Integer(amount) if d == dim else x.shape[d] for d in range(x.rank))
-                block = t.emit("full", shape=shape, value=_as(value, x.dtype), dtype=x.dtype)
-                x = t.emit("cat", *((block, x) if front else (x, block)), dim=dim)
+        x = _padded(t, x, x.rank - 1 - i, int(pads[2 * i]), int(pads[2 * i + 1]), value)
     return x
+
+
+def _padded(t: Translator, x: Value, dim: int, before: int, after: int, value: Any) -> Value:
+    """``x`` with ``before`` / ``after`` slots of ``value`` joined along ``dim`` (``full`` blocks, one ``cat``); a
+    negative amount slices that many slots off instead."""
+    if before < 0 or after < 0:
+        x = t.emit("slice", x, dim=dim, start=sympy.Integer(max(-before, 0)), end=x.shape[dim] + min(after, 0),
+                   step=1)
+
+    def block(n: int) -> Value:
+        shape = tuple(sympy.Integer(n) if d == dim else x.shape[d] for d in range(x.rank))
+        return t.emit("full", shape=shape, value=_as(value, x.dtype), dtype=x.dtype)
+
+    parts = ([block(before)] if before > 0 else []) + [x] + ([block(after)] if after > 0 else [])
+    return t.emit("cat", *parts, dim=dim) if len(parts) > 1 else x
 
 
 @rule(aten.cumsum.default)
@@ -973,13 +980,9 @@ def _scatter_over_every_slot(t: Translator, x: Value, index: Value, dim: int, va
     if not (all(dims_equal(a, b) for a, b in zip(shape, x.shape)) and dims_equal(k, x.shape[dim])
             and dims_equal(ranked, x.shape[dim])):
         return None
-    saved = dict(t.ranges)
-    if not all(t._narrow(c) for c in conds):
-        t.ranges = saved
+    if t.take_branch(conds) is None:
         return None
-    for c in conds:
-        if c not in t.guards:
-            t.guards.append(c)
+    t.add_guards(conds)
     return t.emit("full", shape=tuple(x.shape), value=_as(value, x.dtype), dtype=x.dtype)
 
 

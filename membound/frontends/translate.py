@@ -257,11 +257,10 @@ class Translator:
 
         if get_op(op).kind != "elementwise" or not self._hints:
             return None
-        saved = dict(self.ranges)
         conds: list[sympy.Basic] = []
         shapes = [tuple(self._hinted_branch(d, conds) for d in v.shape) for v in inputs]
-        if not conds or not all(self._narrow(c) for c in conds):
-            self.ranges = saved
+        saved = self.take_branch(conds) if conds else None
+        if saved is None:
             return None
         try:
             new = [v if shape == tuple(v.shape) else self.emit("reshape", v, shape=shape)
@@ -270,8 +269,24 @@ class Translator:
         except (TypeError, ValueError, IndexError, _IRRejected):
             self.ranges = saved
             return None
-        self.guards += [c for c in conds if c not in self.guards]
+        self.add_guards(conds)
         return node
+
+    def take_branch(self, conds: Sequence[sympy.Basic]) -> Optional[dict[sympy.Symbol, tuple[int, Optional[int]]]]:
+        """Narrow the symbols' ranges by every condition of a branch the captured sizes take (``_hinted_branch``):
+        the ranges before (to restore if what follows fails), or None, the ranges unchanged, when one condition
+        does not narrow (:meth:`_narrow`)."""
+        saved = dict(self.ranges)
+        if all(self._narrow(c) for c in conds):
+            return saved
+        self.ranges = saved
+        return None
+
+    def add_guards(self, conds: Sequence[sympy.Basic]) -> None:
+        """Record the conditions of a branch taken as the capture's guards (each once)."""
+        for c in conds:
+            if c not in self.guards:
+                self.guards.append(c)
 
     def _hinted_branch(self, e: sympy.Expr, conds: list[sympy.Basic]) -> sympy.Expr:
         """``e`` with every ``Max`` / ``Min`` replaced by the argument the captured sizes select; the conditions
@@ -678,7 +693,7 @@ class Translator:
         target = n.target
         if not isinstance(target, torch._ops.OpOverload) and target is not operator.getitem:
             return None
-        nodes = [a for a in n.all_input_nodes]
+        nodes = n.all_input_nodes
         if not nodes or not all(a in self._known for a in nodes):
             return None
         if isinstance(target, torch._ops.OpOverload):

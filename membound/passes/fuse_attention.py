@@ -178,6 +178,11 @@ def _half_qk(q: Value, kt: Value, v: Value) -> Optional[tuple[Value, Value]]:
     return (qs, ks) if qs is not None and ks is not None else None
 
 
+def _over_keys(red: Node) -> bool:
+    """A reduction of ``[B, H, S, L]`` scores over the keys alone (``dims=[-1]``)."""
+    return tuple(d % 4 for d in red.attrs["dims"]) == (3,)
+
+
 def _sinks_of(m: Match) -> Optional[Value]:
     """The per-head sink logits ``[Hq]`` of a matched sink form (see ``_SINK_ATTN``), or None (a note says why):
     the joined column must be one logit a head broadcast over rows and queries, the max taken over the joined
@@ -190,7 +195,7 @@ def _sinks_of(m: Match) -> Optional[Value]:
     if "row_max" in m:
         red = m["row_max"].producer
         assert red is not None
-        if tuple(d % 4 for d in red.attrs["dims"]) != (3,) or not red.attrs["keepdim"]:
+        if not _over_keys(red) or not red.attrs["keepdim"]:
             m.note("sink form: the subtracted max is not the joined row's (dims=[-1], keepdim)")
             return None
     kept = m["kept"].producer
@@ -222,7 +227,7 @@ def _fuse(m: Match) -> Optional[Value]:
     if "shift" in m:  # softmax(s - max(s)) is softmax(s) only for the max of those scores over the softmax's dim
         shift, red = m["shift"].producer, m["shift_max"].producer
         assert shift is not None and red is not None
-        if (m["shift_of"] is not shift.inputs[0] or tuple(d % 4 for d in red.attrs["dims"]) != (3,)
+        if (m["shift_of"] is not shift.inputs[0] or not _over_keys(red)
                 or not red.attrs["keepdim"] or m["shift"].rank != 4):
             m.note(f"the scores' shift %{m['shift'].name} is not their own row max (dims=[-1], keepdim)")
             return None
@@ -432,7 +437,7 @@ def _lse_sinks_joined(m: Match) -> Optional[Value]:
         return None
     red, total, col = m["lse_max"].producer, m["lse_sum"].producer, m["scale_col"].producer
     assert red is not None and total is not None and col is not None
-    if (tuple(d % 4 for d in red.attrs["dims"]) != (3,) or tuple(d % 4 for d in total.attrs["dims"]) != (3,)
+    if (not _over_keys(red) or not _over_keys(total)
             or soft.attrs["dim"] % 4 != 3 or col.attrs["dim"] % 4 != 3):
         m.note(f"sink scale at %{m.value.name}: the logsumexp, the softmax and the scale are not all over the keys")
         return None

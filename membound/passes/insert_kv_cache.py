@@ -75,11 +75,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import sympy
 import torch
 
 from membound.ir import Graph, Node, Value, get_op
 from membound.ir.ops.attention import attention_parts
-from membound.ir.types import B, S, T, TensorType, dims_equal
+from membound.ir.types import B, S, T, TensorType, dims_equal, is_static
 from membound.passes.manager import PassContext, register_pass
 from membound.passes.mask_form import mask_form
 
@@ -258,8 +259,7 @@ def _table_rows_at_positions(n: Node) -> Optional[tuple[int, int]]:
     """``(dim, c)`` when ``n`` slices a table's rows ``c .. c + S - 1`` along ``dim`` (a static first row, step 1, the
     table's size along ``dim`` and the dims before it static, those before it 1): minGPT's ``pos_emb[:, :S]``,
     a learned position table read by slicing; else None."""
-    if n.op != "slice" or n.attrs["step"] != 1 or not isinstance(n.attrs["start"], int) and not getattr(
-            n.attrs["start"], "is_Integer", False):
+    if n.op != "slice" or n.attrs["step"] != 1 or not is_static(sympy.sympify(n.attrs["start"])):
         return None
     x, out = n.inputs[0], n.results[0]
     d = n.attrs["dim"] % x.rank
