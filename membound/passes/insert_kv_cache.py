@@ -54,11 +54,21 @@ graph unchanged and says why in the pass log:
   chunks of C positions, ``i // C == j // C``: ``{chunk=C}``, Llama 4's local layers). A mask
   it cannot prove refuses the whole rewrite with the reason: a dropped mask would decode wrong
   tokens silently;
-- no op on the data path mixes sequence positions other than attention (no reduction, softmax, sort
-  or matmul contraction over a dim containing ``S``; no shift along it: a ``slice`` that keeps ``S``-many
-  slots but not the whole dim, a ``cat`` joining pieces along it, as a causal convolution's taps over its
-  zero-padded input do; routing ops over the flattened token axis ``B*S`` — MoE dispatch — are token-wise
-  and allowed);
+- no op on the data path mixes sequence positions other than attention and causal windows (no reduction,
+  softmax, sort or matmul contraction over a dim containing ``S``; no shift along it: a ``slice`` that keeps
+  ``S``-many slots but not the whole dim, a ``cat`` joining pieces along it; routing ops over the flattened
+  token axis ``B*S`` — MoE dispatch — are token-wise and allowed). The one shift it knows is a **causal
+  window**: ``cat(zeros[a], X, zeros[r])`` along ``S`` (a causal depthwise convolution's padding, LFM2's short
+  convolutions; a token shift ``cat(zeros[1], X[:S-1])``), read by slices and elementwise ops until a value is
+  ``S`` long again, proven to read no later position. Each such window gets a ring state of ``a + 1`` slots
+  (``conv_state.i``, ``meta["conv_states"]``): the step writes ``X`` into it and reads the ``a`` positions
+  before its first token back in place of the zeros:
+
+```
+  %cs = cache_write(%conv_state.0, %x, remainder(%positions, 3)) {dim=2} : f32[B, 64, 3]
+  %past = where(%positions[:, :1] + [-2, -1] >= 0, gather(%cs, ...) {dim=2}, 0.0) : f32[B, 64, 2]
+  %h  = cat(%past, %x, %zeros) {dim=2} : f32[B, 64, S + 4]        // was cat(%zeros, %x, %zeros)
+```
 - positions enter only as ``arange(0, S)`` (RoPE tables, learned position embeddings, a table's rows
   gathered at them: GPT-J's ``embed_positions[position_ids]``, XGLM's ``index_select``), as a count
   ``cumsum(ones, dim=S)`` (OPT's learned positions), or as a table's rows ``c .. c + S - 1`` read by slicing
@@ -102,6 +112,21 @@ class _Plan:
     last_token: set[int] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     chunks: list[Optional[int]] = field(default_factory=list)  # per attention: its chunk size (Llama 4), or None
+    # id(cat node) -> the history it zero-pads (a causal convolution's left padding, a token shift), in graph order
+    histories: dict[int, "_History"] = field(default_factory=dict)
+    shifted: set[int] = field(default_factory=set)  # ids of the nodes computing on those padded windows
+
+
+@dataclass
+class _History:
+    """``cat(zeros[a], X, zeros[r])`` along the sequence dim ``dim`` of ``X`` (or of ``X[:S-1]``): the left padding of
+    a causal convolution (LFM2's and the state-space hybrids' short convolutions, ``conv1d(padding=k-1)[..., :S]``),
+    or a token shift. The ``a`` zeros stand for the ``a`` positions before the step's first token: at a step that
+    does not start at position 0 they are ``X`` at those positions, which a ring state of ``a + 1`` slots keeps."""
+    cat: Node
+    base: Value   # X: [B, ..., S, ...], its dims other than the batch and the sequence static
+    pad: int      # a
+    dim: int
 
 
 def _dims_reduced(node: Node) -> list[int]:
@@ -149,9 +174,10 @@ def _analyze(g: Graph) -> _Plan:
         if form.chunk is not None:
             plan.notes.append(f"attention #{i}: causal mask within chunks of {form.chunk} positions carried onto "
                               f"cached_attention")
+    _find_histories(g, plan)
     attention_ids = {id(a) for a in attentions}
     for n in g.nodes:
-        if id(n) not in data or id(n) in attention_ids:
+        if id(n) not in data or id(n) in attention_ids or id(n) in plan.shifted:
             continue
         x = n.inputs[0] if n.inputs else None
         for d in _dims_reduced(n):
@@ -200,6 +226,117 @@ def _analyze(g: Graph) -> _Plan:
                                    f"({dim}) in a form this pass does not know (it knows arange(0, S) and a "
                                    f"cumsum of ones along S): decoding it per row could be wrong")
     return plan
+
+
+def _find_histories(g: Graph, plan: _Plan) -> None:
+    """Find the causal windows over the tokens (``_History``) and prove what computes on them causal.
+
+    Each value derived from a padded ``cat`` is tracked with the range ``[lo, hi]`` of ``X``'s positions its entry
+    ``i`` along the sequence dim reads (``i + lo .. i + hi``): the ``cat`` shifts by ``-a``, a ``slice`` starting at
+    ``j`` by ``+j``, elementwise ops join their operands' ranges. Such a value ends the window where it is ``S`` long
+    again: then ``hi <= 0`` (no later position is read) makes it an ordinary per-position value, which the step
+    computes from the step's tokens and the ring's last ``a`` positions. Anything else that reads a padded window
+    refuses the cache, naming the op."""
+    ranges: dict[int, tuple[int, int, int]] = {}  # id(value) -> (lo, hi, its sequence dim)
+    for n in g.nodes:
+        if id(n) not in plan.data:
+            continue
+        if n.op == "cat" and len(n.inputs) > 1 and not any(id(v) in ranges for v in n.inputs):
+            history = _history(n, plan.data)
+            if history is None:
+                continue
+            plan.histories[id(n)] = history
+            plan.shifted.add(id(n))
+            if history.base is not n.inputs[1]:  # X[:S-1], read by the padded cat alone: part of the shift
+                plan.shifted.add(id(n.inputs[1].producer))
+            ranges[id(n.result)] = (-history.pad, -history.pad, history.dim)
+            continue
+        inside = [v for v in n.inputs if id(v) in ranges]
+        if not inside:
+            continue
+        out = n.results[0]
+        if n.op == "slice":
+            lo, hi, d = ranges[id(n.inputs[0])]
+            start = sympy.sympify(n.attrs["start"])
+            if n.attrs["dim"] % out.rank == d:
+                if n.attrs["step"] != 1 or not is_static(start):
+                    raise NotCacheable(f"slice at %{out.name} takes a padded window of the tokens with start {start} "
+                                       f"and step {n.attrs['step']}; only a static start and step 1 are proven causal")
+                lo, hi = lo + int(start), hi + int(start)
+        elif get_op(n.op).kind == "elementwise":
+            spans, dims = [], set()
+            for v in n.inputs:
+                at = None
+                if id(v) in ranges:
+                    vlo, vhi, vd = ranges[id(v)]
+                    at = vd + out.rank - v.rank
+                    spans.append((vlo, vhi))
+                    dims.add(at)
+            (d,) = dims if len(dims) == 1 else (None,)
+            if d is None:
+                raise NotCacheable(f"{n.op} at %{out.name} joins padded windows of the tokens along different dims")
+            for v in n.inputs:
+                if id(v) in ranges:
+                    continue
+                k = d - (out.rank - v.rank)
+                if k < 0 or dims_equal(v.shape[k], 1):
+                    continue  # broadcast along the tokens: the same for every position
+                if dims_equal(v.shape[k], S) and (v.kind == "input" or id(v.producer) in plan.data):
+                    spans.append((0, 0))  # the step's tokens themselves
+                    continue
+                raise NotCacheable(f"{n.op} at %{out.name} combines a padded window of the tokens with %{v.name} "
+                                   f"({v.type}) in a form this pass does not know")
+            lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        else:
+            v = inside[0]
+            raise NotCacheable(f"{n.op} at %{out.name} reads a padded window of the tokens (%{v.name}: {v.type}) in a "
+                               f"form this pass does not know (it knows slices along the tokens and elementwise ops "
+                               f"until the window is S long again)")
+        plan.shifted.add(id(n))
+        if dims_equal(out.shape[d], S):
+            if hi > 0:
+                raise NotCacheable(f"{n.op} at %{out.name} reads {hi} position(s) after its own (a convolution or "
+                                   f"shift over later tokens): a decode step does not have them")
+            continue  # causal, S long: an ordinary per-position value from here on
+        ranges[id(out)] = (lo, hi, d)
+    for v in g.outputs:
+        if id(v) in ranges:
+            raise NotCacheable(f"the output %{v.name} is a padded window of the tokens ({v.type}), not one value per "
+                               f"position")
+
+
+def _history(n: Node, data: set[int]) -> Optional[_History]:
+    """``n`` as ``cat(zeros[a], X, zeros[r])`` (or ``X[:S-1]`` in the middle: a token shift) along a dim holding
+    the sequence, ``X`` a data value ``[B, ..., S, ...]``; else None."""
+    out = n.results[0]
+    d = n.attrs["dim"] % out.rank
+    if not _sequence_dim(out.shape[d]) or len(n.inputs) not in (2, 3):
+        return None
+    first, middle, rest = n.inputs[0], n.inputs[1], n.inputs[2:]
+    if not all(_zero_padding(v, d) for v in (first, *rest)) or middle.producer is None \
+            or id(middle.producer) not in data:
+        return None
+    base = middle
+    if not dims_equal(middle.shape[d], S):
+        p = middle.producer
+        if not (p.op == "slice" and p.attrs["dim"] % middle.rank == d and p.attrs["start"] == 0
+                and p.attrs["step"] == 1 and dims_equal(middle.shape[d], S - 1)
+                and dims_equal(p.inputs[0].shape[d], S)):
+            return None
+        base = p.inputs[0]
+        if len({id(u) for u in middle.users}) != 1:
+            return None
+    if base.rank < 2 or base.shape[0] != B or d == 0 \
+            or not all(is_static(x) for i, x in enumerate(base.shape) if i not in (0, d)):
+        return None
+    return _History(n, base, int(first.shape[d]), d)
+
+
+def _zero_padding(v: Value, d: int) -> bool:
+    """``v`` is a ``full`` of zeros, statically sized along ``d``."""
+    p = v.producer
+    return (p is not None and p.op == "full" and not isinstance(p.attrs.get("value"), bool)
+            and p.attrs.get("value") == 0 and is_static(v.shape[d]) and int(v.shape[d]) > 0)
 
 
 def _selects_last_token(g: Graph, n: Node) -> bool:
@@ -343,6 +480,10 @@ class _Builder:
             kt = TensorType(k.dtype, [B, k.shape[1], slots, k.shape[3]])
             vt = TensorType(v.dtype, [B, v.shape[1], slots, v.shape[3]])
             caches.append((g.add_state(f"cache.k.{i}", kt), g.add_state(f"cache.v.{i}", vt)))
+        histories = {}  # id(cat) -> its ring state (the last positions of the window's X)
+        for i, (key, h) in enumerate(self.plan.histories.items()):
+            shape = [B if j == 0 else (h.pad + 1 if j == h.dim else x) for j, x in enumerate(h.base.shape)]
+            histories[key] = g.add_state(f"conv_state.{i}", TensorType(h.base.dtype, shape))
         ring_slots: dict[int, Value] = {}  # window -> remainder(positions, window), built once per size
         attention_index = {id(a): i for i, a in enumerate(self.plan.attentions)}
         live = _live_without_masks(old, attention_index)
@@ -369,6 +510,8 @@ class _Builder:
                                                    chunk=self.plan.chunks[attention_index[id(n)]])
             elif id(n) in self.plan.tables:
                 self.table_rows_at(n, positions)
+            elif id(n) in histories:
+                self.history(n, histories[id(n)], positions)
             elif id(n) in self.plan.last_token and last_index is not None:
                 # the model's own last-token pick: each row's last position (rows may be padded), [B, 1, ...]
                 x = self.normal(n.inputs[0], n)
@@ -404,8 +547,33 @@ class _Builder:
             "positions_input": "positions",
             "last_index_input": last_index.name if last_index is not None else None,
             "max_positions": self._max_positions(),
+            # ring states of causal convolutions and token shifts: state name -> slots (the window's padding + 1)
+            "conv_states": {r.name: self.plan.histories[key].pad + 1 for key, r in histories.items()},
         }
         return g
+
+    def history(self, n: Node, ring: Value, positions: Value) -> None:
+        """``cat(zeros[a], X, ...)`` with the zeros replaced by ``X`` at the ``a`` positions before each row's first
+        token this step (zero where that position is negative: a prefill from position 0 reads zeros, as the model).
+        ``X`` is first written into the ring (position ``p`` in slot ``p mod (a + 1)``), then the ``a`` slots before
+        the first token are read back: at a decode step, the last ``a`` positions, none of them overwritten by the
+        write. A step of several tokens must start at position 0 (a prefill), as with the attention rings."""
+        h = self.plan.histories[id(n)]
+        a, d = h.pad, h.dim
+        x = self.normal(h.base, n)
+        slots = self.call("constant", value=a + 1, dtype=torch.int64)
+        written = self.call("cache_write", ring, x, self.call("remainder", positions, slots), dim=d)
+        first = self.call("slice", positions, dim=1, start=0, end=1, step=1)                        # [B, 1]
+        before = self.call("add", first, self.call("arange", start=-a, end=0, step=1, dtype=torch.int64))  # [B, a]
+        shape = tuple(B if j == 0 else (a if j == d else 1) for j in range(x.rank))
+        index = self.call("reshape", self.call("remainder", before, slots), shape=shape)
+        index = self.call("expand", index, shape=tuple(a if j == d else s for j, s in enumerate(x.shape)))
+        known = self.call("reshape", self.call("ge", before, self.call("constant", value=0, dtype=torch.int64)),
+                          shape=shape)
+        past = self.call("where", known, self.call("gather", written, index, dim=d),
+                         self.call("constant", value=0.0, dtype=x.dtype))
+        ins = [past] + [self.normal(v, n) for v in n.inputs[1:]]
+        self.map[id(n.result)] = self.call("cat", *ins, dim=n.attrs["dim"])
 
     def table_rows_at(self, n: Node, positions: Value) -> None:
         """A table's rows ``c .. c + S - 1`` (``plan.tables``) as its rows at each row's positions + c: ``[B, S,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from math import prod
 from typing import Optional
 
 import torch
@@ -64,7 +65,7 @@ class StaticKVCache:
         out = []
         for k, v in self.graph.meta["kv_cache"]["caches"]:
             out += [k, v]
-        return out
+        return out + list(self.graph.meta["kv_cache"].get("conv_states", {}))
 
     def ensure(self, batch: int, length: int, limit: Optional[int] = None, reserve: Optional[int] = None) -> bool:
         """Make sure buffers hold ``batch`` rows of ``length`` positions; True when they were reallocated.
@@ -105,10 +106,10 @@ class StaticKVCache:
         buffers = {}
         for name in self.names():
             t = self.graph.value(name).type
-            _, heads, slots, dim = t.shape
-            # a ring (sliding-window layer) holds its window whatever the length; the others ``length``
-            n = int(slots) if slots.is_Integer else length
-            buffers[name] = torch.zeros(batch, int(heads), n, int(dim), dtype=t.dtype, device=self.device)
+            # [B, Hkv, T, D] (a ring, of a sliding-window layer or a convolution's state, holds its slots whatever
+            # the length: an int where the others have T)
+            shape = [batch] + [int(d) if d.is_Integer else length for d in t.shape[1:]]
+            buffers[name] = torch.zeros(shape, dtype=t.dtype, device=self.device)
         return buffers
 
     def _bytes_per_slot(self) -> int:
@@ -116,9 +117,9 @@ class StaticKVCache:
         total = 0
         for name in self.names():
             t = self.graph.value(name).type
-            _, heads, slots, dim = t.shape
-            if not slots.is_Integer:
-                total += int(heads) * int(dim) * torch.empty((), dtype=t.dtype).element_size()
+            if not all(d.is_Integer for d in t.shape[1:]):
+                total += int(prod(int(d) for d in t.shape[1:] if d.is_Integer)) * \
+                    torch.empty((), dtype=t.dtype).element_size()
         return total
 
     def views(self, batch: int) -> dict[str, torch.Tensor]:

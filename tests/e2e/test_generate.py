@@ -170,8 +170,9 @@ def test_a_capture_proven_for_short_sequences_limits_the_cached_decode():
 class _PositionForms(torch.nn.Module):
     """A user's decoder whose positions come in a form of its own: a table sliced to the sequence (``"rows"``:
     ``wpe[:S]``; ``"mingpt"``: ``pos_emb[:, :S, :]`` of a ``[1, 64, D]`` table; ``"offset"``: ``wpe[2 : S + 2]``;
-    ``"strided"``: ``wpe[: 2 * S : 2]``), a causal depthwise convolution over the tokens (``"conv"``), a token
-    shift by a gather (``"gather"``), or every token reading the first (``"first"``)."""
+    ``"strided"``: ``wpe[: 2 * S : 2]``), a causal depthwise convolution over the tokens (``"conv"``; ``"future"``:
+    over the token and the two after it), a token shift by a padding (``"shift"``) or by a gather (``"gather"``), or
+    every token reading the first (``"first"``)."""
 
     def __init__(self, form: str, vocab: int = 50, d: int = 16) -> None:
         super().__init__()
@@ -197,6 +198,10 @@ class _PositionForms(torch.nn.Module):
             h = h + 3 * h[:, (torch.arange(s, device=ids.device) - 1).clamp(min=0)]
         elif self.form == "first":  # every token reads the first one
             h = h + 3 * h[:, :1]
+        elif self.form == "shift":  # a token shift: each token mixed with the one before it (zeros before the first)
+            h = h + 3 * torch.nn.functional.pad(h[:, :-1], (0, 0, 1, 0))
+        elif self.form == "future":  # a convolution over the token and the two after it
+            h = h + 3 * self.conv(h.transpose(1, 2))[..., 2:s + 2].transpose(1, 2)
         else:
             h = h + 3 * self.conv(h.transpose(1, 2))[..., :s].transpose(1, 2)
         q, k, v = self.qkv(h)[:, None].chunk(3, dim=-1)
@@ -216,7 +221,26 @@ def test_a_position_table_read_by_slicing_decodes_at_each_positions_rows(form):
         assert torch.equal(out[:, ids.shape[1]:], recompute(model, ids, mask, 10))
 
 
-@pytest.mark.parametrize("form, why", [("conv", "joins pieces along the sequence dim"),
+@pytest.mark.parametrize("form", ["conv", "shift"])
+def test_a_causal_convolution_over_the_tokens_decodes_with_a_ring_state(form):
+    """A causal depthwise convolution (``conv1d(padding=2)[..., :S]``, LFM2's short convolution) and a token shift
+    read the positions before their own: the cache keeps the last ones in a ring state per convolution (it was refused
+    before; before that it decoded wrong tokens silently). Greedy tokens equal recomputation with left padding (rows
+    of different lengths: a padded prefill; one row of one or two tokens, whose first steps read position 0 from the
+    ring), past the ring's slots many times over."""
+    torch.manual_seed(0)
+    model = _PositionForms(form).eval()
+    ids, mask = prompts(50, [6, 3, 1, 2, 1, 1])
+    compiled = membound.compile(model)
+    with torch.no_grad():
+        out = membound.generate(compiled, ids, 10, attention_mask=mask)
+        assert torch.equal(out[:, ids.shape[1]:], recompute(model, ids, mask, 10))
+    states = compiled._kv_program.meta["conv_states"]
+    assert list(states.values()) == [3 if form == "conv" else 2]
+    assert compiled._kv_program.cache.buffers[next(iter(states))].shape == ((6, 16, 3) if form == "conv" else (6, 2, 16))
+
+
+@pytest.mark.parametrize("form, why", [("future", "reads 2 position\\(s\\) after its own"),
                                        ("strided", "in a form this pass does not know"),
                                        ("gather", "gathers along the sequence dim"),
                                        ("first", "reads fixed slots 0 to 1 of the sequence dim")])
