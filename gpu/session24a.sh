@@ -5,8 +5,8 @@
 #   2. the families session 23 made capture and decode, on cuda, both backends (kernels compiled, CUDA graphs):
 #      MiMo-V2-Flash (row-max shift, sinks), Granite-SWA dense / MoE (the logsumexp sink scale), DeepSeek-V3.2 and
 #      GLM-MoE-DSA (sparse attention kept dense up to index_topk), HY-V4 (that and the clamped silu experts), Gemma 3n
-#      (AltUp, LAuReL, KV sharing, activation sparsity), and (session 24) LFM2, whose short convolutions decode with a
-#      ring state (cache_write / gather on a rank-3 state), in 5 processes.
+#      (AltUp, LAuReL, KV sharing, activation sparsity), and (session 24) LFM2 and LFM2-MoE, whose short convolutions
+#      decode with a ring state (cache_write / gather on a rank-3 state), in 5 processes.
 # One tarball under $OUT; the tables last.
 #
 #   bash gpu/session24a.sh
@@ -14,7 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 W=$OUT/work; mkdir -p "$W"
 timeout 150 python -m pytest -q -rfE -n 8 -p no:cacheprovider tests/backends/test_moe_kernel.py >"$W/moe-tests.log" 2>&1
 echo "moe kernel tests rc $? ($((SECONDS - start)) s)"
-fams=(mimo-v2-flash granite-swa granite-moe-swa deepseek-v3.2 glm-moe-dsa hy-v4 gemma3n longcat-flash lfm2 llama)
+fams=(mimo-v2-flash granite-swa granite-moe-swa deepseek-v3.2 glm-moe-dsa hy-v4 gemma3n longcat-flash lfm2 lfm2-moe)
 for i in 0 1 2 3 4; do
     part=("${fams[$((2 * i))]}" "${fams[$((2 * i + 1))]}")
     timeout 200 python benches/hf_families.py --device cuda --families "${part[@]}" --out "$W/hf$i" \
