@@ -878,12 +878,17 @@ def _stack(t: Translator, a: Args) -> Value:
     return t.emit("cat", *xs, dim=a.dim) if len(xs) > 1 else xs[0]
 
 
-@rule(aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default)
+@rule(aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default, aten.tensor_split.indices,
+      aten.tensor_split.sections)
 def _split(t: Translator, a: Args) -> list[Value]:
-    """Piece sizes are those torch computed (so symbolic sizes and ragged tails come out right)."""
+    """Piece sizes are those torch computed (so symbolic sizes and ragged tails come out right). ``tensor_split`` at
+    indices (Mamba's ``torch.split`` with sizes under export) is the same whenever its pieces tile the dim in order."""
     x = a.self
-    dim = _norm(a.dim, x.rank)
+    dim = _norm(a.get("dim", 0), x.rank)
     sizes = tuple(o.shape[dim] for o in t.out_types())
+    if not dims_equal(sum(sizes, sympy.Integer(0)), x.shape[dim]):
+        raise t.unsupported(f"tensor_split of {x.type} along dim {dim} into pieces {list(sizes)} that do not tile it "
+                            "(indices out of order or past the end)")
     if len(sizes) == 1:
         return [x]
     return t.emit_multi("split", x, dim=dim, sizes=sizes)

@@ -140,6 +140,12 @@ def _dims_reduced(node: Node) -> list[int]:
 def _analyze(g: Graph) -> _Plan:
     seq_inputs = [v for v in g.inputs if v.rank >= 2 and v.shape[0] == B and v.shape[1] == S]
     if not seq_inputs:
+        pinned = [v for v in g.inputs if v.rank >= 2 and is_static(v.shape[1])]
+        if pinned:
+            raise NotCacheable(f"the capture pinned the sequence length of %{pinned[0].name} to {pinned[0].shape[1]} "
+                               f"({pinned[0].type}): the model's code loops or branches on it in a way torch.export "
+                               f"could not keep symbolic (a Python loop over the tokens, as Mamba's selective scan), "
+                               f"so there is no graph for any other number of new tokens")
         raise NotCacheable(f"no graph input has shape [B, S, ...] (inputs: {[str(v) for v in g.inputs]})")
     data: set[int] = set()
     for n in g.nodes:

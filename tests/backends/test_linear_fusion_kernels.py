@@ -25,6 +25,11 @@ from membound.ir.ops import get_op
 INTERP = Interpreted(__file__)
 # bit-for-bit equality of two kernels' sums holds where numpy runs them (the interpreter), not on a GPU
 EXACT = {torch.float32: dict(rtol=0, atol=0), torch.float16: dict(rtol=0, atol=0)} if DEVICE == "cpu" else None
+# ...when both kernels' tl.dot tiles have the same width. The rotary epilogue streams a head's column pairs as two
+# tiles of block_n columns where the unfused linear takes one of 2 * block_n: numpy's BLAS may order such products'
+# sums differently on some CPUs (session 24's machine: one fp16 value of 720 one ulp apart, 3.8e-6 at 7.2e-3), so
+# those tests allow one fp16 ulp there (still 2x tighter than UNFUSED_TOL)
+ULP = {torch.float16: dict(rtol=2.0 ** -10, atol=1e-6)} if DEVICE == "cpu" else None
 DTYPES = [torch.float32, torch.float16]
 EAGER_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=1e-2, atol=1e-2)}
 UNFUSED_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-3, atol=2e-3)}
@@ -250,8 +255,8 @@ def test_linear_rope(m: int, k: int, hq: int, hkv: int, d: int, bias: bool, dtyp
                      request: pytest.FixtureRequest) -> None:
     """q and k rotated in the GEMV's epilogue (each program streams column pairs (j, j + D/2) of a head as two
     tiles; the value columns after them, two tiles of consecutive columns) equal the unfused path (the library's
-    linear at the same tiles, then HF's rotation in torch, rounded as eager rounds it): bit for bit in fp16 in
-    the interpreter (EXACT; the same K order), else within the unfused tolerance; against eager fp32 within
+    linear at the same tiles, then HF's rotation in torch, rounded as eager rounds it): within one fp16 ulp in
+    the interpreter (ULP; the same K order, tiles of other widths), else within the unfused tolerance; against eager fp32 within
     EAGER_TOL. Also every column rotated (no value columns) and none."""
     if not INTERP.runs_here(request):
         return
@@ -276,7 +281,7 @@ def test_linear_rope(m: int, k: int, hq: int, hkv: int, d: int, bias: bool, dtyp
             # the same rows a program (block_n counts column pairs: twice the columns), the same K order
             plain = None if cfg is None else dataclasses.replace(cfg, block_n=2 * cfg.block_n)
             unfused = rope_columns(linear(x, w, b, config=plain), cos, sin, head_dim=d, rope_cols=cols)
-            tol = (EXACT or UNFUSED_TOL)[dtype] if dtype == torch.float16 else UNFUSED_TOL[dtype]
+            tol = (ULP or UNFUSED_TOL)[dtype] if dtype == torch.float16 else UNFUSED_TOL[dtype]
             torch.testing.assert_close(y, unfused, **tol)
             torch.testing.assert_close(y.float(), eager, **EAGER_TOL[dtype])
 
@@ -294,7 +299,7 @@ def test_rms_norm_linear_rope_sumsq(m: int, k: int, hq: int, hkv: int, d: int, b
                                     request: pytest.FixtureRequest) -> None:
     """The norm from x's partials in the prologue and q / k rotated in the epilogue, one launch: equal to the two
     parents one after the other (rms_norm_linear_sumsq at the same tiles, then HF's rotation in torch, rounded as
-    eager rounds it): bit for bit in fp16 in the interpreter (EXACT), else within the unfused tolerance (fp32:
+    eager rounds it): within one fp16 ulp in the interpreter (ULP), else within the unfused tolerance (fp32:
     the product's sums in another order); against eager fp32 (the norm, the linear, the rotation) within
     EAGER_TOL. FMA (M = 1, 2) and tensor cores (M = 3, 5: x normed into a scratch first, or in the loop; the
     swapped product), split-K and not, with and without a bias; every column rotated and none at the default
@@ -323,7 +328,7 @@ def test_rms_norm_linear_rope_sumsq(m: int, k: int, hq: int, hkv: int, d: int, b
             plain = None if cfg is None else dataclasses.replace(cfg, block_n=2 * cfg.block_n)
             unfused = rope_columns(rms_norm_linear_sumsq(x, ss, nw, w, b, eps=1e-5, config=plain), cos, sin,
                                    head_dim=d, rope_cols=cols)
-            tol = (EXACT or UNFUSED_TOL)[dtype] if dtype == torch.float16 else UNFUSED_TOL[dtype]
+            tol = (ULP or UNFUSED_TOL)[dtype] if dtype == torch.float16 else UNFUSED_TOL[dtype]
             torch.testing.assert_close(y, unfused, **tol)
             torch.testing.assert_close(y.float(), eager, **EAGER_TOL[dtype])
 

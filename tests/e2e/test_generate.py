@@ -373,3 +373,33 @@ def test_bidirectional_model_is_refused_with_reason():
 
     with pytest.raises(KVCacheError, match="bidirectional"):
         membound.generate(Bidirectional().eval(), torch.randint(0, 50, (1, 5)), 3)
+
+
+class _TokenLoop(torch.nn.Module):
+    """A recurrence written as a Python loop over the tokens (Mamba's reference selective scan): torch.export pins
+    the sequence length it was captured at."""
+
+    def __init__(self, vocab: int = 50, d: int = 16) -> None:
+        super().__init__()
+        self.emb, self.head = torch.nn.Embedding(vocab, d), torch.nn.Linear(d, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h, state, outs = self.emb(ids), torch.zeros(ids.shape[0], self.emb.embedding_dim), []
+        for i in range(ids.shape[1]):
+            state = 0.5 * state + h[:, i]
+            outs.append(state)
+        return self.head(torch.stack(outs, dim=1))
+
+
+def test_a_python_loop_over_the_tokens_refuses_the_cache_naming_the_pinned_length():
+    """Before: "no graph input has shape [B, S, ...]", which did not say why. Now the refusal names the pinned length
+    and the reason, and ``kv_cache=False`` recomputes (a capture per length) equal to eager."""
+    torch.manual_seed(0)
+    model = _TokenLoop().eval()
+    ids, mask = prompts(50, [5, 5])
+    compiled = membound.compile(model)
+    with torch.no_grad():
+        with pytest.raises(KVCacheError, match=r"pinned the sequence length of %\w+ to 5 .*a Python loop over the "):
+            membound.generate(compiled, ids, 3)
+        out = membound.generate(compiled, ids, 3, kv_cache=False)
+        assert torch.equal(out[:, ids.shape[1]:], recompute(model, ids, mask, 3))

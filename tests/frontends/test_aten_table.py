@@ -442,3 +442,28 @@ def test_a_write_into_a_view_read_later_translates_through_functionalization() -
     assert cap.graph.count("cat") >= 1, cap.graph
     for x in (_x(2, 6), _x(3, 9)):
         _close(_run(cap, (x,)), fn(x))
+
+
+def test_tensor_split_at_indices_and_in_sections_equals_torch() -> None:
+    """``tensor_split`` at indices (what Mamba's ``torch.split`` with sizes becomes under export; a dynamic last dim)
+    and in sections (ragged: 10 in 3 is 4, 3, 3) are slices tiling the dim; indices out of order are refused by
+    name."""
+    def fn(x: torch.Tensor) -> tuple:
+        return *torch.tensor_split(x, [2, 5], dim=-1), *torch.tensor_split(x, [1], dim=1)
+
+    cap = capture_export(fn, (_x(2, 7, 10),))
+    for xs in (_x(2, 7, 10), _x(3, 5, 12)):
+        _close(_run(cap, (xs,)), fn(xs))
+
+    def sections(x: torch.Tensor) -> tuple:
+        return torch.tensor_split(x, 3, dim=-1)
+
+    cap = capture_export(sections, (_x(2, 7, 10),), dynamic=False)
+    xs = _x(2, 7, 10)
+    _close(_run(cap, (xs,)), sections(xs))
+
+    def backwards(x: torch.Tensor) -> tuple:
+        return torch.tensor_split(x, [5, 2], dim=-1)
+
+    with pytest.raises(UnsupportedOpError, match="do not tile it"):
+        capture_export(backwards, (_x(2, 7, 10),))
