@@ -489,25 +489,31 @@ def _constant_pad(t: Translator, a: Args) -> Value:
     value = 0 if value is None else value
     pads = [t.dim(p) for p in a.pad]
     for amount in pads:
-        if not is_static(amount):
-            raise t.unsupported(f"pad by a symbolic amount {amount}: only static pads are translated")
+        if not is_static(amount) and not sympy.sympify(amount).is_nonnegative:
+            raise t.unsupported(f"pad by a symbolic amount {amount} that may be negative: only static pads and "
+                                "symbolic ones proven >= 0 (Mamba-2's Mod(-S, chunk)) are translated")
     for i in range(len(pads) // 2):
-        x = _padded(t, x, x.rank - 1 - i, int(pads[2 * i]), int(pads[2 * i + 1]), value)
+        x = _padded(t, x, x.rank - 1 - i, pads[2 * i], pads[2 * i + 1], value)
     return x
 
 
-def _padded(t: Translator, x: Value, dim: int, before: int, after: int, value: Any) -> Value:
+def _padded(t: Translator, x: Value, dim: int, before: Any, after: Any, value: Any) -> Value:
     """``x`` with ``before`` / ``after`` slots of ``value`` joined along ``dim`` (``full`` blocks, one ``cat``); a
-    negative amount slices that many slots off instead."""
-    if before < 0 or after < 0:
-        x = t.emit("slice", x, dim=dim, start=sympy.Integer(max(-before, 0)), end=x.shape[dim] + min(after, 0),
-                   step=1)
+    negative amount slices that many slots off instead. A symbolic amount (proven >= 0) joins a block of that size,
+    empty where it is 0."""
+    before, after = sympy.sympify(before), sympy.sympify(after)
+    if (is_static(before) and before < 0) or (is_static(after) and after < 0):
+        x = t.emit("slice", x, dim=dim, start=sympy.Integer(max(-int(before), 0)),
+                   end=x.shape[dim] + min(int(after), 0), step=1)
 
-    def block(n: int) -> Value:
-        shape = tuple(sympy.Integer(n) if d == dim else x.shape[d] for d in range(x.rank))
+    def block(n: Any) -> Value:
+        shape = tuple(n if d == dim else x.shape[d] for d in range(x.rank))
         return t.emit("full", shape=shape, value=_as(value, x.dtype), dtype=x.dtype)
 
-    parts = ([block(before)] if before > 0 else []) + [x] + ([block(after)] if after > 0 else [])
+    def joins(n: Any) -> bool:
+        return not is_static(n) or int(n) > 0
+
+    parts = ([block(before)] if joins(before) else []) + [x] + ([block(after)] if joins(after) else [])
     return t.emit("cat", *parts, dim=dim) if len(parts) > 1 else x
 
 

@@ -467,3 +467,21 @@ def test_tensor_split_at_indices_and_in_sections_equals_torch() -> None:
 
     with pytest.raises(UnsupportedOpError, match="do not tile it"):
         capture_export(backwards, (_x(2, 7, 10),))
+
+
+def test_a_pad_by_a_symbolic_amount_proven_nonnegative_joins_a_block_of_that_size() -> None:
+    """Mamba-2's chunked scan pads the tokens to a multiple of its chunk: ``F.pad(x, (0, 0, 0, (4 - S % 4) % 4))``;
+    the block is empty where S is already a multiple. An amount that may be negative (``S - 6``) is refused."""
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (0, 0, 0, (4 - x.shape[1] % 4) % 4), value=2.0)
+        return padded.sum(1) + padded.shape[1]
+
+    cap = capture_export(fn, (_x(2, 7, 3),))
+    for xs in (_x(2, 7, 3), _x(3, 8, 3), _x(2, 13, 3)):
+        _close(_run(cap, (xs,)), fn(xs))
+
+    def shrink(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, x.shape[1] - 6))
+
+    with pytest.raises(UnsupportedOpError, match="may be negative"):
+        capture_export(shrink, (_x(2, 7, 3),))
