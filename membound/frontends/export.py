@@ -181,12 +181,18 @@ def build_capture(ep: ExportedProgram, roles: Sequence[Role], in_spec: pytree.Tr
     symbols = SymbolTable(shape_env)
     node_roles: dict[torch.fx.Node, Role] = {}
     user_roles = iter(roles)
+    # the device of the model's own tensors: a constant its code makes with torch.tensor(...) (Gemma 3n's) is lifted
+    # on the CPU whatever the model's device; eager torch takes a 0-d CPU tensor beside CUDA ones, a kernel cannot
+    homes = {_state_tensor(ep, s).device for s in specs if s.kind in (InputKind.PARAMETER, InputKind.BUFFER)}
+    home = next(iter(homes)) if len(homes) == 1 else None
     for node, ispec in zip(placeholders, specs):
         if ispec.kind == InputKind.USER_INPUT:
             node_roles[node] = next(user_roles)
         elif ispec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-            node_roles[node] = AsParam(_fqn(ispec.target), _state_tensor(ep, ispec),
-                                       constant=ispec.kind == InputKind.CONSTANT_TENSOR)
+            tensor = _state_tensor(ep, ispec)
+            if ispec.kind == InputKind.CONSTANT_TENSOR and home is not None and tensor.device != home:
+                tensor = tensor.to(home)
+            node_roles[node] = AsParam(_fqn(ispec.target), tensor, constant=ispec.kind == InputKind.CONSTANT_TENSOR)
         else:
             raise CaptureError(f"{name}: export produced a {ispec.kind.name} input ({ispec.arg}); membound "
                                "supports tensor inputs, parameters, buffers and constants")

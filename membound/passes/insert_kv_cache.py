@@ -272,12 +272,10 @@ def _find_histories(g: Graph, plan: _Plan) -> None:
         elif get_op(n.op).kind == "elementwise":
             spans, dims = [], set()
             for v in n.inputs:
-                at = None
                 if id(v) in ranges:
                     vlo, vhi, vd = ranges[id(v)]
-                    at = vd + out.rank - v.rank
                     spans.append((vlo, vhi))
-                    dims.add(at)
+                    dims.add(vd + out.rank - v.rank)
             (d,) = dims if len(dims) == 1 else (None,)
             if d is None:
                 raise NotCacheable(f"{n.op} at %{out.name} joins padded windows of the tokens along different dims")
