@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import sympy
@@ -348,6 +348,28 @@ case("cumsum", [A(i32, 2, 6)], _cumsum(-1), dim=-1)  # ints accumulate in i64
 case("cumsum", [A(boolean, 11, gen="bool")], _cumsum(0), dim=0)
 case("cumsum", [A(f16, 4, 3)], _cumsum(0), dim=0, dtype=f32)
 case("cumsum", [A(i64, B, S)], _cumsum(1), dim=1)
+
+
+def _linear_scan(dim: int) -> Callable[..., torch.Tensor]:
+    """The closed form: h_t = sum_j (a_(j+1) ... a_t) b_j + (a_0 ... a_t) init, in float64."""
+    def expect(a: torch.Tensor, b: torch.Tensor, init: Optional[torch.Tensor] = None) -> torch.Tensor:
+        a, b = a.double().movedim(dim, 0), b.double().movedim(dim, 0)
+        h0 = torch.zeros_like(b[0]) if init is None else init.double().movedim(dim, 0)[0]
+        out = []
+        for t in range(a.shape[0]):
+            h = h0 * a[:t + 1].prod(0)
+            for j in range(t + 1):
+                h = h + a[j + 1:t + 1].prod(0) * b[j]
+            out.append(h)
+        return torch.stack(out).movedim(0, dim)
+
+    return expect
+
+
+case("linear_scan", [A(f32, 2, 5, 3, gen="range", hi=-1), A(f32, 2, 5, 3)], _linear_scan(1), dim=1)
+case("linear_scan", [A(f32, 2, 7, gen="range", hi=-1), A(f32, 2, 7), A(f32, 2, 1)], _linear_scan(-1), dim=-1)
+case("linear_scan", [A(f16, 4, 3, gen="range", hi=-1), A(f16, 4, 3)], _linear_scan(0), dim=0)
+case("linear_scan", [A(f32, B, S, 4, gen="range", hi=-1), A(f32, B, S, 4), A(f32, B, 1, 4)], _linear_scan(1), dim=1)
 
 
 def _layer_norm(ndim: int, eps: float = 1e-5) -> Callable[..., torch.Tensor]:
@@ -1019,6 +1041,9 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("softmax", [T(i64, 3)], {"dim": 0}, TypeError),
     ("log_softmax", [T(f32, 3, 4)], {"dim": 2}, ValueError),
     ("cumsum", [T(f32, 3, 4)], {"dim": -3}, ValueError),
+    ("linear_scan", [T(f32, 3, 4), T(f32, 3, 5)], {"dim": 0}, ValueError),
+    ("linear_scan", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 3, 4)], {"dim": 0}, ValueError),  # init not [1, 4]
+    ("linear_scan", [T(i64, 3, 4), T(i64, 3, 4)], {"dim": 0}, TypeError),
     ("layer_norm", [T(f32, 3, 4), T(f32, 5)], {}, ValueError),
     ("layer_norm", [T(f32, 3, 4)], {"ndim": 3}, ValueError),
     ("rms_norm", [T(f32, 3, 4), T(f32, 5)], {"eps": 1e-6}, ValueError),

@@ -29,6 +29,7 @@ from membound.ir.ops._common import (
     reduces_last,
     require_float,
     require_same_dim,
+    same_dtype,
     shape_str,
 )
 from membound.ir.types import TensorType
@@ -170,6 +171,49 @@ def _cumsum(x: torch.Tensor, *, dim: int, dtype: Any) -> torch.Tensor:
 define_op("cumsum", inputs=("x",), attrs={"dim": REQUIRED, "dtype": None}, kind="reduction", infer=_infer_cumsum,
           reference=_cumsum, flops=per_input(1), doc="inclusive prefix sum along dim; ints/bools accumulate in i64",
           row_reduction=True, lift=lift_dim, reduces=reduces_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# linear_scan: h_t = a_t * h_{t-1} + b_t along one dim (a selective state-space model's recurrence)
+# ---------------------------------------------------------------------------------------------
+def _infer_linear_scan(a: TensorType, b: TensorType, *init: TensorType, dim: int) -> TensorType:
+    op = "linear_scan"
+    d = norm_dim(op, dim, a.rank)
+    dtype = same_dtype(op, ("a", a), ("b", b))
+    if not is_float(dtype):
+        fail(op, f"needs floating a and b, got {a}, {b}", TypeError)
+    if a.rank != b.rank:
+        fail(op, f"a {a} and b {b} must have one shape")
+    for i, (x, y) in enumerate(zip(a.shape, b.shape)):
+        require_same_dim(op, x, y, f"a {a} vs b {b} at dim {i}")
+    if len(init) > 1:
+        fail(op, f"takes at most one initial state, got {len(init)}")
+    if init:
+        same_dtype(op, ("a", a), ("init", init[0]))
+        want = tuple(sympy.Integer(1) if i == d else x for i, x in enumerate(a.shape))
+        if init[0].rank != a.rank:
+            fail(op, f"init {init[0]} must be a's shape with dim {d} of size 1 ({shape_str(want)})")
+        for i, (x, y) in enumerate(zip(init[0].shape, want)):
+            require_same_dim(op, x, y, f"init {init[0]} vs {shape_str(want)} at dim {i}")
+    return TensorType(dtype, a.shape)
+
+
+def _linear_scan(a: torch.Tensor, b: torch.Tensor, *init: torch.Tensor, dim: int) -> torch.Tensor:
+    """Step by step along ``dim``, each state rounded to the dtype as the model's own loop rounds it."""
+    d = dim % a.dim()
+    out = torch.empty_like(b)
+    h = init[0].select(d, 0) if init else torch.zeros_like(b.select(d, 0))
+    for t in range(a.shape[d]):
+        h = a.select(d, t) * h + b.select(d, t)
+        out.select(d, t).copy_(h)
+    return out
+
+
+define_op("linear_scan", inputs=("a", "b", "*init"), attrs={"dim": REQUIRED}, kind="reduction",
+          infer=_infer_linear_scan, reference=_linear_scan, flops=per_input(2),
+          doc="h_t = a_t * h_(t-1) + b_t along dim (h_(-1) = init, [.., 1, ..] at dim, else 0), every h_t: the "
+              "recurrence of a selective state-space model (Mamba's scan); insert-kv-cache keeps its last state",
+          reduces=reduces_dim)
 
 
 # ---------------------------------------------------------------------------------------------
