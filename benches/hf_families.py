@@ -182,6 +182,12 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
                                                 expansion_ratio=2)),
     "xglm": ("XGLMForCausalLM", "XGLMConfig", dict(d_model=64, num_layers=2, attention_heads=4, ffn_dim=96)),
     "mamba": ("MambaForCausalLM", "MambaConfig", dict(state_size=4, expand=2, conv_kernel=3)),
+    "falcon-mamba": ("FalconMambaForCausalLM", "FalconMambaConfig", dict(state_size=4, expand=2, conv_kernel=3)),
+    # attention, Mamba layers (their scan and short convolution carried in the cache) and experts in one stack
+    "jamba": ("JambaForCausalLM", "JambaConfig", dict(
+        num_hidden_layers=4, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
+        num_experts=4, num_experts_per_tok=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_dt_rank=8,
+        use_mamba_kernels=False)),
     # LFM2: captures (its short convolutions translate as their taps), but a convolution over the tokens needs a
     # state the KV cache does not hold: generate refuses the cache, naming the convolution's shift (session 23)
     "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(head_dim=16, layer_types=["conv", "full_attention"])),

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import sympy
 import torch
 
+import membound.frontends.ssm  # noqa: F401  (registers torch.ops.membound.linear_scan)
 from membound.frontends.translate import Args, DataScalar, Translator, symbolic_value
 from membound.ir.graph import Value
 from membound.ir.types import dims_equal, is_static
@@ -416,6 +417,12 @@ def _var_std(t: Translator, a: Args) -> Value:
             var = t.emit("div", t.emit("mul", var, t.cast(t.sym_scalar(n), var.dtype)),
                          t.cast(t.sym_scalar(n - correction), var.dtype))
     return t.emit("sqrt", var) if "std" in str(t.node.target) else var
+
+
+@rule(torch.ops.membound.linear_scan.default)
+def _linear_scan(t: Translator, a: Args) -> Value:
+    """membound's own op (``frontends/ssm.py``: Mamba's scan while exporting): the IR's ``linear_scan``."""
+    return t.emit("linear_scan", a.a, a.b, dim=a.dim)
 
 
 @rule(aten.conv1d.default, aten.conv1d.padding)

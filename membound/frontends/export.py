@@ -29,6 +29,7 @@ from torch.export.graph_signature import InputKind, OutputKind
 from membound.frontends.aten_table import TABLE
 from membound.frontends.capture import Capture, ConstLeaf, InLeaf, TensorLeaf, flatten_call, leaf_paths
 from membound.frontends.errors import CaptureError, UnsupportedOpError
+from membound.frontends.ssm import hf_selective_scan_as_linear_scan
 from membound.frontends.symbols import SymbolTable
 from membound.frontends.translate import (
     AsConstant,
@@ -136,7 +137,8 @@ def export_leaves(module: torch.nn.Module, leaves: Sequence[Any], name: str,
         # a fresh tracing context: inside a torch.compile backend, export must not add its guards to the
         # frame Dynamo is compiling
         with torch.no_grad(), torch._guards.tracing(None), _quiet_specialisation_notes(), _hf_masks_without_vmap(), \
-                _hf_moe_blocks_dense(module), _hf_rotary_without_complex(module):
+                _hf_moe_blocks_dense(module), _hf_rotary_without_complex(module), \
+                hf_selective_scan_as_linear_scan(module):
             # (a graph of no inputs, e.g. a Dynamo subgraph between two breaks that only makes constants, takes no
             # dynamic_shapes: export rejects a dict naming an argument it was not given)
             ep = torch.export.export(module, tuple(leaves), dynamic_shapes={"leaves": shapes} if leaves else None,

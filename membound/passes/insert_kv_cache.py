@@ -115,6 +115,7 @@ class _Plan:
     # id(cat node) -> the history it zero-pads (a causal convolution's left padding, a token shift), in graph order
     histories: dict[int, "_History"] = field(default_factory=dict)
     shifted: set[int] = field(default_factory=set)  # ids of the nodes computing on those padded windows
+    scans: list[Node] = field(default_factory=list)  # linear_scan over the tokens: each keeps its last state
 
 
 @dataclass
@@ -152,10 +153,20 @@ def _analyze(g: Graph) -> _Plan:
         if any(v.kind == "input" or (v.producer is not None and id(v.producer) in data) for v in n.inputs):
             data.add(id(n))
     attentions = [n for n in g.nodes if n.op == "attention"]
-    if not attentions:
-        raise NotCacheable("no attention op (after fuse-attention): nothing to cache")
+    scans = [n for n in g.nodes if n.op == "linear_scan" and id(n) in data
+             and _sequence_dim(n.inputs[0].shape[n.attrs["dim"] % n.inputs[0].rank])]
+    if not attentions and not scans:
+        raise NotCacheable("no attention op (after fuse-attention) and no recurrence over the tokens: nothing to "
+                           "cache")
     plan = _Plan(attentions, [a.attrs["window"] for a in attentions], data, {},
                  chunks=[a.attrs.get("chunk") for a in attentions])
+    for n in scans:
+        x, d = n.inputs[0], n.attrs["dim"] % n.inputs[0].rank
+        if len(n.inputs) > 2 or x.shape[0] != B or d == 0 \
+                or not all(is_static(e) for i, e in enumerate(x.shape) if i not in (0, d)):
+            raise NotCacheable(f"linear_scan at %{n.result.name} over {x.type} along dim {d}: its state is kept only "
+                               f"for [B, ..., S, ...] with the other dims static and no initial state of its own")
+        plan.scans.append(n)
     for i, a in enumerate(attentions):
         q, k, v = a.inputs[:3]
         if not (q.shape[2] == S and k.shape[2] == S and v.shape[2] == S):
@@ -181,7 +192,7 @@ def _analyze(g: Graph) -> _Plan:
             plan.notes.append(f"attention #{i}: causal mask within chunks of {form.chunk} positions carried onto "
                               f"cached_attention")
     _find_histories(g, plan)
-    attention_ids = {id(a) for a in attentions}
+    attention_ids = {id(a) for a in attentions} | {id(n) for n in plan.scans}
     for n in g.nodes:
         if id(n) not in data or id(n) in attention_ids or id(n) in plan.shifted:
             continue
@@ -488,6 +499,11 @@ class _Builder:
         for i, (key, h) in enumerate(self.plan.histories.items()):
             shape = [B if j == 0 else (h.pad + 1 if j == h.dim else x) for j, x in enumerate(h.base.shape)]
             histories[key] = g.add_state(f"conv_state.{i}", TensorType(h.base.dtype, shape))
+        scan_states = {}  # id(linear_scan) -> its state: the last h, [B, ..., 1, ...]
+        for i, n in enumerate(self.plan.scans):
+            d = n.attrs["dim"] % n.inputs[0].rank
+            shape = [1 if j == d else x for j, x in enumerate(n.inputs[0].shape)]
+            scan_states[id(n)] = g.add_state(f"scan_state.{i}", TensorType(n.result.dtype, shape))
         ring_slots: dict[int, Value] = {}  # window -> remainder(positions, window), built once per size
         attention_index = {id(a): i for i, a in enumerate(self.plan.attentions)}
         live = _live_without_masks(old, attention_index)
@@ -516,6 +532,8 @@ class _Builder:
                 self.table_rows_at(n, positions)
             elif id(n) in histories:
                 self.history(n, histories[id(n)], positions)
+            elif id(n) in scan_states and last_index is not None:
+                self.scan(n, scan_states[id(n)], positions, last_index)
             elif id(n) in self.plan.last_token and last_index is not None:
                 # the model's own last-token pick: each row's last position (rows may be padded), [B, 1, ...]
                 x = self.normal(n.inputs[0], n)
@@ -553,8 +571,27 @@ class _Builder:
             "max_positions": self._max_positions(),
             # ring states of causal convolutions and token shifts: state name -> slots (the window's padding + 1)
             "conv_states": {r.name: self.plan.histories[key].pad + 1 for key, r in histories.items()},
+            # the recurrences' last states (linear_scan): one per row, whatever the length
+            "scan_states": [v.name for v in scan_states.values()],
         }
         return g
+
+    def scan(self, n: Node, state: Value, positions: Value, last_index: Value) -> None:
+        """``linear_scan(a, b)`` over the tokens from the state the row's last step left (zero for a step from position
+        0: a prefill), then each row's ``h`` at its last real token (``last_index``) written back as its state."""
+        a, b = (self.normal(v, n) for v in n.inputs[:2])
+        d, rank = n.attrs["dim"] % a.rank, a.rank
+        rows = tuple(B if j == 0 else 1 for j in range(rank))
+        first = self.call("slice", positions, dim=1, start=0, end=1, step=1)
+        fresh = self.call("reshape", self.call("eq", first, self.call("constant", value=0, dtype=torch.int64)),
+                          shape=rows)
+        init = self.call("where", fresh, self.call("constant", value=0.0, dtype=state.dtype), state)
+        h = self.call("linear_scan", a, b, init, dim=n.attrs["dim"])
+        at = self.call("expand", self.call("reshape", last_index, shape=rows), shape=tuple(state.shape))
+        last = self.call("gather", h, at, dim=d)
+        slot = self.call("full", shape=(B, 1), value=0, dtype=torch.int64)
+        self.call("cache_write", state, last, slot, dim=d)
+        self.map[id(n.result)] = h
 
     def history(self, n: Node, ring: Value, positions: Value) -> None:
         """``cat(zeros[a], X, ...)`` with the zeros replaced by ``X`` at the ``a`` positions before each row's first

@@ -65,7 +65,8 @@ class StaticKVCache:
         out = []
         for k, v in self.graph.meta["kv_cache"]["caches"]:
             out += [k, v]
-        return out + list(self.graph.meta["kv_cache"].get("conv_states", {}))
+        meta = self.graph.meta["kv_cache"]
+        return out + list(meta.get("conv_states", {})) + list(meta.get("scan_states", []))
 
     def ensure(self, batch: int, length: int, limit: Optional[int] = None, reserve: Optional[int] = None) -> bool:
         """Make sure buffers hold ``batch`` rows of ``length`` positions; True when they were reallocated.

@@ -269,8 +269,10 @@ class KernelEmitter:
         d = w.attrs["dim"] % cache.rank
         pos = self.emit(positions, (idx[d],) if positions.rank == 1 else (idx[0], idx[d]))
         slot = convert(pos, positions.dtype)
-        if not pos.vector:
-            slot = self.assign(f"tl.broadcast_to({slot}, [BLOCK])", positions.dtype, True).code
+        if not pos.vector:  # (a literal slot, a full() of positions: tl.full, which takes a python int)
+            slot = self.assign(f"tl.full([BLOCK], {literal_code(pos.literal, positions.dtype)}, "
+                               f"{TL_DTYPE[positions.dtype]})" if pos.literal is not None else
+                               f"tl.broadcast_to({slot}, [BLOCK])", positions.dtype, True).code
         if positions.dtype != torch.int64:
             slot = self.assign(f"{slot}.to(tl.int64)", torch.int64, True).code
         if all(cache is not x for x in self.strided):
