@@ -62,12 +62,18 @@ graph unchanged and says why in the pass log:
   convolutions; a token shift ``cat(zeros[1], X[:S-1])``), read by slices and elementwise ops until a value is
   ``S`` long again, proven to read no later position. Each such window gets a ring state of ``a + 1`` slots
   (``conv_state.i``, ``meta["conv_states"]``): the step writes ``X`` into it and reads the ``a`` positions
-  before its first token back in place of the zeros:
+  before its first token back in place of the zeros (a **recurrence** over the tokens, ``linear_scan`` along
+  ``S``: a Mamba layer's state, likewise gets ``scan_state.i``, below):
 
 ```
   %cs = cache_write(%conv_state.0, %x, remainder(%positions, 3)) {dim=2} : f32[B, 64, 3]
   %past = where(%positions[:, :1] + [-2, -1] >= 0, gather(%cs, ...) {dim=2}, 0.0) : f32[B, 64, 2]
   %h  = cat(%past, %x, %zeros) {dim=2} : f32[B, 64, S + 4]        // was cat(%zeros, %x, %zeros)
+  // linear_scan(%a, %b) {dim=2} over [B, 96, S, 4]: started from the row's state (zero at position 0), its h at
+  // each row's last real token written back
+  %init = where(%positions[:, :1] == 0, 0.0, %scan_state.0) : f32[B, 96, 1, 4]
+  %h    = linear_scan(%a, %b, %init) {dim=2} : f32[B, 96, S, 4]
+  %ss   = cache_write(%scan_state.0, gather(%h, %last_index) {dim=2}, 0) {dim=2} : f32[B, 96, 1, 4]
 ```
 - positions enter only as ``arange(0, S)`` (RoPE tables, learned position embeddings, a table's rows
   gathered at them: GPT-J's ``embed_positions[position_ids]``, XGLM's ``index_select``), as a count
