@@ -188,6 +188,10 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         num_hidden_layers=4, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
         num_experts=4, num_experts_per_tok=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_dt_rank=8,
         use_mamba_kernels=False)),
+    # Mamba layers, two of them after a shared attention block (its input the hidden state joined with the embeddings)
+    "zamba": ("ZambaForCausalLM", "ZambaConfig", dict(
+        num_hidden_layers=5, attn_layer_period=2, attn_layer_offset=1, attention_hidden_size=128, attention_head_dim=32,
+        n_mamba_heads=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_dt_rank=8, use_mamba_kernels=False)),
     # LFM2: captures (its short convolutions translate as their taps), but a convolution over the tokens needs a
     # state the KV cache does not hold: generate refuses the cache, naming the convolution's shift (session 23)
     "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(head_dim=16, layer_types=["conv", "full_attention"])),

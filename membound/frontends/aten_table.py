@@ -876,7 +876,7 @@ def _index_along(t: Translator, x: Value, dim: int, index: Any) -> sympy.Expr:
     return x.shape[dim] + i if is_static(i) and int(i) < 0 else i
 
 
-@rule(aten.cat.default, aten.concat.default)
+@rule(aten.cat.default, aten.concat.default, aten.concatenate.default)
 def _cat(t: Translator, a: Args) -> Value:
     dtype = t.out_type().dtype
     # torch's legacy rule: a 1-D empty operand is skipped (an empty Hugging Face DynamicCache starts so)

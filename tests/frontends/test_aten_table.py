@@ -485,3 +485,14 @@ def test_a_pad_by_a_symbolic_amount_proven_nonnegative_joins_a_block_of_that_siz
 
     with pytest.raises(UnsupportedOpError, match="may be negative"):
         capture_export(shrink, (_x(2, 7, 3),))
+
+
+def test_concatenate_is_cat() -> None:
+    """``torch.concatenate`` (Zamba's hybrid layers) is the alias of ``cat`` export keeps as its own op."""
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.concatenate([x, 2 * x], dim=-1)
+
+    cap = capture_export(fn, (_x(2, 5, 3),))
+    assert [n.op for n in cap.graph.nodes].count("cat") == 1
+    xs = _x(3, 4, 3)
+    _close(_run(cap, (xs,)), fn(xs))
