@@ -11,6 +11,7 @@ import torch
 from _triton_interp import DEVICE, Interpreted  # sets TRITON_INTERPRET=1 before triton is imported
 
 import membound
+from membound.testing.model_fuzz import greedy_oracle
 
 INTERP = Interpreted(__file__)
 VOCAB = 97
@@ -39,14 +40,7 @@ def _model(name: str) -> torch.nn.Module:
 
 
 def _eager_greedy(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, new: int) -> torch.Tensor:
-    outs = []
-    for row, m in zip(ids, mask):
-        seq = row[m.bool()][None]
-        for _ in range(new):
-            logits = model(seq, use_cache=False).logits
-            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-        outs.append(seq[0, -new:])
-    return torch.stack(outs)
+    return torch.tensor([tokens for tokens, _ in greedy_oracle(model, ids, mask, new, hf=True)], device=ids.device)
 
 
 # (the interpreter is slow: Triton on Mamba alone, which has the scan, its ring and the kernels' literal-slot write)
