@@ -1,0 +1,73 @@
+"""The ``linear_scan`` kernel against the op's torch reference at odd sizes (the Triton interpreter on CPU, compiled on
+a GPU): along the first, a middle and the last dim, with and without an initial state, a transposed input, S = 1 (a
+decode step) and 37. fp32 within 1e-6 (the same recurrence; the kernel may contract a * h + b into one FMA); fp16
+within 1e-3 (both round each product and each state to fp16, as torch's fp16 mul and add do)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _triton_interp import DEVICE, Interpreted  # sets TRITON_INTERPRET=1 before triton is imported
+
+from membound.ir.ops import get_op
+
+INTERP = Interpreted(__file__)
+TOL = {torch.float32: dict(rtol=1e-6, atol=1e-6), torch.float16: dict(rtol=1e-3, atol=1e-3)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("shape, dim, init", [((3, 37, 5), 1, False), ((2, 7, 1, 9), 1, True), ((37, 6), 0, True),
+                                              ((2, 3, 5, 1), 2, True), ((3, 5, 37), -1, False), ((1, 300, 1), 0, False)])
+def test_linear_scan_kernel_equals_the_reference(shape, dim, init, dtype, request: pytest.FixtureRequest) -> None:
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import LIBRARY, trace
+
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(shape, generator=g) * 1.2 - 0.1).to(dtype).to(DEVICE)  # decays, a few above 1
+    b = torch.randn(shape, generator=g).to(dtype).to(DEVICE)
+    d = dim % len(shape)
+    h0 = [torch.randn(tuple(1 if i == d else n for i, n in enumerate(shape)), generator=g).to(dtype).to(DEVICE)] \
+        if init else []
+    want = get_op("linear_scan").reference(a, b, *h0, dim=dim)
+    with trace() as calls:
+        got = LIBRARY["linear_scan"](a, b, *h0, dim=dim)
+    assert ("linear_scan", "kernel") in calls
+    torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+def test_a_transposed_input_and_an_out_buffer(request: pytest.FixtureRequest) -> None:
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import LIBRARY
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(5, 2, 11, generator=g).to(DEVICE).transpose(0, 2)  # [11, 2, 5], strided
+    b = torch.randn(11, 2, 5, generator=g).to(DEVICE)
+    out = torch.empty(11, 2, 5, device=DEVICE)
+    got = LIBRARY["linear_scan"](a, b, out=out, dim=0)
+    assert got is out
+    torch.testing.assert_close(got, get_op("linear_scan").reference(a, b, dim=0), rtol=1e-6, atol=1e-6)
+
+
+def test_the_kernel_compiles_for_hopper() -> None:
+    """The interpreter never meets the compiler: the scan compiled for sm_90 in bf16 and fp32, with and without an
+    initial state, at a Mamba layer's shape (no GPU needed; a process without TRITON_INTERPRET)."""
+    import json
+
+    script = """
+import json
+from membound.backends.triton.kernels.compile_check import compile_ptx
+from membound.backends.triton.kernels.scan import _linear_scan
+for dt in ("bf16", "fp32"):
+    for init in (True, False):
+        args = dict(a_ptr="*fp32", b_ptr="*fp32", h0_ptr=f"*{dt}", out_ptr=f"*{dt}", S="i32", INNER="i32",
+                    sao="i64", sas="i64", sai="i64", sbo="i64", sbs="i64", sbi="i64", sho="i64", shi="i64",
+                    soo="i64", sos="i64", soi="i64", HAS_INIT=init, BLOCK=256, USE_PDL=1)
+        ptx, shared = compile_ptx(_linear_scan, args, 90, num_warps=4)
+        print(json.dumps(dict(dtype=dt, init=init, stores=ptx.count("st.global"))))
+"""
+    from _triton_interp import compiled_in_subprocess
+
+    results = [json.loads(line) for line in compiled_in_subprocess(script).splitlines() if line.startswith("{")]
+    assert len(results) == 4 and all(r["stores"] >= 1 for r in results), results
