@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 24, after gpu/session24a.sh (H100: 271 moe kernel tests passed; 19 of 20 family runs ok, Gemma 3n's triton run
 # failed on a CPU tensor constant). About 3 minutes on one H100:
-#   1. GPU tests: the lifted-constant fix, and the state-space decode (Mamba's linear_scan and ring states, compiled);
+#   1. GPU tests: the lifted-constant fix, the state-space decode (Mamba's linear_scan and ring states, compiled) and the
+#      linear_scan kernel against its reference;
 #   2. families on cuda, both backends, 3 processes: Gemma 3n (the fix), Mamba / FalconMamba / Jamba (scan states),
 #      LFM3-less LFM2-MoE (ring states under 5.17).
 # One tarball; the tables last. gpu/session23a.sh (divergence margins) is a separate call.
@@ -10,7 +11,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 W=$OUT/work; mkdir -p "$W"
 timeout 150 python -m pytest -q -rfE -p no:cacheprovider tests/runtime/test_lifted_constants_gpu.py \
-    tests/backends/test_state_space_decode.py >"$W/tests.log" 2>&1
+    tests/backends/test_state_space_decode.py tests/backends/test_scan_kernel.py >"$W/tests.log" 2>&1
 echo "GPU tests rc $? ($((SECONDS - start)) s)"; tail -1 "$W/tests.log"
 fams=(gemma3n mamba falcon-mamba jamba lfm2-moe)
 timeout 200 python benches/hf_families.py --device cuda --families gemma3n mamba --out "$W/hf0" >"$W/hf0.log" 2>&1 &
