@@ -198,9 +198,9 @@ def _analyze(g: Graph) -> _Plan:
             plan.notes.append(f"attention #{i}: causal mask within chunks of {form.chunk} positions carried onto "
                               f"cached_attention")
     _find_histories(g, plan)
-    attention_ids = {id(a) for a in attentions} | {id(n) for n in plan.scans}
+    exempt = {id(a) for a in attentions} | {id(n) for n in plan.scans}  # they mix positions, and are cached
     for n in g.nodes:
-        if id(n) not in data or id(n) in attention_ids or id(n) in plan.shifted:
+        if id(n) not in data or id(n) in exempt or id(n) in plan.shifted:
             continue
         x = n.inputs[0] if n.inputs else None
         for d in _dims_reduced(n):
@@ -451,6 +451,8 @@ class _Builder:
         self.lifted: set[int] = set()   # ids of NEW values that carry an extra leading B dim
         self.table_rows: list[int] = []  # rows left past the first row sliced, per table read by slicing
         self.picked_last = False  # the model picks its last token itself (plan.last_token): logits are [B, 1, V]
+        self.ring_slots: dict[int, Value] = {}  # n -> remainder(positions, n): a ring's slots, built once per size
+        self.first: Optional[Value] = None  # positions[:, :1], each row's first position this step, built once
 
     def call(self, op: str, *inputs: Value, **attrs: Any) -> Value:
         return self.g.call(op, *inputs, **attrs)
@@ -510,7 +512,6 @@ class _Builder:
             d = n.attrs["dim"] % n.inputs[0].rank
             shape = [1 if j == d else x for j, x in enumerate(n.inputs[0].shape)]
             scan_states[id(n)] = g.add_state(f"scan_state.{i}", TensorType(n.result.dtype, shape))
-        ring_slots: dict[int, Value] = {}  # window -> remainder(positions, window), built once per size
         attention_index = {id(a): i for i, a in enumerate(self.plan.attentions)}
         live = _live_without_masks(old, attention_index)
         for n in old.nodes:
@@ -522,10 +523,7 @@ class _Builder:
                 window = self.plan.windows[attention_index[id(n)]]
                 slot, ring = positions, ()
                 if window is not None:
-                    if window not in ring_slots:
-                        w = self.call("constant", value=window, dtype=torch.int64)
-                        ring_slots[window] = self.call("remainder", positions, w)
-                    slot, ring = ring_slots[window], (k, v)
+                    slot, ring = self.slots_of(positions, window), (k, v)
                 kw = self.call("cache_write", kc, k, slot, dim=2)
                 vw = self.call("cache_write", vc, v, slot, dim=2)
                 sinks = attention_parts(n)[4]
@@ -582,14 +580,27 @@ class _Builder:
         }
         return g
 
+    def slots_of(self, positions: Value, n: int) -> Value:
+        """``remainder(positions, n)``: the slots of a ring of ``n`` (a sliding window's keys, a convolution's
+        inputs)."""
+        if n not in self.ring_slots:
+            self.ring_slots[n] = self.call("remainder", positions, self.call("constant", value=n, dtype=torch.int64))
+        return self.ring_slots[n]
+
+    def first_position(self, positions: Value) -> Value:
+        """``positions[:, :1]`` ``[B, 1]``: where each row's step starts (0: a prefill)."""
+        if self.first is None:
+            self.first = self.call("slice", positions, dim=1, start=0, end=1, step=1)
+        return self.first
+
     def scan(self, n: Node, state: Value, positions: Value, last_index: Value) -> None:
         """``linear_scan(a, b)`` over the tokens from the state the row's last step left (zero for a step from position
         0: a prefill), then each row's ``h`` at its last real token (``last_index``) written back as its state."""
         a, b = (self.normal(v, n) for v in n.inputs[:2])
         d, rank = n.attrs["dim"] % a.rank, a.rank
         rows = tuple(B if j == 0 else 1 for j in range(rank))
-        first = self.call("slice", positions, dim=1, start=0, end=1, step=1)
-        fresh = self.call("reshape", self.call("eq", first, self.call("constant", value=0, dtype=torch.int64)),
+        fresh = self.call("reshape", self.call("eq", self.first_position(positions),
+                                               self.call("constant", value=0, dtype=torch.int64)),
                           shape=rows)
         init = self.call("where", fresh, self.call("constant", value=0.0, dtype=state.dtype), state)
         h = self.call("linear_scan", a, b, init, dim=n.attrs["dim"])
@@ -608,11 +619,11 @@ class _Builder:
         h = self.plan.histories[id(n)]
         a, d = h.pad, h.dim
         x = self.normal(h.base, n)
-        slots = self.call("constant", value=a + 1, dtype=torch.int64)
-        written = self.call("cache_write", ring, x, self.call("remainder", positions, slots), dim=d)
-        first = self.call("slice", positions, dim=1, start=0, end=1, step=1)                        # [B, 1]
-        before = self.call("add", first, self.call("arange", start=-a, end=0, step=1, dtype=torch.int64))  # [B, a]
+        written = self.call("cache_write", ring, x, self.slots_of(positions, a + 1), dim=d)
+        before = self.call("add", self.first_position(positions),
+                           self.call("arange", start=-a, end=0, step=1, dtype=torch.int64))  # [B, a]
         shape = tuple(B if j == 0 else (a if j == d else 1) for j in range(x.rank))
+        slots = self.call("constant", value=a + 1, dtype=torch.int64)
         index = self.call("reshape", self.call("remainder", before, slots), shape=shape)
         index = self.call("expand", index, shape=tuple(a if j == d else s for j, s in enumerate(x.shape)))
         known = self.call("reshape", self.call("ge", before, self.call("constant", value=0, dtype=torch.int64)),

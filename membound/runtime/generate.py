@@ -164,8 +164,8 @@ def _decode(program: KVProgram, input_ids: torch.Tensor, prompts: list[torch.Ten
     if (program.meta.get("rings") or program.meta.get("conv_states")) and len({len(p) for p in prompts}) > 1:
         # a ring cache (a sliding-window layer's, a convolution's state) has no slots to spare past a row's
         # prompt: a padding token at position p would overwrite p - W, which the row's next tokens still see.
-        # All of a row's padding goes to its
-        # first free position instead (the slot its first decode step overwrites); no real query sees it
+        # All of a row's padding goes to its first free position instead (the slot its first decode step
+        # overwrites); no real query sees it
         positions = torch.minimum(positions, lengths[:, None])
     logits = _run(program.prefill, program.prefill_graph, [tokens, positions, lengths - 1], state)
 

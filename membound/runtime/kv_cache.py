@@ -119,7 +119,7 @@ class StaticKVCache:
         for name in self.names():
             t = self.graph.value(name).type
             if not all(d.is_Integer for d in t.shape[1:]):
-                total += int(prod(int(d) for d in t.shape[1:] if d.is_Integer)) * \
+                total += prod(int(d) for d in t.shape[1:] if d.is_Integer) * \
                     torch.empty((), dtype=t.dtype).element_size()
         return total
 
