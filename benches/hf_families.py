@@ -192,6 +192,31 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "zamba": ("ZambaForCausalLM", "ZambaConfig", dict(
         num_hidden_layers=5, attn_layer_period=2, attn_layer_offset=1, attention_hidden_size=128, attention_head_dim=32,
         n_mamba_heads=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_dt_rank=8, use_mamba_kernels=False)),
+    # Mamba-2: heads of a scalar decay each, B and C shared by groups of heads; HF's chunked (SSD) scan taken as its
+    # recurrence, carried in the cache with the short convolution's window (session 25)
+    "mamba2": ("Mamba2ForCausalLM", "Mamba2Config", dict(
+        num_heads=8, head_dim=16, n_groups=2, state_size=4, expand=2, conv_kernel=3, chunk_size=4)),
+    # Mamba-2 layers in hybrids: Bamba (attention every other layer), NemotronH (Mamba-2, attention, experts and
+    # MLP layers), Falcon-H1 (attention and Mamba-2 side by side in every layer, muP multipliers),
+    # GraniteMoeHybrid (Mamba-2 or attention, then experts), Zamba2 (Mamba-2 layers, a shared attention block)
+    "bamba": ("BambaForCausalLM", "BambaConfig", dict(
+        attn_layer_indices=[1], mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3,
+        mamba_expand=2, mamba_chunk_size=4)),
+    "nemotron-h": ("NemotronHForCausalLM", "NemotronHConfig", dict(
+        layers_block_type=["linear_attention", "full_attention", "moe", "mlp"], head_dim=16, mamba_num_heads=8,
+        mamba_head_dim=16, n_groups=2, ssm_state_size=4, conv_kernel=3, chunk_size=4, n_routed_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=32,
+        use_mamba_kernels=False)),
+    "falcon-h1": ("FalconH1ForCausalLM", "FalconH1Config", dict(
+        head_dim=16, mamba_d_ssm=128, mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=4,
+        mamba_d_conv=3, mamba_chunk_size=4)),
+    "granite-moe-hybrid": ("GraniteMoeHybridForCausalLM", "GraniteMoeHybridConfig", dict(
+        layer_types=["mamba", "attention"], num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=32,
+        mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3, mamba_chunk_size=4)),
+    "zamba2": ("Zamba2ForCausalLM", "Zamba2Config", dict(
+        num_hidden_layers=4, layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], attention_hidden_size=128,
+        attention_head_dim=32, n_mamba_heads=8, mamba_headdim=16, mamba_ngroups=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2,
+        chunk_size=4, use_mamba_kernels=False)),
     # LFM2: captures (its short convolutions translate as their taps), but a convolution over the tokens needs a
     # state the KV cache does not hold: generate refuses the cache, naming the convolution's shift (session 23)
     "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(head_dim=16, layer_types=["conv", "full_attention"])),

@@ -1,9 +1,11 @@
-"""Selective state-space models (Mamba) captured with their recurrence as one op.
+"""Selective state-space models (Mamba, Mamba-2) captured with their recurrence as one op.
 
 Hugging Face's reference selective scan (``mamba_selective_scan``, what runs without the CUDA kernels) is a Python
 loop over the tokens, which torch.export unrolls at the length it was given: the graph holds for that length alone
-and no decode step can be made from it. While exporting (restored after), :func:`hf_selective_scan_as_linear_scan`
-replaces it in the families of ``_HF_SCANS`` by :func:`selective_scan`, the same discretisation with the recurrence
+and no decode step can be made from it. Mamba-2's reference (``mamba2_chunk_scan``, the state-space duality form)
+pads the tokens to whole chunks and reshapes them into ``[.., S / chunk, chunk, ..]``, sizes export cannot keep
+symbolic. While exporting (restored after), :func:`hf_selective_scan_as_linear_scan` replaces each, in the families
+of ``_HF_SCANS``, by :func:`selective_scan` or :func:`chunk_scan`: the same discretisation with the recurrence
 ``h_t = exp(A dt_t) * h_(t-1) + dt_t B_t x_t`` as one ``membound::linear_scan`` call, which export keeps whole and
 the translator maps to the IR's ``linear_scan``. ``insert-kv-cache`` then carries each scan's last state from one
 step to the next, as it carries attention's keys and values.
@@ -32,9 +34,16 @@ def _(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.empty_like(b)
 
 
+def _modules(*names: str) -> tuple[str, ...]:
+    return tuple(f"transformers.models.{m}.modeling_{m}" for m in names)
+
+
 # the modules whose ``mamba_selective_scan`` is HF's reference loop with Mamba's signature (Mamba, FalconMamba, and the
 # Mamba layers of the Jamba and Zamba hybrids)
-_HF_SCANS = tuple(f"transformers.models.{m}.modeling_{m}" for m in ("mamba", "falcon_mamba", "jamba", "zamba"))
+_MAMBA = _modules("mamba", "falcon_mamba", "jamba", "zamba")
+# the modules whose ``mamba2_chunk_scan`` is HF's reference SSD with Mamba-2's signature (Mamba-2 and the Mamba-2
+# layers of the Bamba, NemotronH, Falcon-H1, GraniteMoeHybrid and Zamba2 hybrids)
+_MAMBA2 = _modules("mamba2", "bamba", "nemotron_h", "falcon_h1", "granitemoehybrid", "zamba2")
 
 
 def selective_scan(hidden_states: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,  # noqa: N803
@@ -60,19 +69,55 @@ def selective_scan(hidden_states: torch.Tensor, dt: torch.Tensor, A: torch.Tenso
     return (out, states[:, :, -1]) if return_last_state else out
 
 
+def chunk_scan(hidden_states: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,  # noqa: N803
+               C: torch.Tensor, chunk_size: int, D: Optional[torch.Tensor] = None,  # noqa: N803
+               dt_bias: Optional[torch.Tensor] = None, initial_states: Optional[torch.Tensor] = None,
+               dt_softplus: bool = False, dt_limit: tuple[float, float] = (0.0, float("inf")),
+               return_final_states: bool = False, **_: Any) -> Any:
+    """Mamba-2's scan over ``x [b, s, h, p]`` (``dt [b, s, h]``, ``A [h]``, ``B``/``C [b, s, g, n]``, the ``h`` heads in
+    ``g`` groups): the state ``h [b, s, h, p, n]`` in fp32 by ``linear_scan`` (each head's decay ``exp(A dt)`` one
+    scalar a token), read out by ``C``, plus the ``D`` skip; fp32 out, as HF's chunked form returns. The chunk size
+    only orders HF's sums: the recurrence it computes is this one."""
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1]).float()
+    heads, groups = hidden_states.shape[2], B.shape[2]
+    x = hidden_states.float()
+    B = B.float().repeat_interleave(heads // groups, dim=2)[:, :, :, None, :]                 # [b, s, h, 1, n]
+    C = C.float().repeat_interleave(heads // groups, dim=2)[:, :, :, None, :]
+    drive = (x * dt[..., None])[..., None] * B                                                   # [b, s, h, p, n]
+    decay = torch.exp(A.float() * dt)[..., None, None].expand_as(drive)
+    if initial_states is not None:  # h_(-1) = init: the first token's drive carries its decayed contribution
+        first = drive[:, :1] + decay[:, :1] * initial_states[:, None].float()
+        drive = torch.cat([first, drive[:, 1:]], dim=1)
+    states = torch.ops.membound.linear_scan(decay, drive, 1)
+    out = (states * C).sum(-1)                                                                    # [b, s, h, p]
+    if D is not None:
+        out = out + x * D.float()[:, None]
+    return (out, states[:, -1]) if return_final_states else out
+
+
+# each reference scan membound replaces: its name in the modelling modules, the modules, the replacement
+_HF_SCANS = (("mamba_selective_scan", _MAMBA, selective_scan), ("mamba2_chunk_scan", _MAMBA2, chunk_scan))
+
+
 @contextlib.contextmanager
 def hf_selective_scan_as_linear_scan(module: torch.nn.Module) -> Iterator[None]:
-    """While exporting ``module``, its Mamba layers' reference scan is :func:`selective_scan` (restored after)."""
-    patched = []
+    """While exporting ``module``, its Mamba and Mamba-2 layers' reference scans are :func:`selective_scan` and
+    :func:`chunk_scan` (restored after)."""
+    patched: list[tuple[Any, str, Any]] = []
     for sub in module.modules():
         name = type(sub).__module__
         mod = sys.modules.get(name)
-        if name in _HF_SCANS and mod is not None and hasattr(mod, "mamba_selective_scan") \
-                and not any(m is mod for m, _ in patched):
-            patched.append((mod, mod.mamba_selective_scan))
-            mod.mamba_selective_scan = selective_scan
+        for attr, names, new in _HF_SCANS:
+            if name in names and mod is not None and hasattr(mod, attr) \
+                    and not any(m is mod and a == attr for m, a, _ in patched):
+                patched.append((mod, attr, getattr(mod, attr)))
+                setattr(mod, attr, new)
     try:
         yield
     finally:
-        for mod, old in reversed(patched):
-            mod.mamba_selective_scan = old
+        for mod, attr, old in reversed(patched):
+            setattr(mod, attr, old)

@@ -1,8 +1,9 @@
 """Recurrent state beside the KV cache, on both backends: Mamba (its selective scan as one ``linear_scan``, its short
-convolution as a ring of inputs), FalconMamba and Jamba (attention + Mamba + experts) decode eager's greedy tokens
-(the whole sequence recomputed per token, per row without its padding) on right-padded rows of different lengths,
-one of a single token; the states are one per row whatever the length. Also: membound's selective scan equals
-Hugging Face's reference loop."""
+convolution as a ring of inputs), FalconMamba, Jamba (attention + Mamba + experts), Mamba-2 (heads of a scalar decay,
+B and C shared by groups of heads) and Bamba (attention + Mamba-2) decode eager's greedy tokens (the whole sequence
+recomputed per token, per row without its padding) on right-padded rows of different lengths, one of a single token;
+the states are one per row whatever the length. Also: membound's selective scan equals Hugging Face's reference
+loop, and its Mamba-2 scan equals Hugging Face's chunked (SSD) form."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def _model(name: str) -> torch.nn.Module:
         m = T.MambaForCausalLM(T.MambaConfig(**common, state_size=4, expand=2, conv_kernel=3))
     elif name == "falcon-mamba":
         m = T.FalconMambaForCausalLM(T.FalconMambaConfig(**common, state_size=4, expand=2, conv_kernel=4))
+    elif name == "mamba2":  # 4 heads of 16 in 2 groups; chunks of 4 (7 tokens: a partial chunk)
+        m = T.Mamba2ForCausalLM(T.Mamba2Config(**common, num_heads=4, head_dim=16, n_groups=2, state_size=4, expand=2,
+                                               conv_kernel=3, chunk_size=4))
+    elif name == "bamba":  # layers: mamba-2, attention
+        m = T.BambaForCausalLM(T.BambaConfig(**common, intermediate_size=48, num_attention_heads=4,
+                                             num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=4,
+                                             mamba_d_head=16, mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3,
+                                             mamba_expand=2, mamba_chunk_size=4))
     else:  # layers: mamba, attention + experts
         m = T.JambaForCausalLM(T.JambaConfig(**common, intermediate_size=48, num_attention_heads=4,
                                              num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1,
@@ -43,9 +52,11 @@ def _eager_greedy(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
     return torch.tensor([tokens for tokens, _ in greedy_oracle(model, ids, mask, new, hf=True)], device=ids.device)
 
 
-# (the interpreter is slow: Triton on Mamba alone, which has the scan, its ring and the kernels' literal-slot write)
+# (the interpreter is slow: Triton on Mamba, which has the scan, its ring and the kernels' literal-slot write, and on
+# Mamba-2, whose scan is over [B, S, heads, head_dim, N])
 @pytest.mark.parametrize("name, backend", [("mamba", "reference"), ("mamba", "triton"), ("falcon-mamba", "reference"),
-                                           ("jamba", "reference")])
+                                           ("jamba", "reference"), ("mamba2", "reference"), ("mamba2", "triton"),
+                                           ("bamba", "reference")])
 def test_state_space_models_decode_eager_tokens_with_their_states(name: str, backend: str,
                                                                   request: pytest.FixtureRequest) -> None:
     if backend == "triton" and not INTERP.runs_here(request):
@@ -68,8 +79,10 @@ def test_state_space_models_decode_eager_tokens_with_their_states(name: str, bac
     scans = program.meta["scan_states"]
     layers = 2 if "mamba" in name else 1
     assert len(scans) == layers and len(program.meta["conv_states"]) == layers
-    for s in scans:  # [B, d_inner, 1, N]: one state a row
-        assert program.cache.buffers[s].shape == (3, 64, 1, 4)
+    # one state a row: [B, d_inner, 1, N] (Mamba), [B, 1, heads, head_dim, N] (Mamba-2)
+    shape = (3, 64, 1, 4) if name in ("mamba", "falcon-mamba", "jamba") else (3, 1, 4, 16, 4)
+    for s in scans:
+        assert program.cache.buffers[s].shape == shape
     decode = program.decode_graph
     assert sum(n.op == "linear_scan" and len(n.inputs) == 3 for n in decode.nodes) == layers
 
@@ -90,3 +103,31 @@ def test_selective_scan_equals_hugging_faces_loop() -> None:
     got, got_last = selective_scan(x, dt, A, B, C, D, z, bias, True, return_last_state=True)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_last, last, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [9, 8, 1])
+def test_chunk_scan_equals_hugging_faces_chunked_form(length: int) -> None:
+    """fp32: 6 heads of 5 in 3 groups, chunks of 4 (9 tokens: a partial last chunk; 1: a chunk of one), dt's bias,
+    softplus and limit, the D skip, an initial state and the final state."""
+    from transformers.models.mamba2 import modeling_mamba2
+
+    from membound.frontends.ssm import chunk_scan
+
+    g = torch.Generator().manual_seed(0)
+    b, h, p, n, groups = 2, 6, 5, 4, 3
+    x, dt = torch.randn(b, length, h, p, generator=g), torch.randn(b, length, h, generator=g)
+    A, D, bias = -torch.rand(h, generator=g) - 0.1, torch.randn(h, generator=g), torch.randn(h, generator=g)  # noqa: N806
+    B, C = torch.randn(b, length, groups, n, generator=g), torch.randn(b, length, groups, n, generator=g)  # noqa: N806
+    init = torch.randn(b, h, p, n, generator=g)
+    kw = dict(chunk_size=4, D=D, dt_bias=bias, initial_states=init, dt_softplus=True, dt_limit=(0.0, 2.0),
+              return_final_states=True)
+    want, last = modeling_mamba2.mamba2_chunk_scan(x, dt, A, B, C, **kw)
+    got, got_last = chunk_scan(x, dt, A, B, C, **kw)
+    assert got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want.reshape(got.shape), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_last, last, rtol=1e-4, atol=1e-4)
+    # and without the initial state, the final state or D
+    kw.update(initial_states=None, return_final_states=False, D=None)
+    torch.testing.assert_close(chunk_scan(x, dt, A, B, C, **kw),
+                               modeling_mamba2.mamba2_chunk_scan(x, dt, A, B, C, **kw).reshape(got.shape),
+                               rtol=1e-4, atol=1e-4)
