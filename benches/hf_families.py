@@ -215,8 +215,8 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3, mamba_chunk_size=4)),
     "zamba2": ("Zamba2ForCausalLM", "Zamba2Config", dict(
         num_hidden_layers=4, layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], attention_hidden_size=128,
-        attention_head_dim=32, n_mamba_heads=8, mamba_headdim=16, mamba_ngroups=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2,
-        chunk_size=4, use_mamba_kernels=False)),
+        attention_head_dim=32, n_mamba_heads=8, mamba_headdim=16, mamba_ngroups=2, mamba_d_state=4, mamba_d_conv=3,
+        mamba_expand=2, chunk_size=4, use_mamba_kernels=False)),
     # LFM2: captures (its short convolutions translate as their taps), but a convolution over the tokens needs a
     # state the KV cache does not hold: generate refuses the cache, naming the convolution's shift (session 23)
     "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(head_dim=16, layer_types=["conv", "full_attention"])),
