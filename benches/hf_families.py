@@ -217,6 +217,23 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         num_hidden_layers=4, layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], attention_hidden_size=128,
         attention_head_dim=32, n_mamba_heads=8, mamba_headdim=16, mamba_ngroups=2, mamba_d_state=4, mamba_d_conv=3,
         mamba_expand=2, chunk_size=4, use_mamba_kernels=False)),
+    # gated DeltaNet layers (a matrix state per head, HF's chunked delta rule taken as its recurrence, delta_scan,
+    # carried in the cache with the short convolution's window; session 25) beside gated full attention: Qwen3-Next
+    # and Qwen3.5-MoE (experts with a gated shared expert), Qwen3.5 (dense), OLMo-Hybrid
+    "qwen3-next": ("Qwen3NextForCausalLM", "Qwen3NextConfig", dict(
+        MOE, head_dim=16, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=3,
+        linear_key_head_dim=8, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+        moe_intermediate_size=32, shared_expert_intermediate_size=32)),
+    "qwen3.5": ("Qwen3_5ForCausalLM", "Qwen3_5TextConfig", dict(
+        head_dim=16, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=3,
+        linear_key_head_dim=8, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)),
+    "qwen3.5-moe": ("Qwen3_5MoeForCausalLM", "Qwen3_5MoeTextConfig", dict(
+        MOE, head_dim=16, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=3,
+        linear_key_head_dim=8, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+        moe_intermediate_size=32, shared_expert_intermediate_size=32)),
+    "olmo-hybrid": ("OlmoHybridForCausalLM", "OlmoHybridConfig", dict(
+        layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=3, linear_key_head_dim=8,
+        linear_value_head_dim=16, linear_num_key_heads=4, linear_num_value_heads=4)),
     # LFM2: captures (its short convolutions translate as their taps), but a convolution over the tokens needs a
     # state the KV cache does not hold: generate refuses the cache, naming the convolution's shift (session 23)
     "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(head_dim=16, layer_types=["conv", "full_attention"])),

@@ -425,6 +425,14 @@ def _linear_scan(t: Translator, a: Args) -> Value:
     return t.emit("linear_scan", a.a, a.b, dim=a.dim)
 
 
+@rule(torch.ops.membound.delta_scan.default)
+def _delta_scan(t: Translator, a: Args) -> Value:
+    """membound's own op (``frontends/ssm.py``: a gated DeltaNet's recurrence while exporting): the IR's
+    ``delta_scan``."""
+    init = () if a.init is None else (a.init,)
+    return t.emit("delta_scan", a.a, a.k, a.v, a.beta, *init, dim=a.dim)
+
+
 @rule(aten.conv1d.default, aten.conv1d.padding)
 def _conv1d(t: Translator, a: Args) -> Value:
     """A depthwise 1-d convolution (``groups`` = channels, weight ``[C, 1, k]``, stride and dilation 1; LFM2's and the

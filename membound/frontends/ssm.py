@@ -34,6 +34,21 @@ def _(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.empty_like(b)
 
 
+@torch.library.custom_op("membound::delta_scan", mutates_args=())
+def delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, init: Optional[torch.Tensor],
+               dim: int) -> torch.Tensor:
+    """Every state of the gated delta rule along ``dim`` (``init`` or zero before the first): the IR op's
+    reference."""
+    args = (a, k, v, beta) if init is None else (a, k, v, beta, init)
+    return get_op("delta_scan").reference(*args, dim=dim)
+
+
+@delta_scan.register_fake
+def _(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, init: Optional[torch.Tensor],
+      dim: int) -> torch.Tensor:
+    return v.new_empty((*a.shape, k.shape[-1], v.shape[-1]))
+
+
 def _modules(*names: str) -> tuple[str, ...]:
     return tuple(f"transformers.models.{m}.modeling_{m}" for m in names)
 
@@ -99,8 +114,42 @@ def chunk_scan(hidden_states: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
     return (out, states[:, -1]) if return_final_states else out
 
 
+def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+def gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: torch.Tensor,
+                     beta: torch.Tensor, chunk_size: int = 64, initial_state: Optional[torch.Tensor] = None,
+                     output_final_state: bool = False, use_qk_l2norm_in_kernel: bool = False,
+                     **_: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The gated delta rule over ``q``/``k [b, s, hk, K]``, ``v [b, s, h, V]``, ``g``/``beta [b, s, h]`` (``g`` the
+    log decay; each of the ``hk`` query/key heads serves ``h / hk`` value heads): every state ``[b, s, h, K, V]`` in
+    fp32 by ``delta_scan``, read out by the scaled (and, if asked, l2-normalised) query. The signature and result of
+    HF's ``torch_chunk_gated_delta_rule`` and ``torch_recurrent_gated_delta_rule``: the chunk size only orders HF's
+    sums."""
+    dtype = query.dtype
+    heads = value.shape[2]
+    if key.shape[2] != heads:
+        query = query.repeat_interleave(heads // key.shape[2], dim=2)
+        key = key.repeat_interleave(heads // key.shape[2], dim=2)
+    query, key, value, beta, g = (x.float() for x in (query, key, value, beta, g))
+    if use_qk_l2norm_in_kernel:
+        query, key = _l2norm(query), _l2norm(key)
+    query = query * query.shape[-1] ** -0.5
+    init = None if initial_state is None else initial_state.float()[:, None]
+    states = torch.ops.membound.delta_scan(torch.exp(g), key, value, beta, init, 1)     # [b, s, h, K, V]
+    out = (states * query[..., None]).sum(-2).to(dtype)                                   # [b, s, h, V]
+    return out, (states[:, -1] if output_final_state else None)
+
+
+# the modules whose ``torch_chunk_gated_delta_rule`` and ``torch_recurrent_gated_delta_rule`` are HF's reference gated
+# delta rule (Qwen3-Next, Qwen3.5 dense and MoE, OLMo-Hybrid, and the newer Qwen4-exp and LaRA-mini)
+_DELTA = _modules("qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "qwen4_exp", "lara_mini")
+
 # each reference scan membound replaces: its name in the modelling modules, the modules, the replacement
-_HF_SCANS = (("mamba_selective_scan", _MAMBA, selective_scan), ("mamba2_chunk_scan", _MAMBA2, chunk_scan))
+_HF_SCANS = (("mamba_selective_scan", _MAMBA, selective_scan), ("mamba2_chunk_scan", _MAMBA2, chunk_scan),
+             ("torch_chunk_gated_delta_rule", _DELTA, gated_delta_rule),
+             ("torch_recurrent_gated_delta_rule", _DELTA, gated_delta_rule))
 
 
 @contextlib.contextmanager

@@ -217,6 +217,63 @@ define_op("linear_scan", inputs=("a", "b", "*init"), attrs={"dim": REQUIRED}, ki
 
 
 # ---------------------------------------------------------------------------------------------
+# delta_scan: the gated delta rule's state, S_t = a_t S_(t-1) + k_t (beta_t (v_t - k_t . a_t S_(t-1)))^T
+# ---------------------------------------------------------------------------------------------
+def _infer_delta_scan(a: TensorType, k: TensorType, v: TensorType, beta: TensorType, *init: TensorType,
+                      dim: int) -> TensorType:
+    op = "delta_scan"
+    d = norm_dim(op, dim, a.rank)
+    dtype = same_dtype(op, ("a", a), ("k", k), ("v", v), ("beta", beta), *(("init", i) for i in init))
+    if not is_float(dtype):
+        fail(op, f"needs floating inputs, got {a}, {k}, {v}, {beta}", TypeError)
+    lead = a.shape
+    if beta.rank != a.rank or k.rank != a.rank + 1 or v.rank != a.rank + 1:
+        fail(op, f"a {a} and beta {beta} must be [..], k {k} and v {v} [.., K] and [.., V] over the same [..]")
+    for name, t in (("beta", beta), ("k", k), ("v", v)):
+        for i, (x, y) in enumerate(zip(lead, t.shape)):
+            require_same_dim(op, x, y, f"a {a} vs {name} {t} at dim {i}")
+    shape = (*lead, k.shape[-1], v.shape[-1])
+    if len(init) > 1:
+        fail(op, f"takes at most one initial state, got {len(init)}")
+    if init:
+        want = tuple(sympy.Integer(1) if i == d else x for i, x in enumerate(shape))
+        if init[0].rank != len(shape):
+            fail(op, f"init {init[0]} must be the state's shape with dim {d} of size 1 ({shape_str(want)})")
+        for i, (x, y) in enumerate(zip(init[0].shape, want)):
+            require_same_dim(op, x, y, f"init {init[0]} vs {shape_str(want)} at dim {i}")
+    return TensorType(dtype, shape)
+
+
+def _delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, *init: torch.Tensor,
+                dim: int) -> torch.Tensor:
+    """Step by step along ``dim`` in the order of Hugging Face's recurrent gated delta rule (decay, read, correct,
+    write), every state rounded to the dtype."""
+    d = dim % a.dim()
+    out = torch.empty((*a.shape, k.shape[-1], v.shape[-1]), dtype=v.dtype, device=v.device)
+    h = init[0].select(d, 0) if init else torch.zeros_like(out.select(d, 0))
+    for t in range(a.shape[d]):
+        kt = k.select(d, t)[..., :, None]
+        h = h * a.select(d, t)[..., None, None]
+        u = (v.select(d, t) - (h * kt).sum(-2)) * beta.select(d, t)[..., None]
+        h = h + kt * u[..., None, :]
+        out.select(d, t).copy_(h)
+    return out
+
+
+def _delta_scan_flops(ins: Any, outs: Any, attrs: dict[str, Any]) -> sympy.Expr:
+    # per state entry and step: the decay, the read's multiply-add and the write's multiply-add
+    return 5 * outs[0].numel()
+
+
+define_op("delta_scan", inputs=("a", "k", "v", "beta", "*init"), attrs={"dim": REQUIRED}, kind="reduction",
+          infer=_infer_delta_scan, reference=_delta_scan, flops=_delta_scan_flops,
+          doc="every state S_t [.., K, V] of the gated delta rule along dim: S = a_t S_(t-1), then S += k_t (beta_t "
+              "(v_t - k_t^T S))^T (S_(-1) = init, else 0): a gated DeltaNet layer's recurrence (Qwen3-Next, "
+              "Qwen3.5, OLMo-Hybrid); insert-kv-cache keeps its last state",
+          reduces=reduces_dim)
+
+
+# ---------------------------------------------------------------------------------------------
 # layer_norm, rms_norm
 # ---------------------------------------------------------------------------------------------
 
