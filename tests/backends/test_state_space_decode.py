@@ -1,9 +1,10 @@
 """Recurrent state beside the KV cache, on both backends: Mamba (its selective scan as one ``linear_scan``, its short
 convolution as a ring of inputs), FalconMamba, Jamba (attention + Mamba + experts), Mamba-2 (heads of a scalar decay,
-B and C shared by groups of heads) and Bamba (attention + Mamba-2) decode eager's greedy tokens (the whole sequence
-recomputed per token, per row without its padding) on right-padded rows of different lengths, one of a single token;
-the states are one per row whatever the length. Also: membound's selective scan equals Hugging Face's reference
-loop, and its Mamba-2 scan equals Hugging Face's chunked (SSD) form."""
+B and C shared by groups of heads), Bamba (attention + Mamba-2) and Qwen3.5 (gated DeltaNet, its matrix state per head
+a ``delta_scan``, + gated attention) decode eager's greedy tokens (the whole sequence recomputed per token, per row
+without its padding) on right-padded rows of different lengths, one of a single token; the states are one per row
+whatever the length. Also: membound's selective scan equals Hugging Face's reference loop, its Mamba-2 scan Hugging
+Face's chunked (SSD) form, and its gated delta rule Hugging Face's chunked and recurrent forms."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def _model(name: str) -> torch.nn.Module:
                                              num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=4,
                                              mamba_d_head=16, mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3,
                                              mamba_expand=2, mamba_chunk_size=4))
+    elif name == "qwen3.5":  # layers: gated DeltaNet (2 key heads serving 4 value heads), gated attention
+        m = T.Qwen3_5ForCausalLM(T.Qwen3_5TextConfig(**common, intermediate_size=48, num_attention_heads=4,
+                                                     num_key_value_heads=2, head_dim=8,
+                                                     layer_types=["linear_attention", "full_attention"],
+                                                     linear_conv_kernel_dim=3, linear_key_head_dim=8,
+                                                     linear_value_head_dim=16, linear_num_key_heads=2,
+                                                     linear_num_value_heads=4))
     else:  # layers: mamba, attention + experts
         m = T.JambaForCausalLM(T.JambaConfig(**common, intermediate_size=48, num_attention_heads=4,
                                              num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1,
@@ -56,7 +64,7 @@ def _eager_greedy(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
 # Mamba-2, whose scan is over [B, S, heads, head_dim, N])
 @pytest.mark.parametrize("name, backend", [("mamba", "reference"), ("mamba", "triton"), ("falcon-mamba", "reference"),
                                            ("jamba", "reference"), ("mamba2", "reference"), ("mamba2", "triton"),
-                                           ("bamba", "reference")])
+                                           ("bamba", "reference"), ("qwen3.5", "reference"), ("qwen3.5", "triton")])
 def test_state_space_models_decode_eager_tokens_with_their_states(name: str, backend: str,
                                                                   request: pytest.FixtureRequest) -> None:
     if backend == "triton" and not INTERP.runs_here(request):
@@ -79,12 +87,13 @@ def test_state_space_models_decode_eager_tokens_with_their_states(name: str, bac
     scans = program.meta["scan_states"]
     layers = 2 if "mamba" in name else 1
     assert len(scans) == layers and len(program.meta["conv_states"]) == layers
-    # one state a row: [B, d_inner, 1, N] (Mamba), [B, 1, heads, head_dim, N] (Mamba-2)
-    shape = (3, 64, 1, 4) if name in ("mamba", "falcon-mamba", "jamba") else (3, 1, 4, 16, 4)
+    # one state a row: [B, d_inner, 1, N] (Mamba), [B, 1, heads, head_dim, N] (Mamba-2), [B, 1, heads, K, V] (DeltaNet)
+    shape = {"mamba2": (3, 1, 4, 16, 4), "bamba": (3, 1, 4, 16, 4), "qwen3.5": (3, 1, 4, 8, 16)}.get(name, (3, 64, 1, 4))
     for s in scans:
         assert program.cache.buffers[s].shape == shape
     decode = program.decode_graph
-    assert sum(n.op == "linear_scan" and len(n.inputs) == 3 for n in decode.nodes) == layers
+    op, arity = ("delta_scan", 5) if name == "qwen3.5" else ("linear_scan", 3)
+    assert sum(n.op == op and len(n.inputs) == arity for n in decode.nodes) == layers
 
 
 def test_selective_scan_equals_hugging_faces_loop() -> None:
@@ -130,4 +139,35 @@ def test_chunk_scan_equals_hugging_faces_chunked_form(length: int) -> None:
     kw.update(initial_states=None, return_final_states=False, D=None)
     torch.testing.assert_close(chunk_scan(x, dt, A, B, C, **kw),
                                modeling_mamba2.mamba2_chunk_scan(x, dt, A, B, C, **kw).reshape(got.shape),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("length", [9, 1])
+def test_gated_delta_rule_equals_hugging_faces_chunked_and_recurrent_forms(length: int) -> None:
+    """fp32: 2 query/key heads serving 4 value heads (K = 5, V = 6), chunks of 4 (9 tokens: a partial chunk), the
+    l2-normalised query and key, an initial state and the final state; and the recurrent form from that state."""
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as hf
+
+    from membound.frontends.ssm import gated_delta_rule
+
+    g = torch.Generator().manual_seed(0)
+    b, hk, h, kd, vd = 2, 2, 4, 5, 6
+    q, k = torch.randn(b, length, hk, kd, generator=g), torch.randn(b, length, hk, kd, generator=g)
+    v = torch.randn(b, length, h, vd, generator=g)
+    decay, beta = -torch.rand(b, length, h, generator=g), torch.rand(b, length, h, generator=g)
+    init = torch.randn(b, h, kd, vd, generator=g)
+    kw = dict(initial_state=init, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    got, got_last = gated_delta_rule(q, k, v, decay, beta, chunk_size=4, **kw)
+    # (HF's caller repeats the query/key heads before the call in transformers 5.17, the function itself in 5.25)
+    qh, kh = q.repeat_interleave(h // hk, dim=2), k.repeat_interleave(h // hk, dim=2)
+    for form in (hf.torch_chunk_gated_delta_rule, hf.torch_recurrent_gated_delta_rule):
+        extra = dict(chunk_size=4) if form is hf.torch_chunk_gated_delta_rule else {}
+        want, last = form(qh, kh, v, decay, beta, **extra, **kw)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got_last, last, rtol=1e-4, atol=1e-4)
+    # without the initial state, the final state or the normalisation
+    kw = dict(initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False)
+    out, none = gated_delta_rule(q, k, v, decay, beta, **kw)
+    assert none is None
+    torch.testing.assert_close(out, hf.torch_recurrent_gated_delta_rule(qh, kh, v, decay, beta, **kw)[0],
                                rtol=1e-4, atol=1e-4)
