@@ -234,6 +234,17 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "olmo-hybrid": ("OlmoHybridForCausalLM", "OlmoHybridConfig", dict(
         layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=3, linear_key_head_dim=8,
         linear_value_head_dim=16, linear_num_key_heads=4, linear_num_value_heads=4)),
+    # Kimi delta attention (a decay per key channel, delta_scan with a [.., K] decay) beside latent attention:
+    # Kimi Linear (experts after a dense first layer), Bailing-hybrid (grouped routing)
+    "kimi-linear": ("KimiLinearForCausalLM", "KimiLinearConfig", dict(
+        **MLA, **MOE, layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],
+        head_dim=16, linear_head_dim=8, linear_num_heads=4, linear_conv_kernel_dim=3, moe_intermediate_size=32,
+        num_experts_per_token=2, qk_head_dim=16)),
+    "bailing-hybrid": ("BailingHybridForCausalLM", "BailingHybridConfig", dict(
+        **MLA, **MOE, layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],
+        head_dim=16, linear_head_dim=8, linear_num_heads=4, linear_conv_kernel_dim=3, moe_intermediate_size=32,
+        num_experts_per_token=2, qk_head_dim=16, num_expert_group=2, topk_group=1, first_k_dense_replace=1,
+        expert_swiglu_limit_list=[0, 0], share_expert_swiglu_limit_list=[0, 0], num_nextn_predict_layers=0)),
     # LFM2: captures (its short convolutions translate as their taps), but a convolution over the tokens needs a
     # state the KV cache does not hold: generate refuses the cache, naming the convolution's shift (session 23)
     "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(head_dim=16, layer_types=["conv", "full_attention"])),

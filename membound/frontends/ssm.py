@@ -1,14 +1,17 @@
-"""Selective state-space models (Mamba, Mamba-2) captured with their recurrence as one op.
+"""Selective state-space models (Mamba, Mamba-2) and gated delta-rule layers (gated DeltaNet, Kimi's KDA) captured
+with their recurrence as one op.
 
 Hugging Face's reference selective scan (``mamba_selective_scan``, what runs without the CUDA kernels) is a Python
 loop over the tokens, which torch.export unrolls at the length it was given: the graph holds for that length alone
 and no decode step can be made from it. Mamba-2's reference (``mamba2_chunk_scan``, the state-space duality form)
 pads the tokens to whole chunks and reshapes them into ``[.., S / chunk, chunk, ..]``, sizes export cannot keep
-symbolic. While exporting (restored after), :func:`hf_selective_scan_as_linear_scan` replaces each, in the families
-of ``_HF_SCANS``, by :func:`selective_scan` or :func:`chunk_scan`: the same discretisation with the recurrence
+symbolic; so does the gated delta rule's (``torch_chunk_gated_delta_rule``, ``chunk_kimi_delta_attention``). While
+exporting (restored after), :func:`hf_selective_scan_as_linear_scan` replaces each, in the families of ``_HF_SCANS``,
+by :func:`selective_scan` or :func:`chunk_scan`: the same discretisation with the recurrence
 ``h_t = exp(A dt_t) * h_(t-1) + dt_t B_t x_t`` as one ``membound::linear_scan`` call, which export keeps whole and
-the translator maps to the IR's ``linear_scan``. ``insert-kv-cache`` then carries each scan's last state from one
-step to the next, as it carries attention's keys and values.
+the translator maps to the IR's ``linear_scan``; or by :func:`gated_delta_rule` or :func:`kimi_delta_attention`,
+whose matrix state per head is one ``membound::delta_scan`` (the IR's ``delta_scan``). ``insert-kv-cache`` then
+carries each scan's last state from one step to the next, as it carries attention's keys and values.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
 @delta_scan.register_fake
 def _(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, init: Optional[torch.Tensor],
       dim: int) -> torch.Tensor:
-    return v.new_empty((*a.shape, k.shape[-1], v.shape[-1]))
+    return v.new_empty((*beta.shape, k.shape[-1], v.shape[-1]))
 
 
 def _modules(*names: str) -> tuple[str, ...]:
@@ -142,14 +145,39 @@ def gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return out, (states[:, -1] if output_final_state else None)
 
 
+def kimi_delta_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: torch.Tensor,
+                         beta: torch.Tensor, chunk_size: int = 64, initial_state: Optional[torch.Tensor] = None,
+                         output_final_state: bool = False, use_qk_l2norm_in_kernel: bool = False,
+                         **_: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Kimi delta attention (KDA): the gated delta rule with a decay per key channel, ``g [b, s, h, K]`` (log), over
+    ``q``/``k [b, s, h, K]``, ``v [b, s, h, V]``, ``beta [b, s, h]``; every state ``[b, s, h, K, V]`` in fp32 by
+    ``delta_scan``. Its l2 norm divides by ``sqrt(sum + eps)``, as FLA's. The signature and result of HF's
+    ``chunk_kimi_delta_attention`` and ``recurrent_kimi_delta_attention``."""
+    dtype = query.dtype
+    query, key, value, g, beta = (x.float() for x in (query, key, value, g, beta))
+    if use_qk_l2norm_in_kernel:
+        query = query / torch.sqrt((query * query).sum(dim=-1, keepdim=True) + 1e-6)
+        key = key / torch.sqrt((key * key).sum(dim=-1, keepdim=True) + 1e-6)
+    query = query * (1 / query.shape[-1] ** 0.5)
+    init = None if initial_state is None else initial_state.float()[:, None]
+    states = torch.ops.membound.delta_scan(torch.exp(g), key, value, beta, init, 1)     # [b, s, h, K, V]
+    out = (states * query[..., None]).sum(-2).to(dtype)
+    return out, (states[:, -1] if output_final_state else None)
+
+
 # the modules whose ``torch_chunk_gated_delta_rule`` and ``torch_recurrent_gated_delta_rule`` are HF's reference gated
 # delta rule (Qwen3-Next, Qwen3.5 dense and MoE, OLMo-Hybrid, and the newer Qwen4-exp and LaRA-mini)
 _DELTA = _modules("qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "qwen4_exp", "lara_mini")
+# the modules whose ``chunk_kimi_delta_attention`` and ``recurrent_kimi_delta_attention`` are HF's reference KDA (Kimi
+# Linear, Bailing-hybrid)
+_KDA = _modules("kimi_linear", "bailing_hybrid")
 
 # each reference scan membound replaces: its name in the modelling modules, the modules, the replacement
 _HF_SCANS = (("mamba_selective_scan", _MAMBA, selective_scan), ("mamba2_chunk_scan", _MAMBA2, chunk_scan),
              ("torch_chunk_gated_delta_rule", _DELTA, gated_delta_rule),
-             ("torch_recurrent_gated_delta_rule", _DELTA, gated_delta_rule))
+             ("torch_recurrent_gated_delta_rule", _DELTA, gated_delta_rule),
+             ("chunk_kimi_delta_attention", _KDA, kimi_delta_attention),
+             ("recurrent_kimi_delta_attention", _KDA, kimi_delta_attention))
 
 
 @contextlib.contextmanager

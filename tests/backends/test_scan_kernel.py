@@ -79,16 +79,19 @@ DELTA_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-@pytest.mark.parametrize("lead, kv, dim, init", [((2, 9, 3), (5, 7), 1, False), ((2, 1, 3), (5, 7), 1, True),
-                                                 ((11, 2), (3, 37), 0, True), ((3, 2, 4), (9, 5), -1, False),
-                                                 ((1, 37, 1), (16, 16), 1, True)])
-def test_delta_scan_kernel_equals_the_reference(lead, kv, dim, init, dtype, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("lead, kv, dim, init, per_k", [
+    ((2, 9, 3), (5, 7), 1, False, False), ((2, 1, 3), (5, 7), 1, True, False), ((11, 2), (3, 37), 0, True, False),
+    ((3, 2, 4), (9, 5), -1, False, False), ((1, 37, 1), (16, 16), 1, True, False),
+    ((2, 9, 3), (5, 7), 1, True, True), ((2, 1, 3), (6, 3), 1, True, True)])
+def test_delta_scan_kernel_equals_the_reference(lead, kv, dim, init, per_k, dtype,
+                                                request: pytest.FixtureRequest) -> None:
+    """per_k: a decay per key channel (Kimi's KDA), ``a [.., K]``."""
     if not INTERP.runs_here(request):
         return
     from membound.backends.triton.kernels import LIBRARY, trace
 
     g = torch.Generator().manual_seed(0)
-    a = torch.rand(lead, generator=g) * 0.5 + 0.5                                # decays
+    a = torch.rand(*lead, *kv[:1] if per_k else (), generator=g) * 0.5 + 0.5    # decays
     beta = torch.rand(lead, generator=g)
     k = torch.nn.functional.normalize(torch.randn(*lead, kv[0], generator=g), dim=-1)  # unit keys, as the models
     v = torch.randn(*lead, kv[1], generator=g)
@@ -120,20 +123,20 @@ def test_delta_scan_with_strided_inputs_and_an_out_buffer(request: pytest.Fixtur
 
 
 def test_the_delta_scan_kernel_compiles_for_hopper() -> None:
-    """The delta rule compiled for sm_90 in bf16 and fp32, with and without an initial state, at a Qwen3.5 layer's
-    head (K = V = 128: a [128, 32] block of the state per program)."""
+    """The delta rule compiled for sm_90 in bf16 and fp32, with and without an initial state (without: a decay per key
+    channel), at a Qwen3.5 layer's head (K = V = 128: a [128, 32] block of the state per program)."""
     import json
 
     script = """
 import json
 from membound.backends.triton.kernels.compile_check import compile_ptx
 from membound.backends.triton.kernels.scan import _delta_scan
-strides = ("sao sas sai sko sks ski skk svo svs svi svv sbo sbs sbi sho shi shk shv soo sos soi sok sov").split()
+strides = ("sao sas sai sak sko sks ski skk svo svs svi svv sbo sbs sbi sho shi shk shv soo sos soi sok sov").split()
 for dt in ("bf16", "fp32"):
     for init in (True, False):
         args = dict(a_ptr=f"*{dt}", k_ptr=f"*{dt}", v_ptr=f"*{dt}", beta_ptr=f"*{dt}", h0_ptr=f"*{dt}",
                     out_ptr=f"*{dt}", S="i32", INNER="i32", K="i32", V="i32", **{n: "i64" for n in strides},
-                    HAS_INIT=init, BK=128, BV=32, USE_PDL=1)
+                    HAS_INIT=init, PER_K=not init, BK=128, BV=32, USE_PDL=1)
         ptx, shared = compile_ptx(_delta_scan, args, 90, num_warps=4)
         print(json.dumps(dict(dtype=dt, init=init, stores=ptx.count("st.global"))))
 """

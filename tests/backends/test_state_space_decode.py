@@ -171,3 +171,25 @@ def test_gated_delta_rule_equals_hugging_faces_chunked_and_recurrent_forms(lengt
     assert none is None
     torch.testing.assert_close(out, hf.torch_recurrent_gated_delta_rule(qh, kh, v, decay, beta, **kw)[0],
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("length", [9, 1])
+def test_kimi_delta_attention_equals_hugging_faces_chunked_and_recurrent_forms(length: int) -> None:
+    """fp32: Kimi's KDA, a decay per key channel (K = 5, V = 6, 3 heads), chunks of 4, the l2-normalised query and
+    key (FLA's form), an initial state and the final state."""
+    from transformers.models.kimi_linear import modeling_kimi_linear as hf
+
+    from membound.frontends.ssm import kimi_delta_attention
+
+    g = torch.Generator().manual_seed(0)
+    b, h, kd, vd = 2, 3, 5, 6
+    q, k = torch.randn(b, length, h, kd, generator=g), torch.randn(b, length, h, kd, generator=g)
+    v = torch.randn(b, length, h, vd, generator=g)
+    decay, beta = -torch.rand(b, length, h, kd, generator=g), torch.rand(b, length, h, generator=g)
+    init = torch.randn(b, h, kd, vd, generator=g)
+    kw = dict(initial_state=init, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    got, got_last = kimi_delta_attention(q, k, v, decay, beta, chunk_size=4, **kw)
+    for want, last in (hf.chunk_kimi_delta_attention(q, k, v, decay, beta, chunk_size=4, **kw),
+                       hf.recurrent_kimi_delta_attention(q, k, v, decay, beta, **kw)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got_last, last, rtol=1e-4, atol=1e-4)

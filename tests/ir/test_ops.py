@@ -376,7 +376,7 @@ def _delta_scan(dim: int) -> Callable[..., torch.Tensor]:
     """The matrix form: S_t = (I - beta_t k_t k_t^T) a_t S_(t-1) + beta_t k_t v_t^T, in float64."""
     def expect(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                init: Optional[torch.Tensor] = None) -> torch.Tensor:
-        d = dim % a.dim()
+        d = dim % beta.dim()
         a, beta, k, v = (x.double().movedim(d, 0) for x in (a, beta, k, v))
         h = torch.zeros(*a.shape[1:], k.shape[-1], v.shape[-1], dtype=torch.float64) if init is None \
             else init.double().movedim(d, 0)[0]
@@ -385,7 +385,8 @@ def _delta_scan(dim: int) -> Callable[..., torch.Tensor]:
         for t in range(a.shape[0]):
             kk = k[t][..., :, None] @ k[t][..., None, :]
             b = beta[t][..., None, None]
-            h = (eye - b * kk) @ (a[t][..., None, None] * h) + b * (k[t][..., :, None] @ v[t][..., None, :])
+            decay = a[t][..., :, None] if a.dim() > beta.dim() else a[t][..., None, None]
+            h = (eye - b * kk) @ (decay * h) + b * (k[t][..., :, None] @ v[t][..., None, :])
             out.append(h)
         return torch.stack(out).movedim(0, d)
 
@@ -396,6 +397,8 @@ case("delta_scan", [A(f32, 2, 5, 3, gen="range", hi=-1), A(f32, 2, 5, 3, 4), A(f
                     A(f32, 2, 5, 3, gen="range", hi=0)], _delta_scan(1), dim=1)
 case("delta_scan", [A(f32, 7, 2, gen="range", hi=-1), A(f32, 7, 2, 3), A(f32, 7, 2, 5), A(f32, 7, 2, gen="range", hi=0),
                     A(f32, 1, 2, 3, 5)], _delta_scan(0), dim=0)
+case("delta_scan", [A(f32, 2, 5, 3, 4, gen="range", hi=-1), A(f32, 2, 5, 3, 4), A(f32, 2, 5, 3, 6),  # a per key channel
+                    A(f32, 2, 5, 3, gen="range", hi=0), A(f32, 2, 1, 3, 4, 6)], _delta_scan(1), dim=1)
 case("delta_scan", [A(f16, 2, 3, gen="range", hi=-1), A(f16, 2, 3, 2), A(f16, 2, 3, 3), A(f16, 2, 3, gen="range", hi=0)],
      _delta_scan(-1), dim=-1)
 case("delta_scan", [A(f32, B, S, 2, gen="range", hi=-1), A(f32, B, S, 2, 3), A(f32, B, S, 2, 4),
@@ -1080,6 +1083,8 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
      ValueError),  # init not [3, 1, 2, 2]
     ("delta_scan", [T(f32, 3, 4), T(f16, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 1}, TypeError),
     ("delta_scan", [T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 2}, ValueError),
+    ("delta_scan", [T(f32, 3, 4, 3), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 1}, ValueError),  # a's K
+    ("delta_scan", [T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": -1}, ValueError),
     ("layer_norm", [T(f32, 3, 4), T(f32, 5)], {}, ValueError),
     ("layer_norm", [T(f32, 3, 4)], {"ndim": 3}, ValueError),
     ("rms_norm", [T(f32, 3, 4), T(f32, 5)], {"eps": 1e-6}, ValueError),

@@ -222,16 +222,21 @@ define_op("linear_scan", inputs=("a", "b", "*init"), attrs={"dim": REQUIRED}, ki
 def _infer_delta_scan(a: TensorType, k: TensorType, v: TensorType, beta: TensorType, *init: TensorType,
                       dim: int) -> TensorType:
     op = "delta_scan"
-    d = norm_dim(op, dim, a.rank)
+    d = norm_dim(op, dim, beta.rank)
     dtype = same_dtype(op, ("a", a), ("k", k), ("v", v), ("beta", beta), *(("init", i) for i in init))
     if not is_float(dtype):
         fail(op, f"needs floating inputs, got {a}, {k}, {v}, {beta}", TypeError)
-    lead = a.shape
-    if beta.rank != a.rank or k.rank != a.rank + 1 or v.rank != a.rank + 1:
-        fail(op, f"a {a} and beta {beta} must be [..], k {k} and v {v} [.., K] and [.., V] over the same [..]")
-    for name, t in (("beta", beta), ("k", k), ("v", v)):
+    lead = beta.shape
+    if a.rank not in (beta.rank, beta.rank + 1) or k.rank != beta.rank + 1 or v.rank != beta.rank + 1:
+        fail(op, f"beta {beta} must be [..], a {a} [..] or [.., K], k {k} and v {v} [.., K] and [.., V] over the "
+                 f"same [..]")
+    if a.rank > beta.rank and dim < 0:
+        fail(op, f"dim={dim}: with a decay per key channel (a {a}) give dim as an index into beta's dims, >= 0")
+    for name, t in (("a", a), ("k", k), ("v", v)):
         for i, (x, y) in enumerate(zip(lead, t.shape)):
-            require_same_dim(op, x, y, f"a {a} vs {name} {t} at dim {i}")
+            require_same_dim(op, x, y, f"beta {beta} vs {name} {t} at dim {i}")
+    if a.rank > beta.rank:
+        require_same_dim(op, a.shape[-1], k.shape[-1], f"a {a} vs k {k}: one decay per key channel")
     shape = (*lead, k.shape[-1], v.shape[-1])
     if len(init) > 1:
         fail(op, f"takes at most one initial state, got {len(init)}")
@@ -248,12 +253,13 @@ def _delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.T
                 dim: int) -> torch.Tensor:
     """Step by step along ``dim`` in the order of Hugging Face's recurrent gated delta rule (decay, read, correct,
     write), every state rounded to the dtype."""
-    d = dim % a.dim()
-    out = torch.empty((*a.shape, k.shape[-1], v.shape[-1]), dtype=v.dtype, device=v.device)
+    d = dim % beta.dim()
+    out = torch.empty((*beta.shape, k.shape[-1], v.shape[-1]), dtype=v.dtype, device=v.device)
     h = init[0].select(d, 0) if init else torch.zeros_like(out.select(d, 0))
-    for t in range(a.shape[d]):
+    per_channel = a.dim() > beta.dim()
+    for t in range(beta.shape[d]):
         kt = k.select(d, t)[..., :, None]
-        h = h * a.select(d, t)[..., None, None]
+        h = h * (a.select(d, t)[..., :, None] if per_channel else a.select(d, t)[..., None, None])
         u = (v.select(d, t) - (h * kt).sum(-2)) * beta.select(d, t)[..., None]
         h = h + kt * u[..., None, :]
         out.select(d, t).copy_(h)
@@ -267,9 +273,10 @@ def _delta_scan_flops(ins: Any, outs: Any, attrs: dict[str, Any]) -> sympy.Expr:
 
 define_op("delta_scan", inputs=("a", "k", "v", "beta", "*init"), attrs={"dim": REQUIRED}, kind="reduction",
           infer=_infer_delta_scan, reference=_delta_scan, flops=_delta_scan_flops,
-          doc="every state S_t [.., K, V] of the gated delta rule along dim: S = a_t S_(t-1), then S += k_t (beta_t "
-              "(v_t - k_t^T S))^T (S_(-1) = init, else 0): a gated DeltaNet layer's recurrence (Qwen3-Next, "
-              "Qwen3.5, OLMo-Hybrid); insert-kv-cache keeps its last state",
+          doc="every state S_t [.., K, V] of the gated delta rule along dim (of beta [..]): S = a_t S_(t-1) (a [..] "
+              "one decay per head, or [.., K] one per key channel), then S += k_t (beta_t (v_t - k_t^T S))^T "
+              "(S_(-1) = init, else 0): a gated DeltaNet layer's recurrence (Qwen3-Next, Qwen3.5, OLMo-Hybrid; Kimi "
+              "Linear's per-channel KDA); insert-kv-cache keeps its last state",
           reduces=reduces_dim)
 
 

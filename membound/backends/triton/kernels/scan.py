@@ -84,9 +84,10 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, init: Optional[torch.Tensor] =
 
 @triton.jit
 def _delta_scan(a_ptr, k_ptr, v_ptr, beta_ptr, h0_ptr, out_ptr, S, INNER, K, V,
-                sao, sas, sai, sko, sks, ski, skk, svo, svs, svi, svv, sbo, sbs, sbi,
+                sao, sas, sai, sak, sko, sks, ski, skk, svo, svs, svi, svv, sbo, sbs, sbi,
                 sho, shi, shk, shv, soo, sos, soi, sok, sov,
-                HAS_INIT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_PDL: tl.constexpr):
+                HAS_INIT: tl.constexpr, PER_K: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                USE_PDL: tl.constexpr):
     pdl_enter(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     o, i = row // INNER, row % INNER
@@ -100,7 +101,10 @@ def _delta_scan(a_ptr, k_ptr, v_ptr, beta_ptr, h0_ptr, out_ptr, S, INNER, K, V,
     else:
         h = tl.zeros((BK, BV), dtype=tl.float32)
     for t in range(0, S):
-        a = tl.load(a_ptr + o * sao + t * sas + i * sai).to(tl.float32)
+        if PER_K:  # one decay per key channel (Kimi's KDA): a row of the state each
+            a = tl.load(a_ptr + o * sao + t * sas + i * sai + rk * sak, mask=mk, other=0.0).to(tl.float32)[:, None]
+        else:
+            a = tl.load(a_ptr + o * sao + t * sas + i * sai).to(tl.float32)
         beta = tl.load(beta_ptr + o * sbo + t * sbs + i * sbi).to(tl.float32)
         k = tl.load(k_ptr + o * sko + t * sks + i * ski + rk * skk, mask=mk, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + o * svo + t * svs + i * svi + rv * svv, mask=mv, other=0.0).to(tl.float32)
@@ -116,7 +120,8 @@ def delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
                init: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, *, dim: int) -> torch.Tensor:
     """The IR op ``delta_scan`` (``init`` optional, the state's shape with ``dim`` of size 1).
 
-    Seen as ``a``/``beta [O, S, I]``, ``k [O, S, I, K]``, ``v [O, S, I, V]``, each program owns one ``(o, i)`` row
+    Seen as ``beta [O, S, I]``, ``a [O, S, I]`` (or ``[O, S, I, K]``: a decay per key channel), ``k [O, S, I, K]``,
+    ``v [O, S, I, V]``, each program owns one ``(o, i)`` row
     and a block of ``BV`` value columns: the delta rule's columns are independent (a column's correction reads only
     that column of the state), so its ``[K, BV]`` slice of the state stays in registers for all S steps. It reads
     the inputs once and writes every state once, in one launch."""
@@ -126,10 +131,13 @@ def delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     reason = unsupported_device(*args) or unsupported_dtype(op, *args)
     if reason is not None:
         return fallback(op, reason, reference(*args, dim=dim), out)
-    d = dim % a.dim()
+    d = dim % beta.dim()
     kd, vd = k.shape[-1], v.shape[-1]
-    shape = (*a.shape, kd, vd)
-    if tuple(k.shape[:-1]) != tuple(a.shape) or tuple(v.shape[:-1]) != tuple(a.shape) or beta.shape != a.shape:
+    shape = (*beta.shape, kd, vd)
+    per_k = a.dim() > beta.dim()
+    lead = tuple(beta.shape)
+    if tuple(k.shape[:-1]) != lead or tuple(v.shape[:-1]) != lead \
+            or tuple(a.shape) != (lead + (kd,) if per_k else lead):
         raise ValueError(f"{op}: a {tuple(a.shape)}, beta {tuple(beta.shape)}, k {tuple(k.shape)} and v "
                          f"{tuple(v.shape)} must share their leading dims")
     result = out if out is not None else torch.empty(shape, dtype=v.dtype, device=v.device)
@@ -137,19 +145,20 @@ def delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         check_out(op, out, shape, v.dtype, v.device)
     if result.numel() == 0:
         return result
-    outer, steps, inner = math.prod(a.shape[:d]), a.shape[d], math.prod(a.shape[d + 1:])
-    a3, b3 = a.reshape(outer, steps, inner), beta.reshape(outer, steps, inner)
+    outer, steps, inner = math.prod(lead[:d]), lead[d], math.prod(lead[d + 1:])
+    a4 = a.reshape(outer, steps, inner, kd if per_k else 1)
+    b3 = beta.reshape(outer, steps, inner)
     k4, v4 = k.reshape(outer, steps, inner, kd), v.reshape(outer, steps, inner, vd)
     o5 = result.view(outer, steps, inner, kd, vd)
     h5 = init.reshape(outer, 1, inner, kd, vd) if init is not None else o5
     bk = max(16, next_pow2(kd))
     bv = max(16, min(next_pow2(vd), max(16, 4096 // bk)))  # a [BK, BV] fp32 state of at most 4096 entries
     launchable(_delta_scan, a.device)[(outer * inner, triton.cdiv(vd, bv))](
-        a3, k4, v4, b3, h5, o5, steps, inner, kd, vd,
-        a3.stride(0), a3.stride(1), a3.stride(2), k4.stride(0), k4.stride(1), k4.stride(2), k4.stride(3),
+        a4, k4, v4, b3, h5, o5, steps, inner, kd, vd,
+        a4.stride(0), a4.stride(1), a4.stride(2), a4.stride(3), k4.stride(0), k4.stride(1), k4.stride(2), k4.stride(3),
         v4.stride(0), v4.stride(1), v4.stride(2), v4.stride(3), b3.stride(0), b3.stride(1), b3.stride(2),
         h5.stride(0), h5.stride(2), h5.stride(3), h5.stride(4),
         o5.stride(0), o5.stride(1), o5.stride(2), o5.stride(3), o5.stride(4),
-        HAS_INIT=init is not None, BK=bk, BV=bv, num_warps=4, **pdl_options(a.device))
+        HAS_INIT=init is not None, PER_K=per_k, BK=bk, BV=bv, num_warps=4, **pdl_options(a.device))
     note(op, "kernel")
     return result
