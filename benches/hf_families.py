@@ -245,6 +245,11 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         head_dim=16, linear_head_dim=8, linear_num_heads=4, linear_conv_kernel_dim=3, moe_intermediate_size=32,
         num_experts_per_token=2, qk_head_dim=16, num_expert_group=2, topk_group=1, first_k_dense_replace=1,
         expert_swiglu_limit_list=[0, 0], share_expert_swiglu_limit_list=[0, 0], num_nextn_predict_layers=0)),
+    # RecurrentGemma (Griffin): RG-LRU recurrent blocks (HF's loop as one linear_scan, reset at a row's position 0)
+    # beside local attention
+    "recurrent-gemma": ("RecurrentGemmaForCausalLM", "RecurrentGemmaConfig", dict(
+        num_hidden_layers=2, block_types=["recurrent", "attention"], lru_width=64, conv1d_width=3,
+        attention_window_size=16, head_dim=16, num_key_value_heads=1)),
     # LFM2: captures (its short convolutions translate as their taps), but a convolution over the tokens needs a
     # state the KV cache does not hold: generate refuses the cache, naming the convolution's shift (session 23)
     "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(head_dim=16, layer_types=["conv", "full_attention"])),

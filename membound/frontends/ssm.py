@@ -168,6 +168,19 @@ def kimi_delta_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
 # the modules whose ``torch_chunk_gated_delta_rule`` and ``torch_recurrent_gated_delta_rule`` are HF's reference gated
 # delta rule (Qwen3-Next, Qwen3.5 dense and MoE, OLMo-Hybrid, and the newer Qwen4-exp and LaRA-mini)
 _DELTA = _modules("qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "qwen4_exp", "lara_mini")
+def rnn_scan(self: Any, hidden_states: torch.Tensor, recurrent_gate: torch.Tensor, reset: torch.Tensor,
+             recurrent_states: Optional[torch.Tensor], acc_dtype: torch.dtype = torch.float32) -> Any:
+    """RecurrentGemma's RG-LRU recurrence (``RecurrentGemmaRglru._rnn_scan``): ``h_t = a_t h_(t-1) + x_t`` over
+    ``x [b, s, w]`` in ``acc_dtype``, ``a`` zeroed where ``reset`` (a row's position 0), as one ``linear_scan``.
+    HF's method loops over the tokens, and takes another branch for one token; this is both."""
+    a = (recurrent_gate * ~reset).to(acc_dtype)
+    b = hidden_states.to(acc_dtype)
+    if recurrent_states is not None:  # h_(-1): the first token's drive carries its decayed contribution
+        b = torch.cat([b[:, :1] + a[:, :1] * recurrent_states[:, None].to(acc_dtype), b[:, 1:]], dim=1)
+    states = torch.ops.membound.linear_scan(a, b, 1)
+    return states.to(hidden_states.dtype), states[:, -1]
+
+
 # the modules whose ``chunk_kimi_delta_attention`` and ``recurrent_kimi_delta_attention`` are HF's reference KDA (Kimi
 # Linear, Bailing-hybrid)
 _KDA = _modules("kimi_linear", "bailing_hybrid")
@@ -193,6 +206,11 @@ def hf_selective_scan_as_linear_scan(module: torch.nn.Module) -> Iterator[None]:
                     and not any(m is mod and a == attr for m, a, _ in patched):
                 patched.append((mod, attr, getattr(mod, attr)))
                 setattr(mod, attr, new)
+        cls = type(sub)
+        if name == "transformers.models.recurrent_gemma.modeling_recurrent_gemma" and hasattr(cls, "_rnn_scan") \
+                and not any(m is cls for m, _, _ in patched):
+            patched.append((cls, "_rnn_scan", cls.__dict__.get("_rnn_scan")))
+            cls._rnn_scan = rnn_scan
     try:
         yield
     finally:

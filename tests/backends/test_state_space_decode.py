@@ -1,7 +1,7 @@
 """Recurrent state beside the KV cache, on both backends: Mamba (its selective scan as one ``linear_scan``, its short
 convolution as a ring of inputs), FalconMamba, Jamba (attention + Mamba + experts), Mamba-2 (heads of a scalar decay,
-B and C shared by groups of heads), Bamba (attention + Mamba-2) and Qwen3.5 (gated DeltaNet, its matrix state per head
-a ``delta_scan``, + gated attention) decode eager's greedy tokens (the whole sequence recomputed per token, per row
+B and C shared by groups of heads), Bamba (attention + Mamba-2), Qwen3.5 (gated DeltaNet, its matrix state per head
+a ``delta_scan``, + gated attention) and RecurrentGemma (RG-LRU, reset at position 0, + local attention) decode eager's greedy tokens (the whole sequence recomputed per token, per row
 without its padding) on right-padded rows of different lengths, one of a single token; the states are one per row
 whatever the length. Also: membound's selective scan equals Hugging Face's reference loop, its Mamba-2 scan Hugging
 Face's chunked (SSD) form, and its gated delta rule Hugging Face's chunked and recurrent forms."""
@@ -47,6 +47,11 @@ def _model(name: str) -> torch.nn.Module:
                                                      linear_conv_kernel_dim=3, linear_key_head_dim=8,
                                                      linear_value_head_dim=16, linear_num_key_heads=2,
                                                      linear_num_value_heads=4))
+    elif name == "recurrent-gemma":  # layers: RG-LRU recurrent block, local attention
+        m = T.RecurrentGemmaForCausalLM(T.RecurrentGemmaConfig(**common, intermediate_size=48, num_attention_heads=4,
+                                                               num_key_value_heads=1, head_dim=8,
+                                                               block_types=["recurrent", "attention"], lru_width=32,
+                                                               conv1d_width=3, attention_window_size=16))
     else:  # layers: mamba, attention + experts
         m = T.JambaForCausalLM(T.JambaConfig(**common, intermediate_size=48, num_attention_heads=4,
                                              num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1,
@@ -64,7 +69,8 @@ def _eager_greedy(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
 # Mamba-2, whose scan is over [B, S, heads, head_dim, N])
 @pytest.mark.parametrize("name, backend", [("mamba", "reference"), ("mamba", "triton"), ("falcon-mamba", "reference"),
                                            ("jamba", "reference"), ("mamba2", "reference"), ("mamba2", "triton"),
-                                           ("bamba", "reference"), ("qwen3.5", "reference"), ("qwen3.5", "triton")])
+                                           ("bamba", "reference"), ("qwen3.5", "reference"), ("qwen3.5", "triton"),
+                                           ("recurrent-gemma", "reference")])
 def test_state_space_models_decode_eager_tokens_with_their_states(name: str, backend: str,
                                                                   request: pytest.FixtureRequest) -> None:
     if backend == "triton" and not INTERP.runs_here(request):
@@ -88,7 +94,8 @@ def test_state_space_models_decode_eager_tokens_with_their_states(name: str, bac
     layers = 2 if "mamba" in name else 1
     assert len(scans) == layers and len(program.meta["conv_states"]) == layers
     # one state a row: [B, d_inner, 1, N] (Mamba), [B, 1, heads, head_dim, N] (Mamba-2), [B, 1, heads, K, V] (DeltaNet)
-    shape = {"mamba2": (3, 1, 4, 16, 4), "bamba": (3, 1, 4, 16, 4), "qwen3.5": (3, 1, 4, 8, 16)}.get(name, (3, 64, 1, 4))
+    shape = {"mamba2": (3, 1, 4, 16, 4), "bamba": (3, 1, 4, 16, 4), "qwen3.5": (3, 1, 4, 8, 16),
+             "recurrent-gemma": (3, 1, 32)}.get(name, (3, 64, 1, 4))
     for s in scans:
         assert program.cache.buffers[s].shape == shape
     decode = program.decode_graph
@@ -193,3 +200,23 @@ def test_kimi_delta_attention_equals_hugging_faces_chunked_and_recurrent_forms(l
                        hf.recurrent_kimi_delta_attention(q, k, v, decay, beta, **kw)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got_last, last, rtol=1e-4, atol=1e-4)
+
+
+def test_rnn_scan_equals_recurrent_gemmas_loop() -> None:
+    """fp32 and fp16 inputs (the state in fp32), a reset mid-row, with and without an initial state."""
+    from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaRglru
+
+    from membound.frontends.ssm import rnn_scan
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float16):
+        x = torch.randn(2, 7, 5, generator=g).to(dtype)
+        a = torch.rand(2, 7, 5, generator=g)
+        reset = torch.zeros(2, 7, 1, dtype=torch.bool)
+        reset[:, 0], reset[1, 4] = True, True
+        for init in (None, torch.randn(2, 5, generator=g)):
+            want, last = RecurrentGemmaRglru._rnn_scan(None, x, a, reset, init)
+            got, got_last = rnn_scan(None, x, a, reset, init)
+            assert got.dtype == want.dtype and got_last.dtype == last.dtype == torch.float32
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+            torch.testing.assert_close(got_last, last, rtol=1e-5, atol=1e-5)
