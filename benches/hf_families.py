@@ -217,7 +217,7 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         num_hidden_layers=4, layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], attention_hidden_size=128,
         attention_head_dim=32, n_mamba_heads=8, mamba_headdim=16, mamba_ngroups=2, mamba_d_state=4, mamba_d_conv=3,
         mamba_expand=2, chunk_size=4, use_mamba_kernels=False)),
-    # gated DeltaNet layers (a matrix state per head, HF's chunked delta rule taken as its recurrence, delta_scan,
+    # gated DeltaNet layers (a matrix state per head, HF's chunked delta rule taken as its recurrence, linear_attention,
     # carried in the cache with the short convolution's window; session 25) beside gated full attention: Qwen3-Next
     # and Qwen3.5-MoE (experts with a gated shared expert), Qwen3.5 (dense), OLMo-Hybrid
     "qwen3-next": ("Qwen3NextForCausalLM", "Qwen3NextConfig", dict(
@@ -234,7 +234,7 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "olmo-hybrid": ("OlmoHybridForCausalLM", "OlmoHybridConfig", dict(
         layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=3, linear_key_head_dim=8,
         linear_value_head_dim=16, linear_num_key_heads=4, linear_num_value_heads=4)),
-    # Kimi delta attention (a decay per key channel, delta_scan with a [.., K] decay) beside latent attention:
+    # Kimi delta attention (a decay per key channel, linear_attention with a [.., K] decay) beside latent attention:
     # Kimi Linear (experts after a dense first layer), Bailing-hybrid (grouped routing)
     "kimi-linear": ("KimiLinearForCausalLM", "KimiLinearConfig", dict(
         **MLA, **MOE, layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],

@@ -425,12 +425,12 @@ def _linear_scan(t: Translator, a: Args) -> Value:
     return t.emit("linear_scan", a.a, a.b, dim=a.dim)
 
 
-@rule(torch.ops.membound.delta_scan.default)
-def _delta_scan(t: Translator, a: Args) -> Value:
-    """membound's own op (``frontends/ssm.py``: a gated DeltaNet's recurrence while exporting): the IR's
-    ``delta_scan``."""
+@rule(torch.ops.membound.linear_attention.default)
+def _linear_attention(t: Translator, a: Args) -> list[Value]:
+    """membound's own op (``frontends/ssm.py``: Mamba-2's, a gated DeltaNet's or KDA's recurrence while exporting):
+    the IR's ``linear_attention``, (y, last state)."""
     init = () if a.init is None else (a.init,)
-    return t.emit("delta_scan", a.a, a.k, a.v, a.beta, *init, dim=a.dim)
+    return t.emit_multi("linear_attention", a.q, a.a, a.k, a.v, a.beta, *init, dim=a.dim, delta=bool(a.delta))
 
 
 @rule(aten.conv1d.default, aten.conv1d.padding)

@@ -6,12 +6,14 @@ loop over the tokens, which torch.export unrolls at the length it was given: the
 and no decode step can be made from it. Mamba-2's reference (``mamba2_chunk_scan``, the state-space duality form)
 pads the tokens to whole chunks and reshapes them into ``[.., S / chunk, chunk, ..]``, sizes export cannot keep
 symbolic; so does the gated delta rule's (``torch_chunk_gated_delta_rule``, ``chunk_kimi_delta_attention``). While
-exporting (restored after), :func:`hf_selective_scan_as_linear_scan` replaces each, in the families of ``_HF_SCANS``,
-by :func:`selective_scan` or :func:`chunk_scan`: the same discretisation with the recurrence
-``h_t = exp(A dt_t) * h_(t-1) + dt_t B_t x_t`` as one ``membound::linear_scan`` call, which export keeps whole and
-the translator maps to the IR's ``linear_scan``; or by :func:`gated_delta_rule` or :func:`kimi_delta_attention`,
-whose matrix state per head is one ``membound::delta_scan`` (the IR's ``delta_scan``). ``insert-kv-cache`` then
-carries each scan's last state from one step to the next, as it carries attention's keys and values.
+exporting (restored after), :func:`hf_selective_scan_as_linear_scan` replaces each, in the families of ``_HF_SCANS``:
+Mamba's by :func:`selective_scan`, the same discretisation with the recurrence ``h_t = exp(A dt_t) * h_(t-1) +
+dt_t B_t x_t`` as one ``membound::linear_scan`` call, which export keeps whole and the translator maps to the IR's
+``linear_scan``; Mamba-2's, the gated delta rule's and KDA's by :func:`chunk_scan`, :func:`gated_delta_rule` and
+:func:`kimi_delta_attention`, whose matrix state per head is one ``membound::linear_attention`` (the IR's
+``linear_attention``: its read-out per token and its last state, never the state at every token).
+``insert-kv-cache`` then carries each scan's last state from one step to the next, as it carries attention's keys
+and values.
 """
 
 from __future__ import annotations
@@ -37,19 +39,22 @@ def _(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.empty_like(b)
 
 
-@torch.library.custom_op("membound::delta_scan", mutates_args=())
-def delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, init: Optional[torch.Tensor],
-               dim: int) -> torch.Tensor:
-    """Every state of the gated delta rule along ``dim`` (``init`` or zero before the first): the IR op's
-    reference."""
-    args = (a, k, v, beta) if init is None else (a, k, v, beta, init)
-    return get_op("delta_scan").reference(*args, dim=dim)
+@torch.library.custom_op("membound::linear_attention", mutates_args=())
+def linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                     init: Optional[torch.Tensor], dim: int, delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, last state)`` of a matrix state per head carried along ``dim`` (``init`` or zero before the first
+    token): the IR op's reference."""
+    args = (q, a, k, v, beta) if init is None else (q, a, k, v, beta, init)
+    y, state = get_op("linear_attention").reference(*args, dim=dim, delta=delta)
+    return y, state
 
 
-@delta_scan.register_fake
-def _(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, init: Optional[torch.Tensor],
-      dim: int) -> torch.Tensor:
-    return v.new_empty((*beta.shape, k.shape[-1], v.shape[-1]))
+@linear_attention.register_fake
+def _(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+      init: Optional[torch.Tensor], dim: int, delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    lead = list(beta.shape)
+    lead[dim] = 1
+    return torch.empty_like(v), v.new_empty((*lead, k.shape[-1], v.shape[-1]))
 
 
 def _modules(*names: str) -> tuple[str, ...]:
@@ -93,9 +98,9 @@ def chunk_scan(hidden_states: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
                dt_softplus: bool = False, dt_limit: tuple[float, float] = (0.0, float("inf")),
                return_final_states: bool = False, **_: Any) -> Any:
     """Mamba-2's scan over ``x [b, s, h, p]`` (``dt [b, s, h]``, ``A [h]``, ``B``/``C [b, s, g, n]``, the ``h`` heads in
-    ``g`` groups): the state ``h [b, s, h, p, n]`` in fp32 by ``linear_scan`` (each head's decay ``exp(A dt)`` one
-    scalar a token), read out by ``C``, plus the ``D`` skip; fp32 out, as HF's chunked form returns. The chunk size
-    only orders HF's sums: the recurrence it computes is this one."""
+    ``g`` groups) as ``linear_attention``: per head a state ``[n, p]`` (HF's ``[p, n]`` transposed), decayed by
+    ``exp(A dt)``, written ``B_t (dt_t x_t)^T``, read out by ``C_t``; plus the ``D`` skip; fp32 out, as HF's chunked
+    form returns. The chunk size only orders HF's sums: the recurrence it computes is this one."""
     if dt_bias is not None:
         dt = dt + dt_bias.to(dt.dtype)
     if dt_softplus:
@@ -103,18 +108,13 @@ def chunk_scan(hidden_states: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
     dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1]).float()
     heads, groups = hidden_states.shape[2], B.shape[2]
     x = hidden_states.float()
-    B = B.float().repeat_interleave(heads // groups, dim=2)[:, :, :, None, :]                 # [b, s, h, 1, n]
-    C = C.float().repeat_interleave(heads // groups, dim=2)[:, :, :, None, :]
-    drive = (x * dt[..., None])[..., None] * B                                                   # [b, s, h, p, n]
-    decay = torch.exp(A.float() * dt)[..., None, None].expand_as(drive)
-    if initial_states is not None:  # h_(-1) = init: the first token's drive carries its decayed contribution
-        first = drive[:, :1] + decay[:, :1] * initial_states[:, None].float()
-        drive = torch.cat([first, drive[:, 1:]], dim=1)
-    states = torch.ops.membound.linear_scan(decay, drive, 1)
-    out = (states * C).sum(-1)                                                                    # [b, s, h, p]
+    B = B.float().repeat_interleave(heads // groups, dim=2)                                    # [b, s, h, n]
+    C = C.float().repeat_interleave(heads // groups, dim=2)
+    init = None if initial_states is None else initial_states.float().transpose(-1, -2)[:, None]
+    out, last = torch.ops.membound.linear_attention(C, torch.exp(A.float() * dt), B, x, dt, init, 1, False)
     if D is not None:
         out = out + x * D.float()[:, None]
-    return (out, states[:, -1]) if return_final_states else out
+    return (out, last[:, 0].transpose(-1, -2)) if return_final_states else out
 
 
 def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -126,8 +126,8 @@ def gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                      output_final_state: bool = False, use_qk_l2norm_in_kernel: bool = False,
                      **_: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The gated delta rule over ``q``/``k [b, s, hk, K]``, ``v [b, s, h, V]``, ``g``/``beta [b, s, h]`` (``g`` the
-    log decay; each of the ``hk`` query/key heads serves ``h / hk`` value heads): every state ``[b, s, h, K, V]`` in
-    fp32 by ``delta_scan``, read out by the scaled (and, if asked, l2-normalised) query. The signature and result of
+    log decay; each of the ``hk`` query/key heads serves ``h / hk`` value heads): ``linear_attention`` with the
+    delta rule in fp32, read out by the scaled (and, if asked, l2-normalised) query. The signature and result of
     HF's ``torch_chunk_gated_delta_rule`` and ``torch_recurrent_gated_delta_rule``: the chunk size only orders HF's
     sums."""
     dtype = query.dtype
@@ -140,9 +140,8 @@ def gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         query, key = _l2norm(query), _l2norm(key)
     query = query * query.shape[-1] ** -0.5
     init = None if initial_state is None else initial_state.float()[:, None]
-    states = torch.ops.membound.delta_scan(torch.exp(g), key, value, beta, init, 1)     # [b, s, h, K, V]
-    out = (states * query[..., None]).sum(-2).to(dtype)                                   # [b, s, h, V]
-    return out, (states[:, -1] if output_final_state else None)
+    out, last = torch.ops.membound.linear_attention(query, torch.exp(g), key, value, beta, init, 1, True)
+    return out.to(dtype), (last[:, 0] if output_final_state else None)
 
 
 def kimi_delta_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: torch.Tensor,
@@ -150,8 +149,8 @@ def kimi_delta_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
                          output_final_state: bool = False, use_qk_l2norm_in_kernel: bool = False,
                          **_: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Kimi delta attention (KDA): the gated delta rule with a decay per key channel, ``g [b, s, h, K]`` (log), over
-    ``q``/``k [b, s, h, K]``, ``v [b, s, h, V]``, ``beta [b, s, h]``; every state ``[b, s, h, K, V]`` in fp32 by
-    ``delta_scan``. Its l2 norm divides by ``sqrt(sum + eps)``, as FLA's. The signature and result of HF's
+    ``q``/``k [b, s, h, K]``, ``v [b, s, h, V]``, ``beta [b, s, h]``: ``linear_attention`` with the delta rule in
+    fp32. Its l2 norm divides by ``sqrt(sum + eps)``, as FLA's. The signature and result of HF's
     ``chunk_kimi_delta_attention`` and ``recurrent_kimi_delta_attention``."""
     dtype = query.dtype
     query, key, value, g, beta = (x.float() for x in (query, key, value, g, beta))
@@ -160,14 +159,15 @@ def kimi_delta_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
         key = key / torch.sqrt((key * key).sum(dim=-1, keepdim=True) + 1e-6)
     query = query * (1 / query.shape[-1] ** 0.5)
     init = None if initial_state is None else initial_state.float()[:, None]
-    states = torch.ops.membound.delta_scan(torch.exp(g), key, value, beta, init, 1)     # [b, s, h, K, V]
-    out = (states * query[..., None]).sum(-2).to(dtype)
-    return out, (states[:, -1] if output_final_state else None)
+    out, last = torch.ops.membound.linear_attention(query, torch.exp(g), key, value, beta, init, 1, True)
+    return out.to(dtype), (last[:, 0] if output_final_state else None)
 
 
 # the modules whose ``torch_chunk_gated_delta_rule`` and ``torch_recurrent_gated_delta_rule`` are HF's reference gated
 # delta rule (Qwen3-Next, Qwen3.5 dense and MoE, OLMo-Hybrid, and the newer Qwen4-exp and LaRA-mini)
 _DELTA = _modules("qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid", "qwen4_exp", "lara_mini")
+
+
 def rnn_scan(self: Any, hidden_states: torch.Tensor, recurrent_gate: torch.Tensor, reset: torch.Tensor,
              recurrent_states: Optional[torch.Tensor], acc_dtype: torch.dtype = torch.float32) -> Any:
     """RecurrentGemma's RG-LRU recurrence (``RecurrentGemmaRglru._rnn_scan``): ``h_t = a_t h_(t-1) + x_t`` over

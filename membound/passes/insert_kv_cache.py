@@ -63,7 +63,8 @@ graph unchanged and says why in the pass log:
   ``S`` long again, proven to read no later position. Each such window gets a ring state of ``a + 1`` slots
   (``conv_state.i``, ``meta["conv_states"]``): the step writes ``X`` into it and reads the ``a`` positions
   before its first token back in place of the zeros (a **recurrence** over the tokens, ``linear_scan`` along
-  ``S``: a Mamba layer's state, or ``delta_scan``: a gated DeltaNet's, likewise gets ``scan_state.i``, below):
+  ``S``: a Mamba layer's state, or ``linear_attention``: a matrix state per head, Mamba-2's, a gated DeltaNet's,
+  likewise gets ``scan_state.i``, below):
 
 ```
   %cs = cache_write(%conv_state.0, %x, remainder(%positions, 3)) {dim=2} : f32[B, 64, 3]
@@ -121,7 +122,7 @@ class _Plan:
     # id(cat node) -> the history it zero-pads (a causal convolution's left padding, a token shift), in graph order
     histories: dict[int, "_History"] = field(default_factory=dict)
     shifted: set[int] = field(default_factory=set)  # ids of the nodes computing on those padded windows
-    scans: list[Node] = field(default_factory=list)  # linear_scan / delta_scan over the tokens: each keeps its state
+    scans: list[Node] = field(default_factory=list)  # linear_scan / linear_attention along S: each keeps its state
 
 
 @dataclass
@@ -138,7 +139,7 @@ class _History:
 
 # the recurrences over the tokens whose last state a row keeps (``scan_state.i``): op -> its inputs without the initial
 # state (a scan that already has one is not cached)
-_SCANS = {"linear_scan": 2, "delta_scan": 4}
+_SCANS = {"linear_scan": 2, "linear_attention": 5}
 
 
 def _dims_reduced(node: Node) -> list[int]:
@@ -172,10 +173,10 @@ def _analyze(g: Graph) -> _Plan:
     plan = _Plan(attentions, [a.attrs["window"] for a in attentions], data, {},
                  chunks=[a.attrs.get("chunk") for a in attentions])
     for n in scans:
-        x, d = n.result, n.attrs["dim"] % n.inputs[0].rank
+        x, d = n.results[-1], n.attrs["dim"] % n.inputs[0].rank  # linear_scan's every h, linear_attention's state
         if len(n.inputs) > _SCANS[n.op] or x.shape[0] != B or d == 0 \
                 or not all(is_static(e) for i, e in enumerate(x.shape) if i not in (0, d)):
-            raise NotCacheable(f"{n.op} at %{n.result.name} to {x.type} along dim {d}: its state is kept only "
+            raise NotCacheable(f"{n.op} at %{n.results[0].name} to {x.type} along dim {d}: its state is kept only "
                                f"for [B, ..., S, ...] with the other dims static and no initial state of its own")
         plan.scans.append(n)
     for i, a in enumerate(attentions):
@@ -512,11 +513,11 @@ class _Builder:
         for i, (key, h) in enumerate(self.plan.histories.items()):
             shape = [B if j == 0 else (h.pad + 1 if j == h.dim else x) for j, x in enumerate(h.base.shape)]
             histories[key] = g.add_state(f"conv_state.{i}", TensorType(h.base.dtype, shape))
-        scan_states = {}  # id(linear_scan or delta_scan) -> its state: the last h, [B, ..., 1, ...]
+        scan_states = {}  # id(linear_scan or linear_attention) -> its state: the last h, [B, ..., 1, ...]
         for i, n in enumerate(self.plan.scans):
             d = n.attrs["dim"] % n.inputs[0].rank
-            shape = [1 if j == d else x for j, x in enumerate(n.result.shape)]
-            scan_states[id(n)] = g.add_state(f"scan_state.{i}", TensorType(n.result.dtype, shape))
+            shape = [1 if j == d else x for j, x in enumerate(n.results[-1].shape)]
+            scan_states[id(n)] = g.add_state(f"scan_state.{i}", TensorType(n.results[-1].dtype, shape))
         attention_index = {id(a): i for i, a in enumerate(self.plan.attentions)}
         live = _live_without_masks(old, attention_index)
         for n in old.nodes:
@@ -580,7 +581,7 @@ class _Builder:
             "max_positions": self._max_positions(),
             # ring states of causal convolutions and token shifts: state name -> slots (the window's padding + 1)
             "conv_states": {r.name: self.plan.histories[key].pad + 1 for key, r in histories.items()},
-            # the recurrences' last states (linear_scan, delta_scan): one per row, whatever the length
+            # the recurrences' last states (linear_scan, linear_attention): one per row, whatever the length
             "scan_states": [v.name for v in scan_states.values()],
         }
         return g
@@ -599,9 +600,10 @@ class _Builder:
         return self.first
 
     def scan(self, n: Node, state: Value, positions: Value, last_index: Value) -> None:
-        """``linear_scan(a, b)`` (``delta_scan(a, k, v, beta)``) over the tokens from the state the row's last step
-        left (zero for a step from position 0: a prefill), then each row's ``h`` at its last real token
-        (``last_index``) written back as its state."""
+        """A recurrence over the tokens from the state the row's last step left (zero for a step from position 0: a
+        prefill). ``linear_scan(a, b)``: each row's ``h`` at its last real token (``last_index``) written back as its
+        state. ``linear_attention``: the tokens past a row's last real one (a padded prefill) made no-ops (decay 1,
+        beta 0), so its last state is the state at that token, written back."""
         ins = [self.normal(v, n) for v in n.inputs]
         d, rank = n.attrs["dim"] % ins[0].rank, state.rank
         rows = tuple(B if j == 0 else 1 for j in range(rank))
@@ -609,10 +611,27 @@ class _Builder:
                                                self.call("constant", value=0, dtype=torch.int64)),
                           shape=rows)
         init = self.call("where", fresh, self.call("constant", value=0.0, dtype=state.dtype), state)
+        slot = self.call("full", shape=(B, 1), value=0, dtype=torch.int64)
+        if n.op == "linear_attention":
+            q, a, k, v, beta = ins
+            steps = self.call("arange", start=0, end=S, step=1, dtype=torch.int64)
+            live = self.call("le", self.call("reshape", steps, shape=(1, S)), self.call("reshape", last_index,
+                                                                                        shape=(B, 1)))  # [B, S]
+
+            def along(x: Value) -> Value:  # live as [B, .., S, .., (1)] for x
+                return self.call("reshape", live, shape=tuple(B if j == 0 else (S if j == d else 1)
+                                                              for j in range(x.rank)))
+
+            one, zero = (self.call("constant", value=c, dtype=a.dtype) for c in (1.0, 0.0))
+            a = self.call("where", along(a), a, one)
+            beta = self.call("where", along(beta), beta, zero)
+            y, last = self.g.call_multi("linear_attention", q, a, k, v, beta, init, **n.attrs)
+            self.call("cache_write", state, last, slot, dim=d)
+            self.map[id(n.results[0])], self.map[id(n.results[1])] = y, last
+            return
         h = self.call(n.op, *ins, init, dim=n.attrs["dim"])
         at = self.call("expand", self.call("reshape", last_index, shape=rows), shape=tuple(state.shape))
         last = self.call("gather", h, at, dim=d)
-        slot = self.call("full", shape=(B, 1), value=0, dtype=torch.int64)
         self.call("cache_write", state, last, slot, dim=d)
         self.map[id(n.result)] = h
 

@@ -1,9 +1,9 @@
-"""The ``linear_scan`` and ``delta_scan`` kernels against the ops' torch references at odd sizes (the Triton
+"""The ``linear_scan`` and ``linear_attention`` kernels against the ops' torch references at odd sizes (the Triton
 interpreter on CPU, compiled on a GPU): along the first, a middle and the last dim, with and without an initial state,
 a transposed input, S = 1 (a decode step) and 37. ``linear_scan``: fp32 within 1e-6 (the same recurrence; the kernel
 may contract a * h + b into one FMA); fp16 within 1e-3 (both round each product and each state to fp16, as torch's
-fp16 mul and add do). ``delta_scan``: fp32 within 1e-5 (its read sums K products in another order); fp16 within
-2e-2 (the kernel keeps a step's products in fp32 and rounds the state once a step, the reference rounds each op)."""
+fp16 mul and add do). ``linear_attention``: fp32 within 1e-5 (its reads sum K products in another order); fp16
+within 2e-2 (the kernel keeps its state in fp32, the reference rounds each op to fp16)."""
 
 from __future__ import annotations
 
@@ -78,69 +78,77 @@ for dt in ("bf16", "fp32"):
 DELTA_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-2, atol=2e-2)}
 
 
+def _la_inputs(lead, kv, dim, init, per_k, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(*lead, *kv[:1] if per_k else (), generator=g) * 0.5 + 0.5    # decays
+    beta = torch.rand(lead, generator=g)
+    k = torch.nn.functional.normalize(torch.randn(*lead, kv[0], generator=g), dim=-1)  # unit keys, as the models
+    q, v = torch.randn(*lead, kv[0], generator=g), torch.randn(*lead, kv[1], generator=g)
+    d = dim % len(lead)
+    h0 = [torch.randn(*(1 if i == d else n for i, n in enumerate(lead)), *kv, generator=g)] if init else []
+    return [x.to(dtype).to(DEVICE) for x in (q, a, k, v, beta, *h0)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "add"])
 @pytest.mark.parametrize("lead, kv, dim, init, per_k", [
     ((2, 9, 3), (5, 7), 1, False, False), ((2, 1, 3), (5, 7), 1, True, False), ((11, 2), (3, 37), 0, True, False),
     ((3, 2, 4), (9, 5), -1, False, False), ((1, 37, 1), (16, 16), 1, True, False),
     ((2, 9, 3), (5, 7), 1, True, True), ((2, 1, 3), (6, 3), 1, True, True)])
-def test_delta_scan_kernel_equals_the_reference(lead, kv, dim, init, per_k, dtype,
-                                                request: pytest.FixtureRequest) -> None:
-    """per_k: a decay per key channel (Kimi's KDA), ``a [.., K]``."""
+def test_linear_attention_kernel_equals_the_reference(lead, kv, dim, init, per_k, delta, dtype,
+                                                      request: pytest.FixtureRequest) -> None:
+    """per_k: a decay per key channel (Kimi's KDA), ``a [.., K]``; delta: the delta rule (else Mamba-2's plain
+    write)."""
     if not INTERP.runs_here(request):
         return
     from membound.backends.triton.kernels import LIBRARY, trace
 
-    g = torch.Generator().manual_seed(0)
-    a = torch.rand(*lead, *kv[:1] if per_k else (), generator=g) * 0.5 + 0.5    # decays
-    beta = torch.rand(lead, generator=g)
-    k = torch.nn.functional.normalize(torch.randn(*lead, kv[0], generator=g), dim=-1)  # unit keys, as the models
-    v = torch.randn(*lead, kv[1], generator=g)
-    d = dim % len(lead)
-    h0 = [torch.randn(*(1 if i == d else n for i, n in enumerate(lead)), *kv, generator=g)] if init else []
-    args = [x.to(dtype).to(DEVICE) for x in (a, k, v, beta, *h0)]
-    want = get_op("delta_scan").reference(*args, dim=dim)
+    args = _la_inputs(lead, kv, dim, init, per_k, dtype)
+    want_y, want_state = get_op("linear_attention").reference(*args, dim=dim, delta=delta)
     with trace() as calls:
-        got = LIBRARY["delta_scan"](*args, dim=dim)
-    assert ("delta_scan", "kernel") in calls
-    assert got.shape == (*lead, *kv) and got.dtype == dtype
-    torch.testing.assert_close(got, want, **DELTA_TOL[dtype])
+        y, state = LIBRARY["linear_attention"](*args, dim=dim, delta=delta)
+    assert ("linear_attention", "kernel") in calls
+    assert y.shape == (*lead, kv[1]) and y.dtype == dtype and state.shape == want_state.shape
+    torch.testing.assert_close(y, want_y, **DELTA_TOL[dtype])
+    torch.testing.assert_close(state, want_state, **DELTA_TOL[dtype])
 
 
-def test_delta_scan_with_strided_inputs_and_an_out_buffer(request: pytest.FixtureRequest) -> None:
+def test_linear_attention_with_strided_inputs(request: pytest.FixtureRequest) -> None:
     if not INTERP.runs_here(request):
         return
     from membound.backends.triton.kernels import LIBRARY
 
-    g = torch.Generator().manual_seed(1)
-    a = torch.rand(3, 5, 2, generator=g).to(DEVICE).transpose(0, 1)     # [5, 3, 2], strided
-    beta = torch.rand(5, 3, 2, generator=g).to(DEVICE)
-    k = torch.nn.functional.normalize(torch.randn(5, 3, 2, 4, generator=g), dim=-1).to(DEVICE)
-    v = torch.randn(6, 5, 3, 2, generator=g).to(DEVICE).permute(1, 2, 3, 0)  # [5, 3, 2, 6], strided
-    out = torch.empty(5, 3, 2, 4, 6, device=DEVICE)
-    got = LIBRARY["delta_scan"](a, k, v, beta, out=out, dim=0)
-    assert got is out
-    torch.testing.assert_close(got, get_op("delta_scan").reference(a, k, v, beta, dim=0), rtol=1e-5, atol=1e-5)
+    q, a, k, v, beta = _la_inputs((5, 3, 2), (4, 6), 0, False, False, torch.float32, seed=1)
+    a = a.transpose(0, 1).contiguous().transpose(0, 1)                  # [5, 3, 2], strided
+    v = v.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)          # [5, 3, 2, 6], strided
+    y, state = LIBRARY["linear_attention"](q, a, k, v, beta, dim=0, delta=True)
+    want_y, want_state = get_op("linear_attention").reference(q, a, k, v, beta, dim=0, delta=True)
+    torch.testing.assert_close(y, want_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, want_state, rtol=1e-5, atol=1e-5)
 
 
-def test_the_delta_scan_kernel_compiles_for_hopper() -> None:
-    """The delta rule compiled for sm_90 in bf16 and fp32, with and without an initial state (without: a decay per key
-    channel), at a Qwen3.5 layer's head (K = V = 128: a [128, 32] block of the state per program)."""
+def test_the_linear_attention_kernel_compiles_for_hopper() -> None:
+    """The kernel compiled for sm_90 in bf16 and fp32, with and without an initial state (without: a decay per key
+    channel and the plain write), at a Qwen3.5 layer's head (K = V = 128: a [128, 32] block of the state per
+    program)."""
     import json
 
     script = """
 import json
 from membound.backends.triton.kernels.compile_check import compile_ptx
-from membound.backends.triton.kernels.scan import _delta_scan
-strides = ("sao sas sai sak sko sks ski skk svo svs svi svv sbo sbs sbi sho shi shk shv soo sos soi sok sov").split()
+from membound.backends.triton.kernels.scan import _linear_attention
+strides = ("sqo sqs sqi sqk sao sas sai sak sko sks ski skk svo svs svi svv sbo sbs sbi sho shi shk shv syo sys syi "
+           "syv sno sni snk snv").split()
 for dt in ("bf16", "fp32"):
     for init in (True, False):
-        args = dict(a_ptr=f"*{dt}", k_ptr=f"*{dt}", v_ptr=f"*{dt}", beta_ptr=f"*{dt}", h0_ptr=f"*{dt}",
-                    out_ptr=f"*{dt}", S="i32", INNER="i32", K="i32", V="i32", **{n: "i64" for n in strides},
-                    HAS_INIT=init, PER_K=not init, BK=128, BV=32, USE_PDL=1)
-        ptx, shared = compile_ptx(_delta_scan, args, 90, num_warps=4)
+        args = dict(q_ptr=f"*{dt}", a_ptr=f"*{dt}", k_ptr=f"*{dt}", v_ptr=f"*{dt}", beta_ptr=f"*{dt}",
+                    h0_ptr=f"*{dt}", y_ptr=f"*{dt}", hn_ptr=f"*{dt}", S="i32", INNER="i32", K="i32", V="i32",
+                    **{n: "i64" for n in strides}, HAS_INIT=init, PER_K=not init, DELTA=init, BK=128, BV=32,
+                    USE_PDL=1)
+        ptx, shared = compile_ptx(_linear_attention, args, 90, num_warps=4)
         print(json.dumps(dict(dtype=dt, init=init, stores=ptx.count("st.global"))))
 """
     from _triton_interp import compiled_in_subprocess
 
     results = [json.loads(line) for line in compiled_in_subprocess(script).splitlines() if line.startswith("{")]
-    assert len(results) == 4 and all(r["stores"] >= 1 for r in results), results
+    assert len(results) == 4 and all(r["stores"] >= 2 for r in results), results

@@ -1,7 +1,7 @@
 """Recurrent state beside the KV cache, on both backends: Mamba (its selective scan as one ``linear_scan``, its short
 convolution as a ring of inputs), FalconMamba, Jamba (attention + Mamba + experts), Mamba-2 (heads of a scalar decay,
 B and C shared by groups of heads), Bamba (attention + Mamba-2), Qwen3.5 (gated DeltaNet, its matrix state per head
-a ``delta_scan``, + gated attention) and RecurrentGemma (RG-LRU, reset at position 0, + local attention) decode eager's greedy tokens (the whole sequence recomputed per token, per row
+a ``linear_attention`` with the delta rule, + gated attention) and RecurrentGemma (RG-LRU, reset at position 0, + local attention) decode eager's greedy tokens (the whole sequence recomputed per token, per row
 without its padding) on right-padded rows of different lengths, one of a single token; the states are one per row
 whatever the length. Also: membound's selective scan equals Hugging Face's reference loop, its Mamba-2 scan Hugging
 Face's chunked (SSD) form, and its gated delta rule Hugging Face's chunked and recurrent forms."""
@@ -93,13 +93,14 @@ def test_state_space_models_decode_eager_tokens_with_their_states(name: str, bac
     scans = program.meta["scan_states"]
     layers = 2 if "mamba" in name else 1
     assert len(scans) == layers and len(program.meta["conv_states"]) == layers
-    # one state a row: [B, d_inner, 1, N] (Mamba), [B, 1, heads, head_dim, N] (Mamba-2), [B, 1, heads, K, V] (DeltaNet)
-    shape = {"mamba2": (3, 1, 4, 16, 4), "bamba": (3, 1, 4, 16, 4), "qwen3.5": (3, 1, 4, 8, 16),
+    # one state a row: [B, d_inner, 1, N] (Mamba), [B, 1, heads, N, head_dim] (Mamba-2), [B, 1, heads, K, V]
+    # (DeltaNet)
+    shape = {"mamba2": (3, 1, 4, 4, 16), "bamba": (3, 1, 4, 4, 16), "qwen3.5": (3, 1, 4, 8, 16),
              "recurrent-gemma": (3, 1, 32)}.get(name, (3, 64, 1, 4))
     for s in scans:
         assert program.cache.buffers[s].shape == shape
     decode = program.decode_graph
-    op, arity = ("delta_scan", 5) if name == "qwen3.5" else ("linear_scan", 3)
+    op, arity = ("linear_attention", 6) if name in ("qwen3.5", "mamba2", "bamba") else ("linear_scan", 3)
     assert sum(n.op == op and len(n.inputs) == arity for n in decode.nodes) == layers
 
 

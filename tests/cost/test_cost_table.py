@@ -61,7 +61,7 @@ COST: dict[str, tuple[str, int, int]] = {
     'cos': ('cos(float32[7]){}', 28, 56),
     'cumsum': ('cumsum(float32[3,7]){dim=1}', 21, 168),
     'linear_scan': ('linear_scan(float32[2,5,3],float32[2,5,3]){dim=1}', 60, 360),
-    'delta_scan': ('delta_scan(float32[2,5,3],float32[2,5,3,4],float32[2,5,3,6],float32[2,5,3]){dim=1}', 3600, 4320),
+    'linear_attention': ('linear_attention(float32[2,5,3,4],float32[2,5,3],float32[2,5,3,4],float32[2,5,3,6],float32[2,5,3]){dim=1,delta=True}', 5040, 3216),
     'div': ('div(float32[4,5],float32[4,5]){}', 20, 240),
     'embedding': ('embedding(float32[11,4],int64[2,3]){}', 0, 240),
     'eq': ('eq(float32[4,5],float32[4,5]){}', 20, 180),

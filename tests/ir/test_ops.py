@@ -372,37 +372,44 @@ case("linear_scan", [A(f16, 4, 3, gen="range", hi=-1), A(f16, 4, 3)], _linear_sc
 case("linear_scan", [A(f32, B, S, 4, gen="range", hi=-1), A(f32, B, S, 4), A(f32, B, 1, 4)], _linear_scan(1), dim=1)
 
 
-def _delta_scan(dim: int) -> Callable[..., torch.Tensor]:
-    """The matrix form: S_t = (I - beta_t k_t k_t^T) a_t S_(t-1) + beta_t k_t v_t^T, in float64."""
-    def expect(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-               init: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _linear_attention(dim: int, delta: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The matrix form in float64: S_t = (I - beta_t k_t k_t^T) A_t S_(t-1) + beta_t k_t v_t^T with the delta rule,
+    S_t = A_t S_(t-1) + beta_t k_t v_t^T without (A_t = a_t, or diag(a_t) per key channel); y_t = S_t^T q_t."""
+    def expect(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+               init: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         d = dim % beta.dim()
-        a, beta, k, v = (x.double().movedim(d, 0) for x in (a, beta, k, v))
-        h = torch.zeros(*a.shape[1:], k.shape[-1], v.shape[-1], dtype=torch.float64) if init is None \
+        q, a, k, v, beta = (x.double().movedim(d, 0) for x in (q, a, k, v, beta))
+        h = torch.zeros(*beta.shape[1:], k.shape[-1], v.shape[-1], dtype=torch.float64) if init is None \
             else init.double().movedim(d, 0)[0]
         eye = torch.eye(k.shape[-1], dtype=torch.float64)
-        out = []
-        for t in range(a.shape[0]):
-            kk = k[t][..., :, None] @ k[t][..., None, :]
+        ys = []
+        for t in range(beta.shape[0]):
             b = beta[t][..., None, None]
-            decay = a[t][..., :, None] if a.dim() > beta.dim() else a[t][..., None, None]
-            h = (eye - b * kk) @ (decay * h) + b * (k[t][..., :, None] @ v[t][..., None, :])
-            out.append(h)
-        return torch.stack(out).movedim(0, d)
+            decay = torch.diag_embed(a[t]) if a.dim() > beta.dim() else a[t][..., None, None] * eye
+            keep = eye - b * (k[t][..., :, None] @ k[t][..., None, :]) if delta else eye
+            h = keep @ decay @ h + b * (k[t][..., :, None] @ v[t][..., None, :])
+            ys.append((h.transpose(-1, -2) @ q[t][..., :, None])[..., 0])
+        return torch.stack(ys).movedim(0, d), h.unsqueeze(0).movedim(0, d)
 
     return expect
 
 
-case("delta_scan", [A(f32, 2, 5, 3, gen="range", hi=-1), A(f32, 2, 5, 3, 4), A(f32, 2, 5, 3, 6),
-                    A(f32, 2, 5, 3, gen="range", hi=0)], _delta_scan(1), dim=1)
-case("delta_scan", [A(f32, 7, 2, gen="range", hi=-1), A(f32, 7, 2, 3), A(f32, 7, 2, 5), A(f32, 7, 2, gen="range", hi=0),
-                    A(f32, 1, 2, 3, 5)], _delta_scan(0), dim=0)
-case("delta_scan", [A(f32, 2, 5, 3, 4, gen="range", hi=-1), A(f32, 2, 5, 3, 4), A(f32, 2, 5, 3, 6),  # a per key channel
-                    A(f32, 2, 5, 3, gen="range", hi=0), A(f32, 2, 1, 3, 4, 6)], _delta_scan(1), dim=1)
-case("delta_scan", [A(f16, 2, 3, gen="range", hi=-1), A(f16, 2, 3, 2), A(f16, 2, 3, 3), A(f16, 2, 3, gen="range", hi=0)],
-     _delta_scan(-1), dim=-1)
-case("delta_scan", [A(f32, B, S, 2, gen="range", hi=-1), A(f32, B, S, 2, 3), A(f32, B, S, 2, 4),
-                    A(f32, B, S, 2, gen="range", hi=0), A(f32, B, 1, 2, 3, 4)], _delta_scan(1), dim=1)
+def _la(*lead: Any, kd: int, vd: int, dtype: torch.dtype = f32, per_k: bool = False, init: bool = False,
+        dim: int = 1) -> list[Arg]:
+    """q, a, k, v, beta (and init) over ``lead``: decays in [0, 1), betas in [-1, 1)."""
+    state = tuple(1 if i == dim % len(lead) else n for i, n in enumerate(lead))
+    return [A(dtype, *lead, kd), A(dtype, *lead, *((kd,) if per_k else ()), gen="range", hi=-1),
+            A(dtype, *lead, kd), A(dtype, *lead, vd), A(dtype, *lead, gen="range", hi=0),
+            *([A(dtype, *state, kd, vd)] if init else [])]
+
+
+case("linear_attention", _la(2, 5, 3, kd=4, vd=6), _linear_attention(1, True), dim=1, delta=True)
+case("linear_attention", _la(2, 5, 3, kd=4, vd=6, init=True), _linear_attention(1, False), dim=1, delta=False)
+case("linear_attention", _la(7, 2, kd=3, vd=5, init=True, dim=0), _linear_attention(0, True), dim=0, delta=True)
+case("linear_attention", _la(2, 5, 3, kd=4, vd=6, per_k=True, init=True), _linear_attention(1, True), dim=1,
+     delta=True)
+case("linear_attention", _la(2, 3, kd=2, vd=3, dtype=f16, dim=-1), _linear_attention(-1, True), dim=-1, delta=True)
+case("linear_attention", _la(B, S, 2, kd=3, vd=4, init=True), _linear_attention(1, True), dim=1, delta=True)
 
 
 def _layer_norm(ndim: int, eps: float = 1e-5) -> Callable[..., torch.Tensor]:
@@ -1077,14 +1084,25 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
     ("linear_scan", [T(f32, 3, 4), T(f32, 3, 5)], {"dim": 0}, ValueError),
     ("linear_scan", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 3, 4)], {"dim": 0}, ValueError),  # init not [1, 4]
     ("linear_scan", [T(i64, 3, 4), T(i64, 3, 4)], {"dim": 0}, TypeError),
-    ("delta_scan", [T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 5, 2), T(f32, 3, 4)], {"dim": 1}, ValueError),  # v's [..]
-    ("delta_scan", [T(f32, 3, 4), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 1}, ValueError),  # k not [.., K]
-    ("delta_scan", [T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4, 2, 2)], {"dim": 1},
-     ValueError),  # init not [3, 1, 2, 2]
-    ("delta_scan", [T(f32, 3, 4), T(f16, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 1}, TypeError),
-    ("delta_scan", [T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 2}, ValueError),
-    ("delta_scan", [T(f32, 3, 4, 3), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 1}, ValueError),  # a's K
-    ("delta_scan", [T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": -1}, ValueError),
+    # q, a, k, v, beta (and init)
+    ("linear_attention", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 5, 2), T(f32, 3, 4)], {"dim": 1},
+     ValueError),  # v's [..]
+    ("linear_attention", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 1},
+     ValueError),  # k not [.., K]
+    ("linear_attention", [T(f32, 3, 4, 3), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 1},
+     ValueError),  # q's K
+    ("linear_attention", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4),
+                          T(f32, 3, 4, 2, 2)], {"dim": 1}, ValueError),  # init not [3, 1, 2, 2]
+    ("linear_attention", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f16, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 1},
+     TypeError),
+    ("linear_attention", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)], {"dim": 2},
+     ValueError),
+    ("linear_attention", [T(f32, 3, 4, 2), T(f32, 3, 4, 3), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)],
+     {"dim": 1}, ValueError),  # a's K
+    ("linear_attention", [T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)],
+     {"dim": -1}, ValueError),
+    ("linear_attention", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)],
+     {"dim": 1, "delta": 1}, TypeError),
     ("layer_norm", [T(f32, 3, 4), T(f32, 5)], {}, ValueError),
     ("layer_norm", [T(f32, 3, 4)], {"ndim": 3}, ValueError),
     ("rms_norm", [T(f32, 3, 4), T(f32, 5)], {"eps": 1e-6}, ValueError),

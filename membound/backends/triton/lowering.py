@@ -273,7 +273,7 @@ TABLE: list[Lowering] = [
     # (the group offsets read on the device: no host synchronisation, so a step holding one can be a CUDA graph)
     library("grouped_mm", "grouped_mm:grouped_mm"),
     library("linear_scan", "scan:linear_scan"),
-    library("delta_scan", "scan:delta_scan"),
+    library("linear_attention", "scan:linear_attention"),
     library("cached_attention", "decode_attention:cached_attention"),
     # (its weights must be parameters: the kernel reads them before the PDL wait, fuse-attention-block checks)
     library("attention_block", "attn_block:attention_block"),

@@ -217,66 +217,73 @@ define_op("linear_scan", inputs=("a", "b", "*init"), attrs={"dim": REQUIRED}, ki
 
 
 # ---------------------------------------------------------------------------------------------
-# delta_scan: the gated delta rule's state, S_t = a_t S_(t-1) + k_t (beta_t (v_t - k_t . a_t S_(t-1)))^T
+# linear_attention: a recurrent matrix state per head, S_t = a_t S_(t-1) + k_t w_t^T, read out by q_t
 # ---------------------------------------------------------------------------------------------
-def _infer_delta_scan(a: TensorType, k: TensorType, v: TensorType, beta: TensorType, *init: TensorType,
-                      dim: int) -> TensorType:
-    op = "delta_scan"
+def _infer_linear_attention(q: TensorType, a: TensorType, k: TensorType, v: TensorType, beta: TensorType,
+                            *init: TensorType, dim: int, delta: bool) -> list[TensorType]:
+    op = "linear_attention"
     d = norm_dim(op, dim, beta.rank)
-    dtype = same_dtype(op, ("a", a), ("k", k), ("v", v), ("beta", beta), *(("init", i) for i in init))
+    if not isinstance(delta, bool):
+        fail(op, f"attribute delta={delta!r} must be a bool", TypeError)
+    dtype = same_dtype(op, ("q", q), ("a", a), ("k", k), ("v", v), ("beta", beta), *(("init", i) for i in init))
     if not is_float(dtype):
-        fail(op, f"needs floating inputs, got {a}, {k}, {v}, {beta}", TypeError)
+        fail(op, f"needs floating inputs, got {q}, {a}, {k}, {v}, {beta}", TypeError)
     lead = beta.shape
-    if a.rank not in (beta.rank, beta.rank + 1) or k.rank != beta.rank + 1 or v.rank != beta.rank + 1:
-        fail(op, f"beta {beta} must be [..], a {a} [..] or [.., K], k {k} and v {v} [.., K] and [.., V] over the "
-                 f"same [..]")
+    if a.rank not in (beta.rank, beta.rank + 1) or any(t.rank != beta.rank + 1 for t in (q, k, v)):
+        fail(op, f"beta {beta} must be [..], a {a} [..] or [.., K], q {q} and k {k} [.., K], v {v} [.., V] over "
+                 f"the same [..]")
     if a.rank > beta.rank and dim < 0:
         fail(op, f"dim={dim}: with a decay per key channel (a {a}) give dim as an index into beta's dims, >= 0")
-    for name, t in (("a", a), ("k", k), ("v", v)):
+    for name, t in (("q", q), ("a", a), ("k", k), ("v", v)):
         for i, (x, y) in enumerate(zip(lead, t.shape)):
             require_same_dim(op, x, y, f"beta {beta} vs {name} {t} at dim {i}")
+    require_same_dim(op, q.shape[-1], k.shape[-1], f"q {q} vs k {k}: one key width")
     if a.rank > beta.rank:
         require_same_dim(op, a.shape[-1], k.shape[-1], f"a {a} vs k {k}: one decay per key channel")
-    shape = (*lead, k.shape[-1], v.shape[-1])
+    state = tuple(sympy.Integer(1) if i == d else x for i, x in enumerate(lead)) + (k.shape[-1], v.shape[-1])
     if len(init) > 1:
         fail(op, f"takes at most one initial state, got {len(init)}")
     if init:
-        want = tuple(sympy.Integer(1) if i == d else x for i, x in enumerate(shape))
-        if init[0].rank != len(shape):
-            fail(op, f"init {init[0]} must be the state's shape with dim {d} of size 1 ({shape_str(want)})")
-        for i, (x, y) in enumerate(zip(init[0].shape, want)):
-            require_same_dim(op, x, y, f"init {init[0]} vs {shape_str(want)} at dim {i}")
-    return TensorType(dtype, shape)
+        if init[0].rank != len(state):
+            fail(op, f"init {init[0]} must be the state's shape {shape_str(state)}")
+        for i, (x, y) in enumerate(zip(init[0].shape, state)):
+            require_same_dim(op, x, y, f"init {init[0]} vs {shape_str(state)} at dim {i}")
+    return [TensorType(dtype, v.shape), TensorType(dtype, state)]
 
 
-def _delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, *init: torch.Tensor,
-                dim: int) -> torch.Tensor:
+def _linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                      *init: torch.Tensor, dim: int, delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Step by step along ``dim`` in the order of Hugging Face's recurrent gated delta rule (decay, read, correct,
-    write), every state rounded to the dtype."""
+    write, read out), in the dtype."""
     d = dim % beta.dim()
-    out = torch.empty((*beta.shape, k.shape[-1], v.shape[-1]), dtype=v.dtype, device=v.device)
-    h = init[0].select(d, 0) if init else torch.zeros_like(out.select(d, 0))
+    out = torch.empty_like(v)
+    h = init[0].select(d, 0) if init else \
+        torch.zeros((*beta.select(d, 0).shape, k.shape[-1], v.shape[-1]), dtype=v.dtype, device=v.device)
     per_channel = a.dim() > beta.dim()
     for t in range(beta.shape[d]):
         kt = k.select(d, t)[..., :, None]
         h = h * (a.select(d, t)[..., :, None] if per_channel else a.select(d, t)[..., None, None])
-        u = (v.select(d, t) - (h * kt).sum(-2)) * beta.select(d, t)[..., None]
-        h = h + kt * u[..., None, :]
-        out.select(d, t).copy_(h)
-    return out
+        w = v.select(d, t) - (h * kt).sum(-2) if delta else v.select(d, t)
+        h = h + kt * (w * beta.select(d, t)[..., None])[..., None, :]
+        out.select(d, t).copy_((h * q.select(d, t)[..., :, None]).sum(-2))
+    return out, h.unsqueeze(d)
 
 
-def _delta_scan_flops(ins: Any, outs: Any, attrs: dict[str, Any]) -> sympy.Expr:
-    # per state entry and step: the decay, the read's multiply-add and the write's multiply-add
-    return 5 * outs[0].numel()
+def _linear_attention_flops(ins: Any, outs: Any, attrs: dict[str, Any]) -> sympy.Expr:
+    # per state entry and step: the decay, the write's multiply-add, the read-out's multiply-add (and with the delta
+    # rule the correction's read, another)
+    steps = ins[4].numel() / outs[1].numel() * ins[2].shape[-1] * ins[3].shape[-1]
+    return (7 if attrs["delta"] else 5) * outs[1].numel() * steps
 
 
-define_op("delta_scan", inputs=("a", "k", "v", "beta", "*init"), attrs={"dim": REQUIRED}, kind="reduction",
-          infer=_infer_delta_scan, reference=_delta_scan, flops=_delta_scan_flops,
-          doc="every state S_t [.., K, V] of the gated delta rule along dim (of beta [..]): S = a_t S_(t-1) (a [..] "
-              "one decay per head, or [.., K] one per key channel), then S += k_t (beta_t (v_t - k_t^T S))^T "
-              "(S_(-1) = init, else 0): a gated DeltaNet layer's recurrence (Qwen3-Next, Qwen3.5, OLMo-Hybrid; Kimi "
-              "Linear's per-channel KDA); insert-kv-cache keeps its last state",
+define_op("linear_attention", inputs=("q", "a", "k", "v", "beta", "*init"), attrs={"dim": REQUIRED, "delta": False},
+          kind="reduction", infer=_infer_linear_attention, reference=_linear_attention,
+          flops=_linear_attention_flops,
+          doc="(y, last state): a matrix state S [K, V] per row of beta [..] carried along dim, S = a_t S (a [..], "
+              "or [.., K] one decay per key channel), then S += k_t (beta_t w_t)^T with w_t = v_t, or with "
+              "delta=true the delta rule's correction v_t - k_t^T S; y_t = q_t^T S [.., V] (S_(-1) = init, else 0): "
+              "Mamba-2's SSD, gated DeltaNet (Qwen3-Next, Qwen3.5, OLMo-Hybrid), Kimi's KDA; insert-kv-cache keeps "
+              "the last state",
           reduces=reduces_dim)
 
 

@@ -7,6 +7,9 @@ in one launch where the torch reference makes about ``3 S`` (a Mamba layer's pre
 launch instead of four). Each product and each state is rounded to the dtype at every step, as the reference's
 torch ops (and the model's own loop) round them. Falls back to the torch reference for dtypes other than
 fp16/bf16/fp32 and CPU tensors without ``TRITON_INTERPRET=1``.
+
+``linear_attention``: a matrix state per row carried along one dim and read out at every token, its state at every
+token never written (below).
 """
 
 from __future__ import annotations
@@ -83,11 +86,11 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, init: Optional[torch.Tensor] =
 
 
 @triton.jit
-def _delta_scan(a_ptr, k_ptr, v_ptr, beta_ptr, h0_ptr, out_ptr, S, INNER, K, V,
-                sao, sas, sai, sak, sko, sks, ski, skk, svo, svs, svi, svv, sbo, sbs, sbi,
-                sho, shi, shk, shv, soo, sos, soi, sok, sov,
-                HAS_INIT: tl.constexpr, PER_K: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                USE_PDL: tl.constexpr):
+def _linear_attention(q_ptr, a_ptr, k_ptr, v_ptr, beta_ptr, h0_ptr, y_ptr, hn_ptr, S, INNER, K, V,
+                      sqo, sqs, sqi, sqk, sao, sas, sai, sak, sko, sks, ski, skk, svo, svs, svi, svv, sbo, sbs, sbi,
+                      sho, shi, shk, shv, syo, sys, syi, syv, sno, sni, snk, snv,
+                      HAS_INIT: tl.constexpr, PER_K: tl.constexpr, DELTA: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, USE_PDL: tl.constexpr):
     pdl_enter(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     o, i = row // INNER, row % INNER
@@ -108,57 +111,61 @@ def _delta_scan(a_ptr, k_ptr, v_ptr, beta_ptr, h0_ptr, out_ptr, S, INNER, K, V,
         beta = tl.load(beta_ptr + o * sbo + t * sbs + i * sbi).to(tl.float32)
         k = tl.load(k_ptr + o * sko + t * sks + i * ski + rk * skk, mask=mk, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + o * svo + t * svs + i * svi + rv * svv, mask=mv, other=0.0).to(tl.float32)
-        h = h * a                                          # decay
-        u = (v - tl.sum(h * k[:, None], axis=0)) * beta    # the correction: what the state does not yet predict
-        h = h + k[:, None] * u[None, :]                    # write it under the key
-        hs = h.to(out_ptr.dtype.element_ty)                # the state rounded to the op's dtype, as the reference
-        tl.store(out_ptr + o * soo + t * sos + i * soi + rk[:, None] * sok + rv[None, :] * sov, hs, mask=m2)
-        h = hs.to(tl.float32)
+        q = tl.load(q_ptr + o * sqo + t * sqs + i * sqi + rk * sqk, mask=mk, other=0.0).to(tl.float32)
+        h = h * a                                              # decay
+        if DELTA:  # the delta rule writes what the state does not yet predict
+            v = v - tl.sum(h * k[:, None], axis=0)
+        h = h + k[:, None] * (v * beta)[None, :]               # write under the key
+        y = tl.sum(h * q[:, None], axis=0)                     # read out by the query
+        tl.store(y_ptr + o * syo + t * sys + i * syi + rv * syv, y.to(y_ptr.dtype.element_ty), mask=mv)
+    tl.store(hn_ptr + o * sno + i * sni + rk[:, None] * snk + rv[None, :] * snv, h.to(hn_ptr.dtype.element_ty),
+             mask=m2)
 
 
-def delta_scan(a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-               init: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, *, dim: int) -> torch.Tensor:
-    """The IR op ``delta_scan`` (``init`` optional, the state's shape with ``dim`` of size 1).
+def linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                     init: Optional[torch.Tensor] = None, *, dim: int,
+                     delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IR op ``linear_attention``: ``(y, last state)`` (``init`` optional, the state's shape).
 
-    Seen as ``beta [O, S, I]``, ``a [O, S, I]`` (or ``[O, S, I, K]``: a decay per key channel), ``k [O, S, I, K]``,
-    ``v [O, S, I, V]``, each program owns one ``(o, i)`` row
-    and a block of ``BV`` value columns: the delta rule's columns are independent (a column's correction reads only
-    that column of the state), so its ``[K, BV]`` slice of the state stays in registers for all S steps. It reads
-    the inputs once and writes every state once, in one launch."""
-    op = "delta_scan"
+    Seen as ``beta [O, S, I]``, ``a [O, S, I]`` (or ``[O, S, I, K]``: a decay per key channel), ``q``/``k
+    [O, S, I, K]``, ``v [O, S, I, V]``, each program owns one ``(o, i)`` row and a block of ``BV`` value columns:
+    the columns are independent (with the delta rule too: a column's correction reads only that column of the
+    state), so its ``[K, BV]`` slice of the state stays in registers for all S steps, in fp32. It reads the inputs
+    once, writes ``y`` once and the state once at the end: the state at every token is never in memory (a prefill of
+    S tokens writes ``S V`` values a row, not ``S K V``)."""
+    op = "linear_attention"
     reference = get_op(op).reference
-    args = (a, k, v, beta) if init is None else (a, k, v, beta, init)
+    args = (q, a, k, v, beta) if init is None else (q, a, k, v, beta, init)
     reason = unsupported_device(*args) or unsupported_dtype(op, *args)
     if reason is not None:
-        return fallback(op, reason, reference(*args, dim=dim), out)
+        note(op, f"fallback: {reason}")
+        return reference(*args, dim=dim, delta=delta)
     d = dim % beta.dim()
     kd, vd = k.shape[-1], v.shape[-1]
-    shape = (*beta.shape, kd, vd)
     per_k = a.dim() > beta.dim()
     lead = tuple(beta.shape)
-    if tuple(k.shape[:-1]) != lead or tuple(v.shape[:-1]) != lead \
+    if tuple(q.shape) != lead + (kd,) or tuple(k.shape[:-1]) != lead or tuple(v.shape[:-1]) != lead \
             or tuple(a.shape) != (lead + (kd,) if per_k else lead):
-        raise ValueError(f"{op}: a {tuple(a.shape)}, beta {tuple(beta.shape)}, k {tuple(k.shape)} and v "
-                         f"{tuple(v.shape)} must share their leading dims")
-    result = out if out is not None else torch.empty(shape, dtype=v.dtype, device=v.device)
-    if out is not None:
-        check_out(op, out, shape, v.dtype, v.device)
-    if result.numel() == 0:
-        return result
+        raise ValueError(f"{op}: q {tuple(q.shape)}, a {tuple(a.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} and "
+                         f"beta {tuple(beta.shape)} must share their leading dims")
     outer, steps, inner = math.prod(lead[:d]), lead[d], math.prod(lead[d + 1:])
+    y = torch.empty_like(v, memory_format=torch.contiguous_format)
+    state_shape = tuple(1 if j == d else n for j, n in enumerate(lead)) + (kd, vd)
+    last = torch.empty(state_shape, dtype=v.dtype, device=v.device)
+    if y.numel() == 0 or last.numel() == 0:
+        return y, last.zero_() if init is None else last.copy_(init)
+    q4, k4, v4 = q.reshape(outer, steps, inner, kd), k.reshape(outer, steps, inner, kd), v.reshape(outer, steps,
+                                                                                                     inner, vd)
     a4 = a.reshape(outer, steps, inner, kd if per_k else 1)
     b3 = beta.reshape(outer, steps, inner)
-    k4, v4 = k.reshape(outer, steps, inner, kd), v.reshape(outer, steps, inner, vd)
-    o5 = result.view(outer, steps, inner, kd, vd)
-    h5 = init.reshape(outer, 1, inner, kd, vd) if init is not None else o5
+    y4, n4 = y.view(outer, steps, inner, vd), last.view(outer, inner, kd, vd)
+    h4 = init.reshape(outer, inner, kd, vd) if init is not None else n4
     bk = max(16, next_pow2(kd))
     bv = max(16, min(next_pow2(vd), max(16, 4096 // bk)))  # a [BK, BV] fp32 state of at most 4096 entries
-    launchable(_delta_scan, a.device)[(outer * inner, triton.cdiv(vd, bv))](
-        a4, k4, v4, b3, h5, o5, steps, inner, kd, vd,
-        a4.stride(0), a4.stride(1), a4.stride(2), a4.stride(3), k4.stride(0), k4.stride(1), k4.stride(2), k4.stride(3),
-        v4.stride(0), v4.stride(1), v4.stride(2), v4.stride(3), b3.stride(0), b3.stride(1), b3.stride(2),
-        h5.stride(0), h5.stride(2), h5.stride(3), h5.stride(4),
-        o5.stride(0), o5.stride(1), o5.stride(2), o5.stride(3), o5.stride(4),
-        HAS_INIT=init is not None, PER_K=per_k, BK=bk, BV=bv, num_warps=4, **pdl_options(a.device))
+    launchable(_linear_attention, v.device)[(outer * inner, triton.cdiv(vd, bv))](
+        q4, a4, k4, v4, b3, h4, y4, n4, steps, inner, kd, vd,
+        *q4.stride(), *a4.stride(), *k4.stride(), *v4.stride(), *b3.stride(), *h4.stride(), *y4.stride(),
+        *n4.stride(), HAS_INIT=init is not None, PER_K=per_k, DELTA=bool(delta), BK=bk, BV=bv, num_warps=4,
+        **pdl_options(v.device))
     note(op, "kernel")
-    return result
+    return y, last
