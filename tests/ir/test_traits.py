@@ -137,7 +137,7 @@ def test_reduces_names_the_mixed_dims() -> None:
     assert get_op("add").reduces is None and get_op("linear").reduces is None
 
 
-@pytest.mark.parametrize("name", sorted(ops_with("reduces") - {"topk", "sort"}))
+@pytest.mark.parametrize("name", sorted(ops_with("reduces") - {"topk", "sort", "linear_attention"}))
 def test_reduces_matches_the_reference(name: str) -> None:
     """Changing input 0 along a dim the op does not reduce leaves the other slices' results alone."""
     od = get_op(name)
@@ -154,3 +154,26 @@ def test_reduces_matches_the_reference(name: str) -> None:
     if 0 in mixed:
         return
     assert torch.equal(a[1:], b[1:]), name  # dim 0 is not mixed: rows 1.. are untouched
+
+
+def test_linear_attention_mixes_only_its_dim() -> None:
+    """``linear_attention`` (inputs of several shapes, so not in the test above) mixes dim 1 of q [3, 4, 5, 2] alone:
+    a change to every input at index 0 of dim 0 leaves rows 1.. of y and of the state alone, and one at the last
+    token changes no earlier token's y."""
+    od = get_op("linear_attention")
+    attrs = od.normalize_attrs({"dim": 1, "delta": True})
+    assert od.reduces(attrs, 4) == (1,)
+    g = torch.Generator().manual_seed(0)
+    ins = [torch.randn(3, 4, 5, 2, generator=g), torch.rand(3, 4, 5, generator=g),
+           torch.randn(3, 4, 5, 2, generator=g), torch.randn(3, 4, 5, 6, generator=g), torch.rand(3, 4, 5, generator=g)]
+    y, state = od.reference(*ins, **attrs)
+    for at in ((0,), (slice(None), 3)):
+        changed = [x.clone() for x in ins]
+        for x in changed:
+            x[at] += 1.0
+        y2, state2 = od.reference(*changed, **attrs)
+        if at == (0,):
+            assert torch.equal(y[1:], y2[1:]) and torch.equal(state[1:], state2[1:])
+            assert not torch.equal(y[0], y2[0])
+        else:
+            assert torch.equal(y[:, :3], y2[:, :3]) and not torch.equal(y[:, 3], y2[:, 3])
