@@ -89,12 +89,15 @@ def _la_inputs(lead, kv, dim, init, per_k, dtype, seed=0):
     return [x.to(dtype).to(DEVICE) for x in (q, a, k, v, beta, *h0)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-@pytest.mark.parametrize("delta", [True, False], ids=["delta", "add"])
-@pytest.mark.parametrize("lead, kv, dim, init, per_k", [
-    ((2, 9, 3), (5, 7), 1, False, False), ((2, 1, 3), (5, 7), 1, True, False), ((11, 2), (3, 37), 0, True, False),
-    ((3, 2, 4), (9, 5), -1, False, False), ((1, 37, 1), (16, 16), 1, True, False),
-    ((2, 9, 3), (5, 7), 1, True, True), ((2, 1, 3), (6, 3), 1, True, True)])
+# (the interpreter is slow: each case varies several things at once rather than a full cross product)
+@pytest.mark.parametrize("lead, kv, dim, init, per_k, delta, dtype", [
+    ((2, 9, 3), (5, 7), 1, False, False, True, torch.float32),
+    ((2, 1, 3), (5, 7), 1, True, False, True, torch.float16),      # a decode step
+    ((11, 2), (3, 37), 0, True, False, False, torch.float32),      # V over two blocks, Mamba-2's plain write
+    ((3, 2, 4), (9, 5), -1, False, False, False, torch.float16),
+    ((1, 37, 1), (16, 16), 1, True, False, True, torch.float32),
+    ((2, 9, 3), (5, 7), 1, True, True, True, torch.float32),       # KDA: a decay per key channel
+    ((2, 1, 3), (6, 3), 1, True, True, False, torch.float16)])
 def test_linear_attention_kernel_equals_the_reference(lead, kv, dim, init, per_k, delta, dtype,
                                                       request: pytest.FixtureRequest) -> None:
     """per_k: a decay per key channel (Kimi's KDA), ``a [.., K]``; delta: the delta rule (else Mamba-2's plain
