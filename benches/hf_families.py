@@ -250,6 +250,10 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "recurrent-gemma": ("RecurrentGemmaForCausalLM", "RecurrentGemmaConfig", dict(
         num_hidden_layers=2, block_types=["recurrent", "attention"], lru_width=64, conv1d_width=3,
         attention_window_size=16, head_dim=16, num_key_value_heads=1)),
+    # MiniMax-Text-01: lightning attention (linear attention with a decay per head, HF's loop over blocks taken as one
+    # linear_attention) and softmax attention layers, Mixtral-style experts
+    "minimax": ("MiniMaxForCausalLM", "MiniMaxConfig", dict(
+        MOE, head_dim=16, layer_types=["linear_attention", "full_attention"], block_size=4)),
     # LFM2: captures (its short convolutions translate as their taps), but a convolution over the tokens needs a
     # state the KV cache does not hold: generate refuses the cache, naming the convolution's shift (session 23)
     "lfm2": ("Lfm2ForCausalLM", "Lfm2Config", dict(head_dim=16, layer_types=["conv", "full_attention"])),

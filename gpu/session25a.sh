@@ -13,12 +13,12 @@ timeout 200 python -m pytest -q -rfE -p no:cacheprovider tests/runtime/test_lift
     tests/backends/test_state_space_decode.py tests/backends/test_scan_kernel.py >"$W/tests.log" 2>&1
 echo "GPU tests rc $? ($((SECONDS - start)) s)"; tail -1 "$W/tests.log"
 fams=(gemma3n mamba falcon-mamba jamba lfm2-moe mamba2 bamba nemotron-h falcon-h1 granite-moe-hybrid zamba2
-      qwen3-next qwen3.5 qwen3.5-moe olmo-hybrid kimi-linear recurrent-gemma)
+      qwen3-next qwen3.5 qwen3.5-moe olmo-hybrid kimi-linear recurrent-gemma minimax)
 timeout 300 python benches/hf_families.py --device cuda --families gemma3n mamba falcon-mamba --out "$W/hf0" >"$W/hf0.log" 2>&1 &
 timeout 300 python benches/hf_families.py --device cuda --families jamba lfm2-moe mamba2 --out "$W/hf1" >"$W/hf1.log" 2>&1 &
 timeout 300 python benches/hf_families.py --device cuda --families bamba nemotron-h falcon-h1 --out "$W/hf2" >"$W/hf2.log" 2>&1 &
 timeout 300 python benches/hf_families.py --device cuda --families granite-moe-hybrid zamba2 recurrent-gemma --out "$W/hf3" >"$W/hf3.log" 2>&1 &
-timeout 300 python benches/hf_families.py --device cuda --families qwen3-next qwen3.5 --out "$W/hf4" >"$W/hf4.log" 2>&1 &
+timeout 300 python benches/hf_families.py --device cuda --families qwen3-next qwen3.5 minimax --out "$W/hf4" >"$W/hf4.log" 2>&1 &
 timeout 300 python benches/hf_families.py --device cuda --families qwen3.5-moe olmo-hybrid kimi-linear --out "$W/hf5" >"$W/hf5.log" 2>&1 &
 wait
 tar czf "$OUT/session25a.tgz" -C "$W" .

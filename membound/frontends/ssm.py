@@ -181,6 +181,26 @@ def rnn_scan(self: Any, hidden_states: torch.Tensor, recurrent_gate: torch.Tenso
     return states.to(hidden_states.dtype), states[:, -1]
 
 
+def lightning_attention_forward(self: Any, hidden_states: torch.Tensor, position_embeddings: Any = None,
+                                attention_mask: Optional[torch.Tensor] = None, cache: Any = None,
+                                **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """MiniMax's lightning attention (``MiniMaxLightningAttention.forward``) as one ``linear_attention``: per head a
+    state ``[d, d]`` decayed by ``exp(-slope)`` a token and written ``k_t v_t^T``, read out by ``q_t``; HF's form
+    loops over blocks of ``block_size`` tokens (a count export cannot keep symbolic). Export passes no cache."""
+    if cache is not None:
+        raise NotImplementedError("membound's lightning attention replaces HF's only while exporting, without a cache")
+    mod = sys.modules[type(self).__module__]
+    b, s, _ = hidden_states.shape
+    h, d = self.num_attention_heads, self.head_dim
+    qkv = mod.apply_mask_to_padding_states(self.act_fn(self.qkv_proj(hidden_states)), attention_mask)
+    q, k, v = torch.split(qkv.reshape(b, s, h, 3 * d), d, dim=3)
+    decay = torch.exp(-self.slope_rate.reshape(h).to(q.dtype)).expand(b, s, h)
+    out, last = torch.ops.membound.linear_attention(q, decay, k, v, torch.ones_like(decay), None, 1, False)
+    out = self.norm(out.reshape(b, s, h * d))
+    out = self.out_proj(torch.sigmoid(self.output_gate(hidden_states)) * out)
+    return out, last[:, 0]
+
+
 # the modules whose ``chunk_kimi_delta_attention`` and ``recurrent_kimi_delta_attention`` are HF's reference KDA (Kimi
 # Linear, Bailing-hybrid)
 _KDA = _modules("kimi_linear", "bailing_hybrid")
@@ -191,6 +211,11 @@ _HF_SCANS = (("mamba_selective_scan", _MAMBA, selective_scan), ("mamba2_chunk_sc
              ("torch_recurrent_gated_delta_rule", _DELTA, gated_delta_rule),
              ("chunk_kimi_delta_attention", _KDA, kimi_delta_attention),
              ("recurrent_kimi_delta_attention", _KDA, kimi_delta_attention))
+
+
+# each reference method membound replaces: its name, the modelling module, the class, the replacement
+_HF_METHODS = (("_rnn_scan", _modules("recurrent_gemma")[0], "RecurrentGemmaRglru", rnn_scan),
+               ("forward", _modules("minimax")[0], "MiniMaxLightningAttention", lightning_attention_forward))
 
 
 @contextlib.contextmanager
@@ -207,10 +232,10 @@ def hf_selective_scan_as_linear_scan(module: torch.nn.Module) -> Iterator[None]:
                 patched.append((mod, attr, getattr(mod, attr)))
                 setattr(mod, attr, new)
         cls = type(sub)
-        if name == "transformers.models.recurrent_gemma.modeling_recurrent_gemma" and hasattr(cls, "_rnn_scan") \
-                and not any(m is cls for m, _, _ in patched):
-            patched.append((cls, "_rnn_scan", cls.__dict__.get("_rnn_scan")))
-            cls._rnn_scan = rnn_scan
+        for attr, module_name, class_name, new in _HF_METHODS:
+            if name == module_name and cls.__name__ == class_name and not any(m is cls for m, _, _ in patched):
+                patched.append((cls, attr, cls.__dict__.get(attr)))
+                setattr(cls, attr, new)
     try:
         yield
     finally:

@@ -221,3 +221,28 @@ def test_rnn_scan_equals_recurrent_gemmas_loop() -> None:
             assert got.dtype == want.dtype and got_last.dtype == last.dtype == torch.float32
             torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
             torch.testing.assert_close(got_last, last, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [11, 1])
+def test_lightning_attention_equals_minimaxs_block_form(length: int) -> None:
+    """fp32, one MiniMax lightning-attention layer (4 heads of 8, blocks of 4: 11 tokens end in a partial block) on a
+    padded batch: membound's recurrence equals HF's block loop, output and last state."""
+    import transformers as T
+    from transformers.models.minimax.modeling_minimax import MiniMaxLightningAttention
+
+    from membound.frontends.ssm import lightning_attention_forward
+
+    cfg = T.MiniMaxConfig(hidden_size=32, num_attention_heads=4, head_dim=8, num_hidden_layers=2, block_size=4,
+                          layer_types=["linear_attention", "full_attention"])
+    torch.manual_seed(0)
+    layer = MiniMaxLightningAttention(cfg, 0).eval()
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, length, 32)
+    mask = torch.ones(2, length, dtype=torch.long)
+    mask[1, :length // 2] = 0  # left padding zeroes those tokens' q, k, v
+    with torch.no_grad():
+        want, want_state = layer(x, None, mask)
+        got, got_state = lightning_attention_forward(layer, x, None, mask)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_state, want_state, rtol=1e-4, atol=1e-4)
