@@ -89,6 +89,7 @@ This is not a cost-model decision: caching is what makes a token cost O(1) inste
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -135,6 +136,15 @@ class _History:
     base: Value   # X: [B, ..., S, ...], its dims other than the batch and the sequence static
     pad: int      # a
     dim: int
+
+
+STATE_INPLACE_ENV = "MEMBOUND_STATE_INPLACE"
+
+
+def state_in_place() -> bool:
+    """A ``linear_attention`` layer's decode reads and writes its state once (``linear_attention_state``), unless
+    ``MEMBOUND_STATE_INPLACE=0``."""
+    return os.environ.get(STATE_INPLACE_ENV, "1") != "0"
 
 
 # the recurrences over the tokens whose last state a row keeps (``scan_state.i``): op -> its inputs without the initial
@@ -459,6 +469,7 @@ class _Builder:
         self.picked_last = False  # the model picks its last token itself (plan.last_token): logits are [B, 1, V]
         self.ring_slots: dict[int, Value] = {}  # n -> remainder(positions, n): a ring's slots, built once per size
         self.first: Optional[Value] = None  # positions[:, :1], each row's first position this step, built once
+        self.used: set[int] = set()  # the old graph's values something live reads (set when the graph is built)
 
     def call(self, op: str, *inputs: Value, **attrs: Any) -> Value:
         return self.g.call(op, *inputs, **attrs)
@@ -520,6 +531,7 @@ class _Builder:
             scan_states[id(n)] = g.add_state(f"scan_state.{i}", TensorType(n.results[-1].dtype, shape))
         attention_index = {id(a): i for i, a in enumerate(self.plan.attentions)}
         live = _live_without_masks(old, attention_index)
+        self.used = {id(v) for m in old.nodes if id(m) in live for v in m.inputs} | {id(v) for v in old.outputs}
         for n in old.nodes:
             if id(n) not in live:
                 continue  # only feeds the masks of replaced attentions (cached_attention masks itself)
@@ -603,15 +615,11 @@ class _Builder:
         """A recurrence over the tokens from the state the row's last step left (zero for a step from position 0: a
         prefill). ``linear_scan(a, b)``: each row's ``h`` at its last real token (``last_index``) written back as its
         state. ``linear_attention``: the tokens past a row's last real one (a padded prefill) made no-ops (decay 1,
-        beta 0), so its last state is the state at that token, written back."""
+        beta 0), so its last state is the state at that token: ``linear_attention_state`` reads the state and
+        writes it back in place (with ``MEMBOUND_STATE_INPLACE=0``, or where the graph reads the op's last state
+        itself: ``where`` / ``linear_attention`` / ``cache_write``)."""
         ins = [self.normal(v, n) for v in n.inputs]
         d, rank = n.attrs["dim"] % ins[0].rank, state.rank
-        rows = tuple(B if j == 0 else 1 for j in range(rank))
-        fresh = self.call("reshape", self.call("eq", self.first_position(positions),
-                                               self.call("constant", value=0, dtype=torch.int64)),
-                          shape=rows)
-        init = self.call("where", fresh, self.call("constant", value=0.0, dtype=state.dtype), state)
-        slot = self.call("full", shape=(B, 1), value=0, dtype=torch.int64)
         if n.op == "linear_attention":
             q, a, k, v, beta = ins
             steps = self.call("arange", start=0, end=S, step=1, dtype=torch.int64)
@@ -625,15 +633,27 @@ class _Builder:
             one, zero = (self.call("constant", value=c, dtype=a.dtype) for c in (1.0, 0.0))
             a = self.call("where", along(a), a, one)
             beta = self.call("where", along(beta), beta, zero)
-            y, last = self.g.call_multi("linear_attention", q, a, k, v, beta, init, **n.attrs)
-            self.call("cache_write", state, last, slot, dim=d)
+            if state_in_place() and id(n.results[1]) not in self.used:
+                self.map[id(n.results[0])] = self.call("linear_attention_state", q, a, k, v, beta, state,
+                                                       self.first_position(positions), **n.attrs)
+                return
+            y, last = self.g.call_multi("linear_attention", q, a, k, v, beta, self.fresh_or(state, positions),
+                                        **n.attrs)
             self.map[id(n.results[0])], self.map[id(n.results[1])] = y, last
-            return
-        h = self.call(n.op, *ins, init, dim=n.attrs["dim"])
-        at = self.call("expand", self.call("reshape", last_index, shape=rows), shape=tuple(state.shape))
-        last = self.call("gather", h, at, dim=d)
-        self.call("cache_write", state, last, slot, dim=d)
-        self.map[id(n.result)] = h
+        else:
+            h = self.call(n.op, *ins, self.fresh_or(state, positions), dim=n.attrs["dim"])
+            rows = tuple(B if j == 0 else 1 for j in range(rank))
+            at = self.call("expand", self.call("reshape", last_index, shape=rows), shape=tuple(state.shape))
+            last = self.call("gather", h, at, dim=d)
+            self.map[id(n.result)] = h
+        self.call("cache_write", state, last, self.call("full", shape=(B, 1), value=0, dtype=torch.int64), dim=d)
+
+    def fresh_or(self, state: Value, positions: Value) -> Value:
+        """``state``, zero for the rows whose step starts at position 0 (a prefill)."""
+        rows = tuple(B if j == 0 else 1 for j in range(state.rank))
+        fresh = self.call("reshape", self.call("eq", self.first_position(positions),
+                                               self.call("constant", value=0, dtype=torch.int64)), shape=rows)
+        return self.call("where", fresh, self.call("constant", value=0.0, dtype=state.dtype), state)
 
     def history(self, n: Node, ring: Value, positions: Value) -> None:
         """``cat(zeros[a], X, ...)`` with the zeros replaced by ``X`` at the ``a`` positions before each row's first

@@ -155,3 +155,31 @@ for dt in ("bf16", "fp32"):
 
     results = [json.loads(line) for line in compiled_in_subprocess(script).splitlines() if line.startswith("{")]
     assert len(results) == 4 and all(r["stores"] >= 2 for r in results), results
+
+
+@pytest.mark.parametrize("lead, kv, per_k, delta, dtype", [((3, 1, 2), (5, 7), False, True, torch.float32),
+                                                           ((3, 4, 2), (6, 37), True, False, torch.float32),
+                                                           ((3, 1, 2), (5, 7), False, True, torch.float16)])
+def test_linear_attention_state_writes_the_state_in_place(lead, kv, per_k, delta, dtype,
+                                                          request: pytest.FixtureRequest) -> None:
+    """``linear_attention_state`` (kernel and op reference) equals the unfused ``where`` / ``linear_attention``: rows
+    0 and 2 start at position 0 (their state read as zero), row 1 later; y returned, the last state in the buffer."""
+    if not INTERP.runs_here(request):
+        return
+    from membound.backends.triton.kernels import LIBRARY, trace
+
+    q, a, k, v, beta, state = _la_inputs(lead, kv, 1, True, per_k, dtype, seed=2)
+    start = torch.tensor([[0], [5], [0]], device=DEVICE)
+    fresh = (start[:, 0] == 0).reshape(-1, 1, 1, 1, 1)
+    want_y, want_state = get_op("linear_attention").reference(q, a, k, v, beta, torch.where(fresh, 0.0, state).to(dtype),
+                                                              dim=1, delta=delta)
+    for impl in ("reference", "kernel"):
+        buf = state.clone()
+        if impl == "reference":
+            y = get_op("linear_attention_state").reference(q, a, k, v, beta, buf, start, dim=1, delta=delta)
+        else:
+            with trace() as calls:
+                y = LIBRARY["linear_attention_state"](q, a, k, v, beta, buf, start, dim=1, delta=delta)
+            assert ("linear_attention_state", "kernel") in calls
+        torch.testing.assert_close(y, want_y, **DELTA_TOL[dtype])
+        torch.testing.assert_close(buf, want_state, **DELTA_TOL[dtype])

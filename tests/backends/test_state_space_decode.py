@@ -100,7 +100,8 @@ def test_state_space_models_decode_eager_tokens_with_their_states(name: str, bac
     for s in scans:
         assert program.cache.buffers[s].shape == shape
     decode = program.decode_graph
-    op, arity = ("linear_attention", 6) if name in ("qwen3.5", "mamba2", "bamba") else ("linear_scan", 3)
+    # (linear_attention: its state read and written in place by one op, MEMBOUND_STATE_INPLACE's default)
+    op, arity = ("linear_attention_state", 7) if name in ("qwen3.5", "mamba2", "bamba") else ("linear_scan", 3)
     assert sum(n.op == op and len(n.inputs) == arity for n in decode.nodes) == layers
 
 
@@ -246,3 +247,21 @@ def test_lightning_attention_equals_minimaxs_block_form(length: int) -> None:
         got, got_state = lightning_attention_forward(layer, x, None, mask)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got_state, want_state, rtol=1e-4, atol=1e-4)
+
+
+def test_the_unfused_state_update_decodes_the_same_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MEMBOUND_STATE_INPLACE=0``: Qwen3.5's DeltaNet state read through ``where``, the step a ``linear_attention``,
+    its last state written by ``cache_write``; the tokens are eager's all the same (reference backend)."""
+    monkeypatch.setenv("MEMBOUND_STATE_INPLACE", "0")
+    model = _model("qwen3.5")
+    g = torch.Generator().manual_seed(1)
+    lengths = [7, 3, 1]
+    ids = torch.randint(3, VOCAB, (3, 7), generator=g)
+    mask = (torch.arange(7)[None] < torch.tensor(lengths)[:, None]).long()
+    ids, mask = (ids * mask).to(DEVICE), mask.to(DEVICE)
+    compiled = membound.compile(model, backend="reference", cuda_graphs=False)
+    with torch.no_grad():
+        out = membound.generate(compiled, ids, 4, attention_mask=mask)
+    assert torch.equal(out[:, 7:], _eager_greedy(model, ids, mask, 4))
+    ops = [n.op for n in compiled._kv_program.decode_graph.nodes]
+    assert "linear_attention_state" not in ops and ops.count("linear_attention") == 1

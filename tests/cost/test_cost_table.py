@@ -23,6 +23,7 @@ SKIPPED = {
     "cache_write": "state op; tests/ir/test_kv_cache_ops.py",
     "cached_attention": "KV-cache op; tests/ir/test_kv_cache_ops.py",
     "attention_block": "KV-cache op: test_attention_block_costs_by_hand below",
+    "linear_attention_state": "state op: test_linear_attention_state_costs_by_hand below",
     "mlp_block": "decode block op: test_mlp_block_costs_by_hand below",
     "state_copy": "state op; tests/ir/test_kv_cache_ops.py",
     "moe": "MoE op family: its own tests",
@@ -231,3 +232,19 @@ def test_mlp_block_costs_by_hand() -> None:
     ins = [TensorType(f32, s) for s in ([3, 1, 8], [8], [12, 8], [8, 6])]
     f, b = get_op("mlp_block").cost(ins, [TensorType(f32, [3, 1, 8])], dict(eps=1e-6, act="silu"))
     assert int(f) == 1098 and int(b) == 800, (f, b)
+
+
+def test_linear_attention_state_costs_by_hand() -> None:
+    """The unfused form's bytes less the state's two extra passes: inputs once, y written, the state read and written
+    once (in place); the FLOPs of linear_attention."""
+    import torch
+
+    from membound.ir.types import TensorType
+
+    f32 = torch.float32
+    ins = [TensorType(f32, [2, 5, 3, 4]), TensorType(f32, [2, 5, 3]), TensorType(f32, [2, 5, 3, 4]),
+           TensorType(f32, [2, 5, 3, 6]), TensorType(f32, [2, 5, 3]), TensorType(f32, [2, 1, 3, 4, 6]),
+           TensorType(torch.int64, [2, 1])]
+    f, b = get_op("linear_attention_state").cost(ins, [TensorType(f32, [2, 5, 3, 6])], {"dim": 1, "delta": True})
+    assert f == 7 * 2 * 3 * 4 * 6 * 5
+    assert b == 4 * (120 + 30 + 120 + 180 + 30 + 144) + 16 + 4 * 180 + 4 * 144

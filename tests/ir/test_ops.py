@@ -46,7 +46,8 @@ i64, i32, boolean = torch.int64, torch.int32, torch.bool
 TOL = {f64: 1e-10, f32: 1e-5, f16: 1e-3, bf16: 1e-2}
 SIZES = {B: 3, S: 5}
 # ops with their own tests below instead of table rows
-EXCLUDED = {"torch_call": "result types come from the capture; see test_torch_call_*"}
+EXCLUDED = {"torch_call": "result types come from the capture; see test_torch_call_*",
+            "linear_attention_state": "writes its state input in place; tests/backends/test_scan_kernel.py"}
 # the family modules this table covers; others (kv_cache, quant, moe) have their own test files
 OUR_MODULES = {f"membound.ir.ops.{m}" for m in (
     "elementwise", "reduce", "matmul", "attention", "memory", "creation", "index", "routing", "opaque")}
@@ -1103,6 +1104,13 @@ BAD: list[tuple[str, list[TensorType], dict[str, Any], type[Exception]]] = [
      {"dim": -1}, ValueError),
     ("linear_attention", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4)],
      {"dim": 1, "delta": 1}, TypeError),
+    # q, a, k, v, beta, state, start
+    ("linear_attention_state", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4),
+                                T(f32, 3, 1, 2, 2), T(f32, 3, 1)], {"dim": 1}, TypeError),  # start not an index
+    ("linear_attention_state", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4),
+                                T(f32, 3, 1, 2, 2), T(i64, 3, 2)], {"dim": 1}, ValueError),  # start not [B, 1]
+    ("linear_attention_state", [T(f32, 3, 4, 2), T(f32, 3, 4), T(f32, 3, 4, 2), T(f32, 3, 4, 2), T(f32, 3, 4),
+                                T(f32, 3, 4, 2, 2), T(i64, 3, 1)], {"dim": 1}, ValueError),  # state not [3, 1, 2, 2]
     ("layer_norm", [T(f32, 3, 4), T(f32, 5)], {}, ValueError),
     ("layer_norm", [T(f32, 3, 4)], {"ndim": 3}, ValueError),
     ("rms_norm", [T(f32, 3, 4), T(f32, 5)], {"eps": 1e-6}, ValueError),

@@ -274,6 +274,8 @@ TABLE: list[Lowering] = [
     library("grouped_mm", "grouped_mm:grouped_mm"),
     library("linear_scan", "scan:linear_scan"),
     library("linear_attention", "scan:linear_attention"),
+    # (writes the last state into its state buffer, in place)
+    library("linear_attention_state", "scan:linear_attention_state"),
     library("cached_attention", "decode_attention:cached_attention"),
     # (its weights must be parameters: the kernel reads them before the PDL wait, fuse-attention-block checks)
     library("attention_block", "attn_block:attention_block"),

@@ -28,6 +28,7 @@ from membound.ir.ops._common import (
     reduces_dims,
     reduces_last,
     require_float,
+    require_index,
     require_same_dim,
     same_dtype,
     shape_str,
@@ -220,8 +221,7 @@ define_op("linear_scan", inputs=("a", "b", "*init"), attrs={"dim": REQUIRED}, ki
 # linear_attention: a recurrent matrix state per head, S_t = a_t S_(t-1) + k_t w_t^T, read out by q_t
 # ---------------------------------------------------------------------------------------------
 def _infer_linear_attention(q: TensorType, a: TensorType, k: TensorType, v: TensorType, beta: TensorType,
-                            *init: TensorType, dim: int, delta: bool) -> list[TensorType]:
-    op = "linear_attention"
+                            *init: TensorType, dim: int, delta: bool, op: str = "linear_attention") -> list[TensorType]:
     d = norm_dim(op, dim, beta.rank)
     if not isinstance(delta, bool):
         fail(op, f"attribute delta={delta!r} must be a bool", TypeError)
@@ -284,6 +284,46 @@ define_op("linear_attention", inputs=("q", "a", "k", "v", "beta", "*init"), attr
               "delta=true the delta rule's correction v_t - k_t^T S; y_t = q_t^T S [.., V] (S_(-1) = init, else 0): "
               "Mamba-2's SSD, gated DeltaNet (Qwen3-Next, Qwen3.5, OLMo-Hybrid), Kimi's KDA; insert-kv-cache keeps "
               "the last state",
+          reduces=reduces_dim)
+
+
+def _infer_linear_attention_state(q: TensorType, a: TensorType, k: TensorType, v: TensorType, beta: TensorType,
+                                  state: TensorType, start: TensorType, *, dim: int, delta: bool) -> TensorType:
+    op = "linear_attention_state"
+    y, _ = _infer_linear_attention(q, a, k, v, beta, state, dim=dim, delta=delta, op=op)
+    require_index(op, start, "start")
+    if start.rank != 2:
+        fail(op, f"start {start} must be [B, 1]: each row's first position this step")
+    require_same_dim(op, start.shape[0], state.shape[0], f"start {start} vs state {state}: one row each")
+    require_same_dim(op, start.shape[1], sympy.Integer(1), f"start {start} must be [B, 1]")
+    return y
+
+
+def _linear_attention_state(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                            state: torch.Tensor, start: torch.Tensor, *, dim: int, delta: bool) -> torch.Tensor:
+    """``linear_attention`` from ``state`` (zero for a row whose step starts at position 0), its last state written
+    back into ``state`` in place; returns y."""
+    fresh = (start[:, 0] == 0).reshape((-1,) + (1,) * (state.dim() - 1))
+    y, last = _linear_attention(q, a, k, v, beta, torch.where(fresh, torch.zeros_like(state), state), dim=dim,
+                                delta=delta)
+    state.copy_(last)
+    return y
+
+
+def _linear_attention_state_bytes(ins: Any, outs: Any, attrs: dict[str, Any]) -> sympy.Expr:
+    # the inputs once, y written, and the state read and written back (once each, in place)
+    return sum((t.nbytes() for t in ins), sympy.Integer(0)) + outs[0].nbytes() + ins[5].nbytes()
+
+
+define_op("linear_attention_state", inputs=("q", "a", "k", "v", "beta", "state", "start"),
+          attrs={"dim": REQUIRED, "delta": False}, kind="state", infer=_infer_linear_attention_state,
+          reference=_linear_attention_state,
+          flops=lambda ins, outs, attrs: _linear_attention_flops(ins, [outs[0], ins[5]], attrs),
+          bytes=_linear_attention_state_bytes, side_effects=True,
+          doc="y of linear_attention started from the state buffer (zero for a row whose start, its first position "
+              "this step, is 0), its last state written back into the buffer in place: a recurrent layer's decode "
+              "step reading and writing its state once (made by insert-kv-cache; MEMBOUND_STATE_INPLACE=0: the "
+              "unfused where / linear_attention / cache_write)",
           reduces=reduces_dim)
 
 

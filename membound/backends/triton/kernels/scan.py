@@ -89,8 +89,9 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, init: Optional[torch.Tensor] =
 def _linear_attention(q_ptr, a_ptr, k_ptr, v_ptr, beta_ptr, h0_ptr, y_ptr, hn_ptr, S, INNER, K, V,
                       sqo, sqs, sqi, sqk, sao, sas, sai, sak, sko, sks, ski, skk, svo, svs, svi, svv, sbo, sbs, sbi,
                       sho, shi, shk, shv, syo, sys, syi, syv, sno, sni, snk, snv,
-                      HAS_INIT: tl.constexpr, PER_K: tl.constexpr, DELTA: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, USE_PDL: tl.constexpr):
+                      start_ptr, OB, sst,
+                      HAS_INIT: tl.constexpr, HAS_START: tl.constexpr, PER_K: tl.constexpr, DELTA: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, USE_PDL: tl.constexpr):
     pdl_enter(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     o, i = row // INNER, row % INNER
@@ -101,6 +102,9 @@ def _linear_attention(q_ptr, a_ptr, k_ptr, v_ptr, beta_ptr, h0_ptr, y_ptr, hn_pt
     if HAS_INIT:
         h = tl.load(h0_ptr + o * sho + i * shi + rk[:, None] * shk + rv[None, :] * shv, mask=m2,
                     other=0.0).to(tl.float32)
+        if HAS_START:  # the state buffer itself: zero for a row whose step starts at position 0 (a prefill)
+            first = tl.load(start_ptr + (o // OB) * sst)
+            h = tl.where(first == 0, 0.0, h)
     else:
         h = tl.zeros((BK, BV), dtype=tl.float32)
     for t in range(0, S):
@@ -125,6 +129,20 @@ def _linear_attention(q_ptr, a_ptr, k_ptr, v_ptr, beta_ptr, h0_ptr, y_ptr, hn_pt
 def linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                      init: Optional[torch.Tensor] = None, *, dim: int,
                      delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_linear_attention(q, a, k, v, beta, init, None, dim=dim, delta=delta)
+
+
+def linear_attention_state(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                           state: torch.Tensor, start: torch.Tensor, *, dim: int, delta: bool) -> torch.Tensor:
+    """The IR op ``linear_attention_state``: ``y``, the state read from ``state`` (zero for a row whose ``start`` is
+    0) and the last state written back into it, in place: each program reads its ``[K, BV]`` slice first and
+    writes the same slice last, no other program touching it."""
+    return _launch_linear_attention(q, a, k, v, beta, state, start, dim=dim, delta=delta)[0]
+
+
+def _launch_linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                             init: Optional[torch.Tensor], start: Optional[torch.Tensor], *, dim: int,
+                             delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The IR op ``linear_attention``: ``(y, last state)`` (``init`` optional, the state's shape).
 
     Seen as ``beta [O, S, I]``, ``a [O, S, I]`` (or ``[O, S, I, K]``: a decay per key channel), ``q``/``k
@@ -133,13 +151,15 @@ def linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch
     state), so its ``[K, BV]`` slice of the state stays in registers for all S steps, in fp32. It reads the inputs
     once, writes ``y`` once and the state once at the end: the state at every token is never in memory (a prefill of
     S tokens writes ``S V`` values a row, not ``S K V``)."""
-    op = "linear_attention"
+    op = "linear_attention" if start is None else "linear_attention_state"
     reference = get_op(op).reference
     args = (q, a, k, v, beta) if init is None else (q, a, k, v, beta, init)
     reason = unsupported_device(*args) or unsupported_dtype(op, *args)
     if reason is not None:
         note(op, f"fallback: {reason}")
-        return reference(*args, dim=dim, delta=delta)
+        if start is None:
+            return reference(*args, dim=dim, delta=delta)
+        return reference(*args, start, dim=dim, delta=delta), init
     d = dim % beta.dim()
     kd, vd = k.shape[-1], v.shape[-1]
     per_k = a.dim() > beta.dim()
@@ -151,9 +171,16 @@ def linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch
     outer, steps, inner = math.prod(lead[:d]), lead[d], math.prod(lead[d + 1:])
     y = torch.empty_like(v, memory_format=torch.contiguous_format)
     state_shape = tuple(1 if j == d else n for j, n in enumerate(lead)) + (kd, vd)
-    last = torch.empty(state_shape, dtype=v.dtype, device=v.device)
-    if y.numel() == 0 or last.numel() == 0:
-        return y, last.zero_() if init is None else last.copy_(init)
+    if start is not None:  # in place: the buffer is the initial state and receives the last
+        assert init is not None and tuple(init.shape) == state_shape and init.is_contiguous(), \
+            f"{op}: the state buffer {tuple(init.shape)} must be contiguous, of shape {state_shape}"
+        last = init
+        if y.numel() == 0 or last.numel() == 0:
+            return y, last.masked_fill_((start[:, 0] == 0).reshape((-1,) + (1,) * (last.dim() - 1)), 0)
+    else:
+        last = torch.empty(state_shape, dtype=v.dtype, device=v.device)
+        if y.numel() == 0 or last.numel() == 0:
+            return y, last.zero_() if init is None else last.copy_(init)
     q4, k4, v4 = q.reshape(outer, steps, inner, kd), k.reshape(outer, steps, inner, kd), v.reshape(outer, steps,
                                                                                                      inner, vd)
     a4 = a.reshape(outer, steps, inner, kd if per_k else 1)
@@ -162,10 +189,12 @@ def linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch
     h4 = init.reshape(outer, inner, kd, vd) if init is not None else n4
     bk = max(16, next_pow2(kd))
     bv = max(16, min(next_pow2(vd), max(16, 4096 // bk)))  # a [BK, BV] fp32 state of at most 4096 entries
+    rows = lead[0] if start is not None else 1
     launchable(_linear_attention, v.device)[(outer * inner, triton.cdiv(vd, bv))](
         q4, a4, k4, v4, b3, h4, y4, n4, steps, inner, kd, vd,
         *q4.stride(), *a4.stride(), *k4.stride(), *v4.stride(), *b3.stride(), *h4.stride(), *y4.stride(),
-        *n4.stride(), HAS_INIT=init is not None, PER_K=per_k, DELTA=bool(delta), BK=bk, BV=bv, num_warps=4,
-        **pdl_options(v.device))
+        *n4.stride(), start if start is not None else b3, max(1, outer // max(1, rows)),
+        start.stride(0) if start is not None else 0, HAS_INIT=init is not None, HAS_START=start is not None,
+        PER_K=per_k, DELTA=bool(delta), BK=bk, BV=bv, num_warps=4, **pdl_options(v.device))
     note(op, "kernel")
     return y, last
