@@ -12,7 +12,9 @@ generates ``--new-tokens`` greedy tokens after the same random ``--prompt``-toke
 - ``hf eager``: ``model.generate(..., do_sample=False)`` with HF's own cache (its recurrent states; the reference
   PyTorch scans, no ``fla`` / ``mamba_ssm`` kernels are installed);
 - ``membound triton`` / ``membound triton+graphs``: ``membound.generate(membound.compile(model, ...), ids, N)``;
-  the recurrences run as ``linear_attention`` (one kernel a layer and step).
+  the recurrences run as ``linear_attention_state`` (one kernel a layer and step, the state read and written once);
+  ``membound triton+graphs+unfused``: the same with ``MEMBOUND_STATE_INPLACE=0`` (the state through ``where``,
+  ``linear_attention`` and ``cache_write``: three passes), an A/B of the in-place step.
 
 There is no torch.compile contender: HF's recurrent caches do not run under ``torch.compile(fullgraph=True)``, and
 no hand-written static-cache Qwen3.5 / Mamba-2 exists here (the gpt-fast recipe is Llama's). The note says so.
@@ -122,7 +124,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--contenders", default="hf eager,membound triton,membound triton+graphs")
+    ap.add_argument("--contenders",
+                    default="hf eager,membound triton,membound triton+graphs,membound triton+graphs+unfused")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny fp32 configs, b1/b2, 4 tokens")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     args = ap.parse_args(argv)
@@ -174,7 +177,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                                       attention_mask=torch.ones_like(ids))[:, prompt:]
                     else:
-                        graphs = who.endswith("+graphs")
+                        graphs = "+graphs" in who
+                        # "+unfused": the state read / stepped / written by three ops (MEMBOUND_STATE_INPLACE=0),
+                        # an A/B of linear_attention_state in the same run (the env is read when generate builds
+                        # the decode graph: the warm-up call below)
+                        unfused = who.endswith("+unfused")
+                        if unfused:
+                            os.environ["MEMBOUND_STATE_INPLACE"] = "0"
                         if who not in compiled:
                             t = time.perf_counter()
                             compiled[who] = membound.compile(model, backend="triton", cuda_graphs=graphs)
@@ -188,6 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     first = call(new)  # warm-up (compiles, autotunes, captures)
                     sync()
                     row["first_call_s"] = round(time.perf_counter() - t, 3)
+                    os.environ.pop("MEMBOUND_STATE_INPLACE", None)
                     out, full = median_call(lambda: call(new), args.reps, sync)
                     _, half = median_call(lambda: call(new // 2), args.reps, sync)
                     step = (full - half) / (new - new // 2)
