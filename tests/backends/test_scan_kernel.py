@@ -131,9 +131,9 @@ def test_linear_attention_with_strided_inputs(request: pytest.FixtureRequest) ->
 
 
 def test_the_linear_attention_kernel_compiles_for_hopper() -> None:
-    """The kernel compiled for sm_90 in bf16 and fp32, with and without an initial state (without: a decay per key
-    channel and the plain write), at a Qwen3.5 layer's head (K = V = 128: a [128, 32] block of the state per
-    program)."""
+    """The kernel compiled for sm_90 in bf16 and fp32, in place on a state buffer with its start flags (the cached
+    step) and without an initial state (with a decay per key channel and the plain write), at a Qwen3.5 layer's head
+    (K = V = 128: a [128, 32] block of the state per program)."""
     import json
 
     script = """
@@ -146,8 +146,8 @@ for dt in ("bf16", "fp32"):
     for init in (True, False):
         args = dict(q_ptr=f"*{dt}", a_ptr=f"*{dt}", k_ptr=f"*{dt}", v_ptr=f"*{dt}", beta_ptr=f"*{dt}",
                     h0_ptr=f"*{dt}", y_ptr=f"*{dt}", hn_ptr=f"*{dt}", S="i32", INNER="i32", K="i32", V="i32",
-                    **{n: "i64" for n in strides}, HAS_INIT=init, PER_K=not init, DELTA=init, BK=128, BV=32,
-                    USE_PDL=1)
+                    **{n: "i64" for n in strides}, start_ptr="*i64", OB="i32", sst="i64", HAS_INIT=init,
+                    HAS_START=init, PER_K=not init, DELTA=init, BK=128, BV=32, USE_PDL=1)
         ptx, shared = compile_ptx(_linear_attention, args, 90, num_warps=4)
         print(json.dumps(dict(dtype=dt, init=init, stores=ptx.count("st.global"))))
 """
