@@ -172,8 +172,9 @@ def _launch_linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, 
     y = torch.empty_like(v, memory_format=torch.contiguous_format)
     state_shape = tuple(1 if j == d else n for j, n in enumerate(lead)) + (kd, vd)
     if start is not None:  # in place: the buffer is the initial state and receives the last
-        assert init is not None and tuple(init.shape) == state_shape and init.is_contiguous(), \
-            f"{op}: the state buffer {tuple(init.shape)} must be contiguous, of shape {state_shape}"
+        if init is None or tuple(init.shape) != state_shape or not init.is_contiguous():
+            raise ValueError(f"{op}: the state buffer {None if init is None else tuple(init.shape)} must be a "
+                             f"contiguous tensor of shape {state_shape} (it is written in place)")
         last = init
         if y.numel() == 0 or last.numel() == 0:
             return y, last.masked_fill_((start[:, 0] == 0).reshape((-1,) + (1,) * (last.dim() - 1)), 0)
