@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +118,29 @@ def chunk_scan(hidden_states: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
 
 
 def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Qwen's gated DeltaNet l2 norm: ``x * rsqrt(sum(x^2) + eps)``."""
     return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+def _fla_l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Kimi's (FLA's) l2 norm: ``x / sqrt(sum(x^2) + eps)``, which rounds differently from :func:`_l2norm`."""
+    return x / torch.sqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+def _delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                initial_state: Optional[torch.Tensor], output_final_state: bool,
+                norm: Optional[Callable[[torch.Tensor], torch.Tensor]],
+                scale: float) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The delta rule over one head per query/key/value head (``g`` the log decay, ``[b, s, h]`` or ``[b, s, h, K]``)
+    as ``linear_attention`` in fp32: the query and key normalised by ``norm`` if given, the query scaled by ``scale``
+    (each family's own float: HF's forms compute it differently); ``(y in the query's dtype, last state or None)``."""
+    dtype = query.dtype
+    query, key, value, g, beta = (x.float() for x in (query, key, value, g, beta))
+    if norm is not None:
+        query, key = norm(query), norm(key)
+    init = None if initial_state is None else initial_state.float()[:, None]
+    out, last = torch.ops.membound.linear_attention(query * scale, torch.exp(g), key, value, beta, init, 1, True)
+    return out.to(dtype), (last[:, 0] if output_final_state else None)
 
 
 def gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: torch.Tensor,
@@ -130,18 +152,12 @@ def gated_delta_rule(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     delta rule in fp32, read out by the scaled (and, if asked, l2-normalised) query. The signature and result of
     HF's ``torch_chunk_gated_delta_rule`` and ``torch_recurrent_gated_delta_rule``: the chunk size only orders HF's
     sums."""
-    dtype = query.dtype
     heads = value.shape[2]
     if key.shape[2] != heads:
         query = query.repeat_interleave(heads // key.shape[2], dim=2)
         key = key.repeat_interleave(heads // key.shape[2], dim=2)
-    query, key, value, beta, g = (x.float() for x in (query, key, value, beta, g))
-    if use_qk_l2norm_in_kernel:
-        query, key = _l2norm(query), _l2norm(key)
-    query = query * query.shape[-1] ** -0.5
-    init = None if initial_state is None else initial_state.float()[:, None]
-    out, last = torch.ops.membound.linear_attention(query, torch.exp(g), key, value, beta, init, 1, True)
-    return out.to(dtype), (last[:, 0] if output_final_state else None)
+    return _delta_rule(query, key, value, g, beta, initial_state, output_final_state,
+                       _l2norm if use_qk_l2norm_in_kernel else None, query.shape[-1] ** -0.5)
 
 
 def kimi_delta_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, g: torch.Tensor,
@@ -152,15 +168,8 @@ def kimi_delta_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     ``q``/``k [b, s, h, K]``, ``v [b, s, h, V]``, ``beta [b, s, h]``: ``linear_attention`` with the delta rule in
     fp32. Its l2 norm divides by ``sqrt(sum + eps)``, as FLA's. The signature and result of HF's
     ``chunk_kimi_delta_attention`` and ``recurrent_kimi_delta_attention``."""
-    dtype = query.dtype
-    query, key, value, g, beta = (x.float() for x in (query, key, value, g, beta))
-    if use_qk_l2norm_in_kernel:
-        query = query / torch.sqrt((query * query).sum(dim=-1, keepdim=True) + 1e-6)
-        key = key / torch.sqrt((key * key).sum(dim=-1, keepdim=True) + 1e-6)
-    query = query * (1 / query.shape[-1] ** 0.5)
-    init = None if initial_state is None else initial_state.float()[:, None]
-    out, last = torch.ops.membound.linear_attention(query, torch.exp(g), key, value, beta, init, 1, True)
-    return out.to(dtype), (last[:, 0] if output_final_state else None)
+    return _delta_rule(query, key, value, g, beta, initial_state, output_final_state,
+                       _fla_l2norm if use_qk_l2norm_in_kernel else None, 1 / query.shape[-1] ** 0.5)
 
 
 # the modules whose ``torch_chunk_gated_delta_rule`` and ``torch_recurrent_gated_delta_rule`` are HF's reference gated
@@ -220,8 +229,9 @@ _HF_METHODS = (("_rnn_scan", _modules("recurrent_gemma")[0], "RecurrentGemmaRglr
 
 @contextlib.contextmanager
 def hf_selective_scan_as_linear_scan(module: torch.nn.Module) -> Iterator[None]:
-    """While exporting ``module``, its Mamba and Mamba-2 layers' reference scans are :func:`selective_scan` and
-    :func:`chunk_scan` (restored after)."""
+    """While exporting ``module``, the reference recurrences of its layers (``_HF_SCANS``: Mamba's and Mamba-2's
+    scans, the gated delta rule, KDA; ``_HF_METHODS``: RecurrentGemma's RG-LRU, MiniMax's lightning attention) are
+    membound's forms above (restored after)."""
     patched: list[tuple[Any, str, Any]] = []
     for sub in module.modules():
         name = type(sub).__module__
@@ -240,4 +250,7 @@ def hf_selective_scan_as_linear_scan(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         for mod, attr, old in reversed(patched):
-            setattr(mod, attr, old)
+            if old is None:  # a method the class inherited: drop the override, the base's shows through again
+                delattr(mod, attr)
+            else:
+                setattr(mod, attr, old)

@@ -65,6 +65,14 @@ def _eager_greedy(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
     return torch.tensor([tokens for tokens, _ in greedy_oracle(model, ids, mask, new, hf=True)], device=ids.device)
 
 
+def _right_padded_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """Three right-padded rows of 7, 3 and 1 tokens: (ids, mask)."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (3, 7), generator=g)
+    mask = (torch.arange(7)[None] < torch.tensor([7, 3, 1])[:, None]).long()
+    return (ids * mask).to(DEVICE), mask.to(DEVICE)
+
+
 # (the interpreter is slow: Triton on Mamba, which has the scan, its ring and the kernels' literal-slot write, and on
 # Qwen3.5, whose linear_attention has the delta rule; Mamba-2's plain write is in the kernel's own tests)
 @pytest.mark.parametrize("name, backend", [("mamba", "reference"), ("mamba", "triton"), ("falcon-mamba", "reference"),
@@ -76,11 +84,7 @@ def test_state_space_models_decode_eager_tokens_with_their_states(name: str, bac
     if backend == "triton" and not INTERP.runs_here(request):
         return
     model = _model(name)
-    g = torch.Generator().manual_seed(1)
-    lengths = [7, 3, 1]
-    ids = torch.randint(3, VOCAB, (3, 7), generator=g)
-    mask = (torch.arange(7)[None] < torch.tensor(lengths)[:, None]).long()
-    ids, mask = (ids * mask).to(DEVICE), mask.to(DEVICE)
+    ids, mask = _right_padded_rows()
     compiled = membound.compile(model, backend=backend, cuda_graphs=False)
     with torch.no_grad():
         out = membound.generate(compiled, ids, 6, attention_mask=mask)
@@ -254,11 +258,7 @@ def test_the_unfused_state_update_decodes_the_same_tokens(monkeypatch: pytest.Mo
     its last state written by ``cache_write``; the tokens are eager's all the same (reference backend)."""
     monkeypatch.setenv("MEMBOUND_STATE_INPLACE", "0")
     model = _model("qwen3.5")
-    g = torch.Generator().manual_seed(1)
-    lengths = [7, 3, 1]
-    ids = torch.randint(3, VOCAB, (3, 7), generator=g)
-    mask = (torch.arange(7)[None] < torch.tensor(lengths)[:, None]).long()
-    ids, mask = (ids * mask).to(DEVICE), mask.to(DEVICE)
+    ids, mask = _right_padded_rows()
     compiled = membound.compile(model, backend="reference", cuda_graphs=False)
     with torch.no_grad():
         out = membound.generate(compiled, ids, 4, attention_mask=mask)

@@ -270,10 +270,9 @@ def _linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torc
 
 
 def _linear_attention_flops(ins: Any, outs: Any, attrs: dict[str, Any]) -> sympy.Expr:
-    # per state entry and step: the decay, the write's multiply-add, the read-out's multiply-add (and with the delta
-    # rule the correction's read, another)
-    steps = ins[4].numel() / outs[1].numel() * ins[2].shape[-1] * ins[3].shape[-1]
-    return (7 if attrs["delta"] else 5) * outs[1].numel() * steps
+    # per state entry [K, V] and token (beta's every entry): the decay, the write's multiply-add, the read-out's
+    # multiply-add (and with the delta rule the correction's read, another)
+    return (7 if attrs["delta"] else 5) * ins[4].numel() * ins[2].shape[-1] * ins[3].shape[-1]
 
 
 define_op("linear_attention", inputs=("q", "a", "k", "v", "beta", "*init"), attrs={"dim": REQUIRED, "delta": False},
@@ -318,7 +317,7 @@ def _linear_attention_state_bytes(ins: Any, outs: Any, attrs: dict[str, Any]) ->
 define_op("linear_attention_state", inputs=("q", "a", "k", "v", "beta", "state", "start"),
           attrs={"dim": REQUIRED, "delta": False}, kind="state", infer=_infer_linear_attention_state,
           reference=_linear_attention_state,
-          flops=lambda ins, outs, attrs: _linear_attention_flops(ins, [outs[0], ins[5]], attrs),
+          flops=_linear_attention_flops,
           bytes=_linear_attention_state_bytes, side_effects=True,
           doc="y of linear_attention started from the state buffer (zero for a row whose start, its first position "
               "this step, is 0), its last state written back into the buffer in place: a recurrent layer's decode "

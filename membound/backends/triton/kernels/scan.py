@@ -129,6 +129,14 @@ def _linear_attention(q_ptr, a_ptr, k_ptr, v_ptr, beta_ptr, h0_ptr, y_ptr, hn_pt
 def linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                      init: Optional[torch.Tensor] = None, *, dim: int,
                      delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IR op ``linear_attention``: ``(y, last state)`` (``init`` optional, the state's shape).
+
+    Seen as ``beta [O, S, I]``, ``a [O, S, I]`` (or ``[O, S, I, K]``: a decay per key channel), ``q``/``k
+    [O, S, I, K]``, ``v [O, S, I, V]``, each program owns one ``(o, i)`` row and a block of ``BV`` value columns:
+    the columns are independent (with the delta rule too: a column's correction reads only that column of the
+    state), so its ``[K, BV]`` slice of the state stays in registers for all S steps, in fp32. It reads the inputs
+    once, writes ``y`` once and the state once at the end: the state at every token is never in memory (a prefill of
+    S tokens writes ``S V`` values a row, not ``S K V``)."""
     return _launch_linear_attention(q, a, k, v, beta, init, None, dim=dim, delta=delta)
 
 
@@ -143,14 +151,8 @@ def linear_attention_state(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v:
 def _launch_linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                              init: Optional[torch.Tensor], start: Optional[torch.Tensor], *, dim: int,
                              delta: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The IR op ``linear_attention``: ``(y, last state)`` (``init`` optional, the state's shape).
-
-    Seen as ``beta [O, S, I]``, ``a [O, S, I]`` (or ``[O, S, I, K]``: a decay per key channel), ``q``/``k
-    [O, S, I, K]``, ``v [O, S, I, V]``, each program owns one ``(o, i)`` row and a block of ``BV`` value columns:
-    the columns are independent (with the delta rule too: a column's correction reads only that column of the
-    state), so its ``[K, BV]`` slice of the state stays in registers for all S steps, in fp32. It reads the inputs
-    once, writes ``y`` once and the state once at the end: the state at every token is never in memory (a prefill of
-    S tokens writes ``S V`` values a row, not ``S K V``)."""
+    """Both ops' launch: ``start`` None for ``linear_attention`` (a fresh buffer for the last state), given for
+    ``linear_attention_state`` (``init`` the state buffer, read and written in place)."""
     op = "linear_attention" if start is None else "linear_attention_state"
     reference = get_op(op).reference
     args = (q, a, k, v, beta) if init is None else (q, a, k, v, beta, init)
@@ -190,11 +192,11 @@ def _launch_linear_attention(q: torch.Tensor, a: torch.Tensor, k: torch.Tensor, 
     h4 = init.reshape(outer, inner, kd, vd) if init is not None else n4
     bk = max(16, next_pow2(kd))
     bv = max(16, min(next_pow2(vd), max(16, 4096 // bk)))  # a [BK, BV] fp32 state of at most 4096 entries
-    rows = lead[0] if start is not None else 1
+    per_row = outer // state_shape[0]  # outer rows per row of the state (of start): o // per_row is that row
     launchable(_linear_attention, v.device)[(outer * inner, triton.cdiv(vd, bv))](
         q4, a4, k4, v4, b3, h4, y4, n4, steps, inner, kd, vd,
         *q4.stride(), *a4.stride(), *k4.stride(), *v4.stride(), *b3.stride(), *h4.stride(), *y4.stride(),
-        *n4.stride(), start if start is not None else b3, max(1, outer // max(1, rows)),
+        *n4.stride(), start if start is not None else b3, per_row,
         start.stride(0) if start is not None else 0, HAS_INIT=init is not None, HAS_START=start is not None,
         PER_K=per_k, DELTA=bool(delta), BK=bk, BV=bv, num_warps=4, **pdl_options(v.device))
     note(op, "kernel")
