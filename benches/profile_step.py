@@ -4,6 +4,7 @@ the cost model's prediction of the same step.
     PYTHONPATH=. python benches/profile_step.py --quick              # GPU, < 2 min: HF Llama 1.24B and 8B
                                                                      # shapes, batch 1 and 8, context 256
     PYTHONPATH=. python benches/profile_step.py --models llama-8b --batches 8 --context 1024 --source builtin
+    PYTHONPATH=. python benches/profile_step.py --source recurrent --models qwen3.5-0.8b-like --batches 1,8
     MEMBOUND_PDL=0 PYTHONPATH=. python benches/profile_step.py ...   # the same without programmatic dependent launch
     MEMBOUND_DECODE_PIPELINE=decode-fused PYTHONPATH=. python benches/profile_step.py --quick   # the fused step
     PYTHONPATH=. python benches/profile_step.py --quick --quantize int8  # the quantized step (compile(quantize=))
@@ -188,12 +189,19 @@ def format_case(case: dict[str, Any], top: int = 25) -> str:
 # ---- the GPU run ----------------------------------------------------------------------------------------
 
 def build_model(source: str, name: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
-    """The model to profile: HF ``LlamaForCausalLM`` at the built-in config's shape, or the built-in Llama."""
+    """The model to profile: HF ``LlamaForCausalLM`` at the built-in config's shape, the built-in Llama, or one
+    of ``benches/recurrent_decode.py``'s hybrids (``--source recurrent``)."""
     from membound.models import build_model as build_builtin
     from membound.models import get_config
 
     if source == "builtin":
         return build_builtin(name, dtype=dtype, device=device)
+    if source == "recurrent":  # a hybrid of benches/recurrent_decode.py (Qwen3.5-0.8B-like, Mamba-2-780M-like)
+        from benches.recurrent_decode import MODELS, build
+
+        if name not in MODELS:
+            raise ValueError(f"--source recurrent: unknown model {name!r}; known: {', '.join(MODELS)}")
+        return build(MODELS[name], device, dtype).requires_grad_(False)
     from transformers import AutoModelForCausalLM
     from transformers import LlamaConfig as HFLlamaConfig
 
@@ -281,8 +289,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             case = {"model": name, "source": args.source, "quantize": args.quantize}
             try:
                 case.update(profile_case(compiled, program, vocab, batch, args.context, args, device))
-                pred = predict_decode_step(compiled, batch, args.context, hardware=hardware, loop=False)
-                attach_prediction(case, pred)
+                try:
+                    pred = predict_decode_step(compiled, batch, args.context, hardware=hardware, loop=False)
+                except Exception as exc:  # noqa: BLE001 (the measured profile stands without a prediction)
+                    case.setdefault("notes", []).append(f"no prediction: {type(exc).__name__}: {exc}"[:300])
+                else:
+                    attach_prediction(case, pred)
             except Exception as exc:  # noqa: BLE001 (one case failing keeps the others)
                 case["batch"] = batch
                 case["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"[:300]
@@ -317,8 +329,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="llama-1b", help="built-in config names, comma-separated")
     p.add_argument("--batches", default="1", help="comma-separated")
-    p.add_argument("--source", choices=("hf", "builtin"), default="hf",
-                   help="hf: transformers LlamaForCausalLM at the config's shape; builtin: membound's Llama")
+    p.add_argument("--source", choices=("hf", "builtin", "recurrent"), default="hf",
+                   help="hf: transformers LlamaForCausalLM at the config's shape; builtin: membound's Llama; "
+                        "recurrent: a hybrid of benches/recurrent_decode.py (--models qwen3.5-0.8b-like,...)")
     p.add_argument("--context", type=int, default=256, help="cached positions when the step is profiled")
     p.add_argument("--replays", type=int, default=20, help="replays under the profiler")
     p.add_argument("--timed", type=int, default=100, help="replays timed with CUDA events")

@@ -155,7 +155,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         _, s = median_call(x.sum, 10, sync)
         bandwidth = 2 ** 31 / s / 1e9
         del x
-    rows = []
+    date = datetime.date.today().isoformat()
+    card = "cpu" if device == "cpu" else gpu_slug(torch.cuda.get_device_name())
+    import transformers
+
+    def write(rows: list[dict[str, Any]], final: bool = False) -> list[Path]:
+        """The record so far (rewritten after every row, so a run cut short keeps what it measured)."""
+        record = {"bench": "recurrent_decode", "device": card, "date": date, "smoke": smoke, "complete": final,
+                  "read_bandwidth_gbs": bandwidth,
+                  "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+                  "models": {m: {"class": s[0], "config": s[2]} for m, s in specs.items()},
+                  "roofline": "step_bytes = weights streamed once (an untied input embedding gathered, not counted) "
+                              "+ batch * (2 * recurrent state bytes per row + K/V bytes per position * "
+                              "(prompt + N/2)); roofline_pct = step_bytes / step_s / read bandwidth of x.sum() "
+                              "over 2 GiB",
+                  "method": __doc__.split("\n\n")[2], "rows": rows}
+        return write_record(record, f"recurrent_decode-{card}-{date}.json", args.out, smoke)
+
+    rows: list[dict[str, Any]] = []
     for name, spec in specs.items():
         model = build(spec, device, dtype)
         wbytes, sbytes, kvb = weight_bytes(model), state_bytes_per_row(model), kv_bytes_per_position(model)
@@ -214,24 +231,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                     row.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                                traceback=traceback.format_exc()[-1500:])
                 rows.append(row)
+                write(rows)
                 print(f"{name:18s} b{batch:<3d} {who:24s} {row['status']:6s} "
                       f"{row.get('tok_s', 0):9.1f} tok/s  step {1e3 * row.get('step_s', 0):7.3f} ms  "
                       f"{row.get('roofline_pct', 0):5.1f}% roofline  {row.get('error', '')[:80]}", flush=True)
         model = compiled = None  # (freed before the next model is built)
         if device == "cuda":
             torch.cuda.empty_cache()
-    date = datetime.date.today().isoformat()
-    card = "cpu" if device == "cpu" else gpu_slug(torch.cuda.get_device_name())
-    import transformers
-    record = {"bench": "recurrent_decode", "device": card, "date": date, "smoke": smoke,
-              "read_bandwidth_gbs": bandwidth,
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-              "models": {m: {"class": s[0], "config": s[2]} for m, s in specs.items()},
-              "roofline": "step_bytes = weights streamed once (an untied input embedding gathered, not counted) + "
-                          "batch * (2 * recurrent state bytes per row + K/V bytes per position * (prompt + N/2)); "
-                          "roofline_pct = step_bytes / step_s / read bandwidth of x.sum() over 2 GiB",
-              "method": __doc__.split("\n\n")[2], "rows": rows}
-    for path in write_record(record, f"recurrent_decode-{card}-{date}.json", args.out, smoke):
+    for path in write(rows, final=True):
         print(f"wrote {path}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
