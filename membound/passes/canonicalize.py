@@ -37,10 +37,21 @@ from typing import Optional
 
 import torch
 
-from membound.ir import Graph, Node, Value
+from membound.ir import Graph, Node, Value, all_ops, get_op
 from membound.ir.types import dims_equal, promote
 from membound.passes.manager import PassContext, register_pass
-from membound.passes.pattern import Alt, Any_, Const, Match, Opt, Pat, Rule, is_2d_param, rewrite_to_fixpoint
+from membound.passes.pattern import (
+    Alt,
+    Any_,
+    Const,
+    Match,
+    Opt,
+    Pat,
+    Rule,
+    is_2d_param,
+    rewrite_to_fixpoint,
+    static_int,
+)
 
 _RESHAPE_LIKE = ("reshape", "squeeze", "unsqueeze")  # views that keep the row-major element order
 _PERMUTE_LIKE = ("permute", "transpose")
@@ -104,6 +115,106 @@ def compose_permutations(m: Match) -> Optional[Value]:
     if composed == tuple(range(len(composed))):
         return m["x"]
     return m.builder.call("permute", m["x"], dims=composed)
+
+
+# ---------------------------------------------------------------------------------------------
+# slices moved towards the data they read (static bounds only)
+# ---------------------------------------------------------------------------------------------
+def _static_slice(node: Node) -> Optional[tuple[int, int, int]]:
+    """``(dim, start, length)`` of a step-1 slice whose bounds and sliced dim are literals, else None (a slice
+    along a symbolic dim, ``S`` in a prefill, is left to the passes that read it: insert-kv-cache's windows)."""
+    x = node.inputs[0]
+    d = _norm_dim(node.attrs["dim"], x.rank)
+    start, size = static_int(node.attrs["start"]), static_int(x.shape[d])
+    length = static_int(node.results[0].shape[d])
+    if node.attrs["step"] != 1 or start is None or size is None or length is None:
+        return None
+    return d, start, length
+
+
+def slice_of_slice(m: Match) -> Optional[Value]:
+    outer, inner = m.root, m["inner"].producer
+    assert inner is not None
+    a, b = _static_slice(outer), _static_slice(inner)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    d, start = a[0], a[1] + b[1]
+    return m.builder.call("slice", m["x"], dim=d, start=start, end=start + a[2], step=1)
+
+
+def slice_of_cat(m: Match) -> Optional[Value]:
+    """``slice(cat(x0, x1, ...))`` along the cat's dim reads only the pieces it overlaps: the one piece (sliced
+    or whole), or the cat of the overlapped parts. The same elements: exact. At a decode step a short
+    convolution's window ``cat(past, x, zeros)`` is read by three shifted slices of one position each; after
+    this each reads its own piece and the chain computing the convolution fuses into one kernel."""
+    node, cat = m.root, m["cat"].producer
+    assert cat is not None
+    sl = _static_slice(node)
+    if sl is None or _norm_dim(cat.attrs["dim"], cat.results[0].rank) != sl[0]:
+        return None
+    d, start, length = sl
+    sizes = [static_int(v.shape[d]) for v in cat.inputs]
+    if any(n is None for n in sizes):
+        return None
+    pieces: list[Value] = []
+    offset = 0
+    for v, n in zip(cat.inputs, sizes):
+        assert n is not None
+        lo, hi = max(start, offset), min(start + length, offset + n)
+        if lo < hi:
+            whole = lo == offset and hi == offset + n
+            pieces.append(v if whole else m.builder.call("slice", v, dim=d, start=lo - offset, end=hi - offset,
+                                                         step=1))
+        offset += n
+    if len(pieces) == len(cat.inputs):
+        return None  # every piece is read: no narrower form
+    out = pieces[0] if len(pieces) == 1 else m.builder.call("cat", *pieces, dim=cat.attrs["dim"])
+    return out if out.type.equivalent(m.value.type) else None
+
+
+def _sliced_operand(m: Match, v: Value, rank: int, d: int, start: int, length: int) -> Value:
+    """Operand ``v`` of a broadcasting op of result rank ``rank``, sliced like the result along ``d``."""
+    k = d - (rank - v.rank)
+    if k < 0 or dims_equal(v.shape[k], 1):
+        return v  # broadcast along d: every position reads the same element
+    return m.builder.call("slice", v, dim=k, start=start, end=start + length, step=1)
+
+
+def slice_through_pointwise(m: Match) -> Optional[Value]:
+    """``slice(f(a, b, ...))`` -> ``f(slice(a), slice(b), ...)`` for an elementwise ``f`` (or a ``gather``, which
+    reads its index at the result's own position) when every user of ``f`` is a slice along the same dim and
+    together they read no more positions than ``f`` computes: ``f`` is then computed only where it is read,
+    each element by the same arithmetic (exact). Moves a decode step's one-position reads of a windowed
+    computation (a short convolution's shifted products) up to its inputs, so the chain is one kernel of the
+    step's shape instead of kernels of the window's shape."""
+    node, f = m.root, m["f"].producer
+    assert f is not None
+    sl = _static_slice(node)
+    if sl is None or len(f.results) != 1:
+        return None
+    d, start, length = sl
+    total = 0
+    for u in f.results[0].users:
+        other = _static_slice(u) if u.op == "slice" and u.inputs[0] is f.results[0] else None
+        if other is None or other[0] != d:
+            return None
+        total += other[2]
+    if total > static_int(f.results[0].shape[d]):  # type: ignore[operator]  (static: _static_slice checked)
+        return None
+    rank = f.results[0].rank
+    if f.op == "gather":
+        x, index = f.inputs
+        g = _norm_dim(f.attrs["dim"], x.rank)
+        x = x if g == d else m.builder.call("slice", x, dim=d, start=start, end=start + length, step=1)
+        out = m.builder.call("gather", x, _sliced_operand(m, index, rank, d, start, length), **f.attrs)
+    else:
+        ins = [_sliced_operand(m, v, rank, d, start, length) for v in f.inputs]
+        out = m.builder.call(f.op, *ins, **f.attrs)
+    return out if out.type.equivalent(m.value.type) else None
+
+
+def _pointwise_producer(node: Node) -> bool:
+    return node.op == "gather" or (get_op(node.op).kind == "elementwise" and len(node.results) == 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +391,8 @@ _MEAN = Pat("mean", _SQUARE, name="mean", attrs={"keepdim": True, "dtype": None}
 _INV_RMS = Pat("rsqrt", Pat("add", _MEAN, Const(name="eps", splat=False)))
 _RMS_CHAIN = Opt("cast", Pat("mul", _XF, _INV_RMS), name="cast_back")
 
+_POINTWISE = tuple(sorted(o for o in all_ops() if get_op(o).kind == "elementwise")) + ("gather",)
+
 RULES: list[Rule] = [
     # reshape(reshape|squeeze|unsqueeze(x)) -> reshape(x), or x when the shape comes back
     Rule(Pat("reshape", Pat(_RESHAPE_LIKE, Any_("x"))), reshape_of_reshape),
@@ -289,6 +402,13 @@ RULES: list[Rule] = [
     Rule(Pat(("reshape", "expand", "squeeze", "slice"), Any_("x")), view_to_same_shape),
     # cat(x) of one input -> x
     Rule(Pat("cat", Any_("x")), view_to_same_shape, name="cat-of-one"),
+    # slice(slice(x)) along one dim -> slice(x)      (static bounds)
+    Rule(Pat("slice", Pat("slice", Any_("x"), name="inner")), slice_of_slice),
+    # slice(cat(x0, x1, ...)) along the cat's dim -> the pieces it overlaps, sliced      (static sizes)
+    Rule(Pat("slice", Pat("cat", Any_(), ..., name="cat")), slice_of_cat),
+    # slice(f(a, b)) -> f(slice(a), slice(b))      (f elementwise or a gather; every user of f a slice along that
+    # dim, together no wider than f; static bounds)
+    Rule(Pat("slice", Pat(_POINTWISE, Any_(), ..., name="f", predicate=_pointwise_producer)), slice_through_pointwise),
     # permute(x, identity) -> x;  transpose(x, d, d) -> x
     Rule(Pat(_PERMUTE_LIKE, Any_("x")), identity_permutation),
     # permute|transpose(permute|transpose(x)) -> permute(x, composed), or x when they cancel

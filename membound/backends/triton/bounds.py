@@ -2,7 +2,7 @@
 
 Three layers, cheapest first:
 
-- **Clamped addresses, always.** A generated gather (``embedding``/``index``) clamps its row index
+- **Clamped addresses, always.** A generated gather (``embedding``/``index``/``gather``) clamps its row index
   into ``[0, n)`` before the load, so no id, however wrong, reads outside the table (no segfault,
   no out-of-bounds read on the GPU). A clamped read is a wrong number, so it is never the only layer.
 - **A host check of user-provided indices, always.** ``gather_checks(graph)`` finds every gather
@@ -27,7 +27,7 @@ import torch
 
 from membound.ir.graph import Graph, Node, Value
 
-GATHER_OPS = ("embedding", "index")
+GATHER_OPS = ("embedding", "index", "gather")
 # views and casts an index tensor may go through between the graph input and the gather
 _THROUGH = ("reshape", "view", "unsqueeze", "squeeze", "expand", "flatten", "contiguous", "slice", "select",
             "transpose", "permute")
@@ -65,7 +65,7 @@ def host_checks_enabled() -> bool:
 
 
 def valid_range(op: str) -> str:
-    return "0 <= i < n" if op == "embedding" else "-n <= i < n"
+    return "-n <= i < n" if op == "index" else "0 <= i < n"
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,8 @@ def gather_checks(graph: Graph) -> list[GatherCheck]:
             continue
         if node.op == "embedding":
             pairs = [(node.inputs[1], 0)]
+        elif node.op == "gather":
+            pairs = [(node.inputs[1], node.attrs["dim"] % node.inputs[0].rank)]
         else:
             x = node.inputs[0]
             pairs = list(zip(node.inputs[1:], (d % x.rank for d in node.attrs["dims"])))

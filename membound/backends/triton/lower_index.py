@@ -1,6 +1,6 @@
 """Ops emitted as index arithmetic (the ``at`` writer of their lowering entry): sources, computed from
 the index alone (``constant``, ``full``, ``arange``), and ops that read their inputs at other positions
-than their own (``cat``: each piece at its local index; the gathers ``index`` and ``embedding``: at
+than their own (``cat``: each piece at its local index; the gathers ``index``, ``embedding`` and ``gather``: at
 positions read from their index tensors).
 
 A writer gets the emitter, the node and the index it is read at, and returns the value there.
@@ -16,7 +16,7 @@ import torch
 from membound.backends.triton.bounds import device_asserts
 from membound.backends.triton.indexing import ZERO, Index, broadcast_index
 from membound.backends.triton.values import TL_DTYPE, Val, compute_dtype, convert, literal, literal_code
-from membound.ir.graph import Node
+from membound.ir.graph import Node, Value
 from membound.ir.types import broadcast_shapes
 
 if TYPE_CHECKING:
@@ -78,9 +78,38 @@ def emit_cat(em: "KernelEmitter", node: Node, idx: Index) -> Val:
     return em.assign(result, out.dtype, vector, f"%{node.results[0].name} = {node.op}")
 
 
+def _clamped(em: "KernelEmitter", node: Node, v: Value, iv: Val, n_dim: sympy.Expr, negatives: bool,
+             wrap: bool) -> sympy.Expr:
+    """The index variable of ``x`` read at index value ``iv`` (from ``%v``) along a dim of ``n_dim`` entries:
+    negative values counted from the end (``wrap``; valid where ``negatives``: the debug assert's range), then
+    clamped into range."""
+    code = convert(iv, v.dtype)
+    if iv.literal is not None:
+        return (sympy.Integer(int(iv.literal) % int(n_dim)) if n_dim.is_Integer else sympy.Integer(int(iv.literal)))
+    n = em.code(n_dim)
+    if device_asserts():
+        first = f"-{n}" if negatives else "0"
+        em.lines.append(f"tl.device_assert(~mask | (({code} >= {first}) & ({code} < {n})), "
+                          f"\"{node.op} %{node.results[0].name}: index out of range [{first}, {n}) "
+                          f"in %{v.name} (MEMBOUND_DEBUG=bounds)\")")
+    # clamped: a wrong index (the host check and the debug asserts report it) never reads out of bounds
+    wrapped = f"tl.where({code} < 0, {code} + {n}, {code})" if wrap else code
+    wrapped = f"tl.minimum(tl.maximum({wrapped}, 0), {n} - 1)"
+    if v.dtype != torch.int64:  # narrow ids widen with the rest of the index math
+        wrapped = f"{wrapped}.to(INDEX_DTYPE)"
+    return em.new_index("g", wrapped, iv.vector)
+
+
 def emit_gather(em: "KernelEmitter", node: Node, idx: Index) -> Val:
     """``index(x, *indices) {dims}`` / ``embedding(weight, ids)`` at ``idx``: read the index tensors at
-    their (broadcast) position, then read ``x`` there (negative indices count from the end)."""
+    their (broadcast) position, then read ``x`` there (negative indices count from the end for ``index``).
+    ``gather(x, index) {dim}`` (torch.gather): ``x`` at ``idx`` with dim ``dim`` replaced by ``index`` at ``idx``."""
+    if node.op == "gather":
+        x, v = node.inputs
+        d = node.attrs["dim"] % x.rank
+        at = list(idx)
+        at[d] = _clamped(em, node, v, em.emit(v, idx), x.shape[d], negatives=False, wrap=False)
+        return em.emit(x, tuple(at))
     if node.op == "embedding":
         x, indices, dims = node.inputs[0], [node.inputs[1]], (0,)
     else:
@@ -99,20 +128,5 @@ def emit_gather(em: "KernelEmitter", node: Node, idx: Index) -> Val:
             continue
         v = indices[dims.index(d)]
         iv = em.emit(v, broadcast_index(v.shape, bshape, gathered))
-        code = convert(iv, v.dtype)
-        if iv.literal is not None:
-            x_index.append(sympy.Integer(int(iv.literal) % int(x.shape[d])) if x.shape[d].is_Integer
-                           else sympy.Integer(int(iv.literal)))
-            continue
-        n = em.code(x.shape[d])
-        if device_asserts():
-            first = "0" if node.op == "embedding" else f"-{n}"
-            em.lines.append(f"tl.device_assert(~mask | (({code} >= {first}) & ({code} < {n})), "
-                              f"\"{node.op} %{node.results[0].name}: index out of range [{first}, {n}) "
-                              f"in %{v.name} (MEMBOUND_DEBUG=bounds)\")")
-        # clamped: a wrong index (the host check and the debug asserts report it) never reads out of bounds
-        wrapped = f"tl.minimum(tl.maximum(tl.where({code} < 0, {code} + {n}, {code}), 0), {n} - 1)"
-        if v.dtype != torch.int64:  # narrow ids widen with the rest of the index math
-            wrapped = f"{wrapped}.to(INDEX_DTYPE)"
-        x_index.append(em.new_index("g", wrapped, iv.vector))
+        x_index.append(_clamped(em, node, v, iv, x.shape[d], negatives=node.op != "embedding", wrap=True))
     return em.emit(x, tuple(x_index))

@@ -236,6 +236,7 @@ TABLE: list[Lowering] = [
     # ---- pointwise, reading their inputs elsewhere ----
     indexed("cat", emit_cat),
     indexed("index", emit_gather),
+    indexed("gather", emit_gather),
     indexed("embedding", emit_gather, library="embedding:embedding"),
     # ---- row reductions ----
     row("sum", write_sum_mean, check=row_refusal),
