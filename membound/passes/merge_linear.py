@@ -17,8 +17,10 @@ graph @f(%x: f32[B, S, 16]) params(%wq_wk_wv: f32[32, 16]) {
 ```
 
 Matches: ``linear`` nodes with the same input value, each with a 2-D parameter weight (distinct
-weights), and either all with parameter biases or none, of one dtype (q/k/v; gate/up). The merged
-weight is a new parameter, ``torch.cat`` of the originals along N; biases likewise. ``split`` is a
+weights) and a parameter bias or none, of one dtype (q/k/v; gate/up; a gated DeltaNet's input
+projections, one of which carries the ``dt_bias`` canonicalize folded into it). The merged weight is a
+new parameter, ``torch.cat`` of the originals along N; biases likewise, zeros for a linear without one
+when others have one (its sums plus 0.0: the same numbers). ``split`` is a
 view, so the merged form moves the same weight bytes, reads x once instead of n times, and launches
 one kernel instead of n.
 
@@ -56,8 +58,8 @@ def _bias(node: Node) -> Optional[Value]:
 
 
 def _groups(graph: Graph) -> list[list[Node]]:
-    """Sibling linears to merge, in graph order: same x, same dtype, bias all-or-none, distinct weights."""
-    groups: dict[tuple[int, bool, torch.dtype], list[Node]] = {}
+    """Sibling linears to merge, in graph order: same x, same dtype, parameter biases or none, distinct weights."""
+    groups: dict[tuple[int, torch.dtype], list[Node]] = {}
     for node in graph.nodes:
         if node.op != "linear":
             continue
@@ -67,7 +69,7 @@ def _groups(graph: Graph) -> list[list[Node]]:
         bias = _bias(node)
         if bias is not None and bias.kind != "param":
             continue
-        key = (id(caps["x"]), bias is not None, node.results[0].dtype)
+        key = (id(caps["x"]), node.results[0].dtype)
         group = groups.setdefault(key, [])
         if all(n.inputs[1] is not node.inputs[1] for n in group):  # a repeated weight is CSE's to remove
             group.append(node)
@@ -85,6 +87,10 @@ def _merged_name(graph: Graph, params: Sequence[Value]) -> str:
         tail += 1
     middles = [".".join(p[head:len(p) - tail]) for p in parts]
     base = ".".join(parts[0][:head] + ["_".join(middles)] + (parts[0][len(parts[0]) - tail:] if tail else []))
+    return _unique(graph, base)
+
+
+def _unique(graph: Graph, base: str) -> str:
     taken = {v.name for v in graph.values()}
     name, i = base, 1
     while name in taken:
@@ -99,6 +105,24 @@ def _concat(graph: Graph, params: Sequence[Value], name: str, type: TensorType) 
     return graph.add_param(name, type, merged)
 
 
+def _merged_bias(graph: Graph, group: Sequence[Node], sizes: Sequence[int], dtype: torch.dtype, weight: str) -> Value:
+    """The biases of ``group`` as one new parameter, zeros where a linear has none (named after the biases, or
+    after the merged ``weight`` where some have none: ``....in_proj_qkv_in_proj_a.weight`` -> ``....bias``)."""
+    biases = [_bias(n) for n in group]
+    named = [b for b in biases if b is not None]
+    tensors = [graph.tensors.get(b.name) if b is not None else None for b in biases]
+    known = [t for t in tensors if t is not None]
+    merged = None
+    if len(known) == len(named):  # every bias has its tensor: zeros beside them on the same device
+        merged = torch.cat([t if t is not None else torch.zeros(n, dtype=dtype, device=known[0].device)
+                            for t, n in zip(tensors, sizes)])
+    if len(named) == len(biases):
+        name = _merged_name(graph, named)
+    else:
+        name = _unique(graph, weight[:-len("weight")] + "bias" if weight.endswith(".weight") else weight + "_bias")
+    return graph.add_param(name, TensorType(dtype, (sum(sizes),)), merged)
+
+
 def _declines(ctx: PassContext, group: Sequence[Node], n_total: int) -> Optional[str]:
     """None when merging pays, else why not (for the pass log)."""
     x = group[0].inputs[0]
@@ -109,7 +133,8 @@ def _declines(ctx: PassContext, group: Sequence[Node], n_total: int) -> Optional
     scratch = Graph("merge_linear_cost")
     xs = scratch.add_input("x", x.type)
     w = scratch.add_param("w", TensorType(x.dtype, (n_total, x.shape[-1])))
-    extra = [scratch.add_param("b", TensorType(x.dtype, (n_total,)))] if _bias(group[0]) is not None else []
+    biased = any(_bias(n) is not None for n in group)
+    extra = [scratch.add_param("b", TensorType(x.dtype, (n_total,)))] if biased else []
     merged = scratch.append(scratch.create_node("linear", [xs, w] + extra))
     separate = sum(seconds(ctx, n, dims) for n in group)
     together = seconds(ctx, merged, dims)
@@ -128,9 +153,8 @@ def _merge(graph: Graph, group: Sequence[Node], ctx: PassContext) -> bool:
         return False
     dtype, k = x.dtype, weights[0].shape[1]
     inputs = [x, _concat(graph, weights, _merged_name(graph, weights), TensorType(dtype, (sum(sizes), k)))]
-    if _bias(group[0]) is not None:
-        biases = [_bias(n) for n in group]
-        inputs.append(_concat(graph, biases, _merged_name(graph, biases), TensorType(dtype, (sum(sizes),))))
+    if any(_bias(n) is not None for n in group):
+        inputs.append(_merged_bias(graph, group, sizes, dtype, inputs[1].name))
     # provenance of the merged weight (rows per original), so a saved quantized copy of either form is found
     sources = dict(graph.meta.get("param_sources", {}))  # a new dict: graph copies share meta values
     sources[inputs[1].name] = tuple((w.name, int(w.shape[0])) for w in weights)

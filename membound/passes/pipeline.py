@@ -49,8 +49,10 @@ from membound.passes.manager import PassFn, PassLike, get_pass, pass_name
 
 CLEANUP_PASSES = ("canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination")
 # what turns a cache-less forward into a cached step: after the user's (or the cleanup) passes
+# (common-subexpression-elimination after insert-kv-cache: the per-layer copies of what it derives from the positions
+# and last_index, a recurrence's live-token mask, become one)
 KV_CACHE_PASSES = ("fuse-attention", "insert-kv-cache", "fuse-moe", "merge-linear", "fuse-gated-linear",
-                   "fuse-linear-glu", "canonicalize", "dead-code-elimination")
+                   "fuse-linear-glu", "canonicalize", "common-subexpression-elimination", "dead-code-elimination")
 # fuse-moe before merge-linear: merging would fold the router into a wider projection the pattern does not read
 MEMORY_BOUND_PASSES = ("fuse-attention", "fuse-moe", "merge-linear", "fuse-gated-linear", "fuse-linear-glu",
                        "canonicalize", "dead-code-elimination")

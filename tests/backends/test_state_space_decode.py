@@ -107,6 +107,17 @@ def test_state_space_models_decode_eager_tokens_with_their_states(name: str, bac
     # (linear_attention: its state read and written in place by one op, MEMBOUND_STATE_INPLACE's default)
     op, arity = ("linear_attention_state", 7) if name in ("qwen3.5", "mamba2", "bamba") else ("linear_scan", 3)
     assert sum(n.op == op and len(n.inputs) == arity for n in decode.nodes) == layers
+    if backend == "triton":
+        # the short convolution's step: its ring written by one kernel, read (gather at the slots, masked before
+        # the row's start) and convolved by the next; no torch gather between them (canonicalize's slice rules)
+        partition = program.decode.partition
+        assert not any(c.node.op == "gather" for c in partition.calls), partition.describe()
+        conv = [k for k in partition.kernels if {"gather", "where", "silu"} <= {m.op for m in k.members}]
+        assert len(conv) == layers, partition.describe()
+        if name == "qwen3.5":  # in_proj_a (its dt_bias folded in as a bias) merged with the other input projections
+            weights = [n.inputs[1].name for n in decode.nodes if n.op == "linear"]
+            assert [w for w in weights if "in_proj_a" in w] == [w for w in weights if "in_proj_qkv" in w], weights
+            assert sum(n.op == "linear" and len(n.inputs) == 3 for n in decode.nodes) == 1, partition.describe()
 
 
 def test_selective_scan_equals_hugging_faces_loop() -> None:

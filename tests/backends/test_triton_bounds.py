@@ -35,6 +35,47 @@ INDEX = """graph @t(%x: f32[B, 7, 5], %k: i64[B, S]) {
     %y = add(%g, %g) : f32[B, S, 5]
     return %y
 }"""
+# torch.gather along the last dim, its index an input, in a fused kernel with what reads it
+GATHER = """graph @t(%x: f32[B, 7, 5], %k: i64[B, 7, 3]) {
+    %g = gather(%x, %k) {dim=2} : f32[B, 7, 3]
+    %y = mul(%g, %g) : f32[B, 7, 3]
+    return %y
+}"""
+# a short convolution's decode step as canonicalize leaves it: the ring read at computed slots (gather along the
+# ring), masked before the row's start, times the taps, plus the new input; one kernel
+RING = """graph @t(%ring: f32[B, 9, 3], %x: f32[B, 9, 1], %pos: i64[B, 1]) params(%w: f32[9, 3]) {
+    %one = constant() {value=1, dtype=i64} : i64[]
+    %two = constant() {value=2, dtype=i64} : i64[]
+    %three = constant() {value=3, dtype=i64} : i64[]
+    %zero = constant() {value=0, dtype=i64} : i64[]
+    %zf = constant() {value=0.0, dtype=f32} : f32[]
+    %p1 = sub(%pos, %one) : i64[B, 1]
+    %p2 = sub(%pos, %two) : i64[B, 1]
+    %s1 = remainder(%p1, %three) : i64[B, 1]
+    %s2 = remainder(%p2, %three) : i64[B, 1]
+    %i1 = reshape(%s1) {shape=[B, 1, 1]} : i64[B, 1, 1]
+    %i2 = reshape(%s2) {shape=[B, 1, 1]} : i64[B, 1, 1]
+    %e1 = expand(%i1) {shape=[B, 9, 1]} : i64[B, 9, 1]
+    %e2 = expand(%i2) {shape=[B, 9, 1]} : i64[B, 9, 1]
+    %g1 = gather(%ring, %e1) {dim=2} : f32[B, 9, 1]
+    %g2 = gather(%ring, %e2) {dim=2} : f32[B, 9, 1]
+    %k1 = ge(%p1, %zero) : bool[B, 1]
+    %k2 = ge(%p2, %zero) : bool[B, 1]
+    %m1 = reshape(%k1) {shape=[B, 1, 1]} : bool[B, 1, 1]
+    %m2 = reshape(%k2) {shape=[B, 1, 1]} : bool[B, 1, 1]
+    %h1 = where(%m1, %g1, %zf) : f32[B, 9, 1]
+    %h2 = where(%m2, %g2, %zf) : f32[B, 9, 1]
+    %w0 = slice(%w) {dim=1, start=0, end=1, step=1} : f32[9, 1]
+    %w1 = slice(%w) {dim=1, start=1, end=2, step=1} : f32[9, 1]
+    %w2 = slice(%w) {dim=1, start=2, end=3, step=1} : f32[9, 1]
+    %a = mul(%h2, %w0) : f32[B, 9, 1]
+    %b = mul(%h1, %w1) : f32[B, 9, 1]
+    %c = mul(%x, %w2) : f32[B, 9, 1]
+    %ab = add(%a, %b) : f32[B, 9, 1]
+    %abc = add(%ab, %c) : f32[B, 9, 1]
+    %y = silu(%abc) : f32[B, 9, 1]
+    return %y
+}"""
 COMPUTED = """graph @t(%ids: i64[B, S]) params(%emb: f32[11, 6]) {
     %three = constant() {value=3, dtype=i64} : i64[]
     %k = add(%ids, %three) : i64[B, S]
@@ -89,6 +130,44 @@ def test_index_allows_negatives_and_checks_both_ends(request: pytest.FixtureRequ
         with pytest.raises(GatherIndexError, match=r"index %g: input %k holds indices in " + found +
                            r", but dim 1 of %x has 7 entries \(allowed: -7 <= i < 7"):
             exe([x, kb])
+
+
+def test_gather_is_fused_and_checks_its_input_index(request: pytest.FixtureRequest) -> None:
+    if not INTERP.runs_here(request):
+        return
+    g = graph(GATHER)
+    exe = TritonExecutable(g)
+    assert fused(exe, "gather"), exe.partition.describe()
+    x = torch.randn(3, 7, 5, device=DEVICE)
+    k = torch.randint(0, 5, (3, 7, 3), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    torch.testing.assert_close(exe([x, k])[0], run_graph(g, [x, k])[0], rtol=0, atol=0)  # a copy and one product
+    for bad, found in ((5, r"\[0, 5\]"), (-1, r"\[-1, 4\]")):  # torch.gather takes no negative index
+        kb = k.clone()
+        kb[1, 2, 0] = bad
+        with pytest.raises(GatherIndexError, match=r"gather %g: input %k holds indices in " + found +
+                           r", but dim 2 of %x has 5 entries \(allowed: 0 <= i < 5\)"):
+            exe([x, kb])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_short_convolution_step_is_one_kernel(dtype: torch.dtype, request: pytest.FixtureRequest) -> None:
+    """The ring read at computed slots, masked, weighted and summed with the new input: one generated kernel
+    (the [B, 1] slot arithmetic beside it is its own, as in a model, where the ring's write shares it), equal to
+    the reference (fp32: the same products and adds in one order, 1e-6; fp16: 1e-3, the silu)."""
+    if not INTERP.runs_here(request):
+        return
+    g = graph(RING.replace("f32", "f16") if dtype == torch.float16 else RING)
+    g.tensors["w"] = g.tensors["w"].to(dtype)
+    exe = TritonExecutable(g)
+    kernels = exe.partition.kernels
+    conv = [k for k in kernels if {"gather", "where", "mul", "add", "silu"} <= {m.op for m in k.members}]
+    assert len(kernels) == 2 and len(conv) == 1 and len(conv[0].members) == 10, exe.partition.describe()
+    gen = torch.Generator().manual_seed(2)
+    ring = torch.randn(5, 9, 3, generator=gen).to(DEVICE, dtype)
+    x = torch.randn(5, 9, 1, generator=gen).to(DEVICE, dtype)
+    pos = torch.tensor([[0], [1], [2], [7], [12]], device=DEVICE)  # fresh rows read zeros before position 0
+    tol = 1e-6 if dtype == torch.float32 else 1e-3
+    torch.testing.assert_close(exe([ring, x, pos])[0], run_graph(g, [ring, x, pos])[0], rtol=tol, atol=tol)
 
 
 def test_without_the_host_check_a_wild_id_reads_a_clamped_row(monkeypatch: pytest.MonkeyPatch,

@@ -24,6 +24,15 @@ def test_merged_weight_is_the_concatenation() -> None:
     assert set(g.tensors) == {"wq_wk_wv"}  # the originals are dropped from the graph
 
 
+def test_a_linear_without_a_bias_gets_zeros_in_the_merged_bias() -> None:
+    g = parse_with_params(mir_input("merge-linear", 2))  # a, c+bc, b, d+bd over one x
+    bc, bd = g.tensors["bc"], g.tensors["bd"]
+    assert merge_linear(g, PassContext())
+    bias = g.tensors["a_c_b_d_bias"]
+    assert torch.equal(bias, torch.cat([torch.zeros(5), bc, torch.zeros(7), bd]))
+    assert bias.dtype == bc.dtype
+
+
 def test_declining_is_logged() -> None:
     ctx = PassContext(current_pass="merge-linear")
     g = parse_with_params(M64)
