@@ -90,4 +90,4 @@ def test_compile_options_are_one_dataclass():
     assert compiled.options is opts and compiled.backend == "reference"
     assert [len(opts.pipeline_for(k)) for k in ("forward", "prefill", "decode")] == [11, 13, 2]
     custom = CompileOptions(pipeline=["canonicalize"])
-    assert len(custom.pipeline_for("prefill")) == 1 + 8  # the user's passes, then the KV-cache passes
+    assert len(custom.pipeline_for("prefill")) == 1 + 9  # the user's passes, then the KV-cache passes
