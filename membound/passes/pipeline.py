@@ -10,7 +10,7 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
   fuse-gated-linear, fuse-linear-glu), each asking the cost model whether it pays at the graph's dims.
 * ``prefill``: the step graph ``generate`` builds: the forward clean-ups, fuse-attention, then
   insert-kv-cache (which needs the attention op and separate k/v projections) before the linear
-  merges.
+  merges, and CSE again (what insert-kv-cache derives per layer from the positions, once).
 * ``decode``: the prefill step specialised to ``S = 1``: clean-ups.
 * ``decode-rope``: ``decode`` plus fuse-rope-linear (q and k rotated in the q/k/v projection's epilogue; an A/B
   setting, ``MEMBOUND_DECODE_PIPELINE=decode-rope``).
