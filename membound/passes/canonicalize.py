@@ -213,10 +213,6 @@ def slice_through_pointwise(m: Match) -> Optional[Value]:
     return out if out.type.equivalent(m.value.type) else None
 
 
-def _pointwise_producer(node: Node) -> bool:
-    return node.op == "gather" or (get_op(node.op).kind == "elementwise" and len(node.results) == 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # casts and algebraic identities
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +404,7 @@ RULES: list[Rule] = [
     Rule(Pat("slice", Pat("cat", Any_(), ..., name="cat")), slice_of_cat),
     # slice(f(a, b)) -> f(slice(a), slice(b))      (f elementwise or a gather; every user of f a slice along that
     # dim, together no wider than f; static bounds)
-    Rule(Pat("slice", Pat(_POINTWISE, Any_(), ..., name="f", predicate=_pointwise_producer)), slice_through_pointwise),
+    Rule(Pat("slice", Pat(_POINTWISE, Any_(), ..., name="f")), slice_through_pointwise),
     # permute(x, identity) -> x;  transpose(x, d, d) -> x
     Rule(Pat(_PERMUTE_LIKE, Any_("x")), identity_permutation),
     # permute|transpose(permute|transpose(x)) -> permute(x, composed), or x when they cancel
