@@ -16,8 +16,11 @@ step with one launch. Graphs have fixed shapes and fixed addresses, so:
 
 The step is run ``warmup`` times on a side stream before capture (Triton compiles its kernels and
 cuBLAS picks its algorithms outside the capture), then captured, then replayed for the call. So the
-step must be idempotent for the same inputs, as a decode step is: it rewrites the same cache slots
-with the same values. The graphs of one runner share a memory pool; they must run on one stream,
+step must be idempotent for the same inputs, as an attention decode step is: it rewrites the same cache
+slots with the same values. A recurrence's state is not: a step reads it and writes its successor in place,
+so three runs of one step would advance it three tokens. Such tensors are passed as ``preserve``: copied
+before the warm-up and written back after the capture, so the call's replay starts from the state the
+caller left. The graphs of one runner share a memory pool; they must run on one stream,
 one after another (never concurrently).
 
     runner = CUDAGraphRunner(lambda key: make_step(max_len=key.length))
@@ -77,11 +80,13 @@ class CapturedGraph:
     ``constant_inputs``: positions of inputs a caller passes again unchanged from call to call (generate's
     row-index input): copied only when they are another tensor than last time or torch changed it in place
     since (its version counter), a copy kernel less per replay. The graph holds the last one it copied.
+    ``preserve``: tensors the step updates from their own value (a recurrence's state, read and written in place):
+    restored after the warm-up runs and the capture, which would otherwise have advanced them.
     """
 
     def __init__(self, fn: Executable, example_inputs: Sequence[torch.Tensor], *, warmup: int = 2,
                  pool: Optional[Any] = None, copy_outputs: bool = True,
-                 constant_inputs: Sequence[int] = ()) -> None:
+                 constant_inputs: Sequence[int] = (), preserve: Sequence[torch.Tensor] = ()) -> None:
         if not example_inputs:
             raise ValueError("cuda graphs: a step needs at least one input tensor (it sets the device)")
         device = example_inputs[0].device
@@ -96,6 +101,7 @@ class CapturedGraph:
         # static input buffers: the graph reads these addresses on every replay
         self.static_inputs = [t.detach().clone() for t in example_inputs]
         t0 = time.perf_counter()
+        saved = [t.detach().clone() for t in preserve]  # what the warm-up runs overwrite
         stream = torch.cuda.Stream(device=device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
@@ -109,6 +115,8 @@ class CapturedGraph:
         # counters, kernels/_launch.py) is the state the graph bakes in
         with torch.cuda.graph(self.graph, pool=pool, stream=stream):
             self.static_outputs = _as_list(fn(self.static_inputs), "captured")
+        for t, before in zip(preserve, saved):
+            t.copy_(before)
         self.replays = 0
         # host seconds spent warming up and capturing (logs, and benches/cache_growth.py's breakdown)
         self.warmup_s, self.capture_s = t1 - t0, time.perf_counter() - t1
@@ -180,12 +188,16 @@ class CUDAGraphRunner:
             self._pool = torch.cuda.graph_pool_handle()
         return self._pool
 
-    def __call__(self, inputs: Sequence[torch.Tensor], length: int) -> list[torch.Tensor]:
-        """Run the step for ``inputs`` with a filled cache length of ``length`` (capturing if new)."""
+    def __call__(self, inputs: Sequence[torch.Tensor], length: int,
+                 preserve: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+        """Run the step for ``inputs`` with a filled cache length of ``length`` (capturing if new). ``preserve``:
+        the tensors a capture must leave as they were (:class:`CapturedGraph`), the step's recurrent states."""
         key = self.key_for(inputs, length)
         graph = self.graphs.get(key)
         if graph is None:
-            options = dict(constant_inputs=self.constant_inputs) if self.constant_inputs else {}
+            options: dict[str, Any] = dict(constant_inputs=self.constant_inputs) if self.constant_inputs else {}
+            if preserve:
+                options["preserve"] = list(preserve)
             graph = self.capture(self.build(key), inputs, warmup=self.warmup, pool=self._pool_handle(),
                                  copy_outputs=self.copy_outputs, **options)
             record = {"batch": key.batch, "length": key.length, "warmup_s": getattr(graph, "warmup_s", None),

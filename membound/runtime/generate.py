@@ -74,7 +74,12 @@ class KVProgram:
                                            constant_inputs=(2,))
             self._runner_alloc = self.cache.allocations
         self.decode_graph.tensors.update(state)
-        (logits,) = self._runner(inputs, length=length)  # type: ignore[operator]
+        # a capture runs the step before capturing it (the warm-ups, CapturedGraph): each run advances a
+        # recurrence's state, read and written in place, so the states (and the convolutions' rings, small) are
+        # restored after the capture and the replay starts where the last step left them
+        meta = self.meta
+        preserve = [state[n] for n in (*meta.get("scan_states", ()), *meta.get("conv_states", {})) if n in state]
+        (logits,) = self._runner(inputs, length=length, preserve=preserve)  # type: ignore[operator]
         return logits
 
 

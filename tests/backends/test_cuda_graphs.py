@@ -177,3 +177,18 @@ def test_decode_steps_of_library_kernels_replay_correctly() -> None:
         want = attend(q.float(), ref_k.float(), ref_v.float(), pos, scale=None)
         torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=2e-2)
     assert sorted(runner.graphs) == [GraphKey(2, 16), GraphKey(2, 32), GraphKey(2, 64)]
+
+
+def test_preserve_reaches_the_capture_only_when_given() -> None:
+    """A recurrence's states (``preserve``) go to the capture, which restores them after its warm-up runs; a call
+    replaying a graph already captured passes them nowhere."""
+    runner = CUDAGraphRunner(lambda key: lambda inputs: [inputs[0]], length_buckets=(8,), capture=FakeGraph)
+    state = torch.zeros(3)
+    runner([torch.ones(1, 2)], length=3, preserve=[state])
+    (graph,) = runner.graphs.values()
+    assert graph.options["preserve"] == [state]
+    runner([torch.ones(1, 2)], length=4, preserve=[state])           # replayed: the same graph, not rebuilt
+    assert list(runner.graphs.values()) == [graph] and graph.calls == 2
+    other = CUDAGraphRunner(lambda key: lambda inputs: [inputs[0]], length_buckets=(8,), capture=FakeGraph)
+    other([torch.ones(2, 2)], length=3)
+    assert "preserve" not in next(iter(other.graphs.values())).options
