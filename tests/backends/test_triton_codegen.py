@@ -192,6 +192,27 @@ CASES: dict[str, tuple[str, list[list[str]]]] = {
         %y = div(%d, %var) : {dt}[B, 9]
         return %y
     }}""", [["mean", "sub", "mul", "mean", "div"]]),
+    # an interleaved mrope table (Qwen3.5): cos over 3 sections, interleaved by nested cats of slices, then doubled;
+    # each element reads cos once (the cat picks the index, not the value), beside a cat of two other values
+    "cat_of_views_of_one_value": ("""graph @t(%f: {dt}[3, B, 6], %y: {dt}[B, 12]) {{
+        %c = cos(%f) : {dt}[3, B, 6]
+        %t = select(%c) {{dim=0, index=0}} : {dt}[B, 6]
+        %h = select(%c) {{dim=0, index=1}} : {dt}[B, 6]
+        %w = select(%c) {{dim=0, index=2}} : {dt}[B, 6]
+        %t3 = reshape(%t) {{shape=[B, 2, 3]}} : {dt}[B, 2, 3]
+        %h3 = reshape(%h) {{shape=[B, 2, 3]}} : {dt}[B, 2, 3]
+        %w3 = reshape(%w) {{shape=[B, 2, 3]}} : {dt}[B, 2, 3]
+        %ts = slice(%t3) {{dim=2, start=0, end=1, step=1}} : {dt}[B, 2, 1]
+        %hs = slice(%h3) {{dim=2, start=1, end=2, step=1}} : {dt}[B, 2, 1]
+        %ws = slice(%w3) {{dim=2, start=2, end=3, step=1}} : {dt}[B, 2, 1]
+        %hw = cat(%hs, %ws) {{dim=2}} : {dt}[B, 2, 2]
+        %i3 = cat(%ts, %hw) {{dim=-1}} : {dt}[B, 2, 3]
+        %i = reshape(%i3) {{shape=[B, 6]}} : {dt}[B, 6]
+        %e = cat(%i, %i) {{dim=1}} : {dt}[B, 12]
+        %n = neg(%y) : {dt}[B, 12]
+        %m = cat(%e, %n) {{dim=0}} : {dt}[2 * B, 12]
+        return %m
+    }}""", [["cos", "cat", "cat", "cat", "neg", "cat"]]),
     "math": ("""graph @t(%x: {dt}[B, S, 3]) {{
         %a = abs(%x) : {dt}[B, S, 3]
         %l = log(%a) : {dt}[B, S, 3]
@@ -300,6 +321,15 @@ def test_fused_case_matches_reference(case: str, dtype: torch.dtype, request: py
         got = exe(inputs)
         for a, b in zip(got, want):
             assert_close(a, b, 1e-5 if dtype == torch.float32 else TOL[dtype])
+
+
+def test_a_cat_of_views_of_one_value_computes_it_once() -> None:
+    """The mrope case's kernel evaluates ``cos`` once an element (the nested cats choose where to read it), and the
+    outer cat of the table and a negation still selects between two values."""
+    text, _ = CASES["cat_of_views_of_one_value"]
+    source = TritonExecutable(graph_from(text.format(dt="f32"))).source
+    assert source.count("tl.cos(") == 1 and "one read of %c" in source, source
+    assert source.count("tl.where(") >= 3   # the chosen index (two dims) and the outer cat's value
 
 
 def test_integer_bool_and_cast_ops(request: pytest.FixtureRequest) -> None:

@@ -8,13 +8,13 @@ A writer gets the emitter, the node and the index it is read at, and returns the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 import sympy
 import torch
 
 from membound.backends.triton.bounds import device_asserts
-from membound.backends.triton.indexing import ZERO, Index, broadcast_index
+from membound.backends.triton.indexing import ZERO, Index, broadcast_index, view_input_index
 from membound.backends.triton.values import TL_DTYPE, Val, compute_dtype, convert, literal, literal_code
 from membound.ir.graph import Node, Value
 from membound.ir.types import broadcast_shapes
@@ -49,13 +49,13 @@ def emit_source(em: "KernelEmitter", node: Node, idx: Index) -> Val:
     return em.assign(text, dtype, em.is_vector(e), f"%{node.results[0].name} arange")
 
 
-def emit_cat(em: "KernelEmitter", node: Node, idx: Index) -> Val:
-    """``cat`` at ``idx``: every piece is read at its local index clamped into range (so no lane
-    reads out of bounds), and ``tl.where`` picks the piece the index falls in."""
+def _piece_indices(em: "KernelEmitter", node: Node, idx: Index) -> list[tuple[sympy.Expr, Index]]:
+    """``cat``'s pieces at ``idx``: (the end of the piece along the cat dim, the piece's own index, its local
+    position clamped into range so that no lane reads out of bounds)."""
     out = node.results[0]
     d = node.attrs["dim"] % out.rank
     last = len(node.inputs) - 1
-    pieces: list[tuple[sympy.Expr, Val]] = []
+    pieces: list[tuple[sympy.Expr, Index]] = []
     offset: sympy.Expr = ZERO
     for k, v in enumerate(node.inputs):
         size = v.shape[d]
@@ -69,7 +69,73 @@ def emit_cat(em: "KernelEmitter", node: Node, idx: Index) -> Val:
         sub = list(idx)
         sub[d] = local
         offset = offset + size
-        pieces.append((offset, em.emit(v, broadcast_index(v.shape, out.shape, tuple(sub)))))
+        pieces.append((offset, broadcast_index(v.shape, out.shape, tuple(sub))))
+    return pieces
+
+
+def _origin_at(em: "KernelEmitter", v: Value, idx: Index) -> tuple[Value, Index]:
+    """The value ``v`` at ``idx`` reads, followed up through views and through the kernel's cats whose pieces all
+    read one value (:func:`_merged_cat`): that value and the index it is read at."""
+    while True:
+        node = v.producer
+        if node is None:
+            return v, idx
+        if em.facts.kind(node) == "view":
+            v, idx = node.inputs[0], tuple(sympy.sympify(i) for i in view_input_index(node, v, idx))
+            continue
+        if node.op == "cat" and id(node) in em.members:
+            merged = _merged_cat(em, node, idx)
+            if merged is not None:
+                v, idx = merged
+                continue
+        return v, idx
+
+
+def _merged_cat(em: "KernelEmitter", node: Node, idx: Index,
+                pieces: Optional[list[tuple[sympy.Expr, Index]]] = None) -> Optional[tuple[Value, Index]]:
+    """A ``cat`` whose pieces are all views (or such cats) of one value ``x``: ``x`` and the index it is read at,
+    chosen per dim by ``tl.where`` on the cat dim from the pieces' own indices. Reading ``x`` once at the chosen
+    index gives each element the value its piece holds (the same arithmetic: exact), where reading each piece
+    computes ``x`` once per piece and selects: Qwen3.5's interleaved mrope table, nested cats of strided slices of
+    ``cos(freqs)``, evaluated ``cos`` some 20 times an element (a 63 us kernel on an H100, code-size bound)."""
+    d = node.attrs["dim"] % node.results[0].rank
+    pieces = pieces if pieces is not None else _piece_indices(em, node, idx)
+    origins = [_origin_at(em, v, at) for v, (_, at) in zip(node.inputs, pieces)]
+    base = origins[0][0]
+    if any(o[0] is not base for o in origins) or any(len(o[1]) != base.rank for o in origins):
+        return None
+    if idx[d].is_Integer:  # the piece is known here: its index as it is
+        k = next(k for k, (end, _) in enumerate(pieces) if k == len(pieces) - 1 or bool(idx[d] < end))
+        return base, origins[k][1]
+    chosen: list[sympy.Expr] = []
+    for j in range(base.rank):
+        exprs = [o[1][j] for o in origins]
+        if all(e == exprs[0] for e in exprs):
+            chosen.append(exprs[0])
+            continue
+        text = em.code(exprs[-1])
+        vector = em.is_vector(exprs[-1])
+        for (end, _), e in zip(reversed(pieces[:-1]), reversed(exprs[:-1])):
+            text = f"tl.where({em.code(idx[d])} < {em.code(end)}, {em.code(e)}, {text})"
+            vector = vector or em.is_vector(e) or em.is_vector(idx[d])
+        chosen.append(em.new_index("m", text, vector))
+    return base, tuple(chosen)
+
+
+def emit_cat(em: "KernelEmitter", node: Node, idx: Index) -> Val:
+    """``cat`` at ``idx``: every piece is read at its local index clamped into range (so no lane
+    reads out of bounds), and ``tl.where`` picks the piece the index falls in. Pieces that are all views of
+    one value computed in the kernel are read once instead, at an index chosen the same way (:func:`_merged_cat`)."""
+    out = node.results[0]
+    d = node.attrs["dim"] % out.rank
+    at = _piece_indices(em, node, idx)
+    merged = _merged_cat(em, node, idx, at)
+    if merged is not None and merged[0].producer is not None and (
+            id(merged[0].producer) in em.members or em.facts.kind(merged[0].producer) == "source"):
+        val = em.emit(*merged)
+        return em.assign(convert(val, out.dtype), out.dtype, val.vector or any(em.is_vector(i) for i in idx),
+                         f"%{node.results[0].name} = {node.op}, one read of %{merged[0].name}")
+    pieces: list[tuple[sympy.Expr, Val]] = [(end, em.emit(v, i)) for v, (end, i) in zip(node.inputs, at)]
     result = convert(pieces[-1][1], out.dtype)
     vector = pieces[-1][1].vector
     for end, val in reversed(pieces[:-1]):
