@@ -118,6 +118,9 @@ def test_state_space_models_decode_eager_tokens_with_their_states(name: str, bac
             weights = [n.inputs[1].name for n in decode.nodes if n.op == "linear"]
             assert [w for w in weights if "in_proj_a" in w] == [w for w in weights if "in_proj_qkv" in w], weights
             assert sum(n.op == "linear" and len(n.inputs) == 3 for n in decode.nodes) == 1, partition.describe()
+            # the q and k l2 norms (independent rows of one length): one row kernel reduces a row of each
+            norms = [k for k in partition.kernels if k.layout == "row" and sum(m.op == "sum" for m in k.members) == 2]
+            assert len(norms) == layers, partition.describe()
 
 
 def test_selective_scan_equals_hugging_faces_loop() -> None:

@@ -13,6 +13,10 @@ kernel merged); a run it turns down is recorded as a refusal (``"schedule"``).
     %25 = add(...) : f32[B, 4, 1, 16]                         # q rope       } one launch:
     %35 = cache_write(%cache.k.0, %34, %positions) {dim=2}     # k rope+write } _horizontal_..._2
     %36 = cache_write(%cache.v.0, %16, %positions) {dim=2}     # v write      } (3 sections)
+
+Row kernels side by side in the schedule, independent, over the same rows of the same length (the q and k
+l2 norms of a gated DeltaNet layer, reading one convolution's output) become one row kernel: each program
+reduces its row of every one of them. One launch for two, by the same cost-model test.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from typing import Optional
 
 import networkx as nx
 
-from membound.backends.triton.facts import Call, GraphFacts, Kernel, PartitionError, Refusal, Step, state_order
+from membound.backends.triton.facts import (
+    Call,
+    GraphFacts,
+    Kernel,
+    PartitionError,
+    Refusal,
+    Step,
+    shapes_equal,
+    state_order,
+)
 from membound.backends.triton.profitability import Profitability
 from membound.ir.graph import Graph, Node, Value
 
@@ -91,17 +104,48 @@ def _sections(order: list[Step], dg: nx.DiGraph, index: dict[int, int], profit: 
     return kept
 
 
+def _row_siblings(order: list[Step], dg: nx.DiGraph, index: dict[int, int], profit: Profitability,
+                  refusals: list[Refusal]) -> list[list[Kernel]]:
+    """Runs of row kernels over equal row shapes and lengths, in schedule order, with only torch views between them
+    and no path from one to another in ``dg`` (as ``_sections``): one row kernel can reduce a row of each."""
+    runs: list[list[Kernel]] = []
+    run: list[Kernel] = []
+    for s in order:
+        if isinstance(s, Call) and s.impl == "view":
+            continue
+        if isinstance(s, Kernel) and s.layout == "row" and run and shapes_equal(s.shape, run[0].shape) and not any(
+                nx.has_path(dg, index[id(k)], index[id(s)]) for k in run):
+            run.append(s)
+            continue
+        if len(run) > 1:
+            runs.append(run)
+        run = [s] if isinstance(s, Kernel) and s.layout == "row" else []
+    if len(run) > 1:
+        runs.append(run)
+    kept = []
+    for r in runs:
+        saving = profit.launch_saving([k.members for k in r])
+        if saving > 0:
+            kept.append(r)
+            continue
+        refusals.append(Refusal(r[-1].members[-1], tuple(m for k in r[:-1] for m in k.members), "schedule",
+                                f"one row kernel for {len(r)} independent ones saves {saving * 1e6:.3g} us "
+                                "by the cost model"))
+    return kept
+
+
 def merge_sections(graph: Graph, facts: GraphFacts, steps: list[Step], dg: nx.DiGraph, profit: Profitability,
                    refusals: list[Refusal]) -> tuple[list[Step], nx.DiGraph]:
-    """Replace each run of ``_sections`` by one ``"sections"`` kernel; the step graph contracted to match."""
+    """Replace each run of ``_sections`` by one ``"sections"`` kernel and each run of ``_row_siblings`` by one row
+    kernel; the step graph contracted to match."""
     order = schedule(graph, facts, steps, dg)
     index = {id(s): i for i, s in enumerate(steps)}
-    runs = _sections(order, dg, index, profit, refusals)
+    runs = _sections(order, dg, index, profit, refusals) + _row_siblings(order, dg, index, profit, refusals)
     if not runs:
         return steps, dg
     merged_into: dict[int, Kernel] = {}
     for run in runs:
-        h = _horizontal_kernel(run)
+        h = _horizontal_kernel(run) if run[0].layout == "pointwise" else _sibling_rows(run)
         for k in run:
             merged_into[id(k)] = h
     new_steps: list[Step] = []
@@ -128,6 +172,17 @@ def _horizontal_kernel(sections: list[Kernel]) -> Kernel:
     name = "_horizontal_" + "_".join(op_names(members)[:4]) + "_0"
     return Kernel(name, "sections", members, (), [v for k in sections for v in k.outputs], inputs,
                   [n for k in sections for n in k.views], [n for k in sections for n in k.sinks], list(sections))
+
+
+def _sibling_rows(kernels: list[Kernel]) -> Kernel:
+    """One row kernel doing the work of independent ``kernels`` over the same rows: their members in order."""
+    members = [m for k in kernels for m in k.members]
+    inputs: list[Value] = []
+    for k in kernels:
+        inputs += [v for v in k.inputs if all(v is not x for x in inputs)]
+    name = "_fused_" + "_".join(op_names(members)[:4]) + "_0"
+    return Kernel(name, "row", members, kernels[0].shape, [v for k in kernels for v in k.outputs], inputs,
+                  [n for k in kernels for n in k.views], [n for k in kernels for n in k.sinks])
 
 
 def op_names(members: list[Node]) -> list[str]:
