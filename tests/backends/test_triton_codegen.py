@@ -332,6 +332,29 @@ def test_a_cat_of_views_of_one_value_computes_it_once() -> None:
     assert source.count("tl.where(") >= 3   # the chosen index (two dims) and the outer cat's value
 
 
+def test_a_cat_read_at_a_fixed_index_whose_piece_depends_on_s(request: pytest.FixtureRequest) -> None:
+    """A roll by one (``cat(e[:, 1:], e[:, :1])`` along S) read at position 0: the piece is ``e[:, 1]`` when S > 1
+    and ``e[:, 0]`` when S = 1, which the generated code decides at run time (not at generation, where ``0 < S - 1``
+    is open)."""
+    if not runs_here(request):
+        return
+    g = graph_from("""graph @t(%x: f32[B, S, 4]) {
+        %e = exp(%x) : f32[B, S, 4]
+        %a = slice(%e) {dim=1, start=1, end=S, step=1} : f32[B, S - 1, 4]
+        %b = slice(%e) {dim=1, start=0, end=1, step=1} : f32[B, 1, 4]
+        %c = cat(%a, %b) {dim=1} : f32[B, S, 4]
+        %f = select(%c) {dim=1, index=0} : f32[B, 4]
+        %h = neg(%f) : f32[B, 4]
+        return %h
+    }""")
+    exe = TritonExecutable(g)
+    assert kernel_ops(exe) == [["exp", "cat", "neg"]] and exe.source.count("tl.exp(") == 1, exe.source
+    for bindings in ({"B": 3, "S": 5}, {"B": 2, "S": 1}):
+        inputs = random_inputs(g, bindings)
+        (got,), (want,) = exe(inputs), run_graph(g, inputs)
+        assert_close(got, want, 1e-6)
+
+
 def test_integer_bool_and_cast_ops(request: pytest.FixtureRequest) -> None:
     """Floor/trunc division and remainder of negative ints follow torch, not C; casts round once."""
     if not runs_here(request):

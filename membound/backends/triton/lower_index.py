@@ -104,9 +104,11 @@ def _merged_cat(em: "KernelEmitter", node: Node, idx: Index,
     base = origins[0][0]
     if any(o[0] is not base for o in origins) or any(len(o[1]) != base.rank for o in origins):
         return None
-    if idx[d].is_Integer:  # the piece is known here: its index as it is
-        k = next(k for k, (end, _) in enumerate(pieces) if k == len(pieces) - 1 or bool(idx[d] < end))
-        return base, origins[k][1]
+    if idx[d].is_Integer:  # the piece may be known here (sizes symbolic in S may leave it open): its index as it is
+        known = [sympy.sympify(idx[d] < end) for end, _ in pieces[:-1]]
+        if all(c in (sympy.true, sympy.false) for c in known):
+            k = next((k for k, c in enumerate(known) if c == sympy.true), len(pieces) - 1)
+            return base, origins[k][1]
     chosen: list[sympy.Expr] = []
     for j in range(base.rank):
         exprs = [o[1][j] for o in origins]
