@@ -72,24 +72,25 @@ def schedule(graph: Graph, facts: GraphFacts, steps: list[Step], dg: nx.DiGraph)
 # ---------------------------------------------------------------------------------------------
 # horizontal fusion
 # ---------------------------------------------------------------------------------------------
-def _sections(order: list[Step], dg: nx.DiGraph, index: dict[int, int], profit: Profitability,
-              refusals: list[Refusal]) -> list[list[Kernel]]:
-    """Runs of pointwise kernels, in schedule order, with only torch views between them and no path
-    from one to another in ``dg``: independent, so running them at once reorders nothing, and no
-    cycle forms (a run of kernels the graph orders, by data or by a state buffer, is cut there).
-    Each run of two or more saves ``len - 1`` launches."""
+def _independent_runs(order: list[Step], dg: nx.DiGraph, index: dict[int, int], profit: Profitability,
+                      refusals: list[Refusal], layout: str, what: str) -> list[list[Kernel]]:
+    """Runs of ``layout`` kernels (row kernels: over equal rows and lengths), in schedule order, with only torch
+    views between them and no path from one to another in ``dg``: independent, so running them at once reorders
+    nothing, and no cycle forms (a run of kernels the graph orders, by data or by a state buffer, is cut there).
+    Each run of two or more saves ``len - 1`` launches; the cost model keeps the runs where that pays."""
     runs: list[list[Kernel]] = []
     run: list[Kernel] = []
     for s in order:
         if isinstance(s, Call) and s.impl == "view":
             continue  # a torch view (or creation op): the path test sees whether a kernel needs it
-        if isinstance(s, Kernel) and s.layout == "pointwise" and run and not any(
+        if isinstance(s, Kernel) and s.layout == layout and run and (
+                layout != "row" or shapes_equal(s.shape, run[0].shape)) and not any(
                 nx.has_path(dg, index[id(k)], index[id(s)]) for k in run):
             run.append(s)
             continue
         if len(run) > 1:
             runs.append(run)
-        run = [s] if isinstance(s, Kernel) and s.layout == "pointwise" else []
+        run = [s] if isinstance(s, Kernel) and s.layout == layout else []
     if len(run) > 1:
         runs.append(run)
     kept = []
@@ -99,39 +100,21 @@ def _sections(order: list[Step], dg: nx.DiGraph, index: dict[int, int], profit: 
             kept.append(r)
             continue
         refusals.append(Refusal(r[-1].members[-1], tuple(m for k in r[:-1] for m in k.members), "schedule",
-                                f"one launch for {len(r)} independent kernels saves {saving * 1e6:.3g} us "
+                                f"{what} for {len(r)} independent kernels saves {saving * 1e6:.3g} us "
                                 "by the cost model"))
     return kept
+
+
+def _sections(order: list[Step], dg: nx.DiGraph, index: dict[int, int], profit: Profitability,
+              refusals: list[Refusal]) -> list[list[Kernel]]:
+    """Runs of independent pointwise kernels: the sections of one launch each."""
+    return _independent_runs(order, dg, index, profit, refusals, "pointwise", "one launch")
 
 
 def _row_siblings(order: list[Step], dg: nx.DiGraph, index: dict[int, int], profit: Profitability,
                   refusals: list[Refusal]) -> list[list[Kernel]]:
-    """Runs of row kernels over equal row shapes and lengths, in schedule order, with only torch views between them
-    and no path from one to another in ``dg`` (as ``_sections``): one row kernel can reduce a row of each."""
-    runs: list[list[Kernel]] = []
-    run: list[Kernel] = []
-    for s in order:
-        if isinstance(s, Call) and s.impl == "view":
-            continue
-        if isinstance(s, Kernel) and s.layout == "row" and run and shapes_equal(s.shape, run[0].shape) and not any(
-                nx.has_path(dg, index[id(k)], index[id(s)]) for k in run):
-            run.append(s)
-            continue
-        if len(run) > 1:
-            runs.append(run)
-        run = [s] if isinstance(s, Kernel) and s.layout == "row" else []
-    if len(run) > 1:
-        runs.append(run)
-    kept = []
-    for r in runs:
-        saving = profit.launch_saving([k.members for k in r])
-        if saving > 0:
-            kept.append(r)
-            continue
-        refusals.append(Refusal(r[-1].members[-1], tuple(m for k in r[:-1] for m in k.members), "schedule",
-                                f"one row kernel for {len(r)} independent ones saves {saving * 1e6:.3g} us "
-                                "by the cost model"))
-    return kept
+    """Runs of independent row kernels over the same rows: one row kernel reduces a row of each."""
+    return _independent_runs(order, dg, index, profit, refusals, "row", "one row kernel")
 
 
 def merge_sections(graph: Graph, facts: GraphFacts, steps: list[Step], dg: nx.DiGraph, profit: Profitability,
