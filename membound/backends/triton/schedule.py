@@ -128,7 +128,7 @@ def merge_sections(graph: Graph, facts: GraphFacts, steps: list[Step], dg: nx.Di
         return steps, dg
     merged_into: dict[int, Kernel] = {}
     for run in runs:
-        h = _horizontal_kernel(run) if run[0].layout == "pointwise" else _sibling_rows(run)
+        h = _merged_kernel(run)
         for k in run:
             merged_into[id(k)] = h
     new_steps: list[Step] = []
@@ -147,25 +147,18 @@ def merge_sections(graph: Graph, facts: GraphFacts, steps: list[Step], dg: nx.Di
     return new_steps, new_dg
 
 
-def _horizontal_kernel(sections: list[Kernel]) -> Kernel:
-    members = [m for k in sections for m in k.members]
-    inputs: list[Value] = []
-    for k in sections:
-        inputs += [v for v in k.inputs if all(v is not x for x in inputs)]
-    name = "_horizontal_" + "_".join(op_names(members)[:4]) + "_0"
-    return Kernel(name, "sections", members, (), [v for k in sections for v in k.outputs], inputs,
-                  [n for k in sections for n in k.views], [n for k in sections for n in k.sinks], list(sections))
-
-
-def _sibling_rows(kernels: list[Kernel]) -> Kernel:
-    """One row kernel doing the work of independent ``kernels`` over the same rows: their members in order."""
+def _merged_kernel(kernels: list[Kernel]) -> Kernel:
+    """One launch for independent ``kernels``: pointwise ones as the ``"sections"`` of one kernel, row kernels over
+    the same rows as one row kernel (each program reduces its row of every one); their members in order."""
     members = [m for k in kernels for m in k.members]
     inputs: list[Value] = []
     for k in kernels:
         inputs += [v for v in k.inputs if all(v is not x for x in inputs)]
-    name = "_fused_" + "_".join(op_names(members)[:4]) + "_0"
-    return Kernel(name, "row", members, kernels[0].shape, [v for k in kernels for v in k.outputs], inputs,
-                  [n for k in kernels for n in k.views], [n for k in kernels for n in k.sinks])
+    rows = kernels[0].layout == "row"
+    name = ("_fused_" if rows else "_horizontal_") + "_".join(op_names(members)[:4]) + "_0"
+    return Kernel(name, "row" if rows else "sections", members, kernels[0].shape if rows else (),
+                  [v for k in kernels for v in k.outputs], inputs, [n for k in kernels for n in k.views],
+                  [n for k in kernels for n in k.sinks], [] if rows else list(kernels))
 
 
 def op_names(members: list[Node]) -> list[str]:
