@@ -25,7 +25,9 @@ bandwidth of ``x.sum()`` over 2 GiB measured in this run. ``step_bytes`` = the w
 parameter once, less an untied input embedding, which is gathered; a tied one counted once, as the head) + per row
 the recurrent states read and written (fp32, ``[K, V]`` a head) + the short convolutions' windows + the attention
 layers' K/V of the live context (taken at the prompt + N/2 positions, the middle of the timed steps).
-Greedy tokens of membound and HF eager are compared (bf16: a near tie may flip a token; the agreement is recorded).
+Greedy tokens of membound and HF eager are compared (bf16: a near tie may flip a token; the agreement is recorded
+as the tokens each row shares with HF before its first difference, summed over rows). Each later membound contender
+is also compared with the first: graphs replay the same kernels, so their tokens must equal the plain run's.
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             # the bytes a decode step must move: weights once, each row's state read and written, the live K/V
             step_bytes = wbytes + batch * (2 * sbytes + kvb * (prompt + new // 2))
             ref = None
+            plain = None  # the first membound contender's tokens: graphs replay the same kernels, so must equal them
             for who in contenders:
                 row: dict[str, Any] = {"model": name, "batch": batch, "contender": who, "new_tokens": new,
                                        "prompt": prompt, "weight_bytes": wbytes, "state_bytes_per_row": sbytes,
@@ -221,11 +224,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                     row.update(seconds=full, tok_s=batch * new / full, step_s=step)
                     if bandwidth is not None and step > 0:
                         row["roofline_pct"] = 100 * step_bytes / step / 1e9 / bandwidth
+                    # agreement: tokens each row shares with the reference before its first difference, summed
                     if ref is None:
                         ref = first
                     else:
                         same = (first.cpu() == ref.cpu()).long().cumprod(1).sum(1)
                         row["tokens_agreeing_with_" + contenders[0].replace(" ", "_")] = int(same.sum())
+                    if who.startswith("membound"):
+                        if plain is None:
+                            plain = (who, first)
+                        else:
+                            same = (first.cpu() == plain[1].cpu()).long().cumprod(1).sum(1)
+                            row["tokens_agreeing_with_" + plain[0].replace(" ", "_")] = int(same.sum())
                     row["status"] = "ok"
                 except Exception as exc:  # noqa: BLE001 (recorded, the bench goes on)
                     row.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
