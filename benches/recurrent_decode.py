@@ -19,12 +19,13 @@ generates ``--new-tokens`` greedy tokens after the same random ``--prompt``-toke
 There is no torch.compile contender: HF's recurrent caches do not run under ``torch.compile(fullgraph=True)``, and
 no hand-written static-cache Qwen3.5 / Mamba-2 exists here (the gpt-fast recipe is Llama's). The note says so.
 
-Each row: the call's median seconds (``--reps``), tokens/s, the decode step alone (``step_s`` = (a call of N - a
-call of N/2) / (N - N/2): the prefill cancels) and its % of the roofline, ``step_bytes / step_s`` over the read
-bandwidth of ``x.sum()`` over 2 GiB measured in this run. ``step_bytes`` = the weights a step streams (every
-parameter once, less an untied input embedding, which is gathered; a tied one counted once, as the head) + per row
-the recurrent states read and written (fp32, ``[K, V]`` a head) + the short convolutions' windows + the attention
-layers' K/V of the live context (taken at the prompt + N/2 positions, the middle of the timed steps).
+Each row: the call's median seconds, tokens/s, the decode step alone (``step_s``: the median over interleaved pairs
+of calls of (a call of N - a call of N/2) / (N - N/2), so the prefill cancels; at least ``--reps`` pairs and
+``--min-seconds`` of them, ``step_s_p10``/``p90`` their spread) and its % of the roofline, ``step_bytes / step_s``
+over the read bandwidth of ``x.sum()`` over 2 GiB measured in this run. ``step_bytes`` = the weights a step streams
+(every parameter once, less an untied input embedding, which is gathered; a tied one counted once, as the head) +
+per row the recurrent states read and written (fp32, ``[K, V]`` a head) + the short convolutions' windows + the
+attention layers' K/V of the live context (taken at the prompt + N/2 positions, the middle of the timed steps).
 Greedy tokens of membound and HF eager are compared (bf16: a near tie may flip a token; the agreement is recorded
 as the tokens each row shares with HF before its first difference, summed over rows). Each later membound contender
 is also compared with the first: graphs replay the same kernels, so their tokens must equal the plain run's.
@@ -119,13 +120,33 @@ def median_call(fn: Callable[[], Any], reps: int, sync: Callable[[], None]) -> t
     return out, statistics.median(times)
 
 
+def paired_calls(full: Callable[[], Any], half: Callable[[], Any], reps: int, min_s: float,
+                 sync: Callable[[], None]) -> tuple[list[float], list[float]]:
+    """Seconds of calls of N and N/2 tokens, interleaved: at least ``reps`` pairs and ``min_s`` seconds (50 pairs
+    at most). A fast contender's prefill varies by milliseconds on a busy host; over N/2 tokens that is a tenth of
+    a step, so one pair is noise: many pairs, and the step taken pair by pair, keep it out."""
+    fulls: list[float] = []
+    halves: list[float] = []
+    t0 = time.perf_counter()
+    while len(fulls) < 50 and (len(fulls) < reps or time.perf_counter() - t0 < min_s):
+        for fn, into in ((full, fulls), (half, halves)):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            into.append(time.perf_counter() - t)
+    return fulls, halves
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="pairs of calls (N and N/2 tokens) at least")
+    ap.add_argument("--min-seconds", type=float, default=3.0,
+                    help="time each contender's pairs for at least this long (50 pairs at most)")
     ap.add_argument("--contenders",
                     default="hf eager,membound triton,membound triton+graphs,membound triton+graphs+unfused")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny fp32 configs, b1/b2, 4 tokens")
@@ -218,10 +239,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                     sync()
                     row["first_call_s"] = round(time.perf_counter() - t, 3)
                     os.environ.pop("MEMBOUND_STATE_INPLACE", None)
-                    out, full = median_call(lambda: call(new), args.reps, sync)
-                    _, half = median_call(lambda: call(new // 2), args.reps, sync)
-                    step = (full - half) / (new - new // 2)
-                    row.update(seconds=full, tok_s=batch * new / full, step_s=step)
+                    fulls, halves = paired_calls(lambda: call(new), lambda: call(new // 2), args.reps,
+                                                 args.min_seconds, sync)
+                    full = statistics.median(fulls)
+                    steps = sorted((f - h) / (new - new // 2) for f, h in zip(fulls, halves))
+                    step = statistics.median(steps)
+                    row.update(seconds=full, tok_s=batch * new / full, step_s=step, pairs=len(steps),
+                               step_s_p10=steps[len(steps) // 10], step_s_p90=steps[-1 - len(steps) // 10])
                     if bandwidth is not None and step > 0:
                         row["roofline_pct"] = 100 * step_bytes / step / 1e9 / bandwidth
                     # agreement: tokens each row shares with the reference before its first difference, summed
