@@ -5,7 +5,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 W=$OUT/work; mkdir -p "$W"
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout 420 python -m pytest -q -n 4 tests/runtime/test_generate_graphs_vs_eager_gpu.py \
+timeout 420 python -m pytest -q -n 2 tests/runtime/test_generate_graphs_vs_eager_gpu.py \
     tests/runtime/test_graphs_recurrent_state_gpu.py tests/runtime/test_generate_cuda_graphs_gpu.py \
     tests/backends/test_cuda_graphs.py tests/e2e/test_hf_static_cache.py tests/e2e/test_hf_moe_capture.py \
     tests/runtime/test_lifted_constants_gpu.py > "$W/pytest.log" 2>&1
