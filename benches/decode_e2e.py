@@ -36,7 +36,8 @@ tokens after the same random ``--prompt``-token prompts:
   own weights: the packed weights and scales of the decode graph plus the float parameters it streams.
 
 For each ``membound triton`` row (and each torch.compile contender) the bench also records the decode step alone,
-``step_s`` = (timed call - a call of N/2 tokens) / (N - N/2) (the prefill cancels), printed with its % of
+``step_s`` = (a call of N tokens - a call of N/2) / (N - N/2) (the prefill cancels; the median over interleaved
+pairs of calls, ``step_seconds``), printed with its % of
 read bandwidth (the comparison that holds when a long prompt's prefill dominates the call); for membound
 rows beside the cost model's prediction of the step and
 of the whole call (``predicted_step_s``, ``predicted_call_s``: ``membound.step_prediction.predict_generate``
@@ -167,14 +168,20 @@ def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     return out, time.perf_counter() - t
 
 
-def step_seconds(call: Callable[[int], Any], n: int, first_full_s: float, reps: int) -> float:
+def step_seconds(call: Callable[[int], Any], n: int, first_full_s: float, reps: int, min_s: float = 2.0) -> float:
     """The decode step alone: (a call of ``n`` tokens - a call of ``n // 2``) / the tokens between (the prefill
-    cancels), each call's time the median of ``reps`` (the full call's first time is ``first_full_s``, already
-    measured): one pair of calls moved A/B differences of a few percent between runs (session 14)."""
+    cancels), taken over interleaved pairs of calls, the median of the pairs' differences: at least ``reps`` pairs
+    and ``min_s`` seconds of them (30 pairs at most). One pair of calls moved A/B differences of a few percent
+    between runs (session 14); medians of full and half calls taken apart, three each, once put a 1.24B b1 step at
+    0.537 ms (153% of bandwidth) when the half calls ran 35 ms slow together (session 28, H100). ``first_full_s``
+    (the timed call, already measured) is not reused: a pair is measured back to back."""
     half = n // 2
-    full = [first_full_s] + [timed(lambda: call(n))[1] for _ in range(reps - 1)]
-    halves = [timed(lambda: call(half))[1] for _ in range(reps)]
-    return (statistics.median(full) - statistics.median(halves)) / (n - half)
+    diffs: list[float] = []
+    t0 = time.perf_counter()
+    while len(diffs) < 30 and (len(diffs) < reps or time.perf_counter() - t0 < min_s):
+        full = timed(lambda: call(n))[1]
+        diffs.append((full - timed(lambda: call(half))[1]) / (n - half))
+    return statistics.median(diffs)
 
 
 def step_bytes_total(weight_bytes: int, kv_bytes_per_token: int, batch: int, prompt: int, new_tokens: int) -> int:
@@ -800,7 +807,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--warm-caches", action="store_true",
                    help="keep the usual Inductor/Triton/membound caches (default: fresh ones, so compiles are cold)")
     p.add_argument("--step-reps", type=int, default=3,
-                   help="the decode step alone: median of this many full and half calls each (default 3)")
+                   help="the decode step alone: at least this many interleaved pairs of full and half calls, "
+                        "and 2 s of them (default 3)")
     p.add_argument("--cd-tuning", action="store_true",
                    help="compile contender: Inductor coordinate_descent_tuning on, as gpt-fast (longer compiles)")
     p.add_argument("--smoke", action="store_true", help="CPU, llama-tiny fp32, b1/b2, 8 tokens (checks the script)")

@@ -193,8 +193,9 @@ def test_merge_joins_files_of_one_card_only(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_step_seconds_is_the_median_difference_per_token_between() -> None:
-    """The decode step alone: medians of the full and the half call (the full call's first time given), their
-    difference over the tokens between; a slow outlier in one call does not move it."""
+    """The decode step alone: interleaved pairs of a full and a half call, the median of their differences over
+    the tokens between; a slow outlier in one call does not move it, and short calls are paired for at least
+    ``min_s`` seconds."""
     calls: list[int] = []
     slow = {"left": 1}
 
@@ -205,9 +206,12 @@ def test_step_seconds_is_the_median_difference_per_token_between() -> None:
             slow["left"] -= 1
         time.sleep(0.01 + 0.002 * k + extra)
 
-    step = bench.step_seconds(call, 20, 0.01 + 0.002 * 20, reps=3)
-    assert calls == [20, 20, 10, 10, 10]
+    step = bench.step_seconds(call, 20, 0.01 + 0.002 * 20, reps=3, min_s=0.0)
+    assert calls == [20, 10] * 3
     assert step == pytest.approx(0.002, rel=0.25)
+    calls.clear()
+    bench.step_seconds(call, 20, 0.0, reps=3, min_s=0.5)  # ~0.09 s a pair: more than 3 pairs, in order
+    assert len(calls) > 6 and calls == [20, 10] * (len(calls) // 2)
 
 
 def test_result_names_keep_contexts_and_model_subsets_apart() -> None:
