@@ -62,8 +62,9 @@ def _install_fast_interpreter() -> None:
 
     def fast_patch_lang(fn):
         kernel = running["kernel"]
-        if kernel is not None and running["patched"] and fn is not kernel and all(
-                getattr(lang, _MARK, False) for lang in langs(fn)):
+        seen = langs(fn)  # (none: the interpreter's own patch raises, as it would have)
+        if kernel is not None and running["patched"] and fn is not kernel and seen and all(
+                getattr(lang, _MARK, False) for lang in seen):
             return ti._LangPatchScope()  # already patched for this kernel: nothing to do, nothing to restore
         scope = patch_lang(fn)
         for lang in langs(fn):  # marked through the scope: unmarked when (if ever) the patch is restored
