@@ -85,6 +85,7 @@ from static_cache_llama import StaticCacheLlama, quantize_int8  # noqa: E402
 
 import membound  # noqa: E402
 from benches._results import gpu_slug  # noqa: E402
+from benches._timing import paired_calls  # noqa: E402
 from membound.models import build_model, get_config  # noqa: E402
 from membound.models.llama import Llama, LlamaConfig  # noqa: E402
 
@@ -168,20 +169,14 @@ def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     return out, time.perf_counter() - t
 
 
-def step_seconds(call: Callable[[int], Any], n: int, first_full_s: float, reps: int, min_s: float = 2.0) -> float:
+def step_seconds(call: Callable[[int], Any], n: int, reps: int, min_s: float = 2.0) -> float:
     """The decode step alone: (a call of ``n`` tokens - a call of ``n // 2``) / the tokens between (the prefill
-    cancels), taken over interleaved pairs of calls, the median of the pairs' differences: at least ``reps`` pairs
-    and ``min_s`` seconds of them (30 pairs at most). One pair of calls moved A/B differences of a few percent
-    between runs (session 14); medians of full and half calls taken apart, three each, once put a 1.24B b1 step at
-    0.537 ms (153% of bandwidth) when the half calls ran 35 ms slow together (session 28, H100). ``first_full_s``
-    (the timed call, already measured) is not reused: a pair is measured back to back."""
+    cancels), the median over interleaved pairs of calls (``paired_calls``: at least ``reps`` pairs and ``min_s``
+    seconds of them, 30 pairs at most). One pair of calls moved A/B differences of a few percent between runs
+    (session 14)."""
     half = n // 2
-    diffs: list[float] = []
-    t0 = time.perf_counter()
-    while len(diffs) < 30 and (len(diffs) < reps or time.perf_counter() - t0 < min_s):
-        full = timed(lambda: call(n))[1]
-        diffs.append((full - timed(lambda: call(half))[1]) / (n - half))
-    return statistics.median(diffs)
+    fulls, halves = paired_calls(lambda: call(n), lambda: call(half), reps, min_s, sync, most=30)
+    return statistics.median((f - h) / (n - half) for f, h in zip(fulls, halves))
 
 
 def step_bytes_total(weight_bytes: int, kv_bytes_per_token: int, batch: int, prompt: int, new_tokens: int) -> int:
@@ -502,7 +497,7 @@ class Bench:
                     # contenders by step where the prefill dominates the call (long prompts). Only the compile
                     # contenders: their static cache is sized once per batch, so a shorter call reuses the
                     # compiled step (HF's static cache is sized per call: a shorter call would recompile)
-                    row.step_s = step_seconds(lambda k: gen(ids, k), n, row.timed_s, self.args.step_reps)
+                    row.step_s = step_seconds(lambda k: gen(ids, k), n, self.args.step_reps)
         except Exception as exc:  # noqa: BLE001 (one contender's failure must not end the bench)
             row.status = f"failed: {first_line(exc)}"
             row.error = traceback.format_exc()[-3000:]
@@ -659,8 +654,8 @@ class Bench:
                 self.step_and_prediction(compiled, b, prompts[b])
 
     def step_and_prediction(self, compiled: Any, batch: int, ids: torch.Tensor) -> None:
-        """Beside the membound row just measured: its decode step, measured as (timed call - a call of half
-        the tokens) / the tokens between (the prefill cancels), and the cost model's predicted step and call
+        """Beside the membound row just measured: its decode step (``step_seconds``: a call of N tokens - a call of
+        N/2, over the tokens between, the prefill cancels), and the cost model's predicted step and call
         (``membound.step_prediction.predict_generate`` on this card, at the read bandwidth of this run)."""
         row = self.rows[-1]
         n = self.args.new_tokens
@@ -668,8 +663,7 @@ class Bench:
             return
         half = n // 2
         try:
-            row.step_s = step_seconds(lambda k: membound.generate(compiled, ids, k), n, row.timed_s,
-                                      self.args.step_reps)
+            row.step_s = step_seconds(lambda k: membound.generate(compiled, ids, k), n, self.args.step_reps)
         except Exception as exc:  # noqa: BLE001 (never end the bench)
             row.note += f"; step timing failed: {first_line(exc)}"
         try:

@@ -120,24 +120,6 @@ def median_call(fn: Callable[[], Any], reps: int, sync: Callable[[], None]) -> t
     return out, statistics.median(times)
 
 
-def paired_calls(full: Callable[[], Any], half: Callable[[], Any], reps: int, min_s: float,
-                 sync: Callable[[], None]) -> tuple[list[float], list[float]]:
-    """Seconds of calls of N and N/2 tokens, interleaved: at least ``reps`` pairs and ``min_s`` seconds (50 pairs
-    at most). A fast contender's prefill varies by milliseconds on a busy host; over N/2 tokens that is a tenth of
-    a step, so one pair is noise: many pairs, and the step taken pair by pair, keep it out."""
-    fulls: list[float] = []
-    halves: list[float] = []
-    t0 = time.perf_counter()
-    while len(fulls) < 50 and (len(fulls) < reps or time.perf_counter() - t0 < min_s):
-        for fn, into in ((full, fulls), (half, halves)):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            into.append(time.perf_counter() - t)
-    return fulls, halves
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -157,6 +139,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     import membound
     from benches._results import gpu_slug, write_record
+    from benches._timing import paired_calls
 
     smoke = args.smoke or not torch.cuda.is_available()
     device, dtype = ("cpu", torch.float32) if smoke else ("cuda", torch.bfloat16)
@@ -240,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     row["first_call_s"] = round(time.perf_counter() - t, 3)
                     os.environ.pop("MEMBOUND_STATE_INPLACE", None)
                     fulls, halves = paired_calls(lambda: call(new), lambda: call(new // 2), args.reps,
-                                                 args.min_seconds, sync)
+                                                 args.min_seconds, sync, most=50)
                     full = statistics.median(fulls)
                     steps = sorted((f - h) / (new - new // 2) for f, h in zip(fulls, halves))
                     step = statistics.median(steps)

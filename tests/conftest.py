@@ -67,7 +67,7 @@ def _install_fast_interpreter() -> None:
                 getattr(lang, _MARK, False) for lang in seen):
             return ti._LangPatchScope()  # already patched for this kernel: nothing to do, nothing to restore
         scope = patch_lang(fn)
-        for lang in langs(fn):  # marked through the scope: unmarked when (if ever) the patch is restored
+        for lang in seen:  # marked through the scope: unmarked when (if ever) the patch is restored
             scope.set_attr(lang, _MARK, True)
         if fn is kernel:
             running["patched"] = True
