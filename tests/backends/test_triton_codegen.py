@@ -498,13 +498,15 @@ def parts(text: str) -> list[list[str]]:
 
 
 def test_every_launch_honours_programmatic_dependent_launch() -> None:
-    """Each generated kernel waits (PDL) before its first load or store, every launch passes the launch
-    options, and only a parameter weight is marked static (its loads may precede the wait): a weight an
-    earlier kernel computed must be read after it."""
+    """Each generated kernel waits (PDL) before its first load or store of anything but a parameter (those
+    loads, and the index lines they read, may go first), every launch passes the launch options, and only a
+    parameter weight is marked static (its loads may precede the wait): a weight an earlier kernel computed
+    must be read after it."""
     import re
 
-    text = """graph @t(%x: f32[B, 8]) params(%w: f32[6, 8], %v: f32[6, 6]) {
-        %a = exp(%x) : f32[B, 8]
+    text = """graph @t(%x: f32[B, 8]) params(%w: f32[6, 8], %v: f32[6, 6], %g: f32[8]) {
+        %e = exp(%x) : f32[B, 8]
+        %a = mul(%e, %g) : f32[B, 8]
         %y = linear(%a, %w) : f32[B, 6]
         %v2 = mul(%v, %v) : f32[6, 6]
         %z = linear(%y, %v2) : f32[B, 6]
@@ -513,18 +515,43 @@ def test_every_launch_honours_programmatic_dependent_launch() -> None:
     src = TritonExecutable(graph_from(text)).source
     bodies = re.split(r"@triton.jit\n", src)[1:]
     assert bodies
+    wait = ["if USE_PDL == 2:  # the next kernel may launch now; earlier writes are visible after the wait",
+            "gdc_launch_dependents()", "gdc_wait()",
+            "elif USE_PDL:  # earlier kernels' writes are visible after the wait", "gdc_wait()",
+            "gdc_launch_dependents()"]
+    early_loads = []
     for body in bodies:
         code = [ln.strip() for ln in body.split("):\n", 1)[1].splitlines() if ln.strip() and not ln.strip().startswith("#")]
-        # mode 2 signals the next kernel first, mode 1 waits first; either way nothing is touched before the wait
-        assert code[:6] == ["if USE_PDL == 2:  # the next kernel may launch now; earlier writes are visible after the wait",
-                            "gdc_launch_dependents()", "gdc_wait()",
-                            "elif USE_PDL:  # earlier kernels' writes are visible after the wait", "gdc_wait()",
-                            "gdc_launch_dependents()"], code[:6]
+        # mode 2 signals the next kernel first, mode 1 waits first; either way only parameters are read before it
+        at = code.index(wait[0])
+        assert code[at:at + 6] == wait, code
+        for ln in code[:at]:
+            assert re.match(r"\w+ = ", ln) and "tl.store" not in ln, ln
+            loads = re.findall(r"tl\.load\((\w+)", ln)
+            assert all(p in ("g_ptr", "v_ptr") for p in loads), ln
+            early_loads += loads
+    assert "g_ptr" in early_loads and "v_ptr" in early_loads, early_loads  # the parameters' loads did move
     launches = [ln for ln in src.splitlines() if re.match(r"\s+_\w+\[", ln)]
     assert launches and all(ln.rstrip().endswith("**pdl)") for ln in launches)
     calls = [ln.strip() for ln in src.splitlines() if "= lib_linear(" in ln]
     assert len(calls) == 2
     assert "static_weight=True" in calls[0] and "static_weight" not in calls[1], calls
+
+
+def test_parameter_loads_before_the_wait_only_with_what_they_read() -> None:
+    """split_before_wait moves a parameter's load and the index lines it reads; a load whose address needs a
+    value an earlier kernel wrote (a gather by a computed index), stores and non-assignments stay in order."""
+    from membound.backends.triton.kernel import split_before_wait
+
+    lines = ["row = tl.program_id(0)", "cols = tl.arange(0, 8)", "t0 = tl.load(x_ptr + row * 8 + cols)  # %x",
+             "t1 = t0 * t0", "t2 = tl.load(w_ptr + cols)  # %w", "t3 = t1 * t2", "tl.store(o_ptr + cols, t3)"]
+    early, rest = split_before_wait(lines, {"w_ptr"})
+    assert early == ["cols = tl.arange(0, 8)", "t2 = tl.load(w_ptr + cols)  # %w"]
+    assert rest == [ln for ln in lines if ln not in early]
+    gather = ["row = tl.program_id(0)", "t0 = tl.load(ids_ptr + row)", "t1 = tl.load(w_ptr + t0 * 8)",
+              "tl.store(o_ptr + row, t1)"]
+    assert split_before_wait(gather, {"w_ptr"}) == ([], gather)
+    assert split_before_wait(lines, set()) == ([], lines)  # nothing is a parameter: nothing moves
 
 
 def test_static_past_only_where_the_caches_are_written_at_the_input_positions() -> None:

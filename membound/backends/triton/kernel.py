@@ -18,6 +18,11 @@ dim's index replaced by the position read there (64-bit addresses: caches are th
     tl.store(cache_k_0_ptr + i0.to(tl.int64) * cache_k_0_stride0 + ... + t9 * cache_k_0_stride2, t8,
              mask=mask & (t9 >= 0) & (t9 < T))  # %35 = cache_write into %cache.k.0
 
+Parameter loads go before the PDL wait. A parameter is never written by a kernel, so a load of one (the
+norm's weight of an add + RMSNorm row kernel, a convolution's taps) needs no earlier kernel's writes: the
+generated kernel issues it, with the index lines it reads, ahead of ``gdc_wait`` (:func:`split_before_wait`),
+and the round trip overlaps the previous kernel's tail instead of following the row's reduction.
+
 Sections kernels (horizontal fusion) split the program ids: ``if pid < end0:`` runs section 0 as above,
 ``elif pid < end1:`` section 1 from ``(pid - end0) * BLOCK``, and so on; every temporary has a name of
 its own across sections (Triton merges the branches' variables by name).
@@ -25,6 +30,7 @@ its own across sections (Triton merges the branches' variables by name).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -349,13 +355,55 @@ class KernelEmitter:
         params += [s.name for s in sizes]
         params += [f"{block}: tl.constexpr", "INDEX_DTYPE: tl.constexpr", "USE_PDL: tl.constexpr"]
         # programmatic dependent launch (Hopper): this kernel may start before the previous one ends,
-        # so it waits for the previous kernels' writes before its first load or store
-        lines = PDL_PROLOGUE + lines
+        # so it waits for the previous kernels' writes before its first load or store (of anything but a
+        # parameter: those loads, and the index lines they read, go first)
+        early: list[str] = []
+        if k.layout != "sections":
+            weights = {f"{self.name_of(v)}_ptr" for v in k.inputs if v.kind == "param"}
+            early, lines = split_before_wait(lines, weights)
+        lines = early + PDL_PROLOGUE + lines
         body = "\n".join(f"    {line}" for line in lines)
         jit = "@triton.jit(debug=True)" if device_asserts() else "@triton.jit"
         text = (f"{jit}\ndef {k.name}(\n    " + _wrap_params(params) + "\n):\n"
                 f"{head}\n{body}\n")
         return KernelSource(k, text, pointers, list(self.strided), sizes, block, self.helpers)
+
+
+_ASSIGN = re.compile(r"^([A-Za-z_]\w*) = (.*)$")
+_LOADED = re.compile(r"tl\.load\(([A-Za-z_]\w*)")
+_NAME = re.compile(r"\b[A-Za-z_]\w*\b")
+
+
+def split_before_wait(lines: list[str], params: set[str]) -> tuple[list[str], list[str]]:
+    """``(early, rest)``: the loads of ``params`` (pointer names) that read only kernel arguments and lines
+    before them, with the lines they read, in their order; the rest in theirs. Nothing moves unless such a
+    load exists. Only one-line assignments move (a store, an assert or any line that is not ``name = ...``
+    stays), and a line moves only when no line that stays defines a name it reads."""
+    defs: dict[str, tuple[int, set[str]]] = {}  # name -> (line, names it reads)
+    movable: set[str] = set()  # names whose line may move: it loads nothing but parameters, reads only movables
+    wanted: list[str] = []  # the parameter loads that may move
+    for i, line in enumerate(lines):
+        m = _ASSIGN.match(line)
+        if m is None:
+            continue
+        name, rhs = m.group(1), m.group(2).split("  #")[0]
+        reads = set(_NAME.findall(rhs)) & set(defs)
+        defs[name] = (i, reads)
+        loads = _LOADED.findall(rhs)
+        if all(p in params for p in loads) and reads <= movable:
+            movable.add(name)
+            if loads:
+                wanted.append(name)
+    if not wanted:
+        return [], lines
+    moved: set[int] = set()
+    todo = list(wanted)
+    while todo:
+        i, reads = defs[todo.pop()]
+        if i not in moved:
+            moved.add(i)
+            todo.extend(reads)
+    return [ln for i, ln in enumerate(lines) if i in moved], [ln for i, ln in enumerate(lines) if i not in moved]
 
 
 def _wrap_params(params: list[str], width: int = 100) -> str:
