@@ -4,16 +4,15 @@ so, with capacities and allocation counts) and the growing call is timed against
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from _bench_run import run_bench  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cache_growth_smoke_records_a_growth(tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, str(ROOT / "benches" / "cache_growth.py"), "--smoke", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    run = run_bench("cache_growth", "--smoke", "--out", str(tmp_path))
     assert run.returncode == 0, run.stderr[-2000:]
     (path,) = tmp_path.glob("cache_growth-cpu-*.json")
     (row,) = json.loads(path.read_text())["rows"]

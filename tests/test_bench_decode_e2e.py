@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from _bench_run import run_bench  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 from membound.models import Llama, LlamaConfig, build_model, init_weights
 
@@ -51,10 +50,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_smoke_run_writes_all_rows_and_prints_the_table_last(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "benches" / "decode_e2e.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    proc = run_bench("decode_e2e", "--smoke", "--out", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert time.perf_counter() - t < 60
     (path,) = tmp_path.glob("decode_e2e-cpu-*.json")

@@ -5,19 +5,17 @@ anything is timed, every contender gives a row, the roofline is computed; the nu
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _bench_run import run_bench  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("bench", ["gpt_oss", "deepseek_moe"])
 def test_smoke_rows(bench: str, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benches" / f"{bench}.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = run_bench(bench, "--smoke", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = tmp_path.glob(f"{bench}-cpu-*-smoke.json")
     record = json.loads(path.read_text())

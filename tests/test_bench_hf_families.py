@@ -5,18 +5,16 @@ table come out."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
+
+from _bench_run import run_bench  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_smoke_families_decode_eager_tokens(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "benches" / "hf_families.py"), "--smoke", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    proc = run_bench("hf_families", "--smoke", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = tmp_path.glob("hf_families-cpu-*-smoke.json")
     rows = json.loads(path.read_text())["rows"]

@@ -4,18 +4,15 @@ prologue and statistics chains agree with the unfused chain before anything woul
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from _bench_run import run_bench  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_smoke_checks_every_chain(tmp_path: Path) -> None:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "benches" / "norm_stats.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    proc = run_bench("norm_stats", "--smoke", "--out", str(tmp_path), env={"TRITON_INTERPRET": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = tmp_path.glob("norm_stats-*.json")
     rows = json.loads(path.read_text())["rows"]

@@ -6,19 +6,16 @@ before it is timed; the numbers mean nothing on the CPU."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from _bench_run import run_bench  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(tmp_path: Path, *args: str) -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "benches" / "quant_matmul.py"), "--smoke", "--shapes", "33x77",
-                           "--out", str(tmp_path), *args], capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env=env)
+    proc = run_bench("quant_matmul", "--smoke", "--shapes", "33x77", "--out", str(tmp_path), *args,
+                     env={"TRITON_INTERPRET": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = tmp_path.glob("quant_matmul*.json")
     return json.loads(path.read_text())
