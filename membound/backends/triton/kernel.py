@@ -62,6 +62,13 @@ PDL_PROLOGUE = ["if USE_PDL == 2:  # the next kernel may launch now; earlier wri
                 "    gdc_launch_dependents()"]
 
 
+# A row kernel signals the next kernel (PDL mode 1) after its first store, not right after its wait: at batch 1
+# the GEMV after an add + RMSNorm kernel loads its weight slices before its own wait, and launched early that flood
+# of loads queues in front of the row kernel's own. False: signal at the wait, as every kernel did. Experiments
+# flip it (gpu/session29_signal.py); the default follows the A/B
+ROW_LATE_SIGNAL = False
+
+
 class CodegenError(RuntimeError):
     """A kernel could not be emitted (a partitioner/emitter mismatch: please report the graph)."""
 
@@ -361,12 +368,24 @@ class KernelEmitter:
         if k.layout != "sections":
             weights = {f"{self.name_of(v)}_ptr" for v in k.inputs if v.kind == "param"}
             early, lines = split_before_wait(lines, weights)
-        lines = early + PDL_PROLOGUE + lines
+        prologue = PDL_PROLOGUE
+        if ROW_LATE_SIGNAL and k.layout == "row":
+            prologue, lines = PDL_PROLOGUE[:-1], _signal_after_first_store(lines)
+        lines = early + prologue + lines
         body = "\n".join(f"    {line}" for line in lines)
         jit = "@triton.jit(debug=True)" if device_asserts() else "@triton.jit"
         text = (f"{jit}\ndef {k.name}(\n    " + _wrap_params(params) + "\n):\n"
                 f"{head}\n{body}\n")
         return KernelSource(k, text, pointers, list(self.strided), sizes, block, self.helpers)
+
+
+def _signal_after_first_store(lines: list[str]) -> list[str]:
+    """Mode 1's ``gdc_launch_dependents`` moved from the wait to just after the first store (or the end): the
+    store needs its value, so the loads it was computed from have come back (the signal, asm with a memory
+    clobber, is not moved above a store)."""
+    at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("tl.store(")), len(lines))
+    return lines[:at] + ["if USE_PDL == 1:  # the next kernel may launch now (its loads no longer queue before ours)",
+                         "    gdc_launch_dependents()"] + lines[at:]
 
 
 _ASSIGN = re.compile(r"^([A-Za-z_]\w*) = (.*)$")
