@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Session 29: the A/B of parameter loads before the PDL wait on the HF Llama 1.24B decode step (b1, b8), and of a row kernel's
-# late PDL signal (kernel.ROW_LATE_SIGNAL), alternating twice;
+# late PDL signal (kernel.ROW_LATE_SIGNAL), alternating twice (once more: flash decoding's first K/V tiles
+# before the wait, MEMBOUND_DECODE_EARLY_KV=1, over the early parameter loads);
 # then the GPU-marked backend tests (session 27's row siblings, both changes) in the time left. ~9 min.
 #   bash gpu/session29a.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 W=$OUT/work; mkdir -p "$W"
 nvidia-smi --query-gpu=name --format=csv,noheader
 for i in 1 2; do
-  for v in late early signal; do
+  vs="late early signal"; [ $i = 1 ] && vs="$vs earlykv"
+  for v in $vs; do
     mkdir -p "$W/$v$i"
     case $v in late) s=gpu/session29_late_params.py ;; signal) s=gpu/session29_signal.py ;; *) s=benches/profile_step.py ;; esac
+    [ $v = earlykv ] && export MEMBOUND_DECODE_EARLY_KV=1 || unset MEMBOUND_DECODE_EARLY_KV
     timeout 150 python $s --models llama-1b --batches 1,8 --timed 300 --out "$W/$v$i" > "$W/profile-$v$i.log" 2>&1
     echo "$v$i rc=$? ($((SECONDS - start)) s)"; grep -E "^== " "$W/profile-$v$i.log" | cut -c1-150
   done
