@@ -1038,31 +1038,3 @@ def test_bf16_model_on_cuda() -> None:
     ids = torch.randint(1, 256, (3, 5), device="cuda")
     assert_close(membound.compile(model, backend="triton")(ids), model(ids), 2e-2)
 
-
-def test_row_late_signal_moves_the_pdl_signal_after_the_first_store(monkeypatch: pytest.MonkeyPatch,
-                                                                   request: pytest.FixtureRequest) -> None:
-    """kernel.ROW_LATE_SIGNAL (an experiment flag): a row kernel's mode-1 signal follows its first store (its loads
-    have come back); the wait still comes before every load of a non-parameter, and the results are unchanged."""
-    import re
-
-    from membound.backends.triton import kernel
-
-    text = """graph @t(%x: f32[B, 37], %r: f32[B, 37]) params(%w: f32[37]) {
-        %h = add(%x, %r) : f32[B, 37]
-        %y = rms_norm(%h, %w) {eps=1e-06} : f32[B, 37]
-        return %h, %y
-    }"""
-    monkeypatch.setattr(kernel, "ROW_LATE_SIGNAL", True)
-    g = graph_from(text)
-    (body,) = re.findall(r"@triton.jit\n(def .*?)(?=\n\n\n|\Z)", TritonExecutable(g).source, re.S)
-    code = [ln.strip() for ln in body.split("):\n", 1)[1].splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    wait = code.index("elif USE_PDL:  # earlier kernels' writes are visible after the wait")
-    assert code[wait + 1] == "gdc_wait()" and code[wait + 2] != "gdc_launch_dependents()", code
-    assert all("tl.load(w_ptr" in ln or not re.search(r"tl\.(load|store)", ln) for ln in code[:wait]), code
-    first_store = next(i for i, ln in enumerate(code) if ln.startswith("tl.store("))
-    assert code[first_store + 1].startswith("if USE_PDL == 1:") and code[first_store + 2] == "gdc_launch_dependents()"
-    if not runs_here(request):
-        return
-    got, want, _, _ = run_both(g, {"B": 3})
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # fp32

@@ -21,7 +21,13 @@ dim's index replaced by the position read there (64-bit addresses: caches are th
 Parameter loads go before the PDL wait. A parameter is never written by a kernel, so a load of one (the
 norm's weight of an add + RMSNorm row kernel, a convolution's taps) needs no earlier kernel's writes: the
 generated kernel issues it, with the index lines it reads, ahead of ``gdc_wait`` (:func:`split_before_wait`),
-and the round trip overlaps the previous kernel's tail instead of following the row's reduction.
+and the round trip overlaps the previous kernel's tail instead of following the row's reduction. H100, HF Llama
+decode step (graph replay, two runs each, ``profile_step-...-session29-{late,early}*``): 1.24B batch 1 1063.0 / 1064.2
+against 1062.2 / 1051.7 us, batch 8 1239.2 / 1196.6 against 1237.4 / 1185.0; 8B 5397.5 -> 5380.7 (b1), 5768.5 ->
+5752.4 (b8). Small: at batch 1 an add + RMSNorm kernel's time after the GEMV before it fell from 4.4 to 1.6 us, and
+the GEMV after it took that time back (it streams its early weight slices meanwhile; the HBM was not idle). A row
+kernel's PDL signal moved after its first store (so the next GEMV's early loads do not queue before the row's)
+was slower (1.24B b1 1072.3 us) and was not kept.
 
 Sections kernels (horizontal fusion) split the program ids: ``if pid < end0:`` runs section 0 as above,
 ``elif pid < end1:`` section 1 from ``(pid - end0) * BLOCK``, and so on; every temporary has a name of
@@ -60,13 +66,6 @@ PDL_PROLOGUE = ["if USE_PDL == 2:  # the next kernel may launch now; earlier wri
                 "    gdc_launch_dependents()", "    gdc_wait()",
                 "elif USE_PDL:  # earlier kernels' writes are visible after the wait", "    gdc_wait()",
                 "    gdc_launch_dependents()"]
-
-
-# A row kernel signals the next kernel (PDL mode 1) after its first store, not right after its wait: at batch 1
-# the GEMV after an add + RMSNorm kernel loads its weight slices before its own wait, and launched early that flood
-# of loads queues in front of the row kernel's own. False: signal at the wait, as every kernel did. Experiments
-# flip it (gpu/session29_signal.py); the default follows the A/B
-ROW_LATE_SIGNAL = False
 
 
 class CodegenError(RuntimeError):
@@ -368,24 +367,12 @@ class KernelEmitter:
         if k.layout != "sections":
             weights = {f"{self.name_of(v)}_ptr" for v in k.inputs if v.kind == "param"}
             early, lines = split_before_wait(lines, weights)
-        prologue = PDL_PROLOGUE
-        if ROW_LATE_SIGNAL and k.layout == "row":
-            prologue, lines = PDL_PROLOGUE[:-1], _signal_after_first_store(lines)
-        lines = early + prologue + lines
+        lines = early + PDL_PROLOGUE + lines
         body = "\n".join(f"    {line}" for line in lines)
         jit = "@triton.jit(debug=True)" if device_asserts() else "@triton.jit"
         text = (f"{jit}\ndef {k.name}(\n    " + _wrap_params(params) + "\n):\n"
                 f"{head}\n{body}\n")
         return KernelSource(k, text, pointers, list(self.strided), sizes, block, self.helpers)
-
-
-def _signal_after_first_store(lines: list[str]) -> list[str]:
-    """Mode 1's ``gdc_launch_dependents`` moved from the wait to just after the first store (or the end): the
-    store needs its value, so the loads it was computed from have come back (the signal, asm with a memory
-    clobber, is not moved above a store)."""
-    at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("tl.store(")), len(lines))
-    return lines[:at] + ["if USE_PDL == 1:  # the next kernel may launch now (its loads no longer queue before ours)",
-                         "    gdc_launch_dependents()"] + lines[at:]
 
 
 _ASSIGN = re.compile(r"^([A-Za-z_]\w*) = (.*)$")
