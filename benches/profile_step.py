@@ -82,31 +82,48 @@ def split_replays(events: Sequence[tuple[str, float, float]], replays: int) -> l
     return [events[i * n:(i + 1) * n] for i in range(replays)]
 
 
+def path_times(step: list[tuple[str, float, float]]) -> list[float]:
+    """How far each launch moved the step's end: its end minus the latest end before it (0 when it ended
+    earlier), the first launch its whole duration. They add up to the step's span. Under PDL a kernel starts
+    while the one before it runs, so its own duration counts time its neighbours also count; this does not."""
+    out, latest = [], None
+    for _, start, end in step:
+        out.append(end - start if latest is None else max(0.0, end - latest))
+        latest = end if latest is None else max(latest, end)
+    return out
+
+
 def timeline(steps: list[list[tuple[str, float, float]]]) -> dict[str, Any]:
-    """Launches, per-position medians (duration, gap before), per-name aggregates and step totals, in µs."""
+    """Launches, per-position medians (duration, gap before, time on the step's path), per-name aggregates and
+    step totals, in µs."""
     n = len(steps[0])
     if any(len(s) != n for s in steps):
         raise ValueError(f"profile: replays hold different launch counts {sorted({len(s) for s in steps})}")
+    paths = [path_times(s) for s in steps]
     positions = []
     for i in range(n):
         names = {s[i][0] for s in steps}
         durations = [s[i][2] - s[i][1] for s in steps]
         gaps = [s[i][1] - s[i - 1][2] for s in steps] if i else [0.0]
         positions.append({"i": i, "name": steps[0][i][0] if len(names) == 1 else "/".join(sorted(names)),
-                          "us": statistics.median(durations), "gap_before_us": statistics.median(gaps)})
+                          "us": statistics.median(durations), "gap_before_us": statistics.median(gaps),
+                          "path_us": statistics.median(p[i] for p in paths)})
     spans = [s[-1][2] - s[0][1] for s in steps]
     busy = [sum(e[2] - e[1] for e in s) for s in steps]
     gap_totals = [sum(s[i][1] - s[i - 1][2] for i in range(1, n)) for s in steps]
     all_gaps = sorted(p["gap_before_us"] for p in positions[1:])
     kernels: dict[str, dict[str, Any]] = {}
     for p in positions:
-        k = kernels.setdefault(p["name"], {"name": p["name"], "per_step": 0, "total_us": 0.0})
+        k = kernels.setdefault(p["name"], {"name": p["name"], "per_step": 0, "total_us": 0.0, "path_us": 0.0})
         k["per_step"] += 1
         k["total_us"] += p["us"]
+        k["path_us"] += p["path_us"]
     busy_median = statistics.median(busy)
+    span_median = statistics.median(spans)
     for k in kernels.values():
         k["mean_us"] = k["total_us"] / k["per_step"]
         k["share"] = k["total_us"] / busy_median if busy_median else 0.0
+        k["path_share"] = k["path_us"] / span_median if span_median else 0.0
     return {
         "launches": n, "replays": len(steps),
         "span_us": statistics.median(spans), "busy_us": busy_median, "gaps_us": statistics.median(gap_totals),
@@ -167,10 +184,16 @@ def format_case(case: dict[str, Any], top: int = 25) -> str:
     lines.append(f"   gap before a kernel (us): median {g['median']:.2f}, p10 {g['p10']:.2f}, p90 {g['p90']:.2f}, "
                  f"min {g['min']:.2f}, max {g['max']:.2f}; {g['negative']} negative (overlapped by PDL)")
     width = max([len(k["name"][:48]) for k in case["kernels"]] + [6])
-    lines.append(f"   {'kernel':{width}s} {'/step':>5s} {'mean us':>8s} {'us/step':>8s} {'share':>6s}")
+    path = all("path_us" in k for k in case["kernels"])  # (result files from before the column have none)
+    lines.append(f"   {'kernel':{width}s} {'/step':>5s} {'mean us':>8s} {'us/step':>8s} {'share':>6s}"
+                 + (f" {'path us':>8s} {'path':>6s}" if path else ""))
     for k in case["kernels"][:top]:
+        on_path = f" {k['path_us']:8.1f} {100 * k['path_share']:5.1f}%" if path else ""
         lines.append(f"   {k['name'][:48]:{width}s} {k['per_step']:5d} {k['mean_us']:8.2f} {k['total_us']:8.1f} "
-                     f"{100 * k['share']:5.1f}%")
+                     f"{100 * k['share']:5.1f}%{on_path}")
+    if path:
+        lines.append("   (share: of the kernel time, which PDL overlap counts twice; path: of the profiled span, how "
+                     "far each kernel moved the step's end past the latest end before it)")
     if len(case["kernels"]) > top:
         lines.append(f"   ... {len(case['kernels']) - top} more kernel names")
     if pred.get("by_kind"):

@@ -70,6 +70,19 @@ def test_timeline_launches_gaps_and_names() -> None:
     assert overlapped["gap_stats_us"]["negative"] == 2 and overlapped["gaps_us"] == pytest.approx(-1.0)
 
 
+def test_path_times_add_up_to_the_span_and_count_overlap_once() -> None:
+    """A kernel's time on the step's path is its end past the latest end before it: under PDL overlap (b starts
+    before a ends) the kernel times add up to more than the span, the path times exactly to it; a kernel that ends
+    inside another's time adds nothing."""
+    step = [("a", 0.0, 4.0), ("b", 3.0, 10.0), ("c", 5.0, 8.0), ("d", 9.0, 12.0)]
+    assert bench.path_times(step) == pytest.approx([4.0, 6.0, 0.0, 2.0])
+    t = bench.timeline([step, [(n, s + 50.0, e + 50.0) for n, s, e in step]])
+    assert t["busy_us"] == pytest.approx(17.0) and t["span_us"] == pytest.approx(12.0)
+    assert sum(k["path_us"] for k in t["kernels"]) == pytest.approx(t["span_us"])
+    assert {k["name"]: k["path_share"] for k in t["kernels"]} == pytest.approx({"a": 4 / 12, "b": 0.5, "c": 0.0,
+                                                                                 "d": 2 / 12})
+
+
 def test_chrome_trace_device_events(tmp_path: Path) -> None:
     trace = {"traceEvents": [
         {"ph": "X", "cat": "kernel", "name": "_linear_small_m", "ts": 10.0, "dur": 4.0},
