@@ -29,6 +29,9 @@ tokens after the same random ``--prompt``-token prompts:
   decode-fused-rope`` (both: the q/k/v GEMV norms x from the partials and rotates q and k);
   ``...,triton+graphs+swap`` / ``+noswap`` adds the swapped tensor-core GEMV (batch 3-16, and the large
   weights at batch 1-2; the default) forced on / off (``MEMBOUND_LINEAR_SWAP``);
+- ``membound-hf``: the same membound rows (labelled ``... hf-model``) on ``transformers.LlamaForCausalLM``
+  holding the built-in's tensors (the ``hf`` contender's model): what a user who hands membound the Hugging
+  Face class gets, captured from HF's code (its rotary embedding, masks, cache arguments), not the built-in's;
 - ``roofline``: N steps x (the bytes a step must read: every weight it streams once + K/V of the live
   context) / the read bandwidth of ``x.sum()`` over 2 GiB measured in this run (so "% roofline" is also
   "% of read bandwidth"). An untied input embedding table is gathered (one row per token), not
@@ -60,6 +63,7 @@ the JSON file as they finish (a run cut short keeps what it measured); ``--budge
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import json
@@ -91,7 +95,7 @@ from membound.models.llama import Llama, LlamaConfig  # noqa: E402
 
 Generate = Callable[[torch.Tensor, int], torch.Tensor]  # (ids [B, P], n) -> [B, P + n]
 # default run order: the long compiles last (--budget-s)
-CONTENDERS = ("eager", "membound", "compile", "compile-int8", "hf")
+CONTENDERS = ("eager", "membound", "membound-hf", "compile", "compile-int8", "hf")
 CHECK_TOKENS = 16  # greedy tokens compared across contenders
 
 
@@ -554,9 +558,9 @@ class Bench:
                 del int8
             elif contender == "hf":
                 self.run_hf(name, model, prompts, refs, info)
-            elif contender == "membound":
+            elif contender in ("membound", "membound-hf"):
                 for variant in membound_variants(args.membound_backends, args.quantize):
-                    self.run_membound(name, model, variant, prompts, refs, info)
+                    self.run_membound(name, model, variant, prompts, refs, info, hf=contender == "membound-hf")
                     free_memory()  # the variant's compiled model (merged weights) is gone with its frame
             free_memory()
         for b in args.batches:
@@ -615,11 +619,21 @@ class Bench:
         reset_dynamo()
 
     def run_membound(self, name: str, model: Llama, variant: MemboundVariant, prompts: dict[int, torch.Tensor],
-                     refs: dict[int, torch.Tensor], info: dict[str, Any]) -> None:
+                     refs: dict[int, torch.Tensor], info: dict[str, Any], hf: bool = False) -> None:
+        """``variant`` on the built-in model, or (``hf``) on the ``LlamaForCausalLM`` sharing its tensors."""
         saved = {k: os.environ.get(k) for k in variant.env or {}}
         os.environ.update(variant.env or {})  # the decode graph is built at the first generate call
+        if hf:
+            variant = dataclasses.replace(variant, label=f"{variant.label} hf-model")
         try:
-            self._run_membound(name, model, variant, prompts, refs, info)
+            try:
+                target = build_hf(model, self.args.prompt + self.args.new_tokens) if hf else model
+            except Exception as exc:  # noqa: BLE001 (never end the bench)
+                for b in self.args.batches:
+                    self.add(Row(name, b, variant.label, status=f"failed: {first_line(exc)}",
+                                 error=traceback.format_exc()[-3000:]))
+                return
+            self._run_membound(name, target, variant, prompts, refs, info)
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -627,8 +641,8 @@ class Bench:
                 else:
                     os.environ[k] = v
 
-    def _run_membound(self, name: str, model: Llama, variant: MemboundVariant, prompts: dict[int, torch.Tensor],
-                      refs: dict[int, torch.Tensor], info: dict[str, Any]) -> None:
+    def _run_membound(self, name: str, model: torch.nn.Module, variant: MemboundVariant,
+                      prompts: dict[int, torch.Tensor], refs: dict[int, torch.Tensor], info: dict[str, Any]) -> None:
         if variant.unavailable:
             for b in self.args.batches:
                 self.add(Row(name, b, variant.label, status=variant.unavailable))
@@ -810,7 +824,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.models, args.batches, args.new_tokens, args.prompt = "llama-tiny", "1,2", 8, 13
-        args.contenders, args.membound_backends = "eager,membound,hf", "reference"
+        args.contenders, args.membound_backends = "eager,membound,membound-hf,hf", "reference"
     args.models = [m for m in args.models.split(",") if m]
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.contenders = [c for c in args.contenders.split(",") if c]

@@ -57,7 +57,8 @@ def test_smoke_run_writes_all_rows_and_prints_the_table_last(tmp_path: Path) -> 
     (path,) = tmp_path.glob("decode_e2e-cpu-*.json")
     record = json.loads(path.read_text())
     rows = {(r["batch"], r["contender"]): r for r in record["rows"]}
-    assert set(rows) == {(b, c) for b in (1, 2) for c in ("eager", "membound reference", "hf", "roofline")}
+    assert set(rows) == {(b, c) for b in (1, 2)
+                         for c in ("eager", "membound reference", "membound reference hf-model", "hf", "roofline")}
     for (b, contender), r in rows.items():
         assert r["status"] == "ok", (b, contender, r["status"], r["error"])
         assert r["tokens_per_s"] > 0 and r["gbps"] > 0
@@ -66,6 +67,7 @@ def test_smoke_run_writes_all_rows_and_prints_the_table_last(tmp_path: Path) -> 
             assert r["deterministic"] is True
             assert r["tokens_per_s"] < rows[(b, "roofline")]["tokens_per_s"]
     assert rows[(1, "membound reference")]["compile_s"] > 0 and rows[(1, "eager")]["compile_s"] is None
+    assert "compile{'backend': 'reference'}" in rows[(1, "membound reference hf-model")]["note"]
     checks = record["models"]["llama-tiny"]["checks"]
     assert checks["static_vs_builtin_logits"]["ok"] and checks["hf_vs_builtin_logits"]["ok"]
     lines = proc.stdout.strip().splitlines()
