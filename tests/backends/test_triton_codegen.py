@@ -552,6 +552,8 @@ def test_parameter_loads_before_the_wait_only_with_what_they_read() -> None:
               "tl.store(o_ptr + row, t1)"]
     assert split_before_wait(gather, {"w_ptr"}) == ([], gather)
     assert split_before_wait(lines, set()) == ([], lines)  # nothing is a parameter: nothing moves
+    twice = ["cols = tl.arange(0, 8)", "t0 = tl.load(x_ptr + cols)", "cols = cols + t0", "t1 = tl.load(w_ptr + cols)"]
+    assert split_before_wait(twice, {"w_ptr"}) == ([], twice)  # a name assigned twice: nothing moves
 
 
 def test_static_past_only_where_the_caches_are_written_at_the_input_positions() -> None:

@@ -384,7 +384,8 @@ def split_before_wait(lines: list[str], params: set[str]) -> tuple[list[str], li
     """``(early, rest)``: the loads of ``params`` (pointer names) that read only kernel arguments and lines
     before them, with the lines they read, in their order; the rest in theirs. Nothing moves unless such a
     load exists. Only one-line assignments move (a store, an assert or any line that is not ``name = ...``
-    stays), and a line moves only when no line that stays defines a name it reads."""
+    stays), and a line moves only when no line that stays defines a name it reads; a kernel that assigns a
+    name twice (the emitter names every value once) is left as it is."""
     defs: dict[str, tuple[int, set[str]]] = {}  # name -> (line, names it reads)
     movable: set[str] = set()  # names whose line may move: it loads nothing but parameters, reads only movables
     wanted: list[str] = []  # the parameter loads that may move
@@ -393,6 +394,8 @@ def split_before_wait(lines: list[str], params: set[str]) -> tuple[list[str], li
         if m is None:
             continue
         name, rhs = m.group(1), m.group(2).split("  #")[0]
+        if name in defs:
+            return [], lines
         reads = set(_NAME.findall(rhs)) & set(defs)
         defs[name] = (i, reads)
         loads = _LOADED.findall(rhs)
