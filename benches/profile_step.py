@@ -126,7 +126,7 @@ def timeline(steps: list[list[tuple[str, float, float]]]) -> dict[str, Any]:
         k["path_share"] = k["path_us"] / span_median if span_median else 0.0
     return {
         "launches": n, "replays": len(steps),
-        "span_us": statistics.median(spans), "busy_us": busy_median, "gaps_us": statistics.median(gap_totals),
+        "span_us": span_median, "busy_us": busy_median, "gaps_us": statistics.median(gap_totals),
         "gap_stats_us": {"median": _pick(all_gaps, 0.5), "p10": _pick(all_gaps, 0.1), "p90": _pick(all_gaps, 0.9),
                          "min": all_gaps[0] if all_gaps else 0.0, "max": all_gaps[-1] if all_gaps else 0.0,
                          "negative": sum(1 for g in all_gaps if g < 0)},

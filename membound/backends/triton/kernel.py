@@ -396,7 +396,7 @@ def split_before_wait(lines: list[str], params: set[str]) -> tuple[list[str], li
         name, rhs = m.group(1), m.group(2).split("  #")[0]
         if name in defs:
             return [], lines
-        reads = set(_NAME.findall(rhs)) & set(defs)
+        reads = set(_NAME.findall(rhs)) & defs.keys()
         defs[name] = (i, reads)
         loads = _LOADED.findall(rhs)
         if all(p in params for p in loads) and reads <= movable:
