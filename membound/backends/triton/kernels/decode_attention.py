@@ -97,7 +97,9 @@ DECODE_WARPS = 4  # warps per program
 # timed: geomean 0.86x SDPA against 0.74x for 16.
 ROWS_PER_WARP = 4
 DECODE_TILE_BYTES = 32768  # K + V bytes per key tile: 64 slots at bf16 and head dim 128, 128 at 64, 32 at 256
-DECODE_STAGES = 3  # cp.async ring: DECODE_STAGES - 1 K/V tiles in flight per program
+# cp.async ring: DECODE_STAGES - 1 K/V tiles in flight per program (MEMBOUND_DECODE_STAGES for A/B runs: 4 keeps
+# all three 128-slot tiles of a 257-slot span at head dim 64 in flight at once)
+DECODE_STAGES = int(os.environ.get("MEMBOUND_DECODE_STAGES", "3"))
 EVICT_FIRST = False  # K/V loads with an evict-first L2 hint
 PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
 # Wide tiles: a 16-bit cache whose head dim pads to 128 streams 128-slot key tiles (64 KB of K + V) over
