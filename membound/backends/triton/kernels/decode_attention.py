@@ -45,10 +45,11 @@ tensors without ``TRITON_INTERPRET=1``. Any strides work (a transposed q or cach
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import triton
@@ -191,8 +192,11 @@ def _flash_decoding_split(
     MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr, DIRECT: tl.constexpr = True,
     ACTIVE_ARRIVALS: tl.constexpr = False, EARLY_KV: tl.constexpr = False,
     pf_ptr=None, pf_elems=0, PREFETCH: tl.constexpr = False, PF_PIECE: tl.constexpr = 8192,
-    HAS_SINKS: tl.constexpr = False, CHUNKED: tl.constexpr = False,
+    HAS_SINKS: tl.constexpr = False, CHUNKED: tl.constexpr = False, PARTIALS: tl.constexpr = False,
 ):
+    # PARTIALS (attention_linear): every chunk with slots stores its partial and the program of chunk 0 the row
+    # block's count of them (lock_ptr is that count's buffer then); nobody merges: the o projection's prologue does
+    tl.static_assert(not (PARTIALS and ONE_SPLIT), "PARTIALS: the partials are the output, never the result")
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
     if PREFETCH:
@@ -255,7 +259,11 @@ def _flash_decoding_split(
     # directly and nobody counts in or merges (a short prefix in a CUDA graph sized for the capacity: the store of
     # a partial, the arrival atomics of every program and the merge's reads were a chain of round trips per step)
     n_active = tl.cdiv(filled - lo, chunk)
-    if DIRECT:
+    if PARTIALS:
+        direct = n_active < 0  # never: the consumer merges
+        if pid_split == 0:
+            tl.store(lock_ptr + prow, n_active)
+    elif DIRECT:
         direct = n_active == 1
     else:
         direct = n_active < 0  # never: the partial and the merge (A/B runs)
@@ -316,7 +324,7 @@ def _flash_decoding_split(
         # this chunk's rows, normalised: o = acc / l with its log-sum-exp lse = m + log2(l) (-inf for a
         # row that saw no slot here: weight 0 in the merge)
         o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-        if N_SPLITS == 1 or direct:
+        if not PARTIALS and (N_SPLITS == 1 or direct):
             # the whole span was ours: the result, written directly
             tl.store(o_ptr + b * sob + h[:, None] * soh + s[:, None] * sos + dvs[None, :] * sod,
                      o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
@@ -328,7 +336,7 @@ def _flash_decoding_split(
             tl.store(lse_ptr + slot, lse, mask=row_ok)
             tl.store(part_ptr + slot[:, None] * BLOCK_DV + dv_local[None, :], o,
                      mask=row_ok[:, None] & dv_ok[None, :])
-    if not ONE_SPLIT:
+    if not ONE_SPLIT and not PARTIALS:
         if N_SPLITS > 1 and not direct:
             # the last program to count in merges the partials of the chunks that had slots (the same chunk rule
             # gives their number). ACTIVE_ARRIVALS: only those programs count in (the idle ones of a grid sized for
@@ -646,7 +654,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
                      max_len: Optional[int] = None, config: Optional[DecodeConfig] = None,
                      alibi: Optional[tuple[float, ...]] = None, static_past: bool = False,
                      prefetch: Optional[torch.Tensor] = None, sinks: bool = False,
-                     chunk: Optional[int] = None) -> torch.Tensor:
+                     chunk: Optional[int] = None, partials: bool = False) -> Union[torch.Tensor, "AttentionPartials"]:
     """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype. Operands after the
     positions: ``k_new, v_new`` (a ring cache), then the ``[Hq]`` sink logits with ``sinks=True``.
 
@@ -667,6 +675,11 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     With ``k_new, v_new`` the caches are rings (position p in slot p mod capacity, see the IR op): one
     new token reads every slot of the ring, several new tokens (a prefill from position 0) attend over
     ``k_new, v_new`` with the flash kernel.
+
+    ``partials=True`` (``attention_linear``'s first half): where flash decoding runs, nothing merges; the result is
+    the chunks' normalised partials and log-sum-exps (:class:`AttentionPartials`), which the o projection's
+    prologue merges. The split then ignores ``DIRECT_TILES`` and goes down to one key tile a chunk (no merge to
+    pay for here). Elsewhere (prefill, the reference paths) the result is the output tensor as without it.
     """
     k_new, v_new, sink = cached_extras(operands, sinks)
     _check(q, k, v, positions, k_new, v_new)
@@ -712,6 +725,10 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         return y
     length = cap if max_len is None else max(1, min(int(max_len), cap))
     cfg = config or pick_config(rows, bsz * hkv, length, max_len is not None, max(d, dv), q.dtype, q.device)
+    if partials:
+        # no merge here: split the span down to one key tile a chunk, no direct span, whole output columns
+        cfg = dataclasses.replace(cfg, direct_span=0, dv_split=1,
+                                  min_chunk=cfg.block_t if config is None else cfg.min_chunk)
     for name in ("chunk", "min_chunk"):
         if getattr(cfg, name) % cfg.block_t:
             raise ValueError(f"cached_attention: config {name}={getattr(cfg, name)} must be a multiple of "
@@ -725,7 +742,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     # used only for a known length; otherwise the variant that can merge, which writes the result
     # directly when the grid has one split (a branch on the device). The merge's tile (merge_tile) comes from
     # the warps and head dim alone (masked lanes cost no bytes), so the split count never picks a variant.
-    one = n_splits == 1 and max_len is not None
+    one = n_splits == 1 and max_len is not None and not partials
     # a Dv split: each of dv_split programs owns block_dv of the output's columns (at least 16 for tl.dot)
     dv_split = max(1, min(cfg.dv_split, max(16, next_pow2(dv)) // 16))
     block_dv = max(16, next_pow2(dv)) // dv_split
@@ -736,7 +753,9 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         units = row_programs * dv_split  # (row block, column block): its partials and its arrival counter
         part = torch.empty((units, n_splits, cfg.block_q, block_dv), dtype=torch.float32, device=q.device)
         lse = torch.empty((units, n_splits, cfg.block_q), dtype=torch.float32, device=q.device)
-        locks = split_counters(q.device, units)
+        # PARTIALS: each row block's count of chunks with slots (written by its chunk 0), not arrival counters
+        locks = (torch.empty((units,), dtype=torch.int32, device=q.device) if partials
+                 else split_counters(q.device, units))
     spb, sps = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
@@ -754,9 +773,50 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         MERGE_ROWS=merge_rows,
         KV_EVICT="evict_first" if cfg.evict_first else "", EARLY_KV=early_kv(static_past, ring),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **prefetch_args(prefetch), HAS_SINKS=sink is not None,
-        **pdl_options(q.device))
+        PARTIALS=partials, **pdl_options(q.device))
     note("cached_attention", "kernel")
+    if partials:
+        return AttentionPartials(part, lse, locks, bsz, hq, s, hkv, dv, n_qblocks, n_splits, cfg.block_q, block_dv)
     return y
+
+
+def merge_partials(p: "AttentionPartials", dtype: torch.dtype) -> torch.Tensor:
+    """The output ``[b, hq, s, dv]`` (in ``dtype``) that flash decoding's partials merge to, in torch: the
+    reference of the ``MERGE_X`` prologue."""
+    n = p.part.shape[0]
+    c = torch.arange(p.n_splits, device=p.part.device)
+    live = c[None, :] < p.counts.long()[:, None]  # [units, splits]
+    lse = torch.where(live[:, :, None], p.lse, float("-inf"))
+    top = lse.amax(dim=1, keepdim=True)
+    w = torch.exp2(lse - torch.where(top == float("-inf"), 0.0, top))  # [units, splits, block_q]
+    parts = torch.where(live[:, :, None, None], p.part, 0.0)
+    o = (w[..., None] * parts).sum(1) / w.sum(1).clamp_min(1e-30)[..., None]  # [units, block_q, block_dv]
+    g = p.hq // p.hkv
+    o = o.reshape(p.b, p.hkv, p.n_qblocks * p.block_q, p.block_dv)[:, :, :g * p.s, :p.dv]
+    del n
+    return o.reshape(p.b, p.hkv, g, p.s, p.dv).reshape(p.b, p.hq, p.s, p.dv).to(dtype)
+
+
+@dataclass(frozen=True)
+class AttentionPartials:
+    """Flash decoding's unmerged result (``cached_attention(..., partials=True)``): for row block ``prow`` (batch
+    row, kv head, block of ``block_q`` query rows ``g * s_new + s``) and chunk ``c < counts[prow]``, the normalised
+    partial ``part[prow, c, r, :dv]`` (fp32) and its base-2 log-sum-exp ``lse[prow, c, r]`` (-inf where the row saw
+    no slot of the chunk). The output ``[b, hq, s, dv]`` is their merge; ``kernels.linear``'s ``MERGE_X`` prologue
+    reads it as the rows ``[b * s, hq * dv]`` of an o projection's x."""
+
+    part: torch.Tensor
+    lse: torch.Tensor
+    counts: torch.Tensor
+    b: int
+    hq: int
+    s: int
+    hkv: int
+    dv: int
+    n_qblocks: int
+    n_splits: int
+    block_q: int
+    block_dv: int
 
 
 def prefetch_args(weight: Optional[torch.Tensor]) -> dict:
