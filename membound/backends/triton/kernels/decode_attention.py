@@ -525,7 +525,7 @@ class DecodeConfig:
 
 
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
-                device: torch.device, sms: Optional[int] = None) -> DecodeConfig:
+                device: torch.device, sms: Optional[int] = None, partials: bool = False) -> DecodeConfig:
     """Rows padded to a tensor-core tile (``ROWS_PER_WARP`` per warp), the slots split by
     :func:`_best_split` (whole waves of about ``PROGRAMS_PER_SM`` programs per SM, ``WIDE_PROGRAMS_PER_SM``
     for wide tiles, each streaming at least ``MIN_TILES`` tiles' bytes).
@@ -539,6 +539,9 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     the capacity) the grid is sized for a full cache and the device splits the filled prefix over it,
     in chunks of at least ``LEAST_TILES`` tiles, so a short prefix in a long cache still spreads out; the
     compile-time choices (tiles, warps, stages) then do not depend on the capacity.
+
+    ``partials`` (``attention_linear``: the consumer merges, nothing merges here): chunks down to one key tile, in
+    the grid and in the device split, no direct span, whole output columns a program.
     """
     block_q = max(16, next_pow2(min(rows, 64)))
     if dtype != torch.float32:  # (fp32 takes the FMA dot, where padded rows are work, not a free tensor-core tile)
@@ -546,13 +549,13 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     block_t = tile_slots(head_dim, dtype)
     wide = _wide(head_dim, dtype)
     warps, per_sm = (WIDE_WARPS, WIDE_PROGRAMS_PER_SM) if wide else (DECODE_WARPS, PROGRAMS_PER_SM)
-    min_tiles = max(1, _in_tiles(MIN_TILES, head_dim, dtype))
+    min_tiles = 1 if partials else max(1, _in_tiles(MIN_TILES, head_dim, dtype))
     least_tiles = max(1, min(_in_tiles(LEAST_TILES, head_dim, dtype), min_tiles))
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
     slots = per_sm * (sms or sm_count(device))
     dv_split, most = 1, DV_SPLIT if DV_SPLIT is not None else int(os.environ.get(DV_SPLIT_ENV, "1") or "1")
-    while (dv_split * 2 <= most and next_pow2(head_dim) // (dv_split * 2) >= 16
+    while (not partials and dv_split * 2 <= most and next_pow2(head_dim) // (dv_split * 2) >= 16
            and programs * dv_split * 2 <= slots):
         dv_split *= 2
     splits = _best_split(programs * dv_split, tiles, slots, min_tiles)
@@ -564,7 +567,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
                         min_chunk=least_tiles * block_t,
-                        direct_span=direct_tiles(head_dim, dtype) * block_t, dv_split=dv_split)
+                        direct_span=0 if partials else direct_tiles(head_dim, dtype) * block_t, dv_split=dv_split)
 
 
 def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: int, dtype: torch.dtype,
@@ -724,11 +727,10 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         note("cached_attention", "kernel")
         return y
     length = cap if max_len is None else max(1, min(int(max_len), cap))
-    cfg = config or pick_config(rows, bsz * hkv, length, max_len is not None, max(d, dv), q.dtype, q.device)
-    if partials:
-        # no merge here: split the span down to one key tile a chunk, no direct span, whole output columns
-        cfg = dataclasses.replace(cfg, direct_span=0, dv_split=1,
-                                  min_chunk=cfg.block_t if config is None else cfg.min_chunk)
+    cfg = config or pick_config(rows, bsz * hkv, length, max_len is not None, max(d, dv), q.dtype, q.device,
+                                partials=partials)
+    if partials:  # (a given config too: no merge here, so no direct span; whole output columns a program)
+        cfg = dataclasses.replace(cfg, direct_span=0, dv_split=1)
     for name in ("chunk", "min_chunk"):
         if getattr(cfg, name) % cfg.block_t:
             raise ValueError(f"cached_attention: config {name}={getattr(cfg, name)} must be a multiple of "
