@@ -571,13 +571,15 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
 
 
 def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: int, dtype: torch.dtype,
-                 sms: int) -> tuple[int, bool]:
+                 sms: int, partials: bool = False) -> tuple[int, bool]:
     """``(tiles, merged)`` of a decode step's launch as ``generate``'s CUDA graph runs it (no known length: the
     grid sized for ``capacity``, the device splitting the ``filled`` prefix): the key tiles the busiest program
     streams one after another (this config's tiles: a wide tile is one round trip too), and whether the row
     block's partials are merged (more than one chunk); :func:`direct_tiles` is the longest chain without a merge.
-    The kernel's own chunk rule (``_chunk``) on the host; the step model's latency term (``cost/step.py``)."""
-    cfg = pick_config(rows, groups, capacity, False, head_dim, dtype, torch.device("cpu"), sms=sms)
+    The kernel's own chunk rule (``_chunk``) on the host; the step model's latency term (``cost/step.py``).
+    ``partials``: ``attention_linear``'s launch (``pick_config``'s partials split; merged means the GEMV after it
+    merges more than one chunk)."""
+    cfg = pick_config(rows, groups, capacity, False, head_dim, dtype, torch.device("cpu"), sms=sms, partials=partials)
     n_splits = cdiv(capacity, cfg.chunk)
     span = max(1, min(filled, capacity))
     chunk = max(cdiv(cdiv(span, n_splits), cfg.block_t) * cfg.block_t, cfg.least_chunk)
