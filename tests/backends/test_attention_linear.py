@@ -138,3 +138,24 @@ def test_a_wrong_weight_names_the_op() -> None:
     q, k, v, pos, w, _ = inputs(1, 4, 2, 1, 9, 64, 24, torch.float32, "known", False, seed=1)
     with pytest.raises(ValueError, match=r"attention_linear: weight must be \[N, Hq \* Dv\] = \[N, 512\]"):
         attention_linear(q, k, v, pos, w[:, :100], scale=0.3)
+
+
+@pytest.mark.parametrize("filled", [20, 90])
+def test_chunks_past_the_count_are_never_read_into_x(filled: int) -> None:
+    """The GEMV loads a row block's first two chunks before it knows their count (one round trip): chunks past it
+    hold whatever an earlier step left, NaN here, and must weigh nothing (20 slots: one chunk of 32; 90: three)."""
+    import importlib
+
+    lin = importlib.import_module("membound.backends.triton.kernels.linear")  # (the package's `linear` is the op)
+
+    q, k, v, pos, w, _ = inputs(1, 4, 2, 1, filled, 64, 24, torch.float32, "capacity", False, seed=filled)
+    want = composed(q, k, v, pos, w, None, 0.3)
+    parts = cached_attention(q, k, v, pos, scale=0.3, config=DecodeConfig(16, 16, 32, min_chunk=32), partials=True)
+    counts = parts.counts.cpu().tolist()
+    assert parts.n_splits > max(counts) and counts == [cdiv(filled, 32)] * 2, (parts.n_splits, counts)
+    for u, c in enumerate(counts):
+        parts.part[u, c:] = float("nan")
+        parts.lse[u, c:] = float("nan")
+    rows = torch.empty((1,), dtype=q.dtype, device=q.device).expand(1, 1, w.shape[1])
+    y = lin._small_m("attention_linear", rows, None, w, None, None, None, lambda: w, False, merge=parts)
+    torch.testing.assert_close(y.float(), want.to(y.device), **TOL[torch.float32])

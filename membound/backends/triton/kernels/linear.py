@@ -114,7 +114,11 @@ def _merged_x(ap_ptr, al_ptr, an_ptr, ms, ks, m_ok, k_ok, A_G, A_S, A_HKV, A_NQB
     (``decode_attention.AttentionPartials``). Row m is (batch b, new token s), column k (query head h, value d);
     its partials are those of row block ``(b, h // G, (g S + s) // BQ)``, the first ``counts`` of them:
     ``sum_c 2^(lse_c - M) o_c / sum_c 2^(lse_c - M)`` in fp32, rounded to ``dtype`` as the attention's output is.
-    From L2: the attention kernel before this one stored them."""
+    From L2: the attention kernel before this one stored them.
+
+    The first two chunks are loaded with the counts, not after them (masked by the count once it is in: a chunk
+    past it holds whatever an earlier step left there): a short span (two chunks) costs one round trip to L2, as
+    the attention's output did, and three or four cost two."""
     b = ms // A_S
     s = ms % A_S
     h = ks // A_DV
@@ -124,24 +128,37 @@ def _merged_x(ap_ptr, al_ptr, an_ptr, ms, ks, m_ok, k_ok, A_G, A_S, A_HKV, A_NQB
     prow = (b[:, None] * A_HKV + (h // A_G)[None, :]) * A_NQB + row // A_BQ
     ok = m_ok[:, None] & k_ok[None, :]
     n = tl.load(an_ptr + prow, mask=ok, other=0, cache_modifier=".cg")
-    n_most = tl.max(tl.max(n, axis=1), axis=0)
+    slot0 = prow * A_NS * A_BQ + rq
+    lse0 = tl.load(al_ptr + slot0, mask=ok, other=float("-inf"), cache_modifier=".cg")
+    o0 = tl.load(ap_ptr + slot0 * A_BDV + d[None, :], mask=ok, other=0.0, cache_modifier=".cg")
+    slot1 = slot0 + A_BQ
+    ok1 = ok & (prow * 0 + 1 < A_NS)  # (a second chunk in the buffer)
+    lse1 = tl.load(al_ptr + slot1, mask=ok1, other=float("-inf"), cache_modifier=".cg")
+    o1 = tl.load(ap_ptr + slot1 * A_BDV + d[None, :], mask=ok1, other=0.0, cache_modifier=".cg")
     m_run = tl.full(prow.shape, float("-inf"), dtype=tl.float32)
     l_run = tl.zeros(prow.shape, dtype=tl.float32)
     o_run = tl.zeros(prow.shape, dtype=tl.float32)
-    for c in range(0, n_most):
+    m_run, l_run, o_run = _fold(m_run, l_run, o_run, lse0, o0, n > 0)
+    m_run, l_run, o_run = _fold(m_run, l_run, o_run, lse1, o1, n > 1)
+    for c in range(2, tl.max(tl.max(n, axis=1), axis=0)):
         live = ok & (c < n)
-        slot = (prow * A_NS + c) * A_BQ + rq
+        slot = slot0 + c * A_BQ
         lse = tl.load(al_ptr + slot, mask=live, other=float("-inf"), cache_modifier=".cg")
         o_c = tl.load(ap_ptr + slot * A_BDV + d[None, :], mask=live, other=0.0, cache_modifier=".cg")
-        # both sides rescaled to the common max; a chunk the row saw nothing of has lse = -inf, weight 0
-        m_new = tl.maximum(m_run, lse)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_run - m_safe)
-        w = tl.exp2(lse - m_safe)
-        l_run = l_run * alpha + w
-        o_run = o_run * alpha + w * o_c
-        m_run = m_new
+        m_run, l_run, o_run = _fold(m_run, l_run, o_run, lse, o_c, live)
     return (o_run / tl.where(l_run > 0.0, l_run, 1.0)).to(dtype)
+
+
+@triton.jit
+def _fold(m_run, l_run, o_run, lse, o, live):
+    """One chunk's partial into the running merge, both sides rescaled to the common max; a chunk the row saw
+    nothing of (lse = -inf) or past the row block's count (``live`` false: never stored this step) weighs 0."""
+    lse = tl.where(live, lse, float("-inf"))
+    m_new = tl.maximum(m_run, lse)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_run - m_safe)
+    w = tl.exp2(lse - m_safe)
+    return m_new, l_run * alpha + w, o_run * alpha + w * tl.where(live, o, 0.0)
 
 
 @triton.jit
