@@ -159,3 +159,24 @@ def test_chunks_past_the_count_are_never_read_into_x(filled: int) -> None:
     rows = torch.empty((1,), dtype=q.dtype, device=q.device).expand(1, 1, w.shape[1])
     y = lin._small_m("attention_linear", rows, None, w, None, None, None, lambda: w, False, merge=parts)
     torch.testing.assert_close(y.float(), want.to(y.device), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("most", [1, 3])
+def test_a_long_span_is_merged_by_flash_decoding_into_one_partial(most: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MEMBOUND_DECODE_PARTIALS_MAX chunks the last program merges them into chunk 0 and the count is 1: the
+    GEMV reads one partial (its x equals the attention's output); a span within the limit keeps its chunks."""
+    monkeypatch.setenv("MEMBOUND_DECODE_PARTIALS_MAX", str(most))
+    q, k, v, pos, w, _ = inputs(3, 4, 2, 1, 130, 64, 24, torch.float16, "capacity", False, seed=most)
+    cfg = DecodeConfig(16, 16, 32, min_chunk=32)
+    parts = cached_attention(q, k, v, pos, scale=0.3, config=cfg, partials=True)
+    whole = cached_attention(q, k, v, pos, scale=0.3, config=cfg)
+    # rows 0-2 see 130, 125, 120 slots: 5, 4 and 4 chunks of 32
+    assert parts.counts.cpu().tolist() == [1] * 6, parts.counts
+    torch.testing.assert_close(merge_partials(parts, q.dtype), whole, **TOL[torch.float16])
+    want = composed(q, k, v, pos, w, None, 0.3)
+    y = attention_linear(q, k, v, pos, w, scale=0.3, attn_config=cfg)
+    torch.testing.assert_close(y.float(), want.to(y.device), **TOL[torch.float16])
+    monkeypatch.setenv("MEMBOUND_DECODE_PARTIALS_MAX", "4")
+    mixed = cached_attention(q, k, v, pos, scale=0.3, config=cfg, partials=True)
+    assert mixed.counts.cpu().tolist() == [1, 1, 4, 4, 4, 4], mixed.counts
+    torch.testing.assert_close(merge_partials(mixed, q.dtype), whole, **TOL[torch.float16])

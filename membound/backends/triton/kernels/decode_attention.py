@@ -177,6 +177,12 @@ DV_SPLIT: Optional[int] = None
 # weights ahead slows the kernels that stream, even behind a latency-bound attention
 PREFETCH_ENV = "MEMBOUND_DECODE_PREFETCH_MB"
 PREFETCH_PIECE = 16384  # bytes per prefetch instruction
+# attention_linear (partials=True): a row block whose span has at most PARTIALS_MAX chunks (one key tile each at short
+# spans) leaves them to the o projection's GEMV to merge as it loads x (its first two with the counts, then one L2
+# round trip a chunk); a longer span is merged here as without partials (split, the last program merges) into chunk 0.
+# Not yet timed (session 30); MEMBOUND_DECODE_PARTIALS_MAX for A/B runs
+PARTIALS_MAX = 8
+PARTIALS_MAX_ENV = "MEMBOUND_DECODE_PARTIALS_MAX"
 
 
 # T and N_SPLITS grow with the cache's capacity: not specialised on (Triton would key a new compile on a
@@ -193,9 +199,12 @@ def _flash_decoding_split(
     ACTIVE_ARRIVALS: tl.constexpr = False, EARLY_KV: tl.constexpr = False,
     pf_ptr=None, pf_elems=0, PREFETCH: tl.constexpr = False, PF_PIECE: tl.constexpr = 8192,
     HAS_SINKS: tl.constexpr = False, CHUNKED: tl.constexpr = False, PARTIALS: tl.constexpr = False,
+    cnt_ptr=None, PARTIALS_MAX=8,
 ):
     # PARTIALS (attention_linear): every chunk with slots stores its partial and the program of chunk 0 the row
-    # block's count of them (lock_ptr is that count's buffer then); nobody merges: the o projection's prologue does
+    # block's count of them (cnt_ptr); the o projection's prologue merges them. A span of more than PARTIALS_MAX
+    # chunks is merged here as without PARTIALS (the last program to arrive), into chunk 0 with count 1: the
+    # consumer's merge then reads one partial, not a long chain of them
     tl.static_assert(not (PARTIALS and ONE_SPLIT), "PARTIALS: the partials are the output, never the result")
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
@@ -260,9 +269,9 @@ def _flash_decoding_split(
     # a partial, the arrival atomics of every program and the merge's reads were a chain of round trips per step)
     n_active = tl.cdiv(filled - lo, chunk)
     if PARTIALS:
-        direct = n_active < 0  # never: the consumer merges
+        direct = n_active < 0  # never: the consumer merges, or (past PARTIALS_MAX chunks) the last program here
         if pid_split == 0:
-            tl.store(lock_ptr + prow, n_active)
+            tl.store(cnt_ptr + prow, tl.where(n_active <= PARTIALS_MAX, n_active, 1))
     elif DIRECT:
         direct = n_active == 1
     else:
@@ -336,7 +345,21 @@ def _flash_decoding_split(
             tl.store(lse_ptr + slot, lse, mask=row_ok)
             tl.store(part_ptr + slot[:, None] * BLOCK_DV + dv_local[None, :], o,
                      mask=row_ok[:, None] & dv_ok[None, :])
-    if not ONE_SPLIT and not PARTIALS:
+    if PARTIALS:
+        if n_active > PARTIALS_MAX:
+            # a long span: merged here, into chunk 0 (the consumer reads count 1). o_ptr's strides address the output
+            # [b, h, s, dv]; chunk 0 of this row block is part[prow, 0, (h - kvh G) S + s - qb BQ, dv], so the merge
+            # stores through a base moved by the row block's offset with strides (0, S * BDV, BDV, 1)
+            if pid_split < n_active:
+                if arrive_last(lock_ptr, prow, n_active):
+                    base = part_ptr + (prow * N_SPLITS * BLOCK_Q - qb * BLOCK_Q - kvh * G * S) * BLOCK_DV
+                    _merge_partials(base, part_ptr, lse_ptr, prow, 0, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
+                                    0, S * BLOCK_DV, BLOCK_DV, 1, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
+                    # normalised already: its weight in the consumer's merge is 2^(0 - 0) = 1
+                    tl.store(lse_ptr + prow * N_SPLITS * BLOCK_Q + rq, tl.zeros((BLOCK_Q,), dtype=tl.float32),
+                             mask=row_ok)
+                    reset_counter(lock_ptr, prow)
+    elif not ONE_SPLIT:
         if N_SPLITS > 1 and not direct:
             # the last program to count in merges the partials of the chunks that had slots (the same chunk rule
             # gives their number). ACTIVE_ARRIVALS: only those programs count in (the idle ones of a grid sized for
@@ -757,9 +780,9 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         units = row_programs * dv_split  # (row block, column block): its partials and its arrival counter
         part = torch.empty((units, n_splits, cfg.block_q, block_dv), dtype=torch.float32, device=q.device)
         lse = torch.empty((units, n_splits, cfg.block_q), dtype=torch.float32, device=q.device)
-        # PARTIALS: each row block's count of chunks with slots (written by its chunk 0), not arrival counters
-        locks = (torch.empty((units,), dtype=torch.int32, device=q.device) if partials
-                 else split_counters(q.device, units))
+        locks = split_counters(q.device, units)
+        # PARTIALS: each row block's count of chunks with slots (written by its chunk 0)
+        counts = torch.empty((units,), dtype=torch.int32, device=q.device) if partials else locks
     spb, sps = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
@@ -777,10 +800,11 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         MERGE_ROWS=merge_rows,
         KV_EVICT="evict_first" if cfg.evict_first else "", EARLY_KV=early_kv(static_past, ring),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **prefetch_args(prefetch), HAS_SINKS=sink is not None,
-        PARTIALS=partials, **pdl_options(q.device))
+        PARTIALS=partials, cnt_ptr=counts if partials else None, PARTIALS_MAX=partials_max(),
+        **pdl_options(q.device))
     note("cached_attention", "kernel")
     if partials:
-        return AttentionPartials(part, lse, locks, bsz, hq, s, hkv, dv, n_qblocks, n_splits, cfg.block_q, block_dv)
+        return AttentionPartials(part, lse, counts, bsz, hq, s, hkv, dv, n_qblocks, n_splits, cfg.block_q, block_dv)
     return y
 
 
@@ -821,6 +845,12 @@ class AttentionPartials:
     n_splits: int
     block_q: int
     block_dv: int
+
+
+def partials_max() -> int:
+    """``PARTIALS_MAX_ENV``: the most chunks ``attention_linear``'s consumer merges (a longer span is merged by
+    flash decoding itself); read at each launch."""
+    return max(1, int(os.environ.get(PARTIALS_MAX_ENV, str(PARTIALS_MAX)) or PARTIALS_MAX))
 
 
 def prefetch_args(weight: Optional[torch.Tensor]) -> dict:
