@@ -2,7 +2,7 @@
 # Session 30: attention_linear (the o projection merges flash decoding's partials). First the chain experiment
 # (benches/experiments/attn_o_merge.py: attention -> o projection layers, apart / split + merge / merged), then the
 # decode step A/B (profile_step, graph replay: the default pipeline against MEMBOUND_DECODE_PIPELINE=decode-attn-linear,
-# 1.24B then 8B, batch 1 and 8, twice each at 1.24B), then session30a's short-context variants (guarded). ~9 min.
+# 1.24B then 8B, batch 1 and 8, 1.24B again), then session30a's short-context variants (guarded). ~7 min.
 #   bash gpu/session30b.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 W=$OUT/work; mkdir -p "$W"
@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 150 python benches/experiments/attn_o_merge.py --out "$W" > "$W/attn_o_merge.log" 2>&1
 echo "attn_o_merge rc=$? ($((SECONDS - start)) s)"; tail -16 "$W/attn_o_merge.log" | cut -c1-200
 prof() {  # name pipeline models
-  [ $SECONDS -gt 500 ] && { echo "skip $1 (device budget)"; return; }
+  [ $SECONDS -gt 330 ] && { echo "skip $1 (device budget)"; return; }
   mkdir -p "$W/$1"
   MEMBOUND_DECODE_PIPELINE=$2 timeout 90 python benches/profile_step.py --models "$3" --batches 1,8 --timed 200 \
       --out "$W/$1" > "$W/profile-$1.log" 2>&1
@@ -18,13 +18,13 @@ prof() {  # name pipeline models
 }
 prof base1 decode llama-1b
 prof al1 decode-attn-linear llama-1b
-prof base2 decode llama-1b
-prof al2 decode-attn-linear llama-1b
 prof base8b decode llama-8b
 prof al8b decode-attn-linear llama-8b
+prof base2 decode llama-1b
+prof al2 decode-attn-linear llama-1b
 for v in wide s4; do
   wide=128; st=3; [ $v = wide ] && wide=64,128; [ $v = s4 ] && st=4
-  [ $SECONDS -gt 540 ] && { echo "skip $v (device budget)"; continue; }
+  [ $SECONDS -gt 400 ] && { echo "skip $v (device budget)"; continue; }
   mkdir -p "$W/$v"
   MEMBOUND_DECODE_WIDE_DIMS=$wide MEMBOUND_DECODE_STAGES=$st timeout 50 python benches/profile_step.py --models llama-1b \
       --batches 1,8 --timed 200 --out "$W/$v" > "$W/profile-$v.log" 2>&1
