@@ -4,6 +4,8 @@
 # decode step A/B (profile_step, graph replay: the default pipeline against MEMBOUND_DECODE_PIPELINE=decode-attn-linear,
 # 1.24B then 8B, batch 1 and 8, 1.24B again), then session30a's short-context variants (guarded). ~7 min.
 #   bash gpu/session30b.sh
+# Ran once (H100, at commit cc17454; results benches/results/*-session30-*). attention_linear lost badly and its code
+# was reverted, so from then on run it from that commit (git checkout cc17454).
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 W=$OUT/work; mkdir -p "$W"
 nvidia-smi --query-gpu=name --format=csv,noheader

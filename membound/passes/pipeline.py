@@ -32,9 +32,6 @@ The named pipelines, one per kind of graph the compile driver (``membound.driver
   batch 1; then fuse-linear-residual (the MLP's residual add in the down projection): 4 launches a Llama
   layer. An A/B setting,
   ``MEMBOUND_DECODE_PIPELINE=decode-block``; slower than the default on the H200 (session 20).
-* ``decode-attn-linear``: ``decode`` plus fuse-attention-linear (each attention and its o projection one
-  ``attention_linear`` op: flash decoding splits the cache down to one key tile a program and the o projection's
-  GEMV merges the partials). An A/B setting, ``MEMBOUND_DECODE_PIPELINE=decode-attn-linear``.
 * ``decode-layer``: ``decode-block`` plus fuse-mlp-block (the MLP's norm, gate/up and down with the residual one
   ``mlp_block`` op, one launch at batch 1): 2 launches a Llama layer. An A/B setting,
   ``MEMBOUND_DECODE_PIPELINE=decode-layer``; slower than the default on the H200 (session 20: 1.229 against 0.876
@@ -108,10 +105,6 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     # decode-layer's step 1.229 ms against the default's 0.876 at 1.24B batch 1, 7.33 against 3.93 at 8B): off
     "decode-layer": ("canonicalize", "fuse-rope-linear", "fuse-attention-block", "fuse-linear-residual",
                      "fuse-mlp-block", "dead-code-elimination"),
-    # decode plus fuse-attention-linear: each attention and its o projection one attention_linear op (flash
-    # decoding's partials merged in the GEMV's prologue; the same launches, no merge of the attention's own). An A/B
-    # setting (MEMBOUND_DECODE_PIPELINE=decode-attn-linear) until a GPU run says it pays (session 30)
-    "decode-attn-linear": ("canonicalize", "fuse-attention-linear", "dead-code-elimination"),
 }
 DEFAULT_PASSES = PIPELINES["forward"]
 

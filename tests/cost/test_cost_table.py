@@ -22,7 +22,6 @@ from membound.ir.ops import all_ops, get_op  # noqa: E402
 SKIPPED = {
     "cache_write": "state op; tests/ir/test_kv_cache_ops.py",
     "cached_attention": "KV-cache op; tests/ir/test_kv_cache_ops.py",
-    "attention_linear": "KV-cache op; tests/ir/test_kv_cache_ops.py (its bytes against cached_attention + linear)",
     "attention_block": "KV-cache op: test_attention_block_costs_by_hand below",
     "linear_attention_state": "state op: test_linear_attention_state_costs_by_hand below",
     "mlp_block": "decode block op: test_mlp_block_costs_by_hand below",

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import sympy
 import torch
 
 from membound.backends.reference import run_graph
@@ -101,54 +100,3 @@ def test_costs_are_linear_in_the_cache_length_and_writes_move_only_new_entries()
     assert nbytes.coeff(T) == 2 * 8 * 64 * 2           # one K and one V row per cached position
     _, wbytes = get_op("cache_write").cost([k, TensorType(torch.bfloat16, [1, 8, 1, 64]), p], [k], {"dim": 2})
     assert T not in wbytes.free_symbols                 # the whole cache is not rewritten
-
-
-@pytest.mark.parametrize("hq, hkv, bias", [(4, 2, False), (6, 3, True)])
-def test_attention_linear_is_the_o_projection_of_the_heads(hq, hkv, bias):
-    """attention_linear = linear over the attention's heads back in rows, written out head by head (fp32)."""
-    b, s, t, d, n = 2, 3, 13, 5, 7
-    g = Graph("al")
-    q = g.add_input("q", TensorType(torch.float32, [B, hq, S, d]))
-    k = g.add_input("k", TensorType(torch.float32, [B, hkv, T, d]))
-    v = g.add_input("v", TensorType(torch.float32, [B, hkv, T, d]))
-    p = g.add_input("p", TensorType(torch.int64, [B, S]))
-    w = g.add_param("w", TensorType(torch.float32, [n, hq * d]))
-    extra = [g.add_param("bias", TensorType(torch.float32, [n]))] if bias else []
-    y = g.call("attention_linear", q, k, v, p, w, *extra, scale=0.4)
-    assert y.type == TensorType(torch.float32, [B, S, n])
-    g.set_outputs([y])
-    verify(g)
-    qs, ks, vs = torch.randn(b, hq, s, d), torch.randn(b, hkv, t, d), torch.randn(b, hkv, t, d)
-    ws, bs = torch.randn(n, hq * d), torch.randn(n)
-    pos = torch.tensor([[4, 5, 6], [10, 11, 12]])
-    tensors = {"w": ws, **({"bias": bs} if bias else {})}
-    (out,) = run_graph(g, [qs, ks, vs, pos], tensors=tensors)
-    expect = torch.zeros(b, s, n)
-    for r in range(b):
-        for j in range(s):
-            for h in range(hq):
-                kv = h // (hq // hkv)
-                m = int(pos[r, j]) + 1
-                a = torch.softmax(qs[r, h, j] @ ks[r, kv, :m].T * 0.4, dim=-1) @ vs[r, kv, :m]
-                expect[r, j] += ws[:, h * d:(h + 1) * d] @ a
-            if bias:
-                expect[r, j] += bs
-    torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
-
-
-def test_attention_linear_checks_name_the_op_and_costs_skip_the_intermediate():
-    q, k, v, p = (TensorType(torch.bfloat16, [1, 32, 1, 64]), TensorType(torch.bfloat16, [1, 8, T, 64]),
-                  TensorType(torch.bfloat16, [1, 8, T, 64]), TensorType(torch.int64, [1, 1]))
-    g = Graph("bad")
-    ins = [g.add_input(name, t) for name, t in (("q", q), ("k", k), ("v", v), ("p", p))]
-    with pytest.raises(ValueError, match="attention_linear: weight"):
-        g.call("attention_linear", *ins, g.add_param("w", TensorType(torch.bfloat16, [2048, 1024])))
-    with pytest.raises(TypeError, match="attention_linear"):
-        g.call("attention_linear", *ins, g.add_param("w16", TensorType(torch.float16, [2048, 2048])))
-    w = TensorType(torch.bfloat16, [2048, 2048])
-    out = TensorType(torch.bfloat16, [1, 1, 2048])
-    a = TensorType(torch.bfloat16, [1, 32, 1, 64])
-    _, fused = get_op("attention_linear").cost([q, k, v, p, w], [out], {"scale": None})
-    _, attn = get_op("cached_attention").cost([q, k, v, p], [a], {"scale": None})
-    _, lin = get_op("linear").cost([TensorType(torch.bfloat16, [1, 1, 2048]), w], [out], {})
-    assert sympy.simplify(fused - (attn + lin - 2 * 2048)) == 0  # the attention's output is not read back as x

@@ -20,8 +20,7 @@ def example(p: object) -> tuple[str, str]:
 
 # passes whose module docstring holds a complete `// before` / `// after` pair of graphs
 DOCUMENTED = ["canonicalize", "constant-fold", "common-subexpression-elimination", "dead-code-elimination",
-              "fuse-moe", "fuse-linear-residual", "fuse-norm-linear", "fuse-attention-block", "fuse-mlp-block",
-              "fuse-attention-linear"]
+              "fuse-moe", "fuse-linear-residual", "fuse-norm-linear", "fuse-attention-block", "fuse-mlp-block"]
 
 
 @pytest.mark.parametrize("p", [get_pass(n) for n in DOCUMENTED], ids=pass_name)

@@ -48,17 +48,14 @@ LAUNCH_HINTS = ("static_weight", "static_past", "prefetch")
 
 
 def past_is_static(node: Any) -> bool:
-    """Whether a ``cached_attention`` (or ``attention_linear``) node reads caches this step wrote only at its own
-    positions: positions a graph input (no kernel of the step writes them), k and v each the result of one
-    ``cache_write`` at those positions into a state cache. The slots below the smallest position are then an
-    earlier step's, and the kernel may load them before the PDL wait."""
-    if node.op == "attention_linear":  # (q, k, v, positions, weight, bias?: a linear cache)
-        pos = node.inputs[3]
-    elif node.op == "cached_attention":
-        _, _, _, pos, k_new, _, _ = cached_parts(node)
-        if k_new is not None:  # (a ring's new slot may be any slot)
-            return False
-    else:
+    """Whether a ``cached_attention`` node reads caches this step wrote only at its own positions: positions a
+    graph input (no kernel of the step writes them), k and v each the result of one ``cache_write`` at those
+    positions into a state cache. The slots below the smallest position are then an earlier step's, and the
+    kernel may load them before the PDL wait."""
+    if node.op != "cached_attention":
+        return False
+    _, _, _, pos, k_new, _, _ = cached_parts(node)
+    if k_new is not None:  # (a ring's new slot may be any slot)
         return False
     if pos.kind != "input":
         return False

@@ -278,8 +278,6 @@ TABLE: list[Lowering] = [
     # (writes the last state into its state buffer, in place)
     library("linear_attention_state", "scan:linear_attention_state"),
     library("cached_attention", "decode_attention:cached_attention"),
-    # (flash decoding's partials merged in the o projection's prologue: two launches)
-    library("attention_linear", "linear:attention_linear", static_weight=4),
     # (its weights must be parameters: the kernel reads them before the PDL wait, fuse-attention-block checks)
     library("attention_block", "attn_block:attention_block"),
     # (the same: its weights must be parameters, fuse-mlp-block checks)

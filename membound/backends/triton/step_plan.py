@@ -152,9 +152,6 @@ def kernel_works(partition: Partition, dims: Dims, hardware: Optional[Hardware] 
         if node.op == "mlp_block" and impl == "library":
             out += mlp_block_works(node, name, est.flops, nbytes, dims, precision)
             continue
-        if node.op == "attention_linear" and impl == "library":
-            out += attention_linear_works(node, name, est.flops, nbytes, dims, precision, hardware)
-            continue
         serial = decode_serial(node, dims, hardware) if kind == "decode_attention" else 0.0
         out.append(KernelWork(name, kind, est.flops, max(nbytes, 0.0), precision, serial))
     return out
@@ -215,37 +212,6 @@ def attention_block_works(node: Node, name: str, flops: float, nbytes: float, di
             KernelWork(f"{name} (attention)", "decode_attention", max(flops - proj_flops, 0.0), rest, precision),
             KernelWork(f"{name} (o)", linear_kind("linear_add", m, k, n_o), proj_flops * n_o / (n_qkv + n_o), o_bytes,
                        precision)]
-
-
-def attention_linear_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims, precision: str,
-                           hardware: Optional[Hardware] = None) -> list[KernelWork]:
-    """An ``attention_linear`` op as ``kernels/linear.py`` runs it: flash decoding storing its partials (the
-    serial tiles of its partials split, no merge of its own) and the o projection's GEMV merging them as it loads
-    x, or at more than one query a row the attention and the linear apart. The op's bytes and FLOPs split between
-    the two: the weight, bias and output (and x: the partials' merge reads at least that) go with the GEMV."""
-    from membound.backends.triton.kernels import decode_attention as da
-    from membound.backends.triton.kernels.linear import SMALL_M
-
-    env = bindings(dims)
-    q, k, w = node.inputs[0].type, node.inputs[1].type, node.inputs[4].type
-    bsz, hq, s, d = (int(evaluate(x, env, "attention_linear q")) for x in q.shape)
-    n, kk = (int(evaluate(x, env, "attention_linear weight")) for x in w.shape)
-    m = bsz * s
-    itemsize = q.dtype.itemsize
-    lin_bytes = float(sum(int(evaluate(v.type.nbytes(), env, "attention_linear weight"))
-                          for v in node.inputs[4:]) + 2 * m * n * itemsize + m * kk * itemsize)
-    lin_flops = 2.0 * m * n * kk
-    attn = KernelWork(f"{name} (attention)", "decode_attention" if s == 1 else "attention",
-                      max(flops - lin_flops, 0.0), max(nbytes - lin_bytes + m * kk * itemsize, 0.0), precision)
-    if s == 1 and m <= SMALL_M:
-        hkv = int(evaluate(k.shape[1], env, "attention_linear kv heads"))
-        filled = int(dims.get("T", 1))
-        gpu = hardware if hardware is not None and hardware.device_type == "cuda" else Hardware.named("h200")
-        tiles, _ = da.serial_tiles(hq // max(hkv, 1), bsz * hkv, filled, 1 << filled.bit_length(), d, q.dtype,
-                                   gpu.sm_count, partials=True)
-        attn = KernelWork(attn.name, attn.kind, attn.flops, attn.bytes, precision, float(tiles))
-    return [attn, KernelWork(f"{name} (o projection)", linear_kind("linear", m, n, kk), lin_flops, lin_bytes,
-                             precision)]
 
 
 def mlp_block_works(node: Node, name: str, flops: float, nbytes: float, dims: Dims,

@@ -271,65 +271,6 @@ define_op("cached_attention", inputs=("q", "k", "v", "positions", "k_new?", "v_n
 
 
 # ---------------------------------------------------------------------------------------------
-# attention_linear(q, k, v, positions, weight, bias?) -> [B, S, N]: a decode attention and the o projection that
-# reads its heads back as rows (issue 13): flash decoding's partials merged in the GEMV's prologue
-# ---------------------------------------------------------------------------------------------
-def _infer_attention_linear(q: TensorType, k: TensorType, v: TensorType, positions: TensorType, weight: TensorType,
-                            bias: Optional[TensorType] = None, *, scale: Optional[float] = None,
-                            window: Optional[int] = None, softcap: Optional[float] = None) -> TensorType:
-    op = "attention_linear"
-    a = _infer_cached(q, k, v, positions, scale=scale, window=window, softcap=softcap)
-    b, hq, s, dv = a.shape
-    same_dtype(op, ("q", q), ("weight", weight), *([("bias", bias)] if bias is not None else []))
-    if weight.rank != 2:
-        fail(op, f"weight must be [N, Hq * Dv], got {weight}")
-    require_same_dim(op, weight.shape[1], hq * dv, f"weight {weight} columns vs the heads of q {q} times Dv {dv}")
-    if bias is not None:
-        if bias.rank != 1:
-            fail(op, f"bias must be [N], got {bias}")
-        require_same_dim(op, bias.shape[0], weight.shape[0], f"bias {bias} vs weight {weight} rows")
-    return TensorType(a.dtype, (b, s, weight.shape[0]))
-
-
-def _attention_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-                      weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *, scale: Optional[float] = None,
-                      window: Optional[int] = None, softcap: Optional[float] = None) -> torch.Tensor:
-    """The ops it stands for, each by its own reference: ``cached_attention`` (its output rounded to the dtype),
-    the heads back into rows (``transpose(1, 2)``, ``reshape``), ``linear``."""
-    b, hq, s, _ = q.shape
-    a = _cached(q, k, v, positions, scale=scale, window=window, softcap=softcap)
-    return F.linear(a.transpose(1, 2).reshape(b, s, hq * v.shape[3]), weight, bias)
-
-
-def _attention_linear_flops(ins: Sequence[TensorType], outs: Sequence[TensorType],
-                            attrs: dict[str, Any]) -> sympy.Expr:
-    """The attention's (``cached_attention``'s count) and the product's, 2 a weight per row."""
-    q, v, w = ins[0], ins[2], ins[4]
-    b, hq, s, _ = q.shape
-    a = TensorType(q.dtype, (b, hq, s, v.shape[3]))
-    return _cached_flops(ins[:4], [a], attrs) + 2 * b * s * w.numel()
-
-
-def _attention_linear_bytes(ins: Sequence[TensorType], outs: Sequence[TensorType],
-                            attrs: dict[str, Any]) -> sympy.Expr:
-    """The attention's bytes (q, the filled K / V, its output once: the partials the GEMV merges are at least
-    that), the weight and bias once, the output; the attention's output is not read back as x."""
-    q, v = ins[0], ins[2]
-    b, hq, s, _ = q.shape
-    a = TensorType(q.dtype, (b, hq, s, v.shape[3]))
-    weights = sum((t.nbytes() for t in ins[4:]), sympy.Integer(0))
-    return _cached_bytes(ins[:4], [a], attrs) + weights + outs[0].nbytes()
-
-
-define_op("attention_linear", inputs=("q", "k", "v", "positions", "weight", "bias?"),
-          attrs={"scale": None, "window": None, "softcap": None}, kind="composite",
-          infer=_infer_attention_linear, reference=_attention_linear, flops=_attention_linear_flops,
-          bytes=_attention_linear_bytes, tensor_core=False,
-          doc="linear(cached_attention(q, k, v, positions).transpose(1, 2).reshape(B, S, Hq * Dv), weight, bias): "
-              "a decode attention over a linear cache and the o projection that reads its heads as rows")
-
-
-# ---------------------------------------------------------------------------------------------
 # state_copy(state, value) -> state: overwrite a whole state buffer (a model's own counters, ``copy_``)
 # ---------------------------------------------------------------------------------------------
 def _infer_copy(state: TensorType, value: TensorType) -> TensorType:

@@ -32,7 +32,6 @@ from membound.backends.triton.kernels.flash_attention import FlashConfig, attent
 from membound.backends.triton.kernels.linear import (
     SMALL_M,
     LinearConfig,
-    attention_linear,
     gated_linear,
     gated_linear_add,
     gated_linear_add_sumsq,
@@ -72,8 +71,7 @@ LIBRARY: dict[str, Callable] = _launchers()
 
 __all__ = [
     "LIBRARY", "SMALL_M", "DecodeConfig", "FlashConfig", "LinearConfig", "QuantConfig", "add_rms_norm",
-    "attention", "attention_linear",
-    "cache_write", "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding",
+    "attention", "cache_write", "cache_write_bytes", "cached_attention", "cached_attention_bytes", "embedding",
     "flash_attention", "gated_linear", "gated_linear_add", "gated_linear_add_sumsq", "linear", "linear_add",
     "linear_add_sumsq", "linear_bytes", "linear_glu", "linear_rope", "moe",
     "moe_bytes", "moe_experts", "quant_gated_linear",

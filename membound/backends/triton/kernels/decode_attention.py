@@ -45,11 +45,10 @@ tensors without ``TRITON_INTERPRET=1``. Any strides work (a transposed q or cach
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import triton
@@ -99,7 +98,9 @@ DECODE_WARPS = 4  # warps per program
 ROWS_PER_WARP = 4
 DECODE_TILE_BYTES = 32768  # K + V bytes per key tile: 64 slots at bf16 and head dim 128, 128 at 64, 32 at 256
 # cp.async ring: DECODE_STAGES - 1 K/V tiles in flight per program (MEMBOUND_DECODE_STAGES for A/B runs: 4 keeps
-# all three 128-slot tiles of a 257-slot span at head dim 64 in flight at once)
+# all three 128-slot tiles of a 257-slot span at head dim 64 in flight at once). H100, 1.24B decode step at context
+# 256 (profile_step-...-session30-{base1,base2,s4}): 4 stages 1055.7 us at batch 1 against 1058.8 / 1053.2 for 3,
+# 1186.4 against 1223.8 / 1183.2 at batch 8: noise. The chain of tiles is not what the short span waits on
 DECODE_STAGES = int(os.environ.get("MEMBOUND_DECODE_STAGES", "3"))
 EVICT_FIRST = False  # K/V loads with an evict-first L2 hint
 PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
@@ -110,7 +111,9 @@ PROGRAMS_PER_SM = 2  # pick_config: the grid's target size
 # batch 16 32k 476 / 488; in generate's graph step (decode_short_context-...-session10-wide{0,1}) batch 8 at 256
 # slots 8.9 -> 7.3 us, 512 slots 17.5 -> 13.7, batch 1 at 2048 13.4 -> 12.5 (128 slots: 4.3 -> 4.5). At D = 64 the
 # 128-slot tile is 32 KB already; 256-slot tiles there (...-session10-wide.json) won at 32k and batch 16 but lost
-# 3 us at batch 1, 4k (14.4 against 11.3): not taken. MEMBOUND_DECODE_WIDE=0 keeps 64-slot tiles (A/B runs)
+# 3 us at batch 1, 4k (14.4 against 11.3): not taken; in the H100 1.24B decode step at context 256 (session 30,
+# profile_step-...-session30-wide) 1067.5 us at batch 1 against 1053-1059 for 128-slot tiles, 1220.8 at batch 8
+# against 1183-1224. MEMBOUND_DECODE_WIDE=0 keeps 64-slot tiles (A/B runs)
 WIDE_TILES = os.environ.get("MEMBOUND_DECODE_WIDE", "1") == "1"
 # the head dims (padded to a power of two) whose 16-bit cache streams wide tiles: 128 (128 slots); 64 streams
 # 256-slot wide tiles when listed (MEMBOUND_DECODE_WIDE_DIMS=64,128, for A/B runs: see the numbers above)
@@ -177,12 +180,6 @@ DV_SPLIT: Optional[int] = None
 # weights ahead slows the kernels that stream, even behind a latency-bound attention
 PREFETCH_ENV = "MEMBOUND_DECODE_PREFETCH_MB"
 PREFETCH_PIECE = 16384  # bytes per prefetch instruction
-# attention_linear (partials=True): a row block whose span has at most PARTIALS_MAX chunks (one key tile each at short
-# spans) leaves them to the o projection's GEMV to merge as it loads x (its first two with the counts, then one L2
-# round trip a chunk); a longer span is merged here as without partials (split, the last program merges) into chunk 0.
-# Not yet timed (session 30); MEMBOUND_DECODE_PARTIALS_MAX for A/B runs
-PARTIALS_MAX = 8
-PARTIALS_MAX_ENV = "MEMBOUND_DECODE_PARTIALS_MAX"
 
 
 # T and N_SPLITS grow with the cache's capacity: not specialised on (Triton would key a new compile on a
@@ -198,14 +195,8 @@ def _flash_decoding_split(
     MERGE_ROWS: tl.constexpr, HAS_ALIBI: tl.constexpr, KV_EVICT: tl.constexpr, DIRECT: tl.constexpr = True,
     ACTIVE_ARRIVALS: tl.constexpr = False, EARLY_KV: tl.constexpr = False,
     pf_ptr=None, pf_elems=0, PREFETCH: tl.constexpr = False, PF_PIECE: tl.constexpr = 8192,
-    HAS_SINKS: tl.constexpr = False, CHUNKED: tl.constexpr = False, PARTIALS: tl.constexpr = False,
-    cnt_ptr=None, PARTIALS_MAX=8,
+    HAS_SINKS: tl.constexpr = False, CHUNKED: tl.constexpr = False,
 ):
-    # PARTIALS (attention_linear): every chunk with slots stores its partial and the program of chunk 0 the row
-    # block's count of them (cnt_ptr); the o projection's prologue merges them. A span of more than PARTIALS_MAX
-    # chunks is merged here as without PARTIALS (the last program to arrive), into chunk 0 with count 1: the
-    # consumer's merge then reads one partial, not a long chain of them
-    tl.static_assert(not (PARTIALS and ONE_SPLIT), "PARTIALS: the partials are the output, never the result")
     tl.static_assert(BLOCK_Q >= 16 and BLOCK_T >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, slots and head dims to 16")
     if PREFETCH:
@@ -268,11 +259,7 @@ def _flash_decoding_split(
     # directly and nobody counts in or merges (a short prefix in a CUDA graph sized for the capacity: the store of
     # a partial, the arrival atomics of every program and the merge's reads were a chain of round trips per step)
     n_active = tl.cdiv(filled - lo, chunk)
-    if PARTIALS:
-        direct = n_active < 0  # never: the consumer merges, or (past PARTIALS_MAX chunks) the last program here
-        if pid_split == 0:
-            tl.store(cnt_ptr + prow, tl.where(n_active <= PARTIALS_MAX, n_active, 1))
-    elif DIRECT:
+    if DIRECT:
         direct = n_active == 1
     else:
         direct = n_active < 0  # never: the partial and the merge (A/B runs)
@@ -333,7 +320,7 @@ def _flash_decoding_split(
         # this chunk's rows, normalised: o = acc / l with its log-sum-exp lse = m + log2(l) (-inf for a
         # row that saw no slot here: weight 0 in the merge)
         o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-        if not PARTIALS and (N_SPLITS == 1 or direct):
+        if N_SPLITS == 1 or direct:
             # the whole span was ours: the result, written directly
             tl.store(o_ptr + b * sob + h[:, None] * soh + s[:, None] * sos + dvs[None, :] * sod,
                      o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
@@ -345,21 +332,7 @@ def _flash_decoding_split(
             tl.store(lse_ptr + slot, lse, mask=row_ok)
             tl.store(part_ptr + slot[:, None] * BLOCK_DV + dv_local[None, :], o,
                      mask=row_ok[:, None] & dv_ok[None, :])
-    if PARTIALS:
-        if n_active > PARTIALS_MAX:
-            # a long span: merged here, into chunk 0 (the consumer reads count 1). o_ptr's strides address the output
-            # [b, h, s, dv]; chunk 0 of this row block is part[prow, 0, (h - kvh G) S + s - qb BQ, dv], so the merge
-            # stores through a base moved by the row block's offset with strides (0, S * BDV, BDV, 1)
-            if pid_split < n_active:
-                if arrive_last(lock_ptr, prow, n_active):
-                    base = part_ptr + (prow * N_SPLITS * BLOCK_Q - qb * BLOCK_Q - kvh * G * S) * BLOCK_DV
-                    _merge_partials(base, part_ptr, lse_ptr, prow, 0, n_active, N_SPLITS, qb, kvh, G, S, DV, b,
-                                    0, S * BLOCK_DV, BLOCK_DV, 1, BLOCK_Q, BLOCK_DV, SPLIT_BLOCK, MERGE_ROWS)
-                    # normalised already: its weight in the consumer's merge is 2^(0 - 0) = 1
-                    tl.store(lse_ptr + prow * N_SPLITS * BLOCK_Q + rq, tl.zeros((BLOCK_Q,), dtype=tl.float32),
-                             mask=row_ok)
-                    reset_counter(lock_ptr, prow)
-    elif not ONE_SPLIT:
+    if not ONE_SPLIT:
         if N_SPLITS > 1 and not direct:
             # the last program to count in merges the partials of the chunks that had slots (the same chunk rule
             # gives their number). ACTIVE_ARRIVALS: only those programs count in (the idle ones of a grid sized for
@@ -548,7 +521,7 @@ class DecodeConfig:
 
 
 def pick_config(rows: int, groups: int, length: int, known_length: bool, head_dim: int, dtype: torch.dtype,
-                device: torch.device, sms: Optional[int] = None, partials: bool = False) -> DecodeConfig:
+                device: torch.device, sms: Optional[int] = None) -> DecodeConfig:
     """Rows padded to a tensor-core tile (``ROWS_PER_WARP`` per warp), the slots split by
     :func:`_best_split` (whole waves of about ``PROGRAMS_PER_SM`` programs per SM, ``WIDE_PROGRAMS_PER_SM``
     for wide tiles, each streaming at least ``MIN_TILES`` tiles' bytes).
@@ -562,9 +535,6 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     the capacity) the grid is sized for a full cache and the device splits the filled prefix over it,
     in chunks of at least ``LEAST_TILES`` tiles, so a short prefix in a long cache still spreads out; the
     compile-time choices (tiles, warps, stages) then do not depend on the capacity.
-
-    ``partials`` (``attention_linear``: the consumer merges, nothing merges here): chunks down to one key tile, in
-    the grid and in the device split, no direct span, whole output columns a program.
     """
     block_q = max(16, next_pow2(min(rows, 64)))
     if dtype != torch.float32:  # (fp32 takes the FMA dot, where padded rows are work, not a free tensor-core tile)
@@ -572,13 +542,13 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     block_t = tile_slots(head_dim, dtype)
     wide = _wide(head_dim, dtype)
     warps, per_sm = (WIDE_WARPS, WIDE_PROGRAMS_PER_SM) if wide else (DECODE_WARPS, PROGRAMS_PER_SM)
-    min_tiles = 1 if partials else max(1, _in_tiles(MIN_TILES, head_dim, dtype))
+    min_tiles = max(1, _in_tiles(MIN_TILES, head_dim, dtype))
     least_tiles = max(1, min(_in_tiles(LEAST_TILES, head_dim, dtype), min_tiles))
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
     slots = per_sm * (sms or sm_count(device))
     dv_split, most = 1, DV_SPLIT if DV_SPLIT is not None else int(os.environ.get(DV_SPLIT_ENV, "1") or "1")
-    while (not partials and dv_split * 2 <= most and next_pow2(head_dim) // (dv_split * 2) >= 16
+    while (dv_split * 2 <= most and next_pow2(head_dim) // (dv_split * 2) >= 16
            and programs * dv_split * 2 <= slots):
         dv_split *= 2
     splits = _best_split(programs * dv_split, tiles, slots, min_tiles)
@@ -590,19 +560,17 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
                         min_chunk=least_tiles * block_t,
-                        direct_span=0 if partials else direct_tiles(head_dim, dtype) * block_t, dv_split=dv_split)
+                        direct_span=direct_tiles(head_dim, dtype) * block_t, dv_split=dv_split)
 
 
 def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: int, dtype: torch.dtype,
-                 sms: int, partials: bool = False) -> tuple[int, bool]:
+                 sms: int) -> tuple[int, bool]:
     """``(tiles, merged)`` of a decode step's launch as ``generate``'s CUDA graph runs it (no known length: the
     grid sized for ``capacity``, the device splitting the ``filled`` prefix): the key tiles the busiest program
     streams one after another (this config's tiles: a wide tile is one round trip too), and whether the row
     block's partials are merged (more than one chunk); :func:`direct_tiles` is the longest chain without a merge.
-    The kernel's own chunk rule (``_chunk``) on the host; the step model's latency term (``cost/step.py``).
-    ``partials``: ``attention_linear``'s launch (``pick_config``'s partials split; merged means the GEMV after it
-    merges more than one chunk)."""
-    cfg = pick_config(rows, groups, capacity, False, head_dim, dtype, torch.device("cpu"), sms=sms, partials=partials)
+    The kernel's own chunk rule (``_chunk``) on the host; the step model's latency term (``cost/step.py``)."""
+    cfg = pick_config(rows, groups, capacity, False, head_dim, dtype, torch.device("cpu"), sms=sms)
     n_splits = cdiv(capacity, cfg.chunk)
     span = max(1, min(filled, capacity))
     chunk = max(cdiv(cdiv(span, n_splits), cfg.block_t) * cfg.block_t, cfg.least_chunk)
@@ -682,7 +650,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
                      max_len: Optional[int] = None, config: Optional[DecodeConfig] = None,
                      alibi: Optional[tuple[float, ...]] = None, static_past: bool = False,
                      prefetch: Optional[torch.Tensor] = None, sinks: bool = False,
-                     chunk: Optional[int] = None, partials: bool = False) -> Union[torch.Tensor, "AttentionPartials"]:
+                     chunk: Optional[int] = None) -> torch.Tensor:
     """The IR op ``cached_attention`` (flash-decoding); result ``[B, Hq, S, Dv]`` in q's dtype. Operands after the
     positions: ``k_new, v_new`` (a ring cache), then the ``[Hq]`` sink logits with ``sinks=True``.
 
@@ -703,11 +671,6 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     With ``k_new, v_new`` the caches are rings (position p in slot p mod capacity, see the IR op): one
     new token reads every slot of the ring, several new tokens (a prefill from position 0) attend over
     ``k_new, v_new`` with the flash kernel.
-
-    ``partials=True`` (``attention_linear``'s first half): where flash decoding runs, nothing merges; the result is
-    the chunks' normalised partials and log-sum-exps (:class:`AttentionPartials`), which the o projection's
-    prologue merges. The split then ignores ``DIRECT_TILES`` and goes down to one key tile a chunk (no merge to
-    pay for here). Elsewhere (prefill, the reference paths) the result is the output tensor as without it.
     """
     k_new, v_new, sink = cached_extras(operands, sinks)
     _check(q, k, v, positions, k_new, v_new)
@@ -752,10 +715,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         note("cached_attention", "kernel")
         return y
     length = cap if max_len is None else max(1, min(int(max_len), cap))
-    cfg = config or pick_config(rows, bsz * hkv, length, max_len is not None, max(d, dv), q.dtype, q.device,
-                                partials=partials)
-    if partials:  # (a given config too: no merge here, so no direct span; whole output columns a program)
-        cfg = dataclasses.replace(cfg, direct_span=0, dv_split=1)
+    cfg = config or pick_config(rows, bsz * hkv, length, max_len is not None, max(d, dv), q.dtype, q.device)
     for name in ("chunk", "min_chunk"):
         if getattr(cfg, name) % cfg.block_t:
             raise ValueError(f"cached_attention: config {name}={getattr(cfg, name)} must be a multiple of "
@@ -769,7 +729,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     # used only for a known length; otherwise the variant that can merge, which writes the result
     # directly when the grid has one split (a branch on the device). The merge's tile (merge_tile) comes from
     # the warps and head dim alone (masked lanes cost no bytes), so the split count never picks a variant.
-    one = n_splits == 1 and max_len is not None and not partials
+    one = n_splits == 1 and max_len is not None
     # a Dv split: each of dv_split programs owns block_dv of the output's columns (at least 16 for tl.dot)
     dv_split = max(1, min(cfg.dv_split, max(16, next_pow2(dv)) // 16))
     block_dv = max(16, next_pow2(dv)) // dv_split
@@ -781,8 +741,6 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         part = torch.empty((units, n_splits, cfg.block_q, block_dv), dtype=torch.float32, device=q.device)
         lse = torch.empty((units, n_splits, cfg.block_q), dtype=torch.float32, device=q.device)
         locks = split_counters(q.device, units)
-        # PARTIALS: each row block's count of chunks with slots (written by its chunk 0)
-        counts = torch.empty((units,), dtype=torch.int32, device=q.device) if partials else locks
     spb, sps = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
@@ -800,57 +758,9 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
         MERGE_ROWS=merge_rows,
         KV_EVICT="evict_first" if cfg.evict_first else "", EARLY_KV=early_kv(static_past, ring),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **prefetch_args(prefetch), HAS_SINKS=sink is not None,
-        PARTIALS=partials, cnt_ptr=counts if partials else None, PARTIALS_MAX=partials_max(),
         **pdl_options(q.device))
     note("cached_attention", "kernel")
-    if partials:
-        return AttentionPartials(part, lse, counts, bsz, hq, s, hkv, dv, n_qblocks, n_splits, cfg.block_q, block_dv)
     return y
-
-
-def merge_partials(p: "AttentionPartials", dtype: torch.dtype) -> torch.Tensor:
-    """The output ``[b, hq, s, dv]`` (in ``dtype``) that flash decoding's partials merge to, in torch: the
-    reference of the ``MERGE_X`` prologue."""
-    n = p.part.shape[0]
-    c = torch.arange(p.n_splits, device=p.part.device)
-    live = c[None, :] < p.counts.long()[:, None]  # [units, splits]
-    lse = torch.where(live[:, :, None], p.lse, float("-inf"))
-    top = lse.amax(dim=1, keepdim=True)
-    w = torch.exp2(lse - torch.where(top == float("-inf"), 0.0, top))  # [units, splits, block_q]
-    parts = torch.where(live[:, :, None, None], p.part, 0.0)
-    o = (w[..., None] * parts).sum(1) / w.sum(1).clamp_min(1e-30)[..., None]  # [units, block_q, block_dv]
-    g = p.hq // p.hkv
-    o = o.reshape(p.b, p.hkv, p.n_qblocks * p.block_q, p.block_dv)[:, :, :g * p.s, :p.dv]
-    del n
-    return o.reshape(p.b, p.hkv, g, p.s, p.dv).reshape(p.b, p.hq, p.s, p.dv).to(dtype)
-
-
-@dataclass(frozen=True)
-class AttentionPartials:
-    """Flash decoding's unmerged result (``cached_attention(..., partials=True)``): for row block ``prow`` (batch
-    row, kv head, block of ``block_q`` query rows ``g * s_new + s``) and chunk ``c < counts[prow]``, the normalised
-    partial ``part[prow, c, r, :dv]`` (fp32) and its base-2 log-sum-exp ``lse[prow, c, r]`` (-inf where the row saw
-    no slot of the chunk). The output ``[b, hq, s, dv]`` is their merge; ``kernels.linear``'s ``MERGE_X`` prologue
-    reads it as the rows ``[b * s, hq * dv]`` of an o projection's x."""
-
-    part: torch.Tensor
-    lse: torch.Tensor
-    counts: torch.Tensor
-    b: int
-    hq: int
-    s: int
-    hkv: int
-    dv: int
-    n_qblocks: int
-    n_splits: int
-    block_q: int
-    block_dv: int
-
-
-def partials_max() -> int:
-    """``PARTIALS_MAX_ENV``: the most chunks ``attention_linear``'s consumer merges (a longer span is merged by
-    flash decoding itself); read at each launch."""
-    return max(1, int(os.environ.get(PARTIALS_MAX_ENV, str(PARTIALS_MAX)) or PARTIALS_MAX))
 
 
 def prefetch_args(weight: Optional[torch.Tensor]) -> dict:

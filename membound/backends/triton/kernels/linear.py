@@ -73,12 +73,6 @@ from membound.backends.triton.kernels._launch import (
     unsupported_device,
     unsupported_dtype,
 )
-from membound.backends.triton.kernels.decode_attention import (
-    AttentionPartials,
-    DecodeConfig,
-    cached_attention,
-    merge_partials,
-)
 
 SMALL_M = 16  # the kernel's range: up to one tensor-core tile of rows
 SUMSQ_COLUMNS = 4  # output columns per partial sum of squares (membound.ir.ops.matmul.SUMSQ_COLUMNS)
@@ -105,60 +99,6 @@ def _x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, k_ok, stride_xm, stride_um, rstd
         xn = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
         x = (xn.to(tl.float32) * nw.to(tl.float32)[None, :]).to(x.dtype)
     return x
-
-
-@triton.jit
-def _merged_x(ap_ptr, al_ptr, an_ptr, ms, ks, m_ok, k_ok, A_G, A_S, A_HKV, A_NQB, A_NS, A_DV, dtype,
-              A_BQ: tl.constexpr, A_BDV: tl.constexpr):
-    """``attention_linear``'s x rows ``ms`` at columns ``ks``: the merge of flash decoding's partials
-    (``decode_attention.AttentionPartials``). Row m is (batch b, new token s), column k (query head h, value d);
-    its partials are those of row block ``(b, h // G, (g S + s) // BQ)``, the first ``counts`` of them:
-    ``sum_c 2^(lse_c - M) o_c / sum_c 2^(lse_c - M)`` in fp32, rounded to ``dtype`` as the attention's output is.
-    From L2: the attention kernel before this one stored them.
-
-    The first two chunks are loaded with the counts, not after them (masked by the count once it is in: a chunk
-    past it holds whatever an earlier step left there): a short span (two chunks) costs one round trip to L2, as
-    the attention's output did, and three or four cost two."""
-    b = ms // A_S
-    s = ms % A_S
-    h = ks // A_DV
-    d = ks % A_DV
-    row = (h % A_G)[None, :] * A_S + s[:, None]
-    rq = row % A_BQ
-    prow = (b[:, None] * A_HKV + (h // A_G)[None, :]) * A_NQB + row // A_BQ
-    ok = m_ok[:, None] & k_ok[None, :]
-    n = tl.load(an_ptr + prow, mask=ok, other=0, cache_modifier=".cg")
-    slot0 = prow * A_NS * A_BQ + rq
-    lse0 = tl.load(al_ptr + slot0, mask=ok, other=float("-inf"), cache_modifier=".cg")
-    o0 = tl.load(ap_ptr + slot0 * A_BDV + d[None, :], mask=ok, other=0.0, cache_modifier=".cg")
-    slot1 = slot0 + A_BQ
-    ok1 = ok & (prow * 0 + 1 < A_NS)  # (a second chunk in the buffer)
-    lse1 = tl.load(al_ptr + slot1, mask=ok1, other=float("-inf"), cache_modifier=".cg")
-    o1 = tl.load(ap_ptr + slot1 * A_BDV + d[None, :], mask=ok1, other=0.0, cache_modifier=".cg")
-    m_run = tl.full(prow.shape, float("-inf"), dtype=tl.float32)
-    l_run = tl.zeros(prow.shape, dtype=tl.float32)
-    o_run = tl.zeros(prow.shape, dtype=tl.float32)
-    m_run, l_run, o_run = _fold(m_run, l_run, o_run, lse0, o0, n > 0)
-    m_run, l_run, o_run = _fold(m_run, l_run, o_run, lse1, o1, n > 1)
-    for c in range(2, tl.max(tl.max(n, axis=1), axis=0)):
-        live = ok & (c < n)
-        slot = slot0 + c * A_BQ
-        lse = tl.load(al_ptr + slot, mask=live, other=float("-inf"), cache_modifier=".cg")
-        o_c = tl.load(ap_ptr + slot * A_BDV + d[None, :], mask=live, other=0.0, cache_modifier=".cg")
-        m_run, l_run, o_run = _fold(m_run, l_run, o_run, lse, o_c, live)
-    return (o_run / tl.where(l_run > 0.0, l_run, 1.0)).to(dtype)
-
-
-@triton.jit
-def _fold(m_run, l_run, o_run, lse, o, live):
-    """One chunk's partial into the running merge, both sides rescaled to the common max; a chunk the row saw
-    nothing of (lse = -inf) or past the row block's count (``live`` false: never stored this step) weighs 0."""
-    lse = tl.where(live, lse, float("-inf"))
-    m_new = tl.maximum(m_run, lse)
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_run - m_safe)
-    w = tl.exp2(lse - m_safe)
-    return m_new, l_run * alpha + w, o_run * alpha + w * tl.where(live, o, 0.0)
 
 
 @triton.jit
@@ -266,13 +206,7 @@ def _linear_small_m(
     ROPE: tl.constexpr = False, HALF: tl.constexpr = 1, cs_ptr=None, sn_ptr=None, stride_cm=0, ROPE_N=0,
     ROPE_PROGRAMS=0, SWAP: tl.constexpr = False, RESIDENT: tl.constexpr = False, ROW: tl.constexpr = False,
     EARLY_SWAP: tl.constexpr = False,
-    ap_ptr=None, al_ptr=None, an_ptr=None, A_G=1, A_S=1, A_HKV=1, A_NQB=1, A_NS=1, A_DV=1,
-    MERGE_X: tl.constexpr = False, A_BQ: tl.constexpr = 16, A_BDV: tl.constexpr = 16,
 ):
-    # MERGE_X (attention_linear): x is flash decoding's unmerged partials (ap/al/an: partials, lse, counts; A_*:
-    # their layout), merged as x is loaded (_merged_x); x_ptr only gives the dtype
-    tl.static_assert(not MERGE_X or not (GATED or NORM or GLU or ROPE),
-                     "attention_linear: x is the attention's output, neither gated, normed, nor a glu or rope form")
     tl.static_assert(BLOCK_K % 16 == 0, "BLOCK_K must be a multiple of 16 (vector loads)")
     tl.static_assert(not SUMSQ_IN or NORM, "the partial sums of squares are read for a norm")
     tl.static_assert(not (SUMSQ_IN and SUMSQ_OUT), "ss_ptr is read or written, not both")
@@ -430,23 +364,18 @@ def _linear_small_m(
         for kk in range(k_start, k_end, GATE_CHUNK):
             kg = kk + tl.arange(0, GATE_CHUNK)
             g_ok = gm_ok[:, None] & (kg < k_end)[None, :]
-            if MERGE_X:
+            xg = tl.load(x_ptr + gms[:, None] * stride_xm + kg[None, :], mask=g_ok, other=0.0)
+            if NORM:
+                nwg = tl.load(nw_ptr + kg, mask=kg < k_end, other=0.0)
+                xn = (xg.to(tl.float32) * grstd[:, None]).to(xg.dtype)
                 tl.store(g_ptr + gms[:, None] * K + kg[None, :],
-                         _merged_x(ap_ptr, al_ptr, an_ptr, gms, kg, gm_ok, kg < k_end, A_G, A_S, A_HKV, A_NQB, A_NS,
-                                   A_DV, x_ptr.dtype.element_ty, A_BQ, A_BDV), mask=g_ok)
+                         (xn.to(tl.float32) * nwg.to(tl.float32)[None, :]).to(xg.dtype), mask=g_ok)
             else:
-                xg = tl.load(x_ptr + gms[:, None] * stride_xm + kg[None, :], mask=g_ok, other=0.0)
-                if NORM:
-                    nwg = tl.load(nw_ptr + kg, mask=kg < k_end, other=0.0)
-                    xn = (xg.to(tl.float32) * grstd[:, None]).to(xg.dtype)
-                    tl.store(g_ptr + gms[:, None] * K + kg[None, :],
-                             (xn.to(tl.float32) * nwg.to(tl.float32)[None, :]).to(xg.dtype), mask=g_ok)
-                else:
-                    ug = tl.load(u_ptr + gms[:, None] * stride_um + kg[None, :], mask=g_ok, other=0.0)
-                    xf = xg.to(tl.float32)
-                    gg = (xf / (1.0 + tl.exp(-xf))).to(xg.dtype)
-                    tl.store(g_ptr + gms[:, None] * K + kg[None, :],
-                             (gg.to(tl.float32) * ug.to(tl.float32)).to(ug.dtype), mask=g_ok)
+                ug = tl.load(u_ptr + gms[:, None] * stride_um + kg[None, :], mask=g_ok, other=0.0)
+                xf = xg.to(tl.float32)
+                gg = (xf / (1.0 + tl.exp(-xf))).to(xg.dtype)
+                tl.store(g_ptr + gms[:, None] * K + kg[None, :],
+                         (gg.to(tl.float32) * ug.to(tl.float32)).to(ug.dtype), mask=g_ok)
         tl.debug_barrier()  # the block's stores are visible to all its threads after this
         x_ptr = g_ptr
         stride_xm = K
@@ -459,7 +388,7 @@ def _linear_small_m(
         # the first K tile, peeled off the loop: its W tile came before the wait
         ks = k_start + tl.arange(0, BLOCK_K)
         x_t = tl.trans(_x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, ks < k_end, stride_xm, stride_um, rstd, GATED_X,
-                               NORM_X))  # (MERGE_X: PRE_GATE's scratch, since EARLY_SWAP is a tensor-core form)
+                               NORM_X))
         acc = tl.dot(w_first, x_t, acc, input_precision=INPUT_PRECISION)
         if TWO:
             acc2 = tl.dot(w_first2, x_t, acc2, input_precision=INPUT_PRECISION)
@@ -468,12 +397,7 @@ def _linear_small_m(
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < k_end
         # the few x rows of this K tile (gated_linear: silu(gate) * up; a norm prologue: the normed row)
-        if MERGE_X and not PRE_GATE:
-            # the register products: the partials merged per K tile (once for a resident tile)
-            x = _merged_x(ap_ptr, al_ptr, an_ptr, ms, ks, m_ok, k_ok, A_G, A_S, A_HKV, A_NQB, A_NS, A_DV,
-                          x_ptr.dtype.element_ty, A_BQ, A_BDV)
-        else:
-            x = _x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, k_ok, stride_xm, stride_um, rstd, GATED_X, NORM_X)
+        x = _x_tile(x_ptr, u_ptr, nw_ptr, ms, ks, m_ok, k_ok, stride_xm, stride_um, rstd, GATED_X, NORM_X)
         if SWAP:
             w_s = tl.load(w_rows[:, None] + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             x_t = tl.trans(x)
@@ -1081,15 +1005,12 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
              static_weight: bool, *, norm: Optional[tuple[torch.Tensor, float]] = None,
              residual: Optional[torch.Tensor] = None,
              sumsq: Optional[tuple[torch.Tensor, str]] = None, glu: bool = False,
-             rope: Optional[tuple[torch.Tensor, torch.Tensor, int, int]] = None,
-             merge: Optional[AttentionPartials] = None) -> torch.Tensor:
+             rope: Optional[tuple[torch.Tensor, torch.Tensor, int, int]] = None) -> torch.Tensor:
     """Every linear of the library: ``up`` given: x is the gate; ``norm`` (weight, eps): x is normed first;
     ``residual``: added to the output; ``sumsq`` (partials, "in"): the norm's mean square from the
     partials, (partials, "out"): the output's partials written there; ``glu``: weight is ``[2N, K]`` (gate
     rows, then up rows) and the output ``silu(gate) * up`` ``[.., N]``; ``rope`` (cos ``[M, D]``, sin, D, rotated
-    columns): the output's first columns rotated per head (``linear_rope``); ``merge``: x is flash decoding's
-    unmerged partials, merged in the prologue (``attention_linear``; ``x`` then only carries the rows' shape and
-    dtype: an expanded scalar). Checks, path choice, launch."""
+    columns): the output's first columns rotated per head (``linear_rope``). Checks, path choice, launch."""
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be [N, K], got shape {tuple(weight.shape)}")
     n, k = weight.shape
@@ -1127,7 +1048,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         return _reference_sumsq(fallback(op, reason or "empty product", reference(), out), sumsq)
 
     y = check_out(op, out, lead + (n,), x.dtype, x.device)
-    x2 = x.reshape(m, k) if merge is not None else _rows(x, m, k)
+    x2 = _rows(x, m, k)
     u2 = _rows(up, m, k) if up is not None else None
     r2 = _rows(residual, m, n) if residual is not None else None
     if config is not None:
@@ -1152,7 +1073,7 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         if cs.stride(1) != 1 or sn.stride(1) != 1 or sn.stride(0) != cs.stride(0):
             raise ValueError("linear_rope: cos and sin rows must be contiguous with one row stride")
     part = locks = gbuf = y  # placeholders the kernel never touches without a split / pre-gating
-    pre_gate = (u2 is not None or norm is not None or merge is not None) and cfg.use_dot and cfg.pre_gate
+    pre_gate = (u2 is not None or norm is not None) and cfg.use_dot and cfg.pre_gate
     if pre_gate:
         gbuf = torch.empty((m, k), dtype=x.dtype, device=x.device)
     if split > 1:
@@ -1181,52 +1102,9 @@ def _small_m(op: str, x: torch.Tensor, up: Optional[torch.Tensor], weight: torch
         **pdl_options(x.device),
         **(l2_prefetch_bytes(weight, static_weight, n * split, k_per_split) if rope is None
            else {"L2_PREFETCH": False, "pf_bytes": 0}), **rope_args, SWAP=cfg.swap,
-        RESIDENT=cfg.resident, ROW=cfg.row, EARLY_SWAP=cfg.swap and static_weight and swap_early(),
-        **(_merge_args(merge) if merge is not None else {}))
+        RESIDENT=cfg.resident, ROW=cfg.row, EARLY_SWAP=cfg.swap and static_weight and swap_early())
     note(op, "kernel")
     return y
-
-
-def _merge_args(p: AttentionPartials) -> dict:
-    """The ``MERGE_X`` arguments of ``_linear_small_m`` for flash decoding's partials ``p``."""
-    return dict(ap_ptr=p.part, al_ptr=p.lse, an_ptr=p.counts, A_G=p.hq // p.hkv, A_S=p.s, A_HKV=p.hkv,
-                A_NQB=p.n_qblocks, A_NS=p.n_splits, A_DV=p.dv, MERGE_X=True, A_BQ=p.block_q, A_BDV=p.block_dv)
-
-
-def attention_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-                     weight: torch.Tensor, bias: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None, *,
-                     scale: Optional[float] = None, window: Optional[int] = None, softcap: Optional[float] = None,
-                     max_len: Optional[int] = None, static_weight: bool = False, static_past: bool = False,
-                     config: Optional[LinearConfig] = None,
-                     attn_config: Optional[DecodeConfig] = None) -> torch.Tensor:
-    """The IR op ``attention_linear``: ``linear(cached_attention(q, k, v, positions).transpose(1, 2)
-    .reshape(B, S, Hq * Dv), weight, bias)``, the o projection of a decode step's attention.
-
-    Two launches, one merge: flash decoding stores its chunks' partials and exits (no arrival atomic, no last
-    program merging), and the GEMV merges them as it loads x (``MERGE_X``: every program re-merges the rows it
-    reads, a few KB from L2 a split). Where flash decoding does not run (prefill, a CPU without the interpreter,
-    more than ``SMALL_M`` rows) the two ops run as they would apart. ``config`` / ``attn_config`` override the two
-    kernels' heuristics (tests, benches)."""
-    if q.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention_linear: q and v must be [B, H, S, D], got {tuple(q.shape)} and {tuple(v.shape)}")
-    b, hq, s, _ = q.shape
-    kk = hq * v.shape[3]
-    if weight.dim() != 2 or weight.shape[1] != kk:
-        raise ValueError(f"attention_linear: weight must be [N, Hq * Dv] = [N, {kk}], got {tuple(weight.shape)}")
-    small = b * s <= SMALL_M
-    parts = cached_attention(q, k, v, positions, scale=scale, window=window, softcap=softcap, max_len=max_len,
-                             config=attn_config, static_past=static_past, partials=small)
-    if isinstance(parts, torch.Tensor):
-        x = parts.transpose(1, 2).reshape(b, s, kk)
-        return linear(x, weight, bias, out, config=config, static_weight=static_weight)
-    rows = torch.empty((1,), dtype=q.dtype, device=q.device).expand(b, s, kk)  # the rows' shape and dtype only
-
-    def reference() -> torch.Tensor:
-        x = merge_partials(parts, q.dtype).transpose(1, 2).reshape(b, s, kk)
-        return F.linear(x, weight, bias)
-
-    return _small_m("attention_linear", rows, None, weight, bias, out, config, reference, static_weight,
-                    merge=parts)
 
 
 def _reference_sumsq(y: torch.Tensor, sumsq: Optional[tuple[torch.Tensor, str]]) -> torch.Tensor:
