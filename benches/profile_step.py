@@ -24,6 +24,9 @@ its decode step (the S = 1 graph ``generate`` runs) captured in a CUDA graph as 
   wait for the previous one, so compare steps and gaps, not kernel sums), aggregated by kernel name;
 - **predicted**: ``membound.step_prediction.predict_decode_step`` for the same step on this card (graph
   replay only, no per-token loop), per launch where its launch count equals the profile's.
+- **path**: how far each launch moved the step's end (its end past the latest end before it: these add up to the
+  span, PDL overlap counted once), per kernel name and, for the repeating block of launches (a decoder layer:
+  ``per_layer``), per launch of the block as the median over the layers, labelled with the cost model's op.
 
 Writes ``benches/results/profile_step-<tag>-<gpu>-<date>.json`` (everything) and ``.txt`` (the tables),
 copies under ``--out``, and prints the tables last.
@@ -135,6 +138,41 @@ def timeline(steps: list[list[tuple[str, float, float]]]) -> dict[str, Any]:
     }
 
 
+def per_layer(positions: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The step's repeating block of launches (a decoder layer) and each launch's median time on the path within it.
+
+    The period is the spacing of the kernel name that recurs most often at an even spacing (flash decoding: once a
+    layer); the block starts as early as every layer still launches the same names there. Each row is one launch of
+    the block: its name, the cost model's label for it (the first layer's, when the profile has per-launch
+    predictions), the median over the layers whose launch there has that name of its time on the path, and of its
+    duration. None when no name recurs evenly at least twice (a one-layer model)."""
+    names = [p["name"] for p in positions]
+    at: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        at.setdefault(n, []).append(i)
+    best: Optional[tuple[int, int, int]] = None  # (count, first, period)
+    for idx in at.values():
+        gaps = {b - a for a, b in zip(idx, idx[1:])}
+        if len(idx) >= 2 and len(gaps) == 1 and (best is None or len(idx) > best[0]):
+            best = (len(idx), idx[0], gaps.pop())
+    if best is None:
+        return None
+    layers, first, period = best
+    start = first
+    while (start - 1 >= 0 and start - 1 > first - period
+           and all(names[start - 1 + k * period] == names[start - 1] for k in range(layers))):
+        start -= 1
+    rows = []
+    for t in range(period):
+        same = [start + k * period + t for k in range(layers)
+                if start + k * period + t < len(names) and names[start + k * period + t] == names[start + t]]
+        rows.append({"name": names[start + t], "predicted": positions[start + t].get("predicted", ""),
+                     "layers": len(same), "path_us": statistics.median(positions[i]["path_us"] for i in same),
+                     "us": statistics.median(positions[i]["us"] for i in same)})
+    return {"period": period, "layers": layers, "start": start, "rows": rows,
+            "path_us": sum(r["path_us"] for r in rows)}
+
+
 def _pick(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
@@ -196,6 +234,13 @@ def format_case(case: dict[str, Any], top: int = 25) -> str:
                      "far each kernel moved the step's end past the latest end before it)")
     if len(case["kernels"]) > top:
         lines.append(f"   ... {len(case['kernels']) - top} more kernel names")
+    layer = per_layer(case["positions"]) if path and all("path_us" in p for p in case["positions"]) else None
+    if layer is not None:
+        lines.append(f"   a layer on the path ({layer['period']} launches x {layer['layers']} layers from "
+                     f"#{layer['start']}; median us over the layers): {layer['path_us']:.1f} us")
+        for r in layer["rows"]:
+            label = f" ({r['predicted']})" if r["predicted"] else ""
+            lines.append(f"     {r['path_us']:6.2f} path {r['us']:7.2f} kernel  {(r['name'] + label)[:90]}")
     if pred.get("by_kind"):
         lines.append("   predicted by kind: " + "; ".join(f"{k} {v['launches']}x {v['us']:.1f} us"
                                                          for k, v in sorted(pred["by_kind"].items(),

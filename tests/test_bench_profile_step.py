@@ -83,6 +83,24 @@ def test_path_times_add_up_to_the_span_and_count_overlap_once() -> None:
                                                                                  "d": 2 / 12})
 
 
+def test_per_layer_finds_the_repeating_block_and_takes_medians_over_its_layers() -> None:
+    """The block is the period of the evenly recurring name that recurs most (a, the first of a and b: spacing 3),
+    started as early as every layer launches the same name there (a, not the prologue's e); a launch whose name differs in one layer
+    (the last layer's c2) is left out of that row's median; a model without a repeat gives None."""
+    names = ["e", "a", "b", "c", "a", "b", "c", "a", "b", "c2", "h"]
+    paths = [9.0, 1.0, 2.0, 3.0, 1.5, 2.5, 5.0, 0.5, 2.0, 7.0, 4.0]
+    positions = [{"i": i, "name": n, "us": 2 * p, "path_us": p} for i, (n, p) in enumerate(zip(names, paths))]
+    positions[1]["predicted"] = "gemv linear %1"
+    layer = bench.per_layer(positions)
+    assert layer is not None and (layer["period"], layer["layers"], layer["start"]) == (3, 3, 1)
+    assert [(r["name"], r["layers"], r["path_us"]) for r in layer["rows"]] == [
+        ("a", 3, 1.0), ("b", 3, 2.0), ("c", 2, 4.0)]
+    assert layer["rows"][0]["predicted"] == "gemv linear %1" and layer["rows"][2]["us"] == pytest.approx(8.0)
+    assert layer["path_us"] == pytest.approx(7.0)
+    assert bench.per_layer([{"i": 0, "name": "a", "us": 1.0, "path_us": 1.0},
+                            {"i": 1, "name": "b", "us": 1.0, "path_us": 1.0}]) is None
+
+
 def test_chrome_trace_device_events(tmp_path: Path) -> None:
     trace = {"traceEvents": [
         {"ph": "X", "cat": "kernel", "name": "_linear_small_m", "ts": 10.0, "dur": 4.0},
