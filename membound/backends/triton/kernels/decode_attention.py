@@ -123,10 +123,11 @@ WIDE_WARPS = 8
 WIDE_PROGRAMS_PER_SM = 1
 # pick_config: the K + V bytes one program streams at least (when the cache has that many), in DECODE_TILE_BYTES
 # units (4: four 64-slot tiles at D = 128, two wide ones). At a 512-slot capacity that is one split per row block at
-# head dim 64 (two at 128's wide tiles), so a short span stays whole whatever LEAST_TILES says. Session 30 (H100, attention_linear's
-# partials, no merge): one-tile chunks cut flash decoding's path at context 256 from 7.9 to 6.5 us a layer at the
-# 1.24B shape, 10.8 to 6.5 at 8B (batch 1); whether the last-program merge costs less than that inside the step is
-# gpu/session31a.sh's question (MEMBOUND_DECODE_MIN_TILES=1 with LEAST_TILES = DIRECT_TILES = 1). Read at import
+# head dim 64 (two at 128's wide tiles), so a short span stays whole whatever LEAST_TILES says. Session 30 (H100,
+# attention_linear's partials, no merge): one-tile chunks cut flash decoding's path at context 256 from 7.9 to 6.5 us
+# a layer at the 1.24B shape, 10.8 to 6.5 at 8B (batch 1); whether the last-program merge costs less than that inside
+# the step is gpu/session31a.sh's question (MEMBOUND_DECODE_MIN_TILES=1 with LEAST_TILES = DIRECT_TILES = 1). Read at
+# import
 MIN_TILES = int(os.environ.get("MEMBOUND_DECODE_MIN_TILES", "4"))
 # The device split's smallest chunk (a short prefix in a grid sized for a long cache), in DECODE_TILE_BYTES units,
 # at most MIN_TILES: MIN_TILES sizes the grid (the programs a full cache needs), LEAST_TILES how finely the filled
