@@ -357,6 +357,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             case = {"model": name, "source": args.source, "quantize": args.quantize}
             try:
                 case.update(profile_case(compiled, program, vocab, batch, args.context, args, device))
+                case["per_layer"] = per_layer(case["positions"])  # (the text report's layer view, for the JSON)
                 try:
                     pred = predict_decode_step(compiled, batch, args.context, hardware=hardware, loop=False)
                 except Exception as exc:  # noqa: BLE001 (the measured profile stands without a prediction)
