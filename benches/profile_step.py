@@ -234,7 +234,10 @@ def format_case(case: dict[str, Any], top: int = 25) -> str:
                      "far each kernel moved the step's end past the latest end before it)")
     if len(case["kernels"]) > top:
         lines.append(f"   ... {len(case['kernels']) - top} more kernel names")
-    layer = per_layer(case["positions"]) if path and all("path_us" in p for p in case["positions"]) else None
+    if "per_layer" in case:  # (run's, in the result file)
+        layer = case["per_layer"]
+    else:  # (a made-up or older profile: from its positions, where they have path times)
+        layer = per_layer(case["positions"]) if path and all("path_us" in p for p in case["positions"]) else None
     if layer is not None:
         lines.append(f"   a layer on the path ({layer['period']} launches x {layer['layers']} layers from "
                      f"#{layer['start']}; median us over the layers): {layer['path_us']:.1f} us")

@@ -85,8 +85,9 @@ def test_path_times_add_up_to_the_span_and_count_overlap_once() -> None:
 
 def test_per_layer_finds_the_repeating_block_and_takes_medians_over_its_layers() -> None:
     """The block is the period of the evenly recurring name that recurs most (a, the first of a and b: spacing 3),
-    started as early as every layer launches the same name there (a, not the prologue's e); a launch whose name differs in one layer
-    (the last layer's c2) is left out of that row's median; a model without a repeat gives None."""
+    started as early as every layer launches the same name there (a, not the prologue's e); a launch whose name
+    differs in one layer (the last layer's c2) is left out of that row's median; a model without a repeat gives
+    None."""
     names = ["e", "a", "b", "c", "a", "b", "c", "a", "b", "c2", "h"]
     paths = [9.0, 1.0, 2.0, 3.0, 1.5, 2.5, 5.0, 0.5, 2.0, 7.0, 4.0]
     positions = [{"i": i, "name": n, "us": 2 * p, "path_us": p} for i, (n, p) in enumerate(zip(names, paths))]
