@@ -3,7 +3,6 @@ recalibrate ``flash_attention.pick_config`` and the efficiencies of its cost rul
 
     PYTHONPATH=. python benches/experiments/flash_prefill_configs.py --out DIR       # CUDA GPU
     PYTHONPATH=. python benches/experiments/flash_prefill_configs.py --smoke         # CPU interpreter, tiny
-    PYTHONPATH=. python benches/experiments/flash_prefill_configs.py --loop --out DIR  # the full-tile loop forms
 
 Prefill (the ``attention`` op) with 32 query heads over 8 kv heads, bf16, head dim 64 and 128, causal and
 not, B x S = 4 x 4096 and 16 x 1024. Contenders: ``sdpa gqa`` (``enable_gqa=True``), ``pick`` (our kernel
@@ -14,8 +13,6 @@ cycling through input copies past the L2. TFLOP/s = 4 B Hq S^2 D / time, halved 
 
 Prints, last: per shape SDPA, pick and the best config with their TFLOP/s and ratio to SDPA; per config its
 geometric-mean ratio to SDPA per head dim. Writes ``flash_prefill_configs-<gpu>-<date>.json`` under ``--out``.
-``--loop`` times ``LOOP_CONFIGS`` instead (``FlashConfig.lazy`` / ``.ahead``, the unmasked loop's forms:
-``flash_prefill_configs-loop-<gpu>-<date>.json``).
 """
 
 from __future__ import annotations
@@ -37,18 +34,12 @@ if str(ROOT) not in sys.path:
 # (block_m, block_n, warps, stages)
 CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (128, 64, 8, 4),
            (64, 64, 4, 3), (64, 128, 4, 3), (128, 32, 4, 4), (64, 64, 4, 4)]
-# --loop: the full tiles' loop forms (FlashConfig.lazy / .ahead, session 31) on pick_config's tiles and two others;
-# (block_m, block_n, warps, stages, lazy, ahead); "pick" is the shape's pick_config (a block_m of 0)
-LOOP_CONFIGS = [(0, 0, 0, 0, True, False), (0, 0, 0, 0, False, True), (0, 0, 0, 0, True, True),
-                (128, 128, 8, 3, True, False), (128, 128, 8, 3, True, True), (128, 64, 8, 4, True, True),
-                (128, 64, 8, 2, True, True)]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT"))
-    p.add_argument("--loop", action="store_true", help="the full-tile loop forms (LOOP_CONFIGS), not the tiles")
     args = p.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -64,8 +55,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     hq, hkv = (4, 2) if args.smoke else (32, 8)
     shapes = [(1, 37, 16)] if args.smoke else [(4, 4096, 128), (16, 1024, 128), (4, 4096, 64), (16, 1024, 64)]
     configs = [(16, 16, 4, 2)] if args.smoke else CONFIGS
-    configs = [c + (False, False) for c in configs] if not args.loop else LOOP_CONFIGS if not args.smoke else [
-        (16, 16, 4, 2, True, True)]
     sdpa = F.scaled_dot_product_attention
     for b, s, d in shapes:
         nbytes = torch.empty((), dtype=bench.dtype).element_size() * b * s * d * (2 * hq + 2 * hkv)
@@ -81,34 +70,30 @@ def main(argv: Optional[list[str]] = None) -> int:
             pick = pick_config(s, d, bench.dtype, args.smoke)
             bench.add("prefill", case, f"pick {pick.block_m}x{pick.block_n} w{pick.num_warps} s{pick.num_stages}",
                       partial(flash_attention, causal=causal), gqa, want, flops, nbytes)
-            for bm, bn, w, st, lazy, ahead in configs:
-                if bm == 0:
-                    bm, bn, w, st = pick.block_m, pick.block_n, pick.num_warps, pick.num_stages
-                name = f"cfg {bm}x{bn} w{w} s{st}" + " lazy" * lazy + " ahead" * ahead
+            for bm, bn, w, st in configs:
                 try:
-                    bench.add("prefill", case, name,
-                              partial(flash_attention, causal=causal, config=FlashConfig(bm, bn, w, st, lazy, ahead)),
-                              gqa, want, flops, nbytes)
+                    bench.add("prefill", case, f"cfg {bm}x{bn} w{w} s{st}",
+                              partial(flash_attention, causal=causal, config=FlashConfig(bm, bn, w, st)), gqa, want,
+                              flops, nbytes)
                 except Exception as e:  # noqa: BLE001 - a config that does not compile (shared memory) is reported
-                    print(f"{case} {name}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                    print(f"{case} cfg {bm}x{bn} w{w} s{st}: {type(e).__name__}: {str(e)[:160]}", flush=True)
         del gqa
         torch.cuda.empty_cache() if not args.smoke else None
     rows = [r.__dict__ for r in bench.rows]
     gpu = "cpu" if args.smoke else gpu_slug(torch.cuda.get_device_name())
     if args.out:
-        tag = "-loop" if args.loop else ""
-        path = Path(args.out) / f"flash_prefill_configs{tag}-{gpu}-{datetime.date.today()}.json"
+        path = Path(args.out) / f"flash_prefill_configs-{gpu}-{datetime.date.today()}.json"
         path.write_text(json.dumps({"gpu": gpu, "read_bw": bench.read_bw, "rows": rows}, indent=1))
         print(f"wrote {path}")
     cases = list(dict.fromkeys(r["case"] for r in rows))
-    print(f"{'case':24s} {'sdpa':>7s} {'pick':>7s} {'x':>5s}  {'best config':36s} {'TFLOP/s':>7s} {'x':>5s}")
+    print(f"{'case':24s} {'sdpa':>7s} {'pick':>7s} {'x':>5s}  best config              {'TFLOP/s':>7s} {'x':>5s}")
     for c in cases:
         rs = [r for r in rows if r["case"] == c]
         ref = next(r for r in rs if r["contender"] == "sdpa gqa")
         pk = next(r for r in rs if r["contender"].startswith("pick"))
         best = max((r for r in rs if r["contender"].startswith("cfg")), key=lambda r: r["tflops"], default=pk)
         print(f"{c:24s} {ref['tflops']:7.1f} {pk['tflops']:7.1f} {pk['tflops'] / ref['tflops']:5.2f}  "
-              f"{best['contender']:36s} {best['tflops']:7.1f} {best['tflops'] / ref['tflops']:5.2f}")
+              f"{best['contender']:24s} {best['tflops']:7.1f} {best['tflops'] / ref['tflops']:5.2f}")
     for d in sorted({int(c.split(" d")[1].split()[0]) for c in cases}):
         for name in dict.fromkeys(r["contender"] for r in rows if r["contender"].startswith("cfg")):
             ratios = []
@@ -119,7 +104,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if name in rs:
                     ratios.append(rs[name]["tflops"] / rs["sdpa gqa"]["tflops"])
             if ratios:
-                print(f"d{d} {name:36s} geomean x sdpa {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f} "
+                print(f"d{d} {name:24s} geomean x sdpa {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f} "
                       f"over {len(ratios)}")
     return 0
 

@@ -154,25 +154,6 @@ def test_flash_attention(b: int, hq: int, hkv: int, s: int, length: int, d: int,
     close(y, want, dtype)
 
 
-@pytest.mark.parametrize("lazy,ahead", [(True, False), (False, True), (True, True)])
-@pytest.mark.parametrize("dtype", CPU_DTYPES)
-@pytest.mark.parametrize("b,hq,hkv,s,length,d,causal", [(1, 4, 2, 70, 70, 64, True), (2, 4, 1, 45, 61, 80, False),
-                                                          (1, 2, 2, 7, 7, 64, True), (1, 2, 1, 50, 50, 64, False)])
-def test_flash_attention_full_tile_loop_forms(b: int, hq: int, hkv: int, s: int, length: int, d: int, causal: bool,
-                                              dtype: torch.dtype, lazy: bool, ahead: bool) -> None:
-    """The unmasked loop's experimental forms (FlashConfig.lazy: rescale only when a row's max grows by more than
-    2**8; .ahead: the next tile's scores issued before this tile's softmax) give the same attention. The keys' scale
-    grows along the sequence so the running max jumps past the lazy threshold mid-loop."""
-    gen = torch.Generator().manual_seed(s + d)
-    q = rand(b, hq, s, d, dtype=dtype, gen=gen)
-    grow = torch.linspace(0.2, 8.0, length)[None, None, :, None]
-    k = (rand(b, hkv, length, d, gen=gen) * grow).to(dtype)
-    v = rand(b, hkv, length, d, dtype=dtype, gen=gen)
-    y = flash_attention(q, k, v, causal=causal, scale=None, config=FlashConfig(16, 16, 4, 2, lazy=lazy, ahead=ahead))
-    want = get_op("attention").reference(q.float(), k.float(), v.float(), causal=causal, scale=None)
-    close(y, want, dtype)
-
-
 @pytest.mark.parametrize("kind", ["bool", "additive"])
 def test_flash_attention_padding_mask(kind: str) -> None:
     """A padding mask [B, 1, 1, L] (HF's attention_mask) and a full [B, 1, S, L] one, read by broadcast strides."""

@@ -71,7 +71,6 @@ def _flash_attention_fwd(
     CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr, EVEN_D: tl.constexpr = False,
     HAS_SINKS: tl.constexpr = False, HAS_ALIBI: tl.constexpr = False, CHUNKED: tl.constexpr = False,
-    LAZY: tl.constexpr = False, AHEAD: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, keys and head dims to 16")
@@ -138,15 +137,10 @@ def _flash_attention_fwd(
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
                                  BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
                                  slope, HAS_ALIBI, CHUNKED)
-    if (LAZY or AHEAD) and not HAS_SOFTCAP and not HAS_ALIBI:
-        m_i, l_i, acc = _flash_full_tiles(q, k_base, v_base, m_i, l_i, acc, full_lo, full_hi, qk_scale,
-                                          skt, skd, svt, svd, D, DV, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION,
-                                          EVEN_D, LAZY, AHEAD)
-    else:
-        m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
-                                     qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                     BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION,
-                                     EVEN_D, slope, HAS_ALIBI, CHUNKED)
+    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
+                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                 BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
+                                 slope, HAS_ALIBI, CHUNKED)
     m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
                                  BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
@@ -229,86 +223,6 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
     return m_i, l_i, acc
 
 
-# LAZY: the running max moves only when some row's grows by more than this (log2 units): the accumulator's rescale
-# (acc * alpha, BLOCK_M * Dv multiplies a tile) is then skipped on most tiles, and p = exp2(s - m) stays <= 2**LAZY_TAU
-LAZY_TAU: tl.constexpr = tl.constexpr(8.0)
-
-
-@triton.jit
-def _kv_tile(base, n0, stride_t, stride_d, dims, D, EVEN_D: tl.constexpr, TRANSPOSED: tl.constexpr,
-             BLOCK_N: tl.constexpr):
-    """A whole tile of keys from ``n0``: ``[dims, BLOCK_N]`` (K^T) when ``TRANSPOSED``, else ``[BLOCK_N, dims]``."""
-    tn = tl.arange(0, BLOCK_N)
-    n64 = tl.full((), n0, tl.int64)
-    if TRANSPOSED:
-        ptrs = base + n64 * stride_t + tn[None, :] * stride_t + dims[:, None] * stride_d
-        if EVEN_D:
-            t = tl.load(ptrs)
-        else:
-            t = tl.load(ptrs, mask=(dims < D)[:, None], other=0.0)
-    else:
-        ptrs = base + n64 * stride_t + tn[:, None] * stride_t + dims[None, :] * stride_d
-        if EVEN_D:
-            t = tl.load(ptrs)
-        else:
-            t = tl.load(ptrs, mask=(dims < D)[None, :], other=0.0)
-    return t
-
-
-@triton.jit
-def _full_tile_update(raw, v, m_i, l_i, acc, qk_scale, INPUT_PRECISION: tl.constexpr, LAZY: tl.constexpr):
-    """One full tile's raw scores ``q @ K^T`` and its values into the online softmax (every score finite).
-    ``LAZY``: rescale only when a row's max grew by more than ``LAZY_TAU`` (the same result: acc and l stay
-    relative to the same, possibly stale, m)."""
-    m_new = tl.maximum(m_i, tl.max(raw, axis=1) * qk_scale)
-    if LAZY:
-        if tl.max(m_new - m_i, axis=0) > LAZY_TAU:
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        p = tl.exp2(raw * qk_scale - m_i[:, None])
-        l_i = l_i + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
-    else:
-        p = tl.exp2(raw * qk_scale - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=INPUT_PRECISION)
-        m_i = m_new
-    return m_i, l_i, acc
-
-
-@triton.jit
-def _flash_full_tiles(q, k_base, v_base, m_i, l_i, acc, start, end, qk_scale, skt, skd, svt, svd, D, DV,
-                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                      INPUT_PRECISION: tl.constexpr, EVEN_D: tl.constexpr, LAZY: tl.constexpr, AHEAD: tl.constexpr):
-    """``_flash_tiles``' unmasked loop (``[start, end)``: whole tiles every row sees; no soft-cap, no ALiBi), in the
-    experiment's forms: ``LAZY`` (see :func:`_full_tile_update`), ``AHEAD`` (the next tile's ``q @ K^T`` issued before
-    this tile's softmax, so the tensor cores can run it while the softmax does: software pipelining by hand)."""
-    ds = tl.arange(0, BLOCK_D)
-    dvs = tl.arange(0, BLOCK_DV)
-    if AHEAD:
-        if start < end:
-            raw = tl.dot(q, _kv_tile(k_base, start, skt, skd, ds, D, EVEN_D, True, BLOCK_N),
-                         input_precision=INPUT_PRECISION)
-            for n0 in range(start + BLOCK_N, end, BLOCK_N):
-                raw_next = tl.dot(q, _kv_tile(k_base, n0, skt, skd, ds, D, EVEN_D, True, BLOCK_N),
-                                  input_precision=INPUT_PRECISION)
-                v = _kv_tile(v_base, n0 - BLOCK_N, svt, svd, dvs, DV, EVEN_D, False, BLOCK_N)
-                m_i, l_i, acc = _full_tile_update(raw, v, m_i, l_i, acc, qk_scale, INPUT_PRECISION, LAZY)
-                raw = raw_next
-            v = _kv_tile(v_base, end - BLOCK_N, svt, svd, dvs, DV, EVEN_D, False, BLOCK_N)
-            m_i, l_i, acc = _full_tile_update(raw, v, m_i, l_i, acc, qk_scale, INPUT_PRECISION, LAZY)
-    else:
-        for n0 in range(start, end, BLOCK_N):
-            raw = tl.dot(q, _kv_tile(k_base, n0, skt, skd, ds, D, EVEN_D, True, BLOCK_N),
-                         input_precision=INPUT_PRECISION)
-            v = _kv_tile(v_base, n0, svt, svd, dvs, DV, EVEN_D, False, BLOCK_N)
-            m_i, l_i, acc = _full_tile_update(raw, v, m_i, l_i, acc, qk_scale, INPUT_PRECISION, LAZY)
-    return m_i, l_i, acc
-
-
 @dataclass(frozen=True)
 class FlashConfig:
     """Tiles of one flash-attention launch: query rows per program, keys per tile, warps, stages."""
@@ -317,8 +231,6 @@ class FlashConfig:
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
-    lazy: bool = False   # the full tiles' lazy rescale (_full_tile_update), an experiment
-    ahead: bool = False  # the full tiles' next q @ K^T issued before this tile's softmax, an experiment
 
 
 @functools.lru_cache(maxsize=256)
@@ -428,7 +340,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
         CHUNKED=chunk is not None,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
         EVEN_D=d == block_d and dv == block_dv, HAS_SINKS=sinks is not None, HAS_ALIBI=alibi is not None,
-        LAZY=cfg.lazy, AHEAD=cfg.ahead, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
     return y
 
 
