@@ -257,6 +257,11 @@ def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool) ->
 # SDPA 598 TFLOP/s non-causal, 525 causal; ours 481 and 431 (0.81-0.82x; at D = 64 0.90-0.91x, at S = 1024
 # 0.72x). Before the unmasked full-tile loop (2026-12-02) ours was 424 and 352. So SDPA still wins wherever it
 # can run; ours where it cannot (soft-capping) or would read a materialised window mask.
+# Session 31 (H100, flash_prefill_configs-loop-nvidia-h100-...-session31): two forms of the unmasked loop, both slower
+# everywhere, reverted (the code: commit 9b0e794). A lazy rescale (the accumulator rescaled only when a row's max
+# grows by more than 2**8, as FlashAttention-4 does): B4 S4096 D128 causal 395 TFLOP/s against 420 for pick_config's
+# tiles (SDPA 524); issuing the next tile's q @ K^T before this tile's softmax (pipelining by hand): 406; both: 359.
+# At D = 64: 353 / 357 / 360 against 373. Triton's own pipelining and wgmma waits do better than either.
 SDPA_EFFICIENCY = {False: 0.60, True: 0.53}
 OURS_EFFICIENCY = {False: 0.49, True: 0.44}
 
