@@ -125,9 +125,12 @@ WIDE_PROGRAMS_PER_SM = 1
 # units (4: four 64-slot tiles at D = 128, two wide ones). At a 512-slot capacity that is one split per row block at
 # head dim 64 (two at 128's wide tiles), so a short span stays whole whatever LEAST_TILES says. Session 30 (H100,
 # attention_linear's partials, no merge): one-tile chunks cut flash decoding's path at context 256 from 7.9 to 6.5 us
-# a layer at the 1.24B shape, 10.8 to 6.5 at 8B (batch 1); whether the last-program merge costs less than that inside
-# the step is gpu/session31a.sh's question (MEMBOUND_DECODE_MIN_TILES=1 with LEAST_TILES = DIRECT_TILES = 1). Read at
-# import
+# a layer at the 1.24B shape, 10.8 to 6.5 at 8B (batch 1). With the last-program merge it loses (session 31,
+# gpu/session31a.sh, H100, profile_step-...-session31-{base,split,active}: MIN_TILES = LEAST_TILES = DIRECT_TILES = 1):
+# attention's path 7.83 -> 9.94 us a layer at 1.24B b1 (step 1052.7 -> 1087.1 us), 6.41 -> 9.82 at b8 (1204.2 ->
+# 1251.6), 10.82 -> 11.97 at 8B b1 (5388 -> 5386), 8.83 -> 11.98 at 8B b8 (5670 -> 5808); ACTIVE_ARRIVALS on top
+# changes nothing. The merge (partial stores, the arrival atomic, the last program's reads) costs about 3.5 us, more
+# than the split saves. Read at import
 MIN_TILES = int(os.environ.get("MEMBOUND_DECODE_MIN_TILES", "4"))
 # The device split's smallest chunk (a short prefix in a grid sized for a long cache), in DECODE_TILE_BYTES units,
 # at most MIN_TILES: MIN_TILES sizes the grid (the programs a full cache needs), LEAST_TILES how finely the filled
