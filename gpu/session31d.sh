@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Session 31: issue 12's end-to-end rows on the card in hand, current code: decode_e2e at batch 1, 128 new tokens,
-# membound's default against the cd-tuned torch.compile, one run a context (each its own result file).
-#   MODEL=llama-1b CTXS="4096 16384 32768" bash gpu/session31d.sh   (~5 min)
-#   MODEL=llama-8b CTXS="32768" bash gpu/session31d.sh               (~4 min)
+# Session 31: issue 12's end-to-end rows on the card in hand, current code: decode_e2e on the 1.24B shape at batch 1,
+# 128 new tokens. First an A/B of MEMBOUND_DECODE_WIDE_FROM=16384 (256-slot flash-decoding tiles at head dim 64 over
+# a grid of >= 16k slots) against the default at a 32768-token prompt (membound only, the default first); then
+# membound's default against the cd-tuned torch.compile at 4096, 16384 and 32768 (one run a context), as far as the
+# time goes. ~8 min.
+#   bash gpu/session31d.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 W=$OUT/work; mkdir -p "$W/e2e"
-MODEL=${MODEL:-llama-1b}; CTXS=${CTXS:-4096 16384 32768}; END=${END:-570}
+END=${END:-520}
 nvidia-smi --query-gpu=name --format=csv,noheader
-for ctx in $CTXS; do
-  left=$((END - SECONDS))
-  [ $left -lt 90 ] && { echo "skip $MODEL $ctx (device budget: $left s left)"; continue; }
-  timeout $left python benches/decode_e2e.py --models $MODEL --batches 1 --new-tokens 128 --prompt $ctx \
-      --contenders membound,compile --membound-backends triton+graphs --cd-tuning --budget-s $((left - 20)) \
-      --out "$W/e2e/$ctx" > "$W/e2e-$MODEL-$ctx.log" 2>&1
-  echo "== $MODEL $ctx rc=$? ($((SECONDS - start)) s)"
-  grep -vE "^\[" "$W/e2e-$MODEL-$ctx.log" | grep -E "membound|compile" | tail -5 | cut -c1-120
-done
+e2e() {  # name ctx contenders env...
+  local name=$1 ctx=$2 who=$3; shift 3
+  local left=$((END - SECONDS))
+  [ $left -lt 60 ] && { echo "skip $name (device budget: $left s left)"; return; }
+  env "$@" timeout $left python benches/decode_e2e.py --models llama-1b --batches 1 --new-tokens 128 --prompt $ctx \
+      --contenders $who --membound-backends triton+graphs --cd-tuning --budget-s $((left - 15)) \
+      --out "$W/e2e/$name" > "$W/e2e-$name.log" 2>&1
+  echo "== $name rc=$? ($((SECONDS - start)) s)"
+  grep -vE "^\[" "$W/e2e-$name.log" | grep -E "membound|compile" | tail -4 | cut -c1-120
+}
+e2e ab-default-32768 32768 membound MEMBOUND_PDL=1
+e2e ab-wide16k-32768 32768 membound MEMBOUND_DECODE_WIDE_FROM=16384
+for ctx in 32768 4096 16384; do e2e compile-$ctx $ctx membound,compile MEMBOUND_PDL=1; done
 tar czf "$OUT/session31d.tgz" -C "$W" .

@@ -240,6 +240,27 @@ def test_wide_tiles_at_head_dim_64_when_listed(monkeypatch: pytest.MonkeyPatch) 
         torch.testing.assert_close(y.float(), want, **TOL[torch.float16])
 
 
+def test_wide_tiles_at_head_dim_64_from_a_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``MEMBOUND_DECODE_WIDE_FROM`` (an A/B setting): head dim 64 streams 256-slot tiles once the grid covers at least
+    that many slots, 128-slot ones below it (and with the variable unset or 0, never); head dim 128 streams its wide
+    tiles at every length, fp32 never."""
+    monkeypatch.setattr(da, "WIDE_TILES", True)
+    monkeypatch.setattr(da, "WIDE_HEAD_DIMS", (128,))
+    cpu = torch.device("cpu")
+
+    def slots(length: int, d: int = 64, dtype: torch.dtype = torch.bfloat16) -> int:
+        return da.pick_config(4, 8, length, False, d, dtype, cpu, sms=132).block_t
+
+    for unset in ("", "0"):
+        monkeypatch.setenv(da.WIDE_FROM_ENV, unset)
+        assert [slots(4096), slots(65536)] == [128, 128]
+    monkeypatch.setenv(da.WIDE_FROM_ENV, "16384")
+    assert [slots(4096), slots(16383), slots(16384), slots(65536)] == [128, 128, 256, 256]
+    assert da.pick_config(4, 8, 65536, False, 64, torch.bfloat16, cpu, sms=132).num_warps == da.WIDE_WARPS
+    assert [slots(4096, 128), slots(65536, 128), slots(65536, 64, torch.float32)] == [128, 128, 64]
+    assert da.direct_tiles(64, torch.bfloat16, 65536) == 3 and da.direct_tiles(64, torch.bfloat16, 4096) == 6
+
+
 def test_merge_tile_fits_the_register_budget() -> None:
     """32 fp32 values a thread per merge tile (more spilled on sm_90 with triton 3.6): partials first, then rows."""
     if da.MERGE_REGS != 32:

@@ -119,6 +119,12 @@ WIDE_TILES = os.environ.get("MEMBOUND_DECODE_WIDE", "1") == "1"
 # 256-slot wide tiles when listed (MEMBOUND_DECODE_WIDE_DIMS=64,128, for A/B runs: see the numbers above)
 WIDE_HEAD_DIMS = tuple(int(d) for d in os.environ.get("MEMBOUND_DECODE_WIDE_DIMS", "128").split(",") if d.strip())
 WIDE_TILE_BYTES = 65536
+# MEMBOUND_DECODE_WIDE_FROM (A/B runs; read at each pick_config; unset or 0 = never): a 16-bit cache at head dim 64
+# whose grid covers at least this many slots (the capacity in generate's graph step) streams 256-slot wide tiles
+# too. H200 (decode_attn_variants-...-session10-wide): at batch 1 they won at a 32k cache (25.3 against 28.8 us; SDPA
+# 22.2) and lost at 4k (14.4 against 11.3). The compiled variant then changes when the cache grows past it (one
+# compile)
+WIDE_FROM_ENV = "MEMBOUND_DECODE_WIDE_FROM"
 WIDE_WARPS = 8
 WIDE_PROGRAMS_PER_SM = 1
 # pick_config: the K + V bytes one program streams at least (when the cache has that many), in DECODE_TILE_BYTES
@@ -547,11 +553,11 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     block_q = max(16, next_pow2(min(rows, 64)))
     if dtype != torch.float32:  # (fp32 takes the FMA dot, where padded rows are work, not a free tensor-core tile)
         block_q = max(block_q, ROWS_PER_WARP * DECODE_WARPS)
-    block_t = tile_slots(head_dim, dtype)
-    wide = _wide(head_dim, dtype)
+    block_t = tile_slots(head_dim, dtype, length)
+    wide = _wide(head_dim, dtype, length)
     warps, per_sm = (WIDE_WARPS, WIDE_PROGRAMS_PER_SM) if wide else (DECODE_WARPS, PROGRAMS_PER_SM)
-    min_tiles = max(1, _in_tiles(MIN_TILES, head_dim, dtype))
-    least_tiles = max(1, min(_in_tiles(LEAST_TILES, head_dim, dtype), min_tiles))
+    min_tiles = max(1, _in_tiles(MIN_TILES, head_dim, dtype, length))
+    least_tiles = max(1, min(_in_tiles(LEAST_TILES, head_dim, dtype, length), min_tiles))
     programs = groups * cdiv(rows, block_q)
     tiles = cdiv(length, block_t)
     slots = per_sm * (sms or sm_count(device))
@@ -568,7 +574,7 @@ def pick_config(rows: int, groups: int, length: int, known_length: bool, head_di
     stages = DECODE_STAGES if chunk >= (DECODE_STAGES - 1) * block_t or not known_length else 2
     return DecodeConfig(block_q, block_t, chunk, num_warps=warps, num_stages=stages, evict_first=EVICT_FIRST,
                         min_chunk=least_tiles * block_t,
-                        direct_span=direct_tiles(head_dim, dtype) * block_t, dv_split=dv_split)
+                        direct_span=direct_tiles(head_dim, dtype, length) * block_t, dv_split=dv_split)
 
 
 def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: int, dtype: torch.dtype,
@@ -587,23 +593,24 @@ def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: i
     return cdiv(min(chunk, span), cfg.block_t), cdiv(span, chunk) > 1
 
 
-def direct_tiles(head_dim: int, dtype: torch.dtype) -> int:
-    """``DIRECT_TILES`` in the tiles ``pick_config`` streams at this head dim and dtype: the longest span one
-    program streams alone, in whole tiles."""
-    return _in_tiles(DIRECT_TILES, head_dim, dtype)
+def direct_tiles(head_dim: int, dtype: torch.dtype, length: Optional[int] = None) -> int:
+    """``DIRECT_TILES`` in the tiles ``pick_config`` streams at this head dim and dtype (and ``length``, the slots
+    the grid covers: see ``WIDE_FROM_ENV``): the longest span one program streams alone, in whole tiles."""
+    return _in_tiles(DIRECT_TILES, head_dim, dtype, length)
 
 
-def _in_tiles(narrow: int, head_dim: int, dtype: torch.dtype) -> int:
+def _in_tiles(narrow: int, head_dim: int, dtype: torch.dtype, length: Optional[int] = None) -> int:
     """``narrow`` tiles of ``DECODE_TILE_BYTES`` (the unit of ``MIN_TILES`` and ``DIRECT_TILES``) as whole tiles of
     the size this head dim and dtype stream (a wide tile holds two)."""
-    return cdiv(narrow * _slots(head_dim, dtype, DECODE_TILE_BYTES), tile_slots(head_dim, dtype))
+    return cdiv(narrow * _slots(head_dim, dtype, DECODE_TILE_BYTES), tile_slots(head_dim, dtype, length))
 
 
-def tile_slots(head_dim: int, dtype: torch.dtype) -> int:
+def tile_slots(head_dim: int, dtype: torch.dtype, length: Optional[int] = None) -> int:
     """Key slots per tile: ``DECODE_TILE_BYTES`` of K and V (a power of two, 16 to 128 slots), so a tile moves
     the same bytes at every head dim; ``WIDE_TILE_BYTES`` for a 16-bit cache at a head dim that pads to one of
-    ``WIDE_HEAD_DIMS`` (``WIDE_TILES``: 128 slots at 128, 256 at 64)."""
-    if _wide(head_dim, dtype):
+    ``WIDE_HEAD_DIMS`` (``WIDE_TILES``: 128 slots at 128, 256 at 64), or at 64 over a grid of at least
+    ``MEMBOUND_DECODE_WIDE_FROM`` slots (``length``)."""
+    if _wide(head_dim, dtype, length):
         return _slots(head_dim, dtype, WIDE_TILE_BYTES, most=256)
     return _slots(head_dim, dtype, DECODE_TILE_BYTES)
 
@@ -614,10 +621,15 @@ def _slots(head_dim: int, dtype: torch.dtype, tile_bytes: int, most: int = 128) 
     return max(16, min(most, 1 << (fit.bit_length() - 1)))
 
 
-def _wide(head_dim: int, dtype: torch.dtype) -> bool:
+def _wide(head_dim: int, dtype: torch.dtype, length: Optional[int] = None) -> bool:
     """Whether the cache streams wide tiles (see ``WIDE_TILES``): 16-bit, head dim padded to one of
-    ``WIDE_HEAD_DIMS`` (128)."""
-    return WIDE_TILES and next_pow2(head_dim) in WIDE_HEAD_DIMS and dtype.itemsize == 2
+    ``WIDE_HEAD_DIMS`` (128), or to 64 with a grid over at least ``MEMBOUND_DECODE_WIDE_FROM`` slots."""
+    if not WIDE_TILES or dtype.itemsize != 2:
+        return False
+    if next_pow2(head_dim) in WIDE_HEAD_DIMS:
+        return True
+    start = int(os.environ.get(WIDE_FROM_ENV, "0") or "0")
+    return next_pow2(head_dim) == 64 and start > 0 and length is not None and length >= start
 
 
 def _best_split(programs: int, tiles: int, slots: int, min_tiles: int = MIN_TILES) -> int:
