@@ -6,6 +6,7 @@ the cost model's prediction of the same step.
     PYTHONPATH=. python benches/profile_step.py --models llama-8b --batches 8 --context 1024 --source builtin
     PYTHONPATH=. python benches/profile_step.py --source recurrent --models qwen3.5-0.8b-like --batches 1,8
     MEMBOUND_PDL=0 PYTHONPATH=. python benches/profile_step.py ...   # the same without programmatic dependent launch
+    PYTHONPATH=. python benches/profile_step.py --skip _horizontal_mul_neg_cat_add   # the step without those launches
     MEMBOUND_DECODE_PIPELINE=decode-fused PYTHONPATH=. python benches/profile_step.py --quick   # the fused step
     PYTHONPATH=. python benches/profile_step.py --quick --quantize int8  # the quantized step (compile(quantize=))
     PYTHONPATH=. python benches/profile_step.py --smoke --out DIR    # CPU: formats a made-up profile (CI)
@@ -27,6 +28,9 @@ its decode step (the S = 1 graph ``generate`` runs) captured in a CUDA graph as 
 - **path**: how far each launch moved the step's end (its end past the latest end before it: these add up to the
   span, PDL overlap counted once), per kernel name and, for the repeating block of launches (a decoder layer:
   ``per_layer``), per launch of the block as the median over the layers, labelled with the cost model's op.
+
+``--skip PREFIX`` (experiments): the generated kernels whose names start with PREFIX are not launched, so the step
+computes wrong values; its time is an upper bound on what fusing that kernel into its neighbours could save.
 
 Writes ``benches/results/profile_step-<tag>-<gpu>-<date>.json`` (everything) and ``.txt`` (the tables),
 copies under ``--out``, and prints the tables last.
@@ -348,6 +352,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             compiled = membound.compile(model, backend="triton", cuda_graphs=True,
                                         **({"quantize": args.quantize} if args.quantize else {}))
             program = build_kv_program(compiled, torch.zeros(1, 8, dtype=torch.long, device=device))
+            skipped = skip_kernels(program.decode, args.skip) if args.skip else []
         except Exception as exc:  # noqa: BLE001 (a model that does not build keeps the others)
             why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"[:300]
             cases += [{"model": name, "source": args.source, "batch": b, "error": f"build: {why}"}
@@ -358,6 +363,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for batch in args.batches:
             t1 = time.perf_counter()
             case = {"model": name, "source": args.source, "quantize": args.quantize}
+            if args.skip:
+                case["skipped"] = skipped
             try:
                 case.update(profile_case(compiled, program, vocab, batch, args.context, args, device))
                 case["per_layer"] = per_layer(case["positions"])  # (the text report's layer view, for the JSON)
@@ -377,6 +384,30 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         del compiled, program, model
         torch.cuda.empty_cache()
     return cases
+
+
+class _NoLaunch:
+    """A generated kernel that is not launched (``--skip``): ``kernel[grid](...)`` does nothing."""
+
+    def __getitem__(self, grid: Any) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def skip_kernels(executable: Any, prefix: str) -> list[str]:
+    """Replace the generated Triton kernels of ``executable`` (the decode step) whose names start with ``prefix``
+    by :class:`_NoLaunch`; returns their names. Raises when none matches (a typo must not time the full step)."""
+    import triton
+
+    mod = executable.module()
+    names = sorted(n for n, v in vars(mod).items()
+                   if n.startswith(prefix) and isinstance(v, triton.runtime.jit.KernelInterface))
+    if not names:
+        kernels = sorted(n for n, v in vars(mod).items() if isinstance(v, triton.runtime.jit.KernelInterface))
+        raise ValueError(f"--skip {prefix!r}: no generated kernel of the decode step starts with it; its kernels: "
+                         f"{', '.join(kernels)}")
+    for n in names:
+        setattr(mod, n, _NoLaunch())
+    return names
 
 
 def smoke_cases() -> list[dict[str, Any]]:
@@ -412,6 +443,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--quantize", default=None, choices=("int8", "int4", "fp8"),
                    help="profile the step of membound.compile(..., quantize=SCHEME)")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for a copy of the result files")
+    p.add_argument("--skip", default=None, metavar="PREFIX",
+                   help="experiments: do not launch the generated kernels whose names start with PREFIX (wrong values; "
+                        "the time bounds what fusing them away could save)")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batches = ",".join(QUICK_MODELS), ",".join(map(str, QUICK_BATCHES))
@@ -441,7 +475,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     quant = f"-{args.quantize}" if args.quantize and not args.smoke else ""
     pipeline = os.environ.get("MEMBOUND_DECODE_PIPELINE", "").strip()  # an A/B run of another decode pipeline
     pipe = f"-{pipeline}" if pipeline and pipeline != "decode" and not args.smoke else ""
-    stem = f"profile_step-{tag}{quant}{pdl}{pipe}-{gpu_slug(gpu)}-{date}"
+    skip = "-skip" if args.skip and not args.smoke else ""
+    stem = f"profile_step-{tag}{quant}{pdl}{pipe}{skip}-{gpu_slug(gpu)}-{date}"
     record = {"bench": "profile_step", "device": gpu, "date": date, "args": vars(args), "versions": versions(),
               "method": __doc__.split("\n\n", 2)[2].strip(), "cases": cases}
     text = "\n\n".join(format_case(c) if "error" not in c else f"{c['model']} b{c['batch']}: failed: {c['error']}"

@@ -123,3 +123,29 @@ def test_smoke_writes_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixtu
     text = path.with_suffix(".txt").read_text()
     assert "3 launches per step" in text and "gap before a kernel" in text and "predicted by kind" in text
     assert capsys.readouterr().out.rstrip().endswith(text.rstrip().splitlines()[-1])
+
+
+def test_skip_replaces_the_named_generated_kernels_and_refuses_a_name_that_matches_none() -> None:
+    """``--skip PREFIX``: the decode step's generated kernels named so are no longer launched (``kernel[grid](...)``
+    does nothing: the rope and cache write of an HF Llama step leave q and the cache untouched), the others are
+    kept; a prefix that matches no kernel is an error naming the step's kernels, not a full-step timing."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import membound
+    from membound.api import build_kv_program
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=97)
+    torch.manual_seed(0)
+    program = build_kv_program(membound.compile(LlamaForCausalLM(cfg).eval(), backend="triton"),
+                               torch.zeros(1, 8, dtype=torch.long))
+    mod = program.decode.module()
+    kept = [n for n in vars(mod) if n.startswith("_fused_add_rms_norm")]
+    names = bench.skip_kernels(program.decode, "_horizontal_mul_neg_cat_add")
+    assert names and all(isinstance(getattr(mod, n), bench._NoLaunch) for n in names)
+    assert getattr(mod, names[0])[(4,)](1, 2, key=3) is None
+    assert kept and not any(isinstance(getattr(mod, n), bench._NoLaunch) for n in kept)
+    with pytest.raises(ValueError, match="no generated kernel.*_fused_add_rms_norm"):
+        bench.skip_kernels(program.decode, "_no_such_kernel")
+    assert bench.parse_args(["--skip", "_x"]).skip == "_x"
