@@ -399,10 +399,9 @@ def skip_kernels(executable: Any, prefix: str) -> list[str]:
     import triton
 
     mod = executable.module()
-    names = sorted(n for n, v in vars(mod).items()
-                   if n.startswith(prefix) and isinstance(v, triton.runtime.jit.KernelInterface))
+    kernels = sorted(n for n, v in vars(mod).items() if isinstance(v, triton.runtime.jit.KernelInterface))
+    names = [n for n in kernels if n.startswith(prefix)]
     if not names:
-        kernels = sorted(n for n, v in vars(mod).items() if isinstance(v, triton.runtime.jit.KernelInterface))
         raise ValueError(f"--skip {prefix!r}: no generated kernel of the decode step starts with it; its kernels: "
                          f"{', '.join(kernels)}")
     for n in names:

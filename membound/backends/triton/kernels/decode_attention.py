@@ -624,12 +624,13 @@ def _slots(head_dim: int, dtype: torch.dtype, tile_bytes: int, most: int = 128) 
 def _wide(head_dim: int, dtype: torch.dtype, length: Optional[int] = None) -> bool:
     """Whether the cache streams wide tiles (see ``WIDE_TILES``): 16-bit, head dim padded to one of
     ``WIDE_HEAD_DIMS`` (128), or to 64 with a grid over at least ``MEMBOUND_DECODE_WIDE_FROM`` slots."""
+    padded = next_pow2(head_dim)
     if not WIDE_TILES or dtype.itemsize != 2:
         return False
-    if next_pow2(head_dim) in WIDE_HEAD_DIMS:
+    if padded in WIDE_HEAD_DIMS:
         return True
     start = int(os.environ.get(WIDE_FROM_ENV, "0") or "0")
-    return next_pow2(head_dim) == 64 and start > 0 and length is not None and length >= start
+    return padded == 64 and start > 0 and length is not None and length >= start
 
 
 def _best_split(programs: int, tiles: int, slots: int, min_tiles: int = MIN_TILES) -> int:
