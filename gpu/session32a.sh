@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Session 32 (issue 12, prefill): flash attention with q/K/V/o through on-device tensor descriptors (TMA), with and
+# without warp specialisation of the key loop, against SDPA and membound's pointer-load kernel (gpu/exp_flash_tma.py:
+# B4 S1k/4k, B2 S8k, D128 and D64, GQA 32/8, causal and not, bf16). ~3 min.
+#   bash gpu/session32a.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+nvidia-smi --query-gpu=name --format=csv,noheader
+timeout 400 python gpu/exp_flash_tma.py "$OUT/exp_flash_tma.json" > "$OUT/exp_flash_tma.log" 2>&1
+echo "rc=$? ($((SECONDS - start)) s)"
+sed -n '/^case/,$p' "$OUT/exp_flash_tma.log"
+grep -E "Error|error" "$OUT/exp_flash_tma.log" | grep -v '^{' | head -5
+# then session 31's prepared run (decode_e2e 1.24B b1 at 32k/4k/16k vs torch.compile, the wide-tile A/B, the
+# profile without the rope kernel) in the time left
+END=$((570 - SECONDS)) bash gpu/session31d.sh
