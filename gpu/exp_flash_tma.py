@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from membound.backends.triton.kernels.flash_attention import flash_attention, pick_config
+from membound.backends.triton.kernels.flash_attention import FlashConfig, flash_attention, pick_config
 
 
 @triton.jit
@@ -122,6 +122,14 @@ VARIANTS = [  # name, kwargs of fa_tma
 ]
 
 
+MB_VARIANTS = [
+    ("tma m128n64w8s3", FlashConfig(128, 64, 8, 3, tma=True)),
+    ("tma m128n128w8s2", FlashConfig(128, 128, 8, 2, tma=True)),
+    ("ws m128n64w4s3", FlashConfig(128, 64, 4, 3, tma=True, warp_specialize=True)),
+    ("ws m128n128w8s2", FlashConfig(128, 128, 8, 2, tma=True, warp_specialize=True)),
+]
+
+
 def main() -> None:
     out = sys.argv[1] if len(sys.argv) > 1 else "exp_flash_tma.json"
     triton.set_allocator(_alloc)
@@ -140,6 +148,9 @@ def main() -> None:
             contenders = [("sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)),
                           ("membound ptr", lambda: flash_attention(q, k, v, causal=causal))]
             contenders += [(n, (lambda kw=kw: fa_tma(q, k, v, causal=causal, **kw))) for n, kw in VARIANTS]
+            # the same in membound's kernel (every feature kept; FlashConfig.tma / warp_specialize)
+            contenders += [(f"mb {n}", (lambda c=c: flash_attention(q, k, v, causal=causal, config=c)))
+                           for n, c in MB_VARIANTS]
             for name, fn in contenders:
                 row = dict(case=case, contender=name)
                 try:

@@ -71,6 +71,7 @@ def _flash_attention_fwd(
     CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr, EVEN_D: tl.constexpr = False,
     HAS_SINKS: tl.constexpr = False, HAS_ALIBI: tl.constexpr = False, CHUNKED: tl.constexpr = False,
+    TMA: tl.constexpr = False, WS: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, keys and head dims to 16")
@@ -118,8 +119,20 @@ def _flash_attention_fwd(
     full_hi = full_lo + n_full * BLOCK_N
     # q stays in registers for the whole loop
     rows64 = rows.to(tl.int64)  # rows * stride passes 2**31 in a [S, L] mask at S * L >= 2**31
-    q = tl.load(q_ptr + b * sqb + h * sqh + rows64[:, None] * sqs + ds[None, :] * sqd,
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = k_ptr + b * skb + kvh * skh
+    v_base = v_ptr + b * svb + kvh * svh
+    if TMA:  # the head's q, K, V and o as 2-D tensor descriptors (TMA on Hopper; rows past S / L read as 0)
+        q_desc = tl.make_tensor_descriptor(q_ptr + b * sqb + h * sqh, shape=[S, BLOCK_D], strides=[sqs, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+        q = q_desc.load([pid_m * BLOCK_M, 0])
+        k_src = tl.make_tensor_descriptor(k_base, shape=[L, BLOCK_D], strides=[skt, 1], block_shape=[BLOCK_N, BLOCK_D])
+        v_src = tl.make_tensor_descriptor(v_base, shape=[L, BLOCK_DV], strides=[svt, 1],
+                                          block_shape=[BLOCK_N, BLOCK_DV])
+    else:
+        q = tl.load(q_ptr + b * sqb + h * sqh + rows64[:, None] * sqs + ds[None, :] * sqd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        k_src = k_base
+        v_src = v_base
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if HAS_SINKS:  # the head's sink logit (log2 units) starts the softmax as a key whose value is 0
@@ -129,34 +142,38 @@ def _flash_attention_fwd(
     slope = 0.0
     if HAS_ALIBI:  # the head's ALiBi slope, in log2 units like the scores
         slope = tl.load(slope_ptr + h) * _LOG2E
-    k_base = k_ptr + b * skb + kvh * skh
-    v_base = v_ptr + b * svb + kvh * svh
     m_rows = mask_ptr + b * smb + h * smh + rows64[:, None] * sms  # [BLOCK_M, 1] row starts of the mask
     # the tiles before the full ones (a window's edge), the full ones, the rest (the diagonal, the tail)
-    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, lo, full_lo, hi,
+    m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, lo, full_lo, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
                                  BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
-                                 slope, HAS_ALIBI, CHUNKED)
-    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
+                                 slope, HAS_ALIBI, CHUNKED, TMA, False)
+    m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
                                  BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
-                                 slope, HAS_ALIBI, CHUNKED)
-    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
+                                 slope, HAS_ALIBI, CHUNKED, TMA, WS)
+    m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
                                  qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
                                  BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
-                                 slope, HAS_ALIBI, CHUNKED)
+                                 slope, HAS_ALIBI, CHUNKED, TMA, False)
     # a row that saw nothing (a padded row) writes 0
-    o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(o_ptr + b * sob + h * soh + rows64[:, None] * sos + dvs[None, :] * sod, o.to(o_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & dv_ok[None, :])
+    o = (acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]).to(o_ptr.dtype.element_ty)
+    if TMA:
+        o_desc = tl.make_tensor_descriptor(o_ptr + b * sob + h * soh, shape=[S, BLOCK_DV], strides=[sos, 1],
+                                           block_shape=[BLOCK_M, BLOCK_DV])
+        o_desc.store([pid_m * BLOCK_M, 0], o)
+    else:
+        tl.store(o_ptr + b * sob + h * soh + rows64[:, None] * sos + dvs[None, :] * sod, o,
+                 mask=row_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit
-def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, end, hi, qk_scale, WINDOW, softcap,
+def _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, start, end, hi, qk_scale, WINDOW, softcap,
                  skt, skd, svt, svd, sml, D, DV, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_DV: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                 EVEN_D: tl.constexpr, slope, HAS_ALIBI: tl.constexpr, CHUNKED: tl.constexpr):
+                 EVEN_D: tl.constexpr, slope, HAS_ALIBI: tl.constexpr, CHUNKED: tl.constexpr, TMA: tl.constexpr,
+                 WS: tl.constexpr):
     """The key tiles ``[start, end)`` of one row block into the online softmax. ``MASKED``: keys past ``hi``,
     the causal diagonal, the window and the mask operand are applied (scores -inf where not visible);
     otherwise every key of every tile is visible to every row (the caller's full range): plain loads when
@@ -167,14 +184,18 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
     dvs = tl.arange(0, BLOCK_DV)
     d_ok = ds < D
     dv_ok = dvs < DV
-    for n0 in range(start, end, BLOCK_N):
+    for n0 in tl.range(start, end, BLOCK_N, warp_specialize=WS):
         ts = n0 + tn
         n64 = tl.full((), n0, tl.int64)  # this tile's first key, as a 64-bit offset
-        k_ptrs = k_base + n64 * skt + tn[None, :] * skt + ds[:, None] * skd
-        v_ptrs = v_base + n64 * svt + tn[:, None] * svt + dvs[None, :] * svd
+        if not TMA:
+            k_ptrs = k_src + n64 * skt + tn[None, :] * skt + ds[:, None] * skd
+            v_ptrs = v_src + n64 * svt + tn[:, None] * svt + dvs[None, :] * svd
         if MASKED:
             t_ok = ts < hi
-            k_t = tl.load(k_ptrs, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
+            if TMA:  # keys past L read as 0; their scores are masked below
+                k_t = k_src.load([n0, 0]).T
+            else:
+                k_t = tl.load(k_ptrs, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
             scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
             if HAS_SOFTCAP:
                 scores = _softcap_log2(scores, softcap)  # c * tanh(s / c)
@@ -192,10 +213,15 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
                 else:  # additive, in natural-log units
                     scores = scores + mvals.to(tl.float32) * _LOG2E
             scores = tl.where(visible, scores, float("-inf"))
-            v = tl.load(v_ptrs, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
+            if TMA:
+                v = v_src.load([n0, 0])
+            else:
+                v = tl.load(v_ptrs, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
             m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
         else:
-            if EVEN_D:
+            if TMA:
+                k_t = k_src.load([n0, 0]).T
+            elif EVEN_D:
                 k_t = tl.load(k_ptrs)
             else:
                 k_t = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
@@ -214,7 +240,9 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
                 p = tl.exp2(raw * qk_scale - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            if EVEN_D:
+            if TMA:
+                v = v_src.load([n0, 0])
+            elif EVEN_D:
                 v = tl.load(v_ptrs)
             else:
                 v = tl.load(v_ptrs, mask=dv_ok[None, :], other=0.0)
@@ -225,12 +253,16 @@ def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, 
 
 @dataclass(frozen=True)
 class FlashConfig:
-    """Tiles of one flash-attention launch: query rows per program, keys per tile, warps, stages."""
+    """Tiles of one flash-attention launch: query rows per program, keys per tile, warps, stages; ``tma``: q, K, V
+    and o through on-device tensor descriptors (TMA on Hopper) where the strides allow (:func:`tma_ok`);
+    ``warp_specialize``: Triton's warp specialisation of the full-tile loop (with ``tma`` only)."""
 
     block_m: int
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool = False
+    warp_specialize: bool = False
 
 
 @functools.lru_cache(maxsize=256)
@@ -334,6 +366,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     block_d, block_dv = max(16, next_pow2(d)), max(16, next_pow2(dv))  # head dims padded to a power of two
+    use_tma = cfg.tma and tma_ok(q, k, v, y)
+    if use_tma:
+        ensure_allocator()
     grid = (cdiv(s, cfg.block_m), bsz * hq)
     launchable(_flash_attention_fwd, q.device)[grid](
         q, k, v, mask_arg, pos_arg, y, sinks if sinks is not None else q,
@@ -345,8 +380,42 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
         CHUNKED=chunk is not None,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
         EVEN_D=d == block_d and dv == block_dv, HAS_SINKS=sinks is not None, HAS_ALIBI=alibi is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
+        TMA=use_tma, WS=use_tma and cfg.warp_specialize, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
     return y
+
+
+def tma_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the kernel may read q, K, V and write o (``[B, H, rows, D]`` each) through 2-D tensor descriptors
+    ``[rows, D]`` a head: a head dim that needs no padding (a power of two >= 16), unit stride along it, the other
+    strides and the base address 16-byte aligned (TMA's rules), on a Hopper-or-later GPU or the interpreter."""
+    first = tensors[0]
+    if first.device.type == "cuda":
+        if torch.cuda.get_device_capability(first.device)[0] < 9:
+            return False
+    elif not interpreting():
+        return False
+    for t in tensors:
+        size = t.element_size()
+        d = t.shape[-1]
+        if d < 16 or d != next_pow2(d) or t.stride(-1) != 1 or t.data_ptr() % 16:
+            return False
+        if any((st * size) % 16 for st in t.stride()[:-1]) or t.shape[-2] >= 2**31:
+            return False
+    return True
+
+
+def _scratch(size: int, alignment: int, stream: Optional[int]) -> torch.Tensor:
+    """Global scratch for kernels that build tensor descriptors on the device (128 bytes a descriptor)."""
+    dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.empty(size, dtype=torch.int8, device=dev)
+
+
+def ensure_allocator() -> None:
+    """Give Triton an allocator for on-device descriptors, unless the user (or an earlier call) has set one."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_scratch)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *operands: Optional[torch.Tensor],
