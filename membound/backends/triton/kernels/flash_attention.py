@@ -380,7 +380,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
         CHUNKED=chunk is not None,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
         EVEN_D=d == block_d and dv == block_dv, HAS_SINKS=sinks is not None, HAS_ALIBI=alibi is not None,
-        TMA=use_tma, WS=use_tma and cfg.warp_specialize, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
+        TMA=use_tma, WS=use_tma and cfg.warp_specialize, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl_options(q.device))
     return y
 
 
