@@ -91,16 +91,67 @@ def _fa_tma(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, qk_scale,
     o_desc.store([row0, 0], o.to(o_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _fa_ws1(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, qk_scale,
+            sqb, sqh, sqs, skb, skh, skt, svb, svh, svt, sob, soh, sos,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+            CAUSAL: tl.constexpr, WS: tl.constexpr):
+    """One key loop, the mask applied on every tile without a branch: Triton 3.6 warp-specialises a loop on
+    Hopper only when it is the kernel's one loop and its body has no runtime branch (a second loop fails to
+    compile; a branch silently turns it off), checked by compiling for sm_90 on the CPU."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    h = (pid_bh % HQ).to(tl.int64)
+    b = (pid_bh // HQ).to(tl.int64)
+    kvh = h // G
+    q_desc = tl.make_tensor_descriptor(q_ptr + b * sqb + h * sqh, shape=[S, D], strides=[sqs, 1],
+                                       block_shape=[BLOCK_M, D])
+    k_desc = tl.make_tensor_descriptor(k_ptr + b * skb + kvh * skh, shape=[L, D], strides=[skt, 1],
+                                       block_shape=[BLOCK_N, D])
+    v_desc = tl.make_tensor_descriptor(v_ptr + b * svb + kvh * svh, shape=[L, DV], strides=[svt, 1],
+                                       block_shape=[BLOCK_N, DV])
+    o_desc = tl.make_tensor_descriptor(o_ptr + b * sob + h * soh, shape=[S, DV], strides=[sos, 1],
+                                       block_shape=[BLOCK_M, DV])
+    row0 = pid_m * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
+    tn = tl.arange(0, BLOCK_N)
+    hi = L
+    if CAUSAL:
+        hi = tl.minimum(row0 + BLOCK_M, L)
+    q = q_desc.load([row0, 0])
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, DV), dtype=tl.float32)
+    for n0 in tl.range(0, hi, BLOCK_N, warp_specialize=WS):
+        k = k_desc.load([n0, 0])
+        qk = tl.dot(q, k.T)
+        cols = n0 + tn
+        if CAUSAL:
+            visible = cols[None, :] <= rows[:, None]
+        else:
+            visible = (cols < L)[None, :]
+        s = tl.where(visible, qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = v_desc.load([n0, 0])
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    o = acc / l_i[:, None]
+    o_desc.store([row0, 0], o.to(o_ptr.dtype.element_ty))
+
+
 def _alloc(size: int, alignment: int, stream):
     return torch.empty(size, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.int8)
 
 
-def fa_tma(q, k, v, *, causal, block_m=128, block_n=64, warps=8, stages=3, ws=False):
+def fa_tma(q, k, v, *, causal, block_m=128, block_n=64, warps=8, stages=3, ws=False, one_loop=False):
     bsz, hq, s, d = q.shape
     hkv, length, dv = k.shape[1], k.shape[2], v.shape[3]
     o = torch.empty(bsz, hq, s, dv, dtype=q.dtype, device=q.device)
     grid = (triton.cdiv(s, block_m), bsz * hq)
-    _fa_tma[grid](q, k, v, o, hq, hq // hkv, s, length, LOG2E / math.sqrt(d),
+    (_fa_ws1 if one_loop else _fa_tma)[grid](q, k, v, o, hq, hq // hkv, s, length, LOG2E / math.sqrt(d),
                   q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                   v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                   BLOCK_M=block_m, BLOCK_N=block_n, D=d, DV=dv, CAUSAL=causal, WS=ws,
@@ -115,18 +166,19 @@ VARIANTS = [  # name, kwargs of fa_tma
     ("tma m128n128w8s2", dict(block_m=128, block_n=128, warps=8, stages=2)),
     ("tma m128n64w4s3", dict(block_m=128, block_n=64, warps=4, stages=3)),
     ("tma m128n64w8s4", dict(block_m=128, block_n=64, warps=8, stages=4)),
-    ("ws m128n64w4s3", dict(block_m=128, block_n=64, warps=4, stages=3, ws=True)),
-    ("ws m128n128w4s2", dict(block_m=128, block_n=128, warps=4, stages=2, ws=True)),
-    ("ws m128n64w8s3", dict(block_m=128, block_n=64, warps=8, stages=3, ws=True)),
-    ("ws m128n128w8s2", dict(block_m=128, block_n=128, warps=8, stages=2, ws=True)),
+    # one loop, mask on every tile: warp-specialised on Hopper at 4 warps (setmaxnreg in the PTX)
+    ("1loop m128n128w4s2", dict(block_m=128, block_n=128, warps=4, stages=2, one_loop=True)),
+    ("1loop ws m128n128w4s2", dict(block_m=128, block_n=128, warps=4, stages=2, ws=True, one_loop=True)),
+    ("1loop ws m128n64w4s3", dict(block_m=128, block_n=64, warps=4, stages=3, ws=True, one_loop=True)),
+    ("1loop ws m128n64w4s2", dict(block_m=128, block_n=64, warps=4, stages=2, ws=True, one_loop=True)),
+    ("1loop ws m256n64w4s2", dict(block_m=256, block_n=64, warps=4, stages=2, ws=True, one_loop=True)),
+    ("1loop ws m128n128w4s1", dict(block_m=128, block_n=128, warps=4, stages=1, ws=True, one_loop=True)),
 ]
 
 
 MB_VARIANTS = [
     ("tma m128n64w8s3", FlashConfig(128, 64, 8, 3, tma=True)),
     ("tma m128n128w8s2", FlashConfig(128, 128, 8, 2, tma=True)),
-    ("ws m128n64w4s3", FlashConfig(128, 64, 4, 3, tma=True, warp_specialize=True)),
-    ("ws m128n128w8s2", FlashConfig(128, 128, 8, 2, tma=True, warp_specialize=True)),
 ]
 
 
