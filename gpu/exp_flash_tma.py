@@ -179,6 +179,8 @@ VARIANTS = [  # name, kwargs of fa_tma
 MB_VARIANTS = [
     ("tma m128n64w8s3", FlashConfig(128, 64, 8, 3, tma=True)),
     ("tma m128n128w8s2", FlashConfig(128, 128, 8, 2, tma=True)),
+    ("ws m128n128w4s2", FlashConfig(128, 128, 4, 2, tma=True, warp_specialize=True)),
+    ("ws m128n64w4s3", FlashConfig(128, 64, 4, 3, tma=True, warp_specialize=True)),
 ]
 
 

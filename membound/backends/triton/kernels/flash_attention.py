@@ -143,19 +143,28 @@ def _flash_attention_fwd(
     if HAS_ALIBI:  # the head's ALiBi slope, in log2 units like the scores
         slope = tl.load(slope_ptr + h) * _LOG2E
     m_rows = mask_ptr + b * smb + h * smh + rows64[:, None] * sms  # [BLOCK_M, 1] row starts of the mask
-    # the tiles before the full ones (a window's edge), the full ones, the rest (the diagonal, the tail)
-    m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, lo, full_lo, hi,
-                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
-                                 slope, HAS_ALIBI, CHUNKED, TMA, False)
-    m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
-                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                 BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
-                                 slope, HAS_ALIBI, CHUNKED, TMA, WS)
-    m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
-                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
-                                 slope, HAS_ALIBI, CHUNKED, TMA, False)
+    if WS:
+        # one loop over every visible key tile, each masked: Triton 3.6 warp-specialises a loop on Hopper (a TMA
+        # producer warp, the consumer warps' registers raised) only when it is the kernel's one loop and its body
+        # has no runtime branch; a second loop fails to compile, a branch turns it off
+        m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, lo, hi, hi,
+                                     qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                     BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION,
+                                     EVEN_D, slope, HAS_ALIBI, CHUNKED, TMA, True)
+    else:
+        # the tiles before the full ones (a window's edge), the full ones, the rest (the diagonal, the tail)
+        m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, lo, full_lo, hi,
+                                     qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                     BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION,
+                                     EVEN_D, slope, HAS_ALIBI, CHUNKED, TMA, False)
+        m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
+                                     qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                     BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION,
+                                     EVEN_D, slope, HAS_ALIBI, CHUNKED, TMA, False)
+        m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
+                                     qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                     BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION,
+                                     EVEN_D, slope, HAS_ALIBI, CHUNKED, TMA, False)
     # a row that saw nothing (a padded row) writes 0
     o = (acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]).to(o_ptr.dtype.element_ty)
     if TMA:
