@@ -20,6 +20,12 @@ Tiles (``FlashConfig``) are chosen per shape by ``pick_config``: 128 query rows 
 head dims up to 128 in 16-bit types, 64 otherwise; 64 keys per tile (32 past D = 128). The cost
 rule that picks this kernel or torch's SDPA per shape is ``choose_impl`` (below).
 
+Two Hopper forms, chosen by ``FlashConfig`` where :func:`tma_ok` holds (an unpadded head dim, TMA-aligned strides):
+``tma`` reads q, K, V and writes o through tensor descriptors built on the device (one ``[rows, D]`` descriptor a
+head; rows past the end read as zeros and are masked like any other tail); ``warp_specialize`` adds Triton's warp
+specialisation, which on Hopper needs the key loop to be the kernel's only loop with no runtime branch in it, so
+that form runs every tile through the masked loop body (the mask's selects on tiles that need none are the price).
+
 Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, head dims over 256, CPU
 tensors without ``TRITON_INTERPRET=1``.
 """
