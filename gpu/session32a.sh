@@ -5,10 +5,10 @@
 #   bash gpu/session32a.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout 400 python gpu/exp_flash_tma.py "$OUT/exp_flash_tma.json" > "$OUT/exp_flash_tma.log" 2>&1
+timeout 300 python gpu/exp_flash_tma.py "$OUT/exp_flash_tma.json" > "$OUT/exp_flash_tma.log" 2>&1
 echo "rc=$? ($((SECONDS - start)) s)"
 sed -n '/^case/,$p' "$OUT/exp_flash_tma.log"
 grep -E "Error|error" "$OUT/exp_flash_tma.log" | grep -v '^{' | head -5
 # then session 31's prepared run (decode_e2e 1.24B b1 at 32k/4k/16k vs torch.compile, the wide-tile A/B, the
 # profile without the rope kernel) in the time left
-END=$((570 - SECONDS)) bash gpu/session31d.sh
+END=$((540 - SECONDS)) bash gpu/session31d.sh
