@@ -7,7 +7,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 300 python gpu/exp_flash_tma.py "$OUT/exp_flash_tma.json" > "$OUT/exp_flash_tma.log" 2>&1
 echo "rc=$? ($((SECONDS - start)) s)"
-sed -n '/^case/,$p' "$OUT/exp_flash_tma.log"
+grep -q '^case' "$OUT/exp_flash_tma.log" && sed -n '/^case/,$p' "$OUT/exp_flash_tma.log" || python - "$OUT/exp_flash_tma.log" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    if line.startswith("{"):
+        r = json.loads(line)
+        print(f"{r['case']:<24} {r['contender']:<24} {r.get('tflops', 0):8.1f} {r.get('error', '')[:60]}")
+PY
 grep -E "Error|error" "$OUT/exp_flash_tma.log" | grep -v '^{' | head -5
 # then session 31's prepared run (decode_e2e 1.24B b1 at 32k/4k/16k vs torch.compile, the wide-tile A/B, the
 # profile without the rope kernel) in the time left
