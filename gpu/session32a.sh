@@ -17,4 +17,4 @@ PY
 grep -E "Error|error" "$OUT/exp_flash_tma.log" | grep -v '^{' | head -5
 # then session 31's prepared run (decode_e2e 1.24B b1 at 32k/4k/16k vs torch.compile, the wide-tile A/B, the
 # profile without the rope kernel) in the time left
-END=$((540 - SECONDS)) bash gpu/session31d.sh
+END=$((430 - SECONDS)) bash gpu/session31d.sh

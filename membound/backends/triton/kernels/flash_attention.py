@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -280,12 +281,28 @@ class FlashConfig:
     warp_specialize: bool = False
 
 
+# The kernel's form where tma_ok holds (16-bit q/K/V, an unpadded head dim, TMA-aligned strides on Hopper):
+# "pointer" (plain loads), "tma" (tensor descriptors, the same tiles) or "ws" (descriptors and warp specialisation,
+# its own tiles). MEMBOUND_FLASH_FORM overrides it (A/B runs; read at import).
+FLASH_FORMS = ("pointer", "tma", "ws")
+FORM = os.environ.get("MEMBOUND_FLASH_FORM", "pointer")
+if FORM not in FLASH_FORMS:
+    raise ValueError(f"MEMBOUND_FLASH_FORM={FORM!r}: expected one of {', '.join(FLASH_FORMS)}")
+# "ws" tiles: 4 warps (Triton 3.6 warp-specialises none of this kernel's 8-warp forms), 128 query rows
+WS_TILES = (128, 64, 4, 3)
+
+
 @functools.lru_cache(maxsize=256)
-def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool) -> FlashConfig:
+def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool, form: str = "pointer") -> FlashConfig:
     """Tiles per shape (cached): big query blocks keep tensor cores busy, the K/V tile fits the registers
-    left by q and the accumulator (``BLOCK_M * D`` each); short sequences take small blocks."""
+    left by q and the accumulator (``BLOCK_M * D`` each); short sequences take small blocks. ``form`` (one of
+    :data:`FLASH_FORMS`, for inputs where :func:`tma_ok` holds) adds the descriptor loads and warp specialisation."""
+    if form not in FLASH_FORMS:
+        raise ValueError(f"flash attention: form {form!r} is not one of {', '.join(FLASH_FORMS)}")
     if interpreted:
-        return FlashConfig(16, 16)
+        return FlashConfig(16, 16, tma=form != "pointer", warp_specialize=form == "ws")
+    if form == "ws" and dtype != torch.float32 and head_dim <= 128:
+        return FlashConfig(*WS_TILES, tma=True, warp_specialize=True)
     wide = dtype != torch.float32 and head_dim <= 128
     block_m = 128 if wide and s > 64 else 64
     block_n = 64 if head_dim <= 128 else 32
@@ -293,7 +310,7 @@ def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool) ->
     # SDPA (geomean of four shapes) against 0.87x on 8; at D = 128, 8 warps 0.76x against 0.54x on 4
     warps = 8 if (block_m == 128 and head_dim > 64) or head_dim > 128 else 4
     stages = 3 if head_dim <= 128 and dtype != torch.float32 else 2
-    return FlashConfig(block_m, block_n, warps, stages)
+    return FlashConfig(block_m, block_n, warps, stages, tma=form == "tma" and dtype != torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +394,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
     if positions is not None:
         pos_arg = positions
         p_strides = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
-    cfg = config or pick_config(s, max(d, dv), q.dtype, q.device.type != "cuda")
+    cfg = config or pick_config(s, max(d, dv), q.dtype, q.device.type != "cuda",
+                                FORM if FORM != "pointer" and tma_ok(q, k, v) else "pointer")
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     block_d, block_dv = max(16, next_pow2(d)), max(16, next_pow2(dv))  # head dims padded to a power of two
