@@ -76,6 +76,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="a subset of the shapes (under a minute)")
     p.add_argument("--smoke", action="store_true", help="CPU + Triton interpreter, tiny sizes (checks the script)")
     p.add_argument("--out", default=None, help="folder for a copy of the result file")
+    p.add_argument("--only", choices=("prefill", "decode"), default=None, help="run one half of the bench")
     args = p.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
@@ -89,12 +90,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         bench.prefill(dims=(16,), seqs=(37,), tokens=74, heads=(4, 2), attn_chunk=16)
         bench.decode(dims=16, lengths=(45,), batches=(1, 3), heads=(4, 2), chunks=(16,), attn_chunk=16)
     elif args.quick:
-        bench.prefill(dims=(64, 128), seqs=(1024, 4096), tokens=16384)
-        bench.decode(dims=128, lengths=(4096, 32768), batches=(1, 16), chunks=(256, 1024, 4096))
+        if args.only != "decode":
+            bench.prefill(dims=(64, 128), seqs=(1024, 4096), tokens=16384)
+        if args.only != "prefill":
+            bench.decode(dims=128, lengths=(4096, 32768), batches=(1, 16), chunks=(256, 1024, 4096))
     else:
-        bench.prefill(dims=(64, 128), seqs=(512, 1024, 2048, 4096, 8192), tokens=16384, window=1024, attn_chunk=2048)
-        bench.decode(dims=128, lengths=(4096, 16384, 32768, 131072), batches=(1, 8, 32, 64), window=4096,
-                     attn_chunk=8192)
+        if args.only != "decode":
+            bench.prefill(dims=(64, 128), seqs=(512, 1024, 2048, 4096, 8192), tokens=16384, window=1024,
+                          attn_chunk=2048)
+        if args.only != "prefill":
+            bench.decode(dims=128, lengths=(4096, 16384, 32768, 131072), batches=(1, 8, 32, 64), window=4096,
+                         attn_chunk=8192)
     bench.write(args.out, "quick" if args.quick else "smoke" if args.smoke else "full")
     bench.print_table()
     return 0
@@ -338,11 +344,14 @@ class Bench:
     def write(self, out: Optional[str], mode: str) -> None:
         import triton
 
+        from membound.backends.triton.kernels.flash_attention import FORM
+
         date = datetime.date.today().isoformat()
         name = self.device_name()
         record = {"bench": "attention", "mode": mode, "device": name, "date": date,
                   "versions": {"torch": self.torch.__version__, "triton": triton.__version__},
                   "read_bandwidth_gbps": self.read_bw / 1e9,
+                  "flash_form": FORM,  # MEMBOUND_FLASH_FORM: the prefill kernel's form where it applies
                   "formulas": {"prefill_flops": "4*B*Hq*S*L*D, /2 causal, L -> window with a window",
                                "decode_bytes": "bytes(K,V of the slots read at Hkv heads) + bytes(q) + bytes(out)"},
                   "rows": [asdict(r) for r in self.rows]}

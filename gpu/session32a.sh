@@ -15,6 +15,15 @@ for line in open(sys.argv[1]):
         print(f"{r['case']:<24} {r['contender']:<24} {r.get('tflops', 0):8.1f} {r.get('error', '')[:60]}")
 PY
 grep -E "Error|error" "$OUT/exp_flash_tma.log" | grep -v '^{' | head -5
+# the issue's bench (prefill half, quick shapes) with the descriptor forms as the default
+for form in ws tma; do
+  [ $SECONDS -gt 330 ] && break
+  mkdir -p "$OUT/attn-$form"
+  MEMBOUND_FLASH_FORM=$form timeout 120 python benches/attention.py --quick --only prefill --out "$OUT/attn-$form" \
+      > "$OUT/attn-$form.log" 2>&1
+  echo "== attention --quick prefill form=$form rc=$? ($((SECONDS - start)) s)"
+  grep -E "^prefill" "$OUT/attn-$form.log" | cut -c1-100
+done
 # then session 31's prepared run (decode_e2e 1.24B b1 at 32k/4k/16k vs torch.compile, the wide-tile A/B, the
 # profile without the rope kernel) in the time left
 END=$((430 - SECONDS)) bash gpu/session31d.sh
