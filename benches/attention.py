@@ -344,14 +344,11 @@ class Bench:
     def write(self, out: Optional[str], mode: str) -> None:
         import triton
 
-        from membound.backends.triton.kernels.flash_attention import FORM
-
         date = datetime.date.today().isoformat()
         name = self.device_name()
         record = {"bench": "attention", "mode": mode, "device": name, "date": date,
                   "versions": {"torch": self.torch.__version__, "triton": triton.__version__},
                   "read_bandwidth_gbps": self.read_bw / 1e9,
-                  "flash_form": FORM,  # MEMBOUND_FLASH_FORM: the prefill kernel's form where it applies
                   "formulas": {"prefill_flops": "4*B*Hq*S*L*D, /2 causal, L -> window with a window",
                                "decode_bytes": "bytes(K,V of the slots read at Hkv heads) + bytes(q) + bytes(out)"},
                   "rows": [asdict(r) for r in self.rows]}

@@ -8,6 +8,11 @@ ALiBi; head dims that need no padding; GQA read in place; causal top-left. Each 
 reported, not fatal. Prints one table; writes JSON to argv[1].
 
     python gpu/exp_flash_tma.py out.json
+
+Measured once (H100, Triton 3.6, benches/results/exp_flash_tma-nvidia-h100-...-session32): the descriptor loads lose
+everywhere, warp specialisation gains 3% non-causal at D = 128 and is wrong causal (see flash_attention.py beside
+SDPA_EFFICIENCY). The "mb" rows of that run timed the same forms inside membound's kernel (FlashConfig.tma /
+warp_specialize, commit dabed36), since reverted; this script now times the standalone forms only.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from membound.backends.triton.kernels.flash_attention import FlashConfig, flash_attention, pick_config
+from membound.backends.triton.kernels.flash_attention import flash_attention, pick_config
 
 
 @triton.jit
@@ -176,14 +181,6 @@ VARIANTS = [  # name, kwargs of fa_tma
 ]
 
 
-MB_VARIANTS = [
-    ("tma m128n64w8s3", FlashConfig(128, 64, 8, 3, tma=True)),
-    ("tma m128n128w8s2", FlashConfig(128, 128, 8, 2, tma=True)),
-    ("ws m128n128w4s2", FlashConfig(128, 128, 4, 2, tma=True, warp_specialize=True)),
-    ("ws m128n64w4s3", FlashConfig(128, 64, 4, 3, tma=True, warp_specialize=True)),
-]
-
-
 def main() -> None:
     out = sys.argv[1] if len(sys.argv) > 1 else "exp_flash_tma.json"
     triton.set_allocator(_alloc)
@@ -202,9 +199,6 @@ def main() -> None:
             contenders = [("sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)),
                           ("membound ptr", lambda: flash_attention(q, k, v, causal=causal))]
             contenders += [(n, (lambda kw=kw: fa_tma(q, k, v, causal=causal, **kw))) for n, kw in VARIANTS]
-            # the same in membound's kernel (every feature kept; FlashConfig.tma / warp_specialize)
-            contenders += [(f"mb {n}", (lambda c=c: flash_attention(q, k, v, causal=causal, config=c)))
-                           for n, c in MB_VARIANTS]
             for name, fn in contenders:
                 row = dict(case=case, contender=name)
                 try:

@@ -211,51 +211,6 @@ def test_flash_attention_chunks_as_cached_prefill() -> None:
     close(y, want, torch.float32)
 
 
-TMA_CASES = [c for c in PREFILL_CASES if c[5] in (64, 128)] + [(2, 4, 2, 45, 61, 16, False, None, None)]
-
-
-@pytest.mark.parametrize("ws", [False, True])
-@pytest.mark.parametrize("b,hq,hkv,s,length,d,causal,window,softcap", TMA_CASES)
-def test_flash_attention_tma(b: int, hq: int, hkv: int, s: int, length: int, d: int, causal: bool,
-                             window: Optional[int], softcap: Optional[float], ws: bool) -> None:
-    """q, K, V and o through tensor descriptors (``FlashConfig.tma``; warp specialisation is a no-op in the
-    interpreter): equal to the reference, with q a transposed [B, S, H, D] view as HF models pass it."""
-    from membound.backends.triton.kernels.flash_attention import tma_ok
-
-    gen = torch.Generator().manual_seed(b + hq + s + d + 1)
-    q = rand(b, s, hq, d, gen=gen).transpose(1, 2)
-    k, v = rand(b, hkv, length, d, gen=gen), rand(b, hkv, length, d, gen=gen)
-    assert tma_ok(q, k, v) or DEVICE != "cpu" and torch.cuda.get_device_capability()[0] < 9
-    attrs = dict(causal=causal, scale=0.2, window=window, softcap=softcap)
-    y = flash_attention(q, k, v, config=FlashConfig(16, 16, tma=True, warp_specialize=ws), **attrs)
-    close(y, get_op("attention").reference(q, k, v, **attrs), torch.float32)
-
-
-def test_flash_attention_tma_mask_positions_and_fallback() -> None:
-    """The descriptor path keeps the mask operand and per-row positions; a head dim that needs padding (80), or
-    a row stride that breaks TMA's 16-byte rule, takes the pointer loads (same result)."""
-    from membound.backends.triton.kernels.flash_attention import tma_ok
-
-    cfg = FlashConfig(16, 16, tma=True)
-    q, k, v = rand(2, 4, 13, 64), rand(2, 2, 13, 64), rand(2, 2, 13, 64)
-    keep = torch.ones(2, 1, 13, 13, dtype=torch.bool).tril()
-    keep[1, :, :, 9:] = False
-    keep = keep.to(DEVICE)
-    close(flash_attention(q, k, v, keep, config=cfg),
-          get_op("attention").reference(q, k, v, keep, causal=False, scale=None), torch.float32)
-    q, k, v = rand(2, 4, 11, 64), rand(2, 2, 29, 64), rand(2, 2, 29, 64)
-    pos = torch.stack([torch.arange(11), torch.arange(11) + 7]).to(DEVICE)
-    y = flash_attention(q, k, v, positions=pos, scale=0.3, window=5, config=cfg)
-    close(y, get_op("cached_attention").reference(q, k, v, pos, scale=0.3, window=5), torch.float32)
-    q, k, v = rand(1, 2, 9, 80), rand(1, 2, 9, 80), rand(1, 2, 9, 80)
-    assert not tma_ok(q, k, v)
-    close(flash_attention(q, k, v, causal=True, config=cfg),
-          get_op("attention").reference(q, k, v, causal=True, scale=None),
-          torch.float32)
-    wide = rand(1, 2, 9, 67)[..., :64]  # rows 67 floats apart: 268 bytes, not a multiple of 16
-    assert not tma_ok(wide)
-
-
 def test_choose_impl_rule() -> None:
     """Plain causal attention goes to SDPA (its measured efficiency is higher); soft-capping and windows much
     shorter than the sequence go to the kernel (SDPA would materialise a mask and visit every key)."""

@@ -20,12 +20,6 @@ Tiles (``FlashConfig``) are chosen per shape by ``pick_config``: 128 query rows 
 head dims up to 128 in 16-bit types, 64 otherwise; 64 keys per tile (32 past D = 128). The cost
 rule that picks this kernel or torch's SDPA per shape is ``choose_impl`` (below).
 
-Two Hopper forms, chosen by ``FlashConfig`` where :func:`tma_ok` holds (an unpadded head dim, TMA-aligned strides):
-``tma`` reads q, K, V and writes o through tensor descriptors built on the device (one ``[rows, D]`` descriptor a
-head; rows past the end read as zeros and are masked like any other tail); ``warp_specialize`` adds Triton's warp
-specialisation, which on Hopper needs the key loop to be the kernel's only loop with no runtime branch in it, so
-that form runs every tile through the masked loop body (the mask's selects on tiles that need none are the price).
-
 Falls back to the torch reference for: dtypes other than fp16/bf16/fp32, head dims over 256, CPU
 tensors without ``TRITON_INTERPRET=1``.
 """
@@ -34,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -78,7 +71,6 @@ def _flash_attention_fwd(
     CAUSAL: tl.constexpr, HAS_POS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr, USE_PDL: tl.constexpr, EVEN_D: tl.constexpr = False,
     HAS_SINKS: tl.constexpr = False, HAS_ALIBI: tl.constexpr = False, CHUNKED: tl.constexpr = False,
-    TMA: tl.constexpr = False, WS: tl.constexpr = False,
 ):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16 and BLOCK_DV >= 16,
                      "tl.dot needs 16x16 tiles: pad rows, keys and head dims to 16")
@@ -126,20 +118,8 @@ def _flash_attention_fwd(
     full_hi = full_lo + n_full * BLOCK_N
     # q stays in registers for the whole loop
     rows64 = rows.to(tl.int64)  # rows * stride passes 2**31 in a [S, L] mask at S * L >= 2**31
-    k_base = k_ptr + b * skb + kvh * skh
-    v_base = v_ptr + b * svb + kvh * svh
-    if TMA:  # the head's q, K, V and o as 2-D tensor descriptors (TMA on Hopper; rows past S / L read as 0)
-        q_desc = tl.make_tensor_descriptor(q_ptr + b * sqb + h * sqh, shape=[S, BLOCK_D], strides=[sqs, 1],
-                                           block_shape=[BLOCK_M, BLOCK_D])
-        q = q_desc.load([pid_m * BLOCK_M, 0])
-        k_src = tl.make_tensor_descriptor(k_base, shape=[L, BLOCK_D], strides=[skt, 1], block_shape=[BLOCK_N, BLOCK_D])
-        v_src = tl.make_tensor_descriptor(v_base, shape=[L, BLOCK_DV], strides=[svt, 1],
-                                          block_shape=[BLOCK_N, BLOCK_DV])
-    else:
-        q = tl.load(q_ptr + b * sqb + h * sqh + rows64[:, None] * sqs + ds[None, :] * sqd,
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        k_src = k_base
-        v_src = v_base
+    q = tl.load(q_ptr + b * sqb + h * sqh + rows64[:, None] * sqs + ds[None, :] * sqd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if HAS_SINKS:  # the head's sink logit (log2 units) starts the softmax as a key whose value is 0
@@ -149,47 +129,34 @@ def _flash_attention_fwd(
     slope = 0.0
     if HAS_ALIBI:  # the head's ALiBi slope, in log2 units like the scores
         slope = tl.load(slope_ptr + h) * _LOG2E
+    k_base = k_ptr + b * skb + kvh * skh
+    v_base = v_ptr + b * svb + kvh * svh
     m_rows = mask_ptr + b * smb + h * smh + rows64[:, None] * sms  # [BLOCK_M, 1] row starts of the mask
-    if WS:
-        # one loop over every visible key tile, each masked: Triton 3.6 warp-specialises a loop on Hopper (a TMA
-        # producer warp, the consumer warps' registers raised) only when it is the kernel's one loop and its body
-        # has no runtime branch; a second loop fails to compile, a branch turns it off
-        m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, lo, hi, hi,
-                                     qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                     BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION,
-                                     EVEN_D, slope, HAS_ALIBI, CHUNKED, TMA, True)
-    else:
-        # the tiles before the full ones (a window's edge), the full ones, the rest (the diagonal, the tail)
-        m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, lo, full_lo, hi,
-                                     qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                     BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION,
-                                     EVEN_D, slope, HAS_ALIBI, CHUNKED, TMA, False)
-        m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
-                                     qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                     BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION,
-                                     EVEN_D, slope, HAS_ALIBI, CHUNKED, TMA, False)
-        m_i, l_i, acc = _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
-                                     qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
-                                     BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION,
-                                     EVEN_D, slope, HAS_ALIBI, CHUNKED, TMA, False)
+    # the tiles before the full ones (a window's edge), the full ones, the rest (the diagonal, the tail)
+    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, lo, full_lo, hi,
+                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
+                                 slope, HAS_ALIBI, CHUNKED)
+    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_lo, full_hi, hi,
+                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                 BLOCK_DV, False, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
+                                 slope, HAS_ALIBI, CHUNKED)
+    m_i, l_i, acc = _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, full_hi, hi, hi,
+                                 qk_scale, WINDOW, softcap, skt, skd, svt, svd, sml, D, DV, BLOCK_N, BLOCK_D,
+                                 BLOCK_DV, True, CAUSAL, HAS_WINDOW, HAS_SOFTCAP, MASK_KIND, INPUT_PRECISION, EVEN_D,
+                                 slope, HAS_ALIBI, CHUNKED)
     # a row that saw nothing (a padded row) writes 0
-    o = (acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]).to(o_ptr.dtype.element_ty)
-    if TMA:
-        o_desc = tl.make_tensor_descriptor(o_ptr + b * sob + h * soh, shape=[S, BLOCK_DV], strides=[sos, 1],
-                                           block_shape=[BLOCK_M, BLOCK_DV])
-        o_desc.store([pid_m * BLOCK_M, 0], o)
-    else:
-        tl.store(o_ptr + b * sob + h * soh + rows64[:, None] * sos + dvs[None, :] * sod, o,
-                 mask=row_ok[:, None] & dv_ok[None, :])
+    o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    tl.store(o_ptr + b * sob + h * soh + rows64[:, None] * sos + dvs[None, :] * sod, o.to(o_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit
-def _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, start, end, hi, qk_scale, WINDOW, softcap,
+def _flash_tiles(q, k_base, v_base, m_rows, row_ok, qpos, m_i, l_i, acc, start, end, hi, qk_scale, WINDOW, softcap,
                  skt, skd, svt, svd, sml, D, DV, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_DV: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_SOFTCAP: tl.constexpr, MASK_KIND: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                 EVEN_D: tl.constexpr, slope, HAS_ALIBI: tl.constexpr, CHUNKED: tl.constexpr, TMA: tl.constexpr,
-                 WS: tl.constexpr):
+                 EVEN_D: tl.constexpr, slope, HAS_ALIBI: tl.constexpr, CHUNKED: tl.constexpr):
     """The key tiles ``[start, end)`` of one row block into the online softmax. ``MASKED``: keys past ``hi``,
     the causal diagonal, the window and the mask operand are applied (scores -inf where not visible);
     otherwise every key of every tile is visible to every row (the caller's full range): plain loads when
@@ -200,18 +167,14 @@ def _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, start, en
     dvs = tl.arange(0, BLOCK_DV)
     d_ok = ds < D
     dv_ok = dvs < DV
-    for n0 in tl.range(start, end, BLOCK_N, warp_specialize=WS):
+    for n0 in range(start, end, BLOCK_N):
         ts = n0 + tn
         n64 = tl.full((), n0, tl.int64)  # this tile's first key, as a 64-bit offset
-        if not TMA:
-            k_ptrs = k_src + n64 * skt + tn[None, :] * skt + ds[:, None] * skd
-            v_ptrs = v_src + n64 * svt + tn[:, None] * svt + dvs[None, :] * svd
+        k_ptrs = k_base + n64 * skt + tn[None, :] * skt + ds[:, None] * skd
+        v_ptrs = v_base + n64 * svt + tn[:, None] * svt + dvs[None, :] * svd
         if MASKED:
             t_ok = ts < hi
-            if TMA:  # keys past L read as 0; their scores are masked below
-                k_t = k_src.load([n0, 0]).T
-            else:
-                k_t = tl.load(k_ptrs, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
+            k_t = tl.load(k_ptrs, mask=t_ok[None, :] & d_ok[:, None], other=0.0)
             scores = tl.dot(q, k_t, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
             if HAS_SOFTCAP:
                 scores = _softcap_log2(scores, softcap)  # c * tanh(s / c)
@@ -229,15 +192,10 @@ def _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, start, en
                 else:  # additive, in natural-log units
                     scores = scores + mvals.to(tl.float32) * _LOG2E
             scores = tl.where(visible, scores, float("-inf"))
-            if TMA:
-                v = v_src.load([n0, 0])
-            else:
-                v = tl.load(v_ptrs, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=t_ok[:, None] & dv_ok[None, :], other=0.0)
             m_i, l_i, acc = _online_softmax(scores, m_i, l_i, acc, v, INPUT_PRECISION)
         else:
-            if TMA:
-                k_t = k_src.load([n0, 0]).T
-            elif EVEN_D:
+            if EVEN_D:
                 k_t = tl.load(k_ptrs)
             else:
                 k_t = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
@@ -256,9 +214,7 @@ def _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, start, en
                 p = tl.exp2(raw * qk_scale - m_new[:, None])
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            if TMA:
-                v = v_src.load([n0, 0])
-            elif EVEN_D:
+            if EVEN_D:
                 v = tl.load(v_ptrs)
             else:
                 v = tl.load(v_ptrs, mask=dv_ok[None, :], other=0.0)
@@ -269,40 +225,20 @@ def _flash_tiles(q, k_src, v_src, m_rows, row_ok, qpos, m_i, l_i, acc, start, en
 
 @dataclass(frozen=True)
 class FlashConfig:
-    """Tiles of one flash-attention launch: query rows per program, keys per tile, warps, stages; ``tma``: q, K, V
-    and o through on-device tensor descriptors (TMA on Hopper) where the strides allow (:func:`tma_ok`);
-    ``warp_specialize``: Triton's warp specialisation of the full-tile loop (with ``tma`` only)."""
+    """Tiles of one flash-attention launch: query rows per program, keys per tile, warps, stages."""
 
     block_m: int
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
-    tma: bool = False
-    warp_specialize: bool = False
-
-
-# The kernel's form where tma_ok holds (16-bit q/K/V, an unpadded head dim, TMA-aligned strides on Hopper):
-# "pointer" (plain loads), "tma" (tensor descriptors, the same tiles) or "ws" (descriptors and warp specialisation,
-# its own tiles). MEMBOUND_FLASH_FORM overrides it (A/B runs; read at import).
-FLASH_FORMS = ("pointer", "tma", "ws")
-FORM = os.environ.get("MEMBOUND_FLASH_FORM", "pointer")
-if FORM not in FLASH_FORMS:
-    raise ValueError(f"MEMBOUND_FLASH_FORM={FORM!r}: expected one of {', '.join(FLASH_FORMS)}")
-# "ws" tiles: 4 warps (Triton 3.6 warp-specialises none of this kernel's 8-warp forms), 128 query rows
-WS_TILES = (128, 64, 4, 3)
 
 
 @functools.lru_cache(maxsize=256)
-def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool, form: str = "pointer") -> FlashConfig:
+def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool) -> FlashConfig:
     """Tiles per shape (cached): big query blocks keep tensor cores busy, the K/V tile fits the registers
-    left by q and the accumulator (``BLOCK_M * D`` each); short sequences take small blocks. ``form`` (one of
-    :data:`FLASH_FORMS`, for inputs where :func:`tma_ok` holds) adds the descriptor loads and warp specialisation."""
-    if form not in FLASH_FORMS:
-        raise ValueError(f"flash attention: form {form!r} is not one of {', '.join(FLASH_FORMS)}")
+    left by q and the accumulator (``BLOCK_M * D`` each); short sequences take small blocks."""
     if interpreted:
-        return FlashConfig(16, 16, tma=form != "pointer", warp_specialize=form == "ws")
-    if form == "ws" and dtype != torch.float32 and head_dim <= 128:
-        return FlashConfig(*WS_TILES, tma=True, warp_specialize=True)
+        return FlashConfig(16, 16)
     wide = dtype != torch.float32 and head_dim <= 128
     block_m = 128 if wide and s > 64 else 64
     block_n = 64 if head_dim <= 128 else 32
@@ -310,7 +246,7 @@ def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool, fo
     # SDPA (geomean of four shapes) against 0.87x on 8; at D = 128, 8 warps 0.76x against 0.54x on 4
     warps = 8 if (block_m == 128 and head_dim > 64) or head_dim > 128 else 4
     stages = 3 if head_dim <= 128 and dtype != torch.float32 else 2
-    return FlashConfig(block_m, block_n, warps, stages, tma=form == "tma" and dtype != torch.float32)
+    return FlashConfig(block_m, block_n, warps, stages)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,6 +262,12 @@ def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool, fo
 # grows by more than 2**8, as FlashAttention-4 does): B4 S4096 D128 causal 395 TFLOP/s against 420 for pick_config's
 # tiles (SDPA 524); issuing the next tile's q @ K^T before this tile's softmax (pipelining by hand): 406; both: 359.
 # At D = 64: 353 / 357 / 360 against 373. Triton's own pipelining and wgmma waits do better than either.
+# Session 32 (H100, Triton 3.6, exp_flash_tma-nvidia-h100-...-session32, gpu/exp_flash_tma.py): q/K/V/o through
+# on-device tensor descriptors (TMA) are slower at every shape and tile tried: B4 S4096 D128 causal 386-396 TFLOP/s
+# against 451 for these pointer loads (SDPA 619), non-causal 433-447 against 498, D64 causal 348-356 against 378.
+# Triton's warp specialisation engages on Hopper only at 4 warps with the key loop as the kernel's one, branch-free
+# loop (every tile masked); non-causal it gains 3% at D128 (514 against 498), loses at D64 (322 against 441), and
+# causal it returns wrong results (max abs error 0.7-1.4 against SDPA; the same code without it is right): not taken.
 SDPA_EFFICIENCY = {False: 0.60, True: 0.53}
 OURS_EFFICIENCY = {False: 0.49, True: 0.44}
 
@@ -394,14 +336,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
     if positions is not None:
         pos_arg = positions
         p_strides = (positions.stride(0), positions.stride(1)) if positions.dim() == 2 else (0, positions.stride(0))
-    cfg = config or pick_config(s, max(d, dv), q.dtype, q.device.type != "cuda",
-                                FORM if FORM != "pointer" and tma_ok(q, k, v) else "pointer")
+    cfg = config or pick_config(s, max(d, dv), q.dtype, q.device.type != "cuda")
     qk_scale = (1.0 / math.sqrt(d) if scale is None else float(scale)) * LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     block_d, block_dv = max(16, next_pow2(d)), max(16, next_pow2(dv))  # head dims padded to a power of two
-    use_tma = cfg.tma and tma_ok(q, k, v, y)
-    if use_tma:
-        ensure_allocator()
     grid = (cdiv(s, cfg.block_m), bsz * hq)
     launchable(_flash_attention_fwd, q.device)[grid](
         q, k, v, mask_arg, pos_arg, y, sinks if sinks is not None else q,
@@ -413,43 +351,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Opt
         CHUNKED=chunk is not None,
         HAS_SOFTCAP=softcap is not None, MASK_KIND=mask_kind, INPUT_PRECISION=precision,
         EVEN_D=d == block_d and dv == block_dv, HAS_SINKS=sinks is not None, HAS_ALIBI=alibi is not None,
-        TMA=use_tma, WS=use_tma and cfg.warp_specialize, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **pdl_options(q.device))
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_options(q.device))
     return y
-
-
-def tma_ok(*tensors: torch.Tensor) -> bool:
-    """Whether the kernel may read q, K, V and write o (``[B, H, rows, D]`` each) through 2-D tensor descriptors
-    ``[rows, D]`` a head: a head dim that needs no padding (a power of two >= 16), unit stride along it, the other
-    strides and the base address 16-byte aligned (TMA's rules), on a Hopper-or-later GPU or the interpreter."""
-    first = tensors[0]
-    if first.device.type == "cuda":
-        if torch.cuda.get_device_capability(first.device)[0] < 9:
-            return False
-    elif not interpreting():
-        return False
-    for t in tensors:
-        size = t.element_size()
-        d = t.shape[-1]
-        if d < 16 or d != next_pow2(d) or t.stride(-1) != 1 or t.data_ptr() % 16:
-            return False
-        if any((st * size) % 16 for st in t.stride()[:-1]) or t.shape[-2] >= 2**31:
-            return False
-    return True
-
-
-def _scratch(size: int, alignment: int, stream: Optional[int]) -> torch.Tensor:
-    """Global scratch for kernels that build tensor descriptors on the device (128 bytes a descriptor)."""
-    dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.empty(size, dtype=torch.int8, device=dev)
-
-
-def ensure_allocator() -> None:
-    """Give Triton an allocator for on-device descriptors, unless the user (or an earlier call) has set one."""
-    from triton.runtime import _allocation
-
-    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
-        triton.set_allocator(_scratch)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *operands: Optional[torch.Tensor],
