@@ -209,7 +209,7 @@ def test_tile_slots_keep_the_tile_bytes(monkeypatch: pytest.MonkeyPatch, wide: b
     cfg = da.pick_config(4, 8, 32768, False, 128, torch.bfloat16, cpu, sms=132)
     assert cfg.num_warps == (da.WIDE_WARPS if wide else da.DECODE_WARPS) and cfg.block_q == 16
     assert (cfg.least_chunk, cfg.direct_span) == (da.LEAST_TILES * 64, da.DIRECT_TILES * 64)  # 128, 384 slots
-    narrow = da.pick_config(4, 8, 32768, False, 64, torch.bfloat16, cpu, sms=132)
+    narrow = da.pick_config(4, 8, 8192, False, 64, torch.bfloat16, cpu, sms=132)  # under WIDE_FROM
     assert (narrow.num_warps, narrow.block_t) == (da.DECODE_WARPS, 128)
     # the grid: one program per SM for wide tiles, two for 32 KB ones (8 kv heads, 32k slots)
     per_sm = da.WIDE_PROGRAMS_PER_SM if wide else da.PROGRAMS_PER_SM
@@ -241,9 +241,9 @@ def test_wide_tiles_at_head_dim_64_when_listed(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_wide_tiles_at_head_dim_64_from_a_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``MEMBOUND_DECODE_WIDE_FROM`` (an A/B setting): head dim 64 streams 256-slot tiles once the grid covers at least
-    that many slots, 128-slot ones below it (and with the variable unset or 0, never); head dim 128 streams its wide
-    tiles at every length, fp32 never."""
+    """``WIDE_FROM`` (``MEMBOUND_DECODE_WIDE_FROM`` overrides it): head dim 64 streams 256-slot tiles once the grid
+    covers at least that many slots, 128-slot ones below it (with the variable 0, never); head dim 128 streams its
+    wide tiles at every length, fp32 never."""
     monkeypatch.setattr(da, "WIDE_TILES", True)
     monkeypatch.setattr(da, "WIDE_HEAD_DIMS", (128,))
     cpu = torch.device("cpu")
@@ -251,10 +251,12 @@ def test_wide_tiles_at_head_dim_64_from_a_length(monkeypatch: pytest.MonkeyPatch
     def slots(length: int, d: int = 64, dtype: torch.dtype = torch.bfloat16) -> int:
         return da.pick_config(4, 8, length, False, d, dtype, cpu, sms=132).block_t
 
-    for unset in ("", "0"):
-        monkeypatch.setenv(da.WIDE_FROM_ENV, unset)
-        assert [slots(4096), slots(65536)] == [128, 128]
-    monkeypatch.setenv(da.WIDE_FROM_ENV, "16384")
+    monkeypatch.setenv(da.WIDE_FROM_ENV, "0")
+    assert [slots(4096), slots(65536)] == [128, 128]
+    monkeypatch.setenv(da.WIDE_FROM_ENV, "32768")
+    assert [slots(16384), slots(32767), slots(32768)] == [128, 128, 256]
+    monkeypatch.delenv(da.WIDE_FROM_ENV)  # the default
+    monkeypatch.setattr(da, "WIDE_FROM", 16384)
     assert [slots(4096), slots(16383), slots(16384), slots(65536)] == [128, 128, 256, 256]
     assert da.pick_config(4, 8, 65536, False, 64, torch.bfloat16, cpu, sms=132).num_warps == da.WIDE_WARPS
     assert [slots(4096, 128), slots(65536, 128), slots(65536, 64, torch.float32)] == [128, 128, 64]

@@ -119,12 +119,15 @@ WIDE_TILES = os.environ.get("MEMBOUND_DECODE_WIDE", "1") == "1"
 # 256-slot wide tiles when listed (MEMBOUND_DECODE_WIDE_DIMS=64,128, for A/B runs: see the numbers above)
 WIDE_HEAD_DIMS = tuple(int(d) for d in os.environ.get("MEMBOUND_DECODE_WIDE_DIMS", "128").split(",") if d.strip())
 WIDE_TILE_BYTES = 65536
-# MEMBOUND_DECODE_WIDE_FROM (A/B runs; read at each pick_config; unset or 0 = never): a 16-bit cache at head dim 64
-# whose grid covers at least this many slots (the capacity in generate's graph step) streams 256-slot wide tiles
-# too. H200 (decode_attn_variants-...-session10-wide): at batch 1 they won at a 32k cache (25.3 against 28.8 us; SDPA
-# 22.2) and lost at 4k (14.4 against 11.3). The compiled variant then changes when the cache grows past it (one
-# compile)
+# WIDE_FROM (MEMBOUND_DECODE_WIDE_FROM overrides it, read at each pick_config; 0 = never): a 16-bit cache at head
+# dim 64 whose grid covers at least this many slots (the capacity in generate's graph step) streams 256-slot wide
+# tiles too. H200 (decode_attn_variants-...-session10-wide): at batch 1 they won at a 32k cache (25.3 against 28.8
+# us; SDPA 22.2) and at batch 16, and lost at 4k (14.4 against 11.3). H100, the 1.24B shape's whole decode step at
+# batch 1 after a 32768-token prompt (decode_e2e-nvidia-h100-...-session32-llama-1b-ab-*): 1.473 ms against 1.550
+# (75.2 -> 82.6% of read bandwidth). Untimed between 4k and 32k: 16384 splits the difference. The compiled variant
+# changes when the cache grows past it (one compile)
 WIDE_FROM_ENV = "MEMBOUND_DECODE_WIDE_FROM"
+WIDE_FROM = 16384
 WIDE_WARPS = 8
 WIDE_PROGRAMS_PER_SM = 1
 # pick_config: the K + V bytes one program streams at least (when the cache has that many), in DECODE_TILE_BYTES
@@ -629,7 +632,7 @@ def _wide(head_dim: int, dtype: torch.dtype, length: Optional[int] = None) -> bo
         return False
     if padded in WIDE_HEAD_DIMS:
         return True
-    start = int(os.environ.get(WIDE_FROM_ENV, "0") or "0")
+    start = int(os.environ.get(WIDE_FROM_ENV, "") or WIDE_FROM)
     return padded == 64 and start > 0 and length is not None and length >= start
 
 
