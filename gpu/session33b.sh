@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 13: the fused decode pipelines on the current code (they were last timed on the H200 in sessions 14-20,
+# before the one-row GEMVs, PDL ordering and flash-decoding changes since). decode_e2e 1.24B, prompt 128, 128 new
+# tokens, membound only, batch 1 then 8, one run per MEMBOUND_DECODE_PIPELINE: decode (the default), decode-fused
+# (norms and residual adds in the GEMVs), decode-block (each layer's attention block one launch), decode-layer.
+# About 1 min a run. ~8 min.
+#   bash gpu/session33b.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+W=$OUT/work; mkdir -p "$W/e2e"
+END=${END:-560}
+nvidia-smi --query-gpu=name --format=csv,noheader
+for batch in 1 8; do
+  for pipe in decode decode-fused decode-block decode-layer; do
+    left=$((END - SECONDS))
+    [ $left -lt 50 ] && { echo "skip $pipe b$batch ($left s left)"; continue; }
+    MEMBOUND_DECODE_PIPELINE=$pipe timeout $left python benches/decode_e2e.py --models llama-1b --batches $batch \
+        --new-tokens 128 --contenders membound --membound-backends triton+graphs --budget-s $((left - 10)) \
+        --out "$W/e2e/$pipe-b$batch" > "$W/e2e-$pipe-b$batch.log" 2>&1
+    echo "== $pipe b$batch rc=$? ($((SECONDS - start)) s)"
+    grep -vE "^\[" "$W/e2e-$pipe-b$batch.log" | grep -E "membound" | grep step | head -1 | cut -c1-100
+  done
+done
+tar czf "$OUT/session33b.tgz" -C "$W" .
