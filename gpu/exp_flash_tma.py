@@ -59,10 +59,11 @@ def _tiles(q, k_desc, v_desc, m_i, l_i, acc, qpos, start, end, hi, qk_scale, BLO
 
 
 @triton.jit
-def _fa_tma(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, qk_scale,
-            sqb, sqh, sqs, skb, skh, skt, svb, svh, svt, sob, soh, sos,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-            CAUSAL: tl.constexpr, WS: tl.constexpr):
+def _head_descriptors(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, sqb, sqh, sqs, skb, skh, skt, svb, svh, svt,
+                      sob, soh, sos, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                      DV: tl.constexpr):
+    """This program's head as four 2-D descriptors (q, K, V, o; GQA: the kv head read in place) and its first
+    query row (row blocks in reverse: causal's long ones start first)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     h = (pid_bh % HQ).to(tl.int64)
@@ -77,6 +78,17 @@ def _fa_tma(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, qk_scale,
     o_desc = tl.make_tensor_descriptor(o_ptr + b * sob + h * soh, shape=[S, DV], strides=[sos, 1],
                                        block_shape=[BLOCK_M, DV])
     row0 = pid_m * BLOCK_M
+    return q_desc, k_desc, v_desc, o_desc, row0
+
+
+@triton.jit
+def _fa_tma(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, qk_scale,
+            sqb, sqh, sqs, skb, skh, skt, svb, svh, svt, sob, soh, sos,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+            CAUSAL: tl.constexpr, WS: tl.constexpr):
+    q_desc, k_desc, v_desc, o_desc, row0 = _head_descriptors(
+        q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, sqb, sqh, sqs, skb, skh, skt, svb, svh, svt, sob, soh, sos,
+        BLOCK_M, BLOCK_N, D, DV)
     qpos = row0 + tl.arange(0, BLOCK_M)
     hi = L
     full_end = L
@@ -104,20 +116,9 @@ def _fa_ws1(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, qk_scale,
     """One key loop, the mask applied on every tile without a branch: Triton 3.6 warp-specialises a loop on
     Hopper only when it is the kernel's one loop and its body has no runtime branch (a second loop fails to
     compile; a branch silently turns it off), checked by compiling for sm_90 on the CPU."""
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    h = (pid_bh % HQ).to(tl.int64)
-    b = (pid_bh // HQ).to(tl.int64)
-    kvh = h // G
-    q_desc = tl.make_tensor_descriptor(q_ptr + b * sqb + h * sqh, shape=[S, D], strides=[sqs, 1],
-                                       block_shape=[BLOCK_M, D])
-    k_desc = tl.make_tensor_descriptor(k_ptr + b * skb + kvh * skh, shape=[L, D], strides=[skt, 1],
-                                       block_shape=[BLOCK_N, D])
-    v_desc = tl.make_tensor_descriptor(v_ptr + b * svb + kvh * svh, shape=[L, DV], strides=[svt, 1],
-                                       block_shape=[BLOCK_N, DV])
-    o_desc = tl.make_tensor_descriptor(o_ptr + b * sob + h * soh, shape=[S, DV], strides=[sos, 1],
-                                       block_shape=[BLOCK_M, DV])
-    row0 = pid_m * BLOCK_M
+    q_desc, k_desc, v_desc, o_desc, row0 = _head_descriptors(
+        q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, sqb, sqh, sqs, skb, skh, skt, svb, svh, svt, sob, soh, sos,
+        BLOCK_M, BLOCK_N, D, DV)
     rows = row0 + tl.arange(0, BLOCK_M)
     tn = tl.arange(0, BLOCK_N)
     hi = L
