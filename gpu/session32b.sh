@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Session 32: the new WIDE_FROM default (256-slot flash-decoding tiles at head dim 64 over grids of >= 16384 slots)
-# at its threshold: decode_e2e 1.24B, prompt 16384, 128 new tokens, membound only, the default against
+# Session 32: the new WIDE_FROM default (256-slot flash-decoding tiles at head dim 64 over grids of >= 32768 slots)
+# at its threshold: decode_e2e 1.24B, prompt 16384 (16512 positions: a 32768-slot capacity), 128 new tokens,
+# membound only, the default against
 # MEMBOUND_DECODE_WIDE_FROM=0 (128-slot tiles), batch 1 then batch 8. ~4 min.
 #   bash gpu/session32b.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"

@@ -124,10 +124,12 @@ WIDE_TILE_BYTES = 65536
 # tiles too. H200 (decode_attn_variants-...-session10-wide): at batch 1 they won at a 32k cache (25.3 against 28.8
 # us; SDPA 22.2) and at batch 16, and lost at 4k (14.4 against 11.3). H100, the 1.24B shape's whole decode step at
 # batch 1 after a 32768-token prompt (decode_e2e-nvidia-h100-...-session32-llama-1b-ab-*): 1.473 ms against 1.550
-# (75.2 -> 82.6% of read bandwidth). Untimed between 4k and 32k: 16384 splits the difference. The compiled variant
-# changes when the cache grows past it (one compile)
+# (75.2 -> 82.6% of read bandwidth; that cache's capacity was 65536, generate's power-of-two bucket for 32896
+# positions). The threshold counts capacity, so 32768 takes them for calls that need more than 16384 positions and
+# keeps 8-16k calls (capacity 16384), untimed, on 128-slot tiles. The compiled variant changes when the cache grows
+# past it (one compile)
 WIDE_FROM_ENV = "MEMBOUND_DECODE_WIDE_FROM"
-WIDE_FROM = 16384
+WIDE_FROM = 32768
 WIDE_WARPS = 8
 WIDE_PROGRAMS_PER_SM = 1
 # pick_config: the K + V bytes one program streams at least (when the cache has that many), in DECODE_TILE_BYTES
