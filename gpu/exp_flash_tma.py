@@ -112,7 +112,7 @@ def _fa_tma(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, qk_scale,
 def _fa_ws1(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, qk_scale,
             sqb, sqh, sqs, skb, skh, skt, svb, svh, svt, sob, soh, sos,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-            CAUSAL: tl.constexpr, WS: tl.constexpr):
+            CAUSAL: tl.constexpr, WS: tl.constexpr, ROWS_IN_LOOP: tl.constexpr = False):
     """One key loop, the mask applied on every tile without a branch: Triton 3.6 warp-specialises a loop on
     Hopper only when it is the kernel's one loop and its body has no runtime branch (a second loop fails to
     compile; a branch silently turns it off), checked by compiling for sm_90 on the CPU."""
@@ -133,7 +133,11 @@ def _fa_ws1(q_ptr, k_ptr, v_ptr, o_ptr, HQ, G, S, L, qk_scale,
         qk = tl.dot(q, k.T)
         cols = n0 + tn
         if CAUSAL:
-            visible = cols[None, :] <= rows[:, None]
+            if ROWS_IN_LOOP:  # the row indices made inside the loop body (session 32's causal WS runs were wrong
+                # with them made outside it: a guess at the cause, untimed)
+                visible = cols[None, :] <= (row0 + tl.arange(0, BLOCK_M))[:, None]
+            else:
+                visible = cols[None, :] <= rows[:, None]
         else:
             visible = (cols < L)[None, :]
         s = tl.where(visible, qk * qk_scale, float("-inf"))
@@ -152,7 +156,8 @@ def _alloc(size: int, alignment: int, stream):
     return torch.empty(size, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.int8)
 
 
-def fa_tma(q, k, v, *, causal, block_m=128, block_n=64, warps=8, stages=3, ws=False, one_loop=False):
+def fa_tma(q, k, v, *, causal, block_m=128, block_n=64, warps=8, stages=3, ws=False, one_loop=False,
+           rows_in_loop=False):
     bsz, hq, s, d = q.shape
     hkv, length, dv = k.shape[1], k.shape[2], v.shape[3]
     o = torch.empty(bsz, hq, s, dv, dtype=q.dtype, device=q.device)
@@ -161,6 +166,7 @@ def fa_tma(q, k, v, *, causal, block_m=128, block_n=64, warps=8, stages=3, ws=Fa
                   q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                   v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
                   BLOCK_M=block_m, BLOCK_N=block_n, D=d, DV=dv, CAUSAL=causal, WS=ws,
+                  **(dict(ROWS_IN_LOOP=True) if rows_in_loop else {}),
                   num_warps=warps, num_stages=stages)
     return o
 
@@ -179,6 +185,8 @@ VARIANTS = [  # name, kwargs of fa_tma
     ("1loop ws m128n64w4s2", dict(block_m=128, block_n=64, warps=4, stages=2, ws=True, one_loop=True)),
     ("1loop ws m256n64w4s2", dict(block_m=256, block_n=64, warps=4, stages=2, ws=True, one_loop=True)),
     ("1loop ws m128n128w4s1", dict(block_m=128, block_n=128, warps=4, stages=1, ws=True, one_loop=True)),
+    ("1loop ws rows-in m128n128w4s2", dict(block_m=128, block_n=128, warps=4, stages=2, ws=True, one_loop=True,
+                                          rows_in_loop=True)),
 ]
 
 
