@@ -262,9 +262,9 @@ def pick_config(s: int, head_dim: int, dtype: torch.dtype, interpreted: bool) ->
 # grows by more than 2**8, as FlashAttention-4 does): B4 S4096 D128 causal 395 TFLOP/s against 420 for pick_config's
 # tiles (SDPA 524); issuing the next tile's q @ K^T before this tile's softmax (pipelining by hand): 406; both: 359.
 # At D = 64: 353 / 357 / 360 against 373. Triton's own pipelining and wgmma waits do better than either.
-# Session 32 (H100, Triton 3.6, exp_flash_tma-nvidia-h100-...-session32, gpu/exp_flash_tma.py): q/K/V/o through
-# on-device tensor descriptors (TMA) are slower at every shape and tile tried: B4 S4096 D128 causal 386-396 TFLOP/s
-# against 451 for these pointer loads (SDPA 619), non-causal 433-447 against 498, D64 causal 348-356 against 378.
+# Hopper features (benches/experiments/flash_prefill_hopper.py, H200, session 13; ..._one_loop_ws.py, H100, session
+# 32; both Triton 3.6): q/K/V through tensor descriptors (TMA) are slower at every shape and tile tried (H100, B4
+# S4096 D128 causal 386-396 TFLOP/s against 451 for these pointer loads, SDPA 619; non-causal 433-447 against 498).
 # Triton's warp specialisation engages on Hopper only at 4 warps with the key loop as the kernel's one, branch-free
 # loop (every tile masked); non-causal it gains 3% at D128 (514 against 498), loses at D64 (322 against 441), and
 # causal it returns wrong results (max abs error 0.7-1.4 against SDPA; the same code without it is right): not taken.

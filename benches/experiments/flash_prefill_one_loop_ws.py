@@ -1,18 +1,26 @@
-"""Session 32 experiment (issue 12, prefill): does loading q/K/V through on-device tensor descriptors (TMA on
-Hopper), with or without Triton's warp specialisation of the key loop, close the gap to SDPA that the pointer
-loads leave (0.80x at B4 S4096 D128 causal on the H100, session 31)?
+"""Experiment (one H100 run, session 32; issue 12, prefill): the one loop form of Triton's warp specialisation on
+Hopper, and tensor-descriptor (TMA) loads again, against SDPA and our pointer-load kernel.
+
+``flash_prefill_hopper.py`` (session 13, H200) tried TMA and ``warp_specialize`` on the two-loop kernel: TMA did
+not win, and warp specialisation failed to compile at 128-row blocks. Compiling for sm_90 with Triton 3.6 (the GPU
+machine's) on the CPU showed why: Hopper warp specialisation engages (``setmaxnreg`` in the PTX) only at 4 warps,
+when the key loop is the kernel's one loop and its body has no runtime branch (a second loop fails the pass, a
+branch turns it off silently, 8 warps ignore it). ``_fa_ws1`` is that form: one loop over every visible key tile,
+each tile masked without a branch.
 
 A reduced copy of ``_flash_attention_fwd``'s structure: no mask operand, positions, window, soft-cap, sinks or
 ALiBi; head dims that need no padding; GQA read in place; causal top-left. Each variant is checked against SDPA
 (bf16, max abs error <= 2e-2 on unit-normal inputs) before it is timed; a variant that fails to compile is
 reported, not fatal. Prints one table; writes JSON to argv[1].
 
-    python gpu/exp_flash_tma.py out.json
+    PYTHONPATH=. python benches/experiments/flash_prefill_one_loop_ws.py out.json     # CUDA GPU (gpu/session32a.sh)
 
-Measured once (H100, Triton 3.6, benches/results/exp_flash_tma-nvidia-h100-...-session32): the descriptor loads lose
-everywhere, warp specialisation gains 3% non-causal at D = 128 and is wrong causal (see flash_attention.py beside
-SDPA_EFFICIENCY). The "mb" rows of that run timed the same forms inside membound's kernel (FlashConfig.tma /
-warp_specialize, commit dabed36), since reverted; this script now times the standalone forms only.
+Measured once (H100, Triton 3.6, ``results/flash_prefill_one_loop_ws-nvidia-h100-...-session32``): the descriptor
+loads lose everywhere; warp specialisation gains 3% non-causal at D = 128, loses at D = 64, and returns wrong
+results causal (and NaN at 128 x 64 tiles, 3 stages) while the same code without it is right. The "mb" rows of that
+run timed the same forms inside membound's kernel (``FlashConfig.tma`` / ``warp_specialize``, commit dabed36), since
+reverted; this script times the standalone forms only. ``1loop ws rows-in`` (the rows made inside the loop, a
+guess at the causal failure) was added after the run and is untimed.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import math
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -191,7 +200,7 @@ VARIANTS = [  # name, kwargs of fa_tma
 
 
 def main() -> None:
-    out = sys.argv[1] if len(sys.argv) > 1 else "exp_flash_tma.json"
+    out = sys.argv[1] if len(sys.argv) > 1 else "flash_prefill_one_loop_ws.json"
     triton.set_allocator(_alloc)
     dev = "cuda"
     shapes = [(4, 32, 8, 4096, 128), (4, 32, 8, 1024, 128), (2, 32, 8, 8192, 128), (4, 32, 8, 4096, 64)]
@@ -205,9 +214,10 @@ def main() -> None:
             flops = 4.0 * b * hq * s * s * d / (2 if causal else 1)
             want = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
             case = f"b{b} s{s} d{d} {'causal' if causal else 'full'}"
-            contenders = [("sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)),
-                          ("membound ptr", lambda: flash_attention(q, k, v, causal=causal))]
-            contenders += [(n, (lambda kw=kw: fa_tma(q, k, v, causal=causal, **kw))) for n, kw in VARIANTS]
+            qkv = (q, k, v)
+            contenders = [("sdpa", partial(F.scaled_dot_product_attention, *qkv, is_causal=causal, enable_gqa=True)),
+                          ("membound ptr", partial(flash_attention, *qkv, causal=causal))]
+            contenders += [(n, partial(fa_tma, *qkv, causal=causal, **kw)) for n, kw in VARIANTS]
             for name, fn in contenders:
                 row = dict(case=case, contender=name)
                 try:
