@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from membound.backends.triton.kernels.decode_attention import LOG2E
 from membound.backends.triton.kernels.flash_attention import flash_attention, pick_config
 
 
@@ -179,8 +180,6 @@ def fa_tma(q, k, v, *, causal, block_m=128, block_n=64, warps=8, stages=3, ws=Fa
                   num_warps=warps, num_stages=stages)
     return o
 
-
-LOG2E = 1.4426950408889634
 
 VARIANTS = [  # name, kwargs of fa_tma
     ("tma m128n64w8s3", dict(block_m=128, block_n=64, warps=8, stages=3)),

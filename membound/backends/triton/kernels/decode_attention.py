@@ -600,7 +600,7 @@ def serial_tiles(rows: int, groups: int, filled: int, capacity: int, head_dim: i
 
 def direct_tiles(head_dim: int, dtype: torch.dtype, length: Optional[int] = None) -> int:
     """``DIRECT_TILES`` in the tiles ``pick_config`` streams at this head dim and dtype (and ``length``, the slots
-    the grid covers: see ``WIDE_FROM_ENV``): the longest span one program streams alone, in whole tiles."""
+    the grid covers: see ``WIDE_FROM``): the longest span one program streams alone, in whole tiles."""
     return _in_tiles(DIRECT_TILES, head_dim, dtype, length)
 
 
@@ -614,7 +614,7 @@ def tile_slots(head_dim: int, dtype: torch.dtype, length: Optional[int] = None) 
     """Key slots per tile: ``DECODE_TILE_BYTES`` of K and V (a power of two, 16 to 128 slots), so a tile moves
     the same bytes at every head dim; ``WIDE_TILE_BYTES`` for a 16-bit cache at a head dim that pads to one of
     ``WIDE_HEAD_DIMS`` (``WIDE_TILES``: 128 slots at 128, 256 at 64), or at 64 over a grid of at least
-    ``MEMBOUND_DECODE_WIDE_FROM`` slots (``length``)."""
+    ``WIDE_FROM`` slots (``length``; ``MEMBOUND_DECODE_WIDE_FROM`` overrides it)."""
     if _wide(head_dim, dtype, length):
         return _slots(head_dim, dtype, WIDE_TILE_BYTES, most=256)
     return _slots(head_dim, dtype, DECODE_TILE_BYTES)
@@ -628,7 +628,8 @@ def _slots(head_dim: int, dtype: torch.dtype, tile_bytes: int, most: int = 128) 
 
 def _wide(head_dim: int, dtype: torch.dtype, length: Optional[int] = None) -> bool:
     """Whether the cache streams wide tiles (see ``WIDE_TILES``): 16-bit, head dim padded to one of
-    ``WIDE_HEAD_DIMS`` (128), or to 64 with a grid over at least ``MEMBOUND_DECODE_WIDE_FROM`` slots."""
+    ``WIDE_HEAD_DIMS`` (128), or to 64 with a grid over at least ``WIDE_FROM`` slots (``MEMBOUND_DECODE_WIDE_FROM``
+    overrides it; 0: never)."""
     padded = next_pow2(head_dim)
     if not WIDE_TILES or dtype.itemsize != 2:
         return False
