@@ -610,6 +610,35 @@ def test_attention_is_told_the_next_linears_weight() -> None:
     assert _without_out(lambda x, **kw: kw)(1, prefetch=object(), scale=0.5) == {"scale": 0.5}
 
 
+def test_o_projection_early_weight_follows_its_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The linear reading cached_attention's output through views is told ``static_weight=True`` (its weight may
+    load before the PDL wait) unless ``MEMBOUND_LINEAR_O_EARLY=0``; a linear reading anything else keeps the hint
+    either way."""
+    from membound.backends.triton.codegen import O_EARLY_ENV
+
+    text = """graph @t(%q: f32[1, 4, 1, 8], %p: i64[1], %x: f32[1, 1, 32]) params(%wo: f32[32, 32], %w2: f32[32, 32])
+                    state(%ck: f32[1, 2, 16, 8], %cv: f32[1, 2, 16, 8]) {
+        %o = cached_attention(%q, %ck, %cv, %p) : f32[1, 4, 1, 8]
+        %t = transpose(%o) {dim0=1, dim1=2} : f32[1, 1, 4, 8]
+        %r = reshape(%t) {shape=[1, 1, 32]} : f32[1, 1, 32]
+        %y = linear(%r, %wo) : f32[1, 1, 32]
+        %z = linear(%x, %w2) : f32[1, 1, 32]
+        return %y, %z
+    }"""
+
+    def hints() -> list[bool]:
+        from membound.backends.triton.kernels import LIBRARY
+
+        src = TritonExecutable(graph_from(text), library=dict(LIBRARY)).source
+        calls = [ln for ln in src.splitlines() if "= lib_linear(" in ln]
+        assert len(calls) == 2, src
+        return ["static_weight=True" in ln for ln in calls]
+
+    assert hints() == [True, True]
+    monkeypatch.setenv(O_EARLY_ENV, "0")
+    assert hints() == [False, True]
+
+
 def test_views_fold_into_the_kernel_that_reads_them() -> None:
     text = """graph @t(%x: f32[B, S, 64]) {
         %r = reshape(%x) {shape=[B, S, 4, 16]} : f32[B, S, 4, 16]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import keyword
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Optional
@@ -45,6 +46,30 @@ INT32_LIMIT = 2**31  # elements: index math at or past this many needs int64 (re
 # (``static_past=True``: see past_is_static), and which parameter weight the linear after it streams
 # (``prefetch=<weight>``: see next_weight)
 LAUNCH_HINTS = ("static_weight", "static_past", "prefetch")
+# "0": the linear that reads a cached_attention's output (the o projection) is not told its weight is static, so
+# its GEMV streams the weight after its PDL wait instead of before it (read at each compile; A/B runs: do the o
+# projection's early weight loads, 8 MB at the 1.24B shape, slow the latency-bound decode attention they overlap?)
+O_EARLY_ENV = "MEMBOUND_LINEAR_O_EARLY"
+
+
+def reads_attention(node: Any) -> bool:
+    """Whether a node's first input is a ``cached_attention`` result through views only (transpose, reshape):
+    the o projection of a decode layer."""
+    value = node.inputs[0] if node.inputs else None
+    while value is not None and value.producer is not None:
+        producer = value.producer
+        if producer.op == "cached_attention":
+            return True
+        if classify(producer) != "view" or not producer.inputs:
+            return False
+        value = producer.inputs[0]
+    return False
+
+
+def early_weight(node: Any) -> bool:
+    """Whether a library op over a parameter weight may load it before its PDL wait: always, unless
+    ``MEMBOUND_LINEAR_O_EARLY=0`` and the op is the o projection (:func:`reads_attention`)."""
+    return os.environ.get(O_EARLY_ENV, "1") != "0" or not reads_attention(node)
 
 
 def past_is_static(node: Any) -> bool:
@@ -304,7 +329,8 @@ class ModuleWriter:
         args = [self.names(v) for v in node.inputs]
         args += [f"{k}={py_literal(a)}" for k, a in node.attrs.items()]
         w = static_weight_input(node.op)
-        if step.impl == "library" and w is not None and w < len(node.inputs) and node.inputs[w].kind == "param":
+        if (step.impl == "library" and w is not None and w < len(node.inputs) and node.inputs[w].kind == "param"
+                and early_weight(node)):
             args.append("static_weight=True")  # no kernel writes a parameter: its loads may precede the PDL wait
         if step.impl == "library" and past_is_static(node):
             args.append("static_past=True")
