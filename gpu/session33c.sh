@@ -2,7 +2,7 @@
 # Session 33: does the o projection's early weight load (its resident one-row tiles, 8 MB at the 1.24B shape, loaded
 # before its PDL wait while flash decoding runs) slow the latency-bound attention? profile_step 1.24B, batch 1 and 8
 # (graph replay; the per-layer path view): base (defaults), olate (MEMBOUND_LINEAR_O_EARLY=0: the o GEMV streams after
-# its wait), base again (noise). Then, with what is left, gpu/session32b.sh's WIDE_FROM threshold rows at batch 1.
+# its wait), base again (noise). Then, with what is left, every gpu-marked test (pytest -m gpu).
 # ~8 min.
 #   bash gpu/session33c.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
@@ -23,17 +23,11 @@ run base llama-1b MEMBOUND_PDL=1
 run olate llama-1b MEMBOUND_LINEAR_O_EARLY=0
 run base2 llama-1b MEMBOUND_PDL=1
 find "$W" -name 'profile_step-*' | while read -r f; do n=$(basename "$f" | tr '+' '-'); [ "$n" != "$(basename "$f")" ] && mv "$f" "$(dirname "$f")/$n"; done
-e2e() {  # name batch env...
-  local name=$1 batch=$2; shift 2
-  local left=$((END - SECONDS))
-  [ $left -lt 60 ] && { echo "skip $name ($left s left)"; return; }
-  mkdir -p "$W/e2e"
-  env "$@" timeout $left python benches/decode_e2e.py --models llama-1b --batches $batch --new-tokens 128 \
-      --prompt 16384 --contenders membound --membound-backends triton+graphs --budget-s $((left - 10)) \
-      --out "$W/e2e/$name" > "$W/e2e-$name.log" 2>&1
-  echo "== $name rc=$? ($((SECONDS - start)) s)"
-  grep -vE "^\[" "$W/e2e-$name.log" | grep -E "membound" | grep step | head -1 | cut -c1-100
-}
-e2e wide-b1 1 MEMBOUND_PDL=1
-e2e narrow-b1 1 MEMBOUND_DECODE_WIDE_FROM=0
+left=$((END - SECONDS))
+if [ $left -gt 90 ]; then
+  timeout $((left - 10)) python -m pytest -q -rfE -m gpu -n 8 -p no:cacheprovider tests > "$W/gpu-tests.log" 2>&1
+  echo "gpu tests rc=$? ($((SECONDS - start)) s)"; tail -1 "$W/gpu-tests.log"
+else
+  echo "skip gpu tests ($left s left)"
+fi
 tar czf "$OUT/session33c.tgz" -C "$W" .
