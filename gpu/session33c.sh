@@ -2,7 +2,7 @@
 # Session 33: does the o projection's early weight load (its resident one-row tiles, 8 MB at the 1.24B shape, loaded
 # before its PDL wait while flash decoding runs) slow the latency-bound attention? profile_step 1.24B, batch 1 and 8
 # (graph replay; the per-layer path view): base (defaults), olate (MEMBOUND_LINEAR_O_EARLY=0: the o GEMV streams after
-# its wait), base again (noise). Then, with what is left, every gpu-marked test (pytest -m gpu).
+# its wait), olate-ekv (and flash decoding's first K/V tiles before its own wait, MEMBOUND_DECODE_EARLY_KV=1). Then, with what is left, every gpu-marked test (pytest -m gpu).
 # ~8 min.
 #   bash gpu/session33c.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
@@ -21,7 +21,7 @@ run() {  # name model env...
 }
 run base llama-1b MEMBOUND_PDL=1
 run olate llama-1b MEMBOUND_LINEAR_O_EARLY=0
-run base2 llama-1b MEMBOUND_PDL=1
+run olate-ekv llama-1b MEMBOUND_LINEAR_O_EARLY=0 MEMBOUND_DECODE_EARLY_KV=1
 find "$W" -name 'profile_step-*' | while read -r f; do n=$(basename "$f" | tr '+' '-'); [ "$n" != "$(basename "$f")" ] && mv "$f" "$(dirname "$f")/$n"; done
 left=$((END - SECONDS))
 if [ $left -gt 90 ]; then
