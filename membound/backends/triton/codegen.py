@@ -47,8 +47,12 @@ INT32_LIMIT = 2**31  # elements: index math at or past this many needs int64 (re
 # (``prefetch=<weight>``: see next_weight)
 LAUNCH_HINTS = ("static_weight", "static_past", "prefetch")
 # "0": the linear that reads a cached_attention's output (the o projection) is not told its weight is static, so
-# its GEMV streams the weight after its PDL wait instead of before it (read at each compile; A/B runs: do the o
-# projection's early weight loads, 8 MB at the 1.24B shape, slow the latency-bound decode attention they overlap?)
+# its GEMV streams the weight after its PDL wait instead of before it (read at each compile; A/B runs). Session 33
+# (H100, HF 1.24B, batch 1, context 256, profile_step-...-session33-o-{base,olate}): the o projection's early load (8 MB
+# of resident tiles while flash decoding runs) does slow attention, whose path fell from 7.84 to 5.60 us a layer
+# without it, but the o GEMV's own path rose from 1.73 to 4.42 us: step 1052.2 -> 1061.2 us (batch 8, where the
+# swapped product loads after its wait anyway: 1179.9 -> 1179.4). With flash decoding's early K/V too
+# (MEMBOUND_DECODE_EARLY_KV=1) 1083.2 us. So "1", the default
 O_EARLY_ENV = "MEMBOUND_LINEAR_O_EARLY"
 
 

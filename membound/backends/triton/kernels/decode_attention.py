@@ -125,11 +125,14 @@ WIDE_TILE_BYTES = 65536
 # us; SDPA 22.2) and at batch 16, and lost at 4k (14.4 against 11.3). H100, the 1.24B shape's whole decode step at
 # batch 1 after a 32768-token prompt (decode_e2e-nvidia-h100-...-session32-llama-1b-ab-*): 1.473 ms against 1.550
 # (75.2 -> 82.6% of read bandwidth; that cache's capacity was 65536, generate's power-of-two bucket for 32896
-# positions). The threshold counts capacity, so 32768 takes them for calls that need more than 16384 positions and
-# keeps 8-16k calls (capacity 16384), untimed, on 128-slot tiles. The compiled variant changes when the cache grows
-# past it (one compile)
+# positions). Session 33 (H100, 1.24B, the decode step of a 128-token call, wide against 128-slot tiles, one process
+# each; decode_e2e-nvidia-h100-...-session33-llama-1b-{wide,narrow}-b*-16384 and -widefrom-*): prompt 16384 (capacity
+# 32768) b1 1.307 / 1.373 ms, b8 2.596 / 2.677; prompt 8192 (capacity 16384) b1 1.213 / 1.279; prompt 4096 (capacity
+# 8192) b1 1.164 / 1.192, b8 1.591 / 1.602. Not timed at capacity 4096 (prompts of about 2-4k) on the H100; the
+# context-256 step (capacity 512) was 1% slower with them (session 30, above). So the threshold is 8192 capacity: a
+# call that needs more than 4096 positions. The compiled variant changes when the cache grows past it (one compile)
 WIDE_FROM_ENV = "MEMBOUND_DECODE_WIDE_FROM"
-WIDE_FROM = 32768
+WIDE_FROM = 8192
 WIDE_WARPS = 8
 WIDE_PROGRAMS_PER_SM = 1
 # pick_config: the K + V bytes one program streams at least (when the cache has that many), in DECODE_TILE_BYTES
