@@ -214,9 +214,22 @@ def need(gib: float) -> None:
 
 @pytest.fixture
 def gpu_memory():
-    yield
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    """One of these tests at a time across pytest-xdist's workers (an exclusive lock on a file in the temp
+    folder), so ``need``'s free-memory check is not raced by another worker's multi-GiB allocations: under
+    ``pytest -m gpu -n 8`` on an 80 GB H100 two of them once ran out of memory together (session 33); the
+    cache is emptied before the lock is released."""
+    import fcntl
+    import tempfile
+    from pathlib import Path
+
+    with open(Path(tempfile.gettempdir()) / "membound-test-index64-gpu.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 H = torch.float16
