@@ -7,18 +7,13 @@
 # About 1 min a run. ~8 min.
 #   bash gpu/session33b.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
-W=$OUT/work; mkdir -p "$W/e2e"
+W=$OUT/work; mkdir -p "$W"
 END=${END:-560}
 nvidia-smi --query-gpu=name --format=csv,noheader
+ROW_MIN=50
 for batch in 1 8; do
   for pipe in decode decode-fused decode-rope decode-fused-rope; do
-    left=$((END - SECONDS))
-    [ $left -lt 50 ] && { echo "skip $pipe b$batch ($left s left)"; continue; }
-    MEMBOUND_DECODE_PIPELINE=$pipe timeout $left python benches/decode_e2e.py --models llama-1b --batches $batch \
-        --new-tokens 128 --contenders membound --membound-backends triton+graphs --budget-s $((left - 10)) \
-        --out "$W/e2e/$pipe-b$batch" > "$W/e2e-$pipe-b$batch.log" 2>&1
-    echo "== $pipe b$batch rc=$? ($((SECONDS - start)) s)"
-    grep -vE "^\[" "$W/e2e-$pipe-b$batch.log" | grep -E "membound" | grep step | head -1 | cut -c1-100
+    e2e_row "$pipe-b$batch" $batch 128 MEMBOUND_DECODE_PIPELINE=$pipe
   done
 done
 tar czf "$OUT/session33b.tgz" -C "$W" .

@@ -7,22 +7,13 @@
 # About 30 s a run. ~4 min.
 #   bash gpu/session34a.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
-W=$OUT/work; mkdir -p "$W/e2e"
+W=$OUT/work; mkdir -p "$W"
 END=${END:-300}
 nvidia-smi --query-gpu=name --format=csv,noheader
 for batch in 1 8; do
   for p in 2048 3584; do
-    for v in narrow wide; do
-      left=$((END - SECONDS))
-      [ $left -lt 45 ] && { echo "skip $v b$batch $p ($left s left)"; continue; }
-      wf=8192; [ $v = wide ] && wf=4096
-      MEMBOUND_DECODE_WIDE_FROM=$wf timeout $left python benches/decode_e2e.py --models llama-1b --batches $batch \
-          --new-tokens 128 --prompt $p --contenders membound --membound-backends triton+graphs --budget-s $((left - 10)) \
-          --out "$W/e2e" > "$W/e2e-$v-b$batch-$p.log" 2>&1
-      echo "== $v b$batch $p rc=$? ($((SECONDS - start)) s)"
-      grep -vE "^\[" "$W/e2e-$v-b$batch-$p.log" | grep -E "membound" | grep step | head -1 | cut -c1-100
-      for f in "$W"/e2e/decode_e2e-*.json; do [ -e "$f" ] && mv "$f" "$W/e2e-$v-b$batch-$p.json"; done
-    done
+    e2e_row "narrow-b$batch-$p" $batch $p MEMBOUND_DECODE_WIDE_FROM=8192
+    e2e_row "wide-b$batch-$p" $batch $p MEMBOUND_DECODE_WIDE_FROM=4096
   done
 done
 tar czf "$OUT/session34a.tgz" -C "$W" .

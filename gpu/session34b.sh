@@ -6,27 +6,17 @@
 # 3584 (gpu/session34a.sh's batch-1 half; ~30 s a run). ~8 min; END bounds it.
 #   bash gpu/session34b.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
-W=$OUT/work; mkdir -p "$W/e2e"
+W=$OUT/work; mkdir -p "$W"
 END=${END:-540}
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 150 python -m pytest -q -rfE -m gpu -n 8 -p no:cacheprovider tests > "$W/gpu-tests.log" 2>&1
 echo "gpu tests rc=$? ($((SECONDS - start)) s)"; tail -1 "$W/gpu-tests.log"
-e2e() {  # name prompt env...
-  local name=$1 prompt=$2; shift 2
-  local left=$((END - SECONDS))
-  [ $left -lt 50 ] && { echo "skip $name ($left s left)"; return; }
-  env "$@" timeout $left python benches/decode_e2e.py --models llama-1b --batches 1 --new-tokens 128 --prompt $prompt \
-      --contenders membound --membound-backends triton+graphs --budget-s $((left - 10)) --out "$W/e2e" \
-      > "$W/e2e-$name.log" 2>&1
-  echo "== $name rc=$? ($((SECONDS - start)) s)"
-  grep -vE "^\[" "$W/e2e-$name.log" | grep -E "membound" | grep step | head -1 | cut -c1-100
-  for f in "$W"/e2e/decode_e2e-*.json; do [ -e "$f" ] && mv "$f" "$W/e2e-$name.json"; done
-}
+ROW_MIN=50
 for pipe in decode decode-fused decode-rope decode-fused-rope; do
-  e2e "$pipe-b1" 128 MEMBOUND_DECODE_PIPELINE=$pipe
+  e2e_row "$pipe-b1" 1 128 MEMBOUND_DECODE_PIPELINE=$pipe
 done
 for p in 2048 3584; do
-  e2e "narrow-b1-$p" $p MEMBOUND_DECODE_WIDE_FROM=8192
-  e2e "wide-b1-$p" $p MEMBOUND_DECODE_WIDE_FROM=4096
+  e2e_row "narrow-b1-$p" 1 $p MEMBOUND_DECODE_WIDE_FROM=8192
+  e2e_row "wide-b1-$p" 1 $p MEMBOUND_DECODE_WIDE_FROM=4096
 done
 tar czf "$OUT/session34b.tgz" -C "$W" .
