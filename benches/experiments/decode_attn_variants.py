@@ -89,6 +89,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "q16 w8 64K s3 pps1 t256": dict(block_q=16, num_warps=8, tile=65536, num_stages=3, pps=1, max_slots=256),
     "q16 w4 64K s3 pps1 t256": dict(block_q=16, num_warps=4, tile=65536, num_stages=3, pps=1, max_slots=256),
     "q16 w4 64K s2 t256": dict(block_q=16, num_warps=4, tile=65536, num_stages=2, max_slots=256),
+    # session 34 (ncu, H100: the wide programs' SMs were active 72-78% of the kernel's elapsed cycles at batch 1 and
+    # 32k, cuDNN's 84-88%): the wide tiles' split sized for 2 or 3 programs per SM, though one fits, so the grid runs
+    # in waves of smaller chunks and an SM whose program ends early takes the next (load balance against ramp-up)
+    "q16 w8 64K s3 pps2 t256": dict(block_q=16, num_warps=8, tile=65536, num_stages=3, pps=2, max_slots=256),
+    "q16 w8 64K s3 pps3 t256": dict(block_q=16, num_warps=8, tile=65536, num_stages=3, pps=3, max_slots=256),
+    "q16 w8 64K s3 pps2": dict(block_q=16, num_warps=8, tile=65536, num_stages=3, pps=2),
+    "q16 w8 64K s3 pps3": dict(block_q=16, num_warps=8, tile=65536, num_stages=3, pps=3),
 }
 QUICK_VARIANTS = ("q16 w4 32K s3", "q64 w4 32K s3", "q64 w4 32K s4", "q64 w4 32K s3 evict", "q32 w2 32K s3")
 
