@@ -209,7 +209,7 @@ def test_tile_slots_keep_the_tile_bytes(monkeypatch: pytest.MonkeyPatch, wide: b
     cfg = da.pick_config(4, 8, 32768, False, 128, torch.bfloat16, cpu, sms=132)
     assert cfg.num_warps == (da.WIDE_WARPS if wide else da.DECODE_WARPS) and cfg.block_q == 16
     assert (cfg.least_chunk, cfg.direct_span) == (da.LEAST_TILES * 64, da.DIRECT_TILES * 64)  # 128, 384 slots
-    narrow = da.pick_config(4, 8, 4096, False, 64, torch.bfloat16, cpu, sms=132)  # under WIDE_FROM
+    narrow = da.pick_config(4, 8, 2048, False, 64, torch.bfloat16, cpu, sms=132)  # under WIDE_FROM
     assert (narrow.num_warps, narrow.block_t) == (da.DECODE_WARPS, 128)
     # the grid: one program per SM for wide tiles, two for 32 KB ones (8 kv heads, 32k slots)
     per_sm = da.WIDE_PROGRAMS_PER_SM if wide else da.PROGRAMS_PER_SM
@@ -289,12 +289,12 @@ def test_serial_tiles_follows_the_kernels_chunk_rule(monkeypatch: pytest.MonkeyP
 
     assert (da.DIRECT_TILES, da.MIN_TILES, da.LEAST_TILES) == (6, 4, 2)  # the cases below assume the defaults
     # D = 64 streams 128-slot (32 KB) tiles below a WIDE_FROM capacity with wide tiles on or off: 1024 slots in a
-    # grid of four 512-slot chunks (MIN_TILES) split into four of 256 (LEAST_TILES); 4096 in 8192 (a WIDE_FROM
-    # capacity) into sixteen of 256: two 128-slot tiles, or one 256-slot wide tile
-    if da.WIDE_FROM != 8192:
+    # grid of four 512-slot chunks (MIN_TILES) split into four of 256 (LEAST_TILES); 2048 in 4096 and 4096 in 8192
+    # (WIDE_FROM capacities) into chunks of 256: two 128-slot tiles, or one 256-slot wide tile
+    if da.WIDE_FROM != 4096:
         pytest.skip("recalibrated WIDE_FROM")
-    assert [chain(n, 64) for n in (128, 384, 768, 1024, 4096)] == [(1, False), (3, False), (6, False), (2, True),
-                                                                   (1, True) if wide else (2, True)]
+    assert [chain(n, 64) for n in (128, 384, 768, 1024, 2048, 4096)] == [
+        (1, False), (3, False), (6, False), (2, True)] + [(1, True) if wide else (2, True)] * 2
     if wide:
         assert [chain(n, 128) for n in (128, 256, 384, 512, 1024)] == [(1, False), (2, False), (3, False),
                                                                       (1, True), (1, True)]

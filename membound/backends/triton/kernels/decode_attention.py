@@ -128,11 +128,13 @@ WIDE_TILE_BYTES = 65536
 # positions). Session 33 (H100, 1.24B, the decode step of a 128-token call, wide against 128-slot tiles, one process
 # each; decode_e2e-nvidia-h100-...-session33-llama-1b-{wide,narrow}-b*-16384 and -widefrom-*): prompt 16384 (capacity
 # 32768) b1 1.307 / 1.373 ms, b8 2.596 / 2.677; prompt 8192 (capacity 16384) b1 1.213 / 1.279; prompt 4096 (capacity
-# 8192) b1 1.164 / 1.192, b8 1.591 / 1.602. Not timed at capacity 4096 (prompts of about 2-4k) on the H100; the
-# context-256 step (capacity 512) was 1% slower with them (session 30, above). So the threshold is 8192 capacity: a
-# call that needs more than 4096 positions. The compiled variant changes when the cache grows past it (one compile)
+# 8192) b1 1.164 / 1.192, b8 1.591 / 1.602. Session 34 (H100, the same runs at a 4096 capacity, b1;
+# decode_e2e-nvidia-h100-...-session34-llama-1b-widefrom-*): prompt 2048 1.187 / 1.209 ms, prompt 3584 1.192 / 1.213.
+# The context-256 step (capacity 512) was 1% slower with them (session 30, above); 1024 and 2048 not timed. So the
+# threshold is a 4096 capacity: a call that needs more than 2048 positions. The compiled variant changes when the
+# cache grows past it (one compile)
 WIDE_FROM_ENV = "MEMBOUND_DECODE_WIDE_FROM"
-WIDE_FROM = 8192
+WIDE_FROM = 4096
 WIDE_WARPS = 8
 WIDE_PROGRAMS_PER_SM = 1
 # pick_config: the K + V bytes one program streams at least (when the cache has that many), in DECODE_TILE_BYTES
