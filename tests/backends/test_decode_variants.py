@@ -329,3 +329,124 @@ def test_dv_split_fills_one_wave_and_splits_the_columns(monkeypatch: pytest.Monk
     assert launch["grid"] == (3, 4, 4) and launch["BLOCK_DV"] == 16
     want = get_op("cached_attention").reference(q, k, v, pos, scale=None)
     torch.testing.assert_close(y, want.to(y.device), rtol=1e-4, atol=1e-4)
+
+
+class _Recorder:
+    """A stand-in for the Triton kernel: records ``warmup`` calls (compile without launch)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list, tuple, dict]] = []
+
+    def warmup(self, *args, grid, **kw):  # noqa: ANN001, ANN202
+        self.calls.append((list(args), grid, kw))
+
+
+def _launch_like(capacity: int, dtype: torch.dtype = torch.bfloat16, d: int = 64) -> tuple[list, dict]:
+    """A graph-path launch's arguments as cached_attention builds them (128-slot tiles, 4 warps), CPU tensors:
+    compile_wide_ahead reads only their dtypes."""
+    t = torch.zeros(1, dtype=dtype)
+    f32, i32, i64 = torch.zeros(1), torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int64)
+    args = [t, t, t, i64, t, f32, f32, i32, t, t, 8, 4, 1, capacity, d, d, 256, 1, 8, 0.18, 4096, 1.0, 768]
+    args += [1] * 18  # the strides
+    kw = dict(BLOCK_Q=16, BLOCK_T=128, BLOCK_D=d, BLOCK_DV=d, ONE_SPLIT=False, DIRECT=True, ACTIVE_ARRIVALS=False,
+              INPUT_PRECISION="tf32", HAS_WINDOW=True, CHUNKED=False, HAS_SOFTCAP=False, RING=False, HAS_ALIBI=False,
+              SPLIT_BLOCK=16, MERGE_ROWS=4, KV_EVICT="", EARLY_KV=False, num_warps=4, num_stages=3, HAS_SINKS=False,
+              USE_PDL=1, launch_pdl=True)
+    return args, kw
+
+
+def test_wide_variant_compiled_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph-path launch below ``WIDE_FROM`` (head dim 64, 16-bit) compiles, without launching, the wide variant
+    the cache takes once it grows to WIDE_FROM slots: 256-slot tiles over WIDE_WARPS warps, the launch's own
+    options otherwise (window, PDL), the least chunk and direct span of that capacity; once per variant. Nothing
+    is compiled for a capacity already wide, head dim 128 (wide at every length), fp32, WIDE_FROM 0, a CPU
+    launch, or inside a CUDA-graph capture."""
+    if (da.WIDE_TILE_BYTES, da.LEAST_TILES, da.DIRECT_TILES, da.WIDE_WARPS) != (65536, 2, 6, 8):
+        pytest.skip("recalibrated tiles")
+    monkeypatch.setattr(da, "WIDE_TILES", True)
+    monkeypatch.setattr(da, "WIDE_HEAD_DIMS", (128,))
+    monkeypatch.setattr(da, "WIDE_FROM", 4096)
+    monkeypatch.delenv(da.WIDE_FROM_ENV, raising=False)
+    monkeypatch.setattr(da, "_AHEAD", set())
+    monkeypatch.setattr(da, "sm_count", lambda device: 132)
+    capturing = [False]
+    monkeypatch.setattr(da, "_capturing", lambda: capturing[0])
+    cuda = torch.device("cuda", 0)
+    rec = _Recorder()
+
+    def ahead(capacity: int, d: int = 64, dtype: torch.dtype = torch.bfloat16,
+              device: torch.device = cuda) -> bool:
+        args, kw = _launch_like(capacity, dtype, d)
+        return da.compile_wide_ahead(rec, args, kw, 4, 8, capacity, d, dtype, device)
+
+    assert ahead(2048) and len(rec.calls) == 1
+    args, grid, kw = rec.calls[0]
+    wide = da.pick_config(4, 8, 4096, False, 64, torch.bfloat16, cuda)
+    assert (kw["BLOCK_T"], kw["num_warps"], kw["num_stages"]) == (256, da.WIDE_WARPS, da.DECODE_STAGES)
+    assert (kw["HAS_WINDOW"], kw["launch_pdl"], kw["ONE_SPLIT"]) == (True, True, False)
+    assert (kw["SPLIT_BLOCK"], kw["MERGE_ROWS"]) == da.merge_tile(4, 16, 64, da.WIDE_WARPS)
+    assert (args[16], args[22], args[18]) == (256, 768, cdiv(4096, wide.chunk))  # CHUNK_MIN, DIRECT_SPAN, N_SPLITS
+    assert args[13] == 2048 and grid == (cdiv(4096, wide.chunk), 8, 1)
+    assert not ahead(2048) and not ahead(512) and len(rec.calls) == 1  # once per variant (any capacity below)
+    assert not ahead(4096) and not ahead(8192)  # already wide
+    assert not ahead(2048, d=128) and not ahead(2048, dtype=torch.float32)
+    assert not ahead(2048, dtype=torch.float16, device=torch.device("cpu"))
+    capturing[0] = True
+    assert not ahead(2048, dtype=torch.float16)
+    capturing[0] = False
+    monkeypatch.setenv(da.WIDE_FROM_ENV, "0")
+    assert not ahead(2048, dtype=torch.float16)
+    monkeypatch.delenv(da.WIDE_FROM_ENV)
+    assert ahead(2048, dtype=torch.float16) and len(rec.calls) == 2  # fp16: another variant
+
+
+def test_cached_attention_asks_for_the_wide_variant_on_the_graph_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cached_attention hands compile_wide_ahead its own launch (kernel, arguments, options, capacity) after a
+    graph-path launch (no max_len, no config), and not after a known-length or configured one."""
+    seen: list[tuple] = []
+    monkeypatch.setattr(da, "compile_wide_ahead", lambda *a: seen.append(a) or False)
+    gen = torch.Generator().manual_seed(5)
+    q = rand(1, 8, 1, 64, dtype=torch.float16, gen=gen)
+    k, v = rand(1, 2, 96, 64, dtype=torch.float16, gen=gen), rand(1, 2, 96, 64, dtype=torch.float16, gen=gen)
+    pos = torch.tensor([40], device=DEVICE)
+    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=None)
+    torch.testing.assert_close(cached_attention(q, k, v, pos).float(), want, **TOL[torch.float16])
+    assert len(seen) == 1
+    kernel, args, kw, rows, groups, capacity, head_dim, dtype, device = seen[0]
+    assert kernel is da._flash_decoding_split and args[13] == 96 and (rows, groups, capacity, head_dim) == (4, 2, 96, 64)
+    assert kw["BLOCK_T"] == da.pick_config(4, 2, 96, False, 64, torch.float16, q.device).block_t
+    assert dtype == torch.float16 and device == q.device
+    cached_attention(q, k, v, pos, max_len=41)
+    cached_attention(q, k, v, pos, config=da.pick_config(4, 2, 96, False, 64, torch.float16, q.device))
+    assert len(seen) == 1
+
+
+@pytest.mark.gpu
+def test_gpu_wide_variant_compiled_ahead_is_the_one_launched() -> None:
+    """GPU, bf16, head dim 64: after a graph-path launch at a 2048-slot capacity, a launch at a WIDE_FROM capacity
+    (256-slot wide tiles) compiles nothing (the kernel's compile cache does not grow) and equals the fp32
+    reference (tolerance 2e-2)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    start = int(os.environ.get(da.WIDE_FROM_ENV, "") or da.WIDE_FROM)
+    if start <= 2048 or not da._wide(64, torch.bfloat16, start):
+        pytest.skip("no wide variant above a 2048 capacity at this setting")
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(11)
+
+    def case(capacity: int) -> tuple:
+        q = torch.randn(1, 32, 1, 64, device=dev, dtype=torch.bfloat16, generator=gen)
+        k = torch.randn(1, 8, capacity, 64, device=dev, dtype=torch.bfloat16, generator=gen)
+        v = torch.randn(1, 8, capacity, 64, device=dev, dtype=torch.bfloat16, generator=gen)
+        return q, k, v, torch.tensor([min(capacity, 3000) - 1], device=dev)
+
+    cached_attention(*case(2048))
+    torch.cuda.synchronize()
+    cache = da._flash_decoding_split.device_caches[torch.cuda.current_device()][0]
+    before = len(cache)
+    q, k, v, pos = case(start)
+    y = cached_attention(q, k, v, pos)
+    torch.cuda.synchronize()
+    assert len(cache) == before
+    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=None)
+    torch.testing.assert_close(y.float(), want, rtol=2e-2, atol=2e-2)

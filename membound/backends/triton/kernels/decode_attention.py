@@ -778,21 +778,68 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     # axis 0: the chunks of a row block; axis 1: (batch, kv head, query-row block); axis 2: the output's columns
     slopes = alibi_slopes(alibi, q.device) if alibi is not None else q
-    launchable(_flash_decoding_split, q.device)[(n_splits, row_programs, dv_split)](
-        q, k, v, positions, y, part, lse, locks, slopes, sink if sink is not None else q,
-        hkv, g, s, cap, d, dv, cfg.least_chunk, n_qblocks, n_splits, qk_scale, int(window or chunk or 0),
-        float(softcap or 1.0), int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride(),
-        BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
-        ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK, ACTIVE_ARRIVALS=ACTIVE_ARRIVALS, INPUT_PRECISION=precision,
-        HAS_WINDOW=window is not None or chunk is not None, CHUNKED=chunk is not None,
-        HAS_SOFTCAP=softcap is not None,
-        RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
-        MERGE_ROWS=merge_rows,
-        KV_EVICT="evict_first" if cfg.evict_first else "", EARLY_KV=early_kv(static_past, ring),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **prefetch_args(prefetch), HAS_SINKS=sink is not None,
-        **pdl_options(q.device))
+    args = [q, k, v, positions, y, part, lse, locks, slopes, sink if sink is not None else q,
+            hkv, g, s, cap, d, dv, cfg.least_chunk, n_qblocks, n_splits, qk_scale, int(window or chunk or 0),
+            float(softcap or 1.0), int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride()]
+    kw = dict(BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
+              ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK, ACTIVE_ARRIVALS=ACTIVE_ARRIVALS, INPUT_PRECISION=precision,
+              HAS_WINDOW=window is not None or chunk is not None, CHUNKED=chunk is not None,
+              HAS_SOFTCAP=softcap is not None, RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
+              MERGE_ROWS=merge_rows, KV_EVICT="evict_first" if cfg.evict_first else "",
+              EARLY_KV=early_kv(static_past, ring), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+              **prefetch_args(prefetch), HAS_SINKS=sink is not None, **pdl_options(q.device))
+    kernel = launchable(_flash_decoding_split, q.device)
+    kernel[(n_splits, row_programs, dv_split)](*args, **kw)
+    if max_len is None and config is None:
+        compile_wide_ahead(kernel, args, kw, rows, bsz * hkv, cap, max(d, dv), q.dtype, q.device)
     note("cached_attention", "kernel")
     return y
+
+
+# the launches (device index, rows, groups, head dim, threshold, options, argument dtypes) whose wide variant
+# compile_wide_ahead compiled
+_AHEAD: set = set()
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def compile_wide_ahead(kernel, args: list, kw: dict, rows: int, groups: int, capacity: int, head_dim: int,
+                       dtype: torch.dtype, device: torch.device) -> bool:
+    """Compile, without launching, the variant this launch would take once the cache grows to ``WIDE_FROM`` slots,
+    when that is a new one (head dim 64's 256-slot wide tiles: another BLOCK_T and warp count). Called after a
+    graph-path launch (no known length: ``generate``'s step, sized for the capacity) below that capacity, outside
+    a CUDA-graph capture, once per variant a process: the first call pays the compile (about 0.6-0.8 s), not the
+    later call whose cache first grows past the threshold, which issue 13 holds to 1.10x a warm call of its length.
+    ``args``/``kw``: the launch's own, so the variant has its specialisation (argument dtypes and alignment, the
+    model's window, sinks, PDL). Returns whether it compiled."""
+    start = int(os.environ.get(WIDE_FROM_ENV, "") or WIDE_FROM)
+    if (device.type != "cuda" or start <= capacity or not _wide(head_dim, dtype, start)
+            or _wide(head_dim, dtype, capacity)):
+        return False
+    # the key from this launch (its options fix the wide variant's, given the rows, groups and head dim): a decode
+    # step run without CUDA graphs calls this at every launch, so a variant already compiled returns here
+    key = (device.index, rows, groups, head_dim, start,
+           tuple(sorted((n, str(x.dtype) if isinstance(x, torch.Tensor) else x) for n, x in kw.items())),
+           tuple(str(a.dtype) for a in args if isinstance(a, torch.Tensor)))
+    if key in _AHEAD or _capturing():
+        return False
+    _AHEAD.add(key)
+    wide = pick_config(rows, groups, start, False, head_dim, dtype, device)
+    padded = max(16, next_pow2(head_dim))
+    dv_split = max(1, min(wide.dv_split, padded // 16))
+    block_dv = padded // dv_split
+    split_block, merge_rows = merge_tile(rows, wide.block_q, block_dv, wide.num_warps)
+    wkw = dict(kw, BLOCK_Q=wide.block_q, BLOCK_T=wide.block_t, BLOCK_DV=block_dv, ONE_SPLIT=False,
+               SPLIT_BLOCK=split_block, MERGE_ROWS=merge_rows, KV_EVICT="evict_first" if wide.evict_first else "",
+               num_warps=wide.num_warps, num_stages=wide.num_stages)
+    wargs = list(args)
+    wargs[16], wargs[22] = wide.least_chunk, int(wide.direct_span)  # CHUNK_MIN, DIRECT_SPAN (multiples of 16)
+    n_splits = cdiv(start, wide.chunk)
+    wargs[17], wargs[18] = cdiv(rows, wide.block_q), n_splits  # N_QBLOCKS, N_SPLITS
+    kernel.warmup(*wargs, grid=(n_splits, groups * cdiv(rows, wide.block_q), dv_split), **wkw)
+    return True
 
 
 def prefetch_args(weight: Optional[torch.Tensor]) -> dict:
