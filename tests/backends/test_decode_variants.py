@@ -355,7 +355,7 @@ def _launch_like(capacity: int, dtype: torch.dtype = torch.bfloat16, d: int = 64
     return args, kw
 
 
-def test_wide_variant_compiled_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wide_variant_compiled_ahead(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A graph-path launch below ``WIDE_FROM`` (head dim 64, 16-bit) compiles, without launching, the wide variant
     the cache takes once it grows to WIDE_FROM slots: 256-slot tiles over WIDE_WARPS warps, the launch's own
     options otherwise (window, PDL), the least chunk and direct span of that capacity; once per variant. Nothing
@@ -398,6 +398,15 @@ def test_wide_variant_compiled_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not ahead(2048, dtype=torch.float16)
     monkeypatch.delenv(da.WIDE_FROM_ENV)
     assert ahead(2048, dtype=torch.float16) and len(rec.calls) == 2  # fp16: another variant
+
+    class Failing(_Recorder):
+        def warmup(self, *args, grid, **kw):  # noqa: ANN001, ANN202
+            raise RuntimeError("no compiler")
+
+    rec = Failing()  # a failed ahead compile is logged, and the launch that asked goes on
+    with caplog.at_level("WARNING", logger="membound"):
+        assert not ahead(1024, d=64, dtype=torch.bfloat16, device=torch.device("cuda", 1))
+    assert "compiling the wide flash-decoding variant ahead failed (RuntimeError: no compiler)" in caplog.text
 
 
 def test_cached_attention_asks_for_the_wide_variant_on_the_graph_path(monkeypatch: pytest.MonkeyPatch) -> None:

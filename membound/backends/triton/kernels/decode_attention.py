@@ -45,6 +45,7 @@ tensors without ``TRITON_INTERPRET=1``. Any strides work (a transposed q or cach
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -838,7 +839,13 @@ def compile_wide_ahead(kernel, args: list, kw: dict, rows: int, groups: int, cap
     wargs[16], wargs[22] = wide.least_chunk, int(wide.direct_span)  # CHUNK_MIN, DIRECT_SPAN (multiples of 16)
     n_splits = cdiv(start, wide.chunk)
     wargs[17], wargs[18] = cdiv(rows, wide.block_q), n_splits  # N_QBLOCKS, N_SPLITS
-    kernel.warmup(*wargs, grid=(n_splits, groups * cdiv(rows, wide.block_q), dv_split), **wkw)
+    try:
+        kernel.warmup(*wargs, grid=(n_splits, groups * cdiv(rows, wide.block_q), dv_split), **wkw)
+    except Exception as e:  # noqa: BLE001 -- an ahead compile must not fail the launch that asked for it
+        logging.getLogger("membound").warning(
+            "cached_attention: compiling the wide flash-decoding variant ahead failed (%s: %s); the call whose cache "
+            "first grows to %d slots compiles it instead", type(e).__name__, e, start)
+        return False
     return True
 
 
