@@ -115,6 +115,7 @@ class Bench:
         self.smoke = smoke
         self.dtype = torch.float16 if smoke else torch.bfloat16  # bf16 is broken in the interpreter
         self.rows: list[Row] = []
+        self.sdpa_kernels: dict[str, list[str]] = {}  # "phase case contender" -> what SDPA ran (kernels_of)
         self.gen = torch.Generator(device=device).manual_seed(0)
         self.read_bw = self._read_bandwidth()
 
@@ -161,6 +162,25 @@ class Bench:
         x = self.torch.randn(n // 2, dtype=self.torch.bfloat16, device=self.device, generator=self.gen)
         return x.nbytes / self.time_s(lambda: x.sum())
 
+    def kernels_of(self, call: Callable[[], Any]) -> list[str]:
+        """The distinct kernels one ``call`` runs, in order, as torch.profiler names them (CUDA: the device kernels;
+        CPU: the scaled_dot_product ops): which SDPA backend (cuDNN, FlashAttention-2, memory-efficient, math) a
+        row labelled sdpa timed, which torch picks per shape and version."""
+        torch = self.torch
+        from torch.profiler import ProfilerActivity, profile
+
+        cuda = self.device == "cuda"
+        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+            call()
+            if cuda:
+                torch.cuda.synchronize()
+        names: list[str] = []
+        for e in prof.events():
+            keep = e.device_type == torch.autograd.DeviceType.CUDA if cuda else "scaled_dot_product" in e.name
+            if keep and e.name not in names:
+                names.append(e.name)
+        return names
+
     def rand(self, *shape: int) -> Any:
         return self.torch.randn(shape, device=self.device, generator=self.gen, dtype=self.dtype)
 
@@ -176,6 +196,8 @@ class Bench:
         err = float((got.float() - want.float()).abs().max())
         if err > 3e-2 * float(want.float().abs().max()) + 3e-2:
             raise AssertionError(f"{phase} {case} {contender}: max error {err:.3g}")
+        if contender.startswith("sdpa"):
+            self.sdpa_kernels[f"{phase} {case} {contender}"] = self.kernels_of(lambda: fn(*inputs[0]))
         turn = [0]
 
         def call() -> Any:
@@ -351,7 +373,7 @@ class Bench:
                   "read_bandwidth_gbps": self.read_bw / 1e9,
                   "formulas": {"prefill_flops": "4*B*Hq*S*L*D, /2 causal, L -> window with a window",
                                "decode_bytes": "bytes(K,V of the slots read at Hkv heads) + bytes(q) + bytes(out)"},
-                  "rows": [asdict(r) for r in self.rows]}
+                  "rows": [asdict(r) for r in self.rows], "sdpa_kernels": self.sdpa_kernels}
         fname = f"attention-{gpu_slug(name)}-{date}" + ("" if mode == "full" else f"-{mode}") + ".json"
         self.written = write_record(record, fname, out, self.smoke)
 
@@ -365,6 +387,12 @@ class Bench:
         for r in self.rows:
             print(f"{r.phase:8s} {r.case:{wc}s} {r.contender:{wk}s} {r.us:10.1f} {r.tflops:8.1f} {r.gbps:7.0f} "
                   f"{r.pct_read:7.1f}")
+        ran: dict[tuple[str, ...], list[str]] = {}
+        for row, names in self.sdpa_kernels.items():
+            ran.setdefault(tuple(names), []).append(row)
+        for names, rows in ran.items():
+            shown = "; ".join(n if len(n) <= 90 else n[:87] + "..." for n in names) or "(none recorded)"
+            print(f"sdpa ran {shown}: {len(rows)} rows, e.g. {rows[0]}")
         if self.smoke:
             print("[smoke run on CPU under the Triton interpreter: the numbers mean nothing]")
 

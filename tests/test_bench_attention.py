@@ -1,5 +1,5 @@
 """``benches/attention.py --smoke`` on the CPU: the script checks every contender against SDPA (Llama 4's attention
-chunks too) and prints its table."""
+chunks too), prints its table, and names what SDPA ran (here the CPU's scaled_dot_product ops)."""
 
 from pathlib import Path
 
@@ -15,3 +15,5 @@ def test_smoke_run_prints_every_contender() -> None:
     for row in ("prefill b2 s37 d16 causal membound", "sdpa expanded kv", "decode b3 cache45", "sdpa gqa",
                 "prefill b2 s37 d16 chunk16 membound", "decode b1 cache45 chunk16 membound"):
         assert row in table, proc.stdout
+    ran = [line for line in proc.stdout.splitlines() if line.startswith("sdpa ran ")]
+    assert ran and all("scaled_dot_product" in line for line in ran), proc.stdout[-2000:]
