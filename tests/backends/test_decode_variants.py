@@ -341,14 +341,16 @@ class _Recorder:
         self.calls.append((list(args), grid, kw))
 
 
-def _launch_like(capacity: int, dtype: torch.dtype = torch.bfloat16, d: int = 64) -> tuple[list, dict]:
+def _launch_like(capacity: int, dtype: torch.dtype = torch.bfloat16, d: int = 64,
+                 dv: Optional[int] = None) -> tuple[list, dict]:
     """A graph-path launch's arguments as cached_attention builds them (128-slot tiles, 4 warps), CPU tensors:
     compile_wide_ahead reads only their dtypes."""
     t = torch.zeros(1, dtype=dtype)
     f32, i32, i64 = torch.zeros(1), torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int64)
-    args = [t, t, t, i64, t, f32, f32, i32, t, t, 8, 4, 1, capacity, d, d, 256, 1, 8, 0.18, 4096, 1.0, 768]
+    dv = dv or d
+    args = [t, t, t, i64, t, f32, f32, i32, t, t, 8, 4, 1, capacity, d, dv, 256, 1, 8, 0.18, 4096, 1.0, 768]
     args += [1] * 18  # the strides
-    kw = dict(BLOCK_Q=16, BLOCK_T=128, BLOCK_D=d, BLOCK_DV=d, ONE_SPLIT=False, DIRECT=True, ACTIVE_ARRIVALS=False,
+    kw = dict(BLOCK_Q=16, BLOCK_T=128, BLOCK_D=d, BLOCK_DV=max(16, dv), ONE_SPLIT=False, DIRECT=True, ACTIVE_ARRIVALS=False,
               INPUT_PRECISION="tf32", HAS_WINDOW=True, CHUNKED=False, HAS_SOFTCAP=False, RING=False, HAS_ALIBI=False,
               SPLIT_BLOCK=16, MERGE_ROWS=4, KV_EVICT="", EARLY_KV=False, num_warps=4, num_stages=3, HAS_SINKS=False,
               USE_PDL=1, launch_pdl=True)
@@ -375,8 +377,8 @@ def test_wide_variant_compiled_ahead(monkeypatch: pytest.MonkeyPatch, caplog: py
     rec = _Recorder()
 
     def ahead(capacity: int, d: int = 64, dtype: torch.dtype = torch.bfloat16,
-              device: torch.device = cuda) -> bool:
-        args, kw = _launch_like(capacity, dtype, d)
+              device: torch.device = cuda, dv: Optional[int] = None) -> bool:
+        args, kw = _launch_like(capacity, dtype, d, dv)
         return da.compile_wide_ahead(rec, args, kw, 4, 8, capacity, d, dtype, device)
 
     assert ahead(2048) and len(rec.calls) == 1
@@ -398,6 +400,7 @@ def test_wide_variant_compiled_ahead(monkeypatch: pytest.MonkeyPatch, caplog: py
     assert not ahead(2048, dtype=torch.float16)
     monkeypatch.delenv(da.WIDE_FROM_ENV)
     assert ahead(2048, dtype=torch.float16) and len(rec.calls) == 2  # fp16: another variant
+    assert ahead(2048, dv=32) and rec.calls[-1][2]["BLOCK_DV"] == 32  # the value head dim's columns, not K's
 
     class Failing(_Recorder):
         def warmup(self, *args, grid, **kw):  # noqa: ANN001, ANN202

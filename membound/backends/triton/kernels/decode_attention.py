@@ -133,7 +133,7 @@ WIDE_TILE_BYTES = 65536
 # decode_e2e-nvidia-h100-...-session34-llama-1b-widefrom-*): prompt 2048 1.187 / 1.209 ms, prompt 3584 1.192 / 1.213.
 # The context-256 step (capacity 512) was 1% slower with them (session 30, above); 1024 and 2048 not timed. So the
 # threshold is a 4096 capacity: a call that needs more than 2048 positions. The compiled variant changes when the
-# cache grows past it (one compile)
+# cache grows past it; compile_wide_ahead compiles it at the first graph-path launch below it
 WIDE_FROM_ENV = "MEMBOUND_DECODE_WIDE_FROM"
 WIDE_FROM = 4096
 WIDE_WARPS = 8
@@ -828,9 +828,9 @@ def compile_wide_ahead(kernel, args: list, kw: dict, rows: int, groups: int, cap
         return False
     _AHEAD.add(key)
     wide = pick_config(rows, groups, start, False, head_dim, dtype, device)
-    padded = max(16, next_pow2(head_dim))
-    dv_split = max(1, min(wide.dv_split, padded // 16))
-    block_dv = padded // dv_split
+    padded_dv = max(16, next_pow2(args[15]))  # (DV: the launch's rule for its column split)
+    dv_split = max(1, min(wide.dv_split, padded_dv // 16))
+    block_dv = padded_dv // dv_split
     split_block, merge_rows = merge_tile(rows, wide.block_q, block_dv, wide.num_warps)
     wkw = dict(kw, BLOCK_Q=wide.block_q, BLOCK_T=wide.block_t, BLOCK_DV=block_dv, ONE_SPLIT=False,
                SPLIT_BLOCK=split_block, MERGE_ROWS=merge_rows, KV_EVICT="evict_first" if wide.evict_first else "",
