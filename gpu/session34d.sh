@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Session 34, after the ncu run (gpu/session34c.sh): (1) flash-decoding's wide tiles split for 2-3 programs per SM
-# (waves of smaller chunks) against the default split and SDPA at batch 1, D 64/128, caches 4k-128k
+# (waves of smaller chunks) against the default split, the 128-slot 4-warp form (q16 w4 32K s3) and SDPA at batch 1,
+# D 64/128, caches 4k-128k
 # (benches/experiments/decode_attn_variants.py); (2) WIDE_FROM at a 4096-slot capacity, batch 8 (gpu/session34a.sh's
 # batch-8 half). ~5 min; END bounds it (290 s).
 #   bash gpu/session34d.sh
@@ -8,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 W=$OUT/work; mkdir -p "$W"
 END=${END:-290}
 nvidia-smi --query-gpu=name --format=csv,noheader
-V="q16 w8 64K s3 pps1 t256,q16 w8 64K s3 pps2 t256,q16 w8 64K s3 pps3 t256,q16 w8 64K s3 pps1,q16 w8 64K s3 pps2,q16 w8 64K s3 pps3"
+V="q16 w4 32K s3,q16 w8 64K s3 pps1 t256,q16 w8 64K s3 pps2 t256,q16 w8 64K s3 pps3 t256,q16 w8 64K s3 pps1,q16 w8 64K s3 pps2,q16 w8 64K s3 pps3"
 timeout 170 python benches/experiments/decode_attn_variants.py --out "$W" --batches 1 --lengths 4096,16384,32768,131072 \
     --variants "$V" --budget 90 --workers 8 > "$W/variants.log" 2>&1
 echo "variants rc=$? ($((SECONDS - start)) s)"; tail -30 "$W/variants.log" | cut -c1-170
