@@ -10,8 +10,8 @@ W=$OUT/work; mkdir -p "$W"
 END=${END:-290}
 nvidia-smi --query-gpu=name --format=csv,noheader
 V="q16 w4 32K s3,q16 w8 64K s3 pps1 t256,q16 w8 64K s3 pps2 t256,q16 w8 64K s3 pps3 t256,q16 w8 64K s3 pps1,q16 w8 64K s3 pps2,q16 w8 64K s3 pps3"
-timeout 170 python benches/experiments/decode_attn_variants.py --out "$W" --batches 1 --lengths 4096,16384,32768,131072 \
-    --variants "$V" --budget 90 --workers 8 > "$W/variants.log" 2>&1
+timeout 200 python benches/experiments/decode_attn_variants.py --out "$W" --batches 1 --lengths 4096,16384,32768,131072 \
+    --variants "$V" --budget 120 --workers 8 > "$W/variants.log" 2>&1
 echo "variants rc=$? ($((SECONDS - start)) s)"; tail -30 "$W/variants.log" | cut -c1-170
 for f in "$W"/decode_attn_variants-*.json; do [ -e "$f" ] && mv "$f" "$W/variants.json"; done
 for p in 3584; do
