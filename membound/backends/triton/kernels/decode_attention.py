@@ -763,10 +763,8 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     # directly when the grid has one split (a branch on the device). The merge's tile (merge_tile) comes from
     # the warps and head dim alone (masked lanes cost no bytes), so the split count never picks a variant.
     one = n_splits == 1 and max_len is not None
-    # a Dv split: each of dv_split programs owns block_dv of the output's columns (at least 16 for tl.dot)
-    dv_split = max(1, min(cfg.dv_split, max(16, next_pow2(dv)) // 16))
-    block_dv = max(16, next_pow2(dv)) // dv_split
-    split_block, merge_rows = merge_tile(rows, cfg.block_q, block_dv, cfg.num_warps)
+    dv_split, options = _config_options(cfg, rows, dv)
+    block_dv = options["BLOCK_DV"]
     if one:
         part = lse = locks = y  # never touched: the kernel writes y directly
     else:  # fp32 buffers even for one split: the pointers' dtypes are part of the compiled variant
@@ -782,13 +780,12 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     args = [q, k, v, positions, y, part, lse, locks, slopes, sink if sink is not None else q,
             hkv, g, s, cap, d, dv, cfg.least_chunk, n_qblocks, n_splits, qk_scale, int(window or chunk or 0),
             float(softcap or 1.0), int(cfg.direct_span), *q.stride(), *k.stride(), *v.stride(), spb, sps, *y.stride()]
-    kw = dict(BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_D=max(16, next_pow2(d)), BLOCK_DV=block_dv,
-              ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK, ACTIVE_ARRIVALS=ACTIVE_ARRIVALS, INPUT_PRECISION=precision,
+    kw = dict(options, BLOCK_D=max(16, next_pow2(d)), ONE_SPLIT=one, DIRECT=DIRECT_ONE_CHUNK,
+              ACTIVE_ARRIVALS=ACTIVE_ARRIVALS, INPUT_PRECISION=precision,
               HAS_WINDOW=window is not None or chunk is not None, CHUNKED=chunk is not None,
-              HAS_SOFTCAP=softcap is not None, RING=ring, HAS_ALIBI=alibi is not None, SPLIT_BLOCK=split_block,
-              MERGE_ROWS=merge_rows, KV_EVICT="evict_first" if cfg.evict_first else "",
-              EARLY_KV=early_kv(static_past, ring), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-              **prefetch_args(prefetch), HAS_SINKS=sink is not None, **pdl_options(q.device))
+              HAS_SOFTCAP=softcap is not None, RING=ring, HAS_ALIBI=alibi is not None,
+              EARLY_KV=early_kv(static_past, ring), **prefetch_args(prefetch), HAS_SINKS=sink is not None,
+              **pdl_options(q.device))
     kernel = launchable(_flash_decoding_split, q.device)
     kernel[(n_splits, row_programs, dv_split)](*args, **kw)
     if max_len is None and config is None:
@@ -797,6 +794,21 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
     return y
 
 
+def _config_options(cfg: DecodeConfig, rows: int, dv: int) -> tuple[int, dict]:
+    """``(dv_split, launch options)`` a config sets for ``rows`` query rows per kv head and value head dim ``dv``:
+    its tiles, warps and stages, the output's column blocks (a Dv split: each of dv_split programs owns BLOCK_DV
+    columns, at least 16 for tl.dot) and the merge's tile."""
+    padded_dv = max(16, next_pow2(dv))
+    dv_split = max(1, min(cfg.dv_split, padded_dv // 16))
+    block_dv = padded_dv // dv_split
+    split_block, merge_rows = merge_tile(rows, cfg.block_q, block_dv, cfg.num_warps)
+    return dv_split, dict(BLOCK_Q=cfg.block_q, BLOCK_T=cfg.block_t, BLOCK_DV=block_dv, SPLIT_BLOCK=split_block,
+                          MERGE_ROWS=merge_rows, KV_EVICT="evict_first" if cfg.evict_first else "",
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+# _flash_decoding_split's positional arguments by name (compile_wide_ahead replaces the config's integers)
+_ARG = {name: i for i, name in enumerate(_flash_decoding_split.arg_names)}
 # the launches (device index, rows, groups, head dim, threshold, options, argument dtypes) whose wide variant
 # compile_wide_ahead compiled
 _AHEAD: set = set()
@@ -828,19 +840,15 @@ def compile_wide_ahead(kernel, args: list, kw: dict, rows: int, groups: int, cap
         return False
     _AHEAD.add(key)
     wide = pick_config(rows, groups, start, False, head_dim, dtype, device)
-    padded_dv = max(16, next_pow2(args[15]))  # (DV: the launch's rule for its column split)
-    dv_split = max(1, min(wide.dv_split, padded_dv // 16))
-    block_dv = padded_dv // dv_split
-    split_block, merge_rows = merge_tile(rows, wide.block_q, block_dv, wide.num_warps)
-    wkw = dict(kw, BLOCK_Q=wide.block_q, BLOCK_T=wide.block_t, BLOCK_DV=block_dv, ONE_SPLIT=False,
-               SPLIT_BLOCK=split_block, MERGE_ROWS=merge_rows, KV_EVICT="evict_first" if wide.evict_first else "",
-               num_warps=wide.num_warps, num_stages=wide.num_stages)
+    dv_split, options = _config_options(wide, rows, args[_ARG["DV"]])
+    wkw = dict(kw, **options, ONE_SPLIT=False)
+    n_splits, n_qblocks = cdiv(start, wide.chunk), cdiv(rows, wide.block_q)
     wargs = list(args)
-    wargs[16], wargs[22] = wide.least_chunk, int(wide.direct_span)  # CHUNK_MIN, DIRECT_SPAN (multiples of 16)
-    n_splits = cdiv(start, wide.chunk)
-    wargs[17], wargs[18] = cdiv(rows, wide.block_q), n_splits  # N_QBLOCKS, N_SPLITS
+    for name, value in (("CHUNK_MIN", wide.least_chunk), ("N_QBLOCKS", n_qblocks), ("N_SPLITS", n_splits),
+                        ("DIRECT_SPAN", int(wide.direct_span))):
+        wargs[_ARG[name]] = value
     try:
-        kernel.warmup(*wargs, grid=(n_splits, groups * cdiv(rows, wide.block_q), dv_split), **wkw)
+        kernel.warmup(*wargs, grid=(n_splits, groups * n_qblocks, dv_split), **wkw)
     except Exception as e:  # noqa: BLE001 -- an ahead compile must not fail the launch that asked for it
         logging.getLogger("membound").warning(
             "cached_attention: compiling the wide flash-decoding variant ahead failed (%s: %s); the call whose cache "
