@@ -16,45 +16,10 @@ dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_p
 launch__grid_size,launch__block_size,launch__registers_per_thread,launch__shared_mem_per_block,\
 sm__throughput.avg.pct_of_peak_sustained_elapsed,smsp__cycles_active.avg.pct_of_peak_sustained_elapsed \
     > "$W/ncu-raw.csv" 2>&1
-python - "$W/ncu-raw.csv" <<'PY'
-import csv, sys
-rows = list(csv.reader(open(sys.argv[1])))
-hdr = next((i for i, r in enumerate(rows) if "Kernel Name" in r), None)
-if hdr is None:
-    print(open(sys.argv[1]).read()[:2000]); sys.exit()
-h = rows[hdr]
-want = ["Kernel Name", "gpu__time_duration.sum", "dram__bytes_read.sum", "dram__throughput.avg.pct_of_peak_sustained_elapsed",
-        "sm__warps_active.avg.pct_of_peak_sustained_active", "launch__grid_size", "launch__block_size",
-        "launch__registers_per_thread", "launch__shared_mem_per_block"]
-idx = [h.index(w) for w in want if w in h]
-for r in rows[hdr + 1:]:
-    if len(r) == len(h) and r[idx[0]] and not r[idx[1]].startswith(("n", "u", "b", "%")):
-        print(" | ".join(r[i][:40] for i in idx))
-PY
 # the stall reasons (warps stalled per issued instruction, WarpStateStats), top five per kernel
 "$NCU" -i "$W/decode.ncu-rep" --page raw --csv \
     --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" > "$W/ncu-stalls.csv" 2>&1
-python - "$W/ncu-stalls.csv" <<'PY'
-import csv, sys
-rows = list(csv.reader(open(sys.argv[1])))
-hdr = next((i for i, r in enumerate(rows) if "Kernel Name" in r), None)
-if hdr is None:
-    print(open(sys.argv[1]).read()[:1000]); sys.exit()
-h = rows[hdr]
-name = h.index("Kernel Name")
-cols = [i for i, c in enumerate(h) if c.startswith("smsp__average_warps_issue_stalled_")]
-for r in rows[hdr + 1:]:
-    if len(r) != len(h) or not r[name]:
-        continue
-    vals = []
-    for i in cols:
-        try:
-            vals.append((float(r[i].replace(",", "")), h[i][len("smsp__average_warps_issue_stalled_"):].split("_per_")[0]))
-        except ValueError:
-            pass
-    top = sorted(vals, reverse=True)[:5]
-    print(r[name][:40], "|", ", ".join(f"{n} {v:.2f}" for v, n in top))
-PY
+python gpu/ncu_tables.py "$W/ncu-raw.csv" "$W/ncu-stalls.csv"
 grep -E "^  [a-z_].*\(|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|stall|cycles being stalled" \
     "$W/ncu-details.txt" | head -120 | cut -c1-220
 tar czf "$OUT/session34c.tgz" -C "$W" ncu-run.log ncu-details.txt ncu-raw.csv ncu-stalls.csv
