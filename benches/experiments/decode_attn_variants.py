@@ -241,7 +241,8 @@ class Timer:
         return sorted(times)[len(times) // 2]
 
 
-def time_case(timer: Timer, b: int, length: int, d: int, variants: list[str], rows: list[dict[str, Any]]) -> None:
+def time_case(timer: Timer, b: int, length: int, d: int, variants: list[str], rows: list[dict[str, Any]],
+              warp_split: tuple[str, ...] = ()) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -298,6 +299,10 @@ def time_case(timer: Timer, b: int, length: int, d: int, variants: list[str], ro
             cfg = config_for(name, g, groups, cap, known, d, dtype, dev)
             add(path, name, lambda q, k, v, p, cfg=cfg: cached_attention(q, k, v, p, config=cfg, **kw), sets, cfg)
         if known:
+            for name in warp_split:  # decode_warp_split.py's layout (known length only)
+                from benches.experiments.decode_warp_split import parse, ws_attention
+
+                add(path, f"ws {name}", lambda q, k, v, p, kw=parse(name): ws_attention(q, k, v, length, **kw), sets)
             for pps in (1, 4):
                 cfg = config_for(None, g, groups, cap, known, d, dtype, dev, pps=pps)
                 add(path, f"pick pps={pps}", lambda q, k, v, p, cfg=cfg: cached_attention(q, k, v, p, config=cfg,
@@ -308,7 +313,7 @@ def time_case(timer: Timer, b: int, length: int, d: int, variants: list[str], ro
 
 
 # ---- reporting -------------------------------------------------------------------------------
-def report(rows: list[dict[str, Any]], variants: list[str]) -> list[str]:
+def report(rows: list[dict[str, Any]], variants: list[str], others: tuple[str, ...] = ()) -> list[str]:
     lines = []
     shapes = sorted({(r["d"], r["b"], r["cache"]) for r in rows})
 
@@ -351,7 +356,7 @@ def report(rows: list[dict[str, Any]], variants: list[str]) -> list[str]:
     lines.append("geometric-mean speed over sdpa (>1 = faster), shapes won / timed; per path, then per head dim "
                  "(both paths)")
     dims = sorted({d for d, _, _ in shapes})
-    for who in ["pick", "pick pps=1", "pick pps=4"] + variants:
+    for who in ["pick", "pick pps=1", "pick pps=4"] + variants + list(others):
         parts = []
         for path in ("known", "capacity"):
             gm, wins, n = geomean(who, path)
@@ -400,6 +405,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--variants", help="comma-separated names of VARIANTS to run (default: all, or --quick's)")
     p.add_argument("--batches", help="comma-separated batch sizes (default 1,4,16,64; --quick 1,16)")
     p.add_argument("--lengths", help="comma-separated cache lengths (default 4096,16384,32768,131072)")
+    p.add_argument("--warp-split", default="", help="comma-separated decode_warp_split.py variants ('w4 t32 s3 pps2': "
+                   "warps, keys a warp, stages, programs an SM), timed on the known path as 'ws <name>'")
     args = p.parse_args(argv)
     global DEVICE
     if args.smoke:
@@ -425,6 +432,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     for c in bad:
         print(f"   FAIL {c['variant']} d{c['d']} {c['dtype']} {c['path']} window={c['window']}: err {c['err']:.3g}"
               + (f" ({c['error']})" if c.get("error") else ""))
+    warp_split = tuple(w.strip() for w in args.warp_split.split(",") if w.strip())
+    if warp_split:
+        from benches.experiments.decode_warp_split import check_variant as check_ws
+
+        ws_checks = [check_ws(w, DEVICE) for w in warp_split]
+        for c in ws_checks:
+            print(f"   ws {c['variant']}: max err {c['err']:.3g} {'ok' if c['ok'] else 'FAIL'}"
+                  + (f" ({c['error']})" if c.get("error") else ""))
+        checks += ws_checks
+        warp_split = tuple(c["variant"] for c in ws_checks if c["ok"])
     failed = {c["variant"] for c in bad}
     variants = [v for v in variants if v not in failed]  # a failing variant is reported, never timed
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu-interpreter"
@@ -457,10 +474,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if time.time() - t0 > args.budget:
                     skipped.append(f"d{d} b{b} cache{length}")
                     continue
-                time_case(timer, b, length, d, variants, record["rows"])
+                time_case(timer, b, length, d, variants, record["rows"], warp_split)
         path.write_text(json.dumps(record, indent=1) + "\n")
     record["skipped_for_time"] = skipped
-    lines = report(record["rows"], variants)
+    lines = report(record["rows"], variants, tuple(f"ws {w}" for w in warp_split))
     record["report"] = lines
     path.write_text(json.dumps(record, indent=1) + "\n")
     if skipped:
