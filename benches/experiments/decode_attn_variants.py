@@ -302,7 +302,8 @@ def time_case(timer: Timer, b: int, length: int, d: int, variants: list[str], ro
             for name in warp_split:  # decode_warp_split.py's layout (known length only)
                 from benches.experiments.decode_warp_split import parse, ws_attention
 
-                add(path, f"ws {name}", lambda q, k, v, p, kw=parse(name): ws_attention(q, k, v, length, **kw), sets)
+                opts = parse(name)
+                add(path, f"ws {name}", lambda q, k, v, p, kw=opts: ws_attention(q, k, v, length, **kw), sets)
             for pps in (1, 4):
                 cfg = config_for(None, g, groups, cap, known, d, dtype, dev, pps=pps)
                 add(path, f"pick pps={pps}", lambda q, k, v, p, cfg=cfg: cached_attention(q, k, v, p, config=cfg,
