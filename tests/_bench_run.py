@@ -14,12 +14,14 @@ traceback.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import runpy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 import torch
@@ -34,6 +36,18 @@ class BenchRun:
     returncode: int
     stdout: str
     stderr: str
+
+
+def load_module(path: str, name: str) -> ModuleType:
+    """The file ``path`` (relative to the repository root, e.g. ``benches/gemv_sweep.py``) imported as module
+    ``name``, registered in ``sys.modules`` first (dataclasses look their module up while the file executes), so a
+    test can call a bench's functions without running its command line."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _exit_status(exc: SystemExit) -> tuple[int, str]:

@@ -7,16 +7,13 @@ The static-cache model and the Hugging Face weight mapping are checked against t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
-from _bench_run import run_bench  # (tests/ is on sys.path: pytest's rootdir-less test folder)
+from _bench_run import load_module, run_bench  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 from membound.models import Llama, LlamaConfig, build_model, init_weights
 
@@ -24,16 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FP32_TOL = 1e-4  # relative to max |logit|
 
 
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benches" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load("decode_e2e")
+bench = load_module("benches/decode_e2e.py", "decode_e2e")
 from static_cache_llama import StaticCacheLlama  # noqa: E402  (on sys.path once the bench is loaded)
 
 

@@ -3,51 +3,28 @@ layout equals a torch reference at odd sizes, one split and many (the merge laun
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from _bench_run import load_module  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 if not torch.cuda.is_available():  # the experiment imports triton: interpreter mode first
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "decode_warp_split", ROOT / "benches" / "experiments" / "decode_warp_split.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["decode_warp_split"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ws = load()
+ws = load_module("benches/experiments/decode_warp_split.py", "decode_warp_split")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# (batch, q heads, kv heads, head dim, span, capacity, warps, keys a warp, splits); tolerances: fp32 1e-4, fp16 2e-2
-# of the output's largest value
+# tolerances: fp32 1e-4, fp16 2e-2 of the output's largest value (ws.CASES: odd spans, GQA 1 and 4, one split and
+# several, NaN past the span)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("case", [(1, 4, 1, 16, 1, 5, 2, 16, None), (2, 12, 3, 32, 77, 97, 2, 16, 3),
-                                  (1, 8, 8, 64, 130, 131, 4, 16, 1), (3, 8, 2, 64, 7, 40, 4, 16, 2)])
+@pytest.mark.parametrize("case", ws.CASES)
 def test_equals_reference(dtype: torch.dtype, case: tuple) -> None:
     bsz, hq, hkv, d, length, cap, warps, bt_w, splits = case
-    gen = torch.Generator(device=DEV).manual_seed(length)
-    q = torch.randn(bsz, hq, 1, d, device=DEV, dtype=dtype, generator=gen)
-    k = torch.randn(bsz, hkv, cap, d, device=DEV, dtype=dtype, generator=gen)
-    v = torch.randn(bsz, hkv, cap, d, device=DEV, dtype=dtype, generator=gen)
-    k[:, :, length:], v[:, :, length:] = float("nan"), float("nan")  # a read past the span would show
-    y = ws.ws_attention(q, k, v, length, warps=warps, bt_w=bt_w, stages=2, splits=splits)
-    want = ws.reference(q, k, v, length)
-    assert y.shape == q.shape and y.dtype == dtype
-    err = float((y.float() - want).abs().max() / want.abs().max())
+    y, err = ws.case_error(bsz, hq, hkv, d, length, cap, dtype, DEV, warps=warps, bt_w=bt_w, stages=2, splits=splits)
+    assert y.shape == (bsz, hq, 1, d) and y.dtype == dtype
     assert err <= (1e-4 if dtype == torch.float32 else 2e-2)
 
 

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from _bench_run import load_module  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 if not torch.cuda.is_available():  # the bench imports the kernels (triton): interpreter mode first
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gemv_sweep", ROOT / "benches" / "gemv_sweep.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gemv_sweep"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load()
+bench = load_module("benches/gemv_sweep.py", "gemv_sweep")
 
 
 @pytest.mark.parametrize("m,block_m", [(8, 16), (16, 16), (32, 32)])

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from _bench_run import load_module  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "benches" / "profile_step.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["profile_step"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load()
+bench = load_module("benches/profile_step.py", "profile_step")
 
 
 def replays(n: int, gap: float = 0.5) -> list[tuple[str, float, float]]:

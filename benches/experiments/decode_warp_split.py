@@ -146,14 +146,6 @@ def ws_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
     return out
 
 
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
-    g = q.shape[1] // k.shape[1]
-    kk = k[:, :, :length].float().repeat_interleave(g, 1)
-    vv = v[:, :, :length].float().repeat_interleave(g, 1)
-    s = q.float() @ kk.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    return s.softmax(-1) @ vv
-
-
 def parse(name: str) -> dict:
     """"w4 t32 s3 pps2" -> warps 4, 32 keys a warp, 3 stages, 2 programs an SM."""
     keys = dict(w="warps", t="bt_w", s="stages", pps="pps")
@@ -169,24 +161,41 @@ def parse(name: str) -> dict:
     return out
 
 
+# (batch, q heads, kv heads, head dim, span, capacity, warps, keys a warp, splits or None for split_for's): odd
+# spans, GQA 1 and 4, one split and several (the merge launch); main's CPU check and the interpreter tests
+CASES = [(1, 4, 1, 16, 1, 5, 2, 16, None), (2, 12, 3, 32, 77, 97, 2, 16, 3), (1, 8, 8, 64, 130, 131, 4, 16, 1),
+         (3, 8, 2, 64, 7, 40, 4, 16, 2), (3, 8, 2, 64, 301, 333, 4, 16, 5), (1, 32, 8, 64, 259, 300, 1, 32, 2)]
+
+
+def case_error(bsz: int, hq: int, hkv: int, d: int, length: int, cap: int, dtype: torch.dtype, device: str,
+               **kw: int) -> tuple[torch.Tensor, float]:
+    """``(out, error)`` of ``ws_attention(**kw)`` on random inputs (seeded by the span and head dim) with NaN in
+    every slot past the span (a read of one would show), against the op registry's ``cached_attention``
+    reference in fp32 (which reads the filled prefix only); the error relative to the output's largest value."""
+    from membound.ir import get_op
+
+    gen = torch.Generator(device=device).manual_seed(length + d)
+    q = torch.randn(bsz, hq, 1, d, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(bsz, hkv, cap, d, device=device, dtype=dtype, generator=gen)
+    v = torch.randn(bsz, hkv, cap, d, device=device, dtype=dtype, generator=gen)
+    k[:, :, length:], v[:, :, length:] = float("nan"), float("nan")
+    pos = torch.full((bsz, 1), length - 1, dtype=torch.int64, device=device)
+    want = get_op("cached_attention").reference(q.float(), k.float(), v.float(), pos, scale=None)
+    y = ws_attention(q, k, v, length, **kw)
+    return y, float((y.float() - want).abs().max() / want.abs().max())
+
+
 def check_variant(name: str, device: str = "cuda") -> dict:
-    """``name`` against the fp32 reference: batch 3 (2 on CPU), GQA 32/8, head dims 64 and 128, 16-bit (fp16 on
-    CPU: bf16 is broken in the interpreter), NaN in every slot past the span; the worst error relative to the
-    output's largest value, passing at 2e-2 (decode_attn_variants' tolerance)."""
+    """``name`` against the fp32 reference (:func:`case_error`): batch 3 (2 on CPU), GQA 32/8, head dims 64 and
+    128, 16-bit (fp16 on CPU: bf16 is broken in the interpreter); the worst error, passing at 2e-2
+    (decode_attn_variants' tolerance)."""
     kw = parse(name)
     dtype = torch.bfloat16 if device == "cuda" else torch.float16
     bsz, length, cap = (3, 1000, 2048) if device == "cuda" else (2, 45, 64)
     worst, error = 0.0, None
     try:
         for d in (64, 128):
-            gen = torch.Generator(device=device).manual_seed(d)
-            q = torch.randn(bsz, 32, 1, d, device=device, dtype=dtype, generator=gen)
-            k = torch.randn(bsz, 8, cap, d, device=device, dtype=dtype, generator=gen)
-            v = torch.randn(bsz, 8, cap, d, device=device, dtype=dtype, generator=gen)
-            k[:, :, length:], v[:, :, length:] = float("nan"), float("nan")
-            want = reference(q, k, v, length)
-            y = ws_attention(q, k, v, length, **kw)
-            worst = max(worst, float((y.float() - want).abs().max() / want.abs().max()))
+            worst = max(worst, case_error(bsz, 32, 8, d, length, cap, dtype, device, **kw)[1])
     except Exception as e:  # noqa: BLE001 -- e.g. out of shared memory: reported, not timed
         worst, error = float("inf"), f"{type(e).__name__}: {str(e)[:300]}"
     return dict(variant=name, err=worst, ok=bool(math.isfinite(worst) and worst <= 2e-2), error=error, d="64,128",
@@ -198,17 +207,9 @@ def main() -> int:
     dtypes = (torch.bfloat16, torch.float16) if dev == "cuda" else (torch.float32, torch.float16)
     worst = 0.0
     for dtype in dtypes:
-        for bsz, hq, hkv, d, length, cap, warps, bt_w, splits in [
-                (1, 4, 1, 16, 1, 5, 2, 16, None), (2, 12, 3, 32, 77, 97, 2, 16, 3), (1, 8, 8, 64, 130, 131, 4, 16, 1),
-                (3, 8, 2, 64, 301, 333, 4, 16, 5), (1, 32, 8, 64, 259, 300, 1, 32, 2)]:
-            gen = torch.Generator(device=dev).manual_seed(length)
-            q = torch.randn(bsz, hq, 1, d, device=dev, dtype=dtype, generator=gen)
-            k = torch.randn(bsz, hkv, cap, d, device=dev, dtype=dtype, generator=gen)
-            v = torch.randn(bsz, hkv, cap, d, device=dev, dtype=dtype, generator=gen)
-            k[:, :, length:], v[:, :, length:] = float("nan"), float("nan")  # a slot past the span would show
-            y = ws_attention(q, k, v, length, warps=warps, bt_w=bt_w, stages=2, splits=splits)
-            want = reference(q, k, v, length)
-            err = float((y.float() - want).abs().max() / want.abs().max())
+        for bsz, hq, hkv, d, length, cap, warps, bt_w, splits in CASES:
+            _, err = case_error(bsz, hq, hkv, d, length, cap, dtype, dev, warps=warps, bt_w=bt_w, stages=2,
+                                splits=splits)
             tol = 1e-4 if dtype == torch.float32 else 2e-2
             worst = max(worst, err / tol)
             print(f"{str(dtype):15s} b{bsz} hq{hq}/{hkv} d{d} len{length} w{warps} t{bt_w} splits {splits}: "

@@ -3,14 +3,12 @@ class, element ceilings, partitions, symbolic rows, and the fits calibrate() mak
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import sympy
 import torch
+from _bench_run import load_module  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 from membound.cost import Hardware, KernelClass, RooflineCost, analyze
 from membound.cost.classes import (
@@ -28,7 +26,6 @@ from membound.ir.types import B, S, T, TensorType
 
 bf16, f32 = torch.bfloat16, torch.float32
 US = 1e-6
-ROOT = Path(__file__).resolve().parents[2]
 
 # a calibrated-looking H200: figures stated here, not measured
 LAUNCH, LATENCY, BW = 4 * US, 1.5 * US, 4.2e12
@@ -308,12 +305,7 @@ def test_one_point_class_keeps_an_element_rate_only_when_clearly_slower_than_str
 
 
 def load_bench() -> object:
-    spec = importlib.util.spec_from_file_location("cost_model_bench_classes", ROOT / "benches" / "cost_model.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benches/cost_model.py", "cost_model_bench_classes")
 
 
 def input_types(node: Node) -> tuple[tuple[torch.dtype, tuple[int, ...]], ...]:

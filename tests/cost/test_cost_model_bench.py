@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _bench_run import load_module  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,14 +43,7 @@ def test_bench_smoke_run_writes_results_and_prints_the_table(tmp_path: Path) -> 
 
 
 def load_bench() -> object:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cost_model_bench", ROOT / "benches" / "cost_model.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benches/cost_model.py", "cost_model_bench")
 
 
 def test_measured_bound_follows_whichever_count_the_time_followed() -> None:

@@ -13,15 +13,14 @@ Llama compiles to the same launches). ``benches/experiments/step_calibration.py`
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from _bench_run import load_module  # (tests/ is on sys.path: pytest's rootdir-less test folder)
 
 if not torch.cuda.is_available():  # before anything imports triton (tests/backends/_triton_interp.py)
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -39,13 +38,7 @@ SCHEMES = (None, "int8", "int4")
 
 def load_calibration() -> object:
     """``benches/experiments/step_calibration.py``: how the bench's programs are rebuilt offline."""
-    spec = importlib.util.spec_from_file_location("step_calibration", ROOT / "benches" / "experiments" /
-                                                  "step_calibration.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benches/experiments/step_calibration.py", "step_calibration")
 
 
 CALIBRATION = load_calibration()
